@@ -1,0 +1,125 @@
+"""What the core asks its shell to do, and the durable records it asks it to keep.
+
+The contract, as etcd-io/raft's ``Ready``: after feeding inputs to a ``Replica``, call
+``take_actions()`` and carry out the result **in this order**:
+
+1. ``persist``: append every record to stable storage and make it durable (fsync). One fsync may cover
+   all records of the batch (group commit).
+2. ``send``: hand each ``(to_node_id, message)`` to the network. Messages may promise or accept things
+   that are only true once step 1 is done, which is why they wait for it.
+3. ``apply``: apply each ``(slot, batch)`` to the state machine, in the order given (slot order, no gaps).
+4. ``reads``: each ``(read_id, slot)`` may now be answered from the state machine: it has applied at
+   least ``slot`` and leadership was confirmed by a majority after the read arrived.
+5. ``rejected_reads`` / ``dropped_proposals``: this node stopped being leader before it could serve
+   them; tell the client to retry elsewhere (a dropped proposal was never put into a slot).
+6. ``snapshot_to``: node ids that asked for slots this node has compacted; send them the latest
+   snapshot (the shell owns snapshots; the core only knows their slot).
+
+Records are folded into a ``DurableState`` by ``DurableState.apply_record``; recovery builds a
+``Replica`` from the state folded from every durable record (see ``DurableState.replay``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Union
+
+from .ballot import Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class PromiseRecord:
+    """The acceptor promised ``ballot`` (covers every slot)."""
+
+    ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptRecord:
+    """The acceptor accepted ``value`` at ``slot`` in ``ballot`` (implies a promise of ``ballot``)."""
+
+    slot: int
+    ballot: Ballot
+    value: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class DecideRecord:
+    """``value`` is chosen at ``slot``."""
+
+    slot: int
+    value: tuple
+
+
+Record = Union[PromiseRecord, AcceptRecord, DecideRecord]
+
+
+@dataclass(slots=True)
+class DurableState:
+    """Everything a replica needs after a crash, as recovered from storage.
+
+    ``accepted`` and ``decided`` hold only slots above ``snapshot_slot``; the snapshot covers the rest.
+    """
+
+    promised: Ballot = Ballot.ZERO  # type: ignore[attr-defined]
+    accepted: dict = field(default_factory=dict)  # slot -> (Ballot, value)
+    decided: dict = field(default_factory=dict)  # slot -> value
+    snapshot_slot: int = 0
+
+    def apply_record(self, record: Record) -> None:
+        match record:
+            case PromiseRecord(ballot=ballot):
+                if ballot > self.promised:
+                    self.promised = ballot
+            case AcceptRecord(slot=slot, ballot=ballot, value=value):
+                if ballot > self.promised:
+                    self.promised = ballot
+                if slot > self.snapshot_slot:
+                    old = self.accepted.get(slot)
+                    if old is None or ballot >= old[0]:
+                        self.accepted[slot] = (ballot, value)
+            case DecideRecord(slot=slot, value=value):
+                if slot > self.snapshot_slot:
+                    self.decided[slot] = value
+            case _:
+                raise TypeError(f"not a durable record: {record!r}")
+
+    def compact(self, snapshot_slot: int) -> None:
+        """Forget slots at or below ``snapshot_slot`` (a snapshot now covers them)."""
+        if snapshot_slot <= self.snapshot_slot:
+            return
+        self.snapshot_slot = snapshot_slot
+        self.accepted = {s: v for s, v in self.accepted.items() if s > snapshot_slot}
+        self.decided = {s: v for s, v in self.decided.items() if s > snapshot_slot}
+
+    def records(self) -> list:
+        """The records that rebuild this state (used to rewrite a log after compaction)."""
+        out: list = [PromiseRecord(self.promised)]
+        out.extend(AcceptRecord(s, b, v) for s, (b, v) in sorted(self.accepted.items()))
+        out.extend(DecideRecord(s, v) for s, v in sorted(self.decided.items()))
+        return out
+
+    @classmethod
+    def replay(cls, records: Iterable[Record], snapshot_slot: int = 0) -> "DurableState":
+        state = cls(snapshot_slot=snapshot_slot)
+        for record in records:
+            state.apply_record(record)
+        return state
+
+
+@dataclass(slots=True)
+class Actions:
+    """One batch of work for the shell; see the module docstring for the order to carry it out in."""
+
+    persist: list = field(default_factory=list)  # list[Record]
+    send: list = field(default_factory=list)  # list[tuple[int, Message]]
+    apply: list = field(default_factory=list)  # list[tuple[int, tuple[bytes, ...]]]
+    reads: list = field(default_factory=list)  # list[tuple[read_id, slot]]
+    rejected_reads: list = field(default_factory=list)  # list[read_id]
+    dropped_proposals: list = field(default_factory=list)  # list[bytes]
+    snapshot_to: list = field(default_factory=list)  # list[int]
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.persist or self.send or self.apply or self.reads or self.rejected_reads
+            or self.dropped_proposals or self.snapshot_to
+        )

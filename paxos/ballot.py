@@ -1,0 +1,27 @@
+"""Ballots: the totally ordered proposal numbers of Multi-Paxos.
+
+A ballot is ``(number, node_id)`` compared as a tuple: the number first, the proposing node's id as the
+tie-breaker, so two nodes never use the same ballot (Paxos Made Simple, section 2.2: "different
+proposals are given different numbers"). ``Ballot.ZERO`` is below every ballot a node can use, because
+node ids start at 1; it stands for "nothing promised / nothing accepted yet".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Ballot:
+    number: int
+    node_id: int
+
+    def next_for(self, node_id: int) -> "Ballot":
+        """The smallest ballot owned by ``node_id`` that is above this one."""
+        return Ballot(self.number + 1, node_id)
+
+    def __repr__(self) -> str:
+        return f"Ballot({self.number}, {self.node_id})"
+
+
+Ballot.ZERO = Ballot(0, 0)  # type: ignore[attr-defined]
+ZERO = Ballot.ZERO  # type: ignore[attr-defined]
