@@ -1,0 +1,449 @@
+"""The client library: async for trio, and a blocking wrapper for plain scripts.
+
+Theory of operation
+-------------------
+A client holds at most one connection, to the node it believes leads. Many requests may be in flight
+on it at once: each frame carries a per-connection request id, and one reader task hands each reply to
+the request waiting for it.
+
+Every call has a deadline (``timeout``). Until then the client retries:
+
+* ``not_leader`` with a hint: reconnect to the hinted leader at once;
+* ``not_leader`` without a hint, a refused or broken connection: try the next endpoint after a short,
+  growing pause (an election is probably under way).
+
+Writes carry ``(client_id, request_id, ack_below)``. A retry reuses the same ``request_id``, so the
+state machine applies the write once and returns its first result even when the first attempt was
+decided but its reply lost. That is what makes retrying a write after a leader failure safe. When the
+deadline passes, ``Unavailable`` says whether a write's outcome is unknown (it may have been applied).
+
+Reads are linearizable by default (the leader confirms leadership with a majority before answering);
+``consistency="s"`` reads whatever the contacted node has applied, which can be stale.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import threading
+from contextlib import asynccontextmanager
+from typing import NamedTuple
+
+import trio
+
+from . import wire
+
+
+class KVError(Exception):
+    """Base class of every error the client raises."""
+
+
+class Unavailable(KVError):
+    """No answer before the deadline (no leader, no quorum, nodes down).
+
+    ``outcome_unknown`` is True for a write that was sent at least once: it may or may not have been
+    applied. Retrying it through the same client is safe (the retry is deduplicated).
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+class RequestError(KVError):
+    """The cluster refused the request itself (bad key or value, disk full, ...)."""
+
+    def __init__(self, message: str, code: str = wire.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Entry(NamedTuple):
+    key: str
+    value: str | bytes
+    version: int
+    mod_revision: int
+
+
+def parse_endpoints(endpoints: list[str] | str) -> list[tuple[str, int]]:
+    """``"h1:p1,h2:p2"`` or a list of ``"host:port"`` -> list of (host, port); ValueError if malformed."""
+    if isinstance(endpoints, str):
+        endpoints = [e for e in endpoints.split(",") if e.strip()]
+    parsed = []
+    for text in endpoints:
+        host, sep, port_text = text.strip().rpartition(":")
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"endpoint {text!r} is not HOST:PORT with a port in 1..65535")
+        parsed.append((host.strip("[]"), int(port_text)))
+    if not parsed:
+        raise ValueError("no endpoints given")
+    return parsed
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+class _Connection:
+    """One TCP connection with a reader task that routes replies to waiters by request id."""
+
+    def __init__(self, endpoint: tuple[str, int], stream) -> None:
+        self.endpoint = endpoint
+        self.stream = stream
+        self.waiters: dict[int, list] = {}  # id -> [event, reply]
+        self.ids = itertools.count(1)
+        self.broken = False
+        self.send_lock = trio.Lock()
+        self.outbox: list[bytes] = []
+
+    async def reader(self) -> None:
+        reader = wire.FrameReader(self.stream)
+        try:
+            while True:
+                frames = await reader.receive_frames()
+                if not frames:
+                    break
+                for body in frames:
+                    reply = wire.decode_body(body)
+                    rid = getattr(reply, "id", None)
+                    if rid is None:  # the server gave up on this connection (protocol error)
+                        raise _ConnectionLost(getattr(reply, "message", "connection closed by server"))
+                    waiter = self.waiters.pop(rid, None)
+                    if waiter is not None:
+                        waiter[1] = reply
+                        waiter[0].set()
+        except (wire.WireError, _ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self.fail_all()
+
+    def fail_all(self) -> None:
+        self.broken = True
+        waiters, self.waiters = self.waiters, {}
+        for waiter in waiters.values():
+            waiter[0].set()
+
+    async def call(self, make_request) -> object:
+        """Send one request (built by ``make_request(id)``) and wait for its reply."""
+        if self.broken:
+            raise _ConnectionLost("connection is closed")
+        rid = next(self.ids)
+        waiter = [trio.Event(), None]
+        self.waiters[rid] = waiter
+        frame = wire.encode_frame(make_request(rid))
+        # Coalesce: whoever holds the lock sends every frame queued meanwhile in one write.
+        self.outbox.append(frame)
+        try:
+            async with self.send_lock:
+                if self.outbox:
+                    data = b"".join(self.outbox)
+                    self.outbox.clear()
+                    await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.fail_all()
+            raise _ConnectionLost(str(exc)) from exc
+        except trio.Cancelled:
+            # A send cut short may have left half a frame on the wire: this connection is done.
+            self.fail_all()
+            raise
+        try:
+            await waiter[0].wait()
+        finally:
+            self.waiters.pop(rid, None)
+        if waiter[1] is None:
+            raise _ConnectionLost("connection lost before the reply")
+        return waiter[1]
+
+
+class AsyncClient:
+    """A connection to the cluster. Build it with ``connect()``; see the module docstring."""
+
+    def __init__(self, endpoints: list[str] | str, nursery: trio.Nursery, *, timeout: float = 5.0) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        self._nursery = nursery
+        self._conn: _Connection | None = None
+        self._connecting = trio.Lock()
+        self._preferred = 0  # index into endpoints of the node we believe leads
+        self.client_id = os.urandom(16)
+        self._request_ids = itertools.count(1)
+        self._unanswered: set[int] = set()
+
+    # --- public API -------------------------------------------------------------------------------
+
+    async def put(self, key: str, value: str | bytes) -> int:
+        """Store ``value`` under ``key``; return the revision of the write."""
+        result = await self._write(lambda rid, rq, ack: wire.PutRequest(
+            id=rid, key=key, value=value, client_id=self.client_id, request_id=rq, ack_below=ack))
+        return result["rev"]
+
+    async def get(self, key: str, *, consistency: str = "l") -> str | bytes | None:
+        """The value of ``key``, or None when absent."""
+        entry = await self.get_entry(key, consistency=consistency)
+        return None if entry is None else entry.value
+
+    async def get_entry(self, key: str, *, consistency: str = "l") -> Entry | None:
+        lin = _linearizable(consistency)
+        result = await self._read(lambda rid: wire.GetRequest(id=rid, key=key, linearizable=lin))
+        if not result.get("found"):
+            return None
+        return Entry(key, result["value"], result["ver"], result["mrev"])
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; True if it existed."""
+        result = await self._write(lambda rid, rq, ack: wire.DeleteRequest(
+            id=rid, key=key, prefix=False, client_id=self.client_id, request_id=rq, ack_below=ack))
+        return result["deleted"] > 0
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key that starts with ``prefix``; return how many were deleted."""
+        result = await self._write(lambda rid, rq, ack: wire.DeleteRequest(
+            id=rid, key=prefix, prefix=True, client_id=self.client_id, request_id=rq, ack_below=ack))
+        return result["deleted"]
+
+    async def cas(self, key: str, expected: str | bytes | None, new: str | bytes) -> bool:
+        """Set ``key`` to ``new`` if its value is ``expected`` (None: only if absent). True if swapped."""
+        result = await self._write(lambda rid, rq, ack: wire.CasRequest(
+            id=rid, key=key, expected=expected, new=new, client_id=self.client_id, request_id=rq, ack_below=ack))
+        return bool(result["ok"])
+
+    async def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
+                   limit: int = 0) -> list:
+        """``[(key, value), ...]`` in key order (``[(key, None), ...]`` with keys_only)."""
+        lin = _linearizable(consistency)
+        result = await self._read(lambda rid: wire.ListRequest(
+            id=rid, prefix=prefix, keys_only=keys_only, linearizable=lin, limit=limit))
+        return [(item[0], item[1] if len(item) > 1 else None) for item in result["items"]]
+
+    async def status(self, endpoint: str | tuple[str, int]) -> dict:
+        """The status of one node (raises Unavailable if it does not answer in time)."""
+        if isinstance(endpoint, str):
+            endpoint = parse_endpoints([endpoint])[0]
+        with trio.move_on_after(self.timeout) as scope:
+            stream = await trio.open_tcp_stream(*endpoint)
+            async with stream:
+                conn = _Connection(endpoint, stream)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(conn.reader)
+                    try:
+                        reply = await conn.call(lambda rid: wire.StatusRequest(id=rid))
+                    finally:
+                        nursery.cancel_scope.cancel()
+        if scope.cancelled_caught:
+            raise Unavailable(f"{_fmt(endpoint)} did not answer within {self.timeout:g}s")
+        if isinstance(reply, wire.ErrorReply):
+            raise RequestError(reply.message, reply.code)
+        return reply.result
+
+    async def cluster_status(self) -> list[dict]:
+        """One entry per endpoint, each with ``"endpoint"`` and ``"reachable"``."""
+        results: list[dict] = [{} for _ in self.endpoints]
+
+        async def one(i: int, endpoint) -> None:
+            try:
+                status = await self.status(endpoint)
+                results[i] = {"endpoint": _fmt(endpoint), "reachable": True, **status}
+            except (KVError, OSError, _ConnectionLost) as exc:
+                results[i] = {"endpoint": _fmt(endpoint), "reachable": False, "error": str(exc)}
+
+        async with trio.open_nursery() as nursery:
+            for i, endpoint in enumerate(self.endpoints):
+                nursery.start_soon(one, i, endpoint)
+        return results
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            self._conn.fail_all()
+            await trio.aclose_forcefully(self._conn.stream)
+            self._conn = None
+
+    # --- machinery -------------------------------------------------------------------------------
+
+    async def _write(self, make) -> dict:
+        request_id = next(self._request_ids)
+        self._unanswered.add(request_id)
+        try:
+            def build(rid: int):
+                ack_below = min(self._unanswered)
+                return make(rid, request_id, ack_below)
+            return await self._call(build, write=True)
+        finally:
+            self._unanswered.discard(request_id)
+
+    async def _read(self, make) -> dict:
+        return await self._call(make, write=False)
+
+    async def _call(self, build, *, write: bool) -> dict:
+        deadline = trio.current_time() + self.timeout
+        sent = False
+        pause = 0.02
+        last_error = "no endpoint answered"
+        while True:
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                raise Unavailable(
+                    f"no answer from the cluster within {self.timeout:g}s ({last_error})"
+                    + ("; the write may or may not have been applied" if write and sent else ""),
+                    outcome_unknown=write and sent,
+                )
+            reply = None
+            with trio.move_on_after(remaining):
+                try:
+                    conn = await self._connection()
+                    sent = True
+                    reply = await conn.call(build)
+                except (_ConnectionLost, OSError) as exc:
+                    last_error = f"connection failed: {exc}"
+                    self._drop_connection(advance=True)
+            if reply is None:
+                if trio.current_time() < deadline:
+                    await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))
+                    pause = min(pause * 2, 0.5)
+                continue
+            if isinstance(reply, wire.OkReply):
+                return reply.result
+            code = reply.code
+            if code == wire.NOT_LEADER:
+                last_error = "no leader"
+                if reply.leader:
+                    self._prefer(reply.leader)
+                    continue
+                self._drop_connection(advance=True)
+                await trio.sleep(min(pause * (0.5 + random.random()), max(0.0, deadline - trio.current_time())))
+                pause = min(pause * 2, 0.5)
+                continue
+            if code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN):
+                last_error = reply.message
+                self._drop_connection(advance=True)
+                continue
+            raise RequestError(reply.message, code)
+
+    def _prefer(self, leader: str) -> None:
+        try:
+            endpoint = parse_endpoints([leader])[0]
+        except ValueError:
+            self._drop_connection(advance=True)
+            return
+        if endpoint not in self.endpoints:
+            self.endpoints.append(endpoint)
+        index = self.endpoints.index(endpoint)
+        if index != self._preferred or self._conn is None:
+            self._drop_connection(advance=False)
+            self._preferred = index
+
+    def _drop_connection(self, *, advance: bool) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.fail_all()
+            self._nursery.start_soon(trio.aclose_forcefully, conn.stream)
+        if advance:
+            self._preferred = (self._preferred + 1) % len(self.endpoints)
+
+    async def _connection(self) -> _Connection:
+        async with self._connecting:
+            if self._conn is not None and not self._conn.broken:
+                return self._conn
+            endpoint = self.endpoints[self._preferred]
+            with trio.fail_after(min(self.timeout, 2.0)):
+                stream = await trio.open_tcp_stream(*endpoint)
+            conn = _Connection(endpoint, stream)
+            self._nursery.start_soon(conn.reader)
+            self._conn = conn
+            return conn
+
+
+def _linearizable(consistency: str) -> bool:
+    if consistency not in ("l", "s"):
+        raise ValueError(f"consistency must be 'l' (linearizable) or 's' (serializable, may be stale), not {consistency!r}")
+    return consistency == "l"
+
+
+def _fmt(endpoint: tuple[str, int]) -> str:
+    return f"{endpoint[0]}:{endpoint[1]}"
+
+
+@asynccontextmanager
+async def connect(endpoints: list[str] | str, *, timeout: float = 5.0):
+    """``async with connect(["127.0.0.1:7001", ...]) as kv:`` -> an ``AsyncClient``."""
+    async with trio.open_nursery() as nursery:
+        client = AsyncClient(endpoints, nursery, timeout=timeout)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+class Client:
+    """The blocking client: the same methods as ``AsyncClient``, for plain scripts.
+
+    It runs a trio event loop in a background thread and calls into it; use it as a context manager
+    (or call ``close()``).
+    """
+
+    def __init__(self, endpoints: list[str] | str, *, timeout: float = 5.0) -> None:
+        parse_endpoints(endpoints)  # fail fast, in the caller's thread
+        self._endpoints = endpoints
+        self._timeout = timeout
+        self._started = threading.Event()
+        self._token = None
+        self._client: AsyncClient | None = None
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kv-client", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            async with connect(self._endpoints, timeout=self._timeout) as client:
+                self._client = client
+                self._started.set()
+                await self._stop.wait()
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # report start-up failures to the constructor
+            self._error = exc
+        finally:
+            self._started.set()
+
+    def _call(self, name: str, *args, **kwargs):
+        if self._client is None or self._token is None:
+            raise KVError("client is closed")
+        method = getattr(self._client, name)
+        return trio.from_thread.run(lambda: method(*args, **kwargs), trio_token=self._token)
+
+    def put(self, key, value) -> int: return self._call("put", key, value)
+    def get(self, key, *, consistency="l"): return self._call("get", key, consistency=consistency)
+    def get_entry(self, key, *, consistency="l"): return self._call("get_entry", key, consistency=consistency)
+    def delete(self, key) -> bool: return self._call("delete", key)
+    def delete_prefix(self, prefix) -> int: return self._call("delete_prefix", prefix)
+    def cas(self, key, expected, new) -> bool: return self._call("cas", key, expected, new)
+
+    def list(self, prefix="", *, keys_only=False, consistency="l", limit=0):
+        return self._call("list", prefix, keys_only=keys_only, consistency=consistency, limit=limit)
+
+    def status(self, endpoint) -> dict: return self._call("status", endpoint)
+    def cluster_status(self) -> list: return self._call("cluster_status")
+
+    def close(self) -> None:
+        if self._stop is not None and self._token is not None and self._thread.is_alive():
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join(timeout=5)
+        self._client = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

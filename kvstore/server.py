@@ -1,0 +1,718 @@
+"""The trio node: one process of the replicated store.
+
+Theory of operation
+-------------------
+A node owns four things: the Multi-Paxos core (``paxos.replica.Replica``), its durable storage
+(``kvstore.storage.Storage``), the dictionary state machine (``kvstore.statemachine.StateMachine``)
+and its network endpoints. All of them live in one nursery.
+
+* **One driver task owns the core.** Peer readers, client handlers and the ticker never touch the
+  ``Replica``; they post events on one memory channel. The driver takes one event, drains every other
+  event already queued (this is where batching comes from), feeds them all to the core, then carries
+  out the resulting ``Actions`` in contract order:
+
+  1. append every ``persist`` record and fsync once, in a worker thread (group commit: one fsync covers
+     every record the batch produced; while it runs, new events pile up for the next batch);
+  2. queue the messages on the per-peer sender tasks (one frame per peer per batch);
+  3. apply decided commands to the state machine and answer the clients waiting for them;
+  4. answer linearizable reads whose read index has been applied and confirmed.
+
+  Nothing that promises or accepts can leave the node before its fsync, because step 2 waits for step 1.
+
+* **Peer links are one-way.** Each node dials every other node and only *sends* on the connection it
+  dialed (after a ``Hello`` naming itself and its cluster); it only *receives* on connections others
+  dialed. A sender reconnects with capped exponential back-off; while a link is down, messages to that
+  peer are dropped, which Paxos tolerates (the core retransmits through heartbeats and catch-up).
+
+* **Clients** connect to any node and may pipeline many requests on one connection. A write on a
+  follower is answered with ``not_leader`` and a hint; the client library retries on the leader.
+  Writes carry ``(client_id, request_id)``; the state machine deduplicates, so a retry is safe.
+
+* **Bad input** from a socket is a ``WireError``: log one line, send an error reply where possible,
+  close that connection only. Any other exception in a connection task is logged with its traceback and
+  closes that connection only; the node keeps serving.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from paxos import messages as pm
+from paxos.replica import Config, Options, Replica
+
+from . import commands, wire
+from .statemachine import StateMachine
+from .storage import Storage, StorageError, StorageFull
+
+log = logging.getLogger("kvstore.server")
+
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass
+class ServerOptions:
+    """Tunables of one node. Times are in seconds except where a name says ticks."""
+
+    tick_seconds: float = 0.01
+    heartbeat_ticks: int = 5
+    election_timeout_ticks: int = 30
+    batch_count_max: int = 512
+    window: int = 64
+    snapshot_every: int = 50_000  # applied write commands between snapshots
+    fsync: bool = True
+    frame_bytes_max: int = wire.FRAME_BYTES_MAX
+    request_timeout: float = 5.0
+    cluster_id: str = "kv"
+    connect_timeout: float = 1.0
+    backoff_max: float = 1.0
+    idle_client_timeout: float = 600.0
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``"host:port"`` -> ``(host, port)``; ValueError with a clear message otherwise."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"endpoint {text!r} is not HOST:PORT")
+    if not port_text.isdigit():
+        raise ValueError(f"endpoint {text!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"endpoint {text!r}: port {port} is out of range 1..65535")
+    return host.strip("[]"), port
+
+
+def parse_peers(text: str) -> dict[int, tuple[str, int]]:
+    """Parse ``"1=127.0.0.1:7001,2=127.0.0.1:7002"`` into ``{1: ("127.0.0.1", 7001), ...}``."""
+    peers: dict[int, tuple[str, int]] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        ident, sep, endpoint = item.partition("=")
+        if not sep or not ident.strip().isdigit():
+            raise ValueError(f"peer {item!r} is not ID=HOST:PORT")
+        node_id = int(ident)
+        if node_id < 1:
+            raise ValueError(f"peer {item!r}: node ids start at 1")
+        if node_id in peers:
+            raise ValueError(f"peer id {node_id} appears twice")
+        peers[node_id] = parse_endpoint(endpoint)
+    if not peers:
+        raise ValueError("no peers given")
+    return peers
+
+
+# ---------------------------------------------------------------------------------------------------
+# Events posted to the driver. Plain tuples keep the hot path cheap: (kind, ...).
+EV_TICK = 0
+EV_PAXOS = 1  # (EV_PAXOS, message)
+EV_PROPOSE = 2  # (EV_PROPOSE, command_bytes, waiter_key, conn, request_id)
+EV_READ = 3  # (EV_READ, conn, request)
+EV_SNAPSHOT = 4  # (EV_SNAPSHOT, slot, data)
+
+
+class ClientConn:
+    """One client connection: replies go through ``outbox`` to a writer task that coalesces them."""
+
+    __slots__ = ("outbox_send", "outbox_recv", "closed", "name")
+
+    def __init__(self, name: str) -> None:
+        self.outbox_send, self.outbox_recv = trio.open_memory_channel(math.inf)
+        self.closed = False
+        self.name = name
+
+    def reply(self, message) -> None:
+        if not self.closed:
+            try:
+                self.outbox_send.send_nowait(wire.encode_frame(message))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+
+class Node:
+    """One replica of the store. ``await node.run()`` serves until cancelled."""
+
+    def __init__(
+        self,
+        node_id: int,
+        peers: dict[int, tuple[str, int]],
+        data_dir: str | os.PathLike,
+        options: ServerOptions | None = None,
+        *,
+        listener_socket: socket.socket | None = None,
+    ) -> None:
+        if node_id not in peers:
+            raise ValueError(f"node id {node_id} is not among the peers {sorted(peers)}")
+        self.node_id = node_id
+        self.peers = dict(peers)
+        self.options = options or ServerOptions()
+        self.data_dir = Path(data_dir)
+        self._listener_socket = listener_socket
+        self.storage = Storage.open(
+            self.data_dir, node_id=node_id, cluster_id=self.options.cluster_id, fsync=self.options.fsync
+        )
+        if self.storage.snapshot is not None:
+            slot, data = self.storage.snapshot
+            self.sm = StateMachine.restore(data)
+        else:
+            self.sm = StateMachine()
+        o = self.options
+        self.replica = Replica(
+            node_id,
+            Config(node_ids=tuple(sorted(peers))),
+            rng=random.Random(),
+            state=self.storage.recovered,
+            options=Options(
+                heartbeat_ticks=o.heartbeat_ticks,
+                election_timeout_ticks=o.election_timeout_ticks,
+                window=o.window,
+                batch_count_max=o.batch_count_max,
+            ),
+        )
+        self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
+        self._peer_out: dict[int, trio.MemorySendChannel] = {}
+        self._peer_in: dict[int, trio.MemoryReceiveChannel] = {}
+        for peer_id in self.peers:
+            if peer_id != node_id:
+                s, r = trio.open_memory_channel(10_000)
+                self._peer_out[peer_id] = s
+                self._peer_in[peer_id] = r
+        # (client_id, request_id) -> list of (conn, wire request id, deadline)
+        self._waiting_writes: dict[tuple[bytes, int], list] = defaultdict(list)
+        self._waiting_reads: dict[int, tuple[ClientConn, object]] = {}
+        self._read_ids = itertools.count(1)
+        self._applied_since_snapshot = 0
+        self._snapshot_inbox: dict[tuple[int, int], bytearray] = {}
+        self._snapshot_sending: set[int] = set()
+        self.storage_full = False
+        self.counters: dict[str, int] = defaultdict(int)
+        self.listen_port: int | None = None
+        self.ready = trio.Event()
+
+    # -----------------------------------------------------------------------------------------------
+    # life cycle
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled. Closes storage on the way out."""
+        try:
+            async with trio.open_nursery() as nursery:
+                listeners = await self._open_listeners()
+                self.listen_port = listeners[0].socket.getsockname()[1]
+                nursery.start_soon(self._driver)
+                nursery.start_soon(self._ticker)
+                for peer_id in self._peer_out:
+                    nursery.start_soon(self._peer_sender, peer_id)
+                nursery.start_soon(self._serve_listeners, listeners)
+                self.ready.set()
+                task_status.started(self.listen_port)
+                log.info("node %d serving on port %d, data dir %s", self.node_id, self.listen_port, self.data_dir)
+        finally:
+            self.storage.close()
+
+    async def _open_listeners(self) -> list:
+        if self._listener_socket is not None:
+            sock = trio.socket.from_stdlib_socket(self._listener_socket)
+            return [trio.SocketListener(sock)]
+        host, port = self.peers[self.node_id]
+        return await trio.open_tcp_listeners(port, host=host)
+
+    async def _serve_listeners(self, listeners) -> None:
+        await trio.serve_listeners(self._handle_connection, listeners)
+
+    async def _ticker(self) -> None:
+        period = self.options.tick_seconds
+        next_at = trio.current_time()
+        while True:
+            next_at += period
+            now = trio.current_time()
+            if next_at < now:  # we fell behind (e.g. a long fsync): don't burst ticks
+                next_at = now
+            await trio.sleep_until(next_at)
+            self._events_send.send_nowait((EV_TICK,))
+
+    # -----------------------------------------------------------------------------------------------
+    # the driver: the only task that touches the Replica
+
+    async def _driver(self) -> None:
+        recv = self._events_recv
+        replica = self.replica
+        # The first take_actions re-applies decided slots recovered from the log.
+        await self._carry_out(replica.take_actions())
+        while True:
+            first = await recv.receive()
+            batch = [first]
+            while len(batch) < 10_000:
+                try:
+                    batch.append(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            ticks = 0
+            for event in batch:
+                kind = event[0]
+                if kind == EV_PAXOS:
+                    replica.receive(event[1])
+                elif kind == EV_TICK:
+                    ticks += 1
+                    replica.tick()
+                elif kind == EV_PROPOSE:
+                    self._propose(event)
+                elif kind == EV_READ:
+                    self._start_read(event[1], event[2])
+                elif kind == EV_SNAPSHOT:
+                    await self._install_snapshot(event[1], event[2])
+            if ticks:
+                self._expire_waiters()
+            await self._carry_out(replica.take_actions())
+            if self._applied_since_snapshot >= self.options.snapshot_every:
+                await self._take_snapshot()
+
+    def _propose(self, event) -> None:
+        _, command, key, conn, request_id = event
+        if self.storage_full:
+            conn.reply(wire.ErrorReply(id=request_id, code=wire.STORAGE_FULL,
+                                       message="the node's disk is full; writes are refused", leader=None))
+            return
+        if not self.replica.propose(command):
+            conn.reply(self._not_leader(request_id))
+            return
+        deadline = trio.current_time() + self.options.request_timeout
+        self._waiting_writes[key].append((conn, request_id, deadline))
+
+    def _start_read(self, conn: ClientConn, request) -> None:
+        read_id = next(self._read_ids)
+        if not self.replica.read(read_id):
+            conn.reply(self._not_leader(request.id))
+            return
+        self._waiting_reads[read_id] = (conn, request, trio.current_time() + self.options.request_timeout)
+
+    def _expire_waiters(self) -> None:
+        """Fail requests that waited past the request timeout (the outcome of a write is unknown)."""
+        now = trio.current_time()
+        expired = [k for k, ws in self._waiting_writes.items() if all(w[2] < now for w in ws)]
+        for key in expired:
+            for conn, request_id, _ in self._waiting_writes.pop(key):
+                conn.reply(wire.ErrorReply(id=request_id, code=wire.TIMEOUT,
+                                           message="write not decided in time; outcome unknown", leader=None))
+        expired_reads = [k for k, (_, _, deadline) in self._waiting_reads.items() if deadline < now]
+        for read_id in expired_reads:
+            conn, request, _ = self._waiting_reads.pop(read_id)
+            conn.reply(wire.ErrorReply(id=request.id, code=wire.TIMEOUT,
+                                       message="read not confirmed in time", leader=None))
+
+    async def _carry_out(self, actions) -> None:
+        if not actions:
+            return
+        # 1. persist, then fsync once for the whole batch (group commit)
+        if actions.persist:
+            try:
+                self.storage.append(actions.persist)
+                await trio.to_thread.run_sync(self.storage.sync)
+            except StorageFull as exc:
+                self._on_storage_full(exc)
+                return  # nothing of this batch may leave the node
+            except (OSError, StorageError) as exc:
+                log.critical("storage failed, stopping the node: %s", exc)
+                raise
+        # 2. send: one frame per peer per batch
+        if actions.send:
+            per_peer: dict[int, list] = defaultdict(list)
+            for to, message in actions.send:
+                per_peer[to].append(message)
+            for to, msgs in per_peer.items():
+                channel = self._peer_out.get(to)
+                if channel is None:
+                    continue
+                try:
+                    channel.send_nowait(wire.encode_frame(wire.PaxosBatch(messages=tuple(msgs))))
+                except trio.WouldBlock:
+                    self.counters["peer_queue_full_drops"] += 1
+        # 3. apply decided commands, answer the waiting writers
+        if actions.apply:
+            sm_apply = self.sm.apply
+            waiting = self._waiting_writes
+            for slot, batch in actions.apply:
+                for command in batch:
+                    key, result = sm_apply(command)
+                    self._applied_since_snapshot += 1
+                    if key is not None and key in waiting:
+                        for conn, request_id, _ in waiting.pop(key):
+                            self._reply_result(conn, request_id, result)
+        # 4. reads whose index is applied and whose leadership round is confirmed
+        for read_id, _slot in actions.reads:
+            entry = self._waiting_reads.pop(read_id, None)
+            if entry is not None:
+                conn, request, _ = entry
+                conn.reply(self._answer_read(request))
+        for read_id in actions.rejected_reads:
+            entry = self._waiting_reads.pop(read_id, None)
+            if entry is not None:
+                conn, request, _ = entry
+                conn.reply(self._not_leader(request.id))
+        for command in actions.dropped_proposals:
+            try:
+                cmd = commands.decode_command(command)
+            except commands.CommandError:
+                continue
+            for conn, request_id, _ in self._waiting_writes.pop((cmd.client_id, cmd.request_id), []):
+                conn.reply(self._not_leader(request_id))
+        for peer_id in actions.snapshot_to:
+            self._send_snapshot_soon(peer_id)
+
+    def _reply_result(self, conn: ClientConn, request_id: int, result: dict) -> None:
+        error = result.get("error")
+        if error is not None:
+            conn.reply(wire.ErrorReply(id=request_id, code=wire.BAD_REQUEST, message=str(error), leader=None))
+        else:
+            conn.reply(wire.OkReply(id=request_id, result=result))
+
+    def _on_storage_full(self, exc: Exception) -> None:
+        log.error("disk full, refusing writes: %s", exc)
+        self.storage_full = True
+        for key, waiters in list(self._waiting_writes.items()):
+            for conn, request_id, _ in waiters:
+                conn.reply(wire.ErrorReply(id=request_id, code=wire.STORAGE_FULL, message=str(exc), leader=None))
+        self._waiting_writes.clear()
+
+    def _not_leader(self, request_id) -> wire.ErrorReply:
+        leader = self.replica.leader_id
+        hint = None
+        if leader is not None and leader != self.node_id and leader in self.peers:
+            host, port = self.peers[leader]
+            hint = f"{host}:{port}"
+        return wire.ErrorReply(id=request_id, code=wire.NOT_LEADER,
+                               message="this node is not the leader", leader=hint)
+
+    # -----------------------------------------------------------------------------------------------
+    # snapshots
+
+    async def _take_snapshot(self) -> None:
+        slot = self.replica.applied_slot
+        if slot <= self.replica.snapshot_slot:
+            self._applied_since_snapshot = 0
+            return
+        data = self.sm.snapshot()
+        self.replica.compact(slot)
+        state = self.replica.durable_state()
+        try:
+            await trio.to_thread.run_sync(self.storage.write_snapshot, slot, data, state)
+        except StorageFull as exc:
+            self._on_storage_full(exc)
+            return
+        self._applied_since_snapshot = 0
+        log.info("snapshot at slot %d (%d keys, %d bytes)", slot, len(self.sm), len(data))
+
+    async def _install_snapshot(self, slot: int, data: bytes) -> None:
+        if slot <= self.replica.applied_slot:
+            return
+        try:
+            sm = StateMachine.restore(data)
+        except Exception as exc:  # a peer sent a bad snapshot: drop it, the core will ask again
+            log.warning("rejected snapshot at slot %d: %s", slot, exc)
+            return
+        self.replica.install_snapshot(slot)
+        state = self.replica.durable_state()
+        await trio.to_thread.run_sync(self.storage.write_snapshot, slot, data, state)
+        self.sm = sm
+        self._applied_since_snapshot = 0
+        log.info("installed snapshot at slot %d from a peer (%d keys)", slot, len(sm))
+
+    def _send_snapshot_soon(self, peer_id: int) -> None:
+        if peer_id in self._snapshot_sending or peer_id not in self._peer_out:
+            return
+        snapshot = self.storage.read_snapshot()
+        if snapshot is None:
+            return
+        slot, data = snapshot
+        self._snapshot_sending.add(peer_id)
+        channel = self._peer_out[peer_id]
+        total = len(data)
+        try:
+            for offset in range(0, max(total, 1), SNAPSHOT_CHUNK_BYTES):
+                chunk = wire.SnapshotChunk(sender=self.node_id, slot=slot, offset=offset, total=total,
+                                           data=bytes(data[offset:offset + SNAPSHOT_CHUNK_BYTES]))
+                channel.send_nowait(wire.encode_frame(chunk))
+        except trio.WouldBlock:
+            self.counters["snapshot_send_dropped"] += 1
+        finally:
+            self._snapshot_sending.discard(peer_id)
+
+    def _receive_snapshot_chunk(self, chunk) -> None:
+        key = (chunk.sender, chunk.slot)
+        if chunk.offset == 0:
+            # a new transfer from this sender replaces any unfinished one
+            for old in [k for k in self._snapshot_inbox if k[0] == chunk.sender]:
+                del self._snapshot_inbox[old]
+            self._snapshot_inbox[key] = bytearray()
+        buf = self._snapshot_inbox.get(key)
+        if buf is None or len(buf) != chunk.offset:
+            return  # out of order or missing start: drop; the core will ask again
+        buf += chunk.data
+        if len(buf) >= chunk.total:
+            del self._snapshot_inbox[key]
+            self._events_send.send_nowait((EV_SNAPSHOT, chunk.slot, bytes(buf)))
+
+    # -----------------------------------------------------------------------------------------------
+    # peers
+
+    async def _peer_sender(self, peer_id: int) -> None:
+        """Dial ``peer_id`` and send it frames from our queue, reconnecting with capped back-off."""
+        host, port = self.peers[peer_id]
+        queue = self._peer_in[peer_id]
+        backoff = 0.02
+        hello = wire.encode_frame(wire.Hello(node_id=self.node_id, cluster_id=self.options.cluster_id))
+        while True:
+            try:
+                with trio.fail_after(self.options.connect_timeout):
+                    stream = await trio.open_tcp_stream(host, port)
+            except (OSError, trio.TooSlowError):
+                self._drain(queue)  # messages to an unreachable peer are dropped (Paxos tolerates loss)
+                await trio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.options.backoff_max)
+                continue
+            backoff = 0.02
+            try:
+                async with stream:
+                    _set_nodelay(stream)
+                    await stream.send_all(hello)
+                    while True:
+                        frames = [await queue.receive()]
+                        while len(frames) < 512:
+                            try:
+                                frames.append(queue.receive_nowait())
+                            except trio.WouldBlock:
+                                break
+                        await stream.send_all(b"".join(frames))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.info("link to node %d lost: %s", peer_id, exc)
+                await trio.sleep(backoff)
+
+    @staticmethod
+    def _drain(queue) -> None:
+        while True:
+            try:
+                queue.receive_nowait()
+            except trio.WouldBlock:
+                return
+
+    async def _handle_connection(self, stream) -> None:
+        """Serve one accepted connection: a peer link (first frame Hello) or a client."""
+        name = _peer_name(stream)
+        conn: ClientConn | None = None
+        try:
+            _set_nodelay(stream)
+            reader = wire.FrameReader(stream, self.options.frame_bytes_max)
+            with trio.move_on_after(self.options.idle_client_timeout) as idle:
+                frames = await reader.receive_frames()
+            if idle.cancelled_caught or not frames:
+                return
+            first = wire.decode_body(frames[0])
+            if isinstance(first, wire.Hello):
+                await self._serve_peer(first, reader, frames[1:], name)
+                return
+            conn = ClientConn(name)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._client_writer, stream, conn)
+                await self._serve_client(conn, reader, frames, name)
+                # let the writer flush what is queued, then stop it
+                conn.outbox_send.close()
+        except wire.WireError as exc:
+            self.counters["protocol_errors"] += 1
+            log.warning("closing connection from %s: bad frame: %s", name, exc)
+            with trio.move_on_after(1):
+                try:
+                    await stream.send_all(wire.encode_frame(
+                        wire.ErrorReply(id=None, code=wire.PROTOCOL, message=str(exc), leader=None)))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("connection from %s closed: %s", name, exc)
+        except Exception:  # one connection's bug must never take the node down
+            self.counters["connection_crashes"] += 1
+            log.exception("connection from %s failed", name)
+        finally:
+            if conn is not None:
+                conn.closed = True
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _serve_peer(self, hello, reader, frames, name: str) -> None:
+        if hello.cluster_id != self.options.cluster_id:
+            raise wire.WireError(f"peer is in cluster {hello.cluster_id!r}, we are {self.options.cluster_id!r}")
+        if hello.node_id not in self.peers or hello.node_id == self.node_id:
+            raise wire.WireError(f"peer says it is node {hello.node_id}, which is not a member")
+        peer = hello.node_id
+        post = self._events_send.send_nowait
+        while True:
+            for body in frames:
+                message = wire.decode_body(body)
+                if isinstance(message, wire.PaxosBatch):
+                    for m in message.messages:
+                        if m.sender != peer:
+                            raise wire.WireError(f"message from node {peer} claims sender {m.sender}")
+                        post((EV_PAXOS, m))
+                elif isinstance(message, wire.SnapshotChunk):
+                    if message.sender != peer:
+                        raise wire.WireError(f"snapshot from node {peer} claims sender {message.sender}")
+                    self._receive_snapshot_chunk(message)
+                else:
+                    raise wire.WireError(f"unexpected {type(message).__name__} on a peer link")
+            frames = await reader.receive_frames()
+            if not frames:
+                return
+
+    async def _client_writer(self, stream, conn: ClientConn) -> None:
+        recv = conn.outbox_recv
+        async for first in recv:
+            chunks = [first]
+            while len(chunks) < 1024:
+                try:
+                    chunks.append(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await stream.send_all(b"".join(chunks))
+
+    async def _serve_client(self, conn: ClientConn, reader, frames, name: str) -> None:
+        while True:
+            for body in frames:
+                try:
+                    request = wire.decode_body(body)
+                except wire.WireError as exc:
+                    self.counters["protocol_errors"] += 1
+                    log.warning("closing client %s: bad frame: %s", name, exc)
+                    conn.reply(wire.ErrorReply(id=wire.request_id_of(body), code=wire.PROTOCOL,
+                                               message=str(exc), leader=None))
+                    return
+                self._client_request(conn, request)
+            with trio.move_on_after(self.options.idle_client_timeout) as idle:
+                frames = await reader.receive_frames()
+            if idle.cancelled_caught or not frames:
+                return
+
+    def _client_request(self, conn: ClientConn, request) -> None:
+        if isinstance(request, wire.WRITE_REQUEST_TYPES):
+            try:
+                command = self._encode_write(request)
+            except ValueError as exc:
+                conn.reply(wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=str(exc), leader=None))
+                return
+            if not self.replica.is_leader:
+                conn.reply(self._not_leader(request.id))
+                return
+            key = (request.client_id, request.request_id)
+            self._events_send.send_nowait((EV_PROPOSE, command, key, conn, request.id))
+        elif isinstance(request, (wire.GetRequest, wire.ListRequest)):
+            if request.linearizable:
+                if not self.replica.is_leader:
+                    conn.reply(self._not_leader(request.id))
+                    return
+                self._events_send.send_nowait((EV_READ, conn, request))
+            else:
+                conn.reply(self._answer_read(request))
+        elif isinstance(request, wire.StatusRequest):
+            conn.reply(wire.OkReply(id=request.id, result=self.status()))
+        else:
+            conn.reply(wire.ErrorReply(id=getattr(request, "id", None), code=wire.BAD_REQUEST,
+                                       message=f"{type(request).__name__} is not a client request", leader=None))
+
+    @staticmethod
+    def _encode_write(request) -> bytes:
+        if isinstance(request, wire.PutRequest):
+            return commands.encode_put(request.client_id, request.request_id, request.ack_below,
+                                       request.key, request.value)
+        if isinstance(request, wire.DeleteRequest):
+            return commands.encode_delete(request.client_id, request.request_id, request.ack_below,
+                                          request.key, request.prefix)
+        return commands.encode_cas(request.client_id, request.request_id, request.ack_below,
+                                   request.key, request.expected, request.new)
+
+    def _answer_read(self, request):
+        sm = self.sm
+        if isinstance(request, wire.GetRequest):
+            entry = sm.get(request.key)
+            if entry is None:
+                result = {"found": False, "rev": sm.revision}
+            else:
+                result = {"found": True, "value": entry.value, "ver": entry.version,
+                          "mrev": entry.mod_revision, "rev": sm.revision}
+            return wire.OkReply(id=request.id, result=result)
+        entries = sm.range(request.prefix)
+        if request.limit:
+            entries = entries[: request.limit]
+        if request.keys_only:
+            items = [[e.key] for e in entries]
+        else:
+            items = [[e.key, e.value] for e in entries]
+        return wire.OkReply(id=request.id, result={"items": items, "rev": sm.revision})
+
+    def status(self) -> dict:
+        core = self.replica.status()
+        host, port = self.peers[self.node_id]
+        leader = self.replica.leader_id
+        ballot = core.get("ballot")
+        return {
+            "id": self.node_id,
+            "address": f"{host}:{self.listen_port or port}",
+            "leader": leader,
+            "is_leader": self.replica.is_leader,
+            "ballot": list(ballot) if ballot is not None else None,
+            "decided_slot": self.replica.decided_slot,
+            "applied_slot": self.replica.applied_slot,
+            "snapshot_slot": self.replica.snapshot_slot,
+            "log_bytes": self.storage.log_bytes,
+            "revision": self.sm.revision,
+            "keys": len(self.sm),
+            "state_hash": self.sm.state_hash(),
+            "storage_full": self.storage_full,
+            "cluster_id": self.options.cluster_id,
+        }
+
+
+def _set_nodelay(stream) -> None:
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def _peer_name(stream) -> str:
+    sock = getattr(stream, "socket", None)
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except Exception:
+        return "?"
+
+
+async def serve_until_signal(node: Node) -> None:
+    """Run ``node`` until SIGINT or SIGTERM, then shut down cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.run)
+
+            async def wait_for_signal() -> None:
+                async for signum in signals:
+                    log.info("node %d: %s received, shutting down", node.node_id, signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(wait_for_signal)
+
+
+def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, options: ServerOptions) -> None:
+    """Blocking entry point of ``kv serve``: run one node until SIGINT/SIGTERM."""
+    node = Node(node_id, peers, data_dir, options)
+    trio.run(serve_until_signal, node)
