@@ -1,0 +1,249 @@
+"""Write commands: the opaque bytes that the Paxos core carries from the leader to every replica.
+
+Theory of operation
+-------------------
+A command is one definite-length CBOR array (cbor2), compact on purpose because every byte is
+persisted and sent to every replica::
+
+    put:    [1, client_id, request_id, ack_below, key, value]
+    delete: [2, client_id, request_id, ack_below, key, prefix]
+    cas:    [3, client_id, request_id, ack_below, key, expected, new]
+
+The first element, the op code, also versions the format: a new kind of command gets a new code and
+old replicas reject it as malformed instead of misreading it.
+
+``(client_id, request_id)`` names the request for exactly-once execution; ``ack_below`` says that
+every request of this client below it was answered, so the state machine may forget those results.
+A request cannot be answered before it is sent, so ``ack_below <= request_id`` always holds.
+
+Two error families (STYLE.md section 5):
+
+* ``encode_*`` are called by our own server with values a client sent. Bad values (a key too long, a
+  value of the wrong type) raise ``ValueError`` with a clear message, so the server can refuse the
+  request before it is proposed.
+* ``decode_command`` reads bytes that came out of the log. They may be damaged or written by a buggy or
+  hostile peer, so it validates everything and raises ``CommandError`` (and nothing else). cbor2
+  happily turns tags into datetimes, Decimals, UUIDs and so on, so the decoded types are never
+  trusted. As the last check the validated fields are encoded again and must give back exactly the
+  input bytes: only the canonical encoding that ``encode_*`` produce is accepted (no trailing bytes, no
+  indefinite lengths, no tags, no non-minimal integers). That keeps "same bytes, same command" true on
+  every replica.
+
+This module does no I/O and uses no clock or randomness.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import cbor2
+
+KEY_BYTES_MAX = 4096
+"""Largest key, in bytes of its UTF-8 encoding."""
+VALUE_BYTES_MAX = 1024 * 1024
+"""Largest value (and cas ``expected``), in bytes (UTF-8 bytes for a str value)."""
+CLIENT_ID_BYTES_MAX = 64
+"""Largest client id, in bytes; a client id has at least one byte."""
+INT_MAX = 2**64 - 1
+"""Largest request_id / ack_below: CBOR's unsigned integer range, so no bignum tags are ever needed."""
+
+OP_PUT = 1
+OP_DELETE = 2
+OP_CAS = 3
+_OP_NAMES = {OP_PUT: "put", OP_DELETE: "delete", OP_CAS: "cas"}
+# Element count of each command's array, including the op code.
+_OP_LENGTHS = {OP_PUT: 6, OP_DELETE: 6, OP_CAS: 7}
+
+Value = Union[str, bytes]
+
+
+class CommandError(Exception):
+    """The bytes are not a well-formed command (raised by ``decode_command`` only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One decoded, validated write command.
+
+    ``value`` is the value to store for put, the new value for cas, and None for delete.
+    ``expected`` is only meaningful for cas (None: swap only if the key is absent).
+    ``prefix`` is only meaningful for delete (True: delete every key that starts with ``key``).
+    """
+
+    op: Literal["put", "delete", "cas"]
+    client_id: bytes
+    request_id: int
+    ack_below: int
+    key: str
+    value: Value | None = None
+    expected: Value | None = None
+    prefix: bool = False
+
+
+# -----------------------------------------------------------------------------------------------
+# validation shared by encode (ValueError) and decode (CommandError)
+
+def _check_ids(client_id: object, request_id: object, ack_below: object) -> str | None:
+    """Return a description of what is wrong with the request identity, or None if it is valid."""
+    if type(client_id) is not bytes:
+        return f"client_id must be bytes, not {type(client_id).__name__}"
+    if not 1 <= len(client_id) <= CLIENT_ID_BYTES_MAX:
+        return f"client_id must have 1 to {CLIENT_ID_BYTES_MAX} bytes, not {len(client_id)}"
+    # type(...) is int rejects bool (a subclass of int) and int subclasses alike.
+    if type(request_id) is not int or not 0 <= request_id <= INT_MAX:
+        return "request_id must be an int in [0, 2**64)"
+    if type(ack_below) is not int or not 0 <= ack_below <= INT_MAX:
+        return "ack_below must be an int in [0, 2**64)"
+    if ack_below > request_id:
+        # The request itself is not answered yet, so the client cannot have acknowledged it.
+        return f"ack_below ({ack_below}) must not exceed request_id ({request_id})"
+    return None
+
+
+def _utf8_len(text: str) -> int:
+    """Bytes of ``text`` in UTF-8; raises UnicodeEncodeError on lone surrogates."""
+    return len(text.encode("utf-8"))
+
+
+def _check_key(key: object, *, allow_empty: bool = False) -> str | None:
+    """Return a description of what is wrong with ``key``, or None if it is valid."""
+    if type(key) is not str:
+        return f"key must be str, not {type(key).__name__}"
+    if not key and not allow_empty:
+        return "key must not be empty"
+    try:
+        size = _utf8_len(key)
+    except UnicodeEncodeError:
+        return "key is not valid Unicode (lone surrogate)"
+    if size > KEY_BYTES_MAX:
+        return f"key has {size} bytes in UTF-8, more than {KEY_BYTES_MAX}"
+    return None
+
+
+def _check_value(value: object, what: str) -> str | None:
+    """Return a description of what is wrong with a value (str or bytes), or None if it is valid."""
+    if type(value) is bytes:
+        size = len(value)
+    elif type(value) is str:
+        try:
+            # isascii() is O(1) in CPython; an ASCII str has one byte per character, so skip the copy.
+            size = len(value) if value.isascii() else _utf8_len(value)
+        except UnicodeEncodeError:
+            return f"{what} is not valid Unicode (lone surrogate)"
+    else:
+        return f"{what} must be str or bytes, not {type(value).__name__}"
+    if size > VALUE_BYTES_MAX:
+        return f"{what} has {size} bytes, more than {VALUE_BYTES_MAX}"
+    return None
+
+
+def _first_error(*problems: str | None) -> str | None:
+    for problem in problems:
+        if problem is not None:
+            return problem
+    return None
+
+
+def _dumps(items: list) -> bytes:
+    # Plain cbor2 defaults: definite lengths, minimal integers, text for str, bytes for bytes. The
+    # decoder compares against exactly this encoding, so both sides must use this one function.
+    return cbor2.dumps(items)
+
+
+# -----------------------------------------------------------------------------------------------
+# encode
+
+def encode_put(client_id: bytes, request_id: int, ack_below: int, key: str, value: Value) -> bytes:
+    """Encode ``put key value``. Raises ValueError if any argument is invalid."""
+    problem = _first_error(_check_ids(client_id, request_id, ack_below), _check_key(key),
+                           _check_value(value, "value"))
+    if problem is not None:
+        raise ValueError(problem)
+    return _dumps([OP_PUT, client_id, request_id, ack_below, key, value])
+
+
+def encode_delete(client_id: bytes, request_id: int, ack_below: int, key: str, prefix: bool = False) -> bytes:
+    """Encode ``delete key`` (or, with ``prefix=True``, delete every key starting with ``key``).
+
+    An empty ``key`` is allowed only with ``prefix=True``, where it means every key.
+    Raises ValueError if any argument is invalid.
+    """
+    problem = _first_error(
+        _check_ids(client_id, request_id, ack_below),
+        None if type(prefix) is bool else f"prefix must be bool, not {type(prefix).__name__}",
+        _check_key(key, allow_empty=prefix is True),
+    )
+    if problem is not None:
+        raise ValueError(problem)
+    return _dumps([OP_DELETE, client_id, request_id, ack_below, key, prefix])
+
+
+def encode_cas(client_id: bytes, request_id: int, ack_below: int, key: str, expected: Value | None,
+               new: Value) -> bytes:
+    """Encode ``cas key expected new``: set ``key`` to ``new`` only if its value equals ``expected``.
+
+    ``expected=None`` means "only if the key is absent". Raises ValueError if any argument is invalid.
+    """
+    problem = _first_error(
+        _check_ids(client_id, request_id, ack_below), _check_key(key),
+        None if expected is None else _check_value(expected, "expected"),
+        _check_value(new, "new value"),
+    )
+    if problem is not None:
+        raise ValueError(problem)
+    return _dumps([OP_CAS, client_id, request_id, ack_below, key, expected, new])
+
+
+# -----------------------------------------------------------------------------------------------
+# decode
+
+def decode_command(data: bytes) -> Command:
+    """Decode and validate command bytes taken from the log.
+
+    Returns a ``Command``. Raises ``CommandError`` (and no other exception) if ``data`` is not exactly
+    the canonical encoding of a valid command. The error message is deterministic: it depends on the
+    bytes only, never on the cbor2 version's wording.
+    """
+    if type(data) is not bytes:
+        raise CommandError(f"command must be bytes, not {type(data).__name__}")
+    try:
+        items = cbor2.loads(data)
+    except Exception:  # noqa: BLE001 -- cbor2 raises many types on garbage; all mean "not CBOR"
+        raise CommandError("command is not valid CBOR") from None
+    if type(items) is not list or not items:
+        raise CommandError("command must be a non-empty CBOR array")
+    op_code = items[0]
+    if type(op_code) is not int or op_code not in _OP_NAMES:
+        raise CommandError("unknown command op code")
+    if len(items) != _OP_LENGTHS[op_code]:
+        raise CommandError(f"{_OP_NAMES[op_code]} command must have {_OP_LENGTHS[op_code]} elements")
+    client_id, request_id, ack_below, key = items[1:5]
+    value = expected = None
+    prefix = False
+    if op_code == OP_PUT:
+        value = items[5]
+        problem = _first_error(_check_ids(client_id, request_id, ack_below), _check_key(key),
+                               _check_value(value, "value"))
+    elif op_code == OP_DELETE:
+        prefix = items[5]
+        problem = _first_error(
+            _check_ids(client_id, request_id, ack_below),
+            None if type(prefix) is bool else "prefix must be bool",
+            _check_key(key, allow_empty=prefix is True),
+        )
+    else:
+        expected, value = items[5], items[6]
+        problem = _first_error(
+            _check_ids(client_id, request_id, ack_below), _check_key(key),
+            None if expected is None else _check_value(expected, "expected"),
+            _check_value(value, "new value"),
+        )
+    if problem is not None:
+        raise CommandError(problem)
+    # Every field has a plain type now, so this encode cannot fail. Comparing bytes rejects trailing
+    # data, tags (e.g. a bignum or string-reference tag that decoded to a plain int or str),
+    # indefinite lengths and non-minimal heads: one command has exactly one encoding.
+    if _dumps(items) != data:
+        raise CommandError("command is not in canonical encoding")
+    return Command(op=_OP_NAMES[op_code], client_id=client_id, request_id=request_id, ack_below=ack_below,
+                   key=key, value=value, expected=expected, prefix=prefix)
