@@ -114,6 +114,16 @@ def parse_peers(text: str) -> dict[int, tuple[str, int]]:
     return peers
 
 
+class TcpTransport:
+    """How a node reaches the network: TCP here; tests substitute in-memory streams."""
+
+    async def connect(self, host: str, port: int):
+        return await trio.open_tcp_stream(host, port)
+
+    async def open_listeners(self, host: str, port: int) -> list:
+        return await trio.open_tcp_listeners(port, host=host)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Events posted to the driver. Plain tuples keep the hot path cheap: (kind, ...).
 EV_TICK = 0
@@ -152,6 +162,7 @@ class Node:
         options: ServerOptions | None = None,
         *,
         listener_socket: socket.socket | None = None,
+        transport: "TcpTransport | None" = None,
     ) -> None:
         if node_id not in peers:
             raise ValueError(f"node id {node_id} is not among the peers {sorted(peers)}")
@@ -160,6 +171,7 @@ class Node:
         self.options = options or ServerOptions()
         self.data_dir = Path(data_dir)
         self._listener_socket = listener_socket
+        self.transport = transport or TcpTransport()
         self.storage = Storage.open(
             self.data_dir, node_id=node_id, cluster_id=self.options.cluster_id, fsync=self.options.fsync
         )
@@ -225,8 +237,7 @@ class Node:
         if self._listener_socket is not None:
             sock = trio.socket.from_stdlib_socket(self._listener_socket)
             return [trio.SocketListener(sock)]
-        host, port = self.peers[self.node_id]
-        return await trio.open_tcp_listeners(port, host=host)
+        return await self.transport.open_listeners(*self.peers[self.node_id])
 
     async def _serve_listeners(self, listeners) -> None:
         await trio.serve_listeners(self._handle_connection, listeners)
@@ -318,7 +329,10 @@ class Node:
         if actions.persist:
             try:
                 self.storage.append(actions.persist)
-                await trio.to_thread.run_sync(self.storage.sync)
+                if self.options.fsync:
+                    await trio.to_thread.run_sync(self.storage.sync)
+                else:
+                    self.storage.sync()  # no fsync: only a write(), not worth a thread hop
             except StorageFull as exc:
                 self._on_storage_full(exc)
                 return  # nothing of this batch may leave the node
@@ -475,7 +489,7 @@ class Node:
         while True:
             try:
                 with trio.fail_after(self.options.connect_timeout):
-                    stream = await trio.open_tcp_stream(host, port)
+                    stream = await self.transport.connect(host, port)
             except (OSError, trio.TooSlowError):
                 self._drain(queue)  # messages to an unreachable peer are dropped (Paxos tolerates loss)
                 await trio.sleep(backoff * (0.5 + random.random()))
