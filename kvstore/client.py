@@ -159,8 +159,10 @@ class _Connection:
 class AsyncClient:
     """A connection to the cluster. Build it with ``connect()``; see the module docstring."""
 
-    def __init__(self, endpoints: list[str] | str, nursery: trio.Nursery, *, timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: list[str] | str, nursery: trio.Nursery, *, timeout: float = 5.0,
+                 transport=None) -> None:
         self.endpoints = parse_endpoints(endpoints)
+        self._open_stream = transport.connect if transport is not None else trio.open_tcp_stream
         self.timeout = timeout
         self._nursery = nursery
         self._conn: _Connection | None = None
@@ -221,7 +223,7 @@ class AsyncClient:
         if isinstance(endpoint, str):
             endpoint = parse_endpoints([endpoint])[0]
         with trio.move_on_after(self.timeout) as scope:
-            stream = await trio.open_tcp_stream(*endpoint)
+            stream = await self._open_stream(*endpoint)
             async with stream:
                 conn = _Connection(endpoint, stream)
                 async with trio.open_nursery() as nursery:
@@ -347,7 +349,7 @@ class AsyncClient:
                 return self._conn
             endpoint = self.endpoints[self._preferred]
             with trio.fail_after(min(self.timeout, 2.0)):
-                stream = await trio.open_tcp_stream(*endpoint)
+                stream = await self._open_stream(*endpoint)
             conn = _Connection(endpoint, stream)
             self._nursery.start_soon(conn.reader)
             self._conn = conn
@@ -365,10 +367,13 @@ def _fmt(endpoint: tuple[str, int]) -> str:
 
 
 @asynccontextmanager
-async def connect(endpoints: list[str] | str, *, timeout: float = 5.0):
-    """``async with connect(["127.0.0.1:7001", ...]) as kv:`` -> an ``AsyncClient``."""
+async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport=None):
+    """``async with connect(["127.0.0.1:7001", ...]) as kv:`` -> an ``AsyncClient``.
+
+    ``transport`` (tests only) replaces TCP: an object with ``async connect(host, port) -> stream``.
+    """
     async with trio.open_nursery() as nursery:
-        client = AsyncClient(endpoints, nursery, timeout=timeout)
+        client = AsyncClient(endpoints, nursery, timeout=timeout, transport=transport)
         try:
             yield client
         finally:

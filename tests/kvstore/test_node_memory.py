@@ -1,0 +1,150 @@
+"""The trio node on in-memory streams with trio's autojump clock.
+
+Three ``kvstore.server.Node`` objects run in one trio run, joined by ``memnet.MemoryNetwork``; time is
+virtual (the autojump clock skips ahead whenever every task is blocked), so elections and timeouts take
+no real time. Checks: a leader emerges and serves writes and reads; replicas converge; a crashed leader
+is replaced and, restarted from its data dir, catches up; a garbage frame closes only its own
+connection.
+"""
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from kvstore import wire
+from kvstore.client import Unavailable, connect
+from kvstore.server import Node, ServerOptions
+
+from .memnet import MemoryNetwork
+
+PEERS = {1: ("n1", 7001), 2: ("n2", 7002), 3: ("n3", 7003)}
+ENDPOINTS = [f"{h}:{p}" for h, p in PEERS.values()]
+
+
+def _options() -> ServerOptions:
+    return ServerOptions(fsync=False, tick_seconds=0.01, heartbeat_ticks=5, election_timeout_ticks=30,
+                         request_timeout=5.0)
+
+
+class MemCluster:
+    def __init__(self, nursery, tmp_path, net: MemoryNetwork) -> None:
+        self.nursery = nursery
+        self.tmp_path = tmp_path
+        self.net = net
+        self.nodes: dict[int, Node] = {}
+        self.scopes: dict[int, trio.CancelScope] = {}
+
+    async def start(self, node_id: int) -> None:
+        node = Node(node_id, PEERS, self.tmp_path / f"node-{node_id}", _options(),
+                    transport=self.net.transport())
+        scope = trio.CancelScope()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await node.run(task_status=task_status)
+
+        await self.nursery.start(run)
+        self.nodes[node_id] = node
+        self.scopes[node_id] = scope
+
+    def crash(self, node_id: int) -> None:
+        self.net.down(*PEERS[node_id])
+        self.scopes.pop(node_id).cancel()
+        self.nodes.pop(node_id)
+
+    async def wait_leader(self) -> int:
+        with trio.fail_after(30):
+            while True:
+                leaders = [i for i, n in self.nodes.items() if n.replica.is_leader]
+                if len(leaders) == 1:
+                    return leaders[0]
+                await trio.sleep(0.05)
+
+    async def wait_converged(self) -> None:
+        with trio.fail_after(30):
+            while True:
+                seen = {(n.replica.applied_slot, n.sm.state_hash()) for n in self.nodes.values()}
+                if len(seen) == 1:
+                    return
+                await trio.sleep(0.05)
+
+
+async def test_three_nodes_elect_serve_and_converge(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        for i in PEERS:
+            await cluster.start(i)
+        await cluster.wait_leader()
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            for i in range(20):
+                await kv.put(f"k{i}", f"v{i}")
+            assert await kv.get("k7") == "v7"
+            assert await kv.cas("k1", "v1", "x") is True
+            assert await kv.delete_prefix("k1") == 11  # k1, k10..k19
+            assert [k for k, _ in await kv.list("k")] == sorted(f"k{i}" for i in range(20) if not str(i).startswith("1"))
+        await cluster.wait_converged()
+        nursery.cancel_scope.cancel()
+
+
+async def test_crashed_leader_is_replaced_and_catches_up_after_restart(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        for i in PEERS:
+            await cluster.start(i)
+        old = await cluster.wait_leader()
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            for i in range(10):
+                await kv.put(f"a{i}", "x")
+            cluster.crash(old)
+            new = await cluster.wait_leader()
+            assert new != old
+            for i in range(10):
+                await kv.put(f"b{i}", "y")
+            await cluster.start(old)
+            await cluster.wait_converged()
+            assert len(await kv.list("")) == 20
+        assert len(cluster.nodes[old].sm) == 20
+        nursery.cancel_scope.cancel()
+
+
+async def test_garbage_frame_closes_only_that_connection(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        for i in PEERS:
+            await cluster.start(i)
+        leader = await cluster.wait_leader()
+        bad = await net.transport().connect(*PEERS[leader])
+        await bad.send_all(b"\x00\x00\x00\x05" + b"\xff" * 5)  # five bytes that are not CBOR
+        reader = wire.FrameReader(bad)
+        with trio.fail_after(5):
+            frames = await reader.receive_frames()
+        reply = wire.decode_body(frames[0])
+        assert isinstance(reply, wire.ErrorReply) and reply.code == wire.PROTOCOL
+        with trio.fail_after(5):
+            assert await reader.receive_frames() == []  # then the node closed it
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            await kv.put("still", "serving")
+            assert await kv.get("still") == "serving"
+        assert cluster.nodes[leader].counters["protocol_errors"] == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_quorum_write_times_out_with_unknown_outcome(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        for i in PEERS:
+            await cluster.start(i)
+        leader = await cluster.wait_leader()
+        for i in list(cluster.nodes):
+            if i != leader:
+                cluster.crash(i)
+        async with connect([f"{h}:{p}" for h, p in [PEERS[leader]]], timeout=3, transport=net.transport()) as kv:
+            with pytest.raises(Unavailable) as info:
+                await kv.put("k", "v")
+        assert info.value.outcome_unknown
+        nursery.cancel_scope.cancel()
