@@ -1,0 +1,578 @@
+"""``kv cluster``: a local cluster of ``kv serve`` processes on 127.0.0.1, for development and tests.
+
+Theory of operation: ``up`` spawns one ``python -m cli serve`` per node, each in its own session
+(``start_new_session``) so a Ctrl-C in the foreground view reaches only us, each with its data directory
+DIR/node-N and its log DIR/node-N/server.log. DIR/cluster.json (written atomically) is the single
+record of the cluster: cluster id, endpoints, and per node id, port, pid, data dir, log file and the
+exact argv (so ``restart`` runs the node again with the same arguments). Every other subcommand reads
+it. Before any signal is sent, the pid is checked to still be one of our nodes (on Linux through
+/proc/PID/cmdline), so a reused pid is never signalled.
+
+DIR defaults to ``$KV_CLUSTER_DIR`` or the per-user data directory (``~/.local/share/kv/cluster``), so
+on one machine no flag is needed, and client commands without ``--endpoints`` use this cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cli import common, nodestatus
+from cli.common import (
+    OperationFailed,
+    Settings,
+    UsageProblem,
+    default_cluster_dir,
+    read_state,
+    reporting_errors,
+    write_state,
+)
+from cli.output import OutputFormat, cell, jsonable, print_json, render_table
+
+cluster_app = typer.Typer(
+    help="Run a local cluster of `kv serve` processes on 127.0.0.1.\n\n"
+    "Example: kv cluster up --detach; kv put k v; kv cluster kill 2; kv cluster down",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+HOST = "127.0.0.1"
+DEFAULT_BASE_PORT = 7001
+NODES_MAX = 15
+LEADER_WAIT_SECONDS = 15.0
+STOP_WAIT_SECONDS = 5.0
+KILL_WAIT_SECONDS = 3.0
+POLL_SECONDS = 0.1
+STATUS_TIMEOUT_SECONDS = 1.0
+VIEW_REFRESH_SECONDS = 1.0
+VIEW_ALL_DEAD_SECONDS = 10.0
+LOG_FILE_NAME = "server.log"
+
+DataDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--data-dir",
+        help="The cluster directory. Default: $KV_CLUSTER_DIR or ~/.local/share/kv/cluster.",
+        show_default=False,
+    ),
+]
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.find_object(Settings)
+    return settings if settings is not None else Settings()
+
+
+def _cluster_dir(data_dir: Optional[Path]) -> Path:
+    return (data_dir if data_dir is not None else default_cluster_dir()).expanduser().absolute()
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+
+
+def process_state(pid: Optional[int], node: Optional[dict[str, Any]] = None) -> str:
+    """"running", "paused" or "dead" ("dead" also for a zombie or a pid that is no longer our node)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return "dead"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "dead"
+    except PermissionError:
+        return "dead"  # someone else's process now: not our node
+    proc = Path("/proc") / str(pid)
+    if not proc.is_dir():
+        return "running"  # no /proc (macOS): signal 0 is all we can check
+    try:
+        stat = (proc / "stat").read_text()
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "dead"
+    state_char = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
+    if state_char in ("Z", "X", "x"):
+        return "dead"
+    if node is not None:
+        args = [a.decode("utf-8", "replace") for a in cmdline]
+        if "serve" not in args or str(node.get("data_dir")) not in args:
+            return "dead"  # the pid was reused by an unrelated process
+    return "paused" if state_char in ("T", "t") else "running"
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_dead(nodes: list[dict[str, Any]], seconds: float, children: dict[int, subprocess.Popen]) -> bool:
+    """Poll (bounded) until every node's process is gone; reap our own children. True if all gone."""
+    deadline = time.monotonic() + seconds
+    for _ in range(int(seconds / POLL_SECONDS) + 2):
+        for child in children.values():
+            child.poll()
+        if all(process_state(n.get("pid"), n) == "dead" for n in nodes):
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_SECONDS)
+    return False
+
+
+def stop_nodes(
+    nodes: list[dict[str, Any]], children: Optional[dict[int, subprocess.Popen]] = None, *, quiet: bool = False
+) -> None:
+    """SIGTERM every live node (SIGCONT first, in case it is paused), wait, then SIGKILL what is left."""
+    children = children or {}
+    live = [n for n in nodes if process_state(n.get("pid"), n) != "dead"]
+    for node in live:
+        _signal(node["pid"], signal.SIGCONT)
+        _signal(node["pid"], signal.SIGTERM)
+    if live and not _wait_dead(live, STOP_WAIT_SECONDS, children):
+        for node in live:
+            if process_state(node.get("pid"), node) != "dead":
+                if not quiet:
+                    typer.echo(f"node {node['id']} (pid {node['pid']}) did not stop: SIGKILL", err=True)
+                _signal(node["pid"], signal.SIGKILL)
+        _wait_dead(live, KILL_WAIT_SECONDS, children)
+    for node in live:
+        if not quiet:
+            typer.echo(f"stopped node {node['id']} (pid {node['pid']})", err=True)
+    for node in nodes:
+        if process_state(node.get("pid"), node) == "dead":
+            node["pid"] = None
+
+
+def port_in_use(port: int) -> bool:
+    """True if something listens on HOST:port (bind with SO_REUSEADDR, as servers do, and see)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, port))
+    except OSError:
+        return True
+    finally:
+        sock.close()
+    return False
+
+
+def _project_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def spawn_node(node: dict[str, Any]) -> subprocess.Popen:
+    """Start one node from its stored argv, logging to its log file; sets node["pid"]."""
+    Path(node["data_dir"]).mkdir(parents=True, exist_ok=True)
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_project_root(), env.get("PYTHONPATH")) if p)
+    with open(node["log_file"], "ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(node['argv'])}\n".encode())
+        log.flush()
+        child = subprocess.Popen(
+            node["argv"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
+    node["pid"] = child.pid
+    return child
+
+
+def _log_tail(node: dict[str, Any], lines: int = 5) -> str:
+    try:
+        text = Path(node["log_file"]).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(tail) if tail else "(empty log)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cluster status as one view: the state file's processes joined with what the nodes report
+
+
+def query_statuses(endpoints: list[str], timeout: float) -> list[dict[str, Any]]:
+    """Node statuses from the client, or [] if none could be had (the nodes may be starting)."""
+    try:
+        with common.make_client(endpoints, timeout) as client:
+            return [dict(s) for s in client.cluster_status()]
+    except Exception:  # any failure just means "no status yet"; callers show what they know
+        return []
+
+
+def _status_for(
+    node: dict[str, Any], index: int, node_count: int, statuses: list[dict[str, Any]]
+) -> dict[str, Any]:
+    endpoint = f"{HOST}:{node['port']}"
+    for status in statuses:
+        if nodestatus.field(status, "ADDRESS") == endpoint:
+            return status
+    for status in statuses:
+        if nodestatus.field(status, "ID") == node["id"]:
+            return status
+    if len(statuses) == node_count and index < len(statuses):  # same order as endpoints
+        return statuses[index]
+    return {}
+
+
+VIEW_HEADERS = ["NODE", "PORT", "PID", "PROCESS", "REACHABLE", "LEADER", "BALLOT", "DECIDED", "APPLIED"]
+
+
+def view_rows(state: dict[str, Any], statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for index, node in enumerate(state["nodes"]):
+        status = _status_for(node, index, len(state["nodes"]), statuses)
+        process = process_state(node.get("pid"), node)
+        rows.append(
+            {
+                "id": node["id"],
+                "port": node["port"],
+                "pid": node.get("pid") if process != "dead" else None,
+                "process": process,
+                "reachable": nodestatus.is_reachable(status) if status else False,
+                "leader": nodestatus.field(status, "LEADER"),
+                "is_leader": nodestatus.is_leader(status) if status else False,
+                "ballot": nodestatus.field(status, "BALLOT"),
+                "decided_slot": nodestatus.field(status, "DECIDED"),
+                "applied_slot": nodestatus.field(status, "APPLIED"),
+                "data_dir": node["data_dir"],
+                "log_file": node["log_file"],
+            }
+        )
+    return rows
+
+
+def render_view(rows: list[dict[str, Any]]) -> str:
+    table_rows = [
+        [
+            r["id"],
+            r["port"],
+            r["pid"],
+            r["process"],
+            r["reachable"],
+            r["leader"],
+            r["ballot"],
+            r["decided_slot"],
+            r["applied_slot"],
+        ]
+        for r in rows
+    ]
+    return render_table(VIEW_HEADERS, table_rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands
+
+
+def _load(cluster_dir: Path) -> dict[str, Any]:
+    state = read_state(cluster_dir)
+    if state is None:
+        raise OperationFailed(f"no cluster in {cluster_dir} (start one with `kv cluster up`)")
+    return state
+
+
+def _node(state: dict[str, Any], node_id: int) -> dict[str, Any]:
+    for node in state["nodes"]:
+        if node.get("id") == node_id:
+            return node
+    ids = [n.get("id") for n in state["nodes"]]
+    raise UsageProblem(f"no node {node_id} in this cluster (nodes: {ids})")
+
+
+def _wait_for_leader(
+    state: dict[str, Any], children: dict[int, subprocess.Popen], seconds: float
+) -> Any:
+    """Poll (bounded) until a leader is reported; raise OperationFailed if a node exits or time runs out."""
+    progress_tty = sys.stderr.isatty()
+    start = time.monotonic()
+    deadline = start + seconds
+    if not progress_tty:
+        typer.echo(f"waiting for a leader (up to {seconds:.0f} s)...", err=True)
+    leader = None
+    for _ in range(int(seconds / (POLL_SECONDS * 2)) + 2):
+        for node in state["nodes"]:
+            child = children.get(node["id"])
+            if child is not None and child.poll() is not None:
+                raise OperationFailed(
+                    f"node {node['id']} exited with code {child.returncode} during startup; "
+                    f"{node['log_file']}: {_log_tail(node)}"
+                )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        statuses = query_statuses(state["endpoints"], min(STATUS_TIMEOUT_SECONDS, remaining))
+        leader = nodestatus.known_leader(statuses)
+        reachable = sum(1 for s in statuses if nodestatus.is_reachable(s))
+        if progress_tty:
+            typer.echo(
+                f"\rwaiting for a leader: {time.monotonic() - start:4.1f} s, "
+                f"{reachable}/{len(state['nodes'])} nodes answer",
+                err=True,
+                nl=False,
+            )
+        if leader is not None:
+            break
+        time.sleep(POLL_SECONDS * 2)
+    if progress_tty:
+        typer.echo("", err=True)
+    if leader is None:
+        raise OperationFailed(
+            f"no leader after {seconds:.0f} s; see the logs {state['nodes'][0]['log_file']} and its siblings"
+        )
+    return leader
+
+
+def _install_sigterm_as_interrupt() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (e.g. some test runners)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _foreground_view(cluster_dir: Path, state: dict[str, Any], children: dict[int, subprocess.Popen],
+                     timeout: float) -> int:
+    """Redraw the cluster each second until Ctrl-C (or every node has been dead for a while)."""
+    tty = sys.stdout.isatty()
+    last_text = None
+    all_dead_since: Optional[float] = None
+    typer.echo("Ctrl-C stops the cluster.", err=True)
+    while True:  # ends on Ctrl-C/SIGTERM, or when every node stayed dead VIEW_ALL_DEAD_SECONDS
+        for child in children.values():
+            child.poll()  # reap nodes killed by `kv cluster kill` from another terminal
+        with contextlib.suppress(UsageProblem):
+            fresh = read_state(cluster_dir)
+            if fresh is not None:
+                state = fresh
+        statuses = query_statuses(state["endpoints"], min(STATUS_TIMEOUT_SECONDS, timeout))
+        rows = view_rows(state, statuses)
+        text = render_view(rows)
+        if tty:
+            typer.echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + f"cluster {cluster_dir}\n" + text
+                       + "\n\nCtrl-C stops the cluster.")
+        elif text != last_text:
+            typer.echo(text + "\n")
+        last_text = text
+        if all(r["process"] == "dead" for r in rows):
+            now = time.monotonic()
+            all_dead_since = all_dead_since if all_dead_since is not None else now
+            if now - all_dead_since >= VIEW_ALL_DEAD_SECONDS:
+                typer.echo("every node has exited; leaving the view", err=True)
+                return common.EXIT_FAILED
+        else:
+            all_dead_since = None
+        time.sleep(VIEW_REFRESH_SECONDS)
+
+
+@cluster_app.command("up", epilog="Example: kv cluster up --detach;  kv cluster up --nodes 5 --base-port 8001")
+def up_command(
+    ctx: typer.Context,
+    nodes: Annotated[int, typer.Option("--nodes", min=1, max=NODES_MAX, help="How many nodes.")] = 3,
+    data_dir: DataDirOption = None,
+    base_port: Annotated[
+        int, typer.Option("--base-port", min=1, max=65535, help="Node N listens on base+N-1.")
+    ] = DEFAULT_BASE_PORT,
+    detach: Annotated[bool, typer.Option("--detach", help="Return once a leader is known; nodes keep running.")] = False,
+) -> None:
+    """Start a local cluster, wait for a leader, print the endpoints; without --detach show a live view.
+
+    Ctrl-C in the live view stops every node (SIGTERM, then SIGKILL after a bounded wait).
+    """
+    settings = _settings(ctx)
+    cluster_dir = _cluster_dir(data_dir)
+    children: dict[int, subprocess.Popen] = {}
+    state: Optional[dict[str, Any]] = None
+    with reporting_errors(settings):
+        if base_port + nodes - 1 > 65535:
+            raise UsageProblem(f"--base-port {base_port} with {nodes} nodes goes past port 65535")
+        old = read_state(cluster_dir)
+        cluster_id = f"kv-{secrets.token_hex(4)}"
+        if old is not None:
+            live = [n for n in old["nodes"] if process_state(n.get("pid"), n) != "dead"]
+            if live:
+                pids = ", ".join(str(n["pid"]) for n in live)
+                raise OperationFailed(
+                    f"cluster already running in {cluster_dir} (pids {pids}); "
+                    "see `kv cluster status`, stop it with `kv cluster down`"
+                )
+            if len(old["nodes"]) != nodes:
+                raise OperationFailed(
+                    f"{cluster_dir} holds a {len(old['nodes'])}-node cluster; "
+                    f"use --nodes {len(old['nodes'])} or another --data-dir"
+                )
+            cluster_id = str(old.get("cluster_id") or cluster_id)
+        ports = [base_port + i for i in range(nodes)]
+        taken = [p for p in ports if port_in_use(p)]
+        if taken:
+            raise OperationFailed(
+                f"port{'s' if len(taken) > 1 else ''} {', '.join(map(str, taken))} on {HOST} already in use; "
+                "pick another --base-port"
+            )
+        peers = ",".join(f"{i + 1}={HOST}:{port}" for i, port in enumerate(ports))
+        node_list = []
+        for i, port in enumerate(ports):
+            node_dir = cluster_dir / f"node-{i + 1}"
+            argv = [sys.executable, "-m", "cli", "serve", "--id", str(i + 1), "--peers", peers,
+                    "--data-dir", str(node_dir), "--cluster-id", cluster_id]
+            node_list.append({"id": i + 1, "port": port, "pid": None, "data_dir": str(node_dir),
+                              "log_file": str(node_dir / LOG_FILE_NAME), "argv": argv})
+        state = {
+            "cluster_id": cluster_id,
+            "endpoints": [f"{HOST}:{port}" for port in ports],
+            "peers": peers,
+            "nodes": node_list,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        try:
+            for node in node_list:
+                children[node["id"]] = spawn_node(node)
+            write_state(cluster_dir, state)
+            leader = _wait_for_leader(state, children, LEADER_WAIT_SECONDS)
+        except OperationFailed:
+            if detach and all(c.poll() is None for c in children.values()):
+                # no leader yet, but every node runs: leave them, the user may look at them
+                typer.echo("the nodes keep running: `kv cluster status`, `kv cluster down`", err=True)
+            else:
+                stop_nodes(node_list, children, quiet=True)
+                write_state(cluster_dir, state)
+            raise
+        except BaseException:  # Ctrl-C or a failure to spawn: leave nothing behind
+            stop_nodes(node_list, children, quiet=True)
+            write_state(cluster_dir, state)
+            raise
+        endpoints = ",".join(state["endpoints"])
+        typer.echo(f"cluster {cluster_id} up in {cluster_dir}: {nodes} nodes, leader {leader}", err=True)
+        typer.echo(f"endpoints: {endpoints}")
+        typer.echo(f"export KV_ENDPOINTS={endpoints}")
+    if detach:
+        return
+    _install_sigterm_as_interrupt()
+    code = common.EXIT_OK
+    try:
+        code = _foreground_view(cluster_dir, state, children, settings.command_timeout)
+    except KeyboardInterrupt:
+        typer.echo("\nstopping the cluster...", err=True)
+    finally:
+        with contextlib.suppress(UsageProblem):
+            state = read_state(cluster_dir) or state
+        stop_nodes(state["nodes"], children)
+        write_state(cluster_dir, state)
+    raise typer.Exit(code)
+
+
+@cluster_app.command("down", epilog="Example: kv cluster down")
+def down_command(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
+    """Stop every node of the local cluster (SIGTERM, then SIGKILL after a bounded wait). Data stays."""
+    settings = _settings(ctx)
+    cluster_dir = _cluster_dir(data_dir)
+    with reporting_errors(settings):
+        state = read_state(cluster_dir)
+        if state is None:
+            typer.echo(f"no cluster in {cluster_dir}: nothing to stop", err=True)
+            return
+        if all(process_state(n.get("pid"), n) == "dead" for n in state["nodes"]):
+            typer.echo(f"the cluster in {cluster_dir} is not running", err=True)
+        stop_nodes(state["nodes"])
+        write_state(cluster_dir, state)
+        typer.echo("OK")
+
+
+@cluster_app.command("status", epilog="Example: kv cluster status;  kv -w json cluster status")
+def status_command(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
+    """Show each node's pid, process state, and what it reports (leader, ballot, decided/applied slot)."""
+    settings = _settings(ctx)
+    cluster_dir = _cluster_dir(data_dir)
+    with reporting_errors(settings):
+        state = _load(cluster_dir)
+        running = any(process_state(n.get("pid"), n) != "dead" for n in state["nodes"])
+        statuses = query_statuses(state["endpoints"], settings.command_timeout) if running else []
+        rows = view_rows(state, statuses)
+        if settings.write_out is OutputFormat.json:
+            print_json(jsonable({"cluster_id": state.get("cluster_id"), "dir": str(cluster_dir),
+                                 "endpoints": state["endpoints"], "nodes": rows}))
+        elif settings.write_out is OutputFormat.table:
+            typer.echo(render_view(rows))
+        else:
+            typer.echo(f"cluster {state.get('cluster_id')} in {cluster_dir}")
+            typer.echo(f"endpoints: {','.join(state['endpoints'])}")
+            for r in rows:
+                typer.echo(
+                    f"node {r['id']}: port={r['port']} pid={cell(r['pid'])} process={r['process']} "
+                    f"reachable={cell(r['reachable'])} leader={cell(r['leader'])} "
+                    f"decided={cell(r['decided_slot'])} applied={cell(r['applied_slot'])}"
+                )
+
+
+NodeArgument = Annotated[int, typer.Argument(help="The node id (1..N).", show_default=False)]
+
+
+def _signal_command(ctx: typer.Context, node_id: int, data_dir: Optional[Path], action: str) -> None:
+    settings = _settings(ctx)
+    cluster_dir = _cluster_dir(data_dir)
+    with reporting_errors(settings):
+        state = _load(cluster_dir)
+        node = _node(state, node_id)
+        process = process_state(node.get("pid"), node)
+        if action == "kill":
+            if process == "dead":
+                typer.echo(f"node {node_id} is not running", err=True)
+            else:
+                pid = node["pid"]
+                _signal(pid, signal.SIGKILL)
+                _wait_dead([node], KILL_WAIT_SECONDS, {})
+                typer.echo(f"killed node {node_id} (pid {pid})")
+            node["pid"] = None
+            write_state(cluster_dir, state)
+        elif action == "restart":
+            if process != "dead":
+                _signal(node["pid"], signal.SIGKILL)
+                if not _wait_dead([node], KILL_WAIT_SECONDS, {}):
+                    raise OperationFailed(f"node {node_id} (pid {node['pid']}) did not die")
+            if port_in_use(node["port"]):
+                raise OperationFailed(f"port {node['port']} on {HOST} is in use; cannot restart node {node_id}")
+            spawn_node(node)
+            write_state(cluster_dir, state)
+            typer.echo(f"restarted node {node_id} (pid {node['pid']})")
+        elif action in ("pause", "resume"):
+            if process == "dead":
+                raise OperationFailed(f"node {node_id} is not running")
+            _signal(node["pid"], signal.SIGSTOP if action == "pause" else signal.SIGCONT)
+            typer.echo(f"{'paused' if action == 'pause' else 'resumed'} node {node_id} (pid {node['pid']})")
+        else:  # pragma: no cover - programmer mistake
+            raise AssertionError(action)
+
+
+@cluster_app.command("kill", epilog="Example: kv cluster kill 2")
+def kill_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirOption = None) -> None:
+    """SIGKILL node N (a crash: no clean shutdown)."""
+    _signal_command(ctx, node_id, data_dir, "kill")
+
+
+@cluster_app.command("restart", epilog="Example: kv cluster restart 2")
+def restart_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirOption = None) -> None:
+    """Start node N again with the same arguments (SIGKILL it first if it is alive)."""
+    _signal_command(ctx, node_id, data_dir, "restart")
+
+
+@cluster_app.command("pause", epilog="Example: kv cluster pause 1")
+def pause_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirOption = None) -> None:
+    """SIGSTOP node N (it stays alive but silent, like a long GC pause or a partition)."""
+    _signal_command(ctx, node_id, data_dir, "pause")
+
+
+@cluster_app.command("resume", epilog="Example: kv cluster resume 1")
+def resume_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirOption = None) -> None:
+    """SIGCONT node N (undo `kv cluster pause`)."""
+    _signal_command(ctx, node_id, data_dir, "resume")

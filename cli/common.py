@@ -1,0 +1,275 @@
+"""Shared plumbing of the ``kv`` commands: settings, endpoints, the client factory, error handling.
+
+Theory of operation: the app callback stores the global options in a ``Settings`` object (``ctx.obj``).
+Client commands call ``settings.endpoints()``, which resolves and validates the endpoint list *before*
+anything connects (``--endpoints``, else ``KV_ENDPOINTS``, else the default local cluster's
+``cluster.json``), then ``open_client(settings)``, which calls the module-level ``make_client``. Tests
+replace ``make_client`` with a fake, so no command here knows how the client talks to servers.
+
+Expected failures become one line on stderr (``Error: ...``) and an exit code: ``UsageProblem`` -> 2,
+``kvstore.client.KVError`` and ``OperationFailed`` -> 1. Anything unexpected is also one line (exit 1)
+unless ``--debug`` asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import typer
+
+from cli.output import OutputFormat
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+ENV_ENDPOINTS = "KV_ENDPOINTS"
+ENV_CLUSTER_DIR = "KV_CLUSTER_DIR"
+STATE_FILE_NAME = "cluster.json"
+PORT_MAX = 65535
+
+
+class UsageProblem(Exception):
+    """The user asked for something we cannot even try (bad endpoint, no endpoints): exit 2."""
+
+
+class OperationFailed(Exception):
+    """The operation ran and failed (key not found, cas mismatch, no leader): exit 1."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Endpoints
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (or ``[IPv6]:PORT``) into (host, port); raises UsageProblem on anything else."""
+    raw = text.strip()
+    if not raw:
+        raise UsageProblem("empty endpoint in the endpoint list")
+    if raw.startswith("["):
+        close = raw.find("]")
+        if close < 0 or raw[close + 1 : close + 2] != ":":
+            raise UsageProblem(f"invalid endpoint {text!r}: expected [IPv6]:PORT")
+        host, port_text = raw[1:close], raw[close + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise UsageProblem(f"invalid endpoint {text!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = raw.rpartition(":")
+        if not sep or not host:
+            raise UsageProblem(f"invalid endpoint {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7001")
+        if ":" in host:
+            raise UsageProblem(f"invalid endpoint {text!r}: write IPv6 addresses as [ADDR]:PORT")
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+        if not set(host) <= allowed:
+            raise UsageProblem(f"invalid endpoint {text!r}: bad host name {host!r}")
+    if not port_text.isdigit():
+        raise UsageProblem(f"invalid endpoint {text!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= PORT_MAX:
+        raise UsageProblem(f"invalid endpoint {text!r}: port {port} is out of range 1-{PORT_MAX}")
+    return host, port
+
+
+def format_endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_endpoint_list(text: str) -> list[str]:
+    """A comma list of endpoints -> normalized ``HOST:PORT`` strings, in order, without duplicates."""
+    result: list[str] = []
+    for part in text.split(","):
+        endpoint = format_endpoint(*parse_endpoint(part))
+        if endpoint not in result:
+            result.append(endpoint)
+    if not result:
+        raise UsageProblem("the endpoint list is empty")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# The default local cluster directory and its state file
+
+
+def default_cluster_dir() -> Path:
+    """``$KV_CLUSTER_DIR``, else the platform's per-user data directory + ``kv/cluster``.
+
+    Linux and other Unix: ``$XDG_DATA_HOME`` or ``~/.local/share``; macOS: ``~/Library/Application
+    Support``; Windows: ``%LOCALAPPDATA%``.
+    """
+    explicit = os.environ.get(ENV_CLUSTER_DIR)
+    if explicit:
+        return Path(explicit).expanduser()
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    elif sys.platform.startswith("win"):
+        base = Path(os.environ.get("LOCALAPPDATA") or (Path.home() / "AppData" / "Local"))
+    else:
+        xdg = os.environ.get("XDG_DATA_HOME")
+        base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "kv" / "cluster"
+
+
+def read_state(cluster_dir: Path) -> dict[str, Any] | None:
+    """The parsed ``cluster.json`` of ``cluster_dir``, or None if there is none.
+
+    Raises UsageProblem if the file exists but is not a cluster state (so we never act on garbage).
+    """
+    path = cluster_dir / STATE_FILE_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        state = json.loads(text)
+    except ValueError:
+        raise UsageProblem(f"{path} is not valid JSON; remove it or fix it") from None
+    if not isinstance(state, dict) or not isinstance(state.get("nodes"), list):
+        raise UsageProblem(f"{path} is not a kv cluster state file")
+    return state
+
+
+def write_state(cluster_dir: Path, state: dict[str, Any]) -> None:
+    """Replace ``cluster.json`` atomically: temp file, fsync, rename, fsync the directory."""
+    cluster_dir.mkdir(parents=True, exist_ok=True)
+    path = cluster_dir / STATE_FILE_NAME
+    temp = cluster_dir / f".{STATE_FILE_NAME}.{os.getpid()}.tmp"
+    data = json.dumps(state, indent=2, sort_keys=True) + "\n"
+    with open(temp, "w", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+    with contextlib.suppress(OSError):  # directory fsync is not possible on every platform
+        dir_fd = os.open(cluster_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings (the global options)
+
+
+@dataclass
+class Settings:
+    endpoints_text: str | None = None
+    write_out: OutputFormat = OutputFormat.simple
+    command_timeout: float = 5.0
+    debug: bool = False
+    endpoints_from_default_cluster: bool = field(default=False, init=False)
+    _endpoints: list[str] | None = field(default=None, init=False)
+
+    def endpoints(self) -> list[str]:
+        """Resolve and validate the endpoint list; raises UsageProblem before anything connects."""
+        if self._endpoints is not None:
+            return self._endpoints
+        if self.endpoints_text is not None:
+            result = parse_endpoint_list(self.endpoints_text)
+        else:
+            cluster_dir = default_cluster_dir()
+            state = read_state(cluster_dir)
+            if state is None or not state.get("endpoints"):
+                raise UsageProblem(
+                    f"no endpoints: pass --endpoints HOST:PORT,... or set {ENV_ENDPOINTS}, "
+                    f"or start a local cluster with `kv cluster up` (none found in {cluster_dir})"
+                )
+            endpoints = state["endpoints"]
+            if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
+                raise UsageProblem(f"{cluster_dir / STATE_FILE_NAME} has a malformed endpoint list")
+            result = parse_endpoint_list(",".join(endpoints))
+            self.endpoints_from_default_cluster = True
+        self._endpoints = result
+        return result
+
+
+# --------------------------------------------------------------------------------------------------
+# The client factory (tests monkeypatch ``make_client``)
+
+
+def make_client(endpoints: list[str], timeout: float) -> contextlib.AbstractContextManager[Any]:
+    """A context manager giving a blocking ``kvstore.client.Client`` for ``endpoints``."""
+    from kvstore.client import Client
+
+    return Client(endpoints, timeout=timeout)
+
+
+@contextlib.contextmanager
+def open_client(settings: Settings, timeout: float | None = None) -> Iterator[Any]:
+    endpoints = settings.endpoints()  # validated before connecting
+    with make_client(endpoints, settings.command_timeout if timeout is None else timeout) as client:
+        yield client
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+def error_line(message: str) -> None:
+    typer.echo(f"Error: {message}", err=True)
+
+
+def _describe_kv_error(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if getattr(exc, "outcome_unknown", False):
+        return (
+            f"outcome unknown: the request may or may not have been applied ({text}); "
+            "read the key to find out"
+        )
+    return text
+
+
+def _kv_error_types() -> tuple[type[BaseException], ...]:
+    try:
+        from kvstore.client import KVError
+    except ImportError:  # the client is not importable: nothing to match
+        return ()
+    return (KVError,)
+
+
+_PASSTHROUGH = (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def reporting_errors(settings: Settings) -> Iterator[None]:
+    """Turn expected failures into one stderr line and an exit code (typer.Exit)."""
+    try:
+        yield
+    except _PASSTHROUGH:
+        raise
+    except UsageProblem as exc:
+        if settings.debug:
+            traceback.print_exc()
+        error_line(str(exc))
+        raise typer.Exit(EXIT_USAGE) from None
+    except OperationFailed as exc:
+        if settings.debug:
+            traceback.print_exc()
+        error_line(str(exc))
+        raise typer.Exit(EXIT_FAILED) from None
+    except Exception as exc:
+        if settings.debug:
+            traceback.print_exc()
+        kv_errors = _kv_error_types()
+        if kv_errors and isinstance(exc, kv_errors):
+            message = _describe_kv_error(exc)
+            if settings.endpoints_from_default_cluster and type(exc).__name__ == "Unavailable":
+                message += " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
+        else:
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if not settings.debug:
+                message += " (run with --debug for the traceback)"
+        error_line(message)
+        raise typer.Exit(EXIT_FAILED) from None

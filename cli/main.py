@@ -1,0 +1,498 @@
+"""The ``kv`` typer app: global options, the client commands and ``kv serve``.
+
+Global options go before the subcommand, like etcdctl: ``kv -w json --endpoints 127.0.0.1:7001 get k``.
+Exit codes: 0 ok; 1 the operation failed (no quorum, timeout, cas mismatch, key not found on get,
+unhealthy); 2 usage error (bad arguments, invalid endpoints, no endpoints configured). Errors are one
+line on stderr without a traceback unless ``--debug``.
+
+Extension point: a module listed in ``OPTIONAL_COMMAND_MODULES`` (for example ``cli.bench``) that
+exists is imported and its ``register(app)`` adds its commands; a missing one is skipped.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import logging
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cli import nodestatus
+from cli.cluster import cluster_app
+from cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    ENV_ENDPOINTS,
+    OperationFailed,
+    Settings,
+    UsageProblem,
+    error_line,
+    open_client,
+    parse_endpoint,
+    reporting_errors,
+)
+from cli.output import (
+    OutputFormat,
+    echo_value,
+    jsonable,
+    print_json,
+    print_table,
+    value_fields,
+)
+
+OPTIONAL_COMMAND_MODULES = ("cli.bench",)
+
+app = typer.Typer(
+    name="kv",
+    help="kv: a replicated key-value store on Multi-Paxos.\n\n"
+    "Example: kv cluster up --detach; kv put greeting hello; kv get greeting",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Consistency(str, enum.Enum):
+    """l: linearizable (through the leader's read index); s: serializable (one node's local copy)."""
+
+    l = "l"  # noqa: E741 (the etcdctl spelling)
+    s = "s"
+
+
+class FsyncMode(str, enum.Enum):
+    always = "always"
+    off = "off"
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    settings = ctx.find_object(Settings)
+    return settings if settings is not None else Settings()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    endpoints: Annotated[
+        Optional[str],
+        typer.Option(
+            "--endpoints",
+            envvar=ENV_ENDPOINTS,
+            show_envvar=True,
+            help="Comma list of HOST:PORT. Default: the local cluster started by `kv cluster up`.",
+        ),
+    ] = None,
+    write_out: Annotated[
+        OutputFormat,
+        typer.Option("--write-out", "-w", case_sensitive=False, help="Output format."),
+    ] = OutputFormat.simple,
+    command_timeout: Annotated[
+        float,
+        typer.Option("--command-timeout", min=0.001, help="Seconds to wait for a command, retries included."),
+    ] = 5.0,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """kv: a replicated key-value store on Multi-Paxos.
+
+    Example: kv --endpoints 127.0.0.1:7001,127.0.0.1:7002 -w json get greeting
+    """
+    ctx.obj = Settings(
+        endpoints_text=endpoints if endpoints else None,
+        write_out=write_out,
+        command_timeout=command_timeout,
+        debug=debug,
+    )
+
+
+def _check_key(key: str) -> None:
+    if key == "":
+        raise UsageProblem("the key must not be empty")
+
+
+def _read_stdin_value() -> str | bytes:
+    data = typer.get_binary_stream("stdin").read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+# --------------------------------------------------------------------------------------------------
+# put / get / del / cas / ls
+
+
+@app.command("put", epilog="Example: kv put greeting hello;  printf 'hi' | kv put greeting")
+def put_command(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The key.")],
+    value: Annotated[
+        Optional[str], typer.Argument(help="The value; read from stdin (exactly, bytes allowed) if omitted.")
+    ] = None,
+) -> None:
+    """Write KEY=VALUE; prints OK."""
+    settings = settings_of(ctx)
+    with reporting_errors(settings):
+        _check_key(key)
+        settings.endpoints()  # validate before reading stdin or connecting
+        data: str | bytes = _read_stdin_value() if value is None else value
+        with open_client(settings) as client:
+            revision = client.put(key, data)
+        if settings.write_out is OutputFormat.json:
+            print_json({"ok": True, "key": key, "revision": revision})
+        elif settings.write_out is OutputFormat.table:
+            print_table(["KEY", "REVISION"], [[key, revision]])
+        else:
+            typer.echo("OK")
+
+
+def _entry_record(key: str, value: Any, *, keys_only: bool, entry: Any = None) -> dict[str, Any]:
+    record: dict[str, Any] = {"key": key}
+    if not keys_only and value is not None:
+        record.update(value_fields(value))
+    if entry is not None:
+        for name in ("version", "mod_revision", "create_revision"):
+            if getattr(entry, name, None) is not None:
+                record[name] = getattr(entry, name)
+    return record
+
+
+@app.command(
+    "get",
+    epilog="Example: kv get greeting;  kv get --prefix user/ --keys-only;  kv -w json get greeting",
+)
+def get_command(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The key (or the prefix with --prefix).")],
+    prefix: Annotated[bool, typer.Option("--prefix", help="Get every key starting with KEY.")] = False,
+    keys_only: Annotated[bool, typer.Option("--keys-only", help="Print keys only.")] = False,
+    consistency: Annotated[
+        Consistency,
+        typer.Option("--consistency", help="l: linearizable (default); s: serializable, may be stale."),
+    ] = Consistency.l,
+) -> None:
+    """Read KEY (prints the key line, then the value). Exit 1 if the key does not exist.
+
+    With --prefix an empty result is not an error.
+    """
+    settings = settings_of(ctx)
+    with reporting_errors(settings):
+        if not prefix:
+            _check_key(key)
+        settings.endpoints()
+        records: list[dict[str, Any]] = []
+        with open_client(settings) as client:
+            if prefix:
+                for k, v in client.list(key, keys_only=keys_only, consistency=consistency.value):
+                    records.append(_entry_record(k, v, keys_only=keys_only))
+            else:
+                entry = client.get_entry(key, consistency=consistency.value)
+                if entry is not None:
+                    records.append(_entry_record(entry.key, entry.value, keys_only=keys_only, entry=entry))
+        if not prefix and not records:
+            if settings.write_out is OutputFormat.json:
+                print_json({"kvs": [], "count": 0})
+            raise OperationFailed(f"key not found: {key}")
+        _print_records(settings, records, keys_only=keys_only)
+
+
+def _print_records(settings: Settings, records: list[dict[str, Any]], *, keys_only: bool) -> None:
+    if settings.write_out is OutputFormat.json:
+        print_json({"kvs": records, "count": len(records)})
+    elif settings.write_out is OutputFormat.table:
+        headers = ["KEY"] if keys_only else ["KEY", "VALUE"]
+        extra = [n for n in ("version", "mod_revision") if any(n in r for r in records)]
+        headers += [n.upper() for n in extra]
+        rows = []
+        for r in records:
+            row: list[Any] = [r["key"]]
+            if not keys_only:
+                value = r.get("value")
+                row.append(f"base64:{value}" if r.get("value_encoding") == "base64" else value)
+            row += [r.get(n) for n in extra]
+            rows.append(row)
+        print_table(headers, rows)
+    else:
+        for r in records:
+            typer.echo(r["key"])
+            if not keys_only:
+                echo_value(_raw_value(r))
+
+
+def _raw_value(record: dict[str, Any]) -> str | bytes:
+    import base64
+
+    if record.get("value_encoding") == "base64":
+        return base64.b64decode(record["value"])
+    return record.get("value", "")
+
+
+@app.command("del", epilog="Example: kv del greeting;  kv del --prefix user/")
+def del_command(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The key (or the prefix with --prefix).")],
+    prefix: Annotated[bool, typer.Option("--prefix", help="Delete every key starting with KEY.")] = False,
+) -> None:
+    """Delete KEY; prints how many keys were deleted (0 if it did not exist, which is not an error)."""
+    settings = settings_of(ctx)
+    with reporting_errors(settings):
+        if not prefix:
+            _check_key(key)
+        settings.endpoints()
+        with open_client(settings) as client:
+            if prefix:
+                deleted = int(client.delete_prefix(key))
+            else:
+                deleted = 1 if client.delete(key) else 0
+        if settings.write_out is OutputFormat.json:
+            print_json({"deleted": deleted, "key": key, "prefix": prefix})
+        elif settings.write_out is OutputFormat.table:
+            print_table(["KEY", "PREFIX", "DELETED"], [[key, prefix, deleted]])
+        else:
+            typer.echo(str(deleted))
+
+
+@app.command(
+    "cas",
+    epilog="Example: kv cas counter 1 2  (set counter to 2 if it is 1);  "
+    "kv cas --absent lock me  (create lock only if absent)",
+)
+def cas_command(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The key.")],
+    values: Annotated[
+        list[str], typer.Argument(help="EXPECTED NEW, or only NEW with --absent.", show_default=False)
+    ],
+    absent: Annotated[bool, typer.Option("--absent", help="Expect KEY to be absent (no EXPECTED).")] = False,
+) -> None:
+    """Compare-and-swap: set KEY to NEW only if its value is EXPECTED. Exit 1 on mismatch.
+
+    Usage: kv cas KEY EXPECTED NEW, or kv cas --absent KEY NEW.
+    """
+    settings = settings_of(ctx)
+    with reporting_errors(settings):
+        _check_key(key)
+        expected: str | None
+        if absent:
+            if len(values) != 1:
+                raise UsageProblem("with --absent give exactly KEY NEW (kv cas --absent KEY NEW)")
+            expected, new = None, values[0]
+        else:
+            if len(values) != 2:
+                raise UsageProblem("give KEY EXPECTED NEW (or --absent KEY NEW)")
+            expected, new = values
+        settings.endpoints()
+        with open_client(settings) as client:
+            succeeded = bool(client.cas(key, expected, new))
+        if settings.write_out is OutputFormat.json:
+            print_json({"succeeded": succeeded, "key": key})
+        elif settings.write_out is OutputFormat.table:
+            print_table(["KEY", "SUCCEEDED"], [[key, succeeded]])
+        elif succeeded:
+            typer.echo("OK")
+        if not succeeded:
+            if expected is None:
+                raise OperationFailed(f"compare failed: {key} exists")
+            raise OperationFailed(f"compare failed: the value of {key} is not {expected!r}")
+
+
+@app.command("ls", epilog="Example: kv ls;  kv ls user/")
+def ls_command(
+    ctx: typer.Context,
+    prefix: Annotated[str, typer.Argument(help="List only keys starting with PREFIX.")] = "",
+    consistency: Annotated[
+        Consistency, typer.Option("--consistency", help="l: linearizable (default); s: serializable.")
+    ] = Consistency.l,
+) -> None:
+    """List keys (all, or those starting with PREFIX), in key order."""
+    settings = settings_of(ctx)
+    with reporting_errors(settings):
+        settings.endpoints()
+        with open_client(settings) as client:
+            keys = [k for k, _ in client.list(prefix, keys_only=True, consistency=consistency.value)]
+        if settings.write_out is OutputFormat.json:
+            print_json({"keys": keys, "count": len(keys)})
+        elif settings.write_out is OutputFormat.table:
+            print_table(["KEY"], [[k] for k in keys])
+        else:
+            for k in keys:
+                typer.echo(k)
+
+
+# --------------------------------------------------------------------------------------------------
+# status / health
+
+
+def status_rows(statuses: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    columns = nodestatus.present_columns(statuses)
+    extra = nodestatus.extra_keys(statuses)
+    rows = []
+    for status in statuses:
+        row = [nodestatus.field(status, c) for c in columns]
+        row += [status.get(k) for k in extra]
+        rows.append(row)
+    return columns + [k.upper() for k in extra], rows
+
+
+@app.command("status", epilog="Example: kv status;  kv -w table status;  kv -w json status")
+def status_command(ctx: typer.Context) -> None:
+    """Show every node: id, address, reachable, leader, ballot, decided/applied slot, log and snapshot.
+
+    Exit 1 if no endpoint is reachable.
+    """
+    settings = settings_of(ctx)
+    with reporting_errors(settings):
+        settings.endpoints()
+        with open_client(settings) as client:
+            statuses = [dict(s) for s in client.cluster_status()]
+        if settings.write_out is OutputFormat.json:
+            print_json(jsonable(statuses))
+        else:
+            headers, rows = status_rows(statuses)
+            if settings.write_out is OutputFormat.table:
+                print_table(headers, rows)
+            else:
+                from cli.output import cell
+
+                for row in rows:
+                    typer.echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row)))
+        if not any(nodestatus.is_reachable(s) for s in statuses):
+            raise OperationFailed("no endpoint is reachable")
+
+
+@app.command("health", epilog="Example: kv health && echo ready")
+def health_command(ctx: typer.Context) -> None:
+    """Exit 0 if a quorum of the endpoints is reachable and a leader is known, else 1."""
+    settings = settings_of(ctx)
+    with reporting_errors(settings):
+        endpoints = settings.endpoints()
+        with open_client(settings) as client:
+            statuses = [dict(s) for s in client.cluster_status()]
+        reachable = sum(1 for s in statuses if nodestatus.is_reachable(s))
+        total = max(len(endpoints), len(statuses))
+        quorum = total // 2 + 1
+        leader = nodestatus.known_leader(statuses)
+        healthy = reachable >= quorum and leader is not None
+        if settings.write_out is OutputFormat.json:
+            print_json(
+                {
+                    "healthy": healthy,
+                    "reachable": reachable,
+                    "endpoints": total,
+                    "quorum": quorum,
+                    "leader": jsonable(leader),
+                    "nodes": jsonable(statuses),
+                }
+            )
+        elif settings.write_out is OutputFormat.table:
+            rows = [
+                [nodestatus.field(s, "ADDRESS"), nodestatus.is_reachable(s), nodestatus.field(s, "LEADER")]
+                for s in statuses
+            ]
+            print_table(["ADDRESS", "REACHABLE", "LEADER"], rows)
+        else:
+            for s in statuses:
+                state = "reachable" if nodestatus.is_reachable(s) else "unreachable"
+                typer.echo(f"{nodestatus.field(s, 'ADDRESS') or '?'}: {state}")
+        summary = f"{reachable}/{total} reachable (quorum {quorum}), leader {leader if leader is not None else 'unknown'}"
+        if not healthy:
+            raise OperationFailed(f"cluster is unhealthy: {summary}")
+        if settings.write_out is OutputFormat.simple:
+            typer.echo(f"cluster is healthy: {summary}")
+
+
+# --------------------------------------------------------------------------------------------------
+# serve
+
+
+@app.command(
+    "serve",
+    epilog="Example: kv serve --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 "
+    "--data-dir /var/lib/kv/node-1",
+)
+def serve_command(
+    ctx: typer.Context,
+    node_id: Annotated[int, typer.Option("--id", help="This node's id; must be a key of --peers.")],
+    peers: Annotated[str, typer.Option("--peers", help="Every member: ID=HOST:PORT,ID=HOST:PORT,...")],
+    data_dir: Annotated[str, typer.Option("--data-dir", help="This node's data directory.")],
+    tick_ms: Annotated[Optional[float], typer.Option("--tick-ms", min=0.1, help="Milliseconds per tick.")] = None,
+    election_timeout_ticks: Annotated[
+        Optional[int], typer.Option("--election-timeout-ticks", min=1, help="Ticks without a leader before an election.")
+    ] = None,
+    heartbeat_ticks: Annotated[
+        Optional[int], typer.Option("--heartbeat-ticks", min=1, help="Ticks between leader heartbeats.")
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Commands per slot at most.")] = None,
+    window: Annotated[Optional[int], typer.Option("--window", min=1, help="Slots in flight at most.")] = None,
+    snapshot_every: Annotated[
+        Optional[int], typer.Option("--snapshot-every", min=1, help="Snapshot after this many applied commands.")
+    ] = None,
+    fsync: Annotated[Optional[FsyncMode], typer.Option("--fsync", help="always: fsync the log (default); off: don't.")] = None,
+    cluster_id: Annotated[
+        Optional[str], typer.Option("--cluster-id", help="Refuse data directories of another cluster.")
+    ] = None,
+) -> None:
+    """Run one node in the foreground until Ctrl-C or SIGTERM."""
+    settings = settings_of(ctx)
+    with reporting_errors(settings):
+        from kvstore.server import ServerOptions, parse_peers, run_node
+
+        try:
+            peer_map = parse_peers(peers)
+        except ValueError as exc:
+            raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
+        for peer_id, (host, port) in peer_map.items():
+            parse_endpoint(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        if node_id not in peer_map:
+            raise UsageProblem(f"--id {node_id} is not one of the --peers ids {sorted(peer_map)}")
+        overrides: dict[str, Any] = {}
+        if tick_ms is not None:
+            overrides["tick_seconds"] = tick_ms / 1000.0
+        if election_timeout_ticks is not None:
+            overrides["election_timeout_ticks"] = election_timeout_ticks
+        if heartbeat_ticks is not None:
+            overrides["heartbeat_ticks"] = heartbeat_ticks
+        if batch_size is not None:
+            overrides["batch_count_max"] = batch_size
+        if window is not None:
+            overrides["window"] = window
+        if snapshot_every is not None:
+            overrides["snapshot_every"] = snapshot_every
+        if fsync is not None:
+            overrides["fsync"] = fsync is FsyncMode.always
+        if cluster_id is not None:
+            overrides["cluster_id"] = cluster_id
+        options = ServerOptions(**overrides)
+        logging.basicConfig(
+            level=logging.DEBUG if settings.debug else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        host, port = peer_map[node_id]
+        typer.echo(f"kv serve: node {node_id} on {host}:{port}, data dir {data_dir}", err=True)
+        try:
+            run_node(node_id, peer_map, data_dir, options)
+        except KeyboardInterrupt:
+            pass
+        typer.echo(f"kv serve: node {node_id} stopped", err=True)
+
+
+app.add_typer(cluster_app, name="cluster")
+
+
+def _register_optional_commands() -> None:
+    for name in OPTIONAL_COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # not written yet: fine
+            raise
+        module.register(app)
+
+
+_register_optional_commands()
+
+__all__ = ["app", "EXIT_FAILED", "EXIT_USAGE", "error_line"]

@@ -1,0 +1,94 @@
+"""Reading node status dicts (from ``client.cluster_status()``) without trusting their exact shape.
+
+A status dict may lack any field (an unreachable node has little more than its endpoint), so every
+lookup tries a short list of names and gives None when none is present. ``kv status``, ``kv health``
+and ``kv cluster up/status`` share these helpers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+# (column header, candidate keys in the status dict in order of preference)
+STATUS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ID", ("node_id", "id")),
+    ("ADDRESS", ("endpoint", "address", "addr")),
+    ("REACHABLE", ("reachable",)),
+    ("LEADER", ("leader_id", "leader")),
+    ("IS_LEADER", ("is_leader",)),
+    ("BALLOT", ("ballot", "promised_ballot", "promised")),
+    ("DECIDED", ("decided_slot", "decided")),
+    ("APPLIED", ("applied_slot", "applied")),
+    ("LOG_SIZE", ("log_bytes", "log_size", "log_entries", "log_length")),
+    ("SNAPSHOT", ("snapshot_slot", "snapshot")),
+    ("REVISION", ("revision",)),
+    ("KEYS", ("keys", "key_count", "size")),
+    ("ERROR", ("error",)),
+)
+
+_KNOWN_KEYS = {key for _, keys in STATUS_FIELDS for key in keys}
+
+
+def field(status: Mapping[str, Any], header: str) -> Any:
+    """The value of the column ``header`` in one status dict, or None if absent."""
+    for name, keys in STATUS_FIELDS:
+        if name == header:
+            for key in keys:
+                if key in status and status[key] is not None:
+                    return status[key]
+            return None
+    raise KeyError(header)
+
+
+def is_reachable(status: Mapping[str, Any]) -> bool:
+    reachable = status.get("reachable")
+    if reachable is None:  # no flag: a dict with real fields came from a live node
+        return any(k in status for k in ("decided_slot", "ballot", "leader_id", "applied_slot"))
+    return bool(reachable)
+
+
+def is_leader(status: Mapping[str, Any]) -> bool:
+    if status.get("is_leader") is not None:
+        return bool(status["is_leader"])
+    node_id = field(status, "ID")
+    leader = field(status, "LEADER")
+    return node_id is not None and leader is not None and node_id == leader
+
+
+def known_leader(statuses: Sequence[Mapping[str, Any]]) -> Any:
+    """The leader id that reachable nodes report (the most common one), or None if none knows."""
+    votes: dict[Any, int] = {}
+    for status in statuses:
+        if not is_reachable(status):
+            continue
+        leader = field(status, "LEADER")
+        if leader is None and is_leader(status):
+            leader = field(status, "ID")
+        if leader is None and status.get("is_leader"):
+            leader = field(status, "ADDRESS")
+        if leader is not None and not isinstance(leader, bool):
+            votes[leader] = votes.get(leader, 0) + 1
+    if not votes:
+        return None
+    return max(votes.items(), key=lambda item: item[1])[0]
+
+
+def present_columns(statuses: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Known columns that at least one status has, in a fixed order; ID and ADDRESS always."""
+    columns = []
+    for header, _keys in STATUS_FIELDS:
+        if header in ("ID", "ADDRESS") or any(field(s, header) is not None for s in statuses):
+            columns.append(header)
+    return columns
+
+
+def extra_keys(statuses: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Scalar keys we have no column for (shown as extra columns so nothing present is hidden)."""
+    extra: list[str] = []
+    for status in statuses:
+        for key, value in status.items():
+            if key in _KNOWN_KEYS or key in extra:
+                continue
+            if value is None or isinstance(value, (str, int, float, bool, list, tuple)):
+                extra.append(key)
+    return extra

@@ -1,0 +1,93 @@
+"""Output formats of ``kv``: simple (etcdctl-like lines), json (readable), table (plain aligned text).
+
+JSON keeps UTF-8 text as strings; a binary value is base64-encoded and flagged, e.g.
+``{"key": "k", "value": "aGk=", "value_encoding": "base64"}``. Tables are plain text with no colours
+or box drawing, so they paste and pipe cleanly.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+from typing import Any, Iterable, Sequence
+
+import typer
+
+
+class OutputFormat(str, enum.Enum):
+    simple = "simple"
+    json = "json"
+    table = "table"
+
+
+MISSING = "-"
+
+
+def value_fields(value: str | bytes, name: str = "value") -> dict[str, Any]:
+    """JSON fields for one value: text as is, bytes as base64 with ``<name>_encoding``."""
+    if isinstance(value, bytes):
+        return {name: base64.b64encode(value).decode("ascii"), f"{name}_encoding": "base64"}
+    return {name: value}
+
+
+def jsonable(value: Any) -> Any:
+    """Make a status-like structure JSON-safe (bytes -> base64 text, tuples -> lists, keys -> str)."""
+    if isinstance(value, bytes):
+        return "base64:" + base64.b64encode(value).decode("ascii")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def cell(value: Any) -> str:
+    """One table cell: printable, single-line text."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(value).decode("ascii")
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(cell(v) for v in value) + ")"
+    text = str(value)
+    if text.isprintable():
+        return text
+    # escape newlines, tabs and other control characters so each row stays one line
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Plain aligned text: a header line, a dashes line, one line per row."""
+    text_rows = [[cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        for i, text in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in text_rows)
+    return "\n".join(out)
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    typer.echo(render_table(headers, rows))
+
+
+def echo_value(value: str | bytes) -> None:
+    """Print a value in simple format: text as a line, bytes raw (plus a newline), like etcdctl."""
+    typer.echo(value)  # click writes bytes to the binary stream unchanged
