@@ -1,0 +1,809 @@
+"""The Multi-Paxos replica: a pure state machine, inputs in, ``Actions`` out.
+
+Theory of operation
+-------------------
+One ``Replica`` object is one node of the cluster. It plays the three roles of Paxos Made Simple
+(Lamport 2001) at once: acceptor (it promises and accepts), learner (it learns which values are
+chosen, "decided" here) and, when it leads, proposer. It runs the same protocol for an unbounded
+sequence of *slots* (section 3, "Implementing a State Machine"), each slot deciding one *batch* of
+opaque commands (a ``tuple`` of ``bytes``; the empty tuple is the no-op).
+
+It owns no I/O. Inputs are plain method calls: ``receive(message)``, ``tick()``, ``propose(command)``,
+``read(read_id)``, ``compact(slot)``, ``install_snapshot(slot)``. Their effects accumulate in one
+``paxos.actions.Actions`` value until the shell calls ``take_actions()``, so a shell may feed many
+inputs and make them durable with one fsync (group commit). The shell must then carry out the actions
+in the order the ``Actions`` docstring gives: persist, then send, then apply.
+
+Rules (each cites the paper):
+
+* One promised ballot covers every slot (section 3: the leader runs phase 1 "for infinitely many
+  instances" with one message). An acceptor answers ``Prepare(b)`` with ``b`` above its promise by
+  promising ``b`` (P1a) and reporting what it accepted and decided at slots ``>= first_slot``. It
+  accepts ``Accept(b, slot)`` unless it promised a higher ballot (P1a). The promise never goes down.
+* A candidate picks a ballot above every ballot it has seen (section 2.2: proposals have distinct,
+  increasing numbers). With a majority of promises it becomes leader and, for every slot from
+  ``first_slot`` to the highest slot any promise reported, re-proposes: the decided value if one was
+  reported, else the value accepted at the highest ballot (P2c), else the no-op (section 3: "fill the
+  gaps with no-op commands"). Only then does it propose new commands.
+* A slot is decided when a majority accepted it at one ballot (section 2.3, learning a chosen value).
+  The leader tells the others with ``decided_slot`` on Accept, Heartbeat and Decide messages; a
+  follower marks decided each slot at or below it that it accepted *at that same ballot*, because one
+  ballot proposes one value per slot, and asks for the rest with ``CatchupRequest``.
+* The leader counts its own promise and acceptance in memory, without a message to itself. That is
+  safe because every effect others can see (messages, applied commands) comes after ``persist`` in the
+  same ``Actions``.
+* Bad input (stale ballot, unknown sender, slot below our log start, duplicate) is normal: it is
+  dropped or answered with a Nack and counted in ``status()["counters"]``. Broken invariants of our
+  own are ``assert``s; the ones that guard safety start their message with ``"safety:"``.
+
+What it must never do: read a clock, touch a file or socket, use module-level ``random`` (randomness
+comes only from the ``rng`` given to the constructor), or let a promise or acceptance out before the
+record that makes it durable is in the same ``Actions.persist``.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
+from .ballot import Ballot
+from .messages import (
+    Accept,
+    Accepted,
+    AcceptedEntry,
+    CatchupReply,
+    CatchupRequest,
+    Decide,
+    DecidedEntry,
+    Heartbeat,
+    HeartbeatAck,
+    Nack,
+    Prepare,
+    Promise,
+)
+
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The cluster's members. A value, so that it can later become replicated state."""
+
+    node_ids: tuple = (1, 2, 3)
+
+    def __post_init__(self) -> None:
+        ids = tuple(self.node_ids)
+        if not ids:
+            raise ValueError("a cluster needs at least one node")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate node ids in {ids!r}")
+        for node_id in ids:
+            # Ballot.ZERO uses node id 0, so real ids start at 1 (see paxos.ballot).
+            if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 1:
+                raise ValueError(f"node ids must be ints >= 1, got {node_id!r}")
+        object.__setattr__(self, "node_ids", ids)
+
+    @property
+    def quorum_size(self) -> int:
+        """A majority: any two majorities share a node (Paxos Made Simple, section 2.1)."""
+        return len(self.node_ids) // 2 + 1
+
+
+@dataclass(frozen=True)
+class Options:
+    """Tuning knobs, all counted in ticks or items (never seconds: the shell decides a tick's length)."""
+
+    heartbeat_ticks: int = 2
+    election_timeout_ticks: int = 10
+    window: int = 32
+    batch_count_max: int = 256
+    catchup_entries_max: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_ticks", "election_timeout_ticks", "window", "batch_count_max",
+                     "catchup_entries_max"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Options.{name} must be an int >= 1, got {value!r}")
+
+
+@dataclass
+class _Proposal:
+    """A slot this leader opened at its ballot and has not seen decided yet."""
+
+    value: tuple
+    acks: set = field(default_factory=set)  # node ids that accepted it at our ballot (self included)
+
+
+class Replica:
+    """One Multi-Paxos node. See the module docstring for the rules it follows."""
+
+    def __init__(self, node_id: int, config: Config, *, rng: random.Random,
+                 state: DurableState | None = None, options: Options = Options()) -> None:
+        """Build a replica from its configuration and what its storage recovered.
+
+        ``state`` is ``DurableState.replay(records, snapshot_slot)`` after a restart, or ``None`` for a
+        new node. The shell must have restored the state machine from the snapshot at
+        ``state.snapshot_slot``; the first ``take_actions()`` then applies the decided slots after it.
+        """
+        assert node_id in config.node_ids, f"node {node_id} is not in {config.node_ids}"
+        self.node_id = node_id
+        self.config = config
+        self.options = options
+        self._rng = rng
+        self._peers = tuple(n for n in config.node_ids if n != node_id)
+        state = state if state is not None else DurableState()
+
+        # Acceptor and learner state (durable: rebuilt from `state` after a crash).
+        self._promised: Ballot = state.promised
+        self._accepted: dict[int, tuple[Ballot, tuple]] = dict(state.accepted)
+        self._decided: dict[int, tuple] = dict(state.decided)
+        self._snapshot_slot = state.snapshot_slot
+        self._decided_slot = state.snapshot_slot
+        self._applied_slot = state.snapshot_slot
+        self._ballot_seen_max = max([self._promised, *(b for b, _ in self._accepted.values())])
+
+        self._actions = Actions()
+        self._counters: dict[str, int] = {}
+
+        # Role. Every node starts as a follower; a restarted leader must win a new election.
+        self._role = FOLLOWER
+        self._leader_id: int | None = None
+        self._own_ballot: Ballot | None = None  # our ballot while candidate or leader
+
+        # Election timer (follower and candidate).
+        self._ticks_since_heard = 0
+        self._election_deadline = self._draw_election_deadline()
+
+        # Candidate state.
+        self._first_slot = 0
+        self._promises: dict[int, Promise] = {}
+        self._election_behind = False
+
+        # Leader state.
+        self._queue: deque[bytes] = deque()
+        self._in_flight: dict[int, _Proposal] = {}
+        self._next_slot = 0
+        self._reproposed_slot = 0
+        self._announced_decided_slot = 0
+        self._heartbeat_elapsed = 0
+        self._heartbeat_seq = 0  # never reset, so acks from an older round never count for a newer one
+        self._heartbeat_acks: dict[int, set] = {}
+        self._confirmed_seq = 0
+        self._round_in_batch: int | None = None
+        self._pending_reads: list[tuple[int, int, int]] = []  # (read_id, read index, seq needed)
+
+        # Catch-up.
+        self._catchup_cooldown = 0
+        self._decided_hint = 0  # highest decided_slot anyone told us about
+
+        self._advance_decided()  # applies the decided slots recovered from storage
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def leader_id(self) -> int | None:
+        """The node we believe leads (ourselves when leading), or None while unknown."""
+        return self.node_id if self._role == LEADER else self._leader_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self._role == LEADER
+
+    @property
+    def ballot(self) -> Ballot:
+        """The promised ballot (equal to our own ballot while we lead)."""
+        return self._promised
+
+    @property
+    def decided_slot(self) -> int:
+        """The highest slot such that it and every slot below it are decided."""
+        return self._decided_slot
+
+    @property
+    def applied_slot(self) -> int:
+        """The highest slot handed out in ``Actions.apply`` (or covered by the snapshot)."""
+        return self._applied_slot
+
+    @property
+    def snapshot_slot(self) -> int:
+        return self._snapshot_slot
+
+    # ------------------------------------------------------------------ inputs
+
+    def propose(self, command: bytes) -> bool:
+        """Queue ``command`` for a slot. Returns False when not leader (redirect to ``leader_id``).
+
+        True does not mean decided: the command goes out in a batch at the next ``take_actions()``
+        and is applied when decided. If this node stops leading before the command is put into a slot,
+        it comes back in ``Actions.dropped_proposals``; once in a slot, it may still be decided later
+        by another leader (so clients retry with the same request id and the state machine dedups).
+        """
+        assert isinstance(command, (bytes, bytearray)), "a command is opaque bytes"
+        if self._role != LEADER:
+            self._count("propose_not_leader")
+            return False
+        self._queue.append(bytes(command))
+        return True
+
+    def read(self, read_id: int) -> bool:
+        """Start a linearizable read (read index). Returns False when not leader.
+
+        When a majority has confirmed our leadership in a heartbeat round begun after this call, and
+        the state machine has applied up to the read index, ``(read_id, index)`` appears in
+        ``Actions.reads``: answer the read from the state machine then. If we lose leadership first,
+        ``read_id`` appears in ``Actions.rejected_reads``.
+        """
+        if self._role != LEADER:
+            self._count("read_not_leader")
+            return False
+        # Every slot decided before now is at or below this index: slots decided under earlier
+        # ballots were reported by our promise majority and re-proposed (up to _reproposed_slot), and
+        # slots decided under our ballot were decided by us.
+        index = max(self._decided_slot, self._reproposed_slot)
+        seq = self._start_heartbeat_round()
+        self._pending_reads.append((read_id, index, seq))
+        self._serve_reads()
+        return True
+
+    def tick(self) -> None:
+        """One logical time unit: heartbeats and retransmissions when leading, else the election timer."""
+        if self._catchup_cooldown > 0:
+            self._catchup_cooldown -= 1
+        if self._role == LEADER:
+            self._heartbeat_elapsed += 1
+            if self._heartbeat_elapsed >= self.options.heartbeat_ticks:
+                self._start_heartbeat_round()
+                self._retransmit_accepts()
+            return
+        self._ticks_since_heard += 1
+        if self._ticks_since_heard >= self._election_deadline:
+            self._start_election()
+
+    def receive(self, message) -> None:
+        """Handle one message addressed to this node. Bad or stale input is counted, never raised."""
+        sender = getattr(message, "sender", None)
+        if sender not in self._peers:
+            self._count("unknown_sender")
+            return
+        ballot = getattr(message, "ballot", None)
+        if ballot is not None:
+            if ballot > self._ballot_seen_max:
+                self._ballot_seen_max = ballot
+        match message:
+            case Prepare():
+                self._on_prepare(message)
+            case Promise():
+                self._on_promise(message)
+            case Accept():
+                self._on_accept(message)
+            case Accepted():
+                self._on_accepted(message)
+            case Nack():
+                self._on_nack(message)
+            case Decide():
+                self._on_decide(message)
+            case Heartbeat():
+                self._on_heartbeat(message)
+            case HeartbeatAck():
+                self._on_heartbeat_ack(message)
+            case CatchupRequest():
+                self._on_catchup_request(message)
+            case CatchupReply():
+                self._on_catchup_reply(message)
+            case _:
+                self._count("unknown_message")
+
+    def take_actions(self) -> Actions:
+        """Drain everything the inputs since the last call produced.
+
+        The leader batches here: queued commands go into slots now (up to ``batch_count_max`` per slot,
+        ``window`` undecided slots at most), and a Decide goes out if ``decided_slot`` advanced without
+        an Accept carrying it. Carry the result out in the order of the ``Actions`` docstring.
+        """
+        if self._role == LEADER:
+            self._fill_window()
+            if self._role == LEADER and self._decided_slot > self._announced_decided_slot:
+                self._broadcast(Decide(sender=self.node_id, ballot=self._own_ballot,
+                                       decided_slot=self._decided_slot))
+                self._announced_decided_slot = self._decided_slot
+        self._round_in_batch = None
+        actions, self._actions = self._actions, Actions()
+        return actions
+
+    def compact(self, snapshot_slot: int) -> None:
+        """The state machine took a snapshot through ``snapshot_slot``: forget slots at or below it.
+
+        Precondition: ``snapshot_slot <= applied_slot``. Afterwards the shell rewrites its log from
+        ``durable_state()`` (after carrying out any pending ``take_actions()``).
+        """
+        assert snapshot_slot <= self._applied_slot, "cannot snapshot past the applied slot"
+        if snapshot_slot <= self._snapshot_slot:
+            return
+        self._forget_through(snapshot_slot)
+
+    def install_snapshot(self, snapshot_slot: int) -> None:
+        """The shell replaced its state machine with a peer's snapshot at ``snapshot_slot``.
+
+        Precondition: ``snapshot_slot > applied_slot`` (the shell checks before installing; a snapshot
+        at or below what we applied would roll the state machine back). Slots at or below it are
+        forgotten; decided slots after it are applied in the next ``take_actions()``. A leader or
+        candidate steps down: it was far behind, and its open proposals cannot be checked against
+        values it no longer has.
+        """
+        assert snapshot_slot > self._applied_slot, "install_snapshot would roll the state machine back"
+        if self._role != FOLLOWER:
+            self._count("stepped_down_snapshot")
+            self._step_down()
+        self._forget_through(snapshot_slot)
+        self._decided_slot = max(self._decided_slot, snapshot_slot)
+        self._applied_slot = snapshot_slot
+        self._advance_decided()
+
+    def durable_state(self) -> DurableState:
+        """What storage must hold now, to rewrite a compacted log (call after persisting actions)."""
+        return DurableState(promised=self._promised, accepted=dict(self._accepted),
+                            decided=dict(self._decided), snapshot_slot=self._snapshot_slot)
+
+    def status(self) -> dict:
+        """Plain values for monitoring: role, ballot, slots, queue sizes and the bad-input counters."""
+        return {
+            "node_id": self.node_id,
+            "role": self._role,
+            "leader_id": self.leader_id,
+            "is_leader": self.is_leader,
+            "ballot": [self._promised.number, self._promised.node_id],
+            "decided_slot": self._decided_slot,
+            "applied_slot": self._applied_slot,
+            "snapshot_slot": self._snapshot_slot,
+            "queued": len(self._queue),
+            "in_flight": len(self._in_flight),
+            "pending_reads": len(self._pending_reads),
+            "counters": dict(self._counters),
+        }
+
+    # ------------------------------------------------------------------ acceptor
+
+    def _on_prepare(self, m: Prepare) -> None:
+        if m.ballot.node_id != m.sender:
+            self._count("malformed")
+            return
+        if m.ballot < self._promised:
+            self._nack(m.sender, m.ballot)
+            return
+        if m.ballot == self._promised:
+            # A duplicate Prepare: our promise is already durable (or in this batch's persist list),
+            # so answer again in case the first Promise was lost.
+            self._count("duplicate")
+        else:
+            # P1a: promise never to accept a ballot below m.ballot. Persist before the Promise leaves.
+            self._raise_promise(m.ballot)
+            self._leader_id = None
+            self._reset_election_timer()  # give the candidate time to finish phase 1
+        first = max(m.first_slot, self._snapshot_slot + 1)
+        accepted = tuple(
+            AcceptedEntry(slot=s, ballot=b, value=v)
+            for s, (b, v) in sorted(self._accepted.items())
+            if s >= first and s not in self._decided
+        )
+        decided = tuple(DecidedEntry(slot=s, value=v) for s, v in sorted(self._decided.items()) if s >= first)
+        self._send(m.sender, Promise(sender=self.node_id, ballot=m.ballot, first_slot=m.first_slot,
+                                     accepted=accepted, decided=decided, snapshot_slot=self._snapshot_slot))
+
+    def _on_accept(self, m: Accept) -> None:
+        if m.ballot.node_id != m.sender:
+            self._count("malformed")
+            return
+        if m.ballot < self._promised:
+            self._nack(m.sender, m.ballot)  # P1a: we promised a higher ballot
+            return
+        self._follow(m.ballot)
+        if m.slot <= self._snapshot_slot:
+            # We compacted this slot, so it is decided, but we no longer know what we accepted there
+            # and must not vote blindly. If the leader is behind our snapshot, offer it.
+            self._count("below_log_start")
+            if m.decided_slot < self._snapshot_slot:
+                self._offer_snapshot(m.sender)
+        else:
+            old = self._accepted.get(m.slot)
+            if old == (m.ballot, m.value):
+                self._count("duplicate")
+            else:
+                assert old is None or old[0] < m.ballot, (
+                    f"safety: ballot {m.ballot} proposed two values for slot {m.slot}")
+                self._accepted[m.slot] = (m.ballot, m.value)
+                self._actions.persist.append(AcceptRecord(m.slot, m.ballot, m.value))
+            self._send(m.sender, Accepted(sender=self.node_id, ballot=m.ballot, slot=m.slot))
+        self._learn_decided_slot(m.ballot, m.decided_slot, m.sender)
+
+    def _on_heartbeat(self, m: Heartbeat) -> None:
+        if m.ballot.node_id != m.sender:
+            self._count("malformed")
+            return
+        if m.ballot < self._promised:
+            self._nack(m.sender, m.ballot)
+        else:
+            self._follow(m.ballot)
+            # Our promise now equals the leader's ballot: that is what the ack certifies.
+            self._send(m.sender, HeartbeatAck(sender=self.node_id, ballot=m.ballot, seq=m.seq))
+        # A decided slot stays decided, so learning from a stale leader's announcement is still safe.
+        self._learn_decided_slot(m.ballot, m.decided_slot, m.sender)
+
+    def _on_decide(self, m: Decide) -> None:
+        if m.ballot.node_id != m.sender:
+            self._count("malformed")
+            return
+        if m.ballot < self._promised:
+            self._nack(m.sender, m.ballot)
+        else:
+            self._follow(m.ballot)
+        self._learn_decided_slot(m.ballot, m.decided_slot, m.sender)
+
+    def _follow(self, ballot: Ballot) -> None:
+        """A leader at ``ballot`` (>= our promise) spoke: adopt its ballot, reset the election timer."""
+        if ballot > self._promised:
+            self._raise_promise(ballot)
+        self._leader_id = ballot.node_id
+        self._reset_election_timer()
+
+    def _raise_promise(self, ballot: Ballot) -> None:
+        # The promised ballot never goes down (P1a is a promise about the future).
+        assert ballot > self._promised, "safety: the promised ballot must only grow"
+        if self._role != FOLLOWER:
+            self._step_down()
+        self._promised = ballot
+        self._actions.persist.append(PromiseRecord(ballot))
+
+    def _nack(self, to: int, ballot: Ballot) -> None:
+        self._count("nack_sent")
+        self._send(to, Nack(sender=self.node_id, ballot=ballot, promised=self._promised))
+
+    # ------------------------------------------------------------------ learner
+
+    def _learn_decided_slot(self, ballot: Ballot, decided_slot: int, sender: int) -> None:
+        """The leader of ``ballot`` says every slot <= ``decided_slot`` is decided.
+
+        A slot we accepted at ``ballot`` holds that ballot's one proposal for the slot, which is the
+        decided value (the leader steps down rather than announce a slot where its proposal lost).
+        Others we must fetch.
+        """
+        if decided_slot > self._decided_hint:
+            self._decided_hint = decided_slot
+        if decided_slot <= self._decided_slot:
+            return
+        for slot in sorted(s for s in self._accepted if self._decided_slot < s <= decided_slot):
+            accepted_ballot, value = self._accepted[slot]
+            if accepted_ballot == ballot and slot not in self._decided:
+                self._mark_decided(slot, value)
+        self._advance_decided()
+        if self._decided_slot < decided_slot:
+            self._request_catchup(sender)
+
+    def _mark_decided(self, slot: int, value: tuple) -> None:
+        """``value`` is chosen at ``slot``: record it durably (the caller advances the prefix)."""
+        if slot <= self._snapshot_slot:
+            return
+        old = self._decided.get(slot)
+        if old is not None:
+            assert old == value, f"safety: slot {slot} decided {old!r} and then {value!r}"
+            return
+        self._decided[slot] = value
+        self._actions.persist.append(DecideRecord(slot, value))
+        if self._role == LEADER:
+            proposal = self._in_flight.pop(slot, None)
+            if (proposal is not None and proposal.value != value) or slot >= self._next_slot:
+                # Someone decided a slot against our proposal, or beyond what we opened: a higher
+                # ballot won a majority, so we are stale. Stop before we announce a decided_slot that
+                # would let followers take our losing proposal for the decided value.
+                self._count("stepped_down_stale")
+                self._step_down()
+
+    def _advance_decided(self) -> None:
+        """Extend the decided prefix and hand out every newly contiguous slot in ``apply``."""
+        while self._decided_slot + 1 in self._decided:
+            self._decided_slot += 1
+        for slot in range(self._applied_slot + 1, self._decided_slot + 1):
+            self._actions.apply.append((slot, self._decided[slot]))
+        self._applied_slot = max(self._applied_slot, self._decided_slot)
+        self._serve_reads()
+
+    def _request_catchup(self, to: int) -> None:
+        if self._catchup_cooldown > 0:
+            return
+        self._catchup_cooldown = self.options.heartbeat_ticks
+        self._send(to, CatchupRequest(sender=self.node_id, first_slot=self._decided_slot + 1))
+
+    def _on_catchup_request(self, m: CatchupRequest) -> None:
+        entries = []
+        slot = max(m.first_slot, self._snapshot_slot + 1)
+        while slot in self._decided and len(entries) < self.options.catchup_entries_max:
+            entries.append(DecidedEntry(slot=slot, value=self._decided[slot]))
+            slot += 1
+        needs_snapshot = self._snapshot_slot >= m.first_slot
+        if needs_snapshot:
+            self._offer_snapshot(m.sender)
+        if entries or needs_snapshot:
+            self._send(m.sender, CatchupReply(sender=self.node_id, entries=tuple(entries),
+                                              snapshot_slot=self._snapshot_slot))
+
+    def _on_catchup_reply(self, m: CatchupReply) -> None:
+        before = self._decided_slot
+        for entry in m.entries:
+            if entry.slot > self._snapshot_slot:
+                self._mark_decided(entry.slot, entry.value)
+        self._advance_decided()
+        if m.snapshot_slot > self._decided_hint:
+            self._decided_hint = m.snapshot_slot
+        if self._decided_slot > before and self._decided_slot < self._decided_hint and m.entries:
+            # The reply made progress and more is known to be decided: ask again right away.
+            self._catchup_cooldown = 0
+            self._request_catchup(m.sender)
+
+    def _offer_snapshot(self, to: int) -> None:
+        if to not in self._actions.snapshot_to:
+            self._actions.snapshot_to.append(to)
+
+    def _forget_through(self, slot: int) -> None:
+        self._snapshot_slot = slot
+        self._accepted = {s: v for s, v in self._accepted.items() if s > slot}
+        self._decided = {s: v for s, v in self._decided.items() if s > slot}
+
+    # ------------------------------------------------------------------ candidate
+
+    def _draw_election_deadline(self) -> int:
+        timeout = self.options.election_timeout_ticks
+        return timeout + self._rng.randrange(timeout)
+
+    def _reset_election_timer(self) -> None:
+        self._ticks_since_heard = 0
+        self._election_deadline = self._draw_election_deadline()
+
+    def _start_election(self) -> None:
+        """Phase 1a for every undecided slot at once (Paxos Made Simple, section 3)."""
+        self._count("elections")
+        if self._role != FOLLOWER:
+            self._step_down()
+        # A ballot above every ballot seen (section 2.2); the node id in it makes it ours alone.
+        top = max(self._ballot_seen_max, self._promised)
+        ballot = top.next_for(self.node_id)
+        self._raise_promise(ballot)  # our own promise, durable before the Prepare leaves
+        self._ballot_seen_max = ballot
+        self._own_ballot = ballot
+        self._role = CANDIDATE
+        self._leader_id = None
+        self._first_slot = self._decided_slot + 1
+        self._promises = {}
+        self._election_behind = False
+        self._reset_election_timer()
+        self._broadcast(Prepare(sender=self.node_id, ballot=ballot, first_slot=self._first_slot))
+        self._maybe_become_leader()
+
+    def _on_promise(self, m: Promise) -> None:
+        if self._role != CANDIDATE or m.ballot != self._own_ballot or m.first_slot != self._first_slot:
+            self._count("stale_promise")
+            return
+        if m.sender in self._promises:
+            self._count("duplicate")
+            return
+        self._promises[m.sender] = m
+        for entry in m.decided:
+            self._mark_decided(entry.slot, entry.value)
+        self._advance_decided()
+        if m.snapshot_slot >= self._first_slot:
+            # The acceptor compacted slots we have not decided: we cannot re-propose them, so we
+            # fetch its snapshot and try again in a later election.
+            self._election_behind = True
+            self._count("election_behind")
+            self._catchup_cooldown = 0
+            self._request_catchup(m.sender)
+        self._maybe_become_leader()
+
+    def _maybe_become_leader(self) -> None:
+        if self._role != CANDIDATE or self._election_behind:
+            return
+        if len(self._promises) + 1 < self.config.quorum_size:  # +1: our own promise
+            return
+        self._become_leader()
+
+    def _own_promise(self) -> Promise:
+        first = self._first_slot
+        return Promise(
+            sender=self.node_id, ballot=self._own_ballot, first_slot=first,
+            accepted=tuple(AcceptedEntry(slot=s, ballot=b, value=v)
+                           for s, (b, v) in sorted(self._accepted.items()) if s >= first),
+            decided=tuple(DecidedEntry(slot=s, value=v) for s, v in sorted(self._decided.items()) if s >= first),
+            snapshot_slot=self._snapshot_slot,
+        )
+
+    def _reproposals(self, promises: dict) -> dict:
+        """The value to re-propose at each slot from ``first_slot`` to the highest reported slot.
+
+        ``promises`` maps node id to ``Promise`` for a majority (our own included). Per slot: a
+        reported decided value as it is; else the value accepted at the highest ballot, which P2c
+        (Paxos Made Simple, section 2.2) requires; else the no-op ``()`` to fill the hole (section 3).
+        Overridable only so that a test can show what breaks when P2c is ignored.
+        """
+        decided: dict[int, tuple] = {}
+        best: dict[int, tuple[Ballot, tuple]] = {}
+        for promise in promises.values():
+            for entry in promise.decided:
+                decided[entry.slot] = entry.value
+            for entry in promise.accepted:
+                if entry.slot not in best or entry.ballot > best[entry.slot][0]:
+                    best[entry.slot] = (entry.ballot, entry.value)
+        reported = [s for s in (*decided, *best) if s >= self._first_slot]
+        if not reported:
+            return {}
+        values = {}
+        for slot in range(self._first_slot, max(reported) + 1):
+            if slot in decided:
+                values[slot] = decided[slot]
+            elif slot in best:
+                values[slot] = best[slot][1]
+            else:
+                values[slot] = ()
+        return values
+
+    # ------------------------------------------------------------------ leader
+
+    def _become_leader(self) -> None:
+        promises = dict(self._promises)
+        promises[self.node_id] = self._own_promise()
+        values = self._reproposals(promises)
+        self._role = LEADER
+        self._leader_id = self.node_id
+        self._count("became_leader")
+        self._in_flight = {}
+        self._next_slot = self._first_slot
+        self._reproposed_slot = max(values, default=self._first_slot - 1)
+        self._announced_decided_slot = 0
+        self._heartbeat_elapsed = 0
+        self._heartbeat_acks = {}
+        self._promises = {}
+        for slot in sorted(values):
+            if self._role != LEADER:
+                return
+            self._open_slot(slot, values[slot])
+        if self._role == LEADER:
+            self._start_heartbeat_round()  # tell everyone who leads now, even with nothing to propose
+
+    def _open_slot(self, slot: int, value: tuple) -> None:
+        """Phase 2a for ``slot``: accept it ourselves (durably), then ask everyone else."""
+        assert slot > self._snapshot_slot and slot >= self._next_slot, f"slot {slot} reused"
+        ballot = self._own_ballot
+        self._next_slot = slot + 1
+        self._accepted[slot] = (ballot, value)
+        self._actions.persist.append(AcceptRecord(slot, ballot, value))
+        self._broadcast(Accept(sender=self.node_id, ballot=ballot, slot=slot, value=value,
+                               decided_slot=self._decided_slot))
+        self._announced_decided_slot = max(self._announced_decided_slot, self._decided_slot)
+        if slot in self._decided:
+            # A re-proposed decided value: already chosen, sent only so followers accept it at our
+            # ballot and can learn it from our decided_slot.
+            assert self._decided[slot] == value, f"safety: re-proposal at {slot} differs from decided"
+            return
+        self._in_flight[slot] = _Proposal(value, {self.node_id})
+        self._check_decided(slot)
+
+    def _check_decided(self, slot: int) -> None:
+        proposal = self._in_flight.get(slot)
+        if proposal is not None and len(proposal.acks) >= self.config.quorum_size:
+            self._mark_decided(slot, proposal.value)
+            self._advance_decided()
+
+    def _fill_window(self) -> None:
+        """Open slots for queued commands, ``batch_count_max`` per slot, ``window`` undecided at most."""
+        while self._role == LEADER and self._queue and len(self._in_flight) < self.options.window:
+            count = min(len(self._queue), self.options.batch_count_max)
+            batch = tuple(self._queue.popleft() for _ in range(count))
+            self._open_slot(self._next_slot, batch)
+
+    def _on_accepted(self, m: Accepted) -> None:
+        if self._role != LEADER or m.ballot != self._own_ballot:
+            self._count("stale_accepted")
+            return
+        proposal = self._in_flight.get(m.slot)
+        if proposal is None:
+            self._count("duplicate")  # already decided (or never ours)
+            return
+        proposal.acks.add(m.sender)
+        # Decided: a majority accepted one proposal (Paxos Made Simple, section 2.3).
+        self._check_decided(m.slot)
+
+    def _on_nack(self, m: Nack) -> None:
+        if m.promised > self._ballot_seen_max:
+            self._ballot_seen_max = m.promised
+        if self._role == FOLLOWER or m.ballot != self._own_ballot or not m.promised > self._own_ballot:
+            self._count("stale_nack")
+            return
+        # An acceptor promised a higher ballot, so our ballot can no longer win a majority for sure.
+        self._count("stepped_down_nack")
+        self._step_down()
+
+    def _retransmit_accepts(self) -> None:
+        """Resend each undecided proposal to the nodes that have not accepted it (messages get lost)."""
+        for slot, proposal in sorted(self._in_flight.items()):
+            for peer in self._peers:
+                if peer not in proposal.acks:
+                    self._send(peer, Accept(sender=self.node_id, ballot=self._own_ballot, slot=slot,
+                                            value=proposal.value, decided_slot=self._decided_slot))
+
+    def _start_heartbeat_round(self) -> int:
+        """Send Heartbeat(seq) to all; reads waiting for ``seq`` are confirmed by a majority of acks.
+
+        Reads in one batch share one round: its messages leave only after ``take_actions()``, so the
+        round begins after every read of the batch arrived.
+        """
+        if self._round_in_batch is not None:
+            return self._round_in_batch
+        self._heartbeat_seq += 1
+        seq = self._heartbeat_seq
+        self._round_in_batch = seq
+        self._heartbeat_elapsed = 0
+        self._broadcast(Heartbeat(sender=self.node_id, ballot=self._own_ballot,
+                                  decided_slot=self._decided_slot, seq=seq))
+        self._announced_decided_slot = max(self._announced_decided_slot, self._decided_slot)
+        self._heartbeat_acks[seq] = {self.node_id}
+        self._check_round(seq)
+        return seq
+
+    def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
+        if self._role != LEADER or m.ballot != self._own_ballot:
+            self._count("stale_heartbeat_ack")
+            return
+        acks = self._heartbeat_acks.get(m.seq)
+        if acks is None:
+            return  # a round already confirmed (and pruned) or unknown
+        acks.add(m.sender)
+        self._check_round(m.seq)
+
+    def _check_round(self, seq: int) -> None:
+        if len(self._heartbeat_acks.get(seq, ())) < self.config.quorum_size:
+            return
+        # A majority still promised our ballot after the round began, so no higher ballot could have
+        # decided anything before then (its promise majority would overlap this one).
+        self._confirmed_seq = max(self._confirmed_seq, seq)
+        for old in [s for s in self._heartbeat_acks if s <= self._confirmed_seq]:
+            del self._heartbeat_acks[old]
+        self._serve_reads()
+
+    def _serve_reads(self) -> None:
+        if self._role != LEADER or not self._pending_reads:
+            return
+        waiting = []
+        for read_id, index, seq in self._pending_reads:
+            if seq <= self._confirmed_seq and index <= self._applied_slot:
+                self._actions.reads.append((read_id, index))
+            else:
+                waiting.append((read_id, index, seq))
+        self._pending_reads = waiting
+
+    def _step_down(self) -> None:
+        """Stop being candidate or leader; hand back what we can no longer serve."""
+        if self._role == LEADER:
+            self._actions.dropped_proposals.extend(self._queue)
+            self._actions.rejected_reads.extend(read_id for read_id, _, _ in self._pending_reads)
+        self._queue.clear()
+        self._pending_reads = []
+        self._in_flight = {}
+        self._promises = {}
+        self._heartbeat_acks = {}
+        self._role = FOLLOWER
+        self._leader_id = None
+        self._own_ballot = None
+        self._reset_election_timer()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _send(self, to: int, message) -> None:
+        self._actions.send.append((to, message))
+
+    def _broadcast(self, message) -> None:
+        for peer in self._peers:
+            self._actions.send.append((peer, message))
+
+    def _count(self, name: str) -> None:
+        self._counters[name] = self._counters.get(name, 0) + 1
