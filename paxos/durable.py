@@ -112,6 +112,11 @@ def read(fd):
         raise FileTruncated()
 
     serial_number, payload_length = _HEADER.unpack(header)
+    # A corrupted length field may claim petabytes: compare it with the file size before reading,
+    # so that damage is reported as damage instead of a MemoryError.
+    available = os.fstat(fd).st_size - _DIGEST_BYTES - _HEADER.size
+    if payload_length > available:
+        raise FileTruncated()
     payload = _read_exactly(fd, payload_length)
     if len(payload) != payload_length or payload_length == 0:
         raise FileTruncated()

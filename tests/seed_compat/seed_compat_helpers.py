@@ -72,15 +72,17 @@ class Recorder:
 
     # the clock
     def advance(self, seconds):
-        """Move the clock forward and run every timer that became due, in due order."""
-        self.now += seconds
-        # Each pass removes one due timer; a timer can add at most one new one in the future (pulse),
-        # and only timers due now run, so the loop ends; the bound guards against a buggy callee.
+        """Move the clock forward, running every timer that falls due, at its due time, in order."""
+        target = self.now + seconds
+        # Each pass runs one due timer; a pulse adds one timer strictly later (hb_period > 0), so
+        # the loop ends; the bound only guards against a callee that schedules with zero delay.
         for _ in range(10_000):
-            due = [t for t in self.timers if t[0] <= self.now]
+            due = [t for t in self.timers if t[0] <= target]
             if not due:
+                self.now = target
                 return
             first = min(due, key=lambda t: (t[0], t[1]))
             self.timers.remove(first)
+            self.now = max(self.now, first[0])
             first[2]()
         raise AssertionError("timer loop did not settle")
