@@ -185,3 +185,20 @@ def test_quorum_of_accept_nacks_loses_leadership():
     assert n.messenger.take() == [("leadership_lost",), ("leadership_change", "A", None)]
     n.prepare()
     assert n.proposal_id == PID(8, "A")
+
+
+def test_heartbeat_after_stepping_down_adopts_new_leader():
+    """After accept NACKs ``leader_proposal_id`` is None; a heartbeat must still compare above it.
+
+    (In the 2013 code on Python 3 this compared a ProposalID with None and raised TypeError.)
+    """
+    n = make("A", quorum_size=2)
+    n.messenger.advance(100)
+    pid = become_leader(n, "foo")
+    n.recv_accept_nack("B", pid, PID(7, "B"))
+    n.recv_accept_nack("C", pid, PID(7, "B"))
+    n.messenger.take()
+    n.recv_heartbeat("B", PID(7, "B"))
+    assert (n.leader_uid, n.leader_proposal_id) == ("B", PID(7, "B"))
+    assert n.messenger.take() == [("leadership_change", None, "B")]
+    assert n.leader_is_alive()
