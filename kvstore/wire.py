@@ -1,0 +1,708 @@
+"""Frames and messages on the wire: peer links and client connections (see docs/protocol.md).
+
+Theory of operation
+-------------------
+Everything that crosses a TCP connection is a *frame*: a 4-byte big-endian unsigned length ``N``
+followed by ``N`` bytes that hold exactly one CBOR item (cbor2). The item is a map whose text field
+``"t"`` names the message type. One module turns message objects into frames (``encode_frame``) and
+frame bodies back into message objects (``decode_body``); nothing else in the store touches CBOR on a
+connection, and nothing here is ever pickled.
+
+Two error families (STYLE.md section 5, after ``h11/_util.py``):
+
+* ``WireError``: the *remote side* sent something bad (a bad length, CBOR that does not parse, a map
+  of the wrong shape, a field of the wrong type). It is the ONLY exception ``split_frames``,
+  ``FrameReader.receive_frames`` (besides the stream's own errors) and ``decode_body`` raise for bad
+  input. The caller logs one line, answers a client with an error reply where it can, and closes that
+  one connection.
+* ``TypeError`` / ``ValueError`` (``FrameTooLarge``): *our own* caller broke an API rule, for example by
+  encoding an object that is not a message, or a message whose frame would exceed the size limit.
+
+Decoding never trusts cbor2's output types. cbor2 turns tags into datetimes, Decimals, Fractions,
+UUIDs, regexes, sets and more; ``bool`` is a subclass of ``int`` in Python; a CBOR bignum tag gives an
+``int`` of any size. So every field is checked with an exact ``type(x) is T`` test and integers are
+checked against their range. The checks are plain dict lookups and type tests because this is the hot
+path: tens of thousands of Paxos messages and client requests per second.
+
+Forward compatibility: a map may carry fields this version does not know; they are ignored, so a
+newer peer or client can add optional fields. A missing known field, a wrong type, or an unknown
+``"t"`` is an error. The Paxos messages inside a ``px`` frame are positional arrays instead of maps
+(they are the bulk of the traffic and a map would repeat every field name in every message); their
+length must be exact, so a change to one means a new kind code, never a reinterpretation.
+
+Resource bounds: a frame's length is checked against ``frame_bytes_max`` as soon as its 4 header bytes
+are there, before any of its body is read, so a hostile length costs nothing (h11 bounds its buffer the
+same way with ``max_incomplete_event_size``). cbor2 is run with a container depth limit and with map
+keys restricted to text and byte strings (no hash-collision games with exotic keys). Trailing bytes
+after the one CBOR item in a body are rejected, so a client that packs two items into one frame gets
+an error instead of silently losing the second.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from typing import Union
+
+import cbor2
+
+from paxos.ballot import Ballot
+from paxos.messages import (
+    MESSAGE_TYPES,
+    Accept,
+    Accepted,
+    AcceptedEntry,
+    CatchupReply,
+    CatchupRequest,
+    Decide,
+    DecidedEntry,
+    Heartbeat,
+    HeartbeatAck,
+    Nack,
+    Prepare,
+    Promise,
+)
+
+FRAME_BYTES_MAX = 8 * 1024 * 1024
+"""Default largest frame body, in bytes (the 4 header bytes not included)."""
+HEADER_BYTES = 4
+"""Size of the big-endian unsigned length that starts every frame."""
+RECEIVE_CHUNK_BYTES = 64 * 1024
+"""How much ``FrameReader`` asks its stream for at once."""
+RESULT_DEPTH_MAX = 4
+"""How many levels of lists/maps an ``OkReply`` result may nest *inside* its top-level map."""
+
+# Integer ranges. Slots, ballot numbers, sequence numbers and client request ids fit in CBOR's
+# native unsigned integer (no bignum tag needed); per-connection request ids fit in a signed 64-bit
+# integer so that clients in languages without unsigned types can use them.
+U64_LIMIT = 2**64
+ID_LIMIT = 2**63
+
+# Error codes carried by ErrorReply.code. docs/protocol.md says when each one is used.
+NOT_LEADER = "not_leader"
+BAD_REQUEST = "bad_request"
+UNAVAILABLE = "unavailable"
+STORAGE_FULL = "storage_full"
+TOO_LARGE = "too_large"
+SHUTTING_DOWN = "shutting_down"
+TIMEOUT = "timeout"
+PROTOCOL = "protocol"
+ERROR_CODES = (NOT_LEADER, BAD_REQUEST, UNAVAILABLE, STORAGE_FULL, TOO_LARGE, SHUTTING_DOWN, TIMEOUT, PROTOCOL)
+
+_HEADER = struct.Struct(">I")
+_CBOR_DEPTH_MAX = 8  # px map > m list > message > entry list > entry > value list: 6 levels used
+
+
+class WireError(Exception):
+    """The remote side sent something that is not a valid frame or message."""
+
+
+class FrameTooLarge(ValueError):
+    """Our own caller tried to encode a message whose body exceeds the frame size limit."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Message classes
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    """First frame on a peer link, sent by the node that dialed: who I am and which cluster."""
+
+    node_id: int
+    cluster_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaxosBatch:
+    """Some ``paxos.messages`` messages from one node to the peer at the other end of the link."""
+
+    messages: tuple
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotChunk:
+    """Bytes ``[offset, offset + len(data))`` of a state machine snapshot of ``total`` bytes at ``slot``."""
+
+    sender: int
+    slot: int
+    offset: int
+    total: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutRequest:
+    id: int
+    key: str
+    value: Union[str, bytes]
+    client_id: bytes
+    request_id: int
+    ack_below: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteRequest:
+    id: int
+    key: str
+    prefix: bool
+    client_id: bytes
+    request_id: int
+    ack_below: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CasRequest:
+    id: int
+    key: str
+    expected: Union[str, bytes, None]
+    new: Union[str, bytes]
+    client_id: bytes
+    request_id: int
+    ack_below: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetRequest:
+    id: int
+    key: str
+    linearizable: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListRequest:
+    id: int
+    prefix: str
+    keys_only: bool
+    linearizable: bool
+    limit: int  # 0 = no limit
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRequest:
+    id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OkReply:
+    """Success: ``result`` is a map with str keys (see ``RESULT_DEPTH_MAX`` for what it may hold)."""
+
+    id: int
+    result: dict
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorReply:
+    """Failure: ``id`` is None when the request could not be parsed; ``leader`` is a "host:port" hint."""
+
+    id: int | None
+    code: str
+    message: str
+    leader: str | None
+
+
+CLIENT_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest, GetRequest, ListRequest, StatusRequest)
+WRITE_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest)
+REPLY_TYPES = (OkReply, ErrorReply)
+PEER_MESSAGE_TYPES = (Hello, PaxosBatch, SnapshotChunk)
+
+# ---------------------------------------------------------------------------------------------------
+# Paxos messages as positional arrays: [kind_code, sender, fields in declaration order...]
+# ---------------------------------------------------------------------------------------------------
+
+KIND_PREPARE = 1
+KIND_PROMISE = 2
+KIND_ACCEPT = 3
+KIND_ACCEPTED = 4
+KIND_NACK = 5
+KIND_DECIDE = 6
+KIND_HEARTBEAT = 7
+KIND_HEARTBEAT_ACK = 8
+KIND_CATCHUP_REQUEST = 9
+KIND_CATCHUP_REPLY = 10
+
+KIND_CODES = {
+    Prepare: KIND_PREPARE,
+    Promise: KIND_PROMISE,
+    Accept: KIND_ACCEPT,
+    Accepted: KIND_ACCEPTED,
+    Nack: KIND_NACK,
+    Decide: KIND_DECIDE,
+    Heartbeat: KIND_HEARTBEAT,
+    HeartbeatAck: KIND_HEARTBEAT_ACK,
+    CatchupRequest: KIND_CATCHUP_REQUEST,
+    CatchupReply: KIND_CATCHUP_REPLY,
+}
+# The codes are the wire contract; they were assigned in the order of MESSAGE_TYPES. If someone
+# reorders or extends MESSAGE_TYPES, fail loudly at import instead of silently changing the protocol.
+if tuple(KIND_CODES) != tuple(MESSAGE_TYPES) or list(KIND_CODES.values()) != list(range(1, 11)):
+    raise ImportError("kvstore.wire kind codes no longer match paxos.messages.MESSAGE_TYPES")
+
+
+def _b(ballot: Ballot) -> list:
+    return [ballot.number, ballot.node_id]
+
+
+# Each encoder returns the array for one message. Values (batches) are tuples of bytes, which cbor2
+# writes as arrays directly, so they need no conversion.
+_PAXOS_ENCODERS = {
+    Prepare: lambda m: [1, m.sender, [m.ballot.number, m.ballot.node_id], m.first_slot],
+    Promise: lambda m: [
+        2, m.sender, [m.ballot.number, m.ballot.node_id], m.first_slot,
+        [[e.slot, [e.ballot.number, e.ballot.node_id], e.value] for e in m.accepted],
+        [[e.slot, e.value] for e in m.decided],
+        m.snapshot_slot,
+    ],
+    Accept: lambda m: [3, m.sender, [m.ballot.number, m.ballot.node_id], m.slot, m.value, m.decided_slot],
+    Accepted: lambda m: [4, m.sender, [m.ballot.number, m.ballot.node_id], m.slot],
+    Nack: lambda m: [5, m.sender, _b(m.ballot), _b(m.promised)],
+    Decide: lambda m: [6, m.sender, [m.ballot.number, m.ballot.node_id], m.decided_slot],
+    Heartbeat: lambda m: [7, m.sender, [m.ballot.number, m.ballot.node_id], m.decided_slot, m.seq],
+    HeartbeatAck: lambda m: [8, m.sender, [m.ballot.number, m.ballot.node_id], m.seq],
+    CatchupRequest: lambda m: [9, m.sender, m.first_slot],
+    CatchupReply: lambda m: [10, m.sender, [[e.slot, e.value] for e in m.entries], m.snapshot_slot],
+}
+
+
+def _u64(x, name: str) -> int:
+    if type(x) is int and 0 <= x < U64_LIMIT:
+        return x
+    raise WireError(f"{name}: expected an int in [0, 2**64), got {type(x).__name__}")
+
+
+def _sender(x) -> int:
+    if type(x) is int and 1 <= x < U64_LIMIT:
+        return x
+    raise WireError(f"sender: expected a node id >= 1, got {type(x).__name__} {x!r:.40}")
+
+
+def _ballot(x, name: str = "ballot") -> Ballot:
+    if type(x) is list and len(x) == 2:
+        number, node_id = x
+        if type(number) is int and type(node_id) is int and 0 <= number < U64_LIMIT and 0 <= node_id < U64_LIMIT:
+            return Ballot(number, node_id)
+    raise WireError(f"{name}: expected [number, node_id] of ints >= 0")
+
+
+def _value(x) -> tuple:
+    if type(x) is list:
+        for command in x:
+            if type(command) is not bytes:
+                raise WireError(f"value: expected an array of byte strings, found {type(command).__name__}")
+        return tuple(x)
+    raise WireError(f"value: expected an array of byte strings, got {type(x).__name__}")
+
+
+def _decided_entries(x, name: str) -> tuple:
+    if type(x) is not list:
+        raise WireError(f"{name}: expected an array of [slot, value]")
+    entries = []
+    for e in x:
+        if type(e) is not list or len(e) != 2:
+            raise WireError(f"{name}: expected [slot, value] entries")
+        entries.append(DecidedEntry(slot=_u64(e[0], "slot"), value=_value(e[1])))
+    return tuple(entries)
+
+
+def _accepted_entries(x) -> tuple:
+    if type(x) is not list:
+        raise WireError("accepted: expected an array of [slot, ballot, value]")
+    entries = []
+    for e in x:
+        if type(e) is not list or len(e) != 3:
+            raise WireError("accepted: expected [slot, ballot, value] entries")
+        entries.append(AcceptedEntry(slot=_u64(e[0], "slot"), ballot=_ballot(e[1]), value=_value(e[2])))
+    return tuple(entries)
+
+
+# Each decoder gets an array whose length was already checked against _PAXOS_LENGTHS.
+_PAXOS_DECODERS = {
+    1: lambda a: Prepare(sender=_sender(a[1]), ballot=_ballot(a[2]), first_slot=_u64(a[3], "first_slot")),
+    2: lambda a: Promise(
+        sender=_sender(a[1]), ballot=_ballot(a[2]), first_slot=_u64(a[3], "first_slot"),
+        accepted=_accepted_entries(a[4]), decided=_decided_entries(a[5], "decided"),
+        snapshot_slot=_u64(a[6], "snapshot_slot"),
+    ),
+    3: lambda a: Accept(
+        sender=_sender(a[1]), ballot=_ballot(a[2]), slot=_u64(a[3], "slot"), value=_value(a[4]),
+        decided_slot=_u64(a[5], "decided_slot"),
+    ),
+    4: lambda a: Accepted(sender=_sender(a[1]), ballot=_ballot(a[2]), slot=_u64(a[3], "slot")),
+    5: lambda a: Nack(sender=_sender(a[1]), ballot=_ballot(a[2]), promised=_ballot(a[3], "promised")),
+    6: lambda a: Decide(sender=_sender(a[1]), ballot=_ballot(a[2]), decided_slot=_u64(a[3], "decided_slot")),
+    7: lambda a: Heartbeat(
+        sender=_sender(a[1]), ballot=_ballot(a[2]), decided_slot=_u64(a[3], "decided_slot"),
+        seq=_u64(a[4], "seq"),
+    ),
+    8: lambda a: HeartbeatAck(sender=_sender(a[1]), ballot=_ballot(a[2]), seq=_u64(a[3], "seq")),
+    9: lambda a: CatchupRequest(sender=_sender(a[1]), first_slot=_u64(a[2], "first_slot")),
+    10: lambda a: CatchupReply(
+        sender=_sender(a[1]), entries=_decided_entries(a[2], "entries"), snapshot_slot=_u64(a[3], "snapshot_slot"),
+    ),
+}
+# Array length of each kind, including the kind code itself.
+_PAXOS_LENGTHS = {1: 4, 2: 7, 3: 6, 4: 4, 5: 4, 6: 4, 7: 5, 8: 4, 9: 3, 10: 4}
+
+
+def encode_paxos_message(message) -> list:
+    """The CBOR-ready array for one ``paxos.messages`` message; ``TypeError`` for anything else."""
+    encoder = _PAXOS_ENCODERS.get(type(message))
+    if encoder is None:
+        raise TypeError(f"not a paxos message: {type(message).__name__}")
+    return encoder(message)
+
+
+def decode_paxos_message(array) -> object:
+    """The ``paxos.messages`` message for one decoded array; ``WireError`` if it is malformed."""
+    if type(array) is not list or not array:
+        raise WireError("px: each message must be a non-empty array")
+    kind = array[0]
+    if type(kind) is not int or kind not in _PAXOS_DECODERS:
+        raise WireError(f"px: unknown message kind {kind!r:.40}")
+    if len(array) != _PAXOS_LENGTHS[kind]:
+        raise WireError(f"px: kind {kind} needs {_PAXOS_LENGTHS[kind]} elements, got {len(array)}")
+    return _PAXOS_DECODERS[kind](array)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Map messages: encoders (our own objects, trusted) and decoders (remote bytes, checked)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_result(x, depth: int, sequence_types: tuple, error) -> None:
+    """Raise ``error`` unless ``x`` is an allowed OkReply result value at nesting ``depth``."""
+    t = type(x)
+    if t is str or t is bytes or t is bool or t is float or x is None:
+        return
+    if t is int:
+        if -U64_LIMIT <= x < U64_LIMIT:
+            return
+        raise error("result: int out of CBOR's 64-bit range")
+    if depth >= RESULT_DEPTH_MAX:
+        raise error(f"result: lists/maps nested deeper than {RESULT_DEPTH_MAX}")
+    if t in sequence_types:
+        for item in x:
+            _check_result(item, depth + 1, sequence_types, error)
+        return
+    if t is dict:
+        for key, item in x.items():
+            if type(key) is not str:
+                raise error("result: map keys must be str")
+            _check_result(item, depth + 1, sequence_types, error)
+        return
+    raise error(f"result: {t.__name__} is not allowed")
+
+
+def _check_result_map(result, sequence_types: tuple, error) -> dict:
+    if type(result) is not dict:
+        raise error("result: expected a map")
+    for key, item in result.items():
+        if type(key) is not str:
+            raise error("result: map keys must be str")
+        _check_result(item, 0, sequence_types, error)
+    return result
+
+
+def _encode_ok(m: OkReply) -> dict:
+    # Check our own result with the receiver's rules, so a server bug (a set, a datetime, a deep
+    # structure) shows up here as ValueError instead of as a protocol error at every client.
+    _check_result_map(m.result, (list, tuple), ValueError)
+    return {"t": "ok", "id": m.id, "r": m.result}
+
+
+_MAP_ENCODERS = {
+    Hello: lambda m: {"t": "hello", "node": m.node_id, "cluster": m.cluster_id},
+    PaxosBatch: lambda m: {"t": "px", "m": [_PAXOS_ENCODERS[type(x)](x) for x in m.messages]},
+    SnapshotChunk: lambda m: {
+        "t": "snap", "from": m.sender, "slot": m.slot, "off": m.offset, "total": m.total, "data": m.data,
+    },
+    PutRequest: lambda m: {
+        "t": "put", "id": m.id, "key": m.key, "value": m.value, "cid": m.client_id, "rq": m.request_id,
+        "ack": m.ack_below,
+    },
+    DeleteRequest: lambda m: {
+        "t": "del", "id": m.id, "key": m.key, "prefix": m.prefix, "cid": m.client_id, "rq": m.request_id,
+        "ack": m.ack_below,
+    },
+    CasRequest: lambda m: {
+        "t": "cas", "id": m.id, "key": m.key, "expected": m.expected, "new": m.new, "cid": m.client_id,
+        "rq": m.request_id, "ack": m.ack_below,
+    },
+    GetRequest: lambda m: {"t": "get", "id": m.id, "key": m.key, "lin": m.linearizable},
+    ListRequest: lambda m: {
+        "t": "list", "id": m.id, "prefix": m.prefix, "keys_only": m.keys_only, "lin": m.linearizable,
+        "limit": m.limit,
+    },
+    StatusRequest: lambda m: {"t": "status", "id": m.id},
+    OkReply: _encode_ok,
+    ErrorReply: lambda m: {"t": "err", "id": m.id, "code": m.code, "msg": m.message, "leader": m.leader},
+}
+
+
+def _get(obj: dict, key: str):
+    try:
+        return obj[key]
+    except KeyError:
+        raise WireError(f"{obj['t']}: missing field {key!r}") from None
+
+
+def _f_int(obj: dict, key: str, low: int, limit: int) -> int:
+    x = _get(obj, key)
+    if type(x) is int and low <= x < limit:
+        return x
+    raise WireError(f"{obj['t']}.{key}: expected an int in [{low}, {limit}), got {type(x).__name__}")
+
+
+def _f_id(obj: dict) -> int:
+    x = _get(obj, "id")
+    if type(x) is int and 0 <= x < ID_LIMIT:
+        return x
+    raise WireError(f"{obj['t']}.id: expected an int in [0, 2**63), got {type(x).__name__}")
+
+
+def _f_str(obj: dict, key: str) -> str:
+    x = _get(obj, key)
+    if type(x) is str:
+        return x
+    raise WireError(f"{obj['t']}.{key}: expected a text string, got {type(x).__name__}")
+
+
+def _f_bytes(obj: dict, key: str) -> bytes:
+    x = _get(obj, key)
+    if type(x) is bytes:
+        return x
+    raise WireError(f"{obj['t']}.{key}: expected a byte string, got {type(x).__name__}")
+
+
+def _f_bool(obj: dict, key: str) -> bool:
+    x = _get(obj, key)
+    if type(x) is bool:
+        return x
+    raise WireError(f"{obj['t']}.{key}: expected a bool, got {type(x).__name__}")
+
+
+def _f_value(obj: dict, key: str, none_ok: bool = False):
+    x = _get(obj, key)
+    t = type(x)
+    if t is str or t is bytes or (none_ok and x is None):
+        return x
+    raise WireError(f"{obj['t']}.{key}: expected a text or byte string, got {t.__name__}")
+
+
+def _f_opt_str(obj: dict, key: str):
+    x = _get(obj, key)
+    if x is None or type(x) is str:
+        return x
+    raise WireError(f"{obj['t']}.{key}: expected a text string or null, got {type(x).__name__}")
+
+
+def _d_px(obj: dict) -> PaxosBatch:
+    items = _get(obj, "m")
+    if type(items) is not list:
+        raise WireError("px.m: expected an array")
+    return PaxosBatch(messages=tuple([decode_paxos_message(a) for a in items]))
+
+
+def _d_snap(obj: dict) -> SnapshotChunk:
+    chunk = SnapshotChunk(
+        sender=_f_int(obj, "from", 1, U64_LIMIT), slot=_f_int(obj, "slot", 0, U64_LIMIT),
+        offset=_f_int(obj, "off", 0, U64_LIMIT), total=_f_int(obj, "total", 0, U64_LIMIT),
+        data=_f_bytes(obj, "data"),
+    )
+    # A chunk that reaches past the snapshot's end is nonsense whatever the receiver does with it.
+    if chunk.offset + len(chunk.data) > chunk.total:
+        raise WireError("snap: off + len(data) exceeds total")
+    return chunk
+
+
+def _d_err(obj: dict) -> ErrorReply:
+    rid = _get(obj, "id")
+    if rid is not None and not (type(rid) is int and 0 <= rid < ID_LIMIT):
+        raise WireError(f"err.id: expected an int in [0, 2**63) or null, got {type(rid).__name__}")
+    return ErrorReply(id=rid, code=_f_str(obj, "code"), message=_f_str(obj, "msg"), leader=_f_opt_str(obj, "leader"))
+
+
+_MAP_DECODERS = {
+    "hello": lambda o: Hello(node_id=_f_int(o, "node", 1, ID_LIMIT), cluster_id=_f_str(o, "cluster")),
+    "px": _d_px,
+    "snap": _d_snap,
+    "put": lambda o: PutRequest(
+        id=_f_id(o), key=_f_str(o, "key"), value=_f_value(o, "value"), client_id=_f_bytes(o, "cid"),
+        request_id=_f_int(o, "rq", 0, U64_LIMIT), ack_below=_f_int(o, "ack", 0, U64_LIMIT),
+    ),
+    "del": lambda o: DeleteRequest(
+        id=_f_id(o), key=_f_str(o, "key"), prefix=_f_bool(o, "prefix"), client_id=_f_bytes(o, "cid"),
+        request_id=_f_int(o, "rq", 0, U64_LIMIT), ack_below=_f_int(o, "ack", 0, U64_LIMIT),
+    ),
+    "cas": lambda o: CasRequest(
+        id=_f_id(o), key=_f_str(o, "key"), expected=_f_value(o, "expected", none_ok=True), new=_f_value(o, "new"),
+        client_id=_f_bytes(o, "cid"), request_id=_f_int(o, "rq", 0, U64_LIMIT),
+        ack_below=_f_int(o, "ack", 0, U64_LIMIT),
+    ),
+    "get": lambda o: GetRequest(id=_f_id(o), key=_f_str(o, "key"), linearizable=_f_bool(o, "lin")),
+    "list": lambda o: ListRequest(
+        id=_f_id(o), prefix=_f_str(o, "prefix"), keys_only=_f_bool(o, "keys_only"),
+        linearizable=_f_bool(o, "lin"), limit=_f_int(o, "limit", 0, ID_LIMIT),
+    ),
+    "status": lambda o: StatusRequest(id=_f_id(o)),
+    "ok": lambda o: OkReply(id=_f_id(o), result=_check_result_map(_get(o, "r"), (list,), WireError)),
+    "err": _d_err,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------
+
+
+def encode_body(message) -> bytes:
+    """The CBOR body (no header) of one message object.
+
+    Raises ``TypeError`` if ``message`` is not one of this module's message classes. Our own objects
+    are trusted, except that an ``OkReply`` result is checked (``ValueError``) because a bad one would
+    be rejected by every receiver.
+    """
+    encoder = _MAP_ENCODERS.get(type(message))
+    if encoder is None:
+        raise TypeError(f"not a wire message: {type(message).__name__}")
+    return cbor2.dumps(encoder(message))
+
+
+def encode_frame(message, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+    """One complete frame: the 4-byte big-endian body length, then the CBOR body of ``message``.
+
+    Raises ``TypeError`` for a non-message and ``FrameTooLarge`` (a ``ValueError``) if the body would
+    exceed ``frame_bytes_max``: the receiver would close the connection, so sending it is a bug the
+    caller must handle (answer ``too_large``, or split the batch).
+    """
+    body = encode_body(message)
+    if len(body) > frame_bytes_max:
+        raise FrameTooLarge(f"{type(message).__name__} body is {len(body)} bytes, limit {frame_bytes_max}")
+    return _HEADER.pack(len(body)) + body
+
+
+def encode_frames(messages) -> bytes:
+    """Several frames joined into one byte string, to hand to one ``send_all``."""
+    return b"".join([encode_frame(m) for m in messages])
+
+
+def decode_body(body: bytes):
+    """The validated message object held in one frame body.
+
+    Returns an instance of one of ``PEER_MESSAGE_TYPES``, ``CLIENT_REQUEST_TYPES`` or ``REPLY_TYPES``.
+    Raises ``WireError``, and nothing else, for any body that is not exactly one CBOR map of a known
+    ``"t"`` with every field present and of the right type (unknown extra fields are ignored).
+    """
+    try:
+        fp = io.BytesIO(body)
+        obj = cbor2.CBORDecoder(fp, max_depth=_CBOR_DEPTH_MAX, strict_hashable_types=True).decode()
+        end = fp.tell()
+    except Exception as exc:  # cbor2 raises several types (and ValueError/OverflowError from tags)
+        raise WireError(f"not valid CBOR: {exc}") from exc
+    if end != len(body):
+        raise WireError(f"{len(body) - end} bytes after the CBOR item in the frame")
+    if type(obj) is not dict:
+        raise WireError(f"frame body must be a CBOR map, got {type(obj).__name__}")
+    kind = obj.get("t")
+    if type(kind) is not str:
+        raise WireError("frame map has no text field 't'")
+    decoder = _MAP_DECODERS.get(kind)
+    if decoder is None:
+        raise WireError(f"unknown message type {kind!r:.40}")
+    try:
+        return decoder(obj)
+    except WireError:
+        raise
+    except Exception as exc:  # belt and braces: a validation slip must still be a WireError
+        raise WireError(f"{kind}: malformed message: {exc!r}") from exc
+
+
+def request_id_of(body: bytes) -> int | None:
+    """Best effort: the request ``id`` in a body that ``decode_body`` rejected, else None. Never raises.
+
+    Lets the server address its ``protocol`` error reply to the request that caused it when the body
+    was a CBOR map with a usable ``"id"`` but was wrong elsewhere.
+    """
+    try:
+        obj = cbor2.loads(body, max_depth=_CBOR_DEPTH_MAX, strict_hashable_types=True)
+        if type(obj) is dict:
+            rid = obj.get("id")
+            if type(rid) is int and 0 <= rid < ID_LIMIT:
+                return rid
+    except Exception:
+        pass
+    return None
+
+
+def split_frames(buffer: bytearray, frame_bytes_max: int = FRAME_BYTES_MAX) -> list[bytes]:
+    """Remove every complete frame at the front of ``buffer`` and return their bodies, in order.
+
+    What remains in ``buffer`` is the start of the next frame (possibly nothing). A frame header whose
+    length is 0 or above ``frame_bytes_max`` raises ``WireError`` as soon as its 4 bytes are present,
+    without waiting for the body. If complete frames come before the bad header they are returned
+    first and the bad header stays at the front, so the next call raises: every good frame the
+    remote side sent before its mistake is still served, in order.
+    """
+    frames: list[bytes] = []
+    size = len(buffer)
+    pos = 0
+    unpack = _HEADER.unpack_from
+    bad: str | None = None
+    with memoryview(buffer) as view:
+        # Each pass consumes at least HEADER_BYTES + 1 bytes, so this ends within size passes.
+        while size - pos >= HEADER_BYTES:
+            (length,) = unpack(buffer, pos)
+            if length == 0 or length > frame_bytes_max:
+                bad = f"frame length {length} is outside [1, {frame_bytes_max}]"
+                break
+            end = pos + HEADER_BYTES + length
+            if end > size:
+                break
+            frames.append(bytes(view[pos + HEADER_BYTES:end]))
+            pos = end
+    if pos:
+        del buffer[:pos]
+    if bad is not None and not frames:
+        raise WireError(bad)
+    return frames
+
+
+class FrameReader:
+    """Reads frames from one trio ``ReceiveStream``; one reader per connection, used by one task.
+
+    It keeps the bytes of an incomplete frame between calls. Beyond the frames it hands out it never
+    holds more than one incomplete frame (at most ``HEADER_BYTES + frame_bytes_max`` bytes), because
+    a length is checked before its body is read and complete frames are handed out at once.
+    """
+
+    def __init__(self, stream, frame_bytes_max: int = FRAME_BYTES_MAX) -> None:
+        self.stream = stream
+        self.frame_bytes_max = frame_bytes_max
+        self._buffer = bytearray()
+
+    async def receive_frames(self) -> list[bytes]:
+        """Wait for at least one complete frame; return the bodies of ALL complete frames buffered.
+
+        Returns ``[]`` at a clean end of stream (no partial frame buffered); call it no more after
+        that. Raises ``WireError`` on a bad length (0 or oversize) or on end of stream in the middle of
+        a frame. The stream's own errors (``trio.BrokenResourceError`` and so on) pass through.
+        """
+        buffer = self._buffer
+        frames = split_frames(buffer, self.frame_bytes_max)
+        if frames:
+            return frames
+        # Every pass adds at least one byte to a buffer that holds no complete frame, and a buffer of
+        # HEADER_BYTES + frame_bytes_max bytes always holds one (or split_frames raised), so the
+        # loop ends within that many passes.
+        for _ in range(HEADER_BYTES + self.frame_bytes_max + 1):
+            data = await self.stream.receive_some(RECEIVE_CHUNK_BYTES)
+            if not data:
+                if buffer:
+                    raise WireError(f"connection closed in the middle of a frame ({len(buffer)} bytes buffered)")
+                return []
+            buffer += data
+            frames = split_frames(buffer, self.frame_bytes_max)
+            if frames:
+                return frames
+        raise AssertionError("FrameReader: buffer grew past one frame without a complete frame")
