@@ -1,0 +1,800 @@
+"""The data directory of one node: a checksummed append-only log of Paxos records plus snapshots.
+
+Theory of operation
+===================
+
+What it owns. Everything the node must still know after a crash: the records the core asked to
+persist (``paxos.actions`` ``PromiseRecord``/``AcceptRecord``/``DecideRecord``) and the newest
+snapshot of the state machine. ``Storage.open`` recovers them into ``recovered`` (a ``DurableState``)
+and ``snapshot``; the server builds its ``Replica`` and ``StateMachine`` from those.
+
+Files in the data directory::
+
+    meta.json                         {"format": 1, "node_id": N, "cluster_id": "..."}; written once
+    LOCK                              flock()ed while a Storage is open (one process per directory)
+    snapshot-<slot:020d>.snap         header + state machine bytes covering slots 1..slot
+    log-<slot:020d>.wal               the records appended after the snapshot at ``slot``
+    *.tmp                             a file being written; never read, deleted on open
+
+A log is named after the snapshot slot it starts after (``log-00000000000000000000.wal`` before the
+first snapshot), so the name alone says which snapshot a log belongs to.
+
+Log records. Each record is ``length`` (4 bytes, big endian) + ``crc32(payload)`` (4 bytes, big
+endian, ``zlib.crc32``) + ``payload``, a compact CBOR array::
+
+    [0, [ballot_number, ballot_node_id]]                          PromiseRecord
+    [1, slot, [ballot_number, ballot_node_id], [bytes, ...]]      AcceptRecord
+    [2, slot, [bytes, ...]]                                       DecideRecord
+
+Group commit. ``append`` only encodes and buffers. ``sync`` joins the buffer into one ``write`` and
+makes it durable with one ``fdatasync`` (skipped when the Storage was opened with ``fsync=False``).
+The caller (the server driver) calls ``sync`` once per ``Actions`` and sends nothing before it
+returns (docs/design.md, "the order of work").
+
+Snapshot and compaction (``write_snapshot(slot, data, state)``), in this order:
+
+1. ``sync()`` the current log, so it holds every record handed to ``append``.
+2. Write ``snapshot-<slot>.snap.tmp``, fsync it, rename it to ``snapshot-<slot>.snap``, fsync the dir.
+3. Write ``state.records()`` (slots above ``slot`` only) to ``log-<slot>.wal.tmp``, fsync, rename to
+   ``log-<slot>.wal``, fsync the dir; switch appends to the new log.
+4. Delete older snapshots and older logs; fsync the dir.
+
+Recovery (``open``) uses the newest snapshot ``S`` and ``log-S.wal``; if ``log-S.wal`` is missing it
+uses the newest log older than ``S`` and then finishes step 3 itself. Why every crash point is safe:
+
+* before the snapshot rename (step 2): the ``.tmp`` is deleted; old snapshot + old log, unchanged.
+* after the snapshot rename, before the log rename: new snapshot ``S`` + old log. The old log holds
+  every record since the old snapshot (step 1 synced it), so replaying it with ``snapshot_slot=S``
+  (which drops slots at or below ``S`` and keeps the highest promise) gives exactly the compacted state.
+* after the log rename: new snapshot + new log; leftovers of step 4 are deleted on open.
+
+A file is renamed into place only after it was fsynced, so a renamed snapshot that fails its checksum
+(or is short) is real damage, not a crash artefact: ``open`` refuses with ``StorageError``. A
+``log-N.wal`` newer than the newest snapshot, or a snapshot with no log at or below it, is damage too.
+
+Torn tail versus middle corruption. ``open`` reads the log record by record. At the first bad record
+(short header, zero or huge length, payload running past end of file, CRC mismatch, or a payload that
+is not a well-formed record) at byte offset ``O`` it scans every later offset for a valid record (sane
+length, payload inside the file, matching CRC, decodable). If one exists, bytes after the damage were
+once written as records, so the damage is in the middle of data that may have been durable:
+``StorageError`` naming the file and ``O``. If none exists, the bad bytes are a torn tail (a write cut
+by a crash, or the zeros a file system may leave after a power cut): the file is truncated to ``O``,
+fsynced, and a warning is logged. The rule errs towards refusing to start: cutting durable records
+would let this node break a promise (unsafe), while refusing only needs an operator (a liveness
+cost). One consequence: a torn tail whose bytes happen to contain a complete valid record (a client
+could store a value that is an encoded log record) is reported as middle corruption. A bad last record
+with nothing valid after it cannot be told apart from a torn write and is always cut.
+
+Errors. ``StorageError`` for damage, misuse of the directory, or I/O errors; its subclass
+``StorageFull`` when a write or fsync fails with ``ENOSPC``. Then the log is truncated back to where the
+failed batch began (so the file ends with whole records and recovery sees everything synced before),
+the batch stays buffered, and a later ``sync`` retries it; the node refuses writes meanwhile. Any other
+I/O error in ``sync`` (after fsyncgate, a failed fsync cannot be trusted to be retried) marks the
+Storage broken: every later call raises ``StorageError`` and the node must restart and recover.
+
+Test seams. ``_write`` and ``_fdatasync`` are instance attributes (defaulting to ``os.write`` and
+``os.fdatasync``) that a test may replace, e.g. with a write that fails with ``ENOSPC``.
+``crash_drop_unsynced()`` truncates the log to its last fsync and closes, which is what a power cut
+may do. Failpoints (``kvstore.failpoints``): ``before_fsync``, ``after_fsync``,
+``before_snapshot_rename``, ``after_snapshot_rename``, ``before_log_rename``, ``after_log_rename``.
+
+Never: pickle; write a file in place that must survive a crash (every such file goes through
+temp + fsync + rename + fsync dir); return before an fsync the caller asked for. Not thread-safe: one
+caller at a time (the server calls it from one driver task, possibly via ``trio.to_thread``).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import json
+import logging
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+from typing import Iterable
+
+import cbor2
+
+from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
+from paxos.ballot import Ballot
+
+from . import failpoints
+
+__all__ = [
+    "Storage",
+    "StorageError",
+    "StorageFull",
+    "encode_records",
+    "decode_log",
+    "LogScan",
+    "log_file_name",
+    "snapshot_file_name",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_NAME = "meta.json"
+LOCK_NAME = "LOCK"
+TMP_SUFFIX = ".tmp"
+
+RECORD_HEADER = struct.Struct(">II")  # payload length, crc32(payload)
+RECORD_BYTES_MAX = 1 << 30  # a longer length field is damage, not a record (bounds memory on recovery)
+
+SNAPSHOT_MAGIC = b"KVSNAP\r\n"  # \r\n: a text-mode copy that mangles line ends breaks the magic
+SNAPSHOT_VERSION = 1
+SNAPSHOT_HEADER = struct.Struct(">8sHQQI")  # magic, version, slot, data length, crc32(data)
+
+_TAG_PROMISE = 0
+_TAG_ACCEPT = 1
+_TAG_DECIDE = 2
+
+_SNAPSHOT_RE = re.compile(r"^snapshot-(\d{20})\.snap$")
+_LOG_RE = re.compile(r"^log-(\d{20})\.wal$")
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
+class StorageError(Exception):
+    """The data directory is damaged, belongs to someone else, or an I/O operation failed."""
+
+
+class StorageFull(StorageError):
+    """A write or fsync failed with ENOSPC; nothing durable was lost, but nothing new is durable."""
+
+
+def snapshot_file_name(slot: int) -> str:
+    return f"snapshot-{slot:020d}.snap"
+
+
+def log_file_name(slot: int) -> str:
+    return f"log-{slot:020d}.wal"
+
+
+# --------------------------------------------------------------------------------------------------
+# Record encoding
+
+
+def _value_item(value: tuple) -> tuple:
+    # Checked on the way in: a record we cannot decode later would look like corruption and stop
+    # the node from starting, so a caller bug must fail here, loudly.
+    for command in value:
+        if not isinstance(command, bytes):
+            raise TypeError(f"a value must be a tuple of bytes, got an element {command!r}")
+    return value
+
+
+def _slot_item(slot: int) -> int:
+    if type(slot) is not int or slot < 0:
+        raise TypeError(f"a slot must be a non-negative int, got {slot!r}")
+    return slot
+
+
+def _ballot_item(ballot: Ballot) -> list:
+    return [ballot.number, ballot.node_id]
+
+
+def _record_item(record: object) -> list:
+    kind = type(record)
+    if kind is AcceptRecord:
+        return [_TAG_ACCEPT, _slot_item(record.slot), _ballot_item(record.ballot), _value_item(record.value)]
+    if kind is DecideRecord:
+        return [_TAG_DECIDE, _slot_item(record.slot), _value_item(record.value)]
+    if kind is PromiseRecord:
+        return [_TAG_PROMISE, _ballot_item(record.ballot)]
+    raise TypeError(f"not a durable record: {record!r}")
+
+
+def encode_records(records: Iterable[object]) -> bytes:
+    """The log bytes for ``records``: each framed as length, crc32, CBOR payload; joined once.
+
+    Raises ``TypeError`` for anything that is not a well-formed record (nothing is returned then).
+    """
+    # One encoder for the whole batch: creating an encoder per record (cbor2.dumps) costs more than
+    # encoding a small record. The payload boundaries come from the stream position.
+    stream = io.BytesIO()
+    encode = cbor2.CBOREncoder(stream).encode
+    tell = stream.tell
+    ends: list[int] = []
+    for record in records:
+        encode(_record_item(record))
+        ends.append(tell())
+    pack = RECORD_HEADER.pack
+    crc32 = zlib.crc32
+    parts: list = []
+    with stream.getbuffer() as body:
+        start = 0
+        for end in ends:
+            payload = body[start:end]
+            parts.append(pack(end - start, crc32(payload)))
+            parts.append(payload)
+            start = end
+        out = b"".join(parts)
+        for part in parts:
+            if isinstance(part, memoryview):
+                part.release()  # the buffer export must end before the BytesIO is freed
+    return out
+
+
+class _BadRecord(ValueError):
+    pass
+
+
+def _decode_ballot(item: object) -> Ballot:
+    if type(item) is not list or len(item) != 2:
+        raise _BadRecord(f"ballot is not a pair: {item!r}")
+    number, node_id = item
+    if type(number) is not int or type(node_id) is not int or number < 0 or node_id < 0:
+        raise _BadRecord(f"ballot fields are not non-negative ints: {item!r}")
+    return Ballot(number, node_id)
+
+
+def _decode_slot(item: object) -> int:
+    if type(item) is not int or item < 0:
+        raise _BadRecord(f"slot is not a non-negative int: {item!r}")
+    return item
+
+
+def _decode_value(item: object) -> tuple:
+    if type(item) is not list:
+        raise _BadRecord(f"value is not an array: {item!r}")
+    for command in item:
+        if type(command) is not bytes:
+            raise _BadRecord(f"value element is not a byte string: {command!r}")
+    return tuple(item)
+
+
+def _decode_payload(payload: bytes) -> object:
+    """One record from its CBOR payload; ``_BadRecord`` if the bytes are not exactly one record."""
+    stream = io.BytesIO(payload)
+    try:
+        item = cbor2.CBORDecoder(stream).decode()
+    except Exception as exc:  # cbor2 raises several types on garbage; all mean "not a record"
+        raise _BadRecord(f"undecodable CBOR ({exc})") from None
+    if stream.tell() != len(payload):
+        raise _BadRecord("trailing bytes after the CBOR item")
+    if type(item) is not list or not item:
+        raise _BadRecord("payload is not a non-empty array")
+    tag = item[0]
+    if type(tag) is int:
+        if tag == _TAG_ACCEPT and len(item) == 4:
+            return AcceptRecord(_decode_slot(item[1]), _decode_ballot(item[2]), _decode_value(item[3]))
+        if tag == _TAG_DECIDE and len(item) == 3:
+            return DecideRecord(_decode_slot(item[1]), _decode_value(item[2]))
+        if tag == _TAG_PROMISE and len(item) == 2:
+            return PromiseRecord(_decode_ballot(item[1]))
+    raise _BadRecord(f"unknown record shape (tag {tag!r}, {len(item)} fields)")
+
+
+def _record_at(buf: bytes, offset: int) -> tuple[object, int] | str:
+    """The record starting at ``offset`` and the offset after it, or a reason why there is none."""
+    end = len(buf)
+    if end - offset < RECORD_HEADER.size:
+        return f"short header ({end - offset} of {RECORD_HEADER.size} bytes)"
+    length, crc = RECORD_HEADER.unpack_from(buf, offset)
+    if length == 0 or length > RECORD_BYTES_MAX:
+        # Zero matters: an all-zero header has crc32(b"") == 0, so it would otherwise "match".
+        return f"implausible length {length}"
+    start = offset + RECORD_HEADER.size
+    stop = start + length
+    if stop > end:
+        return f"payload of {length} bytes runs past the end of the file ({end - start} left)"
+    payload = buf[start:stop]
+    if zlib.crc32(payload) != crc:
+        return "checksum mismatch"
+    try:
+        record = _decode_payload(payload)
+    except _BadRecord as exc:
+        return f"bad payload: {exc}"
+    return record, stop
+
+
+def _valid_record_after(buf: bytes, offset: int) -> int | None:
+    """The first offset above ``offset`` where a whole valid record starts, or None."""
+    end = len(buf)
+    unpack_from = RECORD_HEADER.unpack_from
+    header_size = RECORD_HEADER.size
+    # Bounded by the file size; the cheap length test skips almost every offset before any CRC work.
+    for candidate in range(offset + 1, end - header_size):
+        length, _crc = unpack_from(buf, candidate)
+        if length == 0 or length > end - candidate - header_size:
+            continue
+        if not isinstance(_record_at(buf, candidate), str):
+            return candidate
+    return None
+
+
+class LogScan:
+    """What ``decode_log`` found: the good records, where they end, and the damage after them if any.
+
+    ``bad_reason`` is None for a clean log. Otherwise the bytes from ``good_bytes`` on are bad;
+    ``resync_offset`` is where a valid record was found after them (middle corruption) or None (a
+    torn tail).
+    """
+
+    __slots__ = ("records", "good_bytes", "bad_reason", "resync_offset")
+
+    def __init__(self, records: list, good_bytes: int, bad_reason: str | None, resync_offset: int | None):
+        self.records = records
+        self.good_bytes = good_bytes
+        self.bad_reason = bad_reason
+        self.resync_offset = resync_offset
+
+
+def decode_log(buf: bytes) -> LogScan:
+    """Parse a whole log file's bytes; see the module docstring for the torn-tail rule."""
+    records: list = []
+    offset = 0
+    end = len(buf)
+    while offset < end:  # bounded: every pass advances by a whole record (>= 9 bytes) or breaks
+        found = _record_at(buf, offset)
+        if isinstance(found, str):
+            return LogScan(records, offset, found, _valid_record_after(buf, offset))
+        record, offset = found
+        records.append(record)
+    return LogScan(records, offset, None, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Small file helpers
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_snapshot(path: Path, slot: int) -> bytes:
+    """The state machine bytes of a renamed snapshot file; ``StorageError`` if it is damaged."""
+    blob = path.read_bytes()
+    damage = None
+    if len(blob) < SNAPSHOT_HEADER.size:
+        damage = f"shorter than its {SNAPSHOT_HEADER.size}-byte header ({len(blob)} bytes)"
+    else:
+        magic, version, header_slot, length, crc = SNAPSHOT_HEADER.unpack_from(blob, 0)
+        data = blob[SNAPSHOT_HEADER.size:]
+        if magic != SNAPSHOT_MAGIC:
+            damage = f"bad magic {magic!r}"
+        elif version != SNAPSHOT_VERSION:
+            damage = f"unknown snapshot format version {version}"
+        elif header_slot != slot:
+            damage = f"header says slot {header_slot}, the file name says {slot}"
+        elif length != len(data):
+            damage = f"header says {length} data bytes, the file has {len(data)}"
+        elif zlib.crc32(data) != crc:
+            damage = "checksum mismatch"
+        else:
+            return data
+    raise StorageError(
+        f"snapshot {path} is damaged: {damage}. It was fsynced before it was renamed into place, so "
+        f"this is real damage, not a crash; restore the data dir from a backup or wipe it and let the "
+        f"node catch up from its peers"
+    )
+
+
+def _io_error(message: str, exc: OSError) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return StorageFull(f"{message}: no space left on device")
+    return StorageError(f"{message}: {exc}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Storage
+
+
+class Storage:
+    """One node's data directory; build it with ``Storage.open``. See the module docstring."""
+
+    recovered: DurableState
+    snapshot: tuple[int, bytes] | None
+
+    def __init__(self, path: Path, *, fsync: bool, lock_fd: int) -> None:
+        # Private: use Storage.open, which recovers the directory first.
+        self.path = path
+        self.recovered = DurableState()
+        self.snapshot = None
+        self._fsync_enabled = fsync
+        self._lock_fd: int | None = lock_fd
+        self._log_fd: int | None = None
+        self._log_path = path / log_file_name(0)
+        self._log_end = 0  # bytes of the current log file that hold whole, written records
+        self._synced_end = 0  # bytes of the current log file known durable (for crash_drop_unsynced)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._broken: str | None = None
+        self._closed = False
+        # Test seams (see the module docstring): instance attributes so one test can replace them.
+        self._write = os.write
+        self._fdatasync = _fdatasync
+
+    # ---- opening and recovery ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, data_dir: str | Path, *, node_id: int, cluster_id: str, fsync: bool = True) -> "Storage":
+        """Open (creating on first use) and recover the data directory of ``node_id`` in ``cluster_id``.
+
+        Returns a Storage whose ``recovered`` and ``snapshot`` hold what was durable; a torn log tail
+        has been cut off (and logged). Raises ``StorageError`` if the directory belongs to another node
+        or cluster, is in use by another process, is not empty but has no meta file, or is damaged
+        (the message names the file, and the byte offset for log damage).
+        """
+        if type(node_id) is not int or node_id < 1:
+            raise ValueError(f"node_id must be a positive int, got {node_id!r}")
+        if not isinstance(cluster_id, str) or not cluster_id:
+            raise ValueError(f"cluster_id must be a non-empty str, got {cluster_id!r}")
+        path = Path(data_dir)
+        try:
+            created = not path.exists()
+            path.mkdir(parents=True, exist_ok=True)
+            if created and fsync:
+                _fsync_dir(path.resolve().parent)
+            lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _io_error(f"cannot open data dir {path}", exc) from exc
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(lock_fd)
+            raise StorageError(f"data dir {path} is in use by another process ({exc})") from exc
+        storage = cls(path, fsync=fsync, lock_fd=lock_fd)
+        try:
+            storage._recover(node_id, cluster_id)
+        except BaseException:
+            storage.close()
+            raise
+        return storage
+
+    def _recover(self, node_id: int, cluster_id: str) -> None:
+        path = self.path
+        try:
+            names = os.listdir(path)
+        except OSError as exc:
+            raise _io_error(f"cannot list data dir {path}", exc) from exc
+
+        # The meta file first: touch nothing in a directory that belongs to another node.
+        if META_NAME in names:
+            self._check_meta(node_id, cluster_id)
+        else:
+            unexpected = sorted(n for n in names if n != LOCK_NAME and not n.endswith(TMP_SUFFIX))
+            if unexpected:
+                raise StorageError(
+                    f"data dir {path} has no {META_NAME} but is not empty ({', '.join(unexpected[:5])}); "
+                    f"refusing to initialise it"
+                )
+            self._write_meta(node_id, cluster_id)
+
+        # Leftover temp files are writes a crash cut short; they were never renamed, so never used.
+        try:
+            removed_tmp = False
+            for name in names:
+                if name.endswith(TMP_SUFFIX):
+                    log.info("removing leftover temp file %s", path / name)
+                    (path / name).unlink()
+                    removed_tmp = True
+            if removed_tmp:
+                self._sync_dir()
+        except OSError as exc:
+            raise _io_error(f"cannot remove temp files in {path}", exc) from exc
+        names = [name for name in names if not name.endswith(TMP_SUFFIX)]
+        snapshot_slots = sorted(int(m.group(1)) for m in map(_SNAPSHOT_RE.match, names) if m)
+        log_slots = sorted(int(m.group(1)) for m in map(_LOG_RE.match, names) if m)
+
+        snapshot_slot = snapshot_slots[-1] if snapshot_slots else 0
+        if snapshot_slots:
+            data = _read_snapshot(path / snapshot_file_name(snapshot_slot), snapshot_slot)
+            self.snapshot = (snapshot_slot, data)
+
+        newer = [s for s in log_slots if s > snapshot_slot]
+        if newer:
+            raise StorageError(
+                f"data dir {path}: log {log_file_name(newer[0])} is newer than the newest snapshot "
+                f"(slot {snapshot_slot}); its snapshot is missing"
+            )
+        if log_slots:
+            log_slot = log_slots[-1]
+        elif snapshot_slots:
+            raise StorageError(f"data dir {path}: snapshot at slot {snapshot_slot} but no log at or below it")
+        else:
+            log_slot = 0
+            self._write_file_atomically(log_file_name(0), b"", None, None)
+
+        log_path = path / log_file_name(log_slot)
+        records = self._read_log(log_path)
+        self.recovered = DurableState.replay(records, snapshot_slot=snapshot_slot)
+        self._open_log(log_path)
+
+        if log_slot != snapshot_slot:
+            # A crash between the snapshot rename and the log rename: finish that compaction now.
+            log.info("finishing an interrupted compaction: rewriting %s", log_file_name(snapshot_slot))
+            self._install_log(snapshot_slot, encode_records(self.recovered.records()))
+        try:
+            self._delete_older_than(snapshot_slot)
+        except OSError as exc:
+            raise _io_error(f"cannot delete old snapshots and logs in {path}", exc) from exc
+
+    def _check_meta(self, node_id: int, cluster_id: str) -> None:
+        meta_path = self.path / META_NAME
+        try:
+            meta = json.loads(meta_path.read_bytes())
+            version, owner, cluster = meta["format"], meta["node_id"], meta["cluster_id"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"meta file {meta_path} is unreadable: {exc!r}") from exc
+        if version != FORMAT_VERSION:
+            raise StorageError(
+                f"meta file {meta_path}: data format version {version!r}, this program reads {FORMAT_VERSION}"
+            )
+        if owner != node_id or cluster != cluster_id:
+            raise StorageError(
+                f"data dir {self.path} belongs to node {owner!r} of cluster {cluster!r}, "
+                f"not node {node_id} of cluster {cluster_id!r}"
+            )
+
+    def _write_meta(self, node_id: int, cluster_id: str) -> None:
+        meta = {"format": FORMAT_VERSION, "node_id": node_id, "cluster_id": cluster_id}
+        text = json.dumps(meta, sort_keys=True).encode() + b"\n"
+        self._write_file_atomically(META_NAME, text, None, None)
+
+    def _read_log(self, log_path: Path) -> list:
+        """The records of ``log_path``, after cutting a torn tail; ``StorageError`` on middle damage."""
+        try:
+            buf = log_path.read_bytes()
+        except OSError as exc:
+            raise _io_error(f"cannot read log {log_path}", exc) from exc
+        scan = decode_log(buf)
+        if scan.bad_reason is None:
+            return scan.records
+        if scan.resync_offset is not None:
+            raise StorageError(
+                f"log {log_path} is corrupt at byte offset {scan.good_bytes} ({scan.bad_reason}), and a valid "
+                f"record follows at byte offset {scan.resync_offset}: records that may have been durable are "
+                f"damaged, refusing to start"
+            )
+        log.warning(
+            "log %s: cutting a torn tail of %d bytes at byte offset %d (%s)",
+            log_path, len(buf) - scan.good_bytes, scan.good_bytes, scan.bad_reason,
+        )
+        try:
+            fd = os.open(log_path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, scan.good_bytes)
+                if self._fsync_enabled:
+                    self._fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _io_error(f"cannot cut the torn tail of {log_path} at byte offset {scan.good_bytes}", exc) from exc
+        return scan.records
+
+    # ---- file plumbing -----------------------------------------------------------------------------
+
+    def _sync_dir(self) -> None:
+        if self._fsync_enabled:
+            _fsync_dir(self.path)
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        written = 0
+        while written < len(data):  # bounded: every pass writes at least one byte or raises
+            count = self._write(fd, view[written:])
+            if count <= 0:
+                raise OSError(errno.EIO, f"write returned {count}")
+            written += count
+
+    def _write_file_atomically(self, name: str, data: bytes, before: str | None, after: str | None) -> None:
+        """Write ``name`` by temp file, fsync, rename, fsync dir; failpoints around the rename."""
+        final = self.path / name
+        tmp = self.path / (name + TMP_SUFFIX)
+        renamed = False
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                self._write_all(fd, data)
+                if self._fsync_enabled:
+                    # fsync, not fdatasync: the new file's metadata must be durable before the rename.
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if before:
+                failpoints.hit(before)
+            os.replace(tmp, final)
+            renamed = True
+            self._sync_dir()
+            if after:
+                failpoints.hit(after)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # on open, a leftover .tmp is deleted anyway
+            if renamed:
+                # The file is in place but maybe not durably, and this Storage may still point at the
+                # file it replaced (a log): only a fresh recovery knows which files count.
+                self._broken = f"cannot fsync data dir {self.path} after renaming {final}: {exc}; restart the node"
+                raise StorageError(self._broken) from exc
+            raise _io_error(f"cannot write {final}", exc) from exc
+
+    def _open_log(self, log_path: Path) -> None:
+        try:
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            raise _io_error(f"cannot open log {log_path}", exc) from exc
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+        self._log_fd = fd
+        self._log_path = log_path
+        self._log_end = size
+        # What was on disk at open (or was fsynced before a rename) counts as durable; with fsync off
+        # nothing this Storage wrote is.
+        self._synced_end = size if self._fsync_enabled else 0
+
+    def _install_log(self, slot: int, data: bytes) -> None:
+        """Make ``data`` the log ``log-<slot>.wal`` (atomically) and append to it from now on."""
+        name = log_file_name(slot)
+        self._write_file_atomically(name, data, "before_log_rename", "after_log_rename")
+        self._open_log(self.path / name)
+
+    def _delete_older_than(self, slot: int) -> None:
+        """Delete snapshots and logs of slots below ``slot`` (superseded by the ones at ``slot``)."""
+        removed = False
+        for name in os.listdir(self.path):
+            match = _SNAPSHOT_RE.match(name) or _LOG_RE.match(name)
+            if match and int(match.group(1)) < slot:
+                (self.path / name).unlink()
+                removed = True
+        if removed:
+            self._sync_dir()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StorageError(f"storage of {self.path} is closed")
+        if self._broken is not None:
+            raise StorageError(self._broken)
+
+    # ---- the interface -------------------------------------------------------------------------
+
+    @property
+    def log_bytes(self) -> int:
+        """Size of the current log once buffered records are written (file bytes + buffered bytes)."""
+        return self._log_end + self._pending_bytes
+
+    @property
+    def snapshot_slot(self) -> int:
+        """Slot of the newest snapshot (0: none yet)."""
+        return self.snapshot[0] if self.snapshot is not None else 0
+
+    def append(self, records: list) -> None:
+        """Encode ``records`` and buffer them; nothing is written until ``sync``.
+
+        Raises ``TypeError`` for something that is not a well-formed ``paxos.actions`` record (before
+        buffering any of them), ``StorageError`` if the Storage is closed or broken.
+        """
+        self._check_usable()
+        data = encode_records(records)
+        if data:
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+
+    def sync(self) -> None:
+        """Write everything appended since the last sync in one write, then fdatasync once.
+
+        When this returns, every record appended so far is durable (with ``fsync=False`` it is only
+        written). Raises ``StorageFull`` on ENOSPC: the log is cut back to where this batch began and
+        the batch stays buffered for the next ``sync``. Raises ``StorageError`` on any other I/O error,
+        after which the Storage is broken (restart and recover).
+        """
+        self._check_usable()
+        assert self._log_fd is not None
+        start = self._log_end
+        data = b"".join(self._pending) if self._pending else b""
+        try:
+            if data:
+                self._write_all(self._log_fd, data)
+                self._log_end = start + len(data)
+            if self._fsync_enabled and self._synced_end < self._log_end:
+                failpoints.hit("before_fsync")
+                self._fdatasync(self._log_fd)
+                failpoints.hit("after_fsync")
+                self._synced_end = self._log_end
+        except OSError as exc:
+            self._cut_back(start, len(data), exc)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def _cut_back(self, start: int, length: int, exc: OSError) -> None:
+        """After a failed write/fsync of a batch at ``start``: truncate the log there, then raise."""
+        where = f"log {self._log_path}: appending {length} bytes at byte offset {start}"
+        assert self._log_fd is not None
+        try:
+            os.ftruncate(self._log_fd, start)
+            if self._fsync_enabled:
+                self._fdatasync(self._log_fd)
+        except OSError as cut_exc:
+            self._broken = (
+                f"{where} failed ({exc}) and cutting the log back failed too ({cut_exc}); "
+                f"restart the node to recover"
+            )
+            raise StorageError(self._broken) from exc
+        self._log_end = start
+        if exc.errno == errno.ENOSPC:
+            raise StorageFull(
+                f"{where}: no space left on device; the log was cut back to {start} bytes (everything "
+                f"synced before is intact) and the batch is kept for the next sync"
+            ) from exc
+        self._broken = f"{where} failed: {exc}; restart the node to recover"
+        raise StorageError(self._broken) from exc
+
+    def write_snapshot(self, slot: int, data: bytes, state: DurableState) -> None:
+        """Store ``data`` as the snapshot through ``slot`` and compact the log to ``state`` above it.
+
+        ``state`` is what storage must hold now (``replica.durable_state()``); its ``snapshot_slot``
+        must not be above ``slot`` (else slots between would be lost; ``ValueError``). ``slot`` must
+        not be below the current snapshot slot (``ValueError``). Steps and crash safety: see the module
+        docstring. Raises ``StorageFull``/``StorageError`` on I/O errors; the directory then still
+        recovers to the old or the new snapshot with a matching log.
+        """
+        self._check_usable()
+        if slot < self.snapshot_slot:
+            raise ValueError(f"snapshot slot {slot} is below the current snapshot slot {self.snapshot_slot}")
+        if state.snapshot_slot > slot:
+            raise ValueError(f"state is compacted through slot {state.snapshot_slot}, above the snapshot {slot}")
+        data = bytes(data)
+        # Step 1: the old log alone must be complete, so "new snapshot + old log" is a valid state.
+        self.sync()
+        # Step 2.
+        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, slot, len(data), zlib.crc32(data))
+        self._write_file_atomically(
+            snapshot_file_name(slot), header + data, "before_snapshot_rename", "after_snapshot_rename"
+        )
+        self.snapshot = (slot, data)
+        # Step 3: only records above the snapshot; replay drops the rest and keeps the promise.
+        compacted = DurableState.replay(state.records(), snapshot_slot=slot)
+        self._install_log(slot, encode_records(compacted.records()))
+        # Step 4.
+        try:
+            self._delete_older_than(slot)
+        except OSError as exc:
+            raise _io_error(f"cannot delete old snapshots and logs in {self.path}", exc) from exc
+
+    def crash_drop_unsynced(self) -> None:
+        """Test seam: act like a power cut. Truncate the log to its last fsync, drop buffered records,
+        close. Reopen the directory to see what survived."""
+        self._check_usable()
+        assert self._log_fd is not None
+        os.ftruncate(self._log_fd, self._synced_end)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self.close()
+
+    def close(self) -> None:
+        """Release the files and the directory lock. Idempotent. Does not sync: records appended since
+        the last ``sync`` are discarded (they were never durable, so nobody may rely on them)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> "Storage":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Storage({str(self.path)!r}, snapshot_slot={self.snapshot_slot}, log_bytes={self.log_bytes}, "
+            f"closed={self._closed})"
+        )
