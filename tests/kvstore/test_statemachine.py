@@ -1,0 +1,590 @@
+"""Tests of ``kvstore.statemachine``: operations, exactly-once, snapshots, determinism.
+
+How:
+* Example tests pin each operation's result and effect (versions, mod_revision, one revision per
+  executed write command, including a cas that does not swap and a delete that finds nothing).
+* Dedup tests drive retries, ``ack_below`` pruning, stale retries, the per-client result cap and the
+  LRU eviction of clients, and check that nothing but the documented state changes.
+* A hypothesis ``RuleBasedStateMachine`` runs random writes, retries with the same ids, ack advances
+  and snapshot/restore cycles against a plain-dict model that predicts every result, and against a
+  twin replica fed the same bytes (equal ``state_hash``).
+* Snapshots: round trips keep the hash, the snapshot bytes and the dedup table; truncated or damaged
+  snapshots raise ``SnapshotError`` and nothing else.
+"""
+from __future__ import annotations
+
+import random
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from kvstore.commands import encode_cas, encode_delete, encode_put
+from kvstore.statemachine import (
+    CLIENTS_MAX,
+    RESULTS_PER_CLIENT_MAX,
+    Entry,
+    SnapshotError,
+    StateMachine,
+)
+
+A = b"client-a"
+B = b"client-b"
+
+
+class Driver:
+    """Hands out request ids per client so tests read as sequences of operations."""
+
+    def __init__(self, sm: StateMachine | None = None):
+        self.sm = sm if sm is not None else StateMachine()
+        self.next_request: dict[bytes, int] = {}
+
+    def _rid(self, client: bytes) -> int:
+        rid = self.next_request.get(client, 1)
+        self.next_request[client] = rid + 1
+        return rid
+
+    def put(self, key, value, client=A, ack=0):
+        return self.sm.apply(encode_put(client, self._rid(client), ack, key, value))[1]
+
+    def delete(self, key, prefix=False, client=A, ack=0):
+        return self.sm.apply(encode_delete(client, self._rid(client), ack, key, prefix))[1]
+
+    def cas(self, key, expected, new, client=A, ack=0):
+        return self.sm.apply(encode_cas(client, self._rid(client), ack, key, expected, new))[1]
+
+
+# -----------------------------------------------------------------------------------------------
+# operations
+
+
+def test_empty_machine():
+    sm = StateMachine()
+    assert (sm.revision, len(sm), sm.get("k"), sm.range()) == (0, 0, None, [])
+
+
+def test_put_creates_then_updates_with_versions_and_mod_revision():
+    d = Driver()
+    assert d.put("k", "v1") == {"rev": 1}
+    assert d.sm.get("k") == Entry("k", "v1", 1, 1)
+    assert d.put("other", b"x") == {"rev": 2}
+    assert d.put("k", b"v2") == {"rev": 3}
+    assert d.sm.get("k") == Entry("k", b"v2", 2, 3)
+    assert d.sm.get("other") == Entry("other", b"x", 1, 2)
+    assert (d.sm.revision, len(d.sm)) == (3, 2)
+
+
+def test_delete_counts_and_always_takes_a_revision():
+    d = Driver()
+    d.put("k", "v")
+    assert d.delete("missing") == {"deleted": 0, "rev": 2}
+    assert d.delete("k") == {"deleted": 1, "rev": 3}
+    assert d.sm.get("k") is None and len(d.sm) == 0
+    # A recreated key starts its version again.
+    d.put("k", "again")
+    assert d.sm.get("k") == Entry("k", "again", 1, 4)
+
+
+def test_delete_prefix_removes_exactly_the_matching_keys():
+    d = Driver()
+    for key in ["a", "ab", "abc", "b", "aa"]:
+        d.put(key, key)
+    assert d.delete("ab", prefix=True) == {"deleted": 2, "rev": 6}
+    assert [e.key for e in d.sm.range()] == ["a", "aa", "b"]
+    assert d.delete("zz", prefix=True) == {"deleted": 0, "rev": 7}
+    assert d.delete("", prefix=True) == {"deleted": 3, "rev": 8}
+    assert len(d.sm) == 0
+
+
+def test_cas_only_if_absent():
+    d = Driver()
+    assert d.cas("k", None, "v") == {"ok": True, "rev": 1}
+    assert d.sm.get("k") == Entry("k", "v", 1, 1)
+    assert d.cas("k", None, "w") == {"ok": False, "rev": 2}
+    assert d.sm.get("k") == Entry("k", "v", 1, 1)  # a failed cas takes a revision but changes nothing
+
+
+def test_cas_compares_value_and_type():
+    d = Driver()
+    d.put("k", "v")
+    assert d.cas("k", b"v", "w") == {"ok": False, "rev": 2}  # bytes b"v" is not the str "v"
+    assert d.cas("k", "other", "w") == {"ok": False, "rev": 3}
+    assert d.cas("missing", "v", "w") == {"ok": False, "rev": 4}
+    assert d.sm.get("missing") is None
+    assert d.cas("k", "v", b"w") == {"ok": True, "rev": 5}
+    assert d.sm.get("k") == Entry("k", b"w", 2, 5)
+
+
+def test_range_is_sorted_and_filtered():
+    d = Driver()
+    for key in ["b", "a/2", "a/1", "c", "a/10"]:
+        d.put(key, key.upper())
+    assert d.sm.range("a/") == [Entry("a/1", "A/1", 1, 3), Entry("a/10", "A/10", 1, 5),
+                                Entry("a/2", "A/2", 1, 2)]
+    assert [e.key for e in d.sm.range()] == ["a/1", "a/10", "a/2", "b", "c"]
+    assert d.sm.range("x") == []
+
+
+def test_malformed_command_changes_nothing():
+    d = Driver()
+    d.put("k", "v")
+    before = (d.sm.state_hash(), d.sm.snapshot())
+    for junk in [b"", b"\xff", cbor2.dumps([1, A, 1, 0, "k"]), cbor2.dumps("put")]:
+        identity, result = d.sm.apply(junk)
+        assert identity is None and result["error"].startswith("malformed command")
+    assert (d.sm.state_hash(), d.sm.snapshot()) == before
+
+
+# -----------------------------------------------------------------------------------------------
+# exactly-once
+
+
+def test_retry_returns_first_result_without_a_second_revision():
+    sm = StateMachine()
+    first = encode_put(A, 1, 1, "k", "v1")
+    assert sm.apply(first) == ((A, 1), {"rev": 1})
+    sm.apply(encode_put(A, 2, 1, "k", "v2"))
+    hash_before = sm.state_hash()
+    assert sm.apply(first) == ((A, 1), {"rev": 1})
+    assert sm.revision == 2 and sm.get("k") == Entry("k", "v2", 2, 2)
+    assert sm.state_hash() == hash_before
+
+
+def test_retry_of_each_kind_returns_its_first_result():
+    sm = StateMachine()
+    commands = [encode_cas(A, 1, 1, "k", None, "v"), encode_delete(A, 2, 1, "k"),
+                encode_delete(A, 3, 1, "k", prefix=True), encode_cas(A, 4, 1, "k", "nope", "x")]
+    firsts = [sm.apply(c) for c in commands]
+    assert [r for _, r in firsts] == [{"ok": True, "rev": 1}, {"deleted": 1, "rev": 2},
+                                      {"deleted": 0, "rev": 3}, {"ok": False, "rev": 4}]
+    sm.apply(encode_put(A, 5, 1, "k", "later"))  # would change every answer if re-executed
+    assert [sm.apply(c) for c in commands] == firsts
+    assert sm.revision == 5
+
+
+def test_results_are_fresh_dicts():
+    sm = StateMachine()
+    command = encode_put(A, 1, 1, "k", "v")
+    _, result = sm.apply(command)
+    result["rev"] = 999
+    assert sm.apply(command)[1] == {"rev": 1}
+
+
+def test_same_request_id_from_another_client_is_a_new_request():
+    sm = StateMachine()
+    sm.apply(encode_put(A, 1, 1, "k", "a"))
+    assert sm.apply(encode_put(B, 1, 1, "k", "b")) == ((B, 1), {"rev": 2})
+    assert sm.get("k").value == "b"
+
+
+def test_ack_below_prunes_results_and_makes_retries_stale():
+    sm = StateMachine()
+    old = [encode_put(A, rid, 1, f"k{rid}", "v") for rid in (1, 2, 3)]
+    for command in old:
+        sm.apply(command)
+    assert sm.remembered(A) == (1, [1, 2, 3])
+    sm.apply(encode_put(A, 4, 3, "k4", "v"))  # requests 1 and 2 were answered
+    assert sm.remembered(A) == (3, [3, 4])
+    snapshot_before = sm.snapshot()
+    assert sm.apply(old[0]) == ((A, 1), {"error": "stale request"})
+    assert sm.snapshot() == snapshot_before  # a stale retry changes nothing, not even LRU order
+    assert sm.apply(old[2]) == ((A, 3), {"rev": 3})  # still remembered: at the floor
+
+
+def test_lower_ack_below_does_not_lower_the_floor():
+    sm = StateMachine()
+    sm.apply(encode_put(A, 5, 5, "k", "v"))
+    sm.apply(encode_put(A, 6, 2, "k", "w"))  # reordered or old client state; floor stays at 5
+    assert sm.remembered(A) == (5, [5, 6])
+    assert sm.apply(encode_put(A, 3, 0, "k", "stale"))[1] == {"error": "stale request"}
+    assert sm.get("k").value == "w"
+
+
+def test_unseen_request_above_floor_executes_out_of_order():
+    # Pipelined requests may be decided out of order; a lower id above the floor is still new.
+    sm = StateMachine()
+    sm.apply(encode_put(A, 10, 5, "k", "ten"))
+    assert sm.apply(encode_put(A, 7, 5, "k", "seven")) == ((A, 7), {"rev": 2})
+    assert sm.get("k").value == "seven"
+
+
+def test_result_cap_drops_lowest_request_and_raises_floor():
+    sm = StateMachine()
+    commands = [encode_put(A, rid, 0, "k", str(rid)) for rid in range(RESULTS_PER_CLIENT_MAX + 1)]
+    for command in commands:
+        sm.apply(command)
+    floor, remembered = sm.remembered(A)
+    assert floor == 1 and remembered == list(range(1, RESULTS_PER_CLIENT_MAX + 1))
+    revision = sm.revision
+    # The forgotten request must not run twice: its retry is stale, not re-executed.
+    assert sm.apply(commands[0])[1] == {"error": "stale request"}
+    assert sm.revision == revision and sm.get("k").value == str(RESULTS_PER_CLIENT_MAX)
+
+
+def _client(i: int) -> bytes:
+    return b"c%05d" % i
+
+
+def _fill_clients(sm: StateMachine) -> None:
+    for i in range(CLIENTS_MAX):
+        sm.apply(encode_put(_client(i), 1, 0, "k", "v"))
+
+
+def test_lru_client_is_evicted_deterministically():
+    sm = StateMachine()
+    _fill_clients(sm)
+    assert sm.clients_count() == CLIENTS_MAX
+    # Client 0 is the oldest, but a duplicate counts as use; client 1 becomes the least recent.
+    sm.apply(encode_put(_client(0), 1, 0, "k", "v"))
+    sm.apply(encode_put(b"newcomer", 1, 0, "k", "v"))
+    assert sm.clients_count() == CLIENTS_MAX
+    assert sm.remembered(_client(1)) is None
+    assert sm.remembered(_client(0)) == (0, [1])
+    assert sm.remembered(b"newcomer") == (0, [1])
+    # The documented price of eviction: a retry from an evicted client executes again.
+    revision = sm.revision
+    assert sm.apply(encode_put(_client(1), 1, 0, "k", "v"))[1] == {"rev": revision + 1}
+    assert sm.remembered(_client(2)) is None  # ...and evicts the next least recent client
+
+
+def test_eviction_is_identical_on_two_replicas_and_survives_snapshot():
+    commands = [encode_put(_client(i), 1, 0, "k", "v") for i in range(CLIENTS_MAX)]
+    commands += [encode_put(_client(5), 1, 0, "k", "v"), encode_put(b"x", 1, 0, "k", "v"),
+                 encode_put(b"y", 1, 0, "k", "v")]
+    one, two = StateMachine(), StateMachine()
+    for command in commands:
+        one.apply(command)
+    restored = None
+    for i, command in enumerate(commands):
+        two.apply(command)
+        if i == CLIENTS_MAX - 1:
+            two = restored = StateMachine.restore(two.snapshot())
+    assert restored is not None
+    assert one.snapshot() == two.snapshot()
+    assert [one.remembered(_client(i)) for i in range(3)] == [None, None, (0, [1])]
+
+
+# -----------------------------------------------------------------------------------------------
+# model-based test
+
+
+KEYS = ["a", "ab", "abc", "b", "ba"]
+VALUES = ["x", b"x", "y", b"", ""]
+CLIENTS = [A, B, b"c"]
+
+
+class Model:
+    """A plain-dict model of what the state machine must do (no bounds reached in this test)."""
+
+    def __init__(self):
+        self.entries: dict[str, tuple] = {}
+        self.revision = 0
+        self.floor: dict[bytes, int] = {}
+        self.results: dict[bytes, dict[int, dict]] = {}
+
+    def apply(self, client, rid, ack, op, key, arg1=None, arg2=None) -> dict:
+        results = self.results.setdefault(client, {})
+        if rid in results:
+            self._ack(client, ack)
+            return dict(results[rid])
+        if rid < self.floor.get(client, 0):
+            return {"error": "stale request"}
+        self.revision += 1
+        rev = self.revision
+        if op == "put":
+            old = self.entries.get(key)
+            self.entries[key] = (arg1, 1 if old is None else old[1] + 1, rev)
+            result = {"rev": rev}
+        elif op == "delete":
+            doomed = [k for k in self.entries if (k.startswith(key) if arg1 else k == key)]
+            for k in doomed:
+                del self.entries[k]
+            result = {"deleted": len(doomed), "rev": rev}
+        else:
+            old = self.entries.get(key)
+            ok = old is None if arg1 is None else (old is not None and repr(old[0]) == repr(arg1))
+            if ok:
+                self.entries[key] = (arg2, 1 if old is None else old[1] + 1, rev)
+            result = {"ok": ok, "rev": rev}
+        results[rid] = result
+        self._ack(client, ack)
+        return dict(result)
+
+    def _ack(self, client, ack):
+        if ack > self.floor.get(client, 0):
+            self.floor[client] = ack
+            self.results[client] = {r: v for r, v in self.results[client].items() if r >= ack}
+
+
+def _encode(client, rid, ack, op, key, arg1=None, arg2=None) -> bytes:
+    if op == "put":
+        return encode_put(client, rid, ack, key, arg1)
+    if op == "delete":
+        return encode_delete(client, rid, ack, key, arg1)
+    return encode_cas(client, rid, ack, key, arg1, arg2)
+
+
+class StateMachineVersusModel(RuleBasedStateMachine):
+    @initialize()
+    def start(self):
+        self.sm = StateMachine()
+        self.twin = StateMachine()  # fed the same bytes, never restored
+        self.model = Model()
+        self.next_rid = {c: 1 for c in CLIENTS}
+        self.ack = {c: 0 for c in CLIENTS}   # the client's current ack_below
+        self.sent: list[tuple] = []          # (client, rid, op, key, arg1, arg2) of every request
+
+    def _run(self, client, rid, ack, op, key, arg1=None, arg2=None):
+        command = _encode(client, rid, ack, op, key, arg1, arg2)
+        expected = self.model.apply(client, rid, ack, op, key, arg1, arg2)
+        assert self.sm.apply(command) == ((client, rid), expected)
+        assert self.twin.apply(command) == ((client, rid), expected)
+
+    def _new(self, client, op, key, arg1=None, arg2=None):
+        rid = self.next_rid[client]
+        self.next_rid[client] += 1
+        self.sent.append((client, rid, op, key, arg1, arg2))
+        self._run(client, rid, min(self.ack[client], rid), op, key, arg1, arg2)
+
+    @rule(client=st.sampled_from(CLIENTS), key=st.sampled_from(KEYS), value=st.sampled_from(VALUES))
+    def put(self, client, key, value):
+        self._new(client, "put", key, value)
+
+    @rule(client=st.sampled_from(CLIENTS), key=st.sampled_from(KEYS), prefix=st.booleans())
+    def delete(self, client, key, prefix):
+        self._new(client, "delete", key, prefix)
+
+    @rule(client=st.sampled_from(CLIENTS), key=st.sampled_from(KEYS),
+          expected=st.sampled_from([None, *VALUES]), new=st.sampled_from(VALUES))
+    def cas(self, client, key, expected, new):
+        self._new(client, "cas", key, expected, new)
+
+    @precondition(lambda self: self.sent)
+    @rule(data=st.data())
+    def retry(self, data):
+        client, rid, op, key, arg1, arg2 = data.draw(st.sampled_from(self.sent))
+        # A retry carries the client's current ack_below, which never exceeds the retried id.
+        self._run(client, rid, min(self.ack[client], rid), op, key, arg1, arg2)
+
+    @rule(client=st.sampled_from(CLIENTS), step=st.integers(1, 3))
+    def advance_ack(self, client, step):
+        self.ack[client] = min(self.next_rid[client], self.ack[client] + step)
+
+    @rule()
+    def snapshot_and_restore(self):
+        self.sm = StateMachine.restore(self.sm.snapshot())
+
+    @invariant()
+    def matches_model(self):
+        expected = [Entry(k, *self.model.entries[k]) for k in sorted(self.model.entries)]
+        assert self.sm.range() == expected
+        assert len(self.sm) == len(expected)
+        assert self.sm.revision == self.model.revision
+        for key in KEYS:
+            found = self.model.entries.get(key)
+            assert self.sm.get(key) == (None if found is None else Entry(key, *found))
+        for client in CLIENTS:
+            remembered = self.sm.remembered(client)
+            if client in self.model.results:
+                assert remembered == (self.model.floor.get(client, 0), sorted(self.model.results[client]))
+
+    @invariant()
+    def twin_agrees(self):
+        assert self.sm.state_hash() == self.twin.state_hash()
+        assert self.sm.snapshot() == self.twin.snapshot()
+
+
+StateMachineVersusModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
+                                                     deadline=None)
+TestStateMachineVersusModel = StateMachineVersusModel.TestCase
+
+
+# -----------------------------------------------------------------------------------------------
+# determinism, hashing, snapshots
+
+
+def _random_commands(seed: int, count: int) -> list[bytes]:
+    rng = random.Random(seed)
+    commands = []
+    next_rid = {c: 1 for c in CLIENTS}
+    for _ in range(count):
+        client = rng.choice(CLIENTS)
+        rid = next_rid[client] if rng.random() < 0.8 else rng.randrange(1, next_rid[client] + 1)
+        next_rid[client] = max(next_rid[client], rid + 1)
+        ack = rng.randrange(0, rid + 1) if rng.random() < 0.3 else 0
+        op = rng.choice(["put", "delete", "cas"])
+        key = rng.choice(KEYS)
+        if op == "put":
+            commands.append(encode_put(client, rid, ack, key, rng.choice(VALUES)))
+        elif op == "delete":
+            commands.append(encode_delete(client, rid, ack, key, rng.random() < 0.3))
+        else:
+            commands.append(encode_cas(client, rid, ack, key, rng.choice([None, *VALUES]), rng.choice(VALUES)))
+        if rng.random() < 0.05:
+            commands.append(rng.randbytes(rng.randrange(0, 12)))  # junk in the log
+    return commands
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_two_replicas_fed_the_same_commands_agree(seed):
+    commands = _random_commands(seed, 400)
+    one, two = StateMachine(), StateMachine()
+    results_one = [one.apply(c) for c in commands]
+    results_two = [two.apply(c) for c in commands]
+    assert results_one == results_two
+    assert one.state_hash() == two.state_hash()
+    assert one.snapshot() == two.snapshot()
+
+
+def test_state_hash_depends_on_values_versions_and_revision():
+    def machine(*commands):
+        sm = StateMachine()
+        for command in commands:
+            sm.apply(command)
+        return sm.state_hash()
+
+    base = machine(encode_put(A, 1, 0, "k", "v"))
+    assert base == machine(encode_put(B, 9, 0, "k", "v"))  # the dedup table is not hashed
+    assert base != machine(encode_put(A, 1, 0, "k", b"v"))
+    assert base != machine(encode_put(A, 1, 0, "k", "w"))
+    assert base != machine(encode_put(A, 1, 0, "j", "v"))
+    assert base != machine(encode_put(A, 1, 0, "k", "v"), encode_delete(A, 2, 0, "zz"))  # revision only
+    assert base != machine(encode_put(A, 1, 0, "k", "v"), encode_put(A, 2, 0, "k", "v"))  # version
+    assert len(base) == 64 and int(base, 16) >= 0
+
+
+def _busy_machine() -> StateMachine:
+    sm = StateMachine()
+    for command in _random_commands(42, 300):
+        sm.apply(command)
+    return sm
+
+
+def test_snapshot_round_trip_keeps_state_and_dedup():
+    sm = StateMachine()
+    first = encode_put(A, 1, 0, "k", "v1")
+    sm.apply(first)
+    sm.apply(encode_cas(B, 1, 0, "j", None, b"bytes"))
+    sm.apply(encode_put(A, 2, 2, "k", "v2"))  # A's floor is 2: request 1 was answered
+    restored = StateMachine.restore(sm.snapshot())
+    assert restored.state_hash() == sm.state_hash()
+    assert restored.snapshot() == sm.snapshot()
+    assert restored.range() == sm.range() and restored.revision == sm.revision == 3
+    assert restored.remembered(A) == (2, [2]) and restored.remembered(B) == (0, [1])
+    # A retried write after restore returns its first result and does not run again.
+    assert restored.apply(encode_cas(B, 1, 0, "j", None, b"bytes")) == ((B, 1), {"ok": True, "rev": 2})
+    assert restored.apply(first)[1] == {"error": "stale request"}
+    assert restored.revision == 3
+
+
+def test_snapshot_round_trip_of_busy_machine():
+    sm = _busy_machine()
+    restored = StateMachine.restore(sm.snapshot())
+    assert restored.snapshot() == sm.snapshot()
+    # Both continue identically.
+    for command in _random_commands(7, 100):
+        assert restored.apply(command) == sm.apply(command)
+    assert restored.state_hash() == sm.state_hash()
+
+
+def test_restore_of_every_truncation_raises_snapshot_error():
+    data = _busy_machine().snapshot()
+    step = max(1, len(data) // 600)
+    for cut in list(range(0, len(data), step)) + [len(data) - 1]:
+        with pytest.raises(SnapshotError):
+            StateMachine.restore(data[:cut])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_restore_of_damaged_snapshot_raises_only_snapshot_error(data):
+    original = _SMALL_SNAPSHOT
+    damaged = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(damaged) - 1))
+        damaged[position] ^= data.draw(st.integers(1, 255))
+    try:
+        restored = StateMachine.restore(bytes(damaged))
+    except SnapshotError:
+        return
+    # Some damage yields another valid state (e.g. a changed value byte); it must then be usable.
+    assert StateMachine.restore(restored.snapshot()).state_hash() == restored.state_hash()
+
+
+def _small_snapshot() -> bytes:
+    sm = StateMachine()
+    for command in _random_commands(3, 40):
+        sm.apply(command)
+    return sm.snapshot()
+
+
+_SMALL_SNAPSHOT = _small_snapshot()
+
+
+def _snapshot_with(**changes) -> bytes:
+    top = cbor2.loads(_small_snapshot())
+    top.update(changes)
+    return cbor2.dumps(top)
+
+
+def _entries() -> list:
+    return cbor2.loads(_SMALL_SNAPSHOT)["entries"]
+
+
+def _clients() -> list:
+    return cbor2.loads(_SMALL_SNAPSHOT)["clients"]
+
+
+def _replace(items: list, index: int, value) -> list:
+    items = list(items)
+    items[index] = value
+    return items
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"not cbor \xff", "not valid CBOR"),
+    (_SMALL_SNAPSHOT + b"\x00", "trailing"),
+    (cbor2.dumps([1, 2, 3]), "map"),
+    (_snapshot_with(extra=1), "map"),
+    (_snapshot_with(format=2), "format"),
+    (_snapshot_with(format=True), "format"),
+    (_snapshot_with(revision=-1), "revision"),
+    (_snapshot_with(revision=1.0), "revision"),
+    (_snapshot_with(revision=0), "mod_revision"),  # entries newer than the revision
+    (_snapshot_with(entries=_entries()[:-1]), "flat list"),
+    (_snapshot_with(entries=_entries()[4:8] + _entries()[0:4]), "increasing"),
+    (_snapshot_with(entries=_entries()[0:4] + _entries()[0:4]), "increasing"),
+    (_snapshot_with(entries=_replace(_entries(), 0, b"k")), "key"),
+    (_snapshot_with(entries=_replace(_entries(), 0, "")), "key"),
+    (_snapshot_with(entries=_replace(_entries(), 1, 5)), "value"),
+    (_snapshot_with(entries=_replace(_entries(), 1, b"v" * (2**20 + 1))), "value longer"),
+    (_snapshot_with(entries=_replace(_entries(), 2, 0)), "version"),
+    (_snapshot_with(entries=_replace(_entries(), 2, True)), "version"),
+    (_snapshot_with(entries=_replace(_entries(), 3, 10**6)), "mod_revision"),
+    (_snapshot_with(clients={}), "clients"),
+    (_snapshot_with(clients=[[A, 0, 0]]), "client 0"),
+    (_snapshot_with(clients=[[b"", 0, 0, []]]), "client_id"),
+    (_snapshot_with(clients=[[A, 0, 0, []], [A, 0, 0, []]]), "duplicate"),
+    (_snapshot_with(clients=[[A, -1, 0, []]]), "floor"),
+    (_snapshot_with(clients=[[A, 0, 2, []], [B, 0, 1, []]]), "last_revision"),
+    (_snapshot_with(clients=[[A, 0, 10**6, []]]), "last_revision"),
+    (_snapshot_with(clients=[[A, 0, 0, [1, 0, 1]]]), "results"),
+    (_snapshot_with(clients=[[A, 5, 0, [4, 0, 1, 0]]]), "floor"),
+    (_snapshot_with(clients=[[A, 0, 0, [2, 0, 1, 0, 1, 0, 1, 0]]]), "ascending"),
+    (_snapshot_with(clients=[[A, 0, 0, [1, 7, 1, 0]]]), "kind"),
+    (_snapshot_with(clients=[[A, 0, 0, [1, 2, 1, 2]]]), "kind"),  # cas extra must be 0 or 1
+    (_snapshot_with(clients=[[A, 0, 0, [1, 0, 0, 0]]]), "rev"),
+    (_snapshot_with(clients=[[A, 0, 0, [1, 0, 10**6, 0]]]), "rev"),
+    (_snapshot_with(clients=[[A, 0, 0, [1, 0, 1, True]]]), "rev or extra"),
+    (_snapshot_with(clients=[[b"c%d" % i, 0, 0, []] for i in range(CLIENTS_MAX + 1)]), "at most"),
+])
+def test_restore_rejects_inconsistent_snapshots(data, message):
+    with pytest.raises(SnapshotError, match=message):
+        StateMachine.restore(data)
+
+
+def test_restore_rejects_non_bytes():
+    with pytest.raises(SnapshotError):
+        StateMachine.restore("snapshot")  # type: ignore[arg-type]
