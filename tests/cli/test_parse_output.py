@@ -1,0 +1,464 @@
+"""``kv`` argument parsing, output formats and exit codes, through typer's CliRunner and a fake client.
+
+How: the ``fake`` fixture (conftest.py) replaces ``cli.common.make_client`` with an in-memory fake, so
+each test runs the real typer app in-process and checks stdout, stderr and the exit code. Checked:
+put (argument and stdin, text and bytes), get (found, missing -> 1, --prefix, --keys-only, json with
+base64 for bytes, table), del --prefix count, cas (EXPECTED NEW, --absent, mismatch -> 1, bad arity
+-> 2), invalid endpoints -> 2 before any connection, endpoint resolution (flag, env, cluster.json,
+none -> 2), errors as one stderr line without traceback (unless --debug), status/health tolerance of
+missing fields, serve validation, help text examples, and a taken port refused by `cluster up`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+
+import pytest
+from typer.testing import CliRunner
+
+import cli.common
+from cli.main import app
+from cli.output import render_table, value_fields
+from kvstore.client import RequestError, Unavailable
+
+EP = ["--endpoints", "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"]
+
+
+def run(*args: str, input: bytes | str | None = None):
+    return CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
+
+
+def assert_one_error_line(result, *fragments: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# --- put -----------------------------------------------------------------------------------------
+
+
+def test_put_prints_ok_and_passes_validated_endpoints(fake):
+    result = run(*EP, "--command-timeout", "2.5", "put", "k", "v")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "OK\n"
+    assert fake.data["k"].value == "v"
+    assert fake.connects == [(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"], 2.5)]
+
+
+def test_put_reads_the_value_from_stdin_exactly(fake):
+    result = run(*EP, "put", "k", input="line one\nline two\n")
+    assert result.exit_code == 0, result.output
+    assert fake.data["k"].value == "line one\nline two\n"
+
+
+def test_put_binary_stdin_is_stored_as_bytes(fake):
+    result = run(*EP, "put", "bin", input=b"\xff\x00\xfe")
+    assert result.exit_code == 0, result.output
+    assert fake.data["bin"].value == b"\xff\x00\xfe"
+
+
+def test_put_json_includes_revision(fake):
+    fake.revision = 41
+    result = run(*EP, "-w", "json", "put", "k", "v")
+    assert json.loads(result.stdout) == {"ok": True, "key": "k", "revision": 42}
+
+
+def test_empty_key_is_a_usage_error(fake):
+    result = run(*EP, "put", "", "v")
+    assert result.exit_code == 2
+    assert_one_error_line(result, "empty")
+    assert fake.connects == []
+
+
+# --- get -----------------------------------------------------------------------------------------
+
+
+def test_get_prints_key_then_value(fake):
+    fake.set("greeting", "hello")
+    result = run(*EP, "get", "greeting")
+    assert result.exit_code == 0
+    assert result.stdout == "greeting\nhello\n"
+    assert fake.calls[-1] == ("get_entry", ("greeting",), {"consistency": "l"})
+
+
+def test_get_missing_key_exits_1_with_one_line(fake):
+    result = run(*EP, "get", "nope")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert_one_error_line(result, "key not found", "nope")
+
+
+def test_get_serializable_consistency_is_passed(fake):
+    fake.set("k", "v")
+    result = run(*EP, "get", "--consistency", "s", "k")
+    assert result.exit_code == 0
+    assert fake.calls[-1][2] == {"consistency": "s"}
+
+
+def test_get_bad_consistency_is_usage_error(fake):
+    result = run(*EP, "get", "--consistency", "x", "k")
+    assert result.exit_code == 2
+    assert fake.connects == []
+
+
+def test_get_json_text_and_base64_bytes(fake):
+    fake.set("text", "héllo")
+    fake.set("bin", b"hi\xff")
+    text = json.loads(run(*EP, "-w", "json", "get", "text").stdout)
+    assert text["kvs"] == [{"key": "text", "value": "héllo", "version": 1, "mod_revision": 1}]
+    result = run(*EP, "-w", "json", "get", "bin")
+    assert result.exit_code == 0
+    record = json.loads(result.stdout)["kvs"][0]
+    assert record["value_encoding"] == "base64"
+    assert base64.b64decode(record["value"]) == b"hi\xff"
+    assert record["mod_revision"] == 2
+
+
+def test_get_simple_writes_raw_bytes(fake):
+    fake.set("bin", b"\x00\xff")
+    result = run(*EP, "get", "bin")
+    assert result.stdout_bytes == b"bin\n\x00\xff\n"
+
+
+def test_get_prefix_keys_only(fake):
+    for key in ("user/b", "user/a", "other"):
+        fake.set(key, "x")
+    result = run(*EP, "get", "--prefix", "--keys-only", "user/")
+    assert result.exit_code == 0
+    assert result.stdout == "user/a\nuser/b\n"
+
+
+def test_get_prefix_without_matches_is_not_an_error(fake):
+    result = run(*EP, "get", "--prefix", "none/")
+    assert result.exit_code == 0
+    assert result.stdout == ""
+
+
+def test_get_prefix_table_is_plain_and_aligned(fake):
+    fake.set("a", "1")
+    fake.set("longer-key", "two words")
+    fake.set("bin", b"\xff")
+    result = run(*EP, "-w", "table", "get", "--prefix", "")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["KEY", "VALUE"]
+    assert set(lines[1]) <= {"-", " "}
+    assert lines[2:] == [
+        "a           1",
+        "bin         base64:/w==",
+        "longer-key  two words",
+    ]
+    assert "\x1b" not in result.stdout  # no colour codes
+
+
+# --- del, cas, ls --------------------------------------------------------------------------------
+
+
+def test_del_prefix_prints_count(fake):
+    for key in ("p/1", "p/2", "p/3", "q"):
+        fake.set(key, "x")
+    result = run(*EP, "del", "--prefix", "p/")
+    assert result.exit_code == 0
+    assert result.stdout == "3\n"
+    assert sorted(fake.data) == ["q"]
+
+
+def test_del_missing_key_prints_zero(fake):
+    result = run(*EP, "del", "ghost")
+    assert result.exit_code == 0
+    assert result.stdout == "0\n"
+
+
+def test_cas_absent_form_passes_expected_none(fake):
+    result = run(*EP, "cas", "--absent", "lock", "me")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "OK\n"
+    assert fake.calls[-1] == ("cas", ("lock", None, "me"), {})
+    again = run(*EP, "cas", "--absent", "lock", "you")
+    assert again.exit_code == 1
+    assert_one_error_line(again, "compare failed", "lock")
+    assert fake.data["lock"].value == "me"
+
+
+def test_cas_expected_new(fake):
+    fake.set("n", "1")
+    result = run(*EP, "cas", "n", "1", "2")
+    assert result.exit_code == 0
+    assert fake.data["n"].value == "2"
+
+
+def test_cas_mismatch_exits_1(fake):
+    fake.set("n", "5")
+    result = run(*EP, "cas", "n", "1", "2")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert_one_error_line(result, "compare failed")
+    assert fake.data["n"].value == "5"
+
+
+def test_cas_mismatch_json_reports_and_exits_1(fake):
+    fake.set("n", "5")
+    result = run(*EP, "-w", "json", "cas", "n", "1", "2")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"succeeded": False, "key": "n"}
+
+
+@pytest.mark.parametrize("args", [["cas", "k", "only-one"], ["cas", "--absent", "k", "a", "b"], ["cas", "k", "a", "b", "c"]])
+def test_cas_wrong_arity_is_usage_error(fake, args):
+    result = run(*EP, *args)
+    assert result.exit_code == 2
+    assert fake.connects == []
+
+
+def test_ls_lists_keys_in_order(fake):
+    for key in ("b", "a", "c/1"):
+        fake.set(key, "x")
+    assert run(*EP, "ls").stdout == "a\nb\nc/1\n"
+    assert run(*EP, "ls", "c/").stdout == "c/1\n"
+    assert json.loads(run(*EP, "-w", "json", "ls").stdout) == {"keys": ["a", "b", "c/1"], "count": 3}
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "endpoints",
+    ["foo", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:http", ":7001", "127.0.0.1:7001,", "a b:1", "[zz]:1"],
+)
+def test_invalid_endpoints_exit_2_before_connecting(fake, endpoints):
+    result = run("--endpoints", endpoints, "get", "k")
+    assert result.exit_code == 2
+    assert_one_error_line(result, "endpoint")
+    assert fake.connects == []
+    assert fake.calls == []
+
+
+def test_invalid_endpoint_checked_before_reading_stdin(fake):
+    result = run("--endpoints", "foo", "put", "k", input="v")
+    assert result.exit_code == 2
+    assert fake.connects == []
+
+
+def test_endpoints_from_environment(fake, monkeypatch):
+    monkeypatch.setenv("KV_ENDPOINTS", "localhost:9001,[::1]:9002")
+    fake.set("k", "v")
+    assert run("get", "k").exit_code == 0
+    assert fake.connects[-1][0] == ["localhost:9001", "[::1]:9002"]
+
+
+def test_endpoints_from_default_cluster_state(fake, tmp_path):
+    cli.common.write_state(tmp_path / "cluster", {"endpoints": ["127.0.0.1:7101", "127.0.0.1:7102"], "nodes": []})
+    fake.set("k", "v")
+    result = run("get", "k")
+    assert result.exit_code == 0, result.output
+    assert fake.connects[-1][0] == ["127.0.0.1:7101", "127.0.0.1:7102"]
+
+
+def test_no_endpoints_anywhere_is_usage_error_with_hint(fake):
+    result = run("get", "k")
+    assert result.exit_code == 2
+    assert_one_error_line(result, "kv cluster up", "--endpoints")
+    assert fake.connects == []
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_unavailable_with_unknown_outcome_says_so(fake):
+    fake.error = Unavailable("no answer from the cluster within 5s (no leader)", outcome_unknown=True)
+    result = run(*EP, "put", "k", "v")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "outcome unknown", "no leader")
+
+
+def test_unavailable_read_is_one_line(fake):
+    fake.error = Unavailable("no answer from the cluster within 5s (no leader)")
+    result = run(*EP, "get", "k")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "no leader")
+    assert "outcome unknown" not in result.stderr
+
+
+def test_request_error_is_one_line(fake):
+    fake.error = RequestError("key too long", "bad_request")
+    result = run(*EP, "put", "k", "v")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "key too long")
+
+
+def test_unexpected_error_one_line_but_traceback_with_debug(fake):
+    fake.error = RuntimeError("boom")
+    result = run(*EP, "get", "k")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "boom", "--debug")
+    debug = run(*EP, "--debug", "get", "k")
+    assert debug.exit_code == 1
+    assert "Traceback" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1].startswith("Error: RuntimeError: boom")
+
+
+def test_bad_write_out_is_usage_error(fake):
+    assert run(*EP, "-w", "yaml", "get", "k").exit_code == 2
+
+
+# --- status and health ---------------------------------------------------------------------------
+
+FULL = {
+    "endpoint": "127.0.0.1:7001", "reachable": True, "id": 1, "address": "127.0.0.1:7001", "leader": 1,
+    "is_leader": True, "ballot": [3, 1], "decided_slot": 17, "applied_slot": 16, "snapshot_slot": 0,
+    "log_bytes": 2048, "revision": 9, "keys": 4, "state_hash": "ab" * 32, "storage_full": False,
+}
+PARTIAL = {"endpoint": "127.0.0.1:7002", "reachable": True, "id": 2, "leader": 1, "decided_slot": 17}
+DOWN = {"endpoint": "127.0.0.1:7003", "reachable": False, "error": "connection refused"}
+
+
+def test_status_table_tolerates_missing_fields(fake):
+    fake.statuses = [FULL, PARTIAL, DOWN]
+    result = run(*EP, "-w", "table", "status")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = lines[0].split()
+    for column in ("ID", "ADDRESS", "REACHABLE", "LEADER", "BALLOT", "DECIDED", "APPLIED", "LOG_SIZE", "SNAPSHOT"):
+        assert column in header
+    assert len(lines) == 2 + 3
+    assert "127.0.0.1:7003" in lines[4] and "false" in lines[4] and "connection refused" in lines[4]
+    assert "(3, 1)" in lines[2]
+
+
+def test_status_simple_and_json(fake):
+    fake.statuses = [FULL, DOWN]
+    simple = run(*EP, "status")
+    assert simple.exit_code == 0
+    first, second = simple.stdout.splitlines()
+    assert "decided=17" in first and "applied=16" in first and "log_size=2048" in first
+    assert "reachable=false" in second and "decided=-" in second
+    data = json.loads(run(*EP, "-w", "json", "status").stdout)
+    assert data[0]["ballot"] == [3, 1] and data[1] == DOWN
+
+
+def test_status_with_nothing_reachable_exits_1(fake):
+    fake.statuses = [DOWN]
+    result = run(*EP, "status")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "no endpoint is reachable")
+
+
+def test_health_ok_with_quorum_and_leader(fake):
+    fake.statuses = [FULL, PARTIAL, DOWN]
+    result = run(*EP, "health")
+    assert result.exit_code == 0, result.output
+    assert "healthy" in result.stdout.splitlines()[-1]
+    data = json.loads(run(*EP, "-w", "json", "health").stdout)
+    assert data["healthy"] is True and data["reachable"] == 2 and data["quorum"] == 2 and data["leader"] == 1
+
+
+def test_health_fails_without_quorum(fake):
+    fake.statuses = [FULL, DOWN, dict(DOWN, endpoint="127.0.0.1:7002")]
+    result = run(*EP, "health")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "unhealthy", "1/3")
+
+
+def test_health_fails_without_leader(fake):
+    no_leader = [dict(FULL, leader=None, is_leader=False), dict(PARTIAL, leader=None), DOWN]
+    fake.statuses = no_leader
+    result = run(*EP, "health")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "leader unknown")
+
+
+# --- serve, cluster, help ------------------------------------------------------------------------
+
+
+def test_serve_rejects_id_not_in_peers(fake, monkeypatch):
+    import kvstore.server
+
+    started = []
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a: started.append(a))
+    result = run("serve", "--id", "4", "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002", "--data-dir", "d")
+    assert result.exit_code == 2
+    assert_one_error_line(result, "--id 4")
+    bad = run("serve", "--id", "1", "--peers", "1=nowhere", "--data-dir", "d")
+    assert bad.exit_code == 2
+    assert started == []
+
+
+def test_serve_maps_options_to_server_options(fake, monkeypatch, tmp_path):
+    import kvstore.server
+
+    started = []
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a: started.append(a))
+    result = run(
+        "serve", "--id", "2", "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
+        "--data-dir", str(tmp_path / "n2"), "--tick-ms", "20", "--election-timeout-ticks", "40",
+        "--heartbeat-ticks", "4", "--batch-size", "64", "--window", "8", "--snapshot-every", "100",
+        "--fsync", "off", "--cluster-id", "test",
+    )
+    assert result.exit_code == 0, result.output
+    ((node_id, peers, data_dir, options),) = started
+    assert node_id == 2 and peers[3] == ("127.0.0.1", 7003) and data_dir == str(tmp_path / "n2")
+    assert options.tick_seconds == pytest.approx(0.02)
+    assert (options.election_timeout_ticks, options.heartbeat_ticks, options.batch_count_max) == (40, 4, 64)
+    assert (options.window, options.snapshot_every, options.fsync, options.cluster_id) == (8, 100, False, "test")
+
+
+def test_cluster_up_refuses_a_taken_port(fake, tmp_path):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = run("cluster", "up", "--nodes", "1", "--base-port", str(port), "--data-dir", str(tmp_path / "c"))
+    finally:
+        listener.close()
+    assert result.exit_code == 1
+    assert_one_error_line(result, f"{port}", "already in use")
+    assert not (tmp_path / "c" / "cluster.json").exists()
+
+
+def test_cluster_kill_unknown_node_is_usage_error(fake, tmp_path):
+    cli.common.write_state(tmp_path / "c", {"endpoints": ["127.0.0.1:7001"], "nodes": [
+        {"id": 1, "port": 7001, "pid": None, "data_dir": str(tmp_path / "c" / "node-1"),
+         "log_file": str(tmp_path / "c" / "node-1" / "server.log"), "argv": ["true"]}]})
+    result = run("cluster", "kill", "7", "--data-dir", str(tmp_path / "c"))
+    assert result.exit_code == 2
+    assert_one_error_line(result, "no node 7")
+    status = run("cluster", "status", "--data-dir", str(tmp_path / "c"))
+    assert status.exit_code == 0
+    assert "process=dead" in status.stdout
+
+
+def test_cluster_status_without_cluster_exits_1(fake, tmp_path):
+    result = run("cluster", "status", "--data-dir", str(tmp_path / "none"))
+    assert result.exit_code == 1
+    assert_one_error_line(result, "kv cluster up")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["put"], ["get"], ["del"], ["cas"], ["ls"], ["status"], ["health"], ["serve"],
+     ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["cluster", "kill"],
+     ["cluster", "restart"], ["cluster", "pause"], ["cluster", "resume"]],
+)
+def test_every_command_has_help_with_an_example(command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    assert "Example: kv " in result.stdout
+
+
+# --- output helpers ------------------------------------------------------------------------------
+
+
+def test_render_table_escapes_control_characters():
+    text = render_table(["K", "V"], [["a", "x\ny"], ["bb", None]])
+    assert text.splitlines() == ["K   V", "--  ----", "a   x\\ny", "bb  -"]
+
+
+def test_value_fields():
+    assert value_fields("hi") == {"value": "hi"}
+    assert value_fields(b"hi") == {"value": "aGk=", "value_encoding": "base64"}
