@@ -1,0 +1,562 @@
+"""Scenario tests for ``paxos.replica``: scripted replicas, exact messages in, exact ``Actions`` out.
+
+Each test drives one to five replicas by hand. It feeds them the exact messages a peer would send and
+checks the exact ``Actions`` that come back (records to persist, messages to send, slots to apply,
+reads to answer). There is no network and no randomness beyond the seeded election timeout, which a
+helper ticks through. Each test is named after the property it checks; its docstring cites the rule of
+Lamport's "Paxos Made Simple" (2001) that the property comes from.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from paxos.actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
+from paxos.ballot import Ballot
+from paxos.messages import (
+    Accept,
+    Accepted,
+    AcceptedEntry,
+    CatchupReply,
+    CatchupRequest,
+    Decide,
+    DecidedEntry,
+    Heartbeat,
+    HeartbeatAck,
+    Nack,
+    Prepare,
+    Promise,
+)
+from paxos.replica import Config, Options, Replica
+
+A, B, C = (b"a",), (b"b",), (b"c",)
+
+
+def make(node_id: int = 1, nodes: int = 3, state: DurableState | None = None, **options) -> Replica:
+    return Replica(node_id, Config(node_ids=tuple(range(1, nodes + 1))), rng=random.Random(node_id),
+                   state=state, options=Options(**options))
+
+
+def run_election_timeout(replica: Replica) -> Actions:
+    """Tick until the replica starts phase 1; return the actions of that tick."""
+    limit = 2 * replica.options.election_timeout_ticks
+    for _ in range(limit):
+        replica.tick()
+        if replica.status()["role"] != "follower":
+            return replica.take_actions()
+    raise AssertionError(f"no election within {limit} ticks")
+
+
+def promise(sender: int, ballot: Ballot, first_slot: int = 1, accepted=(), decided=(), snapshot_slot=0) -> Promise:
+    return Promise(sender=sender, ballot=ballot, first_slot=first_slot, accepted=tuple(accepted),
+                   decided=tuple(decided), snapshot_slot=snapshot_slot)
+
+
+def make_leader(nodes: int = 3, **options) -> Replica:
+    """Node 1 elected leader at Ballot(1, 1) by empty promises from a majority; actions drained."""
+    leader = make(1, nodes, **options)
+    run_election_timeout(leader)
+    for peer in range(2, Config(node_ids=tuple(range(1, nodes + 1))).quorum_size + 1):
+        leader.receive(promise(peer, Ballot(1, 1)))
+    assert leader.is_leader
+    leader.take_actions()
+    return leader
+
+
+def sent(actions: Actions, kind) -> list:
+    return [(to, m) for to, m in actions.send if isinstance(m, kind)]
+
+
+# ---------------------------------------------------------------- phase 1
+
+
+def test_election_timeout_persists_own_promise_and_sends_prepare_for_first_undecided_slot():
+    """Section 2.2/3: a candidate picks a fresh ballot and sends one Prepare covering all slots."""
+    replica = make(1)
+    actions = run_election_timeout(replica)
+    b = Ballot(1, 1)
+    assert actions.persist == [PromiseRecord(b)]
+    assert actions.send == [(2, Prepare(sender=1, ballot=b, first_slot=1)),
+                            (3, Prepare(sender=1, ballot=b, first_slot=1))]
+    assert replica.ballot == b and not replica.is_leader
+
+
+def test_candidate_ballot_is_above_every_ballot_seen():
+    """Section 2.2: a proposer's number must exceed any it has seen, or its Prepare is refused."""
+    replica = make(1)
+    replica.receive(Prepare(sender=3, ballot=Ballot(7, 3), first_slot=1))
+    replica.take_actions()
+    actions = run_election_timeout(replica)
+    assert actions.persist == [PromiseRecord(Ballot(8, 1))]
+
+
+def test_promise_is_persisted_in_the_same_actions_that_send_it():
+    """P1a: the promise must survive a crash, so the record precedes the reply (persist-send contract)."""
+    replica = make(2)
+    replica.receive(Prepare(sender=1, ballot=Ballot(1, 1), first_slot=1))
+    actions = replica.take_actions()
+    assert actions.persist == [PromiseRecord(Ballot(1, 1))]
+    assert actions.send == [(1, promise(2, Ballot(1, 1)))]
+
+
+def test_promise_reports_accepted_and_decided_slots_from_first_slot():
+    """Section 2.2, phase 1b: the promise carries what was accepted, so P2c can be kept."""
+    replica = make(2)
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=1, value=A, decided_slot=0))
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=2, value=B, decided_slot=1))
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=3, value=C, decided_slot=1))
+    replica.take_actions()
+    replica.receive(Prepare(sender=3, ballot=Ballot(2, 3), first_slot=2))
+    actions = replica.take_actions()
+    assert actions.send == [(3, promise(3 - 1, Ballot(2, 3), first_slot=2,
+                                        accepted=[AcceptedEntry(slot=2, ballot=Ballot(1, 1), value=B),
+                                                  AcceptedEntry(slot=3, ballot=Ballot(1, 1), value=C)]))]
+
+
+def test_lower_prepare_is_nacked_and_promise_never_decreases():
+    """P1a: an acceptor never goes back on a promise; the Nack tells the proposer why."""
+    replica = make(2)
+    replica.receive(Prepare(sender=3, ballot=Ballot(5, 3), first_slot=1))
+    replica.take_actions()
+    replica.receive(Prepare(sender=1, ballot=Ballot(4, 1), first_slot=1))
+    actions = replica.take_actions()
+    assert actions.persist == []
+    assert actions.send == [(1, Nack(sender=2, ballot=Ballot(4, 1), promised=Ballot(5, 3)))]
+    assert replica.ballot == Ballot(5, 3)
+    assert replica.status()["counters"]["nack_sent"] == 1
+
+
+def test_duplicate_prepare_is_answered_again_without_a_new_record():
+    """A lost Promise must be recoverable; re-promising the same ballot needs no new durable write."""
+    replica = make(2)
+    replica.receive(Prepare(sender=1, ballot=Ballot(1, 1), first_slot=1))
+    replica.take_actions()
+    replica.receive(Prepare(sender=1, ballot=Ballot(1, 1), first_slot=1))
+    actions = replica.take_actions()
+    assert actions.persist == []
+    assert actions.send == [(1, promise(2, Ballot(1, 1)))]
+
+
+def test_majority_of_promises_makes_leader_which_announces_itself():
+    """Section 3: with a majority of promises, phase 1 is done for all slots; the leader says so."""
+    replica = make(1)
+    run_election_timeout(replica)
+    replica.receive(promise(2, Ballot(1, 1)))
+    assert replica.is_leader and replica.leader_id == 1
+    actions = replica.take_actions()
+    assert actions.persist == []
+    assert actions.send == [(2, Heartbeat(sender=1, ballot=Ballot(1, 1), decided_slot=0, seq=1)),
+                            (3, Heartbeat(sender=1, ballot=Ballot(1, 1), decided_slot=0, seq=1))]
+
+
+def test_new_leader_reproposes_the_value_accepted_at_the_highest_ballot():
+    """P2c (section 2.2): the new leader must propose the value of the highest-numbered acceptance."""
+    replica = make(1)
+    # Node 1 itself accepted A at slot 1 in ballot (1, 2); node 3 reports B accepted at (2, 3).
+    replica.receive(Accept(sender=2, ballot=Ballot(1, 2), slot=1, value=A, decided_slot=0))
+    replica.receive(Prepare(sender=3, ballot=Ballot(2, 3), first_slot=1))
+    replica.take_actions()
+    run_election_timeout(replica)
+    b = Ballot(3, 1)
+    replica.receive(promise(3, b, accepted=[AcceptedEntry(slot=1, ballot=Ballot(2, 3), value=B)]))
+    assert replica.is_leader
+    actions = replica.take_actions()
+    assert actions.persist == [AcceptRecord(1, b, B)]
+    assert sent(actions, Accept) == [(2, Accept(sender=1, ballot=b, slot=1, value=B, decided_slot=0)),
+                                     (3, Accept(sender=1, ballot=b, slot=1, value=B, decided_slot=0))]
+
+
+def test_new_leader_fills_holes_with_noop_and_keeps_reported_decided_values():
+    """Section 3: gaps below the highest reported slot get a no-op; decided values stay as they are."""
+    replica = make(1)
+    run_election_timeout(replica)
+    b = Ballot(1, 1)
+    replica.receive(promise(2, b, accepted=[AcceptedEntry(slot=3, ballot=Ballot(0, 3), value=C)],
+                            decided=[DecidedEntry(slot=1, value=A)]))
+    actions = replica.take_actions()
+    assert [(m.slot, m.value) for to, m in sent(actions, Accept) if to == 2] == [(1, A), (2, ()), (3, C)]
+    # Slot 1 was reported decided: it is durable, applied, and not waiting for acceptances.
+    assert DecideRecord(1, A) in actions.persist
+    assert actions.apply == [(1, A)]
+    assert replica.status()["in_flight"] == 2
+
+
+def test_stale_promise_is_ignored():
+    """A Promise for a ballot we are no longer running counts nothing (section 2.2: per-ballot phase 1)."""
+    replica = make(1)
+    run_election_timeout(replica)
+    replica.receive(promise(2, Ballot(0, 1)))
+    assert not replica.is_leader
+    assert replica.status()["counters"]["stale_promise"] == 1
+
+
+# ---------------------------------------------------------------- phase 2
+
+
+def test_leader_batches_queued_commands_into_one_slot_and_accepts_itself_first():
+    """Section 3: each slot is one Paxos instance; the leader's own acceptance is durable before Accept."""
+    leader = make_leader()
+    assert leader.propose(b"x") and leader.propose(b"y")
+    actions = leader.take_actions()
+    b = Ballot(1, 1)
+    assert actions.persist == [AcceptRecord(1, b, (b"x", b"y"))]
+    assert actions.send == [(2, Accept(sender=1, ballot=b, slot=1, value=(b"x", b"y"), decided_slot=0)),
+                            (3, Accept(sender=1, ballot=b, slot=1, value=(b"x", b"y"), decided_slot=0))]
+    assert actions.apply == []
+
+
+def test_slot_is_decided_by_a_majority_of_accepted_and_then_applied():
+    """Section 2.3: a value is chosen when a majority accepted it; then it is learned and applied."""
+    leader = make_leader()
+    leader.propose(b"x")
+    leader.take_actions()
+    leader.receive(Accepted(sender=3, ballot=Ballot(1, 1), slot=1))
+    actions = leader.take_actions()
+    assert actions.persist == [DecideRecord(1, (b"x",))]
+    assert actions.apply == [(1, (b"x",))]
+    assert actions.send == [(2, Decide(sender=1, ballot=Ballot(1, 1), decided_slot=1)),
+                            (3, Decide(sender=1, ballot=Ballot(1, 1), decided_slot=1))]
+    assert leader.decided_slot == 1 and leader.applied_slot == 1
+
+
+def test_window_limits_slots_in_flight_and_the_rest_batch_later():
+    """Pipelining is bounded: at most `window` undecided slots; the queue rides in the next slot."""
+    leader = make_leader(window=2, batch_count_max=1)
+    for i in range(4):
+        leader.propose(bytes([i]))
+    actions = leader.take_actions()
+    assert [r.slot for r in actions.persist] == [1, 2]
+    assert leader.status()["queued"] == 2
+    leader.receive(Accepted(sender=2, ballot=Ballot(1, 1), slot=1))
+    actions = leader.take_actions()
+    assert [(m.slot, m.value, m.decided_slot) for to, m in sent(actions, Accept) if to == 2] == [(3, (b"\x02",), 1)]
+
+
+def test_accept_is_persisted_before_accepted_is_sent():
+    """Phase 2b: the acceptance is durable in the same Actions whose send carries Accepted."""
+    replica = make(2)
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=1, value=A, decided_slot=0))
+    actions = replica.take_actions()
+    assert actions.persist == [PromiseRecord(Ballot(1, 1)), AcceptRecord(1, Ballot(1, 1), A)]
+    assert actions.send == [(1, Accepted(sender=2, ballot=Ballot(1, 1), slot=1))]
+    assert replica.leader_id == 1
+
+
+def test_duplicate_accept_is_acknowledged_again_without_a_second_record():
+    """A lost Accepted is recovered by retransmission; the acceptor's state does not change twice."""
+    replica = make(2)
+    accept = Accept(sender=1, ballot=Ballot(1, 1), slot=1, value=A, decided_slot=0)
+    replica.receive(accept)
+    replica.take_actions()
+    replica.receive(accept)
+    actions = replica.take_actions()
+    assert actions.persist == []
+    assert actions.send == [(1, Accepted(sender=2, ballot=Ballot(1, 1), slot=1))]
+    assert replica.status()["counters"]["duplicate"] == 1
+
+
+def test_accept_below_promise_is_nacked():
+    """P1a: an acceptor accepts a proposal only if it has not promised a higher number."""
+    replica = make(2)
+    replica.receive(Prepare(sender=3, ballot=Ballot(2, 3), first_slot=1))
+    replica.take_actions()
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=1, value=A, decided_slot=0))
+    actions = replica.take_actions()
+    assert actions.persist == []
+    assert actions.send == [(1, Nack(sender=2, ballot=Ballot(1, 1), promised=Ballot(2, 3)))]
+
+
+def test_leader_retransmits_undecided_accepts_on_heartbeat_only_to_missing_acceptors():
+    """Messages may be lost (section 2.1's model); the leader resends phase 2a until a majority."""
+    leader = make_leader(nodes=5, heartbeat_ticks=1)
+    leader.propose(b"x")
+    leader.take_actions()
+    leader.receive(Accepted(sender=2, ballot=Ballot(1, 1), slot=1))
+    leader.take_actions()
+    leader.tick()
+    actions = leader.take_actions()
+    assert sorted(to for to, m in sent(actions, Accept)) == [3, 4, 5]
+    assert sorted(to for to, m in sent(actions, Heartbeat)) == [2, 3, 4, 5]
+
+
+def test_nack_with_higher_promise_demotes_leader_and_drops_queued_commands():
+    """Section 2.2: a proposer that learns of a higher number should abandon its proposal."""
+    leader = make_leader()
+    leader.propose(b"q")
+    assert leader.read(11)
+    leader.receive(Nack(sender=2, ballot=Ballot(1, 1), promised=Ballot(4, 3)))
+    actions = leader.take_actions()
+    assert not leader.is_leader and leader.leader_id is None
+    assert actions.dropped_proposals == [b"q"]
+    assert actions.rejected_reads == [11]
+    assert not leader.propose(b"r") and not leader.read(12)
+    # The next election uses a ballot above the one the Nack revealed.
+    actions = run_election_timeout(leader)
+    assert actions.persist == [PromiseRecord(Ballot(5, 1))]
+
+
+def test_nack_for_an_old_ballot_does_not_demote():
+    """Only a refusal of our current ballot says anything about it."""
+    leader = make_leader()
+    leader.receive(Nack(sender=2, ballot=Ballot(0, 1), promised=Ballot(0, 2)))
+    assert leader.is_leader
+
+
+def test_higher_accept_demotes_leader_and_it_follows():
+    """P1a from the leader's own acceptor side: a higher ballot supersedes ours."""
+    leader = make_leader()
+    leader.propose(b"q")
+    leader.receive(Accept(sender=3, ballot=Ballot(2, 3), slot=1, value=A, decided_slot=0))
+    actions = leader.take_actions()
+    assert not leader.is_leader and leader.leader_id == 3
+    assert actions.dropped_proposals == [b"q"]
+    assert actions.send == [(3, Accepted(sender=1, ballot=Ballot(2, 3), slot=1))]
+
+
+def test_leader_that_learns_its_proposal_lost_steps_down():
+    """Section 2.2: a chosen value never changes, so a leader whose proposal lost must be stale."""
+    leader = make_leader()
+    leader.propose(b"mine")
+    leader.take_actions()
+    leader.receive(CatchupReply(sender=2, entries=(DecidedEntry(slot=1, value=A),), snapshot_slot=0))
+    actions = leader.take_actions()
+    assert not leader.is_leader
+    assert actions.apply == [(1, A)]
+    assert not [m for _, m in actions.send if isinstance(m, (Decide, Heartbeat, Accept))]
+
+
+# ---------------------------------------------------------------- learning
+
+
+def test_follower_learns_decided_slot_for_values_accepted_at_the_same_ballot():
+    """Section 2.3: the leader informs learners; one ballot proposes one value per slot."""
+    replica = make(2)
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=1, value=A, decided_slot=0))
+    replica.take_actions()
+    replica.receive(Heartbeat(sender=1, ballot=Ballot(1, 1), decided_slot=1, seq=3))
+    actions = replica.take_actions()
+    assert actions.persist == [DecideRecord(1, A)]
+    assert actions.apply == [(1, A)]
+    assert actions.send == [(1, HeartbeatAck(sender=2, ballot=Ballot(1, 1), seq=3))]
+
+
+def test_follower_does_not_decide_a_value_accepted_at_another_ballot_and_asks_for_it():
+    """A value accepted at an older ballot may have lost; the learner must fetch the chosen one."""
+    replica = make(2)
+    replica.receive(Accept(sender=3, ballot=Ballot(1, 3), slot=1, value=A, decided_slot=0))
+    replica.take_actions()
+    replica.receive(Decide(sender=1, ballot=Ballot(2, 1), decided_slot=1))
+    actions = replica.take_actions()
+    assert actions.apply == []
+    assert actions.send == [(1, CatchupRequest(sender=2, first_slot=1))]
+    # Rate limited: asking again before a heartbeat period has passed sends nothing.
+    replica.receive(Decide(sender=1, ballot=Ballot(2, 1), decided_slot=1))
+    assert replica.take_actions().send == []
+
+
+def test_catchup_request_is_answered_with_consecutive_decided_entries():
+    """Any learner may relay chosen values (section 2.3: 'distinguished learners' relay to others)."""
+    leader = make_leader(catchup_entries_max=2)
+    for value in (A, B, C):
+        leader.propose(value[0])
+        leader.take_actions()
+    for slot in (1, 2, 3):
+        leader.receive(Accepted(sender=2, ballot=Ballot(1, 1), slot=slot))
+    leader.take_actions()
+    leader.receive(CatchupRequest(sender=3, first_slot=1))
+    actions = leader.take_actions()
+    assert actions.send == [(3, CatchupReply(sender=1, entries=(DecidedEntry(slot=1, value=A),
+                                                                 DecidedEntry(slot=2, value=B)),
+                                             snapshot_slot=0))]
+    assert actions.snapshot_to == []
+
+
+def test_catchup_reply_is_persisted_applied_and_followed_by_another_request_when_still_behind():
+    """Learned values are durable before use; a lagging learner keeps asking until it has caught up."""
+    replica = make(3)
+    replica.receive(Heartbeat(sender=1, ballot=Ballot(1, 1), decided_slot=3, seq=1))
+    first = replica.take_actions()
+    assert (1, CatchupRequest(sender=3, first_slot=1)) in first.send
+    replica.receive(CatchupReply(sender=1, entries=(DecidedEntry(slot=1, value=A),
+                                                   DecidedEntry(slot=2, value=B)), snapshot_slot=0))
+    actions = replica.take_actions()
+    assert actions.persist == [DecideRecord(1, A), DecideRecord(2, B)]
+    assert actions.apply == [(1, A), (2, B)]
+    assert actions.send == [(1, CatchupRequest(sender=3, first_slot=3))]
+
+
+def test_compacted_node_answers_catchup_with_snapshot_to():
+    """Slots below a snapshot are gone from the log; the requester must install the snapshot."""
+    leader = make_leader()
+    leader.propose(b"x")
+    leader.take_actions()
+    leader.receive(Accepted(sender=2, ballot=Ballot(1, 1), slot=1))
+    leader.take_actions()
+    leader.compact(1)
+    assert leader.snapshot_slot == 1
+    assert leader.durable_state() == DurableState(promised=Ballot(1, 1), accepted={}, decided={}, snapshot_slot=1)
+    leader.receive(CatchupRequest(sender=3, first_slot=1))
+    actions = leader.take_actions()
+    assert actions.snapshot_to == [3]
+    assert actions.send == [(3, CatchupReply(sender=1, entries=(), snapshot_slot=1))]
+
+
+def test_install_snapshot_forgets_covered_slots_and_applies_decided_slots_after_it():
+    """After installing a snapshot, the applied prefix jumps to it and decided slots after it follow."""
+    replica = make(3)
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=1, value=A, decided_slot=0))
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=4, value=C, decided_slot=0))
+    replica.receive(Heartbeat(sender=1, ballot=Ballot(1, 1), decided_slot=4, seq=1))
+    actions = replica.take_actions()
+    assert actions.apply == [(1, A)]
+    replica.install_snapshot(3)
+    actions = replica.take_actions()
+    assert actions.apply == [(4, C)]
+    assert (replica.snapshot_slot, replica.decided_slot, replica.applied_slot) == (3, 4, 4)
+    assert replica.durable_state().accepted == {4: (Ballot(1, 1), C)}
+
+
+def test_candidate_behind_a_promisers_snapshot_fetches_it_and_does_not_lead():
+    """P2c cannot be checked for slots an acceptor compacted; the candidate catches up first."""
+    replica = make(1)
+    run_election_timeout(replica)
+    replica.receive(promise(2, Ballot(1, 1), snapshot_slot=5))
+    actions = replica.take_actions()
+    assert not replica.is_leader
+    assert actions.send == [(2, CatchupRequest(sender=1, first_slot=1))]
+    replica.receive(promise(3, Ballot(1, 1)))
+    assert not replica.is_leader
+
+
+def test_recovered_replica_applies_its_decided_log_and_does_not_lead():
+    """Durable state survives a crash (section 2.4: acceptors remember via stable storage)."""
+    records = [PromiseRecord(Ballot(2, 1)), AcceptRecord(1, Ballot(2, 1), A), DecideRecord(1, A),
+               AcceptRecord(2, Ballot(2, 1), B)]
+    replica = make(1, state=DurableState.replay(records))
+    assert not replica.is_leader and replica.ballot == Ballot(2, 1)
+    actions = replica.take_actions()
+    assert actions.apply == [(1, A)]
+    actions = run_election_timeout(replica)
+    # Its next ballot is above the one it used before the crash.
+    assert actions.persist == [PromiseRecord(Ballot(3, 1))]
+    assert actions.send[0] == (2, Prepare(sender=1, ballot=Ballot(3, 1), first_slot=2))
+
+
+# ---------------------------------------------------------------- reads
+
+
+def test_read_index_is_served_after_a_majority_acks_a_round_begun_after_the_read():
+    """Linearizable reads: the leader confirms it still holds a majority's promise (read index)."""
+    leader = make_leader()
+    leader.propose(b"x")
+    leader.take_actions()
+    leader.receive(Accepted(sender=2, ballot=Ballot(1, 1), slot=1))
+    leader.take_actions()
+    # An ack of the election's round (seq 1) arrives after the read: it must not confirm it.
+    assert leader.read(7) and leader.read(8)
+    actions = leader.take_actions()
+    heartbeats = sent(actions, Heartbeat)
+    assert heartbeats == [(2, Heartbeat(sender=1, ballot=Ballot(1, 1), decided_slot=1, seq=2)),
+                          (3, Heartbeat(sender=1, ballot=Ballot(1, 1), decided_slot=1, seq=2))]
+    leader.receive(HeartbeatAck(sender=2, ballot=Ballot(1, 1), seq=1))
+    assert leader.take_actions().reads == []
+    leader.receive(HeartbeatAck(sender=3, ballot=Ballot(1, 1), seq=2))
+    assert leader.take_actions().reads == [(7, 1), (8, 1)]
+
+
+def test_acceptor_with_higher_promise_nacks_heartbeat_instead_of_acking():
+    """An ack certifies the acceptor's promise equals the leader's ballot; otherwise it refuses."""
+    replica = make(2)
+    replica.receive(Prepare(sender=3, ballot=Ballot(2, 3), first_slot=1))
+    replica.take_actions()
+    replica.receive(Heartbeat(sender=1, ballot=Ballot(1, 1), decided_slot=0, seq=4))
+    actions = replica.take_actions()
+    assert actions.send == [(1, Nack(sender=2, ballot=Ballot(1, 1), promised=Ballot(2, 3)))]
+
+
+def test_pending_read_is_rejected_when_leader_is_demoted_by_a_heartbeat_nack():
+    """A leader that cannot confirm its ballot must not answer: the read goes back to the client."""
+    leader = make_leader()
+    leader.read(9)
+    leader.take_actions()
+    leader.receive(Nack(sender=3, ballot=Ballot(1, 1), promised=Ballot(2, 2)))
+    actions = leader.take_actions()
+    assert actions.reads == [] and actions.rejected_reads == [9]
+
+
+def test_read_waits_until_the_read_index_is_applied():
+    """The read index covers every slot decided before the read; the answer must reflect them."""
+    leader = make(1)
+    run_election_timeout(leader)
+    leader.receive(promise(2, Ballot(1, 1), accepted=[AcceptedEntry(slot=1, ballot=Ballot(0, 2), value=A)]))
+    leader.take_actions()
+    leader.read(5)
+    leader.receive(HeartbeatAck(sender=2, ballot=Ballot(1, 1), seq=2))
+    assert leader.take_actions().reads == []  # confirmed, but slot 1 is not decided yet
+    leader.receive(Accepted(sender=3, ballot=Ballot(1, 1), slot=1))
+    actions = leader.take_actions()
+    assert actions.apply == [(1, A)] and actions.reads == [(5, 1)]
+
+
+# ---------------------------------------------------------------- cluster sizes and bad input
+
+
+def test_one_node_cluster_elects_itself_and_decides_alone():
+    """A majority of one is one: the node's own durable promise and acceptance suffice."""
+    replica = make(1, nodes=1)
+    actions = run_election_timeout(replica)
+    assert replica.is_leader and actions.send == []
+    replica.propose(b"solo")
+    actions = replica.take_actions()
+    assert actions.persist == [AcceptRecord(1, Ballot(1, 1), (b"solo",)), DecideRecord(1, (b"solo",))]
+    assert actions.apply == [(1, (b"solo",))]
+    replica.read(1)
+    assert replica.take_actions().reads == [(1, 1)]
+
+
+def test_five_node_cluster_needs_three_promises_and_three_acceptances():
+    """Majorities of five are three (section 2.1), counting the leader itself."""
+    replica = make(1, nodes=5)
+    run_election_timeout(replica)
+    replica.receive(promise(2, Ballot(1, 1)))
+    assert not replica.is_leader
+    replica.receive(promise(4, Ballot(1, 1)))
+    assert replica.is_leader
+    replica.propose(b"x")
+    replica.take_actions()
+    replica.receive(Accepted(sender=5, ballot=Ballot(1, 1), slot=1))
+    assert replica.take_actions().apply == []
+    replica.receive(Accepted(sender=5, ballot=Ballot(1, 1), slot=1))  # a duplicate counts once
+    assert replica.take_actions().apply == []
+    replica.receive(Accepted(sender=3, ballot=Ballot(1, 1), slot=1))
+    assert replica.take_actions().apply == [(1, (b"x",))]
+
+
+@pytest.mark.parametrize("message", [
+    Accept(sender=9, ballot=Ballot(1, 9), slot=1, value=A, decided_slot=0),
+    Accept(sender=2, ballot=Ballot(1, 3), slot=1, value=A, decided_slot=0),
+])
+def test_messages_from_unknown_or_mismatched_senders_are_counted_and_dropped(message):
+    """Bad input is normal: it changes nothing and sends nothing."""
+    replica = make(1)
+    replica.receive(message)
+    assert not replica.take_actions()
+    assert sum(replica.status()["counters"].values()) == 1
+
+
+def test_status_reports_plain_values():
+    leader = make_leader()
+    status = leader.status()
+    assert status["node_id"] == 1 and status["is_leader"] and status["leader_id"] == 1
+    assert status["ballot"] == [1, 1]
+    assert (status["decided_slot"], status["applied_slot"], status["snapshot_slot"]) == (0, 0, 0)
+
+
+def test_invalid_configuration_and_options_are_refused():
+    with pytest.raises(ValueError):
+        Config(node_ids=(1, 1))
+    with pytest.raises(ValueError):
+        Config(node_ids=(0, 1))
+    with pytest.raises(ValueError):
+        Options(window=0)
