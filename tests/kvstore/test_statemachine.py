@@ -455,6 +455,23 @@ def test_state_hash_depends_on_values_versions_and_revision():
     assert len(base) == 64 and int(base, 16) >= 0
 
 
+def test_state_hash_follows_every_write():
+    # state_hash is cached per revision; each executed write must give the hash a fresh machine
+    # fed the same commands computes from scratch.
+    sm, fresh_commands = StateMachine(), []
+    seen = {sm.state_hash()}
+    for command in [encode_put(A, 1, 0, "k", "v"), encode_cas(A, 2, 0, "k", "v", "w"),
+                    encode_delete(A, 3, 0, "k"), encode_put(A, 1, 0, "k", "dup")]:
+        sm.apply(command)
+        fresh_commands.append(command)
+        fresh = StateMachine()
+        for earlier in fresh_commands:
+            fresh.apply(earlier)
+        assert sm.state_hash() == fresh.state_hash()
+        seen.add(sm.state_hash())
+    assert len(seen) == 4  # three writes changed it, the duplicate did not
+
+
 def _busy_machine() -> StateMachine:
     sm = StateMachine()
     for command in _random_commands(42, 300):
