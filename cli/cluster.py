@@ -2,7 +2,8 @@
 
 Theory of operation: ``up`` spawns one ``python -m cli serve`` per node, each in its own session
 (``start_new_session``) so a Ctrl-C in the foreground view reaches only us, each with its data directory
-DIR/node-N and its log DIR/node-N/server.log. DIR/cluster.json (written atomically) is the single
+DIR/node-N/data and its log DIR/node-N/server.log (beside, not inside, the data directory: the server
+refuses a data directory holding files it does not know). DIR/cluster.json (written atomically) is the single
 record of the cluster: cluster id, endpoints, and per node id, port, pid, data dir, log file and the
 exact argv (so ``restart`` runs the node again with the same arguments). Every other subcommand reads
 it. Before any signal is sent, the pid is checked to still be one of our nodes (on Linux through
@@ -57,6 +58,7 @@ STATUS_TIMEOUT_SECONDS = 1.0
 VIEW_REFRESH_SECONDS = 1.0
 VIEW_ALL_DEAD_SECONDS = 10.0
 LOG_FILE_NAME = "server.log"
+NODE_DATA_DIR_NAME = "data"
 
 DataDirOption = Annotated[
     Optional[Path],
@@ -171,7 +173,7 @@ def _project_root() -> str:
 
 def spawn_node(node: dict[str, Any]) -> subprocess.Popen:
     """Start one node from its stored argv, logging to its log file; sets node["pid"]."""
-    Path(node["data_dir"]).mkdir(parents=True, exist_ok=True)
+    Path(node["log_file"]).parent.mkdir(parents=True, exist_ok=True)
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_project_root(), env.get("PYTHONPATH")) if p)
     with open(node["log_file"], "ab") as log:
@@ -424,9 +426,11 @@ def up_command(
         node_list = []
         for i, port in enumerate(ports):
             node_dir = cluster_dir / f"node-{i + 1}"
+            # the server refuses a data dir holding files it does not know, so the log sits beside it
+            data = node_dir / NODE_DATA_DIR_NAME
             argv = [sys.executable, "-m", "cli", "serve", "--id", str(i + 1), "--peers", peers,
-                    "--data-dir", str(node_dir), "--cluster-id", cluster_id]
-            node_list.append({"id": i + 1, "port": port, "pid": None, "data_dir": str(node_dir),
+                    "--data-dir", str(data), "--cluster-id", cluster_id]
+            node_list.append({"id": i + 1, "port": port, "pid": None, "data_dir": str(data),
                               "log_file": str(node_dir / LOG_FILE_NAME), "argv": argv})
         state = {
             "cluster_id": cluster_id,

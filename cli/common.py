@@ -224,19 +224,19 @@ def error_line(message: str) -> None:
 def _describe_kv_error(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     if getattr(exc, "outcome_unknown", False):
-        return (
-            f"outcome unknown: the request may or may not have been applied ({text}); "
-            "read the key to find out"
-        )
+        if "may or may not have been applied" not in text:
+            text += "; the write may or may not have been applied"
+        return f"outcome unknown: {text} (read the key to find out)"
     return text
 
 
-def _kv_error_types() -> tuple[type[BaseException], ...]:
+def _kv_error_types() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(KVError,), (Unavailable,) from the client, or empty tuples if it cannot be imported."""
     try:
-        from kvstore.client import KVError
+        from kvstore.client import KVError, Unavailable
     except ImportError:  # the client is not importable: nothing to match
-        return ()
-    return (KVError,)
+        return (), ()
+    return (KVError,), (Unavailable,)
 
 
 _PASSTHROUGH = (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt)
@@ -262,14 +262,15 @@ def reporting_errors(settings: Settings) -> Iterator[None]:
     except Exception as exc:
         if settings.debug:
             traceback.print_exc()
-        kv_errors = _kv_error_types()
+        kv_errors, unavailable = _kv_error_types()
         if kv_errors and isinstance(exc, kv_errors):
             message = _describe_kv_error(exc)
-            if settings.endpoints_from_default_cluster and type(exc).__name__ == "Unavailable":
+            if settings.endpoints_from_default_cluster and isinstance(exc, unavailable):
                 message += " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
         else:
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if not settings.debug:
+            expected = type(exc).__module__.startswith("kvstore.")  # e.g. StorageError: says enough
+            if not settings.debug and not expected:
                 message += " (run with --debug for the traceback)"
         error_line(message)
         raise typer.Exit(EXIT_FAILED) from None

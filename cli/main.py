@@ -331,6 +331,9 @@ def status_rows(statuses: list[dict[str, Any]]) -> tuple[list[str], list[list[An
     rows = []
     for status in statuses:
         row = [nodestatus.field(status, c) for c in columns]
+        if "STATE_HASH" in columns:  # the full digest is in -w json
+            i = columns.index("STATE_HASH")
+            row[i] = nodestatus.short_hash(row[i])
         row += [status.get(k) for k in extra]
         rows.append(row)
     return columns + [k.upper() for k in extra], rows

@@ -23,10 +23,21 @@ STATUS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SNAPSHOT", ("snapshot_slot", "snapshot")),
     ("REVISION", ("revision",)),
     ("KEYS", ("keys", "key_count", "size")),
+    ("STATE_HASH", ("state_hash",)),
     ("ERROR", ("error",)),
 )
 
 _KNOWN_KEYS = {key for _, keys in STATUS_FIELDS for key in keys}
+
+
+SHORT_HASH_CHARS = 12
+
+
+def short_hash(value: Any) -> Any:
+    """The first characters of a long hex digest, enough to compare replicas by eye."""
+    if isinstance(value, str) and len(value) > SHORT_HASH_CHARS:
+        return value[:SHORT_HASH_CHARS]
+    return value
 
 
 def field(status: Mapping[str, Any], header: str) -> Any:
