@@ -507,7 +507,8 @@ class Storage:
         log_path = path / log_file_name(log_slot)
         records = self._read_log(log_path)
         self.recovered = DurableState.replay(records, snapshot_slot=snapshot_slot)
-        self._open_log(log_path)
+        # What recovery found counts as durable: it is all a later crash can be measured against.
+        self._open_log(log_path, durable=True)
 
         if log_slot != snapshot_slot:
             # A crash between the snapshot rename and the log rename: finish that compaction now.
@@ -619,7 +620,8 @@ class Storage:
                 raise StorageError(self._broken) from exc
             raise _io_error(f"cannot write {final}", exc) from exc
 
-    def _open_log(self, log_path: Path) -> None:
+    def _open_log(self, log_path: Path, *, durable: bool) -> None:
+        """Append to ``log_path`` from now on; ``durable``: its current bytes count as fsynced."""
         try:
             fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
             size = os.fstat(fd).st_size
@@ -630,15 +632,14 @@ class Storage:
         self._log_fd = fd
         self._log_path = log_path
         self._log_end = size
-        # What was on disk at open (or was fsynced before a rename) counts as durable; with fsync off
-        # nothing this Storage wrote is.
-        self._synced_end = size if self._fsync_enabled else 0
+        self._synced_end = size if durable else 0
 
     def _install_log(self, slot: int, data: bytes) -> None:
         """Make ``data`` the log ``log-<slot>.wal`` (atomically) and append to it from now on."""
         name = log_file_name(slot)
         self._write_file_atomically(name, data, "before_log_rename", "after_log_rename")
-        self._open_log(self.path / name)
+        # With fsync off nothing this Storage wrote is durable, not even a rewritten log.
+        self._open_log(self.path / name, durable=self._fsync_enabled)
 
     def _delete_older_than(self, slot: int) -> None:
         """Delete snapshots and logs of slots below ``slot`` (superseded by the ones at ``slot``)."""
@@ -712,9 +713,11 @@ class Storage:
         where = f"log {self._log_path}: appending {length} bytes at byte offset {start}"
         assert self._log_fd is not None
         try:
+            # No fsync of the cut: it would likely fail like the write did, and it is not needed. If
+            # the cut bytes come back after a crash they are whole records nobody was told about (a
+            # legal acceptor state, like a lost reply) or a torn tail, which open cuts off. The next
+            # successful sync's fsync makes the cut durable along with the retried batch.
             os.ftruncate(self._log_fd, start)
-            if self._fsync_enabled:
-                self._fdatasync(self._log_fd)
         except OSError as cut_exc:
             self._broken = (
                 f"{where} failed ({exc}) and cutting the log back failed too ({cut_exc}); "

@@ -1,0 +1,649 @@
+"""Tests of kvstore.storage: the data directory survives crashes, torn writes and full disks.
+
+How: every test works in pytest's ``tmp_path``. Durability is checked by closing (or "crashing") a
+Storage and opening the directory again, then comparing ``recovered`` with ``DurableState.replay`` of
+the records that must have survived. Torn writes are made by truncating the log file at chosen byte
+offsets (every offset of the last record, and hypothesis-chosen offsets in random logs); corruption by
+flipping bytes; a full disk by replacing the Storage's ``_write``/``_fdatasync`` seams with fakes that
+raise ENOSPC. Real process crashes use ``KV_FAILPOINTS`` in a child interpreter, which dies with
+``os._exit(1)`` at the named point; the parent then recovers the directory.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvstore import failpoints
+from kvstore.storage import (
+    RECORD_HEADER,
+    Storage,
+    StorageError,
+    StorageFull,
+    encode_records,
+    log_file_name,
+    snapshot_file_name,
+)
+from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
+from paxos.ballot import Ballot
+
+CLUSTER = "test"
+
+
+def open_storage(path: Path, node_id: int = 1, cluster_id: str = CLUSTER, fsync: bool = True) -> Storage:
+    return Storage.open(path, node_id=node_id, cluster_id=cluster_id, fsync=fsync)
+
+
+def sample_records(count: int, ballot: Ballot = Ballot(1, 1)) -> list:
+    """A promise, then alternating accepts and decides with distinct values per slot."""
+    records: list = [PromiseRecord(ballot)]
+    for slot in range(1, count + 1):
+        value = (f"cmd-{slot}".encode(), b"\x00" * (slot % 5))
+        records.append(AcceptRecord(slot, ballot, value))
+        if slot % 2 == 0:
+            records.append(DecideRecord(slot, value))
+    return records
+
+
+def record_ends(records: list) -> list[int]:
+    """Byte offset in the log after each record (the log holds exactly ``encode_records(records)``)."""
+    ends = []
+    total = 0
+    for record in records:
+        total += len(encode_records([record]))
+        ends.append(total)
+    return ends
+
+
+def only_log(path: Path) -> Path:
+    logs = sorted(path.glob("log-*.wal"))
+    assert len(logs) == 1, logs
+    return logs[0]
+
+
+# ---- round trips ---------------------------------------------------------------------------------
+
+
+def test_fresh_dir_is_initialised_empty(tmp_path):
+    data_dir = tmp_path / "new" / "node1"
+    with open_storage(data_dir) as storage:
+        assert storage.recovered == DurableState()
+        assert storage.snapshot is None
+        assert storage.snapshot_slot == 0
+        assert storage.log_bytes == 0
+    assert sorted(p.name for p in data_dir.iterdir()) == ["LOCK", log_file_name(0), "meta.json"]
+
+
+def test_append_sync_reopen_gives_the_same_durable_state(tmp_path):
+    records = sample_records(40)
+    with open_storage(tmp_path) as storage:
+        # Several batches, each one group commit.
+        for start in range(0, len(records), 7):
+            storage.append(records[start:start + 7])
+            storage.sync()
+        assert storage.log_bytes == len(encode_records(records))
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(records)
+        assert storage.log_bytes == len(encode_records(records))
+        # The reopened log keeps growing where it ended.
+        more = [PromiseRecord(Ballot(2, 3)), AcceptRecord(41, Ballot(2, 3), ())]
+        storage.append(more)
+        storage.sync()
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(records + more)
+        assert storage.recovered.promised == Ballot(2, 3)
+        assert storage.recovered.accepted[41] == (Ballot(2, 3), ())
+
+
+def test_one_write_and_one_fsync_per_sync(tmp_path):
+    storage = open_storage(tmp_path)
+    writes, fsyncs = [], []
+
+    def counting_write(fd, data):
+        writes.append(len(data))
+        return os.write(fd, data)
+
+    def counting_fsync(fd):
+        fsyncs.append(fd)
+        os.fsync(fd)
+
+    storage._write = counting_write
+    storage._fdatasync = counting_fsync
+    for record in sample_records(300):
+        storage.append([record])
+    storage.sync()
+    assert len(writes) == 1 and len(fsyncs) == 1
+    storage.sync()  # nothing new: nothing to write or fsync
+    assert len(writes) == 1 and len(fsyncs) == 1
+    storage.close()
+
+
+def test_append_rejects_bad_records_before_buffering(tmp_path):
+    with open_storage(tmp_path) as storage:
+        with pytest.raises(TypeError):
+            storage.append([PromiseRecord(Ballot(1, 1)), AcceptRecord(1, Ballot(1, 1), ("not bytes",))])
+        with pytest.raises(TypeError):
+            storage.append(["not a record"])
+        assert storage.log_bytes == 0
+
+
+def test_fsync_off_still_writes(tmp_path):
+    records = sample_records(5)
+    with open_storage(tmp_path, fsync=False) as storage:
+        storage.append(records)
+        storage.sync()
+    with open_storage(tmp_path, fsync=False) as storage:
+        assert storage.recovered == DurableState.replay(records)
+
+
+def test_close_is_idempotent_and_later_calls_fail(tmp_path):
+    storage = open_storage(tmp_path)
+    storage.close()
+    storage.close()
+    with pytest.raises(StorageError, match="closed"):
+        storage.append([PromiseRecord(Ballot(1, 1))])
+    with pytest.raises(StorageError, match="closed"):
+        storage.sync()
+
+
+def test_second_open_of_the_same_dir_is_refused(tmp_path):
+    with open_storage(tmp_path):
+        with pytest.raises(StorageError, match="in use"):
+            open_storage(tmp_path)
+    open_storage(tmp_path).close()  # the lock went with the close
+
+
+# ---- meta ----------------------------------------------------------------------------------------
+
+
+def test_dir_of_another_node_or_cluster_is_refused(tmp_path):
+    open_storage(tmp_path, node_id=2, cluster_id="a").close()
+    with pytest.raises(StorageError) as excinfo:
+        open_storage(tmp_path, node_id=1, cluster_id="b")
+    message = str(excinfo.value)
+    assert "belongs to node 2 of cluster 'a', not node 1 of cluster 'b'" in message
+    assert str(tmp_path) in message
+    with pytest.raises(StorageError, match="node 2 of cluster 'a', not node 2 of cluster 'b'"):
+        open_storage(tmp_path, node_id=2, cluster_id="b")
+    with pytest.raises(StorageError, match="node 2 of cluster 'a', not node 3 of cluster 'a'"):
+        open_storage(tmp_path, node_id=3, cluster_id="a")
+    open_storage(tmp_path, node_id=2, cluster_id="a").close()
+
+
+def test_non_empty_dir_without_meta_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StorageError, match="no meta.json but is not empty"):
+        open_storage(tmp_path)
+    assert not (tmp_path / "meta.json").exists()
+
+
+def test_unreadable_meta_is_refused(tmp_path):
+    open_storage(tmp_path).close()
+    (tmp_path / "meta.json").write_text("{not json")
+    with pytest.raises(StorageError, match="meta.json is unreadable"):
+        open_storage(tmp_path)
+
+
+# ---- snapshots and compaction --------------------------------------------------------------------
+
+
+def test_snapshot_and_compaction_then_reopen(tmp_path):
+    records = sample_records(30)
+    storage = open_storage(tmp_path)
+    storage.append(records)
+    storage.sync()
+    state = DurableState.replay(records)
+    state.compact(20)
+    storage.write_snapshot(20, b"state machine at 20", state)
+    assert storage.snapshot == (20, b"state machine at 20")
+    assert storage.snapshot_slot == 20
+    compacted_bytes = storage.log_bytes
+    assert compacted_bytes == len(encode_records(state.records()))
+    # Appends after the snapshot go to the new log.
+    later = [AcceptRecord(31, Ballot(1, 1), (b"later",))]
+    storage.append(later)
+    storage.sync()
+    storage.close()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "LOCK", log_file_name(20), "meta.json", snapshot_file_name(20),
+    ]
+    with open_storage(tmp_path) as storage:
+        assert storage.snapshot == (20, b"state machine at 20")
+        expected = DurableState.replay(records + later, snapshot_slot=20)
+        assert storage.recovered == expected
+        assert min(storage.recovered.accepted) == 21
+        assert min(storage.recovered.decided) == 22
+        assert storage.recovered.promised == Ballot(1, 1)
+
+
+def test_second_snapshot_replaces_the_first(tmp_path):
+    records = sample_records(30)
+    with open_storage(tmp_path) as storage:
+        storage.append(records)
+        state = DurableState.replay(records)  # write_snapshot syncs the buffered records itself
+        state.compact(10)
+        storage.write_snapshot(10, b"ten", state)
+        state.compact(25)
+        storage.write_snapshot(25, b"twenty-five", state)
+    assert sorted(p.name for p in tmp_path.glob("*.*")) == [log_file_name(25), "meta.json", snapshot_file_name(25)]
+    with open_storage(tmp_path) as storage:
+        assert storage.snapshot == (25, b"twenty-five")
+        assert storage.recovered == DurableState.replay(records, snapshot_slot=25)
+
+
+def test_write_snapshot_rejects_going_backwards(tmp_path):
+    with open_storage(tmp_path) as storage:
+        storage.write_snapshot(10, b"ten", DurableState(snapshot_slot=10))
+        with pytest.raises(ValueError):
+            storage.write_snapshot(5, b"five", DurableState(snapshot_slot=5))
+        with pytest.raises(ValueError):
+            storage.write_snapshot(12, b"twelve", DurableState(snapshot_slot=15))
+
+
+def test_leftover_temp_snapshot_is_ignored_and_deleted(tmp_path):
+    records = sample_records(4)
+    with open_storage(tmp_path) as storage:
+        storage.append(records)
+        storage.sync()
+    leftover = tmp_path / (snapshot_file_name(3) + ".tmp")
+    leftover.write_bytes(b"half a snapsh")
+    with open_storage(tmp_path) as storage:
+        assert storage.snapshot is None
+        assert storage.recovered == DurableState.replay(records)
+    assert not leftover.exists()
+
+
+def test_damaged_renamed_snapshot_is_refused(tmp_path):
+    with open_storage(tmp_path) as storage:
+        storage.write_snapshot(7, b"seven" * 10, DurableState(snapshot_slot=7))
+    snap = tmp_path / snapshot_file_name(7)
+    blob = bytearray(snap.read_bytes())
+    blob[-3] ^= 0x40
+    snap.write_bytes(bytes(blob))
+    with pytest.raises(StorageError, match=r"snapshot .*snapshot-00000000000000000007\.snap is damaged: checksum"):
+        open_storage(tmp_path)
+    snap.write_bytes(bytes(blob[:10]))
+    with pytest.raises(StorageError, match="is damaged: shorter than"):
+        open_storage(tmp_path)
+
+
+def test_snapshot_renamed_but_log_not_yet_rewritten_recovers(tmp_path):
+    """The crash between steps 2 and 3 of compaction, built by hand: new snapshot, old log only."""
+    records = sample_records(12)
+    with open_storage(tmp_path) as storage:
+        storage.append(records)
+        storage.sync()
+    old_log = (tmp_path / log_file_name(0)).read_bytes()
+    with open_storage(tmp_path) as storage:
+        state = DurableState.replay(records)
+        state.compact(8)
+        storage.write_snapshot(8, b"eight", state)
+    # Put the directory back to "after the snapshot rename": the old log, no new log.
+    (tmp_path / log_file_name(8)).unlink()
+    (tmp_path / log_file_name(0)).write_bytes(old_log)
+    with open_storage(tmp_path) as storage:
+        assert storage.snapshot == (8, b"eight")
+        assert storage.recovered == DurableState.replay(records, snapshot_slot=8)
+    # Recovery finished the compaction.
+    assert sorted(p.name for p in tmp_path.glob("*.*")) == [log_file_name(8), "meta.json", snapshot_file_name(8)]
+
+
+def test_log_newer_than_every_snapshot_is_refused(tmp_path):
+    open_storage(tmp_path).close()
+    (tmp_path / log_file_name(9)).write_bytes(b"")
+    with pytest.raises(StorageError, match="newer than the newest snapshot"):
+        open_storage(tmp_path)
+
+
+# ---- torn tails and corruption -------------------------------------------------------------------
+
+
+def write_log(tmp_path: Path, records: list) -> Path:
+    with open_storage(tmp_path) as storage:
+        storage.append(records)
+        storage.sync()
+    return only_log(tmp_path)
+
+
+def test_torn_tail_is_cut_at_every_offset_of_the_last_record(tmp_path, caplog):
+    records = sample_records(6)
+    log_path = write_log(tmp_path, records)
+    full = log_path.read_bytes()
+    ends = record_ends(records)
+    last_start = ends[-2]
+    assert ends[-1] == len(full)
+    for cut in range(last_start, len(full)):
+        log_path.write_bytes(full[:cut])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="kvstore.storage"):
+            with open_storage(tmp_path) as storage:
+                assert storage.recovered == DurableState.replay(records[:-1]), cut
+                assert storage.log_bytes == last_start
+        assert log_path.stat().st_size == last_start
+        torn = cut > last_start
+        assert any("torn tail" in message for message in caplog.messages) == torn, cut
+
+
+def test_zeros_after_the_last_record_are_a_torn_tail(tmp_path):
+    records = sample_records(3)
+    log_path = write_log(tmp_path, records)
+    good = log_path.stat().st_size
+    with open(log_path, "ab") as f:
+        f.write(b"\x00" * 4096)  # what some file systems leave after a power cut
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(records)
+    assert log_path.stat().st_size == good
+
+
+def test_log_works_after_cutting_a_torn_tail(tmp_path):
+    records = sample_records(5)
+    log_path = write_log(tmp_path, records)
+    full = log_path.read_bytes()
+    log_path.write_bytes(full[:-3])
+    more = [DecideRecord(99, (b"after the cut",))]
+    with open_storage(tmp_path) as storage:
+        storage.append(more)
+        storage.sync()
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(records[:-1] + more)
+
+
+def test_flipped_byte_in_a_middle_record_is_refused_with_file_and_offset(tmp_path):
+    records = sample_records(6)
+    log_path = write_log(tmp_path, records)
+    full = log_path.read_bytes()
+    ends = record_ends(records)
+    victim = 3  # a record with whole records after it
+    start, end = ends[victim - 1], ends[victim]
+    for offset in range(start, end):
+        damaged = bytearray(full)
+        damaged[offset] ^= 0x01
+        log_path.write_bytes(bytes(damaged))
+        with pytest.raises(StorageError) as excinfo:
+            open_storage(tmp_path)
+        message = str(excinfo.value)
+        assert str(log_path) in message, offset
+        assert f"corrupt at byte offset {start} " in message, (offset, message)
+        # Refusing must not "repair" anything.
+        assert log_path.read_bytes() == bytes(damaged)
+
+
+def test_garbage_record_in_the_middle_is_refused(tmp_path):
+    """A record with a correct CRC but a payload that is not a record still counts as corruption."""
+    first, rest = sample_records(1), sample_records(4)[1:]
+    bogus_payload = b"\xa0"  # an empty CBOR map
+    bogus = RECORD_HEADER.pack(len(bogus_payload), zlib.crc32(bogus_payload)) + bogus_payload
+    log_path = write_log(tmp_path, [])
+    log_path.write_bytes(encode_records(first) + bogus + encode_records(rest))
+    with pytest.raises(StorageError, match=f"corrupt at byte offset {len(encode_records(first))} .*bad payload"):
+        open_storage(tmp_path)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    records=st.lists(
+        st.one_of(
+            st.builds(PromiseRecord, st.builds(Ballot, st.integers(0, 2**40), st.integers(0, 9))),
+            st.builds(
+                AcceptRecord,
+                st.integers(0, 2**33),
+                st.builds(Ballot, st.integers(0, 2**40), st.integers(0, 9)),
+                st.lists(st.binary(max_size=40), max_size=4).map(tuple),
+            ),
+            st.builds(DecideRecord, st.integers(0, 300), st.lists(st.binary(max_size=40), max_size=4).map(tuple)),
+        ),
+        max_size=25,
+    ),
+    cut_fraction=st.floats(0, 1),
+)
+def test_cut_anywhere_recovers_the_longest_whole_prefix(tmp_path_factory, records, cut_fraction):
+    data_dir = tmp_path_factory.mktemp("cut")
+    log_path = write_log(data_dir, records)
+    full = log_path.read_bytes()
+    assert full == encode_records(records)
+    cut = int(len(full) * cut_fraction)
+    log_path.write_bytes(full[:cut])
+    whole = sum(1 for end in record_ends(records) if end <= cut)
+    # (Random values cannot hold a whole record with a matching CRC, so the "valid record after the
+    # damage" rule never fires here: every cut is a torn tail.)
+    with open_storage(data_dir) as storage:
+        assert storage.recovered == DurableState.replay(records[:whole])
+    assert log_path.read_bytes() == full[:record_ends(records)[whole - 1] if whole else 0]
+
+
+# ---- crashes and full disks ----------------------------------------------------------------------
+
+
+def test_crash_drop_unsynced_loses_only_unsynced_records(tmp_path):
+    synced = sample_records(5)
+    storage = open_storage(tmp_path)
+    storage.append(synced)
+    storage.sync()
+    storage.append([AcceptRecord(77, Ballot(5, 1), (b"never synced",))])
+    storage.crash_drop_unsynced()
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(synced)
+
+
+def test_crash_drop_unsynced_without_fsync_loses_writes(tmp_path):
+    """With fsync off, sync only writes: a power cut may take everything written since open."""
+    kept = sample_records(3)
+    with open_storage(tmp_path) as storage:
+        storage.append(kept)
+        storage.sync()
+    storage = open_storage(tmp_path, fsync=False)
+    storage.append([PromiseRecord(Ballot(9, 2))])
+    storage.sync()
+    storage.crash_drop_unsynced()
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(kept)
+
+
+def enospc_after(byte_budget: int):
+    """A fake ``os.write`` that writes at most ``byte_budget`` bytes in all, then fails with ENOSPC."""
+    left = [byte_budget]
+
+    def write(fd, data):
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        count = os.write(fd, bytes(data[:left[0]]))
+        left[0] -= count
+        return count
+
+    return write
+
+
+@pytest.mark.parametrize("budget", [0, 1, 20])
+def test_enospc_on_write_raises_storage_full_and_keeps_synced_records(tmp_path, budget):
+    synced = sample_records(4)
+    storage = open_storage(tmp_path)
+    storage.append(synced)
+    storage.sync()
+    good_size = only_log(tmp_path).stat().st_size
+    storage._write = enospc_after(budget)  # the partial write leaves `budget` bytes behind, then fails
+    lost = [AcceptRecord(50, Ballot(3, 1), (b"x" * 100,))]
+    storage.append(lost)
+    with pytest.raises(StorageFull, match="no space left on device"):
+        storage.sync()
+    assert only_log(tmp_path).stat().st_size == good_size  # cut back to whole records
+    storage.close()
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(synced)
+
+
+def test_sync_after_enospc_retries_the_batch(tmp_path):
+    storage = open_storage(tmp_path)
+    first = sample_records(2)
+    storage.append(first)
+    storage.sync()
+    storage._write = enospc_after(5)
+    second = [DecideRecord(3, (b"three",))]
+    storage.append(second)
+    with pytest.raises(StorageFull):
+        storage.sync()
+    storage._write = os.write  # space was freed
+    storage.sync()
+    storage.close()
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(first + second)
+
+
+def test_enospc_on_fsync_cuts_the_batch_back(tmp_path):
+    storage = open_storage(tmp_path)
+    first = sample_records(2)
+    storage.append(first)
+    storage.sync()
+    good_size = only_log(tmp_path).stat().st_size
+
+    def full_fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    storage._fdatasync = full_fsync
+    storage.append([DecideRecord(3, (b"three",))])
+    with pytest.raises(StorageFull):
+        storage.sync()
+    assert only_log(tmp_path).stat().st_size == good_size
+    storage.close()
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(first)
+
+
+def test_other_io_error_breaks_the_storage(tmp_path):
+    storage = open_storage(tmp_path)
+
+    def eio(fd, data):
+        raise OSError(errno.EIO, "Input/output error")
+
+    storage._write = eio
+    storage.append(sample_records(1))
+    with pytest.raises(StorageError) as excinfo:
+        storage.sync()
+    assert not isinstance(excinfo.value, StorageFull)
+    storage._write = os.write
+    with pytest.raises(StorageError, match="restart the node"):
+        storage.sync()
+    storage.close()
+
+
+def test_enospc_while_writing_a_snapshot_keeps_the_old_state(tmp_path):
+    records = sample_records(10)
+    storage = open_storage(tmp_path)
+    storage.append(records)
+    storage.sync()
+    storage._write = enospc_after(0)
+    state = DurableState.replay(records)
+    state.compact(6)
+    with pytest.raises(StorageFull):
+        storage.write_snapshot(6, b"six", state)
+    assert storage.snapshot is None
+    storage.close()
+    assert not list(tmp_path.glob("*.tmp"))
+    with open_storage(tmp_path) as storage:
+        assert storage.snapshot is None
+        assert storage.recovered == DurableState.replay(records)
+
+
+# ---- failpoints: real process exits ---------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from kvstore.storage import Storage
+    from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
+    from paxos.ballot import Ballot
+
+    records = [PromiseRecord(Ballot(4, 2))]
+    records += [AcceptRecord(s, Ballot(4, 2), (b"v%d" % s,)) for s in range(1, 11)]
+    records += [DecideRecord(s, (b"v%d" % s,)) for s in range(1, 9)]
+    storage = Storage.open(sys.argv[1], node_id=2, cluster_id="fp")
+    storage.append(records)
+    storage.sync()
+    if sys.argv[2] == "snapshot":
+        state = DurableState.replay(records)
+        state.compact(6)
+        storage.write_snapshot(6, b"snapshot at six", state)
+    storage.close()
+    print("survived")
+    """
+)
+
+CHILD_RECORDS = (
+    [PromiseRecord(Ballot(4, 2))]
+    + [AcceptRecord(s, Ballot(4, 2), (b"v%d" % s,)) for s in range(1, 11)]
+    + [DecideRecord(s, (b"v%d" % s,)) for s in range(1, 9)]
+)
+
+
+def run_child(data_dir: Path, mode: str, failpoint: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KV_FAILPOINTS=f"{failpoint}=exit")
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(data_dir), mode], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_failpoint_after_fsync_exits_and_the_record_is_durable(tmp_path):
+    result = run_child(tmp_path, "log", "after_fsync")
+    assert result.returncode == 1, result.stderr
+    assert "survived" not in result.stdout
+    with Storage.open(tmp_path, node_id=2, cluster_id="fp") as storage:
+        assert storage.recovered == DurableState.replay(CHILD_RECORDS)
+
+
+def test_failpoint_before_fsync_exits_and_recovery_gives_a_prefix(tmp_path):
+    result = run_child(tmp_path, "log", "before_fsync")
+    assert result.returncode == 1, result.stderr
+    with Storage.open(tmp_path, node_id=2, cluster_id="fp") as storage:
+        # The write reached the page cache, so a process crash (unlike a power cut) keeps it; either
+        # way the result must be one of the two states.
+        assert storage.recovered in (DurableState(), DurableState.replay(CHILD_RECORDS))
+
+
+@pytest.mark.parametrize(
+    "failpoint, snapshot_expected",
+    [
+        ("before_snapshot_rename", None),
+        ("after_snapshot_rename", (6, b"snapshot at six")),
+        ("before_log_rename", (6, b"snapshot at six")),
+        ("after_log_rename", (6, b"snapshot at six")),
+    ],
+)
+def test_crash_at_each_compaction_step_recovers_a_consistent_state(tmp_path, failpoint, snapshot_expected):
+    result = run_child(tmp_path, "snapshot", failpoint)
+    assert result.returncode == 1, result.stderr
+    with Storage.open(tmp_path, node_id=2, cluster_id="fp") as storage:
+        assert storage.snapshot == snapshot_expected
+        slot = storage.snapshot_slot
+        assert storage.recovered == DurableState.replay(CHILD_RECORDS, snapshot_slot=slot)
+    # Recovery tidied up: one snapshot at most, one log, no temp files.
+    names = sorted(p.name for p in tmp_path.glob("*.*"))
+    expected = [log_file_name(6), "meta.json", snapshot_file_name(6)] if snapshot_expected else [
+        log_file_name(0), "meta.json",
+    ]
+    assert names == expected
+
+
+def test_without_failpoints_the_child_finishes(tmp_path):
+    result = run_child(tmp_path, "snapshot", "some_other_point")
+    assert result.returncode == 0, result.stderr
+    assert "survived" in result.stdout
+
+
+def test_failpoint_spec_parsing():
+    assert failpoints.parse("") == {}
+    assert failpoints.parse(" a=exit , b=exit,") == {"a": "exit", "b": "exit"}
+    with pytest.raises(ValueError):
+        failpoints.parse("a")
+    with pytest.raises(ValueError):
+        failpoints.parse("a=explode")
+    with pytest.raises(ValueError):
+        failpoints.parse("=exit")
