@@ -670,6 +670,11 @@ class Storage:
         """Slot of the newest snapshot (0: none yet)."""
         return self.snapshot[0] if self.snapshot is not None else 0
 
+    def read_snapshot(self) -> tuple[int, bytes] | None:
+        """The newest snapshot as ``(slot, data)``, or None; the same as ``snapshot`` (held in memory,
+        so this does no I/O and cannot fail)."""
+        return self.snapshot
+
     def append(self, records: list) -> None:
         """Encode ``records`` and buffer them; nothing is written until ``sync``.
 

@@ -205,6 +205,7 @@ def test_snapshot_and_compaction_then_reopen(tmp_path):
     state.compact(20)
     storage.write_snapshot(20, b"state machine at 20", state)
     assert storage.snapshot == (20, b"state machine at 20")
+    assert storage.read_snapshot() == (20, b"state machine at 20")
     assert storage.snapshot_slot == 20
     compacted_bytes = storage.log_bytes
     assert compacted_bytes == len(encode_records(state.records()))
