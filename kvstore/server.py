@@ -221,7 +221,8 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 listeners = await self._open_listeners()
-                self.listen_port = listeners[0].socket.getsockname()[1]
+                sock = getattr(listeners[0], "socket", None)
+                self.listen_port = sock.getsockname()[1] if sock is not None else self.peers[self.node_id][1]
                 nursery.start_soon(self._driver)
                 nursery.start_soon(self._ticker)
                 for peer_id in self._peer_out:
