@@ -1,0 +1,231 @@
+"""End to end: the installed ``kv`` command runs a real 3-process local cluster.
+
+How: each test gets a temporary KV_CLUSTER_DIR and a base port P such that P, P+1, P+2 were free on
+127.0.0.1 (found by binding port 0 and checking the neighbours; retried a few times). It runs ``kv``
+as a subprocess exactly as a user would (``kv cluster up --detach``, ``kv put``, ...), with no
+--endpoints flag, so the client commands also prove the default-cluster lookup. Waiting is polling
+against deadlines; nothing asserts on timings. Teardown in ``finally``: ``kv cluster down``, then
+SIGKILL every pid from cluster.json that is still one of our nodes.
+
+Checked: up/put/get/json/ls/status/health; a second ``up`` is refused while the cluster runs; killing a
+non-leader and, after restarting it, killing the leader, writes still succeed (the client retries
+within --command-timeout) and the restarted node converges to the same state hash; ``down`` stops every
+process; Ctrl-C (SIGINT) on a foreground ``kv cluster up`` stops every node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli.cluster import process_state
+
+pytestmark = pytest.mark.slow
+
+COMMAND_SECONDS = 60  # bound on any one kv invocation (the cluster's own waits are ~15 s at most)
+CONVERGE_SECONDS = 20.0
+
+
+def kv_command() -> list[str]:
+    beside = Path(sys.executable).parent / "kv"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("kv")
+    return [found] if found else [sys.executable, "-m", "cli"]
+
+
+def port_free(port: int) -> bool:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def free_base_port(count: int = 3, attempts: int = 20) -> int:
+    for _ in range(attempts):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        base = sock.getsockname()[1]
+        sock.close()
+        if base + count - 1 <= 65535 and all(port_free(base + i) for i in range(count)):
+            return base
+    pytest.fail(f"no {count} consecutive free ports found in {attempts} attempts")
+
+
+class Kv:
+    def __init__(self, cluster_dir: Path) -> None:
+        self.cluster_dir = cluster_dir
+        self.env = dict(os.environ, KV_CLUSTER_DIR=str(cluster_dir))
+        self.env.pop("KV_ENDPOINTS", None)
+        self.base = kv_command()
+
+    def __call__(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            self.base + list(args), input=input, capture_output=True, env=self.env, timeout=COMMAND_SECONDS
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kv {' '.join(args)} exited {result.returncode}\nstdout: {result.stdout!r}\nstderr: {result.stderr!r}"
+            )
+        return result
+
+    def state(self) -> dict:
+        return json.loads((self.cluster_dir / "cluster.json").read_text())
+
+    def cluster_rows(self) -> list[dict]:
+        return json.loads(self("-w", "json", "cluster", "status").stdout)["nodes"]
+
+    def leader_id(self) -> int:
+        deadline = time.monotonic() + CONVERGE_SECONDS
+        while time.monotonic() < deadline:
+            rows = self.cluster_rows()
+            leaders = [r["id"] for r in rows if r["is_leader"] and r["process"] == "running"]
+            if len(leaders) == 1:
+                return leaders[0]
+            time.sleep(0.2)
+        raise AssertionError(f"no single leader within {CONVERGE_SECONDS} s: {self.cluster_rows()}")
+
+    def wait_converged(self, node_count: int) -> list[dict]:
+        """Poll until node_count nodes answer with one leader and equal state hashes and applied slots."""
+        deadline = time.monotonic() + CONVERGE_SECONDS
+        statuses: list[dict] = []
+        while time.monotonic() < deadline:
+            result = self("--command-timeout", "2", "-w", "json", "status", check=False)
+            if result.stdout.strip():
+                statuses = [s for s in json.loads(result.stdout) if s.get("reachable")]
+                hashes = {s.get("state_hash") for s in statuses}
+                applied = {s.get("applied_slot") for s in statuses}
+                leaders = {s.get("leader") for s in statuses}
+                if len(statuses) == node_count and len(hashes) == 1 and len(applied) == 1 and len(leaders) == 1 \
+                        and None not in leaders:
+                    return statuses
+            time.sleep(0.2)
+        raise AssertionError(f"replicas did not converge within {CONVERGE_SECONDS} s: {statuses}")
+
+    def teardown(self) -> None:
+        with_state = (self.cluster_dir / "cluster.json").exists()
+        if with_state:
+            try:
+                self("cluster", "down", check=False)
+            except subprocess.TimeoutExpired:
+                pass
+            for node in self.state()["nodes"]:
+                if process_state(node.get("pid"), node) != "dead":
+                    os.kill(node["pid"], signal.SIGKILL)
+
+
+@pytest.fixture
+def kv(tmp_path):
+    runner = Kv(tmp_path / "cluster")
+    try:
+        yield runner
+    finally:
+        runner.teardown()
+
+
+def test_detached_cluster_survives_follower_and_leader_crash(kv):
+    base = free_base_port()
+    up = kv("cluster", "up", "--detach", "--base-port", str(base))
+    endpoints = ",".join(f"127.0.0.1:{base + i}" for i in range(3))
+    assert f"export KV_ENDPOINTS={endpoints}" in up.stdout.decode()
+    state = kv.state()
+    assert [n["port"] for n in state["nodes"]] == [base, base + 1, base + 2]
+    assert all(process_state(n["pid"], n) == "running" for n in state["nodes"])
+
+    again = kv("cluster", "up", "--detach", "--base-port", str(base), check=False)
+    assert again.returncode == 1
+    assert b"already running" in again.stderr
+
+    assert kv("put", "greeting", "hello").stdout == b"OK\n"
+    assert kv("get", "greeting").stdout == b"greeting\nhello\n"
+    kv("put", "bin", input=b"\xff\x00")
+    record = json.loads(kv("-w", "json", "get", "bin").stdout)["kvs"][0]
+    assert record["value_encoding"] == "base64" and record["value"] == "/wA="
+    assert kv("ls").stdout == b"bin\ngreeting\n"
+    assert kv("get", "missing", check=False).returncode == 1
+    assert kv("health").returncode == 0
+
+    # crash a follower: the other two still form a quorum
+    leader = kv.leader_id()
+    follower = next(n["id"] for n in state["nodes"] if n["id"] != leader)
+    kv("cluster", "kill", str(follower))
+    kv("--command-timeout", "10", "put", "after-follower-crash", "1")
+    assert kv("get", "after-follower-crash").stdout == b"after-follower-crash\n1\n"
+    rows = {r["id"]: r for r in kv.cluster_rows()}
+    assert rows[follower]["process"] == "dead" and rows[follower]["pid"] is None
+
+    # bring it back; it must catch up to the same state
+    kv("cluster", "restart", str(follower))
+    kv.wait_converged(3)
+
+    # crash the leader: a new one is elected and writes go on
+    leader = kv.leader_id()
+    kv("cluster", "kill", str(leader))
+    kv("--command-timeout", "15", "put", "after-leader-crash", "2")
+    assert kv("--command-timeout", "15", "get", "after-leader-crash").stdout == b"after-leader-crash\n2\n"
+    assert kv("get", "greeting").stdout == b"greeting\nhello\n"
+    new_leader = kv.leader_id()
+    assert new_leader != leader
+    survivors = kv.wait_converged(2)
+    assert all(s.get("keys") == 4 for s in survivors if "keys" in s)
+
+    status = kv("cluster", "status").stdout.decode()
+    assert f"node {leader}: port={base + leader - 1} pid=- process=dead" in status
+
+    pids = [n["pid"] for n in kv.state()["nodes"] if n["pid"]]
+    kv("cluster", "down")
+    assert all(n["pid"] is None for n in kv.state()["nodes"])
+    for pid in pids:
+        assert process_state(pid) == "dead"
+    # with the cluster down, a client command fails (exit 1) with one line
+    failed = kv("--command-timeout", "1", "get", "greeting", check=False)
+    assert failed.returncode == 1
+    assert len(failed.stderr.decode().strip().splitlines()) == 1
+
+
+def test_foreground_up_stops_every_node_on_ctrl_c(kv):
+    base = free_base_port()
+    proc = subprocess.Popen(
+        kv.base + ["cluster", "up", "--base-port", str(base)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=kv.env,
+    )
+    try:
+        output = b""
+        deadline = time.monotonic() + COMMAND_SECONDS
+        while b"export KV_ENDPOINTS=" not in output and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                output += chunk
+        assert b"export KV_ENDPOINTS=" in output, (output, proc.poll())
+        assert kv("put", "k", "v").stdout == b"OK\n"
+        nodes = kv.state()["nodes"]
+        assert all(process_state(n["pid"], n) == "running" for n in nodes)
+
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C does to the foreground process only
+        proc.communicate(timeout=COMMAND_SECONDS)
+        assert proc.returncode == 0
+        for node in nodes:
+            assert process_state(node["pid"], node) == "dead"
+        assert all(n["pid"] is None for n in kv.state()["nodes"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
