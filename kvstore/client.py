@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import queue
 import random
 import threading
 from contextlib import asynccontextmanager
@@ -408,22 +409,49 @@ class Client:
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
             async with connect(self._endpoints, timeout=self._timeout) as client:
-                self._client = client
-                self._started.set()
-                await self._stop.wait()
+                async with trio.open_nursery() as calls:
+                    self._client = client
+                    self._calls = calls
+                    self._started.set()
+                    await self._stop.wait()
+                    calls.cancel_scope.cancel()
 
         try:
             trio.run(main)
         except BaseException as exc:  # report start-up failures to the constructor
             self._error = exc
         finally:
+            self._client = None
             self._started.set()
 
     def _call(self, name: str, *args, **kwargs):
+        # run_sync_soon (rather than trio.from_thread) works from any thread, even one that runs its own
+        # trio loop, such as an async test using this blocking client.
         if self._client is None or self._token is None:
             raise KVError("client is closed")
         method = getattr(self._client, name)
-        return trio.from_thread.run(lambda: method(*args, **kwargs), trio_token=self._token)
+        done: queue.Queue = queue.Queue(maxsize=1)
+
+        async def job() -> None:
+            try:
+                result = await method(*args, **kwargs)
+            except BaseException as exc:
+                done.put((False, exc))
+                if isinstance(exc, trio.Cancelled):
+                    raise
+            else:
+                done.put((True, result))
+
+        try:
+            self._token.run_sync_soon(self._calls.start_soon, job)
+        except trio.RunFinishedError:
+            raise KVError("client is closed") from None
+        ok, value = done.get()
+        if ok:
+            return value
+        if isinstance(value, trio.Cancelled):
+            raise KVError("client was closed during the call")
+        raise value
 
     def put(self, key, value) -> int: return self._call("put", key, value)
     def get(self, key, *, consistency="l"): return self._call("get", key, consistency=consistency)
@@ -441,7 +469,7 @@ class Client:
     def close(self) -> None:
         if self._stop is not None and self._token is not None and self._thread.is_alive():
             try:
-                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+                self._token.run_sync_soon(self._stop.set)
             except trio.RunFinishedError:
                 pass
         self._thread.join(timeout=5)
