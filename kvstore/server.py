@@ -52,7 +52,7 @@ import trio
 from paxos import messages as pm
 from paxos.replica import Config, Options, Replica
 
-from . import commands, wire
+from . import commands, failpoints, wire
 from .statemachine import StateMachine
 from .storage import Storage, StorageError, StorageFull
 
@@ -386,6 +386,7 @@ class Node:
             self._send_snapshot_soon(peer_id)
 
     def _reply_result(self, conn: ClientConn, request_id: int, result: dict) -> None:
+        failpoints.hit("before_reply")  # a test can crash the node after apply, before the client hears
         error = result.get("error")
         if error is not None:
             conn.reply(wire.ErrorReply(id=request_id, code=wire.BAD_REQUEST, message=str(error), leader=None))
