@@ -1,0 +1,638 @@
+"""Tests for kvstore.wire: frames, message encodings, and the refusal of everything malformed.
+
+What is checked, and how:
+
+* Round trips: hypothesis draws every message class (every Paxos message kind inside PaxosBatch,
+  with accepted/decided entries; every client request; both replies; Hello; SnapshotChunk), encodes
+  it to a frame, splits the frame off a buffer and decodes it; the result must equal the original
+  (dataclass equality, so lists where tuples belong would fail).
+* The Paxos array layout is checked against an independent reference built from
+  ``dataclasses.fields`` (kind code from the position in MESSAGE_TYPES, then every field in
+  declaration order), so the documented layout and the code cannot drift apart.
+* Hostile input: arbitrary bytes (hypothesis), a few thousand seeded random byte strings, and valid
+  frames with seeded random byte flips must make decode_body raise WireError and nothing else.
+* Systematic wrong types: every field of every map message is replaced in turn by values of every
+  wrong CBOR type (tags that cbor2 turns into datetime, Decimal, Fraction, UUID, set, regex; an unknown
+  tag; bool where an int belongs; float; null; arrays and maps; out-of-range ints) or deleted; every
+  position inside a px array is replaced by values of other types. Each must give WireError.
+* Framing: split_frames refuses a 2**31 or 0 length from the header alone; FrameReader over
+  trio.testing.memory_stream_pair reassembles frames split at every byte boundary, batches buffered
+  frames, returns [] at a clean end of stream and raises WireError at an end inside a frame.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import fractions
+import random
+import re
+import uuid
+
+import cbor2
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvstore import wire
+from paxos import messages as pm
+from paxos.ballot import Ballot
+
+# ---------------------------------------------------------------------------------------------------
+# Strategies
+# ---------------------------------------------------------------------------------------------------
+
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+small = st.integers(min_value=0, max_value=1000)
+slots = st.one_of(small, u64)
+node_ids = st.integers(min_value=1, max_value=2**64 - 1)
+req_ids = st.integers(min_value=0, max_value=2**63 - 1)
+ballots = st.builds(Ballot, st.one_of(small, u64), st.integers(min_value=0, max_value=2**64 - 1))
+values = st.lists(st.binary(max_size=40), max_size=5).map(tuple)
+accepted_entries = st.builds(pm.AcceptedEntry, slot=slots, ballot=ballots, value=values)
+decided_entries = st.builds(pm.DecidedEntry, slot=slots, value=values)
+
+paxos_messages = st.one_of(
+    st.builds(pm.Prepare, sender=node_ids, ballot=ballots, first_slot=slots),
+    st.builds(
+        pm.Promise, sender=node_ids, ballot=ballots, first_slot=slots,
+        accepted=st.lists(accepted_entries, max_size=4).map(tuple),
+        decided=st.lists(decided_entries, max_size=4).map(tuple), snapshot_slot=slots,
+    ),
+    st.builds(pm.Accept, sender=node_ids, ballot=ballots, slot=slots, value=values, decided_slot=slots),
+    st.builds(pm.Accepted, sender=node_ids, ballot=ballots, slot=slots),
+    st.builds(pm.Nack, sender=node_ids, ballot=ballots, promised=ballots),
+    st.builds(pm.Decide, sender=node_ids, ballot=ballots, decided_slot=slots),
+    st.builds(pm.Heartbeat, sender=node_ids, ballot=ballots, decided_slot=slots, seq=slots),
+    st.builds(pm.HeartbeatAck, sender=node_ids, ballot=ballots, seq=slots),
+    st.builds(pm.CatchupRequest, sender=node_ids, first_slot=slots),
+    st.builds(pm.CatchupReply, sender=node_ids, entries=st.lists(decided_entries, max_size=4).map(tuple),
+              snapshot_slot=slots),
+)
+
+str_or_bytes = st.one_of(st.text(max_size=30), st.binary(max_size=30))
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**64), max_value=2**64 - 1),
+    st.floats(allow_nan=False), st.text(max_size=10), st.binary(max_size=10),
+)
+
+
+def _nested(depth: int):
+    """Result values with at most ``depth`` levels of lists/maps."""
+    if depth == 0:
+        return scalars
+    inner = _nested(depth - 1)
+    return st.one_of(
+        scalars, st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    )
+
+
+results = st.dictionaries(st.text(max_size=8), _nested(wire.RESULT_DEPTH_MAX), max_size=4)
+
+
+@st.composite
+def snapshot_chunks(draw):
+    data = draw(st.binary(max_size=50))
+    offset = draw(small)
+    total = offset + len(data) + draw(small)
+    return wire.SnapshotChunk(sender=draw(node_ids), slot=draw(slots), offset=offset, total=total, data=data)
+
+
+wire_messages = st.one_of(
+    st.builds(wire.Hello, node_id=st.integers(min_value=1, max_value=2**63 - 1), cluster_id=st.text(max_size=20)),
+    st.builds(wire.PaxosBatch, messages=st.lists(paxos_messages, max_size=6).map(tuple)),
+    snapshot_chunks(),
+    st.builds(wire.PutRequest, id=req_ids, key=st.text(max_size=20), value=str_or_bytes,
+              client_id=st.binary(min_size=16, max_size=16), request_id=u64, ack_below=u64),
+    st.builds(wire.DeleteRequest, id=req_ids, key=st.text(max_size=20), prefix=st.booleans(),
+              client_id=st.binary(max_size=16), request_id=u64, ack_below=u64),
+    st.builds(wire.CasRequest, id=req_ids, key=st.text(max_size=20), expected=st.one_of(st.none(), str_or_bytes),
+              new=str_or_bytes, client_id=st.binary(max_size=16), request_id=u64, ack_below=u64),
+    st.builds(wire.GetRequest, id=req_ids, key=st.text(max_size=20), linearizable=st.booleans()),
+    st.builds(wire.ListRequest, id=req_ids, prefix=st.text(max_size=20), keys_only=st.booleans(),
+              linearizable=st.booleans(), limit=st.integers(min_value=0, max_value=2**63 - 1)),
+    st.builds(wire.StatusRequest, id=req_ids),
+    st.builds(wire.OkReply, id=req_ids, result=results),
+    st.builds(wire.ErrorReply, id=st.one_of(st.none(), req_ids), code=st.sampled_from(wire.ERROR_CODES),
+              message=st.text(max_size=30), leader=st.one_of(st.none(), st.just("127.0.0.1:7001"))),
+)
+
+
+def decode_frame(frame: bytes):
+    """Split exactly one frame off a buffer and decode it, checking nothing is left over."""
+    buffer = bytearray(frame)
+    bodies = wire.split_frames(buffer)
+    assert len(bodies) == 1 and not buffer
+    return wire.decode_body(bodies[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Round trips and layout
+# ---------------------------------------------------------------------------------------------------
+
+
+@given(wire_messages)
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+def test_every_message_survives_encode_then_decode(message):
+    decoded = decode_frame(wire.encode_frame(message))
+    assert decoded == message
+    assert type(decoded) is type(message)
+
+
+@given(st.lists(paxos_messages, min_size=1, max_size=5))
+def test_paxos_batches_decode_to_tuples_and_ballot_objects(msgs):
+    decoded = decode_frame(wire.encode_frame(wire.PaxosBatch(messages=tuple(msgs))))
+    assert type(decoded.messages) is tuple
+    for m in decoded.messages:
+        for f in dataclasses.fields(m):
+            v = getattr(m, f.name)
+            assert type(v) is not list
+            if f.name in ("ballot", "promised"):
+                assert type(v) is Ballot
+
+
+def _reference_array(message) -> list:
+    """The documented layout, derived independently: [code, then every field in declaration order]."""
+
+    def conv(v):
+        if isinstance(v, Ballot):
+            return [v.number, v.node_id]
+        if isinstance(v, (pm.AcceptedEntry, pm.DecidedEntry)):
+            return [conv(getattr(v, f.name)) for f in dataclasses.fields(v)]
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    code = pm.MESSAGE_TYPES.index(type(message)) + 1
+    return [code] + [conv(getattr(message, f.name)) for f in dataclasses.fields(message)]
+
+
+@given(paxos_messages)
+def test_paxos_array_layout_is_kind_code_then_fields_in_declaration_order(message):
+    fields = [f.name for f in dataclasses.fields(message)]
+    assert fields[0] == "sender"
+    body = wire.encode_body(wire.PaxosBatch(messages=(message,)))
+    assert cbor2.loads(body)["m"] == [_reference_array(message)]
+
+
+def test_kind_codes_follow_message_types_order():
+    assert [wire.KIND_CODES[t] for t in pm.MESSAGE_TYPES] == list(range(1, 11))
+
+
+def test_frame_header_is_big_endian_body_length():
+    frame = wire.encode_frame(wire.StatusRequest(id=7))
+    body = cbor2.dumps({"t": "status", "id": 7})
+    assert frame == len(body).to_bytes(4, "big") + body
+
+
+def test_encode_frames_joins_frames():
+    msgs = [wire.StatusRequest(id=i) for i in range(3)]
+    data = wire.encode_frames(msgs)
+    assert data == b"".join(wire.encode_frame(m) for m in msgs)
+    assert [wire.decode_body(b) for b in wire.split_frames(bytearray(data))] == msgs
+
+
+def test_unknown_extra_fields_are_ignored():
+    body = cbor2.dumps({"t": "get", "id": 3, "key": "k", "lin": True, "future": [1, 2, {"x": 1}]})
+    assert wire.decode_body(body) == wire.GetRequest(id=3, key="k", linearizable=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoder contract (our own mistakes raise TypeError / ValueError)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_encoding_a_non_message_is_a_type_error():
+    with pytest.raises(TypeError):
+        wire.encode_frame({"t": "get"})
+    with pytest.raises(TypeError):
+        wire.encode_frame(wire.PaxosBatch(messages=(wire.StatusRequest(id=1),)))
+
+
+def test_encoding_an_oversize_body_raises_frame_too_large():
+    message = wire.PutRequest(id=1, key="k", value=b"x" * 200, client_id=b"c", request_id=1, ack_below=0)
+    with pytest.raises(wire.FrameTooLarge):
+        wire.encode_frame(message, frame_bytes_max=100)
+    assert isinstance(wire.FrameTooLarge("x"), ValueError)
+
+
+@pytest.mark.parametrize("bad", [
+    {"s": {1, 2}}, {"d": datetime.datetime(2020, 1, 1)}, {"n": {1: "int key"}}, {"deep": [[[[[1]]]]]},
+    {"big": 2**64}, {"obj": object()},
+])
+def test_encoding_an_ok_reply_with_a_bad_result_is_a_value_error(bad):
+    with pytest.raises(ValueError):
+        wire.encode_frame(wire.OkReply(id=1, result=bad))
+
+
+def test_ok_reply_result_may_nest_exactly_to_the_depth_limit():
+    result = {"a": [[{"b": [1.5, None, b"x", True]}]]}
+    assert decode_frame(wire.encode_frame(wire.OkReply(id=1, result=result))).result == result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hostile bytes: WireError and nothing else
+# ---------------------------------------------------------------------------------------------------
+
+
+def _decode_or_wire_error(body: bytes) -> None:
+    try:
+        message = wire.decode_body(body)
+    except wire.WireError:
+        return
+    # Whatever was accepted must be a real message that encodes back to something decodable.
+    assert type(message) in wire.PEER_MESSAGE_TYPES + wire.CLIENT_REQUEST_TYPES + wire.REPLY_TYPES
+    assert wire.decode_body(wire.encode_body(message)) == message
+
+
+def _request_id_of_never_raises(body: bytes) -> None:
+    rid = wire.request_id_of(body)
+    assert rid is None or (type(rid) is int and 0 <= rid < 2**63)
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=1000)
+def test_decode_body_on_arbitrary_bytes_raises_only_wire_error(body):
+    _decode_or_wire_error(body)
+    _request_id_of_never_raises(body)
+
+
+def test_decode_body_on_seeded_random_bytes_raises_only_wire_error():
+    rng = random.Random(20240611)
+    for _ in range(3000):
+        body = rng.randbytes(rng.randrange(1, 200))
+        # Start some with a map header so that the decoder gets further than the first byte.
+        if rng.random() < 0.5:
+            body = bytes([0xA0 | rng.randrange(1, 8)]) + body
+        _decode_or_wire_error(body)
+        _request_id_of_never_raises(body)
+
+
+def test_decode_body_on_mutated_valid_frames_raises_only_wire_error():
+    rng = random.Random(77)
+    samples = [wire.encode_body(m) for m in _samples()]
+    for _ in range(3000):
+        body = bytearray(rng.choice(samples))
+        for _ in range(rng.randrange(1, 4)):
+            body[rng.randrange(len(body))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            del body[rng.randrange(len(body)):]
+        _decode_or_wire_error(bytes(body))
+        _request_id_of_never_raises(bytes(body))
+
+
+# Arbitrary CBOR-able structures under a known "t": the decoder must validate, never crash.
+_any_cbor = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5), st.binary(max_size=5),
+              st.datetimes(timezones=st.just(datetime.timezone.utc)), st.decimals(allow_nan=False),
+              st.fractions(), st.uuids()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@given(st.sampled_from(["hello", "px", "snap", "put", "del", "cas", "get", "list", "status", "ok", "err"]),
+       st.dictionaries(st.sampled_from(["id", "key", "value", "m", "r", "node", "cluster", "from", "slot", "off",
+                                        "total", "data", "cid", "rq", "ack", "prefix", "expected", "new", "lin",
+                                        "keys_only", "limit", "code", "msg", "leader"]), _any_cbor, max_size=8))
+@settings(max_examples=1000)
+def test_decode_body_on_arbitrary_maps_of_known_type_raises_only_wire_error(kind, fields):
+    body = cbor2.dumps({"t": kind, **fields})
+    _decode_or_wire_error(body)
+    _request_id_of_never_raises(body)
+
+
+@given(st.lists(_any_cbor, max_size=8))
+def test_decode_body_on_arbitrary_px_arrays_raises_only_wire_error(array):
+    _decode_or_wire_error(cbor2.dumps({"t": "px", "m": [array]}))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Systematic wrong types
+# ---------------------------------------------------------------------------------------------------
+
+
+def _samples() -> list:
+    b = Ballot(3, 2)
+    return [
+        wire.Hello(node_id=1, cluster_id="kv"),
+        wire.SnapshotChunk(sender=2, slot=9, offset=0, total=3, data=b"abc"),
+        wire.PutRequest(id=1, key="k", value="v", client_id=b"c" * 16, request_id=5, ack_below=4),
+        wire.DeleteRequest(id=2, key="k", prefix=False, client_id=b"c" * 16, request_id=6, ack_below=4),
+        wire.CasRequest(id=3, key="k", expected="old", new=b"new", client_id=b"c" * 16, request_id=7, ack_below=4),
+        wire.GetRequest(id=4, key="k", linearizable=True),
+        wire.ListRequest(id=5, prefix="a/", keys_only=False, linearizable=True, limit=10),
+        wire.StatusRequest(id=6),
+        wire.OkReply(id=7, result={"rev": 3}),
+        wire.ErrorReply(id=8, code=wire.NOT_LEADER, message="ask node 2", leader="127.0.0.1:7002"),
+        wire.PaxosBatch(messages=(
+            pm.Prepare(sender=1, ballot=b, first_slot=4),
+            pm.Promise(sender=2, ballot=b, first_slot=1,
+                       accepted=(pm.AcceptedEntry(slot=1, ballot=b, value=(b"x",)),),
+                       decided=(pm.DecidedEntry(slot=0, value=(b"y", b"z")),), snapshot_slot=0),
+            pm.Accept(sender=1, ballot=b, slot=5, value=(b"a",), decided_slot=3),
+            pm.Accepted(sender=2, ballot=b, slot=5),
+            pm.Nack(sender=3, ballot=b, promised=Ballot(4, 3)),
+            pm.Decide(sender=1, ballot=b, decided_slot=5),
+            pm.Heartbeat(sender=1, ballot=b, decided_slot=5, seq=11),
+            pm.HeartbeatAck(sender=2, ballot=b, seq=11),
+            pm.CatchupRequest(sender=3, first_slot=2),
+            pm.CatchupReply(sender=1, entries=(pm.DecidedEntry(slot=2, value=(b"q",)),), snapshot_slot=1),
+        )),
+    ]
+
+
+# The CBOR types each map field accepts; every other candidate value below must be refused.
+INT, BOOL, STR, BYTES, NONE, MAP, ARRAY = "int", "bool", "str", "bytes", "none", "map", "array"
+FIELD_KINDS = {
+    "hello": {"node": {INT}, "cluster": {STR}},
+    "snap": {"from": {INT}, "slot": {INT}, "off": {INT}, "total": {INT}, "data": {BYTES}},
+    "put": {"id": {INT}, "key": {STR}, "value": {STR, BYTES}, "cid": {BYTES}, "rq": {INT}, "ack": {INT}},
+    "del": {"id": {INT}, "key": {STR}, "prefix": {BOOL}, "cid": {BYTES}, "rq": {INT}, "ack": {INT}},
+    "cas": {"id": {INT}, "key": {STR}, "expected": {STR, BYTES, NONE}, "new": {STR, BYTES}, "cid": {BYTES},
+            "rq": {INT}, "ack": {INT}},
+    "get": {"id": {INT}, "key": {STR}, "lin": {BOOL}},
+    "list": {"id": {INT}, "prefix": {STR}, "keys_only": {BOOL}, "lin": {BOOL}, "limit": {INT}},
+    "status": {"id": {INT}},
+    "ok": {"id": {INT}, "r": {MAP}},
+    "err": {"id": {INT, NONE}, "code": {STR}, "msg": {STR}, "leader": {STR, NONE}},
+    "px": {"m": {ARRAY}},
+}
+
+# (kind, value): cbor2 encodes the datetime, Decimal, Fraction, UUID, set and regex as tags and
+# decodes them back to those Python objects, which is exactly what the decoder must not trust.
+CANDIDATES = [
+    (INT, 1), (BOOL, True), (BOOL, False), (STR, "s"), (BYTES, b"b"), (NONE, None), (MAP, {"a": 1}),
+    (ARRAY, [1]), ("float", 1.5), ("float", 1.0), ("datetime", datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)),
+    ("decimal", decimal.Decimal("1.5")), ("fraction", fractions.Fraction(1, 3)), ("uuid", uuid.UUID(int=5)),
+    ("set", {1, 2}), ("regex", re.compile("a+")), ("tag", cbor2.CBORTag(4000, 1)),
+]
+
+
+def _sample_maps() -> list[dict]:
+    return [cbor2.loads(wire.encode_body(m)) for m in _samples()]
+
+
+def test_the_wrong_type_table_covers_every_map_field():
+    for obj in _sample_maps():
+        assert set(obj) - {"t"} == set(FIELD_KINDS[obj["t"]]), obj["t"]
+
+
+@pytest.mark.parametrize("obj", _sample_maps(), ids=lambda o: o["t"])
+def test_every_map_field_refuses_every_wrong_type_and_absence(obj):
+    assert wire.decode_body(cbor2.dumps(obj)) is not None  # the unmodified sample is valid
+    for field, allowed in FIELD_KINDS[obj["t"]].items():
+        for kind, value in CANDIDATES:
+            if kind in allowed:
+                continue
+            bad = dict(obj, **{field: value})
+            with pytest.raises(wire.WireError):
+                wire.decode_body(cbor2.dumps(bad))
+        missing = {k: v for k, v in obj.items() if k != field}
+        with pytest.raises(wire.WireError, match="missing"):
+            wire.decode_body(cbor2.dumps(missing))
+
+
+INT_LIMITS = {
+    # field: (lowest valid, first invalid above)
+    ("hello", "node"): (1, 2**63), ("snap", "from"): (1, 2**64), ("snap", "slot"): (0, 2**64),
+    ("put", "id"): (0, 2**63), ("put", "rq"): (0, 2**64), ("put", "ack"): (0, 2**64),
+    ("del", "rq"): (0, 2**64), ("cas", "ack"): (0, 2**64), ("get", "id"): (0, 2**63),
+    ("list", "limit"): (0, 2**63), ("status", "id"): (0, 2**63), ("ok", "id"): (0, 2**63),
+    ("err", "id"): (0, 2**63),
+}
+
+
+@pytest.mark.parametrize("kind,field", sorted(INT_LIMITS))
+def test_int_fields_refuse_values_outside_their_range(kind, field):
+    [obj] = [o for o in _sample_maps() if o["t"] == kind]
+    low, limit = INT_LIMITS[(kind, field)]
+    for value in (low - 1, limit, 2**70):  # 2**70 travels as a bignum tag and decodes to an int
+        with pytest.raises(wire.WireError):
+            wire.decode_body(cbor2.dumps(dict(obj, **{field: value})))
+    if kind != "snap":  # a snap's offsets are also checked against its total
+        wire.decode_body(cbor2.dumps(dict(obj, **{field: limit - 1})))
+
+
+def test_snapshot_chunk_past_its_total_is_refused():
+    obj = {"t": "snap", "from": 1, "slot": 1, "off": 2, "total": 4, "data": b"abc"}
+    with pytest.raises(wire.WireError):
+        wire.decode_body(cbor2.dumps(obj))
+
+
+def _paths(x, path=()):
+    """Every position (as an index path) inside a nested list, containers included."""
+    yield path
+    if type(x) is list:
+        for i, item in enumerate(x):
+            yield from _paths(item, path + (i,))
+
+
+def _replace(x, path, value):
+    if not path:
+        return value
+    copy = list(x)
+    copy[path[0]] = _replace(x[path[0]], path[1:], value)
+    return copy
+
+
+def test_every_position_in_every_px_message_refuses_every_other_type():
+    [px] = [o for o in _sample_maps() if o["t"] == "px"]
+    py_kind = {int: INT, bool: BOOL, str: STR, bytes: BYTES, list: ARRAY}
+    checked = 0
+    for array in px["m"]:
+        for path in _paths(array):
+            if not path:
+                continue
+            original = _replace(array, (), array)
+            here = original
+            for i in path:
+                here = here[i]
+            for kind, value in CANDIDATES:
+                if kind == py_kind[type(here)]:
+                    continue
+                bad = _replace(array, path, value)
+                with pytest.raises(wire.WireError):
+                    wire.decode_body(cbor2.dumps({"t": "px", "m": [bad]}))
+                checked += 1
+    assert checked > 1000  # every kind, every ballot, entry and command was visited
+
+
+@pytest.mark.parametrize("array", [
+    [], [0, 1, [1, 1], 0], [11, 1, 2], [1, 1, [1, 1]], [1, 1, [1, 1], 0, 0], [1, 0, [1, 1], 0],
+    [1, -1, [1, 1], 0], [1, 1, [1, 1, 1], 0], [1, 1, [-1, 1], 0], [1, 1, [1, -1], 0], [1, 1, [1, 1], -1],
+    [1, 1, [1, 1], 2**64], [True, 1, [1, 1], 0], [3, 1, [1, 1], 0, [b"x", "y"], 0], [9, 1, 1.0],
+    [10, 1, [[1]], 0], [10, 1, [[1, [], 2]], 0], [2, 1, [1, 1], 0, [[1, [1, 1]]], [], 0],
+])
+def test_malformed_px_arrays_are_refused(array):
+    with pytest.raises(wire.WireError):
+        wire.decode_body(cbor2.dumps({"t": "px", "m": [array]}))
+
+
+@pytest.mark.parametrize("body", [
+    cbor2.dumps({"t": "nope", "id": 1}), cbor2.dumps({"id": 1}), cbor2.dumps({"t": 1, "id": 1}),
+    cbor2.dumps({"t": ["get"], "id": 1}), cbor2.dumps(["get", 1]), cbor2.dumps("get"), b"",
+    cbor2.dumps({"t": "status", "id": 1}) + b"\x00",  # trailing bytes after the item
+    cbor2.dumps({b"t": "status", "id": 1}), cbor2.dumps(cbor2.CBORTag(4000, {"t": "status", "id": 1})),
+    cbor2.dumps({"t": "ok", "id": 1, "r": {"x": {1, 2}}}), cbor2.dumps({"t": "ok", "id": 1, "r": {"x": 2**70}}),
+    cbor2.dumps({"t": "ok", "id": 1, "r": {"x": [[[[[1]]]]]}}), cbor2.dumps({"t": "ok", "id": 1, "r": {"x": {1: 2}}}),
+    cbor2.dumps({"t": "ok", "id": 1, "r": {"x": datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)}}),
+    b"\x81" * 1000 + b"\x01",  # nesting far beyond any message
+])
+def test_bodies_of_the_wrong_shape_are_refused(body):
+    with pytest.raises(wire.WireError):
+        wire.decode_body(body)
+
+
+def test_request_id_of_finds_the_id_of_a_rejected_request():
+    body = cbor2.dumps({"t": "put", "id": 42, "key": 5})
+    with pytest.raises(wire.WireError):
+        wire.decode_body(body)
+    assert wire.request_id_of(body) == 42
+    assert wire.request_id_of(cbor2.dumps({"t": "put", "id": True})) is None
+    assert wire.request_id_of(cbor2.dumps({"t": "put", "id": -1})) is None
+    assert wire.request_id_of(cbor2.dumps([1, 2])) is None
+    assert wire.request_id_of(b"\xff\xff") is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# split_frames
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_split_frames_refuses_an_oversize_length_before_the_body_arrives():
+    buffer = bytearray((2**31).to_bytes(4, "big"))
+    with pytest.raises(wire.WireError):
+        wire.split_frames(buffer)
+    buffer = bytearray((101).to_bytes(4, "big") + b"x")
+    with pytest.raises(wire.WireError):
+        wire.split_frames(buffer, frame_bytes_max=100)
+
+
+def test_split_frames_refuses_a_zero_length():
+    with pytest.raises(wire.WireError):
+        wire.split_frames(bytearray(b"\x00\x00\x00\x00"))
+
+
+def test_split_frames_keeps_an_incomplete_frame():
+    frame = wire.encode_frame(wire.StatusRequest(id=1))
+    for cut in range(len(frame)):
+        buffer = bytearray(frame[:cut])
+        assert wire.split_frames(buffer) == []
+        assert buffer == frame[:cut]
+
+
+def test_split_frames_hands_out_good_frames_before_refusing_a_bad_header():
+    good = wire.encode_frames([wire.StatusRequest(id=1), wire.StatusRequest(id=2)])
+    buffer = bytearray(good + (2**31).to_bytes(4, "big"))
+    bodies = wire.split_frames(buffer)
+    assert [wire.decode_body(b).id for b in bodies] == [1, 2]
+    with pytest.raises(wire.WireError):
+        wire.split_frames(buffer)
+
+
+# ---------------------------------------------------------------------------------------------------
+# FrameReader over an in-memory stream
+# ---------------------------------------------------------------------------------------------------
+
+FRAMES = [
+    wire.StatusRequest(id=1),
+    wire.PutRequest(id=2, key="k", value=b"v" * 300, client_id=b"c" * 16, request_id=1, ack_below=0),
+    wire.OkReply(id=2, result={"rev": 1}),
+]
+
+
+async def _read_all(reader: wire.FrameReader) -> list:
+    got = []
+    for _ in range(10_000):
+        bodies = await reader.receive_frames()
+        if not bodies:
+            return got
+        got.extend(wire.decode_body(b) for b in bodies)
+    raise AssertionError("reader never reached end of stream")
+
+
+async def test_frames_split_at_every_byte_boundary_reassemble():
+    data = wire.encode_frames(FRAMES)
+    for cut in range(1, len(data)):
+        left, right = trio.testing.memory_stream_pair()
+        reader = wire.FrameReader(right)
+        got = []
+
+        async def send() -> None:
+            await left.send_all(data[:cut])
+            await trio.testing.wait_all_tasks_blocked()
+            await left.send_all(data[cut:])
+            await left.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            got = await _read_all(reader)
+        assert got == FRAMES, cut
+
+
+async def test_frames_sent_one_byte_at_a_time_reassemble():
+    data = wire.encode_frames(FRAMES)
+    left, right = trio.testing.memory_stream_pair()
+    reader = wire.FrameReader(right, frame_bytes_max=400)
+
+    async def send() -> None:
+        for i in range(len(data)):
+            await left.send_all(data[i:i + 1])
+            await trio.testing.wait_all_tasks_blocked()
+        await left.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        got = []
+        for _ in range(len(data) + 1):
+            bodies = await reader.receive_frames()
+            # Never more than one incomplete frame is kept beyond what was handed out.
+            assert len(reader._buffer) <= wire.HEADER_BYTES + 400
+            if not bodies:
+                break
+            got.extend(wire.decode_body(b) for b in bodies)
+    assert got == FRAMES
+
+
+async def test_receive_frames_returns_every_buffered_frame_at_once():
+    left, right = trio.testing.memory_stream_pair()
+    await left.send_all(wire.encode_frames(FRAMES))
+    bodies = await wire.FrameReader(right).receive_frames()
+    assert [wire.decode_body(b) for b in bodies] == FRAMES
+
+
+async def test_clean_end_of_stream_gives_an_empty_list():
+    left, right = trio.testing.memory_stream_pair()
+    await left.send_all(wire.encode_frame(FRAMES[0]))
+    await left.aclose()
+    reader = wire.FrameReader(right)
+    assert len(await reader.receive_frames()) == 1
+    assert await reader.receive_frames() == []
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 6])
+async def test_end_of_stream_inside_a_frame_is_a_wire_error(cut):
+    left, right = trio.testing.memory_stream_pair()
+    await left.send_all(wire.encode_frame(FRAMES[1])[:cut])
+    await left.aclose()
+    with pytest.raises(wire.WireError):
+        await wire.FrameReader(right).receive_frames()
+
+
+async def test_reader_refuses_an_oversize_length_without_waiting_for_the_body():
+    left, right = trio.testing.memory_stream_pair()
+    await left.send_all((2**31).to_bytes(4, "big"))  # the stream stays open: no body will come
+    with pytest.raises(wire.WireError):
+        await wire.FrameReader(right).receive_frames()
+
+
+async def test_reader_hands_out_good_frames_then_refuses_the_bad_header():
+    left, right = trio.testing.memory_stream_pair()
+    await left.send_all(wire.encode_frame(FRAMES[0]) + (0).to_bytes(4, "big"))
+    reader = wire.FrameReader(right)
+    assert [wire.decode_body(b) for b in await reader.receive_frames()] == [FRAMES[0]]
+    with pytest.raises(wire.WireError):
+        await reader.receive_frames()
