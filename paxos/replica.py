@@ -657,7 +657,9 @@ class Replica:
         self._leader_id = self.node_id
         self._count("became_leader")
         self._in_flight = {}
-        self._next_slot = self._first_slot
+        # Slots we compacted during the election are decided and gone from our log: followers fetch
+        # them with CatchupRequest, and our ballot proposes nothing there.
+        self._next_slot = max(self._first_slot, self._snapshot_slot + 1)
         self._reproposed_slot = max(values, default=self._first_slot - 1)
         self._announced_decided_slot = 0
         self._heartbeat_elapsed = 0
@@ -666,7 +668,8 @@ class Replica:
         for slot in sorted(values):
             if self._role != LEADER:
                 return
-            self._open_slot(slot, values[slot])
+            if slot >= self._next_slot:
+                self._open_slot(slot, values[slot])
         if self._role == LEADER:
             self._start_heartbeat_round()  # tell everyone who leads now, even with nothing to propose
 

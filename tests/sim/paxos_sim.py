@@ -1,0 +1,433 @@
+"""A deterministic simulator for the Multi-Paxos core (``paxos.replica``).
+
+Theory of operation
+-------------------
+One ``random.Random(seed)`` drives everything, so a seed is a complete recipe for a run and a failure
+replays exactly (``pytest tests/sim --seed N``). The loop is plain Python, single-threaded, without
+trio (trio's scheduler is not deterministic).
+
+The world is N replicas, N in-memory storages (a list of durable records plus a snapshot) and a bag of
+in-flight messages. Each step the RNG picks one event:
+
+* deliver a random in-flight message (picking at random reorders the network),
+* drop one, duplicate one,
+* tick one node (one logical time unit),
+* crash a node: throw the ``Replica`` and its state machine away; a restart rebuilds both from ONLY
+  what its storage holds (``DurableState.replay`` of the stored records, and the stored snapshot),
+* partition the nodes in two groups, or heal,
+* submit a client command (unique bytes) to a node, start a read at a node,
+* compact a node (take a snapshot of its state machine up to some applied slot).
+
+The shell contract is simulated literally: an ``Actions`` batch's records are stored before its
+messages enter the network, then applied commands go to the node's state machine (a list of the
+batches applied, slot by slot), then reads are answered, and each node in ``snapshot_to`` gets the
+sender's stored snapshot as a message (which can be reordered or lost like any other).
+``send_before_persist=True`` breaks this on purpose: messages leave at once and the records are only
+stored at the node's next tick, so a crash in between loses promises and acceptances that others
+already saw.
+
+After every step the simulator checks safety:
+
+* a slot never has two different decided values, anywhere, at any time (a global map of every value
+  seen decided: in a ``DecideRecord`` or in ``apply``) -- Paxos Made Simple, section 2.1, "only a
+  single value is chosen";
+* every node applies slots in order without gaps, and each applied batch is the globally decided one,
+  so the applied sequences are prefixes of each other (section 3, the state machine replicas agree);
+* every decided command was submitted (section 2.1, "only a value that has been proposed may be
+  chosen");
+* a served read's index covers every slot applied anywhere before the read began (linearizable reads).
+
+Then the liveness phase: all nodes up, network healed, no faults. A leader must emerge, and commands
+submitted to it must be decided and applied everywhere within a bound of ticks.
+
+Every failure raises with the seed, a replay command and the last lines of the event trace, each line
+prefixed with the step and simulated tick.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from paxos.actions import DecideRecord, DurableState
+from paxos.replica import Config, Options, Replica
+
+TRACE_LINES = 60
+
+FAULT_EVENTS = (  # (event, weight)
+    ("deliver", 40),
+    ("tick", 22),
+    ("submit", 12),
+    ("read", 3),
+    ("drop", 4),
+    ("duplicate", 3),
+    ("crash", 1),
+    ("restart", 3),
+    ("partition", 1),
+    ("heal", 2),
+    ("compact", 2),
+)
+
+
+class SafetyViolation(AssertionError):
+    """Two decided values for one slot, diverging applied logs, an invented command, a stale read."""
+
+
+class LivenessFailure(AssertionError):
+    """With every node up and no faults, the cluster failed to decide within the bound."""
+
+
+@dataclass
+class Storage:
+    """A node's durable storage: what survives a crash."""
+
+    records: list = field(default_factory=list)
+    snapshot_slot: int = 0
+    snapshot: tuple = ()  # the state machine at snapshot_slot: the batches of slots 1..snapshot_slot
+
+
+@dataclass(frozen=True)
+class SnapshotMessage:
+    """The shell's snapshot transfer (``Actions.snapshot_to``), carried by the simulated network."""
+
+    slot: int
+    batches: tuple
+
+
+@dataclass
+class Node:
+    node_id: int
+    storage: Storage = field(default_factory=Storage)
+    replica: Replica | None = None
+    applied: list | None = None  # the state machine: batches of slots 1..applied_slot
+    unsynced: list = field(default_factory=list)  # only in send_before_persist mode
+
+
+class Simulation:
+    """One seeded run. ``run()`` does the fault phase, then the liveness phase; raises on failure."""
+
+    def __init__(self, seed: int, *, nodes: int = 3, steps: int = 300, replica_class=Replica,
+                 send_before_persist: bool = False, options: Options | None = None,
+                 liveness_commands: int = 10) -> None:
+        self.seed = seed
+        self.nodes_count = nodes
+        self.steps = steps
+        self.replica_class = replica_class
+        self.send_before_persist = send_before_persist
+        self.options = options or Options(heartbeat_ticks=1, election_timeout_ticks=4, window=8,
+                                          batch_count_max=4, catchup_entries_max=8)
+        self.liveness_commands = liveness_commands
+        self.rng = random.Random(seed)
+        self.config = Config(node_ids=tuple(range(1, nodes + 1)))
+        self.nodes = {i: Node(i) for i in self.config.node_ids}
+        self.network: list = []  # (src, dst, message)
+        self.group: dict[int, int] | None = None  # partition: node -> side; None when healed
+        self.decided: dict[int, tuple] = {}  # slot -> the one value ever decided there
+        self.submitted: set[bytes] = set()
+        self.command_count = 0
+        self.read_count = 0
+        self.pending_reads: dict[int, int] = {}  # read_id -> highest slot applied anywhere at issue
+        self.applied_max = 0
+        self.step_no = 0
+        self.now = 0  # simulated ticks (each node tick counts one)
+        self.trace: deque[str] = deque(maxlen=TRACE_LINES)
+        self.stats = {name: 0 for name, _ in FAULT_EVENTS}
+        self.stats.update(reads_served=0, dropped_by_partition=0, snapshots_installed=0)
+        for node in self.nodes.values():
+            self._start(node)
+
+    # ---------------------------------------------------------------- driver
+
+    def run(self) -> "Simulation":
+        self.run_faults()
+        self.run_liveness()
+        return self
+
+    def run_faults(self) -> None:
+        names = [name for name, _ in FAULT_EVENTS]
+        weights = [weight for _, weight in FAULT_EVENTS]
+        for self.step_no in range(1, self.steps + 1):
+            event = self.rng.choices(names, weights)[0]
+            self.stats[event] += 1
+            self._guard(getattr(self, "_event_" + event))
+            if self.step_no % 50 == 0:
+                self._check_prefixes()
+        self._check_prefixes()
+
+    def run_liveness(self) -> None:
+        """Heal, restart everyone, stop faults; a leader must emerge and decide what it is given."""
+        self.group = None
+        for node in self.nodes.values():
+            if node.replica is None:
+                self._guard(lambda node=node: self._restart(node))
+        bound = 30 * self.options.election_timeout_ticks
+        leader = None
+        for _ in range(bound):
+            self._guard(self._round)
+            leader = self._stable_leader()
+            if leader is not None:
+                break
+        if leader is None:
+            self._fail(LivenessFailure, f"no stable leader within {bound} rounds after healing")
+        commands = []
+        for _ in range(self.liveness_commands):
+            command = self._new_command()
+            if not leader.replica.propose(command):
+                self._fail(LivenessFailure, f"stable leader {leader.node_id} refused a proposal")
+            self.submitted.add(command)
+            commands.append(command)
+        self._guard(lambda: self._drain(leader))
+        for rounds in range(bound):
+            decided_commands = {c for batch in self.decided.values() for c in batch}
+            top = max(self.decided, default=0)
+            if set(commands) <= decided_commands and all(n.replica.applied_slot >= top for n in self.nodes.values()):
+                self._check_prefixes()
+                self.trace.append(f"liveness: decided everywhere after {rounds} rounds")
+                return
+            self._guard(self._round)
+        missing = [c for c in commands if c not in {x for b in self.decided.values() for x in b}]
+        self._fail(LivenessFailure, f"within {bound} rounds, not decided: {missing!r}; applied "
+                   f"{ {n.node_id: n.replica.applied_slot for n in self.nodes.values()} }")
+
+    def _round(self) -> None:
+        """Liveness round: tick every node once, then deliver every message (random order, no loss)."""
+        for node in self.nodes.values():
+            self._tick(node)
+        for _ in range(100_000):
+            if not self.network:
+                return
+            self._deliver(self.network.pop(self.rng.randrange(len(self.network))))
+        raise AssertionError("network did not drain within 100000 deliveries")
+
+    def _stable_leader(self) -> Node | None:
+        leaders = [n for n in self.nodes.values() if n.replica.is_leader]
+        if len(leaders) != 1:
+            return None
+        leader = leaders[0]
+        if all(n.replica.leader_id == leader.node_id for n in self.nodes.values()):
+            return leader
+        return None
+
+    # ---------------------------------------------------------------- fault-phase events
+
+    def _up(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.replica is not None]
+
+    def _event_deliver(self) -> None:
+        if self.network:
+            self._deliver(self._pop_random_message())
+
+    def _event_drop(self) -> None:
+        if self.network:
+            src, dst, message = self._pop_random_message()
+            self._log(f"drop {src}->{dst} {type(message).__name__}")
+
+    def _event_duplicate(self) -> None:
+        if self.network:
+            item = self.rng.choice(self.network)
+            self.network.append(item)
+            self._log(f"duplicate {item[0]}->{item[1]} {type(item[2]).__name__}")
+
+    def _event_tick(self) -> None:
+        up = self._up()
+        if up:
+            self._tick(self.rng.choice(up))
+
+    def _event_submit(self) -> None:
+        up = self._up()
+        if not up:
+            return
+        leaders = [n for n in up if n.replica.is_leader]
+        node = self.rng.choice(leaders) if leaders and self.rng.random() < 0.8 else self.rng.choice(up)
+        command = self._new_command()
+        if node.replica.propose(command):
+            self.submitted.add(command)
+            self._log(f"submit {command!r} to {node.node_id}")
+            self._drain(node)
+
+    def _event_read(self) -> None:
+        leaders = [n for n in self._up() if n.replica.is_leader]
+        if not leaders:
+            return
+        node = self.rng.choice(leaders)
+        self.read_count += 1
+        if node.replica.read(self.read_count):
+            self.pending_reads[self.read_count] = self.applied_max
+            self._log(f"read {self.read_count} at {node.node_id} (applied anywhere: {self.applied_max})")
+            self._drain(node)
+
+    def _event_crash(self) -> None:
+        up = self._up()
+        if not up:
+            return
+        node = self.rng.choice(up)
+        self._log(f"CRASH {node.node_id} (lost {len(node.unsynced)} unsynced records)")
+        node.replica = None
+        node.applied = None
+        node.unsynced = []
+
+    def _event_restart(self) -> None:
+        down = [n for n in self.nodes.values() if n.replica is None]
+        if down:
+            self._restart(self.rng.choice(down))
+
+    def _event_partition(self) -> None:
+        ids = list(self.config.node_ids)
+        side = set(self.rng.sample(ids, self.rng.randrange(1, len(ids)))) if len(ids) > 1 else set()
+        self.group = {i: int(i in side) for i in ids}
+        self._log(f"partition {sorted(side)} | {sorted(set(ids) - side)}")
+
+    def _event_heal(self) -> None:
+        if self.group is not None:
+            self.group = None
+            self._log("heal")
+
+    def _event_compact(self) -> None:
+        candidates = [n for n in self._up() if n.replica.applied_slot > n.replica.snapshot_slot]
+        if not candidates:
+            return
+        node = self.rng.choice(candidates)
+        replica = node.replica
+        slot = self.rng.randint(replica.snapshot_slot + 1, replica.applied_slot)
+        replica.compact(slot)
+        node.storage.snapshot_slot = slot
+        node.storage.snapshot = tuple(node.applied[:slot])
+        # Rewriting the log from durable_state() also makes any unsynced record durable.
+        node.storage.records = replica.durable_state().records()
+        node.unsynced = []
+        self._log(f"compact {node.node_id} through slot {slot}")
+
+    # ---------------------------------------------------------------- node plumbing
+
+    def _start(self, node: Node) -> None:
+        state = DurableState.replay(node.storage.records, node.storage.snapshot_slot)
+        node.applied = list(node.storage.snapshot)
+        node.replica = self.replica_class(node.node_id, self.config, rng=random.Random(self.rng.getrandbits(64)),
+                                          state=state, options=self.options)
+        self._drain(node)
+
+    def _restart(self, node: Node) -> None:
+        self._log(f"restart {node.node_id} from {len(node.storage.records)} records, "
+                  f"snapshot at {node.storage.snapshot_slot}")
+        self._start(node)
+
+    def _tick(self, node: Node) -> None:
+        self.now += 1
+        if node.unsynced and self.rng.random() < 0.25:
+            # The broken shell syncs lazily, on a timer (every fourth tick on average), long after its
+            # messages already left.
+            node.storage.records.extend(node.unsynced)
+            node.unsynced = []
+        node.replica.tick()
+        self._drain(node)
+
+    def _pop_random_message(self):
+        index = self.rng.randrange(len(self.network))
+        self.network[index], self.network[-1] = self.network[-1], self.network[index]
+        return self.network.pop()
+
+    def _deliver(self, item) -> None:
+        src, dst, message = item
+        node = self.nodes[dst]
+        if node.replica is None:
+            return
+        if self.group is not None and self.group[src] != self.group[dst]:
+            self.stats["dropped_by_partition"] += 1
+            return
+        if isinstance(message, SnapshotMessage):
+            if message.slot > node.replica.applied_slot:
+                self._log(f"install snapshot at {message.slot} from {src} on {dst}")
+                self.stats["snapshots_installed"] += 1
+                self._drain(node)  # carry out pending actions before the log is rewritten
+                node.applied = list(message.batches)
+                node.replica.install_snapshot(message.slot)
+                node.storage.snapshot_slot = message.slot
+                node.storage.snapshot = message.batches
+                node.storage.records = node.replica.durable_state().records()
+                node.unsynced = []
+                self._drain(node)
+            return
+        node.replica.receive(message)
+        self._drain(node)
+
+    def _drain(self, node: Node) -> None:
+        """Carry out one Actions batch in contract order: persist, send, apply, reads, snapshots."""
+        actions = node.replica.take_actions()
+        for record in actions.persist:
+            if isinstance(record, DecideRecord):
+                self._observe_decided(node, record.slot, record.value)
+        if self.send_before_persist:
+            node.unsynced.extend(actions.persist)
+        else:
+            node.storage.records.extend(actions.persist)
+        for to, message in actions.send:
+            assert to != node.node_id and to in self.nodes, f"bad destination {to}"
+            self.network.append((node.node_id, to, message))
+        for slot, batch in actions.apply:
+            if slot != len(node.applied) + 1:
+                self._fail(SafetyViolation, f"node {node.node_id} applied slot {slot} after {len(node.applied)}")
+            self._observe_decided(node, slot, batch)
+            node.applied.append(batch)
+            self.applied_max = max(self.applied_max, slot)
+        if node.replica.applied_slot != len(node.applied):
+            self._fail(SafetyViolation, f"node {node.node_id}: core applied_slot {node.replica.applied_slot} "
+                       f"but the state machine holds {len(node.applied)} slots")
+        for read_id, index in actions.reads:
+            needed = self.pending_reads.pop(read_id)
+            self.stats["reads_served"] += 1
+            if index < needed or len(node.applied) < index:
+                self._fail(SafetyViolation, f"read {read_id} served at index {index} by node {node.node_id}, "
+                           f"but slot {needed} was applied before it began (node applied {len(node.applied)})")
+        for read_id in actions.rejected_reads:
+            self.pending_reads.pop(read_id)
+        for to in actions.snapshot_to:
+            if node.storage.snapshot_slot > 0:
+                self.network.append((node.node_id, to, SnapshotMessage(node.storage.snapshot_slot,
+                                                                        node.storage.snapshot)))
+
+    def _observe_decided(self, node: Node, slot: int, value: tuple) -> None:
+        old = self.decided.get(slot)
+        if old is None:
+            for command in value:
+                if command not in self.submitted:
+                    self._fail(SafetyViolation, f"node {node.node_id} decided {command!r}, never submitted")
+            self.decided[slot] = value
+        elif old != value:
+            self._fail(SafetyViolation, f"slot {slot}: node {node.node_id} decided {value!r}, "
+                       f"but {old!r} was decided before")
+
+    def _check_prefixes(self) -> None:
+        """Every live state machine is the decided log's prefix, so any two are prefixes of each other."""
+        for node in self._up():
+            for slot, batch in enumerate(node.applied, start=1):
+                if self.decided.get(slot) != batch:
+                    self._fail(SafetyViolation, f"node {node.node_id} applied {batch!r} at slot {slot}, "
+                               f"decided is {self.decided.get(slot)!r}")
+
+    def _new_command(self) -> bytes:
+        self.command_count += 1
+        return b"cmd-%d" % self.command_count
+
+    # ---------------------------------------------------------------- reporting
+
+    def _guard(self, action) -> None:
+        """Run one event; turn the core's own safety assertions into a seeded report."""
+        try:
+            action()
+        except (SafetyViolation, LivenessFailure):
+            raise
+        except AssertionError as error:
+            kind = SafetyViolation if str(error).startswith("safety:") else AssertionError
+            self._fail(kind, f"assertion in the core: {error}", cause=error)
+
+    def _log(self, text: str) -> None:
+        self.trace.append(f"[step {self.step_no} tick {self.now}] {text}")
+
+    def _fail(self, kind, text: str, cause: BaseException | None = None):
+        mode = " (send_before_persist)" if self.send_before_persist else ""
+        if self.replica_class is not Replica:
+            mode += f" (replica_class {self.replica_class.__name__})"
+        message = (f"seed {self.seed}, {self.nodes_count} nodes{mode}, step {self.step_no}, tick {self.now}: "
+                   f"{text}\nreplay: pytest tests/sim --seed {self.seed}\nlast events:\n  "
+                   + "\n  ".join(self.trace))
+        raise kind(message) from cause
