@@ -560,3 +560,31 @@ def test_invalid_configuration_and_options_are_refused():
         Config(node_ids=(0, 1))
     with pytest.raises(ValueError):
         Options(window=0)
+
+
+def test_candidate_that_compacted_during_its_election_does_not_reopen_compacted_slots():
+    """Regression (sim seed 3/44): decided slots learned from a promise and then compacted are not
+    re-proposed; the new leader's first slot comes after its snapshot (section 3: one value per slot)."""
+    replica = make(1)
+    run_election_timeout(replica)
+    replica.receive(promise(2, Ballot(1, 1), decided=[DecidedEntry(slot=1, value=A), DecidedEntry(slot=2, value=B)],
+                            accepted=[AcceptedEntry(slot=3, ballot=Ballot(0, 2), value=C)]))
+    assert replica.is_leader
+    replica.take_actions()
+    replica.compact(2)  # fine: both slots are applied
+    replica.propose(b"new")
+    actions = replica.take_actions()
+    assert [r.slot for r in actions.persist] == [4]
+
+    # The same story with the compaction before the majority arrives.
+    replica = make(1, nodes=5)
+    run_election_timeout(replica)
+    replica.receive(promise(2, Ballot(1, 1), decided=[DecidedEntry(slot=1, value=A), DecidedEntry(slot=2, value=B)]))
+    replica.take_actions()
+    replica.compact(2)
+    replica.receive(promise(3, Ballot(1, 1)))
+    assert replica.is_leader
+    actions = replica.take_actions()
+    assert not sent(actions, Accept)  # nothing left to re-propose above the snapshot
+    replica.propose(b"new")
+    assert [r.slot for r in replica.take_actions().persist] == [3]

@@ -101,6 +101,7 @@ class Node:
     replica: Replica | None = None
     applied: list | None = None  # the state machine: batches of slots 1..applied_slot
     unsynced: list = field(default_factory=list)  # only in send_before_persist mode
+    last_role: tuple | None = None  # for the trace: log role and ballot changes
 
 
 class Simulation:
@@ -353,6 +354,10 @@ class Simulation:
     def _drain(self, node: Node) -> None:
         """Carry out one Actions batch in contract order: persist, send, apply, reads, snapshots."""
         actions = node.replica.take_actions()
+        role = (node.replica.status()["role"], node.replica.ballot)
+        if role != node.last_role:
+            node.last_role = role
+            self._log(f"node {node.node_id} is {role[0]} at {role[1]}")
         for record in actions.persist:
             if isinstance(record, DecideRecord):
                 self._observe_decided(node, record.slot, record.value)
