@@ -474,7 +474,13 @@ class Replica:
             self._decided_hint = decided_slot
         if decided_slot <= self._decided_slot:
             return
-        for slot in sorted(s for s in self._accepted if self._decided_slot < s <= decided_slot):
+        if decided_slot - self._decided_slot <= len(self._accepted):
+            candidates = range(self._decided_slot + 1, decided_slot + 1)  # the usual case: a short gap
+        else:
+            candidates = sorted(s for s in self._accepted if self._decided_slot < s <= decided_slot)
+        for slot in candidates:
+            if slot not in self._accepted:
+                continue
             accepted_ballot, value = self._accepted[slot]
             if accepted_ballot == ballot and slot not in self._decided:
                 self._mark_decided(slot, value)
