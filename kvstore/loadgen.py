@@ -1,0 +1,484 @@
+"""The load generator behind ``kv bench`` and the scripts in ``bench/``.
+
+Theory of operation
+-------------------
+``run_load(spec)`` drives a store with ``spec.clients`` requests in flight, spread over ``spec.conns``
+connections (each an ``AsyncClient``, which pipelines many requests on one TCP connection). Each of the
+``clients`` workers is a trio task that takes the next request number from a shared counter, performs
+one operation, records its latency, and repeats. It stops by itself: after ``total`` requests, or when
+``duration`` has passed, and in any case after ``time_limit_s`` (every loop is bounded in count and time).
+
+* **Closed loop** (default): a worker sends its next request as soon as the previous one is answered.
+* **Open loop** (``rate``): request ``i`` is *scheduled* at ``start + i / rate``. A worker waits for
+  that instant, sends, and the latency is measured **from the scheduled instant**, not from the moment
+  the worker got to send. If the store falls behind, the queueing delay shows up in the latencies instead
+  of silently lowering the offered load (this avoids "coordinated omission"). ``clients`` still bounds
+  how many requests are outstanding.
+
+Latencies go into an HdrHistogram (microseconds, 3 significant digits); a second histogram per
+one-second interval gives the timeline (throughput and latency over time) for plots. Errors are counted
+by kind (exception class, plus the server's error code for ``RequestError``), and the run continues.
+
+What is driven is pluggable: ``open_targets`` is an async context manager factory yielding a list of
+objects with ``async put(key, value)`` and ``async get(key, consistency)``; the default one opens
+``kvstore.client`` connections. ``bench/compare.py`` plugs in other systems so that every system sees
+the same load shape.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, TextIO
+
+import trio
+
+from .client import RequestError, Unavailable, connect
+
+LATENCY_US_MAX = 60_000_000  # one minute; longer latencies are recorded as one minute
+OPS = ("put", "get", "mixed")
+
+
+class LoadSpecError(ValueError):
+    """A load specification that cannot be run (caller mistake)."""
+
+
+def _histogram():
+    try:
+        from hdrh.histogram import HdrHistogram
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "the load generator needs the hdrhistogram package: pip install 'paxos-kv[bench]'"
+        ) from exc
+    return HdrHistogram(1, LATENCY_US_MAX, 3)
+
+
+@dataclass
+class LoadSpec:
+    """The shape of a load. ``total`` or ``duration`` ends the run (if both, whichever comes first)."""
+
+    endpoints: list[str] = field(default_factory=list)
+    clients: int = 16  # requests in flight
+    conns: int = 1  # client connections; worker i uses connection i % conns
+    total: int | None = 10_000
+    duration: float | None = None  # seconds
+    key_size: int = 8
+    val_size: int = 100
+    key_space_size: int = 10_000
+    sequential_keys: bool = False
+    consistency: str = "l"  # reads: l linearizable, s serializable
+    op: str = "put"  # put | get | mixed
+    read_ratio: float = 0.5  # share of gets with op="mixed"
+    rate: float | None = None  # open loop: requests per second overall
+    timeout: float = 5.0  # per request, retries included (the client's timeout)
+    warmup: int = 0  # unmeasured puts per connection before the run (connects, finds the leader)
+    seed: int = 1
+    time_limit_s: float | None = None  # hard cap; default: duration + 2*timeout, or 600 s with total
+
+    def validate(self) -> None:
+        if self.clients < 1:
+            raise LoadSpecError("clients (requests in flight) must be at least 1")
+        if self.conns < 1:
+            raise LoadSpecError("conns must be at least 1")
+        if self.total is None and self.duration is None:
+            raise LoadSpecError("give total or duration")
+        if self.total is not None and self.total < 1:
+            raise LoadSpecError("total must be at least 1")
+        if self.duration is not None and not self.duration > 0:
+            raise LoadSpecError("duration must be positive")
+        if self.key_size < 1 or self.val_size < 0:
+            raise LoadSpecError("key size must be at least 1 and value size at least 0")
+        if self.key_space_size < 1:
+            raise LoadSpecError("key space size must be at least 1")
+        if self.consistency not in ("l", "s"):
+            raise LoadSpecError("consistency must be 'l' or 's'")
+        if self.op not in OPS:
+            raise LoadSpecError(f"op must be one of {', '.join(OPS)}")
+        if not 0.0 <= self.read_ratio <= 1.0:
+            raise LoadSpecError("read ratio must be between 0 and 1")
+        if self.rate is not None and not self.rate > 0:
+            raise LoadSpecError("rate must be positive")
+        if self.timeout <= 0:
+            raise LoadSpecError("timeout must be positive")
+
+    def hard_limit_s(self) -> float:
+        if self.time_limit_s is not None:
+            return self.time_limit_s
+        if self.duration is not None:
+            return self.duration + 2 * self.timeout
+        return 600.0
+
+    def count_limit(self) -> int:
+        # A duration run is bounded in count too (never reached in practice on one machine).
+        return self.total if self.total is not None else 100_000_000
+
+    def key(self, n: int) -> str:
+        return str(n).zfill(self.key_size)
+
+    def value(self) -> str:
+        return ("0123456789abcdef" * (self.val_size // 16 + 1))[: self.val_size]
+
+    def params(self) -> dict:
+        d = asdict(self)
+        d["mode"] = "open loop" if self.rate else "closed loop"
+        return d
+
+
+def machine_facts() -> dict:
+    """What to record with every result: the machine and the software it ran."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu or platform.processor(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short stable name for an error, used to count errors by kind."""
+    if isinstance(exc, RequestError):
+        return f"RequestError:{exc.code}"
+    if isinstance(exc, Unavailable):
+        return "Unavailable(outcome unknown)" if exc.outcome_unknown else "Unavailable"
+    kind = getattr(exc, "kind", None)  # other targets may name their errors
+    return str(kind) if kind else type(exc).__name__
+
+
+def _latency_summary(hist) -> dict:
+    if hist.get_total_count() == 0:
+        return {k: None for k in ("min", "mean", "p50", "p90", "p99", "p999", "max")}
+    ms = 1000.0
+    return {
+        "min": hist.get_min_value() / ms,
+        "mean": hist.get_mean_value() / ms,
+        "p50": hist.get_value_at_percentile(50) / ms,
+        "p90": hist.get_value_at_percentile(90) / ms,
+        "p99": hist.get_value_at_percentile(99) / ms,
+        "p999": hist.get_value_at_percentile(99.9) / ms,
+        "max": hist.get_max_value() / ms,
+    }
+
+
+@dataclass
+class LoadResult:
+    """The outcome of one run. Latencies in milliseconds, throughput in successful requests per second."""
+
+    spec: LoadSpec
+    ok: int
+    errors: dict[str, int]
+    elapsed_s: float
+    histogram: Any  # hdrh HdrHistogram of every successful request, microseconds
+    timeline: list[dict]  # one entry per second: t_s, ok, errors, p50_ms, p99_ms, max_ms
+    stopped_by: str  # "total", "duration" or "time limit"
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def latency_ms(self) -> dict:
+        return _latency_summary(self.histogram)
+
+    def to_dict(self, *, timeline: bool = True) -> dict:
+        d = {
+            "params": self.spec.params(),
+            "ok": self.ok,
+            "errors": dict(sorted(self.errors.items())),
+            "error_count": sum(self.errors.values()),
+            "elapsed_s": round(self.elapsed_s, 6),
+            "throughput_ops_s": round(self.throughput, 1),
+            "latency_ms": {k: (None if v is None else round(v, 3)) for k, v in self.latency_ms.items()},
+            "stopped_by": self.stopped_by,
+            "machine": machine_facts(),
+        }
+        if timeline:
+            d["timeline"] = self.timeline
+        return d
+
+    def format_text(self) -> str:
+        """A human-readable summary, like etcd's benchmark tool."""
+        lat = self.latency_ms
+        spec = self.spec
+        mode = f"open loop at {spec.rate:g} req/s" if spec.rate else "closed loop"
+        lines = [
+            f"Summary ({spec.op}, {spec.clients} in flight over {spec.conns} connection(s), {mode}):",
+            f"  Requests:    {self.ok} ok, {sum(self.errors.values())} errors, stopped by {self.stopped_by}",
+            f"  Total:       {self.elapsed_s:.4f} s",
+            f"  Throughput:  {self.throughput:.1f} requests/s",
+        ]
+        if lat["p50"] is not None:
+            lines.append("  Latency (ms, HdrHistogram):")
+            for name in ("min", "p50", "p90", "p99", "max", "mean"):
+                lines.append(f"    {name:<5} {lat[name]:10.3f}")
+        if self.errors:
+            lines.append("  Errors by kind:")
+            for kind, count in sorted(self.errors.items(), key=lambda kv: -kv[1]):
+                lines.append(f"    {count:8d}  {kind}")
+        return "\n".join(lines)
+
+
+class _KvTarget:
+    """Adapts an ``AsyncClient`` to the target interface."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    async def put(self, key: str, value: str) -> None:
+        await self.client.put(key, value)
+
+    async def get(self, key: str, consistency: str) -> None:
+        await self.client.get(key, consistency=consistency)
+
+
+@asynccontextmanager
+async def kv_targets(spec: LoadSpec):
+    """``spec.conns`` connections to our store (``kvstore.client.connect``), as load targets."""
+    async with trio.open_nursery() as nursery:
+        targets: list = []
+        ready = trio.Event()
+        done = trio.Event()
+
+        async def hold(i: int) -> None:
+            async with connect(spec.endpoints, timeout=spec.timeout) as client:
+                targets.append(_KvTarget(client))
+                if len(targets) == spec.conns:
+                    ready.set()
+                await done.wait()
+
+        for i in range(spec.conns):
+            nursery.start_soon(hold, i)
+        await ready.wait()
+        try:
+            yield targets
+        finally:
+            done.set()
+
+
+class _Progress:
+    """Reports progress on a stream: a rewritten bar on a TTY, else one line per second."""
+
+    def __init__(self, stream: TextIO | None, spec: LoadSpec) -> None:
+        self.stream = stream
+        self.spec = spec
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+
+    def show(self, elapsed: float, ok: int, errors: int, recent_rate: float, final: bool = False) -> None:
+        if self.stream is None:
+            return
+        spec = self.spec
+        fractions = []
+        if spec.total is not None:
+            fractions.append((ok + errors) / spec.total)
+        if spec.duration is not None:
+            fractions.append(elapsed / spec.duration)
+        frac = min(1.0, max(fractions)) if fractions else 0.0
+        text = f"{ok} ok {errors} err {elapsed:6.1f}s {recent_rate:9.0f} req/s"
+        if self.tty:
+            width = 30
+            filled = int(frac * width)
+            self.stream.write(f"\r[{'=' * filled}{' ' * (width - filled)}] {frac * 100:5.1f}% {text}")
+            if final:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"bench: {frac * 100:5.1f}% {text}\n")
+        self.stream.flush()
+
+
+async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
+                   progress: TextIO | None = None) -> LoadResult:
+    """Run one load against ``spec.endpoints`` (or the targets ``open_targets(spec)`` yields).
+
+    Returns when the run stops by itself (see the module docstring). Raises ``LoadSpecError`` for an
+    impossible spec; request failures are counted in the result, never raised.
+    """
+    spec.validate()
+    open_targets = open_targets or kv_targets
+    value = spec.value()
+    rng = random.Random(spec.seed)
+    hist = _histogram()
+    count_limit = spec.count_limit()
+    errors: dict[str, int] = {}
+    timeline: list[dict] = []
+    state = {"next": 0, "ok": 0, "err": 0, "stopped_by": "total"}
+    interval = {"hist": _histogram(), "ok": 0, "err": 0}
+
+    async with open_targets(spec) as targets:
+        if spec.warmup:
+            async def warm(target) -> None:
+                for j in range(spec.warmup):
+                    try:
+                        await target.put(spec.key(j % spec.key_space_size), value)
+                    except Exception:  # noqa: BLE001 - warm-up failures show up in the run
+                        pass
+            with trio.move_on_after(spec.timeout * 2):
+                async with trio.open_nursery() as nursery:
+                    for target in targets:
+                        nursery.start_soon(warm, target)
+
+        clock = trio.current_time
+        start = clock()
+        end = start + spec.duration if spec.duration is not None else math.inf
+        hard_end = start + spec.hard_limit_s()
+        last_done = [start]
+
+        def next_request() -> int | None:
+            i = state["next"]
+            now = clock()
+            if i >= count_limit:
+                state["stopped_by"] = "total" if spec.total is not None else "count limit"
+                return None
+            if now >= end or (spec.rate and start + i / spec.rate >= end):
+                state["stopped_by"] = "duration"
+                return None
+            if now >= hard_end:
+                state["stopped_by"] = "time limit"
+                return None
+            state["next"] = i + 1
+            return i
+
+        def choose_op() -> bool:  # True: get
+            if spec.op == "put":
+                return False
+            if spec.op == "get":
+                return True
+            return rng.random() < spec.read_ratio
+
+        async def worker(w: int) -> None:
+            target = targets[w % len(targets)]
+            while True:
+                i = next_request()
+                if i is None:
+                    return
+                n = i % spec.key_space_size if spec.sequential_keys else rng.randrange(spec.key_space_size)
+                key = spec.key(n)
+                is_get = choose_op()
+                if spec.rate:
+                    began = start + i / spec.rate
+                    await trio.sleep_until(began)
+                else:
+                    began = clock()
+                try:
+                    if is_get:
+                        await target.get(key, spec.consistency)
+                    else:
+                        await target.put(key, value)
+                except Exception as exc:  # noqa: BLE001 - counted by kind; the run goes on
+                    kind = error_kind(exc)
+                    errors[kind] = errors.get(kind, 0) + 1
+                    state["err"] += 1
+                    interval["err"] += 1
+                    continue
+                finished = clock()
+                last_done[0] = finished
+                us = min(LATENCY_US_MAX, max(1, int((finished - began) * 1_000_000)))
+                hist.record_value(us)
+                interval["hist"].record_value(us)
+                state["ok"] += 1
+                interval["ok"] += 1
+
+        reporter = _Progress(progress, spec)
+
+        async def ticker(cancel_scope: trio.CancelScope) -> None:
+            second = 0
+            while True:
+                second += 1
+                await trio.sleep_until(start + second)
+                h, ok, err = interval["hist"], interval["ok"], interval["err"]
+                interval.update(hist=_histogram(), ok=0, err=0)
+                lat = _latency_summary(h)
+                timeline.append({"t_s": second, "ok": ok, "errors": err, "p50_ms": lat["p50"],
+                                 "p99_ms": lat["p99"], "max_ms": lat["max"]})
+                reporter.show(clock() - start, state["ok"], state["err"], ok)
+                if clock() >= hard_end + spec.timeout + 1.0:
+                    state["stopped_by"] = "time limit"
+                    cancel_scope.cancel()  # requests still stuck past every timeout: give up
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(ticker, outer.cancel_scope)
+            async with trio.open_nursery() as workers:
+                for w in range(spec.clients):
+                    workers.start_soon(worker, w)
+            outer.cancel_scope.cancel()
+        stop = clock()
+
+    # The last partial second joins the timeline if it saw anything.
+    if interval["ok"] or interval["err"]:
+        lat = _latency_summary(interval["hist"])
+        timeline.append({"t_s": round(stop - start, 3), "ok": interval["ok"], "errors": interval["err"],
+                         "p50_ms": lat["p50"], "p99_ms": lat["p99"], "max_ms": lat["max"]})
+    elapsed = max(1e-9, (last_done[0] if state["ok"] else stop) - start)
+    if spec.rate and spec.duration is not None and state["stopped_by"] == "duration":
+        elapsed = max(elapsed, min(spec.duration, stop - start))
+    result = LoadResult(spec=spec, ok=state["ok"], errors=errors, elapsed_s=elapsed, histogram=hist,
+                        timeline=timeline, stopped_by=state["stopped_by"])
+    reporter.show(elapsed, result.ok, sum(errors.values()), result.throughput, final=True)
+    return result
+
+
+def run_load_sync(spec: LoadSpec, **kwargs) -> LoadResult:
+    """``run_load`` for plain scripts (starts its own trio loop)."""
+    return trio.run(lambda: run_load(spec, **kwargs))
+
+
+def plot_result(result: LoadResult, path: str, title: str | None = None) -> None:
+    """Draw latency over time (p50, p99, max per second) and throughput per second into ``path``.
+
+    Needs matplotlib (the ``plot`` extra); raises ``RuntimeError`` with an install hint without it.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("--plot needs matplotlib: pip install 'paxos-kv[plot]'") from exc
+    tl = [e for e in result.timeline if e["ok"] or e["errors"]]
+    t = [e["t_s"] for e in tl]
+    fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    for name, style in (("p50_ms", "-"), ("p99_ms", "--"), ("max_ms", ":")):
+        ax1.plot(t, [e[name] if e[name] is not None else float("nan") for e in tl], style,
+                 label=name.replace("_ms", ""))
+    ax1.set_ylabel("latency (ms)")
+    ax1.legend(loc="upper right")
+    ax1.grid(True, alpha=0.3)
+    ax2.plot(t, [e["ok"] for e in tl], "-", label="ok/s")
+    if any(e["errors"] for e in tl):
+        ax2.plot(t, [e["errors"] for e in tl], "-", label="errors/s")
+    ax2.set_ylabel("requests per second")
+    ax2.set_xlabel("time (s)")
+    ax2.legend(loc="upper right")
+    ax2.grid(True, alpha=0.3)
+    spec = result.spec
+    fig.suptitle(title or f"kv bench: {spec.op}, {spec.clients} in flight, {spec.conns} conn(s), "
+                          f"{result.throughput:.0f} req/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def dumps(result: LoadResult) -> str:
+    return json.dumps(result.to_dict(), indent=2)
+
+
+__all__ = ["LoadSpec", "LoadSpecError", "LoadResult", "run_load", "run_load_sync", "kv_targets",
+           "machine_facts", "error_kind", "plot_result", "dumps"]
+
+if __name__ == "__main__":  # pragma: no cover
+    print("use `kv bench` or bench/*.py", file=sys.stderr)
