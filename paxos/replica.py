@@ -42,9 +42,9 @@ record that makes it durable is in the same ``Actions.persist``.
 """
 from __future__ import annotations
 
-import random
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
 from .ballot import Ballot
@@ -62,6 +62,9 @@ from .messages import (
     Prepare,
     Promise,
 )
+
+if TYPE_CHECKING:  # only for the annotation: the core never touches the module-level generator
+    import random
 
 FOLLOWER = "follower"
 CANDIDATE = "candidate"
