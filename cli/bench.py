@@ -1,0 +1,160 @@
+"""``kv bench``: drive a cluster with a load and report throughput, latency and errors.
+
+The flags follow etcd's ``benchmark`` tool (``--clients``, ``--conns``, ``--total``, ``--key-size``,
+``--val-size``, ``--key-space-size``, ``--sequential-keys``, ``--consistency``, ``--rate``). The load
+itself is ``kvstore.loadgen`` (see its docstring for the open loop and coordinated omission); this
+module only parses, prints and plots. ``register(app)`` adds the command to a typer app.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from cli.common import (
+    ENV_ENDPOINTS,
+    OperationFailed,
+    Settings,
+    UsageProblem,
+    parse_endpoint_list,
+    reporting_errors,
+)
+from cli.output import OutputFormat
+
+
+class BenchOp(str, enum.Enum):
+    put = "put"
+    get = "get"
+    mixed = "mixed"
+
+
+class BenchConsistency(str, enum.Enum):
+    """l: linearizable reads (through the leader); s: serializable (local copy, may be stale)."""
+
+    l = "l"  # noqa: E741 (the etcd spelling)
+    s = "s"
+
+
+EPILOG = (
+    "Examples: kv bench --clients 64 --total 20000;  "
+    "kv bench --op mixed --read-ratio 0.9 --duration 10;  "
+    "kv bench --rate 2000 --duration 10 --plot lat.png;  kv -w json bench --total 1000"
+)
+
+
+def bench_command(
+    ctx: typer.Context,
+    endpoints: Annotated[
+        Optional[str],
+        typer.Option("--endpoints", envvar=ENV_ENDPOINTS, show_envvar=True,
+                     help="Comma list of HOST:PORT (default: the global --endpoints, KV_ENDPOINTS, "
+                          "or the local cluster)."),
+    ] = None,
+    clients: Annotated[int, typer.Option("--clients", min=1, help="Requests in flight.")] = 16,
+    conns: Annotated[int, typer.Option("--conns", min=1, help="Client connections; requests spread over them.")] = 1,
+    total: Annotated[Optional[int], typer.Option("--total", min=1, help="Requests to send (default 10000 "
+                                                 "unless --duration is given).")] = None,
+    duration: Annotated[Optional[float], typer.Option("--duration", min=0.001,
+                                                      help="Seconds to run (instead of, or as well as, --total).")] = None,
+    key_size: Annotated[int, typer.Option("--key-size", min=1, help="Key length in characters.")] = 8,
+    val_size: Annotated[int, typer.Option("--val-size", min=0, help="Value length in bytes.")] = 100,
+    key_space_size: Annotated[int, typer.Option("--key-space-size", min=1, help="Distinct keys.")] = 10_000,
+    sequential_keys: Annotated[bool, typer.Option("--sequential-keys",
+                                                  help="Walk the key space in order instead of at random.")] = False,
+    consistency: Annotated[BenchConsistency, typer.Option("--consistency",
+                                                          help="Reads: l linearizable, s serializable.")] = BenchConsistency.l,
+    op: Annotated[BenchOp, typer.Option("--op", help="put, get, or mixed (see --read-ratio).")] = BenchOp.put,
+    read_ratio: Annotated[float, typer.Option("--read-ratio", min=0.0, max=1.0,
+                                              help="Share of gets with --op mixed.")] = 0.5,
+    rate: Annotated[Optional[float], typer.Option("--rate", min=0.001,
+                                                  help="Open loop: requests per second in total; latency counts "
+                                                       "from each request's scheduled send time.")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Unmeasured puts per connection first.")] = 1,
+    write_out: Annotated[Optional[OutputFormat], typer.Option("--write-out", "-w", case_sensitive=False,
+                                                              help="Output format (default: the global -w).")] = None,
+    plot: Annotated[Optional[str], typer.Option("--plot", metavar="FILE.png",
+                                                help="Draw latency over time and throughput (needs matplotlib).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress",
+                                           help="Progress on stderr (a bar on a terminal, else a line a second).")] = True,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.001,
+                                                     help="Seconds per request, retries included "
+                                                          "(default: the global --command-timeout).")] = None,
+) -> None:
+    """Benchmark the cluster: throughput, latency (min, p50, p90, p99, max) and errors by kind."""
+    settings = ctx.find_object(Settings) or Settings()
+    with reporting_errors(settings):
+        from kvstore import loadgen
+
+        if endpoints:
+            endpoint_list = parse_endpoint_list(endpoints)
+        else:
+            endpoint_list = settings.endpoints()
+        if plot is not None:
+            if not plot.lower().endswith(".png"):
+                raise UsageProblem(f"--plot wants a .png file name, not {plot!r}")
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise UsageProblem("--plot needs matplotlib, which is not installed: "
+                                   "pip install 'paxos-kv[plot]' (or pip install matplotlib)") from None
+        try:
+            import hdrh  # noqa: F401
+        except ImportError:
+            raise UsageProblem("kv bench needs hdrhistogram: pip install 'paxos-kv[bench]'") from None
+        spec = loadgen.LoadSpec(
+            endpoints=endpoint_list,
+            clients=clients,
+            conns=conns,
+            total=total if total is not None or duration is not None else 10_000,
+            duration=duration,
+            key_size=key_size,
+            val_size=val_size,
+            key_space_size=key_space_size,
+            sequential_keys=sequential_keys,
+            consistency=consistency.value,
+            op=op.value,
+            read_ratio=read_ratio,
+            rate=rate,
+            timeout=timeout if timeout is not None else settings.command_timeout,
+            warmup=warmup,
+        )
+        try:
+            spec.validate()
+        except loadgen.LoadSpecError as exc:
+            raise UsageProblem(str(exc)) from None
+        stream = sys.stderr if progress else None
+        result = loadgen.run_load_sync(spec, progress=stream)
+        fmt = write_out or settings.write_out
+        if fmt is OutputFormat.json:
+            typer.echo(json.dumps(result.to_dict(), indent=2))
+        elif fmt is OutputFormat.table:
+            from cli.output import print_table
+
+            lat = result.latency_ms
+            print_table(
+                ["OK", "ERRORS", "SECONDS", "REQ/S", "MIN_MS", "P50_MS", "P90_MS", "P99_MS", "MAX_MS"],
+                [[result.ok, sum(result.errors.values()), f"{result.elapsed_s:.3f}", f"{result.throughput:.1f}",
+                  *[("-" if lat[k] is None else f"{lat[k]:.3f}") for k in ("min", "p50", "p90", "p99", "max")]]],
+            )
+            if result.errors:
+                print_table(["ERROR", "COUNT"], sorted(result.errors.items(), key=lambda kv: -kv[1]))
+        else:
+            typer.echo(result.format_text())
+        if plot is not None:
+            loadgen.plot_result(result, plot)
+            if fmt is not OutputFormat.json:
+                typer.echo(f"plot written to {plot}")
+        if result.ok == 0:
+            raise OperationFailed(f"no request succeeded ({sum(result.errors.values())} errors)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bench`` to ``app`` (the ``kv`` app calls this)."""
+    app.command("bench", epilog=EPILOG)(bench_command)
+
+
+__all__ = ["bench_command", "register"]
