@@ -636,3 +636,16 @@ async def test_reader_hands_out_good_frames_then_refuses_the_bad_header():
     assert [wire.decode_body(b) for b in await reader.receive_frames()] == [FRAMES[0]]
     with pytest.raises(wire.WireError):
         await reader.receive_frames()
+
+
+def test_the_worked_example_in_protocol_md_is_what_the_encoder_produces():
+    """docs/protocol.md section 6 prints these bytes; a change to the encoding must update the doc."""
+    put = wire.PutRequest(id=1, key="color", value="blue", client_id=bytes.fromhex("9f0c6b2e11a4d3775e08c1f2a6b4d9e0"),
+                          request_id=1, ack_below=1)
+    assert wire.encode_frame(put).hex() == (
+        "0000003ea761746370757462696401636b657965636f6c6f726576616c756564"
+        + "626c75656363696450" + "9f0c6b2e11a4d3775e08c1f2a6b4d9e0" + "627271016361636b01"
+    )
+    assert wire.encode_frame(wire.OkReply(id=1, result={"rev": 42})).hex() == (
+        "00000013a36174626f6b626964016172a163726576182a"
+    )
