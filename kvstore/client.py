@@ -22,6 +22,7 @@ Reads are linearizable by default (the leader confirms leadership with a majorit
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import os
@@ -95,7 +96,7 @@ class _Connection:
         self.waiters: dict[int, list] = {}  # id -> [event, reply]
         self.ids = itertools.count(1)
         self.broken = False
-        self.send_lock = trio.Lock()
+        self.sending = False
         self.outbox: list[bytes] = []
 
     async def reader(self) -> None:
@@ -132,22 +133,26 @@ class _Connection:
         rid = next(self.ids)
         waiter = [trio.Event(), None]
         self.waiters[rid] = waiter
-        frame = wire.encode_frame(make_request(rid))
-        # Coalesce: whoever holds the lock sends every frame queued meanwhile in one write.
-        self.outbox.append(frame)
-        try:
-            async with self.send_lock:
-                if self.outbox:
+        self.outbox.append(wire.encode_frame(make_request(rid)))
+        if not self.sending:
+            # Whoever finds no send in progress becomes the sender and writes every frame queued
+            # meanwhile, in one send_all per round. Others only queue: no lock hand-offs, which would
+            # cost one scheduler round each with many requests in flight.
+            self.sending = True
+            try:
+                while self.outbox:
                     data = b"".join(self.outbox)
                     self.outbox.clear()
                     await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self.fail_all()
-            raise _ConnectionLost(str(exc)) from exc
-        except trio.Cancelled:
-            # A send cut short may have left half a frame on the wire: this connection is done.
-            self.fail_all()
-            raise
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.fail_all()
+                raise _ConnectionLost(str(exc)) from exc
+            except trio.Cancelled:
+                # A send cut short may have left half a frame on the wire: this connection is done.
+                self.fail_all()
+                raise
+            finally:
+                self.sending = False
         try:
             await waiter[0].wait()
         finally:
@@ -171,7 +176,10 @@ class AsyncClient:
         self._preferred = 0  # index into endpoints of the node we believe leads
         self.client_id = os.urandom(16)
         self._request_ids = itertools.count(1)
-        self._unanswered: set[int] = set()
+        # Request ids of writes in flight (a min-heap, with answered ids removed lazily): the smallest
+        # is the ack_below we send, telling the state machine it may forget every result below it.
+        self._unanswered: list[int] = []
+        self._answered: set[int] = set()
 
     # --- public API -------------------------------------------------------------------------------
 
@@ -265,14 +273,16 @@ class AsyncClient:
 
     async def _write(self, make) -> dict:
         request_id = next(self._request_ids)
-        self._unanswered.add(request_id)
+        heapq.heappush(self._unanswered, request_id)
         try:
             def build(rid: int):
-                ack_below = min(self._unanswered)
-                return make(rid, request_id, ack_below)
+                return make(rid, request_id, self._unanswered[0])
             return await self._call(build, write=True)
         finally:
-            self._unanswered.discard(request_id)
+            self._answered.add(request_id)
+            heap, answered = self._unanswered, self._answered
+            while heap and heap[0] in answered:
+                answered.discard(heapq.heappop(heap))
 
     async def _read(self, make) -> dict:
         return await self._call(make, write=False)

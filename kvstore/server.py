@@ -59,6 +59,10 @@ from .storage import Storage, StorageError, StorageFull
 log = logging.getLogger("kvstore.server")
 
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+# Peers are members that said Hello with our cluster id; their frames may carry whole batches of
+# values (a slot holds up to batch_count_max commands of up to 1 MiB each), so their limit is higher
+# than a client's.
+PEER_FRAME_BYTES_MAX = 256 * 1024 * 1024
 
 
 @dataclass
@@ -144,11 +148,19 @@ class ClientConn:
         self.name = name
 
     def reply(self, message) -> None:
-        if not self.closed:
-            try:
-                self.outbox_send.send_nowait(wire.encode_frame(message))
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
+        if self.closed:
+            return
+        try:
+            frame = wire.encode_frame(message)
+        except wire.FrameTooLarge as exc:
+            frame = wire.encode_frame(wire.ErrorReply(
+                id=getattr(message, "id", None), code=wire.TOO_LARGE,
+                message=f"the reply is too large for one frame ({exc}); narrow the request (prefix, limit)",
+                leader=None))
+        try:
+            self.outbox_send.send_nowait(frame)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
 
 
 class Node:
@@ -271,6 +283,9 @@ class Node:
                 except trio.WouldBlock:
                     break
             ticks = 0
+            counters = self.counters
+            counters["driver_loops"] += 1
+            counters["events"] += len(batch)
             for event in batch:
                 kind = event[0]
                 if kind == EV_PAXOS:
@@ -328,31 +343,38 @@ class Node:
             return
         # 1. persist, then fsync once for the whole batch (group commit)
         if actions.persist:
+            early = None
+            if self.options.fsync:
+                # Phase-2a requests (Accept) promise nothing on our behalf, so they may leave before
+                # our own fsync: followers then write to their disks while we write to ours, and a
+                # round trip costs one fsync instead of two. Our own accept is counted towards a
+                # decision only when Accepted replies are handled, in a later batch, after this fsync
+                # has finished. Everything else waits for the fsync, as the contract says.
+                early = [item for item in actions.send if type(item[1]) is pm.Accept]
+                if early:
+                    self._send_now(early)
             try:
                 self.storage.append(actions.persist)
+                self.counters["fsyncs"] += 1
+                self.counters["records"] += len(actions.persist)
                 if self.options.fsync:
+                    started = time.perf_counter()
                     await trio.to_thread.run_sync(self.storage.sync)
+                    self.counters["fsync_us"] += int((time.perf_counter() - started) * 1e6)
                 else:
                     self.storage.sync()  # no fsync: only a write(), not worth a thread hop
             except StorageFull as exc:
                 self._on_storage_full(exc)
-                return  # nothing of this batch may leave the node
+                return  # nothing else of this batch may leave the node
             except (OSError, StorageError) as exc:
                 log.critical("storage failed, stopping the node: %s", exc)
                 raise
-        # 2. send: one frame per peer per batch
-        if actions.send:
-            per_peer: dict[int, list] = defaultdict(list)
-            for to, message in actions.send:
-                per_peer[to].append(message)
-            for to, msgs in per_peer.items():
-                channel = self._peer_out.get(to)
-                if channel is None:
-                    continue
-                try:
-                    channel.send_nowait(wire.encode_frame(wire.PaxosBatch(messages=tuple(msgs))))
-                except trio.WouldBlock:
-                    self.counters["peer_queue_full_drops"] += 1
+            if early:
+                self._send_now([item for item in actions.send if type(item[1]) is not pm.Accept])
+            else:
+                self._send_now(actions.send)
+        else:
+            self._send_now(actions.send)
         # 3. apply decided commands, answer the waiting writers
         if actions.apply:
             sm_apply = self.sm.apply
@@ -384,6 +406,34 @@ class Node:
                 conn.reply(self._not_leader(request_id))
         for peer_id in actions.snapshot_to:
             self._send_snapshot_soon(peer_id)
+
+    def _send_now(self, sends) -> None:
+        """2. Queue messages on the per-peer senders: one frame per peer per batch (split if huge)."""
+        if not sends:
+            return
+        per_peer: dict[int, list] = defaultdict(list)
+        for to, message in sends:
+            per_peer[to].append(message)
+        for to, msgs in per_peer.items():
+            channel = self._peer_out.get(to)
+            if channel is None:
+                continue
+            try:
+                frames = [wire.encode_frame(wire.PaxosBatch(messages=tuple(msgs)), PEER_FRAME_BYTES_MAX)]
+            except wire.FrameTooLarge:
+                frames = []
+                for m in msgs:
+                    try:
+                        frames.append(wire.encode_frame(wire.PaxosBatch(messages=(m,)), PEER_FRAME_BYTES_MAX))
+                    except wire.FrameTooLarge:
+                        self.counters["oversize_messages_dropped"] += 1
+                        log.error("dropped a %s to node %d larger than %d bytes", type(m).__name__, to,
+                                  PEER_FRAME_BYTES_MAX)
+            for frame in frames:
+                try:
+                    channel.send_nowait(frame)
+                except trio.WouldBlock:
+                    self.counters["peer_queue_full_drops"] += 1
 
     def _reply_result(self, conn: ClientConn, request_id: int, result: dict) -> None:
         failpoints.hit("before_reply")  # a test can crash the node after apply, before the client hears
@@ -569,6 +619,7 @@ class Node:
         if hello.node_id not in self.peers or hello.node_id == self.node_id:
             raise wire.WireError(f"peer says it is node {hello.node_id}, which is not a member")
         peer = hello.node_id
+        reader.frame_bytes_max = PEER_FRAME_BYTES_MAX
         post = self._events_send.send_nowait
         while True:
             for body in frames:
@@ -692,6 +743,7 @@ class Node:
             "state_hash": self.sm.state_hash(),
             "storage_full": self.storage_full,
             "cluster_id": self.options.cluster_id,
+            "counters": dict(self.counters),
         }
 
 
