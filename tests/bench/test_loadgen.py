@@ -1,0 +1,120 @@
+"""kvstore.loadgen: stopping rules, op mix, key choice and error counting, against in-memory fake targets.
+
+No server and no timing assertions: fake targets answer at once (or fail on purpose), and the checks are
+on counts, keys and the shape of the result.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from kvstore.client import RequestError, Unavailable
+from kvstore.loadgen import LoadSpec, LoadSpecError, error_kind, run_load
+
+
+class FakeTarget:
+    def __init__(self, log: list, fail_every: int = 0) -> None:
+        self.log = log
+        self.fail_every = fail_every
+
+    async def put(self, key, value):
+        await trio.lowlevel.checkpoint()
+        self.log.append(("put", key, len(value)))
+        if self.fail_every and len(self.log) % self.fail_every == 0:
+            raise Unavailable("nope", outcome_unknown=True)
+
+    async def get(self, key, consistency):
+        await trio.lowlevel.checkpoint()
+        self.log.append(("get", key, consistency))
+
+
+def fake_targets(log, fail_every=0, opened=None):
+    @asynccontextmanager
+    async def open_targets(spec):
+        targets = [FakeTarget(log, fail_every) for _ in range(spec.conns)]
+        if opened is not None:
+            opened.append(len(targets))
+        yield targets
+    return open_targets
+
+
+async def test_total_stops_the_run_and_counts_every_request():
+    log, opened = [], []
+    spec = LoadSpec(endpoints=["x:1"], clients=8, conns=3, total=500, key_size=6, val_size=100)
+    result = await run_load(spec, open_targets=fake_targets(log, opened=opened))
+    assert opened == [3]
+    assert result.ok == 500 and result.errors == {} and result.stopped_by == "total"
+    assert len(log) == 500 and all(op == "put" and len(k) == 6 and n == 100 for op, k, n in log)
+    d = result.to_dict()
+    assert d["ok"] == 500 and d["latency_ms"]["p50"] is not None and d["machine"]["nproc"] >= 1
+    assert set(d["latency_ms"]) >= {"min", "p50", "p90", "p99", "max"}
+    assert "Throughput" in result.format_text()
+
+
+async def test_duration_stops_the_run(autojump_clock):
+    log = []
+
+    @asynccontextmanager
+    async def slow_targets(spec):
+        class Slow(FakeTarget):
+            async def put(self, key, value):
+                await trio.sleep(0.01)
+                self.log.append(("put", key, len(value)))
+        yield [Slow(log)]
+
+    spec = LoadSpec(endpoints=["x:1"], clients=4, total=None, duration=2.0)
+    result = await run_load(spec, open_targets=slow_targets)
+    assert result.stopped_by == "duration"
+    assert 0 < result.ok == len(log) <= 4 * 2.0 / 0.01 + 4
+    assert len(result.timeline) >= 2
+
+
+async def test_open_loop_sends_the_scheduled_number_of_requests(autojump_clock):
+    log = []
+    spec = LoadSpec(endpoints=["x:1"], clients=4, total=None, duration=1.0, rate=200)
+    result = await run_load(spec, open_targets=fake_targets(log))
+    assert result.ok == 200  # requests scheduled at i/200 s for i < 200
+
+
+async def test_sequential_keys_walk_the_key_space():
+    log = []
+    spec = LoadSpec(endpoints=["x:1"], clients=1, total=25, key_space_size=10, sequential_keys=True, key_size=3)
+    await run_load(spec, open_targets=fake_targets(log))
+    assert [k for _, k, _ in log] == [f"{i % 10:03d}" for i in range(25)]
+
+
+async def test_mixed_ops_and_consistency():
+    log = []
+    spec = LoadSpec(endpoints=["x:1"], clients=4, total=400, op="mixed", read_ratio=0.5, consistency="s")
+    await run_load(spec, open_targets=fake_targets(log))
+    gets = [e for e in log if e[0] == "get"]
+    assert 100 < len(gets) < 300 and all(e[2] == "s" for e in gets)
+    log.clear()
+    await run_load(LoadSpec(endpoints=["x:1"], clients=2, total=50, op="get"), open_targets=fake_targets(log))
+    assert all(e[0] == "get" and e[2] == "l" for e in log)
+
+
+async def test_errors_are_counted_by_kind_and_the_run_goes_on():
+    log = []
+    spec = LoadSpec(endpoints=["x:1"], clients=2, total=100)
+    result = await run_load(spec, open_targets=fake_targets(log, fail_every=4))
+    assert result.ok == 75 and result.errors == {"Unavailable(outcome unknown)": 25}
+    assert result.to_dict()["error_count"] == 25
+
+
+def test_error_kinds():
+    assert error_kind(RequestError("bad", "bad_request")) == "RequestError:bad_request"
+    assert error_kind(Unavailable("x")) == "Unavailable"
+    assert error_kind(ValueError("x")) == "ValueError"
+
+
+@pytest.mark.parametrize("changes", [
+    {"clients": 0}, {"conns": 0}, {"total": None, "duration": None}, {"total": 0}, {"op": "scan"},
+    {"consistency": "x"}, {"read_ratio": 1.5}, {"rate": 0}, {"key_space_size": 0},
+])
+async def test_impossible_specs_are_refused(changes):
+    spec = LoadSpec(endpoints=["x:1"], **changes)
+    with pytest.raises(LoadSpecError):
+        await run_load(spec, open_targets=fake_targets([]))
