@@ -1,0 +1,109 @@
+"""Memory and restart time of one node holding many keys (default 1,000,000 keys, 100-byte values).
+
+Starts a 1-node cluster (``kv serve`` on 127.0.0.1, temporary data directory), loads the keys with many
+puts in flight over several connections (sequential keys, so every put adds a key), then reports:
+
+* the node's resident memory (``VmRSS`` and the peak ``VmHWM`` from ``/proc/<pid>/status``) and its
+  status (revision, keys, log bytes, snapshot slot);
+* the restart time: the node is killed with SIGKILL (a crash, the worst case: nothing flushed on the
+  way out), started again, and timed from process start until it answers a linearizable get of the
+  last key loaded (snapshot load plus log replay plus election). RSS after the restart too.
+
+The load uses ``--fsync off`` by default so that it takes minutes, not tens of minutes, on a slow disk;
+memory and restart work do not depend on it (``--fsync always`` to load durably).
+
+    python bench/memory_bench.py                 # 1M keys: a few minutes
+    python bench/memory_bench.py --keys 100000   # quick look
+
+Targets (reported, never asserted): RSS under 400 MiB with 1M keys; restart under 10 s.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import store_bench  # noqa: E402
+from kvstore.client import Client  # noqa: E402
+from kvstore.loadgen import LoadSpec, machine_facts, run_load_sync  # noqa: E402
+
+
+def vm(pid: int) -> dict:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    out[name] = int(rest.split()[0]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Memory and restart time of one node holding many keys.")
+    ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--val-size", type=int, default=100)
+    ap.add_argument("--in-flight", type=int, default=1024)
+    ap.add_argument("--conns", type=int, default=4)
+    ap.add_argument("--fsync", choices=["always", "off"], default="off", help="fsync policy while loading")
+    ap.add_argument("--load-time-limit", type=float, default=1200.0, help="give up loading after this many s")
+    args = ap.parse_args(argv)
+
+    facts = machine_facts()
+    print(f"memory_bench: {args.keys} keys of {args.val_size}-byte values into 1 node (fsync {args.fsync}), "
+          f"{args.in_flight} in flight over {args.conns} connections", flush=True)
+    with store_bench.LocalKv(1, ["--fsync", args.fsync]) as kv:
+        kv.start_all()
+        kv.wait_leader()
+        pid = kv.pid(1)
+        base = vm(pid)
+        spec = LoadSpec(endpoints=kv.endpoints, clients=args.in_flight, conns=args.conns, total=args.keys,
+                        key_size=8, val_size=args.val_size, key_space_size=args.keys, sequential_keys=True,
+                        timeout=30.0, time_limit_s=args.load_time_limit)
+        load = run_load_sync(spec, progress=sys.stderr)
+        print(f"loaded {load.ok} keys in {load.elapsed_s:.1f} s ({load.throughput:.0f} puts/s), "
+              f"errors {dict(load.errors)}", flush=True)
+        with Client(kv.endpoints, timeout=10.0) as c:
+            status = c.status(kv.endpoints[0])
+        loaded = vm(pid)
+        last_key = spec.key(args.keys - 1)
+        kv.kill(1)
+        t0 = time.monotonic()
+        kv.start(1)
+        restart_s = kv.wait_serving(last_key, deadline_s=120.0)
+        # wait_serving starts after Popen returns; count from before the start
+        restart_s = time.monotonic() - t0 if restart_s else restart_s
+        with Client(kv.endpoints, timeout=10.0) as c:
+            present = c.get(last_key) is not None
+            status_after = c.status(kv.endpoints[0])
+        after = vm(kv.pid(1))
+
+    print()
+    print(f"  RSS at start           {base.get('VmRSS', 0):8.1f} MiB")
+    print(f"  RSS with {status.get('keys')} keys   {loaded.get('VmRSS', 0):8.1f} MiB  (peak {loaded.get('VmHWM', 0):.1f} MiB)"
+          f"  target < 400 MiB: {'met' if loaded.get('VmRSS', 1e9) < 400 else 'NOT met'}")
+    print(f"  restart (SIGKILL, start, first get)  {restart_s:6.2f} s  target < 10 s: "
+          f"{'met' if restart_s < 10 else 'NOT met'}; last key present: {present}")
+    print(f"  RSS after restart      {after.get('VmRSS', 0):8.1f} MiB  (peak {after.get('VmHWM', 0):.1f} MiB)")
+    print(f"  log bytes {status.get('log_bytes')}, snapshot slot {status.get('snapshot_slot')}, "
+          f"applied slot {status.get('applied_slot')}")
+    path = store_bench.save_results("memory", {
+        "machine": facts, "server": store_bench.server_defaults(), "fsync_during_load": args.fsync,
+        "keys": args.keys, "val_size": args.val_size, "load": load.to_dict(timeline=False),
+        "rss_mib_start": base.get("VmRSS"), "rss_mib_loaded": loaded.get("VmRSS"), "hwm_mib_loaded": loaded.get("VmHWM"),
+        "restart_s": restart_s, "rss_mib_after_restart": after.get("VmRSS"), "hwm_mib_after_restart": after.get("VmHWM"),
+        "status_loaded": status, "status_after_restart": status_after, "last_key_present": present,
+    })
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
