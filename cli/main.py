@@ -11,6 +11,7 @@ exists is imported and its ``register(app)`` adds its commands; a missing one is
 
 from __future__ import annotations
 
+import base64
 import enum
 import importlib
 import logging
@@ -22,19 +23,17 @@ import typer
 from cli import nodestatus
 from cli.cluster import cluster_app
 from cli.common import (
-    EXIT_FAILED,
-    EXIT_USAGE,
     ENV_ENDPOINTS,
     OperationFailed,
     Settings,
     UsageProblem,
-    error_line,
     open_client,
     parse_endpoint,
     reporting_errors,
 )
 from cli.output import (
     OutputFormat,
+    cell,
     echo_value,
     jsonable,
     print_json,
@@ -222,8 +221,6 @@ def _print_records(settings: Settings, records: list[dict[str, Any]], *, keys_on
 
 
 def _raw_value(record: dict[str, Any]) -> str | bytes:
-    import base64
-
     if record.get("value_encoding") == "base64":
         return base64.b64decode(record["value"])
     return record.get("value", "")
@@ -357,8 +354,6 @@ def status_command(ctx: typer.Context) -> None:
             if settings.write_out is OutputFormat.table:
                 print_table(headers, rows)
             else:
-                from cli.output import cell
-
                 for row in rows:
                     typer.echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row)))
         if not any(nodestatus.is_reachable(s) for s in statuses):
@@ -498,4 +493,4 @@ def _register_optional_commands() -> None:
 
 _register_optional_commands()
 
-__all__ = ["app", "EXIT_FAILED", "EXIT_USAGE", "error_line"]
+__all__ = ["app"]
