@@ -22,7 +22,9 @@ The shell contract is simulated literally: an ``Actions`` batch's records are st
 messages enter the network, then applied commands go to the node's state machine (a list of the
 batches applied, slot by slot), then reads are answered, and each node in ``snapshot_to`` gets the
 sender's stored snapshot as a message (which can be reordered or lost like any other).
-``send_before_persist=True`` breaks this on purpose: messages leave at once and the records are only
+``early_accepts=True`` models the kvstore server's optimisation: Accept messages (phase 2a, which
+promise nothing) leave before the batch's fsync, and a crash may strike during that fsync.
+``send_before_persist=True`` breaks the contract on purpose: messages leave at once and the records are only
 stored at the node's next tick, so a crash in between loses promises and acceptances that others
 already saw.
 
@@ -50,6 +52,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from paxos.actions import DecideRecord, DurableState
+from paxos.messages import Accept
 from paxos.replica import Config, Options, Replica
 
 TRACE_LINES = 60
@@ -109,7 +112,7 @@ class Simulation:
 
     def __init__(self, seed: int, *, nodes: int = 3, steps: int = 300, replica_class=Replica,
                  send_before_persist: bool = False, options: Options | None = None,
-                 liveness_commands: int = 10) -> None:
+                 liveness_commands: int = 10, early_accepts: bool = False) -> None:
         self.seed = seed
         self.nodes_count = nodes
         self.steps = steps
@@ -118,6 +121,8 @@ class Simulation:
         self.options = options or Options(heartbeat_ticks=1, election_timeout_ticks=4, window=8,
                                           batch_count_max=4, catchup_entries_max=8)
         self.liveness_commands = liveness_commands
+        self.early_accepts = early_accepts
+        self.faults_on = True
         self.rng = random.Random(seed)
         self.config = Config(node_ids=tuple(range(1, nodes + 1)))
         self.nodes = {i: Node(i) for i in self.config.node_ids}
@@ -133,7 +138,7 @@ class Simulation:
         self.now = 0  # simulated ticks (each node tick counts one)
         self.trace: deque[str] = deque(maxlen=TRACE_LINES)
         self.stats = {name: 0 for name, _ in FAULT_EVENTS}
-        self.stats.update(reads_served=0, dropped_by_partition=0, snapshots_installed=0)
+        self.stats.update(reads_served=0, dropped_by_partition=0, snapshots_installed=0, crash_during_fsync=0)
         for node in self.nodes.values():
             self._start(node)
 
@@ -157,6 +162,7 @@ class Simulation:
 
     def run_liveness(self) -> None:
         """Heal, restart everyone, stop faults; a leader must emerge and decide what it is given."""
+        self.faults_on = False
         self.group = None
         for node in self.nodes.values():
             if node.replica is None:
@@ -354,6 +360,20 @@ class Simulation:
     def _drain(self, node: Node) -> None:
         """Carry out one Actions batch in contract order: persist, send, apply, reads, snapshots."""
         actions = node.replica.take_actions()
+        if self.early_accepts:
+            # The kvstore server's optimisation: Accept (phase 2a) leaves before this batch's fsync.
+            # Model a crash during that fsync: the Accepts are out, nothing else of the batch happened.
+            early = [(to, m) for to, m in actions.send if isinstance(m, Accept)]
+            for to, message in early:
+                self.network.append((node.node_id, to, message))
+            actions.send = [(to, m) for to, m in actions.send if not isinstance(m, Accept)]
+            if early and self.faults_on and self.rng.random() < 0.2:
+                self._log(f"CRASH {node.node_id} during fsync, after {len(early)} early Accepts left")
+                self.stats["crash_during_fsync"] += 1
+                node.replica = None
+                node.applied = None
+                node.unsynced = []
+                return
         role = (node.replica.status()["role"], node.replica.ballot)
         if role != node.last_role:
             node.last_role = role

@@ -48,6 +48,16 @@ def test_five_replicas_stay_safe_and_live(sim_seed):
     Simulation(sim_seed, nodes=5, steps=STEPS).run()
 
 
+@pytest.mark.sim_seeds(range(1, 101))
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_accepts_sent_before_the_leaders_own_fsync_stay_safe(sim_seed, nodes):
+    """kvstore.server lets Accept leave before its fsync; crashes during that fsync must stay safe."""
+    sim = Simulation(sim_seed, nodes=nodes, steps=STEPS, early_accepts=True)
+    sim.run()
+    if sim_seed == 1:
+        assert sim.stats["crash_during_fsync"] > 0, "the mode never crashed a node during an fsync"
+
+
 @pytest.mark.parametrize("nodes,seed", _failing_seeds(), ids=lambda v: str(v))
 def test_seeds_that_once_failed_now_pass(nodes, seed):
     Simulation(seed, nodes=nodes, steps=STEPS).run()
