@@ -34,6 +34,7 @@ and its network endpoints. All of them live in one nursery.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import logging
@@ -50,6 +51,7 @@ from pathlib import Path
 import trio
 
 from paxos import messages as pm
+from paxos.actions import DecideRecord
 from paxos.replica import Config, Options, Replica
 
 from . import commands, failpoints, wire
@@ -221,6 +223,13 @@ class Node:
         self._snapshot_inbox: dict[tuple[int, int], bytearray] = {}
         self._snapshot_sending: set[int] = set()
         self.storage_full = False
+        self.applied_slot = self.replica.snapshot_slot  # what the state machine has applied
+        self._commit_send, self._commit_recv = trio.open_memory_channel(math.inf)
+        self._staged = 0
+        self._committed = 0
+        # The highest decided slot whose decision rests only on durable accepts (ours included).
+        self._durable_decided_slot = self.replica.decided_slot
+        self._progress = trio.Event()
         self.counters: dict[str, int] = defaultdict(int)
         self.listen_port: int | None = None
         self.ready = trio.Event()
@@ -236,6 +245,7 @@ class Node:
                 sock = getattr(listeners[0], "socket", None)
                 self.listen_port = sock.getsockname()[1] if sock is not None else self.peers[self.node_id][1]
                 nursery.start_soon(self._driver)
+                nursery.start_soon(self._committer)
                 nursery.start_soon(self._ticker)
                 for peer_id in self._peer_out:
                     nursery.start_soon(self._peer_sender, peer_id)
@@ -273,7 +283,7 @@ class Node:
         recv = self._events_recv
         replica = self.replica
         # The first take_actions re-applies decided slots recovered from the log.
-        await self._carry_out(replica.take_actions())
+        self._stage(replica.take_actions())
         while True:
             first = await recv.receive()
             batch = [first]
@@ -286,6 +296,9 @@ class Node:
             counters = self.counters
             counters["driver_loops"] += 1
             counters["events"] += len(batch)
+            if self.storage_full:
+                self._refuse_while_full(batch)
+                continue
             for event in batch:
                 kind = event[0]
                 if kind == EV_PAXOS:
@@ -298,19 +311,104 @@ class Node:
                 elif kind == EV_READ:
                     self._start_read(event[1], event[2])
                 elif kind == EV_SNAPSHOT:
+                    await self._wait_committed()
                     await self._install_snapshot(event[1], event[2])
             if ticks:
                 self._expire_waiters()
-            await self._carry_out(replica.take_actions())
+            self._stage(replica.take_actions())
             if self._applied_since_snapshot >= self.options.snapshot_every:
+                await self._wait_committed()
                 await self._take_snapshot()
+
+    def _stage(self, actions) -> None:
+        """Hand one batch of actions to the committer, after writing (not yet fsyncing) its records.
+
+        The driver does not wait for the disk: it goes on feeding the core while the committer fsyncs,
+        so one fsync covers the records of every batch staged meanwhile (group commit across batches).
+        """
+        if not actions:
+            return
+        end = None
+        early = False
+        if actions.persist:
+            try:
+                self.storage.append(actions.persist)
+                flushed = self.storage.flush()
+            except StorageFull as exc:
+                self._on_storage_full(exc)
+                return  # nothing of this batch may leave the node
+            # Decide records only speed up recovery (a lost one is learned again from the peers), so a
+            # batch that persists nothing else need not wait for an fsync; a later fsync covers them.
+            if any(type(r) is not DecideRecord for r in actions.persist):
+                end = flushed
+            self.counters["records"] += len(actions.persist)
+            if self.options.fsync:
+                # Phase-2a requests (Accept) promise nothing on our behalf, so they may leave before
+                # our own fsync: followers then write to their disks while we write to ours, and a
+                # round trip costs one fsync instead of two. Our own accept counts towards a decision
+                # only when Accepted replies are handled, in a later batch, after this batch's fsync
+                # (the committer finishes batches in order). Everything else waits for the fsync.
+                #
+                # An Accept also carries the leader's decided_slot. A decision counts our own accept,
+                # which is durable only once the committer's fsync got there, so an Accept that leaves
+                # early may only announce what was decided as of the last finished fsync; otherwise a
+                # follower could apply a value that a crash of ours un-chooses.
+                durable = self._durable_decided_slot
+                accepts = [
+                    (to, m if m.decided_slot <= durable else dataclasses.replace(m, decided_slot=durable))
+                    for to, m in actions.send if type(m) is pm.Accept
+                ]
+                if accepts:
+                    self._send_now(accepts)
+                    early = True
+        self._staged += 1
+        self._commit_send.send_nowait((actions, end, early, self.replica.decided_slot))
+
+    async def _committer(self) -> None:
+        """Carry out staged batches in order: one fsync for all of them, then send, apply, answer."""
+        recv = self._commit_recv
+        while True:
+            items = [await recv.receive()]
+            while True:
+                try:
+                    items.append(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            end = max((item[1] for item in items if item[1] is not None), default=None)
+            if end is not None and self.options.fsync:
+                started = time.perf_counter()
+                await trio.to_thread.run_sync(self.storage.fsync_through, end)
+                self.counters["fsyncs"] += 1
+                self.counters["fsync_us"] += int((time.perf_counter() - started) * 1e6)
+            for actions, _, early, decided_slot in items:
+                if decided_slot > self._durable_decided_slot:
+                    self._durable_decided_slot = decided_slot
+                self._carry_out(actions, early)
+            self._committed += len(items)
+            progress, self._progress = self._progress, trio.Event()
+            progress.set()
+
+    async def _wait_committed(self) -> None:
+        """Wait until the committer has carried out every staged batch (before snapshots)."""
+        while self._committed < self._staged:
+            await self._progress.wait()
+
+    def _refuse_while_full(self, batch) -> None:
+        """Degraded mode after a full disk: the core is frozen (its memory may be ahead of the disk, so
+        it must not speak), writes and linearizable reads are refused; stale reads still work."""
+        for event in batch:
+            if event[0] == EV_PROPOSE:
+                event[3].reply(self._storage_full_reply(event[4]))
+            elif event[0] == EV_READ:
+                event[1].reply(self._storage_full_reply(event[2].id))
+
+    def _storage_full_reply(self, request_id) -> wire.ErrorReply:
+        return wire.ErrorReply(id=request_id, code=wire.STORAGE_FULL, leader=None,
+                               message="this node's disk is full; it refuses writes until restarted "
+                                       "with free space")
 
     def _propose(self, event) -> None:
         _, command, key, conn, request_id = event
-        if self.storage_full:
-            conn.reply(wire.ErrorReply(id=request_id, code=wire.STORAGE_FULL,
-                                       message="the node's disk is full; writes are refused", leader=None))
-            return
         if not self.replica.propose(command):
             conn.reply(self._not_leader(request_id))
             return
@@ -338,41 +436,11 @@ class Node:
             conn.reply(wire.ErrorReply(id=request.id, code=wire.TIMEOUT,
                                        message="read not confirmed in time", leader=None))
 
-    async def _carry_out(self, actions) -> None:
-        if not actions:
-            return
-        # 1. persist, then fsync once for the whole batch (group commit)
-        if actions.persist:
-            early = None
-            if self.options.fsync:
-                # Phase-2a requests (Accept) promise nothing on our behalf, so they may leave before
-                # our own fsync: followers then write to their disks while we write to ours, and a
-                # round trip costs one fsync instead of two. Our own accept is counted towards a
-                # decision only when Accepted replies are handled, in a later batch, after this fsync
-                # has finished. Everything else waits for the fsync, as the contract says.
-                early = [item for item in actions.send if type(item[1]) is pm.Accept]
-                if early:
-                    self._send_now(early)
-            try:
-                self.storage.append(actions.persist)
-                self.counters["fsyncs"] += 1
-                self.counters["records"] += len(actions.persist)
-                if self.options.fsync:
-                    started = time.perf_counter()
-                    await trio.to_thread.run_sync(self.storage.sync)
-                    self.counters["fsync_us"] += int((time.perf_counter() - started) * 1e6)
-                else:
-                    self.storage.sync()  # no fsync: only a write(), not worth a thread hop
-            except StorageFull as exc:
-                self._on_storage_full(exc)
-                return  # nothing else of this batch may leave the node
-            except (OSError, StorageError) as exc:
-                log.critical("storage failed, stopping the node: %s", exc)
-                raise
-            if early:
-                self._send_now([item for item in actions.send if type(item[1]) is not pm.Accept])
-            else:
-                self._send_now(actions.send)
+    def _carry_out(self, actions, early_sent: bool) -> None:
+        """Steps 2-6 of the contract for one batch whose records are durable."""
+        # 2. send (the Accepts already left if early_sent)
+        if early_sent:
+            self._send_now([item for item in actions.send if type(item[1]) is not pm.Accept])
         else:
             self._send_now(actions.send)
         # 3. apply decided commands, answer the waiting writers
@@ -380,11 +448,16 @@ class Node:
             sm_apply = self.sm.apply
             waiting = self._waiting_writes
             for slot, batch in actions.apply:
+                self.applied_slot = slot
                 for command in batch:
                     key, result = sm_apply(command)
                     self._applied_since_snapshot += 1
                     if key is not None and key in waiting:
-                        for conn, request_id, _ in waiting.pop(key):
+                        now = trio.current_time()
+                        for conn, request_id, deadline in waiting.pop(key):
+                            self.counters["writes_answered"] += 1
+                            self.counters["write_latency_us"] += int(
+                                (now - deadline + self.options.request_timeout) * 1e6)
                             self._reply_result(conn, request_id, result)
         # 4. reads whose index is applied and whose leadership round is confirmed
         for read_id, _slot in actions.reads:
@@ -444,12 +517,15 @@ class Node:
             conn.reply(wire.OkReply(id=request_id, result=result))
 
     def _on_storage_full(self, exc: Exception) -> None:
-        log.error("disk full, refusing writes: %s", exc)
+        log.error("disk full: refusing writes until restarted with free space: %s", exc)
         self.storage_full = True
         for key, waiters in list(self._waiting_writes.items()):
             for conn, request_id, _ in waiters:
-                conn.reply(wire.ErrorReply(id=request_id, code=wire.STORAGE_FULL, message=str(exc), leader=None))
+                conn.reply(self._storage_full_reply(request_id))
         self._waiting_writes.clear()
+        for read_id, (conn, request, _) in list(self._waiting_reads.items()):
+            conn.reply(self._storage_full_reply(request.id))
+        self._waiting_reads.clear()
 
     def _not_leader(self, request_id) -> wire.ErrorReply:
         leader = self.replica.leader_id
@@ -464,7 +540,8 @@ class Node:
     # snapshots
 
     async def _take_snapshot(self) -> None:
-        slot = self.replica.applied_slot
+        slot = self.applied_slot
+        assert slot == self.replica.applied_slot, "snapshot while applies are still staged"
         if slot <= self.replica.snapshot_slot:
             self._applied_since_snapshot = 0
             return
@@ -491,6 +568,7 @@ class Node:
         state = self.replica.durable_state()
         await trio.to_thread.run_sync(self.storage.write_snapshot, slot, data, state)
         self.sm = sm
+        self.applied_slot = slot
         self._applied_since_snapshot = 0
         log.info("installed snapshot at slot %d from a peer (%d keys)", slot, len(sm))
 
@@ -674,6 +752,9 @@ class Node:
             except ValueError as exc:
                 conn.reply(wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=str(exc), leader=None))
                 return
+            if self.storage_full:
+                conn.reply(self._storage_full_reply(request.id))
+                return
             if not self.replica.is_leader:
                 conn.reply(self._not_leader(request.id))
                 return
@@ -735,7 +816,7 @@ class Node:
             "is_leader": self.replica.is_leader,
             "ballot": list(ballot) if ballot is not None else None,
             "decided_slot": self.replica.decided_slot,
-            "applied_slot": self.replica.applied_slot,
+            "applied_slot": self.applied_slot,
             "snapshot_slot": self.replica.snapshot_slot,
             "log_bytes": self.storage.log_bytes,
             "revision": self.sm.revision,

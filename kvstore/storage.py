@@ -713,6 +713,54 @@ class Storage:
         self._pending.clear()
         self._pending_bytes = 0
 
+    def flush(self) -> int:
+        """Write everything appended so far to the log in one write (no fsync); return the log's end.
+
+        The pipelined server calls this from its driver and ``fsync_through(end)`` from a worker
+        thread, so that it can go on appending while the disk syncs. Raises ``StorageFull`` on ENOSPC
+        (the log is cut back to where this batch began, the batch stays buffered) and ``StorageError``
+        on any other I/O error (the Storage is then broken).
+        """
+        self._check_usable()
+        assert self._log_fd is not None
+        start = self._log_end
+        if not self._pending:
+            return start
+        data = b"".join(self._pending)
+        try:
+            self._write_all(self._log_fd, data)
+        except OSError as exc:
+            self._cut_back(start, len(data), exc)
+        self._log_end = start + len(data)
+        self._pending.clear()
+        self._pending_bytes = 0
+        return self._log_end
+
+    def fsync_through(self, end: int) -> None:
+        """Make the log durable at least up to byte ``end`` (one fdatasync; no-op with fsync off).
+
+        Safe to call from one worker thread while the owner thread appends and flushes: it touches
+        only the file descriptor and ``_synced_end``. An fsync error breaks the Storage (what was
+        written since the last good fsync may or may not be on disk; nothing of it was acknowledged),
+        so the node must stop and recover.
+        """
+        if not self._fsync_enabled or self._synced_end >= end:
+            return
+        fd = self._log_fd
+        if fd is None or self._broken:
+            raise StorageError(self._broken or "storage is closed")
+        try:
+            failpoints.hit("before_fsync")
+            self._fdatasync(fd)
+            failpoints.hit("after_fsync")
+        except OSError as exc:
+            self._broken = f"log {self._log_path}: fsync failed: {exc}; restart the node to recover"
+            if exc.errno == errno.ENOSPC:
+                raise StorageFull(self._broken) from exc
+            raise StorageError(self._broken) from exc
+        if end > self._synced_end:
+            self._synced_end = end
+
     def _cut_back(self, start: int, length: int, exc: OSError) -> None:
         """After a failed write/fsync of a batch at ``start``: truncate the log there, then raise."""
         where = f"log {self._log_path}: appending {length} bytes at byte offset {start}"
