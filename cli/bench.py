@@ -50,8 +50,8 @@ def bench_command(
     ctx: typer.Context,
     endpoints: Annotated[
         Optional[str],
-        typer.Option("--endpoints", envvar=ENV_ENDPOINTS, show_envvar=True,
-                     help="Comma list of HOST:PORT (default: the global --endpoints, KV_ENDPOINTS, "
+        typer.Option("--endpoints",
+                     help=f"Comma list of HOST:PORT (default: the global --endpoints, {ENV_ENDPOINTS}, "
                           "or the local cluster)."),
     ] = None,
     clients: Annotated[int, typer.Option("--clients", min=1, help="Requests in flight.")] = 16,
