@@ -170,6 +170,7 @@ class AsyncClient:
         self.endpoints = parse_endpoints(endpoints)
         self._open_stream = transport.connect if transport is not None else trio.open_tcp_stream
         self.timeout = timeout
+        self.attempt_timeout = max(0.5, min(2.0, timeout / 3))
         self._nursery = nursery
         self._conn: _Connection | None = None
         self._connecting = trio.Lock()
@@ -301,7 +302,10 @@ class AsyncClient:
                     outcome_unknown=write and sent,
                 )
             reply = None
-            with trio.move_on_after(remaining):
+            # One attempt may not use the whole deadline: a node that accepts connections but never
+            # answers (paused, partitioned away) must not keep us from the others. A retry reuses the
+            # request id, so a write that the first attempt got through is still applied once.
+            with trio.move_on_after(min(remaining, self.attempt_timeout)) as attempt:
                 try:
                     conn = await self._connection()
                     sent = True
@@ -310,6 +314,9 @@ class AsyncClient:
                     last_error = f"connection failed: {exc}"
                     self._drop_connection(advance=True)
             if reply is None:
+                if attempt.cancelled_caught:
+                    last_error = f"{_fmt(self.endpoints[self._preferred])} did not answer"
+                    self._drop_connection(advance=True)
                 if trio.current_time() < deadline:
                     await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))
                     pause = min(pause * 2, 0.5)

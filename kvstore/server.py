@@ -82,7 +82,7 @@ class ServerOptions:
     request_timeout: float = 5.0
     cluster_id: str = "kv"
     connect_timeout: float = 1.0
-    backoff_max: float = 1.0
+    backoff_max: float = 0.1  # well below the election timeout, so a restarted peer hears the leader in time
     idle_client_timeout: float = 600.0
 
 
