@@ -34,11 +34,12 @@ pytestmark = pytest.mark.slow
 
 
 async def _run_scenario(tmp_path, nemesis, *, duration: float, proxies: bool = False,
-                        extra_args: list[str] | None = None, client_timeout: float = 8.0, after=None):
+                        extra_args: list[str] | None = None, client_timeout: float = 8.0, after=None,
+                        make_cluster=None):
     seed = nemesis_seed()
     print(f"NEMESIS_SEED={seed}")
     rng = random.Random(seed)
-    cluster = NemesisCluster(tmp_path, extra_args=extra_args)
+    cluster = (make_cluster or NemesisCluster)(tmp_path, extra_args=extra_args)
     history = History(clock=trio.current_time)
     events: list[tuple[float, str]] = []
     try:
