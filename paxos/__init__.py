@@ -8,3 +8,9 @@
 
 Importing this package loads neither trio nor cbor2.
 """
+
+from .actions import Actions, DurableState  # noqa: E402
+from .ballot import Ballot  # noqa: E402
+from .replica import Config, Options, Replica  # noqa: E402
+
+__all__ = ["Actions", "Ballot", "Config", "DurableState", "Options", "Replica"]

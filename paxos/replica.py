@@ -104,10 +104,13 @@ class Options:
     window: int = 32
     batch_count_max: int = 256
     catchup_entries_max: int = 256
+    # A slot's commands add up to at most this many bytes (one command larger than it still gets a slot
+    # of its own), so that one Accept stays a reasonable message for the shell to frame and fsync.
+    batch_bytes_max: int = 1 << 20
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_ticks", "election_timeout_ticks", "window", "batch_count_max",
-                     "catchup_entries_max"):
+                     "catchup_entries_max", "batch_bytes_max"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Options.{name} must be an int >= 1, got {value!r}")
@@ -708,10 +711,16 @@ class Replica:
 
     def _fill_window(self) -> None:
         """Open slots for queued commands, ``batch_count_max`` per slot, ``window`` undecided at most."""
-        while self._role == LEADER and self._queue and len(self._in_flight) < self.options.window:
-            count = min(len(self._queue), self.options.batch_count_max)
-            batch = tuple(self._queue.popleft() for _ in range(count))
-            self._open_slot(self._next_slot, batch)
+        queue = self._queue
+        count_max, bytes_max = self.options.batch_count_max, self.options.batch_bytes_max
+        while self._role == LEADER and queue and len(self._in_flight) < self.options.window:
+            batch = [queue.popleft()]
+            size = len(batch[0])
+            while queue and len(batch) < count_max and size + len(queue[0]) <= bytes_max:
+                command = queue.popleft()
+                size += len(command)
+                batch.append(command)
+            self._open_slot(self._next_slot, tuple(batch))
 
     def _on_accepted(self, m: Accepted) -> None:
         if self._role != LEADER or m.ballot != self._own_ballot:

@@ -588,3 +588,24 @@ def test_candidate_that_compacted_during_its_election_does_not_reopen_compacted_
     assert not sent(actions, Accept)  # nothing left to re-propose above the snapshot
     replica.propose(b"new")
     assert [r.slot for r in replica.take_actions().persist] == [3]
+
+
+def test_batches_are_bounded_in_bytes_as_well_as_count():
+    """A leader packs queued commands into slots of at most batch_bytes_max bytes (one big command
+    still gets a slot of its own), so no Accept grows without bound."""
+    import random as _random
+
+    from paxos.replica import Config, Options, Replica
+
+    r = Replica(1, Config(node_ids=(1,)), rng=_random.Random(1),
+                options=Options(batch_bytes_max=10, batch_count_max=100, window=100))
+    for _ in range(100):
+        r.tick()
+        if r.is_leader:
+            break
+    assert r.is_leader
+    r.take_actions()
+    for command in [b"aaaa", b"bbbb", b"cccc", b"x" * 25, b"dd"]:
+        assert r.propose(command)
+    applied = [batch for _, batch in r.take_actions().apply if batch]
+    assert applied == [(b"aaaa", b"bbbb"), (b"cccc",), (b"x" * 25,), (b"dd",)]
