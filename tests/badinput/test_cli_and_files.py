@@ -1,0 +1,150 @@
+"""Bad input to the ``kv`` command line and bad files in a node's data directory (real subprocesses).
+
+CLI: missing or invalid arguments, malformed and unreachable endpoints, bad ``serve`` options. Each must
+end with an error on stderr (one line for the program's own errors), exit code 2 (usage) or 1 (the
+operation failed), and never a Python traceback.
+
+Files: a node is run, written to and stopped; then its data directory is damaged (a corrupt record in
+the middle of the log, a truncated snapshot) or handed to another node id or cluster id. ``kv serve``
+must refuse to start: exit non-zero within seconds, with a message naming the problem.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvstore.client import Client
+
+from ..integration.harness import free_ports
+from ..nemesis.cluster import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def kv(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=str(REPO), stdin=subprocess.DEVNULL)
+
+
+def error_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("args,code", [
+    (["put"], 2),                                                            # missing key
+    (["--endpoints", "not-an-endpoint", "get", "k"], 2),
+    (["--endpoints", "127.0.0.1:99999", "get", "k"], 2),
+    (["--endpoints", "127.0.0.1:abc", "put", "k", "v"], 2),
+    (["--endpoints", "", "get", "k"], 2),
+    (["--endpoints", "[::1:7001", "get", "k"], 2),
+    (["--command-timeout", "-5", "get", "k"], 2),
+    (["-w", "yaml", "get", "k"], 2),
+    (["frobnicate"], 2),
+    (["serve", "--id", "1", "--peers", "garbage", "--data-dir", "/tmp/x"], 2),
+    (["serve", "--id", "4", "--peers", "1=127.0.0.1:7001", "--data-dir", "/tmp/x"], 2),
+    (["serve", "--id", "1", "--peers", "1=127.0.0.1:0", "--data-dir", "/tmp/x"], 2),
+    (["serve", "--id", "x", "--peers", "1=127.0.0.1:7001", "--data-dir", "/tmp/x"], 2),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+def test_cli_usage_errors(args, code):
+    proc = kv(*args)
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert error_lines(proc), "no error message"
+
+
+def test_cli_unreachable_endpoint_is_one_line_exit_1():
+    port = free_ports(1)[0]  # nothing listens there
+    proc = kv("--endpoints", f"127.0.0.1:{port}", "--command-timeout", "1", "put", "k", "v")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(error_lines(proc)) == 1, proc.stderr
+
+
+# ---- data directory damage --------------------------------------------------------------------------
+
+
+class OneNode:
+    def __init__(self, root: Path, *extra: str, node_id: int = 1, cluster_id: str | None = None) -> None:
+        self.root = root
+        self.port = free_ports(1)[0]
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.data = root / "data"
+        self.args = ["serve", "--id", str(node_id), "--peers", f"{node_id}={self.endpoint}", "--data-dir",
+                     str(self.data), *extra]
+        if cluster_id:
+            self.args += ["--cluster-id", cluster_id]
+
+    def run_and_fill(self, count: int) -> None:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", *self.args], cwd=str(REPO),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            with Client([self.endpoint], timeout=20) as c:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        c.put("first", "x")
+                        break
+                    except Exception:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
+                for i in range(count):
+                    c.put(f"key-{i:04d}", f"value-{i}" * 5)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def start_expect_refusal(self, args=None) -> subprocess.CompletedProcess:
+        proc = kv(*(args or self.args), timeout=30)
+        assert proc.returncode != 0, f"kv serve started on a bad data dir:\n{proc.stderr[-2000:]}"
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        return proc
+
+
+def test_corrupt_record_in_the_middle_of_the_log_is_refused(tmp_path):
+    node = OneNode(tmp_path)
+    node.run_and_fill(60)
+    logs = sorted(node.data.glob("log-*.wal"))
+    assert logs
+    log = logs[-1]
+    data = bytearray(log.read_bytes())
+    assert len(data) > 2000
+    middle = len(data) // 2
+    for i in range(middle, middle + 8):
+        data[i] ^= 0xFF
+    log.write_bytes(bytes(data))
+    proc = node.start_expect_refusal()
+    assert "corrupt" in proc.stderr and log.name in proc.stderr, proc.stderr
+
+
+def test_truncated_snapshot_is_refused(tmp_path):
+    node = OneNode(tmp_path, "--snapshot-every", "20")
+    node.run_and_fill(70)
+    snaps = sorted(node.data.glob("snapshot-*.snap"))
+    assert snaps, "no snapshot was written"
+    snap = snaps[-1]
+    data = snap.read_bytes()
+    snap.write_bytes(data[: len(data) // 2])
+    proc = node.start_expect_refusal()
+    assert snap.name in proc.stderr, proc.stderr
+
+
+def test_data_dir_of_another_node_or_cluster_is_refused(tmp_path):
+    node = OneNode(tmp_path)
+    node.run_and_fill(5)
+    other_port = free_ports(1)[0]
+    as_node_2 = ["serve", "--id", "2", "--peers", f"2=127.0.0.1:{other_port}", "--data-dir", str(node.data)]
+    proc = node.start_expect_refusal(as_node_2)
+    assert "belongs to node 1" in proc.stderr, proc.stderr
+    other_cluster = [*node.args, "--cluster-id", "someone-else"]
+    proc = node.start_expect_refusal(other_cluster)
+    assert "cluster" in proc.stderr and "someone-else" in proc.stderr, proc.stderr
