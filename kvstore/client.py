@@ -140,6 +140,9 @@ class _Connection:
             # cost one scheduler round each with many requests in flight.
             self.sending = True
             try:
+                # Let the other tasks that run in this scheduler pass queue their frames first, so
+                # that one send_all carries them all.
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 while self.outbox:
                     data = b"".join(self.outbox)
                     self.outbox.clear()
@@ -362,6 +365,9 @@ class AsyncClient:
             self._preferred = (self._preferred + 1) % len(self.endpoints)
 
     async def _connection(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and not conn.broken:
+            return conn  # the common case: no lock to take (conn.call checkpoints)
         async with self._connecting:
             if self._conn is not None and not self._conn.broken:
                 return self._conn

@@ -192,6 +192,8 @@ class Node:
         if self.storage.snapshot is not None:
             slot, data = self.storage.snapshot
             self.sm = StateMachine.restore(data)
+            self.storage.release_snapshot()  # the bytes are on disk; don't keep a second copy
+            del data
         else:
             self.sm = StateMachine()
         o = self.options

@@ -399,6 +399,7 @@ class Storage:
         self.path = path
         self.recovered = DurableState()
         self.snapshot = None
+        self._snapshot_slot = 0
         self._fsync_enabled = fsync
         self._lock_fd: int | None = lock_fd
         self._log_fd: int | None = None
@@ -489,6 +490,7 @@ class Storage:
         if snapshot_slots:
             data = _read_snapshot(path / snapshot_file_name(snapshot_slot), snapshot_slot)
             self.snapshot = (snapshot_slot, data)
+            self._snapshot_slot = snapshot_slot
 
         newer = [s for s in log_slots if s > snapshot_slot]
         if newer:
@@ -668,12 +670,23 @@ class Storage:
     @property
     def snapshot_slot(self) -> int:
         """Slot of the newest snapshot (0: none yet)."""
-        return self.snapshot[0] if self.snapshot is not None else 0
+        return self._snapshot_slot
 
     def read_snapshot(self) -> tuple[int, bytes] | None:
-        """The newest snapshot as ``(slot, data)``, or None; the same as ``snapshot`` (held in memory,
-        so this does no I/O and cannot fail)."""
-        return self.snapshot
+        """The newest snapshot as ``(slot, data)``, read from its file, or None if there is none.
+
+        ``snapshot`` holds the bytes found at open only until the owner calls ``release_snapshot``;
+        after that, and after ``write_snapshot``, they live on disk only (a large state machine's
+        snapshot is as big as the state itself, too much to keep twice in memory).
+        """
+        if self._snapshot_slot == 0:
+            return None
+        slot = self._snapshot_slot
+        return slot, _read_snapshot(self.path / snapshot_file_name(slot), slot)
+
+    def release_snapshot(self) -> None:
+        """Drop the snapshot bytes read at open (the caller has restored its state machine from them)."""
+        self.snapshot = None
 
     def append(self, records: list) -> None:
         """Encode ``records`` and buffer them; nothing is written until ``sync``.
@@ -808,7 +821,8 @@ class Storage:
         self._write_file_atomically(
             snapshot_file_name(slot), header + data, "before_snapshot_rename", "after_snapshot_rename"
         )
-        self.snapshot = (slot, data)
+        self.snapshot = None
+        self._snapshot_slot = slot
         # Step 3: only records above the snapshot; replay drops the rest and keeps the promise.
         compacted = DurableState.replay(state.records(), snapshot_slot=slot)
         self._install_log(slot, encode_records(compacted.records()))
