@@ -167,3 +167,26 @@ async def test_paused_old_leader_serves_no_stale_read(tmp_path):
             assert await kv.get("k") == "new"
     finally:
         cluster.close()
+
+
+@pytest.mark.parametrize("size", [1, 5])
+async def test_clusters_of_one_and_five_nodes_serve_and_survive_a_restart(tmp_path, size):
+    cluster = Cluster(tmp_path, size)
+    acked: dict[str, str] = {}
+    try:
+        cluster.start_all()
+        leader = cluster.leader(deadline_s=30)
+        async with connect(cluster.endpoints, timeout=15) as kv:
+            await _writer(kv, "a", 50, acked, trio.Event())
+        cluster.kill(leader)  # with 1 node: total outage; with 5: a new leader takes over
+        if size == 1:
+            cluster.start(leader)
+        async with connect(cluster.endpoints, timeout=20) as kv:
+            await _writer(kv, "b", 50, acked, trio.Event())
+        if size == 5:
+            cluster.start(leader)
+        assert len(acked) == 100
+        await _check_all(cluster.endpoints, acked)
+        cluster.wait_converged(deadline_s=30)
+    finally:
+        cluster.close()
