@@ -34,6 +34,7 @@ and its network endpoints. All of them live in one nursery.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import itertools
@@ -220,6 +221,7 @@ class Node:
         # (client_id, request_id) -> list of (conn, wire request id, deadline)
         self._waiting_writes: dict[tuple[bytes, int], list] = defaultdict(list)
         self._waiting_reads: dict[int, tuple[ClientConn, object]] = {}
+        self._write_deadlines: collections.deque = collections.deque()  # (deadline, key), oldest first
         self._read_ids = itertools.count(1)
         self._applied_since_snapshot = 0
         self._snapshot_inbox: dict[tuple[int, int], bytearray] = {}
@@ -416,6 +418,7 @@ class Node:
             return
         deadline = trio.current_time() + self.options.request_timeout
         self._waiting_writes[key].append((conn, request_id, deadline))
+        self._write_deadlines.append((deadline, key))
 
     def _start_read(self, conn: ClientConn, request) -> None:
         read_id = next(self._read_ids)
@@ -427,11 +430,23 @@ class Node:
     def _expire_waiters(self) -> None:
         """Fail requests that waited past the request timeout (the outcome of a write is unknown)."""
         now = trio.current_time()
-        expired = [k for k, ws in self._waiting_writes.items() if all(w[2] < now for w in ws)]
-        for key in expired:
-            for conn, request_id, _ in self._waiting_writes.pop(key):
-                conn.reply(wire.ErrorReply(id=request_id, code=wire.TIMEOUT,
-                                           message="write not decided in time; outcome unknown", leader=None))
+        # Deadlines are appended in arrival order with one timeout, so the expired ones are in front.
+        deadlines, waiting = self._write_deadlines, self._waiting_writes
+        while deadlines and deadlines[0][0] < now:
+            _, key = deadlines.popleft()
+            waiters = waiting.get(key)
+            if not waiters:
+                continue
+            keep = [w for w in waiters if w[2] >= now]
+            for conn, request_id, _ in waiters:
+                if (conn, request_id, _) not in keep:
+                    self.counters["writes_expired"] += 1
+                    conn.reply(wire.ErrorReply(id=request_id, code=wire.TIMEOUT, leader=None,
+                                               message="write not decided in time; outcome unknown"))
+            if keep:
+                waiting[key] = keep
+            else:
+                del waiting[key]
         expired_reads = [k for k, (_, _, deadline) in self._waiting_reads.items() if deadline < now]
         for read_id in expired_reads:
             conn, request, _ = self._waiting_reads.pop(read_id)

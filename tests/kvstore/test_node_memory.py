@@ -148,3 +148,28 @@ async def test_no_quorum_write_times_out_with_unknown_outcome(tmp_path, autojump
                 await kv.put("k", "v")
         assert info.value.outcome_unknown
         nursery.cancel_scope.cancel()
+
+
+async def test_write_waiting_past_the_request_timeout_is_answered_with_timeout(tmp_path, autojump_clock):
+    """The node itself fails a write it could not decide within request_timeout (no quorum), so a
+    client is never left waiting forever on a connection that stays open."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        for i in PEERS:
+            await cluster.start(i)
+        leader = await cluster.wait_leader()
+        for i in list(cluster.nodes):
+            if i != leader:
+                cluster.crash(i)
+        node = cluster.nodes[leader]
+        stream = await net.transport().connect(*PEERS[leader])
+        await stream.send_all(wire.encode_frame(wire.PutRequest(
+            id=7, key="k", value="v", client_id=b"c" * 16, request_id=1, ack_below=1)))
+        reader = wire.FrameReader(stream)
+        with trio.fail_after(node.options.request_timeout * 3):
+            frames = await reader.receive_frames()
+        reply = wire.decode_body(frames[0])
+        assert isinstance(reply, wire.ErrorReply) and reply.code == wire.TIMEOUT and reply.id == 7
+        assert node.counters["writes_expired"] == 1
+        nursery.cancel_scope.cancel()
