@@ -494,3 +494,50 @@ def _register_optional_commands() -> None:
 _register_optional_commands()
 
 __all__ = ["app"]
+
+
+# etcdctl users write global flags after the command too (``etcdctl endpoint status -w table``).
+# Click only takes them before it, so the entry point moves them there first.
+_GLOBAL_WITH_VALUE = ("--endpoints", "--write-out", "-w", "--command-timeout")
+_GLOBAL_FLAGS = ("--debug",)
+_OWN_FLAGS_COMMANDS = ("bench", "serve")  # these define some of the same names themselves
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Move global options that follow the subcommand to the front; everything else keeps its order."""
+    front: list[str] = []
+    rest: list[str] = []
+    command_seen = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if not command_seen and not arg.startswith("-"):
+            command_seen = True
+            if arg in _OWN_FLAGS_COMMANDS:
+                rest.extend(argv[i:])
+                break
+            rest.append(arg)
+        elif command_seen and arg in _GLOBAL_WITH_VALUE and i + 1 < len(argv):
+            front.extend(argv[i:i + 2])
+            i += 1
+        elif command_seen and (arg in _GLOBAL_FLAGS or arg.split("=", 1)[0] in _GLOBAL_WITH_VALUE):
+            front.append(arg)
+        elif not command_seen and arg in _GLOBAL_WITH_VALUE and i + 1 < len(argv):
+            front.extend(argv[i:i + 2])
+            i += 1
+        elif not command_seen:
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def run() -> None:
+    """The ``kv`` console script."""
+    import sys
+
+    app(args=hoist_global_options(sys.argv[1:]), prog_name="kv")
