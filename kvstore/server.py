@@ -320,7 +320,10 @@ class Node:
             if ticks:
                 self._expire_waiters()
             self._stage(replica.take_actions())
-            if self._applied_since_snapshot >= self.options.snapshot_every:
+            # Snapshot after snapshot_every commands, but never more often than once per len(state)
+            # commands: a snapshot costs time in proportion to the state, so this keeps its cost
+            # per command constant however large the store grows.
+            if self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm)):
                 await self._wait_committed()
                 await self._take_snapshot()
 
