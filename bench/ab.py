@@ -1,0 +1,112 @@
+"""A/B benchmark: this tree against an earlier revision, in one run, alternating.
+
+Machines here are noisy (2 cores, shared), so a figure only means something as a ratio against a
+baseline measured in the same run. This script checks out ``--baseline REV`` into a temporary git
+worktree, then, for each round, runs the same load against a fresh local cluster of each tree (server
+*and* client code from that tree), alternating A and B so that drift in the machine's load hits both.
+
+    python bench/ab.py --baseline 4f3e7bd --nodes 3 --inflight 1,16,256 --rounds 2
+
+Prints, per in-flight level, the median throughput and p50 of each tree and the ratio B/A (B = this
+tree). Every run is bounded: ``--requests`` per point, and a timeout per subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+# Runs inside a subprocess with PYTHONPATH set to one tree: start a cluster of that tree, drive it
+# with that tree's client, print one JSON line per in-flight level.
+_LOAD = r'''
+import json, sys, tempfile, time
+from contextlib import AsyncExitStack
+from pathlib import Path
+import trio
+from tests.integration.harness import Cluster
+from kvstore.client import connect
+
+async def load(endpoints, inflight, total):
+    lat = []
+    async with AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(connect(endpoints, timeout=30))
+                 for _ in range(min(4, inflight))]
+        per = max(1, total // inflight)
+        async def worker(w):
+            kv = conns[w % len(conns)]
+            for i in range(per):
+                started = time.perf_counter()
+                await kv.put(f"k{w}-{i}", "x" * 100)
+                lat.append(time.perf_counter() - started)
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for w in range(inflight):
+                nursery.start_soon(worker, w)
+        elapsed = time.perf_counter() - t0
+    lat.sort()
+    return {"ops": len(lat) / elapsed, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+
+nodes, levels, total = int(sys.argv[1]), [int(x) for x in sys.argv[2].split(",")], int(sys.argv[3])
+cluster = Cluster(Path(tempfile.mkdtemp()), nodes)
+try:
+    cluster.start_all()
+    cluster.leader(deadline_s=30)
+    for inflight in levels:
+        n = total if inflight > 1 else max(200, total // 20)
+        print(json.dumps({"inflight": inflight, **trio.run(load, cluster.endpoints, inflight, n)}), flush=True)
+finally:
+    cluster.close()
+'''
+
+
+def run_tree(tree: Path, nodes: int, levels: str, total: int) -> dict[int, dict]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    out = subprocess.run([sys.executable, "-c", _LOAD, str(nodes), levels, str(total)], cwd=tree, env=env,
+                         capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise SystemExit(f"load against {tree} failed:\n{out.stderr[-3000:]}")
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return {row["inflight"]: row for row in rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="git revision to compare against (A)")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--inflight", default="1,16,256")
+    parser.add_argument("--requests", type=int, default=10_000, help="puts per point (1 in flight: 1/20 of it)")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", str(base), args.baseline],
+                       check=True, capture_output=True)
+        try:
+            results: dict[str, list] = {"A": [], "B": []}
+            for round_no in range(args.rounds):
+                for name, tree in (("A", base), ("B", HERE)):
+                    print(f"round {round_no + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
+                    results[name].append(run_tree(tree, args.nodes, args.inflight, args.requests))
+        finally:
+            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(base)], capture_output=True)
+    print(f"A = {args.baseline}, B = this tree; {args.nodes} nodes, 100-byte puts, fsync always, "
+          f"median of {args.rounds} alternating rounds, nproc={os.cpu_count()}")
+    print(f"{'in flight':>9} {'A ops/s':>9} {'B ops/s':>9} {'B/A':>6} {'A p50 ms':>9} {'B p50 ms':>9} {'B/A':>6}")
+    for inflight in [int(x) for x in args.inflight.split(",")]:
+        a_ops = statistics.median(r[inflight]["ops"] for r in results["A"])
+        b_ops = statistics.median(r[inflight]["ops"] for r in results["B"])
+        a_p50 = statistics.median(r[inflight]["p50_ms"] for r in results["A"])
+        b_p50 = statistics.median(r[inflight]["p50_ms"] for r in results["B"])
+        print(f"{inflight:>9} {a_ops:>9.0f} {b_ops:>9.0f} {b_ops / a_ops:>6.2f} {a_p50:>9.2f} {b_p50:>9.2f} "
+              f"{b_p50 / a_p50:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
