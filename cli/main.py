@@ -99,7 +99,7 @@ def main(
     Example: kv --endpoints 127.0.0.1:7001,127.0.0.1:7002 -w json get greeting
     """
     ctx.obj = Settings(
-        endpoints_text=endpoints if endpoints else None,
+        endpoints_text=endpoints,  # "" is a usage error, not "use the default"
         write_out=write_out,
         command_timeout=command_timeout,
         debug=debug,

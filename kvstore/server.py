@@ -681,7 +681,16 @@ class Node:
                 frames = await reader.receive_frames()
             if idle.cancelled_caught or not frames:
                 return
-            first = wire.decode_body(frames[0])
+            try:
+                first = wire.decode_body(frames[0])
+            except wire.WireError as exc:
+                # Answer a bad first frame like any later one: addressed to its request id if it has one.
+                self.counters["protocol_errors"] += 1
+                log.warning("closing connection from %s: bad frame: %s", name, exc)
+                with trio.move_on_after(1):
+                    await stream.send_all(wire.encode_frame(wire.ErrorReply(
+                        id=wire.request_id_of(frames[0]), code=wire.PROTOCOL, message=str(exc), leader=None)))
+                return
             if isinstance(first, wire.Hello):
                 await self._serve_peer(first, reader, frames[1:], name)
                 return
@@ -744,7 +753,7 @@ class Node:
             while len(chunks) < 1024:
                 try:
                     chunks.append(recv.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):  # EndOfChannel: the reader closed it
                     break
             await stream.send_all(b"".join(chunks))
 

@@ -234,11 +234,6 @@ for _kind, _msg in GOOD.items():
             WRONG_FIELD_CASES.append((_kind, _field, _bad))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server.py _client_writer (line ~727) catches only trio.WouldBlock around recv.receive_nowait(); after "
-    "_serve_client closes outbox_send on a bad frame, receive_nowait raises trio.EndOfChannel, the writer "
-    "crashes (traceback logged as 'connection ... failed') and the replies still queued, including the "
-    "protocol error, are never sent. Fix: except (trio.WouldBlock, trio.EndOfChannel)"))
 def test_wrong_cbor_types_in_every_field_of_client_messages(node):
     assert len(WRONG_FIELD_CASES) > 150
     rss_before = node.rss()
@@ -271,10 +266,6 @@ def test_wrong_cbor_types_in_every_field_of_client_messages(node):
     assert "Traceback" not in node.log_text()[mark:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server.py _handle_connection answers a bad FIRST frame with ErrorReply(id=None) although the body "
-    "has a usable id; docs/protocol.md section 2 says the err carries the request's id (later frames do, "
-    "via wire.request_id_of)"))
 def test_bad_first_frame_gets_an_error_addressed_to_its_request(node):
     msg = dict(GOOD["put"], key=5)
     received, closed, _ = exchange(node, frame(msg))
