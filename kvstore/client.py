@@ -235,17 +235,26 @@ class AsyncClient:
         """The status of one node (raises Unavailable if it does not answer in time)."""
         if isinstance(endpoint, str):
             endpoint = parse_endpoints([endpoint])[0]
+        reply = None
+        failure = None
         with trio.move_on_after(self.timeout) as scope:
-            stream = await self._open_stream(*endpoint)
+            try:
+                stream = await self._open_stream(*endpoint)
+            except OSError as exc:
+                raise Unavailable(f"{_fmt(endpoint)} is unreachable: {exc}") from None
             async with stream:
                 conn = _Connection(endpoint, stream)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(conn.reader)
+                    # Nothing may raise inside the nursery block (trio would wrap it in a group).
                     try:
                         reply = await conn.call(lambda rid: wire.StatusRequest(id=rid))
-                    finally:
-                        nursery.cancel_scope.cancel()
-        if scope.cancelled_caught:
+                    except (_ConnectionLost, OSError) as exc:
+                        failure = exc
+                    nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise Unavailable(f"{_fmt(endpoint)} closed the connection: {failure}")
+        if scope.cancelled_caught or reply is None:
             raise Unavailable(f"{_fmt(endpoint)} did not answer within {self.timeout:g}s")
         if isinstance(reply, wire.ErrorReply):
             raise RequestError(reply.message, reply.code)
@@ -396,13 +405,20 @@ async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport
 
     ``transport`` (tests only) replaces TCP: an object with ``async connect(host, port) -> stream``.
     """
+    # An exception from the caller's block is re-raised after the nursery has closed, so that it
+    # reaches the caller as itself (Unavailable, ...) rather than wrapped in an ExceptionGroup.
+    error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         client = AsyncClient(endpoints, nursery, timeout=timeout, transport=transport)
         try:
             yield client
+        except BaseException as exc:
+            error = exc
         finally:
             await client.aclose()
             nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
 
 
 class Client:
