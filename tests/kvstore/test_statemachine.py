@@ -376,6 +376,10 @@ class StateMachineVersusModel(RuleBasedStateMachine):
     def snapshot_and_restore(self):
         self.sm = StateMachine.restore(self.sm.snapshot())
 
+    @rule(per_chunk=st.integers(1, 5))
+    def restore_from_chunks(self, per_chunk):
+        self.sm = StateMachine.restore(b"".join(self.sm.snapshot_chunks(per_chunk)))
+
     @invariant()
     def matches_model(self):
         expected = [Entry(k, *self.model.entries[k]) for k in sorted(self.model.entries)]
@@ -394,6 +398,7 @@ class StateMachineVersusModel(RuleBasedStateMachine):
     def twin_agrees(self):
         assert self.sm.state_hash() == self.twin.state_hash()
         assert self.sm.snapshot() == self.twin.snapshot()
+        assert b"".join(self.twin.snapshot_chunks(2)) == self.twin.snapshot()
 
 
 StateMachineVersusModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40,

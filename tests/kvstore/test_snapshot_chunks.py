@@ -1,0 +1,229 @@
+"""Tests of ``StateMachine.snapshot_chunks`` and the sorted key index behind it.
+
+How:
+* A reference encoder (the former one-call ``snapshot``: build the whole map from ``range()`` and the
+  dedup table, one ``cbor2.dumps``) is compared byte for byte with the joined pieces, for 0 keys, sizes
+  around the chunk boundary (small ``entries_per_chunk``), array lengths around every CBOR head size,
+  str and bytes values and a dedup table with several clients.
+* Restoring the joined pieces gives the same hash, snapshot and dedup answers; restore is also run
+  with a tiny step so its progressive consumption of the decoded list crosses many steps.
+* The index (``_SortedKeys``) is checked against a sorted set under random adds and removes with a tiny
+  block size, so splits, merges and emptied blocks all happen.
+"""
+from __future__ import annotations
+
+import random
+
+import cbor2
+import pytest
+
+from kvstore import statemachine
+from kvstore.commands import encode_delete, encode_put
+from kvstore.statemachine import SnapshotError, StateMachine, _array_header, _SortedKeys
+
+A = b"client-a"
+B = b"client-b"
+
+
+def reference_snapshot(sm: StateMachine) -> bytes:
+    """What ``snapshot()`` returned before it was split into pieces: one ``cbor2.dumps`` of the map."""
+    flat: list = []
+    for entry in sm.range():
+        flat.extend((entry.key, entry.value, entry.version, entry.mod_revision))
+    clients = []
+    for client_id, client in sm._clients.items():
+        results: list = []
+        for request_id in sorted(client.results):
+            results.append(request_id)
+            results.extend(client.results[request_id])
+        clients.append([client_id, client.floor, client.last_revision, results])
+    return cbor2.dumps({"format": 1, "revision": sm.revision, "entries": flat, "clients": clients})
+
+
+def machine(keys: int, clients: int = 3, seed: int = 0) -> StateMachine:
+    """``keys`` keys (inserted in random order, str and bytes values of varied length, some updated
+    twice) written by ``clients`` clients, plus a few deletes, so the dedup table is not empty."""
+    rng = random.Random(seed)
+    sm = StateMachine()
+    rids = {}
+    names = [f"k/{rng.randrange(10**9):09d}/{i}" for i in range(keys)]
+    rng.shuffle(names)
+    client_ids = [b"c%d" % i for i in range(max(clients, 1))]
+
+    def write(command_for):
+        client = rng.choice(client_ids)
+        rid = rids.get(client, 0) + 1
+        rids[client] = rid
+        sm.apply(command_for(client, rid))
+
+    for i, key in enumerate(names):
+        value = rng.randbytes(rng.randrange(0, 40)) if i % 2 else "v" * rng.randrange(0, 40) + "é"
+        write(lambda c, r: encode_put(c, r, 0, key, value))
+        if i % 5 == 0:
+            write(lambda c, r: encode_put(c, r, 0, key, b"again"))
+    write(lambda c, r: encode_delete(c, r, 0, "no-such-key"))
+    return sm
+
+
+@pytest.mark.parametrize("per_chunk", [1, 3, 4, 7])
+@pytest.mark.parametrize("keys", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 14, 15, 21, 29])
+def test_joined_chunks_are_byte_identical_to_the_one_call_encoding(keys, per_chunk):
+    sm = machine(keys, seed=keys)
+    pieces = list(sm.snapshot_chunks(per_chunk))
+    assert all(type(p) is bytes for p in pieces)
+    joined = b"".join(pieces)
+    assert joined == reference_snapshot(sm) == sm.snapshot()
+    # Pieces: the head, one per batch of entries, the clients head, then the client batches.
+    entry_pieces = -(-keys // per_chunk)
+    assert len(pieces) >= 2 + entry_pieces
+
+
+def test_empty_machine_snapshot_is_unchanged():
+    sm = StateMachine()
+    assert b"".join(sm.snapshot_chunks()) == sm.snapshot() == reference_snapshot(sm)
+    assert sm.snapshot() == cbor2.dumps({"format": 1, "revision": 0, "entries": [], "clients": []})
+    assert StateMachine.restore(sm.snapshot()).state_hash() == sm.state_hash()
+
+
+@pytest.mark.parametrize("keys", [5, 6, 63, 64, 16383, 16384])
+def test_entry_array_heads_of_every_size_match_cbor2(keys):
+    # 4 * keys items: 20/24 (1-byte head vs 2), 252/256 (2 vs 3), 65532/65536 (3 vs 5 bytes).
+    sm = StateMachine()
+    for i in range(keys):
+        sm.apply(encode_put(A, i + 1, i + 1, f"key{i:06d}", b"x" if i % 3 else "y"))
+    assert b"".join(sm.snapshot_chunks(1000)) == reference_snapshot(sm)
+
+
+@pytest.mark.parametrize("length", [0, 1, 23, 24, 255, 256, 65535, 65536, 70000])
+def test_array_header_matches_cbor2(length):
+    encoded = cbor2.dumps([0] * length)
+    assert encoded == _array_header(length) + b"\x00" * length
+
+
+def test_array_header_of_huge_lengths():
+    assert _array_header(2**32 - 1) == b"\x9a\xff\xff\xff\xff"
+    assert _array_header(2**32) == b"\x9b\x00\x00\x00\x01\x00\x00\x00\x00"
+
+
+def test_dedup_table_split_across_pieces_and_restored():
+    sm = StateMachine()
+    # Many clients, some with many remembered results, so client batches split at several places.
+    for c in range(40):
+        client = b"client-%02d" % c
+        for rid in range(1, (c % 7) * 3 + 2):
+            sm.apply(encode_put(client, rid, 0, f"key{c % 9}", b"v%d" % rid if rid % 2 else f"s{rid}"))
+    sm.apply(encode_put(b"client-05", 1, 0, "key5", b"dup"))  # a duplicate: LRU order changes
+    for per_chunk in (1, 2, 5, 11, 20_000):
+        assert b"".join(sm.snapshot_chunks(per_chunk)) == reference_snapshot(sm)
+    restored = StateMachine.restore(b"".join(sm.snapshot_chunks(3)))
+    assert restored.snapshot() == sm.snapshot()
+    assert [restored.remembered(b"client-%02d" % c) for c in range(40)] == \
+        [sm.remembered(b"client-%02d" % c) for c in range(40)]
+
+
+def test_restore_of_joined_chunks_keeps_state_and_answers_retries():
+    sm = machine(50, clients=2, seed=7)
+    first = encode_put(A, 1, 0, "k", "v1")
+    sm.apply(first)
+    cas_like = encode_put(B, 1, 0, "j", b"bytes")
+    sm.apply(cas_like)
+    sm.apply(encode_put(A, 2, 2, "k", "v2"))  # A's floor is 2: request 1 was answered
+    data = b"".join(sm.snapshot_chunks(4))
+    restored = StateMachine.restore(data)
+    assert restored.state_hash() == sm.state_hash()
+    assert restored.range() == sm.range() and restored.revision == sm.revision
+    assert b"".join(restored.snapshot_chunks(4)) == data
+    revision = restored.revision
+    assert restored.apply(cas_like)[1] == sm.apply(cas_like)[1]  # remembered: first result again
+    assert restored.apply(first)[1] == {"error": "stale request"}
+    assert restored.revision == revision
+    # Both continue identically, including ordered reads and prefix deletes through the index.
+    for command in [encode_put(A, 3, 0, "k/zzz", "new"), encode_delete(A, 4, 0, "k/1", prefix=True),
+                    encode_delete(B, 2, 0, "j")]:
+        assert restored.apply(command) == sm.apply(command)
+    assert restored.range("k/") == sm.range("k/")
+    assert restored.snapshot() == sm.snapshot() == reference_snapshot(sm)
+
+
+def test_restore_in_many_small_steps(monkeypatch):
+    monkeypatch.setattr(statemachine, "_RESTORE_ENTRIES_PER_STEP", 3)
+    sm = machine(40, seed=3)
+    restored = StateMachine.restore(sm.snapshot())
+    assert restored.snapshot() == sm.snapshot()
+    assert restored.state_hash() == sm.state_hash()
+    # The order check also works across step boundaries.
+    top = cbor2.loads(sm.snapshot())
+    flat = top["entries"]
+    for swap in (5, 6, 8):  # swap entries swap and swap + 1 (the step boundary is every 3 entries)
+        bad = list(flat)
+        bad[4 * swap:4 * swap + 8] = flat[4 * swap + 4:4 * swap + 8] + flat[4 * swap:4 * swap + 4]
+        with pytest.raises(SnapshotError, match="increasing"):
+            StateMachine.restore(cbor2.dumps({**top, "entries": bad}))
+
+
+def test_mutation_between_pieces_is_refused():
+    sm = machine(20, seed=1)
+    pieces = sm.snapshot_chunks(3)
+    next(pieces)
+    next(pieces)
+    sm.apply(encode_put(A, 1, 0, "new-key", "v"))
+    with pytest.raises(RuntimeError, match="mutated"):
+        list(pieces)
+
+
+def test_reads_between_pieces_are_fine():
+    sm = machine(20, seed=2)
+    expected = sm.snapshot()
+    pieces = []
+    for piece in sm.snapshot_chunks(2):
+        pieces.append(piece)
+        sm.range("k/")
+        sm.state_hash()
+        sm.get("k")
+    assert b"".join(pieces) == expected
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, None])
+def test_entries_per_chunk_must_be_positive(bad):
+    with pytest.raises(ValueError):
+        next(StateMachine().snapshot_chunks(bad))
+
+
+def test_sorted_keys_index_against_a_sorted_set(monkeypatch):
+    monkeypatch.setattr(_SortedKeys, "_LOAD", 4)  # blocks of 4..8: splits and merges all the time
+    rng = random.Random(5)
+    index = _SortedKeys()
+    model: set[str] = set()
+    universe = [f"{rng.choice('abc')}{rng.randrange(300)}" for _ in range(400)]
+    for step in range(6000):
+        key = rng.choice(universe)
+        # Phases: mostly adds, then mostly removes, so blocks fill, split, drain and merge.
+        adding = rng.random() < (0.8 if (step // 1500) % 2 == 0 else 0.2)
+        if adding and key not in model:
+            index.add(key)
+            model.add(key)
+        elif not adding and key in model:
+            index.remove(key)
+            model.remove(key)
+        if step % 50 == 0:
+            assert list(index) == sorted(model) and len(index) == len(model)
+            assert all(0 < len(b) <= 8 for b in index.blocks())
+            assert index._maxes == [b[-1] for b in index.blocks()]
+            for prefix in ("", "a", "b1", "c29", "zz"):
+                assert index.with_prefix(prefix) == sorted(k for k in model if k.startswith(prefix))
+    rebuilt = _SortedKeys.from_sorted(sorted(model))
+    assert list(rebuilt) == list(index)
+
+
+def test_prefix_delete_of_everything_and_of_a_part():
+    sm = machine(30, seed=9)
+    keys = [e.key for e in sm.range()]
+    some = keys[3][:4]
+    result = sm.apply(encode_delete(A, 1, 0, some, prefix=True))[1]
+    assert result["deleted"] == sum(k.startswith(some) for k in keys)
+    assert [e.key for e in sm.range()] == [k for k in keys if not k.startswith(some)]
+    sm.apply(encode_delete(A, 2, 0, "", prefix=True))
+    assert sm.range() == [] and len(sm) == 0
+    sm.apply(encode_put(A, 3, 0, "back", "v"))
+    assert [e.key for e in sm.range()] == ["back"]
+    assert sm.snapshot() == reference_snapshot(sm)
