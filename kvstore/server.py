@@ -137,7 +137,8 @@ EV_TICK = 0
 EV_PAXOS = 1  # (EV_PAXOS, message)
 EV_PROPOSE = 2  # (EV_PROPOSE, command_bytes, waiter_key, conn, request_id)
 EV_READ = 3  # (EV_READ, conn, request)
-EV_SNAPSHOT = 4  # (EV_SNAPSHOT, slot, data)
+EV_SNAPSHOT = 4  # (EV_SNAPSHOT, slot, data): a peer's snapshot arrived
+EV_COMPACT = 5  # (EV_COMPACT, slot): our snapshot file through slot is written; compact the log
 
 
 class ClientConn:
@@ -231,6 +232,9 @@ class Node:
         self._commit_send, self._commit_recv = trio.open_memory_channel(math.inf)
         self._staged = 0
         self._committed = 0
+        self._snapshotting = False
+        self._apply_paused = False
+        self._backlog: list = []
         # The highest decided slot whose decision rests only on durable accepts (ours included).
         self._durable_decided_slot = self.replica.decided_slot
         self._progress = trio.Event()
@@ -245,6 +249,7 @@ class Node:
         """Serve until cancelled. Closes storage on the way out."""
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 listeners = await self._open_listeners()
                 sock = getattr(listeners[0], "socket", None)
                 self.listen_port = sock.getsockname()[1] if sock is not None else self.peers[self.node_id][1]
@@ -315,17 +320,20 @@ class Node:
                 elif kind == EV_READ:
                     self._start_read(event[1], event[2])
                 elif kind == EV_SNAPSHOT:
-                    await self._wait_committed()
-                    await self._install_snapshot(event[1], event[2])
+                    if not self._snapshotting:  # else drop it: the core asks again
+                        await self._wait_committed()
+                        await self._install_snapshot(event[1], event[2])
+                elif kind == EV_COMPACT:
+                    await self._finish_snapshot(event[1])
             if ticks:
                 self._expire_waiters()
             self._stage(replica.take_actions())
             # Snapshot after snapshot_every commands, but never more often than once per len(state)
             # commands: a snapshot costs time in proportion to the state, so this keeps its cost
             # per command constant however large the store grows.
-            if self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm)):
-                await self._wait_committed()
-                await self._take_snapshot()
+            if (not self._snapshotting
+                    and self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm))):
+                self._start_snapshot()
 
     def _stage(self, actions) -> None:
         """Hand one batch of actions to the committer, after writing (not yet fsyncing) its records.
@@ -463,6 +471,20 @@ class Node:
             self._send_now([item for item in actions.send if type(item[1]) is not pm.Accept])
         else:
             self._send_now(actions.send)
+        if self._apply_paused:
+            self._backlog.append(actions)  # a snapshot is being written from the frozen state machine
+            return
+        if self._backlog:
+            self._drain_backlog()
+        self._finish(actions)
+
+    def _drain_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, []
+        for actions in backlog:
+            self._finish(actions)
+
+    def _finish(self, actions) -> None:
+        """Steps 3-6 of the contract: apply, answer reads, fail what was dropped, offer snapshots."""
         # 3. apply decided commands, answer the waiting writers
         if actions.apply:
             sm_apply = self.sm.apply
@@ -559,22 +581,51 @@ class Node:
     # -----------------------------------------------------------------------------------------------
     # snapshots
 
-    async def _take_snapshot(self) -> None:
+    def _start_snapshot(self) -> None:
+        """Begin a snapshot without stopping the node.
+
+        The state machine is frozen at its applied slot: the committer keeps fsyncing and sending,
+        but holds back applies (and the answers that depend on them) in a backlog. A worker thread
+        streams the frozen state to the snapshot file piece by piece, so the driver goes on ticking,
+        heartbeating and accepting meanwhile. Then ``_finish_snapshot`` compacts the core and the log
+        and releases the backlog.
+        """
+        self._snapshotting = True
+        self._apply_paused = True
+        self._applied_since_snapshot = 0
         slot = self.applied_slot
-        assert slot == self.replica.applied_slot, "snapshot while applies are still staged"
         if slot <= self.replica.snapshot_slot:
-            self._applied_since_snapshot = 0
+            self._apply_paused = self._snapshotting = False
             return
-        data = self.sm.snapshot()
-        self.replica.compact(slot)
-        state = self.replica.durable_state()
+        self._nursery.start_soon(self._write_snapshot_file, slot)
+
+    async def _write_snapshot_file(self, slot: int) -> None:
+        started = time.perf_counter()
         try:
-            await trio.to_thread.run_sync(self.storage.write_snapshot, slot, data, state)
+            await trio.to_thread.run_sync(self.storage.write_snapshot_file, slot, self.sm.snapshot_chunks())
         except StorageFull as exc:
+            self._resume_applies()
             self._on_storage_full(exc)
             return
-        self._applied_since_snapshot = 0
-        log.info("snapshot at slot %d (%d keys, %d bytes)", slot, len(self.sm), len(data))
+        except (OSError, StorageError, ValueError, RuntimeError) as exc:
+            log.error("snapshot at slot %d failed, carrying on without it: %s", slot, exc)
+            self._resume_applies()
+            return
+        self.counters["snapshot_ms"] = int((time.perf_counter() - started) * 1000)
+        self._events_send.send_nowait((EV_COMPACT, slot))
+
+    async def _finish_snapshot(self, slot: int) -> None:
+        """In the driver: the snapshot file through ``slot`` is durable; compact core and log."""
+        await self._wait_committed()  # the log is quiet and holds everything staged
+        self.replica.compact(slot)
+        await trio.to_thread.run_sync(self.storage.compact_log, slot, self.replica.durable_state())
+        self._resume_applies()
+        log.info("snapshot at slot %d (%d keys, %d ms)", slot, len(self.sm), self.counters["snapshot_ms"])
+
+    def _resume_applies(self) -> None:
+        self._apply_paused = False
+        self._snapshotting = False
+        self._drain_backlog()
 
     async def _install_snapshot(self, slot: int, data: bytes) -> None:
         if slot <= self.replica.applied_slot:
@@ -852,6 +903,7 @@ class Node:
             "keys": len(self.sm),
             "state_hash": self.sm.state_hash(),
             "storage_full": self.storage_full,
+            "snapshotting": self._snapshotting,
             "cluster_id": self.options.cluster_id,
             "counters": dict(self.counters),
         }

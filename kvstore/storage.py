@@ -832,6 +832,81 @@ class Storage:
         except OSError as exc:
             raise _io_error(f"cannot delete old snapshots and logs in {self.path}", exc) from exc
 
+    def write_snapshot_file(self, slot: int, pieces) -> None:
+        """Step 2 of ``write_snapshot`` on its own, streamed: write the snapshot through ``slot`` from
+        ``pieces`` (bytes, or an iterable of bytes pieces, e.g. ``StateMachine.snapshot_chunks()``),
+        fsync, rename into place, fsync the directory.
+
+        For a server that keeps working while a large snapshot is written: it may run in a worker
+        thread while the owner appends, flushes and fsyncs the log (it touches only snapshot files).
+        Until ``compact_log(slot, state)`` follows, recovery uses this snapshot with the older log,
+        which is correct (see the module docstring). Raises ``ValueError`` if ``slot`` is below the
+        current snapshot slot, ``StorageFull``/``StorageError`` on I/O errors.
+        """
+        self._check_usable()
+        if slot < self.snapshot_slot:
+            raise ValueError(f"snapshot slot {slot} is below the current snapshot slot {self.snapshot_slot}")
+        if isinstance(pieces, (bytes, bytearray, memoryview)):
+            pieces = (bytes(pieces),)
+        name = snapshot_file_name(slot)
+        final = self.path / name
+        tmp = self.path / (name + TMP_SUFFIX)
+        renamed = False
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                # The header holds the length and CRC of what follows: write a placeholder, stream the
+                # pieces, then fill the header in.
+                self._write_all(fd, bytes(SNAPSHOT_HEADER.size))
+                length, crc = 0, 0
+                for piece in pieces:
+                    self._write_all(fd, piece)
+                    length += len(piece)
+                    crc = zlib.crc32(piece, crc)
+                header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, slot, length, crc)
+                if os.pwrite(fd, header, 0) != len(header):
+                    raise OSError(errno.EIO, "short write of the snapshot header")
+                if self._fsync_enabled:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            failpoints.hit("before_snapshot_rename")
+            os.replace(tmp, final)
+            renamed = True
+            self._sync_dir()
+            failpoints.hit("after_snapshot_rename")
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if renamed:
+                self._broken = f"cannot fsync data dir {self.path} after renaming {final}: {exc}; restart the node"
+                raise StorageError(self._broken) from exc
+            raise _io_error(f"cannot write {final}", exc) from exc
+        self.snapshot = None
+        self._snapshot_slot = slot
+
+    def compact_log(self, slot: int, state: DurableState) -> None:
+        """Steps 3 and 4 of ``write_snapshot``, after ``write_snapshot_file(slot, ...)``: rewrite the log
+        as ``state`` above ``slot`` and delete older snapshots and logs.
+
+        The caller must not append, flush or fsync the log concurrently, and must have made durable
+        everything it appended (``state`` is what storage must hold now).
+        """
+        self._check_usable()
+        if slot != self.snapshot_slot:
+            raise ValueError(f"compact_log({slot}) but the newest snapshot is at slot {self.snapshot_slot}")
+        if state.snapshot_slot > slot:
+            raise ValueError(f"state is compacted through slot {state.snapshot_slot}, above the snapshot {slot}")
+        self.sync()
+        compacted = DurableState.replay(state.records(), snapshot_slot=slot)
+        self._install_log(slot, encode_records(compacted.records()))
+        try:
+            self._delete_older_than(slot)
+        except OSError as exc:
+            raise _io_error(f"cannot delete old snapshots and logs in {self.path}", exc) from exc
+
     def crash_drop_unsynced(self) -> None:
         """Test seam: act like a power cut. Truncate the log to its last fsync, drop buffered records,
         close. Reopen the directory to see what survived."""
