@@ -272,10 +272,20 @@ def _result_dict(stored: tuple[int, int, int]) -> dict:
     return {"ok": bool(extra), "rev": rev}
 
 
+_DIGEST_MOD = 1 << 256
+
+
+def _entry_digest(key: str, entry: tuple) -> int:
+    """One entry's digest for ``state_hash``: BLAKE2b-256 of ``[key, value, version, mod_revision]``."""
+    value, version, mod_revision = entry
+    return int.from_bytes(
+        hashlib.blake2b(cbor2.dumps([key, value, version, mod_revision]), digest_size=32).digest(), "big")
+
+
 class StateMachine:
     """The dictionary plus its dedup table. Not thread-safe; one owner (the server's driver task)."""
 
-    __slots__ = ("revision", "_entries", "_index", "_clients", "_hash_cache")
+    __slots__ = ("revision", "_entries", "_index", "_clients", "_hash_cache", "_digest_sum")
 
     def __init__(self) -> None:
         self.revision: int = 0
@@ -287,6 +297,10 @@ class StateMachine:
         # (revision, hex digest) of the last state_hash: entries change only together with the
         # revision, so the digest stays valid until the next executed write.
         self._hash_cache: tuple[int, str] | None = None
+        # Sum (mod 2**256) of one digest per entry, kept up to date by every write once state_hash
+        # has computed it the first time: status() calls state_hash, and a full scan would stop the
+        # node for seconds at a million keys.
+        self._digest_sum: int | None = 0
 
     # -------------------------------------------------------------------------------------------
     # writes
@@ -320,11 +334,14 @@ class StateMachine:
         rev = self.revision
         entries = self._entries
         key = cmd.key
+        tracked = self._digest_sum is not None
         if cmd.op == "put":
             old = entries.get(key)
             if old is None:
                 self._index.add(key)
-            entries[key] = (cmd.value, 1 if old is None else old[1] + 1, rev)
+            new = entries[key] = (cmd.value, 1 if old is None else old[1] + 1, rev)
+            if tracked:
+                self._rehash(key, old, new)
             stored = (_PUT, rev, 0)
         elif cmd.op == "delete":
             if cmd.prefix:
@@ -333,16 +350,22 @@ class StateMachine:
                 if len(doomed) == len(entries):
                     entries.clear()
                     self._index.clear()
+                    if tracked:
+                        self._digest_sum = 0
                 else:
                     remove = self._index.remove
                     for k in doomed:
+                        if tracked:
+                            self._rehash(k, entries[k], None)
                         del entries[k]
                         remove(k)
                 deleted = len(doomed)
-            elif entries.pop(key, None) is None:
+            elif (gone := entries.pop(key, None)) is None:
                 deleted = 0
             else:
                 self._index.remove(key)
+                if tracked:
+                    self._rehash(key, gone, None)
                 deleted = 1
             stored = (_DELETE, rev, deleted)
         else:
@@ -357,7 +380,9 @@ class StateMachine:
             if ok:
                 if old is None:
                     self._index.add(key)
-                entries[key] = (cmd.value, 1 if old is None else old[1] + 1, rev)
+                new = entries[key] = (cmd.value, 1 if old is None else old[1] + 1, rev)
+                if tracked:
+                    self._rehash(key, old, new)
             stored = (_CAS, rev, 1 if ok else 0)
 
         if client is None:
@@ -417,28 +442,36 @@ class StateMachine:
     # hashing and snapshots
 
     def state_hash(self) -> str:
-        """Hex SHA-256 over the revision and every (key, value, version, mod_revision) in key order.
+        """Hex SHA-256 over the revision, the key count and the sum of one digest per entry.
 
-        The dedup table is not included: two replicas with equal hashes hold the same data, and a
-        model dictionary can be compared with it. Each entry is hashed as its own CBOR array, so the
-        input is canonical (an encoding of the sorted list) regardless of how it is fed to the hash.
+        Each entry ``(key, value, version, mod_revision)`` is hashed (BLAKE2b-256 of its CBOR array)
+        and the digests are added modulo 2**256, so the result does not depend on order and can be
+        kept up to date by each write in O(1). Equal states give equal hashes on every replica; the
+        dedup table is not included (two replicas with equal hashes hold the same data).
 
-        Cost: O(n) (one ``cbor2.dumps`` per entry), about 2 s for a million keys, but cached until the
-        next executed write.
+        Cost: the first call after ``restore`` scans every entry (about 2 s for a million keys);
+        after that it is O(1), whatever the writes.
         """
         cached = self._hash_cache
         if cached is not None and cached[0] == self.revision:
             return cached[1]
-        digest = hashlib.sha256()
-        entries = self._entries
-        digest.update(cbor2.dumps(["kvstore-state", SNAPSHOT_FORMAT, self.revision, len(entries)]))
-        dumps = cbor2.dumps
-        update = digest.update
-        for key in self._index:
-            value, version, mod_revision = entries[key]
-            update(dumps([key, value, version, mod_revision]))
+        if self._digest_sum is None:
+            total = 0
+            for key, entry in self._entries.items():
+                total += _entry_digest(key, entry)
+            self._digest_sum = total % _DIGEST_MOD
+        digest = hashlib.sha256(cbor2.dumps(["kvstore-state", SNAPSHOT_FORMAT, self.revision,
+                                             len(self._entries), self._digest_sum.to_bytes(32, "big")]))
         self._hash_cache = (self.revision, digest.hexdigest())
         return self._hash_cache[1]
+
+    def _rehash(self, key: str, old: tuple | None, new: tuple | None) -> None:
+        total = self._digest_sum
+        if old is not None:
+            total -= _entry_digest(key, old)
+        if new is not None:
+            total += _entry_digest(key, new)
+        self._digest_sum = total % _DIGEST_MOD
 
     def snapshot(self) -> bytes:
         """The whole state as CBOR bytes, for ``restore``: ``b"".join(self.snapshot_chunks())``.
@@ -547,6 +580,7 @@ class StateMachine:
         machine.revision = revision
         # pop: _restore_entries empties the flat list as it goes, and nothing else may keep it alive.
         machine._entries, machine._index = _restore_entries(top.pop("entries"), revision)
+        machine._digest_sum = None  # computed on the first state_hash call, then kept up to date
         machine._clients = _restore_clients(top["clients"], revision)
         return machine
 
