@@ -748,9 +748,18 @@ class Node:
             conn = ClientConn(name)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._client_writer, stream, conn)
-                await self._serve_client(conn, reader, frames, name)
-                # let the writer flush what is queued, then stop it
-                conn.outbox_send.close()
+                # Errors are handled inside the nursery block: trio would wrap anything raised here
+                # in an ExceptionGroup, which the handlers below would not recognise.
+                try:
+                    await self._serve_client(conn, reader, frames, name)
+                except wire.WireError as exc:
+                    self.counters["protocol_errors"] += 1
+                    log.warning("closing connection from %s: bad frame: %s", name, exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    log.debug("connection from %s closed: %s", name, exc)
+                finally:
+                    # let the writer flush what is queued, then stop it
+                    conn.outbox_send.close()
         except wire.WireError as exc:
             self.counters["protocol_errors"] += 1
             log.warning("closing connection from %s: bad frame: %s", name, exc)
@@ -806,7 +815,11 @@ class Node:
                     chunks.append(recv.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):  # EndOfChannel: the reader closed it
                     break
-            await stream.send_all(b"".join(chunks))
+            try:
+                await stream.send_all(b"".join(chunks))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                conn.closed = True  # the client went away; the reader sees the end of the stream
+                return
 
     async def _serve_client(self, conn: ClientConn, reader, frames, name: str) -> None:
         while True:
