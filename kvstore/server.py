@@ -328,12 +328,12 @@ class Node:
             if ticks:
                 self._expire_waiters()
             self._stage(replica.take_actions())
-            # Snapshot after snapshot_every commands, but not more often than once per half the number
+            # Snapshot after snapshot_every commands, but not more often than once per quarter of the number
             # of keys: a snapshot costs time in proportion to the state, so this keeps its cost per
             # command constant however large the store grows (and while it grows by inserts alone,
             # the interval doubles at most, so the log above the snapshot stays bounded too).
             if (not self._snapshotting
-                    and self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm) // 2)):
+                    and self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm) // 4)):
                 self._start_snapshot()
 
     def _stage(self, actions) -> None:
