@@ -304,6 +304,7 @@ class AsyncClient:
         deadline = trio.current_time() + self.timeout
         sent = False
         pause = 0.02
+        redirects = 0
         last_error = "no endpoint answered"
         while True:
             remaining = deadline - trio.current_time()
@@ -338,18 +339,26 @@ class AsyncClient:
             code = reply.code
             if code == wire.NOT_LEADER:
                 last_error = "no leader"
-                if reply.leader:
+                if reply.leader and redirects < 2:
+                    # Follow the hint at once, but not forever: two nodes that still point at each
+                    # other (a leader change under way) get the same pause as no hint at all.
+                    redirects += 1
                     self._prefer(reply.leader)
                     continue
-                self._drop_connection(advance=True)
-                await trio.sleep(min(pause * (0.5 + random.random()), max(0.0, deadline - trio.current_time())))
-                pause = min(pause * 2, 0.5)
-                continue
-            if code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN):
+                if reply.leader:
+                    self._prefer(reply.leader)
+                else:
+                    self._drop_connection(advance=True)
+            elif code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN, wire.STORAGE_FULL):
+                # Another node may serve it: a full disk stops one node, not the cluster.
                 last_error = reply.message
                 self._drop_connection(advance=True)
-                continue
-            raise RequestError(reply.message, code)
+            else:
+                raise RequestError(reply.message, code)
+            redirects = 0
+            await trio.sleep(min(pause * (0.5 + random.random()), max(0.0, deadline - trio.current_time())))
+            pause = min(pause * 2, 0.5)
+            continue
 
     def _prefer(self, leader: str) -> None:
         try:

@@ -138,7 +138,6 @@ EV_PAXOS = 1  # (EV_PAXOS, message)
 EV_PROPOSE = 2  # (EV_PROPOSE, command_bytes, waiter_key, conn, request_id)
 EV_READ = 3  # (EV_READ, conn, request)
 EV_SNAPSHOT = 4  # (EV_SNAPSHOT, slot, data): a peer's snapshot arrived
-EV_COMPACT = 5  # (EV_COMPACT, slot): our snapshot file through slot is written; compact the log
 
 
 class ClientConn:
@@ -232,9 +231,6 @@ class Node:
         self._commit_send, self._commit_recv = trio.open_memory_channel(math.inf)
         self._staged = 0
         self._committed = 0
-        self._snapshotting = False
-        self._apply_paused = False
-        self._backlog: list = []
         # The highest decided slot whose decision rests only on durable accepts (ours included).
         self._durable_decided_slot = self.replica.decided_slot
         self._progress = trio.Event()
@@ -320,11 +316,8 @@ class Node:
                 elif kind == EV_READ:
                     self._start_read(event[1], event[2])
                 elif kind == EV_SNAPSHOT:
-                    if not self._snapshotting:  # else drop it: the core asks again
-                        await self._wait_committed()
-                        await self._install_snapshot(event[1], event[2])
-                elif kind == EV_COMPACT:
-                    await self._finish_snapshot(event[1])
+                    await self._wait_committed()
+                    await self._install_snapshot(event[1], event[2])
             if ticks:
                 self._expire_waiters()
             self._stage(replica.take_actions())
@@ -332,9 +325,8 @@ class Node:
             # of keys: a snapshot costs time in proportion to the state, so this keeps its cost per
             # command constant however large the store grows (and while it grows by inserts alone,
             # the interval doubles at most, so the log above the snapshot stays bounded too).
-            if (not self._snapshotting
-                    and self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm) // 4)):
-                self._start_snapshot()
+            if self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm) // 4):
+                await self._take_snapshot()
 
     def _stage(self, actions) -> None:
         """Hand one batch of actions to the committer, after writing (not yet fsyncing) its records.
@@ -472,17 +464,7 @@ class Node:
             self._send_now([item for item in actions.send if type(item[1]) is not pm.Accept])
         else:
             self._send_now(actions.send)
-        if self._apply_paused:
-            self._backlog.append(actions)  # a snapshot is being written from the frozen state machine
-            return
-        if self._backlog:
-            self._drain_backlog()
         self._finish(actions)
-
-    def _drain_backlog(self) -> None:
-        backlog, self._backlog = self._backlog, []
-        for actions in backlog:
-            self._finish(actions)
 
     def _finish(self, actions) -> None:
         """Steps 3-6 of the contract: apply, answer reads, fail what was dropped, offer snapshots."""
@@ -582,51 +564,30 @@ class Node:
     # -----------------------------------------------------------------------------------------------
     # snapshots
 
-    def _start_snapshot(self) -> None:
-        """Begin a snapshot without stopping the node.
+    async def _take_snapshot(self) -> None:
+        """Snapshot the state machine at its applied slot, then compact the core and the log.
 
-        The state machine is frozen at its applied slot: the committer keeps fsyncing and sending,
-        but holds back applies (and the answers that depend on them) in a backlog. A worker thread
-        streams the frozen state to the snapshot file piece by piece, so the driver goes on ticking,
-        heartbeating and accepting meanwhile. Then ``_finish_snapshot`` compacts the core and the log
-        and releases the backlog.
+        The driver waits until the committer has carried out every staged batch, so the state
+        machine, the core and the log agree; the state is streamed to the snapshot file piece by piece
+        from a worker thread (``StateMachine.snapshot_chunks``), never held twice in memory. The
+        driver waits meanwhile: at a million keys that is a pause of ~2-3 s (see docs/benchmarks.md).
         """
-        self._snapshotting = True
-        self._apply_paused = True
+        await self._wait_committed()
         self._applied_since_snapshot = 0
         slot = self.applied_slot
         if slot <= self.replica.snapshot_slot:
-            self._apply_paused = self._snapshotting = False
             return
-        self._nursery.start_soon(self._write_snapshot_file, slot)
-
-    async def _write_snapshot_file(self, slot: int) -> None:
         started = time.perf_counter()
         try:
             await trio.to_thread.run_sync(self.storage.write_snapshot_file, slot, self.sm.snapshot_chunks())
+            self.replica.compact(slot)
+            await trio.to_thread.run_sync(self.storage.compact_log, slot, self.replica.durable_state())
         except StorageFull as exc:
-            self._resume_applies()
+            # A snapshot written without its log rewrite still recovers with the old log.
             self._on_storage_full(exc)
             return
-        except (OSError, StorageError, ValueError, RuntimeError) as exc:
-            log.error("snapshot at slot %d failed, carrying on without it: %s", slot, exc)
-            self._resume_applies()
-            return
         self.counters["snapshot_ms"] = int((time.perf_counter() - started) * 1000)
-        self._events_send.send_nowait((EV_COMPACT, slot))
-
-    async def _finish_snapshot(self, slot: int) -> None:
-        """In the driver: the snapshot file through ``slot`` is durable; compact core and log."""
-        await self._wait_committed()  # the log is quiet and holds everything staged
-        self.replica.compact(slot)
-        await trio.to_thread.run_sync(self.storage.compact_log, slot, self.replica.durable_state())
-        self._resume_applies()
         log.info("snapshot at slot %d (%d keys, %d ms)", slot, len(self.sm), self.counters["snapshot_ms"])
-
-    def _resume_applies(self) -> None:
-        self._apply_paused = False
-        self._snapshotting = False
-        self._drain_backlog()
 
     async def _install_snapshot(self, slot: int, data: bytes) -> None:
         if slot <= self.replica.applied_slot:
@@ -917,7 +878,6 @@ class Node:
             "keys": len(self.sm),
             "state_hash": self.sm.state_hash(),
             "storage_full": self.storage_full,
-            "snapshotting": self._snapshotting,
             "cluster_id": self.options.cluster_id,
             "counters": dict(self.counters),
         }
