@@ -85,6 +85,11 @@ class ServerOptions:
     connect_timeout: float = 1.0
     backoff_max: float = 0.1  # well below the election timeout, so a restarted peer hears the leader in time
     idle_client_timeout: float = 600.0
+    # Fsync in the driver itself, without a worker thread, while recent fsyncs took at most this long
+    # (seconds) and nothing else is staged. Waking a worker thread and hearing back from it costs
+    # ~0.5 ms on a small VM, more than a fast fsync; a slow disk is better left to the thread, where the
+    # driver keeps feeding the core meanwhile. 0 disables inline fsyncs.
+    inline_fsync_max: float = 0.0015
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -140,15 +145,102 @@ EV_READ = 3  # (EV_READ, conn, request)
 EV_SNAPSHOT = 4  # (EV_SNAPSHOT, slot, data): a peer's snapshot arrived
 
 
+class Outbox:
+    """The bytes bound for one stream, written without a task hop whenever possible.
+
+    ``write`` sends straight to the socket (non-blocking) when nothing is queued ahead and the
+    writer task is idle: a reply or an Accept then leaves in the same scheduler pass that produced
+    it, instead of after waking another task. Whatever the socket does not take at once (a full
+    send buffer, or no socket: an in-memory test stream) is queued for ``run``, the writer task, which
+    sends it in order with ``send_all``. So bytes leave in the order they were written.
+    """
+
+    __slots__ = ("fd", "busy", "backlog", "limit", "_send", "_recv")
+
+    def __init__(self, limit: float = math.inf) -> None:
+        self.fd: int | None = None  # the socket's descriptor while direct writes are allowed
+        self.busy = False  # the writer task holds bytes it has not finished sending
+        self.backlog = 0  # chunks queued for the writer task
+        self.limit = limit
+        self._send, self._recv = trio.open_memory_channel(math.inf)
+
+    def write(self, data: bytes) -> bool:
+        """Send or queue ``data``; False if it was dropped (backlog at its limit, or closed)."""
+        if self.fd is not None and not self.busy and not self.backlog:
+            try:
+                sent = os.write(self.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # a broken connection: the writer task's send_all will report it
+            if sent == len(data):
+                return True
+            data = data[sent:]  # the rest of a frame must go next, so it is queued even past the limit
+        elif self.backlog >= self.limit:
+            return False
+        try:
+            self._send.send_nowait(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        self.backlog += 1
+        return True
+
+    def drop_backlog(self) -> None:
+        """Forget what is queued (a peer link went down: the next connection starts afresh)."""
+        while True:
+            try:
+                self._recv.receive_nowait()
+            except trio.WouldBlock:
+                return
+            self.backlog -= 1
+
+    def close(self) -> None:
+        """No more writes; ``run`` sends what is queued, then returns."""
+        self._send.close()
+
+    async def run(self, stream) -> None:
+        """Send queued chunks on ``stream`` until ``close`` (returns) or a stream error (raises)."""
+        recv = self._recv
+        while True:
+            try:
+                first = await recv.receive()
+            except trio.EndOfChannel:
+                return
+            self.busy = True
+            try:
+                chunks = [first]
+                while len(chunks) < 1024:
+                    try:
+                        chunks.append(recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                self.backlog -= len(chunks)
+                await stream.send_all(b"".join(chunks) if len(chunks) > 1 else first)
+            finally:
+                self.busy = False
+
+
+def _socket_fd(stream) -> int | None:
+    """The descriptor of a TCP stream's socket, or None for streams without one (in-memory tests)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        return sock.fileno() if sock is not None else None
+    except Exception:
+        return None
+
+
 class ClientConn:
-    """One client connection: replies go through ``outbox`` to a writer task that coalesces them."""
+    """One client connection. Replies collect in ``pending`` while the node works through a batch and
+    leave together when the node calls ``flush`` (one write per connection per batch)."""
 
-    __slots__ = ("outbox_send", "outbox_recv", "closed", "name")
+    __slots__ = ("outbox", "pending", "closed", "name", "_dirty")
 
-    def __init__(self, name: str) -> None:
-        self.outbox_send, self.outbox_recv = trio.open_memory_channel(math.inf)
+    def __init__(self, name: str, dirty: list) -> None:
+        self.outbox = Outbox()
+        self.pending: list[bytes] = []
         self.closed = False
         self.name = name
+        self._dirty = dirty  # the node's list of connections with pending replies
 
     def reply(self, message) -> None:
         if self.closed:
@@ -160,10 +252,16 @@ class ClientConn:
                 id=getattr(message, "id", None), code=wire.TOO_LARGE,
                 message=f"the reply is too large for one frame ({exc}); narrow the request (prefix, limit)",
                 leader=None))
-        try:
-            self.outbox_send.send_nowait(frame)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        if not self.pending:
+            self._dirty.append(self)
+        self.pending.append(frame)
+
+    def flush(self) -> None:
+        pending = self.pending
+        if pending:
+            self.pending = []
+            if not self.closed:
+                self.outbox.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
 
 class Node:
@@ -211,13 +309,9 @@ class Node:
             ),
         )
         self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
-        self._peer_out: dict[int, trio.MemorySendChannel] = {}
-        self._peer_in: dict[int, trio.MemoryReceiveChannel] = {}
-        for peer_id in self.peers:
-            if peer_id != node_id:
-                s, r = trio.open_memory_channel(10_000)
-                self._peer_out[peer_id] = s
-                self._peer_in[peer_id] = r
+        # Frames for each peer; at most 10,000 wait while a link is slow, the rest are dropped
+        self._peer_out: dict[int, Outbox] = {p: Outbox(limit=10_000) for p in self.peers if p != node_id}
+        self._dirty_conns: list[ClientConn] = []  # client connections with replies to flush
         # (client_id, request_id) -> list of (conn, wire request id, deadline)
         self._waiting_writes: dict[tuple[bytes, int], list] = defaultdict(list)
         self._waiting_reads: dict[int, tuple[ClientConn, object]] = {}
@@ -231,6 +325,7 @@ class Node:
         self._commit_send, self._commit_recv = trio.open_memory_channel(math.inf)
         self._staged = 0
         self._committed = 0
+        self._fsync_ewma = 0.0  # seconds; see ServerOptions.inline_fsync_max
         # The highest decided slot whose decision rests only on durable accepts (ours included).
         self._durable_decided_slot = self.replica.decided_slot
         self._progress = trio.Event()
@@ -289,6 +384,7 @@ class Node:
         replica = self.replica
         # The first take_actions re-applies decided slots recovered from the log.
         self._stage(replica.take_actions())
+        self._flush_replies()
         while True:
             first = await recv.receive()
             batch = [first]
@@ -303,6 +399,7 @@ class Node:
             counters["events"] += len(batch)
             if self.storage_full:
                 self._refuse_while_full(batch)
+                self._flush_replies()
                 continue
             for event in batch:
                 kind = event[0]
@@ -325,8 +422,10 @@ class Node:
             # of keys: a snapshot costs time in proportion to the state, so this keeps its cost per
             # command constant however large the store grows (and while it grows by inserts alone,
             # the interval doubles at most, so the log above the snapshot stays bounded too).
+            self._flush_replies()
             if self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm) // 4):
                 await self._take_snapshot()
+                self._flush_replies()
 
     def _stage(self, actions) -> None:
         """Hand one batch of actions to the committer, after writing (not yet fsyncing) its records.
@@ -362,15 +461,42 @@ class Node:
                 # early may only announce what was decided as of the last finished fsync; otherwise a
                 # follower could apply a value that a crash of ours un-chooses.
                 durable = self._durable_decided_slot
-                accepts = [
-                    (to, m if m.decided_slot <= durable else dataclasses.replace(m, decided_slot=durable))
-                    for to, m in actions.send if type(m) is pm.Accept
-                ]
+                capped: dict[int, pm.Accept] = {}  # one copy per broadcast Accept, so it is encoded once
+                accepts = []
+                for to, m in actions.send:
+                    if type(m) is pm.Accept:
+                        if m.decided_slot > durable:
+                            m = capped.get(id(m)) or capped.setdefault(
+                                id(m), dataclasses.replace(m, decided_slot=durable))
+                        accepts.append((to, m))
                 if accepts:
                     self._send_now(accepts)
                     early = True
+        decided_slot = self.replica.decided_slot
+        if self._committed == self._staged and (
+                end is None or not self.options.fsync or self._fsync_ewma <= self.options.inline_fsync_max):
+            # Nothing is staged ahead of this batch (so the order of batches is kept) and either no
+            # fsync is needed or the disk is fast: carry it out here. Every hop to another task or
+            # thread is a wake-up, and one request at a time pays for each of them in latency.
+            if end is not None and self.options.fsync:
+                self._fsync(end)
+            if decided_slot > self._durable_decided_slot:
+                self._durable_decided_slot = decided_slot
+            self.counters["inline_batches"] += 1
+            self._carry_out(actions, early)
+            return
         self._staged += 1
-        self._commit_send.send_nowait((actions, end, early, self.replica.decided_slot))
+        self._commit_send.send_nowait((actions, end, early, decided_slot))
+
+    def _fsync(self, end: int) -> None:
+        """Make the log durable through ``end``; runs in the driver or in the committer's worker thread."""
+        started = time.perf_counter()
+        self.storage.fsync_through(end)
+        elapsed = time.perf_counter() - started
+        # an exponentially weighted mean of recent fsyncs decides where the next one runs
+        self._fsync_ewma += (elapsed - self._fsync_ewma) * 0.2
+        self.counters["fsyncs"] += 1
+        self.counters["fsync_us"] += int(elapsed * 1e6)
 
     async def _committer(self) -> None:
         """Carry out staged batches in order: one fsync for all of them, then send, apply, answer."""
@@ -384,14 +510,12 @@ class Node:
                     break
             end = max((item[1] for item in items if item[1] is not None), default=None)
             if end is not None and self.options.fsync:
-                started = time.perf_counter()
-                await trio.to_thread.run_sync(self.storage.fsync_through, end)
-                self.counters["fsyncs"] += 1
-                self.counters["fsync_us"] += int((time.perf_counter() - started) * 1e6)
+                await trio.to_thread.run_sync(self._fsync, end)
             for actions, _, early, decided_slot in items:
                 if decided_slot > self._durable_decided_slot:
                     self._durable_decided_slot = decided_slot
                 self._carry_out(actions, early)
+            self._flush_replies()
             self._committed += len(items)
             progress, self._progress = self._progress, trio.Event()
             progress.set()
@@ -459,12 +583,20 @@ class Node:
 
     def _carry_out(self, actions, early_sent: bool) -> None:
         """Steps 2-6 of the contract for one batch whose records are durable."""
-        # 2. send (the Accepts already left if early_sent)
+        # 2. send (the Accepts already left if early_sent). A Decide only tells followers what to
+        # apply, so it waits until our clients have their answers: each send is a system call, and
+        # one request at a time waits for every one made before its reply.
+        sends = actions.send
         if early_sent:
-            self._send_now([item for item in actions.send if type(item[1]) is not pm.Accept])
-        else:
-            self._send_now(actions.send)
+            sends = [item for item in sends if type(item[1]) is not pm.Accept]
+        decides = [item for item in sends if type(item[1]) is pm.Decide]
+        if decides:
+            sends = [item for item in sends if type(item[1]) is not pm.Decide]
+        self._send_now(sends)
         self._finish(actions)
+        if decides:
+            self._flush_replies()
+            self._send_now(decides)
 
     def _finish(self, actions) -> None:
         """Steps 3-6 of the contract: apply, answer reads, fail what was dropped, offer snapshots."""
@@ -506,32 +638,39 @@ class Node:
             self._send_snapshot_soon(peer_id)
 
     def _send_now(self, sends) -> None:
-        """2. Queue messages on the per-peer senders: one frame per peer per batch (split if huge)."""
+        """2. Send messages to peers: one frame per peer per batch (split if huge)."""
         if not sends:
             return
         per_peer: dict[int, list] = defaultdict(list)
         for to, message in sends:
             per_peer[to].append(message)
+        encoded: dict[tuple, list[bytes]] = {}  # a broadcast batch is encoded once for every peer
         for to, msgs in per_peer.items():
-            channel = self._peer_out.get(to)
-            if channel is None:
+            outbox = self._peer_out.get(to)
+            if outbox is None:
                 continue
-            try:
-                frames = [wire.encode_frame(wire.PaxosBatch(messages=tuple(msgs)), PEER_FRAME_BYTES_MAX)]
-            except wire.FrameTooLarge:
-                frames = []
-                for m in msgs:
-                    try:
-                        frames.append(wire.encode_frame(wire.PaxosBatch(messages=(m,)), PEER_FRAME_BYTES_MAX))
-                    except wire.FrameTooLarge:
-                        self.counters["oversize_messages_dropped"] += 1
-                        log.error("dropped a %s to node %d larger than %d bytes", type(m).__name__, to,
-                                  PEER_FRAME_BYTES_MAX)
+            same = tuple(map(id, msgs))
+            frames = encoded.get(same)
+            if frames is None:
+                frames = encoded[same] = self._encode_peer_frames(to, msgs)
             for frame in frames:
-                try:
-                    channel.send_nowait(frame)
-                except trio.WouldBlock:
+                if not outbox.write(frame):
                     self.counters["peer_queue_full_drops"] += 1
+
+    def _encode_peer_frames(self, to: int, msgs: list) -> list[bytes]:
+        try:
+            return [wire.encode_frame(wire.PaxosBatch(messages=tuple(msgs)), PEER_FRAME_BYTES_MAX)]
+        except wire.FrameTooLarge:
+            pass
+        frames = []
+        for m in msgs:
+            try:
+                frames.append(wire.encode_frame(wire.PaxosBatch(messages=(m,)), PEER_FRAME_BYTES_MAX))
+            except wire.FrameTooLarge:
+                self.counters["oversize_messages_dropped"] += 1
+                log.error("dropped a %s to node %d larger than %d bytes", type(m).__name__, to,
+                          PEER_FRAME_BYTES_MAX)
+        return frames
 
     def _reply_result(self, conn: ClientConn, request_id: int, result: dict) -> None:
         failpoints.hit("before_reply")  # a test can crash the node after apply, before the client hears
@@ -613,15 +752,15 @@ class Node:
             return
         slot, data = snapshot
         self._snapshot_sending.add(peer_id)
-        channel = self._peer_out[peer_id]
+        outbox = self._peer_out[peer_id]
         total = len(data)
         try:
             for offset in range(0, max(total, 1), SNAPSHOT_CHUNK_BYTES):
                 chunk = wire.SnapshotChunk(sender=self.node_id, slot=slot, offset=offset, total=total,
                                            data=bytes(data[offset:offset + SNAPSHOT_CHUNK_BYTES]))
-                channel.send_nowait(wire.encode_frame(chunk))
-        except trio.WouldBlock:
-            self.counters["snapshot_send_dropped"] += 1
+                if not outbox.write(wire.encode_frame(chunk)):
+                    self.counters["snapshot_send_dropped"] += 1  # the receiver drops the rest; the core asks again
+                    break
         finally:
             self._snapshot_sending.discard(peer_id)
 
@@ -644,17 +783,23 @@ class Node:
     # peers
 
     async def _peer_sender(self, peer_id: int) -> None:
-        """Dial ``peer_id`` and send it frames from our queue, reconnecting with capped back-off."""
+        """Dial ``peer_id`` and keep its link open, reconnecting with capped back-off.
+
+        While the link is up, ``Outbox.write`` sends straight to its socket; this task sends only what
+        the socket could not take at once. While it is down, messages to the peer are dropped (Paxos
+        tolerates loss: the core retransmits through heartbeats and catch-up).
+        """
         host, port = self.peers[peer_id]
-        queue = self._peer_in[peer_id]
+        outbox = self._peer_out[peer_id]
         backoff = 0.02
         hello = wire.encode_frame(wire.Hello(node_id=self.node_id, cluster_id=self.options.cluster_id))
         while True:
+            outbox.drop_backlog()
             try:
                 with trio.fail_after(self.options.connect_timeout):
                     stream = await self.transport.connect(host, port)
             except (OSError, trio.TooSlowError):
-                self._drain(queue)  # messages to an unreachable peer are dropped (Paxos tolerates loss)
+                outbox.drop_backlog()
                 await trio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, self.options.backoff_max)
                 continue
@@ -662,26 +807,18 @@ class Node:
             try:
                 async with stream:
                     _set_nodelay(stream)
+                    # What was queued for an earlier connection may end in half a frame: drop it, so
+                    # this connection starts with whole frames.
+                    outbox.drop_backlog()
                     await stream.send_all(hello)
-                    while True:
-                        frames = [await queue.receive()]
-                        while len(frames) < 512:
-                            try:
-                                frames.append(queue.receive_nowait())
-                            except trio.WouldBlock:
-                                break
-                        await stream.send_all(b"".join(frames))
+                    outbox.fd = _socket_fd(stream)
+                    try:
+                        await outbox.run(stream)
+                    finally:
+                        outbox.fd = None  # before the stream closes its descriptor
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.info("link to node %d lost: %s", peer_id, exc)
                 await trio.sleep(backoff)
-
-    @staticmethod
-    def _drain(queue) -> None:
-        while True:
-            try:
-                queue.receive_nowait()
-            except trio.WouldBlock:
-                return
 
     async def _handle_connection(self, stream) -> None:
         """Serve one accepted connection: a peer link (first frame Hello) or a client."""
@@ -707,7 +844,8 @@ class Node:
             if isinstance(first, wire.Hello):
                 await self._serve_peer(first, reader, frames[1:], name)
                 return
-            conn = ClientConn(name)
+            conn = ClientConn(name, self._dirty_conns)
+            conn.outbox.fd = _socket_fd(stream)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._client_writer, stream, conn)
                 # Errors are handled inside the nursery block: trio would wrap anything raised here
@@ -720,8 +858,9 @@ class Node:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     log.debug("connection from %s closed: %s", name, exc)
                 finally:
-                    # let the writer flush what is queued, then stop it
-                    conn.outbox_send.close()
+                    # let the writer send what is queued, then stop it
+                    self._flush_replies()
+                    conn.outbox.close()
         except wire.WireError as exc:
             self.counters["protocol_errors"] += 1
             log.warning("closing connection from %s: bad frame: %s", name, exc)
@@ -739,6 +878,7 @@ class Node:
         finally:
             if conn is not None:
                 conn.closed = True
+                conn.outbox.fd = None  # before the stream closes its descriptor
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
@@ -769,19 +909,20 @@ class Node:
                 return
 
     async def _client_writer(self, stream, conn: ClientConn) -> None:
-        recv = conn.outbox_recv
-        async for first in recv:
-            chunks = [first]
-            while len(chunks) < 1024:
-                try:
-                    chunks.append(recv.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):  # EndOfChannel: the reader closed it
-                    break
-            try:
-                await stream.send_all(b"".join(chunks))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                conn.closed = True  # the client went away; the reader sees the end of the stream
-                return
+        try:
+            await conn.outbox.run(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            conn.closed = True  # the client went away; the reader sees the end of the stream
+        finally:
+            conn.outbox.fd = None
+
+    def _flush_replies(self) -> None:
+        """Send the replies collected since the last flush: one write per client connection."""
+        dirty = self._dirty_conns
+        if dirty:
+            for conn in dirty:
+                conn.flush()
+            dirty.clear()
 
     async def _serve_client(self, conn: ClientConn, reader, frames, name: str) -> None:
         while True:
@@ -795,6 +936,7 @@ class Node:
                                                message=str(exc), leader=None))
                     return
                 self._client_request(conn, request)
+            self._flush_replies()  # answers given here (not_leader, stale reads, status)
             with trio.move_on_after(self.options.idle_client_timeout) as idle:
                 frames = await reader.receive_frames()
             if idle.cancelled_caught or not frames:
