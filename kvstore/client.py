@@ -315,6 +315,7 @@ class AsyncClient:
                     outcome_unknown=write and sent,
                 )
             reply = None
+            conn = None
             # One attempt may not use the whole deadline: a node that accepts connections but never
             # answers (paused, partitioned away) must not keep us from the others. A retry reuses the
             # request id, so a write that the first attempt got through is still applied once.
@@ -325,11 +326,11 @@ class AsyncClient:
                     reply = await conn.call(build)
                 except (_ConnectionLost, OSError) as exc:
                     last_error = f"connection failed: {exc}"
-                    self._drop_connection(advance=True)
+                    self._give_up_on(conn)
             if reply is None:
                 if attempt.cancelled_caught:
-                    last_error = f"{_fmt(self.endpoints[self._preferred])} did not answer"
-                    self._drop_connection(advance=True)
+                    last_error = f"{_fmt(conn.endpoint if conn else self.endpoints[self._preferred])} did not answer"
+                    self._give_up_on(conn)
                 if trio.current_time() < deadline:
                     await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))
                     pause = min(pause * 2, 0.5)
@@ -348,11 +349,11 @@ class AsyncClient:
                 if reply.leader:
                     self._prefer(reply.leader)
                 else:
-                    self._drop_connection(advance=True)
+                    self._give_up_on(conn)
             elif code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN, wire.STORAGE_FULL):
                 # Another node may serve it: a full disk stops one node, not the cluster.
                 last_error = reply.message
-                self._drop_connection(advance=True)
+                self._give_up_on(conn)
             else:
                 raise RequestError(reply.message, code)
             redirects = 0
@@ -373,6 +374,17 @@ class AsyncClient:
             self._drop_connection(advance=False)
             self._preferred = index
 
+    def _give_up_on(self, conn: "_Connection | None") -> None:
+        """The attempt through ``conn`` failed: close it and move on to the next endpoint.
+
+        Only if ``conn`` is still the current connection: with many requests in flight, they all see
+        the same failure, and the first one has already replaced the connection. Closing that new one
+        (or rotating the endpoint once per request) would make the requests undo each other's repairs
+        indefinitely. ``None``: the connect itself failed, and ``_connection`` moved on already.
+        """
+        if conn is not None and conn is self._conn:
+            self._drop_connection(advance=True)
+
     def _drop_connection(self, *, advance: bool) -> None:
         conn = self._conn
         if conn is not None:
@@ -390,8 +402,15 @@ class AsyncClient:
             if self._conn is not None and not self._conn.broken:
                 return self._conn
             endpoint = self.endpoints[self._preferred]
-            with trio.fail_after(min(self.timeout, 2.0)):
-                stream = await self._open_stream(*endpoint)
+            try:
+                with trio.fail_after(min(self.timeout, 2.0)):
+                    stream = await self._open_stream(*endpoint)
+            except (OSError, trio.TooSlowError) as exc:
+                if self.endpoints[self._preferred] == endpoint:
+                    self._preferred = (self._preferred + 1) % len(self.endpoints)
+                if isinstance(exc, trio.TooSlowError):
+                    raise _ConnectionLost(f"connecting to {_fmt(endpoint)} timed out") from None
+                raise
             conn = _Connection(endpoint, stream)
             self._nursery.start_soon(conn.reader)
             self._conn = conn

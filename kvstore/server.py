@@ -66,6 +66,8 @@ SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 # values (a slot holds up to batch_count_max commands of up to 1 MiB each), so their limit is higher
 # than a client's.
 PEER_FRAME_BYTES_MAX = 256 * 1024 * 1024
+# Commands this node proposed and has not applied yet, kept decoded (see Node._propose)
+OWN_COMMANDS_MAX = 100_000
 
 
 @dataclass
@@ -140,7 +142,7 @@ class TcpTransport:
 # Events posted to the driver. Plain tuples keep the hot path cheap: (kind, ...).
 EV_TICK = 0
 EV_PAXOS = 1  # (EV_PAXOS, message)
-EV_PROPOSE = 2  # (EV_PROPOSE, command_bytes, waiter_key, conn, request_id)
+EV_PROPOSE = 2  # (EV_PROPOSE, command_bytes, waiter_key, conn, request_id, decoded_command)
 EV_READ = 3  # (EV_READ, conn, request)
 EV_SNAPSHOT = 4  # (EV_SNAPSHOT, slot, data): a peer's snapshot arrived
 
@@ -326,6 +328,7 @@ class Node:
         self._staged = 0
         self._committed = 0
         self._fsync_ewma = 0.0  # seconds; see ServerOptions.inline_fsync_max
+        self._own_commands: dict[bytes, commands.Command] = {}  # proposed here, not yet applied
         # The highest decided slot whose decision rests only on durable accepts (ours included).
         self._durable_decided_slot = self.replica.decided_slot
         self._progress = trio.Event()
@@ -540,10 +543,16 @@ class Node:
                                        "with free space")
 
     def _propose(self, event) -> None:
-        _, command, key, conn, request_id = event
+        _, command, key, conn, request_id, decoded = event
         if not self.replica.propose(command):
             conn.reply(self._not_leader(request_id))
             return
+        # Remember what the command decodes to, so applying it here skips decoding it again. A
+        # command that is never decided here (we lost leadership) stays until the cache is full.
+        own = self._own_commands
+        if len(own) >= OWN_COMMANDS_MAX:
+            own.clear()
+        own[command] = decoded
         deadline = trio.current_time() + self.options.request_timeout
         self._waiting_writes[key].append((conn, request_id, deadline))
         self._write_deadlines.append((deadline, key))
@@ -604,10 +613,11 @@ class Node:
         if actions.apply:
             sm_apply = self.sm.apply
             waiting = self._waiting_writes
+            own = self._own_commands
             for slot, batch in actions.apply:
                 self.applied_slot = slot
                 for command in batch:
-                    key, result = sm_apply(command)
+                    key, result = sm_apply(command, own.pop(command, None) if own else None)
                     self._applied_since_snapshot += 1
                     if key is not None and key in waiting:
                         now = trio.current_time()
@@ -628,6 +638,7 @@ class Node:
                 conn, request, _ = entry
                 conn.reply(self._not_leader(request.id))
         for command in actions.dropped_proposals:
+            self._own_commands.pop(command, None)
             try:
                 cmd = commands.decode_command(command)
             except commands.CommandError:
@@ -945,7 +956,7 @@ class Node:
     def _client_request(self, conn: ClientConn, request) -> None:
         if isinstance(request, wire.WRITE_REQUEST_TYPES):
             try:
-                command = self._encode_write(request)
+                command, decoded = self._encode_write(request)
             except ValueError as exc:
                 conn.reply(wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=str(exc), leader=None))
                 return
@@ -956,7 +967,7 @@ class Node:
                 conn.reply(self._not_leader(request.id))
                 return
             key = (request.client_id, request.request_id)
-            self._events_send.send_nowait((EV_PROPOSE, command, key, conn, request.id))
+            self._events_send.send_nowait((EV_PROPOSE, command, key, conn, request.id, decoded))
         elif isinstance(request, (wire.GetRequest, wire.ListRequest)):
             if request.linearizable:
                 if not self.replica.is_leader:
@@ -972,15 +983,22 @@ class Node:
                                        message=f"{type(request).__name__} is not a client request", leader=None))
 
     @staticmethod
-    def _encode_write(request) -> bytes:
+    def _encode_write(request) -> tuple[bytes, commands.Command]:
+        """The command bytes for a write request, and the command they decode to."""
         if isinstance(request, wire.PutRequest):
-            return commands.encode_put(request.client_id, request.request_id, request.ack_below,
+            data = commands.encode_put(request.client_id, request.request_id, request.ack_below,
                                        request.key, request.value)
+            return data, commands.Command("put", request.client_id, request.request_id, request.ack_below,
+                                          request.key, request.value)
         if isinstance(request, wire.DeleteRequest):
-            return commands.encode_delete(request.client_id, request.request_id, request.ack_below,
+            data = commands.encode_delete(request.client_id, request.request_id, request.ack_below,
                                           request.key, request.prefix)
-        return commands.encode_cas(request.client_id, request.request_id, request.ack_below,
+            return data, commands.Command("delete", request.client_id, request.request_id, request.ack_below,
+                                          request.key, prefix=request.prefix)
+        data = commands.encode_cas(request.client_id, request.request_id, request.ack_below,
                                    request.key, request.expected, request.new)
+        return data, commands.Command("cas", request.client_id, request.request_id, request.ack_below,
+                                      request.key, request.new, request.expected)
 
     def _answer_read(self, request):
         sm = self.sm

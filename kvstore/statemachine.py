@@ -68,6 +68,7 @@ from .commands import (
     CLIENT_ID_BYTES_MAX,
     KEY_BYTES_MAX,
     VALUE_BYTES_MAX,
+    Command,
     CommandError,
     decode_command,
 )
@@ -305,7 +306,7 @@ class StateMachine:
     # -------------------------------------------------------------------------------------------
     # writes
 
-    def apply(self, command: bytes) -> tuple[tuple[bytes, int] | None, dict]:
+    def apply(self, command: bytes, decoded: Command | None = None) -> tuple[tuple[bytes, int] | None, dict]:
         """Apply one decided command and return ``((client_id, request_id), result)``.
 
         Results: put ``{"rev": r}``; delete ``{"deleted": n, "rev": r}``; cas ``{"ok": bool, "rev": r}``;
@@ -314,10 +315,13 @@ class StateMachine:
         request returns (a copy of) its first result and changes no entry and no revision. Never
         raises on any command bytes; the caller answers whoever waits for the returned identity.
         """
-        try:
-            cmd = decode_command(command)
-        except CommandError as exc:
-            return None, {"error": f"malformed command: {exc}"}
+        if decoded is not None:
+            cmd = decoded  # the caller built ``command`` from it (the leader's own proposals)
+        else:
+            try:
+                cmd = decode_command(command)
+            except CommandError as exc:
+                return None, {"error": f"malformed command: {exc}"}
         client_id = cmd.client_id
         request_id = cmd.request_id
         identity = (client_id, request_id)

@@ -205,3 +205,28 @@ def test_decode_mutated_commands_raises_only_command_error(command, data):
     cut = data.draw(st.integers(0, len(encoded)))
     _decode_or_command_error(bytes(encoded[:cut]))
     _decode_or_command_error(bytes(encoded))
+
+
+# The leader applies its own proposals from the Command it built, without decoding the bytes again
+# (kvstore.server.Node._encode_write): that is only sound if both are always the same command.
+_values = st.one_of(st.text(max_size=20), st.binary(max_size=20))
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["put", "del", "cas"]), key=st.text(min_size=1, max_size=12),
+       value=_values, expected=st.one_of(st.none(), _values), prefix=st.booleans(),
+       request_id=st.integers(0, 2**64 - 1), data=st.data())
+def test_the_leaders_command_equals_the_decoded_bytes(kind, key, value, expected, prefix, request_id, data):
+    from kvstore import wire
+    from kvstore.server import Node
+
+    ack_below = data.draw(st.integers(0, request_id))
+    common = dict(id=1, key=key, client_id=CID, request_id=request_id, ack_below=ack_below)
+    if kind == "put":
+        request = wire.PutRequest(value=value, **common)
+    elif kind == "del":
+        request = wire.DeleteRequest(prefix=prefix, **common)
+    else:
+        request = wire.CasRequest(expected=expected, new=value, **common)
+    command_bytes, command = Node._encode_write(request)
+    assert decode_command(command_bytes) == command
