@@ -145,6 +145,7 @@ EV_PAXOS = 1  # (EV_PAXOS, message)
 EV_PROPOSE = 2  # (EV_PROPOSE, command_bytes, waiter_key, conn, request_id, decoded_command)
 EV_READ = 3  # (EV_READ, conn, request)
 EV_SNAPSHOT = 4  # (EV_SNAPSHOT, slot, data): a peer's snapshot arrived
+EV_COMPACT = 5  # (EV_COMPACT, slot): our snapshot file through slot is written; compact core and log
 
 
 class Outbox:
@@ -329,6 +330,10 @@ class Node:
         self._committed = 0
         self._fsync_ewma = 0.0  # seconds; see ServerOptions.inline_fsync_max
         self._own_commands: dict[bytes, commands.Command] = {}  # proposed here, not yet applied
+        self._snapshotting = False  # a snapshot file is being written (see _start_snapshot)
+        self._apply_paused = False
+        self._backlog: list = []  # batches whose applies wait for the snapshot
+        self._snapshot_ms = 0
         # The highest decided slot whose decision rests only on durable accepts (ours included).
         self._durable_decided_slot = self.replica.decided_slot
         self._progress = trio.Event()
@@ -416,8 +421,11 @@ class Node:
                 elif kind == EV_READ:
                     self._start_read(event[1], event[2])
                 elif kind == EV_SNAPSHOT:
-                    await self._wait_committed()
-                    await self._install_snapshot(event[1], event[2])
+                    if not self._snapshotting:  # else drop it: the core asks again
+                        await self._wait_committed()
+                        await self._install_snapshot(event[1], event[2])
+                elif kind == EV_COMPACT:
+                    await self._finish_snapshot(event[1])
             if ticks:
                 self._expire_waiters()
             self._stage(replica.take_actions())
@@ -426,9 +434,9 @@ class Node:
             # command constant however large the store grows (and while it grows by inserts alone,
             # the interval doubles at most, so the log above the snapshot stays bounded too).
             self._flush_replies()
-            if self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm) // 4):
-                await self._take_snapshot()
-                self._flush_replies()
+            if (not self._snapshotting
+                    and self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm) // 4)):
+                self._start_snapshot()
 
     def _stage(self, actions) -> None:
         """Hand one batch of actions to the committer, after writing (not yet fsyncing) its records.
@@ -598,6 +606,14 @@ class Node:
         sends = actions.send
         if early_sent:
             sends = [item for item in sends if type(item[1]) is not pm.Accept]
+        if self._apply_paused:
+            # A snapshot is being written from the frozen state machine: applies (and the answers
+            # that depend on them) wait in order until it is done; the core goes on meanwhile.
+            self._send_now(sends)
+            self._backlog.append(actions)
+            return
+        if self._backlog:
+            self._drain_backlog()
         decides = [item for item in sends if type(item[1]) is pm.Decide]
         if decides:
             sends = [item for item in sends if type(item[1]) is not pm.Decide]
@@ -606,6 +622,11 @@ class Node:
         if decides:
             self._flush_replies()
             self._send_now(decides)
+
+    def _drain_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, []
+        for actions in backlog:
+            self._finish(actions)
 
     def _finish(self, actions) -> None:
         """Steps 3-6 of the contract: apply, answer reads, fail what was dropped, offer snapshots."""
@@ -714,30 +735,56 @@ class Node:
     # -----------------------------------------------------------------------------------------------
     # snapshots
 
-    async def _take_snapshot(self) -> None:
-        """Snapshot the state machine at its applied slot, then compact the core and the log.
+    def _start_snapshot(self) -> None:
+        """Begin a snapshot of the state machine at its applied slot, without stopping the node.
 
-        The driver waits until the committer has carried out every staged batch, so the state
-        machine, the core and the log agree; the state is streamed to the snapshot file piece by piece
-        from a worker thread (``StateMachine.snapshot_chunks``), never held twice in memory. The
-        driver waits meanwhile: at a million keys that is a pause of ~2-3 s (see docs/benchmarks.md).
+        The state machine is frozen: batches are still fsynced and their messages sent, but their
+        applies (and the answers that depend on them) wait in ``_backlog``, in order. A worker thread
+        streams the frozen state to the snapshot file piece by piece (``StateMachine.snapshot_chunks``),
+        so the driver goes on ticking, heartbeating and accepting: a leader stays leader while it
+        writes a million keys. Then ``_finish_snapshot`` compacts the core and the log, and the backlog
+        is applied. Writes wait meanwhile (seconds at a million keys); they are not refused.
         """
-        await self._wait_committed()
         self._applied_since_snapshot = 0
         slot = self.applied_slot
         if slot <= self.replica.snapshot_slot:
             return
+        self._snapshotting = True
+        self._apply_paused = True
+        self._nursery.start_soon(self._write_snapshot_file, slot)
+
+    async def _write_snapshot_file(self, slot: int) -> None:
         started = time.perf_counter()
         try:
             await trio.to_thread.run_sync(self.storage.write_snapshot_file, slot, self.sm.snapshot_chunks())
+        except StorageFull as exc:
+            self._resume_applies()
+            self._on_storage_full(exc)
+            self._flush_replies()
+            return
+        self._snapshot_ms = int((time.perf_counter() - started) * 1000)
+        self._events_send.send_nowait((EV_COMPACT, slot))
+
+    async def _finish_snapshot(self, slot: int) -> None:
+        """In the driver: the snapshot file through ``slot`` is durable; compact the core and the log."""
+        try:
+            await self._wait_committed()  # every staged record is in the log before it is rewritten
             self.replica.compact(slot)
             await trio.to_thread.run_sync(self.storage.compact_log, slot, self.replica.durable_state())
         except StorageFull as exc:
             # A snapshot written without its log rewrite still recovers with the old log.
             self._on_storage_full(exc)
-            return
-        self.counters["snapshot_ms"] = int((time.perf_counter() - started) * 1000)
-        log.info("snapshot at slot %d (%d keys, %d ms)", slot, len(self.sm), self.counters["snapshot_ms"])
+        finally:
+            self._resume_applies()
+            self._flush_replies()
+        self.counters["snapshots"] += 1
+        self.counters["snapshot_ms"] = self._snapshot_ms
+        log.info("snapshot at slot %d (%d keys, %d ms)", slot, len(self.sm), self._snapshot_ms)
+
+    def _resume_applies(self) -> None:
+        self._apply_paused = False
+        self._snapshotting = False
+        self._drain_backlog()
 
     async def _install_snapshot(self, slot: int, data: bytes) -> None:
         if slot <= self.replica.applied_slot:
@@ -1038,6 +1085,7 @@ class Node:
             "keys": len(self.sm),
             "state_hash": self.sm.state_hash(),
             "storage_full": self.storage_full,
+            "snapshotting": self._snapshotting,
             "cluster_id": self.options.cluster_id,
             "counters": dict(self.counters),
         }

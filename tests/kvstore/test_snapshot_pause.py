@@ -1,0 +1,56 @@
+"""A node writing a snapshot keeps its place in the cluster.
+
+Writing a snapshot of a large state takes seconds (about 2-3 s at a million keys). If the node stopped
+meanwhile, a leader would miss its heartbeats and the others would elect someone else at every
+snapshot. Here every snapshot file is made to take 1 s (30 election timeouts' worth with these
+options) by slowing ``Storage.write_snapshot_file`` in its worker thread; the leader must stay leader
+under the same ballot throughout, every node must take its snapshots, and writes made while the state
+machine is frozen must be answered afterwards with nothing lost.
+
+Real clock on purpose: the snapshot runs in a worker thread, and trio's autojump clock would skip
+virtual time while it runs.
+"""
+from __future__ import annotations
+
+import time
+
+import trio
+
+from kvstore.client import connect
+from kvstore.storage import Storage
+
+from .memnet import MemoryNetwork
+from .test_node_memory import ENDPOINTS, PEERS, MemCluster
+
+SLOW_SNAPSHOT_S = 1.0
+
+
+async def test_a_leader_writing_a_slow_snapshot_stays_leader_and_loses_no_write(tmp_path, monkeypatch):
+    original = Storage.write_snapshot_file
+
+    def slow_write_snapshot_file(self, slot, chunks):
+        time.sleep(SLOW_SNAPSHOT_S)  # in the worker thread, like a big state being written
+        return original(self, slot, chunks)
+
+    monkeypatch.setattr(Storage, "write_snapshot_file", slow_write_snapshot_file)
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, snapshot_every=20)
+        for i in PEERS:
+            await cluster.start(i)
+        leader = await cluster.wait_leader()
+        ballot = cluster.nodes[leader].replica.ballot
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            with trio.fail_after(30):
+                for i in range(60):  # three snapshot intervals on every node
+                    await kv.put(f"k{i}", str(i))
+                    for node in cluster.nodes.values():
+                        assert node.replica.leader_id == leader or not node.replica.is_leader
+                assert cluster.nodes[leader].replica.is_leader
+                assert cluster.nodes[leader].replica.ballot == ballot, "the leader changed during a snapshot"
+                for node in cluster.nodes.values():
+                    assert node.counters["snapshots"] >= 1, f"node {node.node_id} took no snapshot"
+                items = await kv.list("")
+        assert sorted(k for k, _ in items) == sorted(f"k{i}" for i in range(60))
+        await cluster.wait_converged()
+        nursery.cancel_scope.cancel()
