@@ -11,13 +11,16 @@ and its network endpoints. All of them live in one nursery.
   event already queued (this is where batching comes from), feeds them all to the core, then carries
   out the resulting ``Actions`` in contract order:
 
-  1. append every ``persist`` record and fsync once, in a worker thread (group commit: one fsync covers
-     every record the batch produced; while it runs, new events pile up for the next batch);
-  2. queue the messages on the per-peer sender tasks (one frame per peer per batch);
+  1. append every ``persist`` record and fsync once (group commit: one fsync covers every record the
+     batch produced). When nothing is staged ahead and fsyncs are fast, the driver does this itself;
+     otherwise the batch goes to the committer task, which fsyncs in a worker thread for every batch
+     staged meanwhile (see ``_stage``);
+  2. send the messages (one frame per peer per batch, written straight to the socket);
   3. apply decided commands to the state machine and answer the clients waiting for them;
   4. answer linearizable reads whose read index has been applied and confirmed.
 
-  Nothing that promises or accepts can leave the node before its fsync, because step 2 waits for step 1.
+  Nothing that promises or accepts can leave the node before its fsync, because step 2 waits for step 1
+  (phase-2a Accepts excepted, see ``_stage``).
 
 * **Peer links are one-way.** Each node dials every other node and only *sends* on the connection it
   dialed (after a ``Hello`` naming itself and its cluster); it only *receives* on connections others
