@@ -284,11 +284,7 @@ class Simulation:
                 if node.paused == 0:
                     self._log(f"resume {node.node_id}: {len(node.inbox)} queued ticks and messages")
                     inbox, node.inbox = node.inbox, []
-                    for item in inbox:
-                        if item is None:
-                            self._tick(node)
-                        else:
-                            self._deliver(item)
+                    self._deliver_batch(node, inbox)
             else:
                 self._tick(node)
         for _ in range(100_000):
@@ -439,6 +435,34 @@ class Simulation:
             node.storage.records.extend(node.unsynced)
             node.unsynced = []
         node.replica.tick()
+        self._drain(node)
+
+    def _deliver_batch(self, node: Node, items: list) -> None:
+        """Feed a paused node its queued ticks (``None``) and messages as ONE batch, then carry out one
+        ``Actions``, as the kvstore driver does: it feeds every queued event to the core and calls
+        ``take_actions()`` once at the end. A snapshot in the batch is installed where it comes, after
+        the batches already carried out but before this batch's actions (the driver waits for its
+        committer, not for the core's pending actions)."""
+        for item in items:
+            if node.replica is None:
+                return
+            if item is None:
+                self.now += 1
+                self._guard(node.replica.tick)
+                continue
+            src, dst, message = item
+            if isinstance(message, SnapshotMessage):
+                if message.slot > node.replica.applied_slot:
+                    self._log(f"install snapshot at {message.slot} from {src} on {dst} (mid-batch)")
+                    self.stats["snapshots_installed"] += 1
+                    node.replica.install_snapshot(message.slot)
+                    node.applied = list(message.batches)
+                    node.storage.snapshot_slot = message.slot
+                    node.storage.snapshot = message.batches
+                    node.storage.records = node.replica.durable_state().records()
+                    node.unsynced = []
+                continue
+            self._guard(lambda message=message: node.replica.receive(message))
         self._drain(node)
 
     def _pop_random_message(self):
