@@ -147,7 +147,8 @@ class Simulation:
         self.now = 0  # simulated ticks (each node tick counts one)
         self.trace: deque[str] = deque(maxlen=TRACE_LINES)
         self.stats = {name: 0 for name, _ in FAULT_EVENTS}
-        self.stats.update(reads_served=0, dropped_by_partition=0, snapshots_installed=0, crash_during_fsync=0)
+        self.stats.update(reads_served=0, dropped_by_partition=0, snapshots_installed=0, crash_during_fsync=0,
+                          pauses=0, snapshots_installed_mid_batch=0)
         for node in self.nodes.values():
             self._start(node)
 
@@ -240,6 +241,7 @@ class Simulation:
                 if not node.paused and self.rng.random() < 0.02:
                     node.paused = self.rng.randint(1, 3 * self.options.election_timeout_ticks)
                     self._log(f"pause {node.node_id} for {node.paused} rounds")
+                    self.stats["pauses"] += 1
             leader = self._stable_leader()
             if leader is not None and not leader.paused:
                 for _ in range(self.rng.randint(1, 2)):
@@ -275,8 +277,10 @@ class Simulation:
 
     def _slow_round(self) -> None:
         """Compacting liveness round: like ``_round`` without loss, but a message may wait a round or
-        more (30%), and a paused node queues its ticks and messages and handles them in arrival order
-        when the pause ends, as the kvstore driver does after a long snapshot write."""
+        more (30%); half the messages reach their node in one batch per node (one ``take_actions()``
+        for all, as the kvstore driver batches its queued events); and a paused node queues its ticks
+        and messages and handles them as one batch when the pause ends, as the kvstore driver does
+        after a long snapshot write."""
         for node in self.nodes.values():
             if node.paused:
                 node.inbox.append(None)  # a tick
@@ -294,11 +298,17 @@ class Simulation:
             ready_ids = {id(item) for item in ready}
             self.network = [item for item in self.network if id(item) not in ready_ids]
             self.rng.shuffle(ready)
+            batches: dict[int, list] = {}
             for item in ready:
-                if self.nodes[item[1]].paused:
-                    self.nodes[item[1]].inbox.append(item)
+                node = self.nodes[item[1]]
+                if node.paused:
+                    node.inbox.append(item)
+                elif self.rng.random() < 0.5:
+                    batches.setdefault(node.node_id, []).append(item)  # the driver's batch
                 else:
                     self._deliver(item)
+            for node_id, items in batches.items():
+                self._deliver_batch(self.nodes[node_id], items)
         raise AssertionError("network did not settle within 100000 passes")
 
     def _round(self) -> None:
@@ -455,7 +465,8 @@ class Simulation:
                 if message.slot > node.replica.applied_slot:
                     self._log(f"install snapshot at {message.slot} from {src} on {dst} (mid-batch)")
                     self.stats["snapshots_installed"] += 1
-                    node.replica.install_snapshot(message.slot)
+                    self.stats["snapshots_installed_mid_batch"] += 1
+                    self._guard(lambda message=message: node.replica.install_snapshot(message.slot))
                     node.applied = list(message.batches)
                     node.storage.snapshot_slot = message.slot
                     node.storage.snapshot = message.batches
