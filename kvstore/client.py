@@ -370,7 +370,10 @@ class AsyncClient:
         if endpoint not in self.endpoints:
             self.endpoints.append(endpoint)
         index = self.endpoints.index(endpoint)
-        if index != self._preferred or self._conn is None:
+        # Compare with the connection's own endpoint, not only with _preferred: a connection opened by
+        # one task while another task followed a hint (changing _preferred) goes to the old node, and
+        # keeping it would send every retry back to that follower until the deadline.
+        if index != self._preferred or self._conn is None or self._conn.endpoint != endpoint:
             self._drop_connection(advance=False)
             self._preferred = index
 

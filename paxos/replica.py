@@ -344,6 +344,11 @@ class Replica:
         if self._role != FOLLOWER:
             self._count("stepped_down_snapshot")
             self._step_down()
+        # A shell may install a snapshot in the middle of a batch of inputs (the kvstore driver feeds
+        # every queued event, then calls take_actions() once). Slots those inputs decided at or below
+        # the snapshot are in the snapshot: handing them out in `apply` would replay old commands on
+        # top of the newer state and move the applied slot backwards.
+        self._actions.apply = [(slot, batch) for slot, batch in self._actions.apply if slot > snapshot_slot]
         self._forget_through(snapshot_slot)
         self._decided_slot = max(self._decided_slot, snapshot_slot)
         self._applied_slot = snapshot_slot

@@ -68,3 +68,49 @@ async def test_many_requests_redirected_at_once_do_not_tear_down_each_others_con
                         puts.start_soon(put, n)
             assert sorted(done) == list(range(64))
         nursery.cancel_scope.cancel()
+
+
+async def test_hint_to_the_preferred_leader_replaces_a_connection_to_another_node(autojump_clock):
+    """The client's connection went to n1 while it already preferred n2 (what four writers sharing one
+    client leave behind when one task opens the first connection while another follows a not_leader
+    hint). n1 keeps answering not_leader with the hint n2: the client must move to n2, not retry on
+    n1 until its deadline (found by the three-node snapshot test in test_node_memory.py: writes failed
+    with "no leader" while a leader was up)."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    seen = {"n1": 0, "n2": 0}
+
+    async def fake_node(name: str, port: int, leader: bool) -> None:
+        listener = (await net.transport().open_listeners(name, port))[0]
+
+        async def serve(stream) -> None:
+            reader = wire.FrameReader(stream)
+            while True:
+                frames = await reader.receive_frames()
+                if not frames:
+                    return
+                for body in frames:
+                    request = wire.decode_body(body)
+                    seen[name] += 1
+                    if leader:
+                        reply = wire.OkReply(id=request.id, result={"rev": 1})
+                    else:
+                        reply = wire.ErrorReply(id=request.id, code=wire.NOT_LEADER,
+                                                message="not the leader", leader="n2:2")
+                    await stream.send_all(wire.encode_frame(reply))
+
+        async with trio.open_nursery() as conns:
+            while True:
+                conns.start_soon(serve, await listener.accept())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake_node, "n1", 1, False)
+        nursery.start_soon(fake_node, "n2", 2, True)
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=5, transport=net.transport()) as kv:
+            await kv._connection()  # the connection goes to n1 ...
+            kv._preferred = 1  # ... while another task has already switched the preference to n2
+            assert await kv.put("k", "v") == 1
+        assert seen == {"n1": 1, "n2": 1}
+        nursery.cancel_scope.cancel()

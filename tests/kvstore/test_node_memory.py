@@ -254,3 +254,32 @@ async def test_leader_with_a_full_disk_refuses_writes_and_the_cluster_carries_on
             await cluster.wait_converged()
             assert await kv.get("during") == "2" and await kv.get("before") == "1"
         nursery.cancel_scope.cancel()
+
+
+async def test_three_nodes_under_very_frequent_snapshots_finish_the_writes_and_agree(tmp_path):
+    """Three nodes snapshot every 10 commands, each at its own points, under four concurrent writers
+    (40 puts each), with the real clock (snapshots are written from worker threads, which the
+    autojump clock would skip past). Every write must succeed within the bound, a leader must be there
+    at the end, and all replicas must reach the same applied slot and state hash, holding all 160 keys.
+    A node that installs a peer's snapshot in the middle of a driver batch must not replay the slots
+    the snapshot covers (paxos.replica.install_snapshot), or its state would diverge."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, snapshot_every=10)
+        for i in PEERS:
+            await cluster.start(i)
+        await cluster.wait_leader()
+        async with connect(ENDPOINTS, timeout=20, transport=net.transport()) as kv:
+            async def writer(w: int) -> None:
+                for i in range(40):
+                    await kv.put(f"w{w}-{i}", f"{i}")
+            with trio.fail_after(60):
+                async with trio.open_nursery() as writers:
+                    for w in range(4):
+                        writers.start_soon(writer, w)
+            await cluster.wait_leader()
+            await cluster.wait_converged()
+            assert all(n.replica.snapshot_slot > 0 for n in cluster.nodes.values())
+            assert all(len(n.sm) == 160 for n in cluster.nodes.values())
+            assert len(await kv.list("w")) == 160
+        nursery.cancel_scope.cancel()

@@ -417,6 +417,25 @@ def test_install_snapshot_forgets_covered_slots_and_applies_decided_slots_after_
     assert replica.durable_state().accepted == {4: (Ballot(1, 1), C)}
 
 
+def test_snapshot_installed_mid_batch_does_not_hand_out_slots_it_covers():
+    """Section 3 (replicas execute the same commands in the same order): a shell that installs a
+    snapshot between two inputs of one batch, before take_actions() (the kvstore driver does), must
+    not get slots at or below the snapshot in `apply`: they are in the snapshot already, and applying
+    them again would replay old commands on the newer state. Found by tests/sim seed 137, 5 nodes,
+    compact_often mode (the batch a paused node handles at once)."""
+    replica = make(3)
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=1, value=A, decided_slot=0))
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=2, value=B, decided_slot=0))
+    replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=6, value=C, decided_slot=0))
+    replica.take_actions()
+    replica.receive(Heartbeat(sender=1, ballot=Ballot(1, 1), decided_slot=2, seq=1))  # decides 1, 2
+    replica.install_snapshot(5)  # same batch: no take_actions() in between
+    replica.receive(Heartbeat(sender=1, ballot=Ballot(1, 1), decided_slot=6, seq=2))  # decides 6
+    actions = replica.take_actions()
+    assert actions.apply == [(6, C)]
+    assert (replica.snapshot_slot, replica.decided_slot, replica.applied_slot) == (5, 6, 6)
+
+
 def test_candidate_behind_a_promisers_snapshot_fetches_it_and_does_not_lead():
     """P2c cannot be checked for slots an acceptor compacted; the candidate catches up first."""
     replica = make(1)

@@ -71,6 +71,10 @@ FAULT_EVENTS = (  # (event, weight)
     ("compact", 2),
 )
 
+# compact_often=True: the same mix with compaction ten times as frequent, and in the liveness phase
+# every node keeps compacting too (see Simulation.run_liveness_compacting).
+COMPACT_OFTEN_WEIGHT = 20
+
 
 class SafetyViolation(AssertionError):
     """Two decided values for one slot, diverging applied logs, an invented command, a stale read."""
@@ -105,6 +109,8 @@ class Node:
     applied: list | None = None  # the state machine: batches of slots 1..applied_slot
     unsynced: list = field(default_factory=list)  # only in send_before_persist mode
     last_role: tuple | None = None  # for the trace: log role and ballot changes
+    paused: int = 0  # compacting liveness phase: rounds left in a pause (a long snapshot, a busy host)
+    inbox: list = field(default_factory=list)  # ticks and messages that arrived during the pause
 
 
 class Simulation:
@@ -112,7 +118,8 @@ class Simulation:
 
     def __init__(self, seed: int, *, nodes: int = 3, steps: int = 300, replica_class=Replica,
                  send_before_persist: bool = False, options: Options | None = None,
-                 liveness_commands: int = 10, early_accepts: bool = False) -> None:
+                 liveness_commands: int = 10, early_accepts: bool = False,
+                 compact_often: bool = False) -> None:
         self.seed = seed
         self.nodes_count = nodes
         self.steps = steps
@@ -122,6 +129,8 @@ class Simulation:
                                           batch_count_max=4, catchup_entries_max=8)
         self.liveness_commands = liveness_commands
         self.early_accepts = early_accepts
+        self.compact_often = compact_often
+        self.dropped: list[bytes] = []  # dropped_proposals seen (the liveness phase resubmits them)
         self.faults_on = True
         self.rng = random.Random(seed)
         self.config = Config(node_ids=tuple(range(1, nodes + 1)))
@@ -138,7 +147,8 @@ class Simulation:
         self.now = 0  # simulated ticks (each node tick counts one)
         self.trace: deque[str] = deque(maxlen=TRACE_LINES)
         self.stats = {name: 0 for name, _ in FAULT_EVENTS}
-        self.stats.update(reads_served=0, dropped_by_partition=0, snapshots_installed=0, crash_during_fsync=0)
+        self.stats.update(reads_served=0, dropped_by_partition=0, snapshots_installed=0, crash_during_fsync=0,
+                          pauses=0, snapshots_installed_mid_batch=0)
         for node in self.nodes.values():
             self._start(node)
 
@@ -146,12 +156,17 @@ class Simulation:
 
     def run(self) -> "Simulation":
         self.run_faults()
-        self.run_liveness()
+        if self.compact_often:
+            self.run_liveness_compacting()
+        else:
+            self.run_liveness()
         return self
 
     def run_faults(self) -> None:
         names = [name for name, _ in FAULT_EVENTS]
         weights = [weight for _, weight in FAULT_EVENTS]
+        if self.compact_often:
+            weights[names.index("compact")] = COMPACT_OFTEN_WEIGHT
         for self.step_no in range(1, self.steps + 1):
             event = self.rng.choices(names, weights)[0]
             self.stats[event] += 1
@@ -195,6 +210,106 @@ class Simulation:
         missing = [c for c in commands if c not in {x for b in self.decided.values() for x in b}]
         self._fail(LivenessFailure, f"within {bound} rounds, not decided: {missing!r}; applied "
                    f"{ {n.node_id: n.replica.applied_slot for n in self.nodes.values()} }")
+
+    def run_liveness_compacting(self) -> None:
+        """Heal and stop faults, but keep compacting: every node, often, each at its own slots.
+
+        Commands go one or two per round to whichever node leads stably; a command the core drops
+        (leader stepped down before it got a slot), or that is not decided within
+        ``4 * election_timeout`` rounds, is resubmitted, as a client retries. The cluster
+        must decide every command and all nodes must apply everything decided; it fails if
+        ``30 * election_timeout`` rounds pass without a new liveness command decided.
+        """
+        self.faults_on = False
+        self.group = None
+        for node in self.nodes.values():
+            if node.replica is None:
+                self._guard(lambda node=node: self._restart(node))
+        stall_bound = 30 * self.options.election_timeout_ticks
+        pending = deque(self._new_command() for _ in range(self.liveness_commands))
+        commands = set(pending)
+        self.submitted |= commands
+        self.dropped = []
+        done_count, last_progress = 0, 0
+        submitted_at: dict[bytes, int] = {}
+        retry_rounds = 4 * self.options.election_timeout_ticks
+        for rounds in range(1_000_000):  # bounded by the stall check below
+            for node in self.nodes.values():
+                if self.rng.random() < 0.3:
+                    self._guard(lambda node=node: self._compact(node))
+            for node in self.nodes.values():
+                if not node.paused and self.rng.random() < 0.02:
+                    node.paused = self.rng.randint(1, 3 * self.options.election_timeout_ticks)
+                    self._log(f"pause {node.node_id} for {node.paused} rounds")
+                    self.stats["pauses"] += 1
+            leader = self._stable_leader()
+            if leader is not None and not leader.paused:
+                for _ in range(self.rng.randint(1, 2)):
+                    if pending and leader.replica.propose(pending[0]):
+                        self._log(f"submit {pending[0]!r} to {leader.node_id}")
+                        submitted_at[pending.popleft()] = rounds
+                self._guard(lambda: self._drain(leader))
+            self._guard(self._slow_round)
+            decided_commands = {c for batch in self.decided.values() for c in batch} & commands
+            pending.extend(c for c in self.dropped if c not in decided_commands and c not in pending)
+            self.dropped = []
+            for command, at in list(submitted_at.items()):
+                if command in decided_commands:
+                    del submitted_at[command]
+                elif rounds - at > retry_rounds and command not in pending:
+                    # In a slot that a later leader filled with a no-op: the client retries.
+                    del submitted_at[command]
+                    pending.append(command)
+            if len(decided_commands) > done_count:
+                done_count, last_progress = len(decided_commands), rounds
+            top = max(self.decided, default=0)
+            if done_count == len(commands) and all(n.replica.applied_slot >= top for n in self.nodes.values()):
+                self._check_prefixes()
+                self.trace.append(f"liveness: decided everywhere after {rounds} rounds")
+                return
+            if rounds - last_progress > stall_bound:
+                break
+        roles = {n.node_id: (n.replica.status()["role"], n.replica.leader_id, n.replica.decided_slot,
+                             n.replica.snapshot_slot) for n in self.nodes.values()}
+        self._fail(LivenessFailure, f"compacting liveness phase: {stall_bound} rounds without progress; "
+                   f"{done_count}/{len(commands)} commands decided, {len(pending)} not yet submitted; "
+                   f"nodes (role, leader, decided, snapshot): {roles}")
+
+    def _slow_round(self) -> None:
+        """Compacting liveness round: like ``_round`` without loss, but a message may wait a round or
+        more (30%); half the messages reach their node in one batch per node (one ``take_actions()``
+        for all, as the kvstore driver batches its queued events); and a paused node queues its ticks
+        and messages and handles them as one batch when the pause ends, as the kvstore driver does
+        after a long snapshot write."""
+        for node in self.nodes.values():
+            if node.paused:
+                node.inbox.append(None)  # a tick
+                node.paused -= 1
+                if node.paused == 0:
+                    self._log(f"resume {node.node_id}: {len(node.inbox)} queued ticks and messages")
+                    inbox, node.inbox = node.inbox, []
+                    self._deliver_batch(node, inbox)
+            else:
+                self._tick(node)
+        for _ in range(100_000):
+            ready = [item for item in self.network if self.rng.random() >= 0.3]
+            if not ready:
+                return
+            ready_ids = {id(item) for item in ready}
+            self.network = [item for item in self.network if id(item) not in ready_ids]
+            self.rng.shuffle(ready)
+            batches: dict[int, list] = {}
+            for item in ready:
+                node = self.nodes[item[1]]
+                if node.paused:
+                    node.inbox.append(item)
+                elif self.rng.random() < 0.5:
+                    batches.setdefault(node.node_id, []).append(item)  # the driver's batch
+                else:
+                    self._deliver(item)
+            for node_id, items in batches.items():
+                self._deliver_batch(self.nodes[node_id], items)
+        raise AssertionError("network did not settle within 100000 passes")
 
     def _round(self) -> None:
         """Liveness round: tick every node once, then deliver every message (random order, no loss)."""
@@ -291,10 +406,14 @@ class Simulation:
 
     def _event_compact(self) -> None:
         candidates = [n for n in self._up() if n.replica.applied_slot > n.replica.snapshot_slot]
-        if not candidates:
-            return
-        node = self.rng.choice(candidates)
+        if candidates:
+            self._compact(self.rng.choice(candidates))
+
+    def _compact(self, node: Node) -> None:
+        """Snapshot ``node``'s state machine at a random applied slot, then compact core and log."""
         replica = node.replica
+        if replica is None or replica.applied_slot <= replica.snapshot_slot:
+            return
         slot = self.rng.randint(replica.snapshot_slot + 1, replica.applied_slot)
         replica.compact(slot)
         node.storage.snapshot_slot = slot
@@ -326,6 +445,35 @@ class Simulation:
             node.storage.records.extend(node.unsynced)
             node.unsynced = []
         node.replica.tick()
+        self._drain(node)
+
+    def _deliver_batch(self, node: Node, items: list) -> None:
+        """Feed a paused node its queued ticks (``None``) and messages as ONE batch, then carry out one
+        ``Actions``, as the kvstore driver does: it feeds every queued event to the core and calls
+        ``take_actions()`` once at the end. A snapshot in the batch is installed where it comes, after
+        the batches already carried out but before this batch's actions (the driver waits for its
+        committer, not for the core's pending actions)."""
+        for item in items:
+            if node.replica is None:
+                return
+            if item is None:
+                self.now += 1
+                self._guard(node.replica.tick)
+                continue
+            src, dst, message = item
+            if isinstance(message, SnapshotMessage):
+                if message.slot > node.replica.applied_slot:
+                    self._log(f"install snapshot at {message.slot} from {src} on {dst} (mid-batch)")
+                    self.stats["snapshots_installed"] += 1
+                    self.stats["snapshots_installed_mid_batch"] += 1
+                    self._guard(lambda message=message: node.replica.install_snapshot(message.slot))
+                    node.applied = list(message.batches)
+                    node.storage.snapshot_slot = message.slot
+                    node.storage.snapshot = message.batches
+                    node.storage.records = node.replica.durable_state().records()
+                    node.unsynced = []
+                continue
+            self._guard(lambda message=message: node.replica.receive(message))
         self._drain(node)
 
     def _pop_random_message(self):
@@ -405,6 +553,7 @@ class Simulation:
                            f"but slot {needed} was applied before it began (node applied {len(node.applied)})")
         for read_id in actions.rejected_reads:
             self.pending_reads.pop(read_id)
+        self.dropped.extend(actions.dropped_proposals)
         for to in actions.snapshot_to:
             if node.storage.snapshot_slot > 0:
                 self.network.append((node.node_id, to, SnapshotMessage(node.storage.snapshot_slot,

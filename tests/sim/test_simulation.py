@@ -28,13 +28,18 @@ FIXED_SEEDS = range(1, 201)
 FAILING_SEEDS_FILE = Path(__file__).with_name("failing_seeds.txt")
 
 
-def _failing_seeds() -> list[tuple[int, int]]:
+MODES = {"": {}, "compact_often": {"compact_often": True}}
+
+
+def _failing_seeds() -> list[tuple[int, int, str]]:
+    """Lines ``<nodes> <seed> [mode]``; mode is a key of MODES (none: the default event mix)."""
     out = []
     for line in FAILING_SEEDS_FILE.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            nodes, seed = line.split()
-            out.append((int(nodes), int(seed)))
+            nodes, seed, *mode = line.split()
+            assert len(mode) <= 1 and (mode[0] if mode else "") in MODES, f"bad line in failing_seeds.txt: {line!r}"
+            out.append((int(nodes), int(seed), mode[0] if mode else ""))
     return out
 
 
@@ -58,9 +63,35 @@ def test_accepts_sent_before_the_leaders_own_fsync_stay_safe(sim_seed, nodes):
         assert sim.stats["crash_during_fsync"] > 0, "the mode never crashed a node during an fsync"
 
 
-@pytest.mark.parametrize("nodes,seed", _failing_seeds(), ids=lambda v: str(v))
-def test_seeds_that_once_failed_now_pass(nodes, seed):
-    Simulation(seed, nodes=nodes, steps=STEPS).run()
+@pytest.mark.sim_seeds(range(1, 301))
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_aggressive_compaction_stays_safe_and_live(sim_seed, nodes):
+    """compact_often: compaction ten times as frequent under faults, then a liveness phase in which
+    every node keeps compacting at its own slots while messages are delayed and nodes pause (a long
+    snapshot write) and then handle their queued ticks, messages and snapshots as one batch, as the
+    kvstore driver does. Every command must still be decided and applied everywhere."""
+    Simulation(sim_seed, nodes=nodes, steps=STEPS, compact_often=True).run()
+
+
+def test_aggressive_compaction_exercises_snapshots_pauses_and_elections_behind_a_snapshot():
+    """compact_often means something only if its runs install snapshots (also mid-batch), pause
+    nodes, and make candidates meet a promiser whose snapshot is ahead of them."""
+    totals: dict[str, int] = {}
+    behind = 0
+    for seed in range(1, 41):
+        for nodes in (3, 5):
+            sim = Simulation(seed, nodes=nodes, steps=STEPS, compact_often=True).run()
+            behind += sum(n.replica.status()["counters"].get("election_behind", 0) for n in sim.nodes.values())
+            for name, value in sim.stats.items():
+                totals[name] = totals.get(name, 0) + value
+    for name in ("compact", "snapshots_installed", "snapshots_installed_mid_batch", "pauses"):
+        assert totals[name] > 0, f"no {name} in 80 compact_often runs: {totals}"
+    assert behind > 0, "no candidate was ever behind a promiser's snapshot in 80 compact_often runs"
+
+
+@pytest.mark.parametrize("nodes,seed,mode", _failing_seeds(), ids=lambda v: str(v))
+def test_seeds_that_once_failed_now_pass(nodes, seed, mode):
+    Simulation(seed, nodes=nodes, steps=STEPS, **MODES[mode]).run()
 
 
 @pytest.mark.sim_batch
