@@ -194,13 +194,13 @@ async def test_write_waiting_past_the_request_timeout_is_answered_with_timeout(t
 
 
 async def test_snapshots_taken_under_writes_then_restart_from_snapshot_and_log(tmp_path):
-    """A node snapshots again and again under concurrent writes (waiting for its committer each time,
-    so state machine, core and log agree), and after a crash recovers exactly from the latest snapshot
+    """A node snapshots again and again under concurrent writes (applies held back while the frozen
+    state is written, so state machine, core and log agree), and after a crash recovers exactly from the latest snapshot
     plus the log above it.
 
-    One node, so that the check is about snapshots and recovery only (elections under very frequent
-    compaction are a known weak spot; see the closing note). Real clock on purpose: snapshots are
-    written from worker threads, and the autojump clock would skip virtual time while they run."""
+    One node, so that the check is about snapshots and recovery only (the 3-node case with very frequent
+    compaction has its own test below). Real clock on purpose: snapshots are written from worker
+    threads, and the autojump clock would skip virtual time while they run."""
     peers = {1: ("n1", 7001)}
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
