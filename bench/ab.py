@@ -66,14 +66,22 @@ finally:
 '''
 
 
+ATTEMPTS = 3
+
+
 def run_tree(tree: Path, nodes: int, levels: str, total: int) -> dict[int, dict]:
+    """One round against ``tree``; a failed run (an old revision may have bugs since fixed) is retried
+    on a fresh cluster, at most ``ATTEMPTS`` times in all, and each failure is reported."""
     env = dict(os.environ, PYTHONPATH=str(tree))
-    out = subprocess.run([sys.executable, "-c", _LOAD, str(nodes), levels, str(total)], cwd=tree, env=env,
-                         capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise SystemExit(f"load against {tree} failed:\n{out.stderr[-3000:]}")
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    return {row["inflight"]: row for row in rows}
+    for attempt in range(1, ATTEMPTS + 1):
+        out = subprocess.run([sys.executable, "-c", _LOAD, str(nodes), levels, str(total)], cwd=tree, env=env,
+                             capture_output=True, text=True, timeout=900)
+        if out.returncode == 0:
+            rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+            return {row["inflight"]: row for row in rows}
+        last_line = (out.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"  load against {tree} failed (attempt {attempt}/{ATTEMPTS}): {last_line}", flush=True)
+    raise SystemExit(f"load against {tree} failed {ATTEMPTS} times; last error:\n{out.stderr[-3000:]}")
 
 
 def main() -> None:
