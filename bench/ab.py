@@ -79,7 +79,9 @@ def run_tree(tree: Path, nodes: int, levels: str, total: int) -> dict[int, dict]
         if out.returncode == 0:
             rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
             return {row["inflight"]: row for row in rows}
-        last_line = (out.stderr.strip().splitlines() or ["?"])[-1]
+        lines = out.stderr.strip().splitlines() or ["?"]
+        errors = [line.strip(" |") for line in lines if "Error" in line or "Unavailable" in line]
+        last_line = errors[-1] if errors else lines[-1]
         print(f"  load against {tree} failed (attempt {attempt}/{ATTEMPTS}): {last_line}", flush=True)
     raise SystemExit(f"load against {tree} failed {ATTEMPTS} times; last error:\n{out.stderr[-3000:]}")
 
