@@ -105,15 +105,17 @@ def test_fresh_random_seeds_for_a_time_box():
         if time.monotonic() >= deadline:
             break
         nodes = 3 if count % 2 == 0 else 5
+        mode = "compact_often" if count % 4 >= 2 else ""  # both event mixes, both sizes
         seed = chooser.randrange(1_000_000, 2**48)
-        ran.append((nodes, seed))
+        ran.append((nodes, seed, mode))
         try:
-            Simulation(seed, nodes=nodes, steps=STEPS).run()
+            Simulation(seed, nodes=nodes, steps=STEPS, **MODES[mode]).run()
         except AssertionError:
             with FAILING_SEEDS_FILE.open("a") as f:
-                f.write(f"{nodes} {seed}  # found by the random batch; replay: pytest tests/sim --seed {seed}\n")
+                f.write(f"{nodes} {seed} {mode}  # found by the random batch ({mode or 'default'} mode)\n")
             raise
-    print(f"random batch: {len(ran)} seeds in {seconds:g}s: " + " ".join(f"{n}n:{s}" for n, s in ran))
+    print(f"random batch: {len(ran)} seeds in {seconds:g}s: "
+          + " ".join(f"{n}n:{s}{':' + m if m else ''}" for n, s, m in ran))
     assert ran, "the time box ran no seed at all"
 
 
