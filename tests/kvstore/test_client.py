@@ -114,3 +114,41 @@ async def test_hint_to_the_preferred_leader_replaces_a_connection_to_another_nod
             assert await kv.put("k", "v") == 1
         assert seen == {"n1": 1, "n2": 1}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_never_answers_costs_one_attempt_not_the_whole_deadline(autojump_clock):
+    """The first endpoint accepts the connection and reads requests but never answers (a paused or
+    wedged node). The client's watchdog ends that attempt after ``attempt_timeout``; the retry on the
+    next endpoint succeeds, long before the call's own deadline."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    silent = (await net.transport().open_listeners("n1", 1))[0]
+    answering = (await net.transport().open_listeners("n2", 2))[0]
+
+    async def serve(listener, answer: bool) -> None:
+        async def one(stream) -> None:
+            reader = wire.FrameReader(stream)
+            while True:
+                frames = await reader.receive_frames()
+                if not frames:
+                    return
+                if answer:
+                    await stream.send_all(b"".join(
+                        wire.encode_frame(wire.OkReply(id=wire.decode_body(b).id, result={"rev": 7}))
+                        for b in frames))
+
+        async with trio.open_nursery() as conns:
+            while True:
+                conns.start_soon(one, await listener.accept())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, silent, False)
+        nursery.start_soon(serve, answering, True)
+        async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
+            started = trio.current_time()
+            with trio.fail_after(30):
+                assert await kv.put("k", "v") == 7
+            elapsed = trio.current_time() - started
+            assert kv.attempt_timeout <= elapsed < kv.attempt_timeout + 1, elapsed
+        nursery.cancel_scope.cancel()
