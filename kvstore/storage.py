@@ -589,15 +589,21 @@ class Storage:
                 raise OSError(errno.EIO, f"write returned {count}")
             written += count
 
-    def _write_file_atomically(self, name: str, data: bytes, before: str | None, after: str | None) -> None:
-        """Write ``name`` by temp file, fsync, rename, fsync dir; failpoints around the rename."""
+    def _write_file_atomically(self, name: str, data, before: str | None, after: str | None) -> None:
+        """Write ``name`` by temp file, fsync, rename, fsync dir; failpoints around the rename.
+
+        ``data`` is the file's bytes, or a function that writes them to the descriptor it is given.
+        """
         final = self.path / name
         tmp = self.path / (name + TMP_SUFFIX)
         renamed = False
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                self._write_all(fd, data)
+                if callable(data):
+                    data(fd)
+                else:
+                    self._write_all(fd, data)
                 if self._fsync_enabled:
                     # fsync, not fdatasync: the new file's metadata must be durable before the rename.
                     os.fsync(fd)
@@ -813,24 +819,11 @@ class Storage:
             raise ValueError(f"snapshot slot {slot} is below the current snapshot slot {self.snapshot_slot}")
         if state.snapshot_slot > slot:
             raise ValueError(f"state is compacted through slot {state.snapshot_slot}, above the snapshot {slot}")
-        data = bytes(data)
         # Step 1: the old log alone must be complete, so "new snapshot + old log" is a valid state.
         self.sync()
-        # Step 2.
-        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, slot, len(data), zlib.crc32(data))
-        self._write_file_atomically(
-            snapshot_file_name(slot), header + data, "before_snapshot_rename", "after_snapshot_rename"
-        )
-        self.snapshot = None
-        self._snapshot_slot = slot
-        # Step 3: only records above the snapshot; replay drops the rest and keeps the promise.
-        compacted = DurableState.replay(state.records(), snapshot_slot=slot)
-        self._install_log(slot, encode_records(compacted.records()))
-        # Step 4.
-        try:
-            self._delete_older_than(slot)
-        except OSError as exc:
-            raise _io_error(f"cannot delete old snapshots and logs in {self.path}", exc) from exc
+        # Step 2, then steps 3 and 4.
+        self.write_snapshot_file(slot, data)
+        self.compact_log(slot, state)
 
     def write_snapshot_file(self, slot: int, pieces) -> None:
         """Step 2 of ``write_snapshot`` on its own, streamed: write the snapshot through ``slot`` from
@@ -848,42 +841,22 @@ class Storage:
             raise ValueError(f"snapshot slot {slot} is below the current snapshot slot {self.snapshot_slot}")
         if isinstance(pieces, (bytes, bytearray, memoryview)):
             pieces = (bytes(pieces),)
-        name = snapshot_file_name(slot)
-        final = self.path / name
-        tmp = self.path / (name + TMP_SUFFIX)
-        renamed = False
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                # The header holds the length and CRC of what follows: write a placeholder, stream the
-                # pieces, then fill the header in.
-                self._write_all(fd, bytes(SNAPSHOT_HEADER.size))
-                length, crc = 0, 0
-                for piece in pieces:
-                    self._write_all(fd, piece)
-                    length += len(piece)
-                    crc = zlib.crc32(piece, crc)
-                header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, slot, length, crc)
-                if os.pwrite(fd, header, 0) != len(header):
-                    raise OSError(errno.EIO, "short write of the snapshot header")
-                if self._fsync_enabled:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            failpoints.hit("before_snapshot_rename")
-            os.replace(tmp, final)
-            renamed = True
-            self._sync_dir()
-            failpoints.hit("after_snapshot_rename")
-        except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            if renamed:
-                self._broken = f"cannot fsync data dir {self.path} after renaming {final}: {exc}; restart the node"
-                raise StorageError(self._broken) from exc
-            raise _io_error(f"cannot write {final}", exc) from exc
+
+        def write(fd: int) -> None:
+            # The header holds the length and CRC of what follows: write a placeholder, stream the
+            # pieces, then fill the header in.
+            self._write_all(fd, bytes(SNAPSHOT_HEADER.size))
+            length, crc = 0, 0
+            for piece in pieces:
+                self._write_all(fd, piece)
+                length += len(piece)
+                crc = zlib.crc32(piece, crc)
+            header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, slot, length, crc)
+            if os.pwrite(fd, header, 0) != len(header):
+                raise OSError(errno.EIO, "short write of the snapshot header")
+
+        self._write_file_atomically(snapshot_file_name(slot), write, "before_snapshot_rename",
+                                    "after_snapshot_rename")
         self.snapshot = None
         self._snapshot_slot = slot
 

@@ -9,6 +9,28 @@ from kvstore.client import Unavailable, connect, parse_endpoints
 from .memnet import MemoryNetwork
 
 
+async def _fake_node(net: MemoryNetwork, name: str, port: int, reply_to) -> None:
+    """A stand-in node on ``net``: decodes each request and sends ``reply_to(request)`` (None: no answer)."""
+    from kvstore import wire
+
+    listener = (await net.transport().open_listeners(name, port))[0]
+
+    async def serve(stream) -> None:
+        reader = wire.FrameReader(stream)
+        while True:
+            frames = await reader.receive_frames()
+            if not frames:
+                return
+            for body in frames:
+                reply = reply_to(wire.decode_body(body))
+                if reply is not None:
+                    await stream.send_all(wire.encode_frame(reply))
+
+    async with trio.open_nursery() as conns:
+        while True:
+            conns.start_soon(serve, await listener.accept())
+
+
 async def test_unavailable_reaches_the_caller_unwrapped_outside_the_block(autojump_clock):
     net = MemoryNetwork()  # nobody listens: every connect is refused
     with pytest.raises(Unavailable) as info:
@@ -81,32 +103,17 @@ async def test_hint_to_the_preferred_leader_replaces_a_connection_to_another_nod
     net = MemoryNetwork()
     seen = {"n1": 0, "n2": 0}
 
-    async def fake_node(name: str, port: int, leader: bool) -> None:
-        listener = (await net.transport().open_listeners(name, port))[0]
-
-        async def serve(stream) -> None:
-            reader = wire.FrameReader(stream)
-            while True:
-                frames = await reader.receive_frames()
-                if not frames:
-                    return
-                for body in frames:
-                    request = wire.decode_body(body)
-                    seen[name] += 1
-                    if leader:
-                        reply = wire.OkReply(id=request.id, result={"rev": 1})
-                    else:
-                        reply = wire.ErrorReply(id=request.id, code=wire.NOT_LEADER,
-                                                message="not the leader", leader="n2:2")
-                    await stream.send_all(wire.encode_frame(reply))
-
-        async with trio.open_nursery() as conns:
-            while True:
-                conns.start_soon(serve, await listener.accept())
+    def answer(name: str, leader: bool):
+        def reply_to(request):
+            seen[name] += 1
+            if leader:
+                return wire.OkReply(id=request.id, result={"rev": 1})
+            return wire.ErrorReply(id=request.id, code=wire.NOT_LEADER, message="not the leader", leader="n2:2")
+        return reply_to
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(fake_node, "n1", 1, False)
-        nursery.start_soon(fake_node, "n2", 2, True)
+        nursery.start_soon(_fake_node, net, "n1", 1, answer("n1", False))
+        nursery.start_soon(_fake_node, net, "n2", 2, answer("n2", True))
         await trio.sleep(0.01)
         async with connect(["n1:1", "n2:2"], timeout=5, transport=net.transport()) as kv:
             await kv._connection()  # the connection goes to n1 ...
@@ -123,28 +130,10 @@ async def test_a_node_that_never_answers_costs_one_attempt_not_the_whole_deadlin
     from kvstore import wire
 
     net = MemoryNetwork()
-    silent = (await net.transport().open_listeners("n1", 1))[0]
-    answering = (await net.transport().open_listeners("n2", 2))[0]
-
-    async def serve(listener, answer: bool) -> None:
-        async def one(stream) -> None:
-            reader = wire.FrameReader(stream)
-            while True:
-                frames = await reader.receive_frames()
-                if not frames:
-                    return
-                if answer:
-                    await stream.send_all(b"".join(
-                        wire.encode_frame(wire.OkReply(id=wire.decode_body(b).id, result={"rev": 7}))
-                        for b in frames))
-
-        async with trio.open_nursery() as conns:
-            while True:
-                conns.start_soon(one, await listener.accept())
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve, silent, False)
-        nursery.start_soon(serve, answering, True)
+        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)  # reads, never answers
+        nursery.start_soon(_fake_node, net, "n2", 2, lambda request: wire.OkReply(id=request.id, result={"rev": 7}))
+        await trio.sleep(0.01)
         async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
             started = trio.current_time()
             with trio.fail_after(30):
