@@ -540,7 +540,7 @@ class Node:
             # fsync is needed or the disk is fast: carry it out here. Every hop to another task or
             # thread is a wake-up, and one request at a time pays for each of them in latency.
             if end is not None and self.options.fsync:
-                self._fsync(end)
+                self._note_fsync(self._fsync(end))
             if decided_slot > self._durable_decided_slot:
                 self._durable_decided_slot = decided_slot
             self.counters["inline_batches"] += 1
@@ -549,11 +549,14 @@ class Node:
         self._staged += 1
         self._commit_send.send_nowait((actions, end, early, decided_slot))
 
-    def _fsync(self, end: int) -> None:
-        """Make the log durable through ``end``; runs in the driver or in the committer's worker thread."""
+    def _fsync(self, end: int) -> float:
+        """Make the log durable through ``end``; return the seconds it took. Runs in the driver or in
+        the committer's worker thread, so it touches nothing but the storage (see ``_note_fsync``)."""
         started = time.perf_counter()
         self.storage.fsync_through(end)
-        elapsed = time.perf_counter() - started
+        return time.perf_counter() - started
+
+    def _note_fsync(self, elapsed: float) -> None:
         # an exponentially weighted mean of recent fsyncs decides where the next one runs
         self._fsync_ewma += (elapsed - self._fsync_ewma) * 0.2
         self.counters["fsyncs"] += 1
@@ -571,7 +574,7 @@ class Node:
                     break
             end = max((item[1] for item in items if item[1] is not None), default=None)
             if end is not None and self.options.fsync:
-                await trio.to_thread.run_sync(self._fsync, end)
+                self._note_fsync(await trio.to_thread.run_sync(self._fsync, end))
             for actions, _, early, decided_slot in items:
                 if decided_slot > self._durable_decided_slot:
                     self._durable_decided_slot = decided_slot
