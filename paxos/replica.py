@@ -107,6 +107,13 @@ class Options:
     # A slot's commands add up to at most this many bytes (one command larger than it still gets a slot
     # of its own), so that one Accept stays a reasonable message for the shell to frame and fsync.
     batch_bytes_max: int = 1 << 20
+    # When a decision is not carried by an Accept in the same batch, the leader announces it with a
+    # Decide message: at once (False), or on its next tick unless an Accept carries it first (True).
+    # A Decide only tells followers what they may apply; under load the next Accept carries
+    # decided_slot anyway, and one request at a time it would cost every follower a wake-up (and the
+    # leader a send per follower) per command. Lazy decides trade that for followers applying up to
+    # one tick later when the leader goes quiet. Safety does not depend on it either way.
+    lazy_decide: bool = False
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_ticks", "election_timeout_ticks", "window", "batch_count_max",
@@ -114,6 +121,8 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Options.{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.lazy_decide, bool):
+            raise ValueError(f"Options.lazy_decide must be a bool, got {self.lazy_decide!r}")
 
 
 @dataclass
@@ -264,6 +273,8 @@ class Replica:
             if self._heartbeat_elapsed >= self.options.heartbeat_ticks:
                 self._start_heartbeat_round()
                 self._retransmit_accepts()
+            if self.options.lazy_decide:
+                self._announce_decided()
             return
         self._ticks_since_heard += 1
         if self._ticks_since_heard >= self._election_deadline:
@@ -308,17 +319,22 @@ class Replica:
 
         The leader batches here: queued commands go into slots now (up to ``batch_count_max`` per slot,
         ``window`` undecided slots at most), and a Decide goes out if ``decided_slot`` advanced without
-        an Accept carrying it. Carry the result out in the order of the ``Actions`` docstring.
+        an Accept carrying it (with ``Options.lazy_decide``, on the next tick instead). Carry the result out in the order of the ``Actions`` docstring.
         """
         if self._role == LEADER:
             self._fill_window()
-            if self._role == LEADER and self._decided_slot > self._announced_decided_slot:
-                self._broadcast(Decide(sender=self.node_id, ballot=self._own_ballot,
-                                       decided_slot=self._decided_slot))
-                self._announced_decided_slot = self._decided_slot
+            if not self.options.lazy_decide:
+                self._announce_decided()
         self._round_in_batch = None
         actions, self._actions = self._actions, Actions()
         return actions
+
+    def _announce_decided(self) -> None:
+        """Leader: a Decide to everyone if ``decided_slot`` advanced since an Accept or Decide said so."""
+        if self._role == LEADER and self._decided_slot > self._announced_decided_slot:
+            self._broadcast(Decide(sender=self.node_id, ballot=self._own_ballot,
+                                   decided_slot=self._decided_slot))
+            self._announced_decided_slot = self._decided_slot
 
     def compact(self, snapshot_slot: int) -> None:
         """The state machine took a snapshot through ``snapshot_slot``: forget slots at or below it.

@@ -220,6 +220,35 @@ def test_slot_is_decided_by_a_majority_of_accepted_and_then_applied():
     assert leader.decided_slot == 1 and leader.applied_slot == 1
 
 
+def test_lazy_decide_rides_on_the_next_accept_and_otherwise_goes_out_on_the_next_tick():
+    """Options.lazy_decide: a decision not carried by an Accept waits for a tick instead of a Decide
+    per batch; the next Accept carries it (and then no Decide is needed at all)."""
+    b = Ballot(1, 1)
+    leader = make_leader(lazy_decide=True, heartbeat_ticks=100)
+    leader.propose(b"x")
+    leader.take_actions()
+    leader.receive(Accepted(sender=3, ballot=b, slot=1))
+    actions = leader.take_actions()
+    assert actions.apply == [(1, (b"x",))]  # decided and applied here at once ...
+    assert sent(actions, Decide) == []  # ... but not announced yet
+    # The next command's Accept carries decided_slot=1, so the tick has nothing left to announce.
+    leader.propose(b"y")
+    actions = leader.take_actions()
+    assert [m.decided_slot for _, m in sent(actions, Accept)] == [1, 1]
+    leader.receive(Accepted(sender=2, ballot=b, slot=2))
+    assert sent(leader.take_actions(), Decide) == []
+    leader.tick()
+    assert sent(leader.take_actions(), Decide) == [(2, Decide(sender=1, ballot=b, decided_slot=2)),
+                                                   (3, Decide(sender=1, ballot=b, decided_slot=2))]
+    leader.tick()
+    assert sent(leader.take_actions(), Decide) == []  # announced once
+
+
+def test_lazy_decide_must_be_a_bool():
+    with pytest.raises(ValueError, match="lazy_decide"):
+        Options(lazy_decide=1)
+
+
 def test_window_limits_slots_in_flight_and_the_rest_batch_later():
     """Pipelining is bounded: at most `window` undecided slots; the queue rides in the next slot."""
     leader = make_leader(window=2, batch_count_max=1)
