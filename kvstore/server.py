@@ -59,6 +59,7 @@ from paxos.actions import DecideRecord
 from paxos.replica import Config, Options, Replica
 
 from . import commands, failpoints, wire
+from .netio import Outbox, socket_fd
 from .statemachine import StateMachine
 from .storage import Storage, StorageError, StorageFull
 
@@ -95,6 +96,13 @@ class ServerOptions:
     # ~0.5 ms on a small VM, more than a fast fsync; a slow disk is better left to the thread, where the
     # driver keeps feeding the core meanwhile. 0 disables inline fsyncs.
     inline_fsync_max: float = 0.0015
+    # Announce a decision with a Decide on the next tick unless an Accept carries it first (see
+    # paxos.replica.Options.lazy_decide): one request at a time, this saves every follower a wake-up
+    # and a log write per command; a quiet leader's followers apply up to one tick later.
+    lazy_decide: bool = True
+    # Zeros kept written ahead of the log's last record, so that an fsync overwrites file space
+    # instead of growing the file (no journal commit; see kvstore.storage). 0 disables it.
+    log_preallocate_bytes: int = 1 << 20
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -149,90 +157,6 @@ EV_PROPOSE = 2  # (EV_PROPOSE, command_bytes, waiter_key, conn, request_id, deco
 EV_READ = 3  # (EV_READ, conn, request)
 EV_SNAPSHOT = 4  # (EV_SNAPSHOT, slot, data): a peer's snapshot arrived
 EV_COMPACT = 5  # (EV_COMPACT, slot): our snapshot file through slot is written; compact core and log
-
-
-class Outbox:
-    """The bytes bound for one stream, written without a task hop whenever possible.
-
-    ``write`` sends straight to the socket (non-blocking) when nothing is queued ahead and the
-    writer task is idle: a reply or an Accept then leaves in the same scheduler pass that produced
-    it, instead of after waking another task. Whatever the socket does not take at once (a full
-    send buffer, or no socket: an in-memory test stream) is queued for ``run``, the writer task, which
-    sends it in order with ``send_all``. So bytes leave in the order they were written.
-    """
-
-    __slots__ = ("fd", "busy", "backlog", "limit", "_send", "_recv")
-
-    def __init__(self, limit: float = math.inf) -> None:
-        self.fd: int | None = None  # the socket's descriptor while direct writes are allowed
-        self.busy = False  # the writer task holds bytes it has not finished sending
-        self.backlog = 0  # chunks queued for the writer task
-        self.limit = limit
-        self._send, self._recv = trio.open_memory_channel(math.inf)
-
-    def write(self, data: bytes) -> bool:
-        """Send or queue ``data``; False if it was dropped (backlog at its limit, or closed)."""
-        if self.fd is not None and not self.busy and not self.backlog:
-            try:
-                sent = os.write(self.fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0  # a broken connection: the writer task's send_all will report it
-            if sent == len(data):
-                return True
-            data = data[sent:]  # the rest of a frame must go next, so it is queued even past the limit
-        elif self.backlog >= self.limit:
-            return False
-        try:
-            self._send.send_nowait(data)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
-        self.backlog += 1
-        return True
-
-    def drop_backlog(self) -> None:
-        """Forget what is queued (a peer link went down: the next connection starts afresh)."""
-        while True:
-            try:
-                self._recv.receive_nowait()
-            except trio.WouldBlock:
-                return
-            self.backlog -= 1
-
-    def close(self) -> None:
-        """No more writes; ``run`` sends what is queued, then returns."""
-        self._send.close()
-
-    async def run(self, stream) -> None:
-        """Send queued chunks on ``stream`` until ``close`` (returns) or a stream error (raises)."""
-        recv = self._recv
-        while True:
-            try:
-                first = await recv.receive()
-            except trio.EndOfChannel:
-                return
-            self.busy = True
-            try:
-                chunks = [first]
-                while len(chunks) < 1024:
-                    try:
-                        chunks.append(recv.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                self.backlog -= len(chunks)
-                await stream.send_all(b"".join(chunks) if len(chunks) > 1 else first)
-            finally:
-                self.busy = False
-
-
-def _socket_fd(stream) -> int | None:
-    """The descriptor of a TCP stream's socket, or None for streams without one (in-memory tests)."""
-    sock = getattr(stream, "socket", None)
-    try:
-        return sock.fileno() if sock is not None else None
-    except Exception:
-        return None
 
 
 class ClientConn:
@@ -292,7 +216,8 @@ class Node:
         self._listener_socket = listener_socket
         self.transport = transport or TcpTransport()
         self.storage = Storage.open(
-            self.data_dir, node_id=node_id, cluster_id=self.options.cluster_id, fsync=self.options.fsync
+            self.data_dir, node_id=node_id, cluster_id=self.options.cluster_id, fsync=self.options.fsync,
+            preallocate=self.options.log_preallocate_bytes,
         )
         if self.storage.snapshot is not None:
             slot, data = self.storage.snapshot
@@ -312,6 +237,7 @@ class Node:
                 election_timeout_ticks=o.election_timeout_ticks,
                 window=o.window,
                 batch_count_max=o.batch_count_max,
+                lazy_decide=o.lazy_decide,
             ),
         )
         self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
@@ -922,7 +848,7 @@ class Node:
                     # this connection starts with whole frames.
                     outbox.drop_backlog()
                     await stream.send_all(hello)
-                    outbox.fd = _socket_fd(stream)
+                    outbox.fd = socket_fd(stream)
                     try:
                         await outbox.run(stream)
                     finally:
@@ -956,7 +882,7 @@ class Node:
                 await self._serve_peer(first, reader, frames[1:], name)
                 return
             conn = ClientConn(name, self._dirty_conns)
-            conn.outbox.fd = _socket_fd(stream)
+            conn.outbox.fd = socket_fd(stream)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._client_writer, stream, conn)
                 # Errors are handled inside the nursery block: trio would wrap anything raised here

@@ -1,4 +1,4 @@
-"""``kvstore.server.Outbox``: direct socket writes that fall back to a writer task, bytes kept in order.
+"""``kvstore.netio.Outbox``: direct socket writes that fall back to a writer task, bytes kept in order.
 
 How: a real TCP connection on 127.0.0.1 with small socket buffers, so that direct writes fill the
 socket and the rest must be queued; many chunks of distinct content are written in bursts while the
@@ -11,7 +11,7 @@ import socket
 
 import trio
 
-from kvstore.server import Outbox, _socket_fd
+from kvstore.netio import Outbox, socket_fd
 
 
 async def _connected_pair():
@@ -31,7 +31,7 @@ async def _connected_pair():
 async def test_direct_writes_and_queued_remainders_arrive_in_order():
     client, server = await _connected_pair()
     outbox = Outbox()
-    outbox.fd = _socket_fd(client)
+    outbox.fd = socket_fd(client)
     assert outbox.fd is not None
     chunks = [bytes([i % 251]) * (1 + (i * 7919) % 3000) for i in range(300)]
     expected = b"".join(chunks)
