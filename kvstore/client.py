@@ -88,6 +88,8 @@ class _ConnectionLost(Exception):
     pass
 
 
+SOLO_CALLS = 64  # calls in a row with nothing else in flight before a connection writes at once
+
 _TIMED_OUT = object()  # a waiter's reply when its attempt deadline passed (see _Connection.watchdog)
 WATCHDOG_SECONDS = 0.05
 
@@ -110,6 +112,8 @@ class _Connection:
         self.broken = False
         self.gathering = False  # a caller is collecting this scheduler pass's frames into one write
         self.queued: list[bytes] = []
+        self.calls = 0
+        self.last_overlap = -SOLO_CALLS  # the call number when a call last found another in flight
         self.outbox = Outbox()
         self.outbox.fd = socket_fd(stream)
 
@@ -179,9 +183,14 @@ class _Connection:
         self.waiters[rid] = waiter
         heapq.heappush(self.deadlines, (deadline, rid))
         frame = wire.encode_frame(make_request(rid))
-        if len(self.waiters) == 1 and not self.gathering:
-            # Nothing else in flight here: write at once, without yielding to the scheduler (one
-            # request at a time pays for every scheduler pass in latency).
+        self.calls += 1
+        if len(self.waiters) > 1:
+            self.last_overlap = self.calls
+        if self.calls - self.last_overlap > SOLO_CALLS and not self.gathering:
+            # One request at a time lately: write at once, without yielding to the scheduler (such a
+            # caller pays for every scheduler pass in latency). Not as soon as nothing else happens
+            # to be in flight: with many callers, replies come in bunches, and the first caller woken
+            # would send alone, splitting the server's next batch in two.
             sent = self.outbox.write(frame)
         else:
             # Others are in flight: whoever finds no gathering under way yields once, so that the
