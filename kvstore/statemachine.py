@@ -64,6 +64,7 @@ import io
 import struct
 from bisect import bisect_left, insort
 from collections import OrderedDict
+from heapq import heappop, heappush
 from typing import Iterator, NamedTuple, Union
 
 import cbor2
@@ -259,12 +260,16 @@ class Entry(NamedTuple):
 class _Client:
     """Dedup state of one client (few of these exist, so a small object is fine)."""
 
-    __slots__ = ("floor", "last_revision", "results")
+    __slots__ = ("floor", "last_revision", "results", "ids")
 
     def __init__(self, floor: int, last_revision: int, results: dict[int, tuple[int, int, int]]):
         self.floor = floor                  # highest ack_below seen: requests below it were answered
         self.last_revision = last_revision  # self.revision at this client's last command (LRU order)
         self.results = results              # request_id -> (kind, rev, extra), all >= floor
+        # The keys of results as a min-heap: pruning below a new floor pops from it instead of
+        # scanning every result (a client with hundreds of requests in flight moves its floor on
+        # nearly every command).
+        self.ids = sorted(results)
 
 
 def _result_dict(stored: tuple[int, int, int]) -> dict:
@@ -424,9 +429,10 @@ class StateMachine:
                 self._clients.popitem(last=False)  # the least recently used client, never the new one
         self._touch(client_id, client, cmd.ack_below)
         results = client.results
-        results[request_id] = stored
+        results[request_id] = stored  # new: a remembered request returned above
+        heappush(client.ids, request_id)
         if len(results) > RESULTS_PER_CLIENT_MAX:
-            oldest = min(results)
+            oldest = heappop(client.ids)
             del results[oldest]
             # Forgetting a result must not allow a second execution: a retry of it is now stale.
             client.floor = max(client.floor, oldest + 1)
@@ -438,9 +444,9 @@ class StateMachine:
         client.last_revision = self.revision
         if ack_below > client.floor:
             client.floor = ack_below
-            results = client.results
-            for request_id in [r for r in results if r < ack_below]:
-                del results[request_id]
+            results, ids = client.results, client.ids
+            while ids and ids[0] < ack_below:
+                del results[heappop(ids)]
 
     # -------------------------------------------------------------------------------------------
     # reads (local; linearizability is the server's job)

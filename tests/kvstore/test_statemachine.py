@@ -17,7 +17,7 @@ import random
 
 import cbor2
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -221,6 +221,40 @@ def test_result_cap_drops_lowest_request_and_raises_floor():
     # The forgotten request must not run twice: its retry is stale, not re-executed.
     assert sm.apply(commands[0])[1] == {"error": "stale request"}
     assert sm.revision == revision and sm.get("k").value == str(RESULTS_PER_CLIENT_MAX)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)).map(lambda t: (t[0], min(t))), max_size=80))
+def test_remembered_results_follow_the_floor_and_the_cap_with_ids_in_any_order(monkeypatch, requests):
+    """The dedup rules, against a plain model: a remembered request gets its first result, one below
+    the floor is stale, and one that executes keeps its result; every request that is not stale
+    raises the floor to its ack_below (dropping the results below), and beyond RESULTS_PER_CLIENT_MAX
+    results the lowest goes and the floor rises past it. Request ids and ack_below arrive in any
+    order, as the pipelined requests of one client may be decided."""
+    monkeypatch.setattr("kvstore.statemachine.RESULTS_PER_CLIENT_MAX", 4)
+    sm = StateMachine()
+    floor, kept = 0, {}
+
+    def raise_floor(to: int) -> dict:
+        return {r: rev for r, rev in kept.items() if r >= to}
+
+    for request_id, ack_below in requests:
+        _, result = sm.apply(encode_put(A, request_id, ack_below, "k", str(request_id)))
+        if request_id in kept:
+            assert result == {"rev": kept[request_id]}
+            if ack_below > floor:
+                floor, kept = ack_below, raise_floor(ack_below)
+        elif request_id < floor:
+            assert result == {"error": "stale request"}
+        else:
+            if ack_below > floor:
+                floor, kept = ack_below, raise_floor(ack_below)
+            kept[request_id] = result["rev"]
+            if len(kept) > 4:
+                oldest = min(kept)
+                del kept[oldest]
+                floor = max(floor, oldest + 1)
+        assert sm.remembered(A) == (floor, sorted(kept)), (request_id, ack_below)
 
 
 def _client(i: int) -> bytes:
