@@ -151,6 +151,37 @@ async def test_garbage_frame_closes_only_that_connection(tmp_path, autojump_cloc
         nursery.cancel_scope.cancel()
 
 
+async def test_idle_client_connection_is_closed_and_a_busy_one_is_kept(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, idle_client_timeout=30.0)
+        for i in PEERS:
+            await cluster.start(i)
+        leader = await cluster.wait_leader()
+        idle = await net.transport().connect(*PEERS[leader])
+        busy = await net.transport().connect(*PEERS[leader])
+        idle_reader, busy_reader = wire.FrameReader(idle), wire.FrameReader(busy)
+        for stream, reader in ((idle, idle_reader), (busy, busy_reader)):
+            await stream.send_all(wire.encode_frame(wire.StatusRequest(id=1)))
+            with trio.fail_after(5):
+                assert isinstance(wire.decode_body((await reader.receive_frames())[0]), wire.OkReply)
+        started = trio.current_time()
+        closed_at = []
+
+        async def watch_idle() -> None:
+            assert await idle_reader.receive_frames() == []  # the node closed it
+            closed_at.append(trio.current_time() - started)
+
+        nursery.start_soon(watch_idle)
+        for n in range(2, 6):  # the busy one sends a request every 10 s, the idle one nothing
+            await trio.sleep(10)
+            await busy.send_all(wire.encode_frame(wire.StatusRequest(id=n)))
+            with trio.fail_after(5):
+                assert isinstance(wire.decode_body((await busy_reader.receive_frames())[0]), wire.OkReply)
+        assert len(closed_at) == 1 and 30.0 <= closed_at[0] <= 31.5  # checked once a second
+        nursery.cancel_scope.cancel()
+
+
 async def test_no_quorum_write_times_out_with_unknown_outcome(tmp_path, autojump_clock):
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
