@@ -445,41 +445,43 @@ class Node:
             return
         end = None
         early = False
+        if actions.persist and self.options.fsync:
+            # Phase-2a requests (Accept) promise nothing on our behalf, so they may leave before our
+            # own record is even written, let alone fsynced: followers then write to their disks
+            # while we write to ours, and a round trip costs one fsync instead of two. Our own accept
+            # counts towards a decision only when Accepted replies are handled, in a later batch,
+            # after this batch's fsync (the committer finishes batches in order). Everything else
+            # waits for the fsync. (If our disk turns out to be full, the Accepts that left are
+            # harmless: proposals that a majority of the others may still choose.)
+            #
+            # An Accept also carries the leader's decided_slot. A decision counts our own accept,
+            # which is durable only once the committer's fsync got there, so an Accept that leaves
+            # early may only announce what was decided as of the last finished fsync; otherwise a
+            # follower could apply a value that a crash of ours un-chooses.
+            durable = self._durable_decided_slot
+            capped: dict[int, pm.Accept] = {}  # one copy per broadcast Accept, so it is encoded once
+            accepts = []
+            for to, m in actions.send:
+                if type(m) is pm.Accept:
+                    if m.decided_slot > durable:
+                        m = capped.get(id(m)) or capped.setdefault(
+                            id(m), dataclasses.replace(m, decided_slot=durable))
+                    accepts.append((to, m))
+            if accepts:
+                self._send_now(accepts)
+                early = True
         if actions.persist:
             try:
                 self.storage.append(actions.persist)
                 flushed = self.storage.flush()
             except StorageFull as exc:
                 self._on_storage_full(exc)
-                return  # nothing of this batch may leave the node
+                return  # nothing else of this batch may leave the node
             # Decide records only speed up recovery (a lost one is learned again from the peers), so a
             # batch that persists nothing else need not wait for an fsync; a later fsync covers them.
             if any(type(r) is not DecideRecord for r in actions.persist):
                 end = flushed
             self.counters["records"] += len(actions.persist)
-            if self.options.fsync:
-                # Phase-2a requests (Accept) promise nothing on our behalf, so they may leave before
-                # our own fsync: followers then write to their disks while we write to ours, and a
-                # round trip costs one fsync instead of two. Our own accept counts towards a decision
-                # only when Accepted replies are handled, in a later batch, after this batch's fsync
-                # (the committer finishes batches in order). Everything else waits for the fsync.
-                #
-                # An Accept also carries the leader's decided_slot. A decision counts our own accept,
-                # which is durable only once the committer's fsync got there, so an Accept that leaves
-                # early may only announce what was decided as of the last finished fsync; otherwise a
-                # follower could apply a value that a crash of ours un-chooses.
-                durable = self._durable_decided_slot
-                capped: dict[int, pm.Accept] = {}  # one copy per broadcast Accept, so it is encoded once
-                accepts = []
-                for to, m in actions.send:
-                    if type(m) is pm.Accept:
-                        if m.decided_slot > durable:
-                            m = capped.get(id(m)) or capped.setdefault(
-                                id(m), dataclasses.replace(m, decided_slot=durable))
-                        accepts.append((to, m))
-                if accepts:
-                    self._send_now(accepts)
-                    early = True
         decided_slot = self.replica.decided_slot
         if self._committed == self._staged and (
                 end is None or not self.options.fsync or self._fsync_ewma <= self.options.inline_fsync_max):
