@@ -1,6 +1,8 @@
 """Client error surface: what a caller catches is the library's own exception, never a trio group."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 
@@ -140,4 +142,48 @@ async def test_a_node_that_never_answers_costs_one_attempt_not_the_whole_deadlin
                 assert await kv.put("k", "v") == 7
             elapsed = trio.current_time() - started
             assert kv.attempt_timeout <= elapsed < kv.attempt_timeout + 1, elapsed
+        nursery.cancel_scope.cancel()
+
+
+async def test_requests_alone_and_in_crowds_over_real_tcp_each_get_their_own_reply():
+    """A connection used one request at a time writes each frame straight to the socket; with many
+    in flight, the frames of a scheduler pass go out in one write. Switching between the two (and
+    the writer task taking what a full socket did not) must keep every frame whole and in order, and
+    every reply must reach its own caller: the fake node answers each put with rev = its request id."""
+    from kvstore import wire
+
+    seen: list[int] = []
+
+    async def node(stream) -> None:
+        reader = wire.FrameReader(stream)
+        while True:
+            frames = await reader.receive_frames()
+            if not frames:
+                return
+            out = []
+            for body in frames:
+                request = wire.decode_body(body)  # a torn or interleaved frame would fail here
+                seen.append(request.request_id)
+                out.append(wire.encode_frame(wire.OkReply(id=request.id, result={"rev": request.request_id})))
+            await stream.send_all(b"".join(out))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, node, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with connect([f"127.0.0.1:{port}"], timeout=10) as kv:
+            expected: set[int] = set()
+            for _ in range(100):  # past SOLO_CALLS: these are written at once
+                rev = await kv.put("k", "v")
+                expected.add(rev)
+
+            async def crowd(n: int) -> None:
+                for _ in range(n):
+                    expected.add(await kv.put("k", "x" * 5000))  # big frames fill the socket sooner
+
+            async with trio.open_nursery() as crowds:
+                for _ in range(40):
+                    crowds.start_soon(crowd, 10)
+            for _ in range(100):
+                expected.add(await kv.put("k", "v"))
+        assert sorted(seen) == sorted(expected) == list(range(1, 601))
         nursery.cancel_scope.cancel()
