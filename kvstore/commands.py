@@ -34,7 +34,7 @@ This module does no I/O and uses no clock or randomness.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal, NamedTuple, Union
 
 import cbor2
 
@@ -61,13 +61,15 @@ class CommandError(Exception):
     """The bytes are not a well-formed command (raised by ``decode_command`` only)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One decoded, validated write command.
+class Command(NamedTuple):
+    """One decoded, validated write command (immutable).
 
     ``value`` is the value to store for put, the new value for cas, and None for delete.
     ``expected`` is only meaningful for cas (None: swap only if the key is absent).
     ``prefix`` is only meaningful for delete (True: delete every key that starts with ``key``).
+
+    A NamedTuple rather than a frozen dataclass: every follower builds one per command it applies,
+    and a frozen dataclass costs ~2 us to build (one ``object.__setattr__`` per field), a tuple ~0.5.
     """
 
     op: Literal["put", "delete", "cas"]
