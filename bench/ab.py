@@ -7,8 +7,10 @@ worktree, then, for each round, runs the same load against a fresh local cluster
 
     python bench/ab.py --baseline 4f3e7bd --nodes 3 --inflight 1,16,256 --rounds 2
 
-Prints, per in-flight level, the median throughput and p50 of each tree and the ratio B/A (B = this
-tree). Every run is bounded: ``--requests`` per point, and a timeout per subprocess.
+Prints, per in-flight level, the median throughput, p50 and CPU per put (servers and client together,
+on-CPU time from ``/proc/PID/task/*/schedstat``) of each tree and the ratio B/A (B = this tree). CPU per
+put is the steadiest of the three on a shared machine: other tenants slow every step down but do not
+add work. Every run is bounded: ``--requests`` per point, and a timeout per subprocess.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ HERE = Path(__file__).resolve().parent.parent
 # Runs inside a subprocess with PYTHONPATH set to one tree: start a cluster of that tree, drive it
 # with that tree's client, print one JSON line per in-flight level.
 _LOAD = r'''
-import json, sys, tempfile, time
+import json, os, sys, tempfile, time
 from contextlib import AsyncExitStack
 from pathlib import Path
 import trio
@@ -53,14 +55,30 @@ async def load(endpoints, inflight, total):
     lat.sort()
     return {"ops": len(lat) / elapsed, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
 
+def cpu_s(pid):
+    # on-CPU time of every thread of a process, from the scheduler (exact, unlike tick samples)
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total / 1e9
+
 nodes, levels, total = int(sys.argv[1]), [int(x) for x in sys.argv[2].split(",")], int(sys.argv[3])
 cluster = Cluster(Path(tempfile.mkdtemp()), nodes)
 try:
     cluster.start_all()
     cluster.leader(deadline_s=30)
+    pids = [p.pid for p in cluster.procs.values()] + [os.getpid()]
     for inflight in levels:
         n = total if inflight > 1 else max(200, total // 20)
-        print(json.dumps({"inflight": inflight, **trio.run(load, cluster.endpoints, inflight, n)}), flush=True)
+        before = [cpu_s(pid) for pid in pids]
+        row = trio.run(load, cluster.endpoints, inflight, n)
+        used = sum(cpu_s(pid) for pid in pids) - sum(before)
+        row["cpu_us"] = used / n * 1e6  # servers and client together, per put
+        print(json.dumps({"inflight": inflight, **row}), flush=True)
 finally:
     cluster.close()
 '''
@@ -108,14 +126,18 @@ def main() -> None:
             subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(base)], capture_output=True)
     print(f"A = {args.baseline}, B = this tree; {args.nodes} nodes, 100-byte puts, fsync always, "
           f"median of {args.rounds} alternating rounds, nproc={os.cpu_count()}")
-    print(f"{'in flight':>9} {'A ops/s':>9} {'B ops/s':>9} {'B/A':>6} {'A p50 ms':>9} {'B p50 ms':>9} {'B/A':>6}")
+    print("cpu us/put: on-CPU time of the servers and the client together (schedstat), per put; steadier "
+          "than throughput on a shared machine")
+    print(f"{'in flight':>9} {'A ops/s':>9} {'B ops/s':>9} {'B/A':>6} {'A p50 ms':>9} {'B p50 ms':>9} {'B/A':>6} "
+          f"{'A cpu us':>9} {'B cpu us':>9} {'B/A':>6}")
     for inflight in [int(x) for x in args.inflight.split(",")]:
-        a_ops = statistics.median(r[inflight]["ops"] for r in results["A"])
-        b_ops = statistics.median(r[inflight]["ops"] for r in results["B"])
-        a_p50 = statistics.median(r[inflight]["p50_ms"] for r in results["A"])
-        b_p50 = statistics.median(r[inflight]["p50_ms"] for r in results["B"])
+        def med(name: str, key: str) -> float:
+            return statistics.median(r[inflight][key] for r in results[name])
+        a_ops, b_ops = med("A", "ops"), med("B", "ops")
+        a_p50, b_p50 = med("A", "p50_ms"), med("B", "p50_ms")
+        a_cpu, b_cpu = med("A", "cpu_us"), med("B", "cpu_us")
         print(f"{inflight:>9} {a_ops:>9.0f} {b_ops:>9.0f} {b_ops / a_ops:>6.2f} {a_p50:>9.2f} {b_p50:>9.2f} "
-              f"{b_p50 / a_p50:>6.2f}")
+              f"{b_p50 / a_p50:>6.2f} {a_cpu:>9.0f} {b_cpu:>9.0f} {b_cpu / a_cpu:>6.2f}")
 
 
 if __name__ == "__main__":
