@@ -182,6 +182,35 @@ async def test_idle_client_connection_is_closed_and_a_busy_one_is_kept(tmp_path,
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("heartbeat_ticks, election_timeout_ticks, step", [(5, 30, 5), (3, 12, 3), (1, 4, 1)])
+async def test_followers_take_ticks_a_few_at_a_time_and_a_stable_leader_keeps_its_ballot(
+        tmp_path, autojump_clock, heartbeat_ticks, election_timeout_ticks, step):
+    """A follower that hears from a leader wakes for ticks 1/step as often as the leader (each wake
+    delivers `step` ticks; fewer when the election timeout is short), and that never makes it start an
+    election while heartbeats arrive."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, heartbeat_ticks=heartbeat_ticks,
+                             election_timeout_ticks=election_timeout_ticks)
+        for i in PEERS:
+            await cluster.start(i)
+        leader = await cluster.wait_leader()
+        ballot = cluster.nodes[leader].replica.ballot
+        before = {i: n.counters["tick_wakeups"] for i, n in cluster.nodes.items()}
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            for i in range(30):  # a minute of virtual time with a few writes
+                await kv.put(f"k{i}", "v")
+                await trio.sleep(2)
+        wakeups = {i: n.counters["tick_wakeups"] - before[i] for i, n in cluster.nodes.items()}
+        assert all(n.replica.ballot == ballot for n in cluster.nodes.values())  # no election happened
+        assert all(n.replica.leader_id == leader for n in cluster.nodes.values())
+        for i, count in wakeups.items():
+            if i != leader:
+                assert (step - 0.5) * count <= wakeups[leader] <= (step + 0.5) * count, wakeups
+        await cluster.wait_converged()
+        nursery.cancel_scope.cancel()
+
+
 async def test_no_quorum_write_times_out_with_unknown_outcome(tmp_path, autojump_clock):
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
