@@ -151,7 +151,7 @@ class TcpTransport:
 
 # ---------------------------------------------------------------------------------------------------
 # Events posted to the driver. Plain tuples keep the hot path cheap: (kind, ...).
-EV_TICK = 0
+EV_TICK = 0  # (EV_TICK, count)
 EV_PAXOS = 1  # (EV_PAXOS, message)
 EV_PROPOSE = 2  # (EV_PROPOSE, command_bytes, waiter_key, conn, request_id, decoded_command)
 EV_READ = 3  # (EV_READ, conn, request)
@@ -335,8 +335,7 @@ class Node:
                     replica.tick()
                 self._after_events(step)
             else:
-                for _ in range(step):
-                    self._post_event((EV_TICK,))
+                self._post_event((EV_TICK, step))  # one event: a batch of them would not look quiet
             if next_at >= sweep_at:
                 sweep_at = next_at + 1.0
                 self._close_idle_clients()
@@ -391,8 +390,9 @@ class Node:
             for event in batch:
                 kind = event[0]
                 if kind == EV_TICK:
-                    ticks += 1
-                    replica.tick()
+                    ticks += event[1]
+                    for _ in range(event[1]):
+                        replica.tick()
                 elif kind == EV_SNAPSHOT:
                     if not self._snapshotting:  # else drop it: the core asks again
                         await self._wait_committed()
