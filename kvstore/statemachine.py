@@ -33,8 +33,9 @@ Exactly-once (the dedup table)
     it gets ``{"error": "stale request"}`` and changes nothing (not even the table's LRU order).
   * The table is bounded. At most ``CLIENTS_MAX`` clients: when a new client would exceed it, the
     least recently used client (the one whose last command is oldest, tracked in command order and
-    recorded as the revision at that command) is forgotten. At most ``RESULTS_PER_CLIENT_MAX`` results
-    per client: when exceeded, the lowest request id is forgotten *and the client's floor is raised
+    recorded as the revision at that command) is forgotten. At most ``RESULTS_MAX`` results in all:
+    beyond, least recently used clients are forgotten until the table is under it again. At most
+    ``RESULTS_PER_CLIENT_MAX`` results per client: when exceeded, the lowest request id is forgotten *and the client's floor is raised
     above it*, so a late retry of that request is answered "stale request" instead of being executed
     twice. A forgotten client loses that protection: a retry from it after eviction executes again,
     which is the price of a bounded table (clients retry for seconds, eviction takes 10,000 newer
@@ -82,6 +83,9 @@ CLIENTS_MAX = 10_000
 """Clients remembered in the dedup table at most; the least recently used one is evicted beyond."""
 RESULTS_PER_CLIENT_MAX = 4096
 """Results remembered per client at most; the lowest request id is dropped beyond."""
+RESULTS_MAX = 262_144
+"""Results remembered for all clients together at most; least recently used clients are evicted beyond
+(without it, 10,000 clients that never acknowledge could make the table hold 41 million results)."""
 SNAPSHOT_FORMAT = 1
 """Version of the snapshot layout written by ``snapshot``; ``restore`` accepts only this one."""
 
@@ -316,7 +320,7 @@ def _entry_digest(key: str, packed: bytes) -> int:
 class StateMachine:
     """The dictionary plus its dedup table. Not thread-safe; one owner (the server's driver task)."""
 
-    __slots__ = ("revision", "_entries", "_index", "_clients", "_hash_cache", "_digest_sum")
+    __slots__ = ("revision", "_entries", "_index", "_clients", "_results_total", "_hash_cache", "_digest_sum")
 
     def __init__(self) -> None:
         self.revision: int = 0
@@ -325,6 +329,7 @@ class StateMachine:
         # client_id -> _Client, least recently used first. OrderedDict gives O(1) move_to_end and
         # popitem(last=False); a plain dict degrades when popped from the front over and over.
         self._clients: OrderedDict[bytes, _Client] = OrderedDict()
+        self._results_total = 0  # results remembered for all clients together (bounded by RESULTS_MAX)
         # (revision, hex digest) of the last state_hash: entries change only together with the
         # revision, so the digest stays valid until the next executed write.
         self._hash_cache: tuple[int, str] | None = None
@@ -426,17 +431,28 @@ class StateMachine:
             client = _Client(0, rev, {})
             self._clients[client_id] = client
             if len(self._clients) > CLIENTS_MAX:
-                self._clients.popitem(last=False)  # the least recently used client, never the new one
+                self._evict_lru_client()  # never the new one: it is the most recent
         self._touch(client_id, client, cmd.ack_below)
         results = client.results
         results[request_id] = stored  # new: a remembered request returned above
         heappush(client.ids, request_id)
+        self._results_total += 1
         if len(results) > RESULTS_PER_CLIENT_MAX:
             oldest = heappop(client.ids)
             del results[oldest]
+            self._results_total -= 1
             # Forgetting a result must not allow a second execution: a retry of it is now stale.
             client.floor = max(client.floor, oldest + 1)
+        while self._results_total > RESULTS_MAX:
+            # One client holds at most RESULTS_PER_CLIENT_MAX < RESULTS_MAX results, so this stops
+            # before it reaches the client just served (the most recently used).
+            self._evict_lru_client()
         return identity, _result_dict(stored)
+
+    def _evict_lru_client(self) -> None:
+        """Forget the least recently used client and its results (see "Exactly-once" above)."""
+        _, client = self._clients.popitem(last=False)
+        self._results_total -= len(client.results)
 
     def _touch(self, client_id: bytes, client: _Client, ack_below: int) -> None:
         """Record a command of ``client``: LRU position, last revision, floor and pruning."""
@@ -447,6 +463,7 @@ class StateMachine:
             results, ids = client.results, client.ids
             while ids and ids[0] < ack_below:
                 del results[heappop(ids)]
+                self._results_total -= 1
 
     # -------------------------------------------------------------------------------------------
     # reads (local; linearizability is the server's job)
@@ -468,6 +485,10 @@ class StateMachine:
     def clients_count(self) -> int:
         """Clients currently in the dedup table (for status and tests)."""
         return len(self._clients)
+
+    def results_count(self) -> int:
+        """Results currently remembered for all clients together (at most ``RESULTS_MAX`` after a write)."""
+        return self._results_total
 
     def remembered(self, client_id: bytes) -> tuple[int, list[int]] | None:
         """``(floor, sorted remembered request ids)`` of a client, or None if it is not in the table."""
@@ -620,6 +641,8 @@ class StateMachine:
         machine._entries, machine._index = _restore_entries(top.pop("entries"), revision)
         machine._digest_sum = None  # computed on the first state_hash call, then kept up to date
         machine._clients = _restore_clients(top["clients"], revision)
+        # An older snapshot may hold more than RESULTS_MAX: the next executed command evicts down to it.
+        machine._results_total = sum(len(c.results) for c in machine._clients.values())
         return machine
 
 

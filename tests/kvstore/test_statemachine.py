@@ -257,6 +257,33 @@ def test_remembered_results_follow_the_floor_and_the_cap_with_ids_in_any_order(m
         assert sm.remembered(A) == (floor, sorted(kept)), (request_id, ack_below)
 
 
+def test_results_of_all_clients_together_are_bounded_by_evicting_lru_clients(monkeypatch):
+    monkeypatch.setattr("kvstore.statemachine.RESULTS_MAX", 10)
+    monkeypatch.setattr("kvstore.statemachine.RESULTS_PER_CLIENT_MAX", 4)
+    replicas = [StateMachine(), StateMachine()]
+    commands = []
+    for c in range(4):  # four clients, three unacknowledged requests each
+        for rid in (1, 2, 3):
+            commands.append(encode_put(_client(c), rid, 0, f"k{c}", f"v{c}.{rid}"))
+    for sm in replicas:
+        for command in commands[:9]:
+            sm.apply(command)
+        assert sm.results_count() == 9 and sm.clients_count() == 3
+        for command in commands[9:]:  # 12 results > 10: the least recently used client goes
+            sm.apply(command)
+        assert sm.results_count() == 9 and sm.clients_count() == 3
+        assert sm.remembered(_client(0)) is None
+        assert sm.remembered(_client(3)) == (0, [1, 2, 3])  # the client just served is kept
+        # Acknowledging frees room: pruned results leave the count too.
+        sm.apply(encode_put(_client(1), 4, 4, "k1", "v1.4"))
+        assert sm.remembered(_client(1)) == (4, [4])
+        assert sm.results_count() == 7
+    assert replicas[0].snapshot() == replicas[1].snapshot()  # the same on every replica
+    restored = StateMachine.restore(replicas[0].snapshot())
+    assert restored.results_count() == 7
+    assert restored.snapshot() == replicas[0].snapshot()
+
+
 def _client(i: int) -> bytes:
     return b"c%05d" % i
 
