@@ -176,12 +176,22 @@ def _latency_summary(hist) -> dict:
     }
 
 
-def _interval_summary(hist) -> dict:
-    """p50, p99 and max of a one-second histogram, in one pass (this runs inside the load loop)."""
-    if hist.get_total_count() == 0:
+def _interval_summary(latencies_us: list[int]) -> dict:
+    """p50, p99 and max of one second's latencies (microseconds), in milliseconds.
+
+    A plain list sorted once a second: appending costs ~0.05 us per request where recording into a
+    second HdrHistogram cost ~1.7 us, and the load generator shares the machine with what it measures.
+    The rank of a percentile is rounded to the nearest request, as HdrHistogram does.
+    """
+    if not latencies_us:
         return {"p50": None, "p99": None, "max": None}
-    pct = hist.get_percentile_to_value_dict([50, 99])
-    return {"p50": pct[50] / 1000.0, "p99": pct[99] / 1000.0, "max": hist.get_max_value() / 1000.0}
+    ordered = sorted(latencies_us)
+    n = len(ordered)
+
+    def at(pct: float) -> float:
+        return ordered[min(n, max(1, int(pct / 100 * n + 0.5))) - 1] / 1000.0
+
+    return {"p50": at(50), "p99": at(99), "max": ordered[-1] / 1000.0}
 
 
 @dataclass
@@ -325,7 +335,7 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
     errors: dict[str, int] = {}
     timeline: list[dict] = []
     state = {"next": 0, "ok": 0, "err": 0, "stopped_by": "total"}
-    interval = {"hist": _histogram(2), "ok": 0, "err": 0}
+    interval = {"lat": [], "ok": 0, "err": 0}
 
     async with open_targets(spec) as targets:
         if spec.warmup:
@@ -397,7 +407,7 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
                 last_done[0] = finished
                 us = min(LATENCY_US_MAX, max(1, int((finished - began) * 1_000_000)))
                 hist.record_value(us)
-                interval["hist"].record_value(us)
+                interval["lat"].append(us)
                 state["ok"] += 1
                 interval["ok"] += 1
 
@@ -408,9 +418,9 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
             while True:
                 second += 1
                 await trio.sleep_until(start + second)
-                h, ok, err = interval["hist"], interval["ok"], interval["err"]
-                interval.update(hist=_histogram(2), ok=0, err=0)
-                lat = _interval_summary(h)
+                latencies, ok, err = interval["lat"], interval["ok"], interval["err"]
+                interval.update(lat=[], ok=0, err=0)
+                lat = _interval_summary(latencies)
                 timeline.append({"t_s": second, "ok": ok, "errors": err, "p50_ms": lat["p50"],
                                  "p99_ms": lat["p99"], "max_ms": lat["max"]})
                 reporter.show(clock() - start, state["ok"], state["err"], ok)
@@ -428,7 +438,7 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
 
     # The last partial second joins the timeline if it saw anything.
     if interval["ok"] or interval["err"]:
-        lat = _interval_summary(interval["hist"])
+        lat = _interval_summary(interval["lat"])
         timeline.append({"t_s": round(stop - start, 3), "ok": interval["ok"], "errors": interval["err"],
                          "p50_ms": lat["p50"], "p99_ms": lat["p99"], "max_ms": lat["max"]})
     elapsed = max(1e-9, (last_done[0] if state["ok"] else stop) - start)

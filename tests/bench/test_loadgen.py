@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from kvstore.client import RequestError, Unavailable
-from kvstore.loadgen import LoadSpec, LoadSpecError, error_kind, run_load
+from kvstore.loadgen import LoadSpec, LoadSpecError, _histogram, _interval_summary, error_kind, run_load
 
 
 class FakeTarget:
@@ -118,3 +118,22 @@ async def test_impossible_specs_are_refused(changes):
     spec = LoadSpec(endpoints=["x:1"], **changes)
     with pytest.raises(LoadSpecError):
         await run_load(spec, open_targets=fake_targets([]))
+
+
+def test_per_second_percentiles_match_hdrhistogram():
+    """The timeline's p50/p99/max come from a sorted list; they must agree with HdrHistogram (the
+    whole-run figures) up to its precision."""
+    import random
+
+    rng = random.Random(7)
+    for n in (1, 2, 99, 100, 1000, 5000):
+        latencies = [rng.randrange(50, 200_000) for _ in range(n)]
+        hist = _histogram()
+        for us in latencies:
+            hist.record_value(us)
+        got = _interval_summary(latencies)
+        pct = hist.get_percentile_to_value_dict([50, 99])
+        for name, want in (("p50", pct[50]), ("p99", pct[99]), ("max", hist.get_max_value())):
+            assert got[name] == pytest.approx(want / 1000.0, rel=2e-3), (n, name)
+    assert _interval_summary([]) == {"p50": None, "p99": None, "max": None}
+    assert _interval_summary(list(range(1000, 101_000, 1000))) == {"p50": 50.0, "p99": 99.0, "max": 100.0}
