@@ -33,7 +33,6 @@ This module does no I/O and uses no clock or randomness.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, NamedTuple, Union
 
 import cbor2

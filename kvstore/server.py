@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import errno
 import itertools
 import logging
 import math
@@ -49,7 +48,7 @@ import signal
 import socket
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -61,7 +60,7 @@ from paxos.replica import Config, Options, Replica
 from . import commands, failpoints, wire
 from .netio import Outbox, socket_fd
 from .statemachine import StateMachine
-from .storage import Storage, StorageError, StorageFull
+from .storage import Storage, StorageFull
 
 log = logging.getLogger("kvstore.server")
 

@@ -35,9 +35,9 @@ Exactly-once (the dedup table)
     least recently used client (the one whose last command is oldest, tracked in command order and
     recorded as the revision at that command) is forgotten. At most ``RESULTS_MAX`` results in all:
     beyond, least recently used clients are forgotten until the table is under it again. At most
-    ``RESULTS_PER_CLIENT_MAX`` results per client: when exceeded, the lowest request id is forgotten *and the client's floor is raised
-    above it*, so a late retry of that request is answered "stale request" instead of being executed
-    twice. A forgotten client loses that protection: a retry from it after eviction executes again,
+    ``RESULTS_PER_CLIENT_MAX`` results per client: when exceeded, the lowest request id is forgotten
+    *and the client's floor is raised above it*, so a late retry of that request is answered "stale
+    request" instead of being executed twice. A forgotten client loses that protection: a retry from it after eviction executes again,
     which is the price of a bounded table (clients retry for seconds, eviction takes 10,000 newer
     clients).
 

@@ -319,7 +319,8 @@ class Replica:
 
         The leader batches here: queued commands go into slots now (up to ``batch_count_max`` per slot,
         ``window`` undecided slots at most), and a Decide goes out if ``decided_slot`` advanced without
-        an Accept carrying it (with ``Options.lazy_decide``, on the next tick instead). Carry the result out in the order of the ``Actions`` docstring.
+        an Accept carrying it (with ``Options.lazy_decide``, on the next tick instead). Carry the result
+        out in the order of the ``Actions`` docstring.
         """
         if self._role == LEADER:
             self._fill_window()
