@@ -94,6 +94,21 @@ _TIMED_OUT = object()  # a waiter's reply when its attempt deadline passed (see 
 WATCHDOG_SECONDS = 0.05
 
 
+def _wake(waiter: list, reply) -> None:
+    """Answer a waiter ``[task or None, reply, answered]`` that its caller just took out of the table.
+
+    ``reply`` is the reply, ``_TIMED_OUT``, or None for a lost connection. The task is None while
+    the caller has not parked yet (the reply came during its own write); it then finds the answer
+    without parking. Only whoever removes a waiter from ``_Connection.waiters`` may call this, so
+    a task is rescheduled at most once.
+    """
+    waiter[1] = reply
+    waiter[2] = True
+    task = waiter[0]
+    if task is not None:
+        trio.lowlevel.reschedule(task)
+
+
 class _Connection:
     """One TCP connection with a reader task that routes replies to waiters by request id.
 
@@ -106,7 +121,7 @@ class _Connection:
     def __init__(self, endpoint: tuple[str, int], stream) -> None:
         self.endpoint = endpoint
         self.stream = stream
-        self.waiters: dict[int, list] = {}  # id -> [event, reply]
+        self.waiters: dict[int, list] = {}  # id -> [task, reply, answered] (see _wake)
         self.deadlines: list[tuple[float, int]] = []  # (attempt deadline, id), a min-heap
         self.ids = itertools.count(1)
         self.broken = False
@@ -133,15 +148,16 @@ class _Connection:
                 frames = await reader.receive_frames()
                 if not frames:
                     break
-                for body in frames:
-                    reply = wire.decode_body(body)
+                waiters = self.waiters
+                for reply in wire.decode_bodies(frames):
+                    if isinstance(reply, wire.WireError):
+                        raise reply
                     rid = getattr(reply, "id", None)
                     if rid is None:  # the server gave up on this connection (protocol error)
                         raise _ConnectionLost(getattr(reply, "message", "connection closed by server"))
-                    waiter = self.waiters.pop(rid, None)
+                    waiter = waiters.pop(rid, None)
                     if waiter is not None:
-                        waiter[1] = reply
-                        waiter[0].set()
+                        _wake(waiter, reply)
         except (wire.WireError, _ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
@@ -156,8 +172,7 @@ class _Connection:
                 _, rid = heapq.heappop(deadlines)
                 waiter = waiters.pop(rid, None)
                 if waiter is not None:
-                    waiter[1] = _TIMED_OUT
-                    waiter[0].set()
+                    _wake(waiter, _TIMED_OUT)
             if not waiters:
                 deadlines.clear()  # entries of answered requests
 
@@ -169,7 +184,7 @@ class _Connection:
         self.outbox.close()
         waiters, self.waiters = self.waiters, {}
         for waiter in waiters.values():
-            waiter[0].set()
+            _wake(waiter, None)
 
     async def call(self, make_request, deadline: float) -> object:
         """Send one request (built by ``make_request(id)``) and wait for its reply until ``deadline``.
@@ -179,10 +194,10 @@ class _Connection:
         if self.broken:
             raise _ConnectionLost("connection is closed")
         rid = next(self.ids)
-        waiter = [trio.Event(), None]
+        frame = wire.encode_frame(make_request(rid))
+        waiter = [None, None, False]  # see _wake
         self.waiters[rid] = waiter
         heapq.heappush(self.deadlines, (deadline, rid))
-        frame = wire.encode_frame(make_request(rid))
         self.calls += 1
         if len(self.waiters) > 1:
             self.last_overlap = self.calls
@@ -214,10 +229,16 @@ class _Connection:
         if not sent:  # the connection was closed meanwhile
             self.waiters.pop(rid, None)
             raise _ConnectionLost("connection is closed")
-        try:
-            await waiter[0].wait()
-        finally:
-            self.waiters.pop(rid, None)
+        if not waiter[2]:
+            # Park until _wake reschedules us (a trio.Event per request costs more). If we are
+            # cancelled first, leave the table so that nobody reschedules us later.
+            waiter[0] = trio.lowlevel.current_task()
+
+            def abort(_raise_cancel):
+                self.waiters.pop(rid, None)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
         if waiter[1] is None:
             raise _ConnectionLost("connection lost before the reply")
         return waiter[1]

@@ -974,8 +974,9 @@ class Node:
         reader.frame_bytes_max = PEER_FRAME_BYTES_MAX
         while True:
             events: list = []
-            for body in frames:
-                message = wire.decode_body(body)
+            for message in wire.decode_bodies(frames):
+                if isinstance(message, wire.WireError):
+                    raise message
                 if isinstance(message, wire.PaxosBatch):
                     for m in message.messages:
                         if m.sender != peer:
@@ -1011,14 +1012,12 @@ class Node:
     async def _serve_client(self, conn: ClientConn, reader, frames, name: str) -> None:
         while True:
             events: list = []
-            for body in frames:
-                try:
-                    request = wire.decode_body(body)
-                except wire.WireError as exc:
+            for i, request in enumerate(wire.decode_bodies(frames)):
+                if isinstance(request, wire.WireError):
                     self.counters["protocol_errors"] += 1
-                    log.warning("closing client %s: bad frame: %s", name, exc)
-                    conn.reply(wire.ErrorReply(id=wire.request_id_of(body), code=wire.PROTOCOL,
-                                               message=str(exc), leader=None))
+                    log.warning("closing client %s: bad frame: %s", name, request)
+                    conn.reply(wire.ErrorReply(id=wire.request_id_of(frames[i]), code=wire.PROTOCOL,
+                                               message=str(request), leader=None))
                     self._post(events)
                     return
                 self._client_request(conn, request, events)

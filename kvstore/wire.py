@@ -657,6 +657,53 @@ def decode_body(body: bytes):
         raise WireError(f"not valid CBOR: {exc}") from exc
     if end != len(body):
         raise WireError(f"{len(body) - end} bytes after the CBOR item in the frame")
+    return _message_of(obj)
+
+
+def decode_bodies(bodies: list[bytes]) -> list:
+    """``decode_body`` of each body, in order, with one CBOR decoder for them all.
+
+    Building a decoder costs about as much as decoding a small message, and a reader usually holds
+    several frames at once (a client's replies, a leader's requests). cbor2 forgets shared values at
+    the end of each top-level item, so decoding the bodies back to back reads each one exactly as
+    ``decode_body`` would; each item must end exactly at its frame's end.
+
+    Returns one message per body. If a body is bad, the list ends with its ``WireError`` (as a value,
+    not raised; the bodies after it are not decoded), so a caller can serve the good frames that
+    came first and then answer the bad one.
+    """
+    if len(bodies) == 1:
+        try:
+            return [decode_body(bodies[0])]
+        except WireError as exc:
+            return [exc]
+    fp = io.BytesIO(b"".join(bodies))
+    decoder = cbor2.CBORDecoder(fp, max_depth=_CBOR_DEPTH_MAX, strict_hashable_types=True)
+    messages: list = []
+    end = 0
+    for i, body in enumerate(bodies):
+        end += len(body)
+        try:
+            obj = decoder.decode()
+            whole = fp.tell() == end
+        except Exception:
+            whole = False
+        try:
+            if not whole:
+                # Trouble at this frame: decode_body alone gives the exact error (an item that ran
+                # into the next frame leaves no use for this decoder either).
+                for rest in bodies[i:]:
+                    messages.append(decode_body(rest))
+                return messages
+            messages.append(_message_of(obj))
+        except WireError as exc:
+            messages.append(exc)
+            return messages
+    return messages
+
+
+def _message_of(obj):
+    """The message object for one decoded CBOR item (``WireError`` unless it is a valid message)."""
     if type(obj) is not dict:
         raise WireError(f"frame body must be a CBOR map, got {type(obj).__name__}")
     kind = obj.get("t")

@@ -486,6 +486,63 @@ def test_bodies_of_the_wrong_shape_are_refused(body):
         wire.decode_body(body)
 
 
+def _one_by_one(bodies: list) -> list:
+    """What decode_bodies must return: decode_body of each body, stopping at the first WireError."""
+    out = []
+    for body in bodies:
+        try:
+            out.append(wire.decode_body(body))
+        except wire.WireError as exc:
+            out.append(exc)
+            break
+    return out
+
+
+def _same(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if isinstance(w, wire.WireError):
+            assert type(g) is wire.WireError and str(g) == str(w)
+        else:
+            assert g == w
+
+
+def test_decode_bodies_agrees_with_decode_body_on_good_and_mutated_bodies():
+    rng = random.Random(4242)
+    samples = [wire.encode_body(m) for m in _samples()]
+    for _ in range(2000):
+        bodies = [rng.choice(samples) for _ in range(rng.randrange(1, 6))]
+        if rng.random() < 0.5:  # damage one of them: flipped bytes, a cut, or a byte too many
+            i = rng.randrange(len(bodies))
+            body = bytearray(bodies[i])
+            how = rng.randrange(3)
+            if how == 0:
+                body[rng.randrange(len(body))] = rng.randrange(256)
+            elif how == 1 and len(body) > 1:
+                del body[rng.randrange(1, len(body)):]
+            else:
+                body.append(rng.randrange(256))
+            bodies[i] = bytes(body)
+        _same(wire.decode_bodies(bodies), _one_by_one(bodies))
+
+
+def test_decode_bodies_holds_each_item_to_its_own_frame():
+    ok = wire.encode_body(wire.StatusRequest(id=1))
+    # An item cut short would be completed by the next frame's bytes if frames were read as one stream.
+    first, rest = ok[:-1], ok[-1:] + ok
+    got = wire.decode_bodies([ok, first, rest])
+    assert got[0] == wire.StatusRequest(id=1)
+    assert isinstance(got[1], wire.WireError) and len(got) == 2
+    # Two items in one frame: refused, and the frame after it is not decoded.
+    got = wire.decode_bodies([ok + ok, ok])
+    assert len(got) == 1 and "bytes after the CBOR item" in str(got[0])
+    # A shared value (tag 28) in one frame cannot be referenced (tag 29) from the next.
+    shared = cbor2.dumps(cbor2.CBORTag(28, {"t": "status", "id": 1}))
+    reference = cbor2.dumps(cbor2.CBORTag(29, 0))
+    got = wire.decode_bodies([shared, reference])
+    assert got[0] == wire.StatusRequest(id=1) and isinstance(got[1], wire.WireError)
+
+
 def test_request_id_of_finds_the_id_of_a_rejected_request():
     body = cbor2.dumps({"t": "put", "id": 42, "key": 5})
     with pytest.raises(wire.WireError):
