@@ -104,9 +104,12 @@ class FrameTooLarge(ValueError):
 # ---------------------------------------------------------------------------------------------------
 # Message classes
 # ---------------------------------------------------------------------------------------------------
+# Values by convention, not frozen: a frozen dataclass sets each field through object.__setattr__,
+# which doubles the cost of building one (1.6 against 0.75 us for a put), and every request and reply
+# is built once on each side. Nothing may change a message after building it.
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Hello:
     """First frame on a peer link, sent by the node that dialed: who I am and which cluster."""
 
@@ -114,14 +117,14 @@ class Hello:
     cluster_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class PaxosBatch:
     """Some ``paxos.messages`` messages from one node to the peer at the other end of the link."""
 
     messages: tuple
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SnapshotChunk:
     """Bytes ``[offset, offset + len(data))`` of a state machine snapshot of ``total`` bytes at ``slot``."""
 
@@ -132,7 +135,7 @@ class SnapshotChunk:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class PutRequest:
     id: int
     key: str
@@ -142,7 +145,7 @@ class PutRequest:
     ack_below: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class DeleteRequest:
     id: int
     key: str
@@ -152,7 +155,7 @@ class DeleteRequest:
     ack_below: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CasRequest:
     id: int
     key: str
@@ -163,14 +166,14 @@ class CasRequest:
     ack_below: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GetRequest:
     id: int
     key: str
     linearizable: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ListRequest:
     id: int
     prefix: str
@@ -179,12 +182,12 @@ class ListRequest:
     limit: int  # 0 = no limit
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StatusRequest:
     id: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class OkReply:
     """Success: ``result`` is a map with str keys (see ``RESULT_DEPTH_MAX`` for what it may hold)."""
 
@@ -192,7 +195,7 @@ class OkReply:
     result: dict
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ErrorReply:
     """Failure: ``id`` is None when the request could not be parsed; ``leader`` is a "host:port" hint."""
 
