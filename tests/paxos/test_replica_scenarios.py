@@ -244,6 +244,74 @@ def test_lazy_decide_rides_on_the_next_accept_and_otherwise_goes_out_on_the_next
     assert sent(leader.take_actions(), Decide) == []  # announced once
 
 
+def test_thrifty_accepts_go_to_one_follower_at_once_and_to_the_other_on_the_next_tick():
+    """Options.thrifty: a majority needs the leader and one follower, so only one follower gets a new
+    Accept at once; the other gets the tick's slots together, each telling it of decisions no further
+    than that slot (it learns them in order, without asking for a catch-up)."""
+    b = Ballot(1, 1)
+    leader = make_leader(thrifty=True, lazy_decide=True, heartbeat_ticks=100)
+    leader.propose(b"x")
+    actions = leader.take_actions()
+    assert actions.send == [(2, Accept(sender=1, ballot=b, slot=1, value=(b"x",), decided_slot=0))]
+    leader.receive(Accepted(sender=2, ballot=b, slot=1))
+    leader.propose(b"y")
+    actions = leader.take_actions()
+    assert actions.apply == [(1, (b"x",))]
+    assert actions.send == [(2, Accept(sender=1, ballot=b, slot=2, value=(b"y",), decided_slot=1))]
+    leader.receive(Accepted(sender=2, ballot=b, slot=2))
+    assert leader.take_actions().apply == [(2, (b"y",))]
+    leader.tick()
+    assert leader.take_actions().send == [
+        (3, Accept(sender=1, ballot=b, slot=1, value=(b"x",), decided_slot=1)),
+        (3, Accept(sender=1, ballot=b, slot=2, value=(b"y",), decided_slot=2)),
+        (2, Decide(sender=1, ballot=b, decided_slot=2)),
+        (3, Decide(sender=1, ballot=b, decided_slot=2)),
+    ]
+    leader.tick()
+    assert leader.take_actions().send == []  # sent once
+
+
+def test_thrifty_leader_turns_to_the_other_follower_when_the_fast_one_is_silent():
+    """If the fast follower does not answer, the next tick's Accept reaches the other; its answer
+    decides the slot (section 2.3: any majority) and makes it the one that hears first from now on."""
+    b = Ballot(1, 1)
+    leader = make_leader(thrifty=True, lazy_decide=True, heartbeat_ticks=100)
+    leader.propose(b"x")
+    assert [to for to, _ in leader.take_actions().send] == [2]
+    leader.tick()  # node 2 is silent
+    assert [(to, m.slot) for to, m in sent(leader.take_actions(), Accept)] == [(3, 1)]
+    leader.receive(Accepted(sender=3, ballot=b, slot=1))
+    assert leader.take_actions().apply == [(1, (b"x",))]
+    leader.propose(b"y")
+    assert [(to, m.slot) for to, m in leader.take_actions().send] == [(3, 2)]
+    leader.tick()
+    assert [(to, m.slot) for to, m in sent(leader.take_actions(), Accept)] == [(2, 2)]
+
+
+def test_thrifty_held_back_accepts_leave_before_a_heartbeat_and_when_the_window_fills():
+    """A Heartbeat tells a decided_slot, so the held-back Accepts go first; and no more than
+    ``window`` slots wait for a tick."""
+    b = Ballot(1, 1)
+    leader = make_leader(thrifty=True, lazy_decide=True, heartbeat_ticks=100, window=3, batch_count_max=1)
+    leader.propose(b"x")
+    leader.take_actions()
+    assert leader.read(7)
+    actions = leader.take_actions()
+    assert [(to, type(m).__name__) for to, m in actions.send] == [(3, "Accept"), (2, "Heartbeat"), (3, "Heartbeat")]
+    for command in (b"1", b"2", b"3"):
+        leader.propose(command)
+    actions = leader.take_actions()  # slots 2-4 open; 1 is still undecided, so the window allows 2
+    assert [(to, m.slot) for to, m in sent(actions, Accept)] == [(2, 2), (2, 3)]
+    leader.receive(Accepted(sender=2, ballot=b, slot=1))
+    actions = leader.take_actions()
+    assert [(to, m.slot) for to, m in sent(actions, Accept)] == [(2, 4), (3, 2), (3, 3), (3, 4)]
+
+
+def test_thrifty_must_be_a_bool():
+    with pytest.raises(ValueError, match="thrifty"):
+        Options(thrifty=1)
+
+
 def test_lazy_decide_must_be_a_bool():
     with pytest.raises(ValueError, match="lazy_decide"):
         Options(lazy_decide=1)

@@ -126,10 +126,12 @@ class Simulation:
         self.replica_class = replica_class
         self.send_before_persist = send_before_persist
         # Odd seeds run with lazy decides (the server's setting), even seeds announce every decision
-        # at once: both ways a follower learns decisions stay covered without a separate mode.
+        # at once; seeds 2 and 3 mod 4 send thrifty Accepts (the server's setting too), 0 and 1 mod 4
+        # broadcast them. So every mix of the ways a follower hears of slots and decisions is covered
+        # without a separate mode.
         self.options = options or Options(heartbeat_ticks=1, election_timeout_ticks=4, window=8,
                                           batch_count_max=4, catchup_entries_max=8,
-                                          lazy_decide=seed % 2 == 1)
+                                          lazy_decide=seed % 2 == 1, thrifty=seed % 4 >= 2)
         self.liveness_commands = liveness_commands
         self.early_accepts = early_accepts
         self.compact_often = compact_often
