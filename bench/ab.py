@@ -119,13 +119,16 @@ def main() -> None:
         try:
             results: dict[str, list] = {"A": [], "B": []}
             for round_no in range(args.rounds):
-                for name, tree in (("A", base), ("B", HERE)):
+                # A B, then B A, ...: whatever the run order favours (a warmer page cache, a quieter
+                # neighbour) does not always favour the same tree.
+                order = [("A", base), ("B", HERE)]
+                for name, tree in (order if round_no % 2 == 0 else order[::-1]):
                     print(f"round {round_no + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
                     results[name].append(run_tree(tree, args.nodes, args.inflight, args.requests))
         finally:
             subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(base)], capture_output=True)
     print(f"A = {args.baseline}, B = this tree; {args.nodes} nodes, 100-byte puts, fsync always, "
-          f"median of {args.rounds} alternating rounds, nproc={os.cpu_count()}")
+          f"median of {args.rounds} rounds in A B, B A, ... order, nproc={os.cpu_count()}")
     print("cpu us/put: on-CPU time of the servers and the client together (schedstat), per put; steadier "
           "than throughput on a shared machine")
     print(f"{'in flight':>9} {'A ops/s':>9} {'B ops/s':>9} {'B/A':>6} {'A p50 ms':>9} {'B p50 ms':>9} {'B/A':>6} "
