@@ -1123,6 +1123,7 @@ class Node:
             "snapshotting": self._snapshotting,
             "cluster_id": self.options.cluster_id,
             "counters": dict(self.counters),
+            "core_counters": core["counters"],  # the Paxos core's: duplicates, stale messages, elections
         }
 
 

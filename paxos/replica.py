@@ -140,6 +140,7 @@ class _Proposal:
 
     value: tuple
     acks: set = field(default_factory=set)  # node ids that accepted it at our ballot (self included)
+    opened: int = 0  # Replica._ticks when it was opened
 
 
 class Replica:
@@ -172,6 +173,7 @@ class Replica:
 
         self._actions = Actions()
         self._counters: dict[str, int] = {}
+        self._ticks = 0  # ticks since this object was built
 
         # Role. Every node starts as a follower; a restarted leader must win a new election.
         self._role = FOLLOWER
@@ -279,6 +281,7 @@ class Replica:
 
     def tick(self) -> None:
         """One logical time unit: heartbeats and retransmissions when leading, else the election timer."""
+        self._ticks += 1
         if self._catchup_cooldown > 0:
             self._catchup_cooldown -= 1
         if self._role == LEADER:
@@ -748,7 +751,7 @@ class Replica:
             # ballot and can learn it from our decided_slot.
             assert self._decided[slot] == value, f"safety: re-proposal at {slot} differs from decided"
             return
-        self._in_flight[slot] = _Proposal(value, {self.node_id})
+        self._in_flight[slot] = _Proposal(value, {self.node_id}, self._ticks)
         self._check_decided(slot)
 
     def _check_decided(self, slot: int) -> None:
@@ -818,8 +821,16 @@ class Replica:
         self._step_down()
 
     def _retransmit_accepts(self) -> None:
-        """Resend each undecided proposal to the nodes that have not accepted it (messages get lost)."""
+        """Resend each undecided proposal to the nodes that have not accepted it (messages get lost).
+
+        Only proposals open for a whole heartbeat period: one opened since is most likely still on
+        its way (or, with thrifty Accepts, was only now sent to the slower followers), and resending a
+        slot of hundreds of commands costs every receiver a decode and a log write.
+        """
+        oldest = self._ticks - self.options.heartbeat_ticks
         for slot, proposal in sorted(self._in_flight.items()):
+            if proposal.opened > oldest:
+                continue
             for peer in self._peers:
                 if peer not in proposal.acks:
                     self._send(peer, Accept(sender=self.node_id, ballot=self._own_ballot, slot=slot,

@@ -377,6 +377,23 @@ def test_leader_retransmits_undecided_accepts_on_heartbeat_only_to_missing_accep
     assert sorted(to for to, m in sent(actions, Heartbeat)) == [2, 3, 4, 5]
 
 
+def test_leader_retransmits_only_accepts_open_for_a_whole_heartbeat_period():
+    """A slot opened just before a heartbeat is most likely still on its way: resending it (hundreds
+    of commands) would cost every receiver a decode and a log write for nothing."""
+    leader = make_leader(nodes=3, heartbeat_ticks=3)
+    leader.tick()
+    leader.tick()
+    leader.take_actions()
+    leader.propose(b"x")
+    leader.take_actions()
+    leader.tick()  # the heartbeat tick, one tick after the slot opened
+    actions = leader.take_actions()
+    assert sent(actions, Accept) == [] and len(sent(actions, Heartbeat)) == 2
+    for _ in range(3):  # the next heartbeat: open for a whole period now, and still undecided
+        leader.tick()
+    assert sorted(to for to, m in sent(leader.take_actions(), Accept)) == [2, 3]
+
+
 def test_nack_with_higher_promise_demotes_leader_and_drops_queued_commands():
     """Section 2.2: a proposer that learns of a higher number should abandon its proposal."""
     leader = make_leader()
