@@ -196,9 +196,9 @@ class Replica:
         self._reproposed_slot = 0
         self._announced_decided_slot = 0
         # Thrifty Accepts (Options.thrifty): followers by how recently they helped decide a slot, and
-        # the (slot, value, followers not sent to yet, tick opened) of slots held back for the others.
+        # the (slot, value, followers not sent to yet) of slots held back for the others.
         self._preferred: list[int] = list(self._peers)
-        self._deferred: list[tuple[int, tuple, tuple, int]] = []
+        self._deferred: list[tuple[int, tuple, tuple]] = []
         self._heartbeat_elapsed = 0
         self._heartbeat_seq = 0  # never reset, so acks from an older round never count for a newer one
         self._heartbeat_acks: dict[int, set] = {}
@@ -285,7 +285,7 @@ class Replica:
         if self._catchup_cooldown > 0:
             self._catchup_cooldown -= 1
         if self._role == LEADER:
-            self._send_deferred_accepts(young_too=False)
+            self._send_deferred_accepts()
             self._heartbeat_elapsed += 1
             if self._heartbeat_elapsed >= self.options.heartbeat_ticks:
                 self._start_heartbeat_round()
@@ -462,10 +462,7 @@ class Replica:
                     f"safety: ballot {m.ballot} proposed two values for slot {m.slot}")
                 self._accepted[m.slot] = (m.ballot, m.value)
                 self._actions.persist.append(AcceptRecord(m.slot, m.ballot, m.value))
-            if m.slot > m.decided_slot:
-                # (An Accept for a slot it says is decided already, as thrifty Accepts to the slower
-                # followers mostly are, needs no answer: nobody counts votes for a decided slot.)
-                self._send(m.sender, Accepted(sender=self.node_id, ballot=m.ballot, slot=m.slot))
+            self._send(m.sender, Accepted(sender=self.node_id, ballot=m.ballot, slot=m.slot))
         self._learn_decided_slot(m.ballot, m.decided_slot, m.sender)
 
     def _on_heartbeat(self, m: Heartbeat) -> None:
@@ -743,7 +740,7 @@ class Replica:
                 self._send(peer, accept)
             later = tuple(self._preferred[fast:])
             if later:
-                self._deferred.append((slot, value, later, self._ticks))
+                self._deferred.append((slot, value, later))
                 if len(self._deferred) >= self.options.window:
                     self._send_deferred_accepts()  # bounds what waits for a tick
         else:
@@ -795,31 +792,18 @@ class Replica:
         # Decided: a majority accepted one proposal (Paxos Made Simple, section 2.3).
         self._check_decided(m.slot)
 
-    def _send_deferred_accepts(self, young_too: bool = True) -> None:
+    def _send_deferred_accepts(self) -> None:
         """Thrifty: the Accepts held back for the slower followers, carrying today's decided_slot.
 
         Called on every tick, and before anything else that tells followers a decided_slot (Heartbeat,
         Decide), so that a slower follower never hears of a decision before the Accept it needs to
-        learn it (it would ask for a catch-up instead). On a tick (``young_too=False``) a slot that is
-        still undecided and was opened since the previous tick stays back one tick more: the fast
-        followers are most likely answering it right now, and if a slower one answered first it would
-        take a fast one's place for nothing. Held back longer, a slot is what it takes to notice a fast
-        follower gone silent.
+        learn it (it would ask for a catch-up instead).
         """
-        deferred = self._deferred
-        if not deferred:
+        if not self._deferred:
             return
-        count = len(deferred)
-        if not young_too:
-            in_flight, young = self._in_flight, self._ticks - 1
-            count = 0
-            for slot, _, _, opened in deferred:
-                if slot in in_flight and opened >= young:
-                    break  # and the later ones wait too, so that followers get slots in order
-                count += 1
-        ready, self._deferred = deferred[:count], deferred[count:]
+        deferred, self._deferred = self._deferred, []
         ballot, decided_slot = self._own_ballot, self._decided_slot
-        for slot, value, peers, _ in ready:
+        for slot, value, peers in deferred:
             # A follower handles these one by one: telling it of decisions beyond this slot before
             # it has the next Accepts would make it ask for a catch-up.
             accept = Accept(sender=self.node_id, ballot=ballot, slot=slot, value=value,

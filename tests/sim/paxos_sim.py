@@ -255,11 +255,17 @@ class Simulation:
                         submitted_at[pending.popleft()] = rounds
                 self._guard(lambda: self._drain(leader))
             self._guard(self._slow_round)
-            decided_commands = {c for batch in self.decided.values() for c in batch} & commands
-            pending.extend(c for c in self.dropped if c not in decided_commands and c not in pending)
+            # A client stops retrying once its command is decided (dropped proposals from the fault
+            # phase included): retrying decided commands would keep the leader busy for ever, and
+            # then some follower is always a tick behind.
+            all_decided = {c for batch in self.decided.values() for c in batch}
+            decided_commands = all_decided & commands
+            if any(c in all_decided for c in pending):
+                pending = deque(c for c in pending if c not in all_decided)
+            pending.extend(c for c in self.dropped if c not in all_decided and c not in pending)
             self.dropped = []
             for command, at in list(submitted_at.items()):
-                if command in decided_commands:
+                if command in all_decided:
                     del submitted_at[command]
                 elif rounds - at > retry_rounds and command not in pending:
                     # In a slot that a later leader filled with a no-op: the client retries.
