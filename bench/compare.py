@@ -451,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         return memory_bench.main([])
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     levels = [int(x) for x in args.levels.split(",")]
+    from kvstore import runtime
+
+    runtime.tune_gc()  # as `kv bench` does: this process is the load generator of every system
     started = time.monotonic()
     facts = machine_facts()
     server = store_bench.server_defaults()

@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     levels = [int(x) for x in args.levels.split(",")]
+    from kvstore import runtime
+
+    runtime.tune_gc()  # as `kv bench` does: this process is the load generator
     extra = ["--fsync", args.fsync]
     print(f"store_bench: durable puts (fsync {args.fsync}), 100-byte values, {seconds:g} s per point, "
           f"{args.conns} connection(s)", flush=True)

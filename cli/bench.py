@@ -127,6 +127,9 @@ def bench_command(
         except loadgen.LoadSpecError as exc:
             raise UsageProblem(str(exc)) from None
         stream = sys.stderr if progress else None
+        from kvstore import runtime
+
+        runtime.tune_gc()  # this process is the load generator now
         result = loadgen.run_load_sync(spec, progress=stream)
         fmt = write_out or settings.write_out
         if fmt is OutputFormat.json:

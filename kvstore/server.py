@@ -57,7 +57,7 @@ from paxos import messages as pm
 from paxos.actions import DecideRecord
 from paxos.replica import Config, Options, Replica
 
-from . import commands, failpoints, wire
+from . import commands, failpoints, runtime, wire
 from .netio import Outbox, socket_fd
 from .statemachine import StateMachine
 from .storage import Storage, StorageFull
@@ -1163,4 +1163,5 @@ async def serve_until_signal(node: Node) -> None:
 def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, options: ServerOptions) -> None:
     """Blocking entry point of ``kv serve``: run one node until SIGINT/SIGTERM."""
     node = Node(node_id, peers, data_dir, options)
+    runtime.tune_gc()  # after the restore, so that the state it loaded is never scanned
     trio.run(serve_until_signal, node)
