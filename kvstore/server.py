@@ -194,6 +194,14 @@ class ClientConn:
             self._dirty.append(self)
         self.pending.append(frame)
 
+    def reply_frame(self, frame: bytes) -> None:
+        """``reply`` with a frame encoded already (small, so never too large)."""
+        if self.closed:
+            return
+        if not self.pending:
+            self._dirty.append(self)
+        self.pending.append(frame)
+
     def flush(self) -> None:
         pending = self.pending
         if pending:
@@ -735,7 +743,7 @@ class Node:
         if error is not None:
             conn.reply(wire.ErrorReply(id=request_id, code=wire.BAD_REQUEST, message=str(error), leader=None))
         else:
-            conn.reply(wire.OkReply(id=request_id, result=result))
+            conn.reply_frame(wire.encode_write_result_frame(request_id, result))
 
     def _on_storage_full(self, exc: Exception) -> None:
         log.error("disk full: refusing writes until restarted with free space: %s", exc)

@@ -706,3 +706,12 @@ def test_the_worked_example_in_protocol_md_is_what_the_encoder_produces():
     assert wire.encode_frame(wire.OkReply(id=1, result={"rev": 42})).hex() == (
         "00000013a36174626f6b626964016172a163726576182a"
     )
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1), st.integers(min_value=0, max_value=2**64 - 1),
+       st.integers(min_value=0, max_value=2**64 - 1), st.booleans())
+def test_write_result_frames_are_the_ok_reply_frames(rid, rev, deleted, ok):
+    """The shortcut for write results encodes exactly what encode_frame(OkReply(...)) does."""
+    for result in ({"rev": rev}, {"deleted": deleted, "rev": rev}, {"ok": ok, "rev": rev}):
+        frame = wire.encode_write_result_frame(rid, result)
+        assert frame == wire.encode_frame(wire.OkReply(id=rid, result=result))
