@@ -43,7 +43,8 @@ class KVError(Exception):
 
 
 class Unavailable(KVError):
-    """No answer before the deadline (no leader, no quorum, nodes down).
+    """No answer before the deadline (no leader, no quorum, nodes down), or no answer possible any
+    more: a retried write whose first outcome the cluster forgot (error code ``stale``).
 
     ``outcome_unknown`` is True for a write that was sent at least once: it may or may not have been
     applied. Retrying it through the same client is safe (the retry is deduplicated).
@@ -439,6 +440,10 @@ class AsyncClient:
                     self._prefer(reply.leader)
                 else:
                     self._give_up_on(conn)
+            elif code == wire.STALE:
+                # The cluster forgot this write's first result: it may have been applied, and
+                # retrying cannot tell any more.
+                raise Unavailable(reply.message, outcome_unknown=True)
             elif code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN, wire.STORAGE_FULL):
                 # Another node may serve it: a full disk stops one node, not the cluster.
                 last_error = reply.message

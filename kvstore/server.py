@@ -59,7 +59,7 @@ from paxos.replica import Config, Options, Replica
 
 from . import commands, failpoints, runtime, wire
 from .netio import Outbox, socket_fd
-from .statemachine import StateMachine
+from .statemachine import STALE_REQUEST, StateMachine
 from .storage import Storage, StorageFull
 
 log = logging.getLogger("kvstore.server")
@@ -740,7 +740,14 @@ class Node:
     def _reply_result(self, conn: ClientConn, request_id: int, result: dict) -> None:
         failpoints.hit("before_reply")  # a test can crash the node after apply, before the client hears
         error = result.get("error")
-        if error is not None:
+        if error == STALE_REQUEST:
+            # A retry whose first result the state machine no longer remembers (see docs/protocol.md):
+            # the first attempt may or may not have been applied, so this is not the client's mistake.
+            conn.reply(wire.ErrorReply(
+                id=request_id, code=wire.STALE, leader=None,
+                message="the cluster no longer remembers this write's outcome (more than 4,096 newer writes "
+                        "of this client were answered meanwhile); it may or may not have been applied"))
+        elif error is not None:
             conn.reply(wire.ErrorReply(id=request_id, code=wire.BAD_REQUEST, message=str(error), leader=None))
         else:
             conn.reply_frame(wire.encode_write_result_frame(request_id, result))

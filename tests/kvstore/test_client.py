@@ -187,3 +187,25 @@ async def test_requests_alone_and_in_crowds_over_real_tcp_each_get_their_own_rep
                 expected.add(await kv.put("k", "v"))
         assert sorted(seen) == sorted(expected) == list(range(1, 601))
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stale_write_is_reported_as_possibly_applied_and_not_retried(autojump_clock):
+    """Code ``stale``: the cluster forgot the write's first outcome, so retrying cannot tell any more."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    seen = []
+
+    def reply_to(request):
+        seen.append(request)
+        return wire.ErrorReply(id=request.id, code=wire.STALE, message="forgotten", leader=None)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, reply_to)
+        await trio.sleep(0)
+        async with connect(["n1:1"], timeout=5, transport=net.transport()) as kv:
+            with pytest.raises(Unavailable) as info:
+                await kv.put("k", "v")
+        assert info.value.outcome_unknown
+        assert len(seen) == 1
+        nursery.cancel_scope.cancel()

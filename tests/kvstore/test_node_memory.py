@@ -151,6 +151,38 @@ async def test_garbage_frame_closes_only_that_connection(tmp_path, autojump_cloc
         nursery.cancel_scope.cancel()
 
 
+async def test_a_retry_the_cluster_no_longer_remembers_is_answered_stale(tmp_path, autojump_clock, monkeypatch):
+    """A write retried after more newer writes of its client than the dedup table keeps gets code
+    ``stale`` (outcome unknown), not ``bad_request``: the first attempt was applied here."""
+    from kvstore import statemachine
+
+    monkeypatch.setattr(statemachine, "RESULTS_PER_CLIENT_MAX", 4)
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        for i in PEERS:
+            await cluster.start(i)
+        leader = await cluster.wait_leader()
+        stream = await net.transport().connect(*PEERS[leader])
+        reader = wire.FrameReader(stream)
+        cid = b"c" * 16
+
+        async def put(wire_id: int, rq: int):
+            await stream.send_all(wire.encode_frame(wire.PutRequest(
+                id=wire_id, key=f"k{rq}", value="v", client_id=cid, request_id=rq, ack_below=0)))
+            with trio.fail_after(5):
+                return wire.decode_body((await reader.receive_frames())[0])
+
+        for rq in range(1, 7):  # rq 1 and 2 are forgotten: only four results are kept
+            assert isinstance(await put(rq, rq), wire.OkReply)
+        reply = await put(7, 1)  # a very late retry of rq 1
+        assert isinstance(reply, wire.ErrorReply) and reply.code == wire.STALE and reply.id == 7
+        assert "may or may not have been applied" in reply.message
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            assert await kv.get("k1") == "v"  # it was
+        nursery.cancel_scope.cancel()
+
+
 async def test_idle_client_connection_is_closed_and_a_busy_one_is_kept(tmp_path, autojump_clock):
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
