@@ -213,6 +213,17 @@ def decode_command(data: bytes) -> Command:
         raise CommandError("command is not valid CBOR") from None
     if type(items) is not list or not items:
         raise CommandError("command must be a non-empty CBOR array")
+    if len(items) == 6 and type(items[0]) is int and items[0] == OP_PUT:
+        # The common case, checked inline (every follower decodes every put it applies). Anything
+        # this does not accept outright goes through the general checks below for its exact error.
+        _, client_id, request_id, ack_below, key, value = items
+        if (type(client_id) is bytes and 0 < len(client_id) <= CLIENT_ID_BYTES_MAX
+                and type(request_id) is int and type(ack_below) is int and 0 <= ack_below <= request_id <= INT_MAX
+                and type(key) is str and key.isascii() and 0 < len(key) <= KEY_BYTES_MAX
+                and ((type(value) is str and value.isascii()) or type(value) is bytes)
+                and len(value) <= VALUE_BYTES_MAX
+                and _dumps(items) == data):
+            return Command("put", client_id, request_id, ack_below, key, value, None, False)
     op_code = items[0]
     if type(op_code) is not int or op_code not in _OP_NAMES:
         raise CommandError("unknown command op code")
