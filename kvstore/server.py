@@ -71,6 +71,8 @@ SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 PEER_FRAME_BYTES_MAX = 256 * 1024 * 1024
 # Commands this node proposed and has not applied yet, kept decoded (see Node._propose)
 OWN_COMMANDS_MAX = 100_000
+# Answers sent while applying a batch, every this many (see Node._finish)
+REPLY_FLUSH_EVERY = 64
 
 
 @dataclass
@@ -668,6 +670,7 @@ class Node:
             sm_apply = self.sm.apply
             waiting = self._waiting_writes
             own = self._own_commands
+            answered = 0
             for slot, batch in actions.apply:
                 self.applied_slot = slot
                 for command in batch:
@@ -680,6 +683,12 @@ class Node:
                             self.counters["write_latency_us"] += int(
                                 (now - deadline + self.options.request_timeout) * 1e6)
                             self._reply_result(conn, request_id, result)
+                        answered += 1
+                        if answered % REPLY_FLUSH_EVERY == 0:
+                            # Let the first answers of a big batch go while we apply the rest: the
+                            # client (on the other core) starts on them, and its next requests come
+                            # back in smaller groups, which keeps more of the pipeline busy at once.
+                            self._flush_replies()
         # 4. reads whose index is applied and whose leadership round is confirmed
         for read_id, _slot in actions.reads:
             entry = self._waiting_reads.pop(read_id, None)
