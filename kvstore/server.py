@@ -192,9 +192,7 @@ class ClientConn:
                 id=getattr(message, "id", None), code=wire.TOO_LARGE,
                 message=f"the reply is too large for one frame ({exc}); narrow the request (prefix, limit)",
                 leader=None))
-        if not self.pending:
-            self._dirty.append(self)
-        self.pending.append(frame)
+        self.reply_frame(frame)
 
     def reply_frame(self, frame: bytes) -> None:
         """``reply`` with a frame encoded already (small, so never too large)."""
