@@ -51,12 +51,20 @@ Key order
   (snapshots, ``state_hash``, ``range``, prefix deletes) a sort of all keys: ``sorted()`` of a million
   keys holds the GIL for most of a second, longer than an election timeout.
 
-Snapshots (``snapshot``/``snapshot_chunks``/``restore``) hold the format version, the revision, every
-entry in key order and the dedup table in LRU order, so a restored replica answers retries exactly as
-the original. ``snapshot_chunks`` produces the same bytes as ``snapshot`` in small pieces, so a caller
-on an event loop can yield between them instead of stalling for seconds on a big state. The state hash
-covers the revision and the entries (not the dedup table), so it can be compared with a model
-dictionary in tests and between replicas in ``status``.
+Snapshots (``snapshot``/``freeze``/``restore``) hold the format version, the revision, every entry
+in key order (as its packed bytes: nothing is unpacked or re-encoded on the way out) and the dedup
+table in LRU order, so a restored replica answers retries exactly as the original.
+
+Snapshots without stopping writes (copy-on-write)
+  ``freeze()`` returns a ``FrozenState``: the state as of that moment, which later writes do not change,
+  so a server goes on applying while it writes a big snapshot piece by piece. Freezing copies only the
+  key order (one pointer per key) and the dedup table; the entries dict is shared. Until the view is
+  closed, a write saves a key's packed entry as it was at the freeze (in the view's ``saved`` journal)
+  before the first change of that key, and the view reads ``saved`` before the live dict. A prefix
+  delete of every key replaces the dict instead of clearing it, so the view keeps the old one.
+
+The state hash covers the revision and the entries (not the dedup table), so it can be compared with
+a model dictionary in tests and between replicas in ``status``.
 """
 from __future__ import annotations
 
@@ -86,8 +94,11 @@ RESULTS_PER_CLIENT_MAX = 4096
 RESULTS_MAX = 262_144
 """Results remembered for all clients together at most; least recently used clients are evicted beyond
 (without it, 10,000 clients that never acknowledge could make the table hold 41 million results)."""
-SNAPSHOT_FORMAT = 1
-"""Version of the snapshot layout written by ``snapshot``; ``restore`` accepts only this one."""
+SNAPSHOT_FORMAT = 2
+"""Version of the snapshot layout written by ``snapshot``. ``restore`` reads it and format 1 (each entry
+as four fields: key, value, version, mod_revision), which servers before it wrote."""
+SNAPSHOT_FORMATS_READ = (1, 2)
+_STATE_HASH_VERSION = 1  # part of what state_hash digests; independent of the snapshot layout
 
 Value = Union[str, bytes]
 
@@ -100,7 +111,7 @@ _CAS = 2
 STALE_REQUEST = "stale request"
 
 SNAPSHOT_ENTRIES_PER_CHUNK = 20_000
-"""Default entries per ``snapshot_chunks`` piece: about 2.5 MB and a few tens of ms of CPU each."""
+"""Default entries per ``snapshot_chunks`` piece: about 2.5 MB and a few ms of CPU each."""
 
 
 def _array_header(length: int) -> bytes:
@@ -320,7 +331,8 @@ def _entry_digest(key: str, packed: bytes) -> int:
 class StateMachine:
     """The dictionary plus its dedup table. Not thread-safe; one owner (the server's driver task)."""
 
-    __slots__ = ("revision", "_entries", "_index", "_clients", "_results_total", "_hash_cache", "_digest_sum")
+    __slots__ = ("revision", "_entries", "_index", "_clients", "_results_total", "_hash_cache", "_digest_sum",
+                 "_journals")
 
     def __init__(self) -> None:
         self.revision: int = 0
@@ -337,6 +349,8 @@ class StateMachine:
         # has computed it the first time: status() calls state_hash, and a full scan would stop the
         # node for seconds at a million keys.
         self._digest_sum: int | None = 0
+        # The ``saved`` dicts of open FrozenStates: key -> packed entry (None: absent) at the freeze.
+        self._journals: list[dict[str, bytes | None]] = []
 
     # -------------------------------------------------------------------------------------------
     # writes
@@ -374,8 +388,11 @@ class StateMachine:
         entries = self._entries
         key = cmd.key
         tracked = self._digest_sum is not None
+        journals = self._journals
         if cmd.op == "put":
             old = entries.get(key)
+            if journals:
+                self._save(key, old)
             if old is None:
                 self._index.add(key)
                 new = entries[key] = _pack(cmd.value, 1, rev)
@@ -389,25 +406,32 @@ class StateMachine:
                 # In key order, so the work done is the same on every replica.
                 doomed = self._index.with_prefix(key)
                 if len(doomed) == len(entries):
-                    entries.clear()
+                    # A new dict rather than clear(): a FrozenState may still be reading the old one.
+                    self._entries = {}
                     self._index.clear()
                     if tracked:
                         self._digest_sum = 0
                 else:
                     remove = self._index.remove
                     for k in doomed:
+                        if journals:
+                            self._save(k, entries[k])
                         if tracked:
                             self._rehash(k, entries[k], None)
                         del entries[k]
                         remove(k)
                 deleted = len(doomed)
-            elif (gone := entries.pop(key, None)) is None:
-                deleted = 0
             else:
-                self._index.remove(key)
-                if tracked:
-                    self._rehash(key, gone, None)
-                deleted = 1
+                if journals:
+                    self._save(key, entries.get(key))
+                gone = entries.pop(key, None)
+                if gone is None:
+                    deleted = 0
+                else:
+                    self._index.remove(key)
+                    if tracked:
+                        self._rehash(key, gone, None)
+                    deleted = 1
             stored = (_DELETE, rev, deleted)
         else:
             old = entries.get(key)
@@ -420,6 +444,8 @@ class StateMachine:
                 # bytes warns under python -b).
                 ok = old is not None and type(old_value) is type(expected) and old_value == expected
             if ok:
+                if journals:
+                    self._save(key, old)
                 if old is None:
                     self._index.add(key)
                 new = entries[key] = _pack(cmd.value, old_version + 1, rev)
@@ -519,7 +545,7 @@ class StateMachine:
             for key, entry in self._entries.items():
                 total += _entry_digest(key, entry)
             self._digest_sum = total % _DIGEST_MOD
-        digest = hashlib.sha256(cbor2.dumps(["kvstore-state", SNAPSHOT_FORMAT, self.revision,
+        digest = hashlib.sha256(cbor2.dumps(["kvstore-state", _STATE_HASH_VERSION, self.revision,
                                              len(self._entries), self._digest_sum.to_bytes(32, "big")]))
         self._hash_cache = (self.revision, digest.hexdigest())
         return self._hash_cache[1]
@@ -535,80 +561,50 @@ class StateMachine:
     def snapshot(self) -> bytes:
         """The whole state as CBOR bytes, for ``restore``: ``b"".join(self.snapshot_chunks())``.
 
-        Layout: a map ``{"format": 1, "revision": r, "entries": [k, v, version, mod_revision, ...]
-        (flat, key order), "clients": [[client_id, floor, last_revision, [request_id, kind, rev,
-        extra, ...]], ...] (least recently used first, request ids ascending)}``, exactly as one
-        ``cbor2.dumps`` of that map would encode it. Flat lists keep the encoding fast and the memory
-        overhead at one pointer per field. Equal command histories give byte-identical snapshots.
+        The layout (format 2) is described at ``FrozenState.chunks``. Flat lists keep the encoding fast
+        and the memory overhead at one pointer per field; entries go out packed, as stored. Equal
+        command histories give byte-identical snapshots.
 
         This holds the whole encoding in memory at once and runs to completion without a pause; a
-        server with a big state should stream ``snapshot_chunks`` instead.
+        server with a big state should ``freeze()`` and stream ``FrozenState.chunks`` instead.
         """
         return b"".join(self.snapshot_chunks())
 
     def snapshot_chunks(self, entries_per_chunk: int = SNAPSHOT_ENTRIES_PER_CHUNK) -> Iterator[bytes]:
-        """The bytes of ``snapshot()`` as a generator of pieces; their concatenation is identical.
+        """The bytes of ``snapshot()`` as a generator of pieces, of the state as of the first ``next()``.
 
-        Each piece covers at most about ``entries_per_chunk`` entries (or remembered dedup results),
-        so producing one costs little CPU (about 25 ms and 2.5 MB at the default 20,000 entries of
-        100-byte values) and the caller can run other code between pieces: a trio task yields to the
-        scheduler, or writes the piece to a file. Nothing is sorted: keys come from the sorted index.
-
-        Contract: the state machine must NOT be mutated (no ``apply``, no ``restore`` into it) from the
-        first ``next()`` until the generator is exhausted or closed; the caller pauses applies. Reads
-        (``get``, ``range``, ``state_hash``, ``len``) between pieces are fine. A write detected between
-        pieces (revision or key count changed) raises ``RuntimeError`` rather than emitting a torn
-        snapshot; a duplicate-only command (which changes only the dedup table's LRU order) is not
-        detected, so it is the caller's job to hold all applies. Abandoning the generator early is
-        harmless (the pieces so far are just not a whole snapshot).
+        A shorthand for ``freeze()`` and ``FrozenState.chunks``, closing the view when the generator
+        ends or is closed. Writes between pieces are fine: they do not show in the pieces.
         """
         if type(entries_per_chunk) is not int or entries_per_chunk < 1:
             raise ValueError(f"entries_per_chunk must be a positive int, not {entries_per_chunk!r}")
-        entries = self._entries
-        revision = self.revision
-        count = len(entries)
-        dumps = cbor2.dumps
+        with self.freeze() as frozen:
+            yield from frozen.chunks(entries_per_chunk)
 
-        def check() -> None:
-            if self.revision != revision or len(self._entries) != count or self._entries is not entries:
-                raise RuntimeError("state machine was mutated during snapshot_chunks")
+    def freeze(self) -> "FrozenState":
+        """The state as of now, for a snapshot written while writes go on (see the module docstring).
 
-        # The map head (4 pairs), the scalar fields and the head of the flat entry array.
-        yield b"".join((b"\xa4", dumps("format"), dumps(SNAPSHOT_FORMAT), dumps("revision"),
-                        dumps(revision), dumps("entries"), _array_header(4 * count)))
-        getitem = entries.__getitem__
-        for keys in _batches(self._index.blocks(), entries_per_chunk):
-            check()
-            # Slice assignment into a preallocated list: faster than extending entry by entry.
-            values = [_unpack(packed) for packed in map(getitem, keys)]
-            flat: list = [None] * (4 * len(keys))
-            flat[0::4] = keys
-            flat[1::4] = [t[0] for t in values]
-            flat[2::4] = [t[1] for t in values]
-            flat[3::4] = [t[2] for t in values]
-            del values, keys
-            yield _array_items(flat)
-            del flat
-        check()
-        clients = list(self._clients.items())
-        yield dumps("clients") + _array_header(len(clients))
-        batch: list = []
-        batch_results = 0
-        for client_id, client in clients:
-            stored = client.results
-            results: list = []
-            for request_id in sorted(stored):
-                results.append(request_id)
-                results.extend(stored[request_id])
-            batch.append([client_id, client.floor, client.last_revision, results])
-            batch_results += len(stored) + 1
-            if batch_results >= entries_per_chunk:
-                yield _array_items(batch)
-                check()
-                batch = []
-                batch_results = 0
-        if batch:
-            yield _array_items(batch)
+        Costs one pointer per key (the key order is copied) plus a copy of the dedup table. Close the
+        view (``close()``, or use it as a context manager) when done: until then every write pays for
+        a dict lookup, and the entries it replaces are kept.
+        """
+        saved: dict[str, bytes | None] = {}
+        frozen = FrozenState(self, saved)
+        self._journals.append(saved)
+        return frozen
+
+    def _save(self, key: str, packed: bytes | None) -> None:
+        """Before the first change of ``key`` while views are open: keep what each view must see."""
+        for saved in self._journals:
+            if key not in saved:
+                saved[key] = packed
+
+    def _release(self, saved: dict) -> None:
+        journals = self._journals
+        for i, journal in enumerate(journals):
+            if journal is saved:
+                del journals[i]
+                return
 
     @classmethod
     def restore(cls, data: bytes) -> "StateMachine":
@@ -630,20 +626,108 @@ class StateMachine:
             raise SnapshotError(f"snapshot has {len(data) - stream.tell()} trailing bytes")
         if type(top) is not dict or set(top) != {"format", "revision", "entries", "clients"}:
             raise SnapshotError("snapshot must be a map with keys format, revision, entries, clients")
-        if type(top["format"]) is not int or top["format"] != SNAPSHOT_FORMAT:
-            raise SnapshotError(f"unknown snapshot format {top['format']!r} (expected {SNAPSHOT_FORMAT})")
+        layout = top["format"]
+        if type(layout) is not int or layout not in SNAPSHOT_FORMATS_READ:
+            raise SnapshotError(f"unknown snapshot format {layout!r} (this version reads "
+                                f"{', '.join(map(str, SNAPSHOT_FORMATS_READ))})")
         revision = top["revision"]
         if type(revision) is not int or revision < 0:
             raise SnapshotError("snapshot revision must be a non-negative int")
         machine = cls()
         machine.revision = revision
         # pop: _restore_entries empties the flat list as it goes, and nothing else may keep it alive.
-        machine._entries, machine._index = _restore_entries(top.pop("entries"), revision)
+        restore_entries = _restore_packed_entries if layout == 2 else _restore_entries
+        machine._entries, machine._index = restore_entries(top.pop("entries"), revision)
         machine._digest_sum = None  # computed on the first state_hash call, then kept up to date
         machine._clients = _restore_clients(top["clients"], revision)
         # An older snapshot may hold more than RESULTS_MAX: the next executed command evicts down to it.
         machine._results_total = sum(len(c.results) for c in machine._clients.values())
         return machine
+
+
+class FrozenState:
+    """A state machine's state as of ``StateMachine.freeze()``; later writes do not change it.
+
+    ``chunks`` gives the snapshot bytes of that state in pieces. Only the owner of the state machine
+    (one thread: the server's event loop) may call it, between writes; it reads the live entries
+    first and the ``saved`` journal after, so it also stays right if a write lands in between.
+    """
+
+    __slots__ = ("revision", "count", "_owner", "_entries", "_blocks", "_clients", "_saved", "_closed")
+
+    def __init__(self, owner: StateMachine, saved: dict[str, bytes | None]) -> None:
+        self._owner = owner
+        self.revision = owner.revision
+        self._entries = owner._entries
+        self.count = len(owner._entries)
+        self._blocks = [list(block) for block in owner._index.blocks()]
+        # The dedup table in LRU order, each client's results copied (the live ones change).
+        self._clients = [(client_id, client.floor, client.last_revision, dict(client.results))
+                         for client_id, client in owner._clients.items()]
+        self._saved = saved
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop the copy-on-write journal (idempotent); ``chunks`` may not be used afterwards."""
+        if not self._closed:
+            self._closed = True
+            self._owner._release(self._saved)
+            self._saved = {}
+
+    def __enter__(self) -> "FrozenState":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def chunks(self, entries_per_chunk: int = SNAPSHOT_ENTRIES_PER_CHUNK) -> Iterator[bytes]:
+        """The snapshot bytes of the frozen state, in pieces of about ``entries_per_chunk`` entries (or
+        remembered dedup results) each; their concatenation is ``snapshot()`` as of the freeze.
+
+        Layout (format 2): a map ``{"format": 2, "revision": r, "entries": [key, packed, ...] (flat, key
+        order; packed is the entry as stored, see the module docstring), "clients": [[client_id, floor,
+        last_revision, [request_id, kind, rev, extra, ...]], ...] (least recently used first, request
+        ids ascending)}``, exactly as one ``cbor2.dumps`` of that map would encode it. Equal command
+        histories give byte-identical snapshots.
+        """
+        if type(entries_per_chunk) is not int or entries_per_chunk < 1:
+            raise ValueError(f"entries_per_chunk must be a positive int, not {entries_per_chunk!r}")
+        dumps = cbor2.dumps
+        yield b"".join((b"\xa4", dumps("format"), dumps(SNAPSHOT_FORMAT), dumps("revision"),
+                        dumps(self.revision), dumps("entries"), _array_header(2 * self.count)))
+        for keys in _batches(self._blocks, entries_per_chunk):
+            if self._closed:
+                raise RuntimeError("FrozenState used after close()")
+            # The live entry first, then the journal: a key changed since the freeze is in the
+            # journal by then (it is saved before it changes).
+            values = list(map(self._entries.get, keys))
+            saved = self._saved
+            if saved:
+                values = [saved[key] if key in saved else value for key, value in zip(keys, values)]
+            flat: list = [None] * (2 * len(keys))
+            flat[0::2] = keys
+            flat[1::2] = values
+            if None in values:  # a key of the frozen order without an entry: a bug, not a snapshot
+                raise RuntimeError("FrozenState lost an entry (a write bypassed the journal)")
+            yield _array_items(flat)
+            del flat, values
+        clients = self._clients
+        yield dumps("clients") + _array_header(len(clients))
+        batch: list = []
+        batch_results = 0
+        for client_id, floor, last_revision, stored in clients:
+            results: list = []
+            for request_id in sorted(stored):
+                results.append(request_id)
+                results.extend(stored[request_id])
+            batch.append([client_id, floor, last_revision, results])
+            batch_results += len(stored) + 1
+            if batch_results >= entries_per_chunk:
+                yield _array_items(batch)
+                batch = []
+                batch_results = 0
+        if batch:
+            yield _array_items(batch)
 
 
 _RESTORE_ENTRIES_PER_STEP = 20_000
@@ -703,6 +787,53 @@ def _restore_entries(flat: object, revision: int) -> tuple[dict[str, bytes], _So
                 entries[key] = _pack(value, version, mod_revision)
             except (UnicodeEncodeError, struct.error):
                 raise SnapshotError(f"{where}: value is not valid Unicode or a number is too large") from None
+            keys_descending.append(key)
+        del piece
+    keys_descending.reverse()
+    return entries, _SortedKeys.from_sorted(keys_descending)
+
+
+def _restore_packed_entries(flat: object, revision: int) -> tuple[dict[str, bytes], _SortedKeys]:
+    """``_restore_entries`` for format 2, whose flat list is ``[key, packed, ...]``: each packed entry is
+    checked (head, value type, UTF-8, sizes, 1 <= version <= mod_revision <= revision) and kept as is."""
+    if type(flat) is not list or len(flat) % 2:
+        raise SnapshotError("snapshot entries must be a flat list of (key, packed entry)")
+    entries: dict[str, bytes] = {}
+    keys_descending: list[str] = []
+    following = None  # the key after the current one (already checked)
+    key_chars_safe = KEY_BYTES_MAX // 4
+    unpack_head = _ENTRY_HEAD.unpack_from
+    step = 2 * _RESTORE_ENTRIES_PER_STEP
+    while flat:
+        base = max(0, len(flat) - step)
+        piece = flat[base:]
+        del flat[base:]
+        for i in range(len(piece) - 2, -1, -2):
+            key, packed = piece[i], piece[i + 1]
+            if type(key) is not str or not key:
+                raise SnapshotError(f"snapshot entry {(base + i) // 2}: key must be a non-empty str")
+            if len(key) > key_chars_safe and len(key.encode("utf-8")) > KEY_BYTES_MAX:
+                raise SnapshotError(f"snapshot entry {(base + i) // 2}: key longer than {KEY_BYTES_MAX} bytes")
+            if following is not None and not key < following:
+                raise SnapshotError(f"snapshot entry {(base + i) // 2}: keys not in strictly increasing order")
+            following = key
+            if type(packed) is not bytes or len(packed) < _HEAD_BYTES:
+                raise SnapshotError(f"snapshot entry {(base + i) // 2}: packed entry must be bytes of at least "
+                                    f"{_HEAD_BYTES}")
+            kind, version, mod_revision = unpack_head(packed)
+            if kind > 1:
+                raise SnapshotError(f"snapshot entry {(base + i) // 2}: unknown value type {kind}")
+            if len(packed) - _HEAD_BYTES > VALUE_BYTES_MAX:
+                raise SnapshotError(f"snapshot entry {(base + i) // 2}: value longer than {VALUE_BYTES_MAX} bytes")
+            if not 1 <= version <= mod_revision <= revision:
+                raise SnapshotError(f"snapshot entry {(base + i) // 2}: need 1 <= version <= mod_revision "
+                                    f"<= revision")
+            if kind:
+                try:
+                    packed[_HEAD_BYTES:].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise SnapshotError(f"snapshot entry {(base + i) // 2}: value is not valid UTF-8") from None
+            entries[key] = packed
             keys_descending.append(key)
         del piece
     keys_descending.reverse()

@@ -1,10 +1,15 @@
-"""Tests of ``StateMachine.snapshot_chunks`` and the sorted key index behind it.
+"""Tests of ``StateMachine.snapshot_chunks``, ``freeze`` (snapshots while writes go on) and the sorted
+key index behind them.
 
 How:
-* A reference encoder (the former one-call ``snapshot``: build the whole map from ``range()`` and the
-  dedup table, one ``cbor2.dumps``) is compared byte for byte with the joined pieces, for 0 keys, sizes
-  around the chunk boundary (small ``entries_per_chunk``), array lengths around every CBOR head size,
-  str and bytes values and a dedup table with several clients.
+* A reference encoder (build the whole map from ``range()`` and the dedup table, one ``cbor2.dumps``;
+  entries packed by this file's own ``pack``) is compared byte for byte with the joined pieces, for 0
+  keys, sizes around the chunk boundary (small ``entries_per_chunk``), array lengths around every CBOR
+  head size, str and bytes values and a dedup table with several clients.
+* A frozen view's pieces, pulled one at a time between writes of every kind (puts, overwrites, cas,
+  single and prefix deletes, a delete of every key, dedup traffic), join to the snapshot taken at the
+  freeze; the writes themselves are unaffected.
+* Format 1 snapshots (what earlier versions wrote) still restore to the same state.
 * Restoring the joined pieces gives the same hash, snapshot and dedup answers; restore is also run
   with a tiny step so its progressive consumption of the decoded list crosses many steps.
 * The index (``_SortedKeys``) is checked against a sorted set under random adds and removes with a tiny
@@ -13,23 +18,43 @@ How:
 from __future__ import annotations
 
 import random
+import struct
 
 import cbor2
 import pytest
 
 from kvstore import statemachine
-from kvstore.commands import encode_delete, encode_put
+from kvstore.commands import encode_cas, encode_delete, encode_put
 from kvstore.statemachine import SnapshotError, StateMachine, _array_header, _SortedKeys
 
 A = b"client-a"
 B = b"client-b"
 
 
+def pack(value, version: int, mod_revision: int) -> bytes:
+    """A packed entry as format 2 stores it: type (0 bytes, 1 str), version, mod_revision, value."""
+    if type(value) is bytes:
+        return struct.pack(">BQQ", 0, version, mod_revision) + value
+    return struct.pack(">BQQ", 1, version, mod_revision) + value.encode("utf-8")
+
+
 def reference_snapshot(sm: StateMachine) -> bytes:
-    """What ``snapshot()`` returned before it was split into pieces: one ``cbor2.dumps`` of the map."""
+    """The format 2 snapshot of ``sm``, built the slow and obvious way: one ``cbor2.dumps`` of the map."""
+    flat: list = []
+    for entry in sm.range():
+        flat.extend((entry.key, pack(entry.value, entry.version, entry.mod_revision)))
+    return cbor2.dumps({"format": 2, "revision": sm.revision, "entries": flat, "clients": _clients(sm)})
+
+
+def reference_snapshot_v1(sm: StateMachine) -> bytes:
+    """The format 1 snapshot of ``sm`` (what earlier versions wrote): four fields per entry."""
     flat: list = []
     for entry in sm.range():
         flat.extend((entry.key, entry.value, entry.version, entry.mod_revision))
+    return cbor2.dumps({"format": 1, "revision": sm.revision, "entries": flat, "clients": _clients(sm)})
+
+
+def _clients(sm: StateMachine) -> list:
     clients = []
     for client_id, client in sm._clients.items():
         results: list = []
@@ -37,7 +62,7 @@ def reference_snapshot(sm: StateMachine) -> bytes:
             results.append(request_id)
             results.extend(client.results[request_id])
         clients.append([client_id, client.floor, client.last_revision, results])
-    return cbor2.dumps({"format": 1, "revision": sm.revision, "entries": flat, "clients": clients})
+    return clients
 
 
 def machine(keys: int, clients: int = 3, seed: int = 0) -> StateMachine:
@@ -81,13 +106,13 @@ def test_joined_chunks_are_byte_identical_to_the_one_call_encoding(keys, per_chu
 def test_empty_machine_snapshot_is_unchanged():
     sm = StateMachine()
     assert b"".join(sm.snapshot_chunks()) == sm.snapshot() == reference_snapshot(sm)
-    assert sm.snapshot() == cbor2.dumps({"format": 1, "revision": 0, "entries": [], "clients": []})
+    assert sm.snapshot() == cbor2.dumps({"format": 2, "revision": 0, "entries": [], "clients": []})
     assert StateMachine.restore(sm.snapshot()).state_hash() == sm.state_hash()
 
 
-@pytest.mark.parametrize("keys", [5, 6, 63, 64, 16383, 16384])
+@pytest.mark.parametrize("keys", [11, 12, 127, 128, 32767, 32768])
 def test_entry_array_heads_of_every_size_match_cbor2(keys):
-    # 4 * keys items: 20/24 (1-byte head vs 2), 252/256 (2 vs 3), 65532/65536 (3 vs 5 bytes).
+    # 2 * keys items: 10/12 (1-byte head vs 2), 126/128 (2 vs 3), 32766/32768 (3 vs 5 bytes).
     sm = StateMachine()
     for i in range(keys):
         sm.apply(encode_put(A, i + 1, i + 1, f"key{i:06d}", b"x" if i % 3 else "y"))
@@ -161,14 +186,68 @@ def test_restore_in_many_small_steps(monkeypatch):
             StateMachine.restore(cbor2.dumps({**top, "entries": bad}))
 
 
-def test_mutation_between_pieces_is_refused():
-    sm = machine(20, seed=1)
+def test_writes_between_pieces_do_not_show_in_the_snapshot():
+    sm = machine(30, seed=1)
+    twin = StateMachine.restore(sm.snapshot())
+    expected = sm.snapshot()
+    keys = [entry.key for entry in sm.range()]
     pieces = sm.snapshot_chunks(3)
-    next(pieces)
-    next(pieces)
-    sm.apply(encode_put(A, 1, 0, "new-key", "v"))
-    with pytest.raises(RuntimeError, match="mutated"):
-        list(pieces)
+    taken = [next(pieces)]
+    writes = [
+        encode_put(A, 100, 0, keys[0], "changed"),          # overwrite (twice)
+        encode_put(A, 101, 0, keys[0], b"again"),
+        encode_put(A, 102, 0, "a-new-key", "v"),             # insert in front of everything
+        encode_delete(A, 103, 0, keys[-1]),                  # delete a key not yet written out
+        encode_cas(A, 104, 0, keys[5], None, "no swap"),    # a cas that does not swap
+        encode_cas(A, 105, 0, "zz-new", None, "created"),   # a cas that creates
+        encode_delete(A, 106, 0, "k/", prefix=True),         # the keys of machine() all start with k/
+        encode_put(B, 1, 0, keys[3], "back again"),          # recreated after the prefix delete
+    ]
+    for command in writes:
+        assert sm.apply(command) == twin.apply(command)  # writes behave as without a snapshot
+        taken.append(next(pieces))
+    taken.extend(pieces)
+    assert b"".join(taken) == expected
+    assert sm.snapshot() == twin.snapshot() == reference_snapshot(twin)
+    assert sm._journals == []  # the generator ended: nothing is journaled any more
+
+
+def test_a_delete_of_every_key_keeps_the_frozen_dict():
+    sm = machine(12, seed=4)
+    expected = sm.snapshot()
+    with sm.freeze() as frozen:
+        sm.apply(encode_delete(A, 50, 0, "", prefix=True))
+        assert len(sm) == 0
+        sm.apply(encode_put(A, 51, 0, "k/fresh", "v"))
+        assert b"".join(frozen.chunks(5)) == expected
+    assert [entry.key for entry in sm.range()] == ["k/fresh"]
+
+
+def test_two_views_and_a_closed_one():
+    sm = machine(10, seed=5)
+    first_bytes = sm.snapshot()
+    first = sm.freeze()
+    sm.apply(encode_put(A, 60, 0, "k/x", "one"))
+    second_bytes = sm.snapshot()
+    second = sm.freeze()
+    sm.apply(encode_put(A, 61, 0, "k/x", "two"))
+    sm.apply(encode_delete(A, 62, 0, "k/x"))
+    assert b"".join(second.chunks(4)) == second_bytes
+    assert b"".join(first.chunks(4)) == first_bytes
+    first.close()
+    first.close()  # idempotent
+    with pytest.raises(RuntimeError, match="after close"):
+        list(first.chunks(4))
+    second.close()
+    assert sm._journals == []
+
+
+def test_format_1_snapshots_still_restore():
+    sm = machine(25, clients=2, seed=6)
+    old = StateMachine.restore(reference_snapshot_v1(sm))
+    assert old.state_hash() == sm.state_hash()
+    assert old.snapshot() == sm.snapshot()
+    assert [old.remembered(c) for c in (b"c0", b"c1")] == [sm.remembered(c) for c in (b"c0", b"c1")]
 
 
 def test_reads_between_pieces_are_fine():

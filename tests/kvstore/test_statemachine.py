@@ -14,6 +14,7 @@ How:
 from __future__ import annotations
 
 import random
+import struct
 
 import cbor2
 import pytest
@@ -396,6 +397,9 @@ class StateMachineVersusModel(RuleBasedStateMachine):
         self.next_rid = {c: 1 for c in CLIENTS}
         self.ack = {c: 0 for c in CLIENTS}   # the client's current ack_below
         self.sent: list[tuple] = []          # (client, rid, op, key, arg1, arg2) of every request
+        # A snapshot under way while writes go on: (frozen view of twin, its piece iterator, pieces so
+        # far, the snapshot bytes at the freeze). On the twin, which is never replaced by a restore.
+        self.view = None
 
     def _run(self, client, rid, ack, op, key, arg1=None, arg2=None):
         command = _encode(client, rid, ack, op, key, arg1, arg2)
@@ -432,6 +436,25 @@ class StateMachineVersusModel(RuleBasedStateMachine):
     @rule(client=st.sampled_from(CLIENTS), step=st.integers(1, 3))
     def advance_ack(self, client, step):
         self.ack[client] = min(self.next_rid[client], self.ack[client] + step)
+
+    @precondition(lambda self: self.view is None)
+    @rule(per_chunk=st.integers(1, 4))
+    def freeze(self, per_chunk):
+        expected = self.twin.snapshot()
+        frozen = self.twin.freeze()
+        self.view = (frozen, frozen.chunks(per_chunk), [], expected)
+
+    @precondition(lambda self: self.view is not None)
+    @rule()
+    def next_piece(self):
+        frozen, pieces, taken, expected = self.view
+        piece = next(pieces, None)
+        if piece is None:
+            assert b"".join(taken) == expected  # the state at the freeze, whatever was written since
+            frozen.close()
+            self.view = None
+        else:
+            taken.append(piece)
 
     @rule()
     def snapshot_and_restore(self):
@@ -580,10 +603,11 @@ def test_restore_of_every_truncation_raises_snapshot_error():
             StateMachine.restore(data[:cut])
 
 
+@pytest.mark.parametrize("layout", [1, 2])
 @settings(max_examples=300, deadline=None)
 @given(st.data())
-def test_restore_of_damaged_snapshot_raises_only_snapshot_error(data):
-    original = _SMALL_SNAPSHOT
+def test_restore_of_damaged_snapshot_raises_only_snapshot_error(layout, data):
+    original = _SMALL_SNAPSHOT if layout == 1 else _SMALL_SNAPSHOT_V2
     damaged = bytearray(original)
     for _ in range(data.draw(st.integers(1, 4))):
         position = data.draw(st.integers(0, len(damaged) - 1))
@@ -596,14 +620,31 @@ def test_restore_of_damaged_snapshot_raises_only_snapshot_error(data):
     assert StateMachine.restore(restored.snapshot()).state_hash() == restored.state_hash()
 
 
-def _small_snapshot() -> bytes:
+def _small_snapshot_v2() -> bytes:
     sm = StateMachine()
     for command in _random_commands(3, 40):
         sm.apply(command)
     return sm.snapshot()
 
 
+def _small_snapshot() -> bytes:
+    """The same state in format 1 (four fields per entry), which earlier versions wrote."""
+    top = cbor2.loads(_small_snapshot_v2())
+    flat = top["entries"]
+    old: list = []
+    for key, packed in zip(flat[0::2], flat[1::2]):
+        kind, version, mod_revision = struct.unpack_from(">BQQ", packed)
+        value = packed[17:].decode("utf-8") if kind else packed[17:]
+        old.extend((key, value, version, mod_revision))
+    return cbor2.dumps({**top, "format": 1, "entries": old})
+
+
 _SMALL_SNAPSHOT = _small_snapshot()
+_SMALL_SNAPSHOT_V2 = _small_snapshot_v2()
+
+
+def test_the_format_1_sample_restores_like_format_2():
+    assert StateMachine.restore(_SMALL_SNAPSHOT).snapshot() == _SMALL_SNAPSHOT_V2
 
 
 def _snapshot_with(**changes) -> bytes:
@@ -631,7 +672,7 @@ def _replace(items: list, index: int, value) -> list:
     (_SMALL_SNAPSHOT + b"\x00", "trailing"),
     (cbor2.dumps([1, 2, 3]), "map"),
     (_snapshot_with(extra=1), "map"),
-    (_snapshot_with(format=2), "format"),
+    (_snapshot_with(format=3), "format"),
     (_snapshot_with(format=True), "format"),
     (_snapshot_with(revision=-1), "revision"),
     (_snapshot_with(revision=1.0), "revision"),
@@ -664,6 +705,41 @@ def _replace(items: list, index: int, value) -> list:
     (_snapshot_with(clients=[[b"c%d" % i, 0, 0, []] for i in range(CLIENTS_MAX + 1)]), "at most"),
 ])
 def test_restore_rejects_inconsistent_snapshots(data, message):
+    with pytest.raises(SnapshotError, match=message):
+        StateMachine.restore(data)
+
+
+def _v2_with(**changes) -> bytes:
+    top = cbor2.loads(_SMALL_SNAPSHOT_V2)
+    top.update(changes)
+    return cbor2.dumps(top)
+
+
+def _v2_entries() -> list:
+    return cbor2.loads(_SMALL_SNAPSHOT_V2)["entries"]
+
+
+def _packed(kind: int, version: int, mod_revision: int, value: bytes = b"v") -> bytes:
+    return struct.pack(">BQQ", kind, version, mod_revision) + value
+
+
+@pytest.mark.parametrize("data, message", [
+    (_v2_with(entries=_v2_entries()[:-1]), "flat list"),
+    (_v2_with(entries=_v2_entries()[2:4] + _v2_entries()[0:2]), "increasing"),
+    (_v2_with(entries=_v2_entries()[0:2] + _v2_entries()[0:2]), "increasing"),
+    (_v2_with(entries=_replace(_v2_entries(), 0, b"k")), "key"),
+    (_v2_with(entries=_replace(_v2_entries(), 0, "")), "key"),
+    (_v2_with(entries=_replace(_v2_entries(), 1, "a str")), "packed entry"),
+    (_v2_with(entries=_replace(_v2_entries(), 1, b"short")), "packed entry"),
+    (_v2_with(entries=_replace(_v2_entries(), 1, _packed(2, 1, 1))), "value type"),
+    (_v2_with(entries=_replace(_v2_entries(), 1, _packed(0, 0, 1))), "version"),
+    (_v2_with(entries=_replace(_v2_entries(), 1, _packed(0, 2, 1))), "version"),
+    (_v2_with(entries=_replace(_v2_entries(), 1, _packed(0, 1, 10**6))), "revision"),
+    (_v2_with(entries=_replace(_v2_entries(), 1, _packed(1, 1, 1, b"\xff\xfe"))), "UTF-8"),
+    (_v2_with(entries=_replace(_v2_entries(), 1, _packed(0, 1, 1, b"v" * (2**20 + 1)))), "value longer"),
+    (_v2_with(format=3), "format"),
+])
+def test_restore_rejects_inconsistent_format_2_entries(data, message):
     with pytest.raises(SnapshotError, match=message):
         StateMachine.restore(data)
 
