@@ -123,7 +123,11 @@ class _Connection:
         self.endpoint = endpoint
         self.stream = stream
         self.waiters: dict[int, list] = {}  # id -> [task, reply, answered] (see _wake)
-        self.deadlines: list[tuple[float, int]] = []  # (attempt deadline, id), a min-heap
+        # Attempt deadlines by watchdog period: period number -> ids due by its end. The watchdog
+        # takes whole periods as they pass, so a request costs one append instead of a heap push
+        # and pop (the heap held every request of the last attempt timeout, answered or not).
+        self.deadlines: dict[int, list[int]] = {}
+        self.next_period = math.ceil(trio.current_time() / WATCHDOG_SECONDS)  # the first not yet taken
         self.ids = itertools.count(1)
         self.broken = False
         self.gathering = False  # a caller is collecting this scheduler pass's frames into one write
@@ -165,17 +169,18 @@ class _Connection:
             self.fail_all()
 
     async def watchdog(self) -> None:
-        deadlines, waiters = self.deadlines, self.waiters
+        deadlines = self.deadlines
         while not self.broken:
             await trio.sleep(WATCHDOG_SECONDS)
-            now = trio.current_time()
-            while deadlines and deadlines[0][0] <= now:
-                _, rid = heapq.heappop(deadlines)
-                waiter = waiters.pop(rid, None)
-                if waiter is not None:
-                    _wake(waiter, _TIMED_OUT)
-            if not waiters:
-                deadlines.clear()  # entries of answered requests
+            # Period p holds deadlines in ((p - 1) * W, p * W]: all passed once p * W <= now.
+            passed = math.floor(trio.current_time() / WATCHDOG_SECONDS)
+            waiters = self.waiters
+            while self.next_period <= passed:
+                for rid in deadlines.pop(self.next_period, ()):
+                    waiter = waiters.pop(rid, None)
+                    if waiter is not None:
+                        _wake(waiter, _TIMED_OUT)
+                self.next_period += 1
 
     def fail_all(self) -> None:
         self.broken = True
@@ -198,7 +203,13 @@ class _Connection:
         frame = wire.encode_frame(make_request(rid))
         waiter = [None, None, False]  # see _wake
         self.waiters[rid] = waiter
-        heapq.heappush(self.deadlines, (deadline, rid))
+        if deadline < math.inf:  # (an infinite deadline waits for the reply or the connection's end)
+            period = max(self.next_period, math.ceil(deadline / WATCHDOG_SECONDS))
+            due = self.deadlines.get(period)
+            if due is None:
+                self.deadlines[period] = [rid]
+            else:
+                due.append(rid)
         self.calls += 1
         if len(self.waiters) > 1:
             self.last_overlap = self.calls

@@ -9,11 +9,13 @@ the same contract). Same commands in, same entries, same results, same ``state_h
 
 State
   ``_entries``: ``key -> packed entry``, one ``bytes`` object per key: a 17-byte head (the value's
-  type, 0 for bytes and 1 for str; the version; the mod_revision; ``_ENTRY_HEAD``) followed by the
-  value (UTF-8 for a str). A node must hold a million keys in a few hundred MiB: a tuple
+  type, 0 for bytes and 1 for str; the version; the mod_revision; ``_ENTRY_HEAD``), the entry's
+  16-byte digest for ``state_hash`` (BLAKE2b of the key, the head and the value), then the value
+  (UTF-8 for a str). A node must hold a million keys in a few hundred MiB: a tuple
   ``(value, version, mod_revision)`` costs the value object, the tuple and an int object per key
-  (about 230 bytes with a 100-byte value), the packed form one object (about 150 bytes). Readers
-  unpack on the way out (``get``, ``range``, snapshots), which costs a slice and, for str, a decode.
+  (about 230 bytes with a 100-byte value), the packed form one object (about 170 bytes). Readers
+  unpack on the way out (``get``, ``range``), which costs a slice and, for str, a decode. Keeping the
+  digest costs 16 bytes per key and saves hashing the replaced entry again on every write.
 
   ``revision``: starts at 0 and grows by exactly one for every *executed* write command: put, delete
   and cas alike, including a cas that did not swap and a delete that found nothing. So each executed
@@ -297,35 +299,42 @@ def _result_dict(stored: tuple[int, int, int]) -> dict:
     return {"ok": bool(extra), "rev": rev}
 
 
-_DIGEST_MOD = 1 << 256
-
 _ENTRY_HEAD = struct.Struct(">BQQ")
 """The head of a packed entry: value type (0 bytes, 1 str), version, mod_revision."""
 _HEAD_BYTES = _ENTRY_HEAD.size
+_DIGEST_BYTES = 16
+_VALUE_AT = _HEAD_BYTES + _DIGEST_BYTES  # where the value starts in a packed entry
+_DIGEST_MOD = 1 << (8 * _DIGEST_BYTES)
+_blake2b = hashlib.blake2b
 
 
-def _pack(value: Value, version: int, mod_revision: int) -> bytes:
-    """One entry as stored in ``_entries`` (see the module docstring)."""
+def _pack(key: str, value: Value, version: int, mod_revision: int) -> bytes:
+    """One entry as stored in ``_entries``: head, digest, value (see the module docstring)."""
     if type(value) is bytes:
-        return _ENTRY_HEAD.pack(0, version, mod_revision) + value
-    return _ENTRY_HEAD.pack(1, version, mod_revision) + value.encode("utf-8")
+        head = _ENTRY_HEAD.pack(0, version, mod_revision)
+    else:
+        head = _ENTRY_HEAD.pack(1, version, mod_revision)
+        value = value.encode("utf-8")
+    return head + _digest(key, head, value) + value
+
+
+def _digest(key: str, head: bytes, raw: bytes) -> bytes:
+    """An entry's digest for ``state_hash``: BLAKE2b-128 of the key's length and UTF-8 bytes, the head
+    (value type, version, mod_revision) and the value's bytes."""
+    key_bytes = key.encode("utf-8")
+    return _blake2b(len(key_bytes).to_bytes(4, "big") + key_bytes + head + raw, digest_size=_DIGEST_BYTES).digest()
 
 
 def _unpack(packed: bytes) -> tuple[Value, int, int]:
     """``(value, version, mod_revision)`` of a packed entry."""
     kind, version, mod_revision = _ENTRY_HEAD.unpack_from(packed)
-    raw = packed[_HEAD_BYTES:]
+    raw = packed[_VALUE_AT:]
     return (raw.decode("utf-8") if kind else raw), version, mod_revision
 
 
-def _entry_digest(key: str, packed: bytes) -> int:
-    """One entry's digest for ``state_hash``: BLAKE2b-256 of the key's length and UTF-8 bytes, then
-    the packed entry (which holds the value's type, the version and the mod_revision)."""
-    key_bytes = key.encode("utf-8")
-    digest = hashlib.blake2b(len(key_bytes).to_bytes(4, "big"), digest_size=32)
-    digest.update(key_bytes)
-    digest.update(packed)
-    return int.from_bytes(digest.digest(), "big")
+def _entry_digest(packed: bytes) -> int:
+    """The digest a packed entry carries, as an int."""
+    return int.from_bytes(packed[_HEAD_BYTES:_VALUE_AT], "big")
 
 
 class StateMachine:
@@ -345,10 +354,8 @@ class StateMachine:
         # (revision, hex digest) of the last state_hash: entries change only together with the
         # revision, so the digest stays valid until the next executed write.
         self._hash_cache: tuple[int, str] | None = None
-        # Sum (mod 2**256) of one digest per entry, kept up to date by every write once state_hash
-        # has computed it the first time: status() calls state_hash, and a full scan would stop the
-        # node for seconds at a million keys.
-        self._digest_sum: int | None = 0
+        # Sum (mod 2**128) of the digests the entries carry, kept up to date by every write (state_hash)
+        self._digest_sum = 0
         # The ``saved`` dicts of open FrozenStates: key -> packed entry (None: absent) at the freeze.
         self._journals: list[dict[str, bytes | None]] = []
 
@@ -387,7 +394,6 @@ class StateMachine:
         rev = self.revision
         entries = self._entries
         key = cmd.key
-        tracked = self._digest_sum is not None
         journals = self._journals
         if cmd.op == "put":
             old = entries.get(key)
@@ -395,11 +401,10 @@ class StateMachine:
                 self._save(key, old)
             if old is None:
                 self._index.add(key)
-                new = entries[key] = _pack(cmd.value, 1, rev)
+                new = entries[key] = _pack(key, cmd.value, 1, rev)
             else:
-                new = entries[key] = _pack(cmd.value, _ENTRY_HEAD.unpack_from(old)[1] + 1, rev)
-            if tracked:
-                self._rehash(key, old, new)
+                new = entries[key] = _pack(key, cmd.value, _ENTRY_HEAD.unpack_from(old)[1] + 1, rev)
+            self._rehash(old, new)
             stored = (_PUT, rev, 0)
         elif cmd.op == "delete":
             if cmd.prefix:
@@ -409,15 +414,13 @@ class StateMachine:
                     # A new dict rather than clear(): a FrozenState may still be reading the old one.
                     self._entries = {}
                     self._index.clear()
-                    if tracked:
-                        self._digest_sum = 0
+                    self._digest_sum = 0
                 else:
                     remove = self._index.remove
                     for k in doomed:
                         if journals:
                             self._save(k, entries[k])
-                        if tracked:
-                            self._rehash(k, entries[k], None)
+                        self._rehash(entries[k], None)
                         del entries[k]
                         remove(k)
                 deleted = len(doomed)
@@ -429,8 +432,7 @@ class StateMachine:
                     deleted = 0
                 else:
                     self._index.remove(key)
-                    if tracked:
-                        self._rehash(key, gone, None)
+                    self._rehash(gone, None)
                     deleted = 1
             stored = (_DELETE, rev, deleted)
         else:
@@ -448,9 +450,8 @@ class StateMachine:
                     self._save(key, old)
                 if old is None:
                     self._index.add(key)
-                new = entries[key] = _pack(cmd.value, old_version + 1, rev)
-                if tracked:
-                    self._rehash(key, old, new)
+                new = entries[key] = _pack(key, cmd.value, old_version + 1, rev)
+                self._rehash(old, new)
             stored = (_CAS, rev, 1 if ok else 0)
 
         if client is None:
@@ -529,33 +530,27 @@ class StateMachine:
     def state_hash(self) -> str:
         """Hex SHA-256 over the revision, the key count and the sum of one digest per entry.
 
-        Each entry ``(key, value, version, mod_revision)`` is hashed (BLAKE2b-256, ``_entry_digest``)
-        and the digests are added modulo 2**256, so the result does not depend on order and can be
-        kept up to date by each write in O(1). Equal states give equal hashes on every replica; the
-        dedup table is not included (two replicas with equal hashes hold the same data).
-
-        Cost: the first call after ``restore`` scans every entry (about 2 s for a million keys);
-        after that it is O(1), whatever the writes.
+        Each entry ``(key, value, version, mod_revision)`` is hashed once, when it is written
+        (BLAKE2b-128, ``_digest``), and its packed form carries the digest; the digests are added
+        modulo 2**128, so the result does not depend on order and each write keeps it up to date in
+        O(1) without hashing the entry it replaces. Equal states give equal hashes on every replica;
+        the dedup table is not included (two replicas with equal hashes hold the same data). This is
+        a check against divergence (a bug, a damaged file), not a defence against a forger.
         """
         cached = self._hash_cache
         if cached is not None and cached[0] == self.revision:
             return cached[1]
-        if self._digest_sum is None:
-            total = 0
-            for key, entry in self._entries.items():
-                total += _entry_digest(key, entry)
-            self._digest_sum = total % _DIGEST_MOD
         digest = hashlib.sha256(cbor2.dumps(["kvstore-state", _STATE_HASH_VERSION, self.revision,
-                                             len(self._entries), self._digest_sum.to_bytes(32, "big")]))
+                                             len(self._entries), self._digest_sum.to_bytes(_DIGEST_BYTES, "big")]))
         self._hash_cache = (self.revision, digest.hexdigest())
         return self._hash_cache[1]
 
-    def _rehash(self, key: str, old: bytes | None, new: bytes | None) -> None:
+    def _rehash(self, old: bytes | None, new: bytes | None) -> None:
         total = self._digest_sum
         if old is not None:
-            total -= _entry_digest(key, old)
+            total -= int.from_bytes(old[_HEAD_BYTES:_VALUE_AT], "big")
         if new is not None:
-            total += _entry_digest(key, new)
+            total += int.from_bytes(new[_HEAD_BYTES:_VALUE_AT], "big")
         self._digest_sum = total % _DIGEST_MOD
 
     def snapshot(self) -> bytes:
@@ -638,7 +633,7 @@ class StateMachine:
         # pop: _restore_entries empties the flat list as it goes, and nothing else may keep it alive.
         restore_entries = _restore_packed_entries if layout == 2 else _restore_entries
         machine._entries, machine._index = restore_entries(top.pop("entries"), revision)
-        machine._digest_sum = None  # computed on the first state_hash call, then kept up to date
+        machine._digest_sum = sum(map(_entry_digest, machine._entries.values())) % _DIGEST_MOD
         machine._clients = _restore_clients(top["clients"], revision)
         # An older snapshot may hold more than RESULTS_MAX: the next executed command evicts down to it.
         machine._results_total = sum(len(c.results) for c in machine._clients.values())
@@ -685,7 +680,7 @@ class FrozenState:
         remembered dedup results) each; their concatenation is ``snapshot()`` as of the freeze.
 
         Layout (format 2): a map ``{"format": 2, "revision": r, "entries": [key, packed, ...] (flat, key
-        order; packed is the entry as stored, see the module docstring), "clients": [[client_id, floor,
+        order; packed is the entry as stored, digest included: see the module docstring), "clients": [[client_id, floor,
         last_revision, [request_id, kind, rev, extra, ...]], ...] (least recently used first, request
         ids ascending)}``, exactly as one ``cbor2.dumps`` of that map would encode it. Equal command
         histories give byte-identical snapshots.
@@ -784,7 +779,7 @@ def _restore_entries(flat: object, revision: int) -> tuple[dict[str, bytes], _So
                 raise SnapshotError(f"{where}: need ints with 1 <= version <= mod_revision <= revision")
             # Insertion order of the dict does not matter: every ordered reader goes through the index.
             try:
-                entries[key] = _pack(value, version, mod_revision)
+                entries[key] = _pack(key, value, version, mod_revision)
             except (UnicodeEncodeError, struct.error):
                 raise SnapshotError(f"{where}: value is not valid Unicode or a number is too large") from None
             keys_descending.append(key)
@@ -795,7 +790,8 @@ def _restore_entries(flat: object, revision: int) -> tuple[dict[str, bytes], _So
 
 def _restore_packed_entries(flat: object, revision: int) -> tuple[dict[str, bytes], _SortedKeys]:
     """``_restore_entries`` for format 2, whose flat list is ``[key, packed, ...]``: each packed entry is
-    checked (head, value type, UTF-8, sizes, 1 <= version <= mod_revision <= revision) and kept as is."""
+    checked (head, value type, UTF-8, sizes, 1 <= version <= mod_revision <= revision, its digest) and
+    kept as is."""
     if type(flat) is not list or len(flat) % 2:
         raise SnapshotError("snapshot entries must be a flat list of (key, packed entry)")
     entries: dict[str, bytes] = {}
@@ -817,22 +813,25 @@ def _restore_packed_entries(flat: object, revision: int) -> tuple[dict[str, byte
             if following is not None and not key < following:
                 raise SnapshotError(f"snapshot entry {(base + i) // 2}: keys not in strictly increasing order")
             following = key
-            if type(packed) is not bytes or len(packed) < _HEAD_BYTES:
+            if type(packed) is not bytes or len(packed) < _VALUE_AT:
                 raise SnapshotError(f"snapshot entry {(base + i) // 2}: packed entry must be bytes of at least "
-                                    f"{_HEAD_BYTES}")
+                                    f"{_VALUE_AT}")
             kind, version, mod_revision = unpack_head(packed)
             if kind > 1:
                 raise SnapshotError(f"snapshot entry {(base + i) // 2}: unknown value type {kind}")
-            if len(packed) - _HEAD_BYTES > VALUE_BYTES_MAX:
+            if len(packed) - _VALUE_AT > VALUE_BYTES_MAX:
                 raise SnapshotError(f"snapshot entry {(base + i) // 2}: value longer than {VALUE_BYTES_MAX} bytes")
             if not 1 <= version <= mod_revision <= revision:
                 raise SnapshotError(f"snapshot entry {(base + i) // 2}: need 1 <= version <= mod_revision "
                                     f"<= revision")
+            raw = packed[_VALUE_AT:]
             if kind:
                 try:
-                    packed[_HEAD_BYTES:].decode("utf-8")
+                    raw.decode("utf-8")
                 except UnicodeDecodeError:
                     raise SnapshotError(f"snapshot entry {(base + i) // 2}: value is not valid UTF-8") from None
+            if _digest(key, packed[:_HEAD_BYTES], raw) != packed[_HEAD_BYTES:_VALUE_AT]:
+                raise SnapshotError(f"snapshot entry {(base + i) // 2}: the entry's digest does not match it")
             entries[key] = packed
             keys_descending.append(key)
         del piece

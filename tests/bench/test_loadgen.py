@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from kvstore.client import RequestError, Unavailable
-from kvstore.loadgen import LoadSpec, LoadSpecError, _histogram, _interval_summary, error_kind, run_load
+from kvstore.loadgen import (LoadSpec, LoadSpecError, _histogram, _interval_summary, _record_all, error_kind,
+                             run_load)
 
 
 class FakeTarget:
@@ -137,3 +138,26 @@ def test_per_second_percentiles_match_hdrhistogram():
             assert got[name] == pytest.approx(want / 1000.0, rel=2e-3), (n, name)
     assert _interval_summary([]) == {"p50": None, "p99": None, "max": None}
     assert _interval_summary(list(range(1000, 101_000, 1000))) == {"p50": 50.0, "p99": 99.0, "max": 100.0}
+
+
+def test_recording_a_second_at_once_gives_the_same_histogram():
+    """The workers keep each second's latencies in a list and the histogram takes the list once a
+    second, one record per distinct value: it must hold exactly what one record per request would."""
+    import random
+
+    rng = random.Random(11)
+    latencies = [rng.randrange(1, 50) * rng.choice([1, 7, 1000]) for _ in range(20_000)]
+    one_by_one, at_once = _histogram(), _histogram()
+    for us in latencies:
+        one_by_one.record_value(us)
+    _record_all(at_once, latencies)
+    assert at_once.get_total_count() == one_by_one.get_total_count() == len(latencies)
+    assert at_once.encode() == one_by_one.encode()
+
+
+async def test_the_whole_run_histogram_counts_every_success():
+    log = []
+    spec = LoadSpec(endpoints=["x:1"], clients=3, total=250)
+    result = await run_load(spec, open_targets=fake_targets(log, fail_every=5))
+    assert result.ok == 200
+    assert result.histogram.get_total_count() == 200

@@ -17,6 +17,7 @@ How:
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import struct
 
@@ -31,18 +32,21 @@ A = b"client-a"
 B = b"client-b"
 
 
-def pack(value, version: int, mod_revision: int) -> bytes:
-    """A packed entry as format 2 stores it: type (0 bytes, 1 str), version, mod_revision, value."""
-    if type(value) is bytes:
-        return struct.pack(">BQQ", 0, version, mod_revision) + value
-    return struct.pack(">BQQ", 1, version, mod_revision) + value.encode("utf-8")
+def pack(key: str, value, version: int, mod_revision: int) -> bytes:
+    """A packed entry as format 2 stores it: type (0 bytes, 1 str), version, mod_revision, then a
+    BLAKE2b-128 digest of the key's length and bytes, those fields and the value, then the value."""
+    raw = value if type(value) is bytes else value.encode("utf-8")
+    head = struct.pack(">BQQ", 0 if type(value) is bytes else 1, version, mod_revision)
+    key_bytes = key.encode("utf-8")
+    digest = hashlib.blake2b(len(key_bytes).to_bytes(4, "big") + key_bytes + head + raw, digest_size=16)
+    return head + digest.digest() + raw
 
 
 def reference_snapshot(sm: StateMachine) -> bytes:
     """The format 2 snapshot of ``sm``, built the slow and obvious way: one ``cbor2.dumps`` of the map."""
     flat: list = []
     for entry in sm.range():
-        flat.extend((entry.key, pack(entry.value, entry.version, entry.mod_revision)))
+        flat.extend((entry.key, pack(entry.key, entry.value, entry.version, entry.mod_revision)))
     return cbor2.dumps({"format": 2, "revision": sm.revision, "entries": flat, "clients": _clients(sm)})
 
 

@@ -13,6 +13,7 @@ How:
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import struct
 
@@ -634,7 +635,7 @@ def _small_snapshot() -> bytes:
     old: list = []
     for key, packed in zip(flat[0::2], flat[1::2]):
         kind, version, mod_revision = struct.unpack_from(">BQQ", packed)
-        value = packed[17:].decode("utf-8") if kind else packed[17:]
+        value = packed[33:].decode("utf-8") if kind else packed[33:]  # after the head and the digest
         old.extend((key, value, version, mod_revision))
     return cbor2.dumps({**top, "format": 1, "entries": old})
 
@@ -720,7 +721,17 @@ def _v2_entries() -> list:
 
 
 def _packed(kind: int, version: int, mod_revision: int, value: bytes = b"v") -> bytes:
-    return struct.pack(">BQQ", kind, version, mod_revision) + value
+    """A packed entry for the first key of the sample, with a right digest (so other checks fire)."""
+    key = _v2_entries()[0].encode("utf-8")
+    head = struct.pack(">BQQ", kind, version, mod_revision)
+    digest = hashlib.blake2b(len(key).to_bytes(4, "big") + key + head + value, digest_size=16).digest()
+    return head + digest + value
+
+
+def _bad_digest() -> bytes:
+    packed = bytearray(_v2_entries()[1])
+    packed[20] ^= 1
+    return bytes(packed)
 
 
 @pytest.mark.parametrize("data, message", [
@@ -737,6 +748,7 @@ def _packed(kind: int, version: int, mod_revision: int, value: bytes = b"v") -> 
     (_v2_with(entries=_replace(_v2_entries(), 1, _packed(0, 1, 10**6))), "revision"),
     (_v2_with(entries=_replace(_v2_entries(), 1, _packed(1, 1, 1, b"\xff\xfe"))), "UTF-8"),
     (_v2_with(entries=_replace(_v2_entries(), 1, _packed(0, 1, 1, b"v" * (2**20 + 1)))), "value longer"),
+    (_v2_with(entries=_replace(_v2_entries(), 1, _bad_digest())), "digest"),
     (_v2_with(format=3), "format"),
 ])
 def test_restore_rejects_inconsistent_format_2_entries(data, message):
