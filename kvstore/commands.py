@@ -145,6 +145,11 @@ def _first_error(*problems: str | None) -> str | None:
     return None
 
 
+def _head(n: int) -> int:
+    """Bytes of the minimal CBOR head that carries ``n`` (an unsigned int, or a string's length)."""
+    return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 0x100000000 else 9
+
+
 def _dumps(items: list) -> bytes:
     # Plain cbor2 defaults: definite lengths, minimal integers, text for str, bytes for bytes. The
     # decoder compares against exactly this encoding, so both sides must use this one function.
@@ -156,6 +161,13 @@ def _dumps(items: list) -> bytes:
 
 def encode_put(client_id: bytes, request_id: int, ack_below: int, key: str, value: Value) -> bytes:
     """Encode ``put key value``. Raises ValueError if any argument is invalid."""
+    if (type(client_id) is bytes and 0 < len(client_id) <= CLIENT_ID_BYTES_MAX
+            and type(request_id) is int and type(ack_below) is int and 0 <= ack_below <= request_id <= INT_MAX
+            and type(key) is str and key.isascii() and 0 < len(key) <= KEY_BYTES_MAX
+            and ((type(value) is str and value.isascii()) or type(value) is bytes) and len(value) <= VALUE_BYTES_MAX):
+        # The common case (the leader encodes every put it proposes), checked inline; the same rules
+        # as the checks below, which name the problem when this does not accept outright.
+        return _dumps([OP_PUT, client_id, request_id, ack_below, key, value])
     problem = _first_error(_check_ids(client_id, request_id, ack_below), _check_key(key),
                            _check_value(value, "value"))
     if problem is not None:
@@ -217,12 +229,16 @@ def decode_command(data: bytes) -> Command:
         # The common case, checked inline (every follower decodes every put it applies). Anything
         # this does not accept outright goes through the general checks below for its exact error.
         _, client_id, request_id, ack_below, key, value = items
+        # Canonical means minimal heads and nothing else: any other encoding of these same values
+        # (a longer head, an indefinite length, a tag, trailing bytes) is longer, so comparing the
+        # length with the canonical one proves it without encoding the command again.
         if (type(client_id) is bytes and 0 < len(client_id) <= CLIENT_ID_BYTES_MAX
                 and type(request_id) is int and type(ack_below) is int and 0 <= ack_below <= request_id <= INT_MAX
                 and type(key) is str and key.isascii() and 0 < len(key) <= KEY_BYTES_MAX
                 and ((type(value) is str and value.isascii()) or type(value) is bytes)
                 and len(value) <= VALUE_BYTES_MAX
-                and _dumps(items) == data):
+                and len(data) == 2 + _head(len(client_id)) + len(client_id) + _head(request_id) + _head(ack_below)
+                + _head(len(key)) + len(key) + _head(len(value)) + len(value)):
             return Command("put", client_id, request_id, ack_below, key, value, None, False)
     op_code = items[0]
     if type(op_code) is not int or op_code not in _OP_NAMES:

@@ -10,12 +10,13 @@ the same contract). Same commands in, same entries, same results, same ``state_h
 State
   ``_entries``: ``key -> packed entry``, one ``bytes`` object per key: a 17-byte head (the value's
   type, 0 for bytes and 1 for str; the version; the mod_revision; ``_ENTRY_HEAD``), the entry's
-  16-byte digest for ``state_hash`` (BLAKE2b of the key, the head and the value), then the value
+  8-byte digest for ``state_hash`` (BLAKE2b of the key, the head and the value), then the value
   (UTF-8 for a str). A node must hold a million keys in a few hundred MiB: a tuple
   ``(value, version, mod_revision)`` costs the value object, the tuple and an int object per key
-  (about 230 bytes with a 100-byte value), the packed form one object (about 170 bytes). Readers
-  unpack on the way out (``get``, ``range``), which costs a slice and, for str, a decode. Keeping the
-  digest costs 16 bytes per key and saves hashing the replaced entry again on every write.
+  (about 230 bytes with a 100-byte value), the packed form one object (160 bytes). Readers unpack on
+  the way out (``get``, ``range``), which costs a slice and, for str, a decode. Keeping the digest
+  saves hashing the replaced entry again on every write; its 8 bytes usually fit in the allocator's
+  16-byte rounding (with 100-byte values they cost no memory at all).
 
   ``revision``: starts at 0 and grows by exactly one for every *executed* write command: put, delete
   and cas alike, including a cas that did not swap and a delete that found nothing. So each executed
@@ -302,7 +303,7 @@ def _result_dict(stored: tuple[int, int, int]) -> dict:
 _ENTRY_HEAD = struct.Struct(">BQQ")
 """The head of a packed entry: value type (0 bytes, 1 str), version, mod_revision."""
 _HEAD_BYTES = _ENTRY_HEAD.size
-_DIGEST_BYTES = 16
+_DIGEST_BYTES = 8
 _VALUE_AT = _HEAD_BYTES + _DIGEST_BYTES  # where the value starts in a packed entry
 _DIGEST_MOD = 1 << (8 * _DIGEST_BYTES)
 _blake2b = hashlib.blake2b
@@ -319,7 +320,7 @@ def _pack(key: str, value: Value, version: int, mod_revision: int) -> bytes:
 
 
 def _digest(key: str, head: bytes, raw: bytes) -> bytes:
-    """An entry's digest for ``state_hash``: BLAKE2b-128 of the key's length and UTF-8 bytes, the head
+    """An entry's digest for ``state_hash``: BLAKE2b-64 of the key's length and UTF-8 bytes, the head
     (value type, version, mod_revision) and the value's bytes."""
     key_bytes = key.encode("utf-8")
     return _blake2b(len(key_bytes).to_bytes(4, "big") + key_bytes + head + raw, digest_size=_DIGEST_BYTES).digest()
@@ -354,7 +355,7 @@ class StateMachine:
         # (revision, hex digest) of the last state_hash: entries change only together with the
         # revision, so the digest stays valid until the next executed write.
         self._hash_cache: tuple[int, str] | None = None
-        # Sum (mod 2**128) of the digests the entries carry, kept up to date by every write (state_hash)
+        # Sum (mod 2**64) of the digests the entries carry, kept up to date by every write (state_hash)
         self._digest_sum = 0
         # The ``saved`` dicts of open FrozenStates: key -> packed entry (None: absent) at the freeze.
         self._journals: list[dict[str, bytes | None]] = []
@@ -531,8 +532,8 @@ class StateMachine:
         """Hex SHA-256 over the revision, the key count and the sum of one digest per entry.
 
         Each entry ``(key, value, version, mod_revision)`` is hashed once, when it is written
-        (BLAKE2b-128, ``_digest``), and its packed form carries the digest; the digests are added
-        modulo 2**128, so the result does not depend on order and each write keeps it up to date in
+        (BLAKE2b-64, ``_digest``), and its packed form carries the digest; the digests are added
+        modulo 2**64, so the result does not depend on order and each write keeps it up to date in
         O(1) without hashing the entry it replaces. Equal states give equal hashes on every replica;
         the dedup table is not included (two replicas with equal hashes hold the same data). This is
         a check against divergence (a bug, a damaged file), not a defence against a forger.
@@ -589,7 +590,13 @@ class StateMachine:
         return frozen
 
     def _save(self, key: str, packed: bytes | None) -> None:
-        """Before the first change of ``key`` while views are open: keep what each view must see."""
+        """Before the first change of ``key`` while views are open: keep what each view must see.
+
+        A key absent now (``packed`` None) needs nothing: if it was absent at a freeze, that view does
+        not list it; if it was present, its entry was saved when it went away.
+        """
+        if packed is None:
+            return
         for saved in self._journals:
             if key not in saved:
                 saved[key] = packed

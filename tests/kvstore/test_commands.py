@@ -20,6 +20,7 @@ from kvstore.commands import (
     CLIENT_ID_BYTES_MAX,
     KEY_BYTES_MAX,
     VALUE_BYTES_MAX,
+    OP_PUT,
     Command,
     CommandError,
     decode_command,
@@ -230,3 +231,33 @@ def test_the_leaders_command_equals_the_decoded_bytes(kind, key, value, expected
         request = wire.CasRequest(expected=expected, new=value, **common)
     command_bytes, command = Node._encode_write(request)
     assert decode_command(command_bytes) == command
+
+
+@settings(max_examples=400, deadline=None)
+@given(client_id=client_ids, request_id=st.integers(0, 2**64 - 1), key=st.text(alphabet=st.characters(max_codepoint=127), min_size=1, max_size=300),
+       value=st.one_of(st.binary(max_size=70_000), st.text(alphabet=st.characters(max_codepoint=127), max_size=300)),
+       data=st.data())
+def test_the_put_fast_path_accepts_exactly_the_canonical_encoding(client_id, request_id, key, value, data):
+    """Puts are checked without a second encode (their length must be the canonical one). Every length
+    class of every field (1, 2, 3, 5 and 9-byte heads) decodes, and a longer head for any one field
+    (same values, non-minimal encoding) is refused."""
+    ack_below = data.draw(st.integers(0, request_id))
+    canonical = encode_put(client_id, request_id, ack_below, key, value)
+    assert decode_command(canonical) == Command("put", client_id, request_id, ack_below, key, value)
+    # Re-encode one item with a head one size up (the same value, not minimal): 0x18 + 1 byte, ...
+    items = [OP_PUT, client_id, request_id, ack_below, key, value]
+    which = data.draw(st.integers(0, 5))
+    parts = [cbor2.dumps(item) for item in items]
+    first = parts[which][0]
+    major, info = first & 0xE0, first & 0x1F
+    if info < 24:
+        widened = bytes([major | 24, info]) + parts[which][1:]
+    elif info < 27:
+        size = 1 << (info - 24)
+        number = int.from_bytes(parts[which][1:1 + size], "big")
+        widened = bytes([major | (info + 1)]) + number.to_bytes(2 * size, "big") + parts[which][1 + size:]
+    else:
+        return  # already the widest head
+    bad = b"\x86" + b"".join(parts[:which] + [widened] + parts[which + 1:])
+    with pytest.raises(CommandError, match="canonical"):
+        decode_command(bad)

@@ -34,11 +34,11 @@ B = b"client-b"
 
 def pack(key: str, value, version: int, mod_revision: int) -> bytes:
     """A packed entry as format 2 stores it: type (0 bytes, 1 str), version, mod_revision, then a
-    BLAKE2b-128 digest of the key's length and bytes, those fields and the value, then the value."""
+    BLAKE2b-64 digest of the key's length and bytes, those fields and the value, then the value."""
     raw = value if type(value) is bytes else value.encode("utf-8")
     head = struct.pack(">BQQ", 0 if type(value) is bytes else 1, version, mod_revision)
     key_bytes = key.encode("utf-8")
-    digest = hashlib.blake2b(len(key_bytes).to_bytes(4, "big") + key_bytes + head + raw, digest_size=16)
+    digest = hashlib.blake2b(len(key_bytes).to_bytes(4, "big") + key_bytes + head + raw, digest_size=8)
     return head + digest.digest() + raw
 
 

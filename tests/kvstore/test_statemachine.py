@@ -635,7 +635,7 @@ def _small_snapshot() -> bytes:
     old: list = []
     for key, packed in zip(flat[0::2], flat[1::2]):
         kind, version, mod_revision = struct.unpack_from(">BQQ", packed)
-        value = packed[33:].decode("utf-8") if kind else packed[33:]  # after the head and the digest
+        value = packed[25:].decode("utf-8") if kind else packed[25:]  # after the head and the digest
         old.extend((key, value, version, mod_revision))
     return cbor2.dumps({**top, "format": 1, "entries": old})
 
@@ -724,7 +724,7 @@ def _packed(kind: int, version: int, mod_revision: int, value: bytes = b"v") -> 
     """A packed entry for the first key of the sample, with a right digest (so other checks fire)."""
     key = _v2_entries()[0].encode("utf-8")
     head = struct.pack(">BQQ", kind, version, mod_revision)
-    digest = hashlib.blake2b(len(key).to_bytes(4, "big") + key + head + value, digest_size=16).digest()
+    digest = hashlib.blake2b(len(key).to_bytes(4, "big") + key + head + value, digest_size=8).digest()
     return head + digest + value
 
 
