@@ -193,14 +193,16 @@ class _Connection:
             _wake(waiter, None)
 
     async def call(self, make_request, deadline: float) -> object:
-        """Send one request (built by ``make_request(id)``) and wait for its reply until ``deadline``.
+        """Send one request (``make_request(id)`` builds the message or its frame) and wait for its
+        reply until ``deadline``.
 
         Returns the reply, or ``_TIMED_OUT``; raises ``_ConnectionLost`` if the connection fails first.
         """
         if self.broken:
             raise _ConnectionLost("connection is closed")
         rid = next(self.ids)
-        frame = wire.encode_frame(make_request(rid))
+        request = make_request(rid)  # a message, or its frame already (puts: see AsyncClient.put)
+        frame = request if type(request) is bytes else wire.encode_frame(request)
         waiter = [None, None, False]  # see _wake
         self.waiters[rid] = waiter
         if deadline < math.inf:  # (an infinite deadline waits for the reply or the connection's end)
@@ -280,8 +282,9 @@ class AsyncClient:
 
     async def put(self, key: str, value: str | bytes) -> int:
         """Store ``value`` under ``key``; return the revision of the write."""
-        result = await self._write(lambda rid, rq, ack: wire.PutRequest(
-            id=rid, key=key, value=value, client_id=self.client_id, request_id=rq, ack_below=ack))
+        client_id = self.client_id
+        result = await self._write(lambda rid, rq, ack: wire.encode_put_request_frame(
+            rid, key, value, client_id, rq, ack))
         return result["rev"]
 
     async def get(self, key: str, *, consistency: str = "l") -> str | bytes | None:
@@ -392,13 +395,17 @@ class AsyncClient:
         return await self._call(make, write=False)
 
     async def _call(self, build, *, write: bool) -> dict:
-        deadline = trio.current_time() + self.timeout
+        started = trio.current_time()
+        deadline = started + self.timeout
         sent = False
         pause = 0.02
         redirects = 0
         last_error = "no endpoint answered"
         while True:
-            remaining = deadline - trio.current_time()
+            # (the first attempt reuses the clock reading above: one call less per request)
+            now = started if started is not None else trio.current_time()
+            started = None
+            remaining = deadline - now
             if remaining <= 0:
                 raise Unavailable(
                     f"no answer from the cluster within {self.timeout:g}s ({last_error})"
@@ -410,7 +417,7 @@ class AsyncClient:
             # One attempt may not use the whole deadline: a node that accepts connections but never
             # answers (paused, partitioned away) must not keep us from the others. A retry reuses the
             # request id, so a write that the first attempt got through is still applied once.
-            attempt_deadline = trio.current_time() + min(remaining, self.attempt_timeout)
+            attempt_deadline = now + min(remaining, self.attempt_timeout)
             try:
                 conn = self._conn
                 if conn is None or conn.broken:

@@ -715,3 +715,18 @@ def test_write_result_frames_are_the_ok_reply_frames(rid, rev, deleted, ok):
     for result in ({"rev": rev}, {"deleted": deleted, "rev": rev}, {"ok": ok, "rev": rev}):
         frame = wire.encode_write_result_frame(rid, result)
         assert frame == wire.encode_frame(wire.OkReply(id=rid, result=result))
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1), st.text(max_size=30) | st.binary(max_size=30),
+       st.text(max_size=30) | st.binary(max_size=300), st.binary(min_size=1, max_size=64),
+       st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1))
+def test_put_request_frames_are_the_put_request_frames(rid, key, value, cid, rq, ack):
+    """The client's shortcut for puts encodes exactly what encode_frame(PutRequest(...)) does."""
+    frame = wire.encode_put_request_frame(rid, key, value, cid, rq, ack)
+    assert frame == wire.encode_frame(wire.PutRequest(id=rid, key=key, value=value, client_id=cid,
+                                                      request_id=rq, ack_below=ack))
+
+
+def test_a_put_request_frame_too_large_is_refused():
+    with pytest.raises(wire.FrameTooLarge):
+        wire.encode_put_request_frame(1, "k", b"v" * 2000, b"c", 1, 0, frame_bytes_max=1000)
