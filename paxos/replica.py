@@ -779,7 +779,10 @@ class Replica:
             return
         proposal = self._in_flight.get(m.slot)
         if proposal is None:
-            self._count("duplicate")  # already decided (or never ours)
+            # The slot is decided already (or was never ours): with thrifty Accepts, the slower
+            # follower's vote comes after the decision, about once per slot; counted apart from the
+            # acceptor's duplicates so that those stay visible.
+            self._count("late_accepted")
             return
         proposal.acks.add(m.sender)
         if self.options.thrifty and m.sender not in self._preferred[:self.config.quorum_size - 1]:

@@ -743,3 +743,19 @@ def test_batches_are_bounded_in_bytes_as_well_as_count():
         assert r.propose(command)
     applied = [batch for _, batch in r.take_actions().apply if batch]
     assert applied == [(b"aaaa", b"bbbb"), (b"cccc",), (b"x" * 25,), (b"dd",)]
+
+
+def test_an_accepted_for_a_decided_slot_is_counted_as_late_not_duplicate():
+    """A leader that hears a vote for a slot it has decided counts it as late_accepted (with thrifty
+    Accepts the slower follower's votes all arrive so); ``duplicate`` stays for repeated messages."""
+    leader = make_leader()
+    leader.propose(b"x")
+    actions = leader.take_actions()
+    accept = next(m for _, m in actions.send if isinstance(m, Accept))
+    leader.receive(Accepted(sender=2, ballot=accept.ballot, slot=accept.slot))
+    leader.take_actions()
+    assert leader.decided_slot == accept.slot
+    leader.receive(Accepted(sender=3, ballot=accept.ballot, slot=accept.slot))
+    counters = leader.status()["counters"]
+    assert counters.get("late_accepted") == 1
+    assert counters.get("duplicate", 0) == 0
