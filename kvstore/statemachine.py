@@ -64,7 +64,8 @@ Snapshots without stopping writes (copy-on-write)
   key order (one pointer per key) and the dedup table; the entries dict is shared. Until the view is
   closed, a write saves a key's packed entry as it was at the freeze (in the view's ``saved`` journal)
   before the first change of that key, and the view reads ``saved`` before the live dict. A prefix
-  delete of every key replaces the dict instead of clearing it, so the view keeps the old one.
+  delete of every key replaces the dict instead of clearing it: the view keeps the old one, which no
+  write touches any more, and its journal is complete (later writes no longer journal for it).
 
 The state hash covers the revision and the entries (not the dedup table), so it can be compared with
 a model dictionary in tests and between replicas in ``status``.
@@ -412,8 +413,11 @@ class StateMachine:
                 # In key order, so the work done is the same on every replica.
                 doomed = self._index.with_prefix(key)
                 if len(doomed) == len(entries):
-                    # A new dict rather than clear(): a FrozenState may still be reading the old one.
+                    # A new dict rather than clear(): an open FrozenState goes on reading the old one,
+                    # which nothing changes any more, so its journal is complete: stop adding to it
+                    # (a later write of a key it lists would otherwise reach it through the journal).
                     self._entries = {}
+                    self._journals = []
                     self._index.clear()
                     self._digest_sum = 0
                 else:

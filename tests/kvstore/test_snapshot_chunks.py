@@ -310,3 +310,19 @@ def test_prefix_delete_of_everything_and_of_a_part():
     sm.apply(encode_put(A, 3, 0, "back", "v"))
     assert [e.key for e in sm.range()] == ["back"]
     assert sm.snapshot() == reference_snapshot(sm)
+
+
+def test_writes_after_a_delete_of_every_key_do_not_leak_into_the_view():
+    """A delete of every key swaps in a new dict and leaves the view the old one; later writes to the
+    same keys (recreated, then overwritten) must not reach the view through its journal."""
+    sm = machine(12, seed=8)
+    keys = [entry.key for entry in sm.range()]
+    expected = sm.snapshot()
+    with sm.freeze() as frozen:
+        sm.apply(encode_put(A, 70, 0, keys[0], "before the delete"))  # journaled
+        sm.apply(encode_delete(A, 71, 0, "", prefix=True))
+        for rq, value in ((72, "recreated"), (73, "overwritten"), (74, "again")):
+            sm.apply(encode_put(A, rq, 0, keys[1], value))
+            sm.apply(encode_put(A, rq + 10, 0, keys[0], value))
+        assert b"".join(frozen.chunks(5)) == expected
+    assert [entry.value for entry in sm.range()] == ["again", "again"]
