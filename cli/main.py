@@ -425,7 +425,9 @@ def serve_command(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Commands per slot at most.")] = None,
     window: Annotated[Optional[int], typer.Option("--window", min=1, help="Slots in flight at most.")] = None,
     snapshot_every: Annotated[
-        Optional[int], typer.Option("--snapshot-every", min=1, help="Snapshot after this many applied commands (default 100000; at least an eighth of the keys).")
+        Optional[int],
+        typer.Option("--snapshot-every", min=1,
+                     help="Snapshot after this many applied commands (default 100000; at least an eighth of the keys)."),
     ] = None,
     fsync: Annotated[Optional[FsyncMode], typer.Option("--fsync", help="always: fsync the log (default); off: don't.")] = None,
     cluster_id: Annotated[

@@ -30,7 +30,7 @@ def _load_malloc_trim():
 
         name = ctypes.util.find_library("c")
         trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+    except (ImportError, OSError, AttributeError):  # no ctypes, or not glibc (musl, macOS): nothing to trim
         return None
     if trim is not None:
         trim.argtypes = [ctypes.c_size_t]
