@@ -740,6 +740,18 @@ _RESTORE_ENTRIES_PER_STEP = 20_000
 """Entries taken off the end of the decoded flat list at a time by ``_restore_entries``."""
 
 
+def _check_snapshot_key(key: object, following: str | None, index: int) -> None:
+    """Raise SnapshotError unless ``key`` is a non-empty str within the key limit that sorts strictly
+    before ``following`` (the key after it; the restore walks backwards)."""
+    if type(key) is not str or not key:
+        raise SnapshotError(f"snapshot entry {index}: key must be a non-empty str")
+    if len(key) > KEY_BYTES_MAX // 4 and len(key.encode("utf-8")) > KEY_BYTES_MAX:
+        # (UTF-8 uses at most 4 bytes per character, so only long strings need the copying encode)
+        raise SnapshotError(f"snapshot entry {index}: key longer than {KEY_BYTES_MAX} bytes")
+    if following is not None and not key < following:
+        raise SnapshotError(f"snapshot entry {index}: keys not in strictly increasing order")
+
+
 def _restore_entries(flat: object, revision: int) -> tuple[dict[str, bytes], _SortedKeys]:
     """Validate the flat entry list of a snapshot and build the entries dict and the key index.
 
@@ -754,7 +766,6 @@ def _restore_entries(flat: object, revision: int) -> tuple[dict[str, bytes], _So
     keys_descending: list[str] = []
     following = None  # the key after the current one (already checked)
     # UTF-8 uses at most 4 bytes per character, so only long strings need the (copying) encode.
-    key_chars_safe = KEY_BYTES_MAX // 4
     value_chars_safe = VALUE_BYTES_MAX // 4
     step = 4 * _RESTORE_ENTRIES_PER_STEP
     while flat:
@@ -764,12 +775,7 @@ def _restore_entries(flat: object, revision: int) -> tuple[dict[str, bytes], _So
         for i in range(len(piece) - 4, -1, -4):
             key, value, version, mod_revision = piece[i], piece[i + 1], piece[i + 2], piece[i + 3]
             where = f"snapshot entry {(base + i) // 4}"
-            if type(key) is not str or not key:
-                raise SnapshotError(f"{where}: key must be a non-empty str")
-            if len(key) > key_chars_safe and len(key.encode("utf-8")) > KEY_BYTES_MAX:
-                raise SnapshotError(f"{where}: key longer than {KEY_BYTES_MAX} bytes")
-            if following is not None and not key < following:
-                raise SnapshotError(f"{where}: keys not in strictly increasing order")
+            _check_snapshot_key(key, following, (base + i) // 4)
             following = key
             value_type = type(value)
             if value_type is bytes:
@@ -808,7 +814,6 @@ def _restore_packed_entries(flat: object, revision: int) -> tuple[dict[str, byte
     entries: dict[str, bytes] = {}
     keys_descending: list[str] = []
     following = None  # the key after the current one (already checked)
-    key_chars_safe = KEY_BYTES_MAX // 4
     unpack_head = _ENTRY_HEAD.unpack_from
     step = 2 * _RESTORE_ENTRIES_PER_STEP
     while flat:
@@ -817,12 +822,7 @@ def _restore_packed_entries(flat: object, revision: int) -> tuple[dict[str, byte
         del flat[base:]
         for i in range(len(piece) - 2, -1, -2):
             key, packed = piece[i], piece[i + 1]
-            if type(key) is not str or not key:
-                raise SnapshotError(f"snapshot entry {(base + i) // 2}: key must be a non-empty str")
-            if len(key) > key_chars_safe and len(key.encode("utf-8")) > KEY_BYTES_MAX:
-                raise SnapshotError(f"snapshot entry {(base + i) // 2}: key longer than {KEY_BYTES_MAX} bytes")
-            if following is not None and not key < following:
-                raise SnapshotError(f"snapshot entry {(base + i) // 2}: keys not in strictly increasing order")
+            _check_snapshot_key(key, following, (base + i) // 2)
             following = key
             if type(packed) is not bytes or len(packed) < _VALUE_AT:
                 raise SnapshotError(f"snapshot entry {(base + i) // 2}: packed entry must be bytes of at least "
