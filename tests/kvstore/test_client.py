@@ -75,9 +75,7 @@ async def test_many_requests_redirected_at_once_do_not_tear_down_each_others_con
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net)
-        for i in PEERS:
-            await cluster.start(i)
-        leader = await cluster.wait_leader()
+        leader = await cluster.start_all()
         followers_first = [e for i, e in zip(PEERS, ENDPOINTS) if i != leader]
         followers_first.append(ENDPOINTS[list(PEERS).index(leader)])
         for round_ in range(3):

@@ -58,6 +58,12 @@ class MemCluster:
         self.nodes[node_id] = node
         self.scopes[node_id] = scope
 
+    async def start_all(self) -> int:
+        """Start every node, then wait for a leader; its id."""
+        for node_id in self.peers:
+            await self.start(node_id)
+        return await self.wait_leader()
+
     def crash(self, node_id: int) -> None:
         self.net.down(*self.peers[node_id])
         self.scopes.pop(node_id).cancel()
@@ -132,9 +138,7 @@ async def test_garbage_frame_closes_only_that_connection(tmp_path, autojump_cloc
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net)
-        for i in PEERS:
-            await cluster.start(i)
-        leader = await cluster.wait_leader()
+        leader = await cluster.start_all()
         bad = await net.transport().connect(*PEERS[leader])
         await bad.send_all(b"\x00\x00\x00\x05" + b"\xff" * 5)  # five bytes that are not CBOR
         reader = wire.FrameReader(bad)
@@ -160,9 +164,7 @@ async def test_a_retry_the_cluster_no_longer_remembers_is_answered_stale(tmp_pat
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net)
-        for i in PEERS:
-            await cluster.start(i)
-        leader = await cluster.wait_leader()
+        leader = await cluster.start_all()
         stream = await net.transport().connect(*PEERS[leader])
         reader = wire.FrameReader(stream)
         cid = b"c" * 16
@@ -187,9 +189,7 @@ async def test_idle_client_connection_is_closed_and_a_busy_one_is_kept(tmp_path,
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net, idle_client_timeout=30.0)
-        for i in PEERS:
-            await cluster.start(i)
-        leader = await cluster.wait_leader()
+        leader = await cluster.start_all()
         idle = await net.transport().connect(*PEERS[leader])
         busy = await net.transport().connect(*PEERS[leader])
         idle_reader, busy_reader = wire.FrameReader(idle), wire.FrameReader(busy)
@@ -224,9 +224,7 @@ async def test_followers_take_ticks_a_few_at_a_time_and_a_stable_leader_keeps_it
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net, heartbeat_ticks=heartbeat_ticks,
                              election_timeout_ticks=election_timeout_ticks)
-        for i in PEERS:
-            await cluster.start(i)
-        leader = await cluster.wait_leader()
+        leader = await cluster.start_all()
         ballot = cluster.nodes[leader].replica.ballot
         before = {i: n.counters["tick_wakeups"] for i, n in cluster.nodes.items()}
         async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
@@ -247,9 +245,7 @@ async def test_no_quorum_write_times_out_with_unknown_outcome(tmp_path, autojump
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net)
-        for i in PEERS:
-            await cluster.start(i)
-        leader = await cluster.wait_leader()
+        leader = await cluster.start_all()
         for i in list(cluster.nodes):
             if i != leader:
                 cluster.crash(i)
@@ -266,9 +262,7 @@ async def test_write_waiting_past_the_request_timeout_is_answered_with_timeout(t
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net)
-        for i in PEERS:
-            await cluster.start(i)
-        leader = await cluster.wait_leader()
+        leader = await cluster.start_all()
         for i in list(cluster.nodes):
             if i != leader:
                 cluster.crash(i)

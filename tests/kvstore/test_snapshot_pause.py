@@ -38,9 +38,7 @@ async def test_a_leader_writing_a_slow_snapshot_stays_leader_and_loses_no_write(
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net, snapshot_every=20)
-        for i in PEERS:
-            await cluster.start(i)
-        leader = await cluster.wait_leader()
+        leader = await cluster.start_all()
         ballot = cluster.nodes[leader].replica.ballot
         async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
             answered_during_snapshot = 0
