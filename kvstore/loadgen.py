@@ -272,6 +272,13 @@ class _KvTarget:
     async def get(self, key: str, consistency: str) -> None:
         await self.client.get(key, consistency=consistency)
 
+    def submit(self, is_get: bool, key: str, value: str, consistency: str, done) -> None:
+        """Send a get or put without waiting; ``done(outcome)``: the result, or the exception."""
+        if is_get:
+            self.client.submit_get(key, done, consistency=consistency)
+        else:
+            self.client.submit_put(key, value, done)
+
 
 @asynccontextmanager
 async def kv_targets(spec: LoadSpec):
@@ -386,14 +393,30 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
                 return True
             return rng.random() < spec.read_ratio
 
+        def key_of(i: int) -> str:
+            return spec.key(i % spec.key_space_size if spec.sequential_keys else rng.randrange(spec.key_space_size))
+
+        def failed(exc: Exception) -> None:
+            kind = error_kind(exc)
+            errors[kind] = errors.get(kind, 0) + 1
+            state["err"] += 1
+            interval["err"] += 1
+
+        def succeeded(began: float) -> None:
+            finished = clock()
+            last_done[0] = finished
+            # Into this second's list; the histogram takes the list once a second (_record_all).
+            interval["lat"].append(min(LATENCY_US_MAX, max(1, int((finished - began) * 1_000_000))))
+            state["ok"] += 1
+            interval["ok"] += 1
+
         async def worker(w: int) -> None:
             target = targets[w % len(targets)]
             while True:
                 i = next_request()
                 if i is None:
                     return
-                n = i % spec.key_space_size if spec.sequential_keys else rng.randrange(spec.key_space_size)
-                key = spec.key(n)
+                key = key_of(i)
                 is_get = choose_op()
                 if spec.rate:
                     began = start + i / spec.rate
@@ -406,17 +429,36 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
                     else:
                         await target.put(key, value)
                 except Exception as exc:  # noqa: BLE001 - counted by kind; the run goes on
-                    kind = error_kind(exc)
-                    errors[kind] = errors.get(kind, 0) + 1
-                    state["err"] += 1
-                    interval["err"] += 1
+                    failed(exc)
                     continue
-                finished = clock()
-                last_done[0] = finished
-                # Into this second's list; the histogram takes the list once a second (_record_all).
-                interval["lat"].append(min(LATENCY_US_MAX, max(1, int((finished - began) * 1_000_000))))
-                state["ok"] += 1
-                interval["ok"] += 1
+                succeeded(began)
+
+        # A closed loop against targets that take submitted requests (our store's client) keeps each of
+        # the spec.clients requests in flight from a callback instead of a task: the next request
+        # leaves from the answer of the last. No task switch per request, so the generator costs
+        # about half the CPU per request and stays off the path it measures.
+        submitting = not spec.rate and all(hasattr(target, "submit") for target in targets)
+        all_done = trio.Event()
+        in_flight = [0]
+
+        def launch(w: int) -> None:
+            i = next_request()
+            if i is None:
+                if in_flight[0] == 0:
+                    all_done.set()
+                return
+            began = clock()
+            in_flight[0] += 1
+
+            def done(outcome) -> None:
+                in_flight[0] -= 1
+                if isinstance(outcome, Exception):
+                    failed(outcome)
+                else:
+                    succeeded(began)
+                launch(w)
+
+            targets[w % len(targets)].submit(choose_op(), key_of(i), value, spec.consistency, done)
 
         reporter = _Progress(progress, spec)
 
@@ -438,9 +480,14 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
 
         async with trio.open_nursery() as outer:
             outer.start_soon(ticker, outer.cancel_scope)
-            async with trio.open_nursery() as workers:
+            if submitting:
                 for w in range(spec.clients):
-                    workers.start_soon(worker, w)
+                    launch(w)
+                await all_done.wait()
+            else:
+                async with trio.open_nursery() as workers:
+                    for w in range(spec.clients):
+                        workers.start_soon(worker, w)
             outer.cancel_scope.cancel()
         stop = clock()
 

@@ -31,20 +31,61 @@ class FakeTarget:
         self.log.append(("get", key, consistency))
 
 
-def fake_targets(log, fail_every=0, opened=None):
+class FakeSubmitTarget(FakeTarget):
+    """Takes submitted requests, as our store's client does (``_KvTarget.submit``): each answer
+    comes from a later callback of the trio loop, never from inside ``submit``. Tracks how many
+    requests were in flight at most."""
+
+    def __init__(self, log: list, fail_every: int = 0) -> None:
+        super().__init__(log, fail_every)
+        self.in_flight = self.most_in_flight = 0
+
+    async def put(self, key, value):
+        raise AssertionError("a closed loop against submit targets must not await put")
+
+    def submit(self, is_get, key, value, consistency, done):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+        def answer() -> None:
+            self.in_flight -= 1
+            if is_get:
+                self.log.append(("get", key, consistency))
+                outcome = None  # absent
+            else:
+                self.log.append(("put", key, len(value)))
+                outcome = 1
+                if self.fail_every and len(self.log) % self.fail_every == 0:
+                    outcome = Unavailable("nope", outcome_unknown=True)
+            done(outcome)
+
+        trio.lowlevel.current_trio_token().run_sync_soon(answer)
+
+
+def fake_targets(log, fail_every=0, opened=None, submit=False, made=None):
     @asynccontextmanager
     async def open_targets(spec):
-        targets = [FakeTarget(log, fail_every) for _ in range(spec.conns)]
+        targets = [(FakeSubmitTarget if submit else FakeTarget)(log, fail_every) for _ in range(spec.conns)]
+        if made is not None:
+            made.extend(targets)
         if opened is not None:
             opened.append(len(targets))
         yield targets
     return open_targets
 
 
-async def test_total_stops_the_run_and_counts_every_request():
-    log, opened = [], []
+@pytest.fixture(params=[False, True], ids=["tasks", "submit"])
+def submit(request):
+    """Run a test against targets driven by tasks, and again against targets that take submits."""
+    return request.param
+
+
+async def test_total_stops_the_run_and_counts_every_request(submit):
+    log, opened, made = [], [], []
     spec = LoadSpec(endpoints=["x:1"], clients=8, conns=3, total=500, key_size=6, val_size=100)
-    result = await run_load(spec, open_targets=fake_targets(log, opened=opened))
+    result = await run_load(spec, open_targets=fake_targets(log, opened=opened, submit=submit, made=made))
+    if submit:  # 8 in flight over 3 targets: 3, 3 and 2
+        assert sorted(t.most_in_flight for t in made) == [2, 3, 3]
     assert opened == [3]
     assert result.ok == 500 and result.errors == {} and result.stopped_by == "total"
     assert len(log) == 500 and all(op == "put" and len(k) == 6 and n == 100 for op, k, n in log)
@@ -72,6 +113,44 @@ async def test_duration_stops_the_run(autojump_clock):
     assert len(result.timeline) >= 2
 
 
+async def test_a_submitted_request_that_never_comes_back_ends_at_the_time_limit(autojump_clock):
+    """A closed loop of submits whose answers stop coming: the run still ends by itself."""
+    class Lost(FakeSubmitTarget):
+        answered = 0
+
+        def submit(self, is_get, key, value, consistency, done):
+            if self.answered < 10:
+                self.answered += 1
+                super().submit(is_get, key, value, consistency, done)
+            # else: never answered
+
+    @asynccontextmanager
+    async def lost_targets(spec):
+        yield [Lost([])]
+
+    spec = LoadSpec(endpoints=["x:1"], clients=4, total=None, duration=1.0, timeout=2.0)
+    result = await run_load(spec, open_targets=lost_targets)
+    assert result.stopped_by == "time limit" and result.ok == 10
+
+
+async def test_an_open_loop_awaits_each_request_even_against_submit_targets(autojump_clock):
+    """--rate schedules every request at its own time, so it keeps one task per request."""
+    class Both(FakeSubmitTarget):
+        async def put(self, key, value):
+            await trio.lowlevel.checkpoint()
+            self.log.append(("put", key, len(value)))
+
+        def submit(self, *args):
+            raise AssertionError("an open loop must not submit")
+
+    @asynccontextmanager
+    async def both(spec):
+        yield [Both([])]
+
+    spec = LoadSpec(endpoints=["x:1"], clients=4, total=None, duration=1.0, rate=100)
+    assert (await run_load(spec, open_targets=both)).ok == 100
+
+
 async def test_open_loop_sends_the_scheduled_number_of_requests(autojump_clock):
     log = []
     spec = LoadSpec(endpoints=["x:1"], clients=4, total=None, duration=1.0, rate=200)
@@ -79,28 +158,30 @@ async def test_open_loop_sends_the_scheduled_number_of_requests(autojump_clock):
     assert result.ok == 200  # requests scheduled at i/200 s for i < 200
 
 
-async def test_sequential_keys_walk_the_key_space():
+async def test_sequential_keys_walk_the_key_space(submit):
     log = []
     spec = LoadSpec(endpoints=["x:1"], clients=1, total=25, key_space_size=10, sequential_keys=True, key_size=3)
-    await run_load(spec, open_targets=fake_targets(log))
+    await run_load(spec, open_targets=fake_targets(log, submit=submit))
     assert [k for _, k, _ in log] == [f"{i % 10:03d}" for i in range(25)]
 
 
-async def test_mixed_ops_and_consistency():
+async def test_mixed_ops_and_consistency(submit):
     log = []
     spec = LoadSpec(endpoints=["x:1"], clients=4, total=400, op="mixed", read_ratio=0.5, consistency="s")
-    await run_load(spec, open_targets=fake_targets(log))
+    result = await run_load(spec, open_targets=fake_targets(log, submit=submit))
     gets = [e for e in log if e[0] == "get"]
     assert 100 < len(gets) < 300 and all(e[2] == "s" for e in gets)
+    assert result.ok == 400  # a get of an absent key (None) is a success
     log.clear()
-    await run_load(LoadSpec(endpoints=["x:1"], clients=2, total=50, op="get"), open_targets=fake_targets(log))
+    await run_load(LoadSpec(endpoints=["x:1"], clients=2, total=50, op="get"),
+                   open_targets=fake_targets(log, submit=submit))
     assert all(e[0] == "get" and e[2] == "l" for e in log)
 
 
-async def test_errors_are_counted_by_kind_and_the_run_goes_on():
+async def test_errors_are_counted_by_kind_and_the_run_goes_on(submit):
     log = []
     spec = LoadSpec(endpoints=["x:1"], clients=2, total=100)
-    result = await run_load(spec, open_targets=fake_targets(log, fail_every=4))
+    result = await run_load(spec, open_targets=fake_targets(log, fail_every=4, submit=submit))
     assert result.ok == 75 and result.errors == {"Unavailable(outcome unknown)": 25}
     assert result.to_dict()["error_count"] == 25
 

@@ -207,3 +207,234 @@ async def test_a_stale_write_is_reported_as_possibly_applied_and_not_retried(aut
         assert info.value.outcome_unknown
         assert len(seen) == 1
         nursery.cancel_scope.cancel()
+
+
+# --- submitted requests (submit_put / submit_get: a callback instead of a waiting task) ----------------
+
+class _Outcomes:
+    """Collects what ``done`` callbacks receive; ``wait(n)`` returns once n arrived."""
+
+    def __init__(self) -> None:
+        self.got: list = []
+        self._changed = trio.Event()
+
+    def done(self, key):
+        def callback(outcome) -> None:
+            self.got.append((key, outcome))
+            self._changed.set()
+        return callback
+
+    async def wait(self, n: int) -> list:
+        while len(self.got) < n:
+            self._changed = trio.Event()
+            await self._changed.wait()
+        return self.got
+
+
+async def test_submitted_puts_over_real_tcp_each_get_their_own_reply():
+    """A closed loop of 64 submitted puts, each answer submitting the next (as kv bench does): 600
+    puts in all. Every frame arrives whole (the fake node decodes each), every callback gets the
+    reply to its own request (rev = the request's request_id), and ack_below never passes a write
+    that is still unanswered."""
+    from kvstore import wire
+
+    seen: list[tuple[int, int]] = []
+
+    async def node(stream) -> None:
+        reader = wire.FrameReader(stream)
+        while True:
+            frames = await reader.receive_frames()
+            if not frames:
+                return
+            out = []
+            for body in frames:
+                request = wire.decode_body(body)
+                seen.append((request.request_id, request.ack_below))
+                out.append(wire.encode_frame(wire.OkReply(id=request.id, result={"rev": request.request_id})))
+            await stream.send_all(b"".join(out))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, node, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with connect([f"127.0.0.1:{port}"], timeout=10) as kv:
+            outcomes = _Outcomes()
+            issued = []
+
+            def issue(n: int) -> None:
+                if len(issued) < 600:
+                    issued.append(n)
+                    callback = outcomes.done(len(issued))
+
+                    def then(outcome) -> None:
+                        callback(outcome)
+                        issue(n)
+                    kv.submit_put("k", "x" * (5000 if len(issued) % 7 == 0 else 10), then)
+
+            for n in range(64):
+                issue(n)
+            got = await outcomes.wait(600)
+            assert kv._unanswered == []  # every write's outcome is in: ack_below caught up
+        assert sorted(rev for _, rev in got) == list(range(1, 601))
+        assert sorted(rq for rq, _ in seen) == list(range(1, 601))
+        # The node sees request_id n with ack_below <= n: the lowest write still unanswered.
+        assert all(ack <= rq for rq, ack in seen)
+        assert max(ack for _, ack in seen) > 500  # and it advanced
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_submitted_put_follows_a_not_leader_hint_and_keeps_its_request_id(autojump_clock):
+    """The first attempt of a submitted put goes out on the open connection to n1, which answers
+    not_leader (leader n2): the put goes on like ``put`` and succeeds on n2, with the same request id
+    (so a write that n1 had passed on would still apply once)."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    seen = {"n1": [], "n2": []}
+
+    def answer(name: str, leader: bool):
+        def reply_to(request):
+            seen[name].append(request.request_id)
+            if leader:
+                return wire.OkReply(id=request.id, result={"rev": 40 + request.request_id})
+            return wire.ErrorReply(id=request.id, code=wire.NOT_LEADER, message="not the leader", leader="n2:2")
+        return reply_to
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, answer("n1", False))
+        nursery.start_soon(_fake_node, net, "n2", 2, answer("n2", True))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=5, transport=net.transport()) as kv:
+            await kv._connection()  # open to n1: the first attempt is a submitted frame, not a _call
+            outcomes = _Outcomes()
+            kv.submit_put("k", "v", outcomes.done("a"))
+            assert await outcomes.wait(1) == [("a", 41)]
+        assert seen == {"n1": [1], "n2": [1]}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_submitted_put_without_a_connection_connects_like_put(autojump_clock):
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: wire.OkReply(id=request.id, result={"rev": 5}))
+        await trio.sleep(0.01)
+        async with connect(["n1:1"], timeout=5, transport=net.transport()) as kv:
+            assert kv._conn is None
+            outcomes = _Outcomes()
+            kv.submit_put("k", "v", outcomes.done("a"))
+            assert await outcomes.wait(1) == [("a", 5)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_submitted_put_to_a_node_that_never_answers_is_retried_on_the_next(autojump_clock):
+    """The watchdog ends the submitted attempt after ``attempt_timeout`` (the callback hears
+    ``_TIMED_OUT``); the put goes on to n2 and succeeds, long before its own deadline."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)  # reads, never answers
+        nursery.start_soon(_fake_node, net, "n2", 2, lambda request: wire.OkReply(id=request.id, result={"rev": 7}))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
+            await kv._connection()
+            started = trio.current_time()
+            outcomes = _Outcomes()
+            kv.submit_put("k", "v", outcomes.done("a"))
+            with trio.fail_after(30):
+                assert await outcomes.wait(1) == [("a", 7)]
+            assert kv.attempt_timeout <= trio.current_time() - started < kv.attempt_timeout + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_submitted_put_whose_connection_drops_is_resent_with_the_same_request_id(autojump_clock):
+    """n1 reads the put and hangs up: the callback hears the lost connection (None) and the put is
+    sent again, to n2, with the same request id; its outcome was unknown, so the retry is what
+    keeps it exactly-once."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    seen = []
+    listener = (await net.transport().open_listeners("n1", 1))[0]
+
+    async def read_then_hang_up() -> None:
+        while True:
+            stream = await listener.accept()
+            frames = await wire.FrameReader(stream).receive_frames()
+            seen.extend(("n1", wire.decode_body(body).request_id) for body in frames)
+            await stream.aclose()
+
+    def n2(request):
+        seen.append(("n2", request.request_id))
+        return wire.OkReply(id=request.id, result={"rev": 9})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_then_hang_up)
+        nursery.start_soon(_fake_node, net, "n2", 2, n2)
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=5, transport=net.transport()) as kv:
+            await kv._connection()
+            outcomes = _Outcomes()
+            kv.submit_put("k", "v", outcomes.done("a"))
+            assert await outcomes.wait(1) == [("a", 9)]
+        assert seen == [("n1", 1), ("n2", 1)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_submitted_put_that_fails_for_good_reports_the_exception(autojump_clock):
+    """What ``put`` raises reaches ``done`` as a value: stale (outcome unknown, not retried), a bad
+    request, and no answer before the deadline."""
+    from kvstore import wire
+    from kvstore.client import RequestError
+
+    net = MemoryNetwork()
+
+    def reply_to(request):
+        if request.key == "stale":
+            return wire.ErrorReply(id=request.id, code=wire.STALE, message="forgotten", leader=None)
+        if request.key == "bad":
+            return wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message="no", leader=None)
+        return None  # "silent": never answered
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, reply_to)
+        await trio.sleep(0.01)
+        async with connect(["n1:1"], timeout=3, transport=net.transport()) as kv:
+            await kv._connection()
+            outcomes = _Outcomes()
+            for key in ("stale", "bad", "silent"):
+                kv.submit_put(key, "v", outcomes.done(key))
+            got = dict(await outcomes.wait(3))
+            assert kv._unanswered == []
+        assert isinstance(got["stale"], Unavailable) and got["stale"].outcome_unknown
+        assert isinstance(got["bad"], RequestError) and got["bad"].code == wire.BAD_REQUEST
+        assert isinstance(got["silent"], Unavailable) and got["silent"].outcome_unknown
+        nursery.cancel_scope.cancel()
+
+
+async def test_submitted_gets_return_the_value_or_none(autojump_clock):
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    asked = []
+
+    def reply_to(request):
+        asked.append((request.key, request.linearizable))
+        if request.key == "here":
+            return wire.OkReply(id=request.id, result={"found": True, "value": "v", "ver": 1, "mrev": 3})
+        return wire.OkReply(id=request.id, result={"found": False})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, reply_to)
+        await trio.sleep(0.01)
+        async with connect(["n1:1"], timeout=3, transport=net.transport()) as kv:
+            await kv._connection()
+            outcomes = _Outcomes()
+            kv.submit_get("here", outcomes.done("here"))
+            kv.submit_get("gone", outcomes.done("gone"), consistency="s")
+            assert dict(await outcomes.wait(2)) == {"here": "v", "gone": None}
+            with pytest.raises(ValueError):
+                kv.submit_get("k", outcomes.done("x"), consistency="q")
+        assert sorted(asked) == [("gone", False), ("here", True)]
+        nursery.cancel_scope.cancel()
