@@ -77,6 +77,10 @@ REPLY_FLUSH_EVERY = 64
 # Entries encoded per snapshot piece, in the trio thread between batches (see Node._start_snapshot):
 # about 0.7 ms of CPU each with 100-byte values
 SNAPSHOT_PIECE_ENTRIES = 2048
+# Pieces go to the writing thread in parcels of about this much encoding time: under load the trio
+# thread serves one parcel per driver batch, so one piece per request made a million keys take
+# 500 batches (seconds) to write, and the log above the snapshot, held in memory, grew meanwhile.
+SNAPSHOT_PARCEL_SECONDS = 0.003
 
 
 @dataclass
@@ -794,9 +798,10 @@ class Node:
 
         ``StateMachine.freeze`` gives a copy-on-write view of the state at this slot, so applies and
         answers go on while the snapshot is written. A worker thread writes the file
-        (``Storage.write_snapshot_file``) and fsyncs it; it asks this thread for each next piece of
-        ``SNAPSHOT_PIECE_ENTRIES`` entries (``trio.from_thread``), so the encoding runs between the
-        driver's batches instead of holding the GIL against them. Then ``_finish_snapshot`` compacts
+        (``Storage.write_snapshot_file``) and fsyncs it; it asks this thread for each next parcel of
+        pieces of ``SNAPSHOT_PIECE_ENTRIES`` entries, about ``SNAPSHOT_PARCEL_SECONDS`` of encoding
+        (``trio.from_thread``), so the encoding runs between the driver's batches instead of holding
+        the GIL against them. Then ``_finish_snapshot`` compacts
         the core and the log.
         """
         self._applied_since_snapshot = 0
@@ -810,8 +815,17 @@ class Node:
         started = time.perf_counter()
         chunks = frozen.chunks(SNAPSHOT_PIECE_ENTRIES)
 
-        def pieces():  # in the worker thread: each piece is encoded in the trio thread
-            while (piece := trio.from_thread.run_sync(next, chunks, None)) is not None:
+        def parcel() -> bytes | None:  # in the trio thread: pieces for about SNAPSHOT_PARCEL_SECONDS
+            until = time.perf_counter() + SNAPSHOT_PARCEL_SECONDS
+            parts = []
+            while (piece := next(chunks, None)) is not None:
+                parts.append(piece)
+                if time.perf_counter() >= until:
+                    break
+            return b"".join(parts) if parts else None
+
+        def pieces():  # in the worker thread: each parcel is encoded in the trio thread
+            while (piece := trio.from_thread.run_sync(parcel)) is not None:
                 yield piece
 
         try:
