@@ -474,7 +474,11 @@ class AsyncClient:
             self._answered_write(request_id)
             done(outcome["rev"] if type(outcome) is dict else outcome)
 
-        self._submit(build, finish, write=True)
+        try:
+            self._submit(build, finish, write=True)
+        except BaseException:  # refused before it was sent (a frame too large): raised here, as put does
+            self._answered_write(request_id)
+            raise
 
     def submit_get(self, key: str, done, *, consistency: str = "l") -> None:
         """``get`` without waiting, as ``submit_put``: ``done`` gets the value (None when absent) or
@@ -512,7 +516,7 @@ class AsyncClient:
     async def _resume(self, build, finish, write: bool, began: float, attempt) -> None:
         try:
             result = await self._call(build, write=write, began=began, attempt=attempt)
-        except KVError as exc:
+        except Exception as exc:  # what put or get would raise goes to the callback
             finish(exc)
             return
         finish(result)

@@ -439,26 +439,32 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
         # about half the CPU per request and stays off the path it measures.
         submitting = not spec.rate and all(hasattr(target, "submit") for target in targets)
         all_done = trio.Event()
-        in_flight = [0]
+        slots = [spec.clients]  # request slots still running (each has at most one request out)
+
+        def end_slot() -> None:
+            slots[0] -= 1
+            if slots[0] == 0:
+                all_done.set()
 
         def launch(w: int) -> None:
             i = next_request()
             if i is None:
-                if in_flight[0] == 0:
-                    all_done.set()
+                end_slot()
                 return
             began = clock()
-            in_flight[0] += 1
 
             def done(outcome) -> None:
-                in_flight[0] -= 1
                 if isinstance(outcome, Exception):
                     failed(outcome)
                 else:
                     succeeded(began)
                 launch(w)
 
-            targets[w % len(targets)].submit(choose_op(), key_of(i), value, spec.consistency, done)
+            try:
+                targets[w % len(targets)].submit(choose_op(), key_of(i), value, spec.consistency, done)
+            except Exception as exc:  # noqa: BLE001 - refused before it left (say, too large): count it
+                failed(exc)
+                end_slot()  # and stop this slot: the same request would be refused again at once
 
         reporter = _Progress(progress, spec)
 

@@ -133,6 +133,24 @@ async def test_a_submitted_request_that_never_comes_back_ends_at_the_time_limit(
     assert result.stopped_by == "time limit" and result.ok == 10
 
 
+async def test_a_submit_refused_on_the_spot_is_counted_and_ends_its_slot():
+    """A request its target refuses before sending (submit raises) counts as an error, and the slot
+    stops (the next would be refused too) instead of looping; the run still ends."""
+    class Refusing(FakeSubmitTarget):
+        def submit(self, is_get, key, value, consistency, done):
+            if len(self.log) >= 20:
+                raise RequestError("value too large", "too_large")
+            super().submit(is_get, key, value, consistency, done)
+
+    @asynccontextmanager
+    async def refusing(spec):
+        yield [Refusing([])]
+
+    spec = LoadSpec(endpoints=["x:1"], clients=3, total=1000)
+    result = await run_load(spec, open_targets=refusing)
+    assert result.ok >= 20 and result.errors == {"RequestError:too_large": 3}
+
+
 async def test_an_open_loop_awaits_each_request_even_against_submit_targets(autojump_clock):
     """--rate schedules every request at its own time, so it keeps one task per request."""
     class Both(FakeSubmitTarget):

@@ -438,3 +438,30 @@ async def test_submitted_gets_return_the_value_or_none(autojump_clock):
                 kv.submit_get("k", outcomes.done("x"), consistency="q")
         assert sorted(asked) == [("gone", False), ("here", True)]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_submitted_put_too_large_to_send_raises_at_once_and_frees_its_request_id(autojump_clock):
+    """``put`` raises FrameTooLarge for a value the wire cannot carry; ``submit_put`` raises it too,
+    before anything is sent, and its request id does not hold ack_below back afterwards."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    acks = []
+
+    def reply_to(request):
+        acks.append((request.request_id, request.ack_below))
+        return wire.OkReply(id=request.id, result={"rev": 1})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, reply_to)
+        await trio.sleep(0.01)
+        async with connect(["n1:1"], timeout=3, transport=net.transport()) as kv:
+            await kv._connection()
+            outcomes = _Outcomes()
+            with pytest.raises(wire.FrameTooLarge):
+                kv.submit_put("big", b"x" * (wire.FRAME_BYTES_MAX + 1), outcomes.done("big"))
+            kv.submit_put("k", "v", outcomes.done("k"))
+            assert await outcomes.wait(1) == [("k", 1)]
+            assert kv._unanswered == []
+        assert acks == [(2, 2)]  # request 1 (the refused one) is not waited for
+        nursery.cancel_scope.cancel()
