@@ -19,6 +19,12 @@ deadline passes, ``Unavailable`` says whether a write's outcome is unknown (it m
 
 Reads are linearizable by default (the leader confirms leadership with a majority before answering);
 ``consistency="s"`` reads whatever the contacted node has applied, which can be stale.
+
+``submit_put`` and ``submit_get`` are for a caller that keeps many requests in flight from one task
+(``kv bench``): instead of a task waiting per request, a callback gets the outcome. The first attempt
+goes out on the open connection and its reply is handed to the callback by the connection's reader;
+a failed attempt (not the leader, no answer in time, a lost connection) continues exactly as ``put``
+or ``get`` would, in a task of the client, with the same request id and deadline.
 """
 from __future__ import annotations
 
