@@ -244,11 +244,12 @@ class Node:
             self.data_dir, node_id=node_id, cluster_id=self.options.cluster_id, fsync=self.options.fsync,
             preallocate=self.options.log_preallocate_bytes,
         )
-        if self.storage.snapshot is not None:
-            slot, data = self.storage.snapshot
-            self.sm = StateMachine.restore(data)
-            self.storage.release_snapshot()  # the bytes are on disk; don't keep a second copy
-            del data
+        found = self.storage.open_snapshot()
+        if found is not None:
+            _, file, length = found
+            with file:
+                self.sm = StateMachine.restore_stream(file, length)  # decoded from the file as it goes
+            self.storage.release_snapshot()
         else:
             self.sm = StateMachine()
         o = self.options

@@ -369,32 +369,50 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _read_snapshot(path: Path, slot: int) -> bytes:
-    """The state machine bytes of a renamed snapshot file; ``StorageError`` if it is damaged."""
-    blob = path.read_bytes()
+def _check_snapshot(path: Path, slot: int) -> int:
+    """Check a renamed snapshot file (header and checksum) without holding its data in memory; return
+    the length of its state machine bytes, which follow the header. ``StorageError`` if it is damaged.
+    """
     damage = None
-    if len(blob) < SNAPSHOT_HEADER.size:
-        damage = f"shorter than its {SNAPSHOT_HEADER.size}-byte header ({len(blob)} bytes)"
-    else:
-        magic, version, header_slot, length, crc = SNAPSHOT_HEADER.unpack_from(blob, 0)
-        data = blob[SNAPSHOT_HEADER.size:]
-        if magic != SNAPSHOT_MAGIC:
-            damage = f"bad magic {magic!r}"
-        elif version != SNAPSHOT_VERSION:
-            damage = f"unknown snapshot format version {version}"
-        elif header_slot != slot:
-            damage = f"header says slot {header_slot}, the file name says {slot}"
-        elif length != len(data):
-            damage = f"header says {length} data bytes, the file has {len(data)}"
-        elif zlib.crc32(data) != crc:
-            damage = "checksum mismatch"
+    with open(path, "rb") as file:
+        head = file.read(SNAPSHOT_HEADER.size)
+        if len(head) < SNAPSHOT_HEADER.size:
+            damage = f"shorter than its {SNAPSHOT_HEADER.size}-byte header ({len(head)} bytes)"
         else:
-            return data
+            magic, version, header_slot, length, crc = SNAPSHOT_HEADER.unpack(head)
+            if magic != SNAPSHOT_MAGIC:
+                damage = f"bad magic {magic!r}"
+            elif version != SNAPSHOT_VERSION:
+                damage = f"unknown snapshot format version {version}"
+            elif header_slot != slot:
+                damage = f"header says slot {header_slot}, the file name says {slot}"
+            else:
+                size, actual = 0, 0
+                while chunk := file.read(1 << 20):
+                    size += len(chunk)
+                    actual = zlib.crc32(chunk, actual)
+                if length != size:
+                    damage = f"header says {length} data bytes, the file has {size}"
+                elif actual != crc:
+                    damage = "checksum mismatch"
+                else:
+                    return length
     raise StorageError(
         f"snapshot {path} is damaged: {damage}. It was fsynced before it was renamed into place, so "
         f"this is real damage, not a crash; restore the data dir from a backup or wipe it and let the "
         f"node catch up from its peers"
     )
+
+
+def _read_snapshot(path: Path, slot: int) -> bytes:
+    """The state machine bytes of a renamed snapshot file; ``StorageError`` if it is damaged."""
+    length = _check_snapshot(path, slot)
+    with open(path, "rb") as file:
+        file.seek(SNAPSHOT_HEADER.size)
+        data = file.read()
+    if len(data) != length:  # changed since the check: nothing of ours writes a renamed snapshot
+        raise StorageError(f"snapshot {path} changed while it was read")
+    return data
 
 
 def _io_error(message: str, exc: OSError) -> StorageError:
@@ -411,7 +429,6 @@ class Storage:
     """One node's data directory; build it with ``Storage.open``. See the module docstring."""
 
     recovered: DurableState
-    snapshot: tuple[int, bytes] | None
 
     def __init__(self, path: Path, *, fsync: bool, lock_fd: int, preallocate: int = 0) -> None:
         # Private: use Storage.open, which recovers the directory first.
@@ -420,7 +437,7 @@ class Storage:
         self._preallocate = preallocate if fsync else 0
         self._allocated = 0  # the log file's size: its records, then zeros
         self.recovered = DurableState()
-        self.snapshot = None
+        self._found_snapshot: tuple[int, int] | None = None  # (slot, data length) found at open
         self._snapshot_slot = 0
         self._fsync_enabled = fsync
         self._lock_fd: int | None = lock_fd
@@ -516,8 +533,8 @@ class Storage:
 
         snapshot_slot = snapshot_slots[-1] if snapshot_slots else 0
         if snapshot_slots:
-            data = _read_snapshot(path / snapshot_file_name(snapshot_slot), snapshot_slot)
-            self.snapshot = (snapshot_slot, data)
+            length = _check_snapshot(path / snapshot_file_name(snapshot_slot), snapshot_slot)
+            self._found_snapshot = (snapshot_slot, length)
             self._snapshot_slot = snapshot_slot
 
         newer = [s for s in log_slots if s > snapshot_slot]
@@ -754,18 +771,42 @@ class Storage:
     def read_snapshot(self) -> tuple[int, bytes] | None:
         """The newest snapshot as ``(slot, data)``, read from its file, or None if there is none.
 
-        ``snapshot`` holds the bytes found at open only until the owner calls ``release_snapshot``;
-        after that, and after ``write_snapshot``, they live on disk only (a large state machine's
-        snapshot is as big as the state itself, too much to keep twice in memory).
+        Snapshots live on disk only: a large state machine's snapshot is as big as the state itself,
+        too much to keep twice in memory.
         """
         if self._snapshot_slot == 0:
             return None
         slot = self._snapshot_slot
         return slot, _read_snapshot(self.path / snapshot_file_name(slot), slot)
 
+    @property
+    def snapshot(self) -> tuple[int, bytes] | None:
+        """The snapshot found at open as ``(slot, bytes)`` (read from its file), until ``release_snapshot``
+        or a newer snapshot; None if there was none. A large state machine should stream it with
+        ``open_snapshot`` instead: the bytes are as big as the state."""
+        if self._found_snapshot is None:
+            return None
+        slot = self._found_snapshot[0]
+        return slot, _read_snapshot(self.path / snapshot_file_name(slot), slot)
+
+    def open_snapshot(self) -> tuple[int, io.BufferedReader, int] | None:
+        """The snapshot found at open as ``(slot, file, length)``: ``file`` is open at its state machine
+        bytes, ``length`` of them (checked at open; the caller closes it). For a restore that decodes
+        from the file instead of holding all the bytes and everything decoded from them at once.
+        None if there is no snapshot to restore (see ``snapshot``)."""
+        if self._found_snapshot is None:
+            return None
+        slot, length = self._found_snapshot
+        try:
+            file = open(self.path / snapshot_file_name(slot), "rb")
+            file.seek(SNAPSHOT_HEADER.size)
+        except OSError as exc:
+            raise _io_error(f"cannot read snapshot {snapshot_file_name(slot)}", exc) from exc
+        return slot, file, length
+
     def release_snapshot(self) -> None:
-        """Drop the snapshot bytes read at open (the caller has restored its state machine from them)."""
-        self.snapshot = None
+        """Forget the snapshot found at open (the caller has restored its state machine from it)."""
+        self._found_snapshot = None
 
     def append(self, records: list) -> None:
         """Encode ``records`` and buffer them; nothing is written until ``sync``.
@@ -935,7 +976,7 @@ class Storage:
 
         self._write_file_atomically(snapshot_file_name(slot), write, "before_snapshot_rename",
                                     "after_snapshot_rename")
-        self.snapshot = None
+        self._found_snapshot = None
         self._snapshot_slot = slot
 
     def compact_log(self, slot: int, state: DurableState) -> None:

@@ -596,6 +596,23 @@ def test_snapshot_round_trip_of_busy_machine():
     assert restored.state_hash() == sm.state_hash()
 
 
+def test_restore_stream_reads_a_file_region_like_restore(tmp_path):
+    """A snapshot restored from a file (at an offset, with other bytes after it) gives the same state
+    as restore of the bytes; a length that cuts it short or leaves bytes over is refused."""
+    data = _busy_machine().snapshot()
+    path = tmp_path / "snap"
+    path.write_bytes(b"head" + data + b"more")
+    with open(path, "rb") as file:
+        file.seek(4)
+        restored = StateMachine.restore_stream(file, len(data))
+    assert restored.snapshot() == data and restored.state_hash() == StateMachine.restore(data).state_hash()
+    for length, message in ((len(data) + 4, "4 trailing bytes"), (len(data) - 1, "runs 1 bytes past its end")):
+        with open(path, "rb") as file:
+            file.seek(4)
+            with pytest.raises(SnapshotError, match=message):
+                StateMachine.restore_stream(file, length)
+
+
 def test_restore_of_every_truncation_raises_snapshot_error():
     data = _busy_machine().snapshot()
     step = max(1, len(data) // 600)

@@ -278,6 +278,23 @@ def test_damaged_renamed_snapshot_is_refused(tmp_path):
         open_storage(tmp_path)
 
 
+def test_open_snapshot_gives_the_file_at_its_data_until_released(tmp_path):
+    """What a server restores from: the snapshot found at open, as a file positioned at its state
+    machine bytes and their length (checked at open, not held in memory)."""
+    with open_storage(tmp_path) as storage:
+        assert storage.open_snapshot() is None  # nothing yet
+        storage.write_snapshot(7, b"seven" * 10, DurableState(snapshot_slot=7))
+        assert storage.open_snapshot() is None  # written now: nothing found at open to restore
+    with open_storage(tmp_path) as storage:
+        slot, file, length = storage.open_snapshot()
+        with file:
+            assert (slot, length) == (7, 50) and file.read() == b"seven" * 10
+        assert storage.snapshot == (7, b"seven" * 10)
+        storage.release_snapshot()
+        assert storage.open_snapshot() is None and storage.snapshot is None
+        assert storage.read_snapshot() == (7, b"seven" * 10)  # still on disk, for peers
+
+
 def test_snapshot_renamed_but_log_not_yet_rewritten_recovers(tmp_path):
     """The crash between steps 2 and 3 of compaction, built by hand: new snapshot, old log only."""
     records = sample_records(12)
