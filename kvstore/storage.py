@@ -369,11 +369,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _check_snapshot(path: Path, slot: int) -> int:
-    """Check a renamed snapshot file (header and checksum) without holding its data in memory; return
-    the length of its state machine bytes, which follow the header. ``StorageError`` if it is damaged.
+def _check_snapshot(path: Path, slot: int, *, keep: bool = False):
+    """Check a renamed snapshot file (header and checksum), reading it in 1 MiB pieces; return the
+    length of its state machine bytes, which follow the header (``keep``: return those bytes instead).
+    ``StorageError`` if it is damaged.
     """
     damage = None
+    kept: list[bytes] = []
     with open(path, "rb") as file:
         head = file.read(SNAPSHOT_HEADER.size)
         if len(head) < SNAPSHOT_HEADER.size:
@@ -391,12 +393,14 @@ def _check_snapshot(path: Path, slot: int) -> int:
                 while chunk := file.read(1 << 20):
                     size += len(chunk)
                     actual = zlib.crc32(chunk, actual)
+                    if keep:
+                        kept.append(chunk)
                 if length != size:
                     damage = f"header says {length} data bytes, the file has {size}"
                 elif actual != crc:
                     damage = "checksum mismatch"
                 else:
-                    return length
+                    return b"".join(kept) if keep else length
     raise StorageError(
         f"snapshot {path} is damaged: {damage}. It was fsynced before it was renamed into place, so "
         f"this is real damage, not a crash; restore the data dir from a backup or wipe it and let the "
@@ -406,13 +410,7 @@ def _check_snapshot(path: Path, slot: int) -> int:
 
 def _read_snapshot(path: Path, slot: int) -> bytes:
     """The state machine bytes of a renamed snapshot file; ``StorageError`` if it is damaged."""
-    length = _check_snapshot(path, slot)
-    with open(path, "rb") as file:
-        file.seek(SNAPSHOT_HEADER.size)
-        data = file.read()
-    if len(data) != length:  # changed since the check: nothing of ours writes a renamed snapshot
-        raise StorageError(f"snapshot {path} changed while it was read")
-    return data
+    return _check_snapshot(path, slot, keep=True)
 
 
 def _io_error(message: str, exc: OSError) -> StorageError:
