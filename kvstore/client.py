@@ -215,6 +215,17 @@ class _Connection:
         for waiter in waiters.values():
             _wake(waiter, None)
 
+    def _watch(self, rid: int, deadline: float) -> None:
+        """Have the watchdog answer request ``rid`` with ``_TIMED_OUT`` once ``deadline`` passed (an
+        infinite deadline waits for the reply or the connection's end)."""
+        if deadline < math.inf:
+            period = max(self.next_period, math.ceil(deadline / WATCHDOG_SECONDS))
+            due = self.deadlines.get(period)
+            if due is None:
+                self.deadlines[period] = [rid]
+            else:
+                due.append(rid)
+
     def submit(self, make_request, deadline: float, callback) -> bool:
         """Send one request without waiting: ``callback(reply)`` is called with its reply, or with
         ``_TIMED_OUT`` or None as ``call`` would return or raise, from this connection's tasks.
@@ -229,13 +240,7 @@ class _Connection:
         request = make_request(rid)
         self.queued.append(request if type(request) is bytes else wire.encode_frame(request))
         self.waiters[rid] = [callback, None, False]
-        if deadline < math.inf:
-            period = max(self.next_period, math.ceil(deadline / WATCHDOG_SECONDS))
-            due = self.deadlines.get(period)
-            if due is None:
-                self.deadlines[period] = [rid]
-            else:
-                due.append(rid)
+        self._watch(rid, deadline)
         if not self.flush_pending:
             self.flush_pending = True
             if not self.dispatching:
@@ -265,13 +270,7 @@ class _Connection:
         frame = request if type(request) is bytes else wire.encode_frame(request)
         waiter = [None, None, False]  # see _wake
         self.waiters[rid] = waiter
-        if deadline < math.inf:  # (an infinite deadline waits for the reply or the connection's end)
-            period = max(self.next_period, math.ceil(deadline / WATCHDOG_SECONDS))
-            due = self.deadlines.get(period)
-            if due is None:
-                self.deadlines[period] = [rid]
-            else:
-                due.append(rid)
+        self._watch(rid, deadline)
         self.calls += 1
         if len(self.waiters) > 1:
             self.last_overlap = self.calls

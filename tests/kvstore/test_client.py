@@ -33,6 +33,24 @@ async def _fake_node(net: MemoryNetwork, name: str, port: int, reply_to) -> None
             conns.start_soon(serve, await listener.accept())
 
 
+async def _rev_is_request_id_node(note, stream) -> None:
+    """A stand-in node on a real TCP stream: decodes every frame (a torn or interleaved one fails
+    here), calls ``note(request)`` and answers each put with rev = its request_id."""
+    from kvstore import wire
+
+    reader = wire.FrameReader(stream)
+    while True:
+        frames = await reader.receive_frames()
+        if not frames:
+            return
+        out = []
+        for body in frames:
+            request = wire.decode_body(body)
+            note(request)
+            out.append(wire.encode_frame(wire.OkReply(id=request.id, result={"rev": request.request_id})))
+        await stream.send_all(b"".join(out))
+
+
 async def test_unavailable_reaches_the_caller_unwrapped_outside_the_block(autojump_clock):
     net = MemoryNetwork()  # nobody listens: every connect is refused
     with pytest.raises(Unavailable) as info:
@@ -151,19 +169,7 @@ async def test_requests_alone_and_in_crowds_over_real_tcp_each_get_their_own_rep
     from kvstore import wire
 
     seen: list[int] = []
-
-    async def node(stream) -> None:
-        reader = wire.FrameReader(stream)
-        while True:
-            frames = await reader.receive_frames()
-            if not frames:
-                return
-            out = []
-            for body in frames:
-                request = wire.decode_body(body)  # a torn or interleaved frame would fail here
-                seen.append(request.request_id)
-                out.append(wire.encode_frame(wire.OkReply(id=request.id, result={"rev": request.request_id})))
-            await stream.send_all(b"".join(out))
+    node = functools.partial(_rev_is_request_id_node, lambda request: seen.append(request.request_id))
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, node, 0, host="127.0.0.1"))
@@ -239,19 +245,8 @@ async def test_submitted_puts_over_real_tcp_each_get_their_own_reply():
     from kvstore import wire
 
     seen: list[tuple[int, int]] = []
-
-    async def node(stream) -> None:
-        reader = wire.FrameReader(stream)
-        while True:
-            frames = await reader.receive_frames()
-            if not frames:
-                return
-            out = []
-            for body in frames:
-                request = wire.decode_body(body)
-                seen.append((request.request_id, request.ack_below))
-                out.append(wire.encode_frame(wire.OkReply(id=request.id, result={"rev": request.request_id})))
-            await stream.send_all(b"".join(out))
+    node = functools.partial(_rev_is_request_id_node,
+                             lambda request: seen.append((request.request_id, request.ack_below)))
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, node, 0, host="127.0.0.1"))
