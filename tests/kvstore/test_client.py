@@ -51,6 +51,27 @@ async def _rev_is_request_id_node(note, stream) -> None:
         await stream.send_all(b"".join(out))
 
 
+async def _follower_n1_and_leader_n2(nursery, net: MemoryNetwork) -> dict[str, list[int]]:
+    """Stand-in nodes n1:1, a follower that answers not_leader with the hint n2:2, and n2:2, the
+    leader, which answers a put with rev = 40 + its request_id. Returns the request ids each saw."""
+    from kvstore import wire
+
+    seen: dict[str, list[int]] = {"n1": [], "n2": []}
+
+    def answer(name: str, leader: bool):
+        def reply_to(request):
+            seen[name].append(request.request_id)
+            if leader:
+                return wire.OkReply(id=request.id, result={"rev": 40 + request.request_id})
+            return wire.ErrorReply(id=request.id, code=wire.NOT_LEADER, message="not the leader", leader="n2:2")
+        return reply_to
+
+    nursery.start_soon(_fake_node, net, "n1", 1, answer("n1", False))
+    nursery.start_soon(_fake_node, net, "n2", 2, answer("n2", True))
+    await trio.sleep(0.01)
+    return seen
+
+
 async def test_unavailable_reaches_the_caller_unwrapped_outside_the_block(autojump_clock):
     net = MemoryNetwork()  # nobody listens: every connect is refused
     with pytest.raises(Unavailable) as info:
@@ -116,28 +137,15 @@ async def test_hint_to_the_preferred_leader_replaces_a_connection_to_another_nod
     hint). n1 keeps answering not_leader with the hint n2: the client must move to n2, not retry on
     n1 until its deadline (found by the three-node snapshot test in test_node_memory.py: writes failed
     with "no leader" while a leader was up)."""
-    from kvstore import wire
 
     net = MemoryNetwork()
-    seen = {"n1": 0, "n2": 0}
-
-    def answer(name: str, leader: bool):
-        def reply_to(request):
-            seen[name] += 1
-            if leader:
-                return wire.OkReply(id=request.id, result={"rev": 1})
-            return wire.ErrorReply(id=request.id, code=wire.NOT_LEADER, message="not the leader", leader="n2:2")
-        return reply_to
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fake_node, net, "n1", 1, answer("n1", False))
-        nursery.start_soon(_fake_node, net, "n2", 2, answer("n2", True))
-        await trio.sleep(0.01)
+        seen = await _follower_n1_and_leader_n2(nursery, net)
         async with connect(["n1:1", "n2:2"], timeout=5, transport=net.transport()) as kv:
             await kv._connection()  # the connection goes to n1 ...
             kv._preferred = 1  # ... while another task has already switched the preference to n2
-            assert await kv.put("k", "v") == 1
-        assert seen == {"n1": 1, "n2": 1}
+            assert await kv.put("k", "v") == 41
+        assert seen == {"n1": [1], "n2": [1]}
         nursery.cancel_scope.cancel()
 
 
@@ -166,7 +174,6 @@ async def test_requests_alone_and_in_crowds_over_real_tcp_each_get_their_own_rep
     in flight, the frames of a scheduler pass go out in one write. Switching between the two (and
     the writer task taking what a full socket did not) must keep every frame whole and in order, and
     every reply must reach its own caller: the fake node answers each put with rev = its request id."""
-    from kvstore import wire
 
     seen: list[int] = []
     node = functools.partial(_rev_is_request_id_node, lambda request: seen.append(request.request_id))
@@ -242,7 +249,6 @@ async def test_submitted_puts_over_real_tcp_each_get_their_own_reply():
     puts in all. Every frame arrives whole (the fake node decodes each), every callback gets the
     reply to its own request (rev = the request's request_id), and ack_below never passes a write
     that is still unanswered."""
-    from kvstore import wire
 
     seen: list[tuple[int, int]] = []
     node = functools.partial(_rev_is_request_id_node,
@@ -281,23 +287,10 @@ async def test_a_submitted_put_follows_a_not_leader_hint_and_keeps_its_request_i
     """The first attempt of a submitted put goes out on the open connection to n1, which answers
     not_leader (leader n2): the put goes on like ``put`` and succeeds on n2, with the same request id
     (so a write that n1 had passed on would still apply once)."""
-    from kvstore import wire
 
     net = MemoryNetwork()
-    seen = {"n1": [], "n2": []}
-
-    def answer(name: str, leader: bool):
-        def reply_to(request):
-            seen[name].append(request.request_id)
-            if leader:
-                return wire.OkReply(id=request.id, result={"rev": 40 + request.request_id})
-            return wire.ErrorReply(id=request.id, code=wire.NOT_LEADER, message="not the leader", leader="n2:2")
-        return reply_to
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fake_node, net, "n1", 1, answer("n1", False))
-        nursery.start_soon(_fake_node, net, "n2", 2, answer("n2", True))
-        await trio.sleep(0.01)
+        seen = await _follower_n1_and_leader_n2(nursery, net)
         async with connect(["n1:1", "n2:2"], timeout=5, transport=net.transport()) as kv:
             await kv._connection()  # open to n1: the first attempt is a submitted frame, not a _call
             outcomes = _Outcomes()
