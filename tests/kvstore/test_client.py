@@ -149,10 +149,37 @@ async def test_hint_to_the_preferred_leader_replaces_a_connection_to_another_nod
         nursery.cancel_scope.cancel()
 
 
-async def test_a_node_that_never_answers_costs_one_attempt_not_the_whole_deadline(autojump_clock):
+class _Outcomes:
+    """Collects what ``done`` callbacks receive; ``wait(n)`` returns once n arrived."""
+
+    def __init__(self) -> None:
+        self.got: list = []
+        self._changed = trio.Event()
+
+    def done(self, key):
+        def callback(outcome) -> None:
+            self.got.append((key, outcome))
+            self._changed.set()
+        return callback
+
+    async def _put(kv, submitted: bool, key: str, value) -> int:
+    """``kv.put``, or the same put through ``submit_put`` and its callback."""
+    if not submitted:
+        return await kv.put(key, value)
+    outcomes = _Outcomes()
+    kv.submit_put(key, value, outcomes.done(key))
+    (_, outcome), = await outcomes.wait(1)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+@pytest.mark.parametrize("submitted", [False, True], ids=["put", "submit_put"])
+async def test_a_node_that_never_answers_costs_one_attempt_not_the_whole_deadline(submitted, autojump_clock):
     """The first endpoint accepts the connection and reads requests but never answers (a paused or
-    wedged node). The client's watchdog ends that attempt after ``attempt_timeout``; the retry on the
-    next endpoint succeeds, long before the call's own deadline."""
+    wedged node). The client's watchdog ends that attempt after ``attempt_timeout`` (a submitted
+    put's callback hears ``_TIMED_OUT``); the retry on the next endpoint succeeds, long before the
+    call's own deadline."""
     from kvstore import wire
 
     net = MemoryNetwork()
@@ -161,9 +188,10 @@ async def test_a_node_that_never_answers_costs_one_attempt_not_the_whole_deadlin
         nursery.start_soon(_fake_node, net, "n2", 2, lambda request: wire.OkReply(id=request.id, result={"rev": 7}))
         await trio.sleep(0.01)
         async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
+            await kv._connection()  # to n1: the first attempt goes out there
             started = trio.current_time()
             with trio.fail_after(30):
-                assert await kv.put("k", "v") == 7
+                assert await _put(kv, submitted, "k", "v") == 7
             elapsed = trio.current_time() - started
             assert kv.attempt_timeout <= elapsed < kv.attempt_timeout + 1, elapsed
         nursery.cancel_scope.cancel()
@@ -224,20 +252,7 @@ async def test_a_stale_write_is_reported_as_possibly_applied_and_not_retried(aut
 
 # --- submitted requests (submit_put / submit_get: a callback instead of a waiting task) ----------------
 
-class _Outcomes:
-    """Collects what ``done`` callbacks receive; ``wait(n)`` returns once n arrived."""
-
-    def __init__(self) -> None:
-        self.got: list = []
-        self._changed = trio.Event()
-
-    def done(self, key):
-        def callback(outcome) -> None:
-            self.got.append((key, outcome))
-            self._changed.set()
-        return callback
-
-    async def wait(self, n: int) -> list:
+async def wait(self, n: int) -> list:
         while len(self.got) < n:
             self._changed = trio.Event()
             await self._changed.wait()
@@ -312,27 +327,6 @@ async def test_a_submitted_put_without_a_connection_connects_like_put(autojump_c
             outcomes = _Outcomes()
             kv.submit_put("k", "v", outcomes.done("a"))
             assert await outcomes.wait(1) == [("a", 5)]
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_submitted_put_to_a_node_that_never_answers_is_retried_on_the_next(autojump_clock):
-    """The watchdog ends the submitted attempt after ``attempt_timeout`` (the callback hears
-    ``_TIMED_OUT``); the put goes on to n2 and succeeds, long before its own deadline."""
-    from kvstore import wire
-
-    net = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)  # reads, never answers
-        nursery.start_soon(_fake_node, net, "n2", 2, lambda request: wire.OkReply(id=request.id, result={"rev": 7}))
-        await trio.sleep(0.01)
-        async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
-            await kv._connection()
-            started = trio.current_time()
-            outcomes = _Outcomes()
-            kv.submit_put("k", "v", outcomes.done("a"))
-            with trio.fail_after(30):
-                assert await outcomes.wait(1) == [("a", 7)]
-            assert kv.attempt_timeout <= trio.current_time() - started < kv.attempt_timeout + 1
         nursery.cancel_scope.cancel()
 
 
