@@ -162,7 +162,14 @@ class _Outcomes:
             self._changed.set()
         return callback
 
-    async def _put(kv, submitted: bool, key: str, value) -> int:
+    async def wait(self, n: int) -> list:
+        while len(self.got) < n:
+            self._changed = trio.Event()
+            await self._changed.wait()
+        return self.got
+
+
+async def _put(kv, submitted: bool, key: str, value) -> int:
     """``kv.put``, or the same put through ``submit_put`` and its callback."""
     if not submitted:
         return await kv.put(key, value)
@@ -251,12 +258,6 @@ async def test_a_stale_write_is_reported_as_possibly_applied_and_not_retried(aut
 
 
 # --- submitted requests (submit_put / submit_get: a callback instead of a waiting task) ----------------
-
-async def wait(self, n: int) -> list:
-        while len(self.got) < n:
-            self._changed = trio.Event()
-            await self._changed.wait()
-        return self.got
 
 
 async def test_submitted_puts_over_real_tcp_each_get_their_own_reply():
