@@ -466,7 +466,8 @@ class AsyncClient:
         a request costs about half the CPU of ``await put()``. Same guarantees as ``put``: when the
         first attempt fails (no connection, not the leader, no answer in time) the request goes on as
         ``put`` does, in a task of the client, with the same request id and deadline. ``done`` must
-        not raise; it may submit more requests.
+        not raise; it may submit more requests. Requests still pending when the client is closed may
+        never reach ``done``.
         """
         client_id = self.client_id
         request_id = next(self._request_ids)
