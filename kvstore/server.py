@@ -802,8 +802,7 @@ class Node:
         (``Storage.write_snapshot_file``) and fsyncs it; it asks this thread for each next parcel of
         pieces of ``SNAPSHOT_PIECE_ENTRIES`` entries, about ``SNAPSHOT_PARCEL_SECONDS`` of encoding
         (``trio.from_thread``), so the encoding runs between the driver's batches instead of holding
-        the GIL against them. Then ``_finish_snapshot`` compacts
-        the core and the log.
+        the GIL against them. Then ``_finish_snapshot`` compacts the core and the log.
         """
         self._applied_since_snapshot = 0
         slot = self.applied_slot

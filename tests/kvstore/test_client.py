@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -167,6 +168,19 @@ class _Outcomes:
             self._changed = trio.Event()
             await self._changed.wait()
         return self.got
+
+
+@asynccontextmanager
+async def _connected_to_one_node(reply_to, *, timeout: float = 3):
+    """A client already connected to one stand-in node, n1:1, that answers with ``reply_to``."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, reply_to)
+        await trio.sleep(0.01)
+        async with connect(["n1:1"], timeout=timeout, transport=net.transport()) as kv:
+            await kv._connection()
+            yield kv
+        nursery.cancel_scope.cancel()
 
 
 async def _put(kv, submitted: bool, key: str, value) -> int:
@@ -371,7 +385,6 @@ async def test_a_submitted_put_that_fails_for_good_reports_the_exception(autojum
     from kvstore import wire
     from kvstore.client import RequestError
 
-    net = MemoryNetwork()
 
     def reply_to(request):
         if request.key == "stale":
@@ -380,26 +393,20 @@ async def test_a_submitted_put_that_fails_for_good_reports_the_exception(autojum
             return wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message="no", leader=None)
         return None  # "silent": never answered
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fake_node, net, "n1", 1, reply_to)
-        await trio.sleep(0.01)
-        async with connect(["n1:1"], timeout=3, transport=net.transport()) as kv:
-            await kv._connection()
-            outcomes = _Outcomes()
-            for key in ("stale", "bad", "silent"):
-                kv.submit_put(key, "v", outcomes.done(key))
-            got = dict(await outcomes.wait(3))
-            assert kv._unanswered == []
-        assert isinstance(got["stale"], Unavailable) and got["stale"].outcome_unknown
-        assert isinstance(got["bad"], RequestError) and got["bad"].code == wire.BAD_REQUEST
-        assert isinstance(got["silent"], Unavailable) and got["silent"].outcome_unknown
-        nursery.cancel_scope.cancel()
+    async with _connected_to_one_node(reply_to) as kv:
+        outcomes = _Outcomes()
+        for key in ("stale", "bad", "silent"):
+            kv.submit_put(key, "v", outcomes.done(key))
+        got = dict(await outcomes.wait(3))
+        assert kv._unanswered == []
+    assert isinstance(got["stale"], Unavailable) and got["stale"].outcome_unknown
+    assert isinstance(got["bad"], RequestError) and got["bad"].code == wire.BAD_REQUEST
+    assert isinstance(got["silent"], Unavailable) and got["silent"].outcome_unknown
 
 
 async def test_submitted_gets_return_the_value_or_none(autojump_clock):
     from kvstore import wire
 
-    net = MemoryNetwork()
     asked = []
 
     def reply_to(request):
@@ -408,19 +415,14 @@ async def test_submitted_gets_return_the_value_or_none(autojump_clock):
             return wire.OkReply(id=request.id, result={"found": True, "value": "v", "ver": 1, "mrev": 3})
         return wire.OkReply(id=request.id, result={"found": False})
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fake_node, net, "n1", 1, reply_to)
-        await trio.sleep(0.01)
-        async with connect(["n1:1"], timeout=3, transport=net.transport()) as kv:
-            await kv._connection()
-            outcomes = _Outcomes()
-            kv.submit_get("here", outcomes.done("here"))
-            kv.submit_get("gone", outcomes.done("gone"), consistency="s")
-            assert dict(await outcomes.wait(2)) == {"here": "v", "gone": None}
-            with pytest.raises(ValueError):
-                kv.submit_get("k", outcomes.done("x"), consistency="q")
-        assert sorted(asked) == [("gone", False), ("here", True)]
-        nursery.cancel_scope.cancel()
+    async with _connected_to_one_node(reply_to) as kv:
+        outcomes = _Outcomes()
+        kv.submit_get("here", outcomes.done("here"))
+        kv.submit_get("gone", outcomes.done("gone"), consistency="s")
+        assert dict(await outcomes.wait(2)) == {"here": "v", "gone": None}
+        with pytest.raises(ValueError):
+            kv.submit_get("k", outcomes.done("x"), consistency="q")
+    assert sorted(asked) == [("gone", False), ("here", True)]
 
 
 async def test_a_submitted_put_too_large_to_send_raises_at_once_and_frees_its_request_id(autojump_clock):
@@ -428,23 +430,17 @@ async def test_a_submitted_put_too_large_to_send_raises_at_once_and_frees_its_re
     before anything is sent, and its request id does not hold ack_below back afterwards."""
     from kvstore import wire
 
-    net = MemoryNetwork()
     acks = []
 
     def reply_to(request):
         acks.append((request.request_id, request.ack_below))
         return wire.OkReply(id=request.id, result={"rev": 1})
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fake_node, net, "n1", 1, reply_to)
-        await trio.sleep(0.01)
-        async with connect(["n1:1"], timeout=3, transport=net.transport()) as kv:
-            await kv._connection()
-            outcomes = _Outcomes()
-            with pytest.raises(wire.FrameTooLarge):
-                kv.submit_put("big", b"x" * (wire.FRAME_BYTES_MAX + 1), outcomes.done("big"))
-            kv.submit_put("k", "v", outcomes.done("k"))
-            assert await outcomes.wait(1) == [("k", 1)]
-            assert kv._unanswered == []
-        assert acks == [(2, 2)]  # request 1 (the refused one) is not waited for
-        nursery.cancel_scope.cancel()
+    async with _connected_to_one_node(reply_to) as kv:
+        outcomes = _Outcomes()
+        with pytest.raises(wire.FrameTooLarge):
+            kv.submit_put("big", b"x" * (wire.FRAME_BYTES_MAX + 1), outcomes.done("big"))
+        kv.submit_put("k", "v", outcomes.done("k"))
+        assert await outcomes.wait(1) == [("k", 1)]
+        assert kv._unanswered == []
+    assert acks == [(2, 2)]  # request 1 (the refused one) is not waited for
