@@ -37,6 +37,7 @@ and its network endpoints. All of them live in one nursery.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -81,6 +82,22 @@ SNAPSHOT_PIECE_ENTRIES = 2048
 # thread serves one parcel per driver batch, so one piece per request made a million keys take
 # 500 batches (seconds) to write, and the log above the snapshot, held in memory, grew meanwhile.
 SNAPSHOT_PARCEL_SECONDS = 0.003
+# Commands applied at most per step while catching up an apply backlog (a lazy learner that turned
+# eager, a new leader that was one): about 20 ms each, so ticks, heartbeats and Accepts go on between.
+CATCH_UP_COMMANDS = 4096
+# A lazy learner turns eager for this long after it served a serializable read (reads see its state)
+LOCAL_READ_EAGER_SECONDS = 10.0
+# ... and as soon as no decided slot has reached it for this long: a quiet cluster has no lazy learners.
+LAZY_IDLE_SECONDS = 0.25
+
+
+def standby_of(members, leader: int) -> int | None:
+    """The follower that applies every command at once while ``leader`` leads: the lowest other id.
+
+    Every node computes the same answer from the membership and the leader it knows, without a message.
+    """
+    others = [m for m in members if m != leader]
+    return min(others) if others else None
 
 
 @dataclass
@@ -116,6 +133,9 @@ class ServerOptions:
     # Zeros kept written ahead of the log's last record, so that an fsync overwrites file space
     # instead of growing the file (no journal commit; see kvstore.storage). 0 disables it.
     log_preallocate_bytes: int = 1 << 20
+    # Lazy learners (see "Lazy learners" in the module docstring): under sustained writes, a follower
+    # that is not the standby applies nothing and takes the leader's snapshots instead.
+    lazy_learners: bool = True
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -171,6 +191,8 @@ EV_READ = 3  # (EV_READ, conn, request)
 EV_SNAPSHOT = 4  # (EV_SNAPSHOT, slot, data): a peer's snapshot arrived
 EV_COMPACT = 5  # (EV_COMPACT, slot): our snapshot file through slot is written; compact core and log
 EV_MANY = 6  # (EV_MANY, [event, ...]): what one reader read at once (messages, proposals, reads), in order
+EV_ADOPT = 7  # (EV_ADOPT, slot, state_machine, started): the leader's snapshot, restored and written here
+EV_WAKE = 8  # (EV_WAKE,): nothing for the core; the driver looks at its apply queue (a local read waits)
 
 
 FOLLOWER_TICKS_PER_WAKE = 5
@@ -294,6 +316,16 @@ class Node:
         # The highest decided slot whose decision rests only on durable accepts (ours included).
         self._durable_decided_slot = self.replica.decided_slot
         self._progress = trio.Event()
+        # Decided slots handed out by the core and not yet applied, in order: (slot, batch) items. An
+        # eager node applies them at once (CATCH_UP_COMMANDS at a time); a lazy learner lets them wait
+        # for the leader's next snapshot (see _adopt).
+        self._to_apply: collections.deque = collections.deque()
+        self._to_apply_commands = 0
+        self._lazy = False
+        self._last_handout = 0.0  # when the core last handed out a decided slot (trio time)
+        self._last_local_read = -math.inf  # when this node last served a serializable read
+        self._deferred_reads: list[tuple[int, int]] = []  # (slot, read_id): confirmed, waiting for applies
+        self._local_reads: list[tuple[int, ClientConn, object]] = []  # (slot, conn, request) waiting too
         self.counters: dict[str, int] = defaultdict(int)
         self.listen_port: int | None = None
         self.ready = trio.Event()
@@ -388,6 +420,10 @@ class Node:
                 first = recv.receive_nowait()
                 await trio.lowlevel.checkpoint()  # let the readers and the committer run meanwhile
             except trio.WouldBlock:
+                if self._to_apply and not self._lazy:
+                    self._catch_up()  # a backlog to apply, nothing else to do: a step of it
+                    await trio.lowlevel.checkpoint()
+                    continue
                 self._driver_idle = True  # readers may feed the core themselves until something is posted
                 first = await recv.receive()
                 self._driver_idle = False
@@ -423,6 +459,8 @@ class Node:
                         await self._install_snapshot(event[1], event[2])
                 elif kind == EV_COMPACT:
                     await self._finish_snapshot(event[1])
+                elif kind == EV_ADOPT:
+                    await self._adopt(event[1], event[2], event[3])
                 elif kind == EV_MANY:
                     for one in event[1]:
                         feed(one)
@@ -445,6 +483,9 @@ class Node:
         if ticks:
             self._expire_waiters()
         self._stage(self.replica.take_actions())
+        self._update_learner()
+        if self._to_apply and not self._lazy:
+            self._catch_up()
         self._flush_replies()
         # Snapshot after snapshot_every commands, but not more often than once per eighth of the number
         # of keys: a snapshot costs time in proportion to the state, so this keeps its cost per
@@ -672,35 +713,19 @@ class Node:
 
     def _finish(self, actions) -> None:
         """Steps 3-6 of the contract: apply, answer reads, fail what was dropped, offer snapshots."""
-        # 3. apply decided commands, answer the waiting writers
+        # 3. apply decided commands (in order, after any backlog), answer the waiting writers
         if actions.apply:
-            sm_apply = self.sm.apply
-            waiting = self._waiting_writes
-            own = self._own_commands
-            answered = replies = 0
-            latency_s = 0.0  # for the counters: the time since each answered write arrived
-            started = trio.current_time() + self.options.request_timeout  # (a deadline is arrival + timeout)
-            for slot, batch in actions.apply:
-                self.applied_slot = slot
-                self._applied_since_snapshot += len(batch)
-                for command in batch:
-                    key, result = sm_apply(command, own.pop(command, None) if own else None)
-                    if key is not None and key in waiting:
-                        for conn, request_id, deadline in waiting.pop(key):
-                            latency_s += started - deadline
-                            replies += 1
-                            self._reply_result(conn, request_id, result)
-                        answered += 1
-                        if answered % REPLY_FLUSH_EVERY == 0:
-                            # Let the first answers of a big batch go while we apply the rest: the
-                            # client (on the other core) starts on them, and its next requests come
-                            # back in smaller groups, which keeps more of the pipeline busy at once.
-                            self._flush_replies()
-            if replies:
-                self.counters["writes_answered"] += replies
-                self.counters["write_latency_us"] += int(latency_s * 1e6)
-        # 4. reads whose index is applied and whose leadership round is confirmed
-        for read_id, _slot in actions.reads:
+            self._last_handout = trio.current_time()
+            self._to_apply.extend(actions.apply)
+            self._to_apply_commands += sum(len(batch) for _, batch in actions.apply)
+            if not self._lazy:
+                self._apply_queued(CATCH_UP_COMMANDS)
+        # 4. reads whose index is applied and whose leadership round is confirmed (the core counts a
+        # slot as applied once handed out; a read whose slot is still in the apply queue waits for it)
+        for read_id, slot in actions.reads:
+            if slot > self.applied_slot:
+                self._deferred_reads.append((slot, read_id))
+                continue
             entry = self._waiting_reads.pop(read_id, None)
             if entry is not None:
                 conn, request, _ = entry
@@ -720,6 +745,112 @@ class Node:
                 conn.reply(self._not_leader(request_id))
         for peer_id in actions.snapshot_to:
             self._send_snapshot_soon(peer_id)
+
+    def _apply_queued(self, limit: int) -> None:
+        """Apply queued decided slots, whole slots of about ``limit`` commands at most, answering the
+        writers that wait for them and then the reads that waited for these applies."""
+        queue = self._to_apply
+        sm_apply = self.sm.apply
+        waiting = self._waiting_writes
+        own = self._own_commands
+        answered = replies = applied = 0
+        latency_s = 0.0  # for the counters: the time since each answered write arrived
+        started = trio.current_time() + self.options.request_timeout  # (a deadline is arrival + timeout)
+        while queue and applied < limit:
+            slot, batch = queue.popleft()
+            self.applied_slot = slot
+            applied += len(batch)
+            for command in batch:
+                key, result = sm_apply(command, own.pop(command, None) if own else None)
+                if key is not None and key in waiting:
+                    for conn, request_id, deadline in waiting.pop(key):
+                        latency_s += started - deadline
+                        replies += 1
+                        self._reply_result(conn, request_id, result)
+                    answered += 1
+                    if answered % REPLY_FLUSH_EVERY == 0:
+                        # Let the first answers of a big batch go while we apply the rest: the
+                        # client (on the other core) starts on them, and its next requests come
+                        # back in smaller groups, which keeps more of the pipeline busy at once.
+                        self._flush_replies()
+        self._to_apply_commands -= applied
+        self._applied_since_snapshot += applied
+        if replies:
+            self.counters["writes_answered"] += replies
+            self.counters["write_latency_us"] += int(latency_s * 1e6)
+        if self._deferred_reads or self._local_reads:
+            self._answer_caught_up_reads()
+
+    def _answer_caught_up_reads(self) -> None:
+        """Answer the reads that waited for applies up to their slot."""
+        applied = self.applied_slot
+        if self._deferred_reads:
+            later = []
+            for slot, read_id in self._deferred_reads:
+                if slot > applied:
+                    later.append((slot, read_id))
+                    continue
+                entry = self._waiting_reads.pop(read_id, None)
+                if entry is not None:
+                    conn, request, _ = entry
+                    conn.reply(self._answer_read(request))
+            self._deferred_reads = later
+        if self._local_reads:
+            later = []
+            for item in self._local_reads:
+                if item[0] > applied:
+                    later.append(item)
+                else:
+                    item[1].reply(self._answer_read(item[2]))
+            self._local_reads = later
+
+    def _catch_up(self) -> None:
+        """One step of applying a backlog (CATCH_UP_COMMANDS), then send the answers."""
+        self._apply_queued(CATCH_UP_COMMANDS)
+        self.counters["catch_up_steps"] += 1
+        self._flush_replies()
+
+    # -----------------------------------------------------------------------------------------------
+    # lazy learners
+
+    def _should_be_lazy(self, now: float) -> bool:
+        """Whether this node may leave decided commands unapplied for now (see the module docstring)."""
+        o = self.options
+        replica = self.replica
+        leader = replica.leader_id
+        if (not o.lazy_learners or len(self.peers) < 3 or leader is None or replica.is_leader
+                or self.node_id == standby_of(self.peers, leader)):
+            return False
+        if now - self._last_local_read < LOCAL_READ_EAGER_SECONDS or now - self._last_handout > LAZY_IDLE_SECONDS:
+            return False
+        # Installing a snapshot costs about an eighth of applying as many commands as it has keys; a
+        # state much larger than the snapshot interval is cheaper to keep applying. And if the leader's
+        # snapshots stop coming, the backlog is applied after two intervals' worth.
+        interval = max(o.snapshot_every, len(self.sm) // 8)
+        return len(self.sm) <= 2 * o.snapshot_every and self._to_apply_commands <= 2 * interval
+
+    def _update_learner(self) -> None:
+        lazy = self._should_be_lazy(trio.current_time())
+        if lazy == self._lazy:
+            return
+        self._lazy = lazy
+        if not lazy:
+            self.counters["lazy_ends"] += 1
+            return
+        self.counters["lazy_starts"] += 1
+        # A follower answers no writes: those still waiting here (we led until lately) would wait for
+        # applies that may now be skipped. Their clients retry on the leader with the same request
+        # id, where the outcome is remembered.
+        for waiters in self._waiting_writes.values():
+            for conn, request_id, _ in waiters:
+                conn.reply(self._not_leader(request_id))
+        self._waiting_writes.clear()
+        self._own_commands.clear()
+        for _, read_id in self._deferred_reads:
+            entry = self._waiting_reads.pop(read_id, None)
+            if entry is not None:
+                entry[0].reply(self._not_leader(entry[1].id))
+        self._deferred_reads = []
 
     def _send_now(self, sends) -> None:
         """2. Send messages to peers: one frame per peer per batch (split if huge)."""
@@ -859,9 +990,19 @@ class Node:
         trim_us = int((time.perf_counter() - trim_started) * 1e6)
         self.counters["memory_trim_us_max"] = max(self.counters["memory_trim_us_max"], trim_us)
         log.info("snapshot at slot %d (%d keys, %d ms)", slot, len(self.sm), self._snapshot_ms)
+        if self.options.lazy_learners and self.replica.is_leader and len(self.peers) >= 3:
+            # Followers other than the standby may be lazy learners: they take this instead of
+            # applying (one that is not lazy drops it: the slot is applied there already).
+            standby = standby_of(self.peers, self.node_id)
+            for peer_id in self.peers:
+                if peer_id not in (self.node_id, standby):
+                    self._send_snapshot_soon(peer_id)
 
     async def _install_snapshot(self, slot: int, data: bytes) -> None:
         if slot <= self.replica.applied_slot:
+            if self._lazy and slot > self.applied_slot and slot > self.replica.snapshot_slot:
+                self._snapshotting = True  # no snapshot of our own meanwhile (see _adopt)
+                self._nursery.start_soon(self._restore_for_adoption, slot, data)
             return
         try:
             sm = StateMachine.restore(data)
@@ -873,8 +1014,46 @@ class Node:
         await trio.to_thread.run_sync(self.storage.write_snapshot, slot, data, state)
         self.sm = sm
         self.applied_slot = slot
+        self._to_apply.clear()  # every slot handed out so far is at or below the snapshot
+        self._to_apply_commands = 0
+        self._answer_caught_up_reads()
         self._applied_since_snapshot = 0
         log.info("installed snapshot at slot %d from a peer (%d keys)", slot, len(sm))
+
+    async def _restore_for_adoption(self, slot: int, data: bytes) -> None:
+        """A lazy learner got the leader's snapshot at ``slot``, a slot it has decided but not applied:
+        restore it and write it as our own snapshot (in worker threads), then let the driver adopt it."""
+        started = time.perf_counter()
+        try:
+            sm = await trio.to_thread.run_sync(StateMachine.restore, data)
+            await trio.to_thread.run_sync(self.storage.write_snapshot_file, slot, data)
+        except StorageFull as exc:
+            self._snapshotting = False
+            self._on_storage_full(exc)
+            self._flush_replies()
+            return
+        except Exception as exc:  # a bad snapshot (or one older than ours): keep applying instead
+            self._snapshotting = False
+            log.warning("did not adopt the snapshot at slot %d: %s", slot, exc)
+            return
+        self._post_event((EV_ADOPT, slot, sm, started))
+
+    async def _adopt(self, slot: int, sm: StateMachine, started: float) -> None:
+        """In the driver: the leader's snapshot through ``slot`` is restored in ``sm`` and durable as our
+        snapshot file. It is the state after ``slot`` (every replica applies the same commands), so
+        the queued slots up to it need no applying: take it if we are still behind it. Either way
+        our core and log are compacted through it (``_finish_snapshot``)."""
+        if slot > self.applied_slot:
+            queue = self._to_apply
+            while queue and queue[0][0] <= slot:
+                self._to_apply_commands -= len(queue.popleft()[1])
+            self.sm = sm
+            self.applied_slot = slot
+            self._applied_since_snapshot = 0
+            self.counters["snapshots_adopted"] += 1
+            self._answer_caught_up_reads()
+        self._snapshot_ms = int((time.perf_counter() - started) * 1000)
+        await self._finish_snapshot(slot)
 
     def _send_snapshot_soon(self, peer_id: int) -> None:
         if peer_id in self._snapshot_sending or peer_id not in self._peer_out:
@@ -1105,6 +1284,12 @@ class Node:
                     conn.reply(self._not_leader(request.id))
                     return
                 events.append((EV_READ, conn, request))
+            elif (self._lazy or self._to_apply) and not self.storage_full:
+                # This node has decided commands it has not applied: the read waits for them (and a
+                # lazy learner turns eager for a while, see _should_be_lazy).
+                self._last_local_read = trio.current_time()
+                self._local_reads.append((self.replica.applied_slot, conn, request))
+                events.append((EV_WAKE,))
             else:
                 conn.reply(self._answer_read(request))
         elif isinstance(request, wire.StatusRequest):
@@ -1163,6 +1348,8 @@ class Node:
             "ballot": list(ballot) if ballot is not None else None,
             "decided_slot": self.replica.decided_slot,
             "applied_slot": self.applied_slot,
+            "learner": "lazy" if self._lazy else "eager",
+            "apply_backlog": self._to_apply_commands,
             "snapshot_slot": self.replica.snapshot_slot,
             "log_bytes": self.storage.log_bytes,
             "revision": self.sm.revision,
