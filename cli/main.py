@@ -433,6 +433,13 @@ def serve_command(
     cluster_id: Annotated[
         Optional[str], typer.Option("--cluster-id", help="Refuse data directories of another cluster.")
     ] = None,
+    lazy_learners: Annotated[
+        Optional[bool],
+        typer.Option("--lazy-learners/--eager-learners",
+                     help="Lazy (default): under sustained writes, followers other than the standby take the "
+                          "leader's snapshots instead of applying every command. Eager: every follower applies "
+                          "every command as it is decided."),
+    ] = None,
 ) -> None:
     """Run one node in the foreground until Ctrl-C or SIGTERM."""
     settings = settings_of(ctx)
@@ -464,6 +471,8 @@ def serve_command(
             overrides["fsync"] = fsync is FsyncMode.always
         if cluster_id is not None:
             overrides["cluster_id"] = cluster_id
+        if lazy_learners is not None:
+            overrides["lazy_learners"] = lazy_learners
         options = ServerOptions(**overrides)
         logging.basicConfig(
             level=logging.DEBUG if settings.debug else logging.INFO,

@@ -19,6 +19,8 @@ STATUS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("BALLOT", ("ballot", "promised_ballot", "promised")),
     ("DECIDED", ("decided_slot", "decided")),
     ("APPLIED", ("applied_slot", "applied")),
+    ("LEARNER", ("learner",)),
+    ("BACKLOG", ("apply_backlog",)),
     ("LOG_SIZE", ("log_bytes", "log_size", "log_entries", "log_length")),
     ("SNAPSHOT", ("snapshot_slot", "snapshot")),
     ("REVISION", ("revision",)),

@@ -16,7 +16,8 @@ and its network endpoints. All of them live in one nursery.
      otherwise the batch goes to the committer task, which fsyncs in a worker thread for every batch
      staged meanwhile (see ``_stage``);
   2. send the messages (one frame per peer per batch, written straight to the socket);
-  3. apply decided commands to the state machine and answer the clients waiting for them;
+  3. apply decided commands to the state machine and answer the clients waiting for them (through
+     an apply queue: see "Lazy learners");
   4. answer linearizable reads whose read index has been applied and confirmed.
 
   Nothing that promises or accepts can leave the node before its fsync, because step 2 waits for step 1
@@ -30,6 +31,21 @@ and its network endpoints. All of them live in one nursery.
 * **Clients** connect to any node and may pipeline many requests on one connection. A write on a
   follower is answered with ``not_leader`` and a hint; the client library retries on the leader.
   Writes carry ``(client_id, request_id)``; the state machine deduplicates, so a retry is safe.
+
+* **Lazy learners.** In Paxos terms every node is an acceptor, but not every node must be an eager
+  learner. While writes keep coming, a follower that is neither the leader nor the *standby* (the
+  lowest id but the leader's, which every node works out alike) leaves decided commands queued instead
+  of applying them. After each of its own snapshots, the leader sends the snapshot file to those
+  followers; one that has decided past that slot restores it in a worker thread, writes it as its own
+  snapshot, drops the queued slots it covers and compacts its log (``_adopt``). Restoring a state costs
+  about an eighth of applying as many commands as it holds keys, so this is done only while the state is
+  at most twice the snapshot interval; a larger state keeps applying. The follower turns eager, and
+  applies its backlog ``CATCH_UP_COMMANDS`` at a time between batches, when it serves a serializable
+  read (the read waits for every slot the node had decided when it arrived), when no decided slot
+  reached it for ``LAZY_IDLE_SECONDS`` (a quiet cluster has no lazy learner), when it leads, or when its
+  backlog passes two snapshot intervals. The standby is always eager, so losing the leader costs no
+  catch-up unless the learner wins the election; then it catches up before answering (up to two snapshot
+  intervals of commands). ``--eager-learners`` turns this off.
 
 * **Bad input** from a socket is a ``WireError``: log one line, send an error reply where possible,
   close that connection only. Any other exception in a connection task is logged with its traceback and
@@ -383,8 +399,7 @@ class Node:
             if self._driver_idle and self._quiet and self._committed == self._staged and not self.storage_full:
                 # Nothing else to do: tick here, saving the driver a wake-up (as readers do, see _post).
                 self.counters["inline_ticks"] += step
-                for _ in range(step):
-                    replica.tick()
+                self._tick(step)
                 self._after_events(step)
             else:
                 self._post_event((EV_TICK, step))  # one event: a batch of them would not look quiet
@@ -451,8 +466,7 @@ class Node:
                 kind = event[0]
                 if kind == EV_TICK:
                     ticks += event[1]
-                    for _ in range(event[1]):
-                        replica.tick()
+                    self._tick(event[1])
                 elif kind == EV_SNAPSHOT:
                     if not self._snapshotting:  # else drop it: the core asks again
                         await self._wait_committed()
@@ -467,6 +481,15 @@ class Node:
                 else:
                     feed(event)
             self._after_events(ticks)
+
+    def _tick(self, count: int) -> None:
+        replica = self.replica
+        if self._to_apply_commands > CATCH_UP_COMMANDS:
+            # A node with a backlog to apply does not campaign yet: if the leader is gone, the standby
+            # (or another node whose state is current) should win, and answer clients at once.
+            replica.postpone_election()
+        for _ in range(count):
+            replica.tick()
 
     def _feed(self, event) -> None:
         """Give one message, proposal or read to the core (no waiting: see ``_post``)."""
@@ -990,9 +1013,11 @@ class Node:
         trim_us = int((time.perf_counter() - trim_started) * 1e6)
         self.counters["memory_trim_us_max"] = max(self.counters["memory_trim_us_max"], trim_us)
         log.info("snapshot at slot %d (%d keys, %d ms)", slot, len(self.sm), self._snapshot_ms)
-        if self.options.lazy_learners and self.replica.is_leader and len(self.peers) >= 3:
+        if (self.options.lazy_learners and self.replica.is_leader and len(self.peers) >= 3
+                and len(self.sm) <= 2 * self.options.snapshot_every):
             # Followers other than the standby may be lazy learners: they take this instead of
-            # applying (one that is not lazy drops it: the slot is applied there already).
+            # applying (one that is not lazy drops it: the slot is applied there already). Past
+            # that size no follower is lazy (see _should_be_lazy), so nothing is sent.
             standby = standby_of(self.peers, self.node_id)
             for peer_id in self.peers:
                 if peer_id not in (self.node_id, standby):
@@ -1042,11 +1067,15 @@ class Node:
         """In the driver: the leader's snapshot through ``slot`` is restored in ``sm`` and durable as our
         snapshot file. It is the state after ``slot`` (every replica applies the same commands), so
         the queued slots up to it need no applying: take it if we are still behind it. Either way
-        our core and log are compacted through it (``_finish_snapshot``)."""
-        if slot > self.applied_slot:
+        our core and log are compacted through it (``_finish_snapshot``); a node that turned eager
+        meanwhile goes on applying its queue."""
+        if self._lazy and slot > self.applied_slot:  # (a lazy learner has no writers waiting)
             queue = self._to_apply
+            skipped = 0
             while queue and queue[0][0] <= slot:
-                self._to_apply_commands -= len(queue.popleft()[1])
+                skipped += len(queue.popleft()[1])
+            self._to_apply_commands -= skipped
+            self.counters["commands_not_applied"] += skipped  # the snapshot stood in for them
             self.sm = sm
             self.applied_slot = slot
             self._applied_since_snapshot = 0

@@ -297,6 +297,14 @@ class Replica:
         if self._ticks_since_heard >= self._election_deadline:
             self._start_election()
 
+    def postpone_election(self) -> None:
+        """Restart the election timer, as a message from a leader would: the shell is not ready to lead
+        (e.g. it has a backlog of decided commands to apply, and a node whose state is current should
+        win instead). Does nothing while leading. Elections serve liveness only, so postponing one
+        never affects safety; the shell must stop calling this once it is ready."""
+        if self._role != LEADER:
+            self._ticks_since_heard = 0
+
     def receive(self, message) -> None:
         """Handle one message addressed to this node. Bad or stale input is counted, never raised."""
         sender = getattr(message, "sender", None)

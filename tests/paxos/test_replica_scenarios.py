@@ -82,6 +82,28 @@ def test_election_timeout_persists_own_promise_and_sends_prepare_for_first_undec
     assert replica.ballot == b and not replica.is_leader
 
 
+def test_postponed_election_waits_until_the_shell_stops_postponing():
+    """Elections serve liveness only (section 3): a node not ready to lead may hold its timer back,
+    as a leader's message would, and then campaigns one full timeout after it stops."""
+    replica = make(1)
+    for _ in range(5 * replica.options.election_timeout_ticks):
+        replica.postpone_election()
+        replica.tick()
+        assert replica.status()["role"] == "follower"
+    assert replica.take_actions().send == []
+    actions = run_election_timeout(replica)
+    assert sent(actions, Prepare)
+
+
+def test_postpone_election_leaves_a_leader_leading():
+    leader = make_leader()
+    leader.postpone_election()
+    for _ in range(leader.options.heartbeat_ticks):
+        leader.tick()
+    assert leader.is_leader
+    assert sent(leader.take_actions(), Heartbeat)
+
+
 def test_candidate_ballot_is_above_every_ballot_seen():
     """Section 2.2: a proposer's number must exceed any it has seen, or its Prepare is refused."""
     replica = make(1)
