@@ -8,6 +8,8 @@ dies, and every replica reaches the same state once the load stops.
 """
 from __future__ import annotations
 
+from contextlib import asynccontextmanager, contextmanager
+
 import pytest
 import trio
 
@@ -75,112 +77,96 @@ def _learner_and_standby(cluster: Cluster, leader: int) -> tuple[int, int]:
     return others[-1], others[0]
 
 
-async def test_lazy_learner_adopts_snapshots_serves_fresh_reads_and_converges(tmp_path):
-    cluster = Cluster(tmp_path, extra_args=["--snapshot-every", "400"])
-    acked = Acked()
+@contextmanager
+def _cluster(tmp_path, *extra_args: str):
+    """Three nodes that snapshot every 400 commands, started; torn down at the end."""
+    cluster = Cluster(tmp_path, extra_args=["--snapshot-every", "400", *extra_args])
     try:
         cluster.start_all()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@asynccontextmanager
+async def _writes(cluster: Cluster, acked: Acked):
+    """WRITERS writers overwrite their keys until the block ends; yields a client for the block."""
+    stop = trio.Event()
+    async with connect(cluster.endpoints, timeout=10) as kv:
+        async with trio.open_nursery() as nursery:
+            for w in range(WRITERS):
+                nursery.start_soon(_write_until, kv, f"w{w}", acked, stop)
+            try:
+                yield kv
+            finally:
+                stop.set()
+
+
+async def _check_acked(endpoints: list[str], acked: Acked) -> None:
+    async with connect(endpoints, timeout=20) as kv:
+        acked.check(dict(await kv.list("")))
+
+
+async def test_lazy_learner_adopts_snapshots_serves_fresh_reads_and_converges(tmp_path):
+    acked = Acked()
+    with _cluster(tmp_path) as cluster:
         leader = cluster.leader()
         learner, standby = _learner_and_standby(cluster, leader)
-        stop = trio.Event()
-        async with connect(cluster.endpoints, timeout=10) as kv:
-            async with trio.open_nursery() as nursery:
-                for w in range(WRITERS):
-                    nursery.start_soon(_write_until, kv, f"w{w}", acked, stop)
-                try:
-                    lazy = await _wait_for(kv, cluster, learner,
-                                           lambda s: s["learner"] == "lazy" and s["counters"].get("snapshots_adopted", 0) >= 2,
-                                           "lazy, with two adopted snapshots")
-                    # The adopted snapshots stood in for commands it never applied.
-                    assert lazy["counters"].get("commands_not_applied", 0) > 0
-                    standby_status = await _status(kv, cluster, standby)
-                    assert standby_status is not None and standby_status["learner"] == "eager"
-                    assert standby_status["counters"].get("snapshots_adopted", 0) == 0
+        async with _writes(cluster, acked) as kv:
+            lazy = await _wait_for(kv, cluster, learner,
+                                   lambda s: s["learner"] == "lazy" and s["counters"].get("snapshots_adopted", 0) >= 2,
+                                   "lazy, with two adopted snapshots")
+            # The adopted snapshots stood in for commands it never applied.
+            assert lazy["counters"].get("commands_not_applied", 0) > 0
+            standby_status = await _status(kv, cluster, standby)
+            assert standby_status is not None and standby_status["learner"] == "eager"
+            assert standby_status["counters"].get("snapshots_adopted", 0) == 0
 
-                    # A write acknowledged now is applied on the leader; once the learner has decided
-                    # that far, a serializable read there must show it, lazy or not.
-                    await kv.put("marker", "m1")
-                    leader_status = await _status(kv, cluster, leader)
-                    await _wait_for(kv, cluster, learner,
-                                    lambda s: s["decided_slot"] >= leader_status["applied_slot"],
-                                    "decided as far as the leader had applied")
-                    async with connect([f"127.0.0.1:{cluster.ports[learner]}"], timeout=10) as local:
-                        assert await local.get("marker", consistency="s") == "m1"
-                    # Having served a read, it applies as it goes again, load or not.
-                    assert (await _status(kv, cluster, learner))["learner"] == "eager"
-                finally:
-                    stop.set()
-            assert acked.count > 800
+            # A write acknowledged now is applied on the leader; once the learner has decided that
+            # far, a serializable read there must show it, lazy or not.
+            await kv.put("marker", "m1")
+            leader_status = await _status(kv, cluster, leader)
+            await _wait_for(kv, cluster, learner, lambda s: s["decided_slot"] >= leader_status["applied_slot"],
+                            "decided as far as the leader had applied")
+            async with connect([f"127.0.0.1:{cluster.ports[learner]}"], timeout=10) as local:
+                assert await local.get("marker", consistency="s") == "m1"
+            # Having served a read, it applies as it goes again, load or not.
+            assert (await _status(kv, cluster, learner))["learner"] == "eager"
+        assert acked.count > 800
 
         statuses = cluster.wait_converged(deadline_s=30)
         assert {s["learner"] for s in statuses} == {"eager"}  # a quiet cluster has no lazy learner
-        async with connect(cluster.endpoints, timeout=20) as kv:
-            items = dict(await kv.list(""))
-        acked.check(items)
-    finally:
-        cluster.close()
+        await _check_acked(cluster.endpoints, acked)
 
 
 async def test_leader_killed_while_a_learner_is_lazy_loses_no_acknowledged_write(tmp_path):
-    cluster = Cluster(tmp_path, extra_args=["--snapshot-every", "400"])
     acked = Acked()
-    try:
-        cluster.start_all()
+    with _cluster(tmp_path) as cluster:
         leader = cluster.leader()
         learner, _ = _learner_and_standby(cluster, leader)
-        stop = trio.Event()
-        async with connect(cluster.endpoints, timeout=10) as kv:
-            async with trio.open_nursery() as nursery:
-                for w in range(WRITERS):
-                    nursery.start_soon(_write_until, kv, f"w{w}", acked, stop)
-                try:
-                    await _wait_for(kv, cluster, learner,
-                                    lambda s: s["learner"] == "lazy" and s["apply_backlog"] > 0,
-                                    "lazy with a backlog")
-                    cluster.kill(leader)
-                    before = acked.count
-                    with trio.move_on_after(30):
-                        while acked.count < before + 300:
-                            await trio.sleep(0.05)
-                    assert acked.count >= before + 300, "writes did not resume after the leader was killed"
-                finally:
-                    stop.set()
+        async with _writes(cluster, acked) as kv:
+            await _wait_for(kv, cluster, learner, lambda s: s["learner"] == "lazy" and s["apply_backlog"] > 0,
+                            "lazy with a backlog")
+            cluster.kill(leader)
+            before = acked.count
+            with trio.move_on_after(30):
+                while acked.count < before + 300:
+                    await trio.sleep(0.05)
+            assert acked.count >= before + 300, "writes did not resume after the leader was killed"
         alive = [i for i in cluster.ports if i != leader]
         cluster.wait_converged(deadline_s=30, among=alive)
-        async with connect([cluster.endpoints[i - 1] for i in alive], timeout=20) as kv:
-            items = dict(await kv.list(""))
-        acked.check(items)
-    finally:
-        cluster.close()
+        await _check_acked([cluster.endpoints[i - 1] for i in alive], acked)
 
 
 async def test_eager_learners_option_keeps_every_follower_applying(tmp_path):
-    cluster = Cluster(tmp_path, extra_args=["--snapshot-every", "400", "--eager-learners"])
     acked = Acked()
-    try:
-        cluster.start_all()
-        leader = cluster.leader()
-        learner, _ = _learner_and_standby(cluster, leader)
-        stop = trio.Event()
-        async with connect(cluster.endpoints, timeout=10) as kv:
-            async with trio.open_nursery() as nursery:
-                for w in range(WRITERS):
-                    nursery.start_soon(_write_until, kv, f"w{w}", acked, stop)
-                try:
-                    # Past two of the leader's snapshots, under the same load as above: never lazy.
-                    seen = set()
-                    with trio.move_on_after(60):
-                        while True:
-                            s = await _status(kv, cluster, learner)
-                            if s is not None:
-                                seen.add(s["learner"])
-                                if s["snapshot_slot"] > 0 and s["counters"].get("snapshots", 0) >= 2:
-                                    break
-                            await trio.sleep(0.05)
-                    assert seen == {"eager"}
-                    assert s["counters"].get("snapshots_adopted", 0) == 0
-                    assert s["counters"].get("snapshots", 0) >= 2  # it took its own
-                finally:
-                    stop.set()
-    finally:
-        cluster.close()
+    with _cluster(tmp_path, "--eager-learners") as cluster:
+        learner, _ = _learner_and_standby(cluster, cluster.leader())
+        seen = set()
+        async with _writes(cluster, acked) as kv:
+            # Past two snapshots of its own, under the same load as above: never lazy.
+            status = await _wait_for(kv, cluster, learner,
+                                     lambda s: seen.add(s["learner"]) or s["counters"].get("snapshots", 0) >= 2,
+                                     "two snapshots", deadline_s=60)
+        assert seen == {"eager"}
+        assert status["counters"].get("snapshots_adopted", 0) == 0
