@@ -170,3 +170,21 @@ async def test_eager_learners_option_keeps_every_follower_applying(tmp_path):
                                      "two snapshots", deadline_s=60)
         assert seen == {"eager"}
         assert status["counters"].get("snapshots_adopted", 0) == 0
+
+
+async def test_learner_killed_after_adopting_restarts_from_the_adopted_snapshot(tmp_path):
+    acked = Acked()
+    with _cluster(tmp_path) as cluster:
+        leader = cluster.leader()
+        learner, _ = _learner_and_standby(cluster, leader)
+        async with _writes(cluster, acked) as kv:
+            adopted = await _wait_for(kv, cluster, learner,
+                                      lambda s: s["learner"] == "lazy" and s["counters"].get("snapshots_adopted", 0) >= 2,
+                                      "lazy, with two adopted snapshots")
+            cluster.kill(learner)  # SIGKILL: whatever adoption was under way stops half done
+            cluster.start(learner)
+            # It comes back from the snapshot it adopted (it never took one of its own), then follows.
+            back = await _wait_for(kv, cluster, learner, lambda s: True, "back")
+            assert back["snapshot_slot"] >= adopted["snapshot_slot"]
+        cluster.wait_converged(deadline_s=30)
+        await _check_acked(cluster.endpoints, acked)
