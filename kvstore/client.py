@@ -16,6 +16,8 @@ Writes carry ``(client_id, request_id, ack_below)``. A retry reuses the same ``r
 state machine applies the write once and returns its first result even when the first attempt was
 decided but its reply lost. That is what makes retrying a write after a leader failure safe. When the
 deadline passes, ``Unavailable`` says whether a write's outcome is unknown (it may have been applied).
+A new write waits while it would be ``WRITE_WINDOW`` or more above the oldest write still out: the state
+machine remembers only that many results per client, so within the window every retry is remembered.
 
 Reads are linearizable by default (the leader confirms leadership with a majority before answering);
 ``consistency="s"`` reads whatever the contacted node has applied, which can be stale.
@@ -28,6 +30,7 @@ or ``get`` would, in a task of the client, with the same request id and deadline
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import math
@@ -95,6 +98,12 @@ class _ConnectionLost(Exception):
     pass
 
 
+# A write goes out only while its request id is less than this far above the oldest write still out
+# (its ack_below). The state machine remembers at most this many results per client and raises the
+# client's floor past the ones it forgets (kvstore.statemachine.RESULTS_PER_CLIENT_MAX), so a write
+# retried while this many newer ones were answered would be refused as stale, its outcome unknown
+# (with 256 in flight, a leader failover did this). Within the window every retry is remembered.
+WRITE_WINDOW = 4096
 SOLO_CALLS = 64  # calls in a row with nothing else in flight before a connection writes at once
 
 _TIMED_OUT = object()  # a waiter's reply when its attempt deadline passed (see _Connection.watchdog)
@@ -338,6 +347,11 @@ class AsyncClient:
         # is the ack_below we send, telling the state machine it may forget every result below it.
         self._unanswered: list[int] = []
         self._answered: set[int] = set()
+        # Writes waiting for the window (see WRITE_WINDOW) wait on this event; _answered_write sets it.
+        self._window_waiters = 0
+        self._window_moved = trio.Event()
+        # Submitted writes beyond the window, in order: (request_id, build, finish), sent as it moves.
+        self._deferred_writes: collections.deque = collections.deque()
 
     # --- public API -------------------------------------------------------------------------------
 
@@ -443,6 +457,9 @@ class AsyncClient:
         request_id = next(self._request_ids)
         heapq.heappush(self._unanswered, request_id)
         try:
+            if request_id - self._unanswered[0] >= WRITE_WINDOW:
+                await self._window_open_for(request_id)
+
             def build(rid: int):
                 return make(rid, request_id, self._unanswered[0])
             return await self._call(build, write=True)
@@ -453,8 +470,26 @@ class AsyncClient:
         """The write ``request_id`` has its outcome: move ack_below past every answered write."""
         self._answered.add(request_id)
         heap, answered = self._unanswered, self._answered
+        if heap[0] != request_id:
+            return  # an older write is still out: ack_below stays
         while heap and heap[0] in answered:
             answered.discard(heapq.heappop(heap))
+        deferred = self._deferred_writes
+        while deferred and deferred[0][0] - heap[0] < WRITE_WINDOW:
+            _, build, finish = deferred.popleft()
+            self._submit(build, finish, write=True)
+        if self._window_waiters:
+            self._window_moved.set()
+            self._window_moved = trio.Event()
+
+    async def _window_open_for(self, request_id: int) -> None:
+        """Wait until ``request_id`` is less than WRITE_WINDOW above ack_below (the oldest write out)."""
+        self._window_waiters += 1
+        try:
+            while request_id - self._unanswered[0] >= WRITE_WINDOW:
+                await self._window_moved.wait()
+        finally:
+            self._window_waiters -= 1
 
     # --- submitted requests (no task waits for each) -----------------------------------------------
 
@@ -481,6 +516,12 @@ class AsyncClient:
             done(outcome["rev"] if type(outcome) is dict else outcome)
 
         try:
+            if self._deferred_writes or request_id - self._unanswered[0] >= WRITE_WINDOW:
+                # Too far ahead of the oldest write still out: sent, in order, once it is answered
+                # (see _answered_write); its deadline counts from then.
+                build(0)  # (refuses a frame too large here and now, as put does)
+                self._deferred_writes.append((request_id, build, finish))
+                return
             self._submit(build, finish, write=True)
         except BaseException:  # refused before it was sent (a frame too large): raised here, as put does
             self._answered_write(request_id)

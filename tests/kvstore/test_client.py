@@ -27,7 +27,10 @@ async def _fake_node(net: MemoryNetwork, name: str, port: int, reply_to) -> None
             for body in frames:
                 reply = reply_to(wire.decode_body(body))
                 if reply is not None:
-                    await stream.send_all(wire.encode_frame(reply))
+                    try:
+                        await stream.send_all(wire.encode_frame(reply))
+                    except trio.BrokenResourceError:
+                        return  # the client hung up (it gave up on this connection)
 
     async with trio.open_nursery() as conns:
         while True:
@@ -444,3 +447,53 @@ async def test_a_submitted_put_too_large_to_send_raises_at_once_and_frees_its_re
         assert await outcomes.wait(1) == [("k", 1)]
         assert kv._unanswered == []
     assert acks == [(2, 2)]  # request 1 (the refused one) is not waited for
+
+
+@pytest.mark.parametrize("submitted", [False, True], ids=["put", "submit_put"])
+async def test_writes_stay_within_the_dedup_window_of_the_oldest_write_still_out(submitted, autojump_clock):
+    """The node never answers write 1 (a request lost at a failed leader, retried until its deadline)
+    but answers every other at once. The state machine remembers 4,096 results per client and calls a
+    retry stale beyond them, so no write may go out 4,096 or more above the oldest one still out: the
+    writes after that wait until write 1 has its outcome, then go on."""
+    from kvstore import wire
+    from kvstore.client import WRITE_WINDOW
+    from kvstore.statemachine import RESULTS_PER_CLIENT_MAX
+
+    assert WRITE_WINDOW == RESULTS_PER_CLIENT_MAX
+    seen: list[tuple[int, int]] = []  # (request_id, ack_below) of every attempt, in arrival order
+    events: list = []
+    total = WRITE_WINDOW + 100
+
+    def reply_to(request):
+        seen.append((request.request_id, request.ack_below))
+        if request.request_id == 1:
+            return None
+        return wire.OkReply(id=request.id, result={"rev": request.request_id})
+
+    async with _connected_to_one_node(reply_to, timeout=3) as kv:
+        async def first() -> None:
+            with pytest.raises(Unavailable):
+                await _put(kv, submitted, "stuck", "v")
+            events.append("write 1 failed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first)
+            while not seen:  # write 1 is out (and it is the stuck one) before any other starts
+                await trio.sleep(0.001)
+            if submitted:
+                outcomes = _Outcomes()
+                for i in range(2, total + 1):
+                    kv.submit_put(f"k{i}", "v", outcomes.done(i))
+                got = dict(await outcomes.wait(total - 1))
+                assert got == {i: i for i in range(2, total + 1)}
+            else:
+                for i in range(2, total + 1):
+                    assert await kv.put(f"k{i}", "v") == i
+            events.append("all others answered")
+
+    assert events == ["write 1 failed", "all others answered"]
+    assert max(rq - ack for rq, ack in seen) == WRITE_WINDOW - 1
+    # Nothing beyond the window went out before write 1's last attempt (it failed for good after it).
+    last_of_write_1 = max(n for n, (rq, _) in enumerate(seen) if rq == 1)
+    first_beyond = min(n for n, (rq, _) in enumerate(seen) if rq > WRITE_WINDOW)
+    assert last_of_write_1 < first_beyond
