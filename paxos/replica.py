@@ -9,9 +9,9 @@ sequence of *slots* (section 3, "Implementing a State Machine"), each slot decid
 opaque commands (a ``tuple`` of ``bytes``; the empty tuple is the no-op).
 
 It owns no I/O. Inputs are plain method calls: ``receive(message)``, ``tick()``, ``propose(command)``,
-``read(read_id)``, ``compact(slot)``, ``install_snapshot(slot)``. Their effects accumulate in one
-``paxos.actions.Actions`` value until the shell calls ``take_actions()``, so a shell may feed many
-inputs and make them durable with one fsync (group commit). The shell must then carry out the actions
+``read(read_id)``, ``compact(slot)``, ``install_snapshot(slot)``, ``postpone_election()``. Their
+effects accumulate in one ``paxos.actions.Actions`` value until the shell calls ``take_actions()``, so
+a shell may feed many inputs and make them durable with one fsync (group commit). The shell must then carry out the actions
 in the order the ``Actions`` docstring gives: persist, then send, then apply.
 
 Rules (each cites the paper):
