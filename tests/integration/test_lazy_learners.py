@@ -72,6 +72,12 @@ async def _wait_for(kv, cluster: Cluster, node_id: int, predicate, what: str, de
     raise AssertionError(f"node {node_id}: {what} not within {deadline_s}s; last status {last}")
 
 
+async def _lazy_after_two_adoptions(kv, cluster: Cluster, learner: int) -> dict:
+    return await _wait_for(kv, cluster, learner,
+                           lambda s: s["learner"] == "lazy" and s["counters"].get("snapshots_adopted", 0) >= 2,
+                           "lazy, with two adopted snapshots")
+
+
 def _learner_and_standby(cluster: Cluster, leader: int) -> tuple[int, int]:
     others = sorted(i for i in cluster.ports if i != leader)
     return others[-1], others[0]
@@ -113,9 +119,7 @@ async def test_lazy_learner_adopts_snapshots_serves_fresh_reads_and_converges(tm
         leader = cluster.leader()
         learner, standby = _learner_and_standby(cluster, leader)
         async with _writes(cluster, acked) as kv:
-            lazy = await _wait_for(kv, cluster, learner,
-                                   lambda s: s["learner"] == "lazy" and s["counters"].get("snapshots_adopted", 0) >= 2,
-                                   "lazy, with two adopted snapshots")
+            lazy = await _lazy_after_two_adoptions(kv, cluster, learner)
             # The adopted snapshots stood in for commands it never applied.
             assert lazy["counters"].get("commands_not_applied", 0) > 0
             standby_status = await _status(kv, cluster, standby)
@@ -178,9 +182,7 @@ async def test_learner_killed_after_adopting_restarts_from_the_adopted_snapshot(
         leader = cluster.leader()
         learner, _ = _learner_and_standby(cluster, leader)
         async with _writes(cluster, acked) as kv:
-            adopted = await _wait_for(kv, cluster, learner,
-                                      lambda s: s["learner"] == "lazy" and s["counters"].get("snapshots_adopted", 0) >= 2,
-                                      "lazy, with two adopted snapshots")
+            adopted = await _lazy_after_two_adoptions(kv, cluster, learner)
             cluster.kill(learner)  # SIGKILL: whatever adoption was under way stops half done
             cluster.start(learner)
             # It comes back from the snapshot it adopted (it never took one of its own), then follows.
