@@ -24,6 +24,10 @@ batches applied, slot by slot), then reads are answered, and each node in ``snap
 sender's stored snapshot as a message (which can be reordered or lost like any other).
 ``early_accepts=True`` models the kvstore server's optimisation: Accept messages (phase 2a, which
 promise nothing) leave before the batch's fsync, and a crash may strike during that fsync.
+``postpone_elections=True`` models the kvstore server's lazy learners: during the fault phase a node
+now and then postpones its elections for a while (``Replica.postpone_election`` before each tick, as
+a server catching up a backlog does); postponing serves liveness only, so every safety check holds,
+and once the faults stop the postponements run out and the liveness phase must succeed.
 ``send_before_persist=True`` breaks the contract on purpose: messages leave at once and the records are only
 stored at the node's next tick, so a crash in between loses promises and acceptances that others
 already saw.
@@ -111,6 +115,7 @@ class Node:
     last_role: tuple | None = None  # for the trace: log role and ballot changes
     paused: int = 0  # compacting liveness phase: rounds left in a pause (a long snapshot, a busy host)
     inbox: list = field(default_factory=list)  # ticks and messages that arrived during the pause
+    postponing: int = 0  # postpone_elections mode: ticks left during which it postpones its election
 
 
 class Simulation:
@@ -119,7 +124,7 @@ class Simulation:
     def __init__(self, seed: int, *, nodes: int = 3, steps: int = 300, replica_class=Replica,
                  send_before_persist: bool = False, options: Options | None = None,
                  liveness_commands: int = 10, early_accepts: bool = False,
-                 compact_often: bool = False) -> None:
+                 compact_often: bool = False, postpone_elections: bool = False) -> None:
         self.seed = seed
         self.nodes_count = nodes
         self.steps = steps
@@ -135,6 +140,7 @@ class Simulation:
         self.liveness_commands = liveness_commands
         self.early_accepts = early_accepts
         self.compact_often = compact_often
+        self.postpone_elections = postpone_elections
         self.dropped: list[bytes] = []  # dropped_proposals seen (the liveness phase resubmits them)
         self.faults_on = True
         self.rng = random.Random(seed)
@@ -153,7 +159,7 @@ class Simulation:
         self.trace: deque[str] = deque(maxlen=TRACE_LINES)
         self.stats = {name: 0 for name, _ in FAULT_EVENTS}
         self.stats.update(reads_served=0, dropped_by_partition=0, snapshots_installed=0, crash_during_fsync=0,
-                          pauses=0, snapshots_installed_mid_batch=0)
+                          pauses=0, snapshots_installed_mid_batch=0, postponed=0)
         for node in self.nodes.values():
             self._start(node)
 
@@ -455,6 +461,13 @@ class Simulation:
             # messages already left.
             node.storage.records.extend(node.unsynced)
             node.unsynced = []
+        if self.postpone_elections:
+            if self.faults_on and not node.postponing and self.rng.random() < 0.05:
+                node.postponing = self.rng.randrange(1, 3 * self.options.election_timeout_ticks)
+                self.stats["postponed"] += 1
+            if node.postponing:
+                node.postponing -= 1
+                node.replica.postpone_election()
         node.replica.tick()
         self._drain(node)
 

@@ -28,7 +28,7 @@ FIXED_SEEDS = range(1, 201)
 FAILING_SEEDS_FILE = Path(__file__).with_name("failing_seeds.txt")
 
 
-MODES = {"": {}, "compact_often": {"compact_often": True}}
+MODES = {"": {}, "compact_often": {"compact_often": True}, "postpone_elections": {"postpone_elections": True}}
 
 
 def _failing_seeds() -> list[tuple[int, int, str]]:
@@ -61,6 +61,17 @@ def test_accepts_sent_before_the_leaders_own_fsync_stay_safe(sim_seed, nodes):
     sim.run()
     if sim_seed == 1:
         assert sim.stats["crash_during_fsync"] > 0, "the mode never crashed a node during an fsync"
+
+
+@pytest.mark.sim_seeds(range(1, 101))
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_postponed_elections_stay_safe_and_live(sim_seed, nodes):
+    """kvstore.server postpones a node's elections while it applies a backlog (lazy learners): nodes
+    that postpone at random under faults keep every safety check, and the cluster is live after."""
+    sim = Simulation(sim_seed, nodes=nodes, steps=STEPS, postpone_elections=True)
+    sim.run()
+    if sim_seed == 1:
+        assert sim.stats["postponed"] > 0, "the mode never postponed an election"
 
 
 @pytest.mark.sim_seeds(range(1, 301))
