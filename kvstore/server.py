@@ -770,8 +770,8 @@ class Node:
                 continue
             for conn, request_id, _ in self._waiting_writes.pop((cmd.client_id, cmd.request_id), []):
                 conn.reply(self._not_leader(request_id))
-        for peer_id in actions.snapshot_to:
-            self._send_snapshot_soon(peer_id)
+        if actions.snapshot_to:
+            self._send_snapshot_soon(actions.snapshot_to)
 
     def _apply_queued(self, limit: int) -> None:
         """Apply queued decided slots, whole slots of about ``limit`` commands at most, answering the
@@ -850,11 +850,14 @@ class Node:
             return False
         if now - self._last_local_read < LOCAL_READ_EAGER_SECONDS or now - self._last_handout > LAZY_IDLE_SECONDS:
             return False
-        # Restoring a key costs ~1.8 us, applying a put ~4.5 us: a state more than twice the snapshot
-        # interval is cheaper to keep applying. And if the leader's snapshots stop coming, the backlog
-        # is applied after two intervals' worth.
+        # If the leader's snapshots stop coming, the backlog is applied after two intervals' worth.
         interval = max(o.snapshot_every, len(self.sm) // 8)
-        return len(self.sm) <= 2 * o.snapshot_every and self._to_apply_commands <= 2 * interval
+        return self._small_enough_for_learners() and self._to_apply_commands <= 2 * interval
+
+    def _small_enough_for_learners(self) -> bool:
+        """Restoring a key costs ~1.8 us, applying a put ~4.5 us: a state more than twice the snapshot
+        interval is cheaper to keep applying than to adopt (the leader and the learners use this rule)."""
+        return len(self.sm) <= 2 * self.options.snapshot_every
 
     def _update_learner(self) -> None:
         lazy = self._should_be_lazy(trio.current_time())
@@ -1018,14 +1021,12 @@ class Node:
         self.counters["memory_trim_us_max"] = max(self.counters["memory_trim_us_max"], trim_us)
         log.info("snapshot at slot %d (%d keys, %d ms)", slot, len(self.sm), self._snapshot_ms)
         if (self.options.lazy_learners and self.replica.is_leader and len(self.peers) >= 3
-                and len(self.sm) <= 2 * self.options.snapshot_every):
+                and self._small_enough_for_learners()):
             # Followers other than the standby may be lazy learners: they take this instead of
             # applying (one that is not lazy drops it: the slot is applied there already). Past
             # that size no follower is lazy (see _should_be_lazy), so nothing is sent.
             standby = standby_of(self.peers, self.node_id)
-            for peer_id in self.peers:
-                if peer_id not in (self.node_id, standby):
-                    self._send_snapshot_soon(peer_id)
+            self._send_snapshot_soon([p for p in self.peers if p not in (self.node_id, standby)])
 
     async def _install_snapshot(self, slot: int, data: bytes) -> None:
         if slot <= self.replica.applied_slot:
@@ -1088,25 +1089,30 @@ class Node:
         self._snapshot_ms = int((time.perf_counter() - started) * 1000)
         await self._finish_snapshot(slot)
 
-    def _send_snapshot_soon(self, peer_id: int) -> None:
-        if peer_id in self._snapshot_sending or peer_id not in self._peer_out:
+    def _send_snapshot_soon(self, peer_ids) -> None:
+        """Send our newest snapshot to each of ``peer_ids``: the file is read and framed once for all."""
+        peer_ids = [p for p in peer_ids if p not in self._snapshot_sending and p in self._peer_out]
+        if not peer_ids:
             return
         snapshot = self.storage.read_snapshot()
         if snapshot is None:
             return
         slot, data = snapshot
-        self._snapshot_sending.add(peer_id)
-        outbox = self._peer_out[peer_id]
         total = len(data)
-        try:
-            for offset in range(0, max(total, 1), SNAPSHOT_CHUNK_BYTES):
-                chunk = wire.SnapshotChunk(sender=self.node_id, slot=slot, offset=offset, total=total,
-                                           data=bytes(data[offset:offset + SNAPSHOT_CHUNK_BYTES]))
-                if not outbox.write(wire.encode_frame(chunk)):
-                    self.counters["snapshot_send_dropped"] += 1  # the receiver drops the rest; the core asks again
-                    break
-        finally:
-            self._snapshot_sending.discard(peer_id)
+        frames = [wire.encode_frame(wire.SnapshotChunk(sender=self.node_id, slot=slot, offset=offset, total=total,
+                                                       data=bytes(data[offset:offset + SNAPSHOT_CHUNK_BYTES])))
+                  for offset in range(0, max(total, 1), SNAPSHOT_CHUNK_BYTES)]
+        del data
+        for peer_id in peer_ids:
+            self._snapshot_sending.add(peer_id)
+            outbox = self._peer_out[peer_id]
+            try:
+                for frame in frames:
+                    if not outbox.write(frame):
+                        self.counters["snapshot_send_dropped"] += 1  # the receiver drops the rest; the core asks again
+                        break
+            finally:
+                self._snapshot_sending.discard(peer_id)
 
     def _receive_snapshot_chunk(self, chunk) -> None:
         key = (chunk.sender, chunk.slot)
