@@ -364,6 +364,8 @@ def decode_log(buf: bytes) -> LogScan:
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
+        failpoints.hit("fsync")
+        failpoints.hit("fsync_dir")
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -614,6 +616,8 @@ class Storage:
             try:
                 os.ftruncate(fd, scan.good_bytes)
                 if self._fsync_enabled:
+                    failpoints.hit("fsync")
+                    failpoints.hit("fsync_file")
                     self._fdatasync(fd)
             finally:
                 os.close(fd)
@@ -653,6 +657,8 @@ class Storage:
                     self._write_all(fd, data)
                 if self._fsync_enabled:
                     # fsync, not fdatasync: the new file's metadata must be durable before the rename.
+                    failpoints.hit("fsync")
+                    failpoints.hit("fsync_file")
                     os.fsync(fd)
             finally:
                 os.close(fd)
@@ -834,10 +840,13 @@ class Storage:
             self._reserve(len(data))
         try:
             if data:
+                failpoints.hit("write_log")
                 self._write_all(self._log_fd, data)
                 self._log_end = start + len(data)
             if self._fsync_enabled and self._synced_end < self._log_end:
                 failpoints.hit("before_fsync")
+                failpoints.hit("fsync")
+                failpoints.hit("fsync_log")
                 self._fdatasync(self._log_fd)
                 failpoints.hit("after_fsync")
                 self._synced_end = self._log_end
@@ -862,6 +871,7 @@ class Storage:
         data = b"".join(self._pending)
         self._reserve(len(data))
         try:
+            failpoints.hit("write_log")
             self._write_all(self._log_fd, data)
         except OSError as exc:
             self._cut_back(start, len(data), exc)
@@ -885,6 +895,8 @@ class Storage:
             raise StorageError(self._broken or "storage is closed")
         try:
             failpoints.hit("before_fsync")
+            failpoints.hit("fsync")
+            failpoints.hit("fsync_log")
             self._fdatasync(fd)
             failpoints.hit("after_fsync")
         except OSError as exc:

@@ -811,7 +811,7 @@ def test_without_failpoints_the_child_finishes(tmp_path):
 
 def test_failpoint_spec_parsing():
     assert failpoints.parse("") == {}
-    assert failpoints.parse(" a=exit , b=exit,") == {"a": "exit", "b": "exit"}
+    assert failpoints.parse(" a=exit , b=exit,") == {"a": ("exit", None), "b": ("exit", None)}
     with pytest.raises(ValueError):
         failpoints.parse("a")
     with pytest.raises(ValueError):
