@@ -21,6 +21,7 @@ STATUS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("APPLIED", ("applied_slot", "applied")),
     ("LEARNER", ("learner",)),
     ("BACKLOG", ("apply_backlog",)),
+    ("DISK", ("disk",)),  # ok, read-only (disk full) or failed; disk_error says why
     ("LOG_SIZE", ("log_bytes", "log_size", "log_entries", "log_length")),
     ("SNAPSHOT", ("snapshot_slot", "snapshot")),
     ("REVISION", ("revision",)),
@@ -29,7 +30,9 @@ STATUS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ERROR", ("error",)),
 )
 
-_KNOWN_KEYS = {key for _, keys in STATUS_FIELDS for key in keys}
+# Keys shown another way: disk_error under the table (see disk_problems), storage_full as DISK.
+_NOT_COLUMNS = {"disk_error", "storage_full"}
+_KNOWN_KEYS = {key for _, keys in STATUS_FIELDS for key in keys} | _NOT_COLUMNS
 
 
 SHORT_HASH_CHARS = 12
@@ -105,3 +108,14 @@ def extra_keys(statuses: Sequence[Mapping[str, Any]]) -> list[str]:
             if value is None or isinstance(value, (str, int, float, bool, list, tuple)):
                 extra.append(key)
     return extra
+
+
+def disk_problems(statuses: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per node whose disk is not ok: its id, the disk state and why (the file, the error,
+    what to do), for ``kv status`` to print under its table."""
+    lines = []
+    for status in statuses:
+        state = status.get("disk")
+        if state is not None and state != "ok":
+            lines.append(f"node {field(status, 'ID')}: disk {state}: {status.get('disk_error') or 'no reason given'}")
+    return lines

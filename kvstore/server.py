@@ -77,7 +77,7 @@ from paxos.replica import Config, Options, Replica
 from . import commands, failpoints, runtime, wire
 from .netio import Outbox, socket_fd
 from .statemachine import STALE_REQUEST, StateMachine
-from .storage import Storage, StorageFull
+from .storage import Storage, StorageError, StorageFull
 
 log = logging.getLogger("kvstore.server")
 
@@ -106,6 +106,13 @@ CATCH_UP_COMMANDS = 4096
 LOCAL_READ_EAGER_SECONDS = 10.0
 # ... and as soon as no decided slot has reached it for this long: a quiet cluster has no lazy learners.
 LAZY_IDLE_SECONDS = 0.25
+
+# The node's disk, as ``status`` reports it (see Node._stop_voting and docs/design.md, "Disk faults")
+DISK_OK = "ok"
+DISK_READ_ONLY = "read-only"  # a write failed with ENOSPC: nothing durable was lost, nothing new is
+DISK_FAILED = "failed"  # an fsync (or a write) failed: the page cache can no longer be trusted
+# ``kv serve --exit-on-disk-failure``: the exit status after a disk failure, for a process supervisor
+EXIT_DISK_FAILED = 75  # EX_TEMPFAIL: restart me once the disk is fixed
 
 
 def standby_of(members, leader: int) -> int | None:
@@ -153,6 +160,10 @@ class ServerOptions:
     # Lazy learners (see "Lazy learners" in the module docstring): under sustained writes, a follower
     # that is not the standby applies nothing and takes the leader's snapshots instead.
     lazy_learners: bool = True
+    # After a disk failure (see Node._stop_voting) the node stays up, fenced: it answers status and
+    # serializable reads and says why it cannot write. With this set it exits with EXIT_DISK_FAILED
+    # instead, once it has answered its waiting clients, so that a supervisor restarts it.
+    exit_on_disk_failure: bool = False
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -210,6 +221,7 @@ EV_COMPACT = 5  # (EV_COMPACT, slot): our snapshot file through slot is written;
 EV_MANY = 6  # (EV_MANY, [event, ...]): what one reader read at once (messages, proposals, reads), in order
 EV_ADOPT = 7  # (EV_ADOPT, slot, state_machine, started): the leader's snapshot, restored and written here
 EV_WAKE = 8  # (EV_WAKE,): nothing for the core; the driver looks at its apply queue (a local read waits)
+EV_INSTALL = 9  # (EV_INSTALL, slot, data, state_machine): a peer's snapshot, restored in a worker thread
 
 
 FOLLOWER_TICKS_PER_WAKE = 5
@@ -309,6 +321,7 @@ class Node:
         self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
         # Frames for each peer; at most 10,000 wait while a link is slow, the rest are dropped
         self._peer_out: dict[int, Outbox] = {p: Outbox(limit=10_000) for p in self.peers if p != node_id}
+        self._peer_links = trio.CancelScope()  # the peer sender tasks (see _run_peer_links, _stop_voting)
         self._dirty_conns: list[ClientConn] = []  # client connections with replies to flush
         self._client_conns: set[ClientConn] = set()
         # (client_id, request_id) -> list of (conn, wire request id, deadline)
@@ -319,7 +332,10 @@ class Node:
         self._applied_since_snapshot = 0
         self._snapshot_inbox: dict[tuple[int, int], bytearray] = {}
         self._snapshot_sending: set[int] = set()
-        self.storage_full = False
+        # ok, read-only or failed; anything but ok fences the node (see _stop_voting)
+        self.disk_state = DISK_OK
+        self.disk_error: str | None = None  # why the disk is not ok: the file, the error, what to do
+        self._fenced = False  # disk_state != ok, as a flag the hot paths test
         self.applied_slot = self.replica.snapshot_slot  # what the state machine has applied
         self._commit_send, self._commit_recv = trio.open_memory_channel(math.inf)
         self._staged = 0
@@ -347,6 +363,11 @@ class Node:
         self.listen_port: int | None = None
         self.ready = trio.Event()
 
+    @property
+    def storage_full(self) -> bool:
+        """The node refuses writes because a write to its disk failed with ENOSPC."""
+        return self.disk_state == DISK_READ_ONLY
+
     # -----------------------------------------------------------------------------------------------
     # life cycle
 
@@ -361,8 +382,7 @@ class Node:
                 nursery.start_soon(self._driver)
                 nursery.start_soon(self._committer)
                 nursery.start_soon(self._ticker)
-                for peer_id in self._peer_out:
-                    nursery.start_soon(self._peer_sender, peer_id)
+                nursery.start_soon(self._run_peer_links)
                 nursery.start_soon(self._serve_listeners, listeners)
                 self.ready.set()
                 task_status.started(self.listen_port)
@@ -397,7 +417,7 @@ class Node:
             await trio.sleep_until(next_at)
             replica = self.replica
             self.counters["tick_wakeups"] += 1
-            if self._driver_idle and self._quiet and self._committed == self._staged and not self.storage_full:
+            if self._driver_idle and self._quiet and self._committed == self._staged and not self._fenced:
                 # Nothing else to do: tick here, saving the driver a wake-up (as readers do, see _post).
                 self.counters["inline_ticks"] += step
                 self._tick(step)
@@ -461,8 +481,8 @@ class Node:
             counters["driver_loops"] += 1
             counters["events"] += count
             self._quiet = count <= 2
-            if self.storage_full:
-                self._refuse_while_full(batch)
+            if self._fenced:
+                self._refuse_while_fenced(batch)
                 self._flush_replies()
                 continue
             feed = self._feed
@@ -472,9 +492,9 @@ class Node:
                     ticks += event[1]
                     self._tick(event[1])
                 elif kind == EV_SNAPSHOT:
-                    if not self._snapshotting:  # else drop it: the core asks again
-                        await self._wait_committed()
-                        await self._install_snapshot(event[1], event[2])
+                    self._receive_snapshot(event[1], event[2])
+                elif kind == EV_INSTALL:
+                    await self._install_snapshot(event[1], event[2], event[3])
                 elif kind == EV_COMPACT:
                     await self._finish_snapshot(event[1])
                 elif kind == EV_ADOPT:
@@ -520,7 +540,7 @@ class Node:
         # the interval grows by an eighth at most, so the log above the snapshot stays bounded too).
         # The core keeps every decided value above the snapshot in memory, so the interval is also
         # what a node holds beyond its state: an eighth of a million keys' writes is about 40 MB.
-        if (not self._snapshotting
+        if (not self._snapshotting and not self._fenced
                 and self._applied_since_snapshot >= max(self.options.snapshot_every, len(self.sm) // 8)):
             self._start_snapshot()
 
@@ -541,7 +561,7 @@ class Node:
         if not events:
             return
         if (self._driver_idle and self._quiet and len(events) <= 2 and self._committed == self._staged
-                and not self.storage_full):
+                and not self._fenced):
             self.counters["inline_events"] += len(events)
             for event in events:
                 self._feed(event)
@@ -589,8 +609,8 @@ class Node:
             try:
                 self.storage.append(actions.persist)
                 flushed = self.storage.flush()
-            except StorageFull as exc:
-                self._on_storage_full(exc)
+            except StorageError as exc:
+                self._stop_voting(exc)
                 return  # nothing else of this batch may leave the node
             # Decide records only speed up recovery (a lost one is learned again from the peers), so a
             # batch that persists nothing else need not wait for an fsync; a later fsync covers them.
@@ -604,7 +624,11 @@ class Node:
             # fsync is needed or the disk is fast: carry it out here. Every hop to another task or
             # thread is a wake-up, and one request at a time pays for each of them in latency.
             if end is not None and self.options.fsync:
-                self._note_fsync(self._fsync(end))
+                try:
+                    self._note_fsync(self._fsync(end))
+                except StorageError as exc:
+                    self._stop_voting(exc)
+                    return  # the batch may or may not be on disk: none of it may leave the node
             if decided_slot > self._durable_decided_slot:
                 self._durable_decided_slot = decided_slot
             self.counters["inline_batches"] += 1
@@ -637,12 +661,18 @@ class Node:
                 except trio.WouldBlock:
                     break
             end = max((item[1] for item in items if item[1] is not None), default=None)
-            if end is not None and self.options.fsync:
-                self._note_fsync(await trio.to_thread.run_sync(self._fsync, end))
-            for actions, _, early, decided_slot in items:
-                if decided_slot > self._durable_decided_slot:
-                    self._durable_decided_slot = decided_slot
-                self._carry_out(actions, early)
+            if end is not None and self.options.fsync and not self._fenced:
+                try:
+                    self._note_fsync(await trio.to_thread.run_sync(self._fsync, end))
+                except StorageError as exc:
+                    self._stop_voting(exc)
+            if not self._fenced:
+                for actions, _, early, decided_slot in items:
+                    if decided_slot > self._durable_decided_slot:
+                        self._durable_decided_slot = decided_slot
+                    self._carry_out(actions, early)
+            # else: these batches (and any staged after them) may not all be on disk; none of their
+            # messages, applies or answers may leave. Their waiting clients were told (_stop_voting).
             self._flush_replies()
             self._committed += len(items)
             progress, self._progress = self._progress, trio.Event()
@@ -653,19 +683,77 @@ class Node:
         while self._committed < self._staged:
             await self._progress.wait()
 
-    def _refuse_while_full(self, batch) -> None:
-        """Degraded mode after a full disk: the core is frozen (its memory may be ahead of the disk, so
-        it must not speak), writes and linearizable reads are refused; stale reads still work."""
+    def _refuse_while_fenced(self, batch) -> None:
+        """A fenced node (its disk is read-only or failed): the core is frozen (its memory may be ahead
+        of the disk, so it must not speak), writes and linearizable reads are refused, ticks and peer
+        messages are dropped; serializable reads and status still work (see _client_request)."""
         for event in [one for item in batch for one in (item[1] if item[0] == EV_MANY else (item,))]:
             if event[0] == EV_PROPOSE:
-                event[3].reply(self._storage_full_reply(event[4]))
+                event[3].reply(self._disk_reply(event[4]))
             elif event[0] == EV_READ:
-                event[1].reply(self._storage_full_reply(event[2].id))
+                event[1].reply(self._disk_reply(event[2].id))
 
-    def _storage_full_reply(self, request_id) -> wire.ErrorReply:
-        return wire.ErrorReply(id=request_id, code=wire.STORAGE_FULL, leader=None,
-                               message="this node's disk is full; it refuses writes until restarted "
-                                       "with free space")
+    def _disk_reply(self, request_id, *, write_sent: bool = False) -> wire.ErrorReply:
+        """The answer to a request this node cannot serve because of its disk."""
+        if self.disk_state == DISK_READ_ONLY:
+            return wire.ErrorReply(id=request_id, code=wire.STORAGE_FULL, leader=None,
+                                   message="this node's disk is full; it refuses writes until restarted "
+                                           "with free space")
+        outcome = "; this write's outcome is unknown (another node may still decide it)" if write_sent else ""
+        return wire.ErrorReply(id=request_id, code=wire.DISK_FAILED, leader=None,
+                               message=f"this node's disk failed and it stopped voting{outcome}: "
+                                       f"{self.disk_error}")
+
+    def _stop_voting(self, exc: Exception) -> None:
+        """The disk refused a write or an fsync: fence this node at once, on whatever path found out.
+
+        After a failed fsync the page cache cannot be trusted: a retried fsync may "succeed" without
+        the data (PostgreSQL, 2018), so the core's memory may now be ahead of what the disk holds and
+        nothing it says may leave the node: no Promise, Accepted, HeartbeatAck or Decide, no answer to
+        a write or a linearizable read. So the core is never fed again (the driver, the readers and
+        the ticker test ``_fenced``), batches staged and not carried out are dropped, nothing more is
+        sent to peers, and waiting clients are told. A leader thereby steps down: its followers stop
+        hearing from it and elect another within an election timeout. The node keeps answering status
+        and serializable reads (its state machine holds only what was decided before: applies follow
+        successful fsyncs) and says why. ENOSPC on a write (``StorageFull``) fences too, as read-only:
+        nothing was lost, but nothing new is durable. Either way a restart recovers from what the disk
+        really holds. Idempotent: the first failure is the one reported.
+        """
+        if self._fenced:
+            return
+        full = isinstance(exc, StorageFull)
+        self.disk_state = DISK_READ_ONLY if full else DISK_FAILED
+        self.disk_error = str(exc)
+        self._fenced = True
+        self._lazy = False  # apply what was decided before: serializable reads wait for it
+        if full:
+            log.error("node %d: disk full: refusing writes until restarted with free space: %s", self.node_id, exc)
+        else:
+            log.critical("node %d: DISK FAILED, this node stopped voting: %s. It sends no Paxos message and "
+                         "answers no write until it is restarted once the disk is fixed (recovery reads what "
+                         "the disk really holds); status and serializable reads still work", self.node_id, exc)
+        self.counters["disk_failures"] += 1
+        for waiters in self._waiting_writes.values():
+            for conn, request_id, _ in waiters:
+                conn.reply(self._disk_reply(request_id, write_sent=True))
+        self._waiting_writes.clear()
+        self._own_commands.clear()
+        for conn, request, _ in self._waiting_reads.values():
+            conn.reply(self._disk_reply(request.id))
+        self._waiting_reads.clear()
+        self._deferred_reads = []
+        if not full:
+            # Frames already queued were produced before the failure, after their own fsyncs, so they
+            # could go; but nothing new may, and closing the links makes the silence plain to peers.
+            for outbox in self._peer_out.values():
+                outbox.fd = None  # no more direct writes (see Outbox.write)
+                outbox.close()
+            self._peer_links.cancel()
+        self._flush_replies()
+        if self.options.exit_on_disk_failure:
+            log.critical("node %d: exiting with status %d (--exit-on-disk-failure)", self.node_id, EXIT_DISK_FAILED)
+            logging.shutdown()
+            os._exit(EXIT_DISK_FAILED)
 
     def _propose(self, event) -> None:
         _, command, key, conn, request_id, decoded = event
@@ -845,7 +933,7 @@ class Node:
         o = self.options
         replica = self.replica
         leader = replica.leader_id
-        if (not o.lazy_learners or len(self.peers) < 3 or leader is None or replica.is_leader
+        if (not o.lazy_learners or self._fenced or len(self.peers) < 3 or leader is None or replica.is_leader
                 or self.node_id == standby_of(self.peers, leader)):
             return False
         if now - self._last_local_read < LOCAL_READ_EAGER_SECONDS or now - self._last_handout > LAZY_IDLE_SECONDS:
@@ -884,7 +972,7 @@ class Node:
 
     def _send_now(self, sends) -> None:
         """2. Send messages to peers: one frame per peer per batch (split if huge)."""
-        if not sends:
+        if not sends or self._fenced:
             return
         per_peer: dict[int, list] = defaultdict(list)
         for to, message in sends:
@@ -931,17 +1019,6 @@ class Node:
             conn.reply(wire.ErrorReply(id=request_id, code=wire.BAD_REQUEST, message=str(error), leader=None))
         else:
             conn.reply_frame(wire.encode_write_result_frame(request_id, result))
-
-    def _on_storage_full(self, exc: Exception) -> None:
-        log.error("disk full: refusing writes until restarted with free space: %s", exc)
-        self.storage_full = True
-        for key, waiters in list(self._waiting_writes.items()):
-            for conn, request_id, _ in waiters:
-                conn.reply(self._storage_full_reply(request_id))
-        self._waiting_writes.clear()
-        for read_id, (conn, request, _) in list(self._waiting_reads.items()):
-            conn.reply(self._storage_full_reply(request.id))
-        self._waiting_reads.clear()
 
     def _not_leader(self, request_id) -> wire.ErrorReply:
         leader = self.replica.leader_id
@@ -992,10 +1069,9 @@ class Node:
         try:
             with frozen:
                 await trio.to_thread.run_sync(self.storage.write_snapshot_file, slot, pieces())
-        except StorageFull as exc:
+        except StorageError as exc:
             self._snapshotting = False
-            self._on_storage_full(exc)
-            self._flush_replies()
+            self._stop_voting(exc)
             return
         self._snapshot_ms = int((time.perf_counter() - started) * 1000)
         self._post_event((EV_COMPACT, slot))
@@ -1006,9 +1082,10 @@ class Node:
             await self._wait_committed()  # every staged record is in the log before it is rewritten
             self.replica.compact(slot)
             await trio.to_thread.run_sync(self.storage.compact_log, slot, self.replica.durable_state())
-        except StorageFull as exc:
-            # A snapshot written without its log rewrite still recovers with the old log.
-            self._on_storage_full(exc)
+        except StorageError as exc:
+            # (A snapshot written without its log rewrite still recovers with the old log.)
+            self._stop_voting(exc)
+            return
         finally:
             self._snapshotting = False
             self._flush_replies()
@@ -1028,20 +1105,46 @@ class Node:
             standby = standby_of(self.peers, self.node_id)
             self._send_snapshot_soon([p for p in self.peers if p not in (self.node_id, standby)])
 
-    async def _install_snapshot(self, slot: int, data: bytes) -> None:
+    def _receive_snapshot(self, slot: int, data: bytes) -> None:
+        """In the driver: a peer's snapshot through ``slot`` arrived. Restore it in a worker thread
+        (a million keys take seconds of CPU, which must not stall ticks, heartbeats and Accepts), then
+        install it (``EV_INSTALL``) or, on a lazy learner that decided past it, adopt it (``EV_ADOPT``).
+        While one is restored or written, others are dropped: the core asks again."""
+        if self._snapshotting:
+            return
         if slot <= self.replica.applied_slot:
             if self._lazy and slot > self.applied_slot and slot > self.replica.snapshot_slot:
                 self._snapshotting = True  # no snapshot of our own meanwhile (see _adopt)
                 self._nursery.start_soon(self._restore_for_adoption, slot, data)
             return
+        self._snapshotting = True
+        self._nursery.start_soon(self._restore_for_install, slot, data)
+
+    async def _restore_for_install(self, slot: int, data: bytes) -> None:
         try:
-            sm = StateMachine.restore(data)
+            sm = await trio.to_thread.run_sync(StateMachine.restore, data)
         except Exception as exc:  # a peer sent a bad snapshot: drop it, the core will ask again
+            self._snapshotting = False
             log.warning("rejected snapshot at slot %d: %s", slot, exc)
+            return
+        self._post_event((EV_INSTALL, slot, data, sm))
+
+    async def _install_snapshot(self, slot: int, data: bytes, sm: StateMachine) -> None:
+        """In the driver: the peer's snapshot through ``slot``, restored in ``sm``, becomes ours (unless
+        the core decided past it meanwhile; then it is dropped)."""
+        self._snapshotting = False
+        if slot <= self.replica.applied_slot:
+            return
+        await self._wait_committed()  # every staged record is in the log before it is rewritten
+        if self._fenced:
             return
         self.replica.install_snapshot(slot)
         state = self.replica.durable_state()
-        await trio.to_thread.run_sync(self.storage.write_snapshot, slot, data, state)
+        try:
+            await trio.to_thread.run_sync(self.storage.write_snapshot, slot, data, state)
+        except StorageError as exc:
+            self._stop_voting(exc)
+            return
         self.sm = sm
         self.applied_slot = slot
         self._to_apply.clear()  # every slot handed out so far is at or below the snapshot
@@ -1057,10 +1160,9 @@ class Node:
         try:
             sm = await trio.to_thread.run_sync(StateMachine.restore, data)
             await trio.to_thread.run_sync(self.storage.write_snapshot_file, slot, data)
-        except StorageFull as exc:
+        except StorageError as exc:
             self._snapshotting = False
-            self._on_storage_full(exc)
-            self._flush_replies()
+            self._stop_voting(exc)
             return
         except Exception as exc:  # a bad snapshot (or one older than ours): keep applying instead
             self._snapshotting = False
@@ -1092,7 +1194,7 @@ class Node:
     def _send_snapshot_soon(self, peer_ids) -> None:
         """Send our newest snapshot to each of ``peer_ids``: the file is read and framed once for all."""
         peer_ids = [p for p in peer_ids if p not in self._snapshot_sending and p in self._peer_out]
-        if not peer_ids:
+        if not peer_ids or self._fenced:
             return
         snapshot = self.storage.read_snapshot()
         if snapshot is None:
@@ -1131,6 +1233,13 @@ class Node:
 
     # -----------------------------------------------------------------------------------------------
     # peers
+
+    async def _run_peer_links(self) -> None:
+        """One sender task per peer, all in ``_peer_links`` (cancelled when the node stops voting)."""
+        with self._peer_links:
+            async with trio.open_nursery() as nursery:
+                for peer_id in self._peer_out:
+                    nursery.start_soon(self._peer_sender, peer_id)
 
     async def _peer_sender(self, peer_id: int) -> None:
         """Dial ``peer_id`` and keep its link open, reconnecting with capped back-off.
@@ -1309,8 +1418,8 @@ class Node:
             except ValueError as exc:
                 conn.reply(wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=str(exc), leader=None))
                 return
-            if self.storage_full:
-                conn.reply(self._storage_full_reply(request.id))
+            if self._fenced:
+                conn.reply(self._disk_reply(request.id))
                 return
             if not self.replica.is_leader:
                 conn.reply(self._not_leader(request.id))
@@ -1319,11 +1428,14 @@ class Node:
             events.append((EV_PROPOSE, command, key, conn, request.id, decoded))
         elif isinstance(request, (wire.GetRequest, wire.ListRequest)):
             if request.linearizable:
+                if self._fenced:
+                    conn.reply(self._disk_reply(request.id))
+                    return
                 if not self.replica.is_leader:
                     conn.reply(self._not_leader(request.id))
                     return
                 events.append((EV_READ, conn, request))
-            elif (self._lazy or self._to_apply) and not self.storage_full:
+            elif self._lazy or self._to_apply:
                 # This node has decided commands it has not applied: the read waits for them (and a
                 # lazy learner turns eager for a while, see _should_be_lazy).
                 self._last_local_read = trio.current_time()
@@ -1377,13 +1489,14 @@ class Node:
     def status(self) -> dict:
         core = self.replica.status()
         host, port = self.peers[self.node_id]
-        leader = self.replica.leader_id
+        # A fenced node's core is frozen with whatever it believed: it leads nothing and knows no leader.
+        leader = None if self._fenced else self.replica.leader_id
         ballot = core.get("ballot")
         return {
             "id": self.node_id,
             "address": f"{host}:{self.listen_port or port}",
             "leader": leader,
-            "is_leader": self.replica.is_leader,
+            "is_leader": self.replica.is_leader and not self._fenced,
             "ballot": list(ballot) if ballot is not None else None,
             "decided_slot": self.replica.decided_slot,
             "applied_slot": self.applied_slot,
@@ -1395,6 +1508,8 @@ class Node:
             "keys": len(self.sm),
             "state_hash": self.sm.state_hash(),
             "storage_full": self.storage_full,
+            "disk": self.disk_state,  # ok, read-only or failed
+            "disk_error": self.disk_error,  # why not ok: the file, the error, what to do
             "snapshotting": self._snapshotting,
             "cluster_id": self.options.cluster_id,
             "counters": dict(self.counters),

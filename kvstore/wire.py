@@ -88,8 +88,9 @@ SHUTTING_DOWN = "shutting_down"
 TIMEOUT = "timeout"
 PROTOCOL = "protocol"
 STALE = "stale"
+DISK_FAILED = "disk_failed"
 ERROR_CODES = (NOT_LEADER, BAD_REQUEST, UNAVAILABLE, STORAGE_FULL, TOO_LARGE, SHUTTING_DOWN, TIMEOUT, PROTOCOL,
-               STALE)
+               STALE, DISK_FAILED)
 
 _HEADER = struct.Struct(">I")
 _CBOR_DEPTH_MAX = 8  # px map > m list > message > entry list > entry > value list: 6 levels used
