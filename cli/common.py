@@ -14,7 +14,6 @@ unless ``--debug`` asks for the traceback.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import sys
@@ -26,6 +25,7 @@ from typing import Any, Iterator
 import typer
 
 from cli.output import OutputFormat
+import kvstore.endpoints
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -34,7 +34,6 @@ EXIT_USAGE = 2
 ENV_ENDPOINTS = "KV_ENDPOINTS"
 ENV_CLUSTER_DIR = "KV_CLUSTER_DIR"
 STATE_FILE_NAME = "cluster.json"
-PORT_MAX = 65535
 
 
 class UsageProblem(Exception):
@@ -49,51 +48,15 @@ class OperationFailed(Exception):
 # Endpoints
 
 
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (or ``[IPv6]:PORT``) into (host, port); raises UsageProblem on anything else."""
-    raw = text.strip()
-    if not raw:
-        raise UsageProblem("empty endpoint in the endpoint list")
-    if raw.startswith("["):
-        close = raw.find("]")
-        if close < 0 or raw[close + 1 : close + 2] != ":":
-            raise UsageProblem(f"invalid endpoint {text!r}: expected [IPv6]:PORT")
-        host, port_text = raw[1:close], raw[close + 2 :]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise UsageProblem(f"invalid endpoint {text!r}: {host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port_text = raw.rpartition(":")
-        if not sep or not host:
-            raise UsageProblem(f"invalid endpoint {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7001")
-        if ":" in host:
-            raise UsageProblem(f"invalid endpoint {text!r}: write IPv6 addresses as [ADDR]:PORT")
-        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
-        if not set(host) <= allowed:
-            raise UsageProblem(f"invalid endpoint {text!r}: bad host name {host!r}")
-    if not port_text.isdigit():
-        raise UsageProblem(f"invalid endpoint {text!r}: port {port_text!r} is not a number")
-    port = int(port_text)
-    if not 1 <= port <= PORT_MAX:
-        raise UsageProblem(f"invalid endpoint {text!r}: port {port} is out of range 1-{PORT_MAX}")
-    return host, port
-
-
-def format_endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def parse_endpoint_list(text: str) -> list[str]:
-    """A comma list of endpoints -> normalized ``HOST:PORT`` strings, in order, without duplicates."""
-    result: list[str] = []
-    for part in text.split(","):
-        endpoint = format_endpoint(*parse_endpoint(part))
-        if endpoint not in result:
-            result.append(endpoint)
-    if not result:
-        raise UsageProblem("the endpoint list is empty")
-    return result
+    """A comma list of endpoints -> normal ``HOST:PORT`` strings, in order, without duplicates.
+
+    The rules are ``kvstore.endpoints``'s; a refused list raises UsageProblem (exit 2).
+    """
+    try:
+        return [kvstore.endpoints.format_endpoint(*e) for e in kvstore.endpoints.parse_endpoint_list(text)]
+    except kvstore.endpoints.EndpointError as exc:
+        raise UsageProblem(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from cli.common import (
     Settings,
     UsageProblem,
     open_client,
-    parse_endpoint,
     reporting_errors,
 )
 from cli.output import (
@@ -444,14 +443,13 @@ def serve_command(
     """Run one node in the foreground until Ctrl-C or SIGTERM."""
     settings = settings_of(ctx)
     with reporting_errors(settings):
-        from kvstore.server import ServerOptions, parse_peers, run_node
+        from kvstore.endpoints import EndpointError, parse_peers
+        from kvstore.server import ServerOptions, run_node
 
         try:
             peer_map = parse_peers(peers)
-        except ValueError as exc:
+        except EndpointError as exc:
             raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
-        for peer_id, (host, port) in peer_map.items():
-            parse_endpoint(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if node_id not in peer_map:
             raise UsageProblem(f"--id {node_id} is not one of the --peers ids {sorted(peer_map)}")
         overrides: dict[str, Any] = {}

@@ -44,6 +44,7 @@ from typing import NamedTuple
 import trio
 
 from . import wire
+from .endpoints import format_endpoint, parse_endpoint, parse_endpoint_list
 from .netio import Outbox, socket_fd
 
 
@@ -77,21 +78,6 @@ class Entry(NamedTuple):
     value: str | bytes
     version: int
     mod_revision: int
-
-
-def parse_endpoints(endpoints: list[str] | str) -> list[tuple[str, int]]:
-    """``"h1:p1,h2:p2"`` or a list of ``"host:port"`` -> list of (host, port); ValueError if malformed."""
-    if isinstance(endpoints, str):
-        endpoints = [e for e in endpoints.split(",") if e.strip()]
-    parsed = []
-    for text in endpoints:
-        host, sep, port_text = text.strip().rpartition(":")
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"endpoint {text!r} is not HOST:PORT with a port in 1..65535")
-        parsed.append((host.strip("[]"), int(port_text)))
-    if not parsed:
-        raise ValueError("no endpoints given")
-    return parsed
 
 
 class _ConnectionLost(Exception):
@@ -331,7 +317,7 @@ class AsyncClient:
 
     def __init__(self, endpoints: list[str] | str, nursery: trio.Nursery, *, timeout: float = 5.0,
                  transport=None) -> None:
-        self.endpoints = parse_endpoints(endpoints)
+        self.endpoints = parse_endpoint_list(endpoints)
         self._open_stream = transport.connect if transport is not None else trio.open_tcp_stream
         self.timeout = timeout
         self.attempt_timeout = max(0.5, min(2.0, timeout / 3))
@@ -403,14 +389,14 @@ class AsyncClient:
     async def status(self, endpoint: str | tuple[str, int]) -> dict:
         """The status of one node (raises Unavailable if it does not answer in time)."""
         if isinstance(endpoint, str):
-            endpoint = parse_endpoints([endpoint])[0]
+            endpoint = parse_endpoint(endpoint)
         reply = None
         failure = None
         with trio.move_on_after(self.timeout) as scope:
             try:
                 stream = await self._open_stream(*endpoint)
             except OSError as exc:
-                raise Unavailable(f"{_fmt(endpoint)} is unreachable: {exc}") from None
+                raise Unavailable(f"{format_endpoint(*endpoint)} is unreachable: {exc}") from None
             async with stream:
                 conn = _Connection(endpoint, stream)
                 async with trio.open_nursery() as nursery:
@@ -422,9 +408,9 @@ class AsyncClient:
                         failure = exc
                     nursery.cancel_scope.cancel()
         if failure is not None:
-            raise Unavailable(f"{_fmt(endpoint)} closed the connection: {failure}")
+            raise Unavailable(f"{format_endpoint(*endpoint)} closed the connection: {failure}")
         if scope.cancelled_caught or reply is None:
-            raise Unavailable(f"{_fmt(endpoint)} did not answer within {self.timeout:g}s")
+            raise Unavailable(f"{format_endpoint(*endpoint)} did not answer within {self.timeout:g}s")
         if isinstance(reply, wire.ErrorReply):
             raise RequestError(reply.message, reply.code)
         return reply.result
@@ -436,9 +422,9 @@ class AsyncClient:
         async def one(i: int, endpoint) -> None:
             try:
                 status = await self.status(endpoint)
-                results[i] = {"endpoint": _fmt(endpoint), "reachable": True, **status}
+                results[i] = {"endpoint": format_endpoint(*endpoint), "reachable": True, **status}
             except (KVError, OSError, _ConnectionLost) as exc:
-                results[i] = {"endpoint": _fmt(endpoint), "reachable": False, "error": str(exc)}
+                results[i] = {"endpoint": format_endpoint(*endpoint), "reachable": False, "error": str(exc)}
 
         async with trio.open_nursery() as nursery:
             for i, endpoint in enumerate(self.endpoints):
@@ -624,7 +610,7 @@ class AsyncClient:
                     self._give_up_on(conn)
             if reply is _TIMED_OUT:
                 reply = None
-                last_error = f"{_fmt(conn.endpoint)} did not answer"
+                last_error = f"{format_endpoint(*conn.endpoint)} did not answer"
                 self._give_up_on(conn)
             if reply is None:
                 if trio.current_time() < deadline:
@@ -663,7 +649,7 @@ class AsyncClient:
 
     def _prefer(self, leader: str) -> None:
         try:
-            endpoint = parse_endpoints([leader])[0]
+            endpoint = parse_endpoint(leader)
         except ValueError:
             self._drop_connection(advance=True)
             return
@@ -734,7 +720,7 @@ class AsyncClient:
             if self.endpoints[self._preferred] == endpoint:
                 self._preferred = (self._preferred + 1) % len(self.endpoints)
             if isinstance(exc, trio.TooSlowError):
-                raise _ConnectionLost(f"connecting to {_fmt(endpoint)} timed out") from None
+                raise _ConnectionLost(f"connecting to {format_endpoint(*endpoint)} timed out") from None
             raise
         conn = _Connection(endpoint, stream)
         self._nursery.start_soon(conn.reader)
@@ -750,14 +736,12 @@ def _linearizable(consistency: str) -> bool:
     return consistency == "l"
 
 
-def _fmt(endpoint: tuple[str, int]) -> str:
-    return f"{endpoint[0]}:{endpoint[1]}"
-
-
 @asynccontextmanager
 async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport=None):
     """``async with connect(["127.0.0.1:7001", ...]) as kv:`` -> an ``AsyncClient``.
 
+    ``endpoints``: a list of ``HOST:PORT`` or ``[IPV6]:PORT`` texts, or one comma-separated text; a
+    malformed one raises ``kvstore.endpoints.EndpointError`` (a ValueError) before anything connects.
     ``transport`` (tests only) replaces TCP: an object with ``async connect(host, port) -> stream``.
     """
     # An exception from the caller's block is re-raised after the nursery has closed, so that it
@@ -784,7 +768,7 @@ class Client:
     """
 
     def __init__(self, endpoints: list[str] | str, *, timeout: float = 5.0) -> None:
-        parse_endpoints(endpoints)  # fail fast, in the caller's thread
+        parse_endpoint_list(endpoints)  # fail fast (EndpointError), in the caller's thread
         self._endpoints = endpoints
         self._timeout = timeout
         self._started = threading.Event()

@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from kvstore.client import Unavailable, connect, parse_endpoints
+from kvstore.client import Client, Unavailable, connect
+from kvstore.endpoints import EndpointError
 
 from .memnet import MemoryNetwork
 
@@ -102,10 +103,11 @@ async def test_status_of_a_node_that_hangs_up_is_unavailable(autojump_clock):
 
 
 def test_endpoints_are_checked_before_connecting():
-    assert parse_endpoints("a:1, b:2") == [("a", 1), ("b", 2)]
-    for bad in ["", "a", "a:", "a:0", "a:65536", ":1", "a:x"]:
-        with pytest.raises(ValueError):
-            parse_endpoints(bad)
+    """The client parses its endpoints with kvstore.endpoints (tested in test_endpoints.py) in the
+    constructor, in the caller's thread: a bad one raises there, before any thread or connection."""
+    for bad in ["", "a", "a:", "a:0", "a:65536", ":1", "a:x", "::1:7001", ["a:1", "b"]]:
+        with pytest.raises(EndpointError):
+            Client(bad)
 
 
 async def test_many_requests_redirected_at_once_do_not_tear_down_each_others_connections(tmp_path, autojump_clock):
