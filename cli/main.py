@@ -355,6 +355,8 @@ def status_command(ctx: typer.Context) -> None:
             else:
                 for row in rows:
                     typer.echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row)))
+            for line in nodestatus.disk_problems(statuses):
+                typer.echo(line, err=True)
         if not any(nodestatus.is_reachable(s) for s in statuses):
             raise OperationFailed("no endpoint is reachable")
 
@@ -432,6 +434,13 @@ def serve_command(
     cluster_id: Annotated[
         Optional[str], typer.Option("--cluster-id", help="Refuse data directories of another cluster.")
     ] = None,
+    exit_on_disk_failure: Annotated[
+        bool,
+        typer.Option("--exit-on-disk-failure",
+                     help="After a failed fsync, exit with status 75 (for a supervisor to restart the node) "
+                          "instead of staying up fenced: no vote, no writes, status and serializable reads "
+                          "only. Either way the node sends no Paxos message after the failure."),
+    ] = False,
     lazy_learners: Annotated[
         Optional[bool],
         typer.Option("--lazy-learners/--eager-learners",
@@ -471,6 +480,8 @@ def serve_command(
             overrides["cluster_id"] = cluster_id
         if lazy_learners is not None:
             overrides["lazy_learners"] = lazy_learners
+        if exit_on_disk_failure:
+            overrides["exit_on_disk_failure"] = True
         options = ServerOptions(**overrides)
         logging.basicConfig(
             level=logging.DEBUG if settings.debug else logging.INFO,
