@@ -636,8 +636,8 @@ class AsyncClient:
                 # The cluster forgot this write's first result: it may have been applied, and
                 # retrying cannot tell any more.
                 raise Unavailable(reply.message, outcome_unknown=True)
-            elif code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN, wire.STORAGE_FULL):
-                # Another node may serve it: a full disk stops one node, not the cluster.
+            elif code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN, wire.STORAGE_FULL, wire.DISK_FAILED):
+                # Another node may serve it: a full or failed disk stops one node, not the cluster.
                 last_error = reply.message
                 self._give_up_on(conn)
             else:
