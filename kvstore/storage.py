@@ -75,12 +75,21 @@ cost). One consequence: a torn tail whose bytes happen to contain a complete val
 could store a value that is an encoded log record) is reported as middle corruption. A bad last record
 with nothing valid after it cannot be told apart from a torn write and is always cut.
 
-Errors. ``StorageError`` for damage, misuse of the directory, or I/O errors; its subclass
-``StorageFull`` when a write or fsync fails with ``ENOSPC``. Then the log is truncated back to where the
-failed batch began (so the file ends with whole records and recovery sees everything synced before),
-the batch stays buffered, and a later ``sync`` retries it; the node refuses writes meanwhile. Any other
-I/O error in ``sync`` (after fsyncgate, a failed fsync cannot be trusted to be retried) marks the
-Storage broken: every later call raises ``StorageError`` and the node must restart and recover.
+Errors. ``StorageError`` for damage, misuse of the directory, or I/O errors that change nothing
+(opening, listing, reading, deleting a file). Its subclasses:
+
+* ``StorageFull``: a write (not an fsync) failed with ``ENOSPC``. The log is truncated back to where
+  the failed batch began (so the file ends with whole records and recovery sees everything synced
+  before), the batch stays buffered, and a later ``sync`` retries it; the node refuses writes
+  meanwhile. A snapshot or rewritten log that hits ENOSPC leaves the old files in place.
+* ``DiskFailed``: an fsync failed (the log's fdatasync in ``sync`` or ``fsync_through``, a file's
+  fsync before its rename, the fsync after cutting a torn tail, any directory fsync), whatever its
+  errno, ENOSPC included; or a write failed with anything but ENOSPC. After a failed fsync Linux may
+  have dropped the dirty pages and reports the error once: a retried fsync can "succeed" without the
+  data (PostgreSQL's "fsyncgate", 2018). So nothing is retried: the Storage is broken for good,
+  ``failure`` holds the message (the file, the error, what to do), and every later call raises
+  ``DiskFailed`` with it. The node must stop voting at once and restart; recovery reads what the disk
+  really holds.
 
 Test seams. ``_write`` and ``_fdatasync`` are instance attributes (defaulting to ``os.write`` and
 ``os.fdatasync``) that a test may replace, e.g. with a write that fails with ``ENOSPC``.
@@ -88,9 +97,22 @@ Test seams. ``_write`` and ``_fdatasync`` are instance attributes (defaulting to
 may do. Failpoints (``kvstore.failpoints``): ``before_fsync``, ``after_fsync``,
 ``before_snapshot_rename``, ``after_snapshot_rename``, ``before_log_rename``, ``after_log_rename``.
 
+Threads. One owner calls the Storage, one call at a time (the server's driver task, possibly via
+``trio.to_thread``). Two methods may also run in a worker thread while the owner goes on:
+
+* ``fsync_through`` (one worker at a time) concurrently with the owner's ``append``, ``flush`` and
+  ``log_bytes``, and with ``write_snapshot_file``: it touches only the log's file descriptor,
+  ``_synced_end`` (which only grows; ``flush`` reads it for its sync mark, and a stale value is only
+  conservative) and ``failure``.
+* ``write_snapshot_file`` (one at a time) concurrently with ``append``, ``flush`` and
+  ``fsync_through``: it touches only snapshot files, ``failure``, and at its end the snapshot slot.
+
+Neither may overlap ``sync``, ``write_snapshot``, ``compact_log``, ``close`` or
+``crash_drop_unsynced``, which write or replace the log. ``failure`` is set by one str assignment
+in whichever thread fails; the owner's next call sees it.
+
 Never: pickle; write a file in place that must survive a crash (every such file goes through
-temp + fsync + rename + fsync dir); return before an fsync the caller asked for. Not thread-safe: one
-caller at a time (the server calls it from one driver task, possibly via ``trio.to_thread``).
+temp + fsync + rename + fsync dir); return before an fsync the caller asked for; retry an fsync.
 """
 from __future__ import annotations
 
@@ -117,6 +139,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "StorageFull",
+    "DiskFailed",
     "encode_records",
     "decode_log",
     "LogScan",
@@ -153,7 +176,23 @@ class StorageError(Exception):
 
 
 class StorageFull(StorageError):
-    """A write or fsync failed with ENOSPC; nothing durable was lost, but nothing new is durable."""
+    """A write (not an fsync) failed with ENOSPC; nothing durable was lost, but nothing new is durable.
+    The Storage stays usable: the batch is kept and a later ``sync`` retries it."""
+
+
+class DiskFailed(StorageError):
+    """An fsync failed (whatever its errno, ENOSPC included), or a write failed with an error other
+    than ENOSPC. What the disk holds is unknown and a retried fsync may "succeed" without the data
+    (fsyncgate), so the Storage is broken for good: every later call raises ``DiskFailed`` with the
+    same message (``Storage.failure``). The node must stop voting and restart; recovery then reads
+    what the disk really holds."""
+
+
+# The way out, in every DiskFailed message.
+_WHAT_TO_DO = (
+    "this node stopped voting; restart it once the disk is fixed: recovery reads what the disk really "
+    "holds; if the disk is lost, see docs/operations.md"
+)
 
 
 def snapshot_file_name(slot: int) -> str:
@@ -362,13 +401,22 @@ def decode_log(buf: bytes) -> LogScan:
 
 
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    """fsync the directory ``path``. ``OSError`` from opening it is ``_DirOpenError`` (not a disk
+    failure: e.g. too many open files); from the fsync, a plain ``OSError``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise _DirOpenError(exc.errno, f"cannot open directory {path} to fsync it: {exc.strerror}") from exc
     try:
         failpoints.hit("fsync")
         failpoints.hit("fsync_dir")
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _DirOpenError(OSError):
+    pass
 
 
 def _check_snapshot(path: Path, slot: int, *, keep: bool = False):
@@ -447,7 +495,10 @@ class Storage:
         self._synced_end = 0  # bytes of the current log file known durable (for crash_drop_unsynced)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._broken: str | None = None
+        # Set once, by the first fsync failure or non-ENOSPC write failure (see DiskFailed); the
+        # message every later call raises. Written by a worker thread too (fsync_through,
+        # write_snapshot_file): one str assignment, read by the owner at its next call.
+        self.failure: str | None = None
         self._closed = False
         # Test seams (see the module docstring): instance attributes so one test can replace them.
         self._write = os.write
@@ -478,8 +529,6 @@ class Storage:
         try:
             created = not path.exists()
             path.mkdir(parents=True, exist_ok=True)
-            if created and fsync:
-                _fsync_dir(path.resolve().parent)
             lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise _io_error(f"cannot open data dir {path}", exc) from exc
@@ -490,6 +539,8 @@ class Storage:
             raise StorageError(f"data dir {path} is in use by another process ({exc})") from exc
         storage = cls(path, fsync=fsync, lock_fd=lock_fd, preallocate=preallocate)
         try:
+            if created:
+                storage._sync_dir(path.resolve().parent)  # the new directory's entry in its parent
             storage._recover(node_id, cluster_id)
         except BaseException:
             storage.close()
@@ -616,9 +667,8 @@ class Storage:
             try:
                 os.ftruncate(fd, scan.good_bytes)
                 if self._fsync_enabled:
-                    failpoints.hit("fsync")
-                    failpoints.hit("fsync_file")
-                    self._fdatasync(fd)
+                    self._fsync(fd, f"fsync of log {log_path} after cutting its tail at byte offset "
+                                    f"{scan.good_bytes}", "fsync_file", self._fdatasync)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -627,9 +677,40 @@ class Storage:
 
     # ---- file plumbing -----------------------------------------------------------------------------
 
-    def _sync_dir(self) -> None:
-        if self._fsync_enabled:
-            _fsync_dir(self.path)
+    def _fail(self, what: str, exc: OSError) -> DiskFailed:
+        """Mark the Storage broken (the first failure's message stays) and return the DiskFailed to raise."""
+        if self.failure is None:
+            self.failure = f"{what} failed ({exc}); {_WHAT_TO_DO}"
+        return DiskFailed(self.failure)
+
+    def _fsync(self, fd: int, what: str, point: str, call) -> None:
+        """``call(fd)`` (an fsync or fdatasync) after the failpoints ``fsync`` and ``point``; any
+        ``OSError`` breaks the Storage (``DiskFailed``, naming ``what``)."""
+        try:
+            failpoints.hit("fsync")
+            failpoints.hit(point)
+            call(fd)
+        except OSError as exc:
+            raise self._fail(what, exc) from exc
+
+    def _write_failed(self, what: str, exc: OSError) -> StorageError:
+        """The error for a failed write of a file other than the log: ``StorageFull`` for ENOSPC
+        (nothing changed that counts), ``DiskFailed`` for anything else (breaks the Storage)."""
+        if exc.errno == errno.ENOSPC:
+            return StorageFull(f"{what}: no space left on device")
+        return self._fail(what, exc)
+
+    def _sync_dir(self, path: Path | None = None) -> None:
+        """fsync the data dir (or ``path``); a failed fsync breaks the Storage (``DiskFailed``)."""
+        if not self._fsync_enabled:
+            return
+        path = self.path if path is None else path
+        try:
+            _fsync_dir(path)
+        except _DirOpenError:
+            raise
+        except OSError as exc:
+            raise self._fail(f"fsync of directory {path}", exc) from exc
 
     def _write_all(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
@@ -647,39 +728,48 @@ class Storage:
         """
         final = self.path / name
         tmp = self.path / (name + TMP_SUFFIX)
-        renamed = False
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise _io_error(f"cannot create {tmp}", exc) from exc
+        try:
             try:
-                if callable(data):
-                    data(fd)
-                else:
-                    self._write_all(fd, data)
+                try:
+                    if callable(data):
+                        data(fd)
+                    else:
+                        self._write_all(fd, data)
+                except OSError as exc:
+                    raise self._write_failed(f"cannot write {tmp}", exc) from exc
                 if self._fsync_enabled:
                     # fsync, not fdatasync: the new file's metadata must be durable before the rename.
-                    failpoints.hit("fsync")
-                    failpoints.hit("fsync_file")
-                    os.fsync(fd)
+                    self._fsync(fd, f"fsync of {tmp}", "fsync_file", os.fsync)
             finally:
                 os.close(fd)
-            if before:
-                failpoints.hit(before)
-            os.replace(tmp, final)
-            renamed = True
-            self._sync_dir()
-            if after:
-                failpoints.hit(after)
-        except OSError as exc:
+            try:
+                if before:
+                    failpoints.hit(before)
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise self._write_failed(f"cannot rename {tmp} to {final}", exc) from exc
+        except BaseException:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass  # on open, a leftover .tmp is deleted anyway
-            if renamed:
-                # The file is in place but maybe not durably, and this Storage may still point at the
-                # file it replaced (a log): only a fresh recovery knows which files count.
-                self._broken = f"cannot fsync data dir {self.path} after renaming {final}: {exc}; restart the node"
-                raise StorageError(self._broken) from exc
-            raise _io_error(f"cannot write {final}", exc) from exc
+            raise
+        # Renamed: the file is in place but maybe not durably, and this Storage may still point at
+        # the file it replaced (a log). A failure from here on breaks the Storage: only a fresh
+        # recovery knows which files count.
+        try:
+            self._sync_dir()
+        except _DirOpenError as exc:
+            raise self._fail(f"fsync of directory {self.path} after renaming {final}", exc) from exc
+        if after:
+            try:
+                failpoints.hit(after)
+            except OSError as exc:
+                raise self._fail(f"renaming {final}", exc) from exc
 
     def _open_log(self, log_path: Path, *, durable: bool, end: int | None = None) -> None:
         """Append to ``log_path`` from now on, at ``end`` (its records' end; default: the file's end);
@@ -727,6 +817,9 @@ class Storage:
                     raise OSError(errno.EIO, f"pwrite returned {n}")
                 written += n
         except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise self._fail(f"preallocating {target - self._allocated} bytes of log {self._log_path}",
+                                 exc) from exc
             log.warning("log %s: cannot preallocate %d bytes (%s); writing without", self._log_path,
                         target - self._allocated, exc)
             try:
@@ -755,10 +848,10 @@ class Storage:
             self._sync_dir()
 
     def _check_usable(self) -> None:
+        if self.failure is not None:
+            raise DiskFailed(self.failure)
         if self._closed:
             raise StorageError(f"storage of {self.path} is closed")
-        if self._broken is not None:
-            raise StorageError(self._broken)
 
     # ---- the interface -------------------------------------------------------------------------
 
@@ -776,8 +869,10 @@ class Storage:
         """The newest snapshot as ``(slot, data)``, read from its file, or None if there is none.
 
         Snapshots live on disk only: a large state machine's snapshot is as big as the state itself,
-        too much to keep twice in memory.
+        too much to keep twice in memory. ``DiskFailed`` if the Storage is broken.
         """
+        if self.failure is not None:
+            raise DiskFailed(self.failure)
         if self._snapshot_slot == 0:
             return None
         slot = self._snapshot_slot
@@ -797,7 +892,9 @@ class Storage:
         """The snapshot found at open as ``(slot, file, length)``: ``file`` is open at its state machine
         bytes, ``length`` of them (checked at open; the caller closes it). For a restore that decodes
         from the file instead of holding all the bytes and everything decoded from them at once.
-        None if there is no snapshot to restore (see ``snapshot``)."""
+        None if there is no snapshot to restore (see ``snapshot``). ``DiskFailed`` if the Storage is broken."""
+        if self.failure is not None:
+            raise DiskFailed(self.failure)
         if self._found_snapshot is None:
             return None
         slot, length = self._found_snapshot
@@ -828,46 +925,35 @@ class Storage:
         """Write everything appended since the last sync in one write, then fdatasync once.
 
         When this returns, every record appended so far is durable (with ``fsync=False`` it is only
-        written). Raises ``StorageFull`` on ENOSPC: the log is cut back to where this batch began and
-        the batch stays buffered for the next ``sync``. Raises ``StorageError`` on any other I/O error,
-        after which the Storage is broken (restart and recover).
+        written). Raises ``StorageFull`` if the write fails with ENOSPC: the log is cut back to where
+        this batch began and the batch stays buffered for the next ``sync``. Raises ``DiskFailed`` if
+        the fdatasync fails (any errno, ENOSPC included) or the write fails otherwise: the Storage is
+        then broken for good (restart and recover).
         """
         self._check_usable()
-        assert self._log_fd is not None
-        start = self._log_end
-        data = b"".join(self._pending) if self._pending else b""
-        if data:
-            self._reserve(len(data))
-        try:
-            if data:
-                failpoints.hit("write_log")
-                self._write_all(self._log_fd, data)
-                self._log_end = start + len(data)
-            if self._fsync_enabled and self._synced_end < self._log_end:
-                failpoints.hit("before_fsync")
-                failpoints.hit("fsync")
-                failpoints.hit("fsync_log")
-                self._fdatasync(self._log_fd)
-                failpoints.hit("after_fsync")
-                self._synced_end = self._log_end
-        except OSError as exc:
-            self._cut_back(start, len(data), exc)
-        self._pending.clear()
-        self._pending_bytes = 0
+        self._write_pending()
+        if self._fsync_enabled and self._synced_end < self._log_end:
+            self._fdatasync_log()
+            self._synced_end = self._log_end
 
     def flush(self) -> int:
         """Write everything appended so far to the log in one write (no fsync); return the log's end.
 
         The pipelined server calls this from its driver and ``fsync_through(end)`` from a worker
         thread, so that it can go on appending while the disk syncs. Raises ``StorageFull`` on ENOSPC
-        (the log is cut back to where this batch began, the batch stays buffered) and ``StorageError``
-        on any other I/O error (the Storage is then broken).
+        (the log is cut back to where this batch began, the batch stays buffered) and ``DiskFailed``
+        on any other write error (the Storage is then broken).
         """
         self._check_usable()
+        self._write_pending()
+        return self._log_end
+
+    def _write_pending(self) -> None:
+        """Write the buffered batch at the log's end (owner thread only; see ``sync``/``flush``)."""
         assert self._log_fd is not None
-        start = self._log_end
         if not self._pending:
-            return start
+            return
+        start = self._log_end
         data = b"".join(self._pending)
         self._reserve(len(data))
         try:
@@ -878,21 +964,12 @@ class Storage:
         self._log_end = start + len(data)
         self._pending.clear()
         self._pending_bytes = 0
-        return self._log_end
 
-    def fsync_through(self, end: int) -> None:
-        """Make the log durable at least up to byte ``end`` (one fdatasync; no-op with fsync off).
-
-        Safe to call from one worker thread while the owner thread appends and flushes: it touches
-        only the file descriptor and ``_synced_end``. An fsync error breaks the Storage (what was
-        written since the last good fsync may or may not be on disk; nothing of it was acknowledged),
-        so the node must stop and recover.
-        """
-        if not self._fsync_enabled or self._synced_end >= end:
-            return
+    def _fdatasync_log(self) -> None:
+        """fdatasync the current log; any failure breaks the Storage (``DiskFailed``). Touches only the
+        descriptor and ``failure`` (``fsync_through`` runs it in a worker thread)."""
         fd = self._log_fd
-        if fd is None or self._broken:
-            raise StorageError(self._broken or "storage is closed")
+        assert fd is not None
         try:
             failpoints.hit("before_fsync")
             failpoints.hit("fsync")
@@ -900,16 +977,37 @@ class Storage:
             self._fdatasync(fd)
             failpoints.hit("after_fsync")
         except OSError as exc:
-            self._broken = f"log {self._log_path}: fsync failed: {exc}; restart the node to recover"
-            if exc.errno == errno.ENOSPC:
-                raise StorageFull(self._broken) from exc
-            raise StorageError(self._broken) from exc
+            raise self._fail(f"fdatasync of log {self._log_path}", exc) from exc
+
+    def fsync_through(self, end: int) -> None:
+        """Make the log durable at least up to byte ``end`` (one fdatasync; no-op with fsync off or if
+        it is durable that far already).
+
+        May run in one worker thread at a time while the owner thread calls ``append``, ``flush`` and
+        ``log_bytes`` (and while ``write_snapshot_file`` runs in another worker thread): it touches only
+        the log's file descriptor, ``_synced_end`` and ``failure`` (and reads ``_log_path`` for the
+        message). ``sync``, ``write_snapshot``, ``compact_log`` and ``close`` replace or close the log
+        and must not overlap it. Any fdatasync error (ENOSPC included) breaks the Storage and raises
+        ``DiskFailed``: what was written since the last good fsync may or may not be on disk (nothing
+        of it was acknowledged), so the node must stop voting and recover. ``DiskFailed`` too if the
+        Storage is broken already; ``StorageError`` if it is closed.
+        """
+        if self.failure is not None:
+            raise DiskFailed(self.failure)
+        if self._log_fd is None:
+            raise StorageError(f"storage of {self.path} is closed")
+        if not self._fsync_enabled or self._synced_end >= end:
+            return
+        self._fdatasync_log()
         if end > self._synced_end:
             self._synced_end = end
 
     def _cut_back(self, start: int, length: int, exc: OSError) -> None:
-        """After a failed write/fsync of a batch at ``start``: truncate the log there, then raise."""
-        where = f"log {self._log_path}: appending {length} bytes at byte offset {start}"
+        """After a failed write of a batch at ``start``: on ENOSPC truncate the log there and raise
+        ``StorageFull``; on any other error break the Storage and raise ``DiskFailed``."""
+        where = f"appending {length} bytes to log {self._log_path} at byte offset {start}"
+        if exc.errno != errno.ENOSPC:
+            raise self._fail(where, exc) from exc
         assert self._log_fd is not None
         try:
             # No fsync of the cut: it would likely fail like the write did, and it is not needed. If
@@ -919,20 +1017,13 @@ class Storage:
             os.ftruncate(self._log_fd, start)
             os.lseek(self._log_fd, start, os.SEEK_SET)  # the retry writes the batch here again
         except OSError as cut_exc:
-            self._broken = (
-                f"{where} failed ({exc}) and cutting the log back failed too ({cut_exc}); "
-                f"restart the node to recover"
-            )
-            raise StorageError(self._broken) from exc
+            raise self._fail(f"{where} (no space left) and then cutting the log back", cut_exc) from exc
         self._log_end = start
         self._allocated = start
-        if exc.errno == errno.ENOSPC:
-            raise StorageFull(
-                f"{where}: no space left on device; the log was cut back to {start} bytes (everything "
-                f"synced before is intact) and the batch is kept for the next sync"
-            ) from exc
-        self._broken = f"{where} failed: {exc}; restart the node to recover"
-        raise StorageError(self._broken) from exc
+        raise StorageFull(
+            f"{where}: no space left on device; the log was cut back to {start} bytes (everything "
+            f"synced before is intact) and the batch is kept for the next sync"
+        ) from exc
 
     def write_snapshot(self, slot: int, data: bytes, state: DurableState) -> None:
         """Store ``data`` as the snapshot through ``slot`` and compact the log to ``state`` above it.
@@ -940,8 +1031,10 @@ class Storage:
         ``state`` is what storage must hold now (``replica.durable_state()``); its ``snapshot_slot``
         must not be above ``slot`` (else slots between would be lost; ``ValueError``). ``slot`` must
         not be below the current snapshot slot (``ValueError``). Steps and crash safety: see the module
-        docstring. Raises ``StorageFull``/``StorageError`` on I/O errors; the directory then still
-        recovers to the old or the new snapshot with a matching log.
+        docstring. Raises ``StorageFull`` if a write fails with ENOSPC (the Storage stays usable),
+        ``DiskFailed`` if an fsync fails or a write fails otherwise (the Storage is broken),
+        ``StorageError`` for other I/O errors; the directory then still recovers to the old or the new
+        snapshot with a matching log.
         """
         self._check_usable()
         if slot < self.snapshot_slot:
@@ -963,7 +1056,8 @@ class Storage:
         thread while the owner appends, flushes and fsyncs the log (it touches only snapshot files).
         Until ``compact_log(slot, state)`` follows, recovery uses this snapshot with the older log,
         which is correct (see the module docstring). Raises ``ValueError`` if ``slot`` is below the
-        current snapshot slot, ``StorageFull``/``StorageError`` on I/O errors.
+        current snapshot slot; ``StorageFull`` (usable), ``DiskFailed`` (broken) or ``StorageError`` on
+        I/O errors, as ``write_snapshot``.
         """
         self._check_usable()
         if slot < self.snapshot_slot:
@@ -994,7 +1088,7 @@ class Storage:
         as ``state`` above ``slot`` and delete older snapshots and logs.
 
         The caller must not append, flush or fsync the log concurrently, and must have made durable
-        everything it appended (``state`` is what storage must hold now).
+        everything it appended (``state`` is what storage must hold now). Errors as ``write_snapshot``.
         """
         self._check_usable()
         if slot != self.snapshot_slot:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from kvstore import failpoints
 from kvstore.storage import (
     RECORD_HEADER,
+    DiskFailed,
     Storage,
     StorageError,
     StorageFull,
@@ -669,24 +670,28 @@ def test_sync_after_enospc_retries_the_batch(tmp_path):
         assert storage.recovered == DurableState.replay(first + second)
 
 
-def test_enospc_on_fsync_cuts_the_batch_back(tmp_path):
+def test_enospc_on_fsync_breaks_the_storage(tmp_path):
+    """ENOSPC from fdatasync (delayed allocation) is an fsync failure like any other: not retryable."""
     storage = open_storage(tmp_path)
     first = sample_records(2)
     storage.append(first)
     storage.sync()
-    good_size = only_log(tmp_path).stat().st_size
 
     def full_fsync(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     storage._fdatasync = full_fsync
-    storage.append([DecideRecord(3, (b"three",))])
-    with pytest.raises(StorageFull):
+    second = [DecideRecord(3, (b"three",))]
+    storage.append(second)
+    with pytest.raises(DiskFailed) as excinfo:
         storage.sync()
-    assert only_log(tmp_path).stat().st_size == good_size
+    assert storage.failure == str(excinfo.value)
+    storage._fdatasync = os.fsync  # a retry that would "succeed" must not be tried
+    with pytest.raises(DiskFailed):
+        storage.sync()
     storage.close()
-    with open_storage(tmp_path) as storage:
-        assert storage.recovered == DurableState.replay(first)
+    with open_storage(tmp_path) as storage:  # the written batch may or may not be there: both legal
+        assert storage.recovered in (DurableState.replay(first), DurableState.replay(first + second))
 
 
 def test_other_io_error_breaks_the_storage(tmp_path):
@@ -697,11 +702,11 @@ def test_other_io_error_breaks_the_storage(tmp_path):
 
     storage._write = eio
     storage.append(sample_records(1))
-    with pytest.raises(StorageError) as excinfo:
+    with pytest.raises(DiskFailed) as excinfo:
         storage.sync()
     assert not isinstance(excinfo.value, StorageFull)
     storage._write = os.write
-    with pytest.raises(StorageError, match="restart the node"):
+    with pytest.raises(DiskFailed, match="restart it once the disk is fixed"):
         storage.sync()
     storage.close()
 

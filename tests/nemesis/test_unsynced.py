@@ -70,7 +70,7 @@ async def test_power_cuts_drop_unsynced_records_and_lose_no_acknowledged_write(t
 
             def cut_instead_of_close() -> None:
                 storage.close = plain_close
-                if not storage._closed and storage._broken is None:
+                if not storage._closed and storage.failure is None:
                     dropped_bytes.append(storage._log_end - storage._synced_end)
                     storage.crash_drop_unsynced()
                 plain_close()
