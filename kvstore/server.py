@@ -729,9 +729,8 @@ class Node:
         if full:
             log.error("node %d: disk full: refusing writes until restarted with free space: %s", self.node_id, exc)
         else:
-            log.critical("node %d: DISK FAILED, this node stopped voting: %s. It sends no Paxos message and "
-                         "answers no write until it is restarted once the disk is fixed (recovery reads what "
-                         "the disk really holds); status and serializable reads still work", self.node_id, exc)
+            log.critical("node %d: DISK FAILED: %s. From now on no Paxos message leaves this node and no write "
+                         "is answered; status and serializable reads still work", self.node_id, exc)
         self.counters["disk_failures"] += 1
         for waiters in self._waiting_writes.values():
             for conn, request_id, _ in waiters:
@@ -1151,6 +1150,7 @@ class Node:
         self._to_apply_commands = 0
         self._answer_caught_up_reads()
         self._applied_since_snapshot = 0
+        self.counters["snapshots_installed"] += 1
         log.info("installed snapshot at slot %d from a peer (%d keys)", slot, len(sm))
 
     async def _restore_for_adoption(self, slot: int, data: bytes) -> None:
