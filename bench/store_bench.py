@@ -1,6 +1,6 @@
 """Durable puts on a real local cluster: 3 nodes against the 1-node ceiling.
 
-Starts ``python -m cli serve`` processes on 127.0.0.1 (OS-assigned ports, temporary data directories,
+Starts ``python -m kv_cli serve`` processes on 127.0.0.1 (OS-assigned ports, temporary data directories,
 fsync on unless told otherwise), drives them with ``kvstore.loadgen`` at 1, 16 and 256 requests in flight
 (100-byte values, closed loop, one client connection that pipelines), and prints throughput, p50 and p99
 for 3 nodes and for 1 node (the same code path without replication: the ceiling), and the ratio
@@ -70,7 +70,7 @@ class LocalKv:
 
     def start(self, node_id: int) -> None:
         with open(self.root / f"node-{node_id}.log", "ab") as log:
-            cmd = [sys.executable, "-m", "cli", "serve", "--id", str(node_id), "--peers", self.peers,
+            cmd = [sys.executable, "-m", "kv_cli", "serve", "--id", str(node_id), "--peers", self.peers,
                    "--data-dir", str(self.root / f"node-{node_id}"), *self.extra_args]
             self.procs[node_id] = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                                    stdin=subprocess.DEVNULL)

@@ -1,4 +1,5 @@
-"""cli: the ``kv`` command (typer).
+"""kv_cli: the ``kv`` command (typer). The source folder is ``cli/``; pyproject.toml installs it as
+``kv_cli`` (``package-dir``), a name no other project is likely to take, so import ``kv_cli``.
 
 It parses arguments, calls ``kvstore.client`` (or ``kvstore.server.run_node`` for ``kv serve``), prints,
 and picks an exit code: 0 ok, 1 the operation failed, 2 usage error. It holds no protocol logic.

@@ -1,6 +1,6 @@
-"""``python -m cli ...`` runs the ``kv`` command; ``kv cluster up`` spawns nodes this way."""
+"""``python -m kv_cli ...`` runs the ``kv`` command; ``kv cluster up`` spawns nodes this way."""
 
-from cli.main import run
+from kv_cli.main import run
 
 if __name__ == "__main__":
     run()

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import (
+from kv_cli.common import (
     ENV_ENDPOINTS,
     OperationFailed,
     Settings,
@@ -23,7 +23,7 @@ from cli.common import (
     parse_endpoint_list,
     reporting_errors,
 )
-from cli.output import OutputFormat
+from kv_cli.output import OutputFormat
 
 
 class BenchOp(str, enum.Enum):
@@ -135,7 +135,7 @@ def bench_command(
         if fmt is OutputFormat.json:
             typer.echo(json.dumps(result.to_dict(), indent=2))
         elif fmt is OutputFormat.table:
-            from cli.output import print_table
+            from kv_cli.output import print_table
 
             lat = result.latency_ms
             print_table(

@@ -1,6 +1,6 @@
 """``kv cluster``: a local cluster of ``kv serve`` processes on 127.0.0.1, for development and tests.
 
-Theory of operation: ``up`` spawns one ``python -m cli serve`` per node, each in its own session
+Theory of operation: ``up`` spawns one ``python -m kv_cli serve`` per node, each in its own session
 (``start_new_session``) so a Ctrl-C in the foreground view reaches only us, each with its data directory
 DIR/node-N/data and its log DIR/node-N/server.log (beside, not inside, the data directory: the server
 refuses a data directory holding files it does not know). DIR/cluster.json (written atomically) is the single
@@ -28,8 +28,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cli import common, nodestatus
-from cli.common import (
+from kv_cli import common, nodestatus
+from kv_cli.common import (
     OperationFailed,
     Settings,
     UsageProblem,
@@ -38,7 +38,7 @@ from cli.common import (
     reporting_errors,
     write_state,
 )
-from cli.output import OutputFormat, cell, jsonable, print_json, render_table
+from kv_cli.output import OutputFormat, cell, jsonable, print_json, render_table
 
 cluster_app = typer.Typer(
     help="Run a local cluster of `kv serve` processes on 127.0.0.1.\n\n"
@@ -428,7 +428,7 @@ def up_command(
             node_dir = cluster_dir / f"node-{i + 1}"
             # the server refuses a data dir holding files it does not know, so the log sits beside it
             data = node_dir / NODE_DATA_DIR_NAME
-            argv = [sys.executable, "-m", "cli", "serve", "--id", str(i + 1), "--peers", peers,
+            argv = [sys.executable, "-m", "kv_cli", "serve", "--id", str(i + 1), "--peers", peers,
                     "--data-dir", str(data), "--cluster-id", cluster_id]
             node_list.append({"id": i + 1, "port": port, "pid": None, "data_dir": str(data),
                               "log_file": str(node_dir / LOG_FILE_NAME), "argv": argv})

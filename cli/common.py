@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import typer
 
-from cli.output import OutputFormat
+from kv_cli.output import OutputFormat
 import kvstore.endpoints
 
 EXIT_OK = 0

@@ -5,7 +5,7 @@ Exit codes: 0 ok; 1 the operation failed (no quorum, timeout, cas mismatch, key 
 unhealthy); 2 usage error (bad arguments, invalid endpoints, no endpoints configured). Errors are one
 line on stderr without a traceback unless ``--debug``.
 
-Extension point: a module listed in ``OPTIONAL_COMMAND_MODULES`` (for example ``cli.bench``) that
+Extension point: a module listed in ``OPTIONAL_COMMAND_MODULES`` (for example ``kv_cli.bench``) that
 exists is imported and its ``register(app)`` adds its commands; a missing one is skipped.
 """
 
@@ -20,9 +20,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cli import nodestatus
-from cli.cluster import cluster_app
-from cli.common import (
+from kv_cli import nodestatus
+from kv_cli.cluster import cluster_app
+from kv_cli.common import (
     ENV_ENDPOINTS,
     OperationFailed,
     Settings,
@@ -30,7 +30,7 @@ from cli.common import (
     open_client,
     reporting_errors,
 )
-from cli.output import (
+from kv_cli.output import (
     OutputFormat,
     cell,
     echo_value,
@@ -40,7 +40,7 @@ from cli.output import (
     value_fields,
 )
 
-OPTIONAL_COMMAND_MODULES = ("cli.bench",)
+OPTIONAL_COMMAND_MODULES = ("kv_cli.bench",)
 
 app = typer.Typer(
     name="kv",

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 
 def kv(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "kv_cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=str(REPO), stdin=subprocess.DEVNULL)
 
 
@@ -80,7 +80,7 @@ class OneNode:
             self.args += ["--cluster-id", cluster_id]
 
     def run_and_fill(self, count: int) -> None:
-        proc = subprocess.Popen([sys.executable, "-m", "cli", *self.args], cwd=str(REPO),
+        proc = subprocess.Popen([sys.executable, "-m", "kv_cli", *self.args], cwd=str(REPO),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         try:
             with Client([self.endpoint], timeout=20) as c:

@@ -39,7 +39,7 @@ class LiveNode:
         self.log_path = root / "node.log"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve", "--id", "1", "--peers", f"1={self.endpoint}",
+            [sys.executable, "-m", "kv_cli", "serve", "--id", "1", "--peers", f"1={self.endpoint}",
              "--data-dir", str(root / "data")], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=str(REPO))
         log.close()

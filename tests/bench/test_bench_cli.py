@@ -1,6 +1,6 @@
 """``kv bench`` and ``kvstore.loadgen`` on a real 1-node cluster at tiny sizes, plus argument checks.
 
-The command is mounted with ``cli.bench.register`` on a fresh typer app (as ``cli.main`` does). Real
+The command is mounted with ``kv_cli.bench.register`` on a fresh typer app (as ``kv_cli.main`` does). Real
 cluster tests start one ``kv serve`` process (``tests.integration.harness.Cluster``) and check counts,
 output shapes and exit codes; no timing is asserted.
 """
@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cli.bench import register
+from kv_cli.bench import register
 from kvstore.client import connect
 from kvstore.loadgen import LoadSpec, run_load
 

@@ -1,4 +1,4 @@
-"""Fixtures for the ``kv`` CLI tests: a fake client behind ``cli.common.make_client``.
+"""Fixtures for the ``kv`` CLI tests: a fake client behind ``kv_cli.common.make_client``.
 
 The fake keeps a dict in memory with revisions like the real state machine, records how it was built
 (endpoints, timeout), and can be told to raise an error on the next call. No server is involved.
@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-import cli.common
+import kv_cli.common
 
 
 @dataclass
@@ -102,7 +102,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[FakeCluster]:
         cluster.connects.append((list(endpoints), timeout))
         yield FakeClient(cluster)
 
-    monkeypatch.setattr(cli.common, "make_client", make_client)
+    monkeypatch.setattr(kv_cli.common, "make_client", make_client)
     monkeypatch.delenv("KV_ENDPOINTS", raising=False)
     monkeypatch.setenv("KV_CLUSTER_DIR", str(tmp_path / "cluster"))
     yield cluster

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.cluster import process_state
+from kv_cli.cluster import process_state
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def kv_command() -> list[str]:
     if beside.exists():
         return [str(beside)]
     found = shutil.which("kv")
-    return [found] if found else [sys.executable, "-m", "cli"]
+    return [found] if found else [sys.executable, "-m", "kv_cli"]
 
 
 def port_free(port: int) -> bool:

@@ -1,5 +1,5 @@
 """Global options after the subcommand, as etcdctl users type them (``kv status -w table``)."""
-from cli.main import hoist_global_options
+from kv_cli.main import hoist_global_options
 
 
 def test_global_options_after_the_command_move_to_the_front():

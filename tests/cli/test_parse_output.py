@@ -1,6 +1,6 @@
 """``kv`` argument parsing, output formats and exit codes, through typer's CliRunner and a fake client.
 
-How: the ``fake`` fixture (conftest.py) replaces ``cli.common.make_client`` with an in-memory fake, so
+How: the ``fake`` fixture (conftest.py) replaces ``kv_cli.common.make_client`` with an in-memory fake, so
 each test runs the real typer app in-process and checks stdout, stderr and the exit code. Checked:
 put (argument and stdin, text and bytes), get (found, missing -> 1, --prefix, --keys-only, json with
 base64 for bytes, table), del --prefix count, cas (EXPECTED NEW, --absent, mismatch -> 1, bad arity
@@ -18,9 +18,9 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
-import cli.common
-from cli.main import app
-from cli.output import render_table, value_fields
+import kv_cli.common
+from kv_cli.main import app
+from kv_cli.output import render_table, value_fields
 from kvstore.client import RequestError, Unavailable
 
 EP = ["--endpoints", "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"]
@@ -252,7 +252,7 @@ def test_endpoints_from_environment(fake, monkeypatch):
 
 
 def test_endpoints_from_default_cluster_state(fake, tmp_path):
-    cli.common.write_state(tmp_path / "cluster", {"endpoints": ["127.0.0.1:7101", "127.0.0.1:7102"], "nodes": []})
+    kv_cli.common.write_state(tmp_path / "cluster", {"endpoints": ["127.0.0.1:7101", "127.0.0.1:7102"], "nodes": []})
     fake.set("k", "v")
     result = run("get", "k")
     assert result.exit_code == 0, result.output
@@ -422,7 +422,7 @@ def test_cluster_up_refuses_a_taken_port(fake, tmp_path):
 
 
 def test_cluster_kill_unknown_node_is_usage_error(fake, tmp_path):
-    cli.common.write_state(tmp_path / "c", {"endpoints": ["127.0.0.1:7001"], "nodes": [
+    kv_cli.common.write_state(tmp_path / "c", {"endpoints": ["127.0.0.1:7001"], "nodes": [
         {"id": 1, "port": 7001, "pid": None, "data_dir": str(tmp_path / "c" / "node-1"),
          "log_file": str(tmp_path / "c" / "node-1" / "server.log"), "argv": ["true"]}]})
     result = run("cluster", "kill", "7", "--data-dir", str(tmp_path / "c"))

@@ -46,7 +46,7 @@ class Cluster:
 
     def start(self, node_id: int) -> None:
         log = open(self.root / f"node-{node_id}.log", "ab")
-        cmd = [sys.executable, "-m", "cli", "serve", "--id", str(node_id), "--peers", self.peers,
+        cmd = [sys.executable, "-m", "kv_cli", "serve", "--id", str(node_id), "--peers", self.peers,
                "--data-dir", str(self.data_dir(node_id)), *self.extra_args]
         self.procs[node_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()

@@ -1,4 +1,4 @@
-"""A real cluster of ``python -m cli serve`` processes for nemesis tests, driven from async (trio) code.
+"""A real cluster of ``python -m kv_cli serve`` processes for nemesis tests, driven from async (trio) code.
 
 Unlike ``tests/integration/harness.Cluster`` (whose waits block the calling thread), every wait here is
 async, because the same trio run also hosts the peer proxies and the clients: a blocking wait would
@@ -80,7 +80,7 @@ class NemesisCluster:
     def start(self, node_id: int, *, env: dict[str, str] | None = None) -> None:
         assert node_id not in self.procs or self.procs[node_id].poll() is not None, f"node {node_id} runs"
         log = open(self.log_path(node_id), "ab")
-        cmd = [*self.command_prefix(node_id), sys.executable, "-m", "cli", "serve", "--id", str(node_id),
+        cmd = [*self.command_prefix(node_id), sys.executable, "-m", "kv_cli", "serve", "--id", str(node_id),
                "--peers", self.peers_for(node_id), "--data-dir", str(self.data_dir(node_id)), *self.extra_args]
         full_env = dict(os.environ)
         full_env.pop("KV_FAILPOINTS", None)
