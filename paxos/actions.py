@@ -3,8 +3,11 @@
 The contract, as etcd-io/raft's ``Ready``: after feeding inputs to a ``Replica``, call
 ``take_actions()`` and carry out the result **in this order**:
 
+0. ``send_early`` (only with ``Options.early_accepts``): phase-2a Accepts that may leave before step 1
+   is done, because they promise nothing on the sender's behalf.
 1. ``persist``: append every record to stable storage and make it durable (fsync). One fsync may cover
-   all records of the batch (group commit).
+   all records of the batch (group commit). Then report ``decided_slot`` with ``Replica.note_durable``
+   (needed only with ``Options.early_accepts``).
 2. ``send``: hand each ``(to_node_id, message)`` to the network. Messages may promise or accept things
    that are only true once step 1 is done, which is why they wait for it.
 3. ``apply``: apply each ``(slot, batch)`` to the state machine, in the order given (slot order, no gaps).
@@ -117,9 +120,15 @@ class Actions:
     rejected_reads: list = field(default_factory=list)  # list[read_id]
     dropped_proposals: list = field(default_factory=list)  # list[bytes]
     snapshot_to: list = field(default_factory=list)  # list[int]
+    # With Options.early_accepts: phase-2a Accepts the shell may send BEFORE ``persist`` is durable
+    # (they promise nothing); their decided_slot is capped at the last durable mark (``note_durable``).
+    send_early: list = field(default_factory=list)  # list[tuple[int, Accept]]
+    # The core's decided slot when this batch was taken: once ``persist`` is durable, the shell reports
+    # it with ``Replica.note_durable`` (only Options.early_accepts needs that).
+    decided_slot: int = 0
 
     def __bool__(self) -> bool:
         return bool(
             self.persist or self.send or self.apply or self.reads or self.rejected_reads
-            or self.dropped_proposals or self.snapshot_to
+            or self.dropped_proposals or self.snapshot_to or self.send_early
         )

@@ -122,6 +122,15 @@ class Options:
     # answers decide the slot and make them the fast ones. Safety does not depend on who is sent what
     # when; a follower that gets Accepts a tick later also applies a tick later.
     thrifty: bool = False
+    # Early Accepts: a leader's phase-2a Accepts promise nothing on the sender's behalf, so the shell
+    # may send them before the batch's own records are durable, and the followers write to their
+    # disks while the leader writes to its own (a round trip then costs one fsync, not two). With this
+    # set they come in ``Actions.send_early`` instead of ``send``. Their ``decided_slot`` is capped at
+    # the decided slot the shell last reported durable (``note_durable``): a decision counts the
+    # leader's own accept, which is durable only once its batch's fsync is done, so an Accept that
+    # leaves before that fsync may not announce it (a follower could apply a value that a crash of
+    # the leader un-chooses).
+    early_accepts: bool = False
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_ticks", "election_timeout_ticks", "window", "batch_count_max",
@@ -129,7 +138,7 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Options.{name} must be an int >= 1, got {value!r}")
-        for name in ("lazy_decide", "thrifty"):
+        for name in ("lazy_decide", "thrifty", "early_accepts"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Options.{name} must be a bool, got {getattr(self, name)!r}")
 
@@ -211,6 +220,9 @@ class Replica:
         self._decided_hint = 0  # highest decided_slot anyone told us about
 
         self._advance_decided()  # applies the decided slots recovered from storage
+        # The decided slot as of the newest batch the shell reported durable (Options.early_accepts):
+        # what was decided from storage rests on durable records already.
+        self._durable_decided_slot = self._decided_slot
 
     # ------------------------------------------------------------------ properties
 
@@ -353,7 +365,42 @@ class Replica:
                 self._announce_decided()
         self._round_in_batch = None
         actions, self._actions = self._actions, Actions()
+        actions.decided_slot = self._decided_slot
+        if self.options.early_accepts and actions.persist:
+            self._split_early_accepts(actions)
         return actions
+
+    def note_durable(self, decided_slot: int) -> None:
+        """The shell made a batch's ``persist`` durable (and every batch before it): it reports that
+        batch's ``Actions.decided_slot``. Early Accepts may announce decisions up to it
+        (``Options.early_accepts``). Batches without records count too: call it for every batch."""
+        assert decided_slot <= self._decided_slot, f"durable mark {decided_slot} above decided {self._decided_slot}"
+        if decided_slot > self._durable_decided_slot:
+            self._durable_decided_slot = decided_slot
+
+    def _split_early_accepts(self, actions: Actions) -> None:
+        """Options.early_accepts: move this batch's Accepts to ``send_early``, their decided_slot capped
+        at the durable mark (one capped copy per Accept, so a broadcast is still one message)."""
+        durable = self._durable_decided_slot
+        capped: dict[int, Accept] = {}
+        send, early = [], actions.send_early
+        for to, message in actions.send:
+            if type(message) is not Accept:
+                send.append((to, message))
+                continue
+            if message.decided_slot > durable:
+                copy = capped.get(id(message))
+                if copy is None:
+                    copy = capped[id(message)] = Accept(
+                        sender=message.sender, ballot=message.ballot, slot=message.slot, value=message.value,
+                        decided_slot=durable)
+                message = copy
+            early.append((to, message))
+        actions.send = send
+        if capped:
+            # What the capped Accepts did not say, a Decide (or the next Accept or Heartbeat) must.
+            self._announced_decided_slot = min(self._announced_decided_slot, durable)
+            self._count("early_accepts_capped")
 
     def _announce_decided(self) -> None:
         """Leader: a Decide to everyone if ``decided_slot`` advanced since an Accept or Decide said so."""

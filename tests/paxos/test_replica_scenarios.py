@@ -266,6 +266,44 @@ def test_lazy_decide_rides_on_the_next_accept_and_otherwise_goes_out_on_the_next
     assert sent(leader.take_actions(), Decide) == []  # announced once
 
 
+def test_early_accepts_leave_before_persist_and_announce_only_durable_decisions():
+    """Options.early_accepts: phase 2a promises nothing on the leader's behalf (section 2.2), so its
+    Accepts may leave before the batch's records are durable (``Actions.send_early``). But a decision
+    counts the leader's own acceptance (section 2.3), durable only after its batch's fsync: an early
+    Accept announces decisions only up to the slot the shell reported durable with ``note_durable``,
+    and what it held back goes out later (here a lazy Decide on the next tick)."""
+    b = Ballot(1, 1)
+    leader = make_leader(early_accepts=True, lazy_decide=True, heartbeat_ticks=100)
+    leader.propose(b"x")
+    first = leader.take_actions()
+    assert first.persist == [AcceptRecord(1, b, (b"x",))] and first.send == []
+    assert first.send_early == [(2, Accept(sender=1, ballot=b, slot=1, value=(b"x",), decided_slot=0)),
+                                (3, Accept(sender=1, ballot=b, slot=1, value=(b"x",), decided_slot=0))]
+    # The shell is still fsyncing the first batch when the Accepted arrives and a new command comes.
+    leader.receive(Accepted(sender=3, ballot=b, slot=1))
+    leader.propose(b"y")
+    second = leader.take_actions()
+    assert leader.decided_slot == 1 and second.decided_slot == 1
+    assert [m.decided_slot for _, m in second.send_early] == [0, 0]  # capped: slot 1 is not durable yet
+    assert second.send_early[0][1] is second.send_early[1][1]  # one capped copy for both followers
+    leader.note_durable(first.decided_slot)
+    leader.note_durable(second.decided_slot)  # both batches durable now
+    leader.tick()
+    assert sent(leader.take_actions(), Decide) == [(2, Decide(sender=1, ballot=b, decided_slot=1)),
+                                                   (3, Decide(sender=1, ballot=b, decided_slot=1))]
+    leader.propose(b"z")
+    third = leader.take_actions()
+    assert [m.decided_slot for _, m in third.send_early] == [1, 1]
+
+
+def test_without_early_accepts_every_message_waits_for_persist():
+    """The default keeps the plain contract: nothing in send_early, Accepts in send after persist."""
+    leader = make_leader()
+    leader.propose(b"x")
+    actions = leader.take_actions()
+    assert actions.send_early == [] and len(sent(actions, Accept)) == 2
+
+
 def test_thrifty_accepts_go_to_one_follower_at_once_and_to_the_other_on_the_next_tick():
     """Options.thrifty: a majority needs the leader and one follower, so only one follower gets a new
     Accept at once; the other gets the tick's slots together, each telling it of decisions no further
