@@ -16,7 +16,8 @@ in-flight messages. Each step the RNG picks one event:
   what its storage holds (``DurableState.replay`` of the stored records, and the stored snapshot),
 * partition the nodes in two groups, or heal,
 * submit a client command (unique bytes) to a node, start a read at a node,
-* compact a node (take a snapshot of its state machine up to some applied slot).
+* compact a node (take a snapshot of its state machine up to some applied slot),
+* with ``disk_faults=True``: arm a running node's disk to fail its next write ("disk_fail", below).
 
 The shell contract is simulated literally: an ``Actions`` batch's records are stored before its
 messages enter the network, then applied commands go to the node's state machine (a list of the
@@ -32,6 +33,27 @@ and once the faults stop the postponements run out and the liveness phase must s
 stored at the node's next tick, so a crash in between loses promises and acceptances that others
 already saw.
 
+``disk_faults=True`` models a disk that reports an error (EIO, ENOSPC on fsync: issue 15). After a
+failed fsync the page cache cannot be trusted, so the node must stop voting at once, as the kvstore
+server's ``_stop_voting`` does. The "disk_fail" event (weight ``DISK_FAIL_WEIGHT``, about four times
+per run) arms one running node's disk; its next write fails:
+
+* a batch with a non-empty ``persist`` list: a random prefix of its records (possibly none, possibly
+  all) reaches storage, and none of its messages, applies or read answers happen (in
+  ``early_accepts`` mode its Accepts have already left, as in the server);
+* a snapshot write (compaction, or a peer's snapshot installed): storage keeps the old snapshot and
+  log, the new snapshot with the old log, or both new (each file is renamed into place after its
+  fsync, as ``kvstore.storage`` does, and recovery accepts all three).
+
+The node is then fenced: it is fed no message, tick, command or read and nothing more leaves it (its
+core may be ahead of its disk), until a restart event rebuilds it from what its storage holds, as
+after a crash. ``stats["disk_failures"]`` counts the failures, ``stats["fenced_restarts"]`` the
+restarts of fenced nodes; the liveness phases heal every disk and restart every fenced node first.
+``swallow_disk_errors=True`` is the broken variant, the server's bug that issue 15 reports: a failed
+batch's records are lost and its messages dropped, but the node goes on from its memory (its core is
+now ahead of its disk), and its later batches persist and send normally; its applies still happen
+(the state machine lives in memory), so that only the durability check below can notice.
+
 After every step the simulator checks safety:
 
 * a slot never has two different decided values, anywhere, at any time (a global map of every value
@@ -41,10 +63,35 @@ After every step the simulator checks safety:
   so the applied sequences are prefixes of each other (section 3, the state machine replicas agree);
 * every decided command was submitted (section 2.1, "only a value that has been proposed may be
   chosen");
-* a served read's index covers every slot applied anywhere before the read began (linearizable reads).
+* a served read's index covers every slot applied anywhere before the read began (linearizable reads);
+* a decided value is durable on a majority when it is first seen decided (``_check_durable_majority``).
 
-Then the liveness phase: all nodes up, network healed, no faults. A leader must emerge, and commands
-submitted to it must be decided and applied everywhere within a bound of ticks.
+The last check catches a node that counts, or lets others count, an acceptance it does not hold
+durably, at the moment the decision is made, rather than by the luck of a later crash that forgets it.
+The exact invariant: when a DecideRecord for ``(slot, value)`` first appears in any node's batch (a
+batch that fails its disk included), or ``(slot, value)`` is first applied anywhere, at least a
+majority of the nodes' storages hold an ``AcceptRecord(slot, b, value)`` for some ballot ``b``, or a
+``DecideRecord(slot, value)``, or a snapshot through ``slot`` with ``value`` at ``slot``. Why it
+holds for correct Paxos in every mode: a slot is decided only when a majority accepted it at one
+ballot (section 2.3). A follower's acceptance counts only once its Accepted arrives, which left after
+the batch that stored its AcceptRecord. The leader counts its own acceptance without a message, but
+it opens a slot in one batch and can count a follower's Accepted only in a later one, by when this
+shell has stored the opening batch (``early_accepts`` too: the Accepts leave before that fsync, but
+the replies are handled after it, and a crash during the fsync ends the leader before it decides).
+Every other way to learn of a decision (``decided_slot`` on Accept, Heartbeat and Decide; the decided
+entries of a Promise or a CatchupReply; a snapshot) passes on one made earlier, where it was first
+seen. Stored records are never lost (a crash loses only what was never stored; compaction and
+snapshot installs keep every accepted slot above the snapshot, and the snapshot holds the decided
+values up to it). ``send_before_persist`` trips the check on nearly every seed, and so does
+``swallow_disk_errors`` whenever the swallowed acceptance completes a majority. This shell carries
+out each batch before the next input. The kvstore server pipelines them, so its leader may decide in
+memory before its own accept's fsync (which is why its early Accepts cap ``decided_slot`` at the
+durable mark); a model of that pipeline (issue 16) would run this check when a batch is carried out,
+after its fsync, and would then catch an early Accept whose ``decided_slot`` is not capped.
+
+Then the liveness phase: all nodes up (crashed and fenced ones restarted), network healed, disks
+healthy, no faults. A leader must emerge, and commands submitted to it must be decided and applied
+everywhere within a bound of ticks.
 
 Every failure raises with the seed, a replay command and the last lines of the event trace, each line
 prefixed with the step and simulated tick.
@@ -55,7 +102,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from paxos.actions import DecideRecord, DurableState
+from paxos.actions import AcceptRecord, DecideRecord, DurableState
 from paxos.messages import Accept
 from paxos.replica import Config, Options, Replica
 
@@ -79,6 +126,10 @@ FAULT_EVENTS = (  # (event, weight)
 # every node keeps compacting too (see Simulation.run_liveness_compacting).
 COMPACT_OFTEN_WEIGHT = 20
 
+# disk_faults=True adds this event: arm one node's disk to fail its next write. About four per
+# 400-step run (the other weights add up to 93), as often as crashes.
+DISK_FAIL_WEIGHT = 1
+
 
 class SafetyViolation(AssertionError):
     """Two decided values for one slot, diverging applied logs, an invented command, a stale read."""
@@ -90,11 +141,37 @@ class LivenessFailure(AssertionError):
 
 @dataclass
 class Storage:
-    """A node's durable storage: what survives a crash."""
+    """A node's durable storage: what survives a crash.
+
+    Change it only through ``append`` and ``rewrite``: they keep ``held``, the index that
+    ``holds`` (the durable-majority check) reads.
+    """
 
     records: list = field(default_factory=list)
     snapshot_slot: int = 0
     snapshot: tuple = ()  # the state machine at snapshot_slot: the batches of slots 1..snapshot_slot
+    held: dict = field(default_factory=dict)  # slot -> the values an AcceptRecord or DecideRecord holds
+
+    def append(self, records) -> None:
+        """Records reached the disk (an fsync covered them)."""
+        self.records.extend(records)
+        for record in records:
+            if isinstance(record, (AcceptRecord, DecideRecord)):
+                self.held.setdefault(record.slot, set()).add(record.value)
+
+    def rewrite(self, records, snapshot_slot: int | None = None, snapshot: tuple | None = None) -> None:
+        """Replace the log (compaction, snapshot install), and the snapshot when one is given."""
+        if snapshot_slot is not None:
+            self.snapshot_slot, self.snapshot = snapshot_slot, snapshot
+        self.records, self.held = [], {}
+        self.append(records)
+
+    def holds(self, slot: int, value: tuple) -> bool:
+        """Does this storage hold ``value`` at ``slot`` durably: a snapshot through ``slot`` with that
+        value there, or an AcceptRecord (at any ballot) or a DecideRecord of ``slot`` with ``value``?"""
+        if slot <= self.snapshot_slot:
+            return self.snapshot[slot - 1] == value
+        return value in self.held.get(slot, ())
 
 
 @dataclass(frozen=True)
@@ -116,6 +193,8 @@ class Node:
     paused: int = 0  # compacting liveness phase: rounds left in a pause (a long snapshot, a busy host)
     inbox: list = field(default_factory=list)  # ticks and messages that arrived during the pause
     postponing: int = 0  # postpone_elections mode: ticks left during which it postpones its election
+    disk_armed: bool = False  # disk_faults mode: the next write (a batch's persist, a snapshot) fails
+    fenced: bool = False  # its disk failed: it takes no input and says nothing until restarted
 
 
 class Simulation:
@@ -124,7 +203,10 @@ class Simulation:
     def __init__(self, seed: int, *, nodes: int = 3, steps: int = 300, replica_class=Replica,
                  send_before_persist: bool = False, options: Options | None = None,
                  liveness_commands: int = 10, early_accepts: bool = False,
-                 compact_often: bool = False, postpone_elections: bool = False) -> None:
+                 compact_often: bool = False, postpone_elections: bool = False,
+                 disk_faults: bool = False, swallow_disk_errors: bool = False) -> None:
+        if send_before_persist and (disk_faults or swallow_disk_errors):
+            raise ValueError("send_before_persist has no disk to fail: it is not combined with disk faults")
         self.seed = seed
         self.nodes_count = nodes
         self.steps = steps
@@ -141,6 +223,13 @@ class Simulation:
         self.early_accepts = early_accepts
         self.compact_often = compact_often
         self.postpone_elections = postpone_elections
+        self.swallow_disk_errors = swallow_disk_errors
+        self.disk_faults = disk_faults or swallow_disk_errors  # the broken variant needs failing disks
+        self.events = list(FAULT_EVENTS)
+        if self.compact_often:
+            self.events[[name for name, _ in self.events].index("compact")] = ("compact", COMPACT_OFTEN_WEIGHT)
+        if self.disk_faults:
+            self.events.append(("disk_fail", DISK_FAIL_WEIGHT))
         self.dropped: list[bytes] = []  # dropped_proposals seen (the liveness phase resubmits them)
         self.faults_on = True
         self.rng = random.Random(seed)
@@ -159,7 +248,11 @@ class Simulation:
         self.trace: deque[str] = deque(maxlen=TRACE_LINES)
         self.stats = {name: 0 for name, _ in FAULT_EVENTS}
         self.stats.update(reads_served=0, dropped_by_partition=0, snapshots_installed=0, crash_during_fsync=0,
-                          pauses=0, snapshots_installed_mid_batch=0, postponed=0)
+                          pauses=0, snapshots_installed_mid_batch=0, postponed=0, disk_fail=0,
+                          disk_failures=0, disk_failures_in_snapshots=0, disk_failed_leaders=0,
+                          disk_failures_prefix_empty=0, disk_failures_prefix_partial=0,
+                          disk_failures_prefix_whole=0, disk_failures_after_early_accepts=0,
+                          disk_errors_swallowed=0, fenced_restarts=0)
         for node in self.nodes.values():
             self._start(node)
 
@@ -174,10 +267,8 @@ class Simulation:
         return self
 
     def run_faults(self) -> None:
-        names = [name for name, _ in FAULT_EVENTS]
-        weights = [weight for _, weight in FAULT_EVENTS]
-        if self.compact_often:
-            weights[names.index("compact")] = COMPACT_OFTEN_WEIGHT
+        names = [name for name, _ in self.events]
+        weights = [weight for _, weight in self.events]
         for self.step_no in range(1, self.steps + 1):
             event = self.rng.choices(names, weights)[0]
             self.stats[event] += 1
@@ -188,11 +279,7 @@ class Simulation:
 
     def run_liveness(self) -> None:
         """Heal, restart everyone, stop faults; a leader must emerge and decide what it is given."""
-        self.faults_on = False
-        self.group = None
-        for node in self.nodes.values():
-            if node.replica is None:
-                self._guard(lambda node=node: self._restart(node))
+        self._stop_faults()
         bound = 30 * self.options.election_timeout_ticks
         leader = None
         for _ in range(bound):
@@ -231,11 +318,7 @@ class Simulation:
         must decide every command and all nodes must apply everything decided; it fails if
         ``30 * election_timeout`` rounds pass without a new liveness command decided.
         """
-        self.faults_on = False
-        self.group = None
-        for node in self.nodes.values():
-            if node.replica is None:
-                self._guard(lambda node=node: self._restart(node))
+        self._stop_faults()
         stall_bound = 30 * self.options.election_timeout_ticks
         pending = deque(self._new_command() for _ in range(self.liveness_commands))
         commands = set(pending)
@@ -291,6 +374,16 @@ class Simulation:
         self._fail(LivenessFailure, f"compacting liveness phase: {stall_bound} rounds without progress; "
                    f"{done_count}/{len(commands)} commands decided, {len(pending)} not yet submitted; "
                    f"nodes (role, leader, decided, snapshot): {roles}")
+
+    def _stop_faults(self) -> None:
+        """The liveness phases begin here: no more faults, the network healed, every disk healthy,
+        and every crashed or fenced node restarted from its storage."""
+        self.faults_on = False
+        self.group = None
+        for node in self.nodes.values():
+            node.disk_armed = False
+            if node.replica is None or node.fenced:
+                self._guard(lambda node=node: self._restart(node))
 
     def _slow_round(self) -> None:
         """Compacting liveness round: like ``_round`` without loss, but a message may wait a round or
@@ -350,7 +443,11 @@ class Simulation:
     # ---------------------------------------------------------------- fault-phase events
 
     def _up(self) -> list[Node]:
-        return [n for n in self.nodes.values() if n.replica is not None]
+        """Nodes that run: neither crashed nor fenced by a failed disk."""
+        return [n for n in self.nodes.values() if n.replica is not None and not n.fenced]
+
+    def _down(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.replica is None or n.fenced]
 
     def _event_deliver(self) -> None:
         if self.network:
@@ -406,7 +503,7 @@ class Simulation:
         node.unsynced = []
 
     def _event_restart(self) -> None:
-        down = [n for n in self.nodes.values() if n.replica is None]
+        down = self._down()
         if down:
             self._restart(self.rng.choice(down))
 
@@ -421,6 +518,16 @@ class Simulation:
             self.group = None
             self._log("heal")
 
+    def _event_disk_fail(self) -> None:
+        candidates = [n for n in self._up() if not n.disk_armed]
+        if candidates:
+            # Half the time a leader's disk: its batches carry the most records, and its failure is
+            # the one that must not stall the cluster (issue 15).
+            leaders = [n for n in candidates if n.replica.is_leader]
+            node = self.rng.choice(leaders if leaders and self.rng.random() < 0.5 else candidates)
+            node.disk_armed = True
+            self._log(f"disk of {node.node_id} will fail its next write")
+
     def _event_compact(self) -> None:
         candidates = [n for n in self._up() if n.replica.applied_slot > n.replica.snapshot_slot]
         if candidates:
@@ -433,25 +540,57 @@ class Simulation:
             return
         slot = self.rng.randint(replica.snapshot_slot + 1, replica.applied_slot)
         replica.compact(slot)
-        node.storage.snapshot_slot = slot
-        node.storage.snapshot = tuple(node.applied[:slot])
-        # Rewriting the log from durable_state() also makes any unsynced record durable.
-        node.storage.records = replica.durable_state().records()
-        node.unsynced = []
         self._log(f"compact {node.node_id} through slot {slot}")
+        # Rewriting the log from durable_state() also makes any unsynced record durable.
+        self._write_snapshot(node, slot, tuple(node.applied[:slot]))
+
+    def _write_snapshot(self, node: Node, slot: int, snapshot: tuple) -> None:
+        """Store a snapshot and the log rewritten from the core's durable state (compaction, or a
+        peer's snapshot installed), as kvstore.storage does: the snapshot file by rename, then the new
+        log by rename, each after its fsync. An armed disk fails this write (disk_faults mode, not in
+        the swallowing variant, which only mishandles batches): the node is fenced, and its storage
+        holds whatever the renames that happened left, each a state recovery accepts: the old snapshot
+        and log, the new snapshot with the old log (replay drops the slots it covers), or both new."""
+        records = node.replica.durable_state().records()
+        if node.disk_armed and self.faults_on and not self.swallow_disk_errors:
+            outcome = self.rng.randrange(3)
+            if outcome >= 1:
+                node.storage.snapshot_slot, node.storage.snapshot = slot, snapshot
+            if outcome == 2:
+                node.storage.rewrite(records)
+            self._fence(node, f"writing its snapshot at {slot}: "
+                        + ("nothing renamed", "new snapshot, old log", "new snapshot and log")[outcome])
+            self.stats["disk_failures_in_snapshots"] += 1
+            return
+        node.storage.rewrite(records, slot, snapshot)
+        node.unsynced = []
+
+    def _fence(self, node: Node, why: str) -> None:
+        """The node's disk failed: from now on it is fed nothing and says nothing (its core may be
+        ahead of its disk) until a restart rebuilds it from what its storage really holds."""
+        node.disk_armed = False
+        node.fenced = True
+        self.stats["disk_failures"] += 1
+        if node.replica.is_leader:
+            self.stats["disk_failed_leaders"] += 1
+        self._log(f"DISK FAILED on {node.node_id} ({why}): fenced until restarted")
 
     # ---------------------------------------------------------------- node plumbing
 
     def _start(self, node: Node) -> None:
         state = DurableState.replay(node.storage.records, node.storage.snapshot_slot)
+        node.fenced = False
+        node.unsynced = []
         node.applied = list(node.storage.snapshot)
         node.replica = self.replica_class(node.node_id, self.config, rng=random.Random(self.rng.getrandbits(64)),
                                           state=state, options=self.options)
         self._drain(node)
 
     def _restart(self, node: Node) -> None:
-        self._log(f"restart {node.node_id} from {len(node.storage.records)} records, "
-                  f"snapshot at {node.storage.snapshot_slot}")
+        if node.fenced:
+            self.stats["fenced_restarts"] += 1
+        self._log(f"restart {node.node_id}{' (fenced)' if node.fenced else ''} from "
+                  f"{len(node.storage.records)} records, snapshot at {node.storage.snapshot_slot}")
         self._start(node)
 
     def _tick(self, node: Node) -> None:
@@ -459,7 +598,7 @@ class Simulation:
         if node.unsynced and self.rng.random() < 0.25:
             # The broken shell syncs lazily, on a timer (every fourth tick on average), long after its
             # messages already left.
-            node.storage.records.extend(node.unsynced)
+            node.storage.append(node.unsynced)
             node.unsynced = []
         if self.postpone_elections:
             if self.faults_on and not node.postponing and self.rng.random() < 0.05:
@@ -478,7 +617,7 @@ class Simulation:
         the batches already carried out but before this batch's actions (the driver waits for its
         committer, not for the core's pending actions)."""
         for item in items:
-            if node.replica is None:
+            if node.replica is None or node.fenced:
                 return
             if item is None:
                 self.now += 1
@@ -492,13 +631,11 @@ class Simulation:
                     self.stats["snapshots_installed_mid_batch"] += 1
                     self._guard(lambda message=message: node.replica.install_snapshot(message.slot))
                     node.applied = list(message.batches)
-                    node.storage.snapshot_slot = message.slot
-                    node.storage.snapshot = message.batches
-                    node.storage.records = node.replica.durable_state().records()
-                    node.unsynced = []
+                    self._write_snapshot(node, message.slot, message.batches)
                 continue
             self._guard(lambda message=message: node.replica.receive(message))
-        self._drain(node)
+        if not node.fenced:
+            self._drain(node)
 
     def _pop_random_message(self):
         index = self.rng.randrange(len(self.network))
@@ -508,7 +645,7 @@ class Simulation:
     def _deliver(self, item) -> None:
         src, dst, message = item
         node = self.nodes[dst]
-        if node.replica is None:
+        if node.replica is None or node.fenced:
             return
         if self.group is not None and self.group[src] != self.group[dst]:
             self.stats["dropped_by_partition"] += 1
@@ -518,26 +655,29 @@ class Simulation:
                 self._log(f"install snapshot at {message.slot} from {src} on {dst}")
                 self.stats["snapshots_installed"] += 1
                 self._drain(node)  # carry out pending actions before the log is rewritten
+                if node.replica is None or node.fenced:
+                    return  # that batch failed its disk
                 node.applied = list(message.batches)
                 node.replica.install_snapshot(message.slot)
-                node.storage.snapshot_slot = message.slot
-                node.storage.snapshot = message.batches
-                node.storage.records = node.replica.durable_state().records()
-                node.unsynced = []
-                self._drain(node)
+                self._write_snapshot(node, message.slot, message.batches)
+                if not node.fenced:
+                    self._drain(node)
             return
         node.replica.receive(message)
         self._drain(node)
 
     def _drain(self, node: Node) -> None:
         """Carry out one Actions batch in contract order: persist, send, apply, reads, snapshots."""
+        assert not node.fenced, f"node {node.node_id} is fenced: the core must be fed nothing"
         actions = node.replica.take_actions()
+        early_sent = False
         if self.early_accepts:
             # The kvstore server's optimisation: Accept (phase 2a) leaves before this batch's fsync.
             # Model a crash during that fsync: the Accepts are out, nothing else of the batch happened.
             early = [(to, m) for to, m in actions.send if isinstance(m, Accept)]
             for to, message in early:
                 self.network.append((node.node_id, to, message))
+            early_sent = bool(early)
             actions.send = [(to, m) for to, m in actions.send if not isinstance(m, Accept)]
             if early and self.faults_on and self.rng.random() < 0.2:
                 self._log(f"CRASH {node.node_id} during fsync, after {len(early)} early Accepts left")
@@ -553,10 +693,32 @@ class Simulation:
         for record in actions.persist:
             if isinstance(record, DecideRecord):
                 self._observe_decided(node, record.slot, record.value)
+        if node.disk_armed and actions.persist and self.faults_on:
+            if self.swallow_disk_errors:
+                # BROKEN on purpose, as kvstore.server was (issue 15): the fsync error is caught and
+                # dropped with the batch's records and messages, and the node goes on from its memory.
+                node.disk_armed = False
+                self.stats["disk_errors_swallowed"] += 1
+                self._log(f"DISK FAILED on {node.node_id}, error swallowed: {len(actions.persist)} records "
+                          f"and {len(actions.send)} messages lost, the node goes on")
+                actions.persist, actions.send = [], []
+            else:
+                # The fsync failed: what reached the disk is unknown; modelled as any prefix of the
+                # batch (the records were written in order). None of the batch may leave the node
+                # (early Accepts already did, as in the server).
+                stored = self.rng.randint(0, len(actions.persist))
+                node.storage.append(actions.persist[:stored])
+                kind = ("empty" if stored == 0 else "whole" if stored == len(actions.persist) else "partial")
+                self.stats["disk_failures_prefix_" + kind] += 1
+                if early_sent:
+                    self.stats["disk_failures_after_early_accepts"] += 1
+                self._fence(node, f"fsync of a batch: {stored} of {len(actions.persist)} records stored, "
+                            f"{len(actions.send)} messages and {len(actions.apply)} applies withheld")
+                return
         if self.send_before_persist:
             node.unsynced.extend(actions.persist)
         else:
-            node.storage.records.extend(actions.persist)
+            node.storage.append(actions.persist)
         for to, message in actions.send:
             assert to != node.node_id and to in self.nodes, f"bad destination {to}"
             self.network.append((node.node_id, to, message))
@@ -589,10 +751,19 @@ class Simulation:
             for command in value:
                 if command not in self.submitted:
                     self._fail(SafetyViolation, f"node {node.node_id} decided {command!r}, never submitted")
+            self._check_durable_majority(node, slot, value)
             self.decided[slot] = value
         elif old != value:
             self._fail(SafetyViolation, f"slot {slot}: node {node.node_id} decided {value!r}, "
                        f"but {old!r} was decided before")
+
+    def _check_durable_majority(self, node: Node, slot: int, value: tuple) -> None:
+        """The value first seen decided at ``slot`` is durable on a majority (see the module docstring)."""
+        holders = [n.node_id for n in self.nodes.values() if n.storage.holds(slot, value)]
+        if len(holders) < self.config.quorum_size:
+            self._fail(SafetyViolation, f"slot {slot}: node {node.node_id} decided {value!r}, but only nodes "
+                       f"{holders} hold it durably, fewer than a majority ({self.config.quorum_size}): "
+                       f"a crash of the others can un-choose it")
 
     def _check_prefixes(self) -> None:
         """Every live state machine is the decided log's prefix, so any two are prefixes of each other."""
@@ -622,7 +793,12 @@ class Simulation:
         self.trace.append(f"[step {self.step_no} tick {self.now}] {text}")
 
     def _fail(self, kind, text: str, cause: BaseException | None = None):
-        mode = " (send_before_persist)" if self.send_before_persist else ""
+        flags = ("send_before_persist", "early_accepts", "compact_often", "postpone_elections",
+                 "disk_faults", "swallow_disk_errors")
+        shown = [flag for flag in flags if getattr(self, flag)]
+        if self.swallow_disk_errors:
+            shown.remove("disk_faults")  # implied
+        mode = "".join(f" ({flag})" for flag in shown)
         if self.replica_class is not Replica:
             mode += f" (replica_class {self.replica_class.__name__})"
         message = (f"seed {self.seed}, {self.nodes_count} nodes{mode}, step {self.step_no}, tick {self.now}: "
