@@ -280,34 +280,54 @@ async def test_write_waiting_past_the_request_timeout_is_answered_with_timeout(t
 
 
 async def test_snapshots_taken_under_writes_then_restart_from_snapshot_and_log(tmp_path):
-    """A node snapshots again and again under concurrent writes (applies held back while the frozen
-    state is written, so state machine, core and log agree), and after a crash recovers exactly from the latest snapshot
-    plus the log above it.
+    """A node snapshots again and again (three times at least) under concurrent writes (applies held
+    back while the frozen state is written, so state machine, core and log agree), and after a crash
+    recovers exactly from the latest snapshot plus the log above it.
 
     One node, so that the check is about snapshots and recovery only (the 3-node case with very frequent
     compaction has its own test below). Real clock on purpose: snapshots are written from worker
-    threads, and the autojump clock would skip virtual time while they run."""
+    threads, and the autojump clock would skip virtual time while they run. Before the crash, a few
+    more writes one at a time until no snapshot is being written and some applied slots are above the
+    snapshot: so the restart needs both halves, and losing either (the snapshot, or the log above it)
+    loses keys."""
     peers = {1: ("n1", 7001)}
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net, peers=peers, snapshot_every=10)
         await cluster.start(1)
         await cluster.wait_leader()
+        node = cluster.nodes[1]
+        written = 0
         async with connect(["n1:7001"], timeout=10, transport=net.transport()) as kv:
             async def writer(w: int) -> None:
-                for i in range(40):
+                # At least 40 writes each, then on until the node has snapshotted three times (how
+                # many snapshots 160 writes give depends on how fast the worker thread writes them).
+                nonlocal written
+                for i in range(1000):
+                    if i >= 40 and node.counters["snapshots"] >= 3:
+                        return
                     await kv.put(f"w{w}-{i}", f"{i}")
+                    written += 1
             async with trio.open_nursery() as writers:
                 for w in range(4):
                     writers.start_soon(writer, w)
-            node = cluster.nodes[1]
-            assert node.replica.snapshot_slot > 0 and node.counters["snapshot_ms"] >= 0
+            assert node.counters["snapshots"] >= 3  # again and again, while the writers ran
+            extra = 0
+            status = node.status()
+            while status["snapshotting"] or status["applied_slot"] <= status["snapshot_slot"]:
+                assert extra < 100, f"no moment with applied slots above a finished snapshot: {status}"
+                await kv.put(f"extra-{extra}", "x")
+                extra += 1
+                status = node.status()
+            # No checkpoint between the status read and the crash: no snapshot can start in between.
+            assert 0 < status["snapshot_slot"] < status["applied_slot"]
             expected = node.sm.state_hash()
             cluster.crash(1)
             await cluster.start(1)
             await cluster.wait_leader()
-            assert len(await kv.list("")) == 160  # linearizable: after the replayed log is applied
+            assert len(await kv.list("")) == written + extra  # linearizable: after the replayed log is applied
             assert cluster.nodes[1].sm.state_hash() == expected
+            assert cluster.nodes[1].replica.snapshot_slot >= status["snapshot_slot"]  # started from it
         nursery.cancel_scope.cancel()
 
 
