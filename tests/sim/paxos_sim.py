@@ -64,11 +64,20 @@ After every step the simulator checks safety:
 * every decided command was submitted (section 2.1, "only a value that has been proposed may be
   chosen");
 * a served read's index covers every slot applied anywhere before the read began (linearizable reads);
+* a message that promises or accepts on its sender's behalf leaves only with the record that makes it
+  true stored there (``_send``, the one way onto the network): Promise and HeartbeatAck at ballot
+  ``b`` need a stored promise of at least ``b`` (the highest ballot of the PromiseRecords and
+  AcceptRecords, as ``DurableState.replay`` computes it), Accepted of ``(slot, b)`` an AcceptRecord
+  of that slot at ``b``, or a snapshot through the slot (a snapshot installed in the middle of a
+  batch replaces what was accepted there by the decided value);
 * a decided value is durable on a majority when it is first seen decided (``_check_durable_majority``).
 
-The last check catches a node that counts, or lets others count, an acceptance it does not hold
-durably, at the moment the decision is made, rather than by the luck of a later crash that forgets it.
-The exact invariant: when a DecideRecord for ``(slot, value)`` first appears in any node's batch (a
+The last two checks catch a node that lets others count, or counts itself, an acceptance or promise
+it does not hold durably, at the moment it happens, rather than by the luck of a later crash that
+forgets it. The message check holds because the core puts the record in the same batch's ``persist``
+as the message, or relied on one stored before (a duplicate Accept or Prepare, a restart rebuilt
+from storage). It cannot see the leader's own acceptance, which is counted without a message; the
+durable-majority check covers that. Its exact invariant: when a DecideRecord for ``(slot, value)`` first appears in any node's batch (a
 batch that fails its disk included), or ``(slot, value)`` is first applied anywhere, at least a
 majority of the nodes' storages hold an ``AcceptRecord(slot, b, value)`` for some ballot ``b``, or a
 ``DecideRecord(slot, value)``, or a snapshot through ``slot`` with ``value`` at ``slot``. Why it
@@ -82,8 +91,9 @@ Every other way to learn of a decision (``decided_slot`` on Accept, Heartbeat an
 entries of a Promise or a CatchupReply; a snapshot) passes on one made earlier, where it was first
 seen. Stored records are never lost (a crash loses only what was never stored; compaction and
 snapshot installs keep every accepted slot above the snapshot, and the snapshot holds the decided
-values up to it). ``send_before_persist`` trips the check on nearly every seed, and so does
-``swallow_disk_errors`` whenever the swallowed acceptance completes a majority. This shell carries
+values up to it). ``send_before_persist`` trips the checks on every seed, ``swallow_disk_errors``
+whenever a node answers from a swallowed promise or acceptance (the message check) or a decision
+counts a swallowed acceptance that completes a majority (this one). This shell carries
 out each batch before the next input. The kvstore server pipelines them, so its leader may decide in
 memory before its own accept's fsync (which is why its early Accepts cap ``decided_slot`` at the
 durable mark); a model of that pipeline (issue 16) would run this check when a batch is carried out,
@@ -102,8 +112,9 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from paxos.actions import AcceptRecord, DecideRecord, DurableState
-from paxos.messages import Accept
+from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
+from paxos.ballot import Ballot
+from paxos.messages import Accept, Accepted, HeartbeatAck, Promise
 from paxos.replica import Config, Options, Replica
 
 TRACE_LINES = 60
@@ -143,19 +154,25 @@ class LivenessFailure(AssertionError):
 class Storage:
     """A node's durable storage: what survives a crash.
 
-    Change it only through ``append`` and ``rewrite``: they keep ``held``, the index that
-    ``holds`` (the durable-majority check) reads.
+    Change it only through ``append`` and ``rewrite``: they keep the indexes that the durability
+    checks read (``holds``, ``promised``, ``accepted_at``).
     """
 
     records: list = field(default_factory=list)
     snapshot_slot: int = 0
     snapshot: tuple = ()  # the state machine at snapshot_slot: the batches of slots 1..snapshot_slot
     held: dict = field(default_factory=dict)  # slot -> the values an AcceptRecord or DecideRecord holds
+    accepted_at: dict = field(default_factory=dict)  # slot -> the ballots of its AcceptRecords
+    promised: Ballot = Ballot.ZERO  # the durable promise, as DurableState.replay computes it
 
     def append(self, records) -> None:
         """Records reached the disk (an fsync covered them)."""
         self.records.extend(records)
         for record in records:
+            if isinstance(record, (PromiseRecord, AcceptRecord)) and record.ballot > self.promised:
+                self.promised = record.ballot
+            if isinstance(record, AcceptRecord):
+                self.accepted_at.setdefault(record.slot, set()).add(record.ballot)
             if isinstance(record, (AcceptRecord, DecideRecord)):
                 self.held.setdefault(record.slot, set()).add(record.value)
 
@@ -163,7 +180,7 @@ class Storage:
         """Replace the log (compaction, snapshot install), and the snapshot when one is given."""
         if snapshot_slot is not None:
             self.snapshot_slot, self.snapshot = snapshot_slot, snapshot
-        self.records, self.held = [], {}
+        self.records, self.held, self.accepted_at, self.promised = [], {}, {}, Ballot.ZERO
         self.append(records)
 
     def holds(self, slot: int, value: tuple) -> bool:
@@ -676,7 +693,7 @@ class Simulation:
             # Model a crash during that fsync: the Accepts are out, nothing else of the batch happened.
             early = [(to, m) for to, m in actions.send if isinstance(m, Accept)]
             for to, message in early:
-                self.network.append((node.node_id, to, message))
+                self._send(node, to, message)
             early_sent = bool(early)
             actions.send = [(to, m) for to, m in actions.send if not isinstance(m, Accept)]
             if early and self.faults_on and self.rng.random() < 0.2:
@@ -720,8 +737,7 @@ class Simulation:
         else:
             node.storage.append(actions.persist)
         for to, message in actions.send:
-            assert to != node.node_id and to in self.nodes, f"bad destination {to}"
-            self.network.append((node.node_id, to, message))
+            self._send(node, to, message)
         for slot, batch in actions.apply:
             if slot != len(node.applied) + 1:
                 self._fail(SafetyViolation, f"node {node.node_id} applied slot {slot} after {len(node.applied)}")
@@ -742,8 +758,22 @@ class Simulation:
         self.dropped.extend(actions.dropped_proposals)
         for to in actions.snapshot_to:
             if node.storage.snapshot_slot > 0:
-                self.network.append((node.node_id, to, SnapshotMessage(node.storage.snapshot_slot,
-                                                                        node.storage.snapshot)))
+                self._send(node, to, SnapshotMessage(node.storage.snapshot_slot, node.storage.snapshot))
+
+    def _send(self, node: Node, to: int, message) -> None:
+        """A message leaves ``node``: the one way onto the network. A message that promises or
+        accepts on the sender's behalf leaves only with the record that makes it true durable there
+        (the Actions contract, persist before send; checked so that no shell path can skip it)."""
+        assert to != node.node_id and to in self.nodes, f"bad destination {to}"
+        storage = node.storage
+        if isinstance(message, (Promise, HeartbeatAck)) and storage.promised < message.ballot:
+            self._fail(SafetyViolation, f"node {node.node_id} sent {type(message).__name__} at {message.ballot} "
+                       f"to {to}, not durable at its sender: its stored promise is {storage.promised}")
+        if (isinstance(message, Accepted) and message.slot > storage.snapshot_slot
+                and message.ballot not in storage.accepted_at.get(message.slot, ())):
+            self._fail(SafetyViolation, f"node {node.node_id} sent Accepted of slot {message.slot} at "
+                       f"{message.ballot} to {to}, not durable at its sender: no AcceptRecord of it is stored")
+        self.network.append((node.node_id, to, message))
 
     def _observe_decided(self, node: Node, slot: int, value: tuple) -> None:
         old = self.decided.get(slot)

@@ -4,10 +4,11 @@ What is checked and how: each seed drives a ``Simulation`` through a few hundred
 (deliver, drop, duplicate, tick, crash, restart, partition, heal, submit, read, compact, snapshot
 transfer, and in ``disk_faults`` mode disks that fail a write); after every event the simulator
 checks safety (one decided value per slot ever, applied logs are prefixes of the decided log, only
-submitted commands are decided, reads see every earlier applied slot, a value first seen decided is
-durable on a majority). Then a liveness phase (no faults; crashed and fenced nodes restarted) requires
-commands given to the leader to be decided everywhere within a bound. A failure names the seed and
-prints ``pytest tests/sim --seed N``.
+submitted commands are decided, reads see every earlier applied slot, a Promise, HeartbeatAck or
+Accepted leaves only with its record stored, a value first seen decided is durable on a majority).
+Then a liveness phase (no faults; crashed and fenced nodes restarted) requires commands given to the
+leader to be decided everywhere within a bound. A failure names the seed and prints
+``pytest tests/sim --seed N``.
 
 The suite runs fixed seed ranges in every mode (the default event mix, ``early_accepts``,
 ``postpone_elections``, ``compact_often``, ``disk_faults`` alone and with the latter two), every line
@@ -101,9 +102,9 @@ def test_failed_disks_fence_their_node_and_stay_safe_and_live(sim_seed, nodes, m
     """disk_faults: now and then a node's write fails (a random prefix of the batch stored, or a
     snapshot half renamed) and the node is fenced, as kvstore.server's _stop_voting does, until a
     restart recovers it from its storage. Every safety check holds after every step (a fenced node
-    lets nothing out, so no decision counts an acceptance its disk may not hold), and with the
-    disks healed and the fenced nodes restarted the cluster is live. (That these runs fail disks of
-    every kind is checked by the next test.)"""
+    lets nothing out, so no message and no decision relies on a record its disk may not hold), and
+    with the disks healed and the fenced nodes restarted the cluster is live. (That these runs fail
+    disks of every kind is checked by the next test.)"""
     Simulation(sim_seed, nodes=nodes, steps=STEPS, **_mode_options(mode)).run()
 
 
@@ -264,17 +265,30 @@ def test_leader_that_skips_p2c_is_caught_within_300_seeds(nodes):
 @pytest.mark.sim_batch
 def test_shell_that_swallows_disk_errors_is_caught_within_30_seeds():
     """The bug of issue 15: a failed fsync's error is caught and dropped with its batch, and the node
-    goes on from its memory. The durable-majority check catches it at the decision that counts a
-    lost acceptance, without waiting for a crash to forget it. On 3 nodes seed 7 catches it first: a
-    leader whose own accept was swallowed decides with one follower's. (Seed 39 shows the follower
-    side: a follower whose accept was swallowed answers the retransmitted Accept as a duplicate,
-    without persisting, and the leader decides on it.) Without that check no seed of 1-100 is caught,
-    on 3 or 5 nodes. The same seed with the node fenced instead (disk_faults) passes."""
-    found = _first_violation(30, nodes=3, swallow_disk_errors=True)
-    assert found is not None, "a shell that swallows disk errors went unnoticed for 30 seeds"
-    seed, report = found
-    assert "swallow_disk_errors" in report and "hold it durably" in report, report
-    Simulation(seed, nodes=3, steps=STEPS, disk_faults=True).run()
+    goes on from its memory. Both durability checks catch it when it matters, without waiting for a
+    crash to forget what was lost. On 3 nodes, seed 7 first: a leader whose own accept was swallowed
+    decides with one follower's acceptance, which the durable-majority check catches. Seed 10: a
+    follower whose accept was swallowed answers the retransmitted Accept as a duplicate, without
+    persisting, which the message check catches as the Accepted leaves. Without these two checks no
+    seed of 1-100 is caught, on 3 or 5 nodes. The same seeds with the node fenced (disk_faults) pass."""
+    first: dict[str, int] = {}
+    for seed in range(1, 31):
+        try:
+            Simulation(seed, nodes=3, steps=STEPS, swallow_disk_errors=True).run()
+        except SafetyViolation as violation:
+            report = str(violation)
+            assert "swallow_disk_errors" in report and f"pytest tests/sim --seed {seed}" in report
+            check = ("durable majority" if "hold it durably" in report
+                     else "message" if "not durable at its sender" in report else "other")
+            first.setdefault(check, seed)
+        except LivenessFailure:
+            continue
+        if "durable majority" in first and "message" in first:
+            break
+    assert "durable majority" in first, f"no decision on a swallowed acceptance in 30 seeds: {first}"
+    assert "message" in first, f"no message answered from a swallowed record in 30 seeds: {first}"
+    for seed in sorted(set(first.values())):
+        Simulation(seed, nodes=3, steps=STEPS, disk_faults=True).run()
 
 
 @pytest.mark.sim_batch
