@@ -184,6 +184,7 @@ def test_fresh_random_seeds_for_a_time_box(tmp_path):
     deadline = time.monotonic() + seconds
     chooser = random.SystemRandom()
     ran = []
+    failure = None
     for count in range(1_000_000):  # bounded; the time box normally ends it
         if time.monotonic() >= deadline:
             break
@@ -193,13 +194,17 @@ def test_fresh_random_seeds_for_a_time_box(tmp_path):
         ran.append((nodes, seed, mode))
         try:
             Simulation(seed, nodes=nodes, steps=STEPS, **_mode_options(mode)).run()
-        except AssertionError as error:
-            line = f"{nodes} {seed} {mode}".rstrip()
-            with record.open("a") as f:
-                f.write(f"{line}  # {type(error).__name__}, found by the random batch\n")
-            pytest.fail(f"random seed failed after {len(ran) - 1} passed; add this line to "
-                        f"tests/sim/failing_seeds.txt (with what went wrong and where it was fixed):\n"
-                        f"{line}\n(also recorded in {record})\n\n{type(error).__name__}: {error}", pytrace=False)
+        except AssertionError as error:  # SafetyViolation, LivenessFailure, or an assert in the core
+            failure = error
+            break
+    if failure is not None:
+        nodes, seed, mode = ran[-1]
+        line = f"{nodes} {seed} {mode}".rstrip()
+        with record.open("a") as f:
+            f.write(f"{line}  # {type(failure).__name__}, found by the random batch\n")
+        pytest.fail(f"random seed failed after {len(ran) - 1} passed; add this line to "
+                    f"tests/sim/failing_seeds.txt (with what went wrong and where it was fixed):\n"
+                    f"{line}\n(also recorded in {record})\n\n{type(failure).__name__}: {failure}", pytrace=False)
     print(f"random batch: {len(ran)} seeds in {seconds:g}s: "
           + " ".join(f"{n}n:{s}{':' + m if m else ''}" for n, s, m in ran))
     assert ran, "the time box ran no seed at all"
