@@ -24,16 +24,21 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
+AB_CLUSTER = HERE / "bench" / "ab_cluster.py"  # the cluster of one tree's nodes (uses that tree's client)
 
-# Runs inside a subprocess with PYTHONPATH set to one tree: start a cluster of that tree, drive it
-# with that tree's client, print one JSON line per in-flight level.
+# Runs inside a subprocess with PYTHONPATH set to one tree: start a cluster of that tree (ab_cluster.py),
+# drive it with that tree's client, print one JSON line per in-flight level. Only the trees' public
+# client API (kvstore.client) is used, nothing from their tests/.
 _LOAD = r'''
-import json, os, sys, tempfile, time
+import importlib.util, json, os, sys, tempfile, time
 from contextlib import AsyncExitStack
 from pathlib import Path
 import trio
-from tests.integration.harness import Cluster
 from kvstore.client import connect
+
+spec = importlib.util.spec_from_file_location("ab_cluster", sys.argv[4])  # from this checkout, see there
+ab_cluster = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ab_cluster)
 
 async def load(endpoints, inflight, total):
     lat = []
@@ -67,10 +72,10 @@ def cpu_s(pid):
     return total / 1e9
 
 nodes, levels, total = int(sys.argv[1]), [int(x) for x in sys.argv[2].split(",")], int(sys.argv[3])
-cluster = Cluster(Path(tempfile.mkdtemp()), nodes)
+cluster = ab_cluster.TreeCluster(Path.cwd(), Path(tempfile.mkdtemp()), nodes)
 try:
     cluster.start_all()
-    cluster.leader(deadline_s=30)
+    cluster.wait_leader(deadline_s=30)
     pids = [p.pid for p in cluster.procs.values()] + [os.getpid()]
     for inflight in levels:
         n = total if inflight > 1 else max(200, total // 20)
@@ -92,8 +97,8 @@ def run_tree(tree: Path, nodes: int, levels: str, total: int) -> dict[int, dict]
     on a fresh cluster, at most ``ATTEMPTS`` times in all, and each failure is reported."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     for attempt in range(1, ATTEMPTS + 1):
-        out = subprocess.run([sys.executable, "-c", _LOAD, str(nodes), levels, str(total)], cwd=tree, env=env,
-                             capture_output=True, text=True, timeout=900)
+        out = subprocess.run([sys.executable, "-c", _LOAD, str(nodes), levels, str(total), str(AB_CLUSTER)],
+                             cwd=tree, env=env, capture_output=True, text=True, timeout=900)
         if out.returncode == 0:
             rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
             return {row["inflight"]: row for row in rows}

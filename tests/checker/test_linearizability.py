@@ -1,4 +1,4 @@
-"""Tests of ``kvstore.linearizability``, the checker the nemesis tests rely on.
+"""Tests of ``tests/checker/linearizability.py``, the checker the nemesis tests rely on.
 
 A checker that accepts everything would make every nemesis test pass, so most of this file is about
 rejecting: hand-made broken histories (a stale read, a lost write, a cas that succeeded twice with the
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from kvstore.linearizability import (
+from .linearizability import (
     UNKNOWN,
     History,
     Op,

@@ -3,8 +3,8 @@
 Each scenario starts three ``kv serve`` processes, runs four recording clients on shared keys for a
 bounded time while a nemesis injects one family of faults from a seeded schedule, then ends the same way
 (``workload.finish_and_check``): heal, read all, SIGKILL every node at once, restart, read all, check
-the history with ``kvstore.linearizability``, check every acknowledged unique-key write is there and the
-replicas agree on ``state_hash`` at one ``applied_slot``.
+the history with ``tests/checker/linearizability.py``, check every acknowledged unique-key write is
+there and the replicas agree on ``state_hash`` at one ``applied_slot``.
 
 Faults: SIGKILL + restart (mostly the leader; snapshots every 200 commands so restarts also cross
 compactions and snapshot transfers); SIGSTOP/SIGCONT well past the election timeout (0.3-0.6 s);
@@ -24,7 +24,7 @@ import random
 import pytest
 import trio
 
-from kvstore.linearizability import History
+from ..checker.linearizability import History
 
 from .cluster import NemesisCluster
 from .proxy import PeerProxies

@@ -4,7 +4,7 @@
 client_id), for a bounded time. Each picks operations from a seeded ``random.Random``: puts, linearizable
 gets, cas (expecting the value it last saw) and a few deletes on a small set of shared keys, so
 operations conflict; plus puts of fresh unique keys (``u<process>-<n>``), which make a lost write
-obvious. Every written value is unique. Each operation is recorded in a ``kvstore.linearizability``
+obvious. Every written value is unique. Each operation is recorded in a ``tests.checker.linearizability``
 ``History``: invoked before the request, completed after the reply; ``Unavailable`` with
 ``outcome_unknown`` makes a write's outcome unknown; a write never sent, or a read that got no answer,
 is dropped (it constrains nothing).
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import trio
 
 from kvstore.client import RequestError, Unavailable, connect
-from kvstore.linearizability import History, check, history_to_json
+from ..checker.linearizability import History, check, history_to_json
 
 SHARED_KEYS = ("a", "b", "c", "d")
 
@@ -132,7 +132,7 @@ def _fail(seed: int, root, message: str, history: History | None = None) -> Asse
     if history is not None:
         path = root / "history.json"
         path.write_text(history_to_json(history.ops()))
-        saved = f"\nhistory saved to {path} (kvstore.linearizability.history_from_json + check to replay)"
+        saved = f"\nhistory saved to {path} (tests.checker.linearizability.history_from_json + check to replay)"
     return AssertionError(f"[NEMESIS_SEED={seed}] {message}{saved}")
 
 

@@ -1,5 +1,8 @@
 """A linearizability checker for histories of key-value operations (pure Python, no I/O).
 
+Test code: the nemesis tests (``tests/nemesis``) check their recorded histories with it, and
+``tests/checker/test_linearizability.py`` tests it. It is not part of the installed package.
+
 Theory of operation
 -------------------
 Concurrent clients record, for every operation, who ran it (``process``), what it was (``kind`` one of
