@@ -1,7 +1,12 @@
 """pytest options for the simulator: ``--seed N`` replays one seed instead of the fixed list.
 
-``pytest tests/sim --seed N`` runs seed N for 3 and 5 nodes (the tests that take ``sim_seed``), and
-deselects the batches that run many seeds (marked ``sim_batch``), so a replay is quick.
+``pytest tests/sim --seed N`` runs seed N for 3 and 5 nodes in every mode (the tests that take
+``sim_seed``), and deselects the batches that run many seeds (marked ``sim_batch``), so a replay is
+quick. A seed found by the random batch replays the same way: its mode is one of those tests'.
+
+Environment: ``SIM_SECONDS`` (default 20) is the random batch's time box; ``SIM_FAILED_SEEDS`` names a
+file outside the source tree to which the batch appends the line of a failing seed (default: a file
+in the test's pytest temporary directory). No test writes into the source tree.
 """
 from __future__ import annotations
 
