@@ -108,6 +108,7 @@ def test_failed_disks_fence_their_node_and_stay_safe_and_live(sim_seed, nodes, m
     Simulation(sim_seed, nodes=nodes, steps=STEPS, **_mode_options(mode)).run()
 
 
+@pytest.mark.sim_batch
 def test_disk_faults_fail_leaders_followers_and_snapshots_with_every_kind_of_prefix():
     """disk_faults means something only if its runs fail the disk of leaders and of followers, in
     batches (storing none, some or all of their records, also after early Accepts left) and in
@@ -137,6 +138,7 @@ def test_aggressive_compaction_stays_safe_and_live(sim_seed, nodes):
     Simulation(sim_seed, nodes=nodes, steps=STEPS, compact_often=True).run()
 
 
+@pytest.mark.sim_batch
 def test_aggressive_compaction_exercises_snapshots_pauses_and_elections_behind_a_snapshot():
     """compact_often means something only if its runs install snapshots (also mid-batch), pause
     nodes, and make candidates meet a promiser whose snapshot is ahead of them."""
@@ -210,15 +212,17 @@ def test_fresh_random_seeds_for_a_time_box(tmp_path):
     assert ran, "the time box ran no seed at all"
 
 
-def test_same_seed_replays_the_same_run():
+@pytest.mark.parametrize("mode", ["", "disk_faults+early_accepts"])
+def test_same_seed_replays_the_same_run(mode):
     """Determinism: everything comes from the seed, so a failure replays exactly."""
-    first = Simulation(7, nodes=3, steps=STEPS).run()
-    second = Simulation(7, nodes=3, steps=STEPS).run()
+    first = Simulation(7, nodes=3, steps=STEPS, **_mode_options(mode)).run()
+    second = Simulation(7, nodes=3, steps=STEPS, **_mode_options(mode)).run()
     assert first.decided == second.decided
     assert list(first.trace) == list(second.trace)
     assert first.stats == second.stats
 
 
+@pytest.mark.sim_batch
 def test_fixed_seeds_exercise_every_kind_of_event():
     """The checks mean something only if the runs crash, partition, compact, snapshot and decide."""
     totals: dict[str, int] = {}
