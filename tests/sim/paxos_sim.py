@@ -52,7 +52,7 @@ restarts of fenced nodes; the liveness phases heal every disk and restart every 
 ``swallow_disk_errors=True`` is the broken variant, the server's bug that issue 15 reports: a failed
 batch's records are lost and its messages dropped, but the node goes on from its memory (its core is
 now ahead of its disk), and its later batches persist and send normally; its applies still happen
-(the state machine lives in memory), so that only the durability check below can notice.
+(the state machine lives in memory), so that only the durability checks below can notice.
 
 After every step the simulator checks safety:
 
@@ -72,32 +72,36 @@ After every step the simulator checks safety:
   batch replaces what was accepted there by the decided value);
 * a decided value is durable on a majority when it is first seen decided (``_check_durable_majority``).
 
-The last two checks catch a node that lets others count, or counts itself, an acceptance or promise
-it does not hold durably, at the moment it happens, rather than by the luck of a later crash that
-forgets it. The message check holds because the core puts the record in the same batch's ``persist``
-as the message, or relied on one stored before (a duplicate Accept or Prepare, a restart rebuilt
-from storage). It cannot see the leader's own acceptance, which is counted without a message; the
-durable-majority check covers that. Its exact invariant: when a DecideRecord for ``(slot, value)`` first appears in any node's batch (a
-batch that fails its disk included), or ``(slot, value)`` is first applied anywhere, at least a
-majority of the nodes' storages hold an ``AcceptRecord(slot, b, value)`` for some ballot ``b``, or a
-``DecideRecord(slot, value)``, or a snapshot through ``slot`` with ``value`` at ``slot``. Why it
-holds for correct Paxos in every mode: a slot is decided only when a majority accepted it at one
-ballot (section 2.3). A follower's acceptance counts only once its Accepted arrives, which left after
-the batch that stored its AcceptRecord. The leader counts its own acceptance without a message, but
-it opens a slot in one batch and can count a follower's Accepted only in a later one, by when this
-shell has stored the opening batch (``early_accepts`` too: the Accepts leave before that fsync, but
-the replies are handled after it, and a crash during the fsync ends the leader before it decides).
-Every other way to learn of a decision (``decided_slot`` on Accept, Heartbeat and Decide; the decided
-entries of a Promise or a CatchupReply; a snapshot) passes on one made earlier, where it was first
-seen. Stored records are never lost (a crash loses only what was never stored; compaction and
-snapshot installs keep every accepted slot above the snapshot, and the snapshot holds the decided
-values up to it). ``send_before_persist`` trips the checks on every seed, ``swallow_disk_errors``
-whenever a node answers from a swallowed promise or acceptance (the message check) or a decision
-counts a swallowed acceptance that completes a majority (this one). This shell carries
-out each batch before the next input. The kvstore server pipelines them, so its leader may decide in
-memory before its own accept's fsync (which is why its early Accepts cap ``decided_slot`` at the
-durable mark); a model of that pipeline (issue 16) would run this check when a batch is carried out,
-after its fsync, and would then catch an early Accept whose ``decided_slot`` is not capped.
+The last two checks catch a node that lets others count, or counts itself, an acceptance or promise it
+does not hold durably, at the moment it happens, rather than by the luck of a later crash that forgets
+it. The message check holds because the core puts the record in the same batch's ``persist`` as the
+message, or relied on one stored before (a duplicate Accept or Prepare, a restart rebuilt from storage).
+It cannot see the leader's own acceptance, which is counted without a message; the durable-majority
+check covers that.
+
+The durable-majority check, exactly: when a DecideRecord for ``(slot, value)`` first appears in any
+node's batch (a batch that fails its disk included), or ``(slot, value)`` is first applied anywhere, at
+least a majority of the nodes' storages hold an ``AcceptRecord(slot, b, value)`` for some ballot ``b``,
+or a ``DecideRecord(slot, value)``, or a snapshot through ``slot`` with ``value`` at ``slot``. Why it
+holds for correct Paxos in every mode: a slot is decided only when a majority accepted it at one ballot
+(section 2.3). A follower's acceptance counts only once its Accepted arrives, which left after the batch
+that stored its AcceptRecord. The leader counts its own acceptance without a message, but it opens a
+slot in one batch and can count a follower's Accepted only in a later one, by when this shell has stored
+the opening batch (``early_accepts`` too: the Accepts leave before that fsync, but the replies are
+handled after it, and a crash during the fsync ends the leader before it decides). Every other way to
+learn of a decision (``decided_slot`` on Accept, Heartbeat and Decide; the decided entries of a Promise
+or a CatchupReply; a snapshot) passes on one made earlier, where it was first seen. Stored records are
+never lost (a crash loses only what was never stored; compaction and snapshot installs keep every
+accepted slot above the snapshot, and the snapshot holds the decided values up to it).
+
+``send_before_persist`` trips the checks on every seed (1-300 tried, 3 and 5 nodes),
+``swallow_disk_errors`` whenever a node answers from a swallowed promise or acceptance (the message
+check) or a decision counts a swallowed acceptance that completes a majority (the durable-majority
+check). This shell carries out each batch before the next input. The kvstore server pipelines them, so
+its leader may decide in memory before its own accept's fsync (which is why its early Accepts cap
+``decided_slot`` at the durable mark); a model of that pipeline (issue 16) would run the
+durable-majority check when a batch is carried out, after its fsync, and would then catch an early
+Accept whose ``decided_slot`` is not capped.
 
 Then the liveness phase: all nodes up (crashed and fenced ones restarted), network healed, disks
 healthy, no faults. A leader must emerge, and commands submitted to it must be decided and applied
