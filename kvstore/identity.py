@@ -1,0 +1,114 @@
+"""Who a node is: its incarnation, and how a new cluster agrees on its founding members.
+
+Theory of operation
+-------------------
+A Paxos acceptor is its memory: the promises and acceptances in its data directory. A node that lost
+its directory and comes back under its old id has forgotten them, and letting it vote can make a
+majority that never saw a decided value decide another one in its slot: an acknowledged write lost,
+replicas split (docs/operations.md, "A node that lost its disk"). So a node's identity is its id
+*and* its **incarnation**, a random 64-bit value its data directory gets when it is created
+(``kvstore.storage``, ``meta.json``). A wiped directory gets a new incarnation.
+
+**Founding.** Every node keeps the incarnations of the cluster's members (``members``, in its
+``meta.json``). A node whose directory has no such record yet is *unfounded*. Before it votes (before
+its driver, ticker and peer links start), an unfounded node asks every member for its status and
+decides with ``decide_founding``:
+
+* every member answered and none is founded: this is a new cluster. Record every member's incarnation
+  as they answered and start. (All members started with empty directories: ``kv cluster up``, or
+  ``kv serve --peers ...`` on each host.) Founding needs *every* member, not a majority: a majority of
+  wiped nodes must not be able to found a second cluster under the old ids while a node with the old
+  data is down;
+* a founded member lists this node with this incarnation: the founding happened while this node was
+  up (it answered, then stopped before it recorded the members). Take that record and start;
+* a founded member lists this node with another incarnation, or not at all: this directory is new in a
+  cluster that already started. Refuse to start (``IdentityError``), saying what happened and what to do;
+* otherwise some members did not answer yet: wait and ask again.
+
+**Peers.** A founded node checks the incarnation in every peer's ``Hello`` against its record and
+closes the link of a node that is not the acceptor it was (``check_peer``): such a node counts toward
+no quorum, since none of its Promises, Accepteds or HeartbeatAcks is ever read, and it cannot lead.
+
+A directory made by an older version has no incarnation or members record: it gets an incarnation at
+open and records the members' incarnations as their Hellos arrive (trust on first use), since it
+founded its cluster before incarnations existed.
+
+What this does not do yet: change the members. The member set is the ``--peers`` list; a node that
+lost its disk stays out until membership changes exist (issue 17) or its directory is restored.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IdentityError", "Founding", "new_incarnation", "decide_founding", "check_peer"]
+
+
+class IdentityError(Exception):
+    """This node may not vote under its id: its data directory is not the acceptor the cluster knows."""
+
+
+def new_incarnation() -> str:
+    """A fresh random incarnation: 16 hex digits."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Founding:
+    """What ``decide_founding`` concluded: ``members`` to record and start with, or ``waiting_for``."""
+
+    members: dict | None = None  # node id -> incarnation
+    waiting_for: tuple = ()  # member ids that have not answered yet
+    how: str = ""  # "new cluster", "joined the founding", or "" while waiting
+
+
+def decide_founding(node_id: int, incarnation: str, member_ids, answers: dict) -> Founding:
+    """Decide how an unfounded node may start (see the module docstring).
+
+    ``answers`` maps each other member's id to its status dict (``incarnation``, ``members``: the
+    record of a founded node or None) or None when it did not answer. Raises ``IdentityError`` when
+    this node must not start.
+    """
+    others = [m for m in sorted(member_ids) if m != node_id]
+    for peer in others:
+        status = answers.get(peer)
+        if status is None or status.get("members") is None:
+            continue
+        known = {int(k): v for k, v in status["members"].items()}
+        mine = known.get(node_id)
+        if mine == incarnation:
+            return Founding(members=known, how="joined the founding")
+        raise IdentityError(
+            f"node {node_id}'s data directory is new (incarnation {incarnation}), but the cluster was founded "
+            f"already: node {peer} knows node {node_id} as "
+            + (f"incarnation {mine}" if mine is not None else "no member at all")
+            + f". This node lost its data. Starting it empty under id {node_id} could lose acknowledged writes, "
+            f"so it refuses. Restore its data directory from a backup of this node, or keep it down "
+            f"(see docs/operations.md, 'A node that lost its disk')"
+        )
+    missing = tuple(peer for peer in others if answers.get(peer) is None)
+    if missing:
+        return Founding(waiting_for=missing)
+    for peer in others:
+        if not answers[peer].get("incarnation"):
+            raise IdentityError(f"node {peer} did not say its incarnation: it runs an older version of kv; "
+                                f"start every member of a new cluster with the same version")
+    members = {peer: answers[peer]["incarnation"] for peer in others}
+    members[node_id] = incarnation
+    return Founding(members=members, how="new cluster")
+
+
+def check_peer(members: dict, peer: int, incarnation: str | None) -> str | None:
+    """None if ``peer`` presenting ``incarnation`` is the member this node knows; else why it is not."""
+    known = members.get(peer)
+    if known is None:
+        return None  # not recorded yet (a directory from before incarnations): the caller records it
+    if incarnation == known:
+        return None
+    if incarnation is None:
+        return f"node {peer} says no incarnation (an older version?), but this cluster knows it as {known}"
+    return (f"node {peer} presents incarnation {incarnation}, but this cluster knows node {peer} as incarnation "
+            f"{known}: it lost its data directory and may not vote under its old id")

@@ -1,0 +1,63 @@
+"""``kvstore.identity``: how an unfounded node decides to start, and which peers a founded node accepts.
+
+Pure functions on status dicts, checked case by case: a new cluster founds only when every member
+answered unfounded; a node that was part of the founding takes the record; a wiped node (a new
+incarnation, or an id the record lacks) is refused with a message saying what happened and what to do.
+"""
+from __future__ import annotations
+
+import pytest
+
+from kvstore.identity import IdentityError, check_peer, decide_founding, new_incarnation
+
+IDS = (1, 2, 3)
+
+
+def unfounded(incarnation):
+    return {"incarnation": incarnation, "members": None}
+
+
+def founded(members):
+    return {"incarnation": members.get(1, "x"), "members": {str(k): v for k, v in members.items()}}
+
+
+def test_incarnations_are_random_hex():
+    a, b = new_incarnation(), new_incarnation()
+    assert a != b and len(a) == 16 and int(a, 16) >= 0 and int(b, 16) >= 0
+
+
+def test_a_new_cluster_founds_only_when_every_member_answered():
+    waiting = decide_founding(1, "i1", IDS, {2: unfounded("i2"), 3: None})
+    assert waiting.members is None and waiting.waiting_for == (3,)
+    done = decide_founding(1, "i1", IDS, {2: unfounded("i2"), 3: unfounded("i3")})
+    assert done.members == {1: "i1", 2: "i2", 3: "i3"} and done.how == "new cluster"
+
+
+def test_a_node_the_founding_recorded_takes_the_record():
+    record = {1: "i1", 2: "i2", 3: "i3"}
+    done = decide_founding(3, "i3", IDS, {1: founded(record), 2: None})
+    assert done.members == record and done.how == "joined the founding"
+
+
+@pytest.mark.parametrize("record", [{1: "i1", 2: "old2", 3: "i3"}, {1: "i1", 3: "i3"}])
+def test_a_wiped_node_is_refused_even_with_a_majority_of_unfounded_peers(record):
+    with pytest.raises(IdentityError, match="lost its data") as info:
+        decide_founding(2, "new2", IDS, {1: None, 3: founded(record)})
+    assert "docs/operations.md" in str(info.value) and "new2" in str(info.value)
+
+
+def test_a_single_node_cluster_founds_alone():
+    assert decide_founding(1, "i1", (1,), {}).members == {1: "i1"}
+
+
+def test_a_peer_without_an_incarnation_stops_the_founding():
+    with pytest.raises(IdentityError, match="older version"):
+        decide_founding(1, "i1", (1, 2), {2: {"members": None}})
+
+
+def test_check_peer_accepts_the_known_incarnation_and_refuses_another():
+    members = {1: "i1", 2: "i2"}
+    assert check_peer(members, 2, "i2") is None
+    assert "lost its data directory" in check_peer(members, 2, "other")
+    assert "older version" in check_peer(members, 2, None)
+    assert check_peer(members, 3, "i3") is None  # not recorded: the caller records it (directories from before)
