@@ -25,11 +25,32 @@ endian, ``zlib.crc32``) + ``payload``, a compact CBOR array::
     [0, [ballot_number, ballot_node_id]]                          PromiseRecord
     [1, slot, [ballot_number, ballot_node_id], [bytes, ...]]      AcceptRecord
     [2, slot, [bytes, ...]]                                       DecideRecord
+    [3, durable_end]                                              sync mark (internal, see below)
 
 Group commit. ``append`` only encodes and buffers. ``sync`` joins the buffer into one ``write`` and
 makes it durable with one ``fdatasync`` (skipped when the Storage was opened with ``fsync=False``).
 The caller (the server driver) calls ``sync`` once per ``Actions`` and sends nothing before it
-returns (docs/design.md, "the order of work").
+returns (docs/design.md, "the order of work"). The pipelined server splits it: ``flush`` writes,
+``fsync_through`` (in a worker thread) makes durable.
+
+Sync marks. A mark ``[3, durable_end]`` means: bytes ``[0, durable_end)`` of this file were made
+durable by a successful fdatasync before this record was written. ``flush``/``sync`` put one at the
+front of a batch's bytes whenever the log's synced end has moved past the last mark written (15
+bytes per group commit; none while nothing new was fsynced); they read ``_synced_end``, which
+``fsync_through`` advances in its worker thread, and a stale value only claims less. A log this
+Storage creates or rewrites whole (the first, empty log; ``compact_log``'s rewrite; the rewrite that
+finishes an interrupted compaction) starts with a mark covering the whole file, itself included: the
+file is fsynced before it is renamed into place, so all of it is durable once it has its name. With
+``fsync=False`` no mark is written (nothing is made durable). Marks are never handed to callers
+(``LogScan.records``, ``recovered``). A mark can only be believed where this module could have
+written it: at offset 0, or claiming no more than the bytes before it.
+
+Disk format. The presence of marks versions the log: a log with at least one mark was written by
+this version and is read with the rule below; a log with none (an older version's) is read with the
+older rule, unchanged, and gains marks with its next batch. Nothing else changed (``meta.json`` is
+still format 1), so an older data directory opens as before. An older program cannot read a log with
+marks (it sees an unknown record at offset 0, and once valid records follow it refuses to start):
+no downgrade once this version has written a batch.
 
 Preallocated log space (``Storage.open(..., preallocate=N)``, the server's default is 1 MiB). Growing
 a file changes its size, so an fdatasync after an append must also commit the file system's journal;
@@ -62,18 +83,44 @@ A file is renamed into place only after it was fsynced, so a renamed snapshot th
 (or is short) is real damage, not a crash artefact: ``open`` refuses with ``StorageError``. A
 ``log-N.wal`` newer than the newest snapshot, or a snapshot with no log at or below it, is damage too.
 
-Torn tail versus middle corruption. ``open`` reads the log record by record. At the first bad record
+Torn tail versus durable damage. ``open`` reads the log record by record. At the first bad record
 (short header, zero or huge length, payload running past end of file, CRC mismatch, or a payload that
-is not a well-formed record) at byte offset ``O`` it scans every later offset for a valid record (sane
-length, payload inside the file, matching CRC, decodable). If one exists, bytes after the damage were
-once written as records, so the damage is in the middle of data that may have been durable:
-``StorageError`` naming the file and ``O``. If none exists, the bad bytes are a torn tail (a write cut
-by a crash, or the zeros a file system may leave after a power cut): the file is truncated to ``O``,
-fsynced, and a warning is logged. The rule errs towards refusing to start: cutting durable records
-would let this node break a promise (unsafe), while refusing only needs an operator (a liveness
-cost). One consequence: a torn tail whose bytes happen to contain a complete valid record (a client
-could store a value that is an encoded log record) is reported as middle corruption. A bad last record
-with nothing valid after it cannot be told apart from a torn write and is always cut.
+is not a well-formed record) at byte offset ``O``, it looks at every valid record after ``O`` too (each
+later offset with a sane length, the payload inside the file, a matching CRC and a decodable payload
+starts one; from there on it reads record by record). Let ``D`` be the largest mark found anywhere in
+the file, before or after ``O``.
+
+* ``O < D``: the damaged bytes were durable (an fsync covered them, and the node may have answered
+  for the records in them). ``StorageError`` naming the file, ``O``, the reason and ``D``, with the way
+  out: restore the data dir from a backup of this node, or replace the node (docs/operations.md, "A
+  damaged log"). Never wipe it: a wiped acceptor forgets its promises and accepted values, and a
+  cluster of such nodes can decide two values for a slot.
+* ``O >= D`` and the file has a mark: no fsync is known to cover the bad bytes, so nothing in them
+  was acknowledged. That is what a crash leaves, including a power cut after which the unsynced pages
+  reached the disk in any order (a later batch on disk after zeros where an earlier one was): the file
+  is cut at ``O`` (valid records after it go too), the cut is fsynced, and a warning names the file,
+  ``O``, the bytes cut and the number of valid records dropped.
+* No mark in the file (an older version's log): the older rule. If a valid record follows the damage,
+  ``StorageError`` (the damage may be in durable data); otherwise the bad bytes are a torn tail and
+  are cut as above.
+
+What recovery keeps is then fsynced (``open`` fdatasyncs the log even when nothing was cut): a
+process that crashed before its fsync may have left its last writes in the page cache only, and the
+next mark will say they are durable. Then the log goes on at ``O`` (or at its records' end).
+
+What marks cannot tell (the residual window, liveness and safety costs stated honestly):
+
+* Damage to the newest fsynced batch(es) that no later mark covers (the bytes between the largest
+  mark and the true synced end: the last group commit before a crash, until the next batch writes its
+  mark) looks exactly like a torn write. It is cut, with the warning above, not refused. If those
+  records were acknowledged and the disk (not a crash) damaged them, this node forgets them; that is
+  the damage a checksum alone cannot place. Shrinking the window would cost an extra write and fsync
+  per group commit.
+* A client value is stored verbatim inside records, so it can contain bytes that form a valid mark.
+  Found by the scan inside a torn record, such a forged mark can claim bytes past the damage (up to
+  its own offset; one that claims more is not believed) and turn a torn tail into a refusal: a
+  liveness cost (an operator is needed), never a lost record. Logs without marks had the same
+  problem with any valid-looking record.
 
 Errors. ``StorageError`` for damage, misuse of the directory, or I/O errors that change nothing
 (opening, listing, reading, deleting a file). Its subclasses:
@@ -94,8 +141,11 @@ Errors. ``StorageError`` for damage, misuse of the directory, or I/O errors that
 Test seams. ``_write`` and ``_fdatasync`` are instance attributes (defaulting to ``os.write`` and
 ``os.fdatasync``) that a test may replace, e.g. with a write that fails with ``ENOSPC``.
 ``crash_drop_unsynced()`` truncates the log to its last fsync and closes, which is what a power cut
-may do. Failpoints (``kvstore.failpoints``): ``before_fsync``, ``after_fsync``,
-``before_snapshot_rename``, ``after_snapshot_rename``, ``before_log_rename``, ``after_log_rename``.
+may do; ``crash_drop_unsynced(rng)`` instead zeroes a random subset of the unsynced pages and keeps
+the file size (reordered writeback). Failpoints (``kvstore.failpoints``, which lists them):
+``write_log``; ``fsync_log``, ``fsync_file``, ``fsync_dir`` and the generic ``fsync``, right before
+every fsync; ``before_fsync``, ``after_fsync``; ``before_snapshot_rename``, ``after_snapshot_rename``,
+``before_log_rename``, ``after_log_rename``.
 
 Threads. One owner calls the Storage, one call at a time (the server's driver task, possibly via
 ``trio.to_thread``). Two methods may also run in a worker thread while the owner goes on:
@@ -122,6 +172,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import struct
 import zlib
@@ -164,6 +215,7 @@ SNAPSHOT_HEADER = struct.Struct(">8sHQQI")  # magic, version, slot, data length,
 _TAG_PROMISE = 0
 _TAG_ACCEPT = 1
 _TAG_DECIDE = 2
+_TAG_SYNC_MARK = 3  # internal to this module: never among the records handed to callers
 
 _SNAPSHOT_RE = re.compile(r"^snapshot-(\d{20})\.snap$")
 _LOG_RE = re.compile(r"^log-(\d{20})\.wal$")
@@ -268,6 +320,44 @@ def encode_records(records: Iterable[object]) -> bytes:
     return out
 
 
+class _SyncMark:
+    """A sync mark read from a log: bytes [0, durable_end) of the file were durable before it was
+    written (see "Sync marks" in the module docstring)."""
+
+    __slots__ = ("durable_end",)
+
+    def __init__(self, durable_end: int) -> None:
+        self.durable_end = durable_end
+
+
+def _encode_mark(durable_end: int) -> bytes:
+    """The log bytes of one sync mark ``[3, durable_end]``: 15 bytes (19 for a log over 4 GiB).
+
+    The int is always written 4 bytes wide (8 from 4 GiB on), valid CBOR if not the shortest, so
+    that recovery can decode a mark with one length test instead of a CBOR decoder.
+    """
+    if durable_end < 1 << 32:
+        payload = b"\x82\x03\x1a" + durable_end.to_bytes(4, "big")
+    else:
+        payload = b"\x82\x03\x1b" + durable_end.to_bytes(8, "big")
+    return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _covering_mark(content_bytes: int) -> bytes:
+    """The mark that starts a file written whole (then fsynced and renamed into place): it covers
+    itself and the ``content_bytes`` that follow it."""
+    total = content_bytes + len(_encode_mark(0))
+    if total >= 1 << 32:  # the wider form, which itself stays wide
+        total = content_bytes + len(_encode_mark(1 << 32))
+    return _encode_mark(total)
+
+
+def _believed(mark: _SyncMark, offset: int) -> bool:
+    """Whether a mark found at ``offset`` can be one this module wrote: a mark in a batch claims at
+    most the bytes before it; only the mark that starts a file written whole covers what follows."""
+    return offset == 0 or mark.durable_end <= offset
+
+
 class _BadRecord(ValueError):
     pass
 
@@ -296,8 +386,21 @@ def _decode_value(item: object) -> tuple:
     return tuple(item)
 
 
+_MARK_TAG_BYTE = bytes([_TAG_SYNC_MARK])  # after 0x82 (a CBOR array of 2): the tag of a sync mark
+_crc32 = zlib.crc32
+def _decode_mark(payload: bytes) -> _SyncMark:
+    """A sync mark from a payload starting with 0x82 0x03 (``[3, ...]``), as ``_encode_mark`` writes
+    it, without a CBOR decoder (a mark per group commit would otherwise add a decoder's cost per
+    batch to recovery)."""
+    size = len(payload)
+    if (size == 7 and payload[2] == 0x1A) or (size == 11 and payload[2] == 0x1B):
+        return _SyncMark(int.from_bytes(payload[3:], "big"))
+    raise _BadRecord(f"not a sync mark: {payload!r}")
+
+
 def _decode_payload(payload: bytes) -> object:
-    """One record from its CBOR payload; ``_BadRecord`` if the bytes are not exactly one record."""
+    """One Paxos record from its CBOR payload; ``_BadRecord`` if the bytes are not exactly one record
+    (a sync mark included: ``_record_at`` decodes those with ``_decode_mark``)."""
     stream = io.BytesIO(payload)
     try:
         item = cbor2.CBORDecoder(stream).decode()
@@ -318,37 +421,48 @@ def _decode_payload(payload: bytes) -> object:
     raise _BadRecord(f"unknown record shape (tag {tag!r}, {len(item)} fields)")
 
 
+_HEADER_BYTES = RECORD_HEADER.size
+_unpack_header = RECORD_HEADER.unpack_from
+
+
 def _record_at(buf: bytes, offset: int) -> tuple[object, int] | str:
-    """The record starting at ``offset`` and the offset after it, or a reason why there is none."""
+    """The record starting at ``offset`` and the offset after it, or a reason why there is none.
+
+    A sync mark comes back as ``_SyncMark``. (Recovery runs this once per record: module-level
+    names instead of attribute look-ups, and marks decoded without a CBOR decoder.)
+    """
     end = len(buf)
-    if end - offset < RECORD_HEADER.size:
-        return f"short header ({end - offset} of {RECORD_HEADER.size} bytes)"
-    length, crc = RECORD_HEADER.unpack_from(buf, offset)
+    start = offset + _HEADER_BYTES
+    if start > end:
+        return f"short header ({end - offset} of {_HEADER_BYTES} bytes)"
+    length, crc = _unpack_header(buf, offset)
     if length == 0 or length > RECORD_BYTES_MAX:
         # Zero matters: an all-zero header has crc32(b"") == 0, so it would otherwise "match".
         return f"implausible length {length}"
-    start = offset + RECORD_HEADER.size
     stop = start + length
     if stop > end:
         return f"payload of {length} bytes runs past the end of the file ({end - start} left)"
     payload = buf[start:stop]
-    if zlib.crc32(payload) != crc:
+    if _crc32(payload) != crc:
         return "checksum mismatch"
     try:
-        record = _decode_payload(payload)
+        if payload[0] == 0x82 and payload[1:2] == _MARK_TAG_BYTE:
+            return _decode_mark(payload), stop
+        return _decode_payload(payload), stop
     except _BadRecord as exc:
         return f"bad payload: {exc}"
-    return record, stop
 
 
-def _valid_record_after(buf: bytes, offset: int) -> int | None:
-    """The first offset above ``offset`` where a whole valid record starts, or None."""
+def _valid_record_after(buf: bytes, offset: int, last: int) -> int | None:
+    """The first offset above ``offset`` and below ``last`` where a whole valid record starts, or None.
+
+    ``last`` bounds the search: a record starts with a non-zero length, so it starts before the
+    trailing zeros (a preallocated log may end in a megabyte of them) and at least a header before
+    the end of the file.
+    """
     end = len(buf)
     unpack_from = RECORD_HEADER.unpack_from
     header_size = RECORD_HEADER.size
-    # A record starts with a non-zero length, so it starts before the trailing zeros (a preallocated
-    # log may end in a megabyte of them): only those offsets need a look.
-    last = min(end - header_size, len(buf.rstrip(b"\0")))
     # Bounded by the file size; the cheap length test skips almost every offset before any CRC work.
     for candidate in range(offset + 1, last):
         length, _crc = unpack_from(buf, candidate)
@@ -362,38 +476,94 @@ def _valid_record_after(buf: bytes, offset: int) -> int | None:
 class LogScan:
     """What ``decode_log`` found: the good records, where they end, and the damage after them if any.
 
-    ``bad_reason`` is None for a clean log. Otherwise the bytes from ``good_bytes`` on are bad;
-    ``resync_offset`` is where a valid record was found after them (middle corruption) or None (a
-    torn tail). ``zero_tail`` counts the zero bytes after the records of a clean log: space the log
-    preallocated and never used (or zeros a file system left after a power cut); never a record.
+    ``records`` are the Paxos records before the damage (never sync marks). ``bad_reason`` is None
+    for a clean log. Otherwise the bytes from ``good_bytes`` on are bad; ``resync_offset`` is where
+    the first valid record after them starts, or None. ``dropped_records`` counts the valid Paxos
+    records found after the damage. ``zero_tail`` counts the zero bytes after the records of a clean
+    log: space the log preallocated and never used (or zeros a file system left after a power cut);
+    never a record. ``marked_end`` is the largest ``durable_end`` of the sync marks found anywhere
+    in the file, before or after the damage (None: the file has no mark, it was written by an older
+    version). After damage the scan stops at the first mark beyond ``good_bytes``: the verdict is
+    known then.
+
+    ``damage_is_durable`` is the verdict: the damage may hold records that were durable, so the node
+    must not start; otherwise the bad bytes are a tail to cut (see the module docstring).
     """
 
-    __slots__ = ("records", "good_bytes", "bad_reason", "resync_offset", "zero_tail")
+    __slots__ = ("records", "good_bytes", "bad_reason", "resync_offset", "zero_tail", "marked_end",
+                 "dropped_records")
 
     def __init__(self, records: list, good_bytes: int, bad_reason: str | None, resync_offset: int | None,
-                 zero_tail: int = 0):
+                 zero_tail: int = 0, marked_end: int | None = None, dropped_records: int = 0):
         self.records = records
         self.good_bytes = good_bytes
         self.bad_reason = bad_reason
         self.resync_offset = resync_offset
         self.zero_tail = zero_tail
+        self.marked_end = marked_end
+        self.dropped_records = dropped_records
+
+    @property
+    def damage_is_durable(self) -> bool:
+        if self.bad_reason is None:
+            return False
+        if self.marked_end is None:  # a log without marks: the rule of older versions
+            return self.resync_offset is not None
+        return self.good_bytes < self.marked_end
 
 
 def decode_log(buf: bytes) -> LogScan:
     """Parse a whole log file's bytes; see the module docstring for the torn-tail rule."""
     records: list = []
+    append = records.append
+    marked_end: int | None = None
     offset = 0
     end = len(buf)
     while offset < end:  # bounded: every pass advances by a whole record (>= 9 bytes) or breaks
         found = _record_at(buf, offset)
         if isinstance(found, str):
-            if buf.count(0, offset) == end - offset:
-                # Only zeros follow: no record starts with a zero length, so none hides in there.
-                return LogScan(records, offset, None, None, zero_tail=end - offset)
-            return LogScan(records, offset, found, _valid_record_after(buf, offset))
-        record, offset = found
-        records.append(record)
-    return LogScan(records, offset, None, None)
+            reason = found
+            break
+        record, after = found
+        if type(record) is _SyncMark:
+            if _believed(record, offset) and (marked_end is None or record.durable_end > marked_end):
+                marked_end = record.durable_end
+        else:
+            append(record)
+        offset = after
+    else:
+        return LogScan(records, offset, None, None, marked_end=marked_end)
+    if buf.count(0, offset) == end - offset:
+        # Only zeros follow: no record starts with a zero length, so none hides in there.
+        return LogScan(records, offset, None, None, zero_tail=end - offset, marked_end=marked_end)
+    # Damage at ``offset``. Look at every valid record after it: a mark there may say that the
+    # damaged bytes were durable.
+    damage = offset
+    last = min(end - RECORD_HEADER.size, len(buf.rstrip(b"\0")))
+    resync: int | None = None
+    dropped = 0
+    position = damage
+    while (candidate := _valid_record_after(buf, position, last)) is not None:
+        if resync is None:
+            resync = candidate
+        position = candidate
+        while position < end:  # bounded as above: whole records, then a bad one
+            found = _record_at(buf, position)
+            if isinstance(found, str):
+                break
+            record, after = found
+            if type(record) is _SyncMark:
+                if _believed(record, position) and (marked_end is None or record.durable_end > marked_end):
+                    marked_end = record.durable_end
+                    if marked_end > damage:  # durable damage: nothing later changes the verdict
+                        return LogScan(records, damage, reason, resync,
+                                       marked_end=marked_end, dropped_records=dropped)
+            else:
+                dropped += 1
+            position = after
+        if position >= end:
+            break
+    return LogScan(records, damage, reason, resync, marked_end=marked_end, dropped_records=dropped)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,8 +623,9 @@ def _check_snapshot(path: Path, slot: int, *, keep: bool = False):
                     return b"".join(kept) if keep else length
     raise StorageError(
         f"snapshot {path} is damaged: {damage}. It was fsynced before it was renamed into place, so "
-        f"this is real damage, not a crash; restore the data dir from a backup or wipe it and let the "
-        f"node catch up from its peers"
+        f"this is real damage, not a crash; refusing to start. Do not wipe the data dir (its log holds "
+        f"this node's promises and accepted values, which a wiped acceptor forgets): restore it from a "
+        f"backup of this node, or replace the node; see docs/operations.md, \"A damaged snapshot\""
     )
 
 
@@ -492,7 +663,8 @@ class Storage:
         self._log_fd: int | None = None
         self._log_path = path / log_file_name(0)
         self._log_end = 0  # bytes of the current log file that hold whole, written records
-        self._synced_end = 0  # bytes of the current log file known durable (for crash_drop_unsynced)
+        self._synced_end = 0  # bytes of the current log file known durable (only grows per log file)
+        self._marked_end = 0  # the largest sync mark in the current log: a new one is due once above it
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         # Set once, by the first fsync failure or non-ENOSPC write failure (see DiskFailed); the
@@ -514,10 +686,12 @@ class Storage:
         ``preallocate``: keep this many bytes of zeros written ahead of the log's end (see "Preallocated
         log space" in the module docstring); 0 appends to the file's end.
 
-        Returns a Storage whose ``recovered`` and ``snapshot`` hold what was durable; a torn log tail
-        has been cut off (and logged). Raises ``StorageError`` if the directory belongs to another node
-        or cluster, is in use by another process, is not empty but has no meta file, or is damaged
-        (the message names the file, and the byte offset for log damage).
+        Returns a Storage whose ``recovered`` and ``snapshot`` hold what was durable (and is now
+        fsynced); a log tail that no sync mark covers has been cut off (and logged). Raises
+        ``StorageError`` if the directory belongs to another node or cluster, is in use by another
+        process, is not empty but has no meta file, or is damaged (the message names the file, the
+        byte offset for log damage, and the way out); ``DiskFailed`` if an fsync fails (or a write, but
+        for ENOSPC, which is ``StorageFull``).
         """
         if type(node_id) is not int or node_id < 1:
             raise ValueError(f"node_id must be a positive int, got {node_id!r}")
@@ -540,7 +714,10 @@ class Storage:
         storage = cls(path, fsync=fsync, lock_fd=lock_fd, preallocate=preallocate)
         try:
             if created:
-                storage._sync_dir(path.resolve().parent)  # the new directory's entry in its parent
+                try:
+                    storage._sync_dir(path.resolve().parent)  # the new directory's entry in its parent
+                except OSError as exc:  # it could not be opened (a failed fsync is DiskFailed)
+                    raise _io_error(f"cannot open the parent of data dir {path}", exc) from exc
             storage._recover(node_id, cluster_id)
         except BaseException:
             storage.close()
@@ -600,13 +777,17 @@ class Storage:
             raise StorageError(f"data dir {path}: snapshot at slot {snapshot_slot} but no log at or below it")
         else:
             log_slot = 0
-            self._write_file_atomically(log_file_name(0), b"", None, None)
+            # A new log starts with a sync mark (covering only itself): it says "this version wrote me".
+            self._write_file_atomically(log_file_name(0), _covering_mark(0) if self._fsync_enabled else b"",
+                                        None, None)
 
         log_path = path / log_file_name(log_slot)
-        records, end = self._read_log(log_path)
-        self.recovered = DurableState.replay(records, snapshot_slot=snapshot_slot)
-        # What recovery found counts as durable: it is all a later crash can be measured against.
-        self._open_log(log_path, durable=True, end=end)
+        scan = self._read_log(log_path)
+        self.recovered = DurableState.replay(scan.records, snapshot_slot=snapshot_slot)
+        # What recovery found counts as durable (_read_log fsynced it): it is all a later crash can be
+        # measured against. After a cut no kept mark may cover the kept records: a new one is due.
+        marked_end = (scan.marked_end or 0) if scan.bad_reason is None else 0
+        self._open_log(log_path, durable=True, end=scan.good_bytes, marked_end=marked_end)
 
         if log_slot != snapshot_slot:
             # A crash between the snapshot rename and the log rename: finish that compaction now.
@@ -639,41 +820,75 @@ class Storage:
         text = json.dumps(meta, sort_keys=True).encode() + b"\n"
         self._write_file_atomically(META_NAME, text, None, None)
 
-    def _read_log(self, log_path: Path) -> tuple[list, int]:
-        """The records of ``log_path`` and the byte offset where they end, after cutting a torn tail
-        (and, without preallocation, trailing zeros); ``StorageError`` on middle damage."""
+    def _read_log(self, log_path: Path) -> LogScan:
+        """Scan ``log_path``, cut a tail that is not durable (and, without preallocation, trailing
+        zeros), and make what is kept durable (an fdatasync: a process that crashed before its fsync
+        left its writes in the page cache, and a sync mark written from now on will say they are
+        durable). Returns the scan: ``records`` and ``good_bytes`` are what is kept.
+        ``StorageError`` on damage to durable records; ``DiskFailed`` if the fsync fails.
+        """
         try:
             buf = log_path.read_bytes()
         except OSError as exc:
             raise _io_error(f"cannot read log {log_path}", exc) from exc
         scan = decode_log(buf)
+        cut = scan.good_bytes
+        if scan.damage_is_durable:
+            raise StorageError(self._damage_message(log_path, scan))
         if scan.bad_reason is None and (not scan.zero_tail or self._preallocate):
-            return scan.records, scan.good_bytes  # a preallocated log keeps its zeros for later records
-        if scan.resync_offset is not None:
-            raise StorageError(
-                f"log {log_path} is corrupt at byte offset {scan.good_bytes} ({scan.bad_reason}), and a valid "
-                f"record follows at byte offset {scan.resync_offset}: records that may have been durable are "
-                f"damaged, refusing to start"
-            )
+            # Clean (a preallocated log keeps its zeros for later records): make it durable as read.
+            if self._fsync_enabled and cut:
+                try:
+                    fd = os.open(log_path, os.O_WRONLY)
+                except OSError as exc:
+                    raise _io_error(f"cannot open log {log_path}", exc) from exc
+                try:
+                    self._fsync(fd, f"fdatasync of log {log_path} at open", "fsync_log", self._fdatasync)
+                finally:
+                    os.close(fd)
+            return scan
         if scan.bad_reason is None:
             log.info("log %s: cutting %d bytes of zeros after the last record", log_path, scan.zero_tail)
+        elif scan.marked_end is None:
+            log.warning(
+                "log %s: cutting a torn tail of %d bytes at byte offset %d (%s); the log has no sync "
+                "marks (written by an older version)", log_path, len(buf) - cut, cut, scan.bad_reason,
+            )
         else:
             log.warning(
-                "log %s: cutting a torn tail of %d bytes at byte offset %d (%s)",
-                log_path, len(buf) - scan.good_bytes, scan.good_bytes, scan.bad_reason,
+                "log %s: cutting a torn tail of %d bytes at byte offset %d (%s), dropping %d valid records "
+                "after it: no sync mark says any of it was durable (the marks cover bytes below %d), so no "
+                "record in it was acknowledged", log_path, len(buf) - cut, cut, scan.bad_reason,
+                scan.dropped_records, scan.marked_end,
             )
         try:
             fd = os.open(log_path, os.O_WRONLY)
             try:
-                os.ftruncate(fd, scan.good_bytes)
+                os.ftruncate(fd, cut)
                 if self._fsync_enabled:
-                    self._fsync(fd, f"fsync of log {log_path} after cutting its tail at byte offset "
-                                    f"{scan.good_bytes}", "fsync_file", self._fdatasync)
+                    self._fsync(fd, f"fsync of log {log_path} after cutting its tail at byte offset {cut}",
+                                "fsync_file", self._fdatasync)
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise _io_error(f"cannot cut the torn tail of {log_path} at byte offset {scan.good_bytes}", exc) from exc
-        return scan.records, scan.good_bytes
+            raise _io_error(f"cannot cut the torn tail of {log_path} at byte offset {cut}", exc) from exc
+        return scan
+
+    @staticmethod
+    def _damage_message(log_path: Path, scan: LogScan) -> str:
+        offset = scan.good_bytes
+        if scan.marked_end is not None:
+            why = (f"a sync mark says the log was durable below byte offset {scan.marked_end}, so the "
+                   f"damaged bytes were once durable")
+        else:
+            why = (f"a valid record follows at byte offset {scan.resync_offset} and the log has no sync "
+                   f"marks (written by an older version), so the damaged bytes may have been durable")
+        return (
+            f"log {log_path} is corrupt at byte offset {offset} ({scan.bad_reason}); {why}: records this "
+            f"node may have acknowledged (promises, accepted values) are damaged, refusing to start. Do not "
+            f"wipe the data dir (an acceptor that forgets its promises can break consensus): restore it from a "
+            f"backup of this node, or replace the node; see docs/operations.md, \"A damaged log\""
+        )
 
     # ---- file plumbing -----------------------------------------------------------------------------
 
@@ -771,9 +986,9 @@ class Storage:
             except OSError as exc:
                 raise self._fail(f"renaming {final}", exc) from exc
 
-    def _open_log(self, log_path: Path, *, durable: bool, end: int | None = None) -> None:
+    def _open_log(self, log_path: Path, *, durable: bool, end: int | None = None, marked_end: int = 0) -> None:
         """Append to ``log_path`` from now on, at ``end`` (its records' end; default: the file's end);
-        ``durable``: the records count as fsynced."""
+        ``durable``: the records count as fsynced; ``marked_end``: the largest sync mark it holds."""
         try:
             fd = os.open(log_path, os.O_WRONLY)
             try:
@@ -792,6 +1007,7 @@ class Storage:
         self._log_end = end
         self._allocated = size
         self._synced_end = end if durable else 0
+        self._marked_end = marked_end
 
     def _reserve(self, count: int) -> None:
         """With preallocation: make sure zeros are written (not yet fsynced) past ``count`` more bytes.
@@ -832,9 +1048,14 @@ class Storage:
     def _install_log(self, slot: int, data: bytes) -> None:
         """Make ``data`` the log ``log-<slot>.wal`` (atomically) and append to it from now on."""
         name = log_file_name(slot)
+        marked_end = 0
+        if self._fsync_enabled:
+            # It is fsynced before it gets its name: a mark at its front may cover all of it.
+            data = _covering_mark(len(data)) + data
+            marked_end = len(data)
         self._write_file_atomically(name, data, "before_log_rename", "after_log_rename")
         # With fsync off nothing this Storage wrote is durable, not even a rewritten log.
-        self._open_log(self.path / name, durable=self._fsync_enabled)
+        self._open_log(self.path / name, durable=self._fsync_enabled, marked_end=marked_end)
 
     def _delete_older_than(self, slot: int) -> None:
         """Delete snapshots and logs of slots below ``slot`` (superseded by the ones at ``slot``)."""
@@ -857,7 +1078,8 @@ class Storage:
 
     @property
     def log_bytes(self) -> int:
-        """Size of the current log once buffered records are written (file bytes + buffered bytes)."""
+        """Size of the current log once buffered records are written (file bytes + buffered bytes; the
+        next write may add a 15-byte sync mark)."""
         return self._log_end + self._pending_bytes
 
     @property
@@ -954,7 +1176,16 @@ class Storage:
         if not self._pending:
             return
         start = self._log_end
-        data = b"".join(self._pending)
+        mark_end = 0
+        if self._fsync_enabled:
+            # fsync_through may move _synced_end on meanwhile: a stale value only claims less.
+            synced = self._synced_end
+            if synced > self._marked_end:
+                mark_end = synced
+        if mark_end:
+            data = b"".join([_encode_mark(mark_end), *self._pending])
+        else:
+            data = b"".join(self._pending)
         self._reserve(len(data))
         try:
             failpoints.hit("write_log")
@@ -962,6 +1193,8 @@ class Storage:
         except OSError as exc:
             self._cut_back(start, len(data), exc)
         self._log_end = start + len(data)
+        if mark_end:
+            self._marked_end = mark_end
         self._pending.clear()
         self._pending_bytes = 0
 
@@ -1103,12 +1336,31 @@ class Storage:
         except OSError as exc:
             raise _io_error(f"cannot delete old snapshots and logs in {self.path}", exc) from exc
 
-    def crash_drop_unsynced(self) -> None:
-        """Test seam: act like a power cut. Truncate the log to its last fsync, drop buffered records,
-        close. Reopen the directory to see what survived."""
+    def crash_drop_unsynced(self, rng: random.Random | None = None, page_bytes: int = 4096) -> None:
+        """Test seam: act like a power cut, then close; reopen the directory to see what survived.
+        Buffered records are dropped.
+
+        Without ``rng``: the log is truncated to its last fsync (preallocated zeros go too: they may
+        not survive either). With a ``random.Random``: unsynced pages are written back in any order,
+        so every ``page_bytes`` page of the file (aligned to file offsets) that holds bytes of the
+        unsynced region ``[synced end, file size)`` independently keeps those bytes as written or has
+        them zeroed, each with probability 1/2; the file size is kept (the size may reach the disk
+        before the data).
+        """
         self._check_usable()
         assert self._log_fd is not None
-        os.ftruncate(self._log_fd, self._synced_end)  # preallocated zeros go too: they may not survive
+        if page_bytes < 1:
+            raise ValueError(f"page_bytes must be >= 1, got {page_bytes}")
+        if rng is None:
+            os.ftruncate(self._log_fd, self._synced_end)
+        else:
+            size = os.fstat(self._log_fd).st_size
+            page = self._synced_end - self._synced_end % page_bytes
+            while page < size:  # bounded: one pass per page of the unsynced region
+                low, high = max(page, self._synced_end), min(page + page_bytes, size)
+                if rng.random() < 0.5:
+                    os.pwrite(self._log_fd, bytes(high - low), low)
+                page += page_bytes
         self._pending.clear()
         self._pending_bytes = 0
         self.close()

@@ -5,7 +5,9 @@ Storage and opening the directory again, then comparing ``recovered`` with ``Dur
 the records that must have survived. Torn writes are made by truncating the log file at chosen byte
 offsets (every offset of the last record, and hypothesis-chosen offsets in random logs); corruption by
 flipping bytes; a full disk by replacing the Storage's ``_write``/``_fdatasync`` seams with fakes that
-raise ENOSPC. Real process crashes use ``KV_FAILPOINTS`` in a child interpreter, which dies with
+raise ENOSPC. Logs written here start with a sync mark (``FRESH``) and later batches may carry one;
+the sync-mark rules themselves are tested in ``test_log_sync_marks.py``, fsync and write failures in
+``test_storage_disk_faults.py``. Real process crashes use ``KV_FAILPOINTS`` in a child interpreter, which dies with
 ``os._exit(1)`` at the named point; the parent then recovers the directory.
 """
 from __future__ import annotations
@@ -30,6 +32,8 @@ from kvstore.storage import (
     Storage,
     StorageError,
     StorageFull,
+    _covering_mark,
+    _encode_mark,
     encode_records,
     log_file_name,
     snapshot_file_name,
@@ -38,6 +42,8 @@ from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecor
 from paxos.ballot import Ballot
 
 CLUSTER = "test"
+# A log this version creates starts with a sync mark covering itself (see "Sync marks" in storage.py).
+FRESH = _covering_mark(0)
 
 
 def open_storage(path: Path, node_id: int = 1, cluster_id: str = CLUSTER, fsync: bool = True) -> Storage:
@@ -55,10 +61,11 @@ def sample_records(count: int, ballot: Ballot = Ballot(1, 1)) -> list:
     return records
 
 
-def record_ends(records: list) -> list[int]:
-    """Byte offset in the log after each record (the log holds exactly ``encode_records(records)``)."""
+def record_ends(records: list, base: int = len(FRESH)) -> list[int]:
+    """Byte offset in the log after each record (the log holds exactly ``FRESH`` and
+    ``encode_records(records)``, or with ``base=0`` only the records)."""
     ends = []
-    total = 0
+    total = base
     for record in records:
         total += len(encode_records([record]))
         ends.append(total)
@@ -80,7 +87,8 @@ def test_fresh_dir_is_initialised_empty(tmp_path):
         assert storage.recovered == DurableState()
         assert storage.snapshot is None
         assert storage.snapshot_slot == 0
-        assert storage.log_bytes == 0
+        assert storage.log_bytes == len(FRESH)
+    assert (data_dir / log_file_name(0)).read_bytes() == FRESH
     assert sorted(p.name for p in data_dir.iterdir()) == ["LOCK", log_file_name(0), "meta.json"]
 
 
@@ -91,10 +99,13 @@ def test_append_sync_reopen_gives_the_same_durable_state(tmp_path):
         for start in range(0, len(records), 7):
             storage.append(records[start:start + 7])
             storage.sync()
-        assert storage.log_bytes == len(encode_records(records))
+        # The first log's mark, the records, and a sync mark before each batch after the first.
+        batches = len(range(0, len(records), 7))
+        assert storage.log_bytes == len(FRESH) + len(encode_records(records)) + (batches - 1) * len(_encode_mark(1))
+        log_bytes = storage.log_bytes
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records)
-        assert storage.log_bytes == len(encode_records(records))
+        assert storage.log_bytes == log_bytes
         # The reopened log keeps growing where it ended.
         more = [PromiseRecord(Ballot(2, 3)), AcceptRecord(41, Ballot(2, 3), ())]
         storage.append(more)
@@ -134,7 +145,7 @@ def test_append_rejects_bad_records_before_buffering(tmp_path):
             storage.append([PromiseRecord(Ballot(1, 1)), AcceptRecord(1, Ballot(1, 1), ("not bytes",))])
         with pytest.raises(TypeError):
             storage.append(["not a record"])
-        assert storage.log_bytes == 0
+        assert storage.log_bytes == len(FRESH)
 
 
 def test_fsync_off_still_writes(tmp_path):
@@ -209,7 +220,8 @@ def test_snapshot_and_compaction_then_reopen(tmp_path):
     assert storage.read_snapshot() == (20, b"state machine at 20")
     assert storage.snapshot_slot == 20
     compacted_bytes = storage.log_bytes
-    assert compacted_bytes == len(encode_records(state.records()))
+    compacted = encode_records(state.records())
+    assert compacted_bytes == len(_covering_mark(len(compacted))) + len(compacted)
     # Appends after the snapshot go to the new log.
     later = [AcceptRecord(31, Ballot(1, 1), (b"later",))]
     storage.append(later)
@@ -272,8 +284,12 @@ def test_damaged_renamed_snapshot_is_refused(tmp_path):
     blob = bytearray(snap.read_bytes())
     blob[-3] ^= 0x40
     snap.write_bytes(bytes(blob))
-    with pytest.raises(StorageError, match=r"snapshot .*snapshot-00000000000000000007\.snap is damaged: checksum"):
+    damaged = r"snapshot .*snapshot-00000000000000000007\.snap is damaged: checksum"
+    with pytest.raises(StorageError, match=damaged) as excinfo:
         open_storage(tmp_path)
+    message = str(excinfo.value)
+    assert "restore it from a backup of this node, or replace the node" in message and "docs/operations.md" in message
+    assert "catch up from its peers" not in message  # a wiped acceptor loses acknowledged writes
     snap.write_bytes(bytes(blob[:10]))
     with pytest.raises(StorageError, match="is damaged: shorter than"):
         open_storage(tmp_path)
@@ -380,10 +396,16 @@ def test_log_works_after_cutting_a_torn_tail(tmp_path):
 
 
 def test_flipped_byte_in_a_middle_record_is_refused_with_file_and_offset(tmp_path):
+    """The records were fsynced and a later batch's sync mark says so: damage to them is refused."""
     records = sample_records(6)
     log_path = write_log(tmp_path, records)
+    later = [DecideRecord(7, (b"seven",))]
+    with open_storage(tmp_path) as storage:  # the next batch starts with a mark covering the first
+        storage.append(later)
+        storage.sync()
     full = log_path.read_bytes()
     ends = record_ends(records)
+    assert full[ends[-1]:] == _encode_mark(ends[-1]) + encode_records(later)
     victim = 3  # a record with whole records after it
     start, end = ends[victim - 1], ends[victim]
     for offset in range(start, end):
@@ -395,6 +417,8 @@ def test_flipped_byte_in_a_middle_record_is_refused_with_file_and_offset(tmp_pat
         message = str(excinfo.value)
         assert str(log_path) in message, offset
         assert f"corrupt at byte offset {start} " in message, (offset, message)
+        assert f"durable below byte offset {ends[-1]}" in message, (offset, message)
+        assert "docs/operations.md" in message and "restore it from a backup" in message, message
         # Refusing must not "repair" anything.
         assert log_path.read_bytes() == bytes(damaged)
 
@@ -431,7 +455,7 @@ def test_cut_anywhere_recovers_the_longest_whole_prefix(tmp_path_factory, record
     data_dir = tmp_path_factory.mktemp("cut")
     log_path = write_log(data_dir, records)
     full = log_path.read_bytes()
-    assert full == encode_records(records)
+    assert full == FRESH + encode_records(records)
     cut = int(len(full) * cut_fraction)
     log_path.write_bytes(full[:cut])
     whole = sum(1 for end in record_ends(records) if end <= cut)
@@ -439,7 +463,8 @@ def test_cut_anywhere_recovers_the_longest_whole_prefix(tmp_path_factory, record
     # damage" rule never fires here: every cut is a torn tail.)
     with open_storage(data_dir) as storage:
         assert storage.recovered == DurableState.replay(records[:whole])
-    assert log_path.read_bytes() == full[:record_ends(records)[whole - 1] if whole else 0]
+    kept = record_ends(records)[whole - 1] if whole else (len(FRESH) if cut >= len(FRESH) else 0)
+    assert log_path.read_bytes() == full[:kept]
 
 
 # ---- preallocated log space -----------------------------------------------------------------------
@@ -458,14 +483,15 @@ def test_preallocated_log_writes_records_over_zeros_and_recovers_them(tmp_path):
         storage.sync()
         end = storage.log_bytes
         data = only_log(tmp_path).read_bytes()
-        assert data[:end] == encode_records(first)
+        assert data[:end] == FRESH + encode_records(first)
         assert len(data) >= end + PREALLOC and data[end:] == bytes(len(data) - end)  # zeros ahead
         storage.append(second)
         storage.sync()
     size = only_log(tmp_path).stat().st_size
     with open_preallocated(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(first + second)
-        assert storage.log_bytes == len(encode_records(first + second))  # the records' end, not the file's
+        # the records' end (with the first log's mark and the mark before the second batch), not the file's
+        assert storage.log_bytes == len(FRESH + encode_records(first + second) + _encode_mark(1))
         third = [AcceptRecord(10, Ballot(7, 1), (b"ten",))]
         storage.append(third)  # goes on right after the records, over the zeros
         storage.sync()
@@ -496,7 +522,7 @@ def test_opening_a_preallocated_log_without_preallocation_cuts_the_zeros(tmp_pat
         storage.sync()
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records)
-    assert only_log(tmp_path).read_bytes() == encode_records(records)
+    assert only_log(tmp_path).read_bytes() == FRESH + encode_records(records)
 
 
 def test_torn_record_before_preallocated_zeros_is_cut_at_every_offset(tmp_path, caplog):
@@ -565,7 +591,7 @@ def test_full_disk_while_preallocating_still_writes_the_records(tmp_path, monkey
             storage.sync()
     assert any("cannot preallocate" in message for message in caplog.messages)
     monkeypatch.undo()
-    assert only_log(tmp_path).read_bytes() == encode_records(records)
+    assert only_log(tmp_path).read_bytes() == FRESH + encode_records(records)
     with open_preallocated(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records)
 
@@ -583,7 +609,9 @@ def test_enospc_on_write_with_preallocation_cuts_back_and_the_retry_lands_in_pla
     storage._write = os.write
     storage.sync()
     storage.close()
-    assert only_log(tmp_path).read_bytes().startswith(encode_records(first + second))
+    # The retried batch starts with a mark covering the first batch, as the failed attempt did.
+    assert only_log(tmp_path).read_bytes().startswith(
+        FRESH + encode_records(first) + _encode_mark(len(FRESH + encode_records(first))) + encode_records(second))
     with open_preallocated(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(first + second)
 

@@ -237,6 +237,22 @@ def test_fsync_failure_after_cutting_a_torn_tail_refuses_to_open(monkeypatch, tm
 
 
 @pytest.mark.parametrize("action", ["eio", "enospc"])
+def test_log_fdatasync_at_open_failing_refuses_to_open(monkeypatch, tmp_path, action):
+    """Open makes the log it found durable (a crashed process may have left its last writes in the
+    page cache only, and later sync marks will say they are durable): that fdatasync is checked too."""
+    with open_storage(tmp_path) as storage:
+        storage.append(FIRST)
+        storage.sync()
+    configure(monkeypatch, f"fsync_log={action}")
+    with pytest.raises(DiskFailed) as excinfo:
+        open_storage(tmp_path)
+    assert_message(str(excinfo.value), f"{tmp_path / log_file_name(0)} at open", action)
+    clear(monkeypatch)
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(FIRST)
+
+
+@pytest.mark.parametrize("action", ["eio", "enospc"])
 def test_fsync_failure_after_removing_temp_files_refuses_to_open(monkeypatch, tmp_path, action):
     open_storage(tmp_path).close()
     (tmp_path / "snapshot-00000000000000000009.snap.tmp").write_bytes(b"half")

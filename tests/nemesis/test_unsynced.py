@@ -3,13 +3,17 @@
 Three in-process ``kvstore.server.Node``s on the in-memory network (``tests/kvstore/memnet.py``), with
 fsync on and a real clock (fsyncs run in worker threads). Writers put unique keys through the client
 while, five times, a node (the leader in most rounds) suffers a "power cut": its task is cancelled and,
-instead of a clean close, its storage runs ``Storage.crash_drop_unsynced()``, which truncates the log to
-the last completed fsync, dropping records that were written (``flush``) but not yet durable (a cut
-waits, briefly, for a moment when such records exist; fsync is slowed to widen that window; whether a
-cut drops bytes still depends on how far the in-flight fsync reaches, and the test prints it). The node
-is rebuilt from what is left in its data directory. Because nothing may leave a node before the
-records behind it are durable (the persist-send-apply contract), no acknowledged write may be lost:
-at the end all three replicas agree (state hash, applied slot) and hold every acknowledged write.
+instead of a clean close, its storage runs ``Storage.crash_drop_unsynced()``, which drops records that
+were written (``flush``) but not yet durable (a cut waits, briefly, for a moment when such records
+exist; fsync is slowed to widen that window; whether a cut drops bytes still depends on how far the
+in-flight fsync reaches, and the test prints it). Half the cuts truncate the log to the last completed
+fsync; the other half model reordered writeback (``crash_drop_unsynced(rng)``): every 4 KiB page of
+the unsynced part of the preallocated log independently keeps what was written or becomes zeros, so
+a later batch can survive after zeros where an earlier one was. The node must start again (its sync
+marks say those bytes were never durable) and is rebuilt from what is left in its data directory.
+Because nothing may leave a node before the records behind it are durable (the persist-send-apply
+contract), no acknowledged write may be lost: at the end all three replicas agree (state hash, applied
+slot) and hold every acknowledged write.
 """
 from __future__ import annotations
 
@@ -71,8 +75,10 @@ async def test_power_cuts_drop_unsynced_records_and_lose_no_acknowledged_write(t
             def cut_instead_of_close() -> None:
                 storage.close = plain_close
                 if not storage._closed and storage.failure is None:
-                    dropped_bytes.append(storage._log_end - storage._synced_end)
-                    storage.crash_drop_unsynced()
+                    reordered = rng.random() < 0.5
+                    unsynced = storage._log_end - storage._synced_end
+                    dropped_bytes.append((unsynced, "reordered" if reordered else "cut"))
+                    storage.crash_drop_unsynced(random.Random(rng.random()) if reordered else None)
                 plain_close()
 
             storage.close = cut_instead_of_close  # node.run's finally calls close after the cancel
