@@ -118,6 +118,9 @@ class Hello:
 
     node_id: int
     cluster_id: str
+    # The dialing node's incarnation (kvstore.identity): optional on the wire ("inc"), absent from
+    # nodes older than incarnations.
+    incarnation: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -427,7 +430,8 @@ def _encode_px(m: PaxosBatch) -> dict:
 
 
 _MAP_ENCODERS = {
-    Hello: lambda m: {"t": "hello", "node": m.node_id, "cluster": m.cluster_id},
+    Hello: lambda m: ({"t": "hello", "node": m.node_id, "cluster": m.cluster_id} if m.incarnation is None
+                      else {"t": "hello", "node": m.node_id, "cluster": m.cluster_id, "inc": m.incarnation}),
     PaxosBatch: _encode_px,
     SnapshotChunk: lambda m: {
         "t": "snap", "from": m.sender, "slot": m.slot, "off": m.offset, "total": m.total, "data": m.data,
@@ -595,7 +599,8 @@ _STR_BYTES_NONE = (str, bytes, type(None))
 
 
 _MAP_DECODERS = {
-    "hello": lambda o: Hello(node_id=_f_int(o, "node", 1, ID_LIMIT), cluster_id=_f_str(o, "cluster")),
+    "hello": lambda o: Hello(node_id=_f_int(o, "node", 1, ID_LIMIT), cluster_id=_f_str(o, "cluster"),
+                             incarnation=_f_opt_str(o, "inc") if "inc" in o else None),
     "px": _d_px,
     "snap": _d_snap,
     "put": _d_put,

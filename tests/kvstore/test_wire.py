@@ -730,3 +730,12 @@ def test_put_request_frames_are_the_put_request_frames(rid, key, value, cid, rq,
 def test_a_put_request_frame_too_large_is_refused():
     with pytest.raises(wire.FrameTooLarge):
         wire.encode_put_request_frame(1, "k", b"v" * 2000, b"c", 1, 0, frame_bytes_max=1000)
+
+
+def test_hello_carries_an_optional_incarnation():
+    """kvstore.identity: a Hello names the dialing node's incarnation ("inc"); one from an older node has none."""
+    with_inc = wire.Hello(node_id=2, cluster_id="kv", incarnation="00ff00ff00ff00ff")
+    assert wire.decode_body(wire.encode_frame(with_inc)[4:]) == with_inc
+    assert wire.decode_body(cbor2.dumps({"t": "hello", "node": 2, "cluster": "kv"})).incarnation is None
+    with pytest.raises(wire.WireError):
+        wire.decode_body(cbor2.dumps({"t": "hello", "node": 2, "cluster": "kv", "inc": 7}))
