@@ -18,9 +18,10 @@ A request cannot be answered before it is sent, so ``ack_below <= request_id`` a
 
 Two error families (STYLE.md section 5):
 
-* ``encode_*`` are called by our own server with values a client sent. Bad values (a key too long, a
-  value of the wrong type) raise ``ValueError`` with a clear message, so the server can refuse the
-  request before it is proposed.
+* ``encode_*`` are called by our own server with values a client sent (``encode_write`` turns a
+  wire write request into command bytes with them). Bad values (a key too long, a value of the wrong
+  type) raise ``ValueError`` with a clear message, so the server can refuse the request before it is
+  proposed.
 * ``decode_command`` reads bytes that came out of the log. They may be damaged or written by a buggy or
   hostile peer, so it validates everything and raises ``CommandError`` (and nothing else). cbor2
   happily turns tags into datetimes, Decimals, UUIDs and so on, so the decoded types are never
@@ -36,6 +37,8 @@ from __future__ import annotations
 from typing import Literal, NamedTuple, Union
 
 import cbor2
+
+from . import wire
 
 KEY_BYTES_MAX = 4096
 """Largest key, in bytes of its UTF-8 encoding."""
@@ -205,6 +208,26 @@ def encode_cas(client_id: bytes, request_id: int, ack_below: int, key: str, expe
     if problem is not None:
         raise ValueError(problem)
     return _dumps([OP_CAS, client_id, request_id, ack_below, key, expected, new])
+
+
+def encode_write(request) -> tuple[bytes, Command]:
+    """A client's write request (``wire.PutRequest``, ``DeleteRequest`` or ``CasRequest``) -> the command
+    bytes to propose and the ``Command`` they decode to (the leader applies its own proposals from it
+    without decoding the bytes again). Raises ValueError as ``encode_*`` do."""
+    if isinstance(request, wire.PutRequest):
+        data = encode_put(request.client_id, request.request_id, request.ack_below, request.key, request.value)
+        return data, Command("put", request.client_id, request.request_id, request.ack_below,
+                             request.key, request.value)
+    if isinstance(request, wire.DeleteRequest):
+        data = encode_delete(request.client_id, request.request_id, request.ack_below, request.key, request.prefix)
+        return data, Command("delete", request.client_id, request.request_id, request.ack_below,
+                             request.key, prefix=request.prefix)
+    if isinstance(request, wire.CasRequest):
+        data = encode_cas(request.client_id, request.request_id, request.ack_below, request.key,
+                          request.expected, request.new)
+        return data, Command("cas", request.client_id, request.request_id, request.ack_below,
+                             request.key, request.new, request.expected)
+    raise TypeError(f"{type(request).__name__} is not a write request")
 
 
 # -----------------------------------------------------------------------------------------------

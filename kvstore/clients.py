@@ -1,0 +1,260 @@
+"""Client links: accepted connections, the client request loop, and the replies going back.
+
+Theory of operation
+-------------------
+The node accepts every connection here (``ClientLinks.handle_connection``). The first frame decides
+what it is: a peer's ``Hello`` hands the connection to ``kvstore.peers``; anything else makes it a
+client connection, a ``ClientConn``. Clients may pipeline many requests on one connection. The reader
+task (``_serve``) decodes every frame that arrived at once and routes each request (``_route``):
+
+* a write is turned into command bytes (``commands.encode_write``) and becomes an ``events.Proposal``;
+  a follower answers ``not_leader`` with a hint and the client library retries on the leader. Writes
+  carry ``(client_id, request_id)``; the state machine deduplicates, so a retry is safe;
+* a linearizable read becomes an ``events.Read`` (the leader confirms its leadership for it);
+* a serializable read is answered at once from the local state machine, or, on a node with decided
+  commands it has not applied, waits for them (``Waiters.add_local_read``, and a ``WAKE`` for the
+  driver);
+* ``status`` is answered at once.
+
+The events of one read go to the node in one ``Node._post``. Replies collect per connection
+(``ClientConn.reply``) while the node works through a batch and leave together when the node calls
+``flush``: one write per connection per batch, straight to the socket (``Outbox``); a writer task per
+connection sends what the socket did not take at once. A once-a-second sweep from the ticker closes
+connections idle for ``idle_client_timeout`` seconds (``close_idle``), instead of a trio deadline per
+receive.
+
+Rules: a reader task never feeds the core except through ``Node._post``; to route a request it only
+reads the core's leadership (``Replica.is_leader``), which the driver changes only between its
+batches. Bad input (a ``WireError``) gets one log line and, where possible, an error reply, and closes
+that connection only; any other exception in a connection task is logged with its traceback and closes
+that connection only: the node keeps serving.
+"""
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from . import commands, wire
+from .events import WAKE, Proposal, Read
+from .netio import Outbox, socket_fd
+from .peers import remote_name, set_nodelay
+from .waiters import read_reply
+
+__all__ = ["ClientConn", "ClientLinks"]
+
+log = logging.getLogger("kvstore.server")
+
+
+class ClientConn:
+    """One client connection. Replies collect in ``pending`` while the node works through a batch and
+    leave together when the node calls ``flush`` (one write per connection per batch)."""
+
+    __slots__ = ("outbox", "pending", "closed", "name", "_dirty", "last_heard", "scope")
+
+    def __init__(self, name: str, dirty: list) -> None:
+        self.outbox = Outbox()
+        self.pending: list[bytes] = []
+        self.closed = False
+        self.name = name
+        self._dirty = dirty  # the node's list of connections with pending replies
+        self.last_heard = trio.current_time()  # when its last frames arrived (see ClientLinks.close_idle)
+        self.scope = trio.CancelScope()  # cancelled to close the connection
+
+    def reply(self, message) -> None:
+        if self.closed:
+            return
+        try:
+            frame = wire.encode_frame(message)
+        except wire.FrameTooLarge as exc:
+            frame = wire.encode_frame(wire.ErrorReply(
+                id=getattr(message, "id", None), code=wire.TOO_LARGE,
+                message=f"the reply is too large for one frame ({exc}); narrow the request (prefix, limit)",
+                leader=None))
+        self.reply_frame(frame)
+
+    def reply_frame(self, frame: bytes) -> None:
+        """``reply`` with a frame encoded already (small, so never too large)."""
+        if self.closed:
+            return
+        if not self.pending:
+            self._dirty.append(self)
+        self.pending.append(frame)
+
+    def flush(self) -> None:
+        pending = self.pending
+        if pending:
+            self.pending = []
+            if not self.closed:
+                self.outbox.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+
+class ClientLinks:
+    """The client connections of node ``node`` (a ``kvstore.server.Node``); see the module docstring."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.counters = node.counters
+        self.dirty: list[ClientConn] = []  # connections with replies to flush
+        self.conns: set[ClientConn] = set()
+
+    def flush(self) -> None:
+        """Send the replies collected since the last flush: one write per client connection."""
+        dirty = self.dirty
+        if dirty:
+            for conn in dirty:
+                conn.flush()
+            dirty.clear()
+
+    def close_idle(self, now: float) -> None:
+        """Close client connections that sent nothing for ``idle_client_timeout`` seconds (the ticker
+        calls this once a second, so a connection may stay up to a second longer)."""
+        limit = now - self.node.options.idle_client_timeout
+        for conn in self.conns:
+            if conn.last_heard < limit:
+                conn.scope.cancel()
+
+    async def handle_connection(self, stream) -> None:
+        """Serve one accepted connection: a peer link (first frame Hello) or a client."""
+        node = self.node
+        idle_timeout_seconds = node.options.idle_client_timeout
+        name = remote_name(stream)
+        conn: ClientConn | None = None
+        try:
+            set_nodelay(stream)
+            reader = wire.FrameReader(stream, node.options.frame_bytes_max)
+            with trio.move_on_after(idle_timeout_seconds) as idle:
+                frames = await reader.receive_frames()
+            if idle.cancelled_caught or not frames:
+                return
+            try:
+                first = wire.decode_body(frames[0])
+            except wire.WireError as exc:
+                # Answer a bad first frame like any later one: addressed to its request id if it has one.
+                self.counters["protocol_errors"] += 1
+                log.warning("closing connection from %s: bad frame: %s", name, exc)
+                with trio.move_on_after(1):
+                    await stream.send_all(wire.encode_frame(wire.ErrorReply(
+                        id=wire.request_id_of(frames[0]), code=wire.PROTOCOL, message=str(exc), leader=None)))
+                return
+            if isinstance(first, wire.Hello):
+                await node.peer_links.serve(first, reader, frames[1:], name)
+                return
+            conn = ClientConn(name, self.dirty)
+            conn.outbox.fd = socket_fd(stream)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, stream, conn)
+                # Errors are handled inside the nursery block: trio would wrap anything raised here
+                # in an ExceptionGroup, which the handlers below would not recognise.
+                try:
+                    self.conns.add(conn)
+                    with conn.scope:
+                        await self._serve(conn, reader, frames, name)
+                    if conn.scope.cancelled_caught:
+                        log.debug("closed client %s: idle for %gs", name, idle_timeout_seconds)
+                except wire.WireError as exc:
+                    self.counters["protocol_errors"] += 1
+                    log.warning("closing connection from %s: bad frame: %s", name, exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    log.debug("connection from %s closed: %s", name, exc)
+                finally:
+                    self.conns.discard(conn)
+                    # let the writer send what is queued, then stop it
+                    self.flush()
+                    conn.outbox.close()
+        except wire.WireError as exc:
+            self.counters["protocol_errors"] += 1
+            log.warning("closing connection from %s: bad frame: %s", name, exc)
+            with trio.move_on_after(1):
+                try:
+                    await stream.send_all(wire.encode_frame(
+                        wire.ErrorReply(id=None, code=wire.PROTOCOL, message=str(exc), leader=None)))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("connection from %s closed: %s", name, exc)
+        except Exception:  # one connection's bug must never take the node down
+            self.counters["connection_crashes"] += 1
+            log.exception("connection from %s failed", name)
+        finally:
+            if conn is not None:
+                conn.closed = True
+                conn.outbox.fd = None  # before the stream closes its descriptor
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _writer(self, stream, conn: ClientConn) -> None:
+        try:
+            await conn.outbox.run(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            conn.closed = True  # the client went away; the reader sees the end of the stream
+        finally:
+            conn.outbox.fd = None
+
+    async def _serve(self, conn: ClientConn, reader, frames, name: str) -> None:
+        """The client request loop: route what arrived, hand the node the events, send the answers
+        given here, then wait for more frames."""
+        post = self.node._post
+        route = self._route
+        while True:
+            events: list = []
+            for i, request in enumerate(wire.decode_bodies(frames)):
+                if isinstance(request, wire.WireError):
+                    self.counters["protocol_errors"] += 1
+                    log.warning("closing client %s: bad frame: %s", name, request)
+                    conn.reply(wire.ErrorReply(id=wire.request_id_of(frames[i]), code=wire.PROTOCOL,
+                                               message=str(request), leader=None))
+                    post(events)
+                    return
+                route(conn, request, events)
+            post(events)
+            self.flush()  # answers given here (not_leader, serializable reads, status)
+            # No timeout scope per receive (a trio deadline each time, with many requests a second):
+            # the ticker closes connections idle for too long (close_idle).
+            frames = await reader.receive_frames()
+            if not frames:
+                return
+            conn.last_heard = trio.current_time()
+
+    def _route(self, conn: ClientConn, request, events: list) -> None:
+        """Answer ``request`` here, or append what the driver must do for it to ``events``."""
+        node = self.node
+        match request:
+            case wire.PutRequest() | wire.DeleteRequest() | wire.CasRequest():
+                try:
+                    command, decoded = commands.encode_write(request)
+                except ValueError as exc:
+                    conn.reply(wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=str(exc), leader=None))
+                    return
+                if node._fenced:
+                    conn.reply(node._disk_reply(request.id))
+                    return
+                if not node.replica.is_leader:
+                    conn.reply(node.waiters.not_leader(request.id))
+                    return
+                events.append(Proposal(command, decoded, (request.client_id, request.request_id), conn, request.id))
+            case wire.GetRequest() | wire.ListRequest():
+                if request.linearizable:
+                    if node._fenced:
+                        conn.reply(node._disk_reply(request.id))
+                        return
+                    if not node.replica.is_leader:
+                        conn.reply(node.waiters.not_leader(request.id))
+                        return
+                    events.append(Read(conn, request))
+                    return
+                learner = node.learner
+                if learner.lazy or learner.queue:
+                    # This node has decided commands it has not applied: the read waits for them (and a
+                    # lazy learner turns eager for a while, see Learner.should_be_lazy).
+                    learner.note_local_read(trio.current_time())
+                    node.waiters.add_local_read(node.replica.applied_slot, conn, request)
+                    events.append(WAKE)
+                else:
+                    conn.reply(read_reply(learner.sm, request))
+            case wire.StatusRequest():
+                conn.reply(wire.OkReply(id=request.id, result=node.status()))
+            case _:
+                conn.reply(wire.ErrorReply(id=getattr(request, "id", None), code=wire.BAD_REQUEST,
+                                           message=f"{type(request).__name__} is not a client request",
+                                           leader=None))

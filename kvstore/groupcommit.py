@@ -1,0 +1,140 @@
+"""Group commit: one fsync for the records of many batches, in the driver or in a worker thread.
+
+Theory of operation
+-------------------
+("Commit" here is the storage term of art, *made durable*; it never means decided.) For each batch of
+the core's actions the node's driver calls ``GroupCommit.stage``, which appends the batch's ``persist``
+records to the log and writes them (``Storage.append`` then ``flush``: no fsync yet). Then one of two
+things happens:
+
+* **inline**: nothing is staged ahead of this batch and either it needs no fsync or recent fsyncs were
+  fast (an average, ``fsync_seconds_ewma``, of at most ``inline_fsync_max`` seconds). ``stage`` fsyncs
+  here and returns True: the batch is durable, and the caller carries it out at once. Every hop to
+  another task or thread is a wake-up, and one request at a time pays for each in latency (waking a
+  worker thread and hearing back costs ~0.5 ms on a small VM, more than a fast fsync);
+* **staged**: ``stage`` queues the batch and returns False. The committer task (``run``) takes every
+  batch staged meanwhile, fsyncs once for all of them in a worker thread, then has the node carry each
+  out in order (``Node._carry_out``). The driver keeps feeding the core while the disk syncs.
+
+A batch whose records are all ``DecideRecord``s needs no fsync of its own (a lost decision is learned
+again from the peers; a later fsync covers them). Batches are carried out in the order they were
+staged, inline ones included (an inline batch needs an empty queue). ``durable_decided_slot`` is the
+highest decided slot whose decision rests only on durable records: the core's decided slot as of the
+last batch carried out (the node caps early Accepts with it).
+
+Rules: this module touches the storage (append, flush, fsync) and nothing else of the node's state
+but what the committer hands back: it never calls the ``Replica``, never sends, never answers a
+client. A storage error is not handled here: ``stage`` raises it to the driver, and the committer
+reports it to ``Node._stop_voting``, then carries out none of its batches. ``_fsync`` is the only
+code that runs in a worker thread, and it touches the storage alone (``Storage.fsync_through`` may run
+there while the driver appends).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import trio
+
+from paxos.actions import DecideRecord
+
+from .storage import StorageError
+
+__all__ = ["GroupCommit"]
+
+
+class GroupCommit:
+    """The log's group commit for one node (see the module docstring).
+
+    ``node`` is the ``kvstore.server.Node``; the committer task uses its ``_carry_out``,
+    ``_stop_voting``, ``_flush_replies`` and ``_fenced``.
+    """
+
+    def __init__(self, node, durable_decided_slot: int) -> None:
+        self.node = node
+        self.storage = node.storage
+        self.counters = node.counters
+        self.fsync = node.options.fsync
+        self.inline_fsync_max = node.options.inline_fsync_max  # seconds
+        self._send, self._recv = trio.open_memory_channel(math.inf)
+        self.pending_batches = 0  # staged with the committer and not carried out yet
+        self.fsync_seconds_ewma = 0.0  # recent fsyncs, averaged; decides where the next one runs
+        self.durable_decided_slot = durable_decided_slot
+        self._progress = trio.Event()  # set (and replaced) each time the committer finishes a round
+
+    def stage(self, actions, early_sent: bool, decided_slot: int) -> bool:
+        """Write the batch's records to the log; True if it is durable now and the caller must carry
+        it out (inline), False if the committer will. ``early_sent``: its Accepts left already;
+        ``decided_slot``: the core's decided slot as of this batch. Raises StorageError (nothing of
+        the batch may leave the node: it may or may not be on disk)."""
+        end = None
+        if actions.persist:
+            storage = self.storage
+            storage.append(actions.persist)
+            flushed = storage.flush()
+            # Decide records only speed up recovery (a lost one is learned again from the peers), so a
+            # batch that persists nothing else need not wait for an fsync; a later fsync covers them.
+            if any(type(r) is not DecideRecord for r in actions.persist):
+                end = flushed
+            self.counters["records"] += len(actions.persist)
+        if not self.pending_batches and (
+                end is None or not self.fsync or self.fsync_seconds_ewma <= self.inline_fsync_max):
+            # Nothing is staged ahead of this batch (so the order of batches is kept) and either no
+            # fsync is needed or the disk is fast: carry it out here.
+            if end is not None and self.fsync:
+                self._note_fsync(self._fsync(end))
+            if decided_slot > self.durable_decided_slot:
+                self.durable_decided_slot = decided_slot
+            self.counters["inline_batches"] += 1
+            return True
+        self.pending_batches += 1
+        self._send.send_nowait((actions, end, early_sent, decided_slot))
+        return False
+
+    def _fsync(self, end: int) -> float:
+        """Make the log durable through ``end``; return the seconds it took. Runs in the driver or in
+        the committer's worker thread, so it touches nothing but the storage (see ``_note_fsync``)."""
+        started = time.perf_counter()
+        self.storage.fsync_through(end)
+        return time.perf_counter() - started
+
+    def _note_fsync(self, elapsed: float) -> None:
+        # an exponentially weighted mean of recent fsyncs decides where the next one runs
+        self.fsync_seconds_ewma += (elapsed - self.fsync_seconds_ewma) * 0.2
+        self.counters["fsyncs"] += 1
+        self.counters["fsync_us"] += int(elapsed * 1e6)
+
+    async def run(self) -> None:
+        """The committer task: carry out staged batches in order, one fsync for all of them, then send,
+        apply, answer (``Node._carry_out``)."""
+        node = self.node
+        recv = self._recv
+        while True:
+            items = [await recv.receive()]
+            while True:
+                try:
+                    items.append(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            end = max((item[1] for item in items if item[1] is not None), default=None)
+            if end is not None and self.fsync and not node._fenced:
+                try:
+                    self._note_fsync(await trio.to_thread.run_sync(self._fsync, end))
+                except StorageError as exc:
+                    node._stop_voting(exc)
+            if not node._fenced:
+                for actions, _, early_sent, decided_slot in items:
+                    if decided_slot > self.durable_decided_slot:
+                        self.durable_decided_slot = decided_slot
+                    node._carry_out(actions, early_sent)
+            # else: these batches (and any staged after them) may not all be on disk; none of their
+            # messages, applies or answers may leave. Their waiting clients were told (_stop_voting).
+            node._flush_replies()
+            self.pending_batches -= len(items)
+            progress, self._progress = self._progress, trio.Event()
+            progress.set()
+
+    async def wait_carried_out(self) -> None:
+        """Wait until the committer has carried out every staged batch (before the log is rewritten)."""
+        while self.pending_batches:
+            await self._progress.wait()

@@ -1,0 +1,234 @@
+"""The apply queue and the lazy-learner policy: when this node applies what the core decided.
+
+Theory of operation
+-------------------
+The core hands out decided slots in order (``Actions.apply``; the core then counts them as its
+``applied_slot``, though nothing is applied yet). They join the **apply queue**, ``Learner.queue`` of
+``(slot, commands)`` items, and the ``Learner`` applies them to the state machine it owns (``sm``), in
+order, and answers the writes waiting for them (``kvstore.waiters``). ``Learner.applied_slot`` is what
+the state machine has really applied: the state that reads see. An *eager* learner applies at once,
+``CATCH_UP_COMMANDS`` at a time so that a long backlog leaves room for ticks, heartbeats and Accepts
+between steps (the node's driver calls ``catch_up`` when it has nothing else to do).
+
+**Lazy learners.** In Paxos terms every node is an acceptor, but not every node must be an eager
+learner. While writes keep coming, a follower that is neither the leader nor the *standby*
+(``standby_of``: the lowest id but the leader's, which every node works out alike) is *lazy*: it
+leaves the queue unapplied. After each of its own snapshots the leader sends the file to those
+followers; a lazy one that decided past it *adopts* it (``adopt``: the snapshot stands in for the queued
+slots it covers; ``kvstore.snapshots`` restores and writes it). Restoring a key costs ~1.8 us, applying
+a put ~4.5 us, so this holds only while the state is at most twice the snapshot interval
+(``small_enough_for_learners``, a rule the leader and the learners share). A lazy learner turns eager
+(``should_be_lazy``), and catches up, when it serves a serializable read (for
+``LOCAL_READ_EAGER_SECONDS``), when no decided slot reached it for ``LAZY_IDLE_SECONDS`` (a quiet
+cluster has no lazy learner), when it leads or knows no leader, when its node is fenced, or when the
+queue passes two snapshot intervals (the leader's snapshots stopped coming). A node with more than one
+step of queue postpones its own election (``should_postpone_election``), so that the standby, whose
+state is current, wins when the leader fails.
+
+Rules: the ``Learner`` owns the state machine, the queue and the policy's clocks. It never touches the
+``Replica``, the storage or the network; the caller passes what it needs of the core (the leader it
+knows, whether it leads, the time). It applies slots in order and each exactly once (a slot leaves the
+queue before its commands are applied); the state machine is replaced only by ``install`` (a peer's
+snapshot: every queued slot is at or below it) or ``adopt`` (only while lazy and behind the snapshot).
+"""
+from __future__ import annotations
+
+import collections
+import math
+from typing import Callable
+
+from .statemachine import StateMachine
+from .waiters import Waiters, reply_result
+
+__all__ = ["Learner", "standby_of", "CATCH_UP_COMMANDS", "LOCAL_READ_EAGER_SECONDS", "LAZY_IDLE_SECONDS",
+           "REPLY_FLUSH_EVERY"]
+
+# Commands applied at most per step while catching up an apply backlog (a lazy learner that turned
+# eager, a new leader that was one): about 20 ms each, so ticks, heartbeats and Accepts go on between.
+CATCH_UP_COMMANDS = 4096
+# A lazy learner turns eager for this long after it served a serializable read (reads see its state)
+LOCAL_READ_EAGER_SECONDS = 10.0
+# ... and as soon as no decided slot has reached it for this long: a quiet cluster has no lazy learners.
+LAZY_IDLE_SECONDS = 0.25
+# Answers sent while applying a batch, every this many (see Learner.apply_queued)
+REPLY_FLUSH_EVERY = 64
+
+
+def standby_of(members, leader: int) -> int | None:
+    """The follower that applies every command at once while ``leader`` leads: the lowest other id.
+
+    Every node computes the same answer from the membership and the leader it knows, without a message.
+    """
+    others = [m for m in members if m != leader]
+    return min(others) if others else None
+
+
+class Learner:
+    """What this node applied and what waits to be applied; eager or lazy (see the module docstring).
+
+    ``members`` are the node ids of the cluster; ``snapshot_every_commands`` and ``lazy_learners`` come
+    from ``ServerOptions``; ``flush_replies`` sends the answers collected so far (the node's); ``clock``
+    gives the time for the latency counters (``trio.current_time`` in the node).
+    """
+
+    def __init__(self, node_id: int, members, *, snapshot_every_commands: int, lazy_learners: bool,
+                 sm: StateMachine, applied_slot: int, waiters: Waiters, flush_replies: Callable[[], None],
+                 counters, clock: Callable[[], float]) -> None:
+        self.node_id = node_id
+        self.members = tuple(members)
+        self.snapshot_every_commands = snapshot_every_commands
+        self.lazy_learners = lazy_learners
+        self.sm = sm
+        self.applied_slot = applied_slot  # the slot the state machine has applied through
+        self.waiters = waiters
+        self.flush_replies = flush_replies
+        self.counters = counters
+        self.clock = clock
+        self.queue: collections.deque = collections.deque()  # (slot, commands) handed out, not applied
+        self.queued_commands = 0
+        self.lazy = False
+        self.applied_since_snapshot = 0  # commands applied since our last snapshot (see snapshot_due)
+        self.last_handout = 0.0  # when the core last handed out a decided slot (trio time)
+        self.last_local_read = -math.inf  # when this node last served a serializable read
+
+    # -----------------------------------------------------------------------------------------------
+    # applying
+
+    def hand_out(self, decided, now: float) -> None:
+        """The core handed out these ``(slot, commands)`` (``Actions.apply``): queue them, and apply a
+        step of the queue at once unless lazy."""
+        self.last_handout = now
+        self.queue.extend(decided)
+        self.queued_commands += sum(len(commands) for _, commands in decided)
+        if not self.lazy:
+            self.apply_queued(CATCH_UP_COMMANDS)
+
+    def apply_queued(self, limit: float) -> None:
+        """Apply queued slots, whole slots of about ``limit`` commands at most, answering the writers
+        that wait for them and then the reads that waited for these applies."""
+        queue = self.queue
+        sm_apply = self.sm.apply
+        waiters = self.waiters
+        waiting = waiters.writes
+        own = waiters.own_commands
+        answered = replies = applied = 0
+        latency_s = 0.0  # for the counters: the time since each answered write arrived
+        # (a deadline is arrival + timeout, so this minus a deadline is the time since arrival)
+        started = self.clock() + waiters.timeout_seconds
+        while queue and applied < limit:
+            slot, batch = queue.popleft()
+            self.applied_slot = slot
+            applied += len(batch)
+            for command in batch:
+                key, result = sm_apply(command, own.pop(command, None) if own else None)
+                if key is not None and key in waiting:
+                    for conn, wire_id, deadline in waiting.pop(key):
+                        latency_s += started - deadline
+                        replies += 1
+                        reply_result(conn, wire_id, result)
+                    answered += 1
+                    if answered % REPLY_FLUSH_EVERY == 0:
+                        # Let the first answers of a big batch go while we apply the rest: the
+                        # client (on the other core) starts on them, and its next requests come
+                        # back in smaller groups, which keeps more of the pipeline busy at once.
+                        self.flush_replies()
+        self.queued_commands -= applied
+        self.applied_since_snapshot += applied
+        if replies:
+            self.counters["writes_answered"] += replies
+            self.counters["write_latency_us"] += int(latency_s * 1e6)
+        if waiters.deferred_reads or waiters.local_reads:
+            waiters.answer_caught_up(self.applied_slot, self.sm)
+
+    def catch_up(self) -> None:
+        """One step of applying a backlog (``CATCH_UP_COMMANDS``), then send the answers."""
+        self.apply_queued(CATCH_UP_COMMANDS)
+        self.counters["catch_up_steps"] += 1
+        self.flush_replies()
+
+    @property
+    def behind(self) -> bool:
+        """There are queued slots, and this node applies them now (it is eager)."""
+        return bool(self.queue) and not self.lazy
+
+    def should_postpone_election(self) -> bool:
+        """More than one step of queue: if the leader is gone, the standby (or another node whose state
+        is current) should win and answer clients at once, so this node does not campaign yet."""
+        return self.queued_commands > CATCH_UP_COMMANDS
+
+    # -----------------------------------------------------------------------------------------------
+    # the lazy-learner policy
+
+    def snapshot_interval(self) -> int:
+        """Commands between our snapshots: ``snapshot_every_commands``, or an eighth of the keys if more
+        (a snapshot costs time in proportion to the state; see ``Node._after_events``)."""
+        return max(self.snapshot_every_commands, len(self.sm) // 8)
+
+    def snapshot_due(self) -> bool:
+        return self.applied_since_snapshot >= self.snapshot_interval()
+
+    def small_enough_for_learners(self) -> bool:
+        """Restoring a key costs ~1.8 us, applying a put ~4.5 us: a state more than twice the snapshot
+        interval is cheaper to keep applying than to adopt (the leader and the learners use this rule)."""
+        return len(self.sm) <= 2 * self.snapshot_every_commands
+
+    def should_be_lazy(self, now: float, leader_id: int | None, is_leader: bool, fenced: bool) -> bool:
+        """Whether this node may leave decided commands unapplied for now (see the module docstring)."""
+        if (not self.lazy_learners or fenced or len(self.members) < 3 or leader_id is None or is_leader
+                or self.node_id == standby_of(self.members, leader_id)):
+            return False
+        if now - self.last_local_read < LOCAL_READ_EAGER_SECONDS or now - self.last_handout > LAZY_IDLE_SECONDS:
+            return False
+        # If the leader's snapshots stop coming, the backlog is applied after two intervals' worth.
+        return self.small_enough_for_learners() and self.queued_commands <= 2 * self.snapshot_interval()
+
+    def update(self, now: float, leader_id: int | None, is_leader: bool, fenced: bool) -> None:
+        """Turn lazy or eager as ``should_be_lazy`` says. A node turning lazy is a follower, which answers
+        no writes: those still waiting here would wait for applies that may now be skipped, so they
+        (and the reads deferred for applies) get ``not_leader`` (``Waiters.fail_for_follower``)."""
+        lazy = self.should_be_lazy(now, leader_id, is_leader, fenced)
+        if lazy == self.lazy:
+            return
+        self.lazy = lazy
+        if not lazy:
+            self.counters["lazy_ends"] += 1
+            return
+        self.counters["lazy_starts"] += 1
+        self.waiters.fail_for_follower()
+
+    def note_local_read(self, now: float) -> None:
+        """This node serves a serializable read: it stays eager for ``LOCAL_READ_EAGER_SECONDS``."""
+        self.last_local_read = now
+
+    # -----------------------------------------------------------------------------------------------
+    # snapshots standing in for applies
+
+    def install(self, slot: int, sm: StateMachine) -> None:
+        """A peer's snapshot through ``slot``, restored in ``sm``, replaces our state (the core jumped to
+        it: every slot handed out so far is at or below it)."""
+        self.sm = sm
+        self.applied_slot = slot
+        self.queue.clear()
+        self.queued_commands = 0
+        self.waiters.answer_caught_up(slot, sm)
+        self.applied_since_snapshot = 0
+
+    def adopt(self, slot: int, sm: StateMachine) -> bool:
+        """The leader's snapshot through ``slot``, restored in ``sm``, is the state after ``slot`` (every
+        replica applies the same commands): while lazy and behind it, take it and drop the queued slots
+        it covers. Returns whether it was taken (a node that turned eager meanwhile, or applied past it,
+        goes on with its own state). A lazy learner has no writers waiting."""
+        if not (self.lazy and slot > self.applied_slot):
+            return False
+        queue = self.queue
+        skipped = 0
+        while queue and queue[0][0] <= slot:
+            skipped += len(queue.popleft()[1])
+        self.queued_commands -= skipped
+        self.counters["commands_not_applied"] += skipped  # the snapshot stood in for them
+        self.sm = sm
+        self.applied_slot = slot
+        self.applied_since_snapshot = 0
+        self.counters["snapshots_adopted"] += 1
+        self.waiters.answer_caught_up(slot, sm)
+        return True

@@ -1,0 +1,228 @@
+"""Peer links: the node's connections to the other members, one way each.
+
+Theory of operation
+-------------------
+Each node dials every other node and only *sends* on the connection it dialed (after a ``Hello``
+naming itself and its cluster); it only *receives* on connections others dialed. So a peer link is:
+
+* **outgoing**: an ``Outbox`` per peer and a sender task (``_sender``) that dials, says Hello, and
+  sends what the socket did not take at once. ``send_now`` encodes the messages of one batch into one
+  ``PaxosBatch`` frame per peer (a broadcast is encoded once for all; a frame over
+  ``PEER_FRAME_BYTES_MAX`` is split per message) and writes it straight to each socket
+  (``Outbox.write``, no task hop). A sender reconnects with capped exponential back-off; while a link
+  is down, messages to that peer are dropped, which Paxos tolerates (the core retransmits through
+  heartbeats and catch-up). At most 10,000 frames wait for a slow link; later ones are dropped;
+* **incoming**: ``serve``, the reader task of a connection whose first frame was a peer's ``Hello``
+  (``kvstore.clients`` accepts every connection). It checks that each message's sender is the peer
+  that said Hello, hands the Paxos messages to the node (``Node._post``) as the message objects the
+  wire decoder made, and snapshot chunks to ``kvstore.snapshots``.
+
+Rules: this module never decides what to send or when (the driver does, after the fsync that covers
+it: see ``Node._carry_out``); it never touches the storage, and it calls into the ``Replica`` only
+through ``Node._post``, whose inline path runs while the node is quiet (see kvstore/server.py). After
+``stop`` (the node's disk failed) nothing more is sent; with ``close_links`` the sender tasks end and
+the outboxes close, which makes the silence plain to the peers.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import socket
+
+import trio
+
+from . import wire
+from .netio import Outbox, socket_fd
+
+__all__ = ["PeerLinks", "PEER_FRAME_BYTES_MAX", "set_nodelay", "remote_name"]
+
+log = logging.getLogger("kvstore.server")
+
+# Peers are members that said Hello with our cluster id; their frames may carry whole batches of
+# values (a slot holds up to batch_count_max commands of up to 1 MiB each), so their limit is higher
+# than a client's.
+PEER_FRAME_BYTES_MAX = 256 * 1024 * 1024
+# Frames that wait for one slow peer link; the rest are dropped (the core retransmits)
+PEER_BACKLOG_FRAMES_MAX = 10_000
+# The first reconnect delay (doubled per failure up to ServerOptions.backoff_seconds_max)
+BACKOFF_SECONDS_MIN = 0.02
+
+
+def set_nodelay(stream) -> None:
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def remote_name(stream) -> str:
+    """``host:port`` of the other end of ``stream``, for log lines; ``?`` if it has none."""
+    sock = getattr(stream, "socket", None)
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except Exception:
+        return "?"
+
+
+class PeerLinks:
+    """The links of node ``node`` (a ``kvstore.server.Node``) to its peers (see the module docstring)."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.node_id = node.node_id
+        self.counters = node.counters
+        self.outboxes: dict[int, Outbox] = {
+            p: Outbox(limit=PEER_BACKLOG_FRAMES_MAX) for p in node.peers if p != node.node_id}
+        self.stopped = False  # the node's disk failed: nothing more leaves (see stop)
+        self._scope = trio.CancelScope()  # the sender tasks
+
+    # -----------------------------------------------------------------------------------------------
+    # outgoing
+
+    def send_now(self, sends) -> None:
+        """Send ``(to, message)`` pairs: one frame per peer (split if huge), written at once."""
+        if not sends or self.stopped:
+            return
+        per_peer: dict[int, list] = {}
+        for to, message in sends:
+            msgs = per_peer.get(to)
+            if msgs is None:
+                per_peer[to] = [message]
+            else:
+                msgs.append(message)
+        encoded: dict[tuple, list[bytes]] = {}  # a broadcast batch is encoded once for every peer
+        for to, msgs in per_peer.items():
+            outbox = self.outboxes.get(to)
+            if outbox is None:
+                continue
+            same = tuple(map(id, msgs))
+            frames = encoded.get(same)
+            if frames is None:
+                frames = encoded[same] = self.encode_frames(to, msgs)
+            for frame in frames:
+                if not outbox.write(frame):
+                    self.counters["peer_queue_full_drops"] += 1
+
+    def encode_frames(self, to: int, msgs: list) -> list[bytes]:
+        """The frames for ``msgs`` to peer ``to``: one, or one per message if that is too large (a
+        message too large alone is dropped, counted and logged)."""
+        try:
+            return [wire.encode_frame(wire.PaxosBatch(messages=tuple(msgs)), PEER_FRAME_BYTES_MAX)]
+        except wire.FrameTooLarge:
+            pass
+        frames = []
+        for m in msgs:
+            try:
+                frames.append(wire.encode_frame(wire.PaxosBatch(messages=(m,)), PEER_FRAME_BYTES_MAX))
+            except wire.FrameTooLarge:
+                self.counters["oversize_messages_dropped"] += 1
+                log.error("dropped a %s to node %d larger than %d bytes", type(m).__name__, to,
+                          PEER_FRAME_BYTES_MAX)
+        return frames
+
+    def write_frames(self, peer_id: int, frames: list[bytes]) -> bool:
+        """Queue ``frames`` (encoded already, e.g. snapshot chunks) for ``peer_id`` in order; False if the
+        link dropped one (and the rest with it)."""
+        outbox = self.outboxes[peer_id]
+        for frame in frames:
+            if not outbox.write(frame):
+                return False
+        return True
+
+    def stop(self, *, close_links: bool) -> None:
+        """Send nothing more. With ``close_links`` also end the sender tasks and close the outboxes:
+        frames queued already were produced before the failure, after their own fsyncs, so they could
+        go, but closing the links makes the silence plain to the peers."""
+        self.stopped = True
+        if close_links:
+            for outbox in self.outboxes.values():
+                outbox.fd = None  # no more direct writes (see Outbox.write)
+                outbox.close()
+            self._scope.cancel()
+
+    async def run(self) -> None:
+        """One sender task per peer, until the node stops or the links are stopped."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                for peer_id in self.outboxes:
+                    nursery.start_soon(self._sender, peer_id)
+
+    async def _sender(self, peer_id: int) -> None:
+        """Dial ``peer_id`` and keep its link open, reconnecting with capped back-off.
+
+        While the link is up, ``Outbox.write`` sends straight to its socket; this task sends only what
+        the socket could not take at once. While it is down, messages to the peer are dropped (Paxos
+        tolerates loss: the core retransmits through heartbeats and catch-up).
+        """
+        node = self.node
+        options = node.options
+        host, port = node.peers[peer_id]
+        outbox = self.outboxes[peer_id]
+        backoff = BACKOFF_SECONDS_MIN
+        hello = wire.encode_frame(wire.Hello(node_id=self.node_id, cluster_id=options.cluster_id))
+        while True:
+            outbox.drop_backlog()
+            try:
+                with trio.fail_after(options.connect_timeout_seconds):
+                    stream = await node.transport.connect(host, port)
+            except (OSError, trio.TooSlowError):
+                outbox.drop_backlog()
+                await trio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, options.backoff_seconds_max)
+                continue
+            backoff = BACKOFF_SECONDS_MIN
+            try:
+                async with stream:
+                    set_nodelay(stream)
+                    # What was queued for an earlier connection may end in half a frame: drop it, so
+                    # this connection starts with whole frames.
+                    outbox.drop_backlog()
+                    await stream.send_all(hello)
+                    outbox.fd = socket_fd(stream)
+                    try:
+                        await outbox.run(stream)
+                    finally:
+                        outbox.fd = None  # before the stream closes its descriptor
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.info("link to node %d lost: %s", peer_id, exc)
+                await trio.sleep(backoff)
+
+    # -----------------------------------------------------------------------------------------------
+    # incoming
+
+    async def serve(self, hello: wire.Hello, reader: wire.FrameReader, frames: list[bytes], name: str) -> None:
+        """Read a peer's connection after its ``Hello`` until it closes. Raises WireError on a bad frame,
+        a member we do not know, another cluster, or a message claiming another sender."""
+        node = self.node
+        cluster_id = node.options.cluster_id
+        if hello.cluster_id != cluster_id:
+            raise wire.WireError(f"peer is in cluster {hello.cluster_id!r}, we are {cluster_id!r}")
+        if hello.node_id not in node.peers or hello.node_id == self.node_id:
+            raise wire.WireError(f"peer says it is node {hello.node_id}, which is not a member")
+        peer = hello.node_id
+        reader.frame_bytes_max = PEER_FRAME_BYTES_MAX
+        post = node._post
+        receive_chunk = node.snapshots.receive_chunk
+        while True:
+            events: list = []
+            for message in wire.decode_bodies(frames):
+                if isinstance(message, wire.PaxosBatch):
+                    for m in message.messages:
+                        if m.sender != peer:
+                            raise wire.WireError(f"message from node {peer} claims sender {m.sender}")
+                    events.extend(message.messages)  # posted as they are: the driver's most frequent input
+                elif isinstance(message, wire.WireError):
+                    raise message
+                elif isinstance(message, wire.SnapshotChunk):
+                    if message.sender != peer:
+                        raise wire.WireError(f"snapshot from node {peer} claims sender {message.sender}")
+                    receive_chunk(message)
+                else:
+                    raise wire.WireError(f"unexpected {type(message).__name__} on a peer link")
+            post(events)
+            frames = await reader.receive_frames()
+            if not frames:
+                return

@@ -1,0 +1,266 @@
+"""Snapshots: writing our own, sending them to peers, and taking a peer's (install or adoption).
+
+Theory of operation
+-------------------
+Four flows, each split between the driver (which alone touches the ``Replica``) and tasks or worker
+threads that do the slow part without holding up ticks, heartbeats and Accepts:
+
+* **our own** (``start`` -> ``_write_file`` -> ``finish``): every snapshot interval of applied
+  commands the driver freezes the state machine at its applied slot (``StateMachine.freeze``, a
+  copy-on-write view, so applies and answers go on) and starts a task. A worker thread writes the file
+  (``Storage.write_snapshot_file``) and fsyncs it; it asks the trio thread for each next parcel of
+  pieces of ``SNAPSHOT_PIECE_ENTRIES`` entries, about ``SNAPSHOT_PARCEL_SECONDS`` of encoding
+  (``trio.from_thread``), so the encoding runs between the driver's batches instead of holding the GIL
+  against them. Then (``SnapshotWritten``) the driver compacts the core and rewrites the log above the
+  snapshot, after every staged batch is in the log (``GroupCommit.wait_carried_out``). A leader then
+  pushes the file to its lazy learners;
+* **sending** (``send_soon``): the core asks for a snapshot for a peer that is behind our log start
+  (``Actions.snapshot_to``), or the leader pushes one to its learners: the file is read and framed
+  once (``SNAPSHOT_CHUNK_BYTES`` per ``SnapshotChunk``) for every peer it goes to;
+* **receiving** (``receive_chunk``, in a peer's reader task): chunks are put together in order per
+  sender; a chunk out of order drops the transfer (the core asks again). A whole file becomes
+  ``SnapshotReceived`` for the driver;
+* **taking it** (``receive`` in the driver): a worker thread restores it (a million keys take seconds
+  of CPU). If the core is behind its slot, the driver installs it (``SnapshotRestored`` ->
+  ``install``: the core, the log and the state machine jump to it). If the core has decided past it
+  and this node is a lazy learner that has not applied it yet, the snapshot is also written as our own
+  file and the driver *adopts* it (``SnapshotAdoptable`` -> ``adopt``: it stands in for the queued
+  slots it covers, see ``kvstore.learners``), then compacts as after our own.
+
+``busy`` is true from the start of any of these that writes a file until the driver is done with it;
+meanwhile no snapshot of our own starts and other peers' snapshots are dropped (the core asks again).
+
+Rules: the tasks and worker threads here never touch the ``Replica`` or the state machine in use;
+they post an event and the driver, in ``finish``, ``install`` and ``adopt``, calls the core. A storage
+error on any path fences the node (``Node._stop_voting``). A bad snapshot from a peer is dropped with a
+log line, never raised.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from . import runtime, wire
+from .events import SnapshotAdoptable, SnapshotRestored, SnapshotWritten, SnapshotReceived
+from .learners import standby_of
+from .statemachine import StateMachine
+from .storage import StorageError
+
+__all__ = ["Snapshots", "SNAPSHOT_CHUNK_BYTES", "SNAPSHOT_PIECE_ENTRIES", "SNAPSHOT_PARCEL_SECONDS"]
+
+log = logging.getLogger("kvstore.server")
+
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+# Entries encoded per snapshot piece, in the trio thread between batches (see Snapshots.start):
+# about 0.7 ms of CPU each with 100-byte values
+SNAPSHOT_PIECE_ENTRIES = 2048
+# Pieces go to the writing thread in parcels of about this much encoding time: under load the trio
+# thread serves one parcel per driver batch, so one piece per request made a million keys take
+# 500 batches (seconds) to write, and the log above the snapshot, held in memory, grew meanwhile.
+SNAPSHOT_PARCEL_SECONDS = 0.003
+
+
+class Snapshots:
+    """The snapshots of node ``node`` (a ``kvstore.server.Node``); see the module docstring."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.busy = False  # a snapshot file is being written or taken (see the module docstring)
+        self.write_ms = 0  # how long the last snapshot took to write (or to restore and write)
+        self._inbox: dict[tuple[int, int], bytearray] = {}  # (sender, slot) -> the chunks so far
+        self._sending: set[int] = set()
+
+    # -----------------------------------------------------------------------------------------------
+    # our own
+
+    def start(self) -> None:
+        """In the driver: begin a snapshot of the state machine at its applied slot."""
+        node = self.node
+        learner = node.learner
+        learner.applied_since_snapshot = 0
+        slot = learner.applied_slot
+        if slot <= node.replica.snapshot_slot:
+            return
+        self.busy = True
+        node.nursery.start_soon(self._write_file, slot, learner.sm.freeze())
+
+    async def _write_file(self, slot: int, frozen) -> None:
+        started = time.perf_counter()
+        chunks = frozen.chunks(SNAPSHOT_PIECE_ENTRIES)
+
+        def parcel() -> bytes | None:  # in the trio thread: pieces for about SNAPSHOT_PARCEL_SECONDS
+            until = time.perf_counter() + SNAPSHOT_PARCEL_SECONDS
+            parts = []
+            while (piece := next(chunks, None)) is not None:
+                parts.append(piece)
+                if time.perf_counter() >= until:
+                    break
+            return b"".join(parts) if parts else None
+
+        def pieces():  # in the worker thread: each parcel is encoded in the trio thread
+            while (piece := trio.from_thread.run_sync(parcel)) is not None:
+                yield piece
+
+        try:
+            with frozen:
+                await trio.to_thread.run_sync(self.node.storage.write_snapshot_file, slot, pieces())
+        except StorageError as exc:
+            self.busy = False
+            self.node._stop_voting(exc)
+            return
+        self.write_ms = int((time.perf_counter() - started) * 1000)
+        self.node._post_event(SnapshotWritten(slot))
+
+    async def finish(self, slot: int) -> None:
+        """In the driver: the snapshot file through ``slot`` is durable; compact the core and the log."""
+        node = self.node
+        counters = node.counters
+        try:
+            await node.commit.wait_carried_out()  # every staged record is in the log before it is rewritten
+            node.replica.compact(slot)
+            await trio.to_thread.run_sync(node.storage.compact_log, slot, node.replica.durable_state())
+        except StorageError as exc:
+            # (A snapshot written without its log rewrite still recovers with the old log.)
+            node._stop_voting(exc)
+            return
+        finally:
+            self.busy = False
+            node._flush_replies()
+        counters["snapshots"] += 1
+        counters["snapshot_ms"] = self.write_ms
+        # The frozen key order, the journal and the pieces were freed: give that memory back.
+        trim_started = time.perf_counter()
+        runtime.release_free_memory()
+        trim_us = int((time.perf_counter() - trim_started) * 1e6)
+        counters["memory_trim_us_max"] = max(counters["memory_trim_us_max"], trim_us)
+        log.info("snapshot at slot %d (%d keys, %d ms)", slot, len(node.learner.sm), self.write_ms)
+        if (node.options.lazy_learners and node.replica.is_leader and len(node.peers) >= 3
+                and node.learner.small_enough_for_learners()):
+            # Followers other than the standby may be lazy learners: they take this instead of
+            # applying (one that is not lazy drops it: the slot is applied there already). Past
+            # that size no follower is lazy (see Learner.should_be_lazy), so nothing is sent.
+            standby = standby_of(node.peers, node.node_id)
+            self.send_soon([p for p in node.peers if p not in (node.node_id, standby)])
+
+    # -----------------------------------------------------------------------------------------------
+    # sending and receiving
+
+    def send_soon(self, peer_ids) -> None:
+        """Send our newest snapshot to each of ``peer_ids``: the file is read and framed once for all."""
+        node = self.node
+        links = node.peer_links
+        peer_ids = [p for p in peer_ids if p not in self._sending and p in links.outboxes]
+        if not peer_ids or node._fenced:
+            return
+        snapshot = node.storage.read_snapshot()
+        if snapshot is None:
+            return
+        slot, data = snapshot
+        total = len(data)
+        frames = [wire.encode_frame(wire.SnapshotChunk(sender=node.node_id, slot=slot, offset=offset, total=total,
+                                                       data=bytes(data[offset:offset + SNAPSHOT_CHUNK_BYTES])))
+                  for offset in range(0, max(total, 1), SNAPSHOT_CHUNK_BYTES)]
+        del data
+        for peer_id in peer_ids:
+            self._sending.add(peer_id)
+            try:
+                if not links.write_frames(peer_id, frames):
+                    node.counters["snapshot_send_dropped"] += 1  # the receiver drops the rest; the core asks again
+            finally:
+                self._sending.discard(peer_id)
+
+    def receive_chunk(self, chunk: wire.SnapshotChunk) -> None:
+        """In a peer's reader task: one chunk of a snapshot; the last one posts ``SnapshotReceived``."""
+        key = (chunk.sender, chunk.slot)
+        inbox = self._inbox
+        if chunk.offset == 0:
+            # a new transfer from this sender replaces any unfinished one
+            for old in [k for k in inbox if k[0] == chunk.sender]:
+                del inbox[old]
+            inbox[key] = bytearray()
+        buf = inbox.get(key)
+        if buf is None or len(buf) != chunk.offset:
+            return  # out of order or missing start: drop; the core will ask again
+        buf += chunk.data
+        if len(buf) >= chunk.total:
+            del inbox[key]
+            self.node._post_event(SnapshotReceived(chunk.slot, bytes(buf)))
+
+    # -----------------------------------------------------------------------------------------------
+    # taking a peer's
+
+    def receive(self, slot: int, data: bytes) -> None:
+        """In the driver: a peer's snapshot through ``slot`` arrived. Restore it in a worker thread, then
+        install it or, on a lazy learner that decided past it, adopt it. While one is restored or
+        written, others are dropped: the core asks again."""
+        if self.busy:
+            return
+        node = self.node
+        replica = node.replica
+        if slot <= replica.applied_slot:  # (the core's: handed out to the learner, maybe not applied)
+            learner = node.learner
+            if learner.lazy and slot > learner.applied_slot and slot > replica.snapshot_slot:
+                self.busy = True  # no snapshot of our own meanwhile (see adopt)
+                node.nursery.start_soon(self._restore_for_adoption, slot, data)
+            return
+        self.busy = True
+        node.nursery.start_soon(self._restore_for_install, slot, data)
+
+    async def _restore_for_install(self, slot: int, data: bytes) -> None:
+        try:
+            sm = await trio.to_thread.run_sync(StateMachine.restore, data)
+        except Exception as exc:  # a peer sent a bad snapshot: drop it, the core will ask again
+            self.busy = False
+            log.warning("rejected snapshot at slot %d: %s", slot, exc)
+            return
+        self.node._post_event(SnapshotRestored(slot, data, sm))
+
+    async def install(self, slot: int, data: bytes, sm: StateMachine) -> None:
+        """In the driver: the peer's snapshot through ``slot``, restored in ``sm``, becomes ours (unless
+        the core decided past it meanwhile; then it is dropped)."""
+        node = self.node
+        replica = node.replica
+        self.busy = False
+        if slot <= replica.applied_slot:
+            return
+        await node.commit.wait_carried_out()  # every staged record is in the log before it is rewritten
+        if node._fenced:
+            return
+        replica.install_snapshot(slot)
+        state = replica.durable_state()
+        try:
+            await trio.to_thread.run_sync(node.storage.write_snapshot, slot, data, state)
+        except StorageError as exc:
+            node._stop_voting(exc)
+            return
+        node.learner.install(slot, sm)
+        node.counters["snapshots_installed"] += 1
+        log.info("installed snapshot at slot %d from a peer (%d keys)", slot, len(sm))
+
+    async def _restore_for_adoption(self, slot: int, data: bytes) -> None:
+        """A lazy learner got the leader's snapshot at ``slot``, a slot it has decided but not applied:
+        restore it and write it as our own snapshot (in worker threads), then let the driver adopt it."""
+        started = time.perf_counter()
+        try:
+            sm = await trio.to_thread.run_sync(StateMachine.restore, data)
+            await trio.to_thread.run_sync(self.node.storage.write_snapshot_file, slot, data)
+        except StorageError as exc:
+            self.busy = False
+            self.node._stop_voting(exc)
+            return
+        except Exception as exc:  # a bad snapshot (or one older than ours): keep applying instead
+            self.busy = False
+            log.warning("did not adopt the snapshot at slot %d: %s", slot, exc)
+            return
+        self.node._post_event(SnapshotAdoptable(slot, sm, started))
+
+    async def adopt(self, slot: int, sm: StateMachine, started: float) -> None:
+        """In the driver: the leader's snapshot through ``slot`` is restored in ``sm`` and durable as our
+        snapshot file. The learner takes it if it is still lazy and behind it (``Learner.adopt``);
+        either way our core and log are compacted through it (``finish``); a node that turned eager
+        meanwhile goes on applying its queue."""
+        self.node.learner.adopt(slot, sm)
+        self.write_ms = int((time.perf_counter() - started) * 1000)
+        await self.finish(slot)

@@ -1,0 +1,133 @@
+"""``kvstore.groupcommit.GroupCommit``: where a batch is fsynced, and in what order batches are carried out.
+
+How: a ``GroupCommit`` on a fake node (it records the batches it is told to carry out and the disk
+failures it is told of) and a fake storage (it records each fsync and can be made slow or failing); a
+real trio run for the committer task, whose fsync runs in a worker thread. Checks:
+
+* inline: with nothing staged and fast fsyncs, ``stage`` fsyncs at once and says "carry it out now";
+  a batch of ``DecideRecord``s alone is never fsynced; the durable decided slot follows;
+* staged: once fsyncs average above ``inline_fsync_max`` a batch goes to the committer, which fsyncs
+  once for every batch staged meanwhile and carries them out in order; while one is staged, the next
+  (even one needing no fsync) is staged behind it, and ``wait_carried_out`` returns when all are done;
+* a failed fsync in the committer fences the node and carries out none of its batches.
+"""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from types import SimpleNamespace
+
+import trio
+
+from kvstore.groupcommit import GroupCommit
+from kvstore.storage import StorageError
+from paxos.actions import Actions, DecideRecord, PromiseRecord
+from paxos.ballot import Ballot
+
+FAST_S = 0.0015
+
+
+class FakeStorage:
+    def __init__(self) -> None:
+        self.records: list = []
+        self.end = 0
+        self.fsyncs: list[tuple[int, bool]] = []  # (end, in the trio thread)
+        self.gate: threading.Event | None = None  # set: fsyncs wait for it (in the worker thread)
+        self.fail = False
+
+    def append(self, records) -> None:
+        self.records.extend(records)
+
+    def flush(self) -> int:
+        self.end += 100
+        return self.end
+
+    def fsync_through(self, end: int) -> None:
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.fail:
+            raise StorageError("fsync failed (injected)")
+        self.fsyncs.append((end, threading.current_thread() is threading.main_thread()))
+
+
+class FakeNode:
+    def __init__(self, inline_fsync_max: float = FAST_S) -> None:
+        self.storage = FakeStorage()
+        self.counters: dict = defaultdict(int)
+        self.options = SimpleNamespace(fsync=True, inline_fsync_max=inline_fsync_max)
+        self._fenced = False
+        self.carried: list = []
+        self.failures: list = []
+
+    def _carry_out(self, actions, early_sent: bool) -> None:
+        self.carried.append(actions)
+
+    def _stop_voting(self, exc) -> None:
+        self._fenced = True
+        self.failures.append(exc)
+
+    def _flush_replies(self) -> None:
+        pass
+
+
+def _promise(n: int) -> Actions:
+    return Actions(persist=[PromiseRecord(Ballot(n, 1))])
+
+
+def _decides_only(slot: int) -> Actions:
+    return Actions(persist=[DecideRecord(slot, (b"x",))])
+
+
+async def test_with_nothing_staged_and_fast_fsyncs_a_batch_is_fsynced_and_carried_out_inline():
+    node = FakeNode()
+    commit = GroupCommit(node, durable_decided_slot=0)
+    assert commit.stage(_promise(1), False, decided_slot=4) is True
+    assert node.storage.fsyncs == [(100, True)], "not fsynced in the trio thread"
+    assert commit.durable_decided_slot == 4 and commit.pending_batches == 0
+    assert node.counters["inline_batches"] == 1 and node.counters["fsyncs"] == 1
+
+
+async def test_a_batch_of_decide_records_alone_is_not_fsynced():
+    node = FakeNode()
+    commit = GroupCommit(node, durable_decided_slot=0)
+    commit.fsync_seconds_ewma = 1.0  # a slow disk: yet nothing waits for it
+    assert commit.stage(_decides_only(3), False, decided_slot=3) is True
+    assert node.storage.fsyncs == [] and node.storage.records == [DecideRecord(3, (b"x",))]
+
+
+async def test_slow_fsyncs_send_batches_to_the_committer_which_fsyncs_once_for_all_in_order():
+    node = FakeNode()
+    commit = GroupCommit(node, durable_decided_slot=0)
+    commit.fsync_seconds_ewma = 10 * FAST_S
+    node.storage.gate = threading.Event()
+    batches = [_promise(1), _promise(2), _decides_only(1)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(commit.run)
+        assert commit.stage(batches[0], False, decided_slot=1) is False
+        await trio.sleep(0.05)  # the committer took the first and waits for its fsync
+        # staged behind it: the second, and the third though it needs no fsync (order is kept)
+        assert commit.stage(batches[1], False, decided_slot=2) is False
+        assert commit.stage(batches[2], False, decided_slot=3) is False
+        assert commit.pending_batches == 3 and node.carried == []
+        node.storage.gate.set()
+        with trio.fail_after(10):
+            await commit.wait_carried_out()
+        nursery.cancel_scope.cancel()
+    assert node.carried == batches
+    assert [in_trio for _, in_trio in node.storage.fsyncs] == [False, False], "fsynced in the trio thread"
+    assert [end for end, _ in node.storage.fsyncs] == [100, 200], "one fsync for the batches staged meanwhile"
+    assert commit.durable_decided_slot == 3 and commit.pending_batches == 0
+
+
+async def test_a_failed_fsync_in_the_committer_fences_and_carries_out_nothing():
+    node = FakeNode(inline_fsync_max=0.0)  # always the committer
+    commit = GroupCommit(node, durable_decided_slot=0)
+    commit.fsync_seconds_ewma = FAST_S
+    node.storage.fail = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(commit.run)
+        assert commit.stage(_promise(1), False, decided_slot=1) is False
+        with trio.fail_after(10):
+            await commit.wait_carried_out()
+        nursery.cancel_scope.cancel()
+    assert node.carried == [] and len(node.failures) == 1 and commit.durable_decided_slot == 0
