@@ -57,7 +57,8 @@ a file changes its size, so an fdatasync after an append must also commit the fi
 overwriting bytes the file already has does not. So the log keeps up to ``N`` bytes of zeros written
 ahead of its last record and writes records over them (``_reserve``). The end of the log is then the
 end of its records, not of the file: recovery reads records until the first bad one, and if nothing
-but zeros follows, that is the unused space (``LogScan.zero_tail``), kept for later records. Zeros
+but zeros follows (and no sync mark covers those bytes), that is the unused space
+(``LogScan.zero_tail``), kept for later records. Zeros
 are never a record (a record's length is never 0), so the torn-tail rule below is unchanged; it only
 skips the trailing zeros when it looks for a valid record after damage. Without preallocation,
 trailing zeros are cut off at open, as before.
@@ -533,12 +534,16 @@ def decode_log(buf: bytes) -> LogScan:
         offset = after
     else:
         return LogScan(records, offset, None, None, marked_end=marked_end)
+    damage = offset
+    if marked_end is not None and marked_end > damage:
+        # Only a file's first mark can claim bytes after itself (a log written whole): damage inside
+        # such a file, zeros included, is damage to durable bytes.
+        return LogScan(records, damage, reason, None, marked_end=marked_end)
     if buf.count(0, offset) == end - offset:
         # Only zeros follow: no record starts with a zero length, so none hides in there.
         return LogScan(records, offset, None, None, zero_tail=end - offset, marked_end=marked_end)
     # Damage at ``offset``. Look at every valid record after it: a mark there may say that the
     # damaged bytes were durable.
-    damage = offset
     last = min(end - RECORD_HEADER.size, len(buf.rstrip(b"\0")))
     resync: int | None = None
     dropped = 0

@@ -322,8 +322,13 @@ def test_a_rewritten_log_starts_with_a_mark_covering_it(tmp_path):
     body = encode_records(DurableState.replay(records, snapshot_slot=4).records())
     assert data == _covering_mark(len(body)) + body
     assert decode_log(data).marked_end == len(data)
-    damaged = bytearray(data)
-    damaged[-2] ^= 1  # the last record of the rewritten log: covered by its first mark
-    (tmp_path / log_file_name(4)).write_bytes(bytes(damaged))
-    with pytest.raises(StorageError, match=f"durable below byte offset {len(data)}"):
-        open_storage(tmp_path)
+    last_start = len(data) - len(encode_records(DurableState.replay(records, snapshot_slot=4).records()[-1:]))
+    for what, damaged in [
+        ("a flipped byte", data[:-2] + bytes([data[-2] ^ 1]) + data[-1:]),
+        ("zeros where its last record was", data[:last_start] + bytes(len(data) - last_start)),
+    ]:
+        # The last record of the rewritten log is covered by its first mark, even with nothing after it.
+        (tmp_path / log_file_name(4)).write_bytes(damaged)
+        with pytest.raises(StorageError, match=f"offset {last_start} .*durable below byte offset {len(data)}"):
+            open_storage(tmp_path)
+        assert (tmp_path / log_file_name(4)).read_bytes() == damaged, what
