@@ -129,10 +129,12 @@ Errors. ``StorageError`` for damage, misuse of the directory, or I/O errors that
 * ``StorageFull``: a write (not an fsync) failed with ``ENOSPC``. The log is truncated back to where
   the failed batch began (so the file ends with whole records and recovery sees everything synced
   before), the batch stays buffered, and a later ``sync`` retries it; the node refuses writes
-  meanwhile. A snapshot or rewritten log that hits ENOSPC leaves the old files in place.
-* ``DiskFailed``: an fsync failed (the log's fdatasync in ``sync`` or ``fsync_through``, a file's
-  fsync before its rename, the fsync after cutting a torn tail, any directory fsync), whatever its
-  errno, ENOSPC included; or a write failed with anything but ENOSPC. After a failed fsync Linux may
+  meanwhile. A snapshot or rewritten log that hits ENOSPC (writing or renaming) leaves the old files
+  in place. ENOSPC while writing the preallocated zeros only logs a warning (no preallocation then).
+* ``DiskFailed``: an fsync failed (the log's fdatasync in ``sync`` or ``fsync_through`` or at open, a
+  file's fsync before its rename, the fsync after cutting a torn tail, any directory fsync), whatever
+  its errno, ENOSPC included; or a write (of the log, its preallocated zeros, a snapshot, a rewritten
+  log, the meta file) or a rename failed with anything but ENOSPC. After a failed fsync Linux may
   have dropped the dirty pages and reports the error once: a retried fsync can "succeed" without the
   data (PostgreSQL's "fsyncgate", 2018). So nothing is retried: the Storage is broken for good,
   ``failure`` holds the message (the file, the error, what to do), and every later call raises
