@@ -691,6 +691,9 @@ class Simulation:
         """Carry out one Actions batch in contract order: persist, send, apply, reads, snapshots."""
         assert not node.fenced, f"node {node.node_id} is fenced: the core must be fed nothing"
         actions = node.replica.take_actions()
+        # Options.early_accepts (the core splitting Accepts off itself) is not modelled yet: this
+        # shell's early_accepts mode splits them here, so the core must not.
+        assert not actions.send_early, "the simulator does not carry out Actions.send_early"
         early_sent = False
         if self.early_accepts:
             # The kvstore server's optimisation: Accept (phase 2a) leaves before this batch's fsync.
