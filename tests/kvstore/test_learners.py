@@ -113,6 +113,7 @@ def test_the_standby_and_the_leader_are_never_lazy(node_id, is_leader):
 
 @pytest.mark.parametrize("case", ["eager learners", "two members", "no leader known", "fenced"])
 def test_no_lazy_learner_without_the_option_a_third_member_a_leader_or_a_healthy_disk(case):
+    # (With two members the one follower is the standby as well, so that case holds twice over.)
     learner = _learner(lazy_learners=case != "eager learners", members=(1, 3) if case == "two members" else MEMBERS)
     learner.hand_out([_slot(1)], now=1.0)
     learner.update(1.0, None if case == "no leader known" else LEADER, is_leader=False, fenced=case == "fenced")
