@@ -20,7 +20,7 @@ The events of one read go to the node in one ``Node._post``. Replies collect per
 (``ClientConn.reply``) while the node works through a batch and leave together when the node calls
 ``flush``: one write per connection per batch, straight to the socket (``Outbox``); a writer task per
 connection sends what the socket did not take at once. A once-a-second sweep from the ticker closes
-connections idle for ``idle_client_timeout`` seconds (``close_idle``), instead of a trio deadline per
+connections idle for ``idle_client_timeout_seconds`` (``close_idle``), instead of a trio deadline per
 receive.
 
 Rules: a reader task never feeds the core except through ``Node._post``; to route a request it only
@@ -107,9 +107,9 @@ class ClientLinks:
             dirty.clear()
 
     def close_idle(self, now: float) -> None:
-        """Close client connections that sent nothing for ``idle_client_timeout`` seconds (the ticker
+        """Close client connections that sent nothing for ``idle_client_timeout_seconds`` (the ticker
         calls this once a second, so a connection may stay up to a second longer)."""
-        limit = now - self.node.options.idle_client_timeout
+        limit = now - self.node.options.idle_client_timeout_seconds
         for conn in self.conns:
             if conn.last_heard < limit:
                 conn.scope.cancel()
@@ -117,7 +117,7 @@ class ClientLinks:
     async def handle_connection(self, stream) -> None:
         """Serve one accepted connection: a peer link (first frame Hello) or a client."""
         node = self.node
-        idle_timeout_seconds = node.options.idle_client_timeout
+        idle_timeout_seconds = node.options.idle_client_timeout_seconds
         name = remote_name(stream)
         conn: ClientConn | None = None
         try:

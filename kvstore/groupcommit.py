@@ -8,7 +8,7 @@ records to the log and writes them (``Storage.append`` then ``flush``: no fsync 
 things happens:
 
 * **inline**: nothing is staged ahead of this batch and either it needs no fsync or recent fsyncs were
-  fast (an average, ``fsync_seconds_ewma``, of at most ``inline_fsync_max`` seconds). ``stage`` fsyncs
+  fast (an average, ``fsync_seconds_ewma``, of at most ``inline_fsync_seconds_max``). ``stage`` fsyncs
   here and returns True: the batch is durable, and the caller carries it out at once. Every hop to
   another task or thread is a wake-up, and one request at a time pays for each in latency (waking a
   worker thread and hearing back costs ~0.5 ms on a small VM, more than a fast fsync);
@@ -55,7 +55,7 @@ class GroupCommit:
         self.storage = node.storage
         self.counters = node.counters
         self.fsync = node.options.fsync
-        self.inline_fsync_max = node.options.inline_fsync_max  # seconds
+        self.inline_fsync_seconds_max = node.options.inline_fsync_seconds_max
         self._send, self._recv = trio.open_memory_channel(math.inf)
         self.pending_batches = 0  # staged with the committer and not carried out yet
         self.fsync_seconds_ewma = 0.0  # recent fsyncs, averaged; decides where the next one runs
@@ -78,7 +78,7 @@ class GroupCommit:
                 end = flushed
             self.counters["records"] += len(actions.persist)
         if not self.pending_batches and (
-                end is None or not self.fsync or self.fsync_seconds_ewma <= self.inline_fsync_max):
+                end is None or not self.fsync or self.fsync_seconds_ewma <= self.inline_fsync_seconds_max):
             # Nothing is staged ahead of this batch (so the order of batches is kept) and either no
             # fsync is needed or the disk is fast: carry it out here.
             if end is not None and self.fsync:

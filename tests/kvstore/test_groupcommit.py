@@ -6,7 +6,7 @@ real trio run for the committer task, whose fsync runs in a worker thread. Check
 
 * inline: with nothing staged and fast fsyncs, ``stage`` fsyncs at once and says "carry it out now";
   a batch of ``DecideRecord``s alone is never fsynced; the durable decided slot follows;
-* staged: once fsyncs average above ``inline_fsync_max`` a batch goes to the committer, which fsyncs
+* staged: once fsyncs average above ``inline_fsync_seconds_max`` a batch goes to the committer, which fsyncs
   once for every batch staged meanwhile and carries them out in order; while one is staged, the next
   (even one needing no fsync) is staged behind it, and ``wait_carried_out`` returns when all are done;
 * a failed fsync in the committer fences the node and carries out none of its batches.
@@ -51,10 +51,10 @@ class FakeStorage:
 
 
 class FakeNode:
-    def __init__(self, inline_fsync_max: float = FAST_S) -> None:
+    def __init__(self, inline_fsync_seconds_max: float = FAST_S) -> None:
         self.storage = FakeStorage()
         self.counters: dict = defaultdict(int)
-        self.options = SimpleNamespace(fsync=True, inline_fsync_max=inline_fsync_max)
+        self.options = SimpleNamespace(fsync=True, inline_fsync_seconds_max=inline_fsync_seconds_max)
         self._fenced = False
         self.carried: list = []
         self.failures: list = []
@@ -120,7 +120,7 @@ async def test_slow_fsyncs_send_batches_to_the_committer_which_fsyncs_once_for_a
 
 
 async def test_a_failed_fsync_in_the_committer_fences_and_carries_out_nothing():
-    node = FakeNode(inline_fsync_max=0.0)  # always the committer
+    node = FakeNode(inline_fsync_seconds_max=0.0)  # always the committer
     commit = GroupCommit(node, durable_decided_slot=0)
     commit.fsync_seconds_ewma = FAST_S
     node.storage.fail = True
