@@ -158,3 +158,12 @@ def test_the_example_runs_as_a_script():
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "node 3: 1: x=1, 2: y=2, 3: v=4, 4: no-op, 5: t=6, 6: w=7" in result.stdout
+
+
+def test_the_readme_core_example_runs():
+    """The README's one-node example (the first thing a student runs) still does what it says."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("The consensus core on its own:\n\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["actions"].apply == [(1, (b"command",))]
