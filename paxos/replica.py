@@ -14,6 +14,18 @@ effects accumulate in one ``paxos.actions.Actions`` value until the shell calls 
 a shell may feed many inputs and make them durable with one fsync (group commit). The shell must then carry out the actions
 in the order the ``Actions`` docstring gives: persist, then send, then apply.
 
+``propose()`` only queues a command: the leader opens its slot (and the Accept appears) in
+``take_actions()``, which batches the queued commands into slots (``_fill_window``).
+
+Off by default, and skippable on a first reading: ``Options.thrifty`` (a new Accept goes at once only
+to the followers a majority needs, to the others on the next tick), ``Options.lazy_decide`` (a
+decision no Accept carried is announced on the next tick instead of in this batch) and
+``Options.early_accepts`` (a leader's Accepts come in ``Actions.send_early`` and may leave before the
+batch's fsync, their ``decided_slot`` capped at the mark the shell reports with ``note_durable``).
+They change when messages leave, never what is decided. With all three off, skip
+``_send_deferred_accepts``, ``_split_early_accepts``, ``note_durable`` and every branch on
+``self.options.thrifty``, ``lazy_decide`` or ``early_accepts``. The kvstore server turns all three on.
+
 Rules (each cites the paper):
 
 * One promised ballot covers every slot (section 3: the leader runs phase 1 "for infinitely many
@@ -91,7 +103,7 @@ class Config:
 
     @property
     def quorum_size(self) -> int:
-        """A majority: any two majorities share a node (Paxos Made Simple, section 2.1)."""
+        """A majority: any two majorities share a node (Paxos Made Simple, section 2.2)."""
         return len(self.node_ids) // 2 + 1
 
 

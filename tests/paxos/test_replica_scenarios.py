@@ -624,7 +624,7 @@ def test_candidate_behind_a_promisers_snapshot_fetches_it_and_does_not_lead():
 
 
 def test_recovered_replica_applies_its_decided_log_and_does_not_lead():
-    """Durable state survives a crash (section 2.4: acceptors remember via stable storage)."""
+    """Durable state survives a crash (section 2.5: acceptors remember via stable storage)."""
     records = [PromiseRecord(Ballot(2, 1)), AcceptRecord(1, Ballot(2, 1), A), DecideRecord(1, A),
                AcceptRecord(2, Ballot(2, 1), B)]
     replica = make(1, state=DurableState.replay(records))
