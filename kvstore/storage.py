@@ -10,7 +10,9 @@ and ``snapshot``; the server builds its ``Replica`` and ``StateMachine`` from th
 
 Files in the data directory::
 
-    meta.json                         {"format": 1, "node_id": N, "cluster_id": "..."}; written once
+    meta.json                         {"format": 1, "node_id": N, "cluster_id": "...", "incarnation": "...",
+                                      "members": {"1": "<incarnation>", ...}} (kvstore.identity): written
+                                      at creation, rewritten (atomically) when the members are recorded
     LOCK                              flock()ed while a Storage is open (one process per directory)
     snapshot-<slot:020d>.snap         header + state machine bytes covering slots 1..slot
     log-<slot:020d>.wal               the records appended after the snapshot at ``slot``
@@ -188,6 +190,7 @@ from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecor
 from paxos.ballot import Ballot
 
 from . import failpoints
+from .identity import new_incarnation
 
 __all__ = [
     "Storage",
@@ -664,6 +667,13 @@ class Storage:
         self._allocated = 0  # the log file's size: its records, then zeros
         self.recovered = DurableState()
         self._found_snapshot: tuple[int, int] | None = None  # (slot, data length) found at open
+        # Identity (kvstore.identity), from meta.json: this directory's incarnation, the members'
+        # incarnations once the cluster is founded (None before), and whether the directory predates
+        # incarnations (it got one at this open and records members as they say Hello).
+        self._meta: dict = {}
+        self.incarnation = ""
+        self.members: dict[int, str] | None = None
+        self.identity_legacy = False
         self._snapshot_slot = 0
         self._fsync_enabled = fsync
         self._lock_fd: int | None = lock_fd
@@ -810,7 +820,13 @@ class Storage:
         try:
             meta = json.loads(meta_path.read_bytes())
             version, owner, cluster = meta["format"], meta["node_id"], meta["cluster_id"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            incarnation = meta.get("incarnation")
+            members = meta.get("members")
+            if incarnation is not None and (type(incarnation) is not str or not incarnation):
+                raise TypeError(f"incarnation {incarnation!r} is not a non-empty string")
+            if members is not None:
+                members = {int(k): str(v) for k, v in members.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StorageError(f"meta file {meta_path} is unreadable: {exc!r}") from exc
         if version != FORMAT_VERSION:
             raise StorageError(
@@ -821,11 +837,37 @@ class Storage:
                 f"data dir {self.path} belongs to node {owner!r} of cluster {cluster!r}, "
                 f"not node {node_id} of cluster {cluster_id!r}"
             )
+        self._meta = meta
+        if incarnation is None:
+            # Made by a version without incarnations: this directory is the acceptor it always was, in
+            # a cluster founded before incarnations. It records only itself; the other members'
+            # incarnations are recorded as their Hellos arrive (trust on first use, kvstore.identity).
+            self.identity_legacy = True
+            meta["incarnation"] = new_incarnation()
+            members = {node_id: meta["incarnation"]}
+            meta["members"] = {str(node_id): meta["incarnation"]}
+            self._save_meta()
+        self.incarnation = meta["incarnation"]
+        self.members = members
 
     def _write_meta(self, node_id: int, cluster_id: str) -> None:
-        meta = {"format": FORMAT_VERSION, "node_id": node_id, "cluster_id": cluster_id}
-        text = json.dumps(meta, sort_keys=True).encode() + b"\n"
+        self._meta = {"format": FORMAT_VERSION, "node_id": node_id, "cluster_id": cluster_id,
+                      "incarnation": new_incarnation()}
+        self.incarnation = self._meta["incarnation"]
+        self._save_meta()
+
+    def _save_meta(self) -> None:
+        text = json.dumps(self._meta, sort_keys=True).encode() + b"\n"
         self._write_file_atomically(META_NAME, text, None, None)
+
+    def record_members(self, members: dict[int, str]) -> None:
+        """Record the members' incarnations (``kvstore.identity``) durably in meta.json: at founding,
+        and as a directory older than incarnations learns its peers. Raises ``StorageError`` (or
+        ``DiskFailed``) if meta.json cannot be rewritten."""
+        self._check_usable()
+        self._meta["members"] = {str(k): v for k, v in sorted(members.items())}
+        self._save_meta()
+        self.members = dict(members)
 
     def _read_log(self, log_path: Path) -> LogScan:
         """Scan ``log_path``, cut a tail that is not durable (and, without preallocation, trailing

@@ -61,3 +61,42 @@ def test_check_peer_accepts_the_known_incarnation_and_refuses_another():
     assert "lost its data directory" in check_peer(members, 2, "other")
     assert "older version" in check_peer(members, 2, None)
     assert check_peer(members, 3, "i3") is None  # not recorded: the caller records it (directories from before)
+
+
+# ---- the incarnation and the members record in the data directory (kvstore.storage, meta.json)
+
+import json  # noqa: E402
+
+from kvstore.storage import Storage, StorageError  # noqa: E402
+
+
+def test_a_new_directory_gets_an_incarnation_that_survives_reopening(tmp_path):
+    with Storage.open(tmp_path / "d", node_id=1, cluster_id="kv", fsync=False) as s:
+        first = s.incarnation
+        assert len(first) == 16 and s.members is None and not s.identity_legacy
+        s.record_members({1: first, 2: "i2"})
+    with Storage.open(tmp_path / "d", node_id=1, cluster_id="kv", fsync=False) as s:
+        assert s.incarnation == first and s.members == {1: first, 2: "i2"}
+    with Storage.open(tmp_path / "wiped", node_id=1, cluster_id="kv", fsync=False) as s:
+        assert s.incarnation != first  # a new directory is a new acceptor
+
+
+def test_a_directory_from_before_incarnations_gets_one_and_is_marked_legacy(tmp_path):
+    d = tmp_path / "old"
+    d.mkdir()
+    (d / "meta.json").write_text(json.dumps({"format": 1, "node_id": 2, "cluster_id": "kv"}))
+    with Storage.open(d, node_id=2, cluster_id="kv", fsync=False) as s:
+        incarnation = s.incarnation
+        assert s.identity_legacy and s.members == {2: incarnation} and incarnation
+    with Storage.open(d, node_id=2, cluster_id="kv", fsync=False) as s:
+        # founded (no founding check), the others to be recorded as they say Hello
+        assert s.incarnation == incarnation and s.members == {2: incarnation}
+
+
+@pytest.mark.parametrize("bad", [{"incarnation": 7}, {"incarnation": "x", "members": ["1"]}])
+def test_a_damaged_identity_in_meta_is_refused(tmp_path, bad):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "meta.json").write_text(json.dumps({"format": 1, "node_id": 2, "cluster_id": "kv", **bad}))
+    with pytest.raises(StorageError, match="unreadable"):
+        Storage.open(d, node_id=2, cluster_id="kv", fsync=False)
