@@ -998,6 +998,10 @@ class ClassicReplica:
         self._round_in_batch = seq
         self._broadcast(Heartbeat(sender=self.node_id, ballot=ballot, decided_slot=self._decided_slot, seq=seq))
         self._announced_decided_slot = max(self._announced_decided_slot, self._decided_slot)
+        # Keep only the rounds waiting reads began (this newer one serves them too once confirmed),
+        # so that a leader cut off from its majority does not pile up one round per pulse.
+        needed = {need for _, _, need in self._pending_reads}
+        self._heartbeat_acks = {s: acks for s, acks in self._heartbeat_acks.items() if s in needed}
         self._heartbeat_acks[seq] = {self.node_id} if self.ballot == ballot else set()
         self._check_round(seq)
 

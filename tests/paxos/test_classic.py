@@ -838,3 +838,21 @@ def test_one_request_at_a_time_costs_what_the_core_costs_and_the_counters_say_so
     assert counters["persist_batches"] == 20  # the leader's: accept and decide per command
     assert counters["messages_sent"] == 40 and counters["sent_Accept"] == counters["sent_Decide"] == 20
     assert counters["sent_Prepare"] == counters["elections"] == 0
+
+
+def test_a_leader_cut_off_from_its_majority_keeps_only_the_read_rounds_still_needed():
+    """Memory stays bounded while a leader pulses without answers: an unconfirmed round is kept only
+    while a waiting read began in it, besides the newest (which serves that read too, once confirmed)."""
+    leader = make_leader()
+    for _ in range(100):
+        leader.tick()
+        leader.take_actions()
+    assert len(leader._heartbeat_acks) == 1
+    leader.read(1)
+    for _ in range(100):
+        leader.tick()
+        leader.take_actions()
+    assert len(leader._heartbeat_acks) == 2  # the read's round and the newest
+    leader.receive(HeartbeatAck(sender=2, ballot=B11, seq=leader._heartbeat_seq))
+    assert leader.take_actions().reads == [(1, 0)]
+    assert leader._heartbeat_acks == {}
