@@ -93,10 +93,12 @@ Leadership: functional's heartbeats, driven by ticks
 The elector's ``timestamp()`` is the tick count; ``hb_period`` is ``Options.heartbeat_ticks`` and
 ``liveness_window`` is ``Options.election_timeout_ticks``. ``schedule(delay, pulse)`` arms a timer
 that ``tick()`` fires, so a leader pulses (one ``Heartbeat``) every ``heartbeat_ticks``. A
-non-leader calls ``poll_liveness()`` when its poll timer expires (every ``election_timeout_ticks``
-plus a random part of it drawn from ``rng``, so that nodes do not poll in step): the elector tries to
-lead only if no heartbeat of the current leader arrived within the window and nobody else prepared
-within 1.5 windows, and, while trying, prepares again at once on a prepare NACK. ``postpone_election``
+non-leader calls ``poll_liveness()`` when its poll timer expires (after half a window to a whole one,
+drawn from ``rng``, so that nodes do not poll in step): the elector tries to lead only if no
+heartbeat of the current leader arrived within the window and nobody else prepared within 1.5
+windows, and, while trying, prepares again at every poll and at once on a prepare NACK. So a dead
+leader is replaced after one to two windows, as in the core, but the first election of a new
+cluster waits 1.5 windows at least (functional counts its start as a Prepare seen). ``postpone_election``
 restarts the poll timer. Accept and Decide messages from a leader count as its heartbeats
 (``recv_heartbeat``), which also tells a node of a new leader and demotes a leader that hears of a
 higher one. A leader also loses its leadership on a quorum of NACKs for its ballot
@@ -789,8 +791,11 @@ class ClassicReplica:
     # ------------------------------------------------------------------ election
 
     def _draw_poll_deadline(self) -> int:
+        """Ticks until the next ``poll_liveness``: from half a window to a whole one, at random, so
+        that followers who lost the same leader do not all prepare at the same tick."""
         timeout = self.options.election_timeout_ticks
-        return timeout + self._rng.randrange(timeout)
+        low = max(1, timeout // 2)
+        return low + self._rng.randrange(max(1, timeout - low))
 
     def _elector_prepare(self, proposal_id) -> None:
         """The elector prepares: one Prepare for every slot from our first undecided one on."""
