@@ -1,0 +1,120 @@
+"""``kvstore.peers.PeerLinks``: what goes out on the peer links, and what a peer's reader lets in.
+
+How: ``PeerLinks`` on a fake node (three members, ``_post`` and ``snapshots.receive_chunk`` recorded);
+the outboxes are real ``Outbox``es without a socket, so what is written stays queued and is read back
+from their channels and decoded. The incoming side reads frames from a ``wire.FrameReader`` on one end
+of a trio memory stream pair. Checks:
+
+* one ``PaxosBatch`` frame per peer per call, a broadcast encoded once for all; a batch too large for
+  one frame goes one message per frame, and a message too large alone is dropped and counted;
+* after ``stop`` nothing is sent; with ``close_links`` the outboxes are closed as well;
+* the reader posts the Paxos messages as they are, in order, one ``_post`` per read, hands snapshot
+  chunks over, and refuses (``WireError``) another cluster, a non-member, and a message or chunk that
+  claims another sender.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import trio
+import trio.testing
+
+from kvstore import peers, wire
+from kvstore.peers import PeerLinks
+from paxos import messages as pm
+from paxos.ballot import Ballot
+
+B = Ballot(1, 1)
+
+
+class FakeNode:
+    def __init__(self) -> None:
+        self.node_id = 1
+        self.peers = {1: ("n1", 7001), 2: ("n2", 7002), 3: ("n3", 7003)}
+        self.counters: dict = defaultdict(int)
+        self.options = SimpleNamespace(cluster_id="kv")
+        self.posted: list[list] = []
+        self.chunks: list = []
+        self._post = self.posted.append
+        self.snapshots = SimpleNamespace(receive_chunk=self.chunks.append)
+
+
+def _heartbeat(sender: int = 1, seq: int = 0) -> pm.Heartbeat:
+    return pm.Heartbeat(sender=sender, ballot=B, decided_slot=0, seq=seq)
+
+
+def _queued(links: PeerLinks, peer_id: int) -> list:
+    """The messages queued for ``peer_id``, one list per frame."""
+    outbox = links.outboxes[peer_id]
+    frames = []
+    while True:
+        try:
+            data = outbox._recv.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return frames
+        frames.extend(wire.decode_body(body).messages for body in wire.split_frames(bytearray(data)))
+
+
+async def test_one_frame_per_peer_and_a_broadcast_is_encoded_once():
+    links = PeerLinks(FakeNode())
+    encoded = []
+    encode = links.encode_frames
+    links.encode_frames = lambda to, msgs: encoded.append(to) or encode(to, msgs)
+    a, b = _heartbeat(seq=1), _heartbeat(seq=2)
+    links.send_now([(2, a), (3, a), (2, b), (3, b)])
+    assert _queued(links, 2) == [(a, b)] and _queued(links, 3) == [(a, b)]
+    assert len(encoded) == 1, "a broadcast was encoded once per peer"
+
+
+async def test_a_batch_too_large_for_a_frame_goes_a_message_a_frame_and_one_too_large_alone_is_dropped(monkeypatch):
+    monkeypatch.setattr(peers, "PEER_FRAME_BYTES_MAX", 200)
+    node = FakeNode()
+    links = PeerLinks(node)
+    small = [pm.Accept(sender=1, ballot=B, slot=s, value=(b"x" * 60,), decided_slot=0) for s in (1, 2, 3)]
+    huge = pm.Accept(sender=1, ballot=B, slot=4, value=(b"x" * 500,), decided_slot=0)
+    links.send_now([(2, m) for m in [*small, huge]])
+    assert _queued(links, 2) == [(m,) for m in small]
+    assert node.counters["oversize_messages_dropped"] == 1
+
+
+async def test_after_stop_nothing_is_sent_and_closed_links_take_nothing_more():
+    links = PeerLinks(FakeNode())
+    links.stop(close_links=False)
+    links.send_now([(2, _heartbeat())])
+    assert _queued(links, 2) == []
+    links.stop(close_links=True)
+    assert not links.outboxes[2].write(b"late") and not links.outboxes[3].write(b"late")
+
+
+async def _serve(node: FakeNode, hello: wire.Hello, messages: list) -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    await theirs.send_all(b"".join(wire.encode_frame(m) for m in messages))
+    await theirs.aclose()
+    reader = wire.FrameReader(ours)
+    await PeerLinks(node).serve(hello, reader, await reader.receive_frames(), "n2")
+
+
+async def test_the_reader_posts_the_messages_as_they_are_and_hands_over_snapshot_chunks():
+    node = FakeNode()
+    a, b, c = _heartbeat(2, 1), _heartbeat(2, 2), _heartbeat(2, 3)
+    chunk = wire.SnapshotChunk(sender=2, slot=5, offset=0, total=1, data=b"s")
+    await _serve(node, wire.Hello(node_id=2, cluster_id="kv"),
+                 [wire.PaxosBatch(messages=(a, b)), chunk, wire.PaxosBatch(messages=(c,))])
+    assert [m for read in node.posted for m in read] == [a, b, c]
+    assert node.chunks == [chunk]
+
+
+@pytest.mark.parametrize("hello, messages", [
+    (wire.Hello(node_id=2, cluster_id="other"), []),
+    (wire.Hello(node_id=9, cluster_id="kv"), []),
+    (wire.Hello(node_id=1, cluster_id="kv"), []),  # ourselves
+    (wire.Hello(node_id=2, cluster_id="kv"), [wire.PaxosBatch(messages=(_heartbeat(3),))]),
+    (wire.Hello(node_id=2, cluster_id="kv"), [wire.SnapshotChunk(sender=3, slot=5, offset=0, total=1, data=b"s")]),
+], ids=["other cluster", "not a member", "ourselves", "message from another", "chunk from another"])
+async def test_the_reader_refuses_strangers_and_impostors(hello, messages):
+    node = FakeNode()
+    with pytest.raises(wire.WireError):
+        await _serve(node, hello, messages)
+    assert node.posted == [] and node.chunks == []
