@@ -18,7 +18,7 @@ task (``_serve``) decodes every frame that arrived at once and routes each reque
 
 The events of one read go to the node in one ``Node._post``. Replies collect per connection
 (``ClientConn.reply``) while the node works through a batch and leave together when the node calls
-``flush``: one write per connection per batch, straight to the socket (``Outbox``); a writer task per
+``send_replies``: one write per connection per batch, straight to the socket (``Outbox``); a writer task per
 connection sends what the socket did not take at once. A once-a-second sweep from the ticker closes
 connections idle for ``idle_client_timeout_seconds`` (``close_idle``), instead of a trio deadline per
 receive.
@@ -48,7 +48,7 @@ log = logging.getLogger("kvstore.server")
 
 class ClientConn:
     """One client connection. Replies collect in ``pending`` while the node works through a batch and
-    leave together when the node calls ``flush`` (one write per connection per batch)."""
+    leave together when the node calls ``send_replies`` (one write per connection per batch)."""
 
     __slots__ = ("outbox", "pending", "closed", "name", "_dirty", "last_heard", "scope")
 
@@ -81,7 +81,7 @@ class ClientConn:
             self._dirty.append(self)
         self.pending.append(frame)
 
-    def flush(self) -> None:
+    def send_pending(self) -> None:
         pending = self.pending
         if pending:
             self.pending = []
@@ -95,15 +95,15 @@ class ClientLinks:
     def __init__(self, node) -> None:
         self.node = node
         self.counters = node.counters
-        self.dirty: list[ClientConn] = []  # connections with replies to flush
+        self.dirty: list[ClientConn] = []  # connections with replies to send
         self.conns: set[ClientConn] = set()
 
-    def flush(self) -> None:
-        """Send the replies collected since the last flush: one write per client connection."""
+    def send_replies(self) -> None:
+        """Send the replies collected since the last call: one write per client connection."""
         dirty = self.dirty
         if dirty:
             for conn in dirty:
-                conn.flush()
+                conn.send_pending()
             dirty.clear()
 
     def close_idle(self, now: float) -> None:
@@ -160,7 +160,7 @@ class ClientLinks:
                 finally:
                     self.conns.discard(conn)
                     # let the writer send what is queued, then stop it
-                    self.flush()
+                    self.send_replies()
                     conn.outbox.close()
         except wire.WireError as exc:
             self.counters["protocol_errors"] += 1
@@ -208,7 +208,7 @@ class ClientLinks:
                     return
                 route(conn, request, events)
             post(events)
-            self.flush()  # answers given here (not_leader, serializable reads, status)
+            self.send_replies()  # answers given here (not_leader, serializable reads, status)
             # No timeout scope per receive (a trio deadline each time, with many requests a second):
             # the ticker closes connections idle for too long (close_idle).
             frames = await reader.receive_frames()

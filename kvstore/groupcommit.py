@@ -47,7 +47,7 @@ class GroupCommit:
     """The log's group commit for one node (see the module docstring).
 
     ``node`` is the ``kvstore.server.Node``; the committer task uses its ``_carry_out``,
-    ``_stop_voting``, ``_flush_replies`` and ``_fenced``.
+    ``_stop_voting``, ``_send_replies`` and ``_fenced``.
     """
 
     def __init__(self, node, durable_decided_slot: int) -> None:
@@ -129,7 +129,7 @@ class GroupCommit:
                     node._carry_out(actions, early_sent)
             # else: these batches (and any staged after them) may not all be on disk; none of their
             # messages, applies or answers may leave. Their waiting clients were told (_stop_voting).
-            node._flush_replies()
+            node._send_replies()
             self.pending_batches -= len(items)
             progress, self._progress = self._progress, trio.Event()
             progress.set()

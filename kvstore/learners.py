@@ -41,7 +41,7 @@ from .statemachine import StateMachine
 from .waiters import Waiters, reply_result
 
 __all__ = ["Learner", "standby_of", "CATCH_UP_COMMANDS", "LOCAL_READ_EAGER_SECONDS", "LAZY_IDLE_SECONDS",
-           "REPLY_FLUSH_EVERY"]
+           "REPLY_SEND_EVERY"]
 
 # Commands applied at most per step while catching up an apply backlog (a lazy learner that turned
 # eager, a new leader that was one): about 20 ms each, so ticks, heartbeats and Accepts go on between.
@@ -51,7 +51,7 @@ LOCAL_READ_EAGER_SECONDS = 10.0
 # ... and as soon as no decided slot has reached it for this long: a quiet cluster has no lazy learners.
 LAZY_IDLE_SECONDS = 0.25
 # Answers sent while applying a batch, every this many (see Learner.apply_queued)
-REPLY_FLUSH_EVERY = 64
+REPLY_SEND_EVERY = 64
 
 
 def standby_of(members, leader: int) -> int | None:
@@ -67,12 +67,12 @@ class Learner:
     """What this node applied and what waits to be applied; eager or lazy (see the module docstring).
 
     ``members`` are the node ids of the cluster; ``snapshot_every_commands`` and ``lazy_learners`` come
-    from ``ServerOptions``; ``flush_replies`` sends the answers collected so far (the node's); ``clock``
+    from ``ServerOptions``; ``send_replies`` sends the answers collected so far (the node's); ``clock``
     gives the time for the latency counters (``trio.current_time`` in the node).
     """
 
     def __init__(self, node_id: int, members, *, snapshot_every_commands: int, lazy_learners: bool,
-                 sm: StateMachine, applied_slot: int, waiters: Waiters, flush_replies: Callable[[], None],
+                 sm: StateMachine, applied_slot: int, waiters: Waiters, send_replies: Callable[[], None],
                  counters, clock: Callable[[], float]) -> None:
         self.node_id = node_id
         self.members = tuple(members)
@@ -81,7 +81,7 @@ class Learner:
         self.sm = sm
         self.applied_slot = applied_slot  # the slot the state machine has applied through
         self.waiters = waiters
-        self.flush_replies = flush_replies
+        self.send_replies = send_replies
         self.counters = counters
         self.clock = clock
         self.queue: collections.deque = collections.deque()  # (slot, commands) handed out, not applied
@@ -127,11 +127,11 @@ class Learner:
                         replies += 1
                         reply_result(conn, wire_id, result)
                     answered += 1
-                    if answered % REPLY_FLUSH_EVERY == 0:
+                    if answered % REPLY_SEND_EVERY == 0:
                         # Let the first answers of a big batch go while we apply the rest: the
                         # client (on the other core) starts on them, and its next requests come
                         # back in smaller groups, which keeps more of the pipeline busy at once.
-                        self.flush_replies()
+                        self.send_replies()
         self.queued_commands -= applied
         self.applied_since_snapshot += applied
         if replies:
@@ -144,7 +144,7 @@ class Learner:
         """One step of applying a backlog (``CATCH_UP_COMMANDS``), then send the answers."""
         self.apply_queued(CATCH_UP_COMMANDS)
         self.counters["catch_up_steps"] += 1
-        self.flush_replies()
+        self.send_replies()
 
     @property
     def behind(self) -> bool:

@@ -12,7 +12,7 @@ delegates, one job per module, all in one nursery:
 ``kvstore.learners``        the state machine, the apply queue and the lazy-learner policy
 ``kvstore.snapshots``       our snapshots, sending them, taking a peer's (install, adoption)
 ``kvstore.peers``           the links to the other members (senders, the incoming reader)
-``kvstore.clients``         client connections, the request loop, flushing replies, idle sweep
+``kvstore.clients``         client connections, the request loop, sending replies, idle sweep
 ``kvstore.events``          the typed inputs of the driver
 ``kvstore.commands``        turning a write request into command bytes
 =========================  ===================================================================
@@ -244,12 +244,12 @@ class Node:
         self._quiet = False  # the driver's last batch was tiny: one request at a time
         self._feed_time: float | None = None  # see _now
         self.clients = ClientLinks(self)
-        self._flush_replies = self.clients.flush
+        self._send_replies = self.clients.send_replies
         self.waiters = Waiters(o.request_timeout_seconds, self._leader_hint, self.counters)
         self.learner = Learner(
             node_id, self.peers, snapshot_every_commands=o.snapshot_every, lazy_learners=o.lazy_learners,
             sm=sm, applied_slot=self.replica.snapshot_slot, waiters=self.waiters,
-            flush_replies=self._flush_replies, counters=self.counters, clock=trio.current_time)
+            send_replies=self._send_replies, counters=self.counters, clock=trio.current_time)
         self.peer_links = PeerLinks(self)
         self.snapshots = Snapshots(self)
         # The highest decided slot whose decision rests only on durable accepts (ours included).
@@ -362,7 +362,7 @@ class Node:
         # covers them all and a restart's memory peak stays that of the state (see memory_bench).
         self._stage(self.replica.take_actions())
         learner.apply_queued(math.inf)
-        self._flush_replies()
+        self._send_replies()
         while True:
             try:
                 first = recv.receive_nowait()
@@ -392,7 +392,7 @@ class Node:
             self._quiet = count <= 2
             if self._fenced:
                 self._refuse_while_fenced(batch)
-                self._flush_replies()
+                self._send_replies()
                 continue
             ticks = 0
             feed = self._feed
@@ -477,7 +477,7 @@ class Node:
         learner.update(trio.current_time(), replica.leader_id, replica.is_leader, self._fenced)
         if learner.queue and not learner.lazy:
             learner.catch_up()
-        self._flush_replies()
+        self._send_replies()
         # Snapshot after snapshot_every commands, but not more often than once per eighth of the number
         # of keys: a snapshot costs time in proportion to the state, so this keeps its cost per
         # command constant however large the store grows (and while it grows by inserts alone,
@@ -576,7 +576,7 @@ class Node:
         self.peer_links.send_now(sends)
         self._finish(actions)
         if decides:
-            self._flush_replies()
+            self._send_replies()
             self.peer_links.send_now(decides)
 
     def _finish(self, actions) -> None:
@@ -655,7 +655,7 @@ class Node:
         # could go; but nothing new may, and (unless the disk is only full) closing the links makes the
         # silence plain to peers.
         self.peer_links.stop(close_links=not full)
-        self._flush_replies()
+        self._send_replies()
         if self.options.exit_on_disk_failure:
             log.critical("node %d: exiting with status %d (--exit-on-disk-failure)", self.node_id, EXIT_DISK_FAILED)
             logging.shutdown()

@@ -127,7 +127,7 @@ class Snapshots:
             return
         finally:
             self.busy = False
-            node._flush_replies()
+            node._send_replies()
         counters["snapshots"] += 1
         counters["snapshot_ms"] = self.write_ms
         # The frozen key order, the journal and the pieces were freed: give that memory back.

@@ -20,7 +20,7 @@ Every write and linearizable read has a deadline (arrival + ``request_timeout_se
 called on ticks, fails those past it every ``EXPIRY_SCAN_SECONDS`` with ``timeout`` (a write's outcome
 is then unknown). The replies for results, ``not_leader``, ``timeout`` and reads are made here
 (``reply_result``, ``not_leader``, ``read_reply``); answers go through ``ClientConn.reply``, which only
-collects them: the node flushes.
+collects them: the node sends them (``ClientLinks.send_replies``).
 
 Rules: this module never touches the ``Replica``, the storage or the peer links, and never changes the
 state machine; it reads the one it is given to answer reads. Each wire id is answered once: a waiter is

@@ -66,7 +66,7 @@ class FakeNode:
         self._fenced = True
         self.failures.append(exc)
 
-    def _flush_replies(self) -> None:
+    def _send_replies(self) -> None:
         pass
 
 

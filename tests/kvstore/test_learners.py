@@ -39,7 +39,7 @@ def _learner(node_id: int = 3, members=MEMBERS, *, lazy_learners: bool = True, s
                                      "lazy_ends", "commands_not_applied", "snapshots_adopted", "writes_expired")}
     waiters = Waiters(5.0, lambda: "n1:7001", counters)
     return Learner(node_id, members, snapshot_every_commands=INTERVAL, lazy_learners=lazy_learners,
-                   sm=sm or StateMachine(), applied_slot=0, waiters=waiters, flush_replies=lambda: None,
+                   sm=sm or StateMachine(), applied_slot=0, waiters=waiters, send_replies=lambda: None,
                    counters=counters, clock=lambda: 0.0)
 
 
