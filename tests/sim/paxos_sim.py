@@ -112,11 +112,12 @@ prefixed with the step and simulated tick.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
+from paxos.actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
 from paxos.ballot import Ballot
 from paxos.messages import Accept, Accepted, HeartbeatAck, Promise
 from paxos.replica import Config, Options, Replica
@@ -144,6 +145,15 @@ COMPACT_OFTEN_WEIGHT = 20
 # disk_faults=True adds this event: arm one node's disk to fail its next write. About four per
 # 400-step run (the other weights add up to 93), as often as crashes.
 DISK_FAIL_WEIGHT = 1
+
+# early_accepts=True adds this event: the fsync in flight at one node (chosen among the nodes that
+# have staged batches) completes, carrying out its oldest staged batches. Against about 75 events
+# per hundred that feed nodes, it leaves a node a few inputs to go on with while a batch is staged.
+FSYNC_DONE_WEIGHT = 20
+# ... and this one: one node's disk becomes slow, its fsyncs completing no earlier than
+# FSYNC_STALL_STEPS later (a latency spike; half the time the leader's, whose batches carry most).
+FSYNC_STALL_WEIGHT = 4
+FSYNC_STALL_STEPS = (20, 100)
 
 
 class SafetyViolation(AssertionError):
@@ -204,6 +214,15 @@ class SnapshotMessage:
 
 
 @dataclass
+class StagedBatch:
+    """One ``Actions`` batch taken from a node's core, with the core's applied slot at that moment
+    (the state machine must hold exactly that many slots once the batch is carried out)."""
+
+    actions: Actions
+    applied_slot: int
+
+
+@dataclass
 class Node:
     node_id: int
     storage: Storage = field(default_factory=Storage)
@@ -216,6 +235,9 @@ class Node:
     postponing: int = 0  # postpone_elections mode: ticks left during which it postpones its election
     disk_armed: bool = False  # disk_faults mode: the next write (a batch's persist, a snapshot) fails
     fenced: bool = False  # its disk failed: it takes no input and says nothing until restarted
+    # early_accepts mode: batches whose fsync is in flight, oldest first; carried out in this order
+    staged: deque = field(default_factory=deque)
+    stalled_until: int = 0  # early_accepts mode: its fsync in flight cannot complete before this step
 
 
 class Simulation:
@@ -225,9 +247,13 @@ class Simulation:
                  send_before_persist: bool = False, options: Options | None = None,
                  liveness_commands: int = 10, early_accepts: bool = False,
                  compact_often: bool = False, postpone_elections: bool = False,
-                 disk_faults: bool = False, swallow_disk_errors: bool = False) -> None:
+                 disk_faults: bool = False, swallow_disk_errors: bool = False,
+                 uncapped_early_accepts: bool = False) -> None:
         if send_before_persist and (disk_faults or swallow_disk_errors):
             raise ValueError("send_before_persist has no disk to fail: it is not combined with disk faults")
+        if send_before_persist and (early_accepts or uncapped_early_accepts):
+            raise ValueError("send_before_persist stores records on ticks, not by fsyncs: it is not "
+                             "combined with early_accepts")
         self.seed = seed
         self.nodes_count = nodes
         self.steps = steps
@@ -241,7 +267,12 @@ class Simulation:
                                           batch_count_max=4, catchup_entries_max=8,
                                           lazy_decide=seed % 2 == 1, thrifty=seed % 4 >= 2)
         self.liveness_commands = liveness_commands
-        self.early_accepts = early_accepts
+        # early_accepts: the core puts a leader's Accepts in Actions.send_early, and batches wait on
+        # pipelined fsyncs (see the module docstring). The broken variant implies the mode.
+        self.uncapped_early_accepts = uncapped_early_accepts
+        self.early_accepts = early_accepts or uncapped_early_accepts or self.options.early_accepts
+        if self.early_accepts and not self.options.early_accepts:
+            self.options = dataclasses.replace(self.options, early_accepts=True)
         self.compact_often = compact_often
         self.postpone_elections = postpone_elections
         self.swallow_disk_errors = swallow_disk_errors
@@ -251,6 +282,8 @@ class Simulation:
             self.events[[name for name, _ in self.events].index("compact")] = ("compact", COMPACT_OFTEN_WEIGHT)
         if self.disk_faults:
             self.events.append(("disk_fail", DISK_FAIL_WEIGHT))
+        if self.early_accepts:
+            self.events.extend([("fsync_done", FSYNC_DONE_WEIGHT), ("fsync_stall", FSYNC_STALL_WEIGHT)])
         self.dropped: list[bytes] = []  # dropped_proposals seen (the liveness phase resubmits them)
         self.faults_on = True
         self.rng = random.Random(seed)
@@ -273,7 +306,11 @@ class Simulation:
                           disk_failures=0, disk_failures_in_snapshots=0, disk_failed_leaders=0,
                           disk_failures_prefix_empty=0, disk_failures_prefix_partial=0,
                           disk_failures_prefix_whole=0, disk_failures_after_early_accepts=0,
-                          disk_errors_swallowed=0, fenced_restarts=0)
+                          disk_errors_swallowed=0, fenced_restarts=0,
+                          # early_accepts mode (the fsync pipeline)
+                          fsync_done=0, fsync_stall=0, fsyncs_grouped=0, staged_max=0, staged_behind=0,
+                          early_accepts_sent=0, early_accepts_behind=0, learned_from_early_accepts=0,
+                          waited_for_staged=0, staged_dropped=0)
         for node in self.nodes.values():
             self._start(node)
 
@@ -321,7 +358,8 @@ class Simulation:
         for rounds in range(bound):
             decided_commands = {c for batch in self.decided.values() for c in batch}
             top = max(self.decided, default=0)
-            if set(commands) <= decided_commands and all(n.replica.applied_slot >= top for n in self.nodes.values()):
+            if set(commands) <= decided_commands and all(
+                    n.replica.applied_slot >= top and not n.staged for n in self.nodes.values()):
                 self._check_prefixes()
                 self.trace.append(f"liveness: decided everywhere after {rounds} rounds")
                 return
@@ -355,6 +393,7 @@ class Simulation:
             for node in self.nodes.values():
                 if not node.paused and self.rng.random() < 0.02:
                     node.paused = self.rng.randint(1, 3 * self.options.election_timeout_ticks)
+                    self._guard(lambda node=node: self._wait_carried_out(node))  # a snapshot write waits for it
                     self._log(f"pause {node.node_id} for {node.paused} rounds")
                     self.stats["pauses"] += 1
             leader = self._stable_leader()
@@ -384,7 +423,8 @@ class Simulation:
             if len(decided_commands) > done_count:
                 done_count, last_progress = len(decided_commands), rounds
             top = max(self.decided, default=0)
-            if done_count == len(commands) and all(n.replica.applied_slot >= top for n in self.nodes.values()):
+            if done_count == len(commands) and all(
+                    n.replica.applied_slot >= top and not n.staged for n in self.nodes.values()):
                 self._check_prefixes()
                 self.trace.append(f"liveness: decided everywhere after {rounds} rounds")
                 return
@@ -423,9 +463,17 @@ class Simulation:
             else:
                 self._tick(node)
         for _ in range(100_000):
+            for node in self.nodes.values():  # early_accepts: fsyncs complete as messages flow
+                if node.staged and not node.paused and self.rng.random() < 0.7:
+                    self._fsync_done(node, self._group_size(node))
             ready = [item for item in self.network if self.rng.random() >= 0.3]
             if not ready:
-                return
+                staged = [node for node in self.nodes.values() if node.staged]
+                if not staged:
+                    return
+                for node in staged:  # every fsync in flight finishes within the round
+                    self._fsync_done(node)
+                continue
             ready_ids = {id(item) for item in ready}
             self.network = [item for item in self.network if id(item) not in ready_ids]
             self.rng.shuffle(ready)
@@ -440,17 +488,24 @@ class Simulation:
                     self._deliver(item)
             for node_id, items in batches.items():
                 self._deliver_batch(self.nodes[node_id], items)
-        raise AssertionError("network did not settle within 100000 passes")
+        raise AssertionError("network and fsyncs did not settle within 100000 passes")
 
     def _round(self) -> None:
-        """Liveness round: tick every node once, then deliver every message (random order, no loss)."""
+        """Liveness round: tick every node once, then deliver every message (random order, no loss);
+        in early_accepts mode, fsyncs in flight complete at random moments among the deliveries, and
+        every one has completed when the round ends."""
         for node in self.nodes.values():
             self._tick(node)
         for _ in range(100_000):
-            if not self.network:
+            staged = [node for node in self.nodes.values() if node.staged]
+            if not self.network and not staged:
                 return
+            if staged and (not self.network or self.rng.random() < 0.25):
+                node = self.rng.choice(staged)
+                self._fsync_done(node, self._group_size(node))
+                continue
             self._deliver(self.network.pop(self.rng.randrange(len(self.network))))
-        raise AssertionError("network did not drain within 100000 deliveries")
+        raise AssertionError("network and fsyncs did not drain within 100000 steps")
 
     def _stable_leader(self) -> Node | None:
         leaders = [n for n in self.nodes.values() if n.replica.is_leader]
@@ -518,10 +573,19 @@ class Simulation:
         if not up:
             return
         node = self.rng.choice(up)
-        self._log(f"CRASH {node.node_id} (lost {len(node.unsynced)} unsynced records)")
+        if node.staged:
+            # The fsync in flight never completes: no record of these batches was stored, and none of
+            # their messages (but the early Accepts, which left already), applies or answers happen.
+            self.stats["crash_during_fsync"] += 1
+            early = sum(len(batch.actions.send_early) for batch in node.staged)
+            self._log(f"CRASH {node.node_id} during an fsync: {len(node.staged)} staged batches lost "
+                      f"({early} early Accepts had left)")
+        else:
+            self._log(f"CRASH {node.node_id} (lost {len(node.unsynced)} unsynced records)")
         node.replica = None
         node.applied = None
         node.unsynced = []
+        node.staged.clear()
 
     def _event_restart(self) -> None:
         down = self._down()
@@ -549,6 +613,20 @@ class Simulation:
             node.disk_armed = True
             self._log(f"disk of {node.node_id} will fail its next write")
 
+    def _event_fsync_done(self) -> None:
+        staged = [n for n in self._up() if n.staged and n.stalled_until <= self.step_no]
+        if staged:
+            node = self.rng.choice(staged)
+            self._fsync_done(node, self._group_size(node))
+
+    def _event_fsync_stall(self) -> None:
+        up = self._up()
+        if up:
+            leaders = [n for n in up if n.replica.is_leader]
+            node = self.rng.choice(leaders if leaders and self.rng.random() < 0.5 else up)
+            node.stalled_until = self.step_no + self.rng.randint(*FSYNC_STALL_STEPS)
+            self._log(f"disk of {node.node_id} is slow: no fsync completes before step {node.stalled_until}")
+
     def _event_compact(self) -> None:
         candidates = [n for n in self._up() if n.replica.applied_slot > n.replica.snapshot_slot]
         if candidates:
@@ -557,8 +635,11 @@ class Simulation:
     def _compact(self, node: Node) -> None:
         """Snapshot ``node``'s state machine at a random applied slot, then compact core and log."""
         replica = node.replica
-        if replica is None or replica.applied_slot <= replica.snapshot_slot:
+        if replica is None or node.fenced or replica.applied_slot <= replica.snapshot_slot:
             return
+        self._wait_carried_out(node)  # the log is rewritten below: every staged record must be in it
+        if node.replica is None or node.fenced:
+            return  # a staged batch failed its disk
         slot = self.rng.randint(replica.snapshot_slot + 1, replica.applied_slot)
         replica.compact(slot)
         self._log(f"compact {node.node_id} through slot {slot}")
@@ -591,6 +672,8 @@ class Simulation:
         ahead of its disk) until a restart rebuilds it from what its storage really holds."""
         node.disk_armed = False
         node.fenced = True
+        self.stats["staged_dropped"] += len(node.staged)
+        node.staged.clear()
         self.stats["disk_failures"] += 1
         if node.replica.is_leader:
             self.stats["disk_failed_leaders"] += 1
@@ -602,6 +685,7 @@ class Simulation:
         state = DurableState.replay(node.storage.records, node.storage.snapshot_slot)
         node.fenced = False
         node.unsynced = []
+        node.staged.clear()
         node.applied = list(node.storage.snapshot)
         node.replica = self.replica_class(node.node_id, self.config, rng=random.Random(self.rng.getrandbits(64)),
                                           state=state, options=self.options)
@@ -647,6 +731,9 @@ class Simulation:
             src, dst, message = item
             if isinstance(message, SnapshotMessage):
                 if message.slot > node.replica.applied_slot:
+                    self._wait_carried_out(node)
+                    if node.replica is None or node.fenced:
+                        return  # a staged batch failed its disk
                     self._log(f"install snapshot at {message.slot} from {src} on {dst} (mid-batch)")
                     self.stats["snapshots_installed"] += 1
                     self.stats["snapshots_installed_mid_batch"] += 1
@@ -676,6 +763,7 @@ class Simulation:
                 self._log(f"install snapshot at {message.slot} from {src} on {dst}")
                 self.stats["snapshots_installed"] += 1
                 self._drain(node)  # carry out pending actions before the log is rewritten
+                self._wait_carried_out(node)
                 if node.replica is None or node.fenced:
                     return  # that batch failed its disk
                 node.applied = list(message.batches)
@@ -685,35 +773,29 @@ class Simulation:
                     self._drain(node)
             return
         node.replica.receive(message)
-        self._drain(node)
+        self._drain(node, from_accept=type(message) is Accept)
 
-    def _drain(self, node: Node) -> None:
-        """Carry out one Actions batch in contract order: persist, send, apply, reads, snapshots."""
+    def _drain(self, node: Node, from_accept: bool = False) -> None:
+        """Take one Actions batch from the node's core and carry it out in contract order: persist,
+        send, apply, reads, snapshots. In early_accepts mode the batch's early Accepts leave now and
+        the rest waits for its fsync (``_stage``); ``from_accept``: the core's input was one Accept
+        (whose ``decided_slot`` may have taught it decisions: checked now, see ``_stage``)."""
         assert not node.fenced, f"node {node.node_id} is fenced: the core must be fed nothing"
+        if self.uncapped_early_accepts:
+            # BROKEN on purpose: the shell reports the core's decided slot durable before the fsync
+            # that makes the leader's own accepts durable, so early Accepts announce it uncapped.
+            node.replica.note_durable(node.replica.decided_slot)
         actions = node.replica.take_actions()
-        # Options.early_accepts (the core splitting Accepts off itself) is not modelled yet: this
-        # shell's early_accepts mode splits them here, so the core must not.
-        assert not actions.send_early, "the simulator does not carry out Actions.send_early"
-        early_sent = False
-        if self.early_accepts:
-            # The kvstore server's optimisation: Accept (phase 2a) leaves before this batch's fsync.
-            # Model a crash during that fsync: the Accepts are out, nothing else of the batch happened.
-            early = [(to, m) for to, m in actions.send if isinstance(m, Accept)]
-            for to, message in early:
-                self._send(node, to, message)
-            early_sent = bool(early)
-            actions.send = [(to, m) for to, m in actions.send if not isinstance(m, Accept)]
-            if early and self.faults_on and self.rng.random() < 0.2:
-                self._log(f"CRASH {node.node_id} during fsync, after {len(early)} early Accepts left")
-                self.stats["crash_during_fsync"] += 1
-                node.replica = None
-                node.applied = None
-                node.unsynced = []
-                return
+        batch = StagedBatch(actions, node.replica.applied_slot)
         role = (node.replica.status()["role"], node.replica.ballot)
         if role != node.last_role:
             node.last_role = role
             self._log(f"node {node.node_id} is {role[0]} at {role[1]}")
+        if self.early_accepts:
+            self._stage(node, batch, from_accept)
+            return
+        if actions.send_early:
+            self._fail(AssertionError, f"node {node.node_id}: send_early without Options.early_accepts")
         for record in actions.persist:
             if isinstance(record, DecideRecord):
                 self._observe_decided(node, record.slot, record.value)
@@ -728,14 +810,11 @@ class Simulation:
                 actions.persist, actions.send = [], []
             else:
                 # The fsync failed: what reached the disk is unknown; modelled as any prefix of the
-                # batch (the records were written in order). None of the batch may leave the node
-                # (early Accepts already did, as in the server).
+                # batch (the records were written in order). None of the batch may leave the node.
                 stored = self.rng.randint(0, len(actions.persist))
                 node.storage.append(actions.persist[:stored])
                 kind = ("empty" if stored == 0 else "whole" if stored == len(actions.persist) else "partial")
                 self.stats["disk_failures_prefix_" + kind] += 1
-                if early_sent:
-                    self.stats["disk_failures_after_early_accepts"] += 1
                 self._fence(node, f"fsync of a batch: {stored} of {len(actions.persist)} records stored, "
                             f"{len(actions.send)} messages and {len(actions.apply)} applies withheld")
                 return
@@ -743,16 +822,128 @@ class Simulation:
             node.unsynced.extend(actions.persist)
         else:
             node.storage.append(actions.persist)
+        self._carry_out(node, batch)
+
+    # ---------------------------------------------------------------- the fsync pipeline (early_accepts)
+
+    def _stage(self, node: Node, batch: StagedBatch, from_accept: bool) -> None:
+        """early_accepts mode, as the kvstore server's driver and committer: the batch's early Accepts
+        leave at once; a batch with records is staged behind the node's fsync in flight, as is one
+        without records while others are staged (batches are carried out in order); a batch without
+        records and with nothing staged ahead is carried out at once (it needs no fsync).
+
+        A decision the core learned from an Accept's ``decided_slot`` is seen decided NOW, before any
+        fsync (the node already knows it; a later fsync of the leader's would otherwise hide an
+        announcement made too early): the durable-majority check runs on it here."""
+        actions = batch.actions
+        for to, message in actions.send_early:
+            if type(message) is not Accept:
+                self._fail(SafetyViolation, f"node {node.node_id} put {type(message).__name__} in send_early: "
+                           f"only an Accept (phase 2a) promises nothing and may leave before the fsync")
+            self.stats["early_accepts_sent"] += 1
+            if message.decided_slot < actions.decided_slot:
+                self.stats["early_accepts_behind"] += 1
+            self._send(node, to, message)
+        if from_accept:
+            for record in actions.persist:
+                if isinstance(record, DecideRecord):
+                    self.stats["learned_from_early_accepts"] += 1
+                    self._observe_decided(node, record.slot, record.value)
+        if actions.persist or node.staged:
+            if not actions.persist:
+                self.stats["staged_behind"] += 1
+            node.staged.append(batch)
+            self.stats["staged_max"] = max(self.stats["staged_max"], len(node.staged))
+        else:
+            self._carry_out(node, batch)
+
+    def _group_size(self, node: Node) -> int:
+        """How many of the node's staged batches the next fsync covers: all of them half the time
+        (every batch staged while the previous fsync ran), else the oldest few."""
+        if self.rng.random() < 0.5:
+            return len(node.staged)
+        return self.rng.randint(1, len(node.staged))
+
+    def _fsync_done(self, node: Node, count: int | None = None) -> None:
+        """The fsync in flight at ``node`` completes: its oldest ``count`` staged batches (all when
+        None) are stored and then carried out in order, each reporting its ``decided_slot`` with
+        ``note_durable``; then any batch without records now at the head (it needed no fsync). With
+        the disk armed, the fsync fails instead (``_fsync_failed``)."""
+        if not node.staged:
+            return
+        if node.disk_armed and self.faults_on:
+            self._fsync_failed(node)
+            return
+        self.stats["fsync_done"] += 1
+        count = len(node.staged) if count is None else count
+        if count > 1:
+            self.stats["fsyncs_grouped"] += 1
+        done = [node.staged.popleft() for _ in range(count)]
+        for batch in done:
+            # Seen decided before its own records count: they are stored with the batches before it.
+            for record in batch.actions.persist:
+                if isinstance(record, DecideRecord):
+                    self._observe_decided(node, record.slot, record.value)
+            node.storage.append(batch.actions.persist)
+        for batch in done:
+            self._carry_out(node, batch)
+        while node.staged and not node.staged[0].actions.persist:
+            self._carry_out(node, node.staged.popleft())
+
+    def _fsync_failed(self, node: Node) -> None:
+        """The armed disk fails the fsync in flight. As the server's committer: every staged batch's
+        records were written before the fsync, so what reached the disk is any prefix of them all (in
+        order); none of the staged batches is carried out, and the node is fenced. The oldest batch's
+        decisions are seen decided (the core made them, and every batch before it was carried out).
+        ``swallow_disk_errors``: only the oldest batch is lost, its records and messages dropped; its
+        applies happen and the node goes on."""
+        oldest = node.staged[0]
+        for record in oldest.actions.persist:
+            if isinstance(record, DecideRecord):
+                self._observe_decided(node, record.slot, record.value)
+        if self.swallow_disk_errors:
+            node.disk_armed = False
+            node.staged.popleft()
+            self.stats["disk_errors_swallowed"] += 1
+            self._log(f"DISK FAILED on {node.node_id}, error swallowed: {len(oldest.actions.persist)} records "
+                      f"and {len(oldest.actions.send)} messages lost, the node goes on")
+            oldest.actions.persist, oldest.actions.send = [], []
+            self._carry_out(node, oldest)
+            while node.staged and not node.staged[0].actions.persist:
+                self._carry_out(node, node.staged.popleft())
+            return
+        records = [record for batch in node.staged for record in batch.actions.persist]
+        stored = self.rng.randint(0, len(records))
+        node.storage.append(records[:stored])
+        kind = "empty" if stored == 0 else "whole" if stored == len(records) else "partial"
+        self.stats["disk_failures_prefix_" + kind] += 1
+        if any(batch.actions.send_early for batch in node.staged):
+            self.stats["disk_failures_after_early_accepts"] += 1
+        self._fence(node, f"fsync of {len(node.staged)} staged batches: {stored} of {len(records)} records "
+                    f"stored, none carried out")
+
+    def _wait_carried_out(self, node: Node) -> None:
+        """Before a compaction or snapshot install rewrites the log, every staged batch is carried out
+        (the server's ``GroupCommit.wait_carried_out``): the fsync in flight completes (or fails)."""
+        if node.staged:
+            self.stats["waited_for_staged"] += 1
+            self._fsync_done(node)
+
+    def _carry_out(self, node: Node, batch: StagedBatch) -> None:
+        """Steps 2-6 of the contract for a batch whose records are stored: report its decided slot
+        durable, send, apply, answer reads, fail what was dropped, send snapshots."""
+        actions = batch.actions
+        node.replica.note_durable(actions.decided_slot)
         for to, message in actions.send:
             self._send(node, to, message)
-        for slot, batch in actions.apply:
+        for slot, value in actions.apply:
             if slot != len(node.applied) + 1:
                 self._fail(SafetyViolation, f"node {node.node_id} applied slot {slot} after {len(node.applied)}")
-            self._observe_decided(node, slot, batch)
-            node.applied.append(batch)
+            self._observe_decided(node, slot, value)
+            node.applied.append(value)
             self.applied_max = max(self.applied_max, slot)
-        if node.replica.applied_slot != len(node.applied):
-            self._fail(SafetyViolation, f"node {node.node_id}: core applied_slot {node.replica.applied_slot} "
+        if batch.applied_slot != len(node.applied):
+            self._fail(SafetyViolation, f"node {node.node_id}: core applied_slot {batch.applied_slot} "
                        f"but the state machine holds {len(node.applied)} slots")
         for read_id, index in actions.reads:
             needed = self.pending_reads.pop(read_id)
@@ -831,10 +1022,12 @@ class Simulation:
 
     def _fail(self, kind, text: str, cause: BaseException | None = None):
         flags = ("send_before_persist", "early_accepts", "compact_often", "postpone_elections",
-                 "disk_faults", "swallow_disk_errors")
+                 "disk_faults", "swallow_disk_errors", "uncapped_early_accepts")
         shown = [flag for flag in flags if getattr(self, flag)]
         if self.swallow_disk_errors:
             shown.remove("disk_faults")  # implied
+        if self.uncapped_early_accepts:
+            shown.remove("early_accepts")  # implied
         mode = "".join(f" ({flag})" for flag in shown)
         if self.replica_class is not Replica:
             mode += f" (replica_class {self.replica_class.__name__})"
