@@ -45,6 +45,10 @@ delegates, one job per module, all in one nursery:
   ``status`` reads its counters. Snapshot steps that change the core (compact, install) run in the
   driver (``Snapshots.finish``, ``install``, ``adopt``).
 
+* **Lazy learners**: under sustained writes a follower other than the standby leaves decided commands
+  unapplied and adopts the leader's snapshots instead; the policy and its rules are in the docstring of
+  ``kvstore.learners``.
+
 * **Disk faults fence the node** (``_stop_voting``; docs/design.md, "Disk faults"): any storage error,
   on any path, stops the core from ever being fed again, drops staged batches, closes the peer links
   and answers waiting clients; status and serializable reads go on.

@@ -1,0 +1,133 @@
+"""``kvstore.clients``: how a client's request is routed, without a node or a socket.
+
+How: ``ClientLinks._route`` on a fake node whose leadership, fence and learner state the test sets,
+with a fake connection that records its answers (``test_waiters.FakeConn``). Each request either gets
+its answer at once or leaves an event for the driver. Checks:
+
+* a write becomes a ``Proposal`` whose command decodes to what the client asked, named by its
+  ``(client_id, request_id)`` and answered under its wire id; a bad write gets ``bad_request``, on a
+  follower ``not_leader``, on a fenced node the disk's answer (in that order);
+* a linearizable read becomes a ``Read`` on the leader, ``not_leader`` elsewhere, the disk's answer
+  when fenced;
+* a serializable read is answered at once from the state machine, or, on a node with an apply queue
+  or a lazy learner, waits for the slot the core has handed out and wakes the driver (and keeps a lazy
+  learner eager for a while);
+* ``ClientLinks.send_replies`` sends each connection's collected replies in one write.
+"""
+from __future__ import annotations
+
+import collections
+from collections import defaultdict
+from types import SimpleNamespace
+
+import trio
+
+from kvstore import commands, wire
+from kvstore.clients import ClientConn, ClientLinks
+from kvstore.events import WAKE, Proposal, Read
+from kvstore.statemachine import StateMachine
+from kvstore.waiters import Waiters
+
+from .test_waiters import FakeConn
+
+CID = b"client-1"
+
+
+class FakeNode:
+    def __init__(self, *, leader: bool = True, fenced: bool = False) -> None:
+        self.counters: dict = defaultdict(int)
+        self._fenced = fenced
+        self.replica = SimpleNamespace(is_leader=leader, applied_slot=7)
+        self.waiters = Waiters(5.0, lambda: "n2:7002", self.counters)
+        sm = StateMachine()
+        sm.apply(commands.encode_put(CID, 1, 0, "k", "v"))
+        self.local_reads_at: list[float] = []
+        self.learner = SimpleNamespace(lazy=False, queue=collections.deque(), sm=sm,
+                                       note_local_read=self.local_reads_at.append)
+
+    def _disk_reply(self, wire_id, *, write_sent=False):
+        return wire.ErrorReply(id=wire_id, code=wire.DISK_FAILED, message="disk", leader=None)
+
+    def status(self) -> dict:
+        return {"id": 1}
+
+
+def _route(node: FakeNode, request) -> tuple[FakeConn, list]:
+    conn, events = FakeConn(), []
+    ClientLinks(node)._route(conn, request, events)
+    return conn, events
+
+
+def _put(**fields) -> wire.PutRequest:
+    return wire.PutRequest(**{**dict(id=5, key="k", value="v2", client_id=CID, request_id=9, ack_below=0), **fields})
+
+
+def _codes(conn: FakeConn) -> list:
+    return [(a.id, getattr(a, "code", "ok")) for a in conn.answers]
+
+
+async def test_a_write_on_the_leader_becomes_a_proposal_of_its_command():
+    conn, events = _route(FakeNode(), _put())
+    assert conn.answers == [] and len(events) == 1
+    proposal = events[0]
+    assert isinstance(proposal, Proposal)
+    assert proposal.request_key == (CID, 9) and proposal.wire_id == 5
+    assert commands.decode_command(proposal.command) == proposal.decoded
+    assert (proposal.decoded.op, proposal.decoded.key, proposal.decoded.value) == ("put", "k", "v2")
+
+
+async def test_a_write_is_checked_then_refused_by_a_fenced_node_then_by_a_follower():
+    assert _codes(_route(FakeNode(leader=False, fenced=True), _put(key=""))[0]) == [(5, wire.BAD_REQUEST)]
+    assert _codes(_route(FakeNode(leader=False, fenced=True), _put())[0]) == [(5, wire.DISK_FAILED)]
+    conn, events = _route(FakeNode(leader=False), _put())
+    assert _codes(conn) == [(5, wire.NOT_LEADER)] and conn.answers[0].leader == "n2:7002" and events == []
+
+
+async def test_a_linearizable_read_goes_to_the_core_only_on_a_healthy_leader():
+    request = wire.GetRequest(id=6, key="k", linearizable=True)
+    conn, events = _route(FakeNode(), request)
+    assert conn.answers == [] and len(events) == 1 and isinstance(events[0], Read) and events[0].request is request
+    assert _codes(_route(FakeNode(leader=False), request)[0]) == [(6, wire.NOT_LEADER)]
+    assert _codes(_route(FakeNode(fenced=True), request)[0]) == [(6, wire.DISK_FAILED)]
+
+
+async def test_a_serializable_read_is_answered_at_once_or_waits_for_the_apply_queue():
+    request = wire.GetRequest(id=7, key="k", linearizable=False)
+    conn, events = _route(FakeNode(leader=False, fenced=True), request)  # a follower, a fenced node: at once
+    assert [(a.id, a.result["value"]) for a in conn.answers] == [(7, "v")] and events == []
+    for behind in ("queue", "lazy"):
+        node = FakeNode(leader=False)
+        if behind == "queue":
+            node.learner.queue.append((7, (b"cmd",)))
+        else:
+            node.learner.lazy = True
+        conn, events = _route(node, request)
+        assert conn.answers == [] and events == [WAKE]
+        assert node.waiters.local_reads == [(7, conn, request)]  # the slot the core has handed out
+        assert len(node.local_reads_at) == 1
+
+
+async def test_status_is_answered_at_once():
+    conn, events = _route(FakeNode(), wire.StatusRequest(id=8))
+    assert [(a.id, a.result) for a in conn.answers] == [(8, {"id": 1})] and events == []
+
+
+async def test_replies_collected_for_a_connection_leave_in_one_write():
+    links = ClientLinks(FakeNode())
+    conn = ClientConn("c", links.dirty)  # no socket: what is written stays queued in its outbox
+
+    def writes() -> list[bytes]:
+        out = []
+        while True:
+            try:
+                out.append(conn.outbox._recv.receive_nowait())
+            except trio.WouldBlock:
+                return out
+
+    conn.reply(wire.OkReply(id=1, result={}))
+    conn.reply(wire.OkReply(id=2, result={}))
+    assert writes() == [] and links.dirty == [conn]
+    links.send_replies()
+    sent = writes()
+    assert len(sent) == 1 and [wire.decode_body(b).id for b in wire.split_frames(bytearray(sent[0]))] == [1, 2]
+    assert links.dirty == [] and conn.pending == []
