@@ -14,8 +14,8 @@ where this docstring says so. Like the core it does no I/O, reads no clock (time
 Who does what
 ~~~~~~~~~~~~~
 
-* Per slot, the roles of ``paxos.practical`` (Paxos Made Simple, section 3: "a separate instance of
-  the Paxos consensus algorithm" per command):
+* Per slot, the roles of ``paxos.practical`` (Paxos Made Simple, section 3: the command of slot i is
+  chosen by the i-th instance of the consensus algorithm):
 
   - a ``practical.Acceptor`` on every node, created when the first Accept for the slot arrives and
     kept until compaction (it is the slot's durable state: ``promised_id``, ``accepted_id``,
