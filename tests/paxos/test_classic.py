@@ -824,7 +824,8 @@ def _steady_state_costs(engine) -> tuple[int, int, dict]:
         deliver_all(replicas, [])
     assert all(r.decided_slot == 10 for r in replicas.values())
     after = replicas[1].status()["counters"]
-    return counted["messages"], counted["fsyncs"], {k: after.get(k, 0) - before.get(k, 0) for k in (*after, "sent_Prepare")}
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in (*after, "sent_Prepare")}
+    return counted["messages"], counted["fsyncs"], delta
 
 
 def test_one_request_at_a_time_costs_what_the_core_costs_and_the_counters_say_so():
