@@ -17,14 +17,42 @@ in-flight messages. Each step the RNG picks one event:
 * partition the nodes in two groups, or heal,
 * submit a client command (unique bytes) to a node, start a read at a node,
 * compact a node (take a snapshot of its state machine up to some applied slot),
-* with ``disk_faults=True``: arm a running node's disk to fail its next write ("disk_fail", below).
+* with ``disk_faults=True``: arm a running node's disk to fail its next write ("disk_fail", below),
+* with ``early_accepts=True``: complete the fsync in flight at a node ("fsync_done"), or make a node's
+  disk slow for a while ("fsync_stall"; both below).
 
 The shell contract is simulated literally: an ``Actions`` batch's records are stored before its
 messages enter the network, then applied commands go to the node's state machine (a list of the
 batches applied, slot by slot), then reads are answered, and each node in ``snapshot_to`` gets the
-sender's stored snapshot as a message (which can be reordered or lost like any other).
-``early_accepts=True`` models the kvstore server's optimisation: Accept messages (phase 2a, which
-promise nothing) leave before the batch's fsync, and a crash may strike during that fsync.
+sender's stored snapshot as a message (which can be reordered or lost like any other). After every
+input the node's core is asked for its batch (``take_actions()``), and without ``early_accepts`` the
+batch is carried out at once, its records stored as if its fsync took no time.
+
+``early_accepts=True`` models the kvstore server's committer (``kvstore/groupcommit.py``): the core
+runs with ``Options(early_accepts=True)`` (the other options still vary by seed), and fsyncs take
+time while the node goes on. Each node has a FIFO of *staged* batches whose fsync is in flight:
+
+* a batch's ``send_early`` messages (a leader's Accepts, ``decided_slot`` capped by the core at the
+  mark the shell reported durable) enter the network at once; anything else in ``send_early`` is a
+  safety violation (only phase 2a promises nothing);
+* a batch with records is staged; so is one without records while others are staged (batches are
+  carried out in order); one without records and nothing ahead of it is carried out at once;
+* meanwhile the node keeps receiving messages, ticking and taking new batches, which queue behind;
+* an "fsync_done" event (weight ``FSYNC_DONE_WEIGHT``) picks a node with staged batches and a disk
+  that is not slow, and completes its fsync in flight, which covers the oldest batches (all of them
+  half the time, else the oldest few: group commit): their records are stored, then each is carried
+  out in order: ``note_durable(batch.decided_slot)``, then ``send``, apply, reads, ``snapshot_to``;
+  then any batch without records now at the head;
+* an "fsync_stall" event (weight ``FSYNC_STALL_WEIGHT``) makes a node's disk slow (half the time the
+  leader's): no fsync of its completes for ``FSYNC_STALL_STEPS`` steps while it keeps working. Only
+  then can a leader decide a slot (a follower's Accepted counted with its own accept still staged)
+  and send an Accept while the decision is not durable: the case the cap exists for;
+* a crash drops every staged batch (none of their records stored; their early Accepts have left);
+* a compaction, a snapshot install (also mid-batch) and a paused node (a long snapshot write) first
+  wait for the node's staged batches to be carried out, as the server's ``wait_carried_out``: the
+  fsync in flight completes at once (or fails, with ``disk_faults``);
+* the liveness rounds complete fsyncs at random moments among the deliveries, every one by the end
+  of the round, and slow disks no longer hold them back.
 ``postpone_elections=True`` models the kvstore server's lazy learners: during the fault phase a node
 now and then postpones its elections for a while (``Replica.postpone_election`` before each tick, as
 a server catching up a backlog does); postponing serves liveness only, so every safety check holds,
@@ -39,8 +67,12 @@ server's ``_stop_voting`` does. The "disk_fail" event (weight ``DISK_FAIL_WEIGHT
 per run) arms one running node's disk; its next write fails:
 
 * a batch with a non-empty ``persist`` list: a random prefix of its records (possibly none, possibly
-  all) reaches storage, and none of its messages, applies or read answers happen (in
-  ``early_accepts`` mode its Accepts have already left, as in the server);
+  all) reaches storage, and none of its messages, applies or read answers happen;
+* in ``early_accepts`` mode, the fsync in flight (at the node's next "fsync_done", or when a
+  compaction or snapshot install waits for it): as in the server's committer, every staged batch's
+  records were written before that fsync, so a random prefix of all of them reaches storage, none of
+  the staged batches is carried out (their early Accepts have left already), and the batches queued
+  behind the oldest are dropped with it;
 * a snapshot write (compaction, or a peer's snapshot installed): storage keeps the old snapshot and
   log, the new snapshot with the old log, or both new (each file is renamed into place after its
   fsync, as ``kvstore.storage`` does, and recovery accepts all three).
@@ -52,7 +84,8 @@ restarts of fenced nodes; the liveness phases heal every disk and restart every 
 ``swallow_disk_errors=True`` is the broken variant, the server's bug that issue 15 reports: a failed
 batch's records are lost and its messages dropped, but the node goes on from its memory (its core is
 now ahead of its disk), and its later batches persist and send normally; its applies still happen
-(the state machine lives in memory), so that only the durability checks below can notice.
+(the state machine lives in memory), so that only the durability checks below can notice. (With
+``early_accepts``, the swallowed batch is the oldest staged one; the others stay staged.)
 
 After every step the simulator checks safety:
 
@@ -70,7 +103,10 @@ After every step the simulator checks safety:
   AcceptRecords, as ``DurableState.replay`` computes it), Accepted of ``(slot, b)`` an AcceptRecord
   of that slot at ``b``, or a snapshot through the slot (a snapshot installed in the middle of a
   batch replaces what was accepted there by the decided value);
-* a decided value is durable on a majority when it is first seen decided (``_check_durable_majority``).
+* a decided value is durable on a majority when it is first seen decided (``_check_durable_majority``):
+  in a ``DecideRecord`` of a batch being carried out or failing its disk, in ``apply``, or, in
+  ``early_accepts`` mode, the moment a node's core learns it from an Accept's ``decided_slot`` (the
+  ``DecideRecord``s of the batch taken right after that Accept, checked before any fsync).
 
 The last two checks catch a node that lets others count, or counts itself, an acceptance or promise it
 does not hold durably, at the moment it happens, rather than by the luck of a later crash that forgets
@@ -79,33 +115,40 @@ message, or relied on one stored before (a duplicate Accept or Prepare, a restar
 It cannot see the leader's own acceptance, which is counted without a message; the durable-majority
 check covers that.
 
-The durable-majority check, exactly: when a DecideRecord for ``(slot, value)`` first appears in any
-node's batch (a batch that fails its disk included), or ``(slot, value)`` is first applied anywhere, at
-least a majority of the nodes' storages hold an ``AcceptRecord(slot, b, value)`` for some ballot ``b``,
-or a ``DecideRecord(slot, value)``, or a snapshot through ``slot`` with ``value`` at ``slot``. Why it
-holds for correct Paxos in every mode: a slot is decided only when a majority accepted it at one ballot
-(section 2.3). A follower's acceptance counts only once its Accepted arrives, which left after the batch
-that stored its AcceptRecord. The leader counts its own acceptance without a message, but it opens a
-slot in one batch and can count a follower's Accepted only in a later one, by when this shell has stored
-the opening batch (``early_accepts`` too: the Accepts leave before that fsync, but the replies are
-handled after it, and a crash during the fsync ends the leader before it decides). Every other way to
-learn of a decision (``decided_slot`` on Accept, Heartbeat and Decide; the decided entries of a Promise
-or a CatchupReply; a snapshot) passes on one made earlier, where it was first seen. Stored records are
-never lost (a crash loses only what was never stored; compaction and snapshot installs keep every
-accepted slot above the snapshot, and the snapshot holds the decided values up to it).
+The durable-majority check, exactly: when a DecideRecord for ``(slot, value)`` first appears in a
+node's batch as it is carried out (before its own records are stored; a batch that fails its disk
+included) or in the batch a node takes right after an Accept (``early_accepts``), or ``(slot, value)``
+is first applied anywhere, at least a majority of the nodes' storages hold an ``AcceptRecord(slot, b,
+value)`` for some ballot ``b``, or a ``DecideRecord(slot, value)``, or a snapshot through ``slot`` with
+``value`` at ``slot``. Why it holds for correct Paxos in every mode: a slot is decided only when a
+majority accepted it at one ballot (section 2.3). A follower's acceptance counts only once its Accepted
+arrives, which left after the batch that stored its AcceptRecord. The leader counts its own acceptance
+without a message: it opens a slot in one batch and can count a follower's Accepted only in a later
+one, so the DecideRecord comes in a later batch than its AcceptRecord. Without ``early_accepts`` the
+opening batch is stored before the next input. With it, the leader may decide in memory while the
+opening batch is still staged, but its batches are carried out in order, so the batch holding the
+DecideRecord is carried out after the opening batch's records are stored; and the ``decided_slot`` it
+announces early is capped at the mark reported by ``note_durable`` after a batch was carried out, when
+every decision up to it rested on stored records. Every other way to learn of a decision
+(``decided_slot`` on Heartbeat and Decide, which leave after their batch's fsync; the decided entries
+of a Promise or a CatchupReply; a snapshot) passes on one made earlier, where it was first seen.
+Stored records are never lost (a crash loses only what was never stored; compaction and snapshot
+installs keep every accepted slot above the snapshot, and the snapshot holds the decided values up to
+it).
 
-``send_before_persist`` trips the checks on every seed (1-300 tried, 3 and 5 nodes),
-``swallow_disk_errors`` whenever a node answers from a swallowed promise or acceptance (the message
-check) or a decision counts a swallowed acceptance that completes a majority (the durable-majority
-check). This shell carries out each batch before the next input. The kvstore server pipelines them, so
-its leader may decide in memory before its own accept's fsync (which is why its early Accepts cap
-``decided_slot`` at the durable mark); a model of that pipeline (issue 16) would run the
-durable-majority check when a batch is carried out, after its fsync, and would then catch an early
-Accept whose ``decided_slot`` is not capped.
+Three broken variants show the checks have teeth. ``send_before_persist`` trips them on every seed
+(1-300 tried, 3 and 5 nodes); ``swallow_disk_errors`` whenever a node answers from a swallowed promise
+or acceptance (the message check) or a decision counts a swallowed acceptance that completes a
+majority (the durable-majority check). ``uncapped_early_accepts=True`` (implies ``early_accepts``) is
+a shell that reports the core's decided slot durable (``note_durable``) before each ``take_actions()``,
+before any fsync, so that early Accepts announce decisions the leader's own staged accept still has to
+make durable: the durable-majority check catches a follower that learns such a decision when fewer
+than a majority hold it (about one run in twenty; without that check no seed of 1-400 fails, on 3 or 5
+nodes: a crash must strike the leader in that window and the others must then choose differently).
 
 Then the liveness phase: all nodes up (crashed and fenced ones restarted), network healed, disks
-healthy, no faults. A leader must emerge, and commands submitted to it must be decided and applied
-everywhere within a bound of ticks.
+healthy and fast, no faults. A leader must emerge, and commands submitted to it must be decided and
+applied everywhere, and every staged batch carried out, within a bound of ticks.
 
 Every failure raises with the seed, a replay command and the last lines of the event trace, each line
 prefixed with the step and simulated tick.
@@ -146,14 +189,14 @@ COMPACT_OFTEN_WEIGHT = 20
 # 400-step run (the other weights add up to 93), as often as crashes.
 DISK_FAIL_WEIGHT = 1
 
-# early_accepts=True adds this event: the fsync in flight at one node (chosen among the nodes that
-# have staged batches) completes, carrying out its oldest staged batches. Against about 75 events
-# per hundred that feed nodes, it leaves a node a few inputs to go on with while a batch is staged.
+# early_accepts=True adds these events (see the module docstring). "fsync_done": the fsync in flight
+# at one node (among those with staged batches and a disk that is not slow) completes. At 20 against
+# the 93 above, a node usually takes a few more inputs while a batch is staged.
 FSYNC_DONE_WEIGHT = 20
-# ... and this one: one node's disk becomes slow, its fsyncs completing no earlier than
-# FSYNC_STALL_STEPS later (a latency spike; half the time the leader's, whose batches carry most).
-FSYNC_STALL_WEIGHT = 4
-FSYNC_STALL_STEPS = (20, 100)
+# "fsync_stall": one node's disk becomes slow, none of its fsyncs completing for a number of steps
+# drawn from FSYNC_STALL_STEPS; about seven per 400-step run.
+FSYNC_STALL_WEIGHT = 2
+FSYNC_STALL_STEPS = (10, 60)
 
 
 class SafetyViolation(AssertionError):
@@ -310,7 +353,7 @@ class Simulation:
                           # early_accepts mode (the fsync pipeline)
                           fsync_done=0, fsync_stall=0, fsyncs_grouped=0, staged_max=0, staged_behind=0,
                           early_accepts_sent=0, early_accepts_behind=0, learned_from_early_accepts=0,
-                          waited_for_staged=0, staged_dropped=0)
+                          waited_for_staged=0, staged_behind_failed_fsync=0)
         for node in self.nodes.values():
             self._start(node)
 
@@ -672,7 +715,6 @@ class Simulation:
         ahead of its disk) until a restart rebuilds it from what its storage really holds."""
         node.disk_armed = False
         node.fenced = True
-        self.stats["staged_dropped"] += len(node.staged)
         node.staged.clear()
         self.stats["disk_failures"] += 1
         if node.replica.is_leader:
@@ -848,7 +890,8 @@ class Simulation:
             for record in actions.persist:
                 if isinstance(record, DecideRecord):
                     self.stats["learned_from_early_accepts"] += 1
-                    self._observe_decided(node, record.slot, record.value)
+                    self._observe_decided(node, record.slot, record.value, how="learned from an Accept's "
+                                          "decided_slot the decision")
         if actions.persist or node.staged:
             if not actions.persist:
                 self.stats["staged_behind"] += 1
@@ -879,6 +922,7 @@ class Simulation:
         if count > 1:
             self.stats["fsyncs_grouped"] += 1
         done = [node.staged.popleft() for _ in range(count)]
+        self._log(f"fsync done on {node.node_id}: {count} of {count + len(node.staged)} staged batches")
         for batch in done:
             # Seen decided before its own records count: they are stored with the batches before it.
             for record in batch.actions.persist:
@@ -919,6 +963,7 @@ class Simulation:
         self.stats["disk_failures_prefix_" + kind] += 1
         if any(batch.actions.send_early for batch in node.staged):
             self.stats["disk_failures_after_early_accepts"] += 1
+        self.stats["staged_behind_failed_fsync"] += len(node.staged) - 1
         self._fence(node, f"fsync of {len(node.staged)} staged batches: {stored} of {len(records)} records "
                     f"stored, none carried out")
 
@@ -973,23 +1018,23 @@ class Simulation:
                        f"{message.ballot} to {to}, not durable at its sender: no AcceptRecord of it is stored")
         self.network.append((node.node_id, to, message))
 
-    def _observe_decided(self, node: Node, slot: int, value: tuple) -> None:
+    def _observe_decided(self, node: Node, slot: int, value: tuple, how: str = "decided") -> None:
         old = self.decided.get(slot)
         if old is None:
             for command in value:
                 if command not in self.submitted:
                     self._fail(SafetyViolation, f"node {node.node_id} decided {command!r}, never submitted")
-            self._check_durable_majority(node, slot, value)
+            self._check_durable_majority(node, slot, value, how)
             self.decided[slot] = value
         elif old != value:
             self._fail(SafetyViolation, f"slot {slot}: node {node.node_id} decided {value!r}, "
                        f"but {old!r} was decided before")
 
-    def _check_durable_majority(self, node: Node, slot: int, value: tuple) -> None:
+    def _check_durable_majority(self, node: Node, slot: int, value: tuple, how: str = "decided") -> None:
         """The value first seen decided at ``slot`` is durable on a majority (see the module docstring)."""
         holders = [n.node_id for n in self.nodes.values() if n.storage.holds(slot, value)]
         if len(holders) < self.config.quorum_size:
-            self._fail(SafetyViolation, f"slot {slot}: node {node.node_id} decided {value!r}, but only nodes "
+            self._fail(SafetyViolation, f"slot {slot}: node {node.node_id} {how} {value!r}, but only nodes "
                        f"{holders} hold it durably, fewer than a majority ({self.config.quorum_size}): "
                        f"a crash of the others can un-choose it")
 
