@@ -401,6 +401,7 @@ class AsyncClient:
                 conn = _Connection(endpoint, stream)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(conn.reader)
+                    nursery.start_soon(conn.writer)  # what the socket does not take at once (no socket: all)
                     # Nothing may raise inside the nursery block (trio would wrap it in a group).
                     try:
                         reply = await conn.call(lambda rid: wire.StatusRequest(id=rid), math.inf)

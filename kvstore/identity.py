@@ -42,9 +42,11 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+import trio
+
 log = logging.getLogger(__name__)
 
-__all__ = ["IdentityError", "Founding", "new_incarnation", "decide_founding", "check_peer"]
+__all__ = ["IdentityError", "Founding", "new_incarnation", "decide_founding", "check_peer", "wait_founding"]
 
 
 class IdentityError(Exception):
@@ -112,3 +114,33 @@ def check_peer(members: dict, peer: int, incarnation: str | None) -> str | None:
         return f"node {peer} says no incarnation (an older version?), but this cluster knows it as {known}"
     return (f"node {peer} presents incarnation {incarnation}, but this cluster knows node {peer} as incarnation "
             f"{known}: it lost its data directory and may not vote under its old id")
+
+
+async def wait_founding(node_id: int, incarnation: str, member_ids, status_of, *,
+                        poll_seconds: float = 0.2, log_every_seconds: float = 5.0) -> Founding:
+    """Ask every other member for its status until ``decide_founding`` says how to start.
+
+    ``status_of(peer)`` is an async function returning the peer's status dict, or None if it did not
+    answer. Waits as long as it takes (a new cluster needs every member up), logging whom it waits for
+    every ``log_every_seconds``. Raises ``IdentityError`` when this node must not start.
+    """
+    others = [m for m in sorted(member_ids) if m != node_id]
+    next_log = trio.current_time() + log_every_seconds
+    while True:
+        answers: dict = {}
+
+        async def ask(peer: int) -> None:
+            answers[peer] = await status_of(peer)
+
+        async with trio.open_nursery() as nursery:
+            for peer in others:
+                nursery.start_soon(ask, peer)
+        founding = decide_founding(node_id, incarnation, member_ids, answers)
+        if founding.members is not None:
+            return founding
+        if trio.current_time() >= next_log:
+            next_log = trio.current_time() + log_every_seconds
+            log.warning("node %d: waiting for node(s) %s to answer before founding the cluster (a new cluster "
+                        "starts when every member in --peers is up)", node_id,
+                        ", ".join(map(str, founding.waiting_for)))
+        await trio.sleep(poll_seconds)

@@ -31,7 +31,8 @@ import socket
 
 import trio
 
-from . import wire
+from . import identity, wire
+from .storage import StorageError
 from .netio import Outbox, socket_fd
 
 __all__ = ["PeerLinks", "PEER_FRAME_BYTES_MAX", "set_nodelay", "remote_name"]
@@ -162,7 +163,8 @@ class PeerLinks:
         host, port = node.peers[peer_id]
         outbox = self.outboxes[peer_id]
         backoff = BACKOFF_SECONDS_MIN
-        hello = wire.encode_frame(wire.Hello(node_id=self.node_id, cluster_id=options.cluster_id))
+        hello = wire.encode_frame(wire.Hello(node_id=self.node_id, cluster_id=options.cluster_id,
+                                             incarnation=node.storage.incarnation))
         while True:
             outbox.drop_backlog()
             try:
@@ -203,6 +205,20 @@ class PeerLinks:
         if hello.node_id not in node.peers or hello.node_id == self.node_id:
             raise wire.WireError(f"peer says it is node {hello.node_id}, which is not a member")
         peer = hello.node_id
+        members = node.storage.members
+        if members is not None:
+            refused = identity.check_peer(members, peer, hello.incarnation)
+            if refused is not None:
+                node.counters["peers_refused_incarnation"] += 1
+                raise wire.WireError(refused)
+            if peer not in members and hello.incarnation is not None:
+                # A directory from before incarnations learns its peers' on first use.
+                try:
+                    node.storage.record_members({**members, peer: hello.incarnation})
+                except StorageError as exc:
+                    node._stop_voting(exc)  # never absorbed by a connection handler
+                    return
+                log.info("node %d: recorded node %d's incarnation %s", self.node_id, peer, hello.incarnation)
         reader.frame_bytes_max = PEER_FRAME_BYTES_MAX
         post = node._post
         receive_chunk = node.snapshots.receive_chunk

@@ -71,7 +71,7 @@ import trio
 from paxos import messages as pm
 from paxos.replica import Config, Options, Replica
 
-from . import commands, runtime, wire
+from . import commands, identity, runtime, wire
 from .clients import ClientConn, ClientLinks
 from .endpoints import format_endpoint
 from .events import Proposal, Read, SnapshotAdoptable, SnapshotReceived, SnapshotRestored, SnapshotStep
@@ -303,16 +303,49 @@ class Node:
                 listeners = await self._open_listeners()
                 sock = getattr(listeners[0], "socket", None)
                 self.listen_port = sock.getsockname()[1] if sock is not None else self.peers[self.node_id][1]
+                # Clients and peers are served from here on (status answers the founding of others),
+                # but this node votes only once it knows the members' incarnations (kvstore.identity).
+                nursery.start_soon(trio.serve_listeners, self.clients.handle_connection, listeners)
+                task_status.started(self.listen_port)
+                log.info("node %d serving on port %d, data dir %s", self.node_id, self.listen_port, self.data_dir)
+                if self.storage.members is None:
+                    await self._found()
                 nursery.start_soon(self._driver)
                 nursery.start_soon(self.commit.run)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self.peer_links.run)
-                nursery.start_soon(trio.serve_listeners, self.clients.handle_connection, listeners)
                 self.ready.set()
-                task_status.started(self.listen_port)
-                log.info("node %d serving on port %d, data dir %s", self.node_id, self.listen_port, self.data_dir)
         finally:
             self.storage.close()
+
+    async def _found(self) -> None:
+        """This directory is new: agree with the other members on the cluster's founding, or refuse
+        (``identity.IdentityError``) if the cluster started without this incarnation."""
+        incarnation = self.storage.incarnation
+
+        async def status_of(peer: int) -> dict | None:
+            from .client import KVError, connect  # the client library, to ask a peer as any client would
+
+            endpoint = format_endpoint(*self.peers[peer])
+            try:
+                with trio.move_on_after(2):
+                    async with connect([endpoint], timeout=1, transport=self.transport) as kv:
+                        try:
+                            return await kv.status(endpoint)
+                        except (KVError, OSError):
+                            return None
+            except (KVError, OSError):
+                return None
+            return None
+
+        try:
+            founding = await identity.wait_founding(self.node_id, incarnation, self.peers, status_of)
+        except identity.IdentityError as exc:
+            log.critical("node %d: %s", self.node_id, exc)
+            raise
+        self.storage.record_members(founding.members)
+        log.info("node %d (incarnation %s): %s; members %s", self.node_id, incarnation, founding.how,
+                 ", ".join(f"{k}={v}" for k, v in sorted(founding.members.items())))
 
     async def _open_listeners(self) -> list:
         if self._listener_socket is not None:
@@ -702,6 +735,10 @@ class Node:
             "disk_error": self.disk_error,  # why not ok: the file, the error, what to do
             "snapshotting": self.snapshots.busy,
             "cluster_id": self.options.cluster_id,
+            "incarnation": self.storage.incarnation,  # this data directory's (kvstore.identity)
+            # every member's incarnation once the cluster is founded; None while this node founds it
+            "members": ({str(k): v for k, v in self.storage.members.items()}
+                        if self.storage.members is not None else None),
             "counters": dict(self.counters),
             "core_counters": core["counters"],  # the Paxos core's: duplicates, stale messages, elections
         }
