@@ -763,4 +763,15 @@ def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, opt
     """Blocking entry point of ``kv serve``: run one node until SIGINT/SIGTERM."""
     node = Node(node_id, peers, data_dir, options)
     runtime.tune_gc()  # after the restore, so that the state it loaded is never scanned
-    trio.run(serve_until_signal, node)
+    try:
+        trio.run(serve_until_signal, node)
+    except BaseExceptionGroup as group:
+        # The nurseries wrap a refusal to start (identity.IdentityError, a StorageError): the caller
+        # (kv serve) prints such an error as one line, so hand it over unwrapped.
+        expected = group.subgroup((identity.IdentityError, StorageError))
+        if expected is not None and expected.exceptions:
+            leaf = expected.exceptions[0]
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise leaf from None
+        raise
