@@ -62,10 +62,10 @@ class GroupCommit:
         self.durable_decided_slot = durable_decided_slot
         self._progress = trio.Event()  # set (and replaced) each time the committer finishes a round
 
-    def stage(self, actions, early_sent: bool, decided_slot: int) -> bool:
+    def stage(self, actions) -> bool:
         """Write the batch's records to the log; True if it is durable now and the caller must carry
-        it out (inline), False if the committer will. ``early_sent``: its Accepts left already;
-        ``decided_slot``: the core's decided slot as of this batch. Raises StorageError (nothing of
+        it out (inline), False if the committer will. Once it is durable, ``durable_decided_slot``
+        becomes its ``Actions.decided_slot`` (the core's decided slot as of this batch). Raises StorageError (nothing of
         the batch may leave the node: it may or may not be on disk)."""
         end = None
         if actions.persist:
@@ -83,12 +83,12 @@ class GroupCommit:
             # fsync is needed or the disk is fast: carry it out here.
             if end is not None and self.fsync:
                 self._note_fsync(self._fsync(end))
-            if decided_slot > self.durable_decided_slot:
-                self.durable_decided_slot = decided_slot
+            if actions.decided_slot > self.durable_decided_slot:
+                self.durable_decided_slot = actions.decided_slot
             self.counters["inline_batches"] += 1
             return True
         self.pending_batches += 1
-        self._send.send_nowait((actions, end, early_sent, decided_slot))
+        self._send.send_nowait((actions, end))
         return False
 
     def _fsync(self, end: int) -> float:
@@ -123,10 +123,10 @@ class GroupCommit:
                 except StorageError as exc:
                     node._stop_voting(exc)
             if not node._fenced:
-                for actions, _, early_sent, decided_slot in items:
-                    if decided_slot > self.durable_decided_slot:
-                        self.durable_decided_slot = decided_slot
-                    node._carry_out(actions, early_sent)
+                for actions, _ in items:
+                    if actions.decided_slot > self.durable_decided_slot:
+                        self.durable_decided_slot = actions.decided_slot
+                    node._carry_out(actions)
             # else: these batches (and any staged after them) may not all be on disk; none of their
             # messages, applies or answers may leave. Their waiting clients were told (_stop_voting).
             node._send_replies()

@@ -55,7 +55,6 @@ delegates, one job per module, all in one nursery:
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -237,6 +236,7 @@ class Node:
                 batch_count_max=o.batch_count_max,
                 lazy_decide=o.lazy_decide,
                 thrifty=o.thrifty,
+                early_accepts=o.fsync,  # without fsyncs nothing waits, so nothing is sent early
             ),
         )
         self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
@@ -508,6 +508,8 @@ class Node:
         """What follows every batch of events: take the core's actions and carry them out (or stage them)."""
         if ticks:
             self.waiters.expire(trio.current_time())
+        # Early Accepts may announce what was decided as of the newest batch carried out (durable).
+        self.replica.note_durable(self.commit.durable_decided_slot)
         self._stage(self.replica.take_actions())
         replica = self.replica
         learner = self.learner
@@ -564,49 +566,27 @@ class Node:
         """
         if not actions:
             return
-        early = False
-        if actions.persist and self.options.fsync:
-            # Phase-2a requests (Accept) promise nothing on our behalf, so they may leave before our
-            # own record is even written, let alone fsynced: followers then write to their disks
-            # while we write to ours, and a round trip costs one fsync instead of two. Our own accept
-            # counts towards a decision only when Accepted replies are handled, in a later batch,
-            # after this batch's fsync (the committer finishes batches in order). Everything else
-            # waits for the fsync. (If our disk turns out to be full, the Accepts that left are
-            # harmless: proposals that a majority of the others may still choose.)
-            #
-            # An Accept also carries the leader's decided_slot. A decision counts our own accept,
-            # which is durable only once the committer's fsync got there, so an Accept that leaves
-            # early may only announce what was decided as of the last finished fsync; otherwise a
-            # follower could apply a value that a crash of ours un-chooses.
-            durable = self.commit.durable_decided_slot
-            capped: dict[int, pm.Accept] = {}  # one copy per broadcast Accept, so it is encoded once
-            accepts = []
-            for to, m in actions.send:
-                if type(m) is pm.Accept:
-                    if m.decided_slot > durable:
-                        m = capped.get(id(m)) or capped.setdefault(
-                            id(m), dataclasses.replace(m, decided_slot=durable))
-                    accepts.append((to, m))
-            if accepts:
-                self.peer_links.send_now(accepts)
-                early = True
+        if actions.send_early:
+            # Options.early_accepts: phase-2a Accepts promise nothing on our behalf, so they leave
+            # before our own records are even written: followers write to their disks while we
+            # write to ours, and a round trip costs one fsync instead of two. The core capped their
+            # decided_slot at the mark reported durable (Replica.note_durable, see _after_events).
+            self.peer_links.send_now(actions.send_early)
         try:
-            durable_now = self.commit.stage(actions, early, self.replica.decided_slot)
+            durable_now = self.commit.stage(actions)
         except StorageError as exc:
             # Not written, or written and maybe not on disk: nothing else of this batch may leave the node.
             self._stop_voting(exc)
             return
         if durable_now:
-            self._carry_out(actions, early)
+            self._carry_out(actions)
 
-    def _carry_out(self, actions, early_sent: bool) -> None:
+    def _carry_out(self, actions) -> None:
         """Steps 2-4 of the contract for one batch whose records are durable (inline, or the committer)."""
-        # 2. send (the Accepts already left if early_sent). A Decide only tells followers what to
+        # 2. send (early Accepts left already: they are in send_early). A Decide only tells followers what to
         # apply, so it waits until our clients have their answers: each send is a system call, and
         # one request at a time waits for every one made before its reply.
         sends = actions.send
-        if early_sent:
-            sends = [item for item in sends if type(item[1]) is not pm.Accept]
         decides = [item for item in sends if type(item[1]) is pm.Decide]
         if decides:
             sends = [item for item in sends if type(item[1]) is not pm.Decide]

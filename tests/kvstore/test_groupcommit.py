@@ -59,7 +59,7 @@ class FakeNode:
         self.carried: list = []
         self.failures: list = []
 
-    def _carry_out(self, actions, early_sent: bool) -> None:
+    def _carry_out(self, actions) -> None:
         self.carried.append(actions)
 
     def _stop_voting(self, exc) -> None:
@@ -70,18 +70,18 @@ class FakeNode:
         pass
 
 
-def _promise(n: int) -> Actions:
-    return Actions(persist=[PromiseRecord(Ballot(n, 1))])
+def _promise(n: int, decided_slot: int = 0) -> Actions:
+    return Actions(persist=[PromiseRecord(Ballot(n, 1))], decided_slot=decided_slot)
 
 
-def _decides_only(slot: int) -> Actions:
-    return Actions(persist=[DecideRecord(slot, (b"x",))])
+def _decides_only(slot: int, decided_slot: int = 0) -> Actions:
+    return Actions(persist=[DecideRecord(slot, (b"x",))], decided_slot=decided_slot)
 
 
 async def test_with_nothing_staged_and_fast_fsyncs_a_batch_is_fsynced_and_carried_out_inline():
     node = FakeNode()
     commit = GroupCommit(node, durable_decided_slot=0)
-    assert commit.stage(_promise(1), False, decided_slot=4) is True
+    assert commit.stage(_promise(1, decided_slot=4)) is True
     assert node.storage.fsyncs == [(100, True)], "not fsynced in the trio thread"
     assert commit.durable_decided_slot == 4 and commit.pending_batches == 0
     assert node.counters["inline_batches"] == 1 and node.counters["fsyncs"] == 1
@@ -91,7 +91,7 @@ async def test_a_batch_of_decide_records_alone_is_not_fsynced():
     node = FakeNode()
     commit = GroupCommit(node, durable_decided_slot=0)
     commit.fsync_seconds_ewma = 1.0  # a slow disk: yet nothing waits for it
-    assert commit.stage(_decides_only(3), False, decided_slot=3) is True
+    assert commit.stage(_decides_only(3, decided_slot=3)) is True
     assert node.storage.fsyncs == [] and node.storage.records == [DecideRecord(3, (b"x",))]
 
 
@@ -100,14 +100,14 @@ async def test_slow_fsyncs_send_batches_to_the_committer_which_fsyncs_once_for_a
     commit = GroupCommit(node, durable_decided_slot=0)
     commit.fsync_seconds_ewma = 10 * FAST_S
     node.storage.gate = threading.Event()
-    batches = [_promise(1), _promise(2), _decides_only(1)]
+    batches = [_promise(1, decided_slot=1), _promise(2, decided_slot=2), _decides_only(1, decided_slot=3)]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(commit.run)
-        assert commit.stage(batches[0], False, decided_slot=1) is False
+        assert commit.stage(batches[0]) is False
         await trio.sleep(0.05)  # the committer took the first and waits for its fsync
         # staged behind it: the second, and the third though it needs no fsync (order is kept)
-        assert commit.stage(batches[1], False, decided_slot=2) is False
-        assert commit.stage(batches[2], False, decided_slot=3) is False
+        assert commit.stage(batches[1]) is False
+        assert commit.stage(batches[2]) is False
         assert commit.pending_batches == 3 and node.carried == []
         node.storage.gate.set()
         with trio.fail_after(10):
@@ -126,7 +126,7 @@ async def test_a_failed_fsync_in_the_committer_fences_and_carries_out_nothing():
     node.storage.fail = True
     async with trio.open_nursery() as nursery:
         nursery.start_soon(commit.run)
-        assert commit.stage(_promise(1), False, decided_slot=1) is False
+        assert commit.stage(_promise(1, decided_slot=1)) is False
         with trio.fail_after(10):
             await commit.wait_carried_out()
         nursery.cancel_scope.cancel()
