@@ -9,8 +9,8 @@ of a trio memory stream pair. Checks:
   one frame goes one message per frame, and a message too large alone is dropped and counted;
 * after ``stop`` nothing is sent; with ``close_links`` the outboxes are closed as well;
 * the reader posts the Paxos messages as they are, in order, one ``_post`` per read, hands snapshot
-  chunks over, and refuses (``WireError``) another cluster, a non-member, and a message or chunk that
-  claims another sender.
+  chunks over, and refuses (``WireError``) another cluster, a non-member, a member's id with another
+  incarnation, and a message or chunk that claims another sender.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ class FakeNode:
         self.peers = {1: ("n1", 7001), 2: ("n2", 7002), 3: ("n3", 7003)}
         self.counters: dict = defaultdict(int)
         self.options = SimpleNamespace(cluster_id="kv")
+        self.storage = SimpleNamespace(members={1: "inc-1", 2: "inc-2", 3: "inc-3"}, incarnation="inc-1")
         self.posted: list[list] = []
         self.chunks: list = []
         self._post = self.posted.append
@@ -43,6 +44,10 @@ class FakeNode:
 
 def _heartbeat(sender: int = 1, seq: int = 0) -> pm.Heartbeat:
     return pm.Heartbeat(sender=sender, ballot=B, decided_slot=0, seq=seq)
+
+
+def _hello(node_id: int = 2, cluster_id: str = "kv", incarnation: str = "inc-2") -> wire.Hello:
+    return wire.Hello(node_id=node_id, cluster_id=cluster_id, incarnation=incarnation)
 
 
 def _queued(links: PeerLinks, peer_id: int) -> list:
@@ -100,19 +105,21 @@ async def test_the_reader_posts_the_messages_as_they_are_and_hands_over_snapshot
     node = FakeNode()
     a, b, c = _heartbeat(2, 1), _heartbeat(2, 2), _heartbeat(2, 3)
     chunk = wire.SnapshotChunk(sender=2, slot=5, offset=0, total=1, data=b"s")
-    await _serve(node, wire.Hello(node_id=2, cluster_id="kv"),
+    await _serve(node, _hello(),
                  [wire.PaxosBatch(messages=(a, b)), chunk, wire.PaxosBatch(messages=(c,))])
     assert [m for read in node.posted for m in read] == [a, b, c]
     assert node.chunks == [chunk]
 
 
 @pytest.mark.parametrize("hello, messages", [
-    (wire.Hello(node_id=2, cluster_id="other"), []),
-    (wire.Hello(node_id=9, cluster_id="kv"), []),
-    (wire.Hello(node_id=1, cluster_id="kv"), []),  # ourselves
-    (wire.Hello(node_id=2, cluster_id="kv"), [wire.PaxosBatch(messages=(_heartbeat(3),))]),
-    (wire.Hello(node_id=2, cluster_id="kv"), [wire.SnapshotChunk(sender=3, slot=5, offset=0, total=1, data=b"s")]),
-], ids=["other cluster", "not a member", "ourselves", "message from another", "chunk from another"])
+    (_hello(cluster_id="other"), []),
+    (_hello(node_id=9), []),
+    (_hello(node_id=1, incarnation="inc-1"), []),  # ourselves
+    (_hello(incarnation="inc-new"), []),  # node 2's directory was wiped (kvstore.identity)
+    (_hello(), [wire.PaxosBatch(messages=(_heartbeat(3),))]),
+    (_hello(), [wire.SnapshotChunk(sender=3, slot=5, offset=0, total=1, data=b"s")]),
+], ids=["other cluster", "not a member", "ourselves", "another incarnation", "message from another",
+        "chunk from another"])
 async def test_the_reader_refuses_strangers_and_impostors(hello, messages):
     node = FakeNode()
     with pytest.raises(wire.WireError):
