@@ -30,6 +30,8 @@ import typer
 
 from kv_cli import common, nodestatus
 from kv_cli.common import (
+    ENGINE_HELP,
+    Engine,
     OperationFailed,
     Settings,
     UsageProblem,
@@ -387,6 +389,7 @@ def up_command(
         int, typer.Option("--base-port", min=1, max=65535, help="Node N listens on base+N-1.")
     ] = DEFAULT_BASE_PORT,
     detach: Annotated[bool, typer.Option("--detach", help="Return once a leader is known; nodes keep running.")] = False,
+    engine: Annotated[Engine, typer.Option("--engine", help="Every node's engine: " + ENGINE_HELP)] = Engine.core,
 ) -> None:
     """Start a local cluster, wait for a leader, print the endpoints; without --detach show a live view.
 
@@ -429,11 +432,12 @@ def up_command(
             # the server refuses a data dir holding files it does not know, so the log sits beside it
             data = node_dir / NODE_DATA_DIR_NAME
             argv = [sys.executable, "-m", "kv_cli", "serve", "--id", str(i + 1), "--peers", peers,
-                    "--data-dir", str(data), "--cluster-id", cluster_id]
+                    "--data-dir", str(data), "--cluster-id", cluster_id, "--engine", engine.value]
             node_list.append({"id": i + 1, "port": port, "pid": None, "data_dir": str(data),
                               "log_file": str(node_dir / LOG_FILE_NAME), "argv": argv})
         state = {
             "cluster_id": cluster_id,
+            "engine": engine.value,  # every node's; `restart` keeps it (it reruns the node's argv)
             "endpoints": [f"{HOST}:{port}" for port in ports],
             "peers": peers,
             "nodes": node_list,
@@ -457,7 +461,8 @@ def up_command(
             write_state(cluster_dir, state)
             raise
         endpoints = ",".join(state["endpoints"])
-        typer.echo(f"cluster {cluster_id} up in {cluster_dir}: {nodes} nodes, leader {leader}", err=True)
+        typer.echo(f"cluster {cluster_id} up in {cluster_dir}: {nodes} nodes ({engine.value} engine), "
+                   f"leader {leader}", err=True)
         typer.echo(f"endpoints: {endpoints}")
         typer.echo(f"export KV_ENDPOINTS={endpoints}")
     if detach:

@@ -14,6 +14,7 @@ unless ``--debug`` asks for the traceback.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import sys
@@ -34,6 +35,18 @@ EXIT_USAGE = 2
 ENV_ENDPOINTS = "KV_ENDPOINTS"
 ENV_CLUSTER_DIR = "KV_CLUSTER_DIR"
 STATE_FILE_NAME = "cluster.json"
+
+
+
+class Engine(str, enum.Enum):
+    """The Paxos engine a node runs (kvstore.server.ServerOptions.engine)."""
+
+    core = "core"
+    classic = "classic"
+
+
+ENGINE_HELP = ("core (default, faster): Multi-Paxos; classic: one essential-paxos instance per slot, "
+               "for comparison. Nodes of different engines refuse each other.")
 
 
 class UsageProblem(Exception):

@@ -23,7 +23,9 @@ import typer
 from kv_cli import nodestatus
 from kv_cli.cluster import cluster_app
 from kv_cli.common import (
+    ENGINE_HELP,
     ENV_ENDPOINTS,
+    Engine,
     OperationFailed,
     Settings,
     UsageProblem,
@@ -448,6 +450,7 @@ def serve_command(
                           "leader's snapshots instead of applying every command. Eager: every follower applies "
                           "every command as it is decided."),
     ] = None,
+    engine: Annotated[Engine, typer.Option("--engine", help=ENGINE_HELP)] = Engine.core,
 ) -> None:
     """Run one node in the foreground until Ctrl-C or SIGTERM."""
     settings = settings_of(ctx)
@@ -482,6 +485,7 @@ def serve_command(
             overrides["lazy_learners"] = lazy_learners
         if exit_on_disk_failure:
             overrides["exit_on_disk_failure"] = True
+        overrides["engine"] = engine.value
         options = ServerOptions(**overrides)
         logging.basicConfig(
             level=logging.DEBUG if settings.debug else logging.INFO,
@@ -489,7 +493,8 @@ def serve_command(
             stream=sys.stderr,
         )
         host, port = peer_map[node_id]
-        typer.echo(f"kv serve: node {node_id} on {host}:{port}, data dir {data_dir}", err=True)
+        typer.echo(f"kv serve: node {node_id} on {host}:{port}, data dir {data_dir}, engine {options.engine}",
+                   err=True)
         try:
             run_node(node_id, peer_map, data_dir, options)
         except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 STATUS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ID", ("node_id", "id")),
     ("ADDRESS", ("endpoint", "address", "addr")),
+    ("ENGINE", ("engine",)),  # core or classic (kv serve --engine)
     ("REACHABLE", ("reachable",)),
     ("LEADER", ("leader_id", "leader")),
     ("IS_LEADER", ("is_leader",)),

@@ -68,6 +68,7 @@ from pathlib import Path
 import trio
 
 from paxos import messages as pm
+from paxos.classic import ClassicReplica
 from paxos.replica import Config, Options, Replica
 
 from . import commands, identity, runtime, wire
@@ -101,6 +102,9 @@ FOLLOWER_TICKS_PER_WAKE = 5
 BATCH_EVENTS_MAX = 10_000
 # How often the ticker sweeps idle client connections (see ClientLinks.close_idle)
 IDLE_SWEEP_SECONDS = 1.0
+
+# The Paxos engines a node can run (ServerOptions.engine); the first is the default.
+ENGINES = ("core", "classic")
 
 # The names of options before their units were part of them: ServerOptions still takes and gives them.
 _OLD_OPTION_NAMES = {
@@ -175,6 +179,14 @@ class ServerOptions:
     # serializable reads and says why it cannot write. With this set it exits with EXIT_DISK_FAILED
     # instead, once it has answered its waiting clients, so that a supervisor restarts it.
     exit_on_disk_failure: bool = False
+    # Which Paxos engine runs the log: "core" (paxos.replica.Replica, Multi-Paxos, the default and
+    # faster) or "classic" (paxos.classic.ClassicReplica: one essential-paxos instance per slot, for
+    # comparison). Nodes of different engines refuse each other's peer links (see kvstore.peers).
+    engine: str = "core"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
 
 
 class TcpTransport:
@@ -224,7 +236,8 @@ class Node:
             self.storage.release_snapshot()
         else:
             sm = StateMachine()
-        self.replica = Replica(
+        engine_class = ClassicReplica if o.engine == "classic" else Replica
+        self.replica = engine_class(
             node_id,
             Config(node_ids=tuple(sorted(peers))),
             rng=random.Random(),
@@ -715,6 +728,7 @@ class Node:
             "disk_error": self.disk_error,  # why not ok: the file, the error, what to do
             "snapshotting": self.snapshots.busy,
             "cluster_id": self.options.cluster_id,
+            "engine": self.options.engine,  # core or classic (ServerOptions.engine)
             "incarnation": self.storage.incarnation,  # this data directory's (kvstore.identity)
             # every member's incarnation once the cluster is founded; None while this node founds it
             "members": ({str(k): v for k, v in self.storage.members.items()}
