@@ -164,7 +164,8 @@ class PeerLinks:
         outbox = self.outboxes[peer_id]
         backoff = BACKOFF_SECONDS_MIN
         hello = wire.encode_frame(wire.Hello(node_id=self.node_id, cluster_id=options.cluster_id,
-                                             incarnation=node.storage.incarnation))
+                                             incarnation=node.storage.incarnation,
+                                             engine=options.engine))
         while True:
             outbox.drop_backlog()
             try:
@@ -202,6 +203,12 @@ class PeerLinks:
         cluster_id = node.options.cluster_id
         if hello.cluster_id != cluster_id:
             raise wire.WireError(f"peer is in cluster {hello.cluster_id!r}, we are {cluster_id!r}")
+        engine = node.options.engine
+        if hello.engine != engine:
+            # The engines share messages and records but not their rules: never let them mix.
+            node.counters["peers_refused_engine"] += 1
+            raise wire.WireError(f"peer node {hello.node_id} runs the {hello.engine!r} engine, we run "
+                                 f"{engine!r}: every node of a cluster must run the same engine (kv serve --engine)")
         if hello.node_id not in node.peers or hello.node_id == self.node_id:
             raise wire.WireError(f"peer says it is node {hello.node_id}, which is not a member")
         peer = hello.node_id

@@ -121,6 +121,10 @@ class Hello:
     # The dialing node's incarnation (kvstore.identity): optional on the wire ("inc"), absent from
     # nodes older than incarnations.
     incarnation: str | None = None
+    # The dialing node's Paxos engine (kvstore.server.ServerOptions.engine): optional on the wire
+    # ("eng"), sent only when not "core", so that a node older than engines (which runs the core) says
+    # "core" by saying nothing.
+    engine: str = "core"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -429,9 +433,17 @@ def _encode_px(m: PaxosBatch) -> dict:
         raise TypeError(f"PaxosBatch holds a non-paxos message: {exc}") from None
 
 
+def _encode_hello(m: Hello) -> dict:
+    o = {"t": "hello", "node": m.node_id, "cluster": m.cluster_id}
+    if m.incarnation is not None:
+        o["inc"] = m.incarnation
+    if m.engine != "core":
+        o["eng"] = m.engine
+    return o
+
+
 _MAP_ENCODERS = {
-    Hello: lambda m: ({"t": "hello", "node": m.node_id, "cluster": m.cluster_id} if m.incarnation is None
-                      else {"t": "hello", "node": m.node_id, "cluster": m.cluster_id, "inc": m.incarnation}),
+    Hello: _encode_hello,
     PaxosBatch: _encode_px,
     SnapshotChunk: lambda m: {
         "t": "snap", "from": m.sender, "slot": m.slot, "off": m.offset, "total": m.total, "data": m.data,
@@ -600,7 +612,8 @@ _STR_BYTES_NONE = (str, bytes, type(None))
 
 _MAP_DECODERS = {
     "hello": lambda o: Hello(node_id=_f_int(o, "node", 1, ID_LIMIT), cluster_id=_f_str(o, "cluster"),
-                             incarnation=_f_opt_str(o, "inc") if "inc" in o else None),
+                             incarnation=_f_opt_str(o, "inc") if "inc" in o else None,
+                             engine=_f_str(o, "eng") if "eng" in o else "core"),
     "px": _d_px,
     "snap": _d_snap,
     "put": _d_put,

@@ -34,7 +34,7 @@ class FakeNode:
         self.node_id = 1
         self.peers = {1: ("n1", 7001), 2: ("n2", 7002), 3: ("n3", 7003)}
         self.counters: dict = defaultdict(int)
-        self.options = SimpleNamespace(cluster_id="kv")
+        self.options = SimpleNamespace(cluster_id="kv", engine="core")
         self.storage = SimpleNamespace(members={1: "inc-1", 2: "inc-2", 3: "inc-3"}, incarnation="inc-1")
         self.posted: list[list] = []
         self.chunks: list = []
@@ -46,8 +46,8 @@ def _heartbeat(sender: int = 1, seq: int = 0) -> pm.Heartbeat:
     return pm.Heartbeat(sender=sender, ballot=B, decided_slot=0, seq=seq)
 
 
-def _hello(node_id: int = 2, cluster_id: str = "kv", incarnation: str = "inc-2") -> wire.Hello:
-    return wire.Hello(node_id=node_id, cluster_id=cluster_id, incarnation=incarnation)
+def _hello(node_id: int = 2, cluster_id: str = "kv", incarnation: str = "inc-2", engine: str = "core") -> wire.Hello:
+    return wire.Hello(node_id=node_id, cluster_id=cluster_id, incarnation=incarnation, engine=engine)
 
 
 def _queued(links: PeerLinks, peer_id: int) -> list:
@@ -125,3 +125,16 @@ async def test_the_reader_refuses_strangers_and_impostors(hello, messages):
     with pytest.raises(wire.WireError):
         await _serve(node, hello, messages)
     assert node.posted == [] and node.chunks == []
+
+
+@pytest.mark.parametrize("ours, theirs", [("core", "classic"), ("classic", "core")])
+async def test_the_reader_refuses_a_peer_of_another_engine(ours, theirs):
+    """kv serve --engine: the engines share messages but not rules; the refusal names both engines."""
+    node = FakeNode()
+    node.options.engine = ours
+    with pytest.raises(wire.WireError, match=f"runs the '{theirs}' engine, we run '{ours}'"):
+        await _serve(node, _hello(engine=theirs), [wire.PaxosBatch(messages=(_heartbeat(2),))])
+    assert node.posted == [] and node.counters["peers_refused_engine"] == 1
+    node.options.engine = theirs  # the same engine on both ends is served
+    await _serve(node, _hello(engine=theirs), [wire.PaxosBatch(messages=(_heartbeat(2),))])
+    assert node.posted == [[_heartbeat(2)]]

@@ -101,7 +101,8 @@ def snapshot_chunks(draw):
 
 
 wire_messages = st.one_of(
-    st.builds(wire.Hello, node_id=st.integers(min_value=1, max_value=2**63 - 1), cluster_id=st.text(max_size=20)),
+    st.builds(wire.Hello, node_id=st.integers(min_value=1, max_value=2**63 - 1), cluster_id=st.text(max_size=20),
+              engine=st.sampled_from(["core", "classic"])),
     st.builds(wire.PaxosBatch, messages=st.lists(paxos_messages, max_size=6).map(tuple)),
     snapshot_chunks(),
     st.builds(wire.PutRequest, id=req_ids, key=st.text(max_size=20), value=str_or_bytes,
@@ -739,3 +740,15 @@ def test_hello_carries_an_optional_incarnation():
     assert wire.decode_body(cbor2.dumps({"t": "hello", "node": 2, "cluster": "kv"})).incarnation is None
     with pytest.raises(wire.WireError):
         wire.decode_body(cbor2.dumps({"t": "hello", "node": 2, "cluster": "kv", "inc": 7}))
+
+
+def test_hello_carries_an_optional_engine():
+    """kv serve --engine: a Hello names a non-core engine ("eng"); one without it (the core, or a node
+    older than engines) decodes as "core", and a core Hello is encoded as before."""
+    classic = wire.Hello(node_id=2, cluster_id="kv", incarnation="00ff00ff00ff00ff", engine="classic")
+    assert wire.decode_body(wire.encode_frame(classic)[4:]) == classic
+    core = wire.Hello(node_id=2, cluster_id="kv")
+    assert wire.encode_frame(core)[4:] == cbor2.dumps({"t": "hello", "node": 2, "cluster": "kv"})
+    assert wire.decode_body(cbor2.dumps({"t": "hello", "node": 2, "cluster": "kv"})).engine == "core"
+    with pytest.raises(wire.WireError):
+        wire.decode_body(cbor2.dumps({"t": "hello", "node": 2, "cluster": "kv", "eng": 1}))
