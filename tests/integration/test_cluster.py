@@ -19,6 +19,9 @@ from .harness import Cluster
 
 pytestmark = pytest.mark.slow
 
+# kv serve --engine: the basic tests run for both engines (issue 18); the rest for the default (core).
+ENGINES = ["core", "classic"]
+
 
 async def _writer(kv, prefix: str, count: int, acked: dict, stop: trio.Event) -> None:
     """Write unique keys one after another; record the ones the cluster acknowledged."""
@@ -40,8 +43,9 @@ async def _check_all(endpoints, acked: dict) -> None:
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {list(missing.items())[:5]}"
 
 
-async def test_put_get_delete_cas_list(tmp_path):
-    cluster = Cluster(tmp_path)
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_put_get_delete_cas_list(tmp_path, engine):
+    cluster = Cluster(tmp_path, extra_args=["--engine", engine])
     try:
         cluster.start_all()
         cluster.leader()
@@ -58,13 +62,14 @@ async def test_put_get_delete_cas_list(tmp_path):
             assert await kv.list("") == [("a", "2"), ("b", b"\x00\xffbinary"), ("c", "new")]
             assert await kv.delete("a") is True
             assert await kv.delete("a") is False
-        cluster.wait_converged()
+        assert {s["engine"] for s in cluster.wait_converged()} == {engine}
     finally:
         cluster.close()
 
 
-async def test_sigkill_leader_during_writes_loses_no_acknowledged_write(tmp_path):
-    cluster = Cluster(tmp_path)
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_sigkill_leader_during_writes_loses_no_acknowledged_write(tmp_path, engine):
+    cluster = Cluster(tmp_path, extra_args=["--engine", engine])
     acked: dict[str, str] = {}
     try:
         cluster.start_all()
@@ -94,8 +99,9 @@ async def test_sigkill_leader_during_writes_loses_no_acknowledged_write(tmp_path
         cluster.close()
 
 
-async def test_kill_all_at_once_and_restart_keeps_acknowledged_writes(tmp_path):
-    cluster = Cluster(tmp_path)
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_kill_all_at_once_and_restart_keeps_acknowledged_writes(tmp_path, engine):
+    cluster = Cluster(tmp_path, extra_args=["--engine", engine])
     acked: dict[str, str] = {}
     try:
         cluster.start_all()
@@ -118,6 +124,39 @@ async def test_kill_all_at_once_and_restart_keeps_acknowledged_writes(tmp_path):
         cluster.leader(deadline_s=30)
         await _check_all(cluster.endpoints, acked)
         cluster.wait_converged(deadline_s=30)
+    finally:
+        cluster.close()
+
+
+async def test_a_node_of_another_engine_is_refused_and_the_others_keep_serving(tmp_path):
+    """kv serve --engine: node 3 runs classic among core nodes. Each side refuses the other's peer
+    links, with a log line naming both engines; nodes 1 and 2 (a majority) keep serving writes."""
+    cluster = Cluster(tmp_path, extra_args=["--engine", "core"])
+    try:
+        cluster.start(1)
+        cluster.start(2)
+        cluster.extra_args = ["--engine", "classic"]
+        cluster.start(3)
+        cluster.extra_args = ["--engine", "core"]
+        cluster.leader(among=[1, 2])
+        async with connect(cluster.endpoints[:2], timeout=15) as kv:
+            for i in range(5):
+                await kv.put(f"k{i}", str(i))
+            assert await kv.get("k4") == "4"
+        statuses = cluster.wait_converged(among=[1, 2])
+        assert {s["engine"] for s in statuses} == {"core"}
+        odd = cluster.status(3)
+        assert odd is not None and odd["engine"] == "classic" and not odd["is_leader"]
+        assert odd["applied_slot"] < statuses[0]["applied_slot"]  # it learnt nothing from the core nodes
+        expected = {1: "runs the 'classic' engine, we run 'core'", 3: "runs the 'core' engine, we run 'classic'"}
+        deadline = time.monotonic() + 20
+        while True:
+            logs = {n: (tmp_path / f"node-{n}.log").read_text(errors="replace") for n in expected}
+            if all(expected[n] in logs[n] for n in expected) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        for n, line in expected.items():
+            assert line in logs[n], f"node {n}'s log does not say {line!r}"
     finally:
         cluster.close()
 
