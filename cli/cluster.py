@@ -389,7 +389,11 @@ def up_command(
         int, typer.Option("--base-port", min=1, max=65535, help="Node N listens on base+N-1.")
     ] = DEFAULT_BASE_PORT,
     detach: Annotated[bool, typer.Option("--detach", help="Return once a leader is known; nodes keep running.")] = False,
-    engine: Annotated[Engine, typer.Option("--engine", help="Every node's engine: " + ENGINE_HELP)] = Engine.core,
+    engine: Annotated[
+        Optional[Engine],
+        typer.Option("--engine", help="Every node's engine (default: the stopped cluster's in DIR, else core): "
+                                      + ENGINE_HELP),
+    ] = None,
 ) -> None:
     """Start a local cluster, wait for a leader, print the endpoints; without --detach show a live view.
 
@@ -418,6 +422,10 @@ def up_command(
                     f"use --nodes {len(old['nodes'])} or another --data-dir"
                 )
             cluster_id = str(old.get("cluster_id") or cluster_id)
+            if engine is None and old.get("engine") is not None:
+                engine = Engine(old["engine"])  # up again on a stopped cluster keeps its engine
+        if engine is None:
+            engine = Engine.core
         ports = [base_port + i for i in range(nodes)]
         taken = [p for p in ports if port_in_use(p)]
         if taken:
