@@ -94,10 +94,11 @@ class MemCluster:
                 await trio.sleep(0.05)
 
 
-async def test_three_nodes_elect_serve_and_converge(tmp_path, autojump_clock):
+@pytest.mark.parametrize("engine", ["core", "classic"])
+async def test_three_nodes_elect_serve_and_converge(tmp_path, autojump_clock, engine):
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        cluster = MemCluster(nursery, tmp_path, net)
+        cluster = MemCluster(nursery, tmp_path, net, engine=engine)
         for i in PEERS:
             await cluster.start(i)
         await cluster.wait_leader()
@@ -109,7 +110,16 @@ async def test_three_nodes_elect_serve_and_converge(tmp_path, autojump_clock):
             assert await kv.delete_prefix("k1") == 11  # k1, k10..k19
             assert [k for k, _ in await kv.list("k")] == sorted(f"k{i}" for i in range(20) if not str(i).startswith("1"))
         await cluster.wait_converged()
+        assert {n.status()["engine"] for n in cluster.nodes.values()} == {engine}
+        assert {type(n.replica).__name__ for n in cluster.nodes.values()} == {
+            "ClassicReplica" if engine == "classic" else "Replica"}
         nursery.cancel_scope.cancel()
+
+
+def test_an_unknown_engine_is_refused():
+    assert ServerOptions().engine == "core"
+    with pytest.raises(ValueError, match="unknown engine 'multi'"):
+        ServerOptions(engine="multi")
 
 
 async def test_crashed_leader_is_replaced_and_catches_up_after_restart(tmp_path, autojump_clock):
