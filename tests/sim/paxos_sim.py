@@ -507,9 +507,10 @@ class Simulation:
             else:
                 self._tick(node)
         for _ in range(100_000):
-            for node in self.nodes.values():  # early_accepts: fsyncs complete as messages flow
-                if node.staged and not node.paused and self.rng.random() < 0.7:
-                    self._fsync_done(node, self._group_size(node))
+            if self.early_accepts:  # fsyncs complete as messages flow
+                for node in self.nodes.values():
+                    if node.staged and not node.paused and self.rng.random() < 0.7:
+                        self._fsync_done(node, self._group_size(node))
             ready = [item for item in self.network if self.rng.random() >= 0.3]
             if not ready:
                 staged = [node for node in self.nodes.values() if node.staged]
@@ -541,7 +542,7 @@ class Simulation:
         for node in self.nodes.values():
             self._tick(node)
         for _ in range(100_000):
-            staged = [node for node in self.nodes.values() if node.staged]
+            staged = [node for node in self.nodes.values() if node.staged] if self.early_accepts else ()
             if not self.network and not staged:
                 return
             if staged and (not self.network or self.rng.random() < 0.25):
