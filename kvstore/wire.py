@@ -52,6 +52,7 @@ from paxos.messages import (
     Accept,
     Accepted,
     AcceptedEntry,
+    Campaign,
     CatchupReply,
     CatchupRequest,
     Decide,
@@ -234,6 +235,7 @@ KIND_HEARTBEAT = 7
 KIND_HEARTBEAT_ACK = 8
 KIND_CATCHUP_REQUEST = 9
 KIND_CATCHUP_REPLY = 10
+KIND_CAMPAIGN = 11
 
 KIND_CODES = {
     Prepare: KIND_PREPARE,
@@ -246,10 +248,11 @@ KIND_CODES = {
     HeartbeatAck: KIND_HEARTBEAT_ACK,
     CatchupRequest: KIND_CATCHUP_REQUEST,
     CatchupReply: KIND_CATCHUP_REPLY,
+    Campaign: KIND_CAMPAIGN,
 }
 # The codes are the wire contract; they were assigned in the order of MESSAGE_TYPES. If someone
 # reorders or extends MESSAGE_TYPES, fail loudly at import instead of silently changing the protocol.
-if tuple(KIND_CODES) != tuple(MESSAGE_TYPES) or list(KIND_CODES.values()) != list(range(1, 11)):
+if tuple(KIND_CODES) != tuple(MESSAGE_TYPES) or list(KIND_CODES.values()) != list(range(1, 12)):
     raise ImportError("kvstore.wire kind codes no longer match paxos.messages.MESSAGE_TYPES")
 
 
@@ -272,9 +275,10 @@ _PAXOS_ENCODERS = {
     Nack: lambda m: [5, m.sender, _b(m.ballot), _b(m.promised)],
     Decide: lambda m: [6, m.sender, [m.ballot.number, m.ballot.node_id], m.decided_slot],
     Heartbeat: lambda m: [7, m.sender, [m.ballot.number, m.ballot.node_id], m.decided_slot, m.seq],
-    HeartbeatAck: lambda m: [8, m.sender, [m.ballot.number, m.ballot.node_id], m.seq],
+    HeartbeatAck: lambda m: [8, m.sender, [m.ballot.number, m.ballot.node_id], m.seq, m.decided_slot],
     CatchupRequest: lambda m: [9, m.sender, m.first_slot],
     CatchupReply: lambda m: [10, m.sender, [[e.slot, e.value] for e in m.entries], m.snapshot_slot],
+    Campaign: lambda m: [11, m.sender, [m.ballot.number, m.ballot.node_id], m.decided_slot],
 }
 
 
@@ -348,14 +352,18 @@ _PAXOS_DECODERS = {
         sender=_sender(a[1]), ballot=_ballot(a[2]), decided_slot=_u64(a[3], "decided_slot"),
         seq=_u64(a[4], "seq"),
     ),
-    8: lambda a: HeartbeatAck(sender=_sender(a[1]), ballot=_ballot(a[2]), seq=_u64(a[3], "seq")),
+    8: lambda a: HeartbeatAck(sender=_sender(a[1]), ballot=_ballot(a[2]), seq=_u64(a[3], "seq"),
+                              decided_slot=_u64(a[4], "decided_slot") if len(a) > 4 else 0),
     9: lambda a: CatchupRequest(sender=_sender(a[1]), first_slot=_u64(a[2], "first_slot")),
     10: lambda a: CatchupReply(
         sender=_sender(a[1]), entries=_decided_entries(a[2], "entries"), snapshot_slot=_u64(a[3], "snapshot_slot"),
     ),
+    11: lambda a: Campaign(sender=_sender(a[1]), ballot=_ballot(a[2]), decided_slot=_u64(a[3], "decided_slot")),
 }
 # Array length of each kind, including the kind code itself.
-_PAXOS_LENGTHS = {1: 4, 2: 7, 3: 6, 4: 4, 5: 4, 6: 4, 7: 5, 8: 4, 9: 3, 10: 4}
+# A HeartbeatAck from an older node has no decided_slot (4 elements).
+_PAXOS_LENGTHS = {1: (4,), 2: (7,), 3: (6,), 4: (4,), 5: (4,), 6: (4,), 7: (5,), 8: (4, 5), 9: (3,), 10: (4,),
+                  11: (4,)}
 
 
 def encode_paxos_message(message) -> list:
@@ -373,8 +381,9 @@ def decode_paxos_message(array) -> object:
     kind = array[0]
     if type(kind) is not int or kind not in _PAXOS_DECODERS:
         raise WireError(f"px: unknown message kind {kind!r:.40}")
-    if len(array) != _PAXOS_LENGTHS[kind]:
-        raise WireError(f"px: kind {kind} needs {_PAXOS_LENGTHS[kind]} elements, got {len(array)}")
+    if len(array) not in _PAXOS_LENGTHS[kind]:
+        raise WireError(f"px: kind {kind} needs {' or '.join(map(str, _PAXOS_LENGTHS[kind]))} elements, "
+                        f"got {len(array)}")
     return _PAXOS_DECODERS[kind](array)
 
 

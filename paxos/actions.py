@@ -67,6 +67,9 @@ class DurableState:
     accepted: dict = field(default_factory=dict)  # slot -> (Ballot, value)
     decided: dict = field(default_factory=dict)  # slot -> value
     snapshot_slot: int = 0
+    # The configuration schedule the snapshot carries (``ConfigSchedule.through(snapshot_slot)``:
+    # ``(effective_slot, source_slot, Config)`` entries); empty means the constructor's configuration.
+    configs: tuple = ()
 
     def apply_record(self, record: Record) -> None:
         match record:

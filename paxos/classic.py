@@ -185,7 +185,7 @@ from .messages import (
     Prepare,
     Promise,
 )
-from .replica import CANDIDATE, FOLLOWER, LEADER, Config, Options
+from .replica import CANDIDATE, FOLLOWER, LEADER, ChangeRefused, Config, Options
 
 if TYPE_CHECKING:  # only for the annotation: the engine never touches the module-level generator
     import random
@@ -330,7 +330,7 @@ class ClassicReplica:
         ``state`` is ``DurableState.replay(records, snapshot_slot)`` or ``None`` for a new node)."""
         assert node_id in config.node_ids, f"node {node_id} is not in {config.node_ids}"
         self.node_id = node_id
-        self.config = config
+        self._config = config
         self.options = options
         self._rng = rng
         self._peers = tuple(n for n in config.node_ids if n != node_id)
@@ -520,9 +520,10 @@ class ClassicReplica:
             return
         self._forget_through(snapshot_slot)
 
-    def install_snapshot(self, snapshot_slot: int) -> None:
+    def install_snapshot(self, snapshot_slot: int, configs: tuple = ()) -> None:
         """The shell installed a peer's snapshot at ``snapshot_slot`` (``Replica.install_snapshot``;
-        precondition ``snapshot_slot > applied_slot``). A leader or candidate steps down."""
+        precondition ``snapshot_slot > applied_slot``). A leader or candidate steps down. ``configs``
+        is ignored: this engine's members are fixed (see ``propose_change``)."""
         assert snapshot_slot > self._applied_slot, "install_snapshot would roll the state machine back"
         if self._leading:
             self._count("stepped_down_snapshot")
@@ -562,8 +563,44 @@ class ClassicReplica:
             "in_flight": len(self._in_flight),
             "pending_reads": len(self._pending_reads),
             "instances": len(self._acceptors) + 2 * len(self._in_flight),
+            "config": self.config.to_dict(),
+            "config_effective_slot": 1,
+            "voter": True,
+            "role_in_config": "voter",
             "counters": dict(self._counters),
         }
+
+    # ------------------------------------------------------------------ membership: fixed in this engine
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def config_for(self, slot: int) -> Config:
+        return self.config
+
+    def schedule_through(self, slot: int) -> tuple:
+        return ((1, 0, self.config),)
+
+    @property
+    def is_voter(self) -> bool:
+        return True
+
+    @property
+    def change_in_progress(self) -> bool:
+        return False
+
+    def peer_decided(self, node_id: int) -> int | None:
+        return None
+
+    def propose_change(self, config: Config) -> None:
+        """Membership changes need the core's per-slot configurations (paxos.membership); one seed
+        instance per slot has a fixed acceptor set, so this engine refuses them."""
+        raise ChangeRefused("membership changes need --engine core; the classic engine's members are fixed")
+
+    def transfer_leadership(self, target: int) -> bool:
+        self._count("transfer_refused")
+        return False
 
     # ------------------------------------------------------------------ dispatch and loopback
 

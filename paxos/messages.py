@@ -19,6 +19,7 @@ uses to fill a hole in the log.
 | HeartbeatAck   | acceptor -> leader   | my promise is still `ballot` (confirms leadership for reads)     |
 | CatchupRequest | lagging -> any       | send me decided values from first_slot on                        |
 | CatchupReply   | any -> lagging       | decided values, or: I compacted them, install my snapshot        |
+| Campaign       | leader -> one voter  | leadership transfer: you are caught up, start an election now     |
 """
 from __future__ import annotations
 
@@ -107,6 +108,7 @@ class HeartbeatAck:
     sender: int
     ballot: Ballot
     seq: int
+    decided_slot: int = 0  # the acceptor's decided slot: how far behind it is (learner promotion)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,9 +124,18 @@ class CatchupReply:
     snapshot_slot: int  # the sender's compaction point; > requested first_slot - 1 means "install my snapshot"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Campaign:
+    sender: int
+    ballot: Ballot  # the leader's ballot: a stale transfer (a newer ballot was promised) is ignored
+    decided_slot: int
+
+
 Message = Union[
-    Prepare, Promise, Accept, Accepted, Nack, Decide, Heartbeat, HeartbeatAck, CatchupRequest, CatchupReply
+    Prepare, Promise, Accept, Accepted, Nack, Decide, Heartbeat, HeartbeatAck, CatchupRequest, CatchupReply,
+    Campaign,
 ]
 MESSAGE_TYPES = (
     Prepare, Promise, Accept, Accepted, Nack, Decide, Heartbeat, HeartbeatAck, CatchupRequest, CatchupReply,
+    Campaign,
 )

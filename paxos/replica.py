@@ -60,10 +60,12 @@ from typing import TYPE_CHECKING
 
 from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
 from .ballot import Ballot
+from .membership import Config, ConfigSchedule, encode_change, is_change
 from .messages import (
     Accept,
     Accepted,
     AcceptedEntry,
+    Campaign,
     CatchupReply,
     CatchupRequest,
     Decide,
@@ -82,29 +84,11 @@ FOLLOWER = "follower"
 CANDIDATE = "candidate"
 LEADER = "leader"
 
+__all__ = ["Config", "Options", "Replica", "ChangeRefused", "FOLLOWER", "CANDIDATE", "LEADER"]
 
-@dataclass(frozen=True)
-class Config:
-    """The cluster's members. A value, so that it can later become replicated state."""
 
-    node_ids: tuple = (1, 2, 3)
-
-    def __post_init__(self) -> None:
-        ids = tuple(self.node_ids)
-        if not ids:
-            raise ValueError("a cluster needs at least one node")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate node ids in {ids!r}")
-        for node_id in ids:
-            # Ballot.ZERO uses node id 0, so real ids start at 1 (see paxos.ballot).
-            if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 1:
-                raise ValueError(f"node ids must be ints >= 1, got {node_id!r}")
-        object.__setattr__(self, "node_ids", ids)
-
-    @property
-    def quorum_size(self) -> int:
-        """A majority: any two majorities share a node (Paxos Made Simple, section 2.2)."""
-        return len(self.node_ids) // 2 + 1
+class ChangeRefused(Exception):
+    """``Replica.propose_change`` cannot queue this change now (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -160,8 +144,10 @@ class _Proposal:
     """A slot this leader opened at its ballot and has not seen decided yet."""
 
     value: tuple
-    acks: set = field(default_factory=set)  # node ids that accepted it at our ballot (self included)
+    acks: set = field(default_factory=set)  # voters of the slot's config that accepted it at our ballot
     opened: int = 0  # Replica._ticks when it was opened
+    voters: tuple = ()  # the slot's voters (membership rule 3: only their votes count)
+    quorum: int = 1
 
 
 class Replica:
@@ -175,13 +161,15 @@ class Replica:
         new node. The shell must have restored the state machine from the snapshot at
         ``state.snapshot_slot``; the first ``take_actions()`` then applies the decided slots after it.
         """
-        assert node_id in config.node_ids, f"node {node_id} is not in {config.node_ids}"
         self.node_id = node_id
-        self.config = config
         self.options = options
         self._rng = rng
-        self._peers = tuple(n for n in config.node_ids if n != node_id)
         state = state if state is not None else DurableState()
+        # Which configuration governs each slot (paxos.membership): from the snapshot, else the
+        # bootstrap configuration the shell passed. A node outside it (joining, or removed) never
+        # campaigns, and its votes count toward nothing.
+        self._schedule = (ConfigSchedule(state.configs) if state.configs
+                          else ConfigSchedule.initial(config))
 
         # Acceptor and learner state (durable: rebuilt from `state` after a crash).
         self._promised: Ballot = state.promised
@@ -191,6 +179,12 @@ class Replica:
         self._decided_slot = state.snapshot_slot
         self._applied_slot = state.snapshot_slot
         self._ballot_seen_max = max([self._promised, *(b for b, _ in self._accepted.values())])
+        self._peers: tuple = ()  # members of every configuration that governs an undecided slot
+        self._known: frozenset = frozenset()  # members of every configuration still scheduled
+        self._active: list = []  # the configurations that govern slots after decided_slot
+        self._members_until = 0  # decided_slot + 1 at which _active must be recomputed
+        self._preferred: list[int] = []  # thrifty Accepts: followers by how recently they helped
+        self._refresh_members()
 
         self._actions = Actions()
         self._counters: dict[str, int] = {}
@@ -209,17 +203,21 @@ class Replica:
         self._first_slot = 0
         self._promises: dict[int, Promise] = {}
         self._election_behind = False
+        self._promised_by: set = set()  # leader: who promised our ballot (rule 3 needs a majority per config)
 
         # Leader state.
         self._queue: deque[bytes] = deque()
         self._in_flight: dict[int, _Proposal] = {}
         self._next_slot = 0
         self._reproposed_slot = 0
+        self._pending_reproposals: deque = deque()  # (slot, value) re-proposals not opened yet (rule 2 holds them)
         self._announced_decided_slot = 0
-        # Thrifty Accepts (Options.thrifty): followers by how recently they helped decide a slot, and
-        # the (slot, value, followers not sent to yet) of slots held back for the others.
-        self._preferred: list[int] = list(self._peers)
+        # Thrifty Accepts (Options.thrifty): the (slot, value, followers not sent to yet) of slots held
+        # back for the slower followers.
         self._deferred: list[tuple[int, tuple, tuple]] = []
+        self._change_queued = False  # a configuration change is queued or in a slot, not applied yet
+        self._transfer: tuple | None = None  # (target, deadline tick) while handing leadership over
+        self._peer_decided: dict[int, int] = {}  # the decided slot each peer last reported
         self._heartbeat_elapsed = 0
         self._heartbeat_seq = 0  # never reset, so acks from an older round never count for a newer one
         self._heartbeat_acks: dict[int, set] = {}
@@ -266,6 +264,33 @@ class Replica:
     def snapshot_slot(self) -> int:
         return self._snapshot_slot
 
+    @property
+    def config(self) -> Config:
+        """The newest configuration: the one the cluster is moving to (or is in)."""
+        return self._schedule.latest
+
+    def config_for(self, slot: int) -> Config:
+        """The configuration that governs ``slot`` as far as this node knows (see paxos.membership)."""
+        return self._schedule.for_slot(slot)
+
+    def schedule_through(self, slot: int) -> tuple:
+        """What a snapshot at ``slot`` must carry (``DurableState.configs``); ``slot <= applied_slot``."""
+        return self._schedule.through(slot)
+
+    @property
+    def is_voter(self) -> bool:
+        """Is this node a voter of the newest configuration? Only such a node campaigns."""
+        return self._schedule.latest.is_voter(self.node_id)
+
+    @property
+    def change_in_progress(self) -> bool:
+        """A change is queued, undecided, or decided but not yet governing the next slot."""
+        return self._change_queued or self._schedule.latest_effective > self._decided_slot + 1
+
+    def peer_decided(self, node_id: int) -> int | None:
+        """Leader: the decided slot ``node_id`` last reported in a HeartbeatAck (None if never)."""
+        return self._peer_decided.get(node_id)
+
     # ------------------------------------------------------------------ inputs
 
     def propose(self, command: bytes) -> bool:
@@ -303,12 +328,53 @@ class Replica:
         self._serve_reads()
         return True
 
+    def propose_change(self, config: Config) -> None:
+        """Queue a change to ``config`` (made from ``self.config`` by ``add_learner``, ``promote`` or
+        ``remove``). Raises ``ChangeRefused`` when not leader or while another change is in progress.
+
+        The change is decided like any command; it governs from alpha slots after its own slot
+        (paxos.membership). Watch ``config.epoch`` to see it applied: a change raced by another one
+        based on the same epoch is ignored by every replica, so it may never apply.
+        """
+        if self._role != LEADER:
+            raise ChangeRefused(f"node {self.node_id} is not the leader")
+        if self._transfer is not None:
+            raise ChangeRefused("leadership is being handed over; retry on the new leader")
+        if self.change_in_progress:
+            raise ChangeRefused(f"a membership change is in progress (epoch {self._schedule.latest.epoch} governs "
+                                f"from slot {self._schedule.latest_effective}, decided slot {self._decided_slot}); "
+                                f"wait for it and retry")
+        latest = self._schedule.latest
+        if config.epoch != latest.epoch + 1 or config.alpha != latest.alpha:
+            raise ChangeRefused(f"the change must follow epoch {latest.epoch} (it names epoch {config.epoch})")
+        self._change_queued = True
+        self._queue.append(encode_change(latest.epoch, config))
+
+    def transfer_leadership(self, target: int) -> bool:
+        """Hand leadership to voter ``target``: stop opening slots, and once every open slot is decided,
+        tell ``target`` to campaign (``Campaign``) and step down. Abandoned after an election timeout.
+        Returns False when not leader, or ``target`` is not another voter."""
+        if (self._role != LEADER or target == self.node_id or target not in self._peers
+                or not self._schedule.latest.is_voter(target)):
+            self._count("transfer_refused")
+            return False
+        if self._transfer is None or self._transfer[0] != target:
+            self._transfer = (target, self._ticks + self.options.election_timeout_ticks)
+            self._count("transfer_started")
+        self._maybe_finish_transfer()
+        return True
+
     def tick(self) -> None:
         """One logical time unit: heartbeats and retransmissions when leading, else the election timer."""
         self._ticks += 1
         if self._catchup_cooldown > 0:
             self._catchup_cooldown -= 1
         if self._role == LEADER:
+            if self._transfer is not None:
+                self._maybe_finish_transfer()
+                if self._role != LEADER:
+                    return
+            self._open_reproposals()
             self._send_deferred_accepts()
             self._heartbeat_elapsed += 1
             if self._heartbeat_elapsed >= self.options.heartbeat_ticks:
@@ -319,7 +385,13 @@ class Replica:
             return
         self._ticks_since_heard += 1
         if self._ticks_since_heard >= self._election_deadline:
-            self._start_election()
+            if self.is_voter:
+                self._start_election()
+            else:
+                # A learner, a joining node or a removed one: it never leads (membership rule 3 would
+                # not count its own promise anyway). It listens for the leader's messages.
+                self._count("not_voter_no_election")
+                self._reset_election_timer()
 
     def postpone_election(self) -> None:
         """Restart the election timer, as a message from a leader would: the shell is not ready to lead
@@ -332,7 +404,7 @@ class Replica:
     def receive(self, message) -> None:
         """Handle one message addressed to this node. Bad or stale input is counted, never raised."""
         sender = getattr(message, "sender", None)
-        if sender not in self._peers:
+        if sender not in self._known:
             self._count("unknown_sender")
             return
         ballot = getattr(message, "ballot", None)
@@ -360,6 +432,8 @@ class Replica:
                 self._on_catchup_request(message)
             case CatchupReply():
                 self._on_catchup_reply(message)
+            case Campaign():
+                self._on_campaign(message)
             case _:
                 self._count("unknown_message")
 
@@ -432,15 +506,17 @@ class Replica:
         if snapshot_slot <= self._snapshot_slot:
             return
         self._forget_through(snapshot_slot)
+        self._refresh_members()
 
-    def install_snapshot(self, snapshot_slot: int) -> None:
+    def install_snapshot(self, snapshot_slot: int, configs: tuple = ()) -> None:
         """The shell replaced its state machine with a peer's snapshot at ``snapshot_slot``.
 
         Precondition: ``snapshot_slot > applied_slot`` (the shell checks before installing; a snapshot
         at or below what we applied would roll the state machine back). Slots at or below it are
         forgotten; decided slots after it are applied in the next ``take_actions()``. A leader or
         candidate steps down: it was far behind, and its open proposals cannot be checked against
-        values it no longer has.
+        values it no longer has. ``configs`` is the snapshot's configuration schedule
+        (``DurableState.configs``); empty keeps ours (a snapshot from before membership changes).
         """
         assert snapshot_slot > self._applied_slot, "install_snapshot would roll the state machine back"
         if self._role != FOLLOWER:
@@ -451,9 +527,12 @@ class Replica:
         # the snapshot are in the snapshot: handing them out in `apply` would replay old commands on
         # top of the newer state and move the applied slot backwards.
         self._actions.apply = [(slot, batch) for slot, batch in self._actions.apply if slot > snapshot_slot]
+        if configs:
+            self._schedule = ConfigSchedule(configs)
         self._forget_through(snapshot_slot)
         self._decided_slot = max(self._decided_slot, snapshot_slot)
         self._applied_slot = snapshot_slot
+        self._refresh_members()
         self._advance_decided()
 
     def durable_state(self) -> DurableState:
@@ -475,6 +554,10 @@ class Replica:
             "queued": len(self._queue),
             "in_flight": len(self._in_flight),
             "pending_reads": len(self._pending_reads),
+            "config": self._schedule.latest.to_dict(),
+            "config_effective_slot": self._schedule.latest_effective,
+            "voter": self.is_voter,
+            "role_in_config": self._schedule.latest.role(self.node_id) or "none",
             "counters": dict(self._counters),
         }
 
@@ -541,7 +624,8 @@ class Replica:
         else:
             self._follow(m.ballot)
             # Our promise now equals the leader's ballot: that is what the ack certifies.
-            self._send(m.sender, HeartbeatAck(sender=self.node_id, ballot=m.ballot, seq=m.seq))
+            self._send(m.sender, HeartbeatAck(sender=self.node_id, ballot=m.ballot, seq=m.seq,
+                                              decided_slot=self._decided_slot))
         # A decided slot stays decided, so learning from a stale leader's announcement is still safe.
         self._learn_decided_slot(m.ballot, m.decided_slot, m.sender)
 
@@ -624,10 +708,44 @@ class Replica:
         """Extend the decided prefix and hand out every newly contiguous slot in ``apply``."""
         while self._decided_slot + 1 in self._decided:
             self._decided_slot += 1
+        changed = False
         for slot in range(self._applied_slot + 1, self._decided_slot + 1):
-            self._actions.apply.append((slot, self._decided[slot]))
+            batch = self._decided[slot]
+            self._actions.apply.append((slot, batch))
+            for command in batch:
+                if is_change(command):
+                    changed |= self._apply_change(slot, command)
         self._applied_slot = max(self._applied_slot, self._decided_slot)
+        if changed or self._decided_slot + 1 >= self._members_until:
+            self._refresh_members()
         self._serve_reads()
+
+    def _apply_change(self, slot: int, command: bytes) -> bool:
+        """A decided configuration change at ``slot``, applied in slot order by every replica alike."""
+        self._change_queued = False  # ours, or one that beat ours: either way the next may be proposed
+        if not self._schedule.apply(slot, command):
+            self._count("config_change_ignored")
+            return False
+        self._count("config_changes")
+        if self._role == LEADER and not self._schedule.latest.is_voter(self.node_id):
+            # We are being removed: hand over to the voter that answers fastest.
+            target = next((p for p in self._preferred if self._schedule.latest.is_voter(p)), None)
+            if target is not None:
+                self._transfer = (target, self._ticks + self.options.election_timeout_ticks)
+                self._count("transfer_started")
+        return True
+
+    def _refresh_members(self) -> None:
+        """Recompute who we talk to and whose majorities count, after the schedule or decided slot moved."""
+        first = self._decided_slot + 1
+        self._active = self._schedule.from_slot(first)
+        members = {n for config in self._active for n in config.members}
+        self._peers = tuple(sorted(members - {self.node_id}))
+        self._known = frozenset(n for _e, _s, c in self._schedule.entries for n in c.members) - {self.node_id}
+        later = [e for e, _s, _c in self._schedule.entries if e > first]
+        self._members_until = min(later) if later else 1 << 62
+        self._preferred = ([p for p in self._preferred if p in members]
+                           + [p for p in self._peers if p not in self._preferred])
 
     def _request_catchup(self, to: int) -> None:
         if self._catchup_cooldown > 0:
@@ -666,6 +784,7 @@ class Replica:
             self._actions.snapshot_to.append(to)
 
     def _forget_through(self, slot: int) -> None:
+        self._schedule.forget_through(slot)
         self._snapshot_slot = slot
         self._accepted = {s: v for s, v in self._accepted.items() if s > slot}
         self._decided = {s: v for s, v in self._decided.items() if s > slot}
@@ -723,8 +842,12 @@ class Replica:
     def _maybe_become_leader(self) -> None:
         if self._role != CANDIDATE or self._election_behind:
             return
-        if len(self._promises) + 1 < self.config.quorum_size:  # +1: our own promise
-            return
+        # A majority of every configuration that governs a slot from first_slot on (as far as we know
+        # them; a leader meeting a later one without its majority runs phase 1 again: _open_gate).
+        promised = {self.node_id, *self._promises}
+        for config in self._schedule.from_slot(self._first_slot):
+            if not config.is_quorum(promised):
+                return
         self._become_leader()
 
     def _own_promise(self) -> Promise:
@@ -777,35 +900,67 @@ class Replica:
         self._count("became_leader")
         self._in_flight = {}
         self._deferred = []
+        self._transfer = None
         # Slots we compacted during the election are decided and gone from our log: followers fetch
         # them with CatchupRequest, and our ballot proposes nothing there.
         self._next_slot = max(self._first_slot, self._snapshot_slot + 1)
         self._reproposed_slot = max(values, default=self._first_slot - 1)
+        self._pending_reproposals = deque((slot, values[slot]) for slot in sorted(values) if slot >= self._next_slot)
         self._announced_decided_slot = 0
         self._heartbeat_elapsed = 0
         self._heartbeat_acks = {}
+        self._promised_by = set(promises)
         self._promises = {}
-        for slot in sorted(values):
-            if self._role != LEADER:
-                return
-            if slot >= self._next_slot:
-                self._open_slot(slot, values[slot])
+        self._open_reproposals()
         if self._role == LEADER:
             self._start_heartbeat_round()  # tell everyone who leads now, even with nothing to propose
+
+    def _open_gate(self, slot: int) -> bool:
+        """May this leader open ``slot`` now? Membership rules 2 and 3 (paxos.membership)."""
+        if slot > self._decided_slot + self._schedule.latest.alpha:
+            return False  # config(slot) depends on slots not decided yet: wait for them
+        if self._schedule.for_slot(slot).is_quorum(self._promised_by):
+            return True
+        # A new configuration whose voters' majority never promised our ballot: phase 1 again.
+        if self.is_voter:
+            self._count("reelect_for_config")
+            self._reelect()
+        return False
+
+    def _reelect(self) -> None:
+        """Run phase 1 again at a higher ballot, keeping the queued commands for when we win."""
+        queue, self._queue = self._queue, deque()
+        self._start_election()
+        self._queue = queue  # dropped in _step_down if we lose
+
+    def _open_reproposals(self) -> None:
+        """Open the re-proposals the election found, in slot order, as far as the gate allows."""
+        while self._role == LEADER and self._pending_reproposals:
+            slot, value = self._pending_reproposals[0]
+            if slot < self._next_slot:  # decided and compacted meanwhile
+                self._pending_reproposals.popleft()
+                continue
+            if not self._open_gate(slot):
+                return
+            self._pending_reproposals.popleft()
+            self._open_slot(slot, value)
 
     def _open_slot(self, slot: int, value: tuple) -> None:
         """Phase 2a for ``slot``: accept it ourselves (durably), then ask everyone else."""
         assert slot > self._snapshot_slot and slot >= self._next_slot, f"slot {slot} reused"
+        assert slot <= self._decided_slot + self._schedule.latest.alpha, f"safety: config of slot {slot} unknown"
+        config = self._schedule.for_slot(slot)
+        assert config.is_quorum(self._promised_by), f"safety: no promise majority of slot {slot}'s voters"
         ballot = self._own_ballot
         self._next_slot = slot + 1
         self._accepted[slot] = (ballot, value)
         self._actions.persist.append(AcceptRecord(slot, ballot, value))
         accept = Accept(sender=self.node_id, ballot=ballot, slot=slot, value=value, decided_slot=self._decided_slot)
         if self.options.thrifty:
-            fast = self.config.quorum_size - 1
-            for peer in self._preferred[:fast]:
+            fast = self._fast_followers(config)
+            for peer in fast:
                 self._send(peer, accept)
-            later = tuple(self._preferred[fast:])
+            later = tuple(p for p in self._preferred if p not in fast)
             if later:
                 self._deferred.append((slot, value, later))
                 if len(self._deferred) >= self.options.window:
@@ -818,20 +973,35 @@ class Replica:
             # ballot and can learn it from our decided_slot.
             assert self._decided[slot] == value, f"safety: re-proposal at {slot} differs from decided"
             return
-        self._in_flight[slot] = _Proposal(value, {self.node_id}, self._ticks)
+        own = {self.node_id} if config.is_voter(self.node_id) else set()
+        self._in_flight[slot] = _Proposal(value, own, self._ticks, config.node_ids, config.quorum_size)
         self._check_decided(slot)
+
+    def _fast_followers(self, config: Config) -> list:
+        """Thrifty: the voters of ``config`` a majority needs besides us, fastest first."""
+        need = config.quorum_size - (1 if config.is_voter(self.node_id) else 0)
+        return [p for p in self._preferred if config.is_voter(p)][:need]
 
     def _check_decided(self, slot: int) -> None:
         proposal = self._in_flight.get(slot)
-        if proposal is not None and len(proposal.acks) >= self.config.quorum_size:
+        if proposal is not None and len(proposal.acks) >= proposal.quorum:
             self._mark_decided(slot, proposal.value)
             self._advance_decided()
 
     def _fill_window(self) -> None:
         """Open slots for queued commands, ``batch_count_max`` per slot, ``window`` undecided at most."""
+        if self._pending_reproposals:
+            self._open_reproposals()
+            if self._pending_reproposals:
+                return  # re-proposals go first, in slot order
+        if self._transfer is not None:
+            self._maybe_finish_transfer()
+            return  # handing over: open nothing new
         queue = self._queue
         count_max, bytes_max = self.options.batch_count_max, self.options.batch_bytes_max
         while self._role == LEADER and queue and len(self._in_flight) < self.options.window:
+            if not self._open_gate(self._next_slot):
+                return
             batch = [queue.popleft()]
             size = len(batch[0])
             while queue and len(batch) < count_max and size + len(queue[0]) <= bytes_max:
@@ -839,6 +1009,12 @@ class Replica:
                 size += len(command)
                 batch.append(command)
             self._open_slot(self._next_slot, tuple(batch))
+        # A decided change governs from alpha slots after its own: with nothing else to propose, fill
+        # the slots before that with no-ops now, so that it is in effect one round trip later.
+        effective = self._schedule.latest_effective
+        while (self._role == LEADER and not queue and self._next_slot < effective
+               and len(self._in_flight) < self.options.window and self._open_gate(self._next_slot)):
+            self._open_slot(self._next_slot, ())
 
     def _on_accepted(self, m: Accepted) -> None:
         if self._role != LEADER or m.ballot != self._own_ballot:
@@ -851,8 +1027,11 @@ class Replica:
             # acceptor's duplicates so that those stay visible.
             self._count("late_accepted")
             return
+        if m.sender not in proposal.voters:
+            self._count("accepted_not_voter")  # a learner's vote (or an old voter's): counts for nothing
+            return
         proposal.acks.add(m.sender)
-        if self.options.thrifty and m.sender not in self._preferred[:self.config.quorum_size - 1]:
+        if self.options.thrifty and m.sender not in self._fast_followers(self._schedule.for_slot(m.slot)):
             # It answered while the slot was undecided, ahead of a fast follower: it goes first now.
             # What was held back goes out first, so that every follower still gets slots in order.
             self._send_deferred_accepts()
@@ -931,6 +1110,8 @@ class Replica:
         if self._role != LEADER or m.ballot != self._own_ballot:
             self._count("stale_heartbeat_ack")
             return
+        if m.decided_slot > self._peer_decided.get(m.sender, -1):
+            self._peer_decided[m.sender] = m.decided_slot
         acks = self._heartbeat_acks.get(m.seq)
         if acks is None:
             return  # a round already confirmed (and pruned) or unknown
@@ -938,8 +1119,11 @@ class Replica:
         self._check_round(m.seq)
 
     def _check_round(self, seq: int) -> None:
-        if len(self._heartbeat_acks.get(seq, ())) < self.config.quorum_size:
-            return
+        acks = self._heartbeat_acks.get(seq, ())
+        # Membership rule 4: a majority of every configuration that governs a slot past decided_slot.
+        for config in self._active:
+            if not config.is_quorum(acks):
+                return
         # A majority still promised our ballot after the round began, so no higher ballot could have
         # decided anything before then (its promise majority would overlap this one).
         self._confirmed_seq = max(self._confirmed_seq, seq)
@@ -958,12 +1142,43 @@ class Replica:
                 waiting.append((read_id, index, seq))
         self._pending_reads = waiting
 
+    def _maybe_finish_transfer(self) -> None:
+        """Handing over: once every slot we opened is decided, tell the target to campaign and step down."""
+        target, deadline = self._transfer
+        if self._ticks > deadline or target not in self._peers:
+            self._count("transfer_abandoned")
+            self._transfer = None
+            return
+        if self._in_flight or self._pending_reproposals:
+            return
+        self._count("transfer_sent")
+        self._send_deferred_accepts()
+        self._send(target, Campaign(sender=self.node_id, ballot=self._own_ballot, decided_slot=self._decided_slot))
+        self._step_down()  # our election timer restarts, so the target's Prepare arrives first
+
+    def _on_campaign(self, m: Campaign) -> None:
+        """The leader hands over to us: campaign now, without waiting for an election timeout."""
+        if m.ballot < self._promised or m.ballot.node_id != m.sender or self._role != FOLLOWER:
+            self._count("stale_campaign")
+            return
+        if not self.is_voter:
+            self._count("campaign_not_voter")
+            return
+        self._count("campaigned_on_transfer")
+        self._start_election()
+
     def _step_down(self) -> None:
         """Stop being candidate or leader; hand back what we can no longer serve."""
         if self._role == LEADER:
-            self._actions.dropped_proposals.extend(self._queue)
             self._actions.rejected_reads.extend(read_id for read_id, _, _ in self._pending_reads)
+        # A candidate may hold a queue too (_reelect keeps it for the election it runs).
+        self._actions.dropped_proposals.extend(self._queue)
+        # A change of ours in a slot may still be decided by the next leader; the epoch it names makes
+        # a second one based on the same epoch harmless (only the first applies), so allow the next.
+        self._change_queued = False
         self._queue.clear()
+        self._pending_reproposals = deque()
+        self._transfer = None
         self._pending_reads = []
         self._deferred = []
         self._in_flight = {}
