@@ -179,7 +179,14 @@ def test_paxos_array_layout_is_kind_code_then_fields_in_declaration_order(messag
 
 
 def test_kind_codes_follow_message_types_order():
-    assert [wire.KIND_CODES[t] for t in pm.MESSAGE_TYPES] == list(range(1, 11))
+    assert [wire.KIND_CODES[t] for t in pm.MESSAGE_TYPES] == list(range(1, 12))
+
+
+def test_a_heartbeat_ack_from_an_older_node_without_decided_slot_still_decodes():
+    ack = wire.decode_paxos_message([8, 2, [3, 1], 11])
+    assert ack == pm.HeartbeatAck(sender=2, ballot=Ballot(3, 1), seq=11, decided_slot=0)
+    with pytest.raises(wire.WireError, match="kind 8 needs 4 or 5 elements, got 6"):
+        wire.decode_paxos_message([8, 2, [3, 1], 11, 4, 5])
 
 
 def test_frame_header_is_big_endian_body_length():
@@ -338,9 +345,10 @@ def _samples() -> list:
             pm.Nack(sender=3, ballot=b, promised=Ballot(4, 3)),
             pm.Decide(sender=1, ballot=b, decided_slot=5),
             pm.Heartbeat(sender=1, ballot=b, decided_slot=5, seq=11),
-            pm.HeartbeatAck(sender=2, ballot=b, seq=11),
+            pm.HeartbeatAck(sender=2, ballot=b, seq=11, decided_slot=9),
             pm.CatchupRequest(sender=3, first_slot=2),
             pm.CatchupReply(sender=1, entries=(pm.DecidedEntry(slot=2, value=(b"q",)),), snapshot_slot=1),
+            pm.Campaign(sender=1, ballot=b, decided_slot=7),
         )),
     ]
 
