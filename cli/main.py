@@ -42,7 +42,7 @@ from kv_cli.output import (
     value_fields,
 )
 
-OPTIONAL_COMMAND_MODULES = ("kv_cli.bench",)
+OPTIONAL_COMMAND_MODULES = ("kv_cli.bench", "kv_cli.dashboard", "kv_cli.trace")
 
 app = typer.Typer(
     name="kv",
@@ -451,11 +451,16 @@ def serve_command(
                           "every command as it is decided."),
     ] = None,
     engine: Annotated[Engine, typer.Option("--engine", help=ENGINE_HELP)] = Engine.core,
+    metrics_addr: Annotated[
+        Optional[str],
+        typer.Option("--metrics-addr", help="Serve Prometheus metrics at http://HOST:PORT/metrics "
+                                            "(docs/operations.md, Metrics). Default: none."),
+    ] = None,
 ) -> None:
     """Run one node in the foreground until Ctrl-C or SIGTERM."""
     settings = settings_of(ctx)
     with reporting_errors(settings):
-        from kvstore.endpoints import EndpointError, parse_peers
+        from kvstore.endpoints import EndpointError, parse_endpoint, parse_peers
         from kvstore.server import ServerOptions, run_node
 
         try:
@@ -486,6 +491,12 @@ def serve_command(
         if exit_on_disk_failure:
             overrides["exit_on_disk_failure"] = True
         overrides["engine"] = engine.value
+        if metrics_addr is not None:
+            try:
+                parse_endpoint(metrics_addr)
+            except EndpointError as exc:
+                raise UsageProblem(f"invalid --metrics-addr {metrics_addr!r}: {exc}") from None
+            overrides["metrics_addr"] = metrics_addr
         options = ServerOptions(**overrides)
         logging.basicConfig(
             level=logging.DEBUG if settings.debug else logging.INFO,

@@ -37,6 +37,7 @@ import trio
 
 from . import commands, wire
 from .events import WAKE, Proposal, Read
+from .metrics import OUTCOME_OF_CODE, request_op
 from .netio import Outbox, socket_fd
 from .peers import remote_name, set_nodelay
 from .waiters import read_reply
@@ -217,28 +218,37 @@ class ClientLinks:
             conn.last_heard = trio.current_time()
 
     def _route(self, conn: ClientConn, request, events: list) -> None:
-        """Answer ``request`` here, or append what the driver must do for it to ``events``."""
+        """Answer ``request`` here, or append what the driver must do for it to ``events``. What is answered
+        here is counted here (``Waiters.requests``); the waiters count the rest."""
         node = self.node
+        requests = node.waiters.requests
         match request:
             case wire.PutRequest() | wire.DeleteRequest() | wire.CasRequest():
                 try:
                     command, decoded = commands.encode_write(request)
                 except ValueError as exc:
+                    requests[request_op(request), "error"] += 1
                     conn.reply(wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=str(exc), leader=None))
                     return
                 if node._fenced:
-                    conn.reply(node._disk_reply(request.id))
+                    reply = node._disk_reply(request.id)
+                    requests[request_op(request), OUTCOME_OF_CODE.get(reply.code, "error")] += 1
+                    conn.reply(reply)
                     return
                 if not node.replica.is_leader:
+                    requests[request_op(request), "not_leader"] += 1
                     conn.reply(node.waiters.not_leader(request.id))
                     return
                 events.append(Proposal(command, decoded, (request.client_id, request.request_id), conn, request.id))
             case wire.GetRequest() | wire.ListRequest():
                 if request.linearizable:
                     if node._fenced:
-                        conn.reply(node._disk_reply(request.id))
+                        reply = node._disk_reply(request.id)
+                        requests[request_op(request), OUTCOME_OF_CODE.get(reply.code, "error")] += 1
+                        conn.reply(reply)
                         return
                     if not node.replica.is_leader:
+                        requests[request_op(request), "not_leader"] += 1
                         conn.reply(node.waiters.not_leader(request.id))
                         return
                     events.append(Read(conn, request))
@@ -251,8 +261,10 @@ class ClientLinks:
                     node.waiters.add_local_read(node.replica.applied_slot, conn, request)
                     events.append(WAKE)
                 else:
+                    requests[request_op(request), "ok"] += 1
                     conn.reply(read_reply(learner.sm, request))
             case wire.StatusRequest():
+                requests["status", "ok"] += 1
                 conn.reply(wire.OkReply(id=request.id, result=node.status()))
             case _:
                 conn.reply(wire.ErrorReply(id=getattr(request, "id", None), code=wire.BAD_REQUEST,

@@ -38,6 +38,7 @@ import trio
 
 from paxos.actions import DecideRecord
 
+from .metrics import FSYNC_SECONDS_BOUNDS, Buckets
 from .storage import StorageError
 
 __all__ = ["GroupCommit"]
@@ -59,6 +60,7 @@ class GroupCommit:
         self._send, self._recv = trio.open_memory_channel(math.inf)
         self.pending_batches = 0  # staged with the committer and not carried out yet
         self.fsync_seconds_ewma = 0.0  # recent fsyncs, averaged; decides where the next one runs
+        self.fsync_seconds = Buckets(FSYNC_SECONDS_BOUNDS)  # every fsync's duration (kv_fsync_duration_seconds)
         self.durable_decided_slot = durable_decided_slot
         self._progress = trio.Event()  # set (and replaced) each time the committer finishes a round
 
@@ -101,6 +103,7 @@ class GroupCommit:
     def _note_fsync(self, elapsed: float) -> None:
         # an exponentially weighted mean of recent fsyncs decides where the next one runs
         self.fsync_seconds_ewma += (elapsed - self.fsync_seconds_ewma) * 0.2
+        self.fsync_seconds.observe(elapsed)
         self.counters["fsyncs"] += 1
         self.counters["fsync_us"] += int(elapsed * 1e6)
 

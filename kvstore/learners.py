@@ -37,6 +37,7 @@ import collections
 import math
 from typing import Callable
 
+from .metrics import SLOT_COMMANDS_BOUNDS, Buckets
 from .statemachine import StateMachine
 from .waiters import Waiters, reply_result
 
@@ -90,6 +91,7 @@ class Learner:
         self.applied_since_snapshot = 0  # commands applied since our last snapshot (see snapshot_due)
         self.last_handout = 0.0  # when the core last handed out a decided slot (trio time)
         self.last_local_read = -math.inf  # when this node last served a serializable read
+        self.slot_commands = Buckets(SLOT_COMMANDS_BOUNDS)  # commands per slot handed out (kv_batch_commands)
 
     # -----------------------------------------------------------------------------------------------
     # applying
@@ -99,7 +101,12 @@ class Learner:
         step of the queue at once unless lazy."""
         self.last_handout = now
         self.queue.extend(decided)
-        self.queued_commands += sum(len(commands) for _, commands in decided)
+        observe = self.slot_commands.observe
+        count = 0
+        for _, commands in decided:
+            count += len(commands)
+            observe(len(commands))
+        self.queued_commands += count
         if not self.lazy:
             self.apply_queued(CATCH_UP_COMMANDS)
 
@@ -111,6 +118,7 @@ class Learner:
         waiters = self.waiters
         waiting = waiters.writes
         own = waiters.own_commands
+        requests = waiters.requests
         answered = replies = applied = 0
         latency_s = 0.0  # for the counters: the time since each answered write arrived
         # (a deadline is arrival + timeout, so this minus a deadline is the time since arrival)
@@ -122,10 +130,10 @@ class Learner:
             for command in batch:
                 key, result = sm_apply(command, own.pop(command, None) if own else None)
                 if key is not None and key in waiting:
-                    for conn, wire_id, deadline in waiting.pop(key):
+                    for conn, wire_id, deadline, op in waiting.pop(key):
                         latency_s += started - deadline
                         replies += 1
-                        reply_result(conn, wire_id, result)
+                        requests[op, reply_result(conn, wire_id, result)] += 1
                     answered += 1
                     if answered % REPLY_SEND_EVERY == 0:
                         # Let the first answers of a big batch go while we apply the rest: the

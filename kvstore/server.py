@@ -71,7 +71,7 @@ from paxos import messages as pm
 from paxos.classic import ClassicReplica
 from paxos.replica import Config, Options, Replica
 
-from . import commands, identity, runtime, wire
+from . import commands, identity, metrics, runtime, wire
 from .clients import ClientConn, ClientLinks
 from .endpoints import format_endpoint
 from .events import Proposal, Read, SnapshotAdoptable, SnapshotReceived, SnapshotRestored, SnapshotStep
@@ -183,6 +183,8 @@ class ServerOptions:
     # faster) or "classic" (paxos.classic.ClassicReplica: one essential-paxos instance per slot, for
     # comparison). Nodes of different engines refuse each other's peer links (see kvstore.peers).
     engine: str = "core"
+    # Serve Prometheus metrics at http://HOST:PORT/metrics (kvstore.metrics); None: no metrics server.
+    metrics_addr: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -272,6 +274,7 @@ class Node:
         # The highest decided slot whose decision rests only on durable accepts (ours included).
         self.commit = GroupCommit(self, durable_decided_slot=self.replica.decided_slot)
         self.listen_port: int | None = None
+        self.metrics_port: int | None = None  # where /metrics is served (ServerOptions.metrics_addr)
         self.ready = trio.Event()
 
     # What tests and tools read of the parts (the state in use, as the node sees it)
@@ -319,6 +322,8 @@ class Node:
                 # Clients and peers are served from here on (status answers the founding of others),
                 # but this node votes only once it knows the members' incarnations (kvstore.identity).
                 nursery.start_soon(trio.serve_listeners, self.clients.handle_connection, listeners)
+                if self.options.metrics_addr is not None:
+                    self.metrics_port = await nursery.start(metrics.serve_metrics, self, self.options.metrics_addr)
                 task_status.started(self.listen_port)
                 log.info("node %d serving on port %d, data dir %s", self.node_id, self.listen_port, self.data_dir)
                 if self.storage.members is None:

@@ -22,6 +22,11 @@ is then unknown). The replies for results, ``not_leader``, ``timeout`` and reads
 (``reply_result``, ``not_leader``, ``read_reply``); answers go through ``ClientConn.reply``, which only
 collects them: the node sends them (``ClientLinks.send_replies``).
 
+``requests`` counts the answers, ``(op, outcome) -> count`` (``kv_requests_total`` of
+``kvstore.metrics``; the client links count the requests they answer themselves): the op is the
+request's (``metrics.request_op``), kept with each waiting write, the outcome ``ok`` or the error
+code's name (``metrics.OUTCOME_OF_CODE``).
+
 Rules: this module never touches the ``Replica``, the storage or the peer links, and never changes the
 state machine; it reads the one it is given to answer reads. Each wire id is answered once: a waiter is
 removed before it is answered. ``wire_id`` is the id on the client's frame (what the reply carries),
@@ -35,6 +40,7 @@ from collections import defaultdict
 from typing import Callable
 
 from . import commands, failpoints, wire
+from .metrics import OUTCOME_OF_CODE, request_op
 from .statemachine import STALE_REQUEST
 
 __all__ = ["Waiters", "reply_result", "read_reply", "not_leader_reply", "OWN_COMMANDS_MAX", "EXPIRY_SCAN_SECONDS"]
@@ -51,8 +57,8 @@ def not_leader_reply(wire_id, leader_hint: str | None) -> wire.ErrorReply:
                            leader=leader_hint)
 
 
-def reply_result(conn, wire_id: int, result: dict) -> None:
-    """Answer a write with the state machine's result for it."""
+def reply_result(conn, wire_id: int, result: dict) -> str:
+    """Answer a write with the state machine's result for it; returns the outcome (ok, stale, error)."""
     failpoints.hit("before_reply")  # a test can crash the node after apply, before the client hears
     error = result.get("error")
     if error == STALE_REQUEST:
@@ -62,10 +68,12 @@ def reply_result(conn, wire_id: int, result: dict) -> None:
             id=wire_id, code=wire.STALE, leader=None,
             message="the cluster no longer remembers this write's outcome (more than 4,096 newer writes "
                     "of this client were answered meanwhile); it may or may not have been applied"))
-    elif error is not None:
+        return "stale"
+    if error is not None:
         conn.reply(wire.ErrorReply(id=wire_id, code=wire.BAD_REQUEST, message=str(error), leader=None))
-    else:
-        conn.reply_frame(wire.encode_write_result_frame(wire_id, result))
+        return "error"
+    conn.reply_frame(wire.encode_write_result_frame(wire_id, result))
+    return "ok"
 
 
 def read_reply(sm, request) -> wire.OkReply:
@@ -95,7 +103,7 @@ class Waiters:
         self.timeout_seconds = request_timeout_seconds
         self._leader_hint = leader_hint  # the leader's HOST:PORT for not_leader answers, None if unknown
         self._counters = counters
-        # request key (client_id, request_id) -> [(conn, wire_id, deadline), ...]
+        # request key (client_id, request_id) -> [(conn, wire_id, deadline, op), ...]
         self.writes: dict[tuple[bytes, int], list] = defaultdict(list)
         self.own_commands: dict[bytes, object] = {}  # command bytes -> commands.Command, proposed here
         self.reads: dict[int, tuple] = {}  # read id -> (conn, request, deadline)
@@ -103,6 +111,7 @@ class Waiters:
         self.local_reads: list[tuple] = []  # (slot, conn, request): serializable, waiting for applies
         self._read_ids = itertools.count(1)
         self._next_expiry_scan = 0.0
+        self.requests: defaultdict = defaultdict(int)  # (op, outcome) -> answers (see the module docstring)
 
     def not_leader(self, wire_id) -> wire.ErrorReply:
         return not_leader_reply(wire_id, self._leader_hint())
@@ -116,7 +125,8 @@ class Waiters:
         if len(own) >= OWN_COMMANDS_MAX:
             own.clear()
         own[proposal.command] = proposal.decoded
-        self.writes[proposal.request_key].append((proposal.conn, proposal.wire_id, now + self.timeout_seconds))
+        self.writes[proposal.request_key].append(
+            (proposal.conn, proposal.wire_id, now + self.timeout_seconds, proposal.decoded.op))
 
     def fail_dropped_proposals(self, dropped) -> None:
         """The core dropped these proposals (command bytes; leadership was lost before they got a slot):
@@ -128,7 +138,8 @@ class Waiters:
                 cmd = commands.decode_command(command)
             except commands.CommandError:
                 continue
-            for conn, wire_id, _ in self.writes.pop((cmd.client_id, cmd.request_id), ()):
+            for conn, wire_id, _, op in self.writes.pop((cmd.client_id, cmd.request_id), ()):
+                self.requests[op, "not_leader"] += 1
                 conn.reply(self.not_leader(wire_id))
 
     # -----------------------------------------------------------------------------------------------
@@ -151,6 +162,7 @@ class Waiters:
                 continue
             entry = reads.pop(read_id, None)
             if entry is not None:
+                self.requests[request_op(entry[1]), "ok"] += 1
                 entry[0].reply(read_reply(sm, entry[1]))
 
     def reject(self, read_ids) -> None:
@@ -158,6 +170,7 @@ class Waiters:
         for read_id in read_ids:
             entry = self.reads.pop(read_id, None)
             if entry is not None:
+                self.requests[request_op(entry[1]), "not_leader"] += 1
                 entry[0].reply(self.not_leader(entry[1].id))
 
     def add_local_read(self, slot: int, conn, request) -> None:
@@ -178,6 +191,7 @@ class Waiters:
                     continue
                 entry = self.reads.pop(read_id, None)
                 if entry is not None:
+                    self.requests[request_op(entry[1]), "ok"] += 1
                     entry[0].reply(read_reply(sm, entry[1]))
             self.deferred_reads = later
         if self.local_reads:
@@ -186,6 +200,7 @@ class Waiters:
                 if item[0] > applied_slot:
                     later.append(item)
                 else:
+                    self.requests[request_op(item[2]), "ok"] += 1
                     item[1].reply(read_reply(sm, item[2]))
             self.local_reads = later
 
@@ -205,6 +220,7 @@ class Waiters:
         self._next_expiry_scan = now + EXPIRY_SCAN_SECONDS
         waiting = self.writes
         overdue = [key for key, waiters in waiting.items() if any(w[2] < now for w in waiters)]
+        requests = self.requests
         for key in overdue:
             waiters = waiting.pop(key)
             keep = []
@@ -212,8 +228,9 @@ class Waiters:
                 if waiter[2] >= now:
                     keep.append(waiter)
                     continue
-                conn, wire_id, _ = waiter
+                conn, wire_id, _, op = waiter
                 self._counters["writes_expired"] += 1
+                requests[op, "timeout"] += 1
                 conn.reply(wire.ErrorReply(id=wire_id, code=wire.TIMEOUT, leader=None,
                                            message="write not decided in time; outcome unknown"))
             if keep:
@@ -221,6 +238,7 @@ class Waiters:
         expired_reads = [read_id for read_id, (_, _, deadline) in self.reads.items() if deadline < now]
         for read_id in expired_reads:
             conn, request, _ = self.reads.pop(read_id)
+            requests[request_op(request), "timeout"] += 1
             conn.reply(wire.ErrorReply(id=request.id, code=wire.TIMEOUT,
                                        message="read not confirmed in time", leader=None))
 
@@ -229,13 +247,15 @@ class Waiters:
         here (it led until lately) and the confirmed reads waiting for applies get ``not_leader``; their
         clients retry on the leader with the same request id, where the outcome is remembered."""
         for waiters in self.writes.values():
-            for conn, wire_id, _ in waiters:
+            for conn, wire_id, _, op in waiters:
+                self.requests[op, "not_leader"] += 1
                 conn.reply(self.not_leader(wire_id))
         self.writes.clear()
         self.own_commands.clear()
         for _, read_id in self.deferred_reads:
             entry = self.reads.pop(read_id, None)
             if entry is not None:
+                self.requests[request_op(entry[1]), "not_leader"] += 1
                 entry[0].reply(self.not_leader(entry[1].id))
         self.deferred_reads = []
 
@@ -244,11 +264,15 @@ class Waiters:
         and linearizable read (``disk_reply(wire_id)``) is answered and forgotten. Serializable reads
         waiting for applies stay: the state machine holds what was decided before the failure."""
         for waiters in self.writes.values():
-            for conn, wire_id, _ in waiters:
-                conn.reply(disk_reply(wire_id, write_sent=True))
+            for conn, wire_id, _, op in waiters:
+                reply = disk_reply(wire_id, write_sent=True)
+                self.requests[op, OUTCOME_OF_CODE.get(reply.code, "error")] += 1
+                conn.reply(reply)
         self.writes.clear()
         self.own_commands.clear()
         for conn, request, _ in self.reads.values():
-            conn.reply(disk_reply(request.id))
+            reply = disk_reply(request.id)
+            self.requests[request_op(request), OUTCOME_OF_CODE.get(reply.code, "error")] += 1
+            conn.reply(reply)
         self.reads.clear()
         self.deferred_reads = []

@@ -1,0 +1,141 @@
+"""A very small HTTP/1.1 server on trio, for ``/metrics`` (``kvstore.metrics``) and ``kv dashboard``.
+
+Theory of operation
+-------------------
+One request per connection (every answer says ``Connection: close``), which is all Prometheus and a
+polling web page need. ``serve_http`` listens on one address and hands each request to an async
+``handle(request) -> Response``. The request head is read up to ``HEAD_BYTES_MAX`` and a body up to
+``BODY_BYTES_MAX``; a connection that has not sent its request within ``REQUEST_SECONDS`` is closed. A
+handler that raises gets a 500 and one log line with its traceback; the server goes on.
+
+Rules: it binds only where it is told (callers bind 127.0.0.1 unless the operator names another
+address), never blocks the event loop on I/O, and never lets one connection's failure end the server.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Awaitable, Callable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import trio
+
+from .endpoints import parse_endpoint
+
+__all__ = ["Request", "Response", "serve_http", "HEAD_BYTES_MAX", "BODY_BYTES_MAX", "REQUEST_SECONDS"]
+
+log = logging.getLogger("kvstore.http")
+
+HEAD_BYTES_MAX = 16 * 1024
+BODY_BYTES_MAX = 64 * 1024
+REQUEST_SECONDS = 10.0
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            409: "Conflict", 413: "Payload Too Large", 500: "Internal Server Error", 502: "Bad Gateway"}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # percent-decoded, without the query
+    query: dict = field(default_factory=dict)  # name -> last value
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def serve_http(handle: Handler, address: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``handle`` on ``address`` (``HOST:PORT``; port 0 picks a free one) until cancelled.
+
+    ``task_status.started(port)`` reports the port listened on. Raises ``EndpointError`` (a
+    ValueError) for a malformed address and ``OSError`` if it cannot listen.
+    """
+    host, port = parse_endpoint(address)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(partial(_serve_connection, handle), listeners)
+
+
+async def _serve_connection(handle: Handler, stream) -> None:
+    try:
+        try:
+            with trio.fail_after(REQUEST_SECONDS):
+                request = await _read_request(stream)
+        except _BadRequest as exc:
+            await _send(stream, Response(exc.status, f"{exc}\n".encode()))
+            return
+        except trio.TooSlowError:
+            return
+        if request is None:
+            return
+        try:
+            response = await handle(request)
+        except Exception:  # one handler's bug must not end the server
+            log.exception("HTTP %s %s failed", request.method, request.path)
+            response = Response(500, b"internal error (see the server's log)\n")
+        await _send(stream, response)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _read_request(stream) -> Request | None:
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        if len(data) > HEAD_BYTES_MAX:
+            raise _BadRequest(413, "request head too large")
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise _BadRequest(400, "malformed request line")
+    method, target = parts[0].upper(), parts[1]
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                raise _BadRequest(400, "malformed Content-Length") from None
+    if length < 0 or length > BODY_BYTES_MAX:
+        raise _BadRequest(413, "request body too large")
+    body = bytearray(rest)
+    while len(body) < length:
+        chunk = await stream.receive_some(length - len(body))
+        if not chunk:
+            return None
+        body += chunk
+    split = urlsplit(target)
+    query = {name: values[-1] for name, values in parse_qs(split.query).items()}
+    return Request(method=method, path=unquote(split.path), query=query, body=bytes(body[:length]))
+
+
+async def _send(stream, response: Response) -> None:
+    reason = _REASONS.get(response.status, "Unknown")
+    head = (f"HTTP/1.1 {response.status} {reason}\r\n"
+            f"Content-Type: {response.content_type}\r\n"
+            f"Content-Length: {len(response.body)}\r\n"
+            "Cache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n").encode("latin-1")
+    await stream.send_all(head + response.body)
