@@ -126,6 +126,7 @@ class Learner:
         while queue and applied < limit:
             slot, batch = queue.popleft()
             self.applied_slot = slot
+            self.sm.slot = slot  # a membership change among these commands is recorded with its slot
             applied += len(batch)
             for command in batch:
                 key, result = sm_apply(command, own.pop(command, None) if own else None)

@@ -82,6 +82,8 @@ from typing import BinaryIO, Iterator, NamedTuple, Union
 
 import cbor2
 
+from paxos.membership import is_change
+
 from .commands import (
     CLIENT_ID_BYTES_MAX,
     KEY_BYTES_MAX,
@@ -98,10 +100,10 @@ RESULTS_PER_CLIENT_MAX = 4096
 RESULTS_MAX = 262_144
 """Results remembered for all clients together at most; least recently used clients are evicted beyond
 (without it, 10,000 clients that never acknowledge could make the table hold 41 million results)."""
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 """Version of the snapshot layout written by ``snapshot``. ``restore`` reads it and format 1 (each entry
 as four fields: key, value, version, mod_revision), which servers before it wrote."""
-SNAPSHOT_FORMATS_READ = (1, 2)
+SNAPSHOT_FORMATS_READ = (1, 2, 3)
 _STATE_HASH_VERSION = 1  # part of what state_hash digests; independent of the snapshot layout
 
 Value = Union[str, bytes]
@@ -342,7 +344,7 @@ def _entry_digest(packed: bytes) -> int:
 class StateMachine:
     """The dictionary plus its dedup table. Not thread-safe; one owner (the server's driver task)."""
 
-    __slots__ = ("revision", "_entries", "_index", "_clients", "_results_total", "_hash_cache", "_digest_sum",
+    __slots__ = ("changes", "slot", "revision", "_entries", "_index", "_clients", "_results_total", "_hash_cache", "_digest_sum",
                  "_journals")
 
     def __init__(self) -> None:
@@ -360,6 +362,12 @@ class StateMachine:
         self._digest_sum = 0
         # The ``saved`` dicts of open FrozenStates: key -> packed entry (None: absent) at the freeze.
         self._journals: list[dict[str, bytes | None]] = []
+        # Membership changes applied (paxos.membership): (slot, command), in slot order. Snapshots carry
+        # them, so that a node restarting or installing from a snapshot rebuilds the core's schedule
+        # of configurations (kvstore.server: Node._schedule_for). ``slot`` is the slot being applied,
+        # set by the learner before each slot's commands.
+        self.changes: list[tuple[int, bytes]] = []
+        self.slot = 0
 
     # -------------------------------------------------------------------------------------------
     # writes
@@ -379,6 +387,9 @@ class StateMachine:
             try:
                 cmd = decode_command(command)
             except CommandError as exc:
+                if is_change(command):  # a membership change: the core's; we only keep it for snapshots
+                    self.changes.append((self.slot, bytes(command)))
+                    return None, {"config": True}
                 return None, {"error": f"malformed command: {exc}"}
         client_id = cmd.client_id
         request_id = cmd.request_id
@@ -639,8 +650,9 @@ class StateMachine:
         if used != length:
             raise SnapshotError(f"snapshot has {length - used} trailing bytes" if used < length
                                 else f"snapshot runs {used - length} bytes past its end")
-        if type(top) is not dict or set(top) != {"format", "revision", "entries", "clients"}:
-            raise SnapshotError("snapshot must be a map with keys format, revision, entries, clients")
+        if type(top) is not dict or set(top) - {"changes"} != {"format", "revision", "entries", "clients"}:
+            raise SnapshotError("snapshot must be a map with keys format, revision, entries, clients "
+                                "(and changes, from format 3)")
         layout = top["format"]
         if type(layout) is not int or layout not in SNAPSHOT_FORMATS_READ:
             raise SnapshotError(f"unknown snapshot format {layout!r} (this version reads "
@@ -651,10 +663,11 @@ class StateMachine:
         machine = cls()
         machine.revision = revision
         # pop: _restore_entries empties the flat list as it goes, and nothing else may keep it alive.
-        restore_entries = _restore_packed_entries if layout == 2 else _restore_entries
+        restore_entries = _restore_packed_entries if layout >= 2 else _restore_entries
         machine._entries, machine._index = restore_entries(top.pop("entries"), revision)
         machine._digest_sum = sum(map(_entry_digest, machine._entries.values())) % _DIGEST_MOD
         machine._clients = _restore_clients(top["clients"], revision)
+        machine.changes = _restore_changes(top.get("changes", []))
         # An older snapshot may hold more than RESULTS_MAX: the next executed command evicts down to it.
         machine._results_total = sum(len(c.results) for c in machine._clients.values())
         return machine
@@ -668,7 +681,7 @@ class FrozenState:
     first and the ``saved`` journal after, so it also stays right if a write lands in between.
     """
 
-    __slots__ = ("revision", "count", "_owner", "_entries", "_blocks", "_clients", "_saved", "_closed")
+    __slots__ = ("revision", "count", "_owner", "_entries", "_blocks", "_clients", "_saved", "_closed", "_changes")
 
     def __init__(self, owner: StateMachine, saved: dict[str, bytes | None]) -> None:
         self._owner = owner
@@ -676,6 +689,7 @@ class FrozenState:
         self._entries = owner._entries
         self.count = len(owner._entries)
         self._blocks = [list(block) for block in owner._index.blocks()]
+        self._changes = list(owner.changes)
         # The dedup table in LRU order, each client's results copied (the live ones change).
         self._clients = [(client_id, client.floor, client.last_revision, dict(client.results))
                          for client_id, client in owner._clients.items()]
@@ -708,7 +722,7 @@ class FrozenState:
         if type(entries_per_chunk) is not int or entries_per_chunk < 1:
             raise ValueError(f"entries_per_chunk must be a positive int, not {entries_per_chunk!r}")
         dumps = cbor2.dumps
-        yield b"".join((b"\xa4", dumps("format"), dumps(SNAPSHOT_FORMAT), dumps("revision"),
+        yield b"".join((b"\xa5", dumps("format"), dumps(SNAPSHOT_FORMAT), dumps("revision"),
                         dumps(self.revision), dumps("entries"), _array_header(2 * self.count)))
         for keys in _batches(self._blocks, entries_per_chunk):
             if self._closed:
@@ -743,6 +757,22 @@ class FrozenState:
                 batch_results = 0
         if batch:
             yield _array_items(batch)
+        yield dumps("changes") + dumps([[slot, command] for slot, command in self._changes])
+
+
+def _restore_changes(changes) -> list:
+    """The membership changes of a snapshot: ``[[slot, command bytes], ...]`` in slot order."""
+    if type(changes) is not list:
+        raise SnapshotError("snapshot changes must be an array")
+    out = []
+    for i, item in enumerate(changes):
+        if (type(item) is not list or len(item) != 2 or type(item[0]) is not int or item[0] < 1
+                or type(item[1]) is not bytes or not is_change(item[1])):
+            raise SnapshotError(f"snapshot change {i} must be [slot, membership change command]")
+        if out and item[0] < out[-1][0]:
+            raise SnapshotError(f"snapshot change {i} is out of slot order")
+        out.append((item[0], item[1]))
+    return out
 
 
 _RESTORE_ENTRIES_PER_STEP = 20_000

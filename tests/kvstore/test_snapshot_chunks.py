@@ -47,7 +47,8 @@ def reference_snapshot(sm: StateMachine) -> bytes:
     flat: list = []
     for entry in sm.range():
         flat.extend((entry.key, pack(entry.key, entry.value, entry.version, entry.mod_revision)))
-    return cbor2.dumps({"format": 2, "revision": sm.revision, "entries": flat, "clients": _clients(sm)})
+    return cbor2.dumps({"format": 3, "revision": sm.revision, "entries": flat, "clients": _clients(sm),
+                        "changes": [[s, c] for s, c in sm.changes]})
 
 
 def reference_snapshot_v1(sm: StateMachine) -> bytes:
@@ -110,7 +111,7 @@ def test_joined_chunks_are_byte_identical_to_the_one_call_encoding(keys, per_chu
 def test_empty_machine_snapshot_is_unchanged():
     sm = StateMachine()
     assert b"".join(sm.snapshot_chunks()) == sm.snapshot() == reference_snapshot(sm)
-    assert sm.snapshot() == cbor2.dumps({"format": 2, "revision": 0, "entries": [], "clients": []})
+    assert sm.snapshot() == cbor2.dumps({"format": 3, "revision": 0, "entries": [], "clients": [], "changes": []})
     assert StateMachine.restore(sm.snapshot()).state_hash() == sm.state_hash()
 
 

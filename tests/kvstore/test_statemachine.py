@@ -695,7 +695,7 @@ def _replace(items: list, index: int, value) -> list:
     (_SMALL_SNAPSHOT + b"\x00", "trailing"),
     (cbor2.dumps([1, 2, 3]), "map"),
     (_snapshot_with(extra=1), "map"),
-    (_snapshot_with(format=3), "format"),
+    (_snapshot_with(format=4), "format"),
     (_snapshot_with(format=True), "format"),
     (_snapshot_with(revision=-1), "revision"),
     (_snapshot_with(revision=1.0), "revision"),
@@ -771,7 +771,7 @@ def _bad_digest() -> bytes:
     (_v2_with(entries=_replace(_v2_entries(), 1, _packed(1, 1, 1, b"\xff\xfe"))), "UTF-8"),
     (_v2_with(entries=_replace(_v2_entries(), 1, _packed(0, 1, 1, b"v" * (2**20 + 1)))), "value longer"),
     (_v2_with(entries=_replace(_v2_entries(), 1, _bad_digest())), "digest"),
-    (_v2_with(format=3), "format"),
+    (_v2_with(format=4), "format"),
 ])
 def test_restore_rejects_inconsistent_format_2_entries(data, message):
     with pytest.raises(SnapshotError, match=message):
@@ -812,3 +812,30 @@ def test_incremental_state_hash_equals_a_full_recomputation():
     assert sm.state_hash() == fresh.state_hash()
     sm.apply(_c.encode_put(cid, 500, 500, "new", "v"))
     assert sm.state_hash() != fresh.state_hash()
+
+
+def test_membership_changes_are_kept_with_their_slot_and_survive_a_snapshot():
+    """A membership change (paxos.membership) is not a key-value command: it changes no entry and no
+    revision, and the machine keeps it with its slot so that a snapshot carries it."""
+    from paxos.membership import Config, encode_change
+
+    sm = StateMachine()
+    change = encode_change(0, Config(node_ids=(1, 2, 3)).add_learner(4, "127.0.0.1:7004"))
+    sm.slot = 9
+    assert sm.apply(change) == (None, {"config": True})
+    assert sm.revision == 0 and len(sm) == 0
+    assert sm.changes == [(9, change)]
+    restored = StateMachine.restore(sm.snapshot())
+    assert restored.changes == [(9, change)] and restored.snapshot() == sm.snapshot()
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ([[0, b"\x00paxos-config\x00{}"]], "change 0"),
+    ([[3, b"not a change"]], "change 0"),
+    ([[5, b"\x00paxos-config\x00{}"], [4, b"\x00paxos-config\x00{}"]], "out of slot order"),
+    ({"a": 1}, "must be an array"),
+])
+def test_restore_rejects_malformed_changes(changes, problem):
+    top = cbor2.loads(StateMachine().snapshot())
+    with pytest.raises(SnapshotError, match=problem):
+        StateMachine.restore(cbor2.dumps({**top, "changes": changes}))
