@@ -266,6 +266,8 @@ class ClientLinks:
             case wire.StatusRequest():
                 requests["status", "ok"] += 1
                 conn.reply(wire.OkReply(id=request.id, result=node.status()))
+            case wire.AdminRequest():
+                node.members.handle(conn, request)  # a task of its own: a change takes round trips
             case _:
                 conn.reply(wire.ErrorReply(id=getattr(request, "id", None), code=wire.BAD_REQUEST,
                                            message=f"{type(request).__name__} is not a client request",

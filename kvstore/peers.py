@@ -79,6 +79,26 @@ class PeerLinks:
             p: Outbox(limit=PEER_BACKLOG_FRAMES_MAX) for p in node.peers if p != node.node_id}
         self.stopped = False  # the node's disk failed: nothing more leaves (see stop)
         self._scope = trio.CancelScope()  # the sender tasks
+        self._nursery: trio.Nursery | None = None
+        self._sender_scopes: dict[int, trio.CancelScope] = {}
+
+    def sync(self) -> None:
+        """The node's address book changed (a membership change, kvstore.members): open links to new
+        members, close the links of members that left."""
+        node = self.node
+        wanted = {p for p in node.peers if p != self.node_id}
+        for peer in wanted - set(self.outboxes):
+            self.outboxes[peer] = Outbox(limit=PEER_BACKLOG_FRAMES_MAX)
+            if self._nursery is not None and not self.stopped:
+                self._nursery.start_soon(self._sender, peer)
+        for peer in set(self.outboxes) - wanted:
+            outbox = self.outboxes.pop(peer)
+            outbox.fd = None
+            outbox.close()
+            scope = self._sender_scopes.pop(peer, None)
+            if scope is not None:
+                scope.cancel()
+            log.info("node %d: closed the link to node %d, no longer a member", self.node_id, peer)
 
     # -----------------------------------------------------------------------------------------------
     # outgoing
@@ -148,8 +168,10 @@ class PeerLinks:
         """One sender task per peer, until the node stops or the links are stopped."""
         with self._scope:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 for peer_id in self.outboxes:
                     nursery.start_soon(self._sender, peer_id)
+                await trio.sleep_forever()  # senders of members added later start here too (sync)
 
     async def _sender(self, peer_id: int) -> None:
         """Dial ``peer_id`` and keep its link open, reconnecting with capped back-off.
@@ -158,6 +180,11 @@ class PeerLinks:
         the socket could not take at once. While it is down, messages to the peer are dropped (Paxos
         tolerates loss: the core retransmits through heartbeats and catch-up).
         """
+        with trio.CancelScope() as scope:
+            self._sender_scopes[peer_id] = scope
+            await self._send_loop(peer_id)
+
+    async def _send_loop(self, peer_id: int) -> None:
         node = self.node
         options = node.options
         host, port = node.peers[peer_id]
@@ -214,11 +241,16 @@ class PeerLinks:
         peer = hello.node_id
         members = node.storage.members
         if members is not None:
-            refused = identity.check_peer(members, peer, hello.incarnation)
+            # The replicated configuration's record of the peer wins (it pins a promoted learner's
+            # incarnation); the founding record covers the members the configuration does not pin yet.
+            recorded = node.replica.config.incarnations.get(peer) or members.get(peer)
+            refused = identity.check_peer({peer: recorded} if recorded else {}, peer, hello.incarnation)
             if refused is not None:
                 node.counters["peers_refused_incarnation"] += 1
                 raise wire.WireError(refused)
-            if peer not in members and hello.incarnation is not None:
+            if hello.incarnation is not None:
+                node.members.seen_incarnations[peer] = hello.incarnation
+            if peer not in members and hello.incarnation is not None and node.storage.identity_legacy:
                 # A directory from before incarnations learns its peers' on first use.
                 try:
                     node.storage.record_members({**members, peer: hello.incarnation})

@@ -69,6 +69,7 @@ import trio
 
 from paxos import messages as pm
 from paxos.classic import ClassicReplica
+from paxos.membership import ConfigSchedule
 from paxos.replica import Config, Options, Replica
 
 from . import commands, identity, metrics, runtime, wire
@@ -78,6 +79,7 @@ from .events import Proposal, Read, SnapshotAdoptable, SnapshotReceived, Snapsho
 from .events import SnapshotWritten, Tick, Wake
 from .groupcommit import GroupCommit
 from .learners import Learner
+from .members import CoreCall, JoinError, Members, fetch_join_config
 from .peers import PeerLinks
 from .snapshots import Snapshots
 from .statemachine import StateMachine
@@ -216,10 +218,10 @@ class Node:
         *,
         listener_socket: socket.socket | None = None,
         transport: "TcpTransport | None" = None,
+        join: list[str] | None = None,
     ) -> None:
-        if node_id not in peers:
-            raise ValueError(f"node id {node_id} is not among the peers {sorted(peers)}")
         self.node_id = node_id
+        self.join = list(join) if join else None  # kv serve --join: members to ask (kvstore.members)
         self.peers = dict(peers)
         self.options = o = options or ServerOptions()
         self.data_dir = Path(data_dir)
@@ -230,29 +232,45 @@ class Node:
             self.data_dir, node_id=node_id, cluster_id=o.cluster_id, fsync=o.fsync,
             preallocate=o.log_preallocate_bytes,
         )
+        # The configuration this directory started from (kvstore.members): recorded at founding or
+        # joining, so that a later --peers list (the bootstrap list only) never changes it.
+        recorded = self.storage.bootstrap_config
+        if recorded is not None:
+            self.bootstrap_config = Config.from_dict(recorded)
+            for member, address in self.bootstrap_config.addresses.items():
+                self.peers.setdefault(member, _endpoint(address))
+        else:
+            self.bootstrap_config = Config(
+                node_ids=tuple(sorted(self.peers)),
+                addresses={member: format_endpoint(*address) for member, address in self.peers.items()})
+        if node_id not in self.peers and not self.join:
+            raise ValueError(f"node id {node_id} is not among the peers {sorted(self.peers)}")
         found = self.storage.open_snapshot()
         if found is not None:
-            _, file, length = found
+            snapshot_slot, file, length = found
             with file:
                 sm = StateMachine.restore_stream(file, length)  # decoded from the file as it goes
             self.storage.release_snapshot()
+            if sm.changes:
+                self.storage.recovered.configs = self.schedule_for(sm, snapshot_slot)
         else:
             sm = StateMachine()
-        engine_class = ClassicReplica if o.engine == "classic" else Replica
-        self.replica = engine_class(
+        self._engine_class = ClassicReplica if o.engine == "classic" else Replica
+        self._core_options = Options(
+            heartbeat_ticks=o.heartbeat_ticks,
+            election_timeout_ticks=o.election_timeout_ticks,
+            window=o.window,
+            batch_count_max=o.batch_count_max,
+            lazy_decide=o.lazy_decide,
+            thrifty=o.thrifty,
+            early_accepts=o.fsync,  # without fsyncs nothing waits, so nothing is sent early
+        )
+        self.replica = self._engine_class(
             node_id,
-            Config(node_ids=tuple(sorted(peers))),
+            self.bootstrap_config,
             rng=random.Random(),
             state=self.storage.recovered,
-            options=Options(
-                heartbeat_ticks=o.heartbeat_ticks,
-                election_timeout_ticks=o.election_timeout_ticks,
-                window=o.window,
-                batch_count_max=o.batch_count_max,
-                lazy_decide=o.lazy_decide,
-                thrifty=o.thrifty,
-                early_accepts=o.fsync,  # without fsyncs nothing waits, so nothing is sent early
-            ),
+            options=self._core_options,
         )
         self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
         # ok, read-only or failed; anything but ok fences the node (see _stop_voting)
@@ -269,6 +287,7 @@ class Node:
             node_id, self.peers, snapshot_every_commands=o.snapshot_every, lazy_learners=o.lazy_learners,
             sm=sm, applied_slot=self.replica.snapshot_slot, waiters=self.waiters,
             send_replies=self._send_replies, counters=self.counters, clock=trio.current_time)
+        self.members = Members(self)
         self.peer_links = PeerLinks(self)
         self.snapshots = Snapshots(self)
         # The highest decided slot whose decision rests only on durable accepts (ours included).
@@ -327,7 +346,14 @@ class Node:
                 task_status.started(self.listen_port)
                 log.info("node %d serving on port %d, data dir %s", self.node_id, self.listen_port, self.data_dir)
                 if self.storage.members is None:
-                    await self._found()
+                    if self.join:
+                        await self._join()
+                    else:
+                        await self._found()
+                elif self.storage.bootstrap_config is None:
+                    # A directory founded before configurations were recorded: record the one it runs.
+                    self.storage.record_members(self.storage.members, config=self.bootstrap_config.to_dict())
+                self.members.sync()
                 nursery.start_soon(self._driver)
                 nursery.start_soon(self.commit.run)
                 nursery.start_soon(self._ticker)
@@ -361,9 +387,35 @@ class Node:
         except identity.IdentityError as exc:
             log.critical("node %d: %s", self.node_id, exc)
             raise
-        self.storage.record_members(founding.members)
+        self.storage.record_members(founding.members, config=self.bootstrap_config.to_dict())
         log.info("node %d (incarnation %s): %s; members %s", self.node_id, incarnation, founding.how,
                  ", ".join(f"{k}={v}" for k, v in sorted(founding.members.items())))
+
+    async def _join(self) -> None:
+        """kv serve --join: an empty directory for a member added with ``kv member add``. Take the newest
+        configuration from a member and start from it (``kvstore.members``); snapshots and the log
+        follow as for any node that lags."""
+        try:
+            config = await fetch_join_config(self.node_id, self.storage.incarnation, self.join,
+                                             self.options.cluster_id, self.transport)
+        except JoinError as exc:
+            log.critical("node %d: %s", self.node_id, exc)
+            raise
+        self.bootstrap_config = config
+        self.replica = self._engine_class(self.node_id, config, rng=random.Random(),
+                                          state=self.storage.recovered, options=self._core_options)
+        members = {**config.incarnations, self.node_id: self.storage.incarnation}
+        self.storage.record_members(members, config=config.to_dict())
+        log.info("node %d (incarnation %s) joined the cluster as a %s at configuration epoch %d",
+                 self.node_id, self.storage.incarnation, config.role(self.node_id), config.epoch)
+
+    def schedule_for(self, sm: StateMachine, slot: int) -> tuple:
+        """The core's configuration schedule for a snapshot at ``slot`` of ``sm``: our bootstrap
+        configuration and the changes the snapshot carries (``DurableState.configs``)."""
+        schedule = ConfigSchedule.initial(self.bootstrap_config)
+        for source, command in sm.changes:
+            schedule.apply(source, command)
+        return schedule.through(slot)
 
     async def _open_listeners(self) -> list:
         if self._listener_socket is not None:
@@ -497,6 +549,8 @@ class Node:
                 self._start_read(event)
             case Wake():
                 pass  # nothing for the core: _after_events looks at the apply queue
+            case CoreCall():
+                event.run()  # an admin request's step (kvstore.members)
             case _:
                 self.replica.receive(event)  # a Paxos message (kvstore.peers posts nothing else)
 
@@ -530,6 +584,7 @@ class Node:
         self.replica.note_durable(self.commit.durable_decided_slot)
         self._stage(self.replica.take_actions())
         replica = self.replica
+        self.members.sync()
         learner = self.learner
         learner.update(trio.current_time(), replica.leader_id, replica.is_leader, self._fenced)
         if learner.queue and not learner.lazy:
@@ -735,6 +790,10 @@ class Node:
             "cluster_id": self.options.cluster_id,
             "engine": self.options.engine,  # core or classic (ServerOptions.engine)
             "incarnation": self.storage.incarnation,  # this data directory's (kvstore.identity)
+            # the newest configuration (paxos.membership) and this node's role in it
+            "config": core.get("config"),
+            "role": core.get("role_in_config", "voter"),
+            "change_in_progress": self.replica.change_in_progress,
             # every member's incarnation once the cluster is founded; None while this node founds it
             "members": ({str(k): v for k, v in self.storage.members.items()}
                         if self.storage.members is not None else None),
@@ -758,16 +817,23 @@ async def serve_until_signal(node: Node) -> None:
             nursery.start_soon(wait_for_signal)
 
 
-def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, options: ServerOptions) -> None:
+def _endpoint(text: str) -> tuple[str, int]:
+    from .endpoints import parse_endpoint
+
+    return parse_endpoint(text)
+
+
+def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, options: ServerOptions,
+             join: list[str] | None = None) -> None:
     """Blocking entry point of ``kv serve``: run one node until SIGINT/SIGTERM."""
-    node = Node(node_id, peers, data_dir, options)
+    node = Node(node_id, peers, data_dir, options, join=join)
     runtime.tune_gc()  # after the restore, so that the state it loaded is never scanned
     try:
         trio.run(serve_until_signal, node)
     except BaseExceptionGroup as group:
         # The nurseries wrap a refusal to start (identity.IdentityError, a StorageError): the caller
         # (kv serve) prints such an error as one line, so hand it over unwrapped.
-        expected = group.subgroup((identity.IdentityError, StorageError))
+        expected = group.subgroup((identity.IdentityError, StorageError, JoinError))
         if expected is not None and expected.exceptions:
             leaf = expected.exceptions[0]
             while isinstance(leaf, BaseExceptionGroup):

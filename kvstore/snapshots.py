@@ -228,7 +228,8 @@ class Snapshots:
         await node.commit.wait_carried_out()  # every staged record is in the log before it is rewritten
         if node._fenced:
             return
-        replica.install_snapshot(slot)
+        # The snapshot carries the membership changes decided through it: the core's schedule follows.
+        replica.install_snapshot(slot, node.schedule_for(sm, slot) if sm.changes else ())
         state = replica.durable_state()
         try:
             await trio.to_thread.run_sync(node.storage.write_snapshot, slot, data, state)

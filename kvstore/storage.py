@@ -860,14 +860,24 @@ class Storage:
         text = json.dumps(self._meta, sort_keys=True).encode() + b"\n"
         self._write_file_atomically(META_NAME, text, None, None)
 
-    def record_members(self, members: dict[int, str]) -> None:
+    def record_members(self, members: dict[int, str], config: dict | None = None) -> None:
         """Record the members' incarnations (``kvstore.identity``) durably in meta.json: at founding,
-        and as a directory older than incarnations learns its peers. Raises ``StorageError`` (or
-        ``DiskFailed``) if meta.json cannot be rewritten."""
+        and as a directory older than incarnations learns its peers. With ``config``, also the
+        configuration this directory starts from (``paxos.membership.Config.to_dict()``: the bootstrap
+        configuration at founding, the newest one when joining; see ``bootstrap_config``). Raises
+        ``StorageError`` (or ``DiskFailed``) if meta.json cannot be rewritten."""
         self._check_usable()
         self._meta["members"] = {str(k): v for k, v in sorted(members.items())}
+        if config is not None:
+            self._meta["config"] = config
         self._save_meta()
         self.members = dict(members)
+
+    @property
+    def bootstrap_config(self) -> dict | None:
+        """The configuration recorded by ``record_members(..., config=...)``, or None."""
+        config = self._meta.get("config")
+        return config if isinstance(config, dict) else None
 
     def _read_log(self, log_path: Path) -> LogScan:
         """Scan ``log_path``, cut a tail that is not durable (and, without preallocation, trailing

@@ -198,6 +198,21 @@ class StatusRequest:
     id: int
 
 
+ADMIN_OPS = ("member_list", "member_add", "member_promote", "member_remove", "move_leader")
+"""What an ``AdminRequest`` may ask (see kvstore.members)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class AdminRequest:
+    """Membership and leadership: ``op`` one of ``ADMIN_OPS``; ``node`` the member it is about (0: none);
+    ``address`` HOST:PORT for member_add (else "")."""
+
+    id: int
+    op: str
+    node: int = 0
+    address: str = ""
+
+
 @dataclass(slots=True, kw_only=True)
 class OkReply:
     """Success: ``result`` is a map with str keys (see ``RESULT_DEPTH_MAX`` for what it may hold)."""
@@ -216,7 +231,7 @@ class ErrorReply:
     leader: str | None
 
 
-CLIENT_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest, GetRequest, ListRequest, StatusRequest)
+CLIENT_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest, GetRequest, ListRequest, StatusRequest, AdminRequest)
 WRITE_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest)
 REPLY_TYPES = (OkReply, ErrorReply)
 PEER_MESSAGE_TYPES = (Hello, PaxosBatch, SnapshotChunk)
@@ -475,6 +490,7 @@ _MAP_ENCODERS = {
         "limit": m.limit,
     },
     StatusRequest: lambda m: {"t": "status", "id": m.id},
+    AdminRequest: lambda m: {"t": "admin", "id": m.id, "op": m.op, "node": m.node, "addr": m.address},
     OkReply: _encode_ok,
     ErrorReply: lambda m: {"t": "err", "id": m.id, "code": m.code, "msg": m.message, "leader": m.leader},
 }
@@ -535,6 +551,16 @@ def _f_opt_str(obj: dict, key: str):
     if x is None or type(x) is str:
         return x
     raise WireError(f"{obj['t']}.{key}: expected a text string or null, got {type(x).__name__}")
+
+
+def _d_admin(obj: dict) -> AdminRequest:
+    op = _f_str(obj, "op")
+    if op not in ADMIN_OPS:
+        raise WireError(f"admin.op: unknown operation {op[:40]!r}; expected one of {', '.join(ADMIN_OPS)}")
+    address = _f_str(obj, "addr")
+    if len(address) > 300:
+        raise WireError("admin.addr: longer than 300 characters")
+    return AdminRequest(id=_f_id(obj), op=op, node=_f_int(obj, "node", 0, 1 << 31), address=address)
 
 
 def _d_px(obj: dict) -> PaxosBatch:
@@ -634,6 +660,7 @@ _MAP_DECODERS = {
         linearizable=_f_bool(o, "lin"), limit=_f_int(o, "limit", 0, ID_LIMIT),
     ),
     "status": lambda o: StatusRequest(id=_f_id(o)),
+    "admin": lambda o: _d_admin(o),
     "ok": lambda o: OkReply(id=_f_id(o), result=_check_result_map(_get(o, "r"), (list,), WireError)),
     "err": _d_err,
 }

@@ -26,6 +26,8 @@ from kvstore.peers import PeerLinks
 from paxos import messages as pm
 from paxos.ballot import Ballot
 
+from paxos.membership import Config
+
 B = Ballot(1, 1)
 
 
@@ -35,7 +37,10 @@ class FakeNode:
         self.peers = {1: ("n1", 7001), 2: ("n2", 7002), 3: ("n3", 7003)}
         self.counters: dict = defaultdict(int)
         self.options = SimpleNamespace(cluster_id="kv", engine="core")
-        self.storage = SimpleNamespace(members={1: "inc-1", 2: "inc-2", 3: "inc-3"}, incarnation="inc-1")
+        self.storage = SimpleNamespace(members={1: "inc-1", 2: "inc-2", 3: "inc-3"}, incarnation="inc-1",
+                                       identity_legacy=False)
+        self.replica = SimpleNamespace(config=Config(node_ids=(1, 2, 3)))
+        self.members = SimpleNamespace(seen_incarnations={})
         self.posted: list[list] = []
         self.chunks: list = []
         self._post = self.posted.append

@@ -1,0 +1,337 @@
+"""Membership in the shell: member commands, joining a running cluster, and peer links that follow the
+configuration.
+
+Theory of operation
+-------------------
+The core owns the configuration (``paxos.membership``): it lives in the log, a change is a command
+decided like any other, and it governs from alpha slots after its own. This module is the shell's side:
+
+* **Admin requests** (``wire.AdminRequest``: ``kv member list|add|promote|remove``, ``kv move-leader``)
+  each run in a task of their own (``Members.handle``), because a change takes a round trip or two.
+  The task touches the core only through ``CoreCall`` events that the driver runs between batches (so
+  the core is still fed by one task at a time), then polls the core's configuration until the change
+  governs, and answers. A follower answers ``not_leader`` with the leader's address; the client
+  library retries there.
+* **Checks before a change** (each a one-line error, nothing changed): an id that is a member already;
+  promoting a learner that lags (by more than ``PROMOTE_LAG_SLOTS_MAX`` decided slots, or that the
+  leader never heard from); removing the last voter; a second change while one is in progress. A
+  promotion pins the incarnation the learner presented on its link, so that a learner that loses its
+  disk later is not the voter the configuration names (``kvstore.identity``).
+* **Peer links follow the configuration** (``Members.sync``): after every driver batch whose core
+  changed its members, the node's address book (``Node.peers``) gets the addresses of every member of
+  every configuration still scheduled and the links (``kvstore.peers``) are opened and closed to match.
+* **Joining** (``kv serve --join``): an empty data directory asks the members it is given for their
+  status, checks that the configuration names it (added as a learner with ``kv member add``), that no
+  other incarnation of it is recorded, and starts from that configuration. Snapshots and the log then
+  reach it as they reach any lagging node.
+
+What is not here: the rules for which configuration governs which slot (``paxos.membership``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from paxos.membership import Config
+from paxos.replica import ChangeRefused
+
+from . import wire
+from .endpoints import format_endpoint, parse_endpoint
+
+__all__ = ["Members", "CoreCall", "JoinError", "fetch_join_config", "PROMOTE_LAG_SLOTS_MAX"]
+
+log = logging.getLogger("kvstore.server")
+
+# A learner this many decided slots behind the leader (or more) may not be promoted yet.
+PROMOTE_LAG_SLOTS_MAX = 64
+# How long an admin request waits for its change (or transfer) to take effect before it gives up
+ADMIN_TIMEOUT_SECONDS = 10.0
+POLL_SECONDS = 0.01
+
+
+@dataclass
+class CoreCall:
+    """An event: run ``fn()`` in the driver (between batches) and hand back its result or exception."""
+
+    fn: object
+    done: trio.Event = field(default_factory=trio.Event)
+    result: object = None
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except Exception as exc:  # noqa: BLE001 -- handed to the waiting task, which reports it
+            self.error = exc
+        self.done.set()
+
+
+class AdminError(Exception):
+    """A refused admin request: ``code`` is a wire error code, the message one line for the user."""
+
+    def __init__(self, message: str, code: str = wire.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class JoinError(Exception):
+    """``kv serve --join`` cannot start this node (the message says why and what to do)."""
+
+
+class Members:
+    """The membership side of node ``node`` (a ``kvstore.server.Node``)."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.seen_incarnations: dict[int, str] = {}  # what each peer presented on its link
+        self._epoch = -1
+        self._peer_ids: tuple = ()
+
+    # -----------------------------------------------------------------------------------------------
+    # the address book and the links
+
+    def sync(self) -> None:
+        """Called by the driver after each batch: follow a change of the core's members."""
+        replica = self.node.replica
+        # Every member of every configuration still scheduled (the classic engine: its fixed members).
+        known = getattr(replica, "_known", None)
+        if known is None:
+            known = set(replica.config.members) - {self.node.node_id}
+        epoch = replica.config.epoch
+        peer_ids = tuple(sorted(known))
+        if epoch == self._epoch and peer_ids == self._peer_ids:
+            return
+        self._epoch, self._peer_ids = epoch, peer_ids
+        node = self.node
+        addresses: dict[int, tuple[str, int]] = {}
+        for _effective, _source, config in replica.schedule_through(replica.applied_slot):
+            addresses.update(_parse_addresses(config))
+        addresses.update(_parse_addresses(replica.config))
+        for member in peer_ids:
+            if member in addresses:
+                node.peers[member] = addresses[member]
+        wanted = set(peer_ids) | {node.node_id}
+        for member in [m for m in node.peers if m not in wanted]:
+            del node.peers[member]
+        node.peer_links.sync()
+
+    # -----------------------------------------------------------------------------------------------
+    # admin requests
+
+    def handle(self, conn, request: wire.AdminRequest) -> None:
+        self.node.nursery.start_soon(self._serve, conn, request)
+
+    async def _serve(self, conn, request: wire.AdminRequest) -> None:
+        node = self.node
+        try:
+            handler = getattr(self, "_" + request.op)
+            result = await handler(request)
+            reply = wire.OkReply(id=request.id, result=result)
+        except AdminError as exc:
+            reply = wire.ErrorReply(id=request.id, code=exc.code, message=str(exc),
+                                    leader=node._leader_hint() if exc.code == wire.NOT_LEADER else None)
+        node.counters[f"admin_{request.op}"] += 1
+        conn.reply(reply)
+        node._send_replies()
+
+    async def _call(self, fn):
+        call = CoreCall(fn)
+        self.node._post_event(call)
+        await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _require_leader(self) -> None:
+        node = self.node
+        if node._fenced:
+            raise AdminError(f"this node's disk failed: {node.disk_error}", wire.DISK_FAILED)
+        if not node.replica.is_leader:
+            raise AdminError("not the leader", wire.NOT_LEADER)
+
+    async def _member_list(self, request) -> dict:
+        return self.describe()
+
+    def describe(self) -> dict:
+        """The members as this node knows them: the newest configuration and, on the leader, how far
+        each peer has decided."""
+        replica = self.node.replica
+        config = replica.config
+        leader = replica.leader_id
+        members = []
+        for member in config.members:
+            members.append({
+                "id": member, "role": config.role(member),
+                "address": config.addresses.get(member) or _address_of(self.node, member),
+                "incarnation": config.incarnations.get(member) or self.seen_incarnations.get(member)
+                or (self.node.storage.incarnation if member == self.node.node_id else None),
+                "leader": member == leader,
+                "decided_slot": (replica.decided_slot if member == self.node.node_id
+                                 else replica.peer_decided(member)),
+            })
+        return {"epoch": config.epoch, "change_in_progress": replica.change_in_progress,
+                "effective_slot": replica.status().get("config_effective_slot", 1),
+                "leader": leader, "members": members}
+
+    def _base(self) -> Config:
+        """The newest configuration, with the founding members' incarnations filled in from our record
+        (the first change after founding pins them in the replicated configuration)."""
+        node = self.node
+        config = node.replica.config
+        recorded = node.storage.members or {}
+        incarnations = dict(config.incarnations)
+        for member in config.node_ids:
+            if member not in incarnations and member in recorded:
+                incarnations[member] = recorded[member]
+        addresses = dict(config.addresses)
+        for member in config.members:
+            if member not in addresses and member in node.peers:
+                addresses[member] = format_endpoint(*node.peers[member])
+        return Config(node_ids=config.node_ids, learners=config.learners, epoch=config.epoch,
+                      alpha=config.alpha, addresses=addresses, incarnations=incarnations)
+
+    async def _change(self, build) -> dict:
+        """Build a new configuration from the newest one, propose it and wait until it governs."""
+        self._require_leader()
+        replica = self.node.replica
+        try:
+            new = build(self._base())
+        except ValueError as exc:
+            raise AdminError(str(exc)) from None
+        try:
+            await self._call(lambda: replica.propose_change(new))
+        except ChangeRefused as exc:
+            code = wire.NOT_LEADER if "not the leader" in str(exc) else wire.BAD_REQUEST
+            raise AdminError(str(exc), code) from None
+        with trio.move_on_after(ADMIN_TIMEOUT_SECONDS):
+            while True:
+                current = self.node.replica.config
+                if current.epoch >= new.epoch:
+                    if current != new and current.epoch == new.epoch:
+                        raise AdminError("another membership change won the race; check kv member list and retry")
+                    return self.describe()
+                await trio.sleep(POLL_SECONDS)
+        raise AdminError(f"the change to epoch {new.epoch} did not take effect within {ADMIN_TIMEOUT_SECONDS:g} s "
+                         f"(is a majority of the voters up?); its outcome is unknown: check kv member list",
+                         wire.TIMEOUT)
+
+    async def _member_add(self, request) -> dict:
+        if request.node < 1:
+            raise AdminError("member add needs a node id >= 1")
+        try:
+            host, port = parse_endpoint(request.address)
+        except ValueError as exc:
+            raise AdminError(f"bad address {request.address!r}: {exc}") from None
+        address = format_endpoint(host, port)
+        for member, other in self._base().addresses.items():
+            if other == address and member != request.node:
+                raise AdminError(f"address {address} belongs to node {member} already")
+        return await self._change(lambda base: base.add_learner(request.node, address))
+
+    async def _member_promote(self, request) -> dict:
+        self._require_leader()
+        node = self.node
+        replica = node.replica
+        config = replica.config
+        if request.node in config.node_ids:
+            raise AdminError(f"node {request.node} is already a voter")
+        if request.node not in config.learners:
+            raise AdminError(f"node {request.node} is not a member; add it first with kv member add")
+        reported = replica.peer_decided(request.node)
+        if reported is None:
+            raise AdminError(f"node {request.node} has not answered the leader yet (is it running? start it with "
+                             f"kv serve --id {request.node} --join ...); promote it once it has caught up")
+        lag = replica.decided_slot - reported
+        if lag > PROMOTE_LAG_SLOTS_MAX:
+            raise AdminError(f"node {request.node} is {lag} slots behind the leader (decided {reported} of "
+                             f"{replica.decided_slot}); wait for it to catch up, then promote it")
+        incarnation = self.seen_incarnations.get(request.node)
+
+        def build(base: Config) -> Config:
+            new = base.promote(request.node)
+            if incarnation is not None:
+                new = Config(node_ids=new.node_ids, learners=new.learners, epoch=new.epoch, alpha=new.alpha,
+                             addresses=new.addresses, incarnations={**new.incarnations, request.node: incarnation})
+            return new
+
+        return await self._change(build)
+
+    async def _member_remove(self, request) -> dict:
+        return await self._change(lambda base: base.remove(request.node))
+
+    async def _move_leader(self, request) -> dict:
+        self._require_leader()
+        node = self.node
+        target = request.node
+        if target == node.node_id:
+            return self.describe()
+        config = node.replica.config
+        if not config.is_voter(target):
+            raise AdminError(f"node {target} is not a voter" + (" (it is a learner; promote it first)"
+                                                                if target in config.learners else ""))
+        if not await self._call(lambda: node.replica.transfer_leadership(target)):
+            raise AdminError(f"cannot hand leadership to node {target} now")
+        timeout = node.options.election_timeout_ticks * node.options.tick_seconds * 3 + 1
+        with trio.move_on_after(timeout):
+            while node.replica.leader_id != target:
+                await trio.sleep(POLL_SECONDS)
+            return self.describe()
+        raise AdminError(f"node {target} did not take over within {timeout:.1f} s; the leader is "
+                         f"{node.replica.leader_id}", wire.TIMEOUT)
+
+
+def _parse_addresses(config: Config) -> dict:
+    out = {}
+    for member, text in config.addresses.items():
+        try:
+            out[member] = parse_endpoint(text)
+        except ValueError:
+            log.warning("configuration epoch %d: node %d has a bad address %r", config.epoch, member, text)
+    return out
+
+
+def _address_of(node, member: int) -> str | None:
+    found = node.peers.get(member)
+    return format_endpoint(*found) if found is not None else None
+
+
+async def fetch_join_config(node_id: int, incarnation: str, endpoints: list[str], cluster_id: str,
+                            transport=None, *, timeout: float = 30.0) -> Config:
+    """``kv serve --join``: the newest configuration, from the first member that answers. Raises
+    ``JoinError`` when this node may not join (not added, another incarnation, another cluster)."""
+    from .client import KVError, connect
+
+    last = "no member answered"
+    deadline = trio.current_time() + timeout
+    while trio.current_time() < deadline:
+        for endpoint in endpoints:
+            try:
+                with trio.move_on_after(2):
+                    async with connect([endpoint], timeout=1, transport=transport) as kv:
+                        status = await kv.status(endpoint)
+                        break
+            except (KVError, OSError) as exc:
+                last = f"{endpoint}: {exc}"
+                continue
+        else:
+            await trio.sleep(0.2)
+            continue
+        if status.get("cluster_id") != cluster_id:
+            raise JoinError(f"{endpoint} is in cluster {status.get('cluster_id')!r}, this node is to join "
+                            f"{cluster_id!r} (kv serve --cluster-id)")
+        try:
+            config = Config.from_dict(status["config"])
+        except (KeyError, ValueError) as exc:
+            raise JoinError(f"{endpoint} did not report a configuration ({exc}); is it an older version?") from None
+        if node_id not in config.members:
+            raise JoinError(f"node {node_id} is not a member of the cluster (members {list(config.members)}); "
+                            f"add it first: kv member add {node_id} HOST:PORT")
+        recorded = config.incarnations.get(node_id)
+        if recorded is not None and recorded != incarnation:
+            raise JoinError(f"the cluster knows node {node_id} as incarnation {recorded}, this data directory is "
+                            f"{incarnation}: this node lost its data and may not vote under its old id. Remove it "
+                            f"(kv member remove {node_id}) and add a new member under a new id")
+        return config
+    raise JoinError(f"cannot reach any member to join ({last})")
