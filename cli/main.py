@@ -415,9 +415,16 @@ def health_command(ctx: typer.Context) -> None:
 )
 def serve_command(
     ctx: typer.Context,
-    node_id: Annotated[int, typer.Option("--id", help="This node's id; must be a key of --peers.")],
-    peers: Annotated[str, typer.Option("--peers", help="Every member: ID=HOST:PORT,ID=HOST:PORT,...")],
+    node_id: Annotated[int, typer.Option("--id", help="This node's id; a key of --peers, or a member added "
+                                                       "with kv member add (with --join).")],
     data_dir: Annotated[str, typer.Option("--data-dir", help="This node's data directory.")],
+    peers: Annotated[str, typer.Option(
+        "--peers", help="Bootstrap list, used only when a new cluster is founded: every founding member, "
+                        "ID=HOST:PORT,ID=HOST:PORT,... Later membership lives in the cluster's log "
+                        "(kv member ...); a founded directory keeps its own record.")] = "",
+    join: Annotated[Optional[str], typer.Option(
+        "--join", help="Join a running cluster: HOST:PORT[,...] of its members. Add the node first with "
+                       "kv member add ID HOST:PORT; it starts as a learner (kv member promote ID).")] = None,
     tick_ms: Annotated[Optional[float], typer.Option("--tick-ms", min=0.1, help="Milliseconds per tick.")] = None,
     election_timeout_ticks: Annotated[
         Optional[int], typer.Option("--election-timeout-ticks", min=1, help="Ticks without a leader before an election.")
@@ -463,11 +470,23 @@ def serve_command(
         from kvstore.endpoints import EndpointError, parse_endpoint, parse_peers
         from kvstore.server import ServerOptions, run_node
 
+        from kvstore.members import JoinError
+
+        join_list: list[str] = []
+        if join is not None:
+            try:
+                join_list = [f"{h}:{p}" for h, p in (parse_endpoint(e) for e in join.split(",") if e.strip())]
+            except EndpointError as exc:
+                raise UsageProblem(f"invalid --join {join!r}: {exc}") from None
+            if not join_list:
+                raise UsageProblem("--join needs HOST:PORT of at least one member")
+        if not peers and not join_list:
+            raise UsageProblem("give --peers (found a new cluster) or --join (join a running one)")
         try:
-            peer_map = parse_peers(peers)
+            peer_map = parse_peers(peers) if peers else {}
         except EndpointError as exc:
             raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
-        if node_id not in peer_map:
+        if node_id not in peer_map and not join_list:
             raise UsageProblem(f"--id {node_id} is not one of the --peers ids {sorted(peer_map)}")
         overrides: dict[str, Any] = {}
         if tick_ms is not None:
@@ -503,17 +522,29 @@ def serve_command(
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
-        host, port = peer_map[node_id]
-        typer.echo(f"kv serve: node {node_id} on {host}:{port}, data dir {data_dir}, engine {options.engine}",
-                   err=True)
+        where = "{}:{}".format(*peer_map[node_id]) if node_id in peer_map else "its configured address"
+        typer.echo(f"kv serve: node {node_id} on {where}, data dir {data_dir}, engine {options.engine}"
+                   + (f", joining via {','.join(join_list)}" if join_list else ""), err=True)
         try:
-            run_node(node_id, peer_map, data_dir, options)
+            run_node(node_id, peer_map, data_dir, options, join=join_list or None)
         except KeyboardInterrupt:
             pass
+        except JoinError as exc:
+            raise OperationFailed(f"cannot join: {exc}") from None
         typer.echo(f"kv serve: node {node_id} stopped", err=True)
 
 
 app.add_typer(cluster_app, name="cluster")
+
+
+def _register_member_commands() -> None:
+    from kv_cli.member import member_app, move_leader_command
+
+    app.add_typer(member_app, name="member")
+    app.command("move-leader", epilog="Example: kv move-leader 3")(move_leader_command)
+
+
+_register_member_commands()
 
 
 def _register_optional_commands() -> None:

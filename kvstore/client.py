@@ -386,6 +386,29 @@ class AsyncClient:
             id=rid, prefix=prefix, keys_only=keys_only, linearizable=lin, limit=limit))
         return [(item[0], item[1] if len(item) > 1 else None) for item in result["items"]]
 
+    async def admin(self, op: str, node: int = 0, address: str = "") -> dict:
+        """A membership or leadership request, sent to the leader (``wire.ADMIN_OPS``: member_list,
+        member_add, member_promote, member_remove, move_leader). Returns the members as the leader
+        sees them afterwards; raises ``RequestError`` with the reason when refused."""
+        if op not in wire.ADMIN_OPS:
+            raise ValueError(f"unknown admin operation {op!r}; expected one of {', '.join(wire.ADMIN_OPS)}")
+        return await self._read(lambda rid: wire.AdminRequest(id=rid, op=op, node=node, address=address))
+
+    async def member_list(self) -> dict:
+        return await self.admin("member_list")
+
+    async def member_add(self, node: int, address: str) -> dict:
+        return await self.admin("member_add", node, address)
+
+    async def member_promote(self, node: int) -> dict:
+        return await self.admin("member_promote", node)
+
+    async def member_remove(self, node: int) -> dict:
+        return await self.admin("member_remove", node)
+
+    async def move_leader(self, node: int) -> dict:
+        return await self.admin("move_leader", node)
+
     async def status(self, endpoint: str | tuple[str, int]) -> dict:
         """The status of one node (raises Unavailable if it does not answer in time)."""
         if isinstance(endpoint, str):
@@ -843,6 +866,7 @@ class Client:
         return self._call("list", prefix, keys_only=keys_only, consistency=consistency, limit=limit)
 
     def status(self, endpoint) -> dict: return self._call("status", endpoint)
+    def admin(self, op, node=0, address="") -> dict: return self._call("admin", op, node, address)
     def cluster_status(self) -> list: return self._call("cluster_status")
 
     def close(self) -> None:

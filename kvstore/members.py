@@ -297,7 +297,7 @@ def _address_of(node, member: int) -> str | None:
     return format_endpoint(*found) if found is not None else None
 
 
-async def fetch_join_config(node_id: int, incarnation: str, endpoints: list[str], cluster_id: str,
+async def fetch_join_config(node_id: int, incarnation: str | None, endpoints: list[str], cluster_id: str,
                             transport=None, *, timeout: float = 30.0) -> Config:
     """``kv serve --join``: the newest configuration, from the first member that answers. Raises
     ``JoinError`` when this node may not join (not added, another incarnation, another cluster)."""
@@ -329,7 +329,7 @@ async def fetch_join_config(node_id: int, incarnation: str, endpoints: list[str]
             raise JoinError(f"node {node_id} is not a member of the cluster (members {list(config.members)}); "
                             f"add it first: kv member add {node_id} HOST:PORT")
         recorded = config.incarnations.get(node_id)
-        if recorded is not None and recorded != incarnation:
+        if recorded is not None and incarnation is not None and recorded != incarnation:
             raise JoinError(f"the cluster knows node {node_id} as incarnation {recorded}, this data directory is "
                             f"{incarnation}: this node lost its data and may not vote under its old id. Remove it "
                             f"(kv member remove {node_id}) and add a new member under a new id")

@@ -825,7 +825,22 @@ def _endpoint(text: str) -> tuple[str, int]:
 
 def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, options: ServerOptions,
              join: list[str] | None = None) -> None:
-    """Blocking entry point of ``kv serve``: run one node until SIGINT/SIGTERM."""
+    """Blocking entry point of ``kv serve``: run one node until SIGINT/SIGTERM. With ``join`` (members'
+    HOST:PORTs) a node that is not in ``peers`` takes its address from the cluster's configuration."""
+    if join and node_id not in peers:
+        import functools
+        import json
+
+        try:
+            recorded = json.loads((Path(data_dir) / "meta.json").read_text()).get("config")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        config = (Config.from_dict(recorded) if isinstance(recorded, dict)
+                  else trio.run(functools.partial(fetch_join_config, node_id, None, join, options.cluster_id)))
+        peers = {**{m: _endpoint(a) for m, a in config.addresses.items()}, **peers}
+        if node_id not in peers:
+            raise JoinError(f"the cluster's configuration has no address for node {node_id}; add it with "
+                            f"kv member add {node_id} HOST:PORT")
     node = Node(node_id, peers, data_dir, options, join=join)
     runtime.tune_gc()  # after the restore, so that the state it loaded is never scanned
     try:

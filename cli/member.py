@@ -1,0 +1,127 @@
+"""``kv member list|add|promote|remove`` and ``kv move-leader``: membership through the log
+(paxos.membership, kvstore.members), in etcdctl's habits. Every command goes to the leader; a refusal
+is one line on stderr and exit 1, with nothing changed."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from kv_cli.common import OutputFormat, Settings, UsageProblem, open_client, reporting_errors
+from kv_cli.output import cell, jsonable, print_json, print_table
+
+member_app = typer.Typer(
+    help="List and change the cluster's members: add a learner, promote it to voter, remove a member.",
+    no_args_is_help=True,
+)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.find_object(Settings)
+    return settings if settings is not None else Settings()
+
+
+def _reachability(client, members: list[dict[str, Any]]) -> None:
+    """Ask each member for its own status (reachable, applied slot), as etcdctl's endpoint status does."""
+    for member in members:
+        member["reachable"] = False
+        member["applied_slot"] = None
+        address = member.get("address")
+        if not address:
+            continue
+        try:
+            status = client.status(address)
+        except Exception:  # noqa: BLE001 -- unreachable is an answer here
+            continue
+        member["reachable"] = True
+        member["applied_slot"] = status.get("applied_slot")
+        if member.get("decided_slot") is None:
+            member["decided_slot"] = status.get("decided_slot")
+
+
+def show_members(settings: Settings, result: dict[str, Any], client=None) -> None:
+    members = [dict(m) for m in result["members"]]
+    if client is not None:
+        _reachability(client, members)
+    if settings.write_out is OutputFormat.json:
+        print_json(jsonable({**result, "members": members}))
+        return
+    headers = ["ID", "ADDRESS", "ROLE", "INCARNATION", "LEADER", "REACHABLE", "DECIDED", "APPLIED"]
+    rows = [[m["id"], m.get("address"), m["role"], m.get("incarnation"), m.get("leader"), m.get("reachable"),
+             m.get("decided_slot"), m.get("applied_slot")] for m in members]
+    if settings.write_out is OutputFormat.table:
+        print_table(headers, rows)
+    else:
+        for row in rows:
+            typer.echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row)))
+    if result.get("change_in_progress"):
+        typer.echo(f"configuration epoch {result['epoch']} takes effect at slot {result.get('effective_slot')}",
+                   err=True)
+
+
+@member_app.command("list", epilog="Example: kv member list;  kv -w table member list")
+def list_command(ctx: typer.Context) -> None:
+    """Every member: id, address, role (voter or learner), incarnation, leader, reachable, decided/applied."""
+    settings = _settings(ctx)
+    with reporting_errors(settings):
+        with open_client(settings) as client:
+            result = client.admin("member_list")
+            show_members(settings, result, client)
+
+
+@member_app.command("add", epilog="Example: kv member add 4 127.0.0.1:7004, then on that host: "
+                                  "kv serve --id 4 --join 127.0.0.1:7001 --data-dir DIR")
+def add_command(ctx: typer.Context,
+                node_id: Annotated[int, typer.Argument(help="The new member's id (never used before).", min=1)],
+                address: Annotated[str, typer.Argument(help="HOST:PORT it will serve on.")]) -> None:
+    """Add a learner: it receives the log and snapshots and counts toward no quorum. Start it with
+    ``kv serve --join``, then ``kv member promote`` it once it caught up."""
+    settings = _settings(ctx)
+    with reporting_errors(settings):
+        from kvstore.endpoints import EndpointError, parse_endpoint
+
+        try:
+            parse_endpoint(address)
+        except EndpointError as exc:
+            raise UsageProblem(f"invalid address {address!r}: {exc}") from None
+        with open_client(settings) as client:
+            result = client.admin("member_add", node_id, address)
+        typer.echo(f"added node {node_id} ({address}) as a learner; start it with: "
+                   f"kv serve --id {node_id} --join <member HOST:PORT> --data-dir <empty dir>", err=True)
+        show_members(settings, result)
+
+
+@member_app.command("promote", epilog="Example: kv member promote 4")
+def promote_command(ctx: typer.Context,
+                    node_id: Annotated[int, typer.Argument(help="A learner that caught up.", min=1)]) -> None:
+    """Make a caught-up learner a voter (refused while it lags, saying how far behind it is)."""
+    settings = _settings(ctx)
+    with reporting_errors(settings):
+        with open_client(settings) as client:
+            result = client.admin("member_promote", node_id)
+        typer.echo(f"promoted node {node_id} to voter", err=True)
+        show_members(settings, result)
+
+
+@member_app.command("remove", epilog="Example: kv member remove 2")
+def remove_command(ctx: typer.Context,
+                   node_id: Annotated[int, typer.Argument(help="The member to remove.", min=1)]) -> None:
+    """Remove a member (the leader hands over first; the last voter cannot be removed). Stop its process
+    afterwards: it no longer counts and nobody talks to it."""
+    settings = _settings(ctx)
+    with reporting_errors(settings):
+        with open_client(settings) as client:
+            result = client.admin("member_remove", node_id)
+        typer.echo(f"removed node {node_id}; stop its process now", err=True)
+        show_members(settings, result)
+
+
+def move_leader_command(ctx: typer.Context,
+                        node_id: Annotated[int, typer.Argument(help="The voter to hand leadership to.", min=1)]) -> None:
+    """Hand leadership to another voter: it catches up, then campaigns; writes pause for at most an
+    election timeout."""
+    settings = _settings(ctx)
+    with reporting_errors(settings):
+        with open_client(settings) as client:
+            result = client.admin("move_leader", node_id)
+        typer.echo(f"node {result.get('leader')} leads now", err=True)

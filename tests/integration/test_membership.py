@@ -1,0 +1,127 @@
+"""Membership through the log, with real processes and the real ``kv`` commands (issue 17).
+
+The replacement story: a 3-node cluster holds acknowledged keys; node 2 is removed
+(``kv member remove 2``), node 4 is added as a learner (``kv member add 4 ADDR``), started empty with
+``kv serve --id 4 --join ...``, catches up and is promoted (``kv member promote 4``). Then node 1 is
+killed: nodes 3 and 4 are a majority of the voters {1, 3, 4}, serve writes, and hold every
+acknowledged key. Along the way the refusals: adding an id that exists, promoting a learner that never
+answered, joining under an id the cluster does not know; each one line and exit 1, nothing changed.
+Then ``kv move-leader`` hands leadership between the survivors.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from kvstore.client import connect
+
+from ..nemesis.cluster import REPO, NemesisCluster, free_ports
+
+pytestmark = pytest.mark.slow
+
+
+def kv(cluster: NemesisCluster, *args: str, endpoints: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    eps = ",".join(endpoints or cluster.endpoints)
+    return subprocess.run([sys.executable, "-m", "kv_cli", "--endpoints", eps, "--command-timeout", "15", *args],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=str(REPO))
+
+
+def start_joiner(cluster: NemesisCluster, node_id: int, join: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    log = open(cluster.log_path(node_id), "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "kv_cli", "serve", "--id", str(node_id), "--join", join,
+                             "--data-dir", str(cluster.data_dir(node_id))],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(REPO))
+    log.close()
+    cluster.procs[node_id] = proc
+    return proc
+
+
+async def wait_for(predicate, deadline_s: float, what: str, cluster: NemesisCluster):
+    with trio.move_on_after(deadline_s):
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            await trio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}\n{cluster.logs_tail()}")
+
+
+async def test_replace_a_member_through_the_log_and_lose_the_old_leader(tmp_path):
+    cluster = NemesisCluster(tmp_path)
+    try:
+        cluster.start_all()
+        await cluster.wait_leader()
+        async with connect(cluster.endpoints, timeout=10) as client:
+            for i in range(20):
+                await client.put(f"before/{i}", str(i))
+
+        listed = kv(cluster, "-w", "json", "member", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert '"role": "voter"' in listed.stdout and listed.stdout.count('"reachable": true') == 3
+
+        refused = kv(cluster, "member", "add", "3", "127.0.0.1:1")
+        assert refused.returncode == 1 and "node 3 is already a member" in refused.stderr, refused.stderr
+
+        removed = kv(cluster, "member", "remove", "2")
+        assert removed.returncode == 0, removed.stderr + cluster.logs_tail()
+        cluster.kill(2)
+
+        port = free_ports(1)[0]
+        added = kv(cluster, "member", "add", "4", f"127.0.0.1:{port}", endpoints=[cluster.endpoint(1), cluster.endpoint(3)])
+        assert added.returncode == 0, added.stderr + cluster.logs_tail()
+
+        early = kv(cluster, "member", "promote", "4", endpoints=[cluster.endpoint(1), cluster.endpoint(3)])
+        assert early.returncode == 1 and "has not answered the leader yet" in early.stderr, early.stderr
+
+        stranger = subprocess.run(
+            [sys.executable, "-m", "kv_cli", "serve", "--id", "9", "--join", cluster.endpoint(1),
+             "--data-dir", str(tmp_path / "node-9")],
+            capture_output=True, text=True, timeout=60, cwd=str(REPO),
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert stranger.returncode == 1 and "node 9 is not a member" in stranger.stderr, stranger.stderr
+
+        start_joiner(cluster, 4, cluster.endpoint(1))
+        cluster.addresses[4] = ("127.0.0.1", port)
+
+        async def caught_up():
+            status = await cluster.status(4)
+            return status is not None and status.get("role") == "learner" and status["applied_slot"] > 0 and \
+                await cluster.status(1) is not None
+        await wait_for(caught_up, 30, "node 4 to join and catch up", cluster)
+
+        survivors = [cluster.endpoint(1), cluster.endpoint(3), cluster.endpoint(4)]
+
+        async def promoted():
+            result = kv(cluster, "member", "promote", "4", endpoints=survivors)
+            return result.returncode == 0
+        await wait_for(promoted, 30, "kv member promote 4 to succeed", cluster)
+
+        status4 = await cluster.status(4)
+        assert status4["config"]["voters"] == [1, 3, 4]
+        assert status4["config"]["incarnations"]["4"] == status4["incarnation"]
+
+        cluster.kill(1)
+        async with connect([cluster.endpoint(3), cluster.endpoint(4)], timeout=20) as client:
+            await client.put("after/remove", "yes")
+            for i in range(20):
+                assert await client.get(f"before/{i}") == str(i)
+            assert await client.get("after/remove") == "yes"
+
+        leader = await cluster.wait_leader(among=[3, 4])
+        other = 4 if leader == 3 else 3
+        moved = kv(cluster, "move-leader", str(other), endpoints=[cluster.endpoint(3), cluster.endpoint(4)])
+        assert moved.returncode == 0, moved.stderr + cluster.logs_tail()
+        assert await cluster.wait_leader(among=[3, 4]) == other
+        async with connect([cluster.endpoint(3), cluster.endpoint(4)], timeout=20) as client:
+            await client.put("after/move", "yes")
+            assert await client.get("after/move") == "yes"
+    finally:
+        cluster.close()
