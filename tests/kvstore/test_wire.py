@@ -760,3 +760,14 @@ def test_hello_carries_an_optional_engine():
     assert wire.decode_body(cbor2.dumps({"t": "hello", "node": 2, "cluster": "kv"})).engine == "core"
     with pytest.raises(wire.WireError):
         wire.decode_body(cbor2.dumps({"t": "hello", "node": 2, "cluster": "kv", "eng": 1}))
+
+
+def test_admin_requests_round_trip_and_bad_ones_get_a_clear_error():
+    request = wire.AdminRequest(id=3, op="member_add", node=4, address="127.0.0.1:7004")
+    assert wire.decode_body(wire.encode_body(request)) == request
+    with pytest.raises(wire.WireError, match="admin.op: unknown operation 'explode'"):
+        wire.decode_body(cbor2.dumps({"t": "admin", "id": 1, "op": "explode", "node": 0, "addr": ""}))
+    with pytest.raises(wire.WireError, match="admin.node"):
+        wire.decode_body(cbor2.dumps({"t": "admin", "id": 1, "op": "member_remove", "node": -1, "addr": ""}))
+    with pytest.raises(wire.WireError, match="admin.addr: longer than 300"):
+        wire.decode_body(cbor2.dumps({"t": "admin", "id": 1, "op": "member_add", "node": 4, "addr": "x" * 301}))
