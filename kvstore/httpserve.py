@@ -23,7 +23,8 @@ import trio
 
 from .endpoints import parse_endpoint
 
-__all__ = ["Request", "Response", "serve_http", "HEAD_BYTES_MAX", "BODY_BYTES_MAX", "REQUEST_SECONDS"]
+__all__ = ["Request", "Response", "serve_http", "parse_listen_address", "HEAD_BYTES_MAX", "BODY_BYTES_MAX",
+           "REQUEST_SECONDS"]
 
 log = logging.getLogger("kvstore.http")
 
@@ -59,13 +60,22 @@ class _BadRequest(Exception):
         self.status = status
 
 
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` as ``kvstore.endpoints`` reads it, except that port 0 (any free port) is allowed.
+    Raises ``EndpointError`` (a ValueError)."""
+    if address.endswith(":0"):
+        host, _ = parse_endpoint(address[:-2] + ":1")
+        return host, 0
+    return parse_endpoint(address)
+
+
 async def serve_http(handle: Handler, address: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``handle`` on ``address`` (``HOST:PORT``; port 0 picks a free one) until cancelled.
 
     ``task_status.started(port)`` reports the port listened on. Raises ``EndpointError`` (a
     ValueError) for a malformed address and ``OSError`` if it cannot listen.
     """
-    host, port = parse_endpoint(address)
+    host, port = parse_listen_address(address)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(partial(_serve_connection, handle), listeners)
