@@ -467,7 +467,8 @@ def serve_command(
     """Run one node in the foreground until Ctrl-C or SIGTERM."""
     settings = settings_of(ctx)
     with reporting_errors(settings):
-        from kvstore.endpoints import EndpointError, parse_endpoint, parse_peers
+        from kvstore.endpoints import EndpointError, parse_peers
+        from kvstore.httpserve import parse_listen_address
         from kvstore.server import ServerOptions, run_node
 
         from kvstore.members import JoinError
@@ -512,7 +513,7 @@ def serve_command(
         overrides["engine"] = engine.value
         if metrics_addr is not None:
             try:
-                parse_endpoint(metrics_addr)
+                parse_listen_address(metrics_addr)  # HOST:PORT; port 0 picks a free one
             except EndpointError as exc:
                 raise UsageProblem(f"invalid --metrics-addr {metrics_addr!r}: {exc}") from None
             overrides["metrics_addr"] = metrics_addr

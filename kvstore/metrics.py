@@ -29,7 +29,6 @@ import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                    SummaryMetricFamily)
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import httpserve, wire
 
@@ -42,6 +41,9 @@ FSYNC_SECONDS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
                         2.5)
 SLOT_COMMANDS_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 DISK_STATES = ("ok", "read-only", "failed")
+# The text format every Prometheus version reads; our metric names are plain, so generate_latest's
+# output is the same in the newer 1.0.0 format that prometheus_client now announces by default.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # kv_requests_total's op label, by request type (a delete with --prefix is a delete too)
 _OPS = {wire.PutRequest: "put", wire.DeleteRequest: "delete", wire.CasRequest: "cas", wire.GetRequest: "get",
@@ -198,6 +200,6 @@ async def serve_metrics(node, address: str, *, task_status=trio.TASK_STATUS_IGNO
             return httpserve.Response(404, b"not found: try /metrics\n")
         if request.method not in ("GET", "HEAD"):
             return httpserve.Response(405, b"GET /metrics\n")
-        return httpserve.Response(200, metrics_text(registry), CONTENT_TYPE_LATEST)
+        return httpserve.Response(200, metrics_text(registry), CONTENT_TYPE)
 
     await httpserve.serve_http(handle, address, task_status=task_status)
