@@ -6,7 +6,9 @@ operation failed), and never a Python traceback.
 
 Files: a node is run, written to and stopped; then its data directory is damaged (a corrupt record in
 the middle of the log, a truncated snapshot) or handed to another node id or cluster id. ``kv serve``
-must refuse to start: exit non-zero within seconds, with a message naming the problem.
+must refuse to start: exit non-zero within seconds, with a message naming the problem. The data
+directory cases run for both engines (``kv serve --engine core|classic``, issue 18): the directory is
+written and reopened by a node of the engine under test.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ def error_lines(proc) -> list[str]:
     (["serve", "--id", "4", "--peers", "1=127.0.0.1:7001", "--data-dir", "/tmp/x"], 2),
     (["serve", "--id", "1", "--peers", "1=127.0.0.1:0", "--data-dir", "/tmp/x"], 2),
     (["serve", "--id", "x", "--peers", "1=127.0.0.1:7001", "--data-dir", "/tmp/x"], 2),
+    (["serve", "--id", "1", "--peers", "1=127.0.0.1:7001", "--data-dir", "/tmp/x", "--engine", "raft"], 2),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
 def test_cli_usage_errors(args, code):
     proc = kv(*args)
@@ -67,15 +70,19 @@ def test_cli_unreachable_endpoint_is_one_line_exit_1():
 
 # ---- data directory damage --------------------------------------------------------------------------
 
+ENGINES = ["core", "classic"]
+
 
 class OneNode:
-    def __init__(self, root: Path, *extra: str, node_id: int = 1, cluster_id: str | None = None) -> None:
+    def __init__(self, root: Path, *extra: str, node_id: int = 1, cluster_id: str | None = None,
+                 engine: str = "core") -> None:
+        self.engine = engine
         self.root = root
         self.port = free_ports(1)[0]
         self.endpoint = f"127.0.0.1:{self.port}"
         self.data = root / "data"
         self.args = ["serve", "--id", str(node_id), "--peers", f"{node_id}={self.endpoint}", "--data-dir",
-                     str(self.data), *extra]
+                     str(self.data), "--engine", engine, *extra]
         if cluster_id:
             self.args += ["--cluster-id", cluster_id]
 
@@ -95,6 +102,8 @@ class OneNode:
                         time.sleep(0.1)
                 for i in range(count):
                     c.put(f"key-{i:04d}", f"value-{i}" * 5)
+                engine = c.status(self.endpoint)["engine"]
+                assert engine == self.engine, f"started with --engine {self.engine}, the node says {engine!r}"
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -110,8 +119,9 @@ class OneNode:
         return proc
 
 
-def test_corrupt_record_in_the_middle_of_the_log_is_refused(tmp_path):
-    node = OneNode(tmp_path)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_corrupt_record_in_the_middle_of_the_log_is_refused(tmp_path, engine):
+    node = OneNode(tmp_path, engine=engine)
     node.run_and_fill(60)
     logs = sorted(node.data.glob("log-*.wal"))
     assert logs
@@ -128,8 +138,9 @@ def test_corrupt_record_in_the_middle_of_the_log_is_refused(tmp_path):
     assert "corrupt" in proc.stderr and log.name in proc.stderr, proc.stderr
 
 
-def test_truncated_snapshot_is_refused(tmp_path):
-    node = OneNode(tmp_path, "--snapshot-every", "20")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_truncated_snapshot_is_refused(tmp_path, engine):
+    node = OneNode(tmp_path, "--snapshot-every", "20", engine=engine)
     node.run_and_fill(70)
     snaps = sorted(node.data.glob("snapshot-*.snap"))
     assert snaps, "no snapshot was written"
@@ -140,11 +151,13 @@ def test_truncated_snapshot_is_refused(tmp_path):
     assert snap.name in proc.stderr, proc.stderr
 
 
-def test_data_dir_of_another_node_or_cluster_is_refused(tmp_path):
-    node = OneNode(tmp_path)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_data_dir_of_another_node_or_cluster_is_refused(tmp_path, engine):
+    node = OneNode(tmp_path, engine=engine)
     node.run_and_fill(5)
     other_port = free_ports(1)[0]
-    as_node_2 = ["serve", "--id", "2", "--peers", f"2=127.0.0.1:{other_port}", "--data-dir", str(node.data)]
+    as_node_2 = ["serve", "--id", "2", "--peers", f"2=127.0.0.1:{other_port}", "--data-dir", str(node.data),
+                 "--engine", engine]
     proc = node.start_expect_refusal(as_node_2)
     assert "belongs to node 1" in proc.stderr, proc.stderr
     other_cluster = [*node.args, "--cluster-id", "someone-else"]

@@ -8,6 +8,11 @@ Each time: the node closes only that connection (with a ``protocol`` error reply
 readable), logs it in one line naming the connection, and keeps serving (a put and a get through the
 normal client succeed afterwards). Memory: VmRSS of the process after a burst of all of the above is
 within 50 MiB of before.
+
+Engines (issue 18): the module runs twice, once against ``kv serve --engine core`` and once against
+``--engine classic`` (the ``node`` fixture is parametrized; each node's status must name its engine).
+A fake peer's ``hello`` names the node's own engine, so that it is refused for the reason its case
+names (and the log line says so); a ``hello`` of the other engine is a case of its own.
 """
 from __future__ import annotations
 
@@ -30,17 +35,21 @@ pytestmark = pytest.mark.slow
 RSS_GROWTH_MAX = 50 * 1024 * 1024
 
 
+ENGINES = ["core", "classic"]
+
+
 class LiveNode:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, engine: str = "core") -> None:
         import subprocess
         import sys
+        self.engine = engine
         self.port = free_ports(1)[0]
         self.endpoint = f"127.0.0.1:{self.port}"
         self.log_path = root / "node.log"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kv_cli", "serve", "--id", "1", "--peers", f"1={self.endpoint}",
-             "--data-dir", str(root / "data")], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+             "--data-dir", str(root / "data"), "--engine", engine], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=str(REPO))
         log.close()
         self.client = Client([self.endpoint], timeout=10)
@@ -55,6 +64,8 @@ class LiveNode:
                 time.sleep(0.1)
         self.n = 0
         self.log_mark = 0
+        status = self.client.status(self.endpoint)
+        assert status["engine"] == engine, f"started with --engine {engine}, the node says {status['engine']!r}"
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -79,9 +90,9 @@ class LiveNode:
             self.proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    n = LiveNode(tmp_path_factory.mktemp("badinput"))
+@pytest.fixture(scope="module", params=ENGINES)
+def node(tmp_path_factory, request):
+    n = LiveNode(tmp_path_factory.mktemp(f"badinput-{request.param}"), request.param)
     try:
         yield n
     finally:
@@ -93,8 +104,10 @@ def frame(obj) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def exchange(node: LiveNode, data: bytes, *, timeout: float = 10.0) -> tuple[bytes, bool, str]:
-    """Send ``data`` on a fresh connection; return (bytes received, closed by the server, our name)."""
+def exchange(node: LiveNode, data: bytes, *, timeout: float = 10.0,
+             replies_wanted: int | None = None) -> tuple[bytes, bool, str]:
+    """Send ``data`` on a fresh connection; return (bytes received, closed by the server, our name).
+    Reads until the server closes, ``timeout`` passes, or ``replies_wanted`` whole replies arrived."""
     node.log_mark = len(node.log_text())
     with socket.create_connection(("127.0.0.1", node.port), timeout=timeout) as s:
         name = "127.0.0.1:%d" % s.getsockname()[1]
@@ -114,6 +127,8 @@ def exchange(node: LiveNode, data: bytes, *, timeout: float = 10.0) -> tuple[byt
                 closed = True
                 break
             received += chunk
+            if replies_wanted is not None and len(wire.split_frames(bytearray(received))) >= replies_wanted:
+                break
         return received, closed, name
 
 
@@ -286,36 +301,63 @@ def test_bad_first_frame_gets_an_error_addressed_to_its_request(node):
     {"t": "err", "id": 1, "code": "x", "msg": "y", "leader": None},
 ], ids=["unknown-t", "int-t", "no-t", "array", "string", "ok-reply", "err-reply"])
 def test_unknown_message_types(node, obj):
-    received, closed, name = exchange(node, frame(obj))
-    got = replies(received)
-    assert got and isinstance(got[-1], wire.ErrorReply), got
     if isinstance(obj, dict) and obj.get("t") in ("ok", "err"):
-        # well-formed messages of the wrong direction: an error reply, the node keeps serving
-        pass
+        # Well-formed messages of the wrong direction: an error reply, and the connection stays open
+        # (a status request behind it on the same connection is answered).
+        received, closed, _ = exchange(node, frame(obj) + frame({"t": "status", "id": 2}), replies_wanted=2)
+        got = replies(received)
+        assert len(got) == 2 and isinstance(got[0], wire.ErrorReply), got
+        assert isinstance(got[1], wire.OkReply) and got[1].id == 2, got
+        assert not closed, "the node closed the connection after a well-formed reply-type message"
     else:
+        received, closed, name = exchange(node, frame(obj))
+        got = replies(received)
+        assert got and isinstance(got[-1], wire.ErrorReply), got
         assert_closed_with_one_log_line(node, received, closed, name, reply_expected=True)
     node.assert_serving()
 
 
-@pytest.mark.parametrize("hello", [
-    {"t": "hello", "node": 2, "cluster": "kv"},        # not a member of this one-node cluster
-    {"t": "hello", "node": 1, "cluster": "kv"},        # claims to be the node itself
-    {"t": "hello", "node": 1, "cluster": "another"},   # wrong cluster id
-    {"t": "hello", "node": 0, "cluster": "kv"},        # node ids start at 1
-], ids=["unknown-node", "itself", "wrong-cluster", "node-zero"])
-def test_client_pretending_to_be_a_peer_is_refused(node, hello):
+@pytest.mark.parametrize("hello,reason", [
+    ({"t": "hello", "node": 2, "cluster": "kv"}, "which is not a member"),       # not in this one-node cluster
+    ({"t": "hello", "node": 1, "cluster": "kv"}, "which is not a member"),       # claims to be the node itself
+    ({"t": "hello", "node": 1, "cluster": "another"}, "in cluster 'another'"),   # wrong cluster id
+    ({"t": "hello", "node": 0, "cluster": "kv"}, "hello.node"),                  # node ids start at 1
+    ({"t": "hello", "node": 2, "cluster": "kv", "eng": "other-engine"}, None),   # the other engine: both named
+], ids=["unknown-node", "itself", "wrong-cluster", "node-zero", "other-engine"])
+def test_client_pretending_to_be_a_peer_is_refused(node, hello, reason):
+    hello = _with_engine(node, hello)
+    if reason is None:
+        other = next(e for e in ENGINES if e != node.engine)
+        reason = f"runs the {other!r} engine, we run {node.engine!r}"
     px = {"t": "px", "m": [[7, hello["node"], [99, hello["node"]], 10**6, 1]]}  # a heartbeat from "the leader"
     received, closed, name = exchange(node, frame(hello) + frame(px))
     assert_closed_with_one_log_line(node, received, closed, name, reply_expected=True)
+    line = log_lines_about(node, name)[0]
+    assert reason in line, f"refused for another reason than {reason!r}: {line}"
     node.assert_serving()
     status = node.client.status(node.endpoint)
     assert status["is_leader"], "a fake peer's heartbeat with a higher ballot must not depose the leader"
 
 
+def _with_engine(node: LiveNode, hello: dict) -> dict:
+    """The hello as a peer of ``node``'s engine would send it (``eng`` only when not core, as
+    kvstore.peers does), so that only the field its case names is wrong; the ``other-engine`` case
+    gets the engine ``node`` does not run."""
+    hello = dict(hello)
+    if hello.get("eng") == "other-engine":
+        other = next(e for e in ENGINES if e != node.engine)
+        hello["eng"] = other
+        if other == "core":
+            del hello["eng"]  # a core node says nothing
+    elif node.engine != "core":
+        hello["eng"] = node.engine
+    return hello
+
+
 def test_peer_frame_on_a_client_connection_is_refused(node):
     px = {"t": "px", "m": [[7, 2, [99, 2], 10**6, 1]]}
     get = {"t": "get", "id": 9, "key": "probe-1", "lin": False}
-    received, closed, name = exchange(node, frame(get) + frame(px), timeout=3)
+    received, closed, name = exchange(node, frame(get) + frame(px), timeout=3, replies_wanted=2)
     got = replies(received)
     assert got and isinstance(got[0], wire.OkReply) and got[0].id == 9, got
     assert any(isinstance(r, wire.ErrorReply) for r in got[1:]), f"no error reply for a peer frame: {got}"
