@@ -23,6 +23,7 @@ to ``kv fsync=always`` at the same level. Results, with the machine facts, go to
     python bench/compare.py --quick              # about 2 minutes
     python bench/compare.py --write-docs         # about 6 minutes
     python bench/compare.py --memory             # the 1M-key memory and restart bench (memory_bench.py)
+    python bench/compare.py --metrics            # metrics on against off, as a ratio (metrics_cost.py)
 
 Targets (reported, never asserted): durable puts >= 3x PySyncObj's best and >= 2x etcd's best;
 3 nodes >= 0.5 of the 1-node ceiling; one request at a time p50 <= 1 ms.
@@ -444,11 +445,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only-kv", action="store_true", help="only this store's three configurations")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the results part of docs/benchmarks.md")
     ap.add_argument("--memory", action="store_true", help="run bench/memory_bench.py instead (1M keys)")
+    ap.add_argument("--metrics", action="store_true",
+                    help="run bench/metrics_cost.py instead: kv with --metrics-addr (scraped) against without")
     args = ap.parse_args(argv)
     if args.memory:
         import memory_bench
 
         return memory_bench.main([])
+    if args.metrics:
+        import metrics_cost
+
+        return metrics_cost.main(["--quick"] if args.quick else [])
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     levels = [int(x) for x in args.levels.split(",")]
     from kvstore import runtime
