@@ -11,7 +11,8 @@ in Chromium is tests/web/test_pages.py). Checks:
 * random schedules for many seeds finish with every node having applied every decided slot, and the
   run's own safety check raises when a slot would be decided twice with different values;
 * a seed is a recipe: the same seed gives the same page byte for byte, other seeds other pages;
-* ``kv trace`` writes the page; importing the modules loads neither trio nor cbor2 (``paxos`` is pure).
+* ``kv trace`` writes the page; importing the modules loads neither trio nor cbor2 (``paxos`` is pure);
+* the pages in docs/trace/ (told step by step in docs/paxos.md) are what ``kv trace`` draws today.
 """
 from __future__ import annotations
 
@@ -114,3 +115,14 @@ def test_the_trace_modules_stay_pure():
     code = ("import sys, paxos.trace, paxos.trace_html; "
             "assert not {'trio', 'cbor2', 'socket'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("scenario", ["round", "leader-change"])
+def test_the_pages_in_docs_are_what_kv_trace_draws_today(scenario):
+    """docs/paxos.md tells these two runs step by step: if the core's behaviour changes them, this
+    fails; regenerate (``kv trace --scenario S --seed 1 -o docs/trace/S.html``) and check the text."""
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "trace" / f"{scenario}.html"
+    assert page.read_text(encoding="utf-8") == render(run_scenario(scenario, 1)), \
+        f"docs/trace/{scenario}.html is stale: regenerate it and re-read docs/paxos.md's account of it"
