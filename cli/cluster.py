@@ -231,7 +231,7 @@ def _status_for(
     return {}
 
 
-VIEW_HEADERS = ["NODE", "PORT", "PID", "PROCESS", "REACHABLE", "LEADER", "BALLOT", "DECIDED", "APPLIED"]
+VIEW_HEADERS = ["NODE", "PORT", "PID", "PROCESS", "ROLE", "REACHABLE", "LEADER", "BALLOT", "DECIDED", "APPLIED"]
 
 
 def view_rows(state: dict[str, Any], statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -245,6 +245,7 @@ def view_rows(state: dict[str, Any], statuses: list[dict[str, Any]]) -> list[dic
                 "port": node["port"],
                 "pid": node.get("pid") if process != "dead" else None,
                 "process": process,
+                "role": status.get("role") if status else None,
                 "reachable": nodestatus.is_reachable(status) if status else False,
                 "leader": nodestatus.field(status, "LEADER"),
                 "is_leader": nodestatus.is_leader(status) if status else False,
@@ -265,6 +266,7 @@ def render_view(rows: list[dict[str, Any]]) -> str:
             r["port"],
             r["pid"],
             r["process"],
+            r["role"],
             r["reachable"],
             r["leader"],
             r["ballot"],
@@ -416,7 +418,7 @@ def up_command(
                     f"cluster already running in {cluster_dir} (pids {pids}); "
                     "see `kv cluster status`, stop it with `kv cluster down`"
                 )
-            if len(old["nodes"]) != nodes:
+            if len(old["nodes"]) != nodes and not old.get("membership_changed"):
                 raise OperationFailed(
                     f"{cluster_dir} holds a {len(old['nodes'])}-node cluster; "
                     f"use --nodes {len(old['nodes'])} or another --data-dir"
@@ -427,6 +429,8 @@ def up_command(
         if engine is None:
             engine = Engine.core
         ports = [base_port + i for i in range(nodes)]
+        if old is not None and old.get("membership_changed"):
+            ports = [n["port"] for n in old["nodes"]]  # the members as kv cluster add/remove left them
         taken = [p for p in ports if port_in_use(p)]
         if taken:
             raise OperationFailed(
@@ -435,7 +439,7 @@ def up_command(
             )
         peers = ",".join(f"{i + 1}={HOST}:{port}" for i, port in enumerate(ports))
         node_list = []
-        for i, port in enumerate(ports):
+        for i, port in enumerate(ports if old is None or not old.get("membership_changed") else []):
             node_dir = cluster_dir / f"node-{i + 1}"
             # the server refuses a data dir holding files it does not know, so the log sits beside it
             data = node_dir / NODE_DATA_DIR_NAME
@@ -451,6 +455,11 @@ def up_command(
             "nodes": node_list,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if old is not None and old.get("membership_changed"):
+            # kv cluster add/remove changed the members: start them as they were (their own argv)
+            state = old
+            node_list = old["nodes"]
+            nodes = len(node_list)
         try:
             for node in node_list:
                 children[node["id"]] = spawn_node(node)
@@ -527,7 +536,7 @@ def status_command(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
             for r in rows:
                 typer.echo(
                     f"node {r['id']}: port={r['port']} pid={cell(r['pid'])} process={r['process']} "
-                    f"reachable={cell(r['reachable'])} leader={cell(r['leader'])} "
+                    f"role={cell(r['role'])} reachable={cell(r['reachable'])} leader={cell(r['leader'])} "
                     f"decided={cell(r['decided_slot'])} applied={cell(r['applied_slot'])}"
                 )
 
@@ -593,3 +602,92 @@ def pause_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirOp
 def resume_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirOption = None) -> None:
     """SIGCONT node N (undo `kv cluster pause`)."""
     _signal_command(ctx, node_id, data_dir, "resume")
+
+
+# --------------------------------------------------------------------------------------------------
+# Membership of the local cluster: kv cluster add / kv cluster remove (kvstore.members)
+
+ADD_CATCH_UP_SECONDS = 60.0
+
+
+def _admin(settings: Settings, state: dict[str, Any], op: str, node: int = 0, address: str = "") -> dict:
+    with common.make_client(state["endpoints"], max(settings.command_timeout, 15.0)) as client:
+        return client.admin(op, node, address)
+
+
+@cluster_app.command("add", epilog="Example: kv cluster add;  kv cluster add --port 7010")
+def add_command(
+    ctx: typer.Context,
+    data_dir: DataDirOption = None,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535,
+                                                help="The new node's port (default: after the highest).")] = None,
+) -> None:
+    """Start a new node and make it a voter: kv member add, kv serve --join, wait for it to catch up,
+    kv member promote. Prints each step."""
+    settings = _settings(ctx)
+    cluster_dir = _cluster_dir(data_dir)
+    with reporting_errors(settings):
+        state = _load(cluster_dir)
+        if not any(process_state(n.get("pid"), n) != "dead" for n in state["nodes"]):
+            raise OperationFailed(f"the cluster in {cluster_dir} is not running (kv cluster up)")
+        used = [n["id"] for n in state["nodes"]] + list(state.get("removed_ids", []))
+        node_id = max(used) + 1
+        port = port if port is not None else max(n["port"] for n in state["nodes"]) + 1
+        if port_in_use(port):
+            raise OperationFailed(f"port {port} on {HOST} is already in use; pick another with --port")
+        address = f"{HOST}:{port}"
+        _admin(settings, state, "member_add", node_id, address)
+        typer.echo(f"added node {node_id} ({address}) as a learner", err=True)
+        node_dir = cluster_dir / f"node-{node_id}"
+        data = node_dir / NODE_DATA_DIR_NAME
+        argv = [sys.executable, "-m", "kv_cli", "serve", "--id", str(node_id), "--join", ",".join(state["endpoints"]),
+                "--data-dir", str(data), "--cluster-id", str(state.get("cluster_id")),
+                "--engine", str(state.get("engine", "core"))]
+        node = {"id": node_id, "port": port, "pid": None, "data_dir": str(data),
+                "log_file": str(node_dir / LOG_FILE_NAME), "argv": argv}
+        spawn_node(node)
+        state["nodes"].append(node)
+        state["endpoints"].append(address)
+        state["membership_changed"] = True
+        write_state(cluster_dir, state)
+        typer.echo(f"started node {node_id} (pid {node['pid']}); waiting for it to catch up...", err=True)
+        deadline = time.monotonic() + ADD_CATCH_UP_SECONDS
+        last = ""
+        while True:
+            try:
+                _admin(settings, state, "member_promote", node_id)
+                break
+            except Exception as exc:  # noqa: BLE001 -- lagging or not answering yet: retry until the deadline
+                last = str(exc)
+                if process_state(node.get("pid"), node) == "dead":
+                    raise OperationFailed(f"node {node_id} exited: {_log_tail(node)}") from None
+                if "behind" not in last and "not answered" not in last and "in progress" not in last:
+                    raise
+                if time.monotonic() > deadline:
+                    raise OperationFailed(f"node {node_id} did not catch up within {ADD_CATCH_UP_SECONDS:g} s "
+                                          f"({last}); it stays a learner: kv member promote {node_id}") from None
+                time.sleep(0.5)
+        typer.echo(f"promoted node {node_id} to voter", err=True)
+        typer.echo(f"endpoints: {','.join(state['endpoints'])}")
+        typer.echo(f"export KV_ENDPOINTS={','.join(state['endpoints'])}")
+
+
+@cluster_app.command("remove", epilog="Example: kv cluster remove 2")
+def remove_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirOption = None) -> None:
+    """Remove node N from the members (kv member remove; a leader hands over first), then stop it. Its
+    data directory stays on disk; the id is never reused."""
+    settings = _settings(ctx)
+    cluster_dir = _cluster_dir(data_dir)
+    with reporting_errors(settings):
+        state = _load(cluster_dir)
+        node = _node(state, node_id)
+        _admin(settings, state, "member_remove", node_id)
+        typer.echo(f"removed node {node_id} from the members", err=True)
+        stop_nodes([node], quiet=True)
+        state["nodes"] = [n for n in state["nodes"] if n["id"] != node_id]
+        state["endpoints"] = [f"{HOST}:{n['port']}" for n in state["nodes"]]
+        state["removed_ids"] = sorted(set(state.get("removed_ids", [])) | {node_id})
+        state["membership_changed"] = True
+        write_state(cluster_dir, state)
+        typer.echo(f"stopped node {node_id}; its data stays in {node['data_dir']}", err=True)
+        typer.echo(f"endpoints: {','.join(state['endpoints'])}")

@@ -467,7 +467,7 @@ def serve_command(
     """Run one node in the foreground until Ctrl-C or SIGTERM."""
     settings = settings_of(ctx)
     with reporting_errors(settings):
-        from kvstore.endpoints import EndpointError, parse_peers
+        from kvstore.endpoints import EndpointError, parse_endpoint, parse_peers
         from kvstore.httpserve import parse_listen_address
         from kvstore.server import ServerOptions, run_node
 

@@ -229,3 +229,38 @@ def test_foreground_up_stops_every_node_on_ctrl_c(kv):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
+    """``kv cluster add`` starts node 4, which joins as a learner and is promoted; ``kv cluster remove 1``
+    removes the first node (the leader hands over if it was the leader) and stops it; the roles show in
+    ``kv cluster status``; after ``down``, ``up`` starts the members as they are now (2, 3, 4)."""
+    base = free_base_port(4)
+    kv("cluster", "up", "--detach", "--base-port", str(base))
+    kv("put", "before", "1")
+    added = kv("cluster", "add")
+    assert f"127.0.0.1:{base + 3}".encode() in added.stdout and b"promoted node 4 to voter" in added.stderr
+    rows = {r["id"]: r for r in kv.cluster_rows()}
+    assert sorted(rows) == [1, 2, 3, 4]
+    deadline = time.monotonic() + CONVERGE_SECONDS
+    while time.monotonic() < deadline and {r["role"] for r in rows.values()} != {"voter"}:
+        time.sleep(0.2)
+        rows = {r["id"]: r for r in kv.cluster_rows()}
+    assert {r["role"] for r in rows.values()} == {"voter"}, rows
+    kv.wait_converged(4)
+
+    kv("cluster", "remove", "1")
+    rows = {r["id"]: r for r in kv.cluster_rows()}
+    assert sorted(rows) == [2, 3, 4]
+    kv("put", "after", "2")
+    assert kv("get", "before").stdout.split() == [b"before", b"1"]
+    members = json.loads(kv("-w", "json", "member", "list").stdout)
+    assert sorted(m["id"] for m in members["members"]) == [2, 3, 4]
+    refused = kv("cluster", "remove", "1", check=False)
+    assert refused.returncode == 2 and b"no node 1" in refused.stderr
+
+    kv("cluster", "down")
+    kv("cluster", "up", "--detach")
+    assert sorted(r["id"] for r in kv.cluster_rows()) == [2, 3, 4]
+    kv.wait_converged(3)
+    assert kv("get", "after").stdout.split() == [b"after", b"2"]
