@@ -214,6 +214,17 @@ class AdminRequest:
 
 
 @dataclass(slots=True, kw_only=True)
+class BackupRequest:
+    """``kv snapshot save`` (kvstore.backup): ``session`` 0 asks the leader to begin a backup (a read
+    barrier, then a frozen state machine); otherwise the next piece of session ``session`` from byte
+    ``offset`` of its snapshot bytes (the client pulls; the same offset again is a retry)."""
+
+    id: int
+    session: int = 0
+    offset: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
 class OkReply:
     """Success: ``result`` is a map with str keys (see ``RESULT_DEPTH_MAX`` for what it may hold)."""
 
@@ -231,7 +242,8 @@ class ErrorReply:
     leader: str | None
 
 
-CLIENT_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest, GetRequest, ListRequest, StatusRequest, AdminRequest)
+CLIENT_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest, GetRequest, ListRequest, StatusRequest, AdminRequest,
+                        BackupRequest)
 WRITE_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest)
 REPLY_TYPES = (OkReply, ErrorReply)
 PEER_MESSAGE_TYPES = (Hello, PaxosBatch, SnapshotChunk)
@@ -491,6 +503,7 @@ _MAP_ENCODERS = {
     },
     StatusRequest: lambda m: {"t": "status", "id": m.id},
     AdminRequest: lambda m: {"t": "admin", "id": m.id, "op": m.op, "node": m.node, "addr": m.address},
+    BackupRequest: lambda m: {"t": "backup", "id": m.id, "session": m.session, "off": m.offset},
     OkReply: _encode_ok,
     ErrorReply: lambda m: {"t": "err", "id": m.id, "code": m.code, "msg": m.message, "leader": m.leader},
 }
@@ -661,6 +674,8 @@ _MAP_DECODERS = {
     ),
     "status": lambda o: StatusRequest(id=_f_id(o)),
     "admin": lambda o: _d_admin(o),
+    "backup": lambda o: BackupRequest(id=_f_id(o), session=_f_int(o, "session", 0, U64_LIMIT),
+                                      offset=_f_int(o, "off", 0, U64_LIMIT)),
     "ok": lambda o: OkReply(id=_f_id(o), result=_check_result_map(_get(o, "r"), (list,), WireError)),
     "err": _d_err,
 }

@@ -333,6 +333,7 @@ def _samples() -> list:
         wire.GetRequest(id=4, key="k", linearizable=True),
         wire.ListRequest(id=5, prefix="a/", keys_only=False, linearizable=True, limit=10),
         wire.StatusRequest(id=6),
+        wire.BackupRequest(id=9, session=12, offset=4096),
         wire.OkReply(id=7, result={"rev": 3}),
         wire.ErrorReply(id=8, code=wire.NOT_LEADER, message="ask node 2", leader="127.0.0.1:7002"),
         wire.PaxosBatch(messages=(
@@ -365,6 +366,7 @@ FIELD_KINDS = {
     "get": {"id": {INT}, "key": {STR}, "lin": {BOOL}},
     "list": {"id": {INT}, "prefix": {STR}, "keys_only": {BOOL}, "lin": {BOOL}, "limit": {INT}},
     "status": {"id": {INT}},
+    "backup": {"id": {INT}, "session": {INT}, "off": {INT}},
     "ok": {"id": {INT}, "r": {MAP}},
     "err": {"id": {INT, NONE}, "code": {STR}, "msg": {STR}, "leader": {STR, NONE}},
     "px": {"m": {ARRAY}},
@@ -411,6 +413,7 @@ INT_LIMITS = {
     ("del", "rq"): (0, 2**64), ("cas", "ack"): (0, 2**64), ("get", "id"): (0, 2**63),
     ("list", "limit"): (0, 2**63), ("status", "id"): (0, 2**63), ("ok", "id"): (0, 2**63),
     ("err", "id"): (0, 2**63),
+    ("backup", "id"): (0, 2**63), ("backup", "session"): (0, 2**64), ("backup", "off"): (0, 2**64),
 }
 
 
@@ -771,3 +774,14 @@ def test_admin_requests_round_trip_and_bad_ones_get_a_clear_error():
         wire.decode_body(cbor2.dumps({"t": "admin", "id": 1, "op": "member_remove", "node": -1, "addr": ""}))
     with pytest.raises(wire.WireError, match="admin.addr: longer than 300"):
         wire.decode_body(cbor2.dumps({"t": "admin", "id": 1, "op": "member_add", "node": 4, "addr": "x" * 301}))
+
+
+def test_backup_requests_round_trip_with_their_defaults():
+    """kv snapshot save: session 0 begins a backup; a session and an offset pull its next piece."""
+    begin = wire.BackupRequest(id=1)
+    assert (begin.session, begin.offset) == (0, 0)
+    assert wire.decode_body(wire.encode_body(begin)) == begin
+    pull = wire.BackupRequest(id=2, session=2**53, offset=3 << 20)
+    assert wire.decode_body(wire.encode_frame(pull)[4:]) == pull
+    with pytest.raises(wire.WireError, match="backup.off"):
+        wire.decode_body(cbor2.dumps({"t": "backup", "id": 1, "session": 1, "off": -1}))
