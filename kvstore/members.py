@@ -17,6 +17,14 @@ decided like any other, and it governs from alpha slots after its own. This modu
   leader never heard from); removing the last voter; a second change while one is in progress. A
   promotion pins the incarnation the learner presented on its link, so that a learner that loses its
   disk later is not the voter the configuration names (``kvstore.identity``).
+* **A repeated change request gets the first one's answer.** The client library re-sends a request
+  that got no answer within its attempt timeout (at most 2 s), and a change can take longer (a voter
+  paused, a leader handing over). The repeat must not be refused because of the first ("a membership
+  change is in progress" while it runs, "already a member" once it applied), or the operator is told
+  that a change failed when it succeeded. So an identical request (op, node, address) that arrives
+  while the first runs waits for the first's outcome, and one that arrives after the first took effect
+  is answered with success as long as no other change came since (``Members._once``, for
+  ``REPEAT_WINDOW_SECONDS``). A repeat that reaches another leader is judged afresh.
 * **Peer links follow the configuration** (``Members.sync``): after every driver batch whose core
   changed its members, the node's address book (``Node.peers``) gets the addresses of every member of
   every configuration still scheduled and the links (``kvstore.peers``) are opened and closed to match.
@@ -49,6 +57,10 @@ PROMOTE_LAG_SLOTS_MAX = 64
 # How long an admin request waits for its change (or transfer) to take effect before it gives up
 ADMIN_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 0.01
+# The admin requests that change the configuration (a repeat of one is answered as the first: _once)
+CHANGE_OPS = ("member_add", "member_promote", "member_remove")
+# How long after a change took effect its repeat is still answered with success (if nothing changed)
+REPEAT_WINDOW_SECONDS = 60.0
 
 
 @dataclass
@@ -66,6 +78,16 @@ class CoreCall:
         except Exception as exc:  # noqa: BLE001 -- handed to the waiting task, which reports it
             self.error = exc
         self.done.set()
+
+
+@dataclass
+class _Outcome:
+    """A change request this node ran (``Members._once``)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    result: dict | None = None
+    error: Exception | None = None
+    finished_at: float = 0.0
 
 
 class AdminError(Exception):
@@ -88,6 +110,7 @@ class Members:
         self.seen_incarnations: dict[int, str] = {}  # what each peer presented on its link
         self._epoch = -1
         self._peer_ids: tuple = ()
+        self._changes: dict[tuple, _Outcome] = {}  # (op, node, address) -> its latest run (_once)
 
     # -----------------------------------------------------------------------------------------------
     # the address book and the links
@@ -127,7 +150,10 @@ class Members:
         node = self.node
         try:
             handler = getattr(self, "_" + request.op)
-            result = await handler(request)
+            if request.op in CHANGE_OPS:
+                result = await self._once(request, handler)
+            else:
+                result = await handler(request)
             reply = wire.OkReply(id=request.id, result=result)
         except AdminError as exc:
             reply = wire.ErrorReply(id=request.id, code=exc.code, message=str(exc),
@@ -135,6 +161,39 @@ class Members:
         node.counters[f"admin_{request.op}"] += 1
         conn.reply(reply)
         node._send_replies()
+
+    async def _once(self, request: wire.AdminRequest, handler) -> dict:
+        """Run change request ``request`` unless it repeats one (see the module docstring): a repeat of
+        a request still running gets its outcome; a repeat of one that took effect, with no change
+        since and within ``REPEAT_WINDOW_SECONDS``, gets success."""
+        key = (request.op, request.node, request.address)
+        now = trio.current_time()
+        for old in [k for k, o in self._changes.items()
+                    if o.done.is_set() and now - o.finished_at >= REPEAT_WINDOW_SECONDS]:
+            del self._changes[old]
+        outcome = self._changes.get(key)
+        if outcome is not None:
+            if not outcome.done.is_set():
+                await outcome.done.wait()
+                if outcome.error is not None:
+                    raise outcome.error
+                if outcome.result is not None:
+                    return self.describe()
+            elif (outcome.error is None and outcome.result is not None
+                    and trio.current_time() - outcome.finished_at < REPEAT_WINDOW_SECONDS):
+                self._require_leader()
+                if self.node.replica.config.epoch == outcome.result["epoch"]:
+                    return self.describe()
+        outcome = self._changes[key] = _Outcome()
+        try:
+            outcome.result = await handler(request)
+            return outcome.result
+        except Exception as exc:
+            outcome.error = exc
+            raise
+        finally:
+            outcome.finished_at = trio.current_time()
+            outcome.done.set()
 
     async def _call(self, fn):
         call = CoreCall(fn)
