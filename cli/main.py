@@ -548,6 +548,15 @@ def _register_member_commands() -> None:
 _register_member_commands()
 
 
+def _register_snapshot_commands() -> None:
+    from kv_cli.snapshot import snapshot_app
+
+    app.add_typer(snapshot_app, name="snapshot")
+
+
+_register_snapshot_commands()
+
+
 def _register_optional_commands() -> None:
     for name in OPTIONAL_COMMAND_MODULES:
         try:

@@ -394,6 +394,13 @@ class AsyncClient:
             raise ValueError(f"unknown admin operation {op!r}; expected one of {', '.join(wire.ADMIN_OPS)}")
         return await self._read(lambda rid: wire.AdminRequest(id=rid, op=op, node=node, address=address))
 
+    async def backup(self, session: int = 0, offset: int = 0) -> dict:
+        """One step of ``kv snapshot save`` (``kvstore.backup.save_backup`` drives it): session 0 begins
+        a backup on the leader (the answer names the session, its slot, revision, keys and state hash);
+        then each call gets the next piece of that session's bytes from ``offset`` (``data``, ``done``,
+        and with the last one ``length`` and ``sha256``). Raises ``RequestError`` when refused."""
+        return await self._read(lambda rid: wire.BackupRequest(id=rid, session=session, offset=offset))
+
     async def member_list(self) -> dict:
         return await self.admin("member_list")
 
@@ -867,6 +874,7 @@ class Client:
 
     def status(self, endpoint) -> dict: return self._call("status", endpoint)
     def admin(self, op, node=0, address="") -> dict: return self._call("admin", op, node, address)
+    def backup(self, session=0, offset=0) -> dict: return self._call("backup", session, offset)
     def cluster_status(self) -> list: return self._call("cluster_status")
 
     def close(self) -> None:

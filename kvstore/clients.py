@@ -268,6 +268,8 @@ class ClientLinks:
                 conn.reply(wire.OkReply(id=request.id, result=node.status()))
             case wire.AdminRequest():
                 node.members.handle(conn, request)  # a task of its own: a change takes round trips
+            case wire.BackupRequest():
+                node.members.backup(conn, request)  # kv snapshot save (kvstore.backup): a task of its own
             case _:
                 conn.reply(wire.ErrorReply(id=getattr(request, "id", None), code=wire.BAD_REQUEST,
                                            message=f"{type(request).__name__} is not a client request",

@@ -340,6 +340,18 @@ class Members:
         raise AdminError(f"node {target} did not take over within {timeout:.1f} s; the leader is "
                          f"{node.replica.leader_id}", wire.TIMEOUT)
 
+    # -----------------------------------------------------------------------------------------------
+    # backups (kv snapshot save): served by kvstore.backup
+
+    def backup(self, conn, request: wire.BackupRequest) -> None:
+        """A ``BackupRequest``: begin a backup on the leader or hand out its next piece, in a task."""
+        service = getattr(self, "_backups", None)
+        if service is None:
+            from .backup import BackupService
+
+            service = self._backups = BackupService(self.node)
+        service.handle(conn, request)
+
 
 def _parse_addresses(config: Config) -> dict:
     out = {}

@@ -1,0 +1,122 @@
+"""``kv snapshot save|status|restore``: backups of the whole store and new clusters made from them,
+in the habits of ``etcdctl snapshot save`` and ``etcdutl snapshot status|restore`` (kvstore.backup).
+
+``save`` asks the leader for a consistent backup (after a read barrier: every write acknowledged
+before it began is in it) and writes it, checksummed, to FILE. ``status`` checks a backup file and
+describes it. ``restore`` makes the data directory of one node of a NEW cluster from a backup: run it
+for every node of ``--peers``, then start every node with the ``kv serve`` line it prints. A damaged
+file or a refused target is one line on stderr and exit 1, with nothing made.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from kv_cli.common import OutputFormat, Settings, UsageProblem, open_client, reporting_errors
+from kv_cli.output import jsonable, print_json, print_table
+
+snapshot_app = typer.Typer(
+    help="Back up the store to a file (save), check a backup (status), make a new cluster from one (restore).",
+    no_args_is_help=True,
+)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.find_object(Settings)
+    return settings if settings is not None else Settings()
+
+
+def _show(settings: Settings, facts: dict, headline: str) -> None:
+    if settings.write_out is OutputFormat.json:
+        print_json(jsonable(facts))
+    elif settings.write_out is OutputFormat.table:
+        print_table(list(map(str.upper, facts)), [list(facts.values())])
+    else:
+        typer.echo(headline)
+
+
+@snapshot_app.command("save", epilog="Example: kv snapshot save /backups/kv-$(date +%F).kvbak")
+def save_command(ctx: typer.Context,
+                 file: Annotated[str, typer.Argument(help="Where to write the backup (replaced atomically if "
+                                                          "it exists).")]) -> None:
+    """Write a consistent, checksummed backup of the whole store, taken on the leader."""
+    settings = _settings(ctx)
+    with reporting_errors(settings):
+        from kvstore.backup import BackupError, save_backup
+
+        with open_client(settings) as client:
+            try:
+                info = save_backup(client.backup, file)
+            except BackupError as exc:
+                raise _failed(exc) from None
+        facts = info.describe()
+        _show(settings, facts, f"Snapshot saved at {file}: cluster {facts['cluster_id']}, slot {facts['slot']}, "
+                               f"revision {facts['revision']}, {facts['keys']} keys, {facts['bytes']} bytes, "
+                               f"sha256 {facts['sha256']}")
+
+
+@snapshot_app.command("status", epilog="Example: kv -w table snapshot status backup.kvbak")
+def status_command(ctx: typer.Context,
+                   file: Annotated[str, typer.Argument(help="A file written by kv snapshot save.")]) -> None:
+    """Check a backup file (header, length, SHA-256) and describe it: slot, revision, keys, state hash."""
+    settings = _settings(ctx)
+    with reporting_errors(settings):
+        from kvstore.backup import BackupError, read_backup
+
+        try:
+            facts = read_backup(file).describe()
+        except BackupError as exc:
+            raise _failed(exc) from None
+        _show(settings, facts, ", ".join(f"{k}={v}" for k, v in facts.items()))
+
+
+@snapshot_app.command(
+    "restore",
+    epilog="Example (for each node i of the new cluster): kv snapshot restore backup.kvbak --id 1 "
+           "--peers 1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001 --data-dir /var/lib/kv/node-1",
+)
+def restore_command(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="A file written by kv snapshot save.")],
+    data_dir: Annotated[str, typer.Option("--data-dir", help="The new node's data directory (absent or empty).")],
+    node_id: Annotated[int, typer.Option("--id", help="The new node's id, a key of --peers.", min=1)],
+    peers: Annotated[str, typer.Option("--peers", help="Every member of the new cluster: ID=HOST:PORT,...; "
+                                                       "give the same list to every node's restore.")],
+    cluster_id: Annotated[Optional[str], typer.Option(
+        "--cluster-id", help="The new cluster's id. Default: derived from the backup and --peers (the same "
+                             "for every node restored alike), never the old cluster's.")] = None,
+) -> None:
+    """Make the data directory of node ID of a NEW cluster from a backup: a new cluster id, a new
+    incarnation, the state at the backup's slot, and --peers as the configuration. Restore every node
+    of --peers, then start them all; they found the new cluster together."""
+    settings = _settings(ctx)
+    with reporting_errors(settings):
+        from kvstore.backup import BackupError, restore_backup
+        from kvstore.endpoints import EndpointError, parse_peers
+
+        try:
+            peer_map = parse_peers(peers)
+        except EndpointError as exc:
+            raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
+        if node_id not in peer_map:
+            raise UsageProblem(f"--id {node_id} is not one of the --peers ids {sorted(peer_map)}")
+        if cluster_id is not None and not cluster_id.strip():
+            raise UsageProblem("--cluster-id must not be empty")
+        try:
+            made = restore_backup(file, data_dir, node_id, peer_map, cluster_id)
+        except BackupError as exc:
+            raise _failed(exc) from None
+        _show(settings, made, f"restored node {node_id} into {data_dir} from {file}: cluster {made['cluster_id']} "
+                              f"(was {made['old_cluster_id']}), incarnation {made['incarnation']}, slot "
+                              f"{made['slot']}, {made['keys']} keys")
+        if settings.write_out is OutputFormat.simple:
+            typer.echo(f"start it with: {made['serve']}")
+            typer.echo("restore every node of --peers from the same backup, then start them all: they found "
+                       "the new cluster together", err=True)
+
+
+def _failed(exc: Exception) -> Exception:
+    from kv_cli.common import OperationFailed
+
+    return OperationFailed(str(exc))
