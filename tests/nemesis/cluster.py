@@ -5,6 +5,10 @@ async, because the same trio run also hosts the peer proxies and the clients: a 
 freeze the network under test. Each node gets its own ``--peers`` string (``peers_for``), so a node's
 entries for the others can point at proxies; its own entry is its real listen address.
 
+Engine: ``engine`` ("core" or "classic", issue 18) is passed to every node as ``kv serve --engine``;
+``assert_engine`` checks, from the nodes' own status, that the cluster under test runs it (so a test
+parametrized over engines cannot silently run the default one).
+
 Placement: by default every node listens on 127.0.0.1 with an OS-assigned port. A ``NetnsTopology``
 (``tests/nemesis/netns.py``) puts node ``i`` in its own network namespace instead; ``command_prefix``
 then wraps the command in ``ip netns exec``.
@@ -32,8 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 class NemesisCluster:
     def __init__(self, root: Path, size: int = 3, *, extra_args: list[str] | None = None,
                  addresses: dict[int, tuple[str, int]] | None = None,
-                 command_prefix=None) -> None:
+                 command_prefix=None, engine: str = "core") -> None:
         self.root = Path(root)
+        self.engine = engine
         self.size = size
         if addresses is None:
             addresses = {i: ("127.0.0.1", p) for i, p in zip(range(1, size + 1), free_ports(size))}
@@ -81,7 +86,7 @@ class NemesisCluster:
         assert node_id not in self.procs or self.procs[node_id].poll() is not None, f"node {node_id} runs"
         log = open(self.log_path(node_id), "ab")
         cmd = [*self.command_prefix(node_id), sys.executable, "-m", "kv_cli", "serve", "--id", str(node_id),
-               "--peers", self.peers_for(node_id), "--data-dir", str(self.data_dir(node_id)), *self.extra_args]
+               "--peers", self.peers_for(node_id), "--data-dir", str(self.data_dir(node_id)), "--engine", self.engine, *self.extra_args]
         full_env = dict(os.environ)
         full_env.pop("KV_FAILPOINTS", None)
         full_env.update(env or {})
@@ -178,6 +183,12 @@ class NemesisCluster:
             for i in self.ids:
                 nursery.start_soon(one, i)
         return results
+
+    def assert_engine(self, statuses: dict) -> None:
+        """Every status given (``statuses()``'s values, None for an unreachable node) names our engine."""
+        engines = {i: s.get("engine") for i, s in statuses.items() if s}
+        assert engines and set(engines.values()) == {self.engine}, (
+            f"the cluster should run the {self.engine!r} engine, its nodes say {engines}")
 
     async def leader(self) -> int | None:
         """The node that says it leads with the highest ballot, right now (None if none does)."""

@@ -4,7 +4,7 @@ The same workload and final checks as ``test_nemesis.py`` (linearizable history,
 survive a crash of every node, replicas converge), but the faults are made by the kernel: a node's
 link to the bridge goes down, so its packets (to peers and to clients) are lost rather than refused.
 The nemesis isolates the leader most of the time, sometimes another node, sometimes two nodes at once
-(no majority anywhere). Skipped with the reason when namespaces cannot be created (not root, no
+(no majority anywhere). Both engines, as in ``test_nemesis.py``. Skipped with the reason when namespaces cannot be created (not root, no
 ``ip netns``, a container without the capability).
 """
 from __future__ import annotations
@@ -53,10 +53,12 @@ async def netns_nemesis(cluster, rng: random.Random, stop_at: float, events) -> 
     topo.heal()
 
 
-async def test_netns_link_down_partitions(tmp_path, topology):
-    def make_cluster(root, extra_args=None):
+# (engine, seconds of faults): the classic engine's run is shorter (CI time; docs/testing.md).
+@pytest.mark.parametrize("engine,duration", [("core", 25), ("classic", 15)], ids=["core", "classic"])
+async def test_netns_link_down_partitions(tmp_path, topology, engine, duration):
+    def make_cluster(root, extra_args=None, engine="core"):
         cluster = NemesisCluster(root, extra_args=extra_args, addresses=topology.addresses(),
-                                 command_prefix=topology.command_prefix)
+                                 command_prefix=topology.command_prefix, engine=engine)
         cluster.topo = topology
         plain_heal = cluster.heal
 
@@ -67,4 +69,4 @@ async def test_netns_link_down_partitions(tmp_path, topology):
         cluster.heal = heal
         return cluster
 
-    await _run_scenario(tmp_path, netns_nemesis, duration=25, make_cluster=make_cluster)
+    await _run_scenario(tmp_path, netns_nemesis, duration=duration, engine=engine, make_cluster=make_cluster)

@@ -13,7 +13,8 @@ a later batch can survive after zeros where an earlier one was. The node must st
 marks say those bytes were never durable) and is rebuilt from what is left in its data directory.
 Because nothing may leave a node before the records behind it are durable (the persist-send-apply
 contract), no acknowledged write may be lost: at the end all three replicas agree (state hash, applied
-slot) and hold every acknowledged write.
+slot) and hold every acknowledged write. It runs for both engines (``ServerOptions.engine``: the core,
+and the classic engine of issue 18); each node must run the engine's class.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import trio
 
 from kvstore.client import RequestError, Unavailable, connect
 from kvstore.server import Node, ServerOptions
+from paxos.classic import ClassicReplica
+from paxos.replica import Replica
 
 from ..kvstore.memnet import MemoryNetwork
 from .workload import nemesis_seed
@@ -33,9 +36,11 @@ pytestmark = pytest.mark.slow
 
 PEERS = {1: ("m1", 7001), 2: ("m2", 7002), 3: ("m3", 7003)}
 ENDPOINTS = [f"{h}:{p}" for h, p in PEERS.values()]
+ENGINE_CLASSES = {"core": Replica, "classic": ClassicReplica}
 
 
-async def test_power_cuts_drop_unsynced_records_and_lose_no_acknowledged_write(tmp_path):
+@pytest.mark.parametrize("engine", ["core", "classic"])
+async def test_power_cuts_drop_unsynced_records_and_lose_no_acknowledged_write(tmp_path, engine):
     seed = nemesis_seed()
     rng = random.Random(seed)
     net = MemoryNetwork()
@@ -48,8 +53,9 @@ async def test_power_cuts_drop_unsynced_records_and_lose_no_acknowledged_write(t
 
         async def start(node_id: int) -> None:
             options = ServerOptions(fsync=True, tick_seconds=0.01, heartbeat_ticks=5, election_timeout_ticks=30,
-                                    request_timeout=5.0, snapshot_every=300)
+                                    request_timeout=5.0, snapshot_every=300, engine=engine)
             node = Node(node_id, PEERS, tmp_path / f"node-{node_id}", options, transport=net.transport())
+            assert type(node.replica) is ENGINE_CLASSES[engine], type(node.replica)
             real_fdatasync = node.storage._fdatasync
 
             def slow_fdatasync(fd: int) -> None:  # a slow disk: batches pile up written but not durable

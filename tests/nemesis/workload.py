@@ -12,8 +12,8 @@ is dropped (it constrains nothing).
 ``finish_and_check`` is the common ending: heal, read every key (recorded in the history), SIGKILL all
 nodes at once, restart, read everything again (recorded too, and equal to the reads before the crash),
 check the history with the checker, check every acknowledged unique-key write is present, and wait
-until all replicas report the same ``state_hash`` at the same ``applied_slot``. Failures carry the
-nemesis seed and the path of the saved history.
+until all replicas report the same ``state_hash`` at the same ``applied_slot`` (and name the engine the
+cluster was started with). Failures carry the nemesis seed and the path of the saved history.
 """
 from __future__ import annotations
 
@@ -170,5 +170,6 @@ async def finish_and_check(cluster, history: History, stats: Stats, seed: int, *
     statuses = await cluster.wait_converged(deadline_s=40)
     slots = {s["applied_slot"] for s in statuses.values()}
     assert len(slots) == 1
-    print(f"nemesis seed {seed}: {stats.ok} ok, {stats.unknown} unknown, {stats.failed} failed; "
+    cluster.assert_engine(statuses)
+    print(f"nemesis seed {seed} ({cluster.engine} engine): {stats.ok} ok, {stats.unknown} unknown, {stats.failed} failed; "
           f"{len(history)} ops checked; converged at slot {slots.pop()}")
