@@ -379,7 +379,7 @@ def test_serve_rejects_id_not_in_peers(fake, monkeypatch):
     import kvstore.server
 
     started = []
-    monkeypatch.setattr(kvstore.server, "run_node", lambda *a: started.append(a))
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None: started.append((*a, join)))
     result = run("serve", "--id", "4", "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002", "--data-dir", "d")
     assert result.exit_code == 2
     assert_one_error_line(result, "--id 4")
@@ -392,7 +392,7 @@ def test_serve_maps_options_to_server_options(fake, monkeypatch, tmp_path):
     import kvstore.server
 
     started = []
-    monkeypatch.setattr(kvstore.server, "run_node", lambda *a: started.append(a))
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None: started.append((*a, join)))
     result = run(
         "serve", "--id", "2", "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
         "--data-dir", str(tmp_path / "n2"), "--tick-ms", "20", "--election-timeout-ticks", "40",
@@ -400,11 +400,28 @@ def test_serve_maps_options_to_server_options(fake, monkeypatch, tmp_path):
         "--fsync", "off", "--cluster-id", "test",
     )
     assert result.exit_code == 0, result.output
-    ((node_id, peers, data_dir, options),) = started
-    assert node_id == 2 and peers[3] == ("127.0.0.1", 7003) and data_dir == str(tmp_path / "n2")
+    ((node_id, peers, data_dir, options, join),) = started
+    assert node_id == 2 and peers[3] == ("127.0.0.1", 7003) and data_dir == str(tmp_path / "n2") and join is None
     assert options.tick_seconds == pytest.approx(0.02)
     assert (options.election_timeout_ticks, options.heartbeat_ticks, options.batch_count_max) == (40, 4, 64)
     assert (options.window, options.snapshot_every, options.fsync, options.cluster_id) == (8, 100, False, "test")
+
+
+def test_serve_join_passes_the_members_and_needs_peers_or_join(fake, monkeypatch, tmp_path):
+    import kvstore.server
+
+    started = []
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None: started.append((*a, join)))
+    result = run("serve", "--id", "4", "--join", "127.0.0.1:7001,localhost:7002", "--data-dir", str(tmp_path / "n4"))
+    assert result.exit_code == 0, result.output
+    ((node_id, peers, _data_dir, _options, join),) = started
+    assert node_id == 4 and peers == {} and join == ["127.0.0.1:7001", "localhost:7002"]
+    neither = run("serve", "--id", "4", "--data-dir", str(tmp_path / "n4"))
+    assert neither.exit_code == 2
+    assert_one_error_line(neither, "give --peers", "or --join")
+    bad = run("serve", "--id", "4", "--join", "nowhere", "--data-dir", str(tmp_path / "n4"))
+    assert bad.exit_code == 2
+    assert_one_error_line(bad, "invalid --join")
 
 
 def test_cluster_up_refuses_a_taken_port(fake, tmp_path):
