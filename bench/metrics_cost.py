@@ -15,8 +15,8 @@ busy shared machine disturbs less than throughput. Results with the machine fact
 
 The counters behind the metrics (requests by op and outcome, the fsync and slot-size histograms) are
 kept whether or not metrics are served (plain integers, like the node's other counters), so this
-measures serving and scraping them; the cost of keeping them was measured once against the commit
-before them with ``bench/ab.py`` (see docs/benchmarks.md, "Metrics").
+measures serving and scraping them; the cost of keeping them was counted once in instructions
+against the commit before them (callgrind; docs/benchmarks.md, "Metrics")
 """
 from __future__ import annotations
 

@@ -23,7 +23,6 @@ Rules: the collector only reads the node; it never feeds the core or waits. A sc
 from __future__ import annotations
 
 import bisect
-import logging
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -34,8 +33,6 @@ from . import httpserve, wire
 
 __all__ = ["Buckets", "NodeCollector", "serve_metrics", "request_op", "metrics_text", "FSYNC_SECONDS_BOUNDS",
            "SLOT_COMMANDS_BOUNDS", "OUTCOME_OF_CODE", "DISK_STATES"]
-
-log = logging.getLogger("kvstore.metrics")
 
 FSYNC_SECONDS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                         2.5)
