@@ -308,6 +308,9 @@ def save_backup(call, path: str | os.PathLike) -> BackupInfo:
     answers do not add up (a length or checksum that does not match what arrived) or the file cannot
     be written; either way no file is left at ``path`` (an older one there stays as it was).
     """
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():  # before the leader freezes anything for us
+        raise BackupError(f"cannot write {path}: there is no directory {parent}")
     begin = call(0, 0)
     session = begin.get("session")
     if type(session) is not int or session < 1:
