@@ -351,16 +351,16 @@ class Replica:
         self._queue.append(encode_change(latest.epoch, config))
 
     def transfer_leadership(self, target: int) -> bool:
-        """Hand leadership to voter ``target``: stop opening slots, and once every open slot is decided,
-        tell ``target`` to campaign (``Campaign``) and step down. Abandoned after an election timeout.
+        """Hand leadership to voter ``target``: stop opening slots, and once every open slot is decided
+        and ``target`` reported (HeartbeatAck) that it decided them too, tell ``target`` to campaign
+        (``Campaign``) and step down. Abandoned after an election timeout (the leader goes on).
         Returns False when not leader, or ``target`` is not another voter."""
         if (self._role != LEADER or target == self.node_id or target not in self._peers
                 or not self._schedule.latest.is_voter(target)):
             self._count("transfer_refused")
             return False
         if self._transfer is None or self._transfer[0] != target:
-            self._transfer = (target, self._ticks + self.options.election_timeout_ticks)
-            self._count("transfer_started")
+            self._start_transfer(target)
         self._maybe_finish_transfer()
         return True
 
@@ -731,8 +731,7 @@ class Replica:
             # We are being removed: hand over to the voter that answers fastest.
             target = next((p for p in self._preferred if self._schedule.latest.is_voter(p)), None)
             if target is not None:
-                self._transfer = (target, self._ticks + self.options.election_timeout_ticks)
-                self._count("transfer_started")
+                self._start_transfer(target)
         return True
 
     def _refresh_members(self) -> None:
@@ -842,6 +841,11 @@ class Replica:
     def _maybe_become_leader(self) -> None:
         if self._role != CANDIDATE or self._election_behind:
             return
+        if not self.is_voter:
+            # The promises taught us a change that removed us (or made us a learner): we never lead.
+            self._count("not_voter_no_lead")
+            self._step_down()
+            return
         # A majority of every configuration that governs a slot from first_slot on (as far as we know
         # them; a leader meeting a later one without its majority runs phase 1 again: _open_gate).
         promised = {self.node_id, *self._promises}
@@ -925,13 +929,20 @@ class Replica:
         if self.is_voter:
             self._count("reelect_for_config")
             self._reelect()
+        else:
+            # We were removed and cannot run phase 1 (we never campaign): leading on, we would keep
+            # the voters from electing one of theirs with our heartbeats for ever. Step down.
+            self._count("stepped_down_not_voter")
+            self._step_down()
         return False
 
     def _reelect(self) -> None:
         """Run phase 1 again at a higher ballot, keeping the queued commands for when we win."""
         queue, self._queue = self._queue, deque()
+        change_queued = self._change_queued  # _step_down forgets it; the change is still in the queue
         self._start_election()
         self._queue = queue  # dropped in _step_down if we lose
+        self._change_queued = change_queued
 
     def _open_reproposals(self) -> None:
         """Open the re-proposals the election found, in slot order, as far as the gate allows."""
@@ -1142,14 +1153,30 @@ class Replica:
                 waiting.append((read_id, index, seq))
         self._pending_reads = waiting
 
+    def _start_transfer(self, target: int) -> None:
+        """Hand over to ``target`` within an election timeout. Only a decided slot it reports from now
+        on counts as caught up: an older report would not show that it is still up."""
+        self._transfer = (target, self._ticks + self.options.election_timeout_ticks)
+        self._peer_decided.pop(target, None)
+        self._count("transfer_started")
+
     def _maybe_finish_transfer(self) -> None:
-        """Handing over: once every slot we opened is decided, tell the target to campaign and step down."""
+        """Handing over: once every slot we opened is decided and the target reported (HeartbeatAck) that
+        it decided them too, tell the target to campaign and step down."""
         target, deadline = self._transfer
         if self._ticks > deadline or target not in self._peers:
             self._count("transfer_abandoned")
             self._transfer = None
+            if not self.is_voter:
+                # A removed leader does not lead on as a non-voter: the voters elect one of theirs.
+                self._count("stepped_down_not_voter")
+                self._step_down()
             return
         if self._in_flight or self._pending_reproposals:
+            return
+        if self._peer_decided.get(target, -1) < self._decided_slot:
+            # Not caught up (or down): wait for its next HeartbeatAck. Handing over to a node that
+            # does not answer would leave the cluster without a leader for an election timeout.
             return
         self._count("transfer_sent")
         self._send_deferred_accepts()
