@@ -9,6 +9,10 @@ exact argv (so ``restart`` runs the node again with the same arguments). Every o
 it. Before any signal is sent, the pid is checked to still be one of our nodes (on Linux through
 /proc/PID/cmdline), so a reused pid is never signalled.
 
+With ``up --tls`` the nodes serve mutual TLS only, with certificates made in DIR/certs (``kv certs``);
+cluster.json's ``tls`` names the admin client's files, which every ``kv cluster`` command (and a client
+command that takes its endpoints from this cluster) uses.
+
 DIR defaults to ``$KV_CLUSTER_DIR`` or the per-user data directory (``~/.local/share/kv/cluster``), so
 on one machine no flag is needed, and client commands without ``--endpoints`` use this cluster.
 """
@@ -207,10 +211,26 @@ def _log_tail(node: dict[str, Any], lines: int = 5) -> str:
 # Cluster status as one view: the state file's processes joined with what the nodes report
 
 
-def query_statuses(endpoints: list[str], timeout: float) -> list[dict[str, Any]]:
+def _tls_of(state: Optional[dict[str, Any]]) -> dict[str, str]:
+    """The client's TLS files (cacert, cert, key) of a cluster started with --tls; {} without TLS."""
+    tls = state.get("tls") if isinstance(state, dict) else None
+    return {k: str(v) for k, v in tls.items() if k in ("cacert", "cert", "key")} if isinstance(tls, dict) else {}
+
+
+def _node_tls_argv(state: dict[str, Any], node_id: int) -> list[str]:
+    """``kv serve``'s TLS options for node ``node_id`` of a --tls cluster (its certificate in DIR/certs)."""
+    tls = _tls_of(state)
+    if not tls:
+        return []
+    certs = Path(tls["cacert"]).parent
+    return ["--cacert", tls["cacert"], "--cert", str(certs / f"node-{node_id}.pem"),
+            "--key", str(certs / f"node-{node_id}.key")]
+
+
+def query_statuses(endpoints: list[str], timeout: float, tls: Optional[dict[str, str]] = None) -> list[dict[str, Any]]:
     """Node statuses from the client, or [] if none could be had (the nodes may be starting)."""
     try:
-        with common.make_client(endpoints, timeout) as client:
+        with common.make_client(endpoints, timeout, **(tls or {})) as client:
             return [dict(s) for s in client.cluster_status()]
     except Exception:  # any failure just means "no status yet"; callers show what they know
         return []
@@ -318,7 +338,7 @@ def _wait_for_leader(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        statuses = query_statuses(state["endpoints"], min(STATUS_TIMEOUT_SECONDS, remaining))
+        statuses = query_statuses(state["endpoints"], min(STATUS_TIMEOUT_SECONDS, remaining), _tls_of(state))
         leader = nodestatus.known_leader(statuses)
         reachable = sum(1 for s in statuses if nodestatus.is_reachable(s))
         if progress_tty:
@@ -362,7 +382,7 @@ def _foreground_view(cluster_dir: Path, state: dict[str, Any], children: dict[in
             fresh = read_state(cluster_dir)
             if fresh is not None:
                 state = fresh
-        statuses = query_statuses(state["endpoints"], min(STATUS_TIMEOUT_SECONDS, timeout))
+        statuses = query_statuses(state["endpoints"], min(STATUS_TIMEOUT_SECONDS, timeout), _tls_of(state))
         rows = view_rows(state, statuses)
         text = render_view(rows)
         if tty:
@@ -396,6 +416,10 @@ def up_command(
         typer.Option("--engine", help="Every node's engine (default: the stopped cluster's in DIR, else core): "
                                       + ENGINE_HELP),
     ] = None,
+    tls: Annotated[bool, typer.Option(
+        "--tls", help="Mutual TLS: make a CA and certificates in DIR/certs (kv certs init) and serve TLS only; "
+                      "prints KV_CACERT/KV_CERT/KV_KEY (the admin client) to export. A stopped --tls cluster "
+                      "comes up with TLS again.")] = False,
 ) -> None:
     """Start a local cluster, wait for a leader, print the endpoints; without --detach show a live view.
 
@@ -428,6 +452,18 @@ def up_command(
                 engine = Engine(old["engine"])  # up again on a stopped cluster keeps its engine
         if engine is None:
             engine = Engine.core
+        tls_files = _tls_of(old)  # up again on a stopped --tls cluster keeps TLS
+        if tls and not tls_files:
+            from kv_cli.certs import ADMIN_NAME, add_node, init_dir
+
+            certs = cluster_dir / "certs"
+            if not (certs / "ca.pem").exists():
+                init_dir(certs, nodes=nodes)
+            for i in range(1, nodes + 1):
+                if not (certs / f"node-{i}.pem").exists():
+                    add_node(certs, i)
+            tls_files = {"cacert": str(certs / "ca.pem"), "cert": str(certs / f"{ADMIN_NAME}.pem"),
+                         "key": str(certs / f"{ADMIN_NAME}.key")}
         ports = [base_port + i for i in range(nodes)]
         if old is not None and old.get("membership_changed"):
             ports = [n["port"] for n in old["nodes"]]  # the members as kv cluster add/remove left them
@@ -445,6 +481,7 @@ def up_command(
             data = node_dir / NODE_DATA_DIR_NAME
             argv = [sys.executable, "-m", "kv_cli", "serve", "--id", str(i + 1), "--peers", peers,
                     "--data-dir", str(data), "--cluster-id", cluster_id, "--engine", engine.value]
+            argv += _node_tls_argv({"tls": tls_files}, i + 1)
             node_list.append({"id": i + 1, "port": port, "pid": None, "data_dir": str(data),
                               "log_file": str(node_dir / LOG_FILE_NAME), "argv": argv})
         state = {
@@ -455,6 +492,8 @@ def up_command(
             "nodes": node_list,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if tls_files:
+            state["tls"] = tls_files  # the admin client's files: kv cluster commands and client commands use them
         if old is not None and old.get("membership_changed"):
             # kv cluster add/remove changed the members: start them as they were (their own argv)
             state = old
@@ -482,6 +521,8 @@ def up_command(
                    f"leader {leader}", err=True)
         typer.echo(f"endpoints: {endpoints}")
         typer.echo(f"export KV_ENDPOINTS={endpoints}")
+        for name, value in _tls_of(state).items():
+            typer.echo(f"export KV_{name.upper()}={value}")
     if detach:
         return
     _install_sigterm_as_interrupt()
@@ -523,7 +564,7 @@ def status_command(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
     with reporting_errors(settings):
         state = _load(cluster_dir)
         running = any(process_state(n.get("pid"), n) != "dead" for n in state["nodes"])
-        statuses = query_statuses(state["endpoints"], settings.command_timeout) if running else []
+        statuses = query_statuses(state["endpoints"], settings.command_timeout, _tls_of(state)) if running else []
         rows = view_rows(state, statuses)
         if settings.write_out is OutputFormat.json:
             print_json(jsonable({"cluster_id": state.get("cluster_id"), "dir": str(cluster_dir),
@@ -611,7 +652,7 @@ ADD_CATCH_UP_SECONDS = 60.0
 
 
 def _admin(settings: Settings, state: dict[str, Any], op: str, node: int = 0, address: str = "") -> dict:
-    with common.make_client(state["endpoints"], max(settings.command_timeout, 15.0)) as client:
+    with common.make_client(state["endpoints"], max(settings.command_timeout, 15.0), **_tls_of(state)) as client:
         return client.admin(op, node, address)
 
 
@@ -643,6 +684,12 @@ def add_command(
         argv = [sys.executable, "-m", "kv_cli", "serve", "--id", str(node_id), "--join", ",".join(state["endpoints"]),
                 "--data-dir", str(data), "--cluster-id", str(state.get("cluster_id")),
                 "--engine", str(state.get("engine", "core"))]
+        if _tls_of(state):
+            from kv_cli.certs import add_node
+
+            if not Path(_node_tls_argv(state, node_id)[3]).exists():
+                add_node(Path(_tls_of(state)["cacert"]).parent, node_id)
+            argv += _node_tls_argv(state, node_id)
         node = {"id": node_id, "port": port, "pid": None, "data_dir": str(data),
                 "log_file": str(node_dir / LOG_FILE_NAME), "argv": argv}
         spawn_node(node)

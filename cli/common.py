@@ -145,8 +145,32 @@ class Settings:
     write_out: OutputFormat = OutputFormat.simple
     command_timeout: float = 5.0
     debug: bool = False
+    # Mutual TLS (--cacert/--cert/--key, KV_CACERT/KV_CERT/KV_KEY); else the default cluster's, if it has
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
     endpoints_from_default_cluster: bool = field(default=False, init=False)
     _endpoints: list[str] | None = field(default=None, init=False)
+    _default_cluster_tls: dict | None = field(default=None, init=False)
+
+    def tls(self) -> dict[str, str]:
+        """``{"cacert", "cert", "key"}`` for the client, or ``{}`` without TLS. The options, else those
+        of the default cluster when the endpoints came from it (kv cluster up --tls). Raises UsageProblem
+        for some but not all of the three, or a file that is not there, before anything connects."""
+        given = {name: value for name, value in (("cacert", self.cacert), ("cert", self.cert), ("key", self.key))
+                 if value}
+        if not given and self.endpoints_from_default_cluster and isinstance(self._default_cluster_tls, dict):
+            given = {k: str(v) for k, v in self._default_cluster_tls.items() if k in ("cacert", "cert", "key")}
+        if not given:
+            return {}
+        if len(given) != 3:
+            missing = sorted({"cacert", "cert", "key"} - set(given))
+            raise UsageProblem(f"TLS needs --cacert, --cert and --key together (KV_CACERT, KV_CERT, KV_KEY); "
+                               f"missing: {', '.join('--' + m for m in missing)}")
+        for name, path in given.items():
+            if not os.path.isfile(path):
+                raise UsageProblem(f"--{name} {path}: no such file")
+        return given
 
     def endpoints(self) -> list[str]:
         """Resolve and validate the endpoint list; raises UsageProblem before anything connects."""
@@ -167,6 +191,7 @@ class Settings:
                 raise UsageProblem(f"{cluster_dir / STATE_FILE_NAME} has a malformed endpoint list")
             result = parse_endpoint_list(",".join(endpoints))
             self.endpoints_from_default_cluster = True
+            self._default_cluster_tls = state.get("tls")
         self._endpoints = result
         return result
 
@@ -175,17 +200,19 @@ class Settings:
 # The client factory (tests monkeypatch ``make_client``)
 
 
-def make_client(endpoints: list[str], timeout: float) -> contextlib.AbstractContextManager[Any]:
-    """A context manager giving a blocking ``kvstore.client.Client`` for ``endpoints``."""
+def make_client(endpoints: list[str], timeout: float, **tls: str) -> contextlib.AbstractContextManager[Any]:
+    """A context manager giving a blocking ``kvstore.client.Client`` for ``endpoints``; ``tls``: cacert,
+    cert and key (``Settings.tls``), passed only for a TLS cluster."""
     from kvstore.client import Client
 
-    return Client(endpoints, timeout=timeout)
+    return Client(endpoints, timeout=timeout, **tls)
 
 
 @contextlib.contextmanager
 def open_client(settings: Settings, timeout: float | None = None) -> Iterator[Any]:
     endpoints = settings.endpoints()  # validated before connecting
-    with make_client(endpoints, settings.command_timeout if timeout is None else timeout) as client:
+    tls = settings.tls()  # (after endpoints: the default cluster's TLS files come with its endpoints)
+    with make_client(endpoints, settings.command_timeout if timeout is None else timeout, **tls) as client:
         yield client
 
 

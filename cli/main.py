@@ -21,6 +21,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from kv_cli import nodestatus
+from kv_cli.certs import certs_app, serve_tls_options
 from kv_cli.cluster import cluster_app
 from kv_cli.common import (
     ENGINE_HELP,
@@ -94,6 +95,13 @@ def main(
         typer.Option("--command-timeout", min=0.001, help="Seconds to wait for a command, retries included."),
     ] = 5.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    cacert: Annotated[Optional[str], typer.Option(
+        "--cacert", envvar="KV_CACERT", show_envvar=True,
+        help="TLS: the cluster's CA file (with --cert and --key; docs/security.md).")] = None,
+    cert: Annotated[Optional[str], typer.Option(
+        "--cert", envvar="KV_CERT", show_envvar=True, help="TLS: this client's certificate file.")] = None,
+    key: Annotated[Optional[str], typer.Option(
+        "--key", envvar="KV_KEY", show_envvar=True, help="TLS: this client's key file.")] = None,
 ) -> None:
     """kv: a replicated key-value store on Multi-Paxos.
 
@@ -104,6 +112,9 @@ def main(
         write_out=write_out,
         command_timeout=command_timeout,
         debug=debug,
+        cacert=cacert,
+        cert=cert,
+        key=key,
     )
 
 
@@ -463,6 +474,14 @@ def serve_command(
         typer.Option("--metrics-addr", help="Serve Prometheus metrics at http://HOST:PORT/metrics "
                                             "(docs/operations.md, Metrics). Default: none."),
     ] = None,
+    cacert: Annotated[Optional[str], typer.Option(
+        "--cacert", help="Serve mutual TLS only (peers and clients): the cluster's CA file. With --cert and "
+                         "--key; SIGHUP reads the three again (docs/security.md).")] = None,
+    cert: Annotated[Optional[str], typer.Option("--cert", help="TLS: this node's certificate (node-ID.pem).")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="TLS: this node's key (node-ID.key).")] = None,
+    acl: Annotated[Optional[str], typer.Option(
+        "--acl", help="Access rules per client certificate (TOML; needs TLS; SIGHUP reads it again). "
+                      "Default: every certificate of the CA has full access.")] = None,
 ) -> None:
     """Run one node in the foreground until Ctrl-C or SIGTERM."""
     settings = settings_of(ctx)
@@ -517,6 +536,7 @@ def serve_command(
             except EndpointError as exc:
                 raise UsageProblem(f"invalid --metrics-addr {metrics_addr!r}: {exc}") from None
             overrides["metrics_addr"] = metrics_addr
+        overrides.update(serve_tls_options(cacert, cert, key, acl))  # checked: UsageProblem if unusable
         options = ServerOptions(**overrides)
         logging.basicConfig(
             level=logging.DEBUG if settings.debug else logging.INFO,
@@ -536,6 +556,7 @@ def serve_command(
 
 
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(certs_app, name="certs")
 
 
 def _register_member_commands() -> None:
@@ -575,7 +596,7 @@ __all__ = ["app"]
 
 # etcdctl users write global flags after the command too (``etcdctl endpoint status -w table``).
 # Click only takes them before it, so the entry point moves them there first.
-_GLOBAL_WITH_VALUE = ("--endpoints", "--write-out", "-w", "--command-timeout")
+_GLOBAL_WITH_VALUE = ("--endpoints", "--write-out", "-w", "--command-timeout", "--cacert", "--cert", "--key")
 _GLOBAL_FLAGS = ("--debug",)
 _OWN_FLAGS_COMMANDS = ("bench", "serve")  # these define some of the same names themselves
 

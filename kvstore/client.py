@@ -768,13 +768,21 @@ def _linearizable(consistency: str) -> bool:
 
 
 @asynccontextmanager
-async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport=None):
+async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport=None,
+                  cacert: str | None = None, cert: str | None = None, key: str | None = None):
     """``async with connect(["127.0.0.1:7001", ...]) as kv:`` -> an ``AsyncClient``.
 
     ``endpoints``: a list of ``HOST:PORT`` or ``[IPV6]:PORT`` texts, or one comma-separated text; a
     malformed one raises ``kvstore.endpoints.EndpointError`` (a ValueError) before anything connects.
+    ``cacert``, ``cert``, ``key``: PEM files (all three or none) for a cluster that serves mutual TLS
+    (``kv serve --cacert --cert --key``; ``kvstore.tls``); a missing or bad file raises
+    ``kvstore.tls.TlsError`` (a ValueError) before anything connects.
     ``transport`` (tests only) replaces TCP: an object with ``async connect(host, port) -> stream``.
     """
+    if transport is None and (cacert or cert or key):
+        from .tls import TlsFiles, TlsTransport
+
+        transport = TlsTransport(TlsFiles.of(cacert, cert, key), server=False)
     # An exception from the caller's block is re-raised after the nursery has closed, so that it
     # reaches the caller as itself (Unavailable, ...) rather than wrapped in an ExceptionGroup.
     error: BaseException | None = None
@@ -798,10 +806,16 @@ class Client:
     (or call ``close()``).
     """
 
-    def __init__(self, endpoints: list[str] | str, *, timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: list[str] | str, *, timeout: float = 5.0,
+                 cacert: str | None = None, cert: str | None = None, key: str | None = None) -> None:
         parse_endpoint_list(endpoints)  # fail fast (EndpointError), in the caller's thread
         self._endpoints = endpoints
         self._timeout = timeout
+        self._transport = None  # mutual TLS (see connect); TlsError here, in the caller's thread
+        if cacert or cert or key:
+            from .tls import TlsFiles, TlsTransport
+
+            self._transport = TlsTransport(TlsFiles.of(cacert, cert, key), server=False)
         self._started = threading.Event()
         self._token = None
         self._client: AsyncClient | None = None
@@ -817,7 +831,7 @@ class Client:
         async def main() -> None:
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
-            async with connect(self._endpoints, timeout=self._timeout) as client:
+            async with connect(self._endpoints, timeout=self._timeout, transport=self._transport) as client:
                 async with trio.open_nursery() as calls:
                     self._client = client
                     self._calls = calls

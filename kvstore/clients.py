@@ -16,6 +16,10 @@ task (``_serve``) decodes every frame that arrived at once and routes each reque
   driver);
 * ``status`` is answered at once.
 
+With TLS (``kvstore.tls``) the handshake comes first, in the connection's task, and names the client
+(``ClientConn.principal``); with an ACL (``kvstore.acl``) ``_route`` answers a request the client's
+certificate may not make with ``permission_denied`` before anything else looks at it.
+
 The events of one read go to the node in one ``Node._post``. Replies collect per connection
 (``ClientConn.reply``) while the node works through a batch and leave together when the node calls
 ``send_replies``: one write per connection per batch, straight to the socket (``Outbox``); a writer task per
@@ -35,7 +39,7 @@ import logging
 
 import trio
 
-from . import commands, wire
+from . import commands, tls, wire
 from .events import WAKE, Proposal, Read
 from .metrics import OUTCOME_OF_CODE, request_op
 from .netio import Outbox, socket_fd
@@ -51,9 +55,10 @@ class ClientConn:
     """One client connection. Replies collect in ``pending`` while the node works through a batch and
     leave together when the node calls ``send_replies`` (one write per connection per batch)."""
 
-    __slots__ = ("outbox", "pending", "closed", "name", "_dirty", "last_heard", "scope")
+    __slots__ = ("outbox", "pending", "closed", "name", "_dirty", "last_heard", "scope", "principal")
 
     def __init__(self, name: str, dirty: list) -> None:
+        self.principal = None  # who its TLS certificate names (kvstore.tls.Principal); None without TLS
         self.outbox = Outbox()
         self.pending: list[bytes] = []
         self.closed = False
@@ -98,6 +103,7 @@ class ClientLinks:
         self.counters = node.counters
         self.dirty: list[ClientConn] = []  # connections with replies to send
         self.conns: set[ClientConn] = set()
+        self.acl = None  # kvstore.acl.Acl (kv serve --acl): checked in _route; replaced on SIGHUP
 
     def send_replies(self) -> None:
         """Send the replies collected since the last call: one write per client connection."""
@@ -121,8 +127,13 @@ class ClientLinks:
         idle_timeout_seconds = node.options.idle_client_timeout_seconds
         name = remote_name(stream)
         conn: ClientConn | None = None
+        principal = None
         try:
             set_nodelay(stream)
+            if isinstance(stream, trio.SSLStream):  # kv serve --cert: every connection (kvstore.tls)
+                principal = await tls.handshake(stream, node, name)
+                if principal is None:
+                    return
             reader = wire.FrameReader(stream, node.options.frame_bytes_max)
             with trio.move_on_after(idle_timeout_seconds) as idle:
                 frames = await reader.receive_frames()
@@ -142,6 +153,7 @@ class ClientLinks:
                 await node.peer_links.serve(first, reader, frames[1:], name)
                 return
             conn = ClientConn(name, self.dirty)
+            conn.principal = principal
             conn.outbox.fd = socket_fd(stream)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, stream, conn)
@@ -222,6 +234,12 @@ class ClientLinks:
         here is counted here (``Waiters.requests``); the waiters count the rest."""
         node = self.node
         requests = node.waiters.requests
+        if self.acl is not None:
+            refused = self.acl.refusal(conn.principal, request)  # kv serve --acl (kvstore.acl)
+            if refused is not None:
+                requests[request_op(request), "denied"] += 1
+                conn.reply(wire.ErrorReply(id=request.id, code=wire.PERMISSION_DENIED, message=refused, leader=None))
+                return
         match request:
             case wire.PutRequest() | wire.DeleteRequest() | wire.CasRequest():
                 try:

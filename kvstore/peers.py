@@ -14,7 +14,8 @@ naming itself and its cluster); it only *receives* on connections others dialed.
   heartbeats and catch-up). At most 10,000 frames wait for a slow link; later ones are dropped;
 * **incoming**: ``serve``, the reader task of a connection whose first frame was a peer's ``Hello``
   (``kvstore.clients`` accepts every connection). It checks that each message's sender is the peer
-  that said Hello, hands the Paxos messages to the node (``Node._post``) as the message objects the
+  that said Hello (and, with TLS, that its certificate names that member: ``kvstore.tls.check_peer``;
+  a link we dial must reach the certificate of the member dialed), hands the Paxos messages to the node (``Node._post``) as the message objects the
   wire decoder made, and snapshot chunks to ``kvstore.snapshots``.
 
 Rules: this module never decides what to send or when (the driver does, after the fsync that covers
@@ -31,7 +32,7 @@ import socket
 
 import trio
 
-from . import identity, wire
+from . import identity, tls, wire
 from .storage import StorageError
 from .netio import Outbox, socket_fd
 
@@ -60,7 +61,8 @@ def set_nodelay(stream) -> None:
 
 def remote_name(stream) -> str:
     """``host:port`` of the other end of ``stream``, for log lines; ``?`` if it has none."""
-    sock = getattr(stream, "socket", None)
+    # (a TLS stream's socket is its transport stream's: kvstore.tls)
+    sock = getattr(stream, "socket", None) or getattr(getattr(stream, "transport_stream", None), "socket", None)
     try:
         host, port = sock.getpeername()[:2]
         return f"{host}:{port}"
@@ -198,6 +200,7 @@ class PeerLinks:
             try:
                 with trio.fail_after(options.connect_timeout_seconds):
                     stream = await node.transport.connect(host, port)
+                await tls.check_dialed(stream, peer_id, self.counters)  # with TLS: the certificate of peer_id
             except (OSError, trio.TooSlowError):
                 outbox.drop_backlog()
                 await trio.sleep(backoff * (0.5 + random.random()))
@@ -238,6 +241,10 @@ class PeerLinks:
                                  f"{engine!r}: every node of a cluster must run the same engine (kv serve --engine)")
         if hello.node_id not in node.peers or hello.node_id == self.node_id:
             raise wire.WireError(f"peer says it is node {hello.node_id}, which is not a member")
+        refused = tls.check_peer(reader.stream, hello.node_id)  # with TLS: its certificate must name it
+        if refused is not None:
+            node.counters["peers_refused_certificate"] += 1
+            raise wire.WireError(refused)
         peer = hello.node_id
         members = node.storage.members
         if members is not None:

@@ -15,6 +15,8 @@ delegates, one job per module, all in one nursery:
 ``kvstore.clients``         client connections, the request loop, sending replies, idle sweep
 ``kvstore.events``          the typed inputs of the driver
 ``kvstore.commands``        turning a write request into command bytes
+``kvstore.tls``             mutual TLS on the one port (the transport), who a certificate names, SIGHUP
+``kvstore.acl``             access rules per client certificate (checked by ``kvstore.clients``)
 =========================  ===================================================================
 
 * **One driver task feeds the core.** Peer readers, client readers, the ticker and snapshot tasks
@@ -72,7 +74,7 @@ from paxos.classic import ClassicReplica
 from paxos.membership import ConfigSchedule
 from paxos.replica import Config, Options, Replica
 
-from . import commands, identity, metrics, runtime, wire
+from . import acl, commands, identity, metrics, runtime, tls, wire
 from .clients import ClientConn, ClientLinks
 from .endpoints import format_endpoint
 from .events import Proposal, Read, SnapshotAdoptable, SnapshotReceived, SnapshotRestored, SnapshotStep
@@ -187,10 +189,21 @@ class ServerOptions:
     engine: str = "core"
     # Serve Prometheus metrics at http://HOST:PORT/metrics (kvstore.metrics); None: no metrics server.
     metrics_addr: str | None = None
+    # Mutual TLS for peers and clients on the one port (kvstore.tls): the cluster's CA file, this node's
+    # certificate and key, all three or none. acl: the access rules per client certificate (kvstore.acl;
+    # needs TLS). SIGHUP reads all of them again.
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    acl: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
+        if bool(self.cacert) + bool(self.cert) + bool(self.key) not in (0, 3):
+            raise ValueError("TLS needs all three of cacert, cert and key")
+        if self.acl and not self.cert:
+            raise ValueError("access rules (acl) name client certificates: they need TLS (cacert, cert, key)")
 
 
 class TcpTransport:
@@ -226,7 +239,8 @@ class Node:
         self.options = o = options or ServerOptions()
         self.data_dir = Path(data_dir)
         self._listener_socket = listener_socket
-        self.transport = transport or TcpTransport()
+        # With TLS options the node's one port speaks only mutual TLS (kvstore.tls); TlsError if a file is bad.
+        self.transport = transport or tls.transport_for(o) or TcpTransport()
         self.counters: dict[str, int] = defaultdict(int)
         self.storage = Storage.open(
             self.data_dir, node_id=node_id, cluster_id=o.cluster_id, fsync=o.fsync,
@@ -281,6 +295,7 @@ class Node:
         self._quiet = False  # the driver's last batch was tiny: one request at a time
         self._feed_time: float | None = None  # see _now
         self.clients = ClientLinks(self)
+        self.clients.acl = acl.load(o.acl) if o.acl else None  # AclError if the file is bad
         self._send_replies = self.clients.send_replies
         self.waiters = Waiters(o.request_timeout_seconds, self._leader_hint, self.counters)
         self.learner = Learner(
@@ -420,7 +435,8 @@ class Node:
     async def _open_listeners(self) -> list:
         if self._listener_socket is not None:
             sock = trio.socket.from_stdlib_socket(self._listener_socket)
-            return [trio.SocketListener(sock)]
+            wrap = getattr(self.transport, "wrap_listener", None)  # TLS: no plaintext listener, ever
+            return [wrap(trio.SocketListener(sock)) if wrap else trio.SocketListener(sock)]
         return await self.transport.open_listeners(*self.peers[self.node_id])
 
     async def _ticker(self) -> None:
@@ -803,13 +819,17 @@ class Node:
 
 
 async def serve_until_signal(node: Node) -> None:
-    """Run ``node`` until SIGINT or SIGTERM, then shut down cleanly."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Run ``node`` until SIGINT or SIGTERM, then shut down cleanly. SIGHUP reads the certificate files
+    and the access rules again (``kvstore.tls.reload``)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(node.run)
 
             async def wait_for_signal() -> None:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        tls.reload(node)
+                        continue
                     log.info("node %d: %s received, shutting down", node.node_id, signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     return
@@ -836,7 +856,8 @@ def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, opt
         except (OSError, ValueError, AttributeError):
             recorded = None
         config = (Config.from_dict(recorded) if isinstance(recorded, dict)
-                  else trio.run(functools.partial(fetch_join_config, node_id, None, join, options.cluster_id)))
+                  else trio.run(functools.partial(fetch_join_config, node_id, None, join, options.cluster_id,
+                                                  tls.transport_for(options))))
         peers = {**{m: _endpoint(a) for m, a in config.addresses.items()}, **peers}
         if node_id not in peers:
             raise JoinError(f"the cluster's configuration has no address for node {node_id}; add it with "

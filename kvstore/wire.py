@@ -90,8 +90,9 @@ TIMEOUT = "timeout"
 PROTOCOL = "protocol"
 STALE = "stale"
 DISK_FAILED = "disk_failed"
+PERMISSION_DENIED = "permission_denied"  # the client's certificate has no access rule for it (kvstore.acl)
 ERROR_CODES = (NOT_LEADER, BAD_REQUEST, UNAVAILABLE, STORAGE_FULL, TOO_LARGE, SHUTTING_DOWN, TIMEOUT, PROTOCOL,
-               STALE, DISK_FAILED)
+               STALE, DISK_FAILED, PERMISSION_DENIED)
 
 _HEADER = struct.Struct(">I")
 _CBOR_DEPTH_MAX = 8  # px map > m list > message > entry list > entry > value list: 6 levels used

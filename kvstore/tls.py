@@ -1,0 +1,287 @@
+"""Mutual TLS on the node's one port, for peers and clients alike.
+
+Theory of operation
+-------------------
+A node started with a CA file, a certificate and its key (``ServerOptions.cacert``, ``cert``, ``key``;
+``kv serve --cacert --cert --key``) runs its network through a ``TlsTransport`` instead of plain TCP:
+
+* **accepting**: every accepted connection is a trio ``SSLStream`` (``TlsListener``); there is no
+  plaintext listener, so nothing reaches the frame reader without a finished TLS 1.3 handshake in
+  which the other side presented a certificate signed by the cluster's CA (``CERT_REQUIRED``). The
+  handshake runs in the connection's own task (``handshake``), bounded by ``handshake_timeout_seconds``
+  and the idle-client timeout, so a stalled one holds one task and one descriptor for that long at most
+  and never the accept loop;
+* **dialing**: peer links and the client library connect with the same CA and their own certificate,
+  check the server's name against the address dialed (``check_hostname``), and finish the handshake
+  inside the caller's connect timeout (``TlsTransport.connect``).
+
+Who is who. A node certificate (``kv certs init``) names its member id in a URI subject alternative
+name, ``urn:kv:node:N`` (``NODE_URI_PREFIX``), besides its common name ``node-N`` and its host names; a
+client certificate (``kv certs client``) has only a common name and may only authenticate clients
+(extended key usage clientAuth, so OpenSSL refuses it as a server). ``peer_identity`` reads both from a
+finished handshake. A peer's ``Hello`` must claim the member id its certificate names (``check_peer``,
+called by ``kvstore.peers``), so node 2's certificate cannot speak as node 3; a dialed peer must present
+the certificate of the member it was dialed as. The access rules (``kvstore.acl``) key clients by
+common name.
+
+``reload`` (SIGHUP, ``kvstore.server.serve_until_signal``) reads the certificate files and the ACL again;
+connections already open keep the session they have, new ones use the new files. If any file is bad, the
+node keeps the files it had and logs why.
+
+Rules: this module never reads or writes frames; it sees streams before ``kvstore.clients`` does. Bad
+input here (plaintext bytes, garbage, a foreign certificate, a stall) is a refused connection with one
+log line and a counter, never an exception out of the connection task.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+
+import trio
+
+__all__ = ["TlsError", "TlsFiles", "TlsTransport", "TlsListener", "Principal", "NODE_URI_PREFIX",
+           "client_context", "server_context", "peer_identity", "handshake", "check_peer", "check_dialed",
+           "transport_for", "reload", "HANDSHAKE_SECONDS_DEFAULT"]
+
+log = logging.getLogger("kvstore.server")
+
+# A node certificate names its member id as this URI plus the id (a subject alternative name).
+NODE_URI_PREFIX = "urn:kv:node:"
+# How long an accepted connection may take to finish its handshake (at most the idle-client timeout).
+HANDSHAKE_SECONDS_DEFAULT = 10.0
+# A dialer that keeps meeting the wrong certificate logs it this often at most.
+_WARN_EVERY_SECONDS = 10.0
+
+
+class TlsError(ValueError):
+    """A certificate, key or CA file that cannot be used (missing, unreadable, not PEM, key mismatch)."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The three PEM files of one side: the CA bundle that signs the others, our certificate, its key."""
+
+    cacert: str
+    cert: str
+    key: str
+
+    @classmethod
+    def of(cls, cacert, cert, key) -> "TlsFiles | None":
+        """``TlsFiles`` from three paths, None from none; raises ``TlsError`` for some but not all."""
+        given = [x for x in (cacert, cert, key) if x]
+        if not given:
+            return None
+        if len(given) != 3:
+            raise TlsError("TLS needs all three of the CA file, the certificate and its key (--cacert, --cert, --key)")
+        return cls(str(cacert), str(cert), str(key))
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is on the other end of a finished handshake: the certificate's common name, and the member id
+    it names when it is a node certificate (None for a client certificate)."""
+
+    name: str
+    node_id: int | None = None
+
+
+def _context(purpose: ssl.Purpose, files: TlsFiles) -> ssl.SSLContext:
+    protocol = ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
+    ctx = ssl.SSLContext(protocol)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # no downgrade; TLS 1.3 only
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cafile=files.cacert)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot use the CA file {files.cacert}: {exc}") from None
+    try:
+        ctx.load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot use the certificate {files.cert} with the key {files.key}: {exc}") from None
+    return ctx
+
+
+def server_context(files: TlsFiles) -> ssl.SSLContext:
+    """The accepting side: TLS 1.3, a client certificate of the CA required."""
+    return _context(ssl.Purpose.CLIENT_AUTH, files)
+
+
+def client_context(files: TlsFiles) -> ssl.SSLContext:
+    """The dialing side: TLS 1.3, the server's certificate of the CA and naming the host dialed."""
+    ctx = _context(ssl.Purpose.SERVER_AUTH, files)
+    ctx.check_hostname = True
+    return ctx
+
+
+def peer_identity(stream) -> Principal | None:
+    """The ``Principal`` of the certificate ``stream``'s other side presented in its finished handshake;
+    None for a stream without TLS."""
+    if not isinstance(stream, trio.SSLStream):
+        return None
+    cert = stream.getpeercert() or {}
+    name = ""
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                name = value
+    node_id = None
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "URI" and value.startswith(NODE_URI_PREFIX):
+            digits = value[len(NODE_URI_PREFIX):]
+            if digits.isascii() and digits.isdigit() and len(digits) <= 18:
+                node_id = int(digits)
+    return Principal(name, node_id)
+
+
+def check_peer(stream, claimed: int) -> str | None:
+    """Why the other side of ``stream`` may not act as member ``claimed``, or None if it may (or the
+    stream has no TLS: a node without TLS has no certificates to check)."""
+    principal = peer_identity(stream)
+    if principal is None:
+        return None
+    if principal.node_id is None:
+        return (f"the certificate {principal.name!r} is not a node certificate "
+                f"(no {NODE_URI_PREFIX}N name) and may not act as node {claimed}")
+    if principal.node_id != claimed:
+        return f"the certificate of node {principal.node_id} may not act as node {claimed}"
+    return None
+
+
+_warned_at: dict[int, float] = {}
+
+
+async def check_dialed(stream, peer_id: int, counters) -> None:
+    """The peer link to ``peer_id`` reached ``stream``: raise ``OSError`` (after closing the stream) if its
+    certificate is not ``peer_id``'s. Logged once per ``_WARN_EVERY_SECONDS`` per peer."""
+    refused = check_peer(stream, peer_id)
+    if refused is None:
+        return
+    counters["peers_refused_certificate"] += 1
+    now = time.monotonic()
+    if now - _warned_at.get(peer_id, -_WARN_EVERY_SECONDS) >= _WARN_EVERY_SECONDS:
+        _warned_at[peer_id] = now
+        log.warning("link to node %d refused: %s", peer_id, refused)
+    await trio.aclose_forcefully(stream)
+    raise OSError(refused)
+
+
+async def handshake(stream, node, name: str) -> Principal | None:
+    """Finish the TLS handshake of an accepted ``stream`` (a connection task of ``node``) and return who
+    is on the other side; None (one log line, a counter) if it failed or did not finish within the
+    handshake timeout. The caller closes the stream either way."""
+    timeout = min(getattr(node.transport, "handshake_timeout_seconds", HANDSHAKE_SECONDS_DEFAULT),
+                  node.options.idle_client_timeout_seconds)
+    try:
+        with trio.move_on_after(timeout) as scope:
+            await stream.do_handshake()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        node.counters["tls_handshakes_refused"] += 1
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        log.warning("refused connection from %s: TLS handshake failed: %s", name, _describe(cause))
+        return None
+    if scope.cancelled_caught:
+        node.counters["tls_handshakes_timed_out"] += 1
+        log.warning("closed connection from %s: no TLS handshake within %gs", name, timeout)
+        return None
+    return peer_identity(stream)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__
+
+
+class TlsListener(trio.abc.Listener):
+    """Accepts TCP connections and wraps each in a server-side ``SSLStream`` with the transport's
+    server context of the moment (so a reload applies to the next accept). Shows its socket: the node
+    reads its port from ``listeners[0].socket``."""
+
+    def __init__(self, transport_listener, transport: "TlsTransport") -> None:
+        self.transport_listener = transport_listener
+        self._transport = transport
+
+    @property
+    def socket(self):
+        return self.transport_listener.socket
+
+    async def accept(self) -> trio.SSLStream:
+        stream = await self.transport_listener.accept()
+        return trio.SSLStream(stream, self._transport.server_context, server_side=True)
+
+    async def aclose(self) -> None:
+        await self.transport_listener.aclose()
+
+
+class TlsTransport:
+    """The node's (or a client's) network with mutual TLS: the interface of ``kvstore.server.TcpTransport``
+    (``connect``, ``open_listeners``) plus ``wrap_listener`` and ``reload``."""
+
+    def __init__(self, files: TlsFiles, *, server: bool = True,
+                 handshake_timeout_seconds: float = HANDSHAKE_SECONDS_DEFAULT) -> None:
+        self.files = files
+        self.server = server
+        self.handshake_timeout_seconds = handshake_timeout_seconds
+        self.client_context = client_context(files)
+        self.server_context = server_context(files) if server else None
+
+    def reload(self) -> None:
+        """Read the files again; raises ``TlsError`` (and keeps the contexts it had) if one is bad.
+        New connections, in both directions, use the new files; open ones keep their session."""
+        new_client = client_context(self.files)
+        new_server = server_context(self.files) if self.server else None
+        self.client_context = new_client
+        self.server_context = new_server  # TlsListener.accept takes it for each new connection
+
+    async def connect(self, host: str, port: int):
+        """A TLS stream to ``host:port`` with its handshake done; raises ``OSError`` (an ``ssl.SSLError``
+        for a refused handshake) like a refused TCP connect."""
+        tcp = await trio.open_tcp_stream(host, port)
+        stream = trio.SSLStream(tcp, self.client_context, server_hostname=host)
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(stream)
+            cause = exc.__cause__
+            raise (cause if isinstance(cause, OSError) else OSError(f"TLS handshake with {host}:{port} failed: {exc}")) from None
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return stream
+
+    def wrap_listener(self, listener) -> TlsListener:
+        if self.server_context is None:
+            raise TlsError("this transport was made for a client: it has no server context")
+        return TlsListener(listener, self)
+
+    async def open_listeners(self, host: str, port: int) -> list:
+        return [self.wrap_listener(listener) for listener in await trio.open_tcp_listeners(port, host=host)]
+
+
+def transport_for(options) -> TlsTransport | None:
+    """The node's ``TlsTransport`` from ``ServerOptions`` (cacert, cert, key), or None without TLS.
+    Raises ``TlsError`` for a bad file."""
+    files = TlsFiles.of(options.cacert, options.cert, options.key)
+    return TlsTransport(files) if files is not None else None
+
+
+def reload(node) -> bool:
+    """SIGHUP: read ``node``'s certificate files and ACL again. On any error nothing changes (one log
+    line says why) and False is returned."""
+    from . import acl
+
+    transport = node.transport
+    try:
+        rules = acl.load(node.options.acl) if node.options.acl else None
+        if isinstance(transport, TlsTransport):
+            transport.reload()
+    except (TlsError, acl.AclError) as exc:
+        log.error("node %d: reload refused, keeping the files in use: %s", node.node_id, exc)
+        return False
+    node.clients.acl = rules
+    log.info("node %d: reloaded%s%s", node.node_id,
+             " the certificates" if isinstance(transport, TlsTransport) else "",
+             f" and the access rules ({node.options.acl})" if rules is not None else "")
+    return True
