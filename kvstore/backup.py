@@ -519,6 +519,10 @@ class BackupService:
         except BackupRefused as exc:
             reply = wire.ErrorReply(id=request.id, code=exc.code, message=str(exc),
                                     leader=node._leader_hint() if exc.code == wire.NOT_LEADER else None)
+        except Exception as exc:  # a bug here must cost this backup, never the node (it runs in its nursery)
+            log.exception("backup request %s failed", request)
+            reply = wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, leader=None,
+                                    message=f"the backup failed on the leader ({type(exc).__name__}: {exc}); see its log")
         conn.reply(reply)
         node._send_replies()
 

@@ -4,7 +4,8 @@ Three ``Node`` objects on ``memnet`` with trio's autojump clock. Checks: a backu
 pieces holds exactly the state at its barrier while writes go on between the pieces; a piece asked
 for again is the same bytes, one asked out of order or of an unknown session is refused; an idle
 session is dropped and its frozen view released; at most ``SESSIONS_MAX`` unfinished sessions; after
-the leader is lost, a backup taken through the new leader holds every write acknowledged before.
+the leader is lost, a backup taken through the new leader holds every write acknowledged before (with
+either engine).
 """
 from __future__ import annotations
 
@@ -109,10 +110,12 @@ async def test_retries_out_of_order_unknown_and_idle_sessions(tmp_path, autojump
         nursery.cancel_scope.cancel()
 
 
-async def test_after_the_leader_is_lost_the_new_leaders_backup_holds_every_acknowledged_write(tmp_path, autojump_clock):
+@pytest.mark.parametrize("engine", ["core", "classic"])
+async def test_after_the_leader_is_lost_the_new_leaders_backup_holds_every_acknowledged_write(
+        tmp_path, autojump_clock, engine):
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        cluster = MemCluster(nursery, tmp_path, net)
+        cluster = MemCluster(nursery, tmp_path, net, engine=engine)
         leader = await cluster.start_all()
         async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
             for i in range(50):
