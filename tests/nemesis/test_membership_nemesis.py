@@ -9,9 +9,11 @@ log while clients write:
   caught up (``member_promote``; refusals such as "slots behind" or "has not answered the leader yet"
   are retried), then remove a voter (``member_remove``): the first removal is always the leader's, the
   later ones pick the leader or another voter from the seeded schedule; a removed process is stopped
-  once the change governs. Ids are never reused. Meanwhile a *fault* task SIGKILLs (and restarts) or
-  SIGSTOPs (and resumes) one member at a time, mostly the leader, learners mid-join included, and four
-  recording clients run the usual workload (``workload.run_workload``). The run ends as every nemesis
+  once the change governs. Now and then (seeded) a learner is added, joined and removed again while it
+  catches up (at most once a run), or the leader is moved (``move_leader``) before a removal. Ids are
+  never reused. Meanwhile a *fault* task SIGKILLs (and restarts) or SIGSTOPs (and resumes) one member
+  at a time, mostly the leader, learners mid-join included, and four recording clients run the usual
+  workload (``workload.run_workload``). The run ends as every nemesis
   run does (``workload.finish_and_check``: heal, read all, SIGKILL every node at once, restart, read
   all, the history linearizable, every acknowledged unique-key write present, all members at one
   ``state_hash`` and ``applied_slot``), after checking that the members the nodes report are the ones
@@ -57,6 +59,7 @@ RETRYABLE = (
     "did not take effect within",  # a majority was not up for 10 s (the outcome is then checked)
     "another membership change won the race",  # our own retry raced our first attempt
     "not the leader",
+    "cannot hand leadership to node", "did not take over within",  # move-leader under faults
     "no answer from the cluster", "did not answer",  # Unavailable: a paused or killed leader
 )
 
@@ -143,14 +146,15 @@ class Schedule:
 
 
 async def until_done(schedule: Schedule, client, op: str, node: int, done, *, address: str = "",
-                     deadline_s: float = 40.0) -> dict:
+                     leader_is: int | None = None, deadline_s: float = 40.0) -> dict:
     """Send admin ``op`` until ``done(config)`` holds for the leader's newest configuration (as its
-    status reports it); each refusal must be one the schedule expects. Returns that configuration."""
+    status reports it; with ``leader_is``, once that node leads); each refusal must be one the
+    schedule expects. Returns that configuration."""
     cluster = schedule.cluster
     with trio.move_on_after(deadline_s):
         while True:
             view = await cluster.leader_status()
-            if view is not None and done(view["config"]):
+            if view is not None and done(view["config"]) and leader_is in (None, view["id"]):
                 return view["config"]
             try:
                 await client.admin(op, node, address)
@@ -197,7 +201,8 @@ async def shrink(schedule: Schedule, client, node_id: int) -> None:
                      lambda c: node_id not in c["voters"] and node_id not in c["learners"])
     await settle(schedule, without=node_id)
     schedule.cluster.drop(node_id)
-    schedule.voters.remove(node_id)
+    if node_id in schedule.voters:
+        schedule.voters.remove(node_id)
     schedule.note(f"stopped {node_id}; voters {sorted(schedule.voters)}")
 
 
@@ -206,18 +211,33 @@ async def shrink(schedule: Schedule, client, node_id: int) -> None:
 
 
 async def membership_task(schedule: Schedule, rng: random.Random, stop_at: float, changes_max: int) -> None:
+    """Up to ``changes_max`` steps: with 3 voters grow to 4 (now and then add a learner and remove it
+    while it catches up instead); with 4, remove one (the leader first), or now and then move the
+    leader elsewhere first."""
     cluster = schedule.cluster
     async with connect(cluster.every_endpoint, timeout=15) as client:
-        removals = 0
-        for step in range(changes_max):
+        removals = learners_removed = 0
+        for _step in range(changes_max):
             if trio.current_time() >= stop_at:
                 break
             await trio.sleep(rng.uniform(0.2, 1.0))
+            roll = rng.random()
             if len(schedule.voters) <= 3:
-                await grow(schedule, client, cluster.new_id())
+                node_id = cluster.new_id()
+                if roll < 0.25 and not learners_removed:
+                    await add_and_remove_a_learner(schedule, client, node_id)
+                    learners_removed += 1
+                else:
+                    await grow(schedule, client, node_id)
                 continue
             leader = (await settle(schedule))["id"]  # a leader, with the last change in effect
-            if leader in schedule.voters and (removals == 0 or rng.random() < 0.5):
+            if roll < 0.2 and removals > 0:
+                target = rng.choice([v for v in schedule.voters if v != leader])
+                schedule.note(f"move-leader {leader} -> {target}")
+                await until_done(schedule, client, "move_leader", target, lambda c: True,
+                                 leader_is=target)
+                continue
+            if leader in schedule.voters and (removals == 0 or roll < 0.6):
                 victim = leader  # the first removal is always the leader's (as of a moment ago)
             else:
                 victim = rng.choice([v for v in schedule.voters if v != leader])
@@ -225,7 +245,21 @@ async def membership_task(schedule: Schedule, rng: random.Random, stop_at: float
             await shrink(schedule, client, victim)
             removals += 1
         if removals == 0:
-            raise schedule.fail("the schedule removed no member: give it more time or changes")
+            raise schedule.fail("the schedule removed no voter: give it more time or changes")
+
+
+async def add_and_remove_a_learner(schedule: Schedule, client, node_id: int) -> None:
+    """Add ``node_id`` as a learner, start it with ``--join``, and remove it again while it catches up."""
+    cluster = schedule.cluster
+    schedule.note(f"member add {node_id} (a learner to remove)")
+    await until_done(schedule, client, "member_add", node_id, lambda c: node_id in c["learners"],
+                     address="{}:{}".format(*cluster.planned[node_id]))
+    schedule.note(f"join {node_id}")
+    cluster.admit(node_id)
+    with trio.move_on_after(10):  # until it runs as a learner (unless a fault holds it down that long)
+        while not ((s := await cluster.status(node_id)) and s.get("role") == "learner"):
+            await trio.sleep(0.1)
+    await shrink(schedule, client, node_id)
 
 
 async def fault_task(schedule: Schedule, rng: random.Random, stop_at: float) -> None:
@@ -263,7 +297,7 @@ async def fault_task(schedule: Schedule, rng: random.Random, stop_at: float) -> 
             cluster.resume(victim)
 
 
-NEMESIS_SECONDS = 18.0
+NEMESIS_SECONDS = 15.0
 CHANGES_MAX = 6
 
 
