@@ -389,8 +389,13 @@ class Replica:
                 self._start_election()
             else:
                 # A learner, a joining node or a removed one: it never leads (membership rule 3 would
-                # not count its own promise anyway). It listens for the leader's messages.
+                # not count its own promise anyway). It listens for the leader's messages, and since
+                # none came, asks a member for decided slots it may lack: a promotion it missed would
+                # otherwise go unnoticed (the leader that decided it may have removed itself with it).
                 self._count("not_voter_no_election")
+                if self._peers:
+                    self._catchup_cooldown = 0
+                    self._request_catchup(self._rng.choice(self._peers))
                 self._reset_election_timer()
 
     def postpone_election(self) -> None:

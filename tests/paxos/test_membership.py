@@ -828,3 +828,24 @@ def test_a_leader_opens_at_most_alpha_slots_past_the_decided_prefix():
     net.lose = None
     net.tick(times=3)
     assert net.values(2) == [b"c%d" % i for i in range(8)]
+
+
+def test_a_promoted_learner_that_missed_its_promotion_asks_for_it_when_no_leader_speaks():
+    """Regression (simulator, membership mode, 3 nodes seed 184): node 1, the only voter, replaced
+    itself by learner 4 ({1} -> {4}) while 4 was cut off. Its handover could not finish (4 did not
+    answer), so it stepped down, being no voter. Node 4 still thought itself a learner, so nobody
+    campaigned and nobody told it: the cluster was stuck for good. A node that is no voter now asks a
+    member for the decided slots it lacks whenever no leader spoke for an election timeout."""
+    net = Net(voters=(1,), learners=(4,), alpha=2)
+    one = net.elect(1)
+    net.put(1, b"a")
+    net.isolate(4)
+    net.change(1, lambda c: dataclasses.replace(c.promote(4).remove(1), epoch=1))
+    net.until(lambda: not one.is_leader, ids=[1])
+    assert counters(one)["transfer_abandoned"] == 1 and one.config.node_ids == (4,)
+    four = net.nodes[4]
+    assert four.config.node_ids == (1,) and not four.is_voter
+    net.heal()
+    net.until(lambda: four.is_leader)
+    net.put(4, b"b")
+    assert net.values(4) == [b"a", b"b"]
