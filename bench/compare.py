@@ -25,18 +25,22 @@ to ``kv fsync=always`` at the same level. Results, with the machine facts, go to
     python bench/compare.py --quick              # about 2 minutes
     python bench/compare.py --write-docs         # about 6 minutes
     python bench/compare.py --memory             # the 1M-key memory and restart bench (memory_bench.py)
+    python bench/compare.py --metrics            # metrics on against off, as a ratio (metrics_cost.py)
     python bench/compare.py --engines            # core vs classic engine, with messages and fsyncs per put
     python bench/compare.py --engines --write-docs   # the same; rewrites its table in docs/benchmarks.md
 
-``--engines`` (about 3 minutes) compares the two Paxos engines alone: 3 nodes, fsync always, the same
-levels, ``--rounds`` rounds in ABBA order (core, classic, classic, core, ...; the best round of each
-point is reported: on a noisy machine a slow round is noise, a fast one is not). Besides puts/s and
-latency it counts, live, Paxos messages and fsyncs per put: the nodes run through
-``bench/counting_serve.py`` (``kv serve`` with the core's sent messages counted like the classic
-engine's own counters); per point, the sum over the three nodes of ``core_counters.messages_sent`` and
-of the shell's ``counters.fsyncs`` (real fsyncs, after group commit), divided by the leader's
-``counters.writes_answered``. Each figure is also a ratio classic / core.
-    python bench/compare.py --metrics            # metrics on against off, as a ratio (metrics_cost.py)
+``--engines`` (about 4 minutes at 5 s per point) compares the two Paxos engines alone: a 3-node
+cluster of each (fsync always) runs at once, and each of ``--rounds`` rounds measures every level on
+both, back to back, the engine that goes first alternating, so that the two figures of a pair see the
+same machine. Per engine and level it reports the median round (and the range of puts/s: the machine's
+noise). Besides puts/s and latency it counts, live, Paxos messages and fsyncs per put: the nodes run
+through ``bench/counting_serve.py`` (``kv serve`` with the core's sent messages counted like the
+classic engine's own counters); the sum over the three nodes of ``core_counters.messages_sent`` and of
+the shell's ``counters.fsyncs`` (real fsyncs, after group commit), divided by the leader's
+``counters.writes_answered``, over all rounds. Each figure is also a ratio classic / core (for puts/s
+and latency, the median of the ratios within each round's pair). Then ``bench/engine_cpu.py`` runs the
+pure engines in process (about 30 s): commands per second of CPU and exact messages and persist
+batches per command, at 1/16/64/256 commands per round.
 
 Targets (reported, never asserted): durable puts >= 3x PySyncObj's best and >= 2x etcd's best;
 3 nodes >= 0.5 of the 1-node ceiling; one request at a time p50 <= 1 ms.
@@ -392,50 +396,85 @@ def cluster_counts(kv: store_bench.LocalKv) -> dict:
     return totals
 
 
-def run_engine(engine: str, levels: list[int], seconds: float, conns: int, round_: int) -> list[dict]:
-    label = f"kv {engine}"
-    log(f"{label} (round {round_}): starting 3 nodes, fsync always, messages counted")
-    rows = []
-    with CountingKv(3, ["--fsync", "always", "--engine", engine]) as kv:
-        kv.start_all()
-        kv.wait_leader()
-        for n in levels:
-            before = cluster_counts(kv)
-            r = store_bench.drive(kv.endpoints, n, seconds, conns=conns)
-            after = cluster_counts(kv)
-            assert after["engines"] == {engine}, f"asked for the {engine} engine, the nodes run {after['engines']}"
-            writes = after["writes"] - before["writes"]
-            row = {"system": label, "engine": engine, "round": round_, "nodes": 3, "in_flight": n,
-                   "throughput_ops_s": r["throughput_ops_s"], "p50_ms": r["latency_ms"]["p50"],
-                   "p99_ms": r["latency_ms"]["p99"], "errors": r["error_count"], "ok": r["ok"],
-                   "puts_counted": writes,
-                   "messages_per_put": ratio(after["messages"] - before["messages"], writes),
-                   "fsyncs_per_put": ratio(after["fsyncs"] - before["fsyncs"], writes)}
-            log(f"  {label:<14} in flight {n:>4}: {row['throughput_ops_s']:9.1f} ops/s  "
-                f"p50 {store_bench.fmt_ms(row['p50_ms'])}  p99 {store_bench.fmt_ms(row['p99_ms'])}  "
-                f"msgs/put {fmt(row['messages_per_put'], '.3f')}  fsyncs/put {fmt(row['fsyncs_per_put'], '.3f')}  "
-                f"errors {row['errors']}")
-            rows.append(row)
-    return rows
+def measure_engine(kv: store_bench.LocalKv, engine: str, n: int, seconds: float, conns: int, round_: int) -> dict:
+    """One point: ``n`` puts in flight for ``seconds`` on ``kv``, with the counters read around it."""
+    before = cluster_counts(kv)
+    r = store_bench.drive(kv.endpoints, n, seconds, conns=conns)
+    after = cluster_counts(kv)
+    assert after["engines"] == {engine}, f"asked for the {engine} engine, the nodes run {after['engines']}"
+    row = {"system": f"kv {engine}", "engine": engine, "round": round_, "nodes": 3, "in_flight": n,
+           "throughput_ops_s": r["throughput_ops_s"], "p50_ms": r["latency_ms"]["p50"],
+           "p99_ms": r["latency_ms"]["p99"], "errors": r["error_count"], "ok": r["ok"],
+           "puts_counted": after["writes"] - before["writes"],
+           "messages": after["messages"] - before["messages"], "fsyncs": after["fsyncs"] - before["fsyncs"]}
+    log(f"  kv {engine:<8} round {round_} in flight {n:>4}: {row['throughput_ops_s']:9.1f} ops/s  "
+        f"p50 {store_bench.fmt_ms(row['p50_ms'])}  p99 {store_bench.fmt_ms(row['p99_ms'])}  "
+        f"msgs/put {fmt(ratio(row['messages'], row['puts_counted']), '.3f')}  "
+        f"fsyncs/put {fmt(ratio(row['fsyncs'], row['puts_counted']), '.3f')}  errors {row['errors']}")
+    return row
+
+
+def median(values: list) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def engine_rounds(levels: list[int], seconds: float, conns: int, rounds: int) -> tuple[list[dict], list[dict]]:
-    """Every series, engines in ABBA order (core, classic, classic, core, ...); and per engine and
-    level the round with the highest throughput."""
-    order = [ENGINES[0] if i % 4 in (0, 3) else ENGINES[1] for i in range(2 * rounds)]
+    """Both clusters up at once; each round measures every level on both, back to back, the engine
+    that goes first alternating, so that the two figures of a pair see the same machine. Per engine
+    and level: the median of the rounds for throughput and latency, messages and fsyncs summed over
+    the rounds and divided by the puts summed over them."""
     samples: list[dict] = []
-    for i, engine in enumerate(order):
-        samples += run_engine(engine, levels, seconds, conns, i // 2 + 1)
-    best: dict[tuple, dict] = {}
-    for row in samples:
-        key = (row["engine"], row["in_flight"])
-        if key not in best or row["throughput_ops_s"] > best[key]["throughput_ops_s"]:
-            best[key] = row
-    return samples, [best[(e, n)] for e in ENGINES for n in levels if (e, n) in best]
+    clusters: dict[str, store_bench.LocalKv] = {}
+    try:
+        for engine in ENGINES:
+            log(f"kv {engine}: starting 3 nodes, fsync always, messages counted")
+            clusters[engine] = CountingKv(3, ["--fsync", "always", "--engine", engine])
+            clusters[engine].start_all()
+            clusters[engine].wait_leader()
+        for r in range(rounds):
+            for i, n in enumerate(levels):
+                order = ENGINES if (r + i) % 2 == 0 else ENGINES[::-1]
+                for engine in order:
+                    samples.append(measure_engine(clusters[engine], engine, n, seconds, conns, r + 1))
+    finally:
+        for kv in clusters.values():
+            kv.close()
+    rows = []
+    for engine in ENGINES:
+        for n in levels:
+            mine = [s for s in samples if s["engine"] == engine and s["in_flight"] == n]
+            if not mine:
+                continue
+            puts = sum(s["puts_counted"] for s in mine)
+            throughputs = [s["throughput_ops_s"] for s in mine]
+            rows.append({
+                "system": f"kv {engine}", "engine": engine, "nodes": 3, "in_flight": n, "rounds": len(mine),
+                "throughput_ops_s": median(throughputs), "throughput_min": min(throughputs),
+                "throughput_max": max(throughputs), "p50_ms": median([s["p50_ms"] for s in mine]),
+                "p99_ms": median([s["p99_ms"] for s in mine]), "errors": sum(s["errors"] for s in mine),
+                "ok": sum(s["ok"] for s in mine), "puts_counted": puts,
+                "messages_per_put": ratio(sum(s["messages"] for s in mine), puts),
+                "fsyncs_per_put": ratio(sum(s["fsyncs"] for s in mine), puts),
+            })
+    # The ratios of throughput and latency: per round, this engine's figure over the core's measured
+    # next to it; the median of those (steadier than a ratio of medians when the machine's speed drifts).
+    for row in rows:
+        pairs = {}
+        for sample in samples:
+            if sample["in_flight"] == row["in_flight"]:
+                pairs.setdefault(sample["round"], {})[sample["engine"]] = sample
+        for key in ("throughput_ops_s", "p50_ms", "p99_ms"):
+            row[key + "_x_core"] = median([ratio(p[row["engine"]][key], p["core"][key])
+                                           for p in pairs.values() if row["engine"] in p and "core" in p])
+    return samples, rows
 
 
-ENGINE_HEADERS = ["engine", "in flight", "puts/s", "x core", "p50 ms", "x core", "p99 ms", "x core",
-                  "msgs/put", "x core", "fsyncs/put", "x core", "errors"]
+ENGINE_HEADERS = ["engine", "in flight", "puts/s", "x core", "puts/s range", "p50 ms", "x core", "p99 ms",
+                  "x core", "msgs/put", "x core", "fsyncs/put", "x core", "errors"]
 
 
 def build_engine_table(rows: list[dict]) -> list[list[str]]:
@@ -445,9 +484,10 @@ def build_engine_table(rows: list[dict]) -> list[list[str]]:
         b = base.get(r["in_flight"], {})
         table.append([
             r["engine"], str(r["in_flight"]),
-            fmt(r["throughput_ops_s"]), fmt(ratio(r["throughput_ops_s"], b.get("throughput_ops_s")), ".2f"),
-            fmt(r["p50_ms"], ".2f"), fmt(ratio(r["p50_ms"], b.get("p50_ms")), ".2f"),
-            fmt(r["p99_ms"], ".2f"), fmt(ratio(r["p99_ms"], b.get("p99_ms")), ".2f"),
+            fmt(r["throughput_ops_s"]), fmt(r["throughput_ops_s_x_core"], ".2f"),
+            f"{fmt(r['throughput_min'], '.0f')}-{fmt(r['throughput_max'], '.0f')}",
+            fmt(r["p50_ms"], ".2f"), fmt(r["p50_ms_x_core"], ".2f"),
+            fmt(r["p99_ms"], ".2f"), fmt(r["p99_ms_x_core"], ".2f"),
             fmt(r["messages_per_put"], ".3f"), fmt(ratio(r["messages_per_put"], b.get("messages_per_put")), ".2f"),
             fmt(r["fsyncs_per_put"], ".3f"), fmt(ratio(r["fsyncs_per_put"], b.get("fsyncs_per_put")), ".2f"),
             str(r["errors"]),
@@ -460,35 +500,55 @@ def engines_main(args, levels: list[int], seconds: float) -> int:
     started = time.monotonic()
     facts = machine_facts()
     server = store_bench.server_defaults()
+    load_before = f"{os.getloadavg()[0]:.1f}"
     log(f"compare --engines: puts of 100-byte values, closed loop, {seconds:g} s per point, levels {levels}, "
-        f"{args.rounds} round(s) per engine (ABBA); {facts['nproc']} CPUs, Python {facts['python']}")
+        f"{args.rounds} rounds of pairs; {facts['nproc']} CPUs, Python {facts['python']}")
     samples, rows = engine_rounds(levels, seconds, args.conns, args.rounds)
+    import engine_cpu
+
+    log("the engines alone, in process (bench/engine_cpu.py):")
+    cpu_rows = engine_cpu.measure(levels, 0.5, 7, log=log)
     elapsed = time.monotonic() - started
     table = build_engine_table(rows)
     notes = [
         f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), Python {facts['python']}, {facts['platform']}; "
-        f"run {facts['date']}, {seconds:g} s per point, {args.rounds} round(s) per engine in ABBA order "
-        f"(best round per point), {elapsed:.0f} s in all.",
+        f"run {facts['date']}, {seconds:g} s per point, {args.rounds} rounds, {elapsed:.0f} s in all; "
+        f"load average {load_before} before, {os.getloadavg()[0]:.1f} after.",
+        "Both clusters run at once; each round measures every level on both, back to back (the engine that "
+        "goes first alternates). puts/s, p50 and p99: the median of the rounds; 'puts/s range': the lowest "
+        "and highest round (the spread is the machine's noise).",
         f"3 nodes, fsync always, batch size {server['batch_count_max']}, window {server['window']}, tick "
         f"{server['tick_seconds'] * 1000:g} ms; one client connection pipelining every request in flight; load "
         "generator in its own process on the same machine.",
         "msgs/put: Paxos messages sent by the three nodes (heartbeats included) per acknowledged put; "
         "fsyncs/put: fsyncs of the three nodes' logs (after group commit) per acknowledged put; both counted "
-        "live over the point (warm-up included) through bench/counting_serve.py.",
-        "'x core' columns: the classic engine's figure divided by the core's at the same level.",
+        "live over every round's point (warm-up included) through bench/counting_serve.py.",
+        "'x core' columns: the classic engine's figure divided by the core's at the same level; for puts/s, "
+        "p50 and p99 the median over the rounds of the ratio within each round (the pair measured back to "
+        "back), for msgs/put and fsyncs/put the ratio of the totals.",
     ]
+    cpu_table = engine_cpu.table(cpu_rows)
+    cpu_note = ("In process (bench/engine_cpu.py): the pure engines, 3 replicas on a lossless FIFO network, "
+                "the engines' default options (no thrifty Accepts, lazy decides or early Accepts), k commands "
+                "per round packed into one slot; commands decided per second of one CPU (median of 7 rounds of "
+                "0.5 s, engines alternating; 'x core' the median of the ratios within a round) and exact "
+                "messages and persist batches (fsyncs in a store) per command.")
     log("")
     log(render(table, markdown=False, headers=ENGINE_HEADERS))
     log("")
-    for line in notes:
+    log(render(cpu_table, markdown=False, headers=engine_cpu.HEADERS))
+    log("")
+    for line in [*notes, cpu_note]:
         log("note: " + line)
     path = store_bench.save_results("compare-engines", {
         "machine": facts, "server": server, "seconds_per_point": seconds, "levels": levels,
         "rounds": args.rounds, "samples": samples, "rows": rows, "notes": notes, "elapsed_s": elapsed,
+        "in_process": cpu_rows, "in_process_note": cpu_note,
     })
     log(f"\nresults: {path}")
     if args.write_docs:
-        md = "\n".join([render(table, markdown=True, headers=ENGINE_HEADERS), "", *[f"* {n}" for n in notes]])
+        md = "\n".join([render(table, markdown=True, headers=ENGINE_HEADERS), "", *[f"* {n}" for n in notes], "",
+                        render(cpu_table, markdown=True, headers=engine_cpu.HEADERS), "", f"* {cpu_note}"])
         write_docs(md, ENGINES_BEGIN, ENGINES_END, "## The two Paxos engines (latest `compare.py --engines`)")
         log(f"wrote {DOCS}")
     return 0
@@ -600,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run bench/metrics_cost.py instead: kv with --metrics-addr (scraped) against without")
     ap.add_argument("--engines", action="store_true",
                     help="only the two Paxos engines (core, classic), with messages and fsyncs per put")
-    ap.add_argument("--rounds", type=int, default=2, help="--engines: rounds per engine, ABBA order (default 2)")
+    ap.add_argument("--rounds", type=int, default=5, help="--engines: rounds of pairs (default 5)")
     args = ap.parse_args(argv)
     if args.memory:
         import memory_bench
