@@ -30,8 +30,10 @@ decided like any other, and it governs from alpha slots after its own. This modu
   every configuration still scheduled and the links (``kvstore.peers``) are opened and closed to match.
 * **Joining** (``kv serve --join``): an empty data directory asks the members it is given for their
   status, checks that the configuration names it (added as a learner with ``kv member add``), that no
-  other incarnation of it is recorded, and starts from that configuration. Snapshots and the log then
-  reach it as they reach any lagging node.
+  other incarnation of it is recorded, and starts from that configuration. A member that does not
+  lead may have missed the ``kv member add`` (down or cut off when it was decided): its "not a member"
+  counts only once every member given, and the leader it names, was asked (``fetch_join_config``).
+  Snapshots and the log then reach it as they reach any lagging node.
 
 What is not here: the rules for which configuration governs which slot (``paxos.membership``).
 """
@@ -370,39 +372,56 @@ def _address_of(node, member: int) -> str | None:
 
 async def fetch_join_config(node_id: int, incarnation: str | None, endpoints: list[str], cluster_id: str,
                             transport=None, *, timeout: float = 30.0) -> Config:
-    """``kv serve --join``: the newest configuration, from the first member that answers. Raises
-    ``JoinError`` when this node may not join (not added, another incarnation, another cluster)."""
+    """``kv serve --join``: the newest configuration, from a member that answers. Raises ``JoinError``
+    when this node may not join (not added, another incarnation, another cluster).
+
+    A member that does not lead may not know of the ``kv member add`` yet (it was down or cut off when
+    the change was decided): its "not a member" is not the last word while the others, and the leader
+    it names, have not been asked. The leader's is; so is the last one once everyone was asked."""
     from .client import KVError, connect
 
+    endpoints = list(endpoints)
     last = "no member answered"
     deadline = trio.current_time() + timeout
     while trio.current_time() < deadline:
-        for endpoint in endpoints:
+        not_a_member = None  # the refusal of a member that does not lead (another may know better)
+        i = 0
+        while i < len(endpoints):
+            endpoint = endpoints[i]
+            i += 1
+            status = None
             try:
                 with trio.move_on_after(2):
                     async with connect([endpoint], timeout=1, transport=transport) as kv:
                         status = await kv.status(endpoint)
-                        break
             except (KVError, OSError) as exc:
                 last = f"{endpoint}: {exc}"
+            if status is None:
                 continue
-        else:
-            await trio.sleep(0.2)
-            continue
-        if status.get("cluster_id") != cluster_id:
-            raise JoinError(f"{endpoint} is in cluster {status.get('cluster_id')!r}, this node is to join "
-                            f"{cluster_id!r} (kv serve --cluster-id)")
-        try:
-            config = Config.from_dict(status["config"])
-        except (KeyError, ValueError) as exc:
-            raise JoinError(f"{endpoint} did not report a configuration ({exc}); is it an older version?") from None
-        if node_id not in config.members:
-            raise JoinError(f"node {node_id} is not a member of the cluster (members {list(config.members)}); "
-                            f"add it first: kv member add {node_id} HOST:PORT")
-        recorded = config.incarnations.get(node_id)
-        if recorded is not None and incarnation is not None and recorded != incarnation:
-            raise JoinError(f"the cluster knows node {node_id} as incarnation {recorded}, this data directory is "
-                            f"{incarnation}: this node lost its data and may not vote under its old id. Remove it "
-                            f"(kv member remove {node_id}) and add a new member under a new id")
-        return config
+            if status.get("cluster_id") != cluster_id:
+                raise JoinError(f"{endpoint} is in cluster {status.get('cluster_id')!r}, this node is to join "
+                                f"{cluster_id!r} (kv serve --cluster-id)")
+            try:
+                config = Config.from_dict(status["config"])
+            except (KeyError, ValueError) as exc:
+                raise JoinError(f"{endpoint} did not report a configuration ({exc}); is it an older version?") from None
+            if node_id not in config.members:
+                refusal = JoinError(f"node {node_id} is not a member of the cluster (members {list(config.members)}); "
+                                    f"add it first: kv member add {node_id} HOST:PORT")
+                if status.get("is_leader"):
+                    raise refusal
+                not_a_member = refusal
+                leader = config.addresses.get(status.get("leader"))
+                if leader and leader not in endpoints:
+                    endpoints.append(leader)  # ask the leader it names too
+                continue
+            recorded = config.incarnations.get(node_id)
+            if recorded is not None and incarnation is not None and recorded != incarnation:
+                raise JoinError(f"the cluster knows node {node_id} as incarnation {recorded}, this data directory is "
+                                f"{incarnation}: this node lost its data and may not vote under its old id. Remove it "
+                                f"(kv member remove {node_id}) and add a new member under a new id")
+            return config
+        if not_a_member is not None:
+            raise not_a_member
+        await trio.sleep(0.2)
     raise JoinError(f"cannot reach any member to join ({last})")
