@@ -19,7 +19,9 @@ in-flight messages. Each step the RNG picks one event:
 * compact a node (take a snapshot of its state machine up to some applied slot),
 * with ``disk_faults=True``: arm a running node's disk to fail its next write ("disk_fail", below),
 * with ``early_accepts=True``: complete the fsync in flight at a node ("fsync_done"), or make a node's
-  disk slow for a while ("fsync_stall"; both below).
+  disk slow for a while ("fsync_stall"; both below),
+* with ``membership=True``: change the configuration, start an added node, lose a node's disk
+  ("member", "join", "wipe"; below, after the liveness phase).
 
 The shell contract is simulated literally: an ``Actions`` batch's records are stored before its
 messages enter the network, then applied commands go to the node's state machine (a list of the
@@ -151,6 +153,56 @@ Then the liveness phase: all nodes up (crashed and fenced ones restarted), netwo
 healthy and fast, no faults. A leader must emerge, and commands submitted to it must be decided and
 applied everywhere, and every staged batch carried out, within a bound of ticks.
 
+``membership=True`` changes the configuration under the same faults (``paxos.membership``; alpha is 2,
+3 or 5 by seed, below the window, so the gate of rule 2 is what bounds the open slots). The bootstrap
+configuration records each node's incarnation (the identity of its data directory, which lives in
+the shell). Three more events, and deliveries 2.5 times as often (a change needs slots decided in a
+row to take effect):
+
+* "member" (weight ``MEMBER_WEIGHT``): the leader proposes a change with ``Replica.propose_change``
+  (nothing while ``change_in_progress``), then clients write one to three commands, each in a slot of
+  its own, so that slots are open behind the change. The kinds (``_plan_change``): add a learner (a
+  new node id, with a fresh incarnation), promote a learner, remove a voter (the leader itself
+  included) or a learner, replace a voter by a learner in ONE change (two voter sets that differ in two
+  nodes: the alpha rule needs no joint quorum), and for a wiped node: remove its old id, or add its
+  machine back under a new id. The weights pull the voter count back towards the cluster's size (it
+  walks between 1 and ``nodes + 2``), and no change leaves fewer healthy voters than a majority.
+* "join": a node that was added starts, as ``kv serve --join`` does, from a member's fresh snapshot
+  (the member compacts at its applied slot; the snapshot carries the schedule) and then follows the
+  log. When it is a wiped machine coming back under a new id, its old id is retired for good.
+* "wipe" (weight ``WIPE_WEIGHT``): a node loses its disk (half the time one whose Accepted of an
+  undecided slot is on its way to the leader). It comes back on a restart event, empty, under its old
+  id, with a new incarnation. Only when every configuration that may govern a slot (the decided ones,
+  and the changes proposed that may still be decided) keeps a healthy majority without it.
+
+The shells' identity check is modelled in the network (``_link_allowed``): a message passes between
+two nodes only if neither records another incarnation for the other in any configuration that
+governs a slot after its applied slot (the newest one alone is not enough: a slot still governed by
+an older configuration must not count a wiped voter either). So a wiped node under its old id is cut
+off. Messages to a node's old incarnation in flight when it is wiped are dropped too. Snapshots
+(compactions, installs, snapshot messages) carry ``Replica.schedule_through(slot)``, and a restart
+rebuilds the core with it (``DurableState.configs``).
+
+Checks added in this mode, after every step: every running node's configuration schedule equals the
+one the decided log defines (``_check_schedules``: ``schedule_through(applied_slot)`` against an
+oracle ``ConfigSchedule`` fed the decided slots in order; a broken replica class may bring its own
+``schedule_class``, which then is the oracle); a value first seen decided is held durably by a
+majority of the voters of ``config(slot)`` (a voter whose disk was lost counts with the holders, as
+it can never vote again, unless the broken shell lets it), and ``config(slot)`` must be fixed by then
+(every slot up to ``slot - alpha`` decided: rule 2); a leader that is no voter of its newest
+configuration hands over or steps down within two election timeouts of its own ticks. A batch that
+holds both a slot's AcceptRecord and its DecideRecord (a sole voter decides in the batch that opens
+the slot) is seen decided once stored. The liveness phase holds to account the members of the newest
+decided configuration that run under their recorded incarnation (a removed node, a wiped one under
+its old id and a learner never started are left out), lets a client retry a command a disruption
+dropped, and then changes the configuration once more (a promotion or removal, the leader's own
+included): the change must take effect on every member and a command after it be decided everywhere.
+
+Two broken variants for membership: ``replica_class`` with changes that take effect at once
+(tests/sim/test_simulation.py's ``ImmediateChangeReplica``), and ``skip_incarnation_check=True``
+(implies ``membership``): the shells do not compare incarnations, so a wiped node votes under its old
+id with none of its promises and acceptances.
+
 Every failure raises with the seed, a replay command and the last lines of the event trace, each line
 prefixed with the step and simulated tick.
 """
@@ -163,8 +215,9 @@ from dataclasses import dataclass, field
 
 from paxos.actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
 from paxos.ballot import Ballot
+from paxos.membership import ConfigSchedule, encode_change, is_change
 from paxos.messages import Accept, Accepted, HeartbeatAck, Promise
-from paxos.replica import Config, Options, Replica
+from paxos.replica import ChangeRefused, Config, Options, Replica
 
 TRACE_LINES = 60
 
@@ -199,6 +252,22 @@ FSYNC_DONE_WEIGHT = 20
 FSYNC_STALL_WEIGHT = 2
 FSYNC_STALL_STEPS = (10, 60)
 
+# membership=True adds these events (see the module docstring). "member": the leader proposes a
+# configuration change, about 19 times in a 400-step run (most find no leader or a change in
+# progress); "join": a node that was added as a learner starts from a member's fresh snapshot;
+# "wipe": a node loses its disk, about 2.5 times a run, of which about one is allowed.
+MEMBER_WEIGHT = 8
+JOIN_WEIGHT = 3
+WIPE_WEIGHT = 1
+# ...and delivers messages this much more often (40 otherwise): a change governs alpha slots after its
+# own, so a run must decide a few slots in a row (no-ops included) for changes to take effect, and
+# the leader's retransmissions otherwise fill the network faster than 5 nodes drain it. The other
+# faults keep their weights, so they come about a third less often per step.
+MEMBERSHIP_DELIVER_WEIGHT = 100
+# alpha (Config.alpha) by seed: seed % 3 picks it. All are below Options.window (8), so the membership
+# gate, not the window, is what bounds the open slots.
+MEMBERSHIP_ALPHAS = (2, 3, 5)
+
 
 class SafetyViolation(AssertionError):
     """Two decided values for one slot, diverging applied logs, an invented command, a stale read."""
@@ -219,6 +288,7 @@ class Storage:
     records: list = field(default_factory=list)
     snapshot_slot: int = 0
     snapshot: tuple = ()  # the state machine at snapshot_slot: the batches of slots 1..snapshot_slot
+    snapshot_configs: tuple = ()  # the snapshot's configuration schedule (Replica.schedule_through)
     held: dict = field(default_factory=dict)  # slot -> the values an AcceptRecord or DecideRecord holds
     accepted_at: dict = field(default_factory=dict)  # slot -> the ballots of its AcceptRecords
     promised: Ballot = Ballot.ZERO  # the durable promise, as DurableState.replay computes it
@@ -234,10 +304,12 @@ class Storage:
             if isinstance(record, (AcceptRecord, DecideRecord)):
                 self.held.setdefault(record.slot, set()).add(record.value)
 
-    def rewrite(self, records, snapshot_slot: int | None = None, snapshot: tuple | None = None) -> None:
-        """Replace the log (compaction, snapshot install), and the snapshot when one is given."""
+    def rewrite(self, records, snapshot_slot: int | None = None, snapshot: tuple | None = None,
+                configs: tuple = ()) -> None:
+        """Replace the log (compaction, snapshot install), and the snapshot (with the configuration
+        schedule it carries) when one is given."""
         if snapshot_slot is not None:
-            self.snapshot_slot, self.snapshot = snapshot_slot, snapshot
+            self.snapshot_slot, self.snapshot, self.snapshot_configs = snapshot_slot, snapshot, configs
         self.records, self.held, self.accepted_at, self.promised = [], {}, {}, Ballot.ZERO
         self.append(records)
 
@@ -255,6 +327,7 @@ class SnapshotMessage:
 
     slot: int
     batches: tuple
+    configs: tuple = ()  # the configuration schedule the snapshot carries
 
 
 @dataclass
@@ -282,6 +355,15 @@ class Node:
     # early_accepts mode: batches whose fsync is in flight, oldest first; carried out in this order
     staged: deque = field(default_factory=deque)
     stalled_until: int = 0  # early_accepts mode: its fsync in flight cannot complete before this step
+    # membership mode (see the module docstring)
+    incarnation: str = ""  # its data directory's identity; a wiped disk comes back with a new one
+    pending: bool = False  # added as a learner, not started yet ("join" starts it)
+    retired: bool = False  # stopped for good: its wiped machine came back under a new id
+    wiped: bool = False  # its disk was lost: it runs under its old id with a new incarnation
+    rejoin_of: int | None = None  # the wiped node whose machine this new id is
+    checked_schedule: tuple | None = None  # (replica, applied slot, snapshot slot) last checked
+    incarnations_seen: tuple | None = None  # ((replica, applied slot), {id: incarnation}) cache
+    nonvoter_leader_ticks: int = 0  # its ticks as a leader that is no voter of its newest configuration
 
 
 class Simulation:
@@ -292,9 +374,12 @@ class Simulation:
                  liveness_commands: int = 10, early_accepts: bool = False,
                  compact_often: bool = False, postpone_elections: bool = False,
                  disk_faults: bool = False, swallow_disk_errors: bool = False,
-                 uncapped_early_accepts: bool = False) -> None:
+                 uncapped_early_accepts: bool = False, membership: bool = False,
+                 skip_incarnation_check: bool = False) -> None:
         if send_before_persist and (disk_faults or swallow_disk_errors):
             raise ValueError("send_before_persist has no disk to fail: it is not combined with disk faults")
+        if send_before_persist and (membership or skip_incarnation_check):
+            raise ValueError("send_before_persist is not combined with membership changes")
         if send_before_persist and (early_accepts or uncapped_early_accepts):
             raise ValueError("send_before_persist stores records on ticks, not by fsyncs: it is not "
                              "combined with early_accepts")
@@ -328,11 +413,33 @@ class Simulation:
             self.events.append(("disk_fail", DISK_FAIL_WEIGHT))
         if self.early_accepts:
             self.events.extend([("fsync_done", FSYNC_DONE_WEIGHT), ("fsync_stall", FSYNC_STALL_WEIGHT)])
+        # membership: configuration changes, joins and wiped disks (see the module docstring). The
+        # broken variant skip_incarnation_check implies it.
+        self.skip_incarnation_check = skip_incarnation_check
+        self.membership = membership or skip_incarnation_check
+        if self.membership:
+            self.events[[name for name, _ in self.events].index("deliver")] = ("deliver", MEMBERSHIP_DELIVER_WEIGHT)
+            self.events.extend([("member", MEMBER_WEIGHT), ("join", JOIN_WEIGHT), ("wipe", WIPE_WEIGHT)])
         self.dropped: list[bytes] = []  # dropped_proposals seen (the liveness phase resubmits them)
         self.faults_on = True
         self.rng = random.Random(seed)
-        self.config = Config(node_ids=tuple(range(1, nodes + 1)))
+        self.config = Config(node_ids=tuple(range(1, nodes + 1)))  # the bootstrap configuration
         self.nodes = {i: Node(i) for i in self.config.node_ids}
+        if self.membership:
+            for node in self.nodes.values():
+                node.incarnation = self._new_incarnation()
+            self.config = Config(node_ids=self.config.node_ids, alpha=MEMBERSHIP_ALPHAS[seed % 3],
+                                 incarnations={i: n.incarnation for i, n in self.nodes.items()})
+        # The configuration schedule as the decided log defines it (membership rule 1), fed in slot
+        # order from ``decided``: the judge of every node's schedule and of the voters a decision
+        # needs. A broken replica class may bring its own schedule rules (``schedule_class``): the
+        # checks then hold it to its own definition of which voters govern a slot.
+        self.schedule_class = getattr(replica_class, "schedule_class", ConfigSchedule)
+        self.oracle = self.schedule_class.initial(self.config)
+        self.oracle_through = 0  # the decided prefix fed to the oracle
+        self.oracle_cache: dict[int, tuple] = {}  # slot -> oracle.through(slot), once slot is decided
+        self.proposed: list = []  # membership: (base epoch, Config) of every change proposed
+        self.next_id = nodes + 1  # membership: the next node id to add
         self.network: list = []  # (src, dst, message)
         self.group: dict[int, int] | None = None  # partition: node -> side; None when healed
         self.decided: dict[int, tuple] = {}  # slot -> the one value ever decided there
@@ -354,7 +461,14 @@ class Simulation:
                           # early_accepts mode (the fsync pipeline)
                           fsync_done=0, fsync_stall=0, fsyncs_grouped=0, staged_max=0, staged_behind=0,
                           early_accepts_sent=0, early_accepts_behind=0, learned_from_early_accepts=0,
-                          waited_for_staged=0, staged_behind_failed_fsync=0)
+                          waited_for_staged=0, staged_behind_failed_fsync=0,
+                          # membership mode
+                          member=0, join=0, wipe=0, changes_proposed=0, changes_refused=0,
+                          change_add=0, change_promote=0, change_promote_rejoined=0, change_remove_voter=0,
+                          change_remove_leader=0, change_remove_learner=0, change_replace=0,
+                          change_remove_wiped=0, change_rejoin=0,
+                          joined=0, rejoined=0, wipes=0, dropped_by_incarnation=0,
+                          liveness_changes=0, snapshots_installed_with_changes=0)
         for node in self.nodes.values():
             self._start(node)
 
@@ -375,6 +489,8 @@ class Simulation:
             event = self.rng.choices(names, weights)[0]
             self.stats[event] += 1
             self._guard(getattr(self, "_event_" + event))
+            if self.membership:
+                self._check_schedules()
             if self.step_no % 50 == 0:
                 self._check_prefixes()
         self._check_prefixes()
@@ -399,18 +515,43 @@ class Simulation:
             self.submitted.add(command)
             commands.append(command)
         self._guard(lambda: self._drain(leader))
+        self._await_everywhere(commands, bound)
+        if self.membership:
+            self._liveness_change(bound)
+
+    def _await_everywhere(self, commands: list, bound: int) -> None:
+        """Rounds until ``commands`` are decided and every member applied every decided slot.
+
+        In membership mode a client retries, at the stable leader, a command that was dropped or not
+        decided within ``4 * election_timeout`` rounds: a removed node that has not learned of its
+        removal yet may campaign once and unseat the leader (its Prepare is answered as long as the
+        receiver's schedule still holds a configuration naming it), which drops the queued commands."""
+        retry_rounds = 4 * self.options.election_timeout_ticks
+        proposed_at = {command: 0 for command in commands}
         for rounds in range(bound):
             decided_commands = {c for batch in self.decided.values() for c in batch}
+            leader = self._stable_leader() if self.membership else None
+            if leader is not None:
+                for command in commands:
+                    if command not in decided_commands and (
+                            command in self.dropped or rounds - proposed_at[command] > retry_rounds):
+                        if leader.replica.propose(command):
+                            self._log(f"retry {command!r} at {leader.node_id}")
+                            proposed_at[command] = rounds
+                            while command in self.dropped:
+                                self.dropped.remove(command)
+                self._guard(lambda: self._drain(leader))
             top = max(self.decided, default=0)
             if set(commands) <= decided_commands and all(
-                    n.replica.applied_slot >= top and not n.staged for n in self.nodes.values()):
+                    n.replica.applied_slot >= top for n in self._members()) and not any(
+                    n.staged for n in self._up()):
                 self._check_prefixes()
                 self.trace.append(f"liveness: decided everywhere after {rounds} rounds")
                 return
             self._guard(self._round)
         missing = [c for c in commands if c not in {x for b in self.decided.values() for x in b}]
         self._fail(LivenessFailure, f"within {bound} rounds, not decided: {missing!r}; applied "
-                   f"{ {n.node_id: n.replica.applied_slot for n in self.nodes.values()} }")
+                   f"{ {n.node_id: n.replica.applied_slot for n in self._members()} }")
 
     def run_liveness_compacting(self) -> None:
         """Heal and stop faults, but keep compacting: every node, often, each at its own slots.
@@ -431,10 +572,10 @@ class Simulation:
         submitted_at: dict[bytes, int] = {}
         retry_rounds = 4 * self.options.election_timeout_ticks
         for rounds in range(1_000_000):  # bounded by the stall check below
-            for node in self.nodes.values():
+            for node in self._up():
                 if self.rng.random() < 0.3:
                     self._guard(lambda node=node: self._compact(node))
-            for node in self.nodes.values():
+            for node in self._up():
                 if not node.paused and self.rng.random() < 0.02:
                     node.paused = self.rng.randint(1, 3 * self.options.election_timeout_ticks)
                     self._guard(lambda node=node: self._wait_carried_out(node))  # a snapshot write waits for it
@@ -455,7 +596,10 @@ class Simulation:
             decided_commands = all_decided & commands
             if any(c in all_decided for c in pending):
                 pending = deque(c for c in pending if c not in all_decided)
-            pending.extend(c for c in self.dropped if c not in all_decided and c not in pending)
+            # (A dropped configuration change is not retried: as a plain command it would skip the
+            # leader's one-change-at-a-time rule.)
+            pending.extend(c for c in self.dropped
+                           if c not in all_decided and c not in pending and not is_change(c))
             self.dropped = []
             for command, at in list(submitted_at.items()):
                 if command in all_decided:
@@ -468,14 +612,15 @@ class Simulation:
                 done_count, last_progress = len(decided_commands), rounds
             top = max(self.decided, default=0)
             if done_count == len(commands) and all(
-                    n.replica.applied_slot >= top and not n.staged for n in self.nodes.values()):
+                    n.replica.applied_slot >= top for n in self._members()) and not any(
+                    n.staged for n in self._up()):
                 self._check_prefixes()
                 self.trace.append(f"liveness: decided everywhere after {rounds} rounds")
                 return
             if rounds - last_progress > stall_bound:
                 break
         roles = {n.node_id: (n.replica.status()["role"], n.replica.leader_id, n.replica.decided_slot,
-                             n.replica.snapshot_slot) for n in self.nodes.values()}
+                             n.replica.snapshot_slot) for n in self._up()}
         self._fail(LivenessFailure, f"compacting liveness phase: {stall_bound} rounds without progress; "
                    f"{done_count}/{len(commands)} commands decided, {len(pending)} not yet submitted; "
                    f"nodes (role, leader, decided, snapshot): {roles}")
@@ -487,8 +632,12 @@ class Simulation:
         self.group = None
         for node in self.nodes.values():
             node.disk_armed = False
-            if node.replica is None or node.fenced:
+            if (node.replica is None or node.fenced) and not node.pending and not node.retired:
                 self._guard(lambda node=node: self._restart(node))
+        if self.membership:
+            for node in list(self.nodes.values()):
+                if node.pending:
+                    self._guard(lambda node=node: self._join(node))  # a member's learner that never started
 
     def _slow_round(self) -> None:
         """Compacting liveness round: like ``_round`` without loss, but a message may wait a round or
@@ -496,7 +645,7 @@ class Simulation:
         for all, as the kvstore driver batches its queued events); and a paused node queues its ticks
         and messages and handles them as one batch when the pause ends, as the kvstore driver does
         after a long snapshot write."""
-        for node in self.nodes.values():
+        for node in self._up():
             if node.paused:
                 node.inbox.append(None)  # a tick
                 node.paused -= 1
@@ -539,7 +688,7 @@ class Simulation:
         """Liveness round: tick every node once, then deliver every message (random order, no loss);
         in early_accepts mode, fsyncs in flight complete at random moments among the deliveries, and
         every one has completed when the round ends."""
-        for node in self.nodes.values():
+        for node in self._up():
             self._tick(node)
         for _ in range(100_000):
             staged = [node for node in self.nodes.values() if node.staged] if self.early_accepts else ()
@@ -553,13 +702,25 @@ class Simulation:
         raise AssertionError("network and fsyncs did not drain within 100000 steps")
 
     def _stable_leader(self) -> Node | None:
-        leaders = [n for n in self.nodes.values() if n.replica.is_leader]
+        members = self._members()
+        leaders = [n for n in members if n.replica.is_leader]
         if len(leaders) != 1:
             return None
         leader = leaders[0]
-        if all(n.replica.leader_id == leader.node_id for n in self.nodes.values()):
+        if all(n.replica.leader_id == leader.node_id for n in members):
             return leader
         return None
+
+    def _members(self) -> list[Node]:
+        """The running nodes the liveness phases hold to account: every node, or in membership mode
+        the members of the newest decided configuration that run under the incarnation it records
+        (not a removed node, a wiped node under its old id, or a learner not started yet)."""
+        if not self.membership:
+            return self._up()
+        self._advance_oracle()
+        config = self.oracle.latest
+        return [n for n in self._up()
+                if n.node_id in config.members and config.incarnations.get(n.node_id) == n.incarnation]
 
     # ---------------------------------------------------------------- fault-phase events
 
@@ -568,7 +729,9 @@ class Simulation:
         return [n for n in self.nodes.values() if n.replica is not None and not n.fenced]
 
     def _down(self) -> list[Node]:
-        return [n for n in self.nodes.values() if n.replica is None or n.fenced]
+        """Nodes a restart event may bring back (not a learner never started, not a retired one)."""
+        return [n for n in self.nodes.values()
+                if (n.replica is None or n.fenced) and not n.pending and not n.retired]
 
     def _event_deliver(self) -> None:
         if self.network:
@@ -638,7 +801,8 @@ class Simulation:
             self._restart(self.rng.choice(down))
 
     def _event_partition(self) -> None:
-        ids = list(self.config.node_ids)
+        ids = list(self.config.node_ids) if not self.membership else [
+            i for i, n in self.nodes.items() if not n.pending and not n.retired]
         side = set(self.rng.sample(ids, self.rng.randrange(1, len(ids)))) if len(ids) > 1 else set()
         self.group = {i: int(i in side) for i in ids}
         self._log(f"partition {sorted(side)} | {sorted(set(ids) - side)}")
@@ -677,21 +841,22 @@ class Simulation:
         if candidates:
             self._compact(self.rng.choice(candidates))
 
-    def _compact(self, node: Node) -> None:
-        """Snapshot ``node``'s state machine at a random applied slot, then compact core and log."""
+    def _compact(self, node: Node, newest: bool = False) -> None:
+        """Snapshot ``node``'s state machine at a random applied slot (``newest``: at its applied
+        slot), then compact core and log. The snapshot carries the configuration schedule."""
         replica = node.replica
         if replica is None or node.fenced or replica.applied_slot <= replica.snapshot_slot:
             return
         self._wait_carried_out(node)  # the log is rewritten below: every staged record must be in it
         if node.replica is None or node.fenced:
             return  # a staged batch failed its disk
-        slot = self.rng.randint(replica.snapshot_slot + 1, replica.applied_slot)
+        slot = replica.applied_slot if newest else self.rng.randint(replica.snapshot_slot + 1, replica.applied_slot)
         replica.compact(slot)
         self._log(f"compact {node.node_id} through slot {slot}")
         # Rewriting the log from durable_state() also makes any unsynced record durable.
-        self._write_snapshot(node, slot, tuple(node.applied[:slot]))
+        self._write_snapshot(node, slot, tuple(node.applied[:slot]), replica.schedule_through(slot))
 
-    def _write_snapshot(self, node: Node, slot: int, snapshot: tuple) -> None:
+    def _write_snapshot(self, node: Node, slot: int, snapshot: tuple, configs: tuple) -> None:
         """Store a snapshot and the log rewritten from the core's durable state (compaction, or a
         peer's snapshot installed), as kvstore.storage does: the snapshot file by rename, then the new
         log by rename, each after its fsync. An armed disk fails this write (disk_faults mode, not in
@@ -702,14 +867,15 @@ class Simulation:
         if node.disk_armed and self.faults_on and not self.swallow_disk_errors:
             outcome = self.rng.randrange(3)
             if outcome >= 1:
-                node.storage.snapshot_slot, node.storage.snapshot = slot, snapshot
+                node.storage.snapshot_slot, node.storage.snapshot, node.storage.snapshot_configs = (
+                    slot, snapshot, configs)
             if outcome == 2:
                 node.storage.rewrite(records)
             self._fence(node, f"writing its snapshot at {slot}: "
                         + ("nothing renamed", "new snapshot, old log", "new snapshot and log")[outcome])
             self.stats["disk_failures_in_snapshots"] += 1
             return
-        node.storage.rewrite(records, slot, snapshot)
+        node.storage.rewrite(records, slot, snapshot, configs)
         node.unsynced = []
 
     def _fence(self, node: Node, why: str) -> None:
@@ -723,10 +889,327 @@ class Simulation:
             self.stats["disk_failed_leaders"] += 1
         self._log(f"DISK FAILED on {node.node_id} ({why}): fenced until restarted")
 
+    # ---------------------------------------------------------------- membership (membership=True)
+
+    def _new_incarnation(self) -> str:
+        return f"{self.rng.getrandbits(64):016x}"
+
+    def _advance_oracle(self) -> None:
+        """Feed the decided log's new contiguous slots to the oracle schedule, in slot order."""
+        while self.oracle_through + 1 in self.decided:
+            self.oracle_through += 1
+            for command in self.decided[self.oracle_through]:
+                if is_change(command):
+                    self.oracle.apply(self.oracle_through, command)
+
+    def _config_of(self, slot: int) -> Config | None:
+        """The configuration that governs ``slot`` by the decided log; None while slots it depends on
+        (those up to ``slot - alpha``) are not all decided."""
+        self._advance_oracle()
+        if slot - self.config.alpha > self.oracle_through:
+            return None
+        return self.oracle.for_slot(slot)
+
+    def _check_schedules(self) -> None:
+        """Membership rule 1, after every step: every running node's configuration schedule is the one
+        its decided prefix defines (``Replica.schedule_through(applied_slot)`` against the oracle's):
+        after restarts from storage, compactions, snapshot installs, joins and wipes alike."""
+        self._advance_oracle()
+        for node in self._up():
+            replica = node.replica
+            slot = replica.applied_slot
+            if slot > self.oracle_through:
+                continue  # it applied slots whose batch is still staged behind an fsync (early_accepts)
+            key = (replica, slot, replica.snapshot_slot)
+            if node.checked_schedule == key:
+                continue  # checked already: the schedule moves only with the applied or snapshot slot
+            node.checked_schedule = key
+            have = replica.schedule_through(slot)
+            want = self.oracle_cache.get(slot)
+            if want is None:
+                want = self.oracle_cache[slot] = self.oracle.through(slot)  # fixed once slot is decided
+            if have != want:
+                self._fail(SafetyViolation, f"node {node.node_id} at applied slot {slot} has the configuration "
+                           f"schedule {_show_schedule(have)}, but the decided log defines {_show_schedule(want)}")
+
+    def _link_allowed(self, src: int, dst: int) -> bool:
+        """The shells' identity check: a message passes between ``src`` and ``dst`` only if neither
+        records another incarnation for the other, in any configuration that governs a slot after its
+        applied slot (a node that lost its disk must not vote under its old id, also for slots still
+        governed by an older configuration). ``skip_incarnation_check`` is the broken variant."""
+        if not self.membership or self.skip_incarnation_check:
+            return True
+        a, b = self.nodes[src], self.nodes[dst]
+        for holder, other in ((a, b), (b, a)):
+            if holder.replica is None:
+                continue  # checked when the message left (or arrived)
+            recorded = self._recorded_incarnations(holder).get(other.node_id)
+            if recorded is not None and recorded != other.incarnation:
+                self.stats["dropped_by_incarnation"] += 1
+                return False
+        return True
+
+    def _recorded_incarnations(self, node: Node) -> dict:
+        """Node id -> incarnation, from every configuration that governs a slot after ``node``'s
+        applied slot (the schedule changes only when that slot moves: cached on it)."""
+        replica = node.replica
+        key = (replica, replica.applied_slot)
+        if node.incarnations_seen is None or node.incarnations_seen[0] != key:
+            table = {member: incarnation for _e, _s, config in replica.schedule_through(replica.applied_slot)
+                     for member, incarnation in config.incarnations.items()}
+            node.incarnations_seen = (key, table)
+        return node.incarnations_seen[1]
+
+    def _cannot_vote(self, node_id: int, config: Config) -> bool:
+        """Can ``node_id`` never again vote in ``config`` (its recorded incarnation is gone)?"""
+        node = self.nodes.get(node_id)
+        return (not self.skip_incarnation_check and node is not None
+                and (node.retired or config.incarnations.get(node_id) != node.incarnation))
+
+    def _healthy(self, node_id: int) -> bool:
+        """Will this member run under the incarnation the configurations record (once restarted)?"""
+        node = self.nodes.get(node_id)
+        return node is not None and not node.pending and not node.retired and not node.wiped
+
+    def _live_enough(self, config: Config, losing: int | None = None) -> bool:
+        """Do healthy voters (without ``losing``) make a majority of ``config``? The workload keeps this
+        true of every configuration that may govern a slot, so that the liveness phase can succeed."""
+        healthy = [v for v in config.node_ids if v != losing and self._healthy(v)]
+        return len(healthy) >= config.quorum_size
+
+    def _plan_change(self, leader: Node, kinds=None):
+        """Pick a change of ``leader``'s newest configuration: ``(kind, new config, target)`` or None.
+
+        The kinds: add a learner (a new node), promote a learner, remove a voter (``remove_leader``
+        when it is the leader itself) or a learner, replace a voter by a learner in ONE change (two
+        voters differ: the alpha rule needs no joint quorum), and for a wiped node: remove its old id
+        (``remove_wiped``), or add its machine back as a learner under a new id (``rejoin``, then
+        ``promote_rejoined``). The weights pull the voter count back towards the cluster's size, so a
+        run walks up and down (1 to ``nodes + 2`` voters). Every choice keeps a healthy majority of
+        voters in the new configuration (``_live_enough``)."""
+        config = leader.replica.config
+        voters, learners = config.node_ids, config.learners
+        target_voters = self.nodes_count
+        grow = 3 if len(voters) < target_voters else 1
+        shrink = 3 if len(voters) > target_voters else 1
+        options: dict[str, list] = {}
+
+        def offer(kind, build, target, weight):
+            options.setdefault(kind, [weight, []])[1].append((build, target))
+
+        rejoined = {n.rejoin_of for n in self.nodes.values() if n.rejoin_of is not None}
+        for member in config.members:
+            if self.nodes[member].wiped and (member in learners or len(voters) > 1):
+                offer("remove_wiped", lambda m=member: config.remove(m), member, 3)
+        for node in self.nodes.values():
+            if node.wiped and not node.retired and node.node_id not in rejoined:
+                offer("rejoin", None, node.node_id, 3)  # its machine comes back under a new id
+        if len(config.members) < self.nodes_count + 3:
+            offer("add", None, None, grow)
+        for learner in learners:
+            if self._healthy(learner) and len(voters) < self.nodes_count + 2:
+                if self.nodes[learner].rejoin_of is not None:
+                    offer("promote_rejoined", lambda m=learner: config.promote(m), learner, 4)
+                else:
+                    offer("promote", lambda m=learner: config.promote(m), learner, 2 * grow)
+            offer("remove_learner", lambda m=learner: config.remove(m), learner, 1)
+        if len(voters) > 1:
+            for voter in voters:
+                kind = "remove_leader" if voter == leader.node_id else "remove_voter"
+                offer(kind, lambda m=voter: config.remove(m), voter, shrink)
+        for learner in learners:
+            if self._healthy(learner):
+                for voter in voters:
+                    # One change, two voters: the learner in, the voter out (no joint quorum needed).
+                    offer("replace", lambda m=learner, v=voter: dataclasses.replace(
+                        config.promote(m).remove(v), epoch=config.epoch + 1), (learner, voter), 2)
+        if kinds is not None:
+            options = {k: v for k, v in options.items() if k in kinds}
+        for kind in list(options):
+            weight, choices = options[kind]
+            if kind not in ("add", "rejoin"):
+                choices = [(build, target) for build, target in choices if self._live_enough(build())]
+            if choices:
+                options[kind] = [weight, choices]
+            else:
+                del options[kind]
+        if not options:
+            return None
+        names = sorted(options)
+        kind = self.rng.choices(names, [options[k][0] for k in names])[0]
+        build, target = self.rng.choice(options[kind][1])
+        if kind in ("add", "rejoin"):
+            new_id, incarnation = self.next_id, self._new_incarnation()
+            return kind, config.add_learner(new_id, f"sim:{new_id}", incarnation), (new_id, incarnation, target)
+        return kind, build(), target
+
+    def _event_member(self) -> None:
+        """The leader proposes a configuration change (as ``kv member ...`` would), and clients go on
+        writing: one to three commands follow, each in a slot of its own, so that slots are open
+        behind the change when it is decided (where a change that took effect too early would find
+        slots opened under the old configuration)."""
+        leaders = [n for n in self._up() if n.replica.is_leader]
+        if not leaders:
+            return
+        node = self.rng.choice(leaders)
+        if self._propose_change(node) is None:
+            return
+        for _ in range(self.rng.randint(1, 3)):
+            command = self._new_command()
+            if node.replica is None or node.fenced or not node.replica.propose(command):
+                break
+            self.submitted.add(command)
+            self._log(f"submit {command!r} to {node.node_id}")
+            self._drain(node)
+
+    def _propose_change(self, node: Node, kinds=None) -> Config | None:
+        replica = node.replica
+        if replica.change_in_progress:
+            return None
+        plan = self._plan_change(node, kinds)
+        if plan is None:
+            return None
+        kind, new, target = plan
+        base = replica.config.epoch
+        try:
+            replica.propose_change(new)
+        except ChangeRefused as refused:
+            self.stats["changes_refused"] += 1
+            self._log(f"change refused at {node.node_id}: {refused}")
+            return None
+        self.submitted.add(encode_change(base, new))
+        self.proposed.append((base, new))
+        self.stats["changes_proposed"] += 1
+        self.stats["change_" + kind] += 1
+        if kind in ("add", "rejoin"):
+            new_id, incarnation, wiped = target
+            self.next_id += 1
+            self.nodes[new_id] = Node(new_id, incarnation=incarnation, pending=True, rejoin_of=wiped)
+            target = new_id if wiped is None else f"{new_id} (the machine of wiped node {wiped})"
+        self._log(f"change {kind} {target} proposed at {node.node_id}: epoch {base} -> voters "
+                  f"{list(new.node_ids)} learners {list(new.learners)}")
+        self._drain(node)
+        return new
+
+    def _event_join(self) -> None:
+        waiting = [n for n in self.nodes.values() if n.pending]
+        if waiting:
+            self._join(self.rng.choice(waiting))
+
+    def _join(self, node: Node) -> None:
+        """Start an added learner, as ``kv serve --join`` does: it fetches a member's configuration
+        and a fresh snapshot (which the member takes now), then follows the log. Only once a running
+        member has applied its addition. A rejoining machine's old id is retired for good."""
+        holders = [m for m in self._up() if node.node_id in m.replica.config.members]
+        if not holders:
+            return
+        leaders = [m for m in holders if m.replica.is_leader]
+        member = self.rng.choice(leaders or holders)
+        if member.replica.applied_slot > member.replica.snapshot_slot:
+            self._compact(member, newest=True)
+        if member.replica is None or member.fenced:
+            return  # its disk failed writing the snapshot
+        storage = member.storage
+        node.storage = Storage()
+        node.storage.rewrite([], storage.snapshot_slot, storage.snapshot, storage.snapshot_configs)
+        node.pending = False
+        self.stats["joined"] += 1
+        if node.rejoin_of is not None:
+            old = self.nodes[node.rejoin_of]
+            old.retired = True
+            old.replica = old.applied = None
+            old.staged.clear()
+            self.stats["rejoined"] += 1
+        self._log(f"join {node.node_id} from {member.node_id}'s snapshot at {storage.snapshot_slot}"
+                  + (f" (the machine of wiped node {node.rejoin_of}, retired)" if node.rejoin_of else ""))
+        self._start(node)
+
+    def _event_wipe(self) -> None:
+        """A node loses its disk. It comes back (on a restart event) empty, under its old id, with a
+        new incarnation, which every peer's configurations refuse (``_link_allowed``). Only when every
+        configuration that may govern a slot keeps a healthy majority without it."""
+        self._advance_oracle()
+        configs = list(self.oracle.from_slot(self.oracle_through + 1))
+        configs += [c for base, c in self.proposed if base >= self.oracle.latest.epoch]
+        configs += [n.replica.config for n in self._up()]
+        candidates = [n for n in self.nodes.values()
+                      if self._healthy(n.node_id) and n.node_id in self.oracle.latest.members
+                      and all(self._live_enough(c, losing=n.node_id) for c in configs)]
+        if not candidates:
+            return
+        # Half the time a node whose vote for an undecided slot is on its way to the leader: the leader
+        # may yet count an acceptance that the disk no longer holds.
+        voting = {src for src, dst, message in self.network
+                  if isinstance(message, Accepted) and self._counts_vote(dst, message)}
+        sharp = [n for n in candidates if n.node_id in voting]
+        node = self.rng.choice(sharp if sharp and self.rng.random() < 0.5 else candidates)
+        node.storage = Storage()
+        node.incarnation = self._new_incarnation()
+        node.wiped = True
+        node.replica = node.applied = None
+        node.unsynced = []
+        node.staged.clear()
+        node.fenced = node.disk_armed = False
+        self.stats["wipes"] += 1
+        self._log(f"WIPE {node.node_id}: its disk is lost; it comes back empty as incarnation {node.incarnation}")
+
+    def _counts_vote(self, node_id: int, message: Accepted) -> bool:
+        """Would ``message`` be a vote the leader ``node_id`` still needs (its ballot, a slot above its
+        decided prefix)?"""
+        replica = self.nodes[node_id].replica
+        return (replica is not None and replica.is_leader and message.ballot == replica.ballot
+                and message.slot > replica.decided_slot)
+
+    def _liveness_change(self, bound: int) -> None:
+        """Membership liveness: with no faults, a change proposed at the stable leader (a promotion or
+        a removal, the leader's own included) takes effect on every member, and a command proposed
+        after it is decided and applied everywhere."""
+        for _ in range(bound):
+            leader = self._stable_leader()
+            if leader is not None and not leader.replica.change_in_progress:
+                break
+            self._guard(self._round)
+        else:
+            self._fail(LivenessFailure, f"no stable leader without a change in progress within {bound} rounds")
+        base = leader.replica.config.epoch
+        new = self._propose_change(leader, kinds=("promote", "promote_rejoined", "remove_voter", "remove_leader",
+                                                  "remove_learner", "replace", "remove_wiped"))
+        if new is None:
+            return
+        self.stats["liveness_changes"] += 1
+        proposed_at = 0
+        for rounds in range(bound):
+            leader = self._stable_leader()
+            configs = [n.replica.config for n in self._members()]
+            if leader is not None and not leader.replica.change_in_progress:
+                if all(c == leader.replica.config for c in configs) and leader.replica.config.epoch > base:
+                    break
+                if (leader.replica.config.epoch == base
+                        and rounds - proposed_at > 4 * self.options.election_timeout_ticks):
+                    # The change was dropped with the leader that queued it: the operator retries.
+                    self._log(f"retry the change to epoch {new.epoch} at {leader.node_id}")
+                    try:
+                        leader.replica.propose_change(new)
+                    except ChangeRefused as refused:
+                        self._log(f"change refused at {leader.node_id}: {refused}")
+                    proposed_at = rounds
+                    self._guard(lambda: self._drain(leader))
+            self._guard(self._round)
+        else:
+            self._fail(LivenessFailure, f"the change to epoch {new.epoch} (voters {list(new.node_ids)}) did not "
+                       f"take effect within {bound} rounds")
+        command = self._new_command()
+        self.submitted.add(command)
+        if not leader.replica.propose(command):
+            self._fail(LivenessFailure, f"stable leader {leader.node_id} refused a proposal after the change")
+        self._guard(lambda: self._drain(leader))
+        self._await_everywhere([command], bound)
+
     # ---------------------------------------------------------------- node plumbing
 
     def _start(self, node: Node) -> None:
         state = DurableState.replay(node.storage.records, node.storage.snapshot_slot)
+        state.configs = node.storage.snapshot_configs
         node.fenced = False
         node.unsynced = []
         node.staged.clear()
@@ -758,6 +1241,22 @@ class Simulation:
                 node.replica.postpone_election()
         node.replica.tick()
         self._drain(node)
+        if self.membership:
+            self._check_leader_is_voter(node)
+
+    def _check_leader_is_voter(self, node: Node) -> None:
+        """A leader that is no voter of its newest configuration (it applied its own removal) must hand
+        over or step down within an election timeout of its own ticks (its transfer's deadline): led
+        on, it would keep the voters from electing one of theirs with its heartbeats."""
+        replica = node.replica
+        if replica is None or node.fenced or not replica.is_leader or replica.is_voter:
+            node.nonvoter_leader_ticks = 0
+            return
+        node.nonvoter_leader_ticks += 1
+        if node.nonvoter_leader_ticks > 2 * self.options.election_timeout_ticks:
+            self._fail(LivenessFailure, f"node {node.node_id} has led for {node.nonvoter_leader_ticks} of its ticks "
+                       f"as no voter of its newest configuration (voters {list(replica.config.node_ids)}): a "
+                       f"removed leader must hand over or step down within an election timeout")
 
     def _deliver_batch(self, node: Node, items: list) -> None:
         """Feed a paused node its queued ticks (``None``) and messages as ONE batch, then carry out one
@@ -773,6 +1272,8 @@ class Simulation:
                 self._guard(node.replica.tick)
                 continue
             src, dst, message = item
+            if not self._link_allowed(src, dst):
+                continue
             if isinstance(message, SnapshotMessage):
                 if message.slot > node.replica.applied_slot:
                     self._wait_carried_out(node)
@@ -780,10 +1281,12 @@ class Simulation:
                         return  # a staged batch failed its disk
                     self._log(f"install snapshot at {message.slot} from {src} on {dst} (mid-batch)")
                     self.stats["snapshots_installed"] += 1
+                    self.stats["snapshots_installed_with_changes"] += _has_changes(message.configs)
                     self.stats["snapshots_installed_mid_batch"] += 1
-                    self._guard(lambda message=message: node.replica.install_snapshot(message.slot))
+                    self._guard(lambda message=message: node.replica.install_snapshot(message.slot,
+                                                                                      message.configs))
                     node.applied = list(message.batches)
-                    self._write_snapshot(node, message.slot, message.batches)
+                    self._write_snapshot(node, message.slot, message.batches, message.configs)
                 continue
             self._guard(lambda message=message: node.replica.receive(message))
         if not node.fenced:
@@ -799,20 +1302,23 @@ class Simulation:
         node = self.nodes[dst]
         if node.replica is None or node.fenced:
             return
-        if self.group is not None and self.group[src] != self.group[dst]:
+        if self.group is not None and self.group.get(src, 0) != self.group.get(dst, 0):
             self.stats["dropped_by_partition"] += 1
+            return
+        if not self._link_allowed(src, dst):
             return
         if isinstance(message, SnapshotMessage):
             if message.slot > node.replica.applied_slot:
                 self._log(f"install snapshot at {message.slot} from {src} on {dst}")
                 self.stats["snapshots_installed"] += 1
+                self.stats["snapshots_installed_with_changes"] += _has_changes(message.configs)
                 self._drain(node)  # carry out pending actions before the log is rewritten
                 self._wait_carried_out(node)
                 if node.replica is None or node.fenced:
                     return  # that batch failed its disk
                 node.applied = list(message.batches)
-                node.replica.install_snapshot(message.slot)
-                self._write_snapshot(node, message.slot, message.batches)
+                node.replica.install_snapshot(message.slot, message.configs)
+                self._write_snapshot(node, message.slot, message.batches, message.configs)
                 if not node.fenced:
                     self._drain(node)
             return
@@ -840,11 +1346,13 @@ class Simulation:
             return
         if actions.send_early:
             self._fail(AssertionError, f"node {node.node_id}: send_early without Options.early_accepts")
-        for record in actions.persist:
-            if isinstance(record, DecideRecord):
-                self._observe_decided(node, record.slot, record.value)
+        decisions, own = self._split_decisions(actions.persist)
+        for record in decisions:
+            self._observe_decided(node, record.slot, record.value)
         if node.disk_armed and actions.persist and self.faults_on:
             if self.swallow_disk_errors:
+                for record in own:
+                    self._observe_decided(node, record.slot, record.value)
                 # BROKEN on purpose, as kvstore.server was (issue 15): the fsync error is caught and
                 # dropped with the batch's records and messages, and the node goes on from its memory.
                 node.disk_armed = False
@@ -866,6 +1374,8 @@ class Simulation:
             node.unsynced.extend(actions.persist)
         else:
             node.storage.append(actions.persist)
+        for record in own:
+            self._observe_decided(node, record.slot, record.value)
         self._carry_out(node, batch)
 
     # ---------------------------------------------------------------- the fsync pipeline (early_accepts)
@@ -889,7 +1399,7 @@ class Simulation:
                 self.stats["early_accepts_behind"] += 1
             self._send(node, to, message)
         if from_accept:
-            for record in actions.persist:
+            for record in self._split_decisions(actions.persist)[0]:
                 if isinstance(record, DecideRecord):
                     self.stats["learned_from_early_accepts"] += 1
                     self._observe_decided(node, record.slot, record.value, how="learned from an Accept's "
@@ -927,10 +1437,12 @@ class Simulation:
         self._log(f"fsync done on {node.node_id}: {count} of {count + len(node.staged)} staged batches")
         for batch in done:
             # Seen decided before its own records count: they are stored with the batches before it.
-            for record in batch.actions.persist:
-                if isinstance(record, DecideRecord):
-                    self._observe_decided(node, record.slot, record.value)
+            decisions, own = self._split_decisions(batch.actions.persist)
+            for record in decisions:
+                self._observe_decided(node, record.slot, record.value)
             node.storage.append(batch.actions.persist)
+            for record in own:
+                self._observe_decided(node, record.slot, record.value)
         for batch in done:
             self._carry_out(node, batch)
         while node.staged and not node.staged[0].actions.persist:
@@ -944,9 +1456,9 @@ class Simulation:
         ``swallow_disk_errors``: only the oldest batch is lost, its records and messages dropped; its
         applies happen and the node goes on."""
         oldest = node.staged[0]
-        for record in oldest.actions.persist:
-            if isinstance(record, DecideRecord):
-                self._observe_decided(node, record.slot, record.value)
+        decisions, own = self._split_decisions(oldest.actions.persist)
+        for record in decisions + (own if self.swallow_disk_errors else []):
+            self._observe_decided(node, record.slot, record.value)
         if self.swallow_disk_errors:
             node.disk_armed = False
             node.staged.popleft()
@@ -968,6 +1480,20 @@ class Simulation:
         self.stats["staged_behind_failed_fsync"] += len(node.staged) - 1
         self._fence(node, f"fsync of {len(node.staged)} staged batches: {stored} of {len(records)} records "
                     f"stored, none carried out")
+
+    def _split_decisions(self, persist: list) -> tuple[list, list]:
+        """A batch's DecideRecords: those seen decided before the batch's records are stored, and (in
+        membership mode) those of slots whose AcceptRecord with the same value is in the same batch,
+        seen decided once the batch is stored. A sole voter decides a slot with its own acceptance
+        in the batch that opens it (one fsync makes both durable, and nothing of the batch is seen
+        before it); if that fsync fails, the slot was never chosen. (A follower that accepts a slot
+        and learns it decided from the same Accept has its decision seen a little later.)"""
+        decisions = [record for record in persist if isinstance(record, DecideRecord)]
+        if not self.membership or not decisions:
+            return decisions, []
+        accepted = {(record.slot, record.value) for record in persist if isinstance(record, AcceptRecord)}
+        return ([r for r in decisions if (r.slot, r.value) not in accepted],
+                [r for r in decisions if (r.slot, r.value) in accepted])
 
     def _wait_carried_out(self, node: Node) -> None:
         """Before a compaction or snapshot install rewrites the log, every staged batch is carried out
@@ -1003,7 +1529,8 @@ class Simulation:
         self.dropped.extend(actions.dropped_proposals)
         for to in actions.snapshot_to:
             if node.storage.snapshot_slot > 0:
-                self._send(node, to, SnapshotMessage(node.storage.snapshot_slot, node.storage.snapshot))
+                self._send(node, to, SnapshotMessage(node.storage.snapshot_slot, node.storage.snapshot,
+                                                     node.storage.snapshot_configs))
 
     def _send(self, node: Node, to: int, message) -> None:
         """A message leaves ``node``: the one way onto the network. A message that promises or
@@ -1018,6 +1545,8 @@ class Simulation:
                 and message.ballot not in storage.accepted_at.get(message.slot, ())):
             self._fail(SafetyViolation, f"node {node.node_id} sent Accepted of slot {message.slot} at "
                        f"{message.ballot} to {to}, not durable at its sender: no AcceptRecord of it is stored")
+        if not self._link_allowed(node.node_id, to):
+            return
         self.network.append((node.node_id, to, message))
 
     def _observe_decided(self, node: Node, slot: int, value: tuple, how: str = "decided") -> None:
@@ -1033,8 +1562,29 @@ class Simulation:
                        f"but {old!r} was decided before")
 
     def _check_durable_majority(self, node: Node, slot: int, value: tuple, how: str = "decided") -> None:
-        """The value first seen decided at ``slot`` is durable on a majority (see the module docstring)."""
+        """The value first seen decided at ``slot`` is durable on a majority (see the module docstring).
+        In membership mode: on a majority of the voters of the configuration that governs ``slot``,
+        which the decided log must already fix (membership rule 2: no slot is opened, so none is
+        decided, before every slot up to ``slot - alpha`` is decided)."""
         holders = [n.node_id for n in self.nodes.values() if n.storage.holds(slot, value)]
+        if self.membership:
+            config = self._config_of(slot)
+            if config is None:
+                self._fail(SafetyViolation, f"slot {slot}: node {node.node_id} {how} {value!r} while slots up to "
+                           f"{slot - self.config.alpha} are not all decided (decided prefix: {self.oracle_through}): "
+                           f"its configuration was not known yet")
+            voters = [h for h in holders if config.is_voter(h)]
+            # A voter whose disk was lost can never be in a quorum again (its incarnation is refused),
+            # so it cannot help a later leader miss the value either: it counts with the holders.
+            # Not when the broken shell lets it vote (skip_incarnation_check).
+            gone = [v for v in config.node_ids if v not in voters and self._cannot_vote(v, config)]
+            if len(voters) + len(gone) < config.quorum_size:
+                self._fail(SafetyViolation, f"slot {slot}: node {node.node_id} {how} {value!r}, but only nodes "
+                           f"{holders} hold it durably, of them the voters {voters} of the slot's configuration "
+                           f"(epoch {config.epoch}, voters {list(config.node_ids)}"
+                           + (f", of which {gone} can never vote again" if gone else "")
+                           + f"), fewer than a majority ({config.quorum_size}): a later leader's phase 1 can miss it")
+            return
         if len(holders) < self.config.quorum_size:
             self._fail(SafetyViolation, f"slot {slot}: node {node.node_id} {how} {value!r}, but only nodes "
                        f"{holders} hold it durably, fewer than a majority ({self.config.quorum_size}): "
@@ -1069,8 +1619,11 @@ class Simulation:
 
     def _fail(self, kind, text: str, cause: BaseException | None = None):
         flags = ("send_before_persist", "early_accepts", "compact_often", "postpone_elections",
-                 "disk_faults", "swallow_disk_errors", "uncapped_early_accepts")
+                 "disk_faults", "swallow_disk_errors", "uncapped_early_accepts", "membership",
+                 "skip_incarnation_check")
         shown = [flag for flag in flags if getattr(self, flag)]
+        if self.skip_incarnation_check:
+            shown.remove("membership")  # implied
         if self.swallow_disk_errors:
             shown.remove("disk_faults")  # implied
         if self.uncapped_early_accepts:
@@ -1082,3 +1635,13 @@ class Simulation:
                    f"{text}\nreplay: pytest tests/sim --seed {self.seed}\nlast events:\n  "
                    + "\n  ".join(self.trace))
         raise kind(message) from cause
+
+
+def _show_schedule(entries) -> str:
+    return "[" + ", ".join(f"from {e} (slot {s}): epoch {c.epoch} voters {list(c.node_ids)} learners "
+                           f"{list(c.learners)}" for e, s, c in entries) + "]"
+
+
+def _has_changes(configs) -> int:
+    """1 if a snapshot's schedule holds a configuration made by a change (epoch above 0)."""
+    return int(any(config.epoch > 0 for _e, _s, config in configs))
