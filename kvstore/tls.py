@@ -189,7 +189,11 @@ async def handshake(stream, node, name: str) -> Principal | None:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"{exc.reason}: {exc.verify_message}"  # e.g. "certificate has expired"
     if isinstance(exc, ssl.SSLError):
+        if exc.reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"):
+            return f"{exc.reason} (not TLS: a plaintext client or peer?)"
         return exc.reason or exc.strerror or str(exc)
     return str(exc) or type(exc).__name__
 
