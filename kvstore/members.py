@@ -23,8 +23,9 @@ decided like any other, and it governs from alpha slots after its own. This modu
   change is in progress" while it runs, "already a member" once it applied), or the operator is told
   that a change failed when it succeeded. So an identical request (op, node, address) that arrives
   while the first runs waits for the first's outcome, and one that arrives after the first took effect
-  is answered with success as long as no other change came since (``Members._once``, for
-  ``REPEAT_WINDOW_SECONDS``). A repeat that reaches another leader is judged afresh.
+  is answered with success as long as no other change came since, for ``REPEAT_WINDOW_SECONDS``
+  (``Members._once``); the same command run again later is refused as usual ("already a member"). A
+  repeat that reaches another leader is judged afresh.
 * **Peer links follow the configuration** (``Members.sync``): after every driver batch whose core
   changed its members, the node's address book (``Node.peers``) gets the addresses of every member of
   every configuration still scheduled and the links (``kvstore.peers``) are opened and closed to match.
@@ -62,7 +63,7 @@ POLL_SECONDS = 0.01
 # The admin requests that change the configuration (a repeat of one is answered as the first: _once)
 CHANGE_OPS = ("member_add", "member_promote", "member_remove")
 # How long after a change took effect its repeat is still answered with success (if nothing changed)
-REPEAT_WINDOW_SECONDS = 60.0
+REPEAT_WINDOW_SECONDS = 10.0
 
 
 @dataclass

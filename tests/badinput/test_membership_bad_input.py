@@ -11,6 +11,7 @@ changed (the leader's configuration: voters, learners, epoch; for ``--join``, no
   (the design refuses, it does not queue: ``Replica.propose_change``);
 * ``kv serve --join`` with another cluster's id (``--cluster-id other``) for a member that was added:
   refused before anything is written (no data directory);
+* ``kv member add 2 ...``: an id that is a member already;
 * ``kv member remove 1`` on the 1-node cluster: the last voter;
 * ``kv member promote`` of a learner that lags: the learner joined and caught up, then was paused
   (SIGSTOP) while 150 writes were decided; the error names how far behind it is ("N slots behind the
@@ -145,6 +146,15 @@ def test_joining_with_another_clusters_id_is_refused(clusters, tmp_path):
     line = the_error(proc)
     assert f"{cluster.endpoint(leader)} is in cluster 'kv', this node is to join 'other'" in line, line
     assert not data_dir.exists()
+    assert members(cluster) == before
+
+
+def test_adding_an_id_that_exists_is_refused(clusters):
+    cluster, _ = clusters
+    leader = leader_of(cluster)
+    before = members(cluster)
+    line = the_error(kv(cluster.endpoint(leader), "member", "add", "2", f"127.0.0.1:{free_ports(1)[0]}"))
+    assert "node 2 is already a member (voter)" in line, line
     assert members(cluster) == before
 
 
