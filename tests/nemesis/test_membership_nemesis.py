@@ -136,7 +136,6 @@ class Schedule:
         self.events: list[tuple[float, str]] = []
         self.refusals: list[str] = []
         self.voters: list[int] = list(cluster.ids)
-        self.busy: set[int] = set()  # members the fault task holds down (killed or paused) right now
 
     def note(self, text: str) -> None:
         self.events.append((round(trio.current_time(), 2), text))
@@ -183,7 +182,7 @@ async def settle(schedule: Schedule, *, without: int | None = None, deadline_s: 
 async def grow(schedule: Schedule, client, node_id: int) -> None:
     """Add ``node_id`` as a learner, start it with ``--join``, promote it once it has caught up."""
     cluster = schedule.cluster
-    address = cluster.endpoint(node_id) if node_id in cluster.addresses else "{}:{}".format(*cluster.planned[node_id])
+    address = "{}:{}".format(*cluster.planned[node_id])
     schedule.note(f"member add {node_id}")
     await until_done(schedule, client, "member_add", node_id,
                      lambda c: node_id in c["learners"] or node_id in c["voters"], address=address)
@@ -276,7 +275,6 @@ async def fault_task(schedule: Schedule, rng: random.Random, stop_at: float) -> 
         victim = leader if leader in running and rng.random() < 0.6 else rng.choice(running)
         how = rng.choice(["kill", "pause"])
         down = rng.uniform(0.5, 2.5)
-        schedule.busy.add(victim)
         if how == "kill":
             schedule.note(f"SIGKILL {victim}{' (leader)' if victim == leader else ''}")
             cluster.kill(victim)
@@ -284,7 +282,6 @@ async def fault_task(schedule: Schedule, rng: random.Random, stop_at: float) -> 
             schedule.note(f"SIGSTOP {victim}{' (leader)' if victim == leader else ''}")
             cluster.pause(victim)
         await trio.sleep(down)
-        schedule.busy.discard(victim)
         if victim not in cluster.addresses:
             schedule.note(f"({victim} was removed meanwhile)")
             continue
