@@ -138,7 +138,8 @@ HEADERS = ["engine", "commands per round", "commands/s", "x core", "range", "mes
 def table(rows: list[dict]) -> list[list[str]]:
     return [[r["engine"], str(r["per_round"]), f"{r['commands_s']:,.0f}", f"{r['x_core']:.2f}",
              f"{r['commands_s_min']:,.0f}-{r['commands_s_max']:,.0f}", f"{r['messages_per_command']:.3f}",
-             f"{r['persist_batches_per_command']:.3f}"] for r in sorted(rows, key=lambda r: (r["engine"] != "core", r["per_round"]))]
+             f"{r['persist_batches_per_command']:.3f}"]
+            for r in sorted(rows, key=lambda r: (r["engine"] != "core", r["per_round"]))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,8 @@ class LiveNode:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kv_cli", "serve", "--id", "1", "--peers", f"1={self.endpoint}",
-             "--data-dir", str(root / "data"), "--engine", engine], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+             "--data-dir", str(root / "data"), "--engine", engine],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=str(REPO))
         log.close()
         self.client = Client([self.endpoint], timeout=10)

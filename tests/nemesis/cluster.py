@@ -86,7 +86,8 @@ class NemesisCluster:
         assert node_id not in self.procs or self.procs[node_id].poll() is not None, f"node {node_id} runs"
         log = open(self.log_path(node_id), "ab")
         cmd = [*self.command_prefix(node_id), sys.executable, "-m", "kv_cli", "serve", "--id", str(node_id),
-               "--peers", self.peers_for(node_id), "--data-dir", str(self.data_dir(node_id)), "--engine", self.engine, *self.extra_args]
+               "--peers", self.peers_for(node_id), "--data-dir", str(self.data_dir(node_id)),
+               "--engine", self.engine, *self.extra_args]
         full_env = dict(os.environ)
         full_env.pop("KV_FAILPOINTS", None)
         full_env.update(env or {})

@@ -4,8 +4,9 @@ The same workload and final checks as ``test_nemesis.py`` (linearizable history,
 survive a crash of every node, replicas converge), but the faults are made by the kernel: a node's
 link to the bridge goes down, so its packets (to peers and to clients) are lost rather than refused.
 The nemesis isolates the leader most of the time, sometimes another node, sometimes two nodes at once
-(no majority anywhere). Both engines, as in ``test_nemesis.py``. Skipped with the reason when namespaces cannot be created (not root, no
-``ip netns``, a container without the capability).
+(no majority anywhere). Both engines, as in ``test_nemesis.py`` (the classic one for 15 s of faults
+instead of 25). Skipped with the reason when namespaces cannot be created (not root, no ``ip netns``,
+a container without the capability).
 """
 from __future__ import annotations
 

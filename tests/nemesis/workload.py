@@ -171,5 +171,6 @@ async def finish_and_check(cluster, history: History, stats: Stats, seed: int, *
     slots = {s["applied_slot"] for s in statuses.values()}
     assert len(slots) == 1
     cluster.assert_engine(statuses)
-    print(f"nemesis seed {seed} ({cluster.engine} engine): {stats.ok} ok, {stats.unknown} unknown, {stats.failed} failed; "
+    print(f"nemesis seed {seed} ({cluster.engine} engine): {stats.ok} ok, {stats.unknown} unknown, "
+          f"{stats.failed} failed; "
           f"{len(history)} ops checked; converged at slot {slots.pop()}")
