@@ -15,8 +15,9 @@ naming itself and its cluster); it only *receives* on connections others dialed.
 * **incoming**: ``serve``, the reader task of a connection whose first frame was a peer's ``Hello``
   (``kvstore.clients`` accepts every connection). It checks that each message's sender is the peer
   that said Hello (and, with TLS, that its certificate names that member: ``kvstore.tls.check_peer``;
-  a link we dial must reach the certificate of the member dialed), hands the Paxos messages to the node (``Node._post``) as the message objects the
-  wire decoder made, and snapshot chunks to ``kvstore.snapshots``.
+  a link we dial must reach the certificate of the member dialed), hands the Paxos messages to the
+  node (``Node._post``) as the message objects the wire decoder made, and snapshot chunks to
+  ``kvstore.snapshots``.
 
 Rules: this module never decides what to send or when (the driver does, after the fsync that covers
 it: see ``Node._carry_out``); it never touches the storage, and it calls into the ``Replica`` only
@@ -57,6 +58,22 @@ def set_nodelay(stream) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+
+def recorded_incarnation(node, peer: int) -> str | None:
+    """The incarnation the cluster knows ``peer`` as: the newest record in any configuration that still
+    governs a slot this node has not compacted (a voter removed or replaced keeps governing the slots
+    before its removal takes effect, and its votes there must come from the disk it had), else the
+    founding record (``kvstore.identity``). None when nothing records it (a learner not promoted yet:
+    its votes count for nothing)."""
+    replica = node.replica
+    configs = [replica.config]
+    configs.extend(c for _e, _s, c in reversed(replica.schedule_through(replica.applied_slot)))
+    for config in configs:
+        found = config.incarnations.get(peer)
+        if found:
+            return found
+    return (node.storage.members or {}).get(peer)
 
 
 def remote_name(stream) -> str:
@@ -248,9 +265,7 @@ class PeerLinks:
         peer = hello.node_id
         members = node.storage.members
         if members is not None:
-            # The replicated configuration's record of the peer wins (it pins a promoted learner's
-            # incarnation); the founding record covers the members the configuration does not pin yet.
-            recorded = node.replica.config.incarnations.get(peer) or members.get(peer)
+            recorded = recorded_incarnation(node, peer)
             refused = identity.check_peer({peer: recorded} if recorded else {}, peer, hello.incarnation)
             if refused is not None:
                 node.counters["peers_refused_incarnation"] += 1

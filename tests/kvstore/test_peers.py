@@ -39,7 +39,8 @@ class FakeNode:
         self.options = SimpleNamespace(cluster_id="kv", engine="core")
         self.storage = SimpleNamespace(members={1: "inc-1", 2: "inc-2", 3: "inc-3"}, incarnation="inc-1",
                                        identity_legacy=False)
-        self.replica = SimpleNamespace(config=Config(node_ids=(1, 2, 3)))
+        config = Config(node_ids=(1, 2, 3))
+        self.replica = SimpleNamespace(config=config, applied_slot=0, schedule_through=lambda slot: ((1, 0, config),))
         self.members = SimpleNamespace(seen_incarnations={})
         self.posted: list[list] = []
         self.chunks: list = []
@@ -143,3 +144,20 @@ async def test_the_reader_refuses_a_peer_of_another_engine(ours, theirs):
     node.options.engine = theirs  # the same engine on both ends is served
     await _serve(node, _hello(engine=theirs), [wire.PaxosBatch(messages=(_heartbeat(2),))])
     assert node.posted == [[_heartbeat(2)]]
+
+
+def test_a_removed_voter_is_still_checked_against_the_configuration_that_governs_before_its_removal():
+    """Node 5 joined after founding (no founding record), was promoted (pinned) and is being removed:
+    the newest configuration no longer names it, but the older one still governs slots, so a wiped
+    node 5 (a new incarnation) is refused; so is one the founding record knows otherwise."""
+    from kvstore.peers import recorded_incarnation
+
+    node = FakeNode()
+    older = Config(node_ids=(1, 2, 3, 5), epoch=3, incarnations={5: "inc-5"})
+    newest = older.remove(5)
+    node.replica = SimpleNamespace(config=newest, applied_slot=40,
+                                   schedule_through=lambda slot: ((1, 0, older), (50, 34, newest)))
+    assert recorded_incarnation(node, 5) == "inc-5"
+    assert recorded_incarnation(node, 2) == "inc-2"  # the founding record
+    node.storage.members = {1: "inc-1"}
+    assert recorded_incarnation(node, 7) is None
