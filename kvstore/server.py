@@ -241,6 +241,7 @@ class Node:
         self._listener_socket = listener_socket
         # With TLS options the node's one port speaks only mutual TLS (kvstore.tls); TlsError if a file is bad.
         self.transport = transport or tls.transport_for(o) or TcpTransport()
+        rules = acl.load(o.acl) if o.acl else None  # AclError if the file is bad (before the storage opens)
         self.counters: dict[str, int] = defaultdict(int)
         self.storage = Storage.open(
             self.data_dir, node_id=node_id, cluster_id=o.cluster_id, fsync=o.fsync,
@@ -295,7 +296,7 @@ class Node:
         self._quiet = False  # the driver's last batch was tiny: one request at a time
         self._feed_time: float | None = None  # see _now
         self.clients = ClientLinks(self)
-        self.clients.acl = acl.load(o.acl) if o.acl else None  # AclError if the file is bad
+        self.clients.acl = rules  # kv serve --acl (kvstore.acl); SIGHUP replaces it (kvstore.tls.reload)
         self._send_replies = self.clients.send_replies
         self.waiters = Waiters(o.request_timeout_seconds, self._leader_hint, self.counters)
         self.learner = Learner(
