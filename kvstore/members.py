@@ -60,6 +60,8 @@ PROMOTE_LAG_SLOTS_MAX = 64
 # How long an admin request waits for its change (or transfer) to take effect before it gives up
 ADMIN_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 0.01
+# After a change is decided, how long an admin request waits for it to govern before it answers anyway
+EFFECT_WAIT_SECONDS = 3.0
 # The admin requests that change the configuration (a repeat of one is answered as the first: _once)
 CHANGE_OPS = ("member_add", "member_promote", "member_remove")
 # How long after a change took effect its repeat is still answered with success (if nothing changed)
@@ -273,11 +275,18 @@ class Members:
                 if current.epoch >= new.epoch:
                     if current != new and current.epoch == new.epoch:
                         raise AdminError("another membership change won the race; check kv member list and retry")
-                    return self.describe()
+                    break
                 await trio.sleep(POLL_SECONDS)
-        raise AdminError(f"the change to epoch {new.epoch} did not take effect within {ADMIN_TIMEOUT_SECONDS:g} s "
-                         f"(is a majority of the voters up?); its outcome is unknown: check kv member list",
-                         wire.TIMEOUT)
+        if self.node.replica.config.epoch < new.epoch:
+            raise AdminError(f"the change to epoch {new.epoch} was not decided within {ADMIN_TIMEOUT_SECONDS:g} s "
+                             f"(is a majority of the voters up?); its outcome is unknown: check kv member list",
+                             wire.OUTCOME_UNKNOWN)
+        # Decided; it governs alpha slots later (the leader fills them at once): answer once it does, so
+        # that a scripted next change is not refused as "in progress".
+        with trio.move_on_after(EFFECT_WAIT_SECONDS):
+            while self.node.replica.change_in_progress and self.node.replica.config.epoch == new.epoch:
+                await trio.sleep(POLL_SECONDS)
+        return self.describe()
 
     async def _member_add(self, request) -> dict:
         if request.node < 1:

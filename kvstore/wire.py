@@ -91,8 +91,11 @@ PROTOCOL = "protocol"
 STALE = "stale"
 DISK_FAILED = "disk_failed"
 PERMISSION_DENIED = "permission_denied"  # the client's certificate has no access rule for it (kvstore.acl)
+# A membership change was proposed and did not take effect in time: its outcome is unknown, and a retry
+# would be judged as a second change, so the client library does not retry it (kvstore.members).
+OUTCOME_UNKNOWN = "outcome_unknown"
 ERROR_CODES = (NOT_LEADER, BAD_REQUEST, UNAVAILABLE, STORAGE_FULL, TOO_LARGE, SHUTTING_DOWN, TIMEOUT, PROTOCOL,
-               STALE, DISK_FAILED, PERMISSION_DENIED)
+               STALE, DISK_FAILED, PERMISSION_DENIED, OUTCOME_UNKNOWN)
 
 _HEADER = struct.Struct(">I")
 _CBOR_DEPTH_MAX = 8  # px map > m list > message > entry list > entry > value list: 6 levels used

@@ -57,7 +57,7 @@ RETRYABLE = (
     "slots behind the leader",  # promote: the learner is catching up
     "already a member", "already a voter", "is not a member",  # a retried request that had succeeded
     "leadership is being handed over",  # a removed leader or a move-leader is handing over
-    "did not take effect within",  # a majority was not up for 10 s (the outcome is then checked)
+    "was not decided within",  # a majority was not up for 10 s (the outcome is then checked)
     "another membership change won the race",  # our own retry raced our first attempt
     "not the leader",
     "cannot hand leadership to node", "did not take over within",  # move-leader under faults
