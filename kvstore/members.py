@@ -115,6 +115,7 @@ class Members:
         self.seen_incarnations: dict[int, str] = {}  # what each peer presented on its link
         self._epoch = -1
         self._peer_ids: tuple = ()
+        self._role: str | None = "unknown"  # this node's role in the newest configuration, as last logged
         self._changes: dict[tuple, _Outcome] = {}  # (op, node, address) -> its latest run (_once)
 
     # -----------------------------------------------------------------------------------------------
@@ -144,6 +145,16 @@ class Members:
         for member in [m for m in node.peers if m not in wanted]:
             del node.peers[member]
         node.peer_links.sync()
+        role = replica.config.role(node.node_id)
+        if role != self._role:
+            if role is None and self._role is not None:
+                log.warning("node %d is no longer a member (configuration epoch %d): it counts toward no quorum "
+                            "and nobody sends it the log. Stop this process; to bring the machine back, add it "
+                            "under a new id (kv member add ID HOST:PORT, then kv serve --id ID --join ...)",
+                            node.node_id, epoch)
+            elif role is not None:
+                log.info("node %d is a %s at configuration epoch %d", node.node_id, role, epoch)
+            self._role = role
 
     # -----------------------------------------------------------------------------------------------
     # admin requests

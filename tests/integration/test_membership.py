@@ -72,6 +72,12 @@ async def test_replace_a_member_through_the_log_and_lose_the_old_leader(tmp_path
 
         removed = kv(cluster, "member", "remove", "2")
         assert removed.returncode == 0, removed.stderr + cluster.logs_tail()
+
+        async def knows_it_was_removed():
+            status = await cluster.status(2)
+            return status is not None and status.get("role") == "none"
+        await wait_for(knows_it_was_removed, 20, "node 2 to report that it is no longer a member", cluster)
+        assert "is no longer a member" in cluster.log_path(2).read_text(errors="replace")
         cluster.kill(2)
 
         port = free_ports(1)[0]
