@@ -59,7 +59,11 @@ def table_rows() -> list[Row]:
     text = DOC.read_text()
     assert HEADING in text, f"docs/paxos.md lost the heading {HEADING!r}"
     lines = text.split(HEADING, 1)[1].splitlines()
-    body = [line for line in lines if line.startswith("| ") and re.match(r"\| \d+ \|", line)]
+    # The table is the first run of table lines after the heading (other tables later in the file may
+    # number their rows too).
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    body = [line for line in lines[start:end] if line.startswith("| ") and re.match(r"\| \d+ \|", line)]
     rows = []
     for line in body:
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
