@@ -184,6 +184,7 @@ class Replica:
         self._active: list = []  # the configurations that govern slots after decided_slot
         self._members_until = 0  # decided_slot + 1 at which _active must be recomputed
         self._preferred: list[int] = []  # thrifty Accepts: followers by how recently they helped
+        self._role: str = FOLLOWER  # (set again below with the rest of the role state)
         self._refresh_members()
 
         self._actions = Actions()
@@ -748,8 +749,14 @@ class Replica:
         self._known = frozenset(n for _e, _s, c in self._schedule.entries for n in c.members) - {self.node_id}
         later = [e for e, _s, _c in self._schedule.entries if e > first]
         self._members_until = min(later) if later else 1 << 62
-        self._preferred = ([p for p in self._preferred if p in members]
-                           + [p for p in self._peers if p not in self._preferred])
+        new = [p for p in self._peers if p not in self._preferred]
+        self._preferred = [p for p in self._preferred if p in members] + new
+        if self._role == LEADER and new:
+            # Ask new members for their promise of our ballot now, so that promoting one later finds
+            # it in the promise set instead of making us run phase 1 again (_on_late_promise).
+            prepare = Prepare(sender=self.node_id, ballot=self._own_ballot, first_slot=self._first_slot)
+            for peer in new:
+                self._send(peer, prepare)
 
     def _request_catchup(self, to: int) -> None:
         if self._catchup_cooldown > 0:
@@ -824,6 +831,10 @@ class Replica:
         self._maybe_become_leader()
 
     def _on_promise(self, m: Promise) -> None:
+        if (self._role == LEADER and m.ballot == self._own_ballot and m.first_slot == self._first_slot
+                and m.sender not in self._promised_by):
+            self._on_late_promise(m)
+            return
         if self._role != CANDIDATE or m.ballot != self._own_ballot or m.first_slot != self._first_slot:
             self._count("stale_promise")
             return
@@ -842,6 +853,19 @@ class Replica:
             self._catchup_cooldown = 0
             self._request_catchup(m.sender)
         self._maybe_become_leader()
+
+    def _on_late_promise(self, m: Promise) -> None:
+        """A promise for our ballot that came after we won (a slow acceptor, or a learner we asked: see
+        ``_refresh_members``). It joins the promise set that membership rule 3 checks for later slots
+        when it reports nothing at or above ``_next_slot``: then the values of those slots are still
+        free under the larger set, as under the one we won with. Otherwise it is left out, and a slot
+        that needs it makes us run phase 1 again (``_open_gate``)."""
+        if m.snapshot_slot >= self._next_slot or any(e.slot >= self._next_slot for e in m.accepted) \
+                or any(e.slot >= self._next_slot for e in m.decided):
+            self._count("late_promise_ignored")
+            return
+        self._promised_by.add(m.sender)
+        self._count("late_promise_counted")
 
     def _maybe_become_leader(self) -> None:
         if self._role != CANDIDATE or self._election_behind:

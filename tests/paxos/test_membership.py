@@ -419,7 +419,7 @@ def test_a_leader_without_the_new_voters_promise_runs_phase_1_again_before_openi
     won with {1, 2} of {1, 2, 3}; {1, 2} is not a majority of {1, 2, 3, 4}, so at the first slot the
     promotion governs it prepares again at a higher ballot, and node 4's promise counts."""
     net = Net(voters=(1, 2, 3), learners=(4,), alpha=2)
-    net.cut |= {(3, 1)}  # node 3's promise never arrives
+    net.cut |= {(3, 1), (4, 1)}  # the promises of node 3 and of learner 4 never arrive
     leader = net.elect(1)
     first = leader.ballot
     net.heal()
@@ -432,6 +432,39 @@ def test_a_leader_without_the_new_voters_promise_runs_phase_1_again_before_openi
                 if dst == 1 and type(m).__name__ == "Promise" and m.ballot == leader.ballot}
     assert 4 in promised
     assert all(net.values(i) == [b"after"] for i in (1, 2, 3, 4))
+
+
+def test_a_promise_that_arrives_after_the_election_counts_so_a_promotion_needs_no_new_phase_1():
+    """The leader won with {1, 2}; learner 4's promise came late. It reports nothing at or above the
+    leader's next slot, so it joins the promise set, and the first slot {1, 2, 3, 4} governs opens at
+    the same ballot ({1, 2, 4} is a majority of it)."""
+    net = Net(voters=(1, 2, 3), learners=(4,), alpha=2)
+    net.cut |= {(3, 1)}  # node 3's promise never arrives; node 4's does, after the election
+    leader = net.elect(1)
+    first = leader.ballot
+    net.heal()
+    net.change(1, lambda c: c.promote(4))
+    net.until(lambda: not leader.change_in_progress)
+    net.put(1, b"after")
+    assert "reelect_for_config" not in counters(leader) and leader.ballot == first
+    assert counters(leader)["late_promise_counted"] >= 1
+    assert all(net.values(i) == [b"after"] for i in (1, 2, 3, 4))
+
+
+def test_a_leader_asks_a_new_member_for_its_promise_and_a_late_promise_reporting_open_slots_is_left_out():
+    """When a learner joins, the leader sends it a Prepare of its own ballot (a promise it can count at
+    the promotion). A late promise that reports an accepted value at or above the leader's next slot is
+    not counted: values there would no longer be free."""
+    net = Net(voters=(1, 2, 3), alpha=2)
+    leader = net.elect(1)
+    net.change(1, lambda c: c.add_learner(4))
+    prepares = [m for src, dst, m in net.sent if src == 1 and dst == 4 and isinstance(m, Prepare)]
+    assert prepares and prepares[-1].ballot == leader.ballot
+    ahead = Promise(sender=3, ballot=leader.ballot, first_slot=leader._first_slot, decided=(), snapshot_slot=0,
+                    accepted=(AcceptedEntry(slot=leader._next_slot + 5, ballot=Ballot(0, 3), value=(b"v",)),))
+    leader._promised_by.discard(3)
+    leader.receive(ahead)
+    assert 3 not in leader._promised_by and counters(leader)["late_promise_ignored"] == 1
 
 
 def test_a_slot_below_s_plus_alpha_keeps_the_old_voters_so_a_new_leader_needs_their_majority():
@@ -649,7 +682,7 @@ def test_a_change_stays_in_progress_while_the_leader_prepares_again_for_a_new_co
     on the same epoch was then accepted, to be ignored by every replica once decided. Now the queued
     change keeps change_in_progress true across the re-election, and only the first change applies."""
     net = Net(voters=(1, 2, 3), learners=(4,), alpha=2)
-    net.cut |= {(3, 1)}
+    net.cut |= {(3, 1), (4, 1)}  # neither node 3 nor learner 4 promises before the promotion
     leader = net.elect(1)  # promises from 1 and 2 only
     net.heal()
     net.change(1, lambda c: c.promote(4))
