@@ -142,6 +142,7 @@ async def run(args) -> dict:
                 await trio.sleep(args.seconds / 3)
                 marks["add"] = trio.current_time()
                 await kv.member_add(4, cluster.endpoint(4))
+                marks["added"] = trio.current_time()
                 cluster.start(4, "--join", ",".join(founders))
                 with trio.fail_after(max(60.0, args.seconds)):
                     while True:
@@ -165,7 +166,8 @@ async def run(args) -> dict:
         during = [lat for t, lat in done if add <= t <= promoted]
         after = [lat for t, lat in done if t > promoted]
         times = sorted(t for t, _ in done if add <= t <= promoted + 1.0)
-        gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
+        gaps = [(b - a, a) for a, b in zip(times, times[1:])]
+        gap, gap_at = max(gaps, default=(0.0, add))
         result = {
             "preload_keys": args.preload_keys, "preload_seconds": round(preload_s, 1),
             "inflight": args.inflight, "seconds": args.seconds,
@@ -173,6 +175,8 @@ async def run(args) -> dict:
             "before": summary(before, add - start), "during": summary(during, promoted - add),
             "after": summary(after, end - promoted),
             "longest_gap_ms": round(gap * 1e3, 1), "election_timeout_ms": ELECTION_TIMEOUT_S * 1e3,
+            "longest_gap_starts_after_add_s": round(gap_at - add, 2),
+            "marks_after_add_s": {k: round(v - add, 2) for k, v in marks.items()},
         }
         b = result["before"]["puts_per_s"] or 1.0
         result["ratios"] = {
