@@ -53,6 +53,8 @@ __all__ = ["Snapshots", "SNAPSHOT_CHUNK_BYTES", "SNAPSHOT_PIECE_ENTRIES", "SNAPS
 log = logging.getLogger("kvstore.server")
 
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+# A peer gets our snapshot again at most this often (it asks on every message until it has one)
+RESEND_SECONDS = 10.0
 # Entries encoded per snapshot piece, in the trio thread between batches (see Snapshots.start):
 # about 0.7 ms of CPU each with 100-byte values
 SNAPSHOT_PIECE_ENTRIES = 2048
@@ -70,7 +72,8 @@ class Snapshots:
         self.busy = False  # a snapshot file is being written or taken (see the module docstring)
         self.write_ms = 0  # how long the last snapshot took to write (or to restore and write)
         self._inbox: dict[tuple[int, int], bytearray] = {}  # (sender, slot) -> the chunks so far
-        self._sending: set[int] = set()
+        self._sending: set[int] = set()  # peers a send task is working for (see send_soon)
+        self._resend_after: dict[int, float] = {}  # peer -> when it may get a snapshot again
 
     # -----------------------------------------------------------------------------------------------
     # our own
@@ -148,28 +151,52 @@ class Snapshots:
     # sending and receiving
 
     def send_soon(self, peer_ids) -> None:
-        """Send our newest snapshot to each of ``peer_ids``: the file is read and framed once for all."""
+        """Send our newest snapshot to each of ``peer_ids``, in a task of its own: the file is read and
+        framed once for all, in a worker thread (a million keys are ~130 MB: reading and framing them in
+        the driver stalled every write for as long). A peer gets it again only ``RESEND_SECONDS`` after
+        the last send ended: a lagging node asks on every message it gets until the snapshot arrives."""
         node = self.node
         links = node.peer_links
-        peer_ids = [p for p in peer_ids if p not in self._sending and p in links.outboxes]
+        now = trio.current_time()
+        peer_ids = [p for p in peer_ids if p not in self._sending and p in links.outboxes
+                    and now >= self._resend_after.get(p, 0.0)]
         if not peer_ids or node._fenced:
             return
+        self._sending.update(peer_ids)
+        node.nursery.start_soon(self._send, peer_ids)
+
+    async def _send(self, peer_ids: list) -> None:
+        node = self.node
+        try:
+            try:
+                frames = await trio.to_thread.run_sync(self._read_and_frame)
+            except (OSError, StorageError) as exc:  # a compaction replaced the file meanwhile, or the disk
+                log.info("snapshot not sent to %s: %s", peer_ids, exc)
+                return
+            if frames is None or node._fenced:
+                return
+            links = node.peer_links
+            for peer_id in peer_ids:
+                if peer_id in links.outboxes and not links.write_frames(peer_id, frames):
+                    node.counters["snapshot_send_dropped"] += 1  # the receiver drops the rest; the core asks again
+            node.counters["snapshots_sent"] += len(peer_ids)
+        finally:
+            self._sending.difference_update(peer_ids)
+            resend_after = trio.current_time() + RESEND_SECONDS
+            for peer_id in peer_ids:
+                self._resend_after[peer_id] = resend_after
+
+    def _read_and_frame(self) -> list[bytes] | None:
+        """In a worker thread: the newest snapshot's frames (it touches only the snapshot file)."""
+        node = self.node
         snapshot = node.storage.read_snapshot()
         if snapshot is None:
-            return
+            return None
         slot, data = snapshot
         total = len(data)
-        frames = [wire.encode_frame(wire.SnapshotChunk(sender=node.node_id, slot=slot, offset=offset, total=total,
-                                                       data=bytes(data[offset:offset + SNAPSHOT_CHUNK_BYTES])))
-                  for offset in range(0, max(total, 1), SNAPSHOT_CHUNK_BYTES)]
-        del data
-        for peer_id in peer_ids:
-            self._sending.add(peer_id)
-            try:
-                if not links.write_frames(peer_id, frames):
-                    node.counters["snapshot_send_dropped"] += 1  # the receiver drops the rest; the core asks again
-            finally:
-                self._sending.discard(peer_id)
+        return [wire.encode_frame(wire.SnapshotChunk(sender=node.node_id, slot=slot, offset=offset, total=total,
+                                                     data=bytes(data[offset:offset + SNAPSHOT_CHUNK_BYTES])))
+                for offset in range(0, max(total, 1), SNAPSHOT_CHUNK_BYTES)]
 
     def receive_chunk(self, chunk: wire.SnapshotChunk) -> None:
         """In a peer's reader task: one chunk of a snapshot; the last one posts ``SnapshotReceived``."""
