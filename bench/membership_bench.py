@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,22 +28,10 @@ from pathlib import Path
 
 import trio
 
+from ab_cluster import free_ports  # bench/ is on the path when this script runs
 from kvstore.client import connect
 
 ELECTION_TIMEOUT_S = 30 * 0.01  # kv serve's defaults: 30 ticks of 10 ms
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Cluster:
@@ -144,16 +131,22 @@ async def run(args) -> dict:
                 await kv.member_add(4, cluster.endpoint(4))
                 marks["added"] = trio.current_time()
                 cluster.start(4, "--join", ",".join(founders))
-                with trio.fail_after(max(60.0, args.seconds)):
+                last = ""
+                with trio.move_on_after(args.catch_up_seconds):
                     while True:
                         try:
                             await kv.member_promote(4)
-                            break
+                            marks["promoted"] = trio.current_time()
+                            return
                         except Exception as exc:  # noqa: BLE001 -- lagging or not answering yet
-                            if "behind" not in str(exc) and "not answered" not in str(exc):
+                            last = str(exc)
+                            if "behind" not in last and "not answered" not in last:
                                 raise
                             await trio.sleep(0.1)
-                marks["promoted"] = trio.current_time()
+                # Not caught up in time: the figures then cover the catch-up window, as they stand.
+                marks["promote_gave_up"] = trio.current_time()
+                marks["promoted"] = marks["promote_gave_up"]
+                print(f"  node 4 was not caught up after {args.catch_up_seconds:g} s: {last}", file=sys.stderr)
 
             async with trio.open_nursery() as nursery:
                 for _ in range(args.inflight):
@@ -196,6 +189,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="load duration (default 15)")
     parser.add_argument("--inflight", type=int, default=64, help="concurrent writers (default 64)")
     parser.add_argument("--preload-keys", type=int, default=0, help="keys to load before (default 0)")
+    parser.add_argument("--catch-up-seconds", type=float, default=60.0,
+                        help="how long to keep trying to promote the learner (default 60)")
     parser.add_argument("--keep", action="store_true", help="keep the data directories and logs")
     args = parser.parse_args()
     if args.seconds <= 0 or args.inflight < 1 or args.preload_keys < 0:
