@@ -73,7 +73,7 @@ class Snapshots:
         self.write_ms = 0  # how long the last snapshot took to write (or to restore and write)
         self._inbox: dict[tuple[int, int], bytearray] = {}  # (sender, slot) -> the chunks so far
         self._sending: set[int] = set()  # peers a send task is working for (see send_soon)
-        self._resend_after: dict[int, float] = {}  # peer -> when it may get a snapshot again
+        self._resend_after: dict[int, tuple[int, float]] = {}  # peer -> (slot sent, when it may get it again)
 
     # -----------------------------------------------------------------------------------------------
     # our own
@@ -153,19 +153,22 @@ class Snapshots:
     def send_soon(self, peer_ids) -> None:
         """Send our newest snapshot to each of ``peer_ids``, in a task of its own: the file is read and
         framed once for all, in a worker thread (a million keys are ~130 MB: reading and framing them in
-        the driver stalled every write for as long). A peer gets it again only ``RESEND_SECONDS`` after
-        the last send ended: a lagging node asks on every message it gets until the snapshot arrives."""
+        the driver stalled every write for as long). A peer gets the *same* snapshot again only
+        ``RESEND_SECONDS`` after the last send of it ended: a lagging node asks on every message it gets
+        until the snapshot arrives. A newer snapshot goes at once (lazy learners take each one)."""
         node = self.node
         links = node.peer_links
         now = trio.current_time()
+        slot = node.storage.snapshot_slot
         peer_ids = [p for p in peer_ids if p not in self._sending and p in links.outboxes
-                    and now >= self._resend_after.get(p, 0.0)]
+                    and not (self._resend_after.get(p, (-1, 0.0))[0] == slot
+                             and now < self._resend_after[p][1])]
         if not peer_ids or node._fenced:
             return
         self._sending.update(peer_ids)
-        node.nursery.start_soon(self._send, peer_ids)
+        node.nursery.start_soon(self._send, peer_ids, slot)
 
-    async def _send(self, peer_ids: list) -> None:
+    async def _send(self, peer_ids: list, slot: int) -> None:
         node = self.node
         try:
             try:
@@ -184,7 +187,7 @@ class Snapshots:
             self._sending.difference_update(peer_ids)
             resend_after = trio.current_time() + RESEND_SECONDS
             for peer_id in peer_ids:
-                self._resend_after[peer_id] = resend_after
+                self._resend_after[peer_id] = (slot, resend_after)
 
     def _read_and_frame(self) -> list[bytes] | None:
         """In a worker thread: the newest snapshot's frames (it touches only the snapshot file)."""
