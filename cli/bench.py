@@ -103,8 +103,9 @@ def bench_command(
                                    "pip install 'paxos-kv[plot]' (or pip install matplotlib)") from None
         try:
             import hdrh  # noqa: F401
-        except ImportError:
-            raise UsageProblem("kv bench needs hdrhistogram: pip install 'paxos-kv[bench]'") from None
+        except ImportError:  # a dependency of the package: only a broken install lacks it
+            raise UsageProblem("kv bench needs hdrhistogram, which is missing from this install: "
+                               "pip install hdrhistogram") from None
         spec = loadgen.LoadSpec(
             endpoints=endpoint_list,
             clients=clients,

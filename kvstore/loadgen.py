@@ -55,7 +55,7 @@ def _histogram(digits: int = 3):
         from hdrh.histogram import HdrHistogram
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise RuntimeError(
-            "the load generator needs the hdrhistogram package: pip install 'paxos-kv[bench]'"
+            "the load generator needs the hdrhistogram package: pip install hdrhistogram"
         ) from exc
     return HdrHistogram(1, LATENCY_US_MAX, digits)
 
