@@ -139,7 +139,7 @@ def main() -> None:
     print(f"{'in flight':>9} {'A ops/s':>9} {'B ops/s':>9} {'B/A':>6} {'A p50 ms':>9} {'B p50 ms':>9} {'B/A':>6} "
           f"{'A cpu us':>9} {'B cpu us':>9} {'B/A':>6}")
     for inflight in [int(x) for x in args.inflight.split(",")]:
-        def med(name: str, key: str) -> float:
+        def med(name: str, key: str, inflight: int = inflight) -> float:
             return statistics.median(r[inflight][key] for r in results[name])
         a_ops, b_ops = med("A", "ops"), med("B", "ops")
         a_p50, b_p50 = med("A", "p50_ms"), med("B", "p50_ms")

@@ -2,10 +2,11 @@
 
 ``ab.py`` runs its load in a subprocess whose ``PYTHONPATH`` and working directory are the tree under
 test (this checkout, or a git worktree of an older revision), and loads this file from this checkout
-by its path (older trees do not have it). So the client here is that tree's ``kvstore.client`` (only its public ``Client``, which every revision has),
-and each node runs that tree's own ``kv`` command from its folder ``cli/``, whatever is installed: the
-command's import name is ``kv_cli`` in trees whose pyproject.toml maps it to ``cli/`` and ``cli`` in
-older ones, and a plain ``python -m kv_cli`` would find the installed copy instead of the tree's.
+by its path (older trees do not have it). So the client here is that tree's ``kvstore.client`` (only its
+public ``Client``, which every revision has), and each node runs that tree's own ``kv`` command from its
+folder ``cli/``, whatever is installed: the command's import name is ``kv_cli`` in trees whose
+pyproject.toml maps it to ``cli/`` and ``cli`` in older ones, and a plain ``python -m kv_cli`` would find
+the installed copy instead of the tree's.
 
 Nodes listen on 127.0.0.1 on ports the OS handed out, each with its own data directory under
 ``root``; ``close`` ends them by PID.
@@ -64,7 +65,7 @@ class TreeCluster:
         self.tree = Path(tree)
         self.root = Path(root)
         self.package = kv_package(self.tree)
-        self.ports = dict(zip(range(1, size + 1), free_ports(size)))
+        self.ports = dict(zip(range(1, size + 1), free_ports(size), strict=True))
         self.peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.ports.items())
         self.endpoints = [f"127.0.0.1:{p}" for p in self.ports.values()]
         self.procs: dict[int, subprocess.Popen] = {}

@@ -16,10 +16,10 @@ PID.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import trio
-
 from ab_cluster import free_ports  # bench/ is on the path when this script runs
+
 from kvstore.client import connect
 
 ELECTION_TIMEOUT_S = 30 * 0.01  # kv serve's defaults: 30 ticks of 10 ms
@@ -37,7 +37,7 @@ ELECTION_TIMEOUT_S = 30 * 0.01  # kv serve's defaults: 30 ticks of 10 ms
 class Cluster:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.ports = dict(zip((1, 2, 3, 4), free_ports(4)))
+        self.ports = dict(zip((1, 2, 3, 4), free_ports(4), strict=True))
         self.procs: dict[int, subprocess.Popen] = {}
 
     def endpoint(self, node: int) -> str:
@@ -159,7 +159,7 @@ async def run(args) -> dict:
         during = [lat for t, lat in done if add <= t <= promoted]
         after = [lat for t, lat in done if t > promoted]
         times = sorted(t for t, _ in done if add <= t <= promoted + 1.0)
-        gaps = [(b - a, a) for a, b in zip(times, times[1:])]
+        gaps = [(b - a, a) for a, b in itertools.pairwise(times)]
         gap, gap_at = max(gaps, default=(0.0, add))
         result = {
             "preload_keys": args.preload_keys, "preload_seconds": round(preload_s, 1),

@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import store_bench  # noqa: E402
+
 from kvstore.client import Client  # noqa: E402
 from kvstore.loadgen import LoadSpec, machine_facts, run_load_sync  # noqa: E402
 
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"  RSS at start           {base.get('VmRSS', 0):8.1f} MiB")
-    print(f"  RSS with {status.get('keys')} keys   {loaded.get('VmRSS', 0):8.1f} MiB  (peak {loaded.get('VmHWM', 0):.1f} MiB)"
+    print(f"  RSS with {status.get('keys')} keys   {loaded.get('VmRSS', 0):8.1f} MiB  "
+          f"(peak {loaded.get('VmHWM', 0):.1f} MiB)"
           f"  target < 400 MiB: {'met' if loaded.get('VmRSS', 1e9) < 400 else 'NOT met'}")
     print(f"  restart (SIGKILL, start, first get)  {restart_s:6.2f} s  target < 10 s: "
           f"{'met' if restart_s < 10 else 'NOT met'}; last key present: {present}")
@@ -97,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     path = store_bench.save_results("memory", {
         "machine": facts, "server": store_bench.server_defaults(), "fsync_during_load": args.fsync,
         "keys": args.keys, "val_size": args.val_size, "load": load.to_dict(timeline=False),
-        "rss_mib_start": base.get("VmRSS"), "rss_mib_loaded": loaded.get("VmRSS"), "hwm_mib_loaded": loaded.get("VmHWM"),
-        "restart_s": restart_s, "rss_mib_after_restart": after.get("VmRSS"), "hwm_mib_after_restart": after.get("VmHWM"),
+        "rss_mib_start": base.get("VmRSS"), "rss_mib_loaded": loaded.get("VmRSS"),
+        "hwm_mib_loaded": loaded.get("VmHWM"), "restart_s": restart_s,
+        "rss_mib_after_restart": after.get("VmRSS"), "hwm_mib_after_restart": after.get("VmHWM"),
         "status_loaded": status, "status_after_restart": status_after, "last_key_present": present,
     })
     print(f"\nresults: {path}")

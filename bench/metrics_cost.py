@@ -7,7 +7,8 @@ serving /metrics on its own port while a scraper fetches all three pages every `
 ``--seconds``. Alternating rounds spread the machine's drift over both modes. Printed: each mode's
 median throughput per level over the rounds and the ratio on/off (the target, reported and never
 asserted, is >= 0.97), and the three servers' CPU time per put (from /proc) with its ratio, which a
-busy shared machine disturbs less than throughput. Results with the machine facts go to ``bench/results/metrics_cost-*.json``.
+busy shared machine disturbs less than throughput. Results with the machine facts go to
+``bench/results/metrics_cost-*.json``.
 
     python bench/metrics_cost.py               # 3 rounds, 16 and 256 in flight, 5 s per point: ~2 min
     python bench/metrics_cost.py --quick       # 2 rounds, 2 s per point
@@ -34,6 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import store_bench  # noqa: E402
+
 from kvstore.loadgen import machine_facts  # noqa: E402
 
 TARGET_RATIO = 0.97
@@ -44,7 +46,7 @@ class MetricsKv(store_bench.LocalKv):
 
     def __init__(self, size: int) -> None:
         super().__init__(size)
-        self.metrics_ports = dict(zip(self.ports, store_bench.free_ports(size)))
+        self.metrics_ports = dict(zip(self.ports, store_bench.free_ports(size), strict=True))
 
     def start(self, node_id: int) -> None:
         with open(self.root / f"node-{node_id}.log", "ab") as log:
@@ -104,7 +106,8 @@ def one_cluster(metrics: bool, levels: list[int], seconds: float, scrape_seconds
                              "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"],
                              "errors": r["error_count"], "server_cpu_us_per_op": round(cpu_us, 1)})
                 log(f"  metrics {'on ' if metrics else 'off'} in flight {n:>4}: {r['throughput_ops_s']:9.1f} ops/s  "
-                    f"p50 {store_bench.fmt_ms(r['latency_ms']['p50'])}  p99 {store_bench.fmt_ms(r['latency_ms']['p99'])}  "
+                    f"p50 {store_bench.fmt_ms(r['latency_ms']['p50'])}  "
+                    f"p99 {store_bench.fmt_ms(r['latency_ms']['p99'])}  "
                     f"servers' CPU {cpu_us:6.1f} us/put")
         finally:
             if scraper is not None:
@@ -123,7 +126,7 @@ def compare_metrics(levels: list[int], seconds: float, rounds: int, scrape_secon
             runs.extend(one_cluster(metrics, levels, seconds, scrape_seconds, log))
     summary = []
     for n in levels:
-        def median(field: str, metrics: bool) -> float:
+        def median(field: str, metrics: bool, n: int = n) -> float:
             return statistics.median(r[field] for r in runs if r.get("in_flight") == n and r["metrics"] == metrics)
 
         off, on = median("throughput_ops_s", False), median("throughput_ops_s", True)

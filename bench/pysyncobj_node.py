@@ -23,6 +23,7 @@ import random
 import sys
 import threading
 import time
+from typing import Any
 
 
 def main() -> int:
@@ -65,8 +66,10 @@ def main() -> int:
 
     value = ("0123456789abcdef" * (args.val_size // 16 + 1))[: args.val_size]
     rng = random.Random(1)
-    results = []
-    for level in [int(x) for x in args.levels.split(",")]:
+
+    def run_level(level: int) -> dict[str, Any]:
+        # A function per level, so that a late callback of an earlier level (its wait timed out) still
+        # counts into that level's state and not into the next one's.
         hist = HdrHistogram(1, 60_000_000, 3)
         lock = threading.Lock()
         done = threading.Event()
@@ -105,17 +108,19 @@ def main() -> int:
             issue()
         done.wait(timeout=args.seconds + 30)
         elapsed = max(1e-9, (state["last"] or time.perf_counter()) - t_start)
-        results.append({
+        return {
             "in_flight": level, "ok": state["ok"], "errors": state["errors"],
             "error_count": sum(state["errors"].values()), "elapsed_s": elapsed,
             "throughput_ops_s": round(state["ok"] / elapsed, 1),
             "p50_ms": hist.get_value_at_percentile(50) / 1000 if state["ok"] else None,
             "p99_ms": hist.get_value_at_percentile(99) / 1000 if state["ok"] else None,
-        })
+        }
+
+    results = [run_level(level) for level in [int(x) for x in args.levels.split(",")]]
     tmp = args.result + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"leader": args.self_addr, "journal": bool(args.journal), "batch": not args.no_batch, "results": results,
-                   "pysyncobj_version": _version()}, f)
+        json.dump({"leader": args.self_addr, "journal": bool(args.journal), "batch": not args.no_batch,
+                   "results": results, "pysyncobj_version": _version()}, f)
     os.replace(tmp, args.result)
     while time.monotonic() < hard_end:
         time.sleep(0.5)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -63,7 +62,7 @@ class LocalKv:
         self.extra_args = list(extra_args or [])
         self._tmp = None if root else tempfile.TemporaryDirectory(prefix="kvbench-")
         self.root = Path(root or self._tmp.name)
-        self.ports = dict(zip(range(1, size + 1), free_ports(size)))
+        self.ports = dict(zip(range(1, size + 1), free_ports(size), strict=True))
         self.peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.ports.items())
         self.endpoints = [f"127.0.0.1:{p}" for p in self.ports.values()]
         self.procs: dict[int, subprocess.Popen] = {}
@@ -75,7 +74,7 @@ class LocalKv:
             self.procs[node_id] = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                                    stdin=subprocess.DEVNULL)
 
-    def start_all(self) -> "LocalKv":
+    def start_all(self) -> LocalKv:
         for node_id in self.ports:
             self.start(node_id)
         return self
@@ -142,7 +141,7 @@ class LocalKv:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def __enter__(self) -> "LocalKv":
+    def __enter__(self) -> LocalKv:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'in flight':>9}  {'3-node ops/s':>12} {'p50 ms':>8} {'p99 ms':>8}   {'1-node ops/s':>12} "
           f"{'p50 ms':>8} {'p99 ms':>8}   {'3/1':>5}")
-    for a, b in zip(three, one):
+    for a, b in zip(three, one, strict=True):
         ratio = a["throughput_ops_s"] / b["throughput_ops_s"] if b["throughput_ops_s"] else float("nan")
         print(f"{a['in_flight']:>9}  {a['throughput_ops_s']:>12.1f} {a['p50_ms'] or 0:>8.2f} {a['p99_ms'] or 0:>8.2f}"
               f"   {b['throughput_ops_s']:>12.1f} {b['p50_ms'] or 0:>8.2f} {b['p99_ms'] or 0:>8.2f}   {ratio:>5.2f}")

@@ -118,7 +118,8 @@ def parse(text: str, source: str = "the ACL") -> Acl:
         raise AclError(f"{source} is not valid TOML: {exc}") from None
     unknown = set(data) - {"clients"}
     if unknown:
-        raise AclError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}; expected [clients.NAME] tables")
+        raise AclError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                       f"expected [clients.NAME] tables")
     clients = data.get("clients", {})
     if not isinstance(clients, dict):
         raise AclError(f"{source}: 'clients' must be a table of [clients.NAME] tables")

@@ -522,7 +522,8 @@ class BackupService:
         except Exception as exc:  # a bug here must cost this backup, never the node (it runs in its nursery)
             log.exception("backup request %s failed", request)
             reply = wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, leader=None,
-                                    message=f"the backup failed on the leader ({type(exc).__name__}: {exc}); see its log")
+                                    message=f"the backup failed on the leader ({type(exc).__name__}: {exc}); "
+                                            f"see its log")
         conn.reply(reply)
         node._send_replies()
 

@@ -42,7 +42,7 @@ import trio
 from . import commands, tls, wire
 from .events import WAKE, Proposal, Read
 from .metrics import OUTCOME_OF_CODE, request_op
-from .netio import Outbox, socket_fd
+from .netio import Outbox
 from .peers import remote_name, set_nodelay
 from .waiters import read_reply
 
@@ -130,7 +130,7 @@ class ClientLinks:
         principal = None
         try:
             set_nodelay(stream)
-            if isinstance(stream, trio.SSLStream):  # kv serve --cert: every connection (kvstore.tls)
+            if isinstance(stream, tls.TlsStream):  # kv serve --cert: every connection (kvstore.tls)
                 principal = await tls.handshake(stream, node, name)
                 if principal is None:
                     return
@@ -154,9 +154,9 @@ class ClientLinks:
                 return
             conn = ClientConn(name, self.dirty)
             conn.principal = principal
-            conn.outbox.fd = socket_fd(stream)
+            raw_stream = conn.outbox.attach(stream)  # (a TLS stream's TCP stream: the outbox seals)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, stream, conn)
+                nursery.start_soon(self._writer, raw_stream, conn)
                 # Errors are handled inside the nursery block: trio would wrap anything raised here
                 # in an ExceptionGroup, which the handlers below would not recognise.
                 try:
@@ -192,7 +192,7 @@ class ClientLinks:
         finally:
             if conn is not None:
                 conn.closed = True
-                conn.outbox.fd = None  # before the stream closes its descriptor
+                conn.outbox.detach()  # before the stream closes its descriptor
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
@@ -202,7 +202,7 @@ class ClientLinks:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             conn.closed = True  # the client went away; the reader sees the end of the stream
         finally:
-            conn.outbox.fd = None
+            conn.outbox.detach()
 
     async def _serve(self, conn: ClientConn, reader, frames, name: str) -> None:
         """The client request loop: route what arrived, hand the node the events, send the answers

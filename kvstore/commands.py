@@ -34,7 +34,7 @@ This module does no I/O and uses no clock or randomness.
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Union
+from typing import Literal, NamedTuple
 
 import cbor2
 
@@ -56,7 +56,7 @@ _OP_NAMES = {OP_PUT: "put", OP_DELETE: "delete", OP_CAS: "cas"}
 # Element count of each command's array, including the op code.
 _OP_LENGTHS = {OP_PUT: 6, OP_DELETE: 6, OP_CAS: 7}
 
-Value = Union[str, bytes]
+Value = str | bytes
 
 
 class CommandError(Exception):

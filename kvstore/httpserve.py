@@ -14,9 +14,9 @@ address), never blocks the event loop on I/O, and never lets one connection's fa
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Awaitable, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio

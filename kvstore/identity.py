@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -62,12 +64,13 @@ def new_incarnation() -> str:
 class Founding:
     """What ``decide_founding`` concluded: ``members`` to record and start with, or ``waiting_for``."""
 
-    members: dict | None = None  # node id -> incarnation
-    waiting_for: tuple = ()  # member ids that have not answered yet
+    members: dict[int, str] | None = None  # node id -> incarnation
+    waiting_for: tuple[int, ...] = ()  # member ids that have not answered yet
     how: str = ""  # "new cluster", "joined the founding", or "" while waiting
 
 
-def decide_founding(node_id: int, incarnation: str, member_ids, answers: dict) -> Founding:
+def decide_founding(node_id: int, incarnation: str, member_ids: Iterable[int],
+                    answers: Mapping[int, dict[str, Any] | None]) -> Founding:
     """Decide how an unfounded node may start (see the module docstring).
 
     ``answers`` maps each other member's id to its status dict (``incarnation``, ``members``: the
@@ -91,19 +94,20 @@ def decide_founding(node_id: int, incarnation: str, member_ids, answers: dict) -
             f"so it refuses. Restore its data directory from a backup of this node, or keep it down "
             f"(see docs/operations.md, 'A node that lost its disk')"
         )
-    missing = tuple(peer for peer in others if answers.get(peer) is None)
+    present = {peer: status for peer in others if (status := answers.get(peer)) is not None}
+    missing = tuple(peer for peer in others if peer not in present)
     if missing:
         return Founding(waiting_for=missing)
     for peer in others:
-        if not answers[peer].get("incarnation"):
+        if not present[peer].get("incarnation"):
             raise IdentityError(f"node {peer} did not say its incarnation: it runs an older version of kv; "
                                 f"start every member of a new cluster with the same version")
-    members = {peer: answers[peer]["incarnation"] for peer in others}
+    members = {peer: present[peer]["incarnation"] for peer in others}
     members[node_id] = incarnation
     return Founding(members=members, how="new cluster")
 
 
-def check_peer(members: dict, peer: int, incarnation: str | None) -> str | None:
+def check_peer(members: Mapping[int, str], peer: int, incarnation: str | None) -> str | None:
     """None if ``peer`` presenting ``incarnation`` is the member this node knows; else why it is not."""
     known = members.get(peer)
     if known is None:
@@ -116,7 +120,8 @@ def check_peer(members: dict, peer: int, incarnation: str | None) -> str | None:
             f"{known}: it lost its data directory and may not vote under its old id")
 
 
-async def wait_founding(node_id: int, incarnation: str, member_ids, status_of, *,
+async def wait_founding(node_id: int, incarnation: str, member_ids: Iterable[int],
+                        status_of: Callable[[int], Awaitable[dict[str, Any] | None]], *,
                         poll_seconds: float = 0.2, log_every_seconds: float = 5.0) -> Founding:
     """Ask every other member for its status until ``decide_founding`` says how to start.
 
@@ -127,14 +132,14 @@ async def wait_founding(node_id: int, incarnation: str, member_ids, status_of, *
     others = [m for m in sorted(member_ids) if m != node_id]
     next_log = trio.current_time() + log_every_seconds
     while True:
-        answers: dict = {}
+        answers: dict[int, dict[str, Any] | None] = {}
 
-        async def ask(peer: int) -> None:
+        async def ask(peer: int, answers: dict[int, dict[str, Any] | None]) -> None:
             answers[peer] = await status_of(peer)
 
         async with trio.open_nursery() as nursery:
             for peer in others:
-                nursery.start_soon(ask, peer)
+                nursery.start_soon(ask, peer, answers)
         founding = decide_founding(node_id, incarnation, member_ids, answers)
         if founding.members is not None:
             return founding

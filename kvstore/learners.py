@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from .metrics import SLOT_COMMANDS_BOUNDS, Buckets
 from .statemachine import StateMachine

@@ -34,13 +34,14 @@ import os
 import platform
 import random
 import sys
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import trio
 
-from .client import RequestError, Unavailable, connect
+from .client import AsyncClient, RequestError, Unavailable, connect
 
 LATENCY_US_MAX = 60_000_000  # one minute; longer latencies are recorded as one minute
 OPS = ("put", "get", "mixed")
@@ -50,7 +51,7 @@ class LoadSpecError(ValueError):
     """A load specification that cannot be run (caller mistake)."""
 
 
-def _histogram(digits: int = 3):
+def _histogram(digits: int = 3) -> Any:
     try:
         from hdrh.histogram import HdrHistogram
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -81,6 +82,7 @@ class LoadSpec:
     warmup: int = 0  # unmeasured puts per connection before the run (connects, finds the leader)
     seed: int = 1
     time_limit_s: float | None = None  # hard cap; default: duration + 2*timeout, or 600 s with total
+    tls: dict[str, str] = field(default_factory=dict)  # cacert, cert, key (PEM files) for a TLS cluster
 
     def validate(self) -> None:
         if self.clients < 1:
@@ -125,13 +127,13 @@ class LoadSpec:
     def value(self) -> str:
         return ("0123456789abcdef" * (self.val_size // 16 + 1))[: self.val_size]
 
-    def params(self) -> dict:
+    def params(self) -> dict[str, Any]:
         d = asdict(self)
         d["mode"] = "open loop" if self.rate else "closed loop"
         return d
 
 
-def machine_facts() -> dict:
+def machine_facts() -> dict[str, Any]:
     """What to record with every result: the machine and the software it ran."""
     cpu = ""
     try:
@@ -148,7 +150,7 @@ def machine_facts() -> dict:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -162,7 +164,7 @@ def error_kind(exc: BaseException) -> str:
     return str(kind) if kind else type(exc).__name__
 
 
-def _latency_summary(hist) -> dict:
+def _latency_summary(hist: Any) -> dict[str, float | None]:
     if hist.get_total_count() == 0:
         return {k: None for k in ("min", "mean", "p50", "p90", "p99", "p999", "max")}
     ms = 1000.0
@@ -177,14 +179,14 @@ def _latency_summary(hist) -> dict:
     }
 
 
-def _record_all(hist, latencies_us: list[int]) -> None:
+def _record_all(hist: Any, latencies_us: list[int]) -> None:
     """Add a second's latencies to the run's histogram: one ``record_value`` per distinct value (with
     its count) instead of one per request, which costs the load generator a microsecond per request."""
     for value, count in collections.Counter(latencies_us).items():
         hist.record_value(value, count)
 
 
-def _interval_summary(latencies_us: list[int]) -> dict:
+def _interval_summary(latencies_us: list[int]) -> dict[str, float | None]:
     """p50, p99 and max of one second's latencies (microseconds), in milliseconds.
 
     A plain list sorted once a second: appending costs ~0.05 us per request where recording into a
@@ -211,7 +213,7 @@ class LoadResult:
     errors: dict[str, int]
     elapsed_s: float
     histogram: Any  # hdrh HdrHistogram of every successful request, microseconds
-    timeline: list[dict]  # one entry per second: t_s, ok, errors, p50_ms, p99_ms, max_ms
+    timeline: list[dict[str, Any]]  # one entry per second: t_s, ok, errors, p50_ms, p99_ms, max_ms
     stopped_by: str  # "total", "duration" or "time limit"
 
     @property
@@ -219,11 +221,11 @@ class LoadResult:
         return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
-    def latency_ms(self) -> dict:
+    def latency_ms(self) -> dict[str, float | None]:
         return _latency_summary(self.histogram)
 
-    def to_dict(self, *, timeline: bool = True) -> dict:
-        d = {
+    def to_dict(self, *, timeline: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
             "params": self.spec.params(),
             "ok": self.ok,
             "errors": dict(sorted(self.errors.items())),
@@ -263,7 +265,7 @@ class LoadResult:
 class _KvTarget:
     """Adapts an ``AsyncClient`` to the target interface."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client: AsyncClient) -> None:
         self.client = client
 
     async def put(self, key: str, value: str) -> None:
@@ -272,7 +274,7 @@ class _KvTarget:
     async def get(self, key: str, consistency: str) -> None:
         await self.client.get(key, consistency=consistency)
 
-    def submit(self, is_get: bool, key: str, value: str, consistency: str, done) -> None:
+    def submit(self, is_get: bool, key: str, value: str, consistency: str, done: Callable[[object], None]) -> None:
         """Send a get or put without waiting; ``done(outcome)``: the result, or the exception."""
         if is_get:
             self.client.submit_get(key, done, consistency=consistency)
@@ -281,15 +283,15 @@ class _KvTarget:
 
 
 @asynccontextmanager
-async def kv_targets(spec: LoadSpec):
+async def kv_targets(spec: LoadSpec) -> AsyncIterator[list[Any]]:
     """``spec.conns`` connections to our store (``kvstore.client.connect``), as load targets."""
     async with trio.open_nursery() as nursery:
-        targets: list = []
+        targets: list[Any] = []
         ready = trio.Event()
         done = trio.Event()
 
         async def hold(i: int) -> None:
-            async with connect(spec.endpoints, timeout=spec.timeout) as client:
+            async with connect(spec.endpoints, timeout=spec.timeout, **spec.tls) as client:
                 targets.append(_KvTarget(client))
                 if len(targets) == spec.conns:
                     ready.set()
@@ -302,6 +304,25 @@ async def kv_targets(spec: LoadSpec):
             yield targets
         finally:
             done.set()
+
+
+@dataclass
+class _RunState:
+    """The run's counters, shared by the workers, the ticker and the summary."""
+
+    next: int = 0  # the next request number to hand out
+    ok: int = 0
+    err: int = 0
+    stopped_by: str = "total"
+
+
+@dataclass
+class _Interval:
+    """The current second's latencies (microseconds) and counts; the ticker takes and resets them."""
+
+    lat: list[int] = field(default_factory=list)
+    ok: int = 0
+    err: int = 0
 
 
 class _Progress:
@@ -334,7 +355,8 @@ class _Progress:
         self.stream.flush()
 
 
-async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
+async def run_load(spec: LoadSpec, *, open_targets: Callable[[LoadSpec], AbstractAsyncContextManager[list[Any]]]
+                   | None = None,
                    progress: TextIO | None = None) -> LoadResult:
     """Run one load against ``spec.endpoints`` (or the targets ``open_targets(spec)`` yields).
 
@@ -348,13 +370,13 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
     hist = _histogram()
     count_limit = spec.count_limit()
     errors: dict[str, int] = {}
-    timeline: list[dict] = []
-    state = {"next": 0, "ok": 0, "err": 0, "stopped_by": "total"}
-    interval = {"lat": [], "ok": 0, "err": 0}
+    timeline: list[dict[str, Any]] = []
+    state = _RunState()
+    interval = _Interval()
 
     async with open_targets(spec) as targets:
         if spec.warmup:
-            async def warm(target) -> None:
+            async def warm(target: Any) -> None:
                 for j in range(spec.warmup):
                     try:
                         await target.put(spec.key(j % spec.key_space_size), value)
@@ -372,18 +394,18 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
         last_done = [start]
 
         def next_request() -> int | None:
-            i = state["next"]
+            i = state.next
             now = clock()
             if i >= count_limit:
-                state["stopped_by"] = "total" if spec.total is not None else "count limit"
+                state.stopped_by = "total" if spec.total is not None else "count limit"
                 return None
             if now >= end or (spec.rate and start + i / spec.rate >= end):
-                state["stopped_by"] = "duration"
+                state.stopped_by = "duration"
                 return None
             if now >= hard_end:
-                state["stopped_by"] = "time limit"
+                state.stopped_by = "time limit"
                 return None
-            state["next"] = i + 1
+            state.next = i + 1
             return i
 
         def choose_op() -> bool:  # True: get
@@ -399,16 +421,16 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
         def failed(exc: Exception) -> None:
             kind = error_kind(exc)
             errors[kind] = errors.get(kind, 0) + 1
-            state["err"] += 1
-            interval["err"] += 1
+            state.err += 1
+            interval.err += 1
 
         def succeeded(began: float) -> None:
             finished = clock()
             last_done[0] = finished
             # Into this second's list; the histogram takes the list once a second (_record_all).
-            interval["lat"].append(min(LATENCY_US_MAX, max(1, int((finished - began) * 1_000_000))))
-            state["ok"] += 1
-            interval["ok"] += 1
+            interval.lat.append(min(LATENCY_US_MAX, max(1, int((finished - began) * 1_000_000))))
+            state.ok += 1
+            interval.ok += 1
 
         async def worker(w: int) -> None:
             target = targets[w % len(targets)]
@@ -453,7 +475,7 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
                 return
             began = clock()
 
-            def done(outcome) -> None:
+            def done(outcome: object) -> None:
                 if isinstance(outcome, Exception):
                     failed(outcome)
                 else:
@@ -473,15 +495,15 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
             while True:
                 second += 1
                 await trio.sleep_until(start + second)
-                latencies, ok, err = interval["lat"], interval["ok"], interval["err"]
-                interval.update(lat=[], ok=0, err=0)
+                latencies, ok, err = interval.lat, interval.ok, interval.err
+                interval.lat, interval.ok, interval.err = [], 0, 0
                 _record_all(hist, latencies)
                 lat = _interval_summary(latencies)
                 timeline.append({"t_s": second, "ok": ok, "errors": err, "p50_ms": lat["p50"],
                                  "p99_ms": lat["p99"], "max_ms": lat["max"]})
-                reporter.show(clock() - start, state["ok"], state["err"], ok)
+                reporter.show(clock() - start, state.ok, state.err, ok)
                 if clock() >= hard_end + spec.timeout + 1.0:
-                    state["stopped_by"] = "time limit"
+                    state.stopped_by = "time limit"
                     cancel_scope.cancel()  # requests still stuck past every timeout: give up
 
         async with trio.open_nursery() as outer:
@@ -498,21 +520,21 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable | None = None,
         stop = clock()
 
     # The last partial second joins the timeline if it saw anything.
-    if interval["ok"] or interval["err"]:
-        _record_all(hist, interval["lat"])
-        lat = _interval_summary(interval["lat"])
-        timeline.append({"t_s": round(stop - start, 3), "ok": interval["ok"], "errors": interval["err"],
+    if interval.ok or interval.err:
+        _record_all(hist, interval.lat)
+        lat = _interval_summary(interval.lat)
+        timeline.append({"t_s": round(stop - start, 3), "ok": interval.ok, "errors": interval.err,
                          "p50_ms": lat["p50"], "p99_ms": lat["p99"], "max_ms": lat["max"]})
-    elapsed = max(1e-9, (last_done[0] if state["ok"] else stop) - start)
-    if spec.rate and spec.duration is not None and state["stopped_by"] == "duration":
+    elapsed = max(1e-9, (last_done[0] if state.ok else stop) - start)
+    if spec.rate and spec.duration is not None and state.stopped_by == "duration":
         elapsed = max(elapsed, min(spec.duration, stop - start))
-    result = LoadResult(spec=spec, ok=state["ok"], errors=errors, elapsed_s=elapsed, histogram=hist,
-                        timeline=timeline, stopped_by=state["stopped_by"])
+    result = LoadResult(spec=spec, ok=state.ok, errors=errors, elapsed_s=elapsed, histogram=hist,
+                        timeline=timeline, stopped_by=state.stopped_by)
     reporter.show(elapsed, result.ok, sum(errors.values()), result.throughput, final=True)
     return result
 
 
-def run_load_sync(spec: LoadSpec, **kwargs) -> LoadResult:
+def run_load_sync(spec: LoadSpec, **kwargs: Any) -> LoadResult:
     """``run_load`` for plain scripts (starts its own trio loop)."""
     return trio.run(lambda: run_load(spec, **kwargs))
 

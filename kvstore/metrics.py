@@ -26,8 +26,7 @@ import bisect
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
-                                   SummaryMetricFamily)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
 
 from . import httpserve, wire
 
@@ -81,7 +80,7 @@ class Buckets:
     def family(self, name: str, documentation: str) -> HistogramMetricFamily:
         cumulative = []
         total = 0
-        for bound, count in zip(self.bounds, self.counts):
+        for bound, count in zip(self.bounds, self.counts[:-1], strict=True):
             total += count
             cumulative.append((_le(bound), total))
         total += self.counts[-1]

@@ -34,8 +34,8 @@ import socket
 import trio
 
 from . import identity, tls, wire
+from .netio import Outbox
 from .storage import StorageError
-from .netio import Outbox, socket_fd
 
 __all__ = ["PeerLinks", "PEER_FRAME_BYTES_MAX", "set_nodelay", "remote_name"]
 
@@ -112,7 +112,7 @@ class PeerLinks:
                 self._nursery.start_soon(self._sender, peer)
         for peer in set(self.outboxes) - wanted:
             outbox = self.outboxes.pop(peer)
-            outbox.fd = None
+            outbox.detach()
             outbox.close()
             scope = self._sender_scopes.pop(peer, None)
             if scope is not None:
@@ -179,7 +179,7 @@ class PeerLinks:
         self.stopped = True
         if close_links:
             for outbox in self.outboxes.values():
-                outbox.fd = None  # no more direct writes (see Outbox.write)
+                outbox.detach()  # no more direct writes (see Outbox.write)
                 outbox.close()
             self._scope.cancel()
 
@@ -231,11 +231,11 @@ class PeerLinks:
                     # this connection starts with whole frames.
                     outbox.drop_backlog()
                     await stream.send_all(hello)
-                    outbox.fd = socket_fd(stream)
+                    raw_stream = outbox.attach(stream)  # (a TLS stream's TCP stream: the outbox seals)
                     try:
-                        await outbox.run(stream)
+                        await outbox.run(raw_stream)
                     finally:
-                        outbox.fd = None  # before the stream closes its descriptor
+                        outbox.detach()  # before the stream closes its descriptor
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.info("link to node %d lost: %s", peer_id, exc)
                 await trio.sleep(backoff)

@@ -77,8 +77,17 @@ from paxos.replica import Config, Options, Replica
 from . import acl, commands, identity, metrics, runtime, tls, wire
 from .clients import ClientConn, ClientLinks
 from .endpoints import format_endpoint
-from .events import Proposal, Read, SnapshotAdoptable, SnapshotReceived, SnapshotRestored, SnapshotStep
-from .events import SnapshotWritten, Tick, Wake
+from .events import (
+    Proposal,
+    Read,
+    SnapshotAdoptable,
+    SnapshotReceived,
+    SnapshotRestored,
+    SnapshotStep,
+    SnapshotWritten,
+    Tick,
+    Wake,
+)
 from .groupcommit import GroupCommit
 from .learners import Learner
 from .members import CoreCall, JoinError, Members, fetch_join_config
@@ -230,7 +239,7 @@ class Node:
         options: ServerOptions | None = None,
         *,
         listener_socket: socket.socket | None = None,
-        transport: "TcpTransport | None" = None,
+        transport: TcpTransport | None = None,
         join: list[str] | None = None,
     ) -> None:
         self.node_id = node_id

@@ -43,7 +43,7 @@ import time
 import trio
 
 from . import runtime, wire
-from .events import SnapshotAdoptable, SnapshotRestored, SnapshotWritten, SnapshotReceived
+from .events import SnapshotAdoptable, SnapshotReceived, SnapshotRestored, SnapshotWritten
 from .learners import standby_of
 from .statemachine import StateMachine
 from .storage import StorageError

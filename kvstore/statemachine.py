@@ -40,9 +40,9 @@ Exactly-once (the dedup table)
     beyond, least recently used clients are forgotten until the table is under it again. At most
     ``RESULTS_PER_CLIENT_MAX`` results per client: when exceeded, the lowest request id is forgotten
     *and the client's floor is raised above it*, so a late retry of that request is answered "stale
-    request" instead of being executed twice. A forgotten client loses that protection: a retry from it after eviction executes again,
-    which is the price of a bounded table (clients retry for seconds, eviction takes 10,000 newer
-    clients).
+    request" instead of being executed twice. A forgotten client loses that protection: a retry from it
+    after eviction executes again, which is the price of a bounded table (clients retry for seconds,
+    eviction takes 10,000 newer clients).
 
   Remembered results are stored compactly as ``(kind, rev, extra)`` tuples and rebuilt into fresh
   dicts for every caller, so no caller can change the table by mutating a result.
@@ -77,8 +77,9 @@ import io
 import struct
 from bisect import bisect_left, insort
 from collections import OrderedDict
+from collections.abc import Iterator
 from heapq import heappop, heappush
-from typing import BinaryIO, Iterator, NamedTuple, Union
+from typing import BinaryIO, NamedTuple
 
 import cbor2
 
@@ -106,7 +107,7 @@ as four fields: key, value, version, mod_revision), which servers before it wrot
 SNAPSHOT_FORMATS_READ = (1, 2, 3)
 _STATE_HASH_VERSION = 1  # part of what state_hash digests; independent of the snapshot layout
 
-Value = Union[str, bytes]
+Value = str | bytes
 
 # Kinds of remembered results: (kind, rev, extra). extra is 0 for put, the number of deleted keys for
 # delete, 1 or 0 (swapped or not) for cas.
@@ -176,7 +177,7 @@ class _SortedKeys:
         self._maxes: list[str] = []
 
     @classmethod
-    def from_sorted(cls, keys: list[str]) -> "_SortedKeys":
+    def from_sorted(cls, keys: list[str]) -> _SortedKeys:
         """An index of ``keys``, which must be strictly increasing already (not checked)."""
         index = cls()
         load = cls._LOAD
@@ -344,8 +345,8 @@ def _entry_digest(packed: bytes) -> int:
 class StateMachine:
     """The dictionary plus its dedup table. Not thread-safe; one owner (the server's driver task)."""
 
-    __slots__ = ("changes", "slot", "revision", "_entries", "_index", "_clients", "_results_total", "_hash_cache", "_digest_sum",
-                 "_journals")
+    __slots__ = ("changes", "slot", "revision", "_entries", "_index", "_clients", "_results_total", "_hash_cache",
+                 "_digest_sum", "_journals")
 
     def __init__(self) -> None:
         self.revision: int = 0
@@ -592,7 +593,7 @@ class StateMachine:
         with self.freeze() as frozen:
             yield from frozen.chunks(entries_per_chunk)
 
-    def freeze(self) -> "FrozenState":
+    def freeze(self) -> FrozenState:
         """The state as of now, for a snapshot written while writes go on (see the module docstring).
 
         Costs one pointer per key (the key order is copied) plus a copy of the dedup table. Close the
@@ -624,7 +625,7 @@ class StateMachine:
                 return
 
     @classmethod
-    def restore(cls, data: bytes) -> "StateMachine":
+    def restore(cls, data: bytes) -> StateMachine:
         """Rebuild a state machine from ``snapshot()`` bytes.
 
         Validates everything (types, ranges, key order, dedup table consistency, no trailing bytes)
@@ -636,7 +637,7 @@ class StateMachine:
         return cls.restore_stream(io.BytesIO(data), len(data))
 
     @classmethod
-    def restore_stream(cls, stream: BinaryIO, length: int) -> "StateMachine":
+    def restore_stream(cls, stream: BinaryIO, length: int) -> StateMachine:
         """``restore`` of the ``length`` snapshot bytes that ``stream`` (a binary file) holds from its
         current position. A server restoring from its snapshot file uses this: decoding from the file
         never holds the whole encoding next to everything decoded from it (a million keys: ~130 MB
@@ -703,7 +704,7 @@ class FrozenState:
             self._owner._release(self._saved)
             self._saved = {}
 
-    def __enter__(self) -> "FrozenState":
+    def __enter__(self) -> FrozenState:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -732,7 +733,7 @@ class FrozenState:
             values = list(map(self._entries.get, keys))
             saved = self._saved
             if saved:
-                values = [saved[key] if key in saved else value for key, value in zip(keys, values)]
+                values = [saved[key] if key in saved else value for key, value in zip(keys, values, strict=True)]
             flat: list = [None] * (2 * len(keys))
             flat[0::2] = keys
             flat[1::2] = values

@@ -181,8 +181,8 @@ import random
 import re
 import struct
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import cbor2
 
@@ -697,7 +697,7 @@ class Storage:
 
     @classmethod
     def open(cls, data_dir: str | Path, *, node_id: int, cluster_id: str, fsync: bool = True,
-             preallocate: int = 0) -> "Storage":
+             preallocate: int = 0) -> Storage:
         """Open (creating on first use) and recover the data directory of ``node_id`` in ``cluster_id``.
 
         ``preallocate``: keep this many bytes of zeros written ahead of the log's end (see "Preallocated
@@ -1439,7 +1439,7 @@ class Storage:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
 
-    def __enter__(self) -> "Storage":
+    def __enter__(self) -> Storage:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 from . import commands, failpoints, wire
 from .metrics import OUTCOME_OF_CODE, request_op

@@ -96,7 +96,7 @@ def obtain_sdist(explicit_path):
     if explicit_path:
         path = Path(explicit_path)
         if not path.is_file():
-            raise RuntimeError("sdist not found: %s" % path)
+            raise RuntimeError(f"sdist not found: {path}")
     else:
         cache = Path(os.environ.get("PAXOS_SEED_CACHE", Path.home() / ".cache" / "paxos-seed"))
         path = cache / SDIST_NAME
@@ -109,11 +109,11 @@ def obtain_sdist(explicit_path):
             print("seed suite: downloading:", " ".join(command), flush=True)
             result = subprocess.run(command, timeout=PIP_TIMEOUT_SECONDS)
             if result.returncode != 0 or not path.is_file():
-                raise RuntimeError("pip download of essential-paxos==2.0 failed (exit %d)" % result.returncode)
+                raise RuntimeError(f"pip download of essential-paxos==2.0 failed (exit {result.returncode})")
 
     actual = sha256_of(path)
     if actual != SDIST_SHA256:
-        raise RuntimeError("sdist %s has sha256 %s, expected %s" % (path, actual, SDIST_SHA256))
+        raise RuntimeError(f"sdist {path} has sha256 {actual}, expected {SDIST_SHA256}")
     return path
 
 
@@ -168,13 +168,13 @@ def run_suite(sdist, keep_dir=None):
         test_dir.mkdir(parents=True, exist_ok=True)
 
         names = extract_tests(sdist, test_dir)
-        print("seed suite: extracted %s" % ", ".join(names))
+        print(f"seed suite: extracted {', '.join(names)}")
         for name in names:
             path = test_dir / name
             ported, counts = port_to_python3(name, path.read_text())
             path.write_text(ported)
             for description, count in counts.items():
-                print("seed suite:   %s: %s x%d" % (name, description, count))
+                print(f"seed suite:   {name}: {description} x{count}")
 
         # An empty config file pins pytest's rootdir here, away from our repo's pyproject settings.
         (work / "pytest.ini").write_text("[pytest]\n")
@@ -191,13 +191,13 @@ def run_suite(sdist, keep_dir=None):
         result = subprocess.run(command, cwd=str(work), env=env, timeout=PYTEST_TIMEOUT_SECONDS)
 
         if not report.is_file():
-            print("seed suite: pytest produced no report (exit %d)" % result.returncode)
+            print(f"seed suite: pytest produced no report (exit {result.returncode})")
             return 1
         tests, failures, errors, skipped = junit_counts(report)
         passed = tests - failures - errors - skipped
         print(
-            "seed suite: %d passed, %d failed, %d errors, %d skipped, %d collected (expected %d)"
-            % (passed, failures, errors, skipped, tests, EXPECTED_TESTS)
+            f"seed suite: {passed} passed, {failures} failed, {errors} errors, {skipped} skipped, "
+            f"{tests} collected (expected {EXPECTED_TESTS})"
         )
         ok = result.returncode == 0 and passed == tests == EXPECTED_TESTS
         print("seed suite: %s" % ("OK" if ok else "FAILED"))
@@ -214,7 +214,7 @@ def main(argv=None):
     try:
         sdist = obtain_sdist(args.sdist or os.environ.get("PAXOS_SEED_SDIST"))
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        print("seed suite: cannot obtain the sdist: %s" % exc, file=sys.stderr)
+        print(f"seed suite: cannot obtain the sdist: {exc}", file=sys.stderr)
         return 2
     return run_suite(sdist, args.keep)
 

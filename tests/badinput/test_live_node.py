@@ -59,9 +59,9 @@ class LiveNode:
             try:
                 self.client.put("ready", "1")
                 break
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise AssertionError(f"node did not start:\n{self.log_text()}")
+                    raise AssertionError(f"node did not start:\n{self.log_text()}") from exc
                 time.sleep(0.1)
         self.n = 0
         self.log_mark = 0
@@ -111,7 +111,7 @@ def exchange(node: LiveNode, data: bytes, *, timeout: float = 10.0,
     Reads until the server closes, ``timeout`` passes, or ``replies_wanted`` whole replies arrived."""
     node.log_mark = len(node.log_text())
     with socket.create_connection(("127.0.0.1", node.port), timeout=timeout) as s:
-        name = "127.0.0.1:%d" % s.getsockname()[1]
+        name = f"127.0.0.1:{s.getsockname()[1]}"
         s.sendall(data)
         received = b""
         closed = False
@@ -122,7 +122,7 @@ def exchange(node: LiveNode, data: bytes, *, timeout: float = 10.0,
             except ConnectionResetError:
                 closed = True
                 break
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 closed = True

@@ -11,8 +11,7 @@ import pytest
 import trio
 
 from kvstore.client import RequestError, Unavailable
-from kvstore.loadgen import (LoadSpec, LoadSpecError, _histogram, _interval_summary, _record_all, error_kind,
-                             run_load)
+from kvstore.loadgen import LoadSpec, LoadSpecError, _histogram, _interval_summary, _record_all, error_kind, run_load
 
 
 class FakeTarget:

@@ -275,7 +275,7 @@ def test_changing_one_result_of_a_non_overlapping_history_is_rejected(ops, data)
 
 def _brute_force(ops: list[Op]) -> bool:
     """Every subset of unknown ops x every order respecting real time, checked on a dict register."""
-    known = [o for o in ops if not (o.result is UNKNOWN)]
+    known = [o for o in ops if o.result is not UNKNOWN]
     unknown = [o for o in ops if o.result is UNKNOWN and o.kind != "get"]
     for r in range(len(unknown) + 1):
         for chosen in itertools.combinations(unknown, r):
@@ -351,7 +351,7 @@ def test_check_key_on_a_long_concurrent_history_finishes():
     t = 0.0
     n = 0
     last_written = None
-    for round_ in range(100):
+    for _round in range(100):
         for p in range(4):
             if p == 0:
                 n += 1

@@ -35,7 +35,7 @@ class Cluster:
     def __init__(self, root: Path, size: int = 3, *, extra_args: list[str] | None = None) -> None:
         self.root = Path(root)
         self.size = size
-        self.ports = dict(zip(range(1, size + 1), free_ports(size)))
+        self.ports = dict(zip(range(1, size + 1), free_ports(size), strict=True))
         self.peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.ports.items())
         self.endpoints = [f"127.0.0.1:{p}" for p in self.ports.values()]
         self.extra_args = extra_args or []

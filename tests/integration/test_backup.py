@@ -154,7 +154,7 @@ async def test_back_up_lose_every_node_and_restore_into_a_new_cluster(tmp_path):
         new.start_all()
         await new.wait_leader(deadline_s=60)
         statuses = await new.wait_converged()
-        for node_id, node_status in statuses.items():
+        for node_status in statuses.values():
             assert node_status["cluster_id"] == cluster_id
             assert node_status["snapshot_slot"] == facts["slot"]
             assert node_status["config"]["voters"] == [1, 2, 3] and node_status["config"]["epoch"] == 0
@@ -163,7 +163,8 @@ async def test_back_up_lose_every_node_and_restore_into_a_new_cluster(tmp_path):
         async with connect(new.endpoints, timeout=15) as client:
             held = dict(await client.list(""))
             for key, value in {**expected, **acked_before}.items():
-                assert held.get(key) == value, f"acknowledged {key!r} = {value!r} before the save; restored {held.get(key)!r}"
+                assert held.get(key) == value, (f"acknowledged {key!r} = {value!r} before the save; "
+                                                f"restored {held.get(key)!r}")
             assert "k/0008" not in held
             for key, value in held.items():  # nothing nobody wrote
                 assert {**expected, **acked_before, **acked_during}.get(key) == value, (key, value)

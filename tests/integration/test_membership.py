@@ -81,7 +81,8 @@ async def test_replace_a_member_through_the_log_and_lose_the_old_leader(tmp_path
         cluster.kill(2)
 
         port = free_ports(1)[0]
-        added = kv(cluster, "member", "add", "4", f"127.0.0.1:{port}", endpoints=[cluster.endpoint(1), cluster.endpoint(3)])
+        added = kv(cluster, "member", "add", "4", f"127.0.0.1:{port}",
+                   endpoints=[cluster.endpoint(1), cluster.endpoint(3)])
         assert added.returncode == 0, added.stderr + cluster.logs_tail()
 
         early = kv(cluster, "member", "promote", "4", endpoints=[cluster.endpoint(1), cluster.endpoint(3)])

@@ -10,8 +10,8 @@ Prometheus's text format and other paths answer 404.
 """
 from __future__ import annotations
 
-import sys
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +31,7 @@ class MetricsCluster(Cluster):
 
     def __init__(self, root, size: int = 3) -> None:
         super().__init__(root, size)
-        self.metrics_ports = dict(zip(self.ports, free_ports(size)))
+        self.metrics_ports = dict(zip(self.ports, free_ports(size), strict=True))
 
     def start(self, node_id: int) -> None:
         log = open(self.root / f"node-{node_id}.log", "ab")
@@ -80,8 +80,12 @@ def test_metrics_of_a_real_cluster_move_with_puts_leadership_and_a_kill(tmp_path
         cluster.start_all()
         leader = cluster.leader()
         ids = list(cluster.ports)
-        scrapes = poll("every node's metrics with one leader", lambda: (lambda s: s if [
-            i for i in ids if value(s[i], "kv_is_leader") == 1] == [leader] else None)({i: cluster.scrape(i) for i in ids}))
+
+        def scrapes_with_one_leader() -> dict | None:
+            s = {i: cluster.scrape(i) for i in ids}
+            return s if [i for i in ids if value(s[i], "kv_is_leader") == 1] == [leader] else None
+
+        scrapes = poll("every node's metrics with one leader", scrapes_with_one_leader)
         assert all(value(s, "kv_leader_id") == leader for s in scrapes.values())
         puts_before = value(scrapes[leader], "kv_requests_total", op="put", outcome="ok")
 

@@ -34,7 +34,7 @@ class MemoryNetwork:
         if listener is not None:
             listener.closed = True
 
-    def transport(self) -> "MemoryTransport":
+    def transport(self) -> MemoryTransport:
         return MemoryTransport(self)
 
 

@@ -53,7 +53,7 @@ async def test_a_backup_in_pieces_is_the_state_at_its_barrier_while_writes_go_on
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net)
         leader = await cluster.start_all()
-        followers_first = [e for i, e in zip(PEERS, ENDPOINTS) if i != leader] + [ENDPOINTS[leader - 1]]
+        followers_first = [e for i, e in zip(PEERS, ENDPOINTS, strict=True) if i != leader] + [ENDPOINTS[leader - 1]]
         value = "x" * 2000
         async with connect(followers_first, timeout=10, transport=net.transport()) as kv:
             for i in range(1600):  # ~3.3 MB of state: four pieces
@@ -106,7 +106,8 @@ async def test_retries_out_of_order_unknown_and_idle_sessions(tmp_path, autojump
                 await kv.backup()
             data = await pull(kv, sessions[0])
             assert load(tmp_path, sessions[0], data).state_hash() == sessions[0]["state_hash"]
-            assert (await kv.backup())["session"] not in [s["session"] for s in sessions]  # a finished one frees a place
+            # A finished one frees a place.
+            assert (await kv.backup())["session"] not in [s["session"] for s in sessions]
         nursery.cancel_scope.cancel()
 
 
@@ -121,7 +122,7 @@ async def test_after_the_leader_is_lost_the_new_leaders_backup_holds_every_ackno
             for i in range(50):
                 await kv.put(f"k{i}", f"v{i}")
         cluster.crash(leader)
-        survivors = [e for i, e in zip(PEERS, ENDPOINTS) if i != leader]
+        survivors = [e for i, e in zip(PEERS, ENDPOINTS, strict=True) if i != leader]
         async with connect(survivors, timeout=20, transport=net.transport()) as kv:
             begin = await kv.backup()
             assert begin["node"] != leader

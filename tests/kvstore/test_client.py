@@ -121,18 +121,18 @@ async def test_many_requests_redirected_at_once_do_not_tear_down_each_others_con
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net)
         leader = await cluster.start_all()
-        followers_first = [e for i, e in zip(PEERS, ENDPOINTS) if i != leader]
+        followers_first = [e for i, e in zip(PEERS, ENDPOINTS, strict=True) if i != leader]
         followers_first.append(ENDPOINTS[list(PEERS).index(leader)])
         for round_ in range(3):
             done = []
             async with connect(followers_first, timeout=3, transport=net.transport()) as kv:
-                async def put(n: int) -> None:
-                    await kv.put(f"k{round_}-{n}", "v")
+                async def put(n: int, prefix: str, done: list[int]) -> None:
+                    await kv.put(f"{prefix}{n}", "v")
                     done.append(n)
 
                 async with trio.open_nursery() as puts:
                     for n in range(64):
-                        puts.start_soon(put, n)
+                        puts.start_soon(put, n, f"k{round_}-", done)
             assert sorted(done) == list(range(64))
         nursery.cancel_scope.cancel()
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from kvstore.commands import (
     CLIENT_ID_BYTES_MAX,
     KEY_BYTES_MAX,
-    VALUE_BYTES_MAX,
     OP_PUT,
+    VALUE_BYTES_MAX,
     Command,
     CommandError,
     decode_command,
@@ -124,7 +124,7 @@ def _raw(items) -> bytes:
     (_raw([3, CID, 1, 0, "k", None]), "7 elements"),
     (_raw([1, CID, True, 0, "k", "v"]), "request_id"),
     (_raw([1, CID, 1, 0, "k", 1.5]), "value"),
-    (_raw([1, CID, 1, 0, "k", datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)]), "value"),
+    (_raw([1, CID, 1, 0, "k", datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)]), "value"),
     (_raw([1, CID, decimal.Decimal("1.5"), 0, "k", "v"]), "request_id"),
     (_raw([1, CID, 1, 0, cbor2.CBORTag(32, "k"), "v"]), "key"),
     (_raw([1, CID, 1, 0, "", "v"]), "empty"),
@@ -234,7 +234,8 @@ def test_the_leaders_command_equals_the_decoded_bytes(kind, key, value, expected
 
 
 @settings(max_examples=400, deadline=None)
-@given(client_id=client_ids, request_id=st.integers(0, 2**64 - 1), key=st.text(alphabet=st.characters(max_codepoint=127), min_size=1, max_size=300),
+@given(client_id=client_ids, request_id=st.integers(0, 2**64 - 1),
+       key=st.text(alphabet=st.characters(max_codepoint=127), min_size=1, max_size=300),
        value=st.one_of(st.binary(max_size=70_000), st.text(alphabet=st.characters(max_codepoint=127), max_size=300)),
        data=st.data())
 def test_the_put_fast_path_accepts_exactly_the_canonical_encoding(client_id, request_id, key, value, data):

@@ -94,7 +94,8 @@ async def test_metrics_follow_leadership_requests_and_slots(tmp_path, autojump_c
         with trio.fail_after(5):
             reply = wire.decode_body((await reader.receive_frames())[0])
         assert isinstance(reply, wire.ErrorReply) and reply.code == wire.NOT_LEADER
-        assert value(scrape(cluster.nodes[follower]), "kv_requests_total", op="put", outcome="not_leader") == refused + 1
+        refused_after = value(scrape(cluster.nodes[follower]), "kv_requests_total", op="put", outcome="not_leader")
+        assert refused_after == refused + 1
         await stream.aclose()
         nursery.cancel_scope.cancel()
 
@@ -110,7 +111,8 @@ async def test_fsyncs_are_counted_in_a_cumulative_histogram(tmp_path, autojump_c
         samples = scrape(cluster.nodes[leader])
         count = value(samples, "kv_fsync_duration_seconds_count")
         assert count >= 1 and count == cluster.nodes[leader].counters["fsyncs"]
-        buckets = sorted((float(dict(labels)["le"]), v) for labels, v in samples["kv_fsync_duration_seconds_bucket"].items())
+        buckets = sorted((float(dict(labels)["le"]), v)
+                         for labels, v in samples["kv_fsync_duration_seconds_bucket"].items())
         counts = [v for _, v in buckets]
         assert counts == sorted(counts) and counts[-1] == count  # cumulative, +Inf is the total
         nursery.cancel_scope.cancel()

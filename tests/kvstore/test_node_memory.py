@@ -108,7 +108,8 @@ async def test_three_nodes_elect_serve_and_converge(tmp_path, autojump_clock, en
             assert await kv.get("k7") == "v7"
             assert await kv.cas("k1", "v1", "x") is True
             assert await kv.delete_prefix("k1") == 11  # k1, k10..k19
-            assert [k for k, _ in await kv.list("k")] == sorted(f"k{i}" for i in range(20) if not str(i).startswith("1"))
+            listed = [k for k, _ in await kv.list("k")]
+            assert listed == sorted(f"k{i}" for i in range(20) if not str(i).startswith("1"))
         await cluster.wait_converged()
         assert {n.status()["engine"] for n in cluster.nodes.values()} == {engine}
         assert {type(n.replica).__name__ for n in cluster.nodes.values()} == {

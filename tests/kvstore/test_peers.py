@@ -25,7 +25,6 @@ from kvstore import peers, wire
 from kvstore.peers import PeerLinks
 from paxos import messages as pm
 from paxos.ballot import Ballot
-
 from paxos.membership import Config
 
 B = Ballot(1, 1)

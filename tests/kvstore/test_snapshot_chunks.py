@@ -88,9 +88,9 @@ def machine(keys: int, clients: int = 3, seed: int = 0) -> StateMachine:
 
     for i, key in enumerate(names):
         value = rng.randbytes(rng.randrange(0, 40)) if i % 2 else "v" * rng.randrange(0, 40) + "é"
-        write(lambda c, r: encode_put(c, r, 0, key, value))
+        write(lambda c, r, key=key, value=value: encode_put(c, r, 0, key, value))
         if i % 5 == 0:
-            write(lambda c, r: encode_put(c, r, 0, key, b"again"))
+            write(lambda c, r, key=key: encode_put(c, r, 0, key, b"again"))
     write(lambda c, r: encode_delete(c, r, 0, "no-such-key"))
     return sm
 

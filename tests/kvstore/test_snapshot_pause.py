@@ -22,7 +22,7 @@ from kvstore.client import connect
 from kvstore.storage import Storage
 
 from .memnet import MemoryNetwork
-from .test_node_memory import ENDPOINTS, PEERS, MemCluster
+from .test_node_memory import ENDPOINTS, MemCluster
 
 SLOW_SNAPSHOT_S = 1.0
 

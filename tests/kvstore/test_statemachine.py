@@ -655,7 +655,7 @@ def _small_snapshot() -> bytes:
     top = cbor2.loads(_small_snapshot_v2())
     flat = top["entries"]
     old: list = []
-    for key, packed in zip(flat[0::2], flat[1::2]):
+    for key, packed in zip(flat[0::2], flat[1::2], strict=True):
         kind, version, mod_revision = struct.unpack_from(">BQQ", packed)
         value = packed[25:].decode("utf-8") if kind else packed[25:]  # after the head and the digest
         old.extend((key, value, version, mod_revision))

@@ -24,7 +24,7 @@ import pytest
 
 from kvstore import failpoints
 from kvstore.storage import DiskFailed, Storage, StorageError, StorageFull, log_file_name
-from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
+from paxos.actions import AcceptRecord, DurableState, PromiseRecord
 from paxos.ballot import Ballot
 
 CLUSTER = "faults"

@@ -294,7 +294,7 @@ def test_decode_body_on_mutated_valid_frames_raises_only_wire_error():
 # Arbitrary CBOR-able structures under a known "t": the decoder must validate, never crash.
 _any_cbor = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5), st.binary(max_size=5),
-              st.datetimes(timezones=st.just(datetime.timezone.utc)), st.decimals(allow_nan=False),
+              st.datetimes(timezones=st.just(datetime.UTC)), st.decimals(allow_nan=False),
               st.fractions(), st.uuids()),
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
     max_leaves=20,
@@ -376,7 +376,7 @@ FIELD_KINDS = {
 # decodes them back to those Python objects, which is exactly what the decoder must not trust.
 CANDIDATES = [
     (INT, 1), (BOOL, True), (BOOL, False), (STR, "s"), (BYTES, b"b"), (NONE, None), (MAP, {"a": 1}),
-    (ARRAY, [1]), ("float", 1.5), ("float", 1.0), ("datetime", datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)),
+    (ARRAY, [1]), ("float", 1.5), ("float", 1.0), ("datetime", datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)),
     ("decimal", decimal.Decimal("1.5")), ("fraction", fractions.Fraction(1, 3)), ("uuid", uuid.UUID(int=5)),
     ("set", {1, 2}), ("regex", re.compile("a+")), ("tag", cbor2.CBORTag(4000, 1)),
 ]
@@ -490,7 +490,7 @@ def test_malformed_px_arrays_are_refused(array):
     cbor2.dumps({b"t": "status", "id": 1}), cbor2.dumps(cbor2.CBORTag(4000, {"t": "status", "id": 1})),
     cbor2.dumps({"t": "ok", "id": 1, "r": {"x": {1, 2}}}), cbor2.dumps({"t": "ok", "id": 1, "r": {"x": 2**70}}),
     cbor2.dumps({"t": "ok", "id": 1, "r": {"x": [[[[[1]]]]]}}), cbor2.dumps({"t": "ok", "id": 1, "r": {"x": {1: 2}}}),
-    cbor2.dumps({"t": "ok", "id": 1, "r": {"x": datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)}}),
+    cbor2.dumps({"t": "ok", "id": 1, "r": {"x": datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)}}),
     b"\x81" * 1000 + b"\x01",  # nesting far beyond any message
 ])
 def test_bodies_of_the_wrong_shape_are_refused(body):
@@ -512,7 +512,7 @@ def _one_by_one(bodies: list) -> list:
 
 def _same(got: list, want: list) -> None:
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         if isinstance(w, wire.WireError):
             assert type(g) is wire.WireError and str(g) == str(w)
         else:
@@ -630,14 +630,14 @@ async def test_frames_split_at_every_byte_boundary_reassemble():
         reader = wire.FrameReader(right)
         got = []
 
-        async def send() -> None:
+        async def send(left: trio.abc.SendStream, cut: int) -> None:
             await left.send_all(data[:cut])
             await trio.testing.wait_all_tasks_blocked()
             await left.send_all(data[cut:])
             await left.aclose()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(send)
+            nursery.start_soon(send, left, cut)
             got = await _read_all(reader)
         assert got == FRAMES, cut
 

@@ -41,7 +41,7 @@ class NemesisCluster:
         self.engine = engine
         self.size = size
         if addresses is None:
-            addresses = {i: ("127.0.0.1", p) for i, p in zip(range(1, size + 1), free_ports(size))}
+            addresses = {i: ("127.0.0.1", p) for i, p in zip(range(1, size + 1), free_ports(size), strict=True)}
         self.addresses = addresses
         self.extra_args = extra_args or []
         self.command_prefix = command_prefix or (lambda node_id: [])
@@ -220,5 +220,6 @@ class NemesisCluster:
                     if len(seen) == 1:
                         return statuses  # type: ignore[return-value]
                 await trio.sleep(0.1)
-        summary = {i: (s and (s["applied_slot"], s["state_hash"][:12], s["is_leader"])) for i, s in (last or {}).items()}
+        summary = {i: (s and (s["applied_slot"], s["state_hash"][:12], s["is_leader"]))
+                   for i, s in (last or {}).items()}
         raise AssertionError(f"replicas did not converge within {deadline_s}s: {summary}\n{self.logs_tail()}")

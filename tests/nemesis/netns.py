@@ -58,7 +58,7 @@ class NetnsTopology:
         return f"kv{node_id}b{self.sfx}"
 
     @classmethod
-    def create(cls, size: int = 3) -> "NetnsTopology":
+    def create(cls, size: int = 3) -> NetnsTopology:
         if os.geteuid() != 0:
             raise NetnsUnavailable("not root")
         if shutil.which("ip") is None:

@@ -73,7 +73,7 @@ class MemberCluster(NemesisCluster):
 
     def __init__(self, root, founders: int, spares: int, *, extra_args: list[str] | None = None) -> None:
         ports = free_ports(founders + spares)
-        self.planned = {i: ("127.0.0.1", p) for i, p in zip(range(1, founders + spares + 1), ports)}
+        self.planned = {i: ("127.0.0.1", p) for i, p in zip(range(1, founders + spares + 1), ports, strict=True)}
         super().__init__(root, founders, addresses={i: self.planned[i] for i in range(1, founders + 1)},
                          extra_args=extra_args)
         self.joined: set[int] = set()
@@ -468,7 +468,8 @@ async def test_join_through_a_member_that_missed_the_add(tmp_path):
         cluster.start(3, join=[cluster.endpoint(2), cluster.endpoint(1)])
         joined = None
         with trio.move_on_after(30):
-            while not (joined and joined.get("role") == "learner" and joined["applied_slot"] >= stale["applied_slot"] + 2):
+            while not (joined and joined.get("role") == "learner"
+                       and joined["applied_slot"] >= stale["applied_slot"] + 2):
                 assert cluster.alive(3), f"kv serve --join exited:\n{cluster.log_path(3).read_text()[-2000:]}"
                 joined = await cluster.status(3)
                 await trio.sleep(0.1)

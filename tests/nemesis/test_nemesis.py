@@ -31,7 +31,6 @@ import pytest
 import trio
 
 from ..checker.linearizability import History
-
 from .cluster import NemesisCluster
 from .proxy import PeerProxies
 from .workload import finish_and_check, nemesis_seed, run_workload
@@ -138,7 +137,8 @@ def _nothing_succeeds_without_quorum(history, stats, events, seed) -> None:
     # succeeded: neither a write nor a linearizable read can be confirmed by one node of three.
     impossible = [op for op in history.ops()
                   if not op.unknown and op.invoke > down and op.complete < up]
-    assert not impossible, f"operations succeeded with two of three nodes down: {[o.describe() for o in impossible[:5]]}"
+    assert not impossible, (f"operations succeeded with two of three nodes down: "
+                            f"{[o.describe() for o in impossible[:5]]}")
     during = [op for op in history.ops() if op.invoke > down and op.invoke < up]
     assert stats.unknown + stats.failed > 0, "no operation failed or timed out while two nodes were down"
     assert during, "no operation was even attempted while two nodes were down"

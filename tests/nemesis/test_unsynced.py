@@ -114,7 +114,7 @@ async def test_power_cuts_drop_unsynced_records_and_lose_no_acknowledged_write(t
             async with trio.open_nursery() as writers:
                 for w in range(4):
                     writers.start_soon(writer, w, stop)
-                for round_ in range(5):
+                for _round in range(5):
                     await trio.sleep(rng.uniform(0.5, 1.5))
                     current = await leader()
                     victim = current if current is not None and rng.random() < 0.7 else rng.choice(list(PEERS))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import trio
 
 from kvstore.client import RequestError, Unavailable, connect
+
 from ..checker.linearizability import History, check, history_to_json
 
 SHARED_KEYS = ("a", "b", "c", "d")
@@ -158,7 +159,8 @@ async def finish_and_check(cluster, history: History, stats: Stats, seed: int, *
     lost = {k: v for k, v in stats.acked_unique.items() if after.get(k) != v}
     if lost:
         raise _fail(seed, cluster.root, f"{len(lost)} acknowledged writes lost, e.g. {list(lost.items())[:5]}", history)
-    invented = {k: v for k, v in after.items() if k.startswith("u") and v is not None and stats.attempted_unique.get(k) != v}
+    invented = {k: v for k, v in after.items()
+                if k.startswith("u") and v is not None and stats.attempted_unique.get(k) != v}
     if invented:
         raise _fail(seed, cluster.root, f"values nobody wrote: {invented}", history)
 

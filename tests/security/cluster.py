@@ -27,7 +27,7 @@ class TlsCluster:
         self.root = Path(root)
         self.pki = pki
         self.acl = acl
-        self.ports = dict(zip(range(1, size + 1), free_ports(size)))
+        self.ports = dict(zip(range(1, size + 1), free_ports(size), strict=True))
         self.peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.ports.items())
         self.endpoints = [f"127.0.0.1:{p}" for p in self.ports.values()]
         self.procs: dict[int, subprocess.Popen] = {}

@@ -29,7 +29,7 @@ class Pki:
     def expired(self, stem: str, common_name: str, *, node_id: int | None = None) -> dict[str, str]:
         """A certificate of this CA named ``common_name`` (a client's, or node ``node_id``'s) that expired
         yesterday, in ``stem``.pem and ``stem``.key."""
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert, key = Authority.load(self.dir).issue(common_name, node_id=node_id,
                                                    not_before=now - datetime.timedelta(days=30),
                                                    not_after=now - datetime.timedelta(days=1))

@@ -47,7 +47,7 @@ def exchange(port: int, data: bytes, *, files: dict[str, str] | None = None, tim
     closed by the node, our ``127.0.0.1:port`` name). Reads until the node closes, ``timeout`` passes, or
     ``replies_wanted`` whole frames arrived. A TLS error while reading counts as closed."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    name = "127.0.0.1:%d" % raw.getsockname()[1]
+    name = f"127.0.0.1:{raw.getsockname()[1]}"
     try:
         s = tls_context(files).wrap_socket(raw, server_hostname="127.0.0.1") if files else raw
         s.sendall(data)
@@ -64,7 +64,7 @@ def exchange(port: int, data: bytes, *, files: dict[str, str] | None = None, tim
             except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
                 closed = True
                 break
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 closed = True

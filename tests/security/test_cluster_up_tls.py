@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from kv_cli.cluster import process_state
 
 pytestmark = pytest.mark.slow

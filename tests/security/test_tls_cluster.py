@@ -133,7 +133,8 @@ def test_plaintext_clients_and_peers_are_refused_and_nothing_is_written(cluster)
         assert closed and not kv_replies(received), f"node {node_id} answered a plaintext put: {received!r}"
         received, closed, _ = exchange(port, fake_peer_frames(2 if node_id != 2 else 3))
         assert closed and not kv_replies(received), f"node {node_id} answered a plaintext peer: {received!r}"
-        poll(lambda: f"refused connection from {name}: TLS handshake failed" in cluster.log_text(node_id),
+        poll(lambda name=name, node_id=node_id:
+             f"refused connection from {name}: TLS handshake failed" in cluster.log_text(node_id),
              f"node {node_id}'s log line about {name}")
     from kvstore.client import Client
 
@@ -261,7 +262,8 @@ def test_sighup_reloads_the_acl_and_the_certificates(cluster, pki, tmp_path):
         for node_id in cluster.ports:
             cluster.sighup(node_id)
         for node_id in cluster.ports:
-            poll(lambda: "reload refused" in cluster.log_text(node_id)[marks[node_id]:], f"node {node_id}'s refusal")
+            poll(lambda node_id=node_id: "reload refused" in cluster.log_text(node_id)[marks[node_id]:],
+                 f"node {node_id}'s refusal")
         reader.put("app/r", "2")
         assert reader.get("app/r") == "2"
     replace_file(acl, ACL_ROTATED.encode())

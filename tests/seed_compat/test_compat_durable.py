@@ -51,7 +51,7 @@ def test_every_truncation_is_detected(tmp_path):
     os.close(descriptor)
     full = path.read_bytes()
     for cut in range(len(full)):
-        piece = tmp_path / ("cut%d" % cut)
+        piece = tmp_path / f"cut{cut}"
         piece.write_bytes(full[:cut])
         descriptor = open_fd(piece)
         try:

@@ -6,10 +6,10 @@ a queue and checks that one value is decided.
 """
 
 import pytest
+from seed_compat_helpers import Recorder
 
 from paxos import essential
 from paxos.essential import ProposalID as PID
-from seed_compat_helpers import Recorder
 
 
 def make_proposer(uid="A", quorum_size=2):
@@ -143,52 +143,52 @@ def test_promise_reports_previous_acceptance():
 
 
 def test_learner_resolves_at_quorum_once():
-    l = make_learner(quorum_size=2)
-    l.recv_accepted("A", PID(1, "A"), "foo")
-    assert not l.complete
-    l.recv_accepted("B", PID(1, "A"), "foo")
-    assert l.complete
-    assert (l.final_value, l.final_proposal_id) == ("foo", PID(1, "A"))
-    assert l.proposals is None and l.acceptors is None
-    l.recv_accepted("C", PID(1, "A"), "foo")
-    l.recv_accepted("C", PID(9, "C"), "other")
-    assert l.messenger.take() == [("resolution", PID(1, "A"), "foo")]
+    learner = make_learner(quorum_size=2)
+    learner.recv_accepted("A", PID(1, "A"), "foo")
+    assert not learner.complete
+    learner.recv_accepted("B", PID(1, "A"), "foo")
+    assert learner.complete
+    assert (learner.final_value, learner.final_proposal_id) == ("foo", PID(1, "A"))
+    assert learner.proposals is None and learner.acceptors is None
+    learner.recv_accepted("C", PID(1, "A"), "foo")
+    learner.recv_accepted("C", PID(9, "C"), "other")
+    assert learner.messenger.take() == [("resolution", PID(1, "A"), "foo")]
 
 
 def test_learner_ignores_duplicates_and_older_messages():
-    l = make_learner(quorum_size=2)
-    l.recv_accepted("A", PID(2, "A"), "foo")
-    l.recv_accepted("A", PID(2, "A"), "foo")
-    l.recv_accepted("A", PID(1, "A"), "old")
-    assert not l.complete
-    assert l.proposals == {PID(2, "A"): [1, 1, "foo"]}
+    learner = make_learner(quorum_size=2)
+    learner.recv_accepted("A", PID(2, "A"), "foo")
+    learner.recv_accepted("A", PID(2, "A"), "foo")
+    learner.recv_accepted("A", PID(1, "A"), "old")
+    assert not learner.complete
+    assert learner.proposals == {PID(2, "A"): [1, 1, "foo"]}
 
 
 def test_learner_drops_proposals_no_acceptor_retains():
-    l = make_learner(quorum_size=3)
-    l.recv_accepted("A", PID(1, "A"), "foo")
-    l.recv_accepted("A", PID(2, "B"), "bar")
-    assert PID(1, "A") not in l.proposals
-    assert l.proposals[PID(2, "B")] == [1, 1, "bar"]
-    assert l.acceptors == {"A": PID(2, "B")}
+    learner = make_learner(quorum_size=3)
+    learner.recv_accepted("A", PID(1, "A"), "foo")
+    learner.recv_accepted("A", PID(2, "B"), "bar")
+    assert PID(1, "A") not in learner.proposals
+    assert learner.proposals[PID(2, "B")] == [1, 1, "bar"]
+    assert learner.acceptors == {"A": PID(2, "B")}
 
 
 def test_learner_counts_acceptors_that_moved_on():
     """accept_count counts every acceptor that accepted the id, even one that has moved on."""
-    l = make_learner(quorum_size=3)
-    l.recv_accepted("A", PID(1, "A"), "foo")
-    l.recv_accepted("B", PID(1, "A"), "foo")
-    l.recv_accepted("A", PID(2, "B"), "bar")
-    assert l.proposals[PID(1, "A")] == [2, 1, "foo"]
-    l.recv_accepted("C", PID(1, "A"), "foo")
-    assert l.final_value == "foo"
+    learner = make_learner(quorum_size=3)
+    learner.recv_accepted("A", PID(1, "A"), "foo")
+    learner.recv_accepted("B", PID(1, "A"), "foo")
+    learner.recv_accepted("A", PID(2, "B"), "bar")
+    assert learner.proposals[PID(1, "A")] == [2, 1, "foo"]
+    learner.recv_accepted("C", PID(1, "A"), "foo")
+    assert learner.final_value == "foo"
 
 
 def test_learner_asserts_one_value_per_proposal_id():
-    l = make_learner(quorum_size=3)
-    l.recv_accepted("A", PID(1, "A"), "foo")
+    learner = make_learner(quorum_size=3)
+    learner.recv_accepted("A", PID(1, "A"), "foo")
     with pytest.raises(AssertionError, match="Value mismatch"):
-        l.recv_accepted("B", PID(1, "A"), "bar")
+        learner.recv_accepted("B", PID(1, "A"), "bar")
 
 
 # A small cluster ----------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ keeping the 2013 quirk that ``leader`` stays set until the next prepare); lower 
 ignored; a quorum of accept NACKs makes the node step down.
 """
 
+from seed_compat_helpers import Recorder
+
 from paxos import external
 from paxos.essential import ProposalID as PID
-from seed_compat_helpers import Recorder
 
 
 def make(uid="A", quorum_size=2, leader_uid=None):

@@ -6,9 +6,10 @@ Accepted carrying the final value adds its sender whatever its proposal id, whil
 not, and ``on_resolution`` is still called once.
 """
 
+from seed_compat_helpers import Recorder
+
 from paxos import practical
 from paxos.essential import ProposalID as PID
-from seed_compat_helpers import Recorder
 
 
 class SnoopingRecorder(Recorder):
@@ -32,50 +33,50 @@ def make_learner(quorum_size):
 
 
 def test_none_until_resolution():
-    l = make_learner(3)
-    assert l.final_acceptors is None
-    l.recv_accepted("A", PID(1, "A"), "foo")
-    l.recv_accepted("B", PID(1, "A"), "foo")
-    assert l.final_acceptors is None
+    learner = make_learner(3)
+    assert learner.final_acceptors is None
+    learner.recv_accepted("A", PID(1, "A"), "foo")
+    learner.recv_accepted("B", PID(1, "A"), "foo")
+    assert learner.final_acceptors is None
 
 
 def test_quorum_of_winning_id_at_resolution():
-    l = make_learner(2)
-    l.recv_accepted("C", PID(1, "C"), "other")  # an acceptor of a losing id
-    l.recv_accepted("A", PID(2, "A"), "foo")
-    l.recv_accepted("B", PID(2, "A"), "foo")
-    assert l.final_acceptors == {"A", "B"}
-    assert l.messenger.seen_at_resolution == {"A", "B"}
+    learner = make_learner(2)
+    learner.recv_accepted("C", PID(1, "C"), "other")  # an acceptor of a losing id
+    learner.recv_accepted("A", PID(2, "A"), "foo")
+    learner.recv_accepted("B", PID(2, "A"), "foo")
+    assert learner.final_acceptors == {"A", "B"}
+    assert learner.messenger.seen_at_resolution == {"A", "B"}
 
 
 def test_quorum_includes_acceptor_that_moved_on_before_resolution():
     """A accepted the winning id, then a newer one; it still counts among the quorum, as in accept_count."""
-    l = make_learner(3)
-    l.recv_accepted("A", PID(1, "A"), "foo")
-    l.recv_accepted("B", PID(1, "A"), "foo")
-    l.recv_accepted("A", PID(2, "B"), "foo")
-    l.recv_accepted("C", PID(1, "A"), "foo")
-    assert l.final_proposal_id == PID(1, "A")
-    assert l.final_acceptors == {"A", "B", "C"}
+    learner = make_learner(3)
+    learner.recv_accepted("A", PID(1, "A"), "foo")
+    learner.recv_accepted("B", PID(1, "A"), "foo")
+    learner.recv_accepted("A", PID(2, "B"), "foo")
+    learner.recv_accepted("C", PID(1, "A"), "foo")
+    assert learner.final_proposal_id == PID(1, "A")
+    assert learner.final_acceptors == {"A", "B", "C"}
 
 
 def test_quorum_restarts_when_an_id_is_forgotten():
     """If no acceptor retains an id, its count restarts, and so does its acceptor set."""
-    l = make_learner(2)
-    l.recv_accepted("A", PID(1, "A"), "foo")
-    l.recv_accepted("A", PID(2, "A"), "foo")  # PID(1, 'A') is dropped
-    l.recv_accepted("B", PID(1, "A"), "foo")  # counts from zero again: 1 of 2
-    assert l.final_value is None
-    l.recv_accepted("C", PID(1, "A"), "foo")
-    assert l.final_acceptors == {"B", "C"}
+    learner = make_learner(2)
+    learner.recv_accepted("A", PID(1, "A"), "foo")
+    learner.recv_accepted("A", PID(2, "A"), "foo")  # PID(1, 'A') is dropped
+    learner.recv_accepted("B", PID(1, "A"), "foo")  # counts from zero again: 1 of 2
+    assert learner.final_value is None
+    learner.recv_accepted("C", PID(1, "A"), "foo")
+    assert learner.final_acceptors == {"B", "C"}
 
 
 def test_after_resolution_matching_values_add_sender_whatever_the_id():
-    l = make_learner(2)
-    l.recv_accepted("A", PID(1, "A"), "foo")
-    l.recv_accepted("B", PID(1, "A"), "foo")
-    l.recv_accepted("C", PID(0, "A"), "foo")  # lower id, same value
-    l.recv_accepted("D", PID(9, "D"), "foo")  # higher id, same value
-    l.recv_accepted("E", PID(9, "D"), "bar")  # different value: not added
-    assert l.final_acceptors == {"A", "B", "C", "D"}
-    assert [m[0] for m in l.messenger.take()] == ["resolution"]
+    learner = make_learner(2)
+    learner.recv_accepted("A", PID(1, "A"), "foo")
+    learner.recv_accepted("B", PID(1, "A"), "foo")
+    learner.recv_accepted("C", PID(0, "A"), "foo")  # lower id, same value
+    learner.recv_accepted("D", PID(9, "D"), "foo")  # higher id, same value
+    learner.recv_accepted("E", PID(9, "D"), "bar")  # different value: not added
+    assert learner.final_acceptors == {"A", "B", "C", "D"}
+    assert [m[0] for m in learner.messenger.take()] == ["resolution"]

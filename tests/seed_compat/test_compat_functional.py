@@ -9,9 +9,10 @@ accept NACKs, and the class-level settings.
 
 import time
 
+from seed_compat_helpers import Recorder
+
 from paxos import functional
 from paxos.essential import ProposalID as PID
-from seed_compat_helpers import Recorder
 
 
 class ClockNode(functional.HeartbeatNode):

@@ -7,10 +7,10 @@ the application checks ``persistance_required``, saves the three acceptor fields
 """
 
 import pytest
+from seed_compat_helpers import Recorder
 
 from paxos import practical
 from paxos.essential import ProposalID as PID
-from seed_compat_helpers import Recorder
 
 
 def node(uid="A", quorum_size=2):

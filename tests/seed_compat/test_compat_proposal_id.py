@@ -59,7 +59,7 @@ def test_number_first_then_uid():
 
 def test_comparison_with_unrelated_type_raises():
     with pytest.raises(TypeError):
-        ProposalID(1, "A") < 5
+        _ = ProposalID(1, "A") < 5
 
 
 def test_proposal_order_sorts_a_mixture_with_none():

@@ -10,8 +10,6 @@ in the test's pytest temporary directory). No test writes into the source tree.
 """
 from __future__ import annotations
 
-import pytest
-
 
 def pytest_addoption(parser):
     parser.addoption("--seed", type=int, default=None, help="replay one simulator seed (tests/sim)")

@@ -209,6 +209,7 @@ prefixed with the step and simulated tick.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -474,7 +475,7 @@ class Simulation:
 
     # ---------------------------------------------------------------- driver
 
-    def run(self) -> "Simulation":
+    def run(self) -> Simulation:
         self.run_faults()
         if self.compact_often:
             self.run_liveness_compacting()
@@ -485,7 +486,8 @@ class Simulation:
     def run_faults(self) -> None:
         names = [name for name, _ in self.events]
         weights = [weight for _, weight in self.events]
-        for self.step_no in range(1, self.steps + 1):
+        for step_no in range(1, self.steps + 1):
+            self.step_no = step_no
             event = self.rng.choices(names, weights)[0]
             self.stats[event] += 1
             self._guard(getattr(self, "_event_" + event))
@@ -540,7 +542,7 @@ class Simulation:
                             proposed_at[command] = rounds
                             while command in self.dropped:
                                 self.dropped.remove(command)
-                self._guard(lambda: self._drain(leader))
+                self._guard(functools.partial(self._drain, leader))
             top = max(self.decided, default=0)
             if set(commands) <= decided_commands and all(
                     n.replica.applied_slot >= top for n in self._members()) and not any(
@@ -587,7 +589,7 @@ class Simulation:
                     if pending and leader.replica.propose(pending[0]):
                         self._log(f"submit {pending[0]!r} to {leader.node_id}")
                         submitted_at[pending.popleft()] = rounds
-                self._guard(lambda: self._drain(leader))
+                self._guard(functools.partial(self._drain, leader))
             self._guard(self._slow_round)
             # A client stops retrying once its command is decided (dropped proposals from the fault
             # phase included): retrying decided commands would keep the leader busy for ever, and
@@ -1193,7 +1195,7 @@ class Simulation:
                     except ChangeRefused as refused:
                         self._log(f"change refused at {leader.node_id}: {refused}")
                     proposed_at = rounds
-                    self._guard(lambda: self._drain(leader))
+                    self._guard(functools.partial(self._drain, leader))
             self._guard(self._round)
         else:
             self._fail(LivenessFailure, f"the change to epoch {new.epoch} (voters {list(new.node_ids)}) did not "

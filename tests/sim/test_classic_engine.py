@@ -31,10 +31,10 @@ import random
 import time
 
 import pytest
-
-from paxos.classic import ClassicReplica
 from paxos_sim import LivenessFailure, SafetyViolation, Simulation
 from test_simulation import BATCH_MODES, STEPS, _failing_seeds, _mode_options
+
+from paxos.classic import ClassicReplica
 
 SEEDS = range(1, 101)
 

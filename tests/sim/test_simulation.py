@@ -42,10 +42,10 @@ import time
 from pathlib import Path
 
 import pytest
+from paxos_sim import LivenessFailure, SafetyViolation, Simulation
 
 from paxos.membership import ConfigSchedule
 from paxos.replica import Replica
-from paxos_sim import LivenessFailure, SafetyViolation, Simulation
 
 STEPS = 400
 FIXED_SEEDS = range(1, 201)
