@@ -72,6 +72,7 @@ from .messages import (
     DecidedEntry,
     Heartbeat,
     HeartbeatAck,
+    Message,
     Nack,
     Prepare,
     Promise,
@@ -79,6 +80,10 @@ from .messages import (
 
 if TYPE_CHECKING:  # only for the annotation: the core never touches the module-level generator
     import random
+
+# The newest unconfirmed heartbeat rounds a leader keeps besides those a waiting read began in
+# (``_forget_old_rounds``): enough for acks that take a few heartbeat periods to come back.
+ROUNDS_UNCONFIRMED_MAX = 4
 
 FOLLOWER = "follower"
 CANDIDATE = "candidate"
@@ -413,10 +418,10 @@ class Replica:
         if sender not in self._known:
             self._count("unknown_sender")
             return
-        ballot = getattr(message, "ballot", None)
-        if ballot is not None:
-            if ballot > self._ballot_seen_max:
-                self._ballot_seen_max = ballot
+        # Validate before learning from it: a malformed message shows no ballot in use.
+        ballot = self._ballot_in_use(message)
+        if ballot is not None and ballot > self._ballot_seen_max:
+            self._ballot_seen_max = ballot
         match message:
             case Prepare():
                 self._on_prepare(message)
@@ -442,6 +447,20 @@ class Replica:
                 self._on_campaign(message)
             case _:
                 self._count("unknown_message")
+
+    def _ballot_in_use(self, message: Message) -> Ballot | None:
+        """The ballot a message shows to be in use (a candidate's next ballot must be above it), or
+        None. Only a ballot's owner speaks for it (section 2.5: disjoint sets of numbers), so a
+        proposer's message counts only when its ballot names its sender, and a reply only when its
+        ballot names us (it echoes one of ours); the handlers drop the malformed ones, and a ballot
+        they name must not raise the next one we pick."""
+        match message:
+            case Prepare() | Accept() | Heartbeat() | Decide() | Campaign():
+                return message.ballot if message.ballot.node_id == message.sender else None
+            case Promise() | Accepted() | HeartbeatAck() | Nack():
+                return message.ballot if message.ballot.node_id == self.node_id else None
+            case _:
+                return None
 
     def take_actions(self) -> Actions:
         """Drain everything the inputs since the last call produced.
@@ -1143,8 +1162,25 @@ class Replica:
                                   decided_slot=self._decided_slot, seq=seq))
         self._announced_decided_slot = max(self._announced_decided_slot, self._decided_slot)
         self._heartbeat_acks[seq] = {self.node_id}
+        self._forget_old_rounds()
         self._check_round(seq)
         return seq
+
+    def _forget_old_rounds(self) -> None:
+        """Keep the rounds a waiting read began in, and the ``ROUNDS_UNCONFIRMED_MAX`` newest; forget the
+        rest, so that a leader cut off from its majority does not keep one round per heartbeat.
+
+        A forgotten round is never confirmed (its late acks are ignored), which is safe: a read waits for
+        a confirmed round with a seq at or above its own, and every round it may count on began after it
+        arrived. A read's own round is kept until it is confirmed or we step down; a later confirmed round
+        serves it too. The newest rounds besides it are kept because an ack may take longer than a
+        heartbeat period to come back (a read whose own round lost its acks needs one of them).
+        """
+        if len(self._heartbeat_acks) <= ROUNDS_UNCONFIRMED_MAX:
+            return
+        keep = {seq for _read_id, _index, seq in self._pending_reads}
+        keep.update(sorted(self._heartbeat_acks)[-ROUNDS_UNCONFIRMED_MAX:])
+        self._heartbeat_acks = {seq: acks for seq, acks in self._heartbeat_acks.items() if seq in keep}
 
     def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
         if self._role != LEADER or m.ballot != self._own_ballot:

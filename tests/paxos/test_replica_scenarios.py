@@ -18,6 +18,7 @@ from paxos.messages import (
     Accept,
     Accepted,
     AcceptedEntry,
+    Campaign,
     CatchupReply,
     CatchupRequest,
     Decide,
@@ -28,7 +29,7 @@ from paxos.messages import (
     Prepare,
     Promise,
 )
-from paxos.replica import Config, Options, Replica
+from paxos.replica import ROUNDS_UNCONFIRMED_MAX, Config, Options, Replica
 
 A, B, C = (b"a",), (b"b",), (b"c",)
 
@@ -693,6 +694,51 @@ def test_read_waits_until_the_read_index_is_applied():
     assert actions.apply == [(1, A)] and actions.reads == [(5, 1)]
 
 
+def test_a_leader_cut_off_from_its_majority_keeps_a_bounded_number_of_heartbeat_rounds():
+    """Memory stays bounded during a long partition: a leader that hears no HeartbeatAck keeps the
+    ``ROUNDS_UNCONFIRMED_MAX`` newest rounds and the round a waiting read began in, not one round per
+    heartbeat. A read is still served only by a confirmed round begun after it arrived: a late ack of a
+    forgotten older round confirms nothing, an ack of a newer round serves it."""
+    leader = make_leader()
+    for _ in range(1000):
+        leader.tick()
+        leader.take_actions()
+    assert len(leader._heartbeat_acks) == ROUNDS_UNCONFIRMED_MAX
+    before_read = leader._heartbeat_seq
+    assert leader.read(1)
+    leader.take_actions()
+    read_seq = leader._heartbeat_seq
+    for _ in range(1000):
+        leader.tick()
+        leader.take_actions()
+    assert len(leader._heartbeat_acks) == ROUNDS_UNCONFIRMED_MAX + 1  # the newest and the read's
+    assert read_seq in leader._heartbeat_acks and before_read not in leader._heartbeat_acks
+    leader.receive(HeartbeatAck(sender=2, ballot=Ballot(1, 1), seq=before_read))  # forgotten, began before
+    assert leader.take_actions().reads == []
+    leader.receive(HeartbeatAck(sender=3, ballot=Ballot(1, 1), seq=leader._heartbeat_seq))
+    assert leader.take_actions().reads == [(1, 0)]
+    assert leader._heartbeat_acks == {}
+
+
+def test_reads_waiting_while_cut_off_keep_their_rounds_and_a_later_confirmed_round_serves_them():
+    """Reads queue up while the leader is cut off: the rounds they began in stay (each may be confirmed
+    first), and one majority ack of the newest round serves them all, since it began after each."""
+    leader = make_leader()
+    for read_id in range(1, 11):
+        leader.read(read_id)
+        leader.take_actions()
+        for _ in range(leader.options.heartbeat_ticks):
+            leader.tick()
+        leader.take_actions()
+    # The ten reads' rounds (2, 4, .., 20) and the newest others (19, 21).
+    assert sorted(leader._heartbeat_acks) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 19, 20, 21]
+    first_read_seq = min(seq for _read_id, _index, seq in leader._pending_reads)
+    leader.receive(HeartbeatAck(sender=2, ballot=Ballot(1, 1), seq=first_read_seq))
+    assert leader.take_actions().reads == [(1, 0)]  # that round began after read 1 only
+    leader.receive(HeartbeatAck(sender=2, ballot=Ballot(1, 1), seq=leader._heartbeat_seq))
+    assert leader.take_actions().reads == [(read_id, 0) for read_id in range(2, 11)]
+
+
 # ---------------------------------------------------------------- cluster sizes and bad input
 
 
@@ -737,6 +783,30 @@ def test_messages_from_unknown_or_mismatched_senders_are_counted_and_dropped(mes
     replica.receive(message)
     assert not replica.take_actions()
     assert sum(replica.status()["counters"].values()) == 1
+
+
+@pytest.mark.parametrize("message", [
+    Prepare(sender=2, ballot=Ballot(7, 3), first_slot=1),
+    Accept(sender=2, ballot=Ballot(7, 3), slot=1, value=A, decided_slot=0),
+    Heartbeat(sender=2, ballot=Ballot(7, 3), decided_slot=0, seq=1),
+    Decide(sender=2, ballot=Ballot(7, 3), decided_slot=0),
+    Campaign(sender=2, ballot=Ballot(7, 3), decided_slot=0),
+    Promise(sender=2, ballot=Ballot(7, 3), first_slot=1, accepted=(), decided=(), snapshot_slot=0),
+    Accepted(sender=2, ballot=Ballot(7, 3), slot=1),
+    HeartbeatAck(sender=2, ballot=Ballot(7, 3), seq=1),
+    Nack(sender=2, ballot=Ballot(7, 3), promised=Ballot(2, 2)),
+], ids=lambda m: type(m).__name__)
+def test_a_malformed_ballot_does_not_raise_the_next_ballot_a_candidate_picks(message):
+    """Section 2.5: a ballot is its owner's alone, so a message whose ballot names another node than
+    the one that may speak for it (its sender, or us for a reply) is dropped before anything is learned
+    from it: the next election uses the ballot it would have used without that message. A Nack's
+    ``promised`` is the acceptor's own promise and does count (it names the ballot the acceptor saw)."""
+    replica = make(1)
+    replica.receive(message)
+    replica.take_actions()
+    actions = run_election_timeout(replica)
+    expected = Ballot(3, 1) if isinstance(message, Nack) else Ballot(1, 1)
+    assert actions.persist == [PromiseRecord(expected)]
 
 
 def test_status_reports_plain_values():
