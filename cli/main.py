@@ -43,7 +43,7 @@ from kv_cli.output import (
     value_fields,
 )
 
-OPTIONAL_COMMAND_MODULES = ("kv_cli.bench", "kv_cli.dashboard", "kv_cli.trace")
+OPTIONAL_COMMAND_MODULES = ("kv_cli.bench", "kv_cli.dashboard", "kv_cli.trace", "kv_cli.bulk")
 
 app = typer.Typer(
     name="kv",

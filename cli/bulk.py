@@ -1,0 +1,253 @@
+"""``kv load FILE`` and ``kv dump [FILE]``: the store in and out as JSON lines (kvstore.bulk).
+
+One JSON object per line: ``{"key": "k", "value": "text"}``, or for a bytes value
+``{"key": "k", "value": "<base64>", "value_encoding": "base64"}``. ``-`` is stdin for load and stdout
+for dump (the default). ``dump`` is consistent at one slot and writes keys in key order, so its output
+loads back into an empty cluster and dumps again to the same bytes. A bad line stops ``load`` with its
+number and how many records were written before it (exit 1). Progress shows on stderr when it is a
+terminal. Only ``typer`` is imported at the top: trio, the client and rich come inside the commands.
+``register(app)`` adds the commands to the ``kv`` app.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from typing import Annotated, Any, BinaryIO
+
+import typer
+from kv_cli.common import EXIT_FAILED, OperationFailed, Settings, UsageProblem, error_line, reporting_errors
+from kv_cli.output import OutputFormat, print_json, print_table
+
+LOAD_EPILOG = ("Examples: kv load data.jsonl;  zcat data.jsonl.gz | kv load -;  kv load --dry-run data.jsonl;  "
+               "kv dump > all.jsonl && kv --endpoints OTHER:7001 load all.jsonl")
+DUMP_EPILOG = "Examples: kv dump > all.jsonl;  kv dump --prefix user/ users.jsonl;  kv dump | gzip > all.jsonl.gz"
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.find_object(Settings)
+    return settings if settings is not None else Settings()
+
+
+class _Bar:
+    """A progress bar on stderr (rich, which typer brings), only when stderr is a terminal."""
+
+    def __init__(self, description: str, total: float | None, unit: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns: list[Any] = [TextColumn("{task.description}")]
+        if total:
+            columns += [BarColumn(), TextColumn("{task.percentage:>5.1f}%")]
+        columns += [TextColumn("{task.fields[status]}"), TimeElapsedColumn()]
+        self.progress = Progress(*columns, console=Console(file=sys.stderr), transient=True)
+        self.task = self.progress.add_task(description, total=total, status="")
+        self.unit = unit
+
+    def __enter__(self) -> _Bar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, completed: float, status: str) -> None:
+        self.progress.update(self.task, completed=completed, status=status)
+
+
+def _bar_wanted(progress: bool) -> bool:
+    return progress and sys.stderr.isatty()
+
+
+def _open_input(file: str) -> tuple[BinaryIO, int | None]:
+    """The input as a binary file and its size (None for a pipe or a terminal); UsageProblem if unusable."""
+    if file == "-":
+        stream = typer.get_binary_stream("stdin")
+    else:
+        try:
+            stream = open(file, "rb")  # noqa: SIM115 - closed by the caller
+        except OSError as exc:
+            raise UsageProblem(f"cannot read {file}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(stream.fileno())
+        size = info.st_size if stat.S_ISREG(info.st_mode) else None
+    except (OSError, ValueError):
+        size = None
+    return stream, size
+
+
+def load_command(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="JSON lines to load; - for stdin.")],
+    in_flight: Annotated[int, typer.Option("--in-flight", min=1, max=4096,
+                                           help="Puts in flight at most (pipelined on one connection).")] = 256,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the input only; connect to nothing.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress",
+                                           help="A progress bar on stderr when it is a terminal.")] = True,
+) -> None:
+    """Put every record of FILE, one JSON object per line: {"key": "k", "value": "v"} (a bytes value: base64
+    in "value" with "value_encoding": "base64"). Stops at the first bad line or failed put with the line
+    number and how many records were written before it (exit 1); the last line of a key wins."""
+    settings = _settings(ctx)
+    with reporting_errors(settings):
+        if not dry_run:
+            endpoints = settings.endpoints()  # checked before anything is read or connected
+            tls = settings.tls()
+        source, size = _open_input(file)
+        import trio
+
+        from kvstore import bulk
+
+        summary = bulk.LoadSummary()
+        bar = _Bar("load", size, "bytes") if _bar_wanted(progress) else None
+
+        def show(s: bulk.LoadSummary) -> None:
+            if bar is not None:
+                bar.update(s.bytes_read, f"{s.written} written, line {s.lines}, {s.keys_per_s:,.0f} keys/s")
+
+        async def run() -> None:
+            if dry_run:
+                await bulk.load(None, source, summary=summary, progress=show)
+                return
+            from kvstore.client import connect
+
+            async with connect(endpoints, timeout=settings.command_timeout, **tls) as client:
+                await bulk.load(client, source, in_flight=in_flight, summary=summary, progress=show)
+
+        try:
+            if bar is not None:
+                with bar:
+                    trio.run(run)
+            else:
+                trio.run(run)
+        except bulk.BulkError as exc:
+            raise OperationFailed(str(exc)) from None
+        except KeyboardInterrupt:
+            error_line(f"interrupted after line {summary.lines}: {summary.written} records written, "
+                       f"{summary.records - summary.written - summary.failed} in flight with unknown outcome")
+            raise typer.Exit(EXIT_FAILED) from None
+        finally:
+            if source is not typer.get_binary_stream("stdin"):
+                source.close()
+        name = "stdin" if file == "-" else file
+        if settings.write_out is OutputFormat.json:
+            print_json({"ok": True, "file": name, "dry_run": dry_run, **summary.to_dict()})
+        elif settings.write_out is OutputFormat.table:
+            print_table(["FILE", "LINES", "RECORDS", "WRITTEN", "SECONDS", "KEYS/S"],
+                        [[name, summary.lines, summary.records, summary.written, f"{summary.seconds:.3f}",
+                          f"{summary.keys_per_s:.0f}"]])
+        elif dry_run:
+            typer.echo(f"OK: {summary.records} records in {summary.lines} lines of {name}, all valid "
+                       "(nothing written)")
+        else:
+            typer.echo(f"OK: {summary.written} records from {name} written in {summary.seconds:.2f} s "
+                       f"({summary.keys_per_s:.0f} keys/s)")
+
+
+def dump_command(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="Where to write; - for stdout. A file is written as FILE.part "
+                                             "and renamed when complete.")] = "-",
+    prefix: Annotated[str, typer.Option("--prefix", help="Only keys starting with PREFIX.")] = "",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress",
+                                           help="A progress bar on stderr when it is a terminal.")] = True,
+) -> None:
+    """Write every key (or those under --prefix) as JSON lines in key order, consistent at one slot of the
+    leader (a backup session: writes go on meanwhile). The summary goes to stderr."""
+    settings = _settings(ctx)
+    with reporting_errors(settings):
+        endpoints = settings.endpoints()
+        tls = settings.tls()
+        part = None
+        if file == "-":
+            out = typer.get_binary_stream("stdout")
+        else:
+            part = f"{file}.part"
+            try:
+                out = open(part, "wb")  # noqa: SIM115 - closed below
+            except OSError as exc:
+                raise UsageProblem(f"cannot write {part}: {exc.strerror or exc}") from None
+        import trio
+
+        from kvstore import bulk
+        from kvstore.client import connect
+
+        summary = bulk.DumpSummary()
+        bar = _Bar("dump", None, "keys") if _bar_wanted(progress) else None
+
+        def show(s: bulk.DumpSummary, decoded: int) -> None:
+            if bar is not None:
+                bar.progress.update(bar.task, total=s.keys_total or None, completed=decoded,
+                                    status=f"{s.keys} written, {s.keys_per_s:,.0f} keys/s")
+
+        async def write(data: bytes) -> None:
+            await trio.to_thread.run_sync(out.write, data)
+
+        async def run() -> None:
+            async with connect(endpoints, timeout=settings.command_timeout, **tls) as client:
+                await bulk.dump(client, write, prefix=prefix, summary=summary, progress=show)
+            await trio.to_thread.run_sync(out.flush)
+
+        ok = False
+        try:
+            try:
+                if bar is not None:
+                    with bar:
+                        trio.run(run)
+                else:
+                    trio.run(run)
+                if part is not None:
+                    out.flush()
+                    os.fsync(out.fileno())
+                    out.close()
+                    os.replace(part, file)
+                ok = True
+            except bulk.BulkError as exc:
+                raise OperationFailed(f"{exc}; {_dump_left(summary, part)}") from None
+            except BrokenPipeError:
+                raise OperationFailed(f"the output was closed after {summary.keys} records") from None
+            except KeyboardInterrupt:
+                error_line(f"interrupted: {_dump_left(summary, part)}")
+                raise typer.Exit(EXIT_FAILED) from None
+            except Exception as exc:  # the client's (Unavailable, refused by the ACL, ...): one line, and what was left
+                text = str(exc) or type(exc).__name__
+                raise OperationFailed(f"{text}; {_dump_left(summary, part)}") from None
+        finally:
+            if part is not None and not ok:
+                out.close()
+                try:
+                    os.unlink(part)
+                except OSError:
+                    pass
+        where = "stdout" if part is None else file
+        if settings.write_out is OutputFormat.json:
+            typer.echo(_json_text({"ok": True, "file": where, "prefix": prefix, **summary.to_dict()}), err=part is None)
+        elif settings.write_out is OutputFormat.table and part is not None:
+            print_table(["FILE", "KEYS", "REVISION", "SLOT", "SECONDS", "KEYS/S"],
+                        [[where, summary.keys, summary.revision, summary.slot, f"{summary.seconds:.3f}",
+                          f"{summary.keys_per_s:.0f}"]])
+        else:
+            typer.echo(f"OK: {summary.keys} records written to {where} (of {summary.keys_total} keys at revision "
+                       f"{summary.revision}, slot {summary.slot}) in {summary.seconds:.2f} s", err=part is None)
+
+
+def _dump_left(summary: Any, part: str | None) -> str:
+    if part is None:
+        return f"{summary.keys} records were written to stdout before it stopped (an incomplete dump)"
+    return f"{part} removed ({summary.keys} records had been written to it)"
+
+
+def _json_text(data: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``load`` and ``dump`` to ``app`` (the ``kv`` app calls this)."""
+    app.command("load", epilog=LOAD_EPILOG)(load_command)
+    app.command("dump", epilog=DUMP_EPILOG)(dump_command)
+
+
+__all__ = ["dump_command", "load_command", "register"]

@@ -1,0 +1,273 @@
+"""``kv load`` and ``kv dump`` (kvstore/bulk.py, cli/bulk.py).
+
+Fast tests, no server: every kind of bad line is refused with its number (``parse_line``), text and
+bytes values survive ``format_record`` -> ``parse_line``, the snapshot decoder gives exactly
+``StateMachine.range()`` when fed the snapshot bytes in random small pieces, and ``kv load --dry-run``
+names the bad line and exits 1.
+
+Real clusters (marked slow), started with ``kv cluster up --detach`` in temporary cluster
+directories as tests/cli/test_cluster_e2e.py does (a ``Kv`` runner per cluster; teardown ``kv cluster
+down`` and SIGKILL of any node left): a file with text,
+bytes, Unicode, a repeated key and values large enough to span several 1 MiB dump chunks is loaded
+into a 3-node cluster; its dump is what the file says (last line of a key wins, key order); that dump
+loads into an empty 1-node cluster and dumps again to the same bytes. A bad line after good ones
+stops the load with exit 1, the line number and the count written before it, and exactly the lines
+before it are in the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kv_cli.cluster import process_state
+
+from kvstore.bulk import BulkInputError, SnapshotEntries, format_record, parse_line
+from kvstore.commands import KEY_BYTES_MAX, VALUE_BYTES_MAX, encode_delete, encode_put
+from kvstore.statemachine import StateMachine
+
+CLIENT = b"bulk-test-client"
+COMMAND_SECONDS = 120  # bound on any one kv invocation
+
+
+def kv_command() -> list[str]:
+    beside = Path(sys.executable).parent / "kv"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("kv")
+    return [found] if found else [sys.executable, "-m", "kv_cli"]
+
+
+def free_base_port(count: int) -> int:
+    """A port P with P .. P+count-1 free on 127.0.0.1 (bound to port 0, neighbours checked)."""
+    for _ in range(20):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count - 1 > 65535:
+            continue
+        try:
+            for i in range(count):
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("127.0.0.1", base + i))
+        except OSError:
+            continue
+        return base
+    pytest.fail(f"no {count} consecutive free ports found")
+
+
+class Kv:
+    """Runs ``kv`` with its own KV_CLUSTER_DIR (so no --endpoints: the default cluster's are used)."""
+
+    def __init__(self, cluster_dir: Path) -> None:
+        self.cluster_dir = cluster_dir
+        self.env = dict(os.environ, KV_CLUSTER_DIR=str(cluster_dir))
+        self.env.pop("KV_ENDPOINTS", None)
+
+    def __call__(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(kv_command() + list(args), input=input, capture_output=True, env=self.env,
+                                timeout=COMMAND_SECONDS)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kv {' '.join(args)[:200]} exited {result.returncode}\nstderr: {result.stderr!r}")
+        return result
+
+    def teardown(self) -> None:
+        """``kv cluster down``, then SIGKILL every node pid of cluster.json that is still one of ours."""
+        state_file = self.cluster_dir / "cluster.json"
+        if not state_file.exists():
+            return
+        try:
+            self("cluster", "down", check=False)
+        except subprocess.TimeoutExpired:
+            pass
+        for node in json.loads(state_file.read_text()).get("nodes", []):
+            if process_state(node.get("pid"), node) != "dead":
+                os.kill(node["pid"], signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------------
+# the format
+
+
+@pytest.mark.parametrize("value", ["plain", "", "ünï\ncode \"quoted\" \\ \u2028 ☃", b"", b"\x00\xff binary",
+                                   bytes(range(256))])
+def test_a_record_parses_back_to_its_key_and_value_of_the_same_type(value):
+    line = format_record("k/ü", value)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    key, parsed = parse_line(line.rstrip(b"\n"), 1)
+    assert key == "k/ü" and parsed == value and type(parsed) is type(value)
+
+
+BAD_LINES = [
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b'["key", "value"]', "expected a JSON object"),
+    (b'{"value": "v"}', 'missing "key"'),
+    (b'{"key": "", "value": "v"}', "must not be empty"),
+    (b'{"key": 5, "value": "v"}', '"key" must be a string'),
+    (b'{"key": "k"}', 'missing "value"'),
+    (b'{"key": "k", "value": 12}', '"value" must be a string'),
+    (b'{"key": "k", "value": "v", "vaule_encoding": "base64"}', "unknown field 'vaule_encoding'"),
+    (b'{"key": "k", "key": "j", "value": "v"}', "appears twice"),
+    (b'{"key": "k", "value": "%%%", "value_encoding": "base64"}', "not valid base64"),
+    (b'{"key": "k", "value": "v", "value_encoding": "hex"}', '"value_encoding" must be "base64"'),
+    (b'{"key": "\\ud800", "value": "v"}', "lone surrogate"),
+    (json.dumps({"key": "k" * (KEY_BYTES_MAX + 1), "value": "v"}).encode(), "more than the store's limit"),
+    (json.dumps({"key": "k", "value": "v" * (VALUE_BYTES_MAX + 1)}).encode(), "more than the store's limit"),
+]
+
+
+@pytest.mark.parametrize("line,problem", BAD_LINES)
+def test_a_bad_line_is_refused_with_its_number_and_the_problem(line, problem):
+    with pytest.raises(BulkInputError) as caught:
+        parse_line(line, 42)
+    assert caught.value.line == 42
+    assert str(caught.value).startswith("line 42: ")
+    assert problem in str(caught.value)
+
+
+def test_blank_lines_are_skipped():
+    assert parse_line(b"", 1) is None
+    assert parse_line(b"  \r", 2) is None
+
+
+def test_the_snapshot_decoder_gives_every_entry_in_key_order_fed_in_any_pieces():
+    sm = StateMachine()
+    request = 0
+    for i in range(3000):
+        request += 1
+        sm.apply(encode_put(CLIENT, request, request, f"key/{i:05d}", f"value {i} " * (i % 7)))
+    for i in range(0, 3000, 5):
+        request += 1
+        sm.apply(encode_put(CLIENT, request, request, f"key/{i:05d}", bytes([i % 256]) * (i % 300)))
+    request += 1
+    sm.apply(encode_delete(CLIENT, request, request, "key/00001"))
+    data = sm.snapshot()
+    expected = [(e.key, e.value) for e in sm.range()]
+    rng = random.Random(7)
+    for _ in range(3):
+        decoder = SnapshotEntries()
+        got = []
+        pos = 0
+        while pos < len(data):
+            step = rng.choice([1, 2, 3, 17, 1000, 65536])
+            got += decoder.feed(data[pos:pos + step])
+            pos += step
+        assert decoder.finished and decoder.revision == sm.revision
+        assert got == expected
+        assert all(type(v) is type(w) for (_, v), (_, w) in zip(got, expected, strict=True))
+
+
+def run_kv(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(kv_command() + list(args), input=input, capture_output=True, timeout=COMMAND_SECONDS)
+
+
+def test_dry_run_names_the_bad_line_and_exits_1(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"key": "a", "value": "1"}\n\n{"key": "b", "value": "2"}\n{"key": "c"}\n'
+                     b'{"key": "d", "value": "4"}\n')
+    result = run_kv("load", "--dry-run", str(path))
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert 'line 4: missing "value"' in err and "nothing written" in err
+    good = run_kv("load", "--dry-run", "-", input=b'{"key": "a", "value": "1"}\n{"key": "b", "value": "2"}')
+    assert good.returncode == 0 and b"2 records" in good.stdout
+
+
+def test_load_of_a_missing_file_is_a_usage_error(tmp_path):
+    result = run_kv("--endpoints", "127.0.0.1:1", "load", str(tmp_path / "absent.jsonl"))
+    assert result.returncode == 2
+    assert b"cannot read" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# real clusters
+
+
+@pytest.fixture
+def clusters(tmp_path):
+    runners = []
+
+    def make(name: str, nodes: int) -> Kv:
+        runner = Kv(tmp_path / name)
+        runners.append(runner)
+        runner("cluster", "up", "--detach", "--nodes", str(nodes), "--base-port", str(free_base_port(nodes)))
+        return runner
+
+    try:
+        yield make
+    finally:
+        for runner in runners:
+            runner.teardown()
+
+
+def write_lines(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_dump_loads_into_an_empty_cluster_and_dumps_to_the_same_bytes(clusters, tmp_path):
+    rng = random.Random(3)
+    records: list[dict] = []
+    expected: dict[str, str | bytes] = {}
+
+    def add(key: str, value: str | bytes) -> None:
+        if type(value) is bytes:
+            records.append({"key": key, "value": base64.b64encode(value).decode(), "value_encoding": "base64"})
+        else:
+            records.append({"key": key, "value": value})
+        expected[key] = value
+
+    for i in range(2000):
+        add(f"user/{i:05d}", f"name {i} ü\n\"{i}\"")
+    for i in range(40):  # ~3 MB: the dump spans several 1 MiB chunks
+        add(f"blob/{i:03d}", rng.randbytes(50_000 + i))
+    add("ключ ☃", "")
+    add("empty-bytes", b"")
+    add("user/00007", b"\x00 now bytes, the last line of a key wins")
+    source = tmp_path / "source.jsonl"
+    write_lines(source, records)
+
+    a = clusters("a", 3)
+    loaded = a("--command-timeout", "20", "-w", "json", "load", str(source))
+    summary = json.loads(loaded.stdout)
+    assert summary["written"] == len(records) and summary["lines"] == len(records)
+
+    dump_a = a("--command-timeout", "20", "dump").stdout
+    want = b"".join(format_record(k, expected[k]) for k in sorted(expected))
+    assert dump_a == want
+
+    b = clusters("b", 1)
+    b("--command-timeout", "20", "load", "-", input=dump_a)
+    out = tmp_path / "b.jsonl"
+    b("--command-timeout", "20", "dump", str(out))
+    assert out.read_bytes() == dump_a
+    assert not Path(f"{out}.part").exists()
+    assert b("dump", "--prefix", "blob/").stdout == b"".join(
+        format_record(k, expected[k]) for k in sorted(expected) if k.startswith("blob/"))
+
+
+@pytest.mark.slow
+def test_a_bad_line_stops_the_load_and_says_how_many_were_written(clusters, tmp_path):
+    a = clusters("a", 3)
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"".join(format_record(f"k{i}", f"v{i}") for i in range(1, 4))
+                     + b'{"key": "k4", "value": "v4"\n' + format_record("k5", "v5"))
+    result = a("--command-timeout", "20", "load", str(path), check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert "line 4: not valid JSON" in err, err
+    assert "3 records (lines 1 to 3) were written before it" in err, err
+    dumped = a("--command-timeout", "20", "dump")
+    assert dumped.stdout == b"".join(format_record(f"k{i}", f"v{i}") for i in range(1, 4)), dumped.stderr
