@@ -18,6 +18,10 @@ Two error families (STYLE.md section 5, after ``h11/_util.py``):
 * ``TypeError`` / ``ValueError`` (``FrameTooLarge``): *our own* caller broke an API rule, for example by
   encoding an object that is not a message, or a message whose frame would exceed the size limit.
 
+The frame itself (limits, error codes, the two error families, the maps of the client requests,
+``split_frames``) is defined in ``kvstore.frames``, which a client can import without paxos
+(``kvstore.oneshot``, for ``kv``'s one-shot commands); this module re-exports it.
+
 Decoding never trusts cbor2's output types. cbor2 turns tags into datetimes, Decimals, Fractions,
 UUIDs, regexes, sets and more; ``bool`` is a subclass of ``int`` in Python; a CBOR bignum tag gives an
 ``int`` of any size. So every field is checked with an exact ``type(x) is T`` test and integers are
@@ -40,7 +44,6 @@ an error instead of silently losing the second.
 from __future__ import annotations
 
 import io
-import struct
 from dataclasses import dataclass
 
 import cbor2
@@ -63,49 +66,44 @@ from paxos.messages import (
     Promise,
 )
 
-FRAME_BYTES_MAX = 8 * 1024 * 1024
-"""Default largest frame body, in bytes (the 4 header bytes not included)."""
-HEADER_BYTES = 4
-"""Size of the big-endian unsigned length that starts every frame."""
-RECEIVE_CHUNK_BYTES = 64 * 1024
-"""How much ``FrameReader`` asks its stream for at once."""
-RESULT_DEPTH_MAX = 4
-"""How many levels of lists/maps an ``OkReply`` result may nest *inside* its top-level map."""
+from . import frames as _frames
+from .frames import (
+    _CBOR_DEPTH_MAX,
+    _HEADER,
+    FRAME_BYTES_MAX,
+    HEADER_BYTES,
+    ID_LIMIT,
+    RECEIVE_CHUNK_BYTES,
+    U64_LIMIT,
+    FrameTooLarge,
+    WireError,
+    _check_result_map,
+    cas_request,
+    delete_request,
+    get_request,
+    list_request,
+    split_frames,
+    status_request,
+)
 
-# Integer ranges. Slots, ballot numbers, sequence numbers and client request ids fit in CBOR's
-# native unsigned integer (no bignum tag needed); per-connection request ids fit in a signed 64-bit
-# integer so that clients in languages without unsigned types can use them.
-U64_LIMIT = 2**64
-ID_LIMIT = 2**63
-
-# Error codes carried by ErrorReply.code. docs/protocol.md says when each one is used.
-NOT_LEADER = "not_leader"
-BAD_REQUEST = "bad_request"
-UNAVAILABLE = "unavailable"
-STORAGE_FULL = "storage_full"
-TOO_LARGE = "too_large"
-SHUTTING_DOWN = "shutting_down"
-TIMEOUT = "timeout"
-PROTOCOL = "protocol"
-STALE = "stale"
-DISK_FAILED = "disk_failed"
-PERMISSION_DENIED = "permission_denied"  # the client's certificate has no access rule for it (kvstore.acl)
-# A membership change was proposed and did not take effect in time: its outcome is unknown, and a retry
-# would be judged as a second change, so the client library does not retry it (kvstore.members).
-OUTCOME_UNKNOWN = "outcome_unknown"
-ERROR_CODES = (NOT_LEADER, BAD_REQUEST, UNAVAILABLE, STORAGE_FULL, TOO_LARGE, SHUTTING_DOWN, TIMEOUT, PROTOCOL,
-               STALE, DISK_FAILED, PERMISSION_DENIED, OUTCOME_UNKNOWN)
-
-_HEADER = struct.Struct(">I")
-_CBOR_DEPTH_MAX = 8  # px map > m list > message > entry list > entry > value list: 6 levels used
-
-
-class WireError(Exception):
-    """The remote side sent something that is not a valid frame or message."""
-
-
-class FrameTooLarge(ValueError):
-    """Our own caller tried to encode a message whose body exceeds the frame size limit."""
+# The frame codec (limits, error codes, the two error families, the client request maps, split_frames)
+# lives in kvstore.frames, which a client imports without paxos (kvstore.oneshot). Re-exported here:
+# wire.X is frames.X, one definition of each.
+RESULT_DEPTH_MAX = _frames.RESULT_DEPTH_MAX
+NOT_LEADER = _frames.NOT_LEADER
+BAD_REQUEST = _frames.BAD_REQUEST
+UNAVAILABLE = _frames.UNAVAILABLE
+STORAGE_FULL = _frames.STORAGE_FULL
+TOO_LARGE = _frames.TOO_LARGE
+SHUTTING_DOWN = _frames.SHUTTING_DOWN
+TIMEOUT = _frames.TIMEOUT
+PROTOCOL = _frames.PROTOCOL
+STALE = _frames.STALE
+DISK_FAILED = _frames.DISK_FAILED
+PERMISSION_DENIED = _frames.PERMISSION_DENIED
+OUTCOME_UNKNOWN = _frames.OUTCOME_UNKNOWN
+ERROR_CODES = _frames.ERROR_CODES
+encode_put_request_frame = _frames.encode_put_request_frame
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -422,40 +420,6 @@ def decode_paxos_message(array) -> object:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _check_result(x, depth: int, sequence_types: tuple, error) -> None:
-    """Raise ``error`` unless ``x`` is an allowed OkReply result value at nesting ``depth``."""
-    t = type(x)
-    if t is str or t is bytes or t is bool or t is float or x is None:
-        return
-    if t is int:
-        if -U64_LIMIT <= x < U64_LIMIT:
-            return
-        raise error("result: int out of CBOR's 64-bit range")
-    if depth >= RESULT_DEPTH_MAX:
-        raise error(f"result: lists/maps nested deeper than {RESULT_DEPTH_MAX}")
-    if t in sequence_types:
-        for item in x:
-            _check_result(item, depth + 1, sequence_types, error)
-        return
-    if t is dict:
-        for key, item in x.items():
-            if type(key) is not str:
-                raise error("result: map keys must be str")
-            _check_result(item, depth + 1, sequence_types, error)
-        return
-    raise error(f"result: {t.__name__} is not allowed")
-
-
-def _check_result_map(result, sequence_types: tuple, error) -> dict:
-    if type(result) is not dict:
-        raise error("result: expected a map")
-    for key, item in result.items():
-        if type(key) is not str:
-            raise error("result: map keys must be str")
-        _check_result(item, 0, sequence_types, error)
-    return result
-
-
 def _encode_ok(m: OkReply) -> dict:
     # Check our own result with the receiver's rules, so a server bug (a set, a datetime, a deep
     # structure) shows up here as ValueError instead of as a protocol error at every client.
@@ -491,20 +455,11 @@ _MAP_ENCODERS = {
         "t": "put", "id": m.id, "key": m.key, "value": m.value, "cid": m.client_id, "rq": m.request_id,
         "ack": m.ack_below,
     },
-    DeleteRequest: lambda m: {
-        "t": "del", "id": m.id, "key": m.key, "prefix": m.prefix, "cid": m.client_id, "rq": m.request_id,
-        "ack": m.ack_below,
-    },
-    CasRequest: lambda m: {
-        "t": "cas", "id": m.id, "key": m.key, "expected": m.expected, "new": m.new, "cid": m.client_id,
-        "rq": m.request_id, "ack": m.ack_below,
-    },
-    GetRequest: lambda m: {"t": "get", "id": m.id, "key": m.key, "lin": m.linearizable},
-    ListRequest: lambda m: {
-        "t": "list", "id": m.id, "prefix": m.prefix, "keys_only": m.keys_only, "lin": m.linearizable,
-        "limit": m.limit,
-    },
-    StatusRequest: lambda m: {"t": "status", "id": m.id},
+    DeleteRequest: lambda m: delete_request(m.id, m.key, m.prefix, m.client_id, m.request_id, m.ack_below),
+    CasRequest: lambda m: cas_request(m.id, m.key, m.expected, m.new, m.client_id, m.request_id, m.ack_below),
+    GetRequest: lambda m: get_request(m.id, m.key, m.linearizable),
+    ListRequest: lambda m: list_request(m.id, m.prefix, m.keys_only, m.linearizable, m.limit),
+    StatusRequest: lambda m: status_request(m.id),
     AdminRequest: lambda m: {"t": "admin", "id": m.id, "op": m.op, "node": m.node, "addr": m.address},
     BackupRequest: lambda m: {"t": "backup", "id": m.id, "session": m.session, "off": m.offset},
     OkReply: _encode_ok,
@@ -726,19 +681,6 @@ def encode_write_result_frame(request_id: int, result: dict) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def encode_put_request_frame(request_id: int, key, value, client_id, request_seq: int, ack_below: int,
-                             frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
-    """The frame of ``PutRequest(id=request_id, key=key, value=value, client_id=client_id,
-    request_id=request_seq, ack_below=ack_below)``, without building the object: byte for byte what
-    ``encode_frame`` gives (a test checks). The client's most frequent request; ``FrameTooLarge`` as
-    from ``encode_frame``."""
-    body = cbor2.dumps({"t": "put", "id": request_id, "key": key, "value": value, "cid": client_id,
-                        "rq": request_seq, "ack": ack_below})
-    if len(body) > frame_bytes_max:
-        raise FrameTooLarge(f"PutRequest body is {len(body)} bytes, limit {frame_bytes_max}")
-    return _HEADER.pack(len(body)) + body
-
-
 def encode_frames(messages) -> bytes:
     """Several frames joined into one byte string, to hand to one ``send_all``."""
     return b"".join([encode_frame(m) for m in messages])
@@ -837,39 +779,6 @@ def request_id_of(body: bytes) -> int | None:
     except Exception:
         pass
     return None
-
-
-def split_frames(buffer: bytearray, frame_bytes_max: int = FRAME_BYTES_MAX) -> list[bytes]:
-    """Remove every complete frame at the front of ``buffer`` and return their bodies, in order.
-
-    What remains in ``buffer`` is the start of the next frame (possibly nothing). A frame header whose
-    length is 0 or above ``frame_bytes_max`` raises ``WireError`` as soon as its 4 bytes are present,
-    without waiting for the body. If complete frames come before the bad header they are returned
-    first and the bad header stays at the front, so the next call raises: every good frame the
-    remote side sent before its mistake is still served, in order.
-    """
-    frames: list[bytes] = []
-    size = len(buffer)
-    pos = 0
-    unpack = _HEADER.unpack_from
-    bad: str | None = None
-    with memoryview(buffer) as view:
-        # Each pass consumes at least HEADER_BYTES + 1 bytes, so this ends within size passes.
-        while size - pos >= HEADER_BYTES:
-            (length,) = unpack(buffer, pos)
-            if length == 0 or length > frame_bytes_max:
-                bad = f"frame length {length} is outside [1, {frame_bytes_max}]"
-                break
-            end = pos + HEADER_BYTES + length
-            if end > size:
-                break
-            frames.append(bytes(view[pos + HEADER_BYTES:end]))
-            pos = end
-    if pos:
-        del buffer[:pos]
-    if bad is not None and not frames:
-        raise WireError(bad)
-    return frames
 
 
 class FrameReader:

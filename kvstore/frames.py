@@ -1,0 +1,248 @@
+"""The frame codec of the client protocol: what a client needs from ``kvstore.wire``, without paxos.
+
+Theory of operation
+-------------------
+``kvstore.wire`` holds every message of the store (peer links and clients) as dataclasses, and the
+Paxos messages, so importing it loads the ``paxos`` package and builds some twenty classes: about
+70 ms, more than the rest of a one-shot ``kv get`` together. This module is the part of the wire format
+that has no such cost: the frame (a 4-byte big-endian length, then one CBOR item), its limits, the error
+codes, the two error families, the maps of the client requests, and the checks of a reply. ``wire``
+imports all of it from here and re-exports it (``wire.WireError is frames.WireError``), so there is one
+definition of each; ``kvstore.oneshot`` (the blocking client of ``kv``'s one-shot commands) uses this
+module alone.
+
+The request maps (``get_request`` ...) are the encodings that ``wire.encode_frame`` uses for the
+request dataclasses, so both clients send the same bytes. ``decode_reply`` accepts exactly the ``ok`` and
+``err`` bodies that ``wire.decode_body`` accepts, with the same checks (tests compare the two), and
+returns a plain tuple instead of a dataclass.
+
+Nothing here does I/O, and nothing is ever pickled.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from typing import Any, NamedTuple
+
+import cbor2
+
+FRAME_BYTES_MAX = 8 * 1024 * 1024
+"""Default largest frame body, in bytes (the 4 header bytes not included)."""
+HEADER_BYTES = 4
+"""Size of the big-endian unsigned length that starts every frame."""
+RECEIVE_CHUNK_BYTES = 64 * 1024
+"""How much ``FrameReader`` asks its stream for at once."""
+RESULT_DEPTH_MAX = 4
+"""How many levels of lists/maps an ``OkReply`` result may nest *inside* its top-level map."""
+
+# Integer ranges. Slots, ballot numbers, sequence numbers and client request ids fit in CBOR's
+# native unsigned integer (no bignum tag needed); per-connection request ids fit in a signed 64-bit
+# integer so that clients in languages without unsigned types can use them.
+U64_LIMIT = 2**64
+ID_LIMIT = 2**63
+
+# Error codes carried by ErrorReply.code. docs/protocol.md says when each one is used.
+NOT_LEADER = "not_leader"
+BAD_REQUEST = "bad_request"
+UNAVAILABLE = "unavailable"
+STORAGE_FULL = "storage_full"
+TOO_LARGE = "too_large"
+SHUTTING_DOWN = "shutting_down"
+TIMEOUT = "timeout"
+PROTOCOL = "protocol"
+STALE = "stale"
+DISK_FAILED = "disk_failed"
+PERMISSION_DENIED = "permission_denied"  # the client's certificate has no access rule for it (kvstore.acl)
+# A membership change was proposed and did not take effect in time: its outcome is unknown, and a retry
+# would be judged as a second change, so the client library does not retry it (kvstore.members).
+OUTCOME_UNKNOWN = "outcome_unknown"
+ERROR_CODES = (NOT_LEADER, BAD_REQUEST, UNAVAILABLE, STORAGE_FULL, TOO_LARGE, SHUTTING_DOWN, TIMEOUT, PROTOCOL,
+               STALE, DISK_FAILED, PERMISSION_DENIED, OUTCOME_UNKNOWN)
+
+_HEADER = struct.Struct(">I")
+_CBOR_DEPTH_MAX = 8  # px map > m list > message > entry list > entry > value list: 6 levels used
+
+
+class WireError(Exception):
+    """The remote side sent something that is not a valid frame or message."""
+
+
+class FrameTooLarge(ValueError):
+    """Our own caller tried to encode a message whose body exceeds the frame size limit."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results (the map an OkReply carries)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_result(x: Any, depth: int, sequence_types: tuple[type, ...], error: type[Exception]) -> None:
+    """Raise ``error`` unless ``x`` is an allowed OkReply result value at nesting ``depth``."""
+    t = type(x)
+    if t is str or t is bytes or t is bool or t is float or x is None:
+        return
+    if t is int:
+        if -U64_LIMIT <= x < U64_LIMIT:
+            return
+        raise error("result: int out of CBOR's 64-bit range")
+    if depth >= RESULT_DEPTH_MAX:
+        raise error(f"result: lists/maps nested deeper than {RESULT_DEPTH_MAX}")
+    if t in sequence_types:
+        for item in x:
+            _check_result(item, depth + 1, sequence_types, error)
+        return
+    if t is dict:
+        for key, item in x.items():
+            if type(key) is not str:
+                raise error("result: map keys must be str")
+            _check_result(item, depth + 1, sequence_types, error)
+        return
+    raise error(f"result: {t.__name__} is not allowed")
+
+
+def _check_result_map(result: Any, sequence_types: tuple[type, ...], error: type[Exception]) -> dict:
+    if type(result) is not dict:
+        raise error("result: expected a map")
+    for key, item in result.items():
+        if type(key) is not str:
+            raise error("result: map keys must be str")
+        _check_result(item, 0, sequence_types, error)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Client requests: the maps, and frames of them
+# ---------------------------------------------------------------------------------------------------
+
+
+def get_request(rid: int, key: str, linearizable: bool) -> dict:
+    return {"t": "get", "id": rid, "key": key, "lin": linearizable}
+
+
+def delete_request(rid: int, key: str, prefix: bool, client_id: bytes, request_id: int, ack_below: int) -> dict:
+    return {"t": "del", "id": rid, "key": key, "prefix": prefix, "cid": client_id, "rq": request_id,
+            "ack": ack_below}
+
+
+def cas_request(rid: int, key: str, expected: str | bytes | None, new: str | bytes, client_id: bytes,
+                request_id: int, ack_below: int) -> dict:
+    return {"t": "cas", "id": rid, "key": key, "expected": expected, "new": new, "cid": client_id,
+            "rq": request_id, "ack": ack_below}
+
+
+def list_request(rid: int, prefix: str, keys_only: bool, linearizable: bool, limit: int) -> dict:
+    return {"t": "list", "id": rid, "prefix": prefix, "keys_only": keys_only, "lin": linearizable, "limit": limit}
+
+
+def status_request(rid: int) -> dict:
+    return {"t": "status", "id": rid}
+
+
+def encode_map_frame(obj: dict, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+    """One frame holding the map ``obj`` (one of the request maps above); ``FrameTooLarge`` as from
+    ``wire.encode_frame``."""
+    body = cbor2.dumps(obj)
+    if len(body) > frame_bytes_max:
+        raise FrameTooLarge(f"{obj.get('t')} request body is {len(body)} bytes, limit {frame_bytes_max}")
+    return _HEADER.pack(len(body)) + body
+
+
+def encode_put_request_frame(request_id: int, key: Any, value: Any, client_id: Any, request_seq: int, ack_below: int,
+                             frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+    """The frame of ``PutRequest(id=request_id, key=key, value=value, client_id=client_id,
+    request_id=request_seq, ack_below=ack_below)``, without building the object: byte for byte what
+    ``encode_frame`` gives (a test checks). The client's most frequent request; ``FrameTooLarge`` as
+    from ``encode_frame``."""
+    body = cbor2.dumps({"t": "put", "id": request_id, "key": key, "value": value, "cid": client_id,
+                        "rq": request_seq, "ack": ack_below})
+    if len(body) > frame_bytes_max:
+        raise FrameTooLarge(f"PutRequest body is {len(body)} bytes, limit {frame_bytes_max}")
+    return _HEADER.pack(len(body)) + body
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading frames and replies
+# ---------------------------------------------------------------------------------------------------
+
+
+def split_frames(buffer: bytearray, frame_bytes_max: int = FRAME_BYTES_MAX) -> list[bytes]:
+    """Remove every complete frame at the front of ``buffer`` and return their bodies, in order.
+
+    What remains in ``buffer`` is the start of the next frame (possibly nothing). A frame header whose
+    length is 0 or above ``frame_bytes_max`` raises ``WireError`` as soon as its 4 bytes are present,
+    without waiting for the body. If complete frames come before the bad header they are returned
+    first and the bad header stays at the front, so the next call raises: every good frame the
+    remote side sent before its mistake is still served, in order.
+    """
+    frames: list[bytes] = []
+    size = len(buffer)
+    pos = 0
+    unpack = _HEADER.unpack_from
+    bad: str | None = None
+    with memoryview(buffer) as view:
+        # Each pass consumes at least HEADER_BYTES + 1 bytes, so this ends within size passes.
+        while size - pos >= HEADER_BYTES:
+            (length,) = unpack(buffer, pos)
+            if length == 0 or length > frame_bytes_max:
+                bad = f"frame length {length} is outside [1, {frame_bytes_max}]"
+                break
+            end = pos + HEADER_BYTES + length
+            if end > size:
+                break
+            frames.append(bytes(view[pos + HEADER_BYTES:end]))
+            pos = end
+    if pos:
+        del buffer[:pos]
+    if bad is not None and not frames:
+        raise WireError(bad)
+    return frames
+
+
+class Reply(NamedTuple):
+    """A decoded ``ok`` or ``err`` reply: ``ok`` tells which; ``result`` for ok, the rest for err
+    (``id`` None: the server could not parse the request and gives up on the connection)."""
+
+    ok: bool
+    id: int | None
+    result: dict
+    code: str = ""
+    message: str = ""
+    leader: str | None = None
+
+
+def _text(obj: dict, key: str, *, none_ok: bool = False) -> Any:
+    if key not in obj:
+        raise WireError(f"{obj['t']}: missing field {key!r}")
+    x = obj[key]
+    if type(x) is str or (none_ok and x is None):
+        return x
+    raise WireError(f"{obj['t']}.{key}: expected a text string{' or null' if none_ok else ''}, got {type(x).__name__}")
+
+
+def decode_reply(body: bytes) -> Reply:
+    """The reply held in one frame body. Raises ``WireError``, and nothing else, unless the body is
+    exactly one CBOR map that ``wire.decode_body`` would take for an ``OkReply`` or an ``ErrorReply``
+    (unknown extra fields are ignored, as there)."""
+    try:
+        fp = io.BytesIO(body)
+        obj = cbor2.CBORDecoder(fp, max_depth=_CBOR_DEPTH_MAX, strict_hashable_types=True).decode()
+        end = fp.tell()
+    except Exception as exc:  # cbor2 raises several types (and ValueError/OverflowError from tags)
+        raise WireError(f"not valid CBOR: {exc}") from exc
+    if end != len(body):
+        raise WireError(f"{len(body) - end} bytes after the CBOR item in the frame")
+    if type(obj) is not dict:
+        raise WireError(f"frame body must be a CBOR map, got {type(obj).__name__}")
+    kind = obj.get("t")
+    if kind not in ("ok", "err"):
+        raise WireError(f"expected a reply, got message type {kind!r:.40}")
+    if "id" not in obj:
+        raise WireError(f"{kind}: missing field 'id'")
+    rid = obj["id"]
+    if not (type(rid) is int and 0 <= rid < ID_LIMIT) and not (kind == "err" and rid is None):
+        raise WireError(f"{kind}.id: expected an int in [0, 2**63), got {type(rid).__name__}")
+    if kind == "ok":
+        if "r" not in obj:
+            raise WireError("ok: missing field 'r'")
+        return Reply(True, rid, _check_result_map(obj["r"], (list,), WireError))
+    return Reply(False, rid, {}, _text(obj, "code"), _text(obj, "msg"), _text(obj, "leader", none_ok=True))

@@ -1,0 +1,407 @@
+"""A blocking client for one request at a time, on plain sockets: what ``kv get`` and friends use.
+
+Theory of operation
+-------------------
+``kvstore.client`` runs trio (in a thread, for its blocking ``Client``) and keeps many requests in
+flight on one connection. A one-shot ``kv`` command sends one request and exits, and starting trio and
+importing the full wire module (which loads the paxos package) cost it more than everything else
+together. ``OneShotClient`` has the same methods for these commands and the same behaviour, on a plain
+``socket`` (and the standard ``ssl`` module for a TLS cluster) with the frame codec of
+``kvstore.frames``, so it imports neither trio nor paxos.
+
+What it keeps from ``kvstore.client`` (see its module docstring for the reasons):
+
+* the endpoint list and its rules (``kvstore.endpoints``);
+* one connection, to the node believed to lead; every call has a deadline (``timeout``), and one
+  attempt at most ``attempt_timeout`` of it (a node that accepts but never answers must not hold us);
+* ``not_leader`` with a hint: reconnect to the hinted leader at once (twice in a row at most);
+  without a hint, a refused or lost connection, no answer in time, or a node that cannot serve
+  (``timeout``, ``unavailable``, ``shutting_down``, ``storage_full``, ``disk_failed``): the next
+  endpoint, after a short pause that grows from 20 ms to 0.5 s;
+* writes carry ``(client_id, request_id, ack_below)`` and a retry reuses them, so a write is applied
+  once; ``stale`` and a deadline passed after a write was sent raise ``Unavailable`` with
+  ``outcome_unknown``;
+* the errors: ``Unavailable``, ``RequestError`` (with the code), both ``KVError``, with the messages of
+  ``kvstore.client``; and keys and values over the store's limits raise ``kvstore.limits.TooLarge``
+  before anything is sent.
+
+The error classes are this module's own (``kvstore.client``'s import trio); they have the same names,
+meanings and attributes. Use ``kvstore.client`` in programs: this client is for short-lived processes.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from itertools import count
+from typing import Any, NamedTuple
+
+from . import frames
+from .endpoints import format_endpoint, parse_endpoint, parse_endpoint_list
+from .limits import check_key, check_value
+
+__all__ = ["OneShotClient", "KVError", "Unavailable", "RequestError", "Entry", "tls_client_context"]
+
+
+class KVError(Exception):
+    """Base class of every error the client raises (as ``kvstore.client.KVError``)."""
+
+
+class Unavailable(KVError):
+    """No answer before the deadline, or a retried write whose outcome the cluster forgot; see
+    ``kvstore.client.Unavailable``. ``outcome_unknown``: a write that was sent and may have been applied."""
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+class RequestError(KVError):
+    """The cluster refused the request itself (``code``: a ``kvstore.frames`` error code)."""
+
+    def __init__(self, message: str, code: str = frames.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Entry(NamedTuple):
+    key: str
+    value: str | bytes
+    version: int
+    mod_revision: int
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+# Codes after which another node may serve the request (as kvstore.client): a full or failed disk stops
+# one node, not the cluster.
+_TRY_ANOTHER = (frames.TIMEOUT, frames.UNAVAILABLE, frames.SHUTTING_DOWN, frames.STORAGE_FULL, frames.DISK_FAILED)
+_REDIRECTS_MAX = 2
+_PAUSE_FIRST = 0.02
+_PAUSE_MAX = 0.5
+
+
+def tls_client_context(cacert: str, cert: str, key: str) -> Any:
+    """The dialing side's ``ssl.SSLContext``, with the settings of ``kvstore.tls.client_context``: TLS 1.3
+    only, the server's certificate signed by the CA and naming the host dialed, our certificate shown.
+    Raises ``ValueError`` (with the message of ``kvstore.tls.TlsError``) for a file it cannot use."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    try:
+        ctx.load_verify_locations(cafile=cacert)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot use the CA file {cacert}: {exc}") from None
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot use the certificate {cert} with the key {key}: {exc}") from None
+    return ctx
+
+
+class TlsError(ValueError):
+    """A certificate, key or CA file that cannot be used (as ``kvstore.tls.TlsError``)."""
+
+
+class _Connection:
+    """One blocking connection (TCP, or TLS over it) to one endpoint, one request at a time."""
+
+    def __init__(self, endpoint: tuple[str, int], sock: socket.socket) -> None:
+        self.endpoint = endpoint
+        self.sock = sock
+        self.buffer = bytearray()
+
+    @classmethod
+    def open(cls, endpoint: tuple[str, int], timeout: float, tls: Any) -> _Connection:
+        """Connect (and finish the TLS handshake) within ``timeout`` seconds; ``OSError`` if not."""
+        host, port = endpoint
+        sock = socket.create_connection((host, port), timeout=max(timeout, 0.001))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=host)  # handshakes within the socket timeout
+        except BaseException:
+            sock.close()
+            raise
+        return cls(endpoint, sock)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def exchange(self, frame: bytes, rid: int, deadline: float) -> frames.Reply | None:
+        """Send ``frame`` (request id ``rid``) and return its reply, or None if none came by ``deadline``.
+
+        Raises ``_ConnectionLost`` or ``OSError`` if the connection fails first, ``frames.WireError`` if
+        the node sends garbage."""
+        sock = self.sock
+        try:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.sendall(frame)
+            while True:
+                for body in frames.split_frames(self.buffer):
+                    reply = frames.decode_reply(body)
+                    if reply.id is None:  # the server gave up on this connection (protocol error)
+                        raise _ConnectionLost(reply.message or "connection closed by server")
+                    if reply.id == rid:
+                        return reply
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                sock.settimeout(remaining)
+                data = sock.recv(frames.RECEIVE_CHUNK_BYTES)
+                if not data:
+                    raise _ConnectionLost("connection lost before the reply")
+                self.buffer += data
+        except TimeoutError:  # socket.timeout
+            return None
+
+
+class OneShotClient:
+    """The blocking client of ``kv``'s one-shot commands; see the module docstring.
+
+    ``endpoints``: ``HOST:PORT`` texts or one comma list (``EndpointError``, a ValueError, if malformed);
+    ``cacert``, ``cert``, ``key``: all three for a TLS cluster (``TlsError`` for a file it cannot use).
+    Nothing connects before the first call. Use it as a context manager, or call ``close()``.
+    """
+
+    def __init__(self, endpoints: list[str] | str, *, timeout: float = 5.0, cacert: str | None = None,
+                 cert: str | None = None, key: str | None = None) -> None:
+        self.endpoints = parse_endpoint_list(endpoints)
+        self.timeout = timeout
+        self.attempt_timeout = max(0.5, min(2.0, timeout / 3))
+        given = [x for x in (cacert, cert, key) if x]
+        if given and len(given) != 3:
+            raise TlsError("TLS needs all three of the CA file, the certificate and its key (--cacert, --cert, --key)")
+        self._tls = tls_client_context(str(cacert), str(cert), str(key)) if given else None
+        self._conn: _Connection | None = None
+        self._preferred = 0  # index into endpoints of the node we believe leads
+        self._ids = count(1)
+        self.client_id = os.urandom(16)
+        self._request_ids = count(1)
+
+    def __enter__(self) -> OneShotClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- the commands --------------------------------------------------------------------------
+
+    def put(self, key: str, value: str | bytes) -> int:
+        """Store ``value`` under ``key``; return the revision of the write."""
+        check_key(key)
+        check_value(value)
+        client_id = self.client_id
+        result = self._write(lambda rid, rq: frames.encode_put_request_frame(rid, key, value, client_id, rq, rq))
+        return int(result["rev"])
+
+    def get(self, key: str, *, consistency: str = "l") -> str | bytes | None:
+        entry = self.get_entry(key, consistency=consistency)
+        return None if entry is None else entry.value
+
+    def get_entry(self, key: str, *, consistency: str = "l") -> Entry | None:
+        check_key(key)
+        lin = _linearizable(consistency)
+        result = self._call(lambda rid: frames.encode_map_frame(frames.get_request(rid, key, lin)), write=False)
+        if not result.get("found"):
+            return None
+        return Entry(key, result["value"], result["ver"], result["mrev"])
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; True if it existed."""
+        check_key(key)
+        result = self._write(lambda rid, rq: frames.encode_map_frame(
+            frames.delete_request(rid, key, False, self.client_id, rq, rq)))
+        return bool(result["deleted"] > 0)
+
+    def delete_prefix(self, prefix: str) -> int:
+        check_key(prefix, "prefix")
+        result = self._write(lambda rid, rq: frames.encode_map_frame(
+            frames.delete_request(rid, prefix, True, self.client_id, rq, rq)))
+        return int(result["deleted"])
+
+    def cas(self, key: str, expected: str | bytes | None, new: str | bytes) -> bool:
+        check_key(key)
+        check_value(expected, "expected value")
+        check_value(new, "new value")
+        result = self._write(lambda rid, rq: frames.encode_map_frame(
+            frames.cas_request(rid, key, expected, new, self.client_id, rq, rq)))
+        return bool(result["ok"])
+
+    def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
+             limit: int = 0) -> list[tuple[str, Any]]:
+        """``[(key, value), ...]`` in key order (``[(key, None), ...]`` with keys_only)."""
+        lin = _linearizable(consistency)
+        result = self._call(lambda rid: frames.encode_map_frame(
+            frames.list_request(rid, prefix, keys_only, lin, limit)), write=False)
+        return [(item[0], item[1] if len(item) > 1 else None) for item in result["items"]]
+
+    def status(self, endpoint: str | tuple[str, int]) -> dict:
+        """The status of one node, on a connection of its own (``Unavailable`` if it does not answer
+        within ``timeout``; ``RequestError`` if it refuses)."""
+        if isinstance(endpoint, str):
+            endpoint = parse_endpoint(endpoint)
+        deadline = time.monotonic() + self.timeout
+        name = format_endpoint(*endpoint)
+        try:
+            conn = _Connection.open(endpoint, self.timeout, self._tls)
+        except OSError as exc:
+            raise Unavailable(f"{name} is unreachable: {exc}") from None
+        try:
+            reply = conn.exchange(frames.encode_map_frame(frames.status_request(1)), 1, deadline)
+        except (_ConnectionLost, OSError, frames.WireError) as exc:
+            raise Unavailable(f"{name} closed the connection: {exc}") from None
+        finally:
+            conn.close()
+        if reply is None:
+            raise Unavailable(f"{name} did not answer within {self.timeout:g}s")
+        if not reply.ok:
+            raise RequestError(reply.message, reply.code)
+        return reply.result
+
+    def cluster_status(self) -> list[dict]:
+        """One entry per endpoint, each with ``"endpoint"`` and ``"reachable"``, asked all at once."""
+        results: list[dict] = [{} for _ in self.endpoints]
+
+        def one(i: int, endpoint: tuple[str, int]) -> None:
+            name = format_endpoint(*endpoint)
+            try:
+                results[i] = {"endpoint": name, "reachable": True, **self.status(endpoint)}
+            except (KVError, OSError) as exc:
+                results[i] = {"endpoint": name, "reachable": False, "error": str(exc)}
+
+        threads = [threading.Thread(target=one, args=(i, e), daemon=True) for i, e in enumerate(self.endpoints)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    # --- machinery -----------------------------------------------------------------------------
+
+    def _write(self, make: Any) -> dict:
+        # One write at a time: ack_below is the write itself (nothing older is still out).
+        request_id = next(self._request_ids)
+        return self._call(lambda rid: make(rid, request_id), write=True)
+
+    def _call(self, build: Any, *, write: bool) -> dict:
+        """Send the frame ``build(id)`` makes, retrying as ``kvstore.client.AsyncClient._call`` does,
+        until ``timeout`` from now. Returns the OK reply's result."""
+        deadline = time.monotonic() + self.timeout
+        sent = False
+        pause = _PAUSE_FIRST
+        redirects = 0
+        last_error = "no endpoint answered"
+        while True:
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
+                raise Unavailable(
+                    f"no answer from the cluster within {self.timeout:g}s ({last_error})"
+                    + ("; the write may or may not have been applied" if write and sent else ""),
+                    outcome_unknown=write and sent,
+                )
+            attempt_deadline = now + min(remaining, self.attempt_timeout)
+            reply = None
+            conn = self._conn
+            try:
+                if conn is None:
+                    conn = self._connect(min(remaining, self.attempt_timeout))
+                sent = True
+                rid = next(self._ids)
+                reply = conn.exchange(build(rid), rid, attempt_deadline)
+                if reply is None:
+                    last_error = f"{format_endpoint(*conn.endpoint)} did not answer"
+                    self._drop(advance=True)
+            except (_ConnectionLost, OSError, frames.WireError) as exc:
+                last_error = f"connection failed: {exc}"
+                if conn is not None:
+                    self._drop(advance=True)
+            if reply is None:
+                self._sleep(min(pause, deadline - time.monotonic()))
+                pause = min(pause * 2, _PAUSE_MAX)
+                continue
+            if reply.ok:
+                return reply.result
+            code = reply.code
+            if code == frames.NOT_LEADER:
+                last_error = "no leader"
+                if reply.leader and redirects < _REDIRECTS_MAX:
+                    # Follow the hint at once, but not forever: two nodes that still point at each other
+                    # (a leader change under way) get the same pause as no hint at all.
+                    redirects += 1
+                    self._prefer(reply.leader)
+                    continue
+                if reply.leader:
+                    self._prefer(reply.leader)
+                else:
+                    self._drop(advance=True)
+            elif code == frames.STALE:
+                raise Unavailable(reply.message, outcome_unknown=True)
+            elif code in _TRY_ANOTHER:
+                last_error = reply.message
+                self._drop(advance=True)
+            else:
+                raise RequestError(reply.message, code)
+            redirects = 0
+            jitter = 0.5 + os.urandom(1)[0] / 255
+            self._sleep(min(pause * jitter, deadline - time.monotonic()))
+            pause = min(pause * 2, _PAUSE_MAX)
+
+    @staticmethod
+    def _sleep(seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+    def _connect(self, timeout: float) -> _Connection:
+        endpoint = self.endpoints[self._preferred]
+        try:
+            conn = _Connection.open(endpoint, timeout, self._tls)
+        except OSError as exc:
+            self._preferred = (self._preferred + 1) % len(self.endpoints)
+            if isinstance(exc, TimeoutError):
+                raise _ConnectionLost(f"connecting to {format_endpoint(*endpoint)} timed out") from None
+            raise
+        self._conn = conn
+        return conn
+
+    def _prefer(self, leader: str) -> None:
+        try:
+            endpoint = parse_endpoint(leader)
+        except ValueError:
+            self._drop(advance=True)
+            return
+        if endpoint not in self.endpoints:
+            self.endpoints.append(endpoint)
+        index = self.endpoints.index(endpoint)
+        if index != self._preferred or self._conn is None or self._conn.endpoint != endpoint:
+            self._drop(advance=False)
+            self._preferred = index
+
+    def _drop(self, *, advance: bool) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if advance:
+            self._preferred = (self._preferred + 1) % len(self.endpoints)
+
+
+def _linearizable(consistency: str) -> bool:
+    if consistency not in ("l", "s"):
+        raise ValueError(f"consistency must be 'l' (linearizable) or 's' (serializable, may be stale), "
+                         f"not {consistency!r}")
+    return consistency == "l"
