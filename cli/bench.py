@@ -122,6 +122,7 @@ def bench_command(
             rate=rate,
             timeout=timeout if timeout is not None else settings.command_timeout,
             warmup=warmup,
+            tls=settings.tls(),  # --cacert/--cert/--key (KV_CACERT, ...) or the TLS default cluster's
         )
         try:
             spec.validate()

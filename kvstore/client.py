@@ -45,7 +45,7 @@ import trio
 
 from . import wire
 from .endpoints import format_endpoint, parse_endpoint, parse_endpoint_list
-from .netio import Outbox, socket_fd
+from .netio import Outbox
 
 
 class KVError(Exception):
@@ -146,12 +146,12 @@ class _Connection:
         self.dispatching = False  # the reader is handing out replies (it writes what they submit)
         self.flush_pending = False  # submitted frames wait in queued for _flush_submitted
         self.outbox = Outbox()
-        self.outbox.fd = socket_fd(stream)
+        self.raw_stream = self.outbox.attach(stream)  # (a TLS stream's TCP stream: the outbox seals)
 
     async def writer(self) -> None:
         """Send what the socket did not take at once (see ``kvstore.netio.Outbox``)."""
         try:
-            await self.outbox.run(self.stream)
+            await self.outbox.run(self.raw_stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
@@ -204,7 +204,7 @@ class _Connection:
         self.broken = True
         # No direct writes from now on: the stream is about to be closed, and its descriptor number
         # may then belong to another socket.
-        self.outbox.fd = None
+        self.outbox.detach()
         self.outbox.close()
         waiters, self.waiters = self.waiters, {}
         for waiter in waiters.values():

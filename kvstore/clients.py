@@ -36,6 +36,7 @@ that connection only: the node keeps serving.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -45,6 +46,11 @@ from .metrics import OUTCOME_OF_CODE, request_op
 from .netio import Outbox
 from .peers import remote_name, set_nodelay
 from .waiters import read_reply
+
+if TYPE_CHECKING:
+    from .acl import Acl
+    from .server import Node
+    from .tls import Principal
 
 __all__ = ["ClientConn", "ClientLinks"]
 
@@ -57,8 +63,8 @@ class ClientConn:
 
     __slots__ = ("outbox", "pending", "closed", "name", "_dirty", "last_heard", "scope", "principal")
 
-    def __init__(self, name: str, dirty: list) -> None:
-        self.principal = None  # who its TLS certificate names (kvstore.tls.Principal); None without TLS
+    def __init__(self, name: str, dirty: list[ClientConn]) -> None:
+        self.principal: Principal | None = None  # who its TLS certificate names (kvstore.tls.Principal); None without TLS
         self.outbox = Outbox()
         self.pending: list[bytes] = []
         self.closed = False
@@ -67,7 +73,7 @@ class ClientConn:
         self.last_heard = trio.current_time()  # when its last frames arrived (see ClientLinks.close_idle)
         self.scope = trio.CancelScope()  # cancelled to close the connection
 
-    def reply(self, message) -> None:
+    def reply(self, message: object) -> None:
         if self.closed:
             return
         try:
@@ -98,12 +104,12 @@ class ClientConn:
 class ClientLinks:
     """The client connections of node ``node`` (a ``kvstore.server.Node``); see the module docstring."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.counters = node.counters
         self.dirty: list[ClientConn] = []  # connections with replies to send
         self.conns: set[ClientConn] = set()
-        self.acl = None  # kvstore.acl.Acl (kv serve --acl): checked in _route; replaced on SIGHUP
+        self.acl: Acl | None = None  # kvstore.acl.Acl (kv serve --acl): checked in _route; replaced on SIGHUP
 
     def send_replies(self) -> None:
         """Send the replies collected since the last call: one write per client connection."""
@@ -121,7 +127,7 @@ class ClientLinks:
             if conn.last_heard < limit:
                 conn.scope.cancel()
 
-    async def handle_connection(self, stream) -> None:
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted connection: a peer link (first frame Hello) or a client."""
         node = self.node
         idle_timeout_seconds = node.options.idle_client_timeout_seconds
@@ -196,7 +202,7 @@ class ClientLinks:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _writer(self, stream, conn: ClientConn) -> None:
+    async def _writer(self, stream: trio.abc.Stream, conn: ClientConn) -> None:
         try:
             await conn.outbox.run(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -204,13 +210,13 @@ class ClientLinks:
         finally:
             conn.outbox.detach()
 
-    async def _serve(self, conn: ClientConn, reader, frames, name: str) -> None:
+    async def _serve(self, conn: ClientConn, reader: wire.FrameReader, frames: list[bytes], name: str) -> None:
         """The client request loop: route what arrived, hand the node the events, send the answers
         given here, then wait for more frames."""
         post = self.node._post
         route = self._route
         while True:
-            events: list = []
+            events: list[object] = []
             for i, request in enumerate(wire.decode_bodies(frames)):
                 if isinstance(request, wire.WireError):
                     self.counters["protocol_errors"] += 1
@@ -229,7 +235,7 @@ class ClientLinks:
                 return
             conn.last_heard = trio.current_time()
 
-    def _route(self, conn: ClientConn, request, events: list) -> None:
+    def _route(self, conn: ClientConn, request: object, events: list[object]) -> None:
         """Answer ``request`` here, or append what the driver must do for it to ``events``. What is answered
         here is counted here (``Waiters.requests``); the waiters count the rest."""
         node = self.node
@@ -238,7 +244,9 @@ class ClientLinks:
             refused = self.acl.refusal(conn.principal, request)  # kv serve --acl (kvstore.acl)
             if refused is not None:
                 requests[request_op(request), "denied"] += 1
-                conn.reply(wire.ErrorReply(id=request.id, code=wire.PERMISSION_DENIED, message=refused, leader=None))
+                # (only client requests are refused, and each has an id)
+                conn.reply(wire.ErrorReply(id=getattr(request, "id", None), code=wire.PERMISSION_DENIED,
+                                           message=refused, leader=None))
                 return
         match request:
             case wire.PutRequest() | wire.DeleteRequest() | wire.CasRequest():

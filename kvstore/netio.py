@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import ssl
 
 import trio
 
@@ -26,17 +27,66 @@ class Outbox:
     sends it in order with ``send_all``. So bytes leave in the order they were written.
     """
 
-    __slots__ = ("fd", "busy", "backlog", "limit", "_send", "_recv")
+    __slots__ = ("fd", "seal", "busy", "backlog", "limit", "_send", "_recv")
 
     def __init__(self, limit: float = math.inf) -> None:
         self.fd: int | None = None  # the socket's descriptor while direct writes are allowed
+        self.seal = None  # a TLS stream's encryption (kvstore.tls.TlsStream.seal) while attached to one
         self.busy = False  # the writer task holds bytes it has not finished sending
         self.backlog = 0  # chunks queued for the writer task
         self.limit = limit
         self._send, self._recv = trio.open_memory_channel(math.inf)
 
+    def attach(self, stream):
+        """Write to ``stream`` from now on; returns the stream to give ``run``.
+
+        A plain TCP stream gets direct writes on its socket. A ``kvstore.tls.TlsStream`` gets them too,
+        on the socket under it: the outbox seals each write into TLS records first, queued chunks
+        included (written while no stream was attached, so still plaintext), and ``run`` sends records
+        on the TCP stream. Either way bytes leave in the order they were written."""
+        seal = getattr(stream, "seal", None)
+        if seal is None:
+            self.seal = None
+            self.fd = socket_fd(stream)
+            return stream
+        queued = []
+        while True:
+            try:
+                queued.append(self._recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        for chunk in queued:
+            self._send.send_nowait(seal(chunk))
+        self.seal = seal
+        stream.raw_sink = self.write_sealed
+        raw = stream.transport_stream
+        self.fd = socket_fd(raw)
+        return raw
+
+    def detach(self) -> None:
+        """No direct writes any more (the stream is about to close: its descriptor number may soon be
+        another socket's); writes queue, as plaintext, until the next ``attach``."""
+        self.fd = None
+        self.seal = None
+
     def write(self, data: bytes) -> bool:
         """Send or queue ``data``; False if it was dropped (backlog at its limit, or closed)."""
+        if self.seal is None:
+            return self._put(data, True)
+        if self.backlog >= self.limit:
+            return False  # dropped before sealing: a TLS record, once made, must be sent
+        try:
+            records = self.seal(data)
+        except ssl.SSLError:
+            return False  # the TLS session broke: the reader sees the end of the connection
+        return self._put(records, False)
+
+    def write_sealed(self, data: bytes) -> bool:
+        """Send or queue bytes that are ready for the socket as they are (TLS records that the stream
+        made while reading), never dropped."""
+        return self._put(data, False)
+
+    def _put(self, data: bytes, droppable: bool) -> bool:
         if self.fd is not None and not self.busy and not self.backlog:
             try:
                 sent = os.write(self.fd, data)
@@ -47,7 +97,7 @@ class Outbox:
             if sent == len(data):
                 return True
             data = data[sent:]  # the rest of a frame must go next, so it is queued even past the limit
-        elif self.backlog >= self.limit:
+        elif droppable and self.backlog >= self.limit:
             return False
         try:
             self._send.send_nowait(data)

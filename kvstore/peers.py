@@ -30,12 +30,17 @@ from __future__ import annotations
 import logging
 import random
 import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
 from . import identity, tls, wire
 from .netio import Outbox
 from .storage import StorageError
+
+if TYPE_CHECKING:
+    from .server import Node
 
 __all__ = ["PeerLinks", "PEER_FRAME_BYTES_MAX", "set_nodelay", "remote_name"]
 
@@ -51,7 +56,7 @@ PEER_BACKLOG_FRAMES_MAX = 10_000
 BACKOFF_SECONDS_MIN = 0.02
 
 
-def set_nodelay(stream) -> None:
+def set_nodelay(stream: object) -> None:
     sock = getattr(stream, "socket", None)
     if sock is not None:
         try:
@@ -60,7 +65,7 @@ def set_nodelay(stream) -> None:
             pass
 
 
-def recorded_incarnation(node, peer: int) -> str | None:
+def recorded_incarnation(node: Node, peer: int) -> str | None:
     """The incarnation the cluster knows ``peer`` as: the newest record in any configuration that still
     governs a slot this node has not compacted (a voter removed or replaced keeps governing the slots
     before its removal takes effect, and its votes there must come from the disk it had), else the
@@ -70,16 +75,18 @@ def recorded_incarnation(node, peer: int) -> str | None:
     configs = [replica.config]
     configs.extend(c for _e, _s, c in reversed(replica.schedule_through(replica.applied_slot)))
     for config in configs:
-        found = config.incarnations.get(peer)
+        found: str | None = config.incarnations.get(peer)
         if found:
             return found
     return (node.storage.members or {}).get(peer)
 
 
-def remote_name(stream) -> str:
+def remote_name(stream: object) -> str:
     """``host:port`` of the other end of ``stream``, for log lines; ``?`` if it has none."""
     # (a TLS stream's socket is its transport stream's: kvstore.tls)
     sock = getattr(stream, "socket", None) or getattr(getattr(stream, "transport_stream", None), "socket", None)
+    if sock is None:
+        return "?"
     try:
         host, port = sock.getpeername()[:2]
         return f"{host}:{port}"
@@ -90,7 +97,7 @@ def remote_name(stream) -> str:
 class PeerLinks:
     """The links of node ``node`` (a ``kvstore.server.Node``) to its peers (see the module docstring)."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.node_id = node.node_id
         self.counters = node.counters
@@ -122,18 +129,18 @@ class PeerLinks:
     # -----------------------------------------------------------------------------------------------
     # outgoing
 
-    def send_now(self, sends) -> None:
+    def send_now(self, sends: Sequence[tuple[int, object]]) -> None:
         """Send ``(to, message)`` pairs: one frame per peer (split if huge), written at once."""
         if not sends or self.stopped:
             return
-        per_peer: dict[int, list] = {}
+        per_peer: dict[int, list[object]] = {}
         for to, message in sends:
             msgs = per_peer.get(to)
             if msgs is None:
                 per_peer[to] = [message]
             else:
                 msgs.append(message)
-        encoded: dict[tuple, list[bytes]] = {}  # a broadcast batch is encoded once for every peer
+        encoded: dict[tuple[int, ...], list[bytes]] = {}  # a broadcast batch is encoded once for every peer
         for to, msgs in per_peer.items():
             outbox = self.outboxes.get(to)
             if outbox is None:
@@ -146,7 +153,7 @@ class PeerLinks:
                 if not outbox.write(frame):
                     self.counters["peer_queue_full_drops"] += 1
 
-    def encode_frames(self, to: int, msgs: list) -> list[bytes]:
+    def encode_frames(self, to: int, msgs: list[object]) -> list[bytes]:
         """The frames for ``msgs`` to peer ``to``: one, or one per message if that is too large (a
         message too large alone is dropped, counted and logged)."""
         try:
@@ -284,7 +291,7 @@ class PeerLinks:
         post = node._post
         receive_chunk = node.snapshots.receive_chunk
         while True:
-            events: list = []
+            events: list[object] = []
             for message in wire.decode_bodies(frames):
                 if isinstance(message, wire.PaxosBatch):
                     for m in message.messages:

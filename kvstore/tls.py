@@ -5,7 +5,7 @@ Theory of operation
 A node started with a CA file, a certificate and its key (``ServerOptions.cacert``, ``cert``, ``key``;
 ``kv serve --cacert --cert --key``) runs its network through a ``TlsTransport`` instead of plain TCP:
 
-* **accepting**: every accepted connection is a trio ``SSLStream`` (``TlsListener``); there is no
+* **accepting**: every accepted connection is a ``TlsStream`` (``TlsListener``); there is no
   plaintext listener, so nothing reaches the frame reader without a finished TLS 1.3 handshake in
   which the other side presented a certificate signed by the cluster's CA (``CERT_REQUIRED``). The
   handshake runs in the connection's own task (``handshake``), bounded by ``handshake_timeout_seconds``
@@ -43,7 +43,7 @@ import trio
 
 __all__ = ["TlsError", "TlsFiles", "TlsTransport", "TlsListener", "Principal", "NODE_URI_PREFIX",
            "client_context", "server_context", "peer_identity", "handshake", "check_peer", "check_dialed",
-           "transport_for", "reload", "HANDSHAKE_SECONDS_DEFAULT"]
+           "transport_for", "reload", "HANDSHAKE_SECONDS_DEFAULT", "TlsStream"]
 
 log = logging.getLogger("kvstore.server")
 
@@ -105,7 +105,9 @@ def _context(purpose: ssl.Purpose, files: TlsFiles) -> ssl.SSLContext:
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:
     """The accepting side: TLS 1.3, a client certificate of the CA required."""
-    return _context(ssl.Purpose.CLIENT_AUTH, files)
+    ctx = _context(ssl.Purpose.CLIENT_AUTH, files)
+    ctx.num_tickets = 0  # nobody resumes sessions here: no tickets to make, send and ignore
+    return ctx
 
 
 def client_context(files: TlsFiles) -> ssl.SSLContext:
@@ -118,7 +120,7 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
 def peer_identity(stream) -> Principal | None:
     """The ``Principal`` of the certificate ``stream``'s other side presented in its finished handshake;
     None for a stream without TLS."""
-    if not isinstance(stream, trio.SSLStream):
+    if not isinstance(stream, (TlsStream, trio.SSLStream)):
         return None
     cert = stream.getpeercert() or {}
     name = ""
@@ -188,6 +190,120 @@ async def handshake(stream, node, name: str) -> Principal | None:
     return peer_identity(stream)
 
 
+class TlsStream(trio.abc.Stream):
+    """TLS over a trio TCP stream, lean enough to sit on the store's hot path.
+
+    trio's ``SSLStream`` works for any caller, which costs a lock, a conflict detector and a round of
+    its retry loop per call, and it hides the socket, so each frame went through a writer task. This
+    stream keeps the ``ssl.SSLObject`` and its two memory buffers itself:
+
+    * ``seal(data)`` encrypts plaintext into TLS records, synchronously; ``kvstore.netio.Outbox`` seals
+      what it is given and then writes the records straight to the socket like plaintext (the same
+      direct write without a task hop), or queues them for its writer task, which sends them on
+      ``transport_stream``. Records leave in the order they were sealed, which is the only order TLS
+      allows;
+    * ``receive_some`` decrypts every whole record the socket has delivered, in one call;
+    * bytes that OpenSSL produces while reading (a TLS 1.3 key update answered) go to ``raw_sink`` (the
+      outbox, in order with what it sealed) when one is attached, else straight to the transport.
+
+    ``send_all`` is for the short exchanges before an outbox takes over (a peer's Hello, an early
+    error reply): it must not run while an outbox writes to the same stream.
+    """
+
+    def __init__(self, transport_stream, context: ssl.SSLContext, *, server_side: bool = False,
+                 server_hostname: str | None = None) -> None:
+        self.transport_stream = transport_stream
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
+                                     server_hostname=server_hostname)
+        self.raw_sink = None  # set by an Outbox that seals for this stream (kvstore.netio.Outbox.attach)
+        self._handshaken = False
+
+    async def do_handshake(self) -> None:
+        """Run the handshake to its end; raises ``trio.BrokenResourceError`` (from the ``ssl.SSLError``)
+        if it fails or the other side closes. Unbounded in time: callers bound it."""
+        while True:
+            try:
+                self._ssl.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as exc:
+                await self._send_pending()  # the alert that says why, best effort
+                raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
+            await self._send_pending()
+            data = await self.transport_stream.receive_some(_RECEIVE_BYTES)
+            if not data:
+                raise trio.BrokenResourceError("the other side closed the connection during the TLS handshake")
+            self._incoming.write(data)
+        await self._send_pending()
+        self._handshaken = True
+
+    def getpeercert(self, binary_form: bool = False):
+        return self._ssl.getpeercert(binary_form)
+
+    def seal(self, data: bytes) -> bytes:
+        """``data`` as TLS records, ready for the socket (raises ``ssl.SSLError`` once the session broke)."""
+        view = memoryview(data)
+        while view:
+            view = view[self._ssl.write(view):]
+        return self._outgoing.read()
+
+    async def _send_pending(self) -> None:
+        if self._outgoing.pending:
+            await self.transport_stream.send_all(self._outgoing.read())
+
+    async def send_all(self, data) -> None:
+        try:
+            records = self.seal(bytes(data))
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError(f"TLS session failed: {exc}") from exc
+        await self.transport_stream.send_all(records)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        limit = max_bytes or _RECEIVE_BYTES
+        while True:
+            chunks = []
+            size = 0
+            try:
+                while size < limit:
+                    chunk = self._ssl.read(limit - size)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:  # close_notify: the end of the stream
+                if not chunks:
+                    return b""
+            except ssl.SSLError as exc:
+                if not chunks:
+                    raise trio.BrokenResourceError(f"TLS session failed: {exc}") from exc
+            if self._outgoing.pending:  # OpenSSL answered something while reading
+                if self.raw_sink is not None:
+                    self.raw_sink(self._outgoing.read())
+                else:
+                    await self._send_pending()
+            if chunks:
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            data = await self.transport_stream.receive_some(_RECEIVE_BYTES)
+            if not data:
+                return b""  # the other side closed without close_notify: our frames tell a cut frame
+            self._incoming.write(data)
+
+    async def aclose(self) -> None:
+        self.raw_sink = None
+        await self.transport_stream.aclose()
+
+
+_RECEIVE_BYTES = 256 * 1024
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"{exc.reason}: {exc.verify_message}"  # e.g. "certificate has expired"
@@ -199,7 +315,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class TlsListener(trio.abc.Listener):
-    """Accepts TCP connections and wraps each in a server-side ``SSLStream`` with the transport's
+    """Accepts TCP connections and wraps each in a server-side ``TlsStream`` with the transport's
     server context of the moment (so a reload applies to the next accept). Shows its socket: the node
     reads its port from ``listeners[0].socket``."""
 
@@ -211,9 +327,9 @@ class TlsListener(trio.abc.Listener):
     def socket(self):
         return self.transport_listener.socket
 
-    async def accept(self) -> trio.SSLStream:
+    async def accept(self) -> TlsStream:
         stream = await self.transport_listener.accept()
-        return trio.SSLStream(stream, self._transport.server_context, server_side=True)
+        return TlsStream(stream, self._transport.server_context, server_side=True)
 
     async def aclose(self) -> None:
         await self.transport_listener.aclose()
@@ -243,7 +359,7 @@ class TlsTransport:
         """A TLS stream to ``host:port`` with its handshake done; raises ``OSError`` (an ``ssl.SSLError``
         for a refused handshake) like a refused TCP connect."""
         tcp = await trio.open_tcp_stream(host, port)
-        stream = trio.SSLStream(tcp, self.client_context, server_hostname=host)
+        stream = TlsStream(tcp, self.client_context, server_hostname=host)
         try:
             await stream.do_handshake()
         except trio.BrokenResourceError as exc:

@@ -30,7 +30,7 @@ import trio
 from kvstore import wire
 from kvstore.netio import socket_fd
 from kvstore.server import Node, ServerOptions
-from kvstore.tls import TlsFiles, TlsTransport
+from kvstore.tls import TlsFiles, TlsStream, TlsTransport
 
 from ..badinput import test_live_node as plain_suite
 from ..integration.harness import free_ports
@@ -274,14 +274,17 @@ async def test_the_node_closes_stalled_handshakes_after_its_timeout(tmp_path):
             assert data == b"", data
             await stream.aclose()
         assert node.counters["tls_handshakes_timed_out"] == 50
-        # A real client gets through, over streams the Outbox never writes to directly.
+        # A real client gets through; its outbox seals each write and sends the records straight to the
+        # socket under the TLS stream (kvstore.netio.Outbox.attach).
         from kvstore.client import connect
 
         admin = pki.files("admin")
         async with connect([f"127.0.0.1:{port}"], **admin) as kv:
             await kv.put("k", "v")
             assert await kv.get("k") == "v"
-            assert isinstance(kv._conn.stream, trio.SSLStream) and socket_fd(kv._conn.stream) is None
+            conn = kv._conn
+            assert isinstance(conn.stream, TlsStream) and socket_fd(conn.stream) is None
+            assert conn.outbox.seal is not None and conn.outbox.fd == socket_fd(conn.stream.transport_stream)
         nursery.cancel_scope.cancel()
     deadline = time.monotonic() + 5
     while len(os.listdir("/proc/self/fd")) > fds_before and time.monotonic() < deadline:
