@@ -46,6 +46,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -94,6 +95,13 @@ def format_record(key: str, value: str | bytes) -> bytes:
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+# The common line, as dump writes it and most tools would: an object of exactly a text key and a text
+# value, neither with an escape or a control character. Such a line means exactly the two strings
+# between the quotes, so it skips the JSON decoder (a third of the CPU per line); any other line,
+# valid or not, goes through json.loads and the checks below.
+_PLAIN_LINE = re.compile(r'\{"key": ?"([^"\\\x00-\x1f]+)", ?"value": ?"([^"\\\x00-\x1f]*)"\}[ \t\r]*')
+
+
 class _DuplicateField(ValueError):
     pass
 
@@ -123,6 +131,17 @@ def parse_line(line: bytes, number: int) -> tuple[str, str | bytes] | None:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BulkInputError(number, f"not UTF-8 (byte {exc.start + 1})") from None
+    plain = _PLAIN_LINE.fullmatch(text)
+    if plain is not None:
+        key, text_value = plain.group(1, 2)
+        # (UTF-8 takes at most 4 bytes a character: only long strings need the copying encode)
+        if len(key) * 4 > KEY_BYTES_MAX and len(key.encode("utf-8")) > KEY_BYTES_MAX:
+            raise BulkInputError(number, f"key is {len(key.encode('utf-8'))} bytes, more than the store's "
+                                         f"limit of {KEY_BYTES_MAX}")
+        if len(text_value) * 4 > VALUE_BYTES_MAX and len(text_value.encode("utf-8")) > VALUE_BYTES_MAX:
+            raise BulkInputError(number, f"value is {len(text_value.encode('utf-8'))} bytes, more than the "
+                                         f"store's limit of {VALUE_BYTES_MAX}")
+        return key, text_value
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except _DuplicateField as exc:

@@ -136,6 +136,14 @@ def test_a_bad_line_is_refused_with_its_number_and_the_problem(line, problem):
     assert problem in str(caught.value)
 
 
+@pytest.mark.parametrize("line", [b'{"key": "a", "value": "b"}', b'{"key":"a","value":""}  \r',
+                                  b'{"key": "\xc3\xbc", "value": "x y"}', b'{"value": "b", "key": "a"}',
+                                  b' {"key": "a", "value": "b"}', b'{"key": "a\\n", "value": "\\u00fc"}'])
+def test_the_plain_line_shortcut_means_what_the_json_decoder_reads(line):
+    expected = json.loads(line)
+    assert parse_line(line, 1) == (expected["key"], expected["value"])
+
+
 def test_blank_lines_are_skipped():
     assert parse_line(b"", 1) is None
     assert parse_line(b"  \r", 2) is None
