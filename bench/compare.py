@@ -5,12 +5,16 @@ Systems (each started as local processes on 127.0.0.1, torn down afterwards):
 * ``kv fsync=always``: this store, 3 nodes, the default (every accept is fsynced before it leaves a node);
 * ``kv fsync=off``: 3 nodes with ``kv serve --fsync off``;
 * ``kv 1 node``: one node, fsync always: the same code path without replication (the ceiling);
+* ``kv 5 nodes``: 5 nodes, fsync always (a majority of 3 acknowledges; each put goes to 4 followers);
 * ``kv classic``: 3 nodes, fsync always, ``kv serve --engine classic`` (issue 18: one essential-paxos
   instance per log slot instead of the Multi-Paxos core; everything else the same);
 * ``pysyncobj journal=off`` / ``journal=on``: PySyncObj 0.3 ``ReplDict`` on 3 processes
   (``bench/pysyncobj_node.py``), each with its default batching (``appendEntriesUseBatch``: entries go
-  out every 0.1 s) and without (``nobatch``: at once); the best of the four is its best figure. It has no client protocol, so it is measured from inside the leader with
-  asynchronous calls and callbacks: its best case, with no client network hop;
+  out every 0.1 s) and without (``nobatch``: at once), at the same levels and also at 1,024 and 4,096
+  in flight (``--pysyncobj-levels``: its batching reaches its best only with thousands in flight);
+  its best point over every level and configuration is its best figure. It has no client protocol,
+  so it is measured from inside the leader with asynchronous calls and callbacks: its best case, with
+  no client network hop;
 * ``etcd``: etcd 3.4 (Debian's etcd-server; installed with apt-get if missing, ``--no-etcd`` skips it),
   3 members, driven by ``kvstore.loadgen`` through etcd's v3 JSON gateway (HTTP/1.1 keep-alive
   ``POST /v3/kv/put`` with base64 key and value) sent to the leader. HTTP/1.1 carries one request at a
@@ -22,8 +26,8 @@ successful puts per second and latency percentiles (HdrHistogram). Every figure 
 to ``kv fsync=always`` at the same level. Results, with the machine facts, go to
 ``bench/results/compare-*.json``; ``--write-docs`` rewrites the generated part of docs/benchmarks.md.
 
-    python bench/compare.py --quick              # about 2 minutes
-    python bench/compare.py --write-docs         # about 6 minutes
+    python bench/compare.py --quick              # about 5 minutes
+    python bench/compare.py --write-docs         # about 10 minutes
     python bench/compare.py --memory             # the 1M-key memory and restart bench (memory_bench.py)
     python bench/compare.py --metrics            # metrics on against off, as a ratio (metrics_cost.py)
     python bench/compare.py --engines            # core vs classic engine, with messages and fsyncs per put
@@ -42,8 +46,19 @@ and latency, the median of the ratios within each round's pair). Then ``bench/en
 pure engines in process (about 30 s): commands per second of CPU and exact messages and persist
 batches per command, at 1/16/64/256 commands per round.
 
-Targets (reported, never asserted): durable puts >= 3x PySyncObj's best and >= 2x etcd's best;
-3 nodes >= 0.5 of the 1-node ceiling; one request at a time p50 <= 1 ms.
+Two more tables, each from a fresh 3-node cluster (fsync always) in the same run (issue 20):
+
+* **the client API**: two load processes (``bench/client_load.py``) of 256 puts in flight each, on one
+  ``connect()`` each: ``kv bench``'s callback-driven engine against what applications write, 256 trio
+  tasks each looping on ``await kv.put(key, value)``; rounds alternate the mode that goes first; the
+  ratio async / callbacks is the median of the per-round ratios;
+* **bulk**: ``kv load`` of a file of 100,000 records (``--bulk-keys``) against ``kv bench`` putting the
+  same keys with the same 256 in flight, in alternating rounds, and one ``kv dump`` of the result.
+
+Progress lines carry the time elapsed (``[mm:ss]``). Targets (reported, never asserted): durable puts
+>= 3x PySyncObj's best (its best point over every level and configuration, against our best point)
+and >= 2x etcd's best; 3 nodes >= 0.5 of the 1-node ceiling (5 nodes reported beside it); one request
+at a time p50 <= 1 ms.
 """
 from __future__ import annotations
 
@@ -65,9 +80,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
+import store_bench  # noqa: E402
 import trio  # noqa: E402
 
-import store_bench  # noqa: E402
 from kvstore.client import Client  # noqa: E402
 from kvstore.loadgen import LoadSpec, machine_facts, run_load_sync  # noqa: E402
 
@@ -80,8 +95,17 @@ ENGINES_END = "<!-- compare.py --engines results: end -->"
 BASELINE = "kv fsync=always"
 
 
+_STARTED = time.monotonic()
+
+
 def log(text: str) -> None:
     print(text, flush=True)
+
+
+def stage(text: str) -> None:
+    """A progress line with the time elapsed since the run began."""
+    elapsed = time.monotonic() - _STARTED
+    log(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {text}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,12 +347,12 @@ def run_etcd(levels: list[int], seconds: float) -> tuple[list[dict], str | None]
     ports = store_bench.free_ports(6)
     client_ports, peer_ports = ports[:3], ports[3:]
     names = [f"m{i}" for i in range(1, 4)]
-    cluster = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, peer_ports))
+    cluster = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, peer_ports, strict=True))
     tmp = Path(tempfile.mkdtemp(prefix="etcd-bench-"))
     procs = []
     rows = []
     try:
-        for name, cport, pport in zip(names, client_ports, peer_ports):
+        for name, cport, pport in zip(names, client_ports, peer_ports, strict=True):
             cmd = [binary, "--name", name, "--data-dir", str(tmp / name),
                    "--listen-client-urls", f"http://127.0.0.1:{cport}",
                    "--advertise-client-urls", f"http://127.0.0.1:{cport}",
@@ -363,6 +387,178 @@ def run_etcd(levels: list[int], seconds: float) -> tuple[list[dict], str | None]
                 p.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
     return rows, version
+
+
+# ---------------------------------------------------------------------------------------------------
+# the client API: kv bench's callbacks against tasks awaiting kv.put (issue 20)
+
+CLIENT_MODES = ("callback", "async")
+CLIENT_LABELS = {"callback": "kv bench (callbacks)", "async": "await kv.put (tasks)"}
+
+
+def drive_processes(endpoints: list[str], mode: str, procs: int, clients: int, seconds: float,
+                    round_: int) -> dict:
+    """``procs`` processes of ``bench/client_load.py --mode MODE`` with ``clients`` in flight each,
+    loading the cluster over the same seconds; their puts/s summed, their worst p50 and p99."""
+    tmp = Path(tempfile.mkdtemp(prefix="kv-client-load-"))
+    start_at = time.time() + 4.0  # every process imported, connected and warmed up by then
+    running = []
+    try:
+        for i in range(procs):
+            out = tmp / f"result-{i}.json"
+            cmd = [sys.executable, str(HERE / "client_load.py"), "--endpoints", ",".join(endpoints), "--mode", mode,
+                   "--clients", str(clients), "--seconds", str(seconds), "--start-at", repr(start_at),
+                   "--seed", str(round_ * 100 + i), "--out", str(out)]
+            with open(tmp / f"proc-{i}.log", "ab") as log_file:
+                running.append((subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL), out))
+        results = []
+        for proc, out in running:
+            try:
+                proc.wait(timeout=seconds + 90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+            if out.exists():
+                results.append(json.loads(out.read_text()))
+    finally:
+        for proc, _ in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    late = max((r.get("late_s", 0.0) for r in results), default=0.0)
+    if late > 0:
+        log(f"  {CLIENT_LABELS[mode]}: a load process began {late:.2f} s late (the processes overlap less)")
+    if len(results) != procs:
+        log(f"  {CLIENT_LABELS[mode]}: {procs - len(results)} load process(es) gave no result (logs in {tmp})")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def worst(name: str) -> float | None:
+        values = [r["latency_ms"][name] for r in results if r["latency_ms"][name] is not None]
+        return max(values) if values else None
+
+    row = {"system": CLIENT_LABELS[mode], "mode": mode, "round": round_, "nodes": 3, "processes": procs,
+           "in_flight": procs * clients, "throughput_ops_s": sum(r["throughput_ops_s"] for r in results)
+           if len(results) == procs else None,
+           "per_process_ops_s": [r["throughput_ops_s"] for r in results], "p50_ms": worst("p50"),
+           "p99_ms": worst("p99"), "errors": sum(r["error_count"] for r in results), "late_s": late,
+           "ok": sum(r["ok"] for r in results)}
+    log(f"  {row['system']:<22} round {round_}: {fmt(row['throughput_ops_s'])} ops/s "
+        f"({' + '.join(fmt(v) for v in row['per_process_ops_s'])})  p50 {store_bench.fmt_ms(row['p50_ms'])}  "
+        f"p99 {store_bench.fmt_ms(row['p99_ms'])}  errors {row['errors']}")
+    return row
+
+
+def run_client_modes(seconds: float, rounds: int, procs: int = 2, clients: int = 256) -> tuple[list[dict], list[dict]]:
+    """A fresh 3-node cluster (fsync always) loaded by ``procs`` processes of ``clients`` in flight each,
+    kv bench's callback-driven path against tasks awaiting ``kv.put``, in rounds whose first mode
+    alternates. Per mode: the median round, the range, and the median of the per-round ratios to the
+    callback mode."""
+    stage(f"client API: 3 nodes, fsync always, {procs} load processes x {clients} in flight, {rounds} round(s) "
+          f"of {seconds:g} s per mode")
+    samples = []
+    with store_bench.LocalKv(3, ["--fsync", "always"]) as kv:
+        kv.start_all()
+        kv.wait_leader()
+        for r in range(rounds):
+            order = CLIENT_MODES if r % 2 == 0 else CLIENT_MODES[::-1]
+            for mode in order:
+                samples.append(drive_processes(kv.endpoints, mode, procs, clients, seconds, r + 1))
+    rows = []
+    for mode in CLIENT_MODES:
+        mine = [s for s in samples if s["mode"] == mode and s["throughput_ops_s"]]
+        if not mine:
+            continue
+        ratios = []
+        for s in mine:
+            other = [c for c in samples if c["mode"] == "callback" and c["round"] == s["round"]]
+            if other:
+                ratios.append(ratio(s["throughput_ops_s"], other[0]["throughput_ops_s"]))
+        throughputs = [s["throughput_ops_s"] for s in mine]
+        rows.append({"system": CLIENT_LABELS[mode], "mode": mode, "processes": procs, "in_flight": procs * clients,
+                     "rounds": len(mine), "throughput_ops_s": median(throughputs),
+                     "throughput_min": min(throughputs), "throughput_max": max(throughputs),
+                     "p50_ms": median([s["p50_ms"] for s in mine]), "p99_ms": median([s["p99_ms"] for s in mine]),
+                     "x_callback": median(ratios), "errors": sum(s["errors"] for s in mine)})
+    return samples, rows
+
+
+CLIENT_HEADERS = ["client API", "processes x in flight", "puts/s", "x callbacks", "puts/s range", "p50 ms",
+                  "p99 ms", "errors"]
+
+
+def build_client_table(rows: list[dict]) -> list[list[str]]:
+    return [[r["system"], f"{r['processes']} x {r['in_flight'] // r['processes']}", fmt(r["throughput_ops_s"]),
+             fmt(r["x_callback"], ".2f"), f"{fmt(r['throughput_min'], '.0f')}-{fmt(r['throughput_max'], '.0f')}",
+             fmt(r["p50_ms"], ".2f"), fmt(r["p99_ms"], ".2f"), str(r["errors"])] for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------------
+# kv load against kv bench (issue 20)
+
+
+def kv_cli(*args: str, timeout: float = 600) -> tuple[dict, float]:
+    """Run ``python -m kv_cli ARGS`` (a -w json command); its JSON output and wall-clock seconds."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "kv_cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"kv {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return json.loads(proc.stdout), wall
+
+
+def run_bulk(keys: int, rounds: int, in_flight: int = 256) -> tuple[list[dict], dict]:
+    """A fresh 3-node cluster (fsync always): ``kv load`` of a file of ``keys`` records (8-character
+    keys, 100-byte values) against ``kv bench`` putting the same keys (``--sequential-keys``) with the
+    same number in flight, in rounds whose first command alternates; then one ``kv dump``."""
+    from kvstore.bulk import format_record
+
+    stage(f"kv load vs kv bench: 3 nodes, fsync always, {keys} keys, {in_flight} in flight, {rounds} round(s)")
+    samples: list[dict] = []
+    dump_row: dict = {}
+    with store_bench.LocalKv(3, ["--fsync", "always"]) as kv:
+        kv.start_all()
+        kv.wait_leader()
+        endpoints = ",".join(kv.endpoints)
+        data = kv.root / "load.jsonl"
+        value = ("0123456789abcdef" * 7)[:100]
+        with open(data, "wb") as f:
+            for i in range(keys):
+                f.write(format_record(str(i).zfill(8), value))
+        for r in range(rounds):
+            order = ("bench", "load") if r % 2 == 0 else ("load", "bench")
+            for what in order:
+                if what == "bench":
+                    out, wall = kv_cli("bench", "--endpoints", endpoints, "--clients", str(in_flight), "--total",
+                                       str(keys), "--key-space-size", str(keys), "--sequential-keys", "--val-size",
+                                       "100", "--warmup", "1", "--no-progress", "-w", "json")
+                    rate, errors = out["throughput_ops_s"], out["error_count"]
+                else:
+                    out, wall = kv_cli("--endpoints", endpoints, "-w", "json", "load", str(data), "--in-flight",
+                                       str(in_flight), "--no-progress")
+                    rate, errors = out["keys_per_s"], out["failed"]
+                samples.append({"what": what, "round": r + 1, "keys": keys, "in_flight": in_flight,
+                                "rate_per_s": rate, "errors": errors, "wall_s": round(wall, 3)})
+                log(f"  kv {what:<5} round {r + 1}: {rate:9.1f} keys/s  (wall {wall:.2f} s, errors {errors})")
+        out, wall = kv_cli("--endpoints", endpoints, "-w", "json", "dump", str(kv.root / "dump.jsonl"),
+                           "--no-progress")
+        dump_row = {"keys": out["keys"], "rate_per_s": out["keys_per_s"], "wall_s": round(wall, 3)}
+        log(f"  kv dump        : {out['keys_per_s']:9.1f} keys/s  (wall {wall:.2f} s, {out['keys']} keys)")
+    return samples, dump_row
+
+
+def bulk_summary(samples: list[dict]) -> dict:
+    rounds = sorted({s["round"] for s in samples})
+    ratios = []
+    for r in rounds:
+        pair = {s["what"]: s for s in samples if s["round"] == r}
+        if "load" in pair and "bench" in pair:
+            ratios.append(ratio(pair["load"]["rate_per_s"], pair["bench"]["rate_per_s"]))
+    return {"load_keys_per_s": median([s["rate_per_s"] for s in samples if s["what"] == "load"]),
+            "bench_puts_per_s": median([s["rate_per_s"] for s in samples if s["what"] == "bench"]),
+            "load_x_bench": median(ratios), "ratios": ratios}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -589,40 +785,73 @@ def render(table: list[list[str]], markdown: bool, headers: list[str] = HEADERS)
         out += ["| " + " | ".join(row) + " |" for row in table]
         return "\n".join(out)
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))]
     lines.append("  ".join("-" * w for w in widths))
     for row in table:
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        cells = enumerate(zip(row, widths, strict=True))
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in cells))
     return "\n".join(lines)
 
 
+def best_rows(rows: list[dict]) -> list[dict]:
+    """Each system's best point over every in-flight level it was measured at."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["ok"] and r["throughput_ops_s"] and (r["system"] not in best
+                                                   or r["throughput_ops_s"] > best[r["system"]]["throughput_ops_s"]):
+            best[r["system"]] = r
+    return list(best.values())
+
+
+BEST_HEADERS = ["system", "best puts/s", "at in flight", "p50 ms there", "ours / this"]
+
+
+def build_best_table(rows: list[dict]) -> list[list[str]]:
+    bests = best_rows(rows)
+    ours = next((b["throughput_ops_s"] for b in bests if b["system"] == BASELINE), None)
+    return [[b["system"], fmt(b["throughput_ops_s"]), str(b["in_flight"]), fmt(b["p50_ms"], ".2f"),
+             fmt(ratio(ours, b["throughput_ops_s"]), ".2f")] for b in bests]
+
+
 def targets(rows: list[dict]) -> list[str]:
-    def best(system_prefix: str) -> float | None:
-        vals = [r["throughput_ops_s"] for r in rows if r["system"].startswith(system_prefix) and r["ok"]]
-        return max(vals) if vals else None
+    bests = {b["system"]: b for b in best_rows(rows)}
+
+    def best(system_prefix: str) -> dict | None:
+        found = [b for name, b in bests.items() if name.startswith(system_prefix)]
+        return max(found, key=lambda b: b["throughput_ops_s"]) if found else None
+
+    def where(b: dict | None) -> str:
+        return "-" if b is None else f"{fmt(b['throughput_ops_s'])} ({b['system']}, {b['in_flight']} in flight)"
+
+    def value(b: dict | None) -> float | None:
+        return None if b is None else b["throughput_ops_s"]
 
     kv = best(BASELINE)
     pso = best("pysyncobj")
     etcd = best("etcd")
-    one = {r["in_flight"]: r for r in rows if r["system"] == "kv 1 node"}
-    three = {r["in_flight"]: r for r in rows if r["system"] == BASELINE}
     out = []
 
     def verdict(ok: bool | None) -> str:
         return "n/a" if ok is None else ("met" if ok else "NOT met")
 
-    r = ratio(kv, pso)
-    out.append(f"durable puts >= 3x PySyncObj's best: {fmt(kv)} vs {fmt(pso)} = {fmt(r, '.2f')}x "
+    r = ratio(value(kv), value(pso))
+    out.append(f"durable puts >= 3x PySyncObj's best (its best point over every level and configuration, "
+               f"ours likewise): {where(kv)} vs {where(pso)} = {fmt(r, '.2f')}x "
                f"({verdict(None if r is None else r >= 3)})")
-    r = ratio(kv, etcd)
-    out.append(f"durable puts >= 2x etcd's best: {fmt(kv)} vs {fmt(etcd)} = {fmt(r, '.2f')}x "
+    r = ratio(value(kv), value(etcd))
+    out.append(f"durable puts >= 2x etcd's best: {where(kv)} vs {where(etcd)} = {fmt(r, '.2f')}x "
                f"({verdict(None if r is None else r >= 2)})")
-    ratios = {n: ratio(three[n]["throughput_ops_s"], one[n]["throughput_ops_s"]) for n in three if n in one}
-    if ratios:
-        text = ", ".join(f"{n}: {fmt(v, '.2f')}" for n, v in sorted(ratios.items()))
-        r_best = ratio(kv, best("kv 1 node"))
-        out.append(f"3 nodes >= 0.5 of the 1-node ceiling: per level {text}; best vs best {fmt(r_best, '.2f')} "
-                   f"({verdict(None if r_best is None else r_best >= 0.5)})")
+    one = {r["in_flight"]: r for r in rows if r["system"] == "kv 1 node"}
+    for label, system in (("3 nodes", BASELINE), ("5 nodes", "kv 5 nodes")):
+        many = {r["in_flight"]: r for r in rows if r["system"] == system}
+        ratios = {n: ratio(many[n]["throughput_ops_s"], one[n]["throughput_ops_s"]) for n in many if n in one}
+        if ratios:
+            text = ", ".join(f"{n}: {fmt(v, '.2f')}" for n, v in sorted(ratios.items()))
+            r_best = ratio(value(best(system)), value(best("kv 1 node")))
+            goal = f" ({verdict(None if r_best is None else r_best >= 0.5)})" if label == "3 nodes" else ""
+            out.append(f"{label} / the 1-node ceiling" + (" >= 0.5" if label == "3 nodes" else "")
+                       + f": per level {text}; best vs best {fmt(r_best, '.2f')}{goal}")
+    three = {r["in_flight"]: r for r in rows if r["system"] == BASELINE}
     if 1 in three:
         p50 = three[1]["p50_ms"]
         out.append(f"one request at a time p50 <= 1 ms: {fmt(p50, '.2f')} ms "
@@ -647,12 +876,21 @@ def write_docs(report: str, begin: str = BEGIN, end: str = END, heading: str = "
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Compare this store with PySyncObj and etcd (see the module docstring).")
-    ap.add_argument("--quick", action="store_true", help="1.5 s per point (about 2 minutes in all)")
+    ap.add_argument("--quick", action="store_true",
+                    help="1.5 s per point, one round of the client and bulk rows, 20,000 keys (about 4 minutes)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per point (default 5, quick 1.5)")
     ap.add_argument("--levels", default="1,16,64,256", help="requests in flight, comma list")
+    ap.add_argument("--pysyncobj-levels", default="1024,4096",
+                    help="more levels for PySyncObj only (its batching needs thousands in flight), comma list")
     ap.add_argument("--conns", type=int, default=1, help="client connections for our store")
     ap.add_argument("--no-etcd", action="store_true", help="skip etcd")
     ap.add_argument("--no-pysyncobj", action="store_true", help="skip PySyncObj")
+    ap.add_argument("--no-clients", action="store_true", help="skip the client API rows (callbacks vs await)")
+    ap.add_argument("--no-bulk", action="store_true", help="skip kv load vs kv bench")
+    ap.add_argument("--bulk-keys", type=int, default=None, help="keys for kv load vs kv bench (default 100000, "
+                                                                "quick 20000)")
+    ap.add_argument("--client-rounds", type=int, default=None,
+                    help="rounds of the client API and bulk rows (default 2, quick 1)")
     ap.add_argument("--only-kv", action="store_true", help="only this store's configurations (both engines)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the results part of docs/benchmarks.md")
     ap.add_argument("--memory", action="store_true", help="run bench/memory_bench.py instead (1M keys)")
@@ -672,6 +910,9 @@ def main(argv: list[str] | None = None) -> int:
         return metrics_cost.main(["--quick"] if args.quick else [])
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     levels = [int(x) for x in args.levels.split(",")]
+    pso_levels = sorted(set(levels) | {int(x) for x in args.pysyncobj_levels.split(",") if x.strip()})
+    client_rounds = args.client_rounds or (1 if args.quick else 2)
+    bulk_keys = args.bulk_keys or (20_000 if args.quick else 100_000)
     from kvstore import runtime
 
     runtime.tune_gc()  # as `kv bench` does: this process is the load generator of every system
@@ -680,42 +921,101 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     facts = machine_facts()
     server = store_bench.server_defaults()
-    log(f"compare: puts of 100-byte values, closed loop, {seconds:g} s per point, levels {levels}; "
-        f"{facts['nproc']} CPUs, Python {facts['python']}")
+    load_before = f"{os.getloadavg()[0]:.1f}"
+    stage(f"compare: puts of 100-byte values, closed loop, {seconds:g} s per point, levels {levels} "
+          f"(PySyncObj {pso_levels}); {facts['nproc']} CPUs, Python {facts['python']}, load {load_before}")
     rows: list[dict] = []
-    rows += run_kv(BASELINE, 3, ["--fsync", "always"], levels, seconds, args.conns)
-    rows += run_kv("kv fsync=off", 3, ["--fsync", "off"], levels, seconds, args.conns)
-    rows += run_kv("kv 1 node", 1, ["--fsync", "always"], levels, seconds, args.conns)
-    rows += run_kv("kv classic", 3, ["--fsync", "always", "--engine", "classic"], levels, seconds, args.conns)
+    kv_configs = [(BASELINE, 3, ["--fsync", "always"]), ("kv fsync=off", 3, ["--fsync", "off"]),
+                  ("kv 1 node", 1, ["--fsync", "always"]), ("kv 5 nodes", 5, ["--fsync", "always"]),
+                  ("kv classic", 3, ["--fsync", "always", "--engine", "classic"])]
+    for label, size, extra in kv_configs:
+        stage(label)
+        rows += run_kv(label, size, extra, levels, seconds, args.conns)
     etcd_version_text = None
     if not args.only_kv and not args.no_pysyncobj:
         for journal in (False, True):
             for batch in (True, False):
-                rows += run_pysyncobj(journal, levels, seconds, batch)
+                stage(f"PySyncObj journal={'on' if journal else 'off'}{'' if batch else ' nobatch'}")
+                rows += run_pysyncobj(journal, pso_levels, seconds, batch)
     if not args.only_kv and not args.no_etcd:
+        stage("etcd")
         etcd_rows, etcd_version_text = run_etcd(levels, seconds)
         rows += etcd_rows
+    client_samples: list[dict] = []
+    client_rows: list[dict] = []
+    if not args.no_clients:
+        client_samples, client_rows = run_client_modes(seconds, client_rounds)
+    bulk_samples: list[dict] = []
+    bulk_dump: dict = {}
+    bulk: dict = {}
+    if not args.no_bulk:
+        bulk_samples, bulk_dump = run_bulk(bulk_keys, client_rounds)
+        bulk = bulk_summary(bulk_samples)
     elapsed = time.monotonic() - started
+    stage("done")
 
     table = build_table(rows)
+    best_table = build_best_table(rows)
+    client_table = build_client_table(client_rows)
     target_lines = targets(rows)
+    if client_rows:
+        by_mode = {r["mode"]: r for r in client_rows}
+        if "async" in by_mode and "callback" in by_mode:
+            target_lines.append(
+                f"client API, 2 processes x 256 in flight on 3 nodes: tasks awaiting kv.put "
+                f"{fmt(by_mode['async']['throughput_ops_s'])} vs kv bench's callbacks "
+                f"{fmt(by_mode['callback']['throughput_ops_s'])} puts/s = "
+                f"{fmt(by_mode['async']['x_callback'], '.2f')}x "
+                "(median of the per-round ratios; reported, no target)")
+    if bulk:
+        target_lines.append(
+            f"kv load of {bulk_keys} keys vs kv bench of the same keys, 256 in flight, 3 nodes: "
+            f"{fmt(bulk['load_keys_per_s'])} keys/s vs {fmt(bulk['bench_puts_per_s'])} puts/s = "
+            f"{fmt(bulk['load_x_bench'], '.2f')}x (median of the per-round ratios); kv dump "
+            f"{fmt(bulk_dump.get('rate_per_s'))} keys/s")
     notes = [
         f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), Python {facts['python']}, {facts['platform']}; "
-        f"run {facts['date']}, {seconds:g} s per point, {elapsed:.0f} s in all.",
+        f"run {facts['date']}, {seconds:g} s per point, {elapsed:.0f} s in all; load average {load_before} "
+        f"before, {os.getloadavg()[0]:.1f} after.",
         f"This store: 3 nodes unless noted, batch size {server['batch_count_max']}, window {server['window']}, "
         f"tick {server['tick_seconds'] * 1000:g} ms; one client connection pipelining every request in flight; "
         "load generator in its own process on the same machine.",
         "PySyncObj: measured inside the leader process with async ReplDict.set calls and callbacks "
         "(its best case: no client hop); its journal is an mmap'd file without fsync. Default batching "
-        "(appendEntriesUseBatch=True) sends entries every appendEntriesPeriod (0.1 s); 'nobatch' sends at once.",
+        "(appendEntriesUseBatch=True) sends entries every appendEntriesPeriod (0.1 s), so it needs thousands "
+        f"in flight: it is also measured at {', '.join(str(n) for n in pso_levels if n not in levels)}; "
+        "'nobatch' sends at once.",
         (f"etcd {etcd_version_text}: 3 members, driven through the v3 JSON gateway (HTTP/1.1 keep-alive, "
          "one connection per request in flight), sent to the leader." if etcd_version_text else
          "etcd: skipped."),
-        "'x kv' columns: the figure divided by kv fsync=always's at the same level.",
+        "'x kv' columns: the figure divided by kv fsync=always's at the same level ('-' where we have no "
+        "point at that level). 'ours / this': our best puts/s (kv fsync=always, any level) over the system's best.",
     ]
+    if client_rows:
+        notes.append(f"Client API: a fresh 3-node cluster (fsync always), two load processes "
+                     "(bench/client_load.py) of 256 in flight each on one connect() each, over the same seconds; "
+                     "'kv bench (callbacks)' is kv bench's engine (submit_put from the previous answer), "
+                     "'await kv.put (tasks)' is 256 trio tasks each looping on await kv.put(key, value); "
+                     f"{client_rounds} round(s) per mode, the first mode alternating; puts/s summed over the two "
+                     "processes (median round), p50/p99 the worse process's; 'x callbacks' the median of the "
+                     "per-round ratios.")
+    if bulk:
+        notes.append(f"kv load vs kv bench: a fresh 3-node cluster (fsync always); kv load of a {bulk_keys}-line "
+                     "file (8-character keys, 100-byte values) with --in-flight 256 against kv bench --clients 256 "
+                     "--sequential-keys putting the same keys; keys/s as each command reports it (kv load's time "
+                     "includes connecting, kv bench's starts after its warm-up); "
+                     f"{client_rounds} round(s), the first command alternating.")
     report_text = render(table, markdown=False)
     log("")
     log(report_text)
+    log("")
+    log(render(best_table, markdown=False, headers=BEST_HEADERS))
+    if client_table:
+        log("")
+        log(render(client_table, markdown=False, headers=CLIENT_HEADERS))
+    if bulk:
+        log("")
+        log(render(build_bulk_table(bulk_samples, bulk_dump), markdown=False, headers=BULK_HEADERS))
     log("")
     for line in target_lines:
         log("target: " + line)
@@ -723,16 +1023,40 @@ def main(argv: list[str] | None = None) -> int:
         log("note: " + line)
     path = store_bench.save_results("compare", {
         "machine": facts, "server": server, "seconds_per_point": seconds, "levels": levels,
-        "fsync_baseline": "always", "etcd_version": etcd_version_text, "rows": rows,
-        "targets": target_lines, "notes": notes, "elapsed_s": elapsed,
+        "pysyncobj_levels": pso_levels, "fsync_baseline": "always", "etcd_version": etcd_version_text,
+        "rows": rows, "best": best_rows(rows), "client_samples": client_samples, "client_rows": client_rows,
+        "bulk_samples": bulk_samples, "bulk_dump": bulk_dump, "bulk": bulk, "targets": target_lines,
+        "notes": notes, "elapsed_s": elapsed,
     })
     log(f"\nresults: {path}")
     if args.write_docs:
-        md = "\n".join([render(table, markdown=True), "", "Targets (reported, not asserted):", "",
-                        *[f"* {t}" for t in target_lines], "", *[f"* {n}" for n in notes]])
-        write_docs(md)
+        parts = [render(table, markdown=True), "", "Each system's best point (any level):", "",
+                 render(best_table, markdown=True, headers=BEST_HEADERS)]
+        if client_table:
+            parts += ["", render(client_table, markdown=True, headers=CLIENT_HEADERS)]
+        if bulk:
+            parts += ["", render(build_bulk_table(bulk_samples, bulk_dump), markdown=True, headers=BULK_HEADERS)]
+        parts += ["", "Targets (reported, not asserted):", "", *[f"* {t}" for t in target_lines], "",
+                  *[f"* {n}" for n in notes]]
+        write_docs("\n".join(parts))
         log(f"wrote {DOCS}")
     return 0
+
+
+BULK_HEADERS = ["command", "round", "keys", "in flight", "keys/s", "x kv bench", "wall s", "errors"]
+
+
+def build_bulk_table(samples: list[dict], dump_row: dict) -> list[list[str]]:
+    table = []
+    for s in samples:
+        pair = [b for b in samples if b["what"] == "bench" and b["round"] == s["round"]]
+        table.append([f"kv {s['what']}", str(s["round"]), str(s["keys"]), str(s["in_flight"]),
+                      fmt(s["rate_per_s"]), fmt(ratio(s["rate_per_s"], pair[0]["rate_per_s"]) if pair else None, ".2f"),
+                      f"{s['wall_s']:.2f}", str(s["errors"])])
+    if dump_row:
+        table.append(["kv dump", "-", str(dump_row["keys"]), "-", fmt(dump_row["rate_per_s"]), "-",
+                      f"{dump_row['wall_s']:.2f}", "0"])
+    return table
 
 
 if __name__ == "__main__":
