@@ -304,8 +304,6 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
                     summary.bytes_read += len(data)
                     lines = (carry + data).split(b"\n")
                     carry = lines.pop()
-                    if len(carry) > LINE_BYTES_MAX:
-                        raise BulkInputError(number + len(lines) + 1, f"longer than {LINE_BYTES_MAX} bytes")
                 for line in lines:
                     number += 1
                     record = parse_line(line, number)
@@ -335,6 +333,8 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
                         break
                 if not data:
                     break
+                if len(carry) > LINE_BYTES_MAX and not window.failures:  # (the lines before it went out)
+                    raise BulkInputError(number + 1, f"longer than {LINE_BYTES_MAX} bytes")
         except BulkInputError as exc:
             input_error = exc
         while window.count:  # bounded: every put in flight ends by the client's timeout

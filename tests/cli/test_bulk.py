@@ -3,7 +3,9 @@
 Fast tests, no server: every kind of bad line is refused with its number (``parse_line``), text and
 bytes values survive ``format_record`` -> ``parse_line``, the snapshot decoder gives exactly
 ``StateMachine.range()`` when fed the snapshot bytes in random small pieces, and ``kv load --dry-run``
-names the bad line and exits 1.
+names the bad line and exits 1. ``load`` against a fake client whose answers come out of order: it
+keeps at most ``in_flight`` out and one put per key, the last line of a key wins, and a failed put or
+a line too long stops it with a message that counts exactly what was written.
 
 Real clusters (marked slow), started with ``kv cluster up --detach`` in temporary cluster
 directories as tests/cli/test_cluster_e2e.py does (a ``Kv`` runner per cluster; teardown ``kv cluster
@@ -18,6 +20,7 @@ before it are in the store.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import random
@@ -29,9 +32,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 from kv_cli.cluster import process_state
 
-from kvstore.bulk import BulkInputError, SnapshotEntries, format_record, parse_line
+from kvstore import bulk
+from kvstore.bulk import BulkError, BulkInputError, LoadSummary, SnapshotEntries, format_record, load, parse_line
+from kvstore.client import Unavailable
 from kvstore.commands import KEY_BYTES_MAX, VALUE_BYTES_MAX, encode_delete, encode_put
 from kvstore.statemachine import StateMachine
 
@@ -174,6 +180,73 @@ def test_the_snapshot_decoder_gives_every_entry_in_key_order_fed_in_any_pieces()
         assert decoder.finished and decoder.revision == sm.revision
         assert got == expected
         assert all(type(v) is type(w) for (_, v), (_, w) in zip(got, expected, strict=True))
+
+
+class FakeClient:
+    """``submit_put`` answers after a random short sleep in a task of its own (out of order, as a real
+    pipeline may); puts of ``fail_keys`` fail. Records the most puts in flight and any key sent twice
+    at once."""
+
+    def __init__(self, nursery, fail_keys=()) -> None:
+        self.nursery = nursery
+        self.fail_keys = set(fail_keys)
+        self.data: dict = {}
+        self.in_flight: set = set()
+        self.most = 0
+        self.overlapping: list = []
+        self.rng = random.Random(5)
+
+    def submit_put(self, key, value, done) -> None:
+        if key in self.in_flight:
+            self.overlapping.append(key)
+        self.in_flight.add(key)
+        self.most = max(self.most, len(self.in_flight))
+        self.nursery.start_soon(self._answer, key, value, done, self.rng.random() / 1000)
+
+    async def _answer(self, key, value, done, delay) -> None:
+        await trio.sleep(delay)
+        self.in_flight.discard(key)
+        if key in self.fail_keys:
+            done(Unavailable("no answer from the cluster within 5s", outcome_unknown=True))
+        else:
+            self.data[key] = value
+            done(len(self.data))
+
+
+async def test_load_keeps_the_window_puts_a_key_once_at_a_time_and_the_last_line_wins():
+    lines = [format_record(f"k{i % 50}", f"v{i}") for i in range(1000)]
+    async with trio.open_nursery() as nursery:
+        client = FakeClient(nursery)
+        summary = await load(client, io.BytesIO(b"".join(lines)), in_flight=16)
+    assert summary.written == summary.records == 1000 and summary.failed == 0
+    assert client.most <= 16 and not client.overlapping
+    assert client.data == {f"k{i}": f"v{950 + i}" for i in range(50)}
+
+
+async def test_a_failed_put_stops_the_load_and_the_message_counts_what_was_written():
+    lines = [format_record(f"k{i}", "v") for i in range(1, 2001)]
+    async with trio.open_nursery() as nursery:
+        client = FakeClient(nursery, fail_keys={"k700"})
+        summary = LoadSummary()
+        with pytest.raises(BulkError) as caught:
+            await load(client, io.BytesIO(b"".join(lines)), in_flight=32, summary=summary)
+    text = str(caught.value)
+    assert text.startswith("line 700 (key 'k700'): the put failed: no answer")
+    assert "may or may not have been applied" in text
+    assert f"{len(client.data)} of the {summary.records} records sent were written" in text
+    assert summary.written == len(client.data) and 699 <= summary.written < summary.records <= 700 + 32
+    assert "tail -n +700" in text
+
+
+async def test_a_line_too_long_stops_after_the_lines_before_it_went_out(monkeypatch):
+    monkeypatch.setattr(bulk, "READ_BYTES", 1000)
+    source = io.BytesIO(b'{"key": "a", "value": "1"}\n' * 50 + b'{"key": "b", "value": "'
+                        + b"x" * (bulk.LINE_BYTES_MAX + 10) + b'"}\n')
+    async with trio.open_nursery() as nursery:
+        client = FakeClient(nursery)
+        with pytest.raises(BulkError, match=r"^line 51: longer than \d+ bytes; 50 records \(lines 1 to 50\)"):
+            await load(client, source)
+    assert client.data == {"a": "1"}
 
 
 def run_kv(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
