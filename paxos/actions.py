@@ -23,10 +23,12 @@ Records are folded into a ``DurableState`` by ``DurableState.apply_record``; rec
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Union
 
 from .ballot import Ballot
+from .membership import ScheduleEntry
+from .messages import Accept, Message, Value
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,7 @@ class AcceptRecord:
 
     slot: int
     ballot: Ballot
-    value: tuple
+    value: Value
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +52,10 @@ class DecideRecord:
     """``value`` is chosen at ``slot``."""
 
     slot: int
-    value: tuple
+    value: Value
 
 
-Record = Union[PromiseRecord, AcceptRecord, DecideRecord]
+Record = PromiseRecord | AcceptRecord | DecideRecord
 
 
 @dataclass(slots=True)
@@ -63,13 +65,13 @@ class DurableState:
     ``accepted`` and ``decided`` hold only slots above ``snapshot_slot``; the snapshot covers the rest.
     """
 
-    promised: Ballot = Ballot.ZERO  # type: ignore[attr-defined]
-    accepted: dict = field(default_factory=dict)  # slot -> (Ballot, value)
-    decided: dict = field(default_factory=dict)  # slot -> value
+    promised: Ballot = Ballot.ZERO
+    accepted: dict[int, tuple[Ballot, Value]] = field(default_factory=dict)  # slot -> (ballot, value)
+    decided: dict[int, Value] = field(default_factory=dict)  # slot -> value
     snapshot_slot: int = 0
     # The configuration schedule the snapshot carries (``ConfigSchedule.through(snapshot_slot)``:
     # ``(effective_slot, source_slot, Config)`` entries); empty means the constructor's configuration.
-    configs: tuple = ()
+    configs: tuple[ScheduleEntry, ...] = ()
 
     def apply_record(self, record: Record) -> None:
         match record:
@@ -97,15 +99,15 @@ class DurableState:
         self.accepted = {s: v for s, v in self.accepted.items() if s > snapshot_slot}
         self.decided = {s: v for s, v in self.decided.items() if s > snapshot_slot}
 
-    def records(self) -> list:
+    def records(self) -> list[Record]:
         """The records that rebuild this state (used to rewrite a log after compaction)."""
-        out: list = [PromiseRecord(self.promised)]
+        out: list[Record] = [PromiseRecord(self.promised)]
         out.extend(AcceptRecord(s, b, v) for s, (b, v) in sorted(self.accepted.items()))
         out.extend(DecideRecord(s, v) for s, v in sorted(self.decided.items()))
         return out
 
     @classmethod
-    def replay(cls, records: Iterable[Record], snapshot_slot: int = 0) -> "DurableState":
+    def replay(cls, records: Iterable[Record], snapshot_slot: int = 0) -> DurableState:
         state = cls(snapshot_slot=snapshot_slot)
         for record in records:
             state.apply_record(record)
@@ -116,16 +118,16 @@ class DurableState:
 class Actions:
     """One batch of work for the shell; see the module docstring for the order to carry it out in."""
 
-    persist: list = field(default_factory=list)  # list[Record]
-    send: list = field(default_factory=list)  # list[tuple[int, Message]]
-    apply: list = field(default_factory=list)  # list[tuple[int, tuple[bytes, ...]]]
-    reads: list = field(default_factory=list)  # list[tuple[read_id, slot]]
-    rejected_reads: list = field(default_factory=list)  # list[read_id]
-    dropped_proposals: list = field(default_factory=list)  # list[bytes]
-    snapshot_to: list = field(default_factory=list)  # list[int]
+    persist: list[Record] = field(default_factory=list)
+    send: list[tuple[int, Message]] = field(default_factory=list)  # (to node id, message)
+    apply: list[tuple[int, Value]] = field(default_factory=list)  # (slot, batch)
+    reads: list[tuple[int, int]] = field(default_factory=list)  # (read_id, slot)
+    rejected_reads: list[int] = field(default_factory=list)  # read ids
+    dropped_proposals: list[bytes] = field(default_factory=list)  # commands
+    snapshot_to: list[int] = field(default_factory=list)  # node ids
     # With Options.early_accepts: phase-2a Accepts the shell may send BEFORE ``persist`` is durable
     # (they promise nothing); their decided_slot is capped at the last durable mark (``note_durable``).
-    send_early: list = field(default_factory=list)  # list[tuple[int, Accept]]
+    send_early: list[tuple[int, Accept]] = field(default_factory=list)
     # The core's decided slot when this batch was taken: once ``persist`` is durable, the shell reports
     # it with ``Replica.note_durable`` (only Options.early_accepts needs that).
     decided_slot: int = 0

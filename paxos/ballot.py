@@ -8,6 +8,7 @@ node ids start at 1; it stands for "nothing promised / nothing accepted yet".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -15,7 +16,9 @@ class Ballot:
     number: int
     node_id: int
 
-    def next_for(self, node_id: int) -> "Ballot":
+    ZERO: ClassVar[Ballot]  # set below: the class must exist first
+
+    def next_for(self, node_id: int) -> Ballot:
         """The smallest ballot owned by ``node_id`` that is above this one."""
         return Ballot(self.number + 1, node_id)
 
@@ -23,5 +26,5 @@ class Ballot:
         return f"Ballot({self.number}, {self.node_id})"
 
 
-Ballot.ZERO = Ballot(0, 0)  # type: ignore[attr-defined]
-ZERO = Ballot.ZERO  # type: ignore[attr-defined]
+Ballot.ZERO = Ballot(0, 0)
+ZERO = Ballot.ZERO

@@ -44,9 +44,11 @@ adding a voter, add it as a learner first and promote it once it caught up (``kv
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-__all__ = ["Config", "ConfigSchedule", "CHANGE_PREFIX", "encode_change", "decode_change", "is_change"]
+__all__ = ["Config", "ConfigSchedule", "ScheduleEntry", "CHANGE_PREFIX", "encode_change", "decode_change", "is_change"]
 
 # Commands that change the configuration start with these bytes (a state machine must skip them; its
 # own commands never start with a zero byte). The rest is JSON: {"base": epoch, "config": {...}}.
@@ -54,27 +56,29 @@ CHANGE_PREFIX = b"\x00paxos-config\x00"
 ALPHA_DEFAULT = 16
 
 
-def _check_ids(ids, what: str) -> tuple:
-    ids = tuple(ids)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate node ids in {what} {ids!r}")
-    for node_id in ids:
+def _check_ids(ids: Iterable[object], what: str) -> tuple[int, ...]:
+    given = tuple(ids)
+    if len(set(given)) != len(given):
+        raise ValueError(f"duplicate node ids in {what} {given!r}")
+    checked = []
+    for node_id in given:
         # Ballot.ZERO uses node id 0, so real ids start at 1 (see paxos.ballot).
         if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 1:
             raise ValueError(f"node ids must be ints >= 1, got {node_id!r}")
-    return ids
+        checked.append(node_id)
+    return tuple(checked)
 
 
 @dataclass(frozen=True)
 class Config:
     """The cluster's members: a value, replicated through the log (see the module docstring)."""
 
-    node_ids: tuple = (1, 2, 3)  # the voters
-    learners: tuple = ()
+    node_ids: tuple[int, ...] = (1, 2, 3)  # the voters
+    learners: tuple[int, ...] = ()
     epoch: int = 0
     alpha: int = ALPHA_DEFAULT
-    addresses: dict = field(default_factory=dict, compare=True)  # node id -> "host:port" (shell's)
-    incarnations: dict = field(default_factory=dict, compare=True)  # node id -> incarnation (shell's)
+    addresses: dict[int, str] = field(default_factory=dict, compare=True)  # node id -> "host:port" (shell's)
+    incarnations: dict[int, str] = field(default_factory=dict, compare=True)  # node id -> incarnation (shell's)
 
     def __post_init__(self) -> None:
         voters = _check_ids(self.node_ids, "voters")
@@ -101,7 +105,7 @@ class Config:
     # ------------------------------------------------------------------ questions
 
     @property
-    def members(self) -> tuple:
+    def members(self) -> tuple[int, ...]:
         """Voters, then learners."""
         return self.node_ids + self.learners
 
@@ -113,7 +117,7 @@ class Config:
     def is_voter(self, node_id: int) -> bool:
         return node_id in self.node_ids
 
-    def is_quorum(self, ids) -> bool:
+    def is_quorum(self, ids: Iterable[int]) -> bool:
         """Do ``ids`` include a majority of the voters? (Learners and strangers count for nothing.)"""
         voters = self.node_ids
         return sum(1 for n in set(ids) if n in voters) >= self.quorum_size
@@ -127,14 +131,14 @@ class Config:
 
     # ------------------------------------------------------------------ changes (each makes epoch + 1)
 
-    def add_learner(self, node_id: int, address: str = "", incarnation: str = "") -> "Config":
+    def add_learner(self, node_id: int, address: str = "", incarnation: str = "") -> Config:
         if node_id in self.members:
             raise ValueError(f"node {node_id} is already a member ({self.role(node_id)})")
         return self._next(learners=self.learners + (node_id,),
                           addresses={**self.addresses, **({node_id: address} if address else {})},
                           incarnations={**self.incarnations, **({node_id: incarnation} if incarnation else {})})
 
-    def promote(self, node_id: int) -> "Config":
+    def promote(self, node_id: int) -> Config:
         if node_id in self.node_ids:
             raise ValueError(f"node {node_id} is already a voter")
         if node_id not in self.learners:
@@ -142,7 +146,7 @@ class Config:
         return self._next(node_ids=self.node_ids + (node_id,),
                           learners=tuple(n for n in self.learners if n != node_id))
 
-    def remove(self, node_id: int) -> "Config":
+    def remove(self, node_id: int) -> Config:
         if node_id not in self.members:
             raise ValueError(f"node {node_id} is not a member")
         if self.node_ids == (node_id,):
@@ -152,25 +156,25 @@ class Config:
                           addresses={k: v for k, v in self.addresses.items() if k != node_id},
                           incarnations={k: v for k, v in self.incarnations.items() if k != node_id})
 
-    def with_incarnation(self, node_id: int, incarnation: str) -> "Config":
+    def with_incarnation(self, node_id: int, incarnation: str) -> Config:
         """Record a member's incarnation (used once, when a new cluster's founding is agreed)."""
         if node_id not in self.members:
             raise ValueError(f"node {node_id} is not a member")
         return self._next(incarnations={**self.incarnations, node_id: incarnation})
 
-    def _next(self, **changes) -> "Config":
+    def _next(self, **changes: Any) -> Config:
         return replace(self, epoch=self.epoch + 1, **changes)
 
     # ------------------------------------------------------------------ plain values
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"voters": list(self.node_ids), "learners": list(self.learners), "epoch": self.epoch,
                 "alpha": self.alpha,
                 "addresses": {str(k): v for k, v in sorted(self.addresses.items())},
                 "incarnations": {str(k): v for k, v in sorted(self.incarnations.items())}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Config":
+    def from_dict(cls, data: dict[str, Any]) -> Config:
         """Raises ValueError on anything malformed (it may come from a file or the network)."""
         try:
             return cls(node_ids=tuple(data["voters"]), learners=tuple(data.get("learners", ())),
@@ -179,6 +183,10 @@ class Config:
                        incarnations={int(k): v for k, v in dict(data.get("incarnations", {})).items()})
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a configuration: {exc!r}") from None
+
+
+# A ConfigSchedule entry: (effective_slot, source_slot, config).
+ScheduleEntry = tuple[int, int, Config]
 
 
 def encode_change(base_epoch: int, config: Config) -> bytes:
@@ -212,18 +220,18 @@ class ConfigSchedule:
     adds an entry governing from ``source_slot + alpha``. Entries are in slot order.
     """
 
-    def __init__(self, entries) -> None:
-        entries = sorted((int(e), int(s), c) for e, s, c in entries)
-        if not entries:
+    def __init__(self, entries: Iterable[ScheduleEntry]) -> None:
+        ordered = sorted((int(e), int(s), c) for e, s, c in entries)
+        if not ordered:
             raise ValueError("a schedule needs at least one configuration")
-        self._entries: list = entries
+        self._entries: list[ScheduleEntry] = ordered
 
     @classmethod
-    def initial(cls, config: Config) -> "ConfigSchedule":
+    def initial(cls, config: Config) -> ConfigSchedule:
         return cls([(1, 0, config)])
 
     @property
-    def entries(self) -> tuple:
+    def entries(self) -> tuple[ScheduleEntry, ...]:
         return tuple(self._entries)
 
     @property
@@ -238,13 +246,13 @@ class ConfigSchedule:
             found = config
         return found
 
-    def from_slot(self, slot: int) -> list:
+    def from_slot(self, slot: int) -> list[Config]:
         """Every configuration that governs some slot ``>= slot``."""
         out = [self.for_slot(slot)]
         out.extend(c for e, _s, c in self._entries if e > slot)
         return out
 
-    def members_from(self, slot: int) -> set:
+    def members_from(self, slot: int) -> set[int]:
         return {n for c in self.from_slot(slot) for n in c.members}
 
     @property
@@ -269,7 +277,7 @@ class ConfigSchedule:
         self._entries.append((slot + latest.alpha, slot, config))
         return True
 
-    def through(self, slot: int) -> tuple:
+    def through(self, slot: int) -> tuple[ScheduleEntry, ...]:
         """The entries a snapshot at ``slot`` must carry: changes decided at or below it, minus those
         that govern only slots at or below it."""
         kept = [e for e in self._entries if e[1] <= slot]
@@ -279,18 +287,18 @@ class ConfigSchedule:
         """Slots up to ``slot`` are compacted: nobody needs their configurations any more."""
         self._entries = _prune(self._entries, slot)
 
-    def to_list(self) -> list:
+    def to_list(self) -> list[list[Any]]:
         return [[e, s, c.to_dict()] for e, s, c in self._entries]
 
     @classmethod
-    def from_list(cls, data) -> "ConfigSchedule":
+    def from_list(cls, data: Iterable[Any]) -> ConfigSchedule:
         try:
             return cls([(int(e), int(s), Config.from_dict(c)) for e, s, c in data])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"not a configuration schedule: {exc}") from None
 
 
-def _prune(entries: list, slot: int) -> list:
+def _prune(entries: list[ScheduleEntry], slot: int) -> list[ScheduleEntry]:
     """Drop entries that govern only slots ``<= slot`` (the last one starting at or below ``slot + 1``
     still governs ``slot + 1``)."""
     start = 0

@@ -24,11 +24,10 @@ uses to fill a hole in the log.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from .ballot import Ballot
 
-Value = tuple  # tuple[bytes, ...]: a batch of opaque commands; () is a no-op
+Value = tuple[bytes, ...]  # a batch of opaque commands; () is a no-op
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,8 +59,8 @@ class Promise:
     sender: int
     ballot: Ballot
     first_slot: int
-    accepted: tuple  # tuple[AcceptedEntry, ...] for slots >= first_slot
-    decided: tuple  # tuple[DecidedEntry, ...] for slots >= first_slot
+    accepted: tuple[AcceptedEntry, ...]  # for slots >= first_slot
+    decided: tuple[DecidedEntry, ...]  # for slots >= first_slot
     snapshot_slot: int  # slots <= snapshot_slot were compacted away by this acceptor
 
 
@@ -120,7 +119,7 @@ class CatchupRequest:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CatchupReply:
     sender: int
-    entries: tuple  # tuple[DecidedEntry, ...], consecutive slots from the requested first_slot
+    entries: tuple[DecidedEntry, ...]  # consecutive slots from the requested first_slot
     snapshot_slot: int  # the sender's compaction point; > requested first_slot - 1 means "install my snapshot"
 
 
@@ -131,10 +130,10 @@ class Campaign:
     decided_slot: int
 
 
-Message = Union[
-    Prepare, Promise, Accept, Accepted, Nack, Decide, Heartbeat, HeartbeatAck, CatchupRequest, CatchupReply,
-    Campaign,
-]
+Message = (
+    Prepare | Promise | Accept | Accepted | Nack | Decide | Heartbeat | HeartbeatAck | CatchupRequest | CatchupReply
+    | Campaign
+)
 MESSAGE_TYPES = (
     Prepare, Promise, Accept, Accepted, Nack, Decide, Heartbeat, HeartbeatAck, CatchupRequest, CatchupReply,
     Campaign,

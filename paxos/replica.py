@@ -11,8 +11,8 @@ opaque commands (a ``tuple`` of ``bytes``; the empty tuple is the no-op).
 It owns no I/O. Inputs are plain method calls: ``receive(message)``, ``tick()``, ``propose(command)``,
 ``read(read_id)``, ``compact(slot)``, ``install_snapshot(slot)``, ``postpone_election()``. Their
 effects accumulate in one ``paxos.actions.Actions`` value until the shell calls ``take_actions()``, so
-a shell may feed many inputs and make them durable with one fsync (group commit). The shell must then carry out the actions
-in the order the ``Actions`` docstring gives: persist, then send, then apply.
+a shell may feed many inputs and make them durable with one fsync (group commit). The shell must then
+carry out the actions in the order the ``Actions`` docstring gives: persist, then send, then apply.
 
 ``propose()`` only queues a command: the leader opens its slot (and the Accept appears) in
 ``take_actions()``, which batches the queued commands into slots (``_fill_window``).
@@ -55,12 +55,13 @@ record that makes it durable is in the same ``Actions.persist``.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
 from .ballot import Ballot
-from .membership import Config, ConfigSchedule, encode_change, is_change
+from .membership import Config, ConfigSchedule, ScheduleEntry, encode_change, is_change
 from .messages import (
     Accept,
     Accepted,
@@ -76,6 +77,7 @@ from .messages import (
     Nack,
     Prepare,
     Promise,
+    Value,
 )
 
 if TYPE_CHECKING:  # only for the annotation: the core never touches the module-level generator
@@ -89,7 +91,7 @@ FOLLOWER = "follower"
 CANDIDATE = "candidate"
 LEADER = "leader"
 
-__all__ = ["Config", "Options", "Replica", "ChangeRefused", "FOLLOWER", "CANDIDATE", "LEADER"]
+__all__ = ["Config", "Options", "Replica", "Status", "ChangeRefused", "FOLLOWER", "CANDIDATE", "LEADER"]
 
 
 class ChangeRefused(Exception):
@@ -144,14 +146,35 @@ class Options:
                 raise ValueError(f"Options.{name} must be a bool, got {getattr(self, name)!r}")
 
 
+class Status(TypedDict):
+    """``Replica.status()``: plain values for monitoring."""
+
+    node_id: int
+    role: str  # FOLLOWER, CANDIDATE or LEADER
+    leader_id: int | None
+    is_leader: bool
+    ballot: list[int]  # [number, node_id] of the promised ballot
+    decided_slot: int
+    applied_slot: int
+    snapshot_slot: int
+    queued: int
+    in_flight: int
+    pending_reads: int
+    config: dict[str, Any]  # Config.to_dict() of the newest configuration
+    config_effective_slot: int
+    voter: bool
+    role_in_config: str  # "voter", "learner" or "none"
+    counters: dict[str, int]  # bad input and other events, by name
+
+
 @dataclass
 class _Proposal:
     """A slot this leader opened at its ballot and has not seen decided yet."""
 
-    value: tuple
-    acks: set = field(default_factory=set)  # voters of the slot's config that accepted it at our ballot
+    value: Value
+    acks: set[int] = field(default_factory=set)  # voters of the slot's config that accepted it at our ballot
     opened: int = 0  # Replica._ticks when it was opened
-    voters: tuple = ()  # the slot's voters (membership rule 3: only their votes count)
+    voters: tuple[int, ...] = ()  # the slot's voters (membership rule 3: only their votes count)
     quorum: int = 1
 
 
@@ -178,15 +201,15 @@ class Replica:
 
         # Acceptor and learner state (durable: rebuilt from `state` after a crash).
         self._promised: Ballot = state.promised
-        self._accepted: dict[int, tuple[Ballot, tuple]] = dict(state.accepted)
-        self._decided: dict[int, tuple] = dict(state.decided)
+        self._accepted: dict[int, tuple[Ballot, Value]] = dict(state.accepted)
+        self._decided: dict[int, Value] = dict(state.decided)
         self._snapshot_slot = state.snapshot_slot
         self._decided_slot = state.snapshot_slot
         self._applied_slot = state.snapshot_slot
         self._ballot_seen_max = max([self._promised, *(b for b, _ in self._accepted.values())])
-        self._peers: tuple = ()  # members of every configuration that governs an undecided slot
-        self._known: frozenset = frozenset()  # members of every configuration still scheduled
-        self._active: list = []  # the configurations that govern slots after decided_slot
+        self._peers: tuple[int, ...] = ()  # members of every configuration that governs an undecided slot
+        self._known: frozenset[int] = frozenset()  # members of every configuration still scheduled
+        self._active: list[Config] = []  # the configurations that govern slots after decided_slot
         self._members_until = 0  # decided_slot + 1 at which _active must be recomputed
         self._preferred: list[int] = []  # thrifty Accepts: followers by how recently they helped
         self._role: str = FOLLOWER  # (set again below with the rest of the role state)
@@ -209,24 +232,25 @@ class Replica:
         self._first_slot = 0
         self._promises: dict[int, Promise] = {}
         self._election_behind = False
-        self._promised_by: set = set()  # leader: who promised our ballot (rule 3 needs a majority per config)
+        self._promised_by: set[int] = set()  # leader: who promised our ballot (rule 3 needs a majority per config)
 
         # Leader state.
         self._queue: deque[bytes] = deque()
         self._in_flight: dict[int, _Proposal] = {}
         self._next_slot = 0
         self._reproposed_slot = 0
-        self._pending_reproposals: deque = deque()  # (slot, value) re-proposals not opened yet (rule 2 holds them)
+        # (slot, value) re-proposals not opened yet (rule 2 holds them)
+        self._pending_reproposals: deque[tuple[int, Value]] = deque()
         self._announced_decided_slot = 0
         # Thrifty Accepts (Options.thrifty): the (slot, value, followers not sent to yet) of slots held
         # back for the slower followers.
-        self._deferred: list[tuple[int, tuple, tuple]] = []
+        self._deferred: list[tuple[int, Value, tuple[int, ...]]] = []
         self._change_queued = False  # a configuration change is queued or in a slot, not applied yet
-        self._transfer: tuple | None = None  # (target, deadline tick) while handing leadership over
+        self._transfer: tuple[int, int] | None = None  # (target, deadline tick) while handing leadership over
         self._peer_decided: dict[int, int] = {}  # the decided slot each peer last reported
         self._heartbeat_elapsed = 0
         self._heartbeat_seq = 0  # never reset, so acks from an older round never count for a newer one
-        self._heartbeat_acks: dict[int, set] = {}
+        self._heartbeat_acks: dict[int, set[int]] = {}  # seq -> who acked that round
         self._confirmed_seq = 0
         self._round_in_batch: int | None = None
         self._pending_reads: list[tuple[int, int, int]] = []  # (read_id, read index, seq needed)
@@ -279,7 +303,7 @@ class Replica:
         """The configuration that governs ``slot`` as far as this node knows (see paxos.membership)."""
         return self._schedule.for_slot(slot)
 
-    def schedule_through(self, slot: int) -> tuple:
+    def schedule_through(self, slot: int) -> tuple[ScheduleEntry, ...]:
         """What a snapshot at ``slot`` must carry (``DurableState.configs``); ``slot <= applied_slot``."""
         return self._schedule.through(slot)
 
@@ -296,6 +320,12 @@ class Replica:
     def peer_decided(self, node_id: int) -> int | None:
         """Leader: the decided slot ``node_id`` last reported in a HeartbeatAck (None if never)."""
         return self._peer_decided.get(node_id)
+
+    @property
+    def _running_ballot(self) -> Ballot:
+        """Our own ballot, for the messages only a candidate or leader sends."""
+        assert self._own_ballot is not None, f"only a candidate or leader has a ballot of its own ({self._role})"
+        return self._own_ballot
 
     # ------------------------------------------------------------------ inputs
 
@@ -412,9 +442,9 @@ class Replica:
         if self._role != LEADER:
             self._ticks_since_heard = 0
 
-    def receive(self, message) -> None:
+    def receive(self, message: Message) -> None:
         """Handle one message addressed to this node. Bad or stale input is counted, never raised."""
-        sender = getattr(message, "sender", None)
+        sender = getattr(message, "sender", None)  # the shell may hand us anything: count it, never raise
         if sender not in self._known:
             self._count("unknown_sender")
             return
@@ -517,7 +547,7 @@ class Replica:
         """Leader: a Decide to everyone if ``decided_slot`` advanced since an Accept or Decide said so."""
         if self._role == LEADER and self._decided_slot > self._announced_decided_slot:
             self._send_deferred_accepts()
-            self._broadcast(Decide(sender=self.node_id, ballot=self._own_ballot,
+            self._broadcast(Decide(sender=self.node_id, ballot=self._running_ballot,
                                    decided_slot=self._decided_slot))
             self._announced_decided_slot = self._decided_slot
 
@@ -533,7 +563,7 @@ class Replica:
         self._forget_through(snapshot_slot)
         self._refresh_members()
 
-    def install_snapshot(self, snapshot_slot: int, configs: tuple = ()) -> None:
+    def install_snapshot(self, snapshot_slot: int, configs: tuple[ScheduleEntry, ...] = ()) -> None:
         """The shell replaced its state machine with a peer's snapshot at ``snapshot_slot``.
 
         Precondition: ``snapshot_slot > applied_slot`` (the shell checks before installing; a snapshot
@@ -565,7 +595,7 @@ class Replica:
         return DurableState(promised=self._promised, accepted=dict(self._accepted),
                             decided=dict(self._decided), snapshot_slot=self._snapshot_slot)
 
-    def status(self) -> dict:
+    def status(self) -> Status:
         """Plain values for monitoring: role, ballot, slots, queue sizes and the bad-input counters."""
         return {
             "node_id": self.node_id,
@@ -696,6 +726,7 @@ class Replica:
             self._decided_hint = decided_slot
         if decided_slot <= self._decided_slot:
             return
+        candidates: Iterable[int]
         if decided_slot - self._decided_slot <= len(self._accepted):
             candidates = range(self._decided_slot + 1, decided_slot + 1)  # the usual case: a short gap
         else:
@@ -710,7 +741,7 @@ class Replica:
         if self._decided_slot < decided_slot:
             self._request_catchup(sender)
 
-    def _mark_decided(self, slot: int, value: tuple) -> None:
+    def _mark_decided(self, slot: int, value: Value) -> None:
         """``value`` is chosen at ``slot``: record it durably (the caller advances the prefix)."""
         if slot <= self._snapshot_slot:
             return
@@ -773,7 +804,7 @@ class Replica:
         if self._role == LEADER and new:
             # Ask new members for their promise of our ballot now, so that promoting one later finds
             # it in the promise set instead of making us run phase 1 again (_on_late_promise).
-            prepare = Prepare(sender=self.node_id, ballot=self._own_ballot, first_slot=self._first_slot)
+            prepare = Prepare(sender=self.node_id, ballot=self._running_ballot, first_slot=self._first_slot)
             for peer in new:
                 self._send(peer, prepare)
 
@@ -784,7 +815,7 @@ class Replica:
         self._send(to, CatchupRequest(sender=self.node_id, first_slot=self._decided_slot + 1))
 
     def _on_catchup_request(self, m: CatchupRequest) -> None:
-        entries = []
+        entries: list[DecidedEntry] = []
         slot = max(m.first_slot, self._snapshot_slot + 1)
         while slot in self._decided and len(entries) < self.options.catchup_entries_max:
             entries.append(DecidedEntry(slot=slot, value=self._decided[slot]))
@@ -905,14 +936,14 @@ class Replica:
     def _own_promise(self) -> Promise:
         first = self._first_slot
         return Promise(
-            sender=self.node_id, ballot=self._own_ballot, first_slot=first,
+            sender=self.node_id, ballot=self._running_ballot, first_slot=first,
             accepted=tuple(AcceptedEntry(slot=s, ballot=b, value=v)
                            for s, (b, v) in sorted(self._accepted.items()) if s >= first),
             decided=tuple(DecidedEntry(slot=s, value=v) for s, v in sorted(self._decided.items()) if s >= first),
             snapshot_slot=self._snapshot_slot,
         )
 
-    def _reproposals(self, promises: dict) -> dict:
+    def _reproposals(self, promises: dict[int, Promise]) -> dict[int, Value]:
         """The value to re-propose at each slot from ``first_slot`` to the highest reported slot.
 
         ``promises`` maps node id to ``Promise`` for a majority (our own included). Per slot: a
@@ -920,18 +951,18 @@ class Replica:
         (Paxos Made Simple, section 2.2) requires; else the no-op ``()`` to fill the hole (section 3).
         Overridable only so that a test can show what breaks when P2c is ignored.
         """
-        decided: dict[int, tuple] = {}
-        best: dict[int, tuple[Ballot, tuple]] = {}
+        decided: dict[int, Value] = {}
+        best: dict[int, tuple[Ballot, Value]] = {}
         for promise in promises.values():
-            for entry in promise.decided:
-                decided[entry.slot] = entry.value
+            for decided_entry in promise.decided:
+                decided[decided_entry.slot] = decided_entry.value
             for entry in promise.accepted:
                 if entry.slot not in best or entry.ballot > best[entry.slot][0]:
                     best[entry.slot] = (entry.ballot, entry.value)
         reported = [s for s in (*decided, *best) if s >= self._first_slot]
         if not reported:
             return {}
-        values = {}
+        values: dict[int, Value] = {}
         for slot in range(self._first_slot, max(reported) + 1):
             if slot in decided:
                 values[slot] = decided[slot]
@@ -1004,13 +1035,13 @@ class Replica:
             self._pending_reproposals.popleft()
             self._open_slot(slot, value)
 
-    def _open_slot(self, slot: int, value: tuple) -> None:
+    def _open_slot(self, slot: int, value: Value) -> None:
         """Phase 2a for ``slot``: accept it ourselves (durably), then ask everyone else."""
         assert slot > self._snapshot_slot and slot >= self._next_slot, f"slot {slot} reused"
         assert slot <= self._decided_slot + self._schedule.latest.alpha, f"safety: config of slot {slot} unknown"
         config = self._schedule.for_slot(slot)
         assert config.is_quorum(self._promised_by), f"safety: no promise majority of slot {slot}'s voters"
-        ballot = self._own_ballot
+        ballot = self._running_ballot
         self._next_slot = slot + 1
         self._accepted[slot] = (ballot, value)
         self._actions.persist.append(AcceptRecord(slot, ballot, value))
@@ -1036,7 +1067,7 @@ class Replica:
         self._in_flight[slot] = _Proposal(value, own, self._ticks, config.node_ids, config.quorum_size)
         self._check_decided(slot)
 
-    def _fast_followers(self, config: Config) -> list:
+    def _fast_followers(self, config: Config) -> list[int]:
         """Thrifty: the voters of ``config`` a majority needs besides us, fastest first."""
         need = config.quorum_size - (1 if config.is_voter(self.node_id) else 0)
         return [p for p in self._preferred if config.is_voter(p)][:need]
@@ -1110,7 +1141,7 @@ class Replica:
         if not self._deferred:
             return
         deferred, self._deferred = self._deferred, []
-        ballot, decided_slot = self._own_ballot, self._decided_slot
+        ballot, decided_slot = self._running_ballot, self._decided_slot
         for slot, value, peers in deferred:
             # A follower handles these one by one: telling it of decisions beyond this slot before
             # it has the next Accepts would make it ask for a catch-up.
@@ -1142,7 +1173,7 @@ class Replica:
                 continue
             for peer in self._peers:
                 if peer not in proposal.acks:
-                    self._send(peer, Accept(sender=self.node_id, ballot=self._own_ballot, slot=slot,
+                    self._send(peer, Accept(sender=self.node_id, ballot=self._running_ballot, slot=slot,
                                             value=proposal.value, decided_slot=self._decided_slot))
 
     def _start_heartbeat_round(self) -> int:
@@ -1158,7 +1189,7 @@ class Replica:
         self._round_in_batch = seq
         self._heartbeat_elapsed = 0
         self._send_deferred_accepts()
-        self._broadcast(Heartbeat(sender=self.node_id, ballot=self._own_ballot,
+        self._broadcast(Heartbeat(sender=self.node_id, ballot=self._running_ballot,
                                   decided_slot=self._decided_slot, seq=seq))
         self._announced_decided_slot = max(self._announced_decided_slot, self._decided_slot)
         self._heartbeat_acks[seq] = {self.node_id}
@@ -1228,6 +1259,7 @@ class Replica:
     def _maybe_finish_transfer(self) -> None:
         """Handing over: once every slot we opened is decided and the target reported (HeartbeatAck) that
         it decided them too, tell the target to campaign and step down."""
+        assert self._transfer is not None, "called only while handing over"
         target, deadline = self._transfer
         if self._ticks > deadline or target not in self._peers:
             self._count("transfer_abandoned")
@@ -1245,7 +1277,7 @@ class Replica:
             return
         self._count("transfer_sent")
         self._send_deferred_accepts()
-        self._send(target, Campaign(sender=self.node_id, ballot=self._own_ballot, decided_slot=self._decided_slot))
+        self._send(target, Campaign(sender=self.node_id, ballot=self._running_ballot, decided_slot=self._decided_slot))
         self._step_down()  # our election timer restarts, so the target's Prepare arrives first
 
     def _on_campaign(self, m: Campaign) -> None:
@@ -1283,10 +1315,10 @@ class Replica:
 
     # ------------------------------------------------------------------ helpers
 
-    def _send(self, to: int, message) -> None:
+    def _send(self, to: int, message: Message) -> None:
         self._actions.send.append((to, message))
 
-    def _broadcast(self, message) -> None:
+    def _broadcast(self, message: Message) -> None:
         for peer in self._peers:
             self._actions.send.append((peer, message))
 

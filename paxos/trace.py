@@ -34,9 +34,25 @@ Pure like the rest of ``paxos``: no clock, no I/O, no module-level ``random``.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .actions import DurableState
+from .actions import DurableState, Record
+from .ballot import Ballot
+from .messages import (
+    Accept,
+    Accepted,
+    CatchupReply,
+    CatchupRequest,
+    Decide,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    Nack,
+    Prepare,
+    Promise,
+    Value,
+)
 from .replica import Config, Options, Replica
 
 __all__ = ["Flight", "Mark", "Trace", "TraceRun", "SCENARIOS", "run_scenario", "describe", "show_value",
@@ -54,7 +70,7 @@ class Flight:
     dst: int
     sent_at: int
     arrived_at: int  # when it was delivered or lost (or would have arrived: see ``fate``)
-    message: object
+    message: Message
     fate: str  # "delivered", "lost" (receiver down or cut off), "in flight" (the run ended first)
 
     @property
@@ -79,52 +95,51 @@ class Trace:
 
     title: str
     seed: int
-    nodes: tuple
-    flights: list = field(default_factory=list)
-    marks: list = field(default_factory=list)
-    decided: dict = field(default_factory=dict)  # slot -> batch, decided somewhere
+    nodes: tuple[int, ...]
+    flights: list[Flight] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)
+    decided: dict[int, Value] = field(default_factory=dict)  # slot -> batch, decided somewhere
     end: int = 0
 
 
-def show_value(batch: tuple) -> str:
+def show_value(batch: Value) -> str:
     """A batch as people write it: ``x=1``, ``x=1, y=2``, or ``no-op`` for the empty batch."""
     if not batch:
         return "no-op"
     return ", ".join(c.decode("utf-8", "replace") if isinstance(c, (bytes, bytearray)) else str(c) for c in batch)
 
 
-def _ballot(b) -> str:
+def _ballot(b: Ballot) -> str:
     return f"({b.number},{b.node_id})"
 
 
-def describe(message) -> str:
+def describe(message: Message) -> str:
     """A short label for a message arrow (the full ``repr`` goes in the tooltip)."""
-    name = type(message).__name__
-    match name:
-        case "Prepare":
+    match message:
+        case Prepare():
             return f"Prepare {_ballot(message.ballot)} from s{message.first_slot}"
-        case "Promise":
+        case Promise():
             slots = ",".join(f"s{e.slot}" for e in message.accepted)
             return f"Promise {_ballot(message.ballot)}" + (f" had {slots}" if slots else "")
-        case "Accept":
+        case Accept():
             return f"Accept s{message.slot} {_ballot(message.ballot)} {show_value(message.value)}"
-        case "Accepted":
+        case Accepted():
             return f"Accepted s{message.slot}"
-        case "Nack":
+        case Nack():
             return f"Nack {_ballot(message.ballot)} < {_ballot(message.promised)}"
-        case "Decide":
+        case Decide():
             return f"Decide ≤s{message.decided_slot}"
-        case "Heartbeat":
+        case Heartbeat():
             return f"Heartbeat ≤s{message.decided_slot}"
-        case "HeartbeatAck":
+        case HeartbeatAck():
             return "HeartbeatAck"
-        case "CatchupRequest":
+        case CatchupRequest():
             return f"Catch-up? from s{message.first_slot}"
-        case "CatchupReply":
+        case CatchupReply():
             if message.entries:
                 return f"Catch-up s{message.entries[0].slot}-s{message.entries[-1].slot}"
             return "Catch-up (nothing)"
-    return name
+    return type(message).__name__
 
 
 class TraceRun:
@@ -137,18 +152,18 @@ class TraceRun:
         self.config = Config(node_ids=self.node_ids)
         self.options = options
         self.time = 0
-        self.disks: dict[int, list] = {n: [] for n in self.node_ids}  # each node's durable records
-        self.applied: dict[int, dict] = {n: {} for n in self.node_ids}  # slot -> batch, as applied
-        self.learned: dict[int, set] = {n: set() for n in self.node_ids}  # slots applied before, crashes or not
+        self.disks: dict[int, list[Record]] = {n: [] for n in self.node_ids}  # each node's durable records
+        self.applied: dict[int, dict[int, Value]] = {n: {} for n in self.node_ids}  # slot -> batch, as applied
+        self.learned: dict[int, set[int]] = {n: set() for n in self.node_ids}  # slots applied before, crashes or not
         self.replicas: dict[int, Replica] = {}
         self.roles: dict[int, str] = {}
         self.down: set[int] = set()
-        self.groups: list[frozenset] | None = None  # a partition: who can reach whom
-        self.network: list[tuple] = []  # (arrive_at, seq, src, dst, message, sent_at)
+        self.groups: list[frozenset[int]] | None = None  # a partition: who can reach whom
+        self.network: list[tuple[int, int, int, int, Message, int]] = []  # (arrive_at, seq, src, dst, message, sent_at)
         self._seq = 0
         self.flights: list[Flight] = []
         self.marks: list[Mark] = []
-        self.decided: dict[int, tuple] = {}
+        self.decided: dict[int, Value] = {}
         self.commands = 0
         for n in self.node_ids:
             self._build(n)
@@ -176,7 +191,7 @@ class TraceRun:
             self._learn(node, slot, batch)
         self._note_role(node)
 
-    def _learn(self, node: int, slot: int, batch: tuple) -> None:
+    def _learn(self, node: int, slot: int, batch: Value) -> None:
         known = self.decided.setdefault(slot, batch)
         assert known == batch, f"safety: slot {slot} decided as {known!r} and as {batch!r}"
         replayed = slot in self.learned[node]  # a restarted node applies its log again
@@ -222,7 +237,7 @@ class TraceRun:
         for _ in range(steps):
             self.step()
 
-    def run_until(self, done, limit: int) -> bool:
+    def run_until(self, done: Callable[[], bool], limit: int) -> bool:
         """Step until ``done()`` holds, at most ``limit`` steps; whether it came to hold."""
         for _ in range(limit):
             if done():
@@ -237,9 +252,9 @@ class TraceRun:
         leaders = [n for n in self.node_ids if n not in self.down and self.replicas[n].is_leader]
         return leaders[0] if len(leaders) == 1 else None
 
-    def applied_through(self, slot: int, nodes=None) -> bool:
-        nodes = [n for n in self.node_ids if n not in self.down] if nodes is None else nodes
-        return all(all(s in self.applied[n] for s in range(1, slot + 1)) for n in nodes)
+    def applied_through(self, slot: int, nodes: Iterable[int] | None = None) -> bool:
+        running = [n for n in self.node_ids if n not in self.down] if nodes is None else nodes
+        return all(all(s in self.applied[n] for s in range(1, slot + 1)) for n in running)
 
     def settled(self, command: bytes) -> bool:
         """``command`` is decided, and every running node has applied every slot decided so far."""
@@ -267,7 +282,7 @@ class TraceRun:
         self.marks.append(Mark(self.time, node, "restart", "restart from disk"))
         self._build(node)
 
-    def partition(self, *groups) -> None:
+    def partition(self, *groups: Iterable[int]) -> None:
         self.groups = [frozenset(g) for g in groups]
         text = " | ".join("{" + ",".join(map(str, sorted(g))) + "}" for g in self.groups)
         self.marks.append(Mark(self.time, None, "partition", f"partition {text}"))
@@ -296,7 +311,9 @@ def _need(ok: bool, what: str) -> None:
 
 def _elect(run: TraceRun) -> int:
     _need(run.run_until(lambda: run.leader() is not None, ELECTION_STEPS_MAX), "an election")
-    return run.leader()  # type: ignore[return-value]
+    leader = run.leader()
+    assert leader is not None, "run_until saw a leader, and nothing stepped since"
+    return leader
 
 
 def scenario_round(seed: int, nodes: int = 3) -> Trace:

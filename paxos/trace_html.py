@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from html import escape
 
-from .trace import Trace, describe, show_value
+from .trace import Flight, Mark, Trace, describe, show_value
 
 __all__ = ["render", "COLORS", "HIDDEN_BY_DEFAULT"]
 
@@ -68,7 +68,7 @@ def render(trace: Trace, *, heartbeats: bool = False) -> str:
 
     # Rows: each step with something visible gets as many rows as its busiest lifeline has marks.
     per_step: dict[int, int] = {}
-    stacked: dict[tuple, int] = {}
+    stacked: dict[tuple[int, int | None], int] = {}
     for f in flights:
         per_step.setdefault(f.sent_at, 1)
         per_step.setdefault(f.arrived_at, 1)
@@ -103,27 +103,31 @@ def render(trace: Trace, *, heartbeats: bool = False) -> str:
     out.append("</defs>")
 
     # Partitions: shade the rows between a partition and the next heal (or the end).
-    start = None
-    for m in [m for m in marks if m.kind in ("partition", "heal")] + [None]:
-        if m is not None and m.kind == "partition" and start is None:
-            start = m
-        elif start is not None and (m is None or m.kind == "heal"):
+    start: Mark | None = None
+    edges: list[Mark | None] = [*(m for m in marks if m.kind in ("partition", "heal")), None]  # None: the end
+    for edge in edges:
+        if edge is not None and edge.kind == "partition" and start is None:
+            start = edge
+        elif start is not None and (edge is None or edge.kind == "heal"):
             y0 = y_of[start.time] - ROW_PX // 2
-            y1 = (y_of[m.time] if m is not None else bottom) - ROW_PX // 2
+            y1 = (y_of[edge.time] if edge is not None else bottom) - ROW_PX // 2
             out.append(f'<g class="mark mark-partition"><title>{escape(start.text)}</title>'
                        f'<rect x="{LEFT_PX - 10}" y="{y0}" width="{width - LEFT_PX}" height="{y1 - y0}" '
                        f'fill="#ffb347" fill-opacity=".13"/>'
-                       f'<text x="{LEFT_PX - 6}" y="{y0 + 12}" fill="#b36200" class="label">{escape(start.text)}</text></g>')
-            if m is not None:
+                       f'<text x="{LEFT_PX - 6}" y="{y0 + 12}" fill="#b36200" class="label">'
+                       f'{escape(start.text)}</text></g>')
+            if edge is not None:
                 out.append(f'<g class="mark mark-heal"><text x="{LEFT_PX - 6}" y="{y1 + 4}" fill="#b36200" '
-                           f'class="label">{escape(m.text)}</text></g>')
+                           f'class="label">{escape(edge.text)}</text></g>')
             start = None
 
     # Lifelines, dashed while the node is down.
     for node, x in x_of.items():
         out.append(f'<g class="node-head"><rect x="{x - 45}" y="12" width="90" height="28" rx="6" '
-                   f'fill="#eef3fb" stroke="#4a6fa5"/><text x="{x}" y="31" text-anchor="middle">node {node}</text></g>')
-        out.append(f'<line class="lifeline" x1="{x}" y1="40" x2="{x}" y2="{bottom}" stroke="#4a6fa5" stroke-width="1.5"/>')
+                   f'fill="#eef3fb" stroke="#4a6fa5"/>'
+                   f'<text x="{x}" y="31" text-anchor="middle">node {node}</text></g>')
+        out.append(f'<line class="lifeline" x1="{x}" y1="40" x2="{x}" y2="{bottom}" stroke="#4a6fa5" '
+                   f'stroke-width="1.5"/>')
         down_at = None
         for m in marks:
             if m.node != node:
@@ -140,14 +144,15 @@ def render(trace: Trace, *, heartbeats: bool = False) -> str:
     for step in steps:
         out.append(f'<text x="8" y="{y_of[step] + 4}" fill="#999">t={step}</text>')
     for gy, skipped in gaps:
-        out.append(f'<text class="gap" x="8" y="{gy + 2}" fill="#bbb">… {skipped} idle step{"s" if skipped > 1 else ""}</text>')
+        plural = "s" if skipped > 1 else ""
+        out.append(f'<text class="gap" x="8" y="{gy + 2}" fill="#bbb">… {skipped} idle step{plural}</text>')
 
     # Messages.
     for f in flights:
         out.append(_arrow(f, x_of, y_of))
 
     # Marks, stacked per lifeline and step.
-    used: dict[tuple, int] = {}
+    used: dict[tuple[int, int], int] = {}
     for m in marks:
         if m.node is None:
             continue
@@ -166,9 +171,10 @@ def _down_segment(x: int, y0: int, y1: int) -> str:
             f'stroke-dasharray="4 4"/>')
 
 
-def _arrow(f, x_of: dict, y_of: dict) -> str:
+def _arrow(f: Flight, x_of: dict[int, int], y_of: dict[int, int]) -> str:
     x1, y1 = x_of[f.src], y_of[f.sent_at]
-    x2, y2 = x_of[f.dst], y_of[f.arrived_at]
+    x2: float = x_of[f.dst]  # a lost message's arrow stops part of the way
+    y2: float = y_of[f.arrived_at]
     color = _color(f.kind)
     classes = f"msg msg-{f.kind}"
     label = describe(f.message)
@@ -191,10 +197,11 @@ def _arrow(f, x_of: dict, y_of: dict) -> str:
     return (f'<g class="{classes}" data-type="{f.kind}"><title>{escape(tip)}</title>'
             f'<line class="{classes}" x1="{x1}" y1="{y1}" x2="{x2:.0f}" y2="{y2:.0f}" stroke="{color}" '
             f'stroke-width="1.6"{dash}{marker}/>{extra}'
-            f'<text class="label" x="{mx:.0f}" y="{my:.0f}" text-anchor="middle" fill="{color}">{escape(label)}</text></g>')
+            f'<text class="label" x="{mx:.0f}" y="{my:.0f}" text-anchor="middle" fill="{color}">'
+            f'{escape(label)}</text></g>')
 
 
-def _mark(m, x: int, y: int) -> str:
+def _mark(m: Mark, x: int, y: int) -> str:
     color = MARK_COLORS.get(m.kind, "#555")
     text = {"crash": "✕ crash", "restart": "↻ restart from disk", "leader": f"★ {m.text}",
             "follower": "steps down", "replayed": f"{m.text} (replayed)"}.get(m.kind, m.text)
@@ -209,10 +216,10 @@ def _mark(m, x: int, y: int) -> str:
             f'<text class="label" x="{x + 11}" y="{y + 4}" fill="{color}">{escape(text)}</text></g>')
 
 
-def _page(trace: Trace, svg: str, flights: list, heartbeats: bool) -> str:
+def _page(trace: Trace, svg: str, flights: list[Flight], heartbeats: bool) -> str:
     kinds = sorted({f.kind for f in flights})
     legend = "".join(f'<span><i style="background:{_color(k)}"></i>{k}</span>' for k in kinds)
-    counts = {}
+    counts: dict[str, int] = {}
     for f in trace.flights:
         counts[f.kind] = counts.get(f.kind, 0) + 1
     applied: dict[int, list[str]] = {}
