@@ -30,10 +30,15 @@ Rules: no I/O but ``load``; a denial is an answer (``permission_denied``), never
 """
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import wire
+
+if TYPE_CHECKING:
+    from .tls import Principal
 
 __all__ = ["Acl", "AclError", "Rules", "load", "parse"]
 
@@ -69,7 +74,7 @@ class Acl:
     clients: dict[str, Rules] = field(default_factory=dict)
     source: str = ""
 
-    def refusal(self, principal, request) -> str | None:
+    def refusal(self, principal: Principal | None, request: object) -> str | None:
         """Why the client ``principal`` (a ``kvstore.tls.Principal``, None for a connection without a
         certificate) may not make ``request``, or None if it may."""
         name = principal.name if principal is not None else None
@@ -141,7 +146,7 @@ def parse(text: str, source: str = "the ACL") -> Acl:
     return Acl(out, source)
 
 
-def load(path) -> Acl:
+def load(path: str | os.PathLike[str]) -> Acl:
     """The ``Acl`` in the file at ``path``; raises ``AclError`` if it cannot be read or is malformed."""
     try:
         with open(path, "rb") as f:

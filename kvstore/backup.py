@@ -77,8 +77,10 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -89,6 +91,13 @@ from .endpoints import format_endpoint
 from .events import Read
 from .statemachine import SNAPSHOT_FORMAT, SnapshotError, StateMachine
 from .storage import Storage, StorageError
+
+if TYPE_CHECKING:
+    import _hashlib
+
+    from .clients import ClientConn
+    from .server import Node
+    from .statemachine import FrozenState
 
 __all__ = [
     "BackupError", "BackupInfo", "BackupService", "read_backup", "load_state", "write_backup", "save_backup",
@@ -125,13 +134,13 @@ class BackupInfo:
 
     path: Path
     slot: int
-    meta: dict
+    meta: dict[str, Any]
     data_offset: int
     data_length: int
     sha256: str  # hex, of meta + data (the header's checksum)
     size: int  # bytes of the whole file
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """What ``kv snapshot status`` and ``save`` print."""
         meta = self.meta
         return {"file": str(self.path), "format": BACKUP_FORMAT, "slot": self.slot, "revision": meta["revision"],
@@ -143,17 +152,18 @@ _META_FIELDS = {"cluster_id": str, "node": int, "slot": int, "revision": int, "k
                 "snapshot_format": int}
 
 
-def _check_meta(meta: object, where: str) -> dict:
+def _check_meta(meta: object, where: str) -> dict[str, Any]:
     if type(meta) is not dict:
         raise BackupError(f"{where}: the description is not a JSON object")
     for name, kind in _META_FIELDS.items():
         value = meta.get(name)
-        if type(value) is not kind or (kind is int and value < 0) or (kind is str and not value):
+        # The type is exactly ``kind``: an int is one when kind is int, a str one when kind is str.
+        if type(value) is not kind or (isinstance(value, int) and value < 0) or (isinstance(value, str) and not value):
             raise BackupError(f"{where}: the description's {name!r} is missing or not a valid {kind.__name__}")
     return meta
 
 
-def write_backup(path: str | os.PathLike, meta: dict, pieces) -> BackupInfo:
+def write_backup(path: str | os.PathLike[str], meta: dict[str, Any], pieces: Iterable[bytes]) -> BackupInfo:
     """Write a backup file from ``meta`` and the snapshot bytes ``pieces`` (an iterable of bytes):
     to ``PATH.part`` first, then fsync, rename over ``path`` and fsync the directory. On any error
     (an exception from ``pieces`` included) ``PATH.part`` is removed and ``path`` is untouched."""
@@ -225,7 +235,7 @@ def _fsync_dir(path: Path) -> None:
         raise BackupError(f"cannot fsync directory {path}: {exc.strerror or exc}") from None
 
 
-def read_backup(path: str | os.PathLike) -> BackupInfo:
+def read_backup(path: str | os.PathLike[str]) -> BackupInfo:
     """Check a backup file whole (header, length, SHA-256, description) and describe it. Reads the
     file once, ``READ_BYTES`` at a time. ``BackupError`` (one line) for anything wrong."""
     path = Path(path)
@@ -300,7 +310,7 @@ def load_state(info: BackupInfo) -> StateMachine:
 # Saving (the client side)
 
 
-def save_backup(call, path: str | os.PathLike) -> BackupInfo:
+def save_backup(call: Callable[[int, int], dict[str, Any]], path: str | os.PathLike[str]) -> BackupInfo:
     """``kv snapshot save``: make a backup of the cluster in ``path``.
 
     ``call(session, offset)`` sends one ``BackupRequest`` and returns its result (``Client.backup``): it
@@ -321,7 +331,7 @@ def save_backup(call, path: str | os.PathLike) -> BackupInfo:
     meta["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     meta = _check_meta(meta, "the leader's answer")
 
-    def pieces():
+    def pieces() -> Iterator[bytes]:
         offset = 0
         received = hashlib.sha256()
         while True:  # bounded: every answer moves the offset on, or is the last (else BackupError)
@@ -349,7 +359,7 @@ def save_backup(call, path: str | os.PathLike) -> BackupInfo:
 # Restoring
 
 
-def restored_cluster_id(info: BackupInfo, peers: dict) -> str:
+def restored_cluster_id(info: BackupInfo, peers: dict[int, tuple[str, int]]) -> str:
     """The default id of the cluster restored from ``info`` onto ``peers``: the same for every node
     restored from the same file with the same ``--peers``."""
     text = info.sha256 + "|" + ",".join(f"{member}={format_endpoint(*peers[member])}" for member in sorted(peers))
@@ -368,8 +378,8 @@ def _check_target(target: Path) -> None:
         raise BackupError(f"cannot look at {target}: {exc.strerror or exc}") from None
 
 
-def restore_backup(path: str | os.PathLike, data_dir: str | os.PathLike, node_id: int, peers: dict,
-                   cluster_id: str | None = None) -> dict:
+def restore_backup(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], node_id: int,
+                   peers: dict[int, tuple[str, int]], cluster_id: str | None = None) -> dict[str, Any]:
     """``kv snapshot restore``: make the data directory of node ``node_id`` of a new cluster whose
     founding members are ``peers`` (``{id: (host, port)}``) from the backup at ``path``; see the module
     docstring. Returns what was made (cluster id, incarnation, slot, ...). ``BackupError`` (one line)
@@ -445,15 +455,15 @@ class _Barrier:
 
     closed = False
 
-    def __init__(self, node) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.done = trio.Event()
-        self.answer = None
+        self.answer: object = None
         self.abandoned = False  # the task stopped waiting: a late answer must not freeze anything
-        self.frozen = None
-        self.facts: dict = {}
+        self.frozen: FrozenState | None = None
+        self.facts: dict[str, Any] = {}
 
-    def reply(self, message) -> None:
+    def reply(self, message: object) -> None:
         if self.done.is_set():
             return
         if type(message) is wire.OkReply and not self.abandoned:
@@ -477,13 +487,13 @@ class _Session:
     """One backup being handed out: the frozen view, the pieces not yet asked for, the checksum so far."""
 
     id: int
-    frozen: object  # statemachine.FrozenState; None once every piece was encoded (or the session ended)
-    pieces: object  # the frozen view's chunks() generator
+    frozen: FrozenState | None  # None once every piece was encoded (or the session ended)
+    pieces: Iterator[bytes] | None  # the frozen view's chunks() generator
     touched: float
     sent: int = 0  # bytes handed out
     buffer: bytearray = field(default_factory=bytearray)  # encoded, not handed out yet
-    checksum: object = field(default_factory=hashlib.sha256)
-    last: dict | None = None  # the last answer, for a retry of the same offset
+    checksum: _hashlib.HASH = field(default_factory=hashlib.sha256)
+    last: dict[str, Any] | None = None  # the last answer, for a retry of the same offset
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -500,22 +510,22 @@ class _Session:
 class BackupService:
     """The backups node ``node`` (a ``kvstore.server.Node``) hands out; see the module docstring."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.sessions: dict[int, _Session] = {}
         self._reaping = False
 
-    def handle(self, conn, request: wire.BackupRequest) -> None:
+    def handle(self, conn: ClientConn, request: wire.BackupRequest) -> None:
         self.node.nursery.start_soon(self._serve, conn, request)
 
-    async def _serve(self, conn, request: wire.BackupRequest) -> None:
+    async def _serve(self, conn: ClientConn, request: wire.BackupRequest) -> None:
         node = self.node
         try:
             if request.session == 0:
                 result = await self._begin()
             else:
                 result = await self._next(request.session, request.offset)
-            reply = wire.OkReply(id=request.id, result=result)
+            reply: wire.OkReply | wire.ErrorReply = wire.OkReply(id=request.id, result=result)
         except BackupRefused as exc:
             reply = wire.ErrorReply(id=request.id, code=exc.code, message=str(exc),
                                     leader=node._leader_hint() if exc.code == wire.NOT_LEADER else None)
@@ -527,7 +537,7 @@ class BackupService:
         conn.reply(reply)
         node._send_replies()
 
-    async def _begin(self) -> dict:
+    async def _begin(self) -> dict[str, Any]:
         node = self.node
         if node._fenced:
             raise BackupRefused(f"this node's disk failed: {node.disk_error}", wire.DISK_FAILED)
@@ -551,6 +561,7 @@ class BackupService:
         while session_id in self.sessions:  # bounded: at most a few sessions exist
             session_id = secrets.randbits(52) | 1
         frozen = barrier.frozen
+        assert frozen is not None  # the barrier's OkReply froze the state machine
         self.sessions[session_id] = _Session(session_id, frozen, frozen.chunks(PIECE_ENTRIES), trio.current_time())
         node.counters["backups_begun"] += 1
         log.info("backup %d begins at slot %d (%d keys)", session_id, barrier.facts["slot"], barrier.facts["keys"])
@@ -559,7 +570,7 @@ class BackupService:
             node.nursery.start_soon(self._reap)
         return {"session": session_id, "chunk_bytes": CHUNK_BYTES, **barrier.facts}
 
-    async def _next(self, session_id: int, offset: int) -> dict:
+    async def _next(self, session_id: int, offset: int) -> dict[str, Any]:
         session = self.sessions.get(session_id)
         if session is None:
             raise BackupRefused(f"no backup session {session_id} on this node (it ended, waited more than "
@@ -589,7 +600,7 @@ class BackupService:
             del buffer[:CHUNK_BYTES]
             session.checksum.update(data)
             session.sent += len(data)
-            result = {"offset": offset, "data": data, "done": session.finished and not buffer}
+            result: dict[str, Any] = {"offset": offset, "data": data, "done": session.finished and not buffer}
             if result["done"]:
                 result["length"] = session.sent
                 result["sha256"] = session.checksum.hexdigest()

@@ -64,7 +64,7 @@ class ClientConn:
     __slots__ = ("outbox", "pending", "closed", "name", "_dirty", "last_heard", "scope", "principal")
 
     def __init__(self, name: str, dirty: list[ClientConn]) -> None:
-        self.principal: Principal | None = None  # who its TLS certificate names (kvstore.tls.Principal); None without TLS
+        self.principal: Principal | None = None  # who its TLS certificate names; None without TLS
         self.outbox = Outbox()
         self.pending: list[bytes] = []
         self.closed = False

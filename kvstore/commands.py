@@ -52,7 +52,7 @@ INT_MAX = 2**64 - 1
 OP_PUT = 1
 OP_DELETE = 2
 OP_CAS = 3
-_OP_NAMES = {OP_PUT: "put", OP_DELETE: "delete", OP_CAS: "cas"}
+_OP_NAMES: dict[int, Literal["put", "delete", "cas"]] = {OP_PUT: "put", OP_DELETE: "delete", OP_CAS: "cas"}
 # Element count of each command's array, including the op code.
 _OP_LENGTHS = {OP_PUT: 6, OP_DELETE: 6, OP_CAS: 7}
 
@@ -153,7 +153,7 @@ def _head(n: int) -> int:
     return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 0x100000000 else 9
 
 
-def _dumps(items: list) -> bytes:
+def _dumps(items: list[object]) -> bytes:
     # Plain cbor2 defaults: definite lengths, minimal integers, text for str, bytes for bytes. The
     # decoder compares against exactly this encoding, so both sides must use this one function.
     return cbor2.dumps(items)
@@ -210,7 +210,7 @@ def encode_cas(client_id: bytes, request_id: int, ack_below: int, key: str, expe
     return _dumps([OP_CAS, client_id, request_id, ack_below, key, expected, new])
 
 
-def encode_write(request) -> tuple[bytes, Command]:
+def encode_write(request: wire.PutRequest | wire.DeleteRequest | wire.CasRequest) -> tuple[bytes, Command]:
     """A client's write request (``wire.PutRequest``, ``DeleteRequest`` or ``CasRequest``) -> the command
     bytes to propose and the ``Command`` they decode to (the leader applies its own proposals from it
     without decoding the bytes again). Raises ValueError as ``encode_*`` do."""

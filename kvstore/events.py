@@ -21,6 +21,14 @@ frequent kinds first. Nothing here does anything: these are values.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import wire
+    from .commands import Command
+    from .statemachine import StateMachine
+    from .waiters import Replier
+
 __all__ = [
     "Proposal", "Read", "Wake", "WAKE", "Tick",
     "SnapshotStep", "SnapshotReceived", "SnapshotRestored", "SnapshotWritten", "SnapshotAdoptable",
@@ -38,7 +46,8 @@ class Proposal:
 
     __slots__ = ("command", "decoded", "request_key", "conn", "wire_id")
 
-    def __init__(self, command: bytes, decoded, request_key: tuple[bytes, int], conn, wire_id: int) -> None:
+    def __init__(self, command: bytes, decoded: Command, request_key: tuple[bytes, int], conn: Replier,
+                 wire_id: int) -> None:
         self.command = command
         self.decoded = decoded
         self.request_key = request_key
@@ -51,7 +60,7 @@ class Read:
 
     __slots__ = ("conn", "request")
 
-    def __init__(self, conn, request) -> None:
+    def __init__(self, conn: Replier, request: wire.GetRequest | wire.ListRequest) -> None:
         self.conn = conn
         self.request = request
 
@@ -96,7 +105,7 @@ class SnapshotRestored(SnapshotStep):
 
     __slots__ = ("slot", "data", "sm")
 
-    def __init__(self, slot: int, data: bytes, sm) -> None:
+    def __init__(self, slot: int, data: bytes, sm: StateMachine) -> None:
         self.slot = slot
         self.data = data
         self.sm = sm
@@ -117,7 +126,7 @@ class SnapshotAdoptable(SnapshotStep):
 
     __slots__ = ("slot", "sm", "started")
 
-    def __init__(self, slot: int, sm, started: float) -> None:
+    def __init__(self, slot: int, sm: StateMachine, started: float) -> None:
         self.slot = slot
         self.sm = sm
         self.started = started

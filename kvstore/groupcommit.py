@@ -33,13 +33,17 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 import trio
 
-from paxos.actions import DecideRecord
+from paxos.actions import Actions, DecideRecord
 
 from .metrics import FSYNC_SECONDS_BOUNDS, Buckets
 from .storage import StorageError
+
+if TYPE_CHECKING:
+    from .server import Node
 
 __all__ = ["GroupCommit"]
 
@@ -51,7 +55,7 @@ class GroupCommit:
     ``_stop_voting``, ``_send_replies`` and ``_fenced``.
     """
 
-    def __init__(self, node, durable_decided_slot: int) -> None:
+    def __init__(self, node: Node, durable_decided_slot: int) -> None:
         self.node = node
         self.storage = node.storage
         self.counters = node.counters
@@ -64,7 +68,7 @@ class GroupCommit:
         self.durable_decided_slot = durable_decided_slot
         self._progress = trio.Event()  # set (and replaced) each time the committer finishes a round
 
-    def stage(self, actions) -> bool:
+    def stage(self, actions: Actions) -> bool:
         """Write the batch's records to the log; True if it is durable now and the caller must carry
         it out (inline), False if the committer will. Once it is durable, ``durable_decided_slot``
         becomes its ``Actions.decided_slot`` (the core's decided slot as of this batch). Raises StorageError (nothing of

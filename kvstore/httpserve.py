@@ -40,7 +40,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 class Request:
     method: str
     path: str  # percent-decoded, without the query
-    query: dict = field(default_factory=dict)  # name -> last value
+    query: dict[str, str] = field(default_factory=dict)  # name -> last value
     body: bytes = b""
 
 
@@ -69,7 +69,8 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return parse_endpoint(address)
 
 
-async def serve_http(handle: Handler, address: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_http(handle: Handler, address: str, *,
+                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``handle`` on ``address`` (``HOST:PORT``; port 0 picks a free one) until cancelled.
 
     ``task_status.started(port)`` reports the port listened on. Raises ``EndpointError`` (a
@@ -81,7 +82,7 @@ async def serve_http(handle: Handler, address: str, *, task_status=trio.TASK_STA
     await trio.serve_listeners(partial(_serve_connection, handle), listeners)
 
 
-async def _serve_connection(handle: Handler, stream) -> None:
+async def _serve_connection(handle: Handler, stream: trio.abc.Stream) -> None:
     try:
         try:
             with trio.fail_after(REQUEST_SECONDS):
@@ -105,7 +106,7 @@ async def _serve_connection(handle: Handler, stream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def _read_request(stream) -> Request | None:
+async def _read_request(stream: trio.abc.ReceiveStream) -> Request | None:
     data = bytearray()
     while b"\r\n\r\n" not in data:
         if len(data) > HEAD_BYTES_MAX:
@@ -141,7 +142,7 @@ async def _read_request(stream) -> Request | None:
     return Request(method=method, path=unquote(split.path), query=query, body=bytes(body[:length]))
 
 
-async def _send(stream, response: Response) -> None:
+async def _send(stream: trio.abc.SendStream, response: Response) -> None:
     reason = _REASONS.get(response.status, "Unknown")
     head = (f"HTTP/1.1 {response.status} {reason}\r\n"
             f"Content-Type: {response.content_type}\r\n"

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+
+from paxos.messages import Value
 
 from .metrics import SLOT_COMMANDS_BOUNDS, Buckets
 from .statemachine import StateMachine
@@ -55,7 +57,7 @@ LAZY_IDLE_SECONDS = 0.25
 REPLY_SEND_EVERY = 64
 
 
-def standby_of(members, leader: int) -> int | None:
+def standby_of(members: Iterable[int], leader: int) -> int | None:
     """The follower that applies every command at once while ``leader`` leads: the lowest other id.
 
     Every node computes the same answer from the membership and the leader it knows, without a message.
@@ -72,9 +74,9 @@ class Learner:
     gives the time for the latency counters (``trio.current_time`` in the node).
     """
 
-    def __init__(self, node_id: int, members, *, snapshot_every_commands: int, lazy_learners: bool,
+    def __init__(self, node_id: int, members: Iterable[int], *, snapshot_every_commands: int, lazy_learners: bool,
                  sm: StateMachine, applied_slot: int, waiters: Waiters, send_replies: Callable[[], None],
-                 counters, clock: Callable[[], float]) -> None:
+                 counters: dict[str, int], clock: Callable[[], float]) -> None:
         self.node_id = node_id
         self.members = tuple(members)
         self.snapshot_every_commands = snapshot_every_commands
@@ -85,7 +87,8 @@ class Learner:
         self.send_replies = send_replies
         self.counters = counters
         self.clock = clock
-        self.queue: collections.deque = collections.deque()  # (slot, commands) handed out, not applied
+        # (slot, commands) handed out, not applied
+        self.queue: collections.deque[tuple[int, Value]] = collections.deque()
         self.queued_commands = 0
         self.lazy = False
         self.applied_since_snapshot = 0  # commands applied since our last snapshot (see snapshot_due)
@@ -96,7 +99,7 @@ class Learner:
     # -----------------------------------------------------------------------------------------------
     # applying
 
-    def hand_out(self, decided, now: float) -> None:
+    def hand_out(self, decided: Sequence[tuple[int, Value]], now: float) -> None:
         """The core handed out these ``(slot, commands)`` (``Actions.apply``): queue them, and apply a
         step of the queue at once unless lazy."""
         self.last_handout = now

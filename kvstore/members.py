@@ -41,7 +41,9 @@ What is not here: the rules for which configuration governs which slot (``paxos.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
 
@@ -50,6 +52,13 @@ from paxos.replica import ChangeRefused
 
 from . import wire
 from .endpoints import format_endpoint, parse_endpoint
+
+if TYPE_CHECKING:
+    from .clients import ClientConn
+    from .server import Node, Transport
+
+_T = TypeVar("_T")
+_Handler = Callable[[wire.AdminRequest], Awaitable[dict[str, Any]]]
 
 __all__ = ["Members", "CoreCall", "JoinError", "fetch_join_config", "PROMOTE_LAG_SLOTS_MAX"]
 
@@ -72,7 +81,7 @@ REPEAT_WINDOW_SECONDS = 10.0
 class CoreCall:
     """An event: run ``fn()`` in the driver (between batches) and hand back its result or exception."""
 
-    fn: object
+    fn: Callable[[], object]
     done: trio.Event = field(default_factory=trio.Event)
     result: object = None
     error: BaseException | None = None
@@ -90,7 +99,7 @@ class _Outcome:
     """A change request this node ran (``Members._once``)."""
 
     done: trio.Event = field(default_factory=trio.Event)
-    result: dict | None = None
+    result: dict[str, Any] | None = None
     error: Exception | None = None
     finished_at: float = 0.0
 
@@ -110,13 +119,13 @@ class JoinError(Exception):
 class Members:
     """The membership side of node ``node`` (a ``kvstore.server.Node``)."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.seen_incarnations: dict[int, str] = {}  # what each peer presented on its link
         self._epoch = -1
-        self._peer_ids: tuple = ()
+        self._peer_ids: tuple[int, ...] = ()
         self._role: str | None = "unknown"  # this node's role in the newest configuration, as last logged
-        self._changes: dict[tuple, _Outcome] = {}  # (op, node, address) -> its latest run (_once)
+        self._changes: dict[tuple[str, int, str], _Outcome] = {}  # (op, node, address) -> its latest run (_once)
 
     # -----------------------------------------------------------------------------------------------
     # the address book and the links
@@ -159,10 +168,10 @@ class Members:
     # -----------------------------------------------------------------------------------------------
     # admin requests
 
-    def handle(self, conn, request: wire.AdminRequest) -> None:
+    def handle(self, conn: ClientConn, request: wire.AdminRequest) -> None:
         self.node.nursery.start_soon(self._serve, conn, request)
 
-    async def _serve(self, conn, request: wire.AdminRequest) -> None:
+    async def _serve(self, conn: ClientConn, request: wire.AdminRequest) -> None:
         node = self.node
         try:
             handler = getattr(self, "_" + request.op)
@@ -170,7 +179,7 @@ class Members:
                 result = await self._once(request, handler)
             else:
                 result = await handler(request)
-            reply = wire.OkReply(id=request.id, result=result)
+            reply: wire.OkReply | wire.ErrorReply = wire.OkReply(id=request.id, result=result)
         except AdminError as exc:
             reply = wire.ErrorReply(id=request.id, code=exc.code, message=str(exc),
                                     leader=node._leader_hint() if exc.code == wire.NOT_LEADER else None)
@@ -178,7 +187,7 @@ class Members:
         conn.reply(reply)
         node._send_replies()
 
-    async def _once(self, request: wire.AdminRequest, handler) -> dict:
+    async def _once(self, request: wire.AdminRequest, handler: _Handler) -> dict[str, Any]:
         """Run change request ``request`` unless it repeats one (see the module docstring): a repeat of
         a request still running gets its outcome; a repeat of one that took effect, with no change
         since and within ``REPEAT_WINDOW_SECONDS``, gets success."""
@@ -211,13 +220,13 @@ class Members:
             outcome.finished_at = trio.current_time()
             outcome.done.set()
 
-    async def _call(self, fn):
+    async def _call(self, fn: Callable[[], _T]) -> _T:
         call = CoreCall(fn)
         self.node._post_event(call)
         await call.done.wait()
         if call.error is not None:
             raise call.error
-        return call.result
+        return cast(_T, call.result)  # what fn returned, run in the driver
 
     def _require_leader(self) -> None:
         node = self.node
@@ -226,10 +235,10 @@ class Members:
         if not node.replica.is_leader:
             raise AdminError("not the leader", wire.NOT_LEADER)
 
-    async def _member_list(self, request) -> dict:
+    async def _member_list(self, request: wire.AdminRequest) -> dict[str, Any]:
         return self.describe()
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """The members as this node knows them: the newest configuration and, on the leader, how far
         each peer has decided."""
         replica = self.node.replica
@@ -267,7 +276,7 @@ class Members:
         return Config(node_ids=config.node_ids, learners=config.learners, epoch=config.epoch,
                       alpha=config.alpha, addresses=addresses, incarnations=incarnations)
 
-    async def _change(self, build) -> dict:
+    async def _change(self, build: Callable[[Config], Config]) -> dict[str, Any]:
         """Build a new configuration from the newest one, propose it and wait until it governs."""
         self._require_leader()
         replica = self.node.replica
@@ -299,7 +308,7 @@ class Members:
                 await trio.sleep(POLL_SECONDS)
         return self.describe()
 
-    async def _member_add(self, request) -> dict:
+    async def _member_add(self, request: wire.AdminRequest) -> dict[str, Any]:
         if request.node < 1:
             raise AdminError("member add needs a node id >= 1")
         try:
@@ -312,7 +321,7 @@ class Members:
                 raise AdminError(f"address {address} belongs to node {member} already")
         return await self._change(lambda base: base.add_learner(request.node, address))
 
-    async def _member_promote(self, request) -> dict:
+    async def _member_promote(self, request: wire.AdminRequest) -> dict[str, Any]:
         self._require_leader()
         node = self.node
         replica = node.replica
@@ -340,10 +349,10 @@ class Members:
 
         return await self._change(build)
 
-    async def _member_remove(self, request) -> dict:
+    async def _member_remove(self, request: wire.AdminRequest) -> dict[str, Any]:
         return await self._change(lambda base: base.remove(request.node))
 
-    async def _move_leader(self, request) -> dict:
+    async def _move_leader(self, request: wire.AdminRequest) -> dict[str, Any]:
         self._require_leader()
         node = self.node
         target = request.node
@@ -366,7 +375,7 @@ class Members:
     # -----------------------------------------------------------------------------------------------
     # backups (kv snapshot save): served by kvstore.backup
 
-    def backup(self, conn, request: wire.BackupRequest) -> None:
+    def backup(self, conn: ClientConn, request: wire.BackupRequest) -> None:
         """A ``BackupRequest``: begin a backup on the leader or hand out its next piece, in a task."""
         service = getattr(self, "_backups", None)
         if service is None:
@@ -376,7 +385,7 @@ class Members:
         service.handle(conn, request)
 
 
-def _parse_addresses(config: Config) -> dict:
+def _parse_addresses(config: Config) -> dict[int, tuple[str, int]]:
     out = {}
     for member, text in config.addresses.items():
         try:
@@ -386,13 +395,13 @@ def _parse_addresses(config: Config) -> dict:
     return out
 
 
-def _address_of(node, member: int) -> str | None:
+def _address_of(node: Node, member: int) -> str | None:
     found = node.peers.get(member)
     return format_endpoint(*found) if found is not None else None
 
 
 async def fetch_join_config(node_id: int, incarnation: str | None, endpoints: list[str], cluster_id: str,
-                            transport=None, *, timeout: float = 30.0) -> Config:
+                            transport: Transport | None = None, *, timeout: float = 30.0) -> Config:
     """``kv serve --join``: the newest configuration, from a member that answers. Raises ``JoinError``
     when this node may not join (not added, another incarnation, another cluster).
 

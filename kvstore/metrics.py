@@ -23,12 +23,23 @@ Rules: the collector only reads the node; it never feeds the core or waits. A sc
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 
 from . import httpserve, wire
+
+if TYPE_CHECKING:
+    from .server import Node
 
 __all__ = ["Buckets", "NodeCollector", "serve_metrics", "request_op", "metrics_text", "FSYNC_SECONDS_BOUNDS",
            "SLOT_COMMANDS_BOUNDS", "OUTCOME_OF_CODE", "DISK_STATES"]
@@ -50,7 +61,7 @@ OUTCOME_OF_CODE = {wire.NOT_LEADER: "not_leader", wire.TIMEOUT: "timeout", wire.
                    wire.BAD_REQUEST: "error"}
 
 
-def request_op(request) -> str:
+def request_op(request: object) -> str:
     """The ``op`` label of a client request: put, delete, cas, get, range, status (else other)."""
     return _OPS.get(type(request), "other")
 
@@ -64,7 +75,7 @@ class Buckets:
 
     __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self, bounds) -> None:
+    def __init__(self, bounds: Iterable[float]) -> None:
         self.bounds = tuple(bounds)
         self.counts = [0] * (len(self.bounds) + 1)
         self.sum = 0.0
@@ -95,15 +106,15 @@ def _le(bound: float) -> str:
 class NodeCollector:
     """Reads a ``kvstore.server.Node`` into Prometheus metric families at each scrape."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         node = self.node
         status = node.status()
         node_label = str(node.node_id)
 
-        def gauge(name: str, documentation: str, value) -> GaugeMetricFamily:
+        def gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, documentation, value=float(value or 0))
 
         info = GaugeMetricFamily("kv_node_info", "This node: its id, engine, cluster id and incarnation (always 1)",
@@ -181,13 +192,14 @@ def metrics_text(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def make_registry(node) -> CollectorRegistry:
+def make_registry(node: Node) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))
     return registry
 
 
-async def serve_metrics(node, address: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_metrics(node: Node, address: str, *,
+                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``node``'s metrics at ``http://ADDRESS/metrics`` until cancelled (``task_status.started(port)``)."""
     registry = make_registry(node)
 

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from paxos.messages import Message
+
 from . import identity, tls, wire
 from .netio import Outbox
 from .storage import StorageError
@@ -129,11 +131,11 @@ class PeerLinks:
     # -----------------------------------------------------------------------------------------------
     # outgoing
 
-    def send_now(self, sends: Sequence[tuple[int, object]]) -> None:
+    def send_now(self, sends: Sequence[tuple[int, Message]]) -> None:
         """Send ``(to, message)`` pairs: one frame per peer (split if huge), written at once."""
         if not sends or self.stopped:
             return
-        per_peer: dict[int, list[object]] = {}
+        per_peer: dict[int, list[Message]] = {}
         for to, message in sends:
             msgs = per_peer.get(to)
             if msgs is None:
@@ -153,7 +155,7 @@ class PeerLinks:
                 if not outbox.write(frame):
                     self.counters["peer_queue_full_drops"] += 1
 
-    def encode_frames(self, to: int, msgs: list[object]) -> list[bytes]:
+    def encode_frames(self, to: int, msgs: list[Message]) -> list[bytes]:
         """The frames for ``msgs`` to peer ``to``: one, or one per message if that is too large (a
         message too large alone is dropped, counted and logged)."""
         try:

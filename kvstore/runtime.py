@@ -7,6 +7,7 @@ server calls it after each snapshot, whose short-lived buffers would otherwise s
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 
 # CPython runs a young-generation collection every 700 net allocations by default. A server or load
 # generator allocates a few hundred short-lived objects per request (frames, messages, results), all
@@ -23,7 +24,7 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def _load_malloc_trim():
+def _load_malloc_trim() -> Callable[[int], int] | None:
     try:
         import ctypes
         import ctypes.util

@@ -64,14 +64,17 @@ import random
 import signal
 import socket
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, TypeVar, cast
 
 import trio
 
 from paxos import messages as pm
+from paxos.actions import Actions
 from paxos.classic import ClassicReplica
-from paxos.membership import ConfigSchedule
+from paxos.membership import ConfigSchedule, ScheduleEntry
 from paxos.replica import Config, Options, Replica
 
 from . import acl, commands, identity, metrics, runtime, tls, wire
@@ -120,6 +123,8 @@ IDLE_SWEEP_SECONDS = 1.0
 ENGINES = ("core", "classic")
 
 # The names of options before their units were part of them: ServerOptions still takes and gives them.
+_C = TypeVar("_C")
+
 _OLD_OPTION_NAMES = {
     "request_timeout": "request_timeout_seconds",
     "idle_client_timeout": "idle_client_timeout_seconds",
@@ -127,11 +132,23 @@ _OLD_OPTION_NAMES = {
 }
 
 
-def _accepting_old_names(cls):
+def _old_name_of(new: str) -> property:
+    """A property under an old option name that reads and writes the option ``new``."""
+
+    def get(self: object) -> Any:
+        return getattr(self, new)
+
+    def set_(self: object, value: Any) -> None:
+        setattr(self, new, value)
+
+    return property(get, set_, doc=f"The old name of ``{new}``.")
+
+
+def _accepting_old_names(cls: type[_C]) -> type[_C]:
     """Let ``cls`` (ServerOptions) take and give its options under their ``_OLD_OPTION_NAMES`` too."""
     init = cls.__init__
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         for old, new in _OLD_OPTION_NAMES.items():
             if old in kwargs:
                 if new in kwargs:
@@ -140,11 +157,10 @@ def _accepting_old_names(cls):
         init(self, *args, **kwargs)
 
     __init__.__doc__ = init.__doc__
-    cls.__init__ = __init__
+    # Wraps the __init__ the dataclass generated; mypy allows no assignment to a method.
+    cls.__init__ = __init__  # type: ignore[method-assign]
     for old, new in _OLD_OPTION_NAMES.items():
-        setattr(cls, old, property(lambda self, new=new: getattr(self, new),
-                                   lambda self, value, new=new: setattr(self, new, value),
-                                   doc=f"The old name of ``{new}``."))
+        setattr(cls, old, _old_name_of(new))
     return cls
 
 
@@ -215,14 +231,22 @@ class ServerOptions:
             raise ValueError("access rules (acl) name client certificates: they need TLS (cacert, cert, key)")
 
 
+class Transport(Protocol):
+    """How a node reaches the network (``TcpTransport``, ``kvstore.tls.TlsTransport``, tests' in-memory one)."""
+
+    async def connect(self, host: str, port: int) -> trio.abc.Stream: ...
+
+    async def open_listeners(self, host: str, port: int) -> list[trio.abc.Listener[trio.abc.Stream]]: ...
+
+
 class TcpTransport:
     """How a node reaches the network: TCP here; tests substitute in-memory streams."""
 
-    async def connect(self, host: str, port: int):
+    async def connect(self, host: str, port: int) -> trio.abc.Stream:
         return await trio.open_tcp_stream(host, port)
 
-    async def open_listeners(self, host: str, port: int) -> list:
-        return await trio.open_tcp_listeners(port, host=host)
+    async def open_listeners(self, host: str, port: int) -> list[trio.abc.Listener[trio.abc.Stream]]:
+        return list(await trio.open_tcp_listeners(port, host=host))
 
 
 class Node:
@@ -235,11 +259,11 @@ class Node:
         self,
         node_id: int,
         peers: dict[int, tuple[str, int]],
-        data_dir: str | os.PathLike,
+        data_dir: str | os.PathLike[str],
         options: ServerOptions | None = None,
         *,
         listener_socket: socket.socket | None = None,
-        transport: TcpTransport | None = None,
+        transport: Transport | None = None,
         join: list[str] | None = None,
     ) -> None:
         self.node_id = node_id
@@ -273,7 +297,8 @@ class Node:
         if found is not None:
             snapshot_slot, file, length = found
             with file:
-                sm = StateMachine.restore_stream(file, length)  # decoded from the file as it goes
+                # decoded from the file as it goes; its checksum was verified when the storage opened
+                sm = StateMachine.restore_stream(file, length, checked_file=True)
             self.storage.release_snapshot()
             if sm.changes:
                 self.storage.recovered.configs = self.schedule_for(sm, snapshot_slot)
@@ -340,12 +365,12 @@ class Node:
     # A test hook: tests/kvstore/test_node_disk.py counts the calls of ``node._encode_peer_frames`` (every
     # Paxos frame to a peer is made there) by replacing it on the node; it is PeerLinks.encode_frames.
     @property
-    def _encode_peer_frames(self):
+    def _encode_peer_frames(self) -> Callable[..., list[bytes]]:
         return self.peer_links.encode_frames
 
     @_encode_peer_frames.setter
-    def _encode_peer_frames(self, encode) -> None:
-        self.peer_links.encode_frames = encode
+    def _encode_peer_frames(self, encode: Callable[..., list[bytes]]) -> None:
+        self.peer_links.encode_frames = encode  # type: ignore[method-assign]  # the test hook, on this instance
 
     @property
     def storage_full(self) -> bool:
@@ -355,7 +380,7 @@ class Node:
     # -----------------------------------------------------------------------------------------------
     # life cycle
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Closes storage on the way out."""
         try:
             async with trio.open_nursery() as nursery:
@@ -372,7 +397,7 @@ class Node:
                 log.info("node %d serving on port %d, data dir %s", self.node_id, self.listen_port, self.data_dir)
                 if self.storage.members is None:
                     if self.join:
-                        await self._join()
+                        await self._join(self.join)
                     else:
                         await self._found()
                 elif self.storage.bootstrap_config is None:
@@ -392,7 +417,7 @@ class Node:
         (``identity.IdentityError``) if the cluster started without this incarnation."""
         incarnation = self.storage.incarnation
 
-        async def status_of(peer: int) -> dict | None:
+        async def status_of(peer: int) -> dict[str, Any] | None:
             from .client import KVError, connect  # the client library, to ask a peer as any client would
 
             endpoint = format_endpoint(*self.peers[peer])
@@ -412,16 +437,18 @@ class Node:
         except identity.IdentityError as exc:
             log.critical("node %d: %s", self.node_id, exc)
             raise
-        self.storage.record_members(founding.members, config=self.bootstrap_config.to_dict())
+        members = founding.members
+        assert members is not None  # wait_founding returns only a founding with its members
+        self.storage.record_members(members, config=self.bootstrap_config.to_dict())
         log.info("node %d (incarnation %s): %s; members %s", self.node_id, incarnation, founding.how,
-                 ", ".join(f"{k}={v}" for k, v in sorted(founding.members.items())))
+                 ", ".join(f"{k}={v}" for k, v in sorted(members.items())))
 
-    async def _join(self) -> None:
+    async def _join(self, endpoints: list[str]) -> None:
         """kv serve --join: an empty directory for a member added with ``kv member add``. Take the newest
         configuration from a member and start from it (``kvstore.members``); snapshots and the log
         follow as for any node that lags."""
         try:
-            config = await fetch_join_config(self.node_id, self.storage.incarnation, self.join,
+            config = await fetch_join_config(self.node_id, self.storage.incarnation, endpoints,
                                              self.options.cluster_id, self.transport)
         except JoinError as exc:
             log.critical("node %d: %s", self.node_id, exc)
@@ -434,7 +461,7 @@ class Node:
         log.info("node %d (incarnation %s) joined the cluster as a %s at configuration epoch %d",
                  self.node_id, self.storage.incarnation, config.role(self.node_id), config.epoch)
 
-    def schedule_for(self, sm: StateMachine, slot: int) -> tuple:
+    def schedule_for(self, sm: StateMachine, slot: int) -> tuple[ScheduleEntry, ...]:
         """The core's configuration schedule for a snapshot at ``slot`` of ``sm``: our bootstrap
         configuration and the changes the snapshot carries (``DurableState.configs``)."""
         schedule = ConfigSchedule.initial(self.bootstrap_config)
@@ -442,7 +469,7 @@ class Node:
             schedule.apply(source, command)
         return schedule.through(slot)
 
-    async def _open_listeners(self) -> list:
+    async def _open_listeners(self) -> list[trio.abc.Listener[trio.abc.Stream]]:
         if self._listener_socket is not None:
             sock = trio.socket.from_stdlib_socket(self._listener_socket)
             wrap = getattr(self.transport, "wrap_listener", None)  # TLS: no plaintext listener, ever
@@ -566,7 +593,7 @@ class Node:
         for _ in range(count):
             replica.tick()
 
-    def _feed(self, event) -> None:
+    def _feed(self, event: object) -> None:
         """Give one proposal, peer message or read to the core (no waiting: see ``_post``)."""
         match event:
             case Proposal():
@@ -578,7 +605,7 @@ class Node:
             case CoreCall():
                 event.run()  # an admin request's step (kvstore.members)
             case _:
-                self.replica.receive(event)  # a Paxos message (kvstore.peers posts nothing else)
+                self.replica.receive(cast(pm.Message, event))  # a Paxos message (kvstore.peers posts nothing else)
 
     def _now(self) -> float:
         """When the events being fed were taken, for the deadlines of requests: the clock is read once per
@@ -625,11 +652,11 @@ class Node:
         if not self.snapshots.busy and not self._fenced and learner.snapshot_due():
             self.snapshots.start()
 
-    def _post_event(self, event) -> None:
+    def _post_event(self, event: object) -> None:
         self._driver_idle = False  # the driver has something to do (it may not have woken up yet)
         self._events_send.send_nowait(event)
 
-    def _post(self, events: list) -> None:
+    def _post(self, events: list[object]) -> None:
         """A reader hands over what it read: to the driver, or, when the node is quiet, to the core at once.
 
         Quiet means the driver is waiting with nothing queued, its last batch was tiny and nothing is
@@ -656,7 +683,7 @@ class Node:
     # -----------------------------------------------------------------------------------------------
     # the contract: persist, then send, then apply
 
-    def _stage(self, actions) -> None:
+    def _stage(self, actions: Actions) -> None:
         """Carry out one batch of actions: write its records, then (once they are durable, here or in
         the committer: ``GroupCommit.stage``) send, apply and answer (``_carry_out``).
 
@@ -680,7 +707,7 @@ class Node:
         if durable_now:
             self._carry_out(actions)
 
-    def _carry_out(self, actions) -> None:
+    def _carry_out(self, actions: Actions) -> None:
         """Steps 2-4 of the contract for one batch whose records are durable (inline, or the committer)."""
         # 2. send (early Accepts left already: they are in send_early). A Decide only tells followers what to
         # apply, so it waits until our clients have their answers: each send is a system call, and
@@ -695,7 +722,7 @@ class Node:
             self._send_replies()
             self.peer_links.send_now(decides)
 
-    def _finish(self, actions) -> None:
+    def _finish(self, actions: Actions) -> None:
         """Steps 3-4 of the contract: apply, answer reads, fail what was dropped, offer snapshots."""
         learner = self.learner
         # 3. apply decided commands (in order, after any backlog), answer the waiting writers
@@ -715,7 +742,7 @@ class Node:
     # -----------------------------------------------------------------------------------------------
     # the fence: a disk that failed silences the node
 
-    def _refuse_while_fenced(self, batch) -> None:
+    def _refuse_while_fenced(self, batch: list[object]) -> None:
         """A fenced node (its disk is read-only or failed): the core is frozen (its memory may be ahead
         of the disk, so it must not speak), writes and linearizable reads are refused, ticks and peer
         messages are dropped; serializable reads and status still work (see ClientLinks._route)."""
@@ -727,7 +754,7 @@ class Node:
                     case Read():
                         event.conn.reply(self._disk_reply(event.request.id))
 
-    def _disk_reply(self, wire_id, *, write_sent: bool = False) -> wire.ErrorReply:
+    def _disk_reply(self, wire_id: int, *, write_sent: bool = False) -> wire.ErrorReply:
         """The answer to a request this node cannot serve because of its disk."""
         if self.disk_state == DISK_READ_ONLY:
             return wire.ErrorReply(id=wire_id, code=wire.STORAGE_FULL, leader=None,
@@ -787,7 +814,7 @@ class Node:
             return format_endpoint(*self.peers[leader])
         return None
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         core = self.replica.status()
         host, port = self.peers[self.node_id]
         learner = self.learner

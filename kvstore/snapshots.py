@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -47,6 +49,10 @@ from .events import SnapshotAdoptable, SnapshotReceived, SnapshotRestored, Snaps
 from .learners import standby_of
 from .statemachine import StateMachine
 from .storage import StorageError
+
+if TYPE_CHECKING:
+    from .server import Node
+    from .statemachine import FrozenState
 
 __all__ = ["Snapshots", "SNAPSHOT_CHUNK_BYTES", "SNAPSHOT_PIECE_ENTRIES", "SNAPSHOT_PARCEL_SECONDS"]
 
@@ -67,7 +73,7 @@ SNAPSHOT_PARCEL_SECONDS = 0.003
 class Snapshots:
     """The snapshots of node ``node`` (a ``kvstore.server.Node``); see the module docstring."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.busy = False  # a snapshot file is being written or taken (see the module docstring)
         self.write_ms = 0  # how long the last snapshot took to write (or to restore and write)
@@ -89,7 +95,7 @@ class Snapshots:
         self.busy = True
         node.nursery.start_soon(self._write_file, slot, learner.sm.freeze())
 
-    async def _write_file(self, slot: int, frozen) -> None:
+    async def _write_file(self, slot: int, frozen: FrozenState) -> None:
         started = time.perf_counter()
         chunks = frozen.chunks(SNAPSHOT_PIECE_ENTRIES)
 
@@ -102,7 +108,7 @@ class Snapshots:
                     break
             return b"".join(parts) if parts else None
 
-        def pieces():  # in the worker thread: each parcel is encoded in the trio thread
+        def pieces() -> Iterator[bytes]:  # in the worker thread: each parcel is encoded in the trio thread
             while (piece := trio.from_thread.run_sync(parcel)) is not None:
                 yield piece
 
@@ -150,7 +156,7 @@ class Snapshots:
     # -----------------------------------------------------------------------------------------------
     # sending and receiving
 
-    def send_soon(self, peer_ids) -> None:
+    def send_soon(self, peer_ids: Iterable[int]) -> None:
         """Send our newest snapshot to each of ``peer_ids``, in a task of its own: the file is read and
         framed once for all, in a worker thread (a million keys are ~130 MB: reading and framing them in
         the driver stalled every write for as long). A peer gets the *same* snapshot again only
@@ -168,7 +174,7 @@ class Snapshots:
         self._sending.update(peer_ids)
         node.nursery.start_soon(self._send, peer_ids, slot)
 
-    async def _send(self, peer_ids: list, slot: int) -> None:
+    async def _send(self, peer_ids: list[int], slot: int) -> None:
         node = self.node
         try:
             try:

@@ -181,12 +181,13 @@ import random
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, Literal, overload
 
 import cbor2
 
-from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
+from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord, Record
 from paxos.ballot import Ballot
 
 from . import failpoints
@@ -265,7 +266,7 @@ def log_file_name(slot: int) -> str:
 # Record encoding
 
 
-def _value_item(value: tuple) -> tuple:
+def _value_item(value: tuple[bytes, ...]) -> tuple[bytes, ...]:
     # Checked on the way in: a record we cannot decode later would look like corruption and stop
     # the node from starting, so a caller bug must fail here, loudly.
     for command in value:
@@ -280,17 +281,16 @@ def _slot_item(slot: int) -> int:
     return slot
 
 
-def _ballot_item(ballot: Ballot) -> list:
+def _ballot_item(ballot: Ballot) -> list[int]:
     return [ballot.number, ballot.node_id]
 
 
-def _record_item(record: object) -> list:
-    kind = type(record)
-    if kind is AcceptRecord:
+def _record_item(record: object) -> list[object]:
+    if isinstance(record, AcceptRecord):
         return [_TAG_ACCEPT, _slot_item(record.slot), _ballot_item(record.ballot), _value_item(record.value)]
-    if kind is DecideRecord:
+    if isinstance(record, DecideRecord):
         return [_TAG_DECIDE, _slot_item(record.slot), _value_item(record.value)]
-    if kind is PromiseRecord:
+    if isinstance(record, PromiseRecord):
         return [_TAG_PROMISE, _ballot_item(record.ballot)]
     raise TypeError(f"not a durable record: {record!r}")
 
@@ -311,7 +311,7 @@ def encode_records(records: Iterable[object]) -> bytes:
         ends.append(tell())
     pack = RECORD_HEADER.pack
     crc32 = zlib.crc32
-    parts: list = []
+    parts: list[bytes | memoryview] = []
     with stream.getbuffer() as body:
         start = 0
         for end in ends:
@@ -383,7 +383,7 @@ def _decode_slot(item: object) -> int:
     return item
 
 
-def _decode_value(item: object) -> tuple:
+def _decode_value(item: object) -> tuple[bytes, ...]:
     if type(item) is not list:
         raise _BadRecord(f"value is not an array: {item!r}")
     for command in item:
@@ -404,7 +404,7 @@ def _decode_mark(payload: bytes) -> _SyncMark:
     raise _BadRecord(f"not a sync mark: {payload!r}")
 
 
-def _decode_payload(payload: bytes) -> object:
+def _decode_payload(payload: bytes) -> Record:
     """One Paxos record from its CBOR payload; ``_BadRecord`` if the bytes are not exactly one record
     (a sync mark included: ``_record_at`` decodes those with ``_decode_mark``)."""
     stream = io.BytesIO(payload)
@@ -431,7 +431,7 @@ _HEADER_BYTES = RECORD_HEADER.size
 _unpack_header = RECORD_HEADER.unpack_from
 
 
-def _record_at(buf: bytes, offset: int) -> tuple[object, int] | str:
+def _record_at(buf: bytes, offset: int) -> tuple[Record | _SyncMark, int] | str:
     """The record starting at ``offset`` and the offset after it, or a reason why there is none.
 
     A sync mark comes back as ``_SyncMark``. (Recovery runs this once per record: module-level
@@ -499,8 +499,8 @@ class LogScan:
     __slots__ = ("records", "good_bytes", "bad_reason", "resync_offset", "zero_tail", "marked_end",
                  "dropped_records")
 
-    def __init__(self, records: list, good_bytes: int, bad_reason: str | None, resync_offset: int | None,
-                 zero_tail: int = 0, marked_end: int | None = None, dropped_records: int = 0):
+    def __init__(self, records: list[Record], good_bytes: int, bad_reason: str | None, resync_offset: int | None,
+                 zero_tail: int = 0, marked_end: int | None = None, dropped_records: int = 0) -> None:
         self.records = records
         self.good_bytes = good_bytes
         self.bad_reason = bad_reason
@@ -520,7 +520,7 @@ class LogScan:
 
 def decode_log(buf: bytes) -> LogScan:
     """Parse a whole log file's bytes; see the module docstring for the torn-tail rule."""
-    records: list = []
+    records: list[Record] = []
     append = records.append
     marked_end: int | None = None
     offset = 0
@@ -531,7 +531,7 @@ def decode_log(buf: bytes) -> LogScan:
             reason = found
             break
         record, after = found
-        if type(record) is _SyncMark:
+        if isinstance(record, _SyncMark):
             if _believed(record, offset) and (marked_end is None or record.durable_end > marked_end):
                 marked_end = record.durable_end
         else:
@@ -599,7 +599,11 @@ class _DirOpenError(OSError):
     pass
 
 
-def _check_snapshot(path: Path, slot: int, *, keep: bool = False):
+@overload
+def _check_snapshot(path: Path, slot: int, *, keep: Literal[False] = False) -> int: ...
+@overload
+def _check_snapshot(path: Path, slot: int, *, keep: Literal[True]) -> bytes: ...
+def _check_snapshot(path: Path, slot: int, *, keep: bool = False) -> int | bytes:
     """Check a renamed snapshot file (header and checksum), reading it in 1 MiB pieces; return the
     length of its state machine bytes, which follow the header (``keep``: return those bytes instead).
     ``StorageError`` if it is damaged.
@@ -670,7 +674,7 @@ class Storage:
         # Identity (kvstore.identity), from meta.json: this directory's incarnation, the members'
         # incarnations once the cluster is founded (None before), and whether the directory predates
         # incarnations (it got one at this open and records members as they say Hello).
-        self._meta: dict = {}
+        self._meta: dict[str, Any] = {}
         self.incarnation = ""
         self.members: dict[int, str] | None = None
         self.identity_legacy = False
@@ -860,7 +864,7 @@ class Storage:
         text = json.dumps(self._meta, sort_keys=True).encode() + b"\n"
         self._write_file_atomically(META_NAME, text, None, None)
 
-    def record_members(self, members: dict[int, str], config: dict | None = None) -> None:
+    def record_members(self, members: dict[int, str], config: dict[str, Any] | None = None) -> None:
         """Record the members' incarnations (``kvstore.identity``) durably in meta.json: at founding,
         and as a directory older than incarnations learns its peers. With ``config``, also the
         configuration this directory starts from (``paxos.membership.Config.to_dict()``: the bootstrap
@@ -874,7 +878,7 @@ class Storage:
         self.members = dict(members)
 
     @property
-    def bootstrap_config(self) -> dict | None:
+    def bootstrap_config(self) -> dict[str, Any] | None:
         """The configuration recorded by ``record_members(..., config=...)``, or None."""
         config = self._meta.get("config")
         return config if isinstance(config, dict) else None
@@ -957,7 +961,7 @@ class Storage:
             self.failure = f"{what} failed ({exc}); {_WHAT_TO_DO}"
         return DiskFailed(self.failure)
 
-    def _fsync(self, fd: int, what: str, point: str, call) -> None:
+    def _fsync(self, fd: int, what: str, point: str, call: Callable[[int], None]) -> None:
         """``call(fd)`` (an fsync or fdatasync) after the failpoints ``fsync`` and ``point``; any
         ``OSError`` breaks the Storage (``DiskFailed``, naming ``what``)."""
         try:
@@ -995,7 +999,8 @@ class Storage:
                 raise OSError(errno.EIO, f"write returned {count}")
             written += count
 
-    def _write_file_atomically(self, name: str, data, before: str | None, after: str | None) -> None:
+    def _write_file_atomically(self, name: str, data: bytes | Callable[[int], None], before: str | None,
+                               after: str | None) -> None:
         """Write ``name`` by temp file, fsync, rename, fsync dir; failpoints around the rename.
 
         ``data`` is the file's bytes, or a function that writes them to the descriptor it is given.
@@ -1190,7 +1195,7 @@ class Storage:
         """Forget the snapshot found at open (the caller has restored its state machine from it)."""
         self._found_snapshot = None
 
-    def append(self, records: list) -> None:
+    def append(self, records: Iterable[object]) -> None:
         """Encode ``records`` and buffer them; nothing is written until ``sync``.
 
         Raises ``TypeError`` for something that is not a well-formed ``paxos.actions`` record (before
@@ -1339,7 +1344,7 @@ class Storage:
         self.write_snapshot_file(slot, data)
         self.compact_log(slot, state)
 
-    def write_snapshot_file(self, slot: int, pieces) -> None:
+    def write_snapshot_file(self, slot: int, pieces: bytes | bytearray | memoryview | Iterable[bytes]) -> None:
         """Step 2 of ``write_snapshot`` on its own, streamed: write the snapshot through ``slot`` from
         ``pieces`` (bytes, or an iterable of bytes pieces, e.g. ``StateMachine.snapshot_chunks()``),
         fsync, rename into place, fsync the directory.

@@ -37,11 +37,16 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import commands, failpoints, wire
 from .metrics import OUTCOME_OF_CODE, request_op
 from .statemachine import STALE_REQUEST
+
+if TYPE_CHECKING:
+    from .events import Proposal
+    from .statemachine import StateMachine
 
 __all__ = ["Waiters", "reply_result", "read_reply", "not_leader_reply", "OWN_COMMANDS_MAX", "EXPIRY_SCAN_SECONDS"]
 
@@ -51,13 +56,25 @@ OWN_COMMANDS_MAX = 100_000
 EXPIRY_SCAN_SECONDS = 0.1
 
 
-def not_leader_reply(wire_id, leader_hint: str | None) -> wire.ErrorReply:
+class Replier(Protocol):
+    """Where a request's answer goes: a ``kvstore.clients.ClientConn`` (or a stand-in for one)."""
+
+    def reply(self, message: object) -> None: ...
+
+    def reply_frame(self, frame: bytes) -> None: ...
+
+
+ReadRequest = wire.GetRequest | wire.ListRequest
+DiskReply = Callable[..., wire.ErrorReply]  # Node._disk_reply: (wire_id, *, write_sent=False)
+
+
+def not_leader_reply(wire_id: int | None, leader_hint: str | None) -> wire.ErrorReply:
     """The answer to a request that only the leader serves; ``leader_hint`` is its HOST:PORT if known."""
     return wire.ErrorReply(id=wire_id, code=wire.NOT_LEADER, message="this node is not the leader",
                            leader=leader_hint)
 
 
-def reply_result(conn, wire_id: int, result: dict) -> str:
+def reply_result(conn: Replier, wire_id: int, result: dict[str, Any]) -> str:
     """Answer a write with the state machine's result for it; returns the outcome (ok, stale, error)."""
     failpoints.hit("before_reply")  # a test can crash the node after apply, before the client hears
     error = result.get("error")
@@ -76,12 +93,12 @@ def reply_result(conn, wire_id: int, result: dict) -> str:
     return "ok"
 
 
-def read_reply(sm, request) -> wire.OkReply:
+def read_reply(sm: StateMachine, request: ReadRequest) -> wire.OkReply:
     """The answer to a ``GetRequest`` or ``ListRequest`` from the state machine ``sm`` as it is now."""
     if isinstance(request, wire.GetRequest):
         entry = sm.get(request.key)
         if entry is None:
-            result = {"found": False, "rev": sm.revision}
+            result: dict[str, Any] = {"found": False, "rev": sm.revision}
         else:
             result = {"found": True, "value": entry.value, "ver": entry.version,
                       "mrev": entry.mod_revision, "rev": sm.revision}
@@ -89,6 +106,7 @@ def read_reply(sm, request) -> wire.OkReply:
     entries = sm.range(request.prefix)
     if request.limit:
         entries = entries[: request.limit]
+    items: list[list[str | bytes]]
     if request.keys_only:
         items = [[e.key] for e in entries]
     else:
@@ -99,27 +117,30 @@ def read_reply(sm, request) -> wire.OkReply:
 class Waiters:
     """The requests waiting on one node (see the module docstring)."""
 
-    def __init__(self, request_timeout_seconds: float, leader_hint: Callable[[], str | None], counters) -> None:
+    def __init__(self, request_timeout_seconds: float, leader_hint: Callable[[], str | None],
+                 counters: dict[str, int]) -> None:
         self.timeout_seconds = request_timeout_seconds
         self._leader_hint = leader_hint  # the leader's HOST:PORT for not_leader answers, None if unknown
         self._counters = counters
         # request key (client_id, request_id) -> [(conn, wire_id, deadline, op), ...]
-        self.writes: dict[tuple[bytes, int], list] = defaultdict(list)
-        self.own_commands: dict[bytes, object] = {}  # command bytes -> commands.Command, proposed here
-        self.reads: dict[int, tuple] = {}  # read id -> (conn, request, deadline)
+        self.writes: dict[tuple[bytes, int], list[tuple[Replier, int, float, str]]] = defaultdict(list)
+        self.own_commands: dict[bytes, commands.Command] = {}  # command bytes -> the Command, proposed here
+        self.reads: dict[int, tuple[Replier, ReadRequest, float]] = {}  # read id -> (conn, request, deadline)
         self.deferred_reads: list[tuple[int, int]] = []  # (slot, read_id): confirmed, waiting for applies
-        self.local_reads: list[tuple] = []  # (slot, conn, request): serializable, waiting for applies
+        # (slot, conn, request): serializable, waiting for applies
+        self.local_reads: list[tuple[int, Replier, ReadRequest]] = []
         self._read_ids = itertools.count(1)
         self._next_expiry_scan = 0.0
-        self.requests: defaultdict = defaultdict(int)  # (op, outcome) -> answers (see the module docstring)
+        # (op, outcome) -> answers (see the module docstring)
+        self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
 
-    def not_leader(self, wire_id) -> wire.ErrorReply:
+    def not_leader(self, wire_id: int | None) -> wire.ErrorReply:
         return not_leader_reply(wire_id, self._leader_hint())
 
     # -----------------------------------------------------------------------------------------------
     # writes
 
-    def add_write(self, proposal, now: float) -> None:
+    def add_write(self, proposal: Proposal, now: float) -> None:
         """``proposal`` (an ``events.Proposal``) was accepted by the core: wait for its command's apply."""
         own = self.own_commands
         if len(own) >= OWN_COMMANDS_MAX:
@@ -128,7 +149,7 @@ class Waiters:
         self.writes[proposal.request_key].append(
             (proposal.conn, proposal.wire_id, now + self.timeout_seconds, proposal.decoded.op))
 
-    def fail_dropped_proposals(self, dropped) -> None:
+    def fail_dropped_proposals(self, dropped: Iterable[bytes]) -> None:
         """The core dropped these proposals (command bytes; leadership was lost before they got a slot):
         ``not_leader``, so that their clients retry on the leader with the same request id."""
         own = self.own_commands
@@ -148,11 +169,11 @@ class Waiters:
     def new_read_id(self) -> int:
         return next(self._read_ids)
 
-    def add_read(self, read_id: int, conn, request, now: float) -> None:
+    def add_read(self, read_id: int, conn: Replier, request: ReadRequest, now: float) -> None:
         """The core took linearizable read ``read_id``: wait for its confirmation (``answer_confirmed``)."""
         self.reads[read_id] = (conn, request, now + self.timeout_seconds)
 
-    def answer_confirmed(self, confirmed, applied_slot: int, sm) -> None:
+    def answer_confirmed(self, confirmed: Iterable[tuple[int, int]], applied_slot: int, sm: StateMachine) -> None:
         """The core confirmed these ``(read_id, slot)`` reads: answer those whose slot the state machine
         has applied, defer the others until it has (``answer_caught_up``)."""
         reads = self.reads
@@ -165,7 +186,7 @@ class Waiters:
                 self.requests[request_op(entry[1]), "ok"] += 1
                 entry[0].reply(read_reply(sm, entry[1]))
 
-    def reject(self, read_ids) -> None:
+    def reject(self, read_ids: Iterable[int]) -> None:
         """The core could not confirm these reads (leadership lost): ``not_leader``."""
         for read_id in read_ids:
             entry = self.reads.pop(read_id, None)
@@ -173,7 +194,7 @@ class Waiters:
                 self.requests[request_op(entry[1]), "not_leader"] += 1
                 entry[0].reply(self.not_leader(entry[1].id))
 
-    def add_local_read(self, slot: int, conn, request) -> None:
+    def add_local_read(self, slot: int, conn: Replier, request: ReadRequest) -> None:
         """A serializable read that must wait until the state machine has applied ``slot``."""
         self.local_reads.append((slot, conn, request))
 
@@ -181,7 +202,7 @@ class Waiters:
     def waiting_for_applies(self) -> bool:
         return bool(self.deferred_reads or self.local_reads)
 
-    def answer_caught_up(self, applied_slot: int, sm) -> None:
+    def answer_caught_up(self, applied_slot: int, sm: StateMachine) -> None:
         """Answer the reads that waited for applies up to ``applied_slot`` (``sm`` has applied them)."""
         if self.deferred_reads:
             later = []
@@ -195,14 +216,14 @@ class Waiters:
                     entry[0].reply(read_reply(sm, entry[1]))
             self.deferred_reads = later
         if self.local_reads:
-            later = []
+            later_local = []
             for item in self.local_reads:
                 if item[0] > applied_slot:
-                    later.append(item)
+                    later_local.append(item)
                 else:
                     self.requests[request_op(item[2]), "ok"] += 1
                     item[1].reply(read_reply(sm, item[2]))
-            self.local_reads = later
+            self.local_reads = later_local
 
     # -----------------------------------------------------------------------------------------------
     # deadlines and giving up
@@ -259,7 +280,7 @@ class Waiters:
                 entry[0].reply(self.not_leader(entry[1].id))
         self.deferred_reads = []
 
-    def fail_for_disk(self, disk_reply: Callable) -> None:
+    def fail_for_disk(self, disk_reply: DiskReply) -> None:
         """The node was fenced by its disk: every waiting write (``disk_reply(wire_id, write_sent=True)``)
         and linearizable read (``disk_reply(wire_id)``) is answered and forgotten. Serializable reads
         waiting for applies stay: the state machine holds what was decided before the failure."""

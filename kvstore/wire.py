@@ -44,7 +44,9 @@ an error instead of silently losing the second.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import cbor2
 
@@ -61,22 +63,23 @@ from paxos.messages import (
     DecidedEntry,
     Heartbeat,
     HeartbeatAck,
+    Message,
     Nack,
     Prepare,
     Promise,
 )
 
+if TYPE_CHECKING:
+    import trio
+
 from . import frames as _frames
 from .frames import (
     _CBOR_DEPTH_MAX,
     _HEADER,
-    FRAME_BYTES_MAX,
     HEADER_BYTES,
     ID_LIMIT,
     RECEIVE_CHUNK_BYTES,
     U64_LIMIT,
-    FrameTooLarge,
-    WireError,
     _check_result_map,
     cas_request,
     delete_request,
@@ -85,6 +88,11 @@ from .frames import (
     split_frames,
     status_request,
 )
+
+# "X as X": re-exported for the modules that use them as wire.X
+from .frames import FRAME_BYTES_MAX as FRAME_BYTES_MAX
+from .frames import FrameTooLarge as FrameTooLarge
+from .frames import WireError as WireError
 
 # The frame codec (limits, error codes, the two error families, the client request maps, split_frames)
 # lives in kvstore.frames, which a client imports without paxos (kvstore.oneshot). Re-exported here:
@@ -133,7 +141,7 @@ class Hello:
 class PaxosBatch:
     """Some ``paxos.messages`` messages from one node to the peer at the other end of the link."""
 
-    messages: tuple
+    messages: tuple[Message, ...]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -230,7 +238,7 @@ class OkReply:
     """Success: ``result`` is a map with str keys (see ``RESULT_DEPTH_MAX`` for what it may hold)."""
 
     id: int
-    result: dict
+    result: dict[str, Any]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -248,6 +256,9 @@ CLIENT_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest, GetRequest, ListR
 WRITE_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest)
 REPLY_TYPES = (OkReply, ErrorReply)
 PEER_MESSAGE_TYPES = (Hello, PaxosBatch, SnapshotChunk)
+# What decode_body returns: one of the types above.
+WireMessage = (PutRequest | DeleteRequest | CasRequest | GetRequest | ListRequest | StatusRequest | AdminRequest
+               | BackupRequest | OkReply | ErrorReply | Hello | PaxosBatch | SnapshotChunk)
 
 # ---------------------------------------------------------------------------------------------------
 # Paxos messages as positional arrays: [kind_code, sender, fields in declaration order...]
@@ -284,13 +295,13 @@ if tuple(KIND_CODES) != tuple(MESSAGE_TYPES) or list(KIND_CODES.values()) != lis
     raise ImportError("kvstore.wire kind codes no longer match paxos.messages.MESSAGE_TYPES")
 
 
-def _b(ballot: Ballot) -> list:
+def _b(ballot: Ballot) -> list[int]:
     return [ballot.number, ballot.node_id]
 
 
 # Each encoder returns the array for one message. Values (batches) are tuples of bytes, which cbor2
 # writes as arrays directly, so they need no conversion.
-_PAXOS_ENCODERS = {
+_PAXOS_ENCODERS: dict[type[Any], Callable[[Any], list[Any]]] = {
     Prepare: lambda m: [1, m.sender, [m.ballot.number, m.ballot.node_id], m.first_slot],
     Promise: lambda m: [
         2, m.sender, [m.ballot.number, m.ballot.node_id], m.first_slot,
@@ -310,19 +321,19 @@ _PAXOS_ENCODERS = {
 }
 
 
-def _u64(x, name: str) -> int:
+def _u64(x: object, name: str) -> int:
     if type(x) is int and 0 <= x < U64_LIMIT:
         return x
     raise WireError(f"{name}: expected an int in [0, 2**64), got {type(x).__name__}")
 
 
-def _sender(x) -> int:
+def _sender(x: object) -> int:
     if type(x) is int and 1 <= x < U64_LIMIT:
         return x
     raise WireError(f"sender: expected a node id >= 1, got {type(x).__name__} {x!r:.40}")
 
 
-def _ballot(x, name: str = "ballot") -> Ballot:
+def _ballot(x: object, name: str = "ballot") -> Ballot:
     if type(x) is list and len(x) == 2:
         number, node_id = x
         if type(number) is int and type(node_id) is int and 0 <= number < U64_LIMIT and 0 <= node_id < U64_LIMIT:
@@ -330,7 +341,7 @@ def _ballot(x, name: str = "ballot") -> Ballot:
     raise WireError(f"{name}: expected [number, node_id] of ints >= 0")
 
 
-def _value(x) -> tuple:
+def _value(x: object) -> tuple[bytes, ...]:
     if type(x) is list:
         for command in x:
             if type(command) is not bytes:
@@ -339,7 +350,7 @@ def _value(x) -> tuple:
     raise WireError(f"value: expected an array of byte strings, got {type(x).__name__}")
 
 
-def _decided_entries(x, name: str) -> tuple:
+def _decided_entries(x: object, name: str) -> tuple[DecidedEntry, ...]:
     if type(x) is not list:
         raise WireError(f"{name}: expected an array of [slot, value]")
     entries = []
@@ -350,7 +361,7 @@ def _decided_entries(x, name: str) -> tuple:
     return tuple(entries)
 
 
-def _accepted_entries(x) -> tuple:
+def _accepted_entries(x: object) -> tuple[AcceptedEntry, ...]:
     if type(x) is not list:
         raise WireError("accepted: expected an array of [slot, ballot, value]")
     entries = []
@@ -362,7 +373,7 @@ def _accepted_entries(x) -> tuple:
 
 
 # Each decoder gets an array whose length was already checked against _PAXOS_LENGTHS.
-_PAXOS_DECODERS = {
+_PAXOS_DECODERS: dict[int, Callable[[list[Any]], Message]] = {
     1: lambda a: Prepare(sender=_sender(a[1]), ballot=_ballot(a[2]), first_slot=_u64(a[3], "first_slot")),
     2: lambda a: Promise(
         sender=_sender(a[1]), ballot=_ballot(a[2]), first_slot=_u64(a[3], "first_slot"),
@@ -394,7 +405,7 @@ _PAXOS_LENGTHS = {1: (4,), 2: (7,), 3: (6,), 4: (4,), 5: (4,), 6: (4,), 7: (5,),
                   11: (4,)}
 
 
-def encode_paxos_message(message) -> list:
+def encode_paxos_message(message: object) -> list[Any]:
     """The CBOR-ready array for one ``paxos.messages`` message; ``TypeError`` for anything else."""
     encoder = _PAXOS_ENCODERS.get(type(message))
     if encoder is None:
@@ -402,7 +413,7 @@ def encode_paxos_message(message) -> list:
     return encoder(message)
 
 
-def decode_paxos_message(array) -> object:
+def decode_paxos_message(array: object) -> Message:
     """The ``paxos.messages`` message for one decoded array; ``WireError`` if it is malformed."""
     if type(array) is not list or not array:
         raise WireError("px: each message must be a non-empty array")
@@ -420,14 +431,14 @@ def decode_paxos_message(array) -> object:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _encode_ok(m: OkReply) -> dict:
+def _encode_ok(m: OkReply) -> dict[str, Any]:
     # Check our own result with the receiver's rules, so a server bug (a set, a datetime, a deep
     # structure) shows up here as ValueError instead of as a protocol error at every client.
     _check_result_map(m.result, (list, tuple), ValueError)
     return {"t": "ok", "id": m.id, "r": m.result}
 
 
-def _encode_px(m: PaxosBatch) -> dict:
+def _encode_px(m: PaxosBatch) -> dict[str, Any]:
     # One table lookup per message, no per-message dict: this is the bulk of peer traffic.
     encoders = _PAXOS_ENCODERS
     try:
@@ -436,8 +447,8 @@ def _encode_px(m: PaxosBatch) -> dict:
         raise TypeError(f"PaxosBatch holds a non-paxos message: {exc}") from None
 
 
-def _encode_hello(m: Hello) -> dict:
-    o = {"t": "hello", "node": m.node_id, "cluster": m.cluster_id}
+def _encode_hello(m: Hello) -> dict[str, Any]:
+    o: dict[str, Any] = {"t": "hello", "node": m.node_id, "cluster": m.cluster_id}
     if m.incarnation is not None:
         o["inc"] = m.incarnation
     if m.engine != "core":
@@ -445,7 +456,7 @@ def _encode_hello(m: Hello) -> dict:
     return o
 
 
-_MAP_ENCODERS = {
+_MAP_ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
     Hello: _encode_hello,
     PaxosBatch: _encode_px,
     SnapshotChunk: lambda m: {
@@ -467,64 +478,68 @@ _MAP_ENCODERS = {
 }
 
 
-def _get(obj: dict, key: str):
+def _get(obj: dict[str, Any], key: str) -> Any:
     try:
         return obj[key]
     except KeyError:
         raise WireError(f"{obj['t']}: missing field {key!r}") from None
 
 
-def _f_int(obj: dict, key: str, low: int, limit: int) -> int:
+def _f_int(obj: dict[str, Any], key: str, low: int, limit: int) -> int:
     x = _get(obj, key)
     if type(x) is int and low <= x < limit:
         return x
     raise WireError(f"{obj['t']}.{key}: expected an int in [{low}, {limit}), got {type(x).__name__}")
 
 
-def _f_id(obj: dict) -> int:
+def _f_id(obj: dict[str, Any]) -> int:
     x = _get(obj, "id")
     if type(x) is int and 0 <= x < ID_LIMIT:
         return x
     raise WireError(f"{obj['t']}.id: expected an int in [0, 2**63), got {type(x).__name__}")
 
 
-def _f_str(obj: dict, key: str) -> str:
+def _f_str(obj: dict[str, Any], key: str) -> str:
     x = _get(obj, key)
     if type(x) is str:
         return x
     raise WireError(f"{obj['t']}.{key}: expected a text string, got {type(x).__name__}")
 
 
-def _f_bytes(obj: dict, key: str) -> bytes:
+def _f_bytes(obj: dict[str, Any], key: str) -> bytes:
     x = _get(obj, key)
     if type(x) is bytes:
         return x
     raise WireError(f"{obj['t']}.{key}: expected a byte string, got {type(x).__name__}")
 
 
-def _f_bool(obj: dict, key: str) -> bool:
+def _f_bool(obj: dict[str, Any], key: str) -> bool:
     x = _get(obj, key)
     if type(x) is bool:
         return x
     raise WireError(f"{obj['t']}.{key}: expected a bool, got {type(x).__name__}")
 
 
-def _f_value(obj: dict, key: str, none_ok: bool = False):
-    x = _get(obj, key)
+@overload
+def _f_value(obj: dict[str, Any], key: str, none_ok: Literal[False] = False) -> str | bytes: ...
+@overload
+def _f_value(obj: dict[str, Any], key: str, none_ok: bool) -> str | bytes | None: ...
+def _f_value(obj: dict[str, Any], key: str, none_ok: bool = False) -> str | bytes | None:
+    x: str | bytes | None = _get(obj, key)  # checked next
     t = type(x)
     if t is str or t is bytes or (none_ok and x is None):
         return x
     raise WireError(f"{obj['t']}.{key}: expected a text or byte string, got {t.__name__}")
 
 
-def _f_opt_str(obj: dict, key: str):
+def _f_opt_str(obj: dict[str, Any], key: str) -> str | None:
     x = _get(obj, key)
     if x is None or type(x) is str:
         return x
     raise WireError(f"{obj['t']}.{key}: expected a text string or null, got {type(x).__name__}")
 
 
-def _d_admin(obj: dict) -> AdminRequest:
+def _d_admin(obj: dict[str, Any]) -> AdminRequest:
     op = _f_str(obj, "op")
     if op not in ADMIN_OPS:
         raise WireError(f"admin.op: unknown operation {op[:40]!r}; expected one of {', '.join(ADMIN_OPS)}")
@@ -534,14 +549,14 @@ def _d_admin(obj: dict) -> AdminRequest:
     return AdminRequest(id=_f_id(obj), op=op, node=_f_int(obj, "node", 0, 1 << 31), address=address)
 
 
-def _d_px(obj: dict) -> PaxosBatch:
+def _d_px(obj: dict[str, Any]) -> PaxosBatch:
     items = _get(obj, "m")
     if type(items) is not list:
         raise WireError("px.m: expected an array")
     return PaxosBatch(messages=tuple([decode_paxos_message(a) for a in items]))
 
 
-def _d_snap(obj: dict) -> SnapshotChunk:
+def _d_snap(obj: dict[str, Any]) -> SnapshotChunk:
     chunk = SnapshotChunk(
         sender=_f_int(obj, "from", 1, U64_LIMIT), slot=_f_int(obj, "slot", 0, U64_LIMIT),
         offset=_f_int(obj, "off", 0, U64_LIMIT), total=_f_int(obj, "total", 0, U64_LIMIT),
@@ -553,7 +568,7 @@ def _d_snap(obj: dict) -> SnapshotChunk:
     return chunk
 
 
-def _d_err(obj: dict) -> ErrorReply:
+def _d_err(obj: dict[str, Any]) -> ErrorReply:
     rid = _get(obj, "id")
     if rid is not None and not (type(rid) is int and 0 <= rid < ID_LIMIT):
         raise WireError(f"err.id: expected an int in [0, 2**63) or null, got {type(rid).__name__}")
@@ -565,7 +580,8 @@ def _d_err(obj: dict) -> ErrorReply:
 # re-check everything and raise a WireError naming the bad field. Both paths accept the same set.
 
 
-def _d_put(o: dict) -> PutRequest:
+def _d_put(o: dict[str, Any]) -> PutRequest:
+    value: Any  # its type is tested exactly below (mypy does not narrow on ``type(x) in ...``)
     rid, key, value, cid, rq, ack = o.get("id"), o.get("key"), o.get("value"), o.get("cid"), o.get("rq"), o.get("ack")
     if (type(rid) is int and 0 <= rid < ID_LIMIT and type(key) is str and type(value) in _STR_BYTES
             and type(cid) is bytes and type(rq) is int and 0 <= rq < U64_LIMIT
@@ -577,7 +593,7 @@ def _d_put(o: dict) -> PutRequest:
     )
 
 
-def _d_del(o: dict) -> DeleteRequest:
+def _d_del(o: dict[str, Any]) -> DeleteRequest:
     rid, key, prefix, cid, rq, ack = o.get("id"), o.get("key"), o.get("prefix"), o.get("cid"), o.get("rq"), o.get("ack")
     if (type(rid) is int and 0 <= rid < ID_LIMIT and type(key) is str and type(prefix) is bool
             and type(cid) is bytes and type(rq) is int and 0 <= rq < U64_LIMIT
@@ -589,7 +605,8 @@ def _d_del(o: dict) -> DeleteRequest:
     )
 
 
-def _d_cas(o: dict) -> CasRequest:
+def _d_cas(o: dict[str, Any]) -> CasRequest:
+    new: Any  # its type is tested exactly below (mypy does not narrow on ``type(x) in ...``)
     rid, key, new, cid, rq, ack = o.get("id"), o.get("key"), o.get("new"), o.get("cid"), o.get("rq"), o.get("ack")
     # "expected" may legitimately be null, so its presence is tested separately from its value.
     expected = o.get("expected", _MISSING)
@@ -604,7 +621,7 @@ def _d_cas(o: dict) -> CasRequest:
     )
 
 
-def _d_get(o: dict) -> GetRequest:
+def _d_get(o: dict[str, Any]) -> GetRequest:
     rid, key, lin = o.get("id"), o.get("key"), o.get("lin")
     if type(rid) is int and 0 <= rid < ID_LIMIT and type(key) is str and type(lin) is bool:
         return GetRequest(id=rid, key=key, linearizable=lin)
@@ -616,7 +633,7 @@ _STR_BYTES = (str, bytes)
 _STR_BYTES_NONE = (str, bytes, type(None))
 
 
-_MAP_DECODERS = {
+_MAP_DECODERS: dict[str, Callable[[dict[str, Any]], WireMessage]] = {
     "hello": lambda o: Hello(node_id=_f_int(o, "node", 1, ID_LIMIT), cluster_id=_f_str(o, "cluster"),
                              incarnation=_f_opt_str(o, "inc") if "inc" in o else None,
                              engine=_f_str(o, "eng") if "eng" in o else "core"),
@@ -644,7 +661,7 @@ _MAP_DECODERS = {
 # ---------------------------------------------------------------------------------------------------
 
 
-def encode_body(message) -> bytes:
+def encode_body(message: object) -> bytes:
     """The CBOR body (no header) of one message object.
 
     Raises ``TypeError`` if ``message`` is not one of this module's message classes. Our own objects
@@ -657,7 +674,7 @@ def encode_body(message) -> bytes:
     return cbor2.dumps(encoder(message))
 
 
-def encode_frame(message, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+def encode_frame(message: object, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
     """One complete frame: the 4-byte big-endian body length, then the CBOR body of ``message``.
 
     Raises ``TypeError`` for a non-message and ``FrameTooLarge`` (a ``ValueError``) if the body would
@@ -670,7 +687,7 @@ def encode_frame(message, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def encode_write_result_frame(request_id: int, result: dict) -> bytes:
+def encode_write_result_frame(request_id: int, result: dict[str, Any]) -> bytes:
     """The frame of ``OkReply(id=request_id, result=result)`` for the result of a write.
 
     The answer to every put, so it skips building an ``OkReply`` and checking the result: ``result``
@@ -681,12 +698,12 @@ def encode_write_result_frame(request_id: int, result: dict) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def encode_frames(messages) -> bytes:
+def encode_frames(messages: Iterable[object]) -> bytes:
     """Several frames joined into one byte string, to hand to one ``send_all``."""
     return b"".join([encode_frame(m) for m in messages])
 
 
-def decode_body(body: bytes):
+def decode_body(body: bytes) -> WireMessage:
     """The validated message object held in one frame body.
 
     Returns an instance of one of ``PEER_MESSAGE_TYPES``, ``CLIENT_REQUEST_TYPES`` or ``REPLY_TYPES``.
@@ -704,7 +721,7 @@ def decode_body(body: bytes):
     return _message_of(obj)
 
 
-def decode_bodies(bodies: list[bytes]) -> list:
+def decode_bodies(bodies: list[bytes]) -> list[WireMessage | WireError]:
     """``decode_body`` of each body, in order, with one CBOR decoder for them all.
 
     Building a decoder costs about as much as decoding a small message, and a reader usually holds
@@ -723,7 +740,7 @@ def decode_bodies(bodies: list[bytes]) -> list:
             return [exc]
     fp = io.BytesIO(b"".join(bodies))
     decoder = cbor2.CBORDecoder(fp, max_depth=_CBOR_DEPTH_MAX, strict_hashable_types=True)
-    messages: list = []
+    messages: list[WireMessage | WireError] = []
     end = 0
     for i, body in enumerate(bodies):
         end += len(body)
@@ -746,7 +763,7 @@ def decode_bodies(bodies: list[bytes]) -> list:
     return messages
 
 
-def _message_of(obj):
+def _message_of(obj: object) -> WireMessage:
     """The message object for one decoded CBOR item (``WireError`` unless it is a valid message)."""
     if type(obj) is not dict:
         raise WireError(f"frame body must be a CBOR map, got {type(obj).__name__}")
@@ -789,7 +806,7 @@ class FrameReader:
     a length is checked before its body is read and complete frames are handed out at once.
     """
 
-    def __init__(self, stream, frame_bytes_max: int = FRAME_BYTES_MAX) -> None:
+    def __init__(self, stream: trio.abc.ReceiveStream, frame_bytes_max: int = FRAME_BYTES_MAX) -> None:
         self.stream = stream
         self.frame_bytes_max = frame_bytes_max
         self._buffer = bytearray()
