@@ -1,6 +1,6 @@
 """``python -m kv_cli ...`` runs the ``kv`` command; ``kv cluster up`` spawns nodes this way."""
 
-from kv_cli.main import run
+from .main import run
 
 if __name__ == "__main__":
     run()

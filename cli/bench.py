@@ -9,13 +9,12 @@ module only parses, prints and plots. ``register(app)`` adds the command to a ty
 from __future__ import annotations
 
 import enum
-import json
 import sys
 from typing import Annotated, Optional
 
 import typer
 
-from kv_cli.common import (
+from .common import (
     ENV_ENDPOINTS,
     OperationFailed,
     Settings,
@@ -23,7 +22,7 @@ from kv_cli.common import (
     parse_endpoint_list,
     reporting_errors,
 )
-from kv_cli.output import OutputFormat
+from .output import OutputFormat
 
 
 class BenchOp(str, enum.Enum):
@@ -135,6 +134,8 @@ def bench_command(
         result = loadgen.run_load_sync(spec, progress=stream)
         fmt = write_out or settings.write_out
         if fmt is OutputFormat.json:
+            import json
+
             typer.echo(json.dumps(result.to_dict(), indent=2))
         elif fmt is OutputFormat.table:
             from kv_cli.output import print_table

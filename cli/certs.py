@@ -15,17 +15,19 @@ What a certificate says (kvstore.tls checks it):
 """
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterable, Optional
+from typing import TYPE_CHECKING, Annotated, Iterable, Optional
 
 import typer
 
-from kv_cli.common import OperationFailed, Settings, UsageProblem, reporting_errors
+from .common import OperationFailed, Settings, UsageProblem, reporting_errors
+
+if TYPE_CHECKING:
+    import datetime
 
 certs_app = typer.Typer(
     help="Make the certificates of a TLS cluster: a CA, node certificates, client certificates.\n\n"
@@ -59,14 +61,16 @@ class Authority:
 
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        from datetime import timedelta  # (here, not at the top: kv --help imports this module)
+
         now = _now()
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject).issuer_name(subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                          content_commitment=False, key_encipherment=False,
@@ -103,9 +107,11 @@ class Authority:
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
         key = ec.generate_private_key(ec.SECP256R1())
+        from datetime import timedelta  # (here, not at the top: kv --help imports this module)
+
         now = _now()
-        start = not_before or now - datetime.timedelta(minutes=5)
-        end = not_after or now + datetime.timedelta(days=days)
+        start = not_before or now - timedelta(minutes=5)
+        end = not_after or now + timedelta(days=days)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -142,6 +148,8 @@ class Authority:
 
 
 def _now() -> datetime.datetime:
+    import datetime
+
     return datetime.datetime.now(datetime.timezone.utc)
 
 

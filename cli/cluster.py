@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,8 +30,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from kv_cli import common, nodestatus
-from kv_cli.common import (
+from . import common, nodestatus
+from .common import (
     ENGINE_HELP,
     Engine,
     OperationFailed,
@@ -44,7 +42,7 @@ from kv_cli.common import (
     reporting_errors,
     write_state,
 )
-from kv_cli.output import OutputFormat, cell, jsonable, print_json, render_table
+from .output import OutputFormat, cell, jsonable, print_json, render_table
 
 cluster_app = typer.Typer(
     help="Run a local cluster of `kv serve` processes on 127.0.0.1.\n\n"
@@ -162,6 +160,8 @@ def stop_nodes(
 
 def port_in_use(port: int) -> bool:
     """True if something listens on HOST:port (bind with SO_REUSEADDR, as servers do, and see)."""
+    import socket
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -433,6 +433,8 @@ def up_command(
         if base_port + nodes - 1 > 65535:
             raise UsageProblem(f"--base-port {base_port} with {nodes} nodes goes past port 65535")
         old = read_state(cluster_dir)
+        import secrets
+
         cluster_id = f"kv-{secrets.token_hex(4)}"
         if old is not None:
             live = [n for n in old["nodes"] if process_state(n.get("pid"), n) != "dead"]

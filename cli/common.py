@@ -3,30 +3,33 @@
 Theory of operation: the app callback stores the global options in a ``Settings`` object (``ctx.obj``).
 Client commands call ``settings.endpoints()``, which resolves and validates the endpoint list *before*
 anything connects (``--endpoints``, else ``KV_ENDPOINTS``, else the default local cluster's
-``cluster.json``), then ``open_client(settings)``, which calls the module-level ``make_client``. Tests
-replace ``make_client`` with a fake, so no command here knows how the client talks to servers.
+``cluster.json``), then ``open_client(settings)``, which calls the module-level ``make_client`` (the
+trio ``kvstore.client.Client``: admin requests, backups), or ``open_oneshot_client(settings)``, which
+calls ``make_oneshot_client`` (``kvstore.oneshot.OneShotClient``, plain sockets: the one-shot commands
+put, get, del, cas, ls, status, health). Tests replace both with a fake, so no command here knows how
+the client talks to servers.
 
 Expected failures become one line on stderr (``Error: ...``) and an exit code: ``UsageProblem`` -> 2,
-``kvstore.client.KVError`` and ``OperationFailed`` -> 1. Anything unexpected is also one line (exit 1)
-unless ``--debug`` asks for the traceback.
+``KVError`` (of ``kvstore.client`` or ``kvstore.oneshot``), ``kvstore.limits.TooLarge`` and
+``OperationFailed`` -> 1. Anything unexpected is also one line (exit 1) unless ``--debug`` asks for
+the traceback. The exit is ``SystemExit``, which typer passes through as it is.
+
+This module imports neither typer nor a client (``kv get`` starts without them; see ``kv_cli.fast``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import os
 import sys
-import traceback
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import typer
-
-from kv_cli.output import OutputFormat
 import kvstore.endpoints
+
+from .output import OutputFormat, echo
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -35,7 +38,6 @@ EXIT_USAGE = 2
 ENV_ENDPOINTS = "KV_ENDPOINTS"
 ENV_CLUSTER_DIR = "KV_CLUSTER_DIR"
 STATE_FILE_NAME = "cluster.json"
-
 
 
 class Engine(str, enum.Enum):
@@ -107,6 +109,8 @@ def read_state(cluster_dir: Path) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise UsageProblem(f"cannot read {path}: {exc.strerror or exc}") from None
+    import json
+
     try:
         state = json.loads(text)
     except ValueError:
@@ -118,6 +122,8 @@ def read_state(cluster_dir: Path) -> dict[str, Any] | None:
 
 def write_state(cluster_dir: Path, state: dict[str, Any]) -> None:
     """Replace ``cluster.json`` atomically: temp file, fsync, rename, fsync the directory."""
+    import json
+
     cluster_dir.mkdir(parents=True, exist_ok=True)
     path = cluster_dir / STATE_FILE_NAME
     temp = cluster_dir / f".{STATE_FILE_NAME}.{os.getpid()}.tmp"
@@ -139,19 +145,27 @@ def write_state(cluster_dir: Path, state: dict[str, Any]) -> None:
 # Settings (the global options)
 
 
-@dataclass
 class Settings:
-    endpoints_text: str | None = None
-    write_out: OutputFormat = OutputFormat.simple
-    command_timeout: float = 5.0
-    debug: bool = False
-    # Mutual TLS (--cacert/--cert/--key, KV_CACERT/KV_CERT/KV_KEY); else the default cluster's, if it has
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    endpoints_from_default_cluster: bool = field(default=False, init=False)
-    _endpoints: list[str] | None = field(default=None, init=False)
-    _default_cluster_tls: dict | None = field(default=None, init=False)
+    """The global options. (A plain class: a dataclass would cost ``kv get`` the import of dataclasses.)"""
+
+    def __init__(self, endpoints_text: str | None = None, write_out: OutputFormat = OutputFormat.simple,
+                 command_timeout: float = 5.0, debug: bool = False, cacert: str | None = None,
+                 cert: str | None = None, key: str | None = None) -> None:
+        self.endpoints_text = endpoints_text
+        self.write_out = write_out
+        self.command_timeout = command_timeout
+        self.debug = debug
+        # Mutual TLS (--cacert/--cert/--key, KV_CACERT/KV_CERT/KV_KEY); else the default cluster's, if it has
+        self.cacert = cacert
+        self.cert = cert
+        self.key = key
+        self.endpoints_from_default_cluster = False
+        self._endpoints: list[str] | None = None
+        self._default_cluster_tls: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return (f"Settings(endpoints_text={self.endpoints_text!r}, write_out={self.write_out!r}, "
+                f"command_timeout={self.command_timeout!r}, debug={self.debug!r})")
 
     def tls(self) -> dict[str, str]:
         """``{"cacert", "cert", "key"}`` for the client, or ``{}`` without TLS. The options, else those
@@ -197,7 +211,7 @@ class Settings:
 
 
 # --------------------------------------------------------------------------------------------------
-# The client factory (tests monkeypatch ``make_client``)
+# The client factories (tests monkeypatch ``make_client`` and ``make_oneshot_client``)
 
 
 def make_client(endpoints: list[str], timeout: float, **tls: str) -> contextlib.AbstractContextManager[Any]:
@@ -208,11 +222,29 @@ def make_client(endpoints: list[str], timeout: float, **tls: str) -> contextlib.
     return Client(endpoints, timeout=timeout, **tls)
 
 
+def make_oneshot_client(endpoints: list[str], timeout: float, **tls: str) -> contextlib.AbstractContextManager[Any]:
+    """A context manager giving a ``kvstore.oneshot.OneShotClient`` (the one-shot commands: no trio, one
+    request at a time, the same retries and errors as ``kvstore.client``); ``tls`` as for ``make_client``."""
+    from kvstore.oneshot import OneShotClient
+
+    return OneShotClient(endpoints, timeout=timeout, **tls)
+
+
 @contextlib.contextmanager
 def open_client(settings: Settings, timeout: float | None = None) -> Iterator[Any]:
+    """The trio client (``make_client``), for admin requests and backups."""
     endpoints = settings.endpoints()  # validated before connecting
     tls = settings.tls()  # (after endpoints: the default cluster's TLS files come with its endpoints)
     with make_client(endpoints, settings.command_timeout if timeout is None else timeout, **tls) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def open_oneshot_client(settings: Settings, timeout: float | None = None) -> Iterator[Any]:
+    """The one-shot client (``make_oneshot_client``), for put, get, del, cas, ls, status and health."""
+    endpoints = settings.endpoints()  # validated before connecting
+    tls = settings.tls()
+    with make_oneshot_client(endpoints, settings.command_timeout if timeout is None else timeout, **tls) as client:
         yield client
 
 
@@ -221,7 +253,7 @@ def open_client(settings: Settings, timeout: float | None = None) -> Iterator[An
 
 
 def error_line(message: str) -> None:
-    typer.echo(f"Error: {message}", err=True)
+    echo(f"Error: {message}", err=True)
 
 
 def _describe_kv_error(exc: Exception) -> str:
@@ -233,40 +265,62 @@ def _describe_kv_error(exc: Exception) -> str:
     return text
 
 
+_CLIENT_MODULES = ("kvstore.oneshot", "kvstore.client")
+
+
 def _kv_error_types() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """(KVError,), (Unavailable,) from the client, or empty tuples if it cannot be imported."""
-    try:
-        from kvstore.client import KVError, Unavailable
-    except ImportError:  # the client is not importable: nothing to match
-        return (), ()
-    return (KVError,), (Unavailable,)
+    """The ``KVError`` and ``Unavailable`` classes of the clients loaded so far (a client that is not
+    imported raised nothing; importing ``kvstore.client`` here would cost a failing command trio)."""
+    kv_errors: list[type[BaseException]] = []
+    unavailable: list[type[BaseException]] = []
+    for name in _CLIENT_MODULES:
+        module = sys.modules.get(name)
+        if module is not None:
+            kv_errors.append(module.KVError)
+            unavailable.append(module.Unavailable)
+    return tuple(kv_errors), tuple(unavailable)
 
 
-_PASSTHROUGH = (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt)
+def _passthrough() -> tuple[type[BaseException], ...]:
+    """Exceptions that are not failures to report: typer's own (if typer is loaded: it is what raises
+    them) and Ctrl-C."""
+    typer = sys.modules.get("typer")
+    if typer is None:
+        return (KeyboardInterrupt,)
+    return (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt)
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    traceback.print_exc()
 
 
 @contextlib.contextmanager
 def reporting_errors(settings: Settings) -> Iterator[None]:
-    """Turn expected failures into one stderr line and an exit code (typer.Exit)."""
+    """Turn expected failures into one stderr line and an exit code (``SystemExit``)."""
     try:
         yield
-    except _PASSTHROUGH:
+    except _passthrough():
         raise
     except UsageProblem as exc:
         if settings.debug:
-            traceback.print_exc()
+            _print_traceback()
         error_line(str(exc))
-        raise typer.Exit(EXIT_USAGE) from None
+        raise SystemExit(EXIT_USAGE) from None
     except OperationFailed as exc:
         if settings.debug:
-            traceback.print_exc()
+            _print_traceback()
         error_line(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
+        raise SystemExit(EXIT_FAILED) from None
     except Exception as exc:
         if settings.debug:
-            traceback.print_exc()
+            _print_traceback()
         kv_errors, unavailable = _kv_error_types()
-        if kv_errors and isinstance(exc, kv_errors):
+        limits = sys.modules.get("kvstore.limits")
+        if limits is not None and isinstance(exc, limits.TooLarge):
+            message = str(exc)  # says which limit; the same line whoever checked first
+        elif kv_errors and isinstance(exc, kv_errors):
             message = _describe_kv_error(exc)
             if settings.endpoints_from_default_cluster and isinstance(exc, unavailable):
                 message += " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
@@ -276,4 +330,4 @@ def reporting_errors(settings: Settings) -> Iterator[None]:
             if not settings.debug and not expected:
                 message += " (run with --debug for the traceback)"
         error_line(message)
-        raise typer.Exit(EXIT_FAILED) from None
+        raise SystemExit(EXIT_FAILED) from None

@@ -23,18 +23,15 @@ cluster (status) except through those commands; every wait is bounded (status ca
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import deque
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import trio
 import typer
 
-from kv_cli.common import (
+from .common import (
     OperationFailed,
     Settings,
     UsageProblem,
@@ -59,6 +56,8 @@ EPILOG = "Example: kv cluster up --detach; kv dashboard   (then open http://127.
 
 
 def static_file(name: str) -> bytes:
+    from importlib import resources
+
     return (resources.files("kv_cli") / "dashboard_static" / name).read_bytes()
 
 
@@ -89,6 +88,8 @@ class Dashboard:
             return await kv.cluster_status()
 
     async def poll_forever(self) -> None:
+        import trio
+
         while True:
             await self.poll_once()
             await trio.sleep(self.interval)
@@ -176,6 +177,8 @@ class Dashboard:
         if action not in ACTIONS:
             return False, f"unknown action {action!r}"
         command = [sys.executable, "-m", "kv_cli", "cluster", action, str(node_id), "--data-dir", str(self.cluster_dir)]
+        import trio
+
         with trio.move_on_after(ACTION_TIMEOUT_SECONDS):
             result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False,
                                             stdin=b"")
@@ -195,6 +198,8 @@ class Dashboard:
             name, content_type = STATIC[path]
             return Response(200, static_file(name), content_type)
         if request.method == "GET" and path == "/api/state":
+            import json
+
             return Response(200, json.dumps(self.state()).encode(), "application/json")
         if request.method == "GET" and path == "/trace":
             return self._trace(request.query)
@@ -205,6 +210,8 @@ class Dashboard:
             if len(parts) != 5 or not parts[3].isdigit():
                 return Response(404, b"POST /api/nodes/ID/ACTION\n")
             ok, text = await self.act(int(parts[3]), parts[4])
+            import json
+
             return Response(200 if ok else 409, json.dumps({"ok": ok, "output": text}).encode(), "application/json")
         return Response(404, b"not found\n")
 
@@ -224,8 +231,16 @@ class Dashboard:
         return Response(200, page.encode(), "text/html; charset=utf-8")
 
 
-async def serve_dashboard(dashboard: Dashboard, address: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_dashboard(dashboard: Dashboard, address: str, *, task_status: Any = None) -> None:
+    """Serve the page at ``address`` and poll the cluster; ``task_status.started(port)`` once listening
+    (trio's ``nursery.start``; None: nobody waits for it). trio is imported here: ``kv --help`` registers
+    this module's command and should not pay for it."""
+    import trio
+
     from kvstore.httpserve import serve_http
+
+    if task_status is None:
+        task_status = trio.TASK_STATUS_IGNORED
 
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve_http, dashboard.handle, address)
@@ -276,6 +291,7 @@ def dashboard_command(
             raise UsageProblem(f"invalid --host/--port: {exc}") from None
 
         dashboard = Dashboard(endpoints, cluster_dir, interval=interval)
+        import trio
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:

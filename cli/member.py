@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from kv_cli.common import OutputFormat, Settings, UsageProblem, open_client, reporting_errors
-from kv_cli.output import cell, jsonable, print_json, print_table
+from .common import OutputFormat, Settings, UsageProblem, open_client, reporting_errors
+from .output import cell, jsonable, print_json, print_table
 
 member_app = typer.Typer(
     help="List and change the cluster's members: add a learner, promote it to voter, remove a member.",

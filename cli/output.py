@@ -7,12 +7,10 @@ or box drawing, so they paste and pipe cleanly.
 
 from __future__ import annotations
 
-import base64
 import enum
-import json
-from typing import Any, Iterable, Sequence
-
-import typer
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 class OutputFormat(str, enum.Enum):
@@ -27,14 +25,20 @@ MISSING = "-"
 def value_fields(value: str | bytes, name: str = "value") -> dict[str, Any]:
     """JSON fields for one value: text as is, bytes as base64 with ``<name>_encoding``."""
     if isinstance(value, bytes):
-        return {name: base64.b64encode(value).decode("ascii"), f"{name}_encoding": "base64"}
+        return {name: _b64(value), f"{name}_encoding": "base64"}
     return {name: value}
+
+
+def _b64(data: bytes) -> str:
+    import binascii  # (base64 costs more to import, for the same function)
+
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def jsonable(value: Any) -> Any:
     """Make a status-like structure JSON-safe (bytes -> base64 text, tuples -> lists, keys -> str)."""
     if isinstance(value, bytes):
-        return "base64:" + base64.b64encode(value).decode("ascii")
+        return "base64:" + _b64(value)
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -44,8 +48,25 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def echo(message: str | bytes = "", *, err: bool = False) -> None:
+    """Print ``message`` and a newline to stdout (stderr with ``err``): text as text, bytes unchanged on
+    the binary stream. As ``typer.echo``, minus its stripping of ANSI escape sequences when the output
+    is not a terminal: a value is printed exactly as stored."""
+    stream = sys.stderr if err else sys.stdout
+    if isinstance(message, (bytes, bytearray)):
+        stream.flush()  # what was printed as text comes first
+        binary = stream.buffer
+        binary.write(bytes(message) + b"\n")
+        binary.flush()
+    else:
+        stream.write(message + "\n")
+        stream.flush()
+
+
 def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    import json
+
+    echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def cell(value: Any) -> str:
@@ -58,7 +79,7 @@ def cell(value: Any) -> str:
         try:
             value = value.decode("utf-8")
         except UnicodeDecodeError:
-            return "base64:" + base64.b64encode(value).decode("ascii")
+            return "base64:" + _b64(value)
     if isinstance(value, (list, tuple)):
         return "(" + ", ".join(cell(v) for v in value) + ")"
     text = str(value)
@@ -85,9 +106,9 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    typer.echo(render_table(headers, rows))
+    echo(render_table(headers, rows))
 
 
 def echo_value(value: str | bytes) -> None:
     """Print a value in simple format: text as a line, bytes raw (plus a newline), like etcdctl."""
-    typer.echo(value)  # click writes bytes to the binary stream unchanged
+    echo(value)

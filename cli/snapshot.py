@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from kv_cli.common import OutputFormat, Settings, UsageProblem, open_client, reporting_errors
-from kv_cli.output import jsonable, print_json, print_table
+from .common import OutputFormat, Settings, UsageProblem, open_client, reporting_errors
+from .output import jsonable, print_json, print_table
 
 snapshot_app = typer.Typer(
     help="Back up the store to a file (save), check a backup (status), make a new cluster from one (restore).",

@@ -14,8 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from kv_cli.common import OperationFailed, UsageProblem, reporting_errors
-from kv_cli.common import Settings
+from .common import OperationFailed, UsageProblem, reporting_errors
+from .common import Settings
 
 EPILOG = ("Example: kv trace --scenario leader-change --seed 1 -o leader-change.html;  "
           "kv trace --scenario random --seed 42 --heartbeats")

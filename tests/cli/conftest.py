@@ -1,4 +1,5 @@
-"""Fixtures for the ``kv`` CLI tests: a fake client behind ``kv_cli.common.make_client``.
+"""Fixtures for the ``kv`` CLI tests: a fake client behind ``kv_cli.common.make_client`` and
+``make_oneshot_client`` (the trio client and the one-shot client).
 
 The fake keeps a dict in memory with revisions like the real state machine, records how it was built
 (endpoints, timeout), and can be told to raise an error on the next call. No server is involved.
@@ -103,6 +104,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[FakeCluster]:
         yield FakeClient(cluster)
 
     monkeypatch.setattr(kv_cli.common, "make_client", make_client)
+    monkeypatch.setattr(kv_cli.common, "make_oneshot_client", make_client)
     monkeypatch.delenv("KV_ENDPOINTS", raising=False)
     monkeypatch.setenv("KV_CLUSTER_DIR", str(tmp_path / "cluster"))
     yield cluster

@@ -1,0 +1,172 @@
+"""The fast path: ``kv put|get|del|cas|ls|status|health`` without typer, when the arguments are plain.
+
+Why: a one-shot ``kv get`` is a whole process, and typer (with click) takes longer to import and to
+build its commands than the rest of the command together, connection included (bench/cli_startup.py
+measures it; docs/cli.md has the figures). So ``kv_cli.main.run`` first hands the arguments (global
+options already in front) to ``run_fast``.
+
+The rule that keeps both paths the same: this parser only *accepts* what it fully understands and
+leaves everything else to typer. It knows the global options, these commands' own options, and their
+positional arguments, and it accepts a value only when typer would take it unchanged (``-w`` one of the
+formats, in any case; ``--command-timeout`` a number of at least 0.001; ``--consistency`` l or s).
+Anything else (``--help``, an unknown or malformed option, a missing or extra argument, ``-`` or ``--``
+among the arguments) returns False, and typer parses the same arguments from the start, printing its
+usage error or help as always. What the commands then do is the same function either way
+(``kv_cli.oneshot``), with the same ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .common import ENV_ENDPOINTS, EXIT_FAILED, Settings
+from .output import OutputFormat
+
+_GLOBAL_VALUE_OPTIONS = {"--endpoints": "endpoints", "--write-out": "write_out", "-w": "write_out",
+                         "--command-timeout": "command_timeout", "--cacert": "cacert", "--cert": "cert",
+                         "--key": "key"}
+_ENVIRONMENT = {"endpoints": ENV_ENDPOINTS, "cacert": "KV_CACERT", "cert": "KV_CERT", "key": "KV_KEY"}
+
+# command -> (flags, options with a value, how many positional arguments: at least, at most (None: any))
+_COMMANDS: dict[str, tuple[frozenset[str], frozenset[str], int, int | None]] = {
+    "put": (frozenset(), frozenset(), 1, 2),
+    "get": (frozenset({"--prefix", "--keys-only"}), frozenset({"--consistency"}), 1, 1),
+    "del": (frozenset({"--prefix"}), frozenset(), 1, 1),
+    "cas": (frozenset({"--absent"}), frozenset(), 2, None),
+    "ls": (frozenset(), frozenset({"--consistency"}), 0, 1),
+    "status": (frozenset(), frozenset(), 0, 0),
+    "health": (frozenset(), frozenset(), 0, 0),
+}
+
+
+class _NotPlain(Exception):
+    """Arguments this parser leaves to typer."""
+
+
+def _split_option(arg: str) -> tuple[str, str | None]:
+    if arg.startswith("--") and "=" in arg:
+        name, _, value = arg.partition("=")
+        return name, value
+    if arg.startswith("-w") and len(arg) > 2 and not arg.startswith("--"):
+        return "-w", arg[2:]  # click's attached short option value: -wjson
+    return arg, None
+
+
+def parse(argv: list[str]) -> tuple[str, Settings, dict[str, object], list[str]] | None:
+    """``(command, settings, options, positional arguments)``, or None for arguments left to typer."""
+    try:
+        return _parse(argv)
+    except _NotPlain:
+        return None
+
+
+def _parse(argv: list[str]) -> tuple[str, Settings, dict[str, object], list[str]]:
+    given: dict[str, str] = {}
+    debug = False
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        name, value = _split_option(argv[i])
+        if name == "--debug" and value is None:
+            debug = True
+        elif name in _GLOBAL_VALUE_OPTIONS:
+            if value is None:
+                i += 1
+                if i >= len(argv):
+                    raise _NotPlain
+                value = argv[i]
+            given[_GLOBAL_VALUE_OPTIONS[name]] = value
+        else:
+            raise _NotPlain  # --help, -h, a typo: typer's business
+        i += 1
+    if i >= len(argv) or argv[i] not in _COMMANDS:
+        raise _NotPlain
+    command = argv[i]
+    flags, valued, least, most = _COMMANDS[command]
+    options: dict[str, object] = {}
+    positional: list[str] = []
+    i += 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("-"):
+            name, value = _split_option(arg)
+            if name in flags and value is None:
+                options[name] = True
+            elif name in valued:
+                if value is None:
+                    i += 1
+                    if i >= len(argv):
+                        raise _NotPlain
+                    value = argv[i]
+                options[name] = value
+            else:
+                raise _NotPlain  # "-", "--", --help, negative numbers, unknown options
+        else:
+            positional.append(arg)
+        i += 1
+    if len(positional) < least or (most is not None and len(positional) > most):
+        raise _NotPlain
+    if options.get("--consistency", "l") not in ("l", "s"):
+        raise _NotPlain
+    return command, _settings(given, debug), options, positional
+
+
+def _settings(given: dict[str, str], debug: bool) -> Settings:
+    for name, variable in _ENVIRONMENT.items():
+        if name not in given:
+            value = os.environ.get(variable)
+            if value:  # click ignores an empty variable
+                given[name] = value
+    write_out = OutputFormat.simple
+    if "write_out" in given:
+        try:
+            write_out = OutputFormat(given["write_out"].lower())
+        except ValueError:
+            raise _NotPlain from None
+    command_timeout = 5.0
+    if "command_timeout" in given:
+        text = given["command_timeout"]
+        try:
+            command_timeout = float(text)
+        except ValueError:
+            raise _NotPlain from None
+        if not command_timeout >= 0.001 or text.strip().lower() in ("inf", "infinity", "+inf", "nan"):
+            raise _NotPlain
+    return Settings(endpoints_text=given.get("endpoints"), write_out=write_out, command_timeout=command_timeout,
+                    debug=debug, cacert=given.get("cacert"), cert=given.get("cert"), key=given.get("key"))
+
+
+def run_fast(argv: list[str]) -> bool:
+    """Run ``argv`` (global options in front) if it is a plain invocation of a one-shot command and
+    return True (or exit, for a non-zero status); False: nothing done, let typer have it."""
+    parsed = parse(argv)
+    if parsed is None:
+        return False
+    command, settings, options, args = parsed
+    from . import oneshot
+
+    try:
+        if command == "put":
+            oneshot.put(settings, args[0], args[1] if len(args) > 1 else None)
+        elif command == "get":
+            oneshot.get(settings, args[0], prefix=bool(options.get("--prefix")),
+                        keys_only=bool(options.get("--keys-only")), consistency=str(options.get("--consistency", "l")))
+        elif command == "del":
+            oneshot.delete(settings, args[0], prefix=bool(options.get("--prefix")))
+        elif command == "cas":
+            oneshot.cas(settings, args[0], args[1:], absent=bool(options.get("--absent")))
+        elif command == "ls":
+            oneshot.ls(settings, args[0] if args else "", consistency=str(options.get("--consistency", "l")))
+        elif command == "status":
+            oneshot.status(settings)
+        else:
+            oneshot.health(settings)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (kv get k | head -c1): as click does, no traceback, exit 1.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (so the interpreter's final flush is quiet)
+        raise SystemExit(EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        sys.stderr.write("\nAborted!\n")
+        raise SystemExit(EXIT_FAILED) from None
+    return True

@@ -1,0 +1,276 @@
+"""The one-shot client commands, ``kv put|get|del|cas|ls|status|health``: what each does once its
+arguments are parsed, without typer.
+
+Two parsers call these functions: the typer app (``kv_cli.app``), and for the hottest, well-formed
+invocations the fast path (``kv_cli.fast``), which spares a command typer's start-up. So each function
+gets plain values, checks them before connecting (STYLE.md: usage errors exit 2, size limits and failed
+operations exit 1, one line on stderr), talks through ``common.open_oneshot_client`` (a
+``kvstore.oneshot.OneShotClient``: no trio), and prints in the ``-w`` format.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from . import nodestatus
+from .common import OperationFailed, Settings, UsageProblem, open_oneshot_client, reporting_errors
+from .output import OutputFormat, cell, echo, echo_value, jsonable, print_json, print_table, value_fields
+
+CONSISTENCY_CHOICES = ("l", "s")
+
+
+def _check_key_given(key: str) -> None:
+    if key == "":
+        raise UsageProblem("the key must not be empty")
+
+
+def _check_sizes(key: str, *values: tuple[str | bytes | None, str], key_what: str = "key") -> None:
+    """The store's limits (``kvstore.limits``), checked before connecting: ``TooLarge``, exit 1."""
+    from kvstore.limits import check_key, check_value
+
+    check_key(key, key_what)
+    for value, what in values:
+        check_value(value, what)
+
+
+def _read_stdin_value() -> str | bytes:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+# --------------------------------------------------------------------------------------------------
+# put / get / del / cas / ls
+
+
+def put(settings: Settings, key: str, value: str | None) -> None:
+    """``kv put KEY [VALUE]``: the value from stdin (exactly, bytes allowed) when not given; prints OK."""
+    with reporting_errors(settings):
+        _check_key_given(key)
+        settings.endpoints()  # validate before reading stdin or connecting
+        settings.tls()
+        _check_sizes(key)
+        data: str | bytes = _read_stdin_value() if value is None else value
+        _check_sizes(key, (data, "value"))  # before connecting: one error for every size over the limit
+        with open_oneshot_client(settings) as client:
+            revision = client.put(key, data)
+        if settings.write_out is OutputFormat.json:
+            print_json({"ok": True, "key": key, "revision": revision})
+        elif settings.write_out is OutputFormat.table:
+            print_table(["KEY", "REVISION"], [[key, revision]])
+        else:
+            echo("OK")
+
+
+def _entry_record(key: str, value: Any, *, keys_only: bool, entry: Any = None) -> dict[str, Any]:
+    record: dict[str, Any] = {"key": key}
+    if not keys_only and value is not None:
+        record.update(value_fields(value))
+    if entry is not None:
+        for name in ("version", "mod_revision", "create_revision"):
+            if getattr(entry, name, None) is not None:
+                record[name] = getattr(entry, name)
+    return record
+
+
+def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool = False,
+        consistency: str = "l") -> None:
+    """``kv get KEY`` (exit 1 if absent) or ``kv get --prefix PREFIX`` (none found is not an error)."""
+    with reporting_errors(settings):
+        if not prefix:
+            _check_key_given(key)
+        settings.endpoints()
+        if not prefix:
+            _check_sizes(key)
+        records: list[dict[str, Any]] = []
+        with open_oneshot_client(settings) as client:
+            if prefix:
+                for k, v in client.list(key, keys_only=keys_only, consistency=consistency):
+                    records.append(_entry_record(k, v, keys_only=keys_only))
+            else:
+                entry = client.get_entry(key, consistency=consistency)
+                if entry is not None:
+                    records.append(_entry_record(entry.key, entry.value, keys_only=keys_only, entry=entry))
+        if not prefix and not records:
+            if settings.write_out is OutputFormat.json:
+                print_json({"kvs": [], "count": 0})
+            raise OperationFailed(f"key not found: {key}")
+        _print_records(settings, records, keys_only=keys_only)
+
+
+def _print_records(settings: Settings, records: list[dict[str, Any]], *, keys_only: bool) -> None:
+    if settings.write_out is OutputFormat.json:
+        print_json({"kvs": records, "count": len(records)})
+    elif settings.write_out is OutputFormat.table:
+        headers = ["KEY"] if keys_only else ["KEY", "VALUE"]
+        extra = [n for n in ("version", "mod_revision") if any(n in r for r in records)]
+        headers += [n.upper() for n in extra]
+        rows = []
+        for r in records:
+            row: list[Any] = [r["key"]]
+            if not keys_only:
+                value = r.get("value")
+                row.append(f"base64:{value}" if r.get("value_encoding") == "base64" else value)
+            row += [r.get(n) for n in extra]
+            rows.append(row)
+        print_table(headers, rows)
+    else:
+        for r in records:
+            echo(r["key"])
+            if not keys_only:
+                echo_value(_raw_value(r))
+
+
+def _raw_value(record: dict[str, Any]) -> str | bytes:
+    if record.get("value_encoding") == "base64":
+        import binascii
+
+        return binascii.a2b_base64(record["value"])
+    value: str | bytes = record.get("value", "")
+    return value
+
+
+def delete(settings: Settings, key: str, *, prefix: bool = False) -> None:
+    """``kv del KEY`` or ``kv del --prefix PREFIX``; prints how many keys were deleted."""
+    with reporting_errors(settings):
+        if not prefix:
+            _check_key_given(key)
+        settings.endpoints()
+        _check_sizes(key, key_what="prefix" if prefix else "key")
+        with open_oneshot_client(settings) as client:
+            if prefix:
+                deleted = int(client.delete_prefix(key))
+            else:
+                deleted = 1 if client.delete(key) else 0
+        if settings.write_out is OutputFormat.json:
+            print_json({"deleted": deleted, "key": key, "prefix": prefix})
+        elif settings.write_out is OutputFormat.table:
+            print_table(["KEY", "PREFIX", "DELETED"], [[key, prefix, deleted]])
+        else:
+            echo(str(deleted))
+
+
+def cas(settings: Settings, key: str, values: list[str], *, absent: bool = False) -> None:
+    """``kv cas KEY EXPECTED NEW`` or ``kv cas --absent KEY NEW``; exit 1 on a mismatch."""
+    with reporting_errors(settings):
+        _check_key_given(key)
+        expected: str | None
+        if absent:
+            if len(values) != 1:
+                raise UsageProblem("with --absent give exactly KEY NEW (kv cas --absent KEY NEW)")
+            expected, new = None, values[0]
+        else:
+            if len(values) != 2:
+                raise UsageProblem("give KEY EXPECTED NEW (or --absent KEY NEW)")
+            expected, new = values
+        settings.endpoints()
+        _check_sizes(key, (expected, "expected value"), (new, "new value"))
+        with open_oneshot_client(settings) as client:
+            succeeded = bool(client.cas(key, expected, new))
+        if settings.write_out is OutputFormat.json:
+            print_json({"succeeded": succeeded, "key": key})
+        elif settings.write_out is OutputFormat.table:
+            print_table(["KEY", "SUCCEEDED"], [[key, succeeded]])
+        elif succeeded:
+            echo("OK")
+        if not succeeded:
+            if expected is None:
+                raise OperationFailed(f"compare failed: {key} exists")
+            raise OperationFailed(f"compare failed: the value of {key} is not {expected!r}")
+
+
+def ls(settings: Settings, prefix: str = "", *, consistency: str = "l") -> None:
+    """``kv ls [PREFIX]``: the keys in key order."""
+    with reporting_errors(settings):
+        settings.endpoints()
+        with open_oneshot_client(settings) as client:
+            keys = [k for k, _ in client.list(prefix, keys_only=True, consistency=consistency)]
+        if settings.write_out is OutputFormat.json:
+            print_json({"keys": keys, "count": len(keys)})
+        elif settings.write_out is OutputFormat.table:
+            print_table(["KEY"], [[k] for k in keys])
+        else:
+            for k in keys:
+                echo(k)
+
+
+# --------------------------------------------------------------------------------------------------
+# status / health
+
+
+def status_rows(statuses: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    columns = nodestatus.present_columns(statuses)
+    extra = nodestatus.extra_keys(statuses)
+    rows = []
+    for status in statuses:
+        row = [nodestatus.field(status, c) for c in columns]
+        if "STATE_HASH" in columns:  # the full digest is in -w json
+            i = columns.index("STATE_HASH")
+            row[i] = nodestatus.short_hash(row[i])
+        row += [status.get(k) for k in extra]
+        rows.append(row)
+    return columns + [k.upper() for k in extra], rows
+
+
+def status(settings: Settings) -> None:
+    """``kv status``: every node's status; exit 1 if no endpoint is reachable."""
+    with reporting_errors(settings):
+        settings.endpoints()
+        with open_oneshot_client(settings) as client:
+            statuses = [dict(s) for s in client.cluster_status()]
+        if settings.write_out is OutputFormat.json:
+            print_json(jsonable(statuses))
+        else:
+            headers, rows = status_rows(statuses)
+            if settings.write_out is OutputFormat.table:
+                print_table(headers, rows)
+            else:
+                for row in rows:
+                    echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row)))
+            for line in nodestatus.disk_problems(statuses):
+                echo(line, err=True)
+        if not any(nodestatus.is_reachable(s) for s in statuses):
+            raise OperationFailed("no endpoint is reachable")
+
+
+def health(settings: Settings) -> None:
+    """``kv health``: exit 0 if a quorum of the endpoints is reachable and a leader is known, else 1."""
+    with reporting_errors(settings):
+        endpoints = settings.endpoints()
+        with open_oneshot_client(settings) as client:
+            statuses = [dict(s) for s in client.cluster_status()]
+        reachable = sum(1 for s in statuses if nodestatus.is_reachable(s))
+        total = max(len(endpoints), len(statuses))
+        quorum = total // 2 + 1
+        leader = nodestatus.known_leader(statuses)
+        healthy = reachable >= quorum and leader is not None
+        if settings.write_out is OutputFormat.json:
+            print_json(
+                {
+                    "healthy": healthy,
+                    "reachable": reachable,
+                    "endpoints": total,
+                    "quorum": quorum,
+                    "leader": jsonable(leader),
+                    "nodes": jsonable(statuses),
+                }
+            )
+        elif settings.write_out is OutputFormat.table:
+            rows = [
+                [nodestatus.field(s, "ADDRESS"), nodestatus.is_reachable(s), nodestatus.field(s, "LEADER")]
+                for s in statuses
+            ]
+            print_table(["ADDRESS", "REACHABLE", "LEADER"], rows)
+        else:
+            for s in statuses:
+                state = "reachable" if nodestatus.is_reachable(s) else "unreachable"
+                echo(f"{nodestatus.field(s, 'ADDRESS') or '?'}: {state}")
+        summary = (f"{reachable}/{total} reachable (quorum {quorum}), "
+                   f"leader {leader if leader is not None else 'unknown'}")
+        if not healthy:
+            raise OperationFailed(f"cluster is unhealthy: {summary}")
+        if settings.write_out is OutputFormat.simple:
+            echo(f"cluster is healthy: {summary}")
