@@ -67,7 +67,7 @@ class FileTruncated(FileCorrupted):
     """The file ends before the header or the payload is complete."""
 
 
-def _sync(fd):
+def _sync(fd: int) -> None:
     """Flush a file's data to the device, with the strongest call the platform offers."""
     if hasattr(os, "fdatasync"):
         os.fdatasync(fd)
@@ -84,7 +84,7 @@ def _sync(fd):
         os.fsync(fd)
 
 
-def _read_exactly(fd, count):
+def _read_exactly(fd: int, count: int) -> bytes:
     """Read up to ``count`` bytes from ``fd``, looping over short reads; fewer means end of file."""
     chunks = []
     remaining = count
@@ -98,7 +98,7 @@ def _read_exactly(fd, count):
     return b"".join(chunks)
 
 
-def read(fd):
+def read(fd: int) -> tuple[int, object]:
     """Read the record of an open file and return ``(serial_number, object)``.
 
     Raises ``FileTruncated`` if the header or payload is incomplete (an empty file included) and
@@ -111,6 +111,8 @@ def read(fd):
     if len(digest) != _DIGEST_BYTES or len(header) != _HEADER.size:
         raise FileTruncated()
 
+    serial_number: int
+    payload_length: int
     serial_number, payload_length = _HEADER.unpack(header)
     # A corrupted length field may claim petabytes: compare it with the file size before reading,
     # so that damage is reported as damage instead of a MemoryError.
@@ -124,10 +126,11 @@ def read(fd):
     if hashlib.md5(header + payload).digest() != digest:
         raise HashMismatch()
 
-    return serial_number, pickle.loads(payload)
+    loaded: object = pickle.loads(payload)
+    return serial_number, loaded
 
 
-def write(fd, serial_number, pyobject):
+def write(fd: int, serial_number: int, pyobject: object) -> None:
     """Write ``pyobject`` with ``serial_number`` as one record at offset 0 of ``fd`` and sync it.
 
     The file is not truncated: bytes after the record are ignored by ``read``. When this returns,
@@ -145,7 +148,7 @@ def write(fd, serial_number, pyobject):
     _sync(fd)
 
 
-class DurableObjectHandler(object):
+class DurableObjectHandler:
     """Saves and recovers one object under ``dirname`` in ``<object_id>_a.durable``/``_b.durable``.
 
     Attributes: ``fn_a``, ``fn_b`` (paths), ``fd_a``, ``fd_b`` (open descriptors), ``fd_next``
@@ -153,7 +156,7 @@ class DurableObjectHandler(object):
     (the object found when the handler was opened, or ``None``; reset by ``save``).
     """
 
-    def __init__(self, dirname, object_id):
+    def __init__(self, dirname: str, object_id: object) -> None:
         """Open (creating if needed) the two files of ``object_id`` and recover the saved object.
 
         Raises ``Exception`` if ``dirname`` is not a directory and ``UnrecoverableFailure`` if the
@@ -162,26 +165,26 @@ class DurableObjectHandler(object):
         if not os.path.isdir(dirname):
             raise Exception("Invalid directory: " + str(dirname))
 
-        self.fn_a = os.path.join(dirname, "%s_a.durable" % (object_id,))
-        self.fn_b = os.path.join(dirname, "%s_b.durable" % (object_id,))
+        self.fn_a = os.path.join(dirname, f"{object_id!s}_a.durable")
+        self.fn_b = os.path.join(dirname, f"{object_id!s}_b.durable")
 
         created = not (os.path.exists(self.fn_a) and os.path.exists(self.fn_b))
 
         flags = os.O_CREAT | os.O_RDWR | getattr(os, "O_BINARY", 0)
-        self.fd_a = os.open(self.fn_a, flags)
-        self.fd_b = os.open(self.fn_b, flags)
+        self.fd_a: int | None = os.open(self.fn_a, flags)  # None once closed
+        self.fd_b: int | None = os.open(self.fn_b, flags)
 
         if created:
             # A new file's name lives in the directory; sync it so the file survives a crash.
             self._sync_directory(dirname)
 
-        self.fd_next = None
-        self.serial = None
-        self.recovered = None
+        self.fd_next: int | None = None  # both set by recover()
+        self.serial: int | None = None
+        self.recovered: object = None
         self.recover()
 
     @staticmethod
-    def _sync_directory(dirname):
+    def _sync_directory(dirname: str) -> None:
         """fsync a directory where the platform allows it (not on Windows)."""
         if not hasattr(os, "O_DIRECTORY"):
             return
@@ -192,19 +195,20 @@ class DurableObjectHandler(object):
             os.close(dir_fd)
 
     @staticmethod
-    def _try_read(fd):
+    def _try_read(fd: int) -> tuple[int, object] | None:
         """Return ``(serial, object)`` or ``None`` if the file holds no valid record."""
         try:
             return read(fd)
         except FileCorrupted:
             return None
 
-    def recover(self):
+    def recover(self) -> object:
         """Load the newest valid record; set ``serial``, ``fd_next`` and ``recovered``; return the object.
 
         Returns ``None`` for a fresh pair of empty files. Raises ``UnrecoverableFailure`` when neither
         file is valid but one has content (the state existed and is lost).
         """
+        assert self.fd_a is not None and self.fd_b is not None, "recover() after close()"
         record_a = self._try_read(self.fd_a)
         record_b = self._try_read(self.fd_b)
 
@@ -224,21 +228,22 @@ class DurableObjectHandler(object):
                 self.fd_next = self.fd_a
                 self.recovered = None
                 return None
-            raise UnrecoverableFailure("Unable to recover from either file: %s, %s" % (self.fn_a, self.fn_b))
+            raise UnrecoverableFailure(f"Unable to recover from either file: {self.fn_a}, {self.fn_b}")
 
         self.serial = winner[0] + 1
         self.recovered = winner[1]
         return self.recovered
 
-    def save(self, obj):
+    def save(self, obj: object) -> None:
         """Durably save ``obj``, overwriting the older of the two files; return when it is synced."""
+        assert self.fd_next is not None and self.serial is not None, "set by recover() in the constructor"
         write(self.fd_next, self.serial, obj)
 
         self.serial += 1
         self.fd_next = self.fd_b if self.fd_next == self.fd_a else self.fd_a
         self.recovered = None
 
-    def close(self):
+    def close(self) -> None:
         """Close both files. Safe to call more than once."""
         if self.fd_a is not None:
             os.close(self.fd_a)

@@ -28,14 +28,21 @@ refuses ``pid > None``. So every comparison here goes through ``proposal_order``
 ``ProposalID`` itself implements ``<``, ``<=``, ``>``, ``>=`` with that key so that user code such as
 ``pid > None`` or ``None < pid`` keeps working. Equality stays plain tuple equality, so
 ``ProposalID(1, 'A') == (1, 'A')``.
+
+Types: a uid is any hashable value (the seed's tests use strings, ``paxos.classic`` node ids), and the
+uids of one system must be ordered among themselves. A proposed value is any object; ``None`` means
+"no value". A proposal id given to a ``recv_*`` method may be a plain ``(number, uid)`` tuple
+(``ProposalIDLike``).
 """
 
-import collections
+from collections.abc import Hashable
+from typing import Any, NamedTuple, overload
 
 __all__ = [
     "ProposalID",
     "proposal_order",
     "as_proposal_id",
+    "ProposalIDLike",
     "Messenger",
     "Proposer",
     "Acceptor",
@@ -43,7 +50,7 @@ __all__ = [
 ]
 
 
-def proposal_order(proposal_id):
+def proposal_order(proposal_id: "ProposalIDLike | None") -> tuple[object, ...]:
     """Return a sort key for a proposal id that may be ``None``.
 
     ``None`` sorts below every proposal id; ids are ordered by number, then uid; a ``None`` uid (used
@@ -59,7 +66,7 @@ def proposal_order(proposal_id):
     return (1, number, uid is not None, uid)
 
 
-class ProposalID(collections.namedtuple("ProposalID", ["number", "uid"])):
+class ProposalID(NamedTuple("ProposalID", [("number", int), ("uid", Hashable | None)])):
     """A proposal id ``ProposalID(number, uid)``: totally ordered by number, then proposer uid.
 
     The uid breaks ties so that two proposers never issue the same id (Paxos Made Simple, 2.5).
@@ -69,45 +76,56 @@ class ProposalID(collections.namedtuple("ProposalID", ["number", "uid"])):
 
     __slots__ = ()
 
-    def __lt__(self, other):
+    # ``other`` may be None (below every id) or a plain tuple; anything else is NotImplemented.
+    def __lt__(self, other: object) -> bool:
         if other is not None and not isinstance(other, tuple):
             return NotImplemented
         return proposal_order(self) < proposal_order(other)
 
-    def __le__(self, other):
+    def __le__(self, other: object) -> bool:
         if other is not None and not isinstance(other, tuple):
             return NotImplemented
         return proposal_order(self) <= proposal_order(other)
 
-    def __gt__(self, other):
+    def __gt__(self, other: object) -> bool:
         if other is not None and not isinstance(other, tuple):
             return NotImplemented
         return proposal_order(self) > proposal_order(other)
 
-    def __ge__(self, other):
+    def __ge__(self, other: object) -> bool:
         if other is not None and not isinstance(other, tuple):
             return NotImplemented
         return proposal_order(self) >= proposal_order(other)
 
 
-def as_proposal_id(proposal_id):
+# A proposal id as callers may pass it: a ProposalID or a plain (number, uid) tuple.
+ProposalIDLike = tuple[int, Hashable | None]
+
+
+@overload
+def as_proposal_id(proposal_id: None) -> None: ...
+@overload
+def as_proposal_id(proposal_id: ProposalIDLike) -> ProposalID: ...
+@overload
+def as_proposal_id(proposal_id: ProposalIDLike | None) -> ProposalID | None: ...
+def as_proposal_id(proposal_id: ProposalIDLike | None) -> ProposalID | None:
     """Return ``proposal_id`` as a ``ProposalID`` (``None`` stays ``None``)."""
     if proposal_id is None or isinstance(proposal_id, ProposalID):
         return proposal_id
     return ProposalID(*proposal_id)
 
 
-def _greater(a, b):
+def _greater(a: ProposalIDLike | None, b: ProposalIDLike | None) -> bool:
     """``a > b`` for proposal ids where either may be ``None``."""
     return proposal_order(a) > proposal_order(b)
 
 
-def _greater_or_equal(a, b):
+def _greater_or_equal(a: ProposalIDLike | None, b: ProposalIDLike | None) -> bool:
     """``a >= b`` for proposal ids where either may be ``None``."""
     return proposal_order(a) >= proposal_order(b)
 
 
-class Messenger(object):
+class Messenger:
     """The callback interface through which the roles talk to the outside world.
 
     Subclass it (or pass any object with these methods). Every method only hands a message to the
@@ -116,26 +134,27 @@ class Messenger(object):
     later if in doubt.
     """
 
-    def send_prepare(self, proposal_id):
+    def send_prepare(self, proposal_id: ProposalID | None) -> None:
         """Broadcast a Prepare message (phase 1a) carrying ``proposal_id`` to all acceptors."""
 
-    def send_promise(self, proposer_uid, proposal_id, previous_id, accepted_value):
+    def send_promise(self, proposer_uid: Hashable, proposal_id: ProposalIDLike | None,
+                     previous_id: ProposalID | None, accepted_value: object) -> None:
         """Send a Promise (phase 1b) to proposer ``proposer_uid``.
 
         ``previous_id``/``accepted_value`` are the acceptor's last accepted proposal, or ``None``.
         """
 
-    def send_accept(self, proposal_id, proposal_value):
+    def send_accept(self, proposal_id: ProposalID | None, proposal_value: object) -> None:
         """Broadcast an Accept! message (phase 2a) to all acceptors."""
 
-    def send_accepted(self, proposal_id, accepted_value):
+    def send_accepted(self, proposal_id: ProposalIDLike | None, accepted_value: object) -> None:
         """Broadcast an Accepted message (phase 2b) to all learners."""
 
-    def on_resolution(self, proposal_id, value):
+    def on_resolution(self, proposal_id: ProposalID, value: object) -> None:
         """Called once by a learner when ``value`` was decided by ``proposal_id``."""
 
 
-class Proposer(object):
+class Proposer:
     """The proposer role: drives one proposal id at a time through phase 1 and phase 2.
 
     The user sets ``messenger``, ``proposer_uid`` and ``quorum_size`` (there is no ``__init__``;
@@ -143,22 +162,24 @@ class Proposer(object):
     majority.
     """
 
-    messenger = None
-    proposer_uid = None
-    quorum_size = None
+    # The user sets it before any call; None until then, as in essential-paxos 2.0 (a type cannot say
+    # "set before use", hence the ignore).
+    messenger: Messenger = None  # type: ignore[assignment]
+    proposer_uid: Hashable | None = None
+    quorum_size: int | None = None
 
-    proposed_value = None
-    proposal_id = None
-    last_accepted_id = None
+    proposed_value: object = None
+    proposal_id: ProposalID | None = None
+    last_accepted_id: ProposalID | None = None
     next_proposal_number = 1
-    promises_rcvd = None
+    promises_rcvd: set[Hashable] | None = None
 
-    def set_proposal(self, value):
+    def set_proposal(self, value: object) -> None:
         """Set the value to propose, unless one is already set (the first value wins). Sends nothing."""
         if self.proposed_value is None:
             self.proposed_value = value
 
-    def prepare(self):
+    def prepare(self) -> None:
         """Start phase 1 with a fresh, higher proposal id: forget old promises, send Prepare.
 
         Successive calls use numbers 1, 2, 3, ...; a proposal id is never reused, so promises
@@ -169,19 +190,22 @@ class Proposer(object):
         self.next_proposal_number += 1
         self.messenger.send_prepare(self.proposal_id)
 
-    def _record_promise(self, from_uid, prev_accepted_id, prev_accepted_value):
+    def _record_promise(self, from_uid: Hashable, prev_accepted_id: ProposalIDLike | None,
+                        prev_accepted_value: object) -> None:
         """Count a valid promise and adopt the value of the highest accepted proposal reported.
 
         This is P2c (Paxos Made Simple, 2.2): if any acceptor of the quorum already accepted a value,
         we must propose the value of the highest-numbered such proposal, because it may be decided.
         """
+        assert self.promises_rcvd is not None, "a promise is recorded only after prepare()"
         self.promises_rcvd.add(from_uid)
         if _greater(prev_accepted_id, self.last_accepted_id):
             self.last_accepted_id = as_proposal_id(prev_accepted_id)
             if prev_accepted_value is not None:
                 self.proposed_value = prev_accepted_value
 
-    def recv_promise(self, from_uid, proposal_id, prev_accepted_id, prev_accepted_value):
+    def recv_promise(self, from_uid: Hashable, proposal_id: ProposalIDLike | None,
+                     prev_accepted_id: ProposalIDLike | None, prev_accepted_value: object) -> None:
         """Handle a Promise from acceptor ``from_uid``.
 
         Promises for another proposal id, and repeated promises from one acceptor, are ignored. When
@@ -198,19 +222,19 @@ class Proposer(object):
                 self.messenger.send_accept(self.proposal_id, self.proposed_value)
 
 
-class Acceptor(object):
+class Acceptor:
     """The acceptor role: the memory of the protocol.
 
     ``promised_id`` is the highest Prepare answered, ``accepted_id``/``accepted_value`` the last
     proposal accepted. In a real system these three must survive crashes (see ``practical.Acceptor``).
     """
 
-    messenger = None
-    promised_id = None
-    accepted_id = None
-    accepted_value = None
+    messenger: Messenger = None  # type: ignore[assignment]  # set by the user before use, as Proposer's
+    promised_id: ProposalID | None = None
+    accepted_id: ProposalID | None = None
+    accepted_value: object = None
 
-    def recv_prepare(self, from_uid, proposal_id):
+    def recv_prepare(self, from_uid: Hashable, proposal_id: ProposalIDLike | None) -> None:
         """Handle a Prepare: promise (P1a) if the id is at least the promised one, else ignore it.
 
         A repeated Prepare for the promised id is answered again, because the first Promise may
@@ -222,17 +246,17 @@ class Acceptor(object):
             self.promised_id = as_proposal_id(proposal_id)
             self.messenger.send_promise(from_uid, proposal_id, self.accepted_id, self.accepted_value)
 
-    def recv_accept_request(self, from_uid, proposal_id, value):
+    def recv_accept_request(self, from_uid: Hashable, proposal_id: ProposalIDLike | None, value: object) -> None:
         """Handle Accept!: accept unless it breaks a promise to a higher id (then ignore it)."""
         if _greater_or_equal(proposal_id, self.promised_id):
-            proposal_id = as_proposal_id(proposal_id)
-            self.promised_id = proposal_id
-            self.accepted_id = proposal_id
+            accepted_id = as_proposal_id(proposal_id)
+            self.promised_id = accepted_id
+            self.accepted_id = accepted_id
             self.accepted_value = value
-            self.messenger.send_accepted(proposal_id, value)
+            self.messenger.send_accepted(accepted_id, value)
 
 
-class Learner(object):
+class Learner:
     """The learner role: detects that a quorum accepted one proposal id, hence one value.
 
     ``proposals`` maps a proposal id to ``[accept_count, retain_count, value]``: accept_count counts
@@ -242,19 +266,21 @@ class Learner(object):
     at resolution. The user sets ``quorum_size`` and ``messenger``.
     """
 
-    quorum_size = None
+    messenger: Messenger  # set by the user before use (the class has no default, as in essential-paxos 2.0)
+    quorum_size: int | None = None
 
-    proposals = None
-    acceptors = None
-    final_value = None
-    final_proposal_id = None
+    # proposal id -> [accept_count, retain_count, value]: a list of mixed types, as in 2013
+    proposals: dict[ProposalID, list[Any]] | None = None
+    acceptors: dict[Hashable, ProposalID] | None = None
+    final_value: object = None
+    final_proposal_id: ProposalID | None = None
 
     @property
-    def complete(self):
+    def complete(self) -> bool:
         """True once a value has been decided."""
         return self.final_proposal_id is not None
 
-    def recv_accepted(self, from_uid, proposal_id, accepted_value):
+    def recv_accepted(self, from_uid: Hashable, proposal_id: ProposalIDLike | None, accepted_value: object) -> None:
         """Handle an Accepted message; call ``messenger.on_resolution`` once when a quorum agrees.
 
         After resolution every message is ignored. Messages older than, or equal to, the last one
@@ -264,16 +290,16 @@ class Learner(object):
         if self.final_value is not None:
             return
 
-        if self.proposals is None:
+        if self.proposals is None or self.acceptors is None:  # both are set and freed together
             self.proposals = dict()
             self.acceptors = dict()
 
         last_pid = self.acceptors.get(from_uid)
-        if not _greater(proposal_id, last_pid):
+        if proposal_id is None or not _greater(proposal_id, last_pid):  # (None is never greater)
             return  # duplicate or out-of-date message
 
-        proposal_id = as_proposal_id(proposal_id)
-        self.acceptors[from_uid] = proposal_id
+        pid = as_proposal_id(proposal_id)
+        self.acceptors[from_uid] = pid
 
         if last_pid is not None:
             previous = self.proposals[last_pid]
@@ -281,10 +307,10 @@ class Learner(object):
             if previous[1] == 0:
                 del self.proposals[last_pid]
 
-        if proposal_id not in self.proposals:
-            self.proposals[proposal_id] = [0, 0, accepted_value]
+        if pid not in self.proposals:
+            self.proposals[pid] = [0, 0, accepted_value]
 
-        entry = self.proposals[proposal_id]
+        entry = self.proposals[pid]
         # One proposal id carries one value (a proposer sends a single Accept! value per id).
         assert accepted_value == entry[2], "Value mismatch for single proposal!"
 
@@ -292,9 +318,9 @@ class Learner(object):
         entry[1] += 1
 
         if entry[0] == self.quorum_size:
-            self._resolve(proposal_id, accepted_value)
+            self._resolve(pid, accepted_value)
 
-    def _resolve(self, proposal_id, accepted_value):
+    def _resolve(self, proposal_id: ProposalID, accepted_value: object) -> None:
         """Record the decision, free the bookkeeping and tell the application (once)."""
         self.final_value = accepted_value
         self.final_proposal_id = proposal_id

@@ -15,8 +15,10 @@ only keeps track of who leads:
   leader is known (``leader_uid`` and ``leader_proposal_id`` become ``None``).
 """
 
+from collections.abc import Hashable
+
 from paxos import practical
-from paxos.essential import ProposalID, as_proposal_id, proposal_order
+from paxos.essential import ProposalID, ProposalIDLike, as_proposal_id, proposal_order
 
 __all__ = ["ProposalID", "ExternalMessenger", "ExternalNode"]
 
@@ -24,24 +26,27 @@ __all__ = ["ProposalID", "ExternalMessenger", "ExternalNode"]
 class ExternalMessenger(practical.Messenger):
     """The practical callbacks plus leadership proclamations and change notifications."""
 
-    def send_leadership_proclamation(self, proposal_id):
+    def send_leadership_proclamation(self, proposal_id: ProposalID | None) -> None:
         """Broadcast "I am leader with ``proposal_id``".
 
         (The 2013 stub omitted the argument although the node always passed it; this is the form the
         node calls.)
         """
 
-    def on_leadership_lost(self):
+    def on_leadership_lost(self) -> None:
         """This node was leader and no longer is."""
 
-    def on_leadership_change(self, prev_leader_uid, new_leader_uid):
+    def on_leadership_change(self, prev_leader_uid: Hashable | None, new_leader_uid: Hashable | None) -> None:
         """The known leader changed; either uid may be ``None``."""
 
 
 class ExternalNode(practical.Node):
     """A ``practical.Node`` that tracks the leader; the application decides when to ``prepare()``."""
 
-    def __init__(self, messenger, my_uid, quorum_size, leader_uid=None):
+    messenger: ExternalMessenger
+
+    def __init__(self, messenger: ExternalMessenger, my_uid: Hashable, quorum_size: int,
+                 leader_uid: Hashable | None = None) -> None:
         """Build a node; ``leader_uid`` names an initial leader known to everyone (or ``None``).
 
         If this node is that leader it starts as leader with proposal id ``(1, my_uid)``, without
@@ -50,20 +55,20 @@ class ExternalNode(practical.Node):
         super().__init__(messenger, my_uid, quorum_size)
 
         self.leader_uid = leader_uid
-        self.leader_proposal_id = ProposalID(1, leader_uid)
-        self._nacks = set()
+        self.leader_proposal_id: ProposalID | None = ProposalID(1, leader_uid)
+        self._nacks: set[Hashable] = set()
 
         if self.node_uid == leader_uid:
             self.leader = True
             self.proposal_id = ProposalID(1, self.node_uid)
             self.next_proposal_number = 2
 
-    def prepare(self, *args, **kwargs):
+    def prepare(self, increment_proposal_number: bool = True) -> None:
         """Forget accept NACKs of the old id, then prepare as ``practical.Proposer.prepare``."""
         self._nacks.clear()
-        return super().prepare(*args, **kwargs)
+        return super().prepare(increment_proposal_number)
 
-    def recv_leadership_proclamation(self, from_uid, proposal_id):
+    def recv_leadership_proclamation(self, from_uid: Hashable, proposal_id: ProposalIDLike | None) -> None:
         """Learn of a new leader if ``proposal_id`` beats the known leader's id; else ignore it."""
         if proposal_order(proposal_id) > proposal_order(self.leader_proposal_id):
             old_leader_uid = self.leader_uid
@@ -78,7 +83,8 @@ class ExternalNode(practical.Node):
 
             self.messenger.on_leadership_change(old_leader_uid, from_uid)
 
-    def recv_promise(self, acceptor_uid, proposal_id, prev_proposal_id, prev_proposal_value):
+    def recv_promise(self, acceptor_uid: Hashable, proposal_id: ProposalIDLike | None,
+                     prev_proposal_id: ProposalIDLike | None, prev_proposal_value: object) -> None:
         """As ``practical.Proposer``; on becoming leader, proclaim it and report the change.
 
         Callback order: ``on_leadership_acquired``, ``send_accept`` (value known and active),
@@ -97,7 +103,8 @@ class ExternalNode(practical.Node):
             self.messenger.send_leadership_proclamation(self.proposal_id)
             self.messenger.on_leadership_change(old_leader_uid, self.node_uid)
 
-    def recv_accept_nack(self, from_uid, proposal_id, promised_id):
+    def recv_accept_nack(self, from_uid: Hashable, proposal_id: ProposalIDLike | None,
+                         promised_id: ProposalIDLike | None) -> None:
         """Count accept NACKs for our id; a quorum of them means we lost leadership."""
         if proposal_id == self.proposal_id:
             self._nacks.add(from_uid)

@@ -26,8 +26,10 @@ Python 3 drop-in for ``practical.py`` of essential-paxos 2.0, plus one later fea
 Everything is still driven through the messenger; no I/O happens here.
 """
 
+from collections.abc import Hashable
+
 from paxos import essential
-from paxos.essential import ProposalID, proposal_order
+from paxos.essential import ProposalID, ProposalIDLike, proposal_order
 
 __all__ = ["ProposalID", "Messenger", "Proposer", "Acceptor", "Learner", "Node"]
 
@@ -35,23 +37,26 @@ __all__ = ["ProposalID", "Messenger", "Proposer", "Acceptor", "Learner", "Node"]
 class Messenger(essential.Messenger):
     """The essential callbacks plus NACKs and the leadership notification."""
 
-    def send_prepare_nack(self, to_uid, proposal_id, promised_id):
+    def send_prepare_nack(self, to_uid: Hashable, proposal_id: ProposalIDLike | None,
+                          promised_id: ProposalID | None) -> None:
         """Tell proposer ``to_uid`` that its Prepare ``proposal_id`` lost to ``promised_id``."""
 
-    def send_accept_nack(self, to_uid, proposal_id, promised_id):
+    def send_accept_nack(self, to_uid: Hashable, proposal_id: ProposalIDLike | None,
+                         promised_id: ProposalID | None) -> None:
         """Tell proposer ``to_uid`` that its Accept! ``proposal_id`` lost to ``promised_id``."""
 
-    def on_leadership_acquired(self):
+    def on_leadership_acquired(self) -> None:
         """This proposer collected a quorum of promises (it is not guaranteed to be the only leader)."""
 
 
 class Proposer(essential.Proposer):
     """A proposer with a leadership flag, passive mode and NACK handling."""
 
+    messenger: Messenger  # practical's callbacks (set by the user, or by Node)
     leader = False
     active = True
 
-    def set_proposal(self, value):
+    def set_proposal(self, value: object) -> None:
         """Set the value to propose if none is set; a leader sends Accept! for it at once.
 
         A leader already holds a quorum of promises for ``proposal_id``, so phase 1 is done and the
@@ -62,7 +67,7 @@ class Proposer(essential.Proposer):
             if self.leader and self.active:
                 self.messenger.send_accept(self.proposal_id, value)
 
-    def prepare(self, increment_proposal_number=True):
+    def prepare(self, increment_proposal_number: bool = True) -> None:
         """Send Prepare; by default for a new, higher proposal id.
 
         With ``increment_proposal_number=True`` leadership is dropped and promises are forgotten,
@@ -80,7 +85,7 @@ class Proposer(essential.Proposer):
         if self.active:
             self.messenger.send_prepare(self.proposal_id)
 
-    def observe_proposal(self, from_uid, proposal_id):
+    def observe_proposal(self, from_uid: Hashable, proposal_id: ProposalIDLike | None) -> None:
         """Note a proposal id used by another node so that our next one is higher.
 
         Our own ids are ignored (we already account for them).
@@ -91,22 +96,25 @@ class Proposer(essential.Proposer):
         if proposal_order(proposal_id) >= proposal_order(ours):
             self.next_proposal_number = proposal_id[0] + 1
 
-    def recv_prepare_nack(self, from_uid, proposal_id, promised_id):
+    def recv_prepare_nack(self, from_uid: Hashable, proposal_id: ProposalIDLike | None,
+                          promised_id: ProposalIDLike | None) -> None:
         """An acceptor refused our Prepare: remember its promise so the next ``prepare()`` beats it.
 
         Does not give up leadership and does not re-prepare; the caller decides when to retry.
         """
         self.observe_proposal(from_uid, promised_id)
 
-    def recv_accept_nack(self, from_uid, proposal_id, promised_id):
+    def recv_accept_nack(self, from_uid: Hashable, proposal_id: ProposalIDLike | None,
+                         promised_id: ProposalIDLike | None) -> None:
         """An acceptor refused our Accept!. A hook for subclasses; nothing happens here."""
 
-    def resend_accept(self):
+    def resend_accept(self) -> None:
         """Retransmit Accept! if we are an active leader with a value (for lost messages)."""
         if self.leader and self.proposed_value and self.active:
             self.messenger.send_accept(self.proposal_id, self.proposed_value)
 
-    def recv_promise(self, from_uid, proposal_id, prev_accepted_id, prev_accepted_value):
+    def recv_promise(self, from_uid: Hashable, proposal_id: ProposalIDLike | None,
+                     prev_accepted_id: ProposalIDLike | None, prev_accepted_value: object) -> None:
         """Handle a Promise; at exactly ``quorum_size`` promises become leader.
 
         Any promise, even for a foreign id, is observed so our next id is higher. Promises arriving
@@ -133,25 +141,27 @@ class Proposer(essential.Proposer):
 class Acceptor(essential.Acceptor):
     """An acceptor that sends NACKs and withholds replies until its state is persisted."""
 
-    pending_promise = None  # uid of the proposer owed a Promise once state is durable
-    pending_accepted = None  # uid whose Accept! is owed an Accepted once state is durable
+    messenger: Messenger  # practical's callbacks (set by the user, or by Node)
+    pending_promise: Hashable | None = None  # uid of the proposer owed a Promise once state is durable
+    pending_accepted: Hashable | None = None  # uid whose Accept! is owed an Accepted once state is durable
     active = True
 
     @property
-    def persistance_required(self):
+    def persistance_required(self) -> bool:
         """True while a reply waits for ``promised_id``/``accepted_id``/``accepted_value`` to be saved.
 
         (The misspelling is the 2013 API's and is kept for compatibility.)
         """
         return self.pending_promise is not None or self.pending_accepted is not None
 
-    def recover(self, promised_id, accepted_id, accepted_value):
+    def recover(self, promised_id: ProposalIDLike | None, accepted_id: ProposalIDLike | None,
+                accepted_value: object) -> None:
         """Restore the durable state after a restart. Sends nothing."""
         self.promised_id = essential.as_proposal_id(promised_id)
         self.accepted_id = essential.as_proposal_id(accepted_id)
         self.accepted_value = accepted_value
 
-    def recv_prepare(self, from_uid, proposal_id):
+    def recv_prepare(self, from_uid: Hashable, proposal_id: ProposalIDLike | None) -> None:
         """Handle a Prepare.
 
         * The id we promised already (a retransmission): reply at once; that promise is durable.
@@ -173,7 +183,7 @@ class Acceptor(essential.Acceptor):
             if self.active:
                 self.messenger.send_prepare_nack(from_uid, proposal_id, self.promised_id)
 
-    def recv_accept_request(self, from_uid, proposal_id, value):
+    def recv_accept_request(self, from_uid: Hashable, proposal_id: ProposalIDLike | None, value: object) -> None:
         """Handle an Accept!.
 
         * The proposal and value we accepted already: send Accepted again at once.
@@ -187,9 +197,9 @@ class Acceptor(essential.Acceptor):
 
         elif proposal_order(proposal_id) >= proposal_order(self.promised_id):
             if self.pending_accepted is None:
-                proposal_id = essential.as_proposal_id(proposal_id)
-                self.promised_id = proposal_id
-                self.accepted_id = proposal_id
+                accepted_id = essential.as_proposal_id(proposal_id)
+                self.promised_id = accepted_id
+                self.accepted_id = accepted_id
                 self.accepted_value = value
                 if self.active:
                     self.pending_accepted = from_uid
@@ -198,7 +208,7 @@ class Acceptor(essential.Acceptor):
             if self.active:
                 self.messenger.send_accept_nack(from_uid, proposal_id, self.promised_id)
 
-    def persisted(self):
+    def persisted(self) -> None:
         """Call after saving ``promised_id``, ``accepted_id`` and ``accepted_value`` to stable storage.
 
         Sends the pending Promise (with the current, now durable, values), then the pending Accepted,
@@ -225,13 +235,16 @@ class Learner(essential.Learner):
     ``on_resolution`` is still called only once.
     """
 
-    final_acceptors = None
-    _accepted_by = None  # proposal id -> uids counted for it, mirrors the entries of ``proposals``
+    messenger: Messenger  # practical's callbacks (set by the user, or by Node)
+    final_acceptors: set[Hashable] | None = None
+    _accepted_by: dict[ProposalIDLike, set[Hashable]] | None = None  # proposal id -> uids counted for it,
+    # mirrors the entries of ``proposals``
 
-    def recv_accepted(self, from_uid, proposal_id, accepted_value):
+    def recv_accepted(self, from_uid: Hashable, proposal_id: ProposalIDLike | None, accepted_value: object) -> None:
         """As ``essential.Learner.recv_accepted``; after resolution, track acceptors of the value."""
         if self.final_value is not None:
             if accepted_value == self.final_value:
+                assert self.final_acceptors is not None, "set at resolution, with final_value"
                 self.final_acceptors.add(from_uid)
             return
 
@@ -239,8 +252,8 @@ class Learner(essential.Learner):
         # sender for that proposal id first, so that the set is complete when resolution happens
         # inside the base class call. The set grows exactly when ``accept_count`` does.
         last_pid = self.acceptors.get(from_uid) if self.acceptors is not None else None
-        counted = proposal_order(proposal_id) > proposal_order(last_pid)
-        if counted:
+        counted = proposal_id is not None and proposal_order(proposal_id) > proposal_order(last_pid)
+        if counted and proposal_id is not None:
             if self._accepted_by is None:
                 self._accepted_by = dict()
             self._accepted_by.setdefault(proposal_id, set()).add(from_uid)
@@ -249,12 +262,14 @@ class Learner(essential.Learner):
 
         # The base class drops a proposal's entry when no acceptor retains it any more (its counts
         # restart from zero if it comes back); drop our set with it to stay in step.
-        if counted and self.proposals is not None and last_pid is not None:
+        # (Without a resolution, proposals and our sets are still there.)
+        if counted and self.proposals is not None and self._accepted_by is not None and last_pid is not None:
             if last_pid not in self.proposals:
                 self._accepted_by.pop(last_pid, None)
 
-    def _resolve(self, proposal_id, accepted_value):
+    def _resolve(self, proposal_id: ProposalID, accepted_value: object) -> None:
         # Set the attribute before ``on_resolution`` runs so that the callback can read it.
+        assert self._accepted_by is not None, "resolution follows a counted Accepted"
         self.final_acceptors = set(self._accepted_by[proposal_id])
         self._accepted_by = None
         super()._resolve(proposal_id, accepted_value)
@@ -263,22 +278,27 @@ class Learner(essential.Learner):
 class Node(Proposer, Acceptor, Learner):
     """One participant playing all three roles with one uid and quorum size."""
 
-    def __init__(self, messenger, node_uid, quorum_size):
+    messenger: Messenger  # always set: the constructor takes it
+    quorum_size: int  # the same
+
+    def __init__(self, messenger: Messenger, node_uid: Hashable, quorum_size: int) -> None:
         """Build a node; ``messenger`` receives every output, ``quorum_size`` counts acceptors."""
         self.messenger = messenger
         self.node_uid = node_uid
         self.quorum_size = quorum_size
 
+    # The seed's API: a node's proposer uid is its node uid, read-only, where essential.Proposer has a
+    # settable attribute (no type says "read-only in this subclass").
     @property
-    def proposer_uid(self):
+    def proposer_uid(self) -> Hashable:  # type: ignore[override]
         """The proposer uid is the node uid (read-only)."""
         return self.node_uid
 
-    def change_quorum_size(self, quorum_size):
+    def change_quorum_size(self, quorum_size: int) -> None:
         """Set a new quorum size (for membership changes decided elsewhere)."""
         self.quorum_size = quorum_size
 
-    def recv_prepare(self, from_uid, proposal_id):
+    def recv_prepare(self, from_uid: Hashable, proposal_id: ProposalIDLike | None) -> None:
         """Observe the id (so our own next id is higher), then act as acceptor."""
         self.observe_proposal(from_uid, proposal_id)
         return Acceptor.recv_prepare(self, from_uid, proposal_id)
