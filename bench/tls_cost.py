@@ -51,11 +51,21 @@ class TlsKv(store_bench.LocalKv):
         deadline = time.monotonic() + deadline_s
         with Client(self.endpoints, timeout=1.0, **self.client_tls) as c:
             while time.monotonic() < deadline:
+                for node_id, proc in self.procs.items():
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"node {node_id} exited with {proc.returncode}: "
+                                           f"{self.log_tail(node_id)}")
                 leaders = [s["id"] for s in c.cluster_status() if s.get("reachable") and s.get("is_leader")]
                 if len(leaders) == 1:
                     return leaders[0]
                 time.sleep(0.1)
-        raise RuntimeError(f"no leader within {deadline_s}s; logs in {self.root}")
+        raise RuntimeError(f"no leader within {deadline_s}s; node 1 said: {self.log_tail(1)}")
+
+    def log_tail(self, node_id: int) -> str:
+        try:
+            return (self.root / f"node-{node_id}.log").read_text(errors="replace")[-3000:]
+        except OSError as exc:
+            return str(exc)
 
 
 def drive(endpoints: list[str], in_flight: int, seconds: float, tls: dict[str, str]) -> dict:
