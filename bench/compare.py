@@ -102,6 +102,32 @@ def log(text: str) -> None:
     print(text, flush=True)
 
 
+def guarded(name: str, fn, *args, default=None):
+    """``fn(*args)``, or ``default`` after logging why not: one section that fails (a node that exited,
+    say, while others edit the tree) must not lose the rest of a ten-minute run."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - reported in the output and the results file
+        log(f"{name}: FAILED ({type(exc).__name__}: {exc}); going on without it")
+        FAILURES.append(f"{name}: {type(exc).__name__}: {exc}")
+        return default
+
+
+FAILURES: list[str] = []
+
+
+def start_cluster(kv: store_bench.LocalKv) -> None:
+    """Start ``kv``'s nodes and wait for a leader; if a node exits, show the end of its log first."""
+    kv.start_all()
+    try:
+        kv.wait_leader()
+    except RuntimeError:
+        for node_log in sorted(kv.root.glob("node-*.log")):
+            tail = node_log.read_text(errors="replace").strip().splitlines()[-8:]
+            log(f"  {node_log.name}: " + "\n    ".join(tail))
+        raise
+
+
 def stage(text: str) -> None:
     """A progress line with the time elapsed since the run began."""
     elapsed = time.monotonic() - _STARTED
@@ -459,8 +485,7 @@ def run_client_modes(seconds: float, rounds: int, procs: int = 2, clients: int =
           f"of {seconds:g} s per mode")
     samples = []
     with store_bench.LocalKv(3, ["--fsync", "always"]) as kv:
-        kv.start_all()
-        kv.wait_leader()
+        start_cluster(kv)
         for r in range(rounds):
             order = CLIENT_MODES if r % 2 == 0 else CLIENT_MODES[::-1]
             for mode in order:
@@ -519,8 +544,7 @@ def run_bulk(keys: int, rounds: int, in_flight: int = 256) -> tuple[list[dict], 
     samples: list[dict] = []
     dump_row: dict = {}
     with store_bench.LocalKv(3, ["--fsync", "always"]) as kv:
-        kv.start_all()
-        kv.wait_leader()
+        start_cluster(kv)
         endpoints = ",".join(kv.endpoints)
         data = kv.root / "load.jsonl"
         value = ("0123456789abcdef" * 7)[:100]
@@ -890,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bulk-keys", type=int, default=None, help="keys for kv load vs kv bench (default 100000, "
                                                                 "quick 20000)")
     ap.add_argument("--client-rounds", type=int, default=None,
-                    help="rounds of the client API and bulk rows (default 2, quick 1)")
+                    help="rounds of the client API and bulk rows (default 3, quick 1)")
     ap.add_argument("--only-kv", action="store_true", help="only this store's configurations (both engines)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the results part of docs/benchmarks.md")
     ap.add_argument("--memory", action="store_true", help="run bench/memory_bench.py instead (1M keys)")
@@ -911,7 +935,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     levels = [int(x) for x in args.levels.split(",")]
     pso_levels = sorted(set(levels) | {int(x) for x in args.pysyncobj_levels.split(",") if x.strip()})
-    client_rounds = args.client_rounds or (1 if args.quick else 2)
+    client_rounds = args.client_rounds or (1 if args.quick else 3)
     bulk_keys = args.bulk_keys or (20_000 if args.quick else 100_000)
     from kvstore import runtime
 
@@ -930,27 +954,29 @@ def main(argv: list[str] | None = None) -> int:
                   ("kv classic", 3, ["--fsync", "always", "--engine", "classic"])]
     for label, size, extra in kv_configs:
         stage(label)
-        rows += run_kv(label, size, extra, levels, seconds, args.conns)
+        rows += guarded(label, run_kv, label, size, extra, levels, seconds, args.conns, default=[])
     etcd_version_text = None
     if not args.only_kv and not args.no_pysyncobj:
         for journal in (False, True):
             for batch in (True, False):
                 stage(f"PySyncObj journal={'on' if journal else 'off'}{'' if batch else ' nobatch'}")
-                rows += run_pysyncobj(journal, pso_levels, seconds, batch)
+                rows += guarded("pysyncobj", run_pysyncobj, journal, pso_levels, seconds, batch, default=[])
     if not args.only_kv and not args.no_etcd:
         stage("etcd")
-        etcd_rows, etcd_version_text = run_etcd(levels, seconds)
+        etcd_rows, etcd_version_text = guarded("etcd", run_etcd, levels, seconds, default=([], None))
         rows += etcd_rows
     client_samples: list[dict] = []
     client_rows: list[dict] = []
     if not args.no_clients:
-        client_samples, client_rows = run_client_modes(seconds, client_rounds)
+        client_samples, client_rows = guarded("client API", run_client_modes, seconds, client_rounds,
+                                              default=([], []))
     bulk_samples: list[dict] = []
     bulk_dump: dict = {}
     bulk: dict = {}
     if not args.no_bulk:
-        bulk_samples, bulk_dump = run_bulk(bulk_keys, client_rounds)
-        bulk = bulk_summary(bulk_samples)
+        bulk_samples, bulk_dump = guarded("kv load vs kv bench", run_bulk, bulk_keys, client_rounds,
+                                          default=([], {}))
+        bulk = bulk_summary(bulk_samples) if bulk_samples else {}
     elapsed = time.monotonic() - started
     stage("done")
 
@@ -999,6 +1025,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{client_rounds} round(s) per mode, the first mode alternating; puts/s summed over the two "
                      "processes (median round), p50/p99 the worse process's; 'x callbacks' the median of the "
                      "per-round ratios.")
+    if FAILURES:
+        notes.append("Sections that failed in this run (see its output): " + "; ".join(FAILURES))
     if bulk:
         notes.append(f"kv load vs kv bench: a fresh 3-node cluster (fsync always); kv load of a {bulk_keys}-line "
                      "file (8-character keys, 100-byte values) with --in-flight 256 against kv bench --clients 256 "
