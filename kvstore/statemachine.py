@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import operator
 import struct
 from bisect import bisect_left, insort
@@ -912,11 +913,19 @@ def _adopt_packed_entries(flat: object, revision: int) -> tuple[dict[str, bytes]
     whole-list operations, no Python code per entry. Consumes ``flat``."""
     if type(flat) is not list or len(flat) % 2:
         raise SnapshotError("snapshot entries must be a flat list of (key, packed entry)")
-    keys = flat[0::2]
-    packed = flat[1::2]
-    flat.clear()  # (the two halves and the dict being built are the peak, not the whole list too)
-    entries = dict(zip(keys, packed, strict=True))
-    del packed
+    entries: dict[str, bytes] = {}
+    key_pieces: list[list[str]] = []
+    step = 2 * _RESTORE_ENTRIES_PER_STEP
+    while flat:  # a step at a time from the end, as _restore_entries does, so the list shrinks as we go
+        base = max(0, len(flat) - step)
+        piece = flat[base:]
+        del flat[base:]
+        keys = piece[0::2]
+        entries.update(zip(keys, piece[1::2], strict=True))
+        key_pieces.append(keys)
+        del piece
+    keys = list(itertools.chain.from_iterable(reversed(key_pieces)))
+    del key_pieces
     if len(entries) != len(keys):
         raise SnapshotError("snapshot keys are not distinct")
     return entries, _SortedKeys.from_sorted(keys)

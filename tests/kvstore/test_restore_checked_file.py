@@ -14,6 +14,7 @@ import random
 import cbor2
 import pytest
 
+from kvstore import statemachine
 from kvstore.commands import encode_delete, encode_put
 from kvstore.statemachine import SnapshotError, StateMachine
 
@@ -79,3 +80,18 @@ def test_the_map_around_the_entries_is_still_checked():
     ):
         with pytest.raises(SnapshotError, match=match):
             restored(cbor2.dumps(broken), True)
+
+
+def test_a_checked_file_restores_across_many_steps(monkeypatch):
+    # The entries are taken a step at a time from the end of the list: with a tiny step the pieces
+    # must still join into one ascending index, and duplicates across pieces are still found.
+    monkeypatch.setattr(statemachine, "_RESTORE_ENTRIES_PER_STEP", 7)
+    sm = busy_machine(5, keys=200)
+    data = sm.snapshot()
+    fast = restored(data, True)
+    assert [tuple(e) for e in fast.range()] == [tuple(e) for e in sm.range()]
+    assert fast.state_hash() == sm.state_hash()
+    top = cbor2.loads(data)
+    top["entries"] = top["entries"] + top["entries"][:2]  # the first key again, in another piece
+    with pytest.raises(SnapshotError, match="not distinct"):
+        restored(cbor2.dumps(top), True)
