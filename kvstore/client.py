@@ -45,6 +45,7 @@ import trio
 
 from . import wire
 from .endpoints import format_endpoint, parse_endpoint, parse_endpoint_list
+from .limits import check_key, check_value
 from .netio import Outbox
 
 
@@ -342,7 +343,10 @@ class AsyncClient:
     # --- public API -------------------------------------------------------------------------------
 
     async def put(self, key: str, value: str | bytes) -> int:
-        """Store ``value`` under ``key``; return the revision of the write."""
+        """Store ``value`` under ``key``; return the revision of the write. A key or value over the
+        store's limits raises ``kvstore.limits.TooLarge`` (a ValueError) before anything is sent."""
+        check_key(key)
+        check_value(value)
         client_id = self.client_id
         result = await self._write(lambda rid, rq, ack: wire.encode_put_request_frame(
             rid, key, value, client_id, rq, ack))
@@ -354,6 +358,7 @@ class AsyncClient:
         return None if entry is None else entry.value
 
     async def get_entry(self, key: str, *, consistency: str = "l") -> Entry | None:
+        check_key(key)
         lin = _linearizable(consistency)
         result = await self._read(lambda rid: wire.GetRequest(id=rid, key=key, linearizable=lin))
         if not result.get("found"):
@@ -362,18 +367,23 @@ class AsyncClient:
 
     async def delete(self, key: str) -> bool:
         """Delete ``key``; True if it existed."""
+        check_key(key)
         result = await self._write(lambda rid, rq, ack: wire.DeleteRequest(
             id=rid, key=key, prefix=False, client_id=self.client_id, request_id=rq, ack_below=ack))
         return result["deleted"] > 0
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key that starts with ``prefix``; return how many were deleted."""
+        check_key(prefix, "prefix")
         result = await self._write(lambda rid, rq, ack: wire.DeleteRequest(
             id=rid, key=prefix, prefix=True, client_id=self.client_id, request_id=rq, ack_below=ack))
         return result["deleted"]
 
     async def cas(self, key: str, expected: str | bytes | None, new: str | bytes) -> bool:
         """Set ``key`` to ``new`` if its value is ``expected`` (None: only if absent). True if swapped."""
+        check_key(key)
+        check_value(expected, "expected value")
+        check_value(new, "new value")
         result = await self._write(lambda rid, rq, ack: wire.CasRequest(
             id=rid, key=key, expected=expected, new=new, client_id=self.client_id, request_id=rq, ack_below=ack))
         return bool(result["ok"])
@@ -519,7 +529,7 @@ class AsyncClient:
         first attempt fails (no connection, not the leader, no answer in time) the request goes on as
         ``put`` does, in a task of the client, with the same request id and deadline. ``done`` must
         not raise; it may submit more requests. Requests still pending when the client is closed may
-        never reach ``done``.
+        never reach ``done``. A key or value over the store's limits raises ``TooLarge`` here, as ``put``.
         """
         client_id = self.client_id
         request_id = next(self._request_ids)
@@ -533,6 +543,8 @@ class AsyncClient:
             done(outcome["rev"] if type(outcome) is dict else outcome)
 
         try:
+            check_key(key)
+            check_value(value)
             if self._deferred_writes or request_id - self._unanswered[0] >= WRITE_WINDOW:
                 # Too far ahead of the oldest write still out: sent, in order, once it is answered
                 # (see _answered_write); its deadline counts from then.
