@@ -63,6 +63,7 @@ import os
 import random
 import signal
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -276,6 +277,7 @@ class Node:
         self.transport = transport or tls.transport_for(o) or TcpTransport()
         rules = acl.load(o.acl) if o.acl else None  # AclError if the file is bad (before the storage opens)
         self.counters: dict[str, int] = defaultdict(int)
+        opened_at = time.perf_counter()
         self.storage = Storage.open(
             self.data_dir, node_id=node_id, cluster_id=o.cluster_id, fsync=o.fsync,
             preallocate=o.log_preallocate_bytes,
@@ -296,10 +298,13 @@ class Node:
         found = self.storage.open_snapshot()
         if found is not None:
             snapshot_slot, file, length = found
+            restored_at = time.perf_counter()
             with file:
                 # decoded from the file as it goes; its checksum was verified when the storage opened
                 sm = StateMachine.restore_stream(file, length, checked_file=True)
             self.storage.release_snapshot()
+            log.info("node %d: data dir opened in %.2f s; snapshot of slot %d restored in %.2f s (%d keys)",
+                     node_id, restored_at - opened_at, snapshot_slot, time.perf_counter() - restored_at, len(sm))
             if sm.changes:
                 self.storage.recovered.configs = self.schedule_for(sm, snapshot_slot)
         else:
