@@ -164,13 +164,15 @@ clock, or touch a file or socket.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import functional, practical
 from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
 from .ballot import Ballot
-from .essential import ProposalID
+from .essential import ProposalID, ProposalIDLike
+from .membership import ScheduleEntry
 from .messages import (
     Accept,
     Accepted,
@@ -181,18 +183,32 @@ from .messages import (
     DecidedEntry,
     Heartbeat,
     HeartbeatAck,
+    Message,
     Nack,
     Prepare,
     Promise,
+    Value,
 )
-from .replica import CANDIDATE, FOLLOWER, LEADER, ChangeRefused, Config, Options
+from .replica import CANDIDATE, FOLLOWER, LEADER, ChangeRefused, Config, Options, Status
 
 if TYPE_CHECKING:  # only for the annotation: the engine never touches the module-level generator
     import random
 
 __all__ = ["ClassicReplica", "ballot_of", "proposal_id_of"]
 
-ZERO = Ballot.ZERO  # type: ignore[attr-defined]
+ZERO = Ballot.ZERO
+
+
+def _node_id(uid: Hashable) -> int:
+    """A seed uid this engine gave out: a node id (the seed's classes type uids as any hashable)."""
+    assert isinstance(uid, int), f"not a node id: {uid!r}"
+    return uid
+
+
+def _batch(value: object) -> Value:
+    """A seed value this engine gave out: a batch of commands (the seed's classes hold any object)."""
+    assert isinstance(value, tuple), f"not a batch: {value!r}"
+    return value
 
 
 def proposal_id_of(ballot: Ballot) -> ProposalID | None:
@@ -202,90 +218,99 @@ def proposal_id_of(ballot: Ballot) -> ProposalID | None:
     return ProposalID(ballot.number, ballot.node_id)
 
 
-def ballot_of(proposal_id) -> Ballot:
+def ballot_of(proposal_id: ProposalIDLike | None) -> Ballot:
     """The ballot of a seed proposal id; ``Ballot.ZERO`` for ``None``."""
     if proposal_id is None:
         return ZERO
-    return Ballot(proposal_id[0], proposal_id[1])
+    return Ballot(proposal_id[0], _node_id(proposal_id[1]))
 
 
 class _SlotMessenger(practical.Messenger):
     """The messenger of one slot's acceptor, proposer or learner: every callback goes to the replica,
     tagged with the slot."""
 
-    def __init__(self, replica: "ClassicReplica", slot: int) -> None:
+    def __init__(self, replica: ClassicReplica, slot: int) -> None:
         self._replica = replica
         self._slot = slot
 
-    def send_prepare(self, proposal_id):
+    def send_prepare(self, proposal_id: ProposalID | None) -> None:
         raise AssertionError("a slot's proposer prepares passively: the election's Prepare is its phase 1")
 
-    def send_promise(self, proposer_uid, proposal_id, previous_id, accepted_value):
-        self._replica._slot_promise(self._slot, proposer_uid, proposal_id, previous_id, accepted_value)
+    def send_promise(self, proposer_uid: Hashable, proposal_id: ProposalIDLike | None,
+                     previous_id: ProposalID | None, accepted_value: object) -> None:
+        self._replica._slot_promise(self._slot, _node_id(proposer_uid), proposal_id, previous_id, accepted_value)
 
-    def send_accept(self, proposal_id, proposal_value):
-        self._replica._slot_accept(self._slot, proposal_id, proposal_value)
+    def send_accept(self, proposal_id: ProposalID | None, proposal_value: object) -> None:
+        self._replica._slot_accept(self._slot, proposal_id, _batch(proposal_value))
 
-    def send_accepted(self, proposal_id, accepted_value):
+    def send_accepted(self, proposal_id: ProposalIDLike | None, accepted_value: object) -> None:
+        assert proposal_id is not None, "an acceptance names its proposal"
         self._replica._slot_accepted(self._slot, proposal_id)
 
-    def send_prepare_nack(self, to_uid, proposal_id, promised_id):
-        self._replica._send_nack(to_uid, proposal_id, promised_id)
+    def send_prepare_nack(self, to_uid: Hashable, proposal_id: ProposalIDLike | None,
+                          promised_id: ProposalID | None) -> None:
+        self._replica._send_nack(_node_id(to_uid), proposal_id, promised_id)
 
-    def send_accept_nack(self, to_uid, proposal_id, promised_id):
-        self._replica._send_nack(to_uid, proposal_id, promised_id)
+    def send_accept_nack(self, to_uid: Hashable, proposal_id: ProposalIDLike | None,
+                         promised_id: ProposalID | None) -> None:
+        self._replica._send_nack(_node_id(to_uid), proposal_id, promised_id)
 
-    def on_leadership_acquired(self):
+    def on_leadership_acquired(self) -> None:
         """A slot's proposer reached the carried quorum: expected, nothing to do."""
 
-    def on_resolution(self, proposal_id, value):
-        self._replica._slot_resolved(self._slot, value)
+    def on_resolution(self, proposal_id: ProposalID, value: object) -> None:
+        self._replica._slot_resolved(self._slot, _batch(value))
 
 
 class _ElectorMessenger(functional.HeartbeatMessenger):
     """The elector's messenger: phase 1 for the whole log, heartbeats, the pulse timer."""
 
-    def __init__(self, replica: "ClassicReplica") -> None:
+    def __init__(self, replica: ClassicReplica) -> None:
         self._replica = replica
 
     def ticks(self) -> int:
         return self._replica._ticks
 
-    def send_prepare(self, proposal_id):
+    def send_prepare(self, proposal_id: ProposalID | None) -> None:
+        assert proposal_id is not None, "the elector prepares with a fresh proposal id"
         self._replica._elector_prepare(proposal_id)
 
-    def send_promise(self, proposer_uid, proposal_id, previous_id, accepted_value):
-        self._replica._elector_promise(proposer_uid, proposal_id)
+    def send_promise(self, proposer_uid: Hashable, proposal_id: ProposalIDLike | None,
+                     previous_id: ProposalID | None, accepted_value: object) -> None:
+        self._replica._elector_promise(_node_id(proposer_uid), proposal_id)
 
-    def send_accept(self, proposal_id, proposal_value):
+    def send_accept(self, proposal_id: ProposalID | None, proposal_value: object) -> None:
         raise AssertionError("the elector proposes no value: slots have their own proposers")
 
-    def send_accepted(self, proposal_id, accepted_value):
+    def send_accepted(self, proposal_id: ProposalIDLike | None, accepted_value: object) -> None:
         raise AssertionError("the elector accepts nothing: slots have their own acceptors")
 
-    def send_prepare_nack(self, to_uid, proposal_id, promised_id):
-        self._replica._send_nack(to_uid, proposal_id, promised_id)
+    def send_prepare_nack(self, to_uid: Hashable, proposal_id: ProposalIDLike | None,
+                          promised_id: ProposalID | None) -> None:
+        self._replica._send_nack(_node_id(to_uid), proposal_id, promised_id)
 
-    def send_accept_nack(self, to_uid, proposal_id, promised_id):
-        self._replica._send_nack(to_uid, proposal_id, promised_id)
+    def send_accept_nack(self, to_uid: Hashable, proposal_id: ProposalIDLike | None,
+                         promised_id: ProposalID | None) -> None:
+        self._replica._send_nack(_node_id(to_uid), proposal_id, promised_id)
 
-    def on_leadership_acquired(self):
+    def on_leadership_acquired(self) -> None:
         self._replica._count("elections_won")
 
-    def on_resolution(self, proposal_id, value):
+    def on_resolution(self, proposal_id: ProposalID, value: object) -> None:
         raise AssertionError("the elector decides nothing")
 
-    def send_heartbeat(self, leader_proposal_id):
+    def send_heartbeat(self, leader_proposal_id: ProposalID | None) -> None:
+        assert leader_proposal_id is not None, "only a leader pulses, with its proposal id"
         self._replica._elector_heartbeat(leader_proposal_id)
 
-    def schedule(self, msec_delay, func_obj):
+    def schedule(self, msec_delay: float, func_obj: Callable[[], None]) -> None:
         # functional passes hb_period, in the unit of timestamp(): here, ticks.
         self._replica._schedule(msec_delay, func_obj)
 
-    def on_leadership_lost(self):
+    def on_leadership_lost(self) -> None:
         self._replica._count("leadership_lost")
 
-    def on_leadership_change(self, prev_leader_uid, new_leader_uid):
+    def on_leadership_change(self, prev_leader_uid: Hashable | None, new_leader_uid: Hashable | None) -> None:
         self._replica._count("leader_changes")
 
 
@@ -293,7 +318,9 @@ class _Elector(functional.HeartbeatNode):
     """``functional.HeartbeatNode`` on the replica's logical clock (the documented way to inject one:
     override ``timestamp``), plus the one transition functional has no method for."""
 
-    def timestamp(self):
+    messenger: _ElectorMessenger
+
+    def timestamp(self) -> float:
         return self.messenger.ticks()
 
     def step_down(self) -> None:
@@ -307,6 +334,14 @@ class _Elector(functional.HeartbeatNode):
         self.leader_proposal_id = None
         self.messenger.on_leadership_lost()
         self.messenger.on_leadership_change(self.node_uid, None)
+
+
+class ClassicStatus(Status):
+    """``ClassicReplica.status()``: ``Replica.status()``'s keys, plus these."""
+
+    engine: str
+    instances: int  # seed objects alive: an acceptor per slot that holds something, and per open slot
+    # a proposer and a learner
 
 
 @dataclass(slots=True)
@@ -340,11 +375,13 @@ class ClassicReplica:
         self._actions = Actions()
         self._counters: dict[str, int] = {}
         self._ticks = 0  # the elector's clock: ticks since this object was built
-        self._loopback: deque = deque()  # messages from this node to itself, handled after the input
-        self._touched: dict[int, tuple] = {}  # id(acceptor) -> (slot or None, acceptor) fed this message
-        self._answering: tuple | None = None  # (to, proposal id) of the Prepare being answered
+        self._loopback: deque[Message] = deque()  # messages from this node to itself, handled after the input
+        # id(acceptor) -> (slot or None, acceptor) fed this message (the elector is the node's acceptor)
+        self._touched: dict[int, tuple[int | None, practical.Acceptor]] = {}
+        self._answering: tuple[int, ProposalID | None] | None = None  # (to, proposal id) of the Prepare answered
         self._promise_granted = False
-        self._promise_parts: dict[int, tuple] = {}  # slot -> (accepted id, value) for that Promise
+        # slot -> (accepted id, value) for that Promise
+        self._promise_parts: dict[int, tuple[ProposalID | None, object]] = {}
 
         # The elector: leadership, phase 1 for the whole log, and the node's promise (the frontier).
         promised = proposal_id_of(state.promised)
@@ -355,8 +392,8 @@ class ClassicReplica:
         # Our next proposal id is above the promise we recovered (observe_proposal ignores our own
         # ids, and the promise may be our own ballot of before the restart).
         self._elector.next_proposal_number = state.promised.number + 1
-        self._pulse_at: int | None = None  # the elector's scheduled pulse (tick), while leader
-        self._pulse = None
+        self._pulse_at: float | None = None  # the elector's scheduled pulse (tick), while leader
+        self._pulse: Callable[[], None] | None = None
         self._poll_elapsed = 0
         self._poll_deadline = self._draw_poll_deadline()
 
@@ -366,7 +403,7 @@ class ClassicReplica:
         for slot, (ballot, value) in state.accepted.items():
             if slot > self._snapshot_slot:
                 self._new_acceptor(slot).recover(promised, proposal_id_of(ballot), value)
-        self._decided: dict[int, tuple] = {s: v for s, v in state.decided.items() if s > self._snapshot_slot}
+        self._decided: dict[int, Value] = {s: v for s, v in state.decided.items() if s > self._snapshot_slot}
         self._decided_slot = state.snapshot_slot
         self._applied_slot = state.snapshot_slot
 
@@ -378,14 +415,14 @@ class ClassicReplica:
         # Leader.
         self._leading = False
         self._own_ballot: Ballot | None = None
-        self._quorum: tuple = ()  # the node ids whose promises are carried into every new slot
+        self._quorum: tuple[int, ...] = ()  # the node ids whose promises are carried into every new slot
         self._queue: deque[bytes] = deque()
         self._in_flight: dict[int, _Instance] = {}
         self._next_slot = 0
         self._election_top = 0  # the highest slot the election's quorum reported
         self._announced_decided_slot = 0
         self._heartbeat_seq = 0  # never reset, so acks from an older round never count for a newer one
-        self._heartbeat_acks: dict[int, set] = {}
+        self._heartbeat_acks: dict[int, set[int]] = {}
         self._confirmed_seq = 0
         self._round_in_batch: int | None = None
         self._pending_reads: list[tuple[int, int, int]] = []  # (read_id, read index, seq needed)
@@ -405,11 +442,17 @@ class ClassicReplica:
         if self._leading:
             return self.node_id
         uid = self._elector.leader_uid
-        return uid if uid != self.node_id else None
+        return _node_id(uid) if uid is not None and uid != self.node_id else None
 
     @property
     def is_leader(self) -> bool:
         return self._leading
+
+    @property
+    def _leader_ballot(self) -> Ballot:
+        """Our own ballot, for what only a leader does."""
+        assert self._own_ballot is not None, "only a leader has a ballot of its own"
+        return self._own_ballot
 
     @property
     def ballot(self) -> Ballot:
@@ -460,6 +503,7 @@ class ClassicReplica:
         if self._leading:
             if self._pulse_at is not None and self._ticks >= self._pulse_at:
                 pulse, self._pulse, self._pulse_at = self._pulse, None, None
+                assert pulse is not None, "_schedule sets both"
                 pulse()  # HeartbeatNode.pulse: a Heartbeat, and the next pulse scheduled
                 self._retransmit_accepts()
             if self.options.lazy_decide:
@@ -478,9 +522,9 @@ class ClassicReplica:
         if not self._leading:
             self._poll_elapsed = 0
 
-    def receive(self, message) -> None:
+    def receive(self, message: Message) -> None:
         """Handle one message addressed to this node. Bad or stale input is counted, never raised."""
-        sender = getattr(message, "sender", None)
+        sender = getattr(message, "sender", None)  # the shell may hand us anything: count it, never raise
         if sender not in self._peers:
             self._count("unknown_sender")
             return
@@ -520,7 +564,7 @@ class ClassicReplica:
             return
         self._forget_through(snapshot_slot)
 
-    def install_snapshot(self, snapshot_slot: int, configs: tuple = ()) -> None:
+    def install_snapshot(self, snapshot_slot: int, configs: tuple[ScheduleEntry, ...] = ()) -> None:
         """The shell installed a peer's snapshot at ``snapshot_slot`` (``Replica.install_snapshot``;
         precondition ``snapshot_slot > applied_slot``). A leader or candidate steps down. ``configs``
         is ignored: this engine's members are fixed (see ``propose_change``)."""
@@ -541,12 +585,12 @@ class ClassicReplica:
 
     def durable_state(self) -> DurableState:
         """What storage must hold now, to rewrite a compacted log (call after persisting actions)."""
-        accepted = {slot: (ballot_of(acc.accepted_id), acc.accepted_value)
+        accepted = {slot: (ballot_of(acc.accepted_id), _batch(acc.accepted_value))
                     for slot, acc in self._acceptors.items() if acc.accepted_id is not None}
         return DurableState(promised=self.ballot, accepted=accepted, decided=dict(self._decided),
                             snapshot_slot=self._snapshot_slot)
 
-    def status(self) -> dict:
+    def status(self) -> ClassicStatus:
         """Plain values for monitoring: ``Replica.status()``'s keys, plus ``engine`` and the counters
         described in the module docstring."""
         return {
@@ -579,7 +623,7 @@ class ClassicReplica:
     def config_for(self, slot: int) -> Config:
         return self.config
 
-    def schedule_through(self, slot: int) -> tuple:
+    def schedule_through(self, slot: int) -> tuple[ScheduleEntry, ...]:
         return ((1, 0, self.config),)
 
     @property
@@ -604,7 +648,7 @@ class ClassicReplica:
 
     # ------------------------------------------------------------------ dispatch and loopback
 
-    def _dispatch(self, m) -> None:
+    def _dispatch(self, m: Message) -> None:
         match m:
             case Prepare():
                 self._on_prepare(m)
@@ -635,13 +679,13 @@ class ClassicReplica:
         while self._loopback:
             self._dispatch(self._loopback.popleft())
 
-    def _send_to(self, to: int, message) -> None:
+    def _send_to(self, to: int, message: Message) -> None:
         if to == self.node_id:
             self._loopback.append(message)
         else:
             self._actions.send.append((to, message))
 
-    def _broadcast(self, message) -> None:
+    def _broadcast(self, message: Message) -> None:
         for peer in self._peers:
             self._actions.send.append((peer, message))
 
@@ -662,7 +706,7 @@ class ClassicReplica:
             acceptor.recover(self._elector.promised_id, None, None)
         return acceptor
 
-    def _touch(self, slot: int | None, acceptor) -> None:
+    def _touch(self, slot: int | None, acceptor: practical.Acceptor) -> None:
         self._touched[id(acceptor)] = (slot, acceptor)
 
     def _flush(self) -> None:
@@ -680,14 +724,14 @@ class ClassicReplica:
                 f"safety: slot {slot} promises {acceptor.promised_id}, the node {promised}")
             if slot is not None and acceptor.pending_accepted is not None:
                 self._actions.persist.append(
-                    AcceptRecord(slot, ballot_of(acceptor.accepted_id), acceptor.accepted_value))
+                    AcceptRecord(slot, ballot_of(acceptor.accepted_id), _batch(acceptor.accepted_value)))
         for slot, acceptor in touched:
             if acceptor.persistance_required:
                 acceptor.persisted()
             if slot is not None and acceptor.accepted_id is None and slot in self._acceptors:
                 del self._acceptors[slot]  # it holds nothing but the node's promise
 
-    def _raise_promise(self, sender: int, proposal_id: ProposalID) -> None:
+    def _raise_promise(self, sender: int, proposal_id: ProposalID | None) -> None:
         """A leader's message at a ballot above our promise: for every slot it is that leader's
         Prepare. Every acceptor promises it (one PromiseRecord); the Promises are not sent."""
         before = self.ballot
@@ -703,7 +747,7 @@ class ClassicReplica:
         promised = self.ballot
         if promised <= before:
             return
-        if self._leading and self._own_ballot < promised:
+        if self._leading and self._leader_ballot < promised:
             self._count("stepped_down_promise")
             self._elector.step_down()
             self._sync_role()
@@ -741,7 +785,7 @@ class ClassicReplica:
     def _assemble_promise(self, m: Prepare) -> Promise:
         first = max(m.first_slot, self._snapshot_slot + 1)
         accepted = tuple(
-            AcceptedEntry(slot=slot, ballot=ballot_of(accepted_id), value=value)
+            AcceptedEntry(slot=slot, ballot=ballot_of(accepted_id), value=_batch(value))
             for slot, (accepted_id, value) in sorted(self._promise_parts.items())
             if slot >= first and accepted_id is not None and slot not in self._decided
         )
@@ -749,11 +793,12 @@ class ClassicReplica:
         return Promise(sender=self.node_id, ballot=m.ballot, first_slot=m.first_slot, accepted=accepted,
                        decided=decided, snapshot_slot=self._snapshot_slot)
 
-    def _elector_promise(self, to: int, proposal_id) -> None:
+    def _elector_promise(self, to: int, proposal_id: ProposalIDLike | None) -> None:
         if self._answering == (to, proposal_id):
             self._promise_granted = True
 
-    def _slot_promise(self, slot: int, to: int, proposal_id, accepted_id, value) -> None:
+    def _slot_promise(self, slot: int, to: int, proposal_id: ProposalIDLike | None, accepted_id: ProposalID | None,
+                      value: object) -> None:
         if self._answering == (to, proposal_id):
             self._promise_parts[slot] = (accepted_id, value)
 
@@ -785,9 +830,9 @@ class ClassicReplica:
         if not own:
             self._learn_decided_slot(m.ballot, m.decided_slot, m.sender)
 
-    def _slot_accepted(self, slot: int, proposal_id) -> None:
+    def _slot_accepted(self, slot: int, proposal_id: ProposalIDLike) -> None:
         """A slot acceptor's Accepted goes to the proposer of that ballot (the distinguished learner)."""
-        self._send_to(proposal_id[1], Accepted(sender=self.node_id, ballot=ballot_of(proposal_id), slot=slot))
+        self._send_to(_node_id(proposal_id[1]), Accepted(sender=self.node_id, ballot=ballot_of(proposal_id), slot=slot))
 
     def _on_heartbeat(self, m: Heartbeat) -> None:
         if m.ballot.node_id != m.sender:
@@ -821,7 +866,7 @@ class ClassicReplica:
         self._sync_role()
         return True
 
-    def _send_nack(self, to: int, proposal_id, promised_id) -> None:
+    def _send_nack(self, to: int, proposal_id: ProposalIDLike | None, promised_id: ProposalIDLike | None) -> None:
         self._count("nack_sent")
         self._send_to(to, Nack(sender=self.node_id, ballot=ballot_of(proposal_id), promised=ballot_of(promised_id)))
 
@@ -834,7 +879,7 @@ class ClassicReplica:
         low = max(1, timeout // 2)
         return low + self._rng.randrange(max(1, timeout - low))
 
-    def _elector_prepare(self, proposal_id) -> None:
+    def _elector_prepare(self, proposal_id: ProposalID) -> None:
         """The elector prepares: one Prepare for every slot from our first undecided one on."""
         ballot = ballot_of(proposal_id)
         self._count("elections")
@@ -914,14 +959,14 @@ class ClassicReplica:
         self._own_ballot = ballot
         self._quorum = tuple(promises)
         self._count("became_leader")
-        reported: dict[int, dict[int, tuple]] = {}  # slot -> sender -> (accepted id, value)
+        reported: dict[int, dict[int, tuple[ProposalID | None, Value]]] = {}  # slot -> sender -> (accepted id, value)
         top = self._first_slot - 1
         for sender, promise in promises.items():
             for entry in promise.accepted:
                 reported.setdefault(entry.slot, {})[sender] = (proposal_id_of(entry.ballot), entry.value)
                 top = max(top, entry.slot)
-            for entry in promise.decided:
-                top = max(top, entry.slot)
+            for decided_entry in promise.decided:
+                top = max(top, decided_entry.slot)
         self._election_top = top
         self._in_flight = {}
         self._announced_decided_slot = 0
@@ -946,17 +991,18 @@ class ClassicReplica:
         self._pulse, self._pulse_at = None, None
         self._poll_elapsed = 0
 
-    def _open_slot(self, slot: int, value: tuple, reports: dict) -> None:
+    def _open_slot(self, slot: int, value: Value, reports: dict[int, tuple[ProposalID | None, Value]]) -> None:
         """Phase 2 for ``slot`` with a seed proposer whose phase 1 is the election's (see "Phase 1
         once, carried into every slot"): it proposes the P2c value, else ``value``."""
         assert slot > self._snapshot_slot and slot >= self._next_slot, f"slot {slot} reused"
-        proposal_id = proposal_id_of(self._own_ballot)
+        ballot = self._leader_ballot
+        proposal_id = proposal_id_of(ballot)
         messenger = _SlotMessenger(self, slot)
         proposer = practical.Proposer()
         proposer.messenger = messenger
         proposer.proposer_uid = self.node_id
         proposer.quorum_size = self._quorum_size
-        proposer.next_proposal_number = proposal_id.number
+        proposer.next_proposal_number = ballot.number
         proposer.active = False
         proposer.prepare()  # passive: takes our ballot, sends nothing
         proposer.active = True
@@ -973,7 +1019,7 @@ class ClassicReplica:
         if proposer.proposed_value is None:
             proposer.set_proposal(value)  # sends Accept: the proposer leads this slot
 
-    def _slot_accept(self, slot: int, proposal_id, value) -> None:
+    def _slot_accept(self, slot: int, proposal_id: ProposalID | None, value: Value) -> None:
         accept = Accept(sender=self.node_id, ballot=ballot_of(proposal_id), slot=slot, value=value,
                         decided_slot=self._decided_slot)
         self._broadcast(accept)
@@ -1004,7 +1050,7 @@ class ClassicReplica:
         # The Accepted names no value: one ballot proposes one value per slot, the one we proposed.
         instance.learner.recv_accepted(m.sender, proposal_id_of(m.ballot), instance.proposer.proposed_value)
 
-    def _slot_resolved(self, slot: int, value: tuple) -> None:
+    def _slot_resolved(self, slot: int, value: Value) -> None:
         self._mark_decided(slot, value)
         self._advance_decided()
 
@@ -1014,7 +1060,7 @@ class ClassicReplica:
         ``resend_accept`` tests the value's truthiness (as in 2013), and the no-op ``()`` is falsy, so
         a no-op goes out through the same callback directly."""
         oldest = self._ticks - self.options.heartbeat_ticks
-        for slot, instance in sorted(self._in_flight.items()):
+        for _slot, instance in sorted(self._in_flight.items()):
             if instance.opened > oldest:
                 continue
             proposer = instance.proposer
@@ -1025,14 +1071,14 @@ class ClassicReplica:
 
     def _announce_decided(self) -> None:
         if self._leading and self._decided_slot > self._announced_decided_slot:
-            self._broadcast(Decide(sender=self.node_id, ballot=self._own_ballot, decided_slot=self._decided_slot))
+            self._broadcast(Decide(sender=self.node_id, ballot=self._leader_ballot, decided_slot=self._decided_slot))
             self._announced_decided_slot = self._decided_slot
 
-    def _schedule(self, delay, func) -> None:
+    def _schedule(self, delay: float, func: Callable[[], None]) -> None:
         self._pulse_at = self._ticks + delay
         self._pulse = func
 
-    def _elector_heartbeat(self, proposal_id) -> None:
+    def _elector_heartbeat(self, proposal_id: ProposalID) -> None:
         """The elector pulsed: one Heartbeat round; a majority of acks confirms our leadership."""
         ballot = ballot_of(proposal_id)
         self._heartbeat_seq += 1
@@ -1118,6 +1164,7 @@ class ClassicReplica:
         if decided_slot <= self._decided_slot:
             return
         proposal_id = proposal_id_of(ballot)
+        candidates: Iterable[int]
         if decided_slot - self._decided_slot <= len(self._acceptors):
             candidates = range(self._decided_slot + 1, decided_slot + 1)
         else:
@@ -1125,12 +1172,12 @@ class ClassicReplica:
         for slot in candidates:
             acceptor = self._acceptors.get(slot)
             if acceptor is not None and acceptor.accepted_id == proposal_id and slot not in self._decided:
-                self._mark_decided(slot, acceptor.accepted_value)
+                self._mark_decided(slot, _batch(acceptor.accepted_value))
         self._advance_decided()
         if self._decided_slot < decided_slot:
             self._request_catchup(sender)
 
-    def _mark_decided(self, slot: int, value: tuple) -> None:
+    def _mark_decided(self, slot: int, value: Value) -> None:
         """``value`` is chosen at ``slot``: record it durably (the caller advances the prefix)."""
         if slot <= self._snapshot_slot:
             return
@@ -1168,7 +1215,7 @@ class ClassicReplica:
         self._send_to(to, CatchupRequest(sender=self.node_id, first_slot=self._decided_slot + 1))
 
     def _on_catchup_request(self, m: CatchupRequest) -> None:
-        entries = []
+        entries: list[DecidedEntry] = []
         slot = max(m.first_slot, self._snapshot_slot + 1)
         while slot in self._decided and len(entries) < self.options.catchup_entries_max:
             entries.append(DecidedEntry(slot=slot, value=self._decided[slot]))
