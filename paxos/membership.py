@@ -162,7 +162,7 @@ class Config:
             raise ValueError(f"node {node_id} is not a member")
         return self._next(incarnations={**self.incarnations, node_id: incarnation})
 
-    def _next(self, **changes: Any) -> Config:
+    def _next(self, **changes: Any) -> Config:  # fields of Config, checked by replace()
         return replace(self, epoch=self.epoch + 1, **changes)
 
     # ------------------------------------------------------------------ plain values
