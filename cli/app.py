@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import importlib
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -159,7 +159,7 @@ def settings_of(ctx: typer.Context) -> Settings:
 def main(
     ctx: typer.Context,
     endpoints: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--endpoints",
             envvar=ENV_ENDPOINTS,
@@ -176,12 +176,12 @@ def main(
         typer.Option("--command-timeout", min=0.001, help="Seconds to wait for a command, retries included."),
     ] = 5.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
-    cacert: Annotated[Optional[str], typer.Option(
+    cacert: Annotated[str | None, typer.Option(
         "--cacert", envvar="KV_CACERT", show_envvar=True,
         help="TLS: the cluster's CA file (with --cert and --key; docs/security.md).")] = None,
-    cert: Annotated[Optional[str], typer.Option(
+    cert: Annotated[str | None, typer.Option(
         "--cert", envvar="KV_CERT", show_envvar=True, help="TLS: this client's certificate file.")] = None,
-    key: Annotated[Optional[str], typer.Option(
+    key: Annotated[str | None, typer.Option(
         "--key", envvar="KV_KEY", show_envvar=True, help="TLS: this client's key file.")] = None,
 ) -> None:
     """kv: a replicated key-value store on Multi-Paxos.
@@ -208,7 +208,7 @@ def put_command(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="The key.")],
     value: Annotated[
-        Optional[str], typer.Argument(help="The value; read from stdin (exactly, bytes allowed) if omitted.")
+        str | None, typer.Argument(help="The value; read from stdin (exactly, bytes allowed) if omitted.")
     ] = None,
 ) -> None:
     """Write KEY=VALUE; prints OK."""
@@ -311,26 +311,30 @@ def serve_command(
         "--peers", help="Bootstrap list, used only when a new cluster is founded: every founding member, "
                         "ID=HOST:PORT,ID=HOST:PORT,... Later membership lives in the cluster's log "
                         "(kv member ...); a founded directory keeps its own record.")] = "",
-    join: Annotated[Optional[str], typer.Option(
+    join: Annotated[str | None, typer.Option(
         "--join", help="Join a running cluster: HOST:PORT[,...] of its members. Add the node first with "
                        "kv member add ID HOST:PORT; it starts as a learner (kv member promote ID).")] = None,
-    tick_ms: Annotated[Optional[float], typer.Option("--tick-ms", min=0.1, help="Milliseconds per tick.")] = None,
+    tick_ms: Annotated[float | None, typer.Option("--tick-ms", min=0.1, help="Milliseconds per tick.")] = None,
     election_timeout_ticks: Annotated[
-        Optional[int], typer.Option("--election-timeout-ticks", min=1, help="Ticks without a leader before an election.")
+        int | None,
+        typer.Option("--election-timeout-ticks", min=1, help="Ticks without a leader before an election."),
     ] = None,
     heartbeat_ticks: Annotated[
-        Optional[int], typer.Option("--heartbeat-ticks", min=1, help="Ticks between leader heartbeats.")
+        int | None, typer.Option("--heartbeat-ticks", min=1, help="Ticks between leader heartbeats.")
     ] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Commands per slot at most.")] = None,
-    window: Annotated[Optional[int], typer.Option("--window", min=1, help="Slots in flight at most.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Commands per slot at most.")] = None,
+    window: Annotated[int | None, typer.Option("--window", min=1, help="Slots in flight at most.")] = None,
     snapshot_every: Annotated[
-        Optional[int],
+        int | None,
         typer.Option("--snapshot-every", min=1,
-                     help="Snapshot after this many applied commands (default 100000; at least an eighth of the keys)."),
+                     help="Snapshot after this many applied commands (default 100000; at least an eighth of "
+                          "the keys)."),
     ] = None,
-    fsync: Annotated[Optional[FsyncMode], typer.Option("--fsync", help="always: fsync the log (default); off: don't.")] = None,
+    fsync: Annotated[
+        FsyncMode | None, typer.Option("--fsync", help="always: fsync the log (default); off: don't.")
+    ] = None,
     cluster_id: Annotated[
-        Optional[str], typer.Option("--cluster-id", help="Refuse data directories of another cluster.")
+        str | None, typer.Option("--cluster-id", help="Refuse data directories of another cluster.")
     ] = None,
     exit_on_disk_failure: Annotated[
         bool,
@@ -340,7 +344,7 @@ def serve_command(
                           "only. Either way the node sends no Paxos message after the failure."),
     ] = False,
     lazy_learners: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--lazy-learners/--eager-learners",
                      help="Lazy (default): under sustained writes, followers other than the standby take the "
                           "leader's snapshots instead of applying every command. Eager: every follower applies "
@@ -348,16 +352,16 @@ def serve_command(
     ] = None,
     engine: Annotated[Engine, typer.Option("--engine", help=ENGINE_HELP)] = Engine.core,
     metrics_addr: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--metrics-addr", help="Serve Prometheus metrics at http://HOST:PORT/metrics "
                                             "(docs/operations.md, Metrics). Default: none."),
     ] = None,
-    cacert: Annotated[Optional[str], typer.Option(
+    cacert: Annotated[str | None, typer.Option(
         "--cacert", help="Serve mutual TLS only (peers and clients): the cluster's CA file. With --cert and "
                          "--key; SIGHUP reads the three again (docs/security.md).")] = None,
-    cert: Annotated[Optional[str], typer.Option("--cert", help="TLS: this node's certificate (node-ID.pem).")] = None,
-    key: Annotated[Optional[str], typer.Option("--key", help="TLS: this node's key (node-ID.key).")] = None,
-    acl: Annotated[Optional[str], typer.Option(
+    cert: Annotated[str | None, typer.Option("--cert", help="TLS: this node's certificate (node-ID.pem).")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="TLS: this node's key (node-ID.key).")] = None,
+    acl: Annotated[str | None, typer.Option(
         "--acl", help="Access rules per client certificate (TOML; needs TLS; SIGHUP reads it again). "
                       "Default: every certificate of the CA has full access.")] = None,
 ) -> None:
@@ -366,9 +370,8 @@ def serve_command(
     with reporting_errors(settings):
         from kvstore.endpoints import EndpointError, parse_endpoint, parse_peers
         from kvstore.httpserve import parse_listen_address
-        from kvstore.server import ServerOptions, run_node
-
         from kvstore.members import JoinError
+        from kvstore.server import ServerOptions, run_node
 
         from .certs import serve_tls_options
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -48,40 +48,40 @@ EPILOG = (
 def bench_command(
     ctx: typer.Context,
     endpoints: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--endpoints",
                      help=f"Comma list of HOST:PORT (default: the global --endpoints, {ENV_ENDPOINTS}, "
                           "or the local cluster)."),
     ] = None,
     clients: Annotated[int, typer.Option("--clients", min=1, help="Requests in flight.")] = 16,
     conns: Annotated[int, typer.Option("--conns", min=1, help="Client connections; requests spread over them.")] = 1,
-    total: Annotated[Optional[int], typer.Option("--total", min=1, help="Requests to send (default 10000 "
+    total: Annotated[int | None, typer.Option("--total", min=1, help="Requests to send (default 10000 "
                                                  "unless --duration is given).")] = None,
-    duration: Annotated[Optional[float], typer.Option("--duration", min=0.001,
-                                                      help="Seconds to run (instead of, or as well as, --total).")] = None,
+    duration: Annotated[float | None, typer.Option(
+        "--duration", min=0.001, help="Seconds to run (instead of, or as well as, --total).")] = None,
     key_size: Annotated[int, typer.Option("--key-size", min=1, help="Key length in characters.")] = 8,
     val_size: Annotated[int, typer.Option("--val-size", min=0, help="Value length in bytes.")] = 100,
     key_space_size: Annotated[int, typer.Option("--key-space-size", min=1, help="Distinct keys.")] = 10_000,
     sequential_keys: Annotated[bool, typer.Option("--sequential-keys",
                                                   help="Walk the key space in order instead of at random.")] = False,
-    consistency: Annotated[BenchConsistency, typer.Option("--consistency",
-                                                          help="Reads: l linearizable, s serializable.")] = BenchConsistency.l,
+    consistency: Annotated[BenchConsistency, typer.Option(
+        "--consistency", help="Reads: l linearizable, s serializable.")] = BenchConsistency.l,
     op: Annotated[BenchOp, typer.Option("--op", help="put, get, or mixed (see --read-ratio).")] = BenchOp.put,
     read_ratio: Annotated[float, typer.Option("--read-ratio", min=0.0, max=1.0,
                                               help="Share of gets with --op mixed.")] = 0.5,
-    rate: Annotated[Optional[float], typer.Option("--rate", min=0.001,
+    rate: Annotated[float | None, typer.Option("--rate", min=0.001,
                                                   help="Open loop: requests per second in total; latency counts "
                                                        "from each request's scheduled send time.")] = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Unmeasured puts per connection first.")] = 1,
-    write_out: Annotated[Optional[OutputFormat], typer.Option("--write-out", "-w", case_sensitive=False,
-                                                              help="Output format (default: the global -w).")] = None,
-    plot: Annotated[Optional[str], typer.Option("--plot", metavar="FILE.png",
-                                                help="Draw latency over time and throughput (needs matplotlib).")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress",
-                                           help="Progress on stderr (a bar on a terminal, else a line a second).")] = True,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.001,
-                                                     help="Seconds per request, retries included "
-                                                          "(default: the global --command-timeout).")] = None,
+    write_out: Annotated[OutputFormat | None, typer.Option(
+        "--write-out", "-w", case_sensitive=False, help="Output format (default: the global -w).")] = None,
+    plot: Annotated[str | None, typer.Option(
+        "--plot", metavar="FILE.png", help="Draw latency over time and throughput (needs matplotlib).")] = None,
+    progress: Annotated[bool, typer.Option(
+        "--progress/--no-progress", help="Progress on stderr (a bar on a terminal, else a line a second).")] = True,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0.001,
+        help="Seconds per request, retries included (default: the global --command-timeout).")] = None,
 ) -> None:
     """Benchmark the cluster: throughput, latency (min, p50, p90, p99, max) and errors by kind."""
     settings = ctx.find_object(Settings) or Settings()
@@ -138,7 +138,7 @@ def bench_command(
 
             typer.echo(json.dumps(result.to_dict(), indent=2))
         elif fmt is OutputFormat.table:
-            from kv_cli.output import print_table
+            from .output import print_table
 
             lat = result.latency_ms
             print_table(

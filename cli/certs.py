@@ -18,9 +18,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterable, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,6 +29,10 @@ from .common import OperationFailed, Settings, UsageProblem, reporting_errors
 
 if TYPE_CHECKING:
     import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 certs_app = typer.Typer(
     help="Make the certificates of a TLS cluster: a CA, node certificates, client certificates.\n\n"
@@ -49,11 +54,11 @@ _HOST = re.compile(r"[A-Za-z0-9*]([A-Za-z0-9.*-]{0,252})")
 class Authority:
     """The cluster's CA: its certificate and private key (``cryptography`` objects)."""
 
-    cert: object
-    key: object
+    cert: x509.Certificate
+    key: CertificateIssuerPrivateKeyTypes
 
     @classmethod
-    def new(cls, *, days: int = CA_DAYS, name: str = "kv cluster CA") -> "Authority":
+    def new(cls, *, days: int = CA_DAYS, name: str = "kv cluster CA") -> Authority:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -82,10 +87,13 @@ class Authority:
         return cls(cert, key)
 
     @classmethod
-    def load(cls, directory: Path) -> "Authority":
+    def load(cls, directory: Path) -> Authority:
         """The CA in ``directory`` (ca.pem, ca.key); OperationFailed if it is missing or unreadable."""
+        import typing
+
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
         try:
             cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
@@ -93,11 +101,14 @@ class Authority:
         except (OSError, ValueError, TypeError) as exc:
             raise OperationFailed(f"cannot read the CA in {directory} (ca.pem, ca.key; made by kv certs init): "
                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not isinstance(key, typing.get_args(CertificateIssuerPrivateKeyTypes)):
+            # (an X25519 or DH key, say: it cannot sign, and signing would fail later with a TypeError)
+            raise OperationFailed(f"{directory / 'ca.key'} is a {type(key).__name__}, which cannot sign certificates")
         return cls(cert, key)
 
     def issue(self, common_name: str, *, node_id: int | None = None, hosts: Iterable[str] = (),
               days: int = LEAF_DAYS, not_before: datetime.datetime | None = None,
-              not_after: datetime.datetime | None = None) -> tuple[object, object]:
+              not_after: datetime.datetime | None = None) -> tuple[x509.Certificate, EllipticCurvePrivateKey]:
         """A new (certificate, key) signed by this CA: a node certificate when ``node_id`` is given (the
         names 127.0.0.1, localhost, ``hosts`` and its URI; serverAuth and clientAuth), else a client
         certificate (clientAuth only). ``not_before``/``not_after`` override the validity (tests)."""
@@ -125,12 +136,14 @@ class Authority:
                                          content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False,
                                          encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                            critical=False)
         )
         if node_id is not None:
-            names: list = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                             x509.DNSName("localhost")]
             for host in hosts:
+                name: x509.GeneralName
                 try:
                     name = x509.IPAddress(ipaddress.ip_address(host))
                 except ValueError:
@@ -150,16 +163,16 @@ class Authority:
 def _now() -> datetime.datetime:
     import datetime
 
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
-def _pem_cert(cert) -> bytes:
+def _pem_cert(cert: x509.Certificate) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _pem_key(key) -> bytes:
+def _pem_key(key: CertificateIssuerPrivateKeyTypes) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -185,7 +198,8 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def write_pairs(directory: Path, pairs: list[tuple[str, object, object]]) -> list[Path]:
+def write_pairs(directory: Path,
+                pairs: Sequence[tuple[str, x509.Certificate, CertificateIssuerPrivateKeyTypes]]) -> list[Path]:
     """Write ``(stem, cert, key)`` as ``stem.pem`` (0644) and ``stem.key`` (0600) in ``directory``; all
     or nothing as far as existing files go (OperationFailed before anything is written)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -230,7 +244,7 @@ def init_dir(directory: Path, *, nodes: int = 3, hosts: Iterable[str] = (), days
     stems = ["ca"] + [f"node-{i}" for i in range(1, nodes + 1)] + [ADMIN_NAME]
     _refuse_existing([directory / f"{s}{ext}" for s in stems for ext in (".pem", ".key")])
     ca = Authority.new()
-    pairs = [("ca", ca.cert, ca.key)]
+    pairs: list[tuple[str, x509.Certificate, CertificateIssuerPrivateKeyTypes]] = [("ca", ca.cert, ca.key)]
     for i in range(1, nodes + 1):
         pairs.append((f"node-{i}", *ca.issue(f"node-{i}", node_id=i, hosts=hosts, days=days)))
     pairs.append((ADMIN_NAME, *ca.issue(ADMIN_NAME, days=days)))
@@ -256,7 +270,7 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 DaysOption = Annotated[int, typer.Option("--days", min=1, max=36500, help="Validity of the certificates made.")]
-HostsOption = Annotated[Optional[str], typer.Option(
+HostsOption = Annotated[str | None, typer.Option(
     "--hosts", help="Comma list of more names (DNS names or IP addresses) the node certificates carry, besides "
                     "127.0.0.1 and localhost: the addresses clients and peers dial.")]
 
@@ -307,7 +321,7 @@ def client_command(
             typer.echo(str(path))
 
 
-def serve_tls_options(cacert: str | None, cert: str | None, key: str | None, acl: str | None) -> dict:
+def serve_tls_options(cacert: str | None, cert: str | None, key: str | None, acl: str | None) -> dict[str, Any]:
     """``kv serve``'s TLS options as ``ServerOptions`` fields, checked now (UsageProblem, exit 2) rather
     than when the node starts: all three files or none, usable together, an ACL only with TLS and
     readable."""

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -65,7 +65,7 @@ LOG_FILE_NAME = "server.log"
 NODE_DATA_DIR_NAME = "data"
 
 DataDirOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--data-dir",
         help="The cluster directory. Default: $KV_CLUSTER_DIR or ~/.local/share/kv/cluster.",
@@ -79,7 +79,7 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings if settings is not None else Settings()
 
 
-def _cluster_dir(data_dir: Optional[Path]) -> Path:
+def _cluster_dir(data_dir: Path | None) -> Path:
     return (data_dir if data_dir is not None else default_cluster_dir()).expanduser().absolute()
 
 
@@ -87,7 +87,7 @@ def _cluster_dir(data_dir: Optional[Path]) -> Path:
 # Processes
 
 
-def process_state(pid: Optional[int], node: Optional[dict[str, Any]] = None) -> str:
+def process_state(pid: int | None, node: dict[str, Any] | None = None) -> str:
     """"running", "paused" or "dead" ("dead" also for a zombie or a pid that is no longer our node)."""
     if not isinstance(pid, int) or pid <= 0:
         return "dead"
@@ -120,7 +120,7 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _wait_dead(nodes: list[dict[str, Any]], seconds: float, children: dict[int, subprocess.Popen]) -> bool:
+def _wait_dead(nodes: list[dict[str, Any]], seconds: float, children: dict[int, subprocess.Popen[bytes]]) -> bool:
     """Poll (bounded) until every node's process is gone; reap our own children. True if all gone."""
     deadline = time.monotonic() + seconds
     for _ in range(int(seconds / POLL_SECONDS) + 2):
@@ -135,7 +135,7 @@ def _wait_dead(nodes: list[dict[str, Any]], seconds: float, children: dict[int, 
 
 
 def stop_nodes(
-    nodes: list[dict[str, Any]], children: Optional[dict[int, subprocess.Popen]] = None, *, quiet: bool = False
+    nodes: list[dict[str, Any]], children: dict[int, subprocess.Popen[bytes]] | None = None, *, quiet: bool = False
 ) -> None:
     """SIGTERM every live node (SIGCONT first, in case it is paused), wait, then SIGKILL what is left."""
     children = children or {}
@@ -177,7 +177,7 @@ def _project_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
-def spawn_node(node: dict[str, Any]) -> subprocess.Popen:
+def spawn_node(node: dict[str, Any]) -> subprocess.Popen[bytes]:
     """Start one node from its stored argv, logging to its log file; sets node["pid"]."""
     Path(node["log_file"]).parent.mkdir(parents=True, exist_ok=True)
     env = os.environ.copy()
@@ -211,7 +211,7 @@ def _log_tail(node: dict[str, Any], lines: int = 5) -> str:
 # Cluster status as one view: the state file's processes joined with what the nodes report
 
 
-def _tls_of(state: Optional[dict[str, Any]]) -> dict[str, str]:
+def _tls_of(state: dict[str, Any] | None) -> dict[str, str]:
     """The client's TLS files (cacert, cert, key) of a cluster started with --tls; {} without TLS."""
     tls = state.get("tls") if isinstance(state, dict) else None
     return {k: str(v) for k, v in tls.items() if k in ("cacert", "cert", "key")} if isinstance(tls, dict) else {}
@@ -227,7 +227,7 @@ def _node_tls_argv(state: dict[str, Any], node_id: int) -> list[str]:
             "--key", str(certs / f"node-{node_id}.key")]
 
 
-def query_statuses(endpoints: list[str], timeout: float, tls: Optional[dict[str, str]] = None) -> list[dict[str, Any]]:
+def query_statuses(endpoints: list[str], timeout: float, tls: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Node statuses from the client, or [] if none could be had (the nodes may be starting)."""
     try:
         with common.make_client(endpoints, timeout, **(tls or {})) as client:
@@ -310,7 +310,8 @@ def _load(cluster_dir: Path) -> dict[str, Any]:
 
 
 def _node(state: dict[str, Any], node_id: int) -> dict[str, Any]:
-    for node in state["nodes"]:
+    nodes: list[dict[str, Any]] = state["nodes"]
+    for node in nodes:
         if node.get("id") == node_id:
             return node
     ids = [n.get("id") for n in state["nodes"]]
@@ -318,7 +319,7 @@ def _node(state: dict[str, Any], node_id: int) -> dict[str, Any]:
 
 
 def _wait_for_leader(
-    state: dict[str, Any], children: dict[int, subprocess.Popen], seconds: float
+    state: dict[str, Any], children: dict[int, subprocess.Popen[bytes]], seconds: float
 ) -> Any:
     """Poll (bounded) until a leader is reported; raise OperationFailed if a node exits or time runs out."""
     progress_tty = sys.stderr.isatty()
@@ -368,12 +369,12 @@ def _install_sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def _foreground_view(cluster_dir: Path, state: dict[str, Any], children: dict[int, subprocess.Popen],
+def _foreground_view(cluster_dir: Path, state: dict[str, Any], children: dict[int, subprocess.Popen[bytes]],
                      timeout: float) -> int:
     """Redraw the cluster each second until Ctrl-C (or every node has been dead for a while)."""
     tty = sys.stdout.isatty()
     last_text = None
-    all_dead_since: Optional[float] = None
+    all_dead_since: float | None = None
     typer.echo("Ctrl-C stops the cluster.", err=True)
     while True:  # ends on Ctrl-C/SIGTERM, or when every node stayed dead VIEW_ALL_DEAD_SECONDS
         for child in children.values():
@@ -410,9 +411,11 @@ def up_command(
     base_port: Annotated[
         int, typer.Option("--base-port", min=1, max=65535, help="Node N listens on base+N-1.")
     ] = DEFAULT_BASE_PORT,
-    detach: Annotated[bool, typer.Option("--detach", help="Return once a leader is known; nodes keep running.")] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Return once a leader is known; nodes keep running.")
+    ] = False,
     engine: Annotated[
-        Optional[Engine],
+        Engine | None,
         typer.Option("--engine", help="Every node's engine (default: the stopped cluster's in DIR, else core): "
                                       + ENGINE_HELP),
     ] = None,
@@ -427,8 +430,8 @@ def up_command(
     """
     settings = _settings(ctx)
     cluster_dir = _cluster_dir(data_dir)
-    children: dict[int, subprocess.Popen] = {}
-    state: Optional[dict[str, Any]] = None
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    state: dict[str, Any] | None = None
     with reporting_errors(settings):
         if base_port + nodes - 1 > 65535:
             raise UsageProblem(f"--base-port {base_port} with {nodes} nodes goes past port 65535")
@@ -456,7 +459,7 @@ def up_command(
             engine = Engine.core
         tls_files = _tls_of(old)  # up again on a stopped --tls cluster keeps TLS
         if tls and not tls_files:
-            from kv_cli.certs import ADMIN_NAME, add_node, init_dir
+            from .certs import ADMIN_NAME, add_node, init_dir
 
             certs = cluster_dir / "certs"
             if not (certs / "ca.pem").exists():
@@ -476,7 +479,7 @@ def up_command(
                 "pick another --base-port"
             )
         peers = ",".join(f"{i + 1}={HOST}:{port}" for i, port in enumerate(ports))
-        node_list = []
+        node_list: list[dict[str, Any]] = []
         for i, port in enumerate(ports if old is None or not old.get("membership_changed") else []):
             node_dir = cluster_dir / f"node-{i + 1}"
             # the server refuses a data dir holding files it does not know, so the log sits beside it
@@ -587,7 +590,7 @@ def status_command(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
 NodeArgument = Annotated[int, typer.Argument(help="The node id (1..N).", show_default=False)]
 
 
-def _signal_command(ctx: typer.Context, node_id: int, data_dir: Optional[Path], action: str) -> None:
+def _signal_command(ctx: typer.Context, node_id: int, data_dir: Path | None, action: str) -> None:
     settings = _settings(ctx)
     cluster_dir = _cluster_dir(data_dir)
     with reporting_errors(settings):
@@ -653,16 +656,17 @@ def resume_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirO
 ADD_CATCH_UP_SECONDS = 60.0
 
 
-def _admin(settings: Settings, state: dict[str, Any], op: str, node: int = 0, address: str = "") -> dict:
+def _admin(settings: Settings, state: dict[str, Any], op: str, node: int = 0, address: str = "") -> dict[str, Any]:
     with common.make_client(state["endpoints"], max(settings.command_timeout, 15.0), **_tls_of(state)) as client:
-        return client.admin(op, node, address)
+        result: dict[str, Any] = client.admin(op, node, address)
+        return result
 
 
 @cluster_app.command("add", epilog="Example: kv cluster add;  kv cluster add --port 7010")
 def add_command(
     ctx: typer.Context,
     data_dir: DataDirOption = None,
-    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535,
                                                 help="The new node's port (default: after the highest).")] = None,
 ) -> None:
     """Start a new node and make it a voter: kv member add, kv serve --join, wait for it to catch up,
@@ -687,7 +691,7 @@ def add_command(
                 "--data-dir", str(data), "--cluster-id", str(state.get("cluster_id")),
                 "--engine", str(state.get("engine", "core"))]
         if _tls_of(state):
-            from kv_cli.certs import add_node
+            from .certs import add_node
 
             if not Path(_node_tls_argv(state, node_id)[3]).exists():
                 add_node(Path(_tls_of(state)["cacert"]).parent, node_id)

@@ -26,8 +26,9 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -40,6 +41,9 @@ from .common import (
     read_state,
     reporting_errors,
 )
+
+if TYPE_CHECKING:
+    from kvstore.httpserve import Request, Response
 
 HISTORY_SECONDS = 600.0
 STATUS_TIMEOUT_SECONDS = 1.0
@@ -65,27 +69,29 @@ class Dashboard:
     """What the page shows, kept up to date by ``poll_forever``; ``handle`` answers its requests."""
 
     def __init__(self, endpoints: list[str], cluster_dir: Path | None, *, interval: float = 1.0,
-                 status_of=None) -> None:
+                 status_of: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None) -> None:
         self.endpoints = endpoints
         self.cluster_dir = cluster_dir  # a kv cluster up cluster whose endpoints these are: fault buttons
         self.interval = interval
-        self.history: deque = deque(maxlen=max(2, int(HISTORY_SECONDS / interval)))
-        self.nodes: list[dict] = []
+        self.history: deque[dict[str, Any]] = deque(maxlen=max(2, int(HISTORY_SECONDS / interval)))
+        self.nodes: list[dict[str, Any]] = []
         self.polls = 0
-        self.events: deque = deque(maxlen=50)  # what happened, newest last: leader changes, button presses
+        # what happened, newest last: leader changes, button presses
+        self.events: deque[dict[str, Any]] = deque(maxlen=50)
         self._status_of = status_of or self._cluster_status
-        self._previous: dict[str, tuple] = {}  # endpoint -> (writes_answered, write_latency_us)
+        self._previous: dict[str, tuple[int, int]] = {}  # endpoint -> (writes_answered, write_latency_us)
         self._previous_time: float | None = None
         self._leader: Any = None
         self._started = time.time()
 
     # ------------------------------------------------------------------ polling
 
-    async def _cluster_status(self) -> list[dict]:
+    async def _cluster_status(self) -> list[dict[str, Any]]:
         from kvstore.client import connect
 
         async with connect(self.endpoints, timeout=STATUS_TIMEOUT_SECONDS) as kv:
-            return await kv.cluster_status()
+            statuses: list[dict[str, Any]] = await kv.cluster_status()
+            return statuses
 
     async def poll_forever(self) -> None:
         import trio
@@ -101,13 +107,13 @@ class Dashboard:
             statuses = [{"endpoint": e, "reachable": False, "error": str(exc)} for e in self.endpoints]
         self.record(statuses, time.time())
 
-    def record(self, statuses: list[dict], now: float) -> None:
+    def record(self, statuses: list[dict[str, Any]], now: float) -> None:
         """Take one round of statuses (what ``cluster_status`` returns) taken at ``now``."""
         processes = self._processes()
         nodes = []
         writes = latency_us = 0
         for status in statuses:
-            endpoint = status.get("endpoint")
+            endpoint = str(status.get("endpoint", ""))
             node: dict[str, Any] = {"endpoint": endpoint, "reachable": bool(status.get("reachable")),
                                     "id": status.get("id")}
             for name in NODE_FIELDS:
@@ -141,11 +147,11 @@ class Dashboard:
         self.nodes = nodes
         self.polls += 1
 
-    def _processes(self) -> dict[str, dict]:
+    def _processes(self) -> dict[str, dict[str, Any]]:
         """endpoint -> {"node_id", "process", "pid"} of the kv cluster up cluster, if any."""
         if self.cluster_dir is None:
             return {}
-        from kv_cli.cluster import HOST, process_state
+        from .cluster import HOST, process_state
 
         try:
             state = read_state(self.cluster_dir)
@@ -153,7 +159,7 @@ class Dashboard:
             return {}
         if state is None:
             return {}
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for node in state["nodes"]:
             process = process_state(node.get("pid"), node)
             out[f"{HOST}:{node['port']}"] = {"node_id": node.get("id"), "process": process,
@@ -163,7 +169,7 @@ class Dashboard:
     def note(self, text: str) -> None:
         self.events.append({"t": round(time.time(), 3), "text": text})
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {"endpoints": self.endpoints, "faults": self.cluster_dir is not None, "polls": self.polls,
                 "interval": self.interval, "nodes": self.nodes, "history": list(self.history),
                 "events": list(self.events), "leader": self._leader}
@@ -190,7 +196,7 @@ class Dashboard:
 
     # ------------------------------------------------------------------ the web server
 
-    async def handle(self, request):
+    async def handle(self, request: Request) -> Response:
         from kvstore.httpserve import Response
 
         path = request.path
@@ -215,7 +221,7 @@ class Dashboard:
             return Response(200 if ok else 409, json.dumps({"ok": ok, "output": text}).encode(), "application/json")
         return Response(404, b"not found\n")
 
-    def _trace(self, query: dict):
+    def _trace(self, query: dict[str, str]) -> Response:
         from kvstore.httpserve import Response
         from paxos.trace import SCENARIOS, run_scenario
         from paxos.trace_html import render
@@ -248,7 +254,7 @@ async def serve_dashboard(dashboard: Dashboard, address: str, *, task_status: An
         task_status.started(port)
 
 
-def _watched(settings: Settings, data_dir: Optional[Path]) -> tuple[list[str], Path | None]:
+def _watched(settings: Settings, data_dir: Path | None) -> tuple[list[str], Path | None]:
     """The endpoints to watch, and the cluster directory whose fault buttons apply (None: no buttons)."""
     cluster_dir = (data_dir or default_cluster_dir()).expanduser().absolute()
     state = read_state(cluster_dir)
@@ -272,7 +278,7 @@ def dashboard_command(
     host: Annotated[str, typer.Option("--host", help="The address to serve on (only this machine by default).")]
     = "127.0.0.1",
     data_dir: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--data-dir", help="The kv cluster up directory for the fault buttons. Default: "
                                         "$KV_CLUSTER_DIR or ~/.local/share/kv/cluster.", show_default=False),
     ] = None,
@@ -308,10 +314,11 @@ def dashboard_command(
             refused = group.subgroup(OSError)
             if refused is None:
                 raise
-            exc = refused.exceptions[0]
-            while isinstance(exc, BaseExceptionGroup):
-                exc = exc.exceptions[0]
-            raise OperationFailed(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+            leaf: BaseException = refused.exceptions[0]
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            reason = getattr(leaf, "strerror", None) or leaf
+            raise OperationFailed(f"cannot serve on {host}:{port}: {reason}") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import OutputFormat, Settings, UsageProblem, open_client, reporting_errors
-from .output import cell, jsonable, print_json, print_table
+from .common import Settings, UsageProblem, open_client, reporting_errors
+from .output import OutputFormat, cell, jsonable, print_json, print_table
 
 member_app = typer.Typer(
     help="List and change the cluster's members: add a learner, promote it to voter, remove a member.",
@@ -21,7 +21,7 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings if settings is not None else Settings()
 
 
-def _reachability(client, members: list[dict[str, Any]]) -> None:
+def _reachability(client: Any, members: list[dict[str, Any]]) -> None:
     """Ask each member for its own status (reachable, applied slot), as etcdctl's endpoint status does."""
     for member in members:
         member["reachable"] = False
@@ -39,7 +39,7 @@ def _reachability(client, members: list[dict[str, Any]]) -> None:
             member["decided_slot"] = status.get("decided_slot")
 
 
-def show_members(settings: Settings, result: dict[str, Any], client=None) -> None:
+def show_members(settings: Settings, result: dict[str, Any], client: Any = None) -> None:
     members = [dict(m) for m in result["members"]]
     if client is not None:
         _reachability(client, members)
@@ -53,7 +53,7 @@ def show_members(settings: Settings, result: dict[str, Any], client=None) -> Non
         print_table(headers, rows)
     else:
         for row in rows:
-            typer.echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row)))
+            typer.echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row, strict=True)))
     if result.get("change_in_progress"):
         typer.echo(f"configuration epoch {result['epoch']} takes effect at slot {result.get('effective_slot')}",
                    err=True)
@@ -116,8 +116,10 @@ def remove_command(ctx: typer.Context,
         show_members(settings, result)
 
 
-def move_leader_command(ctx: typer.Context,
-                        node_id: Annotated[int, typer.Argument(help="The voter to hand leadership to.", min=1)]) -> None:
+def move_leader_command(
+    ctx: typer.Context,
+    node_id: Annotated[int, typer.Argument(help="The voter to hand leadership to.", min=1)],
+) -> None:
     """Hand leadership to another voter: it catches up, then campaigns; writes pause for at most an
     election timeout."""
     settings = _settings(ctx)

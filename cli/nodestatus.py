@@ -7,7 +7,8 @@ and ``kv cluster up/status`` share these helpers.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 # (column header, candidate keys in the status dict in order of preference)
 STATUS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (

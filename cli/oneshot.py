@@ -229,7 +229,7 @@ def status(settings: Settings) -> None:
                 print_table(headers, rows)
             else:
                 for row in rows:
-                    echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row)))
+                    echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row, strict=True)))
             for line in nodestatus.disk_problems(statuses):
                 echo(line, err=True)
         if not any(nodestatus.is_reachable(s) for s in statuses):

@@ -9,12 +9,12 @@ file or a refused target is one line on stderr and exit 1, with nothing made.
 """
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 
-from .common import OutputFormat, Settings, UsageProblem, open_client, reporting_errors
-from .output import jsonable, print_json, print_table
+from .common import Settings, UsageProblem, open_client, reporting_errors
+from .output import OutputFormat, jsonable, print_json, print_table
 
 snapshot_app = typer.Typer(
     help="Back up the store to a file (save), check a backup (status), make a new cluster from one (restore).",
@@ -27,7 +27,7 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings if settings is not None else Settings()
 
 
-def _show(settings: Settings, facts: dict, headline: str) -> None:
+def _show(settings: Settings, facts: dict[str, Any], headline: str) -> None:
     if settings.write_out is OutputFormat.json:
         print_json(jsonable(facts))
     elif settings.write_out is OutputFormat.table:
@@ -83,7 +83,7 @@ def restore_command(
     node_id: Annotated[int, typer.Option("--id", help="The new node's id, a key of --peers.", min=1)],
     peers: Annotated[str, typer.Option("--peers", help="Every member of the new cluster: ID=HOST:PORT,...; "
                                                        "give the same list to every node's restore.")],
-    cluster_id: Annotated[Optional[str], typer.Option(
+    cluster_id: Annotated[str | None, typer.Option(
         "--cluster-id", help="The new cluster's id. Default: derived from the backup and --peers (the same "
                              "for every node restored alike), never the old cluster's.")] = None,
 ) -> None:
@@ -117,6 +117,6 @@ def restore_command(
 
 
 def _failed(exc: Exception) -> Exception:
-    from kv_cli.common import OperationFailed
+    from .common import OperationFailed
 
     return OperationFailed(str(exc))

@@ -10,12 +10,11 @@ from __future__ import annotations
 import enum
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from .common import OperationFailed, UsageProblem, reporting_errors
-from .common import Settings
+from .common import OperationFailed, Settings, UsageProblem, reporting_errors
 
 EPILOG = ("Example: kv trace --scenario leader-change --seed 1 -o leader-change.html;  "
           "kv trace --scenario random --seed 42 --heartbeats")
@@ -44,7 +43,7 @@ def trace_command(
     nodes: Annotated[int, typer.Option("--nodes", min=3, max=7, help="Nodes in the cluster.")] = 3,
     heartbeats: Annotated[bool, typer.Option("--heartbeats", help="Draw heartbeats and their acks too.")] = False,
     output: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--output", "-o", help="The HTML file to write ('-': standard output). "
                                             "Default: paxos-trace-SCENARIO-SEED.html here."),
     ] = None,

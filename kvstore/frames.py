@@ -100,7 +100,7 @@ def _check_result(x: Any, depth: int, sequence_types: tuple[type, ...], error: t
     raise error(f"result: {t.__name__} is not allowed")
 
 
-def _check_result_map(result: Any, sequence_types: tuple[type, ...], error: type[Exception]) -> dict:
+def _check_result_map(result: Any, sequence_types: tuple[type, ...], error: type[Exception]) -> dict[str, Any]:
     if type(result) is not dict:
         raise error("result: expected a map")
     for key, item in result.items():
@@ -115,30 +115,30 @@ def _check_result_map(result: Any, sequence_types: tuple[type, ...], error: type
 # ---------------------------------------------------------------------------------------------------
 
 
-def get_request(rid: int, key: str, linearizable: bool) -> dict:
+def get_request(rid: int, key: str, linearizable: bool) -> dict[str, Any]:
     return {"t": "get", "id": rid, "key": key, "lin": linearizable}
 
 
-def delete_request(rid: int, key: str, prefix: bool, client_id: bytes, request_id: int, ack_below: int) -> dict:
+def delete_request(rid: int, key: str, prefix: bool, client_id: bytes, request_id: int, ack_below: int) -> dict[str, Any]:
     return {"t": "del", "id": rid, "key": key, "prefix": prefix, "cid": client_id, "rq": request_id,
             "ack": ack_below}
 
 
 def cas_request(rid: int, key: str, expected: str | bytes | None, new: str | bytes, client_id: bytes,
-                request_id: int, ack_below: int) -> dict:
+                request_id: int, ack_below: int) -> dict[str, Any]:
     return {"t": "cas", "id": rid, "key": key, "expected": expected, "new": new, "cid": client_id,
             "rq": request_id, "ack": ack_below}
 
 
-def list_request(rid: int, prefix: str, keys_only: bool, linearizable: bool, limit: int) -> dict:
+def list_request(rid: int, prefix: str, keys_only: bool, linearizable: bool, limit: int) -> dict[str, Any]:
     return {"t": "list", "id": rid, "prefix": prefix, "keys_only": keys_only, "lin": linearizable, "limit": limit}
 
 
-def status_request(rid: int) -> dict:
+def status_request(rid: int) -> dict[str, Any]:
     return {"t": "status", "id": rid}
 
 
-def encode_map_frame(obj: dict, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+def encode_map_frame(obj: dict[str, Any], frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
     """One frame holding the map ``obj`` (one of the request maps above); ``FrameTooLarge`` as from
     ``wire.encode_frame``."""
     body = cbor2.dumps(obj)
@@ -204,13 +204,13 @@ class Reply(NamedTuple):
 
     ok: bool
     id: int | None
-    result: dict
+    result: dict[str, Any]
     code: str = ""
     message: str = ""
     leader: str | None = None
 
 
-def _text(obj: dict, key: str, *, none_ok: bool = False) -> Any:
+def _text(obj: dict[str, Any], key: str, *, none_ok: bool = False) -> Any:
     if key not in obj:
         raise WireError(f"{obj['t']}: missing field {key!r}")
     x = obj[key]

@@ -30,6 +30,7 @@ meanings and attributes. Use ``kvstore.client`` in programs: this client is for 
 """
 from __future__ import annotations
 
+import builtins
 import os
 import socket
 import threading
@@ -243,14 +244,14 @@ class OneShotClient:
         return bool(result["ok"])
 
     def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
-             limit: int = 0) -> list[tuple[str, Any]]:
+             limit: int = 0) -> builtins.list[tuple[str, Any]]:
         """``[(key, value), ...]`` in key order (``[(key, None), ...]`` with keys_only)."""
         lin = _linearizable(consistency)
         result = self._call(lambda rid: frames.encode_map_frame(
             frames.list_request(rid, prefix, keys_only, lin, limit)), write=False)
         return [(item[0], item[1] if len(item) > 1 else None) for item in result["items"]]
 
-    def status(self, endpoint: str | tuple[str, int]) -> dict:
+    def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
         """The status of one node, on a connection of its own (``Unavailable`` if it does not answer
         within ``timeout``; ``RequestError`` if it refuses)."""
         if isinstance(endpoint, str):
@@ -273,9 +274,9 @@ class OneShotClient:
             raise RequestError(reply.message, reply.code)
         return reply.result
 
-    def cluster_status(self) -> list[dict]:
+    def cluster_status(self) -> builtins.list[dict[str, Any]]:
         """One entry per endpoint, each with ``"endpoint"`` and ``"reachable"``, asked all at once."""
-        results: list[dict] = [{} for _ in self.endpoints]
+        results: builtins.list[dict[str, Any]] = [{} for _ in self.endpoints]
 
         def one(i: int, endpoint: tuple[str, int]) -> None:
             name = format_endpoint(*endpoint)
@@ -293,12 +294,12 @@ class OneShotClient:
 
     # --- machinery -----------------------------------------------------------------------------
 
-    def _write(self, make: Any) -> dict:
+    def _write(self, make: Any) -> dict[str, Any]:
         # One write at a time: ack_below is the write itself (nothing older is still out).
         request_id = next(self._request_ids)
         return self._call(lambda rid: make(rid, request_id), write=True)
 
-    def _call(self, build: Any, *, write: bool) -> dict:
+    def _call(self, build: Any, *, write: bool) -> dict[str, Any]:
         """Send the frame ``build(id)`` makes, retrying as ``kvstore.client.AsyncClient._call`` does,
         until ``timeout`` from now. Returns the OK reply's result."""
         deadline = time.monotonic() + self.timeout

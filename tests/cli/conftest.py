@@ -8,12 +8,12 @@ The fake keeps a dict in memory with revisions like the real state machine, reco
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
-
-import pytest
+from typing import Any
 
 import kv_cli.common
+import pytest
 
 
 @dataclass

@@ -104,7 +104,8 @@ def test_a_silent_node_costs_one_attempt_and_the_retry_is_the_same_write(nodes):
         started = time.monotonic()
         assert kv.put("k", "v") == 1
         assert 0.45 < time.monotonic() - started < 1.4
-    assert (silent.requests[0]["cid"], silent.requests[0]["rq"]) == (leader.requests[0]["cid"], leader.requests[0]["rq"])
+    retried = leader.requests[0]
+    assert (silent.requests[0]["cid"], silent.requests[0]["rq"]) == (retried["cid"], retried["rq"])
 
 
 @pytest.mark.parametrize("code", ["unavailable", "timeout", "shutting_down", "storage_full", "disk_failed"])

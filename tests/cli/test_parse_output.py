@@ -15,12 +15,12 @@ import base64
 import json
 import socket
 
-import pytest
-from typer.testing import CliRunner
-
 import kv_cli.common
+import pytest
 from kv_cli.main import app
 from kv_cli.output import render_table, value_fields
+from typer.testing import CliRunner
+
 from kvstore.client import RequestError, Unavailable
 
 EP = ["--endpoints", "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"]
@@ -208,7 +208,9 @@ def test_cas_mismatch_json_reports_and_exits_1(fake):
     assert json.loads(result.stdout) == {"succeeded": False, "key": "n"}
 
 
-@pytest.mark.parametrize("args", [["cas", "k", "only-one"], ["cas", "--absent", "k", "a", "b"], ["cas", "k", "a", "b", "c"]])
+@pytest.mark.parametrize(
+    "args", [["cas", "k", "only-one"], ["cas", "--absent", "k", "a", "b"], ["cas", "k", "a", "b", "c"]]
+)
 def test_cas_wrong_arity_is_usage_error(fake, args):
     result = run(*EP, *args)
     assert result.exit_code == 2

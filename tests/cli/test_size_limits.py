@@ -10,10 +10,10 @@ prints it as one line and exits 1. The limits are the state machine's (``kvstore
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
-
 from kv_cli import fast
 from kv_cli.main import app
+from typer.testing import CliRunner
+
 from kvstore import commands, limits
 from kvstore.limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, TooLarge
 
@@ -66,7 +66,8 @@ def _check(outcome, message: str, fake) -> None:
 
 
 @pytest.mark.parametrize("name", list(KEYS))
-@pytest.mark.parametrize("command", [["put", "{key}", "v"], ["get", "{key}"], ["del", "{key}"], ["cas", "{key}", "a", "b"]])
+@pytest.mark.parametrize("command", [["put", "{key}", "v"], ["get", "{key}"], ["del", "{key}"],
+                                     ["cas", "{key}", "a", "b"]])
 def test_a_key_over_the_limit(fake, capfd, monkeypatch, name, command):
     key = KEYS[name]
     args = [a.format(key=key) for a in command]
