@@ -271,7 +271,8 @@ class TlsStream(trio.abc.Stream):
             size = 0
             try:
                 while size < limit:
-                    chunk = self._ssl.read(limit - size)
+                    # (one record's plaintext at most per call: asking for more only allocates more)
+                    chunk = self._ssl.read(min(limit - size, _RECORD_BYTES))
                     if not chunk:
                         break
                     chunks.append(chunk)
@@ -302,6 +303,7 @@ class TlsStream(trio.abc.Stream):
 
 
 _RECEIVE_BYTES = 256 * 1024
+_RECORD_BYTES = 16 * 1024  # the most plaintext one TLS record carries
 
 
 def _describe(exc: BaseException) -> str:
