@@ -7,6 +7,7 @@ from __future__ import annotations
 import trio
 
 from kvstore.netio import Outbox, socket_fd
+from kvstore.server import Node, ServerOptions
 from kvstore.tls import TlsFiles, TlsStream, TlsTransport, peer_identity
 
 from .pki import Pki
@@ -122,3 +123,40 @@ async def test_garbage_from_the_other_side_breaks_the_session_and_refuses_writes
     assert outbox.write(b"after the session broke") is False
     await client.aclose()
     await server.aclose()
+
+
+async def test_three_tls_nodes_agree_and_report_their_peer_links_up(tmp_path):
+    """Three in-process nodes on mutual TLS over loopback: writes go through, and each node's
+    ``kv_peer_up`` says both links are up (it reads the outbox's socket, which TLS links now have too;
+    before the outbox sealed for TLS streams it said 0 on every TLS cluster)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kvstore import metrics
+    from kvstore.client import connect
+
+    from ..integration.harness import free_ports
+
+    pki = Pki(tmp_path / "pki", nodes=3)
+    ports = dict(zip((1, 2, 3), free_ports(3), strict=True))
+    peers = {i: ("127.0.0.1", p) for i, p in ports.items()}
+    nodes = {i: Node(i, peers, tmp_path / f"data-{i}", ServerOptions(fsync=False),
+                     transport=TlsTransport(TlsFiles(pki.cacert, str(pki.dir / f"node-{i}.pem"),
+                                                     str(pki.dir / f"node-{i}.key"))))
+             for i in ports}
+    async with trio.open_nursery() as nursery:
+        for node in nodes.values():
+            await nursery.start(node.run)
+        with trio.fail_after(30):
+            async with connect([f"127.0.0.1:{p}" for p in ports.values()], timeout=20, **pki.files("admin")) as kv:
+                for i in range(20):
+                    await kv.put(f"k{i}", f"v{i}")
+                assert await kv.get("k19") == "v19"
+            while not all(n.applied_slot == nodes[1].applied_slot > 0 for n in nodes.values()):
+                await trio.sleep(0.05)
+        assert len({n.sm.state_hash() for n in nodes.values()}) == 1
+        for i, node in nodes.items():
+            text = metrics.metrics_text(metrics.make_registry(node)).decode()
+            up = {s.labels["peer"]: s.value for f in text_string_to_metric_families(text) if f.name == "kv_peer_up"
+                  for s in f.samples}
+            assert up == {str(p): 1.0 for p in ports if p != i}, (i, up)
+        nursery.cancel_scope.cancel()
