@@ -46,7 +46,7 @@ and latency, the median of the ratios within each round's pair). Then ``bench/en
 pure engines in process (about 30 s): commands per second of CPU and exact messages and persist
 batches per command, at 1/16/64/256 commands per round.
 
-Two more tables, each from a fresh 3-node cluster (fsync always) in the same run (issue 20):
+More tables, each from a fresh 3-node cluster (fsync always) in the same run (issue 20):
 
 * **the client API**: two load processes (``bench/client_load.py``) of 256 puts in flight each, on one
   ``connect()`` each: ``kv bench``'s callback-driven engine against what applications write, 256 trio
@@ -54,6 +54,10 @@ Two more tables, each from a fresh 3-node cluster (fsync always) in the same run
   ratio async / callbacks is the median of the per-round ratios;
 * **bulk**: ``kv load`` of a file of 100,000 records (``--bulk-keys``) against ``kv bench`` putting the
   same keys with the same 256 in flight, in alternating rounds, and one ``kv dump`` of the result.
+
+* **head to head**: our best point and PySyncObj's best point of the sweep measured again, back to
+  back, in rounds whose first system alternates; the ratio ours / PySyncObj's best is the median of
+  the per-round ratios (the sweep measures the two minutes apart, and this machine's speed drifts).
 
 Progress lines carry the time elapsed (``[mm:ss]``). Targets (reported, never asserted): durable puts
 >= 3x PySyncObj's best (its best point over every level and configuration, against our best point)
@@ -413,6 +417,51 @@ def run_etcd(levels: list[int], seconds: float) -> tuple[list[dict], str | None]
                 p.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
     return rows, version
+
+
+# ---------------------------------------------------------------------------------------------------
+# our best against PySyncObj's best, in paired rounds (issue 20)
+
+
+def run_head_to_head(rows: list[dict], seconds: float, rounds: int, conns: int) -> tuple[list[dict], dict]:
+    """Our best point (kv fsync=always: its level) against PySyncObj's best point (its configuration and
+    level) of the sweep, measured again back to back in ``rounds`` rounds whose first system alternates,
+    so that both figures of a round see the same machine (the sweep measures them minutes apart, and
+    a shared machine's speed drifts more than that). Returns the samples and the median of the
+    per-round ratios ours / PySyncObj's."""
+    bests = {b["system"]: b for b in best_rows(rows)}
+    ours = bests.get(BASELINE)
+    theirs = max((b for name, b in bests.items() if name.startswith("pysyncobj")),
+                 key=lambda b: b["throughput_ops_s"], default=None)
+    if ours is None or theirs is None:
+        return [], {}
+    journal = "journal=on" in theirs["system"]
+    batch = "nobatch" not in theirs["system"]
+    stage(f"head to head: {BASELINE} at {ours['in_flight']} in flight against {theirs['system']} at "
+          f"{theirs['in_flight']}, {rounds} round(s) of {seconds:g} s each, the first alternating")
+    samples: list[dict] = []
+    with store_bench.LocalKv(3, ["--fsync", "always"]) as kv:
+        start_cluster(kv)
+        for r in range(rounds):
+            pair: dict = {"round": r + 1}
+            for who in (("kv", "pysyncobj") if r % 2 == 0 else ("pysyncobj", "kv")):
+                if who == "kv":
+                    result = store_bench.drive(kv.endpoints, ours["in_flight"], seconds, conns=conns)
+                    pair["kv"] = result["throughput_ops_s"] if result["ok"] else None
+                    log(f"  {BASELINE:<28} round {r + 1}: {fmt(pair['kv'])} ops/s")
+                else:
+                    got = run_pysyncobj(journal, [theirs["in_flight"]], seconds, batch)
+                    pair["pysyncobj"] = got[0]["throughput_ops_s"] if got and got[0]["ok"] else None
+            pair["ratio"] = ratio(pair.get("kv"), pair.get("pysyncobj"))
+            samples.append(pair)
+    summary = {"ours": BASELINE, "ours_in_flight": ours["in_flight"], "theirs": theirs["system"],
+               "theirs_in_flight": theirs["in_flight"],
+               "kv_ops_s": median([s.get("kv") for s in samples]),
+               "pysyncobj_ops_s": median([s.get("pysyncobj") for s in samples]),
+               "ratio": median([s["ratio"] for s in samples]),
+               "ratio_min": min((s["ratio"] for s in samples if s["ratio"]), default=None),
+               "ratio_max": max((s["ratio"] for s in samples if s["ratio"]), default=None)}
+    return samples, summary
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -965,6 +1014,11 @@ def main(argv: list[str] | None = None) -> int:
         stage("etcd")
         etcd_rows, etcd_version_text = guarded("etcd", run_etcd, levels, seconds, default=([], None))
         rows += etcd_rows
+    h2h_samples: list[dict] = []
+    h2h: dict = {}
+    if not args.only_kv and not args.no_pysyncobj:
+        h2h_samples, h2h = guarded("head to head", run_head_to_head, rows, seconds, client_rounds, args.conns,
+                                   default=([], {}))
     client_samples: list[dict] = []
     client_rows: list[dict] = []
     if not args.no_clients:
@@ -984,6 +1038,14 @@ def main(argv: list[str] | None = None) -> int:
     best_table = build_best_table(rows)
     client_table = build_client_table(client_rows)
     target_lines = targets(rows)
+    if h2h:
+        target_lines.insert(1, (
+            f"the same two best points again in {len(h2h_samples)} paired round(s) (back to back, the first "
+            f"alternating): {h2h['ours']} at {h2h['ours_in_flight']} in flight {fmt(h2h['kv_ops_s'])} vs "
+            f"{h2h['theirs']} at {h2h['theirs_in_flight']} {fmt(h2h['pysyncobj_ops_s'])} puts/s (medians); "
+            f"ours / PySyncObj's best = {fmt(h2h['ratio'], '.2f')}x, median of the per-round ratios (range "
+            f"{fmt(h2h['ratio_min'], '.2f')}-{fmt(h2h['ratio_max'], '.2f')}) "
+            f"({'met' if h2h['ratio'] and h2h['ratio'] >= 3 else 'NOT met'})"))
     if client_rows:
         by_mode = {r["mode"]: r for r in client_rows}
         if "async" in by_mode and "callback" in by_mode:
@@ -1052,7 +1114,8 @@ def main(argv: list[str] | None = None) -> int:
     path = store_bench.save_results("compare", {
         "machine": facts, "server": server, "seconds_per_point": seconds, "levels": levels,
         "pysyncobj_levels": pso_levels, "fsync_baseline": "always", "etcd_version": etcd_version_text,
-        "rows": rows, "best": best_rows(rows), "client_samples": client_samples, "client_rows": client_rows,
+        "rows": rows, "best": best_rows(rows), "head_to_head_samples": h2h_samples, "head_to_head": h2h,
+        "client_samples": client_samples, "client_rows": client_rows,
         "bulk_samples": bulk_samples, "bulk_dump": bulk_dump, "bulk": bulk, "targets": target_lines,
         "notes": notes, "elapsed_s": elapsed,
     })
