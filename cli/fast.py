@@ -1,4 +1,5 @@
-"""The fast path: ``kv put|get|del|cas|ls|status|health`` without typer, when the arguments are plain.
+"""The fast path: ``kv put|get|del|cas|ls|status|health`` without typer, when the arguments are plain,
+and help pages from a cache (``kv_cli.helpcache``).
 
 Why: a one-shot ``kv get`` is a whole process, and typer (with click) takes longer to import and to
 build its commands than the rest of the command together, connection included (bench/cli_startup.py
@@ -139,6 +140,10 @@ def _settings(given: dict[str, str], debug: bool) -> Settings:
 def run_fast(argv: list[str]) -> bool:
     """Run ``argv`` (global options in front) if it is a plain invocation of a one-shot command and
     return True (or exit, for a non-zero status); False: nothing done, let typer have it."""
+    if argv and argv[-1] in ("--help", "-h") and all(a and not a.startswith("-") for a in argv[:-1]):
+        from .helpcache import print_help  # kv --help, kv cluster up --help: typer's text, cached
+
+        return print_help(argv[:-1])
     parsed = parse(argv)
     if parsed is None:
         return False
