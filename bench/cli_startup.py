@@ -89,6 +89,10 @@ def main() -> None:
     parser.add_argument("--kv", metavar="COMMAND",
                         help="the kv command to time (default: the kv script beside this Python), e.g. "
                              "'python -m kv_cli' with PYTHONPATH set to an older tree, to compare")
+    parser.add_argument("--before", metavar="DIR",
+                        help="also time an older kv_cli: DIR holds a kv_cli package (e.g. a link to an older "
+                             "checkout's cli/ folder), run as 'python -m kv_cli' with PYTHONPATH=DIR; the new one then "
+                             "runs the same way")
     parser.add_argument("--no-bytecode-cache", action="store_true",
                         help="measure as PYTHONDONTWRITEBYTECODE is set (every project module compiled each run); "
                              "by default .pyc files are cached in a temporary PYTHONPYCACHEPREFIX, as a user has them "
@@ -98,6 +102,8 @@ def main() -> None:
     import shlex
 
     kv = shlex.split(args.kv) if args.kv else kv_command()
+    if args.before:
+        kv = [sys.executable, "-m", "kv_cli"]
     env = dict(os.environ)
     env.pop("KV_CACERT", None)
     env.pop("KV_CERT", None)
@@ -135,16 +141,23 @@ def main() -> None:
         })
         if temp is not None:
             commands["kv cluster status"] = kv + ["cluster", "status"]
+    envs: dict[str, dict[str, str]] = {}
+    if args.before:
+        before_env = dict(env, PYTHONPATH=os.path.abspath(args.before))
+        for name in ("kv --help", "kv get", "kv put"):
+            label = f"before: {name}"
+            commands[label] = [sys.executable, "-m", "kv_cli"] + commands[name][len(kv):]
+            envs[label] = before_env
     try:
         subprocess.run(kv + ["--command-timeout", "20", "put", "bench-key", "bench-value"], env=env, check=True,
                        stdout=subprocess.DEVNULL, timeout=60)
-        for argv in commands.values():  # warm the page cache and the .pyc files
-            timed(argv, env)
+        for name, argv in commands.items():  # warm the page cache and the .pyc files
+            timed(argv, envs.get(name, env))
         times: dict[str, list[float]] = {name: [] for name in commands}
         cpu_times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, argv in commands.items():
-                wall, cpu = timed(argv, env)
+                wall, cpu = timed(argv, envs.get(name, env))
                 times[name].append(wall)
                 cpu_times[name].append(cpu)
     finally:
@@ -160,14 +173,14 @@ def main() -> None:
     print(f"{args.rounds} rounds; {platform.python_implementation()} {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; bytecode "
           f"{'compiled every run' if pycache is None else 'cached'}")
-    print(f"{'command':<20} {'median s':>9} {'min s':>7} {'x python':>9} {'CPU s':>7} {'CPU x python':>13}")
+    print(f"{'command':<24} {'median s':>9} {'min s':>7} {'x python':>9} {'CPU s':>7} {'CPU x python':>13}")
     rows = []
     for name, values in times.items():
         median = statistics.median(values)
         ratio = median / baseline
         cpu = statistics.median(cpu_times[name])
         mark = "" if name.startswith("python") or median <= TARGET_SECONDS else f"  (target {TARGET_SECONDS} s)"
-        print(f"{name:<20} {median:9.3f} {min(values):7.3f} {ratio:9.2f} {cpu:7.3f} {cpu / cpu_baseline:13.2f}{mark}")
+        print(f"{name:<24} {median:9.3f} {min(values):7.3f} {ratio:9.2f} {cpu:7.3f} {cpu / cpu_baseline:13.2f}{mark}")
         rows.append({"command": name, "median_s": median, "min_s": min(values), "ratio_to_python": ratio,
                      "cpu_median_s": cpu, "cpu_ratio_to_python": cpu / cpu_baseline, "runs_s": values})
     if args.json:
