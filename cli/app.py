@@ -18,6 +18,7 @@ import only typer and kv_cli at its top and the rest inside its commands: ``kv -
 What typer costs, and what is done about it: building the click command of every command (typer reads
 each signature) took ``kv --help`` longer than importing typer. ``KvGroup`` builds one only when it is
 run or asked for its help; the list in ``kv --help`` comes from the same help texts, without building.
+Importing typer itself is then most of what is left: ``kv_cli.helpcache`` prints help pages without it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .common import ENGINE_HELP, ENV_ENDPOINTS, Engine, OperationFailed, Setting
 from .output import OutputFormat, echo
 
 OPTIONAL_COMMAND_MODULES = ("kv_cli.bench", "kv_cli.dashboard", "kv_cli.trace", "kv_cli.bulk")
+
 
 class KvGroup(TyperGroup):
     """The top-level group, with the commands and groups registered on ``app`` built on demand.
@@ -431,7 +433,7 @@ def serve_command(
         )
         where = "{}:{}".format(*peer_map[node_id]) if node_id in peer_map else "its configured address"
         echo(f"kv serve: node {node_id} on {where}, data dir {data_dir}, engine {options.engine}"
-                   + (f", joining via {','.join(join_list)}" if join_list else ""), err=True)
+             + (f", joining via {','.join(join_list)}" if join_list else ""), err=True)
         try:
             run_node(node_id, peer_map, data_dir, options, join=join_list or None)
         except KeyboardInterrupt:

@@ -35,11 +35,11 @@ def _width() -> int:
     return max(min(shutil.get_terminal_size().columns, 80) - 2, 50)
 
 
-def _files_of(directory: str, suffix: str) -> list[str]:
+def _files_of(directory: str, suffixes: tuple[str, ...]) -> list[str]:
     facts = []
     with os.scandir(directory) as entries:
         for entry in entries:
-            if entry.name.endswith(suffix) and entry.is_file():
+            if entry.name.endswith(suffixes) and entry.is_file():
                 stat = entry.stat()
                 facts.append(f"{entry.name}:{stat.st_size}:{stat.st_mtime_ns}")
     return sorted(facts)
@@ -57,7 +57,7 @@ def cache_key(path: list[str]) -> str | None:
     return "|".join([
         _FORMAT, "path=" + " ".join(path), f"width={_width()}", "python=" + sys.version.replace("\n", " "),
         f"typer={spec.origin}:{typer_stat.st_size}:{typer_stat.st_mtime_ns}",
-        "kv_cli=" + ",".join(_files_of(here, ".py")),
+        "kv_cli=" + ",".join(_files_of(here, (".py", ".pyc"))),  # (.pyc: an install without sources)
     ])
 
 
