@@ -30,6 +30,7 @@ to ``kv fsync=always`` at the same level. Results, with the machine facts, go to
     python bench/compare.py --write-docs         # about 10 minutes
     python bench/compare.py --memory             # the 1M-key memory and restart bench (memory_bench.py)
     python bench/compare.py --metrics            # metrics on against off, as a ratio (metrics_cost.py)
+    python bench/compare.py --tls                # mutual TLS against plaintext, as a ratio (tls_cost.py)
     python bench/compare.py --engines            # core vs classic engine, with messages and fsyncs per put
     python bench/compare.py --engines --write-docs   # the same; rewrites its table in docs/benchmarks.md
 
@@ -969,6 +970,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", action="store_true", help="run bench/memory_bench.py instead (1M keys)")
     ap.add_argument("--metrics", action="store_true",
                     help="run bench/metrics_cost.py instead: kv with --metrics-addr (scraped) against without")
+    ap.add_argument("--tls", action="store_true",
+                    help="run bench/tls_cost.py instead: kv on mutual TLS against plaintext (1 and 256 in flight)")
     ap.add_argument("--engines", action="store_true",
                     help="only the two Paxos engines (core, classic), with messages and fsyncs per put")
     ap.add_argument("--rounds", type=int, default=5, help="--engines: rounds of pairs (default 5)")
@@ -981,6 +984,10 @@ def main(argv: list[str] | None = None) -> int:
         import metrics_cost
 
         return metrics_cost.main(["--quick"] if args.quick else [])
+    if args.tls:
+        import tls_cost
+
+        return tls_cost.main(["--quick"] if args.quick else [])
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     levels = [int(x) for x in args.levels.split(",")]
     pso_levels = sorted(set(levels) | {int(x) for x in args.pysyncobj_levels.split(",") if x.strip()})
