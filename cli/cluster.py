@@ -228,9 +228,10 @@ def _node_tls_argv(state: dict[str, Any], node_id: int) -> list[str]:
 
 
 def query_statuses(endpoints: list[str], timeout: float, tls: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Node statuses from the client, or [] if none could be had (the nodes may be starting)."""
+    """Node statuses from the client, or [] if none could be had (the nodes may be starting). The one-shot
+    client: it asks every node at once, without starting trio (kv cluster status is a short process too)."""
     try:
-        with common.make_client(endpoints, timeout, **(tls or {})) as client:
+        with common.make_oneshot_client(endpoints, timeout, **(tls or {})) as client:
             return [dict(s) for s in client.cluster_status()]
     except Exception:  # any failure just means "no status yet"; callers show what they know
         return []
