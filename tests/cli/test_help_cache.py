@@ -64,15 +64,19 @@ def test_a_file_with_another_key_is_not_used(cache, capsys, monkeypatch):
     assert helpcache.cache_key([]) != key  # another width, another page
 
 
-def test_an_edited_kv_cli_file_changes_the_key():
+def test_an_edited_or_added_kv_cli_file_changes_the_key(tmp_path, monkeypatch):
+    package = tmp_path / "kv_cli"  # a copy of the package's file names, so the real files stay untouched
+    package.mkdir()
+    for source in Path(helpcache.__file__).parent.glob("*.py"):
+        (package / source.name).write_text("")
+    monkeypatch.setattr(helpcache, "__file__", str(package / "helpcache.py"))
     before = helpcache.cache_key([])
-    target = Path(helpcache.__file__).parent / "output.py"
-    stat = target.stat()
-    try:
-        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-        assert helpcache.cache_key([]) != before
-    finally:
-        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    stat = (package / "output.py").stat()
+    os.utime(package / "output.py", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    edited = helpcache.cache_key([])
+    (package / "newcommand.py").write_text("")
+    added = helpcache.cache_key([])
+    assert len({before, edited, added}) == 3
 
 
 def test_unknown_commands_and_a_cache_turned_off_are_left_to_typer(cache, capsys, monkeypatch):
