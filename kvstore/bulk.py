@@ -214,6 +214,7 @@ class LoadSummary:
     records: int = 0  # records found (sent, unless dry_run)
     written: int = 0  # puts acknowledged
     failed: int = 0  # puts that failed
+    sent_through: int = 0  # the line of the last record sent
     bytes_read: int = 0
     seconds: float = 0.0
     started: float = field(default_factory=time.monotonic, repr=False)
@@ -331,6 +332,7 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
                         window.failures.append((number, key, exc))
                         summary.failed += 1
                         break
+                    summary.sent_through = number
                 if not data:
                     break
                 if len(carry) > LINE_BYTES_MAX and not window.failures:  # (the lines before it went out)
@@ -373,7 +375,7 @@ def _failure_message(failures: list[tuple[int, str, BaseException]], summary: Lo
     if unknown:
         note = f"; {unknown} of the failed puts may or may not have been applied"
     return (f"line {line} (key {key!r}): the put failed: {text}{more}{note}; {summary.written} of the "
-            f"{summary.records} records sent were written, and nothing after line {summary.lines} was sent; "
+            f"{summary.records} records sent were written, and nothing after line {summary.sent_through} was sent; "
             f"a put is idempotent, so load again from line {line}: tail -n +{line} FILE | kv load -")
 
 

@@ -236,6 +236,7 @@ async def test_a_failed_put_stops_the_load_and_the_message_counts_what_was_writt
     assert f"{len(client.data)} of the {summary.records} records sent were written" in text
     assert summary.written == len(client.data) and 699 <= summary.written < summary.records <= 700 + 32
     assert "tail -n +700" in text
+    assert f"nothing after line {summary.sent_through} was sent" in text and summary.sent_through == summary.records
 
 
 async def test_a_line_too_long_stops_after_the_lines_before_it_went_out(monkeypatch):
