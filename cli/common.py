@@ -283,11 +283,12 @@ def _kv_error_types() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseE
 
 def _passthrough() -> tuple[type[BaseException], ...]:
     """Exceptions that are not failures to report: typer's own (if typer is loaded: it is what raises
-    them) and Ctrl-C."""
+    them), Ctrl-C, and a closed stdout (``kv get k | head -c1``: the caller exits 1 without a word, as
+    click does)."""
     typer = sys.modules.get("typer")
     if typer is None:
-        return (KeyboardInterrupt,)
-    return (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt)
+        return (KeyboardInterrupt, BrokenPipeError)
+    return (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt, BrokenPipeError)
 
 
 def _print_traceback() -> None:

@@ -138,8 +138,26 @@ def _settings(given: dict[str, str], debug: bool) -> Settings:
 
 
 def run_fast(argv: list[str]) -> bool:
-    """Run ``argv`` (global options in front) if it is a plain invocation of a one-shot command and
-    return True (or exit, for a non-zero status); False: nothing done, let typer have it."""
+    """Run ``argv`` (global options in front) if it is a plain invocation of a one-shot command, or asks
+    for a help page, and return True (or exit, for a non-zero status); False: nothing done, let typer
+    have it."""
+    try:
+        done = _run(argv)
+        if done:
+            sys.stdout.flush()
+        return done
+    except BrokenPipeError:
+        # The reader went away (kv get k | head -c1): as click does, no traceback, exit 1. stdout now
+        # points at /dev/null, so the interpreter's last flush has nowhere to fail (Python's advice).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        sys.stderr.write("\nAborted!\n")
+        raise SystemExit(EXIT_FAILED) from None
+
+
+def _run(argv: list[str]) -> bool:
     if argv and argv[-1] in ("--help", "-h") and all(a and not a.startswith("-") for a in argv[:-1]):
         from .helpcache import print_help  # kv --help, kv cluster up --help: typer's text, cached
 
@@ -150,28 +168,19 @@ def run_fast(argv: list[str]) -> bool:
     command, settings, options, args = parsed
     from . import oneshot
 
-    try:
-        if command == "put":
-            oneshot.put(settings, args[0], args[1] if len(args) > 1 else None)
-        elif command == "get":
-            oneshot.get(settings, args[0], prefix=bool(options.get("--prefix")),
-                        keys_only=bool(options.get("--keys-only")), consistency=str(options.get("--consistency", "l")))
-        elif command == "del":
-            oneshot.delete(settings, args[0], prefix=bool(options.get("--prefix")))
-        elif command == "cas":
-            oneshot.cas(settings, args[0], args[1:], absent=bool(options.get("--absent")))
-        elif command == "ls":
-            oneshot.ls(settings, args[0] if args else "", consistency=str(options.get("--consistency", "l")))
-        elif command == "status":
-            oneshot.status(settings)
-        else:
-            oneshot.health(settings)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader went away (kv get k | head -c1): as click does, no traceback, exit 1.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (so the interpreter's final flush is quiet)
-        raise SystemExit(EXIT_FAILED) from None
-    except KeyboardInterrupt:
-        sys.stderr.write("\nAborted!\n")
-        raise SystemExit(EXIT_FAILED) from None
+    if command == "put":
+        oneshot.put(settings, args[0], args[1] if len(args) > 1 else None)
+    elif command == "get":
+        oneshot.get(settings, args[0], prefix=bool(options.get("--prefix")),
+                    keys_only=bool(options.get("--keys-only")), consistency=str(options.get("--consistency", "l")))
+    elif command == "del":
+        oneshot.delete(settings, args[0], prefix=bool(options.get("--prefix")))
+    elif command == "cas":
+        oneshot.cas(settings, args[0], args[1:], absent=bool(options.get("--absent")))
+    elif command == "ls":
+        oneshot.ls(settings, args[0] if args else "", consistency=str(options.get("--consistency", "l")))
+    elif command == "status":
+        oneshot.status(settings)
+    else:
+        oneshot.health(settings)
     return True

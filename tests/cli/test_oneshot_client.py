@@ -279,3 +279,17 @@ def test_a_plain_kv_get_imports_neither_typer_nor_trio_nor_paxos(nodes):
             "sys.stderr.write(repr([m for m in heavy if m in sys.modules]))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=ENV, timeout=60)
     assert proc.stderr.endswith(b"[]"), proc.stderr
+
+
+def test_kv_get_into_a_pipe_closed_early_exits_1_without_a_word(nodes):
+    store = Store()
+    node = nodes(store.handle)
+    with OneShotClient([node.address], timeout=2) as client:
+        client.put("big", "x" * 1_000_000)
+    proc = subprocess.Popen([sys.executable, "-m", "kv_cli", "--endpoints", node.address, "get", "big"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(1) == b"b"
+    proc.stdout.close()  # as `| head -c1` does
+    assert proc.stderr.read() == b""
+    assert proc.wait(timeout=60) == 1
