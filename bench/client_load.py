@@ -18,8 +18,10 @@ import argparse
 import json
 import sys
 import time
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -35,7 +37,7 @@ WARMUP_PUTS = 32
 LATE = {"s": 0.0}  # how late after --start-at the load began (it should be 0: compare.py leaves 4 s)
 
 
-async def warm_up_and_wait(target, spec: LoadSpec, start_at: float) -> None:
+async def warm_up_and_wait(target: Any, spec: LoadSpec, start_at: float) -> None:
     value = spec.value()
     for i in range(WARMUP_PUTS):
         try:
@@ -46,9 +48,9 @@ async def warm_up_and_wait(target, spec: LoadSpec, start_at: float) -> None:
     await trio.sleep(max(0.0, start_at - time.time()))
 
 
-def targets_for(mode: str, start_at: float):
+def targets_for(mode: str, start_at: float) -> Callable[[LoadSpec], AbstractAsyncContextManager[list[Any]]]:
     @asynccontextmanager
-    async def open_targets(spec: LoadSpec):
+    async def open_targets(spec: LoadSpec) -> AsyncIterator[list[Any]]:
         if mode == "callback":
             async with kv_targets(spec) as targets:
                 await warm_up_and_wait(targets[0], spec, start_at)
