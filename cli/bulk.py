@@ -12,6 +12,7 @@ terminal. Only ``typer`` is imported at the top: trio, the client and rich come 
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import sys
 from typing import Annotated, Any, BinaryIO
@@ -100,6 +101,7 @@ def load_command(
         from kvstore import bulk
 
         summary = bulk.LoadSummary()
+        shell_name = "FILE" if file == "-" else shlex.quote(file)
         bar = _Bar("load", size, "bytes") if _bar_wanted(progress) else None
 
         def show(s: bulk.LoadSummary) -> None:
@@ -108,12 +110,13 @@ def load_command(
 
         async def run() -> None:
             if dry_run:
-                await bulk.load(None, source, summary=summary, progress=show)
+                await bulk.load(None, source, summary=summary, progress=show, name=shell_name)
                 return
             from kvstore.client import connect
 
             async with connect(endpoints, timeout=settings.command_timeout, **tls) as client:
-                await bulk.load(client, source, in_flight=in_flight, summary=summary, progress=show)
+                await bulk.load(client, source, in_flight=in_flight, summary=summary, progress=show,
+                                name=shell_name)
 
         try:
             if bar is not None:

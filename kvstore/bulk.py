@@ -261,15 +261,16 @@ class _Window:
 
 
 async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFAULT,
-               summary: LoadSummary | None = None,
-               progress: Callable[[LoadSummary], None] | None = None) -> LoadSummary:
+               summary: LoadSummary | None = None, progress: Callable[[LoadSummary], None] | None = None,
+               name: str = "FILE") -> LoadSummary:
     """Put every record of ``source`` (a binary file of JSON lines) through ``client`` (an
     ``AsyncClient``), at most ``in_flight`` at a time. ``client`` None checks the input only.
 
     Returns the summary when every record was written. Raises ``BulkError`` when a line is bad or a
     put failed, after the puts in flight ended, with a message that names the line and says how many
     were written; ``summary`` (if given) holds the counts as they go. ``progress(summary)`` is called
-    every ``PROGRESS_SECONDS`` and at the end.
+    every ``PROGRESS_SECONDS`` and at the end. ``name``: the input's name in the command the messages
+    suggest for going on from a line (``tail -n +N NAME | kv load -``).
     """
     if in_flight < 1:
         raise ValueError("in_flight must be at least 1")
@@ -346,23 +347,23 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
     if progress is not None:
         progress(summary)
     if window.failures:
-        raise BulkError(_failure_message(window.failures, summary))
+        raise BulkError(_failure_message(window.failures, summary, name))
     if input_error is not None:
-        raise BulkError(f"{input_error}; {_written_before(summary, input_error.line, dry=client is None)}")
+        raise BulkError(f"{input_error}; {_written_before(summary, input_error.line, name, dry=client is None)}")
     if read_error is not None:
         raise BulkError(f"cannot read the input after line {summary.lines}: {read_error.strerror or read_error}; "
                         f"{summary.written} records were written, up to line {summary.lines}")
     return summary
 
 
-def _written_before(summary: LoadSummary, line: int, *, dry: bool) -> str:
+def _written_before(summary: LoadSummary, line: int, name: str, *, dry: bool) -> str:
     if dry:
         return f"checked only (nothing written); the {summary.records} records before it are valid"
     return (f"{summary.written} records (lines 1 to {line - 1}) were written before it, nothing after it; "
-            f"fix the line and load from it again: tail -n +{line} FILE | kv load -")
+            f"fix the line and load from it again: tail -n +{line} {name} | kv load -")
 
 
-def _failure_message(failures: list[tuple[int, str, BaseException]], summary: LoadSummary) -> str:
+def _failure_message(failures: list[tuple[int, str, BaseException]], summary: LoadSummary, name: str) -> str:
     failures = sorted(failures, key=lambda f: f[0])
     line, key, error = failures[0]
     text = str(error) or type(error).__name__
@@ -376,7 +377,7 @@ def _failure_message(failures: list[tuple[int, str, BaseException]], summary: Lo
         note = f"; {unknown} of the failed puts may or may not have been applied"
     return (f"line {line} (key {key!r}): the put failed: {text}{more}{note}; {summary.written} of the "
             f"{summary.records} records sent were written, and nothing after line {summary.sent_through} was sent; "
-            f"a put is idempotent, so load again from line {line}: tail -n +{line} FILE | kv load -")
+            f"a put is idempotent, so load again from line {line}: tail -n +{line} {name} | kv load -")
 
 
 # ---------------------------------------------------------------------------------------------------
