@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 from . import frames
 from .endpoints import format_endpoint, parse_endpoint, parse_endpoint_list
 from .limits import check_key, check_value
+from .tlsfiles import TlsError
 
 __all__ = ["OneShotClient", "KVError", "Unavailable", "RequestError", "Entry", "tls_client_context"]
 
@@ -86,28 +87,12 @@ _PAUSE_MAX = 0.5
 
 
 def tls_client_context(cacert: str, cert: str, key: str) -> Any:
-    """The dialing side's ``ssl.SSLContext``, with the settings of ``kvstore.tls.client_context``: TLS 1.3
-    only, the server's certificate signed by the CA and naming the host dialed, our certificate shown.
-    Raises ``ValueError`` (with the message of ``kvstore.tls.TlsError``) for a file it cannot use."""
-    import ssl
+    """The dialing side's ``ssl.SSLContext``: ``kvstore.tlsfiles.client_context`` of the three files (TLS
+    1.3 only, the server's certificate signed by the CA and naming the host dialed, our certificate
+    shown). Raises ``TlsError`` (a ValueError) for a file it cannot use."""
+    from .tlsfiles import TlsFiles, client_context
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.check_hostname = True
-    try:
-        ctx.load_verify_locations(cafile=cacert)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot use the CA file {cacert}: {exc}") from None
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot use the certificate {cert} with the key {key}: {exc}") from None
-    return ctx
-
-
-class TlsError(ValueError):
-    """A certificate, key or CA file that cannot be used (as ``kvstore.tls.TlsError``)."""
+    return client_context(TlsFiles(cacert, cert, key))
 
 
 class _Connection:

@@ -37,9 +37,10 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from dataclasses import dataclass
 
 import trio
+
+from .tlsfiles import Principal, TlsError, TlsFiles, client_context, server_context
 
 __all__ = ["TlsError", "TlsFiles", "TlsTransport", "TlsListener", "Principal", "NODE_URI_PREFIX",
            "client_context", "server_context", "peer_identity", "handshake", "check_peer", "check_dialed",
@@ -53,68 +54,6 @@ NODE_URI_PREFIX = "urn:kv:node:"
 HANDSHAKE_SECONDS_DEFAULT = 10.0
 # A dialer that keeps meeting the wrong certificate logs it this often at most.
 _WARN_EVERY_SECONDS = 10.0
-
-
-class TlsError(ValueError):
-    """A certificate, key or CA file that cannot be used (missing, unreadable, not PEM, key mismatch)."""
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """The three PEM files of one side: the CA bundle that signs the others, our certificate, its key."""
-
-    cacert: str
-    cert: str
-    key: str
-
-    @classmethod
-    def of(cls, cacert, cert, key) -> "TlsFiles | None":
-        """``TlsFiles`` from three paths, None from none; raises ``TlsError`` for some but not all."""
-        given = [x for x in (cacert, cert, key) if x]
-        if not given:
-            return None
-        if len(given) != 3:
-            raise TlsError("TLS needs all three of the CA file, the certificate and its key (--cacert, --cert, --key)")
-        return cls(str(cacert), str(cert), str(key))
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is on the other end of a finished handshake: the certificate's common name, and the member id
-    it names when it is a node certificate (None for a client certificate)."""
-
-    name: str
-    node_id: int | None = None
-
-
-def _context(purpose: ssl.Purpose, files: TlsFiles) -> ssl.SSLContext:
-    protocol = ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
-    ctx = ssl.SSLContext(protocol)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # no downgrade; TLS 1.3 only
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    try:
-        ctx.load_verify_locations(cafile=files.cacert)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot use the CA file {files.cacert}: {exc}") from None
-    try:
-        ctx.load_cert_chain(files.cert, files.key)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot use the certificate {files.cert} with the key {files.key}: {exc}") from None
-    return ctx
-
-
-def server_context(files: TlsFiles) -> ssl.SSLContext:
-    """The accepting side: TLS 1.3, a client certificate of the CA required."""
-    ctx = _context(ssl.Purpose.CLIENT_AUTH, files)
-    ctx.num_tickets = 0  # nobody resumes sessions here: no tickets to make, send and ignore
-    return ctx
-
-
-def client_context(files: TlsFiles) -> ssl.SSLContext:
-    """The dialing side: TLS 1.3, the server's certificate of the CA and naming the host dialed."""
-    ctx = _context(ssl.Purpose.SERVER_AUTH, files)
-    ctx.check_hostname = True
-    return ctx
 
 
 def peer_identity(stream) -> Principal | None:
@@ -321,7 +260,7 @@ class TlsListener(trio.abc.Listener):
     server context of the moment (so a reload applies to the next accept). Shows its socket: the node
     reads its port from ``listeners[0].socket``."""
 
-    def __init__(self, transport_listener, transport: "TlsTransport") -> None:
+    def __init__(self, transport_listener, transport: TlsTransport) -> None:
         self.transport_listener = transport_listener
         self._transport = transport
 
@@ -367,7 +306,9 @@ class TlsTransport:
         except trio.BrokenResourceError as exc:
             await trio.aclose_forcefully(stream)
             cause = exc.__cause__
-            raise (cause if isinstance(cause, OSError) else OSError(f"TLS handshake with {host}:{port} failed: {exc}")) from None
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise OSError(f"TLS handshake with {host}:{port} failed: {exc}") from None
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise

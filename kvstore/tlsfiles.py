@@ -1,0 +1,71 @@
+"""The TLS settings of a node and of its clients, without trio: the three PEM files, the SSL contexts made
+from them, and who a certificate names. ``kvstore.tls`` (the streams, the listener, the handshakes)
+and ``kvstore.oneshot`` (the blocking client of kv's one-shot commands, which must not import trio)
+both use these, so the two sides of a connection are configured in one place.
+"""
+from __future__ import annotations
+
+import ssl
+from typing import NamedTuple
+
+__all__ = ["TlsError", "TlsFiles", "Principal", "client_context", "server_context"]
+
+
+class TlsError(ValueError):
+    """A certificate, key or CA file that cannot be used (missing, unreadable, not PEM, key mismatch)."""
+
+
+class TlsFiles(NamedTuple):
+    """The three PEM files of one side: the CA bundle that signs the others, our certificate, its key."""
+
+    cacert: str
+    cert: str
+    key: str
+
+    @classmethod
+    def of(cls, cacert, cert, key) -> TlsFiles | None:
+        """``TlsFiles`` from three paths, None from none; raises ``TlsError`` for some but not all."""
+        given = [x for x in (cacert, cert, key) if x]
+        if not given:
+            return None
+        if len(given) != 3:
+            raise TlsError("TLS needs all three of the CA file, the certificate and its key (--cacert, --cert, --key)")
+        return cls(str(cacert), str(cert), str(key))
+
+
+class Principal(NamedTuple):
+    """Who is on the other end of a finished handshake: the certificate's common name, and the member id
+    it names when it is a node certificate (None for a client certificate)."""
+
+    name: str
+    node_id: int | None = None
+
+
+def _context(purpose: ssl.Purpose, files: TlsFiles) -> ssl.SSLContext:
+    protocol = ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
+    ctx = ssl.SSLContext(protocol)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # no downgrade; TLS 1.3 only
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cafile=files.cacert)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot use the CA file {files.cacert}: {exc}") from None
+    try:
+        ctx.load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot use the certificate {files.cert} with the key {files.key}: {exc}") from None
+    return ctx
+
+
+def server_context(files: TlsFiles) -> ssl.SSLContext:
+    """The accepting side: TLS 1.3, a client certificate of the CA required."""
+    ctx = _context(ssl.Purpose.CLIENT_AUTH, files)
+    ctx.num_tickets = 0  # nobody resumes sessions here: no tickets to make, send and ignore
+    return ctx
+
+
+def client_context(files: TlsFiles) -> ssl.SSLContext:
+    """The dialing side: TLS 1.3, the server's certificate of the CA and naming the host dialed."""
+    ctx = _context(ssl.Purpose.SERVER_AUTH, files)
+    ctx.check_hostname = True
+    return ctx
