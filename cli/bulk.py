@@ -18,8 +18,8 @@ import sys
 from typing import Annotated, Any, BinaryIO
 
 import typer
-from kv_cli.common import EXIT_FAILED, OperationFailed, Settings, UsageProblem, error_line, reporting_errors
-from kv_cli.output import OutputFormat, print_json, print_table
+from .common import EXIT_FAILED, OperationFailed, Settings, UsageProblem, error_line, reporting_errors
+from .output import OutputFormat, print_json, print_table
 
 LOAD_EPILOG = ("Examples: kv load data.jsonl;  zcat data.jsonl.gz | kv load -;  kv load --dry-run data.jsonl;  "
                "kv dump > all.jsonl && kv --endpoints OTHER:7001 load all.jsonl")

@@ -521,7 +521,7 @@ def test_compaction_releases_every_instance_at_or_below_the_snapshot():
         for to, m in leader.take_actions().send:
             if to == 2:
                 follower.receive(m)
-        for to, m in follower.take_actions().send:
+        for _to, m in follower.take_actions().send:
             leader.receive(m)
         if i % 50 == 0:
             leader.take_actions()
@@ -760,7 +760,7 @@ def test_three_nodes_elect_decide_survive_the_leaders_crash_and_keep_every_decid
 
     def run(rounds: int) -> None:
         for _ in range(rounds):
-            for node_id, replica in replicas.items():
+            for replica in replicas.values():
                 replica.tick()
             step()
 

@@ -16,7 +16,7 @@ import random
 
 import pytest
 
-from paxos.actions import DecideRecord, DurableState
+from paxos.actions import DurableState
 from paxos.ballot import Ballot
 from paxos.membership import (
     CHANGE_PREFIX,
@@ -26,7 +26,7 @@ from paxos.membership import (
     encode_change,
     is_change,
 )
-from paxos.messages import Accept, Accepted, AcceptedEntry, Campaign, Heartbeat, HeartbeatAck, Prepare, Promise
+from paxos.messages import Accept, Accepted, AcceptedEntry, Campaign, HeartbeatAck, Prepare, Promise
 from paxos.replica import ChangeRefused, Options, Replica
 
 # ---------------------------------------------------------------- a small cluster

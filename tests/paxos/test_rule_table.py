@@ -22,7 +22,7 @@ import ast
 import re
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -77,17 +77,17 @@ def table_rows() -> list[Row]:
         if len(snippets) == 1:
             snippets = snippets * len(found)
         places = tuple(Place(int(number), rule, m["path"], int(m["line"]), m["function"], snippet, m.group(0), i)
-                       for i, (m, snippet) in enumerate(zip(found, snippets)))
+                       for i, (m, snippet) in enumerate(zip(found, snippets, strict=True)))
         rows.append(Row(int(number), rule, paper, places, tuple(CODE.findall(checked))))
     return rows
 
 
-@lru_cache(maxsize=None)
+@cache
 def source_lines(path: str) -> tuple:
     return tuple((ROOT / path).read_text().splitlines())
 
 
-@lru_cache(maxsize=None)
+@cache
 def function_spans(path: str) -> tuple:
     tree = ast.parse((ROOT / path).read_text())
     return tuple((node.lineno, node.end_lineno, node.name) for node in ast.walk(tree)
@@ -144,7 +144,7 @@ def test_each_cited_line_still_holds_the_named_code_in_the_named_function(place)
     assert message is None, message
 
 
-@lru_cache(maxsize=None)
+@cache
 def defined_test_names() -> frozenset:
     names = set()
     for path in (ROOT / "tests").rglob("*.py"):

@@ -85,7 +85,7 @@ def walkthrough_grid():
         elif rows:
             break
     header, body = rows[0], rows[2:]
-    grid = {int(row[0]): dict(zip(header, row)) for row in body}
+    grid = {int(row[0]): dict(zip(header, row, strict=True)) for row in body}
     return header, grid, ballots
 
 
