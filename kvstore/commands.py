@@ -39,11 +39,8 @@ from typing import Literal, NamedTuple
 import cbor2
 
 from . import wire
+from .limits import KEY_BYTES_MAX, VALUE_BYTES_MAX  # (defined there so the clients check them without us)
 
-KEY_BYTES_MAX = 4096
-"""Largest key, in bytes of its UTF-8 encoding."""
-VALUE_BYTES_MAX = 1024 * 1024
-"""Largest value (and cas ``expected``), in bytes (UTF-8 bytes for a str value)."""
 CLIENT_ID_BYTES_MAX = 64
 """Largest client id, in bytes; a client id has at least one byte."""
 INT_MAX = 2**64 - 1

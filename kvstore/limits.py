@@ -10,17 +10,18 @@ the leader as a ``bad_request`` error, one far too large did not fit in a frame 
 ``kvstore.oneshot``, and so ``kv``) call the checks here first, so every size over the limit gives the
 same error, ``TooLarge``, naming the limit, and nothing is sent.
 
-The limits are the state machine's: ``kvstore.commands`` keeps its own names for them, and a test checks
-that the two agree. This module imports nothing, so the one-shot client stays quick to start.
+The limits are defined here, and ``kvstore.commands`` (the state machine's command codec) imports them:
+one definition for the store and its clients. This module imports only ``kvstore.frames``, so the
+one-shot client stays quick to start.
 """
 from __future__ import annotations
 
 from .frames import FrameTooLarge
 
 KEY_BYTES_MAX = 4096
-"""Largest key, in bytes of its UTF-8 encoding (``kvstore.commands.KEY_BYTES_MAX``)."""
+"""Largest key, in bytes of its UTF-8 encoding."""
 VALUE_BYTES_MAX = 1024 * 1024
-"""Largest value (and cas ``expected``), in bytes, UTF-8 for text (``kvstore.commands.VALUE_BYTES_MAX``)."""
+"""Largest value (and cas ``expected``), in bytes, UTF-8 for text."""
 
 
 class TooLarge(FrameTooLarge):

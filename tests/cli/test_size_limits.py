@@ -27,8 +27,16 @@ def expected(what: str, size: int, limit: int) -> str:
     return f"{what} is too large: {size} bytes, the limit is {limit} bytes"
 
 
-def test_the_limits_are_the_state_machines():
-    assert (limits.KEY_BYTES_MAX, limits.VALUE_BYTES_MAX) == (commands.KEY_BYTES_MAX, commands.VALUE_BYTES_MAX)
+def test_the_limits_are_what_the_state_machine_enforces():
+    # The clients check the sizes of kvstore.limits; the command codec the servers run must accept
+    # exactly those and refuse one byte more.
+    cid = b"client"
+    commands.encode_put(cid, 1, 0, "k" * limits.KEY_BYTES_MAX, "v")
+    commands.encode_put(cid, 1, 0, "k", b"v" * limits.VALUE_BYTES_MAX)
+    with pytest.raises(ValueError):
+        commands.encode_put(cid, 1, 0, "k" * (limits.KEY_BYTES_MAX + 1), "v")
+    with pytest.raises(ValueError):
+        commands.encode_put(cid, 1, 0, "k", b"v" * (limits.VALUE_BYTES_MAX + 1))
 
 
 def test_the_largest_key_and_value_pass():
