@@ -39,7 +39,10 @@ from typing import Literal, NamedTuple
 import cbor2
 
 from . import wire
-from .limits import KEY_BYTES_MAX, VALUE_BYTES_MAX  # (defined there so the clients check them without us)
+
+# (defined there so the clients check them without us; "X as X": re-exported as commands.X too)
+from .limits import KEY_BYTES_MAX as KEY_BYTES_MAX
+from .limits import VALUE_BYTES_MAX as VALUE_BYTES_MAX
 
 CLIENT_ID_BYTES_MAX = 64
 """Largest client id, in bytes; a client id has at least one byte."""
