@@ -10,9 +10,9 @@ import json
 
 import pytest
 import typer
-from kv_cli.bench import register
 from typer.testing import CliRunner
 
+from kv_cli.bench import register
 from kvstore.client import connect
 from kvstore.loadgen import LoadSpec, run_load
 

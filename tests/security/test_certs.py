@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from kv_cli import certs
-from kv_cli.main import app, hoist_global_options
 from typer.testing import CliRunner
 
+from kv_cli import certs
+from kv_cli.main import app, hoist_global_options
 from kvstore import tls
 from kvstore.server import ServerOptions
 

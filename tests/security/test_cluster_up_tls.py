@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from kv_cli.cluster import process_state
 
 pytestmark = pytest.mark.slow

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 import pytest
-from kv_cli.cluster import process_state
 
+from kv_cli.cluster import process_state
 from kvstore.client import Client
 
 pytestmark = pytest.mark.slow
