@@ -18,6 +18,7 @@ import sys
 from typing import Annotated, Any, BinaryIO
 
 import typer
+
 from .common import EXIT_FAILED, OperationFailed, Settings, UsageProblem, error_line, reporting_errors
 from .output import OutputFormat, print_json, print_table
 

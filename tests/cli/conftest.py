@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import kv_cli.common
 import pytest
+
+import kv_cli.common
 
 
 @dataclass

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from kv_cli.cluster import process_state
 
+from kv_cli.cluster import process_state
 from kvstore import bulk
 from kvstore.bulk import BulkError, BulkInputError, LoadSummary, SnapshotEntries, format_record, load, parse_line
 from kvstore.client import Unavailable
@@ -234,7 +234,11 @@ async def test_a_failed_put_stops_the_load_and_the_message_counts_what_was_writt
     assert text.startswith("line 700 (key 'k700'): the put failed: no answer")
     assert "may or may not have been applied" in text
     assert f"{len(client.data)} of the {summary.records} records sent were written" in text
-    assert summary.written == len(client.data) and 699 <= summary.written < summary.records <= 700 + 32
+    assert summary.written == len(client.data) and 699 <= summary.written < summary.records
+    # Sending stops at the failure and the puts already out are waited for; how many went out after
+    # line 700 depends on how many others were answered before its failure was (the window bounds
+    # what is outstanding at once, not that).
+    assert summary.written + summary.failed == summary.records and summary.failed >= 1
     assert "tail -n +700" in text
     assert f"nothing after line {summary.sent_through} was sent" in text and summary.sent_through == summary.records
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from kv_cli.cluster import process_state
 
 pytestmark = pytest.mark.slow

@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 
 import trio
+
 from kv_cli import dashboard as dash
 from kv_cli.common import Settings, write_state
-
 from kvstore.httpserve import Request
 
 EPS = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]

@@ -13,9 +13,10 @@ from __future__ import annotations
 import copy
 
 import pytest
+from typer.testing import CliRunner
+
 from kv_cli import fast
 from kv_cli.main import app
-from typer.testing import CliRunner
 
 EP = ["--endpoints", "127.0.0.1:7001,127.0.0.1:7002"]
 

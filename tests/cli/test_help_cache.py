@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from kv_cli import helpcache
 from kv_cli.main import app
-from typer.testing import CliRunner
 
 PATHS = [[], ["get"], ["put"], ["del"], ["cas"], ["ls"], ["status"], ["health"], ["serve"], ["move-leader"],
          ["bench"], ["dashboard"], ["trace"], ["cluster"], ["cluster", "up"], ["cluster", "status"], ["certs"],

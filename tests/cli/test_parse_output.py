@@ -15,12 +15,12 @@ import base64
 import json
 import socket
 
-import kv_cli.common
 import pytest
-from kv_cli.main import app
-from kv_cli.output import render_table, value_fields
 from typer.testing import CliRunner
 
+import kv_cli.common
+from kv_cli.main import app
+from kv_cli.output import render_table, value_fields
 from kvstore.client import RequestError, Unavailable
 
 EP = ["--endpoints", "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"]

@@ -10,10 +10,10 @@ prints it as one line and exits 1. The limits are the state machine's (``kvstore
 from __future__ import annotations
 
 import pytest
-from kv_cli import fast
-from kv_cli.main import app
 from typer.testing import CliRunner
 
+from kv_cli import fast
+from kv_cli.main import app
 from kvstore import commands, limits
 from kvstore.limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, TooLarge
 
