@@ -30,6 +30,7 @@ or ``get`` would, in a task of the client, with the same request id and deadline
 """
 from __future__ import annotations
 
+import builtins
 import collections
 import heapq
 import itertools
@@ -38,8 +39,9 @@ import os
 import queue
 import random
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import trio
 
@@ -47,6 +49,17 @@ from . import wire
 from .endpoints import format_endpoint, parse_endpoint, parse_endpoint_list
 from .limits import check_key, check_value
 from .netio import Outbox
+
+if TYPE_CHECKING:
+    from .server import Transport
+    from .tls import TlsTransport
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+# What a request attempt builds from its connection's request id: the message, or its frame already
+_Build = Callable[[int], object]
+# A submitted request's continuation: the result map, or the exception the awaited call would raise
+_Finish = Callable[[object], None]
 
 
 class KVError(Exception):
@@ -85,6 +98,10 @@ class _ConnectionLost(Exception):
     pass
 
 
+# A first attempt made already (a submitted request): its connection and its reply
+_Attempt = tuple["_Connection | None", object]
+
+
 # A write goes out only while its request id is less than this far above the oldest write still out
 # (its ack_below). The state machine remembers at most this many results per client and raises the
 # client's floor past the ones it forgets (kvstore.statemachine.RESULTS_PER_CLIENT_MAX), so a write
@@ -100,7 +117,7 @@ WATCHDOG_SECONDS = 0.05
 _Task = trio.lowlevel.Task
 
 
-def _wake(waiter: list, reply) -> None:
+def _wake(waiter: list[Any], reply: object) -> None:
     """Answer a waiter ``[task or callback or None, reply, answered]`` that its caller just took out of
     the table.
 
@@ -129,10 +146,10 @@ class _Connection:
     on this connection, and closing it also ends a send that was stuck on a node that stopped reading.
     """
 
-    def __init__(self, endpoint: tuple[str, int], stream) -> None:
+    def __init__(self, endpoint: tuple[str, int], stream: trio.abc.Stream) -> None:
         self.endpoint = endpoint
         self.stream = stream
-        self.waiters: dict[int, list] = {}  # id -> [task, reply, answered] (see _wake)
+        self.waiters: dict[int, list[Any]] = {}  # id -> [task, reply, answered] (see _wake)
         # Attempt deadlines by watchdog period: period number -> ids due by its end. The watchdog
         # takes whole periods as they pass, so a request costs one append instead of a heap push
         # and pop (the heap held every request of the last attempt timeout, answered or not).
@@ -222,7 +239,7 @@ class _Connection:
             else:
                 due.append(rid)
 
-    def submit(self, make_request, deadline: float, callback) -> bool:
+    def submit(self, make_request: _Build, deadline: float, callback: Callable[[object], None]) -> bool:
         """Send one request without waiting: ``callback(reply)`` is called with its reply, or with
         ``_TIMED_OUT`` or None as ``call`` would return or raise, from this connection's tasks.
 
@@ -253,7 +270,7 @@ class _Connection:
             self.queued.clear()
             self.outbox.write(data)  # False: closed meanwhile; fail_all answers the waiters
 
-    async def call(self, make_request, deadline: float) -> object:
+    async def call(self, make_request: _Build, deadline: float) -> object:
         """Send one request (``make_request(id)`` builds the message or its frame) and wait for its
         reply until ``deadline``.
 
@@ -264,7 +281,7 @@ class _Connection:
         rid = next(self.ids)
         request = make_request(rid)  # a message, or its frame already (puts: see AsyncClient.put)
         frame = request if type(request) is bytes else wire.encode_frame(request)
-        waiter = [None, None, False]  # see _wake
+        waiter: list[Any] = [None, None, False]  # see _wake
         self.waiters[rid] = waiter
         self._watch(rid, deadline)
         self.calls += 1
@@ -303,7 +320,7 @@ class _Connection:
             # cancelled first, leave the table so that nobody reschedules us later.
             waiter[0] = trio.lowlevel.current_task()
 
-            def abort(_raise_cancel):
+            def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
                 self.waiters.pop(rid, None)
                 return trio.lowlevel.Abort.SUCCEEDED
 
@@ -317,9 +334,10 @@ class AsyncClient:
     """A connection to the cluster. Build it with ``connect()``; see the module docstring."""
 
     def __init__(self, endpoints: list[str] | str, nursery: trio.Nursery, *, timeout: float = 5.0,
-                 transport=None) -> None:
+                 transport: Transport | None = None) -> None:
         self.endpoints = parse_endpoint_list(endpoints)
-        self._open_stream = transport.connect if transport is not None else trio.open_tcp_stream
+        self._open_stream: Callable[[str, int], Awaitable[trio.abc.Stream]] = (
+            transport.connect if transport is not None else trio.open_tcp_stream)
         self.timeout = timeout
         self.attempt_timeout = max(0.5, min(2.0, timeout / 3))
         self._nursery = nursery
@@ -338,7 +356,7 @@ class AsyncClient:
         self._window_waiters = 0
         self._window_moved = trio.Event()
         # Submitted writes beyond the window, in order: (request_id, build, finish), sent as it moves.
-        self._deferred_writes: collections.deque = collections.deque()
+        self._deferred_writes: collections.deque[tuple[int, _Build, _Finish]] = collections.deque()
 
     # --- public API -------------------------------------------------------------------------------
 
@@ -350,7 +368,8 @@ class AsyncClient:
         client_id = self.client_id
         result = await self._write(lambda rid, rq, ack: wire.encode_put_request_frame(
             rid, key, value, client_id, rq, ack))
-        return result["rev"]
+        rev: int = result["rev"]
+        return rev
 
     async def get(self, key: str, *, consistency: str = "l") -> str | bytes | None:
         """The value of ``key``, or None when absent."""
@@ -370,14 +389,16 @@ class AsyncClient:
         check_key(key)
         result = await self._write(lambda rid, rq, ack: wire.DeleteRequest(
             id=rid, key=key, prefix=False, client_id=self.client_id, request_id=rq, ack_below=ack))
-        return result["deleted"] > 0
+        deleted: int = result["deleted"]
+        return deleted > 0
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key that starts with ``prefix``; return how many were deleted."""
         check_key(prefix, "prefix")
         result = await self._write(lambda rid, rq, ack: wire.DeleteRequest(
             id=rid, key=prefix, prefix=True, client_id=self.client_id, request_id=rq, ack_below=ack))
-        return result["deleted"]
+        deleted: int = result["deleted"]
+        return deleted
 
     async def cas(self, key: str, expected: str | bytes | None, new: str | bytes) -> bool:
         """Set ``key`` to ``new`` if its value is ``expected`` (None: only if absent). True if swapped."""
@@ -389,14 +410,14 @@ class AsyncClient:
         return bool(result["ok"])
 
     async def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
-                   limit: int = 0) -> list:
+                   limit: int = 0) -> builtins.list[tuple[str, str | bytes | None]]:
         """``[(key, value), ...]`` in key order (``[(key, None), ...]`` with keys_only)."""
         lin = _linearizable(consistency)
         result = await self._read(lambda rid: wire.ListRequest(
             id=rid, prefix=prefix, keys_only=keys_only, linearizable=lin, limit=limit))
         return [(item[0], item[1] if len(item) > 1 else None) for item in result["items"]]
 
-    async def admin(self, op: str, node: int = 0, address: str = "") -> dict:
+    async def admin(self, op: str, node: int = 0, address: str = "") -> dict[str, Any]:
         """A membership or leadership request, sent to the leader (``wire.ADMIN_OPS``: member_list,
         member_add, member_promote, member_remove, move_leader). Returns the members as the leader
         sees them afterwards; raises ``RequestError`` with the reason when refused."""
@@ -404,33 +425,33 @@ class AsyncClient:
             raise ValueError(f"unknown admin operation {op!r}; expected one of {', '.join(wire.ADMIN_OPS)}")
         return await self._read(lambda rid: wire.AdminRequest(id=rid, op=op, node=node, address=address))
 
-    async def backup(self, session: int = 0, offset: int = 0) -> dict:
+    async def backup(self, session: int = 0, offset: int = 0) -> dict[str, Any]:
         """One step of ``kv snapshot save`` (``kvstore.backup.save_backup`` drives it): session 0 begins
         a backup on the leader (the answer names the session, its slot, revision, keys and state hash);
         then each call gets the next piece of that session's bytes from ``offset`` (``data``, ``done``,
         and with the last one ``length`` and ``sha256``). Raises ``RequestError`` when refused."""
         return await self._read(lambda rid: wire.BackupRequest(id=rid, session=session, offset=offset))
 
-    async def member_list(self) -> dict:
+    async def member_list(self) -> dict[str, Any]:
         return await self.admin("member_list")
 
-    async def member_add(self, node: int, address: str) -> dict:
+    async def member_add(self, node: int, address: str) -> dict[str, Any]:
         return await self.admin("member_add", node, address)
 
-    async def member_promote(self, node: int) -> dict:
+    async def member_promote(self, node: int) -> dict[str, Any]:
         return await self.admin("member_promote", node)
 
-    async def member_remove(self, node: int) -> dict:
+    async def member_remove(self, node: int) -> dict[str, Any]:
         return await self.admin("member_remove", node)
 
-    async def move_leader(self, node: int) -> dict:
+    async def move_leader(self, node: int) -> dict[str, Any]:
         return await self.admin("move_leader", node)
 
-    async def status(self, endpoint: str | tuple[str, int]) -> dict:
+    async def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
         """The status of one node (raises Unavailable if it does not answer in time)."""
         if isinstance(endpoint, str):
             endpoint = parse_endpoint(endpoint)
-        reply = None
+        reply: object = None
         failure = None
         with trio.move_on_after(self.timeout) as scope:
             try:
@@ -454,13 +475,15 @@ class AsyncClient:
             raise Unavailable(f"{format_endpoint(*endpoint)} did not answer within {self.timeout:g}s")
         if isinstance(reply, wire.ErrorReply):
             raise RequestError(reply.message, reply.code)
+        if not isinstance(reply, wire.OkReply):  # a frame with an id that is no reply: garbage
+            raise Unavailable(f"{format_endpoint(*endpoint)} answered with a {type(reply).__name__}")
         return reply.result
 
-    async def cluster_status(self) -> list[dict]:
+    async def cluster_status(self) -> builtins.list[dict[str, Any]]:
         """One entry per endpoint, each with ``"endpoint"`` and ``"reachable"``."""
-        results: list[dict] = [{} for _ in self.endpoints]
+        results: builtins.list[dict[str, Any]] = [{} for _ in self.endpoints]
 
-        async def one(i: int, endpoint) -> None:
+        async def one(i: int, endpoint: tuple[str, int]) -> None:
             try:
                 status = await self.status(endpoint)
                 results[i] = {"endpoint": format_endpoint(*endpoint), "reachable": True, **status}
@@ -480,14 +503,14 @@ class AsyncClient:
 
     # --- machinery -------------------------------------------------------------------------------
 
-    async def _write(self, make) -> dict:
+    async def _write(self, make: Callable[[int, int, int], object]) -> dict[str, Any]:
         request_id = next(self._request_ids)
         heapq.heappush(self._unanswered, request_id)
         try:
             if request_id - self._unanswered[0] >= WRITE_WINDOW:
                 await self._window_open_for(request_id)
 
-            def build(rid: int):
+            def build(rid: int) -> object:
                 return make(rid, request_id, self._unanswered[0])
             return await self._call(build, write=True)
         finally:
@@ -520,7 +543,7 @@ class AsyncClient:
 
     # --- submitted requests (no task waits for each) -----------------------------------------------
 
-    def submit_put(self, key: str, value: str | bytes, done) -> None:
+    def submit_put(self, key: str, value: str | bytes, done: Callable[[object], None]) -> None:
         """Send ``put`` without waiting for it; ``done(outcome)`` gets the revision (an int) or the
         exception that ``put`` would raise, called later from the client's own tasks.
 
@@ -535,10 +558,10 @@ class AsyncClient:
         request_id = next(self._request_ids)
         heapq.heappush(self._unanswered, request_id)
 
-        def build(rid: int):
+        def build(rid: int) -> bytes:
             return wire.encode_put_request_frame(rid, key, value, client_id, request_id, self._unanswered[0])
 
-        def finish(outcome) -> None:
+        def finish(outcome: object) -> None:
             self._answered_write(request_id)
             done(outcome["rev"] if type(outcome) is dict else outcome)
 
@@ -556,31 +579,31 @@ class AsyncClient:
             self._answered_write(request_id)
             raise
 
-    def submit_get(self, key: str, done, *, consistency: str = "l") -> None:
+    def submit_get(self, key: str, done: Callable[[object], None], *, consistency: str = "l") -> None:
         """``get`` without waiting, as ``submit_put``: ``done`` gets the value (None when absent) or
         the exception."""
         lin = _linearizable(consistency)
 
-        def finish(outcome) -> None:
+        def finish(outcome: object) -> None:
             if type(outcome) is dict:
                 outcome = outcome["value"] if outcome.get("found") else None
             done(outcome)
 
         self._submit(lambda rid: wire.GetRequest(id=rid, key=key, linearizable=lin), finish, write=False)
 
-    def _submit(self, build, finish, *, write: bool) -> None:
+    def _submit(self, build: _Build, finish: _Finish, *, write: bool) -> None:
         """The first attempt of a submitted request on the current connection; anything but an OK
         reply hands the request to ``_call`` (in a task), which goes on from that reply."""
         began = trio.current_time()
         conn = self._conn
 
-        def go_on(attempt) -> None:
+        def go_on(attempt: _Attempt | None) -> None:
             try:
                 self._nursery.start_soon(self._resume, build, finish, write, began, attempt)
             except RuntimeError:  # the client is closed
                 finish(Unavailable("the client was closed", outcome_unknown=write and attempt is not None))
 
-        def on_reply(reply) -> None:
+        def on_reply(reply: object) -> None:
             if type(reply) is wire.OkReply:
                 finish(reply.result)
             else:
@@ -589,7 +612,8 @@ class AsyncClient:
         if conn is None or not conn.submit(build, began + min(self.timeout, self.attempt_timeout), on_reply):
             go_on(None)
 
-    async def _resume(self, build, finish, write: bool, began: float, attempt) -> None:
+    async def _resume(self, build: _Build, finish: _Finish, write: bool, began: float,
+                      attempt: _Attempt | None) -> None:
         try:
             result = await self._call(build, write=write, began=began, attempt=attempt)
         except Exception as exc:  # what put or get would raise goes to the callback
@@ -597,15 +621,17 @@ class AsyncClient:
             return
         finish(result)
 
-    async def _read(self, make) -> dict:
+    async def _read(self, make: _Build) -> dict[str, Any]:
         return await self._call(make, write=False)
 
-    async def _call(self, build, *, write: bool, began: float | None = None, attempt=None) -> dict:
+    async def _call(self, build: _Build, *, write: bool, began: float | None = None,
+                    attempt: _Attempt | None = None) -> dict[str, Any]:
         """Send the request that ``build(id)`` makes, retrying until ``self.timeout`` after ``began``
         (default: now). ``attempt``: ``(connection, reply)`` of a first attempt made already (a
         submitted request), whose reply is handled before any new attempt."""
-        started = trio.current_time() if began is None else began
-        deadline = started + self.timeout
+        first = trio.current_time() if began is None else began
+        deadline = first + self.timeout
+        started: float | None = first  # the clock reading for the next attempt, if it has one
         sent = attempt is not None
         pause = 0.02
         redirects = 0
@@ -652,9 +678,16 @@ class AsyncClient:
                     last_error = f"connection failed: {exc}"
                     self._give_up_on(conn)
             if reply is _TIMED_OUT:
+                assert conn is not None  # only a connection's watchdog answers _TIMED_OUT
                 reply = None
                 last_error = f"{format_endpoint(*conn.endpoint)} did not answer"
                 self._give_up_on(conn)
+            if reply is not None and not isinstance(reply, (wire.OkReply, wire.ErrorReply)):
+                # A frame with an id that is no reply (a request type has one too): this node speaks
+                # garbage. Drop the connection and go on as after a lost one.
+                last_error = f"a node answered with a {type(reply).__name__}"
+                self._give_up_on(conn)
+                reply = None
             if reply is None:
                 if trio.current_time() < deadline:
                     await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))
@@ -706,7 +739,7 @@ class AsyncClient:
             self._drop_connection(advance=False)
             self._preferred = index
 
-    def _give_up_on(self, conn: "_Connection | None") -> None:
+    def _give_up_on(self, conn: _Connection | None) -> None:
         """The attempt through ``conn`` failed: close it and move on to the next endpoint.
 
         Only if ``conn`` is still the current connection: with many requests in flight, they all see
@@ -773,15 +806,28 @@ class AsyncClient:
         return conn
 
 
+def _tls_transport(cacert: str | None, cert: str | None, key: str | None) -> TlsTransport | None:
+    """A client's mutual-TLS transport for the three PEM files, or None without them; ``TlsError``
+    (a ValueError) for a missing or bad file, or for some of the three but not all."""
+    if not (cacert or cert or key):
+        return None  # (ssl is not even imported)
+    from .tls import TlsFiles, TlsTransport
+
+    files = TlsFiles.of(cacert, cert, key)
+    return TlsTransport(files, server=False) if files is not None else None
+
+
 def _linearizable(consistency: str) -> bool:
     if consistency not in ("l", "s"):
-        raise ValueError(f"consistency must be 'l' (linearizable) or 's' (serializable, may be stale), not {consistency!r}")
+        raise ValueError(f"consistency must be 'l' (linearizable) or 's' (serializable, may be stale), "
+                         f"not {consistency!r}")
     return consistency == "l"
 
 
 @asynccontextmanager
-async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport=None,
-                  cacert: str | None = None, cert: str | None = None, key: str | None = None):
+async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport: Transport | None = None,
+                  cacert: str | None = None, cert: str | None = None,
+                  key: str | None = None) -> AsyncIterator[AsyncClient]:
     """``async with connect(["127.0.0.1:7001", ...]) as kv:`` -> an ``AsyncClient``.
 
     ``endpoints``: a list of ``HOST:PORT`` or ``[IPV6]:PORT`` texts, or one comma-separated text; a
@@ -791,10 +837,8 @@ async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport
     ``kvstore.tls.TlsError`` (a ValueError) before anything connects.
     ``transport`` (tests only) replaces TCP: an object with ``async connect(host, port) -> stream``.
     """
-    if transport is None and (cacert or cert or key):
-        from .tls import TlsFiles, TlsTransport
-
-        transport = TlsTransport(TlsFiles.of(cacert, cert, key), server=False)
+    if transport is None:
+        transport = _tls_transport(cacert, cert, key)
     # An exception from the caller's block is re-raised after the nursery has closed, so that it
     # reaches the caller as itself (Unavailable, ...) rather than wrapped in an ExceptionGroup.
     error: BaseException | None = None
@@ -823,13 +867,10 @@ class Client:
         parse_endpoint_list(endpoints)  # fail fast (EndpointError), in the caller's thread
         self._endpoints = endpoints
         self._timeout = timeout
-        self._transport = None  # mutual TLS (see connect); TlsError here, in the caller's thread
-        if cacert or cert or key:
-            from .tls import TlsFiles, TlsTransport
-
-            self._transport = TlsTransport(TlsFiles.of(cacert, cert, key), server=False)
+        # mutual TLS (see connect); TlsError here, in the caller's thread
+        self._transport = _tls_transport(cacert, cert, key)
         self._started = threading.Event()
-        self._token = None
+        self._token: trio.lowlevel.TrioToken | None = None
         self._client: AsyncClient | None = None
         self._stop: trio.Event | None = None
         self._error: BaseException | None = None
@@ -859,17 +900,19 @@ class Client:
             self._client = None
             self._started.set()
 
-    def _call(self, name: str, *args, **kwargs):
+    def _call(self, method: Callable[Concatenate[AsyncClient, _P], Awaitable[_T]], *args: _P.args,
+              **kwargs: _P.kwargs) -> _T:
+        """``method`` (an ``AsyncClient`` method) on the client's trio loop, waited for here."""
         # run_sync_soon (rather than trio.from_thread) works from any thread, even one that runs its own
         # trio loop, such as an async test using this blocking client.
-        if self._client is None or self._token is None:
+        client = self._client
+        if client is None or self._token is None:
             raise KVError("client is closed")
-        method = getattr(self._client, name)
-        done: queue.Queue = queue.Queue(maxsize=1)
+        done: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
 
         async def job() -> None:
             try:
-                result = await method(*args, **kwargs)
+                result = await method(client, *args, **kwargs)
             except BaseException as exc:
                 done.put((False, exc))
                 if isinstance(exc, trio.Cancelled):
@@ -883,25 +926,45 @@ class Client:
             raise KVError("client is closed") from None
         ok, value = done.get()
         if ok:
-            return value
+            returned: _T = value
+            return returned
         if isinstance(value, trio.Cancelled):
             raise KVError("client was closed during the call")
         raise value
 
-    def put(self, key, value) -> int: return self._call("put", key, value)
-    def get(self, key, *, consistency="l"): return self._call("get", key, consistency=consistency)
-    def get_entry(self, key, *, consistency="l"): return self._call("get_entry", key, consistency=consistency)
-    def delete(self, key) -> bool: return self._call("delete", key)
-    def delete_prefix(self, prefix) -> int: return self._call("delete_prefix", prefix)
-    def cas(self, key, expected, new) -> bool: return self._call("cas", key, expected, new)
+    def put(self, key: str, value: str | bytes) -> int:
+        return self._call(AsyncClient.put, key, value)
 
-    def list(self, prefix="", *, keys_only=False, consistency="l", limit=0):
-        return self._call("list", prefix, keys_only=keys_only, consistency=consistency, limit=limit)
+    def get(self, key: str, *, consistency: str = "l") -> str | bytes | None:
+        return self._call(AsyncClient.get, key, consistency=consistency)
 
-    def status(self, endpoint) -> dict: return self._call("status", endpoint)
-    def admin(self, op, node=0, address="") -> dict: return self._call("admin", op, node, address)
-    def backup(self, session=0, offset=0) -> dict: return self._call("backup", session, offset)
-    def cluster_status(self) -> list: return self._call("cluster_status")
+    def get_entry(self, key: str, *, consistency: str = "l") -> Entry | None:
+        return self._call(AsyncClient.get_entry, key, consistency=consistency)
+
+    def delete(self, key: str) -> bool:
+        return self._call(AsyncClient.delete, key)
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self._call(AsyncClient.delete_prefix, prefix)
+
+    def cas(self, key: str, expected: str | bytes | None, new: str | bytes) -> bool:
+        return self._call(AsyncClient.cas, key, expected, new)
+
+    def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
+             limit: int = 0) -> builtins.list[tuple[str, str | bytes | None]]:
+        return self._call(AsyncClient.list, prefix, keys_only=keys_only, consistency=consistency, limit=limit)
+
+    def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
+        return self._call(AsyncClient.status, endpoint)
+
+    def admin(self, op: str, node: int = 0, address: str = "") -> dict[str, Any]:
+        return self._call(AsyncClient.admin, op, node, address)
+
+    def backup(self, session: int = 0, offset: int = 0) -> dict[str, Any]:
+        return self._call(AsyncClient.backup, session, offset)
+
+    def cluster_status(self) -> builtins.list[dict[str, Any]]:
+        return self._call(AsyncClient.cluster_status)
 
     def close(self) -> None:
         if self._stop is not None and self._token is not None and self._thread.is_alive():
@@ -912,8 +975,8 @@ class Client:
         self._thread.join(timeout=5)
         self._client = None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -11,8 +11,13 @@ from __future__ import annotations
 import math
 import os
 import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import trio
+
+if TYPE_CHECKING:
+    from .tls import TlsStream
 
 __all__ = ["Outbox", "socket_fd"]
 
@@ -31,13 +36,14 @@ class Outbox:
 
     def __init__(self, limit: float = math.inf) -> None:
         self.fd: int | None = None  # the socket's descriptor while direct writes are allowed
-        self.seal = None  # a TLS stream's encryption (kvstore.tls.TlsStream.seal) while attached to one
+        # a TLS stream's encryption (kvstore.tls.TlsStream.seal) while attached to one
+        self.seal: Callable[[bytes], bytes] | None = None
         self.busy = False  # the writer task holds bytes it has not finished sending
         self.backlog = 0  # chunks queued for the writer task
         self.limit = limit
         self._send, self._recv = trio.open_memory_channel(math.inf)
 
-    def attach(self, stream):
+    def attach(self, stream: trio.abc.Stream) -> trio.abc.Stream:
         """Write to ``stream`` from now on; returns the stream to give ``run``.
 
         A plain TCP stream gets direct writes on its socket. A ``kvstore.tls.TlsStream`` gets them too,
@@ -49,7 +55,8 @@ class Outbox:
             self.seal = None
             self.fd = socket_fd(stream)
             return stream
-        queued = []
+        tls_stream = cast("TlsStream", stream)  # only a kvstore.tls.TlsStream has seal
+        queued: list[bytes] = []
         while True:
             try:
                 queued.append(self._recv.receive_nowait())
@@ -58,8 +65,8 @@ class Outbox:
         for chunk in queued:
             self._send.send_nowait(seal(chunk))
         self.seal = seal
-        stream.raw_sink = self.write_sealed
-        raw = stream.transport_stream
+        tls_stream.raw_sink = self.write_sealed
+        raw = tls_stream.transport_stream
         self.fd = socket_fd(raw)
         return raw
 
@@ -119,7 +126,7 @@ class Outbox:
         """No more writes; ``run`` sends what is queued, then returns."""
         self._send.close()
 
-    async def run(self, stream) -> None:
+    async def run(self, stream: trio.abc.SendStream) -> None:
         """Send queued chunks on ``stream`` until ``close`` (returns) or a stream error (raises)."""
         recv = self._recv
         while True:
@@ -141,10 +148,11 @@ class Outbox:
                 self.busy = False
 
 
-def socket_fd(stream) -> int | None:
+def socket_fd(stream: object) -> int | None:
     """The descriptor of a TCP stream's socket, or None for streams without one (in-memory tests)."""
     sock = getattr(stream, "socket", None)
     try:
-        return sock.fileno() if sock is not None else None
+        fd: int | None = sock.fileno() if sock is not None else None
+        return fd
     except Exception:
         return None

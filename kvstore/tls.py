@@ -37,10 +37,15 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .tlsfiles import Principal, TlsError, TlsFiles, client_context, server_context
+
+if TYPE_CHECKING:
+    from .server import Node, ServerOptions
 
 __all__ = ["TlsError", "TlsFiles", "TlsTransport", "TlsListener", "Principal", "NODE_URI_PREFIX",
            "client_context", "server_context", "peer_identity", "handshake", "check_peer", "check_dialed",
@@ -56,7 +61,7 @@ HANDSHAKE_SECONDS_DEFAULT = 10.0
 _WARN_EVERY_SECONDS = 10.0
 
 
-def peer_identity(stream) -> Principal | None:
+def peer_identity(stream: object) -> Principal | None:
     """The ``Principal`` of the certificate ``stream``'s other side presented in its finished handshake;
     None for a stream without TLS."""
     if not isinstance(stream, (TlsStream, trio.SSLStream)):
@@ -76,7 +81,7 @@ def peer_identity(stream) -> Principal | None:
     return Principal(name, node_id)
 
 
-def check_peer(stream, claimed: int) -> str | None:
+def check_peer(stream: object, claimed: int) -> str | None:
     """Why the other side of ``stream`` may not act as member ``claimed``, or None if it may (or the
     stream has no TLS: a node without TLS has no certificates to check)."""
     principal = peer_identity(stream)
@@ -93,7 +98,7 @@ def check_peer(stream, claimed: int) -> str | None:
 _warned_at: dict[int, float] = {}
 
 
-async def check_dialed(stream, peer_id: int, counters) -> None:
+async def check_dialed(stream: trio.abc.AsyncResource, peer_id: int, counters: dict[str, int]) -> None:
     """The peer link to ``peer_id`` reached ``stream``: raise ``OSError`` (after closing the stream) if its
     certificate is not ``peer_id``'s. Logged once per ``_WARN_EVERY_SECONDS`` per peer."""
     refused = check_peer(stream, peer_id)
@@ -108,7 +113,7 @@ async def check_dialed(stream, peer_id: int, counters) -> None:
     raise OSError(refused)
 
 
-async def handshake(stream, node, name: str) -> Principal | None:
+async def handshake(stream: TlsStream, node: Node, name: str) -> Principal | None:
     """Finish the TLS handshake of an accepted ``stream`` (a connection task of ``node``) and return who
     is on the other side; None (one log line, a counter) if it failed or did not finish within the
     handshake timeout. The caller closes the stream either way."""
@@ -149,14 +154,15 @@ class TlsStream(trio.abc.Stream):
     error reply): it must not run while an outbox writes to the same stream.
     """
 
-    def __init__(self, transport_stream, context: ssl.SSLContext, *, server_side: bool = False,
+    def __init__(self, transport_stream: trio.abc.Stream, context: ssl.SSLContext, *, server_side: bool = False,
                  server_hostname: str | None = None) -> None:
         self.transport_stream = transport_stream
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
                                      server_hostname=server_hostname)
-        self.raw_sink = None  # set by an Outbox that seals for this stream (kvstore.netio.Outbox.attach)
+        # set by an Outbox that seals for this stream (kvstore.netio.Outbox.attach)
+        self.raw_sink: Callable[[bytes], object] | None = None
         self._handshaken = False
 
     async def do_handshake(self) -> None:
@@ -179,7 +185,7 @@ class TlsStream(trio.abc.Stream):
         await self._send_pending()
         self._handshaken = True
 
-    def getpeercert(self, binary_form: bool = False):
+    def getpeercert(self, binary_form: bool = False) -> Any:
         return self._ssl.getpeercert(binary_form)
 
     def seal(self, data: bytes) -> bytes:
@@ -193,7 +199,7 @@ class TlsStream(trio.abc.Stream):
         if self._outgoing.pending:
             await self.transport_stream.send_all(self._outgoing.read())
 
-    async def send_all(self, data) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
             records = self.seal(bytes(data))
         except ssl.SSLError as exc:
@@ -206,7 +212,7 @@ class TlsStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         limit = max_bytes or _RECEIVE_BYTES
         while True:
-            chunks = []
+            chunks: list[bytes] = []
             size = 0
             try:
                 while size < limit:
@@ -255,22 +261,24 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class TlsListener(trio.abc.Listener):
+class TlsListener(trio.abc.Listener[TlsStream]):
     """Accepts TCP connections and wraps each in a server-side ``TlsStream`` with the transport's
     server context of the moment (so a reload applies to the next accept). Shows its socket: the node
     reads its port from ``listeners[0].socket``."""
 
-    def __init__(self, transport_listener, transport: TlsTransport) -> None:
+    def __init__(self, transport_listener: trio.SocketListener, transport: TlsTransport) -> None:
         self.transport_listener = transport_listener
         self._transport = transport
 
     @property
-    def socket(self):
+    def socket(self) -> trio.socket.SocketType:
         return self.transport_listener.socket
 
     async def accept(self) -> TlsStream:
         stream = await self.transport_listener.accept()
-        return TlsStream(stream, self._transport.server_context, server_side=True)
+        context = self._transport.server_context
+        assert context is not None  # wrap_listener makes no listener of a client's transport
+        return TlsStream(stream, context, server_side=True)
 
     async def aclose(self) -> None:
         await self.transport_listener.aclose()
@@ -296,7 +304,7 @@ class TlsTransport:
         self.client_context = new_client
         self.server_context = new_server  # TlsListener.accept takes it for each new connection
 
-    async def connect(self, host: str, port: int):
+    async def connect(self, host: str, port: int) -> TlsStream:
         """A TLS stream to ``host:port`` with its handshake done; raises ``OSError`` (an ``ssl.SSLError``
         for a refused handshake) like a refused TCP connect."""
         tcp = await trio.open_tcp_stream(host, port)
@@ -314,23 +322,23 @@ class TlsTransport:
             raise
         return stream
 
-    def wrap_listener(self, listener) -> TlsListener:
+    def wrap_listener(self, listener: trio.SocketListener) -> TlsListener:
         if self.server_context is None:
             raise TlsError("this transport was made for a client: it has no server context")
         return TlsListener(listener, self)
 
-    async def open_listeners(self, host: str, port: int) -> list:
+    async def open_listeners(self, host: str, port: int) -> list[trio.abc.Listener[trio.abc.Stream]]:
         return [self.wrap_listener(listener) for listener in await trio.open_tcp_listeners(port, host=host)]
 
 
-def transport_for(options) -> TlsTransport | None:
+def transport_for(options: ServerOptions) -> TlsTransport | None:
     """The node's ``TlsTransport`` from ``ServerOptions`` (cacert, cert, key), or None without TLS.
     Raises ``TlsError`` for a bad file."""
     files = TlsFiles.of(options.cacert, options.cert, options.key)
     return TlsTransport(files) if files is not None else None
 
 
-def reload(node) -> bool:
+def reload(node: Node) -> bool:
     """SIGHUP: read ``node``'s certificate files and ACL again. On any error nothing changes (one log
     line says why) and False is returned."""
     from . import acl

@@ -499,3 +499,28 @@ async def test_writes_stay_within_the_dedup_window_of_the_oldest_write_still_out
     last_of_write_1 = max(n for n, (rq, _) in enumerate(seen) if rq == 1)
     first_beyond = min(n for n, (rq, _) in enumerate(seen) if rq > WRITE_WINDOW)
     assert last_of_write_1 < first_beyond
+
+
+@pytest.mark.parametrize("submitted", [False, True], ids=["put", "submit_put"])
+async def test_a_node_that_answers_with_no_reply_is_given_up_on_like_a_lost_connection(submitted, autojump_clock):
+    """n1 answers every request with a frame that carries its id but is no reply (the request type
+    echoed back: a client request has an id too). The client drops that connection as it drops a
+    lost one and retries on the next endpoint, which answers; ``status`` of n1 is ``Unavailable``.
+    (The caller used to get an AttributeError out of the client.)"""
+    from kvstore import wire
+
+    def echo(request):
+        return wire.GetRequest(id=request.id, key="k", linearizable=True)
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, echo)
+        nursery.start_soon(_fake_node, net, "n2", 2, lambda request: wire.OkReply(id=request.id, result={"rev": 7}))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
+            await kv._connection()  # to n1: the first attempt goes out there
+            with trio.fail_after(30):
+                assert await _put(kv, submitted, "k", "v") == 7
+            with pytest.raises(Unavailable, match="answered with a GetRequest"):
+                await kv.status("n1:1")
+        nursery.cancel_scope.cancel()
