@@ -291,7 +291,9 @@ async def kv_targets(spec: LoadSpec) -> AsyncIterator[list[Any]]:
         done = trio.Event()
 
         async def hold(i: int) -> None:
-            async with connect(spec.endpoints, timeout=spec.timeout, **spec.tls) as client:
+            tls = spec.tls
+            async with connect(spec.endpoints, timeout=spec.timeout, cacert=tls.get("cacert"), cert=tls.get("cert"),
+                               key=tls.get("key")) as client:
                 targets.append(_KvTarget(client))
                 if len(targets) == spec.conns:
                     ready.set()

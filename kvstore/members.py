@@ -441,7 +441,8 @@ async def fetch_join_config(node_id: int, incarnation: str | None, endpoints: li
                 if status.get("is_leader"):
                     raise refusal
                 not_a_member = refusal
-                leader = config.addresses.get(status.get("leader"))
+                leader_id = status.get("leader")
+                leader = config.addresses.get(leader_id) if leader_id is not None else None
                 if leader and leader not in endpoints:
                     endpoints.append(leader)  # ask the leader it names too
                 continue
