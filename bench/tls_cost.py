@@ -24,9 +24,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import store_bench  # noqa: E402
-from kv_cli.certs import init_dir  # noqa: E402
 from metrics_cost import cpu_seconds  # noqa: E402
 
+from kv_cli.certs import init_dir  # noqa: E402
 from kvstore.client import Client  # noqa: E402
 from kvstore.loadgen import LoadSpec, machine_facts, run_load_sync  # noqa: E402
 

@@ -115,7 +115,8 @@ def load_command(
                 return
             from kvstore.client import connect
 
-            async with connect(endpoints, timeout=settings.command_timeout, **tls) as client:
+            async with connect(endpoints, timeout=settings.command_timeout, cacert=tls.get("cacert"),
+                               cert=tls.get("cert"), key=tls.get("key")) as client:
                 await bulk.load(client, source, in_flight=in_flight, summary=summary, progress=show,
                                 name=shell_name)
 
@@ -189,7 +190,8 @@ def dump_command(
             await trio.to_thread.run_sync(out.write, data)
 
         async def run() -> None:
-            async with connect(endpoints, timeout=settings.command_timeout, **tls) as client:
+            async with connect(endpoints, timeout=settings.command_timeout, cacert=tls.get("cacert"),
+                               cert=tls.get("cert"), key=tls.get("key")) as client:
                 await bulk.dump(client, write, prefix=prefix, summary=summary, progress=show)
             await trio.to_thread.run_sync(out.flush)
 

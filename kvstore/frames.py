@@ -119,7 +119,8 @@ def get_request(rid: int, key: str, linearizable: bool) -> dict[str, Any]:
     return {"t": "get", "id": rid, "key": key, "lin": linearizable}
 
 
-def delete_request(rid: int, key: str, prefix: bool, client_id: bytes, request_id: int, ack_below: int) -> dict[str, Any]:
+def delete_request(rid: int, key: str, prefix: bool, client_id: bytes, request_id: int,
+                   ack_below: int) -> dict[str, Any]:
     return {"t": "del", "id": rid, "key": key, "prefix": prefix, "cid": client_id, "rq": request_id,
             "ack": ack_below}
 

@@ -5,6 +5,7 @@ both use these, so the two sides of a connection are configured in one place.
 """
 from __future__ import annotations
 
+import os
 import ssl
 from typing import NamedTuple
 
@@ -23,7 +24,8 @@ class TlsFiles(NamedTuple):
     key: str
 
     @classmethod
-    def of(cls, cacert, cert, key) -> TlsFiles | None:
+    def of(cls, cacert: str | os.PathLike[str] | None, cert: str | os.PathLike[str] | None,
+           key: str | os.PathLike[str] | None) -> TlsFiles | None:
         """``TlsFiles`` from three paths, None from none; raises ``TlsError`` for some but not all."""
         given = [x for x in (cacert, cert, key) if x]
         if not given:
