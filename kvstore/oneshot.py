@@ -274,7 +274,11 @@ class OneShotClient:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            # Joined in short waits: Ctrl-C may be delivered to a worker thread, and the main thread runs
+            # Python's handler (KeyboardInterrupt) only when it wakes, which an unbounded join would
+            # postpone until every worker is done.
+            while thread.is_alive():
+                thread.join(0.1)
         return results
 
     # --- machinery -----------------------------------------------------------------------------
