@@ -203,6 +203,10 @@ def test_foreground_up_stops_every_node_on_ctrl_c(kv):
     proc = subprocess.Popen(
         kv.base + ["cluster", "up", "--base-port", str(base)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=kv.env,
+        # As in a terminal: Ctrl-C's signal at its default disposition. A test run started in the
+        # background by a shell without job control (`.ci/run &`) inherits SIGINT ignored, and Python
+        # then installs no KeyboardInterrupt handler: the signal below would do nothing.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         output = b""
