@@ -6,6 +6,7 @@ worktree, then, for each round, runs the same load against a fresh local cluster
 *and* client code from that tree), alternating A and B so that drift in the machine's load hits both.
 
     python bench/ab.py --baseline 4f3e7bd --nodes 3 --inflight 1,16,256 --rounds 2
+    python bench/ab.py --baseline 4f3e7bd --api blocking --inflight 1,8   # the blocking Client, in threads
 
 Prints, per in-flight level, the median throughput, p50 and CPU per put (servers and client together,
 on-CPU time from ``/proc/PID/task/*/schedstat``) of each tree and the ratio B/A (B = this tree). CPU per
@@ -60,6 +61,30 @@ async def load(endpoints, inflight, total):
     lat.sort()
     return {"ops": len(lat) / elapsed, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
 
+def load_blocking(endpoints, inflight, total):
+    # the blocking Client (kvstore.client.Client), one thread per request in flight, sharing one Client
+    import threading
+    from kvstore.client import Client
+    lat = []
+    per = max(1, total // inflight)
+    with Client(endpoints, timeout=30) as kv:
+        def worker(w):
+            mine = []
+            for i in range(per):
+                started = time.perf_counter()
+                kv.put(f"k{w}-{i}", "x" * 100)
+                mine.append(time.perf_counter() - started)
+            lat.extend(mine)
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(inflight)]
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - t0
+    lat.sort()
+    return {"ops": len(lat) / elapsed, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+
 def cpu_s(pid):
     # on-CPU time of every thread of a process, from the scheduler (exact, unlike tick samples)
     total = 0
@@ -72,6 +97,7 @@ def cpu_s(pid):
     return total / 1e9
 
 nodes, levels, total = int(sys.argv[1]), [int(x) for x in sys.argv[2].split(",")], int(sys.argv[3])
+api = sys.argv[5]
 cluster = ab_cluster.TreeCluster(Path.cwd(), Path(tempfile.mkdtemp()), nodes)
 try:
     cluster.start_all()
@@ -80,7 +106,10 @@ try:
     for inflight in levels:
         n = total if inflight > 1 else max(200, total // 20)
         before = [cpu_s(pid) for pid in pids]
-        row = trio.run(load, cluster.endpoints, inflight, n)
+        if api == "blocking":
+            row = load_blocking(cluster.endpoints, inflight, n)
+        else:
+            row = trio.run(load, cluster.endpoints, inflight, n)
         used = sum(cpu_s(pid) for pid in pids) - sum(before)
         row["cpu_us"] = used / n * 1e6  # servers and client together, per put
         print(json.dumps({"inflight": inflight, **row}), flush=True)
@@ -92,12 +121,12 @@ finally:
 ATTEMPTS = 3
 
 
-def run_tree(tree: Path, nodes: int, levels: str, total: int) -> dict[int, dict]:
+def run_tree(tree: Path, nodes: int, levels: str, total: int, api: str = "async") -> dict[int, dict]:
     """One round against ``tree``; a failed run (an old revision may have bugs since fixed) is retried
     on a fresh cluster, at most ``ATTEMPTS`` times in all, and each failure is reported."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     for attempt in range(1, ATTEMPTS + 1):
-        out = subprocess.run([sys.executable, "-c", _LOAD, str(nodes), levels, str(total), str(AB_CLUSTER)],
+        out = subprocess.run([sys.executable, "-c", _LOAD, str(nodes), levels, str(total), str(AB_CLUSTER), api],
                              cwd=tree, env=env, capture_output=True, text=True, timeout=900)
         if out.returncode == 0:
             rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -116,6 +145,9 @@ def main() -> None:
     parser.add_argument("--inflight", default="1,16,256")
     parser.add_argument("--requests", type=int, default=10_000, help="puts per point (1 in flight: 1/20 of it)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--api", choices=("async", "blocking"), default="async",
+                        help="the client that drives the load: async (connect(), a trio task per request in "
+                             "flight) or blocking (Client, a thread per request in flight)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "baseline"
@@ -129,10 +161,10 @@ def main() -> None:
                 order = [("A", base), ("B", HERE)]
                 for name, tree in (order if round_no % 2 == 0 else order[::-1]):
                     print(f"round {round_no + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
-                    results[name].append(run_tree(tree, args.nodes, args.inflight, args.requests))
+                    results[name].append(run_tree(tree, args.nodes, args.inflight, args.requests, args.api))
         finally:
             subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(base)], capture_output=True)
-    print(f"A = {args.baseline}, B = this tree; {args.nodes} nodes, 100-byte puts, fsync always, "
+    print(f"A = {args.baseline}, B = this tree; {args.nodes} nodes, 100-byte puts, fsync always, {args.api} client, "
           f"median of {args.rounds} rounds in A B, B A, ... order, nproc={os.cpu_count()}")
     print("cpu us/put: on-CPU time of the servers and the client together (schedstat), per put; steadier "
           "than throughput on a shared machine")

@@ -1,4 +1,4 @@
-"""The client library: async for trio, and a blocking wrapper for plain scripts.
+"""The client library: async for trio, and a blocking client for plain scripts and threads.
 
 Theory of operation
 -------------------
@@ -36,21 +36,24 @@ import heapq
 import itertools
 import math
 import os
-import queue
 import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Concatenate, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import trio
 
 from . import wire
 from .endpoints import format_endpoint, parse_endpoint, parse_endpoint_list
+from .errors import Entry, KVError, RequestError, Unavailable
 from .limits import check_key, check_value
 from .netio import Outbox
 
+__all__ = ["AsyncClient", "Client", "connect", "Entry", "KVError", "RequestError", "Unavailable", "WRITE_WINDOW"]
+
 if TYPE_CHECKING:
+    from .oneshot import OneShotClient
     from .server import Transport
     from .tls import TlsTransport
 
@@ -60,38 +63,6 @@ _T = TypeVar("_T")
 _Build = Callable[[int], object]
 # A submitted request's continuation: the result map, or the exception the awaited call would raise
 _Finish = Callable[[object], None]
-
-
-class KVError(Exception):
-    """Base class of every error the client raises."""
-
-
-class Unavailable(KVError):
-    """No answer before the deadline (no leader, no quorum, nodes down), or no answer possible any
-    more: a retried write whose first outcome the cluster forgot (error code ``stale``).
-
-    ``outcome_unknown`` is True for a write that was sent at least once: it may or may not have been
-    applied. Retrying it through the same client is safe (the retry is deduplicated).
-    """
-
-    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
-        super().__init__(message)
-        self.outcome_unknown = outcome_unknown
-
-
-class RequestError(KVError):
-    """The cluster refused the request itself (bad key or value, disk full, ...)."""
-
-    def __init__(self, message: str, code: str = wire.BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Entry(NamedTuple):
-    key: str
-    value: str | bytes
-    version: int
-    mod_revision: int
 
 
 class _ConnectionLost(Exception):
@@ -856,124 +827,88 @@ async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport
 
 
 class Client:
-    """The blocking client: the same methods as ``AsyncClient``, for plain scripts.
+    """The blocking client: ``AsyncClient``'s request methods, for plain scripts and threads.
 
-    It runs a trio event loop in a background thread and calls into it; use it as a context manager
-    (or call ``close()``).
+    Each thread that calls it gets a connection of its own: a ``kvstore.oneshot.OneShotClient``, on a
+    plain socket (or ``ssl`` for a TLS cluster), one request at a time, with ``AsyncClient``'s retries,
+    redirects, deadlines, exactly-once writes and errors. So no event loop runs behind it, a call costs
+    no hop to another thread, and calls from several threads run side by side. Nothing connects before
+    the first call. Use it as a context manager, or call ``close()`` (which closes every thread's
+    connection; a call after it raises ``KVError``).
+
+    ``endpoints``: as for ``connect`` (``EndpointError`` here, in the constructor); ``cacert``, ``cert``,
+    ``key``: PEM files for a TLS cluster, all three or none (``TlsError``, a ValueError, here).
     """
 
     def __init__(self, endpoints: list[str] | str, *, timeout: float = 5.0,
                  cacert: str | None = None, cert: str | None = None, key: str | None = None) -> None:
-        parse_endpoint_list(endpoints)  # fail fast (EndpointError), in the caller's thread
-        self._endpoints = endpoints
-        self._timeout = timeout
-        # mutual TLS (see connect); TlsError here, in the caller's thread
-        self._transport = _tls_transport(cacert, cert, key)
-        self._started = threading.Event()
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._client: AsyncClient | None = None
-        self._stop: trio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="kv-client", daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._error is not None:
-            raise self._error
+        from .oneshot import OneShotClient
 
-    def _run(self) -> None:
-        async def main() -> None:
-            self._token = trio.lowlevel.current_trio_token()
-            self._stop = trio.Event()
-            async with connect(self._endpoints, timeout=self._timeout, transport=self._transport) as client:
-                async with trio.open_nursery() as calls:
-                    self._client = client
-                    self._calls = calls
-                    self._started.set()
-                    await self._stop.wait()
-                    calls.cancel_scope.cancel()
+        # Checks the endpoints and loads the TLS files now, in the caller's thread.
+        self._first: OneShotClient | None = OneShotClient(endpoints, timeout=timeout, cacert=cacert, cert=cert,
+                                                           key=key)
+        self._lock = threading.Lock()
+        self._all: builtins.list[OneShotClient] = []
+        self._local = threading.local()
+        self._closed = False
 
-        try:
-            trio.run(main)
-        except BaseException as exc:  # report start-up failures to the constructor
-            self._error = exc
-        finally:
-            self._client = None
-            self._started.set()
-
-    def _call(self, method: Callable[Concatenate[AsyncClient, _P], Awaitable[_T]], *args: _P.args,
-              **kwargs: _P.kwargs) -> _T:
-        """``method`` (an ``AsyncClient`` method) on the client's trio loop, waited for here."""
-        # run_sync_soon (rather than trio.from_thread) works from any thread, even one that runs its own
-        # trio loop, such as an async test using this blocking client.
-        client = self._client
-        if client is None or self._token is None:
-            raise KVError("client is closed")
-        done: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
-
-        async def job() -> None:
-            try:
-                result = await method(client, *args, **kwargs)
-            except BaseException as exc:
-                done.put((False, exc))
-                if isinstance(exc, trio.Cancelled):
-                    raise
+    def _client(self) -> OneShotClient:
+        """This thread's ``OneShotClient`` (the first thread to call takes the constructor's)."""
+        client: OneShotClient | None = getattr(self._local, "client", None)
+        if client is not None and not self._closed:
+            return client
+        with self._lock:
+            if self._closed:
+                raise KVError("client is closed")
+            if self._first is not None:
+                client, self._first = self._first, None
             else:
-                done.put((True, result))
-
-        try:
-            self._token.run_sync_soon(self._calls.start_soon, job)
-        except trio.RunFinishedError:
-            raise KVError("client is closed") from None
-        ok, value = done.get()
-        if ok:
-            returned: _T = value
-            return returned
-        if isinstance(value, trio.Cancelled):
-            raise KVError("client was closed during the call")
-        raise value
+                client = self._all[0].sibling()
+            self._all.append(client)
+        self._local.client = client
+        return client
 
     def put(self, key: str, value: str | bytes) -> int:
-        return self._call(AsyncClient.put, key, value)
+        return self._client().put(key, value)
 
     def get(self, key: str, *, consistency: str = "l") -> str | bytes | None:
-        return self._call(AsyncClient.get, key, consistency=consistency)
+        return self._client().get(key, consistency=consistency)
 
     def get_entry(self, key: str, *, consistency: str = "l") -> Entry | None:
-        return self._call(AsyncClient.get_entry, key, consistency=consistency)
+        return self._client().get_entry(key, consistency=consistency)
 
     def delete(self, key: str) -> bool:
-        return self._call(AsyncClient.delete, key)
+        return self._client().delete(key)
 
     def delete_prefix(self, prefix: str) -> int:
-        return self._call(AsyncClient.delete_prefix, prefix)
+        return self._client().delete_prefix(prefix)
 
     def cas(self, key: str, expected: str | bytes | None, new: str | bytes) -> bool:
-        return self._call(AsyncClient.cas, key, expected, new)
+        return self._client().cas(key, expected, new)
 
     def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
              limit: int = 0) -> builtins.list[tuple[str, str | bytes | None]]:
-        return self._call(AsyncClient.list, prefix, keys_only=keys_only, consistency=consistency, limit=limit)
+        return self._client().list(prefix, keys_only=keys_only, consistency=consistency, limit=limit)
 
     def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
-        return self._call(AsyncClient.status, endpoint)
+        return self._client().status(endpoint)
 
     def admin(self, op: str, node: int = 0, address: str = "") -> dict[str, Any]:
-        return self._call(AsyncClient.admin, op, node, address)
+        return self._client().admin(op, node, address)
 
     def backup(self, session: int = 0, offset: int = 0) -> dict[str, Any]:
-        return self._call(AsyncClient.backup, session, offset)
+        return self._client().backup(session, offset)
 
     def cluster_status(self) -> builtins.list[dict[str, Any]]:
-        return self._call(AsyncClient.cluster_status)
+        return self._client().cluster_status()
 
     def close(self) -> None:
-        if self._stop is not None and self._token is not None and self._thread.is_alive():
-            try:
-                self._token.run_sync_soon(self._stop.set)
-            except trio.RunFinishedError:
-                pass
-        self._thread.join(timeout=5)
-        self._client = None
+        with self._lock:
+            self._closed = True
+            clients, self._all = self._all, []
+            self._first = None
+        for client in clients:
+            client.close()
 
     def __enter__(self) -> Client:
         return self

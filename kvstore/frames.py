@@ -139,6 +139,18 @@ def status_request(rid: int) -> dict[str, Any]:
     return {"t": "status", "id": rid}
 
 
+ADMIN_OPS = ("member_list", "member_add", "member_promote", "member_remove", "move_leader")
+"""The operations of an admin request (membership and leadership)."""
+
+
+def admin_request(rid: int, op: str, node: int, address: str) -> dict[str, Any]:
+    return {"t": "admin", "id": rid, "op": op, "node": node, "addr": address}
+
+
+def backup_request(rid: int, session: int, offset: int) -> dict[str, Any]:
+    return {"t": "backup", "id": rid, "session": session, "off": offset}
+
+
 def encode_map_frame(obj: dict[str, Any], frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
     """One frame holding the map ``obj`` (one of the request maps above); ``FrameTooLarge`` as from
     ``wire.encode_frame``."""

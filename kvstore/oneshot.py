@@ -25,8 +25,9 @@ What it keeps from ``kvstore.client`` (see its module docstring for the reasons)
   ``kvstore.client``; and keys and values over the store's limits raise ``kvstore.limits.TooLarge``
   before anything is sent.
 
-The error classes are this module's own (``kvstore.client``'s import trio); they have the same names,
-meanings and attributes. Use ``kvstore.client`` in programs: this client is for short-lived processes.
+The error classes are ``kvstore.errors``'s, the same classes ``kvstore.client`` raises. This is also
+the engine of ``kvstore.client.Client``, the blocking client for plain scripts (one ``OneShotClient`` per
+calling thread).
 """
 from __future__ import annotations
 
@@ -36,42 +37,15 @@ import socket
 import threading
 import time
 from itertools import count
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import frames
 from .endpoints import format_endpoint, parse_endpoint, parse_endpoint_list
+from .errors import Entry, KVError, RequestError, Unavailable
 from .limits import check_key, check_value
 from .tlsfiles import TlsError
 
 __all__ = ["OneShotClient", "KVError", "Unavailable", "RequestError", "Entry", "tls_client_context"]
-
-
-class KVError(Exception):
-    """Base class of every error the client raises (as ``kvstore.client.KVError``)."""
-
-
-class Unavailable(KVError):
-    """No answer before the deadline, or a retried write whose outcome the cluster forgot; see
-    ``kvstore.client.Unavailable``. ``outcome_unknown``: a write that was sent and may have been applied."""
-
-    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
-        super().__init__(message)
-        self.outcome_unknown = outcome_unknown
-
-
-class RequestError(KVError):
-    """The cluster refused the request itself (``code``: a ``kvstore.frames`` error code)."""
-
-    def __init__(self, message: str, code: str = frames.BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Entry(NamedTuple):
-    key: str
-    value: str | bytes
-    version: int
-    mod_revision: int
 
 
 class _ConnectionLost(Exception):
@@ -118,6 +92,11 @@ class _Connection:
         return cls(endpoint, sock)
 
     def close(self) -> None:
+        try:
+            # shutdown first: it wakes a recv blocked on this socket in another thread (close alone does not)
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:
@@ -173,6 +152,23 @@ class OneShotClient:
         self._ids = count(1)
         self.client_id = os.urandom(16)
         self._request_ids = count(1)
+        self._closed = False
+
+    def sibling(self) -> OneShotClient:
+        """A new client for the same cluster (endpoints, timeout, TLS context) with a client id of its
+        own: ``kvstore.client.Client`` gives one to each thread that calls it."""
+        twin = OneShotClient.__new__(OneShotClient)
+        twin.endpoints = list(self.endpoints)
+        twin.timeout = self.timeout
+        twin.attempt_timeout = self.attempt_timeout
+        twin._tls = self._tls
+        twin._conn = None
+        twin._preferred = self._preferred
+        twin._ids = count(1)
+        twin.client_id = os.urandom(16)
+        twin._request_ids = count(1)
+        twin._closed = False
+        return twin
 
     def __enter__(self) -> OneShotClient:
         return self
@@ -181,9 +177,12 @@ class OneShotClient:
         self.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close the connection; a call after this (or one under way, at its next attempt) raises
+        ``KVError``."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     # --- the commands --------------------------------------------------------------------------
 
@@ -235,6 +234,19 @@ class OneShotClient:
         result = self._call(lambda rid: frames.encode_map_frame(
             frames.list_request(rid, prefix, keys_only, lin, limit)), write=False)
         return [(item[0], item[1] if len(item) > 1 else None) for item in result["items"]]
+
+    def admin(self, op: str, node: int = 0, address: str = "") -> dict[str, Any]:
+        """A membership or leadership request, sent to the leader (``frames.ADMIN_OPS``); see
+        ``kvstore.client.AsyncClient.admin``."""
+        if op not in frames.ADMIN_OPS:
+            raise ValueError(f"unknown admin operation {op!r}; expected one of {', '.join(frames.ADMIN_OPS)}")
+        return self._call(lambda rid: frames.encode_map_frame(frames.admin_request(rid, op, node, address)),
+                          write=False)
+
+    def backup(self, session: int = 0, offset: int = 0) -> dict[str, Any]:
+        """One step of ``kv snapshot save``; see ``kvstore.client.AsyncClient.backup``."""
+        return self._call(lambda rid: frames.encode_map_frame(frames.backup_request(rid, session, offset)),
+                          write=False)
 
     def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
         """The status of one node, on a connection of its own (``Unavailable`` if it does not answer
@@ -297,6 +309,8 @@ class OneShotClient:
         redirects = 0
         last_error = "no endpoint answered"
         while True:
+            if self._closed:
+                raise KVError("client is closed" if not sent else "client was closed during the call")
             now = time.monotonic()
             remaining = deadline - now
             if remaining <= 0:

@@ -1,7 +1,8 @@
 """``kvstore.frames`` (the codec the one-shot client imports without paxos) agrees with ``kvstore.wire``.
 
-How: every client request encoded both ways gives the same bytes; and a reply body is accepted by
-``frames.decode_reply`` exactly when ``wire.decode_body`` decodes it to an ``OkReply`` or ``ErrorReply``,
+How: every client request (admin and backup included) encoded both ways gives the same bytes; and a
+reply body is accepted by ``frames.decode_reply`` exactly when ``wire.decode_body`` decodes it to an
+``OkReply`` or ``ErrorReply``,
 with the same fields, for hand-written bodies (each field missing or of a wrong type, extra fields, bad
 CBOR, tags, trailing bytes, a result nested too deep or with an int out of range) and for maps that
 hypothesis draws from those fields and values. Arbitrary bytes raise nothing but ``WireError``.
@@ -22,6 +23,7 @@ def test_the_wire_names_are_the_frames_names():
     assert wire.WireError is frames.WireError and wire.FrameTooLarge is frames.FrameTooLarge
     assert wire.ERROR_CODES == frames.ERROR_CODES and wire.FRAME_BYTES_MAX == frames.FRAME_BYTES_MAX
     assert wire.split_frames is frames.split_frames
+    assert wire.ADMIN_OPS == frames.ADMIN_OPS
 
 
 @pytest.mark.parametrize("value", ["text", b"\x00\xff", "é" * 3])
@@ -39,6 +41,10 @@ def test_requests_encode_to_the_same_bytes(value):
         (wire.ListRequest(id=12, prefix="u/", keys_only=True, linearizable=False, limit=10),
          frames.list_request(12, "u/", True, False, 10)),
         (wire.StatusRequest(id=13), frames.status_request(13)),
+        (wire.AdminRequest(id=15, op="member_add", node=4, address="h:7004"),
+         frames.admin_request(15, "member_add", 4, "h:7004")),
+        (wire.AdminRequest(id=16, op="member_list"), frames.admin_request(16, "member_list", 0, "")),
+        (wire.BackupRequest(id=17, session=3, offset=65536), frames.backup_request(17, 3, 65536)),
     ]
     for message, mapping in pairs:
         assert wire.encode_frame(message) == frames.encode_map_frame(mapping)

@@ -1,0 +1,50 @@
+"""The errors every client of the store raises, and the ``Entry`` a read returns.
+
+One set of classes for all three clients (``kvstore.client``'s ``AsyncClient`` and blocking ``Client``,
+and ``kvstore.oneshot.OneShotClient``, which the ``kv`` command uses), so a program catches
+``kvstore.client.Unavailable`` whichever client raised it. This module imports neither trio nor the
+paxos package: the one-shot client must start fast.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .frames import BAD_REQUEST
+
+__all__ = ["KVError", "Unavailable", "RequestError", "Entry"]
+
+
+class KVError(Exception):
+    """Base class of every error the client raises."""
+
+
+class Unavailable(KVError):
+    """No answer before the deadline (no leader, no quorum, nodes down), or no answer possible any
+    more: a retried write whose first outcome the cluster forgot (error code ``stale``).
+
+    ``outcome_unknown`` is True for a write that was sent at least once: it may or may not have been
+    applied. Retrying it through the same client is safe (the retry is deduplicated).
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+class RequestError(KVError):
+    """The cluster refused the request itself (bad key or value, disk full, ...); ``code`` is the
+    error code of the reply (``kvstore.frames``: ``bad_request``, ``permission_denied``, ...)."""
+
+    def __init__(self, message: str, code: str = BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Entry(NamedTuple):
+    """A key's value with its version (writes to the key since it was created) and the revision of
+    its last write."""
+
+    key: str
+    value: str | bytes
+    version: int
+    mod_revision: int

@@ -1,0 +1,114 @@
+"""``kvstore.client.Client``, the blocking client for scripts and threads, against fake nodes.
+
+It is ``kvstore.oneshot.OneShotClient`` per calling thread (no event loop behind it), so the checks are
+what that adds: a call waiting in one thread does not hold up another thread's calls (each thread has a
+connection and a client id of its own, and its writes number from 1); the error classes are the same
+objects whichever client raises them; admin and backup requests reach the node; ``close`` ends a call
+under way in another thread with ``KVError`` at once rather than letting it retry until its deadline,
+and a call after ``close`` raises too. The behaviour they share (retries, redirects, deadlines, TLS) is
+``tests/cli/test_oneshot_client.py``'s; real clusters drive this client in the integration tests.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from kvstore import client as client_module
+from kvstore import errors, oneshot
+from kvstore.client import Client, KVError, RequestError
+from tests.cli.fakenodes import SILENT, FakeNode, Store, err, ok
+
+
+@pytest.fixture
+def nodes():
+    made: list[FakeNode] = []
+
+    def make(handler, **kwargs) -> FakeNode:
+        node = FakeNode(handler, **kwargs)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def test_one_set_of_error_classes_for_every_client():
+    for name in ("KVError", "Unavailable", "RequestError", "Entry"):
+        assert getattr(client_module, name) is getattr(errors, name) is getattr(oneshot, name)
+
+
+def test_a_call_waiting_in_one_thread_does_not_hold_up_another(nodes):
+    store = Store()
+    release = threading.Event()
+
+    def handler(request):
+        if request.get("key") == "slow":
+            release.wait(10)
+        return store.handle(request)
+
+    node = nodes(handler)
+    results: dict[str, object] = {}
+    with Client([node.address], timeout=12) as kv:
+        slow = threading.Thread(target=lambda: results.update(slow=kv.put("slow", "1")))
+        slow.start()
+        deadline = time.monotonic() + 5
+        while not any(r.get("key") == "slow" for r in node.requests) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert kv.put("fast", "2") >= 1 and kv.get("fast") == "2"
+        assert time.monotonic() - started < 2  # not behind the slow put (released only below)
+        assert "slow" not in results
+        release.set()
+        slow.join(10)
+        assert results["slow"] in (1, 2)
+    writes = [r for r in node.requests if r["t"] == "put"]
+    assert len({r["cid"] for r in writes}) == 2  # a client id per thread
+    assert sorted(r["rq"] for r in writes) == [1, 1]  # each numbers its own writes
+
+
+def test_admin_and_backup_reach_the_node(nodes):
+    def handler(request):
+        if request["t"] == "admin":
+            return ok(request, {"op": request["op"], "node": request["node"], "addr": request["addr"]})
+        if request["t"] == "backup":
+            return ok(request, {"session": request["session"], "off": request["off"], "data": b"\x00"})
+        return err(request, "bad_request", "unexpected")
+
+    node = nodes(handler)
+    with Client([node.address], timeout=2) as kv:
+        assert kv.admin("member_add", 4, "h:7004") == {"op": "member_add", "node": 4, "addr": "h:7004"}
+        assert kv.backup(3, 10) == {"session": 3, "off": 10, "data": b"\x00"}
+        with pytest.raises(ValueError, match="unknown admin operation"):
+            kv.admin("member_explode")
+        refusing = nodes(lambda r: err(r, "bad_request", "node 4 is already a member"))
+    with Client([refusing.address], timeout=2) as kv:
+        with pytest.raises(RequestError, match="already a member") as refused:
+            kv.admin("member_add", 4, "h:7004")
+    assert refused.value.code == "bad_request"
+
+
+def test_close_ends_a_call_under_way_and_refuses_later_ones(nodes):
+    node = nodes(lambda r: SILENT)  # accepts, never answers: the call retries until its deadline
+    outcome: list[BaseException] = []
+    kv = Client([node.address], timeout=30)
+
+    def call():
+        try:
+            kv.put("k", "v")
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 5
+    while not node.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    kv.close()
+    caller.join(5)  # its attempt times out within 2 s, then it sees the client closed
+    assert not caller.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], KVError) and "closed" in str(outcome[0])
+    with pytest.raises(KVError, match="client is closed"):
+        kv.get("k")
