@@ -27,6 +27,8 @@ import decimal
 import fractions
 import random
 import re
+import socket
+import struct
 import uuid
 
 import cbor2
@@ -705,6 +707,93 @@ async def test_reader_hands_out_good_frames_then_refuses_the_bad_header():
     assert [wire.decode_body(b) for b in await reader.receive_frames()] == [FRAMES[0]]
     with pytest.raises(wire.WireError):
         await reader.receive_frames()
+
+
+# ---------------------------------------------------------------------------------------------------
+# FrameReader over a real socket (it reads the socket itself: FrameReader._receive_raw)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    a, b = trio.socket.socketpair()
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
+async def test_socket_reader_reassembles_frames_sent_in_pieces_then_sees_the_end():
+    left, right = _socket_stream_pair()
+    reader = wire.FrameReader(right)
+    assert reader._socket is not None  # the direct path is the one under test
+    data = wire.encode_frames(FRAMES) * 50
+
+    async def send() -> None:
+        for i in range(0, len(data), 97):
+            await left.send_all(data[i:i + 97])
+            if i % 5:
+                await trio.testing.wait_all_tasks_blocked()
+        await left.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        got = await _read_all(reader)
+    assert got == FRAMES * 50
+
+
+async def test_socket_reader_end_of_stream_inside_a_frame_is_a_wire_error():
+    left, right = _socket_stream_pair()
+    await left.send_all(wire.encode_frame(FRAMES[1])[:5])
+    await left.aclose()
+    with pytest.raises(wire.WireError):
+        await wire.FrameReader(right).receive_frames()
+
+
+async def test_socket_reader_yields_even_when_data_is_there_at_once():
+    left, right = _socket_stream_pair()
+    await left.send_all(wire.encode_frame(FRAMES[0]))
+    reader = wire.FrameReader(right)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await reader.receive_frames()  # a checkpoint: raises Cancelled
+    assert scope.cancelled_caught
+    assert len(await reader.receive_frames()) == 1  # nothing was lost
+
+
+async def test_socket_reader_closed_by_another_task_raises_closed_resource():
+    left, right = _socket_stream_pair()
+    reader = wire.FrameReader(right)
+
+    raised: list[BaseException] = []
+
+    async def read() -> None:
+        try:
+            await reader.receive_frames()
+        except trio.ClosedResourceError as exc:
+            raised.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        await right.aclose()
+    assert len(raised) == 1
+    with pytest.raises(trio.ClosedResourceError):
+        await reader.receive_frames()  # and again, on the closed socket
+    await left.aclose()
+
+
+async def test_socket_reader_reset_by_the_peer_is_a_broken_resource():
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listener.accept()
+    reader = wire.FrameReader(server)
+    assert reader._socket is not None
+    client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await client.send_all(b"\0\0")  # half a header
+    await client.aclose()  # with SO_LINGER 0: a reset
+    with pytest.raises(trio.BrokenResourceError):
+        for _ in range(3):
+            await reader.receive_frames()
+    await server.aclose()
+    await listener.aclose()
 
 
 def test_the_worked_example_in_protocol_md_is_what_the_encoder_produces():
