@@ -17,8 +17,14 @@ things happens:
   out in order (``Node._carry_out``). The driver keeps feeding the core while the disk syncs.
 
 A batch whose records are all ``DecideRecord``s needs no fsync of its own (a lost decision is learned
-again from the peers; a later fsync covers them). Batches are carried out in the order they were
-staged, inline ones included (an inline batch needs an empty queue). ``durable_decided_slot`` is the
+again from the peers; a later fsync covers them), nor even a write of its own: its records wait in
+memory and go to the log with the next batch's, in the same write (``deferred_records``). One request
+at a time that saves a leader a log write per put (the decide of slot n leaves with the accept of
+n + 1). They are written anyway once they waited a whole tick of the node (``note_tick``), when
+``DEFERRED_RECORDS_MAX`` of them wait, before the log is rewritten (``wait_carried_out``) and when the
+node stops.
+Batches are carried out in the order they were staged, inline ones included (an inline batch needs an
+empty queue). ``durable_decided_slot`` is the
 highest decided slot whose decision rests only on durable records: the core's decided slot as of the
 last batch carried out (the node caps early Accepts with it).
 
@@ -37,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from paxos.actions import Actions, DecideRecord
+from paxos.actions import Actions, DecideRecord, Record
 
 from .metrics import FSYNC_SECONDS_BOUNDS, Buckets
 from .storage import StorageError
@@ -45,7 +51,10 @@ from .storage import StorageError
 if TYPE_CHECKING:
     from .server import Node
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "DEFERRED_RECORDS_MAX"]
+
+# Decide records that may wait in memory for the next batch's write (see the module docstring)
+DEFERRED_RECORDS_MAX = 1024
 
 
 class GroupCommit:
@@ -67,6 +76,9 @@ class GroupCommit:
         self.fsync_seconds = Buckets(FSYNC_SECONDS_BOUNDS)  # every fsync's duration (kv_fsync_duration_seconds)
         self.durable_decided_slot = durable_decided_slot
         self._progress = trio.Event()  # set (and replaced) each time the committer finishes a round
+        # Decide records of batches that persisted nothing else, not written yet (see the module docstring)
+        self.deferred_records: list[Record] = []
+        self._wrote_since_tick = False  # a batch's records were written since the node's last tick
 
     def stage(self, actions: Actions) -> bool:
         """Write the batch's records to the log; True if it is durable now and the caller must carry
@@ -74,15 +86,26 @@ class GroupCommit:
         becomes its ``Actions.decided_slot`` (the core's decided slot as of this batch). Raises StorageError (nothing of
         the batch may leave the node: it may or may not be on disk)."""
         end = None
-        if actions.persist:
-            storage = self.storage
-            storage.append(actions.persist)
-            flushed = storage.flush()
+        persist = actions.persist
+        if persist:
+            self.counters["records"] += len(persist)
+            deferred = self.deferred_records
             # Decide records only speed up recovery (a lost one is learned again from the peers), so a
-            # batch that persists nothing else need not wait for an fsync; a later fsync covers them.
-            if any(type(r) is not DecideRecord for r in actions.persist):
-                end = flushed
-            self.counters["records"] += len(actions.persist)
+            # batch that persists nothing else need not wait for an fsync (a later fsync covers them),
+            # nor for a write: they go with the next batch's records.
+            if all(type(r) is DecideRecord for r in persist):
+                deferred.extend(persist)
+                if len(deferred) >= DEFERRED_RECORDS_MAX:
+                    self.write_deferred()
+            else:
+                storage = self.storage
+                if deferred:
+                    self.deferred_records = []
+                    deferred.extend(persist)
+                    persist = deferred
+                storage.append(persist)
+                end = storage.flush()
+                self._wrote_since_tick = True
         if not self.pending_batches and (
                 end is None or not self.fsync or self.fsync_seconds_ewma <= self.inline_fsync_seconds_max):
             # Nothing is staged ahead of this batch (so the order of batches is kept) and either no
@@ -141,7 +164,25 @@ class GroupCommit:
             progress, self._progress = self._progress, trio.Event()
             progress.set()
 
+    def note_tick(self) -> None:
+        """The node ticked: write the decide records that waited a whole tick for a batch to go with
+        (the node is idle), so that they reach the log soon anyway. Raises StorageError."""
+        if self.deferred_records and not self._wrote_since_tick:
+            self.write_deferred()
+        self._wrote_since_tick = False
+
+    def write_deferred(self) -> None:
+        """Write the decide records that wait for a batch (no fsync: they need none). Raises StorageError."""
+        if self.deferred_records:
+            records, self.deferred_records = self.deferred_records, []
+            self.storage.append(records)
+            self.storage.flush()
+
     async def wait_carried_out(self) -> None:
-        """Wait until the committer has carried out every staged batch (before the log is rewritten)."""
+        """Wait until the committer has carried out every staged batch, and hand the storage every
+        deferred record (before the log is rewritten: its rewrite writes them first)."""
         while self.pending_batches:
             await self._progress.wait()
+        if self.deferred_records:
+            records, self.deferred_records = self.deferred_records, []
+            self.storage.append(records)

@@ -415,6 +415,11 @@ class Node:
                 nursery.start_soon(self.peer_links.run)
                 self.ready.set()
         finally:
+            if not self._fenced:
+                try:
+                    self.commit.write_deferred()  # (decide records need no fsync: close makes none)
+                except StorageError:
+                    pass
             self.storage.close()
 
     async def _found(self) -> None:
@@ -638,6 +643,11 @@ class Node:
         """What follows every batch of events: take the core's actions and carry them out (or stage them)."""
         if ticks:
             self.waiters.expire(trio.current_time())
+            if not self._fenced:
+                try:
+                    self.commit.note_tick()  # decide records that waited a tick for a batch: written now
+                except StorageError as exc:
+                    self._stop_voting(exc)
         # Early Accepts may announce what was decided as of the newest batch carried out (durable).
         self.replica.note_durable(self.commit.durable_decided_slot)
         self._stage(self.replica.take_actions())

@@ -5,7 +5,9 @@ failures it is told of) and a fake storage (it records each fsync and can be mad
 real trio run for the committer task, whose fsync runs in a worker thread. Checks:
 
 * inline: with nothing staged and fast fsyncs, ``stage`` fsyncs at once and says "carry it out now";
-  a batch of ``DecideRecord``s alone is never fsynced; the durable decided slot follows;
+  a batch of ``DecideRecord``s alone is never fsynced, nor written: its records go first in the next
+  batch's write, or once they waited a whole tick, or when many wait, or before a log rewrite; the
+  durable decided slot follows;
 * staged: once fsyncs average above ``inline_fsync_seconds_max`` a batch goes to the committer, which fsyncs
   once for every batch staged meanwhile and carries them out in order; while one is staged, the next
   (even one needing no fsync) is staged behind it, and ``wait_carried_out`` returns when all are done;
@@ -92,7 +94,54 @@ async def test_a_batch_of_decide_records_alone_is_not_fsynced():
     commit = GroupCommit(node, durable_decided_slot=0)
     commit.fsync_seconds_ewma = 1.0  # a slow disk: yet nothing waits for it
     assert commit.stage(_decides_only(3, decided_slot=3)) is True
-    assert node.storage.fsyncs == [] and node.storage.records == [DecideRecord(3, (b"x",))]
+    assert node.storage.fsyncs == [] and commit.durable_decided_slot == 3
+    # nor written yet: the records wait for the next batch's write
+    assert node.storage.records == [] and node.storage.end == 0
+    assert commit.deferred_records == [DecideRecord(3, (b"x",))]
+
+
+async def test_deferred_decide_records_go_first_in_the_next_batchs_one_write():
+    node = FakeNode()
+    commit = GroupCommit(node, durable_decided_slot=0)
+    commit.stage(_decides_only(3, decided_slot=3))
+    commit.stage(_decides_only(4, decided_slot=4))
+    assert commit.stage(_promise(2, decided_slot=4)) is True
+    assert node.storage.records == [DecideRecord(3, (b"x",)), DecideRecord(4, (b"x",)), PromiseRecord(Ballot(2, 1))]
+    assert node.storage.end == 100, "one write for the lot"
+    assert node.storage.fsyncs == [(100, True)] and commit.deferred_records == []
+    assert node.counters["records"] == 3
+
+
+async def test_deferred_decide_records_are_written_once_they_waited_a_whole_tick():
+    node = FakeNode()
+    commit = GroupCommit(node, durable_decided_slot=0)
+    commit.stage(_promise(1))
+    commit.stage(_decides_only(3))
+    commit.note_tick()  # a batch was written during this tick: the records may wait for the next one
+    assert node.storage.records == [PromiseRecord(Ballot(1, 1))]
+    commit.note_tick()  # a whole tick without a batch: written now, without an fsync
+    assert node.storage.records == [PromiseRecord(Ballot(1, 1)), DecideRecord(3, (b"x",))]
+    assert node.storage.end == 200 and node.storage.fsyncs == [(100, True)]
+    assert commit.deferred_records == []
+
+
+async def test_many_deferred_decide_records_are_written_without_waiting():
+    from kvstore.groupcommit import DEFERRED_RECORDS_MAX
+
+    node = FakeNode()
+    commit = GroupCommit(node, durable_decided_slot=0)
+    for slot in range(1, DEFERRED_RECORDS_MAX + 1):
+        commit.stage(_decides_only(slot))
+    assert len(node.storage.records) == DEFERRED_RECORDS_MAX and commit.deferred_records == []
+    assert node.storage.fsyncs == []
+
+
+async def test_wait_carried_out_hands_deferred_records_to_the_storage_before_a_rewrite():
+    node = FakeNode()
+    commit = GroupCommit(node, durable_decided_slot=0)
+    commit.stage(_decides_only(3))
+    await commit.wait_carried_out()
+    assert node.storage.records == [DecideRecord(3, (b"x",))] and commit.deferred_records == []
 
 
 async def test_slow_fsyncs_send_batches_to_the_committer_which_fsyncs_once_for_all_in_order():
