@@ -308,7 +308,7 @@ class PeerLinks:
                     receive_chunk(message)
                 else:
                     raise wire.WireError(f"unexpected {type(message).__name__} on a peer link")
-            post(events)
+            post(events, from_peer=True)
             frames = await reader.receive_frames()
             if not frames:
                 return

@@ -334,6 +334,9 @@ class Node:
         self._driver_idle = False  # the driver waits for events and none was posted since (see _post)
         self._quiet = False  # the driver's last batch was tiny: one request at a time
         self._feed_time: float | None = None  # see _now
+        # the core and its members_version as of the last Members.sync from _after_events
+        self._members_replica: object = None
+        self._members_version: int | None = None
         self.clients = ClientLinks(self)
         self.clients.acl = rules  # kv serve --acl (kvstore.acl); SIGHUP replaces it (kvstore.tls.reload)
         self._send_replies = self.clients.send_replies
@@ -652,7 +655,12 @@ class Node:
         self.replica.note_durable(self.commit.durable_decided_slot)
         self._stage(self.replica.take_actions())
         replica = self.replica
-        self.members.sync()
+        # Follow a change of members (kvstore.members); the core counts its member refreshes, so most
+        # batches skip the comparison of configurations (the classic engine has no such count).
+        version = getattr(replica, "members_version", None)
+        if version is None or version != self._members_version or replica is not self._members_replica:
+            self.members.sync()
+            self._members_version, self._members_replica = version, replica
         learner = self.learner
         learner.update(trio.current_time(), replica.leader_id, replica.is_leader, self._fenced)
         if learner.queue and not learner.lazy:
@@ -671,7 +679,7 @@ class Node:
         self._driver_idle = False  # the driver has something to do (it may not have woken up yet)
         self._events_send.send_nowait(event)
 
-    def _post(self, events: list[object]) -> None:
+    def _post(self, events: list[object], *, from_peer: bool = False) -> None:
         """A reader hands over what it read: to the driver, or, when the node is quiet, to the core at once.
 
         Quiet means the driver is waiting with nothing queued, its last batch was tiny and nothing is
@@ -681,10 +689,16 @@ class Node:
         proposals, reads), and the core is still fed by one task at a time: trio runs one task at a
         time, nothing here waits, and the driver, parked in ``receive`` with nothing queued, holds
         nothing about the core across that wait (see the module docstring).
+
+        A client's post of more than two requests goes to the driver (a client that pipelines is load).
+        A peer's post (``from_peer``) of any size may run here: one request at a time, the slower
+        follower's answers to a tick's Accepts (and, on that follower, the tick's Accepts) come in
+        one frame, and handing it to the driver cost a wake-up per tick and made the next request
+        look like load.
         """
         if not events:
             return
-        if (self._driver_idle and self._quiet and len(events) <= 2 and not self.commit.pending_batches
+        if (self._driver_idle and self._quiet and (from_peer or len(events) <= 2) and not self.commit.pending_batches
                 and not self._fenced):
             self.counters["inline_events"] += len(events)
             self._feed_time = None

@@ -209,6 +209,9 @@ class Replica:
         self._ballot_seen_max = max([self._promised, *(b for b, _ in self._accepted.values())])
         self._peers: tuple[int, ...] = ()  # members of every configuration that governs an undecided slot
         self._known: frozenset[int] = frozenset()  # members of every configuration still scheduled
+        # Counts _refresh_members calls: the shell follows membership only when this moved (a cheap test
+        # per batch instead of comparing configurations)
+        self.members_version = 0
         self._active: list[Config] = []  # the configurations that govern slots after decided_slot
         self._members_until = 0  # decided_slot + 1 at which _active must be recomputed
         self._preferred: list[int] = []  # thrifty Accepts: followers by how recently they helped
@@ -792,6 +795,7 @@ class Replica:
 
     def _refresh_members(self) -> None:
         """Recompute who we talk to and whose majorities count, after the schedule or decided slot moved."""
+        self.members_version += 1
         first = self._decided_slot + 1
         self._active = self._schedule.from_slot(first)
         members = {n for config in self._active for n in config.members}

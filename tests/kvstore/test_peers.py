@@ -43,7 +43,13 @@ class FakeNode:
         self.members = SimpleNamespace(seen_incarnations={})
         self.posted: list[list] = []
         self.chunks: list = []
-        self._post = self.posted.append
+        self.posted_from_peer: list[bool] = []
+
+        def post(events: list, *, from_peer: bool = False) -> None:
+            self.posted.append(events)
+            self.posted_from_peer.append(from_peer)
+
+        self._post = post
         self.snapshots = SimpleNamespace(receive_chunk=self.chunks.append)
 
 
@@ -113,6 +119,7 @@ async def test_the_reader_posts_the_messages_as_they_are_and_hands_over_snapshot
     await _serve(node, _hello(),
                  [wire.PaxosBatch(messages=(a, b)), chunk, wire.PaxosBatch(messages=(c,))])
     assert [m for read in node.posted for m in read] == [a, b, c]
+    assert all(node.posted_from_peer)  # a peer's posts may run inline at any size (Node._post)
     assert node.chunks == [chunk]
 
 

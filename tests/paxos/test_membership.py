@@ -882,3 +882,17 @@ def test_a_promoted_learner_that_missed_its_promotion_asks_for_it_when_no_leader
     net.until(lambda: four.is_leader)
     net.put(4, b"b")
     assert net.values(4) == [b"a", b"b"]
+
+
+def test_members_version_moves_when_the_members_may_have_changed_and_not_per_slot():
+    """The shell follows membership only when ``members_version`` moved (kvstore.server skips its
+    comparison of configurations otherwise): it must move with a change, and stay put for plain slots."""
+    net = Net(voters=(1, 2, 3), alpha=2)
+    leader = net.elect(1)
+    before = leader.members_version
+    net.put(1, b"a", b"b")
+    assert leader.members_version == before
+    net.change(1, lambda c: c.remove(3))
+    net.until(lambda: leader.config_for(leader.status()["config_effective_slot"]).node_ids == (1, 2)
+              and not leader.change_in_progress)
+    assert leader.members_version > before
