@@ -807,8 +807,9 @@ class FrameReader:
     On a plain ``trio.SocketStream`` it reads the socket itself (``_receive_raw``) instead of going
     through ``receive_some``: trio's layers (two context managers, a checkpoint sandwich, a first
     ``recv`` that fails with ``EAGAIN``) cost tens of microseconds per message on a small machine,
-    paid twice per write by a leader serving one request at a time. It yields to the scheduler just as
-    often, and reports the same errors.
+    paid twice per write by a leader serving one request at a time. After a read found the socket
+    empty it waits for readiness before the next read, until a read brings several frames at once. It
+    yields to the scheduler just as often, and reports the same errors.
     """
 
     def __init__(self, stream: trio.abc.ReceiveStream, frame_bytes_max: int = FRAME_BYTES_MAX) -> None:
@@ -817,8 +818,9 @@ class FrameReader:
         self._buffer = bytearray()
         # the trio socket of a plain TCP stream (read directly); None: use receive_some
         self._socket = stream.socket if type(stream) is trio.SocketStream else None
-        # the last read found the socket empty: the next one waits for readiness first, skipping a
-        # recv that would fail with EAGAIN (one request at a time, it always would)
+        # Wait for readiness before reading, skipping a read that would fail with EAGAIN (one request
+        # at a time it always would): set when a read found the socket empty, cleared when a read
+        # brought several frames (load: more is likely there already, so read first, as trio does)
         self._drained = False
 
     async def receive_frames(self) -> list[bytes]:
@@ -845,6 +847,8 @@ class FrameReader:
             buffer += data
             frames = split_frames(buffer, self.frame_bytes_max)
             if frames:
+                if len(frames) > 1:
+                    self._drained = False
                 return frames
         raise AssertionError("FrameReader: buffer grew past one frame without a complete frame")
 
@@ -875,8 +879,6 @@ class FrameReader:
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-            # Fewer bytes than asked for: the socket is empty now, most likely still so next time.
-            self._drained = len(data) < max_bytes
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()  # as trio's recv does
             return data

@@ -738,6 +738,26 @@ async def test_socket_reader_reassembles_frames_sent_in_pieces_then_sees_the_end
     assert got == FRAMES * 50
 
 
+async def test_socket_reader_waits_first_after_an_empty_socket_until_a_read_brings_several_frames():
+    left, right = _socket_stream_pair()
+    reader = wire.FrameReader(right)
+    assert not reader._drained  # reads first, as trio does
+
+    async def send_later(data: bytes) -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        await left.send_all(data)
+
+    async with trio.open_nursery() as nursery:  # the socket is empty: the read fails, then waits
+        nursery.start_soon(send_later, wire.encode_frame(FRAMES[0]))
+        assert len(await reader.receive_frames()) == 1
+    assert reader._drained  # one request at a time: the next read waits for readiness first
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_later, wire.encode_frames(FRAMES))
+        assert len(await reader.receive_frames()) == 3
+    assert not reader._drained  # several frames at once: load, read first again
+    await left.aclose()
+
+
 async def test_socket_reader_end_of_stream_inside_a_frame_is_a_wire_error():
     left, right = _socket_stream_pair()
     await left.send_all(wire.encode_frame(FRAMES[1])[:5])
