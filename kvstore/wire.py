@@ -80,6 +80,8 @@ from .frames import (
     RECEIVE_CHUNK_BYTES,
     U64_LIMIT,
     _check_result_map,
+    admin_request,
+    backup_request,
     cas_request,
     delete_request,
     get_request,
@@ -206,8 +208,8 @@ class StatusRequest:
     id: int
 
 
-ADMIN_OPS = ("member_list", "member_add", "member_promote", "member_remove", "move_leader")
-"""What an ``AdminRequest`` may ask (see kvstore.members)."""
+ADMIN_OPS = _frames.ADMIN_OPS
+"""What an ``AdminRequest`` may ask (see kvstore.members); defined in ``kvstore.frames``."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -470,8 +472,8 @@ _MAP_ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
     GetRequest: lambda m: get_request(m.id, m.key, m.linearizable),
     ListRequest: lambda m: list_request(m.id, m.prefix, m.keys_only, m.linearizable, m.limit),
     StatusRequest: lambda m: status_request(m.id),
-    AdminRequest: lambda m: {"t": "admin", "id": m.id, "op": m.op, "node": m.node, "addr": m.address},
-    BackupRequest: lambda m: {"t": "backup", "id": m.id, "session": m.session, "off": m.offset},
+    AdminRequest: lambda m: admin_request(m.id, m.op, m.node, m.address),
+    BackupRequest: lambda m: backup_request(m.id, m.session, m.offset),
     OkReply: _encode_ok,
     ErrorReply: lambda m: {"t": "err", "id": m.id, "code": m.code, "msg": m.message, "leader": m.leader},
 }
