@@ -8,6 +8,7 @@ or box drawing, so they paste and pipe cleanly.
 from __future__ import annotations
 
 import enum
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -53,14 +54,24 @@ def echo(message: str | bytes = "", *, err: bool = False) -> None:
     the binary stream. As ``typer.echo``, minus its stripping of ANSI escape sequences when the output
     is not a terminal: a value is printed exactly as stored."""
     stream = sys.stderr if err else sys.stdout
-    if isinstance(message, (bytes, bytearray)):
-        stream.flush()  # what was printed as text comes first
+    data = (bytes(message) if isinstance(message, (bytes, bytearray)) else message.encode(
+        stream.encoding or "utf-8", stream.errors or "strict")) + b"\n"
+    stream.flush()  # what was printed before comes first
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's captured stream)
+        fd = -1
+    if fd < 0:
         binary = stream.buffer
-        binary.write(bytes(message) + b"\n")
+        binary.write(data)
         binary.flush()
-    else:
-        stream.write(message + "\n")
-        stream.flush()
+        return
+    # Straight to the descriptor, to the last byte: CPython's buffered stdout, when a reader closes the
+    # pipe in the middle of a large write (kv get big | head -c1), sometimes takes the partial write
+    # and drops the rest without an error (exit 0 with the output cut); os.write raises BrokenPipeError.
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def print_json(data: Any) -> None:

@@ -109,3 +109,20 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[FakeCluster]:
     monkeypatch.delenv("KV_ENDPOINTS", raising=False)
     monkeypatch.setenv("KV_CLUSTER_DIR", str(tmp_path / "cluster"))
     yield cluster
+
+
+@pytest.fixture
+def nodes() -> Iterator[Any]:
+    """``nodes(handler, **kwargs)`` starts a ``fakenodes.FakeNode``; all are closed after the test."""
+    from tests.cli.fakenodes import FakeNode
+
+    made: list[FakeNode] = []
+
+    def make(handler: Any, **kwargs: Any) -> FakeNode:
+        node = FakeNode(handler, **kwargs)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()

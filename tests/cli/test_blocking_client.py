@@ -18,21 +18,7 @@ import pytest
 from kvstore import client as client_module
 from kvstore import errors, oneshot
 from kvstore.client import Client, KVError, RequestError
-from tests.cli.fakenodes import SILENT, FakeNode, Store, err, ok
-
-
-@pytest.fixture
-def nodes():
-    made: list[FakeNode] = []
-
-    def make(handler, **kwargs) -> FakeNode:
-        node = FakeNode(handler, **kwargs)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
+from tests.cli.fakenodes import SILENT, Store, err, ok
 
 
 def test_one_set_of_error_classes_for_every_client():

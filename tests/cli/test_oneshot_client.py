@@ -23,23 +23,9 @@ import time
 import pytest
 
 from kvstore.oneshot import OneShotClient, RequestError, Unavailable, tls_client_context
-from tests.cli.fakenodes import SILENT, FakeNode, Store, closed_port, err
+from tests.cli.fakenodes import SILENT, Store, closed_port, err
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("KV_")}
-
-
-@pytest.fixture
-def nodes():
-    made: list[FakeNode] = []
-
-    def make(handler, **kwargs) -> FakeNode:
-        node = FakeNode(handler, **kwargs)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
 
 
 def test_the_commands_against_one_node(nodes):
