@@ -31,8 +31,8 @@ import typer
 from typer.core import TyperGroup
 
 from . import oneshot
-from .common import ENGINE_HELP, ENV_ENDPOINTS, Engine, OperationFailed, Settings, UsageProblem, reporting_errors
-from .output import OutputFormat, echo
+from .common import ENGINE_HELP, ENV_ENDPOINTS, Engine, Settings
+from .output import OutputFormat
 
 OPTIONAL_COMMAND_MODULES = ("kv_cli.bench", "kv_cli.dashboard", "kv_cli.trace", "kv_cli.bulk")
 
@@ -368,79 +368,13 @@ def serve_command(
                       "Default: every certificate of the CA has full access.")] = None,
 ) -> None:
     """Run one node in the foreground until Ctrl-C or SIGTERM."""
-    settings = settings_of(ctx)
-    with reporting_errors(settings):
-        from kvstore.endpoints import EndpointError, parse_endpoint, parse_peers
-        from kvstore.httpserve import parse_listen_address
-        from kvstore.members import JoinError
-        from kvstore.server import ServerOptions, run_node
+    from .serve import serve
 
-        from .certs import serve_tls_options
-
-        join_list: list[str] = []
-        if join is not None:
-            try:
-                join_list = [f"{h}:{p}" for h, p in (parse_endpoint(e) for e in join.split(",") if e.strip())]
-            except EndpointError as exc:
-                raise UsageProblem(f"invalid --join {join!r}: {exc}") from None
-            if not join_list:
-                raise UsageProblem("--join needs HOST:PORT of at least one member")
-        if not peers and not join_list:
-            raise UsageProblem("give --peers (found a new cluster) or --join (join a running one)")
-        try:
-            peer_map = parse_peers(peers) if peers else {}
-        except EndpointError as exc:
-            raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
-        if node_id not in peer_map and not join_list:
-            raise UsageProblem(f"--id {node_id} is not one of the --peers ids {sorted(peer_map)}")
-        overrides: dict[str, Any] = {}
-        if tick_ms is not None:
-            overrides["tick_seconds"] = tick_ms / 1000.0
-        if election_timeout_ticks is not None:
-            overrides["election_timeout_ticks"] = election_timeout_ticks
-        if heartbeat_ticks is not None:
-            overrides["heartbeat_ticks"] = heartbeat_ticks
-        if batch_size is not None:
-            overrides["batch_count_max"] = batch_size
-        if window is not None:
-            overrides["window"] = window
-        if snapshot_every is not None:
-            overrides["snapshot_every"] = snapshot_every
-        if fsync is not None:
-            overrides["fsync"] = fsync is FsyncMode.always
-        if cluster_id is not None:
-            overrides["cluster_id"] = cluster_id
-        if lazy_learners is not None:
-            overrides["lazy_learners"] = lazy_learners
-        if exit_on_disk_failure:
-            overrides["exit_on_disk_failure"] = True
-        overrides["engine"] = engine.value
-        if metrics_addr is not None:
-            try:
-                parse_listen_address(metrics_addr)  # HOST:PORT; port 0 picks a free one
-            except EndpointError as exc:
-                raise UsageProblem(f"invalid --metrics-addr {metrics_addr!r}: {exc}") from None
-            overrides["metrics_addr"] = metrics_addr
-        overrides.update(serve_tls_options(cacert, cert, key, acl))  # checked: UsageProblem if unusable
-        options = ServerOptions(**overrides)
-        import logging
-        import sys
-
-        logging.basicConfig(
-            level=logging.DEBUG if settings.debug else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        where = "{}:{}".format(*peer_map[node_id]) if node_id in peer_map else "its configured address"
-        echo(f"kv serve: node {node_id} on {where}, data dir {data_dir}, engine {options.engine}"
-             + (f", joining via {','.join(join_list)}" if join_list else ""), err=True)
-        try:
-            run_node(node_id, peer_map, data_dir, options, join=join_list or None)
-        except KeyboardInterrupt:
-            pass
-        except JoinError as exc:
-            raise OperationFailed(f"cannot join: {exc}") from None
-        echo(f"kv serve: node {node_id} stopped", err=True)
+    serve(settings_of(ctx), node_id=node_id, data_dir=data_dir, peers=peers, join=join, tick_ms=tick_ms,
+          election_timeout_ticks=election_timeout_ticks, heartbeat_ticks=heartbeat_ticks, batch_size=batch_size,
+          window=window, snapshot_every=snapshot_every, fsync=None if fsync is None else fsync.value,
+          cluster_id=cluster_id, exit_on_disk_failure=exit_on_disk_failure, lazy_learners=lazy_learners,
+          engine=engine.value, metrics_addr=metrics_addr, cacert=cacert, cert=cert, key=key, acl=acl)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -320,27 +320,3 @@ def client_command(
         for path in add_client(directory, name, days=days):
             typer.echo(str(path))
 
-
-def serve_tls_options(cacert: str | None, cert: str | None, key: str | None, acl: str | None) -> dict[str, Any]:
-    """``kv serve``'s TLS options as ``ServerOptions`` fields, checked now (UsageProblem, exit 2) rather
-    than when the node starts: all three files or none, usable together, an ACL only with TLS and
-    readable."""
-    from kvstore.acl import AclError, load
-    from kvstore.tls import TlsError, TlsFiles, client_context, server_context
-
-    try:
-        files = TlsFiles.of(cacert, cert, key)
-    except TlsError as exc:
-        raise UsageProblem(str(exc)) from None
-    if files is None:
-        if acl:
-            raise UsageProblem("--acl names client certificates: it needs --cacert, --cert and --key")
-        return {}
-    try:
-        server_context(files)
-        client_context(files)
-        if acl:
-            load(acl)
-    except (TlsError, AclError) as exc:
-        raise UsageProblem(str(exc)) from None
-    return {"cacert": files.cacert, "cert": files.cert, "key": files.key, "acl": acl}

@@ -1,10 +1,11 @@
-"""The fast path: ``kv put|get|del|cas|ls|status|health`` without typer, when the arguments are plain,
-and help pages from a cache (``kv_cli.helpcache``).
+"""The fast path: ``kv put|get|del|cas|ls|status|health`` and ``kv serve`` without typer, when the
+arguments are plain, and help pages from a cache (``kv_cli.helpcache``).
 
 Why: a one-shot ``kv get`` is a whole process, and typer (with click) takes longer to import and to
 build its commands than the rest of the command together, connection included (bench/cli_startup.py
-measures it; docs/cli.md has the figures). So ``kv_cli.main.run`` first hands the arguments (global
-options already in front) to ``run_fast``.
+measures it; docs/cli.md has the figures). ``kv serve`` pays for typer on every node start and then
+keeps what it imported in memory (``kv_cli.serve`` has the figures). So ``kv_cli.main.run`` first hands
+the arguments (global options already in front) to ``run_fast``.
 
 The rule that keeps both paths the same: this parser only *accepts* what it fully understands and
 leaves everything else to typer. It knows the global options, these commands' own options, and their
@@ -12,8 +13,10 @@ positional arguments, and it accepts a value only when typer would take it uncha
 formats, in any case; ``--command-timeout`` a number of at least 0.001; ``--consistency`` l or s).
 Anything else (``--help``, an unknown or malformed option, a missing or extra argument, ``-`` or ``--``
 among the arguments) returns False, and typer parses the same arguments from the start, printing its
-usage error or help as always. What the commands then do is the same function either way
-(``kv_cli.oneshot``), with the same ``Settings``.
+usage error or help as always. ``kv serve`` options go through the same rule: each known option at most
+once, integers as plain digits within typer's bounds, ``--fsync`` and ``--engine`` exactly one of their
+choices, ``--id`` and ``--data-dir`` present. What the commands then do is the same function either way
+(``kv_cli.oneshot``, ``kv_cli.serve``), with the same ``Settings``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,22 @@ _COMMANDS: dict[str, tuple[frozenset[str], frozenset[str], int, int | None]] = {
     "status": (frozenset(), frozenset(), 0, 0),
     "health": (frozenset(), frozenset(), 0, 0),
 }
+
+
+# kv serve: option -> (keyword of kv_cli.serve.serve, kind); kinds: "int" (digits only, at least 1),
+# "id" (digits only), "ms" (a plain decimal of at least 0.1), "str", "fsync", "engine", "flag", "on", "off"
+_SERVE_OPTIONS: dict[str, tuple[str, str]] = {
+    "--id": ("node_id", "id"), "--data-dir": ("data_dir", "str"), "--peers": ("peers", "str"),
+    "--join": ("join", "str"), "--tick-ms": ("tick_ms", "ms"),
+    "--election-timeout-ticks": ("election_timeout_ticks", "int"), "--heartbeat-ticks": ("heartbeat_ticks", "int"),
+    "--batch-size": ("batch_size", "int"), "--window": ("window", "int"),
+    "--snapshot-every": ("snapshot_every", "int"), "--fsync": ("fsync", "fsync"),
+    "--cluster-id": ("cluster_id", "str"), "--exit-on-disk-failure": ("exit_on_disk_failure", "flag"),
+    "--lazy-learners": ("lazy_learners", "on"), "--eager-learners": ("lazy_learners", "off"),
+    "--engine": ("engine", "engine"), "--metrics-addr": ("metrics_addr", "str"), "--cacert": ("cacert", "str"),
+    "--cert": ("cert", "str"), "--key": ("key", "str"), "--acl": ("acl", "str"),
+}
+_SERVE_VALUES = {"fsync": ("always", "off"), "engine": ("core", "classic")}
 
 
 class _NotPlain(Exception):
@@ -80,6 +99,8 @@ def _parse(argv: list[str]) -> tuple[str, Settings, dict[str, object], list[str]
         else:
             raise _NotPlain  # --help, -h, a typo: typer's business
         i += 1
+    if i < len(argv) and argv[i] == "serve":
+        return "serve", _settings(given, debug), _parse_serve(argv[i + 1:]), []
     if i >= len(argv) or argv[i] not in _COMMANDS:
         raise _NotPlain
     command = argv[i]
@@ -110,6 +131,58 @@ def _parse(argv: list[str]) -> tuple[str, Settings, dict[str, object], list[str]
     if options.get("--consistency", "l") not in ("l", "s"):
         raise _NotPlain
     return command, _settings(given, debug), options, positional
+
+
+def _parse_serve(argv: list[str]) -> dict[str, object]:
+    """``kv serve``'s options as keywords of ``kv_cli.serve.serve``; _NotPlain unless every argument is
+    one of its options given once, with a value typer would take unchanged, and --id and --data-dir are
+    there (typer then reports what is wrong, as always)."""
+    options: dict[str, object] = {}
+    i = 0
+    while i < len(argv):
+        name, value = _split_option(argv[i])
+        if name not in _SERVE_OPTIONS:
+            raise _NotPlain  # a positional argument, --help, "-", "--", a typo
+        keyword, kind = _SERVE_OPTIONS[name]
+        if keyword in options:
+            raise _NotPlain  # given twice (or --lazy-learners with --eager-learners)
+        if kind in ("flag", "on", "off"):
+            if value is not None:
+                raise _NotPlain
+            options[keyword] = kind != "off"
+        else:
+            if value is None:
+                i += 1
+                if i >= len(argv):
+                    raise _NotPlain
+                value = argv[i]
+            options[keyword] = _serve_value(kind, value)
+        i += 1
+    if "node_id" not in options or "data_dir" not in options:
+        raise _NotPlain
+    return options
+
+
+def _serve_value(kind: str, text: str) -> object:
+    if kind == "str":
+        return text
+    if kind in _SERVE_VALUES:
+        if text not in _SERVE_VALUES[kind]:
+            raise _NotPlain
+        return text
+    if kind == "ms":
+        if not (text.replace(".", "", 1).isdigit() and text.isascii()):
+            raise _NotPlain
+        ms = float(text)
+        if ms < 0.1:
+            raise _NotPlain
+        return ms
+    if not (text.isdigit() and text.isascii()):  # no sign, space, underscore or other digits
+        raise _NotPlain
+    number = int(text)
+    if kind == "int" and number < 1:
+        raise _NotPlain
+    return number
 
 
 def _settings(given: dict[str, str], debug: bool) -> Settings:
@@ -166,6 +239,11 @@ def _run(argv: list[str]) -> bool:
     if parsed is None:
         return False
     command, settings, options, args = parsed
+    if command == "serve":
+        from .serve import serve
+
+        serve(settings, **options)  # type: ignore[arg-type]  # (_parse_serve: the keywords and types)
+        return True
     from . import oneshot
 
     if command == "put":

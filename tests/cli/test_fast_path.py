@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from kv_cli import fast
 from kv_cli.main import app
+from kv_cli.serve import serve as _REAL_SERVE
 
 EP = ["--endpoints", "127.0.0.1:7001,127.0.0.1:7002"]
 
@@ -105,6 +106,18 @@ def test_the_fast_path_and_typer_agree(fake, capfdbinary, args):
     ["--command-timeout", "nan", "get", "k"], ["--command-timeout", "inf", "get", "k"], ["--endpoints"],
     ["put", "k", "-"], ["put", "--", "-x"], ["put", "k", "-5"], ["--debug=1", "get", "k"], ["--verbose", "get", "k"],
     ["cluster", "status"], ["serve"], ["member", "list"], ["nosuch"], ["get", "k", "--help"],
+    ["serve", "--id", "1"], ["serve", "--data-dir", "d"], ["serve", "--id", "x", "--data-dir", "d"],
+    ["serve", "--id", "+1", "--data-dir", "d"], ["serve", "--id", "1_0", "--data-dir", "d"],
+    ["serve", "--id", "1", "--id", "2", "--data-dir", "d"], ["serve", "--id", "1", "--data-dir", "d", "extra"],
+    ["serve", "--id", "1", "--data-dir", "d", "--window", "0"],
+    ["serve", "--id", "1", "--data-dir", "d", "--tick-ms", "0.05"],
+    ["serve", "--id", "1", "--data-dir", "d", "--tick-ms", "1e3"],
+    ["serve", "--id", "1", "--data-dir", "d", "--fsync", "Always"],
+    ["serve", "--id", "1", "--data-dir", "d", "--engine", "CORE"],
+    ["serve", "--id", "1", "--data-dir", "d", "--lazy-learners", "--eager-learners"],
+    ["serve", "--id", "1", "--data-dir", "d", "--exit-on-disk-failure=true"],
+    ["serve", "--id", "1", "--data-dir", "d", "--peers"], ["serve", "--id", "1", "--data-dir", "d", "--help"],
+    ["serve", "--id", "1", "--data-dir", "d", "--verbose"], ["serve", "--id", "1", "--data-dir", "d", "--"],
 ])
 def test_the_fast_path_leaves_anything_else_to_typer(args):
     assert fast.parse(args) is None
@@ -147,3 +160,61 @@ def test_every_command_builds_and_has_help(name):
     result = CliRunner().invoke(app, [name, "--help"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert f"Usage: kv {name}" in result.stdout
+
+
+SERVE = [
+    ["serve", "--id", "1", "--data-dir", "d", "--peers", "1=127.0.0.1:7001"],
+    ["--debug", "-w", "json", "serve", "--data-dir=d", "--id=2", "--join", "127.0.0.1:7001,127.0.0.1:7002"],
+    ["serve", "--id", "3", "--data-dir", "d", "--peers", "1=a:1,3=b:2", "--tick-ms", "0.5", "--election-timeout-ticks",
+     "12", "--heartbeat-ticks", "3", "--batch-size", "64", "--window=8", "--snapshot-every", "1000", "--fsync", "off",
+     "--cluster-id", "c1", "--exit-on-disk-failure", "--eager-learners", "--engine", "classic", "--metrics-addr",
+     "127.0.0.1:0", "--cacert", "ca.pem", "--cert", "n.pem", "--key", "n.key", "--acl", "acl.toml"],
+    ["serve", "--id", "0", "--data-dir", "", "--tick-ms=.5", "--lazy-learners", "--fsync=always", "--engine=core"],
+    ["serve", "--id", "1", "--data-dir", "d", "--tick-ms", "5."],
+]
+
+
+def _serve_call(monkeypatch, run) -> dict[str, object]:
+    """What ``kv_cli.serve.serve`` was called with (defaults filled in), running nothing."""
+    import inspect
+
+    from kv_cli import serve as serve_module
+
+    calls = []
+    signature = inspect.signature(_REAL_SERVE)
+
+    def record(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append(bound.arguments)
+
+    monkeypatch.setattr(serve_module, "serve", record)
+    run()
+    assert len(calls) == 1
+    settings = calls[0].pop("settings")
+    return {**calls[0], "settings": vars(settings)}
+
+
+@pytest.mark.parametrize("args", SERVE, ids=[" ".join(a) for a in SERVE])
+def test_kv_serve_options_are_the_same_by_the_fast_path_and_by_typer(monkeypatch, args):
+    by_typer = _serve_call(monkeypatch, lambda: CliRunner().invoke(app, args, catch_exceptions=False))
+    by_fast = _serve_call(monkeypatch, lambda: fast.run_fast(args))
+    assert by_fast == by_typer
+
+
+def test_kv_serve_starts_without_importing_typer():
+    """The point of the fast path for ``kv serve``: a node does not load typer (nor pydantic under it)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import kv_cli.serve\n"
+        "kv_cli.serve.serve = lambda settings, **options: print(options['node_id'], options['data_dir'])\n"
+        "from kv_cli.main import run\n"
+        "sys.argv = ['kv', 'serve', '--id', '7', '--data-dir', 'somewhere', '--peers', '7=127.0.0.1:1']\n"
+        "run()\n"
+        "print(sorted(m for m in ('typer', 'click', 'pydantic', 'kv_cli.app') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.splitlines() == ["7 somewhere", "[]"]

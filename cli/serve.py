@@ -1,0 +1,123 @@
+"""``kv serve``: what it does once its options are parsed, by typer (``kv_cli.app``) or by the fast path
+(``kv_cli.fast``), which parses plain ``kv serve`` arguments without typer.
+
+Why a fast path for a long-running command: a node pays for its start-up on every restart, and typer
+(which builds a pydantic adapter per option) and the app's commands cost ``kv serve`` about 0.16 s and
+12 MiB of resident memory that the node then keeps for its whole life (a node holds ~34 MiB before any
+data without them, ~46 MiB with them). This module imports neither typer nor the app.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .common import OperationFailed, Settings, UsageProblem, reporting_errors
+from .output import echo
+
+FSYNC_MODES = ("always", "off")
+ENGINES = ("core", "classic")
+
+
+def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", join: str | None = None,
+          tick_ms: float | None = None, election_timeout_ticks: int | None = None,
+          heartbeat_ticks: int | None = None, batch_size: int | None = None, window: int | None = None,
+          snapshot_every: int | None = None, fsync: str | None = None, cluster_id: str | None = None,
+          exit_on_disk_failure: bool = False, lazy_learners: bool | None = None, engine: str = "core",
+          metrics_addr: str | None = None, cacert: str | None = None, cert: str | None = None,
+          key: str | None = None, acl: str | None = None) -> None:
+    """Run one node in the foreground until Ctrl-C or SIGTERM (``kv serve``; its help text has the
+    options). ``fsync`` is one of ``FSYNC_MODES`` or None, ``engine`` one of ``ENGINES``."""
+    with reporting_errors(settings):
+        from kvstore.endpoints import EndpointError, parse_endpoint, parse_peers
+        from kvstore.httpserve import parse_listen_address
+        from kvstore.members import JoinError
+        from kvstore.server import ServerOptions, run_node
+
+        join_list: list[str] = []
+        if join is not None:
+            try:
+                join_list = [f"{h}:{p}" for h, p in (parse_endpoint(e) for e in join.split(",") if e.strip())]
+            except EndpointError as exc:
+                raise UsageProblem(f"invalid --join {join!r}: {exc}") from None
+            if not join_list:
+                raise UsageProblem("--join needs HOST:PORT of at least one member")
+        if not peers and not join_list:
+            raise UsageProblem("give --peers (found a new cluster) or --join (join a running one)")
+        try:
+            peer_map = parse_peers(peers) if peers else {}
+        except EndpointError as exc:
+            raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
+        if node_id not in peer_map and not join_list:
+            raise UsageProblem(f"--id {node_id} is not one of the --peers ids {sorted(peer_map)}")
+        overrides: dict[str, Any] = {}
+        if tick_ms is not None:
+            overrides["tick_seconds"] = tick_ms / 1000.0
+        if election_timeout_ticks is not None:
+            overrides["election_timeout_ticks"] = election_timeout_ticks
+        if heartbeat_ticks is not None:
+            overrides["heartbeat_ticks"] = heartbeat_ticks
+        if batch_size is not None:
+            overrides["batch_count_max"] = batch_size
+        if window is not None:
+            overrides["window"] = window
+        if snapshot_every is not None:
+            overrides["snapshot_every"] = snapshot_every
+        if fsync is not None:
+            overrides["fsync"] = fsync == "always"
+        if cluster_id is not None:
+            overrides["cluster_id"] = cluster_id
+        if lazy_learners is not None:
+            overrides["lazy_learners"] = lazy_learners
+        if exit_on_disk_failure:
+            overrides["exit_on_disk_failure"] = True
+        overrides["engine"] = engine
+        if metrics_addr is not None:
+            try:
+                parse_listen_address(metrics_addr)  # HOST:PORT; port 0 picks a free one
+            except EndpointError as exc:
+                raise UsageProblem(f"invalid --metrics-addr {metrics_addr!r}: {exc}") from None
+            overrides["metrics_addr"] = metrics_addr
+        overrides.update(serve_tls_options(cacert, cert, key, acl))  # checked: UsageProblem if unusable
+        options = ServerOptions(**overrides)
+        import logging
+        import sys
+
+        logging.basicConfig(
+            level=logging.DEBUG if settings.debug else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        where = "{}:{}".format(*peer_map[node_id]) if node_id in peer_map else "its configured address"
+        echo(f"kv serve: node {node_id} on {where}, data dir {data_dir}, engine {options.engine}"
+             + (f", joining via {','.join(join_list)}" if join_list else ""), err=True)
+        try:
+            run_node(node_id, peer_map, data_dir, options, join=join_list or None)
+        except KeyboardInterrupt:
+            pass
+        except JoinError as exc:
+            raise OperationFailed(f"cannot join: {exc}") from None
+        echo(f"kv serve: node {node_id} stopped", err=True)
+
+
+def serve_tls_options(cacert: str | None, cert: str | None, key: str | None, acl: str | None) -> dict[str, Any]:
+    """``kv serve``'s TLS options as ``ServerOptions`` fields, checked now (UsageProblem, exit 2) rather
+    than when the node starts: all three files or none, usable together, an ACL only with TLS and
+    readable."""
+    from kvstore.acl import AclError, load
+    from kvstore.tls import TlsError, TlsFiles, client_context, server_context
+
+    try:
+        files = TlsFiles.of(cacert, cert, key)
+    except TlsError as exc:
+        raise UsageProblem(str(exc)) from None
+    if files is None:
+        if acl:
+            raise UsageProblem("--acl names client certificates: it needs --cacert, --cert and --key")
+        return {}
+    try:
+        server_context(files)
+        client_context(files)
+        if acl:
+            load(acl)
+    except (TlsError, AclError) as exc:
+        raise UsageProblem(str(exc)) from None
+    return {"cacert": files.cacert, "cert": files.cert, "key": files.key, "acl": acl}
