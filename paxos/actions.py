@@ -87,6 +87,11 @@ class DurableState:
                         self.accepted[slot] = (ballot, value)
             case DecideRecord(slot=slot, value=value):
                 if slot > self.snapshot_slot:
+                    accepted = self.accepted.get(slot)
+                    if accepted is not None and accepted[1] == value:
+                        # A log holds the value twice (accepted, then decided): keep one object for
+                        # both, as the replica did before the restart, not two equal copies.
+                        value = accepted[1]
                     self.decided[slot] = value
             case _:
                 raise TypeError(f"not a durable record: {record!r}")

@@ -116,6 +116,26 @@ def test_append_sync_reopen_gives_the_same_durable_state(tmp_path):
         assert storage.recovered.accepted[41] == (Ballot(2, 3), ())
 
 
+def test_a_reopened_log_keeps_one_object_for_a_value_accepted_then_decided(tmp_path):
+    """The log holds a decided value twice (its accept, then its decide); recovery must not keep two
+    equal copies of it in memory (with 1M keys, ~30 MB more after a restart than before it). A decided
+    value that differs from the one accepted stays its own."""
+    ballot = Ballot(1, 1)
+    same = (b"put a", b"put b")
+    records = [PromiseRecord(ballot), AcceptRecord(1, ballot, same), DecideRecord(1, same),
+               AcceptRecord(2, ballot, (b"lost",)), DecideRecord(2, (b"chosen elsewhere",)),
+               DecideRecord(3, (b"never accepted here",))]
+    with open_storage(tmp_path) as storage:
+        storage.append(records)
+        storage.sync()
+    with open_storage(tmp_path) as storage:
+        recovered = storage.recovered
+        assert recovered == DurableState.replay(records)
+        assert recovered.decided[1] == same and recovered.decided[1] is recovered.accepted[1][1]
+        assert recovered.decided[2] == (b"chosen elsewhere",) and recovered.accepted[2] == (ballot, (b"lost",))
+        assert recovered.decided[3] == (b"never accepted here",)
+
+
 def test_one_write_and_one_fsync_per_sync(tmp_path):
     storage = open_storage(tmp_path)
     writes, fsyncs = [], []
