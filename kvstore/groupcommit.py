@@ -106,8 +106,8 @@ class GroupCommit:
                 storage.append(persist)
                 end = storage.flush()
                 self._wrote_since_tick = True
-        if not self.pending_batches and (
-                end is None or not self.fsync or self.fsync_seconds_ewma <= self.inline_fsync_seconds_max):
+        if not self.pending_batches and (end is None or not self.fsync or (
+                0 < self.inline_fsync_seconds_max and self.fsync_seconds_ewma <= self.inline_fsync_seconds_max)):
             # Nothing is staged ahead of this batch (so the order of batches is kept) and either no
             # fsync is needed or the disk is fast: carry it out here.
             if end is not None and self.fsync:

@@ -89,6 +89,21 @@ async def test_with_nothing_staged_and_fast_fsyncs_a_batch_is_fsynced_and_carrie
     assert node.counters["inline_batches"] == 1 and node.counters["fsyncs"] == 1
 
 
+async def test_with_inline_fsyncs_disabled_even_the_first_fsync_goes_to_the_committer():
+    """``inline_fsync_seconds_max = 0`` disables inline fsyncs: before any fsync was timed the average is
+    0 too, which must not count as a fast disk."""
+    node = FakeNode(inline_fsync_seconds_max=0.0)
+    commit = GroupCommit(node, durable_decided_slot=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(commit.run)
+        assert commit.stage(_promise(1, decided_slot=1)) is False
+        with trio.fail_after(10):
+            await commit.wait_carried_out()
+        nursery.cancel_scope.cancel()
+    assert [in_trio for _, in_trio in node.storage.fsyncs] == [False], "fsynced in the trio thread"
+    assert node.counters["inline_batches"] == 0 and commit.durable_decided_slot == 1
+
+
 async def test_a_batch_of_decide_records_alone_is_not_fsynced():
     node = FakeNode()
     commit = GroupCommit(node, durable_decided_slot=0)
