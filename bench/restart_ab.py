@@ -6,7 +6,8 @@
 Loads the keys once with this tree (``kv serve --fsync off``, many puts in flight), kills the node with
 SIGKILL (nothing flushed on the way out), keeps its directory, then for each round copies it afresh and
 starts a node of each tree on it (A B, then B A, ...), timing from process start until a linearizable
-get of the last key answers. Prints each tree's times, the medians and B/A (B = this tree). The node's
+get of the last key answers. Prints each tree's times, the medians and B/A (B = this tree), and each
+tree's RSS and peak RSS at that moment. The node's
 log line "data dir opened in ...; snapshot of slot ... restored in ..." (this tree) says where the time
 went. Bounded: a minute per restart, ``--load-time-limit`` for the load.
 """
@@ -59,15 +60,29 @@ def load_directory(root: Path, keys: int, time_limit: float) -> tuple[Path, str,
     return root / "node-1", kv.peers, spec.key(keys - 1)
 
 
-def restart(tree: Path, source: Path, peers: str, endpoint: str, key: str) -> float:
+def _rss_mib(pid: int) -> tuple[float, float]:
+    """The process's (VmRSS, VmHWM) in MiB."""
+    found = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                found[name] = int(rest.split()[0]) / 1024.0
+    return found["VmRSS"], found["VmHWM"]
+
+
+def restart(tree: Path, source: Path, peers: str, endpoint: str, key: str) -> tuple[float, float, float]:
+    """Seconds until the restarted node answered, and its RSS and peak RSS (MiB) then."""
     with tempfile.TemporaryDirectory(prefix="kvrestart-") as tmp:
         data = Path(tmp) / "node-1"
         shutil.copytree(source, data)
         env = dict(os.environ, PYTHONPATH=str(tree))
         began = time.monotonic()
         serve = [sys.executable, "-c", ab_cluster._SERVE, ab_cluster.kv_package(tree), str(tree / "cli"), "serve"]
+        log_path = Path(tmp) / "node.log"
+        log = log_path.open("wb")
         proc = subprocess.Popen([*serve, "--id", "1", "--peers", peers, "--data-dir", str(data), "--fsync", "off"],
-                                cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             # Polled finely: a client's own back-off between retries (up to 0.5 s) would be measured
             # as restart time. Wait for the port to listen (5 ms steps), then ask with short deadlines.
@@ -83,18 +98,24 @@ def restart(tree: Path, source: Path, peers: str, endpoint: str, key: str) -> fl
                     try:
                         if client.get(key) is None:
                             raise SystemExit(f"{tree}: the restarted node does not have {key!r}")
-                        return time.monotonic() - began
+                        return (time.monotonic() - began, *_rss_mib(proc.pid))
                     except KVError:
                         time.sleep(0.005)
-            raise SystemExit(f"{tree}: no answer within {RESTART_LIMIT_S:g} s")
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            exited = proc.poll()
+            raise SystemExit(f"{tree}: no answer within {RESTART_LIMIT_S:g} s"
+                             + (f" (the node exited with {exited})" if exited is not None else "")
+                             + "; the node's last lines:\n" + "\n".join(tail))
         finally:
             proc.kill()
             proc.wait()
+            log.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="git revision to compare against (A)")
+    parser.add_argument("--candidate", help="git revision to measure (B); default: this working tree")
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--load-time-limit", type=float, default=600.0)
@@ -104,26 +125,39 @@ def main() -> None:
         base = Path(tmp) / "baseline"
         subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(base), args.baseline],
                        check=True, capture_output=True)
+        candidate = repo
+        if args.candidate:
+            candidate = Path(tmp) / "candidate"
+            subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(candidate), args.candidate],
+                           check=True, capture_output=True)
         try:
             print(f"loading {args.keys} keys ...", file=sys.stderr, flush=True)
             source, peers, key = load_directory(Path(tmp) / "cluster", args.keys, args.load_time_limit)
             endpoint = peers.split("=", 1)[1]
             times: dict[str, list[float]] = {"A": [], "B": []}
+            memory: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
             for round_no in range(args.rounds):
-                order = [("A", base), ("B", repo)]
+                order = [("A", base), ("B", candidate)]
                 for name, tree in order if round_no % 2 == 0 else order[::-1]:
-                    seconds = restart(tree, source, peers, endpoint, key)
+                    seconds, rss, peak = restart(tree, source, peers, endpoint, key)
                     times[name].append(seconds)
-                    print(f"round {round_no + 1}/{args.rounds}: {name} restarted in {seconds:.2f} s",
-                          file=sys.stderr, flush=True)
+                    memory[name].append((rss, peak))
+                    print(f"round {round_no + 1}/{args.rounds}: {name} restarted in {seconds:.2f} s, "
+                          f"RSS {rss:.1f} MiB (peak {peak:.1f})", file=sys.stderr, flush=True)
         finally:
-            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(base)], capture_output=True)
+            for tree in {base, candidate} - {repo}:
+                subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                               capture_output=True)
     a, b = statistics.median(times["A"]), statistics.median(times["B"])
     print(f"restart of one node holding {args.keys} keys (SIGKILL, start, first linearizable get), "
           f"median of {args.rounds} rounds, nproc={os.cpu_count()}")
     print(f"  A = {args.baseline}: {a:.2f} s ({', '.join(f'{t:.2f}' for t in times['A'])})")
-    print(f"  B = this tree: {b:.2f} s ({', '.join(f'{t:.2f}' for t in times['B'])})")
+    print(f"  B = {args.candidate or 'this tree'}: {b:.2f} s ({', '.join(f'{t:.2f}' for t in times['B'])})")
     print(f"  B/A: {b / a:.2f}")
+    for name in ("A", "B"):
+        rss = statistics.median(r for r, _ in memory[name])
+        peak = statistics.median(p for _, p in memory[name])
+        print(f"  {name}: RSS at the first get {rss:.1f} MiB, peak {peak:.1f} MiB (medians)")
 
 
 if __name__ == "__main__":
