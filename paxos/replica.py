@@ -41,6 +41,11 @@ Rules (each cites the paper):
   The leader tells the others with ``decided_slot`` on Accept, Heartbeat and Decide messages; a
   follower marks decided each slot at or below it that it accepted *at that same ballot*, because one
   ballot proposes one value per slot, and asks for the rest with ``CatchupRequest``.
+* A leader that heard no answer at its ballot from a majority for an election timeout steps down
+  (``Options.check_quorum``, on by default). This serves liveness only (section 2.4, Progress: the
+  distinguished proposer must be able to communicate with a majority of acceptors): its waiting reads
+  and queued commands go back to the shell at once, so clients move on to the majority's leader.
+  Safety never depends on who thinks it leads.
 * The leader counts its own promise and acceptance in memory, without a message to itself. That is
   safe because every effect others can see (messages, applied commands) comes after ``persist`` in the
   same ``Actions``.
@@ -134,6 +139,14 @@ class Options:
     # leaves before that fsync may not announce it (a follower could apply a value that a crash of
     # the leader un-chooses).
     early_accepts: bool = False
+    # CheckQuorum (etcd's name): a leader that has not heard, for ``election_timeout_ticks`` of its
+    # ticks, an answer at its ballot (Accepted, HeartbeatAck, Promise) from a majority of every
+    # configuration that governs an undecided slot steps down. Cut off from its majority it can decide
+    # nothing and confirm no read; stepping down hands its waiting reads and queued proposals back
+    # (``rejected_reads``, ``dropped_proposals``) so that their clients go to the majority's leader at
+    # once instead of waiting for their timeouts. Liveness only: Paxos is safe with any number of
+    # leaders. A single-node cluster (a majority of one) never steps down.
+    check_quorum: bool = True
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_ticks", "election_timeout_ticks", "window", "batch_count_max",
@@ -141,7 +154,7 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Options.{name} must be an int >= 1, got {value!r}")
-        for name in ("lazy_decide", "thrifty", "early_accepts"):
+        for name in ("lazy_decide", "thrifty", "early_accepts", "check_quorum"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Options.{name} must be a bool, got {getattr(self, name)!r}")
 
@@ -251,6 +264,9 @@ class Replica:
         self._change_queued = False  # a configuration change is queued or in a slot, not applied yet
         self._transfer: tuple[int, int] | None = None  # (target, deadline tick) while handing leadership over
         self._peer_decided: dict[int, int] = {}  # the decided slot each peer last reported
+        # Options.check_quorum: the tick (self._ticks) at which each peer last answered our ballot
+        # (Promise, Accepted, HeartbeatAck); reset when we win an election.
+        self._peer_heard: dict[int, int] = {}
         self._heartbeat_elapsed = 0
         self._heartbeat_seq = 0  # never reset, so acks from an older round never count for a newer one
         self._heartbeat_acks: dict[int, set[int]] = {}  # seq -> who acked that round
@@ -404,7 +420,9 @@ class Replica:
         return True
 
     def tick(self) -> None:
-        """One logical time unit: heartbeats and retransmissions when leading, else the election timer."""
+        """One logical time unit: heartbeats and retransmissions when leading (and, with
+        ``Options.check_quorum``, stepping down after an election timeout without a majority's
+        answer), else the election timer."""
         self._ticks += 1
         if self._catchup_cooldown > 0:
             self._catchup_cooldown -= 1
@@ -413,6 +431,11 @@ class Replica:
                 self._maybe_finish_transfer()
                 if self._role != LEADER:
                     return
+            if self.options.check_quorum and not self._quorum_heard_recently():
+                # Cut off from a majority for an election timeout: hand back what waits on us.
+                self._count("stepped_down_no_quorum")
+                self._step_down()
+                return
             self._open_reproposals()
             self._send_deferred_accepts()
             self._heartbeat_elapsed += 1
@@ -914,6 +937,7 @@ class Replica:
         when it reports nothing at or above ``_next_slot``: then the values of those slots are still
         free under the larger set, as under the one we won with. Otherwise it is left out, and a slot
         that needs it makes us run phase 1 again (``_open_gate``)."""
+        self._peer_heard[m.sender] = self._ticks  # it answered our ballot either way (check_quorum)
         if m.snapshot_slot >= self._next_slot or any(e.slot >= self._next_slot for e in m.accepted) \
                 or any(e.slot >= self._next_slot for e in m.decided):
             self._count("late_promise_ignored")
@@ -997,6 +1021,8 @@ class Replica:
         self._heartbeat_elapsed = 0
         self._heartbeat_acks = {}
         self._promised_by = set(promises)
+        # The promises that elected us are answers at our ballot: the check_quorum clock starts now.
+        self._peer_heard = {peer: self._ticks for peer in promises if peer != self.node_id}
         self._promises = {}
         self._open_reproposals()
         if self._role == LEADER:
@@ -1114,6 +1140,7 @@ class Replica:
         if self._role != LEADER or m.ballot != self._own_ballot:
             self._count("stale_accepted")
             return
+        self._peer_heard[m.sender] = self._ticks
         proposal = self._in_flight.get(m.slot)
         if proposal is None:
             # The slot is decided already (or was never ours): with thrifty Accepts, the slower
@@ -1221,6 +1248,7 @@ class Replica:
         if self._role != LEADER or m.ballot != self._own_ballot:
             self._count("stale_heartbeat_ack")
             return
+        self._peer_heard[m.sender] = self._ticks
         if m.decided_slot > self._peer_decided.get(m.sender, -1):
             self._peer_decided[m.sender] = m.decided_slot
         acks = self._heartbeat_acks.get(m.seq)
@@ -1295,6 +1323,14 @@ class Replica:
         self._count("campaigned_on_transfer")
         self._start_election()
 
+    def _quorum_heard_recently(self) -> bool:
+        """Options.check_quorum: did a majority of every configuration that governs a slot past
+        ``decided_slot`` (membership rule 4, as for a read's round) answer our ballot within the last
+        ``election_timeout_ticks`` ticks? We count ourselves (a voter), so a cluster of one always has."""
+        since = self._ticks - self.options.election_timeout_ticks
+        heard = {self.node_id, *(peer for peer, tick in self._peer_heard.items() if tick > since)}
+        return all(config.is_quorum(heard) for config in self._active)
+
     def _step_down(self) -> None:
         """Stop being candidate or leader; hand back what we can no longer serve."""
         if self._role == LEADER:
@@ -1312,6 +1348,7 @@ class Replica:
         self._in_flight = {}
         self._promises = {}
         self._heartbeat_acks = {}
+        self._peer_heard = {}
         self._role = FOLLOWER
         self._leader_id = None
         self._own_ballot = None

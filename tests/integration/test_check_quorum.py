@@ -1,0 +1,111 @@
+"""A real 3-process cluster: a leader cut off from its majority tells its clients "not leader".
+
+How it is checked: the two followers of a running cluster are SIGSTOPped, so the leader hears nobody.
+A client connected only to that leader sends linearizable reads, one at a time, on a raw connection
+(the library client would retry on its own until its deadline and hide the answer). With
+``Options.check_quorum`` (the default) the leader steps down about one election timeout (30 ticks of
+10 ms) after its last answer and answers ``not_leader``: a read waiting for its leadership round is
+rejected, and any request after that is refused at once. Without it, the read waited for the server's
+request timeout (5 s) and was answered ``timeout``. So the test requires ``not_leader`` within 4 s of
+the pause (ten times the election timeout, under the request timeout), then a write refused with
+``not_leader`` too, the counter in ``kv status``; after the followers resume, the cluster serves again
+and has the data. Processes are torn down in ``finally``; waits poll against deadlines.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from kvstore import frames
+
+from .harness import Cluster
+
+pytestmark = pytest.mark.slow
+
+NOT_LEADER_WITHIN_SECONDS = 4.0  # the server's request timeout is 5 s; the election timeout 0.3 s
+
+
+class RawConnection:
+    """One blocking connection, one request at a time, no retries: the node's own answer."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buffer = bytearray()
+        self.rid = 0
+
+    def call(self, frame_of, deadline: float) -> frames.Reply | None:
+        """Send ``frame_of(rid)``; its reply, or None if none came before ``deadline``."""
+        self.rid += 1
+        rid = self.rid
+        self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        self.sock.sendall(frame_of(rid))
+        while True:
+            for body in frames.split_frames(self.buffer):
+                reply = frames.decode_reply(body)
+                if reply.id == rid:
+                    return reply
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            assert data, "the old leader closed the connection"
+            self.buffer += data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_leader_whose_followers_are_paused_answers_not_leader_within_a_bound(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_all()
+        old = cluster.leader()
+        with cluster.client() as kv:
+            kv.put("k", "v")
+        followers = [n for n in cluster.ports if n != old]
+        raw = RawConnection(cluster.ports[old])
+        try:
+            for node in followers:
+                cluster.pause(node)
+            paused_at = time.monotonic()
+            deadline = paused_at + NOT_LEADER_WITHIN_SECONDS
+            replies = []
+            # A read that the followers still confirmed just before they stopped is answered ok; the
+            # next waits for a round nobody answers, until the leader steps down and rejects it.
+            while True:
+                reply = raw.call(lambda rid: frames.encode_map_frame(frames.get_request(rid, "k", True)), deadline)
+                assert reply is not None, (
+                    f"no answer from the cut-off leader within {NOT_LEADER_WITHIN_SECONDS}s of the pause "
+                    f"(answers so far: {replies}); logs in {tmp_path}")
+                replies.append(reply.code if not reply.ok else "ok")
+                if not reply.ok:
+                    break
+            assert reply.code == frames.NOT_LEADER, replies
+            elapsed = time.monotonic() - paused_at
+            # A write is refused at once too (it is no longer leader), not left waiting in a slot.
+            put = raw.call(lambda rid: frames.encode_put_request_frame(rid, "k", "w", os.urandom(16), 1, 1),
+                           time.monotonic() + 2.0)
+            assert put is not None and put.code == frames.NOT_LEADER, put
+            status = cluster.status(old)
+            assert status is not None and not status["is_leader"]
+            assert status["core_counters"].get("stepped_down_no_quorum", 0) >= 1, status["core_counters"]
+        finally:
+            raw.close()
+            for node in followers:
+                cluster.resume(node)
+        assert elapsed < NOT_LEADER_WITHIN_SECONDS
+        cluster.leader(deadline_s=30)
+        with cluster.client(timeout=20) as kv:
+            assert kv.get("k") == "v"
+            kv.put("k2", "after")
+            assert kv.get("k2") == "after"
+        cluster.wait_converged()
+    finally:
+        cluster.close()
