@@ -535,8 +535,11 @@ class Node:
         # covers them all and a restart's memory peak stays that of the state (see memory_bench).
         self._stage(self.replica.take_actions())
         learner.apply_queued(math.inf)
-        # Restoring the snapshot and replaying the log left freed pieces (decoded records, commands)
-        # across the heap: hand them back, or RSS after a restart stays above RSS before it.
+        # The core keeps what it needs of the recovered log (packed once applied), and restoring the
+        # snapshot and replaying the log left freed pieces (decoded records, commands) across the
+        # heap: drop storage's copy and hand the pieces back, or RSS after a restart stays above RSS
+        # before it.
+        self.storage.release_recovered()
         runtime.release_free_memory()
         self._send_replies()
         while True:

@@ -1195,6 +1195,14 @@ class Storage:
         """Forget the snapshot found at open (the caller has restored its state machine from it)."""
         self._found_snapshot = None
 
+    def release_recovered(self) -> None:
+        """Forget the values recovered at open (the caller's replica holds what it needs of them, in
+        its own form): keeping them would keep every command of the log as it was read until the node
+        stops. The promise, the snapshot slot and the configurations stay."""
+        recovered = self.recovered
+        self.recovered = DurableState(promised=recovered.promised, snapshot_slot=recovered.snapshot_slot,
+                                      configs=recovered.configs)
+
     def append(self, records: Iterable[object]) -> None:
         """Encode ``records`` and buffer them; nothing is written until ``sync``.
 

@@ -49,6 +49,12 @@ Rules (each cites the paper):
 * The leader counts its own promise and acceptance in memory, without a message to itself. That is
   safe because every effect others can see (messages, applied commands) comes after ``persist`` in the
   same ``Actions``.
+* Once a slot is applied, its value is kept until a snapshot covers it (for peers that lag, promises
+  and the log's rewrite) as one ``bytes`` object (``marshal``, ``_pack``) instead of a tuple of
+  commands. Memory, not Paxos: a tuple of small objects per slot, freed only at the next snapshot, ends
+  up interleaved in the allocator's arenas with the state machine's entries, which live on, and the
+  arenas cannot be returned; one large object per slot goes to the C heap and is given back when the
+  snapshot frees it. Every reader of a kept value unpacks it (``_unpack``).
 * Bad input (stale ballot, unknown sender, slot below our log start, duplicate) is normal: it is
   dropped or answered with a Nack and counted in ``status()["counters"]``. Broken invariants of our
   own are ``assert``s; the ones that guard safety start their message with ``"safety:"``.
@@ -59,6 +65,7 @@ record that makes it durable is in the same ``Actions.persist``.
 """
 from __future__ import annotations
 
+import marshal
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -191,6 +198,19 @@ class _Proposal:
     quorum: int = 1
 
 
+
+def _pack(value: Value) -> bytes:
+    """An applied slot's value as the replica keeps it (see the module docstring): one ``bytes``."""
+    return marshal.dumps(value)
+
+
+def _unpack(kept: Value | bytes) -> Value:
+    """A kept value as a tuple of commands again (a value not packed yet is returned as it is)."""
+    if type(kept) is bytes:
+        value: Value = marshal.loads(kept)
+        return value
+    return kept  # type: ignore[return-value]  # (not bytes: a tuple)
+
 class Replica:
     """One Multi-Paxos node. See the module docstring for the rules it follows."""
 
@@ -214,8 +234,9 @@ class Replica:
 
         # Acceptor and learner state (durable: rebuilt from `state` after a crash).
         self._promised: Ballot = state.promised
-        self._accepted: dict[int, tuple[Ballot, Value]] = dict(state.accepted)
-        self._decided: dict[int, Value] = dict(state.decided)
+        # Values of applied slots are kept packed (see the module docstring: _pack, _unpack).
+        self._accepted: dict[int, tuple[Ballot, Value | bytes]] = dict(state.accepted)
+        self._decided: dict[int, Value | bytes] = dict(state.decided)
         self._snapshot_slot = state.snapshot_slot
         self._decided_slot = state.snapshot_slot
         self._applied_slot = state.snapshot_slot
@@ -618,8 +639,10 @@ class Replica:
 
     def durable_state(self) -> DurableState:
         """What storage must hold now, to rewrite a compacted log (call after persisting actions)."""
-        return DurableState(promised=self._promised, accepted=dict(self._accepted),
-                            decided=dict(self._decided), snapshot_slot=self._snapshot_slot)
+        return DurableState(promised=self._promised,
+                            accepted={s: (b, _unpack(v)) for s, (b, v) in self._accepted.items()},
+                            decided={s: _unpack(v) for s, v in self._decided.items()},
+                            snapshot_slot=self._snapshot_slot)
 
     def status(self) -> Status:
         """Plain values for monitoring: role, ballot, slots, queue sizes and the bad-input counters."""
@@ -662,11 +685,12 @@ class Replica:
             self._reset_election_timer()  # give the candidate time to finish phase 1
         first = max(m.first_slot, self._snapshot_slot + 1)
         accepted = tuple(
-            AcceptedEntry(slot=s, ballot=b, value=v)
+            AcceptedEntry(slot=s, ballot=b, value=_unpack(v))
             for s, (b, v) in sorted(self._accepted.items())
             if s >= first and s not in self._decided
         )
-        decided = tuple(DecidedEntry(slot=s, value=v) for s, v in sorted(self._decided.items()) if s >= first)
+        decided = tuple(DecidedEntry(slot=s, value=_unpack(v))
+                        for s, v in sorted(self._decided.items()) if s >= first)
         self._send(m.sender, Promise(sender=self.node_id, ballot=m.ballot, first_slot=m.first_slot,
                                      accepted=accepted, decided=decided, snapshot_slot=self._snapshot_slot))
 
@@ -686,7 +710,7 @@ class Replica:
                 self._offer_snapshot(m.sender)
         else:
             old = self._accepted.get(m.slot)
-            if old == (m.ballot, m.value):
+            if old is not None and old[0] == m.ballot and _unpack(old[1]) == m.value:
                 self._count("duplicate")
             else:
                 assert old is None or old[0] < m.ballot, (
@@ -762,7 +786,7 @@ class Replica:
                 continue
             accepted_ballot, value = self._accepted[slot]
             if accepted_ballot == ballot and slot not in self._decided:
-                self._mark_decided(slot, value)
+                self._mark_decided(slot, _unpack(value))
         self._advance_decided()
         if self._decided_slot < decided_slot:
             self._request_catchup(sender)
@@ -773,7 +797,7 @@ class Replica:
             return
         old = self._decided.get(slot)
         if old is not None:
-            assert old == value, f"safety: slot {slot} decided {old!r} and then {value!r}"
+            assert _unpack(old) == value, f"safety: slot {slot} decided {old!r} and then {value!r}"
             return
         self._decided[slot] = value
         self._actions.persist.append(DecideRecord(slot, value))
@@ -792,15 +816,25 @@ class Replica:
             self._decided_slot += 1
         changed = False
         for slot in range(self._applied_slot + 1, self._decided_slot + 1):
-            batch = self._decided[slot]
+            batch = _unpack(self._decided[slot])
             self._actions.apply.append((slot, batch))
             for command in batch:
                 if is_change(command):
                     changed |= self._apply_change(slot, command)
+            self._keep_packed(slot, batch)
         self._applied_slot = max(self._applied_slot, self._decided_slot)
         if changed or self._decided_slot + 1 >= self._members_until:
             self._refresh_members()
         self._serve_reads()
+
+    def _keep_packed(self, slot: int, batch: Value) -> None:
+        """Slot ``slot`` was handed out: keep its value packed from now on (module docstring), and the
+        accepted value too when it is the same (nearly always: what this node accepted was chosen)."""
+        packed = _pack(batch)
+        self._decided[slot] = packed
+        accepted = self._accepted.get(slot)
+        if accepted is not None and (accepted[1] is batch or accepted[1] == batch):
+            self._accepted[slot] = (accepted[0], packed)
 
     def _apply_change(self, slot: int, command: bytes) -> bool:
         """A decided configuration change at ``slot``, applied in slot order by every replica alike."""
@@ -845,7 +879,7 @@ class Replica:
         entries: list[DecidedEntry] = []
         slot = max(m.first_slot, self._snapshot_slot + 1)
         while slot in self._decided and len(entries) < self.options.catchup_entries_max:
-            entries.append(DecidedEntry(slot=slot, value=self._decided[slot]))
+            entries.append(DecidedEntry(slot=slot, value=_unpack(self._decided[slot])))
             slot += 1
         needs_snapshot = self._snapshot_slot >= m.first_slot
         if needs_snapshot:
@@ -965,9 +999,10 @@ class Replica:
         first = self._first_slot
         return Promise(
             sender=self.node_id, ballot=self._running_ballot, first_slot=first,
-            accepted=tuple(AcceptedEntry(slot=s, ballot=b, value=v)
+            accepted=tuple(AcceptedEntry(slot=s, ballot=b, value=_unpack(v))
                            for s, (b, v) in sorted(self._accepted.items()) if s >= first),
-            decided=tuple(DecidedEntry(slot=s, value=v) for s, v in sorted(self._decided.items()) if s >= first),
+            decided=tuple(DecidedEntry(slot=s, value=_unpack(v))
+                          for s, v in sorted(self._decided.items()) if s >= first),
             snapshot_slot=self._snapshot_slot,
         )
 
@@ -1091,7 +1126,7 @@ class Replica:
         if slot in self._decided:
             # A re-proposed decided value: already chosen, sent only so followers accept it at our
             # ballot and can learn it from our decided_slot.
-            assert self._decided[slot] == value, f"safety: re-proposal at {slot} differs from decided"
+            assert _unpack(self._decided[slot]) == value, f"safety: re-proposal at {slot} differs from decided"
             return
         own = {self.node_id} if config.is_voter(self.node_id) else set()
         self._in_flight[slot] = _Proposal(value, own, self._ticks, config.node_ids, config.quorum_size)
