@@ -129,7 +129,7 @@ class Snapshots:
         try:
             await node.commit.wait_carried_out()  # every staged record is in the log before it is rewritten
             node.replica.compact(slot)
-            await trio.to_thread.run_sync(node.storage.compact_log, slot, node.replica.durable_state())
+            await trio.to_thread.run_sync(node.storage.compact_log, slot, node.replica.durable_state(packed=True))
         except StorageError as exc:
             # (A snapshot written without its log rewrite still recovers with the old log.)
             node._stop_voting(exc)
@@ -266,7 +266,7 @@ class Snapshots:
             return
         # The snapshot carries the membership changes decided through it: the core's schedule follows.
         replica.install_snapshot(slot, node.schedule_for(sm, slot) if sm.changes else ())
-        state = replica.durable_state()
+        state = replica.durable_state(packed=True)
         try:
             await trio.to_thread.run_sync(node.storage.write_snapshot, slot, data, state)
         except StorageError as exc:

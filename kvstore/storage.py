@@ -187,7 +187,7 @@ from typing import Any, Literal, overload
 
 import cbor2
 
-from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord, Record
+from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord, Record, unpack_value
 from paxos.ballot import Ballot
 
 from . import failpoints
@@ -266,13 +266,16 @@ def log_file_name(slot: int) -> str:
 # Record encoding
 
 
-def _value_item(value: tuple[bytes, ...]) -> tuple[bytes, ...]:
+def _value_item(value: tuple[bytes, ...] | bytes) -> tuple[bytes, ...]:
     # Checked on the way in: a record we cannot decode later would look like corruption and stop
-    # the node from starting, so a caller bug must fail here, loudly.
-    for command in value:
+    # the node from starting, so a caller bug must fail here, loudly. A packed value (the replica
+    # keeps applied slots' values so: Replica.durable_state(packed=True)) is unpacked here, one record
+    # at a time, and written as any other.
+    commands = unpack_value(value)
+    for command in commands:
         if not isinstance(command, bytes):
             raise TypeError(f"a value must be a tuple of bytes, got an element {command!r}")
-    return value
+    return commands
 
 
 def _slot_item(slot: int) -> int:

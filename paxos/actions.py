@@ -23,6 +23,7 @@ Records are folded into a ``DurableState`` by ``DurableState.apply_record``; rec
 """
 from __future__ import annotations
 
+import marshal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -58,11 +59,33 @@ class DecideRecord:
 Record = PromiseRecord | AcceptRecord | DecideRecord
 
 
+def pack_value(value: Value) -> bytes:
+    """A value as one ``bytes`` object (``marshal``), the form ``paxos.replica`` keeps applied slots'
+    values in until a snapshot covers them; ``unpack_value`` gives the tuple back."""
+    return marshal.dumps(value)
+
+
+def unpack_value(kept: Value | bytes) -> Value:
+    """The tuple of commands of a value, packed (``pack_value``) or not (returned as it is). Raises
+    ``TypeError`` for bytes that are not a packed value."""
+    if type(kept) is bytes:
+        try:
+            value = marshal.loads(kept)
+        except (EOFError, ValueError, TypeError) as exc:
+            raise TypeError(f"not a packed value: {kept[:16]!r}...") from exc
+        if type(value) is not tuple:
+            raise TypeError(f"not a packed value: {kept[:16]!r}...")
+        return value
+    return kept  # type: ignore[return-value]  # (not bytes: a tuple)
+
+
 @dataclass(slots=True)
 class DurableState:
     """Everything a replica needs after a crash, as recovered from storage.
 
     ``accepted`` and ``decided`` hold only slots above ``snapshot_slot``; the snapshot covers the rest.
+    From ``Replica.durable_state(packed=True)`` the values of applied slots are packed (``pack_value``):
+    ``unpack_value`` reads both forms, and ``kvstore.storage`` writes both.
     """
 
     promised: Ballot = Ballot.ZERO

@@ -583,8 +583,9 @@ class ClassicReplica:
         self._advance_decided()
         self._pump()
 
-    def durable_state(self) -> DurableState:
-        """What storage must hold now, to rewrite a compacted log (call after persisting actions)."""
+    def durable_state(self, *, packed: bool = False) -> DurableState:
+        """What storage must hold now, to rewrite a compacted log (call after persisting actions).
+        ``packed`` is ``Replica.durable_state``'s; this engine keeps no packed values."""
         accepted = {slot: (ballot_of(acc.accepted_id), _batch(acc.accepted_value))
                     for slot, acc in self._acceptors.items() if acc.accepted_id is not None}
         return DurableState(promised=self.ballot, accepted=accepted, decided=dict(self._decided),

@@ -65,13 +65,12 @@ record that makes it durable is in the same ``Actions.persist``.
 """
 from __future__ import annotations
 
-import marshal
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
+from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord, pack_value, unpack_value
 from .ballot import Ballot
 from .membership import Config, ConfigSchedule, ScheduleEntry, encode_change, is_change
 from .messages import (
@@ -199,17 +198,9 @@ class _Proposal:
 
 
 
-def _pack(value: Value) -> bytes:
-    """An applied slot's value as the replica keeps it (see the module docstring): one ``bytes``."""
-    return marshal.dumps(value)
+_pack = pack_value  # (see the module docstring)
+_unpack = unpack_value
 
-
-def _unpack(kept: Value | bytes) -> Value:
-    """A kept value as a tuple of commands again (a value not packed yet is returned as it is)."""
-    if type(kept) is bytes:
-        value: Value = marshal.loads(kept)
-        return value
-    return kept  # type: ignore[return-value]  # (not bytes: a tuple)
 
 class Replica:
     """One Multi-Paxos node. See the module docstring for the rules it follows."""
@@ -637,8 +628,16 @@ class Replica:
         self._refresh_members()
         self._advance_decided()
 
-    def durable_state(self) -> DurableState:
-        """What storage must hold now, to rewrite a compacted log (call after persisting actions)."""
+    def durable_state(self, *, packed: bool = False) -> DurableState:
+        """What storage must hold now, to rewrite a compacted log (call after persisting actions).
+
+        ``packed=True``: applied slots' values as kept (``paxos.actions.pack_value``), for a storage that
+        writes them unpacking one at a time (``kvstore.storage`` does): unpacking them all here would
+        allocate every command above the snapshot again at once."""
+        if packed:
+            return DurableState(promised=self._promised, accepted=dict(self._accepted),  # type: ignore[arg-type]
+                                decided=dict(self._decided),  # type: ignore[arg-type]
+                                snapshot_slot=self._snapshot_slot)
         return DurableState(promised=self._promised,
                             accepted={s: (b, _unpack(v)) for s, (b, v) in self._accepted.items()},
                             decided={s: _unpack(v) for s, v in self._decided.items()},

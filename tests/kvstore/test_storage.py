@@ -38,7 +38,7 @@ from kvstore.storage import (
     log_file_name,
     snapshot_file_name,
 )
-from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
+from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord, pack_value
 from paxos.ballot import Ballot
 
 CLUSTER = "test"
@@ -134,6 +134,27 @@ def test_a_reopened_log_keeps_one_object_for_a_value_accepted_then_decided(tmp_p
         assert recovered.decided[1] == same and recovered.decided[1] is recovered.accepted[1][1]
         assert recovered.decided[2] == (b"chosen elsewhere",) and recovered.accepted[2] == (ballot, (b"lost",))
         assert recovered.decided[3] == (b"never accepted here",)
+
+
+def test_a_log_rewritten_from_packed_values_reads_back_as_tuples(tmp_path):
+    """``Replica.durable_state(packed=True)`` hands compaction the applied slots' values as kept (one
+    ``bytes`` each, ``pack_value``); the rewritten log holds them as any value, and the directory
+    reopens with the tuples. Bytes that are not a packed value are refused like any bad value."""
+    records = sample_records(30)
+    with open_storage(tmp_path) as storage:
+        storage.append(records)
+        storage.sync()
+        state = DurableState.replay(records)
+        state.compact(20)
+        packed = DurableState(promised=state.promised, snapshot_slot=state.snapshot_slot,
+                              accepted={s: (b, pack_value(v)) for s, (b, v) in state.accepted.items()},
+                              decided={s: pack_value(v) for s, v in state.decided.items()})
+        storage.write_snapshot(20, b"state machine at 20", packed)
+        with pytest.raises(TypeError):
+            storage.append([DecideRecord(31, b"not a packed value")])
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(records, snapshot_slot=20)
+        assert all(type(v) is tuple for v in storage.recovered.decided.values())
 
 
 def test_one_write_and_one_fsync_per_sync(tmp_path):
@@ -783,7 +804,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     from kvstore.storage import Storage
-    from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
+    from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord, pack_value
     from paxos.ballot import Ballot
 
     records = [PromiseRecord(Ballot(4, 2))]

@@ -8,7 +8,8 @@ on replicas over an in-memory network (tests/paxos/test_check_quorum.py's ``Net`
 
 * once handed out in ``Actions.apply``, a slot's decided value and the value the node accepted there
   are the same ``bytes`` object on every node;
-* ``durable_state`` (what a log rewrite writes) gives the tuples back;
+* ``durable_state`` gives the tuples back, and ``durable_state(packed=True)`` (what the store's log
+  rewrite gets, to unpack one record at a time) the kept bytes, which ``unpack_value`` reads;
 * a follower that missed slots catches up from the leader's packed values and applies the same
   commands; a new leader learns the decided values from promises (packed on the voters) and the logs
   agree; a retransmitted Accept for an applied slot is a duplicate, not a second value;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import random
 
+from paxos.actions import unpack_value
 from paxos.membership import Config
 from paxos.messages import Accept
 from paxos.replica import Replica
@@ -45,6 +47,9 @@ def test_applied_values_are_kept_as_one_bytes_object_shared_with_the_accepted_va
             if accepted is not None:
                 assert accepted[1] is value, (node_id, slot)
         state = replica.durable_state()
+        as_kept = replica.durable_state(packed=True)
+        assert as_kept.decided == kept | {s: v for s, v in state.decided.items() if s not in kept}
+        assert {s: unpack_value(v) for s, v in as_kept.decided.items()} == state.decided
         assert all(type(v) is tuple for v in state.decided.values())
         assert all(type(v) is tuple for _b, v in state.accepted.values())
         assert [c for s in sorted(state.decided) for c in state.decided[s]] == [b"a", b"b", b"c"]
