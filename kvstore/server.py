@@ -333,6 +333,7 @@ class Node:
         self._fenced = False  # disk_state != ok, as a flag the hot paths test
         self._driver_idle = False  # the driver waits for events and none was posted since (see _post)
         self._quiet = False  # the driver's last batch was tiny: one request at a time
+        self._led = False  # the core led after the last batch (see _after_events)
         self._feed_time: float | None = None  # see _now
         # the core and its members_version as of the last Members.sync from _after_events
         self._members_replica: object = None
@@ -667,8 +668,16 @@ class Node:
         if version is None or version != self._members_version or replica is not self._members_replica:
             self.members.sync()
             self._members_version, self._members_replica = version, replica
+        leads = replica.is_leader
+        if self._led and not leads:
+            # We stopped leading (a higher ballot, or no answer from a majority: check_quorum). Writes
+            # in our slots may or may not be decided by the next leader; their clients retry there at
+            # once with the same request id (the outcome is remembered) instead of waiting here for
+            # the request timeout, which a cut-off node would reach.
+            self.counters["writes_failed_on_step_down"] += self.waiters.fail_writes_not_leader()
+        self._led = leads
         learner = self.learner
-        learner.update(trio.current_time(), replica.leader_id, replica.is_leader, self._fenced)
+        learner.update(trio.current_time(), replica.leader_id, leads, self._fenced)
         if learner.queue and not learner.lazy:
             learner.catch_up()
         self._send_replies()

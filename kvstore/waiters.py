@@ -263,16 +263,24 @@ class Waiters:
             conn.reply(wire.ErrorReply(id=request.id, code=wire.TIMEOUT,
                                        message="read not confirmed in time", leader=None))
 
-    def fail_for_follower(self) -> None:
-        """This node turned lazy learner (a follower that may skip applies): the writes still waiting
-        here (it led until lately) and the confirmed reads waiting for applies get ``not_leader``; their
-        clients retry on the leader with the same request id, where the outcome is remembered."""
+    def fail_writes_not_leader(self) -> int:
+        """The writes waiting here get ``not_leader`` (the node stopped leading); their clients retry on
+        the leader with the same request id, where the outcome is remembered. Returns how many."""
+        failed = 0
         for waiters in self.writes.values():
             for conn, wire_id, _, op in waiters:
                 self.requests[op, "not_leader"] += 1
                 conn.reply(self.not_leader(wire_id))
+                failed += 1
         self.writes.clear()
         self.own_commands.clear()
+        return failed
+
+    def fail_for_follower(self) -> None:
+        """This node turned lazy learner (a follower that may skip applies): the writes still waiting
+        here (it led until lately) and the confirmed reads waiting for applies get ``not_leader``; their
+        clients retry on the leader with the same request id, where the outcome is remembered."""
+        self.fail_writes_not_leader()
         for _, read_id in self.deferred_reads:
             entry = self.reads.pop(read_id, None)
             if entry is not None:

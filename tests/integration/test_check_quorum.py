@@ -109,3 +109,49 @@ def test_a_leader_whose_followers_are_paused_answers_not_leader_within_a_bound(t
         cluster.wait_converged()
     finally:
         cluster.close()
+
+
+def test_a_write_waiting_in_the_cut_off_leaders_slot_is_answered_not_leader_and_its_retry_applies_once(tmp_path):
+    """A write that reached the leader just as its followers stopped sits in a slot no majority
+    accepts. When the leader steps down, the node answers it ``not_leader`` at once (not ``timeout``
+    after the server's 5 s request timeout), and the client's retry with the same request id on the
+    majority's leader applies it exactly once."""
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_all()
+        old = cluster.leader()
+        with cluster.client() as kv:
+            kv.put("k", "v")
+        followers = [n for n in cluster.ports if n != old]
+        raw = RawConnection(cluster.ports[old])
+        client_id = os.urandom(16)
+        try:
+            for node in followers:
+                cluster.pause(node)
+            paused_at = time.monotonic()
+            put = raw.call(lambda rid: frames.encode_put_request_frame(rid, "k", "w", client_id, 1, 1),
+                           paused_at + NOT_LEADER_WITHIN_SECONDS)
+            elapsed = time.monotonic() - paused_at
+            assert put is not None, f"no answer within {NOT_LEADER_WITHIN_SECONDS}s; logs in {tmp_path}"
+            assert put.code == frames.NOT_LEADER, put
+            status = cluster.status(old)
+            assert status is not None and status["counters"].get("writes_failed_on_step_down", 0) >= 1
+        finally:
+            raw.close()
+            for node in followers:
+                cluster.resume(node)
+        assert elapsed < NOT_LEADER_WITHIN_SECONDS
+        new = cluster.leader(deadline_s=30)
+        retry = RawConnection(cluster.ports[new])
+        try:
+            answers = [retry.call(lambda rid: frames.encode_put_request_frame(rid, "k", "w", client_id, 1, 1),
+                                  time.monotonic() + 10) for _ in range(2)]
+        finally:
+            retry.close()
+        assert all(a is not None and a.ok for a in answers), answers
+        assert answers[0].result == answers[1].result, "a retry must get the first result again"
+        with cluster.client(timeout=20) as kv:
+            assert kv.get("k") == "w"
+        cluster.wait_converged()
+    finally:
+        cluster.close()
