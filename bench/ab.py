@@ -141,6 +141,8 @@ def run_tree(tree: Path, nodes: int, levels: str, total: int, api: str = "async"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="git revision to compare against (A)")
+    parser.add_argument("--candidate", help="git revision to measure (B); default: this working tree (which "
+                                            "others may be editing)")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--inflight", default="1,16,256")
     parser.add_argument("--requests", type=int, default=10_000, help="puts per point (1 in flight: 1/20 of it)")
@@ -153,18 +155,26 @@ def main() -> None:
         base = Path(tmp) / "baseline"
         subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", str(base), args.baseline],
                        check=True, capture_output=True)
+        candidate = HERE
+        if args.candidate:
+            candidate = Path(tmp) / "candidate"
+            subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", str(candidate), args.candidate],
+                           check=True, capture_output=True)
         try:
             results: dict[str, list] = {"A": [], "B": []}
             for round_no in range(args.rounds):
                 # A B, then B A, ...: whatever the run order favours (a warmer page cache, a quieter
                 # neighbour) does not always favour the same tree.
-                order = [("A", base), ("B", HERE)]
+                order = [("A", base), ("B", candidate)]
                 for name, tree in (order if round_no % 2 == 0 else order[::-1]):
                     print(f"round {round_no + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
                     results[name].append(run_tree(tree, args.nodes, args.inflight, args.requests, args.api))
         finally:
-            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(base)], capture_output=True)
-    print(f"A = {args.baseline}, B = this tree; {args.nodes} nodes, 100-byte puts, fsync always, {args.api} client, "
+            for tree in {base, candidate} - {HERE}:
+                subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(tree)],
+                               capture_output=True)
+    print(f"A = {args.baseline}, B = {args.candidate or 'this tree'}; {args.nodes} nodes, 100-byte puts, "
+          f"fsync always, {args.api} client, "
           f"median of {args.rounds} rounds in A B, B A, ... order, nproc={os.cpu_count()}")
     print("cpu us/put: on-CPU time of the servers and the client together (schedstat), per put; steadier "
           "than throughput on a shared machine")
