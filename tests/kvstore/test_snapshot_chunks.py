@@ -14,6 +14,9 @@ How:
   with a tiny step so its progressive consumption of the decoded list crosses many steps.
 * The index (``_SortedKeys``) is checked against a sorted set under random adds and removes with a tiny
   block size, so splits, merges and emptied blocks all happen.
+* Views share the index's blocks (copy-on-write): with a tiny block size, random writes that split and
+  merge blocks two open views hold leave both views' snapshots intact; a view closed first does not end
+  the protection of another's blocks.
 """
 from __future__ import annotations
 
@@ -327,3 +330,69 @@ def test_writes_after_a_delete_of_every_key_do_not_leak_into_the_view():
             sm.apply(encode_put(A, rq + 10, 0, keys[0], value))
         assert b"".join(frozen.chunks(5)) == expected
     assert [entry.value for entry in sm.range()] == ["again", "again"]
+
+
+def test_frozen_views_share_index_blocks_and_keep_them_through_splits_and_merges(monkeypatch):
+    """A view holds the index's blocks themselves (copy-on-write) instead of copies. With blocks of 4
+    to 8 keys, random inserts, overwrites and deletes after two freezes split, drain and merge blocks
+    both views hold; each view still gives the snapshot taken at its freeze, the live index stays
+    sorted, and a twin fed the same writes without views ends byte-identical."""
+    monkeypatch.setattr(_SortedKeys, "_LOAD", 4)
+    rng = random.Random(11)
+    sm, twin = StateMachine(), StateMachine()
+    universe = [f"k{rng.randrange(10**6):06d}" for _ in range(160)]
+    rid = 0
+
+    def write() -> None:
+        nonlocal rid
+        rid += 1
+        key = rng.choice(universe)
+        if rng.random() < 0.4:
+            command = encode_delete(A, rid, 0, key)
+        else:
+            command = encode_put(A, rid, 0, key, rng.choice(["v", b"w", "x" * rng.randrange(30)]))
+        assert sm.apply(command) == twin.apply(command)
+
+    for _ in range(150):
+        write()
+    first_expected = sm.snapshot()
+    first = sm.freeze()
+    assert all(a is b for a, b in zip(first._blocks, sm._index.blocks(), strict=True))  # shared, not copied
+    first_pieces = first.chunks(3)
+    first_taken = [next(first_pieces)]
+    for _ in range(60):
+        write()
+        first_taken.append(next(first_pieces, b""))
+    second_expected = sm.snapshot()
+    with sm.freeze() as second:
+        for _ in range(200):
+            write()
+        assert b"".join(second.chunks(2)) == second_expected
+    for _ in range(60):  # more writes while only the first view is open
+        write()
+        first_taken.append(next(first_pieces, b""))
+    first_taken.extend(first_pieces)
+    assert b"".join(first_taken) == first_expected
+    first.close()
+    assert sm._index._shared == {}  # no view left: blocks change in place again
+    blocks = sm._index.blocks()
+    assert list(sm._index) == sorted(e.key for e in twin.range()) == [e.key for e in sm.range()]
+    assert sm._index._maxes == [b[-1] for b in blocks] and all(0 < len(b) <= 8 for b in blocks)
+    assert sm.snapshot() == twin.snapshot() == reference_snapshot(twin)
+
+
+def test_a_view_closed_first_leaves_the_other_views_blocks_protected():
+    """Two views over the same index blocks; the later one closes first. Inserts and deletes after that
+    must still leave the earlier view's blocks alone (copy-on-write ends only when no view is open)."""
+    sm = machine(30, seed=12)
+    keys = [entry.key for entry in sm.range()]
+    expected = sm.snapshot()
+    first = sm.freeze()
+    sm.freeze().close()
+    for rq, key in enumerate(["a-front", "k/middle", "zz-end"], start=80):
+        sm.apply(encode_put(A, rq, 0, key, "new"))
+    for rq, key in enumerate(keys[::3], start=90):
+        sm.apply(encode_delete(A, rq, 0, key))
+    assert b"".join(first.chunks(4)) == expected
+    first.close()
+    assert sm._index._shared == {}
