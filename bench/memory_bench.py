@@ -31,8 +31,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import restart_ab  # noqa: E402
 import store_bench  # noqa: E402
 
+import kvstore  # noqa: E402
 from kvstore.client import Client  # noqa: E402
 from kvstore.loadgen import LoadSpec, machine_facts, run_load_sync  # noqa: E402
 
@@ -82,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-time-limit", type=float, default=1200.0, help="give up loading after this many s")
     args = ap.parse_args(argv)
 
+    # Bytecode for the server's code and the CLI's, as pip install writes it (see restart_ab.compile_tree)
+    for tree in {Path(kvstore.__file__).resolve().parent.parent, store_bench.REPO}:
+        restart_ab.compile_tree(tree)
     facts = machine_facts()
     print(f"memory_bench: {args.keys} keys of {args.val_size}-byte values into 1 node (fsync {args.fsync}), "
           f"{args.in_flight} in flight over {args.conns} connections", flush=True)
