@@ -913,6 +913,10 @@ class Replica:
     # ------------------------------------------------------------------ candidate
 
     def _draw_election_deadline(self) -> int:
+        if self._schedule.latest.node_ids == (self.node_id,):
+            # The only voter (a cluster of one, as after its restart): no leader to hear from and
+            # nobody to compete with, so waiting an election timeout would only delay serving.
+            return 1
         timeout = self.options.election_timeout_ticks
         return timeout + self._rng.randrange(timeout)
 

@@ -269,10 +269,12 @@ async def test_no_quorum_write_times_out_with_unknown_outcome(tmp_path, autojump
 
 async def test_write_waiting_past_the_request_timeout_is_answered_with_timeout(tmp_path, autojump_clock):
     """The node itself fails a write it could not decide within request_timeout (no quorum), so a
-    client is never left waiting forever on a connection that stays open."""
+    client is never left waiting forever on a connection that stays open. (The request timeout here is
+    below the election timeout: later, the leader would step down for want of a quorum and answer the
+    write ``not_leader`` instead, tests/integration/test_check_quorum.py.)"""
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        cluster = MemCluster(nursery, tmp_path, net)
+        cluster = MemCluster(nursery, tmp_path, net, request_timeout=0.1)
         leader = await cluster.start_all()
         for i in list(cluster.nodes):
             if i != leader:

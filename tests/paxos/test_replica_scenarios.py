@@ -892,3 +892,22 @@ def test_an_accepted_for_a_decided_slot_is_counted_as_late_not_duplicate():
     counters = leader.status()["counters"]
     assert counters.get("late_accepted") == 1
     assert counters.get("duplicate", 0) == 0
+
+
+def test_a_sole_voter_campaigns_at_its_first_tick_and_others_wait_an_election_timeout():
+    """A cluster of one (a restarted single node too) has no leader to hear from and no rival: it
+    campaigns at once instead of after ``election_timeout_ticks`` (0.3-0.6 s of a restart with the
+    server's defaults). In a cluster of three, a node still waits at least an election timeout."""
+    options = Options(election_timeout_ticks=10)
+    alone = Replica(1, Config(node_ids=(1,)), rng=random.Random(1), options=options)
+    alone.tick()
+    alone.take_actions()
+    assert alone.is_leader
+    for node_id in (1, 2, 3):
+        member = Replica(node_id, Config(node_ids=(1, 2, 3)), rng=random.Random(node_id), options=options)
+        for _ in range(9):
+            member.tick()
+        assert member.status()["counters"].get("elections", 0) == 0
+    learner_pair = Replica(2, Config(node_ids=(1,), learners=(2,)), rng=random.Random(2), options=options)
+    learner_pair.tick()
+    assert not learner_pair.is_leader and learner_pair.status()["counters"].get("elections", 0) == 0
