@@ -352,6 +352,14 @@ def serve_command(
                           "leader's snapshots instead of applying every command. Eager: every follower applies "
                           "every command as it is decided."),
     ] = None,
+    check_quorum: Annotated[
+        bool,
+        typer.Option("--check-quorum/--no-check-quorum",
+                     help="A leader that hears no answer from a majority for an election timeout steps down, "
+                          "so that its clients go to the majority's leader (default). Off: it leads on until "
+                          "a higher ballot reaches it (for tests that need a change or a write kept in "
+                          "flight)."),
+    ] = True,
     engine: Annotated[Engine, typer.Option("--engine", help=ENGINE_HELP)] = Engine.core,
     metrics_addr: Annotated[
         str | None,
@@ -374,7 +382,8 @@ def serve_command(
           election_timeout_ticks=election_timeout_ticks, heartbeat_ticks=heartbeat_ticks, batch_size=batch_size,
           window=window, snapshot_every=snapshot_every, fsync=None if fsync is None else fsync.value,
           cluster_id=cluster_id, exit_on_disk_failure=exit_on_disk_failure, lazy_learners=lazy_learners,
-          engine=engine.value, metrics_addr=metrics_addr, cacert=cacert, cert=cert, key=key, acl=acl)
+          check_quorum=check_quorum, engine=engine.value, metrics_addr=metrics_addr, cacert=cacert, cert=cert,
+          key=key, acl=acl)
 
 
 # --------------------------------------------------------------------------------------------------

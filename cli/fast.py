@@ -54,6 +54,7 @@ _SERVE_OPTIONS: dict[str, tuple[str, str]] = {
     "--snapshot-every": ("snapshot_every", "int"), "--fsync": ("fsync", "fsync"),
     "--cluster-id": ("cluster_id", "str"), "--exit-on-disk-failure": ("exit_on_disk_failure", "flag"),
     "--lazy-learners": ("lazy_learners", "on"), "--eager-learners": ("lazy_learners", "off"),
+    "--check-quorum": ("check_quorum", "on"), "--no-check-quorum": ("check_quorum", "off"),
     "--engine": ("engine", "engine"), "--metrics-addr": ("metrics_addr", "str"), "--cacert": ("cacert", "str"),
     "--cert": ("cert", "str"), "--key": ("key", "str"), "--acl": ("acl", "str"),
 }

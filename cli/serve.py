@@ -21,7 +21,8 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
           tick_ms: float | None = None, election_timeout_ticks: int | None = None,
           heartbeat_ticks: int | None = None, batch_size: int | None = None, window: int | None = None,
           snapshot_every: int | None = None, fsync: str | None = None, cluster_id: str | None = None,
-          exit_on_disk_failure: bool = False, lazy_learners: bool | None = None, engine: str = "core",
+          exit_on_disk_failure: bool = False, lazy_learners: bool | None = None, check_quorum: bool = True,
+          engine: str = "core",
           metrics_addr: str | None = None, cacert: str | None = None, cert: str | None = None,
           key: str | None = None, acl: str | None = None) -> None:
     """Run one node in the foreground until Ctrl-C or SIGTERM (``kv serve``; its help text has the
@@ -69,6 +70,8 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
             overrides["lazy_learners"] = lazy_learners
         if exit_on_disk_failure:
             overrides["exit_on_disk_failure"] = True
+        if not check_quorum:
+            overrides["check_quorum"] = False
         overrides["engine"] = engine
         if metrics_addr is not None:
             try:

@@ -199,6 +199,9 @@ class ServerOptions:
     # (see paxos.replica.Options.thrifty): one request at a time, a 3-node cluster then wakes two
     # processes per put instead of three and fsyncs twice instead of three times.
     thrifty: bool = True
+    # A leader that hears no answer from a majority for an election timeout steps down (see
+    # paxos.replica.Options.check_quorum): its clients then go to the majority's leader at once.
+    check_quorum: bool = True
     # Zeros kept written ahead of the log's last record, so that an fsync overwrites file space
     # instead of growing the file (no journal commit; see kvstore.storage). 0 disables it.
     log_preallocate_bytes: int = 1 << 20
@@ -317,6 +320,7 @@ class Node:
             batch_count_max=o.batch_count_max,
             lazy_decide=o.lazy_decide,
             thrifty=o.thrifty,
+            check_quorum=o.check_quorum,
             early_accepts=o.fsync,  # without fsyncs nothing waits, so nothing is sent early
         )
         self.replica = self._engine_class(

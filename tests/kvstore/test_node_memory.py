@@ -406,3 +406,16 @@ async def test_three_nodes_under_very_frequent_snapshots_finish_the_writes_and_a
             assert all(len(n.sm) == 160 for n in cluster.nodes.values())
             assert len(await kv.list("w")) == 160
         nursery.cancel_scope.cancel()
+
+
+async def test_serve_options_reach_the_core_check_quorum_on_by_default_and_off_on_request(tmp_path):
+    """``kv serve --no-check-quorum`` (ServerOptions.check_quorum) is what the core is built with."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        on = MemCluster(nursery, tmp_path / "on", net)
+        await on.start(1)
+        off = MemCluster(nursery, tmp_path / "off", MemoryNetwork(), check_quorum=False)
+        await off.start(1)
+        assert on.nodes[1].replica.options.check_quorum is True
+        assert off.nodes[1].replica.options.check_quorum is False
+        nursery.cancel_scope.cancel()

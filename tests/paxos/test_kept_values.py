@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import random
 
+from test_check_quorum import Net  # (tests/paxos is on sys.path: pytest prepends it)
+
 from paxos.actions import unpack_value
 from paxos.membership import Config
 from paxos.messages import Accept
 from paxos.replica import Replica
-
-from test_check_quorum import Net  # (tests/paxos is on sys.path: pytest prepends it)
 
 
 def packed_slots(replica: Replica) -> dict[int, bytes]:
