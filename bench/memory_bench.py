@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +75,41 @@ def settle(pid: int) -> tuple[dict[str, float], float]:
     return last, time.monotonic() - t0
 
 
+class Timeline:
+    """RSS and status of the node every ``step`` s from a thread, until ``stop`` (``--timeline``): where
+    in the snapshot cycle the memory goes."""
+
+    def __init__(self, pid: int, endpoints: list, step: float = 0.5) -> None:
+        self.pid, self.endpoints, self.step = pid, endpoints, step
+        self.rows: list[tuple] = []
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with Client(self.endpoints, timeout=5.0) as c:
+            while not self._stop.wait(self.step):
+                rss = vm(self.pid)
+                try:
+                    st = c.status(self.endpoints[0])
+                except Exception:  # noqa: BLE001 - a sample missed under load is fine
+                    st = {}
+                self.rows.append((time.monotonic() - self._t0, rss.get("VmRSS", 0.0), rss.get("VmHWM", 0.0),
+                                  st.get("keys"), st.get("applied_slot"), st.get("snapshot_slot"),
+                                  st.get("log_bytes"), st.get("snapshotting")))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self) -> None:
+        print("\n  timeline:   s    RSS    HWM     keys  applied  snapshot  log MB  snapshotting")
+        for t, rss, hwm, keys, applied, snap, log_bytes, busy in self.rows:
+            log_mb = f"{log_bytes / 1e6:7.1f}" if log_bytes is not None else "      -"
+            print(f"  {t:14.1f} {rss:6.1f} {hwm:6.1f} {keys or 0:8} {applied or 0:8} {snap or 0:9} {log_mb}  {busy}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Memory and restart time of one node holding many keys.")
     ap.add_argument("--keys", type=int, default=1_000_000)
@@ -82,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--fsync", choices=["always", "off"], default="off", help="fsync policy while loading")
     ap.add_argument("--load-time-limit", type=float, default=1200.0, help="give up loading after this many s")
+    ap.add_argument("--timeline", action="store_true",
+                    help="sample RSS and the node's status every 0.5 s while loading and settling, and print them")
     args = ap.parse_args(argv)
 
     # Bytecode for the server's code and the CLI's, as pip install writes it (see restart_ab.compile_tree)
@@ -98,11 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = LoadSpec(endpoints=kv.endpoints, clients=args.in_flight, conns=args.conns, total=args.keys,
                         key_size=8, val_size=args.val_size, key_space_size=args.keys, sequential_keys=True,
                         timeout=30.0, time_limit_s=args.load_time_limit)
+        sampler = Timeline(pid, kv.endpoints) if args.timeline else None
         load = run_load_sync(spec, progress=sys.stderr)
         print(f"loaded {load.ok} keys in {load.elapsed_s:.1f} s ({load.throughput:.0f} puts/s), "
               f"errors {dict(load.errors)}", flush=True)
         loaded = vm(pid)
         settled, settle_s = settle(pid)
+        if sampler is not None:
+            sampler.stop()
         with Client(kv.endpoints, timeout=10.0) as c:
             status = c.status(kv.endpoints[0])
         last_key = spec.key(args.keys - 1)
@@ -135,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{after.get('VmRSS', 0):.1f} MiB settled")
     print(f"  log bytes {status.get('log_bytes')}, snapshot slot {status.get('snapshot_slot')}, "
           f"applied slot {status.get('applied_slot')}")
+    if sampler is not None:
+        sampler.report()
     path = store_bench.save_results("memory", {
         "machine": facts, "server": store_bench.server_defaults(), "fsync_during_load": args.fsync,
         "keys": args.keys, "val_size": args.val_size, "load": load.to_dict(timeline=False),

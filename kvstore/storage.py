@@ -181,7 +181,7 @@ import random
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -327,6 +327,26 @@ def encode_records(records: Iterable[object]) -> bytes:
             if isinstance(part, memoryview):
                 part.release()  # the buffer export must end before the BytesIO is freed
     return out
+
+
+LOG_REWRITE_CHUNK_BYTES = 1 << 20
+"""Bytes written at a time when a log is rewritten (``Storage._install_log``)."""
+
+
+def _encoded_groups(records: Iterable[object]) -> Iterator[bytes]:
+    """``encode_records(records)`` in pieces of about ``LOG_REWRITE_CHUNK_BYTES`` (joined, the same bytes).
+    A record is one slot, whose batch may hold hundreds of commands: pieces are cut by size."""
+    parts: list[bytes] = []
+    size = 0
+    for record in records:
+        part = encode_records((record,))
+        parts.append(part)
+        size += len(part)
+        if size >= LOG_REWRITE_CHUNK_BYTES:
+            yield b"".join(parts)
+            parts, size = [], 0
+    if parts:
+        yield b"".join(parts)
 
 
 class _SyncMark:
@@ -816,7 +836,7 @@ class Storage:
         if log_slot != snapshot_slot:
             # A crash between the snapshot rename and the log rename: finish that compaction now.
             log.info("finishing an interrupted compaction: rewriting %s", log_file_name(snapshot_slot))
-            self._install_log(snapshot_slot, encode_records(self.recovered.records()))
+            self._install_log(snapshot_slot, self.recovered.records)
         try:
             self._delete_older_than(snapshot_slot)
         except OSError as exc:
@@ -1112,15 +1132,41 @@ class Storage:
             return
         self._allocated = target
 
-    def _install_log(self, slot: int, data: bytes) -> None:
-        """Make ``data`` the log ``log-<slot>.wal`` (atomically) and append to it from now on."""
+    def _install_log(self, slot: int, records: Callable[[], Iterable[object]]) -> None:
+        """Make the log ``log-<slot>.wal`` hold ``records()`` (atomically) and append to it from now on.
+
+        The records are encoded and written a group at a time (``LOG_REWRITE_CHUNK_BYTES``), never joined
+        into one buffer: the log above a snapshot of a million keys is tens of MB, and building it whole
+        (the encoder's stream, the joined bytes and the bytes with the mark in front: three copies) put
+        a spike of that size on the node's peak memory at every snapshot.
+        """
         name = log_file_name(slot)
         marked_end = 0
-        if self._fsync_enabled:
-            # It is fsynced before it gets its name: a mark at its front may cover all of it.
-            data = _covering_mark(len(data)) + data
-            marked_end = len(data)
-        self._write_file_atomically(name, data, "before_log_rename", "after_log_rename")
+
+        def write(fd: int) -> None:
+            nonlocal marked_end
+            # It is fsynced before it gets its name: a mark at its front may cover all of it. The mark
+            # holds the file's length, known at the end: room for it first, the mark written last. Its
+            # width depends on that length (wider from 4 GiB on): if the room was too small, write again.
+            room = len(_covering_mark(0)) if self._fsync_enabled else 0
+            while True:  # at most twice: the second pass leaves the widest room
+                os.lseek(fd, room, os.SEEK_SET)
+                content = 0
+                for chunk in _encoded_groups(records()):
+                    self._write_all(fd, chunk)
+                    content += len(chunk)
+                if not self._fsync_enabled:
+                    return
+                mark = _covering_mark(content)
+                if len(mark) == room:
+                    break
+                os.ftruncate(fd, 0)
+                room = len(mark)
+            os.lseek(fd, 0, os.SEEK_SET)
+            self._write_all(fd, mark)
+            marked_end = room + content
+
+        self._write_file_atomically(name, write, "before_log_rename", "after_log_rename")
         # With fsync off nothing this Storage wrote is durable, not even a rewritten log.
         self._open_log(self.path / name, durable=self._fsync_enabled, marked_end=marked_end)
 
@@ -1405,7 +1451,7 @@ class Storage:
             raise ValueError(f"state is compacted through slot {state.snapshot_slot}, above the snapshot {slot}")
         self.sync()
         compacted = DurableState.replay(state.records(), snapshot_slot=slot)
-        self._install_log(slot, encode_records(compacted.records()))
+        self._install_log(slot, compacted.records)
         try:
             self._delete_older_than(slot)
         except OSError as exc:

@@ -281,6 +281,79 @@ def test_snapshot_and_compaction_then_reopen(tmp_path):
         assert storage.recovered.promised == Ballot(1, 1)
 
 
+def _compact_with_writes_seen(tmp_path, monkeypatch, records, chunk_bytes):
+    """Compact a log holding ``records`` at slot 5 with ``LOG_REWRITE_CHUNK_BYTES = chunk_bytes``;
+    returns the sizes of the writes to the rewritten log's temp file, and the state written."""
+    import kvstore.storage as storage_module
+
+    monkeypatch.setattr(storage_module, "LOG_REWRITE_CHUNK_BYTES", chunk_bytes)
+    storage = open_storage(tmp_path)
+    storage.append(records)
+    storage.sync()
+    state = DurableState.replay(records)
+    state.compact(5)
+    writes: list[int] = []
+    real_write = storage._write
+
+    def counting_write(fd, data):
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    storage._write = counting_write
+    storage.write_snapshot(5, b"five", state)
+    storage.close()
+    return writes, state
+
+
+def test_log_rewrite_is_written_in_pieces_never_whole(tmp_path, monkeypatch):
+    records = sample_records(200)
+    writes, state = _compact_with_writes_seen(tmp_path, monkeypatch, records, chunk_bytes=256)
+    content = encode_records(state.records())
+    largest_record = max(len(encode_records([r])) for r in state.records())
+    # snapshot file, log pieces, the mark; no single write of the log's content
+    log_writes = writes[1:]
+    assert len(log_writes) > 10
+    assert max(log_writes) < 256 + largest_record
+    # The same bytes as a rewrite written whole: the mark covering the file, then the records.
+    assert (tmp_path / log_file_name(5)).read_bytes() == _covering_mark(len(content)) + content
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(records, snapshot_slot=5)
+
+
+def test_log_rewrite_widens_its_mark_when_the_length_needs_it(tmp_path, monkeypatch):
+    """A log over 4 GiB needs the 8-byte form of the mark, 4 bytes longer than the room left for it:
+    the rewrite starts again with the room it needs. (Played with a mark that widens from 1 KB.)"""
+    import kvstore.storage as storage_module
+
+    def wide_from_1k(content_bytes):
+        if content_bytes < 1024:
+            return _covering_mark(content_bytes)
+        total = content_bytes + len(_encode_mark(1 << 32))
+        payload = b"\x82\x03\x1b" + total.to_bytes(8, "big")
+        return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+    monkeypatch.setattr(storage_module, "_covering_mark", wide_from_1k)
+    records = sample_records(200)
+    _writes, state = _compact_with_writes_seen(tmp_path, monkeypatch, records, chunk_bytes=256)
+    content = encode_records(state.records())
+    data = (tmp_path / log_file_name(5)).read_bytes()
+    assert data == wide_from_1k(len(content)) + content
+    assert len(data) == len(_covering_mark(len(content))) + 4 + len(content)
+    with open_storage(tmp_path) as storage:
+        assert storage.recovered == DurableState.replay(records, snapshot_slot=5)
+        assert storage.log_bytes == len(data)
+
+
+def test_log_rewrite_without_fsync_has_no_mark(tmp_path):
+    records = sample_records(50)
+    with open_storage(tmp_path, fsync=False) as storage:
+        storage.append(records)
+        state = DurableState.replay(records)
+        state.compact(5)
+        storage.write_snapshot(5, b"five", state)
+    assert (tmp_path / log_file_name(5)).read_bytes() == encode_records(state.records())
+
+
 def test_second_snapshot_replaces_the_first(tmp_path):
     records = sample_records(30)
     with open_storage(tmp_path) as storage:
