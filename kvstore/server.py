@@ -208,6 +208,11 @@ class ServerOptions:
     # Lazy learners (see kvstore.learners): under sustained writes, a follower that is not the standby
     # applies nothing and takes the leader's snapshots instead.
     lazy_learners: bool = True
+    # Snapshot early once the node is quiet (see kvstore.learners.Learner.idle_snapshot_due): after this
+    # long without a decided slot, if at least idle_snapshot_commands (and an eighth of the snapshot
+    # interval) were applied since the last snapshot. 0 seconds: only every snapshot interval.
+    idle_snapshot_seconds: float = 5.0
+    idle_snapshot_commands: int = 10_000
     # After a disk failure (see Node._stop_voting) the node stays up, fenced: it answers status and
     # serializable reads and says why it cannot write. With this set it exits with EXIT_DISK_FAILED
     # instead, once it has answered its waiting clients, so that a supervisor restarts it.
@@ -349,7 +354,8 @@ class Node:
         self.learner = Learner(
             node_id, self.peers, snapshot_every_commands=o.snapshot_every, lazy_learners=o.lazy_learners,
             sm=sm, applied_slot=self.replica.snapshot_slot, waiters=self.waiters,
-            send_replies=self._send_replies, counters=self.counters, clock=trio.current_time)
+            send_replies=self._send_replies, counters=self.counters, clock=trio.current_time,
+            idle_snapshot_seconds=o.idle_snapshot_seconds, idle_snapshot_commands=o.idle_snapshot_commands)
         self.members = Members(self)
         self.peer_links = PeerLinks(self)
         self.snapshots = Snapshots(self)
@@ -681,7 +687,8 @@ class Node:
             self.counters["writes_failed_on_step_down"] += self.waiters.fail_writes_not_leader()
         self._led = leads
         learner = self.learner
-        learner.update(trio.current_time(), replica.leader_id, leads, self._fenced)
+        now = trio.current_time()
+        learner.update(now, replica.leader_id, leads, self._fenced)
         if learner.queue and not learner.lazy:
             learner.catch_up()
         self._send_replies()
@@ -691,8 +698,13 @@ class Node:
         # the interval grows by an eighth at most, so the log above the snapshot stays bounded too).
         # The core keeps every decided value above the snapshot in memory, so the interval is also
         # what a node holds beyond its state: an eighth of a million keys' writes is about 40 MB.
-        if not self.snapshots.busy and not self._fenced and learner.snapshot_due():
-            self.snapshots.start()
+        # A quiet node snapshots sooner, once, to give back the memory the log above the snapshot holds.
+        if not self.snapshots.busy and not self._fenced:
+            if learner.snapshot_due():
+                self.snapshots.start()
+            elif learner.idle_snapshot_due(now):
+                self.counters["snapshots_when_idle"] += 1
+                self.snapshots.start()
 
     def _post_event(self, event: object) -> None:
         self._driver_idle = False  # the driver has something to do (it may not have woken up yet)

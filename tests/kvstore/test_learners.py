@@ -14,7 +14,9 @@ Checks:
   ``lazy_learners`` off or fewer than 3 members; turning lazy fails waiting writes with ``not_leader``;
 * a lazy learner leaves the queue alone; adoption skips the slots the snapshot covers only while lazy
   and behind it; an install replaces the state and empties the queue;
-* a backlog of more than one step postpones elections.
+* a backlog of more than one step postpones elections;
+* a snapshot is due early once the node is quiet (``idle_snapshot_due``): only after the quiet time,
+  with nothing queued, and past both floors (the commands option and an eighth of the interval).
 """
 from __future__ import annotations
 
@@ -34,13 +36,13 @@ LEADER = 1
 INTERVAL = 100  # snapshot_every_commands
 
 
-def _learner(node_id: int = 3, members=MEMBERS, *, lazy_learners: bool = True, sm=None) -> Learner:
+def _learner(node_id: int = 3, members=MEMBERS, *, lazy_learners: bool = True, sm=None, **idle) -> Learner:
     counters: dict = {k: 0 for k in ("writes_answered", "write_latency_us", "catch_up_steps", "lazy_starts",
                                      "lazy_ends", "commands_not_applied", "snapshots_adopted", "writes_expired")}
     waiters = Waiters(5.0, lambda: "n1:7001", counters)
     return Learner(node_id, members, snapshot_every_commands=INTERVAL, lazy_learners=lazy_learners,
                    sm=sm or StateMachine(), applied_slot=0, waiters=waiters, send_replies=lambda: None,
-                   counters=counters, clock=lambda: 0.0)
+                   counters=counters, clock=lambda: 0.0, **idle)
 
 
 _next_request_id = iter(range(1, 10**9))
@@ -208,3 +210,36 @@ def test_a_backlog_of_more_than_one_step_postpones_elections():
     assert not learner.should_postpone_election()
     learner.hand_out([_slot(2, 1)], now=0.0)
     assert learner.should_postpone_election()
+
+
+def test_a_quiet_node_is_due_a_snapshot_once_enough_was_applied_since_the_last():
+    learner = _learner(node_id=2, idle_snapshot_seconds=5.0, idle_snapshot_commands=30)  # the standby: eager
+    learner.hand_out([_slot(1, 20)], now=100.0)
+    assert learner.applied_since_snapshot == 20
+    assert not learner.idle_snapshot_due(200.0)  # quiet for long, but only 20 of 30 commands
+    learner.hand_out([_slot(2, 10)], now=101.0)
+    assert not learner.idle_snapshot_due(101.0)  # 30 commands, but a slot came just now
+    assert not learner.idle_snapshot_due(105.9)
+    assert learner.idle_snapshot_due(106.0)  # 5 s without a decided slot
+    assert not learner.snapshot_due()  # the interval (100) is not reached: this is the quiet rule alone
+
+
+def test_the_quiet_snapshot_needs_an_eighth_of_the_interval_and_an_empty_queue():
+    sm = StateMachine()
+    for i in range(2000):  # an interval of 2000 // 8 = 250 commands, so a floor of 250 // 8 = 31
+        sm.apply(commands.encode_put(b"loader", i + 1, 0, f"pre-{i}", "v"))
+    learner = _learner(node_id=2, sm=sm, idle_snapshot_seconds=1.0, idle_snapshot_commands=1)
+    assert learner.snapshot_interval() == 250
+    learner.hand_out([_slot(1, 30)], now=0.0)
+    assert not learner.idle_snapshot_due(10.0)
+    learner.hand_out([_slot(2, 1)], now=0.0)
+    assert learner.idle_snapshot_due(10.0)
+    learner.lazy = True  # (as if) slots wait in the queue: they come first
+    learner.hand_out([_slot(3, 1)], now=0.0)
+    assert learner.queue and not learner.idle_snapshot_due(10.0)
+
+
+def test_no_quiet_snapshot_when_turned_off():
+    learner = _learner(node_id=2, idle_snapshot_seconds=0.0, idle_snapshot_commands=1)
+    learner.hand_out([_slot(1, 50)], now=0.0)
+    assert not learner.idle_snapshot_due(1e9)

@@ -348,6 +348,45 @@ async def test_snapshots_taken_under_writes_then_restart_from_snapshot_and_log(t
         nursery.cancel_scope.cancel()
 
 
+async def test_a_quiet_node_snapshots_early_once_and_restarts_from_it(tmp_path):
+    """After a burst of writes and a quiet ``idle_snapshot_seconds``, a node snapshots before its
+    interval: the core then holds no decided value above the snapshot (the memory the rule gives
+    back). A few writes below the floor afterwards start no second one. A crash after that restarts
+    from the quiet snapshot and the log above it. Real clock: snapshots are written from worker threads."""
+    peers = {1: ("n1", 7001)}
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, peers=peers, snapshot_every=200,
+                             idle_snapshot_seconds=0.3, idle_snapshot_commands=40)
+        await cluster.start(1)
+        await cluster.wait_leader()
+        node = cluster.nodes[1]
+        async with connect(["n1:7001"], timeout=10, transport=net.transport()) as kv:
+            for i in range(50):
+                await kv.put(f"k{i}", "v")
+            with trio.fail_after(20):
+                while node.counters["snapshots"] < 1:
+                    await trio.sleep(0.05)
+            assert node.counters["snapshots_when_idle"] == 1
+            status = node.status()
+            assert status["snapshot_slot"] == status["applied_slot"] > 0
+            assert node.replica.durable_state().decided == {}  # nothing above the snapshot is held
+            for i in range(10):  # 10 < 40 commands since (the floor: 200 // 8 is less): no second one
+                await kv.put(f"more{i}", "v")
+            await trio.sleep(1.0)
+            assert node.counters["snapshots"] == 1 and node.counters["snapshots_when_idle"] == 1
+            status = node.status()
+            assert 0 < status["snapshot_slot"] < status["applied_slot"]
+            expected = node.sm.state_hash()
+            cluster.crash(1)
+            await cluster.start(1)
+            await cluster.wait_leader()
+            assert len(await kv.list("")) == 60
+            assert cluster.nodes[1].sm.state_hash() == expected
+            assert cluster.nodes[1].replica.snapshot_slot == status["snapshot_slot"]
+        nursery.cancel_scope.cancel()
+
+
 async def test_leader_with_a_full_disk_refuses_writes_and_the_cluster_carries_on(tmp_path, autojump_clock):
     """ENOSPC on the leader's log: it refuses writes (storage_full) without corrupting its state, the
     others elect a new leader, the client's write succeeds there; the full node, restarted with space,
