@@ -332,6 +332,13 @@ def serve_command(
                      help="Snapshot after this many applied commands (default 100000; at least an eighth of "
                           "the keys)."),
     ] = None,
+    idle_snapshot_seconds: Annotated[
+        float | None,
+        typer.Option("--idle-snapshot-seconds", min=0.0,
+                     help="Snapshot early once no write was decided for this long, if at least 10000 commands "
+                          "(and an eighth of the snapshot interval) were applied since the last snapshot: gives "
+                          "back the memory the log holds and shortens restarts (default 5; 0: never)."),
+    ] = None,
     fsync: Annotated[
         FsyncMode | None, typer.Option("--fsync", help="always: fsync the log (default); off: don't.")
     ] = None,
@@ -380,7 +387,8 @@ def serve_command(
 
     serve(settings_of(ctx), node_id=node_id, data_dir=data_dir, peers=peers, join=join, tick_ms=tick_ms,
           election_timeout_ticks=election_timeout_ticks, heartbeat_ticks=heartbeat_ticks, batch_size=batch_size,
-          window=window, snapshot_every=snapshot_every, fsync=None if fsync is None else fsync.value,
+          window=window, snapshot_every=snapshot_every, idle_snapshot_seconds=idle_snapshot_seconds,
+          fsync=None if fsync is None else fsync.value,
           cluster_id=cluster_id, exit_on_disk_failure=exit_on_disk_failure, lazy_learners=lazy_learners,
           check_quorum=check_quorum, engine=engine.value, metrics_addr=metrics_addr, cacert=cacert, cert=cert,
           key=key, acl=acl)

@@ -45,13 +45,15 @@ _COMMANDS: dict[str, tuple[frozenset[str], frozenset[str], int, int | None]] = {
 
 
 # kv serve: option -> (keyword of kv_cli.serve.serve, kind); kinds: "int" (digits only, at least 1),
-# "id" (digits only), "ms" (a plain decimal of at least 0.1), "str", "fsync", "engine", "flag", "on", "off"
+# "id" (digits only), "ms" (a plain decimal of at least 0.1), "seconds" (a plain decimal), "str", "fsync",
+# "engine", "flag", "on", "off"
 _SERVE_OPTIONS: dict[str, tuple[str, str]] = {
     "--id": ("node_id", "id"), "--data-dir": ("data_dir", "str"), "--peers": ("peers", "str"),
     "--join": ("join", "str"), "--tick-ms": ("tick_ms", "ms"),
     "--election-timeout-ticks": ("election_timeout_ticks", "int"), "--heartbeat-ticks": ("heartbeat_ticks", "int"),
     "--batch-size": ("batch_size", "int"), "--window": ("window", "int"),
-    "--snapshot-every": ("snapshot_every", "int"), "--fsync": ("fsync", "fsync"),
+    "--snapshot-every": ("snapshot_every", "int"), "--idle-snapshot-seconds": ("idle_snapshot_seconds", "seconds"),
+    "--fsync": ("fsync", "fsync"),
     "--cluster-id": ("cluster_id", "str"), "--exit-on-disk-failure": ("exit_on_disk_failure", "flag"),
     "--lazy-learners": ("lazy_learners", "on"), "--eager-learners": ("lazy_learners", "off"),
     "--check-quorum": ("check_quorum", "on"), "--no-check-quorum": ("check_quorum", "off"),
@@ -171,13 +173,13 @@ def _serve_value(kind: str, text: str) -> object:
         if text not in _SERVE_VALUES[kind]:
             raise _NotPlain
         return text
-    if kind == "ms":
+    if kind in ("ms", "seconds"):
         if not (text.replace(".", "", 1).isdigit() and text.isascii()):
             raise _NotPlain
-        ms = float(text)
-        if ms < 0.1:
+        number = float(text)
+        if kind == "ms" and number < 0.1:
             raise _NotPlain
-        return ms
+        return number
     if not (text.isdigit() and text.isascii()):  # no sign, space, underscore or other digits
         raise _NotPlain
     number = int(text)

@@ -20,7 +20,8 @@ ENGINES = ("core", "classic")
 def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", join: str | None = None,
           tick_ms: float | None = None, election_timeout_ticks: int | None = None,
           heartbeat_ticks: int | None = None, batch_size: int | None = None, window: int | None = None,
-          snapshot_every: int | None = None, fsync: str | None = None, cluster_id: str | None = None,
+          snapshot_every: int | None = None, idle_snapshot_seconds: float | None = None,
+          fsync: str | None = None, cluster_id: str | None = None,
           exit_on_disk_failure: bool = False, lazy_learners: bool | None = None, check_quorum: bool = True,
           engine: str = "core",
           metrics_addr: str | None = None, cacert: str | None = None, cert: str | None = None,
@@ -62,6 +63,8 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
             overrides["window"] = window
         if snapshot_every is not None:
             overrides["snapshot_every"] = snapshot_every
+        if idle_snapshot_seconds is not None:
+            overrides["idle_snapshot_seconds"] = idle_snapshot_seconds
         if fsync is not None:
             overrides["fsync"] = fsync == "always"
         if cluster_id is not None:

@@ -112,6 +112,7 @@ def test_the_fast_path_and_typer_agree(fake, capfdbinary, args):
     ["serve", "--id", "1", "--data-dir", "d", "--window", "0"],
     ["serve", "--id", "1", "--data-dir", "d", "--tick-ms", "0.05"],
     ["serve", "--id", "1", "--data-dir", "d", "--tick-ms", "1e3"],
+    ["serve", "--id", "1", "--data-dir", "d", "--idle-snapshot-seconds", "-1"],
     ["serve", "--id", "1", "--data-dir", "d", "--fsync", "Always"],
     ["serve", "--id", "1", "--data-dir", "d", "--engine", "CORE"],
     ["serve", "--id", "1", "--data-dir", "d", "--lazy-learners", "--eager-learners"],
@@ -166,12 +167,14 @@ SERVE = [
     ["serve", "--id", "1", "--data-dir", "d", "--peers", "1=127.0.0.1:7001"],
     ["--debug", "-w", "json", "serve", "--data-dir=d", "--id=2", "--join", "127.0.0.1:7001,127.0.0.1:7002"],
     ["serve", "--id", "3", "--data-dir", "d", "--peers", "1=a:1,3=b:2", "--tick-ms", "0.5", "--election-timeout-ticks",
-     "12", "--heartbeat-ticks", "3", "--batch-size", "64", "--window=8", "--snapshot-every", "1000", "--fsync", "off",
+     "12", "--heartbeat-ticks", "3", "--batch-size", "64", "--window=8", "--snapshot-every", "1000",
+     "--idle-snapshot-seconds", "2.5", "--fsync", "off",
      "--cluster-id", "c1", "--exit-on-disk-failure", "--eager-learners", "--no-check-quorum", "--engine",
      "classic", "--metrics-addr",
      "127.0.0.1:0", "--cacert", "ca.pem", "--cert", "n.pem", "--key", "n.key", "--acl", "acl.toml"],
     ["serve", "--id", "0", "--data-dir", "", "--tick-ms=.5", "--lazy-learners", "--fsync=always", "--engine=core"],
     ["serve", "--id", "1", "--data-dir", "d", "--tick-ms", "5."],
+    ["serve", "--id", "1", "--data-dir", "d", "--idle-snapshot-seconds", "0"],
 ]
 
 

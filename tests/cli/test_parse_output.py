@@ -399,7 +399,7 @@ def test_serve_maps_options_to_server_options(fake, monkeypatch, tmp_path):
         "serve", "--id", "2", "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
         "--data-dir", str(tmp_path / "n2"), "--tick-ms", "20", "--election-timeout-ticks", "40",
         "--heartbeat-ticks", "4", "--batch-size", "64", "--window", "8", "--snapshot-every", "100",
-        "--fsync", "off", "--cluster-id", "test",
+        "--idle-snapshot-seconds", "0", "--fsync", "off", "--cluster-id", "test",
     )
     assert result.exit_code == 0, result.output
     ((node_id, peers, data_dir, options, join),) = started
@@ -407,6 +407,7 @@ def test_serve_maps_options_to_server_options(fake, monkeypatch, tmp_path):
     assert options.tick_seconds == pytest.approx(0.02)
     assert (options.election_timeout_ticks, options.heartbeat_ticks, options.batch_count_max) == (40, 4, 64)
     assert (options.window, options.snapshot_every, options.fsync, options.cluster_id) == (8, 100, False, "test")
+    assert options.idle_snapshot_seconds == 0
 
 
 def test_serve_join_passes_the_members_and_needs_peers_or_join(fake, monkeypatch, tmp_path):
