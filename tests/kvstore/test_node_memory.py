@@ -348,7 +348,8 @@ async def test_snapshots_taken_under_writes_then_restart_from_snapshot_and_log(t
         nursery.cancel_scope.cancel()
 
 
-async def test_a_quiet_node_snapshots_early_once_and_restarts_from_it(tmp_path):
+@pytest.mark.parametrize("engine", ["core", "classic"])
+async def test_a_quiet_node_snapshots_early_once_and_restarts_from_it(tmp_path, engine):
     """After a burst of writes and a quiet ``idle_snapshot_seconds``, a node snapshots before its
     interval: the core then holds no decided value above the snapshot (the memory the rule gives
     back). A few writes below the floor afterwards start no second one. A crash after that restarts
@@ -357,7 +358,7 @@ async def test_a_quiet_node_snapshots_early_once_and_restarts_from_it(tmp_path):
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net, peers=peers, snapshot_every=200,
-                             idle_snapshot_seconds=0.3, idle_snapshot_commands=40)
+                             idle_snapshot_seconds=0.3, idle_snapshot_commands=40, engine=engine)
         await cluster.start(1)
         await cluster.wait_leader()
         node = cluster.nodes[1]
