@@ -74,8 +74,8 @@ class Learner:
     """What this node applied and what waits to be applied; eager or lazy (see the module docstring).
 
     ``members`` are the node ids of the cluster; ``snapshot_every_commands``, ``lazy_learners`` and the
-    ``idle_snapshot_*`` pair come from ``ServerOptions``; ``send_replies`` sends the answers collected so far (the node's); ``clock``
-    gives the time for the latency counters (``trio.current_time`` in the node).
+    ``idle_snapshot_*`` pair come from ``ServerOptions``; ``send_replies`` sends the answers collected so
+    far (the node's); ``clock`` gives the time for the latency counters (``trio.current_time`` in the node).
     """
 
     def __init__(self, node_id: int, members: Iterable[int], *, snapshot_every_commands: int, lazy_learners: bool,
