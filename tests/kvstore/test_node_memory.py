@@ -292,6 +292,21 @@ async def test_write_waiting_past_the_request_timeout_is_answered_with_timeout(t
         nursery.cancel_scope.cancel()
 
 
+async def _crash_and_recover(cluster: MemCluster, kv, node_id: int, *, keys: int) -> Node:
+    """Crash node ``node_id`` and start it again from its data directory; it must come back with the
+    same state: ``keys`` keys in a linearizable list (so after its replayed log is applied) and the state
+    hash it had. Returns the restarted node. (Nothing here waits before the crash: no snapshot can start
+    between the caller's last look at the node and the crash.)"""
+    expected = cluster.nodes[node_id].sm.state_hash()
+    cluster.crash(node_id)
+    await cluster.start(node_id)
+    await cluster.wait_leader()
+    assert len(await kv.list("")) == keys
+    restarted = cluster.nodes[node_id]
+    assert restarted.sm.state_hash() == expected
+    return restarted
+
+
 async def test_snapshots_taken_under_writes_then_restart_from_snapshot_and_log(tmp_path):
     """A node snapshots again and again (three times at least) under concurrent writes (applies held
     back while the frozen state is written, so state machine, core and log agree), and after a crash
@@ -338,13 +353,8 @@ async def test_snapshots_taken_under_writes_then_restart_from_snapshot_and_log(t
                 status = node.status()
             # No checkpoint between the status read and the crash: no snapshot can start in between.
             assert 0 < status["snapshot_slot"] < status["applied_slot"]
-            expected = node.sm.state_hash()
-            cluster.crash(1)
-            await cluster.start(1)
-            await cluster.wait_leader()
-            assert len(await kv.list("")) == written + extra  # linearizable: after the replayed log is applied
-            assert cluster.nodes[1].sm.state_hash() == expected
-            assert cluster.nodes[1].replica.snapshot_slot >= status["snapshot_slot"]  # started from it
+            restarted = await _crash_and_recover(cluster, kv, 1, keys=written + extra)
+            assert restarted.replica.snapshot_slot >= status["snapshot_slot"]  # started from it
         nursery.cancel_scope.cancel()
 
 
@@ -378,13 +388,8 @@ async def test_a_quiet_node_snapshots_early_once_and_restarts_from_it(tmp_path, 
             assert node.counters["snapshots"] == 1 and node.counters["snapshots_when_idle"] == 1
             status = node.status()
             assert 0 < status["snapshot_slot"] < status["applied_slot"]
-            expected = node.sm.state_hash()
-            cluster.crash(1)
-            await cluster.start(1)
-            await cluster.wait_leader()
-            assert len(await kv.list("")) == 60
-            assert cluster.nodes[1].sm.state_hash() == expected
-            assert cluster.nodes[1].replica.snapshot_slot == status["snapshot_slot"]
+            restarted = await _crash_and_recover(cluster, kv, 1, keys=60)
+            assert restarted.replica.snapshot_slot == status["snapshot_slot"]
         nursery.cancel_scope.cancel()
 
 
