@@ -172,8 +172,10 @@ row to take effect):
   log. When it is a wiped machine coming back under a new id, its old id is retired for good.
 * "wipe" (weight ``WIPE_WEIGHT``): a node loses its disk (half the time one whose Accepted of an
   undecided slot is on its way to the leader). It comes back on a restart event, empty, under its old
-  id, with a new incarnation. Only when every configuration that may govern a slot (the decided ones,
-  and the changes proposed that may still be decided) keeps a healthy majority without it.
+  id, with a new incarnation. Only when every configuration that may govern a slot (the decided ones
+  above the decided log that another healthy node's disk holds: a slot decided only on the wiped disk
+  must be decided again, by a quorum of its configuration; and the changes proposed that may still be
+  decided) keeps a healthy majority without it.
 
 The shells' identity check is modelled in the network (``_link_allowed``): a message passes between
 two nodes only if neither records another incarnation for the other in any configuration that
@@ -1131,12 +1133,21 @@ class Simulation:
         new incarnation, which every peer's configurations refuse (``_link_allowed``). Only when every
         configuration that may govern a slot keeps a healthy majority without it."""
         self._advance_oracle()
-        configs = list(self.oracle.from_slot(self.oracle_through + 1))
-        configs += [c for base, c in self.proposed if base >= self.oracle.latest.epoch]
+        configs = [c for base, c in self.proposed if base >= self.oracle.latest.epoch]
         configs += [n.replica.config for n in self._up()]
+
+        def may_govern(losing: Node) -> list[Config]:
+            # A slot decided only on ``losing``'s disk (and in memories) is decided again after the wipe
+            # by a quorum of the configuration that governs it: that configuration still counts. (Seed
+            # 269479121438992: a 2-voter configuration's leader, alone to know slots 16-18 decided,
+            # lost its disk; the other voter had accepted them; no quorum of that configuration remained.)
+            known = max((self._durably_decided_through(other) for other in self.nodes.values()
+                         if other is not losing and self._healthy(other.node_id)), default=0)
+            return list(self.oracle.from_slot(min(known, self.oracle_through) + 1)) + configs
+
         candidates = [n for n in self.nodes.values()
                       if self._healthy(n.node_id) and n.node_id in self.oracle.latest.members
-                      and all(self._live_enough(c, losing=n.node_id) for c in configs)]
+                      and all(self._live_enough(c, losing=n.node_id) for c in may_govern(n))]
         if not candidates:
             return
         # Half the time a node whose vote for an undecided slot is on its way to the leader: the leader
@@ -1154,6 +1165,18 @@ class Simulation:
         node.fenced = node.disk_armed = False
         self.stats["wipes"] += 1
         self._log(f"WIPE {node.node_id}: its disk is lost; it comes back empty as incarnation {node.incarnation}")
+
+    @staticmethod
+    def _durably_decided_through(node: Node) -> int:
+        """The slot through which ``node``'s disk holds the decided log: its snapshot, then the slots
+        after it that have a DecideRecord there, contiguous. (A peer learns those from its promise
+        without a quorum of the configuration that governed them.)"""
+        storage = node.storage
+        decided = {record.slot for record in storage.records if isinstance(record, DecideRecord)}
+        slot = storage.snapshot_slot
+        while slot + 1 in decided:
+            slot += 1
+        return slot
 
     def _counts_vote(self, node_id: int, message: Accepted) -> bool:
         """Would ``message`` be a vote the leader ``node_id`` still needs (its ballot, a slot above its
