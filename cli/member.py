@@ -39,6 +39,20 @@ def _reachability(client: Any, members: list[dict[str, Any]]) -> None:
             member["decided_slot"] = status.get("decided_slot")
 
 
+def fault_tolerance_warning(result: dict[str, Any]) -> str | None:
+    """A line for stderr when the new configuration tolerates fewer failed voters than an operator may
+    think: 2 voters (a majority is both: the cluster stops if either is lost), or an even number (no
+    more failures tolerated than with one voter fewer). None otherwise."""
+    voters = sum(1 for m in result.get("members", ()) if m.get("role") == "voter")
+    if voters == 2:
+        return ("warning: 2 voters now: a majority is both of them, so the cluster stops if either is lost; "
+                "add and promote another member (docs/operations.md, Membership)")
+    if voters >= 4 and voters % 2 == 0:
+        return (f"note: {voters} voters tolerate {(voters - 1) // 2} failed voter(s), as {voters - 1} would; "
+                "an odd number of voters is the usual choice")
+    return None
+
+
 def show_members(settings: Settings, result: dict[str, Any], client: Any = None) -> None:
     members = [dict(m) for m in result["members"]]
     if client is not None:
@@ -101,6 +115,9 @@ def promote_command(ctx: typer.Context,
             result = client.admin("member_promote", node_id)
         typer.echo(f"promoted node {node_id} to voter", err=True)
         show_members(settings, result)
+        warning = fault_tolerance_warning(result)
+        if warning:
+            typer.echo(warning, err=True)
 
 
 @member_app.command("remove", epilog="Example: kv member remove 2")
@@ -114,6 +131,9 @@ def remove_command(ctx: typer.Context,
             result = client.admin("member_remove", node_id)
         typer.echo(f"removed node {node_id}; stop its process now", err=True)
         show_members(settings, result)
+        warning = fault_tolerance_warning(result)
+        if warning:
+            typer.echo(warning, err=True)
 
 
 def move_leader_command(

@@ -482,3 +482,23 @@ def test_render_table_escapes_control_characters():
 def test_value_fields():
     assert value_fields("hi") == {"value": "hi"}
     assert value_fields(b"hi") == {"value": "aGk=", "value_encoding": "base64"}
+
+
+# --- kv member: the fault-tolerance warning --------------------------------------------------------
+
+
+@pytest.mark.parametrize("voters, learners, expected", [
+    (1, 0, None), (2, 0, "warning: 2 voters now"), (2, 1, "warning: 2 voters now"), (3, 1, None),
+    (4, 0, "note: 4 voters tolerate 1 failed voter(s), as 3 would"), (5, 0, None),
+    (6, 0, "note: 6 voters tolerate 2 failed voter(s), as 5 would"),
+])
+def test_member_changes_warn_when_the_voters_tolerate_less_than_expected(voters, learners, expected):
+    from kv_cli.member import fault_tolerance_warning
+
+    members = [{"id": i, "role": "voter"} for i in range(1, voters + 1)]
+    members += [{"id": 10 + i, "role": "learner"} for i in range(learners)]
+    warning = fault_tolerance_warning({"members": members, "epoch": 3})
+    if expected is None:
+        assert warning is None
+    else:
+        assert warning is not None and warning.startswith(expected)

@@ -72,6 +72,7 @@ async def test_replace_a_member_through_the_log_and_lose_the_old_leader(tmp_path
 
         removed = kv(cluster, "member", "remove", "2")
         assert removed.returncode == 0, removed.stderr + cluster.logs_tail()
+        assert "warning: 2 voters now" in removed.stderr  # {1, 3}: either one lost stops the cluster
 
         async def knows_it_was_removed():
             status = await cluster.status(2)
