@@ -173,6 +173,9 @@ class NodeCollector:
         snapshots.add_metric(["installed"], counters.get("snapshots_installed", 0))
         snapshots.add_metric(["adopted"], counters.get("snapshots_adopted", 0))
         yield snapshots
+        yield CounterMetricFamily("kv_quiet_snapshots", "Snapshots this node wrote early because it went quiet "
+                                  "(ServerOptions.idle_snapshot_seconds; counted in kv_snapshots_total too)",
+                                  value=counters.get("snapshots_when_idle", 0))
         yield CounterMetricFamily("kv_disk_failures", "Storage errors that fenced this node",
                                   value=counters.get("disk_failures", 0))
         yield CounterMetricFamily("kv_log_records", "Records appended to the log", value=counters.get("records", 0))

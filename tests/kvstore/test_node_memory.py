@@ -14,6 +14,7 @@ import trio.testing
 
 from kvstore import wire
 from kvstore.client import Unavailable, connect
+from kvstore.metrics import make_registry, metrics_text
 from kvstore.server import Node, ServerOptions
 
 from .memnet import MemoryNetwork
@@ -379,6 +380,9 @@ async def test_a_quiet_node_snapshots_early_once_and_restarts_from_it(tmp_path, 
                 while node.counters["snapshots"] < 1:
                     await trio.sleep(0.05)
             assert node.counters["snapshots_when_idle"] == 1
+            exposition = metrics_text(make_registry(node)).decode()
+            assert "kv_quiet_snapshots_total 1.0" in exposition
+            assert 'kv_snapshots_total{kind="written"} 1.0' in exposition
             status = node.status()
             assert status["snapshot_slot"] == status["applied_slot"] > 0
             assert node.replica.durable_state().decided == {}  # nothing above the snapshot is held
