@@ -50,27 +50,15 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
             raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
         if node_id not in peer_map and not join_list:
             raise UsageProblem(f"--id {node_id} is not one of the --peers ids {sorted(peer_map)}")
-        overrides: dict[str, Any] = {}
-        if tick_ms is not None:
-            overrides["tick_seconds"] = tick_ms / 1000.0
-        if election_timeout_ticks is not None:
-            overrides["election_timeout_ticks"] = election_timeout_ticks
-        if heartbeat_ticks is not None:
-            overrides["heartbeat_ticks"] = heartbeat_ticks
-        if batch_size is not None:
-            overrides["batch_count_max"] = batch_size
-        if window is not None:
-            overrides["window"] = window
-        if snapshot_every is not None:
-            overrides["snapshot_every"] = snapshot_every
-        if idle_snapshot_seconds is not None:
-            overrides["idle_snapshot_seconds"] = idle_snapshot_seconds
-        if fsync is not None:
-            overrides["fsync"] = fsync == "always"
-        if cluster_id is not None:
-            overrides["cluster_id"] = cluster_id
-        if lazy_learners is not None:
-            overrides["lazy_learners"] = lazy_learners
+        # ServerOptions field -> the option's value; an option not given (None) keeps the server's default
+        given: dict[str, Any] = {
+            "tick_seconds": None if tick_ms is None else tick_ms / 1000.0,
+            "election_timeout_ticks": election_timeout_ticks, "heartbeat_ticks": heartbeat_ticks,
+            "batch_count_max": batch_size, "window": window, "snapshot_every": snapshot_every,
+            "idle_snapshot_seconds": idle_snapshot_seconds, "fsync": None if fsync is None else fsync == "always",
+            "cluster_id": cluster_id, "lazy_learners": lazy_learners,
+        }
+        overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
         if exit_on_disk_failure:
             overrides["exit_on_disk_failure"] = True
         if not check_quorum:
