@@ -197,10 +197,10 @@ class Learner:
         quiet gives that memory back and shortens the next restart, and costs CPU only when there is
         CPU to spare; the floor keeps a trickle of writes from costing a snapshot of every key each
         time the node pauses (with a million keys, at most one per 125,000 / 8 commands)."""
-        if self.idle_snapshot_seconds <= 0 or self.queue:
+        # (called after every batch: under load the first test already fails)
+        if now - self.last_handout < self.idle_snapshot_seconds or self.idle_snapshot_seconds <= 0 or self.queue:
             return False
-        floor = max(self.idle_snapshot_commands, self.snapshot_interval() // 8)
-        return self.applied_since_snapshot >= floor and now - self.last_handout >= self.idle_snapshot_seconds
+        return self.applied_since_snapshot >= max(self.idle_snapshot_commands, self.snapshot_interval() // 8)
 
     def small_enough_for_learners(self) -> bool:
         """Restoring a key costs ~1.8 us, applying a put ~4.5 us: a state more than twice the snapshot

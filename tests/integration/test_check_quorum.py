@@ -13,9 +13,11 @@ and has the data. Processes are torn down in ``finally``; waits poll against dea
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -62,19 +64,31 @@ class RawConnection:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def leader_cut_off(cluster: Cluster) -> Iterator[tuple[int, RawConnection, float]]:
+    """Start ``cluster``, write ``k = v``, open a raw connection to the leader and pause its followers:
+    yields (the leader's id, the connection, when the pause began). On the way out the connection is
+    closed and the followers resumed."""
+    cluster.start_all()
+    old = cluster.leader()
+    with cluster.client() as kv:
+        kv.put("k", "v")
+    followers = [n for n in cluster.ports if n != old]
+    raw = RawConnection(cluster.ports[old])
+    try:
+        for node in followers:
+            cluster.pause(node)
+        yield old, raw, time.monotonic()
+    finally:
+        raw.close()
+        for node in followers:
+            cluster.resume(node)
+
+
 def test_a_leader_whose_followers_are_paused_answers_not_leader_within_a_bound(tmp_path):
     cluster = Cluster(tmp_path)
     try:
-        cluster.start_all()
-        old = cluster.leader()
-        with cluster.client() as kv:
-            kv.put("k", "v")
-        followers = [n for n in cluster.ports if n != old]
-        raw = RawConnection(cluster.ports[old])
-        try:
-            for node in followers:
-                cluster.pause(node)
-            paused_at = time.monotonic()
+        with leader_cut_off(cluster) as (old, raw, paused_at):
             deadline = paused_at + NOT_LEADER_WITHIN_SECONDS
             replies = []
             # A read that the followers still confirmed just before they stopped is answered ok; the
@@ -96,10 +110,6 @@ def test_a_leader_whose_followers_are_paused_answers_not_leader_within_a_bound(t
             status = cluster.status(old)
             assert status is not None and not status["is_leader"]
             assert status["core_counters"].get("stepped_down_no_quorum", 0) >= 1, status["core_counters"]
-        finally:
-            raw.close()
-            for node in followers:
-                cluster.resume(node)
         assert elapsed < NOT_LEADER_WITHIN_SECONDS
         cluster.leader(deadline_s=30)
         with cluster.client(timeout=20) as kv:
@@ -118,17 +128,8 @@ def test_a_write_waiting_in_the_cut_off_leaders_slot_is_answered_not_leader_and_
     majority's leader applies it exactly once."""
     cluster = Cluster(tmp_path)
     try:
-        cluster.start_all()
-        old = cluster.leader()
-        with cluster.client() as kv:
-            kv.put("k", "v")
-        followers = [n for n in cluster.ports if n != old]
-        raw = RawConnection(cluster.ports[old])
         client_id = os.urandom(16)
-        try:
-            for node in followers:
-                cluster.pause(node)
-            paused_at = time.monotonic()
+        with leader_cut_off(cluster) as (old, raw, paused_at):
             put = raw.call(lambda rid: frames.encode_put_request_frame(rid, "k", "w", client_id, 1, 1),
                            paused_at + NOT_LEADER_WITHIN_SECONDS)
             elapsed = time.monotonic() - paused_at
@@ -136,10 +137,6 @@ def test_a_write_waiting_in_the_cut_off_leaders_slot_is_answered_not_leader_and_
             assert put.code == frames.NOT_LEADER, put
             status = cluster.status(old)
             assert status is not None and status["counters"].get("writes_failed_on_step_down", 0) >= 1
-        finally:
-            raw.close()
-            for node in followers:
-                cluster.resume(node)
         assert elapsed < NOT_LEADER_WITHIN_SECONDS
         new = cluster.leader(deadline_s=30)
         retry = RawConnection(cluster.ports[new])
