@@ -81,6 +81,13 @@ a Prepare) are not sent. Hence the invariant that ``_flush`` asserts: every acce
 ``DurableState.promised``, the highest ballot of the node's PromiseRecords and AcceptRecords, which is
 also what a restart gives back (``recover``).
 
+practical's acceptor answers a repeated Accept of the proposal it holds with its Accepted again,
+whatever it has promised since. If a later input of the same batch makes that acceptor accept a higher
+ballot (a new leader's Accept, ours by loopback), the batch's records say the higher one, and a
+compaction keeps only that: the repeated Accepted would go out backed by a record the log no longer
+has. ``take_actions`` drops such an Accepted (``superseded_accepted``): a lost message, which Paxos
+tolerates, and the new acceptance is what counts from then on.
+
 Loopback
 ~~~~~~~~
 The seed's messengers broadcast "to all acceptors" and "to all learners", this node included. A
@@ -104,14 +111,20 @@ restarts the poll timer. Accept and Decide messages from a leader count as its h
 higher one. A leader also loses its leadership on a quorum of NACKs for its ballot
 (``recv_accept_nack``: every Nack a leader gets is for an Accept, Heartbeat or Decide of its ballot).
 
-Three rules are this adapter's own, each for a case the seed does not cover; ``_Elector.step_down``
+Four rules are this adapter's own, each for a case the seed does not cover; ``_Elector.step_down``
 performs functional's own "leadership lost" transition for them:
 
 * a leader whose node promises a higher ballot steps down (its own vote is gone, and its read rounds
   would count a promise it no longer holds);
 * a leader that learns a slot it proposed was decided with another value, or a slot above the ones it
   opened was decided, steps down before it could announce a decided slot (a higher ballot won);
-* a leader or candidate that installs a snapshot steps down, as in the core.
+* a leader or candidate that installs a snapshot steps down, as in the core;
+* with ``Options.check_quorum``, a leader that has had no answer at its ballot (a Promise that elected
+  it, an Accepted, a HeartbeatAck) from a majority, itself included, for ``election_timeout_ticks``
+  of its ticks steps down, as in the core (etcd's CheckQuorum). functional's leader never learns that
+  it is cut off: it keeps pulsing into the void while the majority elects another, and its clients
+  wait for their timeouts instead of going to the new leader. This serves liveness only: reads still
+  need their confirmed round, and any number of proposers is safe.
 
 Messages below our promise (an old leader's Accept, Heartbeat or Decide) are answered with a Nack and
 are not heartbeats.
@@ -153,7 +166,8 @@ leader's ``commands_decided``.
 Options
 ~~~~~~~
 ``heartbeat_ticks``, ``election_timeout_ticks``, ``window``, ``batch_count_max``, ``batch_bytes_max``,
-``catchup_entries_max``, ``lazy_decide`` and ``early_accepts`` mean what they mean in the core.
+``catchup_entries_max``, ``lazy_decide``, ``early_accepts`` and ``check_quorum`` mean what they mean in the
+core.
 ``thrifty`` is accepted and ignored: every Accept goes to every node (the seed's ``send_accept`` is a
 broadcast), and so does a retransmission (``resend_accept``).
 
@@ -426,6 +440,8 @@ class ClassicReplica:
         self._confirmed_seq = 0
         self._round_in_batch: int | None = None
         self._pending_reads: list[tuple[int, int, int]] = []  # (read_id, read index, seq needed)
+        # Options.check_quorum: the tick (self._ticks) at which each peer last answered our ballot
+        self._peer_heard: dict[int, int] = {}
 
         # Catch-up.
         self._catchup_cooldown = 0
@@ -500,6 +516,12 @@ class ClassicReplica:
         self._ticks += 1
         if self._catchup_cooldown > 0:
             self._catchup_cooldown -= 1
+        if self._leading and self.options.check_quorum and not self._quorum_heard_recently():
+            # Cut off from a majority for an election timeout (the fourth rule): hand back what waits
+            # on us, so that the shell answers its clients "not leader" at once.
+            self._count("stepped_down_no_quorum")
+            self._elector.step_down()
+            self._sync_role()
         if self._leading:
             if self._pulse_at is not None and self._ticks >= self._pulse_at:
                 pulse, self._pulse, self._pulse_at = self._pulse, None, None
@@ -544,10 +566,28 @@ class ClassicReplica:
         self._round_in_batch = None
         actions, self._actions = self._actions, Actions()
         actions.decided_slot = self._decided_slot
+        if actions.send:
+            self._drop_superseded_accepteds(actions)
         if self.options.early_accepts and actions.persist:
             self._split_early_accepts(actions)
         self._count_batch(actions)
         return actions
+
+    def _drop_superseded_accepteds(self, actions: Actions) -> None:
+        """Drop each Accepted of this batch whose slot acceptor holds a higher ballot by now (see
+        "Persistence" in the module docstring)."""
+        acceptors = self._acceptors
+        kept = []
+        for item in actions.send:
+            m = item[1]
+            if type(m) is Accepted:
+                acceptor = acceptors.get(m.slot)
+                if acceptor is not None and ballot_of(acceptor.accepted_id) != m.ballot:
+                    self._count("superseded_accepted")
+                    continue
+            kept.append(item)
+        if len(kept) != len(actions.send):
+            actions.send = kept
 
     def note_durable(self, decided_slot: int) -> None:
         """The shell made a batch durable and reports its ``Actions.decided_slot``
@@ -959,6 +999,8 @@ class ClassicReplica:
         self._leading = True
         self._own_ballot = ballot
         self._quorum = tuple(promises)
+        # The promises that elected us are answers at our ballot: the check_quorum clock starts now.
+        self._peer_heard = dict.fromkeys(promises, self._ticks)
         self._count("became_leader")
         reported: dict[int, dict[int, tuple[ProposalID | None, Value]]] = {}  # slot -> sender -> (accepted id, value)
         top = self._first_slot - 1
@@ -979,6 +1021,13 @@ class ClassicReplica:
                 self._open_slot(slot, (), reported.get(slot, {}))
         self._next_slot = max(self._next_slot, top + 1)
 
+    def _quorum_heard_recently(self) -> bool:
+        """Options.check_quorum: did a majority answer our ballot within the last
+        ``election_timeout_ticks`` ticks? We count ourselves, so a cluster of one always has."""
+        since = self._ticks - self.options.election_timeout_ticks
+        heard = 1 + sum(1 for peer, tick in self._peer_heard.items() if tick > since and peer != self.node_id)
+        return heard >= self._quorum_size
+
     def _lose_leadership(self) -> None:
         self._leading = False
         self._actions.dropped_proposals.extend(self._queue)
@@ -987,6 +1036,7 @@ class ClassicReplica:
         self._pending_reads = []
         self._in_flight = {}
         self._heartbeat_acks = {}
+        self._peer_heard = {}
         self._quorum = ()
         self._own_ballot = None
         self._pulse, self._pulse_at = None, None
@@ -1044,6 +1094,7 @@ class ClassicReplica:
         if not self._leading or m.ballot != self._own_ballot:
             self._count("stale_accepted")
             return
+        self._peer_heard[m.sender] = self._ticks  # it answered our ballot (check_quorum), late or not
         instance = self._in_flight.get(m.slot)
         if instance is None:
             self._count("late_accepted")
@@ -1105,6 +1156,7 @@ class ClassicReplica:
         if not self._leading or m.ballot != self._own_ballot:
             self._count("stale_heartbeat_ack")
             return
+        self._peer_heard[m.sender] = self._ticks  # it answered our ballot (check_quorum)
         acks = self._heartbeat_acks.get(m.seq)
         if acks is None:
             return  # a round already confirmed (and pruned) or unknown

@@ -9,7 +9,8 @@ rejected, and any request after that is refused at once. Without it, the read wa
 request timeout (5 s) and was answered ``timeout``. So the test requires ``not_leader`` within 4 s of
 the pause (ten times the election timeout, under the request timeout), then a write refused with
 ``not_leader`` too, the counter in ``kv status``; after the followers resume, the cluster serves again
-and has the data. Processes are torn down in ``finally``; waits poll against deadlines.
+and has the data. The first test runs both engines (``kv serve --engine core|classic``). Processes are
+torn down in ``finally``; waits poll against deadlines.
 """
 from __future__ import annotations
 
@@ -85,8 +86,11 @@ def leader_cut_off(cluster: Cluster) -> Iterator[tuple[int, RawConnection, float
             cluster.resume(node)
 
 
-def test_a_leader_whose_followers_are_paused_answers_not_leader_within_a_bound(tmp_path):
-    cluster = Cluster(tmp_path)
+@pytest.mark.parametrize("engine", ["core", "classic"])
+def test_a_leader_whose_followers_are_paused_answers_not_leader_within_a_bound(tmp_path, engine):
+    """Both engines: the core's rule (paxos.replica) and the classic engine's (paxos.classic, the
+    fourth of its own rules)."""
+    cluster = Cluster(tmp_path, extra_args=["--engine", engine])
     try:
         with leader_cut_off(cluster) as (old, raw, paused_at):
             deadline = paused_at + NOT_LEADER_WITHIN_SECONDS

@@ -10,6 +10,8 @@ their clients "not leader" at once. A leader whose majority answers must never s
 long it runs (quiet, or with commands; with a minority cut off; with thrifty Accepts and lazy
 decides); a cluster of one never does. With membership, only the voters of the configurations that
 govern undecided slots count: a learner's answers keep nobody leading, a promoted learner's do.
+The classic engine (``paxos.classic``, the seed's classes) has the same rule and runs the same tests,
+membership excepted (its members are fixed).
 
 Paxos Made Simple, section 2.4 (Progress): liveness needs one distinguished proposer that can talk to
 a majority of acceptors. Stepping down is never a safety question (any number of proposers is safe),
@@ -22,22 +24,26 @@ import random
 
 import pytest
 
+from paxos.classic import ClassicReplica
 from paxos.membership import Config
 from paxos.replica import Options, Replica
 
 TIMEOUT = 10  # election_timeout_ticks
 HEARTBEAT = 2  # heartbeat_ticks
+ENGINES = {"core": Replica, "classic": ClassicReplica}
+engines = pytest.mark.parametrize("engine", list(ENGINES))
 
 
 class Net:
     """Replicas on a lossless FIFO network; ``cut`` holds (src, dst) links whose messages are lost.
     Records, per node, the read ids answered and rejected and the commands dropped."""
 
-    def __init__(self, voters=(1, 2, 3), learners=(), **options) -> None:
+    def __init__(self, voters=(1, 2, 3), learners=(), engine="core", **options) -> None:
         options = {"heartbeat_ticks": HEARTBEAT, "election_timeout_ticks": TIMEOUT, **options}
         self.options = Options(**options)
         config = Config(node_ids=tuple(voters), learners=tuple(learners), alpha=2)
-        self.nodes = {n: Replica(n, config, rng=random.Random(n), options=self.options) for n in config.members}
+        replica = ENGINES[engine]
+        self.nodes = {n: replica(n, config, rng=random.Random(n), options=self.options) for n in config.members}
         self.network: list = []
         self.cut: set = set()
         self.reads: dict[int, list] = {n: [] for n in self.nodes}
@@ -99,12 +105,13 @@ def no_quorum_count(replica: Replica) -> int:
     return replica.status()["counters"].get("stepped_down_no_quorum", 0)
 
 
+@engines
 @pytest.mark.parametrize("nodes", [3, 5])
-def test_a_leader_cut_off_from_all_others_steps_down_after_an_election_timeout(nodes):
+def test_a_leader_cut_off_from_all_others_steps_down_after_an_election_timeout(nodes, engine):
     """Section 2.4: a leader that cannot reach a majority can decide nothing and confirm no read. After
     ``election_timeout_ticks`` without a majority's answer it steps down, and in that same tick hands
     back the read it could not confirm and the command it could not put in a slot."""
-    net = Net(voters=tuple(range(1, nodes + 1)), window=1)  # window 1: a second command stays queued
+    net = Net(voters=tuple(range(1, nodes + 1)), engine=engine, window=1)  # window 1: a second command stays queued
     leader = net.elect(1)
     net.put(1, b"a")
     assert all(net.applied[n] == [b"a"] for n in net.nodes)
@@ -133,12 +140,13 @@ def test_a_leader_cut_off_from_all_others_steps_down_after_an_election_timeout(n
     assert leader.propose(b"later") is False and leader.read(8) is False
 
 
+@engines
 @pytest.mark.parametrize("nodes", [3, 5])
-def test_the_stepped_down_leader_keeps_a_random_election_timer_and_the_majority_elects_another(nodes):
+def test_the_stepped_down_leader_keeps_a_random_election_timer_and_the_majority_elects_another(nodes, engine):
     """Stepping down restarts the election timer with its random part (section 2.4: timeouts with
     randomness), like any follower: the isolated node campaigns and fails, and the majority side elects
     its own leader, which decides new commands. Healing leaves one leader, and the log agrees."""
-    net = Net(voters=tuple(range(1, nodes + 1)))
+    net = Net(voters=tuple(range(1, nodes + 1)), engine=engine)
     old = net.elect(1)
     net.put(1, b"a")
     net.isolate(1)
@@ -163,12 +171,13 @@ def test_the_stepped_down_leader_keeps_a_random_election_timer_and_the_majority_
         raise AssertionError("no single leader with everyone caught up after healing")
 
 
+@engines
 @pytest.mark.parametrize("nodes", [3, 5])
 @pytest.mark.parametrize("thrifty,lazy_decide", [(False, False), (True, True)])
-def test_a_leader_whose_majority_answers_never_steps_down(nodes, thrifty, lazy_decide):
+def test_a_leader_whose_majority_answers_never_steps_down(nodes, thrifty, lazy_decide, engine):
     """The converse: with heartbeats (and Accepts) answered by a majority, the leader stays for many
     election timeouts, quiet or busy, even with a minority of its followers cut off."""
-    net = Net(voters=tuple(range(1, nodes + 1)), thrifty=thrifty, lazy_decide=lazy_decide)
+    net = Net(voters=tuple(range(1, nodes + 1)), engine=engine, thrifty=thrifty, lazy_decide=lazy_decide)
     leader = net.elect(1)
     minority = list(range(nodes // 2 + 2, nodes + 1))  # 3 -> [3], 5 -> [4, 5]
     for node_id in minority:
@@ -186,9 +195,10 @@ def test_a_leader_whose_majority_answers_never_steps_down(nodes, thrifty, lazy_d
     assert len(net.applied[1]) == len(range(0, 50 * TIMEOUT, 7))
 
 
-def test_a_cluster_of_one_never_steps_down():
+@engines
+def test_a_cluster_of_one_never_steps_down(engine):
     """A majority of one is the leader itself: it never lacks a quorum, however long nobody speaks."""
-    net = Net(voters=(1,))
+    net = Net(voters=(1,), engine=engine)
     leader = net.elect(1)
     for round_number in range(100 * TIMEOUT):
         if round_number % 13 == 0:
@@ -198,10 +208,11 @@ def test_a_cluster_of_one_never_steps_down():
     assert no_quorum_count(leader) == 0 and len(net.applied[1]) == len(range(0, 100 * TIMEOUT, 13))
 
 
-def test_check_quorum_off_keeps_the_cut_off_leader_leading():
+@engines
+def test_check_quorum_off_keeps_the_cut_off_leader_leading(engine):
     """The option is a switch (to compare with and without): off, a cut-off leader leads on and its
     read and queued command wait, as before the option existed."""
-    net = Net(window=1, check_quorum=False)
+    net = Net(window=1, engine=engine, check_quorum=False)
     leader = net.elect(1)
     net.isolate(1)
     assert leader.propose(b"in-a-slot")
