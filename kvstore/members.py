@@ -25,7 +25,12 @@ decided like any other, and it governs from alpha slots after its own. This modu
   while the first runs waits for the first's outcome, and one that arrives after the first took effect
   is answered with success as long as no other change came since, for ``REPEAT_WINDOW_SECONDS``
   (``Members._once``); the same command run again later is refused as usual ("already a member"). A
-  repeat that reaches another leader is judged afresh.
+  repeat that reaches another leader (the first one's leader handed over: always so when a leader
+  removes itself, ``kv cluster remove`` of the node that leads) would be refused there ("node 1 is not a
+  member"), since that node did not run the first. So every node remembers the last change it saw
+  take effect (``Members.sync``), and a leader that would refuse a change request answers it with
+  success instead when the request, applied to the configuration before that change, gives the one
+  after it, within ``REPEAT_WINDOW_SECONDS`` and with no change since (``Members._repeats_last_change``).
 * **Peer links follow the configuration** (``Members.sync``): after every driver batch whose core
   changed its members, the node's address book (``Node.peers``) gets the addresses of every member of
   every configuration still scheduled and the links (``kvstore.peers``) are opened and closed to match.
@@ -126,6 +131,8 @@ class Members:
         self._peer_ids: tuple[int, ...] = ()
         self._role: str | None = "unknown"  # this node's role in the newest configuration, as last logged
         self._changes: dict[tuple[str, int, str], _Outcome] = {}  # (op, node, address) -> its latest run (_once)
+        self._config: Config | None = None  # the newest configuration as of the last sync
+        self._last_change: tuple[Config, Config, float] | None = None  # (before, after, when it took effect here)
 
     # -----------------------------------------------------------------------------------------------
     # the address book and the links
@@ -138,6 +145,10 @@ class Members:
         if known is None:
             known = set(replica.config.members) - {self.node.node_id}
         epoch = replica.config.epoch
+        config = replica.config
+        if self._config is not None and epoch == self._config.epoch + 1:
+            self._last_change = (self._config, config, trio.current_time())  # for _repeats_last_change
+        self._config = config
         peer_ids = tuple(sorted(known))
         if epoch == self._epoch and peer_ids == self._peer_ids:
             return
@@ -190,7 +201,7 @@ class Members:
     async def _once(self, request: wire.AdminRequest, handler: _Handler) -> dict[str, Any]:
         """Run change request ``request`` unless it repeats one (see the module docstring): a repeat of
         a request still running gets its outcome; a repeat of one that took effect, with no change
-        since and within ``REPEAT_WINDOW_SECONDS``, gets success."""
+        since and within ``REPEAT_WINDOW_SECONDS``, gets success, also when another leader ran it."""
         key = (request.op, request.node, request.address)
         now = trio.current_time()
         for old in [k for k, o in self._changes.items()
@@ -211,7 +222,12 @@ class Members:
                     return self.describe()
         outcome = self._changes[key] = _Outcome()
         try:
-            outcome.result = await handler(request)
+            try:
+                outcome.result = await handler(request)
+            except AdminError as exc:
+                if exc.code != wire.BAD_REQUEST or not self._repeats_last_change(request):
+                    raise
+                outcome.result = self.describe()  # a repeat of what another leader did: its answer
             return outcome.result
         except Exception as exc:
             outcome.error = exc
@@ -219,6 +235,30 @@ class Members:
         finally:
             outcome.finished_at = trio.current_time()
             outcome.done.set()
+
+    def _repeats_last_change(self, request: wire.AdminRequest) -> bool:
+        """Is ``request`` the change this node saw take effect last (``sync``), with no change since and
+        within ``REPEAT_WINDOW_SECONDS``, and this node leads? Then its refusal here ("node 1 is not a
+        member") is that of a repeat whose first run was on another leader (module docstring)."""
+        if self._last_change is None or not self.node.replica.is_leader:
+            return False
+        before, after, at = self._last_change
+        if trio.current_time() - at >= REPEAT_WINDOW_SECONDS or self.node.replica.config.epoch != after.epoch:
+            return False
+        node = request.node
+        try:
+            if request.op == "member_remove":
+                expected = before.remove(node)
+            elif request.op == "member_add":
+                expected = before.add_learner(node, format_endpoint(*parse_endpoint(request.address)))
+            elif request.op == "member_promote":
+                expected = before.promote(node)
+            else:
+                return False
+        except ValueError:  # (an EndpointError too) not a change that before allowed: not that change
+            return False
+        return (expected.node_ids == after.node_ids and expected.learners == after.learners
+                and expected.addresses.get(node) == after.addresses.get(node))
 
     async def _call(self, fn: Callable[[], _T]) -> _T:
         call = CoreCall(fn)

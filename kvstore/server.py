@@ -240,6 +240,10 @@ class ServerOptions:
             raise ValueError("access rules (acl) name client certificates: they need TLS (cacert, cert, key)")
 
 
+class ListenError(OSError):
+    """The node cannot listen on its address (e.g. the port is taken): ``kv serve`` prints it as one line."""
+
+
 class Transport(Protocol):
     """How a node reaches the network (``TcpTransport``, ``kvstore.tls.TlsTransport``, tests' in-memory one)."""
 
@@ -404,7 +408,12 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                listeners = await self._open_listeners()
+                try:
+                    listeners = await self._open_listeners()
+                except OSError as exc:
+                    address = self.peers.get(self.node_id)
+                    where = format_endpoint(*address) if address else "its address"
+                    raise ListenError(f"node {self.node_id} cannot listen on {where}: {exc.strerror or exc}") from exc
                 sock = getattr(listeners[0], "socket", None)
                 self.listen_port = sock.getsockname()[1] if sock is not None else self.peers[self.node_id][1]
                 # Clients and peers are served from here on (status answers the founding of others),
@@ -964,9 +973,9 @@ def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, opt
     try:
         trio.run(serve_until_signal, node)
     except BaseExceptionGroup as group:
-        # The nurseries wrap a refusal to start (identity.IdentityError, a StorageError): the caller
-        # (kv serve) prints such an error as one line, so hand it over unwrapped.
-        expected = group.subgroup((identity.IdentityError, StorageError, JoinError))
+        # The nurseries wrap a refusal to start (identity.IdentityError, a StorageError, a taken port): the
+        # caller (kv serve) prints such an error as one line, so hand it over unwrapped.
+        expected = group.subgroup((identity.IdentityError, StorageError, JoinError, ListenError))
         if expected is not None and expected.exceptions:
             leaf = expected.exceptions[0]
             while isinstance(leaf, BaseExceptionGroup):

@@ -1,7 +1,11 @@
 """End to end: the installed ``kv`` command runs a real 3-process local cluster.
 
 How: each test gets a temporary KV_CLUSTER_DIR and a base port P such that P, P+1, P+2 were free on
-127.0.0.1 (found by binding port 0 and checking the neighbours; retried a few times). It runs ``kv``
+127.0.0.1, all below (or above) the kernel's ephemeral range (picked at random there; retried a few
+times). Not from that range: a port the kernel may give an outgoing connection (a kv command's, a peer
+link's) can be taken between the check and the node that binds it seconds later (``kv cluster add``'s
+node, a restart), and that node then cannot listen (seen: ``kv cluster add`` failing with "node 4
+exited"). It runs ``kv``
 as a subprocess exactly as a user would (``kv cluster up --detach``, ``kv put``, ...), with no
 --endpoints flag, so the client commands also prove the default-cluster lookup. Waiting is polling
 against deadlines; nothing asserts on timings. Teardown in ``finally``: ``kv cluster down``, then
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -56,15 +61,26 @@ def port_free(port: int) -> bool:
         sock.close()
 
 
-def free_base_port(count: int = 3, attempts: int = 20) -> int:
+def ephemeral_port_range() -> tuple[int, int]:
+    """The local ports the kernel hands to outgoing connections (Linux; elsewhere the IANA range)."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def free_base_port(count: int = 3, attempts: int = 50) -> int:
+    """P with P..P+count-1 free on 127.0.0.1 and outside the ephemeral range (module docstring)."""
+    low, high = ephemeral_port_range()
+    spans = [(a, b) for a, b in ((10000, low - count), (high + 1, 65536 - count)) if a < b]  # bases in [a, b)
+    spans = spans or [(1024, 65536 - count)]  # (a range this wide leaves no choice)
     for _ in range(attempts):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        base = sock.getsockname()[1]
-        sock.close()
-        if base + count - 1 <= 65535 and all(port_free(base + i) for i in range(count)):
+        a, b = random.choices(spans, weights=[b - a for a, b in spans])[0]
+        base = random.randrange(a, b)
+        if all(port_free(base + i) for i in range(count)):
             return base
-    pytest.fail(f"no {count} consecutive free ports found in {attempts} attempts")
+    pytest.fail(f"no {count} consecutive free ports outside {low}-{high} found in {attempts} attempts")
 
 
 class Kv:

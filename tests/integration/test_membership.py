@@ -17,7 +17,7 @@ import sys
 import pytest
 import trio
 
-from kvstore.client import connect
+from kvstore.client import RequestError, connect
 
 from ..nemesis.cluster import REPO, NemesisCluster, free_ports
 
@@ -131,5 +131,31 @@ async def test_replace_a_member_through_the_log_and_lose_the_old_leader(tmp_path
         async with connect([cluster.endpoint(3), cluster.endpoint(4)], timeout=20) as client:
             await client.put("after/move", "yes")
             assert await client.get("after/move") == "yes"
+    finally:
+        cluster.close()
+
+
+async def test_a_repeated_removal_of_the_leader_is_answered_by_the_next_leader(tmp_path):
+    """A leader that removes itself hands over, so a ``member_remove`` the client library re-sends (after
+    its attempt timeout, 2 s, when the handover took longer) reaches the next leader, which did not run
+    the first: it is answered with success there too (kvstore.members, Members._repeats_last_change).
+    Regression: "node N is not a member", and ``kv cluster remove`` of the leader failed though the
+    node was removed. Any other request is judged as ever."""
+    cluster = NemesisCluster(tmp_path)
+    try:
+        cluster.start_all()
+        old = await cluster.wait_leader()
+        async with connect(cluster.endpoints, timeout=15) as client:
+            first = await client.member_remove(old)
+        others = [i for i in cluster.ids if i != old]
+        assert sorted(m["id"] for m in first["members"]) == others
+        new = await cluster.wait_leader(among=others)
+        async with connect([cluster.endpoint(new)], timeout=15) as client:
+            again = await client.member_remove(old)  # the repeat, as the library sends it, at the next leader
+            assert sorted(m["id"] for m in again["members"]) == others and again["epoch"] == first["epoch"]
+            with pytest.raises(RequestError, match=f"node {old} is not a member"):
+                await client.member_promote(old)
+            with pytest.raises(RequestError, match="node 9 is not a member"):
+                await client.member_remove(9)
     finally:
         cluster.close()
