@@ -109,15 +109,26 @@ class PeerLinks:
         self._scope = trio.CancelScope()  # the sender tasks
         self._nursery: trio.Nursery | None = None
         self._sender_scopes: dict[int, trio.CancelScope] = {}
+        self._dialing: dict[int, tuple[str, int]] = {}  # peer -> the address its sender task dials
 
     def sync(self) -> None:
         """The node's address book changed (a membership change, kvstore.members): open links to new
-        members, close the links of members that left."""
+        members, close the links of members that left, and redial a member whose address changed (a
+        node id added again at another address while its old link was still open)."""
         node = self.node
         wanted = {p for p in node.peers if p != self.node_id}
         for peer in wanted - set(self.outboxes):
             self.outboxes[peer] = Outbox(limit=PEER_BACKLOG_FRAMES_MAX)
             if self._nursery is not None and not self.stopped:
+                self._nursery.start_soon(self._sender, peer)
+        for peer in wanted & set(self._dialing):
+            if self._dialing[peer] != node.peers[peer] and self._nursery is not None and not self.stopped:
+                log.info("node %d: node %d's address is now %s:%d; redialing", self.node_id, peer, *node.peers[peer])
+                scope = self._sender_scopes.pop(peer, None)
+                if scope is not None:
+                    scope.cancel()
+                self.outboxes[peer].detach()
+                self._dialing.pop(peer)
                 self._nursery.start_soon(self._sender, peer)
         for peer in set(self.outboxes) - wanted:
             outbox = self.outboxes.pop(peer)
@@ -126,6 +137,7 @@ class PeerLinks:
             scope = self._sender_scopes.pop(peer, None)
             if scope is not None:
                 scope.cancel()
+            self._dialing.pop(peer, None)
             log.info("node %d: closed the link to node %d, no longer a member", self.node_id, peer)
 
     # -----------------------------------------------------------------------------------------------
@@ -215,7 +227,7 @@ class PeerLinks:
     async def _send_loop(self, peer_id: int) -> None:
         node = self.node
         options = node.options
-        host, port = node.peers[peer_id]
+        host, port = self._dialing[peer_id] = node.peers[peer_id]
         outbox = self.outboxes[peer_id]
         backoff = BACKOFF_SECONDS_MIN
         hello = wire.encode_frame(wire.Hello(node_id=self.node_id, cluster_id=options.cluster_id,

@@ -27,6 +27,8 @@ from paxos import messages as pm
 from paxos.ballot import Ballot
 from paxos.membership import Config
 
+from .memnet import MemoryNetwork
+
 B = Ballot(1, 1)
 
 
@@ -167,3 +169,49 @@ def test_a_removed_voter_is_still_checked_against_the_configuration_that_governs
     assert recorded_incarnation(node, 2) == "inc-2"  # the founding record
     node.storage.members = {1: "inc-1"}
     assert recorded_incarnation(node, 7) is None
+
+
+async def _first_connection(listener, deadline_s: float = 30.0):
+    """The stream of the first connection to ``listener`` (memnet), and the Hello frame read from it."""
+    with trio.fail_after(deadline_s):
+        stream = await listener.accept()
+        reader = wire.FrameReader(stream)
+        frames = await reader.receive_frames()
+    return stream, wire.decode_body(frames[0])
+
+
+@pytest.mark.parametrize("old_address_answers", [False, True])
+async def test_a_member_whose_address_changes_is_redialed_at_the_new_one(autojump_clock, old_address_answers):
+    """A node id added again at another address while its old link was still up (or still dialing a
+    dead address) gets its link redialed at the new address on the next ``sync``; the old connection
+    is closed. Regression: the sender read the address once, so a learner re-added under a removed id
+    at a new port was never reached and never caught up (kv member add 4 A; kv member remove 4;
+    kv cluster add)."""
+    net = MemoryNetwork()
+    node = FakeNode()
+    node.transport = net.transport()
+    node.options = SimpleNamespace(cluster_id="kv", engine="core", connect_timeout_seconds=1.0,
+                                   backoff_seconds_max=1.0)
+    old_listener = (await net.transport().open_listeners("n2", 7002))[0] if old_address_answers else None
+    new_listener = (await net.transport().open_listeners("n2", 7012))[0]
+    links = PeerLinks(node)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(links.run)
+        if old_listener is not None:
+            old_stream, hello = await _first_connection(old_listener)
+            assert hello.node_id == 1
+        else:
+            await trio.sleep(5)  # it dials the dead address, and backs off, meanwhile
+        node.peers[2] = ("n2", 7012)
+        links.sync()
+        new_stream, hello = await _first_connection(new_listener)
+        assert hello.node_id == 1
+        links.send_now([(2, _heartbeat(seq=5))])
+        with trio.fail_after(5):
+            data = await new_stream.receive_some(65536)
+        (body,) = wire.split_frames(bytearray(data))
+        assert wire.decode_body(body).messages == (_heartbeat(seq=5),)
+        if old_listener is not None:
+            with trio.fail_after(5):
+                assert await old_stream.receive_some(65536) == b"", "the old connection must be closed"
+        nursery.cancel_scope.cancel()
