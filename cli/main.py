@@ -55,9 +55,45 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
+# The commands whose arguments are keys and values: text, sent as CBOR strings
+_TEXT_COMMANDS = frozenset({"put", "get", "del", "cas", "ls"})
+
+
+def not_text_argument(argv: list[str]) -> str | None:
+    """The error line for a key or value argument that is not valid UTF-8, or None.
+
+    Python hands undecodable bytes of ``sys.argv`` over as lone surrogates; a key or value holding
+    one cannot be encoded, and was found only when the request was built, after connecting. Checked
+    here instead, before anything connects (exit 2)."""
+    command, i = None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _GLOBAL_WITH_VALUE:
+            i += 2
+            continue
+        if not arg.startswith("-"):
+            command = arg
+            break
+        i += 1
+    if command not in _TEXT_COMMANDS:
+        return None
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            return (f"argument '{shown}' is not valid UTF-8: keys and values on the command line are text; "
+                    "give a binary value on stdin (kv put KEY < FILE)")
+    return None
+
+
 def run() -> None:
     """The ``kv`` console script."""
     argv = hoist_global_options(sys.argv[1:])
+    problem = not_text_argument(argv)
+    if problem is not None:
+        print(f"Error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     from .fast import run_fast
 
     if run_fast(argv):

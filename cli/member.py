@@ -100,8 +100,10 @@ def add_command(ctx: typer.Context,
             raise UsageProblem(f"invalid address {address!r}: {exc}") from None
         with open_client(settings) as client:
             result = client.admin("member_add", node_id, address)
+        cluster_id = result.get("cluster_id")
+        cluster_flag = f" --cluster-id {cluster_id}" if cluster_id and cluster_id != "kv" else ""
         typer.echo(f"added node {node_id} ({address}) as a learner; start it with: "
-                   f"kv serve --id {node_id} --join <member HOST:PORT> --data-dir <empty dir>", err=True)
+                   f"kv serve --id {node_id} --join <member HOST:PORT>{cluster_flag} --data-dir <empty dir>", err=True)
         show_members(settings, result)
 
 

@@ -284,18 +284,20 @@ class Members:
         replica = self.node.replica
         config = replica.config
         leader = replica.leader_id
+        recorded = self.node.storage.members or {}  # the founding members' incarnations, as recorded here
         members = []
         for member in config.members:
             members.append({
                 "id": member, "role": config.role(member),
                 "address": config.addresses.get(member) or _address_of(self.node, member),
                 "incarnation": config.incarnations.get(member) or self.seen_incarnations.get(member)
-                or (self.node.storage.incarnation if member == self.node.node_id else None),
+                or (self.node.storage.incarnation if member == self.node.node_id else recorded.get(member)),
                 "leader": member == leader,
                 "decided_slot": (replica.decided_slot if member == self.node.node_id
                                  else replica.peer_decided(member)),
             })
         return {"epoch": config.epoch, "change_in_progress": replica.change_in_progress,
+                "cluster_id": self.node.options.cluster_id,  # for the join command kv member add prints
                 "effective_slot": replica.status().get("config_effective_slot", 1),
                 "leader": leader, "members": members}
 

@@ -420,7 +420,14 @@ class Node:
                 # but this node votes only once it knows the members' incarnations (kvstore.identity).
                 nursery.start_soon(trio.serve_listeners, self.clients.handle_connection, listeners)
                 if self.options.metrics_addr is not None:
-                    self.metrics_port = await nursery.start(metrics.serve_metrics, self, self.options.metrics_addr)
+                    try:
+                        self.metrics_port = await nursery.start(metrics.serve_metrics, self, self.options.metrics_addr)
+                    except OSError as exc:
+                        raise ListenError(f"node {self.node_id} cannot serve metrics on {self.options.metrics_addr}: "
+                                          f"{exc.strerror or exc}") from exc
+                    metrics_host = self.options.metrics_addr.rsplit(":", 1)[0].strip("[]")
+                    log.info("node %d serving metrics at http://%s/metrics", self.node_id,
+                             format_endpoint(metrics_host, self.metrics_port))
                 task_status.started(self.listen_port)
                 log.info("node %d serving on port %d, data dir %s", self.node_id, self.listen_port, self.data_dir)
                 if self.storage.members is None:
