@@ -471,13 +471,22 @@ def up_command(
             tls_files = {"cacert": str(certs / "ca.pem"), "cert": str(certs / f"{ADMIN_NAME}.pem"),
                          "key": str(certs / f"{ADMIN_NAME}.key")}
         ports = [base_port + i for i in range(nodes)]
-        if old is not None and old.get("membership_changed"):
-            ports = [n["port"] for n in old["nodes"]]  # the members as kv cluster add/remove left them
+        if old is not None:
+            # A stopped cluster comes up where it was (its members know one another by these addresses;
+            # after kv cluster add/remove, the members as those left them).
+            recorded = [int(n["port"]) for n in old["nodes"]]
+            bases = {int(n["port"]) - (int(n["id"]) - 1) for n in old["nodes"]}  # the --base-port it was made with
+            if base_port != DEFAULT_BASE_PORT and base_port not in bases:
+                raise UsageProblem(
+                    f"the stopped cluster in {cluster_dir} uses ports {', '.join(map(str, recorded))}; "
+                    "`kv cluster up` restarts it there: drop --base-port, or use another --data-dir for a new cluster")
+            ports = recorded
         taken = [p for p in ports if port_in_use(p)]
         if taken:
+            hint = ("they are this stopped cluster's: stop what uses them" if old is not None
+                    else "pick another --base-port")
             raise OperationFailed(
-                f"port{'s' if len(taken) > 1 else ''} {', '.join(map(str, taken))} on {HOST} already in use; "
-                "pick another --base-port"
+                f"port{'s' if len(taken) > 1 else ''} {', '.join(map(str, taken))} on {HOST} already in use; {hint}"
             )
         peers = ",".join(f"{i + 1}={HOST}:{port}" for i, port in enumerate(ports))
         node_list: list[dict[str, Any]] = []
@@ -663,6 +672,15 @@ def _admin(settings: Settings, state: dict[str, Any], op: str, node: int = 0, ad
         return result
 
 
+def _warn_fault_tolerance(result: dict[str, Any]) -> None:
+    """kv member's warning about 2 voters or an even number (cli.member.fault_tolerance_warning)."""
+    from .member import fault_tolerance_warning
+
+    warning = fault_tolerance_warning(result)
+    if warning is not None:
+        typer.echo(warning, err=True)
+
+
 @cluster_app.command("add", epilog="Example: kv cluster add;  kv cluster add --port 7010")
 def add_command(
     ctx: typer.Context,
@@ -679,6 +697,8 @@ def add_command(
         if not any(process_state(n.get("pid"), n) != "dead" for n in state["nodes"]):
             raise OperationFailed(f"the cluster in {cluster_dir} is not running (kv cluster up)")
         used = [n["id"] for n in state["nodes"]] + list(state.get("removed_ids", []))
+        # and the members the cluster knows of that this file does not (added with kv member add)
+        used += [m["id"] for m in _admin(settings, state, "member_list").get("members", ())]
         node_id = max(used) + 1
         port = port if port is not None else max(n["port"] for n in state["nodes"]) + 1
         if port_in_use(port):
@@ -709,7 +729,7 @@ def add_command(
         last = ""
         while True:
             try:
-                _admin(settings, state, "member_promote", node_id)
+                promoted = _admin(settings, state, "member_promote", node_id)
                 break
             except Exception as exc:  # noqa: BLE001 -- lagging or not answering yet: retry until the deadline
                 last = str(exc)
@@ -722,6 +742,7 @@ def add_command(
                                           f"({last}); it stays a learner: kv member promote {node_id}") from None
                 time.sleep(0.5)
         typer.echo(f"promoted node {node_id} to voter", err=True)
+        _warn_fault_tolerance(promoted)
         typer.echo(f"endpoints: {','.join(state['endpoints'])}")
         typer.echo(f"export KV_ENDPOINTS={','.join(state['endpoints'])}")
 
@@ -735,8 +756,9 @@ def remove_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirO
     with reporting_errors(settings):
         state = _load(cluster_dir)
         node = _node(state, node_id)
-        _admin(settings, state, "member_remove", node_id)
+        removed = _admin(settings, state, "member_remove", node_id)
         typer.echo(f"removed node {node_id} from the members", err=True)
+        _warn_fault_tolerance(removed)
         stop_nodes([node], quiet=True)
         state["nodes"] = [n for n in state["nodes"] if n["id"] != node_id]
         state["endpoints"] = [f"{HOST}:{n['port']}" for n in state["nodes"]]

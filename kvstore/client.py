@@ -607,6 +607,7 @@ class AsyncClient:
         pause = 0.02
         redirects = 0
         last_error = "no endpoint answered"
+        no_leader_seen = False  # a node answered that it knows no leader
         while True:
             if attempt is not None:
                 conn, reply = attempt
@@ -622,7 +623,8 @@ class AsyncClient:
                 remaining = deadline - now
                 if remaining <= 0:
                     raise Unavailable(
-                        f"no answer from the cluster within {self.timeout:g}s ({last_error})"
+                        f"no answer from the cluster within {self.timeout:g}s "
+                        f"({wire.gave_up_reason(last_error, no_leader_seen)})"
                         + ("; the write may or may not have been applied" if write and sent else ""),
                         outcome_unknown=write and sent,
                     )
@@ -669,6 +671,7 @@ class AsyncClient:
             code = reply.code
             if code == wire.NOT_LEADER:
                 last_error = "no leader"
+                no_leader_seen = no_leader_seen or not reply.leader
                 if reply.leader and redirects < 2:
                     # Follow the hint at once, but not forever: two nodes that still point at each
                     # other (a leader change under way) get the same pause as no hint at all.

@@ -151,6 +151,15 @@ def backup_request(rid: int, session: int, offset: int) -> dict[str, Any]:
     return {"t": "backup", "id": rid, "session": session, "off": offset}
 
 
+def gave_up_reason(last_error: str, no_leader_seen: bool) -> str:
+    """Why a client call gave up, for its ``Unavailable``: the last attempt's error, and first, when
+    some node answered that it knows no leader while the last attempt failed otherwise (the other
+    nodes unreachable: no quorum), that. Both clients say it the same way."""
+    if no_leader_seen and last_error != "no leader":
+        return f"no leader among the nodes that answered; the last attempt: {last_error}"
+    return last_error
+
+
 def encode_map_frame(obj: dict[str, Any], frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
     """One frame holding the map ``obj`` (one of the request maps above); ``FrameTooLarge`` as from
     ``wire.encode_frame``."""
@@ -178,6 +187,20 @@ def encode_put_request_frame(request_id: int, key: Any, value: Any, client_id: A
 # ---------------------------------------------------------------------------------------------------
 
 
+# The first bytes of protocols people point a kv client or server at by mistake, read as a frame length
+_OTHER_PROTOCOLS = {b"HTTP": "HTTP (a metrics or dashboard address?)", b"GET ": "HTTP", b"POST": "HTTP",
+                    b"HEAD": "HTTP", b"PUT ": "HTTP", b"PRI ": "HTTP/2"}
+
+
+def _other_protocol(head: bytes | bytearray) -> str:
+    """What a bad frame length says when its 4 bytes are the start of another protocol ("" if none)."""
+    head = bytes(head)
+    if head[:1] in (b"\x15", b"\x16") and head[1:2] == b"\x03":
+        return ": the other side speaks TLS and this side does not (--cacert, --cert and --key)"
+    name = _OTHER_PROTOCOLS.get(head)
+    return f": the other side speaks {name}, not the kv protocol" if name else ""
+
+
 def split_frames(buffer: bytearray, frame_bytes_max: int = FRAME_BYTES_MAX) -> list[bytes]:
     """Remove every complete frame at the front of ``buffer`` and return their bodies, in order.
 
@@ -197,7 +220,7 @@ def split_frames(buffer: bytearray, frame_bytes_max: int = FRAME_BYTES_MAX) -> l
         while size - pos >= HEADER_BYTES:
             (length,) = unpack(buffer, pos)
             if length == 0 or length > frame_bytes_max:
-                bad = f"frame length {length} is outside [1, {frame_bytes_max}]"
+                bad = f"frame length {length} is outside [1, {frame_bytes_max}]" + _other_protocol(buffer[pos:pos + 4])
                 break
             end = pos + HEADER_BYTES + length
             if end > size:

@@ -308,6 +308,7 @@ class OneShotClient:
         pause = _PAUSE_FIRST
         redirects = 0
         last_error = "no endpoint answered"
+        no_leader_seen = False  # a node answered that it knows no leader
         while True:
             if self._closed:
                 raise KVError("client is closed" if not sent else "client was closed during the call")
@@ -315,7 +316,8 @@ class OneShotClient:
             remaining = deadline - now
             if remaining <= 0:
                 raise Unavailable(
-                    f"no answer from the cluster within {self.timeout:g}s ({last_error})"
+                    f"no answer from the cluster within {self.timeout:g}s "
+                    f"({frames.gave_up_reason(last_error, no_leader_seen)})"
                     + ("; the write may or may not have been applied" if write and sent else ""),
                     outcome_unknown=write and sent,
                 )
@@ -344,6 +346,7 @@ class OneShotClient:
             code = reply.code
             if code == frames.NOT_LEADER:
                 last_error = "no leader"
+                no_leader_seen = no_leader_seen or not reply.leader
                 if reply.leader and redirects < _REDIRECTS_MAX:
                     # Follow the hint at once, but not forever: two nodes that still point at each other
                     # (a leader change under way) get the same pause as no hint at all.

@@ -111,6 +111,23 @@ def test_garbage_is_a_failed_connection_and_the_next_node_answers(nodes):
         assert kv.get("k") is None
 
 
+def test_no_quorum_says_no_leader_though_the_last_attempt_was_refused(nodes):
+    """Two of three nodes down, the third up without a leader: the error says "no leader" first, not only
+    the last attempt's "connection refused" (which named a dead node and hid the live one's answer)."""
+    answers = iter([err({"id": 0}, "not_leader", "no leader")])  # then it falls silent, so no attempt ends on it
+
+    def once_then_silent(request: dict) -> object:
+        answer = next(answers, None)
+        return SILENT if answer is None else {**answer, "id": request["id"]}
+
+    alone = nodes(once_then_silent)
+    endpoints = [alone.address, f"127.0.0.1:{closed_port()}", f"127.0.0.1:{closed_port()}"]
+    with OneShotClient(endpoints, timeout=0.6) as kv:
+        with pytest.raises(Unavailable) as down:
+            kv.put("k", "v")
+    assert "(no leader among the nodes that answered; the last attempt: " in str(down.value), str(down.value)
+
+
 def test_the_deadline_gives_unavailable_and_says_whether_a_write_may_have_been_applied(nodes):
     silent = nodes(lambda r: SILENT)
     with OneShotClient([silent.address], timeout=0.6) as kv:

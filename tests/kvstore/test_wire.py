@@ -604,6 +604,31 @@ def test_split_frames_hands_out_good_frames_before_refusing_a_bad_header():
         wire.split_frames(buffer)
 
 
+@pytest.mark.parametrize("head,says", [
+    (b"HTTP/1.1 200 OK\r\n", "speaks HTTP (a metrics or dashboard address?), not the kv protocol"),
+    (b"GET /metrics HTTP/1.1\r\n", "speaks HTTP, not the kv protocol"),
+    (b"\x16\x03\x01\x02\x00\x01", "speaks TLS and this side does not"),  # a ClientHello
+    (b"\x15\x03\x03\x00\x02\x02\x28", "speaks TLS and this side does not"),  # an alert
+])
+def test_a_bad_length_that_starts_another_protocol_says_which(head, says):
+    """Pointed at a metrics port, or at a TLS node without TLS, the error names the protocol instead of
+    only a length that is the protocol's first four bytes (1213486160 is "HTTP")."""
+    with pytest.raises(wire.WireError, match="is outside") as raised:
+        wire.split_frames(bytearray(head))
+    assert says in str(raised.value)
+    with pytest.raises(wire.WireError) as plain:
+        wire.split_frames(bytearray(b"\xff\xff\xff\xff"))
+    assert "speaks" not in str(plain.value)
+
+
+def test_gave_up_reason_says_no_leader_when_a_node_answered_so_and_the_rest_were_unreachable():
+    refused = "connection failed: [Errno 111] Connection refused"
+    assert wire.gave_up_reason(refused, no_leader_seen=True) == (
+        "no leader among the nodes that answered; the last attempt: " + refused)
+    assert wire.gave_up_reason(refused, no_leader_seen=False) == refused
+    assert wire.gave_up_reason("no leader", no_leader_seen=True) == "no leader"
+
+
 # ---------------------------------------------------------------------------------------------------
 # FrameReader over an in-memory stream
 # ---------------------------------------------------------------------------------------------------
