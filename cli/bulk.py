@@ -102,7 +102,7 @@ def load_command(
         from kvstore import bulk
 
         summary = bulk.LoadSummary()
-        shell_name = "FILE" if file == "-" else shlex.quote(file)
+        shell_name = "YOUR_FILE" if file == "-" else shlex.quote(file)  # (stdin: the user knows what fed it)
         bar = _Bar("load", size, "bytes") if _bar_wanted(progress) else None
 
         def show(s: bulk.LoadSummary) -> None:

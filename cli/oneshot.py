@@ -35,6 +35,9 @@ def _check_sizes(key: str, *values: tuple[str | bytes | None, str], key_what: st
 
 
 def _read_stdin_value() -> str | bytes:
+    if sys.stdin.isatty():  # typed at a terminal: say what it waits for
+        print("kv put: reading the value from the terminal; end it with Ctrl-D (or give it: kv put KEY VALUE)",
+              file=sys.stderr, flush=True)
     data = sys.stdin.buffer.read()
     try:
         return data.decode("utf-8")
@@ -170,6 +173,9 @@ def cas(settings: Settings, key: str, values: list[str], *, absent: bool = False
         _check_sizes(key, (expected, "expected value"), (new, "new value"))
         with open_oneshot_client(settings) as client:
             succeeded = bool(client.cas(key, expected, new))
+            # Say why: a key that is not there at all reads better than "its value is not X" (read after
+            # the compare, so it tells what the key holds now, which is what the user acts on)
+            missing = not succeeded and expected is not None and client.get(key) is None
         if settings.write_out is OutputFormat.json:
             print_json({"succeeded": succeeded, "key": key})
         elif settings.write_out is OutputFormat.table:
@@ -179,6 +185,8 @@ def cas(settings: Settings, key: str, values: list[str], *, absent: bool = False
         if not succeeded:
             if expected is None:
                 raise OperationFailed(f"compare failed: {key} exists")
+            if missing:
+                raise OperationFailed(f"compare failed: {key} does not exist (kv cas --absent creates it)")
             raise OperationFailed(f"compare failed: the value of {key} is not {expected!r}")
 
 

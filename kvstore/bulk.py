@@ -61,6 +61,8 @@ READ_BYTES = 1 << 20
 """Bytes read from the input at a time."""
 LINE_BYTES_MAX = 6 * (KEY_BYTES_MAX + VALUE_BYTES_MAX) + 1024
 """The longest line ``load`` reads: the largest key and value with every character escaped (``\\u00XX``)."""
+TOO_LONG = (f"longer than {LINE_BYTES_MAX} bytes, the most a key and a value within the store's limits take "
+            "with every character escaped")
 IN_FLIGHT_DEFAULT = 256
 PROGRESS_SECONDS = 0.2
 FIELDS = ("key", "value", "value_encoding")
@@ -123,10 +125,12 @@ def parse_line(line: bytes, number: int) -> tuple[str, str | bytes] | None:
     Raises ``BulkInputError`` (naming the line and the problem) for anything else than a record of
     the format in the module docstring within the store's limits.
     """
+    if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+        line = line[3:]  # a UTF-8 byte order mark, as some editors write one: not part of the record
     if not line.strip():
         return None
     if len(line) > LINE_BYTES_MAX:
-        raise BulkInputError(number, f"longer than {LINE_BYTES_MAX} bytes")
+        raise BulkInputError(number, TOO_LONG)
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -337,7 +341,7 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
                 if not data:
                     break
                 if len(carry) > LINE_BYTES_MAX and not window.failures:  # (the lines before it went out)
-                    raise BulkInputError(number + 1, f"longer than {LINE_BYTES_MAX} bytes")
+                    raise BulkInputError(number + 1, TOO_LONG)
         except BulkInputError as exc:
             input_error = exc
         while window.count:  # bounded: every put in flight ends by the client's timeout
@@ -356,10 +360,16 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
     return summary
 
 
+def _records(count: int) -> str:
+    return f"{count} record{'' if count == 1 else 's'}"
+
+
 def _written_before(summary: LoadSummary, line: int, name: str, *, dry: bool) -> str:
     if dry:
-        return f"checked only (nothing written); the {summary.records} records before it are valid"
-    return (f"{summary.written} records (lines 1 to {line - 1}) were written before it, nothing after it; "
+        return f"checked only (nothing written); the {_records(summary.records)} before it are valid"
+    if line <= 1:
+        return "nothing was written; fix the line and load again"
+    return (f"{_records(summary.written)} (lines 1 to {line - 1}) were written before it, nothing after it; "
             f"fix the line and load from it again: tail -n +{line} {name} | kv load -")
 
 

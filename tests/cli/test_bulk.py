@@ -150,6 +150,24 @@ def test_the_plain_line_shortcut_means_what_the_json_decoder_reads(line):
     assert parse_line(line, 1) == (expected["key"], expected["value"])
 
 
+def test_a_byte_order_mark_before_the_first_record_is_not_part_of_it():
+    """Some editors start a UTF-8 file with a byte order mark: line 1 reads as if it were not there; a
+    mark on a later line is a bad line."""
+    line = b'\xef\xbb\xbf{"key": "k", "value": "v"}'
+    assert parse_line(line, 1) == ("k", "v")
+    with pytest.raises(BulkInputError):
+        parse_line(line, 2)
+
+
+async def test_a_bad_first_line_says_nothing_was_written():
+    """No "0 records (lines 1 to 0)" and no tail command from line 1: nothing to resume."""
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(BulkError) as raised:
+            await load(FakeClient(nursery), io.BytesIO(b'{"key": 1}\n'), name="data.jsonl")
+    assert str(raised.value).startswith("line 1: ") and str(raised.value).endswith(
+        "nothing was written; fix the line and load again"), str(raised.value)
+
+
 def test_blank_lines_are_skipped():
     assert parse_line(b"", 1) is None
     assert parse_line(b"  \r", 2) is None
@@ -249,7 +267,8 @@ async def test_a_line_too_long_stops_after_the_lines_before_it_went_out(monkeypa
                         + b"x" * (bulk.LINE_BYTES_MAX + 10) + b'"}\n')
     async with trio.open_nursery() as nursery:
         client = FakeClient(nursery)
-        with pytest.raises(BulkError, match=r"^line 51: longer than \d+ bytes; 50 records \(lines 1 to 50\)"):
+        with pytest.raises(BulkError, match=r"^line 51: longer than \d+ bytes, the most .*; "
+                                                r"50 records \(lines 1 to 50\)"):
             await load(client, source)
     assert client.data == {"a": "1"}
 

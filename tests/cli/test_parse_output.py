@@ -201,6 +201,15 @@ def test_cas_mismatch_exits_1(fake):
     assert fake.data["n"].value == "5"
 
 
+def test_cas_on_a_missing_key_says_it_does_not_exist(fake):
+    result = run(*EP, "cas", "counter", "1", "2")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "compare failed: counter does not exist", "--absent")
+    fake.set("counter", "5")
+    result = run(*EP, "cas", "counter", "1", "2")
+    assert_one_error_line(result, "compare failed: the value of counter is not '1'")
+
+
 def test_cas_mismatch_json_reports_and_exits_1(fake):
     fake.set("n", "5")
     result = run(*EP, "-w", "json", "cas", "n", "1", "2")
