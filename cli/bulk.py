@@ -19,7 +19,15 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from .common import EXIT_FAILED, OperationFailed, Settings, UsageProblem, error_line, reporting_errors
+from .common import (
+    EXIT_FAILED,
+    OperationFailed,
+    Settings,
+    UsageProblem,
+    cluster_down_hint,
+    error_line,
+    reporting_errors,
+)
 from .output import OutputFormat, print_json, print_table
 
 LOAD_EPILOG = ("Examples: kv load data.jsonl;  zcat data.jsonl.gz | kv load -;  kv load --dry-run data.jsonl;  "
@@ -217,7 +225,7 @@ def dump_command(
                 error_line(f"interrupted: {_dump_left(summary, part)}")
                 raise typer.Exit(EXIT_FAILED) from None
             except Exception as exc:  # the client's (Unavailable, refused by the ACL, ...): one line, and what was left
-                text = str(exc) or type(exc).__name__
+                text = (str(exc) or type(exc).__name__) + cluster_down_hint(settings, exc)
                 raise OperationFailed(f"{text}; {_dump_left(summary, part)}") from None
         finally:
             if part is not None and not ok:

@@ -297,6 +297,14 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
+def cluster_down_hint(settings: Settings, exc: BaseException) -> str:
+    """What to add to an "unavailable" error when the endpoints are the local cluster's ("" otherwise)."""
+    _, unavailable = _kv_error_types()
+    if settings.endpoints_from_default_cluster and unavailable and isinstance(exc, unavailable):
+        return " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
+    return ""
+
+
 @contextlib.contextmanager
 def reporting_errors(settings: Settings) -> Iterator[None]:
     """Turn expected failures into one stderr line and an exit code (``SystemExit``)."""
@@ -317,14 +325,12 @@ def reporting_errors(settings: Settings) -> Iterator[None]:
     except Exception as exc:
         if settings.debug:
             _print_traceback()
-        kv_errors, unavailable = _kv_error_types()
+        kv_errors, _ = _kv_error_types()
         limits = sys.modules.get("kvstore.limits")
         if limits is not None and isinstance(exc, limits.TooLarge):
             message = str(exc)  # says which limit; the same line whoever checked first
         elif kv_errors and isinstance(exc, kv_errors):
-            message = _describe_kv_error(exc)
-            if settings.endpoints_from_default_cluster and isinstance(exc, unavailable):
-                message += " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
+            message = _describe_kv_error(exc) + cluster_down_hint(settings, exc)
         else:
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             expected = type(exc).__module__.startswith("kvstore.")  # e.g. StorageError: says enough
