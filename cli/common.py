@@ -300,8 +300,13 @@ def _print_traceback() -> None:
 def cluster_down_hint(settings: Settings, exc: BaseException) -> str:
     """What to add to an "unavailable" error when the endpoints are the local cluster's ("" otherwise)."""
     _, unavailable = _kv_error_types()
-    if settings.endpoints_from_default_cluster and unavailable and isinstance(exc, unavailable):
+    if not unavailable or not isinstance(exc, unavailable):
+        return ""
+    if settings.endpoints_from_default_cluster:
         return " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
+    if "connection lost before the reply" in str(exc) and not (settings.cacert or settings.cert or settings.key):
+        # A TLS-only node closes a plain connection without a word: the likeliest reason for this one
+        return " (if the cluster serves TLS: --cacert, --cert and --key, or KV_CACERT, KV_CERT, KV_KEY)"
     return ""
 
 

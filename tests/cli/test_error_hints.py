@@ -1,0 +1,28 @@
+"""The hints the CLI adds to an "unavailable" error (``kv_cli.common.cluster_down_hint``): the local
+cluster may be down (endpoints from ``kv cluster up``'s file), or, when a node hung up before any reply
+and no TLS files were given, that the cluster may serve TLS (a TLS-only node closes a plain connection
+without a word). Any other error, or a client with TLS, gets no hint."""
+from __future__ import annotations
+
+from kv_cli.common import Settings, cluster_down_hint
+from kvstore.client import Unavailable  # (imported: the hint looks at the client modules loaded)
+from kvstore.errors import RequestError
+
+LOST = Unavailable("no answer from the cluster within 2s (connection failed: connection lost before the reply)")
+REFUSED = Unavailable("no answer from the cluster within 2s (connection failed: [Errno 111] Connection refused)")
+
+
+def test_a_plain_client_whose_connection_was_dropped_is_told_about_tls():
+    settings = Settings(endpoints_text="127.0.0.1:9101")
+    assert "if the cluster serves TLS: --cacert, --cert and --key" in cluster_down_hint(settings, LOST)
+    assert cluster_down_hint(settings, REFUSED) == ""
+    assert cluster_down_hint(settings, RequestError("bad", "bad_request")) == ""
+    with_tls = Settings(endpoints_text="127.0.0.1:9101", cacert="ca.pem", cert="c.pem", key="c.key")
+    assert cluster_down_hint(with_tls, LOST) == ""
+
+
+def test_the_local_clusters_endpoints_get_the_cluster_up_hint():
+    settings = Settings()
+    settings.endpoints_from_default_cluster = True
+    for error in (LOST, REFUSED):
+        assert "the local cluster may be down" in cluster_down_hint(settings, error)
