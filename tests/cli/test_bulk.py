@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +39,7 @@ from kvstore.bulk import BulkError, BulkInputError, LoadSummary, SnapshotEntries
 from kvstore.client import Unavailable
 from kvstore.commands import KEY_BYTES_MAX, VALUE_BYTES_MAX, encode_delete, encode_put
 from kvstore.statemachine import StateMachine
+from tests.ports import free_base_port
 
 CLIENT = b"bulk-test-client"
 COMMAND_SECONDS = 120  # bound on any one kv invocation
@@ -51,25 +51,6 @@ def kv_command() -> list[str]:
         return [str(beside)]
     found = shutil.which("kv")
     return [found] if found else [sys.executable, "-m", "kv_cli"]
-
-
-def free_base_port(count: int) -> int:
-    """A port P with P .. P+count-1 free on 127.0.0.1 (bound to port 0, neighbours checked)."""
-    for _ in range(20):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count - 1 > 65535:
-            continue
-        try:
-            for i in range(count):
-                with socket.socket() as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind(("127.0.0.1", base + i))
-        except OSError:
-            continue
-        return base
-    pytest.fail(f"no {count} consecutive free ports found")
 
 
 class Kv:

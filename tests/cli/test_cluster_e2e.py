@@ -1,11 +1,8 @@
 """End to end: the installed ``kv`` command runs a real 3-process local cluster.
 
 How: each test gets a temporary KV_CLUSTER_DIR and a base port P such that P, P+1, P+2 were free on
-127.0.0.1, all below (or above) the kernel's ephemeral range (picked at random there; retried a few
-times). Not from that range: a port the kernel may give an outgoing connection (a kv command's, a peer
-link's) can be taken between the check and the node that binds it seconds later (``kv cluster add``'s
-node, a restart), and that node then cannot listen (seen: ``kv cluster add`` failing with "node 4
-exited"). It runs ``kv``
+127.0.0.1, outside the kernel's ephemeral range (``tests.ports``: a port from that range can be taken by
+an outgoing connection before ``kv cluster add``'s node binds it, seen once). It runs ``kv``
 as a subprocess exactly as a user would (``kv cluster up --detach``, ``kv put``, ...), with no
 --endpoints flag, so the client commands also prove the default-cluster lookup. Waiting is polling
 against deadlines; nothing asserts on timings. Teardown in ``finally``: ``kv cluster down``, then
@@ -21,11 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from kv_cli.cluster import process_state
+from tests.ports import free_base_port
 
 pytestmark = pytest.mark.slow
 
@@ -47,40 +43,6 @@ def kv_command() -> list[str]:
         return [str(beside)]
     found = shutil.which("kv")
     return [found] if found else [sys.executable, "-m", "kv_cli"]
-
-
-def port_free(port: int) -> bool:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
-
-
-def ephemeral_port_range() -> tuple[int, int]:
-    """The local ports the kernel hands to outgoing connections (Linux; elsewhere the IANA range)."""
-    try:
-        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return low, high
-    except (OSError, ValueError):
-        return 49152, 65535
-
-
-def free_base_port(count: int = 3, attempts: int = 50) -> int:
-    """P with P..P+count-1 free on 127.0.0.1 and outside the ephemeral range (module docstring)."""
-    low, high = ephemeral_port_range()
-    spans = [(a, b) for a, b in ((10000, low - count), (high + 1, 65536 - count)) if a < b]  # bases in [a, b)
-    spans = spans or [(1024, 65536 - count)]  # (a range this wide leaves no choice)
-    for _ in range(attempts):
-        a, b = random.choices(spans, weights=[b - a for a, b in spans])[0]
-        base = random.randrange(a, b)
-        if all(port_free(base + i) for i in range(count)):
-            return base
-    pytest.fail(f"no {count} consecutive free ports outside {low}-{high} found in {attempts} attempts")
 
 
 class Kv:

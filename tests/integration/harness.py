@@ -1,14 +1,13 @@
 """A real local cluster of ``kv serve`` processes for integration tests.
 
-Each node is a separate OS process on 127.0.0.1 with a port the OS assigned (found by binding port 0)
-and its own temporary data directory. Tests SIGKILL, SIGSTOP and restart nodes through this object and
+Each node is a separate OS process on 127.0.0.1 with a free port outside the kernel's ephemeral range
+(``tests.ports``) and its own temporary data directory. Tests SIGKILL, SIGSTOP and restart nodes through this object and
 must tear it down in ``finally`` (``Cluster.close`` kills every process it started, by PID).
 """
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,19 +15,9 @@ from pathlib import Path
 
 from kvstore.client import Client, KVError
 
+from .. import ports
 
-def free_ports(count: int) -> list[int]:
-    """Ports the OS just handed out for 127.0.0.1 (bound to port 0, then released)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+free_ports = ports.free_ports  # (re-exported: the other test packages import it from here)
 
 
 class Cluster:

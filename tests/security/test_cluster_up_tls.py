@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -21,29 +20,9 @@ import pytest
 
 from kv_cli.cluster import process_state
 
+from ..ports import free_base_port
+
 pytestmark = pytest.mark.slow
-
-
-def free_base_port(count: int = 3) -> int:
-    for _ in range(20):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count - 1 > 65535:
-            continue
-        socks = []
-        try:
-            for i in range(count):
-                t = socket.socket()
-                socks.append(t)
-                t.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    pytest.fail("no three consecutive free ports")
 
 
 def test_kv_cluster_up_tls(tmp_path):

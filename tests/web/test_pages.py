@@ -24,7 +24,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,8 @@ import pytest
 
 from kv_cli.cluster import process_state
 from kvstore.client import Client
+
+from ..ports import free_base_port
 
 pytestmark = pytest.mark.slow
 
@@ -109,26 +110,6 @@ def steady_writes(endpoints: list[str], seconds: float) -> None:
 def kv_command() -> list[str]:
     beside = Path(sys.executable).parent / "kv"
     return [str(beside)] if beside.exists() else [sys.executable, "-m", "kv_cli"]
-
-
-def free_base_port(count: int = 3, attempts: int = 20) -> int:
-    for _ in range(attempts):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        base = sock.getsockname()[1]
-        sock.close()
-        ok = base + count - 1 <= 65535
-        for port in range(base, base + count):
-            probe = socket.socket()
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                ok = False
-            finally:
-                probe.close()
-        if ok:
-            return base
-    pytest.fail(f"no {count} consecutive free ports in {attempts} attempts")
 
 
 ROWS_SCRIPT = """
