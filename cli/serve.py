@@ -72,6 +72,12 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
             overrides["metrics_addr"] = metrics_addr
         overrides.update(serve_tls_options(cacert, cert, key, acl))  # checked: UsageProblem if unusable
         options = ServerOptions(**overrides)
+        # A taken port, found before the data directory is touched (the node reports it too, if it is
+        # taken between this check and its own bind)
+        if node_id in peer_map:
+            _check_listen(f"node {node_id}", *peer_map[node_id])
+        if metrics_addr is not None:
+            _check_listen(f"node {node_id}'s metrics", *parse_listen_address(metrics_addr))
         import logging
         import sys
 
@@ -90,6 +96,20 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
         except JoinError as exc:
             raise OperationFailed(f"cannot join: {exc}") from None
         echo(f"kv serve: node {node_id} stopped", err=True)
+
+
+def _check_listen(what: str, host: str, port: int) -> None:
+    """OperationFailed if a listener cannot bind ``host:port`` now (port 0 always can)."""
+    if port == 0:
+        return
+    import os
+    import socket
+
+    try:
+        socket.create_server((host, port)).close()  # (SO_REUSEADDR, as the server's own listener)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OperationFailed(f"{what} cannot listen on {host}:{port}: {reason}") from None
 
 
 def serve_tls_options(cacert: str | None, cert: str | None, key: str | None, acl: str | None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ written and reopened by a node of the engine under test.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,6 +67,22 @@ def test_cli_unreachable_endpoint_is_one_line_exit_1():
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(error_lines(proc)) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("taken", ["node", "metrics"])
+def test_serve_on_a_taken_port_is_one_line_and_leaves_the_data_dir_alone(tmp_path, taken):
+    """A port another process holds: exit 1 with "cannot listen on HOST:PORT: Address already in use",
+    before the data directory is created (it was created, and the error was an ExceptionGroup line)."""
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        held = holder.getsockname()[1]
+        node_port = held if taken == "node" else free_ports(1)[0]
+        extra = ["--metrics-addr", f"127.0.0.1:{held}"] if taken == "metrics" else []
+        data = tmp_path / "data"
+        proc = kv("serve", "--id", "1", "--peers", f"1=127.0.0.1:{node_port}", "--data-dir", str(data), *extra)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = [line for line in error_lines(proc) if line.startswith("Error")]
+    assert f"cannot listen on 127.0.0.1:{held}: Address already in use" in line, proc.stderr
+    assert "Traceback" not in proc.stderr and not data.exists()
 
 
 # ---- data directory damage --------------------------------------------------------------------------
