@@ -276,6 +276,12 @@ class Members:
             raise AdminError("not the leader", wire.NOT_LEADER)
 
     async def _member_list(self, request: wire.AdminRequest) -> dict[str, Any]:
+        """The leader's list when there is a leader: a follower may not have learned the newest change
+        yet, so it sends the client there (``not_leader`` with the hint; the client follows it). A node
+        that knows no leader, or whose disk failed, answers with its own view (``"leader": None``)."""
+        node = self.node
+        if not node.replica.is_leader and node.replica.leader_id is not None and not node._fenced:
+            raise AdminError("not the leader", wire.NOT_LEADER)
         return self.describe()
 
     def describe(self) -> dict[str, Any]:

@@ -159,3 +159,24 @@ async def test_a_repeated_removal_of_the_leader_is_answered_by_the_next_leader(t
                 await client.member_remove(9)
     finally:
         cluster.close()
+
+
+async def test_the_member_list_asked_of_a_follower_is_the_leaders(tmp_path):
+    """A follower may not have learned the newest change yet, so ``member_list`` there answers
+    ``not_leader`` and the client follows the hint: the list comes from the leader (it names itself,
+    and it alone knows how far each peer has decided). Asked of the leader, the same list."""
+    cluster = NemesisCluster(tmp_path)
+    try:
+        cluster.start_all()
+        leader = await cluster.wait_leader()
+        follower = next(i for i in cluster.ids if i != leader)
+        async with connect([cluster.endpoint(follower)], timeout=15) as client:
+            listed = await client.member_list()
+        assert listed["leader"] == leader
+        assert sorted(m["id"] for m in listed["members"]) == sorted(cluster.ids)
+        assert all(m["decided_slot"] is not None for m in listed["members"]), listed  # the leader's knowledge
+        proc = kv(cluster, "-w", "json", "member", "list", endpoints=[cluster.endpoint(follower)])
+        assert proc.returncode == 0, proc.stderr
+        assert '"leader": ' + str(leader) in proc.stdout, proc.stdout
+    finally:
+        cluster.close()
