@@ -175,7 +175,12 @@ def cas(settings: Settings, key: str, values: list[str], *, absent: bool = False
             succeeded = bool(client.cas(key, expected, new))
             # Say why: a key that is not there at all reads better than "its value is not X" (read after
             # the compare, so it tells what the key holds now, which is what the user acts on)
-            missing = not succeeded and expected is not None and client.get(key) is None
+            missing = False
+            if not succeeded and expected is not None:
+                try:
+                    missing = client.get(key) is None
+                except Exception:  # noqa: BLE001 - only the wording of the failure depends on it
+                    missing = False
         if settings.write_out is OutputFormat.json:
             print_json({"succeeded": succeeded, "key": key})
         elif settings.write_out is OutputFormat.table:
