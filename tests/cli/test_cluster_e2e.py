@@ -174,6 +174,10 @@ def test_detached_cluster_survives_follower_and_leader_crash(kv):
     failed = kv("--command-timeout", "1", "get", "greeting", check=False)
     assert failed.returncode == 1
     assert len(failed.stderr.decode().strip().splitlines()) == 1
+    # up again: its own ports, not another --base-port's (its members know one another by them)
+    other = base + 100 if base + 102 <= 65535 else base - 100  # (refused before any port is tried)
+    moved = kv("cluster", "up", "--detach", "--base-port", str(other), check=False)
+    assert moved.returncode == 2 and f"uses ports {base}, {base + 1}, {base + 2}".encode() in moved.stderr
 
 
 def test_foreground_up_stops_every_node_on_ctrl_c(kv):
@@ -222,6 +226,7 @@ def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     kv("put", "before", "1")
     added = kv("cluster", "add")
     assert f"127.0.0.1:{base + 3}".encode() in added.stdout and b"promoted node 4 to voter" in added.stderr
+    assert b"note: 4 voters tolerate 1 failed voter(s), as 3 would" in added.stderr  # as kv member promote
     rows = {r["id"]: r for r in kv.cluster_rows()}
     assert sorted(rows) == [1, 2, 3, 4]
     deadline = time.monotonic() + CONVERGE_SECONDS
@@ -231,7 +236,8 @@ def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     assert {r["role"] for r in rows.values()} == {"voter"}, rows
     kv.wait_converged(4)
 
-    kv("cluster", "remove", "1")
+    removed = kv("cluster", "remove", "1")
+    assert b"voters" not in removed.stderr, removed.stderr  # 3 voters: nothing to warn about
     rows = {r["id"]: r for r in kv.cluster_rows()}
     assert sorted(rows) == [2, 3, 4]
     kv("put", "after", "2")
@@ -242,7 +248,7 @@ def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     assert refused.returncode == 2 and b"no node 1" in refused.stderr
 
     kv("cluster", "down")
-    kv("cluster", "up", "--detach")
+    kv("cluster", "up", "--detach")  # on the ports it has (here not base .. base + 2)
     assert sorted(r["id"] for r in kv.cluster_rows()) == [2, 3, 4]
     kv.wait_converged(3)
     assert kv("get", "after").stdout.split() == [b"after", b"2"]
