@@ -425,9 +425,7 @@ class Node:
                     except OSError as exc:
                         raise ListenError(f"node {self.node_id} cannot serve metrics on {self.options.metrics_addr}: "
                                           f"{exc.strerror or exc}") from exc
-                    metrics_host = self.options.metrics_addr.rsplit(":", 1)[0].strip("[]")
-                    log.info("node %d serving metrics at http://%s/metrics", self.node_id,
-                             format_endpoint(metrics_host, self.metrics_port))
+                    log.info("node %d serving metrics at http://%s/metrics", self.node_id, self._metrics_address())
                 task_status.started(self.listen_port)
                 log.info("node %d serving on port %d, data dir %s", self.node_id, self.listen_port, self.data_dir)
                 if self.storage.members is None:
@@ -890,6 +888,12 @@ class Node:
             return format_endpoint(*self.peers[leader])
         return None
 
+    def _metrics_address(self) -> str | None:
+        """Where /metrics is served (--metrics-addr; HOST:0 picks the port), None without."""
+        if self.metrics_port is None or not self.options.metrics_addr:
+            return None
+        return format_endpoint(self.options.metrics_addr.rsplit(":", 1)[0].strip("[]"), self.metrics_port)
+
     def status(self) -> dict[str, Any]:
         core = self.replica.status()
         host, port = self.peers[self.node_id]
@@ -917,6 +921,7 @@ class Node:
             "disk_error": self.disk_error,  # why not ok: the file, the error, what to do
             "snapshotting": self.snapshots.busy,
             "cluster_id": self.options.cluster_id,
+            "metrics_address": self._metrics_address(),
             "engine": self.options.engine,  # core or classic (ServerOptions.engine)
             "incarnation": self.storage.incarnation,  # this data directory's (kvstore.identity)
             # the newest configuration (paxos.membership) and this node's role in it

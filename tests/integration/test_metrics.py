@@ -87,6 +87,9 @@ def test_metrics_of_a_real_cluster_move_with_puts_leadership_and_a_kill(tmp_path
 
         scrapes = poll("every node's metrics with one leader", scrapes_with_one_leader)
         assert all(value(s, "kv_leader_id") == leader for s in scrapes.values())
+        for node_id in ids:  # kv status says where each node serves its metrics
+            status = cluster.status(node_id)
+            assert status is not None and status["metrics_address"] == f"127.0.0.1:{cluster.metrics_ports[node_id]}"
         puts_before = value(scrapes[leader], "kv_requests_total", op="put", outcome="ok")
 
         with cluster.client() as client:
