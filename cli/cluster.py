@@ -697,8 +697,9 @@ def add_command(
         if not any(process_state(n.get("pid"), n) != "dead" for n in state["nodes"]):
             raise OperationFailed(f"the cluster in {cluster_dir} is not running (kv cluster up)")
         used = [n["id"] for n in state["nodes"]] + list(state.get("removed_ids", []))
-        # and the members the cluster knows of that this file does not (added with kv member add)
-        used += [m["id"] for m in _admin(settings, state, "member_list").get("members", ())]
+        # and the ids the cluster knows of that this file does not (kv member add, then remove)
+        listed = _admin(settings, state, "member_list")
+        used += [m["id"] for m in listed.get("members", ())] + list(listed.get("retired", ()))
         node_id = max(used) + 1
         port = port if port is not None else max(n["port"] for n in state["nodes"]) + 1
         if port_in_use(port):

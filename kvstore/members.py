@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
@@ -304,6 +304,7 @@ class Members:
             })
         return {"epoch": config.epoch, "change_in_progress": replica.change_in_progress,
                 "cluster_id": self.node.options.cluster_id,  # for the join command kv member add prints
+                "retired": list(config.retired),  # ids removed so far: never given to a new member
                 "effective_slot": replica.status().get("config_effective_slot", 1),
                 "leader": leader, "members": members}
 
@@ -321,8 +322,7 @@ class Members:
         for member in config.members:
             if member not in addresses and member in node.peers:
                 addresses[member] = format_endpoint(*node.peers[member])
-        return Config(node_ids=config.node_ids, learners=config.learners, epoch=config.epoch,
-                      alpha=config.alpha, addresses=addresses, incarnations=incarnations)
+        return replace(config, addresses=addresses, incarnations=incarnations)
 
     async def _change(self, build: Callable[[Config], Config]) -> dict[str, Any]:
         """Build a new configuration from the newest one, propose it and wait until it governs."""
@@ -391,8 +391,7 @@ class Members:
         def build(base: Config) -> Config:
             new = base.promote(request.node)
             if incarnation is not None:
-                new = Config(node_ids=new.node_ids, learners=new.learners, epoch=new.epoch, alpha=new.alpha,
-                             addresses=new.addresses, incarnations={**new.incarnations, request.node: incarnation})
+                new = replace(new, incarnations={**new.incarnations, request.node: incarnation})
             return new
 
         return await self._change(build)

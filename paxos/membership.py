@@ -5,7 +5,11 @@ Theory of operation
 A ``Config`` names the *voters* (the acceptors whose majority decides a slot), the *learners* (nodes
 that receive the log and snapshots, promise and accept like anyone, and count toward no quorum), and,
 opaque to the core, each member's address and incarnation (the shell's business: how to reach it and
-which data directory it is; see ``kvstore.identity``). ``epoch`` counts the changes.
+which data directory it is; see ``kvstore.identity``). ``epoch`` counts the changes, and ``retired``
+holds the ids of members removed so far: an id is never given to a new member again, so that a
+node's id names one machine and one data directory for the life of the cluster (logs, metrics and an
+operator's notes about node 4 never mix two nodes). Reusing one would not be unsafe (a new member has
+a new incarnation, which the shell checks), only confusing; ``add_learner`` refuses it.
 
 A change is an ordinary command in an ordinary slot, decided like any other (``encode_change``). It
 names the epoch it changes, so two changes raced by two operators cannot both apply: at apply time a
@@ -79,6 +83,7 @@ class Config:
     alpha: int = ALPHA_DEFAULT
     addresses: dict[int, str] = field(default_factory=dict, compare=True)  # node id -> "host:port" (shell's)
     incarnations: dict[int, str] = field(default_factory=dict, compare=True)  # node id -> incarnation (shell's)
+    retired: tuple[int, ...] = ()  # ids of members removed so far, ascending: never a member again
 
     def __post_init__(self) -> None:
         voters = _check_ids(self.node_ids, "voters")
@@ -88,6 +93,11 @@ class Config:
         both = set(voters) & set(learners)
         if both:
             raise ValueError(f"node {min(both)} is both a voter and a learner")
+        retired = tuple(sorted(set(_check_ids(self.retired, "retired ids"))))
+        back = set(retired) & (set(voters) | set(learners))
+        if back:
+            raise ValueError(f"node {min(back)} was removed before: it cannot be a member again")
+        object.__setattr__(self, "retired", retired)
         if not isinstance(self.alpha, int) or self.alpha < 1:
             raise ValueError(f"alpha must be an int >= 1, got {self.alpha!r}")
         if not isinstance(self.epoch, int) or self.epoch < 0:
@@ -134,6 +144,9 @@ class Config:
     def add_learner(self, node_id: int, address: str = "", incarnation: str = "") -> Config:
         if node_id in self.members:
             raise ValueError(f"node {node_id} is already a member ({self.role(node_id)})")
+        if node_id in self.retired:
+            raise ValueError(f"node {node_id} was a member and was removed; ids are never reused: "
+                             f"give the new member a new id (above {max(self.members + self.retired)})")
         return self._next(learners=self.learners + (node_id,),
                           addresses={**self.addresses, **({node_id: address} if address else {})},
                           incarnations={**self.incarnations, **({node_id: incarnation} if incarnation else {})})
@@ -154,7 +167,8 @@ class Config:
         return self._next(node_ids=tuple(n for n in self.node_ids if n != node_id),
                           learners=tuple(n for n in self.learners if n != node_id),
                           addresses={k: v for k, v in self.addresses.items() if k != node_id},
-                          incarnations={k: v for k, v in self.incarnations.items() if k != node_id})
+                          incarnations={k: v for k, v in self.incarnations.items() if k != node_id},
+                          retired=self.retired + (node_id,))
 
     def with_incarnation(self, node_id: int, incarnation: str) -> Config:
         """Record a member's incarnation (used once, when a new cluster's founding is agreed)."""
@@ -168,10 +182,13 @@ class Config:
     # ------------------------------------------------------------------ plain values
 
     def to_dict(self) -> dict[str, Any]:
-        return {"voters": list(self.node_ids), "learners": list(self.learners), "epoch": self.epoch,
+        data = {"voters": list(self.node_ids), "learners": list(self.learners), "epoch": self.epoch,
                 "alpha": self.alpha,
                 "addresses": {str(k): v for k, v in sorted(self.addresses.items())},
                 "incarnations": {str(k): v for k, v in sorted(self.incarnations.items())}}
+        if self.retired:  # (only then: a configuration without removals encodes as before this field)
+            data["retired"] = list(self.retired)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
@@ -180,7 +197,8 @@ class Config:
             return cls(node_ids=tuple(data["voters"]), learners=tuple(data.get("learners", ())),
                        epoch=data["epoch"], alpha=data.get("alpha", ALPHA_DEFAULT),
                        addresses={int(k): v for k, v in dict(data.get("addresses", {})).items()},
-                       incarnations={int(k): v for k, v in dict(data.get("incarnations", {})).items()})
+                       incarnations={int(k): v for k, v in dict(data.get("incarnations", {})).items()},
+                       retired=tuple(data.get("retired", ())))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a configuration: {exc!r}") from None
 

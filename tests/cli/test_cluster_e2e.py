@@ -246,6 +246,8 @@ def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     assert sorted(m["id"] for m in members["members"]) == [2, 3, 4]
     refused = kv("cluster", "remove", "1", check=False)
     assert refused.returncode == 2 and b"no node 1" in refused.stderr
+    reused = kv("member", "add", "1", f"127.0.0.1:{base + 9}", check=False)  # ids are never reused
+    assert reused.returncode == 1 and b"node 1 was a member and was removed" in reused.stderr, reused.stderr
 
     kv("cluster", "down")
     kv("cluster", "up", "--detach")  # on the ports it has (here not base .. base + 2)

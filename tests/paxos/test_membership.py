@@ -203,6 +203,32 @@ def test_add_learner_refuses_an_existing_member_and_records_address_and_incarnat
     assert new.role(5) == "learner" and not new.is_voter(5) and new.members == (1, 2, 3, 4, 5)
 
 
+def test_a_removed_id_is_retired_and_never_given_to_a_new_member():
+    """``remove`` records the id in ``retired``; ``add_learner`` refuses it afterwards, naming a free
+    id; the field survives ``to_dict``/``from_dict`` (a snapshot, a change command), and a configuration
+    with no removal encodes exactly as before the field existed (older logs and snapshots decode)."""
+    config = Config(node_ids=(1, 2, 3), learners=(4,))
+    assert "retired" not in config.to_dict()
+    after = config.remove(4).remove(2)
+    assert after.retired == (2, 4) and after.members == (1, 3)
+    for gone in (2, 4):
+        with pytest.raises(ValueError, match=f"node {gone} was a member and was removed; ids are never reused"
+                                             r": give the new member a new id \(above 4\)"):
+            after.add_learner(gone)
+    assert after.add_learner(5).retired == (2, 4)
+    assert Config.from_dict(after.to_dict()) == after and after.to_dict()["retired"] == [2, 4]
+    assert Config.from_dict(config.to_dict()).retired == ()
+
+
+def test_a_retired_id_cannot_be_a_member_and_must_be_an_id():
+    with pytest.raises(ValueError, match="node 2 was removed before"):
+        Config(node_ids=(1, 2), retired=(2,))
+    with pytest.raises(ValueError, match="node ids must be ints"):
+        Config(node_ids=(1,), retired=("x",))
+    with pytest.raises(ValueError):
+        Config.from_dict({"voters": [1], "epoch": 0, "retired": 7})
+
+
 def test_promote_refuses_a_voter_and_a_node_that_is_not_a_learner():
     config = Config(node_ids=(1, 2, 3), learners=(4,))
     with pytest.raises(ValueError, match="already a voter"):
