@@ -68,7 +68,8 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="The cluster directory. Default: $KV_CLUSTER_DIR or ~/.local/share/kv/cluster.",
+        help="The cluster directory. Default: $KV_CLUSTER_DIR, else $XDG_DATA_HOME/kv/cluster "
+             "(~/.local/share/kv/cluster).",
         show_default=False,
     ),
 ]

@@ -280,7 +280,8 @@ def dashboard_command(
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="The kv cluster up directory for the fault buttons. Default: "
-                                        "$KV_CLUSTER_DIR or ~/.local/share/kv/cluster.", show_default=False),
+                                        "$KV_CLUSTER_DIR, else $XDG_DATA_HOME/kv/cluster "
+                                        "(~/.local/share/kv/cluster).", show_default=False),
     ] = None,
     interval: Annotated[float, typer.Option("--interval", min=0.2, max=60.0, help="Seconds between polls.")] = 1.0,
 ) -> None:
