@@ -31,7 +31,7 @@ def _check_sizes(key: str, *values: tuple[str | bytes | None, str], key_what: st
 
     check_key(key, key_what)
     for value, what in values:
-        check_value(value, what)
+        check_value(value, what, optional=True)  # (cas --absent's expected value is None)
 
 
 def _read_stdin_value() -> str | bytes:

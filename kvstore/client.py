@@ -374,7 +374,7 @@ class AsyncClient:
     async def cas(self, key: str, expected: str | bytes | None, new: str | bytes) -> bool:
         """Set ``key`` to ``new`` if its value is ``expected`` (None: only if absent). True if swapped."""
         check_key(key)
-        check_value(expected, "expected value")
+        check_value(expected, "expected value", optional=True)
         check_value(new, "new value")
         result = await self._write(lambda rid, rq, ack: wire.CasRequest(
             id=rid, key=key, expected=expected, new=new, client_id=self.client_id, request_id=rq, ack_below=ack))
@@ -383,6 +383,7 @@ class AsyncClient:
     async def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
                    limit: int = 0) -> builtins.list[tuple[str, str | bytes | None]]:
         """``[(key, value), ...]`` in key order (``[(key, None), ...]`` with keys_only)."""
+        check_key(prefix, "prefix")
         lin = _linearizable(consistency)
         result = await self._read(lambda rid: wire.ListRequest(
             id=rid, prefix=prefix, keys_only=keys_only, linearizable=lin, limit=limit))

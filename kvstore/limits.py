@@ -13,6 +13,11 @@ same error, ``TooLarge``, naming the limit, and nothing is sent.
 The limits are defined here, and ``kvstore.commands`` (the state machine's command codec) imports them:
 one definition for the store and its clients. This module imports only ``kvstore.frames``, so the
 one-shot client stays quick to start.
+
+The same checks refuse, before anything is sent, what the server would refuse as a protocol error
+(and close the connection for, taking every other request on it along): a key or prefix that is not a
+``str`` or a value that is not ``str`` or ``bytes`` (``TypeError``), and text holding a lone surrogate,
+which no UTF-8 encoder takes (``ValueError``).
 """
 from __future__ import annotations
 
@@ -30,29 +35,38 @@ class TooLarge(FrameTooLarge):
     before these checks existed."""
 
 
-def _size(data: object) -> int:
-    """Bytes of a str (UTF-8) or bytes; 0 for anything else, which the encoder or the store refuses
-    as before (a wrong type is not a size problem)."""
-    if type(data) is str:
-        # An ASCII str has one byte per character (isascii is O(1)); lone surrogates count as
-        # 3 bytes here and are refused by the store later, as before.
-        return len(data) if data.isascii() else len(data.encode("utf-8", "surrogatepass"))
-    if isinstance(data, (bytes, bytearray)):
-        return len(data)
-    return 0
+def _text_size(text: str, what: str) -> int:
+    """Bytes of ``text`` in UTF-8; ``ValueError`` for a lone surrogate (no UTF-8 encoder takes one)."""
+    if text.isascii():  # one byte per character (isascii is O(1))
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid text: it holds a lone surrogate ({text[exc.start]!r} at index "
+                         f"{exc.start}), which UTF-8 cannot encode") from None
 
 
 def check_key(key: object, what: str = "key") -> None:
-    """Raise ``TooLarge`` if ``key`` has more than ``KEY_BYTES_MAX`` bytes in UTF-8."""
-    size = _size(key)
+    """Raise ``TypeError`` if ``key`` is not a ``str``, ``ValueError`` if it is not valid text, and
+    ``TooLarge`` if it has more than ``KEY_BYTES_MAX`` bytes in UTF-8."""
+    if type(key) is not str:
+        raise TypeError(f"{what} must be a str, got {type(key).__name__}")
+    size = _text_size(key, what)
     if size > KEY_BYTES_MAX:
         raise TooLarge(f"{what} is too large: {size} bytes, the limit is {KEY_BYTES_MAX} bytes")
 
 
-def check_value(value: object, what: str = "value") -> None:
-    """Raise ``TooLarge`` if ``value`` has more than ``VALUE_BYTES_MAX`` bytes (UTF-8 for text)."""
-    if value is None:
+def check_value(value: object, what: str = "value", *, optional: bool = False) -> None:
+    """Raise ``TypeError`` if ``value`` is not ``str`` or ``bytes`` (None is allowed when
+    ``optional``: cas's "absent"), ``ValueError`` if it is text that is not valid, and ``TooLarge``
+    if it has more than ``VALUE_BYTES_MAX`` bytes (UTF-8 for text)."""
+    if type(value) is str:
+        size = _text_size(value, what)
+    elif isinstance(value, (bytes, bytearray)):
+        size = len(value)
+    elif value is None and optional:
         return
-    size = _size(value)
+    else:
+        raise TypeError(f"{what} must be str or bytes, got {type(value).__name__}")
     if size > VALUE_BYTES_MAX:
         raise TooLarge(f"{what} is too large: {size} bytes, the limit is {VALUE_BYTES_MAX} bytes")

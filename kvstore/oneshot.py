@@ -221,7 +221,7 @@ class OneShotClient:
 
     def cas(self, key: str, expected: str | bytes | None, new: str | bytes) -> bool:
         check_key(key)
-        check_value(expected, "expected value")
+        check_value(expected, "expected value", optional=True)
         check_value(new, "new value")
         result = self._write(lambda rid, rq: frames.encode_map_frame(
             frames.cas_request(rid, key, expected, new, self.client_id, rq, rq)))
@@ -230,6 +230,7 @@ class OneShotClient:
     def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
              limit: int = 0) -> builtins.list[tuple[str, Any]]:
         """``[(key, value), ...]`` in key order (``[(key, None), ...]`` with keys_only)."""
+        check_key(prefix, "prefix")
         lin = _linearizable(consistency)
         result = self._call(lambda rid: frames.encode_map_frame(
             frames.list_request(rid, prefix, keys_only, lin, limit)), write=False)

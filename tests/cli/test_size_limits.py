@@ -138,3 +138,49 @@ def test_too_large_is_what_a_caller_caught_before():
     from kvstore import wire
 
     assert issubclass(TooLarge, wire.FrameTooLarge) and issubclass(TooLarge, ValueError)
+
+
+# --- wrong types and text that is not valid: refused before anything is sent too --------------------
+# (the server answered a protocol error and closed the connection, taking the other requests on it along)
+
+WRONG = [
+    ("put", (1, "v"), TypeError, "key must be a str, got int"),
+    ("put", (b"k", "v"), TypeError, "key must be a str, got bytes"),
+    ("put", ("k", None), TypeError, "value must be str or bytes, got NoneType"),
+    ("put", ("k", 5), TypeError, "value must be str or bytes, got int"),
+    ("get", (1,), TypeError, "key must be a str, got int"),
+    ("list", (1,), TypeError, "prefix must be a str, got int"),
+    ("cas", ("k", "a", None), TypeError, "new value must be str or bytes, got NoneType"),
+    ("put", ("\ud800", "v"), ValueError, "key is not valid text: it holds a lone surrogate ('\\ud800' at index 0)"),
+    ("put", ("k", "ok\udcff"), ValueError, "value is not valid text: it holds a lone surrogate"),
+]
+
+
+@pytest.mark.parametrize("method,args,error,message", WRONG, ids=lambda v: repr(v)[:40])
+async def test_the_async_client_refuses_wrong_types_and_bad_text_before_sending(method, args, error, message):
+    from kvstore.client import connect
+
+    async with connect(["127.0.0.1:1"], timeout=0.2) as kv:  # nothing listens: a send would fail otherwise
+        with pytest.raises(error) as raised:
+            await getattr(kv, method)(*args)
+    assert message in str(raised.value)
+    assert not isinstance(raised.value, TooLarge)
+
+
+@pytest.mark.parametrize("method,args,error,message", WRONG, ids=lambda v: repr(v)[:40])
+def test_the_blocking_clients_refuse_wrong_types_and_bad_text_before_sending(method, args, error, message):
+    from kvstore.client import Client
+    from kvstore.oneshot import OneShotClient
+
+    for make in (Client, OneShotClient):
+        with make(["127.0.0.1:1"], timeout=0.2) as kv:
+            with pytest.raises(error) as raised:
+                getattr(kv, method)(*args)
+        assert message in str(raised.value)
+
+
+def test_none_is_cas_s_absent_and_bytes_are_values():
+    limits.check_value(None, "expected value", optional=True)
+    limits.check_value(b"\xff\x00")
+    limits.check_value(bytearray(b"x"))
+    limits.check_key("ключ")
