@@ -312,6 +312,7 @@ class AsyncClient:
         self.timeout = timeout
         self.attempt_timeout = max(0.5, min(2.0, timeout / 3))
         self._nursery = nursery
+        self._closed = False  # aclose() ran (the end of connect()'s block does): every call raises KVError
         self._conn: _Connection | None = None
         # Set while one task opens the connection; the others wait for it (see _connection).
         self._connecting: trio.Event | None = None
@@ -421,6 +422,7 @@ class AsyncClient:
 
     async def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
         """The status of one node (raises Unavailable if it does not answer in time)."""
+        self._check_open()
         if isinstance(endpoint, str):
             endpoint = parse_endpoint(endpoint)
         reply: object = None
@@ -468,6 +470,9 @@ class AsyncClient:
         return results
 
     async def aclose(self) -> None:
+        """Close the connection; from then on every request raises ``KVError("client is closed")``, as
+        the blocking ``Client`` does (``connect()``'s block closes the client when it ends)."""
+        self._closed = True
         if self._conn is not None:
             self._conn.fail_all()
             await trio.aclose_forcefully(self._conn.stream)
@@ -563,9 +568,14 @@ class AsyncClient:
 
         self._submit(lambda rid: wire.GetRequest(id=rid, key=key, linearizable=lin), finish, write=False)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KVError("client is closed")
+
     def _submit(self, build: _Build, finish: _Finish, *, write: bool) -> None:
         """The first attempt of a submitted request on the current connection; anything but an OK
         reply hands the request to ``_call`` (in a task), which goes on from that reply."""
+        self._check_open()
         began = trio.current_time()
         conn = self._conn
 
@@ -610,6 +620,8 @@ class AsyncClient:
         last_error = "no endpoint answered"
         no_leader_seen = False  # a node answered that it knows no leader
         while True:
+            if self._closed:
+                raise KVError("client is closed" if not sent else "client was closed during the call")
             if attempt is not None:
                 conn, reply = attempt
                 attempt = None

@@ -524,3 +524,24 @@ async def test_a_node_that_answers_with_no_reply_is_given_up_on_like_a_lost_conn
             with pytest.raises(Unavailable, match="answered with a GetRequest"):
                 await kv.status("n1:1")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_closed_async_client_says_so_for_every_call(autojump_clock):
+    """After ``aclose()`` (which the end of ``connect()``'s block runs) every request raises
+    ``KVError("client is closed")`` at once, as the blocking ``Client`` does. Before, a put after the
+    block raised trio's "Nursery is closed to new arrivals", and one after ``aclose()`` inside the block
+    quietly opened a new connection."""
+    from kvstore.client import KVError
+
+    async with connect(["127.0.0.1:1"], timeout=5) as kept:
+        await kept.aclose()
+        with pytest.raises(KVError, match="client is closed"):
+            await kept.put("k", "v")
+    for call in (lambda: kept.put("k", "v"), lambda: kept.get("k"), lambda: kept.list(""),
+                 lambda: kept.status("127.0.0.1:1"), lambda: kept.member_list()):
+        with trio.fail_after(0.1):  # at once: not after the 5 s timeout
+            with pytest.raises(KVError, match="client is closed"):
+                await call()
+    with pytest.raises(KVError, match="client is closed"):
+        kept.submit_put("k", "v", lambda outcome: None)
+    assert kept._unanswered == []
