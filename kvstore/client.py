@@ -912,6 +912,21 @@ class Client:
     def admin(self, op: str, node: int = 0, address: str = "") -> dict[str, Any]:
         return self._client().admin(op, node, address)
 
+    def member_list(self) -> dict[str, Any]:
+        return self.admin("member_list")
+
+    def member_add(self, node: int, address: str) -> dict[str, Any]:
+        return self.admin("member_add", node, address)
+
+    def member_promote(self, node: int) -> dict[str, Any]:
+        return self.admin("member_promote", node)
+
+    def member_remove(self, node: int) -> dict[str, Any]:
+        return self.admin("member_remove", node)
+
+    def move_leader(self, node: int) -> dict[str, Any]:
+        return self.admin("move_leader", node)
+
     def backup(self, session: int = 0, offset: int = 0) -> dict[str, Any]:
         return self._client().backup(session, offset)
 

@@ -98,3 +98,17 @@ def test_close_ends_a_call_under_way_and_refuses_later_ones(nodes):
     assert len(outcome) == 1 and isinstance(outcome[0], KVError) and "closed" in str(outcome[0])
     with pytest.raises(KVError, match="client is closed"):
         kv.get("k")
+
+
+def test_the_blocking_client_has_every_method_of_the_async_client_but_the_callback_ones():
+    """README: "Client has the same methods, blocking": member_list and the other admin calls were
+    missing. Every public coroutine method of AsyncClient has a plain method of the same name."""
+    import inspect
+
+    from kvstore.client import AsyncClient, Client
+
+    wanted = {name for name, member in inspect.getmembers(AsyncClient, inspect.iscoroutinefunction)
+              if not name.startswith("_") and name != "aclose"}
+    assert {"member_list", "member_add", "member_promote", "member_remove", "move_leader"} <= wanted
+    missing = sorted(name for name in wanted if not callable(getattr(Client, name, None)))
+    assert missing == [], f"Client lacks {missing}"
