@@ -373,7 +373,8 @@ class AsyncClient:
         return deleted
 
     async def cas(self, key: str, expected: str | bytes | None, new: str | bytes) -> bool:
-        """Set ``key`` to ``new`` if its value is ``expected`` (None: only if absent). True if swapped."""
+        """Set ``key`` to ``new`` if its value is ``expected`` (None: only if absent). True if swapped.
+        Text and bytes are different values: a key holding the str ``"me"`` does not match ``b"me"``."""
         check_key(key)
         check_value(expected, "expected value", optional=True)
         check_value(new, "new value")
