@@ -337,9 +337,14 @@ def reporting_errors(settings: Settings) -> Iterator[None]:
         elif kv_errors and isinstance(exc, kv_errors):
             message = _describe_kv_error(exc) + cluster_down_hint(settings, exc)
         else:
-            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            expected = type(exc).__module__.startswith("kvstore.")  # e.g. StorageError: says enough
-            if not settings.debug and not expected:
-                message += " (run with --debug for the traceback)"
+            # The store's own refusals (a StorageError, an IdentityError, a ListenError) say enough: their
+            # message alone, no class name, no --debug hint. Anything else is a bug to report as it is.
+            expected = type(exc).__module__.startswith("kvstore.") and bool(str(exc))
+            if expected:
+                message = str(exc)
+            else:
+                message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if not settings.debug:
+                    message += " (run with --debug for the traceback)"
         error_line(message)
         raise SystemExit(EXIT_FAILED) from None

@@ -86,13 +86,25 @@ def decide_founding(node_id: int, incarnation: str, member_ids: Iterable[int],
         mine = known.get(node_id)
         if mine == incarnation:
             return Founding(members=known, how="joined the founding")
+        # The founding record names the founders; a member added later is in the peer's configuration
+        config = status.get("config") if isinstance(status.get("config"), dict) else {}
+        later = {int(k): v for k, v in dict(config.get("incarnations") or {}).items()}
+        role = ("voter" if node_id in (config.get("voters") or ()) else
+                "learner" if node_id in (config.get("learners") or ()) else None)
+        if mine is None:
+            mine = later.get(node_id)
+        if mine is not None:
+            as_what = f"incarnation {mine}"
+        elif role is not None or node_id in known:
+            as_what = f"a member ({role or 'founder'})"
+        else:
+            as_what = "no member at all"
         raise IdentityError(
             f"node {node_id}'s data directory is new (incarnation {incarnation}), but the cluster was founded "
-            f"already: node {peer} knows node {node_id} as "
-            + (f"incarnation {mine}" if mine is not None else "no member at all")
-            + f". This node lost its data. Starting it empty under id {node_id} could lose acknowledged writes, "
-            f"so it refuses. Restore its data directory from a backup of this node, or keep it down "
-            f"(see docs/operations.md, 'A node that lost its disk')"
+            f"already: node {peer} knows node {node_id} as {as_what}. This node lost its data. Starting it "
+            f"empty under id {node_id} could lose acknowledged writes, so it refuses. Restore its data "
+            f"directory from a backup of this node, or replace it: kv member remove {node_id}, then add a new "
+            f"member under a new id (see docs/operations.md, 'A node that lost its disk')"
         )
     present = {peer: status for peer in others if (status := answers.get(peer)) is not None}
     missing = tuple(peer for peer in others if peer not in present)

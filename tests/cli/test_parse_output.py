@@ -357,6 +357,17 @@ def test_status_with_nothing_reachable_exits_1(fake):
     result = run(*EP, "status")
     assert result.exit_code == 1
     assert_one_error_line(result, "no endpoint is reachable")
+    assert "TLS" not in result.stderr
+
+
+def test_status_where_every_node_hung_up_suggests_tls(fake):
+    """A TLS-only node closes a plain client's connection without a word: with every node doing so
+    and no TLS files given, the error says what to try."""
+    fake.statuses = [{"endpoint": "127.0.0.1:7001", "reachable": False,
+                      "error": "127.0.0.1:7001 closed the connection: connection lost before the reply"}]
+    result = run(*EP, "status")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "no endpoint is reachable (if the cluster serves TLS: --cacert, --cert and --key")
 
 
 def test_health_ok_with_quorum_and_leader(fake):

@@ -46,6 +46,24 @@ def test_a_wiped_node_is_refused_even_with_a_majority_of_unfounded_peers(record)
     assert "docs/operations.md" in str(info.value) and "new2" in str(info.value)
 
 
+def test_a_wiped_member_added_after_the_founding_is_named_as_its_configuration_knows_it():
+    """The founding record names only the founders: a voter added later was reported as "no member at
+    all". The peer's configuration knows it; and the message gives the guide's remedy (remove it, add a
+    new id), not only "keep it down"."""
+    status = founded({1: "i1", 2: "i2", 3: "i3"})
+    status["config"] = {"voters": [1, 2, 3, 6], "learners": [], "epoch": 2, "incarnations": {"6": "old6"}}
+    with pytest.raises(IdentityError) as info:
+        decide_founding(6, "new6", (1, 2, 3, 6), {1: status})
+    assert "knows node 6 as incarnation old6" in str(info.value)
+    assert "kv member remove 6, then add a new member under a new id" in str(info.value)
+    status["config"]["incarnations"] = {}
+    with pytest.raises(IdentityError, match="knows node 6 as a member \\(voter\\)"):
+        decide_founding(6, "new6", (1, 2, 3, 6), {1: status})
+    status["config"]["voters"] = [1, 2, 3]
+    with pytest.raises(IdentityError, match="knows node 6 as no member at all"):
+        decide_founding(6, "new6", (1, 2, 3, 6), {1: status})
+
+
 def test_a_single_node_cluster_founds_alone():
     assert decide_founding(1, "i1", (1,), {}).members == {1: "i1"}
 
