@@ -87,7 +87,8 @@ def decide_founding(node_id: int, incarnation: str, member_ids: Iterable[int],
         if mine == incarnation:
             return Founding(members=known, how="joined the founding")
         # The founding record names the founders; a member added later is in the peer's configuration
-        config = status.get("config") if isinstance(status.get("config"), dict) else {}
+        found = status.get("config")
+        config: dict[str, Any] = found if isinstance(found, dict) else {}
         later = {int(k): v for k, v in dict(config.get("incarnations") or {}).items()}
         role = ("voter" if node_id in (config.get("voters") or ()) else
                 "learner" if node_id in (config.get("learners") or ()) else None)
