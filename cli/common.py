@@ -297,17 +297,24 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
+def unreachable_hint(settings: Settings, errors: list[str]) -> str:
+    """What to add when no node answered, given each attempt's error: the local cluster may be down
+    (the endpoints are its own), or, when every node hung up without a word on a client without TLS
+    files, the cluster may serve TLS (a TLS-only node does that to a plain client). "" otherwise."""
+    if settings.endpoints_from_default_cluster:
+        return " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
+    if errors and all("connection lost before the reply" in e for e in errors) \
+            and not (settings.cacert or settings.cert or settings.key):
+        return " (if the cluster serves TLS: --cacert, --cert and --key, or KV_CACERT, KV_CERT, KV_KEY)"
+    return ""
+
+
 def cluster_down_hint(settings: Settings, exc: BaseException) -> str:
-    """What to add to an "unavailable" error when the endpoints are the local cluster's ("" otherwise)."""
+    """``unreachable_hint`` for a client's "unavailable" error ("" for any other error)."""
     _, unavailable = _kv_error_types()
     if not unavailable or not isinstance(exc, unavailable):
         return ""
-    if settings.endpoints_from_default_cluster:
-        return " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
-    if "connection lost before the reply" in str(exc) and not (settings.cacert or settings.cert or settings.key):
-        # A TLS-only node closes a plain connection without a word: the likeliest reason for this one
-        return " (if the cluster serves TLS: --cacert, --cert and --key, or KV_CACERT, KV_CERT, KV_KEY)"
-    return ""
+    return unreachable_hint(settings, [str(exc)])
 
 
 @contextlib.contextmanager

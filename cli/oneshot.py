@@ -14,7 +14,14 @@ import sys
 from typing import Any
 
 from . import nodestatus
-from .common import OperationFailed, Settings, UsageProblem, open_oneshot_client, reporting_errors
+from .common import (
+    OperationFailed,
+    Settings,
+    UsageProblem,
+    open_oneshot_client,
+    reporting_errors,
+    unreachable_hint,
+)
 from .output import OutputFormat, cell, echo, echo_value, jsonable, print_json, print_table, value_fields
 
 CONSISTENCY_CHOICES = ("l", "s")
@@ -246,14 +253,8 @@ def status(settings: Settings) -> None:
             for line in nodestatus.disk_problems(statuses):
                 echo(line, err=True)
         if not any(nodestatus.is_reachable(s) for s in statuses):
-            hint = ""
-            if settings.endpoints_from_default_cluster:
-                hint = " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
-            elif (not settings.tls() and statuses
-                  and all("connection lost before the reply" in str(s.get("error", "")) for s in statuses)):
-                # every node hung up without a word: what a TLS-only node does to a plain client
-                hint = " (if the cluster serves TLS: --cacert, --cert and --key, or KV_CACERT, KV_CERT, KV_KEY)"
-            raise OperationFailed("no endpoint is reachable" + hint)
+            errors = [str(s.get("error", "")) for s in statuses]
+            raise OperationFailed("no endpoint is reachable" + unreachable_hint(settings, errors))
 
 
 def health(settings: Settings) -> None:
