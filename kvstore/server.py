@@ -78,7 +78,7 @@ from paxos.classic import ClassicReplica
 from paxos.membership import ConfigSchedule, ScheduleEntry
 from paxos.replica import Config, Options, Replica
 
-from . import acl, commands, identity, metrics, runtime, tls, wire
+from . import acl, commands, httpserve, identity, metrics, runtime, tls, wire
 from .clients import ClientConn, ClientLinks
 from .endpoints import format_endpoint
 from .events import (
@@ -892,7 +892,7 @@ class Node:
         """Where /metrics is served (--metrics-addr; HOST:0 picks the port), None without."""
         if self.metrics_port is None or not self.options.metrics_addr:
             return None
-        return format_endpoint(self.options.metrics_addr.rsplit(":", 1)[0].strip("[]"), self.metrics_port)
+        return format_endpoint(httpserve.parse_listen_address(self.options.metrics_addr)[0], self.metrics_port)
 
     def status(self) -> dict[str, Any]:
         core = self.replica.status()
