@@ -33,7 +33,9 @@ REPO = HERE.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 LOAD = r"""
 import json, sys
+from kvstore import runtime
 from kvstore.loadgen import LoadSpec, run_load_sync
+runtime.tune_gc()  # as kv bench does
 spec = LoadSpec(endpoints=sys.argv[1].split(","), clients=int(sys.argv[2]), conns=1, total=None,
                 duration=float(sys.argv[3]), key_space_size=100000, warmup=200)
 result = run_load_sync(spec)
