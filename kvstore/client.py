@@ -616,6 +616,10 @@ class AsyncClient:
         deadline = first + self.timeout
         started: float | None = first  # the clock reading for the next attempt, if it has one
         sent = attempt is not None
+        # A write's outcome is unknown once an attempt of it may have been proposed: it got no answer,
+        # or an error after it waited on the leader. Attempts the nodes turned away on arrival
+        # (``ErrorReply.refused``: a follower's not_leader, a full disk) leave it known: not written.
+        in_doubt = False
         pause = 0.02
         redirects = 0
         last_error = "no endpoint answered"
@@ -623,6 +627,7 @@ class AsyncClient:
         while True:
             if self._closed:
                 raise KVError("client is closed" if not sent else "client was closed during the call")
+            attempted = attempt is not None
             if attempt is not None:
                 conn, reply = attempt
                 attempt = None
@@ -639,8 +644,9 @@ class AsyncClient:
                     raise Unavailable(
                         f"no answer from the cluster within {self.timeout:g}s "
                         f"({wire.gave_up_reason(last_error, no_leader_seen)})"
-                        + ("; the write may or may not have been applied" if write and sent else ""),
-                        outcome_unknown=write and sent,
+                        + ("; the write may or may not have been applied" if write and in_doubt else
+                           "; the write was not applied" if write and sent else ""),
+                        outcome_unknown=write and in_doubt,
                     )
                 reply = None
                 conn = None
@@ -659,7 +665,7 @@ class AsyncClient:
                         if conn is None:
                             last_error = "no connection before the deadline"
                     if conn is not None:
-                        sent = True
+                        sent = attempted = True
                         reply = await conn.call(build, attempt_deadline)
                 except (_ConnectionLost, OSError) as exc:
                     last_error = f"connection failed: {exc}"
@@ -675,6 +681,8 @@ class AsyncClient:
                 last_error = f"a node answered with a {type(reply).__name__}"
                 self._give_up_on(conn)
                 reply = None
+            if attempted and not (type(reply) is wire.ErrorReply and reply.refused):
+                in_doubt = True
             if reply is None:
                 if trio.current_time() < deadline:
                     await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))

@@ -263,7 +263,7 @@ class ClientLinks:
                     return
                 if not node.replica.is_leader:
                     requests[request_op(request), "not_leader"] += 1
-                    conn.reply(node.waiters.not_leader(request.id))
+                    conn.reply(node.waiters.not_leader(request.id, refused=True))
                     return
                 events.append(Proposal(command, decoded, (request.client_id, request.request_id), conn, request.id))
             case wire.GetRequest() | wire.ListRequest():
@@ -275,7 +275,7 @@ class ClientLinks:
                         return
                     if not node.replica.is_leader:
                         requests[request_op(request), "not_leader"] += 1
-                        conn.reply(node.waiters.not_leader(request.id))
+                        conn.reply(node.waiters.not_leader(request.id, refused=True))
                         return
                     events.append(Read(conn, request))
                     return

@@ -244,6 +244,7 @@ class Reply(NamedTuple):
     code: str = ""
     message: str = ""
     leader: str | None = None
+    refused: bool = False  # the node turned the request away before acting on it (``wire.ErrorReply``)
 
 
 def _text(obj: dict[str, Any], key: str, *, none_ok: bool = False) -> Any:
@@ -281,4 +282,7 @@ def decode_reply(body: bytes) -> Reply:
         if "r" not in obj:
             raise WireError("ok: missing field 'r'")
         return Reply(True, rid, _check_result_map(obj["r"], (list,), WireError))
-    return Reply(False, rid, {}, _text(obj, "code"), _text(obj, "msg"), _text(obj, "leader", none_ok=True))
+    refused = obj.get("refused", False)
+    if type(refused) is not bool:
+        raise WireError(f"err.refused: expected a bool, got {type(refused).__name__}")
+    return Reply(False, rid, {}, _text(obj, "code"), _text(obj, "msg"), _text(obj, "leader", none_ok=True), refused)

@@ -306,6 +306,7 @@ class OneShotClient:
         until ``timeout`` from now. Returns the OK reply's result."""
         deadline = time.monotonic() + self.timeout
         sent = False
+        in_doubt = False  # an attempt may have been proposed (see kvstore.client.AsyncClient._call)
         pause = _PAUSE_FIRST
         redirects = 0
         last_error = "no endpoint answered"
@@ -319,18 +320,21 @@ class OneShotClient:
                 raise Unavailable(
                     f"no answer from the cluster within {self.timeout:g}s "
                     f"({frames.gave_up_reason(last_error, no_leader_seen)})"
-                    + ("; the write may or may not have been applied" if write and sent else ""),
-                    outcome_unknown=write and sent,
+                    + ("; the write may or may not have been applied" if write and in_doubt else
+                       "; the write was not applied" if write and sent else ""),
+                    outcome_unknown=write and in_doubt,
                 )
             attempt_deadline = now + min(remaining, self.attempt_timeout)
             reply = None
+            in_doubt_now = False
             conn = self._conn
             try:
                 if conn is None:
                     conn = self._connect(min(remaining, self.attempt_timeout))
-                sent = True
+                sent = in_doubt_now = True
                 rid = next(self._ids)
                 reply = conn.exchange(build(rid), rid, attempt_deadline)
+                in_doubt_now = reply is None or not reply.refused
                 if reply is None:
                     last_error = f"{format_endpoint(*conn.endpoint)} did not answer"
                     self._drop(advance=True)
@@ -338,6 +342,7 @@ class OneShotClient:
                 last_error = f"connection failed: {exc}"
                 if conn is not None:
                     self._drop(advance=True)
+            in_doubt = in_doubt or in_doubt_now
             if reply is None:
                 self._sleep(min(pause, deadline - time.monotonic()))
                 pause = min(pause * 2, _PAUSE_MAX)

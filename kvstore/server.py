@@ -661,7 +661,7 @@ class Node:
 
     def _propose(self, proposal: Proposal) -> None:
         if not self.replica.propose(proposal.command):
-            proposal.conn.reply(self.waiters.not_leader(proposal.wire_id))
+            proposal.conn.reply(self.waiters.not_leader(proposal.wire_id, refused=True))
             return
         self.waiters.add_write(proposal, self._now())
 
@@ -669,7 +669,7 @@ class Node:
         waiters = self.waiters
         read_id = waiters.new_read_id()
         if not self.replica.read(read_id):
-            read.conn.reply(waiters.not_leader(read.request.id))
+            read.conn.reply(waiters.not_leader(read.request.id, refused=True))
             return
         waiters.add_read(read_id, read.conn, read.request, self._now())
 
@@ -829,13 +829,15 @@ class Node:
                         event.conn.reply(self._disk_reply(event.request.id))
 
     def _disk_reply(self, wire_id: int, *, write_sent: bool = False) -> wire.ErrorReply:
-        """The answer to a request this node cannot serve because of its disk."""
-        if self.disk_state == DISK_READ_ONLY:
-            return wire.ErrorReply(id=wire_id, code=wire.STORAGE_FULL, leader=None,
-                                   message="this node's disk is full; it refuses writes until restarted "
-                                           "with free space")
+        """The answer to a request this node cannot serve because of its disk: ``write_sent``, a write
+        that was proposed before the disk failed (its outcome is unknown), else a request turned away
+        on arrival (``refused``: a write so refused was not written by this attempt)."""
         outcome = "; this write's outcome is unknown (another node may still decide it)" if write_sent else ""
-        return wire.ErrorReply(id=wire_id, code=wire.DISK_FAILED, leader=None,
+        if self.disk_state == DISK_READ_ONLY:
+            return wire.ErrorReply(id=wire_id, code=wire.STORAGE_FULL, leader=None, refused=not write_sent,
+                                   message="this node's disk is full; it refuses writes until restarted "
+                                           f"with free space{outcome}")
+        return wire.ErrorReply(id=wire_id, code=wire.DISK_FAILED, leader=None, refused=not write_sent,
                                message=f"this node's disk failed and it stopped voting{outcome}: "
                                        f"{self.disk_error}")
 

@@ -68,10 +68,11 @@ ReadRequest = wire.GetRequest | wire.ListRequest
 DiskReply = Callable[..., wire.ErrorReply]  # Node._disk_reply: (wire_id, *, write_sent=False)
 
 
-def not_leader_reply(wire_id: int | None, leader_hint: str | None) -> wire.ErrorReply:
-    """The answer to a request that only the leader serves; ``leader_hint`` is its HOST:PORT if known."""
+def not_leader_reply(wire_id: int | None, leader_hint: str | None, *, refused: bool = False) -> wire.ErrorReply:
+    """The answer to a request that only the leader serves; ``leader_hint`` is its HOST:PORT if known.
+    ``refused``: the request was turned away on arrival (never proposed), not failed after it waited here."""
     return wire.ErrorReply(id=wire_id, code=wire.NOT_LEADER, message="this node is not the leader",
-                           leader=leader_hint)
+                           leader=leader_hint, refused=refused)
 
 
 def reply_result(conn: Replier, wire_id: int, result: dict[str, Any]) -> str:
@@ -134,8 +135,8 @@ class Waiters:
         # (op, outcome) -> answers (see the module docstring)
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
 
-    def not_leader(self, wire_id: int | None) -> wire.ErrorReply:
-        return not_leader_reply(wire_id, self._leader_hint())
+    def not_leader(self, wire_id: int | None, *, refused: bool = False) -> wire.ErrorReply:
+        return not_leader_reply(wire_id, self._leader_hint(), refused=refused)
 
     # -----------------------------------------------------------------------------------------------
     # writes

@@ -245,12 +245,15 @@ class OkReply:
 
 @dataclass(slots=True, kw_only=True)
 class ErrorReply:
-    """Failure: ``id`` is None when the request could not be parsed; ``leader`` is a "host:port" hint."""
+    """Failure: ``id`` is None when the request could not be parsed; ``leader`` is a "host:port" hint.
+    ``refused``: the node turned the request away before acting on it (a write it refuses so was not
+    proposed by this attempt: the client may report it as not written, docs/protocol.md)."""
 
     id: int | None
     code: str
     message: str
     leader: str | None
+    refused: bool = False
 
 
 CLIENT_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest, GetRequest, ListRequest, StatusRequest, AdminRequest,
@@ -433,6 +436,13 @@ def decode_paxos_message(array: object) -> Message:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _encode_err(m: ErrorReply) -> dict[str, Any]:
+    body = {"t": "err", "id": m.id, "code": m.code, "msg": m.message, "leader": m.leader}
+    if m.refused:
+        body["refused"] = True  # absent when false: older clients and the worked examples see no change
+    return body
+
+
 def _encode_ok(m: OkReply) -> dict[str, Any]:
     # Check our own result with the receiver's rules, so a server bug (a set, a datetime, a deep
     # structure) shows up here as ValueError instead of as a protocol error at every client.
@@ -476,7 +486,7 @@ _MAP_ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
     AdminRequest: lambda m: admin_request(m.id, m.op, m.node, m.address),
     BackupRequest: lambda m: backup_request(m.id, m.session, m.offset),
     OkReply: _encode_ok,
-    ErrorReply: lambda m: {"t": "err", "id": m.id, "code": m.code, "msg": m.message, "leader": m.leader},
+    ErrorReply: _encode_err,
 }
 
 
@@ -574,7 +584,8 @@ def _d_err(obj: dict[str, Any]) -> ErrorReply:
     rid = _get(obj, "id")
     if rid is not None and not (type(rid) is int and 0 <= rid < ID_LIMIT):
         raise WireError(f"err.id: expected an int in [0, 2**63) or null, got {type(rid).__name__}")
-    return ErrorReply(id=rid, code=_f_str(obj, "code"), message=_f_str(obj, "msg"), leader=_f_opt_str(obj, "leader"))
+    return ErrorReply(id=rid, code=_f_str(obj, "code"), message=_f_str(obj, "msg"), leader=_f_opt_str(obj, "leader"),
+                      refused=_f_bool(obj, "refused") if "refused" in obj else False)
 
 
 # The four hottest requests get a fast path: one pass of lookups and exact type tests that accepts a

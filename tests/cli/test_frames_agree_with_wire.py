@@ -58,9 +58,9 @@ def _by_wire(body: bytes):
     except wire.WireError:
         return None
     if isinstance(message, wire.OkReply):
-        return (True, message.id, message.result, "", "", None)
+        return (True, message.id, message.result, "", "", None, False)
     if isinstance(message, wire.ErrorReply):
-        return (False, message.id, {}, message.code, message.message, message.leader)
+        return (False, message.id, {}, message.code, message.message, message.leader, message.refused)
     return None  # a request: not a reply
 
 
@@ -90,6 +90,7 @@ BODIES = [
     dict(OK, r=[1]), dict(OK, r=None), dict(OK, r={"a": {"b": {"c": {"d": {"e": 1}}}}}), dict(OK, r={"a": 2**64}),
     dict(OK, r={"items": [["k", b"v"], ["k2"]]}), dict(OK, r={1: 2}), dict(OK, r={"a": 1.5, "b": None}),
     dict(ERR, code=1), dict(ERR, msg=b"no"), dict(ERR, leader=7), dict(ERR, id=-5),
+    dict(ERR, refused=True), dict(ERR, refused=False), dict(ERR, refused=1), dict(ERR, refused=None),
     {"t": "get", "id": 1, "key": "k", "lin": True}, {"t": 1}, {}, [OK], "ok",
 ]
 
@@ -115,7 +116,7 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.te
 
 @settings(max_examples=300, deadline=None)
 @given(kind=st.sampled_from(["ok", "err"]), fields=st.dictionaries(
-    st.sampled_from(["id", "r", "code", "msg", "leader", "other"]), VALUES, max_size=6))
+    st.sampled_from(["id", "r", "code", "msg", "leader", "refused", "other"]), VALUES, max_size=7))
 def test_drawn_replies_decode_alike(kind, fields):
     _agree(cbor2.dumps({"t": kind, **fields}))
 

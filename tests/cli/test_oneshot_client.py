@@ -145,6 +145,39 @@ def test_the_deadline_gives_unavailable_and_says_whether_a_write_may_have_been_a
     assert "connection failed" in str(down.value)
 
 
+@pytest.mark.parametrize("code", ["storage_full", "disk_failed", "not_leader"])
+def test_a_write_every_node_turned_away_on_arrival_is_reported_as_not_written(nodes, code):
+    """Every attempt answered with ``refused`` (a full disk, no leader): the write is known not to be
+    written, so the deadline's error says so instead of "outcome unknown"."""
+    full = nodes(lambda r: {**err(r, code, f"{code} here"), "refused": True})
+    with OneShotClient([full.address], timeout=0.5) as kv:
+        with pytest.raises(Unavailable) as info:
+            kv.put("k", "v")
+    assert len(full.requests) >= 2  # retried until the deadline
+    assert not info.value.outcome_unknown and str(info.value).endswith("; the write was not applied"), str(info.value)
+
+
+def test_one_attempt_in_doubt_keeps_the_write_in_doubt_whatever_follows(nodes):
+    """The first attempt got no answer (it may have been proposed); later ones were turned away: still
+    outcome unknown. And an answer without ``refused`` (the write waited on a leader that then failed)
+    is in doubt by itself."""
+    answers = iter([SILENT])
+
+    def silent_then_refusing(request: dict) -> object:
+        return next(answers, None) or {**err(request, "storage_full", "disk full"), "refused": True}
+
+    flaky = nodes(silent_then_refusing)
+    with OneShotClient([flaky.address], timeout=1.2) as kv:
+        with pytest.raises(Unavailable) as info:
+            kv.put("k", "v")
+    assert len(flaky.requests) >= 2 and info.value.outcome_unknown, str(info.value)
+    waited = nodes(lambda r: err(r, "disk_failed", "the disk failed; this write's outcome is unknown"))
+    with OneShotClient([waited.address], timeout=0.4) as kv:
+        with pytest.raises(Unavailable) as info:
+            kv.put("k", "v")
+    assert info.value.outcome_unknown and "may or may not have been applied" in str(info.value)
+
+
 def test_no_leader_anywhere_ends_with_no_leader(nodes):
     follower = nodes(lambda r: err(r, "not_leader", "no leader known", None))
     with OneShotClient([follower.address], timeout=0.5) as kv:

@@ -276,6 +276,39 @@ async def test_a_stale_write_is_reported_as_possibly_applied_and_not_retried(aut
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("refused", [True, False])
+async def test_a_write_turned_away_on_arrival_is_not_in_doubt(autojump_clock, refused):
+    """A node whose disk is full answers ``refused`` for a write it never proposed: when every attempt
+    was turned away so, the deadline's ``Unavailable`` says the write was not applied; without
+    ``refused`` (the write waited there when the disk filled up) its outcome is unknown."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    seen = []
+
+    def reply_to(request):
+        seen.append(request.request_id)
+        return wire.ErrorReply(id=request.id, code=wire.STORAGE_FULL, message="disk full", leader=None,
+                               refused=refused)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, reply_to)
+        await trio.sleep(0)
+        async with connect(["n1:1"], timeout=2, transport=net.transport()) as kv:
+            with pytest.raises(Unavailable) as put:
+                await kv.put("k", "v")
+            outcome = []
+            kv.submit_put("k2", "v", outcome.append)
+            while not outcome:
+                await trio.sleep(0.1)
+        assert len(seen) > 2 and len(set(seen)) == 2  # retried, each write with its one request id
+        assert put.value.outcome_unknown is not refused
+        assert str(put.value).endswith("; the write was not applied" if refused else
+                                       "; the write may or may not have been applied")
+        assert isinstance(outcome[0], Unavailable) and outcome[0].outcome_unknown is not refused
+        nursery.cancel_scope.cancel()
+
+
 # --- submitted requests (submit_put / submit_get: a callback instead of a waiting task) ----------------
 
 

@@ -421,6 +421,14 @@ async def test_leader_with_a_full_disk_refuses_writes_and_the_cluster_carries_on
             assert cluster.nodes[full].status()["storage_full"] is True
             new = await cluster.wait_leader_among([i for i in PEERS if i != full])
             assert new != full
+            # A write sent to the full node now is turned away on arrival (never proposed): the client
+            # that can reach no other node reports it as not written, not as outcome unknown.
+            host, port = PEERS[full]
+            async with connect([f"{host}:{port}"], timeout=1, transport=net.transport()) as only_full:
+                with pytest.raises(Unavailable) as refused:
+                    await only_full.put("refused", "3")
+            assert not refused.value.outcome_unknown, str(refused.value)
+            assert "disk is full" in str(refused.value) and str(refused.value).endswith("the write was not applied")
             cluster.crash(full)
             await cluster.start(full)  # restarted with a working disk
             await cluster.wait_converged()

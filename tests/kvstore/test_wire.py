@@ -119,7 +119,8 @@ wire_messages = st.one_of(
     st.builds(wire.StatusRequest, id=req_ids),
     st.builds(wire.OkReply, id=req_ids, result=results),
     st.builds(wire.ErrorReply, id=st.one_of(st.none(), req_ids), code=st.sampled_from(wire.ERROR_CODES),
-              message=st.text(max_size=30), leader=st.one_of(st.none(), st.just("127.0.0.1:7001"))),
+              message=st.text(max_size=30), leader=st.one_of(st.none(), st.just("127.0.0.1:7001")),
+              refused=st.booleans()),
 )
 
 
