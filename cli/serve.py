@@ -70,7 +70,7 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
             except EndpointError as exc:
                 raise UsageProblem(f"invalid --metrics-addr {metrics_addr!r}: {exc}") from None
             overrides["metrics_addr"] = metrics_addr
-        overrides.update(serve_tls_options(cacert, cert, key, acl))  # checked: UsageProblem if unusable
+        overrides.update(serve_tls_options(cacert, cert, key, acl, node_id))  # checked: UsageProblem if unusable
         options = ServerOptions(**overrides)
         # A taken port, found before the data directory is touched (the node reports it too, if it is
         # taken between this check and its own bind)
@@ -112,12 +112,13 @@ def _check_listen(what: str, host: str, port: int) -> None:
         raise OperationFailed(f"{what} cannot listen on {host}:{port}: {reason}") from None
 
 
-def serve_tls_options(cacert: str | None, cert: str | None, key: str | None, acl: str | None) -> dict[str, Any]:
+def serve_tls_options(cacert: str | None, cert: str | None, key: str | None, acl: str | None,
+                      node_id: int | None = None) -> dict[str, Any]:
     """``kv serve``'s TLS options as ``ServerOptions`` fields, checked now (UsageProblem, exit 2) rather
-    than when the node starts: all three files or none, usable together, an ACL only with TLS and
-    readable."""
+    than when the node starts: all three files or none, usable together, the certificate node
+    ``node_id``'s own, an ACL only with TLS and readable."""
     from kvstore.acl import AclError, load
-    from kvstore.tls import TlsError, TlsFiles, client_context, server_context
+    from kvstore.tls import TlsError, TlsFiles, check_node_certificate, client_context, server_context
 
     try:
         files = TlsFiles.of(cacert, cert, key)
@@ -130,6 +131,8 @@ def serve_tls_options(cacert: str | None, cert: str | None, key: str | None, acl
     try:
         server_context(files)
         client_context(files)
+        if node_id is not None:
+            check_node_certificate(files.cert, node_id)
         if acl:
             load(acl)
     except (TlsError, AclError) as exc:

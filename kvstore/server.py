@@ -286,7 +286,7 @@ class Node:
         self.data_dir = Path(data_dir)
         self._listener_socket = listener_socket
         # With TLS options the node's one port speaks only mutual TLS (kvstore.tls); TlsError if a file is bad.
-        self.transport = transport or tls.transport_for(o) or TcpTransport()
+        self.transport = transport or tls.transport_for(o, node_id) or TcpTransport()
         rules = acl.load(o.acl) if o.acl else None  # AclError if the file is bad (before the storage opens)
         self.counters: dict[str, int] = defaultdict(int)
         opened_at = time.perf_counter()
@@ -977,7 +977,7 @@ def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, opt
             recorded = None
         config = (Config.from_dict(recorded) if isinstance(recorded, dict)
                   else trio.run(functools.partial(fetch_join_config, node_id, None, join, options.cluster_id,
-                                                  tls.transport_for(options))))
+                                                  tls.transport_for(options, node_id))))
         peers = {**{m: _endpoint(a) for m, a in config.addresses.items()}, **peers}
         if node_id not in peers:
             raise JoinError(f"the cluster's configuration has no address for node {node_id}; add it with "

@@ -42,19 +42,25 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .tlsfiles import Principal, TlsError, TlsFiles, client_context, server_context
+from .tlsfiles import (
+    NODE_URI_PREFIX,
+    Principal,
+    TlsError,
+    TlsFiles,
+    check_node_certificate,
+    client_context,
+    server_context,
+)
 
 if TYPE_CHECKING:
     from .server import Node, ServerOptions
 
 __all__ = ["TlsError", "TlsFiles", "TlsTransport", "TlsListener", "Principal", "NODE_URI_PREFIX",
-           "client_context", "server_context", "peer_identity", "handshake", "check_peer", "check_dialed",
-           "transport_for", "reload", "HANDSHAKE_SECONDS_DEFAULT", "TlsStream"]
+           "check_node_certificate", "client_context", "server_context", "peer_identity", "handshake", "check_peer",
+           "check_dialed", "transport_for", "reload", "HANDSHAKE_SECONDS_DEFAULT", "TlsStream"]
 
 log = logging.getLogger("kvstore.server")
 
-# A node certificate names its member id as this URI plus the id (a subject alternative name).
-NODE_URI_PREFIX = "urn:kv:node:"
 # How long an accepted connection may take to finish its handshake (at most the idle-client timeout).
 HANDSHAKE_SECONDS_DEFAULT = 10.0
 # A dialer that keeps meeting the wrong certificate logs it this often at most.
@@ -288,17 +294,23 @@ class TlsTransport:
     """The node's (or a client's) network with mutual TLS: the interface of ``kvstore.server.TcpTransport``
     (``connect``, ``open_listeners``) plus ``wrap_listener`` and ``reload``."""
 
-    def __init__(self, files: TlsFiles, *, server: bool = True,
+    def __init__(self, files: TlsFiles, *, server: bool = True, node_id: int | None = None,
                  handshake_timeout_seconds: float = HANDSHAKE_SECONDS_DEFAULT) -> None:
         self.files = files
         self.server = server
+        self.node_id = node_id  # a node's transport: its certificate must be this member's (TlsError if not)
         self.handshake_timeout_seconds = handshake_timeout_seconds
+        if node_id is not None:
+            check_node_certificate(files.cert, node_id)
         self.client_context = client_context(files)
         self.server_context = server_context(files) if server else None
 
     def reload(self) -> None:
-        """Read the files again; raises ``TlsError`` (and keeps the contexts it had) if one is bad.
-        New connections, in both directions, use the new files; open ones keep their session."""
+        """Read the files again; raises ``TlsError`` (and keeps the contexts it had) if one is bad, or if a
+        node's new certificate is not its own. New connections, in both directions, use the new files;
+        open ones keep their session."""
+        if self.node_id is not None:
+            check_node_certificate(self.files.cert, self.node_id)
         new_client = client_context(self.files)
         new_server = server_context(self.files) if self.server else None
         self.client_context = new_client
@@ -331,11 +343,11 @@ class TlsTransport:
         return [self.wrap_listener(listener) for listener in await trio.open_tcp_listeners(port, host=host)]
 
 
-def transport_for(options: ServerOptions) -> TlsTransport | None:
-    """The node's ``TlsTransport`` from ``ServerOptions`` (cacert, cert, key), or None without TLS.
-    Raises ``TlsError`` for a bad file."""
+def transport_for(options: ServerOptions, node_id: int | None = None) -> TlsTransport | None:
+    """The ``TlsTransport`` of node ``node_id`` from ``ServerOptions`` (cacert, cert, key), or None without
+    TLS. Raises ``TlsError`` for a bad file, or a certificate that is not node ``node_id``'s."""
     files = TlsFiles.of(options.cacert, options.cert, options.key)
-    return TlsTransport(files) if files is not None else None
+    return TlsTransport(files, node_id=node_id) if files is not None else None
 
 
 def reload(node: Node) -> bool:

@@ -9,7 +9,11 @@ import os
 import ssl
 from typing import NamedTuple
 
-__all__ = ["TlsError", "TlsFiles", "Principal", "client_context", "server_context"]
+__all__ = ["TlsError", "TlsFiles", "Principal", "client_context", "server_context", "NODE_URI_PREFIX",
+           "certificate_node_id", "check_node_certificate"]
+
+# A node certificate names its member id as this URI plus the id (a subject alternative name).
+NODE_URI_PREFIX = "urn:kv:node:"
 
 
 class TlsError(ValueError):
@@ -71,3 +75,40 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     ctx = _context(ssl.Purpose.SERVER_AUTH, files)
     ctx.check_hostname = True
     return ctx
+
+
+def certificate_node_id(cert: str) -> int | None:
+    """The member id the (first) certificate in the PEM file ``cert`` names (``urn:kv:node:N``), None if
+    it names none (a client certificate). Raises ``TlsError`` if the file cannot be read as PEM."""
+    from cryptography import x509  # (only a node with TLS pays for the import)
+
+    try:
+        with open(cert, "rb") as f:
+            certificate = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError) as exc:
+        raise TlsError(f"cannot read the certificate {cert}: {exc}") from None
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in names.get_values_for_type(x509.UniformResourceIdentifier):
+        digits = uri[len(NODE_URI_PREFIX):] if uri.startswith(NODE_URI_PREFIX) else ""
+        if digits.isascii() and digits.isdigit() and len(digits) <= 18:
+            return int(digits)
+    return None
+
+
+def check_node_certificate(cert: str, node_id: int) -> None:
+    """Raise ``TlsError`` unless the certificate file ``cert`` is node ``node_id``'s own. A node with
+    another's certificate would be refused by every peer (the certificate of node 2 may not act as node
+    3, ``kvstore.tls.check_peer``) and see only broken connections; this says why before it starts."""
+    named = certificate_node_id(cert)
+    if named == node_id:
+        return
+    remedy = (f"give node {node_id} its own certificate and key (kv certs node DIR {node_id} makes them, "
+              f"docs/security.md)")
+    if named is None:
+        raise TlsError(f"the certificate {cert} is not a node certificate (it names no {NODE_URI_PREFIX}N): "
+                       f"{remedy}")
+    raise TlsError(f"the certificate {cert} is node {named}'s ({NODE_URI_PREFIX}{named}), not node {node_id}'s: "
+                   f"{remedy}")

@@ -20,6 +20,15 @@ from kvstore.client import Client, KVError
 from ..integration.harness import free_ports
 from .pki import Pki
 
+# ``kv serve`` without the check of its own certificate (see TlsCluster.start)
+_SKIPPING_OWN_CHECK = """
+import runpy, sys
+import kvstore.tls
+kvstore.tls.check_node_certificate = lambda cert, node_id: None
+sys.argv[0] = "kv"
+runpy.run_module("kv_cli", run_name="__main__", alter_sys=True)
+"""
+
 
 class TlsCluster:
     def __init__(self, root: Path, pki: Pki, size: int = 3, *, acl: str | None = None,
@@ -31,6 +40,7 @@ class TlsCluster:
         self.peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.ports.items())
         self.endpoints = [f"127.0.0.1:{p}" for p in self.ports.values()]
         self.procs: dict[int, subprocess.Popen] = {}
+        self.cert_of = dict(cert_of or {})
         for i in self.ports:
             d = self.tls_dir(i)
             d.mkdir(parents=True)
@@ -53,7 +63,12 @@ class TlsCluster:
 
     def start(self, node_id: int) -> None:
         d = self.tls_dir(node_id)
-        cmd = [sys.executable, "-m", "kv_cli", "serve", "--id", str(node_id), "--peers", self.peers,
+        # A node given another member's certificate refuses to start (kvstore.tls.check_node_certificate);
+        # one of cert_of stands for a node that skips that check (modified, or lying on purpose), so that
+        # the peers' own check (kvstore.tls.check_peer) is what the tests see.
+        launch = (["-c", _SKIPPING_OWN_CHECK] if self.cert_of.get(node_id, node_id) != node_id
+                  else ["-m", "kv_cli"])
+        cmd = [sys.executable, *launch, "serve", "--id", str(node_id), "--peers", self.peers,
                "--data-dir", str(self.root / f"data-{node_id}"),
                "--cacert", str(d / "ca.pem"), "--cert", str(d / "node.pem"), "--key", str(d / "node.key")]
         if self.acl is not None:

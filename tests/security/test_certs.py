@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from kv_cli import certs
 from kv_cli.main import app, hoist_global_options
-from kvstore import tls
+from kvstore import tls, tlsfiles
 from kvstore.server import ServerOptions
 
 
@@ -144,11 +144,48 @@ def test_serve_refuses_unusable_tls_files_and_acls_before_starting(tmp_path):
         "key of another cert": [*good[:4], "--key", str(d / "node-2.key")],
         "missing ca": ["--cacert", str(d / "missing.pem"), *good[2:]],
         "bad acl": [*good, "--acl", str(d / "ca.pem")],
+        "another node's certificate": ["--cacert", str(d / "ca.pem"), "--cert", str(d / "node-2.pem"),
+                                       "--key", str(d / "node-2.key")],
+        "a client's certificate": ["--cacert", str(d / "ca.pem"), "--cert", str(d / "admin.pem"),
+                                   "--key", str(d / "admin.key")],
     }
     for what, extra in cases.items():
         result = kv(*base, *extra)
         assert result.exit_code == 2, (what, result.output)
     assert not (tmp_path / "data").exists()
+    other = kv(*base, *cases["another node's certificate"]).output
+    assert f"{d / 'node-2.pem'} is node 2's (urn:kv:node:2), not node 1's" in other, other
+    assert "kv certs node DIR 1" in other
+    assert "is not a node certificate" in kv(*base, *cases["a client's certificate"]).output
+
+
+def test_a_node_refuses_a_certificate_that_is_not_its_own_at_start_and_on_reload(tmp_path):
+    """The library's check too (``Node`` builds its transport with ``tls.transport_for(options, node_id)``):
+    node 1 with node 2's files is a ``TlsError``; a reload (SIGHUP) that finds node 2's certificate in node
+    1's files is refused and the contexts in use are kept."""
+    d = tmp_path / "pki"
+    certs.init_dir(d, nodes=2)
+    assert tlsfiles.certificate_node_id(str(d / "node-2.pem")) == 2
+    assert tlsfiles.certificate_node_id(str(d / "admin.pem")) is None
+    with pytest.raises(tls.TlsError, match="cannot read the certificate"):
+        tlsfiles.certificate_node_id(str(d / "node-2.key"))
+    options = ServerOptions(cacert=str(d / "ca.pem"), cert=str(d / "node-2.pem"), key=str(d / "node-2.key"))
+    with pytest.raises(tls.TlsError, match="is node 2's"):
+        tls.transport_for(options, 1)
+    assert tls.transport_for(options, 2) is not None
+    assert tls.transport_for(options) is not None  # a client's transport names no node
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("node-1.pem", "node-1.key"):
+        (mine / name).write_bytes((d / name).read_bytes())
+    files = tls.TlsFiles(str(d / "ca.pem"), str(mine / "node-1.pem"), str(mine / "node-1.key"))
+    transport = tls.TlsTransport(files, node_id=1)
+    in_use = transport.server_context, transport.client_context
+    (mine / "node-1.pem").write_bytes((d / "node-2.pem").read_bytes())
+    (mine / "node-1.key").write_bytes((d / "node-2.key").read_bytes())
+    with pytest.raises(tls.TlsError, match="not node 1's"):
+        transport.reload()
+    assert (transport.server_context, transport.client_context) == in_use
 
 
 def test_server_options_refuse_half_a_tls_configuration():
