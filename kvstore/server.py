@@ -74,6 +74,7 @@ import trio
 
 from paxos import messages as pm
 from paxos.actions import Actions
+from paxos.ballot import Ballot
 from paxos.classic import ClassicReplica
 from paxos.membership import ConfigSchedule, ScheduleEntry
 from paxos.replica import Config, Options, Replica
@@ -117,6 +118,8 @@ EXIT_DISK_FAILED = 75  # EX_TEMPFAIL: restart me once the disk is fixed
 FOLLOWER_TICKS_PER_WAKE = 5
 # Events the driver takes into one batch at most
 BATCH_EVENTS_MAX = 10_000
+# How far above every ballot number a node knows a peer's message may go (see Node._leaps_ballots)
+BALLOT_LEAP_MAX = 1 << 32
 # How often the ticker sweeps idle client connections (see ClientLinks.close_idle)
 IDLE_SWEEP_SECONDS = 1.0
 
@@ -332,13 +335,17 @@ class Node:
             check_quorum=o.check_quorum,
             early_accepts=o.fsync,  # without fsyncs nothing waits, so nothing is sent early
         )
+        recovered = self.storage.recovered
         self.replica = self._engine_class(
             node_id,
             self.bootstrap_config,
             rng=random.Random(),
-            state=self.storage.recovered,
+            state=recovered,
             options=self._core_options,
         )
+        # The highest ballot number this node knows of (its promise, then what peers showed): a peer
+        # message whose ballot leaps beyond it by more than BALLOT_LEAP_MAX is dropped (_leaps_ballots).
+        self._ballot_high = max([recovered.promised.number, *(b.number for b, _ in recovered.accepted.values())])
         self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
         # ok, read-only or failed; anything but ok fences the node (see _stop_voting)
         self.disk_state = DISK_OK
@@ -648,8 +655,37 @@ class Node:
                 pass  # nothing for the core: _after_events looks at the apply queue
             case CoreCall():
                 event.run()  # an admin request's step (kvstore.members)
-            case _:
-                self.replica.receive(cast(pm.Message, event))  # a Paxos message (kvstore.peers posts nothing else)
+            case _:  # a Paxos message (kvstore.peers posts nothing else)
+                if not self._leaps_ballots(event):
+                    self.replica.receive(cast(pm.Message, event))
+
+    def _leaps_ballots(self, message: object) -> bool:
+        """True (and counted, and logged now and then) if ``message`` shows a ballot number more than
+        ``BALLOT_LEAP_MAX`` above every ballot this node knows of; else False, the number now known.
+
+        Ballots grow by one per election, so no honest peer leaps that far (2**32 elections: a century
+        of back-to-back elections). A forged or garbled message could: one Prepare at 2**64 - 1 made
+        the core campaign at 2**64, which no message can carry, and the promise on disk kept the cluster
+        leaderless across restarts. Dropping a message is always safe (the core treats it as lost).
+        """
+        ballot = getattr(message, "ballot", None)
+        number = ballot.number if type(ballot) is Ballot else 0
+        promised = getattr(message, "promised", None)  # a Nack's: the acceptor's promise
+        if type(promised) is Ballot and promised.number > number:
+            number = promised.number
+        high = self._ballot_high
+        if number <= high:
+            return False
+        if number - high > BALLOT_LEAP_MAX:
+            self.counters["ballot_leaps_refused"] += 1
+            if self.counters["ballot_leaps_refused"] in (1, 10, 100, 1000):
+                log.warning("node %d: dropped a %s from node %s whose ballot number %d leaps more than %d above "
+                            "the highest known here (%d): a forged or garbled message",
+                            self.node_id, type(message).__name__, getattr(message, "sender", "?"), number,
+                            BALLOT_LEAP_MAX, high)
+            return True
+        self._ballot_high = number
+        return False
 
     def _now(self) -> float:
         """When the events being fed were taken, for the deadlines of requests: the clock is read once per

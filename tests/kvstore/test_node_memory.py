@@ -436,6 +436,42 @@ async def test_leader_with_a_full_disk_refuses_writes_and_the_cluster_carries_on
         nursery.cancel_scope.cancel()
 
 
+async def test_a_ballot_that_leaps_far_above_every_known_one_is_dropped(tmp_path, autojump_clock):
+    """A forged (or garbled) Prepare at ballot 2**64 - 1, handed to a follower as from a peer: dropped and
+    counted, so the follower neither promises it nor campaigns above it (2**64 fits no message), and the
+    cluster goes on serving. A Prepare a few numbers above the known ballots is the core's to judge, as
+    before: it reaches the core (which promises it), and the cluster elects a leader again."""
+    from paxos.ballot import Ballot
+    from paxos.messages import Nack, Prepare
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        for i in PEERS:
+            await cluster.start(i)
+        leader = await cluster.wait_leader()
+        target, liar = [i for i in PEERS if i != leader]
+        node = cluster.nodes[target]
+        known = node.replica.ballot
+        async with connect(ENDPOINTS, timeout=20, transport=net.transport()) as kv:
+            await kv.put("before", "1")
+            for forged in (Prepare(sender=liar, ballot=Ballot(2**64 - 1, liar), first_slot=1),
+                           Nack(sender=liar, ballot=known, promised=Ballot(known.number + 2**33, liar))):
+                node._post([forged], from_peer=True)
+                await trio.sleep(0.5)
+            assert node.counters["ballot_leaps_refused"] == 2
+            assert node.replica.ballot == known
+            await kv.put("after", "2")
+            assert await kv.get("before") == "1" and await kv.get("after") == "2"
+            near = Ballot(known.number + 5, liar)
+            node._post([Prepare(sender=liar, ballot=near, first_slot=1)], from_peer=True)
+            await trio.sleep(0)
+            assert node.replica.ballot == near and node.counters["ballot_leaps_refused"] == 2
+            await kv.put("later", "3")  # the deposed round ends; some node leads again at a higher ballot
+            assert await kv.get("later") == "3"
+        nursery.cancel_scope.cancel()
+
+
 async def test_three_nodes_under_very_frequent_snapshots_finish_the_writes_and_agree(tmp_path):
     """Three nodes snapshot every 10 commands, each at its own points, under four concurrent writers
     (40 puts each), with the real clock (snapshots are written from worker threads, which the
