@@ -61,7 +61,8 @@ class ClientConn:
     """One client connection. Replies collect in ``pending`` while the node works through a batch and
     leave together when the node calls ``send_replies`` (one write per connection per batch)."""
 
-    __slots__ = ("outbox", "pending", "closed", "name", "_dirty", "last_heard", "scope", "principal")
+    __slots__ = ("outbox", "pending", "closed", "name", "_dirty", "last_heard", "scope", "principal", "requests",
+                 "answered")
 
     def __init__(self, name: str, dirty: list[ClientConn]) -> None:
         self.principal: Principal | None = None  # who its TLS certificate names; None without TLS
@@ -72,6 +73,10 @@ class ClientConn:
         self._dirty = dirty  # the node's list of connections with pending replies
         self.last_heard = trio.current_time()  # when its last frames arrived (see ClientLinks.close_idle)
         self.scope = trio.CancelScope()  # cancelled to close the connection
+        # Requests routed and replies given: every request gets one reply, so after a bad frame the
+        # connection stays until the requests before it are answered (ClientLinks._answer_then_refuse).
+        self.requests = 0
+        self.answered = 0
 
     def reply(self, message: object) -> None:
         if self.closed:
@@ -89,6 +94,7 @@ class ClientConn:
         """``reply`` with a frame encoded already (small, so never too large)."""
         if self.closed:
             return
+        self.answered += 1
         if not self.pending:
             self._dirty.append(self)
         self.pending.append(frame)
@@ -219,21 +225,41 @@ class ClientLinks:
             events: list[object] = []
             for i, request in enumerate(wire.decode_bodies(frames)):
                 if isinstance(request, wire.WireError):
-                    self.counters["protocol_errors"] += 1
-                    log.warning("closing client %s: bad frame: %s", name, request)
-                    conn.reply(wire.ErrorReply(id=wire.request_id_of(frames[i]), code=wire.PROTOCOL,
-                                               message=str(request), leader=None))
                     post(events)
+                    await self._answer_then_refuse(conn, name, request, wire.request_id_of(frames[i]))
                     return
-                route(conn, request, events)
+                try:
+                    route(conn, request, events)
+                except wire.WireError as exc:  # a peer's message (see _route)
+                    post(events)
+                    await self._answer_then_refuse(conn, name, exc, None)
+                    return
+                conn.requests += 1
             post(events)
             self.send_replies()  # answers given here (not_leader, serializable reads, status)
             # No timeout scope per receive (a trio deadline each time, with many requests a second):
             # the ticker closes connections idle for too long (close_idle).
-            frames = await reader.receive_frames()
+            try:
+                frames = await reader.receive_frames()
+            except wire.WireError as exc:  # a bad length, a frame cut short: after complete frames
+                await self._answer_then_refuse(conn, name, exc, None)
+                return
             if not frames:
                 return
             conn.last_heard = trio.current_time()
+
+    async def _answer_then_refuse(self, conn: ClientConn, name: str, error: wire.WireError,
+                                  request_id: int | None) -> None:
+        """A bad frame (docs/protocol.md, section 2): the requests that arrived complete before it are still
+        answered (within the request timeout), then the ``protocol`` error goes, and the caller closes
+        the connection. The frames after it are never read."""
+        self.counters["protocol_errors"] += 1
+        log.warning("closing client %s: bad frame: %s", name, error)
+        self.send_replies()
+        with trio.move_on_after(self.node.options.request_timeout_seconds + 1.0):
+            while conn.answered < conn.requests and not conn.closed:
+                await trio.sleep(0.01)  # (a rare path: a poll is simpler than an event per reply)
+        conn.reply(wire.ErrorReply(id=request_id, code=wire.PROTOCOL, message=str(error), leader=None))
 
     def _route(self, conn: ClientConn, request: object, events: list[object]) -> None:
         """Answer ``request`` here, or append what the driver must do for it to ``events``. What is answered
@@ -296,7 +322,11 @@ class ClientLinks:
                 node.members.handle(conn, request)  # a task of its own: a change takes round trips
             case wire.BackupRequest():
                 node.members.backup(conn, request)  # kv snapshot save (kvstore.backup): a task of its own
-            case _:
+            case wire.Hello() | wire.PaxosBatch() | wire.SnapshotChunk():
+                # A peer's message after client requests: no request id to answer, so a protocol error
+                # and the connection closes (_serve); a peer says hello in its first frame.
+                raise wire.WireError(f"a {type(request).__name__} is a peer message; a peer link begins with hello")
+            case _:  # a reply sent to the server: answered, the connection stays
                 conn.reply(wire.ErrorReply(id=getattr(request, "id", None), code=wire.BAD_REQUEST,
                                            message=f"{type(request).__name__} is not a client request",
                                            leader=None))

@@ -356,14 +356,35 @@ def _with_engine(node: LiveNode, hello: dict) -> dict:
 
 
 def test_peer_frame_on_a_client_connection_is_refused(node):
+    """A peer's frame after a client request: the request is answered, then a ``protocol`` error with id
+    null, and the connection closes (protocol.md: an ``err`` with id null means the connection is over)."""
     px = {"t": "px", "m": [[7, 2, [99, 2], 10**6, 1]]}
     get = {"t": "get", "id": 9, "key": "probe-1", "lin": False}
-    received, closed, name = exchange(node, frame(get) + frame(px), timeout=3, replies_wanted=2)
+    received, closed, name = exchange(node, frame(get) + frame(px) + frame(get), timeout=5)
     got = replies(received)
-    assert got and isinstance(got[0], wire.OkReply) and got[0].id == 9, got
-    assert any(isinstance(r, wire.ErrorReply) for r in got[1:]), f"no error reply for a peer frame: {got}"
+    assert len(got) == 2 and isinstance(got[0], wire.OkReply) and got[0].id == 9, got
+    assert got[1].code == wire.PROTOCOL and got[1].id is None and "peer message" in got[1].message, got
+    assert_closed_with_one_log_line(node, received, closed, name, reply_expected=True)
     node.assert_serving()
     assert node.client.status(node.endpoint)["is_leader"]
+
+
+@pytest.mark.parametrize("bad", [b"\x00\x00\x00\x02\xff\xff", b"\x00\x00\x00\x00"], ids=["garbage-body", "zero-length"])
+def test_requests_before_a_bad_frame_are_answered_before_the_error(node, bad):
+    """Protocol.md, section 2: frames that arrived complete before a bad one are still served. Three puts
+    and a linearizable get (they wait for consensus), then a bad frame, in one write: four answers, then
+    the ``protocol`` error, then the connection closes; the puts were applied."""
+    key = f"before-bad-{len(bad)}"
+    puts = b"".join(frame({"t": "put", "id": i, "key": f"{key}-{i}", "value": "v", "cid": bytes([len(bad)]) * 16,
+                           "rq": i, "ack": 1}) for i in (1, 2, 3))
+    get = frame({"t": "get", "id": 4, "key": f"{key}-1", "lin": True})
+    received, closed, name = exchange(node, puts + get + bad)
+    got = replies(received)
+    assert [type(r).__name__ for r in got] == ["OkReply"] * 4 + ["ErrorReply"], got
+    assert sorted(r.id for r in got[:4]) == [1, 2, 3, 4] and got[-1].code == wire.PROTOCOL, got
+    assert_closed_with_one_log_line(node, received, closed, name, reply_expected=True)
+    assert [node.client.get(f"{key}-{i}") for i in (1, 2, 3)] == ["v", "v", "v"]
+    node.assert_serving()
 
 
 def test_memory_stays_bounded_after_a_burst_of_bad_input(node):
