@@ -109,6 +109,8 @@ def read_state(cluster_dir: Path) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise UsageProblem(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:  # (a ValueError, but raised by the read)
+        raise UsageProblem(f"{path} is not valid JSON (not UTF-8 text); remove it or fix it") from None
     import json
 
     try:

@@ -270,6 +270,16 @@ def test_endpoints_from_default_cluster_state(fake, tmp_path):
     assert fake.connects[-1][0] == ["127.0.0.1:7101", "127.0.0.1:7102"]
 
 
+@pytest.mark.parametrize("content", [b"\x92\xff binary", b"{not json", b"[]"], ids=["binary", "not-json", "a-list"])
+def test_a_damaged_cluster_state_is_a_usage_error_naming_the_file(fake, tmp_path, content):
+    (tmp_path / "cluster").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cluster" / "cluster.json").write_bytes(content)
+    result = run("get", "k")
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result, "cluster.json is not")
+    assert fake.connects == []
+
+
 def test_no_endpoints_anywhere_is_usage_error_with_hint(fake):
     result = run("get", "k")
     assert result.exit_code == 2
