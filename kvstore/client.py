@@ -318,6 +318,7 @@ class AsyncClient:
         self._connecting: trio.Event | None = None
         self._connect_error: BaseException | None = None  # how the last attempt to connect failed
         self._preferred = 0  # index into endpoints of the node we believe leads
+        self._cursor = 0  # where the rotation through endpoints stands (see _advance)
         self.client_id = os.urandom(16)
         self._request_ids = itertools.count(1)
         # Request ids of writes in flight (a min-heap, with answered ids removed lazily): the smallest
@@ -753,7 +754,18 @@ class AsyncClient:
             conn.fail_all()
             self._nursery.start_soon(trio.aclose_forcefully, conn.stream)
         if advance:
-            self._preferred = (self._preferred + 1) % len(self.endpoints)
+            self._advance()
+
+    def _advance(self) -> None:
+        """Move on from the endpoint that just failed, to the next one in the rotation. A leader hint
+        moves ``_preferred`` but not the rotation (``_cursor``): when a hinted node fails (a removed
+        node may still name a leader that is gone), the next try is the endpoint after the one that
+        gave the hint, not the hint giver again (which would send us back, and never to the others)."""
+        count = len(self.endpoints)
+        following = (self._cursor + 1) % count
+        if following == self._preferred and count > 1:
+            following = (following + 1) % count
+        self._cursor = self._preferred = following
 
     async def _connection(self) -> _Connection:
         """The open connection, opening one if there is none.
@@ -790,7 +802,7 @@ class AsyncClient:
                 stream = await self._open_stream(*endpoint)
         except (OSError, trio.TooSlowError) as exc:
             if self.endpoints[self._preferred] == endpoint:
-                self._preferred = (self._preferred + 1) % len(self.endpoints)
+                self._advance()
             if isinstance(exc, trio.TooSlowError):
                 raise _ConnectionLost(f"connecting to {format_endpoint(*endpoint)} timed out") from None
             raise

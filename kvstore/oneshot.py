@@ -149,6 +149,7 @@ class OneShotClient:
         self._tls = tls_client_context(str(cacert), str(cert), str(key)) if given else None
         self._conn: _Connection | None = None
         self._preferred = 0  # index into endpoints of the node we believe leads
+        self._cursor = 0  # where the rotation through endpoints stands (see _advance)
         self._ids = count(1)
         self.client_id = os.urandom(16)
         self._request_ids = count(1)
@@ -164,6 +165,7 @@ class OneShotClient:
         twin._tls = self._tls
         twin._conn = None
         twin._preferred = self._preferred
+        twin._cursor = self._cursor
         twin._ids = count(1)
         twin.client_id = os.urandom(16)
         twin._request_ids = count(1)
@@ -385,7 +387,7 @@ class OneShotClient:
         try:
             conn = _Connection.open(endpoint, timeout, self._tls)
         except OSError as exc:
-            self._preferred = (self._preferred + 1) % len(self.endpoints)
+            self._advance()
             if isinstance(exc, TimeoutError):
                 raise _ConnectionLost(f"connecting to {format_endpoint(*endpoint)} timed out") from None
             raise
@@ -410,7 +412,18 @@ class OneShotClient:
             self._conn.close()
             self._conn = None
         if advance:
-            self._preferred = (self._preferred + 1) % len(self.endpoints)
+            self._advance()
+
+    def _advance(self) -> None:
+        """Move on from the endpoint that just failed, to the next one in the rotation. A leader hint
+        moves ``_preferred`` but not the rotation (``_cursor``): when a hinted node fails (a removed
+        node may still name a leader that is gone), the next try is the endpoint after the one that
+        gave the hint, not the hint giver again (which would send us back, and never to the others)."""
+        count = len(self.endpoints)
+        following = (self._cursor + 1) % count
+        if following == self._preferred and count > 1:
+            following = (following + 1) % count
+        self._cursor = self._preferred = following
 
 
 def _linearizable(consistency: str) -> bool:

@@ -74,6 +74,22 @@ def test_a_hint_to_an_endpoint_not_in_the_list_is_followed(nodes):
         assert kv.put("k", "v") == 1
 
 
+def test_a_hint_to_a_dead_node_does_not_send_the_client_back_to_the_hint_giver(nodes):
+    """A removed node, still running, names the leader it knew, which is gone: after that hint fails, the
+    client goes on to the next endpoint given (which points at the real leader), not back to the node
+    that gave the hint (which would send it to the dead one again, until the deadline)."""
+    store = Store()
+    leader = nodes(store.handle)
+    dead = f"127.0.0.1:{closed_port()}"
+    stale = nodes(lambda r: err(r, "not_leader", "not the leader", dead))
+    follower = nodes(lambda r: err(r, "not_leader", "not the leader", leader.address))
+    with OneShotClient([stale.address, follower.address, leader.address], timeout=3) as kv:
+        started = time.monotonic()
+        assert kv.put("k", "v") == 1
+        assert time.monotonic() - started < 1.0
+    assert len(stale.requests) == 1 and len(follower.requests) == 1
+
+
 def test_a_node_that_is_down_is_skipped(nodes):
     store = Store()
     leader = nodes(store.handle)

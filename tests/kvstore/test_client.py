@@ -309,6 +309,36 @@ async def test_a_write_turned_away_on_arrival_is_not_in_doubt(autojump_clock, re
         nursery.cancel_scope.cancel()
 
 
+async def test_a_hint_to_a_dead_node_does_not_send_the_client_back_to_the_hint_giver(autojump_clock):
+    """n1 (a removed node, still running) names n9:9, a leader that is gone; n2 names the real leader n3.
+    After the connect to n9 fails, the client tries n2 (the endpoint after the hint giver), not n1 again,
+    which would send it to n9 again until the deadline."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    seen: dict[str, int] = {"n1": 0, "n2": 0, "n3": 0}
+
+    def node(name: str, hint: str | None):
+        def reply_to(request):
+            seen[name] += 1
+            if hint is None:
+                return wire.OkReply(id=request.id, result={"rev": 1})
+            return wire.ErrorReply(id=request.id, code=wire.NOT_LEADER, message="not the leader", leader=hint)
+        return reply_to
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, node("n1", "n9:9"))
+        nursery.start_soon(_fake_node, net, "n2", 2, node("n2", "n3:3"))
+        nursery.start_soon(_fake_node, net, "n3", 3, node("n3", None))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2", "n3:3"], timeout=5, transport=net.transport()) as kv:
+            started = trio.current_time()
+            assert await kv.put("k", "v") == 1
+            assert trio.current_time() - started < 1.0
+        assert seen == {"n1": 1, "n2": 1, "n3": 1}
+        nursery.cancel_scope.cancel()
+
+
 # --- submitted requests (submit_put / submit_get: a callback instead of a waiting task) ----------------
 
 
