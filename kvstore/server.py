@@ -920,9 +920,12 @@ class Node:
     # what the node tells clients about itself
 
     def _leader_hint(self) -> str | None:
-        """The leader's HOST:PORT for a ``not_leader`` answer, if this node knows another leader."""
+        """The leader's HOST:PORT for a ``not_leader`` answer, if this node knows another leader. None on a
+        node that is no longer a member: nobody tells it of leaders any more, so the one it knew may be
+        long gone, and a client sent there would come back here (and never try the other members)."""
         leader = self.replica.leader_id
-        if leader is not None and leader != self.node_id and leader in self.peers:
+        if (leader is not None and leader != self.node_id and leader in self.peers
+                and self.replica.config.role(self.node_id) is not None):
             return format_endpoint(*self.peers[leader])
         return None
 
@@ -937,7 +940,9 @@ class Node:
         host, port = self.peers[self.node_id]
         learner = self.learner
         # A fenced node's core is frozen with whatever it believed: it leads nothing and knows no leader.
-        leader = None if self._fenced else self.replica.leader_id
+        # Nor does a removed one: nobody tells it of leaders any more (see _leader_hint).
+        removed = self.replica.config.role(self.node_id) is None
+        leader = None if self._fenced or removed else self.replica.leader_id
         ballot = core.get("ballot")
         return {
             "id": self.node_id,

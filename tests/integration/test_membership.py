@@ -79,6 +79,10 @@ async def test_replace_a_member_through_the_log_and_lose_the_old_leader(tmp_path
             return status is not None and status.get("role") == "none"
         await wait_for(knows_it_was_removed, 20, "node 2 to report that it is no longer a member", cluster)
         assert "is no longer a member" in cluster.log_path(2).read_text(errors="replace")
+        # It names no leader (the one it knew may be gone), so clients sent there move on to the others.
+        assert (await cluster.status(2))["leader"] is None
+        async with connect([cluster.endpoint(2), cluster.endpoint(1), cluster.endpoint(3)], timeout=10) as client:
+            await client.put("while/removed-runs", "yes")
         cluster.kill(2)
 
         port = free_ports(1)[0]
