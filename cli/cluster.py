@@ -758,9 +758,16 @@ def remove_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirO
     with reporting_errors(settings):
         state = _load(cluster_dir)
         node = _node(state, node_id)
-        removed = _admin(settings, state, "member_remove", node_id)
-        typer.echo(f"removed node {node_id} from the members", err=True)
-        _warn_fault_tolerance(removed)
+        listed = _admin(settings, state, "member_list")
+        if node_id in listed.get("retired", ()):
+            # Removed already (kv member remove, or a kv cluster remove whose answer was lost): only this
+            # file still lists it, and kv cluster up would start it again.
+            typer.echo(f"node {node_id} was removed from the members already; dropping it from this cluster",
+                       err=True)
+        else:
+            removed = _admin(settings, state, "member_remove", node_id)
+            typer.echo(f"removed node {node_id} from the members", err=True)
+            _warn_fault_tolerance(removed)
         stop_nodes([node], quiet=True)
         state["nodes"] = [n for n in state["nodes"] if n["id"] != node_id]
         state["endpoints"] = [f"{HOST}:{n['port']}" for n in state["nodes"]]

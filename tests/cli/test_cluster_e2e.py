@@ -220,7 +220,8 @@ def test_foreground_up_stops_every_node_on_ctrl_c(kv):
 def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     """``kv cluster add`` starts node 4, which joins as a learner and is promoted; ``kv cluster remove 1``
     removes the first node (the leader hands over if it was the leader) and stops it; the roles show in
-    ``kv cluster status``; after ``down``, ``up`` starts the members as they are now (2, 3, 4)."""
+    ``kv cluster status``; a node removed with ``kv member remove`` is dropped by ``kv cluster remove``;
+    after ``down``, ``up`` starts the members as they are now (2, 3)."""
     base = free_base_port(4)
     kv("cluster", "up", "--detach", "--base-port", str(base))
     kv("put", "before", "1")
@@ -248,9 +249,15 @@ def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     assert refused.returncode == 2 and b"no node 1" in refused.stderr
     reused = kv("member", "add", "1", f"127.0.0.1:{base + 9}", check=False)  # ids are never reused
     assert reused.returncode == 1 and b"node 1 was a member and was removed" in reused.stderr, reused.stderr
+    # Removed with kv member remove (this file still lists it): kv cluster remove then drops it here.
+    kv("member", "remove", "4")
+    assert sorted(r["id"] for r in kv.cluster_rows()) == [2, 3, 4]
+    dropped = kv("cluster", "remove", "4")
+    assert b"node 4 was removed from the members already; dropping it" in dropped.stderr, dropped.stderr
+    assert sorted(r["id"] for r in kv.cluster_rows()) == [2, 3]
 
     kv("cluster", "down")
     kv("cluster", "up", "--detach")  # on the ports it has (here not base .. base + 2)
-    assert sorted(r["id"] for r in kv.cluster_rows()) == [2, 3, 4]
-    kv.wait_converged(3)
+    assert sorted(r["id"] for r in kv.cluster_rows()) == [2, 3]
+    kv.wait_converged(2)
     assert kv("get", "after").stdout.split() == [b"after", b"2"]
