@@ -320,6 +320,28 @@ def _node(state: dict[str, Any], node_id: int) -> dict[str, Any]:
     raise UsageProblem(f"no node {node_id} in this cluster (nodes: {ids})")
 
 
+RESTART_WAIT_SECONDS = 20.0
+
+
+def _wait_answering(state: dict[str, Any], node: dict[str, Any], child: subprocess.Popen[bytes],
+                    seconds: float) -> bool:
+    """Poll (bounded) until the node just started answers status: True; False if it still does not after
+    ``seconds``. OperationFailed, with its log's tail, if it exits meanwhile (a damaged log, a lost disk,
+    a port taken: the node says why in its log and stops at once)."""
+    endpoint = f"{HOST}:{node['port']}"
+    deadline = time.monotonic() + seconds
+    while True:
+        if child.poll() is not None:
+            raise OperationFailed(f"node {node['id']} exited with code {child.returncode} right after it started; "
+                                  f"{node['log_file']}: {_log_tail(node)}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if any(nodestatus.is_reachable(s) for s in query_statuses([endpoint], min(0.5, remaining), _tls_of(state))):
+            return True
+        time.sleep(POLL_SECONDS)
+
+
 def _wait_for_leader(
     state: dict[str, Any], children: dict[int, subprocess.Popen[bytes]], seconds: float
 ) -> Any:
@@ -625,9 +647,13 @@ def _signal_command(ctx: typer.Context, node_id: int, data_dir: Path | None, act
                     raise OperationFailed(f"node {node_id} (pid {node['pid']}) did not die")
             if port_in_use(node["port"]):
                 raise OperationFailed(f"port {node['port']} on {HOST} is in use; cannot restart node {node_id}")
-            spawn_node(node)
+            child = spawn_node(node)
             write_state(cluster_dir, state)
-            typer.echo(f"restarted node {node_id} (pid {node['pid']})")
+            if _wait_answering(state, node, child, RESTART_WAIT_SECONDS):
+                typer.echo(f"restarted node {node_id} (pid {node['pid']})")
+            else:
+                typer.echo(f"restarted node {node_id} (pid {node['pid']}); it does not answer yet after "
+                           f"{RESTART_WAIT_SECONDS:g} s (a long log to read?): kv cluster status", err=True)
         elif action in ("pause", "resume"):
             if process == "dead":
                 raise OperationFailed(f"node {node_id} is not running")

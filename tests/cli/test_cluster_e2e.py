@@ -147,8 +147,18 @@ def test_detached_cluster_survives_follower_and_leader_crash(kv):
     rows = {r["id"]: r for r in kv.cluster_rows()}
     assert rows[follower]["process"] == "dead" and rows[follower]["pid"] is None
 
+    # a restart that fails at once says so, with the node's own reason (here its data dir is a file)
+    data = Path(next(n["data_dir"] for n in kv.state()["nodes"] if n["id"] == follower))
+    data.rename(data.with_name("moved-away"))
+    data.write_text("not a directory")
+    failed = kv("cluster", "restart", str(follower), check=False)
+    assert failed.returncode == 1 and f"node {follower} exited with code".encode() in failed.stderr, failed.stderr
+    data.unlink()
+    data.with_name("moved-away").rename(data)
+
     # bring it back; it must catch up to the same state
-    kv("cluster", "restart", str(follower))
+    restarted = kv("cluster", "restart", str(follower))
+    assert f"restarted node {follower} (pid".encode() in restarted.stdout, restarted
     kv.wait_converged(3)
 
     # crash the leader: a new one is elected and writes go on
