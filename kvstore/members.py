@@ -409,6 +409,10 @@ class Members:
         if not config.is_voter(target):
             raise AdminError(f"node {target} is not a voter" + (" (it is a learner; promote it first)"
                                                                 if target in config.learners else ""))
+        ticks = node.options.election_timeout_ticks
+        if not node.replica.peer_answered_within(target, ticks):
+            raise AdminError(f"node {target} has not answered the leader for {ticks * node.options.tick_seconds:g} s "
+                             f"(is it running?); node {node.node_id} goes on leading")
         if not await self._call(lambda: node.replica.transfer_leadership(target)):
             raise AdminError(f"cannot hand leadership to node {target} now")
         timeout = node.options.election_timeout_ticks * node.options.tick_seconds * 3 + 1
@@ -416,8 +420,9 @@ class Members:
             while node.replica.leader_id != target:
                 await trio.sleep(POLL_SECONDS)
             return self.describe()
+        # (not wire.TIMEOUT, which clients retry: each retry would start another handover)
         raise AdminError(f"node {target} did not take over within {timeout:.1f} s; the leader is "
-                         f"{node.replica.leader_id}", wire.TIMEOUT)
+                         f"{node.replica.leader_id}", wire.OUTCOME_UNKNOWN)
 
     # -----------------------------------------------------------------------------------------------
     # backups (kv snapshot save): served by kvstore.backup

@@ -678,6 +678,11 @@ class ClassicReplica:
     def peer_decided(self, node_id: int) -> int | None:
         return None
 
+    def peer_answered_within(self, node_id: int, ticks: int) -> bool:
+        """``Replica.peer_answered_within``."""
+        heard = self._peer_heard.get(node_id)
+        return heard is not None and heard >= self._ticks - ticks
+
     def propose_change(self, config: Config) -> None:
         """Membership changes need the core's per-slot configurations (paxos.membership); one seed
         instance per slot has a fixed acceptor set, so this engine refuses them."""

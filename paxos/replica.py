@@ -352,6 +352,12 @@ class Replica:
         """Leader: the decided slot ``node_id`` last reported in a HeartbeatAck (None if never)."""
         return self._peer_decided.get(node_id)
 
+    def peer_answered_within(self, node_id: int, ticks: int) -> bool:
+        """Leader: whether ``node_id`` answered our ballot (Promise, Accepted, HeartbeatAck) in the last
+        ``ticks`` ticks (a handover to a node that does not answer could only fail)."""
+        heard = self._peer_heard.get(node_id)
+        return heard is not None and heard >= self._ticks - ticks
+
     @property
     def _running_ballot(self) -> Ballot:
         """Our own ballot, for the messages only a candidate or leader sends."""

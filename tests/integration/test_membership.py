@@ -184,3 +184,26 @@ async def test_the_member_list_asked_of_a_follower_is_the_leaders(tmp_path):
         assert '"leader": ' + str(leader) in proc.stdout, proc.stdout
     finally:
         cluster.close()
+
+
+async def test_move_leader_to_a_voter_that_does_not_answer_is_refused_at_once(tmp_path):
+    """``kv move-leader N`` with node N down: one prompt refusal naming N, no handover started (each one
+    pauses new writes), and the leader stays. (It used to start one handover per client retry and end
+    with "no answer from the cluster".)"""
+    cluster = NemesisCluster(tmp_path)
+    try:
+        cluster.start_all()
+        leader = await cluster.wait_leader()
+        target = next(i for i in cluster.ids if i != leader)
+        cluster.kill(target)
+        await trio.sleep(0.5)  # past the 0.3 s election timeout: the leader has not heard from it since
+        alive = [cluster.endpoint(i) for i in cluster.ids if i != target]
+        started = trio.current_time()
+        moved = kv(cluster, "move-leader", str(target), endpoints=alive)
+        assert moved.returncode == 1, moved.stderr
+        assert f"node {target} has not answered the leader" in moved.stderr, moved.stderr
+        assert trio.current_time() - started < 5
+        status = await cluster.status(leader)
+        assert status["is_leader"] and not status["counters"].get("transfer_started"), status["counters"]
+    finally:
+        cluster.close()
