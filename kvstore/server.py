@@ -1013,9 +1013,15 @@ def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, opt
         import json
 
         try:
-            recorded = json.loads((Path(data_dir) / "meta.json").read_text()).get("config")
-        except (OSError, ValueError, AttributeError):
-            recorded = None
+            meta = json.loads((Path(data_dir) / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = None
+        recorded = meta.get("config") if isinstance(meta, dict) else None
+        if isinstance(meta, dict) and (meta.get("node_id"), meta.get("cluster_id")) != (node_id, options.cluster_id):
+            # Another node's directory (or another cluster's): its recorded configuration is not ours
+            from .storage import StorageError, foreign_data_dir
+            raise StorageError(foreign_data_dir(data_dir, meta.get("node_id"), meta.get("cluster_id"), node_id,
+                                                options.cluster_id))
         config = (Config.from_dict(recorded) if isinstance(recorded, dict)
                   else trio.run(functools.partial(fetch_join_config, node_id, None, join, options.cluster_id,
                                                   tls.transport_for(options, node_id))))

@@ -230,6 +230,14 @@ _LOG_RE = re.compile(r"^log-(\d{20})\.wal$")
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
+
+def foreign_data_dir(path: str | Path, owner: object, cluster: object, node_id: int, cluster_id: str) -> str:
+    """Why node ``node_id`` of ``cluster_id`` may not use the data directory ``path``, whose meta.json
+    names node ``owner`` of ``cluster``."""
+    return (f"data dir {path} belongs to node {owner!r} of cluster {cluster!r}, "
+            f"not node {node_id} of cluster {cluster_id!r}")
+
+
 class StorageError(Exception):
     """The data directory is damaged, belongs to someone else, or an I/O operation failed."""
 
@@ -860,10 +868,7 @@ class Storage:
                 f"meta file {meta_path}: data format version {version!r}, this program reads {FORMAT_VERSION}"
             )
         if owner != node_id or cluster != cluster_id:
-            raise StorageError(
-                f"data dir {self.path} belongs to node {owner!r} of cluster {cluster!r}, "
-                f"not node {node_id} of cluster {cluster_id!r}"
-            )
+            raise StorageError(foreign_data_dir(self.path, owner, cluster, node_id, cluster_id))
         self._meta = meta
         if incarnation is None:
             # Made by a version without incarnations: this directory is the acceptor it always was, in

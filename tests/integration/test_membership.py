@@ -100,6 +100,12 @@ async def test_replace_a_member_through_the_log_and_lose_the_old_leader(tmp_path
             env={**os.environ, "PYTHONPATH": str(REPO)})
         assert stranger.returncode == 1 and "node 9 is not a member" in stranger.stderr, stranger.stderr
 
+        borrowed = subprocess.run(  # node 4 pointed at node 1's data directory by mistake
+            [sys.executable, "-m", "kv_cli", "serve", "--id", "4", "--join", cluster.endpoint(1),
+             "--data-dir", str(cluster.data_dir(1))],
+            capture_output=True, text=True, timeout=60, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert borrowed.returncode == 1 and "belongs to node 1 of cluster" in borrowed.stderr, borrowed.stderr
+
         start_joiner(cluster, 4, cluster.endpoint(1))
         cluster.addresses[4] = ("127.0.0.1", port)
 
