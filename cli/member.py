@@ -63,6 +63,10 @@ def show_members(settings: Settings, result: dict[str, Any], client: Any = None)
     headers = ["ID", "ADDRESS", "ROLE", "INCARNATION", "LEADER", "REACHABLE", "DECIDED", "APPLIED"]
     rows = [[m["id"], m.get("address"), m["role"], m.get("incarnation"), m.get("leader"), m.get("reachable"),
              m.get("decided_slot"), m.get("applied_slot")] for m in members]
+    if client is None:  # (after a change: the leader's answer alone, nobody asked who is reachable)
+        keep = [i for i, h in enumerate(headers) if h not in ("REACHABLE", "APPLIED")]
+        headers = [headers[i] for i in keep]
+        rows = [[row[i] for i in keep] for row in rows]
     if settings.write_out is OutputFormat.table:
         print_table(headers, rows)
     else:

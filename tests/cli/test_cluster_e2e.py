@@ -260,7 +260,8 @@ def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     reused = kv("member", "add", "1", f"127.0.0.1:{base + 9}", check=False)  # ids are never reused
     assert reused.returncode == 1 and b"node 1 was a member and was removed" in reused.stderr, reused.stderr
     # Removed with kv member remove (this file still lists it): kv cluster remove then drops it here.
-    kv("member", "remove", "4")
+    removed_4 = kv("member", "remove", "4").stdout.decode()
+    assert "reachable=" not in removed_4 and "applied=" not in removed_4 and "decided=" in removed_4, removed_4
     assert sorted(r["id"] for r in kv.cluster_rows()) == [2, 3, 4]
     dropped = kv("cluster", "remove", "4")
     assert b"node 4 was removed from the members already; dropping it" in dropped.stderr, dropped.stderr
