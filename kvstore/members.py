@@ -464,6 +464,7 @@ async def fetch_join_config(node_id: int, incarnation: str | None, endpoints: li
 
     endpoints = list(endpoints)
     last = "no member answered"
+    rounds = 0
     deadline = trio.current_time() + timeout
     while trio.current_time() < deadline:
         not_a_member = None  # the refusal of a member that does not lead (another may know better)
@@ -506,5 +507,8 @@ async def fetch_join_config(node_id: int, incarnation: str | None, endpoints: li
             return config
         if not_a_member is not None:
             raise not_a_member
+        rounds += 1
+        if rounds in (1, 10, 40):  # (one round asks every member: 0.2 s to ~2 s each)
+            log.warning("no member answered yet (%s); still trying until %.0f s have passed", last, timeout)
         await trio.sleep(0.2)
     raise JoinError(f"cannot reach any member to join ({last})")
