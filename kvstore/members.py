@@ -397,6 +397,23 @@ class Members:
         return await self._change(build)
 
     async def _member_remove(self, request: wire.AdminRequest) -> dict[str, Any]:
+        self._require_leader()
+        node = self.node
+        replica = node.replica
+        voters = replica.config.node_ids
+        if request.node in voters and len(voters) > 1:
+            # As etcd's strict reconfiguration check: refuse to leave voters whose live ones are no majority
+            # (the change would be decided, and the cluster would stop at once).
+            ticks = node.options.election_timeout_ticks
+            remaining = sorted(v for v in voters if v != request.node)
+            live = [v for v in remaining if v == node.node_id or replica.peer_answered_within(v, ticks)]
+            if len(live) < len(remaining) // 2 + 1:
+                silent = [v for v in remaining if v not in live]
+                raise AdminError(f"removing node {request.node} would leave voters {remaining}, of which "
+                                 f"{', '.join(f'node {v}' for v in silent)} {'has' if len(silent) == 1 else 'have'} "
+                                 f"not answered the leader for {ticks * node.options.tick_seconds:g} s: no majority "
+                                 f"would be left and the cluster would stop. Bring "
+                                 f"{'it' if len(silent) == 1 else 'them'} back first")
         return await self._change(lambda base: base.remove(request.node))
 
     async def _move_leader(self, request: wire.AdminRequest) -> dict[str, Any]:

@@ -192,10 +192,11 @@ async def test_the_member_list_asked_of_a_follower_is_the_leaders(tmp_path):
         cluster.close()
 
 
-async def test_move_leader_to_a_voter_that_does_not_answer_is_refused_at_once(tmp_path):
+async def test_move_leader_or_a_removal_that_needs_a_silent_voter_is_refused_at_once(tmp_path):
     """``kv move-leader N`` with node N down: one prompt refusal naming N, no handover started (each one
     pauses new writes), and the leader stays. (It used to start one handover per client retry and end
-    with "no answer from the cluster".)"""
+    with "no answer from the cluster".) And ``kv member remove`` of a live voter, which would leave no
+    live majority, is refused; removing the down one is not."""
     cluster = NemesisCluster(tmp_path)
     try:
         cluster.start_all()
@@ -211,5 +212,17 @@ async def test_move_leader_to_a_voter_that_does_not_answer_is_refused_at_once(tm
         assert trio.current_time() - started < 5
         status = await cluster.status(leader)
         assert status["is_leader"] and not status["counters"].get("transfer_started"), status["counters"]
+
+        # Removing a live voter would leave {leader, target} with the target silent: refused, as etcd's
+        # strict reconfiguration check does. Removing the silent one leaves a live majority: done.
+        other = next(i for i in cluster.ids if i not in (leader, target))
+        refused = kv(cluster, "member", "remove", str(other), endpoints=alive)
+        assert refused.returncode == 1, refused.stderr
+        assert f"would leave voters {sorted([leader, target])}, of which node {target} has not answered" in \
+            refused.stderr, refused.stderr
+        removed = kv(cluster, "member", "remove", str(target), endpoints=alive)
+        assert removed.returncode == 0, removed.stderr
+        async with connect(alive, timeout=10) as client:
+            await client.put("after/refusals", "yes")
     finally:
         cluster.close()
