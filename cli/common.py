@@ -305,9 +305,15 @@ def unreachable_hint(settings: Settings, errors: list[str]) -> str:
     files, the cluster may serve TLS (a TLS-only node does that to a plain client). "" otherwise."""
     if settings.endpoints_from_default_cluster:
         return " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
-    if errors and all("connection lost before the reply" in e for e in errors) \
-            and not (settings.cacert or settings.cert or settings.key):
+    tls = settings.cacert or settings.cert or settings.key
+    if errors and all("connection lost before the reply" in e for e in errors) and not tls:
         return " (if the cluster serves TLS: --cacert, --cert and --key, or KV_CACERT, KV_CERT, KV_KEY)"
+    if tls and errors and all("WRONG_VERSION_NUMBER" in e for e in errors):
+        # OpenSSL's words for a server that answered the handshake with something other than TLS
+        return " (the node does not serve TLS: leave out --cacert, --cert and --key, or KV_CACERT, KV_CERT, KV_KEY)"
+    if tls and errors and all("CERTIFICATE_VERIFY_FAILED" in e for e in errors):
+        return (" (this client does not trust the node's certificate: --cacert must be the CA that signed the "
+                "cluster's certificates)")
     return ""
 
 

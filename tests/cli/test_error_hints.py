@@ -1,7 +1,8 @@
 """The hints the CLI adds to an "unavailable" error (``kv_cli.common.cluster_down_hint``): the local
 cluster may be down (endpoints from ``kv cluster up``'s file), or, when a node hung up before any reply
 and no TLS files were given, that the cluster may serve TLS (a TLS-only node closes a plain connection
-without a word). Any other error, or a client with TLS, gets no hint."""
+without a word). A client with TLS files is told when the node speaks no TLS (OpenSSL's wrong version
+number) or presents a certificate the client's CA did not sign. Any other error gets no hint."""
 from __future__ import annotations
 
 from kv_cli.common import Settings, cluster_down_hint
@@ -26,3 +27,15 @@ def test_the_local_clusters_endpoints_get_the_cluster_up_hint():
     settings.endpoints_from_default_cluster = True
     for error in (LOST, REFUSED):
         assert "the local cluster may be down" in cluster_down_hint(settings, error)
+
+
+def test_a_tls_client_is_told_when_the_node_speaks_no_tls_or_it_does_not_trust_the_node():
+    plain_node = Unavailable("no answer from the cluster within 3s (connection failed: [SSL: WRONG_VERSION_NUMBER] "
+                             "wrong version number (_ssl.c:1006))")
+    foreign = Unavailable("no answer from the cluster within 3s (connection failed: [SSL: CERTIFICATE_VERIFY_FAILED] "
+                          "certificate verify failed: unable to get local issuer certificate (_ssl.c:1006))")
+    with_tls = Settings(endpoints_text="127.0.0.1:9101", cacert="ca.pem", cert="c.pem", key="c.key")
+    assert "the node does not serve TLS" in cluster_down_hint(with_tls, plain_node)
+    assert "does not trust the node's certificate" in cluster_down_hint(with_tls, foreign)
+    plain = Settings(endpoints_text="127.0.0.1:9101")
+    assert cluster_down_hint(plain, plain_node) == "" and cluster_down_hint(plain, REFUSED) == ""
