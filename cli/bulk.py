@@ -151,10 +151,11 @@ def load_command(
                         [[name, summary.lines, summary.records, summary.written, f"{summary.seconds:.3f}",
                           f"{summary.keys_per_s:.0f}"]])
         elif dry_run:
-            typer.echo(f"OK: {summary.records} records in {summary.lines} lines of {name}, all valid "
+            lines = f"{summary.lines} line{'' if summary.lines == 1 else 's'}"
+            typer.echo(f"OK: {bulk.records_text(summary.records)} in {lines} of {name}, all valid "
                        "(nothing written)")
         else:
-            typer.echo(f"OK: {summary.written} records from {name} written in {summary.seconds:.2f} s "
+            typer.echo(f"OK: {bulk.records_text(summary.written)} from {name} written in {summary.seconds:.2f} s "
                        f"({summary.keys_per_s:.0f} keys/s)")
 
 
@@ -242,14 +243,18 @@ def dump_command(
                         [[where, summary.keys, summary.revision, summary.slot, f"{summary.seconds:.3f}",
                           f"{summary.keys_per_s:.0f}"]])
         else:
-            typer.echo(f"OK: {summary.keys} records written to {where} (of {summary.keys_total} keys at revision "
-                       f"{summary.revision}, slot {summary.slot}) in {summary.seconds:.2f} s", err=part is None)
+            typer.echo(f"OK: {bulk.records_text(summary.keys)} written to {where} (of {summary.keys_total} keys at "
+                       f"revision {summary.revision}, slot {summary.slot}) in {summary.seconds:.2f} s",
+                       err=part is None)
 
 
 def _dump_left(summary: Any, part: str | None) -> str:
+    from kvstore import bulk
+
     if part is None:
-        return f"{summary.keys} records were written to stdout before it stopped (an incomplete dump)"
-    return f"{part} removed ({summary.keys} records had been written to it)"
+        was = "was" if summary.keys == 1 else "were"
+        return f"{bulk.records_text(summary.keys)} {was} written to stdout before it stopped (an incomplete dump)"
+    return f"{part} removed ({bulk.records_text(summary.keys)} had been written to it)"
 
 
 def _json_text(data: dict[str, Any]) -> str:

@@ -356,20 +356,24 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
         raise BulkError(f"{input_error}; {_written_before(summary, input_error.line, name, dry=client is None)}")
     if read_error is not None:
         raise BulkError(f"cannot read the input after line {summary.lines}: {read_error.strerror or read_error}; "
-                        f"{summary.written} records were written, up to line {summary.lines}")
+                        f"{records_text(summary.written)} {'was' if summary.written == 1 else 'were'} written, "
+                        f"up to line {summary.lines}")
     return summary
 
 
-def _records(count: int) -> str:
+def records_text(count: int) -> str:
+    """``1 record``, ``2 records``."""
     return f"{count} record{'' if count == 1 else 's'}"
 
 
 def _written_before(summary: LoadSummary, line: int, name: str, *, dry: bool) -> str:
     if dry:
-        return f"checked only (nothing written); the {_records(summary.records)} before it are valid"
+        return f"checked only (nothing written); the {records_text(summary.records)} before it are valid"
     if line <= 1:
         return "nothing was written; fix the line and load again"
-    return (f"{_records(summary.written)} (lines 1 to {line - 1}) were written before it, nothing after it; "
+    was = "was" if summary.written == 1 else "were"
+    lines = "line 1" if line == 2 else f"lines 1 to {line - 1}"
+    return (f"{records_text(summary.written)} ({lines}) {was} written before it, nothing after it; "
             f"fix the line and load from it again: tail -n +{line} {name} | kv load -")
 
 

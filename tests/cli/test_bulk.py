@@ -149,6 +149,13 @@ async def test_a_bad_first_line_says_nothing_was_written():
         "nothing was written; fix the line and load again"), str(raised.value)
 
 
+async def test_one_good_line_before_a_bad_one_is_counted_in_the_singular():
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(BulkError) as raised:
+            await load(FakeClient(nursery), io.BytesIO(b'{"key": "a", "value": "1"}\n{"key": 1}\n'), name="d.jsonl")
+    assert "1 record (line 1) was written before it, nothing after it" in str(raised.value), str(raised.value)
+
+
 def test_blank_lines_are_skipped():
     assert parse_line(b"", 1) is None
     assert parse_line(b"  \r", 2) is None
