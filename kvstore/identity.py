@@ -55,6 +55,11 @@ class IdentityError(Exception):
     """This node may not vote under its id: its data directory is not the acceptor the cluster knows."""
 
 
+def is_incarnation(text: str) -> bool:
+    """Whether ``text`` has the form ``new_incarnation`` gives (16 lowercase hex digits)."""
+    return len(text) == 16 and all(c in "0123456789abcdef" for c in text)
+
+
 def new_incarnation() -> str:
     """A fresh random incarnation: 16 hex digits."""
     return secrets.token_hex(8)
@@ -129,6 +134,8 @@ def check_peer(members: Mapping[int, str], peer: int, incarnation: str | None) -
         return None
     if incarnation is None:
         return f"node {peer} says no incarnation (an older version?), but this cluster knows it as {known}"
+    if not is_incarnation(incarnation):
+        return f"node {peer} presents {incarnation[:40]!r}, which is no incarnation (16 hex digits): not a kv node"
     return (f"node {peer} presents incarnation {incarnation}, but this cluster knows node {peer} as incarnation "
             f"{known}: it lost its data directory and may not vote under its old id")
 

@@ -76,8 +76,9 @@ def test_a_peer_without_an_incarnation_stops_the_founding():
 def test_check_peer_accepts_the_known_incarnation_and_refuses_another():
     members = {1: "i1", 2: "i2"}
     assert check_peer(members, 2, "i2") is None
-    assert "lost its data directory" in check_peer(members, 2, "other")
+    assert "lost its data directory" in check_peer(members, 2, "0123456789abcdef")
     assert "older version" in check_peer(members, 2, None)
+    assert "which is no incarnation (16 hex digits): not a kv node" in check_peer(members, 2, "zz")
     assert check_peer(members, 3, "i3") is None  # not recorded: the caller records it (directories from before)
 
 
