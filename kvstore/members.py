@@ -401,7 +401,7 @@ class Members:
         node = self.node
         replica = node.replica
         voters = replica.config.node_ids
-        if request.node in voters and len(voters) > 1:
+        if request.node in voters and len(voters) > 1 and not replica.change_in_progress:  # (else: refused below)
             # As etcd's strict reconfiguration check: refuse to leave voters whose live ones are no majority
             # (the change would be decided, and the cluster would stop at once).
             ticks = node.options.election_timeout_ticks
