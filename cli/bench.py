@@ -21,6 +21,7 @@ from .common import (
     UsageProblem,
     parse_endpoint_list,
     reporting_errors,
+    unreachable_hint,
 )
 from .output import OutputFormat
 
@@ -59,7 +60,9 @@ def bench_command(
                                                  "unless --duration is given).")] = None,
     duration: Annotated[float | None, typer.Option(
         "--duration", min=0.001, help="Seconds to run (instead of, or as well as, --total).")] = None,
-    key_size: Annotated[int, typer.Option("--key-size", min=1, help="Key length in characters.")] = 8,
+    key_size: Annotated[int, typer.Option("--key-size", min=1, help="Key length in characters (at least: "
+                                                                    "longer when --key-space-size needs more "
+                                                                    "digits).")] = 8,
     val_size: Annotated[int, typer.Option("--val-size", min=0, help="Value length in bytes.")] = 100,
     key_space_size: Annotated[int, typer.Option("--key-space-size", min=1, help="Distinct keys.")] = 10_000,
     sequential_keys: Annotated[bool, typer.Option("--sequential-keys",
@@ -92,9 +95,25 @@ def bench_command(
             endpoint_list = parse_endpoint_list(endpoints)
         else:
             endpoint_list = settings.endpoints()
+        from kvstore.limits import KEY_BYTES_MAX, VALUE_BYTES_MAX
+
+        # Requests the store would refuse, refused before the run (it would count one error per slot)
+        longest_key = max(key_size, len(str(key_space_size - 1)))
+        if longest_key > KEY_BYTES_MAX:
+            raise UsageProblem(f"keys of {longest_key} characters are over the store's limit of {KEY_BYTES_MAX} bytes")
+        if val_size > VALUE_BYTES_MAX:
+            raise UsageProblem(f"--val-size {val_size} is over the store's limit of {VALUE_BYTES_MAX} bytes")
+        if conns > clients:
+            raise UsageProblem(f"--conns {conns} is more than --clients {clients}: some connections would carry "
+                               "no request")
         if plot is not None:
             if not plot.lower().endswith(".png"):
                 raise UsageProblem(f"--plot wants a .png file name, not {plot!r}")
+            import os
+
+            folder = os.path.dirname(os.path.abspath(plot))
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise UsageProblem(f"--plot {plot!r}: cannot write in {folder} (no such folder, or not writable)")
             try:
                 import matplotlib  # noqa: F401
             except ImportError:
@@ -131,7 +150,11 @@ def bench_command(
         from kvstore import runtime
 
         runtime.tune_gc()  # this process is the load generator now
-        result = loadgen.run_load_sync(spec, progress=stream)
+        try:
+            result = loadgen.run_load_sync(spec, progress=stream)
+        except loadgen.Unreachable as exc:
+            raise OperationFailed(f"the warm-up reached no node, so the run did not start: {exc}"
+                                  + unreachable_hint(settings, [str(exc)])) from None
         fmt = write_out or settings.write_out
         if fmt is OutputFormat.json:
             import json
@@ -155,7 +178,8 @@ def bench_command(
             if fmt is not OutputFormat.json:
                 typer.echo(f"plot written to {plot}")
         if result.ok == 0:
-            raise OperationFailed(f"no request succeeded ({sum(result.errors.values())} errors)")
+            raise OperationFailed(f"no request succeeded ({sum(result.errors.values())} errors)"
+                                  + unreachable_hint(settings, [result.last_error]))
 
 
 def register(app: typer.Typer) -> None:

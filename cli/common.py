@@ -363,3 +363,9 @@ def reporting_errors(settings: Settings) -> Iterator[None]:
                     message += " (run with --debug for the traceback)"
         error_line(message)
         raise SystemExit(EXIT_FAILED) from None
+    except BaseExceptionGroup as group:  # (not an Exception: it holds a KeyboardInterrupt or the like)
+        interrupted, rest = group.split(KeyboardInterrupt)
+        if interrupted is not None and rest is None:
+            # Ctrl-C inside trio's loop (kv bench, kv dashboard) arrives wrapped: the same as a plain one
+            raise KeyboardInterrupt from None
+        raise

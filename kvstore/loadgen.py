@@ -51,6 +51,12 @@ class LoadSpecError(ValueError):
     """A load specification that cannot be run (caller mistake)."""
 
 
+class Unreachable(Exception):
+    """The warm-up reached no node: every connection's first put failed after the client's timeout
+    (the cluster is down, or these are not its endpoints). The run does not start: a run against
+    nobody would only count timeouts, one per request slot per ``timeout``, until its time limit."""
+
+
 def _histogram(digits: int = 3) -> Any:
     try:
         from hdrh.histogram import HdrHistogram
@@ -214,7 +220,8 @@ class LoadResult:
     elapsed_s: float
     histogram: Any  # hdrh HdrHistogram of every successful request, microseconds
     timeline: list[dict[str, Any]]  # one entry per second: t_s, ok, errors, p50_ms, p99_ms, max_ms
-    stopped_by: str  # "total", "duration" or "time limit"
+    stopped_by: str  # "total", "duration", "time limit", "count limit" or "every request slot ended"
+    last_error: str = ""  # the message of the last failed request ("" if none failed)
 
     @property
     def throughput(self) -> float:
@@ -315,7 +322,8 @@ class _RunState:
     next: int = 0  # the next request number to hand out
     ok: int = 0
     err: int = 0
-    stopped_by: str = "total"
+    stopped_by: str = "every request slot ended"  # (each refused its request: see launch)
+    last_error: str = ""
 
 
 @dataclass
@@ -363,8 +371,24 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable[[LoadSpec], Abstrac
     """Run one load against ``spec.endpoints`` (or the targets ``open_targets(spec)`` yields).
 
     Returns when the run stops by itself (see the module docstring). Raises ``LoadSpecError`` for an
-    impossible spec; request failures are counted in the result, never raised.
+    impossible spec and ``Unreachable`` when the warm-up reached no node; request failures are counted
+    in the result, never raised.
     """
+    try:
+        return await _run_load(spec, open_targets, progress)
+    except BaseExceptionGroup as group:  # (the targets' nursery wraps what the run raises)
+        found, rest = group.split(Unreachable)
+        if found is None or rest is not None:
+            raise
+        leaf: BaseException = found
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+
+
+async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractAsyncContextManager[list[Any]]] | None,
+                    progress: TextIO | None) -> LoadResult:
+    """``run_load`` itself."""
     spec.validate()
     open_targets = open_targets or kv_targets
     value = spec.value()
@@ -378,22 +402,31 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable[[LoadSpec], Abstrac
 
     async with open_targets(spec) as targets:
         if spec.warmup:
+            warmed: list[BaseException | None] = []  # per target: None once a put succeeded, else its error
+
             async def warm(target: Any) -> None:
+                failure: BaseException | None = None
                 for j in range(spec.warmup):
                     try:
                         await target.put(spec.key(j % spec.key_space_size), value)
-                    except Exception:  # noqa: BLE001 - warm-up failures show up in the run
-                        pass
+                        failure = None
+                    except Unavailable as exc:  # the client's whole timeout: no node answers
+                        failure = exc
+                        break
+                    except Exception as exc:  # noqa: BLE001 - other failures show up in the run
+                        failure = exc
+                warmed.append(failure)
             with trio.move_on_after(spec.timeout * 2):
                 async with trio.open_nursery() as nursery:
                     for target in targets:
                         nursery.start_soon(warm, target)
+            if len(warmed) == len(targets) and all(isinstance(f, Unavailable) for f in warmed):
+                raise Unreachable(str(warmed[-1]))
 
         clock = trio.current_time
         start = clock()
         end = start + spec.duration if spec.duration is not None else math.inf
         hard_end = start + spec.hard_limit_s()
-        last_done = [start]
 
         def next_request() -> int | None:
             i = state.next
@@ -425,10 +458,10 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable[[LoadSpec], Abstrac
             errors[kind] = errors.get(kind, 0) + 1
             state.err += 1
             interval.err += 1
+            state.last_error = str(exc)
 
         def succeeded(began: float) -> None:
             finished = clock()
-            last_done[0] = finished
             # Into this second's list; the histogram takes the list once a second (_record_all).
             interval.lat.append(min(LATENCY_US_MAX, max(1, int((finished - began) * 1_000_000))))
             state.ok += 1
@@ -527,11 +560,13 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable[[LoadSpec], Abstrac
         lat = _interval_summary(interval.lat)
         timeline.append({"t_s": round(stop - start, 3), "ok": interval.ok, "errors": interval.err,
                          "p50_ms": lat["p50"], "p99_ms": lat["p99"], "max_ms": lat["max"]})
-    elapsed = max(1e-9, (last_done[0] if state.ok else stop) - start)
+    # Until the run stopped (the last answer, or the last error: a cluster that died mid-run leaves a
+    # tail of failures, and that time belongs to the run too)
+    elapsed = max(1e-9, stop - start)
     if spec.rate and spec.duration is not None and state.stopped_by == "duration":
         elapsed = max(elapsed, min(spec.duration, stop - start))
     result = LoadResult(spec=spec, ok=state.ok, errors=errors, elapsed_s=elapsed, histogram=hist,
-                        timeline=timeline, stopped_by=state.stopped_by)
+                        timeline=timeline, stopped_by=state.stopped_by, last_error=state.last_error)
     reporter.show(elapsed, result.ok, sum(errors.values()), result.throughput, final=True)
     return result
 
@@ -581,7 +616,7 @@ def dumps(result: LoadResult) -> str:
     return json.dumps(result.to_dict(), indent=2)
 
 
-__all__ = ["LoadSpec", "LoadSpecError", "LoadResult", "run_load", "run_load_sync", "kv_targets",
+__all__ = ["LoadSpec", "LoadSpecError", "Unreachable", "LoadResult", "run_load", "run_load_sync", "kv_targets",
            "machine_facts", "error_kind", "plot_result", "dumps"]
 
 if __name__ == "__main__":  # pragma: no cover

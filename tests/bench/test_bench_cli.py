@@ -53,6 +53,13 @@ def test_usage_errors_exit_2_before_connecting(tmp_path, monkeypatch):
     assert runner.invoke(app, ["bench", "--endpoints", "127.0.0.1:1", "--clients", "0"]).exit_code == 2
     assert runner.invoke(app, ["bench", "--endpoints", "127.0.0.1:1", "--op", "scan"]).exit_code == 2
     assert runner.invoke(app, ["bench", "--endpoints", "127.0.0.1:1", "--plot", "x.svg"]).exit_code == 2
+    # Sizes the store would refuse, more connections than requests, a plot nobody can write: before the run
+    for args, says in ((["--val-size", "1048577"], "over the store's limit of 1048576 bytes"),
+                       (["--key-size", "4097"], "over the store's limit of 4096 bytes"),
+                       (["--conns", "8", "--clients", "2"], "--conns 8 is more than --clients 2"),
+                       (["--plot", str(tmp_path / "missing" / "x.png")], "cannot write in")):
+        refused = runner.invoke(app, ["bench", "--endpoints", "127.0.0.1:1", *args])
+        assert refused.exit_code == 2 and says in refused.output, (args, refused.output)
     help_text = runner.invoke(app, ["bench", "--help"]).stdout
     for flag in ("--clients", "--conns", "--total", "--duration", "--key-size", "--val-size", "--key-space-size",
                  "--sequential-keys", "--consistency", "--op", "--read-ratio", "--rate", "--plot"):
@@ -106,6 +113,20 @@ async def test_loadgen_writes_land_in_the_store(cluster):
         items = await kv.list("")
     assert [k for k, _ in items] == [f"{i:04d}" for i in range(40)]
     assert all(v == spec.value() for _, v in items)
+
+
+@pytest.mark.slow
+def test_a_cluster_the_warm_up_cannot_reach_fails_the_command_at_once(tmp_path):
+    """Nobody listens: the warm-up's first put gives up after --timeout, and the run does not start
+    (it used to count a timeout per request slot until its 600 s time limit)."""
+    from ..integration.harness import free_ports
+
+    port = free_ports(1)[0]
+    result = runner.invoke(make_app(), ["bench", "--endpoints", f"127.0.0.1:{port}", "--total", "1000",
+                                        "--timeout", "0.5", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "the warm-up reached no node, so the run did not start" in result.output, result.output
+    assert "Summary" not in result.output
 
 
 @pytest.mark.slow

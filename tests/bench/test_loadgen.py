@@ -112,6 +112,47 @@ async def test_duration_stops_the_run(autojump_clock):
     assert len(result.timeline) >= 2
 
 
+async def test_a_cluster_that_dies_mid_run_is_timed_to_the_end_of_the_run(autojump_clock):
+    """Puts succeed for 1 s, then every put fails after a 1 s timeout: the run's time (and so its
+    throughput) covers the failures too, not only up to the last success."""
+    log = []
+
+    @asynccontextmanager
+    async def dying_targets(spec):
+        class Dying(FakeTarget):
+            async def put(self, key, value):
+                if trio.current_time() >= died_at:
+                    await trio.sleep(1.0)
+                    raise Unavailable("no answer", outcome_unknown=True)
+                await trio.sleep(0.01)
+                self.log.append(("put", key, len(value)))
+        yield [Dying(log)]
+
+    died_at = trio.current_time() + 1.0
+    spec = LoadSpec(endpoints=["x:1"], clients=2, total=None, duration=3.0)
+    result = await run_load(spec, open_targets=dying_targets)
+    assert result.stopped_by == "duration" and result.ok == len(log) and result.errors
+    assert result.elapsed_s >= 3.0, result.elapsed_s
+    assert result.last_error == "no answer"
+
+
+async def test_a_warm_up_that_reaches_no_node_stops_before_the_run(autojump_clock):
+    from kvstore.loadgen import Unreachable
+
+    @asynccontextmanager
+    async def nobody(spec):
+        class Nobody(FakeTarget):
+            async def put(self, key, value):
+                await trio.sleep(spec.timeout)
+                raise Unavailable("no answer from the cluster within 5s")
+        async with trio.open_nursery():  # as kv_targets: the error leaves through a nursery
+            yield [Nobody([]), Nobody([])]
+
+    spec = LoadSpec(endpoints=["x:1"], clients=2, conns=2, total=100, warmup=3)
+    with pytest.raises(Unreachable, match="no answer from the cluster"):
+        await run_load(spec, open_targets=nobody)
+
+
 async def test_a_submitted_request_that_never_comes_back_ends_at_the_time_limit(autojump_clock):
     """A closed loop of submits whose answers stop coming: the run still ends by itself."""
     class Lost(FakeSubmitTarget):

@@ -39,3 +39,19 @@ def test_a_tls_client_is_told_when_the_node_speaks_no_tls_or_it_does_not_trust_t
     assert "does not trust the node's certificate" in cluster_down_hint(with_tls, foreign)
     plain = Settings(endpoints_text="127.0.0.1:9101")
     assert cluster_down_hint(plain, plain_node) == "" and cluster_down_hint(plain, REFUSED) == ""
+
+
+def test_ctrl_c_inside_trio_is_a_plain_keyboard_interrupt_not_a_group_traceback():
+    """Trio wraps a Ctrl-C that lands in a nursery (kv bench) in a BaseExceptionGroup: reporting_errors
+    turns it back into the KeyboardInterrupt the command line handles (no 70-line traceback)."""
+    import pytest
+
+    from kv_cli.common import reporting_errors
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with reporting_errors(Settings()):
+            raise BaseExceptionGroup("nursery", [KeyboardInterrupt()])
+    assert type(caught.value) is KeyboardInterrupt
+    with pytest.raises(BaseExceptionGroup):  # anything else in the group is not hidden
+        with reporting_errors(Settings()):
+            raise BaseExceptionGroup("nursery", [KeyboardInterrupt(), SystemExit(3)])
