@@ -31,7 +31,7 @@ AB_CLUSTER = HERE / "bench" / "ab_cluster.py"  # the cluster of one tree's nodes
 # drive it with that tree's client, print one JSON line per in-flight level. Only the trees' public
 # client API (kvstore.client) is used, nothing from their tests/.
 _LOAD = r'''
-import importlib.util, json, os, sys, tempfile, time
+import importlib.util, json, os, shutil, sys, tempfile, time
 from contextlib import AsyncExitStack
 from pathlib import Path
 import trio
@@ -98,7 +98,8 @@ def cpu_s(pid):
 
 nodes, levels, total = int(sys.argv[1]), [int(x) for x in sys.argv[2].split(",")], int(sys.argv[3])
 api = sys.argv[5]
-cluster = ab_cluster.TreeCluster(Path.cwd(), Path(tempfile.mkdtemp()), nodes)
+root = Path(tempfile.mkdtemp(prefix="kv-ab-"))
+cluster = ab_cluster.TreeCluster(Path.cwd(), root, nodes)
 try:
     cluster.start_all()
     cluster.wait_leader(deadline_s=30)
@@ -115,6 +116,7 @@ try:
         print(json.dumps({"inflight": inflight, **row}), flush=True)
 finally:
     cluster.close()
+    shutil.rmtree(root, ignore_errors=True)
 '''
 
 
@@ -139,7 +141,7 @@ def run_tree(tree: Path, nodes: int, levels: str, total: int, api: str = "async"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", required=True, help="git revision to compare against (A)")
     parser.add_argument("--candidate", help="git revision to measure (B); default: this working tree (which "
                                             "others may be editing)")
@@ -151,6 +153,17 @@ def main() -> None:
                         help="the client that drives the load: async (connect(), a trio task per request in "
                              "flight) or blocking (Client, a thread per request in flight)")
     args = parser.parse_args()
+    try:
+        levels = [int(x) for x in args.inflight.split(",")]
+    except ValueError:
+        parser.error(f"--inflight wants a comma list of numbers, not {args.inflight!r}")
+    if min(levels, default=0) < 1 or args.requests < 1 or args.rounds < 1 or args.nodes < 1:
+        parser.error("--nodes, --inflight levels, --requests and --rounds must be at least 1")
+    for rev in filter(None, (args.baseline, args.candidate)):
+        known = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                               capture_output=True)
+        if known.returncode != 0:
+            parser.error(f"{rev!r} is not a revision of this repository")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "baseline"
         subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", str(base), args.baseline],
@@ -180,7 +193,7 @@ def main() -> None:
           "than throughput on a shared machine")
     print(f"{'in flight':>9} {'A ops/s':>9} {'B ops/s':>9} {'B/A':>6} {'A p50 ms':>9} {'B p50 ms':>9} {'B/A':>6} "
           f"{'A cpu us':>9} {'B cpu us':>9} {'B/A':>6}")
-    for inflight in [int(x) for x in args.inflight.split(",")]:
+    for inflight in levels:
         def med(name: str, key: str, inflight: int = inflight) -> float:
             return statistics.median(r[inflight][key] for r in results[name])
         a_ops, b_ops = med("A", "ops"), med("B", "ops")

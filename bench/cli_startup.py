@@ -81,7 +81,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="runs of each command (interleaved)")
     parser.add_argument("--endpoints", help="use this running cluster instead of starting one")
     parser.add_argument("--all", action="store_true", help="also ls, del, status, health, cluster status")

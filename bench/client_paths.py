@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -86,7 +87,7 @@ async def submitting(endpoints: list[str], inflight: int, total: int, value: str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--requests", type=int, default=40_000)
@@ -95,7 +96,10 @@ def main() -> None:
     args = parser.parse_args()
     value = "x" * 100
     here = Path(__file__).resolve().parent.parent
-    cluster = ab_cluster.TreeCluster(here, Path(tempfile.mkdtemp()), args.nodes)
+    if args.rounds < 1 or args.requests < 1 or args.inflight < 1 or args.nodes < 1:
+        parser.error("--nodes, --inflight, --requests and --rounds must be at least 1")
+    root = Path(tempfile.mkdtemp(prefix="kv-client-paths-"))
+    cluster = ab_cluster.TreeCluster(here, root, args.nodes)
     rows: dict[str, list[tuple[float, float]]] = {"await": [], "submit": []}
     try:
         cluster.start_all()
@@ -112,6 +116,7 @@ def main() -> None:
                       f"client {cpu / max(1, done) * 1e6:6.1f} us/put", file=sys.stderr, flush=True)
     finally:
         cluster.close()
+        shutil.rmtree(root, ignore_errors=True)
     med = {name: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
            for name, v in rows.items() if v}
     print(f"{args.nodes} node(s), {args.inflight} in flight, 100-byte puts, median of {args.rounds} rounds")

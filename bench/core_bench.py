@@ -80,11 +80,11 @@ def run(batch: int, seconds: float) -> tuple[int, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
     args = parser.parse_args(argv)
     print(f"core_bench: 3 replicas, in-process network, no faults, window=32; "
-          f"Python {platform.python_version()} on {platform.machine()} ({platform.processor() or 'cpu?'})")
+          f"Python {platform.python_version()} on {platform.machine()} ({platform.processor() or 'no processor name'})")
     for batch in (1, 100):
         commands, elapsed = run(batch, args.seconds)
         print(f"  batch {batch:>3}: {commands:>9} commands decided in {elapsed:.2f}s = "

@@ -143,7 +143,7 @@ def table(rows: list[dict]) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=0.5, help="seconds per engine per round")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--levels", default="1,16,64,256", help="commands per round, comma list")

@@ -151,7 +151,7 @@ def report(result: dict, log=print) -> None:
         verdict = "ok" if row["ratio"] is not None and row["ratio"] >= TARGET_RATIO else "BELOW TARGET"
         log(f"  in flight {row['in_flight']:>4}: off {row['off_ops_s']:9.1f}  on {row['on_ops_s']:9.1f} ops/s  "
             f"ratio {row['ratio']}  (target >= {TARGET_RATIO}: {verdict});  servers' CPU per put off "
-            f"{row['cpu_off_us']} us, on {row['cpu_on_us']} us: puts per CPU second ratio {row['cpu_ratio']}")
+            f"{row['cpu_off_us']:.1f} us, on {row['cpu_on_us']:.1f} us: puts per CPU second ratio {row['cpu_ratio']}")
 
 
 def main(argv: list[str] | None = None) -> int:

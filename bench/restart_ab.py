@@ -121,7 +121,7 @@ def restart(tree: Path, source: Path, peers: str, endpoint: str, key: str) -> tu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", required=True, help="git revision to compare against (A)")
     parser.add_argument("--candidate", help="git revision to measure (B); default: this working tree")
     parser.add_argument("--keys", type=int, default=1_000_000)

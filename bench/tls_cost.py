@@ -31,6 +31,7 @@ from kvstore.client import Client  # noqa: E402
 from kvstore.loadgen import LoadSpec, machine_facts, run_load_sync  # noqa: E402
 
 TARGET_RATIO = 0.85
+TARGET_IN_FLIGHT = 256  # issue 19's target holds at this level only
 
 
 class TlsKv(store_bench.LocalKv):
@@ -125,9 +126,13 @@ def report(result: dict, log=print) -> None:
     log("")
     log(f"mutual TLS against plaintext, 3 nodes, median of {result['rounds']} rounds:")
     for row in result["summary"]:
-        verdict = "ok" if row["ratio"] is not None and row["ratio"] >= TARGET_RATIO else "BELOW TARGET"
+        if row["in_flight"] != TARGET_IN_FLIGHT:
+            verdict = f"the target is for {TARGET_IN_FLIGHT} in flight"
+        else:
+            ok = row["ratio"] is not None and row["ratio"] >= TARGET_RATIO
+            verdict = f"target >= {TARGET_RATIO}: {'ok' if ok else 'BELOW TARGET'}"
         log(f"  in flight {row['in_flight']:>4}: plain {row['plain_ops_s']:9.1f}  tls {row['tls_ops_s']:9.1f} ops/s  "
-            f"ratio {row['ratio']} (target >= {TARGET_RATIO}: {verdict});  p50 plain {row['plain_p50_ms']:.3f} ms, "
+            f"ratio {row['ratio']} ({verdict});  p50 plain {row['plain_p50_ms']:.3f} ms, "
             f"tls {row['tls_p50_ms']:.3f} ms;  servers' CPU per put plain {row['cpu_plain_us']} us, "
             f"tls {row['cpu_tls_us']} us")
 
