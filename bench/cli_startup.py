@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchargs  # noqa: E402  (beside this script: python bench/SCRIPT.py puts bench/ on sys.path)
+
 TARGET_SECONDS = 0.15
 
 
@@ -82,7 +84,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15, help="runs of each command (interleaved)")
+    parser.add_argument("--rounds", type=benchargs.positive_int, default=15, help="runs of each command (interleaved)")
     parser.add_argument("--endpoints", help="use this running cluster instead of starting one")
     parser.add_argument("--all", action="store_true", help="also ls, del, status, health, cluster status")
     parser.add_argument("--json", metavar="FILE", help="write the figures here too")

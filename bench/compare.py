@@ -89,6 +89,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
+import benchargs  # noqa: E402  (beside this script: python bench/SCRIPT.py puts bench/ on sys.path)
 import store_bench  # noqa: E402
 import trio  # noqa: E402
 
@@ -962,8 +963,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Compare this store with PySyncObj and etcd (see the module docstring).")
     ap.add_argument("--quick", action="store_true",
                     help="1.5 s per point, one round of the client and bulk rows, 20,000 keys (about 4 minutes)")
-    ap.add_argument("--seconds", type=float, default=None, help="seconds per point (default 5, quick 1.5)")
-    ap.add_argument("--levels", default="1,16,64,256", help="requests in flight, comma list")
+    ap.add_argument("--seconds", type=benchargs.positive_float, default=None,
+                    help="seconds per point (default 5, quick 1.5)")
+    ap.add_argument("--levels", type=benchargs.positive_int_list, default=[1, 16, 64, 256],
+                    help="requests in flight, comma list")
     ap.add_argument("--pysyncobj-levels", default="1024,4096",
                     help="more levels for PySyncObj only (its batching needs thousands in flight), comma list")
     ap.add_argument("--conns", type=int, default=1, help="client connections for our store")
@@ -999,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return tls_cost.main(["--quick"] if args.quick else [])
     seconds = args.seconds or (1.5 if args.quick else 5.0)
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = args.levels
     pso_levels = sorted(set(levels) | {int(x) for x in args.pysyncobj_levels.split(",") if x.strip()})
     client_rounds = args.client_rounds or (1 if args.quick else 3)
     bulk_keys = args.bulk_keys or (20_000 if args.quick else 100_000)

@@ -18,6 +18,8 @@ import sys
 import time
 from collections import deque
 
+import benchargs  # noqa: E402  (beside this script: python bench/SCRIPT.py puts bench/ on sys.path)
+
 from paxos.replica import Config, Options, Replica
 
 
@@ -81,7 +83,7 @@ def run(batch: int, seconds: float) -> tuple[int, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
+    parser.add_argument("--seconds", type=benchargs.positive_float, default=3.0, help="duration of each measurement")
     args = parser.parse_args(argv)
     print(f"core_bench: 3 replicas, in-process network, no faults, window=32; "
           f"Python {platform.python_version()} on {platform.machine()} ({platform.processor() or 'no processor name'})")

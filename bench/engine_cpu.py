@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import benchargs  # noqa: E402  (beside this script: python bench/SCRIPT.py puts bench/ on sys.path)
+
 from paxos.classic import ClassicReplica  # noqa: E402
 from paxos.replica import Config, Options, Replica  # noqa: E402
 
@@ -144,11 +146,12 @@ def table(rows: list[dict]) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=0.5, help="seconds per engine per round")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--levels", default="1,16,64,256", help="commands per round, comma list")
+    ap.add_argument("--seconds", type=benchargs.positive_float, default=0.5, help="seconds per engine per round")
+    ap.add_argument("--rounds", type=benchargs.positive_int, default=7)
+    ap.add_argument("--levels", type=benchargs.positive_int_list, default=[1, 16, 64, 256],
+                    help="commands per round, comma list")
     args = ap.parse_args(argv)
-    rows = measure([int(x) for x in args.levels.split(",")], args.seconds, args.rounds)
+    rows = measure(args.levels, args.seconds, args.rounds)
     print()
     for row in [HEADERS, *table(rows)]:
         print("  ".join(f"{c:>12}" for c in row))

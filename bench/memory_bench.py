@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import benchargs  # noqa: E402  (beside this script: python bench/SCRIPT.py puts bench/ on sys.path)
 import restart_ab  # noqa: E402
 import store_bench  # noqa: E402
 
@@ -130,10 +131,10 @@ def wait_quiet_snapshot(c: Client, endpoint: str, status: dict) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Memory and restart time of one node holding many keys.")
-    ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--keys", type=benchargs.positive_int, default=1_000_000)
     ap.add_argument("--val-size", type=int, default=100)
-    ap.add_argument("--in-flight", type=int, default=1024)
-    ap.add_argument("--conns", type=int, default=4)
+    ap.add_argument("--in-flight", type=benchargs.positive_int, default=1024)
+    ap.add_argument("--conns", type=benchargs.positive_int, default=4)
     ap.add_argument("--fsync", choices=["always", "off"], default="off", help="fsync policy while loading")
     ap.add_argument("--load-time-limit", type=float, default=1200.0, help="give up loading after this many s")
     ap.add_argument("--restart-log-commands", type=int, default=None,

@@ -39,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+import benchargs  # noqa: E402  (beside this script: python bench/SCRIPT.py puts bench/ on sys.path)
+
 from kvstore.commands import encode_put  # noqa: E402
 
 VALUE = ("0123456789abcdef" * 7)[:100]
@@ -267,9 +269,9 @@ def costs(baseline: str, keys: int, rounds: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="The state machine alone: bytes per key, and A/B costs.")
-    ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--keys", type=benchargs.positive_int, default=1_000_000)
     ap.add_argument("--baseline", help="git revision to compare costs (and memory) with")
-    ap.add_argument("--rounds", type=int, default=4, help="A/B rounds for the costs")
+    ap.add_argument("--rounds", type=benchargs.positive_int, default=4, help="A/B rounds for the costs")
     ap.add_argument("--costs-only", action="store_true", help="skip the memory figures")
     ap.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -28,6 +28,8 @@ RESULTS_DIR = REPO / "bench" / "results"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import benchargs  # noqa: E402  (beside this script: python bench/SCRIPT.py puts bench/ on sys.path)
+
 from kvstore.client import Client, KVError  # noqa: E402
 from kvstore.loadgen import LoadSpec, machine_facts, run_load_sync  # noqa: E402
 
@@ -206,13 +208,14 @@ def save_results(name: str, data: dict) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 s per point instead of 5 s")
-    ap.add_argument("--seconds", type=float, default=None, help="seconds per point")
-    ap.add_argument("--levels", default="1,16,256", help="requests in flight, comma list")
-    ap.add_argument("--conns", type=int, default=1, help="client connections")
+    ap.add_argument("--seconds", type=benchargs.positive_float, default=None, help="seconds per point")
+    ap.add_argument("--levels", type=benchargs.positive_int_list, default=[1, 16, 256],
+                    help="requests in flight, comma list")
+    ap.add_argument("--conns", type=benchargs.positive_int, default=1, help="client connections")
     ap.add_argument("--fsync", choices=["always", "off"], default="always")
     args = ap.parse_args(argv)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = args.levels
     from kvstore import runtime
 
     runtime.tune_gc()  # as `kv bench` does: this process is the load generator

@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import benchargs  # noqa: E402  (beside this script: python bench/SCRIPT.py puts bench/ on sys.path)
 import store_bench  # noqa: E402
 from metrics_cost import cpu_seconds  # noqa: E402
 
@@ -140,13 +141,16 @@ def report(result: dict, log=print) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 rounds, 2 s per point")
-    ap.add_argument("--seconds", type=float, default=None, help="seconds per point (default 5, quick 2)")
-    ap.add_argument("--rounds", type=int, default=None, help="alternations of plain and TLS (default 3, quick 2)")
-    ap.add_argument("--levels", default="1,256", help="requests in flight, comma list")
+    ap.add_argument("--seconds", type=benchargs.positive_float, default=None,
+                    help="seconds per point (default 5, quick 2)")
+    ap.add_argument("--rounds", type=benchargs.positive_int, default=None,
+                    help="alternations of plain and TLS (default 3, quick 2)")
+    ap.add_argument("--levels", type=benchargs.positive_int_list, default=[1, 256],
+                    help="requests in flight, comma list")
     args = ap.parse_args(argv)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     rounds = args.rounds or (2 if args.quick else 3)
-    levels = [int(x) for x in args.levels.split(",") if x]
+    levels = args.levels
     result = compare_tls(levels, seconds, rounds)
     report(result)
     path = store_bench.save_results("tls_cost", result)
