@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{before_kill.get('log_bytes')} bytes")
     print(f"  RSS after restart      {after_restart.get('VmRSS', 0):8.1f} MiB at the first get, "
           f"{after.get('VmRSS', 0):.1f} MiB settled")
-    print(f"  log bytes {status.get('log_bytes')}, snapshot slot {status.get('snapshot_slot')}, "
+    print(f"  as the load ended: log bytes {status.get('log_bytes')}, snapshot slot {status.get('snapshot_slot')}, "
           f"applied slot {status.get('applied_slot')}")
     if sampler is not None:
         sampler.report()
