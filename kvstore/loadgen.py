@@ -222,6 +222,7 @@ class LoadResult:
     timeline: list[dict[str, Any]]  # one entry per second: t_s, ok, errors, p50_ms, p99_ms, max_ms
     stopped_by: str  # "total", "duration", "time limit", "count limit" or "every request slot ended"
     last_error: str = ""  # the message of the last failed request ("" if none failed)
+    sent: int = 0  # requests handed out (open loop: fewer than scheduled when the store fell behind)
 
     @property
     def throughput(self) -> float:
@@ -241,6 +242,7 @@ class LoadResult:
             "throughput_ops_s": round(self.throughput, 1),
             "latency_ms": {k: (None if v is None else round(v, 3)) for k, v in self.latency_ms.items()},
             "stopped_by": self.stopped_by,
+            "sent": self.sent,
             "machine": machine_facts(),
         }
         if timeline:
@@ -258,6 +260,13 @@ class LoadResult:
             f"  Total:       {self.elapsed_s:.4f} s",
             f"  Throughput:  {self.throughput:.1f} requests/s",
         ]
+        if spec.rate and spec.duration is not None:
+            scheduled = int(spec.rate * spec.duration)
+            if spec.total is not None:
+                scheduled = min(scheduled, spec.total)
+            if self.sent < 0.99 * scheduled:
+                lines.append(f"  Offered:     {self.sent} of the {scheduled} requests --rate scheduled were sent: "
+                             f"with {spec.clients} in flight at most, the rest waited past the end")
         if lat["p50"] is not None:
             lines.append("  Latency (ms, HdrHistogram):")
             for name in ("min", "p50", "p90", "p99", "max", "mean"):
@@ -566,7 +575,8 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
     if spec.rate and spec.duration is not None and state.stopped_by == "duration":
         elapsed = max(elapsed, min(spec.duration, stop - start))
     result = LoadResult(spec=spec, ok=state.ok, errors=errors, elapsed_s=elapsed, histogram=hist,
-                        timeline=timeline, stopped_by=state.stopped_by, last_error=state.last_error)
+                        timeline=timeline, stopped_by=state.stopped_by, last_error=state.last_error,
+                        sent=state.next)
     reporter.show(elapsed, result.ok, sum(errors.values()), result.throughput, final=True)
     return result
 

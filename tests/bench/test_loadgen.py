@@ -214,6 +214,23 @@ async def test_open_loop_sends_the_scheduled_number_of_requests(autojump_clock):
     spec = LoadSpec(endpoints=["x:1"], clients=4, total=None, duration=1.0, rate=200)
     result = await run_load(spec, open_targets=fake_targets(log))
     assert result.ok == 200  # requests scheduled at i/200 s for i < 200
+    assert result.sent == 200 and "Offered:" not in result.format_text()
+
+
+async def test_an_open_loop_the_store_cannot_keep_up_with_says_how_much_was_sent(autojump_clock):
+    """2 in flight at most, each request 0.1 s: of the 200 requests 100/s schedules over 2 s, about 40
+    leave; the summary says so instead of only reporting the 40."""
+    @asynccontextmanager
+    async def slow(spec):
+        class Slow(FakeTarget):
+            async def put(self, key, value):
+                await trio.sleep(0.1)
+        yield [Slow([])]
+
+    spec = LoadSpec(endpoints=["x:1"], clients=2, total=None, duration=2.0, rate=100)
+    result = await run_load(spec, open_targets=slow)
+    assert result.sent < 60 and result.ok <= result.sent
+    assert f"Offered:     {result.sent} of the 200 requests --rate scheduled were sent" in result.format_text()
 
 
 async def test_sequential_keys_walk_the_key_space(submit):
