@@ -600,6 +600,10 @@ def plot_result(result: LoadResult, path: str, title: str | None = None) -> None
         raise RuntimeError("--plot needs matplotlib: pip install 'paxos-kv[plot]'") from exc
     tl = [e for e in result.timeline if e["ok"] or e["errors"]]
     t = [e["t_s"] for e in tl]
+    # Counts per second: each entry covers the time since the one before (the last, a partial second,
+    # is shorter, and its raw count would draw a false drop at the end)
+    spans = [max(1e-3, e["t_s"] - (result.timeline[i - 1]["t_s"] if i else 0.0))
+             for i, e in enumerate(result.timeline) if e["ok"] or e["errors"]]
     fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
     for name, style in (("p50_ms", "-"), ("p99_ms", "--"), ("max_ms", ":")):
         ax1.plot(t, [e[name] if e[name] is not None else float("nan") for e in tl], style,
@@ -607,9 +611,9 @@ def plot_result(result: LoadResult, path: str, title: str | None = None) -> None
     ax1.set_ylabel("latency (ms)")
     ax1.legend(loc="upper right")
     ax1.grid(True, alpha=0.3)
-    ax2.plot(t, [e["ok"] for e in tl], "-", label="ok/s")
+    ax2.plot(t, [e["ok"] / span for e, span in zip(tl, spans, strict=True)], "-", label="ok/s")
     if any(e["errors"] for e in tl):
-        ax2.plot(t, [e["errors"] for e in tl], "-", label="errors/s")
+        ax2.plot(t, [e["errors"] / span for e, span in zip(tl, spans, strict=True)], "-", label="errors/s")
     ax2.set_ylabel("requests per second")
     ax2.set_xlabel("time (s)")
     ax2.legend(loc="upper right")
