@@ -993,14 +993,21 @@ def main(argv: list[str] | None = None) -> int:
         import memory_bench
 
         return memory_bench.main([])
+    # The stand-alone scripts get the options they share with this one (--quick, --seconds, and --levels
+    # when given), so that nothing given here is dropped without a word.
+    passed = ["--quick"] if args.quick else []
+    if args.seconds:
+        passed += ["--seconds", str(args.seconds)]
+    if args.levels != ap.get_default("levels"):
+        passed += ["--levels", ",".join(map(str, args.levels))]
     if args.metrics:
         import metrics_cost
 
-        return metrics_cost.main(["--quick"] if args.quick else [])
+        return metrics_cost.main(passed)
     if args.tls:
         import tls_cost
 
-        return tls_cost.main(["--quick"] if args.quick else [])
+        return tls_cost.main(passed)
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     levels = args.levels
     pso_levels = sorted(set(levels) | {int(x) for x in args.pysyncobj_levels.split(",") if x.strip()})
