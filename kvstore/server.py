@@ -1019,7 +1019,7 @@ def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, opt
         recorded = meta.get("config") if isinstance(meta, dict) else None
         if isinstance(meta, dict) and (meta.get("node_id"), meta.get("cluster_id")) != (node_id, options.cluster_id):
             # Another node's directory (or another cluster's): its recorded configuration is not ours
-            from .storage import StorageError, foreign_data_dir
+            from .storage import foreign_data_dir  # (StorageError: this module's; a local import would shadow it)
             raise StorageError(foreign_data_dir(data_dir, meta.get("node_id"), meta.get("cluster_id"), node_id,
                                                 options.cluster_id))
         config = (Config.from_dict(recorded) if isinstance(recorded, dict)

@@ -47,6 +47,8 @@ async def test_a_wiped_node_is_refused_and_the_acknowledged_write_survives(tmp_p
         assert code == 1, f"the wiped node 2 did not refuse to start (exit {code})\n{cluster.logs_tail()}"
         log_text = cluster.log_path(2).read_text(errors="replace")
         assert "lost its data" in log_text and "node 3 knows node 2 as incarnation" in log_text, log_text[-2000:]
+        last = log_text.strip().splitlines()[-1]  # kv serve's one error line: the refusal itself
+        assert last.startswith("Error: ") and "lost its data" in last, last
         async with connect([cluster.endpoint(3)], timeout=2) as kv:
             with pytest.raises(Unavailable):
                 await kv.get("acked-key")  # linearizable: no leader, so unavailable, never "not found"
