@@ -1115,25 +1115,29 @@ class Storage:
         if not self._preallocate or need <= self._allocated:
             return
         target = need + self._preallocate
+        # Zeros go after the records, never over them: after a preallocation that failed (a full disk),
+        # records were written past the zeros (``_allocated`` < ``_log_end``), and writing zeros from
+        # ``_allocated`` again would erase records already fsynced and acknowledged.
+        start = max(self._allocated, self._log_end)
         assert self._log_fd is not None
         try:
-            zeros = bytes(target - self._allocated)
+            zeros = bytes(target - start)
             written = 0
             while written < len(zeros):  # bounded: every pass writes at least one byte or raises
-                n = os.pwrite(self._log_fd, memoryview(zeros)[written:], self._allocated + written)
+                n = os.pwrite(self._log_fd, memoryview(zeros)[written:], start + written)
                 if n <= 0:
                     raise OSError(errno.EIO, f"pwrite returned {n}")
                 written += n
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
-                raise self._fail(f"preallocating {target - self._allocated} bytes of log {self._log_path}",
-                                 exc) from exc
+                raise self._fail(f"preallocating {target - start} bytes of log {self._log_path}", exc) from exc
             log.warning("log %s: cannot preallocate %d bytes (%s); writing without", self._log_path,
-                        target - self._allocated, exc)
+                        target - start, exc)
             try:
-                os.ftruncate(self._log_fd, max(self._allocated, self._log_end))
+                os.ftruncate(self._log_fd, start)  # (the zeros written past it, if any; never a record)
             except OSError:
                 pass  # the zeros stay; they are not records, and recovery reads past them
+            self._allocated = start
             return
         self._allocated = target
 

@@ -629,6 +629,35 @@ def test_preallocated_log_grows_in_steps_when_a_batch_does_not_fit(tmp_path):
         assert storage.recovered == DurableState.replay(records)
 
 
+def test_a_preallocation_that_fails_never_writes_zeros_over_synced_records(tmp_path, monkeypatch):
+    """A nearly full disk: writing the zeros ahead fails with ENOSPC (while smaller record writes still
+    fit), so records go on past the zeros. The next preallocation must start after those records: it
+    used to start where the zeros had ended and overwrite fsynced records with zeros, which recovery
+    then cut as a torn tail (QA: acknowledged writes lost on a shared tmpfs that filled up)."""
+    import kvstore.storage as storage_module
+
+    real_pwrite = storage_module.os.pwrite
+    full = {"on": False}
+
+    def pwrite(fd, data, offset):  # only preallocation uses pwrite: it fails while the disk is "full"
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(storage_module.os, "pwrite", pwrite)
+    records = []
+    with open_preallocated(tmp_path, preallocate=512) as storage:
+        for slot in range(1, 61):
+            full["on"] = 20 <= slot < 40  # zeros cannot be written for a while; records still can
+            batch = [AcceptRecord(slot, Ballot(1, 1), (b"v" * 100,))]
+            records += batch
+            storage.append(batch)
+            storage.sync()
+            assert storage.failure is None
+    with open_preallocated(tmp_path, preallocate=512) as storage:
+        assert storage.recovered == DurableState.replay(records)
+
+
 def test_opening_a_preallocated_log_without_preallocation_cuts_the_zeros(tmp_path):
     records = sample_records(3)
     with open_preallocated(tmp_path) as storage:
