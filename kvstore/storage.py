@@ -231,6 +231,13 @@ _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise _io_error(f"cannot read the size of {path}", exc) from exc
+
+
 def foreign_data_dir(path: str | Path, owner: object, cluster: object, node_id: int, cluster_id: str) -> str:
     """Why node ``node_id`` of ``cluster_id`` may not use the data directory ``path``, whose meta.json
     names node ``owner`` of ``cluster``."""
@@ -823,6 +830,25 @@ class Storage:
                 f"data dir {path}: log {log_file_name(newer[0])} is newer than the newest snapshot "
                 f"(slot {snapshot_slot}); its snapshot is missing"
             )
+        # A member's directory (meta.json names the members: it took part in a cluster) whose log is gone
+        # or empty, with no snapshot either: its promises and accepted values were lost (a deleted or
+        # truncated file). Starting would make it an acceptor that forgot its votes, which can decide
+        # two values for one slot; refuse, as for damaged durable bytes. (A new log of this version is
+        # never empty: it starts with a sync mark, unless written with fsync off.)
+        founded = META_NAME in names and self.members is not None and not self.identity_legacy
+        amnesia = None
+        if founded and not snapshot_slots:
+            if not log_slots:
+                amnesia = f"its log {log_file_name(0)} is missing"
+            elif self._fsync_enabled and log_slots[-1] == 0 and _file_size(path / log_file_name(0)) == 0:
+                amnesia = f"its log {log_file_name(0)} is empty"
+        if amnesia is not None:
+            raise StorageError(
+                f"data dir {path} belongs to a member of cluster {cluster_id!r}, but {amnesia}: the promises "
+                f"and accepted values this node answered with are gone. Do not start it as it is (an "
+                f"acceptor that forgets its votes can break consensus): restore the data dir from a backup "
+                f"of this node, or replace the node (kv member remove {node_id}, then add a new member under a "
+                f"new id); see docs/operations.md, \"A damaged log\"")
         if log_slots:
             log_slot = log_slots[-1]
         elif snapshot_slots:

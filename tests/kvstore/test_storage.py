@@ -1033,3 +1033,29 @@ def test_crash_between_streamed_snapshot_and_compaction_keeps_later_records(tmp_
     expected.compact(20)
     assert reopened.recovered == expected
     reopened.close()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_members_log_that_is_gone_or_empty_is_refused_not_started_afresh(tmp_path, damage):
+    """QA: two nodes whose logs were deleted (or truncated to nothing) started with no promises and no
+    accepted values, elected each other and served a state that diverged from the third node's. A
+    directory whose meta.json names the members (it took part in a cluster) and that has neither a
+    snapshot nor a log with anything in it is refused; a directory that never joined starts afresh."""
+    records = sample_records(3)
+    with Storage.open(tmp_path, node_id=1, cluster_id=CLUSTER) as storage:
+        storage.record_members({1: storage.incarnation, 2: "0123456789abcdef"})
+        storage.append(records)
+        storage.sync()
+    log_path = only_log(tmp_path)
+    if damage == "deleted":
+        log_path.unlink()
+    else:
+        log_path.write_bytes(b"")
+    with pytest.raises(StorageError, match=f"is {'missing' if damage == 'deleted' else 'empty'}: the promises"):
+        Storage.open(tmp_path, node_id=1, cluster_id=CLUSTER)
+    fresh = tmp_path / "fresh"  # founded nothing yet: a lost first log is only a crash during creation
+    with Storage.open(fresh, node_id=1, cluster_id=CLUSTER):
+        pass
+    only_log(fresh).unlink()
+    with Storage.open(fresh, node_id=1, cluster_id=CLUSTER) as storage:
+        assert storage.recovered == DurableState()
