@@ -624,6 +624,7 @@ class AsyncClient:
         pause = 0.02
         redirects = 0
         last_error = "no endpoint answered"
+        refused_by_node = False  # the last attempt's node answered, refusing (a full disk, no leader)
         no_leader_seen = False  # a node answered that it knows no leader
         while True:
             if self._closed:
@@ -634,7 +635,7 @@ class AsyncClient:
                 attempt = None
                 started = None  # the next attempt reads the clock
                 if reply is None:
-                    last_error = "connection lost before the reply"
+                    last_error, refused_by_node = "connection lost before the reply", False
                     self._give_up_on(conn)
             else:
                 # (the first attempt reuses the clock reading above: one call less per request)
@@ -642,8 +643,9 @@ class AsyncClient:
                 started = None
                 remaining = deadline - now
                 if remaining <= 0:
+                    head = ("no node could serve the request" if refused_by_node else "no answer from the cluster")
                     raise Unavailable(
-                        f"no answer from the cluster within {self.timeout:g}s "
+                        f"{head} within {self.timeout:g}s "
                         f"({wire.gave_up_reason(last_error, no_leader_seen)})"
                         + ("; the write may or may not have been applied" if write and in_doubt else
                            "; the write was not applied" if write and sent else ""),
@@ -664,22 +666,22 @@ class AsyncClient:
                         with trio.move_on_at(deadline):
                             conn = await self._connection()
                         if conn is None:
-                            last_error = "no connection before the deadline"
+                            last_error, refused_by_node = "no connection before the deadline", False
                     if conn is not None:
                         sent = attempted = True
                         reply = await conn.call(build, attempt_deadline)
                 except (_ConnectionLost, OSError) as exc:
-                    last_error = f"connection failed: {exc}"
+                    last_error, refused_by_node = f"connection failed: {exc}", False
                     self._give_up_on(conn)
             if reply is _TIMED_OUT:
                 assert conn is not None  # only a connection's watchdog answers _TIMED_OUT
                 reply = None
-                last_error = f"{format_endpoint(*conn.endpoint)} did not answer"
+                last_error, refused_by_node = f"{format_endpoint(*conn.endpoint)} did not answer", False
                 self._give_up_on(conn)
             if reply is not None and not isinstance(reply, (wire.OkReply, wire.ErrorReply)):
                 # A frame with an id that is no reply (a request type has one too): this node speaks
                 # garbage. Drop the connection and go on as after a lost one.
-                last_error = f"a node answered with a {type(reply).__name__}"
+                last_error, refused_by_node = f"a node answered with a {type(reply).__name__}", False
                 self._give_up_on(conn)
                 reply = None
             if attempted and not (type(reply) is wire.ErrorReply and reply.refused):
@@ -693,7 +695,7 @@ class AsyncClient:
                 return reply.result
             code = reply.code
             if code == wire.NOT_LEADER:
-                last_error = "no leader"
+                last_error, refused_by_node = "no leader", True
                 no_leader_seen = no_leader_seen or not reply.leader
                 if reply.leader and redirects < 2:
                     # Follow the hint at once, but not forever: two nodes that still point at each
@@ -711,7 +713,7 @@ class AsyncClient:
                 raise Unavailable(reply.message, outcome_unknown=True)
             elif code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN, wire.STORAGE_FULL, wire.DISK_FAILED):
                 # Another node may serve it: a full or failed disk stops one node, not the cluster.
-                last_error = reply.message
+                last_error, refused_by_node = reply.message, True
                 self._give_up_on(conn)
             else:
                 raise RequestError(reply.message, code)

@@ -312,6 +312,7 @@ class OneShotClient:
         pause = _PAUSE_FIRST
         redirects = 0
         last_error = "no endpoint answered"
+        refused_by_node = False  # the last attempt's node answered, refusing (a full disk, no leader)
         no_leader_seen = False  # a node answered that it knows no leader
         while True:
             if self._closed:
@@ -319,8 +320,9 @@ class OneShotClient:
             now = time.monotonic()
             remaining = deadline - now
             if remaining <= 0:
+                head = ("no node could serve the request" if refused_by_node else "no answer from the cluster")
                 raise Unavailable(
-                    f"no answer from the cluster within {self.timeout:g}s "
+                    f"{head} within {self.timeout:g}s "
                     f"({frames.gave_up_reason(last_error, no_leader_seen)})"
                     + ("; the write may or may not have been applied" if write and in_doubt else
                        "; the write was not applied" if write and sent else ""),
@@ -338,10 +340,10 @@ class OneShotClient:
                 reply = conn.exchange(build(rid), rid, attempt_deadline)
                 in_doubt_now = reply is None or not reply.refused
                 if reply is None:
-                    last_error = f"{format_endpoint(*conn.endpoint)} did not answer"
+                    last_error, refused_by_node = f"{format_endpoint(*conn.endpoint)} did not answer", False
                     self._drop(advance=True)
             except (_ConnectionLost, OSError, frames.WireError) as exc:
-                last_error = f"connection failed: {exc}"
+                last_error, refused_by_node = f"connection failed: {exc}", False
                 if conn is not None:
                     self._drop(advance=True)
             in_doubt = in_doubt or in_doubt_now
@@ -353,7 +355,7 @@ class OneShotClient:
                 return reply.result
             code = reply.code
             if code == frames.NOT_LEADER:
-                last_error = "no leader"
+                last_error, refused_by_node = "no leader", True
                 no_leader_seen = no_leader_seen or not reply.leader
                 if reply.leader and redirects < _REDIRECTS_MAX:
                     # Follow the hint at once, but not forever: two nodes that still point at each other
@@ -368,7 +370,7 @@ class OneShotClient:
             elif code == frames.STALE:
                 raise Unavailable(reply.message, outcome_unknown=True)
             elif code in _TRY_ANOTHER:
-                last_error = reply.message
+                last_error, refused_by_node = reply.message, True
                 self._drop(advance=True)
             else:
                 raise RequestError(reply.message, code)

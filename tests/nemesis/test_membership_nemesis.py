@@ -62,6 +62,7 @@ RETRYABLE = (
     "not the leader",
     "cannot hand leadership to node", "did not take over within",  # move-leader under faults
     "no answer from the cluster", "did not answer",  # Unavailable: a paused or killed leader
+    "no node could serve the request",  # Unavailable: the nodes answered, none could (no leader yet)
     "no majority would be left",  # remove: a voter that stays has not answered the leader (killed, paused)
 )
 
