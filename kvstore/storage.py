@@ -1411,7 +1411,7 @@ class Storage:
         self._allocated = start
         raise StorageFull(
             f"{where}: no space left on device; the log was cut back to {start} bytes (everything "
-            f"synced before is intact) and the batch is kept for the next sync"
+            f"synced before is intact); the batch was not written"
         ) from exc
 
     def write_snapshot(self, slot: int, data: bytes, state: DurableState) -> None:
