@@ -127,3 +127,15 @@ def parse_peers(text: str) -> dict[int, tuple[str, int]]:
                 )
         peers[node_id] = endpoint
     return peers
+
+
+def next_in_rotation(cursor: int, failed: int, count: int) -> int:
+    """The endpoint a client tries after endpoint ``failed`` did not serve it: the one after ``cursor``, its
+    place in the rotation through its ``count`` endpoints, skipping ``failed``. A leader hint moves the
+    client to the hinted endpoint but not its cursor, so when a hinted node fails (a removed node may
+    still name a leader that is gone) the next try is the endpoint after the one that gave the hint,
+    not that node again (which would send it back, and never to the others). Both clients use this."""
+    following = (cursor + 1) % count
+    if following == failed and count > 1:
+        following = (following + 1) % count
+    return following

@@ -40,7 +40,7 @@ from itertools import count
 from typing import Any
 
 from . import frames
-from .endpoints import format_endpoint, parse_endpoint, parse_endpoint_list
+from .endpoints import format_endpoint, next_in_rotation, parse_endpoint, parse_endpoint_list
 from .errors import Entry, KVError, RequestError, Unavailable
 from .limits import check_key, check_value
 from .tlsfiles import TlsError
@@ -417,15 +417,8 @@ class OneShotClient:
             self._advance()
 
     def _advance(self) -> None:
-        """Move on from the endpoint that just failed, to the next one in the rotation. A leader hint
-        moves ``_preferred`` but not the rotation (``_cursor``): when a hinted node fails (a removed
-        node may still name a leader that is gone), the next try is the endpoint after the one that
-        gave the hint, not the hint giver again (which would send us back, and never to the others)."""
-        count = len(self.endpoints)
-        following = (self._cursor + 1) % count
-        if following == self._preferred and count > 1:
-            following = (following + 1) % count
-        self._cursor = self._preferred = following
+        """Move on from the endpoint that just failed (``endpoints.next_in_rotation``)."""
+        self._cursor = self._preferred = next_in_rotation(self._cursor, self._preferred, len(self.endpoints))
 
 
 def _linearizable(consistency: str) -> bool:

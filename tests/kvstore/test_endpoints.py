@@ -153,3 +153,13 @@ def test_refused_peer_lists_say_why(text, problem):
 
 def test_largest_node_id_is_accepted():
     assert parse_peers(f"{2**63 - 1}=a:1") == {2**63 - 1: ("a", 1)}
+
+
+def test_the_rotation_goes_on_after_the_hint_giver_and_skips_the_node_that_failed():
+    from kvstore.endpoints import next_in_rotation
+
+    assert next_in_rotation(0, 0, 3) == 1  # no hint: the next endpoint
+    assert next_in_rotation(2, 2, 3) == 0  # wraps around
+    assert next_in_rotation(0, 3, 4) == 1  # endpoint 0 hinted at 3 (appended), which failed: 1, not 0 again
+    assert next_in_rotation(0, 1, 3) == 2  # the hinted endpoint is next in line, and it failed: skip it
+    assert next_in_rotation(0, 0, 1) == 0  # one endpoint: itself
