@@ -288,9 +288,16 @@ def health(settings: Settings) -> None:
         else:
             for s in statuses:
                 state = "reachable" if nodestatus.is_reachable(s) else "unreachable"
+                if nodestatus.is_reachable(s) and s.get("disk") not in (None, "ok"):
+                    state += f", disk {s.get('disk')}"  # serves reads only, votes for nothing
                 echo(f"{nodestatus.field(s, 'ADDRESS') or '?'}: {state}")
         summary = (f"{reachable}/{total} reachable (quorum {quorum}), "
                    f"leader {leader if leader is not None else 'unknown'}")
+        fenced = sum(1 for s in statuses if nodestatus.is_reachable(s) and s.get("disk") not in (None, "ok"))
+        if fenced:
+            # Reachable, so counted above, but a node whose disk is not ok votes for nothing: one more
+            # failure may cost the quorum.
+            summary += f"; {fenced} of them with a disk not ok (kv status)"
         if not healthy:
             raise OperationFailed(f"cluster is unhealthy: {summary}")
         if settings.write_out is OutputFormat.simple:

@@ -389,6 +389,16 @@ def test_health_ok_with_quorum_and_leader(fake):
     assert data["healthy"] is True and data["reachable"] == 2 and data["quorum"] == 2 and data["leader"] == 1
 
 
+def test_health_names_a_reachable_node_whose_disk_is_not_ok(fake):
+    """Healthy by its definition (a quorum reachable, a leader known), but a node whose disk is read-only
+    votes for nothing: the line for it and the summary say so."""
+    fake.statuses = [FULL, dict(PARTIAL, disk="read-only"), DOWN]
+    result = run(*EP, "health")
+    assert result.exit_code == 0, result.output
+    assert any(line.endswith(": reachable, disk read-only") for line in result.stdout.splitlines()), result.stdout
+    assert result.stdout.splitlines()[-1].endswith("; 1 of them with a disk not ok (kv status)"), result.stdout
+
+
 def test_health_fails_without_quorum(fake):
     fake.statuses = [FULL, DOWN, dict(DOWN, endpoint="127.0.0.1:7002")]
     result = run(*EP, "health")
