@@ -635,7 +635,7 @@ class AsyncClient:
                 attempt = None
                 started = None  # the next attempt reads the clock
                 if reply is None:
-                    last_error, refused_by_node = "connection lost before the reply", False
+                    last_error = "connection lost before the reply"
                     self._give_up_on(conn)
             else:
                 # (the first attempt reuses the clock reading above: one call less per request)
@@ -666,26 +666,27 @@ class AsyncClient:
                         with trio.move_on_at(deadline):
                             conn = await self._connection()
                         if conn is None:
-                            last_error, refused_by_node = "no connection before the deadline", False
+                            last_error = "no connection before the deadline"
                     if conn is not None:
                         sent = attempted = True
                         reply = await conn.call(build, attempt_deadline)
                 except (_ConnectionLost, OSError) as exc:
-                    last_error, refused_by_node = f"connection failed: {exc}", False
+                    last_error = f"connection failed: {exc}"
                     self._give_up_on(conn)
             if reply is _TIMED_OUT:
                 assert conn is not None  # only a connection's watchdog answers _TIMED_OUT
                 reply = None
-                last_error, refused_by_node = f"{format_endpoint(*conn.endpoint)} did not answer", False
+                last_error = f"{format_endpoint(*conn.endpoint)} did not answer"
                 self._give_up_on(conn)
             if reply is not None and not isinstance(reply, (wire.OkReply, wire.ErrorReply)):
                 # A frame with an id that is no reply (a request type has one too): this node speaks
                 # garbage. Drop the connection and go on as after a lost one.
-                last_error, refused_by_node = f"a node answered with a {type(reply).__name__}", False
+                last_error = f"a node answered with a {type(reply).__name__}"
                 self._give_up_on(conn)
                 reply = None
             if attempted and not (type(reply) is wire.ErrorReply and reply.refused):
                 in_doubt = True
+            refused_by_node = reply is not None  # (an error reply: an OK one returns below)
             if reply is None:
                 if trio.current_time() < deadline:
                     await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))
@@ -695,7 +696,7 @@ class AsyncClient:
                 return reply.result
             code = reply.code
             if code == wire.NOT_LEADER:
-                last_error, refused_by_node = "no leader", True
+                last_error = "no leader"
                 no_leader_seen = no_leader_seen or not reply.leader
                 if reply.leader and redirects < 2:
                     # Follow the hint at once, but not forever: two nodes that still point at each
@@ -713,7 +714,7 @@ class AsyncClient:
                 raise Unavailable(reply.message, outcome_unknown=True)
             elif code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN, wire.STORAGE_FULL, wire.DISK_FAILED):
                 # Another node may serve it: a full or failed disk stops one node, not the cluster.
-                last_error, refused_by_node = reply.message, True
+                last_error = reply.message
                 self._give_up_on(conn)
             else:
                 raise RequestError(reply.message, code)

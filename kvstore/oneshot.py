@@ -340,13 +340,14 @@ class OneShotClient:
                 reply = conn.exchange(build(rid), rid, attempt_deadline)
                 in_doubt_now = reply is None or not reply.refused
                 if reply is None:
-                    last_error, refused_by_node = f"{format_endpoint(*conn.endpoint)} did not answer", False
+                    last_error = f"{format_endpoint(*conn.endpoint)} did not answer"
                     self._drop(advance=True)
             except (_ConnectionLost, OSError, frames.WireError) as exc:
-                last_error, refused_by_node = f"connection failed: {exc}", False
+                last_error = f"connection failed: {exc}"
                 if conn is not None:
                     self._drop(advance=True)
             in_doubt = in_doubt or in_doubt_now
+            refused_by_node = reply is not None  # (an error reply: an OK one returns below)
             if reply is None:
                 self._sleep(min(pause, deadline - time.monotonic()))
                 pause = min(pause * 2, _PAUSE_MAX)
@@ -355,7 +356,7 @@ class OneShotClient:
                 return reply.result
             code = reply.code
             if code == frames.NOT_LEADER:
-                last_error, refused_by_node = "no leader", True
+                last_error = "no leader"
                 no_leader_seen = no_leader_seen or not reply.leader
                 if reply.leader and redirects < _REDIRECTS_MAX:
                     # Follow the hint at once, but not forever: two nodes that still point at each other
@@ -370,7 +371,7 @@ class OneShotClient:
             elif code == frames.STALE:
                 raise Unavailable(reply.message, outcome_unknown=True)
             elif code in _TRY_ANOTHER:
-                last_error, refused_by_node = reply.message, True
+                last_error = reply.message
                 self._drop(advance=True)
             else:
                 raise RequestError(reply.message, code)

@@ -343,9 +343,10 @@ class Node:
             state=recovered,
             options=self._core_options,
         )
-        # The highest ballot number this node knows of (its promise, then what peers showed): a peer
-        # message whose ballot leaps beyond it by more than BALLOT_LEAP_MAX is dropped (_leaps_ballots).
-        self._ballot_high = max([recovered.promised.number, *(b.number for b, _ in recovered.accepted.values())])
+        # The highest ballot number this node knows of (its promise, which is at least every ballot it
+        # accepted, then what peers showed): a peer message whose ballot leaps beyond it by more than
+        # BALLOT_LEAP_MAX is dropped (_leaps_ballots).
+        self._ballot_high = recovered.promised.number
         self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
         # ok, read-only or failed; anything but ok fences the node (see _stop_voting)
         self.disk_state = DISK_OK

@@ -230,7 +230,6 @@ _LOG_RE = re.compile(r"^log-(\d{20})\.wal$")
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
-
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size

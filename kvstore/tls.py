@@ -49,6 +49,7 @@ from .tlsfiles import (
     TlsFiles,
     check_node_certificate,
     client_context,
+    node_id_of_uri,
     server_context,
 )
 
@@ -80,10 +81,9 @@ def peer_identity(stream: object) -> Principal | None:
                 name = value
     node_id = None
     for kind, value in cert.get("subjectAltName", ()):
-        if kind == "URI" and value.startswith(NODE_URI_PREFIX):
-            digits = value[len(NODE_URI_PREFIX):]
-            if digits.isascii() and digits.isdigit() and len(digits) <= 18:
-                node_id = int(digits)
+        named = node_id_of_uri(value) if kind == "URI" else None
+        if named is not None:
+            node_id = named
     return Principal(name, node_id)
 
 

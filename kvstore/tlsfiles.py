@@ -10,7 +10,7 @@ import ssl
 from typing import NamedTuple
 
 __all__ = ["TlsError", "TlsFiles", "Principal", "client_context", "server_context", "NODE_URI_PREFIX",
-           "certificate_node_id", "check_node_certificate"]
+           "certificate_node_id", "check_node_certificate", "node_id_of_uri"]
 
 # A node certificate names its member id as this URI plus the id (a subject alternative name).
 NODE_URI_PREFIX = "urn:kv:node:"
@@ -92,10 +92,16 @@ def certificate_node_id(cert: str) -> int | None:
     except x509.ExtensionNotFound:
         return None
     for uri in names.get_values_for_type(x509.UniformResourceIdentifier):
-        digits = uri[len(NODE_URI_PREFIX):] if uri.startswith(NODE_URI_PREFIX) else ""
-        if digits.isascii() and digits.isdigit() and len(digits) <= 18:
-            return int(digits)
+        node_id = node_id_of_uri(uri)
+        if node_id is not None:
+            return node_id
     return None
+
+
+def node_id_of_uri(uri: str) -> int | None:
+    """The member id a certificate's URI name ``urn:kv:node:N`` gives, or None for any other URI."""
+    digits = uri[len(NODE_URI_PREFIX):] if uri.startswith(NODE_URI_PREFIX) else ""
+    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 18 else None
 
 
 def check_node_certificate(cert: str, node_id: int) -> None:
