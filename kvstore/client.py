@@ -47,7 +47,7 @@ import trio
 from . import wire
 from .endpoints import format_endpoint, next_in_rotation, parse_endpoint, parse_endpoint_list
 from .errors import Entry, KVError, RequestError, Unavailable
-from .limits import check_key, check_value
+from .limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, check_key, check_value
 from .netio import Outbox
 
 __all__ = ["AsyncClient", "Client", "connect", "Entry", "KVError", "RequestError", "Unavailable", "WRITE_WINDOW"]
@@ -63,6 +63,15 @@ _T = TypeVar("_T")
 _Build = Callable[[int], object]
 # A submitted request's continuation: the result map, or the exception the awaited call would raise
 _Finish = Callable[[object], None]
+
+
+def _check_put(key: object, value: object) -> None:
+    """``check_key(key)`` and ``check_value(value)``, as one call for the common case (ASCII text or
+    bytes within the limits) that every put pays."""
+    if not (type(key) is str and key.isascii() and len(key) <= KEY_BYTES_MAX
+            and (type(value) is bytes or (type(value) is str and value.isascii())) and len(value) <= VALUE_BYTES_MAX):
+        check_key(key)
+        check_value(value)
 
 
 class _ConnectionLost(Exception):
@@ -320,6 +329,9 @@ class AsyncClient:
         self._preferred = 0  # index into endpoints of the node we believe leads
         self._cursor = 0  # where the rotation through endpoints stands (see _advance)
         self.client_id = os.urandom(16)
+        # trio's clock itself (trio.current_time() reaches it through two more Python calls; a
+        # submitted request reads it once)
+        self._clock = trio.lowlevel.current_clock().current_time
         self._request_ids = itertools.count(1)
         # Request ids of writes in flight (a min-heap, with answered ids removed lazily): the smallest
         # is the ack_below we send, telling the state machine it may forget every result below it.
@@ -336,8 +348,7 @@ class AsyncClient:
     async def put(self, key: str, value: str | bytes) -> int:
         """Store ``value`` under ``key``; return the revision of the write. A key or value over the
         store's limits raises ``kvstore.limits.TooLarge`` (a ValueError) before anything is sent."""
-        check_key(key)
-        check_value(value)
+        _check_put(key, value)
         client_id = self.client_id
         result = await self._write(lambda rid, rq, ack: wire.encode_put_request_frame(
             rid, key, value, client_id, rq, ack))
@@ -545,8 +556,7 @@ class AsyncClient:
             done(outcome["rev"] if type(outcome) is dict else outcome)
 
         try:
-            check_key(key)
-            check_value(value)
+            _check_put(key, value)
             if self._deferred_writes or request_id - self._unanswered[0] >= WRITE_WINDOW:
                 # Too far ahead of the oldest write still out: sent, in order, once it is answered
                 # (see _answered_write); its deadline counts from then.
@@ -578,7 +588,7 @@ class AsyncClient:
         """The first attempt of a submitted request on the current connection; anything but an OK
         reply hands the request to ``_call`` (in a task), which goes on from that reply."""
         self._check_open()
-        began = trio.current_time()
+        began = self._clock()
         conn = self._conn
 
         def go_on(attempt: _Attempt | None) -> None:

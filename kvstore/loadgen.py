@@ -432,14 +432,17 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
             if len(warmed) == len(targets) and all(isinstance(f, Unavailable) for f in warmed):
                 raise Unreachable(str(warmed[-1]))
 
-        clock = trio.current_time
+        # trio's clock itself: trio.current_time() reaches it through two more Python calls, and the
+        # closed loop reads it once per request
+        clock = trio.lowlevel.current_clock().current_time
         start = clock()
         end = start + spec.duration if spec.duration is not None else math.inf
         hard_end = start + spec.hard_limit_s()
 
-        def next_request() -> int | None:
+        def next_request(now: float | None = None) -> int | None:
             i = state.next
-            now = clock()
+            if now is None:
+                now = clock()
             if i >= count_limit:
                 state.stopped_by = "total" if spec.total is not None else "count limit"
                 return None
@@ -469,8 +472,9 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
             interval.err += 1
             state.last_error = str(exc)
 
-        def succeeded(began: float) -> None:
-            finished = clock()
+        def succeeded(began: float, finished: float | None = None) -> None:
+            if finished is None:
+                finished = clock()
             # Into this second's list; the histogram takes the list once a second (_record_all).
             interval.lat.append(min(LATENCY_US_MAX, max(1, int((finished - began) * 1_000_000))))
             state.ok += 1
@@ -512,19 +516,24 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
             if slots[0] == 0:
                 all_done.set()
 
-        def launch(w: int) -> None:
-            i = next_request()
+        def launch(w: int, now: float | None = None) -> None:
+            # ``now``: the clock as the last request of this slot was answered (one reading serves
+            # that request's latency, the checks of the next one and its start)
+            if now is None:
+                now = clock()
+            i = next_request(now)
             if i is None:
                 end_slot()
                 return
-            began = clock()
+            began = now
 
             def done(outcome: object) -> None:
+                finished = clock()
                 if isinstance(outcome, Exception):
                     failed(outcome)
                 else:
-                    succeeded(began)
-                launch(w)
+                    succeeded(began, finished)
+                launch(w, finished)
 
             try:
                 targets[w % len(targets)].submit(choose_op(), key_of(i), value, spec.consistency, done)
