@@ -342,6 +342,13 @@ def serve_command(
     fsync: Annotated[
         FsyncMode | None, typer.Option("--fsync", help="always: fsync the log (default); off: don't.")
     ] = None,
+    arriving_frames_max_mib: Annotated[
+        int | None,
+        typer.Option("--arriving-frames-max-mib", min=9,
+                     help="MiB that requests still arriving may hold together, over all client connections: "
+                          "one over 64 KiB that finds too little left is refused (unavailable) and its "
+                          "connection closed (default 64; at least 9, one frame of the largest size)."),
+    ] = None,
     cluster_id: Annotated[
         str | None, typer.Option("--cluster-id", help="Refuse data directories of another cluster.")
     ] = None,
@@ -388,7 +395,7 @@ def serve_command(
     serve(settings_of(ctx), node_id=node_id, data_dir=data_dir, peers=peers, join=join, tick_ms=tick_ms,
           election_timeout_ticks=election_timeout_ticks, heartbeat_ticks=heartbeat_ticks, batch_size=batch_size,
           window=window, snapshot_every=snapshot_every, idle_snapshot_seconds=idle_snapshot_seconds,
-          fsync=None if fsync is None else fsync.value,
+          fsync=None if fsync is None else fsync.value, arriving_frames_max_mib=arriving_frames_max_mib,
           cluster_id=cluster_id, exit_on_disk_failure=exit_on_disk_failure, lazy_learners=lazy_learners,
           check_quorum=check_quorum, engine=engine.value, metrics_addr=metrics_addr, cacert=cacert, cert=cert,
           key=key, acl=acl)

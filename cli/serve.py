@@ -21,7 +21,7 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
           tick_ms: float | None = None, election_timeout_ticks: int | None = None,
           heartbeat_ticks: int | None = None, batch_size: int | None = None, window: int | None = None,
           snapshot_every: int | None = None, idle_snapshot_seconds: float | None = None,
-          fsync: str | None = None, cluster_id: str | None = None,
+          fsync: str | None = None, arriving_frames_max_mib: int | None = None, cluster_id: str | None = None,
           exit_on_disk_failure: bool = False, lazy_learners: bool | None = None, check_quorum: bool = True,
           engine: str = "core",
           metrics_addr: str | None = None, cacert: str | None = None, cert: str | None = None,
@@ -42,6 +42,9 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
                 raise UsageProblem(f"invalid --join {join!r}: {exc}") from None
             if not join_list:
                 raise UsageProblem("--join needs HOST:PORT of at least one member")
+        if arriving_frames_max_mib is not None and arriving_frames_max_mib < 9:
+            raise UsageProblem(f"--arriving-frames-max-mib {arriving_frames_max_mib}: at least 9 (one request of the "
+                               "largest size, 8 MiB, must fit)")
         if not peers and not join_list:
             raise UsageProblem("give --peers (found a new cluster) or --join (join a running one)")
         try:
@@ -57,6 +60,7 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
             "batch_count_max": batch_size, "window": window, "snapshot_every": snapshot_every,
             "idle_snapshot_seconds": idle_snapshot_seconds, "fsync": None if fsync is None else fsync == "always",
             "cluster_id": cluster_id, "lazy_learners": lazy_learners,
+            "arriving_frames_bytes_max": None if arriving_frames_max_mib is None else arriving_frames_max_mib << 20,
         }
         overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
         if exit_on_disk_failure:

@@ -146,7 +146,7 @@ class ClientLinks:
                 principal = await tls.handshake(stream, node, name)
                 if principal is None:
                     return
-            reader = wire.FrameReader(stream, node.options.frame_bytes_max)
+            reader = wire.FrameReader(stream, node.options.frame_bytes_max, node.frame_budget)
             with trio.move_on_after(idle_timeout_seconds) as idle:
                 frames = await reader.receive_frames()
             if idle.cancelled_caught or not frames:
@@ -188,12 +188,11 @@ class ClientLinks:
                     self.send_replies()
                     conn.outbox.close()
         except wire.WireError as exc:
-            self.counters["protocol_errors"] += 1
-            log.warning("closing connection from %s: bad frame: %s", name, exc)
+            code = self._count_refusal(exc, name)
             with trio.move_on_after(1):
                 try:
                     await stream.send_all(wire.encode_frame(
-                        wire.ErrorReply(id=None, code=wire.PROTOCOL, message=str(exc), leader=None)))
+                        wire.ErrorReply(id=None, code=code, message=str(exc), leader=None)))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -253,13 +252,24 @@ class ClientLinks:
         """A bad frame (docs/protocol.md, section 2): the requests that arrived complete before it are still
         answered (within the request timeout), then the ``protocol`` error goes, and the caller closes
         the connection. The frames after it are never read."""
-        self.counters["protocol_errors"] += 1
-        log.warning("closing client %s: bad frame: %s", name, error)
+        code = self._count_refusal(error, name)
         self.send_replies()
         with trio.move_on_after(self.node.options.request_timeout_seconds + 1.0):
             while conn.answered < conn.requests and not conn.closed:
                 await trio.sleep(0.01)  # (a rare path: a poll is simpler than an event per reply)
-        conn.reply(wire.ErrorReply(id=request_id, code=wire.PROTOCOL, message=str(error), leader=None))
+        conn.reply(wire.ErrorReply(id=request_id, code=code, message=str(error), leader=None))
+
+    def _count_refusal(self, error: wire.WireError, name: str) -> str:
+        """Count and log why a connection is being closed for what it sent; return the error code to
+        answer with: ``unavailable`` for a large frame the node has no room for now
+        (``wire.FrameBudget``: not the sender's fault, worth sending again later), else ``protocol``."""
+        if isinstance(error, wire.FrameBudgetExhausted):
+            self.counters["frames_refused_for_room"] += 1
+            log.warning("closing connection from %s: %s", name, error)
+            return wire.UNAVAILABLE
+        self.counters["protocol_errors"] += 1
+        log.warning("closing connection from %s: bad frame: %s", name, error)
+        return wire.PROTOCOL
 
     def _route(self, conn: ClientConn, request: object, events: list[object]) -> None:
         """Answer ``request`` here, or append what the driver must do for it to ``events``. What is answered

@@ -302,6 +302,7 @@ class PeerLinks:
                     return
                 log.info("node %d: recorded node %d's incarnation %s", self.node_id, peer, hello.incarnation)
         reader.frame_bytes_max = PEER_FRAME_BYTES_MAX
+        reader.budget = None  # a member's frames are the cluster's own traffic (see wire.FrameBudget)
         post = node._post
         receive_chunk = node.snapshots.receive_chunk
         while True:

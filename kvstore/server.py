@@ -79,7 +79,7 @@ from paxos.classic import ClassicReplica
 from paxos.membership import ConfigSchedule, ScheduleEntry
 from paxos.replica import Config, Options, Replica
 
-from . import acl, commands, httpserve, identity, metrics, runtime, tls, wire
+from . import acl, commands, frames, httpserve, identity, metrics, runtime, tls, wire
 from .clients import ClientConn, ClientLinks
 from .endpoints import format_endpoint
 from .events import (
@@ -183,6 +183,10 @@ class ServerOptions:
     snapshot_every: int = 100_000  # applied write commands between snapshots (etcd's default too)
     fsync: bool = True
     frame_bytes_max: int = wire.FRAME_BYTES_MAX
+    # Bytes that frames still arriving may hold together, over all client connections (see
+    # wire.FrameBudget): a frame over 64 KiB takes its size from it until it is complete; one that
+    # finds too little left closes its connection with an ``unavailable`` error. At least one frame.
+    arriving_frames_bytes_max: int = 64 << 20
     request_timeout_seconds: float = 5.0
     cluster_id: str = "kv"
     connect_timeout_seconds: float = 1.0
@@ -241,6 +245,9 @@ class ServerOptions:
             raise ValueError("TLS needs all three of cacert, cert and key")
         if self.acl and not self.cert:
             raise ValueError("access rules (acl) name client certificates: they need TLS (cacert, cert, key)")
+        if self.arriving_frames_bytes_max < frames.HEADER_BYTES + self.frame_bytes_max:
+            raise ValueError(f"arriving_frames_bytes_max ({self.arriving_frames_bytes_max}) must hold at least one "
+                             f"frame of the largest size ({frames.HEADER_BYTES + self.frame_bytes_max} bytes)")
 
 
 class ListenError(OSError):
@@ -359,6 +366,8 @@ class Node:
         # the core and its members_version as of the last Members.sync from _after_events
         self._members_replica: object = None
         self._members_version: int | None = None
+        # Room for large frames while they arrive, over all client connections (wire.FrameBudget)
+        self.frame_budget = wire.FrameBudget(o.arriving_frames_bytes_max)
         self.clients = ClientLinks(self)
         self.clients.acl = rules  # kv serve --acl (kvstore.acl); SIGHUP replaces it (kvstore.tls.reload)
         self._send_replies = self.clients.send_replies

@@ -811,6 +811,45 @@ def request_id_of(body: bytes) -> int | None:
     return None
 
 
+class FrameBudgetExhausted(WireError):
+    """A frame too large to hold while it arrives: the node's ``FrameBudget`` is taken by frames still
+    arriving on other connections. Not the sender's fault, unlike other ``WireError``s; the connection
+    is closed all the same (the rest of the frame is on its way, and nothing else can be read first)."""
+
+
+class FrameBudget:
+    """Bytes that a node's connections may hold together for frames still arriving (``FrameReader``).
+
+    Each connection holds at most one incomplete frame of up to ``frame_bytes_max`` (8 MiB), for as
+    long as the sender takes to finish it: many connections that each send most of a large frame and
+    stall would hold that many times 8 MiB. A reader whose incomplete frame announces more than
+    ``RECEIVE_CHUNK_BYTES`` takes the frame's whole size from this budget before it reads on, and gives it
+    back once the frame is complete or the connection ends; when the budget cannot cover it the
+    reader raises ``FrameBudgetExhausted`` instead. Small frames never touch it, so requests of the
+    usual size are served whatever large frames are doing.
+    """
+
+    def __init__(self, bytes_max: int) -> None:
+        if bytes_max < 1:
+            raise ValueError(f"a frame budget needs at least 1 byte, not {bytes_max}")
+        self.bytes_max = bytes_max
+        self.held = 0  # bytes taken by readers now
+        self.refused = 0  # frames refused for want of budget (counted for status)
+
+    def take(self, count: int) -> bool:
+        """Take ``count`` bytes if the budget has them (True), else nothing (False)."""
+        if self.held + count > self.bytes_max:
+            self.refused += 1
+            return False
+        self.held += count
+        return True
+
+    def give(self, count: int) -> None:
+        """Give back ``count`` bytes taken earlier."""
+        self.held -= count
+        assert self.held >= 0, f"frame budget given back more than taken ({self.held})"
+
+
 class FrameReader:
     """Reads frames from one trio ``ReceiveStream``; one reader per connection, used by one task.
 
@@ -826,9 +865,13 @@ class FrameReader:
     yields to the scheduler just as often, and reports the same errors.
     """
 
-    def __init__(self, stream: trio.abc.ReceiveStream, frame_bytes_max: int = FRAME_BYTES_MAX) -> None:
+    def __init__(self, stream: trio.abc.ReceiveStream, frame_bytes_max: int = FRAME_BYTES_MAX,
+                 budget: FrameBudget | None = None) -> None:
         self.stream = stream
         self.frame_bytes_max = frame_bytes_max
+        # The node's budget for large frames while they arrive (see FrameBudget); None: no limit
+        # but frame_bytes_max (a client's reader, a peer link the node accepted)
+        self.budget = budget
         self._buffer = bytearray()
         # the trio socket of a plain TCP stream (read directly); None: use receive_some
         self._socket = stream.socket if type(stream) is trio.SocketStream else None
@@ -849,22 +892,37 @@ class FrameReader:
         if frames:
             return frames
         receive = self._receive_raw if self._socket is not None else self.stream.receive_some
-        # Every pass adds at least one byte to a buffer that holds no complete frame, and a buffer of
-        # HEADER_BYTES + frame_bytes_max bytes always holds one (or split_frames raised), so the
-        # loop ends within that many passes.
-        for _ in range(HEADER_BYTES + self.frame_bytes_max + 1):
-            data = await receive(RECEIVE_CHUNK_BYTES)
-            if not data:
-                if buffer:
-                    raise WireError(f"connection closed in the middle of a frame ({len(buffer)} bytes buffered)")
-                return []
-            buffer += data
-            frames = split_frames(buffer, self.frame_bytes_max)
-            if frames:
-                if len(frames) > 1:
-                    self._drained = False
-                return frames
-        raise AssertionError("FrameReader: buffer grew past one frame without a complete frame")
+        budget = self.budget
+        taken = 0  # bytes of the budget this frame holds while it arrives (see FrameBudget)
+        try:
+            # Every pass adds at least one byte to a buffer that holds no complete frame, and a buffer
+            # of HEADER_BYTES + frame_bytes_max bytes always holds one (or split_frames raised), so the
+            # loop ends within that many passes.
+            for _ in range(HEADER_BYTES + self.frame_bytes_max + 1):
+                if not taken and budget is not None and len(buffer) >= HEADER_BYTES:
+                    size = HEADER_BYTES + int.from_bytes(buffer[:HEADER_BYTES], "big")  # (checked: split_frames)
+                    if size > RECEIVE_CHUNK_BYTES:
+                        if not budget.take(size):
+                            raise FrameBudgetExhausted(
+                                f"a frame of {size} bytes cannot be received now: frames still arriving on other "
+                                f"connections hold {budget.held} of the {budget.bytes_max} bytes this node keeps "
+                                "for them; send it again later")
+                        taken = size
+                data = await receive(RECEIVE_CHUNK_BYTES)
+                if not data:
+                    if buffer:
+                        raise WireError(f"connection closed in the middle of a frame ({len(buffer)} bytes buffered)")
+                    return []
+                buffer += data
+                frames = split_frames(buffer, self.frame_bytes_max)
+                if frames:
+                    if len(frames) > 1:
+                        self._drained = False
+                    return frames
+            raise AssertionError("FrameReader: buffer grew past one frame without a complete frame")
+        finally:
+            if taken and budget is not None:
+                budget.give(taken)
 
     async def _receive_raw(self, max_bytes: int) -> bytes:
         """``SocketStream.receive_some`` for a plain TCP stream, without its layers. The same

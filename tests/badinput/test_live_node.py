@@ -39,7 +39,7 @@ ENGINES = ["core", "classic"]
 
 
 class LiveNode:
-    def __init__(self, root: Path, engine: str = "core") -> None:
+    def __init__(self, root: Path, engine: str = "core", extra_args: tuple[str, ...] = ()) -> None:
         import subprocess
         import sys
         self.engine = engine
@@ -49,7 +49,7 @@ class LiveNode:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kv_cli", "serve", "--id", "1", "--peers", f"1={self.endpoint}",
-             "--data-dir", str(root / "data"), "--engine", engine],
+             "--data-dir", str(root / "data"), "--engine", engine, *extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=str(REPO))
         log.close()
@@ -396,3 +396,37 @@ def test_memory_stays_bounded_after_a_burst_of_bad_input(node):
             s.sendall(struct.pack(">I", 4 * 1024 * 1024) + b"y" * 65536)  # a big frame, abandoned
     node.assert_serving()
     assert node.rss() - rss_before < RSS_GROWTH_MAX, f"RSS grew by {(node.rss() - rss_before) >> 20} MiB"
+
+
+def test_large_frames_that_stall_cannot_take_more_memory_than_the_node_keeps_for_them(tmp_path):
+    """kv serve --arriving-frames-max-mib 9: one connection that sends the start of an 8 MiB frame and
+    stalls holds 8 MiB of the 9; a second large frame is refused with ``unavailable`` (its connection
+    closed, not the node); small requests go on; once the first connection ends, a large write fits."""
+    node = LiveNode(tmp_path, extra_args=("--arriving-frames-max-mib", "9"))
+    try:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as stalled:
+            stalled.sendall(struct.pack(">I", 8 << 20) + b"x" * 100_000)
+            time.sleep(0.3)
+            received, closed, name = exchange(node, struct.pack(">I", 2 << 20) + b"y" * 100_000)
+            assert closed, "the node did not close the connection it had no room for"
+            got = replies(received)
+            assert len(got) == 1 and got[0].id is None and got[0].code == wire.UNAVAILABLE, got
+            assert "cannot be received now" in got[0].message and "send it again later" in got[0].message
+            node.assert_serving()  # small requests need no room
+            counters = node.client.status(node.endpoint)["counters"]
+            assert counters["frames_refused_for_room"] == 1
+            assert counters.get("protocol_errors", 0) == 0  # not the sender's fault
+        big = "v" * 1_000_000  # a frame of about 1 MB: it takes room while it arrives, and now finds it
+        deadline = time.monotonic() + 10
+        while True:  # (the node notices the stalled connection's end within a moment)
+            try:
+                node.client.put("big", big)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert node.client.get("big") == big
+        assert node.proc.poll() is None
+    finally:
+        node.close()

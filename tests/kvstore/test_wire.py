@@ -920,3 +920,69 @@ def test_backup_requests_round_trip_with_their_defaults():
     assert wire.decode_body(wire.encode_frame(pull)[4:]) == pull
     with pytest.raises(wire.WireError, match="backup.off"):
         wire.decode_body(cbor2.dumps({"t": "backup", "id": 1, "session": 1, "off": -1}))
+
+
+# --- the node's budget for large frames while they arrive (wire.FrameBudget) -----------------------
+
+BIG = 200_000  # a body over RECEIVE_CHUNK_BYTES: its frame takes its size from the budget
+
+
+async def _send_start_of_frame(stream: trio.abc.SendStream, body_bytes: int, sent: int) -> None:
+    await stream.send_all(struct.pack(">I", body_bytes) + b"x" * sent)
+
+
+async def test_a_large_frame_holds_the_budget_while_it_arrives_and_gives_it_back_when_complete():
+    budget = wire.FrameBudget(1_000_000)
+    left, right = trio.testing.memory_stream_pair()
+    reader = wire.FrameReader(right, budget=budget)
+    body = b"y" * BIG
+    async with trio.open_nursery() as nursery:
+        got: list[list[bytes]] = []
+        nursery.start_soon(lambda: _collect(reader, got))
+        await left.send_all(struct.pack(">I", BIG) + body[:70_000])
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.held == 4 + BIG  # the whole frame's size, taken while it is incomplete
+        await left.send_all(body[70_000:])
+        await trio.testing.wait_all_tasks_blocked()
+    assert got == [[body]]
+    assert budget.held == 0
+
+
+async def _collect(reader: wire.FrameReader, into: list[list[bytes]]) -> None:
+    into.append(await reader.receive_frames())
+
+
+async def test_a_large_frame_that_finds_the_budget_taken_is_refused_and_small_frames_are_not():
+    budget = wire.FrameBudget(300_000)
+    a_left, a_right = trio.testing.memory_stream_pair()
+    b_left, b_right = trio.testing.memory_stream_pair()
+    c_left, c_right = trio.testing.memory_stream_pair()
+    first = wire.FrameReader(a_right, budget=budget)
+    second = wire.FrameReader(b_right, budget=budget)
+    small = wire.FrameReader(c_right, budget=budget)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first.receive_frames)  # stalls in the middle of a BIG frame, holding the budget
+        await _send_start_of_frame(a_left, BIG, 70_000)
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.held == 4 + BIG
+        await _send_start_of_frame(b_left, BIG, 70_000)
+        with pytest.raises(wire.FrameBudgetExhausted, match=r"a frame of 200004 bytes cannot be received now"):
+            await second.receive_frames()
+        assert budget.refused == 1 and budget.held == 4 + BIG  # the refused frame took nothing
+        await c_left.send_all(struct.pack(">I", 5) + b"hello")
+        assert await small.receive_frames() == [b"hello"]  # a small frame needs no budget
+        nursery.cancel_scope.cancel()  # the first connection ends in the middle of its frame
+    assert budget.held == 0  # ... and gives its share back
+
+
+async def test_a_reader_without_a_budget_takes_nothing():
+    left, right = trio.testing.memory_stream_pair()
+    reader = wire.FrameReader(right)
+    body = b"z" * BIG
+    await left.send_all(struct.pack(">I", BIG) + body)
+    assert await reader.receive_frames() == [body]
+
+
+def test_a_frame_budget_needs_a_byte():
+    with pytest.raises(ValueError, match="at least 1 byte"):
+        wire.FrameBudget(0)
