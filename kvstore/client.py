@@ -170,6 +170,12 @@ class _Connection:
                             raise reply
                         rid = getattr(reply, "id", None)
                         if rid is None:  # the server gave up on this connection (protocol error)
+                            if type(reply) is wire.ErrorReply and reply.refused:
+                                # ... turning away every request of it still unanswered, none of them
+                                # read (a large frame it had no room for): each gets this answer
+                                waiting, self.waiters = self.waiters, {}
+                                for waiter in waiting.values():
+                                    _wake(waiter, reply)
                             raise _ConnectionLost(getattr(reply, "message", "connection closed by server"))
                         waiter = waiters.pop(rid, None)
                         if waiter is not None:

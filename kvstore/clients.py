@@ -192,7 +192,8 @@ class ClientLinks:
             with trio.move_on_after(1):
                 try:
                     await stream.send_all(wire.encode_frame(
-                        wire.ErrorReply(id=None, code=code, message=str(exc), leader=None)))
+                        wire.ErrorReply(id=None, code=code, message=str(exc), leader=None,
+                                        refused=code == wire.UNAVAILABLE)))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -257,7 +258,10 @@ class ClientLinks:
         with trio.move_on_after(self.node.options.request_timeout_seconds + 1.0):
             while conn.answered < conn.requests and not conn.closed:
                 await trio.sleep(0.01)  # (a rare path: a poll is simpler than an event per reply)
-        conn.reply(wire.ErrorReply(id=request_id, code=code, message=str(error), leader=None))
+        # (unavailable: a frame refused for want of room; nothing of it or after it was read, so every
+        # request of this connection still unanswered now was turned away: ``refused``)
+        conn.reply(wire.ErrorReply(id=request_id, code=code, message=str(error), leader=None,
+                                   refused=code == wire.UNAVAILABLE))
 
     def _count_refusal(self, error: wire.WireError, name: str) -> str:
         """Count and log why a connection is being closed for what it sent; return the error code to

@@ -115,6 +115,8 @@ class _Connection:
                 for body in frames.split_frames(self.buffer):
                     reply = frames.decode_reply(body)
                     if reply.id is None:  # the server gave up on this connection (protocol error)
+                        if reply.refused:  # ... without reading our request (no room for its frame)
+                            return reply
                         raise _ConnectionLost(reply.message or "connection closed by server")
                     if reply.id == rid:
                         return reply

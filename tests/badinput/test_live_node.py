@@ -410,7 +410,7 @@ def test_large_frames_that_stall_cannot_take_more_memory_than_the_node_keeps_for
             received, closed, name = exchange(node, struct.pack(">I", 2 << 20) + b"y" * 100_000)
             assert closed, "the node did not close the connection it had no room for"
             got = replies(received)
-            assert len(got) == 1 and got[0].id is None and got[0].code == wire.UNAVAILABLE, got
+            assert len(got) == 1 and got[0].id is None and got[0].code == wire.UNAVAILABLE and got[0].refused, got
             assert "cannot be received now" in got[0].message and "send it again later" in got[0].message
             node.assert_serving()  # small requests need no room
             counters = node.client.status(node.endpoint)["counters"]

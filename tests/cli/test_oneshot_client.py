@@ -346,3 +346,21 @@ def test_kv_get_into_a_pipe_closed_early_exits_1_without_a_word(nodes):
     proc.stdout.close()  # as `| head -c1` does
     assert proc.stderr.read() == b""
     assert proc.wait(timeout=60) == 1
+
+
+@pytest.mark.parametrize("refused", [True, False], ids=["refused", "protocol"])
+def test_a_connection_the_node_closes_without_reading_the_request_is_not_in_doubt(nodes, refused):
+    """A node with no room for a large frame (``kv serve --arriving-frames-max-mib``) answers
+    ``unavailable`` with id null and ``refused`` and closes the connection: the request was never read,
+    so the deadline's error says the write was not applied, with the node's reason. Without ``refused``
+    (a protocol error after the request may have been read) the write stays in doubt."""
+    reason = "a frame of 1000064 bytes cannot be received now: send it again later"
+    full = nodes(lambda r: {**err(r, "unavailable", reason), "id": None, "refused": refused})
+    with OneShotClient([full.address], timeout=0.5) as kv:
+        with pytest.raises(Unavailable) as info:
+            kv.put("k", "v")
+    assert len(full.requests) >= 2  # retried until the deadline
+    assert reason in str(info.value)
+    assert info.value.outcome_unknown is not refused
+    assert str(info.value).endswith("; the write was not applied" if refused else
+                                    "; the write may or may not have been applied"), str(info.value)

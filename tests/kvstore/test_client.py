@@ -608,3 +608,31 @@ async def test_a_closed_async_client_says_so_for_every_call(autojump_clock):
     with pytest.raises(KVError, match="client is closed"):
         kept.submit_put("k", "v", lambda outcome: None)
     assert kept._unanswered == []
+
+
+@pytest.mark.parametrize("refused", [True, False], ids=["refused", "protocol"])
+@pytest.mark.parametrize("submitted", [False, True], ids=["put", "submit_put"])
+async def test_a_connection_the_node_closes_without_reading_the_requests_leaves_them_not_in_doubt(
+        autojump_clock, refused, submitted):
+    """A node with no room for a large frame answers ``unavailable`` with id null and ``refused``: no
+    request of the connection still unanswered was read, so each gets that answer (not a lost
+    connection), and the deadline's error says the write was not applied, with the node's reason.
+    Without ``refused`` (a protocol error) the connection is lost and the write stays in doubt."""
+    from kvstore import wire
+
+    reason = "a frame of 1000064 bytes cannot be received now: send it again later"
+    seen = []
+
+    def reply_to(request):
+        seen.append(request.request_id)
+        return wire.ErrorReply(id=None, code=wire.UNAVAILABLE, message=reason, leader=None, refused=refused)
+
+    async with _connected_to_one_node(reply_to, timeout=2) as kv:
+        with pytest.raises(Unavailable) as put:
+            await _put(kv, submitted, "k", "v")
+    assert len(seen) > 2  # retried until the deadline
+    assert put.value.outcome_unknown is not refused
+    if refused:
+        assert reason in str(put.value) and str(put.value).endswith("; the write was not applied"), str(put.value)
+    else:
+        assert str(put.value).endswith("; the write may or may not have been applied"), str(put.value)
