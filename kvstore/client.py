@@ -174,8 +174,8 @@ class _Connection:
                                 # ... turning away every request of it still unanswered, none of them
                                 # read (a large frame it had no room for): each gets this answer
                                 waiting, self.waiters = self.waiters, {}
-                                for waiter in waiting.values():
-                                    _wake(waiter, reply)
+                                for unanswered in waiting.values():
+                                    _wake(unanswered, reply)
                             raise _ConnectionLost(getattr(reply, "message", "connection closed by server"))
                         waiter = waiters.pop(rid, None)
                         if waiter is not None:
