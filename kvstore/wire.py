@@ -834,12 +834,10 @@ class FrameBudget:
             raise ValueError(f"a frame budget needs at least 1 byte, not {bytes_max}")
         self.bytes_max = bytes_max
         self.held = 0  # bytes taken by readers now
-        self.refused = 0  # frames refused for want of budget (counted for status)
 
     def take(self, count: int) -> bool:
         """Take ``count`` bytes if the budget has them (True), else nothing (False)."""
         if self.held + count > self.bytes_max:
-            self.refused += 1
             return False
         self.held += count
         return True
@@ -870,7 +868,7 @@ class FrameReader:
         self.stream = stream
         self.frame_bytes_max = frame_bytes_max
         # The node's budget for large frames while they arrive (see FrameBudget); None: no limit
-        # but frame_bytes_max (a client's reader, a peer link the node accepted)
+        # but frame_bytes_max (kvstore.client's reader, a peer link the node accepted)
         self.budget = budget
         self._buffer = bytearray()
         # the trio socket of a plain TCP stream (read directly); None: use receive_some
