@@ -250,8 +250,9 @@ class ClientLinks:
 
     async def _answer_then_refuse(self, conn: ClientConn, name: str, error: wire.WireError,
                                   request_id: int | None) -> None:
-        """A bad frame (docs/protocol.md, section 2): the requests that arrived complete before it are still
-        answered (within the request timeout), then the ``protocol`` error goes, and the caller closes
+        """A bad frame (docs/protocol.md, section 2), or one the node has no room for: the requests that
+        arrived complete before it are still answered (within the request timeout), then the error goes
+        (``protocol``, or ``unavailable`` and ``refused``: see ``_count_refusal``), and the caller closes
         the connection. The frames after it are never read."""
         code = self._count_refusal(error, name)
         self.send_replies()
