@@ -349,6 +349,13 @@ def serve_command(
                           "one over 64 KiB that finds too little left is refused (unavailable) and its "
                           "connection closed (default 64; at least 9, one frame of the largest size)."),
     ] = None,
+    max_client_connections: Annotated[
+        int | None,
+        typer.Option("--max-client-connections", min=1,
+                     help="Client connections the node takes at once; one more is answered unavailable and "
+                          "closed, and the client tries another node (default 4096, fewer if ulimit -n is low: "
+                          "128 open files stay for the node's own)."),
+    ] = None,
     cluster_id: Annotated[
         str | None, typer.Option("--cluster-id", help="Refuse data directories of another cluster.")
     ] = None,
@@ -396,7 +403,8 @@ def serve_command(
           election_timeout_ticks=election_timeout_ticks, heartbeat_ticks=heartbeat_ticks, batch_size=batch_size,
           window=window, snapshot_every=snapshot_every, idle_snapshot_seconds=idle_snapshot_seconds,
           fsync=None if fsync is None else fsync.value, arriving_frames_max_mib=arriving_frames_max_mib,
-          cluster_id=cluster_id, exit_on_disk_failure=exit_on_disk_failure, lazy_learners=lazy_learners,
+          max_client_connections=max_client_connections, cluster_id=cluster_id,
+          exit_on_disk_failure=exit_on_disk_failure, lazy_learners=lazy_learners,
           check_quorum=check_quorum, engine=engine.value, metrics_addr=metrics_addr, cacert=cacert, cert=cert,
           key=key, acl=acl)
 

@@ -54,6 +54,7 @@ _SERVE_OPTIONS: dict[str, tuple[str, str]] = {
     "--batch-size": ("batch_size", "int"), "--window": ("window", "int"),
     "--snapshot-every": ("snapshot_every", "int"), "--idle-snapshot-seconds": ("idle_snapshot_seconds", "seconds"),
     "--fsync": ("fsync", "fsync"), "--arriving-frames-max-mib": ("arriving_frames_max_mib", "int"),
+    "--max-client-connections": ("max_client_connections", "int"),
     "--cluster-id": ("cluster_id", "str"), "--exit-on-disk-failure": ("exit_on_disk_failure", "flag"),
     "--lazy-learners": ("lazy_learners", "on"), "--eager-learners": ("lazy_learners", "off"),
     "--check-quorum": ("check_quorum", "on"), "--no-check-quorum": ("check_quorum", "off"),

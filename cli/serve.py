@@ -21,7 +21,8 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
           tick_ms: float | None = None, election_timeout_ticks: int | None = None,
           heartbeat_ticks: int | None = None, batch_size: int | None = None, window: int | None = None,
           snapshot_every: int | None = None, idle_snapshot_seconds: float | None = None,
-          fsync: str | None = None, arriving_frames_max_mib: int | None = None, cluster_id: str | None = None,
+          fsync: str | None = None, arriving_frames_max_mib: int | None = None,
+          max_client_connections: int | None = None, cluster_id: str | None = None,
           exit_on_disk_failure: bool = False, lazy_learners: bool | None = None, check_quorum: bool = True,
           engine: str = "core",
           metrics_addr: str | None = None, cacert: str | None = None, cert: str | None = None,
@@ -45,6 +46,15 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
         if arriving_frames_max_mib is not None and arriving_frames_max_mib < 9:
             raise UsageProblem(f"--arriving-frames-max-mib {arriving_frames_max_mib}: at least 9 (one request of the "
                                "largest size, 8 MiB, must fit)")
+        if max_client_connections is not None:
+            from kvstore.descriptors import TooFewDescriptors, connections_max, raise_soft_limit
+
+            if max_client_connections < 1:
+                raise UsageProblem(f"--max-client-connections {max_client_connections}: at least 1")
+            try:
+                connections_max(max_client_connections, raise_soft_limit())
+            except TooFewDescriptors as exc:
+                raise UsageProblem(f"--max-client-connections {max_client_connections}: {exc}") from None
         if not peers and not join_list:
             raise UsageProblem("give --peers (found a new cluster) or --join (join a running one)")
         try:
@@ -61,6 +71,7 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
             "idle_snapshot_seconds": idle_snapshot_seconds, "fsync": None if fsync is None else fsync == "always",
             "cluster_id": cluster_id, "lazy_learners": lazy_learners,
             "arriving_frames_bytes_max": None if arriving_frames_max_mib is None else arriving_frames_max_mib << 20,
+            "client_connections_max": max_client_connections,
         }
         overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
         if exit_on_disk_failure:

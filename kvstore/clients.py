@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import commands, tls, wire
+from . import commands, descriptors, tls, wire
 from .events import WAKE, Proposal, Read
 from .metrics import OUTCOME_OF_CODE, request_op
 from .netio import Outbox
@@ -116,6 +116,11 @@ class ClientLinks:
         self.dirty: list[ClientConn] = []  # connections with replies to send
         self.conns: set[ClientConn] = set()
         self.acl: Acl | None = None  # kvstore.acl.Acl (kv serve --acl): checked in _route; replaced on SIGHUP
+        # Accepted connections not known to be peers' (clients, and connections before their first frame),
+        # and how many the node takes (kvstore.descriptors; Node.client_connections_max)
+        self.open_connections = 0
+        self.connections_max: int = node.client_connections_max
+        self.connections_headroom: int = node.client_connections_headroom  # (see handle_connection)
 
     def send_replies(self) -> None:
         """Send the replies collected since the last call: one write per client connection."""
@@ -140,16 +145,32 @@ class ClientLinks:
         name = remote_name(stream)
         conn: ClientConn | None = None
         principal = None
+        # Until it shows it is a peer's, a connection counts against the client connections' limit
+        # (kvstore.descriptors); past the limit, it has a moment to say Hello and is refused otherwise.
+        self.open_connections += 1
+        counted = True
+        over = self.open_connections - self.connections_max
         try:
+            if over > self.connections_headroom:
+                # Not even a frame read (the reserve is for the node's files): the refusal goes out at once,
+                # and a client that sent a request meanwhile may see a reset instead.
+                self._count_over_limit(name, answered=False)
+                with trio.move_on_after(0.1):
+                    await stream.send_all(self._over_limit_reply(None))
+                return
             set_nodelay(stream)
-            if isinstance(stream, tls.TlsStream):  # kv serve --cert: every connection (kvstore.tls)
-                principal = await tls.handshake(stream, node, name)
-                if principal is None:
-                    return
             reader = wire.FrameReader(stream, node.options.frame_bytes_max, node.frame_budget)
-            with trio.move_on_after(idle_timeout_seconds) as idle:
+            frames: list[bytes] = []
+            first_wait = idle_timeout_seconds if over <= 0 else descriptors.OVER_LIMIT_FIRST_FRAME_SECONDS
+            with trio.move_on_after(first_wait):
+                if isinstance(stream, tls.TlsStream):  # kv serve --cert: every connection (kvstore.tls)
+                    principal = await tls.handshake(stream, node, name)
+                    if principal is None:
+                        return
                 frames = await reader.receive_frames()
-            if idle.cancelled_caught or not frames:
+            if not frames:
+                if over > 0:
+                    self._count_over_limit(name, answered=False)
                 return
             try:
                 first = wire.decode_body(frames[0])
@@ -162,7 +183,14 @@ class ClientLinks:
                         id=wire.request_id_of(frames[0]), code=wire.PROTOCOL, message=str(exc), leader=None)))
                 return
             if isinstance(first, wire.Hello):
+                self.open_connections -= 1
+                counted = False
                 await node.peer_links.serve(first, reader, frames[1:], name)
+                return
+            if over > 0:
+                self._count_over_limit(name, answered=True)
+                with trio.move_on_after(1):
+                    await stream.send_all(self._over_limit_reply(wire.request_id_of(frames[0])))
                 return
             conn = ClientConn(name, self.dirty)
             conn.principal = principal
@@ -202,11 +230,31 @@ class ClientLinks:
             self.counters["connection_crashes"] += 1
             log.exception("connection from %s failed", name)
         finally:
+            if counted:
+                self.open_connections -= 1
             if conn is not None:
                 conn.closed = True
                 conn.outbox.detach()  # before the stream closes its descriptor
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+
+    def _over_limit_reply(self, request_id: int | None) -> bytes:
+        """The frame that refuses a connection over the limit (``refused``: nothing of it was run)."""
+        return wire.encode_frame(wire.ErrorReply(
+            id=request_id, code=wire.UNAVAILABLE, leader=None, refused=True,
+            message=f"node {self.node.node_id} has all the client connections it takes ({self.connections_max}, "
+                    "kv serve --max-client-connections): try another node, or later"))
+
+    def _count_over_limit(self, name: str, *, answered: bool) -> None:
+        """A connection refused because the client connections are at their limit: counted, and logged
+        now and then (a flood of them must not flood the log too)."""
+        counters = self.counters
+        counters["connections_refused_over_limit"] += 1
+        if counters["connections_refused_over_limit"] in (1, 10, 100, 1000, 10000):
+            log.warning("node %d refused a connection from %s%s: %d client connections are open, the most it "
+                        "takes (kv serve --max-client-connections); %d refused so far", self.node.node_id, name,
+                        "" if answered else " at once", self.connections_max,
+                        counters["connections_refused_over_limit"])
 
     async def _writer(self, stream: trio.abc.Stream, conn: ClientConn) -> None:
         try:

@@ -5,8 +5,10 @@ Theory of operation
 One request per connection (every answer says ``Connection: close``), which is all Prometheus and a
 polling web page need. ``serve_http`` listens on one address and hands each request to an async
 ``handle(request) -> Response``. The request head is read up to ``HEAD_BYTES_MAX`` and a body up to
-``BODY_BYTES_MAX``; a connection that has not sent its request within ``REQUEST_SECONDS`` is closed. A
-handler that raises gets a 500 and one log line with its traceback; the server goes on.
+``BODY_BYTES_MAX``; a connection that has not sent its request within ``REQUEST_SECONDS`` is closed, and
+one accepted while ``CONNECTIONS_MAX`` are open is closed at once (each holds a file descriptor of the
+node's: see ``kvstore.descriptors``). A handler that raises gets a 500 and one log line with its
+traceback; the server goes on.
 
 Rules: it binds only where it is told (callers bind 127.0.0.1 unless the operator names another
 address), never blocks the event loop on I/O, and never lets one connection's failure end the server.
@@ -24,13 +26,14 @@ import trio
 from .endpoints import parse_endpoint
 
 __all__ = ["Request", "Response", "serve_http", "parse_listen_address", "HEAD_BYTES_MAX", "BODY_BYTES_MAX",
-           "REQUEST_SECONDS"]
+           "REQUEST_SECONDS", "CONNECTIONS_MAX"]
 
 log = logging.getLogger("kvstore.http")
 
 HEAD_BYTES_MAX = 16 * 1024
 BODY_BYTES_MAX = 64 * 1024
 REQUEST_SECONDS = 10.0
+CONNECTIONS_MAX = 64  # open at once; more are closed as soon as they are accepted
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Payload Too Large", 500: "Internal Server Error", 502: "Bad Gateway"}
@@ -79,11 +82,14 @@ async def serve_http(handle: Handler, address: str, *,
     host, port = parse_listen_address(address)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(partial(_serve_connection, handle), listeners)
+    await trio.serve_listeners(partial(_serve_connection, handle, [0]), listeners)
 
 
-async def _serve_connection(handle: Handler, stream: trio.abc.Stream) -> None:
+async def _serve_connection(handle: Handler, open_count: list[int], stream: trio.abc.Stream) -> None:
+    open_count[0] += 1
     try:
+        if open_count[0] > CONNECTIONS_MAX:
+            return  # closed at once: a flood of connections must not use up the node's file descriptors
         try:
             with trio.fail_after(REQUEST_SECONDS):
                 request = await _read_request(stream)
@@ -103,6 +109,7 @@ async def _serve_connection(handle: Handler, stream: trio.abc.Stream) -> None:
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
+        open_count[0] -= 1
         await trio.aclose_forcefully(stream)
 
 

@@ -79,7 +79,7 @@ from paxos.classic import ClassicReplica
 from paxos.membership import ConfigSchedule, ScheduleEntry
 from paxos.replica import Config, Options, Replica
 
-from . import acl, commands, frames, httpserve, identity, metrics, runtime, tls, wire
+from . import acl, commands, descriptors, frames, httpserve, identity, metrics, runtime, tls, wire
 from .clients import ClientConn, ClientLinks
 from .endpoints import format_endpoint
 from .events import (
@@ -187,6 +187,10 @@ class ServerOptions:
     # wire.FrameBudget): a frame over 64 KiB takes its size from it until it is complete; one that
     # finds too little left closes its connection with an ``unavailable`` error. At least one frame.
     arriving_frames_bytes_max: int = 64 << 20
+    # Client connections the node takes at once; one more is answered ``unavailable`` and closed. 0: the
+    # default, 4096 or fewer if the limit on open files is low (kvstore.descriptors keeps descriptors
+    # for the node's own files, so that connections never make a snapshot fail).
+    client_connections_max: int = 0
     request_timeout_seconds: float = 5.0
     cluster_id: str = "kv"
     connect_timeout_seconds: float = 1.0
@@ -245,6 +249,9 @@ class ServerOptions:
             raise ValueError("TLS needs all three of cacert, cert and key")
         if self.acl and not self.cert:
             raise ValueError("access rules (acl) name client certificates: they need TLS (cacert, cert, key)")
+        if self.client_connections_max < 0:
+            raise ValueError(f"client_connections_max must be at least 0 (0: the default), "
+                             f"got {self.client_connections_max}")
         if self.arriving_frames_bytes_max < frames.HEADER_BYTES + self.frame_bytes_max:
             raise ValueError(f"arriving_frames_bytes_max ({self.arriving_frames_bytes_max}) must hold at least one "
                              f"frame of the largest size ({frames.HEADER_BYTES + self.frame_bytes_max} bytes)")
@@ -368,6 +375,11 @@ class Node:
         self._members_version: int | None = None
         # Room for large frames while they arrive, over all client connections (wire.FrameBudget)
         self.frame_budget = wire.FrameBudget(o.arriving_frames_bytes_max)
+        # The client connections it takes (ServerOptions.client_connections_max; 0: what the limit on open
+        # files allows, see kvstore.descriptors); TooFewDescriptors (a ValueError) if it cannot take them.
+        files = descriptors.open_files_limit()
+        self.client_connections_max = descriptors.connections_max(o.client_connections_max, files)
+        self.client_connections_headroom = descriptors.over_limit_headroom(self.client_connections_max, files)
         self.clients = ClientLinks(self)
         self.clients.acl = rules  # kv serve --acl (kvstore.acl); SIGHUP replaces it (kvstore.tls.reload)
         self._send_replies = self.clients.send_replies
@@ -984,6 +996,8 @@ class Node:
             # every member's incarnation once the cluster is founded; None while this node founds it
             "members": ({str(k): v for k, v in self.storage.members.items()}
                         if self.storage.members is not None else None),
+            "client_connections": self.clients.open_connections,
+            "client_connections_max": self.client_connections_max,
             "counters": dict(self.counters),
             "core_counters": core["counters"],  # the Paxos core's: duplicates, stale messages, elections
         }
@@ -1018,6 +1032,7 @@ def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, opt
              join: list[str] | None = None) -> None:
     """Blocking entry point of ``kv serve``: run one node until SIGINT/SIGTERM. With ``join`` (members'
     HOST:PORTs) a node that is not in ``peers`` takes its address from the cluster's configuration."""
+    descriptors.raise_soft_limit()  # a server's share of open files (client connections, its own files)
     if join and node_id not in peers:
         import functools
         import json

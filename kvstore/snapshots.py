@@ -32,7 +32,9 @@ meanwhile no snapshot of our own starts and other peers' snapshots are dropped (
 
 Rules: the tasks and worker threads here never touch the ``Replica`` or the state machine in use;
 they post an event and the driver, in ``finish``, ``install`` and ``adopt``, calls the core. A storage
-error on any path fences the node (``Node._stop_voting``). A bad snapshot from a peer is dropped with a
+error on any path fences the node (``Node._stop_voting``), but one: our own snapshot (or its log
+rewrite) that could not create its file for want of a file descriptor (``OutOfDescriptors``: nothing on
+disk changed) is postponed to the next snapshot interval. A bad snapshot from a peer is dropped with a
 log line, never raised.
 """
 from __future__ import annotations
@@ -48,7 +50,7 @@ from . import runtime, wire
 from .events import SnapshotAdoptable, SnapshotReceived, SnapshotRestored, SnapshotWritten
 from .learners import standby_of
 from .statemachine import StateMachine
-from .storage import StorageError
+from .storage import OutOfDescriptors, StorageError
 
 if TYPE_CHECKING:
     from .server import Node
@@ -115,6 +117,10 @@ class Snapshots:
         try:
             with frozen:
                 await trio.to_thread.run_sync(self.node.storage.write_snapshot_file, slot, pieces())
+        except OutOfDescriptors as exc:
+            self.busy = False
+            self._postponed(slot, exc)
+            return
         except StorageError as exc:
             self.busy = False
             self.node._stop_voting(exc)
@@ -130,6 +136,11 @@ class Snapshots:
             await node.commit.wait_carried_out()  # every staged record is in the log before it is rewritten
             node.replica.compact(slot)
             await trio.to_thread.run_sync(node.storage.compact_log, slot, node.replica.durable_state(packed=True))
+        except OutOfDescriptors as exc:
+            # The snapshot file is in place and the log not yet rewritten: recovery uses the two
+            # together, and appends go on to the old log until the next snapshot rewrites it.
+            self._postponed(slot, exc)
+            return
         except StorageError as exc:
             # (A snapshot written without its log rewrite still recovers with the old log.)
             node._stop_voting(exc)
@@ -152,6 +163,14 @@ class Snapshots:
             # that size no follower is lazy (see Learner.should_be_lazy), so nothing is sent.
             standby = standby_of(node.peers, node.node_id)
             self.send_soon([p for p in node.peers if p not in (node.node_id, standby)])
+
+    def _postponed(self, slot: int, exc: OutOfDescriptors) -> None:
+        """A snapshot (or its log rewrite) found no file descriptor: not a disk failure (nothing on disk
+        changed), so the node goes on voting and the next snapshot interval tries again."""
+        self.node.counters["snapshots_postponed_no_descriptors"] += 1
+        log.error("node %d: snapshot at slot %d postponed: %s; the node goes on with its log and tries again "
+                  "after the next %d commands (see docs/operations.md, Connections and open files)",
+                  self.node.node_id, slot, exc, self.node.options.snapshot_every)
 
     # -----------------------------------------------------------------------------------------------
     # sending and receiving

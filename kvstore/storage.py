@@ -198,6 +198,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "DiskFailed",
+    "OutOfDescriptors",
     "encode_records",
     "decode_log",
     "LogScan",
@@ -251,6 +252,12 @@ class StorageError(Exception):
 class StorageFull(StorageError):
     """A write (not an fsync) failed with ENOSPC; nothing durable was lost, but nothing new is durable.
     The Storage stays usable: the batch is kept and a later ``sync`` retries it."""
+
+
+class OutOfDescriptors(StorageError):
+    """A new file (a snapshot, a rewritten log) could not be created: the process or the system has no
+    file descriptor left (EMFILE, ENFILE). Nothing on disk changed and the Storage stays usable; the
+    caller may try again later (see kvstore.descriptors)."""
 
 
 class DiskFailed(StorageError):
@@ -1063,6 +1070,8 @@ class Storage:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise OutOfDescriptors(f"cannot create {tmp}: {exc.strerror}") from exc
             raise _io_error(f"cannot create {tmp}", exc) from exc
         try:
             try:

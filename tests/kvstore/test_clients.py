@@ -37,6 +37,7 @@ class FakeNode:
     def __init__(self, *, leader: bool = True, fenced: bool = False) -> None:
         self.counters: dict = defaultdict(int)
         self._fenced = fenced
+        self.client_connections_max, self.client_connections_headroom = 4096, 64
         self.replica = SimpleNamespace(is_leader=leader, applied_slot=7)
         self.waiters = Waiters(5.0, lambda: "n2:7002", self.counters)
         sm = StateMachine()
