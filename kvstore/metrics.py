@@ -141,6 +141,10 @@ class NodeCollector:
         yield gauge("kv_keys", "Keys in the state machine", status.get("keys"))
         yield gauge("kv_revision", "The state machine's revision", status.get("revision"))
         yield gauge("kv_snapshotting", "1 while a snapshot is being written", status.get("snapshotting"))
+        yield gauge("kv_client_connections", "Client connections open (and connections before their first frame)",
+                    status.get("client_connections"))
+        yield gauge("kv_client_connections_max", "Client connections this node takes at once "
+                    "(kv serve --max-client-connections)", status.get("client_connections_max"))
 
         disk = GaugeMetricFamily("kv_disk_state", "1 for the state this node's disk is in (ok, read-only, failed)",
                                  labels=["state"])
@@ -178,6 +182,11 @@ class NodeCollector:
                                   value=counters.get("snapshots_when_idle", 0))
         yield CounterMetricFamily("kv_disk_failures", "Storage errors that fenced this node",
                                   value=counters.get("disk_failures", 0))
+        yield CounterMetricFamily("kv_connections_refused", "Connections refused because the client connections "
+                                  "were at their limit", value=counters.get("connections_refused_over_limit", 0))
+        yield CounterMetricFamily("kv_snapshots_postponed", "Snapshots postponed because no file descriptor was "
+                                  "left to create their file",
+                                  value=counters.get("snapshots_postponed_no_descriptors", 0))
         yield CounterMetricFamily("kv_log_records", "Records appended to the log", value=counters.get("records", 0))
 
         yield SummaryMetricFamily("kv_write_latency_seconds", "Writes answered by this node (as leader) and their "

@@ -22,6 +22,7 @@ import trio
 
 from kvstore import descriptors, storage, wire
 from kvstore.client import Unavailable, connect
+from kvstore.metrics import make_registry, metrics_text
 
 from .memnet import MemoryNetwork
 from .test_node_memory import ENDPOINTS, PEERS, MemCluster
@@ -61,6 +62,9 @@ async def test_a_connection_over_the_limit_is_refused_and_the_client_is_told_not
         with trio.fail_after(descriptors.OVER_LIMIT_FIRST_FRAME_SECONDS + 1):
             assert await silent.receive_some(100) == b""
         assert node.counters["connections_refused_over_limit"] == refused_before + 1
+        exposition = metrics_text(make_registry(node)).decode()
+        assert "kv_client_connections 2.0" in exposition and "kv_client_connections_max 2.0" in exposition
+        assert f"kv_connections_refused_total {refused_before + 1}.0" in exposition
 
         await idle[0].aclose()
         await trio.sleep(0.01)
@@ -159,6 +163,8 @@ async def test_a_snapshot_that_finds_no_descriptor_is_postponed_and_the_node_kee
                 while node.snapshots.busy or not node.counters["snapshots_postponed_no_descriptors"]:
                     await trio.sleep(0.01)
             assert failures and node.status()["disk"] == "ok" and not node._fenced
+            postponed = node.counters["snapshots_postponed_no_descriptors"]
+            assert f"kv_snapshots_postponed_total {postponed}.0" in metrics_text(make_registry(node)).decode()
             await put_all(kv, range(250, 260))  # it goes on voting
             monkeypatch.undo()
         # What the postponed snapshot left (no snapshot, or a snapshot beside the old log) recovers whole.
