@@ -56,6 +56,10 @@ __all__ = ["ClientConn", "ClientLinks"]
 
 log = logging.getLogger("kvstore.server")
 
+# How long a connection may take to send the rest of a frame refused for want of room (see
+# ClientLinks._discard_refused); what it sends is dropped as it comes, so only the time is bounded.
+REFUSED_FRAME_DRAIN_SECONDS = 5.0
+
 
 class ClientConn:
     """One client connection. Replies collect in ``pending`` while the node works through a batch and
@@ -145,6 +149,7 @@ class ClientLinks:
         name = remote_name(stream)
         conn: ClientConn | None = None
         principal = None
+        reader: wire.FrameReader | None = None
         # Until it shows it is a peer's, a connection counts against the client connections' limit
         # (kvstore.descriptors); past the limit, it has a moment to say Hello and is refused otherwise.
         self.open_connections += 1
@@ -224,6 +229,8 @@ class ClientLinks:
                                         refused=code == wire.UNAVAILABLE)))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
+            if isinstance(exc, wire.FrameBudgetExhausted) and reader is not None:
+                await self._discard_refused(reader, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.debug("connection from %s closed: %s", name, exc)
         except Exception:  # one connection's bug must never take the node down
@@ -291,6 +298,9 @@ class ClientLinks:
                 frames = await reader.receive_frames()
             except wire.WireError as exc:  # a bad length, a frame cut short: after complete frames
                 await self._answer_then_refuse(conn, name, exc, None)
+                if isinstance(exc, wire.FrameBudgetExhausted):
+                    self.send_replies()
+                    await self._discard_refused(reader, exc)
                 return
             if not frames:
                 return
@@ -311,6 +321,18 @@ class ClientLinks:
         # request of this connection still unanswered now was turned away: ``refused``)
         conn.reply(wire.ErrorReply(id=request_id, code=code, message=str(error), leader=None,
                                    refused=code == wire.UNAVAILABLE))
+
+    async def _discard_refused(self, reader: wire.FrameReader, error: wire.FrameBudgetExhausted) -> None:
+        """After the refusal of a frame the node had no room for: read the rest of that frame and drop it
+        (for ``REFUSED_FRAME_DRAIN_SECONDS`` at most), so that the connection then closes cleanly and
+        the client reads the refusal. Closed with those bytes unread, it would end in a reset, which
+        can reach the client before the refusal does: the client could then only say that its write
+        may or may not have been applied."""
+        try:
+            with trio.move_on_after(REFUSED_FRAME_DRAIN_SECONDS):
+                await reader.discard(error.unread)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
     def _count_refusal(self, error: wire.WireError, name: str) -> str:
         """Count and log why a connection is being closed for what it sent; return the error code to

@@ -814,7 +814,13 @@ def request_id_of(body: bytes) -> int | None:
 class FrameBudgetExhausted(WireError):
     """A frame too large to hold while it arrives: the node's ``FrameBudget`` is taken by frames still
     arriving on other connections. Not the sender's fault, unlike other ``WireError``s; the connection
-    is closed all the same (the rest of the frame is on its way, and nothing else can be read first)."""
+    is closed all the same (the rest of the frame is on its way, and nothing else can be read first).
+    ``unread``: the bytes of the frame still to come, which ``FrameReader.discard`` reads and drops (a
+    connection closed with bytes unread ends in a reset, which can cost the client the refusal)."""
+
+    def __init__(self, message: str, unread: int = 0) -> None:
+        super().__init__(message)
+        self.unread = unread
 
 
 class FrameBudget:
@@ -901,10 +907,12 @@ class FrameReader:
                     size = HEADER_BYTES + int.from_bytes(buffer[:HEADER_BYTES], "big")  # (checked: split_frames)
                     if size > RECEIVE_CHUNK_BYTES:
                         if not budget.take(size):
+                            unread = size - len(buffer)
+                            buffer.clear()  # (the frame's start: discard drops the rest)
                             raise FrameBudgetExhausted(
                                 f"a frame of {size} bytes cannot be received now: frames still arriving on other "
                                 f"connections hold {budget.held} of the {budget.bytes_max} bytes this node keeps "
-                                "for them; send it again later")
+                                "for them; send it again later", unread)
                         taken = size
                 data = await receive(RECEIVE_CHUNK_BYTES)
                 if not data:
@@ -921,6 +929,16 @@ class FrameReader:
         finally:
             if taken and budget is not None:
                 budget.give(taken)
+
+    async def discard(self, count: int) -> None:
+        """Read ``count`` bytes and drop them (the rest of a refused frame: ``FrameBudgetExhausted.unread``),
+        or until the stream ends; nothing is kept. The caller bounds the time it may take."""
+        receive = self._receive_raw if self._socket is not None else self.stream.receive_some
+        while count > 0:  # bounded: every pass reads at least one byte or returns
+            data = await receive(min(count, RECEIVE_CHUNK_BYTES))
+            if not data:
+                return
+            count -= len(data)
 
     async def _receive_raw(self, max_bytes: int) -> bytes:
         """``SocketStream.receive_some`` for a plain TCP stream, without its layers. The same

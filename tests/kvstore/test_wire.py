@@ -966,9 +966,18 @@ async def test_a_large_frame_that_finds_the_budget_taken_is_refused_and_small_fr
         await trio.testing.wait_all_tasks_blocked()
         assert budget.held == 4 + BIG
         await _send_start_of_frame(b_left, BIG, 70_000)
-        with pytest.raises(wire.FrameBudgetExhausted, match=r"a frame of 200004 bytes cannot be received now"):
+        with pytest.raises(wire.FrameBudgetExhausted,
+                           match=r"a frame of 200004 bytes cannot be received now") as refused:
             await second.receive_frames()
         assert budget.held == 4 + BIG  # the refused frame took nothing
+        # What the reader had of the refused frame is dropped; discard reads and drops the rest, and
+        # nothing more (the bytes after the frame stay unread).
+        arrived = 4 + BIG - refused.value.unread  # (the header and what the reader's first read brought)
+        assert 4 <= arrived <= 4 + 70_000
+        await b_left.send_all(b"y" * (BIG - 70_000) + b"after")
+        with trio.fail_after(5):
+            await second.discard(refused.value.unread)
+        assert await b_right.receive_some(100) == b"after"
         await c_left.send_all(struct.pack(">I", 5) + b"hello")
         assert await small.receive_frames() == [b"hello"]  # a small frame needs no budget
         nursery.cancel_scope.cancel()  # the first connection ends in the middle of its frame
