@@ -854,6 +854,11 @@ class FrameBudget:
         assert self.held >= 0, f"frame budget given back more than taken ({self.held})"
 
 
+FRAME_STALL_SECONDS = 10.0
+"""A frame that holds room of the node's ``FrameBudget`` while it arrives may go this long without a
+byte; then its connection is closed (a ``WireError``) and the room given back."""
+
+
 class FrameReader:
     """Reads frames from one trio ``ReceiveStream``; one reader per connection, used by one task.
 
@@ -914,7 +919,17 @@ class FrameReader:
                                 f"connections hold {budget.held} of the {budget.bytes_max} bytes this node keeps "
                                 "for them; send it again later", unread)
                         taken = size
-                data = await receive(RECEIVE_CHUNK_BYTES)
+                if taken:
+                    # A frame that holds room must keep coming: one that stalls would keep the room from
+                    # other large requests until the idle-client timeout (600 s).
+                    data = None
+                    with trio.move_on_after(FRAME_STALL_SECONDS):
+                        data = await receive(RECEIVE_CHUNK_BYTES)
+                    if data is None:
+                        raise WireError(f"no byte of a frame of {taken} bytes came for {FRAME_STALL_SECONDS:g}s "
+                                        f"({len(buffer)} bytes of it arrived)")
+                else:
+                    data = await receive(RECEIVE_CHUNK_BYTES)
                 if not data:
                     if buffer:
                         raise WireError(f"connection closed in the middle of a frame ({len(buffer)} bytes buffered)")

@@ -995,3 +995,35 @@ async def test_a_reader_without_a_budget_takes_nothing():
 def test_a_frame_budget_needs_a_byte():
     with pytest.raises(ValueError, match="at least 1 byte"):
         wire.FrameBudget(0)
+
+
+async def test_a_large_frame_that_stalls_is_refused_and_gives_its_room_back(autojump_clock):
+    budget = wire.FrameBudget(1_000_000)
+    left, right = trio.testing.memory_stream_pair()
+    reader = wire.FrameReader(right, budget=budget)
+    await _send_start_of_frame(left, BIG, 70_000)
+    started = trio.current_time()
+    stalled = rf"no byte of a frame of {4 + BIG} bytes came for 10s"
+    with trio.fail_after(60), pytest.raises(wire.WireError, match=stalled):
+        await reader.receive_frames()
+    assert trio.current_time() - started == pytest.approx(wire.FRAME_STALL_SECONDS)
+    assert budget.held == 0
+
+
+async def test_a_large_frame_that_comes_slowly_but_keeps_coming_is_received(autojump_clock):
+    budget = wire.FrameBudget(1_000_000)
+    left, right = trio.testing.memory_stream_pair()
+    reader = wire.FrameReader(right, budget=budget)
+    body = bytes(range(256)) * (BIG // 256) + b"z" * (BIG % 256)
+
+    async def trickle() -> None:
+        data = struct.pack(">I", BIG) + body
+        for i in range(0, len(data), 50_000):  # a piece every 9 s: slower than a stall's 10 s in all
+            await left.send_all(data[i:i + 50_000])
+            await trio.sleep(wire.FRAME_STALL_SECONDS - 1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        with trio.fail_after(120):
+            assert await reader.receive_frames() == [body]
+    assert budget.held == 0
