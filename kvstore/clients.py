@@ -159,7 +159,7 @@ class ClientLinks:
             if over > self.connections_headroom:
                 # Not even a frame read (the reserve is for the node's files): the refusal goes out at once,
                 # and a client that sent a request meanwhile may see a reset instead.
-                self._count_over_limit(name, answered=False)
+                self._count_over_limit(name, " at once")
                 with trio.move_on_after(0.1):
                     await stream.send_all(self._over_limit_reply(None))
                 return
@@ -175,7 +175,7 @@ class ClientLinks:
                 frames = await reader.receive_frames()
             if not frames:
                 if over > 0:
-                    self._count_over_limit(name, answered=False)
+                    self._count_over_limit(name, " (it sent no request)")
                 return
             try:
                 first = wire.decode_body(frames[0])
@@ -193,7 +193,7 @@ class ClientLinks:
                 await node.peer_links.serve(first, reader, frames[1:], name)
                 return
             if over > 0:
-                self._count_over_limit(name, answered=True)
+                self._count_over_limit(name, "")
                 with trio.move_on_after(1):
                     await stream.send_all(self._over_limit_reply(wire.request_id_of(frames[0])))
                 return
@@ -252,16 +252,15 @@ class ClientLinks:
             message=f"node {self.node.node_id} has all the client connections it takes ({self.connections_max}, "
                     "kv serve --max-client-connections): try another node, or later"))
 
-    def _count_over_limit(self, name: str, *, answered: bool) -> None:
+    def _count_over_limit(self, name: str, how: str) -> None:
         """A connection refused because the client connections are at their limit: counted, and logged
-        now and then (a flood of them must not flood the log too)."""
+        now and then (a flood of them must not flood the log too). ``how``: said after its name."""
         counters = self.counters
         counters["connections_refused_over_limit"] += 1
         if counters["connections_refused_over_limit"] in (1, 10, 100, 1000, 10000):
             log.warning("node %d refused a connection from %s%s: %d client connections are open, the most it "
                         "takes (kv serve --max-client-connections); %d refused so far", self.node.node_id, name,
-                        "" if answered else " at once", self.connections_max,
-                        counters["connections_refused_over_limit"])
+                        how, self.connections_max, counters["connections_refused_over_limit"])
 
     async def _writer(self, stream: trio.abc.Stream, conn: ClientConn) -> None:
         try:
