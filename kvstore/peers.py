@@ -13,7 +13,8 @@ naming itself and its cluster); it only *receives* on connections others dialed.
   is down, messages to that peer are dropped, which Paxos tolerates (the core retransmits through
   heartbeats and catch-up). At most 10,000 frames wait for a slow link; later ones are dropped;
 * **incoming**: ``serve``, the reader task of a connection whose first frame was a peer's ``Hello``
-  (``kvstore.clients`` accepts every connection). It checks that each message's sender is the peer
+  (``kvstore.clients`` accepts every connection), one per peer (a newer connection from a member ends
+  the older: a member redials only once its link is dead, and without TLS anyone can say Hello). It checks that each message's sender is the peer
   that said Hello (and, with TLS, that its certificate names that member: ``kvstore.tls.check_peer``;
   a link we dial must reach the certificate of the member dialed), hands the Paxos messages to the
   node (``Node._post``) as the message objects the wire decoder made, and snapshot chunks to
@@ -110,6 +111,8 @@ class PeerLinks:
         self._nursery: trio.Nursery | None = None
         self._sender_scopes: dict[int, trio.CancelScope] = {}
         self._dialing: dict[int, tuple[str, int]] = {}  # peer -> the address its sender task dials
+        # peer -> the scope of its incoming connection's reader (serve): one per peer, the newest
+        self._incoming: dict[int, trio.CancelScope] = {}
 
     def sync(self) -> None:
         """The node's address book changed (a membership change, kvstore.members): open links to new
@@ -303,6 +306,25 @@ class PeerLinks:
                 log.info("node %d: recorded node %d's incarnation %s", self.node_id, peer, hello.incarnation)
         reader.frame_bytes_max = PEER_FRAME_BYTES_MAX
         reader.budget = None  # a member's frames are the cluster's own traffic (see wire.FrameBudget)
+        # A member dials us on one connection at a time, and redials only once it found that one dead:
+        # a newer connection from the same member replaces the older, whose end we may not have seen
+        # (a peer that crashed). So links that said Hello (anyone can, without TLS) hold at most one
+        # descriptor per member; they are exempt from the client connections' limit (kvstore.descriptors).
+        older = self._incoming.get(peer)
+        if older is not None:
+            older.cancel()
+            node.counters["peer_links_replaced"] += 1
+        scope = self._incoming[peer] = trio.CancelScope()
+        try:
+            with scope:
+                await self._receive(peer, reader, frames)
+        finally:
+            if self._incoming.get(peer) is scope:
+                del self._incoming[peer]
+
+    async def _receive(self, peer: int, reader: wire.FrameReader, frames: list[bytes]) -> None:
+        """The incoming link of ``peer`` (``serve``), from its first frames after Hello until it ends."""
+        node = self.node
         post = node._post
         receive_chunk = node.snapshots.receive_chunk
         while True:

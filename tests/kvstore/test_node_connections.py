@@ -208,3 +208,32 @@ def test_a_server_raises_its_soft_limit_on_open_files_to_the_hard_limit():
         assert now_soft == hard or (hard == resource.RLIM_INFINITY and now_soft > 64)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_newer_link_from_a_member_replaces_the_older_so_hellos_cannot_pile_up(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, client_connections_max=1)
+        await cluster.start_all()
+        node = cluster.nodes[1]
+        hello = wire.encode_frame(wire.Hello(node_id=2, cluster_id="kv", incarnation=node.storage.members[2]))
+        # Links that claim to be node 2's (anyone can say Hello without TLS): each newer one replaces
+        # the one before, the real node 2's included; none counts against the client connections.
+        fakes = []
+        for _ in range(3):
+            fake = await net.transport().connect(*PEERS[1])
+            await fake.send_all(hello)
+            await trio.sleep(0.05)
+            fakes.append(fake)
+        for older in fakes[:-1]:
+            with trio.fail_after(1):
+                assert await older.receive_some(100) == b""  # closed by the node
+        assert node.counters["peer_links_replaced"] >= 3  # the real link, then two fakes
+        assert node.status()["client_connections"] == 0
+        await fakes[-1].aclose()
+        # Node 2's own link comes back (its sender redials) and the cluster serves.
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            for i in range(5):
+                await kv.put(f"k{i}", "v")
+        await cluster.wait_converged()
+        nursery.cancel_scope.cancel()
