@@ -14,11 +14,11 @@ naming itself and its cluster); it only *receives* on connections others dialed.
   heartbeats and catch-up). At most 10,000 frames wait for a slow link; later ones are dropped;
 * **incoming**: ``serve``, the reader task of a connection whose first frame was a peer's ``Hello``
   (``kvstore.clients`` accepts every connection), one per peer (a newer connection from a member ends
-  the older: a member redials only once its link is dead, and without TLS anyone can say Hello). It checks that each message's sender is the peer
-  that said Hello (and, with TLS, that its certificate names that member: ``kvstore.tls.check_peer``;
-  a link we dial must reach the certificate of the member dialed), hands the Paxos messages to the
-  node (``Node._post``) as the message objects the wire decoder made, and snapshot chunks to
-  ``kvstore.snapshots``.
+  the older: a member redials only once its link is dead, and without TLS anyone can say Hello). It
+  checks that each message's sender is the peer that said Hello (and, with TLS, that its certificate
+  names that member: ``kvstore.tls.check_peer``; a link we dial must reach the certificate of the
+  member dialed), hands the Paxos messages to the node (``Node._post``) as the message objects the
+  wire decoder made, and snapshot chunks to ``kvstore.snapshots``.
 
 Rules: this module never decides what to send or when (the driver does, after the fsync that covers
 it: see ``Node._carry_out``); it never touches the storage, and it calls into the ``Replica`` only
