@@ -353,8 +353,9 @@ def serve_command(
         int | None,
         typer.Option("--max-client-connections", min=1,
                      help="Client connections the node takes at once; one more is answered unavailable and "
-                          "closed, and the client tries another node (default 4096, fewer if ulimit -n is low: "
-                          "128 open files stay for the node's own)."),
+                          "closed, and the client tries another node, unless a connection has been silent for "
+                          "10 s: that one is closed instead (default 4096, fewer if ulimit -n is low: 128 open "
+                          "files stay for the node's own)."),
     ] = None,
     cluster_id: Annotated[
         str | None, typer.Option("--cluster-id", help="Refuse data directories of another cluster.")

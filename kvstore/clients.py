@@ -125,6 +125,9 @@ class ClientLinks:
         self.open_connections = 0
         self.connections_max: int = node.client_connections_max
         self.connections_headroom: int = node.client_connections_headroom  # (see handle_connection)
+        # Connections under the limit still waiting for their first frame: the scope of that wait -> when
+        # they connected (one that waits long may give its place to a newcomer: _evict_silent)
+        self.silent: dict[trio.CancelScope, float] = {}
 
     def send_replies(self) -> None:
         """Send the replies collected since the last call: one write per client connection."""
@@ -167,12 +170,17 @@ class ClientLinks:
             reader = wire.FrameReader(stream, node.options.frame_bytes_max, node.frame_budget)
             frames: list[bytes] = []
             first_wait = idle_timeout_seconds if over <= 0 else descriptors.OVER_LIMIT_FIRST_FRAME_SECONDS
-            with trio.move_on_after(first_wait):
-                if isinstance(stream, tls.TlsStream):  # kv serve --cert: every connection (kvstore.tls)
-                    principal = await tls.handshake(stream, node, name)
-                    if principal is None:
-                        return
-                frames = await reader.receive_frames()
+            with trio.move_on_after(first_wait) as waiting:
+                if over <= 0:
+                    self.silent[waiting] = trio.current_time()
+                try:
+                    if isinstance(stream, tls.TlsStream):  # kv serve --cert: every connection (kvstore.tls)
+                        principal = await tls.handshake(stream, node, name)
+                        if principal is None:
+                            return
+                    frames = await reader.receive_frames()
+                finally:
+                    self.silent.pop(waiting, None)
             if not frames:
                 if over > 0:
                     self._count_over_limit(name, " (it sent no request)")
@@ -192,7 +200,7 @@ class ClientLinks:
                 counted = False
                 await node.peer_links.serve(first, reader, frames[1:], name)
                 return
-            if over > 0:
+            if over > 0 and not self._evict_silent():
                 self._count_over_limit(name, "")
                 with trio.move_on_after(1):
                     await stream.send_all(self._over_limit_reply(wire.request_id_of(frames[0])))
@@ -244,6 +252,28 @@ class ClientLinks:
                 conn.outbox.detach()  # before the stream closes its descriptor
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+
+    def _evict_silent(self) -> bool:
+        """The client connections are at their limit and a new one sent a request: close the connection
+        that has been silent longest, if for ``IDLE_EVICT_SECONDS`` at least (first those that never sent
+        a frame, then clients with nothing unanswered); True if one was closed. Our clients reconnect by
+        themselves when they need the node again."""
+        before = trio.current_time() - descriptors.IDLE_EVICT_SECONDS
+        victim: trio.CancelScope | None = None
+        if self.silent:
+            scope, since = min(self.silent.items(), key=lambda item: item[1])
+            if since <= before:
+                victim = scope
+        if victim is None:
+            idle = [c for c in self.conns if c.last_heard <= before and c.answered >= c.requests and not c.closed]
+            if idle:
+                victim = min(idle, key=lambda c: c.last_heard).scope
+        if victim is None:
+            return False
+        victim.cancel()
+        self.silent.pop(victim, None)
+        self.counters["connections_evicted_silent"] += 1
+        return True
 
     def _over_limit_reply(self, request_id: int | None) -> bytes:
         """The frame that refuses a connection over the limit (``refused``: nothing of it was run)."""

@@ -15,7 +15,9 @@ peer links. ``kv serve`` first raises the soft limit on open files to the hard l
 Go's runtime does the same for etcd), then ``connections_max`` checks the wanted number against what
 the limit leaves, or picks one (``CLIENT_CONNECTIONS_DEFAULT``, less if the limit is low). A connection
 over the limit is answered ``unavailable`` (refused: nothing of it ran) and closed
-(``kvstore.clients``); the clients try another node or wait, as for any refusal.
+(``kvstore.clients``); the clients try another node or wait, as for any refusal. Unless a connection
+has been silent for ``IDLE_EVICT_SECONDS``: then the silent one is closed and the new one served, so
+that connections which say nothing (a leak, a flood) cannot keep clients out for long.
 
 And a snapshot that still finds no descriptor (another process used up the system's, ENFILE) is not a
 failed disk: nothing on disk changed, so the node keeps voting and tries again later
@@ -29,6 +31,7 @@ from __future__ import annotations
 import resource
 
 __all__ = ["CLIENT_CONNECTIONS_DEFAULT", "RESERVED_DESCRIPTORS", "OVER_LIMIT_FIRST_FRAME_SECONDS",
+           "IDLE_EVICT_SECONDS",
            "raise_soft_limit", "open_files_limit", "connections_max", "over_limit_headroom",
            "TooFewDescriptors"]
 
@@ -44,6 +47,12 @@ is a peer (see ``kvstore.clients``)."""
 OVER_LIMIT_FIRST_FRAME_SECONDS = 2.0
 """A connection that arrives while the client connections are at their limit may still be a peer's
 (whose Hello comes at once): it is given this long to show it, then refused."""
+
+
+IDLE_EVICT_SECONDS = 10.0
+"""While the client connections are at their limit, one that has sent nothing for this long (no request
+since it connected, or none unanswered and none for this long) gives its place to a new connection
+that sent a request: silent connections cannot keep clients out. Our clients reconnect on their own."""
 
 
 def over_limit_headroom(connections: int, limit: int) -> int:

@@ -184,6 +184,9 @@ class NodeCollector:
                                   value=counters.get("disk_failures", 0))
         yield CounterMetricFamily("kv_connections_refused", "Connections refused because the client connections "
                                   "were at their limit", value=counters.get("connections_refused_over_limit", 0))
+        yield CounterMetricFamily("kv_connections_evicted", "Silent connections closed at the limit to make "
+                                  "room for a new one that sent a request",
+                                  value=counters.get("connections_evicted_silent", 0))
         yield CounterMetricFamily("kv_snapshots_postponed", "Snapshots postponed because no file descriptor was "
                                   "left to create their file",
                                   value=counters.get("snapshots_postponed_no_descriptors", 0))

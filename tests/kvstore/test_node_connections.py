@@ -74,6 +74,32 @@ async def test_a_connection_over_the_limit_is_refused_and_the_client_is_told_not
         nursery.cancel_scope.cancel()
 
 
+async def test_at_the_limit_a_connection_silent_for_long_gives_its_place_to_a_new_client(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, peers=ONE, client_connections_max=2)
+        await cluster.start_all()
+        node = cluster.nodes[1]
+        silent = await _idle_connection(net, "n1", 7001)  # never sends a frame
+        async with connect(["n1:7001"], timeout=2, transport=net.transport()) as idle_client:
+            await idle_client.put("a", "1")  # then says nothing
+            await trio.sleep(descriptors.IDLE_EVICT_SECONDS + 1)
+            async with connect(["n1:7001"], timeout=2, transport=net.transport()) as kv:
+                await kv.put("b", "2")  # the never-silent connection goes first
+                with trio.fail_after(1):
+                    assert await silent.receive_some(100) == b""
+                assert node.counters["connections_evicted_silent"] == 1
+                await trio.sleep(descriptors.IDLE_EVICT_SECONDS + 1)
+                async with connect(["n1:7001"], timeout=2, transport=net.transport()) as third:
+                    await third.put("c", "3")  # now the oldest silent client, idle_client or kv
+                assert node.counters["connections_evicted_silent"] == 2
+            # An evicted client connects again when it needs the node (and finds room: kv is closed).
+            assert await idle_client.get("c") == "3"
+        assert node.counters.get("connections_refused_over_limit", 0) == 0
+        assert "kv_connections_evicted_total 2.0" in metrics_text(make_registry(node)).decode()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_refused_connection_gets_the_refusal_for_its_first_request(tmp_path, autojump_clock):
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
