@@ -30,6 +30,15 @@ from .test_node_memory import ENDPOINTS, PEERS, MemCluster
 ONE = {1: ("n1", 7001)}
 
 
+async def _founded(cluster: MemCluster) -> None:
+    """Until every node has recorded every member's incarnation (the cluster is founded: before that the
+    nodes ask each other's status over client connections)."""
+    with trio.fail_after(30):
+        while not all(n.storage.members is not None and set(n.storage.members) == set(cluster.peers)
+                      for n in cluster.nodes.values()):
+            await trio.sleep(0.05)
+
+
 async def _idle_connection(net: MemoryNetwork, host: str, port: int) -> trio.abc.Stream:
     """A connection that sends nothing (a leaked client connection, or a flood)."""
     stream = await net.transport().connect(host, port)
@@ -124,6 +133,7 @@ async def test_peers_are_taken_while_the_client_connections_are_at_their_limit(t
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net, client_connections_max=1)
         leader = await cluster.start_all()
+        await _founded(cluster)
         async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
             await kv.put("before", "1")
         restarted, gone = [i for i in PEERS if i != leader]
@@ -242,6 +252,7 @@ async def test_a_newer_link_from_a_member_replaces_the_older_so_hellos_cannot_pi
         cluster = MemCluster(nursery, tmp_path, net, client_connections_max=1)
         await cluster.start_all()
         node = cluster.nodes[1]
+        await _founded(cluster)
         hello = wire.encode_frame(wire.Hello(node_id=2, cluster_id="kv", incarnation=node.storage.members[2]))
         # Links that claim to be node 2's (anyone can say Hello without TLS): each newer one replaces
         # the one before, the real node 2's included; none counts against the client connections.
