@@ -314,6 +314,11 @@ def unreachable_hint(settings: Settings, errors: list[str]) -> str:
     if tls and errors and all("CERTIFICATE_VERIFY_FAILED" in e for e in errors):
         return (" (this client does not trust the node's certificate: --cacert must be the CA that signed the "
                 "cluster's certificates)")
+    if tls and errors and all("ALERT_UNKNOWN_CA" in e or "ALERT_BAD_CERTIFICATE" in e or "CERTIFICATE_REQUIRED" in e
+                              or "ALERT_CERTIFICATE" in e for e in errors):
+        # OpenSSL's words for a node's alert refusing our certificate (expired, revoked, of another CA)
+        return (" (the node refused this client's certificate: --cert and --key must be a certificate of the "
+                "cluster's CA that has not expired, e.g. from kv certs client)")
     return ""
 
 

@@ -137,6 +137,7 @@ class _Connection:
         self.next_period = math.ceil(trio.current_time() / WATCHDOG_SECONDS)  # the first not yet taken
         self.ids = itertools.count(1)
         self.broken = False
+        self.error: BaseException | None = None  # why the reader stopped, if the connection failed
         self.gathering = False  # a caller is collecting this scheduler pass's frames into one write
         self.queued: list[bytes] = []
         self.calls = 0
@@ -185,8 +186,9 @@ class _Connection:
                 if self.flush_pending:
                     # What the callbacks of these replies submitted leaves in one write.
                     self._flush_submitted()
-        except (wire.WireError, _ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        except (wire.WireError, _ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            # (kept for the waiters' callers: a TLS alert refusing our certificate ends up here)
+            self.error = exc.__cause__ if exc.__cause__ is not None else exc
         finally:
             self.fail_all()
 
@@ -642,9 +644,17 @@ class AsyncClient:
         last_error = "no endpoint answered"
         refused_by_node = False  # the last attempt's node answered, refusing (a full disk, no leader)
         no_leader_seen = False  # a node answered that it knows no leader
+        tls_refused: set[tuple[str, int]] = set()  # endpoints whose handshake failed over a certificate
         while True:
             if self._closed:
                 raise KVError("client is closed" if not sent else "client was closed during the call")
+            if tls_refused and tls_refused.issuperset(self.endpoints):
+                # A certificate that one node refuses (or one we do not trust) does not mend in seconds:
+                # once every node said so, give up now rather than at the deadline (as OneShotClient).
+                raise Unavailable(wire.every_node_refused_tls(last_error)
+                                  + ("; the write may or may not have been applied" if write and in_doubt else
+                                     "; the write was not applied" if write else ""),
+                                  outcome_unknown=write and in_doubt)
             attempted = attempt is not None
             if attempt is not None:
                 conn, reply = attempt
@@ -669,6 +679,7 @@ class AsyncClient:
                     )
                 reply = None
                 conn = None
+                endpoint = self.endpoints[self._preferred]
                 # One attempt may not use the whole deadline: a node that accepts connections but never
                 # answers (paused, partitioned away) must not keep us from the others. A retry reuses
                 # the request id, so a write that the first attempt got through is still applied once.
@@ -689,6 +700,15 @@ class AsyncClient:
                 except (_ConnectionLost, OSError) as exc:
                     last_error = f"connection failed: {exc}"
                     self._give_up_on(conn)
+                    if conn is None:
+                        if wire.certificate_refused(exc) or wire.certificate_refused(self._connect_error):
+                            tls_refused.add(endpoint)  # (the connect failed: its handshake)
+                    elif wire.certificate_refused(conn.error):
+                        # TLS 1.3 finishes our side of the handshake first: the node's alert refusing our
+                        # certificate comes with its first answer, and it read nothing of ours.
+                        last_error = f"connection failed: {conn.error}"
+                        attempted = False
+                        tls_refused.add(conn.endpoint)
             if reply is _TIMED_OUT:
                 assert conn is not None  # only a connection's watchdog answers _TIMED_OUT
                 reply = None

@@ -160,6 +160,37 @@ def gave_up_reason(last_error: str, no_leader_seen: bool) -> str:
     return last_error
 
 
+# OpenSSL's reasons for a handshake that failed over a certificate: this side does not trust the node's
+# (CERTIFICATE_VERIFY_FAILED), or the node sent an alert refusing ours. Only handshakes send these, so
+# the node read nothing of what we sent.
+_CERTIFICATE_REASONS = frozenset({
+    "CERTIFICATE_VERIFY_FAILED", "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "SSLV3_ALERT_CERTIFICATE_EXPIRED", "SSLV3_ALERT_CERTIFICATE_REVOKED",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+})
+
+
+def certificate_refused(exc: BaseException | None) -> bool:
+    """True if ``exc`` (from a connect, or from the first read of a TLS connection) is a TLS handshake that
+    failed over a certificate: a setup error that retrying will not mend, and one in which the node acted
+    on nothing. Looks at OpenSSL's reason without importing ``ssl`` (the one-shot client's start-up)."""
+    if exc is None:
+        return False
+    reason = getattr(exc, "reason", None)
+    if reason is None:  # (an error made by hand has none: its text names it, "[SSL: REASON] ...")
+        text = str(exc)
+        if not text.startswith("[SSL: "):
+            return False
+        reason = text[6:].partition("]")[0]
+    return reason in _CERTIFICATE_REASONS
+
+
+def every_node_refused_tls(last_error: str) -> str:
+    """The ``Unavailable`` text when every endpoint refused the handshake over a certificate (both clients
+    give up at once then, instead of retrying until their deadline)."""
+    return f"the TLS handshake failed over a certificate with every node ({last_error})"
+
+
 def encode_map_frame(obj: dict[str, Any], frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
     """One frame holding the map ``obj`` (one of the request maps above); ``FrameTooLarge`` as from
     ``wire.encode_frame``."""

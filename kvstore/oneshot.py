@@ -316,9 +316,17 @@ class OneShotClient:
         last_error = "no endpoint answered"
         refused_by_node = False  # the last attempt's node answered, refusing (a full disk, no leader)
         no_leader_seen = False  # a node answered that it knows no leader
+        tls_refused: set[tuple[str, int]] = set()  # endpoints whose handshake failed over a certificate
         while True:
             if self._closed:
                 raise KVError("client is closed" if not sent else "client was closed during the call")
+            if tls_refused and tls_refused.issuperset(self.endpoints):
+                # A certificate that one node refuses (or one we do not trust) does not mend in seconds:
+                # once every node said so, give up now rather than at the deadline.
+                raise Unavailable(frames.every_node_refused_tls(last_error)
+                                  + ("; the write may or may not have been applied" if write and in_doubt else
+                                     "; the write was not applied" if write else ""),
+                                  outcome_unknown=write and in_doubt)
             now = time.monotonic()
             remaining = deadline - now
             if remaining <= 0:
@@ -334,6 +342,7 @@ class OneShotClient:
             reply = None
             in_doubt_now = False
             conn = self._conn
+            endpoint = conn.endpoint if conn is not None else self.endpoints[self._preferred]
             try:
                 if conn is None:
                     conn = self._connect(min(remaining, self.attempt_timeout))
@@ -348,6 +357,11 @@ class OneShotClient:
                 last_error = f"connection failed: {exc}"
                 if conn is not None:
                     self._drop(advance=True)
+                if frames.certificate_refused(exc):
+                    # (TLS 1.3 finishes our side of the handshake first: the node's alert refusing our
+                    # certificate comes with its first answer, and it read nothing of the request)
+                    in_doubt_now = False
+                    tls_refused.add(endpoint)
             in_doubt = in_doubt or in_doubt_now
             refused_by_node = reply is not None  # (an error reply: an OK one returns below)
             if reply is None:

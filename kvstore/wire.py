@@ -94,6 +94,8 @@ from .frames import (
 from .frames import FRAME_BYTES_MAX as FRAME_BYTES_MAX
 from .frames import FrameTooLarge as FrameTooLarge
 from .frames import WireError as WireError
+from .frames import certificate_refused as certificate_refused
+from .frames import every_node_refused_tls as every_node_refused_tls
 from .frames import gave_up_reason as gave_up_reason
 
 # The frame codec (limits, error codes, the two error families, the client request maps, split_frames)

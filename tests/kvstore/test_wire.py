@@ -1027,3 +1027,18 @@ async def test_a_large_frame_that_comes_slowly_but_keeps_coming_is_received(auto
         with trio.fail_after(120):
             assert await reader.receive_frames() == [body]
     assert budget.held == 0
+
+
+def test_certificate_refusals_are_told_from_other_connection_failures():
+    import ssl
+
+    verify = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    alert = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)")
+    required = ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required")
+    for refused in (verify, alert, required):
+        assert wire.certificate_refused(refused), refused
+    others = [None, ConnectionResetError(104, "Connection reset by peer"), OSError("connection refused"),
+              ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+              ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad record mac")]
+    for other in others:
+        assert not wire.certificate_refused(other), other

@@ -32,9 +32,10 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from kvstore import wire
-from kvstore.client import KVError, RequestError, Unavailable
+from kvstore.client import KVError, RequestError, Unavailable, connect
 
 from .cluster import TlsCluster
 from .pki import Pki
@@ -159,8 +160,24 @@ def test_clients_of_a_foreign_ca_or_with_expired_certificates_are_refused(cluste
         with cluster.client(files=files, timeout=1) as client:
             with pytest.raises(Unavailable):
                 client.status(cluster.endpoint(1))
-            with pytest.raises(Unavailable):
+        # A certificate error does not mend by retrying: both clients give up once every node refused the
+        # handshake (not at the deadline, 60 s here, which would say "no answer" instead), and they know
+        # the write was not applied (the node read nothing of it).
+        with cluster.client(files=files, timeout=60) as client:
+            with pytest.raises(Unavailable) as refused:
                 client.put(f"refused/{len(what)}", what)
+        assert "the TLS handshake failed over a certificate with every node" in str(refused.value), what
+        assert str(refused.value).endswith("the write was not applied") and not refused.value.outcome_unknown, what
+
+        async def put_async(files=files, what=what) -> Unavailable:
+            async with connect(cluster.endpoints, timeout=60, **files) as kv:
+                with pytest.raises(Unavailable) as refused:
+                    await kv.put(f"refused/async/{len(what)}", what)
+            return refused.value
+
+        refused_async = trio.run(put_async)
+        assert "the TLS handshake failed over a certificate with every node" in str(refused_async), what
+        assert str(refused_async).endswith("the write was not applied") and not refused_async.outcome_unknown, what
     assert any("certificate has expired" in cluster.log_text(i) for i in cluster.ports), "no node logged the expiry"
     with cluster.client() as admin:
         assert admin.list("refused/") == []
