@@ -1566,10 +1566,17 @@ class Simulation:
         if isinstance(message, (Promise, HeartbeatAck)) and storage.promised < message.ballot:
             self._fail(SafetyViolation, f"node {node.node_id} sent {type(message).__name__} at {message.ballot} "
                        f"to {to}, not durable at its sender: its stored promise is {storage.promised}")
+        # An Accepted needs the AcceptRecord of its vote stored, or one of a higher ballot for the slot: a
+        # duplicate Accept re-acknowledges a vote stored in an earlier batch, and if a higher ballot's
+        # Accept in the same batch supersedes it and a log rewrite there (a snapshot installed
+        # mid-batch, a compaction) keeps only the newer vote, the storage still holds all it needs.
+        # The newer vote came after a promise that reported the older one, so the old Accepted is a
+        # late message about a vote that was durable when cast (seed 216053734376979).
         if (isinstance(message, Accepted) and message.slot > storage.snapshot_slot
-                and message.ballot not in storage.accepted_at.get(message.slot, ())):
+                and not any(ballot >= message.ballot for ballot in storage.accepted_at.get(message.slot, ()))):
             self._fail(SafetyViolation, f"node {node.node_id} sent Accepted of slot {message.slot} at "
-                       f"{message.ballot} to {to}, not durable at its sender: no AcceptRecord of it is stored")
+                       f"{message.ballot} to {to}, not durable at its sender: no AcceptRecord of it (or of a "
+                       "higher ballot) is stored")
         if not self._link_allowed(node.node_id, to):
             return
         self.network.append((node.node_id, to, message))
