@@ -651,9 +651,7 @@ class AsyncClient:
             if tls_refused and tls_refused.issuperset(self.endpoints):
                 # A certificate that one node refuses (or one we do not trust) does not mend in seconds:
                 # once every node said so, give up now rather than at the deadline (as OneShotClient).
-                raise Unavailable(wire.every_node_refused_tls(last_error)
-                                  + ("; the write may or may not have been applied" if write and in_doubt else
-                                     "; the write was not applied" if write else ""),
+                raise Unavailable(wire.every_node_refused_tls(last_error, write=write, in_doubt=in_doubt),
                                   outcome_unknown=write and in_doubt)
             attempted = attempt is not None
             if attempt is not None:

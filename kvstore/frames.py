@@ -185,10 +185,13 @@ def certificate_refused(exc: BaseException | None) -> bool:
     return reason in _CERTIFICATE_REASONS
 
 
-def every_node_refused_tls(last_error: str) -> str:
+def every_node_refused_tls(last_error: str, *, write: bool, in_doubt: bool) -> str:
     """The ``Unavailable`` text when every endpoint refused the handshake over a certificate (both clients
-    give up at once then, instead of retrying until their deadline)."""
-    return f"the TLS handshake failed over a certificate with every node ({last_error})"
+    give up at once then, instead of retrying until their deadline); for a write, whether it may have
+    been applied (only by an earlier attempt of the call: a refused handshake applies nothing)."""
+    return (f"the TLS handshake failed over a certificate with every node ({last_error})"
+            + ("; the write may or may not have been applied" if write and in_doubt else
+               "; the write was not applied" if write else ""))
 
 
 def encode_map_frame(obj: dict[str, Any], frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
