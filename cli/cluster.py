@@ -228,6 +228,23 @@ def _node_tls_argv(state: dict[str, Any], node_id: int) -> list[str]:
             "--key", str(certs / f"node-{node_id}.key")]
 
 
+# kv serve's options that `kv cluster up` sets anew each time it starts a stopped cluster (with their values)
+_RESET_OPTIONS = ("--engine", "--cacert", "--cert", "--key")
+
+
+def _respawn_argv(argv: list[str], node_id: int, engine: Engine, state: dict[str, Any]) -> list[str]:
+    """A stopped node's recorded ``kv serve`` argv, to start it again: this Python (the one recorded may be
+    a virtualenv removed since), ``engine``, and the TLS files of ``state`` (none without TLS)."""
+    kept = [sys.executable]
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in _RESET_OPTIONS:
+            next(args, None)
+        elif not arg.startswith(tuple(f"{option}=" for option in _RESET_OPTIONS)):
+            kept.append(arg)
+    return kept + ["--engine", engine.value] + _node_tls_argv(state, node_id)
+
+
 def query_statuses(endpoints: list[str], timeout: float, tls: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Node statuses from the client, or [] if none could be had (the nodes may be starting). The one-shot
     client: it asks every node at once, without starting trio (kv cluster status is a short process too)."""
@@ -482,13 +499,16 @@ def up_command(
         if engine is None:
             engine = Engine.core
         tls_files = _tls_of(old)  # up again on a stopped --tls cluster keeps TLS
+        changed_members = old is not None and bool(old.get("membership_changed"))
         if tls and not tls_files:
             from .certs import ADMIN_NAME, add_node, init_dir
 
             certs = cluster_dir / "certs"
             if not (certs / "ca.pem").exists():
                 init_dir(certs, nodes=nodes)
-            for i in range(1, nodes + 1):
+            # (after kv cluster add/remove the members' ids are not 1..N: each gets its certificate)
+            ids = [int(n["id"]) for n in old["nodes"]] if old is not None and changed_members else range(1, nodes + 1)
+            for i in ids:
                 if not (certs / f"node-{i}.pem").exists():
                     add_node(certs, i)
             tls_files = {"cacert": str(certs / "ca.pem"), "cert": str(certs / f"{ADMIN_NAME}.pem"),
@@ -513,7 +533,7 @@ def up_command(
             )
         peers = ",".join(f"{i + 1}={HOST}:{port}" for i, port in enumerate(ports))
         node_list: list[dict[str, Any]] = []
-        for i, port in enumerate(ports if old is None or not old.get("membership_changed") else []):
+        for i, port in enumerate([] if changed_members else ports):
             node_dir = cluster_dir / f"node-{i + 1}"
             # the server refuses a data dir holding files it does not know, so the log sits beside it
             data = node_dir / NODE_DATA_DIR_NAME
@@ -532,10 +552,16 @@ def up_command(
         }
         if tls_files:
             state["tls"] = tls_files  # the admin client's files: kv cluster commands and client commands use them
-        if old is not None and old.get("membership_changed"):
-            # kv cluster add/remove changed the members: start them as they were (their own argv)
+        if old is not None and changed_members:
+            # kv cluster add/remove changed the members: start them as they were (their own argv, on this
+            # Python, with the engine and TLS asked for now, as a cluster whose members did not change is)
             state = old
+            state["engine"] = engine.value
+            if tls_files:
+                state["tls"] = tls_files
             node_list = old["nodes"]
+            for node in node_list:
+                node["argv"] = _respawn_argv(node["argv"], int(node["id"]), engine, state)
             nodes = len(node_list)
         try:
             for node in node_list:

@@ -42,6 +42,7 @@ import trio
 
 from . import commands, descriptors, tls, wire
 from .events import WAKE, Proposal, Read
+from .frames import split_frames
 from .metrics import OUTCOME_OF_CODE, request_op
 from .netio import Outbox
 from .peers import remote_name, set_nodelay
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
     from .tls import Principal
 
 __all__ = ["ClientConn", "ClientLinks"]
+
+# How much of a plaintext client's first request a TLS-only node reads to address its refusal to it
+PLAINTEXT_PEEK_BYTES = 64 * 1024
 
 log = logging.getLogger("kvstore.server")
 
@@ -175,7 +179,11 @@ class ClientLinks:
                     self.silent[waiting] = trio.current_time()
                 try:
                     if isinstance(stream, tls.TlsStream):  # kv serve --cert: every connection (kvstore.tls)
-                        principal = await tls.handshake(stream, node, name)
+                        try:
+                            principal = await tls.handshake(stream, node, name)
+                        except tls.NotTls as exc:
+                            await self._refuse_plaintext(stream.transport_stream, name, exc.head)
+                            return
                         if principal is None:
                             return
                     frames = await reader.receive_frames()
@@ -281,6 +289,41 @@ class ClientLinks:
             id=request_id, code=wire.UNAVAILABLE, leader=None, refused=True,
             message=f"node {self.node.node_id} has all the client connections it takes ({self.connections_max}, "
                     "kv serve --max-client-connections): try another node, or later"))
+
+    async def _refuse_plaintext(self, transport: trio.abc.Stream, name: str, head: bytes) -> None:
+        """A client (or peer) without TLS dialed this TLS-only node: tell it so, in plaintext, addressed to
+        its first request (so that the client gives up at once instead of retrying until its timeout:
+        no node of a TLS cluster will take it), then the caller closes the connection. The request is
+        read up to ``PLAINTEXT_PEEK_BYTES`` and 1 s at most, never run."""
+        node = self.node
+        self.counters["tls_plaintext_refused"] += 1
+        log.warning("refused connection from %s: it does not speak TLS and node %d takes TLS only (a client "
+                    "without --cacert, --cert and --key, or a peer without --cert?)", name, node.node_id)
+        buffer = bytearray(head)
+        request_id = None
+        with trio.move_on_after(1):
+            while len(buffer) <= PLAINTEXT_PEEK_BYTES:
+                try:
+                    bodies = split_frames(buffer, node.options.frame_bytes_max)
+                except wire.WireError:
+                    break  # not even our frames: nothing to address the answer to
+                if bodies:
+                    request_id = wire.request_id_of(bodies[0])
+                    break
+                data = await transport.receive_some(PLAINTEXT_PEEK_BYTES)
+                if not data:
+                    return
+                buffer += data
+        reply = wire.ErrorReply(
+            id=request_id, code=wire.PROTOCOL, leader=None, refused=True,
+            message=f"node {node.node_id} takes TLS connections only: give the client the cluster's CA and a client "
+                    "certificate (kv --cacert, --cert and --key, or KV_CACERT, KV_CERT and KV_KEY); "
+                    "nothing of the request was run")
+        with trio.move_on_after(1):
+            try:
+                await transport.send_all(wire.encode_frame(reply))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # it went away: nothing more to tell it
 
     def _count_over_limit(self, name: str, how: str) -> None:
         """A connection refused because the client connections are at their limit: counted, and logged

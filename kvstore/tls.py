@@ -56,7 +56,7 @@ from .tlsfiles import (
 if TYPE_CHECKING:
     from .server import Node, ServerOptions
 
-__all__ = ["TlsError", "TlsFiles", "TlsTransport", "TlsListener", "Principal", "NODE_URI_PREFIX",
+__all__ = ["NotTls", "TlsError", "TlsFiles", "TlsTransport", "TlsListener", "Principal", "NODE_URI_PREFIX",
            "check_node_certificate", "client_context", "server_context", "peer_identity", "handshake", "check_peer",
            "check_dialed", "transport_for", "reload", "HANDSHAKE_SECONDS_DEFAULT", "TlsStream"]
 
@@ -128,6 +128,8 @@ async def handshake(stream: TlsStream, node: Node, name: str) -> Principal | Non
     try:
         with trio.move_on_after(timeout) as scope:
             await stream.do_handshake()
+    except NotTls:
+        raise  # the caller answers it in plaintext (kvstore.clients)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         node.counters["tls_handshakes_refused"] += 1
         cause = exc.__cause__ if exc.__cause__ is not None else exc
@@ -138,6 +140,15 @@ async def handshake(stream: TlsStream, node: Node, name: str) -> Principal | Non
         log.warning("closed connection from %s: no TLS handshake within %gs", name, timeout)
         return None
     return peer_identity(stream)
+
+
+class NotTls(trio.BrokenResourceError):
+    """The first bytes on a TLS listener are not a TLS record (a TLS client always starts with a
+    handshake record, type 0x16): a plaintext client or peer. ``head`` holds the bytes read."""
+
+    def __init__(self, head: bytes) -> None:
+        super().__init__("the other side does not speak TLS")
+        self.head = head
 
 
 class TlsStream(trio.abc.Stream):
@@ -170,10 +181,13 @@ class TlsStream(trio.abc.Stream):
         # set by an Outbox that seals for this stream (kvstore.netio.Outbox.attach)
         self.raw_sink: Callable[[bytes], object] | None = None
         self._handshaken = False
+        self._server_side = server_side
 
     async def do_handshake(self) -> None:
         """Run the handshake to its end; raises ``trio.BrokenResourceError`` (from the ``ssl.SSLError``)
-        if it fails or the other side closes. Unbounded in time: callers bound it."""
+        if it fails or the other side closes, ``NotTls`` (one of those) on a server whose client's first
+        bytes are not TLS. Unbounded in time: callers bound it."""
+        first = self._server_side
         while True:
             try:
                 self._ssl.do_handshake()
@@ -187,6 +201,9 @@ class TlsStream(trio.abc.Stream):
             data = await self.transport_stream.receive_some(_RECEIVE_BYTES)
             if not data:
                 raise trio.BrokenResourceError("the other side closed the connection during the TLS handshake")
+            if first and data[0] != _HANDSHAKE_RECORD:
+                raise NotTls(bytes(data))
+            first = False
             self._incoming.write(data)
         await self._send_pending()
         self._handshaken = True
@@ -254,6 +271,7 @@ class TlsStream(trio.abc.Stream):
 
 
 _RECEIVE_BYTES = 256 * 1024
+_HANDSHAKE_RECORD = 0x16  # the content type of a TLS record of the handshake: a ClientHello comes in one
 _RECORD_BYTES = 16 * 1024  # the most plaintext one TLS record carries
 
 

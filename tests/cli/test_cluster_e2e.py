@@ -231,7 +231,8 @@ def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     """``kv cluster add`` starts node 4, which joins as a learner and is promoted; ``kv cluster remove 1``
     removes the first node (the leader hands over if it was the leader) and stops it; the roles show in
     ``kv cluster status``; a node removed with ``kv member remove`` is dropped by ``kv cluster remove``;
-    after ``down``, ``up`` starts the members as they are now (2, 3)."""
+    after ``down``, ``up`` starts the members as they are now (2, 3), and ``up --tls`` starts them with
+    TLS on this Python even when the one recorded is gone."""
     base = free_base_port(4)
     kv("cluster", "up", "--detach", "--base-port", str(base))
     kv("put", "before", "1")
@@ -272,3 +273,22 @@ def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     assert sorted(r["id"] for r in kv.cluster_rows()) == [2, 3]
     kv.wait_converged(2)
     assert kv("get", "after").stdout.split() == [b"after", b"2"]
+
+    # Up again with --tls, the Python recorded for the nodes gone (a virtualenv replaced since): the
+    # members as they are now, started on this Python, serving TLS only, their data kept.
+    kv("cluster", "down")
+    state = kv.state()
+    gone = str(kv.cluster_dir / "gone-venv" / "python3")
+    for node in state["nodes"]:
+        node["argv"][0] = gone
+    (kv.cluster_dir / "cluster.json").write_text(json.dumps(state))
+    up = kv("cluster", "up", "--detach", "--tls")
+    assert b"export KV_CACERT=" in up.stdout, up.stdout
+    assert sorted(r["id"] for r in kv.cluster_rows()) == [2, 3]
+    for node in kv.state()["nodes"]:
+        argv = node["argv"]
+        assert argv[0] != gone and argv[argv.index("--cert") + 1].endswith(f"node-{node['id']}.pem"), argv
+    kv.wait_converged(2)
+    assert kv("get", "after").stdout.split() == [b"after", b"2"]  # (the default cluster's TLS files)
+    plain = kv("--endpoints", ",".join(kv.state()["endpoints"]), "get", "after", check=False)
+    assert plain.returncode == 1 and b"takes TLS connections only" in plain.stderr, plain.stderr

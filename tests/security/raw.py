@@ -83,5 +83,9 @@ def fake_peer_frames(claimed: int, cluster_id: str = "kv") -> bytes:
     return frame(hello) + frame(px)
 
 
+PUT_FRAME_ID = 1  # the frame id of put_frame's request
+
+
 def put_frame(key: str, value: str, request_id: int = 1) -> bytes:
-    return frame({"t": "put", "id": 1, "key": key, "value": value, "cid": b"p" * 16, "rq": request_id, "ack": 1})
+    return frame({"t": "put", "id": PUT_FRAME_ID, "key": key, "value": value, "cid": b"p" * 16, "rq": request_id,
+                  "ack": 1})

@@ -6,8 +6,9 @@ certificate of the CA and no rule. Raw connections (``raw.exchange``: plain TCP,
 files) send exact frames; the normal client and the ``kv`` command do the rest. Waiting is polling
 against deadlines; nothing asserts on timings. Checked:
 
-* plaintext clients and peers are refused at the TLS layer (no kv reply), nothing they sent is written,
-  a fake peer's heartbeat does not depose the leader;
+* plaintext clients and peers are refused before TLS: one plaintext ``protocol`` refusal addressed to
+  their first request, which both clients and ``kv`` report at once (not at their 60 s deadline);
+  nothing they sent is written, a fake peer's heartbeat does not depose the leader;
 * a client of a foreign CA (either way round) and a client with an expired certificate are refused;
 * the reader reads its prefix (keys and sub-ranges) and nothing else, and cannot write; a range read
   or a prefix delete wider than a grant is ``permission_denied``, as are membership and backups without
@@ -39,7 +40,7 @@ from kvstore.client import KVError, RequestError, Unavailable, connect
 
 from .cluster import TlsCluster
 from .pki import Pki
-from .raw import exchange, fake_peer_frames, put_frame, replies
+from .raw import PUT_FRAME_ID, exchange, fake_peer_frames, put_frame, replies
 
 pytestmark = pytest.mark.slow
 
@@ -126,22 +127,49 @@ def cluster(tmp_path_factory, pki):
         c.close()
 
 
+def only_tls_refusal(received: bytes, request_id: int | None) -> bool:
+    """``received`` is one refusal saying the node takes TLS only, addressed to ``request_id``."""
+    got = kv_replies(received)
+    return (len(got) == 1 and isinstance(got[0], wire.ErrorReply) and got[0].code == wire.PROTOCOL
+            and got[0].refused and got[0].id == request_id and "takes TLS connections only" in got[0].message)
+
+
 def test_plaintext_clients_and_peers_are_refused_and_nothing_is_written(cluster):
     leader = cluster.wait_leader()
     before = cluster.status(leader)
+    refused_before = {i: cluster.status(i)["counters"].get("tls_plaintext_refused", 0) for i in cluster.ports}
     for node_id, port in cluster.ports.items():
+        # A plaintext request gets one plaintext refusal, addressed to it, saying why: nothing else is read
         received, closed, name = exchange(port, put_frame("plain/k", "v"))
-        assert closed and not kv_replies(received), f"node {node_id} answered a plaintext put: {received!r}"
+        assert closed and only_tls_refusal(received, PUT_FRAME_ID), f"node {node_id} answered {received!r}"
         received, closed, _ = exchange(port, fake_peer_frames(2 if node_id != 2 else 3))
-        assert closed and not kv_replies(received), f"node {node_id} answered a plaintext peer: {received!r}"
-        poll(lambda name=name, node_id=node_id:
-             f"refused connection from {name}: TLS handshake failed" in cluster.log_text(node_id),
-             f"node {node_id}'s log line about {name}")
+        assert closed and only_tls_refusal(received, None), f"node {node_id} answered a plaintext peer: {received!r}"
+        poll(lambda node_id=node_id:
+             cluster.status(node_id)["counters"].get("tls_plaintext_refused", 0) >= refused_before[node_id] + 2,
+             f"node {node_id}'s count of plaintext connections refused")
+        poll(lambda node_id=node_id: "does not speak TLS and node" in cluster.log_text(node_id),
+             f"node {node_id}'s log line about a plaintext connection")
     from kvstore.client import Client
 
-    with Client(cluster.endpoints, timeout=2) as plain:
-        with pytest.raises(Unavailable):
+    # Both clients give up at once, with the reason, not at their deadline (60 s) saying "no answer"
+    with Client(cluster.endpoints, timeout=60) as plain:
+        with pytest.raises(RequestError) as refused:
             plain.put("plain/client", "v")
+    assert refused.value.code == wire.PROTOCOL and "takes TLS connections only" in str(refused.value)
+
+    async def put_async() -> RequestError:
+        async with connect(cluster.endpoints, timeout=60) as kv:
+            with pytest.raises(RequestError) as refused:
+                await kv.put("plain/async", "v")
+        return refused.value
+
+    refused_async = trio.run(put_async)
+    assert refused_async.code == wire.PROTOCOL and "takes TLS connections only" in str(refused_async)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KV_")}
+    cli = subprocess.run([sys.executable, "-m", "kv_cli", "--endpoints", ",".join(cluster.endpoints),
+                          "--command-timeout", "60", "put", "plain/cli", "v"], env=env, capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert cli.returncode == 1 and "takes TLS connections only" in cli.stderr and "Traceback" not in cli.stderr, cli
     with cluster.client() as admin:
         assert admin.list("plain/") == []
     after = cluster.status(leader)
