@@ -21,8 +21,9 @@ Files in the data directory::
 A log is named after the snapshot slot it starts after (``log-00000000000000000000.wal`` before the
 first snapshot), so the name alone says which snapshot a log belongs to.
 
-Log records. Each record is ``length`` (4 bytes, big endian) + ``crc32(payload)`` (4 bytes, big
-endian, ``zlib.crc32``) + ``payload``, a compact CBOR array::
+Log records. Each record is ``length`` (4 bytes, big endian) + ``crc32(payload) ^ position_mask(slot,
+offset)`` (4 bytes, big endian, ``zlib.crc32``; see "Records know their place") + ``payload``, a
+compact CBOR array::
 
     [0, [ballot_number, ballot_node_id]]                          PromiseRecord
     [1, slot, [ballot_number, ballot_node_id], [bytes, ...]]      AcceptRecord
@@ -46,6 +47,22 @@ file is fsynced before it is renamed into place, so all of it is durable once it
 ``fsync=False`` no mark is written (nothing is made durable). Marks are never handed to callers
 (``LogScan.records``, ``recovered``). A mark can only be believed where this module could have
 written it: at offset 0, or claiming no more than the bytes before it.
+
+Records know their place. A record's checksum is the crc32 of its payload XORed with a mask made of
+the log's slot (``log-<slot>.wal``) and the record's byte offset in it (``position_mask``: the crc32
+of the two as 8-byte ints, made odd so that it is never 0). A checksum of the payload alone passes a
+whole record wherever it lies, so a disk that writes a block to the wrong place (a misdirected write),
+returns a stale block, or a block of another file, would hand recovery a valid record where another
+was: the moved record read twice, the covered one silently gone. With the mask such a block fails its
+check where it lies: damage, judged by the rule below (refused when a mark says it was durable). It
+also makes a client value that holds record-shaped bytes much harder to pass for a record (or a
+mark) when a scan looks past damage: it would have to guess its own offset. The cost is one crc32 of
+16 bytes per record written and read. ``place_records`` applies the masks to a batch once its offset
+is known (``_write_pending``: the batch's mark, if any, goes in front, so offsets are known only
+then). A log of an older version has no masks (its first valid record checks only without one):
+recovery reads it so (``LogScan.placed`` is None) and this version goes on appending to it without
+masks, so a file never mixes the two; its next rewrite (a compaction) writes the masked form. Every
+log this version creates (the first one, a rewrite) has masks, fsync or not.
 
 Disk format. The presence of marks versions the log: a log with at least one mark was written by
 this version and is read with the rule below; a log with none (an older version's) is read with the
@@ -200,6 +217,7 @@ __all__ = [
     "DiskFailed",
     "OutOfDescriptors",
     "encode_records",
+    "place_records",
     "decode_log",
     "LogScan",
     "log_file_name",
@@ -213,8 +231,11 @@ META_NAME = "meta.json"
 LOCK_NAME = "LOCK"
 TMP_SUFFIX = ".tmp"
 
-RECORD_HEADER = struct.Struct(">II")  # payload length, crc32(payload)
+RECORD_HEADER = struct.Struct(">II")  # payload length, crc32(payload) (XOR the place's mask: place_records)
+_PLACE = struct.Struct(">QQ")  # what a record's place mask is made of: the log's slot, the record's offset
 RECORD_BYTES_MAX = 1 << 30  # a longer length field is damage, not a record (bounds memory on recovery)
+_HEADER_BYTES = RECORD_HEADER.size
+_unpack_header = RECORD_HEADER.unpack_from
 
 SNAPSHOT_MAGIC = b"KVSNAP\r\n"  # \r\n: a text-mode copy that mangles line ends breaks the magic
 SNAPSHOT_VERSION = 1
@@ -370,6 +391,29 @@ def _encoded_groups(records: Iterable[object]) -> Iterator[bytes]:
         yield b"".join(parts)
 
 
+def position_mask(file_slot: int, offset: int) -> int:
+    """What a record's crc32 is XORed with at byte ``offset`` of ``log-<file_slot>.wal`` (see "Records
+    know their place" in the module docstring). Always odd, so never 0: a record checks either with
+    its place or without one (a log of an older version), never both."""
+    return zlib.crc32(_PLACE.pack(file_slot, offset)) | 1
+
+
+def place_records(data: bytes | bytearray, start: int, file_slot: int) -> bytearray:
+    """``data`` (whole records as ``encode_records`` or ``_encode_mark`` frame them, with the crc32 of
+    their payload) made to check only at byte ``start`` of ``log-<file_slot>.wal`` and after: each
+    record's crc32 XORed with its place's ``position_mask``. A ``bytearray`` is changed in place."""
+    out = data if type(data) is bytearray else bytearray(data)
+    unpack = _unpack_header
+    pack_into = RECORD_HEADER.pack_into
+    pos = 0
+    end = len(out)
+    while pos < end:  # bounded: every pass moves past one whole record (>= 9 bytes)
+        length, crc = unpack(out, pos)
+        pack_into(out, pos, length, crc ^ position_mask(file_slot, start + pos))
+        pos += _HEADER_BYTES + length
+    return out
+
+
 class _SyncMark:
     """A sync mark read from a log: bytes [0, durable_end) of the file were durable before it was
     written (see "Sync marks" in the module docstring)."""
@@ -471,12 +515,10 @@ def _decode_payload(payload: bytes) -> Record:
     raise _BadRecord(f"unknown record shape (tag {tag!r}, {len(item)} fields)")
 
 
-_HEADER_BYTES = RECORD_HEADER.size
-_unpack_header = RECORD_HEADER.unpack_from
-
-
-def _record_at(buf: bytes, offset: int) -> tuple[Record | _SyncMark, int] | str:
+def _record_at(buf: bytes, offset: int, placed: int | None) -> tuple[Record | _SyncMark, int] | str:
     """The record starting at ``offset`` and the offset after it, or a reason why there is none.
+    ``placed``: the log's slot if its records know their place (``place_records``), None if not (a
+    log of an older version).
 
     A sync mark comes back as ``_SyncMark``. (Recovery runs this once per record: module-level
     names instead of attribute look-ups, and marks decoded without a CBOR decoder.)
@@ -493,6 +535,8 @@ def _record_at(buf: bytes, offset: int) -> tuple[Record | _SyncMark, int] | str:
     if stop > end:
         return f"payload of {length} bytes runs past the end of the file ({end - start} left)"
     payload = buf[start:stop]
+    if placed is not None:
+        crc ^= position_mask(placed, offset)
     if _crc32(payload) != crc:
         return "checksum mismatch"
     try:
@@ -503,7 +547,7 @@ def _record_at(buf: bytes, offset: int) -> tuple[Record | _SyncMark, int] | str:
         return f"bad payload: {exc}"
 
 
-def _valid_record_after(buf: bytes, offset: int, last: int) -> int | None:
+def _valid_record_after(buf: bytes, offset: int, last: int, placed: int | None) -> int | None:
     """The first offset above ``offset`` and below ``last`` where a whole valid record starts, or None.
 
     ``last`` bounds the search: a record starts with a non-zero length, so it starts before the
@@ -518,9 +562,30 @@ def _valid_record_after(buf: bytes, offset: int, last: int) -> int | None:
         length, _crc = unpack_from(buf, candidate)
         if length == 0 or length > end - candidate - header_size:
             continue
-        if not isinstance(_record_at(buf, candidate), str):
+        if not isinstance(_record_at(buf, candidate, placed), str):
             return candidate
     return None
+
+
+def _placed_of(buf: bytes, file_slot: int) -> int | None:
+    """Whether the records of a log named for ``file_slot`` know their place: ``file_slot`` if its first
+    valid record checks with its place (or it has none: a new log), None if it checks only without
+    (a log of an older version, which goes on without, until a compaction rewrites it)."""
+    if not isinstance(_record_at(buf, 0, file_slot), str):
+        return file_slot
+    if not isinstance(_record_at(buf, 0, None), str):
+        return None
+    # The first record is damaged: the first valid one after it tells (rare, so the slow way).
+    last = min(len(buf) - RECORD_HEADER.size, len(buf.rstrip(b"\0")))
+    for candidate in range(1, last):
+        length, _crc = _unpack_header(buf, candidate)
+        if length == 0 or length > len(buf) - candidate - _HEADER_BYTES:
+            continue
+        if not isinstance(_record_at(buf, candidate, file_slot), str):
+            return file_slot
+        if not isinstance(_record_at(buf, candidate, None), str):
+            return None
+    return file_slot
 
 
 class LogScan:
@@ -537,14 +602,17 @@ class LogScan:
     known then.
 
     ``damage_is_durable`` is the verdict: the damage may hold records that were durable, so the node
-    must not start; otherwise the bad bytes are a tail to cut (see the module docstring).
+    must not start; otherwise the bad bytes are a tail to cut (see the module docstring). ``placed``:
+    the log's slot if its records know their place, None if not (``_placed_of``).
     """
 
     __slots__ = ("records", "good_bytes", "bad_reason", "resync_offset", "zero_tail", "marked_end",
-                 "dropped_records")
+                 "dropped_records", "placed")
 
     def __init__(self, records: list[Record], good_bytes: int, bad_reason: str | None, resync_offset: int | None,
-                 zero_tail: int = 0, marked_end: int | None = None, dropped_records: int = 0) -> None:
+                 zero_tail: int = 0, marked_end: int | None = None, dropped_records: int = 0,
+                 placed: int | None = None) -> None:
+        self.placed = placed
         self.records = records
         self.good_bytes = good_bytes
         self.bad_reason = bad_reason
@@ -562,15 +630,23 @@ class LogScan:
         return self.good_bytes < self.marked_end
 
 
-def decode_log(buf: bytes) -> LogScan:
-    """Parse a whole log file's bytes; see the module docstring for the torn-tail rule."""
+def decode_log(buf: bytes, file_slot: int = 0) -> LogScan:
+    """Parse a whole log file's bytes (of ``log-<file_slot>.wal``); see the module docstring for the
+    torn-tail rule."""
+    placed = _placed_of(buf, file_slot)
+    scan = _decode_log(buf, placed)
+    scan.placed = placed
+    return scan
+
+
+def _decode_log(buf: bytes, placed: int | None) -> LogScan:
     records: list[Record] = []
     append = records.append
     marked_end: int | None = None
     offset = 0
     end = len(buf)
     while offset < end:  # bounded: every pass advances by a whole record (>= 9 bytes) or breaks
-        found = _record_at(buf, offset)
+        found = _record_at(buf, offset, placed)
         if isinstance(found, str):
             reason = found
             break
@@ -597,12 +673,12 @@ def decode_log(buf: bytes) -> LogScan:
     resync: int | None = None
     dropped = 0
     position = damage
-    while (candidate := _valid_record_after(buf, position, last)) is not None:
+    while (candidate := _valid_record_after(buf, position, last, placed)) is not None:
         if resync is None:
             resync = candidate
         position = candidate
         while position < end:  # bounded as above: whole records, then a bad one
-            found = _record_at(buf, position)
+            found = _record_at(buf, position, placed)
             if isinstance(found, str):
                 break
             record, after = found
@@ -730,6 +806,7 @@ class Storage:
         self._log_end = 0  # bytes of the current log file that hold whole, written records
         self._synced_end = 0  # bytes of the current log file known durable (only grows per log file)
         self._marked_end = 0  # the largest sync mark in the current log: a new one is due once above it
+        self._placed: int | None = None  # the current log's slot if its records know their place, else None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         # Set once, by the first fsync failure or non-ENOSPC write failure (see DiskFailed); the
@@ -862,16 +939,16 @@ class Storage:
         else:
             log_slot = 0
             # A new log starts with a sync mark (covering only itself): it says "this version wrote me".
-            self._write_file_atomically(log_file_name(0), _covering_mark(0) if self._fsync_enabled else b"",
-                                        None, None)
+            first = bytes(place_records(_covering_mark(0), 0, 0)) if self._fsync_enabled else b""
+            self._write_file_atomically(log_file_name(0), first, None, None)
 
         log_path = path / log_file_name(log_slot)
-        scan = self._read_log(log_path)
+        scan = self._read_log(log_path, log_slot)
         self.recovered = DurableState.replay(scan.records, snapshot_slot=snapshot_slot)
         # What recovery found counts as durable (_read_log fsynced it): it is all a later crash can be
         # measured against. After a cut no kept mark may cover the kept records: a new one is due.
         marked_end = (scan.marked_end or 0) if scan.bad_reason is None else 0
-        self._open_log(log_path, durable=True, end=scan.good_bytes, marked_end=marked_end)
+        self._open_log(log_path, durable=True, end=scan.good_bytes, marked_end=marked_end, placed=scan.placed)
 
         if log_slot != snapshot_slot:
             # A crash between the snapshot rename and the log rename: finish that compaction now.
@@ -943,7 +1020,7 @@ class Storage:
         config = self._meta.get("config")
         return config if isinstance(config, dict) else None
 
-    def _read_log(self, log_path: Path) -> LogScan:
+    def _read_log(self, log_path: Path, log_slot: int) -> LogScan:
         """Scan ``log_path``, cut a tail that is not durable (and, without preallocation, trailing
         zeros), and make what is kept durable (an fdatasync: a process that crashed before its fsync
         left its writes in the page cache, and a sync mark written from now on will say they are
@@ -954,7 +1031,7 @@ class Storage:
             buf = log_path.read_bytes()
         except OSError as exc:
             raise _io_error(f"cannot read log {log_path}", exc) from exc
-        scan = decode_log(buf)
+        scan = decode_log(buf, log_slot)
         cut = scan.good_bytes
         if scan.damage_is_durable:
             raise StorageError(self._damage_message(log_path, scan))
@@ -1050,7 +1127,7 @@ class Storage:
         except OSError as exc:
             raise self._fail(f"fsync of directory {path}", exc) from exc
 
-    def _write_all(self, fd: int, data: bytes) -> None:
+    def _write_all(self, fd: int, data: bytes | bytearray) -> None:
         view = memoryview(data)
         written = 0
         while written < len(data):  # bounded: every pass writes at least one byte or raises
@@ -1112,9 +1189,11 @@ class Storage:
             except OSError as exc:
                 raise self._fail(f"renaming {final}", exc) from exc
 
-    def _open_log(self, log_path: Path, *, durable: bool, end: int | None = None, marked_end: int = 0) -> None:
+    def _open_log(self, log_path: Path, *, durable: bool, end: int | None = None, marked_end: int = 0,
+                  placed: int | None) -> None:
         """Append to ``log_path`` from now on, at ``end`` (its records' end; default: the file's end);
-        ``durable``: the records count as fsynced; ``marked_end``: the largest sync mark it holds."""
+        ``durable``: the records count as fsynced; ``marked_end``: the largest sync mark it holds;
+        ``placed``: its slot if its records know their place (``place_records``), None if not."""
         try:
             fd = os.open(log_path, os.O_WRONLY)
             try:
@@ -1134,6 +1213,7 @@ class Storage:
         self._allocated = size
         self._synced_end = end if durable else 0
         self._marked_end = marked_end
+        self._placed = placed
 
     def _reserve(self, count: int) -> None:
         """With preallocation: make sure zeros are written (not yet fsynced) past ``count`` more bytes.
@@ -1196,7 +1276,7 @@ class Storage:
                 os.lseek(fd, room, os.SEEK_SET)
                 content = 0
                 for chunk in _encoded_groups(records()):
-                    self._write_all(fd, chunk)
+                    self._write_all(fd, place_records(chunk, room + content, slot))
                     content += len(chunk)
                 if not self._fsync_enabled:
                     return
@@ -1206,12 +1286,12 @@ class Storage:
                 os.ftruncate(fd, 0)
                 room = len(mark)
             os.lseek(fd, 0, os.SEEK_SET)
-            self._write_all(fd, mark)
+            self._write_all(fd, place_records(mark, 0, slot))
             marked_end = room + content
 
         self._write_file_atomically(name, write, "before_log_rename", "after_log_rename")
         # With fsync off nothing this Storage wrote is durable, not even a rewritten log.
-        self._open_log(self.path / name, durable=self._fsync_enabled, marked_end=marked_end)
+        self._open_log(self.path / name, durable=self._fsync_enabled, marked_end=marked_end, placed=slot)
 
     def _delete_older_than(self, slot: int) -> None:
         """Delete snapshots and logs of slots below ``slot`` (superseded by the ones at ``slot``)."""
@@ -1346,10 +1426,13 @@ class Storage:
             synced = self._synced_end
             if synced > self._marked_end:
                 mark_end = synced
+        data: bytes | bytearray
         if mark_end:
             data = b"".join([_encode_mark(mark_end), *self._pending])
         else:
             data = b"".join(self._pending)
+        if self._placed is not None:
+            data = place_records(data, start, self._placed)
         self._reserve(len(data))
         try:
             failpoints.hit("write_log")

@@ -40,6 +40,7 @@ from kvstore.storage import (
     decode_log,
     encode_records,
     log_file_name,
+    place_records,
 )
 from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
 from paxos.ballot import Ballot
@@ -47,6 +48,12 @@ from paxos.ballot import Ballot
 CLUSTER = "marks"
 PREALLOC = 16 * 1024
 SEEDS = range(150)
+
+
+def placed(data: bytes, slot: int = 0) -> bytes:
+    """``data``, whole records from the start of ``log-<slot>.wal``, as the log holds them (each record's
+    crc32 XORed with its place's mask: "Records know their place" in storage.py)."""
+    return bytes(place_records(data, 0, slot))
 
 
 def open_storage(path: Path, preallocate: int = PREALLOC, fsync: bool = True) -> Storage:
@@ -225,13 +232,15 @@ def test_a_mark_claiming_more_than_the_bytes_before_it_is_not_believed(tmp_path)
     be one this program wrote (only a file's first mark covers what follows it)."""
     records = [PromiseRecord(Ballot(1, 1)), AcceptRecord(1, Ballot(1, 1), (b"v",))]
     fresh = _covering_mark(0)
-    body = fresh + encode_records(records)
+    body = placed(fresh + encode_records(records))
     torn = b"\x00\x00\x01\x00garbage!"  # a record header whose payload never arrived
-    forged = _encode_mark(10**9)
+    # (placed where it lies: a value's bytes would have to guess their offset to pass for a mark)
+    forged = bytes(place_records(_encode_mark(10**9), len(body + torn), 0))
     scan = decode_log(body + torn + forged)
     assert scan.good_bytes == len(body) and scan.resync_offset == len(body + torn)
     assert scan.marked_end == len(fresh) and not scan.damage_is_durable
-    honest = _encode_mark(len(body) + 1)  # claims the damaged byte, and is after it: believed
+    # claims the damaged byte, and is after it: believed
+    honest = bytes(place_records(_encode_mark(len(body) + 1), len(body + torn), 0))
     assert decode_log(body + torn + honest).damage_is_durable
 
 
@@ -285,7 +294,7 @@ def test_marks_are_written_when_the_synced_end_moved_and_never_reach_callers(tmp
         end_b = storage.flush()  # the synced end moved past the last mark: a mark first
         storage.append(c)
         storage.flush()  # not synced since: no new mark
-    expected = fresh + encode_records(a) + _encode_mark(end_a) + encode_records(b) + encode_records(c)
+    expected = placed(fresh + encode_records(a) + _encode_mark(end_a) + encode_records(b) + encode_records(c))
     assert log_path(tmp_path).read_bytes() == expected
     assert end_b == len(fresh + encode_records(a) + _encode_mark(end_a) + encode_records(b))
     with open_storage(tmp_path, preallocate=0) as storage:
@@ -301,14 +310,14 @@ def test_without_fsync_no_marks_are_written(tmp_path):
         for record in records:
             storage.append([record])
             storage.sync()
-    assert log_path(tmp_path / "new").read_bytes() == encode_records(records)
+    assert log_path(tmp_path / "new").read_bytes() == placed(encode_records(records))
     with open_storage(tmp_path / "old", preallocate=0) as storage:
         storage.append(records[:1])
         storage.sync()
     with open_storage(tmp_path / "old", preallocate=0, fsync=False) as storage:
         storage.append(records[1:])
         storage.sync()
-    assert log_path(tmp_path / "old").read_bytes() == _covering_mark(0) + encode_records(records)
+    assert log_path(tmp_path / "old").read_bytes() == placed(_covering_mark(0) + encode_records(records))
 
 
 def test_a_rewritten_log_starts_with_a_mark_covering_it(tmp_path):
@@ -320,8 +329,8 @@ def test_a_rewritten_log_starts_with_a_mark_covering_it(tmp_path):
         storage.write_snapshot(4, b"four", state)
     data = (tmp_path / log_file_name(4)).read_bytes().rstrip(b"\0")
     body = encode_records(DurableState.replay(records, snapshot_slot=4).records())
-    assert data == _covering_mark(len(body)) + body
-    assert decode_log(data).marked_end == len(data)
+    assert data == placed(_covering_mark(len(body)) + body, 4)
+    assert decode_log(data, 4).marked_end == len(data)
     last_start = len(data) - len(encode_records(DurableState.replay(records, snapshot_slot=4).records()[-1:]))
     for what, damaged in [
         ("a flipped byte", data[:-2] + bytes([data[-2] ^ 1]) + data[-1:]),

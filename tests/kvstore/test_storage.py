@@ -36,6 +36,7 @@ from kvstore.storage import (
     _encode_mark,
     encode_records,
     log_file_name,
+    place_records,
     snapshot_file_name,
 )
 from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord, pack_value
@@ -43,7 +44,16 @@ from paxos.ballot import Ballot
 
 CLUSTER = "test"
 # A log this version creates starts with a sync mark covering itself (see "Sync marks" in storage.py).
-FRESH = _covering_mark(0)
+FRESH_RAW = _covering_mark(0)
+
+
+def placed(data: bytes, slot: int = 0) -> bytes:
+    """``data``, whole records from the start of ``log-<slot>.wal``, as the log holds them: each record's
+    crc32 XORed with its place's mask ("Records know their place" in storage.py)."""
+    return bytes(place_records(data, 0, slot))
+
+
+FRESH = placed(FRESH_RAW)
 
 
 def open_storage(path: Path, node_id: int = 1, cluster_id: str = CLUSTER, fsync: bool = True) -> Storage:
@@ -315,7 +325,7 @@ def test_log_rewrite_is_written_in_pieces_never_whole(tmp_path, monkeypatch):
     assert len(log_writes) > 10
     assert max(log_writes) < 256 + largest_record
     # The same bytes as a rewrite written whole: the mark covering the file, then the records.
-    assert (tmp_path / log_file_name(5)).read_bytes() == _covering_mark(len(content)) + content
+    assert (tmp_path / log_file_name(5)).read_bytes() == placed(_covering_mark(len(content)) + content, 5)
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records, snapshot_slot=5)
 
@@ -337,7 +347,7 @@ def test_log_rewrite_widens_its_mark_when_the_length_needs_it(tmp_path, monkeypa
     _writes, state = _compact_with_writes_seen(tmp_path, monkeypatch, records, chunk_bytes=256)
     content = encode_records(state.records())
     data = (tmp_path / log_file_name(5)).read_bytes()
-    assert data == wide_from_1k(len(content)) + content
+    assert data == placed(wide_from_1k(len(content)) + content, 5)
     assert len(data) == len(_covering_mark(len(content))) + 4 + len(content)
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records, snapshot_slot=5)
@@ -351,7 +361,7 @@ def test_log_rewrite_without_fsync_has_no_mark(tmp_path):
         state = DurableState.replay(records)
         state.compact(5)
         storage.write_snapshot(5, b"five", state)
-    assert (tmp_path / log_file_name(5)).read_bytes() == encode_records(state.records())
+    assert (tmp_path / log_file_name(5)).read_bytes() == placed(encode_records(state.records()), 5)
 
 
 def test_second_snapshot_replaces_the_first(tmp_path):
@@ -519,7 +529,7 @@ def test_flipped_byte_in_a_middle_record_is_refused_with_file_and_offset(tmp_pat
         storage.sync()
     full = log_path.read_bytes()
     ends = record_ends(records)
-    assert full[ends[-1]:] == _encode_mark(ends[-1]) + encode_records(later)
+    assert full == placed(FRESH_RAW + encode_records(records) + _encode_mark(ends[-1]) + encode_records(later))
     victim = 3  # a record with whole records after it
     start, end = ends[victim - 1], ends[victim]
     for offset in range(start, end):
@@ -569,7 +579,7 @@ def test_cut_anywhere_recovers_the_longest_whole_prefix(tmp_path_factory, record
     data_dir = tmp_path_factory.mktemp("cut")
     log_path = write_log(data_dir, records)
     full = log_path.read_bytes()
-    assert full == FRESH + encode_records(records)
+    assert full == placed(FRESH_RAW + encode_records(records))
     cut = int(len(full) * cut_fraction)
     log_path.write_bytes(full[:cut])
     whole = sum(1 for end in record_ends(records) if end <= cut)
@@ -597,7 +607,7 @@ def test_preallocated_log_writes_records_over_zeros_and_recovers_them(tmp_path):
         storage.sync()
         end = storage.log_bytes
         data = only_log(tmp_path).read_bytes()
-        assert data[:end] == FRESH + encode_records(first)
+        assert data[:end] == placed(FRESH_RAW + encode_records(first))
         assert len(data) >= end + PREALLOC and data[end:] == bytes(len(data) - end)  # zeros ahead
         storage.append(second)
         storage.sync()
@@ -665,7 +675,7 @@ def test_opening_a_preallocated_log_without_preallocation_cuts_the_zeros(tmp_pat
         storage.sync()
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records)
-    assert only_log(tmp_path).read_bytes() == FRESH + encode_records(records)
+    assert only_log(tmp_path).read_bytes() == placed(FRESH_RAW + encode_records(records))
 
 
 def test_torn_record_before_preallocated_zeros_is_cut_at_every_offset(tmp_path, caplog):
@@ -734,7 +744,7 @@ def test_full_disk_while_preallocating_still_writes_the_records(tmp_path, monkey
             storage.sync()
     assert any("cannot preallocate" in message for message in caplog.messages)
     monkeypatch.undo()
-    assert only_log(tmp_path).read_bytes() == FRESH + encode_records(records)
+    assert only_log(tmp_path).read_bytes() == placed(FRESH_RAW + encode_records(records))
     with open_preallocated(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records)
 
@@ -753,8 +763,8 @@ def test_enospc_on_write_with_preallocation_cuts_back_and_the_retry_lands_in_pla
     storage.sync()
     storage.close()
     # The retried batch starts with a mark covering the first batch, as the failed attempt did.
-    assert only_log(tmp_path).read_bytes().startswith(
-        FRESH + encode_records(first) + _encode_mark(len(FRESH + encode_records(first))) + encode_records(second))
+    assert only_log(tmp_path).read_bytes().startswith(placed(
+        FRESH_RAW + encode_records(first) + _encode_mark(len(FRESH + encode_records(first))) + encode_records(second)))
     with open_preallocated(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(first + second)
 
