@@ -29,6 +29,7 @@ compact CBOR array::
     [1, slot, [ballot_number, ballot_node_id], [bytes, ...]]      AcceptRecord
     [2, slot, [bytes, ...]]                                       DecideRecord
     [3, durable_end]                                              sync mark (internal, see below)
+    [3, durable_end, size]                                        sync mark claiming a length too
 
 Group commit. ``append`` only encodes and buffers. ``sync`` joins the buffer into one ``write`` and
 makes it durable with one ``fdatasync`` (skipped when the Storage was opened with ``fsync=False``).
@@ -47,6 +48,26 @@ file is fsynced before it is renamed into place, so all of it is durable once it
 ``fsync=False`` no mark is written (nothing is made durable). Marks are never handed to callers
 (``LogScan.records``, ``recovered``). A mark can only be believed where this module could have
 written it: at offset 0, or claiming no more than the bytes before it.
+
+A log cut short. Marks could not tell a log cut at a record boundary (a file system that loses the
+end of a file; a truncation by hand) from a shorter log: the cut takes the marks that would prove its
+lost end was durable, and the scan sees a clean log, so the node would start without votes it may
+have promised to keep. So a mark also claims a length: ``[3, durable_end, size]`` says the file was
+at least ``size`` bytes long when the fsync that made ``durable_end`` durable began (fdatasync commits
+a length that grew, so that length is durable). With preallocation the file is longer than its
+records (the zeros ahead), so the claim reaches past every record the mark's batch and the next ones
+write, and a surviving mark sees the cut: a file shorter than the largest length a believed mark
+claims (``LogScan.claimed_size``; the first mark of a file written whole claims all of it) is refused
+at open, like damage to durable bytes. A new log, first or rewritten, comes with its preallocated
+zeros and a first mark claiming them, so the claim covers a log from its first record. For the claim
+to hold, the store never makes a log shorter than its marks claim: a torn tail or zeros cut at open
+keep the file's length up to the largest claim (a hole of zeros), a batch cut back after ENOSPC keeps
+the length it had, and preallocation that fails gives back only zeros past every claim. The claim is
+written only when it says more than ``durable_end`` (the long form, 28 bytes; otherwise the short
+form as before). What stays open: without preallocation (``preallocate=0``) there is nothing ahead of
+the records to claim, so a cut at a record boundary still passes; with it, a cut that keeps every
+byte a surviving mark claims, i.e. one inside the records written past a preallocation step before
+the next mark claims the new length (a few batches per step).
 
 Records know their place. A record's checksum is the crc32 of its payload XORed with a mask made of
 the log's slot (``log-<slot>.wal``) and the record's byte offset in it (``position_mask``: the crc32
@@ -74,13 +95,13 @@ no downgrade once this version has written a batch.
 Preallocated log space (``Storage.open(..., preallocate=N)``, the server's default is 1 MiB). Growing
 a file changes its size, so an fdatasync after an append must also commit the file system's journal;
 overwriting bytes the file already has does not. So the log keeps up to ``N`` bytes of zeros written
-ahead of its last record and writes records over them (``_reserve``). The end of the log is then the
-end of its records, not of the file: recovery reads records until the first bad one, and if nothing
-but zeros follows (and no sync mark covers those bytes), that is the unused space
-(``LogScan.zero_tail``), kept for later records. Zeros
-are never a record (a record's length is never 0), so the torn-tail rule below is unchanged; it only
-skips the trailing zeros when it looks for a valid record after damage. Without preallocation,
-trailing zeros are cut off at open, as before.
+ahead of its last record and writes records over them (``_reserve``); a new log comes with them.
+The end of the log is then the end of its records, not of the file: recovery reads records until the
+first bad one, and if nothing but zeros follows (and no sync mark covers those bytes), that is the
+unused space (``LogScan.zero_tail``), kept for later records. Zeros are never a record (a record's
+length is never 0), so the torn-tail rule below is unchanged; it only skips the trailing zeros when
+it looks for a valid record after damage. Without preallocation, trailing zeros are cut off at open,
+down to the length the marks claim (see "A log cut short").
 
 Snapshot and compaction (``write_snapshot(slot, data, state)``), in this order:
 
@@ -145,9 +166,9 @@ What marks cannot tell (the residual window, liveness and safety costs stated ho
 Errors. ``StorageError`` for damage, misuse of the directory, or I/O errors that change nothing
 (opening, listing, reading, deleting a file). Its subclasses:
 
-* ``StorageFull``: a write (not an fsync) failed with ``ENOSPC``. The log is truncated back to where
-  the failed batch began (so the file ends with whole records and recovery sees everything synced
-  before), the batch stays buffered, and a later ``sync`` retries it; the node refuses writes
+* ``StorageFull``: a write (not an fsync) failed with ``ENOSPC``. The log is cut back to where the
+  failed batch began (zeros from there, the file keeping its length: recovery sees everything synced
+  before, then zeros), the batch stays buffered, and a later ``sync`` retries it; the node refuses writes
   meanwhile. A snapshot or rewritten log that hits ENOSPC (writing or renaming) leaves the old files
   in place. ENOSPC while writing the preallocated zeros only logs a warning (no preallocation then).
 * ``DiskFailed``: an fsync failed (the log's fdatasync in ``sync`` or ``fsync_through`` or at open, a
@@ -416,30 +437,40 @@ def place_records(data: bytes | bytearray, start: int, file_slot: int) -> bytear
 
 class _SyncMark:
     """A sync mark read from a log: bytes [0, durable_end) of the file were durable before it was
-    written (see "Sync marks" in the module docstring)."""
+    written, and the file was at least ``size`` bytes long then, durably (see "Sync marks" and "A
+    log cut short" in the module docstring; ``size`` is ``durable_end`` in the short form)."""
 
-    __slots__ = ("durable_end",)
+    __slots__ = ("durable_end", "size")
 
-    def __init__(self, durable_end: int) -> None:
+    def __init__(self, durable_end: int, size: int = 0) -> None:
         self.durable_end = durable_end
+        self.size = max(size, durable_end)
 
 
-def _encode_mark(durable_end: int) -> bytes:
-    """The log bytes of one sync mark ``[3, durable_end]``: 15 bytes (19 for a log over 4 GiB).
+def _encode_mark(durable_end: int, size: int = 0) -> bytes:
+    """The log bytes of one sync mark: ``[3, durable_end]`` (15 bytes, 19 for a log over 4 GiB) when
+    ``size`` (the file's durable length it claims) is not above ``durable_end``, else
+    ``[3, durable_end, size]`` (28 bytes, both ints 8 bytes wide).
 
     The int is always written 4 bytes wide (8 from 4 GiB on), valid CBOR if not the shortest, so
     that recovery can decode a mark with one length test instead of a CBOR decoder.
     """
-    if durable_end < 1 << 32:
+    if size > durable_end:
+        payload = b"\x83\x03\x1b" + durable_end.to_bytes(8, "big") + b"\x1b" + size.to_bytes(8, "big")
+    elif durable_end < 1 << 32:
         payload = b"\x82\x03\x1a" + durable_end.to_bytes(4, "big")
     else:
         payload = b"\x82\x03\x1b" + durable_end.to_bytes(8, "big")
     return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _covering_mark(content_bytes: int) -> bytes:
+def _covering_mark(content_bytes: int, zeros: int = 0) -> bytes:
     """The mark that starts a file written whole (then fsynced and renamed into place): it covers
-    itself and the ``content_bytes`` that follow it."""
+    itself and the ``content_bytes`` that follow it, and claims the ``zeros`` preallocated after them
+    (the long form, always 28 bytes, when there are any)."""
+    if zeros:
+        total = content_bytes + len(_encode_mark(0, 1))
+        return _encode_mark(total, total + zeros)
     total = content_bytes + len(_encode_mark(0))
     if total >= 1 << 32:  # the wider form, which itself stays wide
         total = content_bytes + len(_encode_mark(1 << 32))
@@ -480,15 +511,18 @@ def _decode_value(item: object) -> tuple[bytes, ...]:
     return tuple(item)
 
 
-_MARK_TAG_BYTE = bytes([_TAG_SYNC_MARK])  # after 0x82 (a CBOR array of 2): the tag of a sync mark
+_MARK_TAG_BYTE = bytes([_TAG_SYNC_MARK])  # after 0x82 or 0x83 (a CBOR array of 2 or 3): a sync mark's tag
+_MARK_ARRAY_BYTES = (0x82, 0x83)
 _crc32 = zlib.crc32
 def _decode_mark(payload: bytes) -> _SyncMark:
     """A sync mark from a payload starting with 0x82 0x03 (``[3, ...]``), as ``_encode_mark`` writes
     it, without a CBOR decoder (a mark per group commit would otherwise add a decoder's cost per
     batch to recovery)."""
     size = len(payload)
-    if (size == 7 and payload[2] == 0x1A) or (size == 11 and payload[2] == 0x1B):
+    if payload[0] == 0x82 and ((size == 7 and payload[2] == 0x1A) or (size == 11 and payload[2] == 0x1B)):
         return _SyncMark(int.from_bytes(payload[3:], "big"))
+    if size == 20 and payload[0] == 0x83 and payload[2] == 0x1B and payload[11] == 0x1B:
+        return _SyncMark(int.from_bytes(payload[3:11], "big"), int.from_bytes(payload[12:], "big"))
     raise _BadRecord(f"not a sync mark: {payload!r}")
 
 
@@ -540,7 +574,7 @@ def _record_at(buf: bytes, offset: int, placed: int | None) -> tuple[Record | _S
     if _crc32(payload) != crc:
         return "checksum mismatch"
     try:
-        if payload[0] == 0x82 and payload[1:2] == _MARK_TAG_BYTE:
+        if payload[1:2] == _MARK_TAG_BYTE and payload[0] in _MARK_ARRAY_BYTES:
             return _decode_mark(payload), stop
         return _decode_payload(payload), stop
     except _BadRecord as exc:
@@ -603,16 +637,19 @@ class LogScan:
 
     ``damage_is_durable`` is the verdict: the damage may hold records that were durable, so the node
     must not start; otherwise the bad bytes are a tail to cut (see the module docstring). ``placed``:
-    the log's slot if its records know their place, None if not (``_placed_of``).
+    the log's slot if its records know their place, None if not (``_placed_of``). ``claimed_size``:
+    the largest file length the believed marks say was durable (0: none says), which the file must
+    still have ("A log cut short" in the module docstring).
     """
 
     __slots__ = ("records", "good_bytes", "bad_reason", "resync_offset", "zero_tail", "marked_end",
-                 "dropped_records", "placed")
+                 "dropped_records", "placed", "claimed_size")
 
     def __init__(self, records: list[Record], good_bytes: int, bad_reason: str | None, resync_offset: int | None,
                  zero_tail: int = 0, marked_end: int | None = None, dropped_records: int = 0,
-                 placed: int | None = None) -> None:
+                 placed: int | None = None, claimed_size: int = 0) -> None:
         self.placed = placed
+        self.claimed_size = claimed_size
         self.records = records
         self.good_bytes = good_bytes
         self.bad_reason = bad_reason
@@ -634,12 +671,16 @@ def decode_log(buf: bytes, file_slot: int = 0) -> LogScan:
     """Parse a whole log file's bytes (of ``log-<file_slot>.wal``); see the module docstring for the
     torn-tail rule."""
     placed = _placed_of(buf, file_slot)
-    scan = _decode_log(buf, placed)
+    claims = [0]
+    scan = _decode_log(buf, placed, claims)
     scan.placed = placed
+    scan.claimed_size = claims[0]
     return scan
 
 
-def _decode_log(buf: bytes, placed: int | None) -> LogScan:
+def _decode_log(buf: bytes, placed: int | None, claims: list[int]) -> LogScan:
+    """``decode_log`` for a log whose place masks are known; ``claims[0]`` becomes the largest size
+    a believed mark claims."""
     records: list[Record] = []
     append = records.append
     marked_end: int | None = None
@@ -652,8 +693,11 @@ def _decode_log(buf: bytes, placed: int | None) -> LogScan:
             break
         record, after = found
         if isinstance(record, _SyncMark):
-            if _believed(record, offset) and (marked_end is None or record.durable_end > marked_end):
-                marked_end = record.durable_end
+            if _believed(record, offset):
+                if marked_end is None or record.durable_end > marked_end:
+                    marked_end = record.durable_end
+                if record.size > claims[0]:
+                    claims[0] = record.size
         else:
             append(record)
         offset = after
@@ -683,6 +727,8 @@ def _decode_log(buf: bytes, placed: int | None) -> LogScan:
                 break
             record, after = found
             if type(record) is _SyncMark:
+                if _believed(record, position) and record.size > claims[0]:
+                    claims[0] = record.size
                 if _believed(record, position) and (marked_end is None or record.durable_end > marked_end):
                     marked_end = record.durable_end
                     if marked_end > damage:  # durable damage: nothing later changes the verdict
@@ -806,6 +852,10 @@ class Storage:
         self._log_end = 0  # bytes of the current log file that hold whole, written records
         self._synced_end = 0  # bytes of the current log file known durable (only grows per log file)
         self._marked_end = 0  # the largest sync mark in the current log: a new one is due once above it
+        # The current log's length when its last fsync began (durable once it returned; the file never
+        # gets shorter than that: see "A log cut short"), and the largest length a mark in it claims
+        self._synced_size = 0
+        self._marked_size = 0
         self._placed: int | None = None  # the current log's slot if its records know their place, else None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -939,7 +989,9 @@ class Storage:
         else:
             log_slot = 0
             # A new log starts with a sync mark (covering only itself): it says "this version wrote me".
-            first = bytes(place_records(_covering_mark(0), 0, 0)) if self._fsync_enabled else b""
+            # With preallocation, its zeros come with it and the mark claims them (see "A log cut short").
+            first = (bytes(place_records(_covering_mark(0, self._preallocate), 0, 0)) + bytes(self._preallocate)
+                     if self._fsync_enabled else b"")
             self._write_file_atomically(log_file_name(0), first, None, None)
 
         log_path = path / log_file_name(log_slot)
@@ -948,7 +1000,8 @@ class Storage:
         # What recovery found counts as durable (_read_log fsynced it): it is all a later crash can be
         # measured against. After a cut no kept mark may cover the kept records: a new one is due.
         marked_end = (scan.marked_end or 0) if scan.bad_reason is None else 0
-        self._open_log(log_path, durable=True, end=scan.good_bytes, marked_end=marked_end, placed=scan.placed)
+        self._open_log(log_path, durable=True, end=scan.good_bytes, marked_end=marked_end, placed=scan.placed,
+                       marked_size=scan.claimed_size)
 
         if log_slot != snapshot_slot:
             # A crash between the snapshot rename and the log rename: finish that compaction now.
@@ -1035,8 +1088,19 @@ class Storage:
         cut = scan.good_bytes
         if scan.damage_is_durable:
             raise StorageError(self._damage_message(log_path, scan))
-        if scan.bad_reason is None and (not scan.zero_tail or self._preallocate):
-            # Clean (a preallocated log keeps its zeros for later records): make it durable as read.
+        if len(buf) < scan.claimed_size:
+            raise StorageError(
+                f"log {log_path} is {len(buf)} bytes long, but a sync mark in it says it was {scan.claimed_size} "
+                f"bytes long when an fsync made it durable: its end was cut off, and with it records this node "
+                f"may have acknowledged (votes it may have promised to keep). Do not start it as it is: "
+                f"restore the data dir from a backup of this node, or replace the node (kv member remove, then "
+                f"add a new member under a new id); see docs/operations.md, \"A damaged log\"")
+        # Never shorter than a mark says the file was durably: zeros (a hole) stand for what is cut below
+        # that, so that the next open finds the length every mark claims ("A log cut short").
+        keep = max(cut, scan.claimed_size)
+        if scan.bad_reason is None and (not scan.zero_tail or self._preallocate or keep >= len(buf)):
+            # Clean (a preallocated log keeps its zeros for later records, and any log the zeros a mark
+            # says were durable): make it durable as read.
             if self._fsync_enabled and cut:
                 try:
                     fd = os.open(log_path, os.O_WRONLY)
@@ -1048,7 +1112,7 @@ class Storage:
                     os.close(fd)
             return scan
         if scan.bad_reason is None:
-            log.info("log %s: cutting %d bytes of zeros after the last record", log_path, scan.zero_tail)
+            log.info("log %s: cutting %d bytes of zeros after the last record", log_path, len(buf) - keep)
         elif scan.marked_end is None:
             log.warning(
                 "log %s: cutting a torn tail of %d bytes at byte offset %d (%s); the log has no sync "
@@ -1065,6 +1129,8 @@ class Storage:
             fd = os.open(log_path, os.O_WRONLY)
             try:
                 os.ftruncate(fd, cut)
+                if keep > cut:
+                    os.ftruncate(fd, keep)
                 if self._fsync_enabled:
                     self._fsync(fd, f"fsync of log {log_path} after cutting its tail at byte offset {cut}",
                                 "fsync_file", self._fdatasync)
@@ -1190,10 +1256,11 @@ class Storage:
                 raise self._fail(f"renaming {final}", exc) from exc
 
     def _open_log(self, log_path: Path, *, durable: bool, end: int | None = None, marked_end: int = 0,
-                  placed: int | None) -> None:
+                  placed: int | None, marked_size: int = 0) -> None:
         """Append to ``log_path`` from now on, at ``end`` (its records' end; default: the file's end);
-        ``durable``: the records count as fsynced; ``marked_end``: the largest sync mark it holds;
-        ``placed``: its slot if its records know their place (``place_records``), None if not."""
+        ``durable``: the records count as fsynced (and the file's length); ``marked_end``: the largest
+        sync mark it holds, ``marked_size`` the largest length one claims; ``placed``: its slot if its
+        records know their place (``place_records``), None if not."""
         try:
             fd = os.open(log_path, os.O_WRONLY)
             try:
@@ -1214,6 +1281,8 @@ class Storage:
         self._synced_end = end if durable else 0
         self._marked_end = marked_end
         self._placed = placed
+        self._synced_size = size if durable else 0
+        self._marked_size = marked_size
 
     def _reserve(self, count: int) -> None:
         """With preallocation: make sure zeros are written (not yet fsynced) past ``count`` more bytes.
@@ -1264,14 +1333,16 @@ class Storage:
         a spike of that size on the node's peak memory at every snapshot.
         """
         name = log_file_name(slot)
-        marked_end = 0
+        marked_end = marked_size = 0
 
         def write(fd: int) -> None:
-            nonlocal marked_end
+            nonlocal marked_end, marked_size
             # It is fsynced before it gets its name: a mark at its front may cover all of it. The mark
             # holds the file's length, known at the end: room for it first, the mark written last. Its
             # width depends on that length (wider from 4 GiB on): if the room was too small, write again.
-            room = len(_covering_mark(0)) if self._fsync_enabled else 0
+            # With preallocation its zeros are written too, and the mark claims them ("A log cut short").
+            zeros = self._preallocate if self._fsync_enabled else 0
+            room = len(_covering_mark(0, zeros)) if self._fsync_enabled else 0
             while True:  # at most twice: the second pass leaves the widest room
                 os.lseek(fd, room, os.SEEK_SET)
                 content = 0
@@ -1280,18 +1351,22 @@ class Storage:
                     content += len(chunk)
                 if not self._fsync_enabled:
                     return
-                mark = _covering_mark(content)
+                mark = _covering_mark(content, zeros)
                 if len(mark) == room:
                     break
                 os.ftruncate(fd, 0)
                 room = len(mark)
+            if zeros:
+                self._write_all(fd, bytes(zeros))
             os.lseek(fd, 0, os.SEEK_SET)
             self._write_all(fd, place_records(mark, 0, slot))
             marked_end = room + content
+            marked_size = marked_end + zeros
 
         self._write_file_atomically(name, write, "before_log_rename", "after_log_rename")
         # With fsync off nothing this Storage wrote is durable, not even a rewritten log.
-        self._open_log(self.path / name, durable=self._fsync_enabled, marked_end=marked_end, placed=slot)
+        self._open_log(self.path / name, durable=self._fsync_enabled, end=marked_end or None, marked_end=marked_end,
+                       placed=slot, marked_size=marked_size)
 
     def _delete_older_than(self, slot: int) -> None:
         """Delete snapshots and logs of slots below ``slot`` (superseded by the ones at ``slot``)."""
@@ -1420,15 +1495,17 @@ class Storage:
         if not self._pending:
             return
         start = self._log_end
-        mark_end = 0
+        mark_end = mark_size = 0
         if self._fsync_enabled:
-            # fsync_through may move _synced_end on meanwhile: a stale value only claims less.
+            # fsync_through may move _synced_end (and _synced_size) on meanwhile: a stale value only
+            # claims less. (Read the size first: it was set after the end, by the same fsync.)
+            mark_size = self._synced_size
             synced = self._synced_end
             if synced > self._marked_end:
                 mark_end = synced
         data: bytes | bytearray
         if mark_end:
-            data = b"".join([_encode_mark(mark_end), *self._pending])
+            data = b"".join([_encode_mark(mark_end, mark_size), *self._pending])
         else:
             data = b"".join(self._pending)
         if self._placed is not None:
@@ -1442,14 +1519,20 @@ class Storage:
         self._log_end = start + len(data)
         if mark_end:
             self._marked_end = mark_end
+            if mark_size > self._marked_size:
+                self._marked_size = mark_size
         self._pending.clear()
         self._pending_bytes = 0
 
     def _fdatasync_log(self) -> None:
         """fdatasync the current log; any failure breaks the Storage (``DiskFailed``). Touches only the
-        descriptor and ``failure`` (``fsync_through`` runs it in a worker thread)."""
+        descriptor, ``failure`` and ``_synced_size`` (``fsync_through`` runs it in a worker thread)."""
         fd = self._log_fd
         assert fd is not None
+        # What was written before the fdatasync began, zeros ahead included, is durable once it returns
+        # (fdatasync commits a length that grew). Both only grow while a worker syncs: the owner's
+        # cuts keep the file's length (_cut_back), and write or preallocate only after the file has grown.
+        size = max(self._allocated, self._log_end)
         try:
             failpoints.hit("before_fsync")
             failpoints.hit("fsync")
@@ -1458,6 +1541,8 @@ class Storage:
             failpoints.hit("after_fsync")
         except OSError as exc:
             raise self._fail(f"fdatasync of log {self._log_path}", exc) from exc
+        if size > self._synced_size:
+            self._synced_size = size
 
     def fsync_through(self, end: int) -> None:
         """Make the log durable at least up to byte ``end`` (one fdatasync; no-op with fsync off or if
@@ -1493,13 +1578,18 @@ class Storage:
             # No fsync of the cut: it would likely fail like the write did, and it is not needed. If
             # the cut bytes come back after a crash they are whole records nobody was told about (a
             # legal acceptor state, like a lost reply) or a torn tail, which open cuts off. The next
-            # successful sync's fsync makes the cut durable along with the retried batch.
+            # successful sync's fsync makes the cut durable along with the retried batch. The file keeps
+            # its length (zeros where the batch was: a hole, no space needed): a mark may claim that
+            # length was durable, and a log shorter than a claim is refused at open ("A log cut short").
+            length_before = os.fstat(self._log_fd).st_size
             os.ftruncate(self._log_fd, start)
+            if length_before > start:
+                os.ftruncate(self._log_fd, length_before)
             os.lseek(self._log_fd, start, os.SEEK_SET)  # the retry writes the batch here again
         except OSError as cut_exc:
             raise self._fail(f"{where} (no space left) and then cutting the log back", cut_exc) from exc
         self._log_end = start
-        self._allocated = start
+        self._allocated = max(start, length_before)
         raise StorageFull(
             f"{where}: no space left on device; the log was cut back to {start} bytes (everything "
             f"synced before is intact); the batch was not written"
@@ -1587,8 +1677,9 @@ class Storage:
         """Test seam: act like a power cut, then close; reopen the directory to see what survived.
         Buffered records are dropped.
 
-        Without ``rng``: the log is truncated to its last fsync (preallocated zeros go too: they may
-        not survive either). With a ``random.Random``: unsynced pages are written back in any order,
+        Without ``rng``: the log is cut back to its last fsync: the bytes written after it are gone,
+        and the file has the length it had at that fsync (zeros past its records). With a
+        ``random.Random``: unsynced pages are written back in any order,
         so every ``page_bytes`` page of the file (aligned to file offsets) that holds bytes of the
         unsynced region ``[synced end, file size)`` independently keeps those bytes as written or has
         them zeroed, each with probability 1/2; the file size is kept (the size may reach the disk
@@ -1599,7 +1690,13 @@ class Storage:
         if page_bytes < 1:
             raise ValueError(f"page_bytes must be >= 1, got {page_bytes}")
         if rng is None:
+            # What the last fsync made durable stays: the records through _synced_end and the length
+            # the file had (the zeros ahead); bytes written since over that length go back to zeros.
+            size = os.fstat(self._log_fd).st_size
+            keep = max(self._synced_end, self._synced_size)
             os.ftruncate(self._log_fd, self._synced_end)
+            if min(size, keep) > self._synced_end:
+                os.ftruncate(self._log_fd, min(size, keep))
         else:
             size = os.fstat(self._log_fd).st_size
             page = self._synced_end - self._synced_end % page_bytes

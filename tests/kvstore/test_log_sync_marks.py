@@ -215,8 +215,9 @@ def test_damage_to_the_newest_fsynced_batch_no_mark_covers_is_cut_with_a_warning
     path = log_path(tmp_path)
     data = bytearray(path.read_bytes())
     scan = decode_log(bytes(data))
-    last_start = len(_covering_mark(0)) + len(encode_records(first)) + len(_encode_mark(1))
-    assert scan.marked_end == last_start - len(_encode_mark(1))  # its own mark covers what came before it
+    # (the last batch's mark also claims the file's length, preallocated: the long form)
+    last_start = len(_covering_mark(0, PREALLOC)) + len(encode_records(first)) + len(_encode_mark(1, 2))
+    assert scan.marked_end == last_start - len(_encode_mark(1, 2))  # its own mark covers what came before it
     data[last_start + RECORD_HEADER.size + 3] ^= 0x10  # inside the accept of the last batch
     path.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING, logger="kvstore.storage"):
@@ -327,14 +328,17 @@ def test_a_rewritten_log_starts_with_a_mark_covering_it(tmp_path):
         state = DurableState.replay(records)
         state.compact(4)
         storage.write_snapshot(4, b"four", state)
-    data = (tmp_path / log_file_name(4)).read_bytes().rstrip(b"\0")
+    whole = (tmp_path / log_file_name(4)).read_bytes()
+    data = whole.rstrip(b"\0")
+    zeros = whole[len(data):]  # preallocated with the file, and claimed by its mark
     body = encode_records(DurableState.replay(records, snapshot_slot=4).records())
-    assert data == placed(_covering_mark(len(body)) + body, 4)
-    assert decode_log(data, 4).marked_end == len(data)
+    assert data == placed(_covering_mark(len(body), PREALLOC) + body, 4) and len(zeros) >= PREALLOC
+    scan = decode_log(whole, 4)
+    assert scan.marked_end == len(data) and scan.claimed_size == len(data) + PREALLOC
     last_start = len(data) - len(encode_records(DurableState.replay(records, snapshot_slot=4).records()[-1:]))
     for what, damaged in [
-        ("a flipped byte", data[:-2] + bytes([data[-2] ^ 1]) + data[-1:]),
-        ("zeros where its last record was", data[:last_start] + bytes(len(data) - last_start)),
+        ("a flipped byte", data[:-2] + bytes([data[-2] ^ 1]) + data[-1:] + zeros),
+        ("zeros where its last record was", data[:last_start] + bytes(len(data) - last_start) + zeros),
     ]:
         # The last record of the rewritten log is covered by its first mark, even with nothing after it.
         (tmp_path / log_file_name(4)).write_bytes(damaged)

@@ -335,7 +335,8 @@ def test_log_rewrite_widens_its_mark_when_the_length_needs_it(tmp_path, monkeypa
     the rewrite starts again with the room it needs. (Played with a mark that widens from 1 KB.)"""
     import kvstore.storage as storage_module
 
-    def wide_from_1k(content_bytes):
+    def wide_from_1k(content_bytes, zeros=0):
+        assert zeros == 0  # (no preallocation here)
         if content_bytes < 1024:
             return _covering_mark(content_bytes)
         total = content_bytes + len(_encode_mark(1 << 32))
@@ -600,6 +601,11 @@ def open_preallocated(path: Path, preallocate: int = PREALLOC) -> Storage:
     return Storage.open(path, node_id=1, cluster_id=CLUSTER, preallocate=preallocate)
 
 
+# A preallocated log's first mark also claims the zeros that come with the new file ("A log cut short")
+PFRESH_RAW = _covering_mark(0, PREALLOC)
+PFRESH = placed(PFRESH_RAW)
+
+
 def test_preallocated_log_writes_records_over_zeros_and_recovers_them(tmp_path):
     first, second = sample_records(4), [DecideRecord(9, (b"nine",)), PromiseRecord(Ballot(7, 1))]
     with open_preallocated(tmp_path) as storage:
@@ -607,15 +613,17 @@ def test_preallocated_log_writes_records_over_zeros_and_recovers_them(tmp_path):
         storage.sync()
         end = storage.log_bytes
         data = only_log(tmp_path).read_bytes()
-        assert data[:end] == placed(FRESH_RAW + encode_records(first))
-        assert len(data) >= end + PREALLOC and data[end:] == bytes(len(data) - end)  # zeros ahead
+        assert data[:end] == placed(PFRESH_RAW + encode_records(first))
+        # zeros ahead: the new log came with PREALLOC of them, and the batch fit in them
+        assert len(data) == len(PFRESH) + PREALLOC and data[end:] == bytes(len(data) - end)
         storage.append(second)
         storage.sync()
     size = only_log(tmp_path).stat().st_size
     with open_preallocated(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(first + second)
-        # the records' end (with the first log's mark and the mark before the second batch), not the file's
-        assert storage.log_bytes == len(FRESH + encode_records(first + second) + _encode_mark(1))
+        # the records' end (with the first log's mark and the mark before the second batch, which also
+        # claims the file's length: the long form), not the file's
+        assert storage.log_bytes == len(PFRESH + encode_records(first + second) + _encode_mark(1, 2))
         third = [AcceptRecord(10, Ballot(7, 1), (b"ten",))]
         storage.append(third)  # goes on right after the records, over the zeros
         storage.sync()
@@ -668,14 +676,17 @@ def test_a_preallocation_that_fails_never_writes_zeros_over_synced_records(tmp_p
         assert storage.recovered == DurableState.replay(records)
 
 
-def test_opening_a_preallocated_log_without_preallocation_cuts_the_zeros(tmp_path):
+def test_opening_a_preallocated_log_without_preallocation_keeps_the_zeros_its_marks_claim(tmp_path):
     records = sample_records(3)
     with open_preallocated(tmp_path) as storage:
         storage.append(records)
         storage.sync()
+    before = only_log(tmp_path).read_bytes()
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records)
-    assert only_log(tmp_path).read_bytes() == placed(FRESH_RAW + encode_records(records))
+    # The first mark says the file was this long, durably: a shorter one would be a log cut short.
+    assert only_log(tmp_path).read_bytes() == before == placed(PFRESH_RAW + encode_records(records)) + bytes(
+        len(before) - len(PFRESH_RAW + encode_records(records)))
 
 
 def test_torn_record_before_preallocated_zeros_is_cut_at_every_offset(tmp_path, caplog):
@@ -686,7 +697,7 @@ def test_torn_record_before_preallocated_zeros_is_cut_at_every_offset(tmp_path, 
         storage.sync()
     log_path = only_log(tmp_path)
     full = log_path.read_bytes()
-    ends = record_ends(records)
+    ends = record_ends(records, base=len(PFRESH))
     last_start = ends[-2]
     for cut in range(last_start, ends[-1]):
         if not any(full[cut:ends[-1]]):
@@ -737,14 +748,15 @@ def test_full_disk_while_preallocating_still_writes_the_records(tmp_path, monkey
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "pwrite", no_space)
-    records = sample_records(3)
+    # more than the new log's zeros: the next ones must be written, and cannot
+    records = sample_records(3) + [AcceptRecord(9, Ballot(1, 1), (b"z" * 2 * PREALLOC,))]
     with caplog.at_level(logging.WARNING, logger="kvstore.storage"):
         with open_preallocated(tmp_path) as storage:
             storage.append(records)
             storage.sync()
     assert any("cannot preallocate" in message for message in caplog.messages)
     monkeypatch.undo()
-    assert only_log(tmp_path).read_bytes() == placed(FRESH_RAW + encode_records(records))
+    assert only_log(tmp_path).read_bytes() == placed(PFRESH_RAW + encode_records(records))
     with open_preallocated(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records)
 
@@ -754,6 +766,7 @@ def test_enospc_on_write_with_preallocation_cuts_back_and_the_retry_lands_in_pla
     storage = open_preallocated(tmp_path)
     storage.append(first)
     storage.sync()
+    synced_size = only_log(tmp_path).stat().st_size  # the records and the zeros ahead, durable
     storage._write = enospc_after(7)  # a partial record, then the disk is full
     second = [DecideRecord(3, (b"three",))]
     storage.append(second)
@@ -762,9 +775,11 @@ def test_enospc_on_write_with_preallocation_cuts_back_and_the_retry_lands_in_pla
     storage._write = os.write
     storage.sync()
     storage.close()
-    # The retried batch starts with a mark covering the first batch, as the failed attempt did.
+    # The retried batch starts with a mark covering the first batch (and the length the file had), as
+    # the failed attempt did.
+    mark = _encode_mark(len(PFRESH + encode_records(first)), synced_size)
     assert only_log(tmp_path).read_bytes().startswith(placed(
-        FRESH_RAW + encode_records(first) + _encode_mark(len(FRESH + encode_records(first))) + encode_records(second)))
+        PFRESH_RAW + encode_records(first) + mark + encode_records(second)))
     with open_preallocated(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(first + second)
 
@@ -822,13 +837,15 @@ def test_enospc_on_write_raises_storage_full_and_keeps_synced_records(tmp_path, 
     storage = open_storage(tmp_path)
     storage.append(synced)
     storage.sync()
-    good_size = only_log(tmp_path).stat().st_size
+    good = only_log(tmp_path).read_bytes()
     storage._write = enospc_after(budget)  # the partial write leaves `budget` bytes behind, then fails
     lost = [AcceptRecord(50, Ballot(3, 1), (b"x" * 100,))]
     storage.append(lost)
     with pytest.raises(StorageFull, match="no space left on device"):
         storage.sync()
-    assert only_log(tmp_path).stat().st_size == good_size  # cut back to whole records
+    # Cut back to whole records: zeros where the partial batch was (the file keeps its length, which
+    # a mark may claim was durable)
+    assert only_log(tmp_path).read_bytes() == good + bytes(budget)
     storage.close()
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(synced)

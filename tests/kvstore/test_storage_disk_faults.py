@@ -332,7 +332,8 @@ def test_preallocation_eio_is_disk_failed_but_enospc_is_not(monkeypatch, tmp_pat
 
         storage = open_storage(data_dir, preallocate=4096)
         monkeypatch.setattr(os, "pwrite", failing_pwrite)
-        storage.append(FIRST)
+        # more than the zeros the new log came with: the next ones must be written
+        storage.append(FIRST + [AcceptRecord(2, Ballot(2, 1), (b"x" * 8192,))])
         try:
             if expect_failed:
                 with pytest.raises(DiskFailed, match="preallocating"):
