@@ -155,6 +155,54 @@ def test_corrupt_record_in_the_middle_of_the_log_is_refused(tmp_path, engine):
     assert "corrupt" in proc.stderr and log.name in proc.stderr, proc.stderr
 
 
+def record_starts(data: bytes) -> list[int]:
+    """Where the records of a log start (walking their 4-byte lengths; each has an 8-byte header)."""
+    starts, position = [], 0
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        if length == 0:
+            break
+        starts.append(position)
+        position += 8 + length
+    return starts
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_log_cut_short_at_a_record_boundary_is_refused(tmp_path, engine):
+    """A file system that lost the end of the log: a clean, shorter log to the scan, refused all the same
+    (a mark claims the length the file had when it was made durable)."""
+    node = OneNode(tmp_path, engine=engine)
+    node.run_and_fill(60)
+    (log,) = node.data.glob("log-*.wal")
+    data = log.read_bytes()
+    starts = record_starts(data)
+    cut = starts[len(starts) * 2 // 3]
+    log.write_bytes(data[:cut])
+    proc = node.start_expect_refusal()
+    assert f"{log.name} is {cut} bytes long" in proc.stderr and "its end was cut off" in proc.stderr, proc.stderr
+    assert log.read_bytes() == data[:cut]  # refused, nothing "repaired"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_record_written_in_the_wrong_place_is_refused(tmp_path, engine):
+    """A misdirected write: a whole, valid record of the log copied over another of the same size."""
+    node = OneNode(tmp_path, engine=engine)
+    node.run_and_fill(60)
+    (log,) = node.data.glob("log-*.wal")
+    data = bytearray(log.read_bytes())
+    starts = record_starts(bytes(data))
+    sizes: dict[int, list[int]] = {}
+    for start, end in zip(starts, starts[1:]):
+        sizes.setdefault(end - start, []).append(start)
+    size, same = max(sizes.items(), key=lambda item: len(item[1]))
+    assert len(same) >= 4, sizes
+    source, target = same[0], same[len(same) // 2]
+    data[target:target + size] = data[source:source + size]
+    log.write_bytes(bytes(data))
+    proc = node.start_expect_refusal()
+    assert f"corrupt at byte offset {target} (checksum mismatch)" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_truncated_snapshot_is_refused(tmp_path, engine):
     node = OneNode(tmp_path, "--snapshot-every", "20", engine=engine)
