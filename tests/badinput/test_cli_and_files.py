@@ -5,7 +5,8 @@ end with an error on stderr (one line for the program's own errors), exit code 2
 operation failed), and never a Python traceback.
 
 Files: a node is run, written to and stopped; then its data directory is damaged (a corrupt record in
-the middle of the log, a truncated snapshot) or handed to another node id or cluster id. ``kv serve``
+the middle of the log, a log cut short at a record boundary, a record written over another, a
+truncated snapshot) or handed to another node id or cluster id. ``kv serve``
 must refuse to start: exit non-zero within seconds, with a message naming the problem. The data
 directory cases run for both engines (``kv serve --engine core|classic``, issue 18): the directory is
 written and reopened by a node of the engine under test.
@@ -192,7 +193,7 @@ def test_a_record_written_in_the_wrong_place_is_refused(tmp_path, engine):
     data = bytearray(log.read_bytes())
     starts = record_starts(bytes(data))
     sizes: dict[int, list[int]] = {}
-    for start, end in zip(starts, starts[1:]):
+    for start, end in zip(starts, starts[1:], strict=False):
         sizes.setdefault(end - start, []).append(start)
     size, same = max(sizes.items(), key=lambda item: len(item[1]))
     assert len(same) >= 4, sizes
