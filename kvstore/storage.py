@@ -159,9 +159,10 @@ What marks cannot tell (the residual window, liveness and safety costs stated ho
   per group commit.
 * A client value is stored verbatim inside records, so it can contain bytes that form a valid mark.
   Found by the scan inside a torn record, such a forged mark can claim bytes past the damage (up to
-  its own offset; one that claims more is not believed) and turn a torn tail into a refusal: a
-  liveness cost (an operator is needed), never a lost record. Logs without marks had the same
-  problem with any valid-looking record.
+  its own offset; one that claims more is not believed), or a length past the file's end, and turn a
+  torn tail into a refusal: a liveness cost (an operator is needed), never a lost record. Logs without
+  marks had the same problem with any valid-looking record. In a log whose records know their place,
+  such bytes would also have to guess their own offset.
 
 Errors. ``StorageError`` for damage, misuse of the directory, or I/O errors that change nothing
 (opening, listing, reading, deleting a file). Its subclasses:
@@ -727,13 +728,14 @@ def _decode_log(buf: bytes, placed: int | None, claims: list[int]) -> LogScan:
                 break
             record, after = found
             if type(record) is _SyncMark:
-                if _believed(record, position) and record.size > claims[0]:
-                    claims[0] = record.size
-                if _believed(record, position) and (marked_end is None or record.durable_end > marked_end):
-                    marked_end = record.durable_end
-                    if marked_end > damage:  # durable damage: nothing later changes the verdict
-                        return LogScan(records, damage, reason, resync,
-                                       marked_end=marked_end, dropped_records=dropped)
+                if _believed(record, position):
+                    if record.size > claims[0]:
+                        claims[0] = record.size
+                    if marked_end is None or record.durable_end > marked_end:
+                        marked_end = record.durable_end
+                        if marked_end > damage:  # durable damage: nothing later changes the verdict
+                            return LogScan(records, damage, reason, resync,
+                                           marked_end=marked_end, dropped_records=dropped)
             else:
                 dropped += 1
             position = after

@@ -240,6 +240,7 @@ def test_a_mark_claiming_more_than_the_bytes_before_it_is_not_believed(tmp_path)
     scan = decode_log(body + torn + forged)
     assert scan.good_bytes == len(body) and scan.resync_offset == len(body + torn)
     assert scan.marked_end == len(fresh) and not scan.damage_is_durable
+    assert scan.dropped_records == 0  # a mark, believed or not, is no record
     # claims the damaged byte, and is after it: believed
     honest = bytes(place_records(_encode_mark(len(body) + 1), len(body + torn), 0))
     assert decode_log(body + torn + honest).damage_is_durable
