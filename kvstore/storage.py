@@ -255,6 +255,7 @@ TMP_SUFFIX = ".tmp"
 
 RECORD_HEADER = struct.Struct(">II")  # payload length, crc32(payload) (XOR the place's mask: place_records)
 _PLACE = struct.Struct(">QQ")  # what a record's place mask is made of: the log's slot, the record's offset
+_pack_place = _PLACE.pack
 RECORD_BYTES_MAX = 1 << 30  # a longer length field is damage, not a record (bounds memory on recovery)
 _HEADER_BYTES = RECORD_HEADER.size
 _unpack_header = RECORD_HEADER.unpack_from
@@ -362,8 +363,10 @@ def _record_item(record: object) -> list[object]:
     raise TypeError(f"not a durable record: {record!r}")
 
 
-def encode_records(records: Iterable[object]) -> bytes:
-    """The log bytes for ``records``: each framed as length, crc32, CBOR payload; joined once.
+def encode_records(records: Iterable[object], at: int | None = None, file_slot: int = 0) -> bytes:
+    """The log bytes for ``records``: each framed as length, crc32, CBOR payload; joined once. With
+    ``at``, placed at byte ``at`` of ``log-<file_slot>.wal`` (each crc32 XORed with its place's mask:
+    what ``place_records`` does, in the same pass).
 
     Raises ``TypeError`` for anything that is not a well-formed record (nothing is returned then).
     """
@@ -381,11 +384,20 @@ def encode_records(records: Iterable[object]) -> bytes:
     parts: list[bytes | memoryview] = []
     with stream.getbuffer() as body:
         start = 0
-        for end in ends:
-            payload = body[start:end]
-            parts.append(pack(end - start, crc32(payload)))
-            parts.append(payload)
-            start = end
+        if at is None:
+            for end in ends:
+                payload = body[start:end]
+                parts.append(pack(end - start, crc32(payload)))
+                parts.append(payload)
+                start = end
+        else:
+            offset = at  # where the record's header goes: its payload's start plus the headers before it
+            for end in ends:
+                payload = body[start:end]
+                parts.append(pack(end - start, crc32(payload) ^ position_mask(file_slot, offset)))
+                parts.append(payload)
+                offset += _HEADER_BYTES + end - start
+                start = end
         out = b"".join(parts)
         for part in parts:
             if isinstance(part, memoryview):
@@ -417,7 +429,7 @@ def position_mask(file_slot: int, offset: int) -> int:
     """What a record's crc32 is XORed with at byte ``offset`` of ``log-<file_slot>.wal`` (see "Records
     know their place" in the module docstring). Always odd, so never 0: a record checks either with
     its place or without one (a log of an older version), never both."""
-    return zlib.crc32(_PLACE.pack(file_slot, offset)) | 1
+    return zlib.crc32(_pack_place(file_slot, offset)) | 1
 
 
 def place_records(data: bytes | bytearray, start: int, file_slot: int) -> bytearray:
@@ -448,10 +460,11 @@ class _SyncMark:
         self.size = max(size, durable_end)
 
 
-def _encode_mark(durable_end: int, size: int = 0) -> bytes:
+def _encode_mark(durable_end: int, size: int = 0, at: int | None = None, file_slot: int = 0) -> bytes:
     """The log bytes of one sync mark: ``[3, durable_end]`` (15 bytes, 19 for a log over 4 GiB) when
     ``size`` (the file's durable length it claims) is not above ``durable_end``, else
-    ``[3, durable_end, size]`` (28 bytes, both ints 8 bytes wide).
+    ``[3, durable_end, size]`` (28 bytes, both ints 8 bytes wide). With ``at``, placed at byte ``at``
+    of ``log-<file_slot>.wal`` (as ``place_records`` would).
 
     The int is always written 4 bytes wide (8 from 4 GiB on), valid CBOR if not the shortest, so
     that recovery can decode a mark with one length test instead of a CBOR decoder.
@@ -462,7 +475,8 @@ def _encode_mark(durable_end: int, size: int = 0) -> bytes:
         payload = b"\x82\x03\x1a" + durable_end.to_bytes(4, "big")
     else:
         payload = b"\x82\x03\x1b" + durable_end.to_bytes(8, "big")
-    return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    crc = zlib.crc32(payload) if at is None else zlib.crc32(payload) ^ position_mask(file_slot, at)
+    return RECORD_HEADER.pack(len(payload), crc) + payload
 
 
 def _covering_mark(content_bytes: int, zeros: int = 0) -> bytes:
@@ -1459,9 +1473,30 @@ class Storage:
         buffering any of them), ``StorageError`` if the Storage is closed or broken.
         """
         self._check_usable()
-        data = encode_records(records)
+        pending = self._pending
+        at = self._log_end + self._pending_bytes
+        mark = b""
+        mark_end = mark_size = 0
+        if not pending and self._fsync_enabled:
+            # A batch's first append: a sync mark goes in front if the synced end moved past the last
+            # mark. fsync_through may move _synced_end (and _synced_size) on meanwhile: a stale value
+            # only claims less, and the next batch's mark says the rest. (The size first: it was set
+            # after the end, by the same fsync.) Deciding here, not when the batch is written, fixes
+            # every record's offset now, so that its place's mask goes in with its crc32.
+            mark_size = self._synced_size
+            mark_end = self._synced_end
+            if mark_end > self._marked_end:
+                placed = self._placed
+                mark = _encode_mark(mark_end, mark_size, None if placed is None else at, placed or 0)
+        placed = self._placed
+        data = encode_records(records, None if placed is None else at + len(mark), placed or 0)
         if data:
-            self._pending.append(data)
+            if mark:
+                data = mark + data
+                self._marked_end = mark_end
+                if mark_size > self._marked_size:
+                    self._marked_size = mark_size
+            pending.append(data)
             self._pending_bytes += len(data)
 
     def sync(self) -> None:
@@ -1497,21 +1532,9 @@ class Storage:
         if not self._pending:
             return
         start = self._log_end
-        mark_end = mark_size = 0
-        if self._fsync_enabled:
-            # fsync_through may move _synced_end (and _synced_size) on meanwhile: a stale value only
-            # claims less. (Read the size first: it was set after the end, by the same fsync.)
-            mark_size = self._synced_size
-            synced = self._synced_end
-            if synced > self._marked_end:
-                mark_end = synced
-        data: bytes | bytearray
-        if mark_end:
-            data = b"".join([_encode_mark(mark_end, mark_size), *self._pending])
-        else:
-            data = b"".join(self._pending)
-        if self._placed is not None:
-            data = place_records(data, start, self._placed)
+        # (the batch's mark, if any, and every record's place were fixed by append)
+        pending = self._pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
         self._reserve(len(data))
         try:
             failpoints.hit("write_log")
@@ -1519,10 +1542,6 @@ class Storage:
         except OSError as exc:
             self._cut_back(start, len(data), exc)
         self._log_end = start + len(data)
-        if mark_end:
-            self._marked_end = mark_end
-            if mark_size > self._marked_size:
-                self._marked_size = mark_size
         self._pending.clear()
         self._pending_bytes = 0
 
@@ -1534,7 +1553,7 @@ class Storage:
         # What was written before the fdatasync began, zeros ahead included, is durable once it returns
         # (fdatasync commits a length that grew). Both only grow while a worker syncs: the owner's
         # cuts keep the file's length (_cut_back), and write or preallocate only after the file has grown.
-        size = max(self._allocated, self._log_end)
+        size = self._allocated if self._allocated > self._log_end else self._log_end
         try:
             failpoints.hit("before_fsync")
             failpoints.hit("fsync")
