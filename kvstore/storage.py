@@ -83,7 +83,15 @@ is known (``_write_pending``: the batch's mark, if any, goes in front, so offset
 then). A log of an older version has no masks (its first valid record checks only without one):
 recovery reads it so (``LogScan.placed`` is None) and this version goes on appending to it without
 masks, so a file never mixes the two; its next rewrite (a compaction) writes the masked form. Every
-log this version creates (the first one, a rewrite) has masks, fsync or not.
+log this version creates (the first one, a rewrite) has masks, fsync or not, and starts with a fence
+(``_FENCE``, 19 bytes, no record of this version): what the version before reads as a sync mark at
+offset 0 claiming far more than the file holds, so that it refuses such a log as damaged durable
+bytes. Without the fence it found no valid record in it and cut it all as a torn tail: a rollback
+would have wiped the node's votes. A log written with fsync on has its covering mark right after the
+fence, both written whole (fsynced before the file got its name), so damage to either is durable
+damage (``LogScan.damaged_start``); a log written with fsync off has the other fence
+(``_FENCE_NO_SYNC``) and its first record may be torn like any other. A founded member's log that
+holds a fence (or the start of one) alone was cut short and is refused like an empty one.
 
 Disk format. The presence of marks versions the log: a log with at least one mark was written by
 this version and is read with the rule below; a log with none (an older version's) is read with the
@@ -479,23 +487,37 @@ def _encode_mark(durable_end: int, size: int = 0, at: int | None = None, file_sl
     return RECORD_HEADER.pack(len(payload), crc) + payload
 
 
-def _covering_mark(content_bytes: int, zeros: int = 0) -> bytes:
-    """The mark that starts a file written whole (then fsynced and renamed into place): it covers
-    itself and the ``content_bytes`` that follow it, and claims the ``zeros`` preallocated after them
-    (the long form, always 28 bytes, when there are any)."""
+def _covering_mark(content_bytes: int, zeros: int = 0, before: int = 0) -> bytes:
+    """The mark that starts a file written whole (then fsynced and renamed into place), after the
+    ``before`` bytes of its fence: it covers them, itself and the ``content_bytes`` that follow it, and
+    claims the ``zeros`` preallocated after them (the long form, always 28 bytes, when there are any)."""
     if zeros:
-        total = content_bytes + len(_encode_mark(0, 1))
+        total = before + content_bytes + len(_encode_mark(0, 1))
         return _encode_mark(total, total + zeros)
-    total = content_bytes + len(_encode_mark(0))
+    total = before + content_bytes + len(_encode_mark(0))
     if total >= 1 << 32:  # the wider form, which itself stays wide
-        total = content_bytes + len(_encode_mark(1 << 32))
+        total = before + content_bytes + len(_encode_mark(1 << 32))
     return _encode_mark(total)
 
 
-def _believed(mark: _SyncMark, offset: int) -> bool:
+# The first bytes of every log whose records know their place (see "Records know their place"): what
+# the version before reads as a sync mark at offset 0 claiming about 5.4e18 durable bytes, so that it
+# refuses such a log (damage below a mark: its checksums fail on the masked records) rather than take
+# them for a torn tail and cut them all. This version skips it: the log's records start after it. With
+# fsync on the first of them is the log's covering mark, and fence and mark were written whole (fsynced
+# before the file got its name): damage to either is damage to durable bytes. A log written with fsync
+# off starts with the other fence, and its first record may be torn like any later one.
+_FENCE = _encode_mark(int.from_bytes(b"KVPLACED", "big"))
+_FENCE_NO_SYNC = _encode_mark(int.from_bytes(b"KVPLACE0", "big"))
+FENCE_BYTES = len(_FENCE)
+assert len(_FENCE_NO_SYNC) == FENCE_BYTES
+
+
+def _believed(mark: _SyncMark, offset: int, first: int = 0) -> bool:
     """Whether a mark found at ``offset`` can be one this module wrote: a mark in a batch claims at
-    most the bytes before it; only the mark that starts a file written whole covers what follows."""
-    return offset == 0 or mark.durable_end <= offset
+    most the bytes before it; only the mark that starts a file written whole (at ``first``: 0, or
+    after the fence) covers what follows."""
+    return offset == first or mark.durable_end <= offset
 
 
 class _BadRecord(ValueError):
@@ -617,10 +639,12 @@ def _valid_record_after(buf: bytes, offset: int, last: int, placed: int | None) 
 
 
 def _placed_of(buf: bytes, file_slot: int) -> int | None:
-    """Whether the records of a log named for ``file_slot`` know their place: ``file_slot`` if its first
-    valid record checks with its place (or it has none: a new log), None if it checks only without
-    (a log of an older version, which goes on without, until a compaction rewrites it)."""
-    if not isinstance(_record_at(buf, 0, file_slot), str):
+    """Whether the records of a log named for ``file_slot`` know their place: ``file_slot`` if it starts
+    with the fence or its first valid record checks with its place, None if that one checks only
+    without (a log of an older version, which goes on without, until a compaction rewrites it) or
+    the file holds no valid record at all."""
+    if (buf.startswith(_FENCE) or buf.startswith(_FENCE_NO_SYNC)
+            or not isinstance(_record_at(buf, FENCE_BYTES, file_slot), str)):
         return file_slot
     if not isinstance(_record_at(buf, 0, None), str):
         return None
@@ -634,7 +658,7 @@ def _placed_of(buf: bytes, file_slot: int) -> int | None:
             return file_slot
         if not isinstance(_record_at(buf, candidate, None), str):
             return None
-    return file_slot
+    return None
 
 
 class LogScan:
@@ -654,15 +678,17 @@ class LogScan:
     must not start; otherwise the bad bytes are a tail to cut (see the module docstring). ``placed``:
     the log's slot if its records know their place, None if not (``_placed_of``). ``claimed_size``:
     the largest file length the believed marks say was durable (0: none says), which the file must
-    still have ("A log cut short" in the module docstring).
+    still have ("A log cut short" in the module docstring). ``damaged_start``: the damage is in the
+    fence or the first mark of a log written whole (durable bytes, whatever the marks say).
     """
 
     __slots__ = ("records", "good_bytes", "bad_reason", "resync_offset", "zero_tail", "marked_end",
-                 "dropped_records", "placed", "claimed_size")
+                 "dropped_records", "placed", "claimed_size", "damaged_start")
 
     def __init__(self, records: list[Record], good_bytes: int, bad_reason: str | None, resync_offset: int | None,
                  zero_tail: int = 0, marked_end: int | None = None, dropped_records: int = 0,
-                 placed: int | None = None, claimed_size: int = 0) -> None:
+                 placed: int | None = None, claimed_size: int = 0, damaged_start: bool = False) -> None:
+        self.damaged_start = damaged_start
         self.placed = placed
         self.claimed_size = claimed_size
         self.records = records
@@ -677,6 +703,8 @@ class LogScan:
     def damage_is_durable(self) -> bool:
         if self.bad_reason is None:
             return False
+        if self.damaged_start:
+            return True
         if self.marked_end is None:  # a log without marks: the rule of older versions
             return self.resync_offset is not None
         return self.good_bytes < self.marked_end
@@ -699,16 +727,22 @@ def _decode_log(buf: bytes, placed: int | None, claims: list[int]) -> LogScan:
     records: list[Record] = []
     append = records.append
     marked_end: int | None = None
-    offset = 0
+    first = offset = 0 if placed is None else FENCE_BYTES  # (the fence is no record of this version)
     end = len(buf)
-    while offset < end:  # bounded: every pass advances by a whole record (>= 9 bytes) or breaks
+    reason: str | None = None
+    written_whole = placed is not None and not buf.startswith(_FENCE_NO_SYNC)
+    if written_whole and not buf.startswith(_FENCE):
+        # (found placed by its records: the fence, durable with the first mark that covers it, is damaged)
+        reason = "bad fence (the first bytes of a log whose records know their place)"
+        offset = 0
+    while reason is None and offset < end:  # bounded: every pass advances by a whole record (>= 9 bytes)
         found = _record_at(buf, offset, placed)
         if isinstance(found, str):
             reason = found
             break
         record, after = found
         if isinstance(record, _SyncMark):
-            if _believed(record, offset):
+            if _believed(record, offset, first):
                 if marked_end is None or record.durable_end > marked_end:
                     marked_end = record.durable_end
                 if record.size > claims[0]:
@@ -716,13 +750,17 @@ def _decode_log(buf: bytes, placed: int | None, claims: list[int]) -> LogScan:
         else:
             append(record)
         offset = after
-    else:
+    if reason is None:
         return LogScan(records, offset, None, None, marked_end=marked_end)
     damage = offset
     if marked_end is not None and marked_end > damage:
         # Only a file's first mark can claim bytes after itself (a log written whole): damage inside
         # such a file, zeros included, is damage to durable bytes.
         return LogScan(records, damage, reason, None, marked_end=marked_end)
+    if written_whole and damage <= first:
+        # The fence or the covering mark after it: written whole and fsynced before the file had its
+        # name, so never torn by a crash (a cut inside them took the mark that would say so).
+        return LogScan(records, damage, reason, None, marked_end=marked_end, damaged_start=True)
     if buf.count(0, offset) == end - offset:
         # Only zeros follow: no record starts with a zero length, so none hides in there.
         return LogScan(records, offset, None, None, zero_tail=end - offset, marked_end=marked_end)
@@ -742,7 +780,7 @@ def _decode_log(buf: bytes, placed: int | None, claims: list[int]) -> LogScan:
                 break
             record, after = found
             if type(record) is _SyncMark:
-                if _believed(record, position):
+                if _believed(record, position, first):
                     if record.size > claims[0]:
                         claims[0] = record.size
                     if marked_end is None or record.durable_end > marked_end:
@@ -760,6 +798,25 @@ def _decode_log(buf: bytes, placed: int | None, claims: list[int]) -> LogScan:
 
 # --------------------------------------------------------------------------------------------------
 # Small file helpers
+
+
+def _why_no_marks(scan: LogScan) -> str:
+    """Why a log has no sync mark to go by: an older version's, or this version's whose first one is
+    damaged and no later one survived."""
+    return "written by an older version" if scan.placed is None else "its first one is damaged, and no later one"
+
+
+def _holds_nothing(path: Path) -> bool:
+    """Whether the log at ``path`` is empty, or holds a fence or the start of one alone (see ``_FENCE``):
+    a log of this version cut short before its first mark."""
+    size = _file_size(path)
+    if 0 < size <= FENCE_BYTES:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise _io_error(f"cannot read {path}", exc) from exc
+        return _FENCE.startswith(data) or _FENCE_NO_SYNC.startswith(data)
+    return size == 0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -983,13 +1040,14 @@ class Storage:
         # or empty, with no snapshot either: its promises and accepted values were lost (a deleted or
         # truncated file). Starting would make it an acceptor that forgot its votes, which can decide
         # two values for one slot; refuse, as for damaged durable bytes. (A new log of this version is
-        # never empty: it starts with a sync mark, unless written with fsync off.)
+        # never empty: it starts with the fence and a sync mark, unless written with fsync off; a log
+        # holding the fence alone was cut short to it.)
         founded = META_NAME in names and self.members is not None and not self.identity_legacy
         amnesia = None
         if founded and not snapshot_slots:
             if not log_slots:
                 amnesia = f"its log {log_file_name(0)} is missing"
-            elif self._fsync_enabled and log_slots[-1] == 0 and _file_size(path / log_file_name(0)) == 0:
+            elif self._fsync_enabled and log_slots[-1] == 0 and _holds_nothing(path / log_file_name(0)):
                 amnesia = f"its log {log_file_name(0)} is empty"
         if amnesia is not None:
             raise StorageError(
@@ -1004,10 +1062,12 @@ class Storage:
             raise StorageError(f"data dir {path}: snapshot at slot {snapshot_slot} but no log at or below it")
         else:
             log_slot = 0
-            # A new log starts with a sync mark (covering only itself): it says "this version wrote me".
+            # A new log starts with the fence and a sync mark (covering the two): "this version wrote me".
             # With preallocation, its zeros come with it and the mark claims them (see "A log cut short").
-            first = (bytes(place_records(_covering_mark(0, self._preallocate), 0, 0)) + bytes(self._preallocate)
-                     if self._fsync_enabled else b"")
+            first = _FENCE_NO_SYNC
+            if self._fsync_enabled:
+                mark = _covering_mark(0, self._preallocate, FENCE_BYTES)
+                first = _FENCE + bytes(place_records(mark, FENCE_BYTES, 0)) + bytes(self._preallocate)
             self._write_file_atomically(log_file_name(0), first, None, None)
 
         log_path = path / log_file_name(log_slot)
@@ -1132,7 +1192,7 @@ class Storage:
         elif scan.marked_end is None:
             log.warning(
                 "log %s: cutting a torn tail of %d bytes at byte offset %d (%s); the log has no sync "
-                "marks (written by an older version)", log_path, len(buf) - cut, cut, scan.bad_reason,
+                "marks (%s)", log_path, len(buf) - cut, cut, scan.bad_reason, _why_no_marks(scan),
             )
         else:
             log.warning(
@@ -1159,12 +1219,15 @@ class Storage:
     @staticmethod
     def _damage_message(log_path: Path, scan: LogScan) -> str:
         offset = scan.good_bytes
-        if scan.marked_end is not None:
+        if scan.damaged_start:
+            why = ("the log's first bytes (its fence and first sync mark) were written whole and made durable "
+                   "before the file got its name")
+        elif scan.marked_end is not None:
             why = (f"a sync mark says the log was durable below byte offset {scan.marked_end}, so the "
                    f"damaged bytes were once durable")
         else:
             why = (f"a valid record follows at byte offset {scan.resync_offset} and the log has no sync "
-                   f"marks (written by an older version), so the damaged bytes may have been durable")
+                   f"marks ({_why_no_marks(scan)}), so the damaged bytes may have been durable")
         return (
             f"log {log_path} is corrupt at byte offset {offset} ({scan.bad_reason}); {why}: records this "
             f"node may have acknowledged (promises, accepted values) are damaged, refusing to start. Do not "
@@ -1358,24 +1421,27 @@ class Storage:
             # width depends on that length (wider from 4 GiB on): if the room was too small, write again.
             # With preallocation its zeros are written too, and the mark claims them ("A log cut short").
             zeros = self._preallocate if self._fsync_enabled else 0
-            room = len(_covering_mark(0, zeros)) if self._fsync_enabled else 0
+            mark_room = len(_covering_mark(0, zeros, FENCE_BYTES)) if self._fsync_enabled else 0
             while True:  # at most twice: the second pass leaves the widest room
+                room = FENCE_BYTES + mark_room  # the fence, then the mark
                 os.lseek(fd, room, os.SEEK_SET)
                 content = 0
                 for chunk in _encoded_groups(records()):
                     self._write_all(fd, place_records(chunk, room + content, slot))
                     content += len(chunk)
                 if not self._fsync_enabled:
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    self._write_all(fd, _FENCE_NO_SYNC)
                     return
-                mark = _covering_mark(content, zeros)
-                if len(mark) == room:
+                mark = _covering_mark(content, zeros, FENCE_BYTES)
+                if len(mark) == mark_room:
                     break
                 os.ftruncate(fd, 0)
-                room = len(mark)
+                mark_room = len(mark)
             if zeros:
                 self._write_all(fd, bytes(zeros))
             os.lseek(fd, 0, os.SEEK_SET)
-            self._write_all(fd, place_records(mark, 0, slot))
+            self._write_all(fd, _FENCE + place_records(mark, FENCE_BYTES, slot))
             marked_end = room + content
             marked_size = marked_end + zeros
 

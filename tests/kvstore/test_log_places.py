@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from kvstore.storage import (
+    FENCE_BYTES,
     RECORD_HEADER,
     Storage,
     StorageError,
+    _decode_log,
     decode_log,
     encode_records,
     log_file_name,
@@ -68,22 +70,23 @@ def test_a_record_written_over_another_of_the_same_size_is_refused(tmp_path):
     log = written(tmp_path, [first, second])
     data = bytearray(log.read_bytes())
     starts = starts_of(bytes(data))
-    # starts: the fresh log's mark, the promise, accepts 1-4, the second batch's mark, the decide
-    one, three = starts[2], starts[4]
-    size = starts[3] - starts[2]
-    assert starts[5] - starts[4] == size
+    # starts: the fence, the fresh log's mark, the promise, accepts 1-4, the second batch's mark, the decide
+    one, three = starts[3], starts[5]
+    size = starts[4] - starts[3]
+    assert starts[6] - starts[5] == size
     data[three:three + size] = data[one:one + size]  # accept 1's block where accept 3's was
     log.write_bytes(bytes(data))
     with pytest.raises(StorageError, match=f"corrupt at byte offset {three} .checksum mismatch.*durable below"):
         open_storage(tmp_path)
     assert log.read_bytes() == bytes(data)  # refused, nothing "repaired"
     # What the crc32 of the payload alone (the previous format) made of it: accept 1 twice, accept 3 gone.
-    plain = bytearray(data)
-    for start in starts:
+    # (The same log in that format: no fence, no masks.)
+    plain = bytearray(log.read_bytes())
+    for start in starts[1:]:
         (length, crc) = RECORD_HEADER.unpack_from(plain, start)
         RECORD_HEADER.pack_into(plain, start, length, crc ^ position_mask(0, start))
     plain[three:three + size] = plain[one:one + size]
-    scan = decode_log(bytes(plain))
+    scan = decode_log(bytes(plain[FENCE_BYTES:]))
     assert scan.placed is None and scan.bad_reason is None
     assert 3 not in DurableState.replay(scan.records).accepted
 
@@ -103,8 +106,8 @@ def test_a_block_of_another_log_at_the_same_offset_is_refused(tmp_path):
     log = tmp_path / log_file_name(9)
     data = bytearray(log.read_bytes())
     starts = starts_of(bytes(data))
-    victim = starts[2]  # accept 11 in the rewritten log (after its mark and the promise)
-    size = starts[3] - starts[2]
+    victim = starts[3]  # accept 11 in the rewritten log (after its fence, its mark and the promise)
+    size = starts[4] - starts[3]
     assert victim in starts_of(old) and starts_of(old)[starts_of(old).index(victim) + 1] - victim == size
     data[victim:victim + size] = old[victim:victim + size]  # log-0's record at the same offset
     log.write_bytes(bytes(data))
@@ -138,6 +141,21 @@ def test_logs_of_the_previous_format_open_go_on_as_they_are_and_are_rewritten_wi
     assert decode_log(rewritten, 5).bad_reason == "checksum mismatch"  # placed for log-4, not for log-5
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records + more + accepts(9, 1), snapshot_slot=4)
+
+
+def test_the_version_before_refuses_a_log_of_this_one_instead_of_cutting_it(tmp_path):
+    """A rollback must not wipe votes: read by the previous version's rules (``decode_log``'s mode for a
+    log without masks, unchanged), a log of this version starts with a mark claiming far more than the
+    file, so its masked records are damage below a mark: refused. (Without the fence, those rules
+    found no valid record at all and cut the whole log as a torn tail.)"""
+    log = written(tmp_path, [[PromiseRecord(BALLOT), *accepts(1, 3)], accepts(4, 2)])
+    data = log.read_bytes()
+    claims = [0]
+    as_before = _decode_log(data, None, claims)  # the rules of a log without masks
+    assert as_before.records == [] and as_before.damage_is_durable, as_before.bad_reason
+    assert as_before.marked_end is not None and as_before.marked_end > len(data)
+    without_fence = _decode_log(data[FENCE_BYTES:], None, [0])
+    assert without_fence.records == [] and not without_fence.damage_is_durable  # what the fence prevents
 
 
 def test_place_records_gives_each_record_the_mask_of_its_own_offset():

@@ -32,6 +32,9 @@ from pathlib import Path
 import pytest
 
 from kvstore.storage import (
+    _FENCE,
+    _FENCE_NO_SYNC,
+    FENCE_BYTES,
     RECORD_HEADER,
     Storage,
     StorageError,
@@ -50,10 +53,10 @@ PREALLOC = 16 * 1024
 SEEDS = range(150)
 
 
-def placed(data: bytes, slot: int = 0) -> bytes:
+def placed(data: bytes, slot: int = 0, fence: bytes = _FENCE) -> bytes:
     """``data``, whole records from the start of ``log-<slot>.wal``, as the log holds them (each record's
     crc32 XORed with its place's mask: "Records know their place" in storage.py)."""
-    return bytes(place_records(data, 0, slot))
+    return fence + bytes(place_records(data, FENCE_BYTES, slot))
 
 
 def open_storage(path: Path, preallocate: int = PREALLOC, fsync: bool = True) -> Storage:
@@ -184,9 +187,12 @@ def test_flipped_byte_below_the_largest_mark_is_refused(tmp_path):
         message = str(excinfo.value)
         start = record_start(original, offset)
         assert str(path) in message and f"corrupt at byte offset {start} " in message, (seed, offset, message)
-        # (The scan stops at the first mark past the damage: any such mark settles it.)
-        claimed = re.search(r"durable below byte offset (\d+)", message)
-        assert claimed and start < int(claimed.group(1)) <= marked, (seed, offset, message)
+        if offset < FENCE_BYTES + len(_covering_mark(0, PREALLOC, FENCE_BYTES)):
+            assert "written whole" in message, (seed, offset, message)  # the fence or the first mark
+        else:
+            # (The scan stops at the first mark past the damage: any such mark settles it.)
+            claimed = re.search(r"durable below byte offset (\d+)", message)
+            assert claimed and start < int(claimed.group(1)) <= marked, (seed, offset, message)
         assert "restore it from a backup of this node, or replace the node" in message, (seed, message)
         assert 'docs/operations.md, "A damaged log"' in message and "Do not wipe" in message, (seed, message)
         assert path.read_bytes() == bytes(damaged), f"seed {seed}: refusing must not repair"
@@ -216,7 +222,8 @@ def test_damage_to_the_newest_fsynced_batch_no_mark_covers_is_cut_with_a_warning
     data = bytearray(path.read_bytes())
     scan = decode_log(bytes(data))
     # (the last batch's mark also claims the file's length, preallocated: the long form)
-    last_start = len(_covering_mark(0, PREALLOC)) + len(encode_records(first)) + len(_encode_mark(1, 2))
+    last_start = (FENCE_BYTES + len(_covering_mark(0, PREALLOC, FENCE_BYTES)) + len(encode_records(first))
+                  + len(_encode_mark(1, 2)))
     assert scan.marked_end == last_start - len(_encode_mark(1, 2))  # its own mark covers what came before it
     data[last_start + RECORD_HEADER.size + 3] ^= 0x10  # inside the accept of the last batch
     path.write_bytes(bytes(data))
@@ -232,14 +239,14 @@ def test_a_mark_claiming_more_than_the_bytes_before_it_is_not_believed(tmp_path)
     """A client value can hold bytes that look like a mark; one that claims bytes after itself cannot
     be one this program wrote (only a file's first mark covers what follows it)."""
     records = [PromiseRecord(Ballot(1, 1)), AcceptRecord(1, Ballot(1, 1), (b"v",))]
-    fresh = _covering_mark(0)
+    fresh = _covering_mark(0, 0, FENCE_BYTES)
     body = placed(fresh + encode_records(records))
     torn = b"\x00\x00\x01\x00garbage!"  # a record header whose payload never arrived
     # (placed where it lies: a value's bytes would have to guess their offset to pass for a mark)
     forged = bytes(place_records(_encode_mark(10**9), len(body + torn), 0))
     scan = decode_log(body + torn + forged)
     assert scan.good_bytes == len(body) and scan.resync_offset == len(body + torn)
-    assert scan.marked_end == len(fresh) and not scan.damage_is_durable
+    assert scan.marked_end == FENCE_BYTES + len(fresh) and not scan.damage_is_durable
     assert scan.dropped_records == 0  # a mark, believed or not, is no record
     # claims the damaged byte, and is after it: believed
     honest = bytes(place_records(_encode_mark(len(body) + 1), len(body + torn), 0))
@@ -286,19 +293,19 @@ def test_old_log_with_a_torn_last_record_is_cut_as_before(tmp_path):
 
 
 def test_marks_are_written_when_the_synced_end_moved_and_never_reach_callers(tmp_path):
-    fresh = _covering_mark(0)
+    fresh = _covering_mark(0, 0, FENCE_BYTES)
     a, b, c = [PromiseRecord(Ballot(1, 1))], [DecideRecord(1, (b"b",))], [DecideRecord(2, (b"c",))]
     with open_storage(tmp_path, preallocate=0) as storage:
         storage.append(a)
         storage.sync()  # durable through end_a; the fresh mark already covers the start: no mark
-        end_a = len(fresh + encode_records(a))
+        end_a = FENCE_BYTES + len(fresh + encode_records(a))
         storage.append(b)
         end_b = storage.flush()  # the synced end moved past the last mark: a mark first
         storage.append(c)
         storage.flush()  # not synced since: no new mark
     expected = placed(fresh + encode_records(a) + _encode_mark(end_a) + encode_records(b) + encode_records(c))
     assert log_path(tmp_path).read_bytes() == expected
-    assert end_b == len(fresh + encode_records(a) + _encode_mark(end_a) + encode_records(b))
+    assert end_b == FENCE_BYTES + len(fresh + encode_records(a) + _encode_mark(end_a) + encode_records(b))
     with open_storage(tmp_path, preallocate=0) as storage:
         assert storage.recovered == DurableState.replay(a + b + c)
     assert decode_log(expected).records == a + b + c
@@ -312,14 +319,15 @@ def test_without_fsync_no_marks_are_written(tmp_path):
         for record in records:
             storage.append([record])
             storage.sync()
-    assert log_path(tmp_path / "new").read_bytes() == placed(encode_records(records))
+    assert log_path(tmp_path / "new").read_bytes() == placed(encode_records(records), 0, _FENCE_NO_SYNC)
     with open_storage(tmp_path / "old", preallocate=0) as storage:
         storage.append(records[:1])
         storage.sync()
     with open_storage(tmp_path / "old", preallocate=0, fsync=False) as storage:
         storage.append(records[1:])
         storage.sync()
-    assert log_path(tmp_path / "old").read_bytes() == placed(_covering_mark(0) + encode_records(records))
+    expected = placed(_covering_mark(0, 0, FENCE_BYTES) + encode_records(records))
+    assert log_path(tmp_path / "old").read_bytes() == expected
 
 
 def test_a_rewritten_log_starts_with_a_mark_covering_it(tmp_path):
@@ -333,7 +341,7 @@ def test_a_rewritten_log_starts_with_a_mark_covering_it(tmp_path):
     data = whole.rstrip(b"\0")
     zeros = whole[len(data):]  # preallocated with the file, and claimed by its mark
     body = encode_records(DurableState.replay(records, snapshot_slot=4).records())
-    assert data == placed(_covering_mark(len(body), PREALLOC) + body, 4) and len(zeros) >= PREALLOC
+    assert data == placed(_covering_mark(len(body), PREALLOC, FENCE_BYTES) + body, 4) and len(zeros) >= PREALLOC
     scan = decode_log(whole, 4)
     assert scan.marked_end == len(data) and scan.claimed_size == len(data) + PREALLOC
     last_start = len(data) - len(encode_records(DurableState.replay(records, snapshot_slot=4).records()[-1:]))

@@ -27,6 +27,9 @@ from hypothesis import strategies as st
 
 from kvstore import failpoints
 from kvstore.storage import (
+    _FENCE,
+    _FENCE_NO_SYNC,
+    FENCE_BYTES,
     RECORD_HEADER,
     DiskFailed,
     Storage,
@@ -44,13 +47,14 @@ from paxos.ballot import Ballot
 
 CLUSTER = "test"
 # A log this version creates starts with a sync mark covering itself (see "Sync marks" in storage.py).
-FRESH_RAW = _covering_mark(0)
+FRESH_RAW = _covering_mark(0, 0, FENCE_BYTES)  # (after the fence that every log of this version starts with)
 
 
-def placed(data: bytes, slot: int = 0) -> bytes:
-    """``data``, whole records from the start of ``log-<slot>.wal``, as the log holds them: each record's
-    crc32 XORed with its place's mask ("Records know their place" in storage.py)."""
-    return bytes(place_records(data, 0, slot))
+def placed(data: bytes, slot: int = 0, fence: bytes = _FENCE) -> bytes:
+    """``data``, whole records from the start of ``log-<slot>.wal`` after its fence, as the log holds them:
+    the fence, then each record's crc32 XORed with its place's mask ("Records know their place" in
+    storage.py)."""
+    return fence + bytes(place_records(data, FENCE_BYTES, slot))
 
 
 FRESH = placed(FRESH_RAW)
@@ -272,7 +276,7 @@ def test_snapshot_and_compaction_then_reopen(tmp_path):
     assert storage.snapshot_slot == 20
     compacted_bytes = storage.log_bytes
     compacted = encode_records(state.records())
-    assert compacted_bytes == len(_covering_mark(len(compacted))) + len(compacted)
+    assert compacted_bytes == FENCE_BYTES + len(_covering_mark(len(compacted), 0, FENCE_BYTES)) + len(compacted)
     # Appends after the snapshot go to the new log.
     later = [AcceptRecord(31, Ballot(1, 1), (b"later",))]
     storage.append(later)
@@ -325,7 +329,8 @@ def test_log_rewrite_is_written_in_pieces_never_whole(tmp_path, monkeypatch):
     assert len(log_writes) > 10
     assert max(log_writes) < 256 + largest_record
     # The same bytes as a rewrite written whole: the mark covering the file, then the records.
-    assert (tmp_path / log_file_name(5)).read_bytes() == placed(_covering_mark(len(content)) + content, 5)
+    expected = placed(_covering_mark(len(content), 0, FENCE_BYTES) + content, 5)
+    assert (tmp_path / log_file_name(5)).read_bytes() == expected
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records, snapshot_slot=5)
 
@@ -335,11 +340,11 @@ def test_log_rewrite_widens_its_mark_when_the_length_needs_it(tmp_path, monkeypa
     the rewrite starts again with the room it needs. (Played with a mark that widens from 1 KB.)"""
     import kvstore.storage as storage_module
 
-    def wide_from_1k(content_bytes, zeros=0):
+    def wide_from_1k(content_bytes, zeros=0, before=0):
         assert zeros == 0  # (no preallocation here)
         if content_bytes < 1024:
-            return _covering_mark(content_bytes)
-        total = content_bytes + len(_encode_mark(1 << 32))
+            return _covering_mark(content_bytes, 0, before)
+        total = before + content_bytes + len(_encode_mark(1 << 32))
         payload = b"\x82\x03\x1b" + total.to_bytes(8, "big")
         return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
@@ -348,8 +353,8 @@ def test_log_rewrite_widens_its_mark_when_the_length_needs_it(tmp_path, monkeypa
     _writes, state = _compact_with_writes_seen(tmp_path, monkeypatch, records, chunk_bytes=256)
     content = encode_records(state.records())
     data = (tmp_path / log_file_name(5)).read_bytes()
-    assert data == placed(wide_from_1k(len(content)) + content, 5)
-    assert len(data) == len(_covering_mark(len(content))) + 4 + len(content)
+    assert data == placed(wide_from_1k(len(content), 0, FENCE_BYTES) + content, 5)
+    assert len(data) == FENCE_BYTES + len(_covering_mark(len(content))) + 4 + len(content)
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records, snapshot_slot=5)
         assert storage.log_bytes == len(data)
@@ -362,7 +367,8 @@ def test_log_rewrite_without_fsync_has_no_mark(tmp_path):
         state = DurableState.replay(records)
         state.compact(5)
         storage.write_snapshot(5, b"five", state)
-    assert (tmp_path / log_file_name(5)).read_bytes() == placed(encode_records(state.records()), 5)
+    # (the fence of a log written without fsync: its first record may be torn like any other)
+    assert (tmp_path / log_file_name(5)).read_bytes() == placed(encode_records(state.records()), 5, _FENCE_NO_SYNC)
 
 
 def test_second_snapshot_replaces_the_first(tmp_path):
@@ -583,12 +589,18 @@ def test_cut_anywhere_recovers_the_longest_whole_prefix(tmp_path_factory, record
     assert full == placed(FRESH_RAW + encode_records(records))
     cut = int(len(full) * cut_fraction)
     log_path.write_bytes(full[:cut])
+    if FENCE_BYTES <= cut < len(FRESH):
+        # Inside the log's first mark: written whole (fsynced before the file had its name), so damage.
+        with pytest.raises(StorageError, match="written whole"):
+            open_storage(data_dir)
+        return
     whole = sum(1 for end in record_ends(records) if end <= cut)
     # (Random values cannot hold a whole record with a matching CRC, so the "valid record after the
     # damage" rule never fires here: every cut is a torn tail.)
     with open_storage(data_dir) as storage:
         assert storage.recovered == DurableState.replay(records[:whole])
-    kept = record_ends(records)[whole - 1] if whole else (len(FRESH) if cut >= len(FRESH) else 0)
+    kept = (record_ends(records)[whole - 1] if whole else len(FRESH) if cut >= len(FRESH)
+            else FENCE_BYTES if cut >= FENCE_BYTES else 0)  # (a log cut inside its fence goes on without one)
     assert log_path.read_bytes() == full[:kept]
 
 
@@ -602,7 +614,7 @@ def open_preallocated(path: Path, preallocate: int = PREALLOC) -> Storage:
 
 
 # A preallocated log's first mark also claims the zeros that come with the new file ("A log cut short")
-PFRESH_RAW = _covering_mark(0, PREALLOC)
+PFRESH_RAW = _covering_mark(0, PREALLOC, FENCE_BYTES)
 PFRESH = placed(PFRESH_RAW)
 
 
@@ -685,8 +697,8 @@ def test_opening_a_preallocated_log_without_preallocation_keeps_the_zeros_its_ma
     with open_storage(tmp_path) as storage:
         assert storage.recovered == DurableState.replay(records)
     # The first mark says the file was this long, durably: a shorter one would be a log cut short.
-    assert only_log(tmp_path).read_bytes() == before == placed(PFRESH_RAW + encode_records(records)) + bytes(
-        len(before) - len(PFRESH_RAW + encode_records(records)))
+    written = placed(PFRESH_RAW + encode_records(records))
+    assert only_log(tmp_path).read_bytes() == before == written + bytes(len(before) - len(written))
 
 
 def test_torn_record_before_preallocated_zeros_is_cut_at_every_offset(tmp_path, caplog):
@@ -725,9 +737,9 @@ def test_damage_before_a_valid_record_is_refused_with_a_large_zero_tail(tmp_path
     log_path = only_log(tmp_path)
     data = bytearray(log_path.read_bytes())
     assert len(data) > 4 << 20
-    data[RECORD_HEADER.size + 1] ^= 0xFF  # inside the first record's payload
+    data[FENCE_BYTES + RECORD_HEADER.size + 1] ^= 0xFF  # inside the first record's payload (after the fence)
     log_path.write_bytes(bytes(data))
-    with pytest.raises(StorageError, match="corrupt at byte offset 0.*valid record follows"):
+    with pytest.raises(StorageError, match=f"corrupt at byte offset {FENCE_BYTES} .*written whole"):
         open_preallocated(tmp_path)
 
 
@@ -1062,7 +1074,7 @@ def test_crash_between_streamed_snapshot_and_compaction_keeps_later_records(tmp_
     reopened.close()
 
 
-@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "cut to its fence", "cut inside its fence"])
 def test_a_members_log_that_is_gone_or_empty_is_refused_not_started_afresh(tmp_path, damage):
     """QA: two nodes whose logs were deleted (or truncated to nothing) started with no promises and no
     accepted values, elected each other and served a state that diverged from the third node's. A
@@ -1077,7 +1089,8 @@ def test_a_members_log_that_is_gone_or_empty_is_refused_not_started_afresh(tmp_p
     if damage == "deleted":
         log_path.unlink()
     else:
-        log_path.write_bytes(b"")
+        cut = {"emptied": 0, "cut to its fence": FENCE_BYTES, "cut inside its fence": FENCE_BYTES - 5}[damage]
+        log_path.write_bytes(log_path.read_bytes()[:cut])
     with pytest.raises(StorageError, match=f"is {'missing' if damage == 'deleted' else 'empty'}: the promises"):
         Storage.open(tmp_path, node_id=1, cluster_id=CLUSTER)
     fresh = tmp_path / "fresh"  # founded nothing yet: a lost first log is only a crash during creation
