@@ -38,9 +38,9 @@ returns (docs/design.md, "the order of work"). The pipelined server splits it: `
 ``fsync_through`` (in a worker thread) makes durable.
 
 Sync marks. A mark ``[3, durable_end]`` means: bytes ``[0, durable_end)`` of this file were made
-durable by a successful fdatasync before this record was written. ``flush``/``sync`` put one at the
-front of a batch's bytes whenever the log's synced end has moved past the last mark written (15
-bytes per group commit; none while nothing new was fsynced); they read ``_synced_end``, which
+durable by a successful fdatasync before this record was written. ``append`` puts one in front of a
+batch's first records whenever the log's synced end has moved past the last mark written (15 or 28
+bytes per group commit; none while nothing new was fsynced); it reads ``_synced_end``, which
 ``fsync_through`` advances in its worker thread, and a stale value only claims less. A log this
 Storage creates or rewrites whole (the first, empty log; ``compact_log``'s rewrite; the rewrite that
 finishes an interrupted compaction) starts with a mark covering the whole file, itself included: the
@@ -1540,21 +1540,20 @@ class Storage:
         """
         self._check_usable()
         pending = self._pending
+        placed = self._placed
         at = self._log_end + self._pending_bytes
         mark = b""
         mark_end = mark_size = 0
         if not pending and self._fsync_enabled:
             # A batch's first append: a sync mark goes in front if the synced end moved past the last
-            # mark. fsync_through may move _synced_end (and _synced_size) on meanwhile: a stale value
-            # only claims less, and the next batch's mark says the rest. (The size first: it was set
-            # after the end, by the same fsync.) Deciding here, not when the batch is written, fixes
-            # every record's offset now, so that its place's mask goes in with its crc32.
+            # mark. fsync_through may move _synced_end and _synced_size on meanwhile: each value read is
+            # a completed fsync's, so each claim holds; a stale one only claims less, and the next
+            # batch's mark says the rest. Deciding here, not when the batch is written, fixes every
+            # record's offset now, so that its place's mask goes in with its crc32.
             mark_size = self._synced_size
             mark_end = self._synced_end
             if mark_end > self._marked_end:
-                placed = self._placed
                 mark = _encode_mark(mark_end, mark_size, None if placed is None else at, placed or 0)
-        placed = self._placed
         data = encode_records(records, None if placed is None else at + len(mark), placed or 0)
         if data:
             if mark:
