@@ -25,6 +25,7 @@ import pytest
 from kvstore.client import Client
 
 from ..integration.harness import free_ports
+from ..kvstore.logwalk import record_starts
 from ..nemesis.cluster import REPO
 
 pytestmark = pytest.mark.slow
@@ -154,18 +155,6 @@ def test_corrupt_record_in_the_middle_of_the_log_is_refused(tmp_path, engine):
     log.write_bytes(bytes(data))
     proc = node.start_expect_refusal()
     assert "corrupt" in proc.stderr and log.name in proc.stderr, proc.stderr
-
-
-def record_starts(data: bytes) -> list[int]:
-    """Where the records of a log start (walking their 4-byte lengths; each has an 8-byte header)."""
-    starts, position = [], 0
-    while position + 8 <= len(data):
-        length = int.from_bytes(data[position:position + 4], "big")
-        if length == 0:
-            break
-        starts.append(position)
-        position += 8 + length
-    return starts
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.storage import FENCE_BYTES, RECORD_HEADER, Storage, StorageError, decode_log, log_file_name
+from kvstore.storage import FENCE_BYTES, Storage, StorageError, decode_log, log_file_name
 from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
 from paxos.ballot import Ballot
+
+from .logwalk import record_starts
 
 BALLOT = Ballot(2, 1)
 PREALLOC = 4096
@@ -38,17 +40,6 @@ def written(path: Path, count: int, preallocate: int = PREALLOC) -> Path:
             storage.append(batch)
             storage.sync()
     return path / log_file_name(0)
-
-
-def record_starts(buf: bytes) -> list[int]:
-    starts, position = [], 0
-    while position + RECORD_HEADER.size <= len(buf):
-        (length, _crc) = RECORD_HEADER.unpack_from(buf, position)
-        if length == 0:
-            break
-        starts.append(position)
-        position += RECORD_HEADER.size + length
-    return starts
 
 
 def test_a_log_cut_short_below_what_its_marks_claim_is_refused_wherever_it_is_cut(tmp_path):

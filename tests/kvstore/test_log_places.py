@@ -30,6 +30,8 @@ from kvstore.storage import (
 from paxos.actions import AcceptRecord, DecideRecord, DurableState, PromiseRecord
 from paxos.ballot import Ballot
 
+from .logwalk import record_starts
+
 BALLOT = Ballot(3, 1)
 
 
@@ -40,18 +42,6 @@ def open_storage(path: Path) -> Storage:
 def accepts(first: int, count: int) -> list:
     """Accepts of equal encoded size (one-byte slots below 24, same-size values): interchangeable blocks."""
     return [AcceptRecord(slot, BALLOT, (b"value-%02d" % slot,)) for slot in range(first, first + count)]
-
-
-def starts_of(buf: bytes) -> list[int]:
-    """The byte offsets where the records of ``buf`` start (walking the length fields)."""
-    starts, position = [], 0
-    while position + RECORD_HEADER.size <= len(buf):
-        (length, _crc) = RECORD_HEADER.unpack_from(buf, position)
-        if length == 0:
-            break
-        starts.append(position)
-        position += RECORD_HEADER.size + length
-    return starts
 
 
 def written(path: Path, batches: list[list]) -> Path:
@@ -69,7 +59,7 @@ def test_a_record_written_over_another_of_the_same_size_is_refused(tmp_path):
     first, second = [PromiseRecord(BALLOT), *accepts(1, 4)], [DecideRecord(1, (b"value-01",))]
     log = written(tmp_path, [first, second])
     data = bytearray(log.read_bytes())
-    starts = starts_of(bytes(data))
+    starts = record_starts(bytes(data))
     # starts: the fence, the fresh log's mark, the promise, accepts 1-4, the second batch's mark, the decide
     one, three = starts[3], starts[5]
     size = starts[4] - starts[3]
@@ -105,10 +95,10 @@ def test_a_block_of_another_log_at_the_same_offset_is_refused(tmp_path):
         storage.sync()
     log = tmp_path / log_file_name(9)
     data = bytearray(log.read_bytes())
-    starts = starts_of(bytes(data))
+    starts = record_starts(bytes(data))
     victim = starts[3]  # accept 11 in the rewritten log (after its fence, its mark and the promise)
     size = starts[4] - starts[3]
-    assert victim in starts_of(old) and starts_of(old)[starts_of(old).index(victim) + 1] - victim == size
+    assert victim in record_starts(old) and record_starts(old)[record_starts(old).index(victim) + 1] - victim == size
     data[victim:victim + size] = old[victim:victim + size]  # log-0's record at the same offset
     log.write_bytes(bytes(data))
     with pytest.raises(StorageError, match=f"corrupt at byte offset {victim} .checksum mismatch"):
@@ -160,7 +150,7 @@ def test_the_version_before_refuses_a_log_of_this_one_instead_of_cutting_it(tmp_
 
 def test_place_records_gives_each_record_the_mask_of_its_own_offset():
     data = encode_records(accepts(1, 3))
-    starts = starts_of(data)
+    starts = record_starts(data)
     placed = place_records(data, 1000, 7)
     for start in starts:
         (length, crc) = RECORD_HEADER.unpack_from(placed, start)
