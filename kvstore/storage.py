@@ -735,6 +735,8 @@ def _decode_log(buf: bytes, placed: int | None, claims: list[int]) -> LogScan:
         # (found placed by its records: the fence, durable with the first mark that covers it, is damaged)
         reason = "bad fence (the first bytes of a log whose records know their place)"
         offset = 0
+    elif written_whole and end <= first:
+        reason = "its first sync mark is missing (the file ends with its fence)"
     while reason is None and offset < end:  # bounded: every pass advances by a whole record (>= 9 bytes)
         found = _record_at(buf, offset, placed)
         if isinstance(found, str):

@@ -48,8 +48,8 @@ def test_a_log_cut_short_below_what_its_marks_claim_is_refused_wherever_it_is_cu
     claimed = decode_log(data).claimed_size
     records_end = len(data.rstrip(b"\0"))
     assert records_end < claimed <= len(data)  # the marks claim the zeros ahead of the records too
-    # (a cut inside the fence or right after it leaves no mark: a founded member's log holding only its
-    # fence is refused as emptied, test_storage.py; a cut before the fence's end is damage to it)
+    # (a cut inside the fence or right after it leaves no mark: it is refused as damage to the first
+    # bytes, written whole, test_storage.py's cut-anywhere test; here the cuts that leave a mark)
     boundaries = [start for start in record_starts(data) if start > FENCE_BYTES]
     cuts = boundaries + [records_end, records_end + 1, claimed - 1] + random.Random(7).sample(
         range(FENCE_BYTES + 1, claimed), 20)
