@@ -13,7 +13,6 @@ snapshot. Seeded: ``random.Random(seed)``; a failure names its seed.
 """
 from __future__ import annotations
 
-import errno
 import os
 import random
 
@@ -23,21 +22,10 @@ from kvstore.storage import Storage, StorageFull
 from paxos.actions import AcceptRecord, DecideRecord, DurableState
 from paxos.ballot import Ballot
 
+from .test_storage import enospc_after
+
 BALLOT = Ballot(1, 1)
 SEEDS = range(40)
-
-
-def enospc_after(byte_budget: int):
-    left = [byte_budget]
-
-    def write(fd, data):
-        if left[0] <= 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        count = os.write(fd, bytes(data[:left[0]]))
-        left[0] -= count
-        return count
-
-    return write
 
 
 @pytest.mark.parametrize("seed", SEEDS)
