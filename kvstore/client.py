@@ -143,7 +143,7 @@ class _Connection:
         self.calls = 0
         self.last_overlap = -SOLO_CALLS  # the call number when a call last found another in flight
         self.dispatching = False  # the reader is handing out replies (it writes what they submit)
-        self.flush_pending = False  # submitted frames wait in queued for _flush_submitted
+        self.send_pending = False  # submitted frames wait in queued for _send_submitted
         self.outbox = Outbox()
         self.raw_stream = self.outbox.attach(stream)  # (a TLS stream's TCP stream: the outbox seals)
 
@@ -183,9 +183,9 @@ class _Connection:
                             _wake(waiter, reply)
                 finally:
                     self.dispatching = False
-                if self.flush_pending:
+                if self.send_pending:
                     # What the callbacks of these replies submitted leaves in one write.
-                    self._flush_submitted()
+                    self._send_submitted()
         except (wire.WireError, _ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             # (kept for the waiters' callers: a TLS alert refusing our certificate ends up here)
             self.error = exc.__cause__ if exc.__cause__ is not None else exc
@@ -242,17 +242,17 @@ class _Connection:
         self.queued.append(request if type(request) is bytes else wire.encode_frame(request))
         self.waiters[rid] = [callback, None, False]
         self._watch(rid, deadline)
-        if not self.flush_pending:
-            self.flush_pending = True
+        if not self.send_pending:
+            self.send_pending = True
             if not self.dispatching:
-                trio.lowlevel.current_trio_token().run_sync_soon(self._flush_submitted)
+                trio.lowlevel.current_trio_token().run_sync_soon(self._send_submitted)
         return True
 
-    def _flush_submitted(self) -> None:
+    def _send_submitted(self) -> None:
         """Write the queued frames now. Also those of a calling task that is gathering (``call``): it
         then finds nothing left to write and parks. Leaving them to it would keep that task writing
         for the callbacks, one pass after another, while its own answer waits unread."""
-        self.flush_pending = False
+        self.send_pending = False
         if self.queued and not self.broken:
             data = b"".join(self.queued)
             self.queued.clear()
@@ -877,6 +877,9 @@ async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport
     """
     if transport is None:
         transport = _tls_transport(cacert, cert, key)
+    # Checked here, before the nursery opens: raised inside it, the EndpointError would reach the caller
+    # wrapped in an ExceptionGroup, which ``except ValueError`` does not catch.
+    parse_endpoint_list(endpoints)
     # An exception from the caller's block is re-raised after the nursery has closed, so that it
     # reaches the caller as itself (Unavailable, ...) rather than wrapped in an ExceptionGroup.
     error: BaseException | None = None

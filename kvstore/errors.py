@@ -23,7 +23,11 @@ class Unavailable(KVError):
     more: a retried write whose first outcome the cluster forgot (error code ``stale``).
 
     ``outcome_unknown`` is True for a write that was sent at least once: it may or may not have been
-    applied. Retrying it through the same client is safe (the retry is deduplicated).
+    applied (and may still be, later). Within one call the client already retried it with the same
+    request id, so the store applied it once at most; calling again is a new write with a new id. That
+    is harmless for ``put`` and ``delete`` (the same state either way, at a new revision), but a ``cas``
+    called again after its first attempt was applied finds the new value and returns False: read the
+    key to learn which it was.
     """
 
     def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:

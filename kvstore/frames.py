@@ -203,14 +203,14 @@ def encode_map_frame(obj: dict[str, Any], frame_bytes_max: int = FRAME_BYTES_MAX
     return _HEADER.pack(len(body)) + body
 
 
-def encode_put_request_frame(request_id: int, key: Any, value: Any, client_id: Any, request_seq: int, ack_below: int,
+def encode_put_request_frame(wire_id: int, key: Any, value: Any, client_id: Any, request_id: int, ack_below: int,
                              frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
-    """The frame of ``PutRequest(id=request_id, key=key, value=value, client_id=client_id,
-    request_id=request_seq, ack_below=ack_below)``, without building the object: byte for byte what
+    """The frame of ``PutRequest(id=wire_id, key=key, value=value, client_id=client_id,
+    request_id=request_id, ack_below=ack_below)``, without building the object: byte for byte what
     ``encode_frame`` gives (a test checks). The client's most frequent request; ``FrameTooLarge`` as
     from ``encode_frame``."""
-    body = cbor2.dumps({"t": "put", "id": request_id, "key": key, "value": value, "cid": client_id,
-                        "rq": request_seq, "ack": ack_below})
+    body = cbor2.dumps({"t": "put", "id": wire_id, "key": key, "value": value, "cid": client_id,
+                        "rq": request_id, "ack": ack_below})
     if len(body) > frame_bytes_max:
         raise FrameTooLarge(f"PutRequest body is {len(body)} bytes, limit {frame_bytes_max}")
     return _HEADER.pack(len(body)) + body

@@ -702,14 +702,14 @@ def encode_frame(message: object, frame_bytes_max: int = FRAME_BYTES_MAX) -> byt
     return _HEADER.pack(len(body)) + body
 
 
-def encode_write_result_frame(request_id: int, result: dict[str, Any]) -> bytes:
-    """The frame of ``OkReply(id=request_id, result=result)`` for the result of a write.
+def encode_write_result_frame(wire_id: int, result: dict[str, Any]) -> bytes:
+    """The frame of ``OkReply(id=wire_id, result=result)`` for the result of a write.
 
     The answer to every put, so it skips building an ``OkReply`` and checking the result: ``result``
     must be what ``StateMachine.apply`` returns for an executed write, a small map of str to int or
     bool, which is always valid. Byte for byte what ``encode_frame`` gives (a test checks).
     """
-    body = cbor2.dumps({"t": "ok", "id": request_id, "r": result})
+    body = cbor2.dumps({"t": "ok", "id": wire_id, "r": result})
     return _HEADER.pack(len(body)) + body
 
 

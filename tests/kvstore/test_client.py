@@ -110,6 +110,15 @@ def test_endpoints_are_checked_before_connecting():
             Client(bad)
 
 
+async def test_connect_raises_a_bad_endpoint_as_itself():
+    """``connect`` raises a malformed endpoint as an EndpointError (a ValueError) that ``except
+    ValueError`` catches, not wrapped in the ExceptionGroup of the nursery the client runs in."""
+    for bad in ["not-an-endpoint", ["127.0.0.1:99999"], ""]:
+        with pytest.raises(EndpointError):
+            async with connect(bad):
+                pass
+
+
 async def test_many_requests_redirected_at_once_do_not_tear_down_each_others_connections(tmp_path, autojump_clock):
     """A fresh client with 64 requests in flight, pointed at a follower first: every request hears
     not_leader (or loses its connection) at about the same time. Each must repair only the connection
