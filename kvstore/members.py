@@ -14,7 +14,8 @@ decided like any other, and it governs from alpha slots after its own. This modu
   library retries there.
 * **Checks before a change** (each a one-line error, nothing changed): an id that is a member already;
   promoting a learner that lags (by more than ``PROMOTE_LAG_SLOTS_MAX`` decided slots, or that the
-  leader never heard from); removing the last voter; a second change while one is in progress. A
+  leader never heard from), or one that has not answered for an election timeout (it would be a voter
+  the new majority needs); removing the last voter; a second change while one is in progress. A
   promotion pins the incarnation the learner presented on its link, so that a learner that loses its
   disk later is not the voter the configuration names (``kvstore.identity``).
 * **A repeated change request gets the first one's answer.** The client library re-sends a request
@@ -386,6 +387,15 @@ class Members:
         if lag > PROMOTE_LAG_SLOTS_MAX:
             raise AdminError(f"node {request.node} is {lag} slots behind the leader (decided {reported} of "
                              f"{replica.decided_slot}); wait for it to catch up, then promote it")
+        # As for remove and move-leader (etcd's strict reconfiguration check): a learner that stopped
+        # answering would be a voter the new majority needs, and its last report says nothing of now.
+        # (The other voters need no check: a leader has a live majority of them, and that majority and
+        # the learner are a majority of the voters after the change.)
+        ticks = node.options.election_timeout_ticks
+        if not replica.peer_answered_within(request.node, ticks):
+            raise AdminError(f"node {request.node} has not answered the leader for "
+                             f"{ticks * node.options.tick_seconds:g} s (is it running?); promote it once it "
+                             f"answers and has caught up")
         incarnation = self.seen_incarnations.get(request.node)
 
         def build(base: Config) -> Config:

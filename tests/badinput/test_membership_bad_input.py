@@ -13,8 +13,10 @@ changed (the leader's configuration: voters, learners, epoch; for ``--join``, no
   refused before anything is written (no data directory);
 * ``kv member add 2 ...``: an id that is a member already;
 * ``kv member remove 1`` on the 1-node cluster: the last voter;
-* ``kv member promote`` of a learner that lags: the learner joined and caught up, then was paused
-  (SIGSTOP) while 150 writes were decided; the error names how far behind it is ("N slots behind the
+* ``kv member promote`` of a learner that is silent: the learner joined and caught up, then was paused
+  (SIGSTOP); after a second the promotion is refused ("has not answered the leader for ...");
+* ``kv member promote`` of a learner that lags: the same learner, still paused while 150 writes were
+  decided; the error names how far behind it is ("N slots behind the
   leader (decided D of L)", N = L - D and at least the 150 writes), and once resumed it is promoted.
 """
 from __future__ import annotations
@@ -174,7 +176,7 @@ def test_removing_the_last_voter_is_refused(clusters):
 WRITES_WHILE_PAUSED = 150
 
 
-def test_promoting_a_lagging_learner_says_how_far_behind_it_is(clusters, tmp_path):
+def test_promoting_a_silent_or_lagging_learner_is_refused(clusters, tmp_path):
     cluster, _ = clusters
     leader = leader_of(cluster)
     port = free_ports(1)[0]
@@ -197,6 +199,13 @@ def test_promoting_a_lagging_learner_says_how_far_behind_it_is(clusters, tmp_pat
         wait(decided_by_6, 30, "node 6 to join and catch up", cluster)
 
         cluster.pause(6)
+        # Caught up, but silent for longer than an election timeout (0.3 s): refused, since the new
+        # voter set would need it (before, it was promoted and the cluster stopped until it came back).
+        time.sleep(1.0)
+        before = members(cluster)
+        line = the_error(kv(cluster.endpoint(leader), "member", "promote", "6"))
+        assert re.search(r"node 6 has not answered the leader for [\d.]+ s \(is it running\?\)", line), line
+        assert members(cluster) == before
         for i in range(WRITES_WHILE_PAUSED):
             client.put(f"lag/{i}", str(i))
         before = members(cluster)
