@@ -12,7 +12,7 @@ between steps (the node's driver calls ``catch_up`` when it has nothing else to 
 
 **Lazy learners.** In Paxos terms every node is an acceptor, but not every node must be an eager
 learner. While writes keep coming, a follower that is neither the leader nor the *standby*
-(``standby_of``: the lowest id but the leader's, which every node works out alike) is *lazy*: it
+(``standby_of``: the lowest voter id but the leader's, which every node works out alike) is *lazy*: it
 leaves the queue unapplied. After each of its own snapshots the leader sends the file to those
 followers; a lazy one that decided past it *adopts* it (``adopt``: the snapshot stands in for the queued
 slots it covers; ``kvstore.snapshots`` restores and writes it). Restoring a key costs ~1.8 us, applying
@@ -73,9 +73,10 @@ def standby_of(members: Iterable[int], leader: int) -> int | None:
 class Learner:
     """What this node applied and what waits to be applied; eager or lazy (see the module docstring).
 
-    ``members`` are the node ids of the cluster; ``snapshot_every_commands``, ``lazy_learners`` and the
-    ``idle_snapshot_*`` pair come from ``ServerOptions``; ``send_replies`` sends the answers collected so
-    far (the node's); ``clock`` gives the time for the latency counters (``trio.current_time`` in the node).
+    ``members`` are the voters of the cluster's configuration (``Members.sync`` keeps them current);
+    ``snapshot_every_commands``, ``lazy_learners`` and the ``idle_snapshot_*`` pair come from
+    ``ServerOptions``; ``send_replies`` sends the answers collected so far (the node's); ``clock`` gives
+    the time for the latency counters (``trio.current_time`` in the node).
     """
 
     def __init__(self, node_id: int, members: Iterable[int], *, snapshot_every_commands: int, lazy_learners: bool,

@@ -150,6 +150,9 @@ class Members:
         if self._config is not None and epoch == self._config.epoch + 1:
             self._last_change = (self._config, config, trio.current_time())  # for _repeats_last_change
         self._config = config
+        # The voters pick the standby (kvstore.learners.standby_of): the configuration's, not the
+        # --peers this process started with, which a change of members leaves behind.
+        self.node.learner.members = config.node_ids
         peer_ids = tuple(sorted(known))
         if epoch == self._epoch and peer_ids == self._peer_ids:
             return

@@ -385,8 +385,8 @@ class Node:
         self._send_replies = self.clients.send_replies
         self.waiters = Waiters(o.request_timeout_seconds, self._leader_hint, self.counters)
         self.learner = Learner(
-            node_id, self.peers, snapshot_every_commands=o.snapshot_every, lazy_learners=o.lazy_learners,
-            sm=sm, applied_slot=self.replica.snapshot_slot, waiters=self.waiters,
+            node_id, self.replica.config.node_ids, snapshot_every_commands=o.snapshot_every,
+            lazy_learners=o.lazy_learners, sm=sm, applied_slot=self.replica.snapshot_slot, waiters=self.waiters,
             send_replies=self._send_replies, counters=self.counters, clock=trio.current_time,
             idle_snapshot_seconds=o.idle_snapshot_seconds, idle_snapshot_commands=o.idle_snapshot_commands)
         self.members = Members(self)

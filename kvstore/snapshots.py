@@ -156,12 +156,12 @@ class Snapshots:
         trim_us = int((time.perf_counter() - trim_started) * 1e6)
         counters["memory_trim_us_max"] = max(counters["memory_trim_us_max"], trim_us)
         log.info("snapshot at slot %d (%d keys, %d ms)", slot, len(node.learner.sm), self.write_ms)
-        if (node.options.lazy_learners and node.replica.is_leader and len(node.peers) >= 3
+        if (node.options.lazy_learners and node.replica.is_leader and len(node.learner.members) >= 3
                 and node.learner.small_enough_for_learners()):
             # Followers other than the standby may be lazy learners: they take this instead of
             # applying (one that is not lazy drops it: the slot is applied there already). Past
             # that size no follower is lazy (see Learner.should_be_lazy), so nothing is sent.
-            standby = standby_of(node.peers, node.node_id)
+            standby = standby_of(node.learner.members, node.node_id)
             self.send_soon([p for p in node.peers if p not in (node.node_id, standby)])
 
     def _postponed(self, slot: int, exc: OutOfDescriptors) -> None:

@@ -512,3 +512,29 @@ async def test_serve_options_reach_the_core_check_quorum_on_by_default_and_off_o
         assert on.nodes[1].replica.options.check_quorum is True
         assert off.nodes[1].replica.options.check_quorum is False
         nursery.cancel_scope.cancel()
+
+
+async def test_the_standby_follows_a_change_of_members(tmp_path, autojump_clock):
+    """The standby (the follower that always applies; kvstore.learners.standby_of) is picked among the
+    voters of the current configuration, not the ``--peers`` a node started with. Regression (QA): after
+    ``kv cluster add; kv cluster remove 1`` every node still counted the removed node 1, took it for the
+    standby, and so no follower stayed eager: a new leader had a backlog to apply first."""
+    from kvstore.learners import standby_of
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = await cluster.start_all()
+        removed = min(i for i in PEERS if i != leader)  # the standby until it is removed
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            await kv.member_remove(removed)
+            await kv.put("k", "v")
+        voters = tuple(sorted(i for i in PEERS if i != removed))
+        with trio.fail_after(30):
+            while any(cluster.nodes[i].replica.config.node_ids != voters for i in voters):
+                await trio.sleep(0.05)
+        for i in voters:
+            node = cluster.nodes[i]
+            assert node.learner.members == voters
+            assert standby_of(node.learner.members, leader) in set(voters) - {leader}
+        nursery.cancel_scope.cancel()
