@@ -23,7 +23,7 @@ from .common import (
     reporting_errors,
     unreachable_hint,
 )
-from .output import OutputFormat
+from .output import OutputFormat, echo
 
 
 class BenchOp(str, enum.Enum):
@@ -159,7 +159,7 @@ def bench_command(
         if fmt is OutputFormat.json:
             import json
 
-            typer.echo(json.dumps(result.to_dict(), indent=2))
+            echo(json.dumps(result.to_dict(), indent=2))
         elif fmt is OutputFormat.table:
             from .output import print_table
 
@@ -172,11 +172,11 @@ def bench_command(
             if result.errors:
                 print_table(["ERROR", "COUNT"], sorted(result.errors.items(), key=lambda kv: -kv[1]))
         else:
-            typer.echo(result.format_text())
+            echo(result.format_text())
         if plot is not None:
             loadgen.plot_result(result, plot)
             if fmt is not OutputFormat.json:
-                typer.echo(f"plot written to {plot}")
+                echo(f"plot written to {plot}")
         if result.ok == 0:
             raise OperationFailed(f"no request succeeded ({sum(result.errors.values())} errors)"
                                   + unreachable_hint(settings, [result.last_error]))

@@ -28,7 +28,7 @@ from .common import (
     error_line,
     reporting_errors,
 )
-from .output import OutputFormat, print_json, print_table
+from .output import OutputFailed, OutputFormat, echo, print_json, print_table
 
 LOAD_EPILOG = ("Examples: kv load data.jsonl;  zcat data.jsonl.gz | kv load -;  kv load --dry-run data.jsonl;  "
                "kv dump > all.jsonl && kv --endpoints OTHER:7001 load all.jsonl")
@@ -73,6 +73,8 @@ def _bar_wanted(progress: bool) -> bool:
 def _open_input(file: str) -> tuple[BinaryIO, int | None]:
     """The input as a binary file and its size (None for a pipe or a terminal); UsageProblem if unusable."""
     if file == "-":
+        if sys.stdin is None:  # closed at start (kv load - <&-)
+            raise UsageProblem("cannot read stdin: standard input is closed")
         stream = typer.get_binary_stream("stdin")
     else:
         try:
@@ -152,10 +154,10 @@ def load_command(
                           f"{summary.keys_per_s:.0f}"]])
         elif dry_run:
             lines = f"{summary.lines} line{'' if summary.lines == 1 else 's'}"
-            typer.echo(f"OK: {bulk.records_text(summary.records)} in {lines} of {name}, all valid "
+            echo(f"OK: {bulk.records_text(summary.records)} in {lines} of {name}, all valid "
                        "(nothing written)")
         else:
-            typer.echo(f"OK: {bulk.records_text(summary.written)} from {name} written in {summary.seconds:.2f} s "
+            echo(f"OK: {bulk.records_text(summary.written)} from {name} written in {summary.seconds:.2f} s "
                        f"({summary.keys_per_s:.0f} keys/s)")
 
 
@@ -175,6 +177,8 @@ def dump_command(
         tls = settings.tls()
         part = None
         if file == "-":
+            if sys.stdout is None:  # closed at start (kv dump >&-): said before anything is read
+                raise OutputFailed("cannot write the output: standard output is closed")
             out = typer.get_binary_stream("stdout")
         else:
             part = f"{file}.part"
@@ -195,14 +199,23 @@ def dump_command(
                 bar.progress.update(bar.task, total=s.keys_total or None, completed=decoded,
                                     status=f"{s.keys} written, {s.keys_per_s:,.0f} keys/s")
 
+        async def to_output(call: Any, *args: Any) -> None:
+            try:
+                await trio.to_thread.run_sync(call, *args)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # a full disk: said as such, not as the client's failure
+                raise OutputFailed(f"cannot write {'the output' if part is None else part}: "
+                                   f"{exc.strerror or exc}") from None
+
         async def write(data: bytes) -> None:
-            await trio.to_thread.run_sync(out.write, data)
+            await to_output(out.write, data)
 
         async def run() -> None:
             async with connect(endpoints, timeout=settings.command_timeout, cacert=tls.get("cacert"),
                                cert=tls.get("cert"), key=tls.get("key")) as client:
                 await bulk.dump(client, write, prefix=prefix, summary=summary, progress=show)
-            await trio.to_thread.run_sync(out.flush)
+            await to_output(out.flush)
 
         ok = False
         try:
@@ -222,6 +235,8 @@ def dump_command(
                 raise OperationFailed(f"{exc}; {_dump_left(summary, part)}") from None
             except BrokenPipeError:
                 raise OperationFailed(f"the output was closed after {summary.keys} records") from None
+            except OutputFailed as exc:
+                raise OperationFailed(f"{exc}; {_dump_left(summary, part)}") from None
             except KeyboardInterrupt:
                 error_line(f"interrupted: {_dump_left(summary, part)}")
                 raise typer.Exit(EXIT_FAILED) from None
@@ -237,13 +252,13 @@ def dump_command(
                     pass
         where = "stdout" if part is None else file
         if settings.write_out is OutputFormat.json:
-            typer.echo(_json_text({"ok": True, "file": where, "prefix": prefix, **summary.to_dict()}), err=part is None)
+            echo(_json_text({"ok": True, "file": where, "prefix": prefix, **summary.to_dict()}), err=part is None)
         elif settings.write_out is OutputFormat.table and part is not None:
             print_table(["FILE", "KEYS", "REVISION", "SLOT", "SECONDS", "KEYS/S"],
                         [[where, summary.keys, summary.revision, summary.slot, f"{summary.seconds:.3f}",
                           f"{summary.keys_per_s:.0f}"]])
         else:
-            typer.echo(f"OK: {bulk.records_text(summary.keys)} written to {where} (of {summary.keys_total} keys at "
+            echo(f"OK: {bulk.records_text(summary.keys)} written to {where} (of {summary.keys_total} keys at "
                        f"revision {summary.revision}, slot {summary.slot}) in {summary.seconds:.2f} s",
                        err=part is None)
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .common import OperationFailed, Settings, UsageProblem, reporting_errors
+from .output import echo
 
 if TYPE_CHECKING:
     import datetime
@@ -289,7 +290,7 @@ def init_command(
         host_list = check_hosts((hosts or "").split(","))
         paths = init_dir(directory, nodes=nodes, hosts=host_list, days=days)
         for path in paths:
-            typer.echo(str(path))
+            echo(str(path))
 
 
 @certs_app.command("node", epilog="Example: kv certs node /etc/kv/pki 4 --hosts 10.0.0.4")
@@ -304,7 +305,7 @@ def node_command(
     with reporting_errors(_settings(ctx)):
         host_list = check_hosts((hosts or "").split(","))
         for path in add_node(directory, node_id, hosts=host_list, days=days):
-            typer.echo(str(path))
+            echo(str(path))
 
 
 @certs_app.command("client", epilog="Example: kv certs client /etc/kv/pki reader")
@@ -318,5 +319,5 @@ def client_command(
     with reporting_errors(_settings(ctx)):
         check_client_name(name)
         for path in add_client(directory, name, days=days):
-            typer.echo(str(path))
+            echo(str(path))
 

@@ -42,7 +42,7 @@ from .common import (
     reporting_errors,
     write_state,
 )
-from .output import OutputFormat, cell, jsonable, print_json, render_table
+from .output import OutputFormat, cell, echo, jsonable, print_json, render_table
 
 cluster_app = typer.Typer(
     help="Run a local cluster of `kv serve` processes on 127.0.0.1.\n\n"
@@ -148,12 +148,12 @@ def stop_nodes(
         for node in live:
             if process_state(node.get("pid"), node) != "dead":
                 if not quiet:
-                    typer.echo(f"node {node['id']} (pid {node['pid']}) did not stop: SIGKILL", err=True)
+                    echo(f"node {node['id']} (pid {node['pid']}) did not stop: SIGKILL", err=True)
                 _signal(node["pid"], signal.SIGKILL)
         _wait_dead(live, KILL_WAIT_SECONDS, children)
     for node in live:
         if not quiet:
-            typer.echo(f"stopped node {node['id']} (pid {node['pid']})", err=True)
+            echo(f"stopped node {node['id']} (pid {node['pid']})", err=True)
     for node in nodes:
         if process_state(node.get("pid"), node) == "dead":
             node["pid"] = None
@@ -367,7 +367,7 @@ def _wait_for_leader(
     start = time.monotonic()
     deadline = start + seconds
     if not progress_tty:
-        typer.echo(f"waiting for a leader (up to {seconds:.0f} s)...", err=True)
+        echo(f"waiting for a leader (up to {seconds:.0f} s)...", err=True)
     leader = None
     for _ in range(int(seconds / (POLL_SECONDS * 2)) + 2):
         for node in state["nodes"]:
@@ -384,7 +384,7 @@ def _wait_for_leader(
         leader = nodestatus.known_leader(statuses)
         reachable = sum(1 for s in statuses if nodestatus.is_reachable(s))
         if progress_tty:
-            typer.echo(
+            echo(
                 f"\rwaiting for a leader: {time.monotonic() - start:4.1f} s, "
                 f"{reachable}/{len(state['nodes'])} nodes answer",
                 err=True,
@@ -394,7 +394,7 @@ def _wait_for_leader(
             break
         time.sleep(POLL_SECONDS * 2)
     if progress_tty:
-        typer.echo("", err=True)
+        echo("", err=True)
     if leader is None:
         raise OperationFailed(
             f"no leader after {seconds:.0f} s; see the logs {state['nodes'][0]['log_file']} and its siblings"
@@ -416,7 +416,7 @@ def _foreground_view(cluster_dir: Path, state: dict[str, Any], children: dict[in
     tty = sys.stdout.isatty()
     last_text = None
     all_dead_since: float | None = None
-    typer.echo("Ctrl-C stops the cluster.", err=True)
+    echo("Ctrl-C stops the cluster.", err=True)
     while True:  # ends on Ctrl-C/SIGTERM, or when every node stayed dead VIEW_ALL_DEAD_SECONDS
         for child in children.values():
             child.poll()  # reap nodes killed by `kv cluster kill` from another terminal
@@ -428,16 +428,16 @@ def _foreground_view(cluster_dir: Path, state: dict[str, Any], children: dict[in
         rows = view_rows(state, statuses)
         text = render_view(rows)
         if tty:
-            typer.echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + f"cluster {cluster_dir}\n" + text
+            echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + f"cluster {cluster_dir}\n" + text
                        + "\n\nCtrl-C stops the cluster.")
         elif text != last_text:
-            typer.echo(text + "\n")
+            echo(text + "\n")
         last_text = text
         if all(r["process"] == "dead" for r in rows):
             now = time.monotonic()
             all_dead_since = all_dead_since if all_dead_since is not None else now
             if now - all_dead_since >= VIEW_ALL_DEAD_SECONDS:
-                typer.echo("every node has exited; leaving the view", err=True)
+                echo("every node has exited; leaving the view", err=True)
                 return common.EXIT_FAILED
         else:
             all_dead_since = None
@@ -571,7 +571,7 @@ def up_command(
         except OperationFailed:
             if detach and all(c.poll() is None for c in children.values()):
                 # no leader yet, but every node runs: leave them, the user may look at them
-                typer.echo("the nodes keep running: `kv cluster status`, `kv cluster down`", err=True)
+                echo("the nodes keep running: `kv cluster status`, `kv cluster down`", err=True)
             else:
                 stop_nodes(node_list, children, quiet=True)
                 write_state(cluster_dir, state)
@@ -581,12 +581,12 @@ def up_command(
             write_state(cluster_dir, state)
             raise
         endpoints = ",".join(state["endpoints"])
-        typer.echo(f"cluster {cluster_id} up in {cluster_dir}: {nodes} nodes ({engine.value} engine), "
+        echo(f"cluster {cluster_id} up in {cluster_dir}: {nodes} nodes ({engine.value} engine), "
                    f"leader {leader}", err=True)
-        typer.echo(f"endpoints: {endpoints}")
-        typer.echo(f"export KV_ENDPOINTS={endpoints}")
+        echo(f"endpoints: {endpoints}")
+        echo(f"export KV_ENDPOINTS={endpoints}")
         for name, value in _tls_of(state).items():
-            typer.echo(f"export KV_{name.upper()}={value}")
+            echo(f"export KV_{name.upper()}={value}")
     if detach:
         return
     _install_sigterm_as_interrupt()
@@ -594,7 +594,7 @@ def up_command(
     try:
         code = _foreground_view(cluster_dir, state, children, settings.command_timeout)
     except KeyboardInterrupt:
-        typer.echo("\nstopping the cluster...", err=True)
+        echo("\nstopping the cluster...", err=True)
     finally:
         with contextlib.suppress(UsageProblem):
             state = read_state(cluster_dir) or state
@@ -611,13 +611,13 @@ def down_command(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
     with reporting_errors(settings):
         state = read_state(cluster_dir)
         if state is None:
-            typer.echo(f"no cluster in {cluster_dir}: nothing to stop", err=True)
+            echo(f"no cluster in {cluster_dir}: nothing to stop", err=True)
             return
         if all(process_state(n.get("pid"), n) == "dead" for n in state["nodes"]):
-            typer.echo(f"the cluster in {cluster_dir} is not running", err=True)
+            echo(f"the cluster in {cluster_dir} is not running", err=True)
         stop_nodes(state["nodes"])
         write_state(cluster_dir, state)
-        typer.echo("OK")
+        echo("OK")
 
 
 @cluster_app.command("status", epilog="Example: kv cluster status;  kv -w json cluster status")
@@ -634,12 +634,12 @@ def status_command(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
             print_json(jsonable({"cluster_id": state.get("cluster_id"), "dir": str(cluster_dir),
                                  "endpoints": state["endpoints"], "nodes": rows}))
         elif settings.write_out is OutputFormat.table:
-            typer.echo(render_view(rows))
+            echo(render_view(rows))
         else:
-            typer.echo(f"cluster {state.get('cluster_id')} in {cluster_dir}")
-            typer.echo(f"endpoints: {','.join(state['endpoints'])}")
+            echo(f"cluster {state.get('cluster_id')} in {cluster_dir}")
+            echo(f"endpoints: {','.join(state['endpoints'])}")
             for r in rows:
-                typer.echo(
+                echo(
                     f"node {r['id']}: port={r['port']} pid={cell(r['pid'])} process={r['process']} "
                     f"role={cell(r['role'])} reachable={cell(r['reachable'])} leader={cell(r['leader'])} "
                     f"decided={cell(r['decided_slot'])} applied={cell(r['applied_slot'])}"
@@ -658,12 +658,12 @@ def _signal_command(ctx: typer.Context, node_id: int, data_dir: Path | None, act
         process = process_state(node.get("pid"), node)
         if action == "kill":
             if process == "dead":
-                typer.echo(f"node {node_id} is not running", err=True)
+                echo(f"node {node_id} is not running", err=True)
             else:
                 pid = node["pid"]
                 _signal(pid, signal.SIGKILL)
                 _wait_dead([node], KILL_WAIT_SECONDS, {})
-                typer.echo(f"killed node {node_id} (pid {pid})")
+                echo(f"killed node {node_id} (pid {pid})")
             node["pid"] = None
             write_state(cluster_dir, state)
         elif action == "restart":
@@ -676,15 +676,15 @@ def _signal_command(ctx: typer.Context, node_id: int, data_dir: Path | None, act
             child = spawn_node(node)
             write_state(cluster_dir, state)
             if _wait_answering(state, node, child, RESTART_WAIT_SECONDS):
-                typer.echo(f"restarted node {node_id} (pid {node['pid']})")
+                echo(f"restarted node {node_id} (pid {node['pid']})")
             else:
-                typer.echo(f"restarted node {node_id} (pid {node['pid']}); it does not answer yet after "
+                echo(f"restarted node {node_id} (pid {node['pid']}); it does not answer yet after "
                            f"{RESTART_WAIT_SECONDS:g} s (a long log to read?): kv cluster status", err=True)
         elif action in ("pause", "resume"):
             if process == "dead":
                 raise OperationFailed(f"node {node_id} is not running")
             _signal(node["pid"], signal.SIGSTOP if action == "pause" else signal.SIGCONT)
-            typer.echo(f"{'paused' if action == 'pause' else 'resumed'} node {node_id} (pid {node['pid']})")
+            echo(f"{'paused' if action == 'pause' else 'resumed'} node {node_id} (pid {node['pid']})")
         else:  # pragma: no cover - programmer mistake
             raise AssertionError(action)
 
@@ -731,7 +731,7 @@ def _warn_fault_tolerance(result: dict[str, Any]) -> None:
 
     warning = fault_tolerance_warning(result)
     if warning is not None:
-        typer.echo(warning, err=True)
+        echo(warning, err=True)
 
 
 @cluster_app.command("add", epilog="Example: kv cluster add;  kv cluster add --port 7010")
@@ -759,7 +759,7 @@ def add_command(
             raise OperationFailed(f"port {port} on {HOST} is already in use; pick another with --port")
         address = f"{HOST}:{port}"
         _admin(settings, state, "member_add", node_id, address)
-        typer.echo(f"added node {node_id} ({address}) as a learner", err=True)
+        echo(f"added node {node_id} ({address}) as a learner", err=True)
         node_dir = cluster_dir / f"node-{node_id}"
         data = node_dir / NODE_DATA_DIR_NAME
         argv = [sys.executable, "-m", "kv_cli", "serve", "--id", str(node_id), "--join", ",".join(state["endpoints"]),
@@ -778,7 +778,7 @@ def add_command(
         state["endpoints"].append(address)
         state["membership_changed"] = True
         write_state(cluster_dir, state)
-        typer.echo(f"started node {node_id} (pid {node['pid']}); waiting for it to catch up...", err=True)
+        echo(f"started node {node_id} (pid {node['pid']}); waiting for it to catch up...", err=True)
         deadline = time.monotonic() + ADD_CATCH_UP_SECONDS
         last = ""
         while True:
@@ -795,10 +795,10 @@ def add_command(
                     raise OperationFailed(f"node {node_id} did not catch up within {ADD_CATCH_UP_SECONDS:g} s "
                                           f"({last}); it stays a learner: kv member promote {node_id}") from None
                 time.sleep(0.5)
-        typer.echo(f"promoted node {node_id} to voter", err=True)
+        echo(f"promoted node {node_id} to voter", err=True)
         _warn_fault_tolerance(promoted)
-        typer.echo(f"endpoints: {','.join(state['endpoints'])}")
-        typer.echo(f"export KV_ENDPOINTS={','.join(state['endpoints'])}")
+        echo(f"endpoints: {','.join(state['endpoints'])}")
+        echo(f"export KV_ENDPOINTS={','.join(state['endpoints'])}")
 
 
 @cluster_app.command("remove", epilog="Example: kv cluster remove 2")
@@ -814,11 +814,11 @@ def remove_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirO
         if node_id in listed.get("retired", ()):
             # Removed already (kv member remove, or a kv cluster remove whose answer was lost): only this
             # file still lists it, and kv cluster up would start it again.
-            typer.echo(f"node {node_id} was removed from the members already; dropping it from this cluster",
+            echo(f"node {node_id} was removed from the members already; dropping it from this cluster",
                        err=True)
         else:
             removed = _admin(settings, state, "member_remove", node_id)
-            typer.echo(f"removed node {node_id} from the members", err=True)
+            echo(f"removed node {node_id} from the members", err=True)
             _warn_fault_tolerance(removed)
         stop_nodes([node], quiet=True)
         state["nodes"] = [n for n in state["nodes"] if n["id"] != node_id]
@@ -826,5 +826,5 @@ def remove_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirO
         state["removed_ids"] = sorted(set(state.get("removed_ids", [])) | {node_id})
         state["membership_changed"] = True
         write_state(cluster_dir, state)
-        typer.echo(f"stopped node {node_id}; its data stays in {node['data_dir']}", err=True)
-        typer.echo(f"endpoints: {','.join(state['endpoints'])}")
+        echo(f"stopped node {node_id}; its data stays in {node['data_dir']}", err=True)
+        echo(f"endpoints: {','.join(state['endpoints'])}")

@@ -10,9 +10,10 @@ put, get, del, cas, ls, status, health). Tests replace both with a fake, so no c
 the client talks to servers.
 
 Expected failures become one line on stderr (``Error: ...``) and an exit code: ``UsageProblem`` -> 2,
-``KVError`` (of ``kvstore.client`` or ``kvstore.oneshot``), ``kvstore.limits.TooLarge`` and
-``OperationFailed`` -> 1. Anything unexpected is also one line (exit 1) unless ``--debug`` asks for
-the traceback. The exit is ``SystemExit``, which typer passes through as it is.
+``KVError`` (of ``kvstore.client`` or ``kvstore.oneshot``), ``kvstore.limits.TooLarge``,
+``OperationFailed`` and ``output.OutputFailed`` (stdout closed or full) -> 1. Anything unexpected is
+also one line (exit 1) unless ``--debug`` asks for the traceback. The exit is ``SystemExit``, which
+typer passes through as it is.
 
 This module imports neither typer nor a client (``kv get`` starts without them; see ``kv_cli.fast``).
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 import kvstore.endpoints
 
-from .output import OutputFormat, echo
+from .output import OutputFailed, OutputFormat, echo
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -342,7 +343,7 @@ def reporting_errors(settings: Settings) -> Iterator[None]:
             _print_traceback()
         error_line(str(exc))
         raise SystemExit(EXIT_USAGE) from None
-    except OperationFailed as exc:
+    except (OperationFailed, OutputFailed) as exc:
         if settings.debug:
             _print_traceback()
         error_line(str(exc))

@@ -220,7 +220,7 @@ def run_fast(argv: list[str]) -> bool:
     have it."""
     try:
         done = _run(argv)
-        if done:
+        if done and sys.stdout is not None:  # (None: closed at start; a command that printed said so)
             sys.stdout.flush()
         return done
     except BrokenPipeError:

@@ -105,8 +105,9 @@ def print_help(path: list[str]) -> bool:
         if text is None:
             return False
         _store(name, key, text)
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    from .output import echo
+
+    echo(text)  # (a closed or full stdout: OutputFailed, which kv_cli.main.run reports)
     return True
 
 

@@ -22,8 +22,20 @@ _GLOBAL_FLAGS = ("--debug",)
 _OWN_FLAGS_COMMANDS = ("bench", "serve")  # these define some of the same names themselves
 
 
+class MissingValue(Exception):
+    """A global option with a value, written last without one (``kv get k -w``): a usage error. Hoisted
+    alone, it would take the command's name as its value ("'get' is not one of ...")."""
+
+
+def _attached_short(arg: str) -> bool:
+    """``-wjson``: click's short option with its value attached (the only short global option is -w)."""
+    return arg.startswith("-w") and len(arg) > 2 and not arg.startswith("--")
+
+
 def hoist_global_options(argv: list[str]) -> list[str]:
-    """Move global options that follow the subcommand to the front; everything else keeps its order."""
+    """Move global options that follow the subcommand to the front; everything else keeps its order.
+
+    Raises MissingValue for such an option last, without its value."""
     front: list[str] = []
     rest: list[str] = []
     command_seen = False
@@ -39,10 +51,13 @@ def hoist_global_options(argv: list[str]) -> list[str]:
                 rest.extend(argv[i:])
                 break
             rest.append(arg)
-        elif command_seen and arg in _GLOBAL_WITH_VALUE and i + 1 < len(argv):
+        elif command_seen and arg in _GLOBAL_WITH_VALUE:
+            if i + 1 == len(argv):
+                raise MissingValue(arg)
             front.extend(argv[i:i + 2])
             i += 1
-        elif command_seen and (arg in _GLOBAL_FLAGS or arg.split("=", 1)[0] in _GLOBAL_WITH_VALUE):
+        elif command_seen and (arg in _GLOBAL_FLAGS or arg.split("=", 1)[0] in _GLOBAL_WITH_VALUE
+                               or _attached_short(arg)):
             front.append(arg)
         elif not command_seen and arg in _GLOBAL_WITH_VALUE and i + 1 < len(argv):
             front.extend(argv[i:i + 2])
@@ -89,11 +104,36 @@ def not_text_argument(argv: list[str]) -> str | None:
 
 def run() -> None:
     """The ``kv`` console script."""
-    argv = hoist_global_options(sys.argv[1:])
+    try:
+        argv = hoist_global_options(sys.argv[1:])
+    except MissingValue as exc:
+        print(f"Error: option {exc} needs a value", file=sys.stderr)
+        raise SystemExit(2) from None
     problem = not_text_argument(argv)
     if problem is not None:
         print(f"Error: {problem}", file=sys.stderr)
         raise SystemExit(2)
+    from .output import OutputFailed
+
+    try:
+        _dispatch(argv)
+    except OutputFailed as exc:  # a cached help page to a closed or full stdout (commands report their own)
+        _output_lost(str(exc))
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        # Past the typer app, only click's own writing raises this (a help page or a usage error to a full
+        # stdout): every command reports its failures itself (kv_cli.common.reporting_errors)
+        _output_lost(f"cannot write the output: {exc.strerror or exc}")
+
+
+def _output_lost(message: str) -> None:
+    if sys.stderr is not None:
+        print(f"Error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _dispatch(argv: list[str]) -> None:
     from .fast import run_fast
 
     if run_fast(argv):

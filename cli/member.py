@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from .common import Settings, UsageProblem, open_client, reporting_errors
-from .output import OutputFormat, cell, jsonable, print_json, print_table
+from .output import OutputFormat, cell, echo, jsonable, print_json, print_table
 
 member_app = typer.Typer(
     help="List and change the cluster's members: add a learner, promote it to voter, remove a member.",
@@ -71,9 +71,9 @@ def show_members(settings: Settings, result: dict[str, Any], client: Any = None)
         print_table(headers, rows)
     else:
         for row in rows:
-            typer.echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row, strict=True)))
+            echo(", ".join(f"{h.lower()}={cell(v)}" for h, v in zip(headers, row, strict=True)))
     if result.get("change_in_progress"):
-        typer.echo(f"configuration epoch {result['epoch']} takes effect at slot {result.get('effective_slot')}",
+        echo(f"configuration epoch {result['epoch']} takes effect at slot {result.get('effective_slot')}",
                    err=True)
 
 
@@ -106,7 +106,7 @@ def add_command(ctx: typer.Context,
             result = client.admin("member_add", node_id, address)
         cluster_id = result.get("cluster_id")
         cluster_flag = f" --cluster-id {cluster_id}" if cluster_id and cluster_id != "kv" else ""
-        typer.echo(f"added node {node_id} ({address}) as a learner; start it with: "
+        echo(f"added node {node_id} ({address}) as a learner; start it with: "
                    f"kv serve --id {node_id} --join <member HOST:PORT>{cluster_flag} --data-dir <empty dir>", err=True)
         show_members(settings, result)
 
@@ -119,11 +119,11 @@ def promote_command(ctx: typer.Context,
     with reporting_errors(settings):
         with open_client(settings) as client:
             result = client.admin("member_promote", node_id)
-        typer.echo(f"promoted node {node_id} to voter", err=True)
+        echo(f"promoted node {node_id} to voter", err=True)
         show_members(settings, result)
         warning = fault_tolerance_warning(result)
         if warning:
-            typer.echo(warning, err=True)
+            echo(warning, err=True)
 
 
 @member_app.command("remove", epilog="Example: kv member remove 2")
@@ -135,11 +135,11 @@ def remove_command(ctx: typer.Context,
     with reporting_errors(settings):
         with open_client(settings) as client:
             result = client.admin("member_remove", node_id)
-        typer.echo(f"removed node {node_id}; stop its process now", err=True)
+        echo(f"removed node {node_id}; stop its process now", err=True)
         show_members(settings, result)
         warning = fault_tolerance_warning(result)
         if warning:
-            typer.echo(warning, err=True)
+            echo(warning, err=True)
 
 
 def move_leader_command(
@@ -152,4 +152,4 @@ def move_leader_command(
     with reporting_errors(settings):
         with open_client(settings) as client:
             result = client.admin("move_leader", node_id)
-        typer.echo(f"node {result.get('leader')} leads now", err=True)
+        echo(f"node {result.get('leader')} leads now", err=True)

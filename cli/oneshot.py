@@ -42,6 +42,8 @@ def _check_sizes(key: str, *values: tuple[str | bytes | None, str], key_what: st
 
 
 def _read_stdin_value() -> str | bytes:
+    if sys.stdin is None:  # Python's stand-in for a descriptor closed at start (kv put k <&-)
+        raise UsageProblem("no value given and standard input is closed (kv put KEY VALUE, or KEY < FILE)")
     if sys.stdin.isatty():  # typed at a terminal: say what it waits for
         print("kv put: reading the value from the terminal; end it with Ctrl-D (or give it: kv put KEY VALUE)",
               file=sys.stderr, flush=True)

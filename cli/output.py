@@ -49,13 +49,35 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def echo(message: str | bytes = "", *, err: bool = False) -> None:
+class OutputFailed(Exception):
+    """Standard output cannot be written: closed before ``kv`` started (``kv get k >&-``) or failing
+    (``kv status >/dev/full``). Reported as one line, exit 1 (``kv_cli.common.reporting_errors``). A
+    reader that went away (``BrokenPipeError``) is not this: that one exits 1 without a word, as click does."""
+
+
+def echo(message: str | bytes = "", *, err: bool = False, nl: bool = True) -> None:
     """Print ``message`` and a newline to stdout (stderr with ``err``): text as text, bytes unchanged on
     the binary stream. As ``typer.echo``, minus its stripping of ANSI escape sequences when the output
-    is not a terminal: a value is printed exactly as stored."""
+    is not a terminal: a value is printed exactly as stored. Unlike it, a closed or failing stdout is an
+    error (``OutputFailed``), not silence; a failing stderr is ignored (there is nowhere left to say so)."""
     stream = sys.stderr if err else sys.stdout
+    if stream is None:  # Python's stand-in for a descriptor closed at start (kv get k >&-)
+        if err:
+            return
+        raise OutputFailed("cannot write the output: standard output is closed")
     data = (bytes(message) if isinstance(message, (bytes, bytearray)) else message.encode(
-        stream.encoding or "utf-8", stream.errors or "strict")) + b"\n"
+        stream.encoding or "utf-8", stream.errors or "strict")) + (b"\n" if nl else b"")
+    try:
+        _write(stream, data)
+    except BrokenPipeError:
+        if not err:
+            raise
+    except OSError as exc:
+        if not err:
+            raise OutputFailed(f"cannot write the output: {exc.strerror or exc}") from None
+
+
+def _write(stream: Any, data: bytes) -> None:
     stream.flush()  # what was printed before comes first
     try:
         fd = stream.fileno()

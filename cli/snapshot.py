@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from .common import Settings, UsageProblem, open_client, reporting_errors
-from .output import OutputFormat, jsonable, print_json, print_table
+from .output import OutputFormat, echo, jsonable, print_json, print_table
 
 snapshot_app = typer.Typer(
     help="Back up the store to a file (save), check a backup (status), make a new cluster from one (restore).",
@@ -33,7 +33,7 @@ def _show(settings: Settings, facts: dict[str, Any], headline: str) -> None:
     elif settings.write_out is OutputFormat.table:
         print_table(list(map(str.upper, facts)), [list(facts.values())])
     else:
-        typer.echo(headline)
+        echo(headline)
 
 
 @snapshot_app.command("save", epilog="Example: kv snapshot save /backups/kv-$(date +%F).kvbak")
@@ -111,8 +111,8 @@ def restore_command(
                               f"(was {made['old_cluster_id']}), incarnation {made['incarnation']}, slot "
                               f"{made['slot']}, {made['keys']} keys")
         if settings.write_out is OutputFormat.simple:
-            typer.echo(f"start it with: {made['serve']}")
-            typer.echo("restore every node of --peers from the same backup, then start them all: they found "
+            echo(f"start it with: {made['serve']}")
+            echo("restore every node of --peers from the same backup, then start them all: they found "
                        "the new cluster together", err=True)
 
 

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from .common import OperationFailed, Settings, UsageProblem, reporting_errors
+from .output import echo
 
 EPILOG = ("Example: kv trace --scenario leader-change --seed 1 -o leader-change.html;  "
           "kv trace --scenario random --seed 42 --heartbeats")
@@ -65,7 +66,7 @@ def trace_command(
             path.write_text(page, encoding="utf-8")
         except OSError as exc:
             raise OperationFailed(f"cannot write {path}: {exc.strerror or exc}") from None
-        typer.echo(f"wrote {path}")
+        echo(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
