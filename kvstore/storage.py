@@ -64,10 +64,13 @@ to hold, the store never makes a log shorter than its marks claim: a torn tail o
 keep the file's length up to the largest claim (a hole of zeros), a batch cut back after ENOSPC keeps
 the length it had, and preallocation that fails gives back only zeros past every claim. The claim is
 written only when it says more than ``durable_end`` (the long form, 28 bytes; otherwise the short
-form as before). What stays open: without preallocation (``preallocate=0``) there is nothing ahead of
-the records to claim, so a cut at a record boundary still passes; with it, a cut that keeps every
-byte a surviving mark claims, i.e. one inside the records written past a preallocation step before
-the next mark claims the new length (a few batches per step).
+form as before). Records never go past the largest length a mark before them claims: ``append``
+finds a batch that would (it outgrows the zeros ahead, or it is larger than all of them, as a catch-up
+can be), grows the file and fsyncs it first (``_grow_durably``: one more fdatasync per preallocation
+step), and puts a mark claiming the new length in front of it. So for every cut below the file's
+length a mark survives that claims more. What stays open: without preallocation (``preallocate=0``)
+there is nothing ahead of the records to claim, so a cut at a record boundary still passes; and the
+batches written while the disk has no room for the zeros go unclaimed until a later growth succeeds.
 
 Records know their place. A record's checksum is the crc32 of its payload XORed with a mask made of
 the log's slot (``log-<slot>.wal``) and the record's byte offset in it (``position_mask``: the crc32
@@ -1378,7 +1381,11 @@ class Storage:
         need = self._log_end + count
         if not self._preallocate or need <= self._allocated:
             return
-        target = need + self._preallocate
+        self._write_zeros(need + self._preallocate)
+
+    def _write_zeros(self, target: int) -> bool:
+        """Write zeros after the records and the zeros already there, up to byte ``target``; True if
+        written, False (a warning logged, nothing preallocated) if the disk has no room for them."""
         # Zeros go after the records, never over them: after a preallocation that failed (a full disk),
         # records were written past the zeros (``_allocated`` < ``_log_end``), and writing zeros from
         # ``_allocated`` again would erase records already fsynced and acknowledged.
@@ -1402,8 +1409,9 @@ class Storage:
             except OSError:
                 pass  # the zeros stay; they are not records, and recovery reads past them
             self._allocated = start
-            return
+            return False
         self._allocated = target
+        return True
 
     def _install_log(self, slot: int, records: Callable[[], Iterable[object]]) -> None:
         """Make the log ``log-<slot>.wal`` hold ``records()`` (atomically) and append to it from now on.
@@ -1535,7 +1543,11 @@ class Storage:
                                       configs=recovered.configs)
 
     def append(self, records: Iterable[object]) -> None:
-        """Encode ``records`` and buffer them; nothing is written until ``sync``.
+        """Encode ``records`` and buffer them; no record is written until ``flush`` or ``sync``.
+
+        With preallocation, records that would reach past every length the log's marks claim first grow
+        the file (zeros, then an fdatasync: see "A log cut short"); if that fdatasync fails, the Storage
+        is broken and the batch's ``flush`` or ``sync`` raises ``DiskFailed``.
 
         Raises ``TypeError`` for something that is not a well-formed ``paxos.actions`` record (before
         buffering any of them), ``StorageError`` if the Storage is closed or broken.
@@ -1556,7 +1568,23 @@ class Storage:
             mark_end = self._synced_end
             if mark_end > self._marked_end:
                 mark = _encode_mark(mark_end, mark_size, None if placed is None else at, placed or 0)
+        if type(records) is not list:
+            records = list(records)  # (encoded twice when a growth's mark takes the place of this one)
         data = encode_records(records, None if placed is None else at + len(mark), placed or 0)
+        claimed = max(self._marked_size, mark_size if mark else 0)
+        if data and self._preallocate and at + len(mark) + len(data) >= claimed:
+            # These records would reach what no mark claims yet: grow the file durably first, and put a
+            # mark claiming the new length in front of them (see "A log cut short").
+            try:
+                grown = self._grow_durably(at + len(mark) + len(data))
+            except DiskFailed:
+                grown = False  # (recorded in ``failure``: the batch's flush, sync or fsync raises it)
+            if grown:
+                mark_end, mark_size = self._synced_end, self._synced_size
+                claim = _encode_mark(mark_end, mark_size, None if placed is None else at, placed or 0)
+                if len(claim) != len(mark):
+                    data = encode_records(records, None if placed is None else at + len(claim), placed or 0)
+                mark = claim
         if data:
             if mark:
                 data = mark + data
@@ -1565,6 +1593,20 @@ class Storage:
                     self._marked_size = mark_size
             pending.append(data)
             self._pending_bytes += len(data)
+
+    def _grow_durably(self, end: int) -> bool:
+        """Before records are appended up to byte ``end`` past every length a mark claims: make the file
+        longer than ``end`` (zeros to ``end`` + ``preallocate``, unless it is already) and fdatasync it,
+        so that the mark ``append`` puts in front of them may claim that length. False (nothing claimed)
+        if the disk has no room for the zeros. Owner thread; it may overlap ``fsync_through``'s
+        fdatasync, and both only raise ``_synced_end`` and ``_synced_size``."""
+        if self._allocated <= end and not self._write_zeros(end + self._preallocate):
+            return False
+        written_end = self._log_end
+        self._fdatasync_log()  # the file's length (and every record written) durable: _synced_size
+        if written_end > self._synced_end:
+            self._synced_end = written_end
+        return True
 
     def sync(self) -> None:
         """Write everything appended since the last sync in one write, then fdatasync once.

@@ -118,3 +118,33 @@ def test_without_preallocation_marks_claim_no_more_than_the_records(tmp_path):
     log.write_bytes(data[:record_starts(data)[-1]])
     with open_storage(tmp_path, preallocate=0) as storage:
         assert len(storage.recovered.decided) < 5
+
+
+def test_a_log_that_grew_past_its_zeros_is_refused_wherever_it_is_cut(tmp_path):
+    """Records never go past what a mark before them claims: before a batch that would reach beyond the
+    largest claim (past the preallocated zeros, or one batch larger than all of them: a catch-up after a
+    restart) the file grows and is fsynced, and the batch's own mark claims the new length. So a cut
+    anywhere below the file's length leaves a mark that sees it. Regression (QA): a 3.2 MB catch-up batch
+    written past the 1 MiB zeros, then small batches; a cut inside the big batch took every mark that
+    claimed more, and the node started without the big batch and the small ones after it, all fsynced."""
+    sizes = [10, 3000, 200, 5 * PREALLOC, 50, 50, 2 * PREALLOC, 10] + [300] * 12
+    with open_storage(tmp_path) as storage:
+        for slot, size in enumerate(sizes, start=1):
+            storage.append([AcceptRecord(slot, BALLOT, (b"%d" % slot * size,))])
+            if slot % 3:
+                storage.sync()
+            else:  # the server's way: write, then fsync up to the end in a worker thread
+                storage.fsync_through(storage.flush())
+    log = tmp_path / log_file_name(0)
+    data = log.read_bytes()
+    length = len(data)
+    assert length > 7 * PREALLOC  # it grew past its zeros several times
+    starts = [start for start in record_starts(data) if start > FENCE_BYTES]
+    cuts = sorted(set(starts + random.Random(3).sample(range(FENCE_BYTES + 1, length), 300)))
+    for cut in cuts:
+        log.write_bytes(data[:cut])
+        with pytest.raises(StorageError, match="its end was cut off|corrupt at byte offset"):
+            open_storage(tmp_path)
+    log.write_bytes(data)
+    with open_storage(tmp_path) as storage:
+        assert sorted(storage.recovered.accepted) == list(range(1, len(sizes) + 1))
