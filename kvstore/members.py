@@ -368,9 +368,17 @@ class Members:
         except ValueError as exc:
             raise AdminError(f"bad address {request.address!r}: {exc}") from None
         address = format_endpoint(host, port)
+        mine = await _resolve(host, port)
         for member, other in self._base().addresses.items():
-            if other == address and member != request.node:
+            if member == request.node:
+                continue
+            if other == address:
                 raise AdminError(f"address {address} belongs to node {member} already")
+            # Another name for the same socket (localhost for 127.0.0.1): the two would share one link
+            # that each tells apart by the id it presents, and both would flap.
+            other_host, other_port = parse_endpoint(other)
+            if mine & await _resolve(other_host, other_port):
+                raise AdminError(f"address {address} is node {member}'s address {other} under another name")
         return await self._change(lambda base: base.add_learner(request.node, address))
 
     async def _member_promote(self, request: wire.AdminRequest) -> dict[str, Any]:
@@ -465,6 +473,16 @@ class Members:
 
             service = self._backups = BackupService(self.node)
         service.handle(conn, request)
+
+
+async def _resolve(host: str, port: int) -> set[tuple[str, int]]:
+    """The (IP address, port) pairs ``host:port`` resolves to for TCP; empty if it does not resolve
+    (then only its text is compared)."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    except OSError:
+        return set()
+    return {(str(info[4][0]), port) for info in infos}
 
 
 def _parse_addresses(config: Config) -> dict[int, tuple[str, int]]:

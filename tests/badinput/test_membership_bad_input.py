@@ -11,7 +11,8 @@ changed (the leader's configuration: voters, learners, epoch; for ``--join``, no
   (the design refuses, it does not queue: ``Replica.propose_change``);
 * ``kv serve --join`` with another cluster's id (``--cluster-id other``) for a member that was added:
   refused before anything is written (no data directory);
-* ``kv member add 2 ...``: an id that is a member already;
+* ``kv member add 2 ...``: an id that is a member already; ``kv member add 12 localhost:P`` where node
+  3 listens on 127.0.0.1:P: a member's address under another name;
 * ``kv member remove 1`` on the 1-node cluster: the last voter;
 * ``kv member promote`` of a learner that is silent: the learner joined and caught up, then was paused
   (SIGSTOP); after a second the promotion is refused ("has not answered the leader for ...");
@@ -158,6 +159,20 @@ def test_adding_an_id_that_exists_is_refused(clusters):
     before = members(cluster)
     line = the_error(kv(cluster.endpoint(leader), "member", "add", "2", f"127.0.0.1:{free_ports(1)[0]}"))
     assert "node 2 is already a member (voter)" in line, line
+    assert members(cluster) == before
+
+
+def test_adding_another_name_for_a_members_address_is_refused(clusters):
+    """``localhost:P`` where node 3 listens on 127.0.0.1:P is node 3's address under another name: the
+    new member and node 3 would share one link, each refusing the id the other presents (QA: the
+    leader's log flapped ten times a second and ``kv member list`` showed node 3's progress under the
+    new id). The address is resolved and compared, and the add refused."""
+    cluster, _ = clusters
+    leader = leader_of(cluster)
+    before = members(cluster)
+    port = cluster.addresses[3][1]
+    line = the_error(kv(cluster.endpoint(leader), "member", "add", "12", f"localhost:{port}"))
+    assert f"address localhost:{port} is node 3's address 127.0.0.1:{port} under another name" in line, line
     assert members(cluster) == before
 
 
