@@ -11,7 +11,12 @@ everywhere. The rules:
 * HOST is a name of ASCII letters, digits, ``.``, ``-`` and ``_`` (a host name or an IPv4 address), or
   an IPv6 address in brackets, which comes out without them and in its short form (``[0:0::1]`` ->
   ``::1``). A bare IPv6 address is refused: ``::1:7001`` could mean two different things;
-* PORT is ASCII digits in 1-65535.
+* PORT is ASCII digits in 1-65535;
+* etcdctl habits: ``http://HOST:PORT`` (and a trailing ``/``) is taken as ``HOST:PORT``, since a node
+  without TLS speaks plain TCP anyway; any other scheme, ``https://`` included, is refused with the
+  endpoint to write instead (TLS is asked for with the cacert, cert and key files, never by a scheme,
+  so ``https://`` must not quietly connect without it). Several endpoints separated by spaces or
+  semicolons are refused with the comma list to write instead.
 
 ``format_endpoint`` is the inverse (brackets around IPv6 hosts), so ``format_endpoint(*parse_endpoint(t))``
 is the normal form of ``t``, and a normal form parses back to the same pair.
@@ -43,6 +48,11 @@ def parse_endpoint(text: str) -> tuple[str, int]:
         raise EndpointError("empty endpoint in the endpoint list")
     if "," in raw:
         raise EndpointError(f"invalid endpoint {text!r}: one endpoint expected, not a comma list")
+    if "://" in raw:
+        raw = _without_http_scheme(text, raw)
+    pieces = raw.replace(";", " ").split()
+    if len(pieces) > 1 and sum(":" in piece for piece in pieces) > 1:
+        raise EndpointError(f"invalid endpoint {text!r}: separate endpoints with commas: {','.join(pieces)!r}")
     if raw.startswith("["):
         close = raw.find("]")
         if close < 0 or raw[close + 1 : close + 2] != ":":
@@ -61,6 +71,8 @@ def parse_endpoint(text: str) -> tuple[str, int]:
         if not set(host) <= _HOST_NAME_CHARS:
             raise EndpointError(f"invalid endpoint {text!r}: bad host name {host!r}")
     # isdigit() alone accepts non-ASCII digits ("٧٠٠١"), which int() would then read.
+    if port_text.startswith("-") and port_text[1:].isascii() and port_text[1:].isdigit():
+        raise EndpointError(f"invalid endpoint {text!r}: port {port_text} is out of range 1-{PORT_MAX}")
     if not (port_text.isascii() and port_text.isdigit()):
         raise EndpointError(f"invalid endpoint {text!r}: port {port_text!r} is not a number")
     # Check the length before int(): a number of thousands of digits is slow to convert, and refused.
@@ -68,6 +80,21 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     if not 1 <= port <= PORT_MAX:
         raise EndpointError(f"invalid endpoint {text!r}: port {port_text} is out of range 1-{PORT_MAX}")
     return host, port
+
+
+def _without_http_scheme(text: str, raw: str) -> str:
+    """``raw`` without its ``http://`` (and a trailing ``/``); EndpointError for any other scheme or a path."""
+    scheme, _, rest = raw.partition("://")
+    rest = rest[:-1] if rest.endswith("/") else rest
+    if scheme.lower() == "http" and "/" not in rest:
+        return rest
+    instead = rest.split("/", 1)[0]
+    instead = instead if ":" in instead else "HOST:PORT"
+    if scheme.lower() == "http":
+        raise EndpointError(f"invalid endpoint {text!r}: endpoints are HOST:PORT, without a path: use {instead}")
+    why = "; TLS is set with the cacert, cert and key files (kv --cacert, --cert, --key)" if (
+        scheme.lower() == "https") else ""
+    raise EndpointError(f"invalid endpoint {text!r}: endpoints are HOST:PORT, without a scheme: use {instead}{why}")
 
 
 def format_endpoint(host: str, port: int) -> str:

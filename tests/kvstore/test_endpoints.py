@@ -3,10 +3,12 @@
 What is checked, and how:
 
 * Accepted forms parse to the exact (host, port) pair: host names, IPv4, IPv6 in brackets (short form,
-  scope id kept), surrounding whitespace, ports 1 and 65535, leading zeros.
+  scope id kept), surrounding whitespace, ports 1 and 65535, leading zeros, etcdctl's ``http://`` prefix.
 * Refused forms raise EndpointError (a ValueError, so callers that catch ValueError keep working), each
   with a message that quotes the text and names the problem: empty, no port, no host, a bare IPv6
-  address, bad brackets, a bad host name, ports out of range or not ASCII digits.
+  address, bad brackets, a bad host name, ports out of range or not ASCII digits, another scheme
+  (https:// included: TLS comes from the certificate files) or a path, several endpoints separated by
+  spaces or semicolons instead of commas.
 * format_endpoint is parse_endpoint's inverse: the normal form parses back to the same pair.
 * Lists: order kept, duplicates (by normal form) dropped, empty lists and empty entries refused.
 * Peers: the error texts kvstore.server and ``kv serve`` have always given, ids out of range, an id
@@ -38,6 +40,9 @@ from kvstore.endpoints import (
         ("[0:0:0:0:0:0:0:1]:7001", ("::1", 7001)),  # the short form, so duplicates compare equal
         ("[2001:DB8::1]:443", ("2001:db8::1", 443)),
         ("[fe80::1%eth0]:7001", ("fe80::1%eth0", 7001)),
+        ("http://127.0.0.1:7301", ("127.0.0.1", 7301)),  # etcdctl's habit: plain TCP is what http means
+        ("HTTP://n1:7301/", ("n1", 7301)),
+        ("http://[::1]:7001", ("::1", 7001)),
     ],
 )
 def test_accepted_endpoints(text, expected):
@@ -53,7 +58,7 @@ def test_accepted_endpoints(text, expected):
         (":7001", "expected HOST:PORT"),
         ("a:", "port '' is not a number"),
         ("a:http", "port 'http' is not a number"),
-        ("a:-1", "port '-1' is not a number"),
+        ("a:-1", "port -1 is out of range 1-65535"),
         ("a:+1", "port '+1' is not a number"),
         ("a:\u0667\u0660\u0660\u0661", "is not a number"),  # Arabic-Indic digits: isdigit() but not ASCII
         ("a:0", "out of range 1-65535"),
@@ -70,6 +75,12 @@ def test_accepted_endpoints(text, expected):
         ("a/b:1", "bad host name"),
         ("h\u00e9te:1", "bad host name"),
         ("a:1,b:2", "one endpoint expected, not a comma list"),
+        ("https://127.0.0.1:7301", "endpoints are HOST:PORT, without a scheme: use 127.0.0.1:7301; TLS is set"),
+        ("unix:///tmp/kv.sock", "endpoints are HOST:PORT, without a scheme: use HOST:PORT"),
+        ("http://127.0.0.1:7301/v3", "endpoints are HOST:PORT, without a path: use 127.0.0.1:7301"),
+        ("a:1;b:2", "separate endpoints with commas: 'a:1,b:2'"),
+        ("127.0.0.1:7303 127.0.0.1:7304", "separate endpoints with commas: '127.0.0.1:7303,127.0.0.1:7304'"),
+        ("a:1; b:2;", "separate endpoints with commas: 'a:1,b:2'"),
     ],
 )
 def test_refused_endpoints_say_why(text, problem):
@@ -107,6 +118,8 @@ def test_endpoint_list_keeps_order_and_drops_duplicates():
         (["a:1", ""], "empty endpoint"),
         ("a:1,b:0", "out of range"),
         (["a:1", "b"], "expected HOST:PORT"),
+        ("127.0.0.1:7303 127.0.0.1:7304", "separate endpoints with commas"),  # KV_ENDPOINTS as a shell list
+        ("a:1,b:2;c:3", "separate endpoints with commas: 'b:2,c:3'"),
     ],
 )
 def test_refused_endpoint_lists(endpoints, problem):
