@@ -321,8 +321,12 @@ def render_view(rows: list[dict[str, Any]]) -> str:
 # Commands
 
 
+# What every node of cluster.json must have for these commands (common.state_problem checks the types)
+NODE_NEEDS = ("id", "port", "data_dir", "log_file", "argv")
+
+
 def _load(cluster_dir: Path) -> dict[str, Any]:
-    state = read_state(cluster_dir)
+    state = read_state(cluster_dir, NODE_NEEDS)
     if state is None:
         raise OperationFailed(f"no cluster in {cluster_dir} (start one with `kv cluster up`)")
     return state
@@ -421,7 +425,7 @@ def _foreground_view(cluster_dir: Path, state: dict[str, Any], children: dict[in
         for child in children.values():
             child.poll()  # reap nodes killed by `kv cluster kill` from another terminal
         with contextlib.suppress(UsageProblem):
-            fresh = read_state(cluster_dir)
+            fresh = read_state(cluster_dir, NODE_NEEDS)
             if fresh is not None:
                 state = fresh
         statuses = query_statuses(state["endpoints"], min(STATUS_TIMEOUT_SECONDS, timeout), _tls_of(state))
@@ -476,7 +480,7 @@ def up_command(
     with reporting_errors(settings):
         if base_port + nodes - 1 > 65535:
             raise UsageProblem(f"--base-port {base_port} with {nodes} nodes goes past port 65535")
-        old = read_state(cluster_dir)
+        old = read_state(cluster_dir, NODE_NEEDS)
         import secrets
 
         cluster_id = f"kv-{secrets.token_hex(4)}"
@@ -597,7 +601,7 @@ def up_command(
         echo("\nstopping the cluster...", err=True)
     finally:
         with contextlib.suppress(UsageProblem):
-            state = read_state(cluster_dir) or state
+            state = read_state(cluster_dir, NODE_NEEDS) or state
         stop_nodes(state["nodes"], children)
         write_state(cluster_dir, state)
     raise typer.Exit(code)
@@ -609,7 +613,7 @@ def down_command(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
     settings = _settings(ctx)
     cluster_dir = _cluster_dir(data_dir)
     with reporting_errors(settings):
-        state = read_state(cluster_dir)
+        state = read_state(cluster_dir, NODE_NEEDS)
         if state is None:
             echo(f"no cluster in {cluster_dir}: nothing to stop", err=True)
             return

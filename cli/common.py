@@ -98,10 +98,58 @@ def default_cluster_dir() -> Path:
     return base / "kv" / "cluster"
 
 
-def read_state(cluster_dir: Path) -> dict[str, Any] | None:
+# The fields of a node in cluster.json that ``kv cluster`` commands use, with what each must be; readers
+# that use fewer (the dashboard, the client commands' endpoints) need only id and port
+NODE_FIELDS: dict[str, str] = {"id": "int", "port": "port", "pid": "pid", "data_dir": "str", "log_file": "str",
+                               "argv": "strings"}
+_FIELD_KINDS = {"int": "a whole number", "port": "a port number", "pid": "a process id or null", "str": "text",
+                "strings": "a list of texts"}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "strings":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "pid" and value is None:
+        return True
+    number = isinstance(value, int) and not isinstance(value, bool)
+    return number and (kind != "port" or 1 <= value <= 65535)
+
+
+def state_problem(state: Any, required: tuple[str, ...] = ("id", "port")) -> str | None:
+    """What makes parsed JSON not a cluster state file, or None. Checked where it is read, so that a
+    hand-edited or partial file is refused with the reason instead of failing later inside a command
+    (a KeyError) or printing nonsense (an endpoint list that is a string, read letter by letter)."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    endpoints = state.get("endpoints")
+    if not _fits(endpoints, "strings"):
+        return '"endpoints" is not a list of HOST:PORT texts'
+    if not isinstance(state.get("nodes"), list):
+        return '"nodes" is not a list'
+    for index, node in enumerate(state["nodes"], 1):
+        if not isinstance(node, dict):
+            return f"node {index} of \"nodes\" is not a JSON object"
+        for field, kind in NODE_FIELDS.items():
+            if field not in node:
+                if field in required:
+                    return f"node {index} of \"nodes\" has no {field!r}"
+            elif not _fits(node[field], kind):
+                return f"{field!r} of node {index} of \"nodes\" is not {_FIELD_KINDS[kind]}"
+    if "tls" in state and not isinstance(state["tls"], dict):
+        return "'tls' is not a JSON object"
+    if "removed_ids" in state and not isinstance(state["removed_ids"], list):
+        return "'removed_ids' is not a JSON list"
+    return None
+
+
+def read_state(cluster_dir: Path, required: tuple[str, ...] = ("id", "port")) -> dict[str, Any] | None:
     """The parsed ``cluster.json`` of ``cluster_dir``, or None if there is none.
 
-    Raises UsageProblem if the file exists but is not a cluster state (so we never act on garbage).
+    Raises UsageProblem if the file exists but is not a cluster state (so we never act on garbage),
+    saying what is wrong; ``required``: the node fields the caller uses (``NODE_FIELDS`` for the
+    ``kv cluster`` commands), which must be there.
     """
     path = cluster_dir / STATE_FILE_NAME
     try:
@@ -118,9 +166,11 @@ def read_state(cluster_dir: Path) -> dict[str, Any] | None:
         state = json.loads(text)
     except ValueError:
         raise UsageProblem(f"{path} is not valid JSON; remove it or fix it") from None
-    if not isinstance(state, dict) or not isinstance(state.get("nodes"), list):
-        raise UsageProblem(f"{path} is not a kv cluster state file")
-    return state
+    problem = state_problem(state, required)
+    if problem is not None:
+        raise UsageProblem(f"{path} is not a kv cluster state file: {problem}")
+    checked: dict[str, Any] = state
+    return checked
 
 
 def write_state(cluster_dir: Path, state: dict[str, Any]) -> None:
@@ -203,10 +253,7 @@ class Settings:
                     f"no endpoints: pass --endpoints HOST:PORT,... or set {ENV_ENDPOINTS}, "
                     f"or start a local cluster with `kv cluster up` (none found in {cluster_dir})"
                 )
-            endpoints = state["endpoints"]
-            if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
-                raise UsageProblem(f"{cluster_dir / STATE_FILE_NAME} has a malformed endpoint list")
-            result = parse_endpoint_list(",".join(endpoints))
+            result = parse_endpoint_list(",".join(state["endpoints"]))  # (a list of texts: read_state)
             self.endpoints_from_default_cluster = True
             self._default_cluster_tls = state.get("tls")
         self._endpoints = result

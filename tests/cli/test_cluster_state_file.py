@@ -1,0 +1,56 @@
+"""A hand-edited or partial ``cluster.json`` (the ``kv cluster`` state file) is refused where it is read,
+saying what is wrong with it (exit 2, as for a file that is not JSON at all), instead of a command
+failing later with ``KeyError: 'port'`` or printing an endpoint list that is a string letter by letter
+(exit 0). The client commands read only the endpoints and the nodes' ids and ports; ``kv cluster``
+commands also need each node's data directory, log file and command line.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli.test_parse_output import assert_one_error_line, run
+
+NODE = {"id": 1, "port": 7303, "pid": None, "data_dir": "/nowhere/node-1", "log_file": "/nowhere/node-1/log",
+        "argv": ["true"]}
+
+
+def _state(**changes):
+    state = {"endpoints": ["127.0.0.1:7303"], "nodes": [dict(NODE)]}
+    state.update(changes)
+    return state
+
+
+@pytest.mark.parametrize(("state", "problem"), [
+    (_state(nodes=[{"id": 1}]), "node 1 of \"nodes\" has no 'port'"),
+    (_state(endpoints="127.0.0.1:7303"), '"endpoints" is not a list of HOST:PORT texts'),
+    (_state(endpoints=[7303]), '"endpoints" is not a list of HOST:PORT texts'),
+    ({"nodes": []}, '"endpoints" is not a list'),
+    (_state(nodes={"1": NODE}), '"nodes" is not a list'),
+    (_state(nodes=["127.0.0.1:7303"]), 'node 1 of "nodes" is not a JSON object'),
+    (_state(nodes=[{**NODE, "port": "7303"}]), "'port' of node 1 of \"nodes\" is not a port number"),
+    (_state(nodes=[{**NODE, "id": True}]), "'id' of node 1 of \"nodes\" is not a whole number"),
+    (_state(nodes=[{**NODE, "pid": "12"}]), "'pid' of node 1 of \"nodes\" is not a process id or null"),
+    (_state(nodes=[{**NODE, "argv": "kv serve"}]), "'argv' of node 1 of \"nodes\" is not a list of texts"),
+    (_state(tls=["ca.pem"]), "'tls' is not a JSON object"),
+])
+@pytest.mark.parametrize("command", [["cluster", "status"], ["cluster", "down"], ["get", "k"]])
+def test_a_malformed_state_file_is_refused_saying_what_is_wrong(fake, tmp_path, state, problem, command):
+    (tmp_path / "cluster").mkdir()
+    path = tmp_path / "cluster" / "cluster.json"
+    path.write_text(json.dumps(state))
+    result = run(*command)
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result, f"{path} is not a kv cluster state file: {problem}")
+    assert fake.connects == []
+
+
+def test_cluster_commands_need_each_nodes_files_the_client_commands_do_not(fake, tmp_path):
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "cluster.json").write_text(json.dumps(_state(nodes=[{"id": 1, "port": 7303}])))
+    status = run("cluster", "status")
+    assert status.exit_code == 2
+    assert_one_error_line(status, "node 1 of \"nodes\" has no 'data_dir'")
+    fake.set("k", "v")
+    assert run("get", "k").exit_code == 0
