@@ -452,7 +452,7 @@ class ClientLinks:
             case wire.GetRequest() | wire.ListRequest():
                 if request.linearizable:
                     if node._fenced:
-                        reply = node._disk_reply(request.id)
+                        reply = node._disk_reply(request.id, read=True)
                         requests[request_op(request), OUTCOME_OF_CODE.get(reply.code, "error")] += 1
                         conn.reply(reply)
                         return

@@ -884,19 +884,22 @@ class Node:
                     case Proposal():
                         event.conn.reply(self._disk_reply(event.wire_id))
                     case Read():
-                        event.conn.reply(self._disk_reply(event.request.id))
+                        event.conn.reply(self._disk_reply(event.request.id, read=True))
 
-    def _disk_reply(self, wire_id: int, *, write_sent: bool = False) -> wire.ErrorReply:
+    def _disk_reply(self, wire_id: int, *, write_sent: bool = False, read: bool = False) -> wire.ErrorReply:
         """The answer to a request this node cannot serve because of its disk: ``write_sent``, a write
         that was proposed before the disk failed (its outcome is unknown), else a request turned away
-        on arrival (``refused``: a write so refused was not written by this attempt)."""
+        on arrival (``refused``: a write so refused was not written by this attempt); ``read``, a
+        linearizable read (the node still serves serializable ones)."""
         outcome = "; this write's outcome is unknown (another node may still decide it)" if write_sent else ""
         if self.disk_state == DISK_READ_ONLY:
+            serves = ("it serves only serializable reads (kv get --consistency s)" if read else "it refuses writes")
             return wire.ErrorReply(id=wire_id, code=wire.STORAGE_FULL, leader=None, refused=not write_sent,
-                                   message="this node's disk is full; it refuses writes until restarted "
+                                   message=f"this node's disk is full; {serves} until restarted "
                                            f"with free space{outcome}")
+        serves = "; it serves only serializable reads (kv get --consistency s)" if read else ""
         return wire.ErrorReply(id=wire_id, code=wire.DISK_FAILED, leader=None, refused=not write_sent,
-                               message=f"this node's disk failed and it stopped voting{outcome}: "
+                               message=f"this node's disk failed and it stopped voting{outcome}{serves}: "
                                        f"{self.disk_error}")
 
     def _stop_voting(self, exc: Exception) -> None:

@@ -1481,9 +1481,9 @@ class Storage:
 
     @property
     def log_bytes(self) -> int:
-        """Size of the current log once buffered records are written (file bytes + buffered bytes; the
-        next write may add a 15-byte sync mark)."""
-        return self._log_end + self._pending_bytes
+        """Bytes of the current log file that hold written records (its preallocated zeros not counted,
+        nor a batch still buffered: one a full disk refused stays buffered, and is not in the file)."""
+        return self._log_end
 
     @property
     def snapshot_slot(self) -> int:

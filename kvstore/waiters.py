@@ -65,7 +65,7 @@ class Replier(Protocol):
 
 
 ReadRequest = wire.GetRequest | wire.ListRequest
-DiskReply = Callable[..., wire.ErrorReply]  # Node._disk_reply: (wire_id, *, write_sent=False)
+DiskReply = Callable[..., wire.ErrorReply]  # Node._disk_reply: (wire_id, *, write_sent=False, read=False)
 
 
 def not_leader_reply(wire_id: int | None, leader_hint: str | None, *, refused: bool = False) -> wire.ErrorReply:
@@ -291,7 +291,7 @@ class Waiters:
 
     def fail_for_disk(self, disk_reply: DiskReply) -> None:
         """The node was fenced by its disk: every waiting write (``disk_reply(wire_id, write_sent=True)``)
-        and linearizable read (``disk_reply(wire_id)``) is answered and forgotten. Serializable reads
+        and linearizable read (``disk_reply(wire_id, read=True)``) is answered and forgotten. Serializable reads
         waiting for applies stay: the state machine holds what was decided before the failure."""
         for waiters in self.writes.values():
             for conn, wire_id, _, op in waiters:
@@ -301,7 +301,7 @@ class Waiters:
         self.writes.clear()
         self.own_commands.clear()
         for conn, request, _ in self.reads.values():
-            reply = disk_reply(request.id)
+            reply = disk_reply(request.id, read=True)
             self.requests[request_op(request), OUTCOME_OF_CODE.get(reply.code, "error")] += 1
             conn.reply(reply)
         self.reads.clear()

@@ -429,6 +429,12 @@ async def test_leader_with_a_full_disk_refuses_writes_and_the_cluster_carries_on
                     await only_full.put("refused", "3")
             assert not refused.value.outcome_unknown, str(refused.value)
             assert "disk is full" in str(refused.value) and str(refused.value).endswith("the write was not applied")
+            # A linearizable read there is refused too, and told what the node still serves (QA: it was
+            # told the node refuses writes); a serializable read is served.
+            async with connect([f"{host}:{port}"], timeout=1, transport=net.transport()) as only_full:
+                with pytest.raises(Unavailable, match=r"disk is full; it serves only serializable reads"):
+                    await only_full.get("before")
+                assert await only_full.get("before", consistency="s") == "1"
             cluster.crash(full)
             await cluster.start(full)  # restarted with a working disk
             await cluster.wait_converged()

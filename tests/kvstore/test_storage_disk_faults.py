@@ -274,11 +274,14 @@ def test_write_enospc_is_storage_full_and_sync_succeeds_once_space_frees(monkeyp
     configure(monkeypatch, f"write_log=enospc@{flag}")
     flag.touch()
     second = batch(10)
+    written = storage.log_bytes
     storage.append(second)
     for _ in range(2):  # still full: still StorageFull, never DiskFailed
         with pytest.raises(StorageFull, match="no space left on device"):
             storage.sync() if via == "sync" else storage.flush()
     assert storage.failure is None
+    # The refused batch is not in the file, so not in its size (kv status's log_size; QA: it was)
+    assert storage.log_bytes == written
     flag.unlink()  # space freed
     storage.sync()
     storage.close()

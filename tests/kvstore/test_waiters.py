@@ -162,12 +162,12 @@ def test_a_disk_fence_answers_writes_and_linearizable_reads_and_keeps_serializab
     waiters.add_local_read(9, conn, wire.GetRequest(id=12, key="k", linearizable=False))
     told = []
 
-    def disk_reply(wire_id, *, write_sent=False):
-        told.append((wire_id, write_sent))
+    def disk_reply(wire_id, *, write_sent=False, read=False):
+        told.append((wire_id, write_sent, read))
         return wire.ErrorReply(id=wire_id, code=wire.DISK_FAILED, message="disk", leader=None)
 
     waiters.fail_for_disk(disk_reply)
-    assert told == [(10, True), (11, False)]
+    assert told == [(10, True, False), (11, False, True)]
     assert _codes(conn) == [(10, wire.DISK_FAILED), (11, wire.DISK_FAILED)]
     assert waiters.writes == {} and waiters.reads == {} and len(waiters.local_reads) == 1
 
