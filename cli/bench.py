@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,6 +39,8 @@ class BenchConsistency(str, enum.Enum):
     s = "s"
 
 
+DEFAULT_PREFIX = "bench/"  # the run's keys stay apart from the user's (it used to write bare 00000000..)
+
 EPILOG = (
     "Examples: kv bench --clients 64 --total 20000;  "
     "kv bench --op mixed --read-ratio 0.9 --duration 10;  "
@@ -65,6 +67,10 @@ def bench_command(
                                                                     "digits).")] = 8,
     val_size: Annotated[int, typer.Option("--val-size", min=0, help="Value length in bytes.")] = 100,
     key_space_size: Annotated[int, typer.Option("--key-space-size", min=1, help="Distinct keys.")] = 10_000,
+    prefix: Annotated[str, typer.Option(
+        "--prefix", help="What every key starts with: the run writes PREFIX then the key's number padded to "
+                         "--key-size (bench/00000000 .. bench/00009999 by default), next to your own keys; "
+                         "delete them after with kv del --prefix PREFIX.")] = DEFAULT_PREFIX,
     sequential_keys: Annotated[bool, typer.Option("--sequential-keys",
                                                   help="Walk the key space in order instead of at random.")] = False,
     consistency: Annotated[BenchConsistency, typer.Option(
@@ -98,7 +104,7 @@ def bench_command(
         from kvstore.limits import KEY_BYTES_MAX, VALUE_BYTES_MAX
 
         # Requests the store would refuse, refused before the run (it would count one error per slot)
-        longest_key = max(key_size, len(str(key_space_size - 1)))
+        longest_key = len(prefix.encode("utf-8", "surrogateescape")) + max(key_size, len(str(key_space_size - 1)))
         if longest_key > KEY_BYTES_MAX:
             raise UsageProblem(f"keys of {longest_key} characters are over the store's limit of {KEY_BYTES_MAX} bytes")
         if val_size > VALUE_BYTES_MAX:
@@ -124,7 +130,8 @@ def bench_command(
         except ImportError:  # a dependency of the package: only a broken install lacks it
             raise UsageProblem("kv bench needs hdrhistogram, which is missing from this install: "
                                "pip install hdrhistogram") from None
-        spec = loadgen.LoadSpec(
+        spec = _prefixed_spec(
+            prefix,
             endpoints=endpoint_list,
             clients=clients,
             conns=conns,
@@ -147,6 +154,8 @@ def bench_command(
         except loadgen.LoadSpecError as exc:
             raise UsageProblem(str(exc)) from None
         stream = sys.stderr if progress else None
+        if stream is not None:
+            echo(f"bench: {_keys_line(spec, op.value)}", err=True)
         from kvstore import runtime
 
         runtime.tune_gc()  # this process is the load generator now
@@ -172,7 +181,8 @@ def bench_command(
             if result.errors:
                 print_table(["ERROR", "COUNT"], sorted(result.errors.items(), key=lambda kv: -kv[1]))
         else:
-            echo(result.format_text())
+            summary, _, rest = result.format_text().partition("\n")
+            echo(f"{summary}\n  Keys:        {_keys_line(spec, op.value)}\n{rest}")
         if plot is not None:
             loadgen.plot_result(result, plot)
             if fmt is not OutputFormat.json:
@@ -180,6 +190,33 @@ def bench_command(
         if result.ok == 0:
             raise OperationFailed(f"no request succeeded ({sum(result.errors.values())} errors)"
                                   + unreachable_hint(settings, [result.last_error]))
+
+
+def _prefixed_spec(prefix: str, **fields: Any) -> Any:
+    """A ``kvstore.loadgen.LoadSpec`` whose keys start with ``prefix`` (it shows in -w json's params).
+    The engine's own keys stay bare numbers: the scripts of bench/ that drive it directly rely on them."""
+    import dataclasses
+
+    from kvstore import loadgen
+
+    @dataclasses.dataclass
+    class PrefixedSpec(loadgen.LoadSpec):
+        prefix: str = ""
+
+        def key(self, n: int) -> str:
+            return self.prefix + super().key(n)
+
+    return PrefixedSpec(prefix=prefix, **fields)
+
+
+def _keys_line(spec: Any, op: str) -> str:
+    """Which keys the run touches, said before it starts and in its summary."""
+    does = {"put": "writes", "get": "reads", "mixed": "reads and writes"}[op]
+    if op == "get" and spec.warmup:
+        does = "writes (warm-up) and reads"
+    first, last = spec.key(0), spec.key(spec.key_space_size - 1)
+    keys = first if first == last else f"{first} .. {last}"
+    return f"{does} keys {keys} ({spec.key_space_size} keys, --prefix {spec.prefix!r})"
 
 
 def register(app: typer.Typer) -> None:

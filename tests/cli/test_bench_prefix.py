@@ -1,0 +1,72 @@
+"""``kv bench`` writes its keys under ``--prefix`` (default ``bench/``), not as bare numbers among the
+user's keys, and says which keys before it starts and in its summary. The load engine
+(``kvstore.loadgen``) is run for real against in-memory targets that record every key they are sent;
+its own keys stay bare numbers (the scripts of bench/ that drive it directly rely on that).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import kvstore.loadgen
+from kv_cli.main import app
+
+
+class _Recorder:
+    def __init__(self, seen: dict[str, str]) -> None:
+        self.seen = seen
+
+    async def put(self, key: str, value: str) -> None:
+        self.seen[key] = value
+
+    async def get(self, key: str, consistency: str) -> None:
+        self.seen.setdefault(key, "")
+
+
+@pytest.fixture
+def seen(monkeypatch) -> dict[str, str]:
+    keys: dict[str, str] = {}
+
+    @contextlib.asynccontextmanager
+    async def targets(spec):
+        yield [_Recorder(keys)]
+
+    monkeypatch.setattr(kvstore.loadgen, "kv_targets", targets)
+    return keys
+
+
+def _bench(*args: str):
+    return CliRunner().invoke(app, ["--endpoints", "127.0.0.1:7001", "bench", "--sequential-keys", "--total", "8",
+                                    "--key-space-size", "4", *args], catch_exceptions=False)
+
+
+def test_keys_go_under_bench_slash_by_default_and_the_run_says_so(seen):
+    result = _bench()
+    assert result.exit_code == 0, result.output
+    assert sorted(seen) == ["bench/00000000", "bench/00000001", "bench/00000002", "bench/00000003"]
+    said = "writes keys bench/00000000 .. bench/00000003 (4 keys, --prefix 'bench/')"
+    assert result.stderr.splitlines()[0] == f"bench: {said}"  # before the run
+    assert f"  Keys:        {said}" in result.stdout.splitlines()  # and in the summary
+
+
+def test_another_prefix_or_none(seen):
+    assert _bench("--prefix", "load-test:", "--no-progress").exit_code == 0
+    assert sorted(seen)[0] == "load-test:00000000"
+    seen.clear()
+    result = _bench("--prefix", "", "-w", "json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert sorted(seen) == ["00000000", "00000001", "00000002", "00000003"]  # the old keys, when asked for
+    assert json.loads(result.stdout)["params"]["prefix"] == ""
+
+
+def test_the_prefix_counts_toward_the_key_size_limit(seen):
+    result = _bench("--prefix", "p" * 4090, "--no-progress")
+    assert result.exit_code == 2 and "keys of 4098 characters are over the store's limit" in result.output
+    assert seen == {}
+
+
+def test_the_engine_alone_keeps_bare_numbers():
+    assert kvstore.loadgen.LoadSpec(key_size=8).key(42) == "00000042"
