@@ -55,12 +55,21 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
                 connections_max(max_client_connections, raise_soft_limit())
             except TooFewDescriptors as exc:
                 raise UsageProblem(f"--max-client-connections {max_client_connections}: {exc}") from None
-        if not peers and not join_list:
-            raise UsageProblem("give --peers (found a new cluster) or --join (join a running one)")
-        try:
-            peer_map = parse_peers(peers) if peers else {}
-        except EndpointError as exc:
-            raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
+        recorded_from = ""
+        if peers or join_list:
+            try:
+                peer_map = parse_peers(peers) if peers else {}
+            except EndpointError as exc:
+                raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
+        else:
+            recorded = recorded_members(data_dir, node_id)
+            if recorded is None:
+                raise UsageProblem("give --peers (found a new cluster) or --join (join a running one); a node "
+                                   "restarted on the data directory it ran with before needs neither")
+            peer_map, recorded_cluster_id = recorded
+            if cluster_id is None:
+                cluster_id = recorded_cluster_id
+            recorded_from = f", members as recorded in {data_dir} (cluster {cluster_id})"
         if node_id not in peer_map and not join_list:
             raise UsageProblem(f"--id {node_id} is not one of the --peers ids {sorted(peer_map)}")
         # ServerOptions field -> the option's value; an option not given (None) keeps the server's default
@@ -103,7 +112,7 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
         )
         where = "{}:{}".format(*peer_map[node_id]) if node_id in peer_map else "its configured address"
         echo(f"kv serve: node {node_id} on {where}, data dir {data_dir}, engine {options.engine}"
-             + (f", joining via {','.join(join_list)}" if join_list else ""), err=True)
+             + (f", joining via {','.join(join_list)}" if join_list else "") + recorded_from, err=True)
         try:
             run_node(node_id, peer_map, data_dir, options, join=join_list or None)
         except KeyboardInterrupt:
@@ -111,6 +120,33 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
         except JoinError as exc:
             raise OperationFailed(f"cannot join: {exc}") from None
         echo(f"kv serve: node {node_id} stopped", err=True)
+
+
+def recorded_members(data_dir: str, node_id: int) -> tuple[dict[int, tuple[str, int]], str] | None:
+    """For ``kv serve`` without ``--peers`` or ``--join``: the members' addresses and the cluster id that
+    ``data_dir`` recorded when node ``node_id`` founded or joined its cluster (its ``meta.json``), or None
+    if it holds no such record for that node (a new directory, another node's, one from before the
+    record). The node then learns every later change of members from its own log, as after any restart."""
+    import json
+    from pathlib import Path
+
+    from kvstore.endpoints import EndpointError, parse_endpoint
+
+    try:
+        meta = json.loads((Path(data_dir) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("node_id") != node_id or not isinstance(meta.get("cluster_id"), str):
+        return None
+    config = meta.get("config")
+    addresses = config.get("addresses") if isinstance(config, dict) else None
+    if not isinstance(addresses, dict):
+        return None
+    try:
+        members = {int(member): parse_endpoint(str(address)) for member, address in addresses.items()}
+    except (ValueError, EndpointError):
+        return None
+    return (members, meta["cluster_id"]) if node_id in members else None
 
 
 def _check_listen(what: str, host: str, port: int) -> None:

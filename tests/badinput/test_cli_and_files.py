@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.client import Client
+from kvstore.client import Client, KVError
 
 from ..integration.harness import free_ports
 from ..kvstore.logwalk import record_starts
@@ -218,3 +218,39 @@ def test_data_dir_of_another_node_or_cluster_is_refused(tmp_path, engine):
     other_cluster = [*node.args, "--cluster-id", "someone-else"]
     proc = node.start_expect_refusal(other_cluster)
     assert "cluster" in proc.stderr and "someone-else" in proc.stderr, proc.stderr
+
+
+def test_a_node_restarts_on_its_data_directory_without_peers_or_join(tmp_path):
+    """``kv serve --id N --data-dir DIR`` on the directory node N ran with: the members and the cluster id
+    come from what DIR recorded when the node founded its cluster (QA: it was refused, "give --peers or
+    --join", and a --peers list had to be written out again, though a founded directory ignores it). Any
+    other directory still needs one of the two: a new one, or another node's."""
+    node = OneNode(tmp_path, cluster_id="restart-me")
+    node.run_and_fill(20)
+    restart = ["serve", "--id", "1", "--data-dir", str(node.data)]
+    proc = subprocess.Popen([sys.executable, "-m", "kv_cli", *restart], cwd=str(REPO), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        with Client([node.endpoint], timeout=20) as c:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert c.get("key-0019") == "value-19" * 5
+                    break
+                except KVError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.1)
+            c.put("after-restart", "yes")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+    assert f"members as recorded in {node.data} (cluster restart-me)" in stderr, stderr
+    for args in (["serve", "--id", "2", "--data-dir", str(node.data)],
+                 ["serve", "--id", "1", "--data-dir", str(tmp_path / "new")]):
+        refused = kv(*args)
+        assert refused.returncode == 2, refused.stderr
+        assert error_lines(refused) == ["Error: give --peers (found a new cluster) or --join (join a running "
+                                        "one); a node restarted on the data directory it ran with before needs "
+                                        "neither"], refused.stderr
+    assert not (tmp_path / "new").exists()
