@@ -31,8 +31,17 @@ import typer
 from typer.core import TyperGroup
 
 from . import oneshot
-from .common import ENGINE_HELP, ENV_ENDPOINTS, Engine, Settings
-from .output import OutputFormat
+from .common import (
+    ENGINE_HELP,
+    ENV_ENDPOINTS,
+    Engine,
+    Settings,
+    parse_duration,
+    reporting_errors,
+    version_facts,
+    version_line,
+)
+from .output import OutputFormat, echo, print_json, print_table
 
 OPTIONAL_COMMAND_MODULES = ("kv_cli.bench", "kv_cli.dashboard", "kv_cli.trace", "kv_cli.bulk")
 
@@ -152,6 +161,22 @@ class FsyncMode(str, enum.Enum):
     off = "off"
 
 
+def _duration(text: str | float) -> float:
+    """typer's parser of --command-timeout: ``common.parse_duration``, its error a usage error."""
+    if isinstance(text, float):  # (the default)
+        return text
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        echo(version_line())
+        raise typer.Exit()
+
+
 def settings_of(ctx: typer.Context) -> Settings:
     settings = ctx.find_object(Settings)
     return settings if settings is not None else Settings()
@@ -175,7 +200,9 @@ def main(
     ] = OutputFormat.simple,
     command_timeout: Annotated[
         float,
-        typer.Option("--command-timeout", min=0.001, help="Seconds to wait for a command, retries included."),
+        typer.Option("--command-timeout", parser=_duration, metavar="DURATION",
+                     help="How long to wait for a command, retries included: seconds (2.5) or with a unit "
+                          "(500ms, 5s, 1m)."),
     ] = 5.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     cacert: Annotated[str | None, typer.Option(
@@ -185,6 +212,9 @@ def main(
         "--cert", envvar="KV_CERT", show_envvar=True, help="TLS: this client's certificate file.")] = None,
     key: Annotated[str | None, typer.Option(
         "--key", envvar="KV_KEY", show_envvar=True, help="TLS: this client's key file.")] = None,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version, help="Print the version of kv and Python, and exit.")
+    ] = False,
 ) -> None:
     """kv: a replicated key-value store on Multi-Paxos.
 
@@ -408,6 +438,22 @@ def serve_command(
           exit_on_disk_failure=exit_on_disk_failure, lazy_learners=lazy_learners,
           check_quorum=check_quorum, engine=engine.value, metrics_addr=metrics_addr, cacert=cacert, cert=cert,
           key=key, acl=acl)
+
+
+# --------------------------------------------------------------------------------------------------
+# version
+
+@app.command("version", epilog="Example: kv version;  kv -w json version")
+def version_command(ctx: typer.Context) -> None:
+    """Print the version of kv (the paxos-kv package) and of the Python running it."""
+    settings = settings_of(ctx)
+    with reporting_errors(settings):
+        if settings.write_out is OutputFormat.json:
+            print_json(version_facts())
+        elif settings.write_out is OutputFormat.table:
+            print_table(["KV", "PYTHON"], [list(version_facts().values())])
+        else:
+            echo(version_line())
 
 
 # --------------------------------------------------------------------------------------------------

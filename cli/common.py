@@ -76,6 +76,57 @@ def parse_endpoint_list(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Version
+
+DISTRIBUTION = "paxos-kv"  # [project] name in pyproject.toml
+
+
+def version_facts() -> dict[str, str]:
+    """``kv version``: this package's version (its installed metadata) and the Python running it. Cheap:
+    importlib.metadata reads one file, nothing of the store is imported."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "unknown (not installed)"
+    return {"kv": version, "python": sys.version.split()[0]}
+
+
+def version_line() -> str:
+    facts = version_facts()
+    return f"kv {facts['kv']} ({DISTRIBUTION}), Python {facts['python']}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Durations
+
+DURATION_MIN_SECONDS = 0.001
+_DURATION_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0))  # (ms before m and s: the longest suffix first)
+
+
+def parse_duration(text: str) -> float:
+    """``--command-timeout``'s value in seconds: a plain number of seconds (``2.5``) or a number with a
+    unit, ``ms``, ``s`` or ``m`` (``500ms``, ``5s``, ``1m``: etcdctl's spelling). At least 1 ms, finite.
+    Raises ValueError with the line to show. Both parsers (typer's and ``kv_cli.fast``) use this."""
+    raw = text.strip().lower()
+    scale = 1.0
+    for suffix, factor in _DURATION_UNITS:
+        if raw.endswith(suffix):
+            raw, scale = raw[: -len(suffix)].strip(), factor
+            break
+    try:
+        seconds = float(raw) * scale
+    except ValueError:
+        seconds = float("nan")
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # (not a number, or inf, or 1e400)
+        raise ValueError(f"{text!r} is not a duration: give seconds (2.5) or a number with ms, s or m (500ms, 5s, 1m)")
+    if seconds < DURATION_MIN_SECONDS:
+        raise ValueError(f"{text!r} is too short: at least 1ms")
+    return seconds
+
+
+# --------------------------------------------------------------------------------------------------
 # The default local cluster directory and its state file
 
 

@@ -10,7 +10,7 @@ the arguments (global options already in front) to ``run_fast``.
 The rule that keeps both paths the same: this parser only *accepts* what it fully understands and
 leaves everything else to typer. It knows the global options, these commands' own options, and their
 positional arguments, and it accepts a value only when typer would take it unchanged (``-w`` one of the
-formats, in any case; ``--command-timeout`` a number of at least 0.001; ``--consistency`` l or s).
+formats, in any case; ``--command-timeout`` what ``common.parse_duration`` takes; ``--consistency`` l or s).
 Anything else (``--help``, an unknown or malformed option, a missing or extra argument, ``-`` or ``--``
 among the arguments) returns False, and typer parses the same arguments from the start, printing its
 usage error or help as always. ``kv serve`` options go through the same rule: each known option at most
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import ENV_ENDPOINTS, EXIT_FAILED, Settings
+from .common import ENV_ENDPOINTS, EXIT_FAILED, Settings, parse_duration
 from .output import OutputFormat
 
 _GLOBAL_VALUE_OPTIONS = {"--endpoints": "endpoints", "--write-out": "write_out", "-w": "write_out",
@@ -203,13 +203,10 @@ def _settings(given: dict[str, str], debug: bool) -> Settings:
             raise _NotPlain from None
     command_timeout = 5.0
     if "command_timeout" in given:
-        text = given["command_timeout"]
         try:
-            command_timeout = float(text)
+            command_timeout = parse_duration(given["command_timeout"])
         except ValueError:
-            raise _NotPlain from None
-        if not command_timeout >= 0.001 or text.strip().lower() in ("inf", "infinity", "+inf", "nan"):
-            raise _NotPlain
+            raise _NotPlain from None  # typer says what is wrong with it, with the same function
     return Settings(endpoints_text=given.get("endpoints"), write_out=write_out, command_timeout=command_timeout,
                     debug=debug, cacert=given.get("cacert"), cert=given.get("cert"), key=given.get("key"))
 
@@ -235,6 +232,12 @@ def run_fast(argv: list[str]) -> bool:
 
 
 def _run(argv: list[str]) -> bool:
+    if argv in (["--version"], ["version"]):  # (with other options: the typer app's version command)
+        from .common import version_line
+        from .output import echo
+
+        echo(version_line())
+        return True
     if argv and argv[-1] in ("--help", "-h") and all(a and not a.startswith("-") for a in argv[:-1]):
         from .helpcache import print_help  # kv --help, kv cluster up --help: typer's text, cached
 
