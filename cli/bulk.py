@@ -26,6 +26,7 @@ from .common import (
     UsageProblem,
     cluster_down_hint,
     error_line,
+    output_file_problem,
     reporting_errors,
 )
 from .output import OutputFailed, OutputFormat, echo, print_json, print_table
@@ -181,6 +182,9 @@ def dump_command(
                 raise OutputFailed("cannot write the output: standard output is closed")
             out = typer.get_binary_stream("stdout")
         else:
+            problem = output_file_problem(file, instead=f"; write to it through stdout: kv dump > {file}")
+            if problem is not None:  # before connecting (a directory failed at the rename, after the dump)
+                raise UsageProblem(problem)
             part = f"{file}.part"
             try:
                 out = open(part, "wb")  # noqa: SIM115 - closed below

@@ -245,6 +245,24 @@ def write_state(cluster_dir: Path, state: dict[str, Any]) -> None:
             os.close(dir_fd)
 
 
+def output_file_problem(path: str, instead: str = "") -> str | None:
+    """Why ``path`` cannot be the output of a command that writes a new file beside it and renames it over
+    ``path`` when complete (``kv dump FILE``, ``kv snapshot save FILE``), or None. Checked before any work:
+    a directory used to fail only at the rename, after the whole transfer; a device or a pipe
+    (``/dev/stdout``, ``/dev/null``) would be replaced by a plain file: ``instead`` says what to do then."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # absent (made by the rename), or the write says what is wrong with it
+    if stat.S_ISDIR(mode):
+        return f"{path} is a directory"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file (a device or a pipe): it would be replaced by a file{instead}"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Settings (the global options)
 

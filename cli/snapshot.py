@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import Settings, UsageProblem, open_client, reporting_errors
+from .common import OperationFailed, Settings, UsageProblem, open_client, output_file_problem, reporting_errors
 from .output import OutputFormat, echo, jsonable, print_json, print_table
 
 snapshot_app = typer.Typer(
@@ -43,6 +43,9 @@ def save_command(ctx: typer.Context,
     """Write a consistent, checksummed backup of the whole store, taken on the leader."""
     settings = _settings(ctx)
     with reporting_errors(settings):
+        problem = output_file_problem(file)
+        if problem is not None:  # before the leader does any work (a directory failed at the rename, after it)
+            raise OperationFailed(problem)  # (exit 1, as for a missing directory, which save_backup checks)
         from kvstore.backup import BackupError, save_backup
 
         with open_client(settings) as client:
@@ -117,6 +120,4 @@ def restore_command(
 
 
 def _failed(exc: Exception) -> Exception:
-    from .common import OperationFailed
-
     return OperationFailed(str(exc))
