@@ -122,16 +122,29 @@ def cell(value: Any) -> str:
     return text.encode("unicode_escape").decode("ascii")
 
 
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: East Asian wide and fullwidth characters (CJK, most emoji)
+    take two, combining marks none, the rest one. (len() counts characters, and misaligned a table of
+    CJK keys.) Plain ASCII, the common case, is measured without looking at each character."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Plain aligned text: a header line, a dashes line, one line per row."""
+    """Plain aligned text: a header line, a dashes line, one line per row; columns aligned by display
+    width."""
     text_rows = [[cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
+    widths = [display_width(h) for h in headers]
     for row in text_rows:
         for i, text in enumerate(row):
-            widths[i] = max(widths[i], len(text))
+            widths[i] = max(widths[i], display_width(text))
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        return "  ".join(c + " " * (w - display_width(c)) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     out = [line(headers), line(["-" * w for w in widths])]
     out.extend(line(row) for row in text_rows)
