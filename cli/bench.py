@@ -122,14 +122,14 @@ def bench_command(
                 raise UsageProblem(f"--plot {plot!r}: cannot write in {folder} (no such folder, or not writable)")
             try:
                 import matplotlib  # noqa: F401
-            except ImportError:
-                raise UsageProblem("--plot needs matplotlib, which is not installed: "
-                                   "pip install 'paxos-kv[plot]' (or pip install matplotlib)") from None
+            except ImportError:  # (the install lacks it: exit 1, the arguments were fine)
+                raise OperationFailed("--plot needs matplotlib, which is not installed: "
+                                      "pip install 'paxos-kv[plot]' (or pip install matplotlib)") from None
         try:
             import hdrh  # noqa: F401
         except ImportError:  # a dependency of the package: only a broken install lacks it
-            raise UsageProblem("kv bench needs hdrhistogram, which is missing from this install: "
-                               "pip install hdrhistogram") from None
+            raise OperationFailed("kv bench needs hdrhistogram, which is missing from this install: "
+                                  "pip install hdrhistogram") from None
         spec = _prefixed_spec(
             prefix,
             endpoints=endpoint_list,

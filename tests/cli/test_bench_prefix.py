@@ -1,5 +1,6 @@
 """``kv bench`` writes its keys under ``--prefix`` (default ``bench/``), not as bare numbers among the
-user's keys, and says which keys before it starts and in its summary. The load engine
+user's keys, and says which keys before it starts and in its summary. A missing optional dependency
+(``--plot`` without matplotlib) is exit 1 with the pip command, not a usage error. The load engine
 (``kvstore.loadgen``) is run for real against in-memory targets that record every key they are sent;
 its own keys stay bare numbers (the scripts of bench/ that drive it directly rely on that).
 """
@@ -70,3 +71,20 @@ def test_the_prefix_counts_toward_the_key_size_limit(seen):
 
 def test_the_engine_alone_keeps_bare_numbers():
     assert kvstore.loadgen.LoadSpec(key_size=8).key(42) == "00000042"
+
+
+@pytest.mark.parametrize(("module", "args", "says"), [
+    ("matplotlib", ["--plot", "lat.png"], "pip install 'paxos-kv[plot]'"),
+    ("hdrh", [], "pip install hdrhistogram"),
+])
+def test_a_missing_optional_dependency_is_a_failure_not_a_usage_error(seen, monkeypatch, tmp_path, module, args,
+                                                                     says):
+    """The arguments are right; the install lacks a package: exit 1 with the pip command, before the run."""
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    result = _bench("--no-progress", *args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: ") and says in result.stderr and len(result.stderr.splitlines()) == 1
+    assert seen == {}
