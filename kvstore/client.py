@@ -672,7 +672,7 @@ class AsyncClient:
                         f"{head} within {self.timeout:g}s "
                         f"({wire.gave_up_reason(last_error, no_leader_seen)})"
                         + ("; the write may or may not have been applied" if write and in_doubt else
-                           "; the write was not applied" if write and sent else ""),
+                           "; the write was not applied" if write else ""),  # (nothing sent, or turned away)
                         outcome_unknown=write and in_doubt,
                     )
                 reply = None

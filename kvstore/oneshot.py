@@ -333,7 +333,7 @@ class OneShotClient:
                     f"{head} within {self.timeout:g}s "
                     f"({frames.gave_up_reason(last_error, no_leader_seen)})"
                     + ("; the write may or may not have been applied" if write and in_doubt else
-                       "; the write was not applied" if write and sent else ""),
+                       "; the write was not applied" if write else ""),  # (nothing sent, or turned away)
                     outcome_unknown=write and in_doubt,
                 )
             attempt_deadline = now + min(remaining, self.attempt_timeout)
