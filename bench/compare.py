@@ -617,7 +617,8 @@ def run_bulk(keys: int, rounds: int, in_flight: int = 256) -> tuple[list[dict], 
                 if what == "bench":
                     out, wall = kv_cli("bench", "--endpoints", endpoints, "--clients", str(in_flight), "--total",
                                        str(keys), "--key-space-size", str(keys), "--sequential-keys", "--val-size",
-                                       "100", "--warmup", "1", "--no-progress", "-w", "json")
+                                       "100", "--warmup", "1", "--no-progress", "-w", "json",
+                                       "--prefix", "")  # the load file's keys: both write the same ones
                     rate, errors = out["throughput_ops_s"], out["error_count"]
                 else:
                     out, wall = kv_cli("--endpoints", endpoints, "-w", "json", "load", str(data), "--in-flight",
