@@ -342,7 +342,8 @@ def serve_command(
     peers: Annotated[str, typer.Option(
         "--peers", help="Bootstrap list, used only when a new cluster is founded: every founding member, "
                         "ID=HOST:PORT,ID=HOST:PORT,... Later membership lives in the cluster's log "
-                        "(kv member ...); a founded directory keeps its own record.")] = "",
+                        "(kv member ...); a founded directory keeps its own record, so a node restarted on "
+                        "its data directory needs neither --peers nor --join.")] = "",
     join: Annotated[str | None, typer.Option(
         "--join", help="Join a running cluster: HOST:PORT[,...] of its members. Add the node first with "
                        "kv member add ID HOST:PORT; it starts as a learner (kv member promote ID).")] = None,
@@ -388,7 +389,8 @@ def serve_command(
                           "files stay for the node's own)."),
     ] = None,
     cluster_id: Annotated[
-        str | None, typer.Option("--cluster-id", help="Refuse data directories of another cluster.")
+        str | None, typer.Option("--cluster-id", help="Refuse data directories of another cluster (default: kv; "
+                                                      "without --peers or --join, the data directory's).")
     ] = None,
     exit_on_disk_failure: Annotated[
         bool,
