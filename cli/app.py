@@ -249,13 +249,17 @@ def put_command(
 
 @app.command(
     "get",
-    epilog="Example: kv get greeting;  kv get --prefix user/ --keys-only;  kv -w json get greeting",
+    epilog="Example: kv get greeting;  kv get --prefix user/ --keys-only --limit 10;  kv -w json get greeting",
 )
 def get_command(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="The key (or the prefix with --prefix).")],
     prefix: Annotated[bool, typer.Option("--prefix", help="Get every key starting with KEY.")] = False,
     keys_only: Annotated[bool, typer.Option("--keys-only", help="Print keys only.")] = False,
+    print_value_only: Annotated[bool, typer.Option(
+        "--print-value-only", help="Print values only, without the key lines (simple output).")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="With --prefix: at most this many keys, the "
+                                                             "first in key order (0: all).")] = 0,
     consistency: Annotated[
         Consistency,
         typer.Option("--consistency", help="l: linearizable (default); s: serializable, may be stale."),
@@ -265,7 +269,8 @@ def get_command(
 
     With --prefix an empty result is not an error.
     """
-    oneshot.get(settings_of(ctx), key, prefix=prefix, keys_only=keys_only, consistency=consistency.value)
+    oneshot.get(settings_of(ctx), key, prefix=prefix, keys_only=keys_only, consistency=consistency.value,
+                print_value_only=print_value_only, limit=limit)
 
 
 @app.command("del", epilog="Example: kv del greeting;  kv del --prefix user/")
@@ -302,12 +307,14 @@ def cas_command(
 def ls_command(
     ctx: typer.Context,
     prefix: Annotated[str, typer.Argument(help="List only keys starting with PREFIX.")] = "",
+    limit: Annotated[int, typer.Option("--limit", min=0, help="At most this many keys, the first in key order "
+                                                             "(0: all).")] = 0,
     consistency: Annotated[
         Consistency, typer.Option("--consistency", help="l: linearizable (default); s: serializable.")
     ] = Consistency.l,
 ) -> None:
     """List keys (all, or those starting with PREFIX), in key order."""
-    oneshot.ls(settings_of(ctx), prefix, consistency=consistency.value)
+    oneshot.ls(settings_of(ctx), prefix, consistency=consistency.value, limit=limit)
 
 
 @app.command("status", epilog="Example: kv status;  kv -w table status;  kv -w json status")

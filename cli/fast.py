@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import cast
 
 from .common import ENV_ENDPOINTS, EXIT_FAILED, Settings, parse_duration
 from .output import OutputFormat
@@ -35,10 +36,11 @@ _ENVIRONMENT = {"endpoints": ENV_ENDPOINTS, "cacert": "KV_CACERT", "cert": "KV_C
 # command -> (flags, options with a value, how many positional arguments: at least, at most (None: any))
 _COMMANDS: dict[str, tuple[frozenset[str], frozenset[str], int, int | None]] = {
     "put": (frozenset(), frozenset(), 1, 2),
-    "get": (frozenset({"--prefix", "--keys-only"}), frozenset({"--consistency"}), 1, 1),
+    "get": (frozenset({"--prefix", "--keys-only", "--print-value-only"}), frozenset({"--consistency", "--limit"}),
+            1, 1),
     "del": (frozenset({"--prefix"}), frozenset(), 1, 1),
     "cas": (frozenset({"--absent"}), frozenset(), 2, None),
-    "ls": (frozenset(), frozenset({"--consistency"}), 0, 1),
+    "ls": (frozenset(), frozenset({"--consistency", "--limit"}), 0, 1),
     "status": (frozenset(), frozenset(), 0, 0),
     "health": (frozenset(), frozenset(), 0, 0),
 }
@@ -134,6 +136,10 @@ def _parse(argv: list[str]) -> tuple[str, Settings, dict[str, object], list[str]
         raise _NotPlain
     if options.get("--consistency", "l") not in ("l", "s"):
         raise _NotPlain
+    limit = options.get("--limit", "0")
+    if not (isinstance(limit, str) and limit.isascii() and limit.isdigit()):
+        raise _NotPlain  # typer says what is wrong with it
+    options["--limit"] = int(limit)
     return command, _settings(given, debug), options, positional
 
 
@@ -257,13 +263,15 @@ def _run(argv: list[str]) -> bool:
         oneshot.put(settings, args[0], args[1] if len(args) > 1 else None)
     elif command == "get":
         oneshot.get(settings, args[0], prefix=bool(options.get("--prefix")),
-                    keys_only=bool(options.get("--keys-only")), consistency=str(options.get("--consistency", "l")))
+                    keys_only=bool(options.get("--keys-only")), consistency=str(options.get("--consistency", "l")),
+                    print_value_only=bool(options.get("--print-value-only")), limit=cast(int, options["--limit"]))
     elif command == "del":
         oneshot.delete(settings, args[0], prefix=bool(options.get("--prefix")))
     elif command == "cas":
         oneshot.cas(settings, args[0], args[1:], absent=bool(options.get("--absent")))
     elif command == "ls":
-        oneshot.ls(settings, args[0] if args else "", consistency=str(options.get("--consistency", "l")))
+        oneshot.ls(settings, args[0] if args else "", consistency=str(options.get("--consistency", "l")),
+                   limit=cast(int, options["--limit"]))
     elif command == "status":
         oneshot.status(settings)
     else:

@@ -89,9 +89,15 @@ def _entry_record(key: str, value: Any, *, keys_only: bool, entry: Any = None) -
 
 
 def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool = False,
-        consistency: str = "l") -> None:
-    """``kv get KEY`` (exit 1 if absent) or ``kv get --prefix PREFIX`` (none found is not an error)."""
+        consistency: str = "l", print_value_only: bool = False, limit: int = 0) -> None:
+    """``kv get KEY`` (exit 1 if absent) or ``kv get --prefix PREFIX`` (none found is not an error);
+    ``limit``: at most that many keys of a prefix (0: all); ``print_value_only``: etcdctl's, the values
+    alone in simple output."""
     with reporting_errors(settings):
+        if keys_only and print_value_only:
+            raise UsageProblem("--keys-only and --print-value-only together would print nothing")
+        if limit and not prefix:
+            raise UsageProblem("--limit needs --prefix (one key is one key)")
         if not prefix:
             _check_key_given(key)
         settings.endpoints()
@@ -100,7 +106,7 @@ def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool =
         records: list[dict[str, Any]] = []
         with open_oneshot_client(settings) as client:
             if prefix:
-                for k, v in client.list(key, keys_only=keys_only, consistency=consistency):
+                for k, v in client.list(key, keys_only=keys_only, consistency=consistency, limit=limit):
                     records.append(_entry_record(k, v, keys_only=keys_only))
             else:
                 entry = client.get_entry(key, consistency=consistency)
@@ -110,10 +116,11 @@ def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool =
             if settings.write_out is OutputFormat.json:
                 print_json({"kvs": [], "count": 0})
             raise OperationFailed(f"key not found: {key}")
-        _print_records(settings, records, keys_only=keys_only)
+        _print_records(settings, records, keys_only=keys_only, values_only=print_value_only)
 
 
-def _print_records(settings: Settings, records: list[dict[str, Any]], *, keys_only: bool) -> None:
+def _print_records(settings: Settings, records: list[dict[str, Any]], *, keys_only: bool,
+                   values_only: bool = False) -> None:
     if settings.write_out is OutputFormat.json:
         print_json({"kvs": records, "count": len(records)})
     elif settings.write_out is OutputFormat.table:
@@ -131,7 +138,8 @@ def _print_records(settings: Settings, records: list[dict[str, Any]], *, keys_on
         print_table(headers, rows)
     else:
         for r in records:
-            echo(r["key"])
+            if not values_only:
+                echo(r["key"])
             if not keys_only:
                 echo_value(_raw_value(r))
 
@@ -204,12 +212,12 @@ def cas(settings: Settings, key: str, values: list[str], *, absent: bool = False
             raise OperationFailed(f"compare failed: the value of {key} is not {expected!r}")
 
 
-def ls(settings: Settings, prefix: str = "", *, consistency: str = "l") -> None:
-    """``kv ls [PREFIX]``: the keys in key order."""
+def ls(settings: Settings, prefix: str = "", *, consistency: str = "l", limit: int = 0) -> None:
+    """``kv ls [PREFIX]``: the keys in key order (the first ``limit`` of them; 0: all)."""
     with reporting_errors(settings):
         settings.endpoints()
         with open_oneshot_client(settings) as client:
-            keys = [k for k, _ in client.list(prefix, keys_only=True, consistency=consistency)]
+            keys = [k for k, _ in client.list(prefix, keys_only=True, consistency=consistency, limit=limit)]
         if settings.write_out is OutputFormat.json:
             print_json({"keys": keys, "count": len(keys)})
         elif settings.write_out is OutputFormat.table:

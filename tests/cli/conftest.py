@@ -85,9 +85,9 @@ class FakeClient:
         return True
 
     def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l", limit: int = 0):
-        self._call("list", prefix, keys_only=keys_only, consistency=consistency)
+        self._call("list", prefix, keys_only=keys_only, consistency=consistency, limit=limit)
         items = sorted((k, e.value) for k, e in self.cluster.data.items() if k.startswith(prefix))
-        return [(k, None if keys_only else v) for k, v in items]
+        return [(k, None if keys_only else v) for k, v in items[:limit or None]]
 
     def cluster_status(self) -> list[dict[str, Any]]:
         self._call("cluster_status")

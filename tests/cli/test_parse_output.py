@@ -133,6 +133,28 @@ def test_get_prefix_keys_only(fake):
     assert result.stdout == "user/a\nuser/b\n"
 
 
+def test_get_limit_and_print_value_only_as_etcdctl(fake):
+    """``--limit N`` with ``--prefix`` asks the node for the first N keys in key order;
+    ``--print-value-only`` prints the values without their key lines. Together with --keys-only, or
+    --limit without --prefix, they are usage errors (exit 2)."""
+    for key, value in (("user/c", "3"), ("user/a", "1"), ("user/b", "2")):
+        fake.set(key, value)
+    result = run(*EP, "get", "--prefix", "--limit", "2", "user/")
+    assert result.exit_code == 0 and result.stdout == "user/a\n1\nuser/b\n2\n"
+    assert fake.calls[-1][-1]["limit"] == 2
+    result = run(*EP, "get", "--prefix", "--print-value-only", "user/")
+    assert result.exit_code == 0 and result.stdout == "1\n2\n3\n"
+    result = run(*EP, "get", "--print-value-only", "user/b")
+    assert result.exit_code == 0 and result.stdout == "2\n"
+    assert run(*EP, "ls", "--limit", "1", "user/").stdout == "user/a\n"
+    both = run(*EP, "get", "--keys-only", "--print-value-only", "user/a")
+    assert both.exit_code == 2
+    assert_one_error_line(both, "--keys-only and --print-value-only together would print nothing")
+    alone = run(*EP, "get", "--limit", "1", "user/a")
+    assert alone.exit_code == 2
+    assert_one_error_line(alone, "--limit needs --prefix")
+
+
 def test_get_prefix_without_matches_is_not_an_error(fake):
     result = run(*EP, "get", "--prefix", "none/")
     assert result.exit_code == 0
