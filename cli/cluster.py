@@ -54,6 +54,7 @@ cluster_app = typer.Typer(
 HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 7001
 NODES_MAX = 15
+DEFAULT_NODES = 3
 LEADER_WAIT_SECONDS = 15.0
 STOP_WAIT_SECONDS = 5.0
 KILL_WAIT_SECONDS = 3.0
@@ -451,7 +452,8 @@ def _foreground_view(cluster_dir: Path, state: dict[str, Any], children: dict[in
 @cluster_app.command("up", epilog="Example: kv cluster up --detach;  kv cluster up --nodes 5 --base-port 8001")
 def up_command(
     ctx: typer.Context,
-    nodes: Annotated[int, typer.Option("--nodes", min=1, max=NODES_MAX, help="How many nodes.")] = 3,
+    nodes: Annotated[int | None, typer.Option(
+        "--nodes", min=1, max=NODES_MAX, help="How many nodes (default: 3, or a stopped cluster's own).")] = None,
     data_dir: DataDirOption = None,
     base_port: Annotated[
         int, typer.Option("--base-port", min=1, max=65535, help="Node N listens on base+N-1.")
@@ -478,9 +480,11 @@ def up_command(
     children: dict[int, subprocess.Popen[bytes]] = {}
     state: dict[str, Any] | None = None
     with reporting_errors(settings):
-        if base_port + nodes - 1 > 65535:
-            raise UsageProblem(f"--base-port {base_port} with {nodes} nodes goes past port 65535")
+        if base_port + (nodes or DEFAULT_NODES) - 1 > 65535:
+            raise UsageProblem(f"--base-port {base_port} with {nodes or DEFAULT_NODES} nodes goes past port 65535")
         old = read_state(cluster_dir, NODE_NEEDS)
+        if nodes is None:  # up again on a stopped cluster: as many as it has
+            nodes = len(old["nodes"]) if old is not None else DEFAULT_NODES
         import secrets
 
         cluster_id = f"kv-{secrets.token_hex(4)}"

@@ -292,3 +292,21 @@ def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     assert kv("get", "after").stdout.split() == [b"after", b"2"]  # (the default cluster's TLS files)
     plain = kv("--endpoints", ",".join(kv.state()["endpoints"]), "get", "after", check=False)
     assert plain.returncode == 1 and b"takes TLS connections only" in plain.stderr, plain.stderr
+
+
+def test_up_again_takes_the_stopped_clusters_size(kv):
+    """A stopped cluster of another size than 3 comes up again with a plain ``kv cluster up`` (QA: it was
+    refused, "holds a 1-node cluster; use --nodes 1"); only an explicit --nodes that differs is refused,
+    and another --base-port is told the cluster's ports rather than its size."""
+    base = free_base_port()
+    kv("cluster", "up", "--detach", "--nodes", "1", "--base-port", str(base))
+    kv("put", "kept", "yes")
+    kv("cluster", "down")
+    other = base + 100 if base + 102 <= 65535 else base - 100
+    moved = kv("cluster", "up", "--detach", "--base-port", str(other), check=False)
+    assert moved.returncode == 2 and f"uses ports {base};".encode() in moved.stderr, moved.stderr
+    resized = kv("cluster", "up", "--detach", "--nodes", "2", check=False)
+    assert resized.returncode == 1 and b"holds a 1-node cluster; use --nodes 1" in resized.stderr, resized.stderr
+    kv("cluster", "up", "--detach")
+    assert [n["port"] for n in kv.state()["nodes"]] == [base]
+    assert kv("get", "kept").stdout == b"kept\nyes\n"
