@@ -44,6 +44,7 @@ an error instead of silently losing the second.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -859,6 +860,9 @@ class FrameBudget:
 FRAME_STALL_SECONDS = 10.0
 """A frame that holds room of the node's ``FrameBudget`` while it arrives may go this long without a
 byte; then its connection is closed (a ``WireError``) and the room given back."""
+FRAME_MIN_BYTES_PER_SECOND = 64 * 1024
+"""... and it must arrive whole within ``FRAME_STALL_SECONDS`` plus its size at this rate (8 MiB: 138 s):
+a byte every few seconds never stalls, but would hold the room until the idle-client timeout."""
 
 
 class FrameReader:
@@ -905,6 +909,7 @@ class FrameReader:
         receive = self._receive_raw if self._socket is not None else self.stream.receive_some
         budget = self.budget
         taken = 0  # bytes of the budget this frame holds while it arrives (see FrameBudget)
+        whole_by = math.inf  # when that frame must have arrived whole (FRAME_MIN_BYTES_PER_SECOND)
         try:
             # Every pass adds at least one byte to a buffer that holds no complete frame, and a buffer
             # of HEADER_BYTES + frame_bytes_max bytes always holds one (or split_frames raised), so the
@@ -921,15 +926,20 @@ class FrameReader:
                                 f"connections hold {budget.held} of the {budget.bytes_max} bytes this node keeps "
                                 "for them; send it again later", unread)
                         taken = size
+                        whole_by = trio.current_time() + FRAME_STALL_SECONDS + size / FRAME_MIN_BYTES_PER_SECOND
                 if taken:
-                    # A frame that holds room must keep coming: one that stalls would keep the room from
-                    # other large requests until the idle-client timeout (600 s).
+                    # A frame that holds room must keep coming, and at a pace: one that stalls or trickles
+                    # would keep the room from other large requests until the idle-client timeout (600 s).
                     data = None
-                    with trio.move_on_after(FRAME_STALL_SECONDS):
+                    stall_at = trio.current_time() + FRAME_STALL_SECONDS
+                    with trio.move_on_at(min(stall_at, whole_by)):
                         data = await receive(RECEIVE_CHUNK_BYTES)
                     if data is None:
-                        raise WireError(f"no byte of a frame of {taken} bytes came for {FRAME_STALL_SECONDS:g}s "
-                                        f"({len(buffer)} bytes of it arrived)")
+                        if stall_at <= whole_by:
+                            raise WireError(f"no byte of a frame of {taken} bytes came for {FRAME_STALL_SECONDS:g}s "
+                                            f"({len(buffer)} bytes of it arrived)")
+                        raise WireError(f"a frame of {taken} bytes came slower than {FRAME_MIN_BYTES_PER_SECOND} "
+                                        f"bytes/s ({len(buffer)} bytes of it arrived)")
                 else:
                     data = await receive(RECEIVE_CHUNK_BYTES)
                 if not data:

@@ -46,7 +46,7 @@ class FakeNode:
         self.learner = SimpleNamespace(lazy=False, queue=collections.deque(), sm=sm,
                                        note_local_read=self.local_reads_at.append)
 
-    def _disk_reply(self, wire_id, *, write_sent=False):
+    def _disk_reply(self, wire_id, *, write_sent=False, read=False):
         return wire.ErrorReply(id=wire_id, code=wire.DISK_FAILED, message="disk", leader=None)
 
     def status(self) -> dict:

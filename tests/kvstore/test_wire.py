@@ -1029,14 +1029,40 @@ async def test_a_large_frame_that_comes_slowly_but_keeps_coming_is_received(auto
 
     async def trickle() -> None:
         data = struct.pack(">I", BIG) + body
-        for i in range(0, len(data), 50_000):  # a piece every 9 s: slower than a stall's 10 s in all
-            await left.send_all(data[i:i + 50_000])
-            await trio.sleep(wire.FRAME_STALL_SECONDS - 1)
+        for i in range(0, len(data), 10_000):  # 80 kB/s, with a pause of 9 s in the middle: never a stall
+            await left.send_all(data[i:i + 10_000])
+            await trio.sleep(wire.FRAME_STALL_SECONDS - 1 if i == 100_000 else 0.125)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trickle)
         with trio.fail_after(120):
             assert await reader.receive_frames() == [body]
+    assert budget.held == 0
+
+
+async def test_a_large_frame_that_trickles_is_refused_and_gives_its_room_back(autojump_clock):
+    """A byte every second never stalls, but the frame must arrive at FRAME_MIN_BYTES_PER_SECOND after the
+    grace of a stall: otherwise it would hold its room until the idle-client timeout (600 s)."""
+    budget = wire.FrameBudget(1_000_000)
+    left, right = trio.testing.memory_stream_pair()
+    reader = wire.FrameReader(right, budget=budget)
+    size = 4 + BIG
+
+    async def trickle() -> None:
+        await _send_start_of_frame(left, BIG, 70_000)
+        for _ in range(1000):
+            await trio.sleep(1)
+            await left.send_all(b"x")
+
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        with trio.fail_after(120), pytest.raises(wire.WireError, match=rf"a frame of {size} bytes came slower than "
+                                                                         rf"{wire.FRAME_MIN_BYTES_PER_SECOND} bytes/s"):
+            await reader.receive_frames()
+        nursery.cancel_scope.cancel()
+    limit = wire.FRAME_STALL_SECONDS + size / wire.FRAME_MIN_BYTES_PER_SECOND
+    assert trio.current_time() - started == pytest.approx(limit, abs=0.01)
     assert budget.held == 0
 
 
