@@ -62,6 +62,11 @@ def bench_command(
                                                  "unless --duration is given).")] = None,
     duration: Annotated[float | None, typer.Option(
         "--duration", min=0.001, help="Seconds to run (instead of, or as well as, --total).")] = None,
+    time_limit: Annotated[float | None, typer.Option(
+        "--time-limit", min=0.001, metavar="SECONDS",
+        help="Stop the run after SECONDS even if --total is not done (default 600 with --total; with "
+             "--duration, the duration plus twice --timeout). A run it cuts short prints its summary and "
+             "exits 1.")] = None,
     key_size: Annotated[int, typer.Option("--key-size", min=1, help="Key length in characters (at least: "
                                                                     "longer when --key-space-size needs more "
                                                                     "digits).")] = 8,
@@ -109,6 +114,9 @@ def bench_command(
             raise UsageProblem(f"keys of {longest_key} characters are over the store's limit of {KEY_BYTES_MAX} bytes")
         if val_size > VALUE_BYTES_MAX:
             raise UsageProblem(f"--val-size {val_size} is over the store's limit of {VALUE_BYTES_MAX} bytes")
+        if time_limit is not None and duration is not None and time_limit <= duration:
+            raise UsageProblem(f"--time-limit {time_limit:g} is not more than --duration {duration:g}: the run "
+                               "would always be cut short")
         if conns > clients:
             raise UsageProblem(f"--conns {conns} is more than --clients {clients}: some connections would carry "
                                "no request")
@@ -147,6 +155,7 @@ def bench_command(
             rate=rate,
             timeout=timeout if timeout is not None else settings.command_timeout,
             warmup=warmup,
+            time_limit_s=time_limit,
             tls=settings.tls(),  # --cacert/--cert/--key (KV_CACERT, ...) or the TLS default cluster's
         )
         try:
@@ -159,8 +168,11 @@ def bench_command(
         from kvstore import runtime
 
         runtime.tune_gc()  # this process is the load generator now
+        import signal
+
         try:
-            result = loadgen.run_load_sync(spec, progress=stream)
+            # Ctrl-C or SIGTERM ends the run early with its summary (see the exit codes below)
+            result = loadgen.run_load_sync(spec, progress=stream, stop_signals=(signal.SIGINT, signal.SIGTERM))
         except loadgen.Unreachable as exc:
             raise OperationFailed(f"the warm-up reached no node, so the run did not start: {exc}"
                                   + unreachable_hint(settings, [str(exc)])) from None
@@ -187,9 +199,23 @@ def bench_command(
             loadgen.plot_result(result, plot)
             if fmt is not OutputFormat.json:
                 echo(f"plot written to {plot}")
+        if result.interrupted:
+            # What was measured is printed; the exit status still says the run was cut short, as the
+            # shell's own would (128 + the signal's number: 130 for Ctrl-C, 143 for SIGTERM)
+            unfinished = f"; {result.unfinished} requests in flight were not finished" if result.unfinished else ""
+            echo(f"bench: interrupted by {result.interrupted} after {result.elapsed_s:.1f} s: the summary covers "
+                 f"the {result.done} requests answered{unfinished}", err=True)
+            raise typer.Exit(128 + int(getattr(signal, result.interrupted)))
         if result.ok == 0:
             raise OperationFailed(f"no request succeeded ({sum(result.errors.values())} errors)"
                                   + unreachable_hint(settings, [result.last_error]))
+        if result.stopped_by == "time limit":
+            limit = spec.hard_limit_s()
+            if spec.total is not None and result.done < spec.total:
+                raise OperationFailed(f"stopped after {limit:g} s with {result.done} of {spec.total} requests done: "
+                                      "raise --time-limit")
+            raise OperationFailed(f"stopped after {limit:g} s with {result.unfinished} requests still unanswered: "
+                                  "raise --time-limit")
 
 
 def _prefixed_spec(prefix: str, **fields: Any) -> Any:

@@ -7,6 +7,10 @@ connections (each an ``AsyncClient``, which pipelines many requests on one TCP c
 ``clients`` workers is a trio task that takes the next request number from a shared counter, performs
 one operation, records its latency, and repeats. It stops by itself: after ``total`` requests, or when
 ``duration`` has passed, and in any case after ``time_limit_s`` (every loop is bounded in count and time).
+A run its time limit stops short of ``total`` says so (``stopped_by``): the caller decides whether that
+is a failure (``kv bench`` exits 1). Given ``stop_signals``, ``run_load`` also stops early on those
+signals (Ctrl-C, SIGTERM): no new request leaves, the ones in flight get ``INTERRUPT_GRACE_S`` to finish,
+and the result holds what was done until then, marked ``interrupted``.
 
 * **Closed loop** (default): a worker sends its next request as soon as the previous one is answered.
 * **Open loop** (``rate``): request ``i`` is *scheduled* at ``start + i / rate``. A worker waits for
@@ -45,6 +49,8 @@ from .client import AsyncClient, RequestError, Unavailable, connect
 
 LATENCY_US_MAX = 60_000_000  # one minute; longer latencies are recorded as one minute
 OPS = ("put", "get", "mixed")
+DEFAULT_TIME_LIMIT_S = 600.0  # with total and no duration
+INTERRUPT_GRACE_S = 1.0  # after a stop signal, for the requests in flight (at most the request timeout)
 
 
 class LoadSpecError(ValueError):
@@ -87,7 +93,7 @@ class LoadSpec:
     timeout: float = 5.0  # per request, retries included (the client's timeout)
     warmup: int = 0  # unmeasured puts per connection before the run (connects, finds the leader)
     seed: int = 1
-    time_limit_s: float | None = None  # hard cap; default: duration + 2*timeout, or 600 s with total
+    time_limit_s: float | None = None  # hard cap; default: duration + 2*timeout, or 600 s with total only
     tls: dict[str, str] = field(default_factory=dict)  # cacert, cert, key (PEM files) for a TLS cluster
 
     def validate(self) -> None:
@@ -115,13 +121,15 @@ class LoadSpec:
             raise LoadSpecError("rate must be positive")
         if self.timeout <= 0:
             raise LoadSpecError("timeout must be positive")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise LoadSpecError("time limit must be positive")
 
     def hard_limit_s(self) -> float:
         if self.time_limit_s is not None:
             return self.time_limit_s
         if self.duration is not None:
             return self.duration + 2 * self.timeout
-        return 600.0
+        return DEFAULT_TIME_LIMIT_S
 
     def count_limit(self) -> int:
         # A duration run is bounded in count too (never reached in practice on one machine).
@@ -220,9 +228,21 @@ class LoadResult:
     elapsed_s: float
     histogram: Any  # hdrh HdrHistogram of every successful request, microseconds
     timeline: list[dict[str, Any]]  # one entry per second: t_s, ok, errors, p50_ms, p99_ms, max_ms
-    stopped_by: str  # "total", "duration", "time limit", "count limit" or "every request slot ended"
+    stopped_by: str  # "total", "duration", "time limit", "count limit", "every request slot ended" or "signal"
     last_error: str = ""  # the message of the last failed request ("" if none failed)
     sent: int = 0  # requests handed out (open loop: fewer than scheduled when the store fell behind)
+    interrupted: str = ""  # the signal that stopped the run early ("SIGINT", "SIGTERM"), "" if none did
+
+    @property
+    def done(self) -> int:
+        """Requests answered, successfully or not."""
+        return self.ok + sum(self.errors.values())
+
+    @property
+    def unfinished(self) -> int:
+        """Requests sent but never answered: still in flight when the run was cut short (a signal, the
+        time limit), not counted as errors."""
+        return max(0, self.sent - self.done)
 
     @property
     def throughput(self) -> float:
@@ -243,6 +263,9 @@ class LoadResult:
             "latency_ms": {k: (None if v is None else round(v, 3)) for k, v in self.latency_ms.items()},
             "stopped_by": self.stopped_by,
             "sent": self.sent,
+            "unfinished": self.unfinished,
+            "time_limit_s": self.spec.hard_limit_s(),
+            "interrupted": self.interrupted or None,
             "machine": machine_facts(),
         }
         if timeline:
@@ -254,9 +277,16 @@ class LoadResult:
         lat = self.latency_ms
         spec = self.spec
         mode = f"open loop at {spec.rate:g} req/s" if spec.rate else "closed loop"
+        stopped = self.stopped_by
+        if self.interrupted:
+            stopped = f"{self.interrupted} (interrupted: partial results)"
+        elif stopped == "time limit":
+            stopped = f"the time limit of {spec.hard_limit_s():g} s"
+        if self.unfinished and (self.interrupted or self.stopped_by == "time limit"):
+            stopped += f"; {self.unfinished} in flight not finished"
         lines = [
             f"Summary ({spec.op}, {spec.clients} in flight over {spec.conns} connection(s), {mode}):",
-            f"  Requests:    {self.ok} ok, {sum(self.errors.values())} errors, stopped by {self.stopped_by}",
+            f"  Requests:    {self.ok} ok, {sum(self.errors.values())} errors, stopped by {stopped}",
             f"  Total:       {self.elapsed_s:.4f} s",
             f"  Throughput:  {self.throughput:.1f} requests/s",
         ]
@@ -333,6 +363,8 @@ class _RunState:
     err: int = 0
     stopped_by: str = "every request slot ended"  # (each refused its request: see launch)
     last_error: str = ""
+    interrupted: str = ""  # the stop signal's name, once one came: no request leaves after it
+    over: bool = False  # the run is over: answers that still come (connections closing) are not counted
 
 
 @dataclass
@@ -376,15 +408,16 @@ class _Progress:
 
 async def run_load(spec: LoadSpec, *, open_targets: Callable[[LoadSpec], AbstractAsyncContextManager[list[Any]]]
                    | None = None,
-                   progress: TextIO | None = None) -> LoadResult:
+                   progress: TextIO | None = None, stop_signals: tuple[int, ...] = ()) -> LoadResult:
     """Run one load against ``spec.endpoints`` (or the targets ``open_targets(spec)`` yields).
 
-    Returns when the run stops by itself (see the module docstring). Raises ``LoadSpecError`` for an
-    impossible spec and ``Unreachable`` when the warm-up reached no node; request failures are counted
-    in the result, never raised.
+    Returns when the run stops by itself (see the module docstring), or, once the measured run has
+    started, when one of ``stop_signals`` arrives (main thread only): a Ctrl-C need not throw away what
+    was measured. Raises ``LoadSpecError`` for an impossible spec and ``Unreachable`` when the warm-up
+    reached no node; request failures are counted in the result, never raised.
     """
     try:
-        return await _run_load(spec, open_targets, progress)
+        return await _run_load(spec, open_targets, progress, stop_signals)
     except BaseExceptionGroup as group:  # (the targets' nursery wraps what the run raises)
         found, rest = group.split(Unreachable)
         if found is None or rest is not None:
@@ -396,7 +429,7 @@ async def run_load(spec: LoadSpec, *, open_targets: Callable[[LoadSpec], Abstrac
 
 
 async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractAsyncContextManager[list[Any]]] | None,
-                    progress: TextIO | None) -> LoadResult:
+                    progress: TextIO | None, stop_signals: tuple[int, ...]) -> LoadResult:
     """``run_load`` itself."""
     spec.validate()
     open_targets = open_targets or kv_targets
@@ -443,6 +476,8 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
             i = state.next
             if now is None:
                 now = clock()
+            if state.interrupted:
+                return None
             if i >= count_limit:
                 state.stopped_by = "total" if spec.total is not None else "count limit"
                 return None
@@ -528,6 +563,8 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
             began = now
 
             def done(outcome: object) -> None:
+                if state.over:
+                    return
                 finished = clock()
                 if isinstance(outcome, Exception):
                     failed(outcome)
@@ -559,8 +596,25 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
                     state.stopped_by = "time limit"
                     cancel_scope.cancel()  # requests still stuck past every timeout: give up
 
+        async def watch_signals(cancel_scope: trio.CancelScope, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            import signal
+
+            with trio.open_signal_receiver(*stop_signals) as received:
+                task_status.started()
+                async for signum in received:
+                    if state.interrupted:  # a second one: no more grace
+                        break
+                    state.interrupted = signal.Signals(signum).name
+                    state.stopped_by = "signal"
+                    # No request leaves now; those in flight get a short grace, then count as unfinished
+                    cancel_scope.deadline = min(cancel_scope.deadline,
+                                                clock() + min(INTERRUPT_GRACE_S, spec.timeout))
+            cancel_scope.cancel()
+
         async with trio.open_nursery() as outer:
             outer.start_soon(ticker, outer.cancel_scope)
+            if stop_signals:
+                await outer.start(watch_signals, outer.cancel_scope)
             if submitting:
                 for w in range(spec.clients):
                     launch(w)
@@ -571,6 +625,7 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
                         workers.start_soon(worker, w)
             outer.cancel_scope.cancel()
         stop = clock()
+        state.over = True
 
     # The last partial second joins the timeline if it saw anything.
     if interval.ok or interval.err:
@@ -585,7 +640,7 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
         elapsed = max(elapsed, min(spec.duration, stop - start))
     result = LoadResult(spec=spec, ok=state.ok, errors=errors, elapsed_s=elapsed, histogram=hist,
                         timeline=timeline, stopped_by=state.stopped_by, last_error=state.last_error,
-                        sent=state.next)
+                        sent=state.next, interrupted=state.interrupted)
     reporter.show(elapsed, result.ok, sum(errors.values()), result.throughput, final=True)
     return result
 
