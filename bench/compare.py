@@ -608,9 +608,10 @@ def run_bulk(keys: int, rounds: int, in_flight: int = 256) -> tuple[list[dict], 
         endpoints = ",".join(kv.endpoints)
         data = kv.root / "load.jsonl"
         value = ("0123456789abcdef" * 7)[:100]
+        width = max(8, len(str(keys - 1)))  # as kv bench pads its keys (LoadSpec.key_width, --key-size 8)
         with open(data, "wb") as f:
             for i in range(keys):
-                f.write(format_record(str(i).zfill(8), value))
+                f.write(format_record(str(i).zfill(width), value))
         for r in range(rounds):
             order = ("bench", "load") if r % 2 == 0 else ("load", "bench")
             for what in order:

@@ -67,22 +67,24 @@ def bench_command(
         help="Stop the run after SECONDS even if --total is not done (default 600 with --total; with "
              "--duration, the duration plus twice --timeout). A run it cuts short prints its summary and "
              "exits 1.")] = None,
-    key_size: Annotated[int, typer.Option("--key-size", min=1, help="Key length in characters (at least: "
-                                                                    "longer when --key-space-size needs more "
-                                                                    "digits).")] = 8,
+    key_size: Annotated[int, typer.Option(
+        "--key-size", min=1, help="Width of the key's number, after --prefix: every key is padded with zeros to "
+                                  "the larger of --key-size and the digits of the largest key number "
+                                  "(--key-space-size minus 1), so all keys are as long.")] = 8,
     val_size: Annotated[int, typer.Option("--val-size", min=0, help="Value length in bytes.")] = 100,
     key_space_size: Annotated[int, typer.Option("--key-space-size", min=1, help="Distinct keys.")] = 10_000,
     prefix: Annotated[str, typer.Option(
-        "--prefix", help="What every key starts with: the run writes PREFIX then the key's number padded to "
-                         "--key-size (bench/00000000 .. bench/00009999 by default), next to your own keys; "
+        "--prefix", help="What every key starts with: the run writes PREFIX then the key's number padded as "
+                         "--key-size says (bench/00000000 .. bench/00009999 by default), next to your own keys; "
                          "delete them after with kv del --prefix PREFIX.")] = DEFAULT_PREFIX,
     sequential_keys: Annotated[bool, typer.Option("--sequential-keys",
                                                   help="Walk the key space in order instead of at random.")] = False,
     consistency: Annotated[BenchConsistency, typer.Option(
         "--consistency", help="Reads: l linearizable, s serializable.")] = BenchConsistency.l,
     op: Annotated[BenchOp, typer.Option("--op", help="put, get, or mixed (see --read-ratio).")] = BenchOp.put,
-    read_ratio: Annotated[float, typer.Option("--read-ratio", min=0.0, max=1.0,
-                                              help="Share of gets with --op mixed.")] = 0.5,
+    read_ratio: Annotated[float | None, typer.Option("--read-ratio", min=0.0, max=1.0,
+                                                     help="Share of gets with --op mixed (default 0.5; only "
+                                                          "with --op mixed).")] = None,
     rate: Annotated[float | None, typer.Option("--rate", min=0.001,
                                                   help="Open loop: requests per second in total; latency counts "
                                                        "from each request's scheduled send time.")] = None,
@@ -109,6 +111,8 @@ def bench_command(
         from kvstore.limits import KEY_BYTES_MAX, VALUE_BYTES_MAX
 
         # Requests the store would refuse, refused before the run (it would count one error per slot)
+        if read_ratio is not None and op is not BenchOp.mixed:
+            raise UsageProblem(f"--read-ratio only applies to --op mixed, not --op {op.value}")
         longest_key = len(prefix.encode("utf-8", "surrogateescape")) + max(key_size, len(str(key_space_size - 1)))
         if longest_key > KEY_BYTES_MAX:
             raise UsageProblem(f"keys of {longest_key} characters are over the store's limit of {KEY_BYTES_MAX} bytes")
@@ -151,7 +155,7 @@ def bench_command(
             sequential_keys=sequential_keys,
             consistency=consistency.value,
             op=op.value,
-            read_ratio=read_ratio,
+            read_ratio=0.5 if read_ratio is None else read_ratio,
             rate=rate,
             timeout=timeout if timeout is not None else settings.command_timeout,
             warmup=warmup,
@@ -190,6 +194,14 @@ def bench_command(
                 [[result.ok, sum(result.errors.values()), f"{result.elapsed_s:.3f}", f"{result.throughput:.1f}",
                   *[("-" if lat[k] is None else f"{lat[k]:.3f}") for k in ("min", "p50", "p90", "p99", "max")]]],
             )
+            if op is not BenchOp.put:  # gets' hits and misses, and with both operations each one's figures
+                rows = []
+                for name, counts in result.by_op.items():
+                    op_lat = result.op_latency_ms(name)
+                    rows.append([name.upper(), counts["ok"], counts["errors"], counts.get("hits", "-"),
+                                 counts.get("misses", "-"),
+                                 *[("-" if op_lat[k] is None else f"{op_lat[k]:.3f}") for k in ("p50", "p99", "max")]])
+                print_table(["OP", "OK", "ERRORS", "HITS", "MISSES", "P50_MS", "P99_MS", "MAX_MS"], rows)
             if result.errors:
                 print_table(["ERROR", "COUNT"], sorted(result.errors.items(), key=lambda kv: -kv[1]))
         else:

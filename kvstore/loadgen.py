@@ -22,9 +22,12 @@ and the result holds what was done until then, marked ``interrupted``.
 Latencies go into an HdrHistogram (microseconds, 3 significant digits); a second histogram per
 one-second interval gives the timeline (throughput and latency over time) for plots. Errors are counted
 by kind (exception class, plus the server's error code for ``RequestError``), and the run continues.
+Gets and puts are also counted apart (``by_op``: ok, errors, latency; with ``mixed``, a histogram each),
+and a get that finds no value is a miss: a success, but a read of a key nobody wrote measures less.
 
 What is driven is pluggable: ``open_targets`` is an async context manager factory yielding a list of
-objects with ``async put(key, value)`` and ``async get(key, consistency)``; the default one opens
+objects with ``async put(key, value)`` and ``async get(key, consistency)`` (the value, None when absent:
+that is what tells hits from misses); the default one opens
 ``kvstore.client`` connections. ``bench/compare.py`` plugs in other systems so that every system sees
 the same load shape.
 """
@@ -135,8 +138,13 @@ class LoadSpec:
         # A duration run is bounded in count too (never reached in practice on one machine).
         return self.total if self.total is not None else 100_000_000
 
+    def key_width(self) -> int:
+        """Every key's number is padded to this width: ``key_size``, or the digits of the largest key
+        number when it has more, so that all keys of a run are as long (and sort as their numbers)."""
+        return max(self.key_size, len(str(self.key_space_size - 1)))
+
     def key(self, n: int) -> str:
-        return str(n).zfill(self.key_size)
+        return str(n).zfill(self.key_width())
 
     def value(self) -> str:
         return ("0123456789abcdef" * (self.val_size // 16 + 1))[: self.val_size]
@@ -232,6 +240,9 @@ class LoadResult:
     last_error: str = ""  # the message of the last failed request ("" if none failed)
     sent: int = 0  # requests handed out (open loop: fewer than scheduled when the store fell behind)
     interrupted: str = ""  # the signal that stopped the run early ("SIGINT", "SIGTERM"), "" if none did
+    # per operation that ran ("get", "put"): ok, errors, histogram (the run's own unless op is mixed),
+    # and for gets hits and misses (a get of an absent key succeeds, but says little about reads)
+    by_op: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def done(self) -> int:
@@ -268,9 +279,34 @@ class LoadResult:
             "interrupted": self.interrupted or None,
             "machine": machine_facts(),
         }
+        d["by_op"] = {op: {**{k: v for k, v in counts.items() if k != "histogram"},
+                           "latency_ms": {k: (None if v is None else round(v, 3))
+                                          for k, v in self.op_latency_ms(op).items()}}
+                      for op, counts in self.by_op.items()}
         if timeline:
             d["timeline"] = self.timeline
         return d
+
+    def op_latency_ms(self, op: str) -> dict[str, float | None]:
+        """``latency_ms`` of one operation's requests (``"get"`` or ``"put"``)."""
+        return _latency_summary(self.by_op[op]["histogram"])
+
+    def op_lines(self) -> list[str]:
+        """Gets (hits and misses) and puts apart, with their own latencies when both ran."""
+        lines = []
+        for op, name in (("get", "Gets"), ("put", "Puts")):
+            counts = self.by_op.get(op)
+            if counts is None or (op == "put" and self.spec.op == "put"):
+                continue
+            line = f"  {name + ':':<13}{counts['ok']} ok"
+            if op == "get":
+                line += f" ({counts['hits']} hits, {counts['misses']} misses)"
+            line += f", {counts['errors']} errors"
+            lat = self.op_latency_ms(op)
+            if self.spec.op == "mixed" and lat["p50"] is not None:
+                line += f"; latency p50 {lat['p50']:.3f} ms, p99 {lat['p99']:.3f} ms, max {lat['max']:.3f} ms"
+            lines.append(line)
+        return lines
 
     def format_text(self) -> str:
         """A human-readable summary, like etcd's benchmark tool."""
@@ -289,6 +325,7 @@ class LoadResult:
             f"  Requests:    {self.ok} ok, {sum(self.errors.values())} errors, stopped by {stopped}",
             f"  Total:       {self.elapsed_s:.4f} s",
             f"  Throughput:  {self.throughput:.1f} requests/s",
+            *self.op_lines(),
         ]
         if spec.rate and spec.duration is not None:
             scheduled = int(spec.rate * spec.duration)
@@ -317,8 +354,8 @@ class _KvTarget:
     async def put(self, key: str, value: str) -> None:
         await self.client.put(key, value)
 
-    async def get(self, key: str, consistency: str) -> None:
-        await self.client.get(key, consistency=consistency)
+    async def get(self, key: str, consistency: str) -> object:
+        return await self.client.get(key, consistency=consistency)
 
     def submit(self, is_get: bool, key: str, value: str, consistency: str, done: Callable[[object], None]) -> None:
         """Send a get or put without waiting; ``done(outcome)``: the result, or the exception."""
@@ -361,6 +398,9 @@ class _RunState:
     next: int = 0  # the next request number to hand out
     ok: int = 0
     err: int = 0
+    gets_ok: int = 0  # (of ok)
+    gets_err: int = 0  # (of err)
+    hits: int = 0  # (of gets_ok: the others found no value)
     stopped_by: str = "every request slot ended"  # (each refused its request: see launch)
     last_error: str = ""
     interrupted: str = ""  # the stop signal's name, once one came: no request leaves after it
@@ -371,7 +411,8 @@ class _RunState:
 class _Interval:
     """The current second's latencies (microseconds) and counts; the ticker takes and resets them."""
 
-    lat: list[int] = field(default_factory=list)
+    lat: list[int] = field(default_factory=list)  # puts'
+    get_lat: list[int] = field(default_factory=list)  # gets'
     ok: int = 0
     err: int = 0
 
@@ -436,6 +477,8 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
     value = spec.value()
     rng = random.Random(spec.seed)
     hist = _histogram()
+    # With both operations, a histogram each besides the run's; with one, the run's is that one's
+    op_hists = {op: _histogram() if spec.op == "mixed" else hist for op in ("get", "put")}
     count_limit = spec.count_limit()
     errors: dict[str, int] = {}
     timeline: list[dict[str, Any]] = []
@@ -500,19 +543,31 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
         def key_of(i: int) -> str:
             return spec.key(i % spec.key_space_size if spec.sequential_keys else rng.randrange(spec.key_space_size))
 
-        def failed(exc: Exception) -> None:
+        def failed(exc: Exception, is_get: bool) -> None:
             kind = error_kind(exc)
             errors[kind] = errors.get(kind, 0) + 1
             state.err += 1
+            state.gets_err += is_get
             interval.err += 1
             state.last_error = str(exc)
 
         def succeeded(began: float, finished: float | None = None) -> None:
+            """A put answered."""
             if finished is None:
                 finished = clock()
             # Into this second's list; the histogram takes the list once a second (_record_all).
             interval.lat.append(min(LATENCY_US_MAX, max(1, int((finished - began) * 1_000_000))))
             state.ok += 1
+            interval.ok += 1
+
+        def got(began: float, value: object, finished: float | None = None) -> None:
+            """A get answered: ``value`` None when the key was absent."""
+            if finished is None:
+                finished = clock()
+            interval.get_lat.append(min(LATENCY_US_MAX, max(1, int((finished - began) * 1_000_000))))
+            state.ok += 1
+            state.gets_ok += 1
+            state.hits += value is not None
             interval.ok += 1
 
         async def worker(w: int) -> None:
@@ -530,13 +585,16 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
                     began = clock()
                 try:
                     if is_get:
-                        await target.get(key, spec.consistency)
+                        found = await target.get(key, spec.consistency)
                     else:
                         await target.put(key, value)
                 except Exception as exc:  # noqa: BLE001 - counted by kind; the run goes on
-                    failed(exc)
+                    failed(exc, is_get)
                     continue
-                succeeded(began)
+                if is_get:
+                    got(began, found)
+                else:
+                    succeeded(began)
 
         # A closed loop against targets that take submitted requests (our store's client) keeps each of
         # the spec.clients requests in flight from a callback instead of a task: the next request
@@ -561,33 +619,47 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
                 end_slot()
                 return
             began = now
+            is_get = choose_op()
 
             def done(outcome: object) -> None:
                 if state.over:
                     return
                 finished = clock()
                 if isinstance(outcome, Exception):
-                    failed(outcome)
+                    failed(outcome, is_get)
+                elif is_get:
+                    got(began, outcome, finished)
                 else:
                     succeeded(began, finished)
                 launch(w, finished)
 
             try:
-                targets[w % len(targets)].submit(choose_op(), key_of(i), value, spec.consistency, done)
+                targets[w % len(targets)].submit(is_get, key_of(i), value, spec.consistency, done)
             except Exception as exc:  # noqa: BLE001 - refused before it left (say, too large): count it
-                failed(exc)
+                failed(exc, is_get)
                 end_slot()  # and stop this slot: the same request would be refused again at once
 
         reporter = _Progress(progress, spec)
+
+        def take_latencies() -> list[int]:
+            """This second's latencies, gets' and puts' together, once recorded into the histograms."""
+            puts, gets = interval.lat, interval.get_lat
+            interval.lat, interval.get_lat = [], []
+            if spec.op == "mixed":
+                _record_all(op_hists["put"], puts)
+                _record_all(op_hists["get"], gets)
+            latencies = puts + gets if puts and gets else puts or gets
+            _record_all(hist, latencies)
+            return latencies
 
         async def ticker(cancel_scope: trio.CancelScope) -> None:
             second = 0
             while True:
                 second += 1
                 await trio.sleep_until(start + second)
-                latencies, ok, err = interval.lat, interval.ok, interval.err
-                interval.lat, interval.ok, interval.err = [], 0, 0
-                _record_all(hist, latencies)
+                latencies = take_latencies()
+                ok, err = interval.ok, interval.err
+                interval.ok, interval.err = 0, 0
                 lat = _interval_summary(latencies)
                 timeline.append({"t_s": second, "ok": ok, "errors": err, "p50_ms": lat["p50"],
                                  "p99_ms": lat["p99"], "max_ms": lat["max"]})
@@ -629,8 +701,7 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
 
     # The last partial second joins the timeline if it saw anything.
     if interval.ok or interval.err:
-        _record_all(hist, interval.lat)
-        lat = _interval_summary(interval.lat)
+        lat = _interval_summary(take_latencies())
         timeline.append({"t_s": round(stop - start, 3), "ok": interval.ok, "errors": interval.err,
                          "p50_ms": lat["p50"], "p99_ms": lat["p99"], "max_ms": lat["max"]})
     # Until the run stopped (the last answer, or the last error: a cluster that died mid-run leaves a
@@ -638,7 +709,14 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
     elapsed = max(1e-9, stop - start)
     if spec.rate and spec.duration is not None and state.stopped_by == "duration":
         elapsed = max(elapsed, min(spec.duration, stop - start))
-    result = LoadResult(spec=spec, ok=state.ok, errors=errors, elapsed_s=elapsed, histogram=hist,
+    by_op: dict[str, dict[str, Any]] = {}
+    if spec.op != "put":
+        by_op["get"] = {"ok": state.gets_ok, "errors": state.gets_err, "hits": state.hits,
+                        "misses": state.gets_ok - state.hits, "histogram": op_hists["get"]}
+    if spec.op != "get":
+        by_op["put"] = {"ok": state.ok - state.gets_ok, "errors": state.err - state.gets_err,
+                        "histogram": op_hists["put"]}
+    result = LoadResult(spec=spec, ok=state.ok, errors=errors, elapsed_s=elapsed, histogram=hist, by_op=by_op,
                         timeline=timeline, stopped_by=state.stopped_by, last_error=state.last_error,
                         sent=state.next, interrupted=state.interrupted)
     reporter.show(elapsed, result.ok, sum(errors.values()), result.throughput, final=True)

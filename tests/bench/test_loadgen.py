@@ -15,19 +15,24 @@ from kvstore.loadgen import LoadSpec, LoadSpecError, _histogram, _interval_summa
 
 
 class FakeTarget:
+    """Keeps what is put (``store``); a get returns the value, None for a key never put."""
+
     def __init__(self, log: list, fail_every: int = 0) -> None:
         self.log = log
         self.fail_every = fail_every
+        self.store: dict[str, str] = {}
 
     async def put(self, key, value):
         await trio.lowlevel.checkpoint()
         self.log.append(("put", key, len(value)))
         if self.fail_every and len(self.log) % self.fail_every == 0:
             raise Unavailable("nope", outcome_unknown=True)
+        self.store[key] = value
 
     async def get(self, key, consistency):
         await trio.lowlevel.checkpoint()
         self.log.append(("get", key, consistency))
+        return self.store.get(key)
 
 
 class FakeSubmitTarget(FakeTarget):
@@ -50,12 +55,14 @@ class FakeSubmitTarget(FakeTarget):
             self.in_flight -= 1
             if is_get:
                 self.log.append(("get", key, consistency))
-                outcome = None  # absent
+                outcome = self.store.get(key)  # None: absent
             else:
                 self.log.append(("put", key, len(value)))
                 outcome = 1
                 if self.fail_every and len(self.log) % self.fail_every == 0:
                     outcome = Unavailable("nope", outcome_unknown=True)
+                else:
+                    self.store[key] = value
             done(outcome)
 
         trio.lowlevel.current_trio_token().run_sync_soon(answer)
@@ -251,6 +258,45 @@ async def test_mixed_ops_and_consistency(submit):
     await run_load(LoadSpec(endpoints=["x:1"], clients=2, total=50, op="get"),
                    open_targets=fake_targets(log, submit=submit))
     assert all(e[0] == "get" and e[2] == "l" for e in log)
+
+
+async def test_gets_count_hits_and_misses_and_mixed_runs_report_each_operation(submit):
+    """A get of an absent key succeeds but is a miss; with both operations, each has its own counts
+    and latency histogram, which add up to the run's."""
+    log = []
+    spec = LoadSpec(endpoints=["x:1"], clients=1, total=300, op="mixed", read_ratio=0.5, key_space_size=20)
+    result = await run_load(spec, open_targets=fake_targets(log, fail_every=7, submit=submit))
+    gets, puts = result.by_op["get"], result.by_op["put"]
+    logged_gets = sum(1 for e in log if e[0] == "get")
+    assert gets["ok"] == logged_gets and gets["errors"] == 0  # (only puts fail here)
+    assert gets["hits"] > 0 and gets["misses"] > 0 and gets["hits"] + gets["misses"] == gets["ok"]
+    assert puts["ok"] + puts["errors"] == len(log) - logged_gets and puts["errors"] == sum(result.errors.values())
+    assert gets["ok"] + puts["ok"] == result.ok
+    assert gets["histogram"].get_total_count() == gets["ok"] and puts["histogram"].get_total_count() == puts["ok"]
+    assert result.histogram.get_total_count() == result.ok
+    d = result.to_dict()["by_op"]
+    assert d["get"]["hits"] == gets["hits"] and d["get"]["latency_ms"]["p99"] is not None
+    assert set(d["put"]) == {"ok", "errors", "latency_ms"}
+    text = result.format_text()
+    said = f"  Gets:        {gets['ok']} ok ({gets['hits']} hits, {gets['misses']} misses), 0 errors; latency p50 "
+    assert said in text
+    assert f"  Puts:        {puts['ok']} ok, {puts['errors']} errors; latency p50 " in text
+
+    only_gets = await run_load(LoadSpec(endpoints=["x:1"], clients=2, total=50, op="get"),
+                               open_targets=fake_targets([], submit=submit))
+    assert only_gets.by_op["get"]["misses"] == 50 and "put" not in only_gets.by_op
+    assert "  Gets:        50 ok (0 hits, 50 misses), 0 errors" in only_gets.format_text().splitlines()
+    only_puts = await run_load(LoadSpec(endpoints=["x:1"], clients=2, total=50), open_targets=fake_targets([]))
+    assert list(only_puts.by_op) == ["put"] and "Puts:" not in only_puts.format_text()
+
+
+def test_every_key_of_a_run_is_as_wide():
+    """Numbers are padded to the wider of key_size and the largest key number's digits: with 100,000 keys
+    and key_size 4, 00000 .. 99999, not 0000 .. 99999."""
+    spec = LoadSpec(key_size=4, key_space_size=100_000)
+    assert (spec.key(0), spec.key(42), spec.key(99_999)) == ("00000", "00042", "99999")
+    assert LoadSpec(key_size=8, key_space_size=100_000).key(7) == "00000007"  # compare.py's load file's keys
+    assert LoadSpec(key_size=1, key_space_size=10).key(9) == "9"
 
 
 async def test_errors_are_counted_by_kind_and_the_run_goes_on(submit):

@@ -88,3 +88,18 @@ def test_a_missing_optional_dependency_is_a_failure_not_a_usage_error(seen, monk
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("Error: ") and says in result.stderr and len(result.stderr.splitlines()) == 1
     assert seen == {}
+
+
+@pytest.mark.parametrize("op", ["put", "get"])
+def test_read_ratio_only_goes_with_mixed(seen, op):
+    refused = _bench("--op", op, "--read-ratio", "0.9", "--no-progress")
+    assert refused.exit_code == 2 and f"--read-ratio only applies to --op mixed, not --op {op}" in refused.output
+    assert seen == {}
+    assert _bench("--op", "mixed", "--read-ratio", "0.9", "--no-progress").exit_code == 0
+
+
+def test_a_wide_key_space_pads_every_key_alike(seen):
+    result = _bench("--key-size", "2", "--key-space-size", "1000", "--total", "3", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert sorted(seen) == ["bench/000", "bench/001", "bench/002"]
+    assert "keys bench/000 .. bench/999 (1000 keys" in result.stdout
