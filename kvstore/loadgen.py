@@ -728,6 +728,30 @@ def run_load_sync(spec: LoadSpec, **kwargs: Any) -> LoadResult:
     return trio.run(lambda: run_load(spec, **kwargs))
 
 
+def timeline_to_plot(timeline: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float]]:
+    """The timeline's entries worth a point, and the seconds each covers (to turn counts into rates).
+
+    Each entry covers the time since the one before; the last is the partial second the run ended in.
+    Its count is turned into a rate by its own length, but a tail under half a second is left out: it
+    holds the few answers of the requests still in flight as the run ended (a few milliseconds' worth),
+    which would draw a false dip (or spike) in throughput and noise in latency. Entries without a request
+    are left out too. A run with nothing before its tail keeps the tail.
+    """
+    kept: list[dict[str, Any]] = []
+    spans: list[float] = []
+    before = 0.0
+    for i, entry in enumerate(timeline):
+        span = entry["t_s"] - before
+        before = entry["t_s"]
+        if not (entry["ok"] or entry["errors"]):
+            continue
+        if i == len(timeline) - 1 and kept and span < 0.5:
+            continue
+        kept.append(entry)
+        spans.append(max(1e-3, span))
+    return kept, spans
+
+
 def plot_result(result: LoadResult, path: str, title: str | None = None) -> None:
     """Draw latency over time (p50, p99, max per second) and throughput per second into ``path``.
 
@@ -740,12 +764,8 @@ def plot_result(result: LoadResult, path: str, title: str | None = None) -> None
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise RuntimeError("--plot needs matplotlib: pip install 'paxos-kv[plot]'") from exc
-    tl = [e for e in result.timeline if e["ok"] or e["errors"]]
+    tl, spans = timeline_to_plot(result.timeline)
     t = [e["t_s"] for e in tl]
-    # Counts per second: each entry covers the time since the one before (the last, a partial second,
-    # is shorter, and its raw count would draw a false drop at the end)
-    spans = [max(1e-3, e["t_s"] - (result.timeline[i - 1]["t_s"] if i else 0.0))
-             for i, e in enumerate(result.timeline) if e["ok"] or e["errors"]]
     fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
     for name, style in (("p50_ms", "-"), ("p99_ms", "--"), ("max_ms", ":")):
         ax1.plot(t, [e[name] if e[name] is not None else float("nan") for e in tl], style,
@@ -773,7 +793,7 @@ def dumps(result: LoadResult) -> str:
 
 
 __all__ = ["LoadSpec", "LoadSpecError", "Unreachable", "LoadResult", "run_load", "run_load_sync", "kv_targets",
-           "machine_facts", "error_kind", "plot_result", "dumps"]
+           "machine_facts", "error_kind", "plot_result", "timeline_to_plot", "dumps"]
 
 if __name__ == "__main__":  # pragma: no cover
     print("use `kv bench` or bench/*.py", file=sys.stderr)

@@ -11,7 +11,16 @@ import pytest
 import trio
 
 from kvstore.client import RequestError, Unavailable
-from kvstore.loadgen import LoadSpec, LoadSpecError, _histogram, _interval_summary, _record_all, error_kind, run_load
+from kvstore.loadgen import (
+    LoadSpec,
+    LoadSpecError,
+    _histogram,
+    _interval_summary,
+    _record_all,
+    error_kind,
+    run_load,
+    timeline_to_plot,
+)
 
 
 class FakeTarget:
@@ -363,3 +372,22 @@ async def test_the_whole_run_histogram_counts_every_success():
     result = await run_load(spec, open_targets=fake_targets(log, fail_every=5))
     assert result.ok == 200
     assert result.histogram.get_total_count() == 200
+
+
+def _entry(t_s, ok, errors=0):
+    return {"t_s": t_s, "ok": ok, "errors": errors, "p50_ms": 1.0, "p99_ms": 2.0, "max_ms": 3.0}
+
+
+def test_the_plot_leaves_out_a_tail_of_a_few_milliseconds_and_rates_a_longer_one_by_its_length():
+    """The last entry is the partial second the run ended in: 4 ms holding 30 answers would be drawn as
+    30 req/s (or, by its length, 7,500 req/s) against 8,000 in whole seconds; left out. A tail of 0.6 s is
+    a real sample: kept, and its rate is its count over 0.6 s."""
+    short = [_entry(1, 8000), _entry(2, 8000), _entry(2.004, 30)]
+    kept, spans = timeline_to_plot(short)
+    assert [e["t_s"] for e in kept] == [1, 2] and spans == [1, 1]
+    long_tail = [_entry(1, 8000), _entry(2, 0), _entry(3, 8000), _entry(3.6, 4800)]
+    kept, spans = timeline_to_plot(long_tail)
+    assert [e["t_s"] for e in kept] == [1, 3, 3.6]  # (an empty second is no point)
+    assert [e["ok"] / span for e, span in zip(kept, spans, strict=True)] == pytest.approx([8000, 8000, 8000])
+    only = [_entry(0.2, 100)]  # a run shorter than an interval keeps its one sample
+    assert timeline_to_plot(only) == (only, [pytest.approx(0.2)])
