@@ -58,7 +58,8 @@ MODE_FLAGS = ("compact_often", "postpone_elections", "early_accepts", "disk_faul
 # whose members are fixed), and those only the core runs.
 BATCH_MODES = ("", "compact_often", "postpone_elections", "early_accepts", "disk_faults",
                "disk_faults+early_accepts", "disk_faults+compact_often")
-MEMBERSHIP_BATCH_MODES = ("membership", "membership+disk_faults", "membership+compact_often")
+MEMBERSHIP_BATCH_MODES = ("membership", "membership+disk_faults", "membership+compact_often",
+                          "membership+early_accepts")
 
 
 def _mode_options(mode: str) -> dict:
