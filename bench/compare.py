@@ -15,7 +15,8 @@ Systems (each started as local processes on 127.0.0.1, torn down afterwards):
   its best point over every level and configuration is its best figure. It has no client protocol,
   so it is measured from inside the leader with asynchronous calls and callbacks: its best case, with
   no client network hop;
-* ``etcd``: etcd 3.4 (Debian's etcd-server; installed with apt-get if missing, ``--no-etcd`` skips it),
+* ``etcd``: etcd 3.4 (Debian's etcd-server; installed with apt-get if missing and running as root, with
+  a line saying so first; ``--no-install`` refuses to install, ``--no-etcd`` skips it),
   3 members, driven by ``kvstore.loadgen`` through etcd's v3 JSON gateway (HTTP/1.1 keep-alive
   ``POST /v3/kv/put`` with base64 key and value) sent to the leader. HTTP/1.1 carries one request at a
   time per connection, so etcd gets one connection per request in flight.
@@ -26,7 +27,7 @@ successful puts per second and latency percentiles (HdrHistogram). Every figure 
 to ``kv fsync=always`` at the same level. Results, with the machine facts, go to
 ``bench/results/compare-*.json``; ``--write-docs`` rewrites the generated part of docs/benchmarks.md.
 
-    python bench/compare.py --quick              # about 5 minutes
+    python bench/compare.py --quick              # a few minutes
     python bench/compare.py --write-docs         # about 10 minutes
     python bench/compare.py --memory             # the 1M-key memory and restart bench (memory_bench.py)
     python bench/compare.py --metrics            # metrics on against off, as a ratio (metrics_cost.py)
@@ -325,15 +326,20 @@ def etcd_targets_for(endpoint: tuple[str, int]):
     return open_targets
 
 
-def ensure_etcd() -> str | None:
-    """The path of the etcd binary, installing Debian's etcd-server if needed; None if unavailable."""
+def ensure_etcd(install: bool = True) -> str | None:
+    """The path of the etcd binary, installing Debian's etcd-server if needed and ``install`` (not
+    ``--no-install``); None if unavailable."""
     path = shutil.which("etcd")
     if path:
         return path
+    if not install:
+        log("etcd: not installed, and --no-install refuses to apt-get install it; skipped")
+        return None
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         log("etcd: not installed and cannot apt-get install it here; skipped")
         return None
-    log("etcd: installing Debian's etcd-server and etcd-client with apt-get ...")
+    log("etcd: not installed: installing Debian's etcd-server and etcd-client with apt-get install -y "
+        "(--no-install to refuse) ...")
     proc = subprocess.run(["apt-get", "install", "-y", "etcd-server", "etcd-client"], capture_output=True,
                           text=True, timeout=600)
     if proc.returncode != 0:
@@ -373,8 +379,8 @@ def etcd_leader_endpoint(clients: list[tuple[str, int]], deadline_s: float = 30.
     raise RuntimeError("etcd elected no leader in time")
 
 
-def run_etcd(levels: list[int], seconds: float) -> tuple[list[dict], str | None]:
-    binary = ensure_etcd()
+def run_etcd(levels: list[int], seconds: float, install: bool = True) -> tuple[list[dict], str | None]:
+    binary = ensure_etcd(install)
     if binary is None:
         return [], None
     version = etcd_version(binary)
@@ -870,7 +876,7 @@ def render(table: list[list[str]], markdown: bool, headers: list[str] = HEADERS)
         out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
         out += ["| " + " | ".join(row) + " |" for row in table]
         return "\n".join(out)
-    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(row[i]) for row in table)]) for i, h in enumerate(headers)]  # (table may be [])
     lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))]
     lines.append("  ".join("-" * w for w in widths))
     for row in table:
@@ -961,24 +967,53 @@ def write_docs(report: str, begin: str = BEGIN, end: str = END, heading: str = "
     DOCS.write_text(f"# Benchmarks\n\n{heading}\n\n" + block + "\n")
 
 
+PYSYNCOBJ_MISSING = "PySyncObj is not installed: pip install 'paxos-kv[bench]' (or --no-pysyncobj)"
+
+
+def pysyncobj_installed() -> bool:
+    """Whether ``pysyncobj`` imports here (``bench/pysyncobj_node.py`` runs on this interpreter). Without
+    it every PySyncObj point would fail into a log file, one after the other, leaving their directories."""
+    try:
+        import pysyncobj  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pysyncobj_note(pso_levels: list[int], levels: list[int], measured: bool) -> str:
+    """The note on how PySyncObj was measured (or that it was not)."""
+    if not measured:
+        return "PySyncObj: skipped."
+    more = [n for n in pso_levels if n not in levels]
+    also = f": it is also measured at {', '.join(map(str, more))}" if more else ""
+    return ("PySyncObj: measured inside the leader process with async ReplDict.set calls and callbacks "
+            "(its best case: no client hop); its journal is an mmap'd file without fsync. Default batching "
+            "(appendEntriesUseBatch=True) sends entries every appendEntriesPeriod (0.1 s), so it needs thousands "
+            f"in flight{also}; 'nobatch' sends at once.")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Compare this store with PySyncObj and etcd (see the module docstring).")
     ap.add_argument("--quick", action="store_true",
-                    help="1.5 s per point, one round of the client and bulk rows, 20,000 keys (about 4 minutes)")
+                    help="1.5 s per point, one round of the client and bulk rows, 20,000 keys (a few minutes); "
+                         "with --memory, --metrics, --tls: their own --quick")
     ap.add_argument("--seconds", type=benchargs.positive_float, default=None,
                     help="seconds per point (default 5, quick 1.5)")
     ap.add_argument("--levels", type=benchargs.positive_int_list, default=[1, 16, 64, 256],
                     help="requests in flight, comma list")
-    ap.add_argument("--pysyncobj-levels", default="1024,4096",
+    ap.add_argument("--pysyncobj-levels", type=benchargs.positive_int_list, default=[1024, 4096],
                     help="more levels for PySyncObj only (its batching needs thousands in flight), comma list")
-    ap.add_argument("--conns", type=int, default=1, help="client connections for our store")
+    ap.add_argument("--conns", type=benchargs.positive_int, default=1, help="client connections for our store")
     ap.add_argument("--no-etcd", action="store_true", help="skip etcd")
+    ap.add_argument("--no-install", action="store_true",
+                    help="never apt-get install etcd (by default, as root without etcd, it installs Debian's "
+                         "etcd-server and etcd-client)")
     ap.add_argument("--no-pysyncobj", action="store_true", help="skip PySyncObj")
     ap.add_argument("--no-clients", action="store_true", help="skip the client API rows (callbacks vs await)")
     ap.add_argument("--no-bulk", action="store_true", help="skip kv load vs kv bench")
-    ap.add_argument("--bulk-keys", type=int, default=None, help="keys for kv load vs kv bench (default 100000, "
-                                                                "quick 20000)")
-    ap.add_argument("--client-rounds", type=int, default=None,
+    ap.add_argument("--bulk-keys", type=benchargs.positive_int, default=None,
+                    help="keys for kv load vs kv bench (default 100000, quick 20000)")
+    ap.add_argument("--client-rounds", type=benchargs.positive_int, default=None,
                     help="rounds of the client API and bulk rows (default 3, quick 1)")
     ap.add_argument("--only-kv", action="store_true", help="only this store's configurations (both engines)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the results part of docs/benchmarks.md")
@@ -989,12 +1024,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="run bench/tls_cost.py instead: kv on mutual TLS against plaintext (1 and 256 in flight)")
     ap.add_argument("--engines", action="store_true",
                     help="only the two Paxos engines (core, classic), with messages and fsyncs per put")
-    ap.add_argument("--rounds", type=int, default=5, help="--engines: rounds of pairs (default 5)")
+    ap.add_argument("--rounds", type=benchargs.positive_int, default=5, help="--engines: rounds of pairs (default 5)")
     args = ap.parse_args(argv)
     if args.memory:
         import memory_bench
 
-        return memory_bench.main([])
+        return memory_bench.main(["--quick"] if args.quick else [])  # (its only option shared with this one)
     # The stand-alone scripts get the options they share with this one (--quick, --seconds, and --levels
     # when given), so that nothing given here is dropped without a word.
     passed = ["--quick"] if args.quick else []
@@ -1012,14 +1047,18 @@ def main(argv: list[str] | None = None) -> int:
         return tls_cost.main(passed)
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     levels = args.levels
-    pso_levels = sorted(set(levels) | {int(x) for x in args.pysyncobj_levels.split(",") if x.strip()})
-    client_rounds = args.client_rounds or (1 if args.quick else 3)
-    bulk_keys = args.bulk_keys or (20_000 if args.quick else 100_000)
+    pso_levels = sorted(set(levels) | set(args.pysyncobj_levels))
+    client_rounds = args.client_rounds if args.client_rounds is not None else (1 if args.quick else 3)
+    bulk_keys = args.bulk_keys if args.bulk_keys is not None else (20_000 if args.quick else 100_000)
     from kvstore import runtime
 
     runtime.tune_gc()  # as `kv bench` does: this process is the load generator of every system
     if args.engines:
         return engines_main(args, levels, seconds)
+    measure_pso = not args.only_kv and not args.no_pysyncobj
+    if measure_pso and not pysyncobj_installed():
+        log(PYSYNCOBJ_MISSING + "; skipping its points")
+        measure_pso = False
     started = time.monotonic()
     facts = machine_facts()
     server = store_bench.server_defaults()
@@ -1034,18 +1073,19 @@ def main(argv: list[str] | None = None) -> int:
         stage(label)
         rows += guarded(label, run_kv, label, size, extra, levels, seconds, args.conns, default=[])
     etcd_version_text = None
-    if not args.only_kv and not args.no_pysyncobj:
+    if measure_pso:
         for journal in (False, True):
             for batch in (True, False):
                 stage(f"PySyncObj journal={'on' if journal else 'off'}{'' if batch else ' nobatch'}")
                 rows += guarded("pysyncobj", run_pysyncobj, journal, pso_levels, seconds, batch, default=[])
     if not args.only_kv and not args.no_etcd:
         stage("etcd")
-        etcd_rows, etcd_version_text = guarded("etcd", run_etcd, levels, seconds, default=([], None))
+        etcd_rows, etcd_version_text = guarded("etcd", run_etcd, levels, seconds, not args.no_install,
+                                               default=([], None))
         rows += etcd_rows
     h2h_samples: list[dict] = []
     h2h: dict = {}
-    if not args.only_kv and not args.no_pysyncobj:
+    if measure_pso:
         h2h_samples, h2h = guarded("head to head", run_head_to_head, rows, seconds, client_rounds, args.conns,
                                    default=([], {}))
     client_samples: list[dict] = []
@@ -1105,11 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
         f"This store: 3 nodes unless noted, batch size {server['batch_count_max']}, window {server['window']}, "
         f"tick {server['tick_seconds'] * 1000:g} ms; one client connection pipelining every request in flight; "
         "load generator in its own process on the same machine.",
-        "PySyncObj: measured inside the leader process with async ReplDict.set calls and callbacks "
-        "(its best case: no client hop); its journal is an mmap'd file without fsync. Default batching "
-        "(appendEntriesUseBatch=True) sends entries every appendEntriesPeriod (0.1 s), so it needs thousands "
-        f"in flight: it is also measured at {', '.join(str(n) for n in pso_levels if n not in levels)}; "
-        "'nobatch' sends at once.",
+        pysyncobj_note(pso_levels, levels, measure_pso),
         (f"etcd {etcd_version_text}: 3 members, driven through the v3 JSON gateway (HTTP/1.1 keep-alive, "
          "one connection per request in flight), sent to the leader." if etcd_version_text else
          "etcd: skipped."),
@@ -1187,5 +1223,16 @@ def build_bulk_table(samples: list[dict], dump_row: dict) -> list[list[str]]:
     return table
 
 
+def run(argv: list[str] | None = None) -> int:
+    """``main``, with Ctrl-C as one line and exit 130: the clusters and processes of the section under way
+    are stopped on the way out (their ``with`` blocks and ``finally`` clauses), not reported as a traceback."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("\ncompare: interrupted (Ctrl-C); the processes it started are stopped, no results saved",
+              file=sys.stderr, flush=True)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
