@@ -6,7 +6,8 @@ this interpreter), against a local 3-node cluster that it starts itself with ``k
 on free ports in a temporary directory (``--endpoints`` uses a running cluster instead). The runs of the
 commands are interleaved (one of each per round, round after round), so a slow stretch of the machine
 hits every command alike; it prints the median and the ratio to the median of ``python -c pass`` from
-the same rounds, and with ``--json FILE`` writes the figures and the machine facts.
+the same rounds, and with ``--json FILE`` writes the figures and the machine facts (bare ``--json``:
+to ``bench/results/cli_startup-DATE.json``, as the other scripts save theirs).
 
     python bench/cli_startup.py                 # 15 rounds
     python bench/cli_startup.py --rounds 31 --json bench/results/cli_startup.json
@@ -38,6 +39,12 @@ from pathlib import Path
 import benchargs  # noqa: E402  (beside this script: python bench/SCRIPT.py puts bench/ on sys.path)
 
 TARGET_SECONDS = 0.15
+RESULTS = Path(__file__).resolve().parent / "results"  # where a bare --json saves, as the other scripts do
+
+
+def json_path(arg: str) -> Path:
+    """Where ``--json`` writes: its FILE, or with none a dated file under bench/results."""
+    return Path(arg) if arg else RESULTS / f"cli_startup-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
 def kv_command() -> list[str]:
@@ -82,12 +89,13 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, cpu
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=benchargs.positive_int, default=15, help="runs of each command (interleaved)")
     parser.add_argument("--endpoints", help="use this running cluster instead of starting one")
     parser.add_argument("--all", action="store_true", help="also ls, del, status, health, cluster status")
-    parser.add_argument("--json", metavar="FILE", help="write the figures here too")
+    parser.add_argument("--json", metavar="FILE", nargs="?", const="",
+                        help="write the figures here too (no FILE: bench/results/cli_startup-DATE.json)")
     parser.add_argument("--kv", metavar="COMMAND",
                         help="the kv command to time (default: the kv script beside this Python), e.g. "
                              "'python -m kv_cli' with PYTHONPATH set to an older tree, to compare")
@@ -99,7 +107,11 @@ def main() -> None:
                         help="measure as PYTHONDONTWRITEBYTECODE is set (every project module compiled each run); "
                              "by default .pyc files are cached in a temporary PYTHONPYCACHEPREFIX, as a user has them "
                              "after the first run")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     import shlex
 
@@ -185,14 +197,16 @@ def main() -> None:
         print(f"{name:<24} {median:9.3f} {min(values):7.3f} {ratio:9.2f} {cpu:7.3f} {cpu / cpu_baseline:13.2f}{mark}")
         rows.append({"command": name, "median_s": median, "min_s": min(values), "ratio_to_python": ratio,
                      "cpu_median_s": cpu, "cpu_ratio_to_python": cpu / cpu_baseline, "runs_s": values})
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
+    if args.json is not None:
+        path = json_path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
             "rounds": args.rounds, "python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "load": os.getloadavg(), "bytecode_cached": pycache is not None,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "results": rows,
         }, indent=2) + "\n")
+        print(f"results: {path}")
 
 
 if __name__ == "__main__":

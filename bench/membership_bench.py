@@ -10,8 +10,8 @@ are noisy). A real local cluster of ``kv serve`` processes (fsync on, 127.0.0.1,
 with ``kv serve --join`` and promoted as soon as the leader allows it. Reports, for the windows before,
 during (from the add to the promotion) and after: puts/s and p50/p99 latency; and the longest gap
 between two acknowledged writes during the change, against the election timeout (the leader must not
-stall longer than that). Bounded: ``--seconds`` of load and timeouts on every wait; nodes are ended by
-PID.
+stall longer than that): a table, or with ``--json`` the result as JSON (every figure). Bounded:
+``--seconds`` of load and timeouts on every wait; nodes are ended by PID.
 """
 from __future__ import annotations
 
@@ -184,7 +184,27 @@ async def run(args) -> dict:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def main() -> None:
+def format_table(result: dict) -> str:
+    """The result as a small table (windows as rows) and the change's figures under it."""
+    lines = [f"{'window':<8} {'puts/s':>9} {'x before':>8} {'p50 ms':>8} {'p99 ms':>8} {'puts':>8}"]
+    before = result["before"]["puts_per_s"]
+    for window in ("before", "during", "after"):
+        w = result[window]
+        ratio = f"{w['puts_per_s'] / before:.2f}" if before else "-"
+        lines.append(f"{window:<8} {w['puts_per_s']:>9.1f} {ratio:>8} "
+                     + " ".join("-".rjust(8) if w[k] is None else f"{w[k]:>8.2f}" for k in ("p50_ms", "p99_ms"))
+                     + f" {w['count']:>8}")
+    over_timeout = result["ratios"]["longest_gap_over_election_timeout"]
+    lines.append(f"change (add to promotion): {result['change_seconds']:.2f} s; longest gap between acknowledged "
+                 f"writes {result['longest_gap_ms']:.1f} ms = {over_timeout:.2f} x the election timeout "
+                 f"({result['election_timeout_ms']:g} ms), "
+                 f"{result['longest_gap_starts_after_add_s']:.2f} s after the add")
+    if result["preload_keys"]:
+        lines.append(f"preloaded {result['preload_keys']} keys in {result['preload_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="load duration (default 15)")
     parser.add_argument("--inflight", type=int, default=64, help="concurrent writers (default 64)")
@@ -192,11 +212,12 @@ def main() -> None:
     parser.add_argument("--catch-up-seconds", type=float, default=60.0,
                         help="how long to keep trying to promote the learner (default 60)")
     parser.add_argument("--keep", action="store_true", help="keep the data directories and logs")
-    args = parser.parse_args()
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    args = parser.parse_args(argv)
     if args.seconds <= 0 or args.inflight < 1 or args.preload_keys < 0:
         parser.error("--seconds > 0, --inflight >= 1 and --preload-keys >= 0")
     result = trio.run(run, args)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
 
 
 if __name__ == "__main__":

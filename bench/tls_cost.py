@@ -116,9 +116,11 @@ def compare_tls(levels: list[int], seconds: float, rounds: int, log=print) -> di
         plain, tls = median("throughput_ops_s", False), median("throughput_ops_s", True)
         summary.append({"in_flight": n, "plain_ops_s": round(plain, 1), "tls_ops_s": round(tls, 1),
                         "ratio": round(tls / plain, 3) if plain else None,
-                        "plain_p50_ms": median("p50_ms", False), "tls_p50_ms": median("p50_ms", True),
-                        "cpu_plain_us": median("server_cpu_us_per_op", False),
-                        "cpu_tls_us": median("server_cpu_us_per_op", True)})
+                        # (a median of an even count is a mean of two: rounded, not 895.8499999999999)
+                        "plain_p50_ms": round(median("p50_ms", False), 3),
+                        "tls_p50_ms": round(median("p50_ms", True), 3),
+                        "cpu_plain_us": round(median("server_cpu_us_per_op", False), 1),
+                        "cpu_tls_us": round(median("server_cpu_us_per_op", True), 1)})
     return {"levels": levels, "seconds": seconds, "rounds": rounds, "runs": runs, "summary": summary,
             "machine": machine_facts()}
 
@@ -134,8 +136,8 @@ def report(result: dict, log=print) -> None:
             verdict = f"target >= {TARGET_RATIO}: {'ok' if ok else 'BELOW TARGET'}"
         log(f"  in flight {row['in_flight']:>4}: plain {row['plain_ops_s']:9.1f}  tls {row['tls_ops_s']:9.1f} ops/s  "
             f"ratio {row['ratio']} ({verdict});  p50 plain {row['plain_p50_ms']:.3f} ms, "
-            f"tls {row['tls_p50_ms']:.3f} ms;  servers' CPU per put plain {row['cpu_plain_us']} us, "
-            f"tls {row['cpu_tls_us']} us")
+            f"tls {row['tls_p50_ms']:.3f} ms;  servers' CPU per put plain {row['cpu_plain_us']:.1f} us, "
+            f"tls {row['cpu_tls_us']:.1f} us")
 
 
 def main(argv: list[str] | None = None) -> int:

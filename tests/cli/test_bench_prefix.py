@@ -103,3 +103,11 @@ def test_a_wide_key_space_pads_every_key_alike(seen):
     assert result.exit_code == 0, result.output
     assert sorted(seen) == ["bench/000", "bench/001", "bench/002"]
     assert "keys bench/000 .. bench/999 (1000 keys" in result.stdout
+
+
+def test_the_keys_notice_is_shown_with_no_progress_too(seen):
+    """Which keys the run writes is a warning, not progress."""
+    result = _bench("--no-progress")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == ["bench: writes keys bench/00000000 .. bench/00000003 (4 keys, "
+                                          "--prefix 'bench/')"]
