@@ -124,29 +124,20 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
 
 def recorded_members(data_dir: str, node_id: int) -> tuple[dict[int, tuple[str, int]], str] | None:
     """For ``kv serve`` without ``--peers`` or ``--join``: the members' addresses and the cluster id that
-    ``data_dir`` recorded when node ``node_id`` founded or joined its cluster (its ``meta.json``), or None
-    if it holds no such record for that node (a new directory, another node's, one from before the
-    record). The node then learns every later change of members from its own log, as after any restart."""
-    import json
-    from pathlib import Path
-
+    ``data_dir`` recorded when node ``node_id`` founded or joined its cluster
+    (``kvstore.storage.recorded_config``), or None if it holds no such record for that node. The node
+    then learns every later change of members from its own log, as after any restart."""
     from kvstore.endpoints import EndpointError, parse_endpoint
+    from kvstore.storage import recorded_config
 
+    recorded = recorded_config(data_dir, node_id)
+    if recorded is None:
+        return None
+    addresses, cluster_id = recorded
     try:
-        meta = json.loads((Path(data_dir) / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return {member: parse_endpoint(address) for member, address in addresses.items()}, cluster_id
+    except EndpointError:
         return None
-    if not isinstance(meta, dict) or meta.get("node_id") != node_id or not isinstance(meta.get("cluster_id"), str):
-        return None
-    config = meta.get("config")
-    addresses = config.get("addresses") if isinstance(config, dict) else None
-    if not isinstance(addresses, dict):
-        return None
-    try:
-        members = {int(member): parse_endpoint(str(address)) for member, address in addresses.items()}
-    except (ValueError, EndpointError):
-        return None
-    return (members, meta["cluster_id"]) if node_id in members else None
 
 
 def _check_listen(what: str, host: str, port: int) -> None:

@@ -329,6 +329,7 @@ class AsyncClient:
         self.timeout = timeout
         self.attempt_timeout = max(0.5, min(2.0, timeout / 3))
         self._nursery = nursery
+        self._trio_token = trio.lowlevel.current_trio_token()  # the run it belongs to (see _check_open)
         self._closed = False  # aclose() ran (the end of connect()'s block does): every call raises KVError
         self._conn: _Connection | None = None
         # Set while one task opens the connection; the others wait for it (see _connection).
@@ -579,6 +580,7 @@ class AsyncClient:
     def submit_get(self, key: str, done: Callable[[object], None], *, consistency: str = "l") -> None:
         """``get`` without waiting, as ``submit_put``: ``done`` gets the value (None when absent) or
         the exception."""
+        check_key(key)  # (as get: before anything is sent)
         lin = _linearizable(consistency)
 
         def finish(outcome: object) -> None:
@@ -591,6 +593,13 @@ class AsyncClient:
     def _check_open(self) -> None:
         if self._closed:
             raise KVError("client is closed")
+        self._check_run()
+
+    def _check_run(self) -> None:
+        if trio.lowlevel.current_trio_token() is not self._trio_token:
+            # Its connection, reader task and waiting requests belong to the run that opened it: a call
+            # from another run would wake that run's tasks from this one (trio asserts, and the run fails).
+            raise KVError("this client belongs to another trio run (connect() in each run that uses one)")
 
     def _submit(self, build: _Build, finish: _Finish, *, write: bool) -> None:
         """The first attempt of a submitted request on the current connection; anything but an OK
@@ -631,6 +640,8 @@ class AsyncClient:
         """Send the request that ``build(id)`` makes, retrying until ``self.timeout`` after ``began``
         (default: now). ``attempt``: ``(connection, reply)`` of a first attempt made already (a
         submitted request), whose reply is handled before any new attempt."""
+        if attempt is None:
+            self._check_run()  # (a submitted request was checked by _submit)
         first = trio.current_time() if began is None else began
         deadline = first + self.timeout
         started: float | None = first  # the clock reading for the next attempt, if it has one

@@ -79,7 +79,7 @@ from paxos.classic import ClassicReplica
 from paxos.membership import ConfigSchedule, ScheduleEntry
 from paxos.replica import Config, Options, Replica
 
-from . import acl, commands, descriptors, frames, httpserve, identity, metrics, runtime, tls, wire
+from . import acl, commands, descriptors, frames, httpserve, identity, limits, metrics, runtime, tls, wire
 from .clients import ClientConn, ClientLinks
 from .endpoints import format_endpoint
 from .events import (
@@ -99,7 +99,7 @@ from .members import CoreCall, JoinError, Members, fetch_join_config
 from .peers import PeerLinks
 from .snapshots import Snapshots
 from .statemachine import StateMachine
-from .storage import Storage, StorageError, StorageFull
+from .storage import Storage, StorageError, StorageFull, recorded_config
 from .waiters import Waiters
 
 __all__ = ["Node", "ServerOptions", "TcpTransport", "ClientConn", "run_node", "serve_until_signal",
@@ -166,6 +166,10 @@ def _accepting_old_names(cls: type[_C]) -> type[_C]:
     for old, new in _OLD_OPTION_NAMES.items():
         setattr(cls, old, _old_name_of(new))
     return cls
+
+
+# The smallest frame_bytes_max a node may have: a put of the largest key and value, with room to spare
+FRAME_BYTES_LEAST = limits.KEY_BYTES_MAX + limits.VALUE_BYTES_MAX + 4096
 
 
 @_accepting_old_names
@@ -243,6 +247,23 @@ class ServerOptions:
     acl: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("tick_seconds", "request_timeout_seconds", "connect_timeout_seconds", "backoff_seconds_max",
+                     "idle_client_timeout_seconds", "inline_fsync_seconds_max", "idle_snapshot_seconds"):
+            value = getattr(self, name)
+            positive = name not in ("inline_fsync_seconds_max", "idle_snapshot_seconds")  # (0 turns those off)
+            if type(value) not in (int, float) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise ValueError(f"{name} must be a number of seconds {'above' if positive else 'at least'} 0, "
+                                 f"got {value!r}")
+        for name, least in (("heartbeat_ticks", 1), ("election_timeout_ticks", 1), ("batch_count_max", 1),
+                            ("window", 1), ("snapshot_every", 1), ("idle_snapshot_commands", 0),
+                            ("log_preallocate_bytes", 0), ("frame_bytes_max", FRAME_BYTES_LEAST)):
+            value = getattr(self, name)
+            if type(value) is not int or value < least:
+                raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
+        if type(self.cluster_id) is not str or not self.cluster_id:
+            raise ValueError(f"cluster_id must be a non-empty str, got {self.cluster_id!r}")
+        if self.metrics_addr is not None:
+            httpserve.parse_listen_address(self.metrics_addr)  # EndpointError (a ValueError) if not HOST:PORT
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
         if bool(self.cacert) + bool(self.cert) + bool(self.key) not in (0, 3):
@@ -306,97 +327,106 @@ class Node:
         self.transport = transport or tls.transport_for(o, node_id) or TcpTransport()
         rules = acl.load(o.acl) if o.acl else None  # AclError if the file is bad (before the storage opens)
         self.counters: dict[str, int] = defaultdict(int)
+        if node_id not in self.peers and not self.join and recorded_config(self.data_dir, node_id) is None:
+            # (checked again below, with the directory's record: this one leaves a new directory untouched)
+            raise ValueError(f"node id {node_id} is not among the peers {sorted(self.peers)}")
         opened_at = time.perf_counter()
         self.storage = Storage.open(
             self.data_dir, node_id=node_id, cluster_id=o.cluster_id, fsync=o.fsync,
             preallocate=o.log_preallocate_bytes,
         )
-        # The configuration this directory started from (kvstore.members): recorded at founding or
-        # joining, so that a later --peers list (the bootstrap list only) never changes it.
-        recorded = self.storage.bootstrap_config
-        if recorded is not None:
-            self.bootstrap_config = Config.from_dict(recorded)
-            for member, address in self.bootstrap_config.addresses.items():
-                self.peers.setdefault(member, _endpoint(address))
-        else:
-            self.bootstrap_config = Config(
-                node_ids=tuple(sorted(self.peers)),
-                addresses={member: format_endpoint(*address) for member, address in self.peers.items()})
-        if node_id not in self.peers and not self.join:
-            raise ValueError(f"node id {node_id} is not among the peers {sorted(self.peers)}")
-        found = self.storage.open_snapshot()
-        if found is not None:
-            snapshot_slot, file, length = found
-            restored_at = time.perf_counter()
-            with file:
-                # decoded from the file as it goes; its checksum was verified when the storage opened
-                sm = StateMachine.restore_stream(file, length, checked_file=True)
-            self.storage.release_snapshot()
-            log.info("node %d: data dir opened in %.2f s; snapshot of slot %d restored in %.2f s (%d keys)",
-                     node_id, restored_at - opened_at, snapshot_slot, time.perf_counter() - restored_at, len(sm))
-            if sm.changes:
-                self.storage.recovered.configs = self.schedule_for(sm, snapshot_slot)
-        else:
-            sm = StateMachine()
-        self._engine_class = ClassicReplica if o.engine == "classic" else Replica
-        self._core_options = Options(
-            heartbeat_ticks=o.heartbeat_ticks,
-            election_timeout_ticks=o.election_timeout_ticks,
-            window=o.window,
-            batch_count_max=o.batch_count_max,
-            lazy_decide=o.lazy_decide,
-            thrifty=o.thrifty,
-            check_quorum=o.check_quorum,
-            early_accepts=o.fsync,  # without fsyncs nothing waits, so nothing is sent early
-        )
-        recovered = self.storage.recovered
-        self.replica = self._engine_class(
-            node_id,
-            self.bootstrap_config,
-            rng=random.Random(),
-            state=recovered,
-            options=self._core_options,
-        )
-        # The highest ballot number this node knows of (its promise, which is at least every ballot it
-        # accepted, then what peers showed): a peer message whose ballot leaps beyond it by more than
-        # BALLOT_LEAP_MAX is dropped (_leaps_ballots).
-        self._ballot_high = recovered.promised.number
-        self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
-        # ok, read-only or failed; anything but ok fences the node (see _stop_voting)
-        self.disk_state = DISK_OK
-        self.disk_error: str | None = None  # why the disk is not ok: the file, the error, what to do
-        self._fenced = False  # disk_state != ok, as a flag the hot paths test
-        self._driver_idle = False  # the driver waits for events and none was posted since (see _post)
-        self._quiet = False  # the driver's last batch was tiny: one request at a time
-        self._led = False  # the core led after the last batch (see _after_events)
-        self._feed_time: float | None = None  # see _now
-        # the core and its members_version as of the last Members.sync from _after_events
-        self._members_replica: object = None
-        self._members_version: int | None = None
-        # Room for large frames while they arrive, over all client connections (wire.FrameBudget)
-        self.frame_budget = wire.FrameBudget(o.arriving_frames_bytes_max)
-        # The client connections it takes (ServerOptions.client_connections_max; 0: what the limit on open
-        # files allows, see kvstore.descriptors); TooFewDescriptors (a ValueError) if it cannot take them.
-        files = descriptors.open_files_limit()
-        self.client_connections_max = descriptors.connections_max(o.client_connections_max, files)
-        self.client_connections_headroom = descriptors.over_limit_headroom(self.client_connections_max, files)
-        self.clients = ClientLinks(self)
-        self.clients.acl = rules  # kv serve --acl (kvstore.acl); SIGHUP replaces it (kvstore.tls.reload)
-        self._send_replies = self.clients.send_replies
-        self.waiters = Waiters(o.request_timeout_seconds, self._leader_hint, self.counters)
-        self.learner = Learner(
-            node_id, self.replica.config.node_ids, snapshot_every_commands=o.snapshot_every,
-            lazy_learners=o.lazy_learners, sm=sm, applied_slot=self.replica.snapshot_slot, waiters=self.waiters,
-            send_replies=self._send_replies, counters=self.counters, clock=trio.current_time,
-            idle_snapshot_seconds=o.idle_snapshot_seconds, idle_snapshot_commands=o.idle_snapshot_commands)
-        self.members = Members(self)
-        self.peer_links = PeerLinks(self)
-        self.snapshots = Snapshots(self)
-        # The highest decided slot whose decision rests only on durable accepts (ours included).
-        self.commit = GroupCommit(self, durable_decided_slot=self.replica.decided_slot)
-        self.listen_port: int | None = None
-        self.metrics_port: int | None = None  # where /metrics is served (ServerOptions.metrics_addr)
-        self.ready = trio.Event()
+        try:
+            # The configuration this directory started from (kvstore.members): recorded at founding or
+            # joining, so that a later --peers list (the bootstrap list only) never changes it.
+            recorded = self.storage.bootstrap_config
+            if recorded is not None:
+                self.bootstrap_config = Config.from_dict(recorded)
+                for member, address in self.bootstrap_config.addresses.items():
+                    self.peers.setdefault(member, _endpoint(address))
+            else:
+                self.bootstrap_config = Config(
+                    node_ids=tuple(sorted(self.peers)),
+                    addresses={member: format_endpoint(*address) for member, address in self.peers.items()})
+            if node_id not in self.peers and not self.join:
+                raise ValueError(f"node id {node_id} is not among the peers {sorted(self.peers)}")
+            found = self.storage.open_snapshot()
+            if found is not None:
+                snapshot_slot, file, length = found
+                restored_at = time.perf_counter()
+                with file:
+                    # decoded from the file as it goes; its checksum was verified when the storage opened
+                    sm = StateMachine.restore_stream(file, length, checked_file=True)
+                self.storage.release_snapshot()
+                log.info("node %d: data dir opened in %.2f s; snapshot of slot %d restored in %.2f s (%d keys)",
+                         node_id, restored_at - opened_at, snapshot_slot, time.perf_counter() - restored_at, len(sm))
+                if sm.changes:
+                    self.storage.recovered.configs = self.schedule_for(sm, snapshot_slot)
+            else:
+                sm = StateMachine()
+            self._engine_class = ClassicReplica if o.engine == "classic" else Replica
+            self._core_options = Options(
+                heartbeat_ticks=o.heartbeat_ticks,
+                election_timeout_ticks=o.election_timeout_ticks,
+                window=o.window,
+                batch_count_max=o.batch_count_max,
+                lazy_decide=o.lazy_decide,
+                thrifty=o.thrifty,
+                check_quorum=o.check_quorum,
+                early_accepts=o.fsync,  # without fsyncs nothing waits, so nothing is sent early
+            )
+            recovered = self.storage.recovered
+            self.replica = self._engine_class(
+                node_id,
+                self.bootstrap_config,
+                rng=random.Random(),
+                state=recovered,
+                options=self._core_options,
+            )
+            # The highest ballot number this node knows of (its promise, which is at least every ballot it
+            # accepted, then what peers showed): a peer message whose ballot leaps beyond it by more than
+            # BALLOT_LEAP_MAX is dropped (_leaps_ballots).
+            self._ballot_high = recovered.promised.number
+            self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
+            # ok, read-only or failed; anything but ok fences the node (see _stop_voting)
+            self.disk_state = DISK_OK
+            self.disk_error: str | None = None  # why the disk is not ok: the file, the error, what to do
+            self._fenced = False  # disk_state != ok, as a flag the hot paths test
+            self._driver_idle = False  # the driver waits for events and none was posted since (see _post)
+            self._quiet = False  # the driver's last batch was tiny: one request at a time
+            self._led = False  # the core led after the last batch (see _after_events)
+            self._feed_time: float | None = None  # see _now
+            # the core and its members_version as of the last Members.sync from _after_events
+            self._members_replica: object = None
+            self._members_version: int | None = None
+            # Room for large frames while they arrive, over all client connections (wire.FrameBudget)
+            self.frame_budget = wire.FrameBudget(o.arriving_frames_bytes_max)
+            # The client connections it takes (ServerOptions.client_connections_max; 0: what the limit on open
+            # files allows, see kvstore.descriptors); TooFewDescriptors (a ValueError) if it cannot take them.
+            files = descriptors.open_files_limit()
+            self.client_connections_max = descriptors.connections_max(o.client_connections_max, files)
+            self.client_connections_headroom = descriptors.over_limit_headroom(self.client_connections_max, files)
+            self.clients = ClientLinks(self)
+            self.clients.acl = rules  # kv serve --acl (kvstore.acl); SIGHUP replaces it (kvstore.tls.reload)
+            self._send_replies = self.clients.send_replies
+            self.waiters = Waiters(o.request_timeout_seconds, self._leader_hint, self.counters)
+            self.learner = Learner(
+                node_id, self.replica.config.node_ids, snapshot_every_commands=o.snapshot_every,
+                lazy_learners=o.lazy_learners, sm=sm, applied_slot=self.replica.snapshot_slot, waiters=self.waiters,
+                send_replies=self._send_replies, counters=self.counters, clock=trio.current_time,
+                idle_snapshot_seconds=o.idle_snapshot_seconds, idle_snapshot_commands=o.idle_snapshot_commands)
+            self.members = Members(self)
+            self.peer_links = PeerLinks(self)
+            self.snapshots = Snapshots(self)
+            # The highest decided slot whose decision rests only on durable accepts (ours included).
+            self.commit = GroupCommit(self, durable_decided_slot=self.replica.decided_slot)
+            self.listen_port: int | None = None
+            self.metrics_port: int | None = None  # where /metrics is served (ServerOptions.metrics_addr)
+            self.ready = trio.Event()
+        except BaseException:
+            # Nothing of the node runs yet: give the directory back (its lock, the log's descriptor), so that
+            # a caller that corrects what was wrong can open it again in this process.
+            self.storage.close()
+            raise
 
     # What tests and tools read of the parts (the state in use, as the node sees it)
 

@@ -293,6 +293,28 @@ def _file_size(path: Path) -> int:
         raise _io_error(f"cannot read the size of {path}", exc) from exc
 
 
+def recorded_config(data_dir: str | Path, node_id: int) -> tuple[dict[int, str], str] | None:
+    """What ``data_dir`` recorded of its cluster when node ``node_id`` founded or joined it (meta.json,
+    read without taking the directory's lock): the members' addresses as ``{id: "host:port"}`` and the
+    cluster id; None if it holds no such record for that node (a new directory, another node's, one
+    from before the record, an unreadable one)."""
+    try:
+        meta = json.loads((Path(data_dir) / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("node_id") != node_id or not isinstance(meta.get("cluster_id"), str):
+        return None
+    config = meta.get("config")
+    addresses = config.get("addresses") if isinstance(config, dict) else None
+    if not isinstance(addresses, dict):
+        return None
+    try:
+        members = {int(member): str(address) for member, address in addresses.items()}
+    except ValueError:
+        return None
+    return (members, meta["cluster_id"]) if node_id in members else None
+
+
 def foreign_data_dir(path: str | Path, owner: object, cluster: object, node_id: int, cluster_id: str) -> str:
     """Why node ``node_id`` of ``cluster_id`` may not use the data directory ``path``, whose meta.json
     names node ``owner`` of ``cluster``."""

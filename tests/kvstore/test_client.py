@@ -619,6 +619,50 @@ async def test_a_closed_async_client_says_so_for_every_call(autojump_clock):
     assert kept._unanswered == []
 
 
+async def test_a_client_used_from_another_trio_run_says_so_and_its_own_run_goes_on():
+    """A client belongs to the trio run that opened it: its reader task wakes the requests waiting on
+    its connection. A call from another run (another thread's ``trio.run``) raises KVError at once.
+    Before, it was sent, and the reply's wake-up of a task of the other run failed trio's assertion and
+    cancelled every request of the run that owns the client (QA)."""
+    from kvstore.client import KVError
+
+    async with connect(["127.0.0.1:1"], timeout=5) as kv:
+        def other_run() -> list[str]:
+            async def calls() -> list[str]:
+                said = []
+                for call in (lambda: kv.put("k", "v"), lambda: kv.get("k"), lambda: kv.status("127.0.0.1:1")):
+                    with pytest.raises(KVError, match="belongs to another trio run") as refused:
+                        await call()
+                    said.append(str(refused.value))
+                for submit in (lambda: kv.submit_put("k", "v", print), lambda: kv.submit_get("k", print)):
+                    with pytest.raises(KVError, match="belongs to another trio run"):
+                        submit()
+                return said
+            return trio.run(calls)
+
+        with trio.fail_after(5):
+            said = await trio.to_thread.run_sync(other_run)
+        assert len(said) == 3
+        assert kv._unanswered == []  # nothing of the other run's writes was taken in
+
+
+async def test_submit_get_checks_its_key_before_sending_as_get_does():
+    """A key of the wrong type, over the size limit, or not valid text raises before anything is sent
+    (README), for ``submit_get`` as for ``get`` and ``submit_put``. Before, an int went to the node
+    and came back as a RequestError through the callback, and an oversize key as "absent" (QA)."""
+    from kvstore.limits import KEY_BYTES_MAX, TooLarge
+
+    outcomes: list[object] = []
+    async with connect(["127.0.0.1:1"], timeout=5) as kv:
+        with pytest.raises(TypeError):
+            kv.submit_get(5, outcomes.append)  # type: ignore[arg-type]
+        with pytest.raises(TooLarge):
+            kv.submit_get("k" * (KEY_BYTES_MAX + 1), outcomes.append)
+        with pytest.raises(ValueError, match="not valid text"):
+            kv.submit_get("\ud800", outcomes.append)
+    assert outcomes == []
+
+
 @pytest.mark.parametrize("refused", [True, False], ids=["refused", "protocol"])
 @pytest.mark.parametrize("submitted", [False, True], ids=["put", "submit_put"])
 async def test_a_connection_the_node_closes_without_reading_the_requests_leaves_them_not_in_doubt(

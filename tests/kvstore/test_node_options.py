@@ -1,0 +1,63 @@
+"""Embedding a node: ``ServerOptions`` refuses values a node cannot run with when it is built, and a
+``Node`` whose construction fails gives its data directory back.
+
+Regressions (QA, a developer embedding the store): ``tick_seconds=0``, ``"0.01"`` (a str), ``window=0``,
+``cluster_id=""``, ``frame_bytes_max=10`` and a malformed ``metrics_addr`` were accepted, and failed
+later (inside the node's nursery, or as a node that drops every client frame); and a ``Node`` whose
+constructor raised after opening its storage kept the directory locked, so that the corrected retry in
+the same process was told "in use by another process".
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kvstore.server import FRAME_BYTES_LEAST, Node, ServerOptions
+
+PEERS = {1: ("127.0.0.1", 1), 2: ("127.0.0.1", 2), 3: ("127.0.0.1", 3)}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tick_seconds", 0), ("tick_seconds", -1.0), ("tick_seconds", "0.01"), ("tick_seconds", float("nan")),
+    ("request_timeout_seconds", 0), ("connect_timeout_seconds", -0.5), ("idle_client_timeout_seconds", 0),
+    ("backoff_seconds_max", float("inf")), ("inline_fsync_seconds_max", -1), ("idle_snapshot_seconds", -1),
+    ("heartbeat_ticks", 0), ("election_timeout_ticks", 0), ("window", 0), ("batch_count_max", 0),
+    ("snapshot_every", 0), ("idle_snapshot_commands", -1), ("log_preallocate_bytes", -1), ("window", 2.0),
+    ("heartbeat_ticks", True), ("frame_bytes_max", 10), ("frame_bytes_max", FRAME_BYTES_LEAST - 1),
+    ("cluster_id", ""), ("cluster_id", 7), ("metrics_addr", "nonsense"),
+])
+def test_options_a_node_cannot_run_with_are_refused_when_built(field, value):
+    with pytest.raises(ValueError, match=field if field != "metrics_addr" else "nonsense"):
+        ServerOptions(**{field: value})
+
+
+def test_the_defaults_and_the_edges_that_mean_off_are_taken():
+    ServerOptions()
+    ServerOptions(inline_fsync_seconds_max=0, idle_snapshot_seconds=0, idle_snapshot_commands=0,
+                  log_preallocate_bytes=0, frame_bytes_max=FRAME_BYTES_LEAST, metrics_addr="127.0.0.1:0",
+                  tick_seconds=1)
+
+
+def test_a_node_that_fails_to_build_gives_its_data_directory_back(tmp_path, monkeypatch):
+    """An id missing from the peers is refused before the new directory is touched (it would have been
+    founded as that node's); a failure after the storage opened closes it again."""
+    import kvstore.server
+
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(ValueError, match="node id 4 is not among the peers"):
+            Node(4, PEERS, tmp_path / "data", ServerOptions(fsync=False))
+    assert not (tmp_path / "data").exists()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the state machine could not be built")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(kvstore.server, "Learner", broken)
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="could not be built"):
+                Node(1, PEERS, tmp_path / "data", ServerOptions(fsync=False))
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # nothing left open
+    node = Node(1, PEERS, tmp_path / "data", ServerOptions(fsync=False))  # the corrected call, same process
+    node.storage.close()
