@@ -11,6 +11,13 @@ of every file of the kv_cli package (a new or edited command changes it), and of
 (an upgrade changes it). A mismatch, an unreadable file or an unknown command is a miss: typer renders the
 page (and an unknown command gets typer's usual error). Files live in ``$XDG_CACHE_HOME/kv`` (default
 ``~/.cache/kv``); nothing breaks if that cannot be written. ``KV_HELP_CACHE=0`` turns the cache off.
+
+Each new version (an upgrade, an edited kv_cli file, another Python) leaves a page per command behind, and
+nothing would ever read them again: so when a page is stored, the pages of other versions are removed
+(their key differs in anything but the command and the width), with any temporary file an interrupted
+store left over an hour ago. Bounded: at most ``_PRUNE_MAX`` files are looked at, one line read from each,
+and only on a miss, which renders a page with typer anyway (far dearer). Two installations sharing the
+folder remove each other's pages: each renders its own again, the output is the same.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import os
 import sys
 
 _FORMAT = "kv-help-cache 1"
+_PRUNE_MAX = 1000  # files looked at per stored page
+_TEMP_MAX_AGE_S = 3600.0  # a temporary file older than this was left by a store that never finished
 
 
 def _cache_dir() -> str:
@@ -121,5 +130,42 @@ def _store(name: str, key: str, text: str) -> None:
     except OSError:  # a read-only home, a full disk: no cache, same output
         try:
             os.unlink(temp)
+        except OSError:
+            pass
+        return
+    _prune(os.path.dirname(name), key)
+
+
+def _version_of(key: str) -> str:
+    """What a key says about the installation (format, Python, typer, the kv_cli files), without the
+    command path and the width: the pages of one version share it."""
+    return "|".join(part for part in key.split("|") if not part.startswith(("path=", "width=")))
+
+
+def _prune(directory: str, key: str) -> None:
+    """Remove the pages of versions other than ``key``'s, and stale temporary files (see the module
+    docstring). Errors are ignored: another kv may be pruning or storing at the same time."""
+    import itertools
+    import time
+
+    version = _version_of(key)
+    try:
+        with os.scandir(directory) as entries:
+            found = [(entry.name, entry.path) for entry in itertools.islice(entries, _PRUNE_MAX)
+                     if entry.name.startswith("help-")]
+    except OSError:
+        return
+    for entry_name, path in found:
+        try:
+            if entry_name.endswith(".tmp"):
+                if time.time() - os.stat(path).st_mtime > _TEMP_MAX_AGE_S:
+                    os.unlink(path)
+                continue
+            if not entry_name.endswith(".txt"):
+                continue
+            with open(path, encoding="utf-8", errors="replace") as f:
+                stored_key = f.readline(len(key) + 4096).rstrip("\n")
+            if _version_of(stored_key) != version:
+                os.unlink(path)
         except OSError:
             pass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,31 @@ def test_kv_help_as_a_process(tmp_path):
                               capture_output=True, env=env, timeout=60)
     assert first.stdout == second.stdout == by_typer.stdout
     assert (first.stderr, second.stderr) == (b"True", b"False")
+
+
+def test_storing_a_page_removes_the_pages_of_other_versions(cache, capsys):
+    """Pages of another Python, typer or kv_cli (a key that differs in more than the command and the width)
+    are never read again: storing a page removes them; this version's other pages, other files and a
+    temporary file still being written stay."""
+    assert helpcache.print_help([])
+    (kept,) = cache.iterdir()  # this version's kv --help
+    key = kept.read_text().partition("\n")[0]
+    other_width = cache / "help-00000001.txt"
+    other_width.write_text(key.replace("width=", "width=1") + "\npage")
+    old_python = cache / "help-00000002.txt"
+    old_python.write_text(key.replace("python=", "python=2.7 ") + "\npage")
+    old_format = cache / "help-00000003.txt"
+    old_format.write_text("kv-help-cache 0|path=get\npage")
+    unrelated = cache / "notes.txt"
+    unrelated.write_text("mine")
+    writing = cache / "help-00000004.txt.123.tmp"
+    writing.write_text("a store under way")
+    left_behind = cache / "help-00000005.txt.456.tmp"
+    left_behind.write_text("a store that never finished")
+    os.utime(left_behind, (0, 0))
+    assert helpcache.print_help(["get"])  # a miss: renders and stores, then prunes
+    capsys.readouterr()
+    stored = {p.name for p in cache.iterdir()}
+    assert stored == {kept.name, other_width.name, unrelated.name, writing.name,
+                      f"help-{zlib.crc32(helpcache.cache_key(['get']).encode()):08x}.txt"}
+    assert helpcache.print_help(["get"]) and helpcache.print_help([])  # both still served
