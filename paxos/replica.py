@@ -487,10 +487,17 @@ class Replica:
             self._ticks_since_heard = 0
 
     def receive(self, message: Message) -> None:
-        """Handle one message addressed to this node. Bad or stale input is counted, never raised."""
+        """Handle one message addressed to this node. Bad or stale input is counted, never raised: a
+        message from a stranger, of no known class, or whose ballot is not a ``Ballot`` or an Accept's
+        value not a tuple. (The other fields' types are the shell's to check, as ``kvstore.wire`` does
+        when it decodes a frame.)"""
         sender = getattr(message, "sender", None)  # the shell may hand us anything: count it, never raise
         if sender not in self._known:
             self._count("unknown_sender")
+            return
+        shown = getattr(message, "ballot", Ballot)  # (Ballot itself: the message has no ballot)
+        if type(shown) is not Ballot and shown is not Ballot:
+            self._count("malformed")
             return
         # Validate before learning from it: a malformed message shows no ballot in use.
         ballot = self._ballot_in_use(message)
@@ -701,6 +708,9 @@ class Replica:
 
     def _on_accept(self, m: Accept) -> None:
         if m.ballot.node_id != m.sender:
+            self._count("malformed")
+            return
+        if type(m.value) is not tuple:  # (the commands of a slot; kvstore.wire's decoder makes the tuple)
             self._count("malformed")
             return
         if m.ballot < self._promised:
