@@ -83,6 +83,12 @@ class Dashboard:
         self._previous_time: float | None = None
         self._leader: Any = None
         self._started = time.time()
+        # The fault buttons send this with every action (see handle): a page of another site can make the
+        # browser POST here, but it cannot read /api/state to learn the token (no CORS), nor send a
+        # custom header without a preflight that this server never approves.
+        import secrets
+
+        self.action_token = secrets.token_urlsafe(16)
 
     # ------------------------------------------------------------------ polling
 
@@ -172,7 +178,7 @@ class Dashboard:
     def state(self) -> dict[str, Any]:
         return {"endpoints": self.endpoints, "faults": self.cluster_dir is not None, "polls": self.polls,
                 "interval": self.interval, "nodes": self.nodes, "history": list(self.history),
-                "events": list(self.events), "leader": self._leader}
+                "events": list(self.events), "leader": self._leader, "action_token": self.action_token}
 
     # ------------------------------------------------------------------ the fault buttons
 
@@ -199,6 +205,11 @@ class Dashboard:
     async def handle(self, request: Request) -> Response:
         from kvstore.httpserve import Response
 
+        if not _addressed_to_this_machine(request.headers.get("host", "")):
+            # DNS rebinding: a page of another site whose name now resolves to 127.0.0.1 is same-origin to
+            # the browser; its requests still carry that name.
+            return Response(403, b"this dashboard answers requests addressed to localhost, an IP address or "
+                                 b"this machine's name only\n")
         path = request.path
         if request.method == "GET" and path in STATIC:
             name, content_type = STATIC[path]
@@ -215,6 +226,9 @@ class Dashboard:
                 return Response(405, b"POST only\n")
             if len(parts) != 5 or not parts[3].isdigit():
                 return Response(404, b"POST /api/nodes/ID/ACTION\n")
+            if request.headers.get("x-kv-action-token") != self.action_token:
+                return Response(403, b"the fault buttons of this dashboard's page send a token with each action; "
+                                     b"this request has none, or another (a request from another site?)\n")
             ok, text = await self.act(int(parts[3]), parts[4])
             import json
 
@@ -235,6 +249,32 @@ class Dashboard:
         except RuntimeError as exc:
             return Response(500, f"{exc}\n".encode())
         return Response(200, page.encode(), "text/html; charset=utf-8")
+
+
+def _addressed_to_this_machine(host_header: str) -> bool:
+    """Whether an HTTP Host header names this machine as a browser on it would: localhost, an IP address
+    (any: the dashboard may listen on all of them), or this machine's name. An empty header (HTTP/1.0,
+    a script) is allowed: the check is against browsers tricked by another site."""
+    import ipaddress
+    import socket
+
+    if not host_header:
+        return True
+    host = host_header
+    if host.startswith("["):  # [IPv6]:port
+        host = host[1:host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    host = host.rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return host in names
 
 
 async def serve_dashboard(dashboard: Dashboard, address: str, *, task_status: Any = None) -> None:

@@ -35,7 +35,7 @@ BODY_BYTES_MAX = 64 * 1024
 REQUEST_SECONDS = 10.0
 CONNECTIONS_MAX = 64  # open at once; more are closed as soon as they are accepted
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Payload Too Large", 500: "Internal Server Error", 502: "Bad Gateway"}
 
 
@@ -45,6 +45,7 @@ class Request:
     path: str  # percent-decoded, without the query
     query: dict[str, str] = field(default_factory=dict)  # name -> last value
     body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)  # lowercase name -> last value
 
 
 @dataclass
@@ -129,8 +130,10 @@ async def _read_request(stream: trio.abc.ReceiveStream) -> Request | None:
         raise _BadRequest(400, "malformed request line")
     method, target = parts[0].upper(), parts[1]
     length = 0
+    headers: dict[str, str] = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
         if name.strip().lower() == "content-length":
             try:
                 length = int(value.strip())
@@ -146,7 +149,7 @@ async def _read_request(stream: trio.abc.ReceiveStream) -> Request | None:
         body += chunk
     split = urlsplit(target)
     query = {name: values[-1] for name, values in parse_qs(split.query).items()}
-    return Request(method=method, path=unquote(split.path), query=query, body=bytes(body[:length]))
+    return Request(method=method, path=unquote(split.path), query=query, body=bytes(body[:length]), headers=headers)
 
 
 async def _send(stream: trio.abc.SendStream, response: Response) -> None:

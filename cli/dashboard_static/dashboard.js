@@ -5,6 +5,7 @@
 const $ = (selector) => document.querySelector(selector);
 let faults = false;
 let busy = false; // a fault button's command is running
+let actionToken = ""; // sent with every action: see kv_cli.dashboard.Dashboard.handle
 
 function text(value) {
   return value === null || value === undefined ? "–" : String(value);
@@ -60,7 +61,8 @@ async function act(nodeId, action) {
   busy = true;
   $("#fault-note").textContent = action + " node " + nodeId + "…";
   try {
-    const response = await fetch("/api/nodes/" + nodeId + "/" + action, { method: "POST" });
+    const response = await fetch("/api/nodes/" + nodeId + "/" + action,
+                                 { method: "POST", headers: { "X-KV-Action-Token": actionToken } });
     const result = await response.json();
     $("#fault-note").textContent = (result.ok ? "" : "failed: ") + result.output;
   } catch (error) {
@@ -167,6 +169,7 @@ async function refresh() {
     return;
   }
   faults = state.faults;
+  actionToken = state.action_token;
   const reachable = state.nodes.filter((n) => n.reachable).length;
   $("#summary").textContent = reachable + "/" + state.nodes.length + " nodes reachable, leader: " +
     (state.leader === null ? "none" : "node " + state.leader);

@@ -85,7 +85,7 @@ async def test_fault_buttons_only_for_the_watched_local_cluster(tmp_path, monkey
 
     monkeypatch.setattr(trio, "run_process", no_process)
     board = dash.Dashboard(EPS, None)
-    refused = await board.handle(Request("POST", "/api/nodes/1/kill"))
+    refused = await board.handle(Request("POST", "/api/nodes/1/kill", headers=_token(board)))
     assert refused.status == 409 and "no fault buttons" in json.loads(refused.body)["output"]
 
     write_state(tmp_path, {"nodes": [{"id": i, "port": 7000 + i} for i in (1, 2, 3)], "endpoints": EPS})
@@ -94,6 +94,44 @@ async def test_fault_buttons_only_for_the_watched_local_cluster(tmp_path, monkey
     endpoints, cluster_dir = dash._watched(Settings(endpoints_text="127.0.0.1:9001"), tmp_path)
     assert endpoints == ["127.0.0.1:9001"] and cluster_dir is None  # another cluster: no buttons
     board = dash.Dashboard(EPS, tmp_path)
-    unknown = await board.handle(Request("POST", "/api/nodes/1/explode"))
+    unknown = await board.handle(Request("POST", "/api/nodes/1/explode", headers=_token(board)))
     assert unknown.status == 409 and "unknown action" in json.loads(unknown.body)["output"]
+    assert ran == []
+
+
+def _token(board) -> dict[str, str]:
+    """The header the page's buttons send: the token the page read from /api/state."""
+    return {"x-kv-action-token": board.action_token}
+
+
+async def test_another_site_cannot_press_the_buttons(tmp_path, monkeypatch):
+    """Cross-site request forgery (QA): any page the operator's browser shows could POST to
+    127.0.0.1:8080/api/nodes/2/pause, and the node was paused. An action now needs the token that only
+    this dashboard's own page can read (from /api/state), sent in a custom header; and a request whose
+    Host names another site (DNS rebinding: that site's name made to resolve to 127.0.0.1) is refused,
+    pages and state included. Requests addressed to localhost, an IP address or this machine's name,
+    or without a Host (a script), are served."""
+    ran = []
+
+    async def no_process(*args, **kwargs):
+        ran.append(args)
+        raise AssertionError("ran a command")
+
+    monkeypatch.setattr(trio, "run_process", no_process)
+    write_state(tmp_path, {"nodes": [{"id": i, "port": 7000 + i} for i in (1, 2, 3)], "endpoints": EPS})
+    board = dash.Dashboard(EPS, tmp_path)
+    for headers in ({}, {"x-kv-action-token": "guessed"}, {"x-kv-action-token": ""}):
+        forged = await board.handle(Request("POST", "/api/nodes/2/pause", headers=headers))
+        assert forged.status == 403 and b"token" in forged.body
+    state = json.loads((await board.handle(Request("GET", "/api/state"))).body)
+    assert state["action_token"] == board.action_token and len(board.action_token) >= 16
+    assert dash.Dashboard(EPS, tmp_path).action_token != board.action_token  # one per dashboard
+    for host in ("evil.example:8080", "evil.example", "127.0.0.1.evil.example:8080"):
+        for request in (Request("GET", "/api/state", headers={"host": host}),
+                        Request("POST", "/api/nodes/2/pause", headers={"host": host, **_token(board)})):
+            assert (await board.handle(request)).status == 403, (host, request.path)
+    import socket
+
+    for host in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080", "10.0.0.5", socket.gethostname(), ""):
+        assert (await board.handle(Request("GET", "/api/state", headers={"host": host}))).status == 200, host
     assert ran == []
