@@ -262,16 +262,19 @@ class ClientLinks:
                 await trio.aclose_forcefully(stream)
 
     def _evict_silent(self) -> bool:
-        """The client connections are at their limit and a new one sent a request: close the connection
-        that has been silent longest, if for ``IDLE_EVICT_SECONDS`` at least (first those that never sent
-        a frame, then clients with nothing unanswered); True if one was closed. Our clients reconnect by
-        themselves when they need the node again."""
+        """The client connections are at their limit and a new one sent a request: close the oldest
+        connection that never sent a frame, whatever its age, else the client with nothing unanswered
+        that has been silent longest, if for ``IDLE_EVICT_SECONDS`` at least; True if one was closed. Our
+        clients reconnect by themselves when they need the node again.
+
+        A connection that has not sent a request (nor, with TLS, finished its handshake) has shown
+        nothing, and a real client sends its first request within milliseconds of connecting: with an
+        age limit for those too, a process without a certificate that replaced its silent sockets every
+        few seconds kept every client out (QA)."""
         before = trio.current_time() - descriptors.IDLE_EVICT_SECONDS
         victim: trio.CancelScope | None = None
         if self.silent:
-            scope, since = min(self.silent.items(), key=lambda item: item[1])
-            if since <= before:
-                victim = scope
+            victim = min(self.silent.items(), key=lambda item: item[1])[0]
         if victim is None:
             idle = [c for c in self.conns if c.last_heard <= before and c.answered >= c.requests and not c.closed]
             if idle:
@@ -297,8 +300,10 @@ class ClientLinks:
         read up to ``PLAINTEXT_PEEK_BYTES`` and 1 s at most, never run."""
         node = self.node
         self.counters["tls_plaintext_refused"] += 1
-        log.warning("refused connection from %s: it does not speak TLS and node %d takes TLS only (a client "
-                    "without --cacert, --cert and --key, or a peer without --cert?)", name, node.node_id)
+        more = tls.REFUSALS_LOGGED.allow("plaintext")
+        if more is not None:
+            log.warning("refused connection from %s: it does not speak TLS and node %d takes TLS only (a client "
+                        "without --cacert, --cert and --key, or a peer without --cert?)%s", name, node.node_id, more)
         buffer = bytearray(head)
         request_id = None
         with trio.move_on_after(1):

@@ -16,8 +16,8 @@ Go's runtime does the same for etcd), then ``connections_max`` checks the wanted
 the limit leaves, or picks one (``CLIENT_CONNECTIONS_DEFAULT``, less if the limit is low). A connection
 over the limit is answered ``unavailable`` (refused: nothing of it ran) and closed
 (``kvstore.clients``); the clients try another node or wait, as for any refusal. Unless a connection
-has been silent for ``IDLE_EVICT_SECONDS``: then the silent one is closed and the new one served, so
-that connections which say nothing (a leak, a flood) cannot keep clients out for long.
+never sent a request, or a client has been silent for ``IDLE_EVICT_SECONDS``: then that one is closed
+and the new one served, so that connections which say nothing (a leak, a flood) cannot keep clients out.
 
 And a snapshot that still finds no descriptor (another process used up the system's, ENFILE) is not a
 failed disk: nothing on disk changed, so the node keeps voting and tries again later
@@ -50,9 +50,9 @@ OVER_LIMIT_FIRST_FRAME_SECONDS = 2.0
 
 
 IDLE_EVICT_SECONDS = 10.0
-"""While the client connections are at their limit, one that has sent nothing for this long (no request
-since it connected, or none unanswered and none for this long) gives its place to a new connection
-that sent a request: silent connections cannot keep clients out. Our clients reconnect on their own."""
+"""While the client connections are at their limit, a client that has sent nothing for this long (none
+unanswered) gives its place to a new connection that sent a request, as one that never sent a request
+does at once: silent connections cannot keep clients out. Our clients reconnect on their own."""
 
 
 def over_limit_headroom(connections: int, limit: int) -> int:

@@ -119,6 +119,36 @@ async def check_dialed(stream: trio.abc.AsyncResource, peer_id: int, counters: d
     raise OSError(refused)
 
 
+class LogThrottle:
+    """At most one log line a ``seconds`` for each kind of refusal; the lines left out are counted, and
+    the next line says how many. A process needs no certificate to open connections that fail their
+    handshake, so one line per connection would let anyone grow the log without bound (QA: 2,000
+    lines in 0.1 s); the counters (``kv -w json status``) still count every one."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+        self._next: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def allow(self, kind: str) -> str | None:
+        """None: leave this line out; else what to add to it (how many were left out since the last).
+        ``kind`` may hold the refusal's reason: each reason gets its own line a second (a few hundred
+        kinds are kept at most; past that they start afresh)."""
+        now = time.monotonic()
+        if len(self._next) > 256 and kind not in self._next:
+            self._next.clear()
+            self._left_out.clear()
+        if now < self._next.get(kind, 0.0):
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return None
+        self._next[kind] = now + self.seconds
+        left_out = self._left_out.pop(kind, 0)
+        return f" ({left_out} more like it left out of the log since the last such line)" if left_out else ""
+
+
+REFUSALS_LOGGED = LogThrottle()
+
+
 async def handshake(stream: TlsStream, node: Node, name: str) -> Principal | None:
     """Finish the TLS handshake of an accepted ``stream`` (a connection task of ``node``) and return who
     is on the other side; None (one log line, a counter) if it failed or did not finish within the
@@ -133,11 +163,16 @@ async def handshake(stream: TlsStream, node: Node, name: str) -> Principal | Non
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         node.counters["tls_handshakes_refused"] += 1
         cause = exc.__cause__ if exc.__cause__ is not None else exc
-        log.warning("refused connection from %s: TLS handshake failed: %s", name, _describe(cause))
+        reason = _describe(cause)
+        more = REFUSALS_LOGGED.allow(f"handshake failed: {reason}")
+        if more is not None:
+            log.warning("refused connection from %s: TLS handshake failed: %s%s", name, reason, more)
         return None
     if scope.cancelled_caught:
         node.counters["tls_handshakes_timed_out"] += 1
-        log.warning("closed connection from %s: no TLS handshake within %gs", name, timeout)
+        more = REFUSALS_LOGGED.allow("handshake timed out")
+        if more is not None:
+            log.warning("closed connection from %s: no TLS handshake within %gs%s", name, timeout, more)
         return None
     return peer_identity(stream)
 

@@ -4,7 +4,9 @@ Checks:
 
 * a node takes ``client_connections_max`` connections; one more is answered ``unavailable`` (refused,
   so the client knows its write was not applied) and closed, and once a connection closes a client is
-  served again; connections that never send a frame are refused too, after a moment;
+  served again; connections that never send a frame are refused too, after a moment; at the limit,
+  one that never sent a request gives its place at once to a new one that sends a request, and a
+  client silent for IDLE_EVICT_SECONDS gives it too;
 * a peer's connection is taken even while the client connections are at their limit: a follower
   restarted then is the one the leader needs for a majority, and writes go through;
 * a snapshot, or its log rewrite, that finds no file descriptor (EMFILE) does not fence the node: it
@@ -46,6 +48,16 @@ async def _idle_connection(net: MemoryNetwork, host: str, port: int) -> trio.abc
     return stream
 
 
+async def _talking_connection(net: MemoryNetwork, host: str, port: int) -> trio.abc.Stream:
+    """A connection that sent a request and got its answer, and stays open (a client between requests:
+    not one to evict for IDLE_EVICT_SECONDS)."""
+    stream = await net.transport().connect(host, port)
+    await stream.send_all(wire.encode_frame(wire.GetRequest(id=1, key="k", linearizable=False)))
+    with trio.fail_after(5):
+        assert await wire.FrameReader(stream).receive_frames()
+    return stream
+
+
 async def test_a_connection_over_the_limit_is_refused_and_the_client_is_told_nothing_was_written(
         tmp_path, autojump_clock):
     net = MemoryNetwork()
@@ -53,7 +65,7 @@ async def test_a_connection_over_the_limit_is_refused_and_the_client_is_told_not
         cluster = MemCluster(nursery, tmp_path, net, peers=ONE, client_connections_max=2)
         await cluster.start_all()
         node = cluster.nodes[1]
-        idle = [await _idle_connection(net, "n1", 7001) for _ in range(2)]
+        idle = [await _talking_connection(net, "n1", 7001) for _ in range(2)]
         assert node.status()["client_connections"] == 2
 
         async with connect(["n1:7001"], timeout=2, transport=net.transport()) as kv:
@@ -109,12 +121,37 @@ async def test_at_the_limit_a_connection_silent_for_long_gives_its_place_to_a_ne
         nursery.cancel_scope.cancel()
 
 
+async def test_at_the_limit_connections_that_never_spoke_give_their_place_at_once(tmp_path, autojump_clock):
+    """A process without a certificate opened connections up to the limit, sent nothing, and replaced
+    them every 5 s: none was ever silent for IDLE_EVICT_SECONDS, so every client was refused (QA). A
+    connection that never sent a request now gives its place, oldest first, to a new one that sends a
+    request, whatever its age; one that does not send a request is still refused."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, peers=ONE, client_connections_max=2)
+        await cluster.start_all()
+        node = cluster.nodes[1]
+        for round_ in range(3):
+            flood = [await _idle_connection(net, "n1", 7001) for _ in range(2)]
+            await trio.sleep(0.5)  # young: far below IDLE_EVICT_SECONDS
+            async with connect(["n1:7001"], timeout=2, transport=net.transport()) as kv:
+                await kv.put("k", str(round_))
+                with trio.fail_after(1):
+                    assert await flood[0].receive_some(100) == b""  # the older one gave its place
+                assert node.counters["connections_evicted_silent"] == round_ + 1
+            for sock in flood:
+                await sock.aclose()
+            await trio.sleep(0.01)
+        assert node.counters.get("connections_refused_over_limit", 0) == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_refused_connection_gets_the_refusal_for_its_first_request(tmp_path, autojump_clock):
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net, peers=ONE, client_connections_max=1)
         await cluster.start_all()
-        await _idle_connection(net, "n1", 7001)
+        await _talking_connection(net, "n1", 7001)
         stream = await net.transport().connect("n1", 7001)
         await stream.send_all(wire.encode_frame(wire.GetRequest(id=41, key="k", linearizable=True)))
         reader = wire.FrameReader(stream)

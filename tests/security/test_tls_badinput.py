@@ -74,6 +74,9 @@ class TlsNode:
     def log_text(self) -> str:
         return self.cluster.log_text(1)
 
+    def counter(self, name: str) -> int:
+        return int(self.client.status(f"127.0.0.1:{self.port}").get("counters", {}).get(name, 0))
+
     def rss(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -123,7 +126,10 @@ PLAIN_PUT = frame({"t": "put", "id": 1, "key": "plain", "value": "v", "cid": b"c
     b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",  # a ClientHello too short to be one
 ], ids=["kv-frame", "http", "garbage", "zeros", "bad-record", "short-hello"])
 def test_plaintext_and_garbage_to_the_tls_port_are_refused(node, data):
+    time.sleep(1.1)  # the log line of the previous case's refusal, at most one a second (tls.LogThrottle)
     mark = len(node.log_text())
+    counter = "tls_handshakes_refused" if data[0] == 0x16 else "tls_plaintext_refused"
+    before = node.counter(counter)
     received, closed, name = exchange(node.port, data)
     assert closed
     if data[0] == 0x16:  # it starts as TLS: OpenSSL refuses it, and nothing of ours is said
@@ -139,6 +145,7 @@ def test_plaintext_and_garbage_to_the_tls_port_are_refused(node, data):
         time.sleep(0.05)
     lines = [line for line in node.log_text()[mark:].splitlines() if name in line]
     assert len(lines) == 1 and said in lines[0], lines
+    assert node.counter(counter) == before + 1
     assert "Traceback" not in node.log_text()[mark:]
     node.assert_serving()
     assert node.client.get("plain") is None
@@ -249,6 +256,7 @@ def test_stalled_handshakes_do_not_stop_the_node_and_leave_no_descriptor(node):
 
 @pytest.mark.slow
 def test_a_huge_certificate_chain_is_refused(node):
+    time.sleep(1.1)  # the log line of an earlier refusal, at most one a second (tls.LogThrottle)
     mark = len(node.log_text())
     files = node.cluster.pki.chain_of("admin", 400)  # ~240 KB of certificates
     assert Path(files["cert"]).stat().st_size > 200_000
@@ -301,3 +309,22 @@ async def test_the_node_closes_stalled_handshakes_after_its_timeout(tmp_path):
     while len(os.listdir("/proc/self/fd")) > fds_before and time.monotonic() < deadline:
         await trio.sleep(0.05)
     assert len(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_refusals_are_logged_at_most_once_a_second_each_and_the_rest_counted(monkeypatch):
+    """A process without a certificate can open connections that fail their handshake as fast as it
+    likes: one warning each let it grow the node's log without bound (QA: 2,000 lines in 0.1 s). Each
+    kind of refusal is logged at most once a second, and the next line says how many were left out."""
+    from kvstore import tls
+
+    now = [100.0]
+    monkeypatch.setattr(tls.time, "monotonic", lambda: now[0])
+    throttle = tls.LogThrottle()
+    assert throttle.allow("handshake failed") == ""
+    assert [throttle.allow("handshake failed") for _ in range(1999)] == [None] * 1999
+    assert throttle.allow("plaintext") == ""  # another kind has its own second
+    now[0] += 1.0
+    assert throttle.allow("handshake failed") == " (1999 more like it left out of the log since the last such line)"
+    assert throttle.allow("handshake failed") is None
+    now[0] += 5.0
+    assert throttle.allow("handshake failed") == " (1 more like it left out of the log since the last such line)"
