@@ -187,7 +187,8 @@ def dump_command(
                 raise UsageProblem(problem)
             part = f"{file}.part"
             try:
-                out = open(part, "wb")  # noqa: SIM115 - closed below
+                # every key and value: readable by its owner only, as a backup (kvstore.backup)
+                out = open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")  # noqa: SIM115
             except OSError as exc:
                 raise UsageProblem(f"cannot write {part}: {exc.strerror or exc}") from None
         import trio

@@ -177,7 +177,7 @@ def write_backup(path: str | os.PathLike[str], meta: dict[str, Any], pieces: Ite
     length = 0
     try:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the whole store: its owner's only
         except OSError as exc:
             raise BackupError(f"cannot write {tmp}: {exc.strerror or exc}") from None
         try:

@@ -994,7 +994,9 @@ class Storage:
         path = Path(data_dir)
         try:
             created = not path.exists()
-            path.mkdir(parents=True, exist_ok=True)
+            # The node's own directory: it holds the whole store, so only its owner may read it (as etcd's
+            # 0700). An existing one keeps the mode its owner gave it.
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
             lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise _io_error(f"cannot open data dir {path}", exc) from exc

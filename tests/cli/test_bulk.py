@@ -347,6 +347,7 @@ def test_dump_loads_into_an_empty_cluster_and_dumps_to_the_same_bytes(clusters, 
     b("--command-timeout", "20", "dump", str(out))
     assert out.read_bytes() == dump_a
     assert not Path(f"{out}.part").exists()
+    assert out.stat().st_mode & 0o777 == 0o600  # every key and value: its owner's only, as a backup
     assert b("dump", "--prefix", "blob/").stdout == b"".join(
         format_record(k, expected[k]) for k in sorted(expected) if k.startswith("blob/"))
 

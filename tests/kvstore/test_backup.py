@@ -282,3 +282,23 @@ def test_a_save_that_goes_wrong_leaves_no_file_and_keeps_an_older_one(tmp_path, 
     with pytest.raises(BackupError, match="did not begin a backup"):
         save_backup(lambda session, offset: {"oops": 1}, tmp_path / "c.kvbak")
     assert not (tmp_path / "c.kvbak").exists() and not (tmp_path / "c.kvbak.part").exists()
+
+
+def test_a_backup_file_and_a_new_data_directory_are_their_owners_only(tmp_path):
+    """Both hold the whole store: a backup file is written 0600 and a data directory the store creates
+    is 0700, whatever the umask lets other files be (QA: 0644 and 0755 under umask 022, readable by any
+    local user). A directory that exists keeps the mode its owner gave it."""
+    old_umask = os.umask(0o022)
+    try:
+        path = tmp_path / "b.kvb"
+        make_backup(path)
+        assert path.stat().st_mode & 0o777 == 0o600
+        with Storage.open(tmp_path / "node", node_id=1, cluster_id="kv", fsync=False):
+            pass
+        assert (tmp_path / "node").stat().st_mode & 0o777 == 0o700
+        (tmp_path / "shared").mkdir(mode=0o750)
+        with Storage.open(tmp_path / "shared", node_id=1, cluster_id="kv", fsync=False):
+            pass
+        assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o750
+    finally:
+        os.umask(old_umask)
