@@ -428,6 +428,9 @@ def unreachable_hint(settings: Settings, errors: list[str]) -> str:
     if tls and errors and all("WRONG_VERSION_NUMBER" in e for e in errors):
         # OpenSSL's words for a server that answered the handshake with something other than TLS
         return " (the node does not serve TLS: leave out --cacert, --cert and --key, or KV_CACERT, KV_CERT, KV_KEY)"
+    if tls and errors and all("CERTIFICATE_VERIFY_FAILED" in e and "certificate has expired" in e for e in errors):
+        return (" (the node's certificate has expired: give the node a new one, kv certs node DIR N, and send it "
+                "SIGHUP; docs/security.md)")
     if tls and errors and all("CERTIFICATE_VERIFY_FAILED" in e for e in errors):
         return (" (this client does not trust the node's certificate: --cacert must be the CA that signed the "
                 "cluster's certificates)")

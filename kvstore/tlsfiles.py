@@ -98,6 +98,26 @@ def certificate_node_id(cert: str) -> int | None:
     return None
 
 
+def _check_valid_now(cert: str, remedy: str) -> None:
+    """``TlsError`` if the (first) certificate in ``cert`` has expired or is not valid yet."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        with open(cert, "rb") as f:
+            certificate = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError) as exc:
+        raise TlsError(f"cannot read the certificate {cert}: {exc}") from None
+    now = datetime.datetime.now(datetime.UTC)
+    if certificate.not_valid_after_utc < now:
+        raise TlsError(f"the certificate {cert} expired on {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: "
+                       f"{remedy}")
+    if certificate.not_valid_before_utc > now:
+        raise TlsError(f"the certificate {cert} is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} "
+                       f"UTC (is this machine's clock right?): {remedy}")
+
+
 def node_id_of_uri(uri: str) -> int | None:
     """The member id a certificate's URI name ``urn:kv:node:N`` gives, or None for any other URI."""
     digits = uri[len(NODE_URI_PREFIX):] if uri.startswith(NODE_URI_PREFIX) else ""
@@ -105,14 +125,17 @@ def node_id_of_uri(uri: str) -> int | None:
 
 
 def check_node_certificate(cert: str, node_id: int) -> None:
-    """Raise ``TlsError`` unless the certificate file ``cert`` is node ``node_id``'s own. A node with
-    another's certificate would be refused by every peer (the certificate of node 2 may not act as node
-    3, ``kvstore.tls.check_peer``) and see only broken connections; this says why before it starts."""
+    """Raise ``TlsError`` unless the certificate file ``cert`` is node ``node_id``'s own and valid now. A
+    node with another's certificate would be refused by every peer (the certificate of node 2 may not
+    act as node 3, ``kvstore.tls.check_peer``) and see only broken connections, and one with an expired
+    certificate would be refused by every peer and client (QA: it started, or took it on SIGHUP,
+    without a word); this says why before it starts or reloads."""
+    remedy = (f"give node {node_id} its own certificate and key (kv certs node DIR {node_id} makes them, "
+              f"docs/security.md)")
+    _check_valid_now(cert, remedy)
     named = certificate_node_id(cert)
     if named == node_id:
         return
-    remedy = (f"give node {node_id} its own certificate and key (kv certs node DIR {node_id} makes them, "
-              f"docs/security.md)")
     if named is None:
         raise TlsError(f"the certificate {cert} is not a node certificate (it names no {NODE_URI_PREFIX}N): "
                        f"{remedy}")

@@ -194,3 +194,42 @@ def test_server_options_refuse_half_a_tls_configuration():
     with pytest.raises(ValueError):
         ServerOptions(acl="rules.toml")
     assert ServerOptions(cacert="a", cert="b", key="c", acl="d").acl == "d"
+
+
+def test_a_node_refuses_an_expired_or_not_yet_valid_certificate_at_start_and_on_reload(tmp_path):
+    """QA: a node started with an expired certificate, or took one on SIGHUP, without a word, and every
+    peer and client then refused it (the client's hint blamed --cacert). Now it is a ``TlsError`` that
+    names the date, at start (``kv serve`` exits 2 with it) and on reload (the contexts in use are kept)."""
+    import datetime
+
+    from .pki import Pki
+
+    pki = Pki(tmp_path / "pki", nodes=1)
+    expired = pki.expired("node-1-expired", "node-1", node_id=1)
+    options = ServerOptions(cacert=expired["cacert"], cert=expired["cert"], key=expired["key"])
+    with pytest.raises(tls.TlsError, match=r"node-1-expired.pem expired on \d{4}-\d\d-\d\d \d\d:\d\d UTC"):
+        tls.transport_for(options, 1)
+    now = datetime.datetime.now(datetime.UTC)
+    cert, key = certs.Authority.load(pki.dir).issue("node-1", node_id=1, not_before=now + datetime.timedelta(days=2),
+                                                    not_after=now + datetime.timedelta(days=30))
+    certs.write_pairs(pki.dir, [("node-1-future", cert, key)])
+    with pytest.raises(tls.TlsError, match="is not valid before .* UTC \\(is this machine's clock right\\?\\)"):
+        tlsfiles.check_node_certificate(str(pki.dir / "node-1-future.pem"), 1)
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for suffix in ("pem", "key"):
+        (mine / f"node-1.{suffix}").write_bytes((pki.dir / f"node-1.{suffix}").read_bytes())
+    transport = tls.TlsTransport(tls.TlsFiles(pki.cacert, str(mine / "node-1.pem"), str(mine / "node-1.key")),
+                                 node_id=1)
+    in_use = transport.server_context, transport.client_context
+    for suffix in ("pem", "key"):
+        (mine / f"node-1.{suffix}").write_bytes((pki.dir / f"node-1-expired.{suffix}").read_bytes())
+    with pytest.raises(tls.TlsError, match="expired on"):
+        transport.reload()
+    assert (transport.server_context, transport.client_context) == in_use
+    started = CliRunner().invoke(app, ["serve", "--id", "1", "--peers", "1=127.0.0.1:1", "--data-dir",
+                                       str(tmp_path / "data"), "--cacert", expired["cacert"], "--cert",
+                                       expired["cert"], "--key", expired["key"]])
+    assert started.exit_code == 2 and "expired on" in started.output, started.output
+    assert not (tmp_path / "data").exists()
