@@ -69,8 +69,10 @@ class Dashboard:
     """What the page shows, kept up to date by ``poll_forever``; ``handle`` answers its requests."""
 
     def __init__(self, endpoints: list[str], cluster_dir: Path | None, *, interval: float = 1.0,
-                 status_of: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None) -> None:
+                 status_of: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
+                 tls: dict[str, str] | None = None) -> None:
         self.endpoints = endpoints
+        self.tls = tls or {}  # cacert, cert, key: how to reach a TLS cluster (see _watched_tls)
         self.cluster_dir = cluster_dir  # a kv cluster up cluster whose endpoints these are: fault buttons
         self.interval = interval
         self.history: deque[dict[str, Any]] = deque(maxlen=max(2, int(HISTORY_SECONDS / interval)))
@@ -95,7 +97,9 @@ class Dashboard:
     async def _cluster_status(self) -> list[dict[str, Any]]:
         from kvstore.client import connect
 
-        async with connect(self.endpoints, timeout=STATUS_TIMEOUT_SECONDS) as kv:
+        tls = self.tls
+        async with connect(self.endpoints, timeout=STATUS_TIMEOUT_SECONDS, cacert=tls.get("cacert"),
+                           cert=tls.get("cert"), key=tls.get("key")) as kv:
             statuses: list[dict[str, Any]] = await kv.cluster_status()
             return statuses
 
@@ -277,6 +281,18 @@ def _addressed_to_this_machine(host_header: str) -> bool:
     return host in names
 
 
+def _watched_tls(settings: Settings, data_dir: Path | None) -> dict[str, str]:
+    """The client's TLS files for the watched cluster: the global options (--cacert, --cert, --key, or
+    KV_CACERT, KV_CERT, KV_KEY), else the admin certificate of the local cluster when it is the one watched
+    (kv cluster up --tls); {} without TLS. (QA: every node of a TLS cluster showed as unreachable.)"""
+    given = settings.tls()  # UsageProblem for half a set, or a missing file
+    if given or settings.endpoints_text is not None:
+        return given
+    state = read_state((data_dir or default_cluster_dir()).expanduser().absolute())
+    tls = state.get("tls") if isinstance(state, dict) else None
+    return {k: str(v) for k, v in tls.items() if k in ("cacert", "cert", "key")} if isinstance(tls, dict) else {}
+
+
 async def serve_dashboard(dashboard: Dashboard, address: str, *, task_status: Any = None) -> None:
     """Serve the page at ``address`` and poll the cluster; ``task_status.started(port)`` once listening
     (trio's ``nursery.start``; None: nobody waits for it). trio is imported here: ``kv --help`` registers
@@ -295,7 +311,8 @@ async def serve_dashboard(dashboard: Dashboard, address: str, *, task_status: An
 
 
 def _watched(settings: Settings, data_dir: Path | None) -> tuple[list[str], Path | None]:
-    """The endpoints to watch, and the cluster directory whose fault buttons apply (None: no buttons)."""
+    """The endpoints to watch, and the cluster directory whose fault buttons apply (None: no buttons).
+    (``_watched_tls`` gives the TLS files to watch them with.)"""
     cluster_dir = (data_dir or default_cluster_dir()).expanduser().absolute()
     state = read_state(cluster_dir)
     cluster_endpoints = None
@@ -337,7 +354,7 @@ def dashboard_command(
         except EndpointError as exc:
             raise UsageProblem(f"invalid --host/--port: {exc}") from None
 
-        dashboard = Dashboard(endpoints, cluster_dir, interval=interval)
+        dashboard = Dashboard(endpoints, cluster_dir, interval=interval, tls=_watched_tls(settings, data_dir))
         import trio
 
         async def main() -> None:

@@ -369,3 +369,25 @@ def test_a_node_with_another_members_certificate_cannot_vote(tmp_path, pki):
         assert leader in (1, 2)
     finally:
         c.close()
+
+
+async def test_the_dashboard_watches_a_tls_cluster(cluster, pki, tmp_path):
+    """``kv dashboard`` against a TLS cluster: with the client's files (the global options, or the local
+    cluster's admin certificate when it watches a ``kv cluster up --tls`` cluster) every node is
+    reachable. Before, it dialed without TLS and every node showed as unreachable (QA)."""
+    from kv_cli import dashboard as dash
+    from kv_cli.common import Settings, write_state
+
+    files = pki.files("admin")
+    board = dash.Dashboard(cluster.endpoints, None, tls=files)
+    await board.poll_once()
+    assert [n.get("reachable") for n in board.nodes] == [True] * len(cluster.endpoints), board.nodes
+    plain = dash.Dashboard(cluster.endpoints, None)
+    await plain.poll_once()
+    assert not any(n.get("reachable") for n in plain.nodes)  # what it did before: every node refused it
+
+    given = Settings(endpoints_text=",".join(cluster.endpoints), **files)
+    assert dash._watched_tls(given, tmp_path) == files
+    write_state(tmp_path, {"nodes": [{"id": 1, "port": 1}], "endpoints": cluster.endpoints, "tls": files})
+    assert dash._watched_tls(Settings(), tmp_path) == files  # the local cluster's admin certificate
+    assert dash._watched_tls(Settings(endpoints_text=",".join(cluster.endpoints)), tmp_path) == {}
