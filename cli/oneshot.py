@@ -264,7 +264,14 @@ def status(settings: Settings) -> None:
                 echo(line, err=True)
         if not any(nodestatus.is_reachable(s) for s in statuses):
             errors = [str(s.get("error", "")) for s in statuses]
+            if all(_denied(s) for s in statuses):  # they answered: this client may not ask
+                raise OperationFailed(errors[0])
             raise OperationFailed("no endpoint is reachable" + unreachable_hint(settings, errors))
+
+
+def _denied(status: dict[str, Any]) -> bool:
+    """A node that answered, refusing this client's status request (``--acl``): not an unreachable one."""
+    return not nodestatus.is_reachable(status) and str(status.get("error", "")).startswith("permission denied")
 
 
 def health(settings: Settings) -> None:
@@ -297,7 +304,8 @@ def health(settings: Settings) -> None:
             print_table(["ADDRESS", "REACHABLE", "LEADER"], rows)
         else:
             for s in statuses:
-                state = "reachable" if nodestatus.is_reachable(s) else "unreachable"
+                state = ("reachable" if nodestatus.is_reachable(s) else
+                         f"answered, refusing this client: {s.get('error')}" if _denied(s) else "unreachable")
                 if nodestatus.is_reachable(s) and s.get("disk") not in (None, "ok"):
                     state += f", disk {s.get('disk')}"  # serves reads only, votes for nothing
                 echo(f"{nodestatus.field(s, 'ADDRESS') or '?'}: {state}")
@@ -308,6 +316,9 @@ def health(settings: Settings) -> None:
             # Reachable, so counted above, but a node whose disk is not ok votes for nothing: one more
             # failure may cost the quorum.
             summary += f"; {fenced} of them with a disk not ok (kv status)"
+        if not healthy and any(_denied(s) for s in statuses):
+            raise OperationFailed(f"cannot tell whether the cluster is healthy: {summary}; this client may not "
+                                  "ask for status (docs/security.md, access rules)")
         if not healthy:
             raise OperationFailed(f"cluster is unhealthy: {summary}")
         if settings.write_out is not OutputFormat.json:  # (json has the same facts as fields)

@@ -402,6 +402,21 @@ def test_status_where_every_node_hung_up_suggests_tls(fake):
     assert_one_error_line(result, "no endpoint is reachable (if the cluster serves TLS: --cacert, --cert and --key")
 
 
+def test_a_client_the_access_rules_refuse_status_is_told_so_not_that_nodes_are_unreachable(fake):
+    """QA: a client without an access rule got "no endpoint is reachable" from kv status and "cluster is
+    unhealthy: 0/3 reachable" from kv health, though every node answered it."""
+    denied = "permission denied: client 'nobody' has no access rule"
+    fake.statuses = [{"endpoint": f"127.0.0.1:700{i}", "reachable": False, "error": denied} for i in (1, 2, 3)]
+    result = run(*EP, "status")
+    assert result.exit_code == 1
+    assert_one_error_line(result, denied)
+    assert "no endpoint is reachable" not in result.stderr
+    result = run(*EP, "health")
+    assert result.exit_code == 1
+    assert f"127.0.0.1:7001: answered, refusing this client: {denied}" in result.stdout.splitlines()
+    assert_one_error_line(result, "cannot tell whether the cluster is healthy", "may not ask for status")
+
+
 def test_health_ok_with_quorum_and_leader(fake):
     fake.statuses = [FULL, PARTIAL, DOWN]
     result = run(*EP, "health")
