@@ -425,7 +425,7 @@ def unreachable_hint(settings: Settings, errors: list[str]) -> str:
     tls = settings.cacert or settings.cert or settings.key
     if errors and all("connection lost before the reply" in e for e in errors) and not tls:
         return " (if the cluster serves TLS: --cacert, --cert and --key, or KV_CACERT, KV_CERT, KV_KEY)"
-    if tls and errors and all("WRONG_VERSION_NUMBER" in e for e in errors):
+    if tls and errors and all("WRONG_VERSION_NUMBER" in e and not e.startswith("no node serves TLS") for e in errors):
         # OpenSSL's words for a server that answered the handshake with something other than TLS
         return " (the node does not serve TLS: leave out --cacert, --cert and --key, or KV_CACERT, KV_CERT, KV_KEY)"
     if tls and errors and all("CERTIFICATE_VERIFY_FAILED" in e and "certificate has expired" in e for e in errors):

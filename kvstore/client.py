@@ -655,7 +655,7 @@ class AsyncClient:
         last_error = "no endpoint answered"
         refused_by_node = False  # the last attempt's node answered, refusing (a full disk, no leader)
         no_leader_seen = False  # a node answered that it knows no leader
-        tls_refused: set[tuple[str, int]] = set()  # endpoints whose handshake failed over a certificate
+        tls_refused: set[tuple[str, int]] = set()  # endpoints whose handshake failed (frames.handshake_refused)
         while True:
             if self._closed:
                 raise KVError("client is closed" if not sent else "client was closed during the call")
@@ -710,9 +710,9 @@ class AsyncClient:
                     last_error = f"connection failed: {exc}"
                     self._give_up_on(conn)
                     if conn is None:
-                        if wire.certificate_refused(exc) or wire.certificate_refused(self._connect_error):
+                        if wire.handshake_refused(exc) or wire.handshake_refused(self._connect_error):
                             tls_refused.add(endpoint)  # (the connect failed: its handshake)
-                    elif wire.certificate_refused(conn.error):
+                    elif wire.handshake_refused(conn.error):
                         # TLS 1.3 finishes our side of the handshake first: the node's alert refusing our
                         # certificate comes with its first answer, and it read nothing of ours.
                         last_error = f"connection failed: {conn.error}"

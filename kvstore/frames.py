@@ -170,26 +170,46 @@ _CERTIFICATE_REASONS = frozenset({
 })
 
 
-def certificate_refused(exc: BaseException | None) -> bool:
-    """True if ``exc`` (from a connect, or from the first read of a TLS connection) is a TLS handshake that
-    failed over a certificate: a setup error that retrying will not mend, and one in which the node acted
-    on nothing. Looks at OpenSSL's reason without importing ``ssl`` (the one-shot client's start-up)."""
+# ... and its reason for a node that answered the handshake with something else than TLS: a plaintext
+# node, which read our ClientHello as a bad frame and acted on nothing.
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER"})
+
+
+def _ssl_reason(exc: BaseException | None) -> str | None:
+    """OpenSSL's reason of ``exc``, without importing ``ssl`` (the one-shot client's start-up)."""
     if exc is None:
-        return False
+        return None
     reason = getattr(exc, "reason", None)
     if reason is None:  # (an error made by hand has none: its text names it, "[SSL: REASON] ...")
         text = str(exc)
         if not text.startswith("[SSL: "):
-            return False
+            return None
         reason = text[6:].partition("]")[0]
-    return reason in _CERTIFICATE_REASONS
+    return str(reason)
+
+
+def certificate_refused(exc: BaseException | None) -> bool:
+    """True if ``exc`` (from a connect, or from the first read of a TLS connection) is a TLS handshake that
+    failed over a certificate: a setup error that retrying will not mend, and one in which the node acted
+    on nothing."""
+    return _ssl_reason(exc) in _CERTIFICATE_REASONS
+
+
+def handshake_refused(exc: BaseException | None) -> bool:
+    """``certificate_refused``, or a handshake that met a node without TLS: the other setup error that
+    retrying will not mend (QA: a TLS client of a plaintext cluster retried for its whole timeout)."""
+    reason = _ssl_reason(exc)
+    return reason in _CERTIFICATE_REASONS or reason in _NOT_TLS_REASONS
 
 
 def every_node_refused_tls(last_error: str, *, write: bool, in_doubt: bool) -> str:
-    """The ``Unavailable`` text when every endpoint refused the handshake over a certificate (both clients
-    give up at once then, instead of retrying until their deadline); for a write, whether it may have
-    been applied (only by an earlier attempt of the call: a refused handshake applies nothing)."""
-    return (f"the TLS handshake failed over a certificate with every node ({last_error})"
+    """The ``Unavailable`` text when every endpoint refused the handshake (``handshake_refused``: both
+    clients give up at once then, instead of retrying until their deadline); for a write, whether it may
+    have been applied (only by an earlier attempt of the call: a refused handshake applies nothing)."""
+    what = ("no node serves TLS (leave out the TLS files: --cacert, --cert and --key, or KV_CACERT, KV_CERT, "
+            "KV_KEY)" if any(reason in last_error for reason in _NOT_TLS_REASONS)
+            else "the TLS handshake failed over a certificate with every node")
+    return (f"{what} ({last_error})"
             + ("; the write may or may not have been applied" if write and in_doubt else
                "; the write was not applied" if write else ""))
 

@@ -316,7 +316,7 @@ class OneShotClient:
         last_error = "no endpoint answered"
         refused_by_node = False  # the last attempt's node answered, refusing (a full disk, no leader)
         no_leader_seen = False  # a node answered that it knows no leader
-        tls_refused: set[tuple[str, int]] = set()  # endpoints whose handshake failed over a certificate
+        tls_refused: set[tuple[str, int]] = set()  # endpoints whose handshake failed (frames.handshake_refused)
         while True:
             if self._closed:
                 raise KVError("client is closed" if not sent else "client was closed during the call")
@@ -355,7 +355,7 @@ class OneShotClient:
                 last_error = f"connection failed: {exc}"
                 if conn is not None:
                     self._drop(advance=True)
-                if frames.certificate_refused(exc):
+                if frames.handshake_refused(exc):
                     # (TLS 1.3 finishes our side of the handshake first: the node's alert refusing our
                     # certificate comes with its first answer, and it read nothing of the request)
                     in_doubt_now = False

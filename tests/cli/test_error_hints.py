@@ -36,6 +36,9 @@ def test_a_tls_client_is_told_when_the_node_speaks_no_tls_or_it_does_not_trust_t
                           "certificate verify failed: unable to get local issuer certificate (_ssl.c:1006))")
     with_tls = Settings(endpoints_text="127.0.0.1:9101", cacert="ca.pem", cert="c.pem", key="c.key")
     assert "the node does not serve TLS" in cluster_down_hint(with_tls, plain_node)
+    said = Unavailable("no node serves TLS (leave out the TLS files: ...) (connection failed: [SSL: "
+                       "WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006))")
+    assert cluster_down_hint(with_tls, said) == ""  # the client's error says it already
     assert "does not trust the node's certificate" in cluster_down_hint(with_tls, foreign)
     # (QA: an expired node certificate was blamed on --cacert)
     expired = Unavailable("no answer from the cluster within 3s (connection failed: [SSL: CERTIFICATE_VERIFY_FAILED] "

@@ -1079,3 +1079,10 @@ def test_certificate_refusals_are_told_from_other_connection_failures():
               ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad record mac")]
     for other in others:
         assert not wire.certificate_refused(other), other
+    # A node that answered the handshake in plaintext is the other setup error retrying will not mend
+    plaintext_node = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    assert wire.handshake_refused(plaintext_node) and not wire.certificate_refused(plaintext_node)
+    for refused in (verify, alert, required):
+        assert wire.handshake_refused(refused), refused
+    for other in others[:3] + others[4:]:
+        assert not wire.handshake_refused(other), other
