@@ -198,7 +198,7 @@ class ClientLinks:
             except wire.WireError as exc:
                 # Answer a bad first frame like any later one: addressed to its request id if it has one.
                 self.counters["protocol_errors"] += 1
-                log.warning("closing connection from %s: bad frame: %s", name, exc)
+                _log_bad_frame(name, exc)
                 with trio.move_on_after(1):
                     await stream.send_all(wire.encode_frame(wire.ErrorReply(
                         id=wire.request_id_of(frames[0]), code=wire.PROTOCOL, message=str(exc), leader=None)))
@@ -228,7 +228,7 @@ class ClientLinks:
                         log.debug("closed client %s: idle for %gs", name, idle_timeout_seconds)
                 except wire.WireError as exc:
                     self.counters["protocol_errors"] += 1
-                    log.warning("closing connection from %s: bad frame: %s", name, exc)
+                    _log_bad_frame(name, exc)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     log.debug("connection from %s closed: %s", name, exc)
                 finally:
@@ -492,3 +492,12 @@ class ClientLinks:
                 conn.reply(wire.ErrorReply(id=getattr(request, "id", None), code=wire.BAD_REQUEST,
                                            message=f"{type(request).__name__} is not a client request",
                                            leader=None))
+
+
+def _log_bad_frame(name: str, exc: Exception) -> None:
+    """One warning for a connection closed over a bad frame; those that are TLS records (a TLS peer or
+    client dialing this node without TLS: its members redial ten times a second) at most once a second,
+    as ``tls.REFUSALS_LOGGED`` does for handshakes. ``protocol_errors`` counts every one."""
+    more = tls.REFUSALS_LOGGED.allow("speaks TLS") if "speaks TLS" in str(exc) else ""
+    if more is not None:
+        log.warning("closing connection from %s: bad frame: %s%s", name, exc, more)

@@ -132,3 +132,24 @@ async def test_replies_collected_for_a_connection_leave_in_one_write():
     sent = writes()
     assert len(sent) == 1 and [wire.decode_body(b).id for b in wire.split_frames(bytearray(sent[0]))] == [1, 2]
     assert links.dirty == [] and conn.pending == []
+
+
+def test_bad_frames_that_are_tls_records_are_logged_at_most_once_a_second(caplog, monkeypatch):
+    """A node started without TLS in a TLS cluster: its members redial it ten times a second and each
+    ClientHello is a bad frame (QA: ten warnings a second). Those are logged at most once a second; any
+    other bad frame still gets its line."""
+    import logging
+
+    from kvstore import clients, tls
+
+    monkeypatch.setattr(tls, "REFUSALS_LOGGED", tls.LogThrottle())
+    tls_hello = wire.WireError("frame length 369295616 is over the limit: the other side speaks TLS and this "
+                               "side does not (--cacert, --cert and --key)")
+    with caplog.at_level(logging.WARNING, logger="kvstore.clients"):
+        for i in range(10):
+            clients._log_bad_frame(f"127.0.0.1:{1000 + i}", tls_hello)
+        for i in range(3):
+            clients._log_bad_frame(f"127.0.0.1:{2000 + i}", wire.WireError("bad CBOR"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("speaks TLS" in line for line in lines) == 1
+    assert sum("bad CBOR" in line for line in lines) == 3
