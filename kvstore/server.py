@@ -421,6 +421,7 @@ class Node:
             self.commit = GroupCommit(self, durable_decided_slot=self.replica.decided_slot)
             self.listen_port: int | None = None
             self.metrics_port: int | None = None  # where /metrics is served (ServerOptions.metrics_addr)
+            self._ran = False  # run() was called (a Node runs once)
             self.ready = trio.Event()
         except BaseException:
             # Nothing of the node runs yet: give the directory back (its lock, the log's descriptor), so that
@@ -463,16 +464,22 @@ class Node:
     # life cycle
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled. Closes storage on the way out."""
+        """Serve until cancelled. Closes storage on the way out, so a ``Node`` runs once: to serve the
+        directory again, build a new one. A port that cannot be listened on raises ``ListenError`` itself
+        (before any task starts, so not inside an ExceptionGroup)."""
+        if self._ran:
+            raise RuntimeError(f"node {self.node_id} ran already (its storage is closed): build a new Node on "
+                               f"{self.data_dir} to serve it again")
+        self._ran = True
         try:
+            try:
+                listeners = await self._open_listeners()
+            except OSError as exc:
+                address = self.peers.get(self.node_id)
+                where = format_endpoint(*address) if address else "its address"
+                raise ListenError(f"node {self.node_id} cannot listen on {where}: {exc.strerror or exc}") from exc
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                try:
-                    listeners = await self._open_listeners()
-                except OSError as exc:
-                    address = self.peers.get(self.node_id)
-                    where = format_endpoint(*address) if address else "its address"
-                    raise ListenError(f"node {self.node_id} cannot listen on {where}: {exc.strerror or exc}") from exc
                 sock = getattr(listeners[0], "socket", None)
                 self.listen_port = sock.getsockname()[1] if sock is not None else self.peers[self.node_id][1]
                 # Clients and peers are served from here on (status answers the founding of others),

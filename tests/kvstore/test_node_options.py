@@ -61,3 +61,38 @@ def test_a_node_that_fails_to_build_gives_its_data_directory_back(tmp_path, monk
     assert len(os.listdir("/proc/self/fd")) == fds_before  # nothing left open
     node = Node(1, PEERS, tmp_path / "data", ServerOptions(fsync=False))  # the corrected call, same process
     node.storage.close()
+
+
+async def test_a_taken_port_is_a_listen_error_and_a_node_runs_once(tmp_path):
+    """QA (embedding): ``nursery.start(node.run)`` on a taken port raised ``ExceptionGroup(ListenError)``,
+    which ``except ListenError`` does not catch; and a Node run a second time failed with trio's
+    "Each CancelScope may only be used for a single 'with' block". Now the ListenError itself, and a
+    RuntimeError saying to build a new Node (a Node closes its storage when it stops)."""
+    import socket
+
+    import trio
+
+    from kvstore.server import ListenError
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        node = Node(1, {1: ("127.0.0.1", port)}, tmp_path / "a", ServerOptions(fsync=False))
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}"):
+                await nursery.start(node.run)
+    finally:
+        taken.close()
+    from ..integration.harness import free_ports
+
+    free_port = free_ports(1)[0]
+    free = Node(1, {1: ("127.0.0.1", free_port)}, tmp_path / "b", ServerOptions(fsync=False))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(free.run)
+        nursery.cancel_scope.cancel()
+    with pytest.raises(RuntimeError, match="ran already .* build a new Node"):
+        await free.run()
+    again = Node(1, {1: ("127.0.0.1", free_port)}, tmp_path / "b", ServerOptions(fsync=False))  # a new one is fine
+    again.storage.close()
