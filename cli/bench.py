@@ -218,6 +218,8 @@ def bench_command(
             echo(f"bench: interrupted by {result.interrupted} after {result.elapsed_s:.1f} s: the summary covers "
                  f"the {result.done} requests answered{unfinished}", err=True)
             raise typer.Exit(128 + int(getattr(signal, result.interrupted)))
+        if result.stopped_by == "error":
+            raise OperationFailed(f"stopped at the first error that every request would get: {result.last_error}")
         if result.ok == 0:
             raise OperationFailed(f"no request succeeded ({sum(result.errors.values())} errors)"
                                   + unreachable_hint(settings, [result.last_error]))

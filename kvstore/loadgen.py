@@ -176,6 +176,16 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
+# Errors that every later request of the run would get as well (the cluster refuses this client, its
+# requests or its values): the run stops at the first, instead of counting thousands of them.
+FATAL_CODES = frozenset({"permission_denied", "bad_request", "too_large", "protocol"})
+
+
+def fatal_error(exc: BaseException) -> bool:
+    """True for an error no retry of the run mends (``FATAL_CODES``)."""
+    return isinstance(exc, RequestError) and exc.code in FATAL_CODES
+
+
 def error_kind(exc: BaseException) -> str:
     """A short stable name for an error, used to count errors by kind."""
     if isinstance(exc, RequestError):
@@ -236,7 +246,8 @@ class LoadResult:
     elapsed_s: float
     histogram: Any  # hdrh HdrHistogram of every successful request, microseconds
     timeline: list[dict[str, Any]]  # one entry per second: t_s, ok, errors, p50_ms, p99_ms, max_ms
-    stopped_by: str  # "total", "duration", "time limit", "count limit", "every request slot ended" or "signal"
+    stopped_by: str  # "total", "duration", "time limit", "count limit", "every request slot ended", "signal"
+    # or "error" (an error every request would get: ``fatal_error``; ``last_error`` says which)
     last_error: str = ""  # the message of the last failed request ("" if none failed)
     sent: int = 0  # requests handed out (open loop: fewer than scheduled when the store fell behind)
     interrupted: str = ""  # the signal that stopped the run early ("SIGINT", "SIGTERM"), "" if none did
@@ -318,6 +329,8 @@ class LoadResult:
             stopped = f"{self.interrupted} (interrupted: partial results)"
         elif stopped == "time limit":
             stopped = f"the time limit of {spec.hard_limit_s():g} s"
+        elif stopped == "error":
+            stopped = f"an error every request would get ({self.last_error})"
         if self.unfinished and (self.interrupted or self.stopped_by == "time limit"):
             stopped += f"; {self.unfinished} in flight not finished"
         lines = [
@@ -500,6 +513,8 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
                         break
                     except Exception as exc:  # noqa: BLE001 - other failures show up in the run
                         failure = exc
+                        if fatal_error(exc):
+                            break  # (the run's first request gets it too, and stops there)
                 warmed.append(failure)
             with trio.move_on_after(spec.timeout * 2):
                 async with trio.open_nursery() as nursery:
@@ -519,7 +534,7 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
             i = state.next
             if now is None:
                 now = clock()
-            if state.interrupted:
+            if state.interrupted or state.stopped_by == "error":
                 return None
             if i >= count_limit:
                 state.stopped_by = "total" if spec.total is not None else "count limit"
@@ -550,6 +565,8 @@ async def _run_load(spec: LoadSpec, open_targets: Callable[[LoadSpec], AbstractA
             state.gets_err += is_get
             interval.err += 1
             state.last_error = str(exc)
+            if fatal_error(exc):
+                state.stopped_by = "error"  # no request leaves after it; those in flight finish
 
         def succeeded(began: float, finished: float | None = None) -> None:
             """A put answered."""
@@ -793,7 +810,7 @@ def dumps(result: LoadResult) -> str:
 
 
 __all__ = ["LoadSpec", "LoadSpecError", "Unreachable", "LoadResult", "run_load", "run_load_sync", "kv_targets",
-           "machine_facts", "error_kind", "plot_result", "timeline_to_plot", "dumps"]
+           "machine_facts", "error_kind", "fatal_error", "FATAL_CODES", "plot_result", "timeline_to_plot", "dumps"]
 
 if __name__ == "__main__":  # pragma: no cover
     print("use `kv bench` or bench/*.py", file=sys.stderr)

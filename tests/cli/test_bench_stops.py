@@ -118,3 +118,54 @@ def test_a_signal_prints_the_partial_summary_and_exits_128_plus_its_number(monke
     data = json.loads(as_json.stdout)
     assert data["interrupted"] == name and data["stopped_by"] == "signal"
     assert data["ok"] == 19 and data["unfinished"] == 1 and data["sent"] == 20
+
+
+class _Denied:
+    """Answers gets, refuses every put with ``permission_denied`` (an access rule that lets this client
+    read but not write); counts what reaches it."""
+
+    def __init__(self, code: str = "permission_denied") -> None:
+        self.code = code
+        self.puts = 0
+        self.gets = 0
+
+    async def put(self, key: str, value: str) -> None:
+        self.puts += 1
+        await trio.sleep(0)
+        raise kvstore.loadgen.RequestError(f"client bench-client may not write {key!r}", self.code)
+
+    async def get(self, key: str, consistency: str) -> None:
+        self.gets += 1
+        await trio.sleep(0)
+
+
+@pytest.mark.parametrize("code", ["permission_denied", "too_large"])
+def test_an_error_every_request_would_get_stops_the_run_at_once(monkeypatch, code):
+    # (QA: 9,296 denied puts in 2 s, then exit 1 with "no request succeeded")
+    target = _Denied(code)
+    _use_targets(monkeypatch, target)
+    result = _bench("--total", "100000", "--clients", "16")
+    assert result.exit_code == 1, result.output
+    assert target.puts <= 1 + 16  # the warm-up's first, then at most one per request slot in flight
+    assert "stopped by an error every request would get (client bench-client may not write" in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: stopped at the first error that every request would get: client bench-client "
+                           "may not write"), last
+    assert "cluster may be down" not in result.stderr
+
+    target = _Denied(code)
+    _use_targets(monkeypatch, target)
+    as_json = _bench("--total", "100000", "--clients", "16", "-w", "json")
+    assert as_json.exit_code == 1
+    data = json.loads(as_json.stdout)
+    assert data["stopped_by"] == "error" and data["errors"] == {f"RequestError:{code}": data["sent"]}
+    assert 1 <= data["sent"] <= 16
+
+
+def test_errors_a_retry_may_mend_do_not_stop_the_run(monkeypatch):
+    target = _Denied("storage_full")  # (a node whose disk filled up: another may serve, or it frees)
+    _use_targets(monkeypatch, target)
+    result = _bench("--total", "300", "--clients", "4", "-w", "json")
+    assert result.exit_code == 1  # no request succeeded
+    data = json.loads(result.stdout)
+    assert data["stopped_by"] == "total" and data["sent"] == 300 and target.puts == 300 + 1
