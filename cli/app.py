@@ -357,7 +357,8 @@ def serve_command(
     tick_ms: Annotated[float | None, typer.Option("--tick-ms", min=0.1, help="Milliseconds per tick.")] = None,
     election_timeout_ticks: Annotated[
         int | None,
-        typer.Option("--election-timeout-ticks", min=1, help="Ticks without a leader before an election."),
+        typer.Option("--election-timeout-ticks", min=1,
+                     help="Ticks without a leader before an election (at least twice --heartbeat-ticks)."),
     ] = None,
     heartbeat_ticks: Annotated[
         int | None, typer.Option("--heartbeat-ticks", min=1, help="Ticks between leader heartbeats.")

@@ -83,6 +83,13 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
             "client_connections_max": max_client_connections,
         }
         overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+        heartbeat = overrides.get("heartbeat_ticks", ServerOptions.heartbeat_ticks)
+        timeout = overrides.get("election_timeout_ticks", ServerOptions.election_timeout_ticks)
+        if timeout < 2 * heartbeat:
+            defaulted = "" if election_timeout_ticks is not None else " (the default)"
+            raise UsageProblem(f"--election-timeout-ticks {timeout}{defaulted} must be at least twice "
+                               f"--heartbeat-ticks {heartbeat}: followers would call elections while the leader is "
+                               "alive (5 to 10 times is usual)")
         if exit_on_disk_failure:
             overrides["exit_on_disk_failure"] = True
         if not check_quorum:

@@ -260,6 +260,11 @@ class ServerOptions:
             value = getattr(self, name)
             if type(value) is not int or value < least:
                 raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
+        if self.election_timeout_ticks < 2 * self.heartbeat_ticks:
+            # A follower would call an election between two heartbeats of a leader that is alive: the
+            # cluster would change leaders over and over, and serve little in between.
+            raise ValueError(f"election_timeout_ticks ({self.election_timeout_ticks}) must be at least twice "
+                             f"heartbeat_ticks ({self.heartbeat_ticks}); 5 to 10 times is usual")
         if type(self.cluster_id) is not str or not self.cluster_id:
             raise ValueError(f"cluster_id must be a non-empty str, got {self.cluster_id!r}")
         if self.metrics_addr is not None:

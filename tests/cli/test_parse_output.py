@@ -467,6 +467,23 @@ def test_serve_rejects_id_not_in_peers(fake, monkeypatch):
     assert started == []
 
 
+def test_serve_refuses_an_election_timeout_under_two_heartbeats(fake, monkeypatch, tmp_path):
+    import kvstore.server
+
+    started = []
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None: started.append((*a, join)))
+    base = ("serve", "--id", "1", "--peers", "1=127.0.0.1:7001", "--data-dir", str(tmp_path / "n1"))
+    result = run(*base, "--heartbeat-ticks", "20")
+    assert result.exit_code == 2
+    assert_one_error_line(result, "--election-timeout-ticks 30 (the default) must be at least twice "
+                                  "--heartbeat-ticks 20")
+    both = run(*base, "--heartbeat-ticks", "2", "--election-timeout-ticks", "3")
+    assert both.exit_code == 2
+    assert_one_error_line(both, "--election-timeout-ticks 3 must be at least twice --heartbeat-ticks 2")
+    assert started == [] and not (tmp_path / "n1").exists()
+    assert run(*base, "--heartbeat-ticks", "2", "--election-timeout-ticks", "4").exit_code == 0
+
+
 def test_serve_maps_options_to_server_options(fake, monkeypatch, tmp_path):
     import kvstore.server
 

@@ -32,6 +32,23 @@ def test_options_a_node_cannot_run_with_are_refused_when_built(field, value):
         ServerOptions(**{field: value})
 
 
+@pytest.mark.parametrize("heartbeat, election", [(20, None), (16, 30), (5, 9), (1, 1)])
+def test_an_election_timeout_shorter_than_two_heartbeats_is_refused(heartbeat, election):
+    # (QA: --heartbeat-ticks 40 with the default election timeout of 30 ticks ran, and its followers
+    # called an election between every two heartbeats of a live leader)
+    given = {"heartbeat_ticks": heartbeat} | ({} if election is None else {"election_timeout_ticks": election})
+    timeout = election or ServerOptions().election_timeout_ticks
+    with pytest.raises(ValueError, match=rf"election_timeout_ticks \({timeout}\) must be at least twice "
+                                         rf"heartbeat_ticks \({heartbeat}\)"):
+        ServerOptions(**given)
+
+
+@pytest.mark.parametrize("heartbeat, election", [(15, 30), (1, 2), (3, 12), (5, 30)])
+def test_an_election_timeout_of_two_heartbeats_or_more_is_taken(heartbeat, election):
+    options = ServerOptions(heartbeat_ticks=heartbeat, election_timeout_ticks=election)
+    assert (options.heartbeat_ticks, options.election_timeout_ticks) == (heartbeat, election)
+
+
 def test_the_defaults_and_the_edges_that_mean_off_are_taken():
     ServerOptions()
     ServerOptions(inline_fsync_seconds_max=0, idle_snapshot_seconds=0, idle_snapshot_commands=0,
