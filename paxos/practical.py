@@ -7,7 +7,7 @@ Python 3 drop-in for ``practical.py`` of essential-paxos 2.0, plus one later fea
 
 * NACKs. An acceptor that refuses a Prepare or an Accept! says so (``send_prepare_nack``,
   ``send_accept_nack``) with the id it promised, so a proposer learns at once that it must pick a
-  higher number instead of waiting for a timeout (Paxos Made Simple, 2.5, "abandon" optimisation).
+  higher number instead of waiting for a timeout (Paxos Made Simple, end of 2.2, "abandon" optimisation).
 * A leadership flag. A proposer that collected a quorum of promises is ``leader``: it may send Accept!
   for new values directly (``set_proposal``), skipping phase 1. Leadership is a belief, not a lock:
   another proposer may already have a higher id.
@@ -20,7 +20,10 @@ Python 3 drop-in for ``practical.py`` of essential-paxos 2.0, plus one later fea
   ``accepted_id``, ``accepted_value`` and then calls ``persisted()``, which sends the pending replies.
   While a reply is pending, further new prepares (or accepts) are dropped, so that one save always
   covers exactly the state the reply announces. Duplicates of the current promise or acceptance are
-  answered at once, since their state is already durable. After a restart, ``recover()`` reloads it.
+  answered at once once that state is durable; while its reply is still pending they are dropped too
+  (``persisted()`` sends the reply they ask for). essential-paxos 2.0 answered them at once even then,
+  letting a Promise or Accepted leave before the state behind it was saved. After a restart,
+  ``recover()`` reloads it.
 * ``Node``: one object playing proposer, acceptor and learner, with a constructor.
 
 Everything is still driven through the messenger; no I/O happens here.
@@ -164,13 +167,15 @@ class Acceptor(essential.Acceptor):
     def recv_prepare(self, from_uid: Hashable, proposal_id: ProposalIDLike | None) -> None:
         """Handle a Prepare.
 
-        * The id we promised already (a retransmission): reply at once; that promise is durable.
+        * The id we promised already (a retransmission): reply at once if that promise is durable;
+          while a save is pending (a Promise or an Accepted not sent yet) drop it: the state the
+          Promise would report is not on disk yet, and ``persisted()`` sends the pending reply.
         * A higher id, with no promise pending: promise it and mark the reply pending until
           ``persisted()``. With a promise pending the Prepare is dropped silently.
         * A lower id: send a prepare NACK carrying our promise.
         """
         if proposal_id == self.promised_id:
-            if self.active:
+            if self.active and not self.persistance_required:
                 self.messenger.send_promise(from_uid, proposal_id, self.accepted_id, self.accepted_value)
 
         elif proposal_order(proposal_id) > proposal_order(self.promised_id):
@@ -186,13 +191,14 @@ class Acceptor(essential.Acceptor):
     def recv_accept_request(self, from_uid: Hashable, proposal_id: ProposalIDLike | None, value: object) -> None:
         """Handle an Accept!.
 
-        * The proposal and value we accepted already: send Accepted again at once.
+        * The proposal and value we accepted already: send Accepted again at once, once that acceptance
+          is durable; while a save is pending, drop it (``persisted()`` sends the Accepted).
         * At or above our promise, with no acceptance pending: accept it and mark the Accepted pending
           until ``persisted()``. With one pending the request is dropped silently.
         * Below our promise: send an accept NACK; state unchanged.
         """
         if proposal_id == self.accepted_id and value == self.accepted_value:
-            if self.active:
+            if self.active and not self.persistance_required:
                 self.messenger.send_accepted(proposal_id, value)
 
         elif proposal_order(proposal_id) >= proposal_order(self.promised_id):

@@ -9,7 +9,8 @@ sequence of *slots* (section 3, "Implementing a State Machine"), each slot decid
 opaque commands (a ``tuple`` of ``bytes``; the empty tuple is the no-op).
 
 It owns no I/O. Inputs are plain method calls: ``receive(message)``, ``tick()``, ``propose(command)``,
-``read(read_id)``, ``compact(slot)``, ``install_snapshot(slot)``, ``postpone_election()``. Their
+``read(read_id)``, ``compact(slot)``, ``install_snapshot(slot)``, ``postpone_election()``,
+``propose_change(config)``, ``transfer_leadership(target)``, ``note_durable(decided_slot)``. Their
 effects accumulate in one ``paxos.actions.Actions`` value until the shell calls ``take_actions()``, so
 a shell may feed many inputs and make them durable with one fsync (group commit). The shell must then
 carry out the actions in the order the ``Actions`` docstring gives: persist, then send, then apply.
@@ -30,7 +31,7 @@ Rules (each cites the paper):
 
 * One promised ballot covers every slot (section 3: the leader runs phase 1 "for infinitely many
   instances" with one message). An acceptor answers ``Prepare(b)`` with ``b`` above its promise by
-  promising ``b`` (P1a) and reporting what it accepted and decided at slots ``>= first_slot``. It
+  promising ``b`` (phase 1(b)) and reporting what it accepted and decided at slots ``>= first_slot``. It
   accepts ``Accept(b, slot)`` unless it promised a higher ballot (P1a). The promise never goes down.
 * A candidate picks a ballot above every ballot it has seen (section 2.2: proposals have distinct,
   increasing numbers). With a majority of promises it becomes leader and, for every slot from

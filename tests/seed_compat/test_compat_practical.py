@@ -220,6 +220,27 @@ def test_duplicates_of_durable_state_are_answered_at_once():
     ]
 
 
+def test_duplicates_of_state_not_yet_saved_wait_for_persisted():
+    """Persist before send holds for retransmissions too: a duplicate Prepare or Accept! that arrives
+    before ``persisted()`` gets no reply of its own (essential-paxos 2.0 sent one at once, announcing a
+    promise or an acceptance a crash could still lose); ``persisted()`` sends the pending replies."""
+    n = node("X")
+    disk = {}
+    n.recv_prepare("A", PID(1, "A"))
+    n.recv_prepare("A", PID(1, "A"))  # retransmitted before the save
+    assert n.messenger.take() == [] and n.persistance_required
+    save_if_required(n, disk)
+    assert disk["promised_id"] == PID(1, "A")
+    assert n.messenger.take() == [("promise", "A", PID(1, "A"), None, None)]
+    n.recv_accept_request("A", PID(1, "A"), "foo")
+    n.recv_accept_request("A", PID(1, "A"), "foo")
+    n.recv_prepare("A", PID(1, "A"))  # (the promise is durable, but the acceptance it would report is not)
+    assert n.messenger.take() == []
+    save_if_required(n, disk)
+    assert disk["accepted_value"] == "foo"
+    assert n.messenger.take() == [("accepted", PID(1, "A"), "foo")]
+
+
 def test_recover_restores_state_after_restart():
     disk = {}
     first = node("X")
