@@ -306,6 +306,7 @@ class ClientLinks:
                         "without --cacert, --cert and --key, or a peer without --cert?)%s", name, node.node_id, more)
         buffer = bytearray(head)
         request_id = None
+        peer = False
         with trio.move_on_after(1):
             while len(buffer) <= PLAINTEXT_PEEK_BYTES:
                 try:
@@ -314,6 +315,10 @@ class ClientLinks:
                     break  # not even our frames: nothing to address the answer to
                 if bodies:
                     request_id = wire.request_id_of(bodies[0])
+                    try:
+                        peer = type(wire.decode_body(bodies[0])) is wire.Hello  # (a member reads this in its log)
+                    except wire.WireError:
+                        pass
                     break
                 data = await transport.receive_some(PLAINTEXT_PEEK_BYTES)
                 if not data:
@@ -321,7 +326,9 @@ class ClientLinks:
                 buffer += data
         reply = wire.ErrorReply(
             id=request_id, code=wire.PROTOCOL, leader=None, refused=True,
-            message=f"node {node.node_id} takes TLS connections only: give the client the cluster's CA and a client "
+            message=f"node {node.node_id} takes TLS connections only: start this node with --cacert, --cert and --key "
+                    "as the other members (docs/security.md)" if peer else
+                    f"node {node.node_id} takes TLS connections only: give the client the cluster's CA and a client "
                     "certificate (kv --cacert, --cert and --key, or KV_CACERT, KV_CERT and KV_KEY); "
                     "nothing of the request was run")
         with trio.move_on_after(1):
@@ -420,7 +427,7 @@ class ClientLinks:
             log.warning("closing connection from %s: %s", name, error)
             return wire.UNAVAILABLE
         self.counters["protocol_errors"] += 1
-        log.warning("closing connection from %s: bad frame: %s", name, error)
+        _log_bad_frame(name, error)  # (a TLS member dialing a node without TLS: throttled)
         return wire.PROTOCOL
 
     def _route(self, conn: ClientConn, request: object, events: list[object]) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,28 @@ PEER_FRAME_BYTES_MAX = 256 * 1024 * 1024
 PEER_BACKLOG_FRAMES_MAX = 10_000
 # The first reconnect delay (doubled per failure up to ServerOptions.backoff_seconds_max)
 BACKOFF_SECONDS_MIN = 0.02
+
+
+# A peer's refusals of our links, in the log once a minute per peer and reason (we redial every 0.1 s)
+_REFUSALS_HEARD = tls.LogThrottle(60.0)
+# The most a peer's refusal frame may take (its message is a line of text)
+_REFUSAL_FRAME_BYTES_MAX = 64 * 1024
+
+
+async def _read_refusal(stream: trio.abc.ReceiveStream) -> str | None:
+    """What the peer at the other end of a link we dialed says when it refuses it (an ``ErrorReply``'s
+    message), or None when the connection ends without one (or with anything else)."""
+    reader = wire.FrameReader(stream, _REFUSAL_FRAME_BYTES_MAX)
+    try:
+        frames = await reader.receive_frames()
+        while frames:
+            for message in wire.decode_bodies(frames):
+                if type(message) is wire.ErrorReply:
+                    return message.message
+            frames = await reader.receive_frames()
+    except (wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    return None
 
 
 def set_nodelay(stream: object) -> None:
@@ -242,12 +265,20 @@ class PeerLinks:
                 with trio.fail_after(options.connect_timeout_seconds):
                     stream = await node.transport.connect(host, port)
                 await tls.check_dialed(stream, peer_id, self.counters)  # with TLS: the certificate of peer_id
-            except (OSError, trio.TooSlowError):
+            except (OSError, trio.TooSlowError) as exc:
+                if isinstance(exc, ssl.SSLError):
+                    # Reached, but the TLS handshake failed (a member without --cert answers TLS with
+                    # its plaintext frames; a certificate the peer does not take): not mended by
+                    # redialing, so say so, once a minute per peer and reason.
+                    self._log_refusal(peer_id, f"the TLS handshake with {host}:{port} failed: {exc}"
+                                      + (" (the member does not serve TLS: was it started without --cacert, "
+                                         "--cert and --key?)" if "WRONG_VERSION_NUMBER" in str(exc) else ""))
                 outbox.drop_backlog()
                 await trio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, options.backoff_seconds_max)
                 continue
             backoff = BACKOFF_SECONDS_MIN
+            lost: BaseException | None = None
             try:
                 async with stream:
                     set_nodelay(stream)
@@ -257,12 +288,52 @@ class PeerLinks:
                     await stream.send_all(hello)
                     raw_stream = outbox.attach(stream)  # (a TLS stream's TCP stream: the outbox seals)
                     try:
-                        await outbox.run(raw_stream)
+                        lost = await self._run_link(peer_id, stream, raw_stream, outbox)
                     finally:
                         outbox.detach()  # before the stream closes its descriptor
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                log.info("link to node %d lost: %s", peer_id, exc)
+                lost = exc
+            if lost is not None:
+                log.info("link to node %d lost: %s", peer_id, lost)
                 await trio.sleep(backoff)
+
+    async def _run_link(self, peer_id: int, stream: trio.abc.Stream, raw_stream: trio.abc.Stream,
+                        outbox: Outbox) -> BaseException | None:
+        """Send on a link we dialed until it fails (returns why) or the peer refuses it (logged; None).
+
+        A link we dialed carries nothing back, except the peer's one frame refusing it before it hangs
+        up (``kvstore.clients``: another cluster or engine, not a member, an incarnation or certificate
+        it does not take, a TLS-only node dialed without TLS). So a task listens for that frame: the
+        refusal's words reach this node's log, where the misconfigured node's operator looks (the log
+        used to say only "link lost"), and a link the peer closed is redialed at once instead of at
+        the next write."""
+        failed: list[BaseException] = []
+
+        async def send(cancel_scope: trio.CancelScope) -> None:
+            try:
+                await outbox.run(raw_stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                failed.append(exc)
+            cancel_scope.cancel()
+
+        async def hear(cancel_scope: trio.CancelScope) -> None:
+            refusal = await _read_refusal(stream)
+            if refusal is None:
+                failed.append(ConnectionError("the peer closed the connection"))
+            else:
+                self.counters["peer_links_refused"] += 1
+                self._log_refusal(peer_id, refusal)
+            cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, nursery.cancel_scope)
+            nursery.start_soon(hear, nursery.cancel_scope)
+        return failed[0] if failed else None
+
+    def _log_refusal(self, peer_id: int, reason: str) -> None:
+        more = _REFUSALS_HEARD.allow(f"{peer_id} {reason}")
+        if more is not None:
+            log.warning("node %d: link to node %d refused: %s%s", self.node_id, peer_id, reason, more)
 
     # -----------------------------------------------------------------------------------------------
     # incoming

@@ -525,6 +525,7 @@ class Node:
         """This directory is new: agree with the other members on the cluster's founding, or refuse
         (``identity.IdentityError``) if the cluster started without this incarnation."""
         incarnation = self.storage.incarnation
+        reasons: dict[int, str] = {}  # why a member did not answer (in the log of whom we wait for)
 
         async def status_of(peer: int) -> dict[str, Any] | None:
             from .client import KVError, connect  # the client library, to ask a peer as any client would
@@ -534,15 +535,20 @@ class Node:
                 with trio.move_on_after(2):
                     async with connect([endpoint], timeout=1, transport=self.transport) as kv:
                         try:
-                            return await kv.status(endpoint)
-                        except (KVError, OSError):
+                            status = await kv.status(endpoint)
+                            reasons.pop(peer, None)
+                            return status
+                        except (KVError, OSError) as exc:
+                            reasons[peer] = str(exc)
                             return None
-            except (KVError, OSError):
+            except (KVError, OSError) as exc:
+                reasons[peer] = str(exc)
                 return None
             return None
 
         try:
-            founding = await identity.wait_founding(self.node_id, incarnation, self.peers, status_of)
+            founding = await identity.wait_founding(self.node_id, incarnation, self.peers, status_of,
+                                                    reasons=reasons)
         except identity.IdentityError as exc:
             log.critical("node %d: %s", self.node_id, exc)
             raise

@@ -215,3 +215,62 @@ async def test_a_member_whose_address_changes_is_redialed_at_the_new_one(autojum
             with trio.fail_after(5):
                 assert await old_stream.receive_some(65536) == b"", "the old connection must be closed"
         nursery.cancel_scope.cancel()
+
+
+def _dialing_node(net: MemoryNetwork) -> FakeNode:
+    node = FakeNode()
+    node.peers = {1: ("n1", 7001), 2: ("n2", 7002)}
+    node.transport = net.transport()
+    node.options = SimpleNamespace(cluster_id="kv", engine="core", connect_timeout_seconds=1.0,
+                                   backoff_seconds_max=0.1)
+    return node
+
+
+async def test_a_peer_refusing_our_link_is_heard_and_its_words_logged_once_a_minute(autojump_clock, caplog,
+                                                                                      monkeypatch):
+    """The node dialed sends one ErrorReply before it hangs up on a link it refuses (another cluster or
+    engine, an incarnation or certificate it does not take, TLS only): the dialing node logs those words
+    (its log said only "link to node 2 lost"), counts it, and redials; the same refusal again within a
+    minute is left out of the log. Regression (QA): a node started without TLS in a TLS cluster never
+    learned why its links failed."""
+    monkeypatch.setattr(peers, "_REFUSALS_HEARD", peers.tls.LogThrottle(60.0))
+    net = MemoryNetwork()
+    node = _dialing_node(net)
+    listener = (await net.transport().open_listeners("n2", 7002))[0]
+    links = PeerLinks(node)
+    refusal = "peer is in cluster 'kv', we are 'other'"
+    caplog.set_level("INFO", logger="kvstore.server")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(links.run)
+        for _ in range(3):
+            stream, hello = await _first_connection(listener)
+            assert hello.node_id == 1
+            await stream.send_all(wire.encode_frame(wire.ErrorReply(id=None, code=wire.PROTOCOL, message=refusal,
+                                                                    leader=None)))
+            await stream.aclose()
+        await _first_connection(listener)  # and it goes on redialing
+        nursery.cancel_scope.cancel()
+    heard = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert heard == [f"node 1: link to node 2 refused: {refusal}"]
+    assert node.counters["peer_links_refused"] == 3
+    assert not [r for r in caplog.records if "link to node 2 lost" in r.getMessage()]
+
+
+async def test_a_link_the_peer_closed_is_redialed_without_waiting_for_a_write(autojump_clock, caplog):
+    """A peer that hangs up (it restarted, or dropped an older link of ours) is redialed at once: before,
+    the sender noticed only when its next write failed."""
+    net = MemoryNetwork()
+    node = _dialing_node(net)
+    listener = (await net.transport().open_listeners("n2", 7002))[0]
+    links = PeerLinks(node)
+    caplog.set_level("INFO", logger="kvstore.server")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(links.run)
+        stream, _ = await _first_connection(listener)
+        await stream.aclose()
+        with trio.fail_after(1):  # (nothing is sent meanwhile)
+            await _first_connection(listener)
+        nursery.cancel_scope.cancel()
+    assert node.counters["peer_links_refused"] == 0
+    assert [r.getMessage() for r in caplog.records if "link to node 2 lost" in r.getMessage()] == [
+        "link to node 2 lost: the peer closed the connection"]

@@ -426,3 +426,92 @@ async def test_a_tls_client_of_a_plaintext_node_gives_up_at_once(pki, tmp_path):
                     await kv.put("k", "v")
         assert not refused_async.value.outcome_unknown
         nursery.cancel_scope.cancel()
+
+
+def _node_files(pki, node_id: int) -> dict[str, str]:
+    return {"cacert": pki.cacert, "cert": str(pki.dir / f"node-{node_id}.pem"),
+            "key": str(pki.dir / f"node-{node_id}.key")}
+
+
+async def test_members_with_and_without_tls_log_why_their_links_fail(pki, tmp_path, caplog, monkeypatch):
+    """Nodes 1 and 2 found a TLS cluster; node 2 is then restarted on its directory without ``--cert``.
+    Each side's own log says why its link to the other fails: node 2 hears node 1's plaintext refusal (it
+    takes TLS only: start this node with ``--cacert, --cert and --key``), node 1 that node 2 does not serve
+    TLS, each once a minute although they redial every 0.1 s. Regression (QA): the node without TLS
+    logged only "link to node 1 lost"; and the node with TLS logged each of the other's connections as a
+    bad frame, ten a second."""
+    import kvstore.peers
+    from kvstore.server import Node, ServerOptions
+
+    from ..integration.harness import free_ports
+
+    monkeypatch.setattr(kvstore.peers, "_REFUSALS_HEARD", kvstore.tls.LogThrottle(60.0))
+    ports = free_ports(2)
+    members = {1: ("127.0.0.1", ports[0]), 2: ("127.0.0.1", ports[1])}
+    node1 = Node(1, members, tmp_path / "n1", ServerOptions(fsync=False, **_node_files(pki, 1)))
+    caplog.set_level("INFO", logger="kvstore")
+
+    def said(node_id: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"node {node_id}: link to node")]
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node1.run)
+        node2 = Node(2, members, tmp_path / "n2", ServerOptions(fsync=False, **_node_files(pki, 2)))
+        first_run, stopped = trio.CancelScope(), trio.Event()
+
+        async def run_first() -> None:
+            with first_run:
+                await node2.run()
+            stopped.set()
+
+        nursery.start_soon(run_first)
+        with trio.fail_after(20):
+            while not (node1.replica.is_leader or node2.replica.is_leader):
+                await trio.sleep(0.05)
+        first_run.cancel()
+        await stopped.wait()
+        assert not said(1) and not said(2)
+        without = Node(2, members, tmp_path / "n2", ServerOptions(fsync=False))
+        nursery.start_soon(without.run)
+        with trio.fail_after(20):
+            while not (said(1) and said(2)):
+                await trio.sleep(0.05)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    (from_2,) = said(2)
+    assert from_2 == ("node 2: link to node 1 refused: node 1 takes TLS connections only: start this node with "
+                      "--cacert, --cert and --key as the other members (docs/security.md)"), from_2
+    (from_1,) = said(1)
+    assert from_1.startswith(f"node 1: link to node 2 refused: the TLS handshake with 127.0.0.1:{ports[1]} failed: ")
+    assert from_1.endswith("(the member does not serve TLS: was it started without --cacert, --cert and --key?)")
+    assert without.counters["peer_links_refused"] >= 1
+    bad_frames = [r for r in caplog.records if "bad frame" in r.getMessage()]
+    assert len(bad_frames) <= 3, [r.getMessage() for r in bad_frames]  # once a second, not per connection
+
+
+async def test_a_new_cluster_with_tls_on_one_side_only_says_why_it_waits(pki, tmp_path, caplog):
+    """A new cluster does not found itself until every member answers: with TLS on node 1 only, each
+    node's "waiting for node(s) ... to answer" line says what the other answered instead."""
+    from kvstore.server import Node, ServerOptions
+
+    from ..integration.harness import free_ports
+
+    ports = free_ports(2)
+    members = {1: ("127.0.0.1", ports[0]), 2: ("127.0.0.1", ports[1])}
+    with_tls = Node(1, members, tmp_path / "n1", ServerOptions(fsync=False, **_node_files(pki, 1)))
+    without = Node(2, members, tmp_path / "n2", ServerOptions(fsync=False))
+    caplog.set_level("INFO", logger="kvstore")
+
+    def waiting(node_id: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith(f"node {node_id}: waiting for node(s)")]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(with_tls.run)
+        nursery.start_soon(without.run)
+        with trio.fail_after(30):
+            while not (waiting(1) and waiting(2)):
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert "; node 1: node 1 takes TLS connections only" in waiting(2)[0], waiting(2)
+    assert "; node 2: " in waiting(1)[0] and "WRONG_VERSION_NUMBER" in waiting(1)[0], waiting(1)
