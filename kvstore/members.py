@@ -388,6 +388,9 @@ class Members:
         config = replica.config
         if request.node in config.node_ids:
             raise AdminError(f"node {request.node} is already a voter")
+        if request.node in config.retired:
+            raise AdminError(f"node {request.node} was removed from the members; ids are never reused: add the new "
+                             f"member under a new id with kv member add, then promote that")
         if request.node not in config.learners:
             raise AdminError(f"node {request.node} is not a member; add it first with kv member add")
         reported = replica.peer_decided(request.node)

@@ -415,9 +415,11 @@ class Replica:
         if self._transfer is not None:
             raise ChangeRefused("leadership is being handed over; retry on the new leader")
         if self.change_in_progress:
-            raise ChangeRefused(f"a membership change is in progress (epoch {self._schedule.latest.epoch} governs "
-                                f"from slot {self._schedule.latest_effective}, decided slot {self._decided_slot}); "
-                                f"wait for it and retry")
+            latest = self._schedule.latest
+            where = (f"epoch {latest.epoch + 1} is proposed and not decided yet" if self._change_queued else
+                     f"epoch {latest.epoch} governs from slot {self._schedule.latest_effective}, decided slot "
+                     f"{self._decided_slot}")
+            raise ChangeRefused(f"a membership change is in progress ({where}); wait for it and retry")
         latest = self._schedule.latest
         if config.epoch != latest.epoch + 1 or config.alpha != latest.alpha:
             raise ChangeRefused(f"the change must follow epoch {latest.epoch} (it names epoch {config.epoch})")
