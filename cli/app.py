@@ -398,7 +398,8 @@ def serve_command(
     ] = None,
     cluster_id: Annotated[
         str | None, typer.Option("--cluster-id", help="Refuse data directories of another cluster (default: kv; "
-                                                      "without --peers or --join, the data directory's).")
+                                                      "with --join, the cluster's; without --peers or --join, "
+                                                      "the data directory's).")
     ] = None,
     exit_on_disk_failure: Annotated[
         bool,

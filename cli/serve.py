@@ -121,7 +121,8 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
         echo(f"kv serve: node {node_id} on {where}, data dir {data_dir}, engine {options.engine}"
              + (f", joining via {','.join(join_list)}" if join_list else "") + recorded_from, err=True)
         try:
-            run_node(node_id, peer_map, data_dir, options, join=join_list or None)
+            run_node(node_id, peer_map, data_dir, options, join=join_list or None,
+                     adopt_cluster_id=bool(join_list) and cluster_id is None)
         except KeyboardInterrupt:
             pass
         except JoinError as exc:

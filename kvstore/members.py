@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 _Handler = Callable[[wire.AdminRequest], Awaitable[dict[str, Any]]]
 
-__all__ = ["Members", "CoreCall", "JoinError", "fetch_join_config", "PROMOTE_LAG_SLOTS_MAX"]
+__all__ = ["fetch_cluster_id", "Members", "CoreCall", "JoinError", "fetch_join_config", "PROMOTE_LAG_SLOTS_MAX"]
 
 log = logging.getLogger("kvstore.server")
 
@@ -501,6 +501,32 @@ def _parse_addresses(config: Config) -> dict[int, tuple[str, int]]:
 def _address_of(node: Node, member: int) -> str | None:
     found = node.peers.get(member)
     return format_endpoint(*found) if found is not None else None
+
+
+async def fetch_cluster_id(endpoints: list[str], transport: Transport | None = None, *,
+                           timeout: float = 30.0) -> str:
+    """The cluster id of the cluster that ``endpoints`` (members' HOST:PORTs) belong to: what ``kv serve
+    --join`` without ``--cluster-id`` joins (``kv cluster up`` names its clusters ``kv-<hex>``, and
+    whoever joins one by hand would otherwise have to look the name up). The first member that answers
+    tells it; ``fetch_join_config`` then checks that this node was added. Raises ``JoinError`` if none
+    answers within ``timeout``."""
+    from .client import KVError, connect
+
+    last = "no member answered"
+    deadline = trio.current_time() + timeout
+    while trio.current_time() < deadline:
+        for endpoint in endpoints:
+            try:
+                with trio.move_on_after(2):
+                    async with connect([endpoint], timeout=1, transport=transport) as kv:
+                        cluster_id = (await kv.status(endpoint)).get("cluster_id")
+                        if isinstance(cluster_id, str) and cluster_id:
+                            return cluster_id
+                        last = f"{endpoint} did not say its cluster id"
+            except (KVError, OSError) as exc:
+                last = f"{endpoint}: {exc}"
+        await trio.sleep(0.5)
+    raise JoinError(f"no member answered within {timeout:g}s to say which cluster to join ({last})")
 
 
 async def fetch_join_config(node_id: int, incarnation: str | None, endpoints: list[str], cluster_id: str,

@@ -95,7 +95,7 @@ from .events import (
 )
 from .groupcommit import GroupCommit
 from .learners import Learner
-from .members import CoreCall, JoinError, Members, fetch_join_config
+from .members import CoreCall, JoinError, Members, fetch_cluster_id, fetch_join_config
 from .peers import PeerLinks
 from .snapshots import Snapshots
 from .statemachine import StateMachine
@@ -1080,11 +1080,14 @@ def _endpoint(text: str) -> tuple[str, int]:
 
 
 def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, options: ServerOptions,
-             join: list[str] | None = None) -> None:
+             join: list[str] | None = None, *, adopt_cluster_id: bool = False) -> None:
     """Blocking entry point of ``kv serve``: run one node until SIGINT/SIGTERM. With ``join`` (members'
-    HOST:PORTs) a node that is not in ``peers`` takes its address from the cluster's configuration."""
+    HOST:PORTs) a node that is not in ``peers`` takes its address from the cluster's configuration;
+    with ``adopt_cluster_id`` (no ``--cluster-id`` given) also the cluster's id: the one its directory
+    recorded, or for a new directory the one the members say (``members.fetch_cluster_id``)."""
     descriptors.raise_soft_limit()  # a server's share of open files (client connections, its own files)
     if join and node_id not in peers:
+        import dataclasses
         import functools
         import json
 
@@ -1092,6 +1095,15 @@ def run_node(node_id: int, peers: dict[int, tuple[str, int]], data_dir: str, opt
             meta = json.loads((Path(data_dir) / "meta.json").read_text())
         except (OSError, ValueError):
             meta = None
+        if adopt_cluster_id:
+            if isinstance(meta, dict) and isinstance(meta.get("cluster_id"), str) and meta.get("node_id") == node_id:
+                found = meta["cluster_id"]
+            else:
+                found = trio.run(functools.partial(fetch_cluster_id, join, tls.transport_for(options, node_id)))
+            if found != options.cluster_id:
+                log.info("node %d: joining cluster %r (the id its members gave; kv serve --cluster-id names one)",
+                         node_id, found)
+                options = dataclasses.replace(options, cluster_id=found)
         recorded = meta.get("config") if isinstance(meta, dict) else None
         if isinstance(meta, dict) and (meta.get("node_id"), meta.get("cluster_id")) != (node_id, options.cluster_id):
             # Another node's directory (or another cluster's): its recorded configuration is not ours

@@ -458,7 +458,7 @@ def test_serve_rejects_id_not_in_peers(fake, monkeypatch):
     import kvstore.server
 
     started = []
-    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None: started.append((*a, join)))
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None, **kw: started.append((*a, join)))
     result = run("serve", "--id", "4", "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002", "--data-dir", "d")
     assert result.exit_code == 2
     assert_one_error_line(result, "--id 4")
@@ -471,7 +471,7 @@ def test_serve_refuses_an_election_timeout_under_two_heartbeats(fake, monkeypatc
     import kvstore.server
 
     started = []
-    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None: started.append((*a, join)))
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None, **kw: started.append((*a, join)))
     base = ("serve", "--id", "1", "--peers", "1=127.0.0.1:7001", "--data-dir", str(tmp_path / "n1"))
     result = run(*base, "--heartbeat-ticks", "20")
     assert result.exit_code == 2
@@ -488,7 +488,7 @@ def test_serve_maps_options_to_server_options(fake, monkeypatch, tmp_path):
     import kvstore.server
 
     started = []
-    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None: started.append((*a, join)))
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None, **kw: started.append((*a, join)))
     result = run(
         "serve", "--id", "2", "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
         "--data-dir", str(tmp_path / "n2"), "--tick-ms", "20", "--election-timeout-ticks", "40",
@@ -508,7 +508,7 @@ def test_serve_join_passes_the_members_and_needs_peers_or_join(fake, monkeypatch
     import kvstore.server
 
     started = []
-    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None: started.append((*a, join)))
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None, **kw: started.append((*a, join)))
     result = run("serve", "--id", "4", "--join", "127.0.0.1:7001,localhost:7002", "--data-dir", str(tmp_path / "n4"))
     assert result.exit_code == 0, result.output
     ((node_id, peers, _data_dir, _options, join),) = started

@@ -228,3 +228,33 @@ async def test_move_leader_or_a_removal_that_needs_a_silent_voter_is_refused_at_
             await client.put("after/refusals", "yes")
     finally:
         cluster.close()
+
+
+async def test_a_node_joining_without_cluster_id_joins_the_cluster_its_members_name(tmp_path):
+    """``kv serve --join`` without ``--cluster-id`` takes the id of the cluster it joins: ``kv cluster up``
+    names its clusters ``kv-<hex>``, and the documented replace-a-node steps (which give no
+    ``--cluster-id``) failed on such a cluster with "is in cluster 'kv-93ecda5d', this node is to join
+    'kv'" (QA). It still may join only once added (``kv member add``), and a restart keeps the id its
+    directory recorded."""
+    cluster = NemesisCluster(tmp_path, extra_args=["--cluster-id", "team-a"])
+    try:
+        cluster.start_all()
+        await cluster.wait_leader()
+        port = free_ports(1)[0]
+        added = kv(cluster, "member", "add", "4", f"127.0.0.1:{port}")
+        assert added.returncode == 0, added.stderr + cluster.logs_tail()
+        cluster.addresses[4] = ("127.0.0.1", port)
+        for attempt in range(2):  # the first run joins; the second restarts on the directory it made
+            proc = start_joiner(cluster, 4, cluster.endpoint(1))
+
+            async def serving():
+                status = await cluster.status(4)
+                return status is not None and status.get("role") == "learner" and status["applied_slot"] > 0
+            await wait_for(serving, 30, f"node 4 to join and catch up (run {attempt + 1})", cluster)
+            status = await cluster.status(4)
+            assert status["cluster_id"] == "team-a"
+            assert "joining cluster 'team-a'" in cluster.log_path(4).read_text()
+            proc.terminate()
+            proc.wait(timeout=10)
+    finally:
+        cluster.close()
