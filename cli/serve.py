@@ -8,6 +8,7 @@ data without them, ~46 MiB with them). This module imports neither typer nor the
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .common import OperationFailed, Settings, UsageProblem, reporting_errors
@@ -63,6 +64,10 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
                 raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
         else:
             recorded = recorded_members(data_dir, node_id)
+            owner = _directory_owner(data_dir)
+            if recorded is None and owner is not None and owner[0] != node_id:
+                raise UsageProblem(f"data dir {data_dir} belongs to node {owner[0]} of cluster {owner[1]!r}, not node "
+                                   f"{node_id}: give that node's --id, or this node's own directory")
             if recorded is None:
                 raise UsageProblem("give --peers (found a new cluster) or --join (join a running one); a node "
                                    "restarted on the data directory it ran with before needs neither")
@@ -128,6 +133,19 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
         except JoinError as exc:
             raise OperationFailed(f"cannot join: {exc}") from None
         echo(f"kv serve: node {node_id} stopped", err=True)
+
+
+def _directory_owner(data_dir: str) -> tuple[int, str] | None:
+    """The node id and cluster id that ``data_dir``'s meta.json names, if it names them."""
+    import json
+
+    try:
+        meta = json.loads((Path(data_dir) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(meta, dict) and type(meta.get("node_id")) is int and isinstance(meta.get("cluster_id"), str):
+        return meta["node_id"], meta["cluster_id"]
+    return None
 
 
 def recorded_members(data_dir: str, node_id: int) -> tuple[dict[int, tuple[str, int]], str] | None:
