@@ -365,9 +365,14 @@ def _wait_answering(state: dict[str, Any], node: dict[str, Any], child: subproce
 
 
 def _wait_for_leader(
-    state: dict[str, Any], children: dict[int, subprocess.Popen[bytes]], seconds: float
+    state: dict[str, Any], children: dict[int, subprocess.Popen[bytes]], seconds: float,
+    exited: set[int] | None = None,
 ) -> Any:
-    """Poll (bounded) until a leader is reported; raise OperationFailed if a node exits or time runs out."""
+    """Poll (bounded) until a leader is reported; raise OperationFailed if a node exits or time runs out.
+
+    With ``exited`` (a stopped cluster brought up again, whose list may hold nodes removed from the
+    members meanwhile: a removed node whose disk was lost is refused at start), a node that exits is
+    added to it instead, as long as some node still runs; the caller sorts out which were removed."""
     progress_tty = sys.stderr.isatty()
     start = time.monotonic()
     deadline = start + seconds
@@ -378,6 +383,9 @@ def _wait_for_leader(
         for node in state["nodes"]:
             child = children.get(node["id"])
             if child is not None and child.poll() is not None:
+                if exited is not None and any(c.poll() is None for c in children.values()):
+                    exited.add(node["id"])
+                    continue
                 raise OperationFailed(
                     f"node {node['id']} exited with code {child.returncode} during startup; "
                     f"{node['log_file']}: {_log_tail(node)}"
@@ -405,6 +413,45 @@ def _wait_for_leader(
             f"no leader after {seconds:.0f} s; see the logs {state['nodes'][0]['log_file']} and its siblings"
         )
     return leader
+
+
+def _drop_removed(settings: Settings, state: dict[str, Any], children: dict[int, subprocess.Popen[bytes]],
+                  exited: set[int]) -> list[dict[str, Any]]:
+    """A stopped cluster is up again and has a leader: drop from ``state`` (and stop) the nodes its
+    members retired while it was up before (``kv member remove``, which, unlike ``kv cluster remove``,
+    does not know this file), and return the nodes kept. A node in ``exited`` that is still a member
+    failed for another reason: OperationFailed with its log's tail.
+
+    Regression (QA): after ``kv member remove`` of nodes, ``kv cluster down; kv cluster up`` started
+    the removed nodes again; one whose directory was wiped was refused at start, and ``up`` then
+    stopped the whole cluster."""
+    from kvstore.errors import KVError
+
+    try:
+        listed = _admin(settings, state, "member_list")
+    except (OperationFailed, KVError, OSError):
+        listed = {}  # (then every node is kept, and one that exited fails the start as before)
+    retired = {int(i) for i in listed.get("retired", ())}
+    kept: list[dict[str, Any]] = []
+    for node in state["nodes"]:
+        node_id = int(node["id"])
+        if node_id in retired:
+            child = children.pop(node_id, None)
+            stop_nodes([node], {node_id: child} if child is not None else {}, quiet=True)
+            echo(f"node {node_id} was removed from the members while the cluster ran (kv member remove); "
+                 "dropping it from this cluster", err=True)
+            continue
+        if node_id in exited:
+            raise OperationFailed(f"node {node_id} exited with code {children[node_id].returncode} during startup; "
+                                  f"{node['log_file']}: {_log_tail(node)}")
+        kept.append(node)
+    dropped = {int(n["id"]) for n in state["nodes"]} - {int(n["id"]) for n in kept}
+    if dropped:
+        state["nodes"] = kept
+        state["endpoints"] = [f"{HOST}:{n['port']}" for n in kept]
+        state["removed_ids"] = sorted(set(state.get("removed_ids", [])) | dropped)
+        state["membership_changed"] = True
+    return kept
 
 
 def _install_sigterm_as_interrupt() -> None:
@@ -571,11 +618,16 @@ def up_command(
             for node in node_list:
                 node["argv"] = _respawn_argv(node["argv"], int(node["id"]), engine, state)
             nodes = len(node_list)
+        exited: set[int] | None = set() if old is not None else None
         try:
             for node in node_list:
                 children[node["id"]] = spawn_node(node)
             write_state(cluster_dir, state)
-            leader = _wait_for_leader(state, children, LEADER_WAIT_SECONDS)
+            leader = _wait_for_leader(state, children, LEADER_WAIT_SECONDS, exited)
+            if old is not None:
+                node_list = _drop_removed(settings, state, children, exited or set())
+                nodes = len(node_list)
+                write_state(cluster_dir, state)
         except OperationFailed:
             if detach and all(c.poll() is None for c in children.values()):
                 # no leader yet, but every node runs: leave them, the user may look at them

@@ -310,3 +310,38 @@ def test_up_again_takes_the_stopped_clusters_size(kv):
     kv("cluster", "up", "--detach")
     assert [n["port"] for n in kv.state()["nodes"]] == [base]
     assert kv("get", "kept").stdout == b"kept\nyes\n"
+
+
+def test_up_again_drops_the_nodes_kv_member_remove_retired(kv):
+    """Nodes removed with ``kv member remove`` (which does not know cluster.json, unlike ``kv cluster
+    remove``) are dropped, and stopped, by the next ``kv cluster up`` once it learns the members from the
+    leader: one whose data directory was lost meanwhile (refused at start: "lost its data") as well as
+    one that starts. Regression (QA, following "A node that lost its disk"): ``up`` started them again,
+    the refused one's exit made it stop every node, and the cluster could not be brought back."""
+    base = free_base_port(4)
+    kv("cluster", "up", "--detach", "--base-port", str(base))
+    kv("put", "before", "1")
+    kv("cluster", "add")
+    kv.wait_converged(4)
+    kv("member", "remove", "1")
+    kv("member", "remove", "4")
+    kv("cluster", "kill", "1")
+    shutil.rmtree(Path(next(n["data_dir"] for n in kv.state()["nodes"] if n["id"] == 1)))
+    kv("put", "after", "2")
+    kv("cluster", "down")
+    assert sorted(n["id"] for n in kv.state()["nodes"]) == [1, 2, 3, 4]  # (kv member remove left them listed)
+
+    up = kv("cluster", "up", "--detach")
+    for node_id in (1, 4):
+        assert (f"node {node_id} was removed from the members while the cluster ran (kv member remove); "
+                "dropping it from this cluster").encode() in up.stderr, up.stderr
+    assert sorted(n["id"] for n in kv.state()["nodes"]) == [2, 3]
+    assert kv.state()["endpoints"] == [f"127.0.0.1:{base + 1}", f"127.0.0.1:{base + 2}"]
+    rows = {r["id"]: r for r in kv.cluster_rows()}
+    assert sorted(rows) == [2, 3]
+    kv.wait_converged(2)
+    assert kv("get", "before").stdout.split() == [b"before", b"1"]
+    assert kv("get", "after").stdout.split() == [b"after", b"2"]
+    kv("cluster", "down")
+    kv("cluster", "up", "--detach")  # and once more, with nothing to drop
+    assert sorted(n["id"] for n in kv.state()["nodes"]) == [2, 3]
