@@ -22,7 +22,10 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 def _reachability(client: Any, members: list[dict[str, Any]]) -> None:
-    """Ask each member for its own status (reachable, applied slot), as etcdctl's endpoint status does."""
+    """Ask each member for its own status (reachable, decided and applied slot), as etcdctl's endpoint
+    status does. A member that answers shows its own decided slot beside its applied one, from the same
+    answer: the leader's figure is the one the member last reported to it, up to a heartbeat older, and
+    showed APPLIED above DECIDED now and then (QA). One that does not answer keeps the leader's."""
     for member in members:
         member["reachable"] = False
         member["applied_slot"] = None
@@ -35,7 +38,7 @@ def _reachability(client: Any, members: list[dict[str, Any]]) -> None:
             continue
         member["reachable"] = True
         member["applied_slot"] = status.get("applied_slot")
-        if member.get("decided_slot") is None:
+        if status.get("decided_slot") is not None:
             member["decided_slot"] = status.get("decided_slot")
 
 

@@ -1,0 +1,30 @@
+"""``kv member list``'s DECIDED and APPLIED columns come from one sample of each member that answers.
+
+The leader's member list carries each member's decided slot as that member last reported it (up to a
+heartbeat old); the member's own status, asked right after, carries a newer applied slot. Shown side by
+side they made APPLIED exceed DECIDED now and then (QA). A member that answers now shows both from its
+own status; one that does not keeps the leader's decided slot and no applied slot.
+"""
+from __future__ import annotations
+
+from kv_cli.member import _reachability
+
+
+class _Client:
+    def __init__(self, statuses: dict[str, dict]) -> None:
+        self.statuses = statuses
+
+    def status(self, address: str) -> dict:
+        if address not in self.statuses:
+            raise OSError("unreachable")
+        return self.statuses[address]
+
+
+def test_a_member_that_answers_shows_its_own_decided_and_applied_slots():
+    members = [{"id": 1, "address": "a:1", "decided_slot": 7}, {"id": 2, "address": "a:2", "decided_slot": 5},
+               {"id": 3, "address": "", "decided_slot": 4}]
+    _reachability(_Client({"a:1": {"decided_slot": 10, "applied_slot": 10}}), members)
+    assert [(m["reachable"], m["decided_slot"], m["applied_slot"]) for m in members] == [
+        (True, 10, 10), (False, 5, None), (False, 4, None)]
+    for m in members:
+        assert m["applied_slot"] is None or m["applied_slot"] <= m["decided_slot"]
