@@ -369,6 +369,11 @@ class Members:
             raise AdminError(f"bad address {request.address!r}: {exc}") from None
         address = format_endpoint(host, port)
         mine = await _resolve(host, port)
+        if not mine:
+            # The leader could never dial it (nor, most likely, could the others): a typo would use up
+            # the id, which is never given again once removed (QA).
+            raise AdminError(f"address {address} does not resolve on node {self.node.node_id} (the leader): the "
+                             f"members could not reach the new member there; give a name or IP address they can")
         for member, other in self._base().addresses.items():
             if member == request.node:
                 continue

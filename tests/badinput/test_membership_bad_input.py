@@ -12,7 +12,8 @@ changed (the leader's configuration: voters, learners, epoch; for ``--join``, no
 * ``kv serve --join`` with another cluster's id (``--cluster-id other``) for a member that was added:
   refused before anything is written (no data directory);
 * ``kv member add 2 ...``: an id that is a member already; ``kv member add 12 localhost:P`` where node
-  3 listens on 127.0.0.1:P: a member's address under another name;
+  3 listens on 127.0.0.1:P: a member's address under another name; ``kv member add 8
+  nosuchhost.invalid:P``: an address that does not resolve on the leader;
 * ``kv member remove 1`` on the 1-node cluster: the last voter;
 * ``kv member promote`` of a learner that is silent: the learner joined and caught up, then was paused
   (SIGSTOP); after a second the promotion is refused ("has not answered the leader for ...");
@@ -159,6 +160,17 @@ def test_adding_an_id_that_exists_is_refused(clusters):
     before = members(cluster)
     line = the_error(kv(cluster.endpoint(leader), "member", "add", "2", f"127.0.0.1:{free_ports(1)[0]}"))
     assert "node 2 is already a member (voter)" in line, line
+    assert members(cluster) == before
+
+
+def test_adding_an_address_that_does_not_resolve_is_refused(clusters):
+    """(QA: ``kv member add 8 nosuchhost.invalid:P`` was accepted; the learner could never be reached, and
+    its id was used up for good once removed)"""
+    cluster, _ = clusters
+    leader = leader_of(cluster)
+    before = members(cluster)
+    line = the_error(kv(cluster.endpoint(leader), "member", "add", "8", "nosuchhost.invalid:47150"))
+    assert f"address nosuchhost.invalid:47150 does not resolve on node {leader} (the leader)" in line, line
     assert members(cluster) == before
 
 
