@@ -277,7 +277,6 @@ class PeerLinks:
                 await trio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, options.backoff_seconds_max)
                 continue
-            backoff = BACKOFF_SECONDS_MIN
             lost: BaseException | None = None
             try:
                 async with stream:
@@ -293,9 +292,15 @@ class PeerLinks:
                         outbox.detach()  # before the stream closes its descriptor
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 lost = exc
-            if lost is not None:
-                log.info("link to node %d lost: %s", peer_id, lost)
-                await trio.sleep(backoff)
+            if lost is None:
+                # Refused (and logged): redialing mends that only once someone fixes the setup, so back
+                # off as after a failed connect rather than redial at once.
+                await trio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, options.backoff_seconds_max)
+                continue
+            backoff = BACKOFF_SECONDS_MIN
+            log.info("link to node %d lost: %s", peer_id, lost)
+            await trio.sleep(backoff)
 
     async def _run_link(self, peer_id: int, stream: trio.abc.Stream, raw_stream: trio.abc.Stream,
                         outbox: Outbox) -> BaseException | None:
