@@ -191,7 +191,8 @@ async def test_a_submitted_request_that_never_comes_back_ends_at_the_time_limit(
 
 async def test_a_submit_refused_on_the_spot_is_counted_and_ends_its_slot():
     """A request its target refuses before sending (submit raises) counts as an error, and the slot
-    stops (the next would be refused too) instead of looping; the run still ends."""
+    stops (the next would be refused too) instead of looping; the run still ends. An error that every
+    request would get (``too_large``) also stops the other slots: no request leaves after it."""
     class Refusing(FakeSubmitTarget):
         def submit(self, is_get, key, value, consistency, done):
             if len(self.log) >= 20:
@@ -204,7 +205,8 @@ async def test_a_submit_refused_on_the_spot_is_counted_and_ends_its_slot():
 
     spec = LoadSpec(endpoints=["x:1"], clients=3, total=1000)
     result = await run_load(spec, open_targets=refusing)
-    assert result.ok >= 20 and result.errors == {"RequestError:too_large": 3}
+    assert result.ok >= 20 and result.errors == {"RequestError:too_large": 1}
+    assert result.stopped_by == "error" and result.sent == result.ok + 1
 
 
 async def test_an_open_loop_awaits_each_request_even_against_submit_targets(autojump_clock):
