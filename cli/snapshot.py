@@ -53,6 +53,8 @@ def save_command(ctx: typer.Context,
                 info = save_backup(client.backup, file)
             except BackupError as exc:
                 raise _failed(exc) from None
+            except KeyboardInterrupt:  # (save_backup removed what it had written: FILE.part)
+                raise OperationFailed(f"interrupted: no backup written to {file}") from None
         facts = info.describe()
         _show(settings, facts, f"Snapshot saved at {file}: cluster {facts['cluster_id']}, slot {facts['slot']}, "
                                f"revision {facts['revision']}, {facts['keys']} keys, {facts['bytes']} bytes, "

@@ -278,6 +278,29 @@ def test_dry_run_names_the_bad_line_and_exits_1(tmp_path):
     assert good.returncode == 0 and b"2 records" in good.stdout
 
 
+def test_ctrl_c_during_a_load_says_where_it_stopped(tmp_path, monkeypatch):
+    """Ctrl-C inside trio's loop reaches ``kv load`` wrapped in an exception group (a nursery was open):
+    it still prints the line it stopped after and what was written, and exits 1. Regression (QA): it
+    left without a word, exit 130, nothing saying where to resume."""
+    from typer.testing import CliRunner
+
+    from kv_cli.main import app
+
+    async def interrupted(client, source, *, summary, progress=None, name="", in_flight=None):
+        summary.lines, summary.records, summary.written = 7, 7, 5
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bulk, "load", interrupted)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"key": "a", "value": "1"}\n')
+    result = CliRunner().invoke(app, ["load", "--dry-run", "--no-progress", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == ("Error: interrupted after line 7: 5 records written, 2 in flight with unknown "
+                                     "outcome")
+
+
 def test_load_of_a_missing_file_is_a_usage_error(tmp_path):
     result = run_kv("--endpoints", "127.0.0.1:1", "load", str(tmp_path / "absent.jsonl"))
     assert result.returncode == 2
