@@ -846,6 +846,17 @@ def _holds_nothing(path: Path) -> bool:
     return size == 0
 
 
+def _starts_with_zeros(path: Path) -> bool:
+    """Whether the log at ``path`` begins with ``RECORD_HEADER.size`` zero bytes: a log of this version
+    begins with its fence, one of an older version with a record whose length is not zero."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(RECORD_HEADER.size)
+    except OSError as exc:
+        raise _io_error(f"cannot read {path}", exc) from exc
+    return len(head) == RECORD_HEADER.size and not any(head)
+
+
 def _fsync_dir(path: Path) -> None:
     """fsync the directory ``path``. ``OSError`` from opening it is ``_DirOpenError`` (not a disk
     failure: e.g. too many open files); from the fsync, a plain ``OSError``."""
@@ -935,6 +946,7 @@ class Storage:
         # Bytes of zeros to keep written ahead of the log's end (0: none; nothing with fsync off).
         self._preallocate = preallocate if fsync else 0
         self._allocated = 0  # the log file's size: its records, then zeros
+        self._preallocation_failing = False  # the last preallocation found the disk full (warned once)
         self.recovered = DurableState()
         self._found_snapshot: tuple[int, int] | None = None  # (slot, data length) found at open
         # Identity (kvstore.identity), from meta.json: this directory's incarnation, the members'
@@ -1071,13 +1083,24 @@ class Storage:
         # two values for one slot; refuse, as for damaged durable bytes. (A new log of this version is
         # never empty: it starts with the fence and a sync mark, unless written with fsync off; a log
         # holding the fence alone was cut short to it.)
+        #
+        # The same for the log that follows a snapshot (a compaction writes it whole, fence and mark first,
+        # and fsyncs it before it gets its name, as the first log): the promise and the votes since the
+        # snapshot are in it alone. And for a log whose first bytes are zeros: no log of this version or
+        # an older one starts so (the fence, or an older version's first record, whose length is not
+        # zero), so its beginning was wiped, and the rest may have gone with it (QA: a log emptied or
+        # zero-filled after a snapshot started silently, and the node voted without 200 acknowledged
+        # writes).
         founded = META_NAME in names and self.members is not None and not self.identity_legacy
         amnesia = None
-        if founded and not snapshot_slots:
-            if not log_slots:
-                amnesia = f"its log {log_file_name(0)} is missing"
-            elif self._fsync_enabled and log_slots[-1] == 0 and _holds_nothing(path / log_file_name(0)):
-                amnesia = f"its log {log_file_name(0)} is empty"
+        if founded and not snapshot_slots and not log_slots:
+            amnesia = f"its log {log_file_name(0)} is missing"
+        elif founded and log_slots and self._fsync_enabled:
+            current = path / log_file_name(log_slots[-1])
+            if _holds_nothing(current):
+                amnesia = f"its log {current.name} is empty"
+            elif _starts_with_zeros(current):
+                amnesia = f"its log {current.name} begins with zeros (its first bytes, written whole, are wiped)"
         if amnesia is not None:
             raise StorageError(
                 f"data dir {path} belongs to a member of cluster {cluster_id!r}, but {amnesia}: the promises "
@@ -1426,8 +1449,11 @@ class Storage:
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise self._fail(f"preallocating {target - start} bytes of log {self._log_path}", exc) from exc
-            log.warning("log %s: cannot preallocate %d bytes (%s); writing without", self._log_path,
-                        target - start, exc)
+            if not self._preallocation_failing:  # (once until a preallocation succeeds again; the
+                # batch that found the disk full tries twice: _reserve, then _grow_durably)
+                log.warning("log %s: cannot preallocate %d bytes (%s); writing without", self._log_path,
+                            target - start, exc)
+            self._preallocation_failing = True
             try:
                 os.ftruncate(self._log_fd, start)  # (the zeros written past it, if any; never a record)
             except OSError:
@@ -1435,6 +1461,7 @@ class Storage:
             self._allocated = start
             return False
         self._allocated = target
+        self._preallocation_failing = False
         return True
 
     def _install_log(self, slot: int, records: Callable[[], Iterable[object]]) -> None:

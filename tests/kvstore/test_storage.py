@@ -767,11 +767,14 @@ def test_full_disk_while_preallocating_still_writes_the_records(tmp_path, monkey
         with open_preallocated(tmp_path) as storage:
             storage.append(records)
             storage.sync()
-    assert any("cannot preallocate" in message for message in caplog.messages)
+            storage.append(sample_records(2))  # the disk still full: no new warning
+            storage.sync()
+    # once while the disk stays full (QA: twice per batch, from _reserve and then _grow_durably)
+    assert sum("cannot preallocate" in message for message in caplog.messages) == 1, caplog.messages
     monkeypatch.undo()
-    assert only_log(tmp_path).read_bytes() == placed(PFRESH_RAW + encode_records(records))
+    assert only_log(tmp_path).read_bytes().startswith(placed(PFRESH_RAW + encode_records(records)))
     with open_preallocated(tmp_path) as storage:
-        assert storage.recovered == DurableState.replay(records)
+        assert storage.recovered == DurableState.replay(records + sample_records(2))
 
 
 def test_enospc_on_write_with_preallocation_cuts_back_and_the_retry_lands_in_place(tmp_path):
@@ -1073,6 +1076,38 @@ def test_crash_between_streamed_snapshot_and_compaction_keeps_later_records(tmp_
     expected.compact(20)
     assert reopened.recovered == expected
     reopened.close()
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+@pytest.mark.parametrize("damage", ["emptied", "zero-filled", "begins with zeros"])
+def test_a_members_log_emptied_or_wiped_with_zeros_is_refused_with_or_without_a_snapshot(tmp_path, damage, snapshot):
+    """QA: a node's log after a snapshot, emptied or overwritten with zeros at its full size (and a first
+    log zero-filled), started without a word: the promise and the votes since the snapshot were gone,
+    and the node voted without 200 acknowledged writes. A log of this version begins with its fence (an
+    older version's with a record whose length is not zero): one that is empty or begins with zeros is
+    refused as a lost log. The same directory undamaged opens, with its records."""
+    records = sample_records(30)
+    with Storage.open(tmp_path, node_id=1, cluster_id=CLUSTER) as storage:
+        storage.record_members({1: storage.incarnation, 2: "0123456789abcdef"})
+        storage.append(records[:20])
+        storage.sync()
+        if snapshot:
+            state = DurableState.replay(records[:20])
+            storage.write_snapshot(20, b"state machine at 20", state)
+        storage.append(records[20:])
+        storage.sync()
+    log_path = only_log(tmp_path)
+    assert log_path.name == log_file_name(20 if snapshot else 0)
+    saved = log_path.read_bytes()
+    with Storage.open(tmp_path, node_id=1, cluster_id=CLUSTER) as storage:  # undamaged: opens
+        assert storage.recovered != DurableState()
+    data = {"emptied": b"", "zero-filled": bytes(len(saved)),
+            "begins with zeros": bytes(4096) + saved[4096:]}[damage]
+    log_path.write_bytes(data)
+    what = "is empty" if damage == "emptied" else "begins with zeros"
+    with pytest.raises(StorageError, match=f"its log {log_path.name} {what}.*the promises and accepted values"):
+        Storage.open(tmp_path, node_id=1, cluster_id=CLUSTER)
+    assert log_path.read_bytes() == data  # left as it was found
 
 
 @pytest.mark.parametrize("damage", ["deleted", "emptied", "cut to its fence", "cut inside its fence"])
