@@ -75,14 +75,25 @@ class Founding:
 
 
 def decide_founding(node_id: int, incarnation: str, member_ids: Iterable[int],
-                    answers: Mapping[int, dict[str, Any] | None]) -> Founding:
+                    answers: Mapping[int, dict[str, Any] | None], cluster_id: str | None = None) -> Founding:
     """Decide how an unfounded node may start (see the module docstring).
 
     ``answers`` maps each other member's id to its status dict (``incarnation``, ``members``: the
-    record of a founded node or None) or None when it did not answer. Raises ``IdentityError`` when
-    this node must not start.
+    record of a founded node or None, ``cluster_id``) or None when it did not answer. Raises
+    ``IdentityError`` when this node must not start: also when a member answers as one of another
+    cluster than ``cluster_id`` (``--peers`` names another cluster's nodes: a restored cluster started on
+    the old one's addresses was told it lost its data, and to remove a member of the old cluster, QA).
     """
     others = [m for m in sorted(member_ids) if m != node_id]
+    for peer in others:
+        status = answers.get(peer)
+        theirs = status.get("cluster_id") if status is not None else None
+        if cluster_id is not None and isinstance(theirs, str) and theirs != cluster_id:
+            raise IdentityError(
+                f"node {peer} answers as a member of cluster {theirs!r}, but this node's data directory is of "
+                f"cluster {cluster_id!r}: --peers names another cluster's nodes. A cluster restored from a "
+                f"backup runs on addresses of its own (docs/operations.md, \"Back up and restore\"); a node "
+                f"of this cluster needs the addresses of its own members")
     for peer in others:
         status = answers.get(peer)
         if status is None or status.get("members") is None:
@@ -143,7 +154,7 @@ def check_peer(members: Mapping[int, str], peer: int, incarnation: str | None) -
 async def wait_founding(node_id: int, incarnation: str, member_ids: Iterable[int],
                         status_of: Callable[[int], Awaitable[dict[str, Any] | None]], *,
                         poll_seconds: float = 0.2, log_every_seconds: float = 5.0,
-                        reasons: Mapping[int, str] | None = None) -> Founding:
+                        reasons: Mapping[int, str] | None = None, cluster_id: str | None = None) -> Founding:
     """Ask every other member for its status until ``decide_founding`` says how to start.
 
     ``status_of(peer)`` is an async function returning the peer's status dict, or None if it did not
@@ -163,7 +174,7 @@ async def wait_founding(node_id: int, incarnation: str, member_ids: Iterable[int
         async with trio.open_nursery() as nursery:
             for peer in others:
                 nursery.start_soon(ask, peer, answers)
-        founding = decide_founding(node_id, incarnation, member_ids, answers)
+        founding = decide_founding(node_id, incarnation, member_ids, answers, cluster_id)
         if founding.members is not None:
             return founding
         if trio.current_time() >= next_log:

@@ -548,7 +548,7 @@ class Node:
 
         try:
             founding = await identity.wait_founding(self.node_id, incarnation, self.peers, status_of,
-                                                    reasons=reasons)
+                                                    reasons=reasons, cluster_id=self.options.cluster_id)
         except identity.IdentityError as exc:
             log.critical("node %d: %s", self.node_id, exc)
             raise

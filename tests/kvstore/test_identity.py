@@ -64,6 +64,27 @@ def test_a_wiped_member_added_after_the_founding_is_named_as_its_configuration_k
         decide_founding(6, "new6", (1, 2, 3, 6), {1: status})
 
 
+def test_peers_of_another_cluster_are_named_as_such_not_taken_for_a_lost_disk():
+    """A cluster restored from a backup (``kv-restored-...``) started with ``--peers`` of the old cluster's
+    running nodes: the old cluster knows node 3 under another incarnation, and the node was told that it
+    lost its data and to remove node 3, a member of the old cluster (QA). The other cluster id is what
+    is wrong; said so before anything else. Peers of the same cluster go on as before."""
+    old = founded({1: "i1", 2: "i2", 3: "i3"})
+    old["cluster_id"] = "kv-01c9ea3e"
+    with pytest.raises(IdentityError) as info:
+        decide_founding(3, "new3", IDS, {1: old, 2: None}, "kv-restored-14c483ea")
+    text = str(info.value)
+    assert text.startswith("node 1 answers as a member of cluster 'kv-01c9ea3e', but this node's data directory "
+                           "is of cluster 'kv-restored-14c483ea': --peers names another cluster's nodes")
+    assert "lost its data" not in text and "kv member remove" not in text
+    with pytest.raises(IdentityError, match="lost its data"):  # (its own cluster: the lost disk it is)
+        decide_founding(3, "new3", IDS, {1: old, 2: None}, "kv-01c9ea3e")
+    fresh = unfounded("i2") | {"cluster_id": "kv-01c9ea3e"}
+    with pytest.raises(IdentityError, match="--peers names another cluster's nodes"):
+        decide_founding(1, "i1", IDS, {2: fresh, 3: None}, "mine")
+    assert decide_founding(1, "i1", IDS, {2: fresh, 3: None}, "kv-01c9ea3e").waiting_for == (3,)
+
+
 def test_a_single_node_cluster_founds_alone():
     assert decide_founding(1, "i1", (1,), {}).members == {1: "i1"}
 
