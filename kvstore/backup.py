@@ -89,6 +89,7 @@ from paxos.actions import DurableState
 from . import wire
 from .endpoints import format_endpoint
 from .events import Read
+from .frames import BACKUP_END_OFFSET
 from .statemachine import SNAPSHOT_FORMAT, SnapshotError, StateMachine
 from .storage import Storage, StorageError
 
@@ -113,6 +114,9 @@ META_BYTES_MAX = 1 << 20  # a longer meta length in a header is damage
 CHUNK_BYTES = 1 << 20  # snapshot bytes per answer (a frame may hold 8 MiB)
 PIECE_ENTRIES = 256  # entries encoded at a time from the frozen view, between driver batches
 SESSIONS_MAX = 4  # unfinished backups at a time on one node
+END_OFFSET = BACKUP_END_OFFSET
+"""A ``BackupRequest`` offset no backup reaches: it asks the node to end the session now (a client that
+failed or was interrupted; else the session would count against ``SESSIONS_MAX`` until it idled out)."""
 SESSION_IDLE_SECONDS = 30.0  # a session without a request for this long is dropped (its view released)
 REAP_SECONDS = 1.0
 # The linearizable read that serves as the barrier reads this key ("" is never a key: nothing is read)
@@ -352,7 +356,21 @@ def save_backup(call: Callable[[int, int], dict[str, Any]], path: str | os.PathL
             if not data:
                 raise BackupError(f"the leader sent no bytes at offset {offset} and did not say done")
 
-    return write_backup(path, meta, pieces())
+    try:
+        return write_backup(path, meta, pieces())
+    except BaseException:
+        end_session(call, session)
+        raise
+
+
+def end_session(call: Callable[[int, int], Any], session: int) -> None:
+    """Ask the node to end backup ``session`` (``END_OFFSET``): its client failed or was interrupted. Best
+    effort: an error (the node went away) is ignored, as the node drops the session on its own later.
+    QA: four failed or interrupted saves and dumps kept every backup of the node refused for 30 s."""
+    try:
+        call(session, END_OFFSET)
+    except Exception:  # noqa: BLE001 - best effort, see the docstring
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -572,10 +590,16 @@ class BackupService:
 
     async def _next(self, session_id: int, offset: int) -> dict[str, Any]:
         session = self.sessions.get(session_id)
+        if offset == END_OFFSET:  # the client gave up on it (ended already, or unknown here: the same)
+            if session is not None:
+                async with session.lock:
+                    self._drop(session)
+                log.info("backup %d ended by its client", session_id)
+            return {"offset": offset, "ended": True}
         if session is None:
             raise BackupRefused(f"no backup session {session_id} on this node (it ended, waited more than "
                                 f"{SESSION_IDLE_SECONDS:g} s for a request, or began on another node); "
-                                f"run kv snapshot save again")
+                                f"run kv snapshot save (or kv dump) again")
         async with session.lock:
             session.touched = trio.current_time()
             last = session.last

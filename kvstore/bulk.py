@@ -20,7 +20,10 @@ the value), bad base64, a key or a value over the store's limits. Blank lines ar
 
 **load.** The input is read in ``READ_BYTES`` pieces in a worker thread (a slow pipe never stalls the
 client's tasks) and parsed line by line; each put goes out with ``AsyncClient.submit_put``: no task
-waits per request, and at most ``in_flight`` puts are outstanding on the one connection. Two puts of
+waits per request, and at most ``in_flight`` puts are outstanding on the one connection, holding
+``IN_FLIGHT_BYTES_MAX`` of keys and values at most (one put more when none is out): a count alone let
+256 values of 1 MiB go out at once, more than the cluster writes within a put's timeout, and the load
+of a dump with large values failed (QA). Two puts of
 the same key are never in flight together: a put retried after a leader change could otherwise land
 after a later line's put of that key, and the last line of a key must win.
 
@@ -55,6 +58,7 @@ from typing import Any, BinaryIO
 import trio
 
 from .commands import KEY_BYTES_MAX, VALUE_BYTES_MAX
+from .frames import BACKUP_END_OFFSET as END_OFFSET
 from .statemachine import _unpack
 
 READ_BYTES = 1 << 20
@@ -64,6 +68,8 @@ LINE_BYTES_MAX = 6 * (KEY_BYTES_MAX + VALUE_BYTES_MAX) + 1024
 TOO_LONG = (f"longer than {LINE_BYTES_MAX} bytes, the most a key and a value within the store's limits take "
             "with every character escaped")
 IN_FLIGHT_DEFAULT = 256
+IN_FLIGHT_BYTES_MAX = 4 << 20
+"""Bytes of keys and values ``load`` keeps in flight at most (see the module docstring)."""
 PROGRESS_SECONDS = 0.2
 FIELDS = ("key", "value", "value_encoding")
 SNAPSHOT_FORMATS = (2, 3)
@@ -238,14 +244,16 @@ class _Window:
     def __init__(self, summary: LoadSummary) -> None:
         self.summary = summary
         self.count = 0
+        self.bytes = 0  # of the keys and values in flight
         self.keys: set[str] = set()
         self.failures: list[tuple[int, str, BaseException]] = []  # (line, key, error)
         self.waiting = False
         self.moved = trio.Event()
 
-    def done_callback(self, number: int, key: str) -> Callable[[object], None]:
+    def done_callback(self, number: int, key: str, size: int) -> Callable[[object], None]:
         def done(outcome: object) -> None:
             self.count -= 1
+            self.bytes -= size
             self.keys.discard(key)
             if isinstance(outcome, BaseException):
                 self.failures.append((number, key, outcome))
@@ -320,7 +328,9 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
                     if submit is None:
                         continue
                     key, value = record
-                    while window.count >= in_flight or key in window.keys:
+                    size = len(key) + len(value)
+                    while (window.count >= in_flight or key in window.keys
+                           or (window.count and window.bytes + size > IN_FLIGHT_BYTES_MAX)):
                         if window.failures:
                             break
                         await window.wait()
@@ -328,11 +338,13 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
                         summary.records -= 1  # not sent
                         break
                     window.count += 1
+                    window.bytes += size
                     window.keys.add(key)
                     try:
-                        submit(key, value, window.done_callback(number, key))
+                        submit(key, value, window.done_callback(number, key, size))
                     except Exception as exc:  # noqa: BLE001 - refused before it was sent (too large)
                         window.count -= 1
+                        window.bytes -= size
                         window.keys.discard(key)
                         window.failures.append((number, key, exc))
                         summary.failed += 1
@@ -560,6 +572,23 @@ async def dump(client: Any, write: Callable[[bytes], Awaitable[object]], *, pref
         if type(begin.get(name)) is not int:
             raise BulkError(f"the leader's answer lacks the {name!r} of the dump")
     summary.slot, summary.revision, summary.keys_total = begin["slot"], begin["revision"], begin["keys"]
+    try:
+        await _dump_session(client, write, prefix, summary, progress, session)
+    except BaseException:
+        # The node would hold the session (and its frozen state) until it idled out: end it now.
+        with trio.move_on_after(2) as scope:
+            scope.shield = True  # (also when we are being cancelled: Ctrl-C)
+            try:
+                await client.backup(session, END_OFFSET)
+            except Exception:  # noqa: BLE001 - best effort: the node drops it later anyway
+                pass
+        raise
+    return summary
+
+
+async def _dump_session(client: Any, write: Callable[[bytes], Awaitable[object]], prefix: str, summary: DumpSummary,
+                        progress: Callable[[DumpSummary, int], None] | None, session: int) -> None:
+    """``dump`` after the leader began ``session``."""
     entries = SnapshotEntries()
     received = hashlib.sha256()
     offset = 0
@@ -590,7 +619,6 @@ async def dump(client: Any, write: Callable[[bytes], Awaitable[object]], *, pref
     if not entries.finished or entries.decoded != summary.keys_total or entries.revision != summary.revision:
         raise BulkError(f"the dump holds {entries.decoded} entries at revision {entries.revision}, the leader "
                         f"announced {summary.keys_total} at revision {summary.revision}")
-    return summary
 
 
 __all__ = ["BulkError", "BulkInputError", "DumpSummary", "LoadSummary", "SnapshotEntries", "dump", "format_record",

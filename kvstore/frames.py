@@ -147,6 +147,11 @@ def admin_request(rid: int, op: str, node: int, address: str) -> dict[str, Any]:
     return {"t": "admin", "id": rid, "op": op, "node": node, "addr": address}
 
 
+BACKUP_END_OFFSET = 1 << 63
+"""A backup request's offset that no backup reaches: it asks the node to end the session now (a client
+that failed or was interrupted: ``kvstore.backup.end_session``, ``kvstore.bulk.dump``)."""
+
+
 def backup_request(rid: int, session: int, offset: int) -> dict[str, Any]:
     return {"t": "backup", "id": rid, "session": session, "off": offset}
 

@@ -229,6 +229,25 @@ async def test_load_keeps_the_window_puts_a_key_once_at_a_time_and_the_last_line
     assert client.data == {f"k{i}": f"v{950 + i}" for i in range(50)}
 
 
+async def test_load_keeps_the_bytes_in_flight_bounded_as_well_as_the_puts():
+    """Values of 1 MiB with the default window of 256 puts: at most ``IN_FLIGHT_BYTES_MAX`` of them are
+    out at once (QA: 256 of them went out together, more than the cluster wrote within the 5 s timeout,
+    and the load of a dump with large values failed; the client held 1.1 GB). Small values keep the
+    whole window."""
+    big = "x" * VALUE_BYTES_MAX
+    lines = [format_record(f"big{i}", big) for i in range(12)]
+    async with trio.open_nursery() as nursery:
+        client = FakeClient(nursery)
+        summary = await load(client, io.BytesIO(b"".join(lines)))
+    assert summary.written == summary.records == 12
+    assert 2 <= client.most <= bulk.IN_FLIGHT_BYTES_MAX // (1 << 20), client.most
+    small = [format_record(f"k{i}", "v") for i in range(2000)]
+    async with trio.open_nursery() as nursery:
+        client = FakeClient(nursery)
+        await load(client, io.BytesIO(b"".join(small)))
+    assert client.most > 100  # (the bytes bound leaves small puts their window)
+
+
 async def test_a_failed_put_stops_the_load_and_the_message_counts_what_was_written():
     lines = [format_record(f"k{i}", "v") for i in range(1, 2001)]
     async with trio.open_nursery() as nursery:

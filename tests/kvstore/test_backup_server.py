@@ -111,6 +111,44 @@ async def test_retries_out_of_order_unknown_and_idle_sessions(tmp_path, autojump
         nursery.cancel_scope.cancel()
 
 
+async def test_a_client_that_gives_up_ends_its_session_and_frees_its_place(tmp_path, autojump_clock):
+    """A save whose file cannot be written, or a dump cut short, ends its session (offset
+    ``END_OFFSET``) instead of leaving it to idle out: QA ran four that failed and every backup of the node
+    was refused for 30 s. The frozen view is released at once; ending an unknown session is no error."""
+    from kvstore import bulk
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = await cluster.start_all()
+        node = cluster.nodes[leader]
+        async with connect([ENDPOINTS[leader - 1]], timeout=10, transport=net.transport()) as kv:
+            for i in range(20):
+                await kv.put(f"k{i}", "v" * 100_000)
+
+            async def full_disk(data: bytes) -> None:
+                raise OSError(28, "No space left on device")
+
+            for _ in range(backup.SESSIONS_MAX + 1):  # more than the node keeps at once
+                with pytest.raises(OSError, match="No space left"):
+                    await bulk.dump(kv, full_disk)
+                service = node.members._backups
+                assert service.sessions == {} and node.sm._journals == []
+
+            # kv snapshot save's own code, with the blocking client's calls made from a thread
+            def call(session: int, offset: int) -> dict:
+                return trio.from_thread.run(kv.backup, session, offset)
+
+            (tmp_path / "b.kvbak.part").mkdir()  # (the file it writes first cannot be made: a directory)
+            for _ in range(backup.SESSIONS_MAX + 1):
+                with pytest.raises(backup.BackupError, match="cannot write"):
+                    await trio.to_thread.run_sync(backup.save_backup, call, tmp_path / "b.kvbak")
+                assert service.sessions == {}
+            assert await kv.backup(12345, backup.END_OFFSET) == {"offset": backup.END_OFFSET, "ended": True}
+            assert (await kv.backup())["session"] >= 1  # a place is free
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("engine", ["core", "classic"])
 async def test_after_the_leader_is_lost_the_new_leaders_backup_holds_every_acknowledged_write(
         tmp_path, autojump_clock, engine):
