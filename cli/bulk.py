@@ -183,7 +183,8 @@ def dump_command(
                                            help="A progress bar on stderr when it is a terminal.")] = True,
 ) -> None:
     """Write every key (or those under --prefix) as JSON lines in key order, consistent at one slot of the
-    leader (a backup session: writes go on meanwhile). The summary goes to stderr."""
+    leader (a backup session: writes go on meanwhile). The summary goes to stderr when the records go to
+    stdout, else to stdout."""
     settings = _settings(ctx)
     with reporting_errors(settings):
         endpoints = settings.endpoints()
@@ -251,7 +252,9 @@ def dump_command(
             except bulk.BulkError as exc:
                 raise OperationFailed(f"{exc}; {_dump_left(summary, part)}") from None
             except BrokenPipeError:
-                raise OperationFailed(f"the output was closed after {summary.keys} records") from None
+                # A reader that went away (kv dump | head): exit 1 and no message, as every kv command
+                # (docs/cli.md) and other tools do. stderr may be the same pipe: nothing goes there.
+                raise typer.Exit(EXIT_FAILED) from None
             except OutputFailed as exc:
                 raise OperationFailed(f"{exc}; {_dump_left(summary, part)}") from None
             except KeyboardInterrupt:

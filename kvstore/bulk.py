@@ -380,7 +380,9 @@ def records_text(count: int) -> str:
 
 def _written_before(summary: LoadSummary, line: int, name: str, *, dry: bool) -> str:
     if dry:
-        return f"checked only (nothing written); the {records_text(summary.records)} before it are valid"
+        before = (f"the {records_text(summary.records)} before it {'is' if summary.records == 1 else 'are'} valid"
+                  if summary.records else "no record before it")
+        return f"checked only (nothing written); {before}"
     if line <= 1:
         return "nothing was written; fix the line and load again"
     was = "was" if summary.written == 1 else "were"

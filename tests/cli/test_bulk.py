@@ -320,6 +320,42 @@ def test_ctrl_c_during_a_load_says_where_it_stopped(tmp_path, monkeypatch):
                                      "outcome")
 
 
+def test_a_dump_whose_reader_went_away_exits_1_without_a_word(monkeypatch):
+    """``kv dump | head -c 300``: the reader goes away, and kv exits 1 with no message, as every kv
+    command does (docs/cli.md); it said "the output was closed after 1 records" (QA)."""
+    import contextlib
+
+    from typer.testing import CliRunner
+
+    import kvstore.client
+    from kv_cli.main import app
+
+    @contextlib.asynccontextmanager
+    async def connected(*args, **kwargs):
+        yield object()
+
+    async def reader_gone(client, write, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(kvstore.client, "connect", connected)
+    monkeypatch.setattr(bulk, "dump", reader_gone)
+    result = CliRunner().invoke(app, ["--endpoints", "127.0.0.1:1", "dump", "--no-progress"])
+    assert result.exit_code == 1 and result.stderr == "" and result.stdout == "", result.output
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    (b'{"key": "a"}\n', "checked only (nothing written); no record before it"),
+    (b'{"key": "a", "value": "1"}\n{"key": "b"}\n', "checked only (nothing written); the 1 record before it is valid"),
+    (b'{"key": "a", "value": "1"}\n{"key": "b", "value": "2"}\n{"key": "c"}\n',
+     "checked only (nothing written); the 2 records before it are valid"),
+])
+def test_a_dry_run_counts_the_records_before_the_bad_line_in_good_grammar(tmp_path, text, said):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(text)
+    result = run_kv("load", "--dry-run", str(path))
+    assert result.returncode == 1 and result.stderr.decode().rstrip().endswith(said), result.stderr
+
+
 def test_load_of_a_missing_file_is_a_usage_error(tmp_path):
     result = run_kv("--endpoints", "127.0.0.1:1", "load", str(tmp_path / "absent.jsonl"))
     assert result.returncode == 2
