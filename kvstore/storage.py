@@ -318,8 +318,12 @@ def recorded_config(data_dir: str | Path, node_id: int) -> tuple[dict[int, str],
 def foreign_data_dir(path: str | Path, owner: object, cluster: object, node_id: int, cluster_id: str) -> str:
     """Why node ``node_id`` of ``cluster_id`` may not use the data directory ``path``, whose meta.json
     names node ``owner`` of ``cluster``."""
-    return (f"data dir {path} belongs to node {owner!r} of cluster {cluster!r}, "
+    text = (f"data dir {path} belongs to node {owner!r} of cluster {cluster!r}, "
             f"not node {node_id} of cluster {cluster_id!r}")
+    if owner == node_id and isinstance(cluster, str):
+        # (kv snapshot restore names the cluster it makes kv-restored-...: its kv serve line has the id)
+        text += f": to run it, give --cluster-id {cluster}"
+    return text
 
 
 class StorageError(Exception):

@@ -239,7 +239,8 @@ def test_dir_of_another_node_or_cluster_is_refused(tmp_path):
     message = str(excinfo.value)
     assert "belongs to node 2 of cluster 'a', not node 1 of cluster 'b'" in message
     assert str(tmp_path) in message
-    with pytest.raises(StorageError, match="node 2 of cluster 'a', not node 2 of cluster 'b'"):
+    with pytest.raises(StorageError, match="node 2 of cluster 'a', not node 2 of cluster 'b': to run it, give "
+                                           "--cluster-id a"):
         open_storage(tmp_path, node_id=2, cluster_id="b")
     with pytest.raises(StorageError, match="node 2 of cluster 'a', not node 3 of cluster 'a'"):
         open_storage(tmp_path, node_id=3, cluster_id="a")
