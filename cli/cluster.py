@@ -348,9 +348,11 @@ PORT_FREE_WAIT_SECONDS = 5.0  # for the port of a node just killed to be closed 
 
 def _wait_answering(state: dict[str, Any], node: dict[str, Any], child: subprocess.Popen[bytes],
                     seconds: float) -> bool:
-    """Poll (bounded) until the node just started answers status: True; False if it still does not after
-    ``seconds``. OperationFailed, with its log's tail, if it exits meanwhile (a damaged log, a lost disk,
-    a port taken: the node says why in its log and stops at once)."""
+    """Poll (bounded) until the node just started answers status as a member of its cluster (its
+    ``members`` known: a node that lost its disk answers while it asks its peers, and is refused and
+    exits a moment later, QA): True; False if it still does not after ``seconds``. OperationFailed, with
+    its log's tail, if it exits meanwhile (a damaged log, a lost disk, a port taken: the node says why in
+    its log and stops at once)."""
     endpoint = f"{HOST}:{node['port']}"
     deadline = time.monotonic() + seconds
     while True:
@@ -360,7 +362,8 @@ def _wait_answering(state: dict[str, Any], node: dict[str, Any], child: subproce
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        if any(nodestatus.is_reachable(s) for s in query_statuses([endpoint], min(0.5, remaining), _tls_of(state))):
+        if any(nodestatus.is_reachable(s) and s.get("members") is not None
+               for s in query_statuses([endpoint], min(0.5, remaining), _tls_of(state))):
             return True
         time.sleep(POLL_SECONDS)
 
