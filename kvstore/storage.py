@@ -315,6 +315,11 @@ def recorded_config(data_dir: str | Path, node_id: int) -> tuple[dict[int, str],
     return (members, meta["cluster_id"]) if node_id in members else None
 
 
+_DAMAGED_DIR_ADVICE = ("Do not start it as it is: restore the data dir from a backup of this node, or replace the "
+                       "node (kv member remove {node_id}, then add a new member under a new id); see "
+                       "docs/operations.md, \"A damaged log\"")
+
+
 def foreign_data_dir(path: str | Path, owner: object, cluster: object, node_id: int, cluster_id: str) -> str:
     """Why node ``node_id`` of ``cluster_id`` may not use the data directory ``path``, whose meta.json
     names node ``owner`` of ``cluster``."""
@@ -1079,7 +1084,7 @@ class Storage:
         if newer:
             raise StorageError(
                 f"data dir {path}: log {log_file_name(newer[0])} is newer than the newest snapshot "
-                f"(slot {snapshot_slot}); its snapshot is missing"
+                f"(slot {snapshot_slot}); its snapshot is missing. {_DAMAGED_DIR_ADVICE.format(node_id=node_id)}"
             )
         # A member's directory (meta.json names the members: it took part in a cluster) whose log is gone
         # or empty, with no snapshot either: its promises and accepted values were lost (a deleted or
@@ -1115,7 +1120,8 @@ class Storage:
         if log_slots:
             log_slot = log_slots[-1]
         elif snapshot_slots:
-            raise StorageError(f"data dir {path}: snapshot at slot {snapshot_slot} but no log at or below it")
+            raise StorageError(f"data dir {path}: snapshot at slot {snapshot_slot} but no log at or below it. "
+                               f"{_DAMAGED_DIR_ADVICE.format(node_id=node_id)}")
         else:
             log_slot = 0
             # A new log starts with the fence and a sync mark (covering the two): "this version wrote me".

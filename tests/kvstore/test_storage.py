@@ -468,7 +468,22 @@ def test_snapshot_renamed_but_log_not_yet_rewritten_recovers(tmp_path):
 def test_log_newer_than_every_snapshot_is_refused(tmp_path):
     open_storage(tmp_path).close()
     (tmp_path / log_file_name(9)).write_bytes(b"")
-    with pytest.raises(StorageError, match="newer than the newest snapshot"):
+    with pytest.raises(StorageError, match="newer than the newest snapshot") as refused:
+        open_storage(tmp_path)
+    # and says what to do (QA: it did not)
+    assert "restore the data dir from a backup of this node, or replace the node (kv member remove 1" in str(
+        refused.value)
+
+
+def test_a_snapshot_without_its_log_is_refused_saying_what_to_do(tmp_path):
+    records = sample_records(10)
+    with open_storage(tmp_path) as storage:
+        storage.append(records)
+        storage.sync()
+        storage.write_snapshot(8, b"eight", DurableState.replay(records))
+    (tmp_path / log_file_name(8)).unlink()
+    with pytest.raises(StorageError, match="snapshot at slot 8 but no log at or below it. Do not start it as it is: "
+                                           "restore the data dir from a backup of this node"):
         open_storage(tmp_path)
 
 
