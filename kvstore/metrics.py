@@ -61,6 +61,13 @@ OUTCOME_OF_CODE = {wire.NOT_LEADER: "not_leader", wire.TIMEOUT: "timeout", wire.
                    wire.BAD_REQUEST: "error"}
 
 
+# Every op and outcome, each series exported from the start at 0: a series that first appears with its
+# first count has no earlier point, and rate() over it stays 0, so an alert on a first burst of timeouts
+# never fired (QA)
+REQUEST_OPS = ("put", "delete", "cas", "get", "range", "status", "other")
+REQUEST_OUTCOMES = ("ok", "not_leader", "timeout", "stale", "error", "disk_failed", "disk_full", "denied")
+
+
 def request_op(request: object) -> str:
     """The ``op`` label of a client request: put, delete, cas, get, range, status (else other)."""
     return _OPS.get(type(request), "other")
@@ -157,10 +164,25 @@ class NodeCollector:
         for peer_id, outbox in sorted(node.peer_links.outboxes.items()):
             peers.add_metric([str(peer_id)], 1.0 if outbox.fd is not None else 0.0)
         yield peers
+        # A paused or partitioned peer's link stays connected (kv_peer_up 1): the leader knows whether each
+        # peer answered its ballot lately, and says so (a follower hears only the leader: no samples there)
+        answering = GaugeMetricFamily("kv_peer_answering", "Leader only: 1 if the peer answered this leader within "
+                                      "an election timeout, else 0", labels=["peer"])
+        replica = node.replica
+        answered = getattr(replica, "peer_answered_within", None)
+        if status.get("is_leader") and answered is not None:
+            for peer_id in sorted(node.peer_links.outboxes):
+                answering.add_metric([str(peer_id)], 1.0 if answered(peer_id, node.options.election_timeout_ticks)
+                                     else 0.0)
+        yield answering
 
         requests = CounterMetricFamily("kv_requests", "Client requests answered, by op and outcome",
                                        labels=["op", "outcome"])
-        for (op, outcome), count in sorted(node.waiters.requests.items()):
+        counts = node.waiters.requests
+        seen = {(op, outcome): 0 for op in REQUEST_OPS for outcome in REQUEST_OUTCOMES}
+        for key, count in counts.items():
+            seen[key] = count
+        for (op, outcome), count in sorted(seen.items()):
             requests.add_metric([op, outcome], count)
         yield requests
 

@@ -131,3 +131,60 @@ def test_buckets_agree_with_a_naive_count():
         assert cumulative[repr(float(bound))] == sum(1 for v in values if v <= bound)
     assert cumulative["+Inf"] == len(values) == buckets.count
     assert [s.value for s in family.samples if s.name == "x_sum"] == [sum(values)]
+
+
+async def test_the_leader_says_which_peers_answer_and_request_series_start_at_zero(tmp_path, autojump_clock):
+    """QA: a paused peer's link stays connected, so ``kv_peer_up`` stayed 1 and the documented alert never
+    fired; ``kv_peer_answering`` (leader only) drops to 0 for a peer that has not answered for an
+    election timeout. And every ``kv_requests_total`` series is there from the start at 0: one that
+    appeared with its first count gave ``rate()`` nothing to compare, so a first burst of timeouts was
+    never alerted."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = await cluster.start_all()
+        fresh = scrape(cluster.nodes[leader])
+        requests = fresh["kv_requests_total"]
+        assert requests[(("op", "put"), ("outcome", "timeout"))] == 0.0
+        assert len(requests) == len(metrics.REQUEST_OPS) * len(metrics.REQUEST_OUTCOMES)
+        frozen_id, other_id = sorted(i for i in PEERS if i != leader)
+        assert value(fresh, "kv_peer_answering", peer=str(frozen_id)) == 1.0
+        assert value(fresh, "kv_peer_answering", peer=str(other_id)) == 1.0
+        assert "kv_peer_answering" not in scrape(cluster.nodes[frozen_id])  # a follower has no samples
+
+        frozen = cluster.nodes[frozen_id]  # as a paused process: reads nothing, answers nothing, no timers
+        frozen.replica.receive = lambda message: None
+        frozen._tick = lambda count: None
+        options = frozen.options
+        await trio.sleep(3 * options.election_timeout_ticks * options.tick_seconds)
+        after = scrape(cluster.nodes[leader])
+        assert value(after, "kv_is_leader") == 1.0
+        assert value(after, "kv_peer_answering", peer=str(frozen_id)) == 0.0
+        assert value(after, "kv_peer_answering", peer=str(other_id)) == 1.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_every_metric_the_dashboard_and_the_docs_name_is_exported(tmp_path, autojump_clock):
+    """docs/grafana-dashboard.json's queries and docs/operations.md's metrics table name only metrics a
+    leader exports, and the table lists every one it exports (a renamed metric leaves a panel empty)."""
+    import json
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = await cluster.start_all()
+        text = metrics.metrics_text(metrics.make_registry(cluster.nodes[leader])).decode()
+        nursery.cancel_scope.cancel()
+    families = {family.name for family in text_string_to_metric_families(text)}
+    samples = set(re.findall(r"^(kv_\w+)", text, re.MULTILINE))
+    exported = families | samples
+    board = json.loads((docs / "grafana-dashboard.json").read_text())
+    queried = set(re.findall(r"\bkv_\w+", json.dumps(board)))
+    assert queried and queried <= exported, sorted(queried - exported)
+    table = set(re.findall(r"^\| `(kv_\w+)", (docs / "operations.md").read_text(), re.MULTILINE))
+    assert table <= exported, sorted(table - exported)
+    assert families - {"kv"} <= {re.sub(r"_total$", "", name) for name in table} | table, sorted(
+        families - table - {re.sub(r"_total$", "", name) for name in table})
