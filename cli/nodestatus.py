@@ -91,6 +91,28 @@ def known_leader(statuses: Sequence[Mapping[str, Any]]) -> Any:
     return max(votes.items(), key=lambda item: item[1])[0]
 
 
+def confirmed_leader(statuses: Sequence[Mapping[str, Any]]) -> Any:
+    """``known_leader``, unless that leader was asked too and did not answer saying it leads: a leader
+    just killed or paused is still named by the followers until they elect another (QA: ``kv health``
+    said healthy, naming a leader it had just listed as unreachable). A leader outside the endpoints
+    asked is taken on the followers' word. None then, or if no node names one."""
+    leader = known_leader(statuses)
+    if leader is None:
+        return None
+    address = None
+    for status in statuses:
+        if is_reachable(status) and field(status, "ID") == leader:
+            return leader if is_leader(status) else None
+        config = status.get("config")
+        addresses = config.get("addresses") if isinstance(config, Mapping) else None
+        if isinstance(addresses, Mapping) and address is None:
+            address = addresses.get(str(leader))
+    asked = {status.get("endpoint") for status in statuses} | {field(status, "ADDRESS") for status in statuses}
+    if address is not None and address in asked:
+        return None  # asked, and no answer from it (it would have matched above)
+    return leader
+
+
 def present_columns(statuses: Sequence[Mapping[str, Any]]) -> list[str]:
     """Known columns that at least one status has, in a fixed order; ID and ADDRESS always."""
     columns = []

@@ -283,7 +283,7 @@ def health(settings: Settings) -> None:
         reachable = sum(1 for s in statuses if nodestatus.is_reachable(s))
         total = max(len(endpoints), len(statuses))
         quorum = total // 2 + 1
-        leader = nodestatus.known_leader(statuses)
+        leader = nodestatus.confirmed_leader(statuses)
         healthy = reachable >= quorum and leader is not None
         if settings.write_out is OutputFormat.json:
             print_json(

@@ -451,6 +451,26 @@ def test_health_fails_without_leader(fake):
     assert_one_error_line(result, "leader unknown")
 
 
+def test_health_fails_while_the_leader_the_followers_name_does_not_answer(fake):
+    """Just after the leader was killed or paused its followers still name it, until they elect another:
+    health said "healthy ... leader 3" having listed node 3 as unreachable (QA). A named leader among
+    the endpoints asked must answer and say it leads; one outside them is taken on the followers' word."""
+    addresses = {"config": {"addresses": {"1": "127.0.0.1:7001", "2": "127.0.0.1:7002", "3": "127.0.0.1:7003"}}}
+    follower_1 = dict(FULL, leader=3, is_leader=False, **addresses)
+    follower_2 = dict(PARTIAL, leader=3, **addresses)
+    fake.statuses = [follower_1, follower_2, DOWN]  # node 3 (127.0.0.1:7003) is the leader they name
+    result = run(*EP, "health")
+    assert result.exit_code == 1, result.output
+    assert_one_error_line(result, "cluster is unhealthy: 2/3 reachable (quorum 2), leader unknown")
+    # asked only the two followers: their word for the leader is all there is
+    fake.statuses = [follower_1, follower_2]
+    assert run("--endpoints", "127.0.0.1:7001,127.0.0.1:7002", "health").exit_code == 0
+    # a leader that answers but no longer leads (it stepped down) is no leader either
+    fake.statuses = [follower_1, follower_2, dict(FULL, endpoint="127.0.0.1:7003", id=3, address="127.0.0.1:7003",
+                                                  leader=None, is_leader=False)]
+    assert run(*EP, "health").exit_code == 1
+
+
 # --- serve, cluster, help ------------------------------------------------------------------------
 
 
