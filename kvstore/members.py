@@ -451,6 +451,10 @@ class Members:
         target = request.node
         if target == node.node_id:
             return self.describe()
+        if node.options.engine != "core":
+            # (the classic engine's transfer_leadership always declines: "cannot ... now" read as temporary)
+            raise AdminError("moving the leader needs --engine core; the classic engine elects its leaders only "
+                             "when one fails")
         config = node.replica.config
         if not config.is_voter(target):
             raise AdminError(f"node {target} is not a voter" + (" (it is a learner; promote it first)"
