@@ -135,8 +135,14 @@ class DurableState:
         return out
 
     @classmethod
-    def replay(cls, records: Iterable[Record], snapshot_slot: int = 0) -> DurableState:
-        state = cls(snapshot_slot=snapshot_slot)
+    def replay(cls, records: Iterable[Record], snapshot_slot: int = 0,
+               configs: tuple[ScheduleEntry, ...] = ()) -> DurableState:
+        """What a restarted node gives ``Replica(state=...)``: its log's ``records`` above its snapshot
+        at ``snapshot_slot``, and ``configs``, the schedule that snapshot carries
+        (``Replica.schedule_through(slot)`` when it was taken; ``()`` without membership changes). A node
+        restarted without the schedule of a snapshot that passed a change of members would go back to
+        its bootstrap configuration (a removed node would campaign again)."""
+        state = cls(snapshot_slot=snapshot_slot, configs=tuple(configs))
         for record in records:
             state.apply_record(record)
         return state

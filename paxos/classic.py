@@ -186,7 +186,7 @@ from . import functional, practical
 from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
 from .ballot import Ballot
 from .essential import ProposalID, ProposalIDLike
-from .membership import ScheduleEntry
+from .membership import ScheduleEntry, is_change
 from .messages import (
     Accept,
     Accepted,
@@ -490,8 +490,12 @@ class ClassicReplica:
     # ------------------------------------------------------------------ inputs
 
     def propose(self, command: bytes) -> bool:
-        """Queue ``command`` for a slot (``Replica.propose``): False when not leader."""
+        """Queue ``command`` for a slot (``Replica.propose``): False when not leader; ``ValueError`` for a
+        command that starts with ``paxos.membership.CHANGE_PREFIX``, as there."""
         assert isinstance(command, (bytes, bytearray)), "a command is opaque bytes"
+        if is_change(command):
+            raise ValueError("a command may not start with paxos.membership.CHANGE_PREFIX (it would change the "
+                             "members); use propose_change for a change")
         if not self._leading:
             self._count("propose_not_leader")
             return False

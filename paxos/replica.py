@@ -210,9 +210,12 @@ class Replica:
                  state: DurableState | None = None, options: Options = Options()) -> None:
         """Build a replica from its configuration and what its storage recovered.
 
-        ``state`` is ``DurableState.replay(records, snapshot_slot)`` after a restart, or ``None`` for a
-        new node. The shell must have restored the state machine from the snapshot at
+        ``state`` is ``DurableState.replay(records, snapshot_slot, configs)`` after a restart (``configs``:
+        the schedule the snapshot carries, ``schedule_through(slot)`` when it was taken), or ``None`` for
+        a new node. The shell must have restored the state machine from the snapshot at
         ``state.snapshot_slot``; the first ``take_actions()`` then applies the decided slots after it.
+        ``config`` is the bootstrap configuration (the founders', for a node that joins later too: the
+        changes in the log and in ``configs`` lead from it to the newest, as on every other replica).
         """
         self.node_id = node_id
         self.options = options
@@ -374,8 +377,15 @@ class Replica:
         and is applied when decided. If this node stops leading before the command is put into a slot,
         it comes back in ``Actions.dropped_proposals``; once in a slot, it may still be decided later
         by another leader (so clients retry with the same request id and the state machine dedups).
+
+        Raises ``ValueError`` for a command that starts with ``paxos.membership.CHANGE_PREFIX``: every
+        replica would apply it as a change of members, without ``propose_change``'s checks, so a shell
+        that hands client bytes to ``propose`` would let its clients change the members.
         """
         assert isinstance(command, (bytes, bytearray)), "a command is opaque bytes"
+        if is_change(command):
+            raise ValueError("a command may not start with paxos.membership.CHANGE_PREFIX (it would change the "
+                             "members); use propose_change for a change")
         if self._role != LEADER:
             self._count("propose_not_leader")
             return False
@@ -645,7 +655,9 @@ class Replica:
         self._advance_decided()
 
     def durable_state(self, *, packed: bool = False) -> DurableState:
-        """What storage must hold now, to rewrite a compacted log (call after persisting actions).
+        """What storage must hold now, to rewrite a compacted log (call after persisting actions). Its
+        ``configs`` is empty: the schedule belongs with the snapshot (``schedule_through(slot)``), which
+        the shell stores beside it and gives back at a restart (``DurableState.replay``).
 
         ``packed=True``: applied slots' values as kept (``paxos.actions.pack_value``), for a storage that
         writes them unpacking one at a time (``kvstore.storage`` does): unpacking them all here would

@@ -307,7 +307,10 @@ def test_malformed_stale_and_skipping_changes_are_ignored_by_every_replica():
            encode_change(5, config.remove(3)),                                  # another base epoch
            encode_change(0, dataclasses.replace(config.remove(3), epoch=2)),     # skips epoch 1
            encode_change(0, dataclasses.replace(config.remove(3), alpha=3))]     # another alpha
-    net.put(1, *bad)
+    # (propose() refuses such bytes: queued as a leader of a buggy shell or an older version could)
+    leader._queue.extend(bad)
+    net.drain(1)
+    net.settle()
     net.tick(times=3)
     for node_id, replica in net.nodes.items():
         assert replica.config == config and replica.status()["config_effective_slot"] == 1
@@ -927,3 +930,50 @@ def test_members_version_moves_when_the_members_may_have_changed_and_not_per_slo
     net.until(lambda: leader.config_for(leader.status()["config_effective_slot"]).node_ids == (1, 2)
               and not leader.change_in_progress)
     assert leader.members_version > before
+
+
+@pytest.mark.parametrize("engine", ["core", "classic"])
+def test_a_command_with_the_change_prefix_is_refused_by_propose(engine):
+    """QA (a developer embedding the core): ``propose(encode_change(...))`` was taken, and every replica
+    applied it as a change of members, without ``propose_change``'s checks; a shell handing client bytes to
+    ``propose`` would let clients change the members. Both engines refuse it, and queue nothing."""
+    from paxos.classic import ClassicReplica
+    from paxos.membership import encode_change
+
+    net = Net(voters=(1, 2, 3))
+    leader = net.elect(1)
+    if engine == "classic":
+        leader = ClassicReplica(1, net.base, rng=random.Random(1), options=Options())
+    raw = encode_change(0, net.base.remove(3))
+    with pytest.raises(ValueError, match="may not start with paxos.membership.CHANGE_PREFIX"):
+        leader.propose(raw)
+    assert not leader.take_actions().persist or engine == "classic"
+    if engine == "core":
+        assert leader.propose(b"an ordinary command") and not leader.change_in_progress
+        net.drain(1)
+        net.settle(until=lambda: leader.decided_slot >= 1)
+        assert leader.config.node_ids == (1, 2, 3)
+
+
+def test_a_restart_from_the_documented_recipe_keeps_the_members_a_compacted_change_made():
+    """``DurableState.replay(records, snapshot_slot, configs)`` is the recipe ``Replica``'s docstring
+    gives: with the schedule the snapshot carried, a node restarted after its snapshot passed a change
+    knows the newest members (QA, embedding the core: the recipe named no ``configs``, and a restarted
+    removed node campaigned again under the bootstrap configuration)."""
+    net = Net(voters=(1, 2, 3), learners=(4,), alpha=3)
+    net.elect(1)
+    net.change(1, lambda c: c.promote(4))
+    net.until(lambda: not net.nodes[1].change_in_progress)
+    net.change(1, lambda c: c.remove(1))
+    node = net.nodes[2]
+    net.settle(until=lambda: node.config.node_ids == (2, 3, 4) and node.applied_slot >= node.decided_slot)
+    slot = node.applied_slot
+    configs = node.schedule_through(slot)
+    node.compact(slot)
+    records = list(node.durable_state().records())
+    restarted = Replica(2, net.base, rng=random.Random(2),
+                        state=DurableState.replay(records, slot, configs), options=node.options)
+    assert restarted.config.node_ids == (2, 3, 4) and restarted.config.epoch == node.config.epoch
+    forgetful = Replica(2, net.base, rng=random.Random(2), state=DurableState.replay(records, slot),
+                        options=node.options)
+    assert forgetful.config.node_ids == (1, 2, 3)  # what the recipe without configs gave
