@@ -214,8 +214,11 @@ class Replica:
         the schedule the snapshot carries, ``schedule_through(slot)`` when it was taken), or ``None`` for
         a new node. The shell must have restored the state machine from the snapshot at
         ``state.snapshot_slot``; the first ``take_actions()`` then applies the decided slots after it.
-        ``config`` is the bootstrap configuration (the founders', for a node that joins later too: the
-        changes in the log and in ``configs`` lead from it to the newest, as on every other replica).
+        ``config`` is the configuration to start from when ``state`` carries no ``configs``: the founders'
+        (the changes in the log then lead from it to the newest, as on every other replica), or, for a
+        node that joins a running cluster, the newest configuration its members gave it (what kvstore
+        does): the changes older than it in the log are then ignored (counted ``config_change_ignored``),
+        and the snapshot it installs brings the schedule of the slots before it.
         """
         self.node_id = node_id
         self.options = options
