@@ -114,11 +114,14 @@ class Outbox:
         return True
 
     def drop_backlog(self) -> None:
-        """Forget what is queued (a peer link went down: the next connection starts afresh)."""
+        """Forget what is queued (a peer link went down: the next connection starts afresh). Nothing to
+        do on a closed outbox: a peer removed from the members has its outbox closed while its sender
+        may be between a failed connect and its next checkpoint (soak: ``EndOfChannel`` here took a node
+        down)."""
         while True:
             try:
                 self._recv.receive_nowait()
-            except trio.WouldBlock:
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 return
             self.backlog -= 1
 

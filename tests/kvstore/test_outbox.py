@@ -89,3 +89,14 @@ def test_a_full_backlog_drops_whole_chunks_and_drop_backlog_empties_it():
     outbox.drop_backlog()
     assert outbox.backlog == 0
     assert outbox.write(b"again")
+
+
+def test_drop_backlog_on_a_closed_outbox_is_a_no_op():
+    """A peer removed from the members has its outbox closed while its sender may sit between a failed
+    connect and its next checkpoint, where it drops the backlog: that raised ``EndOfChannel`` and took the
+    node down (soak, membership nemesis)."""
+    outbox = Outbox()
+    outbox.write(b"queued before the close")
+    outbox.close()
+    outbox.drop_backlog()
+    outbox.drop_backlog()

@@ -283,3 +283,26 @@ async def test_a_link_the_peer_closed_is_redialed_without_waiting_for_a_write(au
     assert node.counters["peer_links_refused"] == 0
     assert [r.getMessage() for r in caplog.records if "link to node 2 lost" in r.getMessage()] == [
         "link to node 2 lost: the peer closed the connection"]
+
+
+async def test_a_peer_removed_while_its_sender_fails_to_connect_does_not_take_the_node_down(autojump_clock):
+    """The driver closes a removed peer's outbox (``sync``) in the same scheduler pass in which the
+    sender's connect fails: the sender then drops the closed outbox's backlog before its next
+    checkpoint. It raised ``EndOfChannel`` there, which ended ``PeerLinks.run`` and the node with it
+    (soak: "Error: ExceptionGroup" in a node's log, right after "no longer a member")."""
+    node = FakeNode()
+    links = PeerLinks(node)
+
+    class Refusing:
+        async def connect(self, host, port):
+            await trio.lowlevel.checkpoint()
+            links.outboxes[2].close()  # (as sync() does for a removed member, before the sender runs on)
+            raise OSError("connection refused")
+
+    node.transport = Refusing()
+    node.options = SimpleNamespace(cluster_id="kv", engine="core", connect_timeout_seconds=1.0,
+                                   backoff_seconds_max=0.1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(links.run)
+        await trio.sleep(2)  # many failed connects; the run must still be going
+        nursery.cancel_scope.cancel()

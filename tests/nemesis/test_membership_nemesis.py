@@ -64,6 +64,7 @@ RETRYABLE = (
     "no answer from the cluster", "did not answer",  # Unavailable: a paused or killed leader
     "no node could serve the request",  # Unavailable: the nodes answered, none could (no leader yet)
     "no majority would be left",  # remove: a voter that stays has not answered the leader (killed, paused)
+    "has not answered the leader for",  # move-leader or promote to a node paused or killed just now
 )
 
 
