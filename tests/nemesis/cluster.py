@@ -47,6 +47,7 @@ class NemesisCluster:
         self.command_prefix = command_prefix or (lambda node_id: [])
         self.procs: dict[int, subprocess.Popen] = {}
         self.paused: set[int] = set()
+        self.killed: set[int] = set()  # nodes whose process ended by kill(), not by itself
         self.proxies = None  # PeerProxies, when links go through proxies
         self.env: dict[int, dict[str, str]] = {}
 
@@ -95,6 +96,7 @@ class NemesisCluster:
         self.procs[node_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                env=full_env, cwd=str(REPO))
         self.paused.discard(node_id)
+        self.killed.discard(node_id)
         log.close()
 
     def start_all(self) -> None:
@@ -105,7 +107,22 @@ class NemesisCluster:
         proc = self.procs.get(node_id)
         return proc is not None and proc.poll() is None
 
+    def unexpected_exits(self) -> list[str]:
+        """The nodes whose process ended by itself (not by ``kill``): a node that crashed in the middle of
+        a run goes unseen otherwise, the others carrying the workload (soak: a node died of an
+        ExceptionGroup and the run passed)."""
+        found = []
+        for node_id, proc in sorted(self.procs.items()):
+            if node_id not in self.killed and proc.poll() is not None:
+                try:
+                    tail = self.log_path(node_id).read_text(errors="replace").splitlines()[-8:]
+                except OSError:
+                    tail = []
+                found.append(f"node {node_id} exited by itself with code {proc.returncode}: " + " | ".join(tail))
+        return found
+
     def kill(self, node_id: int) -> None:
+        self.killed.add(node_id)
         proc = self.procs.get(node_id)
         if proc is not None and proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
@@ -114,6 +131,7 @@ class NemesisCluster:
         self.paused.discard(node_id)
 
     def kill_all_at_once(self) -> None:
+        self.killed.update(self.procs)
         procs = [p for p in self.procs.values() if p.poll() is None]
         for p in procs:
             os.kill(p.pid, signal.SIGCONT)

@@ -103,6 +103,7 @@ class MemberCluster(NemesisCluster):
         self.procs[node_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                env=full_env, cwd=str(REPO))
         self.paused.discard(node_id)
+        self.killed.discard(node_id)
         log.close()
 
     def new_id(self) -> int:

@@ -138,7 +138,11 @@ def _fail(seed: int, root, message: str, history: History | None = None) -> Asse
 
 
 async def finish_and_check(cluster, history: History, stats: Stats, seed: int, *, min_ok: int = 20) -> None:
-    """Heal, read, crash everything at once, restart, read, check history, acks and convergence."""
+    """Heal, read, crash everything at once, restart, read, check history, acks and convergence. A node
+    whose process ended by itself during the run (not killed by the nemesis) fails it too."""
+    exits = cluster.unexpected_exits()
+    if exits:
+        raise _fail(seed, cluster.root, "a node's process ended by itself during the run: " + "; ".join(exits))
     cluster.heal()
     await cluster.wait_leader(deadline_s=40)
     keys = {op.key for op in history.ops()} | set(SHARED_KEYS)
