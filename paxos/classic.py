@@ -603,7 +603,8 @@ class ClassicReplica:
     def compact(self, snapshot_slot: int) -> None:
         """The state machine took a snapshot through ``snapshot_slot``: release every instance at or
         below it (``Replica.compact``; precondition ``snapshot_slot <= applied_slot``)."""
-        assert snapshot_slot <= self._applied_slot, "cannot snapshot past the applied slot"
+        if snapshot_slot > self._applied_slot:  # (a check, not an assert: it must hold under python -O too)
+            raise ValueError(f"cannot snapshot past the applied slot ({snapshot_slot} > {self._applied_slot})")
         if snapshot_slot <= self._snapshot_slot:
             return
         self._forget_through(snapshot_slot)
@@ -612,7 +613,9 @@ class ClassicReplica:
         """The shell installed a peer's snapshot at ``snapshot_slot`` (``Replica.install_snapshot``;
         precondition ``snapshot_slot > applied_slot``). A leader or candidate steps down. ``configs``
         is ignored: this engine's members are fixed (see ``propose_change``)."""
-        assert snapshot_slot > self._applied_slot, "install_snapshot would roll the state machine back"
+        if snapshot_slot <= self._applied_slot:  # (a check, not an assert: it must hold under python -O too)
+            raise ValueError(f"install_snapshot would roll the state machine back (slot {snapshot_slot}, applied "
+                             f"{self._applied_slot})")
         if self._leading:
             self._count("stepped_down_snapshot")
             self._elector.step_down()

@@ -621,10 +621,11 @@ class Replica:
     def compact(self, snapshot_slot: int) -> None:
         """The state machine took a snapshot through ``snapshot_slot``: forget slots at or below it.
 
-        Precondition: ``snapshot_slot <= applied_slot``. Afterwards the shell rewrites its log from
-        ``durable_state()`` (after carrying out any pending ``take_actions()``).
+        Precondition (``ValueError`` if not): ``snapshot_slot <= applied_slot``. Afterwards the shell
+        rewrites its log from ``durable_state()`` (after carrying out any pending ``take_actions()``).
         """
-        assert snapshot_slot <= self._applied_slot, "cannot snapshot past the applied slot"
+        if snapshot_slot > self._applied_slot:  # (a check, not an assert: it must hold under python -O too)
+            raise ValueError(f"cannot snapshot past the applied slot ({snapshot_slot} > {self._applied_slot})")
         if snapshot_slot <= self._snapshot_slot:
             return
         self._forget_through(snapshot_slot)
@@ -633,14 +634,16 @@ class Replica:
     def install_snapshot(self, snapshot_slot: int, configs: tuple[ScheduleEntry, ...] = ()) -> None:
         """The shell replaced its state machine with a peer's snapshot at ``snapshot_slot``.
 
-        Precondition: ``snapshot_slot > applied_slot`` (the shell checks before installing; a snapshot
-        at or below what we applied would roll the state machine back). Slots at or below it are
+        Precondition (``ValueError`` if not): ``snapshot_slot > applied_slot`` (the shell checks before
+        installing; a snapshot at or below what we applied would roll the state machine back). Slots at or below it are
         forgotten; decided slots after it are applied in the next ``take_actions()``. A leader or
         candidate steps down: it was far behind, and its open proposals cannot be checked against
         values it no longer has. ``configs`` is the snapshot's configuration schedule
         (``DurableState.configs``); empty keeps ours (a snapshot from before membership changes).
         """
-        assert snapshot_slot > self._applied_slot, "install_snapshot would roll the state machine back"
+        if snapshot_slot <= self._applied_slot:  # (a check, not an assert: it must hold under python -O too)
+            raise ValueError(f"install_snapshot would roll the state machine back (slot {snapshot_slot}, applied "
+                             f"{self._applied_slot})")
         if self._role != FOLLOWER:
             self._count("stepped_down_snapshot")
             self._step_down()

@@ -977,3 +977,21 @@ def test_a_restart_from_the_documented_recipe_keeps_the_members_a_compacted_chan
     forgetful = Replica(2, net.base, rng=random.Random(2), state=DurableState.replay(records, slot),
                         options=node.options)
     assert forgetful.config.node_ids == (1, 2, 3)  # what the recipe without configs gave
+
+
+@pytest.mark.parametrize("engine", ["core", "classic"])
+def test_compact_and_install_snapshot_refuse_a_slot_that_breaks_their_precondition(engine):
+    """Checked, not asserted: an embedder running ``python -O`` (asserts off) would otherwise snapshot past
+    what was applied, or roll the state machine back, without a word (QA, embedding the core)."""
+    from paxos.classic import ClassicReplica
+
+    net = Net(voters=(1, 2, 3))
+    leader = net.elect(1)
+    if engine == "classic":
+        leader = ClassicReplica(1, net.base, rng=random.Random(1), options=Options())
+    applied = leader.applied_slot
+    with pytest.raises(ValueError, match="cannot snapshot past the applied slot"):
+        leader.compact(applied + 1)
+    with pytest.raises(ValueError, match="would roll the state machine back"):
+        leader.install_snapshot(applied)
+    assert leader.applied_slot == applied
