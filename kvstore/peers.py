@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 Each node dials every other node and only *sends* on the connection it dialed (after a ``Hello``
-naming itself and its cluster); it only *receives* on connections others dialed. So a peer link is:
+naming itself and its cluster); it only *receives* on connections others dialed, except the one frame a
+peer sends on a link it refuses, just before it hangs up (``_run_link`` reads it, to log why). So a
+peer link is:
 
 * **outgoing**: an ``Outbox`` per peer and a sender task (``_sender``) that dials, says Hello, and
   sends what the socket did not take at once. ``send_now`` encodes the messages of one batch into one
