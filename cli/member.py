@@ -138,7 +138,7 @@ def remove_command(ctx: typer.Context,
     with reporting_errors(settings):
         with open_client(settings) as client:
             result = client.admin("member_remove", node_id)
-        echo(f"removed node {node_id}; stop its process now", err=True)
+        echo(f"removed node {node_id}; stop its process now if it still runs", err=True)
         show_members(settings, result)
         warning = fault_tolerance_warning(result)
         if warning:

@@ -856,14 +856,14 @@ def _holds_nothing(path: Path) -> bool:
 
 
 def _starts_with_zeros(path: Path) -> bool:
-    """Whether the log at ``path`` begins with ``RECORD_HEADER.size`` zero bytes: a log of this version
+    """Whether the log at ``path`` begins with a zero record length (4 zero bytes): a log of this version
     begins with its fence, one of an older version with a record whose length is not zero."""
     try:
         with open(path, "rb") as f:
-            head = f.read(RECORD_HEADER.size)
+            head = f.read(4)
     except OSError as exc:
         raise _io_error(f"cannot read {path}", exc) from exc
-    return len(head) == RECORD_HEADER.size and not any(head)
+    return len(head) == 4 and not any(head)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1095,7 +1095,7 @@ def test_crash_between_streamed_snapshot_and_compaction_keeps_later_records(tmp_
 
 
 @pytest.mark.parametrize("snapshot", [False, True])
-@pytest.mark.parametrize("damage", ["emptied", "zero-filled", "begins with zeros"])
+@pytest.mark.parametrize("damage", ["emptied", "zero-filled", "begins with zeros", "a few zero bytes"])
 def test_a_members_log_emptied_or_wiped_with_zeros_is_refused_with_or_without_a_snapshot(tmp_path, damage, snapshot):
     """QA: a node's log after a snapshot, emptied or overwritten with zeros at its full size (and a first
     log zero-filled), started without a word: the promise and the votes since the snapshot were gone,
@@ -1118,7 +1118,7 @@ def test_a_members_log_emptied_or_wiped_with_zeros_is_refused_with_or_without_a_
     with Storage.open(tmp_path, node_id=1, cluster_id=CLUSTER) as storage:  # undamaged: opens
         assert storage.recovered != DurableState()
     data = {"emptied": b"", "zero-filled": bytes(len(saved)),
-            "begins with zeros": bytes(4096) + saved[4096:]}[damage]
+            "begins with zeros": bytes(4096) + saved[4096:], "a few zero bytes": bytes(5)}[damage]
     log_path.write_bytes(data)
     what = "is empty" if damage == "emptied" else "begins with zeros"
     with pytest.raises(StorageError, match=f"its log {log_path.name} {what}.*the promises and accepted values"):
