@@ -186,7 +186,7 @@ from . import functional, practical
 from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
 from .ballot import Ballot
 from .essential import ProposalID, ProposalIDLike
-from .membership import ScheduleEntry, is_change
+from .membership import ScheduleEntry, refuse_change_command
 from .messages import (
     Accept,
     Accepted,
@@ -493,9 +493,7 @@ class ClassicReplica:
         """Queue ``command`` for a slot (``Replica.propose``): False when not leader; ``ValueError`` for a
         command that starts with ``paxos.membership.CHANGE_PREFIX``, as there."""
         assert isinstance(command, (bytes, bytearray)), "a command is opaque bytes"
-        if is_change(command):
-            raise ValueError("a command may not start with paxos.membership.CHANGE_PREFIX (it would change the "
-                             "members); use propose_change for a change")
+        refuse_change_command(command)
         if not self._leading:
             self._count("propose_not_leader")
             return False

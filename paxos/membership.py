@@ -52,7 +52,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["Config", "ConfigSchedule", "ScheduleEntry", "CHANGE_PREFIX", "encode_change", "decode_change", "is_change"]
+__all__ = ["Config", "ConfigSchedule", "ScheduleEntry", "CHANGE_PREFIX", "encode_change", "decode_change", "is_change",
+           "refuse_change_command"]
 
 # Commands that change the configuration start with these bytes (a state machine must skip them; its
 # own commands never start with a zero byte). The rest is JSON: {"base": epoch, "config": {...}}.
@@ -215,6 +216,14 @@ def encode_change(base_epoch: int, config: Config) -> bytes:
 
 def is_change(command: bytes) -> bool:
     return command[:1] == b"\x00" and command.startswith(CHANGE_PREFIX)
+
+
+def refuse_change_command(command: bytes) -> None:
+    """``propose``'s check (both engines): ``ValueError`` for a command that starts with ``CHANGE_PREFIX``,
+    which every replica would apply as a change of members, past ``propose_change``'s checks."""
+    if is_change(command):
+        raise ValueError("a command may not start with paxos.membership.CHANGE_PREFIX (it would change the "
+                         "members); use propose_change for a change")
 
 
 def decode_change(command: bytes) -> tuple[int, Config]:

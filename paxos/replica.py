@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord, pack_value, unpack_value
 from .ballot import Ballot
-from .membership import Config, ConfigSchedule, ScheduleEntry, encode_change, is_change
+from .membership import Config, ConfigSchedule, ScheduleEntry, encode_change, is_change, refuse_change_command
 from .messages import (
     Accept,
     Accepted,
@@ -386,9 +386,7 @@ class Replica:
         that hands client bytes to ``propose`` would let its clients change the members.
         """
         assert isinstance(command, (bytes, bytearray)), "a command is opaque bytes"
-        if is_change(command):
-            raise ValueError("a command may not start with paxos.membership.CHANGE_PREFIX (it would change the "
-                             "members); use propose_change for a change")
+        refuse_change_command(command)
         if self._role != LEADER:
             self._count("propose_not_leader")
             return False
