@@ -80,7 +80,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
@@ -254,8 +254,10 @@ def read_backup(path: str | os.PathLike[str]) -> BackupInfo:
             size = os.fstat(file.fileno()).st_size
             head = file.read(BACKUP_HEADER.size)
             if len(head) < BACKUP_HEADER.size:
-                raise BackupError(f"{path} is not a kv backup: {size} bytes, shorter than the "
-                                  f"{BACKUP_HEADER.size}-byte header")
+                # A file that begins as one does (QA: 5 bytes "KVBAC" was "not a kv backup") was cut short.
+                started = bool(head) and (head.startswith(BACKUP_MAGIC) or BACKUP_MAGIC.startswith(head))
+                raise BackupError(f"{path} is {'a kv backup cut short' if started else 'not a kv backup'}: {size} "
+                                  f"bytes, shorter than the {BACKUP_HEADER.size}-byte header")
             magic, version, slot, meta_length, data_length, digest = BACKUP_HEADER.unpack(head)
             if magic != BACKUP_MAGIC:
                 raise BackupError(f"{path} is not a kv backup (it does not start with {BACKUP_MAGIC.decode()}; "
@@ -266,8 +268,7 @@ def read_backup(path: str | os.PathLike[str]) -> BackupInfo:
                 raise BackupError(f"{path} is damaged: its header gives a {meta_length}-byte description")
             expected = BACKUP_HEADER.size + meta_length + data_length
             if size != expected:
-                raise BackupError(f"{path} is damaged: its header says {expected} bytes, the file has {size} "
-                                  f"({'truncated' if size < expected else 'bytes appended'})")
+                raise BackupError(_length_mismatch(path, file, size, expected, digest))
             meta_bytes = file.read(meta_length)
             checksum = hashlib.sha256(meta_bytes)
             remaining = data_length
@@ -290,6 +291,22 @@ def read_backup(path: str | os.PathLike[str]) -> BackupInfo:
     if meta["slot"] != slot:
         raise BackupError(f"{path} is damaged: its header says slot {slot}, its description slot {meta['slot']}")
     return BackupInfo(path, slot, meta, BACKUP_HEADER.size + meta_length, data_length, checksum.hexdigest(), size)
+
+
+def _length_mismatch(path: Path, file: BinaryIO, size: int, expected: int, digest: bytes) -> str:
+    """Why a file is not as long as its header says: cut short, bytes appended, or (the SHA-256 of all it
+    holds after the header matches) a header whose length fields are damaged (QA: one changed length byte
+    read as "truncated")."""
+    file.seek(BACKUP_HEADER.size)
+    checksum = hashlib.sha256()
+    while chunk := file.read(READ_BYTES):  # bounded: the file's length
+        checksum.update(chunk)
+    if checksum.digest() == digest:
+        return (f"{path} is damaged: its header's lengths say {expected} bytes, the file has {size}, and what "
+                f"follows the header matches its SHA-256: the header's length fields are damaged; use another backup")
+    what = "truncated" if size < expected else "bytes appended"
+    return (f"{path} is damaged: its header says {expected} bytes, the file has {size} ({what}, or the header's "
+            f"lengths are damaged); use another backup")
 
 
 def load_state(info: BackupInfo) -> StateMachine:

@@ -226,6 +226,7 @@ class LoadSummary:
     failed: int = 0  # puts that failed
     sent_through: int = 0  # the line of the last record sent
     bytes_read: int = 0
+    bytes_done: int = 0  # of the lines read whose record was written or that held none (the progress bar's)
     seconds: float = 0.0
     started: float = field(default_factory=time.monotonic, repr=False)
 
@@ -235,7 +236,8 @@ class LoadSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"lines": self.lines, "records": self.records, "written": self.written, "failed": self.failed,
-                "bytes": self.bytes_read, "seconds": round(self.seconds, 3), "keys_per_s": round(self.keys_per_s, 1)}
+                "bytes": self.bytes_read, "bytes_done": self.bytes_done, "seconds": round(self.seconds, 3),
+                "keys_per_s": round(self.keys_per_s, 1)}
 
 
 class _Window:
@@ -250,7 +252,7 @@ class _Window:
         self.waiting = False
         self.moved = trio.Event()
 
-    def done_callback(self, number: int, key: str, size: int) -> Callable[[object], None]:
+    def done_callback(self, number: int, key: str, size: int, line_bytes: int) -> Callable[[object], None]:
         def done(outcome: object) -> None:
             self.count -= 1
             self.bytes -= size
@@ -260,6 +262,7 @@ class _Window:
                 self.summary.failed += 1
             else:
                 self.summary.written += 1
+                self.summary.bytes_done += line_bytes
             if self.waiting:
                 self.waiting = False
                 self.moved.set()
@@ -322,10 +325,13 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
                     number += 1
                     record = parse_line(line, number)
                     summary.lines = number
+                    line_bytes = len(line) + 1  # (the last line may lack its newline: the bar ends at 100 % anyway)
                     if record is None:
+                        summary.bytes_done += line_bytes
                         continue
                     summary.records += 1
                     if submit is None:
+                        summary.bytes_done += line_bytes
                         continue
                     key, value = record
                     size = len(key) + len(value)
@@ -341,7 +347,7 @@ async def load(client: Any, source: BinaryIO, *, in_flight: int = IN_FLIGHT_DEFA
                     window.bytes += size
                     window.keys.add(key)
                     try:
-                        submit(key, value, window.done_callback(number, key, size))
+                        submit(key, value, window.done_callback(number, key, size, line_bytes))
                     except Exception as exc:  # noqa: BLE001 - refused before it was sent (too large)
                         window.count -= 1
                         window.bytes -= size

@@ -268,6 +268,31 @@ async def test_a_failed_put_stops_the_load_and_the_message_counts_what_was_writt
     assert f"nothing after line {summary.sent_through} was sent" in text and summary.sent_through == summary.records
 
 
+async def test_the_progress_counts_the_bytes_of_lines_written_not_of_lines_read():
+    """The load bar shows ``bytes_done`` (QA: it showed the bytes read, up to 4 MiB ahead of the writes,
+    so a small file stood at 100 % while most of it was in flight). While puts are out it stays below
+    what was read; at the end it is the whole input, blank lines included."""
+    data = b"".join(format_record(f"k{i}", "v" * 50) for i in range(600)) + b"\n\n"
+    seen: list[tuple[int, int, int]] = []
+
+    def progress(summary: LoadSummary) -> None:
+        seen.append((summary.bytes_done, summary.bytes_read, summary.written))
+
+    async with trio.open_nursery() as nursery:
+        client = FakeClient(nursery)
+        original = client._answer
+
+        async def slow_answer(key, value, done, delay) -> None:
+            await original(key, value, done, delay + 0.02)  # puts stay out across a progress report
+
+        client._answer = slow_answer
+        summary = await load(client, io.BytesIO(data), in_flight=64, progress=progress)
+    assert summary.bytes_done == summary.bytes_read == len(data)
+    assert any(done < read for done, read, _ in seen[:-1]), seen
+    record_bytes = len(format_record("k0", "v" * 50))
+    assert all(done <= written * (record_bytes + 2) for done, _, written in seen[:-1]), seen
+
+
 async def test_a_line_too_long_stops_after_the_lines_before_it_went_out(monkeypatch):
     monkeypatch.setattr(bulk, "READ_BYTES", 1000)
     source = io.BytesIO(b'{"key": "a", "value": "1"}\n' * 50 + b'{"key": "b", "value": "'
@@ -295,6 +320,20 @@ def test_dry_run_names_the_bad_line_and_exits_1(tmp_path):
     assert 'line 4: missing "value"' in err and "nothing written" in err
     good = run_kv("load", "--dry-run", "-", input=b'{"key": "a", "value": "1"}\n{"key": "b", "value": "2"}')
     assert good.returncode == 0 and b"2 records" in good.stdout
+
+
+def test_a_failed_load_with_json_output_prints_where_it_stopped_as_json(tmp_path):
+    """``kv -w json load`` that stops prints its summary with ``ok: false`` on stdout (QA: nothing, so a
+    script had only the stderr line to learn how far it got), the one error line on stderr, exit 1."""
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"key": "a", "value": "1"}\n{"key": "b", "value": "2"}\n{"key": 3}\n')
+    result = run_kv("-w", "json", "load", "--dry-run", str(path))
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    assert summary["ok"] is False and summary["dry_run"] is True and summary["file"] == str(path)
+    assert summary["lines"] == 2 and summary["records"] == 2 and summary["written"] == 0  # (lines parsed)
+    assert summary["error"].startswith('line 3: "key" must be')
+    assert result.stderr.decode().count("\n") == 1 and "line 3" in result.stderr.decode()
 
 
 def test_ctrl_c_during_a_load_says_where_it_stopped(tmp_path, monkeypatch):
