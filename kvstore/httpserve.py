@@ -5,10 +5,12 @@ Theory of operation
 One request per connection (every answer says ``Connection: close``), which is all Prometheus and a
 polling web page need. ``serve_http`` listens on one address and hands each request to an async
 ``handle(request) -> Response``. The request head is read up to ``HEAD_BYTES_MAX`` and a body up to
-``BODY_BYTES_MAX``; a connection that has not sent its request within ``REQUEST_SECONDS`` is closed, and
-one accepted while ``CONNECTIONS_MAX`` are open is closed at once (each holds a file descriptor of the
-node's: see ``kvstore.descriptors``). A handler that raises gets a 500 and one log line with its
-traceback; the server goes on.
+``BODY_BYTES_MAX``; a connection that has not sent its request within ``REQUEST_SECONDS`` is closed. At
+most ``CONNECTIONS_MAX`` are open at once (each holds a file descriptor of the node's: see
+``kvstore.descriptors``): one accepted beyond that closes the oldest connection still waiting for its
+request instead, so idle connections cannot lock a scraper out for ``REQUEST_SECONDS``; only when every
+open connection is being answered is the new one closed at once. A handler that raises gets a 500 and
+one log line with its traceback; the server goes on.
 
 Rules: it binds only where it is told (callers bind 127.0.0.1 unless the operator names another
 address), never blocks the event loop on I/O, and never lets one connection's failure end the server.
@@ -83,23 +85,50 @@ async def serve_http(handle: Handler, address: str, *,
     host, port = parse_listen_address(address)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(partial(_serve_connection, handle, [0]), listeners)
+    await trio.serve_listeners(partial(_serve_connection, handle, _Open()), listeners)
 
 
-async def _serve_connection(handle: Handler, open_count: list[int], stream: trio.abc.Stream) -> None:
-    open_count[0] += 1
+class _Open:
+    """The connections open, and those of them still waiting for their request (oldest first)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.waiting: dict[int, trio.CancelScope] = {}  # (insertion order: oldest first)
+        self.next_id = 0
+
+    def make_room(self) -> bool:
+        """True if a new connection may stay: under the limit, or the oldest waiting one was closed."""
+        if self.count <= CONNECTIONS_MAX:
+            return True
+        if not self.waiting:
+            return False
+        oldest = next(iter(self.waiting))
+        self.waiting.pop(oldest).cancel()  # it sent no request yet: it gives way (and counts as closed now)
+        self.count -= 1
+        return True
+
+
+async def _serve_connection(handle: Handler, open_: _Open, stream: trio.abc.Stream) -> None:
+    open_.count += 1
+    counted = True
     try:
-        if open_count[0] > CONNECTIONS_MAX:
+        if not open_.make_room():
             return  # closed at once: a flood of connections must not use up the node's file descriptors
-        try:
-            with trio.fail_after(REQUEST_SECONDS):
+        conn_id = open_.next_id
+        open_.next_id += 1
+        with trio.move_on_after(REQUEST_SECONDS) as waiting:
+            open_.waiting[conn_id] = waiting
+            try:
                 request = await _read_request(stream)
-        except _BadRequest as exc:
-            await _send(stream, Response(exc.status, f"{exc}\n".encode()))
+            except _BadRequest as exc:
+                request = exc
+            finally:
+                if open_.waiting.pop(conn_id, None) is None:
+                    counted = False  # evicted by a newer connection, which took its place in the count
+        if waiting.cancelled_caught or request is None:
             return
-        except trio.TooSlowError:
-            return
-        if request is None:
+        if isinstance(request, _BadRequest):
+            await _send(stream, Response(request.status, f"{request}\n".encode()))
             return
         try:
             response = await handle(request)
@@ -110,7 +139,8 @@ async def _serve_connection(handle: Handler, open_count: list[int], stream: trio
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
-        open_count[0] -= 1
+        if counted:
+            open_.count -= 1
         await trio.aclose_forcefully(stream)
 
 
