@@ -116,6 +116,7 @@ async def _serve_connection(handle: Handler, open_: _Open, stream: trio.abc.Stre
             return  # closed at once: a flood of connections must not use up the node's file descriptors
         conn_id = open_.next_id
         open_.next_id += 1
+        request: Request | _BadRequest | None = None
         with trio.move_on_after(REQUEST_SECONDS) as waiting:
             open_.waiting[conn_id] = waiting
             try:
