@@ -534,6 +534,7 @@ def up_command(
         if base_port + (nodes or DEFAULT_NODES) - 1 > 65535:
             raise UsageProblem(f"--base-port {base_port} with {nodes or DEFAULT_NODES} nodes goes past port 65535")
         old = read_state(cluster_dir, NODE_NEEDS)
+        nodes_given = nodes is not None
         if nodes is None:  # up again on a stopped cluster: as many as it has
             nodes = len(old["nodes"]) if old is not None else DEFAULT_NODES
         import secrets
@@ -547,10 +548,12 @@ def up_command(
                     f"cluster already running in {cluster_dir} (pids {pids}); "
                     "see `kv cluster status`, stop it with `kv cluster down`"
                 )
-            if len(old["nodes"]) != nodes and not old.get("membership_changed"):
-                raise OperationFailed(
-                    f"{cluster_dir} holds a {len(old['nodes'])}-node cluster; "
-                    f"use --nodes {len(old['nodes'])} or another --data-dir"
+            if len(old["nodes"]) != nodes and nodes_given:
+                # (a usage problem, as another --base-port is; QA: a changed cluster ignored --nodes silently)
+                changed = " (as membership changes left it)" if old.get("membership_changed") else ""
+                raise UsageProblem(
+                    f"{cluster_dir} holds a {len(old['nodes'])}-node cluster{changed}; "
+                    f"use --nodes {len(old['nodes'])} (or none) or another --data-dir"
                 )
             cluster_id = str(old.get("cluster_id") or cluster_id)
             if engine is None and old.get("engine") is not None:

@@ -416,10 +416,18 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
+# A --command-timeout under this, when every attempt ran out of time, is the likelier cause than the cluster
+SHORT_TIMEOUT_SECONDS = 0.1
+
+
 def unreachable_hint(settings: Settings, errors: list[str]) -> str:
     """What to add when no node answered, given each attempt's error: the local cluster may be down
     (the endpoints are its own), or, when every node hung up without a word on a client without TLS
     files, the cluster may serve TLS (a TLS-only node does that to a plain client). "" otherwise."""
+    if errors and settings.command_timeout < SHORT_TIMEOUT_SECONDS and all(
+            "within" in e and "connection failed" not in e for e in errors):
+        # every node was reached and ran out of time: the deadline, not the cluster (QA: 1ms said "may be down")
+        return f" (--command-timeout {settings.command_timeout:g}s may be too short for an answer)"
     if settings.endpoints_from_default_cluster:
         return " (the local cluster may be down: `kv cluster status`, `kv cluster up`)"
     tls = settings.cacert or settings.cert or settings.key

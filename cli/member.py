@@ -11,8 +11,11 @@ from .common import Settings, UsageProblem, open_client, reporting_errors
 from .output import OutputFormat, cell, echo, jsonable, print_json, print_table
 
 member_app = typer.Typer(
-    help="List and change the cluster's members: add a learner, promote it to voter, remove a member.",
+    help="List and change the cluster's members: add a learner, promote it to voter, remove a member.\n\n"
+    "Example: kv member add 4 127.0.0.1:7004; kv serve --id 4 --join 127.0.0.1:7001 --data-dir DIR; "
+    "kv member promote 4; kv member list",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
@@ -96,7 +99,7 @@ def add_command(ctx: typer.Context,
                 node_id: Annotated[int, typer.Argument(help="The new member's id (never used before).", min=1)],
                 address: Annotated[str, typer.Argument(help="HOST:PORT it will serve on.")]) -> None:
     """Add a learner: it receives the log and snapshots and counts toward no quorum. Start it with
-    ``kv serve --join``, then ``kv member promote`` it once it caught up."""
+    kv serve --join, then kv member promote it once it caught up."""
     settings = _settings(ctx)
     with reporting_errors(settings):
         from kvstore.endpoints import EndpointError, parse_endpoint

@@ -44,6 +44,10 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
                 raise UsageProblem(f"invalid --join {join!r}: {exc}") from None
             if not join_list:
                 raise UsageProblem("--join needs HOST:PORT of at least one member")
+            if peers:
+                # (QA: both were taken, the join refused, and the directory it made refused the retry)
+                raise UsageProblem("give --peers (found a new cluster) or --join (join a running one), not both: a "
+                                   "node joining learns the members and its own address from the cluster")
         if arriving_frames_max_mib is not None and arriving_frames_max_mib < 9:
             raise UsageProblem(f"--arriving-frames-max-mib {arriving_frames_max_mib}: at least 9 (one request of the "
                                "largest size, 8 MiB, must fit)")

@@ -17,8 +17,11 @@ from .common import OperationFailed, Settings, UsageProblem, open_client, output
 from .output import OutputFormat, echo, jsonable, print_json, print_table
 
 snapshot_app = typer.Typer(
-    help="Back up the store to a file (save), check a backup (status), make a new cluster from one (restore).",
+    help="Back up the store to a file (save), check a backup (status), make a new cluster from one (restore).\n\n"
+    "Example: kv snapshot save backup.kvbak; kv snapshot status backup.kvbak; kv snapshot restore backup.kvbak "
+    "--id 1 --peers 1=127.0.0.1:8001,2=127.0.0.1:8002,3=127.0.0.1:8003 --data-dir DIR",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 

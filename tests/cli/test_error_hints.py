@@ -29,6 +29,22 @@ def test_the_local_clusters_endpoints_get_the_cluster_up_hint():
         assert "the local cluster may be down" in cluster_down_hint(settings, error)
 
 
+def test_a_deadline_too_short_for_any_answer_is_named_instead_of_the_cluster():
+    """QA: ``--command-timeout 1ms`` against a running local cluster said it "may be down". When every
+    node was reached and the deadline ran out, under 0.1 s, the hint names the deadline; a refused
+    connection, or a longer deadline, keeps the hints above."""
+    short = Settings(command_timeout=0.001)
+    short.endpoints_from_default_cluster = True
+    timed_out = Unavailable("no answer from the cluster within 0.001s (127.0.0.1:7001 did not answer)")
+    no_leader = Unavailable("no node could serve the request within 0.001s (no leader)")
+    for error in (timed_out, no_leader):
+        assert cluster_down_hint(short, error) == " (--command-timeout 0.001s may be too short for an answer)"
+    assert "the local cluster may be down" in cluster_down_hint(short, REFUSED)
+    usual = Settings(command_timeout=5.0)
+    usual.endpoints_from_default_cluster = True
+    assert "the local cluster may be down" in cluster_down_hint(usual, timed_out)
+
+
 def test_a_tls_client_is_told_when_the_node_speaks_no_tls_or_it_does_not_trust_the_node():
     plain_node = Unavailable("no answer from the cluster within 3s (connection failed: [SSL: WRONG_VERSION_NUMBER] "
                              "wrong version number (_ssl.c:1006))")
