@@ -255,6 +255,9 @@ def output_file_problem(path: str, instead: str = "") -> str | None:
     try:
         mode = os.stat(path).st_mode
     except OSError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):  # (the same words and exit code from dump and snapshot save: QA)
+            return f"cannot write {path}: there is no directory {parent}"
         return None  # absent (made by the rename), or the write says what is wrong with it
     if stat.S_ISDIR(mode):
         return f"{path} is a directory"

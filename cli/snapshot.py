@@ -48,7 +48,7 @@ def save_command(ctx: typer.Context,
     with reporting_errors(settings):
         problem = output_file_problem(file)
         if problem is not None:  # before the leader does any work (a directory failed at the rename, after it)
-            raise OperationFailed(problem)  # (exit 1, as for a missing directory, which save_backup checks)
+            raise UsageProblem(problem)  # (exit 2, as kv dump: nothing was attempted)
         from kvstore.backup import BackupError, save_backup
 
         with open_client(settings) as client:
