@@ -20,6 +20,10 @@ ignored; a path cannot contain a comma). Actions:
     raise ``OSError(errno.EIO, ...)`` (a failing disk), its message naming the failpoint.
 ``enospc``
     raise ``OSError(errno.ENOSPC, ...)`` (a full disk), its message naming the failpoint.
+``sleepN``
+    sleep N milliseconds (1 to 60000) in the calling thread, then go on: a slow disk
+    (``fsync_log=sleep500@/tmp/slow`` makes every fdatasync of the log take half a second longer
+    while ``/tmp/slow`` exists).
 
 With ``@PATH`` the action fires only while the file ``PATH`` exists (checked at every hit with
 ``os.path.exists``): a multi-process test creates the file to make a running node's fsyncs fail and
@@ -50,11 +54,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import time
 from typing import NamedTuple
 
 ENV_VAR = "KV_FAILPOINTS"
 ACTIONS = frozenset({"exit", "eio", "enospc"})
 _ERRNOS = {"eio": errno.EIO, "enospc": errno.ENOSPC}
+_SLEEP = re.compile(r"sleep([1-9][0-9]{0,4})")  # sleepN: N milliseconds, 1 to 60000 (a slow disk)
 
 
 class Failpoint(NamedTuple):
@@ -81,8 +88,10 @@ def parse(text: str) -> dict[str, Failpoint]:
             raise ValueError(f"{ENV_VAR}: expected name=action or name=action@PATH, got {item!r}")
         action, at, path = spec.partition("@")
         action, path = action.strip(), path.strip()
-        if action not in ACTIONS:
-            raise ValueError(f"{ENV_VAR}: unknown action {action!r} for {name!r} (known: {sorted(ACTIONS)})")
+        sleep = _SLEEP.fullmatch(action)
+        if action not in ACTIONS and not (sleep and int(sleep.group(1)) <= 60000):
+            raise ValueError(f"{ENV_VAR}: unknown action {action!r} for {name!r} (known: {sorted(ACTIONS)}, "
+                             "and sleepN for N milliseconds, 1 to 60000)")
         if at and not path:
             raise ValueError(f"{ENV_VAR}: empty path after '@' for {name!r} in {item!r}")
         points[name] = Failpoint(action, path if at else None)
@@ -101,7 +110,8 @@ def reload() -> None:
 
 def hit(name: str) -> None:
     """Carry out the action configured for failpoint ``name``, if any (and if its flag file exists);
-    otherwise return at once. Raises ``OSError`` for ``eio`` and ``enospc``; never returns for ``exit``.
+    otherwise return at once. Raises ``OSError`` for ``eio`` and ``enospc``; never returns for ``exit``;
+    sleeps for ``sleepN``.
     Safe to call from any thread."""
     if not _active:
         return
@@ -113,5 +123,8 @@ def hit(name: str) -> None:
     if point.action == "exit":
         # os._exit, not sys.exit: no cleanup may run, as in a crash.
         os._exit(1)
+    if point.action.startswith("sleep"):
+        time.sleep(int(point.action[5:]) / 1000)  # (a slow disk blocks its caller alike)
+        return
     code = _ERRNOS[point.action]
     raise OSError(code, f"{os.strerror(code)} (injected by failpoint {name}, {ENV_VAR})")

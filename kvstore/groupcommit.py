@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from paxos.actions import Actions, DecideRecord, Record
+from paxos.actions import Actions, DecideRecord, PromiseRecord, Record
 
 from .metrics import FSYNC_SECONDS_BOUNDS, Buckets
 from .storage import StorageError
@@ -79,6 +79,7 @@ class GroupCommit:
         # Decide records of batches that persisted nothing else, not written yet (see the module docstring)
         self.deferred_records: list[Record] = []
         self._wrote_since_tick = False  # a batch's records were written since the node's last tick
+        self.promises_pending = 0  # staged batches, not carried out yet, that raise the promise
 
     def stage(self, actions: Actions) -> bool:
         """Write the batch's records to the log; True if it is durable now and the caller must carry
@@ -117,8 +118,15 @@ class GroupCommit:
             self.counters["inline_batches"] += 1
             return True
         self.pending_batches += 1
+        if any(type(r) is PromiseRecord for r in actions.persist):
+            self.promises_pending += 1
         self._send.send_nowait((actions, end))
         return False
+
+    def promises_durable(self, actions: Actions) -> bool:
+        """Whether every promise this node made, this batch's included, is durable (no batch staged
+        and not carried out raises it, nor does this one)."""
+        return not self.promises_pending and not any(type(r) is PromiseRecord for r in actions.persist)
 
     def _fsync(self, end: int) -> float:
         """Make the log durable through ``end``; return the seconds it took. Runs in the driver or in
@@ -161,6 +169,8 @@ class GroupCommit:
             # messages, applies or answers may leave. Their waiting clients were told (_stop_voting).
             node._send_replies()
             self.pending_batches -= len(items)
+            self.promises_pending -= sum(1 for actions, _ in items
+                                         if any(type(r) is PromiseRecord for r in actions.persist))
             progress, self._progress = self._progress, trio.Event()
             progress.set()
 

@@ -707,9 +707,13 @@ class Node:
 
     def _tick(self, count: int) -> None:
         replica = self.replica
-        if self.learner.should_postpone_election():
+        if self.learner.should_postpone_election() or self.commit.promises_pending:
             # A node with a backlog to apply does not campaign yet: if the leader is gone, the standby
-            # (or another node whose state is current) should win, and answer clients at once.
+            # (or another node whose state is current) should win, and answer clients at once. Nor
+            # does one whose latest promise is not durable yet: nothing it sends can leave before it
+            # is (a campaign's Prepare neither), and the candidate it promised needs that promise
+            # (QA, a slow disk: a voter that promised a candidate timed out while its promise was
+            # being fsynced, and campaigned against it, again and again).
             replica.postpone_election()
         for _ in range(count):
             replica.tick()
@@ -878,6 +882,8 @@ class Node:
             # write to ours, and a round trip costs one fsync instead of two. The core capped their
             # decided_slot at the mark reported durable (Replica.note_durable, see _after_events).
             self.peer_links.send_now(actions.send_early)
+        if actions.send and (actions.persist or self.commit.pending_batches):
+            self._send_acks_early(actions)
         try:
             durable_now = self.commit.stage(actions)
         except StorageError as exc:
@@ -886,6 +892,20 @@ class Node:
             return
         if durable_now:
             self._carry_out(actions)
+
+    def _send_acks_early(self, actions: Actions) -> None:
+        """Send the batch's heartbeat acks now rather than after the fsync it (or a batch before it) waits
+        for, if every promise of ours is durable: an ack says only that we still promise the leader's
+        ballot. QA (a gray failure): with a follower's disk slow (fsyncs of 0.5 s and more) and the
+        other follower down, its acks left behind its fsyncs, the leader found no majority answering
+        within an election timeout and stepped down, and elections followed one another for as long as
+        the disk stayed slow: no write in 25 s, where the slow disk could have taken some."""
+        send = actions.send
+        if not any(type(item[1]) is pm.HeartbeatAck for item in send) or not self.commit.promises_durable(actions):
+            return
+        self.peer_links.send_now([item for item in send if type(item[1]) is pm.HeartbeatAck])
+        actions.send = [item for item in send if type(item[1]) is not pm.HeartbeatAck]
+        self.counters["heartbeat_acks_early"] += 1
 
     def _carry_out(self, actions: Actions) -> None:
         """Steps 2-4 of the contract for one batch whose records are durable (inline, or the committer)."""

@@ -259,7 +259,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# meta.json's "format". Every version of kv refuses a directory whose format it does not read, at open,
+# before it touches a file. Format 1: the versions up to the sync marks and the log fence; format 2: this
+# one. A directory of format 1 is read as it is and its meta.json says 2 from the first open on, before
+# anything is written: an older version then refuses it ("data format version 2, this program reads
+# 1") instead of reading a log this version appended to (QA: one cut the appended records as a torn tail
+# and lost acknowledged writes; older ones cut the whole log at the fence).
+FORMAT_VERSION = 2
+FORMATS_READ = (1, 2)
 META_NAME = "meta.json"
 LOCK_NAME = "LOCK"
 TMP_SUFFIX = ".tmp"
@@ -1163,13 +1170,22 @@ class Storage:
                 members = {int(k): str(v) for k, v in members.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StorageError(f"meta file {meta_path} is unreadable: {exc!r}") from exc
-        if version != FORMAT_VERSION:
+        if version not in FORMATS_READ:
+            newer = type(version) is int and version > FORMAT_VERSION
             raise StorageError(
-                f"meta file {meta_path}: data format version {version!r}, this program reads {FORMAT_VERSION}"
+                f"meta file {meta_path}: data format version {version!r}, this program reads "
+                f"{', '.join(map(str, FORMATS_READ))}" + ("; a newer version of kv wrote this directory: run that "
+                                                           "version (a downgrade is refused)" if newer else "")
             )
         if owner != node_id or cluster != cluster_id:
             raise StorageError(foreign_data_dir(self.path, owner, cluster, node_id, cluster_id))
         self._meta = meta
+        if version != FORMAT_VERSION:
+            # Before anything else is written (see FORMAT_VERSION): from now on older versions refuse it.
+            meta["format"] = FORMAT_VERSION
+            self._save_meta()
+            log.info("data dir %s: upgraded from format %s to %s (older versions of kv refuse it from now on)",
+                     self.path, version, FORMAT_VERSION)
         if incarnation is None:
             # Made by a version without incarnations: this directory is the acceptor it always was, in
             # a cluster founded before incarnations. It records only itself; the other members'

@@ -480,7 +480,12 @@ class Replica:
         self._ticks_since_heard += 1
         if self._ticks_since_heard >= self._election_deadline:
             if self.is_voter:
-                self._start_election()
+                own = self._own_ballot
+                if self._role == CANDIDATE and own is not None and not self._election_behind \
+                        and self._ballot_seen_max <= own:
+                    self._retry_prepare()
+                else:
+                    self._start_election()
             else:
                 # A learner, a joining node or a removed one: it never leads (membership rule 3 would
                 # not count its own promise anyway). It listens for the leader's messages, and since
@@ -978,6 +983,23 @@ class Replica:
         self._reset_election_timer()
         self._broadcast(Prepare(sender=self.node_id, ballot=ballot, first_slot=self._first_slot))
         self._maybe_become_leader()
+
+    def _retry_prepare(self) -> None:
+        """Our phase 1 timed out with no ballot above ours in sight: ask the voters that have not promised
+        again, at the same ballot, rather than start over at a higher one. A Prepare or a Promise may have
+        been lost (the acceptor answers a duplicate), or an acceptor is slow to make its promise durable,
+        and a higher ballot would make it write one more. (QA, a gray failure: with a voter the majority
+        needed taking 0.5 s and more per fsync, every election timed out before that voter's promise
+        was durable, and elections at ever higher ballots followed one another for as long as its disk
+        stayed slow.) A higher ballot, from a Nack or any message, still makes the next try a new
+        election (``tick``); so does a promise that reports compacted slots (``_election_behind``)."""
+        self._count("prepare_retries")
+        self._reset_election_timer()
+        assert self._own_ballot is not None  # (a candidate's)
+        prepare = Prepare(sender=self.node_id, ballot=self._own_ballot, first_slot=self._first_slot)
+        for peer in self._peers:
+            if peer not in self._promises:
+                self._send(peer, prepare)
 
     def _on_promise(self, m: Promise) -> None:
         if (self._role == LEADER and m.ballot == self._own_ballot and m.first_slot == self._first_slot

@@ -42,7 +42,8 @@ def test_parse_actions_and_flag_paths():
     }
 
 
-@pytest.mark.parametrize("value", ["a", "=eio", "a=EIO", "a=eio@", "a=eio @ ", "a=@/tmp/f", "a=fail"])
+@pytest.mark.parametrize("value", ["a", "=eio", "a=EIO", "a=eio@", "a=eio @ ", "a=@/tmp/f", "a=fail", "a=sleep",
+                                   "a=sleep0", "a=sleep-5", "a=sleep60001", "a=sleep1.5", "a=sleep05"])
 def test_malformed_values_are_a_value_error_at_reload(monkeypatch, value):
     failpoints.reload()
     monkeypatch.setenv(failpoints.ENV_VAR, value)
@@ -70,6 +71,22 @@ def test_flag_file_turns_the_action_on_and_off(monkeypatch, tmp_path):
         failpoints.hit("fsync")
     flag.unlink()
     failpoints.hit("fsync")  # healed
+
+
+def test_a_sleep_action_slows_its_caller_and_goes_on(monkeypatch, tmp_path):
+    """``sleepN``: a slow disk, N milliseconds in the calling thread, then the real call goes on."""
+    import time
+
+    flag = tmp_path / "slow"
+    configure(monkeypatch, f"fsync_log=sleep120@{flag}")
+    assert failpoints._active["fsync_log"] == Failpoint("sleep120", str(flag))
+    started = time.monotonic()
+    failpoints.hit("fsync_log")  # no flag: no delay
+    assert time.monotonic() - started < 0.1
+    flag.touch()
+    started = time.monotonic()
+    assert failpoints.hit("fsync_log") is None  # returns: nothing fails
+    assert time.monotonic() - started >= 0.12
 
 
 def test_no_failpoints_means_an_empty_table(monkeypatch):

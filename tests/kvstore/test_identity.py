@@ -108,6 +108,8 @@ def test_check_peer_accepts_the_known_incarnation_and_refuses_another():
 import json  # noqa: E402
 
 from kvstore.storage import Storage, StorageError  # noqa: E402
+from paxos.actions import PromiseRecord  # noqa: E402
+from paxos.ballot import Ballot  # noqa: E402
 
 
 def test_a_new_directory_gets_an_incarnation_that_survives_reopening(tmp_path):
@@ -131,6 +133,28 @@ def test_a_directory_from_before_incarnations_gets_one_and_is_marked_legacy(tmp_
     with Storage.open(d, node_id=2, cluster_id="kv", fsync=False) as s:
         # founded (no founding check), the others to be recorded as they say Hello
         assert s.incarnation == incarnation and s.members == {2: incarnation}
+
+
+def test_an_older_versions_directory_is_read_and_marked_so_that_older_versions_refuse_it(tmp_path):
+    """Format 1 (every version before the log's fence) is read as it is, and meta.json says format 2
+    from the first open on, before the log is written: each older version checks ``format == 1`` at
+    open and refuses anything else, before touching a file (QA: rolled back after this version appended
+    to its log, one cut the appended records as a torn tail and lost acknowledged writes). A format this
+    version does not know is refused, and a newer one is named as such."""
+    d = tmp_path / "old"
+    with Storage.open(d, node_id=2, cluster_id="kv", fsync=False) as s:
+        s.append([PromiseRecord(Ballot(3, 2))])
+        s.sync()
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["format"] == 2
+    (d / "meta.json").write_text(json.dumps({**meta, "format": 1}))  # as an older version left it
+    with Storage.open(d, node_id=2, cluster_id="kv", fsync=False) as s:
+        assert json.loads((d / "meta.json").read_text())["format"] == 2
+        assert s.recovered.promised == Ballot(3, 2)
+    for newer, said in ((3, "a newer version of kv wrote this directory"), ("2", "this program reads 1, 2")):
+        (d / "meta.json").write_text(json.dumps({**meta, "format": newer}))
+        with pytest.raises(StorageError, match=said):
+            Storage.open(d, node_id=2, cluster_id="kv", fsync=False)
 
 
 @pytest.mark.parametrize("bad", [{"incarnation": 7}, {"incarnation": "x", "members": ["1"]}])
