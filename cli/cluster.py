@@ -180,10 +180,16 @@ def _project_root() -> str:
 
 
 def spawn_node(node: dict[str, Any]) -> subprocess.Popen[bytes]:
-    """Start one node from its stored argv, logging to its log file; sets node["pid"]."""
+    """Start one node from its stored argv, logging to its log file; sets node["pid"].
+
+    A node whose argv names this ``kv``'s Python gets this project first on its ``PYTHONPATH`` (a source
+    checkout runs without an install); one started by another install (another virtualenv: a cluster
+    brought up before an upgrade) runs that install's own code, not this one's under its interpreter
+    (upgrade QA: a restarted node ran the new code with the old install's packages and failed)."""
     Path(node["log_file"]).parent.mkdir(parents=True, exist_ok=True)
     env = os.environ.copy()
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_project_root(), env.get("PYTHONPATH")) if p)
+    if os.path.abspath(node["argv"][0]) == os.path.abspath(sys.executable):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_project_root(), env.get("PYTHONPATH")) if p)
     with open(node["log_file"], "ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(node['argv'])}\n".encode())
         log.flush()

@@ -399,6 +399,7 @@ class Node:
             self._driver_idle = False  # the driver waits for events and none was posted since (see _post)
             self._quiet = False  # the driver's last batch was tiny: one request at a time
             self._led = False  # the core led after the last batch (see _after_events)
+            self._leader_logged: int | None = None  # the leader the log last named (see _log_leader_change)
             self._feed_time: float | None = None  # see _now
             # the core and its members_version as of the last Members.sync from _after_events
             self._members_replica: object = None
@@ -810,6 +811,8 @@ class Node:
             # the request timeout, which a cut-off node would reach.
             self.counters["writes_failed_on_step_down"] += self.waiters.fail_writes_not_leader()
         self._led = leads
+        if replica.leader_id != self._leader_logged and replica.leader_id is not None:
+            self._log_leader_change(replica.leader_id)
         learner = self.learner
         now = trio.current_time()
         learner.update(now, replica.leader_id, leads, self._fenced)
@@ -829,6 +832,18 @@ class Node:
             elif learner.idle_snapshot_due(now):
                 self.counters["snapshots_when_idle"] += 1
                 self.snapshots.start()
+
+    def _log_leader_change(self, leader: int) -> None:
+        """One line when the leader this node knows changes (QA, gray failures: a hundred elections left
+        no trace in any node's log). Elections in a row without a leader known log nothing until one wins."""
+        previous, self._leader_logged = self._leader_logged, leader
+        promised = self.replica.ballot
+        ballot = f"({promised.number}, {promised.node_id})"
+        if leader == self.node_id:
+            log.info("node %d: leading at ballot %s%s", self.node_id, ballot,
+                     "" if previous is None else f" (the leader was node {previous})")
+        else:
+            log.info("node %d: node %d leads at ballot %s", self.node_id, leader, ballot)
 
     def _post_event(self, event: object) -> None:
         self._driver_idle = False  # the driver has something to do (it may not have woken up yet)

@@ -116,3 +116,27 @@ def test_restart_waits_until_the_node_is_a_member_not_only_answering(fake, tmp_p
     monkeypatch.setattr(cluster, "spawn_node", lambda node: type("Running", (), {"poll": lambda self: None})())
     monkeypatch.setattr(cluster, "query_statuses", lambda *a, **k: next(members))
     assert "restarted node 1" in run("cluster", "restart", "1").output
+
+
+def test_a_node_of_another_install_runs_that_installs_code(tmp_path, monkeypatch):
+    """``spawn_node`` puts this project first on PYTHONPATH only for a node run by this kv's Python; a
+    node whose recorded argv names another interpreter path (a cluster brought up by another
+    virtualenv, before an upgrade) runs that install's code (upgrade QA: ``kv cluster restart`` ran the
+    new code under the old install's Python, which lacked its dependencies)."""
+    import os
+    import sys
+
+    from kv_cli import cluster
+
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    other = tmp_path / "other-venv-python"
+    other.symlink_to(sys.executable)  # another path, as another virtualenv's python is
+    seen = {}
+    for name, python in (("this", sys.executable), ("other", str(other))):
+        node = {"argv": [python, "-c", "import os; print('PYTHONPATH=' + os.environ.get('PYTHONPATH', ''))"],
+                "log_file": str(tmp_path / f"{name}.log")}
+        cluster.spawn_node(node).wait(timeout=30)
+        seen[name] = (tmp_path / f"{name}.log").read_text().splitlines()[-1]
+    assert seen["this"] == "PYTHONPATH=" + cluster._project_root(), seen
+    assert seen["other"] == "PYTHONPATH=", seen
+    assert os.environ.get("PYTHONPATH") is None

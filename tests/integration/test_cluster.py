@@ -95,6 +95,15 @@ async def test_sigkill_leader_during_writes_loses_no_acknowledged_write(tmp_path
         assert len(acked) >= before_kill + 100, "writes did not resume after the leader was killed"
         await _check_all(cluster.endpoints, acked)
         cluster.wait_converged(deadline_s=30)
+        if engine == "core":
+            # Each node's log names the leaders it followed (QA: elections left no trace in any log).
+            new = cluster.leader()
+            logs = {i: (tmp_path / f"node-{i}.log").read_text(errors="replace") for i in cluster.ports}
+            assert f"node {leader}: leading at ballot" in logs[leader], logs[leader][-2000:]
+            if new != leader:
+                assert f"node {new}: leading at ballot" in logs[new] and f"(the leader was node {leader})" in logs[new]
+                other = next(i for i in cluster.ports if i not in (leader, new))
+                assert f"node {other}: node {new} leads at ballot" in logs[other], logs[other][-2000:]
     finally:
         cluster.close()
 
