@@ -66,11 +66,13 @@ the length it had, and preallocation that fails gives back only zeros past every
 written only when it says more than ``durable_end`` (the long form, 28 bytes; otherwise the short
 form as before). Records never go past the largest length a mark before them claims: ``append``
 finds a batch that would (it outgrows the zeros ahead, or it is larger than all of them, as a catch-up
-can be), grows the file and fsyncs it first (``_grow_durably``: one more fdatasync per preallocation
-step), and puts a mark claiming the new length in front of it. So for every cut below the file's
-length a mark survives that claims more. What stays open: without preallocation (``preallocate=0``)
-there is nothing ahead of the records to claim, so a cut at a record boundary still passes; and the
-batches written while the disk has no room for the zeros go unclaimed until a later growth succeeds.
+can be), grows the file and fsyncs it first (``_grow_durably``: one more fdatasync), and puts a mark
+claiming the new length in front of it. Usually nothing grows there: the next step of zeros is written
+once half of those ahead are used (``_reserve``), and a group commit's fsync makes it durable first.
+So for every cut below the file's length a mark survives that claims more. What stays open: without
+preallocation (``preallocate=0``) there is nothing ahead of the records to claim, so a cut at a record
+boundary still passes; and the batches written while the disk has no room for the zeros go unclaimed
+until a later growth succeeds.
 
 Records know their place. A record's checksum is the crc32 of its payload XORed with a mask made of
 the log's slot (``log-<slot>.wal``) and the record's byte offset in it (``position_mask``: the crc32
@@ -1450,11 +1452,19 @@ class Storage:
         go out in steps of ``preallocate`` bytes, with one write and, at the next fsync, one journal
         commit per step. A failure here (a full disk) only means no preallocation this time: the
         records' own write then reports what it must.
+
+        The next step goes out once the records have used half of the zeros ahead, not all of them: the
+        group commit's next fsync (in its worker thread when the disk is slow) then makes the new length
+        durable, and later marks claim it, before any record reaches it. Waiting until the zeros ran out
+        made the batch that did grow the file durably itself (``_grow_durably``: an fdatasync in the
+        node's event loop, once per step; gray-failure QA: 0.5-5 s during which the node answered
+        nothing, on a slow disk). ``_grow_durably`` is left for a batch that outruns that, one larger
+        than half the zeros (a catch-up can be).
         """
         need = self._log_end + count
-        if not self._preallocate or need <= self._allocated:
+        if not self._preallocate or need + self._preallocate // 2 <= self._allocated:
             return
-        self._write_zeros(need + self._preallocate)
+        self._write_zeros(max(need, self._allocated) + self._preallocate)
 
     def _write_zeros(self, target: int) -> bool:
         """Write zeros after the records and the zeros already there, up to byte ``target``; True if
