@@ -436,6 +436,20 @@ def test_health_names_a_reachable_node_whose_disk_is_not_ok(fake):
     assert result.stdout.splitlines()[-1].endswith("; 1 of them with a disk not ok (kv status)"), result.stdout
 
 
+def test_health_names_a_reachable_node_far_behind_the_leader(fake):
+    """Healthy by its definition, but a node 100 slots or more behind the leader's decided slot is slow
+    (its disk, its CPU) or cut off: its line and the summary say so (gray-failure QA: a node with a
+    slow disk was 5,000 slots behind and kv health said nothing). A node a few slots behind is not."""
+    fake.statuses = [dict(FULL, decided_slot=5017), dict(PARTIAL, decided_slot=17),
+                     dict(PARTIAL, endpoint="127.0.0.1:7003", id=3, decided_slot=5000)]
+    result = run(*EP, "health")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "127.0.0.1:7002: reachable, 5000 slots behind the leader" in lines, lines
+    assert "127.0.0.1:7003: reachable" in lines
+    assert lines[-1].endswith("; 1 of them 100+ slots behind the leader"), lines
+
+
 def test_health_fails_without_quorum(fake):
     fake.statuses = [FULL, DOWN, dict(DOWN, endpoint="127.0.0.1:7002")]
     result = run(*EP, "health")
