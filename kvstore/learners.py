@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 The core hands out decided slots in order (``Actions.apply``; the core then counts them as its
 ``applied_slot``, though nothing is applied yet). They join the **apply queue**, ``Learner.queue`` of
-``(slot, commands)`` items, and the ``Learner`` applies them to the state machine it owns (``sm``), in
+``(slot, commands, count)`` items (the commands packed, ``paxos.actions.pack_value``, when queued while
+lazy: one bytes object per slot), and the ``Learner`` applies them to the state machine it owns (``sm``), in
 order, and answers the writes waiting for them (``kvstore.waiters``). ``Learner.applied_slot`` is what
 the state machine has really applied: the state that reads see. An *eager* learner applies at once,
 ``CATCH_UP_COMMANDS`` at a time so that a long backlog leaves room for ticks, heartbeats and Accepts
@@ -37,6 +38,7 @@ import collections
 import math
 from collections.abc import Callable, Iterable, Sequence
 
+from paxos.actions import pack_value, unpack_value
 from paxos.messages import Value
 
 from .metrics import SLOT_COMMANDS_BOUNDS, Buckets
@@ -96,8 +98,9 @@ class Learner:
         self.send_replies = send_replies
         self.counters = counters
         self.clock = clock
-        # (slot, commands) handed out, not applied
-        self.queue: collections.deque[tuple[int, Value]] = collections.deque()
+        # (slot, commands, how many) handed out, not applied; the commands packed (pack_value) if queued
+        # while lazy
+        self.queue: collections.deque[tuple[int, Value | bytes, int]] = collections.deque()
         self.queued_commands = 0
         self.lazy = False
         self.applied_since_snapshot = 0  # commands applied since our last snapshot (see snapshot_due)
@@ -112,12 +115,19 @@ class Learner:
         """The core handed out these ``(slot, commands)`` (``Actions.apply``): queue them, and apply a
         step of the queue at once unless lazy."""
         self.last_handout = now
-        self.queue.extend(decided)
         observe = self.slot_commands.observe
         count = 0
         for _, commands in decided:
             count += len(commands)
             observe(len(commands))
+        if self.lazy:
+            # A lazy learner may hold two snapshot intervals of slots: each as one packed bytes object
+            # (``pack_value``), not a tuple of small ones. Resources QA: after load a lazy learner's RSS
+            # stayed at 113 MiB against 43 MiB after a restart on the same data, the small objects of
+            # its queue interleaved in the allocator's pools with what lived on.
+            self.queue.extend((slot, pack_value(commands), len(commands)) for slot, commands in decided)
+        else:
+            self.queue.extend((slot, commands, len(commands)) for slot, commands in decided)
         self.queued_commands += count
         if not self.lazy:
             self.apply_queued(CATCH_UP_COMMANDS)
@@ -136,10 +146,11 @@ class Learner:
         # (a deadline is arrival + timeout, so this minus a deadline is the time since arrival)
         started = self.clock() + waiters.timeout_seconds
         while queue and applied < limit:
-            slot, batch = queue.popleft()
+            slot, queued, count = queue.popleft()
+            batch = unpack_value(queued)  # (packed if queued while lazy; a tuple comes back as it is)
             self.applied_slot = slot
             self.sm.slot = slot  # a membership change among these commands is recorded with its slot
-            applied += len(batch)
+            applied += count
             for command in batch:
                 key, result = sm_apply(command, own.pop(command, None) if own else None)
                 if key is not None and key in waiting:
@@ -259,7 +270,7 @@ class Learner:
         queue = self.queue
         skipped = 0
         while queue and queue[0][0] <= slot:
-            skipped += len(queue.popleft()[1])
+            skipped += queue.popleft()[2]
         self.queued_commands -= skipped
         self.counters["commands_not_applied"] += skipped  # the snapshot stood in for them
         self.sm = sm

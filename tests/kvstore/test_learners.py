@@ -96,6 +96,25 @@ def test_a_backlog_is_applied_catch_up_commands_at_a_time_in_whole_slots():
     assert learner.counters["catch_up_steps"] == 2
 
 
+def test_a_lazy_learner_queues_each_slot_packed_and_applies_it_as_an_eager_one_would():
+    """While lazy, a slot waits as one packed bytes object (resources QA: a lazy learner's queue of small
+    objects kept its RSS at 113 MiB after load, 43 MiB after a restart on the same data); applied later
+    it gives the state an eager learner has."""
+    slots = [_slot(s, 50) for s in range(1, 21)]
+    eager = _learner()
+    eager.hand_out(slots, now=0.0)
+    lazy = _learner()
+    lazy.lazy = True
+    lazy.hand_out(slots, now=0.0)
+    assert all(type(batch) is bytes and count == 50 for _, batch, count in lazy.queue)
+    assert lazy.queued_commands == 1000 and lazy.applied_slot == 0
+    lazy.lazy = False
+    while lazy.behind:
+        lazy.catch_up()
+    assert lazy.applied_slot == eager.applied_slot == 20 and lazy.queued_commands == 0
+    assert lazy.sm.state_hash() == eager.sm.state_hash() and len(lazy.sm) == 1000
+
+
 def test_a_follower_that_is_not_the_standby_turns_lazy_under_sustained_writes_and_leaves_the_queue():
     learner = _learner(node_id=3)
     _sustained(learner, now=1.0)
@@ -182,7 +201,7 @@ def test_adoption_skips_the_slots_the_snapshot_covers_only_while_lazy_and_behind
     snapshot.apply(commands.encode_put(CID, 10**8, 0, "from-the-leader", "x"))
     assert learner.adopt(3, snapshot)
     assert learner.sm is snapshot and learner.applied_slot == 3
-    assert [slot for slot, _ in learner.queue] == [4, 5]
+    assert [slot for slot, _, _ in learner.queue] == [4, 5]
     assert learner.queued_commands == 6 and learner.counters["commands_not_applied"] == queued - 6
     assert not learner.adopt(2, StateMachine()), "a snapshot behind the applied slot was taken"
     learner.lazy = False
