@@ -26,7 +26,10 @@ node stops.
 Batches are carried out in the order they were staged, inline ones included (an inline batch needs an
 empty queue). ``durable_decided_slot`` is the
 highest decided slot whose decision rests only on durable records: the core's decided slot as of the
-last batch carried out (the node caps early Accepts with it).
+last batch carried out (the node caps early Accepts with it). ``promises_pending`` counts the staged
+batches, not carried out yet, that raise the node's promise: while it is 0 the node's promises are
+durable, so a heartbeat ack may leave ahead of the fsyncs (``Node._send_acks_early``), and while it is
+not the node does not campaign (``Node._tick``).
 
 Rules: this module touches the storage (append, flush, fsync) and nothing else of the node's state
 but what the committer hands back: it never calls the ``Replica``, never sends, never answers a
@@ -55,6 +58,10 @@ __all__ = ["GroupCommit", "DEFERRED_RECORDS_MAX"]
 
 # Decide records that may wait in memory for the next batch's write (see the module docstring)
 DEFERRED_RECORDS_MAX = 1024
+
+
+def _raises_promise(actions: Actions) -> bool:
+    return any(type(r) is PromiseRecord for r in actions.persist)
 
 
 class GroupCommit:
@@ -118,7 +125,7 @@ class GroupCommit:
             self.counters["inline_batches"] += 1
             return True
         self.pending_batches += 1
-        if any(type(r) is PromiseRecord for r in actions.persist):
+        if _raises_promise(actions):
             self.promises_pending += 1
         self._send.send_nowait((actions, end))
         return False
@@ -126,7 +133,7 @@ class GroupCommit:
     def promises_durable(self, actions: Actions) -> bool:
         """Whether every promise this node made, this batch's included, is durable (no batch staged
         and not carried out raises it, nor does this one)."""
-        return not self.promises_pending and not any(type(r) is PromiseRecord for r in actions.persist)
+        return not self.promises_pending and not _raises_promise(actions)
 
     def _fsync(self, end: int) -> float:
         """Make the log durable through ``end``; return the seconds it took. Runs in the driver or in
@@ -169,8 +176,7 @@ class GroupCommit:
             # messages, applies or answers may leave. Their waiting clients were told (_stop_voting).
             node._send_replies()
             self.pending_batches -= len(items)
-            self.promises_pending -= sum(1 for actions, _ in items
-                                         if any(type(r) is PromiseRecord for r in actions.persist))
+            self.promises_pending -= sum(1 for actions, _ in items if _raises_promise(actions))
             progress, self._progress = self._progress, trio.Event()
             progress.set()
 
