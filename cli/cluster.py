@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +191,9 @@ def spawn_node(node: dict[str, Any]) -> subprocess.Popen[bytes]:
     env = os.environ.copy()
     if os.path.abspath(node["argv"][0]) == os.path.abspath(sys.executable):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_project_root(), env.get("PYTHONPATH")) if p)
+    # `python -m kv_cli` would put the caller's working directory first on sys.path: a source checkout
+    # of another version there ran instead of the node's own (upgrade QA, a restart from inside one).
+    env["PYTHONSAFEPATH"] = "1"
     with open(node["log_file"], "ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(node['argv'])}\n".encode())
         log.flush()
@@ -740,6 +744,10 @@ def _signal_command(ctx: typer.Context, node_id: int, data_dir: Path | None, act
             node["pid"] = None
             write_state(cluster_dir, state)
         elif action == "restart":
+            python = node["argv"][0]
+            if shutil.which(python) is None:  # before the node is killed (QA: killed, then not started)
+                raise OperationFailed(f"node {node_id}'s command line runs {python}, which no longer exists; "
+                                      "bring the cluster down and up with this kv (kv cluster down; kv cluster up)")
             if process != "dead":
                 _signal(node["pid"], signal.SIGKILL)
                 if not _wait_dead([node], KILL_WAIT_SECONDS, {}):

@@ -132,11 +132,31 @@ def test_a_node_of_another_install_runs_that_installs_code(tmp_path, monkeypatch
     other = tmp_path / "other-venv-python"
     other.symlink_to(sys.executable)  # another path, as another virtualenv's python is
     seen = {}
+    show = "import os, sys; print('PYTHONPATH=' + os.environ.get('PYTHONPATH', ''), sys.flags.safe_path)"
     for name, python in (("this", sys.executable), ("other", str(other))):
-        node = {"argv": [python, "-c", "import os; print('PYTHONPATH=' + os.environ.get('PYTHONPATH', ''))"],
-                "log_file": str(tmp_path / f"{name}.log")}
+        node = {"argv": [python, "-c", show], "log_file": str(tmp_path / f"{name}.log")}
         cluster.spawn_node(node).wait(timeout=30)
         seen[name] = (tmp_path / f"{name}.log").read_text().splitlines()[-1]
-    assert seen["this"] == "PYTHONPATH=" + cluster._project_root(), seen
-    assert seen["other"] == "PYTHONPATH=", seen
+    # and neither puts the caller's working directory first on sys.path (QA: restarted from inside
+    # another version's checkout, a node ran that version's code): safe_path is set
+    assert seen["this"] == "PYTHONPATH=" + cluster._project_root() + " True", seen
+    assert seen["other"] == "PYTHONPATH= True", seen
     assert os.environ.get("PYTHONPATH") is None
+
+
+def test_restart_of_a_node_whose_python_is_gone_refuses_before_killing_it(tmp_path, monkeypatch):
+    """QA: the node was SIGKILLed first, then its recorded interpreter (a removed virtualenv) could not
+    start it, and it stayed down."""
+    from kv_cli import cluster
+
+    gone = str(tmp_path / "removed-venv" / "bin" / "python3")
+    state = _state(nodes=[{**NODE, "id": 2, "pid": 4242, "argv": [gone, "-m", "kv_cli", "serve"]}])
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "cluster.json").write_text(json.dumps(state))
+    killed = []
+    monkeypatch.setattr(cluster, "process_state", lambda pid, node: "alive")
+    monkeypatch.setattr(cluster, "_signal", lambda pid, sig: killed.append(pid))
+    result = run("cluster", "restart", "2", "--data-dir", str(tmp_path / "cluster"))
+    assert result.exit_code == 1
+    assert_one_error_line(result, "node 2's command line runs", "which no longer exists")
+    assert killed == []
