@@ -24,6 +24,7 @@ STATUS_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("LEARNER", ("learner",)),
     ("BACKLOG", ("apply_backlog",)),
     ("DISK", ("disk",)),  # ok, read-only (disk full) or failed; disk_error says why
+    ("FSYNC_MS", ("fsync_ms",)),  # recent fsyncs of the log, averaged: a slow disk
     ("LOG_SIZE", ("log_bytes", "log_size", "log_entries", "log_length")),
     ("SNAPSHOT", ("snapshot_slot", "snapshot")),
     ("REVISION", ("revision",)),

@@ -1069,6 +1069,9 @@ class Node:
             "state_hash": learner.sm.state_hash(),
             "storage_full": self.storage_full,
             "disk": self.disk_state,  # ok, read-only or failed
+            # recent fsyncs of the log, averaged (the group commit's weighted mean): a slow disk shows here
+            # before anything fails (gray-failure QA: kv status said disk ok and nothing else)
+            "fsync_ms": round(self.commit.fsync_seconds_ewma * 1000, 2),
             "disk_error": self.disk_error,  # why not ok: the file, the error, what to do
             "snapshotting": self.snapshots.busy,
             "cluster_id": self.options.cluster_id,

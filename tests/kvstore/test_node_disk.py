@@ -131,3 +131,32 @@ async def test_a_peers_snapshot_is_restored_in_a_worker_thread(tmp_path, monkeyp
         assert cluster.nodes[behind].counters["snapshots_installed"] >= 1
         assert restores_on_trio_thread and not any(restores_on_trio_thread), restores_on_trio_thread
         nursery.cancel_scope.cancel()
+
+
+async def test_status_shows_the_recent_fsync_time_so_a_slow_disk_is_seen_before_anything_fails(tmp_path):
+    """``fsync_ms`` in a node's status (the ``FSYNC_MS`` column of ``kv status``): the group commit's
+    average of recent fsyncs of the log. Gray-failure QA: with one node's fsyncs at 0.5 s and more,
+    ``kv status`` said ``disk ok`` and nothing else. Here the leader's fdatasync takes 100 ms longer (it
+    fsyncs every batch; a follower's share depends on its role)."""
+    import time
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, fsync=True)
+        for i in PEERS:
+            await cluster.start(i)
+        leader = await cluster.wait_leader()
+        slow = cluster.nodes[leader]
+        real = slow.storage._fdatasync
+
+        def slow_fdatasync(fd: int) -> None:
+            time.sleep(0.1)
+            real(fd)
+
+        slow.storage._fdatasync = slow_fdatasync
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            for i in range(30):
+                await kv.put(f"k{i}", "v")
+        assert slow.status()["fsync_ms"] >= 30, slow.status()["fsync_ms"]
+        assert all(cluster.nodes[i].status()["fsync_ms"] < 30 for i in PEERS if i != leader)
+        nursery.cancel_scope.cancel()
