@@ -280,17 +280,24 @@ LAG_NOTE_SLOTS = 100
 
 
 def _lagging(statuses: list[dict[str, Any]], leader: Any) -> dict[int, int]:
-    """``{id(status): slots behind}`` for the reachable nodes LAG_NOTE_SLOTS or more behind the leader."""
+    """``{id(status): slots behind}`` for the reachable nodes LAG_NOTE_SLOTS or more behind the leader:
+    in decided slots, or, for an eager learner, in applied slots (a follower with a slow disk learns
+    decisions at once and applies late; a lazy learner's applies lag by design)."""
     leader_status = next((s for s in statuses if nodestatus.is_reachable(s) and leader is not None
                           and nodestatus.field(s, "ID") == leader), None)
-    top = leader_status.get("decided_slot") if leader_status is not None else None
-    if type(top) is not int:
+    if leader_status is None:
         return {}
     behind = {}
     for s in statuses:
-        slot = s.get("decided_slot")
-        if nodestatus.is_reachable(s) and type(slot) is int and top - slot >= LAG_NOTE_SLOTS:
-            behind[id(s)] = top - slot
+        if not nodestatus.is_reachable(s):
+            continue
+        lags = []
+        for key in ("decided_slot", "applied_slot"):
+            top, slot = leader_status.get(key), s.get(key)
+            if type(top) is int and type(slot) is int and (key == "decided_slot" or s.get("learner") == "eager"):
+                lags.append(top - slot)
+        if lags and max(lags) >= LAG_NOTE_SLOTS:
+            behind[id(s)] = max(lags)
     return behind
 
 

@@ -399,7 +399,7 @@ class Node:
             self._driver_idle = False  # the driver waits for events and none was posted since (see _post)
             self._quiet = False  # the driver's last batch was tiny: one request at a time
             self._led = False  # the core led after the last batch (see _after_events)
-            self._leader_logged: int | None = None  # the leader the log last named (see _log_leader_change)
+            self._leader_logged: tuple[int, object] | None = None  # the (leader, ballot) last logged
             self._feed_time: float | None = None  # see _now
             # the core and its members_version as of the last Members.sync from _after_events
             self._members_replica: object = None
@@ -810,9 +810,12 @@ class Node:
             # once with the same request id (the outcome is remembered) instead of waiting here for
             # the request timeout, which a cut-off node would reach.
             self.counters["writes_failed_on_step_down"] += self.waiters.fail_writes_not_leader()
+            log.info("node %d: stopped leading at ballot %s", self.node_id, _ballot_text(replica.ballot))
         self._led = leads
-        if replica.leader_id != self._leader_logged and replica.leader_id is not None:
-            self._log_leader_change(replica.leader_id)
+        leader = replica.leader_id
+        if leader is not None and (self._leader_logged is None or self._leader_logged[0] != leader
+                                   or self._leader_logged[1] != replica.ballot):
+            self._log_leader_change(leader)
         learner = self.learner
         now = trio.current_time()
         learner.update(now, replica.leader_id, leads, self._fenced)
@@ -834,14 +837,15 @@ class Node:
                 self.snapshots.start()
 
     def _log_leader_change(self, leader: int) -> None:
-        """One line when the leader this node knows changes (QA, gray failures: a hundred elections left
-        no trace in any node's log). Elections in a row without a leader known log nothing until one wins."""
-        previous, self._leader_logged = self._leader_logged, leader
-        promised = self.replica.ballot
-        ballot = f"({promised.number}, {promised.node_id})"
+        """One line when the leader this node knows, or its ballot, changes (QA, gray failures: a hundred
+        elections left no trace in any node's log; then a leader that stepped down and won again left
+        none). Elections in a row without a leader known log nothing until one wins."""
+        previous = self._leader_logged
+        self._leader_logged = (leader, self.replica.ballot)
+        ballot = _ballot_text(self.replica.ballot)
         if leader == self.node_id:
             log.info("node %d: leading at ballot %s%s", self.node_id, ballot,
-                     "" if previous is None else f" (the leader was node {previous})")
+                     "" if previous is None else f" (the leader was node {previous[0]} at {_ballot_text(previous[1])})")
         else:
             log.info("node %d: node %d leads at ballot %s", self.node_id, leader, ballot)
 
@@ -1090,6 +1094,11 @@ class Node:
             "counters": dict(self.counters),
             "core_counters": core["counters"],  # the Paxos core's: duplicates, stale messages, elections
         }
+
+
+def _ballot_text(ballot: object) -> str:
+    """A ballot for the log: ``(number, node id)``."""
+    return f"({getattr(ballot, 'number', '?')}, {getattr(ballot, 'node_id', '?')})"
 
 
 async def serve_until_signal(node: Node) -> None:

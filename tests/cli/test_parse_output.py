@@ -448,6 +448,14 @@ def test_health_names_a_reachable_node_far_behind_the_leader(fake):
     assert "127.0.0.1:7002: reachable, 5000 slots behind the leader" in lines, lines
     assert "127.0.0.1:7003: reachable" in lines
     assert lines[-1].endswith("; 1 of them 100+ slots behind the leader"), lines
+    # an eager follower that decided everything but applied late (a slow disk) counts; a lazy one does not
+    fake.statuses = [dict(FULL, decided_slot=5017, applied_slot=5017),
+                     dict(PARTIAL, decided_slot=5017, applied_slot=300, learner="eager"),
+                     dict(PARTIAL, endpoint="127.0.0.1:7003", id=3, decided_slot=5017, applied_slot=10,
+                          learner="lazy")]
+    lines = run(*EP, "health").stdout.splitlines()
+    assert "127.0.0.1:7002: reachable, 4717 slots behind the leader" in lines, lines
+    assert "127.0.0.1:7003: reachable" in lines
 
 
 def test_health_fails_without_quorum(fake):

@@ -114,6 +114,9 @@ def test_a_leader_whose_followers_are_paused_answers_not_leader_within_a_bound(t
             status = cluster.status(old)
             assert status is not None and not status["is_leader"]
             assert status["core_counters"].get("stepped_down_no_quorum", 0) >= 1, status["core_counters"]
+            # and its log says so (QA, gray failures: a leader that stepped down left no line)
+            log = (tmp_path / f"node-{old}.log").read_text(errors="replace")
+            assert f"node {old}: stopped leading at ballot (" in log, log[-2000:]
         assert elapsed < NOT_LEADER_WITHIN_SECONDS
         cluster.leader(deadline_s=30)
         with cluster.client(timeout=20) as kv:
