@@ -68,7 +68,9 @@ form as before). Records never go past the largest length a mark before them cla
 finds a batch that would (it outgrows the zeros ahead, or it is larger than all of them, as a catch-up
 can be), grows the file and fsyncs it first (``_grow_durably``: one more fdatasync), and puts a mark
 claiming the new length in front of it. Usually nothing grows there: the next step of zeros is written
-once half of those ahead are used (``_reserve``), and a group commit's fsync makes it durable first.
+once half of those ahead are used (``_reserve``), and a group commit's fsync makes it durable first;
+when a small batch grows the file all the same (the fsyncs are slower than writing half a step), the
+step doubles, up to ``PREALLOCATE_STEP_MAX``.
 So for every cut below the file's length a mark survives that claims more. What stays open: without
 preallocation (``preallocate=0``) there is nothing ahead of the records to claim, so a cut at a record
 boundary still passes; and the batches written while the disk has no room for the zeros go unclaimed
@@ -269,6 +271,9 @@ log = logging.getLogger(__name__)
 # and lost acknowledged writes; older ones cut the whole log at the fence).
 FORMAT_VERSION = 2
 FORMATS_READ = (1, 2)
+# The most zeros a log keeps ahead of its records: the preallocation step doubles up to this while
+# records outrun the fsyncs that make its growth durable (see Storage.append)
+PREALLOCATE_STEP_MAX = 64 << 20
 META_NAME = "meta.json"
 LOCK_NAME = "LOCK"
 TMP_SUFFIX = ".tmp"
@@ -1666,6 +1671,14 @@ class Storage:
                 grown = self._grow_durably(at + len(mark) + len(data))
             except DiskFailed:
                 grown = False  # (recorded in ``failure``: the batch's flush, sync or fsync raises it)
+            if grown and len(data) < self._preallocate // 2 and self._preallocate < PREALLOCATE_STEP_MAX:
+                # A batch smaller than half the zeros ahead outran them: the fsyncs that make the next
+                # step durable take longer than writing half a step (a slow disk under load; gray-failure
+                # QA: an fdatasync of 1-8 s in the node's event loop each time). Keep twice as many zeros
+                # ahead from now on, so that the step gives the fsyncs time.
+                self._preallocate = min(2 * self._preallocate, PREALLOCATE_STEP_MAX)
+                log.info("log %s: records outran the fsyncs that make its growth durable; keeping %d KiB of "
+                         "zeros ahead from now on", self._log_path, self._preallocate >> 10)
             if grown:
                 mark_end, mark_size = self._synced_end, self._synced_size
                 claim = _encode_mark(mark_end, mark_size, None if placed is None else at, placed or 0)

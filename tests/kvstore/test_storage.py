@@ -710,6 +710,36 @@ def test_the_zeros_ahead_grow_before_records_reach_them_so_appends_never_fsync(t
         assert storage.recovered == DurableState.replay(records)
 
 
+def test_records_that_outrun_the_fsyncs_double_the_zeros_kept_ahead(tmp_path, monkeypatch):
+    """When small batches reach past what the marks claim (the fsyncs that make the zeros ahead durable
+    are slower than writing half of them: a slow disk under load), each growth is an fdatasync in
+    ``append``, in the node's event loop; the step then doubles (up to PREALLOCATE_STEP_MAX), so that
+    such growths become rare (gray-failure QA, second run: 1-8 s stalls, one per half MiB, at 2 IOPS)."""
+    from kvstore.storage import PREALLOCATE_STEP_MAX, Storage
+
+    grown = []
+    real = Storage._grow_durably
+
+    def counting(self, end):
+        grown.append(end)
+        return real(self, end)
+
+    monkeypatch.setattr(Storage, "_grow_durably", counting)
+    records = []
+    with open_preallocated(tmp_path, preallocate=4096) as storage:
+        for slot in range(1, 301):  # ~150 KB, never an fsync_through between: the fsyncs never keep up
+            batch = [AcceptRecord(slot, Ballot(1, 1), (b"v" * 400,))]
+            records += batch
+            storage.append(batch)
+            storage.flush()
+        assert storage._preallocate >= 32 * 4096
+        assert len(grown) <= 8, grown  # (about 75 with a fixed step of 4 KiB)
+        assert PREALLOCATE_STEP_MAX == 64 << 20
+        storage.sync()
+    with open_preallocated(tmp_path, preallocate=4096) as storage:
+        assert storage.recovered == DurableState.replay(records)
+
+
 def test_a_preallocation_that_fails_never_writes_zeros_over_synced_records(tmp_path, monkeypatch):
     """A nearly full disk: writing the zeros ahead fails with ENOSPC (while smaller record writes still
     fit), so records go on past the zeros. The next preallocation must start after those records: it
