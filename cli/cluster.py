@@ -372,7 +372,9 @@ def _wait_answering(state: dict[str, Any], node: dict[str, Any], child: subproce
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        if any(nodestatus.is_reachable(s) and s.get("members") is not None
+        # (a node of a version without the field answers without it: answering is all it can say; upgrade
+        # QA: such a node serving after 1 s was reported "does not answer yet after 20 s")
+        if any(nodestatus.is_reachable(s) and (s.get("members") is not None or "members" not in s)
                for s in query_statuses([endpoint], min(0.5, remaining), _tls_of(state))):
             return True
         time.sleep(POLL_SECONDS)
