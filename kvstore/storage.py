@@ -102,10 +102,10 @@ holds a fence (or the start of one) alone was cut short and is refused like an e
 
 Disk format. The presence of marks versions the log: a log with at least one mark was written by
 this version and is read with the rule below; a log with none (an older version's) is read with the
-older rule, unchanged, and gains marks with its next batch. Nothing else changed (``meta.json`` is
-still format 1), so an older data directory opens as before. An older program cannot read a log with
-marks (it sees an unknown record at offset 0, and once valid records follow it refuses to start):
-no downgrade once this version has written a batch.
+older rule, unchanged, and gains marks with its next batch, so an older data directory opens as
+before. An older program must not read a log this version wrote or appended to (the version before
+cut the appended records as a torn tail): ``meta.json`` says format 2 from this version's first open
+on, before anything is written, and every older program refuses that at open (``FORMAT_VERSION``).
 
 Preallocated log space (``Storage.open(..., preallocate=N)``, the server's default is 1 MiB). Growing
 a file changes its size, so an fdatasync after an append must also commit the file system's journal;
@@ -268,7 +268,7 @@ log = logging.getLogger(__name__)
 # one. A directory of format 1 is read as it is and its meta.json says 2 from the first open on, before
 # anything is written: an older version then refuses it ("data format version 2, this program reads
 # 1") instead of reading a log this version appended to (QA: one cut the appended records as a torn tail
-# and lost acknowledged writes; older ones cut the whole log at the fence).
+# and lost acknowledged writes; older ones cut the whole log once this version had compacted it).
 FORMAT_VERSION = 2
 FORMATS_READ = (1, 2)
 # The most zeros a log keeps ahead of its records: the preallocation step doubles up to this while
@@ -1464,7 +1464,8 @@ class Storage:
         made the batch that did grow the file durably itself (``_grow_durably``: an fdatasync in the
         node's event loop, once per step; gray-failure QA: 0.5-5 s during which the node answered
         nothing, on a slow disk). ``_grow_durably`` is left for a batch that outruns that, one larger
-        than half the zeros (a catch-up can be).
+        than half the zeros (a catch-up can be), or fsyncs slower than writing half of them (``append``
+        then doubles the step).
         """
         need = self._log_end + count
         if not self._preallocate or need + self._preallocate // 2 <= self._allocated:
