@@ -677,21 +677,27 @@ def test_preallocated_log_grows_in_steps_when_a_batch_does_not_fit(tmp_path):
         assert storage.recovered == DurableState.replay(records)
 
 
-def test_the_zeros_ahead_grow_before_records_reach_them_so_appends_never_fsync(tmp_path, monkeypatch):
+@pytest.fixture
+def grown(monkeypatch) -> list[int]:
+    """The ends each ``Storage._grow_durably`` call grew the log for (an fdatasync in ``append``)."""
+    from kvstore.storage import Storage
+
+    ends: list[int] = []
+    real = Storage._grow_durably
+
+    def counting(self, end):
+        ends.append(end)
+        return real(self, end)
+
+    monkeypatch.setattr(Storage, "_grow_durably", counting)
+    return ends
+
+
+def test_the_zeros_ahead_grow_before_records_reach_them_so_appends_never_fsync(tmp_path, grown):
     """The next step of zeros is written once half of those ahead are used, and the group commit's next
     fsync makes that length durable, so no small batch has to grow the file and fsync it itself in
     ``append`` (gray-failure QA: that fdatasync ran in the node's event loop once per step, 0.5-5 s on
     a slow disk, during which the node answered nothing). Only fsync_through's fdatasyncs run."""
-    from kvstore.storage import Storage
-
-    grown = []
-    real = Storage._grow_durably
-
-    def counting(self, end):
-        grown.append(end)
-        return real(self, end)
-
-    monkeypatch.setattr(Storage, "_grow_durably", counting)
     with open_preallocated(tmp_path, preallocate=4096) as storage:
         records = []
         for slot in range(1, 400):  # about 45 KB: ten steps of zeros
@@ -710,21 +716,13 @@ def test_the_zeros_ahead_grow_before_records_reach_them_so_appends_never_fsync(t
         assert storage.recovered == DurableState.replay(records)
 
 
-def test_records_that_outrun_the_fsyncs_double_the_zeros_kept_ahead(tmp_path, monkeypatch):
+def test_records_that_outrun_the_fsyncs_double_the_zeros_kept_ahead(tmp_path, grown):
     """When small batches reach past what the marks claim (the fsyncs that make the zeros ahead durable
     are slower than writing half of them: a slow disk under load), each growth is an fdatasync in
     ``append``, in the node's event loop; the step then doubles (up to PREALLOCATE_STEP_MAX), so that
     such growths become rare (gray-failure QA, second run: 1-8 s stalls, one per half MiB, at 2 IOPS)."""
-    from kvstore.storage import PREALLOCATE_STEP_MAX, Storage
+    from kvstore.storage import PREALLOCATE_STEP_MAX
 
-    grown = []
-    real = Storage._grow_durably
-
-    def counting(self, end):
-        grown.append(end)
-        return real(self, end)
-
-    monkeypatch.setattr(Storage, "_grow_durably", counting)
     records = []
     with open_preallocated(tmp_path, preallocate=4096) as storage:
         for slot in range(1, 301):  # ~150 KB, never an fsync_through between: the fsyncs never keep up
