@@ -168,6 +168,9 @@ class Members:
         wanted = set(peer_ids) | {node.node_id}
         for member in [m for m in node.peers if m not in wanted]:
             del node.peers[member]
+            # What we kept of a member no longer scheduled (ids are never reused): resources QA.
+            self.seen_incarnations.pop(member, None)
+            node.snapshots.forget_peer(member)
         node.peer_links.sync()
         role = replica.config.role(node.node_id)
         if role != self._role:

@@ -397,8 +397,9 @@ class PeerLinks:
             with scope:
                 await self._receive(peer, reader, frames)
         finally:
-            if self._incoming.get(peer) is scope:
+            if self._incoming.get(peer) is scope:  # (a newer link of the peer may carry on its transfer)
                 del self._incoming[peer]
+                node.snapshots.drop_partial(peer)
 
     async def _receive(self, peer: int, reader: wire.FrameReader, frames: list[bytes]) -> None:
         """The incoming link of ``peer`` (``serve``), from its first frames after Hello until it ends."""

@@ -212,7 +212,8 @@ class Snapshots:
             self._sending.difference_update(peer_ids)
             resend_after = trio.current_time() + RESEND_SECONDS
             for peer_id in peer_ids:
-                self._resend_after[peer_id] = (slot, resend_after)
+                if peer_id in node.peers:  # (not one removed meanwhile: forget_peer)
+                    self._resend_after[peer_id] = (slot, resend_after)
 
     def _read_and_frame(self) -> list[bytes] | None:
         """In a worker thread: the newest snapshot's frames (it touches only the snapshot file)."""
@@ -242,6 +243,22 @@ class Snapshots:
         if len(buf) >= chunk.total:
             del inbox[key]
             self.node._post_event(SnapshotReceived(chunk.slot, bytes(buf)))
+
+    def forget_peer(self, peer: int) -> None:
+        """``peer`` is no longer a member of any configuration still scheduled (``Members.sync``)."""
+        self._resend_after.pop(peer, None)
+        self.drop_partial(peer)
+
+    def drop_partial(self, sender: int) -> None:
+        """In a peer's reader task, as its link ends: a transfer from ``sender`` that is not complete can
+        never be (its chunks come on that link, and a resend starts at offset 0), so its chunks go now.
+        Resources QA: the chunks of a sender killed or removed mid-transfer were held until the same
+        sender began another transfer, up to a whole snapshot (~130 MB for a million keys) for good."""
+        for key in [k for k in self._inbox if k[0] == sender]:
+            dropped = len(self._inbox.pop(key))
+            self.node.counters["snapshot_transfers_cut"] += 1
+            log.info("node %d: dropped %d bytes of node %d's snapshot at slot %d: its link closed before the "
+                     "last chunk (it is sent again when asked)", self.node.node_id, dropped, sender, key[1])
 
     # -----------------------------------------------------------------------------------------------
     # taking a peer's

@@ -544,3 +544,27 @@ async def test_the_standby_follows_a_change_of_members(tmp_path, autojump_clock)
             assert node.learner.members == voters
             assert standby_of(node.learner.members, leader) in set(voters) - {leader}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_removed_member_leaves_nothing_behind_in_the_others(tmp_path, autojump_clock):
+    """Resources QA: the incarnation a removed member presented, and when it may get our snapshot again,
+    stayed in every other node's memory for good (one entry per id ever used)."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, snapshot_every=10)  # a snapshot past the change drops it
+        leader = await cluster.start_all()
+        removed = max(i for i in PEERS if i != leader)
+        voters = tuple(sorted(i for i in PEERS if i != removed))
+        for i in voters:  # as after its Hello on a link to node i, and a snapshot sent to it
+            cluster.nodes[i].members.seen_incarnations.setdefault(removed, "its incarnation")
+            cluster.nodes[i].snapshots._resend_after[removed] = (1, 0.0)
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            await kv.member_remove(removed)
+            with trio.fail_after(30):  # until no configuration still scheduled names it (Members.sync)
+                while any(removed in cluster.nodes[i].peers for i in voters):
+                    await kv.put("k", "v")
+        for i in voters:
+            node = cluster.nodes[i]
+            assert removed not in node.members.seen_incarnations
+            assert removed not in node.snapshots._resend_after
+        nursery.cancel_scope.cancel()

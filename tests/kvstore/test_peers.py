@@ -10,7 +10,9 @@ of a trio memory stream pair. Checks:
 * after ``stop`` nothing is sent; with ``close_links`` the outboxes are closed as well;
 * the reader posts the Paxos messages as they are, in order, one ``_post`` per read, hands snapshot
   chunks over, and refuses (``WireError``) another cluster, a non-member, a member's id with another
-  incarnation, and a message or chunk that claims another sender.
+  incarnation, and a message or chunk that claims another sender;
+* when a peer's link ends, the chunks of its unfinished snapshot transfer are dropped (they can never be
+  completed: a resend starts at offset 0), and a finished one leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import trio.testing
 
 from kvstore import peers, wire
 from kvstore.peers import PeerLinks
+from kvstore.snapshots import Snapshots
 from paxos import messages as pm
 from paxos.ballot import Ballot
 from paxos.membership import Config
@@ -52,7 +55,8 @@ class FakeNode:
             self.posted_from_peer.append(from_peer)
 
         self._post = post
-        self.snapshots = SimpleNamespace(receive_chunk=self.chunks.append)
+        self.links_ended: list[int] = []
+        self.snapshots = SimpleNamespace(receive_chunk=self.chunks.append, drop_partial=self.links_ended.append)
 
 
 def _heartbeat(sender: int = 1, seq: int = 0) -> pm.Heartbeat:
@@ -306,3 +310,22 @@ async def test_a_peer_removed_while_its_sender_fails_to_connect_does_not_take_th
         nursery.start_soon(links.run)
         await trio.sleep(2)  # many failed connects; the run must still be going
         nursery.cancel_scope.cancel()
+
+
+async def test_a_link_that_ends_mid_transfer_drops_the_chunks_it_brought():
+    node = FakeNode()
+    node.snapshots = snapshots = Snapshots(node)  # type: ignore[assignment]
+    node._post_event = lambda event: None  # (a finished transfer posts SnapshotReceived)
+    first = wire.SnapshotChunk(sender=2, slot=5, offset=0, total=10, data=b"abcde")
+    await _serve(node, _hello(), [first])
+    assert snapshots._inbox == {}, "a dead sender's half transfer was kept"
+    assert node.counters["snapshot_transfers_cut"] == 1
+    whole = wire.SnapshotChunk(sender=2, slot=6, offset=0, total=5, data=b"abcde")
+    await _serve(node, _hello(), [whole])
+    assert snapshots._inbox == {} and node.counters["snapshot_transfers_cut"] == 1
+
+
+async def test_every_link_end_is_reported_once():
+    node = FakeNode()
+    await _serve(node, _hello(), [wire.PaxosBatch(messages=(_heartbeat(2),))])
+    assert node.links_ended == [2]
