@@ -19,7 +19,10 @@ class Ballot:
     ZERO: ClassVar[Ballot]  # set below: the class must exist first
 
     def next_for(self, node_id: int) -> Ballot:
-        """The smallest ballot owned by ``node_id`` that is above this one."""
+        """A ballot of ``node_id`` above this one: the next number, with ``node_id``. (Not always the
+        smallest such ballot: ``Ballot(1, 1).next_for(3)`` is ``Ballot(2, 3)``, though ``Ballot(1, 3)``
+        is above ``Ballot(1, 1)`` too. A new number keeps the rule simple and every number used once
+        per node; any ballot above would be as safe.)"""
         return Ballot(self.number + 1, node_id)
 
     def __repr__(self) -> str:

@@ -25,6 +25,11 @@ exists for compatibility with it. Unpickling runs code chosen by whoever wrote t
 read files that this process's own user wrote. The key-value store never uses this module (it keeps
 its own CBOR log, see ``kvstore.storage``). Together with ``paxos.functional``'s clock, this module is
 one of the two documented exceptions to the rule that ``paxos`` does no I/O.
+
+A file written by essential-paxos 2.0 on Python 2 loads as Python 2's own ``pickle`` would, with one
+difference: a Python 2 ``str`` comes back as a ``str`` decoded as Latin-1 (``encoding="latin1"``, as
+the ``pickle`` docs advise for Python 2 data), so a byte string that is not ASCII loads instead of
+raising ``UnicodeDecodeError``; ``value.encode("latin-1")`` gives back its bytes.
 """
 
 import hashlib
@@ -126,7 +131,7 @@ def read(fd: int) -> tuple[int, object]:
     if hashlib.md5(header + payload).digest() != digest:
         raise HashMismatch()
 
-    loaded: object = pickle.loads(payload)
+    loaded: object = pickle.loads(payload, encoding="latin1")  # Python 2's str (see the module docstring)
     return serial_number, loaded
 
 

@@ -220,12 +220,14 @@ class Acceptor(essential.Acceptor):
         Sends the pending Promise (with the current, now durable, values), then the pending Accepted,
         and clears both. This is the acceptor's persist-then-send rule.
         """
+        # ``is not None``, not truthiness: a uid may be any hashable, 0 and "" included (essential-paxos
+        # 2.0 tested truthiness, and a proposer with uid 0 never got its Promise).
         if self.active:
-            if self.pending_promise:
+            if self.pending_promise is not None:
                 self.messenger.send_promise(
                     self.pending_promise, self.promised_id, self.accepted_id, self.accepted_value
                 )
-            if self.pending_accepted:
+            if self.pending_accepted is not None:
                 self.messenger.send_accepted(self.accepted_id, self.accepted_value)
         self.pending_promise = None
         self.pending_accepted = None

@@ -381,11 +381,13 @@ class Replica:
         it comes back in ``Actions.dropped_proposals``; once in a slot, it may still be decided later
         by another leader (so clients retry with the same request id and the state machine dedups).
 
-        Raises ``ValueError`` for a command that starts with ``paxos.membership.CHANGE_PREFIX``: every
-        replica would apply it as a change of members, without ``propose_change``'s checks, so a shell
-        that hands client bytes to ``propose`` would let its clients change the members.
+        Raises ``TypeError`` for a command that is not ``bytes`` (or ``bytearray``), and ``ValueError``
+        for one that starts with ``paxos.membership.CHANGE_PREFIX``: every replica would apply it as a
+        change of members, without ``propose_change``'s checks, so a shell that hands client bytes to
+        ``propose`` would let its clients change the members.
         """
-        assert isinstance(command, (bytes, bytearray)), "a command is opaque bytes"
+        if not isinstance(command, (bytes, bytearray)):  # the caller's error, not a broken invariant of ours
+            raise TypeError(f"a command is opaque bytes, not {type(command).__name__}: encode it first")
         refuse_change_command(command)
         if self._role != LEADER:
             self._count("propose_not_leader")
@@ -507,15 +509,16 @@ class Replica:
 
     def receive(self, message: Message) -> None:
         """Handle one message addressed to this node. Bad or stale input is counted, never raised: a
-        message from a stranger, of no known class, or whose ballot is not a ``Ballot`` or an Accept's
-        value not a tuple. (The other fields' types are the shell's to check, as ``kvstore.wire`` does
-        when it decodes a frame.)"""
+        message from a stranger, of no known class, or whose ballot is not a ``Ballot`` of two ints or an
+        Accept's value not a tuple. (The other fields' types are the shell's to check, as
+        ``kvstore.wire`` does when it decodes a frame.)"""
         sender = getattr(message, "sender", None)  # the shell may hand us anything: count it, never raise
         if sender not in self._known:
             self._count("unknown_sender")
             return
         shown = getattr(message, "ballot", Ballot)  # (Ballot itself: the message has no ballot)
-        if type(shown) is not Ballot and shown is not Ballot:
+        if shown is not Ballot and (type(shown) is not Ballot or type(shown.number) is not int
+                                    or type(shown.node_id) is not int):
             self._count("malformed")
             return
         # Validate before learning from it: a malformed message shows no ballot in use.

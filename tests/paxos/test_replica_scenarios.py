@@ -786,7 +786,12 @@ def test_five_node_cluster_needs_three_promises_and_three_acceptances():
     Prepare(sender=2, ballot=(5, 2), first_slot=1),  # type: ignore[arg-type]
     Heartbeat(sender=2, ballot="b", decided_slot=0, seq=1),  # type: ignore[arg-type]
     Accept(sender=2, ballot=Ballot(1, 2), slot=1, value="notatuple", decided_slot=0),  # type: ignore[arg-type]
-], ids=lambda m: f"{type(m).__name__}-{type(m.ballot).__name__}-{type(getattr(m, 'value', None)).__name__}")
+    # a Ballot of other things than ints (library QA: raised TypeError from the comparison)
+    Prepare(sender=2, ballot=Ballot("x", 2), first_slot=1),  # type: ignore[arg-type]
+    Accept(sender=2, ballot=Ballot(1.5, 2), slot=1, value=A, decided_slot=0),  # type: ignore[arg-type]
+    Heartbeat(sender=2, ballot=Ballot(1, "2"), decided_slot=0, seq=1),  # type: ignore[arg-type]
+], ids=lambda m: f"{type(m).__name__}-{type(m.ballot).__name__}-{type(getattr(m, 'value', None)).__name__}-"
+                 f"{type(getattr(m.ballot, 'number', None)).__name__}")
 def test_messages_from_unknown_or_mismatched_senders_are_counted_and_dropped(message):
     """Bad input is normal: it changes nothing and sends nothing."""
     replica = make(1)
@@ -817,6 +822,14 @@ def test_a_malformed_ballot_does_not_raise_the_next_ballot_a_candidate_picks(mes
     actions = run_election_timeout(replica)
     expected = Ballot(3, 1) if isinstance(message, Nack) else Ballot(1, 1)
     assert actions.persist == [PromiseRecord(expected)]
+
+
+@pytest.mark.parametrize("command", ["x", 7, None, [b"x"]], ids=["str", "int", "None", "list"])
+def test_propose_refuses_a_command_that_is_not_bytes_with_type_error(command):
+    """The caller's error, reported as such (library QA: an ``AssertionError``, and under ``python -O``
+    a ``TypeError`` from deep inside ``paxos.membership``)."""
+    with pytest.raises(TypeError, match="a command is opaque bytes, not"):
+        make_leader().propose(command)
 
 
 def test_status_reports_plain_values():

@@ -168,3 +168,19 @@ def test_close_is_idempotent(tmp_path):
     handler.close()
     handler.close()
     assert handler.fd_a is None and handler.fd_b is None
+
+
+def test_a_python_2_file_with_a_byte_string_that_is_not_ascii_loads(tmp_path):
+    """essential-paxos 2.0 on Python 2 pickled a ``str`` holding bytes as BINSTRING. QA (a library
+    embedder): such a file raised ``UnicodeDecodeError`` at recovery, neither its object nor a
+    ``DurabilityFailure``. It loads now as Latin-1 text, whose encoding gives back the bytes."""
+    payload = b"\x80\x02U\x03\xc3\xa9xq\x00."  # Python 2: pickle.dumps('\xc3\xa9x', 2)
+    header = struct.pack(">QQ", 5, len(payload))
+    (tmp_path / "acc_a.durable").write_bytes(hashlib.md5(header + payload).digest() + header + payload)
+    (tmp_path / "acc_b.durable").write_bytes(b"")
+    handler = durable.DurableObjectHandler(str(tmp_path), "acc")
+    try:
+        assert handler.recovered == "\xc3\xa9x" and handler.serial == 6  # the next save's serial
+        assert handler.recovered.encode("latin-1") == b"\xc3\xa9x"
+    finally:
+        handler.close()

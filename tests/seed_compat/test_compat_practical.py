@@ -263,3 +263,19 @@ def test_recover_restores_state_after_restart():
         ("promise", "C", PID(4, "C"), PID(3, "A"), "foo"),
     ]
     assert disk["promised_id"] == PID(4, "C")
+
+
+@pytest.mark.parametrize("uid", [0, "", False, ()], ids=["0", "empty str", "False", "empty tuple"])
+def test_a_falsy_uid_gets_its_promise_and_accepted_after_persisted(uid):
+    """A uid is any hashable: one that is falsy still gets the replies ``persisted()`` owes it. QA (a
+    library embedder): with uid 0, ``persisted()`` sent nothing and cleared the pending flags."""
+    rec = Recorder()
+    acceptor = practical.Acceptor()
+    acceptor.messenger = rec
+    acceptor.recv_prepare(uid, PID(1, uid))
+    assert acceptor.persistance_required
+    acceptor.persisted()
+    assert rec.take() == [("promise", uid, PID(1, uid), None, None)]
+    acceptor.recv_accept_request(uid, PID(1, uid), "v")
+    acceptor.persisted()
+    assert rec.take() == [("accepted", PID(1, uid), "v")]
