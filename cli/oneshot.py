@@ -10,7 +10,10 @@ operations exit 1, one line on stderr), talks through ``common.open_oneshot_clie
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from . import nodestatus
@@ -58,6 +61,18 @@ def _read_stdin_value() -> str | bytes:
 # put / get / del / cas / ls
 
 
+@contextlib.contextmanager
+def _interrupted_write(command: str, key: str) -> Iterator[None]:
+    """Ctrl-C during a write: say that it may have been applied before the "Aborted!" that follows (QA:
+    ``kv cas`` printed only that, as if nothing had been sent)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{command}: interrupted; the write may or may not have been applied "
+                         f"(kv get {shlex.quote(key)} shows what the key holds)")
+        raise
+
+
 def put(settings: Settings, key: str, value: str | None) -> None:
     """``kv put KEY [VALUE]``: the value from stdin (exactly, bytes allowed) when not given; prints OK."""
     with reporting_errors(settings):
@@ -67,7 +82,7 @@ def put(settings: Settings, key: str, value: str | None) -> None:
         _check_sizes(key)
         data: str | bytes = _read_stdin_value() if value is None else value
         _check_sizes(key, (data, "value"))  # before connecting: one error for every size over the limit
-        with open_oneshot_client(settings) as client:
+        with open_oneshot_client(settings) as client, _interrupted_write("kv put", key):
             revision = client.put(key, data)
         if settings.write_out is OutputFormat.json:
             print_json({"ok": True, "key": key, "revision": revision})
@@ -160,7 +175,7 @@ def delete(settings: Settings, key: str, *, prefix: bool = False) -> None:
             _check_key_given(key)
         settings.endpoints()
         _check_sizes(key, key_what="prefix" if prefix else "key")
-        with open_oneshot_client(settings) as client:
+        with open_oneshot_client(settings) as client, _interrupted_write("kv del", key):
             if prefix:
                 deleted = int(client.delete_prefix(key))
             else:
@@ -189,7 +204,8 @@ def cas(settings: Settings, key: str, values: list[str], *, absent: bool = False
         settings.endpoints()
         _check_sizes(key, (expected, "expected value"), (new, "new value"))
         with open_oneshot_client(settings) as client:
-            succeeded = bool(client.cas(key, expected, new))
+            with _interrupted_write("kv cas", key):
+                succeeded = bool(client.cas(key, expected, new))
             # Say why: a key that is not there at all reads better than "its value is not X" (read after
             # the compare, so it tells what the key holds now, which is what the user acts on)
             missing = False

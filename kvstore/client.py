@@ -658,7 +658,12 @@ class AsyncClient:
         tls_refused: set[tuple[str, int]] = set()  # endpoints whose handshake failed (frames.handshake_refused)
         while True:
             if self._closed:
-                raise KVError("client is closed" if not sent else "client was closed during the call")
+                if not sent:
+                    raise KVError("client is closed")
+                # QA: a write applied while its client was closed got a bare KVError, as if not written.
+                raise Unavailable("client was closed during the call" + (
+                    "; the write may or may not have been applied" if write and in_doubt else ""),
+                    outcome_unknown=write and in_doubt)
             if tls_refused and tls_refused.issuperset(self.endpoints):
                 # A certificate that one node refuses (or one we do not trust) does not mend in seconds:
                 # once every node said so, give up now rather than at the deadline (as OneShotClient).

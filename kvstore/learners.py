@@ -43,7 +43,7 @@ from paxos.messages import Value
 
 from .metrics import SLOT_COMMANDS_BOUNDS, Buckets
 from .statemachine import StateMachine
-from .waiters import Waiters, reply_result
+from .waiters import Waiters, reply_result, result_op
 
 __all__ = ["Learner", "standby_of", "CATCH_UP_COMMANDS", "LOCAL_READ_EAGER_SECONDS", "LAZY_IDLE_SECONDS",
            "REPLY_SEND_EVERY", "IDLE_SNAPSHOT_SECONDS", "IDLE_SNAPSHOT_COMMANDS"]
@@ -152,9 +152,17 @@ class Learner:
             self.sm.slot = slot  # a membership change among these commands is recorded with its slot
             applied += count
             for command in batch:
-                key, result = sm_apply(command, own.pop(command, None) if own else None)
+                decoded = own.pop(command, None) if own else None
+                key, result = sm_apply(command, decoded)
                 if key is not None and key in waiting:
-                    for conn, wire_id, deadline, op in waiting.pop(key):
+                    applied_op = decoded.op if decoded is not None else result_op(result)
+                    for entry in waiting.pop(key):
+                        conn, wire_id, deadline, op = entry
+                        if op != applied_op and applied_op is not None:
+                            # Another kind of command under this write's identity: a client id two
+                            # clients share. This one waits for its own command's apply (an error).
+                            waiting[key].append(entry)
+                            continue
                         latency_s += started - deadline
                         replies += 1
                         requests[op, reply_result(conn, wire_id, result)] += 1

@@ -153,9 +153,33 @@ class OneShotClient:
         self._preferred = 0  # index into endpoints of the node we believe leads
         self._cursor = 0  # where the rotation through endpoints stands (see _advance)
         self._ids = count(1)
+        self._new_identity()
+        self._closed = False
+
+    def _new_identity(self) -> None:
+        """A client id of our own (the exactly-once name of our writes), drawn anew in a process that got
+        this client by ``fork`` or by unpickling: a copy that kept the id would have its writes taken
+        for retries of the original's, answered with their results and never applied (QA: two forked
+        workers each told they took a lock that only one of them took)."""
         self.client_id = os.urandom(16)
         self._request_ids = count(1)
-        self._closed = False
+        self._pid = os.getpid()
+
+    def _own_process(self) -> None:
+        """Before a call: in a forked child, a new identity and no connection (the socket is the
+        parent's: its answers would go to whichever process reads first)."""
+        if self._pid != os.getpid():
+            self._new_identity()
+            self._conn = None  # not closed: closing a TLS connection would write on the parent's socket
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_conn"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._new_identity()  # a copy is another client, in this process or another
 
     def sibling(self) -> OneShotClient:
         """A new client for the same cluster (endpoints, timeout, TLS context) with a client id of its
@@ -169,8 +193,7 @@ class OneShotClient:
         twin._preferred = self._preferred
         twin._cursor = self._cursor
         twin._ids = count(1)
-        twin.client_id = os.urandom(16)
-        twin._request_ids = count(1)
+        twin._new_identity()
         twin._closed = False
         return twin
 
@@ -194,8 +217,7 @@ class OneShotClient:
         """Store ``value`` under ``key``; return the revision of the write."""
         check_key(key)
         check_value(value)
-        client_id = self.client_id
-        result = self._write(lambda rid, rq: frames.encode_put_request_frame(rid, key, value, client_id, rq, rq))
+        result = self._write(lambda rid, rq: frames.encode_put_request_frame(rid, key, value, self.client_id, rq, rq))
         return int(result["rev"])
 
     def get(self, key: str, *, consistency: str = "l") -> str | bytes | None:
@@ -302,12 +324,14 @@ class OneShotClient:
 
     def _write(self, make: Any) -> dict[str, Any]:
         # One write at a time: ack_below is the write itself (nothing older is still out).
+        self._own_process()
         request_id = next(self._request_ids)
         return self._call(lambda rid: make(rid, request_id), write=True)
 
     def _call(self, build: Any, *, write: bool) -> dict[str, Any]:
         """Send the frame ``build(id)`` makes, retrying as ``kvstore.client.AsyncClient._call`` does,
         until ``timeout`` from now. Returns the OK reply's result."""
+        self._own_process()
         deadline = time.monotonic() + self.timeout
         sent = False
         in_doubt = False  # an attempt may have been proposed (see kvstore.client.AsyncClient._call)
@@ -319,7 +343,12 @@ class OneShotClient:
         tls_refused: set[tuple[str, int]] = set()  # endpoints whose handshake failed (frames.handshake_refused)
         while True:
             if self._closed:
-                raise KVError("client is closed" if not sent else "client was closed during the call")
+                if not sent:
+                    raise KVError("client is closed")
+                # QA: a write applied while its client was closed got a bare KVError, as if not written.
+                raise Unavailable("client was closed during the call" + (
+                    "; the write may or may not have been applied" if write and in_doubt else ""),
+                    outcome_unknown=write and in_doubt)
             if tls_refused and tls_refused.issuperset(self.endpoints):
                 # A certificate that one node refuses (or one we do not trust) does not mend in seconds:
                 # once every node said so, give up now rather than at the deadline.

@@ -32,6 +32,9 @@ Exactly-once (the dedup table)
 
   * A command whose ``(client_id, request_id)`` is remembered returns the first result again and
     changes no entry and no revision. This is what makes a client's retry safe after a leader change.
+    If the remembered one was of another kind (a put, a delete, a cas), it is not a retry but a
+    client id two clients share: it gets an error and changes nothing. (One of the same kind cannot
+    be told from a retry; the clients draw a new id in a forked or unpickled copy.)
   * A command with ``request_id`` below the client's floor is a retry of something already answered:
     it gets ``{"error": "stale request"}`` and changes nothing (not even the table's LRU order).
   * The table is bounded. At most ``CLIENTS_MAX`` clients: when a new client would exceed it, the
@@ -119,6 +122,8 @@ _DELETE = 1
 _CAS = 2
 
 STALE_REQUEST = "stale request"
+_KIND_OF_OP = {"put": _PUT, "delete": _DELETE, "cas": _CAS}
+_OP_OF_KIND = {kind: op for op, kind in _KIND_OF_OP.items()}
 
 SNAPSHOT_ENTRIES_PER_CHUNK = 20_000
 """Default entries per ``snapshot_chunks`` piece: about 2.5 MB and a few ms of CPU each."""
@@ -429,6 +434,13 @@ class StateMachine:
         if client is not None:
             stored = client.results.get(request_id)
             if stored is not None:
+                if stored[0] != _KIND_OF_OP[cmd.op]:
+                    # Not a retry: another command under a remembered identity, which only a client id
+                    # that two clients share makes (QA: a process forked after its client was made).
+                    # Its first result would answer a write that was never applied: refuse it instead.
+                    return identity, {"error": f"request {request_id} of this client id was a "
+                                               f"{_OP_OF_KIND[stored[0]]}, this one is a {cmd.op}: two clients "
+                                               f"share one client id; this write was not applied"}
                 self._touch(client_id, client, cmd.ack_below)
                 return identity, _result_dict(stored)
             if request_id < client.floor:

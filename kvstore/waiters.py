@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from .events import Proposal
     from .statemachine import StateMachine
 
-__all__ = ["Waiters", "reply_result", "read_reply", "not_leader_reply", "OWN_COMMANDS_MAX", "EXPIRY_SCAN_SECONDS"]
+__all__ = ["Waiters", "reply_result", "result_op", "read_reply", "not_leader_reply", "OWN_COMMANDS_MAX",
+           "EXPIRY_SCAN_SECONDS"]
 
 # Commands this node proposed and has not applied yet, kept decoded (see Waiters.add_write)
 OWN_COMMANDS_MAX = 100_000
@@ -75,6 +76,15 @@ def not_leader_reply(wire_id: int | None, leader_hint: str | None, *, refused: b
                            leader=leader_hint, refused=refused)
 
 
+def result_op(result: dict[str, Any]) -> str | None:
+    """The kind of write a state machine result answers (``StateMachine.apply``), None for an error."""
+    if "ok" in result:
+        return "cas"
+    if "deleted" in result:
+        return "delete"
+    return "put" if "rev" in result else None
+
+
 def reply_result(conn: Replier, wire_id: int, result: dict[str, Any]) -> str:
     """Answer a write with the state machine's result for it; returns the outcome (ok, stale, error)."""
     failpoints.hit("before_reply")  # a test can crash the node after apply, before the client hears
@@ -85,7 +95,8 @@ def reply_result(conn: Replier, wire_id: int, result: dict[str, Any]) -> str:
         conn.reply(wire.ErrorReply(
             id=wire_id, code=wire.STALE, leader=None,
             message="the cluster no longer remembers this write's outcome (more than 4,096 newer writes "
-                    "of this client were answered meanwhile); it may or may not have been applied"))
+                    "of this client were answered meanwhile, or another client uses its client id); it may or "
+                    "may not have been applied"))
         return "stale"
     if error is not None:
         conn.reply(wire.ErrorReply(id=wire_id, code=wire.BAD_REQUEST, message=str(error), leader=None))

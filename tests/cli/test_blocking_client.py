@@ -10,6 +10,9 @@ and a call after ``close`` raises too. The behaviour they share (retries, redire
 """
 from __future__ import annotations
 
+import copy as copymod
+import os
+import pickle
 import threading
 import time
 
@@ -96,8 +99,51 @@ def test_close_ends_a_call_under_way_and_refuses_later_ones(nodes):
     caller.join(5)  # its attempt times out within 2 s, then it sees the client closed
     assert not caller.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], KVError) and "closed" in str(outcome[0])
+    # The put reached the node, which may have applied it: the error says so (QA: a bare KVError,
+    # though the write had been applied).
+    assert isinstance(outcome[0], errors.Unavailable) and outcome[0].outcome_unknown
+    assert "may or may not have been applied" in str(outcome[0])
     with pytest.raises(KVError, match="client is closed"):
         kv.get("k")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_forked_child_writes_under_a_client_id_of_its_own(nodes):
+    """QA: a ``Client`` made (and used) before ``os.fork`` gave the child the parent's client id and
+    request counter, so the child's writes were taken for retries of the parent's: answered with their
+    results and never applied. The child now draws an id of its own, numbers from 1 and opens its own
+    connection (the parent's socket is not read by both)."""
+    store = Store()
+    node = nodes(store.handle)
+    with Client([node.address], timeout=10) as kv:
+        assert kv.put("parent", "1") == 1
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one put, its revision to the parent, and out without pytest's teardown
+            code = 1
+            try:
+                os.write(write_end, str(kv.put("child", "2")).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        _, status = os.waitpid(pid, 0)
+        answer = os.read(read_end, 100).decode()
+        os.close(read_end)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert answer == "2" and kv.put("parent again", "3") == 3
+    writes = [(r["key"], r["cid"], r["rq"]) for r in node.requests if r["t"] == "put"]
+    parent_id = writes[0][1]
+    assert [(key, cid == parent_id, rq) for key, cid, rq in writes] == [
+        ("parent", True, 1), ("child", False, 1), ("parent again", True, 2)]
+
+
+def test_a_copy_of_a_oneshot_client_is_another_client():
+    """Pickled to a worker (multiprocessing's spawn) or copied: the copy draws its own client id."""
+    original = oneshot.OneShotClient(["127.0.0.1:1"])
+    for copy in (pickle.loads(pickle.dumps(original)), copymod.copy(original)):
+        assert copy.client_id != original.client_id and copy._conn is None
+        assert next(copy._request_ids) == 1
 
 
 def test_the_blocking_client_has_every_method_of_the_async_client_but_the_callback_ones():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -364,3 +365,21 @@ def test_a_connection_the_node_closes_without_reading_the_request_is_not_in_doub
     assert info.value.outcome_unknown is not refused
     assert str(info.value).endswith("; the write was not applied" if refused else
                                     "; the write may or may not have been applied"), str(info.value)
+
+
+@pytest.mark.parametrize("command", [["put", "k", "v"], ["del", "k"], ["cas", "--absent", "lock", "me"]],
+                         ids=["put", "del", "cas"])
+def test_ctrl_c_during_a_write_says_it_may_have_been_applied(nodes, command):
+    """QA: Ctrl-C while ``kv cas`` waited for its answer printed only "Aborted!", as if nothing had
+    been sent; the node may have applied it."""
+    node = nodes(lambda request: SILENT)  # takes the request, never answers
+    proc = subprocess.Popen([sys.executable, "-m", "kv_cli", "--endpoints", node.address, *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    deadline = time.monotonic() + 30
+    while not node.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert node.requests, "the write never reached the node"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert b"interrupted; the write may or may not have been applied" in err and b"Aborted!" in err, err

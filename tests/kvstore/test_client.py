@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from kvstore.client import Client, Unavailable, connect
+from kvstore.client import Client, KVError, Unavailable, connect
 from kvstore.endpoints import EndpointError
 
 from .memnet import MemoryNetwork
@@ -689,3 +689,38 @@ async def test_a_connection_the_node_closes_without_reading_the_requests_leaves_
         assert reason in str(put.value) and str(put.value).endswith("; the write was not applied"), str(put.value)
     else:
         assert str(put.value).endswith("; the write may or may not have been applied"), str(put.value)
+
+
+@pytest.mark.parametrize("write", ["cas", "delete", "put"])
+async def test_a_write_under_way_when_the_client_closes_is_reported_in_doubt(autojump_clock, write):
+    """QA: ``aclose()`` while a cas was sent and unanswered raised a bare ``KVError("client was
+    closed during the call")``, though the cluster applied it: now ``Unavailable`` with
+    ``outcome_unknown``, as every other end of a write that may have been applied."""
+    net = MemoryNetwork()
+    seen: list = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: seen.append(request))  # never answers
+        await trio.sleep(0.01)
+        outcome: list[BaseException] = []
+        async with connect(["n1:1"], timeout=30, transport=net.transport()) as kv:
+            async def call() -> None:
+                try:
+                    if write == "cas":
+                        await kv.cas("lock", None, "me")
+                    elif write == "delete":
+                        await kv.delete("k")
+                    else:
+                        await kv.put("k", "v")
+                except KVError as exc:
+                    outcome.append(exc)
+
+            nursery.start_soon(call)
+            while not seen:
+                await trio.sleep(0.01)
+            await kv.aclose()
+            with trio.fail_after(10):
+                while not outcome:
+                    await trio.sleep(0.01)
+        [error] = outcome
+        assert isinstance(error, Unavailable) and error.outcome_unknown, repr(error)
+        nursery.cancel_scope.cancel()

@@ -262,3 +262,26 @@ def test_no_quiet_snapshot_when_turned_off():
     learner = _learner(node_id=2, idle_snapshot_seconds=0.0, idle_snapshot_commands=1)
     learner.hand_out([_slot(1, 50)], now=0.0)
     assert not learner.idle_snapshot_due(1e9)
+
+
+def test_two_clients_sharing_a_client_id_each_get_their_own_commands_answer():
+    """QA (a process forked after its client was made): a put and a cas under one ``(client_id,
+    request_id)``, both waiting on the leader. The put's apply answered both, so the cas's client was
+    told of a write it never made, and its own command was then refused with nobody waiting. Now each
+    waiter is answered by the apply of its own kind of command: the put's result, then the cas's
+    refusal (``StateMachine.apply``), and the lock the cas asked for was not taken."""
+    learner = _learner()
+    put_conn, cas_conn = FakeConn(), FakeConn()
+    put, put_decoded = commands.encode_write(wire.PutRequest(id=1, key="a", value="1", client_id=CID,
+                                                             request_id=7, ack_below=0))
+    cas, cas_decoded = commands.encode_write(wire.CasRequest(id=2, key="lock", expected=None, new="me",
+                                                             client_id=CID, request_id=7, ack_below=0))
+    learner.waiters.add_write(Proposal(put, put_decoded, (CID, 7), put_conn, 1), now=0.0)
+    learner.waiters.add_write(Proposal(cas, cas_decoded, (CID, 7), cas_conn, 2), now=0.0)
+    learner.hand_out([(1, (put,))], now=0.0)
+    assert [(a.id, a.result) for a in put_conn.answers] == [(1, {"rev": 1})]
+    assert cas_conn.answers == [], "the cas was answered with the put's result"
+    learner.hand_out([(2, (cas,))], now=0.0)
+    [refusal] = cas_conn.answers
+    assert refusal.id == 2 and refusal.code == wire.BAD_REQUEST and "share one client id" in refusal.message
+    assert learner.sm.get("lock") is None and learner.sm.revision == 1

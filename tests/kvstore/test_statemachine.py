@@ -167,6 +167,25 @@ def test_retry_of_each_kind_returns_its_first_result():
     assert sm.revision == 5
 
 
+@pytest.mark.parametrize("first, second", [
+    (encode_put(A, 1, 1, "k", "v"), encode_cas(A, 1, 1, "lock", None, "me")),
+    (encode_cas(A, 1, 1, "lock", None, "me"), encode_delete(A, 1, 1, "k")),
+    (encode_delete(A, 1, 1, "k"), encode_put(A, 1, 1, "k", "v")),
+], ids=["put then cas", "cas then delete", "delete then put"])
+def test_another_kind_of_command_under_a_remembered_identity_is_refused_not_answered(first, second):
+    """Not a retry (a retry is the same command again): a client id two clients share (QA: a process
+    forked after its client was made). It used to get the first command's result, so a ``cas --absent``
+    was reported as taking a lock that was never written."""
+    sm = StateMachine()
+    _, first_result = sm.apply(first)
+    hash_before, revision = sm.state_hash(), sm.revision
+    identity, result = sm.apply(second)
+    assert identity == (A, 1)
+    assert "share one client id" in result["error"] and "not applied" in result["error"]
+    assert sm.revision == revision and sm.state_hash() == hash_before
+    assert sm.apply(first)[1] == first_result  # the real retry is still answered
+
+
 def test_results_are_fresh_dicts():
     sm = StateMachine()
     command = encode_put(A, 1, 1, "k", "v")
