@@ -713,6 +713,17 @@ class Replica:
         if m.ballot < self._promised:
             self._nack(m.sender, m.ballot)
             return
+        if m.ballot > self._promised and self._decided_slot - m.first_slot >= self.options.catchup_entries_max:
+            # The candidate is far behind what we know decided: a Promise would carry every decided
+            # value from its first_slot on, however many (QA: 10,000 slots of 64 KiB values, a Promise
+            # of 650 MB rebuilt for every retried Prepare, and both healthy nodes out of memory). We do
+            # not promise (always safe: only a promise is a vote) and send the first of those values as
+            # a catch-up answer instead; the candidate gives up this election (_on_catchup_reply), catches
+            # up, and may campaign again from where it then stands. (A ballot we promised already is
+            # answered as before: a leader asking a new member, whose Promise carries what it has.)
+            self._count("prepare_far_behind")
+            self._on_catchup_request(CatchupRequest(sender=m.sender, first_slot=m.first_slot))
+            return
         if m.ballot == self._promised:
             # A duplicate Prepare: our promise is already durable (or in this batch's persist list),
             # so answer again in case the first Promise was lost.
@@ -938,8 +949,16 @@ class Replica:
         self._advance_decided()
         if m.snapshot_slot > self._decided_hint:
             self._decided_hint = m.snapshot_slot
-        if self._decided_slot > before and self._decided_slot < self._decided_hint and m.entries:
-            # The reply made progress and more is known to be decided: ask again right away.
+        if self._role == CANDIDATE and self._decided_slot >= self._first_slot and not self._election_behind:
+            # Slots of our election are decided elsewhere (an acceptor far ahead answered our Prepare
+            # with this instead of a promise: _on_prepare): this election cannot be won by us. Catch up,
+            # and start a new one from there at the next timeout (tick).
+            self._election_behind = True
+            self._count("election_behind")
+        full = len(m.entries) >= self.options.catchup_entries_max
+        if self._decided_slot > before and (self._decided_slot < self._decided_hint or full) and m.entries:
+            # The reply made progress and more is known (or, a full reply, likely) to be decided: ask
+            # again right away.
             self._catchup_cooldown = 0
             self._request_catchup(m.sender)
 

@@ -931,3 +931,50 @@ def test_a_sole_voter_campaigns_at_its_first_tick_and_others_wait_an_election_ti
     learner_pair = Replica(2, Config(node_ids=(1,), learners=(2,)), rng=random.Random(2), options=options)
     learner_pair.tick()
     assert not learner_pair.is_leader and learner_pair.status()["counters"].get("elections", 0) == 0
+
+
+def test_an_acceptor_far_ahead_answers_a_prepare_with_catch_up_not_a_promise():
+    """QA (a node stopped for a minute under 64 KiB writes, then campaigning): every acceptor built a
+    Promise of every decided value above the candidate's first_slot, 650 MB, again for each retried
+    Prepare, until both healthy nodes ran out of memory. An acceptor that knows more than
+    ``catchup_entries_max`` slots decided above it now promises nothing and sends the first of them."""
+    acceptor = make(3, catchup_entries_max=2)
+    for slot in range(1, 6):  # the leader's Accepts announce slots 1-4 decided
+        acceptor.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=slot, value=A, decided_slot=slot - 1))
+    acceptor.take_actions()
+    assert acceptor.decided_slot == 4
+    acceptor.receive(Prepare(sender=2, ballot=Ballot(2, 2), first_slot=1))
+    actions = acceptor.take_actions()
+    assert not any(isinstance(record, PromiseRecord) for record in actions.persist)
+    assert sent(actions, Promise) == []
+    assert sent(actions, CatchupReply) == [(2, CatchupReply(sender=3, entries=(
+        DecidedEntry(slot=1, value=A), DecidedEntry(slot=2, value=A)), snapshot_slot=0))]
+    assert acceptor.status()["counters"]["prepare_far_behind"] == 1
+    # a candidate within reach still gets its promise, with what it lacks
+    acceptor.receive(Prepare(sender=2, ballot=Ballot(3, 2), first_slot=3))
+    [(_, answer)] = sent(acceptor.take_actions(), Promise)
+    assert [e.slot for e in answer.decided] == [3, 4]
+
+
+def test_a_candidate_answered_with_catch_up_gives_up_its_election_and_catches_up_first():
+    candidate = make(2, catchup_entries_max=2)
+    run_election_timeout(candidate)
+    entries = (DecidedEntry(slot=1, value=A), DecidedEntry(slot=2, value=B))
+    candidate.receive(CatchupReply(sender=3, entries=entries, snapshot_slot=0))
+    actions = candidate.take_actions()
+    assert candidate.status()["counters"]["election_behind"] == 1
+    assert sent(actions, CatchupRequest) == [(3, CatchupRequest(sender=2, first_slot=3))]  # a full answer: more
+    candidate.receive(promise(1, candidate.ballot))  # a majority now would not make it lead
+    assert not candidate.is_leader
+    actions = run_election_timeout_again(candidate)
+    assert [m.first_slot for _, m in sent(actions, Prepare)] == [3, 3]
+
+
+def run_election_timeout_again(replica: Replica) -> Actions:
+    """Tick a candidate until it starts a new election (a new ballot); return the actions of that tick."""
+    before = replica.ballot
+    for _ in range(2 * replica.options.election_timeout_ticks):
+        replica.tick()
+        if replica.ballot != before:
+            return replica.take_actions()
+    raise AssertionError("no new election")

@@ -45,7 +45,7 @@ import pytest
 from paxos_sim import LivenessFailure, SafetyViolation, Simulation
 
 from paxos.membership import ConfigSchedule
-from paxos.replica import Replica
+from paxos.replica import Options, Replica
 
 STEPS = 400
 FIXED_SEEDS = range(1, 201)
@@ -219,6 +219,36 @@ def test_aggressive_compaction_exercises_snapshots_pauses_and_elections_behind_a
     for name in ("compact", "snapshots_installed", "snapshots_installed_mid_batch", "pauses"):
         assert totals[name] > 0, f"no {name} in 80 compact_often runs: {totals}"
     assert behind > 0, "no candidate was ever behind a promiser's snapshot in 80 compact_often runs"
+
+
+def _one_entry_catchups(seed: int) -> Options:
+    """The default simulation options, but catch-up answers of one entry: a candidate one decided
+    slot behind an acceptor is then far behind it (Replica._on_prepare)."""
+    return Options(heartbeat_ticks=1, election_timeout_ticks=4, window=8, batch_count_max=4, catchup_entries_max=1,
+                   lazy_decide=seed % 2 == 1, thrifty=seed % 4 >= 2)
+
+
+@pytest.mark.sim_seeds(range(1, 101))
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_candidates_far_behind_get_catch_up_instead_of_promises_and_stay_safe_and_live(sim_seed, nodes):
+    """An acceptor that knows more than ``catchup_entries_max`` slots decided above a candidate's
+    first_slot does not promise (its Promise would carry all of them: QA, a Promise of 650 MB); it
+    sends the first of them, and the candidate gives up that election and catches up. Not promising is
+    always safe; liveness is that a candidate catches up and wins later, or a node ahead wins."""
+    Simulation(sim_seed, nodes=nodes, steps=STEPS, options=_one_entry_catchups(sim_seed)).run()
+
+
+@pytest.mark.sim_batch
+def test_one_entry_catchups_refuse_promises_to_candidates_far_behind():
+    refused = behind = 0
+    for seed in range(1, 41):
+        for nodes in (3, 5):
+            sim = Simulation(seed, nodes=nodes, steps=STEPS, options=_one_entry_catchups(seed)).run()
+            for node in sim.nodes.values():
+                counters = node.replica.status()["counters"]
+                refused += counters.get("prepare_far_behind", 0)
+                behind += counters.get("election_behind", 0)
+    assert refused > 0 and behind > 0, "no Prepare was ever refused as far behind in 80 runs"
 
 
 @pytest.mark.parametrize("nodes,seed,mode", _failing_seeds(membership=True), ids=lambda v: str(v))
