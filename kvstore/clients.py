@@ -63,6 +63,12 @@ log = logging.getLogger("kvstore.server")
 # How long a connection may take to send the rest of a frame refused for want of room (see
 # ClientLinks._discard_refused); what it sends is dropped as it comes, so only the time is bounded.
 REFUSED_FRAME_DRAIN_SECONDS = 5.0
+# Answers a client may leave unread: beyond, the connection is closed (eight answers of the largest
+# frame, kvstore.frames.FRAME_BYTES_MAX)
+CLIENT_BACKLOG_BYTES_MAX = 64 * 1024 * 1024
+# How long the answers still queued may take to leave once a connection ends (a client that reads
+# nothing would hold the connection, and its answers, for as long as it lives)
+REPLY_DRAIN_SECONDS = 10.0
 
 
 class ClientConn:
@@ -112,7 +118,18 @@ class ClientConn:
         if pending:
             self.pending = []
             if not self.closed:
-                self.outbox.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                outbox = self.outbox
+                outbox.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                if outbox.backlog_bytes > CLIENT_BACKLOG_BYTES_MAX:
+                    self._close_unread(outbox.backlog_bytes)
+
+    def _close_unread(self, queued: int) -> None:
+        """The client reads none of its answers (QA: a client pipelining reads of a 1 MB value and
+        never reading made the node hold 1.5 GB, and the connection was never closed)."""
+        self.closed = True
+        self.scope.cancel()
+        log.warning("closing client %s: %d MiB of answers it has not read (it sends requests and does not "
+                    "read the answers)", self.name, queued // (1024 * 1024))
 
 
 class ClientLinks:
@@ -233,9 +250,10 @@ class ClientLinks:
                     log.debug("connection from %s closed: %s", name, exc)
                 finally:
                     self.conns.discard(conn)
-                    # let the writer send what is queued, then stop it
+                    # let the writer send what is queued, for a while, then stop it
                     self.send_replies()
                     conn.outbox.close()
+                    nursery.cancel_scope.deadline = trio.current_time() + REPLY_DRAIN_SECONDS
         except wire.WireError as exc:
             code = self._count_refusal(exc, name)
             with trio.move_on_after(1):

@@ -21,8 +21,9 @@ import resource
 
 import pytest
 import trio
+import trio.testing
 
-from kvstore import descriptors, storage, wire
+from kvstore import clients, descriptors, storage, wire
 from kvstore.client import Unavailable, connect
 from kvstore.metrics import make_registry, metrics_text
 
@@ -310,4 +311,38 @@ async def test_a_newer_link_from_a_member_replaces_the_older_so_hellos_cannot_pi
             for i in range(5):
                 await kv.put(f"k{i}", "v")
         await cluster.wait_converged()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_reads_none_of_its_answers_is_closed_and_the_node_serves_others(
+        tmp_path, autojump_clock, monkeypatch, caplog):
+    """QA: a client that pipelined reads of a 1 MB value and never read the answers made the node hold
+    1.5 GB, and its connection was never closed (the writer task waited on it for good, so neither the
+    idle sweep nor the end of the request loop could close it). Past ``CLIENT_BACKLOG_BYTES_MAX`` of
+    unread answers the connection is closed, and what is still queued gets ``REPLY_DRAIN_SECONDS``."""
+    monkeypatch.setattr(clients, "CLIENT_BACKLOG_BYTES_MAX", 3 * 1024 * 1024, raising=False)
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, peers=ONE)
+        await cluster.start_all()
+        node = cluster.nodes[1]
+        async with connect(["n1:7001"], timeout=5, transport=net.transport()) as kv:
+            await kv.put("big", "x" * 1_000_000)
+        ours, theirs = trio.testing.lockstep_stream_pair()  # our send_all waits for their reads: none come
+        ended = trio.Event()
+
+        async def serve() -> None:
+            await node.clients.handle_connection(theirs)
+            ended.set()
+
+        nursery.start_soon(serve)
+        request = b"".join(wire.encode_frame(wire.GetRequest(id=i, key="big", linearizable=False))
+                           for i in range(1, 11))
+        with trio.move_on_after(1):
+            await ours.send_all(request)  # (taken as the node reads it; answers pile up unread)
+        with trio.fail_after(clients.REPLY_DRAIN_SECONDS + 5):
+            await ended.wait()
+        assert any("answers it has not read" in r.getMessage() for r in caplog.records)
+        async with connect(["n1:7001"], timeout=5, transport=net.transport()) as kv:
+            assert len(await kv.get("big")) == 1_000_000
         nursery.cancel_scope.cancel()

@@ -329,3 +329,26 @@ async def test_every_link_end_is_reported_once():
     node = FakeNode()
     await _serve(node, _hello(), [wire.PaxosBatch(messages=(_heartbeat(2),))])
     assert node.links_ended == [2]
+
+
+async def test_a_dialed_peer_socket_gives_up_on_data_unacknowledged_for_the_user_timeout():
+    """QA: after a partition healed, a dialed link kept retransmitting on a 45 s timer (the majority
+    rested on one node meanwhile). Dialed links get TCP_USER_TIMEOUT, also under TLS (the socket of
+    the transport stream), so the kernel ends such a link and it is redialed."""
+    import socket as socketmod
+
+    if not hasattr(socketmod, "TCP_USER_TIMEOUT"):
+        pytest.skip("TCP_USER_TIMEOUT is Linux's")
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stream = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
+    try:
+        for wrapped in (stream, SimpleNamespace(transport_stream=stream)):  # plain, and as a TLS stream
+            stream.socket.setsockopt(socketmod.IPPROTO_TCP, socketmod.TCP_USER_TIMEOUT, 0)
+            peers.set_nodelay(wrapped, user_timeout_ms=peers.PEER_USER_TIMEOUT_MS)
+            assert stream.socket.getsockopt(socketmod.IPPROTO_TCP, socketmod.TCP_USER_TIMEOUT) == 10_000
+            assert stream.socket.getsockopt(socketmod.IPPROTO_TCP, socketmod.TCP_NODELAY)
+    finally:
+        await stream.aclose()
+        listener.close()
