@@ -980,6 +980,7 @@ class Storage:
         self.members: dict[int, str] | None = None
         self.identity_legacy = False
         self._snapshot_slot = 0
+        self._snapshot_bytes = 0
         self._fsync_enabled = fsync
         self._lock_fd: int | None = lock_fd
         self._log_fd: int | None = None
@@ -1093,6 +1094,7 @@ class Storage:
             length = _check_snapshot(path / snapshot_file_name(snapshot_slot), snapshot_slot)
             self._found_snapshot = (snapshot_slot, length)
             self._snapshot_slot = snapshot_slot
+            self._snapshot_bytes = length
 
         newer = [s for s in log_slots if s > snapshot_slot]
         if newer:
@@ -1583,6 +1585,11 @@ class Storage:
         """Slot of the newest snapshot (0: none yet)."""
         return self._snapshot_slot
 
+    @property
+    def snapshot_bytes(self) -> int:
+        """Bytes of the newest snapshot's data (0: none yet)."""
+        return self._snapshot_bytes
+
     def read_snapshot(self) -> tuple[int, bytes] | None:
         """The newest snapshot as ``(slot, data)``, read from its file, or None if there is none.
 
@@ -1878,11 +1885,14 @@ class Storage:
             header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, slot, length, crc)
             if os.pwrite(fd, header, 0) != len(header):
                 raise OSError(errno.EIO, "short write of the snapshot header")
+            written.append(length)
 
+        written: list[int] = []
         self._write_file_atomically(snapshot_file_name(slot), write, "before_snapshot_rename",
                                     "after_snapshot_rename")
         self._found_snapshot = None
         self._snapshot_slot = slot
+        self._snapshot_bytes = written[-1]
 
     def compact_log(self, slot: int, state: DurableState) -> None:
         """Steps 3 and 4 of ``write_snapshot``, after ``write_snapshot_file(slot, ...)``: rewrite the log

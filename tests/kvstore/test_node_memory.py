@@ -568,3 +568,27 @@ async def test_a_removed_member_leaves_nothing_behind_in_the_others(tmp_path, au
             assert removed not in node.members.seen_incarnations
             assert removed not in node.snapshots._resend_after
         nursery.cancel_scope.cancel()
+
+
+async def test_a_log_of_large_values_is_snapshotted_by_its_bytes_long_before_the_command_interval(
+        tmp_path, monkeypatch):  # (a real clock: the snapshot's worker thread would make autojump fire timeouts)
+    """QA: with 64 KiB values the 100,000 commands between snapshots were 6.4 GB of log, held in memory
+    by the core too. A snapshot is also due once the log above the last one passes
+    ``SNAPSHOT_LOG_BYTES_MIN`` and twice that snapshot's size."""
+    from kvstore import server
+
+    monkeypatch.setattr(server, "SNAPSHOT_LOG_BYTES_MIN", 1024 * 1024, raising=False)
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, peers={1: ("n1", 7001)}, idle_snapshot_seconds=0)
+        await cluster.start_all()
+        node = cluster.nodes[1]
+        async with connect(["n1:7001"], timeout=10, transport=net.transport()) as kv:
+            for i in range(40):  # 40 x 64 KiB: 2.5 MiB of log, 40 of the 100,000 commands
+                await kv.put(f"k{i % 4}", "x" * 65536)
+            with trio.fail_after(30):
+                while node.storage.snapshot_slot == 0:
+                    await kv.put("k0", "x" * 65536)
+                    await trio.sleep(0.01)
+            assert node.storage.snapshot_slot < 100 and node.storage.snapshot_bytes > 65536
+        nursery.cancel_scope.cancel()
