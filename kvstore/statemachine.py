@@ -44,8 +44,11 @@ Exactly-once (the dedup table)
     ``RESULTS_PER_CLIENT_MAX`` results per client: when exceeded, the lowest request id is forgotten
     *and the client's floor is raised above it*, so a late retry of that request is answered "stale
     request" instead of being executed twice. A forgotten client loses that protection: a retry from it
-    after eviction executes again, which is the price of a bounded table (clients retry for seconds,
-    eviction takes 10,000 newer clients).
+    after eviction executes again, which is the price of a bounded table. Clients retry for seconds and
+    eviction takes 10,000 newer clients, which short-lived clients (a ``kv`` command each) can bring in
+    about a second (QA); docs/protocol.md says so. Remembering evicted clients' floors would answer such
+    a retry "stale" instead, but that changes what replicas execute, so every node must switch at one
+    slot: not done.
 
   Remembered results are stored compactly as ``(kind, rev, extra)`` tuples and rebuilt into fresh
   dicts for every caller, so no caller can change the table by mutating a result.
