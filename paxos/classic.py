@@ -813,6 +813,13 @@ class ClassicReplica:
             return
         proposal_id = proposal_id_of(m.ballot)
         before = self.ballot
+        if (m.sender != self.node_id and m.ballot > before
+                and self._decided_slot - m.first_slot >= self.options.catchup_entries_max):
+            # As the core (rule 39): a candidate far behind gets the decided values it lacks, a chunk
+            # at a time, not a promise whose Promise would carry all of them.
+            self._count("prepare_far_behind")
+            self._on_catchup_request(CatchupRequest(sender=m.sender, first_slot=m.first_slot))
+            return
         if m.ballot == before and m.sender != self.node_id:
             self._count("duplicate")
         self._answering = (m.sender, proposal_id)
@@ -1298,7 +1305,8 @@ class ClassicReplica:
         self._advance_decided()
         if m.snapshot_slot > self._decided_hint:
             self._decided_hint = m.snapshot_slot
-        if self._decided_slot > before and self._decided_slot < self._decided_hint and m.entries:
+        full = len(m.entries) >= self.options.catchup_entries_max  # (likely more: ask again, as the core)
+        if self._decided_slot > before and (self._decided_slot < self._decided_hint or full) and m.entries:
             self._catchup_cooldown = 0
             self._request_catchup(m.sender)
 

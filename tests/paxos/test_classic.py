@@ -858,3 +858,20 @@ def test_a_leader_cut_off_from_its_majority_keeps_only_the_read_rounds_still_nee
     leader.receive(HeartbeatAck(sender=2, ballot=B11, seq=leader._heartbeat_seq))
     assert leader.take_actions().reads == [(1, 0)]
     assert leader._heartbeat_acks == {}
+
+
+def test_an_acceptor_far_ahead_answers_a_prepare_with_catch_up_not_a_promise_as_the_core_does():
+    """Rule 39 in the classic engine: the Promise of a candidate far behind would carry every decided
+    value above its first_slot (QA: 650 MB per retried Prepare with 64 KiB values)."""
+    acceptor = make(3, catchup_entries_max=2)
+    acceptor.receive(CatchupReply(sender=1, entries=tuple(DecidedEntry(slot=s, value=(b"v%d" % s,))
+                                                          for s in range(1, 5)), snapshot_slot=0))
+    acceptor.take_actions()
+    assert acceptor.decided_slot == 4
+    acceptor.receive(Prepare(sender=2, ballot=Ballot(5, 2), first_slot=1))
+    actions = acceptor.take_actions()
+    assert not [m for _, m in actions.send if isinstance(m, Promise)]
+    assert not any(isinstance(r, PromiseRecord) for r in actions.persist)
+    assert [(to, [e.slot for e in m.entries]) for to, m in actions.send if isinstance(m, CatchupReply)] == [(2, [1, 2])]
+    acceptor.receive(Prepare(sender=2, ballot=Ballot(6, 2), first_slot=3))  # within reach: promised
+    assert [m for _, m in acceptor.take_actions().send if isinstance(m, Promise)]
