@@ -483,8 +483,14 @@ class Replica:
         if self._ticks_since_heard >= self._election_deadline:
             if self.is_voter:
                 own = self._own_ballot
+                # The same ballot again only while the election still covers what it did: nothing
+                # decided since it began (else a new one starts from there; QA, sim seed 200341 of the
+                # membership mode: a candidate whose election began below a change that removed every
+                # other voter asked nobody again and again, and never led its one-voter cluster), and
+                # someone left to ask.
                 if self._role == CANDIDATE and own is not None and not self._election_behind \
-                        and self._ballot_seen_max <= own:
+                        and self._ballot_seen_max <= own and self._first_slot == self._decided_slot + 1 \
+                        and any(peer not in self._promises for peer in self._peers):
                     self._retry_prepare()
                 else:
                     self._start_election()

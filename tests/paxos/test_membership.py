@@ -26,7 +26,7 @@ from paxos.membership import (
     encode_change,
     is_change,
 )
-from paxos.messages import Accept, Accepted, AcceptedEntry, Campaign, HeartbeatAck, Prepare, Promise
+from paxos.messages import Accept, Accepted, AcceptedEntry, Campaign, Decide, HeartbeatAck, Prepare, Promise
 from paxos.replica import ChangeRefused, Options, Replica
 
 # ---------------------------------------------------------------- a small cluster
@@ -995,3 +995,32 @@ def test_compact_and_install_snapshot_refuse_a_slot_that_breaks_their_preconditi
     with pytest.raises(ValueError, match="would roll the state machine back"):
         leader.install_snapshot(applied)
     assert leader.applied_slot == applied
+
+
+def test_a_candidate_whose_election_began_below_a_change_that_left_it_alone_starts_over_and_leads():
+    """Sim seed 200341 (membership mode, 1,200 steps; found by a soak): node 3's election began at slot
+    1, then it learned slots 1-7 decided, among them changes that removed the other two voters. Its
+    retries at the same ballot (rule 38) asked nobody (no peer left) for promises for the old
+    configuration, for ever. An election whose slots were decided meanwhile, or with nobody left to
+    ask, starts over from the decided slot: alone, it leads at once."""
+    base = Config(node_ids=(1, 2, 3), alpha=4)
+    replica = Replica(3, base, rng=random.Random(3), options=Options())
+    for slot in range(1, 8):
+        value = {1: (encode_change(0, base.remove(1)),), 2: (encode_change(1, base.remove(1).remove(2)),)}.get(
+            slot, (b"x%d" % slot,))
+        replica.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=slot, value=value, decided_slot=0))
+    replica.take_actions()
+    for _ in range(4 * replica.options.election_timeout_ticks):
+        replica.tick()
+        if replica.status()["role"] == "candidate":
+            break
+    assert replica.status()["role"] == "candidate" and replica.decided_slot == 0
+    replica.receive(Decide(sender=1, ballot=Ballot(1, 1), decided_slot=7))
+    replica.take_actions()
+    assert replica.decided_slot == 7 and replica.config.node_ids == (3,)
+    for _ in range(4 * replica.options.election_timeout_ticks):
+        replica.tick()
+        replica.take_actions()
+        if replica.is_leader:
+            break
+    assert replica.is_leader, replica.status()["counters"]
