@@ -437,6 +437,7 @@ class StateMachine:
         if client is not None:
             stored = client.results.get(request_id)
             if stored is not None:
+                self._touch(client_id, client, cmd.ack_below)  # (as for a retry: replicas of every version agree)
                 if stored[0] != _KIND_OF_OP[cmd.op]:
                     # Not a retry: another command under a remembered identity, which only a client id
                     # that two clients share makes (QA: a process forked after its client was made).
@@ -444,7 +445,6 @@ class StateMachine:
                     return identity, {"error": f"request {request_id} of this client id was a "
                                                f"{_OP_OF_KIND[stored[0]]}, this one is a {cmd.op}: two clients "
                                                f"share one client id; this write was not applied"}
-                self._touch(client_id, client, cmd.ack_below)
                 return identity, _result_dict(stored)
             if request_id < client.floor:
                 return identity, {"error": STALE_REQUEST}
