@@ -220,6 +220,10 @@ class ServerOptions:
     # A leader that hears no answer from a majority for an election timeout steps down (see
     # paxos.replica.Options.check_quorum): its clients then go to the majority's leader at once.
     check_quorum: bool = True
+    # A voter whose election timer fires asks the others first and starts an election only with a
+    # majority's yes (see paxos.replica.Options.pre_vote): a node back from a partition follows the
+    # leader instead of deposing it. (The core engine's; the classic engine's elector is the seed's.)
+    pre_vote: bool = True
     # Zeros kept written ahead of the log's last record, so that an fsync overwrites file space
     # instead of growing the file (no journal commit; see kvstore.storage). 0 disables it.
     log_preallocate_bytes: int = 1 << 20
@@ -380,6 +384,7 @@ class Node:
                 lazy_decide=o.lazy_decide,
                 thrifty=o.thrifty,
                 check_quorum=o.check_quorum,
+                pre_vote=o.pre_vote,
                 early_accepts=o.fsync,  # without fsyncs nothing waits, so nothing is sent early
             )
             recovered = self.storage.recovered

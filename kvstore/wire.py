@@ -69,6 +69,8 @@ from paxos.messages import (
     Message,
     Nack,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
 )
 
@@ -284,6 +286,8 @@ KIND_HEARTBEAT_ACK = 8
 KIND_CATCHUP_REQUEST = 9
 KIND_CATCHUP_REPLY = 10
 KIND_CAMPAIGN = 11
+KIND_PRE_VOTE = 12  # (a node of a version before 2026-12-05 closes the link on these: docs/operations.md)
+KIND_PRE_VOTE_REPLY = 13
 
 KIND_CODES = {
     Prepare: KIND_PREPARE,
@@ -297,10 +301,12 @@ KIND_CODES = {
     CatchupRequest: KIND_CATCHUP_REQUEST,
     CatchupReply: KIND_CATCHUP_REPLY,
     Campaign: KIND_CAMPAIGN,
+    PreVote: KIND_PRE_VOTE,
+    PreVoteReply: KIND_PRE_VOTE_REPLY,
 }
 # The codes are the wire contract; they were assigned in the order of MESSAGE_TYPES. If someone
 # reorders or extends MESSAGE_TYPES, fail loudly at import instead of silently changing the protocol.
-if tuple(KIND_CODES) != tuple(MESSAGE_TYPES) or list(KIND_CODES.values()) != list(range(1, 12)):
+if tuple(KIND_CODES) != tuple(MESSAGE_TYPES) or list(KIND_CODES.values()) != list(range(1, 14)):
     raise ImportError("kvstore.wire kind codes no longer match paxos.messages.MESSAGE_TYPES")
 
 
@@ -327,7 +333,15 @@ _PAXOS_ENCODERS: dict[type[Any], Callable[[Any], list[Any]]] = {
     CatchupRequest: lambda m: [9, m.sender, m.first_slot],
     CatchupReply: lambda m: [10, m.sender, [[e.slot, e.value] for e in m.entries], m.snapshot_slot],
     Campaign: lambda m: [11, m.sender, [m.ballot.number, m.ballot.node_id], m.decided_slot],
+    PreVote: lambda m: [12, m.sender, _b(m.ballot), m.decided_slot],
+    PreVoteReply: lambda m: [13, m.sender, _b(m.ballot), m.granted],
 }
+
+
+def _granted(x: object) -> bool:
+    if type(x) is bool:
+        return x
+    raise WireError("granted must be a bool")
 
 
 def _u64(x: object, name: str) -> int:
@@ -407,11 +421,13 @@ _PAXOS_DECODERS: dict[int, Callable[[list[Any]], Message]] = {
         sender=_sender(a[1]), entries=_decided_entries(a[2], "entries"), snapshot_slot=_u64(a[3], "snapshot_slot"),
     ),
     11: lambda a: Campaign(sender=_sender(a[1]), ballot=_ballot(a[2]), decided_slot=_u64(a[3], "decided_slot")),
+    12: lambda a: PreVote(sender=_sender(a[1]), ballot=_ballot(a[2]), decided_slot=_u64(a[3], "decided_slot")),
+    13: lambda a: PreVoteReply(sender=_sender(a[1]), ballot=_ballot(a[2]), granted=_granted(a[3])),
 }
 # Array length of each kind, including the kind code itself.
 # A HeartbeatAck from an older node has no decided_slot (4 elements).
 _PAXOS_LENGTHS = {1: (4,), 2: (7,), 3: (6,), 4: (4,), 5: (4,), 6: (4,), 7: (5,), 8: (4, 5), 9: (3,), 10: (4,),
-                  11: (4,)}
+                  11: (4,), 12: (4,), 13: (4,)}
 
 
 def encode_paxos_message(message: object) -> list[Any]:

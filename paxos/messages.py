@@ -20,6 +20,8 @@ uses to fill a hole in the log.
 | CatchupRequest | lagging -> any       | send me decided values from first_slot on                        |
 | CatchupReply   | any -> lagging       | decided values, or: I compacted them, install my snapshot        |
 | Campaign       | leader -> one voter  | leadership transfer: you are caught up, start an election now     |
+| PreVote        | would-be candidate -> all | would you take part in an election now? (``Options.pre_vote``) |
+| PreVoteReply   | any -> would-be candidate | yes (no leader heard for an election timeout, not far ahead) or no |
 """
 from __future__ import annotations
 
@@ -130,11 +132,25 @@ class Campaign:
     decided_slot: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreVote:
+    sender: int
+    ballot: Ballot  # the ballot the sender would campaign with (not in use: nobody promises it)
+    decided_slot: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreVoteReply:
+    sender: int
+    ballot: Ballot  # the PreVote's, echoed
+    granted: bool
+
+
 Message = (
     Prepare | Promise | Accept | Accepted | Nack | Decide | Heartbeat | HeartbeatAck | CatchupRequest | CatchupReply
-    | Campaign
+    | Campaign | PreVote | PreVoteReply
 )
 MESSAGE_TYPES = (
     Prepare, Promise, Accept, Accepted, Nack, Decide, Heartbeat, HeartbeatAck, CatchupRequest, CatchupReply,
-    Campaign,
+    Campaign, PreVote, PreVoteReply,
 )

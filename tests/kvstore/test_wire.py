@@ -183,7 +183,7 @@ def test_paxos_array_layout_is_kind_code_then_fields_in_declaration_order(messag
 
 
 def test_kind_codes_follow_message_types_order():
-    assert [wire.KIND_CODES[t] for t in pm.MESSAGE_TYPES] == list(range(1, 12))
+    assert [wire.KIND_CODES[t] for t in pm.MESSAGE_TYPES] == list(range(1, 14))
 
 
 def test_a_heartbeat_ack_from_an_older_node_without_decided_slot_still_decodes():
@@ -354,6 +354,9 @@ def _samples() -> list:
             pm.CatchupRequest(sender=3, first_slot=2),
             pm.CatchupReply(sender=1, entries=(pm.DecidedEntry(slot=2, value=(b"q",)),), snapshot_slot=1),
             pm.Campaign(sender=1, ballot=b, decided_slot=7),
+            pm.PreVote(sender=1, ballot=b, decided_slot=7),
+            pm.PreVoteReply(sender=2, ballot=b, granted=True),
+            pm.PreVoteReply(sender=3, ballot=b, granted=False),
         )),
     ]
 
@@ -1086,3 +1089,11 @@ def test_certificate_refusals_are_told_from_other_connection_failures():
         assert wire.handshake_refused(refused), refused
     for other in others[:3] + others[4:]:
         assert not wire.handshake_refused(other), other
+
+
+def test_a_pre_vote_reply_grants_with_a_bool_only():
+    assert wire.decode_paxos_message([13, 2, [3, 1], False]) == pm.PreVoteReply(sender=2, ballot=Ballot(3, 1),
+                                                                               granted=False)
+    for bad in (1, 0, None, "yes"):
+        with pytest.raises(wire.WireError, match="granted must be a bool"):
+            wire.decode_paxos_message([13, 2, [3, 1], bad])

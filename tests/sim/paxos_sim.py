@@ -397,7 +397,8 @@ class Simulation:
         # without a separate mode.
         self.options = options or Options(heartbeat_ticks=1, election_timeout_ticks=4, window=8,
                                           batch_count_max=4, catchup_entries_max=8,
-                                          lazy_decide=seed % 2 == 1, thrifty=seed % 4 >= 2)
+                                          lazy_decide=seed % 2 == 1, thrifty=seed % 4 >= 2,
+                                          pre_vote=seed % 3 != 0)
         self.liveness_commands = liveness_commands
         # early_accepts: the core puts a leader's Accepts in Actions.send_early, and batches wait on
         # pipelined fsyncs (see the module docstring). The broken variant implies the mode.
