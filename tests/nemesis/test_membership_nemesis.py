@@ -46,7 +46,7 @@ from kvstore.client import KVError, RequestError, Unavailable, connect
 from ..checker.linearizability import History
 from ..integration.harness import free_ports
 from .cluster import REPO, NemesisCluster
-from .workload import finish_and_check, nemesis_seed, run_workload
+from .workload import finish_and_check, nemesis_seconds, nemesis_seed, run_workload
 
 pytestmark = pytest.mark.slow
 
@@ -297,7 +297,7 @@ async def fault_task(schedule: Schedule, rng: random.Random, stop_at: float) -> 
             cluster.resume(victim)
 
 
-NEMESIS_SECONDS = 15.0
+NEMESIS_SECONDS = nemesis_seconds(15.0)
 CHANGES_MAX = 6
 
 

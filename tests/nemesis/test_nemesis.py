@@ -33,7 +33,7 @@ import trio
 from ..checker.linearizability import History
 from .cluster import NemesisCluster
 from .proxy import PeerProxies
-from .workload import finish_and_check, nemesis_seed, run_workload
+from .workload import finish_and_check, nemesis_seconds, nemesis_seed, run_workload
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +42,7 @@ async def _run_scenario(tmp_path, nemesis, *, duration: float, engine: str = "co
                         extra_args: list[str] | None = None, client_timeout: float = 8.0, after=None,
                         make_cluster=None):
     seed = nemesis_seed()
+    duration = nemesis_seconds(duration)
     print(f"NEMESIS_SEED={seed} engine={engine} duration={duration}s")
     rng = random.Random(seed)
     cluster = (make_cluster or NemesisCluster)(tmp_path, extra_args=extra_args, engine=engine)

@@ -30,6 +30,15 @@ from ..checker.linearizability import History, check, history_to_json
 SHARED_KEYS = ("a", "b", "c", "d")
 
 
+def nemesis_seconds(base: float) -> float:
+    """A run's time under faults: ``base`` times ``NEMESIS_SCALE`` from the environment (default 1; a soak
+    sets e.g. 4, QA found no way to lengthen the runs without patching the tests)."""
+    scale = float(os.environ.get("NEMESIS_SCALE", "1"))
+    if not scale > 0:
+        raise ValueError(f"NEMESIS_SCALE must be a number above 0, got {scale!r}")
+    return base * scale
+
+
 def nemesis_seed() -> int:
     """``NEMESIS_SEED`` from the environment (to replay a schedule), else a fresh random seed."""
     text = os.environ.get("NEMESIS_SEED")

@@ -71,19 +71,22 @@ def _mode_options(mode: str) -> dict:
     return {flag: True for flag in flags}
 
 
-def _failing_seeds(membership: bool = False) -> list[tuple[int, int, str]]:
-    """Lines ``<nodes> <seed> [mode]`` (see ``_mode_options``; none: the default event mix). Lines of a
-    membership mode only with ``membership`` (the classic engine, which shares this list, has fixed
-    members)."""
+def _failing_seeds(membership: bool = False) -> list[tuple[int, int, str, int]]:
+    """Lines ``<nodes> <seed> [mode] [steps=N]`` (see ``_mode_options``; no mode: the default event mix;
+    no steps: ``STEPS``) as ``(nodes, seed, mode, steps)``. Lines of a membership mode only with
+    ``membership`` (the classic engine, which shares this list, has fixed members)."""
     out = []
     for line in FAILING_SEEDS_FILE.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            nodes, seed, *mode = line.split()
-            assert len(mode) <= 1, f"bad line in failing_seeds.txt: {line!r}"
-            flags = _mode_options(mode[0] if mode else "")
-            if membership or "membership" not in flags:
-                out.append((int(nodes), int(seed), mode[0] if mode else ""))
+            nodes, seed, *rest = line.split()
+            steps = STEPS
+            if rest and rest[-1].startswith("steps="):
+                steps = int(rest.pop()[len("steps="):])
+            assert len(rest) <= 1, f"bad line in failing_seeds.txt: {line!r}"
+            mode = rest[0] if rest else ""
+            if membership or "membership" not in _mode_options(mode):
+                out.append((int(nodes), int(seed), mode, steps))
     return out
 
 
@@ -251,9 +254,9 @@ def test_one_entry_catchups_refuse_promises_to_candidates_far_behind():
     assert refused > 0 and behind > 0, "no Prepare was ever refused as far behind in 80 runs"
 
 
-@pytest.mark.parametrize("nodes,seed,mode", _failing_seeds(membership=True), ids=lambda v: str(v))
-def test_seeds_that_once_failed_now_pass(nodes, seed, mode):
-    Simulation(seed, nodes=nodes, steps=STEPS, **_mode_options(mode)).run()
+@pytest.mark.parametrize("nodes,seed,mode,steps", _failing_seeds(membership=True), ids=lambda v: str(v))
+def test_seeds_that_once_failed_now_pass(nodes, seed, mode, steps):
+    Simulation(seed, nodes=nodes, steps=steps, **_mode_options(mode)).run()
 
 
 def _failed_seeds_record(tmp_path: Path) -> Path:
@@ -279,6 +282,7 @@ def test_fresh_random_seeds_for_a_time_box(tmp_path):
     the line is also appended to a record outside the source tree (see ``_failed_seeds_record``).
     """
     seconds = float(os.environ.get("SIM_SECONDS", "20"))
+    steps = int(os.environ.get("SIM_STEPS", str(STEPS)))  # longer runs for a soak (QA: a bug found only at 1,200)
     record = _failed_seeds_record(tmp_path)
     deadline = time.monotonic() + seconds
     chooser = random.SystemRandom()
@@ -293,13 +297,13 @@ def test_fresh_random_seeds_for_a_time_box(tmp_path):
         seed = chooser.randrange(1_000_000, 2**48)
         ran.append((nodes, seed, mode))
         try:
-            Simulation(seed, nodes=nodes, steps=STEPS, **_mode_options(mode)).run()
+            Simulation(seed, nodes=nodes, steps=steps, **_mode_options(mode)).run()
         except AssertionError as error:  # SafetyViolation, LivenessFailure, or an assert in the core
             failure = error
             break
     if failure is not None:
         nodes, seed, mode = ran[-1]
-        line = f"{nodes} {seed} {mode}".rstrip()
+        line = f"{nodes} {seed} {mode}".rstrip() + (f" steps={steps}" if steps != STEPS else "")
         with record.open("a") as f:
             f.write(f"{line}  # {type(failure).__name__}, found by the random batch\n")
         pytest.fail(f"random seed failed after {len(ran) - 1} passed; add this line to "
