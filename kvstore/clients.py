@@ -523,6 +523,10 @@ def _log_bad_frame(name: str, exc: Exception) -> None:
     """One warning for a connection closed over a bad frame; those that are TLS records (a TLS peer or
     client dialing this node without TLS: its members redial ten times a second) at most once a second,
     as ``tls.REFUSALS_LOGGED`` does for handshakes. ``protocol_errors`` counts every one."""
+    if isinstance(exc, wire.FrameCutShort):
+        # A client that gave up while writing (on every failover with large values: QA), not a bad peer
+        log.info("connection from %s ended in the middle of a frame: %s", name, exc)
+        return
     more = tls.REFUSALS_LOGGED.allow("speaks TLS") if "speaks TLS" in str(exc) else ""
     if more is not None:
         log.warning("closing connection from %s: bad frame: %s%s", name, exc, more)

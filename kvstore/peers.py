@@ -76,9 +76,10 @@ _REFUSALS_HEARD = tls.LogThrottle(60.0)
 _REFUSAL_FRAME_BYTES_MAX = 64 * 1024
 
 
-async def _read_refusal(stream: trio.abc.ReceiveStream) -> str | None:
+async def _read_refusal(stream: trio.abc.ReceiveStream) -> str | BaseException | None:
     """What the peer at the other end of a link we dialed says when it refuses it (an ``ErrorReply``'s
-    message), or None when the connection ends without one (or with anything else)."""
+    message); None when the connection ends without one (or with anything else); the error when it
+    fails (QA: a link the kernel gave up on, TCP_USER_TIMEOUT, was logged as closed by the peer)."""
     reader = wire.FrameReader(stream, _REFUSAL_FRAME_BYTES_MAX)
     try:
         frames = await reader.receive_frames()
@@ -87,7 +88,9 @@ async def _read_refusal(stream: trio.abc.ReceiveStream) -> str | None:
                 if type(message) is wire.ErrorReply:
                     return message.message
             frames = await reader.receive_frames()
-    except (wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+    except (trio.BrokenResourceError, OSError) as exc:
+        return exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+    except (wire.WireError, trio.ClosedResourceError):
         pass
     return None
 
@@ -340,6 +343,8 @@ class PeerLinks:
             refusal = await _read_refusal(stream)
             if refusal is None:
                 failed.append(ConnectionError("the peer closed the connection"))
+            elif isinstance(refusal, BaseException):
+                failed.append(refusal)  # e.g. TimeoutError: data unacknowledged for PEER_USER_TIMEOUT_MS
             else:
                 self.counters["peer_links_refused"] += 1
                 self._log_refusal(peer_id, refusal)

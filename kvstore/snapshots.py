@@ -49,6 +49,7 @@ import trio
 from . import runtime, wire
 from .events import SnapshotAdoptable, SnapshotReceived, SnapshotRestored, SnapshotWritten
 from .learners import standby_of
+from .peers import PEER_BACKLOG_BYTES_MAX
 from .statemachine import StateMachine
 from .storage import OutOfDescriptors, StorageError
 
@@ -185,7 +186,10 @@ class Snapshots:
         links = node.peer_links
         now = trio.current_time()
         slot = node.storage.snapshot_slot
+        # (Not to a peer whose link still holds a queue of a peer's worth: an earlier snapshot, not read
+        # yet; a snapshot's chunks pass the bytes bound, so a slow reader would pile them up. QA.)
         peer_ids = [p for p in peer_ids if p not in self._sending and p in links.outboxes
+                    and links.outboxes[p].backlog_bytes < PEER_BACKLOG_BYTES_MAX
                     and not (self._resend_after.get(p, (-1, 0.0))[0] == slot
                              and now < self._resend_after[p][1])]
         if not peer_ids or node._fenced:

@@ -831,6 +831,11 @@ def request_id_of(body: bytes) -> int | None:
     return None
 
 
+class FrameCutShort(WireError):
+    """The connection ended in the middle of a frame: the other end went away while it was writing (a
+    client giving up on a node during a failover does), not a malformed frame."""
+
+
 class FrameBudgetExhausted(WireError):
     """A frame too large to hold while it arrives: the node's ``FrameBudget`` is taken by frames still
     arriving on other connections. Not the sender's fault, unlike other ``WireError``s; the connection
@@ -961,7 +966,8 @@ class FrameReader:
                     data = await receive(RECEIVE_CHUNK_BYTES)
                 if not data:
                     if buffer:
-                        raise WireError(f"connection closed in the middle of a frame ({len(buffer)} bytes buffered)")
+                        raise FrameCutShort(
+                            f"connection closed in the middle of a frame ({len(buffer)} bytes buffered)")
                     return []
                 buffer += data
                 frames = split_frames(buffer, self.frame_bytes_max)

@@ -346,3 +346,24 @@ async def test_a_client_that_reads_none_of_its_answers_is_closed_and_the_node_se
         async with connect(["n1:7001"], timeout=5, transport=net.transport()) as kv:
             assert len(await kv.get("big")) == 1_000_000
         nursery.cancel_scope.cancel()
+
+
+async def test_a_client_gone_in_the_middle_of_a_frame_is_no_warning(tmp_path, autojump_clock, caplog):
+    """QA: every failover with 64 KiB values logged a WARNING "bad frame: connection closed in the middle
+    of a frame" (the client gave up on the node while writing a request): an INFO line now."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="kvstore.server")
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, peers=ONE)
+        await cluster.start_all()
+        stream = await net.transport().connect("n1", 7001)
+        frame = wire.encode_frame(wire.PutRequest(id=1, key="k", value="v" * 1000, client_id=b"c" * 16,
+                                                  request_id=1, ack_below=1))
+        await stream.send_all(frame[:500])
+        await stream.aclose()
+        await trio.sleep(0.1)
+        lines = [r for r in caplog.records if "in the middle of a frame" in r.getMessage()]
+        assert lines and all(r.levelno == logging.INFO for r in lines), [(r.levelname, r.getMessage()) for r in lines]
+        nursery.cancel_scope.cancel()

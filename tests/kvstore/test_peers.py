@@ -352,3 +352,34 @@ async def test_a_dialed_peer_socket_gives_up_on_data_unacknowledged_for_the_user
     finally:
         await stream.aclose()
         listener.close()
+
+
+async def test_a_dialed_link_the_kernel_gave_up_on_is_not_logged_as_closed_by_the_peer():
+    """QA: when TCP_USER_TIMEOUT ended a link, the log said "the peer closed the connection"."""
+    class TimedOut(trio.abc.ReceiveStream):
+        async def receive_some(self, max_bytes=None):
+            raise trio.BrokenResourceError("socket connection broken") from TimeoutError(110, "Connection timed out")
+
+        async def aclose(self):
+            pass
+
+    error = await peers._read_refusal(TimedOut())
+    assert isinstance(error, TimeoutError) and "timed out" in str(error)
+    ours, theirs = trio.testing.memory_stream_pair()
+    await theirs.aclose()
+    assert await peers._read_refusal(ours) is None  # a clean end: closed by the peer
+
+
+async def test_no_new_snapshot_goes_to_a_peer_whose_link_still_holds_a_peer_queue_s_worth():
+    """Stalled-peer QA (re-run): a snapshot's chunks pass the link's bytes bound, and each new snapshot
+    went to a lazy learner that had not read the last one yet, so a slow reader piled them up."""
+    started: list = []
+    node = FakeNode()
+    node.storage = SimpleNamespace(snapshot_slot=7)
+    node._fenced = False
+    node.nursery = SimpleNamespace(start_soon=lambda fn, peer_ids, slot: started.append(list(peer_ids)))
+    node.peer_links = PeerLinks(node)
+    snapshots = Snapshots(node)
+    node.peer_links.outboxes[3].write(b"x" * peers.PEER_BACKLOG_BYTES_MAX, bytes_bounded=False)
+    snapshots.send_soon([2, 3])
+    assert started == [[2]]
