@@ -336,7 +336,7 @@ class PeerLinks:
             try:
                 await outbox.run(raw_stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                failed.append(exc)
+                failed.append(exc.__cause__ if isinstance(exc.__cause__, OSError) else exc)  # (as hear's)
             cancel_scope.cancel()
 
         async def hear(cancel_scope: trio.CancelScope) -> None:

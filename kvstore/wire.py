@@ -438,12 +438,21 @@ def encode_paxos_message(message: object) -> list[Any]:
     return encoder(message)
 
 
-def decode_paxos_message(array: object) -> Message:
-    """The ``paxos.messages`` message for one decoded array; ``WireError`` if it is malformed."""
+# Kinds above the last one this version knows, up to this, are a later version's messages: skipped
+# (``_d_px``), so that a rolling upgrade to a version with new messages keeps the links of this one.
+# (Versions before 2026-12-05 closed the link on an unknown kind: docs/operations.md, "Upgrading".)
+_KIND_LATER_MAX = 255
+
+
+def decode_paxos_message(array: object) -> Message | None:
+    """The ``paxos.messages`` message for one decoded array; None for a later version's kind (skipped);
+    ``WireError`` if it is malformed."""
     if type(array) is not list or not array:
         raise WireError("px: each message must be a non-empty array")
     kind = array[0]
     if type(kind) is not int or kind not in _PAXOS_DECODERS:
+        if type(kind) is int and max(KIND_CODES.values()) < kind <= _KIND_LATER_MAX:
+            return None
         raise WireError(f"px: unknown message kind {kind!r:.40}")
     if len(array) not in _PAXOS_LENGTHS[kind]:
         raise WireError(f"px: kind {kind} needs {' or '.join(map(str, _PAXOS_LENGTHS[kind]))} elements, "
@@ -585,7 +594,8 @@ def _d_px(obj: dict[str, Any]) -> PaxosBatch:
     items = _get(obj, "m")
     if type(items) is not list:
         raise WireError("px.m: expected an array")
-    return PaxosBatch(messages=tuple([decode_paxos_message(a) for a in items]))
+    messages = [decode_paxos_message(a) for a in items]
+    return PaxosBatch(messages=tuple([m for m in messages if m is not None]))
 
 
 def _d_snap(obj: dict[str, Any]) -> SnapshotChunk:

@@ -1097,3 +1097,15 @@ def test_a_pre_vote_reply_grants_with_a_bool_only():
     for bad in (1, 0, None, "yes"):
         with pytest.raises(wire.WireError, match="granted must be a bool"):
             wire.decode_paxos_message([13, 2, [3, 1], bad])
+
+
+def test_a_later_version_s_message_kind_is_skipped_not_a_broken_link():
+    """Versions before this one closed a peer link on an unknown kind, so a rolling upgrade to a version
+    with new messages (this one's PreVote) lost links to the older nodes. Kinds above the last one
+    known (up to 255) are skipped; 0, negative and larger kinds are still malformed."""
+    prepare = [1, 1, [1, 1], 0]
+    batch = wire.decode_body(cbor2.dumps({"t": "px", "m": [[14, 1, "anything"], prepare, [255]]}))
+    assert batch.messages == (pm.Prepare(sender=1, ballot=Ballot(1, 1), first_slot=0),)
+    for kind in (0, -1, 256):
+        with pytest.raises(wire.WireError, match="unknown message kind"):
+            wire.decode_body(cbor2.dumps({"t": "px", "m": [[kind, 1, [1, 1], 0]]}))
