@@ -10,7 +10,8 @@ most ``CONNECTIONS_MAX`` are open at once (each holds a file descriptor of the n
 ``kvstore.descriptors``): one accepted beyond that closes the oldest connection still waiting for its
 request instead, so idle connections cannot lock a scraper out for ``REQUEST_SECONDS``; only when every
 open connection is being answered is the new one closed at once. A handler that raises gets a 500 and
-one log line with its traceback; the server goes on.
+one log line with its traceback; the server goes on, as it does when reading a request fails in a way
+nobody foresaw (a malformed request gets a 400).
 
 Rules: it binds only where it is told (callers bind 127.0.0.1 unless the operator names another
 address), never blocks the event loop on I/O, and never lets one connection's failure end the server.
@@ -139,6 +140,8 @@ async def _serve_connection(handle: Handler, open_: _Open, stream: trio.abc.Stre
         await _send(stream, response)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+    except Exception:  # a bug of ours on one connection's input: that connection ends, the server goes on
+        log.exception("HTTP connection failed")
     finally:
         if counted:
             open_.count -= 1
@@ -178,9 +181,13 @@ async def _read_request(stream: trio.abc.ReceiveStream) -> Request | None:
         if not chunk:
             return None
         body += chunk
-    split = urlsplit(target)
-    query = {name: values[-1] for name, values in parse_qs(split.query).items()}
-    return Request(method=method, path=unquote(split.path), query=query, body=bytes(body[:length]), headers=headers)
+    try:
+        split = urlsplit(target)  # ValueError for some targets ("//[x": an unclosed IPv6 host)
+        query = {name: values[-1] for name, values in parse_qs(split.query).items()}
+        path = unquote(split.path)
+    except ValueError:
+        raise _BadRequest(400, "malformed request target") from None
+    return Request(method=method, path=path, query=query, body=bytes(body[:length]), headers=headers)
 
 
 async def _send(stream: trio.abc.SendStream, response: Response) -> None:

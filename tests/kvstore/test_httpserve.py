@@ -107,3 +107,47 @@ async def test_a_connection_that_sends_no_request_in_time_is_closed(monkeypatch)
         await bad.aclose()
         assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_target_urlsplit_refuses_gets_a_400_and_the_server_goes_on():
+    # QA: "GET //[x HTTP/1.1" (an unclosed IPv6 host to urlsplit) ended `kv serve --metrics-addr` with exit 1
+    async def handle(request: Request) -> Response:
+        return Response(200, b"ok\n")
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, handle, "127.0.0.1:0")
+        for target in ("//[x", "http://[::1/metrics", "//[", "/metrics?a=1"):
+            answer = await _get(port, target)
+            if target.startswith("/metrics?"):
+                assert answer.startswith(b"HTTP/1.1 200 OK"), answer
+            else:
+                assert answer.startswith(b"HTTP/1.1 400 Bad Request"), (target, answer)
+                assert answer.endswith(b"malformed request target\n"), answer
+        assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failure_nobody_foresaw_while_reading_a_request_ends_only_that_connection(monkeypatch, caplog):
+    real_read = httpserve._read_request
+    failures = 0
+
+    async def read_or_fail(stream):
+        nonlocal failures
+        request = await real_read(stream)
+        if request is not None and request.path == "/boom":
+            failures += 1
+            raise RuntimeError("a bug in reading requests")
+        return request
+
+    monkeypatch.setattr(httpserve, "_read_request", read_or_fail)
+
+    async def handle(request: Request) -> Response:
+        return Response(200, b"ok\n")
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, handle, "127.0.0.1:0")
+        assert await _get(port, "/boom") == b""  # that connection is closed without an answer ...
+        assert failures == 1
+        assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")  # ... and the server goes on
+        assert "HTTP connection failed" in caplog.text and "a bug in reading requests" in caplog.text
+        nursery.cancel_scope.cancel()
