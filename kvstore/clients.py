@@ -405,6 +405,10 @@ class ClientLinks:
                     await self._discard_refused(reader, exc)
                 return
             if not frames:
+                # The client ended its side (``shutdown(SHUT_WR)``, as ``nc -N`` does) and may still read:
+                # what it sent is answered first, as before a bad frame (QA: the answers of writes still
+                # waiting for consensus were dropped, though the writes went on to be applied).
+                await self._await_answers(conn)
                 return
             conn.last_heard = trio.current_time()
 
@@ -415,14 +419,19 @@ class ClientLinks:
         (``protocol``, or ``unavailable`` and ``refused``: see ``_count_refusal``), and the caller closes
         the connection. The frames after it are never read."""
         code = self._count_refusal(error, name)
-        self.send_replies()
-        with trio.move_on_after(self.node.options.request_timeout_seconds + 1.0):
-            while conn.answered < conn.requests and not conn.closed:
-                await trio.sleep(0.01)  # (a rare path: a poll is simpler than an event per reply)
+        await self._await_answers(conn)
         # (unavailable: a frame refused for want of room; nothing of it or after it was read, so every
         # request of this connection still unanswered now was turned away: ``refused``)
         conn.reply(wire.ErrorReply(id=request_id, code=code, message=str(error), leader=None,
                                    refused=code == wire.UNAVAILABLE))
+
+    async def _await_answers(self, conn: ClientConn) -> None:
+        """Wait until every request ``conn`` sent has its answer (within the request timeout), or it closed."""
+        self.send_replies()
+        if conn.answered < conn.requests and not conn.closed:
+            with trio.move_on_after(self.node.options.request_timeout_seconds + 1.0):
+                while conn.answered < conn.requests and not conn.closed:
+                    await trio.sleep(0.01)  # (a rare path: a poll is simpler than an event per reply)
 
     async def _discard_refused(self, reader: wire.FrameReader, error: wire.FrameBudgetExhausted) -> None:
         """After the refusal of a frame the node had no room for: read the rest of that frame and drop it

@@ -393,6 +393,29 @@ def test_requests_before_a_bad_frame_are_answered_before_the_error(node, bad):
     node.assert_serving()
 
 
+def test_a_client_that_half_closes_after_its_requests_still_gets_every_answer(node):
+    """A client may end its side once its requests are sent (``shutdown(SHUT_WR)``, as ``nc -N`` does)
+    and read on (QA: the node closed at once, dropping the answers of writes still waiting for consensus,
+    which it went on to apply: the client could not tell). Three puts and a linearizable get, then the
+    end of the stream: four answers, then the node closes; the puts were applied."""
+    for attempt in range(5):
+        key = f"half-closed-{attempt}"
+        cid = bytes([100 + attempt]) * 16
+        requests = b"".join(frame({"t": "put", "id": i, "key": f"{key}-{i}", "value": "v", "cid": cid, "rq": i,
+                                   "ack": 1}) for i in (1, 2, 3))
+        requests += frame({"t": "get", "id": 4, "key": f"{key}-1", "lin": True})
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
+            s.sendall(requests)
+            s.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := s.recv(65536):
+                received += chunk
+        got = replies(received)
+        assert sorted((type(r).__name__, r.id) for r in got) == [("OkReply", i) for i in (1, 2, 3, 4)], got
+        assert [node.client.get(f"{key}-{i}") for i in (1, 2, 3)] == ["v", "v", "v"]
+    node.assert_serving()
+
+
 def test_memory_stays_bounded_after_a_burst_of_bad_input(node):
     rss_before = node.rss()
     for i in range(200):
