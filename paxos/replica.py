@@ -1033,8 +1033,8 @@ class Replica:
     def _on_pre_vote(self, m: PreVote) -> None:
         """Yes if we heard from no leader for an election timeout (a leader, or a follower that hears
         one, says no: the asker is cut off from it, not the cluster) and the asker is not far behind
-        what we know decided (then it gets catch-up instead, as for a Prepare: rule 39). No state
-        changes: a pre-vote is a question, not a promise."""
+        what we know decided (as for a Prepare: rule 39). An asker behind what we know decided, however
+        little, also gets catch-up. No state changes: a pre-vote is a question, not a promise."""
         if m.ballot.node_id != m.sender:
             self._count("malformed")
             return
@@ -1044,7 +1044,10 @@ class Replica:
         silent = self._ticks - self._leader_heard_tick >= self.options.election_timeout_ticks
         granted = self._role != LEADER and not behind and (self._leader_id is None or silent)
         self._count("pre_vote_granted" if granted else "pre_vote_refused")
-        if behind:
+        if self._decided_slot > m.decided_slot:
+            # Behind at all, not only far: what it missed may be why it heard no leader. A node removed
+            # while it was cut off learns so only from the change's slot (it does not campaign once it
+            # knows); refused without it, it asked again for ever (QA: a flaky membership test).
             self._on_catchup_request(CatchupRequest(sender=m.sender, first_slot=m.decided_slot + 1))
         self._send(m.sender, PreVoteReply(sender=self.node_id, ballot=m.ballot, granted=granted))
 

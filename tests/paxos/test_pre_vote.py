@@ -123,3 +123,25 @@ def test_a_dead_leader_is_replaced():
     net.elect(1)
     net.down.add(1)
     net.until(lambda: len(net.leaders()) == 1 and net.leaders()[0] != 1)
+
+
+def test_a_node_removed_while_cut_off_learns_its_removal_from_the_answers_to_its_pre_votes():
+    """QA (a flaky integration test): a node removed while it missed the change's slot kept asking for
+    pre-votes, refused each time (its leader still speaks to the others) and never told what it missed,
+    since it was only a few slots behind: it reported itself a voter for ever. The answers to its
+    pre-votes now carry what it missed, the change included; it then stops asking and never campaigns."""
+    net = Net(voters=(1, 2, 3), alpha=2, pre_vote=True)
+    leader = net.elect(1)
+    net.put(1, b"a")
+    net.isolate(3)
+    net.change(1, lambda c: c.remove(3))
+    net.put(1, b"b", b"c", b"d")
+    assert not leader.change_in_progress and leader.config.node_ids == (1, 2)
+    removed = net.nodes[3]
+    assert removed.status()["role_in_config"] == "voter"  # it missed the change
+    net.heal()
+    net.until(lambda: removed.status()["role_in_config"] == "none", rounds=10 * net.options.election_timeout_ticks)
+    asked = removed.status()["counters"].get("pre_votes", 0)
+    net.tick(times=5 * net.options.election_timeout_ticks)
+    assert removed.status()["counters"].get("pre_votes", 0) == asked  # it knows: no more asking
+    assert removed.status()["counters"].get("elections", 0) == 0 and net.leaders() == [1]
