@@ -92,6 +92,7 @@ from .events import Read
 from .frames import BACKUP_END_OFFSET
 from .statemachine import SNAPSHOT_FORMAT, SnapshotError, StateMachine
 from .storage import Storage, StorageError
+from .waiters import ReadRequest, read_reply
 
 if TYPE_CHECKING:
     import _hashlib
@@ -513,8 +514,11 @@ class _Barrier:
         self.answer = message
         self.done.set()
 
-    def reply_frame(self, frame: bytes) -> None:  # the ClientConn interface; reads answer with reply()
+    def reply_frame(self, frame: bytes) -> None:  # the ClientConn interface
         self.reply(wire.decode_body(frame[4:]))
+
+    def reply_read(self, sm: StateMachine, request: ReadRequest) -> None:
+        self.reply(read_reply(sm, request))
 
 
 @dataclass

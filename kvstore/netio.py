@@ -35,7 +35,8 @@ class Outbox:
     sends it in order with ``send_all``. So bytes leave in the order they were written.
     """
 
-    __slots__ = ("fd", "seal", "busy", "backlog", "backlog_bytes", "limit", "bytes_limit", "_send", "_recv")
+    __slots__ = ("fd", "seal", "busy", "backlog", "backlog_bytes", "limit", "bytes_limit", "sent_bytes", "drained",
+                 "drained_below", "_send", "_recv")
 
     def __init__(self, limit: float = math.inf, bytes_limit: float = math.inf) -> None:
         self.fd: int | None = None  # the socket's descriptor while direct writes are allowed
@@ -46,6 +47,11 @@ class Outbox:
         self.backlog_bytes = 0  # ... and their bytes
         self.limit = limit  # droppable writes are dropped once this many chunks are queued ...
         self.bytes_limit = bytes_limit  # ... or this many bytes (QA: 10,000 frames of 64 KiB values, 1 GB)
+        self.sent_bytes = 0  # what the writer task has sent so far (progress of a slow reader)
+        # Called by the writer task after a send leaves fewer than ``drained_below`` bytes queued: the
+        # owner may write more then (a client connection's answers held back: kvstore.clients)
+        self.drained: Callable[[], None] | None = None
+        self.drained_below = 0
         self._send, self._recv = trio.open_memory_channel(math.inf)
 
     def attach(self, stream: trio.abc.Stream) -> trio.abc.Stream:
@@ -164,6 +170,9 @@ class Outbox:
                 self.backlog -= len(chunks)
                 self.backlog_bytes -= size
                 await stream.send_all(b"".join(chunks) if len(chunks) > 1 else first)
+                self.sent_bytes += size
+                if self.drained is not None and self.backlog_bytes < self.drained_below:
+                    self.drained()  # (its writes queue behind: busy is still set)
             finally:
                 self.busy = False
 

@@ -64,6 +64,9 @@ class Replier(Protocol):
 
     def reply_frame(self, frame: bytes) -> None: ...
 
+    def reply_read(self, sm: StateMachine, request: ReadRequest) -> None:
+        """Answer read ``request`` from ``sm`` (a ``ClientConn`` may read it later, from the state then)."""
+
 
 ReadRequest = wire.GetRequest | wire.ListRequest
 DiskReply = Callable[..., wire.ErrorReply]  # Node._disk_reply: (wire_id, *, write_sent=False, read=False)
@@ -196,7 +199,7 @@ class Waiters:
             entry = reads.pop(read_id, None)
             if entry is not None:
                 self.requests[request_op(entry[1]), "ok"] += 1
-                entry[0].reply(read_reply(sm, entry[1]))
+                entry[0].reply_read(sm, entry[1])
 
     def reject(self, read_ids: Iterable[int]) -> None:
         """The core could not confirm these reads (leadership lost): ``not_leader``."""
@@ -225,7 +228,7 @@ class Waiters:
                 entry = self.reads.pop(read_id, None)
                 if entry is not None:
                     self.requests[request_op(entry[1]), "ok"] += 1
-                    entry[0].reply(read_reply(sm, entry[1]))
+                    entry[0].reply_read(sm, entry[1])
             self.deferred_reads = later
         if self.local_reads:
             later_local = []
@@ -234,7 +237,7 @@ class Waiters:
                     later_local.append(item)
                 else:
                     self.requests[request_op(item[2]), "ok"] += 1
-                    item[1].reply(read_reply(sm, item[2]))
+                    item[1].reply_read(sm, item[2])
             self.local_reads = later_local
 
     # -----------------------------------------------------------------------------------------------

@@ -416,6 +416,42 @@ def test_a_client_that_half_closes_after_its_requests_still_gets_every_answer(no
     node.assert_serving()
 
 
+def _peak_rss(node: LiveNode) -> int:
+    for line in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_many_large_answers_asked_in_one_write_are_held_back_until_the_client_reads(node):
+    """QA: 600 gets of a 1 MiB value in one 20 KB write made the node build 600 MB of answers at once (1.9 GB
+    of memory, 2 s without a heartbeat, a leader change), then close the connection. Now at most a window
+    of answers is encoded ahead of what the client read: the node's peak memory stays put while the client
+    does not read, it serves others meanwhile, and the client gets every answer once it reads."""
+    value = bytes(range(256)) * 4096  # 1 MiB
+    node.client.put("large-answers", value)
+    gets = 240
+    requests = b"".join(frame({"t": "get", "id": i, "key": "large-answers", "lin": i % 4 == 0}) for i in range(gets))
+    peak_before = _peak_rss(node)
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+        s.sendall(requests)
+        time.sleep(1.5)  # the client reads nothing for a while ...
+        node.assert_serving()  # ... and the node serves others meanwhile
+        received = bytearray()
+        got: list = []
+        while len(got) < gets:
+            chunk = s.recv(1 << 20)
+            assert chunk, f"the node closed the connection after {len(got)} of {gets} answers"
+            received += chunk
+            got += [wire.decode_body(b) for b in wire.split_frames(received)]
+    assert sorted(r.id for r in got) == list(range(gets))
+    wrong = [r for r in got if not (isinstance(r, wire.OkReply) and r.result["value"] == value)]
+    assert not wrong, wrong[:1]
+    growth = _peak_rss(node) - peak_before
+    assert growth < 100 * 1024 * 1024, f"peak memory grew by {growth // (1024 * 1024)} MiB for {gets} MiB of answers"
+    node.assert_serving()
+
+
 def test_memory_stays_bounded_after_a_burst_of_bad_input(node):
     rss_before = node.rss()
     for i in range(200):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from kvstore import commands, wire
 from kvstore.events import Proposal
 from kvstore.statemachine import STALE_REQUEST, StateMachine
-from kvstore.waiters import EXPIRY_SCAN_SECONDS, Waiters, reply_result
+from kvstore.waiters import EXPIRY_SCAN_SECONDS, Waiters, read_reply, reply_result
 
 TIMEOUT_S = 5.0
 CID = b"client-1"
@@ -34,6 +34,9 @@ class FakeConn:
 
     def reply_frame(self, frame: bytes) -> None:
         self.answers.append(wire.decode_body(frame[wire.HEADER_BYTES:]))
+
+    def reply_read(self, sm, request) -> None:
+        self.reply(read_reply(sm, request))
 
 
 def _waiters(hint: str | None = "n2:7002") -> tuple[Waiters, dict]:
