@@ -16,6 +16,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from kvstore.errors import RequestError
+from kvstore.frames import TOO_LARGE
+
 from . import nodestatus
 from .common import (
     OperationFailed,
@@ -121,7 +124,14 @@ def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool =
         records: list[dict[str, Any]] = []
         with open_oneshot_client(settings) as client:
             if prefix:
-                for k, v in client.list(key, keys_only=keys_only, consistency=consistency, limit=limit):
+                try:
+                    items = client.list(key, keys_only=keys_only, consistency=consistency, limit=limit)
+                except RequestError as exc:
+                    if exc.code != TOO_LARGE:
+                        raise
+                    raise OperationFailed(f"{exc}; or write the whole range as JSON lines: kv dump --prefix "
+                                          f"{shlex.quote(key)} FILE") from None
+                for k, v in items:
                     records.append(_entry_record(k, v, keys_only=keys_only))
             else:
                 entry = client.get_entry(key, consistency=consistency)
@@ -317,15 +327,64 @@ def _lagging(statuses: list[dict[str, Any]], leader: Any) -> dict[int, int]:
     return behind
 
 
+def _voters(answered: list[dict[str, Any]]) -> list[int] | None:
+    """The voters of the newest configuration the reachable nodes report, None if none reports one."""
+    newest: dict[str, Any] | None = None
+    for s in answered:
+        config = s.get("config")
+        if isinstance(config, dict) and isinstance(config.get("voters"), list) and type(config.get("epoch")) is int:
+            if newest is None or config["epoch"] > newest["epoch"]:
+                newest = config
+    return None if newest is None else [v for v in newest["voters"] if type(v) is int]
+
+
+def _asked_ids(statuses: list[dict[str, Any]], answered: list[dict[str, Any]]) -> set[int]:
+    """The ids of the nodes whose address is an endpoint that did not answer (by the configurations the
+    others report): asked, not reachable, as opposed to not asked at all."""
+    addresses: dict[str, int] = {}
+    for s in answered:
+        config = s.get("config")
+        if isinstance(config, dict) and isinstance(config.get("addresses"), dict):
+            for node, address in config["addresses"].items():
+                if isinstance(address, str) and str(node).isdigit():
+                    addresses[address] = int(node)
+    return {addresses[str(s.get("endpoint"))] for s in statuses
+            if not nodestatus.is_reachable(s) and str(s.get("endpoint")) in addresses}
+
+
 def health(settings: Settings) -> None:
     """``kv health``: exit 0 if a quorum of the endpoints is reachable and a leader is known, else 1."""
     with reporting_errors(settings):
         endpoints = settings.endpoints()
         with open_oneshot_client(settings) as client:
             statuses = [dict(s) for s in client.cluster_status()]
-        reachable = sum(1 for s in statuses if nodestatus.is_reachable(s))
-        total = max(len(endpoints), len(statuses))
-        quorum = total // 2 + 1
+        answered = [s for s in statuses if nodestatus.is_reachable(s)]
+        clusters = sorted({str(s["cluster_id"]) for s in answered if s.get("cluster_id") is not None})
+        if len(clusters) > 1:
+            raise OperationFailed(f"the endpoints belong to {len(clusters)} different clusters (cluster ids "
+                                  f"{', '.join(clusters)}): give the endpoints of one cluster (kv status shows "
+                                  "each node's cluster_id)")
+        # Nodes, not endpoints: two addresses of one node count once (QA: 127.0.0.1:7001 and localhost:7001)
+        ids = [s.get("id") for s in answered]
+        aliased = len(ids) - len(set(ids)) if None not in ids else 0
+        reachable = len(answered) - aliased
+        voters = _voters(answered)
+        notes = []
+        if voters is None:  # (no node said its configuration: older nodes) the endpoints are the members
+            total = max(len(endpoints), len(statuses)) - aliased
+            quorum = total // 2 + 1
+        else:
+            # The quorum is the configuration's, whatever the endpoints (QA: 3 endpoints of a cluster grown to
+            # 5 voters said "3/3 reachable (quorum 2)"); a voter not among them is not reachable from here.
+            total = len(voters)
+            quorum = total // 2 + 1
+            reachable = len({i for i in ids if i in voters})
+            unasked = sorted(set(voters) - set(ids) - _asked_ids(statuses, answered))
+            if unasked:
+                notes.append(f"voter{'s' if len(unasked) > 1 else ''} {', '.join(map(str, unasked))} not among the "
+                             "endpoints (kv member list has every address)")
+        if aliased:
+            notes.append(f"{aliased} endpoint{'s' if aliased > 1 else ''} reach a node another endpoint reaches")
         leader = nodestatus.confirmed_leader(statuses)
         healthy = reachable >= quorum and leader is not None
         lagging = _lagging(statuses, leader)
@@ -336,6 +395,7 @@ def health(settings: Settings) -> None:
                     "reachable": reachable,
                     "endpoints": total,
                     "quorum": quorum,
+                    "voters": voters,
                     "leader": jsonable(leader),
                     "nodes": jsonable(statuses),
                 }
@@ -357,6 +417,8 @@ def health(settings: Settings) -> None:
                 echo(f"{nodestatus.field(s, 'ADDRESS') or '?'}: {state}")
         summary = (f"{reachable}/{total} reachable (quorum {quorum}), "
                    f"leader {leader if leader is not None else 'unknown'}")
+        for note in notes:
+            summary += f"; {note}"
         if lagging:
             # Healthy by its definition, but a node that far behind is slow (its disk, its CPU) or cut off
             # from the leader, and one more failure may leave a majority that waits for it (QA: a node

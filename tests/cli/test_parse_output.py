@@ -78,6 +78,20 @@ def test_empty_key_is_a_usage_error(fake):
 # --- get -----------------------------------------------------------------------------------------
 
 
+def test_get_prefix_of_a_range_too_large_for_one_answer_points_to_kv_dump(fake):
+    """QA: `kv get --prefix bulk/` of 100,000 keys said only "narrow the request (prefix, limit)"; --limit
+    gives the first N keys and nothing pages on, while kv dump writes a range of any size."""
+    fake.error = RequestError("the reply is too large for one frame (OkReply body is 11600033 bytes, limit "
+                              "8388608); narrow the request (prefix, limit)", "too_large")
+    result = run(*EP, "get", "--prefix", "bulk/")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "narrow the request (prefix, limit); or write the whole range as JSON lines: "
+                                  "kv dump --prefix bulk/ FILE")
+    fake.error = RequestError("key too long", "bad_request")  # any other refusal is reported as it is
+    result = run(*EP, "get", "--prefix", "bulk/")
+    assert result.exit_code == 1 and "kv dump" not in result.stderr
+
+
 def test_get_prints_key_then_value(fake):
     fake.set("greeting", "hello")
     result = run(*EP, "get", "greeting")
@@ -456,6 +470,47 @@ def test_health_names_a_reachable_node_far_behind_the_leader(fake):
     lines = run(*EP, "health").stdout.splitlines()
     assert "127.0.0.1:7002: reachable, 4717 slots behind the leader" in lines, lines
     assert "127.0.0.1:7003: reachable" in lines
+
+
+def _with_config(status: dict, voters: list[int], epoch: int = 3, cluster: str = "c1") -> dict:
+    addresses = {str(v): f"127.0.0.1:{7000 + v}" for v in voters}
+    return dict(status, cluster_id=cluster, config={"voters": voters, "epoch": epoch, "addresses": addresses})
+
+
+def test_health_takes_the_quorum_from_the_configuration_not_the_endpoints(fake):
+    """QA: after growing to 5 voters, the old 3 endpoints gave "3/3 reachable (quorum 2)". The quorum is the
+    configuration's (the newest any node reports); a voter not among the endpoints is not reachable from
+    here, and the summary names it."""
+    five = [1, 2, 3, 4, 5]
+    fake.statuses = [_with_config(FULL, five), _with_config(PARTIAL, five, epoch=2),
+                     _with_config(dict(PARTIAL, endpoint="127.0.0.1:7003", id=3), five)]
+    result = run(*EP, "health")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == ("cluster is healthy: 3/5 reachable (quorum 3), leader 1; voters 4, 5 not "
+                                              "among the endpoints (kv member list has every address)"), result.stdout
+    assert json.loads(run(*EP, "-w", "json", "health").stdout)["voters"] == five
+    fake.statuses = [_with_config(FULL, five), _with_config(PARTIAL, five), DOWN]  # node 3 asked, down
+    result = run(*EP, "health")
+    assert result.exit_code == 1, result.output
+    assert_one_error_line(result, "cluster is unhealthy: 2/5 reachable (quorum 3), leader 1; voters 4, 5 not among")
+
+
+def test_health_counts_a_node_reached_through_two_endpoints_once(fake):
+    """QA: 127.0.0.1:7001 and localhost:7001 (one live node of three) said "2/3 reachable"."""
+    three = [1, 2, 3]
+    fake.statuses = [_with_config(FULL, three), _with_config(dict(FULL, endpoint="localhost:7001"), three), DOWN]
+    result = run("--endpoints", "127.0.0.1:7001,localhost:7001,127.0.0.1:7003", "health")
+    assert result.exit_code == 1, result.output
+    assert_one_error_line(result, "1/3 reachable (quorum 2)", "1 endpoint reach a node another endpoint reaches")
+
+
+def test_health_refuses_endpoints_of_two_clusters(fake):
+    """QA: the endpoints of two clusters (two nodes with id 1, both leading) were called a healthy cluster."""
+    fake.statuses = [_with_config(FULL, [1, 2, 3]), _with_config(PARTIAL, [1, 2, 3]),
+                     _with_config(dict(FULL, endpoint="127.0.0.1:7003"), [1, 2, 3], cluster="c2")]
+    result = run(*EP, "health")
+    assert result.exit_code == 1, result.output
+    assert_one_error_line(result, "the endpoints belong to 2 different clusters (cluster ids c1, c2)")
 
 
 def test_health_fails_without_quorum(fake):
