@@ -65,6 +65,14 @@ def pack_value(value: Value) -> bytes:
     return marshal.dumps(value)
 
 
+def value_bytes(kept: Value | bytes) -> int:
+    """The size of a slot's value as kept: a packed value's length, else the sum of its commands' lengths
+    (what catch-up answers are bounded by: ``Options.catchup_bytes_max``)."""
+    if type(kept) is bytes:
+        return len(kept)
+    return sum(len(c) for c in kept if isinstance(c, (bytes, str)))
+
+
 def unpack_value(kept: Value | bytes) -> Value:
     """The tuple of commands of a value, packed (``pack_value``) or not (returned as it is). Raises
     ``TypeError`` for bytes that are not a packed value."""

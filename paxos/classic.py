@@ -183,7 +183,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import functional, practical
-from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord
+from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord, value_bytes
 from .ballot import Ballot
 from .essential import ProposalID, ProposalIDLike
 from .membership import ScheduleEntry, refuse_change_command
@@ -807,14 +807,26 @@ class ClassicReplica:
 
     # ------------------------------------------------------------------ acceptor side
 
+    def _far_behind(self, first_slot: int) -> bool:
+        """As the core's (rule 39): a Promise would carry more decided values than a catch-up answer holds."""
+        options = self.options
+        if self._decided_slot - first_slot >= options.catchup_entries_max:
+            return True
+        size = 0
+        for slot in range(max(first_slot, self._snapshot_slot + 1), self._decided_slot + 1):
+            if slot in self._decided:
+                size += value_bytes(self._decided[slot])
+                if size >= options.catchup_bytes_max:
+                    return True
+        return False
+
     def _on_prepare(self, m: Prepare) -> None:
         if m.ballot.node_id != m.sender:
             self._count("malformed")
             return
         proposal_id = proposal_id_of(m.ballot)
         before = self.ballot
-        if (m.sender != self.node_id and m.ballot > before
-                and self._decided_slot - m.first_slot >= self.options.catchup_entries_max):
+        if m.sender != self.node_id and m.ballot > before and self._far_behind(m.first_slot):
             # As the core (rule 39): a candidate far behind gets the decided values it lacks, a chunk
             # at a time, not a promise whose Promise would carry all of them.
             self._count("prepare_far_behind")
@@ -1287,7 +1299,9 @@ class ClassicReplica:
     def _on_catchup_request(self, m: CatchupRequest) -> None:
         entries: list[DecidedEntry] = []
         slot = max(m.first_slot, self._snapshot_slot + 1)
-        while slot in self._decided and len(entries) < self.options.catchup_entries_max:
+        size, size_max = 0, self.options.catchup_bytes_max
+        while slot in self._decided and len(entries) < self.options.catchup_entries_max and size < size_max:
+            size += value_bytes(self._decided[slot])  # (bounded by bytes too, as the core)
             entries.append(DecidedEntry(slot=slot, value=self._decided[slot]))
             slot += 1
         needs_snapshot = self._snapshot_slot >= m.first_slot
@@ -1305,7 +1319,8 @@ class ClassicReplica:
         self._advance_decided()
         if m.snapshot_slot > self._decided_hint:
             self._decided_hint = m.snapshot_slot
-        full = len(m.entries) >= self.options.catchup_entries_max  # (likely more: ask again, as the core)
+        full = (len(m.entries) >= self.options.catchup_entries_max  # (likely more: ask again, as the core)
+                or sum(value_bytes(e.value) for e in m.entries) >= self.options.catchup_bytes_max)
         if self._decided_slot > before and (self._decided_slot < self._decided_hint or full) and m.entries:
             self._catchup_cooldown = 0
             self._request_catchup(m.sender)

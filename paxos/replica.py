@@ -71,7 +71,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from .actions import AcceptRecord, Actions, DecideRecord, DurableState, PromiseRecord, pack_value, unpack_value
+from .actions import (
+    AcceptRecord,
+    Actions,
+    DecideRecord,
+    DurableState,
+    PromiseRecord,
+    pack_value,
+    unpack_value,
+    value_bytes,
+)
 from .ballot import Ballot
 from .membership import Config, ConfigSchedule, ScheduleEntry, encode_change, is_change, refuse_change_command
 from .messages import (
@@ -121,6 +130,10 @@ class Options:
     window: int = 32
     batch_count_max: int = 256
     catchup_entries_max: int = 256
+    # ... and their values' bytes (an answer holds at least one entry, however large). With slots of 1 MiB
+    # (batch_bytes_max) 256 entries made answers of 256 MB, rebuilt for every request, over the shell's
+    # frame limit (soak QA: a follower back from a pause far behind took the cluster down).
+    catchup_bytes_max: int = 4 << 20
     # A slot's commands add up to at most this many bytes (one command larger than it still gets a slot
     # of its own), so that one Accept stays a reasonable message for the shell to frame and fsync.
     batch_bytes_max: int = 1 << 20
@@ -170,7 +183,7 @@ class Options:
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_ticks", "election_timeout_ticks", "window", "batch_count_max",
-                     "catchup_entries_max", "batch_bytes_max"):
+                     "catchup_entries_max", "catchup_bytes_max", "batch_bytes_max"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Options.{name} must be an int >= 1, got {value!r}")
@@ -743,7 +756,7 @@ class Replica:
         if m.ballot < self._promised:
             self._nack(m.sender, m.ballot)
             return
-        if m.ballot > self._promised and self._decided_slot - m.first_slot >= self.options.catchup_entries_max:
+        if m.ballot > self._promised and self._far_behind(m.first_slot):
             # The candidate is far behind what we know decided: a Promise would carry every decided
             # value from its first_slot on, however many (QA: 10,000 slots of 64 KiB values, a Promise
             # of 650 MB rebuilt for every retried Prepare, and both healthy nodes out of memory). We do
@@ -773,6 +786,21 @@ class Replica:
                         for s, v in sorted(self._decided.items()) if s >= first)
         self._send(m.sender, Promise(sender=self.node_id, ballot=m.ballot, first_slot=m.first_slot,
                                      accepted=accepted, decided=decided, snapshot_slot=self._snapshot_slot))
+
+    def _far_behind(self, first_slot: int) -> bool:
+        """A Promise to a candidate whose election begins at ``first_slot`` would carry more decided values
+        than a catch-up answer holds (``catchup_entries_max`` of them, or ``catchup_bytes_max`` bytes)."""
+        options = self.options
+        if self._decided_slot - first_slot >= options.catchup_entries_max:
+            return True
+        size, size_max, decided = 0, options.catchup_bytes_max, self._decided
+        for slot in range(max(first_slot, self._snapshot_slot + 1), self._decided_slot + 1):
+            kept = decided.get(slot)
+            if kept is not None:
+                size += value_bytes(kept)
+                if size >= size_max:
+                    return True
+        return False
 
     def _on_accept(self, m: Accept) -> None:
         if m.ballot.node_id != m.sender:
@@ -962,8 +990,11 @@ class Replica:
     def _on_catchup_request(self, m: CatchupRequest) -> None:
         entries: list[DecidedEntry] = []
         slot = max(m.first_slot, self._snapshot_slot + 1)
-        while slot in self._decided and len(entries) < self.options.catchup_entries_max:
-            entries.append(DecidedEntry(slot=slot, value=_unpack(self._decided[slot])))
+        size, size_max = 0, self.options.catchup_bytes_max
+        while slot in self._decided and len(entries) < self.options.catchup_entries_max and size < size_max:
+            value = _unpack(self._decided[slot])
+            size += value_bytes(value)
+            entries.append(DecidedEntry(slot=slot, value=value))
             slot += 1
         needs_snapshot = self._snapshot_slot >= m.first_slot
         if needs_snapshot:
@@ -986,7 +1017,8 @@ class Replica:
             # and start a new one from there at the next timeout (tick).
             self._election_behind = True
             self._count("election_behind")
-        full = len(m.entries) >= self.options.catchup_entries_max
+        full = (len(m.entries) >= self.options.catchup_entries_max
+                or sum(value_bytes(e.value) for e in m.entries) >= self.options.catchup_bytes_max)
         if self._decided_slot > before and (self._decided_slot < self._decided_hint or full) and m.entries:
             # The reply made progress and more is known (or, a full reply, likely) to be decided: ask
             # again right away.

@@ -875,3 +875,22 @@ def test_an_acceptor_far_ahead_answers_a_prepare_with_catch_up_not_a_promise_as_
     assert [(to, [e.slot for e in m.entries]) for to, m in actions.send if isinstance(m, CatchupReply)] == [(2, [1, 2])]
     acceptor.receive(Prepare(sender=2, ballot=Ballot(6, 2), first_slot=3))  # within reach: promised
     assert [m for _, m in acceptor.take_actions().send if isinstance(m, Promise)]
+
+
+def test_catch_up_answers_are_bounded_by_bytes_too_as_the_core_does():
+    """Soak QA: 256 entries of 1 MiB slots made catch-up answers of 256 MB. An answer stops once its values
+    reach ``catchup_bytes_max`` (one entry at least), and a Promise that would carry that much is not
+    given (rule 39, by bytes)."""
+    acceptor = make(3, catchup_bytes_max=2500)
+    acceptor.receive(CatchupReply(sender=1, entries=tuple(DecidedEntry(slot=s, value=(b"v" * 1000,))
+                                                          for s in range(1, 7)), snapshot_slot=0))
+    acceptor.take_actions()
+    acceptor.receive(CatchupRequest(sender=2, first_slot=1))
+    assert [[e.slot for e in m.entries] for _, m in acceptor.take_actions().send
+            if isinstance(m, CatchupReply)] == [[1, 2, 3]]
+    acceptor.receive(Prepare(sender=2, ballot=Ballot(5, 2), first_slot=4))  # 3,000 bytes above: catch-up
+    actions = acceptor.take_actions()
+    assert not [m for _, m in actions.send if isinstance(m, Promise)]
+    assert [[e.slot for e in m.entries] for _, m in actions.send if isinstance(m, CatchupReply)] == [[4, 5, 6]]
+    acceptor.receive(Prepare(sender=2, ballot=Ballot(6, 2), first_slot=5))  # 2,000 bytes: promised
+    assert [m for _, m in acceptor.take_actions().send if isinstance(m, Promise)]

@@ -956,6 +956,40 @@ def test_an_acceptor_far_ahead_answers_a_prepare_with_catch_up_not_a_promise():
     assert [e.slot for e in answer.decided] == [3, 4]
 
 
+def test_catch_up_answers_are_bounded_by_bytes_too():
+    """Soak QA: with slots of 1 MiB (batch_bytes_max), 256 entries made catch-up answers of 256 MB, rebuilt
+    for every request and over the shell's frame limit: a follower back from a pause far behind took the
+    cluster down. An answer now stops once its values reach ``catchup_bytes_max`` (one entry at least, however
+    large); the asker takes such an answer as full and asks again at once; and a candidate whose Promise
+    would carry that much gets catch-up instead (rule 39, by bytes)."""
+    big = (b"v" * 1000,)
+    acceptor = make(3, catchup_bytes_max=2500)
+    for slot in range(1, 8):  # slots 1-6 decided
+        acceptor.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=slot, value=big, decided_slot=slot - 1))
+    acceptor.take_actions()
+    acceptor.receive(CatchupRequest(sender=2, first_slot=1))
+    [(_, answer)] = sent(acceptor.take_actions(), CatchupReply)
+    assert [e.slot for e in answer.entries] == [1, 2, 3]  # 3,000 bytes: past 2,500 with the third
+    one = make(3, catchup_bytes_max=10)
+    for slot in range(1, 3):
+        one.receive(Accept(sender=1, ballot=Ballot(1, 1), slot=slot, value=big, decided_slot=slot - 1))
+    one.take_actions()
+    one.receive(CatchupRequest(sender=2, first_slot=1))
+    assert [[e.slot for e in m.entries] for _, m in sent(one.take_actions(), CatchupReply)] == [[1]]
+    # the asker takes an answer that reached the bytes as full: it asks again at once
+    asker = make(2, catchup_bytes_max=2500)
+    asker.receive(answer)
+    assert sent(asker.take_actions(), CatchupRequest) == [(3, CatchupRequest(sender=2, first_slot=4))]
+    # rule 39 by bytes: 2 slots (2,000 bytes) above first_slot get a promise, 3 (3,000 bytes) catch-up
+    acceptor.receive(Prepare(sender=2, ballot=Ballot(2, 2), first_slot=5))
+    assert [(m.first_slot, [e.slot for e in m.decided]) for _, m in sent(acceptor.take_actions(), Promise)] == [
+        (5, [5, 6])]
+    acceptor.receive(Prepare(sender=2, ballot=Ballot(3, 2), first_slot=4))
+    actions = acceptor.take_actions()
+    assert sent(actions, Promise) == [] and [e.slot for _, m in sent(actions, CatchupReply) for e in m.entries] == [
+        4, 5, 6]
+
+
 def test_a_candidate_answered_with_catch_up_gives_up_its_election_and_catches_up_first():
     candidate = make(2, catchup_entries_max=2)
     run_election_timeout(candidate)

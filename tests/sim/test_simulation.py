@@ -225,10 +225,13 @@ def test_aggressive_compaction_exercises_snapshots_pauses_and_elections_behind_a
 
 
 def _one_entry_catchups(seed: int) -> Options:
-    """The default simulation options, but catch-up answers of one entry: a candidate one decided
-    slot behind an acceptor is then far behind it (Replica._on_prepare)."""
-    return Options(heartbeat_ticks=1, election_timeout_ticks=4, window=8, batch_count_max=4, catchup_entries_max=1,
-                   lazy_decide=seed % 2 == 1, thrifty=seed % 4 >= 2)
+    """The default simulation options, but catch-up answers of one entry (by count for odd seeds, by
+    bytes for even ones: ``catchup_bytes_max``): a candidate one decided slot behind an acceptor is then
+    far behind it (Replica._on_prepare). Every third seed asks pre-votes first (rules 39 and 40 together:
+    a far-behind asker's pre-votes are answered with catch-up too)."""
+    return Options(heartbeat_ticks=1, election_timeout_ticks=4, window=8, batch_count_max=4,
+                   catchup_entries_max=1 if seed % 2 else 256, catchup_bytes_max=4 << 20 if seed % 2 else 1,
+                   lazy_decide=seed % 2 == 1, thrifty=seed % 4 >= 2, pre_vote=seed % 3 == 0)
 
 
 @pytest.mark.sim_seeds(range(1, 101))
