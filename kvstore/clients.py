@@ -653,14 +653,23 @@ class ClientLinks:
                                            leader=None))
 
 
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+# Bad frames logged: ten at once of each reason, then one a second (QA: a client looping on bad frames
+# wrote 2,000 lines a second, 24 GB of log a day); protocol_errors counts every one.
+BAD_FRAMES_LOGGED = tls.LogThrottle(1.0, burst=10)
+
+
 def _log_bad_frame(name: str, exc: Exception) -> None:
-    """One warning for a connection closed over a bad frame; those that are TLS records (a TLS peer or
-    client dialing this node without TLS: its members redial ten times a second) at most once a second,
-    as ``tls.REFUSALS_LOGGED`` does for handshakes. ``protocol_errors`` counts every one."""
+    """One warning for a connection closed over a bad frame, at most ten at once and then one a second of
+    each reason (``BAD_FRAMES_LOGGED``; its numbers do not make another reason); those that are TLS records
+    (a TLS peer or client dialing this node without TLS: its members redial ten times a second) at most
+    once a second, as ``tls.REFUSALS_LOGGED`` does for handshakes. ``protocol_errors`` counts every one."""
     if isinstance(exc, wire.FrameCutShort):
         # A client that gave up while writing (on every failover with large values: QA), not a bad peer
         log.info("connection from %s ended in the middle of a frame: %s", name, exc)
         return
-    more = tls.REFUSALS_LOGGED.allow("speaks TLS") if "speaks TLS" in str(exc) else ""
+    text = str(exc)
+    more = (tls.REFUSALS_LOGGED.allow("speaks TLS") if "speaks TLS" in text else
+            BAD_FRAMES_LOGGED.allow(text.translate(_NO_DIGITS)))
     if more is not None:
         log.warning("closing connection from %s: bad frame: %s%s", name, exc, more)

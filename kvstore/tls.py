@@ -120,14 +120,15 @@ async def check_dialed(stream: trio.abc.AsyncResource, peer_id: int, counters: d
 
 
 class LogThrottle:
-    """At most one log line a ``seconds`` for each kind of refusal; the lines left out are counted, and
-    the next line says how many. A process needs no certificate to open connections that fail their
-    handshake, so one line per connection would let anyone grow the log without bound (QA: 2,000
-    lines in 0.1 s); the counters (``kv -w json status``) still count every one."""
+    """At most one log line a ``seconds`` for each kind of refusal (after a first ``burst`` of them); the
+    lines left out are counted, and the next line says how many. A process needs no certificate to open
+    connections that fail their handshake, so one line per connection would let anyone grow the log
+    without bound (QA: 2,000 lines in 0.1 s); the counters (``kv -w json status``) still count every one."""
 
-    def __init__(self, seconds: float = 1.0) -> None:
+    def __init__(self, seconds: float = 1.0, burst: int = 1) -> None:
         self.seconds = seconds
-        self._next: dict[str, float] = {}
+        self.burst = burst
+        self._tokens: dict[str, tuple[float, float]] = {}  # kind -> (lines it may log now, as of when)
         self._left_out: dict[str, int] = {}
 
     def allow(self, kind: str) -> str | None:
@@ -135,13 +136,16 @@ class LogThrottle:
         ``kind`` may hold the refusal's reason: each reason gets its own line a second (a few hundred
         kinds are kept at most; past that they start afresh)."""
         now = time.monotonic()
-        if len(self._next) > 256 and kind not in self._next:
-            self._next.clear()
+        if len(self._tokens) > 256 and kind not in self._tokens:
+            self._tokens.clear()
             self._left_out.clear()
-        if now < self._next.get(kind, 0.0):
+        tokens, then = self._tokens.get(kind, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) / self.seconds)
+        if tokens < 1.0:
+            self._tokens[kind] = (tokens, now)
             self._left_out[kind] = self._left_out.get(kind, 0) + 1
             return None
-        self._next[kind] = now + self.seconds
+        self._tokens[kind] = (tokens - 1.0, now)
         left_out = self._left_out.pop(kind, 0)
         return f" ({left_out} more like it left out of the log since the last such line)" if left_out else ""
 

@@ -153,3 +153,26 @@ def test_bad_frames_that_are_tls_records_are_logged_at_most_once_a_second(caplog
     lines = [r.getMessage() for r in caplog.records]
     assert sum("speaks TLS" in line for line in lines) == 1
     assert sum("bad CBOR" in line for line in lines) == 3
+
+
+def test_bad_frames_of_one_reason_are_logged_ten_at_once_then_once_a_second(caplog, monkeypatch):
+    """QA: a client looping on bad frames made the node log 2,000 lines a second (24 GB a day). Each reason
+    (its numbers aside) is logged ten times at once, then once a second, and the next line says how many
+    were left out; another reason has lines of its own."""
+    import logging
+
+    from kvstore import clients, tls
+
+    now = [100.0]
+    monkeypatch.setattr(tls.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(clients, "BAD_FRAMES_LOGGED", tls.LogThrottle(1.0, burst=10))
+    with caplog.at_level(logging.WARNING, logger="kvstore.clients"):
+        for i in range(3000):
+            clients._log_bad_frame(f"127.0.0.1:{1000 + i % 50000}", wire.WireError(f"frame length {2**31 + i} is "
+                                                                                    "outside [1, 8388608]"))
+        clients._log_bad_frame("127.0.0.1:9", wire.WireError("put.key: expected a text string, got int"))
+        assert len(caplog.records) == 11
+        now[0] += 1.0
+        clients._log_bad_frame("127.0.0.1:10", wire.WireError("frame length 5 is outside [1, 8388608]"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[-1].endswith("(2990 more like it left out of the log since the last such line)"), lines[-1]
