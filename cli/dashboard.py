@@ -228,7 +228,7 @@ class Dashboard:
             parts = path.split("/")  # "", "api", "nodes", ID, ACTION
             if request.method != "POST":
                 return Response(405, b"POST only\n")
-            if len(parts) != 5 or not parts[3].isdigit():
+            if len(parts) != 5 or not _small_int(parts[3]):
                 return Response(404, b"POST /api/nodes/ID/ACTION\n")
             if request.headers.get("x-kv-action-token") != self.action_token:
                 return Response(403, b"the fault buttons of this dashboard's page send a token with each action; "
@@ -246,13 +246,19 @@ class Dashboard:
 
         scenario = query.get("scenario", "leader-change")
         seed_text = query.get("seed", "1")
-        if scenario not in SCENARIOS or not seed_text.isdigit():
+        if scenario not in SCENARIOS or not _small_int(seed_text):
             return Response(400, f"scenario: one of {', '.join(SCENARIOS)}; seed: an int >= 0\n".encode())
         try:
             page = render(run_scenario(scenario, int(seed_text)), heartbeats=query.get("heartbeats") == "1")
         except RuntimeError as exc:
             return Response(500, f"{exc}\n".encode())
         return Response(200, page.encode(), "text/html; charset=utf-8")
+
+
+def _small_int(text: str) -> bool:
+    """ASCII digits that ``int`` takes (QA: ``str.isdigit`` is true of "²", and 5,000 digits are past
+    Python's limit for ``int``: both raised in the handler, a 500 with a traceback in the log)."""
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
 
 
 def _addressed_to_this_machine(host_header: str) -> bool:

@@ -344,10 +344,19 @@ def _granted(x: object) -> bool:
     raise WireError("granted must be a bool")
 
 
+def _got(x: object) -> str:
+    """What a field held instead, for an error message: an int with its value (out of range: QA, "expected an
+    int in [1, 2**63), got int" did not say which), anything else by its type."""
+    if type(x) is int:
+        text = str(x) if -10**30 < x < 10**30 else f"{str(x)[:12]}... ({len(str(abs(x)))} digits)"
+        return f"int {text}"
+    return type(x).__name__
+
+
 def _u64(x: object, name: str) -> int:
     if type(x) is int and 0 <= x < U64_LIMIT:
         return x
-    raise WireError(f"{name}: expected an int in [0, 2**64), got {type(x).__name__}")
+    raise WireError(f"{name}: expected an int in [0, 2**64), got {_got(x)}")
 
 
 def _sender(x: object) -> int:
@@ -530,14 +539,14 @@ def _f_int(obj: dict[str, Any], key: str, low: int, limit: int) -> int:
     x = _get(obj, key)
     if type(x) is int and low <= x < limit:
         return x
-    raise WireError(f"{obj['t']}.{key}: expected an int in [{low}, {limit}), got {type(x).__name__}")
+    raise WireError(f"{obj['t']}.{key}: expected an int in [{low}, {limit}), got {_got(x)}")
 
 
 def _f_id(obj: dict[str, Any]) -> int:
     x = _get(obj, "id")
     if type(x) is int and 0 <= x < ID_LIMIT:
         return x
-    raise WireError(f"{obj['t']}.id: expected an int in [0, 2**63), got {type(x).__name__}")
+    raise WireError(f"{obj['t']}.id: expected an int in [0, 2**63), got {_got(x)}")
 
 
 def _f_str(obj: dict[str, Any], key: str) -> str:
@@ -613,7 +622,7 @@ def _d_snap(obj: dict[str, Any]) -> SnapshotChunk:
 def _d_err(obj: dict[str, Any]) -> ErrorReply:
     rid = _get(obj, "id")
     if rid is not None and not (type(rid) is int and 0 <= rid < ID_LIMIT):
-        raise WireError(f"err.id: expected an int in [0, 2**63) or null, got {type(rid).__name__}")
+        raise WireError(f"err.id: expected an int in [0, 2**63) or null, got {_got(rid)}")
     return ErrorReply(id=rid, code=_f_str(obj, "code"), message=_f_str(obj, "msg"), leader=_f_opt_str(obj, "leader"),
                       refused=_f_bool(obj, "refused") if "refused" in obj else False)
 

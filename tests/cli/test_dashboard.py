@@ -72,6 +72,8 @@ async def test_the_page_its_files_the_state_and_a_trace_are_served():
     trace = await board.handle(Request("GET", "/trace", {"scenario": "round", "seed": "2"}))
     assert trace.status == 200 and b'class="msg msg-Accept' in trace.body
     assert (await board.handle(Request("GET", "/trace", {"scenario": "nope"}))).status == 400
+    for seed in ("\u00b2", "7" * 5000, "-1", ""):  # (QA: "²" and 5,000 digits raised in the handler: a 500)
+        assert (await board.handle(Request("GET", "/trace", {"scenario": "round", "seed": seed}))).status == 400
     assert (await board.handle(Request("GET", "/etc/passwd"))).status == 404
     assert (await board.handle(Request("GET", "/api/nodes/1/kill"))).status == 405
 

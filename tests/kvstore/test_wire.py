@@ -1109,3 +1109,16 @@ def test_a_later_version_s_message_kind_is_skipped_not_a_broken_link():
     for kind in (0, -1, 256):
         with pytest.raises(wire.WireError, match="unknown message kind"):
             wire.decode_body(cbor2.dumps({"t": "px", "m": [[kind, 1, [1, 1], 0]]}))
+
+
+def test_an_int_out_of_range_is_named_with_its_value():
+    """QA: "hello.node: expected an int in [1, 2**63), got int" did not say which int."""
+    body = cbor2.dumps({"t": "get", "id": 2**64, "key": "k", "lin": True})
+    expected = r"get\.id: expected an int in \[0, 2\*\*63\), got int 18446744073709551616"
+    with pytest.raises(wire.WireError, match=expected):
+        wire.decode_body(body)
+    body = cbor2.dumps({"t": "get", "id": -(10**40), "key": "k", "lin": True})
+    with pytest.raises(wire.WireError, match=r"got int -10000000000\.\.\. \(41 digits\)"):
+        wire.decode_body(body)
+    with pytest.raises(wire.WireError, match=r"got str$"):
+        wire.decode_body(cbor2.dumps({"t": "get", "id": "7", "key": "k", "lin": True}))
