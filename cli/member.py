@@ -158,4 +158,8 @@ def move_leader_command(
     with reporting_errors(settings):
         with open_client(settings) as client:
             result = client.admin("move_leader", node_id)
+        if settings.write_out is OutputFormat.json:  # (QA: -w json printed nothing on stdout)
+            print_json(jsonable({"ok": True, **result}))
+        elif settings.write_out is OutputFormat.table:
+            print_table(["LEADER"], [[cell(result.get("leader"))]])
         echo(f"node {result.get('leader')} leads now", err=True)

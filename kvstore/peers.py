@@ -377,7 +377,10 @@ class PeerLinks:
             raise wire.WireError(f"peer node {hello.node_id} runs the {hello.engine!r} engine, we run "
                                  f"{engine!r}: every node of a cluster must run the same engine (kv serve --engine)")
         if hello.node_id not in node.peers or hello.node_id == self.node_id:
-            raise wire.WireError(f"peer says it is node {hello.node_id}, which is not a member")
+            # (worded for both logs: the refused node logs it as the reason its link was refused; QA,
+            # "peer says it is node 4" read backwards in node 4's log)
+            raise wire.WireError(f"node {self.node_id} refuses a link from a node that says it is node "
+                                 f"{hello.node_id}, which is not a member of its cluster (removed, or never added)")
         refused = tls.check_peer(reader.stream, hello.node_id)  # with TLS: its certificate must name it
         if refused is not None:
             node.counters["peers_refused_certificate"] += 1

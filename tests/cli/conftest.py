@@ -89,6 +89,10 @@ class FakeClient:
         items = sorted((k, e.value) for k, e in self.cluster.data.items() if k.startswith(prefix))
         return [(k, None if keys_only else v) for k, v in items[:limit or None]]
 
+    def admin(self, op: str, node: int = 0, address: str = "") -> dict[str, Any]:
+        self._call("admin", op, node, address)
+        return {"leader": node} if op == "move_leader" else {}
+
     def cluster_status(self) -> list[dict[str, Any]]:
         self._call("cluster_status")
         return [dict(s) for s in self.cluster.statuses]

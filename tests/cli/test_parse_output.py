@@ -75,6 +75,17 @@ def test_empty_key_is_a_usage_error(fake):
     assert fake.connects == []
 
 
+def test_move_leader_prints_the_new_leader_in_json_and_table(fake):
+    """QA: `kv -w json move-leader 3` printed nothing on stdout (only "node 3 leads now" on stderr)."""
+    result = run(*EP, "-w", "json", "move-leader", "3")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"ok": True, "leader": 3} and "node 3 leads now" in result.stderr
+    result = run(*EP, "-w", "table", "move-leader", "3")
+    assert result.exit_code == 0 and "LEADER" in result.stdout and "3" in result.stdout
+    result = run(*EP, "move-leader", "3")
+    assert result.stdout == "" and result.stderr.strip() == "node 3 leads now"
+
+
 # --- get -----------------------------------------------------------------------------------------
 
 
