@@ -1135,6 +1135,22 @@ async def serve_until_signal(node: Node) -> None:
                         tls.reload(node)
                         continue
                     log.info("node %d: %s received, shutting down", node.node_id, signal.Signals(signum).name)
+                    # A leader hands over first, so that the others do not wait an election timeout
+                    # (a second signal meanwhile stops at once)
+                    with trio.CancelScope() as handing_over:
+                        async def second_signal() -> None:
+                            async for again in signals:
+                                if again != signal.SIGHUP:
+                                    handing_over.cancel()
+                                    return
+
+                        async with trio.open_nursery() as waiting:
+                            waiting.start_soon(second_signal)
+                            new_leader = await node.members.hand_over_before_stop()
+                            waiting.cancel_scope.cancel()
+                        if new_leader is not None:
+                            log.info("node %d: handed leadership to node %d before stopping", node.node_id,
+                                     new_leader)
                     nursery.cancel_scope.cancel()
                     return
 

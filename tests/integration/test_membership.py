@@ -258,3 +258,33 @@ async def test_a_node_joining_without_cluster_id_joins_the_cluster_its_members_n
             proc.wait(timeout=10)
     finally:
         cluster.close()
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+async def test_a_leader_asked_to_stop_hands_over_to_the_standby_first(tmp_path, signum):
+    """QA (a rolling restart): stopping the leader with SIGTERM left the others to notice after an election
+    timeout. A leader asked to stop now hands leadership to a voter that answers it, the standby (the lowest
+    other id) first, waits for it to lead, then stops; it says so in its log."""
+    import signal
+
+    cluster = NemesisCluster(tmp_path)
+    try:
+        cluster.start_all()
+        leader = await cluster.wait_leader()
+        async with connect(cluster.endpoints, timeout=10) as client:
+            await client.put("before", "1")
+        standby = min(i for i in cluster.ids if i != leader)
+        proc = cluster.procs[leader]
+        cluster.killed.add(leader)  # (an exit we asked for)
+        proc.send_signal(getattr(signal, signum))
+        assert proc.wait(timeout=20) == 0
+        log_text = cluster.log_path(leader).read_text(errors="replace")
+        assert f"handed leadership to node {standby} before stopping" in log_text, log_text[-2000:]
+        others = [i for i in cluster.ids if i != leader]
+        statuses = [await cluster.status(i) for i in others]
+        assert all(s is not None and s["leader"] == standby for s in statuses), statuses
+        async with connect([cluster.endpoint(i) for i in others], timeout=10) as client:
+            await client.put("after", "2")
+            assert await client.get("before") == "1"
+    finally:
+        cluster.close()
