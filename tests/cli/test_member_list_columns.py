@@ -28,3 +28,21 @@ def test_a_member_that_answers_shows_its_own_decided_and_applied_slots():
         (True, 10, 10), (False, 5, None), (False, 4, None)]
     for m in members:
         assert m["applied_slot"] is None or m["applied_slot"] <= m["decided_slot"]
+
+
+def test_the_members_are_asked_at_the_same_time():
+    """QA: one member after another, a paused member cost the whole --command-timeout each (7.4 s). Each
+    status call here waits for the other two to be under way (a barrier): asked one after another, the
+    barrier would break and every member would show as unreachable."""
+    import threading
+
+    barrier = threading.Barrier(3, timeout=10)
+
+    class _Waiting(_Client):
+        def status(self, address: str) -> dict:
+            barrier.wait()
+            return super().status(address)
+
+    members = [{"id": i, "address": f"a:{i}", "decided_slot": 1} for i in (1, 2, 3)]
+    _reachability(_Waiting({f"a:{i}": {"decided_slot": 2, "applied_slot": 2} for i in (1, 2, 3)}), members)
+    assert [m["reachable"] for m in members] == [True, True, True]
