@@ -746,7 +746,8 @@ class AsyncClient:
                 return reply.result
             code = reply.code
             if code == wire.NOT_LEADER:
-                last_error = "no leader"
+                # (a node that says more than that, e.g. that it was removed from the members: its words)
+                last_error = "no leader" if reply.message in ("", wire.NOT_LEADER_MESSAGE) else reply.message
                 no_leader_seen = no_leader_seen or not reply.leader
                 if reply.leader and redirects < 2:
                     # Follow the hint at once, but not forever: two nodes that still point at each

@@ -47,6 +47,8 @@ BAD_REQUEST = "bad_request"
 UNAVAILABLE = "unavailable"
 STORAGE_FULL = "storage_full"
 TOO_LARGE = "too_large"
+# What a not_leader answer says unless there is more to say (a node removed from the members says so)
+NOT_LEADER_MESSAGE = "this node is not the leader"
 SHUTTING_DOWN = "shutting_down"
 TIMEOUT = "timeout"
 PROTOCOL = "protocol"

@@ -179,6 +179,10 @@ class Members:
                             "and nobody sends it the log. Stop this process; to bring the machine back, add it "
                             "under a new id (kv member add ID HOST:PORT, then kv serve --id ID --join ...)",
                             node.node_id, epoch)
+                # ... and its clients hear why it knows no leader (QA: "no leader" alone)
+                node.waiters.not_leader_message = (f"node {node.node_id} was removed from the cluster (configuration "
+                                                   f"epoch {epoch}) and knows no leader: use the members' addresses "
+                                                   "(kv member list)")
             elif role is not None:
                 log.info("node %d is a %s at configuration epoch %d", node.node_id, role, epoch)
             self._role = role

@@ -399,7 +399,8 @@ class OneShotClient:
                 return reply.result
             code = reply.code
             if code == frames.NOT_LEADER:
-                last_error = "no leader"
+                # (a node that says more than that, e.g. that it was removed from the members: its words)
+                last_error = "no leader" if reply.message in ("", frames.NOT_LEADER_MESSAGE) else reply.message
                 no_leader_seen = no_leader_seen or not reply.leader
                 if reply.leader and redirects < _REDIRECTS_MAX:
                     # Follow the hint at once, but not forever: two nodes that still point at each other

@@ -40,7 +40,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import commands, failpoints, wire
+from . import commands, failpoints, frames, wire
 from .metrics import OUTCOME_OF_CODE, request_op
 from .statemachine import STALE_REQUEST
 
@@ -72,11 +72,15 @@ ReadRequest = wire.GetRequest | wire.ListRequest
 DiskReply = Callable[..., wire.ErrorReply]  # Node._disk_reply: (wire_id, *, write_sent=False, read=False)
 
 
-def not_leader_reply(wire_id: int | None, leader_hint: str | None, *, refused: bool = False) -> wire.ErrorReply:
+NOT_LEADER_MESSAGE = frames.NOT_LEADER_MESSAGE
+
+
+def not_leader_reply(wire_id: int | None, leader_hint: str | None, *, refused: bool = False,
+                     message: str = NOT_LEADER_MESSAGE) -> wire.ErrorReply:
     """The answer to a request that only the leader serves; ``leader_hint`` is its HOST:PORT if known.
-    ``refused``: the request was turned away on arrival (never proposed), not failed after it waited here."""
-    return wire.ErrorReply(id=wire_id, code=wire.NOT_LEADER, message="this node is not the leader",
-                           leader=leader_hint, refused=refused)
+    ``refused``: the request was turned away on arrival (never proposed), not failed after it waited here.
+    ``message``: why, when there is more to say (a node removed from the members)."""
+    return wire.ErrorReply(id=wire_id, code=wire.NOT_LEADER, message=message, leader=leader_hint, refused=refused)
 
 
 def result_op(result: dict[str, Any]) -> str | None:
@@ -148,9 +152,11 @@ class Waiters:
         self._next_expiry_scan = 0.0
         # (op, outcome) -> answers (see the module docstring)
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # what a not_leader answer says (kvstore.members: once this node is no longer a member, that)
+        self.not_leader_message = NOT_LEADER_MESSAGE
 
     def not_leader(self, wire_id: int | None, *, refused: bool = False) -> wire.ErrorReply:
-        return not_leader_reply(wire_id, self._leader_hint(), refused=refused)
+        return not_leader_reply(wire_id, self._leader_hint(), refused=refused, message=self.not_leader_message)
 
     # -----------------------------------------------------------------------------------------------
     # writes

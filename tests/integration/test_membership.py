@@ -17,7 +17,7 @@ import sys
 import pytest
 import trio
 
-from kvstore.client import RequestError, connect
+from kvstore.client import RequestError, Unavailable, connect
 
 from ..nemesis.cluster import REPO, NemesisCluster, free_ports
 
@@ -81,6 +81,10 @@ async def test_replace_a_member_through_the_log_and_lose_the_old_leader(tmp_path
         assert "is no longer a member" in cluster.log_path(2).read_text(errors="replace")
         # It names no leader (the one it knew may be gone), so clients sent there move on to the others.
         assert (await cluster.status(2))["leader"] is None
+        # A client that only knows it hears why (QA: "no leader" alone)
+        async with connect([cluster.endpoint(2)], timeout=1.5) as only_the_removed:
+            with pytest.raises(Unavailable, match=r"node 2 was removed from the cluster .*\(kv member list\)"):
+                await only_the_removed.put("to/the-removed", "x")
         async with connect([cluster.endpoint(2), cluster.endpoint(1), cluster.endpoint(3)], timeout=10) as client:
             await client.put("while/removed-runs", "yes")
         cluster.kill(2)
