@@ -1391,6 +1391,7 @@ class Simulation:
                 # batch (the records were written in order). None of the batch may leave the node.
                 stored = self.rng.randint(0, len(actions.persist))
                 node.storage.append(actions.persist[:stored])
+                self._observe_stored_own_decisions(node, actions.persist[:stored])
                 kind = ("empty" if stored == 0 else "whole" if stored == len(actions.persist) else "partial")
                 self.stats["disk_failures_prefix_" + kind] += 1
                 self._fence(node, f"fsync of a batch: {stored} of {len(actions.persist)} records stored, "
@@ -1499,6 +1500,7 @@ class Simulation:
         records = [record for batch in node.staged for record in batch.actions.persist]
         stored = self.rng.randint(0, len(records))
         node.storage.append(records[:stored])
+        self._observe_stored_own_decisions(node, records[:stored])
         kind = "empty" if stored == 0 else "whole" if stored == len(records) else "partial"
         self.stats["disk_failures_prefix_" + kind] += 1
         if any(batch.actions.send_early for batch in node.staged):
@@ -1506,6 +1508,16 @@ class Simulation:
         self.stats["staged_behind_failed_fsync"] += len(node.staged) - 1
         self._fence(node, f"fsync of {len(node.staged)} staged batches: {stored} of {len(records)} records "
                     f"stored, none carried out")
+
+    def _observe_stored_own_decisions(self, node: Node, stored: list) -> None:
+        """A failed fsync's stored part may hold a sole voter's acceptance of a slot and its decision of it
+        (``_split_decisions``): both are durable, and the node, once restarted, takes the slot as decided,
+        so the slot was chosen. Seen decided now, in slot order (soak QA: seeds 9300004300 and 9300014028
+        of membership + disk faults + early accepts, at 1,484 and 1,283 steps, failed on a later slot
+        decided above this one, which the checker had never seen)."""
+        _, own = self._split_decisions(stored)
+        for record in sorted(own, key=lambda r: r.slot):
+            self._observe_decided(node, record.slot, record.value, how="stored by a failed fsync")
 
     def _split_decisions(self, persist: list) -> tuple[list, list]:
         """A batch's DecideRecords: those seen decided before the batch's records are stored, and (in
@@ -1664,9 +1676,14 @@ class Simulation:
         mode = "".join(f" ({flag})" for flag in shown)
         if self.replica_class is not Replica:
             mode += f" (replica_class {self.replica_class.__name__})"
+        # (the seed alone replays the suite's default mode and steps; a soak's run needs its mode and steps
+        # too: failing_seeds.txt takes them, soak QA)
+        seeds_line = f"{self.nodes_count} {self.seed} {'+'.join(shown) or 'none'} steps={self.steps}"
         message = (f"seed {self.seed}, {self.nodes_count} nodes{mode}, step {self.step_no}, tick {self.now}: "
-                   f"{text}\nreplay: pytest tests/sim --seed {self.seed}\nlast events:\n  "
-                   + "\n  ".join(self.trace))
+                   f"{text}\nreplay: pytest tests/sim --seed {self.seed} (the default mode and steps); this run, "
+                   f"with its mode and steps: add `{seeds_line}` to tests/sim/failing_seeds.txt"
+                   + (" (and its replica_class and options)" if self.replica_class is not Replica else "")
+                   + "\nlast events:\n  " + "\n  ".join(self.trace))
         raise kind(message) from cause
 
 
