@@ -97,8 +97,9 @@ def not_text_argument(argv: list[str]) -> str | None:
             arg.encode("utf-8")
         except UnicodeEncodeError:
             shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            return (f"argument '{shown}' is not valid UTF-8: keys and values on the command line are text; "
-                    "give a binary value on stdin (kv put KEY < FILE)")
+            hint = ("; give a binary value on stdin (kv put KEY < FILE)" if command == "put" else
+                    "; a binary value cannot be compared from the command line" if command == "cas" else "")
+            return f"argument '{shown}' is not valid UTF-8: keys and values on the command line are text{hint}"
     return None
 
 
