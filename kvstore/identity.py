@@ -154,14 +154,15 @@ def check_peer(members: Mapping[int, str], peer: int, incarnation: str | None) -
 async def wait_founding(node_id: int, incarnation: str, member_ids: Iterable[int],
                         status_of: Callable[[int], Awaitable[dict[str, Any] | None]], *,
                         poll_seconds: float = 0.2, log_every_seconds: float = 5.0,
-                        reasons: Mapping[int, str] | None = None, cluster_id: str | None = None) -> Founding:
+                        reasons: Mapping[int, str] | None = None, cluster_id: str | None = None,
+                        waiting: Callable[[list[int]], None] | None = None) -> Founding:
     """Ask every other member for its status until ``decide_founding`` says how to start.
 
     ``status_of(peer)`` is an async function returning the peer's status dict, or None if it did not
     answer. Waits as long as it takes (a new cluster needs every member up), logging whom it waits for
     every ``log_every_seconds``, with why each did not answer if ``status_of`` noted it in ``reasons``
-    (a member that refuses this node's connections: TLS on one side only). Raises ``IdentityError``
-    when this node must not start.
+    (a member that refuses this node's connections: TLS on one side only), and telling ``waiting`` whom
+    it waits for after each round. Raises ``IdentityError`` when this node must not start.
     """
     others = [m for m in sorted(member_ids) if m != node_id]
     next_log = trio.current_time() + log_every_seconds
@@ -177,6 +178,8 @@ async def wait_founding(node_id: int, incarnation: str, member_ids: Iterable[int
         founding = decide_founding(node_id, incarnation, member_ids, answers, cluster_id)
         if founding.members is not None:
             return founding
+        if waiting is not None:
+            waiting(list(founding.waiting_for))  # (the node tells its clients why it knows no leader yet)
         if trio.current_time() >= next_log:
             next_log = trio.current_time() + log_every_seconds
             why = "".join(f"; node {peer}: {reasons[peer]}" for peer in founding.waiting_for

@@ -558,12 +558,20 @@ class Node:
                 return None
             return None
 
+        def waiting(peers: list[int]) -> None:  # (QA: its clients heard only "no leader")
+            self.waiters.not_leader_message = (
+                f"node {self.node_id} is waiting for node(s) {', '.join(map(str, peers))} to answer before founding "
+                "the cluster: a new cluster starts when every member in --peers is up")
+
         try:
             founding = await identity.wait_founding(self.node_id, incarnation, self.peers, status_of,
-                                                    reasons=reasons, cluster_id=self.options.cluster_id)
+                                                    reasons=reasons, cluster_id=self.options.cluster_id,
+                                                    waiting=waiting)
         except identity.IdentityError as exc:
             log.critical("node %d: %s", self.node_id, exc)
             raise
+        finally:
+            self.waiters.not_leader_message = frames.NOT_LEADER_MESSAGE
         members = founding.members
         assert members is not None  # wait_founding returns only a founding with its members
         self.storage.record_members(members, config=self.bootstrap_config.to_dict())

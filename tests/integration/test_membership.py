@@ -292,3 +292,17 @@ async def test_a_leader_asked_to_stop_hands_over_to_the_standby_first(tmp_path, 
             assert await client.get("before") == "1"
     finally:
         cluster.close()
+
+
+async def test_a_client_of_a_new_cluster_waiting_for_a_member_hears_whom_it_waits_for(tmp_path):
+    """etcd QA: while a new cluster waited for a member that was not started yet, clients heard only "no
+    leader"; the reason was in the server's log alone. The nodes now say whom they wait for."""
+    cluster = NemesisCluster(tmp_path)
+    try:
+        cluster.start(1)
+        cluster.start(2)  # node 3 is never started
+        async with connect([cluster.endpoint(1), cluster.endpoint(2)], timeout=2) as client:
+            with pytest.raises(Unavailable, match=r"waiting for node\(s\) 3 to answer before founding the cluster"):
+                await client.put("k", "v")
+    finally:
+        cluster.close()
