@@ -74,22 +74,47 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 _TEXT_COMMANDS = frozenset({"put", "get", "del", "cas", "ls"})
 
 
-def not_text_argument(argv: list[str]) -> str | None:
-    """The error line for a key or value argument that is not valid UTF-8, or None.
-
-    Python hands undecodable bytes of ``sys.argv`` over as lone surrogates; a key or value holding
-    one cannot be encoded, and was found only when the request was built, after connecting. Checked
-    here instead, before anything connects (exit 2)."""
-    command, i = None, 0
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of an argument list (global options and their values come first)."""
+    i = 0
     while i < len(argv):
         arg = argv[i]
         if arg in _GLOBAL_WITH_VALUE:
             i += 2
             continue
         if not arg.startswith("-"):
-            command = arg
-            break
+            return arg
         i += 1
+    return None
+
+
+# etcdctl's commands that kv has under another name, or not at all: said at once instead of typer's
+# "No such command" (etcd QA)
+_ETCDCTL_ONLY = {
+    "endpoint": "kv status and kv health are etcdctl's endpoint status and endpoint health (they take --endpoints "
+                "too)",
+    "watch": "kv has no watch",
+    "lease": "kv has no leases",
+    "txn": "kv has no transactions; kv cas KEY EXPECTED NEW compares and swaps one key",
+    "compaction": "kv compacts by itself (snapshots: docs/operations.md, Snapshots and memory)",
+    "defrag": "kv compacts by itself (snapshots: docs/operations.md, Snapshots and memory)",
+}
+
+
+def etcdctl_hint(argv: list[str]) -> str | None:
+    """The error line for one of etcdctl's commands that kv does not have by that name, or None."""
+    command = _command_of(argv)
+    hint = _ETCDCTL_ONLY.get(command or "")
+    return None if hint is None else f"no such command {command!r}: {hint} (kv --help lists the commands)"
+
+
+def not_text_argument(argv: list[str]) -> str | None:
+    """The error line for a key or value argument that is not valid UTF-8, or None.
+
+    Python hands undecodable bytes of ``sys.argv`` over as lone surrogates; a key or value holding
+    one cannot be encoded, and was found only when the request was built, after connecting. Checked
+    here instead, before anything connects (exit 2)."""
+    command = _command_of(argv)
     if command not in _TEXT_COMMANDS:
         return None
     for arg in argv:
@@ -110,7 +135,7 @@ def run() -> None:
     except MissingValue as exc:
         print(f"Error: option {exc} needs a value", file=sys.stderr)
         raise SystemExit(2) from None
-    problem = not_text_argument(argv)
+    problem = not_text_argument(argv) or etcdctl_hint(argv)
     if problem is not None:
         print(f"Error: {problem}", file=sys.stderr)
         raise SystemExit(2)

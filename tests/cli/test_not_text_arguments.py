@@ -45,3 +45,26 @@ def test_the_kv_command_exits_2_before_connecting():
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 2, result.stderr
     assert "is not valid UTF-8" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["endpoint", "status"], "kv status and kv health are etcdctl's endpoint status and endpoint health"),
+    (["--endpoints", "h:1", "-w", "json", "endpoint", "health"], "kv status and kv health"),
+    (["watch", "k"], "kv has no watch"), (["txn"], "kv cas KEY EXPECTED NEW"),
+])
+def test_etcdctl_commands_kv_lacks_are_named_with_what_to_use(argv, fragment):
+    """etcd QA: `kv endpoint status` got typer's "No such command" and no hint toward kv status."""
+    from kv_cli.main import etcdctl_hint
+
+    hint = etcdctl_hint(argv)
+    assert hint is not None and fragment in hint
+
+
+def test_kv_s_own_commands_get_no_etcdctl_hint():
+    from kv_cli.main import etcdctl_hint
+
+    assert all(etcdctl_hint(argv) is None for argv in (["status"], ["get", "endpoint"], ["put", "watch", "v"], []))
+    script = "import sys; from kv_cli.main import run; sys.argv[0] = 'kv'; run()"
+    result = subprocess.run([sys.executable, "-c", script, "endpoint", "status"], capture_output=True, text=True,
+                            timeout=20)
+    assert result.returncode == 2 and "kv status and kv health" in result.stderr, result.stderr
