@@ -216,7 +216,11 @@ def _log_tail(node: dict[str, Any], lines: int = 5) -> str:
     except OSError:
         return "(no log)"
     tail = [line for line in text.splitlines() if line.strip()][-lines:]
-    return " | ".join(tail) if tail else "(empty log)"
+    shown = " | ".join(tail) if tail else "(empty log)"
+    if "add a new member under a new id" in shown:
+        # The node's advice is for any cluster; a local one replaces a node in two commands (etcd QA)
+        shown += f" | (a local cluster: kv cluster remove {node['id']}, then kv cluster add)"
+    return shown
 
 
 # --------------------------------------------------------------------------------------------------
@@ -917,3 +921,4 @@ def remove_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirO
         write_state(cluster_dir, state)
         echo(f"stopped node {node_id}; its data stays in {node['data_dir']}", err=True)
         echo(f"endpoints: {','.join(state['endpoints'])}")
+        echo(f"export KV_ENDPOINTS={','.join(state['endpoints'])}")  # (as add prints: etcd QA)

@@ -252,6 +252,8 @@ def test_cluster_add_and_remove_change_the_members_and_up_restarts_them(kv):
     assert b"voters" not in removed.stderr, removed.stderr  # 3 voters: nothing to warn about
     rows = {r["id"]: r for r in kv.cluster_rows()}
     assert sorted(rows) == [2, 3, 4]
+    exported = [line for line in removed.stdout.decode().splitlines() if line.startswith("export KV_ENDPOINTS=")]
+    assert len(exported) == 1 and len(exported[0].split("=", 1)[1].split(",")) == 3, removed.stdout  # (as add)
     kv("put", "after", "2")
     assert kv("get", "before").stdout.split() == [b"before", b"1"]
     members = json.loads(kv("-w", "json", "member", "list").stdout)

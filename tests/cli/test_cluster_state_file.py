@@ -166,3 +166,16 @@ def test_restart_of_a_node_whose_python_is_gone_refuses_before_killing_it(tmp_pa
     assert result.exit_code == 1
     assert_one_error_line(result, "node 2's command line runs", "which no longer exists")
     assert killed == []
+
+
+def test_a_node_log_advising_a_new_member_adds_the_local_cluster_s_two_commands(tmp_path):
+    """etcd QA: `kv cluster restart 2` of a node that lost its disk advised `kv member remove 2, then add a
+    new member`; a local cluster does that with kv cluster remove and kv cluster add."""
+    from kv_cli import cluster
+
+    log = tmp_path / "node-2.log"
+    log.write_text("CRITICAL node 2: ... replace the node (kv member remove 2, then add a new member under a new id)\n")
+    assert cluster._log_tail({"id": 2, "log_file": str(log)}).endswith(
+        "(a local cluster: kv cluster remove 2, then kv cluster add)")
+    log.write_text("INFO node 2 serving\n")
+    assert "kv cluster add" not in cluster._log_tail({"id": 2, "log_file": str(log)})
