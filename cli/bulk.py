@@ -21,6 +21,7 @@ import typer
 
 from .common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     OperationFailed,
     Settings,
     UsageProblem,
@@ -163,7 +164,7 @@ def load_command(
             error_line(f"interrupted after line {summary.lines}: {summary.written} records written, "
                        f"{summary.records - summary.written} more sent whose outcome is unknown (each may or may "
                        "not have been written)")
-            raise typer.Exit(EXIT_FAILED) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         finally:
             if source is not typer.get_binary_stream("stdin"):
                 source.close()
@@ -268,7 +269,7 @@ def dump_command(
                 raise OperationFailed(f"{exc}; {_dump_left(summary, part)}") from None
             except KeyboardInterrupt:
                 error_line(f"interrupted: {_dump_left(summary, part)}")
-                raise typer.Exit(EXIT_FAILED) from None
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             except Exception as exc:  # the client's (Unavailable, refused by the ACL, ...): one line, and what was left
                 text = (str(exc) or type(exc).__name__) + cluster_down_hint(settings, exc)
                 raise OperationFailed(f"{text}; {_dump_left(summary, part)}") from None

@@ -35,6 +35,7 @@ from .output import OutputFailed, OutputFormat, echo
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as the shell reports a process ended by SIGINT (128 + 2)
 
 ENV_ENDPOINTS = "KV_ENDPOINTS"
 ENV_CLUSTER_DIR = "KV_CLUSTER_DIR"

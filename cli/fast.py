@@ -25,7 +25,7 @@ import os
 import sys
 from typing import cast
 
-from .common import ENV_ENDPOINTS, EXIT_FAILED, Settings, parse_duration
+from .common import ENV_ENDPOINTS, EXIT_FAILED, EXIT_INTERRUPTED, Settings, parse_duration
 from .output import OutputFormat
 
 _GLOBAL_VALUE_OPTIONS = {"--endpoints": "endpoints", "--write-out": "write_out", "-w": "write_out",
@@ -234,7 +234,7 @@ def run_fast(argv: list[str]) -> bool:
         raise SystemExit(EXIT_FAILED) from None
     except KeyboardInterrupt:
         sys.stderr.write("\nAborted!\n")
-        raise SystemExit(EXIT_FAILED) from None
+        raise SystemExit(EXIT_INTERRUPTED) from None  # (130 as every kv command: etcd QA)
 
 
 def _run(argv: list[str]) -> bool:

@@ -166,7 +166,28 @@ def _dispatch(argv: list[str]) -> None:
         return
     from .app import app
 
-    app(args=argv, prog_name="kv")
+    try:
+        app(args=argv, prog_name="kv")
+    except SystemExit as exc:
+        # typer turns Ctrl-C into exit 130 without a word; say it, as the one-shot commands do (etcd QA)
+        if exc.code == 130 and _interrupted(exc):
+            sys.stderr.write("\nAborted!\n")
+        raise
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes and contexts of ``exc``."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc.__cause__, exc.__context__]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        if isinstance(item, KeyboardInterrupt):
+            return True
+        seen.add(id(item))
+        todo += [item.__cause__, item.__context__]
+    return False
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,16 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import OperationFailed, Settings, UsageProblem, open_client, output_file_problem, reporting_errors
+from .common import (
+    EXIT_INTERRUPTED,
+    OperationFailed,
+    Settings,
+    UsageProblem,
+    error_line,
+    open_client,
+    output_file_problem,
+    reporting_errors,
+)
 from .output import OutputFormat, echo, jsonable, print_json, print_table
 
 snapshot_app = typer.Typer(
@@ -57,7 +66,8 @@ def save_command(ctx: typer.Context,
             except BackupError as exc:
                 raise _failed(exc) from None
             except KeyboardInterrupt:  # (save_backup removed what it had written: FILE.part)
-                raise OperationFailed(f"interrupted: no backup written to {file}") from None
+                error_line(f"interrupted: no backup written to {file}")
+                raise typer.Exit(EXIT_INTERRUPTED) from None
         facts = info.describe()
         _show(settings, facts, f"Snapshot saved at {file}: cluster {facts['cluster_id']}, slot {facts['slot']}, "
                                f"revision {facts['revision']}, {facts['keys']} keys, {facts['bytes']} bytes, "
