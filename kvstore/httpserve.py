@@ -137,7 +137,7 @@ async def _serve_connection(handle: Handler, open_: _Open, stream: trio.abc.Stre
         except Exception:  # one handler's bug must not end the server
             log.exception("HTTP %s %s failed", request.method, request.path)
             response = Response(500, b"internal error (see the server's log)\n")
-        await _send(stream, response)
+        await _send(stream, response, head_only=request.method == "HEAD")
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     except Exception:  # a bug of ours on one connection's input: that connection ends, the server goes on
@@ -169,10 +169,10 @@ async def _read_request(stream: trio.abc.ReceiveStream) -> Request | None:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
         if name.strip().lower() == "content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                raise _BadRequest(400, "malformed Content-Length") from None
+            text = value.strip()
+            if not (text.isascii() and text.isdigit() and len(text) <= 12):  # (int() also takes "1_0", "+3")
+                raise _BadRequest(400, "malformed Content-Length")
+            length = int(text)
     if length < 0 or length > BODY_BYTES_MAX:
         raise _BadRequest(413, "request body too large")
     body = bytearray(rest)
@@ -190,11 +190,12 @@ async def _read_request(stream: trio.abc.ReceiveStream) -> Request | None:
     return Request(method=method, path=path, query=query, body=bytes(body[:length]), headers=headers)
 
 
-async def _send(stream: trio.abc.SendStream, response: Response) -> None:
+async def _send(stream: trio.abc.SendStream, response: Response, *, head_only: bool = False) -> None:
+    """Send ``response``; for a HEAD request, its head only (the Content-Length a GET would get)."""
     reason = _REASONS.get(response.status, "Unknown")
     head = (f"HTTP/1.1 {response.status} {reason}\r\n"
             f"Content-Type: {response.content_type}\r\n"
             f"Content-Length: {len(response.body)}\r\n"
             "Cache-Control: no-store\r\n"
             "Connection: close\r\n\r\n").encode("latin-1")
-    await stream.send_all(head + response.body)
+    await stream.send_all(head if head_only else head + response.body)

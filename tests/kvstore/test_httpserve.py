@@ -151,3 +151,29 @@ async def test_a_failure_nobody_foresaw_while_reading_a_request_ends_only_that_c
         assert (await _get(port)).startswith(b"HTTP/1.1 200 OK")  # ... and the server goes on
         assert "HTTP connection failed" in caplog.text and "a bug in reading requests" in caplog.text
         nursery.cancel_scope.cancel()
+
+
+async def test_head_gets_the_head_only_and_a_content_length_int_would_take_otherwise_is_refused():
+    """Fuzz QA: HEAD /metrics sent the body; "Content-Length: 1_0" and "+3" were taken (Python's int)."""
+    async def handle(request: Request) -> Response:
+        return Response(200, b"up 1\n")
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, handle, "127.0.0.1:0")
+
+        async def exchange(data: bytes) -> bytes:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(data)
+                answer = b""
+                with trio.fail_after(5):
+                    while chunk := await stream.receive_some(65536):
+                        answer += chunk
+                return answer
+
+        head = await exchange(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 5\r\n" in head and head.endswith(b"\r\n\r\n")
+        for length in (b"1_0", b"+3", b"-1", b"99999999999999"):
+            answer = await exchange(b"POST / HTTP/1.1\r\nContent-Length: " + length + b"\r\n\r\n0123456789")
+            assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 413")), (length, answer)
+        nursery.cancel_scope.cancel()
