@@ -364,7 +364,16 @@ def health(settings: Settings) -> None:
             raise OperationFailed(f"the endpoints belong to {len(clusters)} different clusters (cluster ids "
                                   f"{', '.join(clusters)}): give the endpoints of one cluster (kv status shows "
                                   "each node's cluster_id)")
-        # Nodes, not endpoints: two addresses of one node count once (QA: 127.0.0.1:7001 and localhost:7001)
+        # Nodes, not endpoints: two addresses of one node count once (QA: 127.0.0.1:7001 and localhost:7001);
+        # two nodes of one id are two clusters (started by hand, both with the default cluster id: QA)
+        incarnations: dict[Any, set[str]] = {}
+        for s in answered:
+            if s.get("incarnation"):
+                incarnations.setdefault(s.get("id"), set()).add(str(s["incarnation"]))
+        twice = sorted(str(i) for i, seen in incarnations.items() if len(seen) > 1)
+        if twice:
+            raise OperationFailed(f"two different nodes answer as node {', '.join(twice)} (their incarnations differ): "
+                                  "the endpoints are not of one cluster (kv status shows each node's incarnation)")
         ids = [s.get("id") for s in answered]
         aliased = len(ids) - len(set(ids)) if None not in ids else 0
         reachable = len(answered) - aliased
@@ -384,7 +393,8 @@ def health(settings: Settings) -> None:
                 notes.append(f"voter{'s' if len(unasked) > 1 else ''} {', '.join(map(str, unasked))} not among the "
                              "endpoints (kv member list has every address)")
         if aliased:
-            notes.append(f"{aliased} endpoint{'s' if aliased > 1 else ''} reach a node another endpoint reaches")
+            verb = "s reach" if aliased > 1 else " reaches"
+            notes.append(f"{aliased} endpoint{verb} a node another endpoint reaches")
         leader = nodestatus.confirmed_leader(statuses)
         healthy = reachable >= quorum and leader is not None
         lagging = _lagging(statuses, leader)
@@ -393,7 +403,7 @@ def health(settings: Settings) -> None:
                 {
                     "healthy": healthy,
                     "reachable": reachable,
-                    "endpoints": total,
+                    "endpoints": len(endpoints),  # (given; the quorum is of the voters when they are known)
                     "quorum": quorum,
                     "voters": voters,
                     "leader": jsonable(leader),

@@ -499,7 +499,8 @@ def test_health_takes_the_quorum_from_the_configuration_not_the_endpoints(fake):
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-1] == ("cluster is healthy: 3/5 reachable (quorum 3), leader 1; voters 4, 5 not "
                                               "among the endpoints (kv member list has every address)"), result.stdout
-    assert json.loads(run(*EP, "-w", "json", "health").stdout)["voters"] == five
+    data = json.loads(run(*EP, "-w", "json", "health").stdout)
+    assert data["voters"] == five and data["endpoints"] == 3 and data["quorum"] == 3 and data["reachable"] == 3
     fake.statuses = [_with_config(FULL, five), _with_config(PARTIAL, five), DOWN]  # node 3 asked, down
     result = run(*EP, "health")
     assert result.exit_code == 1, result.output
@@ -512,7 +513,18 @@ def test_health_counts_a_node_reached_through_two_endpoints_once(fake):
     fake.statuses = [_with_config(FULL, three), _with_config(dict(FULL, endpoint="localhost:7001"), three), DOWN]
     result = run("--endpoints", "127.0.0.1:7001,localhost:7001,127.0.0.1:7003", "health")
     assert result.exit_code == 1, result.output
-    assert_one_error_line(result, "1/3 reachable (quorum 2)", "1 endpoint reach a node another endpoint reaches")
+    assert_one_error_line(result, "1/3 reachable (quorum 2)", "1 endpoint reaches a node another endpoint reaches")
+
+
+def test_health_refuses_two_nodes_of_one_id_as_two_clusters(fake):
+    """QA: two clusters started by hand share the default cluster id; node 1 of each passed for one node
+    reached twice and the mix was called healthy. Their incarnations differ."""
+    one = _with_config(dict(FULL, incarnation="aaaa"), [1, 2, 3])
+    other = _with_config(dict(FULL, endpoint="127.0.0.1:7003", incarnation="bbbb"), [1, 2, 3])
+    fake.statuses = [one, _with_config(dict(PARTIAL, incarnation="cccc"), [1, 2, 3]), other]
+    result = run(*EP, "health")
+    assert result.exit_code == 1, result.output
+    assert_one_error_line(result, "two different nodes answer as node 1", "not of one cluster")
 
 
 def test_health_refuses_endpoints_of_two_clusters(fake):
