@@ -260,7 +260,11 @@ class ClientLinks:
 
     def close_idle(self, now: float) -> None:
         """Close client connections that sent nothing for ``idle_client_timeout_seconds`` (the ticker
-        calls this once a second, so a connection may stay up to a second longer)."""
+        calls this once a second, so a connection may stay up to a second longer); and log how many bad
+        frames a flood that ended left out of the log."""
+        for kind, count in BAD_FRAMES_LOGGED.overdue():  # (a flood of bad frames ended: how many were not logged)
+            log.warning("%d more connections closed over a bad frame left out of the log, the last: %s", count,
+                        _LEFT_OUT_EXAMPLES.pop(kind, kind))
         limit = now - self.node.options.idle_client_timeout_seconds
         for conn in self.conns:
             if conn.last_heard < limit:
@@ -657,6 +661,7 @@ _NO_DIGITS = str.maketrans("", "", "0123456789")
 # Bad frames logged: ten at once of each reason, then one a second (QA: a client looping on bad frames
 # wrote 2,000 lines a second, 24 GB of log a day); protocol_errors counts every one.
 BAD_FRAMES_LOGGED = tls.LogThrottle(1.0, burst=10)
+_LEFT_OUT_EXAMPLES: dict[str, str] = {}  # reason (digits left out) -> the last such error left out of the log
 
 
 def _log_bad_frame(name: str, exc: Exception) -> None:
@@ -669,7 +674,11 @@ def _log_bad_frame(name: str, exc: Exception) -> None:
         log.info("connection from %s ended in the middle of a frame: %s", name, exc)
         return
     text = str(exc)
-    more = (tls.REFUSALS_LOGGED.allow("speaks TLS") if "speaks TLS" in text else
-            BAD_FRAMES_LOGGED.allow(text.translate(_NO_DIGITS)))
+    kind = text.translate(_NO_DIGITS)
+    more = tls.REFUSALS_LOGGED.allow("speaks TLS") if "speaks TLS" in text else BAD_FRAMES_LOGGED.allow(kind)
+    if more is None and "speaks TLS" not in text:
+        if len(_LEFT_OUT_EXAMPLES) > 256:
+            _LEFT_OUT_EXAMPLES.clear()
+        _LEFT_OUT_EXAMPLES[kind] = text  # (named when the count is logged: ClientLinks.close_idle)
     if more is not None:
         log.warning("closing connection from %s: bad frame: %s%s", name, exc, more)

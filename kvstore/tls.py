@@ -149,6 +149,18 @@ class LogThrottle:
         left_out = self._left_out.pop(kind, 0)
         return f" ({left_out} more like it left out of the log since the last such line)" if left_out else ""
 
+    def overdue(self) -> list[tuple[str, int]]:
+        """``(kind, lines left out)`` for the kinds that could log again but have not (their flood ended):
+        the caller logs the counts, which would otherwise wait for the next line of that kind (QA)."""
+        now = time.monotonic()
+        due = []
+        for kind, count in list(self._left_out.items()):
+            tokens, then = self._tokens.get(kind, (0.0, now))
+            if tokens + (now - then) / self.seconds >= 1.0:
+                due.append((kind, count))
+                del self._left_out[kind]
+        return due
+
 
 REFUSALS_LOGGED = LogThrottle()
 

@@ -176,3 +176,23 @@ def test_bad_frames_of_one_reason_are_logged_ten_at_once_then_once_a_second(capl
         clients._log_bad_frame("127.0.0.1:10", wire.WireError("frame length 5 is outside [1, 8388608]"))
     lines = [r.getMessage() for r in caplog.records]
     assert lines[-1].endswith("(2990 more like it left out of the log since the last such line)"), lines[-1]
+
+
+def test_the_count_of_bad_frames_left_out_is_logged_once_the_flood_ends(caplog, monkeypatch):
+    """QA re-run: the count of lines left out at the end of a flood waited for the next bad frame of that
+    kind, and was never logged if none came. The node's once-a-second sweep logs it, naming the last one."""
+    import logging
+
+    from kvstore import clients, tls
+
+    now = [100.0]
+    monkeypatch.setattr(tls.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(clients, "BAD_FRAMES_LOGGED", tls.LogThrottle(1.0, burst=10))
+    with caplog.at_level(logging.WARNING, logger="kvstore.clients"):
+        for i in range(25):
+            clients._log_bad_frame(f"127.0.0.1:{1000 + i}", wire.WireError(f"frame length {2**31 + i} is outside"))
+        assert clients.BAD_FRAMES_LOGGED.overdue() == []  # not yet: the flood may go on
+        now[0] += 1.0
+        [(kind, count)] = clients.BAD_FRAMES_LOGGED.overdue()
+        assert count == 15 and clients._LEFT_OUT_EXAMPLES[kind] == f"frame length {2**31 + 24} is outside"
+        assert clients.BAD_FRAMES_LOGGED.overdue() == []  # logged once
