@@ -367,30 +367,9 @@ def test_a_connection_the_node_closes_without_reading_the_request_is_not_in_doub
                                     "; the write may or may not have been applied"), str(info.value)
 
 
-@pytest.mark.parametrize("command", [["put", "k", "v"], ["del", "k"], ["cas", "--absent", "lock", "me"]],
-                         ids=["put", "del", "cas"])
-def test_ctrl_c_during_a_write_says_it_may_have_been_applied(nodes, command):
-    """QA: Ctrl-C while ``kv cas`` waited for its answer printed only "Aborted!", as if nothing had
-    been sent; the node may have applied it."""
-    node = nodes(lambda request: SILENT)  # takes the request, never answers
-    proc = subprocess.Popen([sys.executable, "-m", "kv_cli", "--endpoints", node.address, *command],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-    deadline = time.monotonic() + 30
-    while not node.requests and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert node.requests, "the write never reached the node"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130  # (as every kv command interrupted: etcd QA)
-    assert b"interrupted; the write may or may not have been applied" in err and b"Aborted!" in err, err
-
-
-@pytest.mark.parametrize("command", [["get", "k"], ["member", "list"], ["move-leader", "2"]],
-                         ids=["get", "member-list", "move-leader"])
-def test_ctrl_c_exits_130_whichever_command(nodes, command):
-    """etcd QA: Ctrl-C exited 1 ("Aborted!") from the one-shot commands, 130 from others, 1 from kv load,
-    kv dump and kv snapshot save: scripts could not tell an interruption from a failure. Now 130 (128 +
-    SIGINT, as the shell reports it) from every command, with a line on stderr."""
+def _interrupted_once_asked(nodes, command: list[str]) -> tuple[int, bytes]:
+    """Run ``kv COMMAND`` against a node that takes requests and never answers; Ctrl-C (SIGINT) it once
+    its request arrived. Returns its exit code and stderr."""
     node = nodes(lambda request: SILENT)
     proc = subprocess.Popen([sys.executable, "-m", "kv_cli", "--endpoints", node.address, *command],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
@@ -400,5 +379,25 @@ def test_ctrl_c_exits_130_whichever_command(nodes, command):
     assert node.requests, "the request never reached the node"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, (proc.returncode, err)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("command", [["put", "k", "v"], ["del", "k"], ["cas", "--absent", "lock", "me"]],
+                         ids=["put", "del", "cas"])
+def test_ctrl_c_during_a_write_says_it_may_have_been_applied(nodes, command):
+    """QA: Ctrl-C while ``kv cas`` waited for its answer printed only "Aborted!", as if nothing had
+    been sent; the node may have applied it."""
+    returncode, err = _interrupted_once_asked(nodes, command)
+    assert returncode == 130  # (as every kv command interrupted: etcd QA)
+    assert b"interrupted; the write may or may not have been applied" in err and b"Aborted!" in err, err
+
+
+@pytest.mark.parametrize("command", [["get", "k"], ["member", "list"], ["move-leader", "2"]],
+                         ids=["get", "member-list", "move-leader"])
+def test_ctrl_c_exits_130_whichever_command(nodes, command):
+    """etcd QA: Ctrl-C exited 1 ("Aborted!") from the one-shot commands, 130 from others, 1 from kv load,
+    kv dump and kv snapshot save: scripts could not tell an interruption from a failure. Now 130 (128 +
+    SIGINT, as the shell reports it) from every command, with a line on stderr."""
+    returncode, err = _interrupted_once_asked(nodes, command)
+    assert returncode == 130, (returncode, err)
     assert err.strip(), "nothing said on stderr"

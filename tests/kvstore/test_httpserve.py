@@ -14,16 +14,21 @@ from kvstore import httpserve
 from kvstore.httpserve import CONNECTIONS_MAX, Request, Response, serve_http
 
 
-async def _get(port: int, path: str = "/metrics") -> bytes:
-    """The whole answer to one GET (b"" if the server closed the connection without one)."""
+async def _exchange(port: int, request: bytes) -> bytes:
+    """The whole answer to ``request`` (b"" if the server closed the connection without one)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await stream.send_all(request)
         data = b""
         with trio.fail_after(5):
             while chunk := await stream.receive_some(65536):
                 data += chunk
         return data
+
+
+async def _get(port: int, path: str = "/metrics") -> bytes:
+    """The whole answer to one GET."""
+    return await _exchange(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
 
 async def _closed_by_server(stream: trio.SocketStream) -> bool:
@@ -160,20 +165,9 @@ async def test_head_gets_the_head_only_and_a_content_length_int_would_take_other
 
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve_http, handle, "127.0.0.1:0")
-
-        async def exchange(data: bytes) -> bytes:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            async with stream:
-                await stream.send_all(data)
-                answer = b""
-                with trio.fail_after(5):
-                    while chunk := await stream.receive_some(65536):
-                        answer += chunk
-                return answer
-
-        head = await exchange(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await _exchange(port, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 5\r\n" in head and head.endswith(b"\r\n\r\n")
         for length in (b"1_0", b"+3", b"-1", b"99999999999999"):
-            answer = await exchange(b"POST / HTTP/1.1\r\nContent-Length: " + length + b"\r\n\r\n0123456789")
+            answer = await _exchange(port, b"POST / HTTP/1.1\r\nContent-Length: " + length + b"\r\n\r\n0123456789")
             assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 413")), (length, answer)
         nursery.cancel_scope.cancel()
