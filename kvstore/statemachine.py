@@ -129,6 +129,10 @@ _KIND_OF_OP = {"put": _PUT, "delete": _DELETE, "cas": _CAS}
 _OP_OF_KIND = {kind: op for op, kind in _KIND_OF_OP.items()}
 
 SNAPSHOT_ENTRIES_PER_CHUNK = 20_000
+# ... and a piece of entries holds about this many bytes at most (one entry at least): with 1 MiB values,
+# 2,048 entries made a piece of 2 GB encoded at once in the node's event loop (a stall longer than an
+# election timeout, and a leader change, at each snapshot: see kvstore.snapshots)
+SNAPSHOT_BYTES_PER_CHUNK = 1 << 20
 """Default entries per ``snapshot_chunks`` piece: about 2.5 MB and a few ms of CPU each."""
 
 
@@ -774,9 +778,11 @@ class FrozenState:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def chunks(self, entries_per_chunk: int = SNAPSHOT_ENTRIES_PER_CHUNK) -> Iterator[bytes]:
+    def chunks(self, entries_per_chunk: int = SNAPSHOT_ENTRIES_PER_CHUNK,
+               bytes_per_chunk: int = SNAPSHOT_BYTES_PER_CHUNK) -> Iterator[bytes]:
         """The snapshot bytes of the frozen state, in pieces of about ``entries_per_chunk`` entries (or
-        remembered dedup results) each; their concatenation is ``snapshot()`` as of the freeze.
+        remembered dedup results) each, and a piece of entries of about ``bytes_per_chunk`` bytes at most
+        (one entry at least); their concatenation is ``snapshot()`` as of the freeze.
 
         Layout (format 2): a map ``{"format": 2, "revision": r, "entries": [key, packed, ...] (flat, key
         order; packed is the entry as stored, digest included: see the module docstring), "clients": [[client_id, floor,
@@ -803,7 +809,18 @@ class FrozenState:
             flat[1::2] = values
             if None in values:  # a key of the frozen order without an entry: a bug, not a snapshot
                 raise RuntimeError("FrozenState lost an entry (a write bypassed the journal)")
-            yield _array_items(flat)
+            sizes = [len(value) for value in values if value is not None]  # (None: refused above)
+            if sum(sizes) <= bytes_per_chunk:
+                yield _array_items(flat)
+            else:  # large values: in pieces of about bytes_per_chunk (the same bytes, cut elsewhere)
+                start, size = 0, 0
+                for i, value_size in enumerate(sizes):
+                    size += value_size
+                    if size >= bytes_per_chunk:
+                        yield _array_items(flat[2 * start:2 * i + 2])
+                        start, size = i + 1, 0
+                if start < len(sizes):
+                    yield _array_items(flat[2 * start:])
             del flat, values
         clients = self._clients
         yield dumps("clients") + _array_header(len(clients))
