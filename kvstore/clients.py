@@ -503,7 +503,7 @@ class ClientLinks:
                     await self._answer_then_refuse(conn, name, exc, None)
                     return
                 conn.requests += 1
-            post(events)
+            post(events, nbytes=len(frames[0]) if len(frames) == 1 else sum(map(len, frames)))
             self.send_replies()  # answers given here (not_leader, serializable reads, status)
             if conn.parked and not await self._await_room(conn):
                 return

@@ -45,12 +45,15 @@ from .metrics import SLOT_COMMANDS_BOUNDS, Buckets
 from .statemachine import StateMachine
 from .waiters import Waiters, reply_result, result_op
 
-__all__ = ["Learner", "standby_of", "CATCH_UP_COMMANDS", "LOCAL_READ_EAGER_SECONDS", "LAZY_IDLE_SECONDS",
-           "REPLY_SEND_EVERY", "IDLE_SNAPSHOT_SECONDS", "IDLE_SNAPSHOT_COMMANDS"]
+__all__ = ["Learner", "standby_of", "CATCH_UP_COMMANDS", "CATCH_UP_BYTES", "LOCAL_READ_EAGER_SECONDS",
+           "LAZY_IDLE_SECONDS", "REPLY_SEND_EVERY", "IDLE_SNAPSHOT_SECONDS", "IDLE_SNAPSHOT_COMMANDS"]
 
 # Commands applied at most per step while catching up an apply backlog (a lazy learner that turned
 # eager, a new leader that was one): about 20 ms each, so ticks, heartbeats and Accepts go on between.
 CATCH_UP_COMMANDS = 4096
+# ... and about this many bytes of commands: with 1 MiB values 4,096 commands were 4 GiB, one step of
+# 0.6 s in which the node read no heartbeat (leader changes under steady large writes, bench/big_values.py)
+CATCH_UP_BYTES = 4 << 20
 # A lazy learner turns eager for this long after it served a serializable read (reads see its state)
 LOCAL_READ_EAGER_SECONDS = 10.0
 # ... and as soon as no decided slot has reached it for this long: a quiet cluster has no lazy learners.
@@ -132,26 +135,28 @@ class Learner:
         if not self.lazy:
             self.apply_queued(CATCH_UP_COMMANDS)
 
-    def apply_queued(self, limit: float) -> None:
-        """Apply queued slots, whole slots of about ``limit`` commands at most, answering the writers
-        that wait for them and then the reads that waited for these applies."""
+    def apply_queued(self, limit: float, limit_bytes: float = CATCH_UP_BYTES) -> None:
+        """Apply queued slots, whole slots of about ``limit`` commands and ``limit_bytes`` bytes of them
+        at most (one slot at least), answering the writers that wait for them and then the reads that
+        waited for these applies."""
         queue = self.queue
         sm_apply = self.sm.apply
         waiters = self.waiters
         waiting = waiters.writes
         own = waiters.own_commands
         requests = waiters.requests
-        answered = replies = applied = 0
+        answered = replies = applied = applied_bytes = 0
         latency_s = 0.0  # for the counters: the time since each answered write arrived
         # (a deadline is arrival + timeout, so this minus a deadline is the time since arrival)
         started = self.clock() + waiters.timeout_seconds
-        while queue and applied < limit:
+        while queue and applied < limit and applied_bytes < limit_bytes:
             slot, queued, count = queue.popleft()
             batch = unpack_value(queued)  # (packed if queued while lazy; a tuple comes back as it is)
             self.applied_slot = slot
             self.sm.slot = slot  # a membership change among these commands is recorded with its slot
             applied += count
             for command in batch:
+                applied_bytes += len(command)
                 decoded = own.pop(command, None) if own else None
                 key, result = sm_apply(command, decoded)
                 if key is not None and key in waiting:
@@ -181,7 +186,7 @@ class Learner:
             waiters.answer_caught_up(self.applied_slot, self.sm)
 
     def catch_up(self) -> None:
-        """One step of applying a backlog (``CATCH_UP_COMMANDS``), then send the answers."""
+        """One step of applying a backlog (``CATCH_UP_COMMANDS``, ``CATCH_UP_BYTES``), then send the answers."""
         self.apply_queued(CATCH_UP_COMMANDS)
         self.counters["catch_up_steps"] += 1
         self.send_replies()

@@ -443,7 +443,7 @@ class PeerLinks:
                     receive_chunk(message)
                 else:
                     raise wire.WireError(f"unexpected {type(message).__name__} on a peer link")
-            post(events, from_peer=True)
+            post(events, from_peer=True, nbytes=len(frames[0]) if len(frames) == 1 else sum(map(len, frames)))
             frames = await reader.receive_frames()
             if not frames:
                 return

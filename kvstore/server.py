@@ -118,6 +118,11 @@ EXIT_DISK_FAILED = 75  # EX_TEMPFAIL: restart me once the disk is fixed
 FOLLOWER_TICKS_PER_WAKE = 5
 # Events the driver takes into one batch at most
 BATCH_EVENTS_MAX = 10_000
+# ... and bytes of the frames they came in: with 1 MiB values a follower that fell behind for a moment
+# took 50-100 MiB of Accepts into one batch and encoded, wrote and fsynced them in one step of 0.3-0.9 s,
+# long enough to cost a leader (bench/big_values.py). A post of at least SIZED_POST_BYTES says its size.
+BATCH_BYTES_MAX = 8 << 20
+SIZED_POST_BYTES = 64 << 10
 # How far above every ballot number a node knows a peer's message may go (see Node._leaps_ballots)
 BALLOT_LEAP_MAX = 1 << 32
 # How often the ticker sweeps idle client connections (see ClientLinks.close_idle)
@@ -291,6 +296,39 @@ class ServerOptions:
         if self.arriving_frames_bytes_max < frames.HEADER_BYTES + self.frame_bytes_max:
             raise ValueError(f"arriving_frames_bytes_max ({self.arriving_frames_bytes_max}) must hold at least one "
                              f"frame of the largest size ({frames.HEADER_BYTES + self.frame_bytes_max} bytes)")
+
+
+class _SizedPost:
+    """A reader's post of at least ``SIZED_POST_BYTES`` of frames, for the driver's ``BATCH_BYTES_MAX``."""
+
+    __slots__ = ("events", "nbytes")
+
+    def __init__(self, events: list[object], nbytes: int) -> None:
+        self.events = events
+        self.nbytes = nbytes
+
+
+def gather_batch(first: object, receive_nowait: Callable[[], object]) -> tuple[list[object], int, int]:
+    """The driver's next batch: ``first`` and what else is queued, up to ``BATCH_EVENTS_MAX`` events
+    and ``BATCH_BYTES_MAX`` bytes of the frames they came in (one post at least); returns the batch
+    (each post unwrapped), its events and its bytes. A list (what one reader read at once) counts as
+    the events it holds, so the limit and the quiet test see events."""
+    nbytes = 0
+    if type(first) is _SizedPost:
+        nbytes, first = first.nbytes, first.events
+    batch = [first]
+    count = len(first) if type(first) is list else 1
+    while count < BATCH_EVENTS_MAX and nbytes < BATCH_BYTES_MAX:
+        try:
+            event = receive_nowait()
+        except trio.WouldBlock:
+            break
+        if type(event) is _SizedPost:
+            nbytes += event.nbytes
+            event = event.events
+        batch.append(event)
+        count += len(event) if type(event) is list else 1
+    return batch, count, nbytes
 
 
 class ListenError(OSError):
@@ -656,7 +694,7 @@ class Node:
         # anything else (not CATCH_UP_COMMANDS at a time), so that the first snapshot after a restart
         # covers them all and a restart's memory peak stays that of the state (see memory_bench).
         self._stage(self.replica.take_actions())
-        learner.apply_queued(math.inf)
+        learner.apply_queued(math.inf, math.inf)
         # The core keeps what it needs of the recovered log (packed once applied), and restoring the
         # snapshot and replaying the log left freed pieces (decoded records, commands) across the
         # heap: drop storage's copy and hand the pieces back, or RSS after a restart stays above RSS
@@ -676,19 +714,11 @@ class Node:
                 self._driver_idle = True  # readers may feed the core themselves until something is posted
                 first = await recv.receive()
                 self._driver_idle = False
-            batch = [first]
-            # A list (what one reader read at once) counts as the events it holds, so the limit and the
-            # quiet test see events.
-            count = len(first) if type(first) is list else 1
-            while count < BATCH_EVENTS_MAX:
-                try:
-                    event = recv.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                batch.append(event)
-                count += len(event) if type(event) is list else 1
+            batch, count, nbytes = gather_batch(first, recv.receive_nowait)
             counters = self.counters
             counters["driver_loops"] += 1
+            if nbytes >= BATCH_BYTES_MAX:
+                counters["batches_cut_by_bytes"] += 1  # (large values: the rest waits for the next batch)
             counters["events"] += count
             self._quiet = count <= 2
             if self._fenced:
@@ -856,13 +886,17 @@ class Node:
                 self.snapshots.start()
 
     def _log_outgrew_snapshot(self) -> bool:
-        """A snapshot by bytes as well as by commands: the log above the snapshot (held in memory by the
-        core too) has passed ``SNAPSHOT_LOG_BYTES_MIN`` and ``SNAPSHOT_LOG_FACTOR`` times the last
-        snapshot's size (so a snapshot's cost, in proportion to the state, stays a fraction of the writes
-        it follows). QA: with 64 KiB values the 100,000 commands between snapshots were 6.4 GB of log
-        and of memory."""
+        """A snapshot by bytes as well as by commands: the log has grown since the last snapshot's
+        compaction by ``SNAPSHOT_LOG_BYTES_MIN`` and ``SNAPSHOT_LOG_FACTOR`` times that snapshot's size
+        (so a snapshot's cost, in proportion to the state, stays a fraction of the writes it follows).
+        QA: with 64 KiB values the 100,000 commands between snapshots were 6.4 GB of log and of memory.
+        Grown by, not grown to: a node whose applies lag its log (a lazy learner, one catching up) keeps
+        the slots above its applied one at a compaction, and with 1 MiB values those alone were past
+        the bound, so every slot it applied began a snapshot of all its state again (0.5-1.6 s each,
+        back to back: bench/big_values.py)."""
         storage = self.storage
-        return (storage.log_bytes >= max(SNAPSHOT_LOG_BYTES_MIN, SNAPSHOT_LOG_FACTOR * storage.snapshot_bytes)
+        grown = storage.log_bytes - storage.log_bytes_kept
+        return (grown >= max(SNAPSHOT_LOG_BYTES_MIN, SNAPSHOT_LOG_FACTOR * storage.snapshot_bytes)
                 and self.learner.applied_since_snapshot > 0)
 
     def _log_leader_change(self, leader: int) -> None:
@@ -882,7 +916,7 @@ class Node:
         self._driver_idle = False  # the driver has something to do (it may not have woken up yet)
         self._events_send.send_nowait(event)
 
-    def _post(self, events: list[object], *, from_peer: bool = False) -> None:
+    def _post(self, events: list[object], *, from_peer: bool = False, nbytes: int = 0) -> None:
         """A reader hands over what it read: to the driver, or, when the node is quiet, to the core at once.
 
         Quiet means the driver is waiting with nothing queued, its last batch was tiny and nothing is
@@ -898,6 +932,9 @@ class Node:
         follower's answers to a tick's Accepts (and, on that follower, the tick's Accepts) come in
         one frame, and handing it to the driver cost a wake-up per tick and made the next request
         look like load.
+
+        ``nbytes``: the bytes of the frames the events came in; a post of at least ``SIZED_POST_BYTES``
+        carries it to the driver, which takes ``BATCH_BYTES_MAX`` of them into a batch at most.
         """
         if not events:
             return
@@ -910,7 +947,10 @@ class Node:
             self._after_events(0)
             return
         # One channel item for the lot: a send and a receive per request cost about a microsecond.
-        self._post_event(events[0] if len(events) == 1 else events)
+        if nbytes >= SIZED_POST_BYTES:
+            self._post_event(_SizedPost(events, nbytes))
+        else:
+            self._post_event(events[0] if len(events) == 1 else events)
 
     # -----------------------------------------------------------------------------------------------
     # the contract: persist, then send, then apply

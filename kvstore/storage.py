@@ -211,8 +211,11 @@ Threads. One owner calls the Storage, one call at a time (the server's driver ta
 
 * ``fsync_through`` (one worker at a time) concurrently with the owner's ``append``, ``flush`` and
   ``log_bytes``, and with ``write_snapshot_file``: it touches only the log's file descriptor,
-  ``_synced_end`` (which only grows; ``flush`` reads it for its sync mark, and a stale value is only
-  conservative) and ``failure``.
+  ``_synced_end`` and ``_synced_size`` (which only grow; ``append`` reads them for its sync mark, and a
+  stale value is only conservative), ``failure``, and the zeros ahead of the records (``_zeros_ahead``).
+  Those it writes at or past ``_allocated`` under ``_zeros_lock``, which the owner also holds to write
+  zeros, to write records past ``_allocated`` (a full disk refused the zeros) and to cut the log back;
+  the owner's other writes stay below ``_allocated``, which only grows.
 * ``write_snapshot_file`` (one at a time) concurrently with ``append``, ``flush`` and
   ``fsync_through``: it touches only snapshot files, ``failure``, and at its end the snapshot slot.
 
@@ -234,6 +237,7 @@ import os
 import random
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -463,6 +467,9 @@ def encode_records(records: Iterable[object], at: int | None = None, file_slot: 
 
 LOG_REWRITE_CHUNK_BYTES = 1 << 20
 """Bytes written at a time when a log is rewritten (``Storage._install_log``)."""
+
+_ZEROS = memoryview(bytes(256 << 10))
+"""Zeros written ahead of the log's records, a piece at a time (``Storage._write_zeros``)."""
 
 
 def _encoded_groups(records: Iterable[object]) -> Iterator[bytes]:
@@ -970,6 +977,9 @@ class Storage:
         self._preallocate = preallocate if fsync else 0
         self._allocated = 0  # the log file's size: its records, then zeros
         self._preallocation_failing = False  # the last preallocation found the disk full (warned once)
+        # Held by whoever writes at or past ``_allocated`` (zeros, or records past them) or cuts the file:
+        # ``fsync_through`` writes the zeros ahead in the committer's thread (``_zeros_ahead``).
+        self._zeros_lock = threading.Lock()
         self.recovered = DurableState()
         self._found_snapshot: tuple[int, int] | None = None  # (slot, data length) found at open
         # Identity (kvstore.identity), from meta.json: this directory's incarnation, the members'
@@ -986,6 +996,7 @@ class Storage:
         self._log_fd: int | None = None
         self._log_path = path / log_file_name(0)
         self._log_end = 0  # bytes of the current log file that hold whole, written records
+        self._log_kept = 0  # ... of them the last rewrite (a compaction) kept: the log above the snapshot
         self._synced_end = 0  # bytes of the current log file known durable (only grows per log file)
         self._marked_end = 0  # the largest sync mark in the current log: a new one is due once above it
         # The current log's length when its last fsync began (durable once it returned; the file never
@@ -1461,32 +1472,52 @@ class Storage:
         records' own write then reports what it must.
 
         The next step goes out once the records have used half of the zeros ahead, not all of them: the
-        group commit's next fsync (in its worker thread when the disk is slow) then makes the new length
-        durable, and later marks claim it, before any record reaches it. Waiting until the zeros ran out
-        made the batch that did grow the file durably itself (``_grow_durably``: an fdatasync in the
-        node's event loop, once per step; gray-failure QA: 0.5-5 s during which the node answered
-        nothing, on a slow disk). ``_grow_durably`` is left for a batch that outruns that, one larger
-        than half the zeros (a catch-up can be), or fsyncs slower than writing half of them (``append``
-        then doubles the step).
+        next fsync then makes the new length durable, and later marks claim it, before any record
+        reaches it. Waiting until the zeros ran out made the batch that did grow the file durably itself
+        (``_grow_durably``: an fdatasync in the node's event loop, once per step; gray-failure QA:
+        0.5-5 s during which the node answered nothing, on a slow disk). ``_grow_durably`` is left for a
+        batch that outruns that, one larger than half the zeros (a catch-up can be), or fsyncs slower
+        than writing half of them (``append`` then raises the step).
+
+        ``sync`` reserves before its write; the pipelined server's ``flush`` does not: its
+        ``fsync_through``, in the committer's thread, writes the zeros just before its fdatasync
+        (``_zeros_ahead``), so that a step of megabytes of zeros is not written in the event loop
+        (with 1 MiB values, steps of 8-64 MiB stalled it for 0.1-0.8 s: bench/big_values.py).
         """
         need = self._log_end + count
         if not self._preallocate or need + self._preallocate // 2 <= self._allocated:
             return
-        self._write_zeros(max(need, self._allocated) + self._preallocate)
+        with self._zeros_lock:
+            self._write_zeros(max(need, self._allocated) + self._preallocate)
+
+    def _zeros_ahead(self) -> None:
+        """``_reserve`` for ``fsync_through``, which may run in a worker thread while the owner appends.
+
+        Safe beside the owner's writes: the owner writes records without the lock only below
+        ``_allocated`` (a batch stays below what the marks claim, which is at most the length an fsync
+        saw, zeros included, or it grows the file first under the lock), and these zeros go at or past
+        ``_allocated`` and past every record written, under the lock."""
+        if not self._preallocate or self._log_end + self._preallocate // 2 <= self._allocated:
+            return
+        with self._zeros_lock:
+            self._write_zeros(max(self._log_end, self._allocated) + self._preallocate)
 
     def _write_zeros(self, target: int) -> bool:
         """Write zeros after the records and the zeros already there, up to byte ``target``; True if
-        written, False (a warning logged, nothing preallocated) if the disk has no room for them."""
+        written, False (a warning logged, nothing preallocated) if the disk has no room for them.
+        Called with ``_zeros_lock`` held."""
         # Zeros go after the records, never over them: after a preallocation that failed (a full disk),
         # records were written past the zeros (``_allocated`` < ``_log_end``), and writing zeros from
         # ``_allocated`` again would erase records already fsynced and acknowledged.
         start = max(self._allocated, self._log_end)
         assert self._log_fd is not None
         try:
-            zeros = bytes(target - start)
-            written = 0
-            while written < len(zeros):  # bounded: every pass writes at least one byte or raises
-                n = os.pwrite(self._log_fd, memoryview(zeros)[written:], start + written)
+            # A piece at a time: a write holds the file's inode lock, so the owner's next records (its
+            # write of the same file) wait for at most one piece of the worker's zeros, not a step of
+            # 16-64 MiB (0.1-0.4 s in the event loop with 1 MiB values: bench/big_values.py).
+            written, size = 0, target - start
+            while written < size:  # bounded: every pass writes at least one byte or raises
+                n = os.pwrite(self._log_fd, _ZEROS[:min(size - written, len(_ZEROS))], start + written)
                 if n <= 0:
                     raise OSError(errno.EIO, f"pwrite returned {n}")
                 written += n
@@ -1554,6 +1585,7 @@ class Storage:
         # With fsync off nothing this Storage wrote is durable, not even a rewritten log.
         self._open_log(self.path / name, durable=self._fsync_enabled, end=marked_end or None, marked_end=marked_end,
                        placed=slot, marked_size=marked_size)
+        self._log_kept = self._log_end
 
     def _delete_older_than(self, slot: int) -> None:
         """Delete snapshots and logs of slots below ``slot`` (superseded by the ones at ``slot``)."""
@@ -1579,6 +1611,12 @@ class Storage:
         """Bytes of the current log file that hold written records (its preallocated zeros not counted,
         nor a batch still buffered: one a full disk refused stays buffered, and is not in the file)."""
         return self._log_end
+
+    @property
+    def log_bytes_kept(self) -> int:
+        """``log_bytes`` when the log was last rewritten (``compact_log``, ``write_snapshot``): what the
+        compaction kept above the snapshot; 0 for a log this Storage only opened or appended to."""
+        return self._log_kept
 
     @property
     def snapshot_slot(self) -> int:
@@ -1679,14 +1717,24 @@ class Storage:
                 grown = self._grow_durably(at + len(mark) + len(data))
             except DiskFailed:
                 grown = False  # (recorded in ``failure``: the batch's flush, sync or fsync raises it)
-            if grown and len(data) < self._preallocate // 2 and self._preallocate < PREALLOCATE_STEP_MAX:
-                # A batch smaller than half the zeros ahead outran them: the fsyncs that make the next
-                # step durable take longer than writing half a step (a slow disk under load; gray-failure
-                # QA: an fdatasync of 1-8 s in the node's event loop each time). Keep twice as many zeros
-                # ahead from now on, so that the step gives the fsyncs time.
-                self._preallocate = min(2 * self._preallocate, PREALLOCATE_STEP_MAX)
-                log.info("log %s: records outran the fsyncs that make its growth durable; keeping %d KiB of "
-                         "zeros ahead from now on", self._log_path, self._preallocate >> 10)
+            if grown and self._preallocate < PREALLOCATE_STEP_MAX:
+                if len(data) < self._preallocate // 2:
+                    # A batch smaller than half the zeros ahead outran them: the fsyncs that make the next
+                    # step durable take longer than writing half a step (a slow disk under load; gray-failure
+                    # QA: an fdatasync of 1-8 s in the node's event loop each time). Keep twice as many
+                    # zeros ahead from now on, so that the step gives the fsyncs time.
+                    step, why = 2 * self._preallocate, "records outran the fsyncs that make its growth durable"
+                else:
+                    # A batch as large as half the zeros ahead (large values: 1 MiB puts, a catch-up):
+                    # with a step that size, every such batch grew the file itself, each an fdatasync in
+                    # the event loop, stalling it past an election timeout when the disk was busy (3-4
+                    # leader changes in 30 s of 1 MiB puts, bench/big_values.py). Keep at least twice the
+                    # batch ahead from now on: the zeros then go out half a step early (``_reserve``) and
+                    # the group commit's fsync, in its thread, makes them durable before records reach them.
+                    step, why = 1 << (2 * len(data) - 1).bit_length(), f"a batch of {len(data)} bytes"
+                self._preallocate = min(step, PREALLOCATE_STEP_MAX)
+                log.info("log %s: %s; keeping %d KiB of zeros ahead from now on", self._log_path, why,
+                         self._preallocate >> 10)
             if grown:
                 mark_end, mark_size = self._synced_end, self._synced_size
                 claim = _encode_mark(mark_end, mark_size, None if placed is None else at, placed or 0)
@@ -1708,8 +1756,9 @@ class Storage:
         so that the mark ``append`` puts in front of them may claim that length. False (nothing claimed)
         if the disk has no room for the zeros. Owner thread; it may overlap ``fsync_through``'s
         fdatasync, and both only raise ``_synced_end`` and ``_synced_size``."""
-        if self._allocated <= end and not self._write_zeros(end + self._preallocate):
-            return False
+        with self._zeros_lock:
+            if self._allocated <= end and not self._write_zeros(end + self._preallocate):
+                return False
         written_end = self._log_end
         self._fdatasync_log()  # the file's length (and every record written) durable: _synced_size
         if written_end > self._synced_end:
@@ -1726,7 +1775,7 @@ class Storage:
         then broken for good (restart and recover).
         """
         self._check_usable()
-        self._write_pending()
+        self._write_pending(reserve=True)
         if self._fsync_enabled and self._synced_end < self._log_end:
             self._fdatasync_log()
             self._synced_end = self._log_end
@@ -1740,11 +1789,12 @@ class Storage:
         on any other write error (the Storage is then broken).
         """
         self._check_usable()
-        self._write_pending()
+        self._write_pending(reserve=False)
         return self._log_end
 
-    def _write_pending(self) -> None:
-        """Write the buffered batch at the log's end (owner thread only; see ``sync``/``flush``)."""
+    def _write_pending(self, *, reserve: bool) -> None:
+        """Write the buffered batch at the log's end (owner thread only; see ``sync``/``flush``), with
+        the zeros ahead first if ``reserve``."""
         assert self._log_fd is not None
         if not self._pending:
             return
@@ -1752,13 +1802,24 @@ class Storage:
         # (the batch's mark, if any, and every record's place were fixed by append)
         pending = self._pending
         data = pending[0] if len(pending) == 1 else b"".join(pending)
-        self._reserve(len(data))
+        if reserve:
+            self._reserve(len(data))
+        # Past the zeros (a full disk refused them), or cut back after a failure: not while
+        # fsync_through writes zeros there (``_zeros_ahead``). ``_allocated`` only grows meanwhile, so
+        # a stale value only takes the lock.
+        lock = self._zeros_lock
+        locked = start + len(data) > self._allocated and lock.acquire()
         try:
-            failpoints.hit("write_log")
-            self._write_all(self._log_fd, data)
-        except OSError as exc:
-            self._cut_back(start, len(data), exc)
-        self._log_end = start + len(data)
+            try:
+                failpoints.hit("write_log")
+                self._write_all(self._log_fd, data)
+            except OSError as exc:
+                locked = locked or lock.acquire()
+                self._cut_back(start, len(data), exc)
+            self._log_end = start + len(data)
+        finally:
+            if locked:
+                lock.release()
         self._pending.clear()
         self._pending_bytes = 0
 
@@ -1788,8 +1849,9 @@ class Storage:
 
         May run in one worker thread at a time while the owner thread calls ``append``, ``flush`` and
         ``log_bytes`` (and while ``write_snapshot_file`` runs in another worker thread): it touches only
-        the log's file descriptor, ``_synced_end`` and ``failure`` (and reads ``_log_path`` for the
-        message). ``sync``, ``write_snapshot``, ``compact_log`` and ``close`` replace or close the log
+        the log's file descriptor, ``_synced_end``, ``_synced_size`` and ``failure``, and the zeros ahead
+        under ``_zeros_lock`` (``_zeros_ahead``: ``_allocated``), and reads ``_log_path`` for the
+        message. ``sync``, ``write_snapshot``, ``compact_log`` and ``close`` replace or close the log
         and must not overlap it. Any fdatasync error (ENOSPC included) breaks the Storage and raises
         ``DiskFailed``: what was written since the last good fsync may or may not be on disk (nothing
         of it was acknowledged), so the node must stop voting and recover. ``DiskFailed`` too if the
@@ -1801,6 +1863,7 @@ class Storage:
             raise StorageError(f"storage of {self.path} is closed")
         if not self._fsync_enabled or self._synced_end >= end:
             return
+        self._zeros_ahead()  # (the zeros this fdatasync makes durable, for the next batches: see _reserve)
         self._fdatasync_log()
         if end > self._synced_end:
             self._synced_end = end

@@ -24,7 +24,14 @@ import pytest
 
 from kvstore import commands, wire
 from kvstore.events import Proposal
-from kvstore.learners import CATCH_UP_COMMANDS, LAZY_IDLE_SECONDS, LOCAL_READ_EAGER_SECONDS, Learner, standby_of
+from kvstore.learners import (
+    CATCH_UP_BYTES,
+    CATCH_UP_COMMANDS,
+    LAZY_IDLE_SECONDS,
+    LOCAL_READ_EAGER_SECONDS,
+    Learner,
+    standby_of,
+)
 from kvstore.statemachine import StateMachine
 from kvstore.waiters import Waiters
 
@@ -94,6 +101,31 @@ def test_a_backlog_is_applied_catch_up_commands_at_a_time_in_whole_slots():
         learner.catch_up()
     assert learner.applied_slot == slots and len(learner.sm) == slots * per_slot
     assert learner.counters["catch_up_steps"] == 2
+
+
+def test_a_backlog_of_large_values_is_applied_catch_up_bytes_at_a_time():
+    """Large values: a step of 4,096 commands of 1 MiB was 4 GiB applied (hashed, copied) at once, 0.6 s
+    in which the node read no heartbeat (leader changes under steady 1 MiB puts, bench/big_values.py).
+    A step stops once it applied ``CATCH_UP_BYTES`` of commands, in whole slots, one slot at least."""
+    learner = _learner()
+    learner.lazy = True
+    big = "x" * (CATCH_UP_BYTES // 4)
+    backlog = [(s, (commands.encode_put(CID, next(_next_request_id), 0, f"k{s}", big),)) for s in range(1, 13)]
+    learner.hand_out(backlog, now=0.0)
+    learner.lazy = False
+    learner.catch_up()
+    assert learner.applied_slot == 4  # four commands of a quarter of CATCH_UP_BYTES each (and a bit)
+    steps = 1
+    while learner.behind:
+        learner.catch_up()
+        steps += 1
+    assert steps == 3 and learner.applied_slot == 12 and len(learner.sm) == 12
+    huge = [(13, tuple(commands.encode_put(CID, next(_next_request_id), 0, f"k13-{i}", big) for i in range(6)))]
+    learner.lazy = True
+    learner.hand_out(huge, now=0.0)
+    learner.lazy = False
+    learner.catch_up()  # one slot larger than a step is still applied whole
+    assert learner.applied_slot == 13 and not learner.behind and len(learner.sm) == 18
 
 
 def test_a_lazy_learner_queues_each_slot_packed_and_applies_it_as_an_eager_one_would():

@@ -8,6 +8,8 @@ connection.
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -592,3 +594,75 @@ async def test_a_log_of_large_values_is_snapshotted_by_its_bytes_long_before_the
                     await trio.sleep(0.01)
             assert node.storage.snapshot_slot < 100 and node.storage.snapshot_bytes > 65536
         nursery.cancel_scope.cancel()
+
+
+
+def test_the_driver_takes_frames_of_large_values_into_batches_of_batch_bytes_max():
+    """A follower that fell behind for a moment with 1 MiB values took 50-100 MiB of Accepts into one
+    batch, and encoded, wrote and fsynced them in one step of 0.3-0.9 s: long enough to cost a leader
+    (bench/big_values.py). A batch stops once its posts' frames reach ``BATCH_BYTES_MAX`` (one post at
+    least); the rest waits, in order, for the next batch. Small posts say no size."""
+    from kvstore.server import BATCH_BYTES_MAX, SIZED_POST_BYTES, gather_batch
+
+    node = Node.__new__(Node)  # (only _post's queueing: the driver is busy, the node is not quiet)
+    node._driver_idle, node._quiet, node._fenced = False, False, False
+    send, recv = trio.open_memory_channel(math.inf)
+    node._events_send = send
+    mib = 1 << 20
+    for i in range(20):  # 20 reads of one 1 MiB Accept each
+        node._post([f"accept-{i}"], from_peer=True, nbytes=mib)
+    node._post(["small-1", "small-2"], nbytes=SIZED_POST_BYTES - 1)
+    batches = []
+    while True:
+        try:
+            first = recv.receive_nowait()
+        except trio.WouldBlock:
+            break
+        batches.append(gather_batch(first, recv.receive_nowait))
+    assert BATCH_BYTES_MAX == 8 * mib
+    assert [(count, nbytes) for _, count, nbytes in batches] == [(8, 8 * mib), (8, 8 * mib), (6, 4 * mib)]
+    flat = [event for batch, _, _ in batches for item in batch for event in (item if type(item) is list else [item])]
+    assert flat == [f"accept-{i}" for i in range(20)] + ["small-1", "small-2"]
+
+
+def test_a_snapshot_by_bytes_is_due_when_the_log_grew_by_the_bound_since_its_compaction():
+    """A node whose applies lag its log keeps the slots above its applied one when it compacts; with 1
+    MiB values those alone were past the bound, so every slot it applied began another snapshot of its
+    whole state (0.5-1.6 s each, back to back: bench/big_values.py). The bound counts the log's growth
+    since the compaction."""
+    from types import SimpleNamespace
+
+    from kvstore.server import SNAPSHOT_LOG_BYTES_MIN, SNAPSHOT_LOG_FACTOR
+
+    mib = 1 << 20
+    snapshot = 200 * mib
+    bound = max(SNAPSHOT_LOG_BYTES_MIN, SNAPSHOT_LOG_FACTOR * snapshot)
+    node = SimpleNamespace(learner=SimpleNamespace(applied_since_snapshot=1))
+    due = Node._log_outgrew_snapshot
+
+    node.storage = SimpleNamespace(log_bytes=bound + 4 * mib, log_bytes_kept=bound, snapshot_bytes=snapshot)
+    assert not due(node)  # the compaction kept more than the bound: 4 MiB written since is not a snapshot
+    node.storage.log_bytes = 2 * bound
+    assert due(node)
+    node.storage = SimpleNamespace(log_bytes=bound, log_bytes_kept=0, snapshot_bytes=snapshot)
+    assert due(node)  # (a log only appended to since the node started)
+    node.learner.applied_since_snapshot = 0
+    assert not due(node)
+
+
+def test_storage_says_what_its_last_compaction_kept(tmp_path):
+    from kvstore.storage import Storage
+    from paxos.actions import AcceptRecord, DurableState
+    from paxos.ballot import Ballot
+
+    with Storage.open(tmp_path, node_id=1, cluster_id="c") as storage:
+        records = [AcceptRecord(s, Ballot(1, 1), (b"v" * 1000,)) for s in range(1, 11)]
+        storage.append(records)
+        storage.sync()
+        assert storage.log_bytes > 10_000 and storage.log_bytes_kept < 100  # (the new log: its fence and mark)
+        storage.write_snapshot(5, b"state through slot 5", DurableState.replay(records[5:]))
+        kept = storage.log_bytes
+        assert 5000 < kept < 6000 and storage.log_bytes_kept == kept
+        storage.append([AcceptRecord(11, Ballot(1, 1), (b"w",))])
+        storage.sync()
+        assert storage.log_bytes > kept and storage.log_bytes_kept == kept

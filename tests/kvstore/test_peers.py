@@ -50,7 +50,7 @@ class FakeNode:
         self.chunks: list = []
         self.posted_from_peer: list[bool] = []
 
-        def post(events: list, *, from_peer: bool = False) -> None:
+        def post(events: list, *, from_peer: bool = False, nbytes: int = 0) -> None:
             self.posted.append(events)
             self.posted_from_peer.append(from_peer)
 

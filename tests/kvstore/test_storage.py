@@ -738,6 +738,85 @@ def test_records_that_outrun_the_fsyncs_double_the_zeros_kept_ahead(tmp_path, gr
         assert storage.recovered == DurableState.replay(records)
 
 
+def test_batches_as_large_as_the_zeros_ahead_grow_the_log_once_not_each_time(tmp_path, grown):
+    """Large values: every batch is larger than half the zeros kept ahead. Each used to grow the file
+    itself (``_grow_durably``: zeros and an fdatasync in ``append``, the node's event loop), and with
+    the disk busy those stalls cost leaders (3-4 changes in 30 s of 1 MiB puts, bench/big_values.py).
+    The first such batch raises the step to twice its size; later ones find durable zeros ahead."""
+    records = []
+    with open_preallocated(tmp_path, preallocate=4096) as storage:
+        for slot in range(1, 41):
+            batch = [AcceptRecord(slot, Ballot(1, 1), (bytes([slot]) * 5000,))]
+            records += batch
+            storage.append(batch)
+            storage.fsync_through(storage.flush())  # the server's way: the fsync in the group commit
+        assert len(grown) == 1, grown  # (40 with the step left at 4 KiB)
+        assert storage._preallocate == 16384
+    with open_preallocated(tmp_path, preallocate=4096) as storage:
+        assert storage.recovered == DurableState.replay(records)
+
+
+def test_the_pipelined_flush_leaves_the_zeros_ahead_to_fsync_through(tmp_path, grown):
+    """``flush`` (the driver, in the event loop) writes records only; ``fsync_through`` (the committer's
+    thread) writes the next step of zeros right before its fdatasync, which makes them durable. With 1
+    MiB values the steps were megabytes of zeros written in the event loop: stalls of 0.1-0.8 s and
+    leader changes (bench/big_values.py)."""
+    import os
+
+    with open_preallocated(tmp_path, preallocate=4096) as storage:
+        path = only_log(tmp_path)
+        size = path.stat().st_size
+        records = []
+        for slot in range(1, 200):
+            batch = [AcceptRecord(slot, Ballot(1, 1), (b"v" * 300,))]
+            records += batch
+            storage.append(batch)
+            end = storage.flush()
+            assert os.stat(path).st_size == size  # no zeros from the flush
+            storage.fsync_through(end)
+            size = os.stat(path).st_size
+            assert size >= end + 2048  # half a step of zeros ahead at least, after each fsync
+        assert grown == []  # and no batch had to grow the file itself
+    with open_preallocated(tmp_path, preallocate=4096) as storage:
+        assert storage.recovered == DurableState.replay(records)
+
+
+def test_zeros_written_by_a_worker_fsync_never_cover_records_the_owner_writes_meanwhile(tmp_path):
+    """The server's threads: the owner appends and flushes while a worker runs ``fsync_through`` (and
+    writes zeros ahead) as fast as it can. Every record is recovered."""
+    import threading
+
+    records = []
+    done = threading.Event()
+    ends: list[int] = []
+    errors: list[BaseException] = []
+
+    with open_preallocated(tmp_path, preallocate=1024) as storage:
+        def worker():
+            try:
+                while not done.is_set() or ends:
+                    if ends:
+                        storage.fsync_through(ends.pop())
+            except BaseException as exc:  # (reported by the assert below)
+                errors.append(exc)
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        try:
+            for slot in range(1, 1500):
+                batch = [AcceptRecord(slot, Ballot(1, 1), (bytes([slot % 251]) * (50 + slot % 700),))]
+                records += batch
+                storage.append(batch)
+                ends.append(storage.flush())
+        finally:
+            done.set()
+            thread.join(30)
+        assert not errors, errors
+        storage.sync()
+    with open_preallocated(tmp_path, preallocate=1024) as storage:
+        assert storage.recovered == DurableState.replay(records)
+
+
 def test_a_preallocation_that_fails_never_writes_zeros_over_synced_records(tmp_path, monkeypatch):
     """A nearly full disk: writing the zeros ahead fails with ENOSPC (while smaller record writes still
     fit), so records go on past the zeros. The next preallocation must start after those records: it
