@@ -88,6 +88,9 @@ async def _run(cluster: LocalKv, args: argparse.Namespace) -> dict[str, object]:
             for name in ("elections", "stepped_down_no_quorum", "stepped_down_nack", "pre_vote_granted",
                          "became_leader"):
                 counters[name] = counters.get(name, 0) + int(status["core_counters"].get(name, 0))
+            if args.all_counters:
+                print(endpoint, {k: v for k, v in sorted(status["core_counters"].items()) if v})
+                print(endpoint, {k: v for k, v in sorted(status["counters"].items()) if v})
     latencies.sort()
     n = len(latencies)
     return {
@@ -109,6 +112,7 @@ def main() -> int:
     parser.add_argument("--value-kib", type=int, default=1024)
     parser.add_argument("--keys", type=int, default=200, help="keys overwritten in turn")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--all-counters", action="store_true", help="print every node's counters at the end")
     parser.add_argument("--root", help="keep the data directories and logs here (default: a temporary one)")
     args = parser.parse_args()
     if args.nodes < 1 or args.writers < 1 or args.value_kib < 1 or args.keys < 1 or args.seconds <= 0:

@@ -17,8 +17,10 @@ learner. While writes keep coming, a follower that is neither the leader nor the
 leaves the queue unapplied. After each of its own snapshots the leader sends the file to those
 followers; a lazy one that decided past it *adopts* it (``adopt``: the snapshot stands in for the queued
 slots it covers; ``kvstore.snapshots`` restores and writes it). Restoring a key costs ~1.8 us, applying
-a put ~4.5 us, so this holds only while the state is at most twice the snapshot interval
-(``small_enough_for_learners``, a rule the leader and the learners share). A lazy learner turns eager
+a put ~4.5 us, so this holds only while the state is at most twice the snapshot interval, and its last
+snapshot at most ``LAZY_SNAPSHOT_BYTES_MAX`` (``small_enough_for_learners``, a rule the leader and the
+learners share): with large values a state of a few hundred keys is hundreds of MiB, sent whole to each
+lazy learner after every snapshot, on the links that carry the heartbeats. A lazy learner turns eager
 (``should_be_lazy``), and catches up, when it serves a serializable read (for
 ``LOCAL_READ_EAGER_SECONDS``), when no decided slot reached it for ``LAZY_IDLE_SECONDS`` (a quiet
 cluster has no lazy learner), when it leads or knows no leader, when its node is fenced, or when the
@@ -45,8 +47,9 @@ from .metrics import SLOT_COMMANDS_BOUNDS, Buckets
 from .statemachine import StateMachine
 from .waiters import Waiters, reply_result, result_op
 
-__all__ = ["Learner", "standby_of", "CATCH_UP_COMMANDS", "CATCH_UP_BYTES", "LOCAL_READ_EAGER_SECONDS",
-           "LAZY_IDLE_SECONDS", "REPLY_SEND_EVERY", "IDLE_SNAPSHOT_SECONDS", "IDLE_SNAPSHOT_COMMANDS"]
+__all__ = ["Learner", "standby_of", "CATCH_UP_COMMANDS", "CATCH_UP_BYTES", "LAZY_SNAPSHOT_BYTES_MAX",
+           "LOCAL_READ_EAGER_SECONDS", "LAZY_IDLE_SECONDS", "REPLY_SEND_EVERY", "IDLE_SNAPSHOT_SECONDS",
+           "IDLE_SNAPSHOT_COMMANDS"]
 
 # Commands applied at most per step while catching up an apply backlog (a lazy learner that turned
 # eager, a new leader that was one): about 20 ms each, so ticks, heartbeats and Accepts go on between.
@@ -54,6 +57,8 @@ CATCH_UP_COMMANDS = 4096
 # ... and about this many bytes of commands: with 1 MiB values 4,096 commands were 4 GiB, one step of
 # 0.6 s in which the node read no heartbeat (leader changes under steady large writes, bench/big_values.py)
 CATCH_UP_BYTES = 4 << 20
+# No lazy learners while the last snapshot is larger than this (see small_enough_for_learners)
+LAZY_SNAPSHOT_BYTES_MAX = 64 << 20
 # A lazy learner turns eager for this long after it served a serializable read (reads see its state)
 LOCAL_READ_EAGER_SECONDS = 10.0
 # ... and as soon as no decided slot has reached it for this long: a quiet cluster has no lazy learners.
@@ -88,8 +93,10 @@ class Learner:
                  sm: StateMachine, applied_slot: int, waiters: Waiters, send_replies: Callable[[], None],
                  counters: dict[str, int], clock: Callable[[], float],
                  idle_snapshot_seconds: float = IDLE_SNAPSHOT_SECONDS,
-                 idle_snapshot_commands: int = IDLE_SNAPSHOT_COMMANDS) -> None:
+                 idle_snapshot_commands: int = IDLE_SNAPSHOT_COMMANDS,
+                 snapshot_bytes: Callable[[], int] = lambda: 0) -> None:
         self.node_id = node_id
+        self.snapshot_bytes = snapshot_bytes  # the size of this node's newest snapshot (its storage's)
         self.idle_snapshot_seconds = idle_snapshot_seconds
         self.idle_snapshot_commands = idle_snapshot_commands
         self.members = tuple(members)
@@ -229,8 +236,12 @@ class Learner:
 
     def small_enough_for_learners(self) -> bool:
         """Restoring a key costs ~1.8 us, applying a put ~4.5 us: a state more than twice the snapshot
-        interval is cheaper to keep applying than to adopt (the leader and the learners use this rule)."""
-        return len(self.sm) <= 2 * self.snapshot_every_commands
+        interval is cheaper to keep applying than to adopt (the leader and the learners use this rule).
+        A snapshot larger than ``LAZY_SNAPSHOT_BYTES_MAX`` too: the leader sends each to every lazy
+        learner at once, queued on the link ahead of the heartbeats (1 MiB values, 200 keys: 200 MiB to
+        each follower after every snapshot, and check-quorum step-downs: bench/big_values.py)."""
+        return (len(self.sm) <= 2 * self.snapshot_every_commands
+                and self.snapshot_bytes() <= LAZY_SNAPSHOT_BYTES_MAX)
 
     def should_be_lazy(self, now: float, leader_id: int | None, is_leader: bool, fenced: bool) -> bool:
         """Whether this node may leave decided commands unapplied for now (see the module docstring)."""

@@ -468,7 +468,8 @@ class Node:
                 node_id, self.replica.config.node_ids, snapshot_every_commands=o.snapshot_every,
                 lazy_learners=o.lazy_learners, sm=sm, applied_slot=self.replica.snapshot_slot, waiters=self.waiters,
                 send_replies=self._send_replies, counters=self.counters, clock=trio.current_time,
-                idle_snapshot_seconds=o.idle_snapshot_seconds, idle_snapshot_commands=o.idle_snapshot_commands)
+                idle_snapshot_seconds=o.idle_snapshot_seconds, idle_snapshot_commands=o.idle_snapshot_commands,
+                snapshot_bytes=lambda: self.storage.snapshot_bytes)
             self.members = Members(self)
             self.peer_links = PeerLinks(self)
             self.snapshots = Snapshots(self)

@@ -28,6 +28,7 @@ from kvstore.learners import (
     CATCH_UP_BYTES,
     CATCH_UP_COMMANDS,
     LAZY_IDLE_SECONDS,
+    LAZY_SNAPSHOT_BYTES_MAX,
     LOCAL_READ_EAGER_SECONDS,
     Learner,
     standby_of,
@@ -208,6 +209,21 @@ def test_a_state_larger_than_two_intervals_is_never_lazy():
     learner = _learner(sm=sm)
     assert not learner.small_enough_for_learners()
     _sustained(learner, now=1.0)
+    assert not learner.lazy
+
+
+def test_a_snapshot_larger_than_the_lazy_bound_means_no_lazy_learners():
+    """Large values: 200 keys of 1 MiB are well under two intervals of keys, but each snapshot was 200
+    MiB, sent whole to every lazy learner, queued ahead of the heartbeats: check-quorum step-downs
+    (bench/big_values.py). Past ``LAZY_SNAPSHOT_BYTES_MAX`` every follower applies instead."""
+    size = {"bytes": LAZY_SNAPSHOT_BYTES_MAX}
+    learner = _learner(snapshot_bytes=lambda: size["bytes"])
+    assert learner.small_enough_for_learners()
+    next_slot = _sustained(learner, now=1.0)
+    assert learner.lazy
+    size["bytes"] += 1
+    assert not learner.small_enough_for_learners()
+    _sustained(learner, now=1.1, first_slot=next_slot)
     assert not learner.lazy
 
 
