@@ -11,8 +11,9 @@ the driver dispatches on the type with ``match``. What is posted:
 * ``Read``: a client's linearizable read;
 * ``Wake``: nothing for the core; a serializable read waits for the apply queue (``WAKE``, the one value);
 * ``Tick``: ``count`` logical ticks from the ticker;
-* ``SnapshotReceived``, ``SnapshotRestored``, ``SnapshotWritten``, ``SnapshotAdoptable`` (each a
-  ``SnapshotStep``): the steps of a snapshot (``kvstore.snapshots``) that must run in the driver;
+* ``SnapshotReceived``, ``SnapshotRestored``, ``SnapshotWritten``, ``SnapshotAdoptable``,
+  ``CompactionWritten`` (each a ``SnapshotStep``): the steps of a snapshot (``kvstore.snapshots``) that
+  must run in the driver;
 * a ``list`` of the above: what one reader task read at once, in order (one channel item for the lot).
 
 Proposals, reads and peer messages are the hot path (thousands a second), so their classes are plain
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Proposal", "Read", "Wake", "WAKE", "Tick",
     "SnapshotStep", "SnapshotReceived", "SnapshotRestored", "SnapshotWritten", "SnapshotAdoptable",
+    "CompactionWritten",
 ]
 
 
@@ -113,6 +115,16 @@ class SnapshotRestored(SnapshotStep):
 
 class SnapshotWritten(SnapshotStep):
     """Our own snapshot file through ``slot`` is durable; the driver compacts the core and the log."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+
+
+class CompactionWritten(SnapshotStep):
+    """The bulk of the log compacted through ``slot`` is written to its new file (in a worker thread,
+    ``Storage.write_compaction``); the driver adds what was appended since and puts it in place."""
 
     __slots__ = ("slot",)
 

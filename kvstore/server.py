@@ -83,6 +83,7 @@ from . import acl, commands, descriptors, frames, httpserve, identity, limits, m
 from .clients import ClientConn, ClientLinks
 from .endpoints import format_endpoint
 from .events import (
+    CompactionWritten,
     Proposal,
     Read,
     SnapshotAdoptable,
@@ -755,6 +756,8 @@ class Node:
                 await snapshots.finish(slot)
             case SnapshotAdoptable(slot=slot, sm=sm, started=started):
                 await snapshots.adopt(slot, sm, started)
+            case CompactionWritten(slot=slot):
+                await snapshots.complete(slot)
 
     def _tick(self, count: int) -> None:
         replica = self.replica

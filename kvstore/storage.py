@@ -965,6 +965,27 @@ def _io_error(message: str, exc: OSError) -> StorageError:
 # Storage
 
 
+REWRITE_ZEROS_MAX = 1 << 20
+"""Zeros a log written in two steps starts with (``Storage.finish_compaction``): more are written ahead
+by the next ``fsync_through``, in the committer's thread, as the log fills."""
+
+
+class _Compaction:
+    """A compaction under way (``Storage.begin_compaction`` .. ``finish_compaction``)."""
+
+    __slots__ = ("slot", "state", "tail", "fd", "tmp", "room", "content", "zeros")
+
+    def __init__(self, slot: int, state: DurableState) -> None:
+        self.slot = slot
+        self.state: DurableState | None = state  # what the log must hold above ``slot`` (then dropped)
+        self.tail: list[object] = []  # the records appended since begin_compaction, in order
+        self.fd: int | None = None  # the new log's temp file, once write_compaction opened it
+        self.tmp: Path | None = None
+        self.room = 0  # where its records start: after the fence and the room for its covering mark
+        self.content = 0  # bytes of records write_compaction wrote
+        self.zeros = 0  # the zeros it starts with, claimed by its covering mark
+
+
 class Storage:
     """One node's data directory; build it with ``Storage.open``. See the module docstring."""
 
@@ -997,6 +1018,7 @@ class Storage:
         self._log_path = path / log_file_name(0)
         self._log_end = 0  # bytes of the current log file that hold whole, written records
         self._log_kept = 0  # ... of them the last rewrite (a compaction) kept: the log above the snapshot
+        self._compaction: _Compaction | None = None  # a compaction in two steps under way
         self._synced_end = 0  # bytes of the current log file known durable (only grows per log file)
         self._marked_end = 0  # the largest sync mark in the current log: a new one is due once above it
         # The current log's length when its last fsync began (durable once it returned; the file never
@@ -1090,7 +1112,9 @@ class Storage:
             for name in names:
                 if name.endswith(TMP_SUFFIX):
                     log.info("removing leftover temp file %s", path / name)
-                    (path / name).unlink()
+                    # (missing_ok: meta.json.tmp left by a crash in the first open is gone already, reused
+                    # and renamed by _write_meta above: such a node could never start again)
+                    (path / name).unlink(missing_ok=True)
                     removed_tmp = True
             if removed_tmp:
                 self._sync_dir()
@@ -1370,7 +1394,7 @@ class Storage:
         except OSError as exc:
             raise self._fail(f"fsync of directory {path}", exc) from exc
 
-    def _write_all(self, fd: int, data: bytes | bytearray) -> None:
+    def _write_all(self, fd: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         written = 0
         while written < len(data):  # bounded: every pass writes at least one byte or raises
@@ -1407,6 +1431,18 @@ class Storage:
                     self._fsync(fd, f"fsync of {tmp}", "fsync_file", os.fsync)
             finally:
                 os.close(fd)
+        except BaseException:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # on open, a leftover .tmp is deleted anyway
+            raise
+        self._put_in_place(tmp, final, before, after)
+
+    def _put_in_place(self, tmp: Path, final: Path, before: str | None, after: str | None) -> None:
+        """Rename the written and synced ``tmp`` to ``final`` and fsync the directory (failpoints
+        ``before`` and ``after`` the rename); ``tmp`` is deleted if the rename fails."""
+        try:
             try:
                 if before:
                     failpoints.hit(before)
@@ -1547,6 +1583,8 @@ class Storage:
         (the encoder's stream, the joined bytes and the bytes with the mark in front: three copies) put
         a spike of that size on the node's peak memory at every snapshot.
         """
+        if self._compaction is not None:
+            raise StorageError(f"a compaction of {self.path} to slot {self._compaction.slot} is under way")
         name = log_file_name(slot)
         marked_end = marked_size = 0
 
@@ -1749,6 +1787,8 @@ class Storage:
                     self._marked_size = mark_size
             pending.append(data)
             self._pending_bytes += len(data)
+            if self._compaction is not None:
+                self._compaction.tail.extend(records)  # (the new log gets them too: finish_compaction)
 
     def _grow_durably(self, end: int) -> bool:
         """Before records are appended up to byte ``end`` past every length a mark claims: make the file
@@ -1977,6 +2017,132 @@ class Storage:
         except OSError as exc:
             raise _io_error(f"cannot delete old snapshots and logs in {self.path}", exc) from exc
 
+    # ---- compaction in two steps -----------------------------------------------------------------
+    #
+    # ``compact_log`` rewrites the log while its caller waits, and nothing may be appended meanwhile: the
+    # server's driver waited, so the node neither sent nor answered heartbeats for as long (with 1 MiB
+    # values the log above a snapshot was 25-540 MB, 0.1-1.5 s of rewrite, and each snapshot cost a leader
+    # change: bench/big_values.py). In two steps the owner goes on appending while a worker thread writes
+    # the bulk to the new file; what was appended meanwhile is added at the end, in the owner's short
+    # second step, and the file is put in place as ``compact_log`` would.
+
+    def begin_compaction(self, slot: int, state: DurableState) -> None:
+        """Owner: start compacting the log to ``state`` above ``slot`` (the newest snapshot's slot, as for
+        ``compact_log``; ``state`` holds everything appended so far). From now on every record appended
+        is also kept for the new log. Then ``write_compaction`` (a worker thread), then
+        ``finish_compaction`` (the owner); ``abandon_compaction`` if either fails."""
+        self._check_usable()
+        if slot != self.snapshot_slot:
+            raise ValueError(f"begin_compaction({slot}) but the newest snapshot is at slot {self.snapshot_slot}")
+        if state.snapshot_slot > slot:
+            raise ValueError(f"state is compacted through slot {state.snapshot_slot}, above the snapshot {slot}")
+        if self._compaction is not None:
+            raise StorageError(f"a compaction of {self.path} to slot {self._compaction.slot} is under way")
+        self._compaction = _Compaction(slot, state)
+
+    def write_compaction(self) -> None:
+        """Worker thread, while the owner appends, flushes and fsyncs the log: write what the new log holds
+        above the snapshot to its temp file, after room for its fence and covering mark, and fdatasync it.
+        It touches only that file (and ``failure``). Raises as ``compact_log`` (nothing is in place yet:
+        ``abandon_compaction`` deletes the file)."""
+        compaction = self._compaction
+        if compaction is None or compaction.state is None:
+            raise StorageError("write_compaction without begin_compaction")
+        records = DurableState.replay(compaction.state.records(), snapshot_slot=compaction.slot).records
+        compaction.state = None
+        tmp = self.path / (log_file_name(compaction.slot) + TMP_SUFFIX)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise OutOfDescriptors(f"cannot create {tmp}: {exc.strerror}") from exc
+            raise _io_error(f"cannot create {tmp}", exc) from exc
+        compaction.fd, compaction.tmp = fd, tmp
+        compaction.zeros = min(self._preallocate, REWRITE_ZEROS_MAX) if self._fsync_enabled else 0
+        # (the covering mark's width: 28 bytes with zeros, else 15 below 4 GiB; finish_compaction checks)
+        compaction.room = FENCE_BYTES + (len(_covering_mark(0, compaction.zeros, FENCE_BYTES))
+                                         if self._fsync_enabled else 0)
+        try:
+            os.lseek(fd, compaction.room, os.SEEK_SET)
+            for chunk in _encoded_groups(records()):
+                self._write_all(fd, place_records(chunk, compaction.room + compaction.content, compaction.slot))
+                compaction.content += len(chunk)
+        except OSError as exc:
+            raise self._write_failed(f"cannot write {tmp}", exc) from exc
+        if self._fsync_enabled:  # (the bulk now, so that the owner's fsync in finish_compaction is short)
+            self._fsync(fd, f"fdatasync of {tmp}", "fsync_file", self._fdatasync)
+
+    def finish_compaction(self) -> bool:
+        """Owner, with no ``fsync_through`` running and nothing staged (as for ``compact_log``): add the
+        records appended since ``begin_compaction`` to the new log, write its zeros, fence and covering
+        mark, fsync it, put it in place, append to it from now on, and delete the older snapshots and
+        logs. Returns False (nothing changed, the compaction abandoned) if the covering mark would not fit
+        its room (a log past 4 GiB): the caller compacts with ``compact_log`` then. Raises as
+        ``compact_log``."""
+        compaction = self._compaction
+        if compaction is None or compaction.fd is None or compaction.tmp is None:
+            raise StorageError("finish_compaction without write_compaction")
+        try:
+            self._check_usable()
+            self.sync()  # (the old log stays complete until the new one is in place)
+            fd, tmp, slot = compaction.fd, compaction.tmp, compaction.slot
+            at = compaction.room + compaction.content
+            data = encode_records(compaction.tail, at, slot) if compaction.tail else b""
+            end = at + len(data)
+            mark = _covering_mark(end - compaction.room, compaction.zeros, FENCE_BYTES)
+            if self._fsync_enabled and FENCE_BYTES + len(mark) != compaction.room:
+                self.abandon_compaction()
+                return False
+            try:
+                os.lseek(fd, at, os.SEEK_SET)
+                self._write_all(fd, data)
+                for piece in range(0, compaction.zeros, len(_ZEROS)):
+                    self._write_all(fd, _ZEROS[:min(compaction.zeros - piece, len(_ZEROS))])
+                os.lseek(fd, 0, os.SEEK_SET)
+                if self._fsync_enabled:
+                    self._write_all(fd, _FENCE + place_records(mark, FENCE_BYTES, slot))
+                else:
+                    self._write_all(fd, _FENCE_NO_SYNC)
+            except OSError as exc:
+                raise self._write_failed(f"cannot write {tmp}", exc) from exc
+            if self._fsync_enabled:
+                # fsync, not fdatasync: the new file's metadata must be durable before the rename.
+                self._fsync(fd, f"fsync of {tmp}", "fsync_file", os.fsync)
+            os.close(fd)
+            compaction.fd = None
+            self._put_in_place(tmp, self.path / log_file_name(slot), "before_log_rename", "after_log_rename")
+        except BaseException:
+            self.abandon_compaction()
+            raise
+        self._compaction = None
+        marked_end = end if self._fsync_enabled else 0
+        self._open_log(self.path / log_file_name(slot), durable=self._fsync_enabled, end=marked_end or None,
+                       marked_end=marked_end, placed=slot,
+                       marked_size=end + compaction.zeros if self._fsync_enabled else 0)
+        self._log_kept = self._log_end
+        try:
+            self._delete_older_than(slot)
+        except OSError as exc:
+            raise _io_error(f"cannot delete old snapshots and logs in {self.path}", exc) from exc
+        return True
+
+    def abandon_compaction(self) -> None:
+        """Forget a compaction under way (no-op if none): close and delete its temp file. The log stays
+        as it is (appends went on to it); the next snapshot compacts it."""
+        compaction, self._compaction = self._compaction, None
+        if compaction is None:
+            return
+        if compaction.fd is not None:
+            try:
+                os.close(compaction.fd)
+            except OSError:
+                pass
+        if compaction.tmp is not None:
+            try:
+                compaction.tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # on open, a leftover .tmp is deleted anyway
+
     def crash_drop_unsynced(self, rng: random.Random | None = None, page_bytes: int = 4096) -> None:
         """Test seam: act like a power cut, then close; reopen the directory to see what survived.
         Buffered records are dropped.
@@ -2019,6 +2185,7 @@ class Storage:
         if self._closed:
             return
         self._closed = True
+        self.abandon_compaction()
         self._pending.clear()
         self._pending_bytes = 0
         if self._log_fd is not None:

@@ -1119,6 +1119,19 @@ CHILD = textwrap.dedent(
         state = DurableState.replay(records)
         state.compact(6)
         storage.write_snapshot(6, b"snapshot at six", state)
+    if sys.argv[2] == "two-step":  # the server's way: the log is compacted while records are appended
+        state = DurableState.replay(records)
+        state.compact(6)
+        storage.write_snapshot_file(6, b"snapshot at six")
+        storage.begin_compaction(6, state)
+        storage.append([AcceptRecord(s, Ballot(4, 2), (b"w%d" % s,)) for s in (11, 12)])
+        storage.fsync_through(storage.flush())
+        if len(sys.argv) > 3:
+            open(sys.argv[3], "w").close()  # (a failpoint "...@FLAG" fires from here on)
+        storage.write_compaction()
+        storage.append([DecideRecord(11, (b"w11",))])
+        storage.fsync_through(storage.flush())
+        storage.finish_compaction()
     storage.close()
     print("survived")
     """
@@ -1129,12 +1142,17 @@ CHILD_RECORDS = (
     + [AcceptRecord(s, Ballot(4, 2), (b"v%d" % s,)) for s in range(1, 11)]
     + [DecideRecord(s, (b"v%d" % s,)) for s in range(1, 9)]
 )
+CHILD_TWO_STEP_RECORDS = CHILD_RECORDS + [AcceptRecord(s, Ballot(4, 2), (b"w%d" % s,)) for s in (11, 12)] + [
+    DecideRecord(11, (b"w11",))]
 
 
-def run_child(data_dir: Path, mode: str, failpoint: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, KV_FAILPOINTS=f"{failpoint}=exit")
+def run_child(data_dir: Path, mode: str, failpoint: str, flag: Path | None = None) -> subprocess.CompletedProcess:
+    """The child writes CHILD_RECORDS in ``mode`` and dies at ``failpoint`` (with ``flag``: only once the
+    child has created that file)."""
+    env = dict(os.environ, KV_FAILPOINTS=f"{failpoint}=exit" + (f"@{flag}" if flag else ""))
     return subprocess.run(
-        [sys.executable, "-c", CHILD, str(data_dir), mode], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", CHILD, str(data_dir), mode, *([str(flag)] if flag else [])], env=env,
+        capture_output=True, text=True, timeout=60,
     )
 
 
@@ -1177,6 +1195,101 @@ def test_crash_at_each_compaction_step_recovers_a_consistent_state(tmp_path, fai
         log_file_name(0), "meta.json",
     ]
     assert names == expected
+
+
+@pytest.mark.parametrize("failpoint", ["fsync_file", "before_log_rename", "after_log_rename", "none"])
+def test_a_crash_in_a_two_step_compaction_recovers_every_record_appended_meanwhile(tmp_path, failpoint):
+    """The server compacts in two steps (``begin_compaction``, ``write_compaction`` in a worker thread,
+    ``finish_compaction``) and appends meanwhile: a crash at any step recovers the snapshot and every
+    record synced before it, those appended during the compaction included; recovery tidies up."""
+    flag = tmp_path.parent / f"{tmp_path.name}.flag"  # (the compaction's fsyncs, not meta.json's)
+    result = run_child(tmp_path, "two-step", failpoint, flag if failpoint == "fsync_file" else None)
+    if failpoint == "none":
+        assert result.returncode == 0 and "survived" in result.stdout, result.stderr
+    else:
+        assert result.returncode == 1, result.stderr
+    with Storage.open(tmp_path, node_id=2, cluster_id="fp") as storage:
+        assert storage.snapshot == (6, b"snapshot at six")
+        # (at fsync_file the child dies writing the bulk, before it appends the last record)
+        appended = CHILD_TWO_STEP_RECORDS[:-1] if failpoint == "fsync_file" else CHILD_TWO_STEP_RECORDS
+        assert storage.recovered == DurableState.replay(appended, snapshot_slot=6)
+    names = sorted(p.name for p in tmp_path.glob("*.*"))
+    assert names in ([log_file_name(0), "meta.json", snapshot_file_name(6)],
+                     [log_file_name(6), "meta.json", snapshot_file_name(6)])
+    if failpoint in ("after_log_rename", "none"):
+        assert log_file_name(6) in names
+
+
+def test_a_two_step_compaction_beside_a_worker_that_fsyncs(tmp_path):
+    """The server's threads: the owner appends and flushes, a worker fsyncs, another writes the
+    compaction's bulk; the owner then finishes it. The new log holds the snapshot's state and every
+    record appended meanwhile; appends go on to it; the older files are gone."""
+    import threading
+
+    records = sample_records(40)
+    storage = open_preallocated(tmp_path)
+    storage.append(records[:30])
+    storage.sync()
+    storage.write_snapshot_file(20, b"snap")
+    state = DurableState.replay(records[:30])
+    state.compact(20)
+    storage.begin_compaction(20, state)
+    errors: list[BaseException] = []
+
+    def write():
+        try:
+            storage.write_compaction()
+        except BaseException as exc:  # (reported by the assert below)
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    for record in records[30:38]:  # appended while the bulk is written
+        storage.append([record])
+        storage.fsync_through(storage.flush())
+    writer.join(30)
+    assert not errors, errors
+    assert storage.finish_compaction() is True
+    assert storage.log_bytes_kept == storage.log_bytes
+    storage.append(records[38:])
+    storage.sync()
+    storage.close()
+    assert sorted(p.name for p in tmp_path.glob("*.*")) == [log_file_name(20), "meta.json", snapshot_file_name(20)]
+    with open_preallocated(tmp_path) as reopened:
+        assert reopened.snapshot == (20, b"snap")
+        assert reopened.recovered == DurableState.replay(records, snapshot_slot=20)
+
+
+def test_an_abandoned_compaction_leaves_the_log_as_it_was(tmp_path, monkeypatch):
+    """A compaction that cannot finish (here: the covering mark would not fit its room, as past 4 GiB)
+    is abandoned: its temp file goes, the log keeps every record, ``compact_log`` still works."""
+    import kvstore.storage as storage_module
+
+    records = sample_records(30)
+    storage = open_preallocated(tmp_path)
+    storage.append(records[:25])
+    storage.sync()
+    storage.write_snapshot_file(20, b"snap")
+    state = DurableState.replay(records[:25])
+    state.compact(20)
+    storage.begin_compaction(20, state)
+    storage.write_compaction()
+    assert list(tmp_path.glob("*" + storage_module.TMP_SUFFIX))
+    storage.append(records[25:])
+    storage.fsync_through(storage.flush())
+    real = storage_module._covering_mark
+    monkeypatch.setattr(storage_module, "_covering_mark", lambda *a: real(*a) + b"x")
+    assert storage.finish_compaction() is False
+    monkeypatch.setattr(storage_module, "_covering_mark", real)
+    assert not list(tmp_path.glob("*" + storage_module.TMP_SUFFIX))
+    with pytest.raises(StorageError, match="without write_compaction"):
+        storage.finish_compaction()
+    whole = DurableState.replay(records)
+    whole.compact(20)
+    storage.compact_log(20, whole)
+    storage.close()
+    with open_preallocated(tmp_path) as reopened:
+        assert reopened.recovered == DurableState.replay(records, snapshot_slot=20)
 
 
 def test_without_failpoints_the_child_finishes(tmp_path):
@@ -1292,3 +1405,17 @@ def test_a_members_log_that_is_gone_or_empty_is_refused_not_started_afresh(tmp_p
     only_log(fresh).unlink()
     with Storage.open(fresh, node_id=1, cluster_id=CLUSTER) as storage:
         assert storage.recovered == DurableState()
+
+
+def test_a_node_killed_while_it_first_wrote_its_meta_file_starts_again(tmp_path):
+    """A crash during the very first open, at the fsync of meta.json's temp file: the next open wrote a
+    new meta.json through the same temp name, then failed to delete the leftover it had listed ("cannot
+    remove temp files": the node could never start again without a hand in its directory)."""
+    flag = tmp_path.parent / f"{tmp_path.name}.flag"
+    flag.touch()
+    result = run_child(tmp_path, "log", "fsync_file", flag)
+    assert result.returncode == 1 and "survived" not in result.stdout, result.stderr
+    assert (tmp_path / "meta.json.tmp").exists() and not (tmp_path / "meta.json").exists()
+    with Storage.open(tmp_path, node_id=2, cluster_id="fp") as storage:
+        assert storage.recovered == DurableState()
+    assert not (tmp_path / "meta.json.tmp").exists()
