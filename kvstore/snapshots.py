@@ -166,28 +166,36 @@ class Snapshots:
 
     async def complete(self, slot: int) -> None:
         """In the driver: the new log's bulk is written; add what was appended since (a short write and
-        fsync) and put it in place (``Storage.finish_compaction``; ``compact_log`` if it cannot)."""
+        fsync) and put it in place (``Storage.finish_compaction``; ``compact_log`` if it cannot); the
+        older snapshot and log are deleted in a worker thread (``_delete_superseded``)."""
         node = self.node
         counters = node.counters
         storage = node.storage
+        finished = False
         try:
             await node.commit.wait_carried_out()  # every staged record is in the log before it is rewritten
             if node._fenced:
                 storage.abandon_compaction()
                 return
-            if not storage.finish_compaction():
+            finished = storage.finish_compaction()
+            if not finished:
                 await trio.to_thread.run_sync(storage.compact_log, slot, node.replica.durable_state(packed=True))
         except OutOfDescriptors as exc:
             # The snapshot file is in place and the log not yet rewritten: recovery uses the two
             # together, and appends go on to the old log until the next snapshot rewrites it.
+            finished = False
             self._postponed(slot, exc)
             return
         except StorageError as exc:
             # (A snapshot written without its log rewrite still recovers with the old log.)
+            finished = False
             node._stop_voting(exc)
             return
         finally:
-            self.busy = False
+            if finished:
+                node.nursery.start_soon(self._delete_superseded)  # (busy until it is done)
+            else:
+                self.busy = False
             node._send_replies()
         counters["snapshots"] += 1
         counters["snapshot_ms"] = self.write_ms
@@ -204,6 +212,15 @@ class Snapshots:
             # that size no follower is lazy (see Learner.should_be_lazy), so nothing is sent.
             standby = standby_of(node.learner.members, node.node_id)
             self.send_soon([p for p in node.peers if p not in (node.node_id, standby)])
+
+    async def _delete_superseded(self) -> None:
+        node = self.node
+        try:
+            await trio.to_thread.run_sync(node.storage.delete_superseded)
+        except StorageError as exc:
+            node._stop_voting(exc)  # (a failed fsync of the directory: the disk)
+        finally:
+            self.busy = False
 
     def _postponed(self, slot: int, exc: OutOfDescriptors) -> None:
         """A snapshot (or its log rewrite) found no file descriptor: not a disk failure (nothing on disk

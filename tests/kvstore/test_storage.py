@@ -1132,6 +1132,7 @@ CHILD = textwrap.dedent(
         storage.append([DecideRecord(11, (b"w11",))])
         storage.fsync_through(storage.flush())
         storage.finish_compaction()
+        storage.delete_superseded()
     storage.close()
     print("survived")
     """
@@ -1251,6 +1252,8 @@ def test_a_two_step_compaction_beside_a_worker_that_fsyncs(tmp_path):
     assert not errors, errors
     assert storage.finish_compaction() is True
     assert storage.log_bytes_kept == storage.log_bytes
+    assert log_file_name(0) in [p.name for p in tmp_path.glob("*.*")]  # (deleted by delete_superseded)
+    storage.delete_superseded()
     storage.append(records[38:])
     storage.sync()
     storage.close()
@@ -1419,3 +1422,32 @@ def test_a_node_killed_while_it_first_wrote_its_meta_file_starts_again(tmp_path)
     with Storage.open(tmp_path, node_id=2, cluster_id="fp") as storage:
         assert storage.recovered == DurableState()
     assert not (tmp_path / "meta.json.tmp").exists()
+
+
+def test_write_compaction_also_writes_the_records_appended_meanwhile_leaving_the_rest_to_finish(tmp_path):
+    """With 1 MiB values 10-60 MB were appended while the bulk was written: encoding and writing them in
+    the owner's step took 0.1-0.3 s of the event loop. ``write_compaction`` writes what was appended
+    meanwhile too (a few rounds, at least COMPACTION_TAIL_RECORDS_MIN records each); ``finish_compaction``
+    only what came after its last round."""
+    from kvstore.storage import COMPACTION_TAIL_RECORDS_MIN
+
+    records = sample_records(20) + [AcceptRecord(s, Ballot(2, 1), (b"t%d" % s,)) for s in range(21, 221)]
+    storage = open_preallocated(tmp_path)
+    storage.append(records[:20])
+    storage.sync()
+    storage.write_snapshot_file(10, b"snap")
+    state = DurableState.replay(records[:20])
+    state.compact(10)
+    storage.begin_compaction(10, state)
+    for record in records[20:200]:  # appended before the worker looks at the tail
+        storage.append([record])
+    storage.fsync_through(storage.flush())
+    storage.write_compaction()
+    assert 180 >= COMPACTION_TAIL_RECORDS_MIN and storage._compaction.tail_written == 180
+    storage.append(records[200:])
+    storage.fsync_through(storage.flush())
+    assert storage.finish_compaction() is True
+    storage.delete_superseded()
+    storage.close()
+    with open_preallocated(tmp_path) as reopened:
+        assert reopened.recovered == DurableState.replay(records, snapshot_slot=10)
