@@ -61,3 +61,21 @@ def test_membership_bench_prints_a_table(load):
     assert lines[3].split() == ["after", "0.0", "0.00", "-", "-", "0"]
     assert "longest gap between acknowledged writes 180.0 ms = 0.18 x the election timeout" in lines[4]
     assert "{" not in "\n".join(lines)
+
+
+def test_big_values_runs_briefly_and_reports_its_counts(tmp_path):
+    """``bench/big_values.py`` in a short form (3 nodes, 64 KiB values, 2 s): it starts its cluster,
+    writes, prints every figure, and stops its servers (no figure is judged here)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "big_values.py"), "--seconds", "2", "--value-kib", "64", "--keys", "8",
+         "--writers", "2", "--root", str(tmp_path / "cluster")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = dict(line.split(None, 1) for line in result.stdout.splitlines()[1:])
+    assert int(figures["puts"]) > 0 and figures["failed"].strip() == "0"
+    assert {"p99_ms", "max_ms", "leader_changes", "stepped_down_no_quorum", "peak_rss_mib"} <= figures.keys()
+    assert all((tmp_path / "cluster" / f"node-{i}.log").exists() for i in (1, 2, 3))
