@@ -732,7 +732,8 @@ def status_command(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
 NodeArgument = Annotated[int, typer.Argument(help="The node id (1..N).", show_default=False)]
 
 
-def _signal_command(ctx: typer.Context, node_id: int, data_dir: Path | None, action: str) -> None:
+def _signal_command(ctx: typer.Context, node_id: int, data_dir: Path | None, action: str, *,
+                    crash: bool = False) -> None:
     settings = _settings(ctx)
     cluster_dir = _cluster_dir(data_dir)
     with reporting_errors(settings):
@@ -754,10 +755,17 @@ def _signal_command(ctx: typer.Context, node_id: int, data_dir: Path | None, act
             if shutil.which(python) is None:  # before the node is killed (QA: killed, then not started)
                 raise OperationFailed(f"node {node_id}'s command line runs {python}, which no longer exists; "
                                       "bring the cluster down and up with this kv (kv cluster down; kv cluster up)")
-            if process != "dead":
+            if process != "dead" and crash:
                 _signal(node["pid"], signal.SIGKILL)
                 if not _wait_dead([node], KILL_WAIT_SECONDS, {}):
                     raise OperationFailed(f"node {node_id} (pid {node['pid']}) did not die")
+            elif process != "dead":
+                # As a service manager would: SIGTERM, so that a leader hands over first (a new leader
+                # within tens of ms instead of an election timeout), then SIGKILL after a bounded wait.
+                pid = node["pid"]
+                stop_nodes([node], quiet=True)  # (pid None once it is dead)
+                if node.get("pid") is not None:
+                    raise OperationFailed(f"node {node_id} (pid {pid}) did not die")
             # A killed process's main thread is a zombie ("dead" above) before its last thread has
             # closed the listening socket: give the port a moment (QA: 2 in 8 restarts of a live node
             # failed here, leaving it down).
@@ -788,10 +796,13 @@ def kill_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirOpt
     _signal_command(ctx, node_id, data_dir, "kill")
 
 
-@cluster_app.command("restart", epilog="Example: kv cluster restart 2")
-def restart_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirOption = None) -> None:
-    """Start node N again with the same arguments (SIGKILL it first if it is alive)."""
-    _signal_command(ctx, node_id, data_dir, "restart")
+@cluster_app.command("restart", epilog="Examples: kv cluster restart 2; kv cluster restart 2 --kill")
+def restart_command(ctx: typer.Context, node_id: NodeArgument, data_dir: DataDirOption = None,
+                    kill: Annotated[bool, typer.Option(
+                        "--kill", help="SIGKILL it first (a crash and a restart), not SIGTERM")] = False) -> None:
+    """Start node N again with the same arguments. A live node is stopped first with SIGTERM (a leader
+    hands over to another voter first), then SIGKILL if it has not stopped within 5 s; --kill: SIGKILL."""
+    _signal_command(ctx, node_id, data_dir, "restart", crash=kill)
 
 
 @cluster_app.command("pause", epilog="Example: kv cluster pause 1")

@@ -161,6 +161,18 @@ def test_detached_cluster_survives_follower_and_leader_crash(kv):
     assert f"restarted node {follower} (pid".encode() in restarted.stdout, restarted
     kv.wait_converged(3)
 
+    # restart the leader: SIGTERM (it hands over and stops cleanly), not a crash; --kill crashes it
+    leader = kv.leader_id()
+    log_file = Path(next(n["log_file"] for n in kv.state()["nodes"] if n["id"] == leader))
+    kv("cluster", "restart", str(leader))
+    assert f"node {leader}: SIGTERM received".encode() in log_file.read_bytes()
+    assert kv("--command-timeout", "15", "put", "after-leader-restart", "1").stdout == b"OK\n"
+    log_file.write_bytes(b"")
+    kv("cluster", "restart", str(leader), "--kill")
+    assert b"SIGTERM received" not in log_file.read_bytes()
+    kv("--command-timeout", "15", "put", "after-leader-restart", "2")
+    kv.wait_converged(3)
+
     # crash the leader: a new one is elected and writes go on
     leader = kv.leader_id()
     kv("cluster", "kill", str(leader))
@@ -170,7 +182,7 @@ def test_detached_cluster_survives_follower_and_leader_crash(kv):
     new_leader = kv.leader_id()
     assert new_leader != leader
     survivors = kv.wait_converged(2)
-    assert all(s.get("keys") == 4 for s in survivors if "keys" in s)
+    assert all(s.get("keys") == 5 for s in survivors if "keys" in s)
 
     status = kv("cluster", "status").stdout.decode()
     assert f"node {leader}: port={base + leader - 1} pid=- process=dead" in status
