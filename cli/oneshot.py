@@ -122,16 +122,20 @@ def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool =
         if not prefix:
             _check_sizes(key)
         records: list[dict[str, Any]] = []
+        more = False
         with open_oneshot_client(settings) as client:
             if prefix:
                 try:
-                    items = client.list(key, keys_only=keys_only, consistency=consistency, limit=limit)
+                    # (one more than asked: whether the limit cut the range, etcd's "more")
+                    items = client.list(key, keys_only=keys_only, consistency=consistency,
+                                        limit=limit + 1 if 0 < limit < 1 << 62 else limit)
                 except RequestError as exc:
                     if exc.code != TOO_LARGE:
                         raise
                     raise OperationFailed(f"{exc}; or write the whole range as JSON lines: kv dump --prefix "
                                           f"{shlex.quote(key)} FILE") from None
-                for k, v in items:
+                more = bool(limit) and len(items) > limit
+                for k, v in items[:limit] if more else items:
                     records.append(_entry_record(k, v, keys_only=keys_only))
             else:
                 entry = client.get_entry(key, consistency=consistency)
@@ -141,13 +145,15 @@ def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool =
             if settings.write_out is OutputFormat.json:
                 print_json({"kvs": [], "count": 0})
             raise OperationFailed(f"key not found: {key}")
-        _print_records(settings, records, keys_only=keys_only, values_only=print_value_only)
+        _print_records(settings, records, keys_only=keys_only, values_only=print_value_only,
+                       more=more if prefix else None)
 
 
 def _print_records(settings: Settings, records: list[dict[str, Any]], *, keys_only: bool,
-                   values_only: bool = False) -> None:
+                   values_only: bool = False, more: bool | None = None) -> None:
+    """``more`` (a prefix's): whether ``--limit`` left keys of the range out (said in -w json)."""
     if settings.write_out is OutputFormat.json:
-        print_json({"kvs": records, "count": len(records)})
+        print_json({"kvs": records, "count": len(records), **({} if more is None else {"more": more})})
     elif settings.write_out is OutputFormat.table:
         headers = ["KEY"] if keys_only else ["KEY", "VALUE"]
         extra = [n for n in ("version", "mod_revision") if any(n in r for r in records)]
@@ -243,9 +249,12 @@ def ls(settings: Settings, prefix: str = "", *, consistency: str = "l", limit: i
     with reporting_errors(settings):
         settings.endpoints()
         with open_oneshot_client(settings) as client:
-            keys = [k for k, _ in client.list(prefix, keys_only=True, consistency=consistency, limit=limit)]
+            keys = [k for k, _ in client.list(prefix, keys_only=True, consistency=consistency,
+                                              limit=limit + 1 if 0 < limit < 1 << 62 else limit)]
+        more = bool(limit) and len(keys) > limit  # (one more than asked: whether the limit cut the range)
+        keys = keys[:limit] if more else keys
         if settings.write_out is OutputFormat.json:
-            print_json({"keys": keys, "count": len(keys)})
+            print_json({"keys": keys, "count": len(keys), "more": more})
         elif settings.write_out is OutputFormat.table:
             print_table(["KEY"], [[k] for k in keys])
         else:

@@ -159,14 +159,15 @@ def test_get_prefix_keys_only(fake):
 
 
 def test_get_limit_and_print_value_only_as_etcdctl(fake):
-    """``--limit N`` with ``--prefix`` asks the node for the first N keys in key order;
+    """``--limit N`` with ``--prefix`` asks the node for the first N keys in key order (and one more, to
+    know whether the range goes on: ``more`` in -w json);
     ``--print-value-only`` prints the values without their key lines. Together with --keys-only, or
     --limit without --prefix, they are usage errors (exit 2)."""
     for key, value in (("user/c", "3"), ("user/a", "1"), ("user/b", "2")):
         fake.set(key, value)
     result = run(*EP, "get", "--prefix", "--limit", "2", "user/")
     assert result.exit_code == 0 and result.stdout == "user/a\n1\nuser/b\n2\n"
-    assert fake.calls[-1][-1]["limit"] == 2
+    assert fake.calls[-1][-1]["limit"] == 3
     result = run(*EP, "get", "--prefix", "--print-value-only", "user/")
     assert result.exit_code == 0 and result.stdout == "1\n2\n3\n"
     result = run(*EP, "get", "--print-value-only", "user/b")
@@ -278,7 +279,22 @@ def test_ls_lists_keys_in_order(fake):
         fake.set(key, "x")
     assert run(*EP, "ls").stdout == "a\nb\nc/1\n"
     assert run(*EP, "ls", "c/").stdout == "c/1\n"
-    assert json.loads(run(*EP, "-w", "json", "ls").stdout) == {"keys": ["a", "b", "c/1"], "count": 3}
+    assert json.loads(run(*EP, "-w", "json", "ls").stdout) == {"keys": ["a", "b", "c/1"], "count": 3,
+                                                                "more": False}
+
+
+def test_a_limit_that_cuts_the_range_says_more_in_json(fake):
+    """etcdctl users read ``more`` to page through a range: true when --limit left keys out (the
+    client asks for one more than the limit to know)."""
+    for key in ("a", "b", "c/1"):
+        fake.set(key, "x")
+    cut = json.loads(run(*EP, "-w", "json", "get", "--prefix", "", "--limit", "2").stdout)
+    assert [r["key"] for r in cut["kvs"]] == ["a", "b"] and cut["count"] == 2 and cut["more"] is True
+    whole = json.loads(run(*EP, "-w", "json", "get", "--prefix", "", "--limit", "3").stdout)
+    assert [r["key"] for r in whole["kvs"]] == ["a", "b", "c/1"] and whole["more"] is False
+    assert json.loads(run(*EP, "-w", "json", "get", "--prefix", "").stdout)["more"] is False
+    assert run(*EP, "get", "--prefix", "", "--limit", "2", "--keys-only").stdout == "a\nb\n"
+    assert json.loads(run(*EP, "-w", "json", "ls", "--limit", "1").stdout) == {"keys": ["a"], "count": 1, "more": True}
 
 
 # --- endpoints -----------------------------------------------------------------------------------
