@@ -1420,13 +1420,7 @@ class Storage:
         ``data`` is the file's bytes, or a function that writes them to the descriptor it is given.
         """
         final = self.path / name
-        tmp = self.path / (name + TMP_SUFFIX)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                raise OutOfDescriptors(f"cannot create {tmp}: {exc.strerror}") from exc
-            raise _io_error(f"cannot create {tmp}", exc) from exc
+        fd, tmp = self._create_tmp(name)
         try:
             try:
                 try:
@@ -1448,6 +1442,17 @@ class Storage:
                 pass  # on open, a leftover .tmp is deleted anyway
             raise
         self._put_in_place(tmp, final, before, after)
+
+    def _create_tmp(self, name: str) -> tuple[int, Path]:
+        """Create (or truncate) the temp file ``name`` + ``TMP_SUFFIX``; its descriptor and path.
+        ``OutOfDescriptors`` if the process has no descriptor left, ``StorageError`` otherwise."""
+        tmp = self.path / (name + TMP_SUFFIX)
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), tmp
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise OutOfDescriptors(f"cannot create {tmp}: {exc.strerror}") from exc
+            raise _io_error(f"cannot create {tmp}", exc) from exc
 
     def _put_in_place(self, tmp: Path, final: Path, before: str | None, after: str | None) -> None:
         """Rename the written and synced ``tmp`` to ``final`` and fsync the directory (failpoints
@@ -2060,13 +2065,7 @@ class Storage:
             raise StorageError("write_compaction without begin_compaction")
         records = DurableState.replay(compaction.state.records(), snapshot_slot=compaction.slot).records
         compaction.state = None
-        tmp = self.path / (log_file_name(compaction.slot) + TMP_SUFFIX)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                raise OutOfDescriptors(f"cannot create {tmp}: {exc.strerror}") from exc
-            raise _io_error(f"cannot create {tmp}", exc) from exc
+        fd, tmp = self._create_tmp(log_file_name(compaction.slot))
         compaction.fd, compaction.tmp = fd, tmp
         compaction.zeros = min(self._preallocate, REWRITE_ZEROS_MAX) if self._fsync_enabled else 0
         # (the covering mark's width: 28 bytes with zeros, else 15 below 4 GiB; finish_compaction checks)

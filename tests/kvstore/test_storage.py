@@ -1221,6 +1221,19 @@ def test_a_crash_in_a_two_step_compaction_recovers_every_record_appended_meanwhi
         assert log_file_name(6) in names
 
 
+def _compaction_begun(tmp_path: Path, records: list, synced: int, slot: int) -> Storage:
+    """A preallocated Storage holding ``records[:synced]``, a snapshot file at ``slot`` and a two-step
+    compaction to it begun (``begin_compaction``), as the server starts one."""
+    storage = open_preallocated(tmp_path)
+    storage.append(records[:synced])
+    storage.sync()
+    storage.write_snapshot_file(slot, b"snap")
+    state = DurableState.replay(records[:synced])
+    state.compact(slot)
+    storage.begin_compaction(slot, state)
+    return storage
+
+
 def test_a_two_step_compaction_beside_a_worker_that_fsyncs(tmp_path):
     """The server's threads: the owner appends and flushes, a worker fsyncs, another writes the
     compaction's bulk; the owner then finishes it. The new log holds the snapshot's state and every
@@ -1228,13 +1241,7 @@ def test_a_two_step_compaction_beside_a_worker_that_fsyncs(tmp_path):
     import threading
 
     records = sample_records(40)
-    storage = open_preallocated(tmp_path)
-    storage.append(records[:30])
-    storage.sync()
-    storage.write_snapshot_file(20, b"snap")
-    state = DurableState.replay(records[:30])
-    state.compact(20)
-    storage.begin_compaction(20, state)
+    storage = _compaction_begun(tmp_path, records, 30, 20)
     errors: list[BaseException] = []
 
     def write():
@@ -1269,13 +1276,7 @@ def test_an_abandoned_compaction_leaves_the_log_as_it_was(tmp_path, monkeypatch)
     import kvstore.storage as storage_module
 
     records = sample_records(30)
-    storage = open_preallocated(tmp_path)
-    storage.append(records[:25])
-    storage.sync()
-    storage.write_snapshot_file(20, b"snap")
-    state = DurableState.replay(records[:25])
-    state.compact(20)
-    storage.begin_compaction(20, state)
+    storage = _compaction_begun(tmp_path, records, 25, 20)
     storage.write_compaction()
     assert list(tmp_path.glob("*" + storage_module.TMP_SUFFIX))
     storage.append(records[25:])
@@ -1432,13 +1433,7 @@ def test_write_compaction_also_writes_the_records_appended_meanwhile_leaving_the
     from kvstore.storage import COMPACTION_TAIL_RECORDS_MIN
 
     records = sample_records(20) + [AcceptRecord(s, Ballot(2, 1), (b"t%d" % s,)) for s in range(21, 221)]
-    storage = open_preallocated(tmp_path)
-    storage.append(records[:20])
-    storage.sync()
-    storage.write_snapshot_file(10, b"snap")
-    state = DurableState.replay(records[:20])
-    state.compact(10)
-    storage.begin_compaction(10, state)
+    storage = _compaction_begun(tmp_path, records, 20, 10)
     for record in records[20:200]:  # appended before the worker looks at the tail
         storage.append([record])
     storage.fsync_through(storage.flush())
