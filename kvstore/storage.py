@@ -972,23 +972,25 @@ def _io_error(message: str, exc: OSError) -> StorageError:
 COMPACTION_TAIL_ROUNDS = 3
 """Rounds in which ``write_compaction`` also writes what was appended meanwhile ..."""
 COMPACTION_TAIL_RECORDS_MIN = 64
-"""... while at least this many records are waiting (fewer are left to ``finish_compaction``)."""
+COMPACTION_TAIL_BYTES_MIN = 1 << 20
+"""... while at least this many records, or bytes of them, are waiting (less is left to ``finish_compaction``)."""
 
 REWRITE_ZEROS_MAX = 1 << 20
-"""Zeros a log written in two steps starts with (``Storage.finish_compaction``): more are written ahead
-by the next ``fsync_through``, in the committer's thread, as the log fills."""
+"""Zeros ``Storage.finish_compaction`` adds when the records it writes reach past those ``write_compaction``
+wrote (a step's worth): more are written ahead by the next ``fsync_through``, in the committer's thread."""
 
 
 class _Compaction:
     """A compaction under way (``Storage.begin_compaction`` .. ``finish_compaction``)."""
 
-    __slots__ = ("slot", "state", "tail", "tail_written", "fd", "tmp", "room", "content", "zeros")
+    __slots__ = ("slot", "state", "tail", "tail_written", "tail_bytes", "fd", "tmp", "room", "content", "zeros")
 
     def __init__(self, slot: int, state: DurableState) -> None:
         self.slot = slot
         self.state: DurableState | None = state  # what the log must hold above ``slot`` (then dropped)
         self.tail: list[object] = []  # the records appended since begin_compaction, in order
         self.tail_written = 0  # ... how many of them write_compaction wrote too
+        self.tail_bytes = 0  # ... and the bytes they took in the old log (about what they take here)
         self.fd: int | None = None  # the new log's temp file, once write_compaction opened it
         self.tmp: Path | None = None
         self.room = 0  # where its records start: after the fence and the room for its covering mark
@@ -1635,9 +1637,19 @@ class Storage:
             marked_size = marked_end + zeros
 
         self._write_file_atomically(name, write, "before_log_rename", "after_log_rename")
-        # With fsync off nothing this Storage wrote is durable, not even a rewritten log.
-        self._open_log(self.path / name, durable=self._fsync_enabled, end=marked_end or None, marked_end=marked_end,
-                       placed=slot, marked_size=marked_size)
+        self._switch_to_log(self.path / name, slot, marked_end, marked_size)
+
+    def _switch_to_log(self, path: Path, slot: int, marked_end: int, marked_size: int) -> None:
+        """Append to the log just renamed into place (``marked_end``, ``marked_size``: its covering mark's;
+        0 with fsync off) from now on. A failure here breaks the Storage: the old log is superseded on
+        disk, and records appended to it would be lost at the next open."""
+        try:
+            # With fsync off nothing this Storage wrote is durable, not even a rewritten log.
+            self._open_log(path, durable=self._fsync_enabled, end=marked_end or None, marked_end=marked_end,
+                           placed=slot, marked_size=marked_size)
+        except StorageError as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else OSError(errno.EIO, str(exc))
+            raise self._fail(f"opening {path} after renaming it into place", cause) from exc
         self._log_kept = self._log_end
 
     def _delete_older_than(self, slot: int) -> None:
@@ -1804,6 +1816,7 @@ class Storage:
             self._pending_bytes += len(data)
             if self._compaction is not None:
                 self._compaction.tail.extend(records)  # (the new log gets them too: finish_compaction)
+                self._compaction.tail_bytes += len(data)
 
     def _grow_durably(self, end: int) -> bool:
         """Before records are appended up to byte ``end`` past every length a mark claims: make the file
@@ -2067,7 +2080,7 @@ class Storage:
         compaction.state = None
         fd, tmp = self._create_tmp(log_file_name(compaction.slot))
         compaction.fd, compaction.tmp = fd, tmp
-        compaction.zeros = min(self._preallocate, REWRITE_ZEROS_MAX) if self._fsync_enabled else 0
+        compaction.zeros = self._preallocate if self._fsync_enabled else 0
         # (the covering mark's width: 28 bytes with zeros, else 15 below 4 GiB; finish_compaction checks)
         compaction.room = FENCE_BYTES + (len(_covering_mark(0, compaction.zeros, FENCE_BYTES))
                                          if self._fsync_enabled else 0)
@@ -2084,9 +2097,11 @@ class Storage:
         # what one round's write took (with 1 MiB values the tail after the bulk was 10-60 MB: 0.1-0.3 s
         # of encoding and writing in the event loop). The owner extends the tail with whole appends
         # (one list.extend each), so a prefix taken here is whole appends too.
+        written_bytes = 0
         for _ in range(COMPACTION_TAIL_ROUNDS):
-            taken = len(compaction.tail)
-            if taken - compaction.tail_written < COMPACTION_TAIL_RECORDS_MIN:
+            taken, taken_bytes = len(compaction.tail), compaction.tail_bytes  # (a stale count: one round less)
+            if (taken - compaction.tail_written < COMPACTION_TAIL_RECORDS_MIN
+                    and taken_bytes - written_bytes < COMPACTION_TAIL_BYTES_MIN):
                 break
             data = encode_records(compaction.tail[compaction.tail_written:taken],
                                   compaction.room + compaction.content, compaction.slot)
@@ -2095,7 +2110,18 @@ class Storage:
             except OSError as exc:
                 raise self._write_failed(f"cannot write {tmp}", exc) from exc
             compaction.content += len(data)
-            compaction.tail_written = taken
+            compaction.tail_written, written_bytes = taken, taken_bytes
+            if self._fsync_enabled:
+                self._fsync(fd, f"fdatasync of {tmp}", "fsync_file", self._fdatasync)
+        if compaction.zeros:
+            # The zeros ahead, a whole step of them, here rather than in the owner's step: the records
+            # left for finish_compaction go over their start (QA: with 1 MiB of zeros and a step grown to
+            # 32 MiB, the first batch after the switch grew the log in the event loop).
+            try:
+                for piece in range(0, compaction.zeros, len(_ZEROS)):
+                    self._write_all(fd, _ZEROS[:min(compaction.zeros - piece, len(_ZEROS))])
+            except OSError as exc:
+                raise self._write_failed(f"cannot write {tmp}", exc) from exc
             if self._fsync_enabled:
                 self._fsync(fd, f"fdatasync of {tmp}", "fsync_file", self._fdatasync)
 
@@ -2117,15 +2143,20 @@ class Storage:
             rest = compaction.tail[compaction.tail_written:]
             data = encode_records(rest, at, slot) if rest else b""
             end = at + len(data)
-            mark = _covering_mark(end - compaction.room, compaction.zeros, FENCE_BYTES)
+            # The records go over the start of the zeros write_compaction wrote after its own; more only
+            # if they reach past them (the covering mark's form needs zeros after the records).
+            zeros_end = at + compaction.zeros
+            more_zeros = REWRITE_ZEROS_MAX if compaction.zeros and end >= zeros_end else 0
+            zeros = zeros_end - end if end < zeros_end else more_zeros
+            mark = _covering_mark(end - compaction.room, zeros, FENCE_BYTES)
             if self._fsync_enabled and FENCE_BYTES + len(mark) != compaction.room:
                 self.abandon_compaction()
                 return False
             try:
                 os.lseek(fd, at, os.SEEK_SET)
                 self._write_all(fd, data)
-                for piece in range(0, compaction.zeros, len(_ZEROS)):
-                    self._write_all(fd, _ZEROS[:min(compaction.zeros - piece, len(_ZEROS))])
+                for piece in range(0, more_zeros, len(_ZEROS)):
+                    self._write_all(fd, _ZEROS[:min(more_zeros - piece, len(_ZEROS))])
                 os.lseek(fd, 0, os.SEEK_SET)
                 if self._fsync_enabled:
                     self._write_all(fd, _FENCE + place_records(mark, FENCE_BYTES, slot))
@@ -2143,11 +2174,8 @@ class Storage:
             self.abandon_compaction()
             raise
         self._compaction = None
-        marked_end = end if self._fsync_enabled else 0
-        self._open_log(self.path / log_file_name(slot), durable=self._fsync_enabled, end=marked_end or None,
-                       marked_end=marked_end, placed=slot,
-                       marked_size=end + compaction.zeros if self._fsync_enabled else 0)
-        self._log_kept = self._log_end
+        self._switch_to_log(self.path / log_file_name(slot), slot, end if self._fsync_enabled else 0,
+                            end + zeros if self._fsync_enabled else 0)
         return True
 
     def delete_superseded(self) -> None:

@@ -1446,3 +1446,83 @@ def test_write_compaction_also_writes_the_records_appended_meanwhile_leaving_the
     storage.close()
     with open_preallocated(tmp_path) as reopened:
         assert reopened.recovered == DurableState.replay(records, snapshot_slot=10)
+
+
+def test_a_tail_of_few_large_records_is_written_by_the_worker_too(tmp_path):
+    """QA: with 1 MiB values a compaction's tail was under 64 records, so the worker wrote none of it and
+    up to 63 MiB were left to finish_compaction, in the event loop. A round also runs for a tail of
+    COMPACTION_TAIL_BYTES_MIN bytes."""
+    from kvstore.storage import COMPACTION_TAIL_BYTES_MIN, COMPACTION_TAIL_RECORDS_MIN
+
+    big = [AcceptRecord(s, Ballot(2, 1), (bytes([s]) * (COMPACTION_TAIL_BYTES_MIN // 8),)) for s in range(21, 31)]
+    base = sample_records(20)
+    records = base + big
+    storage = _compaction_begun(tmp_path, records, len(base), 10)
+    for record in big:  # ten records, over a MiB
+        storage.append([record])
+    storage.fsync_through(storage.flush())
+    storage.write_compaction()
+    assert len(big) < COMPACTION_TAIL_RECORDS_MIN and storage._compaction.tail_written == len(big)
+    assert storage.finish_compaction() is True
+    storage.close()
+    with open_preallocated(tmp_path) as reopened:
+        assert reopened.recovered == DurableState.replay(records, snapshot_slot=10)
+
+
+def test_a_log_compacted_in_two_steps_keeps_a_step_of_zeros_ahead(tmp_path, grown):
+    """QA: the new log came with 1 MiB of zeros while the step had grown to 32 MiB, so the first batch
+    after the switch grew the log in the event loop (zeros and an fdatasync). write_compaction writes a
+    whole step, and the records finish_compaction adds go over its start."""
+    storage = open_preallocated(tmp_path, preallocate=4096)
+    records = [AcceptRecord(s, Ballot(1, 1), (bytes([s]) * 100_000,)) for s in range(1, 11)]
+    storage.append(records)  # a batch larger than the step: the step grows to twice it
+    storage.sync()
+    step = storage._preallocate
+    assert step >= 2 << 20 and len(grown) == 1  # (more than the 1 MiB a new log came with)
+    storage.write_snapshot_file(5, b"snap")
+    state = DurableState.replay(records)
+    state.compact(5)
+    storage.begin_compaction(5, state)
+    storage.write_compaction()
+    storage.append([AcceptRecord(11, Ballot(1, 1), (b"x" * 1000,))])  # left for finish_compaction
+    storage.fsync_through(storage.flush())
+    assert storage.finish_compaction() is True
+    storage.delete_superseded()
+    assert only_log(tmp_path).stat().st_size >= storage.log_bytes + step - 2000
+    storage.append([AcceptRecord(12, Ballot(1, 1), (b"y" * (step // 2 + 300_000),))])
+    storage.fsync_through(storage.flush())
+    assert len(grown) == 1  # (no growth of the new log in the owner's thread)
+    storage.close()
+    with open_preallocated(tmp_path, preallocate=4096) as reopened:
+        assert 12 in reopened.recovered.accepted and 4 not in reopened.recovered.accepted
+
+
+def test_a_new_log_that_cannot_be_opened_after_its_rename_breaks_the_storage(tmp_path, monkeypatch):
+    """QA: the compacted log was renamed into place, then opening it failed (no descriptor left): the
+    Storage stayed usable and appended to the superseded log, whose records the next open ignores. Now
+    the Storage is broken (DiskFailed), for compact_log and finish_compaction alike."""
+    import kvstore.storage as storage_module
+
+    for two_step in (False, True):
+        where = tmp_path / str(two_step)
+        records = sample_records(30)
+        storage = _compaction_begun(where, records, 25, 20) if two_step else open_preallocated(where)
+        if two_step:
+            storage.write_compaction()
+        else:
+            storage.append(records[:25])
+            storage.sync()
+            storage.write_snapshot_file(20, b"snap")
+
+        def no_descriptor(*args, **kwargs):
+            raise StorageError("cannot open log") from OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(storage, "_open_log", no_descriptor)
+        state = DurableState.replay(records[:25])
+        state.compact(20)
+        with pytest.raises(storage_module.DiskFailed, match="after renaming it into place"):
+            storage.finish_compaction() if two_step else storage.compact_log(20, state)
+        assert storage.failure is not None
+        with pytest.raises(storage_module.DiskFailed):
+            storage.append(records[25:])
+        storage.close()
