@@ -1406,6 +1406,11 @@ class Storage:
         except OSError as exc:
             raise self._fail(f"fsync of directory {path}", exc) from exc
 
+    def _write_zeros_at_offset(self, fd: int, count: int) -> None:
+        """Write ``count`` zeros at ``fd``'s offset, ``_ZEROS`` at a time."""
+        for piece in range(0, count, len(_ZEROS)):
+            self._write_all(fd, _ZEROS[:min(count - piece, len(_ZEROS))])
+
     def _write_all(self, fd: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         written = 0
@@ -2118,8 +2123,7 @@ class Storage:
             # left for finish_compaction go over their start (QA: with 1 MiB of zeros and a step grown to
             # 32 MiB, the first batch after the switch grew the log in the event loop).
             try:
-                for piece in range(0, compaction.zeros, len(_ZEROS)):
-                    self._write_all(fd, _ZEROS[:min(compaction.zeros - piece, len(_ZEROS))])
+                self._write_zeros_at_offset(fd, compaction.zeros)
             except OSError as exc:
                 raise self._write_failed(f"cannot write {tmp}", exc) from exc
             if self._fsync_enabled:
@@ -2155,8 +2159,7 @@ class Storage:
             try:
                 os.lseek(fd, at, os.SEEK_SET)
                 self._write_all(fd, data)
-                for piece in range(0, more_zeros, len(_ZEROS)):
-                    self._write_all(fd, _ZEROS[:min(more_zeros - piece, len(_ZEROS))])
+                self._write_zeros_at_offset(fd, more_zeros)
                 os.lseek(fd, 0, os.SEEK_SET)
                 if self._fsync_enabled:
                     self._write_all(fd, _FENCE + place_records(mark, FENCE_BYTES, slot))
