@@ -120,6 +120,11 @@ def _wake(waiter: list[Any], reply: object) -> None:
 class _Connection:
     """One TCP connection with a reader task that routes replies to waiters by request id.
 
+    One request at a time, the caller reads its own reply instead (``_read_own``): the reader task
+    sits idle, so the reply wakes the caller directly, not the reader, which would then wake the
+    caller in the scheduler's next pass. At any moment at most one task reads the socket: the reader
+    task (not idle), or the one caller in ``caller_reading``.
+
     Each request waits until its own attempt deadline at most. Rather than a trio cancel scope per
     request (a quarter of the client's CPU per put with many in flight), a watchdog task wakes every
     ``WATCHDOG_SECONDS`` and answers the overdue waiters with ``_TIMED_OUT``; the caller then gives up
@@ -146,6 +151,10 @@ class _Connection:
         self.send_pending = False  # submitted frames wait in queued for _send_submitted
         self.outbox = Outbox()
         self.raw_stream = self.outbox.attach(stream)  # (a TLS stream's TCP stream: the outbox seals)
+        self.frames = wire.FrameReader(stream)
+        self.reader_task: _Task | None = None
+        self.reader_idle = False  # the reader task is parked, reading nothing (see _read_own)
+        self.caller_reading: list[Any] | None = None  # the waiter of the caller reading the socket
 
     async def writer(self) -> None:
         """Send what the socket did not take at once (see ``kvstore.netio.Outbox``)."""
@@ -157,40 +166,96 @@ class _Connection:
             self.fail_all()
 
     async def reader(self) -> None:
-        reader = wire.FrameReader(self.stream)
+        self.reader_task = trio.lowlevel.current_task()
         try:
-            while True:
-                frames = await reader.receive_frames()
+            while not self.broken:
+                if not self.waiters and self.calls - self.last_overlap > SOLO_CALLS:
+                    # Nothing out, and one request at a time lately: the next caller reads its own reply
+                    # (see _read_own). Woken when others wait for replies while nobody reads.
+                    await self._idle()
+                    continue
+                frames = await self.frames.receive_frames()
                 if not frames:
                     break
-                waiters = self.waiters
-                self.dispatching = True
-                try:
-                    for reply in wire.decode_bodies(frames):
-                        if isinstance(reply, wire.WireError):
-                            raise reply
-                        rid = getattr(reply, "id", None)
-                        if rid is None:  # the server gave up on this connection (protocol error)
-                            if type(reply) is wire.ErrorReply and reply.refused:
-                                # ... turning away every request of it still unanswered, none of them
-                                # read (a large frame it had no room for): each gets this answer
-                                waiting, self.waiters = self.waiters, {}
-                                for unanswered in waiting.values():
-                                    _wake(unanswered, reply)
-                            raise _ConnectionLost(getattr(reply, "message", "connection closed by server"))
-                        waiter = waiters.pop(rid, None)
-                        if waiter is not None:
-                            _wake(waiter, reply)
-                finally:
-                    self.dispatching = False
-                if self.send_pending:
-                    # What the callbacks of these replies submitted leaves in one write.
-                    self._send_submitted()
+                self._dispatch(frames)
         except (wire.WireError, _ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             # (kept for the waiters' callers: a TLS alert refusing our certificate ends up here)
             self.error = exc.__cause__ if exc.__cause__ is not None else exc
         finally:
             self.fail_all()
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        """Hand the replies in ``frames`` to their waiters (whoever reads the socket calls this).
+        Raises ``WireError`` or ``_ConnectionLost`` when the connection is no good any more."""
+        waiters = self.waiters
+        self.dispatching = True
+        try:
+            for reply in wire.decode_bodies(frames):
+                if isinstance(reply, wire.WireError):
+                    raise reply
+                rid = getattr(reply, "id", None)
+                if rid is None:  # the server gave up on this connection (protocol error)
+                    if type(reply) is wire.ErrorReply and reply.refused:
+                        # ... turning away every request of it still unanswered, none of them
+                        # read (a large frame it had no room for): each gets this answer
+                        waiting, self.waiters = self.waiters, {}
+                        for unanswered in waiting.values():
+                            _wake(unanswered, reply)
+                    raise _ConnectionLost(getattr(reply, "message", "connection closed by server"))
+                waiter = waiters.pop(rid, None)
+                if waiter is not None:
+                    _wake(waiter, reply)
+        finally:
+            self.dispatching = False
+        if self.send_pending:
+            # What the callbacks of these replies submitted leaves in one write.
+            self._send_submitted()
+
+    async def _idle(self) -> None:
+        """Park the reader task until ``_wake_reader`` (or a cancellation: the client's end)."""
+        self.reader_idle = True
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            self.reader_idle = False
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _wake_reader(self) -> None:
+        """Have the reader task read again, if it is idle."""
+        if self.reader_idle:
+            self.reader_idle = False
+            assert self.reader_task is not None  # (set before it first parks)
+            trio.lowlevel.reschedule(self.reader_task)
+
+    async def _read_own(self, rid: int, waiter: list[Any]) -> None:
+        """Read the socket until ``waiter`` (request ``rid``, this task's) is answered, handing out
+        every other reply read meanwhile as the reader task would.
+
+        Only while the reader task is idle and no other caller reads. On the way out the reader task
+        takes over if others still wait for replies. If the watchdog answers ``waiter`` with
+        ``_TIMED_OUT`` meanwhile, it closes the stream to end this task's wait (the caller gives up on
+        the connection then anyway). A failure
+        of the connection fails it for every waiter, as in the reader task. Cancelled, the request
+        leaves the table (its reply, if it comes, is dropped) and the socket is left in a clean state:
+        ``FrameReader`` loses no bytes to a cancellation.
+        """
+        self.caller_reading = waiter
+        try:
+            while not waiter[2]:
+                frames = await self.frames.receive_frames()
+                if not frames:
+                    raise _ConnectionLost("connection closed by the server")
+                self._dispatch(frames)
+        except (wire.WireError, _ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.error = exc.__cause__ if exc.__cause__ is not None else exc
+            self.fail_all()  # (answers this waiter too, unless the watchdog did)
+        finally:
+            self.caller_reading = None
+            if not waiter[2]:
+                self.waiters.pop(rid, None)  # cancelled: nobody answers it now
+            if self.waiters:
+                self._wake_reader()
 
     async def watchdog(self) -> None:
         deadlines = self.deadlines
@@ -205,9 +270,15 @@ class _Connection:
                     if waiter is not None:
                         _wake(waiter, _TIMED_OUT)
                 self.next_period += 1
+            reading = self.caller_reading
+            if reading is not None and reading[2]:
+                # The caller reading the stream timed out: closing the stream ends its wait there (its
+                # caller gives up on this connection anyway).
+                await trio.aclose_forcefully(self.stream)
 
     def fail_all(self) -> None:
         self.broken = True
+        self._wake_reader()  # (so that it ends)
         # No direct writes from now on: the stream is about to be closed, and its descriptor number
         # may then belong to another socket.
         self.outbox.detach()
@@ -242,6 +313,8 @@ class _Connection:
         self.queued.append(request if type(request) is bytes else wire.encode_frame(request))
         self.waiters[rid] = [callback, None, False]
         self._watch(rid, deadline)
+        if self.caller_reading is None:
+            self._wake_reader()
         if not self.send_pending:
             self.send_pending = True
             if not self.dispatching:
@@ -303,6 +376,8 @@ class _Connection:
         if not sent:  # the connection was closed meanwhile
             self.waiters.pop(rid, None)
             raise _ConnectionLost("connection is closed")
+        if not waiter[2] and self.reader_idle and self.caller_reading is None:
+            await self._read_own(rid, waiter)
         if not waiter[2]:
             # Park until _wake reschedules us (a trio.Event per request costs more). If we are
             # cancelled first, leave the table so that nobody reschedules us later.
