@@ -14,6 +14,9 @@ What it keeps from ``kvstore.client`` (see its module docstring for the reasons)
 * the endpoint list and its rules (``kvstore.endpoints``);
 * one connection, to the node believed to lead; every call has a deadline (``timeout``), and one
   attempt at most ``attempt_timeout`` of it (a node that accepts but never answers must not hold us);
+* one addition: a read or write with no answer after ``HEDGE_SECONDS`` also goes to the next endpoint,
+  and the first useful answer wins (``_exchange_hedged``): a paused node accepts connections and never
+  answers, and a one-shot command would otherwise wait out a whole attempt timeout on it each time;
 * ``not_leader`` with a hint: reconnect to the hinted leader at once (twice in a row at most);
   without a hint, a refused or lost connection, no answer in time, or a node that cannot serve
   (``timeout``, ``unavailable``, ``shutting_down``, ``storage_full``, ``disk_failed``): the next
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import select
 import socket
 import threading
 import time
@@ -56,6 +60,10 @@ class _ConnectionLost(Exception):
 # one node, not the cluster.
 _TRY_ANOTHER = (frames.TIMEOUT, frames.UNAVAILABLE, frames.SHUTTING_DOWN, frames.STORAGE_FULL, frames.DISK_FAILED)
 _REDIRECTS_MAX = 2
+# A data request unanswered this long is also sent to the next endpoint, and the first useful answer
+# wins (see OneShotClient._exchange_hedged): a paused or wedged node accepts connections and never
+# answers, and each one-shot command would otherwise wait out a whole attempt timeout on it.
+HEDGE_SECONDS = 0.25
 _PAUSE_FIRST = 0.02
 _PAUSE_MAX = 0.5
 
@@ -107,29 +115,57 @@ class _Connection:
 
         Raises ``_ConnectionLost`` or ``OSError`` if the connection fails first, ``frames.WireError`` if
         the node sends garbage."""
-        sock = self.sock
         try:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(frame)
+            self.send(frame, deadline)
+        except TimeoutError:  # socket.timeout
+            return None
+        return self.wait(rid, deadline)
+
+    def send(self, frame: bytes, deadline: float) -> None:
+        """Send ``frame`` by ``deadline`` (``TimeoutError`` if the node does not take it by then)."""
+        self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        self.sock.sendall(frame)
+
+    def wait(self, rid: int, deadline: float) -> frames.Reply | None:
+        """The reply to request ``rid`` (sent already), or None if none came by ``deadline``; raises as
+        ``exchange``."""
+        try:
             while True:
-                for body in frames.split_frames(self.buffer):
-                    reply = frames.decode_reply(body)
-                    if reply.id is None:  # the server gave up on this connection (protocol error)
-                        if reply.refused:  # ... without reading our request (no room for its frame)
-                            return reply
-                        raise _ConnectionLost(reply.message or "connection closed by server")
-                    if reply.id == rid:
-                        return reply
+                reply = self.buffered_reply(rid)
+                if reply is not None:
+                    return reply
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                sock.settimeout(remaining)
-                data = sock.recv(frames.RECEIVE_CHUNK_BYTES)
-                if not data:
-                    raise _ConnectionLost("connection lost before the reply")
-                self.buffer += data
+                self.sock.settimeout(remaining)
+                self.receive()
         except TimeoutError:  # socket.timeout
             return None
+
+    def buffered_reply(self, rid: int) -> frames.Reply | None:
+        """The reply to request ``rid`` if it is among the bytes received so far (replies to requests
+        given up on are dropped); raises ``_ConnectionLost`` if the node gave up on the connection."""
+        for body in frames.split_frames(self.buffer):
+            reply = frames.decode_reply(body)
+            if reply.id is None:  # the server gave up on this connection (protocol error)
+                if reply.refused:  # ... without reading our request (no room for its frame)
+                    return reply
+                raise _ConnectionLost(reply.message or "connection closed by server")
+            if reply.id == rid:
+                return reply
+        return None
+
+    def receive(self) -> None:
+        """Read what the node sent (blocking, within the socket's timeout) into the buffer."""
+        data = self.sock.recv(frames.RECEIVE_CHUNK_BYTES)
+        if not data:
+            raise _ConnectionLost("connection lost before the reply")
+        self.buffer += data
+
+    def has_buffered_bytes(self) -> bool:
+        """Whether a TLS socket holds decrypted bytes not read yet (``select`` does not see them)."""
+        pending = getattr(self.sock, "pending", None)
+        return bool(pending is not None and pending())
 
 
 class OneShotClient:
@@ -268,12 +304,12 @@ class OneShotClient:
         if op not in frames.ADMIN_OPS:
             raise ValueError(f"unknown admin operation {op!r}; expected one of {', '.join(frames.ADMIN_OPS)}")
         return self._call(lambda rid: frames.encode_map_frame(frames.admin_request(rid, op, node, address)),
-                          write=False)
+                          write=False, hedge=False)  # (no request id: a member change must not go out twice)
 
     def backup(self, session: int = 0, offset: int = 0) -> dict[str, Any]:
         """One step of ``kv snapshot save``; see ``kvstore.client.AsyncClient.backup``."""
         return self._call(lambda rid: frames.encode_map_frame(frames.backup_request(rid, session, offset)),
-                          write=False)
+                          write=False, hedge=False)  # (a backup session lives on one node)
 
     def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
         """The status of one node, on a connection of its own (``Unavailable`` if it does not answer
@@ -328,9 +364,13 @@ class OneShotClient:
         request_id = next(self._request_ids)
         return self._call(lambda rid: make(rid, request_id), write=True)
 
-    def _call(self, build: Any, *, write: bool) -> dict[str, Any]:
+    def _call(self, build: Any, *, write: bool, hedge: bool = True) -> dict[str, Any]:
         """Send the frame ``build(id)`` makes, retrying as ``kvstore.client.AsyncClient._call`` does,
-        until ``timeout`` from now. Returns the OK reply's result."""
+        until ``timeout`` from now. Returns the OK reply's result.
+
+        ``hedge``: the request may go to a second node when the first is slow to answer (once per
+        call, ``_exchange_hedged``). Only for requests that any node may receive twice: reads, and
+        writes, which carry their client and request ids (a write is applied once)."""
         self._own_process()
         deadline = time.monotonic() + self.timeout
         sent = False
@@ -375,8 +415,13 @@ class OneShotClient:
                     conn = self._connect(min(remaining, self.attempt_timeout))
                 sent = in_doubt_now = True
                 rid = next(self._ids)
-                reply = conn.exchange(build(rid), rid, attempt_deadline)
-                in_doubt_now = reply is None or not reply.refused
+                abandoned = False
+                if hedge and len(self.endpoints) > 1 and attempt_deadline - now > HEDGE_SECONDS:
+                    hedge = False  # (once per call)
+                    reply, abandoned = self._exchange_hedged(conn, build, rid, attempt_deadline)
+                else:
+                    reply = conn.exchange(build(rid), rid, attempt_deadline)
+                in_doubt_now = reply is None or not reply.refused or abandoned
                 if reply is None:
                     last_error = f"{format_endpoint(*conn.endpoint)} did not answer"
                     self._drop(advance=True)
@@ -424,6 +469,93 @@ class OneShotClient:
             self._sleep(min(pause * jitter, deadline - time.monotonic()))
             pause = min(pause * 2, _PAUSE_MAX)
 
+    def _exchange_hedged(self, conn: _Connection, build: Any, rid: int,
+                         deadline: float) -> tuple[frames.Reply | None, bool]:
+        """``conn.exchange(build(rid), rid, deadline)``, but if no answer came within ``HEDGE_SECONDS``
+        the request also goes to the next endpoint in the rotation, and whichever answer is useful
+        first wins. Returns that reply (None if none came by ``deadline``) and whether a request was
+        left unanswered on a connection given up (a write's outcome is then in doubt).
+
+        The second node's answer is useful if it is an OK, an error about the request itself, or
+        ``not_leader`` naming a third node (followed then, as any hint). A ``not_leader`` naming the
+        first node (it leads, and is only slow) or any other "try another node" answer is dropped,
+        and the wait goes on for the first node's answer alone. If the second node wins, its
+        connection becomes the client's and the first one is closed. Failures of the second
+        connection are only dropped; failures of the first raise, as ``exchange`` does, unless the
+        second is still waiting (it then goes on alone)."""
+        frame = build(rid)
+        try:
+            conn.send(frame, deadline)
+        except TimeoutError:
+            return None, False
+        reply = conn.wait(rid, min(deadline, time.monotonic() + HEDGE_SECONDS))
+        if reply is not None or time.monotonic() >= deadline:
+            return reply, False
+        index = next_in_rotation(self._cursor, self._preferred, len(self.endpoints))
+        endpoint = self.endpoints[index]
+        if endpoint == conn.endpoint:
+            return conn.wait(rid, deadline), False
+        try:
+            other: _Connection | None = _Connection.open(endpoint, max(deadline - time.monotonic(), 0.001), self._tls)
+        except OSError:
+            return conn.wait(rid, deadline), False  # (the rotation finds out about that node later)
+        assert other is not None
+        other_rid = next(self._ids)
+        try:
+            other.send(build(other_rid), deadline)
+        except OSError:
+            other.close()
+            return conn.wait(rid, deadline), False
+        waiting: dict[_Connection, int] = {conn: rid, other: other_rid}
+        other_answered = False  # (a hedged write left unanswered is in doubt, as any attempt)
+        first_error: BaseException | None = None
+        try:
+            while waiting:
+                for c, c_rid in list(waiting.items()):
+                    try:
+                        got = c.buffered_reply(c_rid)
+                    except (_ConnectionLost, frames.WireError) as exc:
+                        del waiting[c]
+                        if c is conn:
+                            first_error = exc
+                        continue
+                    if got is None:
+                        continue
+                    if c is conn:
+                        return got, not other_answered
+                    other_answered = True
+                    del waiting[c]
+                    if got.ok or (got.code == frames.NOT_LEADER and _endpoint_or_none(got.leader or "")
+                                  not in (None, conn.endpoint)) or (
+                            got.code != frames.NOT_LEADER and got.code not in _TRY_ANOTHER):
+                        # The second node's answer wins: its connection becomes the client's.
+                        conn.close()
+                        self._conn, other = c, None
+                        self._preferred = self._cursor = index
+                        return got, True  # (the first node never answered)
+                    # Not useful (the first node leads, or no leader is known): wait for the first.
+                remaining = deadline - time.monotonic()
+                if not waiting or remaining <= 0:
+                    break
+                ready = [c for c in waiting if c.has_buffered_bytes()]
+                if not ready:
+                    readable = select.select([c.sock for c in waiting], [], [], remaining)[0]
+                    ready = [c for c in waiting if c.sock in readable]
+                for c in ready:
+                    try:
+                        c.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                        c.receive()
+                    except (_ConnectionLost, OSError) as exc:  # (TimeoutError: the deadline passed)
+                        del waiting[c]
+                        if c is conn:
+                            first_error = exc
+        finally:
+            if other is not None:
+                other.close()
+        if first_error is not None and conn not in waiting:
+            raise first_error
+        return None, not other_answered
+
     @staticmethod
     def _sleep(seconds: float) -> None:
         if seconds > 0:
@@ -464,6 +596,13 @@ class OneShotClient:
     def _advance(self) -> None:
         """Move on from the endpoint that just failed (``endpoints.next_in_rotation``)."""
         self._cursor = self._preferred = next_in_rotation(self._cursor, self._preferred, len(self.endpoints))
+
+
+def _endpoint_or_none(text: str) -> tuple[str, int] | None:
+    try:
+        return parse_endpoint(text)
+    except ValueError:
+        return None
 
 
 def _linearizable(consistency: str) -> bool:

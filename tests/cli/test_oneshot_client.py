@@ -98,7 +98,8 @@ def test_a_node_that_is_down_is_skipped(nodes):
         assert kv.put("k", "v") == 1
 
 
-def test_a_silent_node_costs_one_attempt_and_the_retry_is_the_same_write(nodes):
+def test_a_silent_node_costs_one_attempt_and_the_retry_is_the_same_write(nodes, monkeypatch):
+    monkeypatch.setattr("kvstore.oneshot.HEDGE_SECONDS", 10.0)  # (hedging: test_oneshot_hedge.py)
     store = Store()
     silent = nodes(lambda r: SILENT)
     leader = nodes(store.handle)

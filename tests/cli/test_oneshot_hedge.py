@@ -1,0 +1,152 @@
+"""The one-shot client's hedged request: a data request unanswered for ``HEDGE_SECONDS`` also goes to the
+next endpoint, and the first useful answer wins (``OneShotClient._exchange_hedged``).
+
+Against fake nodes on real sockets (``fakenodes``): a silent node (paused, wedged) costs the hedge delay,
+not the attempt timeout; a slow leader that the second node names keeps the request; a hint to a third
+node is followed; a write whose first copy went unanswered stays in doubt; member changes and backups
+(no request id, or a session on one node) are never hedged. Each call here has a long attempt timeout
+(``timeout=6`` gives 2 s), so "long before the attempt timeout" is a wide margin, not a race.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kvstore.oneshot import HEDGE_SECONDS, OneShotClient, Unavailable
+from tests.cli.fakenodes import SILENT, Store, err, ok
+
+
+def test_a_silent_first_node_costs_the_hedge_delay_and_both_got_the_same_write(nodes):
+    store = Store()
+    silent = nodes(lambda r: SILENT)
+    leader = nodes(store.handle)
+    with OneShotClient([silent.address, leader.address], timeout=6) as kv:
+        assert kv.attempt_timeout == 2
+        started = time.monotonic()
+        assert kv.put("k", "v") == 1
+        elapsed = time.monotonic() - started
+        assert HEDGE_SECONDS <= elapsed < 1.5, elapsed
+        assert kv.get("k") == "v"  # on the leader's connection now: no hedge, the silent node is not asked
+    assert [r["t"] for r in silent.requests] == ["put"]
+    assert [r["t"] for r in leader.requests] == ["put", "get"]
+    first, hedged = silent.requests[0], leader.requests[0]
+    assert (first["cid"], first["rq"]) == (hedged["cid"], hedged["rq"])  # the same write
+
+
+def test_a_slow_leader_named_by_the_second_node_keeps_the_request(nodes):
+    """The first node leads but takes 0.6 s; the second says so (not_leader, hint: the first). The client
+    goes on waiting for the first, which answers, and keeps its connection."""
+    store = Store()
+
+    def slow(request: dict) -> object:
+        time.sleep(0.6)
+        return store.handle(request)
+
+    leader = nodes(slow)
+    follower = nodes(lambda r: err(r, "not_leader", "not the leader", leader.address))
+    with OneShotClient([leader.address, follower.address], timeout=6) as kv:
+        started = time.monotonic()
+        assert kv.put("k", "v") == 1
+        assert 0.55 < time.monotonic() - started < 1.5
+        assert kv._conn is not None and kv._conn.endpoint == ("127.0.0.1", leader.port)
+    assert len(leader.requests) == 1  # never sent twice to the same node
+    assert [r["t"] for r in follower.requests] == ["put"]
+
+
+def test_a_second_node_naming_a_third_sends_the_request_there(nodes):
+    store = Store()
+    silent = nodes(lambda r: SILENT)
+    leader = nodes(store.handle)
+    follower = nodes(lambda r: err(r, "not_leader", "not the leader", leader.address))
+    with OneShotClient([silent.address, follower.address, leader.address], timeout=6) as kv:
+        started = time.monotonic()
+        assert kv.get("k") is None
+        assert time.monotonic() - started < 1.5
+    assert [r["t"] for r in leader.requests] == ["get"]
+
+
+def test_the_first_node_answering_after_the_hedge_left_still_wins(nodes):
+    """Both nodes get the request; the first answers at 0.4 s, the second never: the first's answer is
+    the result."""
+    def late(request: dict) -> object:
+        time.sleep(0.4)
+        return ok(request, {"found": True, "value": "first", "ver": 1, "mrev": 1})
+
+    first = nodes(late)
+    second = nodes(lambda r: SILENT)
+    with OneShotClient([first.address, second.address], timeout=6) as kv:
+        assert kv.get("k") == "first"
+    assert len(second.requests) == 1
+
+
+def test_a_write_whose_first_copy_went_unanswered_stays_in_doubt(nodes):
+    """The first node never answers; the hedge's node refuses on arrival (a full disk): not a useful
+    answer, so the client waits for the first until the attempt timeout and then tries on. At the
+    deadline the write is in doubt: the silent node may have proposed it."""
+    silent = nodes(lambda r: SILENT)
+    full = nodes(lambda r: {**err(r, "storage_full", "disk full"), "refused": True})
+    with OneShotClient([silent.address, full.address], timeout=1.5) as kv:
+        with pytest.raises(Unavailable) as info:
+            kv.put("k", "v")
+    assert info.value.outcome_unknown, str(info.value)
+    assert len(silent.requests) >= 1 and len(full.requests) >= 1
+
+
+@pytest.mark.parametrize("call", ["admin", "backup"])
+def test_member_changes_and_backups_are_not_hedged(nodes, call):
+    """A member change carries no request id (sent twice, it could be applied twice) and a backup session
+    lives on one node: neither goes to a second node while the first may still answer."""
+    silent = nodes(lambda r: SILENT)
+    other = nodes(lambda r: ok(r, {"members": []}))
+    with OneShotClient([silent.address, other.address], timeout=6) as kv:
+        started = time.monotonic()
+        if call == "admin":
+            kv.admin("member_list")
+        else:
+            kv.backup()
+        assert time.monotonic() - started >= kv.attempt_timeout  # the first attempt ran its course
+    assert len(silent.requests) == 1 and len(other.requests) == 1
+
+
+def test_a_write_left_unanswered_on_the_node_given_up_is_in_doubt_whatever_the_others_said(nodes):
+    """The first node does not answer the first copy of the write; the hedge's node sends the client on to
+    a third (``not_leader``, turned away on arrival). From then on every node refuses on arrival, until
+    the deadline. Every answer was a refusal, but the first copy went unanswered on a connection the
+    client gave up: in doubt."""
+    answers = iter([SILENT])
+
+    def silent_once(request: dict) -> object:
+        return next(answers, None) or {**err(request, "storage_full", "disk full"), "refused": True}
+
+    silent = nodes(silent_once)
+    full = nodes(lambda r: {**err(r, "storage_full", "disk full"), "refused": True})
+    follower = nodes(lambda r: {**err(r, "not_leader", "not the leader", full.address), "refused": True})
+    with OneShotClient([silent.address, follower.address, full.address], timeout=1.5) as kv:
+        with pytest.raises(Unavailable) as info:
+            kv.put("k", "v")
+    assert info.value.outcome_unknown, str(info.value)
+    assert len(full.requests) >= 2
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tests.security.pki import Pki
+
+    return Pki(tmp_path_factory.mktemp("pki"), nodes=1)
+
+
+def test_hedging_over_mutual_tls(nodes, pki):
+    """The same with TLS on both nodes: the hedge's connection shakes hands like any other, and its answer
+    is read through the TLS layer, record by record, while waiting on both sockets."""
+    from kvstore.tls import TlsFiles, server_context
+
+    context = server_context(TlsFiles(pki.cacert, str(pki.dir / "node-1.pem"), str(pki.dir / "node-1.key")))
+    big = "v" * 100_000  # an answer in several TLS records (16 KiB each at most)
+    silent = nodes(lambda r: SILENT, tls=context)
+    leader = nodes(lambda r: ok(r, {"found": True, "value": big, "ver": 1, "mrev": 1}), tls=context)
+    with OneShotClient([silent.address, leader.address], timeout=6, **pki.files("admin")) as kv:
+        started = time.monotonic()
+        assert kv.get("k") == big
+        assert time.monotonic() - started < 1.5
+    assert [r["t"] for r in leader.requests] == ["get"] and len(silent.requests) == 1
