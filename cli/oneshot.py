@@ -106,6 +106,16 @@ def _entry_record(key: str, value: Any, *, keys_only: bool, entry: Any = None) -
     return record
 
 
+def _range_record(item: list[Any], *, keys_only: bool) -> dict[str, Any]:
+    """The record of one item of a ``list`` reply: ``[key, value]`` or ``[key]`` (keys only), each
+    followed by the version and mod_revision when the node gave them (``range_items`` with meta)."""
+    width = 1 if keys_only else 2
+    record = _entry_record(item[0], None if keys_only else item[1], keys_only=keys_only)
+    if len(item) == width + 2:
+        record["version"], record["mod_revision"] = item[width], item[width + 1]
+    return record
+
+
 def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool = False,
         consistency: str = "l", print_value_only: bool = False, limit: int = 0) -> None:
     """``kv get KEY`` (exit 1 if absent) or ``kv get --prefix PREFIX`` (none found is not an error);
@@ -127,16 +137,18 @@ def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool =
             if prefix:
                 try:
                     # (one more than asked: whether the limit cut the range, etcd's "more")
-                    items = client.list(key, keys_only=keys_only, consistency=consistency,
-                                        limit=limit + 1 if 0 < limit < 1 << 62 else limit)
+                    # (each key's version and mod_revision only where they are printed)
+                    items = client.range_items(key, keys_only=keys_only, consistency=consistency,
+                                               limit=limit + 1 if 0 < limit < 1 << 62 else limit,
+                                               meta=settings.write_out is not OutputFormat.simple)
                 except RequestError as exc:
                     if exc.code != TOO_LARGE:
                         raise
                     raise OperationFailed(f"{exc}; or write the whole range as JSON lines: kv dump --prefix "
                                           f"{shlex.quote(key)} FILE") from None
                 more = bool(limit) and len(items) > limit
-                for k, v in items[:limit] if more else items:
-                    records.append(_entry_record(k, v, keys_only=keys_only))
+                for item in items[:limit] if more else items:
+                    records.append(_range_record(item, keys_only=keys_only))
             else:
                 entry = client.get_entry(key, consistency=consistency)
                 if entry is not None:

@@ -46,7 +46,7 @@ import trio
 
 from . import wire
 from .endpoints import format_endpoint, next_in_rotation, parse_endpoint, parse_endpoint_list
-from .errors import Entry, KVError, RequestError, Unavailable
+from .errors import Entry, KVError, RequestError, Unavailable, entries_of
 from .limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, check_key, check_value
 from .netio import Outbox
 
@@ -486,6 +486,16 @@ class AsyncClient:
         result = await self._read(lambda rid: wire.ListRequest(
             id=rid, prefix=prefix, keys_only=keys_only, linearizable=lin, limit=limit))
         return [(item[0], item[1] if len(item) > 1 else None) for item in result["items"]]
+
+    async def list_entries(self, prefix: str = "", *, consistency: str = "l", limit: int = 0) -> builtins.list[Entry]:
+        """As ``list``, with each key's version and mod_revision: ``[Entry(key, value, version,
+        mod_revision), ...]`` in key order (etcd's range). A node from before 2026-12-06 cannot say them:
+        ``KVError``."""
+        check_key(prefix, "prefix")
+        lin = _linearizable(consistency)
+        result = await self._read(lambda rid: wire.ListRequest(
+            id=rid, prefix=prefix, keys_only=False, linearizable=lin, limit=limit, meta=True))
+        return entries_of(result["items"])
 
     async def admin(self, op: str, node: int = 0, address: str = "") -> dict[str, Any]:
         """A membership or leadership request, sent to the leader (``wire.ADMIN_OPS``: member_list,
@@ -1051,6 +1061,9 @@ class Client:
     def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
              limit: int = 0) -> builtins.list[tuple[str, str | bytes | None]]:
         return self._client().list(prefix, keys_only=keys_only, consistency=consistency, limit=limit)
+
+    def list_entries(self, prefix: str = "", *, consistency: str = "l", limit: int = 0) -> builtins.list[Entry]:
+        return self._client().list_entries(prefix, consistency=consistency, limit=limit)
 
     def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
         return self._client().status(endpoint)

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from .frames import BAD_REQUEST
 
-__all__ = ["KVError", "Unavailable", "RequestError", "Entry"]
+__all__ = ["KVError", "Unavailable", "RequestError", "Entry", "entries_of"]
 
 
 class KVError(Exception):
@@ -52,3 +52,20 @@ class Entry(NamedTuple):
     value: str | bytes
     version: int
     mod_revision: int
+
+
+def entries_of(items: list[list[object]]) -> list[Entry]:
+    """The ``Entry`` of each item of a ``list`` reply asked with ``meta`` (``[key, value, version,
+    mod_revision]``). ``KVError`` if the items carry no versions: the node predates ``meta`` and
+    ignored it (it answers ``[key, value]``)."""
+    entries = []
+    for item in items:
+        if len(item) != 4:
+            raise KVError("the node answered the range without versions: it runs a version of the store "
+                          "from before 2026-12-06 (upgrade it, or use list())")
+        key, value, version, mod_revision = item
+        if not (isinstance(key, str) and isinstance(value, (str, bytes)) and type(version) is int
+                and type(mod_revision) is int):
+            raise KVError(f"the node answered the range with a malformed item: {item!r:.200}")
+        entries.append(Entry(key, value, version, mod_revision))
+    return entries

@@ -133,8 +133,14 @@ def cas_request(rid: int, key: str, expected: str | bytes | None, new: str | byt
             "rq": request_id, "ack": ack_below}
 
 
-def list_request(rid: int, prefix: str, keys_only: bool, linearizable: bool, limit: int) -> dict[str, Any]:
-    return {"t": "list", "id": rid, "prefix": prefix, "keys_only": keys_only, "lin": linearizable, "limit": limit}
+def list_request(rid: int, prefix: str, keys_only: bool, linearizable: bool, limit: int,
+                 meta: bool = False) -> dict[str, Any]:
+    """``meta``: each item also carries the key's version and mod_revision (sent only when asked: a node
+    from before it ignores the field and answers without them)."""
+    request = {"t": "list", "id": rid, "prefix": prefix, "keys_only": keys_only, "lin": linearizable, "limit": limit}
+    if meta:
+        request["meta"] = True
+    return request
 
 
 def status_request(rid: int) -> dict[str, Any]:

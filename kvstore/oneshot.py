@@ -45,7 +45,7 @@ from typing import Any
 
 from . import frames
 from .endpoints import format_endpoint, next_in_rotation, parse_endpoint, parse_endpoint_list
-from .errors import Entry, KVError, RequestError, Unavailable
+from .errors import Entry, KVError, RequestError, Unavailable, entries_of
 from .limits import check_key, check_value
 from .tlsfiles import TlsError
 
@@ -292,11 +292,26 @@ class OneShotClient:
     def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
              limit: int = 0) -> builtins.list[tuple[str, Any]]:
         """``[(key, value), ...]`` in key order (``[(key, None), ...]`` with keys_only)."""
+        items = self.range_items(prefix, keys_only=keys_only, consistency=consistency, limit=limit)
+        return [(item[0], item[1] if len(item) > 1 else None) for item in items]
+
+    def list_entries(self, prefix: str = "", *, consistency: str = "l", limit: int = 0) -> builtins.list[Entry]:
+        """``[Entry(key, value, version, mod_revision), ...]`` in key order; see
+        ``kvstore.client.AsyncClient.list_entries``."""
+        return entries_of(self.range_items(prefix, consistency=consistency, limit=limit, meta=True))
+
+    def range_items(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l", limit: int = 0,
+                    meta: bool = False) -> builtins.list[builtins.list[Any]]:
+        """The items of the ``list`` reply as they came (docs/protocol.md): ``[key, value]``, ``[key]``
+        with keys_only; with ``meta`` each also ends with the key's version and mod_revision, unless
+        the node predates ``meta`` (it then answers without them). For tools that print what they
+        get, such as ``kv get --prefix``."""
         check_key(prefix, "prefix")
         lin = _linearizable(consistency)
         result = self._call(lambda rid: frames.encode_map_frame(
-            frames.list_request(rid, prefix, keys_only, lin, limit)), write=False)
-        return [(item[0], item[1] if len(item) > 1 else None) for item in result["items"]]
+            frames.list_request(rid, prefix, keys_only, lin, limit, meta)), write=False)
+        items: builtins.list[builtins.list[Any]] = result["items"]
+        return items
 
     def admin(self, op: str, node: int = 0, address: str = "") -> dict[str, Any]:
         """A membership or leadership request, sent to the leader (``frames.ADMIN_OPS``); see

@@ -125,8 +125,13 @@ def read_reply(sm: StateMachine, request: ReadRequest) -> wire.OkReply:
     entries = sm.range(request.prefix)
     if request.limit:
         entries = entries[: request.limit]
-    items: list[list[str | bytes]]
-    if request.keys_only:
+    items: list[list[str | bytes | int]]
+    if request.meta:
+        if request.keys_only:
+            items = [[e.key, e.version, e.mod_revision] for e in entries]
+        else:
+            items = [[e.key, e.value, e.version, e.mod_revision] for e in entries]
+    elif request.keys_only:
         items = [[e.key] for e in entries]
     else:
         items = [[e.key, e.value] for e in entries]

@@ -209,6 +209,7 @@ class ListRequest:
     keys_only: bool
     linearizable: bool
     limit: int  # 0 = no limit
+    meta: bool = False  # each item also carries the key's version and mod_revision
 
 
 @dataclass(slots=True, kw_only=True)
@@ -520,7 +521,7 @@ _MAP_ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
     DeleteRequest: lambda m: delete_request(m.id, m.key, m.prefix, m.client_id, m.request_id, m.ack_below),
     CasRequest: lambda m: cas_request(m.id, m.key, m.expected, m.new, m.client_id, m.request_id, m.ack_below),
     GetRequest: lambda m: get_request(m.id, m.key, m.linearizable),
-    ListRequest: lambda m: list_request(m.id, m.prefix, m.keys_only, m.linearizable, m.limit),
+    ListRequest: lambda m: list_request(m.id, m.prefix, m.keys_only, m.linearizable, m.limit, m.meta),
     StatusRequest: lambda m: status_request(m.id),
     AdminRequest: lambda m: admin_request(m.id, m.op, m.node, m.address),
     BackupRequest: lambda m: backup_request(m.id, m.session, m.offset),
@@ -699,6 +700,7 @@ _MAP_DECODERS: dict[str, Callable[[dict[str, Any]], WireMessage]] = {
     "list": lambda o: ListRequest(
         id=_f_id(o), prefix=_f_str(o, "prefix"), keys_only=_f_bool(o, "keys_only"),
         linearizable=_f_bool(o, "lin"), limit=_f_int(o, "limit", 0, ID_LIMIT),
+        meta=_f_bool(o, "meta") if "meta" in o else False,
     ),
     "status": lambda o: StatusRequest(id=_f_id(o)),
     "admin": lambda o: _d_admin(o),

@@ -89,6 +89,13 @@ class FakeClient:
         items = sorted((k, e.value) for k, e in self.cluster.data.items() if k.startswith(prefix))
         return [(k, None if keys_only else v) for k, v in items[:limit or None]]
 
+    def range_items(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l", limit: int = 0,
+                    meta: bool = False) -> list[list[Any]]:
+        self._call("range_items", prefix, keys_only=keys_only, consistency=consistency, limit=limit, meta=meta)
+        entries = sorted((k, e) for k, e in self.cluster.data.items() if k.startswith(prefix))[:limit or None]
+        return [[k, *([] if keys_only else [e.value]), *([e.version, e.mod_revision] if meta else [])]
+                for k, e in entries]
+
     def admin(self, op: str, node: int = 0, address: str = "") -> dict[str, Any]:
         self._call("admin", op, node, address)
         return {"leader": node} if op == "move_leader" else {}

@@ -135,6 +135,12 @@ def test_detached_cluster_survives_follower_and_leader_crash(kv):
     record = json.loads(kv("-w", "json", "get", "bin").stdout)["kvs"][0]
     assert record["value_encoding"] == "base64" and record["value"] == "/wA="
     assert kv("ls").stdout == b"bin\ngreeting\n"
+    for key in ("r/a", "r/a", "r/b"):  # revisions 3, 4, 5: r/a's version 2
+        kv("put", key, "x")
+    ranged = json.loads(kv("-w", "json", "get", "--prefix", "r/").stdout)["kvs"]
+    assert [(r["key"], r["version"], r["mod_revision"]) for r in ranged] == [("r/a", 2, 4), ("r/b", 1, 5)]
+    keys = json.loads(kv("-w", "json", "get", "--prefix", "r/", "--keys-only").stdout)["kvs"]
+    assert keys == [{"key": "r/a", "version": 2, "mod_revision": 4}, {"key": "r/b", "version": 1, "mod_revision": 5}]
     assert kv("get", "missing", check=False).returncode == 1
     assert kv("health").returncode == 0
 
@@ -182,7 +188,7 @@ def test_detached_cluster_survives_follower_and_leader_crash(kv):
     new_leader = kv.leader_id()
     assert new_leader != leader
     survivors = kv.wait_converged(2)
-    assert all(s.get("keys") == 5 for s in survivors if "keys" in s)
+    assert all(s.get("keys") == 7 for s in survivors if "keys" in s)
 
     status = kv("cluster", "status").stdout.decode()
     assert f"node {leader}: port={base + leader - 1} pid=- process=dead" in status

@@ -40,6 +40,8 @@ def test_requests_encode_to_the_same_bytes(value):
          frames.cas_request(11, "k", value, "n", cid, 5, 5)),
         (wire.ListRequest(id=12, prefix="u/", keys_only=True, linearizable=False, limit=10),
          frames.list_request(12, "u/", True, False, 10)),
+        (wire.ListRequest(id=14, prefix="u/", keys_only=False, linearizable=True, limit=0, meta=True),
+         frames.list_request(14, "u/", False, True, 0, meta=True)),
         (wire.StatusRequest(id=13), frames.status_request(13)),
         (wire.AdminRequest(id=15, op="member_add", node=4, address="h:7004"),
          frames.admin_request(15, "member_add", 4, "h:7004")),

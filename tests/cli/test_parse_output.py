@@ -194,12 +194,12 @@ def test_get_prefix_table_is_plain_and_aligned(fake):
     result = run(*EP, "-w", "table", "get", "--prefix", "")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["KEY", "VALUE"]
+    assert lines[0].split() == ["KEY", "VALUE", "VERSION", "MOD_REVISION"]  # (each key's, as kv get KEY)
     assert set(lines[1]) <= {"-", " "}
     assert lines[2:] == [
-        "a           1",
-        "bin         base64:/w==",
-        "longer-key  two words",
+        "a           1            1        1",
+        "bin         base64:/w==  1        3",
+        "longer-key  two words    1        2",
     ]
     assert "\x1b" not in result.stdout  # no colour codes
 
