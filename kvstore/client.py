@@ -273,7 +273,10 @@ class _Connection:
             reading = self.caller_reading
             if reading is not None and reading[2]:
                 # The caller reading the stream timed out: closing the stream ends its wait there (its
-                # caller gives up on this connection anyway).
+                # caller gives up on this connection anyway). fail_all first, as every closer: once the
+                # descriptor is closed its number may be another socket's, and no direct write may go
+                # there (QA: another task's request went to an unrelated socket of the process).
+                self.fail_all()
                 await trio.aclose_forcefully(self.stream)
 
     def fail_all(self) -> None:

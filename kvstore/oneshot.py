@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import builtins
 import os
-import select
+import selectors
 import socket
 import threading
 import time
@@ -511,7 +511,10 @@ class OneShotClient:
         if endpoint == conn.endpoint:
             return conn.wait(rid, deadline), False
         try:
-            other: _Connection | None = _Connection.open(endpoint, max(deadline - time.monotonic(), 0.001), self._tls)
+            # Bounded by HEDGE_SECONDS, not the attempt's deadline: a paused TLS node completes the TCP
+            # connect (the kernel does) and never the handshake, and the first node may answer meanwhile.
+            other: _Connection | None = _Connection.open(
+                endpoint, max(min(deadline - time.monotonic(), HEDGE_SECONDS), 0.001), self._tls)
         except OSError:
             return conn.wait(rid, deadline), False  # (the rotation finds out about that node later)
         assert other is not None
@@ -522,30 +525,46 @@ class OneShotClient:
             other.close()
             return conn.wait(rid, deadline), False
         waiting: dict[_Connection, int] = {conn: rid, other: other_rid}
-        other_answered = False  # (a hedged write left unanswered is in doubt, as any attempt)
+        # The second copy was turned away on arrival (``refused``): it applied nothing. Otherwise it may
+        # have been proposed (no answer, or an answer such as a timeout after the proposal: QA), and a
+        # write is in doubt whichever answer wins.
+        other_refused = False
         first_error: BaseException | None = None
+        selector = selectors.DefaultSelector()  # (not select.select: descriptors past 1023, QA)
+        for c in waiting:
+            selector.register(c.sock, selectors.EVENT_READ, c)
+
+        def drop(c: _Connection) -> None:  # (an unregistered socket at its end would wake select at once)
+            del waiting[c]
+            selector.unregister(c.sock)
+
         try:
             while waiting:
                 for c, c_rid in list(waiting.items()):
                     try:
                         got = c.buffered_reply(c_rid)
                     except (_ConnectionLost, frames.WireError) as exc:
-                        del waiting[c]
+                        drop(c)
                         if c is conn:
                             first_error = exc
                         continue
                     if got is None:
                         continue
                     if c is conn:
-                        return got, not other_answered
-                    other_answered = True
-                    del waiting[c]
+                        return got, not other_refused
+                    other_refused = got.refused
+                    drop(c)
                     if got.ok or (got.code == frames.NOT_LEADER and _endpoint_or_none(got.leader or "")
                                   not in (None, conn.endpoint)) or (
                             got.code != frames.NOT_LEADER and got.code not in _TRY_ANOTHER):
-                        # The second node's answer wins: its connection becomes the client's.
+                        # The second node's answer wins: its connection becomes the client's (unless
+                        # the client was closed meanwhile, from another thread: QA).
                         conn.close()
-                        self._conn, other = c, None
+                        if self._closed:
+                            c.close()
+                        else:
+                            self._conn = c
+                        other = None
                         self._preferred = self._cursor = index
                         return got, True  # (the first node never answered)
                     # Not useful (the first node leads, or no leader is known): wait for the first.
@@ -554,22 +573,24 @@ class OneShotClient:
                     break
                 ready = [c for c in waiting if c.has_buffered_bytes()]
                 if not ready:
-                    readable = select.select([c.sock for c in waiting], [], [], remaining)[0]
-                    ready = [c for c in waiting if c.sock in readable]
+                    ready = [key.data for key, _ in selector.select(remaining)]
                 for c in ready:
                     try:
-                        c.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                        # (the second node gets HEDGE_SECONDS to finish a TLS record it began)
+                        left = deadline - time.monotonic()
+                        c.sock.settimeout(max(left if c is conn else min(left, HEDGE_SECONDS), 0.001))
                         c.receive()
                     except (_ConnectionLost, OSError) as exc:  # (TimeoutError: the deadline passed)
-                        del waiting[c]
+                        drop(c)
                         if c is conn:
                             first_error = exc
         finally:
+            selector.close()
             if other is not None:
                 other.close()
         if first_error is not None and conn not in waiting:
             raise first_error
-        return None, not other_answered
+        return None, not other_refused
 
     @staticmethod
     def _sleep(seconds: float) -> None:

@@ -9,6 +9,10 @@ node is followed; a write whose first copy went unanswered stays in doubt; membe
 """
 from __future__ import annotations
 
+import os
+import resource
+import socket
+import threading
 import time
 
 import pytest
@@ -150,3 +154,111 @@ def test_hedging_over_mutual_tls(nodes, pki):
         assert kv.get("k") == big
         assert time.monotonic() - started < 1.5
     assert [r["t"] for r in leader.requests] == ["get"] and len(silent.requests) == 1
+
+
+@pytest.mark.parametrize("code", ["storage_full", "timeout"])
+def test_a_second_copy_answered_in_doubt_keeps_the_write_in_doubt(nodes, code):
+    """QA: the second node proposed the write and then answered an error that is not a refusal (its disk
+    filled, the proposal timed out: the outcome is unknown); the first node then refused. The write is
+    in doubt, though the last answers were refusals."""
+    seen = {"b": 0}
+
+    def leader_b(request: dict) -> object:
+        seen["b"] += 1
+        if seen["b"] == 1:
+            return {**err(request, code, "this write's outcome is unknown"), "refused": False}
+        return {**err(request, "storage_full", "disk full; it refuses writes"), "refused": True}
+
+    b = nodes(leader_b)
+    slow = iter([0.4])
+
+    def follower_a(request: dict) -> object:
+        time.sleep(next(slow, 0))  # slow to answer the first copy only: the hedge goes to B meanwhile
+        return {**err(request, "not_leader", "not the leader", b.address), "refused": True}
+
+    a = nodes(follower_a)
+    with OneShotClient([a.address, b.address], timeout=1.5) as kv:
+        with pytest.raises(Unavailable) as info:
+            kv.put("k", "v")
+    assert seen["b"] >= 2
+    assert info.value.outcome_unknown, str(info.value)
+
+
+def test_hedging_in_a_process_holding_more_than_1024_descriptors(nodes):
+    """QA: ``select.select`` refuses descriptors past 1023 with a ValueError; a program holding many files
+    or sockets (a server using the blocking Client) must still get its answer."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard >= 1300, f"this test needs 1,300 descriptors (hard limit {hard})"
+    store = Store()
+    silent = nodes(lambda r: SILENT)
+    leader = nodes(store.handle)
+    if soft != resource.RLIM_INFINITY and soft < 1300:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1300, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # the program's own files
+    try:
+        with OneShotClient([silent.address, leader.address], timeout=6) as kv:
+            assert kv.put("k", "v") == 1
+            assert kv._conn is not None and kv._conn.sock.fileno() > 1024
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_second_node_that_never_finishes_the_tls_handshake_costs_the_hedge_delay_at_most(nodes, pki):
+    """QA: a paused TLS node completes the TCP connect (the kernel does) and never the handshake. The
+    hedge's connect to it gave up only at the attempt's deadline, and the first node's answer, there at
+    0.4 s, was dropped. Now that connect has HEDGE_SECONDS, and the first node's answer is taken."""
+    from kvstore.tls import TlsFiles, server_context
+
+    context = server_context(TlsFiles(pki.cacert, str(pki.dir / "node-1.pem"), str(pki.dir / "node-1.key")))
+    asked: list[str] = []
+
+    def slow(request: dict) -> object:
+        asked.append(request["t"])
+        time.sleep(0.4)
+        return ok(request, {"found": True, "value": "v", "ver": 1, "mrev": 1})
+
+    first = nodes(slow, tls=context)
+    paused = socket.socket()
+    paused.bind(("127.0.0.1", 0))
+    paused.listen()  # never accepts: the kernel completes TCP connects, nothing answers the handshake
+    try:
+        with OneShotClient([first.address, f"127.0.0.1:{paused.getsockname()[1]}"], timeout=6,
+                           **pki.files("admin")) as kv:
+            started = time.monotonic()
+            assert kv.get("k") == "v"
+            assert time.monotonic() - started < 1.5
+    finally:
+        paused.close()
+    assert asked == ["get"]  # answered the first time, not asked again
+
+
+def test_a_client_closed_from_another_thread_during_a_hedge_keeps_no_socket(nodes):
+    """QA: ``close()`` closed the first node's connection; the hedge's, not yet the client's, went on,
+    and when its node answered it became the client's connection after the close: an open socket on a
+    closed client."""
+    store = Store()
+
+    def slow_leader(request: dict) -> object:
+        time.sleep(0.6)
+        return store.handle(request)
+
+    silent = nodes(lambda r: SILENT)
+    leader = nodes(slow_leader)
+    kv = OneShotClient([silent.address, leader.address], timeout=6)
+    outcome: dict[str, object] = {}
+
+    def put() -> None:
+        try:
+            outcome["result"] = kv.put("k", "v")
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=put)
+    thread.start()
+    time.sleep(0.4)  # the hedge went out at 0.25 s; the leader answers at about 0.85 s
+    kv.close()
+    thread.join(5)
+    assert not thread.is_alive() and outcome
+    assert kv._conn is None or kv._conn.sock.fileno() == -1, "an open socket on a closed client"

@@ -4,7 +4,9 @@ reply wakes it directly), otherwise the connection's reader task. These tests ru
 timed out while it reads, others joining it, a submitted request arriving while the reader task idles."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import socket
 
 import trio
 
@@ -162,4 +164,55 @@ async def test_a_caller_reading_for_a_node_that_never_answers_moves_on_after_one
                 assert await kv.put("k", "v") == 2
             elapsed = trio.current_time() - started
             assert kv.attempt_timeout <= elapsed < kv.attempt_timeout + 1, elapsed
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_request_goes_to_a_descriptor_the_watchdog_freed():
+    """QA: the watchdog ended a reading caller's wait by closing the stream without failing the
+    connection first. Until that caller ran again, another task's request was written straight to the
+    closed descriptor's number, which a socket opened meanwhile had taken: the request's bytes reached
+    an unrelated socket of the process. Each trial here opens a socketpair the moment the stream is
+    closed and puts on the client; the pair must receive nothing."""
+    async with trio.open_nursery() as nursery:
+        endpoint = await _serve(nursery, functools.partial(_node, answer=lambda request: request.key != "hang"))
+        leaked: list[bytes] = []
+        windows = 0
+        for _ in range(12):  # (whether a trial hits the window depends on the order of trio's batch)
+            async with connect([endpoint], timeout=1.5) as kv:
+                for _ in range(SOLO_CALLS + 2):
+                    await kv.put("k", "v")
+                conn = kv._conn
+                assert conn is not None and conn.reader_idle
+                old_fd = conn.stream.socket.fileno()
+
+                async def hang(kv=kv) -> None:
+                    with contextlib.suppress(Exception):
+                        await kv.put("hang", "v")  # read by its caller; the watchdog closes at 0.5 s
+
+                async def bystander(kv=kv, conn=conn, old_fd=old_fd) -> None:
+                    nonlocal windows
+                    with trio.move_on_after(1.5):
+                        while conn.stream.socket.fileno() != -1:
+                            await trio.sleep(0)
+                        a, b = socket.socketpair()
+                        try:
+                            if a.fileno() != old_fd:
+                                return
+                            windows += 1
+                            with trio.move_on_after(0.3):
+                                await kv.put("innocent", "v")
+                            b.setblocking(False)
+                            with contextlib.suppress(BlockingIOError):
+                                leaked.append(b.recv(65536))
+                        finally:
+                            a.close()
+                            b.close()
+
+                async with trio.open_nursery() as trial:
+                    trial.start_soon(hang)
+                    trial.start_soon(bystander)
+            if windows >= 3:
+                break
+        assert windows >= 1  # (the socketpair took the freed number at least once)
+        assert leaked == [], leaked
         nursery.cancel_scope.cancel()
