@@ -42,6 +42,7 @@ import trio
 from paxos.messages import Message
 
 from . import identity, tls, wire
+from .members import CoreCall
 from .netio import Outbox
 from .storage import StorageError
 
@@ -147,6 +148,7 @@ class PeerLinks:
         self.node_id = node.node_id
         self.counters = node.counters
         self.outboxes: dict[int, Outbox] = {p: _peer_outbox() for p in node.peers if p != node.node_id}
+        self._lost_pending: set[int] = set()  # peers whose lost messages the core has yet to hear of
         self.stopped = False  # the node's disk failed: nothing more leaves (see stop)
         self._scope = trio.CancelScope()  # the sender tasks
         self._nursery: trio.Nursery | None = None
@@ -210,6 +212,21 @@ class PeerLinks:
             for frame in frames:
                 if not outbox.write(frame):
                     self.counters["peer_queue_full_drops"] += 1
+                    self._lost(to)
+
+    def _lost(self, peer_id: int) -> None:
+        """Messages to ``peer_id`` were lost here: the core resends what that peer still lacks on its
+        next resends, whether the peer answers meanwhile or not (``Replica.note_messages_lost``), in
+        the driver, which alone feeds the core."""
+        if peer_id in self._lost_pending:
+            return  # (one event for a burst of drops)
+        self._lost_pending.add(peer_id)
+
+        def tell_the_core() -> None:
+            self._lost_pending.discard(peer_id)
+            self.node.replica.note_messages_lost(peer_id)
+
+        self.node._post_event(CoreCall(tell_the_core))
 
     def encode_frames(self, to: int, msgs: list[Message]) -> list[bytes]:
         """The frames for ``msgs`` to peer ``to``: one, or one per message if that is too large (a
@@ -304,6 +321,7 @@ class PeerLinks:
                     outbox.drop_backlog()
                     await stream.send_all(hello)
                     raw_stream = outbox.attach(stream)  # (a TLS stream's TCP stream: the outbox seals)
+                    self._lost(peer_id)  # (what the last connection held is gone)
                     try:
                         lost = await self._run_link(peer_id, stream, raw_stream, outbox)
                     finally:

@@ -427,6 +427,7 @@ class Node:
                 thrifty=o.thrifty,
                 check_quorum=o.check_quorum,
                 pre_vote=o.pre_vote,
+                patient_resends=True,  # (TCP loses messages only with a link, and peers redial)
                 early_accepts=o.fsync,  # without fsyncs nothing waits, so nothing is sent early
             )
             recovered = self.storage.recovered

@@ -598,6 +598,10 @@ class ClassicReplica:
         if decided_slot > self._durable_decided_slot:
             self._durable_decided_slot = decided_slot
 
+    def note_messages_lost(self, peer: int) -> None:
+        """``Replica.note_messages_lost``: nothing to do, practical's ``resend_accept`` resends to every
+        node on each heartbeat period regardless (no ``Options.patient_resends`` here)."""
+
     def compact(self, snapshot_slot: int) -> None:
         """The state machine took a snapshot through ``snapshot_slot``: release every instance at or
         below it (``Replica.compact``; precondition ``snapshot_slot <= applied_slot``)."""

@@ -180,6 +180,14 @@ class Options:
     # it. Off by default in the library (an embedding program must route the two new messages);
     # kvstore's nodes turn it on.
     pre_vote: bool = False
+    # Patient resends: an undecided slot's Accept is resent every heartbeat period to each node that has
+    # not accepted it, since a transport may lose messages. With this set, not to a peer heard from at
+    # our ballot within the last heartbeat period, until an election timeout after the last send to it:
+    # on a transport that loses messages only with the link (TCP, whose links the shell redials), that
+    # Accept is still queued ahead of what the peer answered, or being written there. Large values made
+    # this matter: a slot open past a heartbeat period went again to both followers every period, and
+    # each copy made them slower still. Liveness only. kvstore's nodes turn it on.
+    patient_resends: bool = False
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_ticks", "election_timeout_ticks", "window", "batch_count_max",
@@ -187,7 +195,7 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Options.{name} must be an int >= 1, got {value!r}")
-        for name in ("lazy_decide", "thrifty", "early_accepts", "check_quorum", "pre_vote"):
+        for name in ("lazy_decide", "thrifty", "early_accepts", "check_quorum", "pre_vote", "patient_resends"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Options.{name} must be a bool, got {getattr(self, name)!r}")
 
@@ -222,6 +230,7 @@ class _Proposal:
     opened: int = 0  # Replica._ticks when it was opened
     voters: tuple[int, ...] = ()  # the slot's voters (membership rule 3: only their votes count)
     quorum: int = 1
+    resent: dict[int, int] = field(default_factory=dict)  # peer -> Replica._ticks of the last resend to it
 
 
 
@@ -314,6 +323,7 @@ class Replica:
         self._change_queued = False  # a configuration change is queued or in a slot, not applied yet
         self._transfer: tuple[int, int] | None = None  # (target, deadline tick) while handing leadership over
         self._peer_decided: dict[int, int] = {}  # the decided slot each peer last reported
+        self._lost_to: set[int] = set()  # peers the shell lost messages to since the last resends (patience off)
         # Options.check_quorum: the tick (self._ticks) at which each peer last answered our ballot
         # (Promise, Accepted, HeartbeatAck); reset when we win an election.
         self._peer_heard: dict[int, int] = {}
@@ -1430,16 +1440,35 @@ class Replica:
 
         Only proposals open for a whole heartbeat period: one opened since is most likely still on
         its way (or, with thrifty Accepts, was only now sent to the slower followers), and resending a
-        slot of hundreds of commands costs every receiver a decode and a log write.
+        slot of hundreds of commands costs every receiver a decode and a log write. With
+        ``Options.patient_resends``, not to a peer heard from within the last heartbeat period either,
+        until an election timeout after the last send to it, unless the shell said it lost messages to
+        it (``note_messages_lost``).
         """
         oldest = self._ticks - self.options.heartbeat_ticks
+        patient = self.options.patient_resends
         for slot, proposal in sorted(self._in_flight.items()):
             if proposal.opened > oldest:
                 continue
+            accept = None
             for peer in self._peers:
-                if peer not in proposal.acks:
-                    self._send(peer, Accept(sender=self.node_id, ballot=self._running_ballot, slot=slot,
-                                            value=proposal.value, decided_slot=self._decided_slot))
+                if peer in proposal.acks:
+                    continue
+                if patient and peer not in self._lost_to and self._peer_heard.get(peer, -1) >= oldest and (
+                        self._ticks - proposal.resent.get(peer, proposal.opened) < self.options.election_timeout_ticks):
+                    self._count("resend_held_back")
+                    continue
+                if accept is None:
+                    accept = Accept(sender=self.node_id, ballot=self._running_ballot, slot=slot,
+                                    value=proposal.value, decided_slot=self._decided_slot)
+                self._send(peer, accept)
+                proposal.resent[peer] = self._ticks
+        self._lost_to.clear()
+
+    def note_messages_lost(self, peer: int) -> None:
+        """The shell lost messages to ``peer`` (its link reconnected, or dropped what it had no room for):
+        with ``Options.patient_resends``, the next resends go to it whether it answers or not."""
+        self._lost_to.add(peer)
 
     def _start_heartbeat_round(self) -> int:
         """Send Heartbeat(seq) to all; reads waiting for ``seq`` are confirmed by a majority of acks.

@@ -44,7 +44,11 @@ class FakeNode:
         self.storage = SimpleNamespace(members={1: "inc-1", 2: "inc-2", 3: "inc-3"}, incarnation="inc-1",
                                        identity_legacy=False)
         config = Config(node_ids=(1, 2, 3))
-        self.replica = SimpleNamespace(config=config, applied_slot=0, schedule_through=lambda slot: ((1, 0, config),))
+        self.lost_to: list[int] = []  # Replica.note_messages_lost, once the driver ran the posted call
+        self.replica = SimpleNamespace(config=config, applied_slot=0, schedule_through=lambda slot: ((1, 0, config),),
+                                       note_messages_lost=self.lost_to.append)
+        self.core_calls: list = []  # what the links posted for the driver (kvstore.members.CoreCall)
+        self._post_event = self.core_calls.append
         self.members = SimpleNamespace(seen_incarnations={})
         self.posted: list[list] = []
         self.chunks: list = []
@@ -383,3 +387,31 @@ async def test_no_new_snapshot_goes_to_a_peer_whose_link_still_holds_a_peer_queu
     node.peer_links.outboxes[3].write(b"x" * peers.PEER_BACKLOG_BYTES_MAX, bytes_bounded=False)
     snapshots.send_soon([2, 3])
     assert started == [[2]]
+
+
+async def test_the_core_hears_of_messages_lost_on_a_reconnect_and_on_a_full_queue(autojump_clock):
+    """Over TCP a peer loses our messages only with its link (what the last connection held) or when its
+    queue has no room: the core, which holds resends back from a peer that answers
+    (``Options.patient_resends``), must hear of both (``Replica.note_messages_lost``), once per burst."""
+    net = MemoryNetwork()
+    node = _dialing_node(net)
+    listener = (await net.transport().open_listeners("n2", 7002))[0]
+    links = PeerLinks(node)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(links.run)
+        stream, hello = await _first_connection(listener)
+        assert hello.node_id == 1
+        for call in node.core_calls:
+            call.run()
+        assert node.lost_to == [2]  # the connection is new: what the last one held is gone
+        node.core_calls.clear()
+        outbox = links.outboxes[2]
+        outbox.limit = 0  # no room: every frame is dropped
+        outbox.detach()  # (so that writes queue, and count against the limit)
+        links.send_now([(2, _heartbeat(seq=s)) for s in range(3)])
+        links.send_now([(2, _heartbeat(seq=9))])
+        assert node.counters["peer_queue_full_drops"] >= 2
+        assert len(node.core_calls) == 1  # one call for the burst
+        node.core_calls[0].run()
+        assert node.lost_to == [2, 2]
+        nursery.cancel_scope.cancel()

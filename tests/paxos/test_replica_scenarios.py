@@ -456,6 +456,57 @@ def test_leader_retransmits_only_accepts_open_for_a_whole_heartbeat_period():
     assert sorted(to for to, m in sent(leader.take_actions(), Accept)) == [2, 3]
 
 
+def test_patient_resends_hold_an_accept_back_from_a_peer_that_answers_until_an_election_timeout():
+    """``Options.patient_resends`` (the server's: TCP loses messages only with a link): a slot still
+    undecided after a heartbeat period goes again only to peers not heard from within that period. A
+    peer that answers (here its heartbeat acks) has the Accept queued or is writing it; it gets it again
+    only an election timeout after the last send. A silent peer gets it every period, as without the
+    option; and without it, every missing acceptor does (the test above)."""
+    leader = make_leader(nodes=5, heartbeat_ticks=2, election_timeout_ticks=6, patient_resends=True)
+    leader.propose(b"x")
+    assert sorted(to for to, m in sent(leader.take_actions(), Accept)) == [2, 3, 4, 5]
+    leader.receive(Accepted(sender=2, ballot=Ballot(1, 1), slot=1))  # 2 accepted: 1 and 2 of 3 needed
+    resent: list[list[int]] = []
+    for _ in range(8):
+        leader.tick()
+        actions = leader.take_actions()
+        for seq in {m.seq for _, m in sent(actions, Heartbeat)}:
+            for peer in (2, 3):  # 2 and 3 answer; 4 and 5 are silent
+                leader.receive(HeartbeatAck(sender=peer, ballot=Ballot(1, 1), seq=seq, decided_slot=0))
+        resent.append(sorted(to for to, m in sent(actions, Accept)))
+    assert leader.is_leader
+    # Ticks 2, 4, 6 and 8 are heartbeat ticks. 4 and 5 get the Accept each time. 3 got it when the slot
+    # opened (tick 0) and answers: again only at tick 6, an election timeout on, and not at tick 8.
+    assert resent == [[], [4, 5], [], [4, 5], [], [3, 4, 5], [], [4, 5]], resent
+    assert leader.status()["counters"]["resend_held_back"] == 3
+
+
+def test_a_peer_the_shell_lost_messages_to_gets_the_next_resends_however_patient():
+    """``note_messages_lost``: the shell's link to a peer reconnected (or dropped what it had no room for),
+    so an Accept it was sent may be gone although the peer answers. The next resend round sends it every
+    undecided Accept it has not accepted; the rounds after are patient again."""
+    leader = make_leader(nodes=3, heartbeat_ticks=2, election_timeout_ticks=20, patient_resends=True)
+
+    def heartbeat_round() -> list[int]:
+        resent = []
+        for _ in range(2):
+            leader.tick()
+            actions = leader.take_actions()
+            for seq in {m.seq for _, m in sent(actions, Heartbeat)}:
+                for peer in (2, 3):
+                    leader.receive(HeartbeatAck(sender=peer, ballot=Ballot(1, 1), seq=seq, decided_slot=0))
+            resent += sorted(to for to, m in sent(actions, Accept))
+        return resent
+
+    assert heartbeat_round() == []  # (now both were heard from)
+    leader.propose(b"x")
+    leader.take_actions()
+    assert heartbeat_round() == []  # both answer: held back
+    leader.note_messages_lost(3)
+    assert heartbeat_round() == [3]
+    assert heartbeat_round() == []
+
+
 def test_nack_with_higher_promise_demotes_leader_and_drops_queued_commands():
     """Section 2.2: a proposer that learns of a higher number should abandon its proposal."""
     leader = make_leader()
