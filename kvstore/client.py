@@ -316,8 +316,8 @@ class _Connection:
         self.queued.append(request if type(request) is bytes else wire.encode_frame(request))
         self.waiters[rid] = [callback, None, False]
         self._watch(rid, deadline)
-        if self.caller_reading is None:
-            self._wake_reader()
+        if self.reader_idle and self.caller_reading is None:
+            self._wake_reader()  # (nobody else reads: its reply needs the reader task)
         if not self.send_pending:
             self.send_pending = True
             if not self.dispatching:
