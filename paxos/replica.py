@@ -323,7 +323,7 @@ class Replica:
         self._change_queued = False  # a configuration change is queued or in a slot, not applied yet
         self._transfer: tuple[int, int] | None = None  # (target, deadline tick) while handing leadership over
         self._peer_decided: dict[int, int] = {}  # the decided slot each peer last reported
-        self._lost_to: set[int] = set()  # peers the shell lost messages to since the last resends (patience off)
+        self._lost_at: dict[int, int] = {}  # peer -> the tick the shell last lost messages to it (note_messages_lost)
         # Options.check_quorum: the tick (self._ticks) at which each peer last answered our ballot
         # (Promise, Accepted, HeartbeatAck); reset when we win an election.
         self._peer_heard: dict[int, int] = {}
@@ -1443,7 +1443,7 @@ class Replica:
         slot of hundreds of commands costs every receiver a decode and a log write. With
         ``Options.patient_resends``, not to a peer heard from within the last heartbeat period either,
         until an election timeout after the last send to it, unless the shell said it lost messages to
-        it (``note_messages_lost``).
+        it since that send (``note_messages_lost``).
         """
         oldest = self._ticks - self.options.heartbeat_ticks
         patient = self.options.patient_resends
@@ -1454,8 +1454,9 @@ class Replica:
             for peer in self._peers:
                 if peer in proposal.acks:
                     continue
-                if patient and peer not in self._lost_to and self._peer_heard.get(peer, -1) >= oldest and (
-                        self._ticks - proposal.resent.get(peer, proposal.opened) < self.options.election_timeout_ticks):
+                last = proposal.resent.get(peer, proposal.opened)  # the last send to that peer
+                if patient and last > self._lost_at.get(peer, -1) and self._peer_heard.get(peer, -1) >= oldest and (
+                        self._ticks - last < self.options.election_timeout_ticks):
                     self._count("resend_held_back")
                     continue
                 if accept is None:
@@ -1463,12 +1464,12 @@ class Replica:
                                     value=proposal.value, decided_slot=self._decided_slot)
                 self._send(peer, accept)
                 proposal.resent[peer] = self._ticks
-        self._lost_to.clear()
 
     def note_messages_lost(self, peer: int) -> None:
         """The shell lost messages to ``peer`` (its link reconnected, or dropped what it had no room for):
-        with ``Options.patient_resends``, the next resends go to it whether it answers or not."""
-        self._lost_to.add(peer)
+        with ``Options.patient_resends``, every Accept last sent to it before now goes again on the next
+        resends (once open for a heartbeat period), whether it answers or not."""
+        self._lost_at[peer] = self._ticks
 
     def _start_heartbeat_round(self) -> int:
         """Send Heartbeat(seq) to all; reads waiting for ``seq`` are confirmed by a majority of acks.

@@ -487,7 +487,7 @@ def test_a_peer_the_shell_lost_messages_to_gets_the_next_resends_however_patient
     undecided Accept it has not accepted; the rounds after are patient again."""
     leader = make_leader(nodes=3, heartbeat_ticks=2, election_timeout_ticks=20, patient_resends=True)
 
-    def heartbeat_round() -> list[int]:
+    def heartbeat_round() -> list[tuple[int, int]]:
         resent = []
         for _ in range(2):
             leader.tick()
@@ -495,7 +495,7 @@ def test_a_peer_the_shell_lost_messages_to_gets_the_next_resends_however_patient
             for seq in {m.seq for _, m in sent(actions, Heartbeat)}:
                 for peer in (2, 3):
                     leader.receive(HeartbeatAck(sender=peer, ballot=Ballot(1, 1), seq=seq, decided_slot=0))
-            resent += sorted(to for to, m in sent(actions, Accept))
+            resent += sorted((to, m.slot) for to, m in sent(actions, Accept))
         return resent
 
     assert heartbeat_round() == []  # (now both were heard from)
@@ -503,7 +503,16 @@ def test_a_peer_the_shell_lost_messages_to_gets_the_next_resends_however_patient
     leader.take_actions()
     assert heartbeat_round() == []  # both answer: held back
     leader.note_messages_lost(3)
-    assert heartbeat_round() == [3]
+    assert heartbeat_round() == [(3, 1)]  # (to, slot)
+    assert heartbeat_round() == []
+    # A slot opened just before a loss, too young for the next resends, goes at the ones after.
+    leader.tick()  # (half a heartbeat period)
+    leader.take_actions()
+    leader.propose(b"y")
+    leader.take_actions()
+    leader.note_messages_lost(3)
+    assert heartbeat_round() == [(3, 1)]  # slot 2 opened a tick before: too young yet
+    assert heartbeat_round() == [(3, 2)]
     assert heartbeat_round() == []
 
 
