@@ -31,7 +31,9 @@ FRAME_BYTES_MAX = 8 * 1024 * 1024
 HEADER_BYTES = 4
 """Size of the big-endian unsigned length that starts every frame."""
 RECEIVE_CHUNK_BYTES = 64 * 1024
-"""How much ``FrameReader`` asks its stream for at once."""
+"""How much ``FrameReader`` asks its stream for at once, unless the frame it is reading needs more."""
+RECEIVE_FRAME_BYTES_MAX = 8 * 1024 * 1024
+"""How much ``FrameReader`` asks for at once, at most, while the rest of a larger frame is due."""
 RESULT_DEPTH_MAX = 4
 """How many levels of lists/maps an ``OkReply`` result may nest *inside* its top-level map."""
 

@@ -744,6 +744,47 @@ async def test_reader_hands_out_good_frames_then_refuses_the_bad_header():
 # ---------------------------------------------------------------------------------------------------
 
 
+class _RecordingStream(trio.abc.ReceiveStream):
+    """Hands out ``data`` as fast as asked, and records how much each ``receive_some`` asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.asked: list[int] = []
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        assert max_bytes is not None
+        self.asked.append(max_bytes)
+        piece, self.data = self.data[:max_bytes], self.data[max_bytes:]
+        return piece
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_reader_asks_for_the_rest_of_a_large_frame_at_once():
+    # Each read is a pass of the scheduler: a 4 MiB frame in 64 KiB reads took 64 passes, each behind
+    # every other task's step (a follower's heartbeats then came late: bench/big_values.py).
+    body = b"x" * (4 << 20)
+    stream = _RecordingStream(len(body).to_bytes(4, "big") + body
+                              + wire.encode_frame(FRAMES[0]))
+    reader = wire.FrameReader(stream, frame_bytes_max=8 << 20)
+    assert await reader.receive_frames() == [body]
+    assert stream.asked == [wire.RECEIVE_CHUNK_BYTES, len(body) + wire.HEADER_BYTES - wire.RECEIVE_CHUNK_BYTES]
+    # a small frame next: a chunk, as before
+    assert [wire.decode_body(b) for b in await reader.receive_frames()] == [FRAMES[0]]
+    assert stream.asked[2:] == [wire.RECEIVE_CHUNK_BYTES]
+
+
+async def test_reader_asks_for_a_huge_frame_in_reads_of_at_most_receive_frame_bytes_max():
+    body = b"y" * (20 << 20)
+    stream = _RecordingStream(len(body).to_bytes(4, "big") + body)
+    reader = wire.FrameReader(stream, frame_bytes_max=32 << 20)
+    assert await reader.receive_frames() == [body]
+    assert max(stream.asked) == wire.RECEIVE_FRAME_BYTES_MAX
+    assert len(stream.asked) == 4  # 64 KiB, then 8 + 8 + the last 4 MiB or so
+
+
 def _socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     a, b = trio.socket.socketpair()
     return trio.SocketStream(a), trio.SocketStream(b)
