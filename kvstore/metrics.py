@@ -213,6 +213,9 @@ class NodeCollector:
                                   "left to create their file",
                                   value=counters.get("snapshots_postponed_no_descriptors", 0))
         yield CounterMetricFamily("kv_log_records", "Records appended to the log", value=counters.get("records", 0))
+        yield CounterMetricFamily("kv_event_loop_stalls", "Times this node's event loop ran nothing else for 0.1 s "
+                                  "or more (a long step, or no CPU): leaders change when stalls near the election "
+                                  "timeout", value=counters.get("loop_stalls", 0))
 
         yield SummaryMetricFamily("kv_write_latency_seconds", "Writes answered by this node (as leader) and their "
                                   "seconds from arrival to answer: rate(_sum) / rate(_count) is the mean",

@@ -126,6 +126,10 @@ BATCH_BYTES_MAX = 8 << 20
 SIZED_POST_BYTES = 64 << 10
 # How far above every ballot number a node knows a peer's message may go (see Node._leaps_ballots)
 BALLOT_LEAP_MAX = 1 << 32
+# A tick that comes this much late says the node's event loop ran nothing else meanwhile (Node._ticker):
+# counted (kv_event_loop_stalls_total), and logged at most once per LOOP_STALL_LOG_SECONDS
+LOOP_STALL_SECONDS = 0.1
+LOOP_STALL_LOG_SECONDS = 10.0
 # How often the ticker sweeps idle client connections (see ClientLinks.close_idle)
 IDLE_SWEEP_SECONDS = 1.0
 # A snapshot is also due once the log above the last one holds this many bytes and SNAPSHOT_LOG_FACTOR
@@ -449,6 +453,8 @@ class Node:
             self._fenced = False  # disk_state != ok, as a flag the hot paths test
             self._driver_idle = False  # the driver waits for events and none was posted since (see _post)
             self._quiet = False  # the driver's last batch was tiny: one request at a time
+            self._stall_logged_at = -math.inf  # (event loop stalls: _note_loop_stall)
+            self._stall_ms_unlogged = 0
             self._led = False  # the core led after the last batch (see _after_events)
             self._leader_logged: tuple[int, object] | None = None  # the (leader, ballot) last logged
             self._feed_time: float | None = None  # see _now
@@ -668,6 +674,9 @@ class Node:
             if next_at < now:  # we fell behind (e.g. a long fsync): don't burst ticks
                 next_at = now
             await trio.sleep_until(next_at)
+            late = trio.current_time() - next_at
+            if late >= LOOP_STALL_SECONDS:
+                self._note_loop_stall(late)
             replica = self.replica
             self.counters["tick_wakeups"] += 1
             if self._driver_idle and self._quiet and not self.commit.pending_batches and not self._fenced:
@@ -686,6 +695,30 @@ class Node:
             # leader (heartbeats, lazy decides, retransmits, request timeouts) and a node without a
             # leader (elections) tick every period.
             step = follower_step if not replica.is_leader and replica.leader_id is not None else 1
+
+    def _note_loop_stall(self, seconds: float) -> None:
+        """The ticker woke ``seconds`` late: for that long the node's event loop ran nothing but one step
+        of some task, or the process got no CPU (a write or fsync in the loop on a slow disk, a large
+        value encoded or applied, swap, an overloaded machine, a paused process). Every node's election
+        timer and heartbeats ride on this loop: a stall near the election timeout costs a leader (QA,
+        bench/big_values.py: stalls of 0.15-0.8 s came before each leader change). Counted
+        (``kv_event_loop_stalls_total``, ``loop_stall_ms_max``) and logged now and then, with the worst
+        since the last line: the operator's clue to why leaders changed."""
+        counters = self.counters
+        counters["loop_stalls"] += 1
+        ms = round(seconds * 1000)
+        if ms > counters["loop_stall_ms_max"]:
+            counters["loop_stall_ms_max"] = ms
+        self._stall_ms_unlogged = max(self._stall_ms_unlogged, ms)
+        now = trio.current_time()
+        if now >= self._stall_logged_at + LOOP_STALL_LOG_SECONDS:
+            election_ms = round(self.options.election_timeout_ticks * self.options.tick_seconds * 1000)
+            log.warning("node %d: its event loop stalled for %d ms (%d stalls of %d ms or more so far); leaders "
+                        "change when stalls near the election timeout (%d ms): look for a slow disk, swap or an "
+                        "overloaded machine", self.node_id, self._stall_ms_unlogged, counters["loop_stalls"],
+                        round(LOOP_STALL_SECONDS * 1000), election_ms)
+            self._stall_logged_at = now
+            self._stall_ms_unlogged = 0
 
     # -----------------------------------------------------------------------------------------------
     # the driver: the task that feeds the Replica (others may only while it is parked: see _post)
