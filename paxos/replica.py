@@ -181,12 +181,13 @@ class Options:
     # kvstore's nodes turn it on.
     pre_vote: bool = False
     # Patient resends: an undecided slot's Accept is resent every heartbeat period to each node that has
-    # not accepted it, since a transport may lose messages. With this set, not to a peer heard from at
-    # our ballot within the last heartbeat period, until an election timeout after the last send to it:
-    # on a transport that loses messages only with the link (TCP, whose links the shell redials), that
-    # Accept is still queued ahead of what the peer answered, or being written there. Large values made
-    # this matter: a slot open past a heartbeat period went again to both followers every period, and
-    # each copy made them slower still. Liveness only. kvstore's nodes turn it on.
+    # not accepted it, since a transport may lose messages. With this set, to a peer only an election
+    # timeout after the last send to it, or once the shell says it lost messages to it
+    # (``note_messages_lost``): on a transport that loses messages only with the link (TCP, whose links
+    # the shell redials and whose queues report what they drop), that Accept is still queued, or being
+    # written there, whether the peer answers meanwhile or not (a busy peer's answers wait behind it).
+    # Large values made this matter: a slot open past a heartbeat period went again to both followers
+    # every period, and each copy made them slower still. Liveness only. kvstore's nodes turn it on.
     patient_resends: bool = False
 
     def __post_init__(self) -> None:
@@ -1441,9 +1442,8 @@ class Replica:
         Only proposals open for a whole heartbeat period: one opened since is most likely still on
         its way (or, with thrifty Accepts, was only now sent to the slower followers), and resending a
         slot of hundreds of commands costs every receiver a decode and a log write. With
-        ``Options.patient_resends``, not to a peer heard from within the last heartbeat period either,
-        until an election timeout after the last send to it, unless the shell said it lost messages to
-        it since that send (``note_messages_lost``).
+        ``Options.patient_resends``, to a peer only an election timeout after the last send to it, or
+        once the shell said it lost messages to it since that send (``note_messages_lost``).
         """
         oldest = self._ticks - self.options.heartbeat_ticks
         patient = self.options.patient_resends
@@ -1455,7 +1455,7 @@ class Replica:
                 if peer in proposal.acks:
                     continue
                 last = proposal.resent.get(peer, proposal.opened)  # the last send to that peer
-                if patient and last > self._lost_at.get(peer, -1) and self._peer_heard.get(peer, -1) >= oldest and (
+                if patient and last > self._lost_at.get(peer, -1) and (
                         self._ticks - last < self.options.election_timeout_ticks):
                     self._count("resend_held_back")
                     continue

@@ -394,7 +394,7 @@ class Simulation:
         # Odd seeds run with lazy decides (the server's setting), even seeds announce every decision
         # at once; seeds 2 and 3 mod 4 send thrifty Accepts (the server's setting too), 0 and 1 mod 4
         # broadcast them. So every mix of the ways a follower hears of slots and decisions is covered
-        # without a separate mode. Seeds 3 and 4 mod 5 hold resends back from peers that answer
+        # without a separate mode. Seeds 3 and 4 mod 5 hold resends back for an election timeout
         # (patient_resends, the server's setting): lost Accepts then come again only after an election
         # timeout, and the runs must stay live all the same.
         self.options = options or Options(heartbeat_ticks=1, election_timeout_ticks=4, window=8,
