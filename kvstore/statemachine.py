@@ -82,6 +82,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import math
 import operator
 import struct
 from bisect import bisect_left, insort
@@ -288,10 +289,11 @@ class _SortedKeys:
     def __len__(self) -> int:
         return sum(map(len, self._blocks))
 
-    def with_prefix(self, prefix: str) -> list[str]:
-        """The keys starting with ``prefix``, in order (a bisect plus the matching keys)."""
+    def with_prefix(self, prefix: str, limit: int = 0) -> list[str]:
+        """The keys starting with ``prefix``, in order (a bisect plus the matching keys); only the first
+        ``limit`` if ``limit`` > 0, without looking at the rest."""
         if not prefix:
-            return list(self)
+            return list(itertools.islice(self, limit)) if limit > 0 else list(self)
         found: list[str] = []
         blocks = self._blocks
         i = bisect_left(self._maxes, prefix)
@@ -304,12 +306,18 @@ class _SortedKeys:
                 if not key.startswith(prefix):
                     return found
                 found.append(key)
+                if len(found) == limit:
+                    return found
             j = 0
         return found
 
 
 class SnapshotError(Exception):
     """The snapshot bytes are malformed, truncated or inconsistent (raised by ``restore``)."""
+
+
+class RangeTooLarge(ValueError):
+    """``StateMachine.range`` with ``chars_max``: the entries taken so far hold more than that."""
 
 
 class Entry(NamedTuple):
@@ -569,11 +577,55 @@ class StateMachine:
         found = self._entries.get(key)
         return None if found is None else Entry(key, *_unpack(found))
 
-    def range(self, prefix: str = "") -> list[Entry]:
-        """Every entry whose key starts with ``prefix``, in key order (O(log n + matches))."""
+    def range(self, prefix: str = "", limit: int = 0) -> list[Entry]:
+        """Every entry whose key starts with ``prefix``, in key order (O(log n + matches)); only the first
+        ``limit`` if ``limit`` > 0, without looking at the rest."""
         entries = self._entries
-        keys = self._index.with_prefix(prefix)
-        return [Entry(k, *_unpack(entries[k])) for k in keys]
+        return [Entry(k, *_unpack(entries[k])) for k in self._index.with_prefix(prefix, limit)]
+
+    def range_items(self, prefix: str = "", limit: int = 0, *, values: bool = True, meta: bool = False,
+                    items_max: int = 0, bytes_min_max: int = 0) -> list[list[Value | int]]:
+        """``range(prefix, limit)`` as the items of a range answer (``kvstore.waiters.read_reply``): per
+        entry ``[key]``, with its value if ``values``, then version and mod_revision if ``meta``; built
+        straight from the packed entries (an ``Entry`` per key cost as much again: this runs in the
+        node's event loop).
+
+        ``items_max`` > 0: raise ``RangeTooLarge`` if more than that many entries match (and ``limit``
+        does not cut them to that), having looked at one more key, not at the rest. ``bytes_min_max`` > 0:
+        raise ``RangeTooLarge`` as soon as the items taken hold more than that many bytes by a lower
+        bound (each key's ``len``, at most its UTF-8 bytes, and each value's UTF-8 bytes), without
+        building the rest: a range that cannot fit in a frame is refused unbuilt."""
+        entries = self._entries
+        if items_max > 0 and not 0 < limit <= items_max:
+            keys = self._index.with_prefix(prefix, items_max + 1)
+            if len(keys) > items_max:
+                raise RangeTooLarge(f"more than {items_max:,} entries")
+        else:
+            keys = self._index.with_prefix(prefix, limit)
+        if not values and not meta:
+            if bytes_min_max > 0 and sum(map(len, keys)) > bytes_min_max:
+                raise RangeTooLarge(f"its {len(keys)} keys alone hold more than {bytes_min_max} bytes")
+            return [[key] for key in keys]
+        head = _ENTRY_HEAD.unpack_from
+        value_at = _VALUE_AT
+        bound = bytes_min_max if bytes_min_max > 0 else math.inf
+        items: list[list[Value | int]] = []
+        size = 0
+        for key in keys:
+            packed = entries[key]
+            kind, version, mod_revision = head(packed)
+            if values:
+                raw = packed[value_at:]
+                size += len(key) + len(raw)
+                value = raw.decode("utf-8") if kind else raw
+                items.append([key, value, version, mod_revision] if meta else [key, value])
+            else:
+                size += len(key)
+                items.append([key, version, mod_revision])
+            if size > bound:
+                raise RangeTooLarge(f"{len(items)} of its {len(keys)} entries already hold more than "
+                                    f"{bytes_min_max} bytes")
+        return items
 
     def __len__(self) -> int:
         return len(self._entries)

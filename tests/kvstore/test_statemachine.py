@@ -29,6 +29,7 @@ from kvstore.statemachine import (
     CLIENTS_MAX,
     RESULTS_PER_CLIENT_MAX,
     Entry,
+    RangeTooLarge,
     SnapshotError,
     StateMachine,
 )
@@ -879,3 +880,96 @@ def test_snapshot_pieces_of_large_values_are_bounded_by_bytes_and_add_up_to_the_
         one_each = list(frozen.chunks(2048, 1))  # one entry a piece
     assert b"".join(one_each) == whole and len(one_each) >= 41
     assert StateMachine.restore(b"".join(pieces)).state_hash() == d.sm.state_hash()
+
+
+# -----------------------------------------------------------------------------------------------
+# range answers: built from the packed entries, refused unbuilt past their bounds (QA: one range of
+# 63 MB held a leader's event loop for 0.5 s, ten with limit 1 for 1.5 s)
+
+
+class _CountingDict(dict):
+    """The state machine's entries, counting the lookups a range makes."""
+
+    lookups = 0
+
+    def __getitem__(self, key):
+        type(self).lookups += 1
+        return super().__getitem__(key)
+
+
+def _counting(sm: StateMachine) -> type[_CountingDict]:
+    counting = type("Counting", (_CountingDict,), {"lookups": 0})
+    sm._entries = counting(sm._entries)
+    return counting
+
+
+def test_range_items_are_the_range_in_each_shape_of_answer():
+    d = Driver()
+    for key, value in [("b", b"\x00\x01"), ("a/2", "two"), ("a/1", "one"), ("c", "C"), ("a/10", b"ten")]:
+        d.put(key, value)
+    d.put("a/1", "one again")
+    for prefix in ("", "a/", "b", "x"):
+        for limit in (0, 1, 2, 10):
+            entries = d.sm.range(prefix)[:limit] if limit else d.sm.range(prefix)
+            assert d.sm.range(prefix, limit) == entries
+            assert d.sm.range_items(prefix, limit) == [[e.key, e.value] for e in entries]
+            assert d.sm.range_items(prefix, limit, values=False) == [[e.key] for e in entries]
+            assert d.sm.range_items(prefix, limit, meta=True) == [
+                [e.key, e.value, e.version, e.mod_revision] for e in entries]
+            assert d.sm.range_items(prefix, limit, values=False, meta=True) == [
+                [e.key, e.version, e.mod_revision] for e in entries]
+
+
+def test_a_limited_range_looks_at_its_limit_of_keys_only():
+    d = Driver()
+    for i in range(500):
+        d.put(f"k{i:04d}", "v")
+    counting = _counting(d.sm)
+    assert d.sm.range_items("", 3) == [["k0000", "v"], ["k0001", "v"], ["k0002", "v"]]
+    assert d.sm.range_items("k01", 2, meta=True)[1][0] == "k0101"
+    assert [e.key for e in d.sm.range("k02", 1)] == ["k0200"]
+    assert counting.lookups == 3 + 2 + 1
+
+
+def test_a_range_over_items_max_is_refused_having_looked_at_one_key_more_and_built_nothing():
+    d = Driver()
+    for i in range(50):
+        d.put(f"k{i:02d}", "v")
+    counting = _counting(d.sm)
+    for shape in ({}, {"values": False}, {"meta": True}):
+        with pytest.raises(RangeTooLarge, match="more than 49 entries"):
+            d.sm.range_items("", items_max=49, **shape)
+        with pytest.raises(RangeTooLarge):
+            d.sm.range_items("k", 50 + 1, items_max=49, **shape)  # a limit above the bound is no bound
+    assert counting.lookups == 0
+    assert len(d.sm.range_items("", items_max=50)) == 50  # exactly the bound: answered
+    assert len(d.sm.range_items("", 49, items_max=49)) == 49  # the limit keeps it within
+
+
+def test_a_range_over_the_byte_bound_is_refused_before_the_rest_is_built():
+    d = Driver()
+    for i in range(100):
+        d.put(f"k{i:02d}", b"x" * 100)  # 3 + 100 bytes an entry
+    counting = _counting(d.sm)
+    with pytest.raises(RangeTooLarge):
+        d.sm.range_items("", bytes_min_max=1000)
+    assert counting.lookups == 10  # the 10th entry passed 1,000 bytes
+    assert len(d.sm.range_items("", bytes_min_max=103 * 100)) == 100  # exactly the bound: answered
+    assert len(d.sm.range_items("", values=False, bytes_min_max=300)) == 100  # keys only: 3 bytes each
+    with pytest.raises(RangeTooLarge):
+        d.sm.range_items("", values=False, bytes_min_max=299)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=8), st.one_of(st.text(max_size=20), st.binary(max_size=20))),
+                max_size=30),
+       st.booleans(), st.booleans())
+def test_the_byte_bound_never_refuses_items_that_encode_within_it(pairs, values, meta):
+    """The bound is a lower bound of the encoded items: a range whose items encode to at most N bytes
+    is never refused at N (so no answer that fits a frame is refused by it)."""
+    d = Driver()
+    for key, value in pairs:
+        d.put(key, value)
+    items = d.sm.range_items("", values=values, meta=meta)
+    encoded = len(cbor2.dumps(items))
+    assert d.sm.range_items("", values=values, meta=meta, bytes_min_max=encoded) == items

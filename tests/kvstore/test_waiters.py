@@ -202,3 +202,44 @@ def test_result_replies():
     reply_result(conn, 3, {"error": "malformed"})
     assert _codes(conn) == [(1, "ok"), (2, wire.STALE), (3, wire.BAD_REQUEST)]
     assert conn.answers[0].result == {"rev": 4} and conn.answers[2].message == "malformed"
+
+
+def _store(n: int, value: bytes = b"v") -> StateMachine:
+    sm = StateMachine()
+    for i in range(n):
+        sm.apply(commands.encode_put(b"c" * 16, i + 1, i, f"k{i:05d}", value))
+    return sm
+
+
+def _list(**fields) -> wire.ListRequest:
+    return wire.ListRequest(id=7, **{"prefix": "", "limit": 0, "keys_only": False, "linearizable": True, **fields})
+
+
+def test_a_range_answer_takes_its_limit_and_nothing_past_it():
+    sm = _store(300)
+    looked = []
+    get = sm._entries.__getitem__
+    sm._entries = type("Counting", (dict,), {"__getitem__": lambda self, k: looked.append(k) or get(k)})(sm._entries)
+    reply = read_reply(sm, _list(limit=2))
+    assert reply.result["items"] == [["k00000", b"v"], ["k00001", b"v"]]
+    assert looked == ["k00000", "k00001"]
+
+
+def test_a_range_of_more_than_range_items_max_entries_is_too_large_and_a_limit_within_it_is_answered(monkeypatch):
+    from kvstore import waiters
+    monkeypatch.setattr(waiters, "RANGE_ITEMS_MAX", 100)
+    sm = _store(101)
+    for shape in ({}, {"keys_only": True}, {"meta": True}, {"limit": 101}):
+        reply = read_reply(sm, _list(**shape))
+        assert isinstance(reply, wire.ErrorReply) and reply.code == wire.TOO_LARGE, shape
+        assert "more than 100 entries" in reply.message and "narrow the request" in reply.message
+    assert len(read_reply(sm, _list(limit=100)).result["items"]) == 100
+    assert len(read_reply(sm, _list(prefix="k0000")).result["items"]) == 10
+
+
+def test_a_range_whose_values_cannot_fit_a_frame_is_too_large_before_it_is_built():
+    sm = _store(9, b"x" * (1 << 20))  # 9 MiB of values, past the 8 MiB frame
+    reply = read_reply(sm, _list())
+    assert isinstance(reply, wire.ErrorReply) and reply.code == wire.TOO_LARGE
+    assert "8 of its 9 entries already hold more than" in reply.message  # (8 MiB and 48 bytes)
+    assert len(read_reply(sm, _list(keys_only=True)).result["items"]) == 9  # the keys alone fit
