@@ -103,6 +103,8 @@ def version_line() -> str:
 # Durations
 
 DURATION_MIN_SECONDS = 0.001
+# kvstore.frames.TIMEOUT_SECONDS_MAX (not imported: the CLI parses its options before loading cbor2)
+TIMEOUT_SECONDS_MAX = 1_000_000.0
 _DURATION_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0))  # (ms before m and s: the longest suffix first)
 
 
@@ -124,6 +126,8 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"{text!r} is not a duration: give seconds (2.5) or a number with ms, s or m (500ms, 5s, 1m)")
     if seconds < DURATION_MIN_SECONDS:
         raise ValueError(f"{text!r} is too short: at least 1ms")
+    if seconds > TIMEOUT_SECONDS_MAX:
+        raise ValueError(f"{text!r} is too long: at most {TIMEOUT_SECONDS_MAX:g} s (11 days)")
     return seconds
 
 

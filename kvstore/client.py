@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import trio
 
 from . import wire
+from .frames import check_timeout
 from .endpoints import format_endpoint, next_in_rotation, parse_endpoint, parse_endpoint_list
 from .errors import Entry, KVError, RequestError, Unavailable, entries_of
 from .limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, check_key, check_value
@@ -404,7 +405,7 @@ class AsyncClient:
         self.endpoints = parse_endpoint_list(endpoints)
         self._open_stream: Callable[[str, int], Awaitable[trio.abc.Stream]] = (
             transport.connect if transport is not None else trio.open_tcp_stream)
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.attempt_timeout = max(0.5, min(2.0, timeout / 3))
         self._nursery = nursery
         self._trio_token = trio.lowlevel.current_trio_token()  # the run it belongs to (see _check_open)

@@ -34,6 +34,9 @@ RECEIVE_CHUNK_BYTES = 64 * 1024
 """How much ``FrameReader`` asks its stream for at once, unless the frame it is reading needs more."""
 RECEIVE_FRAME_BYTES_MAX = 8 * 1024 * 1024
 """How much ``FrameReader`` asks for at once, at most, while the rest of a larger frame is due."""
+TIMEOUT_SECONDS_MAX = 1_000_000.0
+"""The longest deadline a client takes (11.6 days): a socket's timeout past ~9.2e9 s raises OverflowError,
+which no caller expects (QA: ``kv --command-timeout 9.3e9 status`` called a healthy cluster unreachable)."""
 RESULT_DEPTH_MAX = 4
 """How many levels of lists/maps an ``OkReply`` result may nest *inside* its top-level map."""
 
@@ -272,6 +275,15 @@ def _other_protocol(head: bytes | bytearray) -> str:
         return ": the other side speaks TLS and this side does not (--cacert, --cert and --key)"
     name = _OTHER_PROTOCOLS.get(head)
     return f": the other side speaks {name}, not the kv protocol" if name else ""
+
+
+def check_timeout(timeout: object) -> float:
+    """``timeout`` as seconds, if it is a number of seconds above 0 and at most ``TIMEOUT_SECONDS_MAX``;
+    else ``ValueError`` (a client's ``timeout``, checked when the client is made)."""
+    if type(timeout) not in (int, float) or not 0 < timeout <= TIMEOUT_SECONDS_MAX:  # (nan fails too)
+        raise ValueError(f"timeout must be a number of seconds above 0 and at most {TIMEOUT_SECONDS_MAX:g}, "
+                         f"not {timeout!r}")
+    return float(timeout)  # type: ignore[arg-type]
 
 
 def split_frames(buffer: bytearray, frame_bytes_max: int = FRAME_BYTES_MAX) -> list[bytes]:

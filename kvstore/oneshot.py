@@ -179,7 +179,7 @@ class OneShotClient:
     def __init__(self, endpoints: list[str] | str, *, timeout: float = 5.0, cacert: str | None = None,
                  cert: str | None = None, key: str | None = None) -> None:
         self.endpoints = parse_endpoint_list(endpoints)
-        self.timeout = timeout
+        self.timeout = frames.check_timeout(timeout)
         self.attempt_timeout = max(0.5, min(2.0, timeout / 3))
         given = [x for x in (cacert, cert, key) if x]
         if given and len(given) != 3:

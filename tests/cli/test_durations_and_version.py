@@ -35,7 +35,7 @@ def test_durations_with_and_without_a_unit(text, seconds, fake):
 @pytest.mark.parametrize(("text", "problem"), [
     ("0", "too short: at least 1ms"), ("0.5ms", "too short"), ("-1s", "too short"), ("5h", "not a duration"),
     ("abc", "not a duration"), ("s", "not a duration"), ("inf", "not a duration"), ("nan", "not a duration"),
-    ("1e400", "not a duration"),
+    ("1e400", "not a duration"), ("9300000000", "too long: at most 1e"), ("16667m", "too long"),
 ])
 def test_refused_durations_are_usage_errors_on_both_paths(text, problem, fake):
     with pytest.raises(ValueError, match=problem):
@@ -44,6 +44,26 @@ def test_refused_durations_are_usage_errors_on_both_paths(text, problem, fake):
     result = CliRunner().invoke(app, ["--command-timeout", text, *EP, "get", "k"])
     assert result.exit_code == 2 and problem in result.stderr, result.output
     assert fake.connects == []
+
+
+def test_the_longest_duration_is_the_clients_longest_timeout_and_both_clients_refuse_past_it():
+    """QA: ``--command-timeout 9.3e9`` made ``kv status`` call a healthy cluster unreachable (the socket
+    timeout raised OverflowError in each status thread); the library's clients took it too."""
+    from kv_cli import common
+    from kvstore import frames
+    from kvstore.client import AsyncClient, Client
+    from kvstore.oneshot import OneShotClient
+
+    assert common.TIMEOUT_SECONDS_MAX == frames.TIMEOUT_SECONDS_MAX
+    assert parse_duration("1000000") == frames.TIMEOUT_SECONDS_MAX
+    for bad in (1e10, 0, -1, float("nan"), float("inf"), "5", True, None):
+        with pytest.raises(ValueError, match="timeout must be a number of seconds above 0 and at most 1e"):
+            OneShotClient("127.0.0.1:1", timeout=bad)
+        with pytest.raises(ValueError, match="timeout must be"):
+            Client("127.0.0.1:1", timeout=bad)
+        with pytest.raises(ValueError, match="timeout must be"):
+            AsyncClient("127.0.0.1:1", None, timeout=bad)  # (checked before the nursery is used)
+    assert OneShotClient("127.0.0.1:1", timeout=1e6).timeout == 1e6
 
 
 def test_version_on_both_paths(capsys):
