@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import trio
 
 from . import wire
-from .frames import check_timeout
 from .endpoints import format_endpoint, next_in_rotation, parse_endpoint, parse_endpoint_list
 from .errors import Entry, KVError, RequestError, Unavailable, entries_of
+from .frames import check_timeout
 from .limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, check_key, check_value
 from .netio import Outbox
 

@@ -280,10 +280,11 @@ def _other_protocol(head: bytes | bytearray) -> str:
 def check_timeout(timeout: object) -> float:
     """``timeout`` as seconds, if it is a number of seconds above 0 and at most ``TIMEOUT_SECONDS_MAX``;
     else ``ValueError`` (a client's ``timeout``, checked when the client is made)."""
-    if type(timeout) not in (int, float) or not 0 < timeout <= TIMEOUT_SECONDS_MAX:  # (nan fails too)
+    if (type(timeout) is not int and type(timeout) is not float) or not 0 < timeout <= TIMEOUT_SECONDS_MAX:
+        # (a bool is no number of seconds here; nan fails the comparison)
         raise ValueError(f"timeout must be a number of seconds above 0 and at most {TIMEOUT_SECONDS_MAX:g}, "
                          f"not {timeout!r}")
-    return float(timeout)  # type: ignore[arg-type]
+    return float(timeout)
 
 
 def split_frames(buffer: bytearray, frame_bytes_max: int = FRAME_BYTES_MAX) -> list[bytes]:
