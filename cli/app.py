@@ -354,7 +354,8 @@ def serve_command(
     join: Annotated[str | None, typer.Option(
         "--join", help="Join a running cluster: HOST:PORT[,...] of its members. Add the node first with "
                        "kv member add ID HOST:PORT; it starts as a learner (kv member promote ID).")] = None,
-    tick_ms: Annotated[float | None, typer.Option("--tick-ms", min=0.1, help="Milliseconds per tick.")] = None,
+    tick_ms: Annotated[float | None, typer.Option("--tick-ms", min=0.1, max=1000.0,
+                                                  help="Milliseconds per tick (at most 1000).")] = None,
     election_timeout_ticks: Annotated[
         int | None,
         typer.Option("--election-timeout-ticks", min=1,

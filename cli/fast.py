@@ -47,7 +47,7 @@ _COMMANDS: dict[str, tuple[frozenset[str], frozenset[str], int, int | None]] = {
 
 
 # kv serve: option -> (keyword of kv_cli.serve.serve, kind); kinds: "int" (digits only, at least 1),
-# "id" (digits only), "ms" (a plain decimal of at least 0.1), "seconds" (a plain decimal), "str", "fsync",
+# "id" (digits only), "ms" (a plain decimal from 0.1 to 1000), "seconds" (a plain decimal), "str", "fsync",
 # "engine", "flag", "on", "off"
 _SERVE_OPTIONS: dict[str, tuple[str, str]] = {
     "--id": ("node_id", "id"), "--data-dir": ("data_dir", "str"), "--peers": ("peers", "str"),
@@ -184,7 +184,7 @@ def _serve_value(kind: str, text: str) -> object:
         if not (text.replace(".", "", 1).isdigit() and text.isascii()):
             raise _NotPlain
         number = float(text)
-        if kind == "ms" and number < 0.1:
+        if kind == "ms" and not 0.1 <= number <= 1000:
             raise _NotPlain
         return number
     if not (text.isdigit() and text.isascii()):  # no sign, space, underscore or other digits

@@ -111,7 +111,10 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
                 raise UsageProblem(f"invalid --metrics-addr {metrics_addr!r}: {exc}") from None
             overrides["metrics_addr"] = metrics_addr
         overrides.update(serve_tls_options(cacert, cert, key, acl, node_id))  # checked: UsageProblem if unusable
-        options = ServerOptions(**overrides)
+        try:
+            options = ServerOptions(**overrides)
+        except ValueError as exc:  # (the rest of the options' own rules: an empty --cluster-id, ...)
+            raise UsageProblem(f"invalid options: {exc}") from None
         # A taken port, found before the data directory is touched (the node reports it too, if it is
         # taken between this check and its own bind)
         if node_id in peer_map:

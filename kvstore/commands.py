@@ -124,6 +124,12 @@ def _check_key(key: object, *, allow_empty: bool = False) -> str | None:
     return None
 
 
+def key_problem(key: object) -> str | None:
+    """What is wrong with ``key`` as a key to read or write (not str, empty, over ``KEY_BYTES_MAX`` bytes in
+    UTF-8, a lone surrogate), or None: a ``get`` is refused for what a ``put`` would be."""
+    return _check_key(key)
+
+
 def _check_value(value: object, what: str) -> str | None:
     """Return a description of what is wrong with a value (str or bytes), or None if it is valid."""
     if type(value) is bytes:

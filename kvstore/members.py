@@ -368,6 +368,10 @@ class Members:
         return self.describe()
 
     async def _member_add(self, request: wire.AdminRequest) -> dict[str, Any]:
+        # The leader judges the address, against the newest configuration (QA: a follower answered with
+        # its own view and called itself "the leader"); a follower answers not_leader, and the client
+        # goes on to the leader.
+        self._require_leader()
         if request.node < 1:
             raise AdminError("member add needs a node id >= 1")
         try:

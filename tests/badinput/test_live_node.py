@@ -290,6 +290,24 @@ def test_wrong_cbor_types_in_every_field_of_client_messages(node):
     assert "Traceback" not in node.log_text()[mark:]
 
 
+@pytest.mark.parametrize("lin", [True, False])
+def test_a_get_of_an_empty_or_oversized_key_is_a_bad_request_and_the_connection_goes_on(node, lin):
+    """docs/protocol.md: a request over a limit gets bad_request, a get as a put (QA: the server answered
+    "not found"). The connection stays open: the next request is served."""
+    for key, problem in (("", "key must not be empty"), ("k" * 4097, "key has 4097 bytes in UTF-8, more than 4096"),
+                         ("\u00e9" * 2049, "key has 4098 bytes")):
+        request = dict(GOOD["get"], key=key, lin=lin)
+        received, closed, _ = exchange(node, frame(request) + frame({"t": "status", "id": 8}), replies_wanted=2)
+        got = replies(received)
+        assert not closed and len(got) == 2, got
+        assert isinstance(got[0], wire.ErrorReply) and got[0].code == wire.BAD_REQUEST and got[0].id == 7, got
+        assert problem in got[0].message
+        assert isinstance(got[1], wire.OkReply) and got[1].id == 8
+    good = dict(GOOD["get"], key="k" * 4096, lin=lin)
+    got = replies(exchange(node, frame(good), replies_wanted=1)[0])
+    assert isinstance(got[0], wire.OkReply) and got[0].result["found"] is False
+
+
 def test_bad_first_frame_gets_an_error_addressed_to_its_request(node):
     msg = dict(GOOD["put"], key=5)
     received, closed, _ = exchange(node, frame(msg))

@@ -620,6 +620,23 @@ def test_serve_refuses_an_election_timeout_under_two_heartbeats(fake, monkeypatc
     assert run(*base, "--heartbeat-ticks", "2", "--election-timeout-ticks", "4").exit_code == 0
 
 
+def test_serve_refuses_an_empty_cluster_id_and_a_tick_over_a_second_as_usage_errors(fake, monkeypatch, tmp_path):
+    """(QA: ``--cluster-id ""`` printed "Error: ValueError: ..." and exited 1; ``--tick-ms 1e11`` started a
+    node whose first election was centuries away)"""
+    import kvstore.server
+
+    started = []
+    monkeypatch.setattr(kvstore.server, "run_node", lambda *a, join=None, **kw: started.append((*a, join)))
+    base = ("serve", "--id", "1", "--peers", "1=127.0.0.1:7001", "--data-dir", str(tmp_path / "n1"))
+    result = run(*base, "--cluster-id", "")
+    assert result.exit_code == 2
+    assert_one_error_line(result, "invalid options: cluster_id must be a non-empty str, got ''")
+    for tick in ("1001", "100000000000"):
+        assert run(*base, "--tick-ms", tick).exit_code == 2, tick
+    assert started == [] and not (tmp_path / "n1").exists()
+    assert run(*base, "--tick-ms", "1000").exit_code == 0 and started[-1][3].tick_seconds == 1.0
+
+
 def test_serve_maps_options_to_server_options(fake, monkeypatch, tmp_path):
     import kvstore.server
 
