@@ -322,6 +322,7 @@ class PeerLinks:
                     await stream.send_all(hello)
                     raw_stream = outbox.attach(stream)  # (a TLS stream's TCP stream: the outbox seals)
                     self._lost(peer_id)  # (what the last connection held is gone)
+                    node.snapshots.link_renewed(peer_id)
                     try:
                         lost = await self._run_link(peer_id, stream, raw_stream, outbox)
                     finally:

@@ -284,6 +284,13 @@ class Snapshots:
                 if peer_id in node.peers:  # (not one removed meanwhile: forget_peer)
                     self._resend_after[peer_id] = (slot, resend_after)
 
+    def link_renewed(self, peer: int) -> None:
+        """Our link to ``peer`` was made anew: what the last one held is gone, a snapshot on its way
+        included, so the peer may have our snapshot again at once rather than ``RESEND_SECONDS`` after
+        that send (QA: a learner killed while its first snapshot arrived, then restarted, waited 6-9 s
+        on an idle cluster before it caught up)."""
+        self._resend_after.pop(peer, None)
+
     def _read_and_frame(self) -> list[bytes] | None:
         """In a worker thread: the newest snapshot's frames (it touches only the snapshot file)."""
         node = self.node

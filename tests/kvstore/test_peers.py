@@ -60,7 +60,9 @@ class FakeNode:
 
         self._post = post
         self.links_ended: list[int] = []
-        self.snapshots = SimpleNamespace(receive_chunk=self.chunks.append, drop_partial=self.links_ended.append)
+        self.links_renewed: list[int] = []
+        self.snapshots = SimpleNamespace(receive_chunk=self.chunks.append, drop_partial=self.links_ended.append,
+                                         link_renewed=self.links_renewed.append)
 
 
 def _heartbeat(sender: int = 1, seq: int = 0) -> pm.Heartbeat:
@@ -389,6 +391,27 @@ async def test_no_new_snapshot_goes_to_a_peer_whose_link_still_holds_a_peer_queu
     assert started == [[2]]
 
 
+async def test_the_same_snapshot_goes_again_only_after_resend_seconds_unless_the_link_was_made_anew(autojump_clock):
+    """A lagging peer asks for our snapshot on every message until it has it; the same one goes again only
+    ``RESEND_SECONDS`` after the last send, unless our link to it was made anew meanwhile, which lost
+    what the last one held (QA: a learner killed while its first snapshot arrived waited 6-9 s)."""
+    from kvstore import snapshots as snapshots_module
+
+    started: list = []
+    node = FakeNode()
+    node.storage = SimpleNamespace(snapshot_slot=7, read_snapshot=lambda: None)
+    node._fenced = False
+    node.nursery = SimpleNamespace(start_soon=lambda fn, peer_ids, slot: started.append(list(peer_ids)))
+    node.peer_links = PeerLinks(node)
+    snapshots = Snapshots(node)
+    snapshots._resend_after[2] = (7, trio.current_time() + snapshots_module.RESEND_SECONDS)  # (sent just now)
+    snapshots.send_soon([2])
+    assert started == []  # held back
+    snapshots.link_renewed(2)
+    snapshots.send_soon([2])
+    assert started == [[2]]
+
+
 async def test_the_core_hears_of_messages_lost_on_a_reconnect_and_on_a_full_queue(autojump_clock):
     """Over TCP a peer loses our messages only with its link (what the last connection held) or when its
     queue has no room: the core, which holds resends back from a peer that answers
@@ -404,6 +427,7 @@ async def test_the_core_hears_of_messages_lost_on_a_reconnect_and_on_a_full_queu
         for call in node.core_calls:
             call.run()
         assert node.lost_to == [2]  # the connection is new: what the last one held is gone
+        assert node.links_renewed == [2]  # (a snapshot on its way too: it may go again at once)
         node.core_calls.clear()
         outbox = links.outboxes[2]
         outbox.limit = 0  # no room: every frame is dropped
