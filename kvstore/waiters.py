@@ -112,11 +112,6 @@ def reply_result(conn: Replier, wire_id: int, result: dict[str, Any]) -> str:
     return "ok"
 
 
-# The most entries one range answer holds: building one costs ~1-1.5 us per entry in the node's event loop
-# (700,000 keys of 8 bytes fit in a frame and took 1 s; heartbeats wait meanwhile). Past it: too_large.
-RANGE_ITEMS_MAX = 100_000
-
-
 def read_reply(sm: StateMachine, request: ReadRequest) -> wire.OkReply | wire.ErrorReply:
     """The answer to a ``GetRequest`` or ``ListRequest`` from the state machine ``sm`` as it is now.
 
@@ -135,7 +130,7 @@ def read_reply(sm: StateMachine, request: ReadRequest) -> wire.OkReply | wire.Er
         return wire.OkReply(id=request.id, result=result)
     try:
         items = sm.range_items(request.prefix, request.limit, values=not request.keys_only, meta=request.meta,
-                               items_max=RANGE_ITEMS_MAX, bytes_min_max=frames.FRAME_BYTES_MAX)
+                               items_max=frames.RANGE_ITEMS_MAX, bytes_min_max=frames.FRAME_BYTES_MAX)
     except RangeTooLarge as exc:
         return wire.ErrorReply(id=request.id, code=wire.TOO_LARGE, leader=None,
                                message=f"the reply is too large ({exc}); narrow the request (prefix, limit), "

@@ -226,8 +226,8 @@ def test_a_range_answer_takes_its_limit_and_nothing_past_it():
 
 
 def test_a_range_of_more_than_range_items_max_entries_is_too_large_and_a_limit_within_it_is_answered(monkeypatch):
-    from kvstore import waiters
-    monkeypatch.setattr(waiters, "RANGE_ITEMS_MAX", 100)
+    from kvstore import frames
+    monkeypatch.setattr(frames, "RANGE_ITEMS_MAX", 100)
     sm = _store(101)
     for shape in ({}, {"keys_only": True}, {"meta": True}, {"limit": 101}):
         reply = read_reply(sm, _list(**shape))
