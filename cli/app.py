@@ -34,6 +34,7 @@ from . import oneshot
 from .common import (
     ENGINE_HELP,
     ENV_ENDPOINTS,
+    RANGE_ITEMS_MAX,
     Engine,
     Settings,
     parse_duration,
@@ -258,8 +259,9 @@ def get_command(
     keys_only: Annotated[bool, typer.Option("--keys-only", help="Print keys only.")] = False,
     print_value_only: Annotated[bool, typer.Option(
         "--print-value-only", help="Print values only, without the key lines (simple output).")] = False,
-    limit: Annotated[int, typer.Option("--limit", min=0, help="With --prefix: at most this many keys, the "
-                                                             "first in key order (0: all).")] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=0, max=RANGE_ITEMS_MAX,
+                                       help="With --prefix: at most this many keys, the first in key order "
+                                            "(0: all, up to 100,000; kv dump reads any number).")] = 0,
     consistency: Annotated[
         Consistency,
         typer.Option("--consistency", help="l: linearizable (default); s: serializable, may be stale."),
@@ -307,8 +309,9 @@ def cas_command(
 def ls_command(
     ctx: typer.Context,
     prefix: Annotated[str, typer.Argument(help="List only keys starting with PREFIX.")] = "",
-    limit: Annotated[int, typer.Option("--limit", min=0, help="At most this many keys, the first in key order "
-                                                             "(0: all).")] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=0, max=RANGE_ITEMS_MAX,
+                                       help="At most this many keys, the first in key order (0: all, up to "
+                                            "100,000; kv dump reads any number).")] = 0,
     consistency: Annotated[
         Consistency, typer.Option("--consistency", help="l: linearizable (default); s: serializable.")
     ] = Consistency.l,

@@ -103,8 +103,10 @@ def version_line() -> str:
 # Durations
 
 DURATION_MIN_SECONDS = 0.001
-# kvstore.frames.TIMEOUT_SECONDS_MAX (not imported: the CLI parses its options before loading cbor2)
+# kvstore.frames.TIMEOUT_SECONDS_MAX and RANGE_ITEMS_MAX (not imported: the CLI parses its options before
+# loading cbor2; a test checks they agree)
 TIMEOUT_SECONDS_MAX = 1_000_000.0
+RANGE_ITEMS_MAX = 100_000
 _DURATION_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0))  # (ms before m and s: the longest suffix first)
 
 

@@ -25,7 +25,7 @@ import os
 import sys
 from typing import cast
 
-from .common import ENV_ENDPOINTS, EXIT_FAILED, EXIT_INTERRUPTED, Settings, parse_duration
+from .common import ENV_ENDPOINTS, EXIT_FAILED, EXIT_INTERRUPTED, RANGE_ITEMS_MAX, Settings, parse_duration
 from .output import OutputFormat
 
 _GLOBAL_VALUE_OPTIONS = {"--endpoints": "endpoints", "--write-out": "write_out", "-w": "write_out",
@@ -139,6 +139,8 @@ def _parse(argv: list[str]) -> tuple[str, Settings, dict[str, object], list[str]
     limit = options.get("--limit", "0")
     if not (isinstance(limit, str) and limit.isascii() and limit.isdigit()):
         raise _NotPlain  # typer says what is wrong with it
+    if int(limit) > RANGE_ITEMS_MAX:  # (typer's to report)
+        raise _NotPlain
     options["--limit"] = int(limit)
     return command, _settings(given, debug), options, positional
 

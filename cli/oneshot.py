@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kvstore.errors import RequestError
-from kvstore.frames import RANGE_ITEMS_MAX, TOO_LARGE
+from kvstore.frames import TOO_LARGE
 
 from . import nodestatus
 from .common import (
@@ -139,7 +139,7 @@ def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool =
                     # (one more than asked: whether the limit cut the range, etcd's "more")
                     # (each key's version and mod_revision only where they are printed)
                     items = client.range_items(key, keys_only=keys_only, consistency=consistency,
-                                               limit=limit + 1 if 0 < limit < RANGE_ITEMS_MAX else limit,
+                                               limit=limit + 1 if limit else 0,
                                                meta=settings.write_out is not OutputFormat.simple)
                 except RequestError as exc:
                     if exc.code != TOO_LARGE:
@@ -262,7 +262,7 @@ def ls(settings: Settings, prefix: str = "", *, consistency: str = "l", limit: i
         settings.endpoints()
         with open_oneshot_client(settings) as client:
             keys = [k for k, _ in client.list(prefix, keys_only=True, consistency=consistency,
-                                              limit=limit + 1 if 0 < limit < RANGE_ITEMS_MAX else limit)]
+                                              limit=limit + 1 if limit else 0)]
         more = bool(limit) and len(keys) > limit  # (one more than asked: whether the limit cut the range)
         keys = keys[:limit] if more else keys
         if settings.write_out is OutputFormat.json:

@@ -35,9 +35,10 @@ RECEIVE_CHUNK_BYTES = 64 * 1024
 RECEIVE_FRAME_BYTES_MAX = 8 * 1024 * 1024
 """How much ``FrameReader`` asks for at once, at most, while the rest of a larger frame is due."""
 RANGE_ITEMS_MAX = 100_000
-"""The most entries one ``list`` answer holds; a range with more is ``too_large`` (``limit`` or a dump reads
-it). A node builds each answer in its event loop, ~1-1.5 us per entry: 700,000 keys of 8 bytes fit in a
-frame and took it 1 s, heartbeats waiting meanwhile (QA, session 26)."""
+"""The most entries a ``list`` without a ``limit`` is answered with; one that matches more is ``too_large``
+(a dump reads any number). A ``limit`` up to one more is answered (a client's limit of this many, and
+one entry more to tell whether it left entries out). A node builds each answer in its event loop, ~1-1.5
+us per entry: 700,000 keys of 8 bytes fit in a frame and took it 1 s (QA, session 26)."""
 TIMEOUT_SECONDS_MAX = 1_000_000.0
 """The longest deadline a client takes (11.6 days): a socket's timeout past ~9.2e9 s raises OverflowError,
 which no caller expects (QA: ``kv --command-timeout 9.3e9 status`` called a healthy cluster unreachable)."""

@@ -128,9 +128,13 @@ def read_reply(sm: StateMachine, request: ReadRequest) -> wire.OkReply | wire.Er
             result = {"found": True, "value": entry.value, "ver": entry.version,
                       "mrev": entry.mod_revision, "rev": sm.revision}
         return wire.OkReply(id=request.id, result=result)
+    # (a limit of RANGE_ITEMS_MAX + 1 is a client's limit of RANGE_ITEMS_MAX and one entry more, to tell
+    # whether the limit left entries out: etcd's "more")
+    limited = 0 < request.limit <= frames.RANGE_ITEMS_MAX + 1
     try:
         items = sm.range_items(request.prefix, request.limit, values=not request.keys_only, meta=request.meta,
-                               items_max=frames.RANGE_ITEMS_MAX, bytes_min_max=frames.FRAME_BYTES_MAX)
+                               items_max=request.limit if limited else frames.RANGE_ITEMS_MAX,
+                               bytes_min_max=frames.FRAME_BYTES_MAX)
     except RangeTooLarge as exc:
         return wire.ErrorReply(id=request.id, code=wire.TOO_LARGE, leader=None,
                                message=f"the reply is too large ({exc}); narrow the request (prefix, limit), "

@@ -297,19 +297,24 @@ def test_a_limit_that_cuts_the_range_says_more_in_json(fake):
     assert json.loads(run(*EP, "-w", "json", "ls", "--limit", "1").stdout) == {"keys": ["a"], "count": 1, "more": True}
 
 
-def test_a_limit_at_the_most_a_node_answers_is_asked_as_it_is(fake):
-    """A node answers at most ``RANGE_ITEMS_MAX`` entries (``too_large`` past it): the probe for ``more``
-    (one entry past the limit) would turn ``--limit 100000`` into a refusal, so at that limit and above
-    the client asks for the limit itself (and ``more`` says false)."""
+def test_a_limit_is_at_most_what_a_node_answers_and_is_probed_with_one_more(fake):
+    """A node answers a ``list`` without a limit with at most ``RANGE_ITEMS_MAX`` entries, and a limit of
+    one more (``too_large`` past them): ``--limit`` goes up to ``RANGE_ITEMS_MAX`` and the client asks for
+    one entry more to tell ``more`` (QA: a probe-less --limit 100000 said "more": false with keys left out);
+    above it, a usage error."""
+    from kv_cli import common
     from kvstore.frames import RANGE_ITEMS_MAX
 
+    assert common.RANGE_ITEMS_MAX == RANGE_ITEMS_MAX
     fake.set("a", "x")
-    for limit, asked in ((RANGE_ITEMS_MAX - 1, RANGE_ITEMS_MAX), (RANGE_ITEMS_MAX, RANGE_ITEMS_MAX),
-                         (RANGE_ITEMS_MAX + 5, RANGE_ITEMS_MAX + 5)):
+    for limit in (RANGE_ITEMS_MAX - 1, RANGE_ITEMS_MAX):
         fake.calls.clear()
         assert json.loads(run(*EP, "-w", "json", "get", "--prefix", "", "--limit", str(limit)).stdout)["count"] == 1
         assert json.loads(run(*EP, "-w", "json", "ls", "--limit", str(limit)).stdout)["count"] == 1
-        assert [call[2]["limit"] for call in fake.calls if call[0] in ("range_items", "list")] == [asked, asked]
+        assert [call[2]["limit"] for call in fake.calls if call[0] in ("range_items", "list")] == [limit + 1] * 2
+    for argv in (("get", "--prefix", ""), ("ls",)):
+        result = run(*EP, *argv, "--limit", str(RANGE_ITEMS_MAX + 1))
+        assert result.exit_code == 2 and "--limit" in result.stderr, result.output
 
 
 # --- endpoints -----------------------------------------------------------------------------------

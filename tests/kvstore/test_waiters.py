@@ -226,13 +226,17 @@ def test_a_range_answer_takes_its_limit_and_nothing_past_it():
 
 
 def test_a_range_of_more_than_range_items_max_entries_is_too_large_and_a_limit_within_it_is_answered(monkeypatch):
+    """Without a limit at most RANGE_ITEMS_MAX entries; with one, up to RANGE_ITEMS_MAX + 1 (a client's
+    limit and the one more it asks to tell etcd's "more")."""
     from kvstore import frames
     monkeypatch.setattr(frames, "RANGE_ITEMS_MAX", 100)
-    sm = _store(101)
-    for shape in ({}, {"keys_only": True}, {"meta": True}, {"limit": 101}):
+    sm = _store(102)
+    for shape in ({}, {"keys_only": True}, {"meta": True}, {"limit": 102}):
         reply = read_reply(sm, _list(**shape))
         assert isinstance(reply, wire.ErrorReply) and reply.code == wire.TOO_LARGE, shape
-        assert "more than 100 entries" in reply.message and "narrow the request" in reply.message
+        assert "narrow the request" in reply.message
+    assert "more than 100 entries" in read_reply(sm, _list()).message
+    assert len(read_reply(sm, _list(limit=101)).result["items"]) == 101
     assert len(read_reply(sm, _list(limit=100)).result["items"]) == 100
     assert len(read_reply(sm, _list(prefix="k0000")).result["items"]) == 10
 
