@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import commands, descriptors, tls, wire
+from . import commands, descriptors, frames, tls, wire
 from .events import WAKE, Proposal, Read
 from .frames import split_frames
 from .metrics import OUTCOME_OF_CODE, request_op
@@ -72,11 +72,53 @@ REFUSED_FRAME_DRAIN_SECONDS = 5.0
 CLIENT_BACKLOG_BYTES_MAX = 64 * 1024 * 1024
 # Answers encoded ahead of what a client has read, at most (more wait unencoded: ClientConn)
 REPLY_WINDOW_BYTES = 8 * 1024 * 1024
+# Entries of range answers built per step of the node's driver, at least (see RangeBudget): as many as
+# one answer may hold
+RANGE_STEP_ENTRIES = frames.RANGE_ITEMS_MAX
 # A connection whose held-back answers see no progress for this long is closed as unread (ClientLinks._await_room)
 REPLY_STALL_SECONDS = 30.0
 # How long the answers still queued may take to leave once a connection ends (a client that reads
 # nothing would hold the connection, and its answers, for as long as it lives)
 REPLY_DRAIN_SECONDS = 10.0
+
+
+class RangeBudget:
+    """The entries of range answers a node builds per step of its driver (see ``ClientConn.reply_read``).
+
+    Each answer is built in the node's event loop, about a microsecond per entry, and a range answer is
+    bounded (``frames.RANGE_ITEMS_MAX`` entries) but many may come at once: a client pipelining twenty
+    lists of 90,000 keys had them all built in one step, 1 s in which the node heard nothing, and the
+    leader changed (QA). The driver renews the budget at each of its steps (``renew``); a range read
+    that finds it spent waits parked on its connection (its answer built from the state then, as any
+    parked read's is: ``ClientConn.send_pending``), and the connection waits in ``waiting`` for the next
+    step, which ``wake`` asks for (the driver's next step comes after every other task's: a pass of the
+    scheduler). At least one answer is built per step, however large, so every read is answered."""
+
+    __slots__ = ("left", "waiting", "wake", "woken")
+
+    def __init__(self, wake: Callable[[], None] = lambda: None) -> None:
+        self.left = RANGE_STEP_ENTRIES
+        self.waiting: list[ClientConn] = []  # connections holding range reads back for the next step
+        self.wake = wake  # asks the driver for another step (the node posts a Wake)
+        self.woken = False
+
+    def renew(self) -> None:
+        self.left = RANGE_STEP_ENTRIES
+
+    def hold(self, conn: ClientConn) -> None:
+        if conn not in self.waiting:
+            self.waiting.append(conn)
+        if not self.woken:
+            self.woken = True
+            self.wake()
+
+    def resume(self) -> None:
+        """Let the connections held back build what this step's budget allows (``send_replies``)."""
+        waiting = self.waiting
+        if waiting and self.left > 0:
+            self.waiting, self.woken = [], False
+            for conn in waiting:
+                conn.send_pending()
 
 
 class ClientConn:
@@ -91,9 +133,9 @@ class ClientConn:
     a leader change.)"""
 
     __slots__ = ("outbox", "pending", "pending_bytes", "parked", "read_state", "finishing", "closed", "name",
-                 "_dirty", "last_heard", "scope", "principal", "requests", "answered")
+                 "_dirty", "last_heard", "scope", "principal", "requests", "answered", "budget")
 
-    def __init__(self, name: str, dirty: list[ClientConn]) -> None:
+    def __init__(self, name: str, dirty: list[ClientConn], budget: RangeBudget | None = None) -> None:
         self.principal: Principal | None = None  # who its TLS certificate names; None without TLS
         self.outbox = Outbox()
         self.outbox.drained = self.send_pending
@@ -113,6 +155,7 @@ class ClientConn:
         # connection stays until the requests before it are answered (ClientLinks._answer_then_refuse).
         self.requests = 0
         self.answered = 0
+        self.budget = budget if budget is not None else RangeBudget()  # (the node's, shared: see RangeBudget)
 
     def reply(self, message: object) -> None:
         if self.closed:
@@ -132,6 +175,17 @@ class ClientConn:
         if self.parked or self.pending_bytes + self.outbox.backlog_bytes >= REPLY_WINDOW_BYTES:
             self.answered += 1
             self.parked.append(request)
+            return
+        if type(request) is wire.ListRequest:
+            budget = self.budget
+            if budget.left <= 0:
+                self.answered += 1
+                self.parked.append(request)
+                budget.hold(self)
+                return
+            reply = read_reply(sm, request)
+            budget.left -= _entries_of(reply)
+            self._add(_encode_reply(reply))
             return
         self._add(_encode_reply(read_reply(sm, request)))
 
@@ -156,6 +210,7 @@ class ClientConn:
         """Write what is pending, then as many parked answers as the window takes (also called by the
         writer task when it has sent enough: ``Outbox.drained``)."""
         outbox = self.outbox
+        held = False  # range reads wait for the driver's next step (RangeBudget)
         while True:
             pending = self.pending
             if pending:
@@ -171,18 +226,28 @@ class ClientConn:
                         self._close_unread(outbox.backlog_bytes)
                 self.pending_bytes = 0
             parked = self.parked
-            if self.closed or not parked or outbox.backlog_bytes >= REPLY_WINDOW_BYTES:
+            if self.closed or held or not parked or outbox.backlog_bytes >= REPLY_WINDOW_BYTES:
                 break
             # Room again: encode parked answers up to the window (not listed in _dirty: written here).
             room = REPLY_WINDOW_BYTES - outbox.backlog_bytes
             while parked and self.pending_bytes < room:
-                item = parked.popleft()
+                item = parked[0]
                 if type(item) is bytes:
                     frame = item
-                elif isinstance(item, (wire.GetRequest, wire.ListRequest)):
+                elif type(item) is wire.ListRequest:
+                    budget = self.budget
+                    if budget.left <= 0:
+                        budget.hold(self)
+                        held = True
+                        break
+                    reply = read_reply(self.read_state(), item)
+                    budget.left -= _entries_of(reply)
+                    frame = _encode_reply(reply)
+                elif type(item) is wire.GetRequest:
                     frame = _encode_reply(read_reply(self.read_state(), item))
                 else:
                     frame = _encode_reply(item)
+                parked.popleft()
                 self.pending.append(frame)
                 self.pending_bytes += len(frame)
         if self.closed:
@@ -222,6 +287,12 @@ def _write_in_pieces(outbox: Outbox, frames: list[bytes]) -> None:
         outbox.write(piece[0] if len(piece) == 1 else b"".join(piece))
 
 
+def _entries_of(reply: object) -> int:
+    """What a range answer cost (its entries; a refusal, 1) against ``RangeBudget``."""
+    result = getattr(reply, "result", None)
+    return max(1, len(result["items"])) if type(result) is dict and "items" in result else 1
+
+
 def _encode_reply(message: object) -> bytes:
     try:
         return wire.encode_frame(message)
@@ -239,6 +310,8 @@ class ClientLinks:
         self.node = node
         self.counters = node.counters
         self.dirty: list[ClientConn] = []  # connections with replies to send
+        # range answers built per driver step (see RangeBudget): the driver renews it, a Wake resumes it
+        self.range_budget = RangeBudget(lambda: node._post_event(WAKE))
         self.conns: set[ClientConn] = set()
         self.acl: Acl | None = None  # kvstore.acl.Acl (kv serve --acl): checked in _route; replaced on SIGHUP
         # Accepted connections not known to be peers' (clients, and connections before their first frame),
@@ -257,6 +330,7 @@ class ClientLinks:
             for conn in dirty:
                 conn.send_pending()
             dirty.clear()
+        self.range_budget.resume()
 
     def close_idle(self, now: float) -> None:
         """Close client connections that sent nothing for ``idle_client_timeout_seconds`` (the ticker
@@ -334,7 +408,7 @@ class ClientLinks:
                 with trio.move_on_after(1):
                     await stream.send_all(self._over_limit_reply(wire.request_id_of(frames[0])))
                 return
-            conn = ClientConn(name, self.dirty)
+            conn = ClientConn(name, self.dirty, self.range_budget)
             conn.principal = principal
             conn.read_state = lambda: node.learner.sm  # (the learner's state machine may be replaced)
             raw_stream = conn.outbox.attach(stream)  # (a TLS stream's TCP stream: the outbox seals)

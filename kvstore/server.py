@@ -678,14 +678,22 @@ class Node:
             if late >= LOOP_STALL_SECONDS:
                 self._note_loop_stall(late)
             replica = self.replica
+            ticks = step
+            if late >= period and replica.is_leader:
+                # A leader woken late takes the ticks it missed, up to a heartbeat period's worth: its
+                # heartbeats keep their pace in time while long steps hold its loop (QA: pipelined range
+                # reads took one step of 0.1-0.2 s each, so one tick a step made a heartbeat every
+                # second, and the followers, ticking on time, elected another leader). Not more: a
+                # burst would count the silence of followers whose answers wait behind those steps.
+                ticks = min(step + int(late / period), max(step, o.heartbeat_ticks))
             self.counters["tick_wakeups"] += 1
             if self._driver_idle and self._quiet and not self.commit.pending_batches and not self._fenced:
                 # Nothing else to do: tick here, saving the driver a wake-up (as readers do, see _post).
-                self.counters["inline_ticks"] += step
-                self._tick(step)
-                self._after_events(step)
+                self.counters["inline_ticks"] += ticks
+                self._tick(ticks)
+                self._after_events(ticks)
             else:
-                self._post_event(Tick(step))  # one event: a batch of them would not look quiet
+                self._post_event(Tick(ticks))  # one event: a batch of them would not look quiet
             if next_at >= sweep_at:
                 sweep_at = next_at + IDLE_SWEEP_SECONDS
                 self.clients.close_idle(trio.current_time())
@@ -751,6 +759,7 @@ class Node:
                 first = await recv.receive()
                 self._driver_idle = False
             batch, count, nbytes = gather_batch(first, recv.receive_nowait)
+            self.clients.range_budget.renew()  # (range answers built per step: kvstore.clients.RangeBudget)
             counters = self.counters
             counters["driver_loops"] += 1
             if nbytes >= BATCH_BYTES_MAX:

@@ -54,3 +54,24 @@ async def test_a_late_tick_is_counted_logged_once_per_period_and_exported(tmp_pa
         worst = [int(re.search(r"stalled for (\d+) ms", line).group(1)) for line in lines]
         assert all(650 <= ms <= 700 for ms in worst), lines
         nursery.cancel_scope.cancel()
+
+
+async def test_a_leader_woken_late_takes_the_ticks_it_missed_up_to_a_heartbeat_period(tmp_path, autojump_clock):
+    """Long steps (range answers, large values) hold the loop, and the ticker wakes once per pass: one tick
+    a pass made a leader's heartbeats go out once a second, and the followers, ticking on time, elected
+    another leader (QA). A leader woken late now takes the ticks it missed, up to a heartbeat period's
+    worth (so a heartbeat round is due at once), never more (its check-quorum counts in ticks too)."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = cluster.nodes[await cluster.start_all()]
+        heartbeat_ticks = leader.options.heartbeat_ticks
+        for late, expected in ((0.2, heartbeat_ticks), (5.0, heartbeat_ticks)):
+            await trio.sleep(0.0101)  # (just past a tick)
+            before = leader.replica._ticks
+            autojump_clock.jump(late)
+            await trio.sleep(0.001)
+            assert leader.replica.is_leader
+            # (and the one tick the ticker takes at once after a late wake, as before)
+            assert leader.replica._ticks - before == expected + 1, (late, leader.replica._ticks - before)
+        nursery.cancel_scope.cancel()
