@@ -3,7 +3,8 @@
 A node builds and encodes each read's answer in its event loop, so a read that takes 0.5 s holds the
 heartbeats and the Accepts of that node for 0.5 s (QA, session 26: one ``kv get --prefix ""`` of 63 MB
 cost a leader election). This script times exactly that step, ``kvstore.waiters.read_reply`` and the
-frame encoding (``kvstore.clients._encode_reply``), on a state machine filled in-process, for each
+frame encoding (``kvstore.clients._encode_range_reply``, or ``_encode_reply`` in a tree without it), on a
+state machine filled in-process, for each
 tree in a subprocess of its own (the baseline from a ``git worktree``), rounds alternating:
 
 * ``store``: 30,000 keys with 2 KB values and 51,000 with 100 bytes (81,000 keys, 63 MB: the QA's
@@ -39,7 +40,9 @@ from kvstore import wire
 from kvstore.commands import encode_put
 from kvstore.statemachine import StateMachine
 from kvstore.waiters import read_reply
-from kvstore.clients import _encode_reply
+from kvstore import clients
+# what the node's connection encodes a range answer with (a tree before session 26: the generic one)
+encode = getattr(clients, "_encode_range_reply", clients._encode_reply)
 repeat = int(sys.argv[2])
 
 def fill(pairs):
@@ -66,7 +69,7 @@ for name, sm, request in reads:
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
-        frame = _encode_reply(read_reply(sm, request))
+        frame = encode(read_reply(sm, request))
         best = min(best, time.perf_counter() - t0)
     reply = wire.decode_body(frame[4:])
     what = f"{len(frame):,} bytes" if isinstance(reply, wire.OkReply) else f"{reply.code}"

@@ -185,7 +185,7 @@ class ClientConn:
                 return
             reply = read_reply(sm, request)
             budget.left -= _entries_of(reply)
-            self._add(_encode_reply(reply))
+            self._add(_encode_range_reply(reply))
             return
         self._add(_encode_reply(read_reply(sm, request)))
 
@@ -242,7 +242,7 @@ class ClientConn:
                         break
                     reply = read_reply(self.read_state(), item)
                     budget.left -= _entries_of(reply)
-                    frame = _encode_reply(reply)
+                    frame = _encode_range_reply(reply)
                 elif type(item) is wire.GetRequest:
                     frame = _encode_reply(read_reply(self.read_state(), item))
                 else:
@@ -293,14 +293,28 @@ def _entries_of(reply: object) -> int:
     return max(1, len(result["items"])) if type(result) is dict and "items" in result else 1
 
 
+def _encode_range_reply(reply: wire.OkReply | wire.ErrorReply) -> bytes:
+    """``_encode_reply`` of ``read_reply``'s answer to a ``ListRequest``, without checking its items
+    (``wire.encode_range_result_frame``)."""
+    if type(reply) is not wire.OkReply:
+        return _encode_reply(reply)
+    try:
+        return wire.encode_range_result_frame(reply.id, reply.result)
+    except wire.FrameTooLarge as exc:
+        return _too_large(reply.id, exc)
+
+
+def _too_large(wire_id: int | None, exc: Exception) -> bytes:
+    return wire.encode_frame(wire.ErrorReply(
+        id=wire_id, code=wire.TOO_LARGE,
+        message=f"the reply is too large for one frame ({exc}); narrow the request (prefix, limit)", leader=None))
+
+
 def _encode_reply(message: object) -> bytes:
     try:
         return wire.encode_frame(message)
     except wire.FrameTooLarge as exc:
-        return wire.encode_frame(wire.ErrorReply(
-            id=getattr(message, "id", None), code=wire.TOO_LARGE,
-            message=f"the reply is too large for one frame ({exc}); narrow the request (prefix, limit)",
-            leader=None))
+        return _too_large(getattr(message, "id", None), exc)
 
 
 class ClientLinks:

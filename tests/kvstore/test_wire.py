@@ -919,6 +919,25 @@ def test_write_result_frames_are_the_ok_reply_frames(rid, rev, deleted, ok):
         assert frame == wire.encode_frame(wire.OkReply(id=rid, result=result))
 
 
+@given(st.integers(min_value=0, max_value=2**63 - 1), st.integers(min_value=0, max_value=2**64 - 1),
+       st.lists(st.tuples(st.text(min_size=1, max_size=10), st.text(max_size=10) | st.binary(max_size=10),
+                          st.integers(min_value=1, max_value=2**63), st.integers(min_value=0, max_value=2**64 - 1)),
+                max_size=8),
+       st.sampled_from(["kv", "k", "kvm", "km"]))
+def test_range_result_frames_are_the_ok_reply_frames(rid, rev, entries, shape):
+    """The shortcut for range answers encodes exactly what encode_frame(OkReply(...)) does, in every
+    shape of item (value or not, versions or not), and refuses what encode_frame refuses as too large."""
+    width = {"kv": (0, 1), "k": (0,), "kvm": (0, 1, 2, 3), "km": (0, 2, 3)}[shape]
+    result = {"items": [[entry[i] for i in width] for entry in entries], "rev": rev}
+    assert wire.encode_range_result_frame(rid, result) == wire.encode_frame(wire.OkReply(id=rid, result=result))
+    if entries:
+        size = len(wire.encode_frame(wire.OkReply(id=rid, result=result))) - wire.HEADER_BYTES
+        with pytest.raises(wire.FrameTooLarge):
+            wire.encode_range_result_frame(rid, result, frame_bytes_max=size - 1)
+        with pytest.raises(wire.FrameTooLarge):
+            wire.encode_frame(wire.OkReply(id=rid, result=result), frame_bytes_max=size - 1)
+
+
 @given(st.integers(min_value=0, max_value=2**63 - 1), st.text(max_size=30) | st.binary(max_size=30),
        st.text(max_size=30) | st.binary(max_size=300), st.binary(min_size=1, max_size=64),
        st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1))
