@@ -104,6 +104,7 @@ class RangeBudget:
 
     def renew(self) -> None:
         self.left = RANGE_STEP_ENTRIES
+        self.woken = False  # (the Wake asked for, if any, is this step's: a wait from now on asks again)
 
     def hold(self, conn: ClientConn) -> None:
         if conn not in self.waiting:
@@ -115,10 +116,15 @@ class RangeBudget:
     def resume(self) -> None:
         """Let the connections held back build what this step's budget allows (``send_replies``)."""
         waiting = self.waiting
-        if waiting and self.left > 0:
+        if not waiting:
+            return
+        if self.left > 0:
             self.waiting, self.woken = [], False
             for conn in waiting:
                 conn.send_pending()
+        elif not self.woken:  # this step's budget went to other answers first: the next step resumes them
+            self.woken = True
+            self.wake()
 
 
 class ClientConn:
@@ -184,7 +190,7 @@ class ClientConn:
                 budget.hold(self)
                 return
             reply = read_reply(sm, request)
-            budget.left -= _entries_of(reply)
+            budget.left -= _entries_of(reply, request)
             self._add(_encode_range_reply(reply))
             return
         self._add(_encode_reply(read_reply(sm, request)))
@@ -241,7 +247,7 @@ class ClientConn:
                         held = True
                         break
                     reply = read_reply(self.read_state(), item)
-                    budget.left -= _entries_of(reply)
+                    budget.left -= _entries_of(reply, item)
                     frame = _encode_range_reply(reply)
                 elif type(item) is wire.GetRequest:
                     frame = _encode_reply(read_reply(self.read_state(), item))
@@ -287,10 +293,17 @@ def _write_in_pieces(outbox: Outbox, frames: list[bytes]) -> None:
         outbox.write(piece[0] if len(piece) == 1 else b"".join(piece))
 
 
-def _entries_of(reply: object) -> int:
-    """What a range answer cost (its entries; a refusal, 1) against ``RangeBudget``."""
+def _entries_of(reply: object, request: wire.ListRequest) -> int:
+    """What a range answer cost (its entries) against ``RangeBudget``. A ``too_large`` refusal looked at
+    as many entries as the request could take before it gave up (its limit, or RANGE_ITEMS_MAX + 1 keys;
+    with values, up to a frame's bytes of them built): charged that much, not 1."""
     result = getattr(reply, "result", None)
-    return max(1, len(result["items"])) if type(result) is dict and "items" in result else 1
+    if type(result) is dict and "items" in result:
+        return max(1, len(result["items"]))
+    if getattr(reply, "code", None) == wire.TOO_LARGE:
+        limit = request.limit
+        return limit if 0 < limit <= frames.RANGE_ITEMS_MAX + 1 else frames.RANGE_ITEMS_MAX + 1
+    return 1
 
 
 def _encode_range_reply(reply: wire.OkReply | wire.ErrorReply) -> bytes:

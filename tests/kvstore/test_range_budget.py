@@ -96,3 +96,82 @@ def test_a_held_connection_is_resumed_only_with_budget_left_and_the_driver_asked
     budget.left = 0
     budget.hold(b)
     assert woken == [1, 1]  # a new wait, a new step asked for
+
+
+def _store(n: int):
+    from kvstore.commands import encode_put
+    from kvstore.statemachine import StateMachine
+
+    sm = StateMachine()
+    for i in range(n):
+        sm.apply(encode_put(b"c" * 16, i + 1, 0, f"k{i:03d}", f"v{i}"))
+    return sm
+
+
+def _list(rid: int, prefix: str = "k"):
+    from kvstore import wire
+
+    return wire.ListRequest(id=rid, prefix=prefix, keys_only=False, linearizable=True, limit=0)
+
+
+def _links(budget):
+    """Two connections and ClientLinks.send_replies's part: pending first, then the budget's waiting."""
+    dirty: list = []
+
+    def send_replies() -> None:
+        for conn in dirty:
+            conn.send_pending()
+        dirty.clear()
+        budget.resume()
+
+    return dirty, send_replies
+
+
+async def test_a_held_read_is_not_stranded_when_another_answer_spends_the_step_that_would_resume_it(monkeypatch):
+    """Review (session 26): the driver step that took the Wake renewed the budget, another answer of that
+    step (a linearizable list confirmed then) spent it before ``resume`` ran, and the held read waited
+    with no Wake pending: on a quiet node for good (then closed as unread after 30 s)."""
+    monkeypatch.setattr(clients, "RANGE_STEP_ENTRIES", 250)
+    sm = _store(300)
+    wakes: list[int] = []
+    budget = clients.RangeBudget(lambda: wakes.append(1))
+    dirty, send_replies = _links(budget)
+    a, b = clients.ClientConn("a", dirty, budget), clients.ClientConn("b", dirty, budget)
+    a.read_state = b.read_state = lambda: sm
+    budget.renew()  # step 1: a's two lists, the first built, the second held
+    a.reply_read(sm, _list(1))
+    a.reply_read(sm, _list(2))
+    send_replies()
+    assert len(a.parked) == 1 and wakes == [1]
+    budget.renew()  # step 2 (the Wake's): b's list, confirmed in it, spends the budget first
+    b.reply_read(sm, _list(3))
+    send_replies()
+    assert len(a.parked) == 1 and wakes == [1, 1]  # still held, and the next step asked for
+    budget.renew()  # step 3 resumes it
+    send_replies()
+    assert not a.parked and budget.waiting == []
+
+
+async def test_a_too_large_refusal_is_charged_the_entries_it_looked_at(monkeypatch):
+    """Review (session 26): a refusal was charged one entry though it looked at up to RANGE_ITEMS_MAX + 1
+    keys (or built a frame's bytes of items): twenty pipelined lists of a store too large for one answer
+    were all refused in one driver step, 1.8 s. Now at most what the budget allows per step."""
+    from kvstore import frames, wire
+
+    monkeypatch.setattr(frames, "RANGE_ITEMS_MAX", 100)
+    monkeypatch.setattr(clients, "RANGE_STEP_ENTRIES", 150)
+    sm = _store(200)
+    budget = clients.RangeBudget(lambda: None)
+    dirty, send_replies = _links(budget)
+    conn = clients.ClientConn("a", dirty, budget)
+    conn.read_state = lambda: sm
+    budget.renew()
+    for rid in range(1, 21):
+        conn.reply_read(sm, _list(rid, ""))
+    # 101 entries looked at each, against 150 a step: two built, the rest held
+    assert len(conn.pending) == 2 and len(conn.parked) == 18
+    assert all(wire.decode_body(frame[4:]).code == wire.TOO_LARGE for frame in conn.pending)
+    for _ in range(9):  # later steps answer the rest, two a step
+        budget.renew()
+        send_replies()
+    assert not conn.parked and conn.answered == 20
