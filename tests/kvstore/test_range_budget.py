@@ -175,3 +175,41 @@ async def test_a_too_large_refusal_is_charged_the_entries_it_looked_at(monkeypat
         budget.renew()
         send_replies()
     assert not conn.parked and conn.answered == 20
+
+
+async def test_pipelined_lists_from_many_connections_are_all_answered_promptly(tmp_path, autojump_clock, monkeypatch):
+    """Review (session 26), end to end: four connections each pipelining four lists, five rounds, with a
+    budget smaller than one answer. Before the fix, held reads waited 2-20 s of a quiet node's time (an
+    unrelated event had to wake the driver); now every round is answered within a second."""
+    monkeypatch.setattr(clients, "RANGE_STEP_ENTRIES", 250)
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, request_timeout=60.0)
+        await cluster.start_all()
+        async with connect(ENDPOINTS, timeout=30, transport=net.transport()) as kv:
+            for i in range(300):
+                await kv.put(f"k{i:03d}", f"v{i}")
+        whole = [(f"k{i:03d}", f"v{i}") for i in range(300)]
+        slowest: list[float] = []
+        for _ in range(5):
+            done: list[float] = []
+            start = trio.current_time()
+
+            async def one_client() -> None:
+                async with connect(ENDPOINTS, timeout=100, transport=net.transport()) as kv:
+                    async def ask() -> None:
+                        assert await kv.list("k") == whole
+                        done.append(trio.current_time() - start)
+
+                    async with trio.open_nursery() as asking:
+                        for _ in range(4):
+                            asking.start_soon(ask)
+                            await trio.sleep(0)
+
+            with trio.move_on_after(90):
+                async with trio.open_nursery() as many:
+                    for _ in range(4):
+                        many.start_soon(one_client)
+            slowest.append(max(done) if len(done) == 16 else 90.0)
+        assert max(slowest) < 1.0, slowest
+        nursery.cancel_scope.cancel()
