@@ -183,17 +183,25 @@ class ClientConn:
             self.parked.append(request)
             return
         if type(request) is wire.ListRequest:
-            budget = self.budget
-            if budget.left <= 0:
+            frame = self._range_frame(sm, request)
+            if frame is None:
                 self.answered += 1
                 self.parked.append(request)
-                budget.hold(self)
                 return
-            reply = read_reply(sm, request)
-            budget.left -= _entries_of(reply, request)
-            self._add(_encode_range_reply(reply))
+            self._add(frame)
             return
         self._add(_encode_reply(read_reply(sm, request)))
+
+    def _range_frame(self, sm: StateMachine, request: wire.ListRequest) -> bytes | None:
+        """The answer to range read ``request``, charged to the node's ``RangeBudget``; None (and this
+        connection waits for the driver's next step) if the budget of this step is spent."""
+        budget = self.budget
+        if budget.left <= 0:
+            budget.hold(self)
+            return None
+        reply = read_reply(sm, request)
+        budget.left -= _entries_of(reply, request)
+        return _encode_range_reply(reply)
 
     def reply_frame(self, frame: bytes) -> None:
         """``reply`` with a frame encoded already (small, so never too large)."""
@@ -241,14 +249,11 @@ class ClientConn:
                 if type(item) is bytes:
                     frame = item
                 elif type(item) is wire.ListRequest:
-                    budget = self.budget
-                    if budget.left <= 0:
-                        budget.hold(self)
+                    built = self._range_frame(self.read_state(), item)
+                    if built is None:
                         held = True
                         break
-                    reply = read_reply(self.read_state(), item)
-                    budget.left -= _entries_of(reply, item)
-                    frame = _encode_range_reply(reply)
+                    frame = built
                 elif type(item) is wire.GetRequest:
                     frame = _encode_reply(read_reply(self.read_state(), item))
                 else:
