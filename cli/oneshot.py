@@ -129,8 +129,7 @@ def get(settings: Settings, key: str, *, prefix: bool = False, keys_only: bool =
         if not prefix:
             _check_key_given(key)
         settings.endpoints()
-        if not prefix:
-            _check_sizes(key)
+        _check_sizes(key, key_what="prefix" if prefix else "key")
         records: list[dict[str, Any]] = []
         more = False
         with open_oneshot_client(settings) as client:

@@ -724,10 +724,12 @@ class ClientLinks:
                     return
                 events.append(Proposal(command, decoded, (request.client_id, request.request_id), conn, request.id))
             case wire.GetRequest() | wire.ListRequest():
-                if type(request) is wire.GetRequest and (problem := commands.key_problem(request.key)) is not None:
-                    # (QA: an empty key or one over the limit was answered "not found", where docs/protocol.md
-                    # says bad_request, as for a put of it)
-                    requests["get", "error"] += 1
+                problem = (commands.key_problem(request.key) if isinstance(request, wire.GetRequest)
+                           else commands.prefix_problem(request.prefix))
+                if problem is not None:
+                    # (QA: an empty key or one over the limit was answered "not found", and a prefix over
+                    # the limit an empty list, where docs/protocol.md says bad_request, as for a put of it)
+                    requests[request_op(request), "error"] += 1
                     conn.reply(wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=problem, leader=None))
                     return
                 if request.linearizable:

@@ -130,6 +130,11 @@ def key_problem(key: object) -> str | None:
     return _check_key(key)
 
 
+def prefix_problem(prefix: object) -> str | None:
+    """As ``key_problem`` for the prefix of a ``list``, which may be empty (every key)."""
+    return _check_key(prefix, allow_empty=True)
+
+
 def _check_value(value: object, what: str) -> str | None:
     """Return a description of what is wrong with a value (str or bytes), or None if it is valid."""
     if type(value) is bytes:

@@ -308,6 +308,23 @@ def test_a_get_of_an_empty_or_oversized_key_is_a_bad_request_and_the_connection_
     assert isinstance(got[0], wire.OkReply) and got[0].result["found"] is False
 
 
+@pytest.mark.parametrize("lin", [True, False])
+def test_a_list_with_an_oversized_prefix_is_a_bad_request_and_the_empty_prefix_lists_all(node, lin):
+    """A prefix longer than any key can be matches nothing: bad_request, as for a get of such a key (QA: it
+    was answered ok with no items). The empty prefix is every key, and one of 4096 bytes is allowed."""
+    for prefix in ("p" * 4097, "\u00e9" * 2049):
+        request = dict(GOOD["list"], prefix=prefix, lin=lin)
+        received, closed, _ = exchange(node, frame(request) + frame({"t": "status", "id": 8}), replies_wanted=2)
+        got = replies(received)
+        assert not closed and len(got) == 2, got
+        assert isinstance(got[0], wire.ErrorReply) and got[0].code == wire.BAD_REQUEST and got[0].id == 7, got
+        assert "more than 4096" in got[0].message
+        assert isinstance(got[1], wire.OkReply) and got[1].id == 8
+    for prefix in ("", "p" * 4096):
+        got = replies(exchange(node, frame(dict(GOOD["list"], prefix=prefix, lin=lin)), replies_wanted=1)[0])
+        assert isinstance(got[0], wire.OkReply) and "items" in got[0].result, got
+
+
 def test_bad_first_frame_gets_an_error_addressed_to_its_request(node):
     msg = dict(GOOD["put"], key=5)
     received, closed, _ = exchange(node, frame(msg))

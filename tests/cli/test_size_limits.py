@@ -84,6 +84,16 @@ def test_a_key_over_the_limit(fake, capfd, monkeypatch, name, command):
     _check(run_fast(capfd, monkeypatch, *args), message, fake)
 
 
+@pytest.mark.parametrize("name", list(KEYS))
+@pytest.mark.parametrize("command", [["get", "--prefix", "{key}"], ["del", "--prefix", "{key}"]])
+def test_a_prefix_over_the_limit(fake, name, command):
+    """A prefix longer than any key can be matches nothing: the same error as a key (the get's was sent,
+    and answered with no keys)."""
+    key = KEYS[name]
+    args = [a.format(key=key) for a in command]
+    _check(run_typer(*args), expected("prefix", len(key.encode()), KEY_BYTES_MAX), fake)
+
+
 @pytest.mark.parametrize("name", list(VALUES))
 def test_a_value_over_the_limit(fake, capfd, monkeypatch, name):
     value = VALUES[name]
