@@ -633,7 +633,7 @@ class ClientLinks:
 
     async def _await_room(self, conn: ClientConn) -> bool:
         """Wait until the answers ``conn`` holds back are all encoded and written (its client reads them);
-        False if the connection closed meanwhile. One whose writer sends nothing for
+        False if the connection closed meanwhile. One that sends nothing (directly or by its writer) for
         ``REPLY_STALL_SECONDS`` is closed as unread: not reading its answers, the client holds no more
         than the window of them, and its connection only until then."""
         sent = conn.outbox.sent_bytes

@@ -47,7 +47,7 @@ class Outbox:
         self.backlog_bytes = 0  # ... and their bytes
         self.limit = limit  # droppable writes are dropped once this many chunks are queued ...
         self.bytes_limit = bytes_limit  # ... or this many bytes (QA: 10,000 frames of 64 KiB values, 1 GB)
-        self.sent_bytes = 0  # what the writer task has sent so far (progress of a slow reader)
+        self.sent_bytes = 0  # what left so far, directly or by the writer task (a slow reader's progress)
         # Called by the writer task after a send leaves fewer than ``drained_below`` bytes queued: the
         # owner may write more then (a client connection's answers held back: kvstore.clients)
         self.drained: Callable[[], None] | None = None
@@ -116,6 +116,7 @@ class Outbox:
                 sent = 0
             except OSError:
                 sent = 0  # a broken connection: the writer task's send_all will report it
+            self.sent_bytes += sent
             if sent == len(data):
                 return True
             data = data[sent:]  # the rest of a frame must go next, so it is queued even past the limit

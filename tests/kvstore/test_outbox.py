@@ -61,6 +61,9 @@ async def test_direct_writes_and_queued_remainders_arrive_in_order():
             outbox.close()
     assert queued_seen, "the socket never filled: the queued path was not exercised"
     assert bytes(received) == expected
+    # Progress counts both paths (a connection whose answers leave by direct writes is not "stalled":
+    # kvstore.clients.ClientLinks._await_room closes one whose sent_bytes stops moving)
+    assert outbox.sent_bytes == len(expected)
     await client.aclose()
     await server.aclose()
 
