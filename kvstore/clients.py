@@ -103,8 +103,13 @@ class RangeBudget:
         self.woken = False
 
     def renew(self) -> None:
+        """A new driver step: its budget goes first to the connections held back, in the order they waited,
+        then to range reads that come meanwhile. (Before, a read held back waited while fresh reads of other
+        connections spent each step's budget first: delayed by every busy client, though never stranded.)"""
         self.left = RANGE_STEP_ENTRIES
         self.woken = False  # (the Wake asked for, if any, is this step's: a wait from now on asks again)
+        if self.waiting:
+            self.resume()
 
     def hold(self, conn: ClientConn) -> None:
         if conn not in self.waiting:

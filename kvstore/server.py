@@ -759,9 +759,9 @@ class Node:
                 first = await recv.receive()
                 self._driver_idle = False
             batch, count, nbytes = gather_batch(first, recv.receive_nowait)
-            self.clients.range_budget.renew()  # (range answers built per step: kvstore.clients.RangeBudget)
             counters = self.counters
             counters["driver_loops"] += 1
+            self.clients.range_budget.renew()  # (range answers built per step: kvstore.clients.RangeBudget)
             if nbytes >= BATCH_BYTES_MAX:
                 counters["batches_cut_by_bytes"] += 1  # (large values: the rest waits for the next batch)
             counters["events"] += count

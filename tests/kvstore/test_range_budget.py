@@ -11,6 +11,7 @@ ran. Checks, on three in-memory nodes (autojump clock) with the budget made smal
   spent, in the order the requests came, and every answer arrives, each the whole range;
 * a get and a put pipelined behind held lists are answered too, the get built after them;
 * ``RangeBudget`` alone: a held connection is resumed only with budget left, the driver asked once.
+* a step's budget goes to the connections held back first, then to fresh reads of other connections.
 """
 from __future__ import annotations
 
@@ -143,13 +144,40 @@ async def test_a_held_read_is_not_stranded_when_another_answer_spends_the_step_t
     a.reply_read(sm, _list(2))
     send_replies()
     assert len(a.parked) == 1 and wakes == [1]
-    budget.renew()  # step 2 (the Wake's): b's list, confirmed in it, spends the budget first
+    budget.renew()  # step 2 (the Wake's): a's held list goes first, then b's list (confirmed in it) waits
+    assert not a.parked and budget.waiting == []
     b.reply_read(sm, _list(3))
     send_replies()
-    assert len(a.parked) == 1 and wakes == [1, 1]  # still held, and the next step asked for
+    assert len(b.parked) == 1 and budget.waiting == [b] and wakes == [1, 1]  # held, and the next step asked for
     budget.renew()  # step 3 resumes it
     send_replies()
-    assert not a.parked and budget.waiting == []
+    assert not b.parked and budget.waiting == [] and b.answered == 1
+
+
+async def test_a_step_budget_goes_to_connections_held_back_before_fresh_reads(monkeypatch):
+    """Fairness: a connection held back is served at the start of the next step, before range reads that
+    other connections send meanwhile (before, a client sending lists without pause kept another's held
+    read waiting for as long as it went on)."""
+    import collections
+
+    monkeypatch.setattr(clients, "RANGE_STEP_ENTRIES", 250)  # (less than one answer of 300 entries)
+    budget = clients.RangeBudget(lambda: None)
+    dirty, send_replies = _links(budget)
+    sm = _store(300)
+    patient, busy = clients.ClientConn("patient", dirty, budget), clients.ClientConn("busy", dirty, budget)
+    patient.read_state = busy.read_state = lambda: sm
+    budget.left = 0
+    patient.reply_read(sm, _list(1))
+    assert budget.waiting == [patient]
+    served: collections.Counter[str] = collections.Counter()
+    for step in range(5):
+        budget.renew()
+        busy.reply_read(sm, _list(100 + step))  # a fresh list from another client in every step
+        send_replies()
+        served.update(conn.name for conn in (patient, busy) if not conn.parked and conn.answered)
+        if not patient.parked:
+            break
+    assert not patient.parked and step == 0, (step, served)
 
 
 async def test_a_too_large_refusal_is_charged_the_entries_it_looked_at(monkeypatch):
