@@ -105,6 +105,16 @@ class Acl:
                 if rules is not None and rules.may_read_range(request.prefix):
                     return None
                 return f"permission denied: {who} may not read every key starting with {request.prefix!r}"
+            case wire.WatchRequest():
+                if request.prefix:
+                    if rules is not None and rules.may_read_range(request.key):
+                        return None
+                    return f"permission denied: {who} may not watch every key starting with {request.key!r}"
+                if rules is not None and rules.may_read(request.key):
+                    return None
+                return f"permission denied: {who} may not watch {request.key!r}"
+            case wire.UnwatchRequest():
+                return None  # (its own connection's watch, which the ACL allowed)
             case wire.AdminRequest() | wire.BackupRequest():
                 if rules is not None and rules.may_write_range(""):
                     return None

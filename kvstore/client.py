@@ -46,12 +46,13 @@ import trio
 
 from . import wire
 from .endpoints import format_endpoint, next_in_rotation, parse_endpoint, parse_endpoint_list
-from .errors import Entry, KVError, RequestError, Unavailable, entries_of
+from .errors import Entry, KVError, RequestError, Unavailable, WatchEvent, WatchLost, entries_of
 from .frames import check_timeout
 from .limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, check_key, check_value
 from .netio import Outbox
 
-__all__ = ["AsyncClient", "Client", "connect", "Entry", "KVError", "RequestError", "Unavailable", "WRITE_WINDOW"]
+__all__ = ["AsyncClient", "Client", "connect", "Entry", "KVError", "RequestError", "Unavailable", "Watch", "WatchEvent",
+           "WatchLost", "WRITE_WINDOW"]
 
 if TYPE_CHECKING:
     from .oneshot import OneShotClient
@@ -397,6 +398,48 @@ class _Connection:
         return waiter[1]
 
 
+class Watch:
+    """An open watch (``AsyncClient.watch``): ``async for event in watch`` gives each ``WatchEvent`` in the
+    order the node applied them, and raises ``WatchLost`` if the watch ends before the caller ends it.
+
+    ``revision``: every change to the watched keys up to this revision has been given out (at the start,
+    the node's revision when the watch began: the events are the changes after it). ``endpoint``: the
+    node that serves it (HOST:PORT)."""
+
+    def __init__(self, endpoint: str, reader: wire.FrameReader, wire_id: int, revision: int) -> None:
+        self.endpoint = endpoint
+        self.revision = revision
+        self._reader = reader
+        self._id = wire_id
+        self._events: collections.deque[WatchEvent] = collections.deque()
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        while not self._events:
+            try:
+                frames = await self._reader.receive_frames()
+            except (wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise WatchLost(f"the watch on {self.endpoint} ended: {exc}", self.revision) from None
+            if not frames:
+                raise WatchLost(f"{self.endpoint} closed the connection of the watch", self.revision)
+            self.take(frames)
+        event = self._events.popleft()
+        self.revision = event.mod_revision
+        return event
+
+    def take(self, frames: builtins.list[bytes]) -> None:
+        """Queue the events in ``frames`` (``WatchLost`` for an error addressed to the watch)."""
+        for reply in wire.decode_bodies(frames):
+            if isinstance(reply, wire.WireError):
+                raise WatchLost(f"{self.endpoint} sent a bad frame: {reply}", self.revision)
+            if type(reply) is wire.WatchEvents and reply.id == self._id:
+                self._events.extend(WatchEvent(*event) for event in reply.events)
+            elif type(reply) is wire.ErrorReply and reply.id in (self._id, None):
+                raise WatchLost(f"{self.endpoint} ended the watch: {reply.message}", self.revision)
+
+
 class AsyncClient:
     """A connection to the cluster. Build it with ``connect()``; see the module docstring."""
 
@@ -563,6 +606,58 @@ class AsyncClient:
         if not isinstance(reply, wire.OkReply):  # a frame with an id that is no reply: garbage
             raise Unavailable(f"{format_endpoint(*endpoint)} answered with a {type(reply).__name__}")
         return reply.result
+
+    @asynccontextmanager
+    async def watch(self, key: str, *, prefix: bool = False) -> AsyncIterator[Watch]:
+        """``async with kv.watch("config/", prefix=True) as events: async for event in events: ...``: the
+        changes to ``key`` (to every key starting with it, with ``prefix``) from now on, as one node
+        applies them (``kvstore.watches``; every node reports the same changes, a node behind later).
+
+        The watch goes to the first node that takes it, starting from the one believed to lead, on a
+        connection of its own, and ends with the block. ``Unavailable`` if no node takes it within the
+        client's timeout; ``RequestError`` if it is refused (a bad key, the ACL); ``WatchLost`` from the
+        iteration if it ends otherwise (its node stopped): read the keys again and watch again."""
+        self._check_open()
+        check_key(key, "prefix" if prefix else "key")
+        deadline = trio.current_time() + self.timeout
+        count = len(self.endpoints)
+        problems: builtins.list[str] = []
+        for i in range(count):
+            endpoint = self.endpoints[(self._preferred + i) % count]
+            name = format_endpoint(*endpoint)
+            stream: trio.abc.Stream | None = None
+            with trio.move_on_at(min(deadline, trio.current_time() + self.attempt_timeout)) as scope:
+                try:
+                    stream = await self._open_stream(*endpoint)
+                    await stream.send_all(wire.encode_frame(wire.WatchRequest(id=1, key=key, prefix=prefix)))
+                    reader = wire.FrameReader(stream)
+                    frames = await reader.receive_frames()
+                except (OSError, wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    problems.append(f"{name}: {exc}")
+                    frames = []
+            if scope.cancelled_caught:
+                problems.append(f"{name}: no answer within {self.attempt_timeout:g}s")
+            first = wire.decode_bodies(frames[:1])[0] if frames else None
+            if type(first) is wire.OkReply and first.id == 1 and type(first.result.get("rev")) is int:
+                assert stream is not None
+                watch = Watch(name, reader, 1, first.result["rev"])
+                try:
+                    watch.take(frames[1:])
+                    yield watch
+                finally:
+                    await trio.aclose_forcefully(stream)  # (the node forgets the watch with its connection)
+                return
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            if type(first) is wire.ErrorReply:
+                if first.code in (wire.BAD_REQUEST, wire.PERMISSION_DENIED):
+                    raise RequestError(first.message, first.code)
+                problems.append(f"{name}: {first.message}")
+            elif first is not None and not scope.cancelled_caught:
+                problems.append(f"{name}: answered with {type(first).__name__}")
+            if trio.current_time() >= deadline:
+                break
+        raise Unavailable(f"no node took the watch within {self.timeout:g}s ({'; '.join(problems)})")
 
     async def cluster_status(self) -> builtins.list[dict[str, Any]]:
         """One entry per endpoint, each with ``"endpoint"`` and ``"reachable"``."""

@@ -218,6 +218,19 @@ class ClientConn:
             return
         self._add(frame)
 
+    def event_frame(self, frame: bytes) -> None:
+        """A frame of a watch's events (``kvstore.watches``): it leaves in order with the answers, and is
+        none of them (``answered`` counts answers to requests)."""
+        if self.closed:
+            return
+        if self.parked:
+            self.parked.append(frame)
+            return
+        if not self.pending:
+            self._dirty.append(self)
+        self.pending.append(frame)
+        self.pending_bytes += len(frame)
+
     def _add(self, frame: bytes) -> None:
         self.answered += 1
         if not self.pending:
@@ -377,8 +390,9 @@ class ClientLinks:
             log.warning("%d more connections closed over a bad frame left out of the log, the last: %s", count,
                         _LEFT_OUT_EXAMPLES.pop(kind, kind))
         limit = now - self.node.options.idle_client_timeout_seconds
+        watching = self.node.watches.watching
         for conn in self.conns:
-            if conn.last_heard < limit:
+            if conn.last_heard < limit and not watching(conn):  # (a watch waits for changes, however long)
                 conn.scope.cancel()
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
@@ -466,6 +480,7 @@ class ClientLinks:
                     log.debug("connection from %s closed: %s", name, exc)
                 finally:
                     self.conns.discard(conn)
+                    node.watches.drop(conn)
                     # let the writer send what is queued, for a while, then stop it
                     self.send_replies()
                     conn.finish()
@@ -510,7 +525,9 @@ class ClientLinks:
         if self.silent:
             victim = min(self.silent.items(), key=lambda item: item[1])[0]
         if victim is None:
-            idle = [c for c in self.conns if c.last_heard <= before and c.answered >= c.requests and not c.closed]
+            watching = self.node.watches.watching
+            idle = [c for c in self.conns
+                    if c.last_heard <= before and c.answered >= c.requests and not c.closed and not watching(c)]
             if idle:
                 victim = min(idle, key=lambda c: c.last_heard).scope
         if victim is None:
@@ -762,6 +779,12 @@ class ClientLinks:
             case wire.StatusRequest():
                 requests["status", "ok"] += 1
                 conn.reply(wire.OkReply(id=request.id, result=node.status()))
+            case wire.WatchRequest():
+                self._watch(conn, request)
+            case wire.UnwatchRequest():
+                requests["unwatch", "ok"] += 1
+                cancelled = node.watches.cancel(conn, request.watch)
+                conn.reply(wire.OkReply(id=request.id, result={"cancelled": cancelled}))
             case wire.AdminRequest():
                 node.members.handle(conn, request)  # a task of its own: a change takes round trips
             case wire.BackupRequest():
@@ -774,6 +797,27 @@ class ClientLinks:
                 conn.reply(wire.ErrorReply(id=getattr(request, "id", None), code=wire.BAD_REQUEST,
                                            message=f"{type(request).__name__} is not a client request",
                                            leader=None))
+
+
+    def _watch(self, conn: ClientConn, request: wire.WatchRequest) -> None:
+        """``kv watch`` (``kvstore.watches``): answered with the revision the events start after."""
+        node = self.node
+        requests = node.waiters.requests
+        problem = (commands.prefix_problem if request.prefix else commands.key_problem)(request.key)
+        refusal = (wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=problem, leader=None)
+                   if problem is not None else node.watches.add(conn, request.id, request.key, request.prefix))
+        if refusal is not None:
+            requests["watch", OUTCOME_OF_CODE.get(refusal.code, "error")] += 1
+            conn.reply(refusal)
+            return
+        requests["watch", "ok"] += 1
+        learner = node.learner
+        conn.reply(wire.OkReply(id=request.id, result={"watching": True, "rev": learner.sm.revision}))
+        if learner.lazy:
+            # A lazy learner turns eager while it has watches (Learner.should_be_lazy): at once, so
+            # that what it decided and has not applied yet is reported now, not at its next tick.
+            learner.update(trio.current_time(), node.replica.leader_id, node.replica.is_leader, node._fenced)
+            node._post_event(WAKE)
 
 
 _NO_DIGITS = str.maketrans("", "", "0123456789")

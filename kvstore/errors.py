@@ -44,6 +44,28 @@ class RequestError(KVError):
         self.code = code
 
 
+class WatchLost(KVError):
+    """A watch ended without its caller ending it: its node closed the connection (it stopped, or the
+    network failed) or ended the watch itself (the message says why). ``revision``: every change to the
+    watched keys up to this revision was reported; later ones may be missed (read the keys and watch
+    again)."""
+
+    def __init__(self, message: str, revision: int) -> None:
+        super().__init__(message)
+        self.revision = revision
+
+
+class WatchEvent(NamedTuple):
+    """One change a watch reports: ``kind`` "put" (a put, or a cas that swapped: the key's new value,
+    version and revision) or "del" (value None, version 0, the revision of the delete)."""
+
+    kind: str
+    key: str
+    value: str | bytes | None
+    version: int
+    mod_revision: int
+
+
 class Entry(NamedTuple):
     """A key's value with its version (writes to the key since it was created) and the revision of
     its last write."""

@@ -46,6 +46,7 @@ from paxos.messages import Value
 from .metrics import SLOT_COMMANDS_BOUNDS, Buckets
 from .statemachine import StateMachine
 from .waiters import Waiters, reply_result, result_op
+from .watches import Watches
 
 __all__ = ["Learner", "standby_of", "CATCH_UP_COMMANDS", "CATCH_UP_BYTES", "LAZY_SNAPSHOT_BYTES_MAX",
            "LOCAL_READ_EAGER_SECONDS", "LAZY_IDLE_SECONDS", "REPLY_SEND_EVERY", "IDLE_SNAPSHOT_SECONDS",
@@ -94,7 +95,7 @@ class Learner:
                  counters: dict[str, int], clock: Callable[[], float],
                  idle_snapshot_seconds: float = IDLE_SNAPSHOT_SECONDS,
                  idle_snapshot_commands: int = IDLE_SNAPSHOT_COMMANDS,
-                 snapshot_bytes: Callable[[], int] = lambda: 0) -> None:
+                 snapshot_bytes: Callable[[], int] = lambda: 0, watches: Watches | None = None) -> None:
         self.node_id = node_id
         self.snapshot_bytes = snapshot_bytes  # the size of this node's newest snapshot (its storage's)
         self.idle_snapshot_seconds = idle_snapshot_seconds
@@ -105,6 +106,7 @@ class Learner:
         self.sm = sm
         self.applied_slot = applied_slot  # the slot the state machine has applied through
         self.waiters = waiters
+        self.watches = watches if watches is not None else Watches(counters)  # kv watch (kvstore.watches)
         self.send_replies = send_replies
         self.counters = counters
         self.clock = clock
@@ -147,7 +149,10 @@ class Learner:
         at most (one slot at least), answering the writers that wait for them and then the reads that
         waited for these applies."""
         queue = self.queue
-        sm_apply = self.sm.apply
+        sm = self.sm
+        sm_apply = sm.apply
+        # While this node has watches, the state machine records what each write changes (kvstore.watches).
+        changes = sm.watch_out = [] if self.watches.count else None
         waiters = self.waiters
         waiting = waiters.writes
         own = waiters.own_commands
@@ -186,6 +191,9 @@ class Learner:
                         self.send_replies()
         self.queued_commands -= applied
         self.applied_since_snapshot += applied
+        if changes:
+            sm.watch_out = None
+            self.watches.deliver(changes)
         if replies:
             self.counters["writes_answered"] += replies
             self.counters["write_latency_us"] += int(latency_s * 1e6)
@@ -246,8 +254,8 @@ class Learner:
     def should_be_lazy(self, now: float, leader_id: int | None, is_leader: bool, fenced: bool) -> bool:
         """Whether this node may leave decided commands unapplied for now (see the module docstring)."""
         if (not self.lazy_learners or fenced or len(self.members) < 3 or leader_id is None or is_leader
-                or self.node_id == standby_of(self.members, leader_id)):
-            return False
+                or self.node_id == standby_of(self.members, leader_id) or self.watches.count):
+            return False  # (a node with watches reports changes as they are decided: kvstore.watches)
         if now - self.last_local_read < LOCAL_READ_EAGER_SECONDS or now - self.last_handout > LAZY_IDLE_SECONDS:
             return False
         # If the leader's snapshots stop coming, the backlog is applied after two intervals' worth.
@@ -277,6 +285,10 @@ class Learner:
     def install(self, slot: int, sm: StateMachine) -> None:
         """A peer's snapshot through ``slot``, restored in ``sm``, replaces our state (the core jumped to
         it: every slot handed out so far is at or below it)."""
+        if self.watches.count:
+            self.watches.end_all(f"node {self.node_id} was too far behind and installed a snapshot at revision "
+                                 f"{sm.revision}: the changes from revision {self.sm.revision + 1} to "
+                                 f"{sm.revision} are not reported; read the keys again and watch again")
         self.sm = sm
         self.applied_slot = slot
         self.queue.clear()
@@ -289,8 +301,8 @@ class Learner:
         replica applies the same commands): while lazy and behind it, take it and drop the queued slots
         it covers. Returns whether it was taken (a node that turned eager meanwhile, or applied past it,
         goes on with its own state). A lazy learner has no writers waiting."""
-        if not (self.lazy and slot > self.applied_slot):
-            return False
+        if not (self.lazy and slot > self.applied_slot) or self.watches.count:
+            return False  # (a node with watches reports every change: it applies them, kvstore.watches)
         queue = self.queue
         skipped = 0
         while queue and queue[0][0] <= slot:

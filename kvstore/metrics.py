@@ -54,7 +54,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # kv_requests_total's op label, by request type (a delete with --prefix is a delete too)
 _OPS = {wire.PutRequest: "put", wire.DeleteRequest: "delete", wire.CasRequest: "cas", wire.GetRequest: "get",
-        wire.ListRequest: "range", wire.StatusRequest: "status"}
+        wire.ListRequest: "range", wire.StatusRequest: "status", wire.WatchRequest: "watch",
+        wire.UnwatchRequest: "unwatch"}
 # ... and its outcome label, by the error code of the reply
 OUTCOME_OF_CODE = {wire.NOT_LEADER: "not_leader", wire.TIMEOUT: "timeout", wire.STALE: "stale",
                    wire.DISK_FAILED: "disk_failed", wire.STORAGE_FULL: "disk_full",

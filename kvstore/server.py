@@ -102,6 +102,7 @@ from .snapshots import Snapshots
 from .statemachine import StateMachine
 from .storage import Storage, StorageError, StorageFull, recorded_config
 from .waiters import Waiters
+from .watches import Watches
 
 __all__ = ["Node", "ServerOptions", "TcpTransport", "ClientConn", "run_node", "serve_until_signal",
            "DISK_OK", "DISK_READ_ONLY", "DISK_FAILED", "EXIT_DISK_FAILED"]
@@ -472,12 +473,13 @@ class Node:
             self.clients.acl = rules  # kv serve --acl (kvstore.acl); SIGHUP replaces it (kvstore.tls.reload)
             self._send_replies = self.clients.send_replies
             self.waiters = Waiters(o.request_timeout_seconds, self._leader_hint, self.counters)
+            self.watches = Watches(self.counters)  # kv watch (kvstore.watches)
             self.learner = Learner(
                 node_id, self.replica.config.node_ids, snapshot_every_commands=o.snapshot_every,
                 lazy_learners=o.lazy_learners, sm=sm, applied_slot=self.replica.snapshot_slot, waiters=self.waiters,
                 send_replies=self._send_replies, counters=self.counters, clock=trio.current_time,
                 idle_snapshot_seconds=o.idle_snapshot_seconds, idle_snapshot_commands=o.idle_snapshot_commands,
-                snapshot_bytes=lambda: self.storage.snapshot_bytes)
+                snapshot_bytes=lambda: self.storage.snapshot_bytes, watches=self.watches)
             self.members = Members(self)
             self.peer_links = PeerLinks(self)
             self.snapshots = Snapshots(self)

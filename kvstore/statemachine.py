@@ -387,6 +387,11 @@ def _unpack(packed: bytes) -> tuple[Value, int, int]:
     return (raw.decode("utf-8") if kind else raw), version, mod_revision
 
 
+def unpack_entry(packed: bytes) -> tuple[Value, int, int]:
+    """``(value, version, mod_revision)`` of a packed entry (as ``StateMachine.watch_out`` holds them)."""
+    return _unpack(packed)
+
+
 def _entry_digest(packed: bytes) -> int:
     """The digest a packed entry carries, as an int."""
     return int.from_bytes(packed[_HEAD_BYTES:_VALUE_AT], "big")
@@ -396,7 +401,7 @@ class StateMachine:
     """The dictionary plus its dedup table. Not thread-safe; one owner (the server's driver task)."""
 
     __slots__ = ("changes", "slot", "revision", "_entries", "_index", "_clients", "_results_total", "_hash_cache",
-                 "_digest_sum", "_journals")
+                 "_digest_sum", "_journals", "watch_out")
 
     def __init__(self) -> None:
         self.revision: int = 0
@@ -419,6 +424,10 @@ class StateMachine:
         # set by the learner before each slot's commands.
         self.changes: list[tuple[int, bytes]] = []
         self.slot = 0
+        # While a list (kvstore.watches: the node has watches), every write appends what it changed:
+        # ``(key, packed entry)`` for a key set, ``(key, revision)`` for a key deleted, in the order
+        # of the changes. None (the common case): nothing is recorded.
+        self.watch_out: list[tuple[str, bytes | int]] | None = None
 
     # -------------------------------------------------------------------------------------------
     # writes
@@ -478,11 +487,15 @@ class StateMachine:
             else:
                 new = entries[key] = _pack(key, value, _ENTRY_HEAD.unpack_from(old)[1] + 1, rev)
             self._rehash(old, new)
+            if self.watch_out is not None:
+                self.watch_out.append((key, new))
             stored = (_PUT, rev, 0)
         elif cmd.op == "delete":
             if cmd.prefix:
                 # In key order, so the work done is the same on every replica.
                 doomed = self._index.with_prefix(key)
+                if self.watch_out is not None:
+                    self.watch_out.extend((k, rev) for k in doomed)
                 if len(doomed) == len(entries):
                     # A new dict rather than clear(): an open FrozenState goes on reading the old one,
                     # which nothing changes any more, so its journal is complete: stop adding to it
@@ -510,6 +523,8 @@ class StateMachine:
                     self._index.remove(key)
                     self._rehash(gone, None)
                     deleted = 1
+                    if self.watch_out is not None:
+                        self.watch_out.append((key, rev))
             stored = (_DELETE, rev, deleted)
         else:
             old = entries.get(key)
@@ -529,6 +544,8 @@ class StateMachine:
                     self._index.add(key)
                 new = entries[key] = _pack(key, value, old_version + 1, rev)
                 self._rehash(old, new)
+                if self.watch_out is not None:
+                    self.watch_out.append((key, new))
             stored = (_CAS, rev, 1 if ok else 0)
 
         if client is None:

@@ -245,6 +245,35 @@ class BackupRequest:
 
 
 @dataclass(slots=True, kw_only=True)
+class WatchRequest:
+    """``kv watch``: tell this connection of every change to ``key`` (every key starting with it, with
+    ``prefix``) that the node applies from now on, in ``WatchEvents`` frames carrying this request's id
+    (``kvstore.watches``)."""
+
+    id: int
+    key: str
+    prefix: bool
+
+
+@dataclass(slots=True, kw_only=True)
+class UnwatchRequest:
+    """End the watch of this connection whose request id was ``watch``."""
+
+    id: int
+    watch: int
+
+
+@dataclass(slots=True, kw_only=True)
+class WatchEvents:
+    """Changes for the watch whose request id is ``id``, in the order the node applied them: each
+    ``[kind, key, value, version, mod_revision]``, ``kind`` "put" (the key's new value, version and
+    revision) or "del" (value None, version 0, the revision of the delete)."""
+
+    id: int
+    events: list[list[Any]]
+
+
+@dataclass(slots=True, kw_only=True)
 class OkReply:
     """Success: ``result`` is a map with str keys (see ``RESULT_DEPTH_MAX`` for what it may hold)."""
 
@@ -266,13 +295,14 @@ class ErrorReply:
 
 
 CLIENT_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest, GetRequest, ListRequest, StatusRequest, AdminRequest,
-                        BackupRequest)
+                        BackupRequest, WatchRequest, UnwatchRequest)
 WRITE_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest)
-REPLY_TYPES = (OkReply, ErrorReply)
+REPLY_TYPES = (OkReply, ErrorReply, WatchEvents)
 PEER_MESSAGE_TYPES = (Hello, PaxosBatch, SnapshotChunk)
 # What decode_body returns: one of the types above.
 WireMessage = (PutRequest | DeleteRequest | CasRequest | GetRequest | ListRequest | StatusRequest | AdminRequest
-               | BackupRequest | OkReply | ErrorReply | Hello | PaxosBatch | SnapshotChunk)
+               | BackupRequest | WatchRequest | UnwatchRequest | OkReply | ErrorReply | WatchEvents | Hello
+               | PaxosBatch | SnapshotChunk)
 
 # ---------------------------------------------------------------------------------------------------
 # Paxos messages as positional arrays: [kind_code, sender, fields in declaration order...]
@@ -526,6 +556,9 @@ _MAP_ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
     StatusRequest: lambda m: status_request(m.id),
     AdminRequest: lambda m: admin_request(m.id, m.op, m.node, m.address),
     BackupRequest: lambda m: backup_request(m.id, m.session, m.offset),
+    WatchRequest: lambda m: {"t": "watch", "id": m.id, "key": m.key, "prefix": m.prefix},
+    UnwatchRequest: lambda m: {"t": "unwatch", "id": m.id, "watch": m.watch},
+    WatchEvents: lambda m: {"t": "ev", "id": m.id, "ev": m.events},
     OkReply: _encode_ok,
     ErrorReply: _encode_err,
 }
@@ -683,6 +716,26 @@ def _d_get(o: dict[str, Any]) -> GetRequest:
     return GetRequest(id=_f_id(o), key=_f_str(o, "key"), linearizable=_f_bool(o, "lin"))
 
 
+def _d_ev(o: dict[str, Any]) -> WatchEvents:
+    events = _get(o, "ev")
+    if type(events) is not list or not events:
+        raise WireError("ev.ev: expected a non-empty array of events")
+    for event in events:
+        if not (type(event) is list and len(event) == 5 and event[0] in ("put", "del") and type(event[1]) is str
+                and type(event[3]) is int and 0 <= event[3] < U64_LIMIT
+                and type(event[4]) is int and 0 < event[4] < U64_LIMIT
+                and (type(event[2]) in _STR_BYTES if event[0] == "put" else event[2] is None and event[3] == 0)):
+            raise WireError(f"ev.ev: expected [\"put\", key, value, version, revision] or "
+                            f"[\"del\", key, null, 0, revision], got {_got(event)}")
+    return WatchEvents(id=_f_id(o), events=events)
+
+
+def encode_events_frame(wire_id: int, events: list[list[Any]]) -> bytes:
+    """The frame of ``WatchEvents(id=wire_id, events=events)`` (the node's own events: not checked)."""
+    body = cbor2.dumps({"t": "ev", "id": wire_id, "ev": events})
+    return _HEADER.pack(len(body)) + body
+
+
 _MISSING = object()
 _STR_BYTES = (str, bytes)
 _STR_BYTES_NONE = (str, bytes, type(None))
@@ -707,8 +760,11 @@ _MAP_DECODERS: dict[str, Callable[[dict[str, Any]], WireMessage]] = {
     "admin": lambda o: _d_admin(o),
     "backup": lambda o: BackupRequest(id=_f_id(o), session=_f_int(o, "session", 0, U64_LIMIT),
                                       offset=_f_int(o, "off", 0, U64_LIMIT)),
+    "watch": lambda o: WatchRequest(id=_f_id(o), key=_f_str(o, "key"), prefix=_f_bool(o, "prefix")),
+    "unwatch": lambda o: UnwatchRequest(id=_f_id(o), watch=_f_int(o, "watch", 0, ID_LIMIT)),
     "ok": lambda o: OkReply(id=_f_id(o), result=_check_result_map(_get(o, "r"), (list,), WireError)),
     "err": _d_err,
+    "ev": lambda o: _d_ev(o),
 }
 
 

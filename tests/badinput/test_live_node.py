@@ -226,6 +226,8 @@ GOOD = {
     "get": {"t": "get", "id": 7, "key": "k", "lin": True},
     "list": {"t": "list", "id": 7, "prefix": "", "keys_only": False, "lin": True, "limit": 0},
     "status": {"t": "status", "id": 7},
+    "watch": {"t": "watch", "id": 7, "key": "k", "prefix": False},
+    "unwatch": {"t": "unwatch", "id": 7, "watch": 3},
 }
 
 
