@@ -480,12 +480,14 @@ def _register_command_modules() -> None:
     from .cluster import cluster_app
     from .member import member_app, move_leader_command
     from .snapshot import snapshot_app
+    from .watch import register as register_watch
 
     app.add_typer(cluster_app, name="cluster")
     app.add_typer(certs_app, name="certs")
     app.add_typer(member_app, name="member")
     app.command("move-leader", epilog="Example: kv move-leader 3")(move_leader_command)
     app.add_typer(snapshot_app, name="snapshot")
+    register_watch(app)
 
 
 def _register_optional_commands() -> None:

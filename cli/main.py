@@ -71,7 +71,7 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 
 # The commands whose arguments are keys and values: text, sent as CBOR strings
-_TEXT_COMMANDS = frozenset({"put", "get", "del", "cas", "ls"})
+_TEXT_COMMANDS = frozenset({"put", "get", "del", "cas", "ls", "watch"})
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -93,7 +93,6 @@ def _command_of(argv: list[str]) -> str | None:
 _ETCDCTL_ONLY = {
     "endpoint": "kv status and kv health are etcdctl's endpoint status and endpoint health (they take --endpoints "
                 "too)",
-    "watch": "kv has no watch",
     "lease": "kv has no leases",
     "txn": "kv has no transactions; kv cas KEY EXPECTED NEW compares and swaps one key",
     "compaction": "kv compacts by itself (snapshots: docs/operations.md, Snapshots and memory)",

@@ -214,6 +214,9 @@ class NodeCollector:
                                   "left to create their file",
                                   value=counters.get("snapshots_postponed_no_descriptors", 0))
         yield CounterMetricFamily("kv_log_records", "Records appended to the log", value=counters.get("records", 0))
+        yield GaugeMetricFamily("kv_watches", "Watches (kv watch) this node serves now", value=status.get("watches", 0))
+        yield CounterMetricFamily("kv_watch_events", "Changes this node reported to watches (one per watch told)",
+                                  value=counters.get("watch_events", 0))
         yield CounterMetricFamily("kv_event_loop_stalls", "Times this node's event loop ran nothing else for 0.1 s "
                                   "or more (a long step, or no CPU): leaders change when stalls near the election "
                                   "timeout", value=counters.get("loop_stalls", 0))

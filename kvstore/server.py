@@ -1209,6 +1209,7 @@ class Node:
                         if self.storage.members is not None else None),
             "client_connections": self.clients.open_connections,
             "client_connections_max": self.client_connections_max,
+            "watches": len(self.watches),  # kv watch (kvstore.watches)
             "counters": dict(self.counters),
             "core_counters": core["counters"],  # the Paxos core's: duplicates, stale messages, elections
         }

@@ -19,13 +19,13 @@ BAD = os.fsdecode(b"k\xff")  # what sys.argv holds for the bytes k, 0xff
 
 @pytest.mark.parametrize("argv", [
     ["put", BAD, "v"], ["put", "k", BAD], ["get", BAD], ["del", "--prefix", BAD], ["cas", "k", BAD, "b"],
-    ["ls", BAD], ["-w", "json", "put", "k", BAD], ["--endpoints", "h:1", "get", BAD],
+    ["ls", BAD], ["-w", "json", "put", "k", BAD], ["--endpoints", "h:1", "get", BAD], ["watch", "--prefix", BAD],
 ])
 def test_a_key_or_value_that_is_not_utf8_is_named(argv):
     problem = not_text_argument(argv)
     assert problem is not None and "'k\\xff' is not valid UTF-8" in problem
     # the stdin hint only where it helps: a value for put (QA: it was given for get, del and cas too)
-    command = next(a for a in argv if a in ("put", "get", "del", "cas", "ls"))
+    command = next(a for a in argv if a in ("put", "get", "del", "cas", "ls", "watch"))
     assert ("kv put KEY < FILE" in problem) == (command == "put"), problem
     assert ("cannot be compared" in problem) == (command == "cas"), problem
 
@@ -50,7 +50,7 @@ def test_the_kv_command_exits_2_before_connecting():
 @pytest.mark.parametrize("argv,fragment", [
     (["endpoint", "status"], "kv status and kv health are etcdctl's endpoint status and endpoint health"),
     (["--endpoints", "h:1", "-w", "json", "endpoint", "health"], "kv status and kv health"),
-    (["watch", "k"], "kv has no watch"), (["txn"], "kv cas KEY EXPECTED NEW"),
+    (["lease", "grant", "10"], "kv has no leases"), (["txn"], "kv cas KEY EXPECTED NEW"),
 ])
 def test_etcdctl_commands_kv_lacks_are_named_with_what_to_use(argv, fragment):
     """etcd QA: `kv endpoint status` got typer's "No such command" and no hint toward kv status."""
@@ -63,7 +63,8 @@ def test_etcdctl_commands_kv_lacks_are_named_with_what_to_use(argv, fragment):
 def test_kv_s_own_commands_get_no_etcdctl_hint():
     from kv_cli.main import etcdctl_hint
 
-    assert all(etcdctl_hint(argv) is None for argv in (["status"], ["get", "endpoint"], ["put", "watch", "v"], []))
+    assert all(etcdctl_hint(argv) is None for argv in (["status"], ["get", "endpoint"], ["put", "watch", "v"],
+                                                           ["watch", "k"], []))
     script = "import sys; from kv_cli.main import run; sys.argv[0] = 'kv'; run()"
     result = subprocess.run([sys.executable, "-c", script, "endpoint", "status"], capture_output=True, text=True,
                             timeout=20)

@@ -79,8 +79,9 @@ def test_watches_match_a_key_or_a_prefix_and_frames_keep_the_order_of_changes():
     assert hub.add(one, 8, "user/ann", False) is None
     assert hub.add(two, 7, "", True) is None  # every key
     sm = StateMachine()
-    hub.deliver(_applied(sm, commands.encode_put(CID, 1, 0, "user/ann", "a"), commands.encode_put(CID, 2, 0, "other", "o"),
-                         commands.encode_put(CID, 3, 0, "user/bob", b"b"), commands.encode_delete(CID, 4, 0, "user/ann")))
+    hub.deliver(_applied(sm, commands.encode_put(CID, 1, 0, "user/ann", "a"),
+                         commands.encode_put(CID, 2, 0, "other", "o"), commands.encode_put(CID, 3, 0, "user/bob", b"b"),
+                         commands.encode_delete(CID, 4, 0, "user/ann")))
     assert dict(one.events()) == {7: [["put", "user/ann", "a", 1, 1], ["put", "user/bob", b"b", 1, 3],
                                       ["del", "user/ann", None, 0, 4]],
                                   8: [["put", "user/ann", "a", 1, 1], ["del", "user/ann", None, 0, 4]]}
