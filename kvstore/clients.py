@@ -804,8 +804,16 @@ class ClientLinks:
         node = self.node
         requests = node.waiters.requests
         problem = (commands.prefix_problem if request.prefix else commands.key_problem)(request.key)
-        refusal = (wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=problem, leader=None)
-                   if problem is not None else node.watches.add(conn, request.id, request.key, request.prefix))
+        if problem is not None:
+            refusal: wire.ErrorReply | None = wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=problem,
+                                                              leader=None)
+        elif node._fenced or node.replica.config.role(node.node_id) is None:
+            # (it applies nothing new: its disk failed, or it was removed and nobody sends it the log)
+            why = "its disk failed or is full" if node._fenced else "it was removed from the cluster"
+            refusal = wire.ErrorReply(id=request.id, code=wire.UNAVAILABLE, leader=None, refused=True,
+                                      message=f"node {node.node_id} reports no changes ({why}): watch on another node")
+        else:
+            refusal = node.watches.add(conn, request.id, request.key, request.prefix)
         if refusal is not None:
             requests["watch", OUTCOME_OF_CODE.get(refusal.code, "error")] += 1
             conn.reply(refusal)

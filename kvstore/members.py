@@ -183,6 +183,9 @@ class Members:
                 node.waiters.not_leader_message = (f"node {node.node_id} was removed from the cluster (configuration "
                                                    f"epoch {epoch}) and knows no leader: use the members' addresses "
                                                    "(kv member list)")
+                # ... and its watches end: nobody sends it the changes from here on (kvstore.watches)
+                node.watches.end_all(f"node {node.node_id} was removed from the cluster (configuration epoch "
+                                     f"{epoch}): it reports no more changes; watch on a member (kv member list)")
             elif role is not None:
                 log.info("node %d is a %s at configuration epoch %d", node.node_id, role, epoch)
             self._role = role

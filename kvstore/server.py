@@ -1136,6 +1136,9 @@ class Node:
                          "is answered; status and serializable reads still work", self.node_id, exc)
         self.counters["disk_failures"] += 1
         self.waiters.fail_for_disk(self._disk_reply)
+        # Its state machine applies nothing decided from now on: its watches end (kvstore.watches)
+        self.watches.end_all(f"node {self.node_id}'s disk {'is full' if full else 'failed'}: it reports no more "
+                             "changes; watch on another node")
         # Frames already queued were produced before the failure, after their own fsyncs, so they
         # could go; but nothing new may, and (unless the disk is only full) closing the links makes the
         # silence plain to peers.

@@ -259,8 +259,59 @@ async def test_a_node_that_installs_a_snapshot_ends_its_watches(tmp_path, autoju
                 node.learner.install(node.learner.applied_slot, StateMachine.restore(node.learner.sm.snapshot()))
                 node.clients.send_replies()
                 with pytest.raises(WatchLost, match="installed a snapshot") as lost:
-                    async for _ in events:
-                        pass
+                    with trio.fail_after(10):
+                        async for _ in events:
+                            pass
                 assert lost.value.revision == events.revision
         assert len(node.watches) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_whose_disk_fails_ends_its_watches_and_refuses_new_ones(tmp_path, autojump_clock):
+    """A fenced node applies nothing decided after its disk failed: a watch there would wait in silence."""
+    from kvstore.client import Unavailable
+    from kvstore.storage import StorageError
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = await cluster.start_all()
+        follower = next(i for i in cluster.nodes if i != leader)
+        node = cluster.nodes[follower]
+        async with connect([ENDPOINTS[follower - 1]], timeout=2, transport=net.transport()) as kv:
+            async with kv.watch("k") as events:
+                with trio.fail_after(5):
+                    while len(node.watches) != 1:
+                        await trio.sleep(0.01)
+                node._stop_voting(StorageError("injected: fsync failed"))
+                with pytest.raises(WatchLost, match="disk failed"):
+                    with trio.fail_after(10):
+                        async for _ in events:
+                            pass
+            with pytest.raises(Unavailable, match="reports no changes"):
+                async with kv.watch("k"):
+                    pass
+        assert len(node.watches) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_removed_node_ends_its_watches(tmp_path, autojump_clock):
+    """Nobody sends a removed member the log: a watch there would wait in silence."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = await cluster.start_all()
+        removed = max(i for i in cluster.nodes if i != leader)
+        async with connect([ENDPOINTS[removed - 1]], timeout=5, transport=net.transport()) as watcher:
+            async with watcher.watch("k", prefix=True) as events:
+                async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+                    await kv.put("k1", "before")
+                    first = await events.__anext__()
+                    assert first[:3] == ("put", "k1", "before")
+                    await kv.member_remove(removed)
+                    with pytest.raises(WatchLost, match="was removed from the cluster"):
+                        with trio.fail_after(10):
+                            async for _ in events:
+                                pass
+        assert len(cluster.nodes[removed].watches) == 0
         nursery.cancel_scope.cancel()
