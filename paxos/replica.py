@@ -338,6 +338,10 @@ class Replica:
         # Catch-up.
         self._catchup_cooldown = 0
         self._decided_hint = 0  # highest decided_slot anyone told us about
+        # (ballot, slot): every slot up to ``slot`` that we had accepted at ``ballot`` was looked at by
+        # _learn_decided_slot already, so a later announcement of that ballot starts above it (a node
+        # far behind would otherwise rescan its whole gap on every Accept, Heartbeat and Decide).
+        self._learn_scanned: tuple[Ballot | None, int] = (None, 0)
 
         self._advance_decided()  # applies the decided slots recovered from storage
         # The decided slot as of the newest batch the shell reported durable (Options.early_accepts):
@@ -839,6 +843,13 @@ class Replica:
                     f"safety: ballot {m.ballot} proposed two values for slot {m.slot}")
                 self._accepted[m.slot] = (m.ballot, m.value)
                 self._actions.persist.append(AcceptRecord(m.slot, m.ballot, m.value))
+                scanned_ballot, scanned_through = self._learn_scanned
+                if (scanned_ballot == m.ballot and m.slot <= scanned_through and m.slot > self._decided_slot
+                        and m.slot not in self._decided):
+                    # This ballot's leader announced the slot decided already, and _learn_decided_slot
+                    # scanned past it before we had it: its one proposal for the slot is the chosen value.
+                    self._mark_decided(m.slot, m.value)
+                    self._advance_decided()
             self._send(m.sender, Accepted(sender=self.node_id, ballot=m.ballot, slot=m.slot))
         self._learn_decided_slot(m.ballot, m.decided_slot, m.sender)
 
@@ -899,11 +910,18 @@ class Replica:
             self._decided_hint = decided_slot
         if decided_slot <= self._decided_slot:
             return
-        candidates: Iterable[int]
-        if decided_slot - self._decided_slot <= len(self._accepted):
-            candidates = range(self._decided_slot + 1, decided_slot + 1)  # the usual case: a short gap
+        first = self._decided_slot + 1
+        scanned_ballot, scanned_through = self._learn_scanned
+        if scanned_ballot == ballot:
+            first = max(first, scanned_through + 1)
+            self._learn_scanned = (ballot, max(scanned_through, decided_slot))
         else:
-            candidates = sorted(s for s in self._accepted if self._decided_slot < s <= decided_slot)
+            self._learn_scanned = (ballot, decided_slot)
+        candidates: Iterable[int]
+        if decided_slot - first + 1 <= len(self._accepted):
+            candidates = range(first, decided_slot + 1)  # the usual case: a short gap
+        else:
+            candidates = sorted(s for s in self._accepted if first <= s <= decided_slot)
         for slot in candidates:
             if slot not in self._accepted:
                 continue

@@ -578,6 +578,50 @@ def test_follower_learns_decided_slot_for_values_accepted_at_the_same_ballot():
     assert actions.send == [(1, HeartbeatAck(sender=2, ballot=Ballot(1, 1), seq=3))]
 
 
+def test_a_value_accepted_after_its_slot_was_announced_decided_is_learned_at_once():
+    """The leader announced slot 2 decided (the follower scanned past it, holding only slot 3); the
+    Accept for slot 2 comes late (a resend): its one proposal at that ballot is the chosen value."""
+    replica = make(2)
+    b = Ballot(1, 1)
+    replica.receive(Accept(sender=1, ballot=b, slot=1, value=A, decided_slot=0))
+    replica.receive(Accept(sender=1, ballot=b, slot=3, value=A, decided_slot=2))  # slot 2 missed
+    replica.take_actions()
+    assert replica.status()["decided_slot"] == 1
+    replica.receive(Accept(sender=1, ballot=b, slot=2, value=B, decided_slot=1))  # late, and a stale mark
+    actions = replica.take_actions()
+    assert DecideRecord(2, B) in actions.persist and actions.apply == [(2, B)]
+    assert replica.status()["decided_slot"] == 2
+
+
+def test_a_follower_far_behind_looks_at_each_accepted_slot_once_not_on_every_message():
+    """QA (a member joining a busy cluster): the follower rescanned every slot it had accepted above its
+    decided prefix on every Accept, Heartbeat and Decide, work growing with the gap, so its event loop
+    stalled for seconds and it never caught up while writes went on. Now each announcement of a ballot
+    looks only at the slots above what the last one covered."""
+
+    class Counting(dict):
+        looked = 0
+
+        def __contains__(self, key):
+            Counting.looked += 1
+            return super().__contains__(key)
+
+        def __iter__(self):
+            for key in super().__iter__():
+                Counting.looked += 1
+                yield key
+
+    replica = make(2)
+    replica._accepted = Counting(replica._accepted)
+    b = Ballot(1, 1)
+    n = 3000
+    for slot in range(1001, 1001 + n):  # slots 1-1000 missed: the node is far behind and catching up
+        replica.receive(Accept(sender=1, ballot=b, slot=slot, value=A, decided_slot=slot - 1))
+        replica.take_actions()
+    assert replica.status()["decided_slot"] == 0
+    assert Counting.looked < 10 * n, Counting.looked  # was about n * n / 2
+
+
 def test_follower_does_not_decide_a_value_accepted_at_another_ballot_and_asks_for_it():
     """A value accepted at an older ballot may have lost; the learner must fetch the chosen one."""
     replica = make(2)
