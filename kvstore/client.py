@@ -550,7 +550,10 @@ class AsyncClient:
         sees them afterwards; raises ``RequestError`` with the reason when refused."""
         if op not in wire.ADMIN_OPS:
             raise ValueError(f"unknown admin operation {op!r}; expected one of {', '.join(wire.ADMIN_OPS)}")
-        return await self._read(lambda rid: wire.AdminRequest(id=rid, op=op, node=node, address=address))
+        # (no request id: a member change must not go out twice, so one that got no answer is not sent again)
+        self._check_open()
+        return await self._call(lambda rid: wire.AdminRequest(id=rid, op=op, node=node, address=address),
+                                write=False, once=True)
 
     async def backup(self, session: int = 0, offset: int = 0) -> dict[str, Any]:
         """One step of ``kv snapshot save`` (``kvstore.backup.save_backup`` drives it): session 0 begins
@@ -820,10 +823,12 @@ class AsyncClient:
         return await self._call(make, write=False)
 
     async def _call(self, build: _Build, *, write: bool, began: float | None = None,
-                    attempt: _Attempt | None = None) -> dict[str, Any]:
+                    attempt: _Attempt | None = None, once: bool = False) -> dict[str, Any]:
         """Send the request that ``build(id)`` makes, retrying until ``self.timeout`` after ``began``
         (default: now). ``attempt``: ``(connection, reply)`` of a first attempt made already (a
-        submitted request), whose reply is handled before any new attempt."""
+        submitted request), whose reply is handled before any new attempt. ``once``: a request that must
+        not be carried out twice (an admin request): its attempt may take the whole timeout, and one that
+        went out and got no answer is not sent again (``Unavailable``, outcome unknown)."""
         if attempt is None:
             self._check_run()  # (a submitted request was checked by _submit)
         first = trio.current_time() if began is None else began
@@ -881,7 +886,7 @@ class AsyncClient:
                 # One attempt may not use the whole deadline: a node that accepts connections but never
                 # answers (paused, partitioned away) must not keep us from the others. A retry reuses
                 # the request id, so a write that the first attempt got through is still applied once.
-                attempt_deadline = now + min(remaining, self.attempt_timeout)
+                attempt_deadline = now + (remaining if once else min(remaining, self.attempt_timeout))
                 try:
                     conn = self._conn
                     if conn is None or conn.broken:
@@ -921,6 +926,8 @@ class AsyncClient:
             if attempted and not (type(reply) is wire.ErrorReply and reply.refused):
                 in_doubt = True
             refused_by_node = reply is not None  # (an error reply: an OK one returns below)
+            if reply is None and once and attempted:
+                raise Unavailable(wire.sent_once_unanswered(last_error), outcome_unknown=True)
             if reply is None:
                 if trio.current_time() < deadline:
                     await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))

@@ -187,6 +187,15 @@ def gave_up_reason(last_error: str, no_leader_seen: bool) -> str:
     return last_error
 
 
+def sent_once_unanswered(last_error: str) -> str:
+    """Why a client gave up on a membership or leadership request that went out and got no answer: it is
+    never sent twice (it has no request id to make it happen once), so it may or may not have been
+    carried out (QA: a move-leader sent again to the next leader was refused there, though the first
+    handover then finished). Both clients say it the same way."""
+    return (f"the membership or leadership request got no answer ({last_error}); it may or may not have "
+            "been carried out, and is not sent twice: check with kv member list")
+
+
 # OpenSSL's reasons for a handshake that failed over a certificate: this side does not trust the node's
 # (CERTIFICATE_VERIFY_FAILED), or the node sent an alert refusing ours. Only handshakes send these, so
 # the node read nothing of what we sent.

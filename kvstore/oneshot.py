@@ -318,8 +318,9 @@ class OneShotClient:
         ``kvstore.client.AsyncClient.admin``."""
         if op not in frames.ADMIN_OPS:
             raise ValueError(f"unknown admin operation {op!r}; expected one of {', '.join(frames.ADMIN_OPS)}")
+        # (no request id: a member change must not go out twice, so it is neither hedged nor sent again)
         return self._call(lambda rid: frames.encode_map_frame(frames.admin_request(rid, op, node, address)),
-                          write=False, hedge=False)  # (no request id: a member change must not go out twice)
+                          write=False, hedge=False, once=True)
 
     def backup(self, session: int = 0, offset: int = 0) -> dict[str, Any]:
         """One step of ``kv snapshot save``; see ``kvstore.client.AsyncClient.backup``."""
@@ -379,13 +380,15 @@ class OneShotClient:
         request_id = next(self._request_ids)
         return self._call(lambda rid: make(rid, request_id), write=True)
 
-    def _call(self, build: Any, *, write: bool, hedge: bool = True) -> dict[str, Any]:
+    def _call(self, build: Any, *, write: bool, hedge: bool = True, once: bool = False) -> dict[str, Any]:
         """Send the frame ``build(id)`` makes, retrying as ``kvstore.client.AsyncClient._call`` does,
         until ``timeout`` from now. Returns the OK reply's result.
 
         ``hedge``: the request may go to a second node when the first is slow to answer (once per
         call, ``_exchange_hedged``). Only for requests that any node may receive twice: reads, and
-        writes, which carry their client and request ids (a write is applied once)."""
+        writes, which carry their client and request ids (a write is applied once). ``once``: a request
+        that must not be carried out twice (an admin request): its attempt may take the whole timeout, and
+        one that went out and got no answer is not sent again (``Unavailable``, outcome unknown)."""
         self._own_process()
         deadline = time.monotonic() + self.timeout
         sent = False
@@ -420,7 +423,7 @@ class OneShotClient:
                        "; the write was not applied" if write else ""),  # (nothing sent, or turned away)
                     outcome_unknown=write and in_doubt,
                 )
-            attempt_deadline = now + min(remaining, self.attempt_timeout)
+            attempt_deadline = now + (remaining if once else min(remaining, self.attempt_timeout))
             reply = None
             in_doubt_now = False
             conn = self._conn
@@ -451,6 +454,8 @@ class OneShotClient:
                     tls_refused.add(endpoint)
             in_doubt = in_doubt or in_doubt_now
             refused_by_node = reply is not None  # (an error reply: an OK one returns below)
+            if reply is None and once and in_doubt_now:
+                raise Unavailable(frames.sent_once_unanswered(last_error), outcome_unknown=True)
             if reply is None:
                 self._sleep(min(pause, deadline - time.monotonic()))
                 pause = min(pause * 2, _PAUSE_MAX)

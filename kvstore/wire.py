@@ -102,6 +102,7 @@ from .frames import certificate_refused as certificate_refused
 from .frames import every_node_refused_tls as every_node_refused_tls
 from .frames import gave_up_reason as gave_up_reason
 from .frames import handshake_refused as handshake_refused
+from .frames import sent_once_unanswered as sent_once_unanswered
 
 # The frame codec (limits, error codes, the two error families, the client request maps, split_frames)
 # lives in kvstore.frames, which a client imports without paxos (kvstore.oneshot). Re-exported here:

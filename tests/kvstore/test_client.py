@@ -232,6 +232,30 @@ async def test_a_node_that_never_answers_costs_one_attempt_not_the_whole_deadlin
         nursery.cancel_scope.cancel()
 
 
+async def test_a_member_change_is_never_sent_twice_and_one_unanswered_is_in_doubt(autojump_clock):
+    """A member change has no request id: sent again to the next node it could be carried out twice (QA: a
+    move-leader sent again after the attempt timeout, while the first leader waited for the target). Its
+    one attempt may take the whole timeout; no answer by then is an outcome unknown."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    second: list[object] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)  # reads, never answers
+        nursery.start_soon(_fake_node, net, "n2", 2,
+                           lambda request: second.append(request) or wire.OkReply(id=request.id, result={}))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=6, transport=net.transport()) as kv:
+            started = trio.current_time()
+            with pytest.raises(Unavailable, match="may or may not have been carried out") as info:
+                await kv.admin("move_leader", 2)
+            assert info.value.outcome_unknown
+            assert trio.current_time() - started >= 6 - 0.5  # the whole timeout, not an attempt's
+            assert second == []
+            assert await kv.admin("member_list") == {}  # the next call goes on to the next node
+        nursery.cancel_scope.cancel()
+
+
 async def test_requests_alone_and_in_crowds_over_real_tcp_each_get_their_own_reply():
     """A connection used one request at a time writes each frame straight to the socket; with many
     in flight, the frames of a scheduler pass go out in one write. Switching between the two (and
