@@ -97,6 +97,8 @@ def _print_event(event: Any, as_json: bool) -> None:
     echo(event.key)
     if put:
         echo_value(event.value)
+    else:
+        echo("")  # (etcdctl prints the deleted key's value, empty: three lines per event either way)
 
 
 def register(app: typer.Typer) -> None:

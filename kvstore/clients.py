@@ -144,7 +144,7 @@ class ClientConn:
     a leader change.)"""
 
     __slots__ = ("outbox", "pending", "pending_bytes", "parked", "read_state", "finishing", "closed", "name",
-                 "_dirty", "last_heard", "scope", "principal", "requests", "answered", "budget")
+                 "_dirty", "last_heard", "scope", "principal", "requests", "answered", "budget", "parked_frame_bytes")
 
     def __init__(self, name: str, dirty: list[ClientConn], budget: RangeBudget | None = None) -> None:
         self.principal: Principal | None = None  # who its TLS certificate names; None without TLS
@@ -155,6 +155,7 @@ class ClientConn:
         self.pending_bytes = 0
         # answers not encoded yet: messages, frames, or read requests (to be read from read_state())
         self.parked: collections.deque[object] = collections.deque()
+        self.parked_frame_bytes = 0  # bytes of the encoded frames in parked (watch events, reply_frame)
         self.read_state: Callable[[], StateMachine] = _no_state
         self.finishing = False  # the connection ended: the outbox closes once nothing is parked
         self.closed = False
@@ -214,6 +215,7 @@ class ClientConn:
             return
         if self.parked:
             self.answered += 1
+            self.parked_frame_bytes += len(frame)
             self.parked.append(frame)
             return
         self._add(frame)
@@ -224,6 +226,13 @@ class ClientConn:
         if self.closed:
             return
         if self.parked:
+            # Behind a held-back answer: bounded as a backlog is (a slow reader makes progress, so the
+            # stall clock of _await_room alone would let this grow without end).
+            self.parked_frame_bytes += len(frame)
+            if self.parked_frame_bytes + self.outbox.backlog_bytes > CLIENT_BACKLOG_BYTES_MAX:
+                self._close_unread(self.parked_frame_bytes + self.outbox.backlog_bytes)
+                self.parked.clear()
+                return
             self.parked.append(frame)
             return
         if not self.pending:
@@ -266,6 +275,7 @@ class ClientConn:
                 item = parked[0]
                 if type(item) is bytes:
                     frame = item
+                    self.parked_frame_bytes -= len(frame)
                 elif type(item) is wire.ListRequest:
                     built = self._range_frame(self.read_state(), item)
                     if built is None:
@@ -804,14 +814,21 @@ class ClientLinks:
         node = self.node
         requests = node.waiters.requests
         problem = (commands.prefix_problem if request.prefix else commands.key_problem)(request.key)
+        # Connections with watches are never closed as idle nor evicted: at most half of the client
+        # connections may hold them, so that watchers (or abandoned ones) cannot lock other clients out.
+        room = max(1, self.connections_max // 2)
+        refusal: wire.ErrorReply | None
         if problem is not None:
-            refusal: wire.ErrorReply | None = wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=problem,
-                                                              leader=None)
+            refusal = wire.ErrorReply(id=request.id, code=wire.BAD_REQUEST, message=problem, leader=None)
         elif node._fenced or node.replica.config.role(node.node_id) is None:
             # (it applies nothing new: its disk failed, or it was removed and nobody sends it the log)
             why = "its disk failed or is full" if node._fenced else "it was removed from the cluster"
             refusal = wire.ErrorReply(id=request.id, code=wire.UNAVAILABLE, leader=None, refused=True,
                                       message=f"node {node.node_id} reports no changes ({why}): watch on another node")
+        elif not node.watches.watching(conn) and node.watches.connections >= room:
+            refusal = wire.ErrorReply(id=request.id, code=wire.UNAVAILABLE, leader=None, refused=True,
+                                      message=f"{room} connections hold watches on this node, its most: try "
+                                              "another node")
         else:
             refusal = node.watches.add(conn, request.id, request.key, request.prefix)
         if refusal is not None:

@@ -34,6 +34,7 @@ import logging
 import random
 import socket
 import ssl
+import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,17 @@ PEER_BACKLOG_BYTES_MAX = 64 * 1024 * 1024
 PEER_USER_TIMEOUT_MS = 10_000
 # The first reconnect delay (doubled per failure up to ServerOptions.backoff_seconds_max)
 BACKOFF_SECONDS_MIN = 0.02
+# A link we dialed that has had data in flight with no TCP acknowledgement for this long (the peer's
+# kernel acknowledges whatever its process does, paused or busy: so the path or the host is gone) is
+# aborted, its queued bytes dropped, and redialed (``_stalled``); and how often that is looked at.
+# QA (network namespaces): a link that stalled in a cut came back only at TCP's next retransmission after
+# the heal (exponential back-off: up to 3 s later), and delivered messages seconds old when it did (a
+# handover's Prepare that deposed the leader elected meanwhile).
+PEER_STALL_SECONDS_MIN = 1.0
+PEER_STALL_CHECK_SECONDS = 0.2
+_TCP_INFO_BYTES = 104  # struct tcp_info up to tcpi_last_ack_recv and beyond (Linux)
+_TCPI_UNACKED = 24  # byte offsets of two u32 fields of struct tcp_info
+_TCPI_LAST_ACK_RECV = 56
 
 
 def _peer_outbox() -> Outbox:
@@ -94,6 +106,40 @@ async def _read_refusal(stream: trio.abc.ReceiveStream) -> str | BaseException |
     except (wire.WireError, trio.ClosedResourceError):
         pass
     return None
+
+
+async def _stalled(stream: object, limit_seconds: float) -> str | None:
+    """Return why once data sent on ``stream`` (a TCP stream we dialed) has gone unacknowledged for
+    ``limit_seconds``, after aborting the connection (a reset: what the kernel still holds for it is
+    dropped, not delivered late); None at once if the socket says nothing of that (not TCP, not Linux)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None or not hasattr(socket, "TCP_INFO"):
+        return None
+    limit_ms = limit_seconds * 1000
+    unacked_since: float | None = None
+    while True:
+        await trio.sleep(PEER_STALL_CHECK_SECONDS)
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+        except OSError:
+            return None  # (closed meanwhile: the sender's task says why)
+        if len(info) < _TCPI_LAST_ACK_RECV + 4:
+            return None
+        unacked = struct.unpack_from("I", info, _TCPI_UNACKED)[0]  # (native byte order, as the kernel's)
+        if not unacked:
+            unacked_since = None
+            continue
+        now = trio.current_time()
+        if unacked_since is None:
+            unacked_since = now  # (the last ACK of a link idle until now is old: count from here)
+            continue
+        last_ack_ms = struct.unpack_from("I", info, _TCPI_LAST_ACK_RECV)[0]
+        if (now - unacked_since) * 1000 >= limit_ms and last_ack_ms >= limit_ms:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+            return f"nothing sent was acknowledged for {last_ack_ms / 1000:.1f}s (the path or the host is gone)"
 
 
 def set_nodelay(stream: object, *, user_timeout_ms: int = 0) -> None:
@@ -369,10 +415,24 @@ class PeerLinks:
                 self._log_refusal(peer_id, refusal)
             cancel_scope.cancel()
 
+        async def stalled(cancel_scope: trio.CancelScope) -> None:
+            reason = await _stalled(raw_stream, self._stall_seconds())
+            if reason is not None:
+                self.counters["peer_links_stalled"] += 1
+                failed.append(TimeoutError(reason))
+                cancel_scope.cancel()
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send, nursery.cancel_scope)
             nursery.start_soon(hear, nursery.cancel_scope)
+            nursery.start_soon(stalled, nursery.cancel_scope)
         return failed[0] if failed else None
+
+    def _stall_seconds(self) -> float:
+        """How long a link may go without a TCP acknowledgement: three election timeouts, a second at least."""
+        options = self.node.options
+        election = getattr(options, "election_timeout_ticks", 0) * getattr(options, "tick_seconds", 0.0)
+        return max(PEER_STALL_SECONDS_MIN, 3 * election)
 
     def _log_refusal(self, peer_id: int, reason: str) -> None:
         more = _REFUSALS_HEARD.allow(f"{peer_id} {reason}")

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import cbor2
+
 from . import wire
 from .statemachine import unpack_entry
 
@@ -71,11 +73,21 @@ class Watches:
         self._by_conn: dict[Replier, dict[int, _Watch]] = {}
         self._exact: dict[str, list[_Watch]] = {}  # key -> the watches of exactly that key
         self._prefixes: list[_Watch] = []
+        # prefix -> its watches, and how many prefix watches have each prefix length: a change is matched
+        # with one dict lookup per distinct length, not one startswith per watch (1,024 prefix watches
+        # made a prefix delete of 100,000 keys an 8.6 s step of the event loop)
+        self._by_prefix: dict[str, list[_Watch]] = {}
+        self._lengths: dict[int, int] = {}
         self.count = 0
         self._counters = counters
 
     def __len__(self) -> int:
         return self.count
+
+    @property
+    def connections(self) -> int:
+        """Connections with at least one watch."""
+        return len(self._by_conn)
 
     def watching(self, conn: Replier) -> bool:
         return conn in self._by_conn
@@ -97,6 +109,8 @@ class Watches:
         self._by_conn.setdefault(conn, {})[wire_id] = watch
         if prefix:
             self._prefixes.append(watch)
+            self._by_prefix.setdefault(key, []).append(watch)
+            self._lengths[len(key)] = self._lengths.get(len(key), 0) + 1
         else:
             self._exact.setdefault(key, []).append(watch)
         self.count += 1
@@ -122,6 +136,14 @@ class Watches:
     def _forget(self, watch: _Watch) -> None:
         if watch.prefix:
             self._prefixes.remove(watch)
+            same = self._by_prefix[watch.key]
+            same.remove(watch)
+            if not same:
+                del self._by_prefix[watch.key]
+            n = len(watch.key)
+            self._lengths[n] -= 1
+            if not self._lengths[n]:
+                del self._lengths[n]
         else:
             same = self._exact[watch.key]
             same.remove(watch)
@@ -133,46 +155,78 @@ class Watches:
         """End every watch with ``unavailable`` and ``message`` (this node skipped changes)."""
         for conn, mine in list(self._by_conn.items()):
             for wire_id in mine:
-                conn.reply(wire.ErrorReply(id=wire_id, code=wire.UNAVAILABLE, message=message, leader=None))
+                # (not conn.reply: the watch request had its answer, its ok; a second one would count
+                # as the answer of another request still waiting: ClientConn.answered)
+                conn.event_frame(wire.encode_frame(wire.ErrorReply(id=wire_id, code=wire.UNAVAILABLE,
+                                                                   message=message, leader=None)))
         ended = self.count
         self._by_conn.clear()
         self._exact.clear()
         self._prefixes.clear()
+        self._by_prefix.clear()
+        self._lengths.clear()
         self.count = 0
         self._counters["watches_ended"] += ended
 
     def deliver(self, changes: list[tuple[str, bytes | int]]) -> None:
-        """Send what ``changes`` (``StateMachine.watch_out``, in the order applied) holds for each watch."""
+        """Send what ``changes`` (``StateMachine.watch_out``, in the order applied) holds for each watch.
+        Watches told of the same changes share one encoding of them (one put of a 1 MiB value to 1,024
+        watches was 1 GiB of frames and a 1.1 s step)."""
         exact = self._exact
-        prefixes = self._prefixes
-        touched: list[_Watch] = []
+        by_prefix = self._by_prefix
+        lengths = sorted(self._lengths)
+        events: list[list[Any]] = []
+        matched_of: dict[_Watch, list[int]] = {}  # watch -> indexes in events, in order
         for key, change in changes:
-            matched = exact.get(key)
-            if prefixes:
-                matched = [*matched, *(w for w in prefixes if key.startswith(w.key))] if matched else [
-                    w for w in prefixes if key.startswith(w.key)]
+            matched = exact.get(key, ())
+            if lengths:
+                more = [w for n in lengths if n <= len(key) for w in by_prefix.get(key[:n], ())]
+                if more:
+                    matched = [*matched, *more]
             if not matched:
                 continue
             if isinstance(change, int):
-                event: list[Any] = ["del", key, None, 0, change]
-                size = len(key) + 16
+                events.append(["del", key, None, 0, change])
             else:
                 value, version, mod_revision = unpack_entry(change)
-                event = ["put", key, value, version, mod_revision]
-                size = len(key) + len(value) + 24
+                events.append(["put", key, value, version, mod_revision])
+            index = len(events) - 1
             for watch in matched:
-                if not watch.events:
-                    touched.append(watch)
-                elif watch.size + size > EVENTS_FRAME_BYTES:
-                    self._send(watch)
-                watch.events.append(event)
-                watch.size += size
-        for watch in touched:
-            if watch.events:
-                self._send(watch)
+                matched_of.setdefault(watch, []).append(index)
+        encoded: dict[tuple[int, ...], list[bytes]] = {}
+        for watch, indexes in matched_of.items():
+            key_ = tuple(indexes)
+            bodies = encoded.get(key_)
+            if bodies is None:
+                bodies = encoded[key_] = _encode_split([events[i] for i in indexes])
+            for body in bodies:
+                watch.conn.event_frame(_frame(watch.wire_id, body))
+            self._counters["watch_events"] += len(indexes)
 
-    def _send(self, watch: _Watch) -> None:
-        watch.conn.event_frame(wire.encode_events_frame(watch.wire_id, watch.events))
-        self._counters["watch_events"] += len(watch.events)
-        watch.events = []
-        watch.size = 0
+
+def _encode_split(events: list[list[Any]]) -> list[bytes]:
+    """The CBOR arrays of ``events``, in pieces of about ``EVENTS_FRAME_BYTES`` (encoded bytes)."""
+    out: list[bytes] = []
+    piece: list[list[Any]] = []
+    size = 0
+    for event in events:
+        one = len(event[1]) + (len(event[2]) + 24 if event[0] == "put" else 16)  # (as before: about the bytes)
+        if piece and size + one > EVENTS_FRAME_BYTES:
+            out.append(cbor2.dumps(piece))
+            piece, size = [], 0
+        piece.append(event)
+        size += one
+    if piece:
+        out.append(cbor2.dumps(piece))
+    return out
+
+
+_HEAD = cbor2.dumps("t") + cbor2.dumps("ev") + cbor2.dumps("id")
+_EV = cbor2.dumps("ev")
+
+
+def _frame(wire_id: int, array: bytes) -> bytes:
+    """The frame of ``{"t": "ev", "id": wire_id, "ev": <array>}`` around an encoded array (shared)."""
+    ident = cbor2.dumps(wire_id)
+    size = 1 + len(_HEAD) + len(ident) + len(_EV) + len(array)
+    return b"".join((wire._HEADER.pack(size), b"\xa3", _HEAD, ident, _EV, array))  # (one copy of the array)

@@ -439,3 +439,78 @@ async def test_the_core_hears_of_messages_lost_on_a_reconnect_and_on_a_full_queu
         node.core_calls[0].run()
         assert node.lost_to == [2, 2]
         nursery.cancel_scope.cancel()
+
+
+class _TcpInfoSocket:
+    """A socket whose TCP_INFO says what the test sets: packets unacknowledged, ms since the last ACK."""
+
+    def __init__(self) -> None:
+        self.unacked = 0
+        self.last_ack_ms = 0
+        self.linger: bytes | None = None
+
+    def getsockopt(self, level, option, size):
+        import socket
+        import struct
+
+        assert (level, option) == (socket.IPPROTO_TCP, socket.TCP_INFO)
+        info = bytearray(size)
+        struct.pack_into("I", info, 24, self.unacked)
+        struct.pack_into("I", info, 56, self.last_ack_ms)
+        return bytes(info)
+
+    def setsockopt(self, level, option, value):
+        import socket
+
+        assert (level, option) == (socket.SOL_SOCKET, socket.SO_LINGER)
+        self.linger = value
+
+
+class _Stream:
+    def __init__(self, sock) -> None:
+        self.socket = sock
+
+
+async def test_a_dialed_link_without_tcp_acknowledgements_is_aborted_and_an_acknowledged_one_is_kept(
+        autojump_clock):
+    """QA (network namespaces): a link that stalled in a cut came back only at TCP's next retransmission
+    after the heal (up to 3 s), and then delivered messages seconds old. A link with data unacknowledged
+    for the stall limit is now aborted (SO_LINGER 0: its queued bytes are dropped) and redialed; one whose
+    ACKs keep coming (a busy or paused peer's kernel still acknowledges) is kept, and so is one that was
+    idle for long before it sent."""
+    import struct
+
+    from kvstore.peers import _stalled
+
+    sock = _TcpInfoSocket()
+
+    async def drive(limit: float, steps) -> tuple[str | None, float]:
+        started = trio.current_time()
+        result: list[str | None] = []
+        ended: list[float] = []
+
+        async def watch() -> None:
+            result.append(await _stalled(_Stream(sock), limit))
+            ended.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            for unacked, last_ack_ms, seconds in steps:
+                sock.unacked, sock.last_ack_ms = unacked, last_ack_ms
+                await trio.sleep(seconds)
+                if result:
+                    break
+            nursery.cancel_scope.cancel()
+        return (result[0] if result else None), (ended[0] if ended else trio.current_time()) - started
+
+    # ACKs keep coming while data is in flight (a busy link): kept for 5 s
+    reason, _ = await drive(1.0, [(3, 10, 5.0)])
+    assert reason is None and sock.linger is None
+    # idle for an hour (the last ACK is old), then data goes out and is acknowledged at once: kept
+    reason, _ = await drive(1.0, [(0, 3_600_000, 1.0), (2, 3_600_000, 0.3), (0, 5, 2.0)])
+    assert reason is None and sock.linger is None
+    # data in flight and no ACK since: aborted once both have lasted the limit
+    reason, took = await drive(1.0, [(4, 100, 0.5), (4, 700, 0.3), (4, 1100, 0.3), (4, 1500, 2.0)])
+    assert reason is not None and "nothing sent was acknowledged" in reason
+    assert 1.0 <= took <= 1.6, took
+    assert sock.linger == struct.pack("ii", 1, 0)
