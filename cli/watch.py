@@ -1,7 +1,7 @@
 """``kv watch KEY [--prefix]``: print every change to a key, or to the keys under a prefix, as it happens.
 
-The output is etcdctl's: per change, ``PUT``, the key and the value on three lines, or ``DELETE`` and the
-key on two (``-w json``: one JSON object per change, per line). The watch runs until Ctrl-C (exit 0),
+The output is etcdctl's: per change, three lines, ``PUT``, the key and the value, or ``DELETE``, the key
+and an empty line (``-w json``: one JSON object per change, per line). The watch runs until Ctrl-C (exit 0),
 until ``--max-events`` changes were printed (exit 0), or until its node stops (exit 1, saying up to which
 revision every change was printed). It does not move to another node by itself: the store keeps no
 history of changes, so a watch started elsewhere could not tell whether it missed some.

@@ -47,9 +47,9 @@ import trio
 from . import wire
 from .endpoints import format_endpoint, next_in_rotation, parse_endpoint, parse_endpoint_list
 from .errors import Entry, KVError, RequestError, Unavailable, WatchEvent, WatchLost, entries_of
-from .frames import check_timeout
+from .frames import CONNECT_SECONDS, check_timeout
 from .limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, check_key, check_value
-from .netio import Outbox
+from .netio import Outbox, set_keepalive
 
 __all__ = ["AsyncClient", "Client", "connect", "Entry", "KVError", "RequestError", "Unavailable", "Watch", "WatchEvent",
            "WatchLost", "WRITE_WINDOW"]
@@ -426,7 +426,12 @@ class Watch:
                 raise WatchLost(f"{self.endpoint} closed the connection of the watch", self.revision)
             self.take(frames)
         event = self._events.popleft()
-        self.revision = event.mod_revision
+        # A put is the only change of its revision; a prefix delete's "del"s share one, and may go on in
+        # the next frame: that revision is complete only once a later one shows up.
+        if event.kind == "put" or (self._events and self._events[0].mod_revision > event.mod_revision):
+            self.revision = event.mod_revision
+        else:
+            self.revision = max(self.revision, event.mod_revision - 1)
         return event
 
     def take(self, frames: builtins.list[bytes]) -> None:
@@ -448,6 +453,7 @@ class AsyncClient:
         self.endpoints = parse_endpoint_list(endpoints)
         self._open_stream: Callable[[str, int], Awaitable[trio.abc.Stream]] = (
             transport.connect if transport is not None else trio.open_tcp_stream)
+        self._plain_tcp = transport is None
         self.timeout = check_timeout(timeout)
         self.attempt_timeout = max(0.5, min(2.0, timeout / 3))
         self._nursery = nursery
@@ -632,6 +638,7 @@ class AsyncClient:
             with trio.move_on_at(min(deadline, trio.current_time() + self.attempt_timeout)) as scope:
                 try:
                     stream = await self._open_stream(*endpoint)
+                    set_keepalive(stream)  # (a silent watch must still notice its node gone: WatchLost)
                     await stream.send_all(wire.encode_frame(wire.WatchRequest(id=1, key=key, prefix=prefix)))
                     reader = wire.FrameReader(stream)
                     frames = await reader.receive_frames()
@@ -1036,7 +1043,10 @@ class AsyncClient:
         """Open a connection to the preferred endpoint (one task at a time: see ``_connection``)."""
         endpoint = self.endpoints[self._preferred]
         try:
-            with trio.fail_after(self.attempt_timeout):
+            # (plain TCP: a reachable node connects in milliseconds; TLS bounds its TCP connect so itself, and
+            # its handshake, which the node's event loop makes, gets the attempt's time)
+            limit = min(self.attempt_timeout, CONNECT_SECONDS) if self._plain_tcp else self.attempt_timeout
+            with trio.fail_after(limit):
                 stream = await self._open_stream(*endpoint)
         except (OSError, trio.TooSlowError) as exc:
             if self.endpoints[self._preferred] == endpoint:

@@ -45,7 +45,7 @@ from . import commands, descriptors, frames, tls, wire
 from .events import WAKE, Proposal, Read
 from .frames import split_frames
 from .metrics import OUTCOME_OF_CODE, request_op
-from .netio import JOIN_BYTES_MAX, Outbox
+from .netio import JOIN_BYTES_MAX, Outbox, set_keepalive
 from .peers import remote_name, set_nodelay
 from .waiters import ReadRequest, read_reply
 
@@ -427,6 +427,7 @@ class ClientLinks:
                     await stream.send_all(self._over_limit_reply(None))
                 return
             set_nodelay(stream)
+            set_keepalive(stream)  # (a watch's connection may be silent for hours: peers.set_keepalive)
             reader = wire.FrameReader(stream, node.options.frame_bytes_max, node.frame_budget)
             frames: list[bytes] = []
             first_wait = idle_timeout_seconds if over <= 0 else descriptors.OVER_LIMIT_FIRST_FRAME_SECONDS

@@ -178,6 +178,13 @@ def backup_request(rid: int, session: int, offset: int) -> dict[str, Any]:
     return {"t": "backup", "id": rid, "session": session, "off": offset}
 
 
+# A client's connect (with TLS, its handshake too) that takes longer than this moves on to the next
+# endpoint: a reachable node completes one in milliseconds (the kernel accepts it, however busy the
+# process), so this is a host down or a network cut, which would otherwise cost a whole attempt timeout
+# (QA: writes paused 1.7-2.4 s on a failover whose clients tried the node just cut off first).
+CONNECT_SECONDS = 0.5
+
+
 def gave_up_reason(last_error: str, no_leader_seen: bool) -> str:
     """Why a client call gave up, for its ``Unavailable``: the last attempt's error, and first, when
     some node answered that it knows no leader while the last attempt failed otherwise (the other

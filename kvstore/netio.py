@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
@@ -186,3 +187,19 @@ def socket_fd(stream: object) -> int | None:
         return fd
     except Exception:
         return None
+
+
+def set_keepalive(stream: object, idle_s: int = 30, interval_s: int = 10, count: int = 3) -> None:
+    """TCP keepalive on ``stream``'s socket: a watch's connection may carry nothing for hours, so
+    neither end would notice a peer gone without a FIN (a partition, a host powered off); with this the
+    kernel ends it after about ``idle_s + interval_s * count`` seconds."""
+    sock = getattr(stream, "socket", None) or getattr(getattr(stream, "transport_stream", None), "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval_s), ("TCP_KEEPCNT", count)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass

@@ -87,10 +87,12 @@ class _Connection:
 
     @classmethod
     def open(cls, endpoint: tuple[str, int], timeout: float, tls: Any) -> _Connection:
-        """Connect (and finish the TLS handshake) within ``timeout`` seconds; ``OSError`` if not."""
+        """Connect within ``frames.CONNECT_SECONDS`` (a reachable node takes milliseconds) and finish the TLS
+        handshake within ``timeout`` seconds; ``OSError`` if not."""
         host, port = endpoint
-        sock = socket.create_connection((host, port), timeout=max(timeout, 0.001))
+        sock = socket.create_connection((host, port), timeout=max(min(timeout, frames.CONNECT_SECONDS), 0.001))
         try:
+            sock.settimeout(max(timeout, 0.001))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:
                 sock = tls.wrap_socket(sock, server_hostname=host)  # handshakes within the socket timeout

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .frames import CONNECT_SECONDS
 from .tlsfiles import (
     NODE_URI_PREFIX,
     Principal,
@@ -388,7 +389,11 @@ class TlsTransport:
     async def connect(self, host: str, port: int) -> TlsStream:
         """A TLS stream to ``host:port`` with its handshake done; raises ``OSError`` (an ``ssl.SSLError``
         for a refused handshake) like a refused TCP connect."""
-        tcp = await trio.open_tcp_stream(host, port)
+        try:
+            with trio.fail_after(CONNECT_SECONDS):  # (a reachable host connects in milliseconds: kvstore.frames)
+                tcp = await trio.open_tcp_stream(host, port)
+        except trio.TooSlowError:
+            raise TimeoutError(f"connecting to {host}:{port} took over {CONNECT_SECONDS:g} s") from None
         stream = TlsStream(tcp, self.client_context, server_hostname=host)
         try:
             await stream.do_handshake()
@@ -433,6 +438,9 @@ def reload(node: Node) -> bool:
         log.error("node %d: reload refused, keeping the files in use: %s", node.node_id, exc)
         return False
     node.clients.acl = rules
+    if rules is not None:  # open watches too: each was checked when it began, under the old rules
+        node.watches.end_refused(lambda conn, request: rules.refusal(getattr(conn, "principal", None), request))
+        node.clients.send_replies()
     log.info("node %d: reloaded%s%s", node.node_id,
              " the certificates" if isinstance(transport, TlsTransport) else "",
              f" and the access rules ({node.options.acl})" if rules is not None else "")

@@ -31,11 +31,13 @@ How it is wired:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import cbor2
 
 from . import wire
+from .frames import _HEADER
 from .statemachine import unpack_entry
 
 
@@ -151,6 +153,20 @@ class Watches:
                 del self._exact[watch.key]
         self.count -= 1
 
+    def end_refused(self, refusal: Callable[[Replier, wire.WatchRequest], str | None]) -> int:
+        """New access rules (SIGHUP, ``kvstore.tls.reload``): end each watch they refuse now with
+        ``permission_denied`` (docs/security.md: the rules apply at once, to open connections too)."""
+        ended = 0
+        for conn, mine in list(self._by_conn.items()):
+            for wire_id, watch in list(mine.items()):
+                message = refusal(conn, wire.WatchRequest(id=wire_id, key=watch.key, prefix=watch.prefix))
+                if message is not None:
+                    self.cancel(conn, wire_id)
+                    conn.event_frame(wire.encode_frame(wire.ErrorReply(
+                        id=wire_id, code=wire.PERMISSION_DENIED, message=message, leader=None)))
+                    ended += 1
+        return ended
+
     def end_all(self, message: str) -> None:
         """End every watch with ``unavailable`` and ``message`` (this node skipped changes)."""
         for conn, mine in list(self._by_conn.items()):
@@ -229,4 +245,4 @@ def _frame(wire_id: int, array: bytes) -> bytes:
     """The frame of ``{"t": "ev", "id": wire_id, "ev": <array>}`` around an encoded array (shared)."""
     ident = cbor2.dumps(wire_id)
     size = 1 + len(_HEAD) + len(ident) + len(_EV) + len(array)
-    return b"".join((wire._HEADER.pack(size), b"\xa3", _HEAD, ident, _EV, array))  # (one copy of the array)
+    return b"".join((_HEADER.pack(size), b"\xa3", _HEAD, ident, _EV, array))  # (one copy of the array)

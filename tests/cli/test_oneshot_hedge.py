@@ -277,3 +277,26 @@ def test_a_client_closed_from_another_thread_during_a_hedge_keeps_no_socket(node
     thread.join(5)
     assert not thread.is_alive() and outcome
     assert kv._conn is None or kv._conn.sock.fileno() == -1, "an open socket on a closed client"
+
+
+def test_a_connect_is_bounded_by_the_connect_timeout_and_a_handshake_by_the_attempt(nodes, monkeypatch):
+    """QA: a connect to a host cut off (SYNs dropped) cost a whole attempt timeout (1.7 s). The TCP connect
+    now has ``frames.CONNECT_SECONDS``; the socket then gets the attempt's time (a TLS handshake, which
+    the node's event loop makes, may take longer than a connect)."""
+    import socket
+
+    from kvstore import frames
+
+    leader = nodes(lambda r: ok(r, {"rev": 1}))
+    seen: list[float] = []
+    real = socket.create_connection
+
+    def create_connection(address, timeout=None, *args, **kwargs):
+        seen.append(timeout)
+        sock = real(address, timeout, *args, **kwargs)
+        return sock
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    with OneShotClient([leader.address], timeout=6) as kv:
+        assert kv.put("k", "v") == 1
+        assert seen and seen[0] <= frames.CONNECT_SECONDS < kv.attempt_timeout

@@ -70,7 +70,7 @@ def test_kv_watch_prints_each_change_on_every_node_and_ends_when_its_node_dies(k
         outputs = [watch.communicate(timeout=COMMAND_SECONDS) for watch in watches]
         for watch, (out, err) in zip(watches, outputs, strict=True):
             assert watch.returncode == 0, err
-            assert out == b"PUT\napp/a\n1\nPUT\napp/a\n2\nPUT\napp/b\n\xff\x00\nDELETE\napp/a\n", out
+            assert out == b"PUT\napp/a\n1\nPUT\napp/a\n2\nPUT\napp/b\n\xff\x00\nDELETE\napp/a\n\n", out
         out, err = json_watch.communicate(timeout=COMMAND_SECONDS)
         assert json_watch.returncode == 0, err
         records = [json.loads(line) for line in out.decode().splitlines()]

@@ -232,6 +232,33 @@ async def test_a_node_that_never_answers_costs_one_attempt_not_the_whole_deadlin
         nursery.cancel_scope.cancel()
 
 
+async def test_a_node_whose_connect_hangs_costs_the_connect_timeout_not_an_attempt(autojump_clock, monkeypatch):
+    """QA (network namespaces): on a failover the clients tried the node just cut off first, and its connect
+    (SYNs dropped) cost a whole attempt timeout (1.7 s): writes paused 1.7-2.4 s for an election of 0.4 s.
+    A plain TCP connect now gives up after ``frames.CONNECT_SECONDS`` (a reachable node takes
+    milliseconds) and the next endpoint is tried."""
+    from kvstore import frames, wire
+
+    net = MemoryNetwork()
+    transport = net.transport()
+
+    async def open_tcp_stream(host: str, port: int):
+        if host == "n1":
+            await trio.sleep_forever()  # a host cut off: the connect never completes
+        return await transport.connect(host, port)
+
+    monkeypatch.setattr(trio, "open_tcp_stream", open_tcp_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n2", 2, lambda request: wire.OkReply(id=request.id, result={"rev": 3}))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=9) as kv:  # plain TCP (no transport given)
+            started = trio.current_time()
+            assert await kv.put("k", "v") == 3
+            elapsed = trio.current_time() - started
+            assert frames.CONNECT_SECONDS <= elapsed < kv.attempt_timeout, elapsed
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_member_change_is_never_sent_twice_and_one_unanswered_is_in_doubt(autojump_clock):
     """A member change has no request id: sent again to the next node it could be carried out twice (QA: a
     move-leader sent again after the attempt timeout, while the first leader waited for the target). Its
