@@ -303,6 +303,10 @@ class Replica:
         self._pre_vote_ballot: Ballot | None = None
         self._pre_votes: set[int] = set()
         self._leader_heard_tick = 0  # self._ticks when a leader last spoke to us (_follow)
+        # The promised ballot whose leader we gave up on (our election timer ran out under it): a Campaign
+        # of that ballot that reaches us later was stuck in a link (QA: TCP delivered it seconds late,
+        # after the others had elected a new leader, and we deposed that one).
+        self._gave_up_on_ballot: Ballot | None = None
 
         # Candidate state.
         self._first_slot = 0
@@ -883,6 +887,7 @@ class Replica:
             self._raise_promise(ballot)
         self._leader_id = ballot.node_id
         self._leader_heard_tick = self._ticks
+        self._gave_up_on_ballot = None  # (a leader speaks again: a handover of its ballot is not stale)
         self._reset_election_timer()
 
     def _raise_promise(self, ballot: Ballot) -> None:
@@ -1082,6 +1087,7 @@ class Replica:
         """``Options.pre_vote``: ask the others whether they would take part in an election now, without
         raising our promise (nothing is persisted); ``_on_pre_vote_reply`` starts it on a majority's yes."""
         self._count("pre_votes")
+        self._gave_up_on_ballot = self._promised
         if self._role != FOLLOWER:
             self._step_down()  # a candidate whose election failed asks again first
         self._leader_id = None
@@ -1597,6 +1603,11 @@ class Replica:
     def _on_campaign(self, m: Campaign) -> None:
         """The leader hands over to us: campaign now, without waiting for an election timeout."""
         if m.ballot < self._promised or m.ballot.node_id != m.sender or self._role != FOLLOWER:
+            self._count("stale_campaign")
+            return
+        if self._gave_up_on_ballot is not None and m.ballot <= self._gave_up_on_ballot:
+            # We stopped hearing this leader for an election timeout before its handover arrived: the
+            # others may have elected a new leader meanwhile (at a round our ballot would outrank).
             self._count("stale_campaign")
             return
         if not self.is_voter:

@@ -1117,3 +1117,29 @@ def run_election_timeout_again(replica: Replica) -> Actions:
         if replica.ballot != before:
             return replica.take_actions()
     raise AssertionError("no new election")
+
+
+def test_a_handover_that_reaches_its_target_after_it_gave_up_on_that_leader_is_stale():
+    """QA (network namespaces): the target of a handover was cut off right after it; the others elected a
+    leader at the next round, and when the link came back the Campaign, stuck in TCP, made the target
+    campaign at that round with a higher node id and depose it. A target whose election timer ran out
+    under the handing-over leader's ballot (it asked for a pre-vote) ignores a Campaign of that ballot;
+    one that hears the leader again takes it."""
+    b = Ballot(3, 2)
+    target = make(3, pre_vote=True)
+    target.receive(Heartbeat(sender=2, ballot=b, decided_slot=0, seq=1))
+    target.take_actions()
+    for _ in range(3 * target.options.election_timeout_ticks):  # cut off: its timer runs out
+        target.tick()
+        if target.status()["counters"].get("pre_votes"):
+            break
+    target.take_actions()
+    target.receive(Campaign(sender=2, ballot=b, decided_slot=0))
+    actions = target.take_actions()
+    assert not any(isinstance(m, Prepare) for _, m in actions.send), actions.send
+    assert target.status()["counters"]["stale_campaign"] == 1
+    target.receive(Heartbeat(sender=2, ballot=b, decided_slot=0, seq=2))  # the leader is heard again
+    target.take_actions()
+    target.receive(Campaign(sender=2, ballot=b, decided_slot=0))
+    assert any(isinstance(m, Prepare) for _, m in target.take_actions().send)
+    assert target.status()["counters"]["campaigned_on_transfer"] == 1
