@@ -384,6 +384,36 @@ def _wait_answering(state: dict[str, Any], node: dict[str, Any], child: subproce
         time.sleep(POLL_SECONDS)
 
 
+class NoLeaderYet(OperationFailed):
+    """No leader within the wait (``_wait_for_leader``): with ``--detach`` the nodes still running stay."""
+
+
+def _no_leader_text(state: dict[str, Any], children: dict[int, subprocess.Popen[bytes]], seconds: float,
+                    statuses: list[dict[str, Any]], exited: set[int] | None) -> str:
+    """Why there may be no leader: the nodes that exited at start (with their logs' ends), and members the
+    running nodes know that this cluster's file does not (added by hand with kv member add: QA, a replaced
+    disk's new member was not started, and the message named none of it)."""
+    parts = [f"no leader after {seconds:.0f} s"]
+    by_id = {node["id"]: node for node in state["nodes"]}
+    for node_id in sorted(exited or ()):
+        child = children.get(node_id)
+        code = child.returncode if child is not None else None
+        parts.append(f"node {node_id} exited at start (code {code}): {_log_tail(by_id[node_id])}")
+    known = set(by_id)
+    for status in statuses:
+        config = status.get("config") if isinstance(status, dict) else None
+        voters = config.get("voters") if isinstance(config, dict) else None
+        if isinstance(voters, list):
+            missing = sorted(v for v in voters if isinstance(v, int) and v not in known)
+            if missing:
+                parts.append(f"the members' voters are {', '.join(map(str, sorted(voters)))}: "
+                             f"{', '.join(map(str, missing))} not in this cluster's file (added by hand with kv "
+                             "member add? start them as you did then)")
+            break
+    parts.append(f"see the logs {state['nodes'][0]['log_file']} and its siblings")
+    return "; ".join(parts)
+
+
 def _wait_for_leader(
     state: dict[str, Any], children: dict[int, subprocess.Popen[bytes]], seconds: float,
     exited: set[int] | None = None,
@@ -399,6 +429,7 @@ def _wait_for_leader(
     if not progress_tty:
         echo(f"waiting for a leader (up to {seconds:.0f} s)...", err=True)
     leader = None
+    statuses: list[dict[str, Any]] = []
     for _ in range(int(seconds / (POLL_SECONDS * 2)) + 2):
         for node in state["nodes"]:
             child = children.get(node["id"])
@@ -429,9 +460,7 @@ def _wait_for_leader(
     if progress_tty:
         echo("", err=True)
     if leader is None:
-        raise OperationFailed(
-            f"no leader after {seconds:.0f} s; see the logs {state['nodes'][0]['log_file']} and its siblings"
-        )
+        raise NoLeaderYet(_no_leader_text(state, children, seconds, statuses, exited))
     return leader
 
 
@@ -651,9 +680,10 @@ def up_command(
                 node_list = _drop_removed(settings, state, children, exited or set())
                 nodes = len(node_list)
                 write_state(cluster_dir, state)
-        except OperationFailed:
-            if detach and all(c.poll() is None for c in children.values()):
-                # no leader yet, but every node runs: leave them, the user may look at them
+        except OperationFailed as exc:
+            if detach and (all(c.poll() is None for c in children.values())
+                           or (isinstance(exc, NoLeaderYet) and any(c.poll() is None for c in children.values()))):
+                # no leader yet, but nodes run: leave them, the user may look at them (docs/cli.md)
                 echo("the nodes keep running: `kv cluster status`, `kv cluster down`", err=True)
             else:
                 stop_nodes(node_list, children, quiet=True)
