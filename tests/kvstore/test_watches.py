@@ -158,10 +158,11 @@ def test_the_acl_asks_read_access_for_a_watch():
     assert "may not watch" in rules.refusal(reader, wire.WatchRequest(id=1, key="other", prefix=False))
 
 
-async def test_every_node_reports_the_same_changes_in_order_the_lazy_learner_too(tmp_path, autojump_clock):
+@pytest.mark.parametrize("engine", ["core", "classic"])
+async def test_every_node_reports_the_same_changes_in_order_the_lazy_learner_too(tmp_path, autojump_clock, engine):
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        cluster = MemCluster(nursery, tmp_path, net, idle_client_timeout_seconds=2.0)
+        cluster = MemCluster(nursery, tmp_path, net, idle_client_timeout_seconds=2.0, engine=engine)
         leader = await cluster.start_all()
         seen: dict[int, list[WatchEvent]] = {i: [] for i in cluster.nodes}
         starts: dict[int, int] = {}
