@@ -412,12 +412,15 @@ class Watch:
         self._reader = reader
         self._id = wire_id
         self._events: collections.deque[WatchEvent] = collections.deque()
+        self._ended: str | None = None  # why the node ended the watch, raised once the events before it are out
 
     def __aiter__(self) -> Watch:
         return self
 
     async def __anext__(self) -> WatchEvent:
         while not self._events:
+            if self._ended is not None:
+                raise WatchLost(self._ended, self.revision)
             try:
                 frames = await self._reader.receive_frames()
             except (wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -435,14 +438,19 @@ class Watch:
         return event
 
     def take(self, frames: builtins.list[bytes]) -> None:
-        """Queue the events in ``frames`` (``WatchLost`` for an error addressed to the watch)."""
+        """Queue the events in ``frames``; an end (an error addressed to the watch, a bad frame) is raised as
+        ``WatchLost`` once the events the node sent before it have been given out."""
+        if self._ended is not None:
+            return
         for reply in wire.decode_bodies(frames):
             if isinstance(reply, wire.WireError):
-                raise WatchLost(f"{self.endpoint} sent a bad frame: {reply}", self.revision)
+                self._ended = f"{self.endpoint} sent a bad frame: {reply}"
+                return
             if type(reply) is wire.WatchEvents and reply.id == self._id:
                 self._events.extend(WatchEvent(*event) for event in reply.events)
             elif type(reply) is wire.ErrorReply and reply.id in (self._id, None):
-                raise WatchLost(f"{self.endpoint} ended the watch: {reply.message}", self.revision)
+                self._ended = f"{self.endpoint} ended the watch: {reply.message}"
+                return
 
 
 class AsyncClient:

@@ -220,25 +220,31 @@ class ClientConn:
             return
         self._add(frame)
 
-    def event_frame(self, frame: bytes) -> None:
-        """A frame of a watch's events (``kvstore.watches``): it leaves in order with the answers, and is
-        none of them (``answered`` counts answers to requests)."""
+    def event_frame(self, frame: bytes, body: bytes = b"") -> None:
+        """A frame of a watch's events (``kvstore.watches``): ``frame``, then ``body`` (its events array,
+        shared with the other watches told of the same changes: not copied here). It leaves in order with
+        the answers, and is none of them (``answered`` counts answers to requests)."""
         if self.closed:
             return
+        size = len(frame) + len(body)
         if self.parked:
             # Behind a held-back answer: bounded as a backlog is (a slow reader makes progress, so the
             # stall clock of _await_room alone would let this grow without end).
-            self.parked_frame_bytes += len(frame)
+            self.parked_frame_bytes += size
             if self.parked_frame_bytes + self.outbox.backlog_bytes > CLIENT_BACKLOG_BYTES_MAX:
                 self._close_unread(self.parked_frame_bytes + self.outbox.backlog_bytes)
                 self.parked.clear()
                 return
             self.parked.append(frame)
+            if body:
+                self.parked.append(body)  # (parked bytes items leave in order, each counted in parked_frame_bytes)
             return
         if not self.pending:
             self._dirty.append(self)
         self.pending.append(frame)
-        self.pending_bytes += len(frame)
+        if body:
+            self.pending.append(body)
+        self.pending_bytes += size
 
     def _add(self, frame: bytes) -> None:
         self.answered += 1
@@ -317,6 +323,12 @@ def _write_in_pieces(outbox: Outbox, frames: list[bytes]) -> None:
     piece: list[bytes] = []
     size = 0
     for frame in frames:
+        if len(frame) >= JOIN_BYTES_MAX:  # (a large piece goes as it is: a watch's events body, shared, not copied)
+            if piece:
+                outbox.write(piece[0] if len(piece) == 1 else b"".join(piece))
+                piece, size = [], 0
+            outbox.write(frame)
+            continue
         piece.append(frame)
         size += len(frame)
         if size >= JOIN_BYTES_MAX:

@@ -118,6 +118,7 @@ EXIT_DISK_FAILED = 75  # EX_TEMPFAIL: restart me once the disk is fixed
 
 # Ticks a follower that hears from a leader takes at once (see Node._ticker)
 FOLLOWER_TICKS_PER_WAKE = 5
+WATCH_LEADERLESS_SECONDS = 5.0  # a node's watches end after this long without a leader (_after_events)
 # Events the driver takes into one batch at most
 BATCH_EVENTS_MAX = 10_000
 # ... and bytes of the frames they came in: with 1 MiB values a follower that fell behind for a moment
@@ -457,6 +458,7 @@ class Node:
             self._stall_logged_at = -math.inf  # (event loop stalls: _note_loop_stall)
             self._stall_ms_unlogged = 0
             self._led = False  # the core led after the last batch (see _after_events)
+            self._leaderless_since: float | None = None  # while this node has watches and knows no leader
             self._leader_logged: tuple[int, object] | None = None  # the (leader, ballot) last logged
             self._feed_time: float | None = None  # see _now
             # the core and its members_version as of the last Members.sync from _after_events
@@ -916,6 +918,18 @@ class Node:
             self._log_leader_change(leader)
         learner = self.learner
         now = trio.current_time()
+        # A node that knows no leader for a while may be cut off from the others, who go on deciding
+        # changes it never hears of: its watches end rather than stay silent (etcd's require-leader).
+        if leader is not None or not self.watches.count:
+            self._leaderless_since = None
+        elif self._leaderless_since is None:
+            self._leaderless_since = now
+        elif now - self._leaderless_since > (limit := max(
+                WATCH_LEADERLESS_SECONDS, 10 * self.options.election_timeout_ticks * self.options.tick_seconds)):
+            self._leaderless_since = None
+            self.watches.end_all(f"node {self.node_id} has known no leader for {limit:g} s: it "
+                                 "may be cut off from the other members, which may be applying changes it does not "
+                                 "see; watch on another node")
         learner.update(now, replica.leader_id, leads, self._fenced)
         if learner.queue and not learner.lazy:
             learner.catch_up()

@@ -31,6 +31,7 @@ How it is wired:
 """
 from __future__ import annotations
 
+from bisect import bisect_right, insort
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -46,7 +47,7 @@ class Replier(Protocol):
 
     def reply(self, message: object) -> None: ...
 
-    def event_frame(self, frame: bytes) -> None: ...
+    def event_frame(self, frame: bytes, body: bytes = b"") -> None: ...
 
 
 __all__ = ["Watches", "WATCHES_MAX", "WATCHES_PER_CONNECTION_MAX", "EVENTS_FRAME_BYTES"]
@@ -75,11 +76,14 @@ class Watches:
         self._by_conn: dict[Replier, dict[int, _Watch]] = {}
         self._exact: dict[str, list[_Watch]] = {}  # key -> the watches of exactly that key
         self._prefixes: list[_Watch] = []
-        # prefix -> its watches, and how many prefix watches have each prefix length: a change is matched
-        # with one dict lookup per distinct length, not one startswith per watch (1,024 prefix watches
-        # made a prefix delete of 100,000 keys an 8.6 s step of the event loop)
+        # prefix -> its watches; the distinct prefixes in sorted order, and for each the watched prefixes
+        # that are prefixes of it (itself included), shortest first. A change is matched with one bisect
+        # (the greatest watched prefix <= its key: the longest watched prefix of the key is a prefix of
+        # it) and a bisect over that one's chain: O(log n) per change, whatever the prefixes' lengths
+        # (one lookup per distinct length was 6.9 s for 20,000 changes of 1 KiB keys under 1,024 lengths).
         self._by_prefix: dict[str, list[_Watch]] = {}
-        self._lengths: dict[int, int] = {}
+        self._sorted: list[str] = []
+        self._chain: dict[str, list[str]] = {}
         self.count = 0
         self._counters = counters
 
@@ -111,8 +115,15 @@ class Watches:
         self._by_conn.setdefault(conn, {})[wire_id] = watch
         if prefix:
             self._prefixes.append(watch)
-            self._by_prefix.setdefault(key, []).append(watch)
-            self._lengths[len(key)] = self._lengths.get(len(key), 0) + 1
+            same = self._by_prefix.get(key)
+            if same is None:
+                same = self._by_prefix[key] = []
+                insort(self._sorted, key)
+                self._chain[key] = sorted((p for p in self._sorted if key.startswith(p)), key=len)
+                for other in self._sorted:
+                    if other != key and other.startswith(key):
+                        insort(self._chain[other], key, key=len)
+            same.append(watch)
         else:
             self._exact.setdefault(key, []).append(watch)
         self.count += 1
@@ -141,11 +152,13 @@ class Watches:
             same = self._by_prefix[watch.key]
             same.remove(watch)
             if not same:
-                del self._by_prefix[watch.key]
-            n = len(watch.key)
-            self._lengths[n] -= 1
-            if not self._lengths[n]:
-                del self._lengths[n]
+                key = watch.key
+                del self._by_prefix[key]
+                del self._chain[key]
+                self._sorted.remove(key)
+                for other in self._sorted:
+                    if other.startswith(key):
+                        self._chain[other].remove(key)
         else:
             same = self._exact[watch.key]
             same.remove(watch)
@@ -180,26 +193,40 @@ class Watches:
         self._exact.clear()
         self._prefixes.clear()
         self._by_prefix.clear()
-        self._lengths.clear()
+        self._sorted.clear()
+        self._chain.clear()
         self.count = 0
         self._counters["watches_ended"] += ended
 
     def deliver(self, changes: list[tuple[str, bytes | int]]) -> None:
         """Send what ``changes`` (``StateMachine.watch_out``, in the order applied) holds for each watch.
-        Watches told of the same changes share one encoding of them (one put of a 1 MiB value to 1,024
-        watches was 1 GiB of frames and a 1.1 s step)."""
+        Watches of the same key or prefix are told of the same changes: the changes are matched per key
+        and per prefix watched (not per watch), encoded once per key or prefix, and each watch's frame is
+        its own small head and that shared body (1,024 watches of one prefix and a prefix delete of
+        20,000 keys were 2.1 s and 410 MiB of copies; one 1 MiB put to 256 watches 258 MiB)."""
         exact = self._exact
         by_prefix = self._by_prefix
-        lengths = sorted(self._lengths)
+        ordered = self._sorted
+        chains = self._chain
         events: list[list[Any]] = []
-        matched_of: dict[_Watch, list[int]] = {}  # watch -> indexes in events, in order
+        indexes_of: dict[tuple[bool, str], list[int]] = {}  # (prefix?, key) -> indexes in events, in order
         for key, change in changes:
-            matched = exact.get(key, ())
-            if lengths:
-                more = [w for n in lengths if n <= len(key) for w in by_prefix.get(key[:n], ())]
-                if more:
-                    matched = [*matched, *more]
-            if not matched:
+            subs: list[tuple[bool, str]] = []
+            if key in exact:
+                subs.append((False, key))
+            if ordered:
+                i = bisect_right(ordered, key) - 1
+                if i >= 0:
+                    chain = chains[ordered[i]]
+                    lo, hi = 0, len(chain)  # the chain's prefixes of key are its first ones (nested)
+                    while lo < hi:
+                        mid = (lo + hi) // 2
+                        if key.startswith(chain[mid]):
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    subs.extend((True, p) for p in chain[:lo])
+            if not subs:
                 continue
             if isinstance(change, int):
                 events.append(["del", key, None, 0, change])
@@ -207,17 +234,20 @@ class Watches:
                 value, version, mod_revision = unpack_entry(change)
                 events.append(["put", key, value, version, mod_revision])
             index = len(events) - 1
-            for watch in matched:
-                matched_of.setdefault(watch, []).append(index)
+            for sub in subs:
+                indexes_of.setdefault(sub, []).append(index)
         encoded: dict[tuple[int, ...], list[bytes]] = {}
-        for watch, indexes in matched_of.items():
-            key_ = tuple(indexes)
-            bodies = encoded.get(key_)
+        counters = self._counters
+        for (prefix, key), indexes in indexes_of.items():
+            same = tuple(indexes)
+            bodies = encoded.get(same)
             if bodies is None:
-                bodies = encoded[key_] = _encode_split([events[i] for i in indexes])
-            for body in bodies:
-                watch.conn.event_frame(_frame(watch.wire_id, body))
-            self._counters["watch_events"] += len(indexes)
+                bodies = encoded[same] = _encode_split([events[i] for i in indexes])
+            watchers = by_prefix[key] if prefix else exact[key]
+            for watch in watchers:
+                for body in bodies:
+                    watch.conn.event_frame(_head(watch.wire_id, len(body)), body)
+            counters["watch_events"] += len(indexes) * len(watchers)
 
 
 def _encode_split(events: list[list[Any]]) -> list[bytes]:
@@ -241,8 +271,14 @@ _HEAD = cbor2.dumps("t") + cbor2.dumps("ev") + cbor2.dumps("id")
 _EV = cbor2.dumps("ev")
 
 
-def _frame(wire_id: int, array: bytes) -> bytes:
-    """The frame of ``{"t": "ev", "id": wire_id, "ev": <array>}`` around an encoded array (shared)."""
+def _head(wire_id: int, array_bytes: int) -> bytes:
+    """The bytes before the events array in the frame of ``{"t": "ev", "id": wire_id, "ev": <array>}``:
+    the frame is this head and the (shared) array, sent as two pieces, never joined per watch."""
     ident = cbor2.dumps(wire_id)
-    size = 1 + len(_HEAD) + len(ident) + len(_EV) + len(array)
-    return b"".join((_HEADER.pack(size), b"\xa3", _HEAD, ident, _EV, array))  # (one copy of the array)
+    size = 1 + len(_HEAD) + len(ident) + len(_EV) + array_bytes
+    return b"".join((_HEADER.pack(size), b"\xa3", _HEAD, ident, _EV))
+
+
+def _frame(wire_id: int, array: bytes) -> bytes:
+    """The whole frame (tests)."""
+    return _head(wire_id, len(array)) + array

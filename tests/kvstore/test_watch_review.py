@@ -87,8 +87,8 @@ async def test_f3_watch_lost_mid_prefix_delete_does_not_claim_its_revision(monke
     class _Conn:
         frames: list[bytes] = []
 
-        def event_frame(self, frame: bytes) -> None:
-            self.frames.append(frame)
+        def event_frame(self, frame: bytes, body: bytes = b"") -> None:
+            self.frames.append(frame + body)
 
         def reply(self, message: object) -> None:
             pass
@@ -208,4 +208,121 @@ async def test_f7_a_watch_on_a_fenced_node_ends_instead_of_going_silent(tmp_path
                     except WatchLost as exc:
                         outcome = f"lost: {exc}"
                 assert outcome != "silent", "the watch neither reported the change nor ended, for 10 minutes"
+        nursery.cancel_scope.cancel()
+
+
+# --- the second review (session 27): each failed on the fixes of the first --------------------------
+
+class _DecodingConn:
+    def __init__(self) -> None:
+        self.got: dict[int, list[tuple]] = collections.defaultdict(list)
+        self.bytes = 0
+
+    def event_frame(self, frame: bytes, body: bytes = b"") -> None:
+        self.bytes += len(frame) + len(body)
+        message = wire.decode_body((frame + body)[4:])
+        self.got[message.id].extend(tuple(e) for e in message.events)
+
+    def reply(self, message: object) -> None:
+        pass
+
+
+def test_prefix_matching_by_bisection_gives_what_a_plain_startswith_gives():
+    """Matching is now a bisection over the sorted watched prefixes and their chains of prefixes (one
+    lookup per distinct length let a client choose a cost: 6.9 s for 20,000 changes under 1,024 lengths).
+    Random watches (seeded: 7), added and cancelled, against the plain test, 300 rounds."""
+    import random
+
+    rnd = random.Random(7)
+    alphabet = "ab/"
+    for _ in range(300):
+        hub = watches.Watches(collections.defaultdict(int))
+        conn = _DecodingConn()
+        live = {}
+        for wid in range(1, rnd.randint(1, 40)):
+            key = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 4)))
+            prefix = rnd.random() < 0.7 or key == ""
+            hub.add(conn, wid, key, prefix)
+            live[wid] = (key, prefix)
+            if rnd.random() < 0.3 and live:
+                gone = rnd.choice(list(live))
+                hub.cancel(conn, gone)
+                del live[gone]
+        changes = [("".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 6))), i + 1) for i in range(50)]
+        hub.deliver(changes)
+        for wid, (key, prefix) in live.items():
+            want = [("del", k, None, 0, r) for k, r in changes if (k.startswith(key) if prefix else k == key)]
+            assert conn.got.get(wid, []) == want, (wid, key, prefix)
+        assert not set(conn.got) - set(live), "a cancelled watch got events"
+
+
+def test_one_large_change_told_to_many_watches_is_encoded_once_not_copied_per_watch():
+    """One 1 MiB put to 256 watches allocated 258 MiB (a frame per watch with its own copy); each watch now
+    gets a small head and the one shared body."""
+    import tracemalloc
+
+    hub = watches.Watches(collections.defaultdict(int))
+    conns = [_DecodingConn() for _ in range(4)]
+    for conn in conns:
+        for i in range(64):
+            hub.add(conn, i + 1, "", True)
+    sm = StateMachine()
+    sm.watch_out = []
+    sm.apply(commands.encode_put(CID, 1, 0, "k", b"v" * (1 << 20)))
+    changes, sm.watch_out = sm.watch_out, None
+    for conn in conns:  # (count the bytes without decoding them here: tracemalloc sees only deliver's)
+        conn.event_frame = lambda frame, body=b"", conn=conn: setattr(conn, "bytes", conn.bytes + len(body))
+    tracemalloc.start()
+    hub.deliver(changes)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert sum(conn.bytes for conn in conns) >= 256 << 20  # every watch is told
+    assert peak < 16 << 20, f"{peak >> 20} MiB allocated for one 1 MiB change"
+
+
+async def test_events_that_came_with_the_end_of_a_watch_are_given_out_first():
+    """The events a node sent before it ended a watch (a batch applied, then a snapshot installed) came in
+    the same read as the end, and were dropped."""
+    from kvstore.client import Watch
+
+    class Reader:
+        def __init__(self, batches):
+            self.batches = batches
+
+        async def receive_frames(self):
+            return self.batches.pop(0) if self.batches else []
+
+    ev = wire.WatchEvents(id=1, events=[["put", "k", "v", 1, 5]])
+    end = wire.ErrorReply(id=1, code=wire.UNAVAILABLE, message="installed a snapshot", leader=None)
+    watch = Watch("n1:1", Reader([[wire.encode_frame(ev)[4:], wire.encode_frame(end)[4:]]]), 1, 4)
+    got = []
+    with pytest.raises(WatchLost, match="installed a snapshot") as lost:
+        async for event in watch:
+            got.append(event)
+    assert [e.mod_revision for e in got] == [5] and lost.value.revision == 5
+
+
+async def test_a_watch_on_a_node_cut_off_from_the_others_ends_instead_of_going_silent(tmp_path, autojump_clock):
+    """A node alive, its disk fine, still a member, but cut off from the other members (its clients still
+    reach it) heard of none of the changes the majority made, and its watch neither reported them nor
+    ended (ten minutes here). Its watches now end after 5 s (or 10 election timeouts) without a leader."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = await cluster.start_all()
+        follower = next(i for i in cluster.nodes if i != leader)
+        node = cluster.nodes[follower]
+        async with connect([ENDPOINTS[follower - 1]], timeout=5, transport=net.transport()) as watcher, \
+                connect([ENDPOINTS[i - 1] for i in cluster.nodes if i != follower], timeout=5,
+                        transport=net.transport()) as kv:
+            async with watcher.watch("k") as events:
+                net.down(*cluster.peers[follower])  # partition the follower from its peers
+                node.peer_links.stop(close_links=True)
+                for scope in list(node.peer_links._incoming.values()):
+                    scope.cancel()
+                await trio.sleep(2)
+                await kv.put("k", "1")  # the majority goes on
+                with trio.fail_after(60), pytest.raises(WatchLost, match="known no leader"):
+                    async for event in events:
+                        raise AssertionError(f"a cut-off node reported {event}")
         nursery.cancel_scope.cancel()

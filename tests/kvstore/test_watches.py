@@ -52,8 +52,8 @@ class _Conn:
         self.frames: list[bytes] = []
         self.replies: list[object] = []
 
-    def event_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
+    def event_frame(self, frame: bytes, body: bytes = b"") -> None:
+        self.frames.append(frame + body)
 
     def reply(self, message: object) -> None:
         self.replies.append(message)
