@@ -70,8 +70,9 @@ def watch_command(
         try:
             trio.run(run)
         except WatchLost as exc:
-            raise OperationFailed(f"{exc} (every change up to revision {exc.revision} was printed: read the "
-                                  "keys again and watch again)") from None
+            advice = ("" if exc.code == "permission_denied"  # (the access rules changed: watching again is no use)
+                      else ": read the keys again and watch again")
+            raise OperationFailed(f"{exc} (every change up to revision {exc.revision} was printed{advice})") from None
         except KeyboardInterrupt:
             raise typer.Exit(0) from None  # (Ctrl-C is how a watch ends)
         except BaseExceptionGroup as group:

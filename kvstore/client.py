@@ -413,6 +413,7 @@ class Watch:
         self._id = wire_id
         self._events: collections.deque[WatchEvent] = collections.deque()
         self._ended: str | None = None  # why the node ended the watch, raised once the events before it are out
+        self._ended_code = ""  # the error code it ended it with
 
     def __aiter__(self) -> Watch:
         return self
@@ -420,7 +421,7 @@ class Watch:
     async def __anext__(self) -> WatchEvent:
         while not self._events:
             if self._ended is not None:
-                raise WatchLost(self._ended, self.revision)
+                raise WatchLost(self._ended, self.revision, code=self._ended_code)
             try:
                 frames = await self._reader.receive_frames()
             except (wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -450,6 +451,7 @@ class Watch:
                 self._events.extend(WatchEvent(*event) for event in reply.events)
             elif type(reply) is wire.ErrorReply and reply.id in (self._id, None):
                 self._ended = f"{self.endpoint} ended the watch: {reply.message}"
+                self._ended_code = reply.code
                 return
 
 

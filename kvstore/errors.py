@@ -48,11 +48,12 @@ class WatchLost(KVError):
     """A watch ended without its caller ending it: its node closed the connection (it stopped, or the
     network failed) or ended the watch itself (the message says why). ``revision``: every change to the
     watched keys up to this revision was reported; later ones may be missed (read the keys and watch
-    again)."""
+    again). ``code``: the error code the node ended it with ("" when the connection ended)."""
 
-    def __init__(self, message: str, revision: int) -> None:
+    def __init__(self, message: str, revision: int, *, code: str = "") -> None:
         super().__init__(message)
         self.revision = revision
+        self.code = code
 
 
 class WatchEvent(NamedTuple):
