@@ -65,6 +65,9 @@ RETRYABLE = (
     "no node could serve the request",  # Unavailable: the nodes answered, none could (no leader yet)
     "no majority would be left",  # remove: a voter that stays has not answered the leader (killed, paused)
     "has not answered the leader for",  # move-leader or promote to a node paused or killed just now
+    # Unavailable, outcome unknown: the connection to the leader was lost, or it did not answer, once the
+    # change went out (a client never sends one twice); until_done reads the configuration before retrying
+    "may or may not have been carried out",
 )
 
 
