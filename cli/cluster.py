@@ -923,7 +923,13 @@ def add_command(
                 last = str(exc)
                 if process_state(node.get("pid"), node) == "dead":
                     raise OperationFailed(f"node {node_id} exited: {_log_tail(node)}") from None
-                if "behind" not in last and "not answered" not in last and "in progress" not in last:
+                if "already a voter" in last:  # (a promote before this one got no answer, and was made)
+                    promoted = _admin(settings, state, "member_list")
+                    break
+                # (an admin request that got no answer is not sent again by the client: "may or may not
+                # have been carried out"; the next promote says "already a voter" if it was)
+                if not any(reason in last for reason in ("behind", "not answered", "in progress",
+                                                         "may or may not have been carried out")):
                     raise
                 if time.monotonic() > deadline:
                     raise OperationFailed(f"node {node_id} did not catch up within {ADD_CATCH_UP_SECONDS:g} s "
