@@ -58,15 +58,13 @@ EVENTS_FRAME_BYTES = 1 << 20
 
 
 class _Watch:
-    __slots__ = ("conn", "wire_id", "key", "prefix", "events", "size")
+    __slots__ = ("conn", "wire_id", "key", "prefix")
 
     def __init__(self, conn: Replier, wire_id: int, key: str, prefix: bool) -> None:
         self.conn = conn
         self.wire_id = wire_id
         self.key = key
         self.prefix = prefix
-        self.events: list[list[Any]] = []  # gathered for the frame being built (deliver)
-        self.size = 0
 
 
 class Watches:
@@ -75,7 +73,6 @@ class Watches:
     def __init__(self, counters: dict[str, int]) -> None:
         self._by_conn: dict[Replier, dict[int, _Watch]] = {}
         self._exact: dict[str, list[_Watch]] = {}  # key -> the watches of exactly that key
-        self._prefixes: list[_Watch] = []
         # prefix -> its watches; the distinct prefixes in sorted order, and for each the watched prefixes
         # that are prefixes of it (itself included), shortest first. A change is matched with one bisect
         # (the greatest watched prefix <= its key: the longest watched prefix of the key is a prefix of
@@ -114,7 +111,6 @@ class Watches:
         watch = _Watch(conn, wire_id, key, prefix)
         self._by_conn.setdefault(conn, {})[wire_id] = watch
         if prefix:
-            self._prefixes.append(watch)
             same = self._by_prefix.get(key)
             if same is None:
                 same = self._by_prefix[key] = []
@@ -148,7 +144,6 @@ class Watches:
 
     def _forget(self, watch: _Watch) -> None:
         if watch.prefix:
-            self._prefixes.remove(watch)
             same = self._by_prefix[watch.key]
             same.remove(watch)
             if not same:
@@ -191,7 +186,6 @@ class Watches:
         ended = self.count
         self._by_conn.clear()
         self._exact.clear()
-        self._prefixes.clear()
         self._by_prefix.clear()
         self._sorted.clear()
         self._chain.clear()
@@ -277,8 +271,3 @@ def _head(wire_id: int, array_bytes: int) -> bytes:
     ident = cbor2.dumps(wire_id)
     size = 1 + len(_HEAD) + len(ident) + len(_EV) + array_bytes
     return b"".join((_HEADER.pack(size), b"\xa3", _HEAD, ident, _EV))
-
-
-def _frame(wire_id: int, array: bytes) -> bytes:
-    """The whole frame (tests)."""
-    return _head(wire_id, len(array)) + array
