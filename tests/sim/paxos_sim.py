@@ -714,7 +714,10 @@ class Simulation:
         if len(leaders) != 1:
             return None
         leader = leaders[0]
-        if all(n.replica.leader_id == leader.node_id for n in members):
+        # Stable: every member follows it and none holds a higher promise. A node still campaigning
+        # (the classic engine has no pre-vote) will depose it and lose what it has in flight.
+        ballot = leader.replica.ballot
+        if all(n.replica.leader_id == leader.node_id and n.replica.ballot == ballot for n in members):
             return leader
         return None
 

@@ -40,7 +40,12 @@ SEEDS = range(1, 101)
 
 # Seeds that once failed with this engine: (nodes, seed, mode), with what went wrong and where it was
 # fixed. The random batch below prints the line to add.
-CLASSIC_FAILING_SEEDS: list[tuple[int, int, str]] = []
+CLASSIC_FAILING_SEEDS: list[tuple[int, int, str]] = [
+    # The liveness phase took a leader for stable while a node still campaigned above its ballot (no
+    # pre-vote here); that campaign deposed it and the commands it had in flight were lost, never
+    # retried (test harness: _stable_leader also needs every member's promise at the leader's ballot).
+    (5, 50707654816568, ""),
+]
 
 
 def run(seed: int, nodes: int, mode: str = "", **kwargs) -> Simulation:
