@@ -10,7 +10,12 @@ Every call has a deadline (``timeout``). Until then the client retries:
 
 * ``not_leader`` with a hint: reconnect to the hinted leader at once;
 * ``not_leader`` without a hint, a refused or broken connection: try the next endpoint after a short,
-  growing pause (an election is probably under way).
+  growing pause (an election is probably under way);
+* no answer in time: give up on that node's connection and go on as after a broken one. A node that
+  stopped answering (paused, cut off) takes an attempt timeout to be given up, while the others elect
+  a leader in a fraction of that. So once the connection has been silent for ``PROBE_SILENCE_SECONDS``
+  with requests out, the client asks the other endpoints whom they follow (``_probe_leader``); if one
+  names another leader, the requests go there at once, with their request ids.
 
 Writes carry ``(client_id, request_id, ack_below)``. A retry reuses the same ``request_id``, so the
 state machine applies the write once and returns its first result even when the first attempt was
@@ -94,6 +99,12 @@ SOLO_CALLS = 64  # calls in a row with nothing else in flight before a connectio
 
 _TIMED_OUT = object()  # a waiter's reply when its attempt deadline passed (see _Connection.watchdog)
 WATCHDOG_SECONDS = 0.05
+# A connection with requests out that received nothing for this long has the other endpoints asked whom
+# they follow (see AsyncClient._probe_leader): a few of the servers' election timeouts (0.3 s by default),
+# an answer's normal wait many times over, and the one-shot client's hedge (kvstore.oneshot.HEDGE_SECONDS)
+PROBE_SILENCE_SECONDS = 0.25
+# ... and how long each of them gets to answer (a connect and one status request)
+PROBE_ANSWER_SECONDS = 0.5
 
 
 _Task = trio.lowlevel.Task
@@ -157,6 +168,11 @@ class _Connection:
         self.reader_task: _Task | None = None
         self.reader_idle = False  # the reader task is parked, reading nothing (see _read_own)
         self.caller_reading: list[Any] | None = None  # the waiter of the caller reading the socket
+        # Silence (see watchdog): batches of frames read so far, and what to call once the connection
+        # has had requests out and read nothing for PROBE_SILENCE_SECONDS (None: nothing).
+        self.received = 0
+        self.on_silence: Callable[[_Connection], None] | None = None
+        self.patient = 0  # requests out that may wait long and must not be moved (admin requests)
 
     async def writer(self) -> None:
         """Send what the socket did not take at once (see ``kvstore.netio.Outbox``)."""
@@ -191,6 +207,7 @@ class _Connection:
         Raises ``WireError`` or ``_ConnectionLost`` when the connection is no good any more."""
         waiters = self.waiters
         self.dispatching = True
+        self.received += 1
         try:
             for reply in wire.decode_bodies(frames):
                 if isinstance(reply, wire.WireError):
@@ -261,8 +278,17 @@ class _Connection:
 
     async def watchdog(self) -> None:
         deadlines = self.deadlines
+        heard = self.received
+        silent_periods = 0
         while not self.broken:
             await trio.sleep(WATCHDOG_SECONDS)
+            if self.received != heard or not self.waiters or self.patient:
+                heard, silent_periods = self.received, 0
+            else:
+                silent_periods += 1
+                if silent_periods * WATCHDOG_SECONDS >= PROBE_SILENCE_SECONDS and self.on_silence is not None:
+                    silent_periods = 0  # (the next probe, if any, after as long again)
+                    self.on_silence(self)
             # Period p holds deadlines in ((p - 1) * W, p * W]: all passed once p * W <= now.
             passed = math.floor(trio.current_time() / WATCHDOG_SECONDS)
             waiters = self.waiters
@@ -474,6 +500,9 @@ class AsyncClient:
         self._connecting: trio.Event | None = None
         self._connect_error: BaseException | None = None  # how the last attempt to connect failed
         self._preferred = 0  # index into endpoints of the node we believe leads
+        self._probing = False  # a _probe_leader task runs
+        self.leader_probes = 0  # probes made, and how many of them moved the requests to another node
+        self.leader_probes_moved = 0
         self._cursor = 0  # where the rotation through endpoints stands (see _advance)
         self.client_id = os.urandom(16)
         # trio's clock itself (trio.current_time() reaches it through two more Python calls; a
@@ -916,7 +945,15 @@ class AsyncClient:
                             last_error = "no connection before the deadline"
                     if conn is not None:
                         sent = attempted = True
-                        reply = await conn.call(build, attempt_deadline)
+                        if once:
+                            # (not moved to another node by a probe: it must not go out twice)
+                            conn.patient += 1
+                            try:
+                                reply = await conn.call(build, attempt_deadline)
+                            finally:
+                                conn.patient -= 1
+                        else:
+                            reply = await conn.call(build, attempt_deadline)
                 except (_ConnectionLost, OSError) as exc:
                     last_error = f"connection failed: {exc}"
                     self._give_up_on(conn)
@@ -998,6 +1035,57 @@ class AsyncClient:
             self._drop_connection(advance=False)
             self._preferred = index
 
+    def _on_silence(self, conn: _Connection) -> None:
+        """``conn`` had requests out and read nothing for ``PROBE_SILENCE_SECONDS`` (its watchdog calls)."""
+        if conn is self._conn and not self._probing and not self._closed and len(self.endpoints) > 1:
+            self._probing = True
+            self.leader_probes += 1
+            self._nursery.start_soon(self._probe_leader, conn)
+
+    async def _probe_leader(self, conn: _Connection) -> None:
+        """Ask every other endpoint at once whom it follows (a ``status`` request each, with
+        ``PROBE_ANSWER_SECONDS`` to answer). If one names a leader other than ``conn``'s node (itself, or
+        the leader it knows) while ``conn`` is still silent, drop ``conn`` and prefer that leader: the
+        requests out on ``conn`` see a lost connection and go there at once, with their request ids, so a
+        write that did get through is still applied once. Otherwise nothing changes, and the attempt
+        timeout bounds the wait as before. A stale answer costs one reconnection: a node that does not
+        lead sends the requests back with its own hint."""
+        try:
+            heard = conn.received
+            found: list[tuple[str, int]] = []
+            async with trio.open_nursery() as nursery:
+                for endpoint in [e for e in self.endpoints if e != conn.endpoint]:
+                    nursery.start_soon(self._ask_whom_it_follows, endpoint, conn.endpoint, found, nursery.cancel_scope)
+            if found and conn is self._conn and not conn.broken and conn.received == heard and conn.waiters:
+                self.leader_probes_moved += 1
+                self._prefer(format_endpoint(*found[0]))
+        finally:
+            self._probing = False
+
+    async def _ask_whom_it_follows(self, endpoint: tuple[str, int], ours: tuple[str, int],
+                                   found: builtins.list[tuple[str, int]], done: trio.CancelScope) -> None:
+        """One probe (see ``_probe_leader``): add to ``found`` the leader that ``endpoint`` names, if it is
+        not ``ours``, and end the probe."""
+        status: dict[str, Any] | None = None
+        with trio.move_on_after(PROBE_ANSWER_SECONDS):
+            try:
+                status = await self.status(endpoint)
+            except (KVError, ValueError):
+                return  # unreachable, refused (the ACL), closed: no opinion
+        if status is None:
+            return
+        leader: tuple[str, int] | None = None
+        if status.get("is_leader") is True:
+            leader = endpoint  # (as we reach it: its own idea of its address may be spelled otherwise)
+        elif isinstance(status.get("leader_address"), str):
+            try:
+                leader = parse_endpoint(status["leader_address"])
+            except ValueError:
+                return
+        if leader is not None and leader != ours:
+            found.append(leader)
+            done.cancel()
+
     def _give_up_on(self, conn: _Connection | None) -> None:
         """The attempt through ``conn`` failed: close it and move on to the next endpoint.
 
@@ -1065,6 +1153,7 @@ class AsyncClient:
                 raise _ConnectionLost(f"connecting to {format_endpoint(*endpoint)} timed out") from None
             raise
         conn = _Connection(endpoint, stream)
+        conn.on_silence = self._on_silence
         self._nursery.start_soon(conn.reader)
         self._nursery.start_soon(conn.writer)
         self._nursery.start_soon(conn.watchdog)

@@ -1191,10 +1191,14 @@ class Node:
         removed = self.replica.config.role(self.node_id) is None
         leader = None if self._fenced or removed else self.replica.leader_id
         ballot = core.get("ballot")
+        address = format_endpoint(host, self.listen_port or port)
         return {
             "id": self.node_id,
-            "address": format_endpoint(host, self.listen_port or port),
+            "address": address,
             "leader": leader,
+            # where that leader serves (a client's probe of a silent connection asks this: AsyncClient)
+            "leader_address": (address if leader == self.node_id else
+                               self._leader_hint() if leader is not None else None),
             "is_leader": self.replica.is_leader and not self._fenced,
             "ballot": list(ballot) if ballot is not None else None,
             "decided_slot": self.replica.decided_slot,

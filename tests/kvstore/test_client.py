@@ -232,6 +232,103 @@ async def test_a_node_that_never_answers_costs_one_attempt_not_the_whole_deadlin
         nursery.cancel_scope.cancel()
 
 
+def _status_or(status: dict, other):
+    """A stand-in node's answers: ``status`` (its figures) to a status request, ``other(request)`` to the rest."""
+    from kvstore import wire
+
+    def reply_to(request):
+        if type(request) is wire.StatusRequest:
+            return wire.OkReply(id=request.id, result=status)
+        return other(request)
+    return reply_to
+
+
+def _ok_rev(rev: int):
+    from kvstore import wire
+    return lambda request: wire.OkReply(id=request.id, result={"rev": rev})
+
+
+@pytest.mark.parametrize("submitted", [False, True], ids=["put", "submit_put"])
+@pytest.mark.parametrize("who", ["itself", "another"])
+async def test_a_silent_leader_is_left_for_the_one_the_others_name_within_a_probe(submitted, who, autojump_clock):
+    """QA (network namespaces, SIGSTOP): clients connected to a leader that went away waited a whole
+    attempt timeout (1.7 s) while the others elected a new leader in ~0.4 s. A connection with requests
+    out that reads nothing for ``PROBE_SILENCE_SECONDS`` has the other endpoints asked whom they follow;
+    n2 names a leader (itself, or n3), and the put goes there long before the attempt timeout."""
+    from kvstore.client import PROBE_SILENCE_SECONDS
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)  # the old leader: silent
+        if who == "itself":
+            n2 = _status_or({"id": 2, "is_leader": True, "leader": 2, "leader_address": "n2:2"}, _ok_rev(7))
+        else:
+            n2 = _status_or({"id": 2, "is_leader": False, "leader": 3, "leader_address": "n3:3"},
+                            _ok_rev(99))  # (a follower would refuse the put: never sent here)
+            nursery.start_soon(_fake_node, net, "n3", 3, _ok_rev(7))
+        nursery.start_soon(_fake_node, net, "n2", 2, n2)
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
+            await kv._connection()  # to n1
+            started = trio.current_time()
+            with trio.fail_after(30):
+                assert await _put(kv, submitted, "k", "v") == 7
+            elapsed = trio.current_time() - started
+            assert PROBE_SILENCE_SECONDS <= elapsed < PROBE_SILENCE_SECONDS + 0.2 < kv.attempt_timeout, elapsed
+            assert (kv.leader_probes, kv.leader_probes_moved) == (1, 1)
+            assert kv._conn is not None and kv._conn.endpoint == (("n2", 2) if who == "itself" else ("n3", 3))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_leader_the_others_still_follow_keeps_its_requests(autojump_clock):
+    """The probe moves nothing when the others name the same leader (a slow fsync, a long step): the put
+    waits for n1's late answer on the same connection."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    answers: list = []
+
+    async def slow_n1(task_status=trio.TASK_STATUS_IGNORED):
+        listener = (await net.transport().open_listeners("n1", 1))[0]
+        task_status.started()
+        stream = await listener.accept()
+        request = wire.decode_body((await wire.FrameReader(stream).receive_frames())[0])
+        await trio.sleep(1.0)  # well past the probe, within the attempt timeout
+        answers.append(request.id)
+        await stream.send_all(wire.encode_frame(wire.OkReply(id=request.id, result={"rev": 5})))
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(slow_n1)
+        nursery.start_soon(_fake_node, net, "n2", 2, _status_or(
+            {"id": 2, "is_leader": False, "leader": 1, "leader_address": "n1:1"}, _ok_rev(99)))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
+            with trio.fail_after(30):
+                assert await kv.put("k", "v") == 5
+            assert kv.leader_probes >= 1 and kv.leader_probes_moved == 0
+            assert answers == [1]  # one attempt, on the first connection
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_member_change_is_not_moved_by_a_probe(autojump_clock):
+    """An admin request must not go out twice, so a silent connection carrying one is not probed: it
+    waits its whole timeout, and its outcome is unknown, even though n2 says it leads."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)
+        nursery.start_soon(_fake_node, net, "n2", 2, _status_or(
+            {"id": 2, "is_leader": True, "leader": 2, "leader_address": "n2:2"}, _ok_rev(7)))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=3, transport=net.transport()) as kv:
+            await kv._connection()
+            with pytest.raises(Unavailable) as caught:
+                await kv.move_leader(2)
+            assert caught.value.outcome_unknown
+            assert kv.leader_probes == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_node_whose_connect_hangs_costs_the_connect_timeout_not_an_attempt(autojump_clock, monkeypatch):
     """QA (network namespaces): on a failover the clients tried the node just cut off first, and its connect
     (SYNs dropped) cost a whole attempt timeout (1.7 s): writes paused 1.7-2.4 s for an election of 0.4 s.

@@ -16,7 +16,8 @@ from kvstore.client import SOLO_CALLS, connect
 
 async def _node(stream, *, delay: float = 0.0, answer=lambda request: True) -> None:
     """A stand-in node: answers each put with rev = its request_id after ``delay`` seconds (in order),
-    unless ``answer(request)`` is false, then never."""
+    unless ``answer(request)`` is false, then never. A status request (a client's probe of a silent
+    connection) gets figures that name no leader: the probe moves nothing."""
     reader = wire.FrameReader(stream)
     async with trio.open_nursery() as nursery:
         while True:
@@ -26,6 +27,9 @@ async def _node(stream, *, delay: float = 0.0, answer=lambda request: True) -> N
                 return
             for body in frames:
                 request = wire.decode_body(body)
+                if type(request) is wire.StatusRequest:
+                    await stream.send_all(wire.encode_frame(wire.OkReply(id=request.id, result={"leader": None})))
+                    continue
                 if not answer(request):
                     continue
 

@@ -66,6 +66,7 @@ async def test_a_follower_whose_fsync_fails_is_fenced_and_no_write_is_acknowledg
         assert broken.disk_state == "failed" and "restart" in broken.disk_error
         status = broken.status()
         assert status["disk"] == "failed" and not status["is_leader"] and status["leader"] is None
+        assert status["leader_address"] is None  # (a client's probe takes no leader from a fenced node)
 
         # The leader keeps retransmitting to it; the fenced core hears none of it and says nothing.
         calls: dict[str, int] = {}
@@ -103,6 +104,15 @@ async def test_a_leader_whose_fsync_fails_steps_down_and_the_write_succeeds_else
             new = await cluster.wait_leader_among([i for i in PEERS if i != old])
             assert new != old and not cluster.nodes[old].status()["is_leader"]
             assert await kv.get("during") == "2"
+            # Where the leader serves, as a client's probe of a silent connection reads it: the leader's
+            # own address from the leader, the same from the follower that follows it.
+            leader_status = cluster.nodes[new].status()
+            assert leader_status["leader_address"] == leader_status["address"]
+            third = next(i for i in PEERS if i not in (old, new))
+            with trio.fail_after(10):
+                while cluster.nodes[third].status()["leader"] != new:
+                    await trio.sleep(0.05)
+            assert cluster.nodes[third].status()["leader_address"] == leader_status["address"]
         nursery.cancel_scope.cancel()
 
 
