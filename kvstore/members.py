@@ -485,8 +485,11 @@ class Members:
                 await trio.sleep(POLL_SECONDS)
             return self.describe()
         # (not wire.TIMEOUT, which clients retry: each retry would start another handover)
-        raise AdminError(f"node {target} did not take over within {timeout:.1f} s; the leader is "
-                         f"{node.replica.leader_id}", wire.OUTCOME_UNKNOWN)
+        # (QA: the target may have taken over and lost leadership since, e.g. cut off right after)
+        leader = node.replica.leader_id
+        raise AdminError(f"node {target} is not leading {timeout:.1f} s after the handover began (it did not "
+                         f"take over, or lost leadership since); the leader is "
+                         f"{'unknown (an election is under way)' if leader is None else leader}", wire.OUTCOME_UNKNOWN)
 
     async def hand_over_before_stop(self) -> int | None:
         """A leader asked to stop (SIGTERM, Ctrl-C) first hands leadership to a voter that answered it

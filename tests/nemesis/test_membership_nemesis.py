@@ -60,7 +60,7 @@ RETRYABLE = (
     "was not decided within",  # a majority was not up for 10 s (the outcome is then checked)
     "another membership change won the race",  # our own retry raced our first attempt
     "not the leader",
-    "cannot hand leadership to node", "did not take over within",  # move-leader under faults
+    "cannot hand leadership to node", "after the handover began",  # move-leader under faults
     "no answer from the cluster", "did not answer",  # Unavailable: a paused or killed leader
     "no node could serve the request",  # Unavailable: the nodes answered, none could (no leader yet)
     "no majority would be left",  # remove: a voter that stays has not answered the leader (killed, paused)
