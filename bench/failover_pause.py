@@ -5,7 +5,8 @@ off) is replaced by the others within about one election timeout (0.3 s by defau
 connected to it wait for their requests' attempt timeout (1.67 s with the default 5 s timeout) before
 they try another node, unless they notice sooner (``kvstore.client.PROBE_SILENCE_SECONDS``). This
 script measures what a writer sees: a 3-node cluster of each tree (``bench/ab_cluster.py``), writers
-doing ``await kv.put`` on one ``connect()`` (``--inflight`` tasks), and ``--cycles`` times: the leader
+doing ``await kv.put`` on one ``connect()`` (``--inflight`` tasks; or threads each with a blocking
+``Client``, ``--api blocking``), and ``--cycles`` times: the leader
 is SIGSTOPped, and the pause is the time from the stop to the first put acknowledged after it; the old
 leader is resumed once the writes go on, and the next cycle waits until it has caught up.
 
@@ -29,15 +30,15 @@ AB_CLUSTER = HERE / "bench" / "ab_cluster.py"
 
 # Runs with PYTHONPATH and the working directory set to one tree; that tree's client and nodes.
 _CHILD = r'''
-import importlib.util, json, os, shutil, signal, sys, tempfile, time
+import importlib.util, json, os, shutil, signal, sys, tempfile, threading, time
 from pathlib import Path
 import trio
-from kvstore.client import connect
+from kvstore.client import Client, connect
 
 spec = importlib.util.spec_from_file_location("ab_cluster", sys.argv[1])
 ab_cluster = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ab_cluster)
-inflight, cycles = int(sys.argv[2]), int(sys.argv[3])
+inflight, cycles, api = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 
 async def leader_of(kv, endpoints):
     for _ in range(200):
@@ -56,6 +57,16 @@ async def run(cluster):
     pauses = []
     acked = []
     stop = trio.Event()
+    done = threading.Event()
+
+    def blocking_writer(w):
+        with Client(cluster.endpoints) as blocking:  # (the default timeout; one client per thread)
+            i = 0
+            while not done.is_set():
+                blocking.put(f"b{w}-{i}", "x" * 100)
+                acked.append(time.monotonic())
+                i += 1
+
     async with connect(cluster.endpoints) as kv:  # (the default timeout: attempts of 1.67 s)
         async def writer(w):
             i = 0
@@ -65,7 +76,10 @@ async def run(cluster):
                 i += 1
         async with trio.open_nursery() as nursery:
             for w in range(inflight):
-                nursery.start_soon(writer, w)
+                if api == "async":
+                    nursery.start_soon(writer, w)
+                else:
+                    nursery.start_soon(trio.to_thread.run_sync, blocking_writer, w)
             for _ in range(cycles):
                 await trio.sleep(1.0)
                 leader = await leader_of(kv, cluster.endpoints)
@@ -82,6 +96,7 @@ async def run(cluster):
                 os.kill(proc.pid, signal.SIGCONT)
                 await trio.sleep(1.5)  # (it rejoins as a follower and catches up)
             stop.set()
+            done.set()
     return pauses
 
 root = Path(tempfile.mkdtemp(prefix="kv-failover-"))
@@ -101,9 +116,9 @@ finally:
 '''
 
 
-def run_tree(tree: Path, inflight: int, cycles: int) -> list[float]:
+def run_tree(tree: Path, inflight: int, cycles: int, api: str) -> list[float]:
     env = {**__import__("os").environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(AB_CLUSTER), str(inflight), str(cycles)],
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(AB_CLUSTER), str(inflight), str(cycles), api],
                          cwd=tree, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"the run against {tree} failed:\n{out.stderr[-3000:]}")
@@ -118,31 +133,40 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cycles", type=int, default=5, help="leader pauses per round and tree")
     parser.add_argument("--inflight", default="1,64", help="writer tasks, comma-separated levels")
+    parser.add_argument("--api", default="async", help="async (tasks on one connect()), blocking (threads, "
+                        "each with a kvstore.client.Client), or both, comma-separated")
     args = parser.parse_args()
     levels = [int(x) for x in args.inflight.split(",")]
+    apis = args.api.split(",")
     if args.rounds < 1 or not 1 <= args.cycles <= 50 or any(not 1 <= level <= 1024 for level in levels):
         parser.error("--rounds at least 1, --cycles 1-50, --inflight levels 1-1024")
+    if not apis or any(api not in ("async", "blocking") for api in apis):
+        parser.error("--api: async, blocking, or both")
     with tempfile.TemporaryDirectory(prefix="failover-pause-") as tmp:
         base = Path(tmp) / "baseline"
         subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", str(base), args.baseline],
                        check=True, capture_output=True)
         try:
             trees = {"A": base, "B": HERE}
-            pauses: dict[tuple[str, int], list[float]] = {}
+            pauses: dict[tuple[str, str, int], list[float]] = {}
             for r in range(args.rounds):
                 for label in ("AB" if r % 2 == 0 else "BA"):
-                    for level in levels:
-                        print(f"round {r + 1}/{args.rounds}: {label} at {level} in flight", file=sys.stderr, flush=True)
-                        pauses.setdefault((label, level), []).extend(run_tree(trees[label], level, args.cycles))
+                    for api in apis:
+                        for level in levels:
+                            print(f"round {r + 1}/{args.rounds}: {label}, {api}, {level} in flight", file=sys.stderr,
+                                  flush=True)
+                            pauses.setdefault((label, api, level), []).extend(
+                                run_tree(trees[label], level, args.cycles, api))
         finally:
             subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(base)], capture_output=True)
     print(f"baseline A = {args.baseline}, candidate B = this tree; {args.rounds} rounds x {args.cycles} leader pauses")
-    print("| in flight | A median s | A max s | B median s | B max s | B/A median |")
-    print("|---|---|---|---|---|---|")
-    for level in levels:
-        a, b = pauses[("A", level)], pauses[("B", level)]
-        print(f"| {level} | {statistics.median(a):.3f} | {max(a):.3f} | {statistics.median(b):.3f} | {max(b):.3f} "
-              f"| **{statistics.median(b) / statistics.median(a):.2f}x** |")
+    print("| client | in flight | A median s | A max s | B median s | B max s | B/A median |")
+    print("|---|---|---|---|---|---|---|")
+    for api in apis:
+        for level in levels:
+            a, b = pauses[("A", api, level)], pauses[("B", api, level)]
+            print(f"| {api} | {level} | {statistics.median(a):.3f} | {max(a):.3f} | {statistics.median(b):.3f} "
+                  f"| {max(b):.3f} | **{statistics.median(b) / statistics.median(a):.2f}x** |")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ Every call has a deadline (``timeout``). Until then the client retries:
 * no answer in time: give up on that node's connection and go on as after a broken one. A node that
   stopped answering (paused, cut off) takes an attempt timeout to be given up, while the others elect
   a leader in a fraction of that. So once the connection has been silent for ``PROBE_SILENCE_SECONDS``
-  with requests out, the client asks the other endpoints whom they follow (``_probe_leader``); if one
-  names another leader, the requests go there at once, with their request ids.
+  with requests out, the client asks every endpoint whom it follows (``_probe_leader``); if they name
+  another leader than the connection's node (by node id), the requests go there at once, with their
+  request ids.
 
 Writes carry ``(client_id, request_id, ack_below)``. A retry reuses the same ``request_id``, so the
 state machine applies the write once and returns its first result even when the first attempt was
@@ -99,12 +100,19 @@ SOLO_CALLS = 64  # calls in a row with nothing else in flight before a connectio
 
 _TIMED_OUT = object()  # a waiter's reply when its attempt deadline passed (see _Connection.watchdog)
 WATCHDOG_SECONDS = 0.05
-# A connection with requests out that received nothing for this long has the other endpoints asked whom
-# they follow (see AsyncClient._probe_leader): a few of the servers' election timeouts (0.3 s by default),
-# an answer's normal wait many times over, and the one-shot client's hedge (kvstore.oneshot.HEDGE_SECONDS)
+# A connection with requests out that received nothing for this long has the endpoints asked whom they
+# follow (see AsyncClient._probe_leader): less than the servers' election timeout (0.3 s by default), an
+# answer's normal wait many times over, and the one-shot client's hedge (kvstore.oneshot.HEDGE_SECONDS).
 PROBE_SILENCE_SECONDS = 0.25
-# ... and how long each of them gets to answer (a connect and one status request)
+# ... doubled after each probe that found the connection's node alive and still leading (a slow leader:
+# a slow disk, a long step), up to this; back to PROBE_SILENCE_SECONDS once the connection reads again
+PROBE_SILENCE_SECONDS_MAX = 2.0
+# How long each endpoint gets to answer a probe (a connect and one status request) ...
 PROBE_ANSWER_SECONDS = 0.5
+# ... and, once another endpoint names a leader, how much longer the connection's own node gets, when its
+# node id is not known yet: a node reached under two spellings (a DNS name and the --peers address) is
+# the same node, and only its id says so (QA: requests moved back and forth between the two, 2 times a second)
+PROBE_OWN_GRACE_SECONDS = 0.1
 
 
 _Task = trio.lowlevel.Task
@@ -172,7 +180,8 @@ class _Connection:
         # has had requests out and read nothing for PROBE_SILENCE_SECONDS (None: nothing).
         self.received = 0
         self.on_silence: Callable[[_Connection], None] | None = None
-        self.patient = 0  # requests out that may wait long and must not be moved (admin requests)
+        self.probe_after = PROBE_SILENCE_SECONDS  # the silence that calls on_silence (see AsyncClient._probe_leader)
+        self.private = False  # a connection of one admin request's own (see AsyncClient._call)
 
     async def writer(self) -> None:
         """Send what the socket did not take at once (see ``kvstore.netio.Outbox``)."""
@@ -282,12 +291,14 @@ class _Connection:
         silent_periods = 0
         while not self.broken:
             await trio.sleep(WATCHDOG_SECONDS)
-            if self.received != heard or not self.waiters or self.patient:
+            if self.received != heard or not self.waiters:
+                if self.received != heard:
+                    self.probe_after = PROBE_SILENCE_SECONDS
                 heard, silent_periods = self.received, 0
             else:
                 silent_periods += 1
-                if silent_periods * WATCHDOG_SECONDS >= PROBE_SILENCE_SECONDS and self.on_silence is not None:
-                    silent_periods = 0  # (the next probe, if any, after as long again)
+                if silent_periods * WATCHDOG_SECONDS >= self.probe_after and self.on_silence is not None:
+                    silent_periods = 0  # (the next probe, if any, after as long again, or longer)
                     self.on_silence(self)
             # Period p holds deadlines in ((p - 1) * W, p * W]: all passed once p * W <= now.
             passed = math.floor(trio.current_time() / WATCHDOG_SECONDS)
@@ -501,6 +512,8 @@ class AsyncClient:
         self._connect_error: BaseException | None = None  # how the last attempt to connect failed
         self._preferred = 0  # index into endpoints of the node we believe leads
         self._probing = False  # a _probe_leader task runs
+        self._node_ids: dict[tuple[str, int], int] = {}  # endpoint -> the node id it answered a probe with
+        self._led_at: dict[tuple[str, int], tuple[int, int]] = {}  # endpoint -> the ballot it last said it led at
         self.leader_probes = 0  # probes made, and how many of them moved the requests to another node
         self.leader_probes_moved = 0
         self._cursor = 0  # where the rotation through endpoints stands (see _advance)
@@ -934,24 +947,26 @@ class AsyncClient:
                 # the request id, so a write that the first attempt got through is still applied once.
                 attempt_deadline = now + (remaining if once else min(remaining, self.attempt_timeout))
                 try:
-                    conn = self._conn
+                    conn = None if once else self._conn
                     if conn is None or conn.broken:
                         # The connect has its own timeout (the attempt timeout) and moves on to the next
                         # endpoint when it fails; here only the call's deadline bounds the wait for it.
                         conn = None
                         with trio.move_on_at(deadline):
-                            conn = await self._connection()
+                            # A request that must not go out twice gets a connection of its own: on the
+                            # shared one, another request's attempt timeout or a probe (_probe_leader)
+                            # would give the connection up under it, and its outcome with it (QA).
+                            conn = await (self._open_connection(private=True) if once else self._connection())
                         if conn is None:
                             last_error = "no connection before the deadline"
                     if conn is not None:
                         sent = attempted = True
                         if once:
-                            # (not moved to another node by a probe: it must not go out twice)
-                            conn.patient += 1
                             try:
                                 reply = await conn.call(build, attempt_deadline)
                             finally:
-                                conn.patient -= 1
+                                conn.fail_all()
+                                self._nursery.start_soon(trio.aclose_forcefully, conn.stream)
                         else:
                             reply = await conn.call(build, attempt_deadline)
                 except (_ConnectionLost, OSError) as exc:
@@ -1043,48 +1058,132 @@ class AsyncClient:
             self._nursery.start_soon(self._probe_leader, conn)
 
     async def _probe_leader(self, conn: _Connection) -> None:
-        """Ask every other endpoint at once whom it follows (a ``status`` request each, with
-        ``PROBE_ANSWER_SECONDS`` to answer). If one names a leader other than ``conn``'s node (itself, or
-        the leader it knows) while ``conn`` is still silent, drop ``conn`` and prefer that leader: the
-        requests out on ``conn`` see a lost connection and go there at once, with their request ids, so a
-        write that did get through is still applied once. Otherwise nothing changes, and the attempt
-        timeout bounds the wait as before. A stale answer costs one reconnection: a node that does not
-        lead sends the requests back with its own hint."""
+        """Ask every endpoint at once whom it follows (a ``status`` request each, on a connection of its
+        own, with ``PROBE_ANSWER_SECONDS`` to answer), and move the requests out on ``conn`` to the leader
+        they name if it is not ``conn``'s node and ``conn`` is still silent: ``conn`` is dropped, so they
+        see a lost connection and go to that leader at once, with their request ids (a write that did get
+        through is still applied once). What each answer names: the node itself, if it says it leads;
+        else the leader it follows (``leader`` and ``leader_address``).
+
+        Nodes are told apart by their ids, not by how they are spelled: each answer gives the id of the
+        node that answered (remembered per endpoint), and ``conn``'s node is asked too. So a slow leader
+        reached as ``db1:7001`` is not left for ``10.0.0.1:7001`` (its ``--peers`` address, which the
+        followers name). While ``conn``'s id is unknown, a leader named elsewhere waits
+        ``PROBE_OWN_GRACE_SECONDS`` for ``conn``'s node to answer; a node that does not answer at all
+        (paused, cut off) is compared by address. Nothing named elsewhere: nothing moves, and if
+        ``conn``'s node answered (alive: only slow) the next probe waits twice as long."""
         try:
             heard = conn.received
-            found: list[tuple[str, int]] = []
+            ours = conn.endpoint
+            asked = list(self.endpoints)
+            answers: dict[tuple[str, int], dict[str, Any]] = {}
+            finished: list[tuple[str, int]] = []
+            news = [trio.Event()]  # set when an answer (or a failure to answer) comes in
+            target: tuple[str, int] | None = None
             async with trio.open_nursery() as nursery:
-                for endpoint in [e for e in self.endpoints if e != conn.endpoint]:
-                    nursery.start_soon(self._ask_whom_it_follows, endpoint, conn.endpoint, found, nursery.cancel_scope)
-            if found and conn is self._conn and not conn.broken and conn.received == heard and conn.waiters:
+
+                async def ask(endpoint: tuple[str, int]) -> None:
+                    status = await self._probe_status(endpoint)
+                    if status is not None:
+                        answers[endpoint] = status
+                        if type(status.get("id")) is int:
+                            self._node_ids[endpoint] = status["id"]
+                        ballot = _ballot_of(status)
+                        if status.get("is_leader") is True and ballot is not None:
+                            self._led_at[endpoint] = ballot
+                        named = _named_leader(endpoint, status)
+                        if named is not None and named[1] == ours and named[0] is not None and endpoint != ours:
+                            # a follower names our node as we spell it: that is its id (until it answers itself)
+                            self._node_ids.setdefault(ours, named[0])
+                    finished.append(endpoint)
+                    news[0].set()
+
+                for endpoint in asked:
+                    nursery.start_soon(ask, endpoint)
+                # Until a leader elsewhere is found, or every endpoint answered; once the others did (or a
+                # leader named elsewhere needs our node's id), our node gets PROBE_OWN_GRACE_SECONDS more.
+                # (Not PROBE_ANSWER_SECONDS: a paused node never answers, and the next probe must not wait.)
+                grace_ends = math.inf
+                while True:
+                    target, needs_ours = self._leader_named(ours, answers)
+                    if target is not None or len(finished) == len(asked):
+                        break
+                    now = trio.current_time()
+                    if now >= grace_ends:
+                        break
+                    others_done = all(e in finished for e in asked if e != ours)
+                    if (needs_ours or others_done) and grace_ends == math.inf:
+                        grace_ends = now + PROBE_OWN_GRACE_SECONDS
+                    news[0] = trio.Event()
+                    with trio.move_on_at(grace_ends):
+                        await news[0].wait()
+                if target is None:
+                    target, _ = self._leader_named(ours, answers, ours_silent=ours not in answers)
+                nursery.cancel_scope.cancel()
+            move = [target] if target is not None else []
+            if conn is not self._conn or conn.broken or conn.received != heard or not conn.waiters:
+                return  # (it answered meanwhile, or was replaced: leave it)
+            if move:
                 self.leader_probes_moved += 1
-                self._prefer(format_endpoint(*found[0]))
+                self._prefer(format_endpoint(*move[0]))
+            elif ours in answers:
+                conn.probe_after = min(conn.probe_after * 2, PROBE_SILENCE_SECONDS_MAX)  # alive, only slow
         finally:
             self._probing = False
 
-    async def _ask_whom_it_follows(self, endpoint: tuple[str, int], ours: tuple[str, int],
-                                   found: builtins.list[tuple[str, int]], done: trio.CancelScope) -> None:
-        """One probe (see ``_probe_leader``): add to ``found`` the leader that ``endpoint`` names, if it is
-        not ``ours``, and end the probe."""
-        status: dict[str, Any] | None = None
+    def _leader_named(self, ours: tuple[str, int], answers: dict[tuple[str, int], dict[str, Any]], *,
+                      ours_silent: bool = False) -> tuple[tuple[str, int] | None, bool]:
+        """From the probe's ``answers`` so far: the endpoint of a leader other than ``ours``'s node, or None;
+        and whether that needs ``ours``'s answer first (its id unknown: see ``_probe_leader``).
+        ``ours_silent``: ``ours`` has had its time and did not answer; compare by address."""
+        ours_id = self._node_ids.get(ours)
+        own = answers.get(ours)
+        if own is not None and own.get("is_leader") is not True:
+            named = _named_leader(ours, own)  # our node knows it does not lead: it may know who does
+            if named is not None and named[0] != ours_id:
+                return self._endpoint_of(*named), False
+        # Our node, if it leads (it says so now, or it did at the last probe that heard it), is left only for
+        # a leader of a higher ballot: the other claimant may be an old leader cut off from the rest, not
+        # deposed yet. (A new leader's ballot is higher than every earlier leader's.)
+        own_ballot = self._led_at.get(ours) if own is None or own.get("is_leader") is True else None
+        for endpoint, status in answers.items():
+            if endpoint == ours:
+                continue
+            named = _named_leader(endpoint, status)
+            if named is None:
+                continue
+            node_id, where = named
+            ballot = _ballot_of(status)
+            if own_ballot is not None and ballot is not None and ballot <= own_ballot:
+                continue
+            if ours_id is not None:
+                if node_id != ours_id:
+                    return self._endpoint_of(node_id, where), False
+            elif ours_silent:
+                if where != ours:
+                    return self._endpoint_of(node_id, where), False
+            else:
+                return None, True
+        return None, False
+
+    def _endpoint_of(self, node_id: int | None, where: tuple[str, int]) -> tuple[str, int]:
+        """The endpoint to reach node ``node_id``: one of ours that answered with that id (as the user
+        spelled it), else ``where`` (as the cluster's peers name it)."""
+        if node_id is not None:
+            for endpoint in self.endpoints:
+                if self._node_ids.get(endpoint) == node_id:
+                    return endpoint
+        return where
+
+    async def _probe_status(self, endpoint: tuple[str, int]) -> dict[str, Any] | None:
+        """``status`` of ``endpoint`` for a probe, or None if it does not answer it within
+        ``PROBE_ANSWER_SECONDS`` (unreachable, refused by the access rules, closed)."""
         with trio.move_on_after(PROBE_ANSWER_SECONDS):
             try:
-                status = await self.status(endpoint)
+                return await self.status(endpoint)
             except (KVError, ValueError):
-                return  # unreachable, refused (the ACL), closed: no opinion
-        if status is None:
-            return
-        leader: tuple[str, int] | None = None
-        if status.get("is_leader") is True:
-            leader = endpoint  # (as we reach it: its own idea of its address may be spelled otherwise)
-        elif isinstance(status.get("leader_address"), str):
-            try:
-                leader = parse_endpoint(status["leader_address"])
-            except ValueError:
-                return
-        if leader is not None and leader != ours:
-            found.append(leader)
-            done.cancel()
+                return None
+        return None
 
     def _give_up_on(self, conn: _Connection | None) -> None:
         """The attempt through ``conn`` failed: close it and move on to the next endpoint.
@@ -1096,6 +1195,8 @@ class AsyncClient:
         """
         if conn is not None and conn is self._conn:
             self._drop_connection(advance=True)
+        elif conn is not None and conn.private and self.endpoints[self._preferred] == conn.endpoint:
+            self._advance()  # (an admin request's own connection, closed after its call)
 
     def _drop_connection(self, *, advance: bool) -> None:
         conn = self._conn
@@ -1138,7 +1239,15 @@ class AsyncClient:
             connecting.set()
 
     async def _connect(self) -> _Connection:
-        """Open a connection to the preferred endpoint (one task at a time: see ``_connection``)."""
+        """Open the shared connection, to the preferred endpoint (one task at a time: see ``_connection``)."""
+        conn = await self._open_connection(private=False)
+        conn.on_silence = self._on_silence
+        self._conn = conn
+        return conn
+
+    async def _open_connection(self, *, private: bool) -> _Connection:
+        """A connection to the preferred endpoint, its tasks started; a failed connect moves the rotation on
+        and raises. ``private``: for one request (its caller closes it), never probed."""
         endpoint = self.endpoints[self._preferred]
         try:
             # (plain TCP: a reachable node connects in milliseconds; TLS bounds its TCP connect so itself, and
@@ -1153,12 +1262,35 @@ class AsyncClient:
                 raise _ConnectionLost(f"connecting to {format_endpoint(*endpoint)} timed out") from None
             raise
         conn = _Connection(endpoint, stream)
-        conn.on_silence = self._on_silence
+        conn.private = private
         self._nursery.start_soon(conn.reader)
         self._nursery.start_soon(conn.writer)
         self._nursery.start_soon(conn.watchdog)
-        self._conn = conn
         return conn
+
+
+def _ballot_of(status: dict[str, Any]) -> tuple[int, int] | None:
+    """The ballot a ``status`` answer reports (its promise: a leader's own ballot), if well formed."""
+    ballot = status.get("ballot")
+    if isinstance(ballot, list) and len(ballot) == 2 and all(type(x) is int for x in ballot):
+        return ballot[0], ballot[1]
+    return None
+
+
+def _named_leader(endpoint: tuple[str, int], status: dict[str, Any]) -> tuple[int | None, tuple[str, int]] | None:
+    """The leader a probe's ``status`` answer from ``endpoint`` names, as ``(node id, endpoint)``: the node
+    itself if it says it leads (as we reach it), else the leader it follows at its ``leader_address``;
+    None if it names none."""
+    if status.get("is_leader") is True:
+        node_id = status.get("id")
+        return (node_id if type(node_id) is int else None), endpoint
+    leader, address = status.get("leader"), status.get("leader_address")
+    if type(leader) is int and isinstance(address, str):
+        try:
+            return leader, parse_endpoint(address)
+        except ValueError:
+            return None
+    return None
 
 
 def _tls_transport(cacert: str | None, cert: str | None, key: str | None) -> TlsTransport | None:

@@ -55,7 +55,32 @@ def test_a_slow_leader_named_by_the_second_node_keeps_the_request(nodes):
         assert 0.55 < time.monotonic() - started < 1.5
         assert kv._conn is not None and kv._conn.endpoint == ("127.0.0.1", leader.port)
     assert len(leader.requests) == 1  # never sent twice to the same node
-    assert [r["t"] for r in follower.requests] == ["put"]
+    # the follower was asked again every HEDGE_SECONDS while the leader was silent (each copy turned away)
+    assert [r["t"] for r in follower.requests] in (["put"], ["put", "put"]), follower.requests
+
+
+def test_a_paused_leader_is_left_once_the_second_node_names_its_successor(nodes):
+    """QA: with the leader paused, the second node named it (no election had ended yet) and the command
+    waited its whole attempt timeout (1.7 s) for an election of 0.3-0.6 s. The second node is asked again
+    every HEDGE_SECONDS while the first stays silent: at 0.6 s it leads, and the write is done there."""
+    store = Store()
+    silent = nodes(lambda r: SILENT)
+    elected_at = time.monotonic() + 0.6
+
+    def successor(request: dict) -> object:
+        if time.monotonic() < elected_at:
+            return {**err(request, "not_leader", "not the leader", silent.address), "refused": True}
+        return store.handle(request)
+
+    second = nodes(successor)
+    with OneShotClient([silent.address, second.address], timeout=6) as kv:
+        started = time.monotonic()
+        assert kv.put("k", "v") == 1
+        elapsed = time.monotonic() - started
+        assert 0.55 < elapsed < 1.2 < kv.attempt_timeout, elapsed
+        assert kv._conn is not None and kv._conn.endpoint == ("127.0.0.1", second.port)
+    assert [r["t"] for r in second.requests] in (["put"] * 2, ["put"] * 3), second.requests
+    assert len({(r["cid"], r["rq"]) for r in second.requests + silent.requests}) == 1  # one write, resent
 
 
 def test_a_second_node_naming_a_third_sends_the_request_there(nodes):

@@ -1,6 +1,7 @@
 """Client error surface: what a caller catches is the library's own exception, never a trio group."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from contextlib import asynccontextmanager
 
@@ -255,7 +256,7 @@ async def test_a_silent_leader_is_left_for_the_one_the_others_name_within_a_prob
     attempt timeout (1.7 s) while the others elected a new leader in ~0.4 s. A connection with requests
     out that reads nothing for ``PROBE_SILENCE_SECONDS`` has the other endpoints asked whom they follow;
     n2 names a leader (itself, or n3), and the put goes there long before the attempt timeout."""
-    from kvstore.client import PROBE_SILENCE_SECONDS
+    from kvstore.client import PROBE_OWN_GRACE_SECONDS, PROBE_SILENCE_SECONDS
 
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
@@ -274,7 +275,8 @@ async def test_a_silent_leader_is_left_for_the_one_the_others_name_within_a_prob
             with trio.fail_after(30):
                 assert await _put(kv, submitted, "k", "v") == 7
             elapsed = trio.current_time() - started
-            assert PROBE_SILENCE_SECONDS <= elapsed < PROBE_SILENCE_SECONDS + 0.2 < kv.attempt_timeout, elapsed
+            # (n1's own id is not known: the probe gives it PROBE_OWN_GRACE_SECONDS to answer first)
+            assert PROBE_SILENCE_SECONDS <= elapsed < PROBE_SILENCE_SECONDS + PROBE_OWN_GRACE_SECONDS + 0.15, elapsed
             assert (kv.leader_probes, kv.leader_probes_moved) == (1, 1)
             assert kv._conn is not None and kv._conn.endpoint == (("n2", 2) if who == "itself" else ("n3", 3))
         nursery.cancel_scope.cancel()
@@ -308,6 +310,157 @@ async def test_a_slow_leader_the_others_still_follow_keeps_its_requests(autojump
                 assert await kv.put("k", "v") == 5
             assert kv.leader_probes >= 1 and kv.leader_probes_moved == 0
             assert answers == [1]  # one attempt, on the first connection
+        nursery.cancel_scope.cancel()
+
+
+async def _node_answering_puts_late(net: MemoryNetwork, names: list[str], port: int, status: dict, delay: float,
+                                    answered: list, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """A stand-in node reachable under each of ``names`` (a DNS name and an IP: one node): it answers a status
+    request at once with ``status``, and each put ``delay`` seconds late with rev 5 (noting its id in
+    ``answered``): a slow leader, alive."""
+    from kvstore import wire
+
+    listeners = [(await net.transport().open_listeners(name, port))[0] for name in names]
+    task_status.started()
+
+    async def serve(stream) -> None:
+        reader = wire.FrameReader(stream)
+        async with trio.open_nursery() as replies:
+            while True:
+                frames = await reader.receive_frames()
+                if not frames:
+                    replies.cancel_scope.cancel()
+                    return
+                for body in frames:
+                    request = wire.decode_body(body)
+
+                    async def reply(request=request) -> None:
+                        if type(request) is wire.StatusRequest:
+                            answer = wire.OkReply(id=request.id, result=status)
+                        else:
+                            await trio.sleep(delay)
+                            answered.append(request.request_id)
+                            answer = wire.OkReply(id=request.id, result={"rev": 5})
+                        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                            await stream.send_all(wire.encode_frame(answer))
+                    replies.start_soon(reply)
+
+    async def accept(listener) -> None:
+        async with trio.open_nursery() as conns:
+            while True:
+                conns.start_soon(serve, await listener.accept())
+
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(accept, listener)
+
+
+async def test_a_slow_leader_named_by_another_spelling_keeps_its_requests_and_is_probed_less_and_less(autojump_clock):
+    """QA: clients reaching the nodes by other names than their --peers addresses (DNS names against IPs)
+    moved their requests from a slow leader to the same node under the followers' spelling, and back at the
+    next probe, twice a second (throughput 0.70x). Nodes are told apart by id now: n1 (also reachable as
+    p1, the name n2 gives for its leader) keeps the request, and after each probe that found it alive the
+    next waits twice as long."""
+    net = MemoryNetwork()
+    answered: list = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_node_answering_puts_late, net, ["n1", "p1"], 1,
+                            {"id": 1, "is_leader": True, "leader": 1, "leader_address": "p1:1", "ballot": [4, 1]},
+                            1.9, answered)
+        nursery.start_soon(_fake_node, net, "n2", 2, _status_or(
+            {"id": 2, "is_leader": False, "leader": 1, "leader_address": "p1:1", "ballot": [4, 1]}, _ok_rev(99)))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
+            assert kv.attempt_timeout > 1.9
+            with trio.fail_after(30):
+                assert await kv.put("k", "v") == 5
+            assert answered == [1] and kv.leader_probes_moved == 0
+            # silent 1.9 s: probes after 0.25, then 0.5, then 1.0 s more of silence (not every 0.25 s)
+            assert 2 <= kv.leader_probes <= 3, kv.leader_probes
+            assert kv.endpoints == [("n1", 1), ("n2", 2)]  # no second spelling of n1 added
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("other_ballot,moves", [([3, 2], False), ([6, 2], True)], ids=["older", "newer"])
+async def test_a_live_leader_is_left_only_for_a_leader_of_a_higher_ballot(other_ballot, moves, autojump_clock):
+    """Two nodes may both say they lead for a while: an old leader cut off from the others has not stepped
+    down yet. The connection's node answers that it leads at (5, 1); n2 says it leads too: the requests go
+    to n2 only if its ballot is higher."""
+    net = MemoryNetwork()
+    answered: list = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_node_answering_puts_late, net, ["n1"], 1,
+                            {"id": 1, "is_leader": True, "leader": 1, "leader_address": "n1:1", "ballot": [5, 1]},
+                            1.0, answered)
+        nursery.start_soon(_fake_node, net, "n2", 2, _status_or(
+            {"id": 2, "is_leader": True, "leader": 2, "leader_address": "n2:2", "ballot": other_ballot}, _ok_rev(7)))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
+            with trio.fail_after(30):
+                rev = await kv.put("k", "v")
+            assert (rev, kv.leader_probes_moved) == ((7, 1) if moves else (5, 0))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_member_change_sent_while_a_probe_runs_is_neither_moved_nor_cut_short(autojump_clock):
+    """QA: a member change sent on the shared connection while a probe of it was under way failed with
+    the connection 0.15 s later when the probe moved the other requests ("outcome unknown"), and another
+    request's attempt timeout could do the same. A member change now has a connection of its own: the put
+    moves to n2, and the change waits for n1's answer until its whole timeout."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)  # silent n1
+
+        async def slow_status_n2(task_status=trio.TASK_STATUS_IGNORED):
+            listener = (await net.transport().open_listeners("n2", 2))[0]
+            task_status.started()
+
+            async def serve(stream):
+                reader = wire.FrameReader(stream)
+                while True:
+                    frames = await reader.receive_frames()
+                    if not frames:
+                        return
+                    for body in frames:
+                        request = wire.decode_body(body)
+                        if type(request) is wire.StatusRequest:
+                            await trio.sleep(0.3)  # the probe waits for this answer
+                            reply = wire.OkReply(id=request.id, result={"id": 2, "is_leader": True, "leader": 2,
+                                                                        "leader_address": "n2:2"})
+                        else:
+                            reply = wire.OkReply(id=request.id, result={"rev": 1})
+                        with contextlib.suppress(trio.BrokenResourceError):
+                            await stream.send_all(wire.encode_frame(reply))
+
+            async with trio.open_nursery() as conns:
+                while True:
+                    conns.start_soon(serve, await listener.accept())
+
+        await nursery.start(slow_status_n2)
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=5, transport=net.transport()) as kv:
+            await kv._connection()
+            outcome: dict = {}
+
+            async def put():
+                outcome["put"] = await kv.put("k", "v")
+
+            async def admin():
+                await trio.sleep(0.4)  # the probe (from ~0.25 s) waits for n2's answer
+                assert kv.leader_probes == 1 and kv._probing
+                began = trio.current_time()
+                with pytest.raises(Unavailable) as caught:
+                    await kv.move_leader(2)
+                outcome["admin"] = (trio.current_time() - began, caught.value.outcome_unknown)
+
+            async with trio.open_nursery() as calls:
+                calls.start_soon(put)
+                calls.start_soon(admin)
+            assert outcome["put"] == 1 and kv.leader_probes_moved == 1
+            waited, unknown = outcome["admin"]
+            assert waited >= 4.5 and unknown, outcome  # its whole timeout on n1, never cut short
         nursery.cancel_scope.cancel()
 
 
