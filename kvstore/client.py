@@ -105,7 +105,7 @@ WATCHDOG_SECONDS = 0.05
 # answer's normal wait many times over, and the one-shot client's hedge (kvstore.oneshot.HEDGE_SECONDS).
 PROBE_SILENCE_SECONDS = 0.25
 # ... doubled after each probe that found the connection's node alive and still leading (a slow leader:
-# a slow disk, a long step), up to this; back to PROBE_SILENCE_SECONDS once the connection reads again
+# a slow disk, a long step), up to this; back to PROBE_SILENCE_SECONDS after as long without such a silence
 PROBE_SILENCE_SECONDS_MAX = 2.0
 # How long each endpoint gets to answer a probe (a connect and one status request) ...
 PROBE_ANSWER_SECONDS = 0.5
@@ -289,17 +289,25 @@ class _Connection:
         deadlines = self.deadlines
         heard = self.received
         silent_periods = 0
+        # Periods since the last silence of PROBE_SILENCE_SECONDS: the backed-off probe_after returns to
+        # PROBE_SILENCE_SECONDS only after PROBE_SILENCE_SECONDS_MAX without one. (QA: reset at every
+        # answer, it never held while a slow leader answered every 0.3-0.5 s: probes went on twice a second.)
+        calm_periods = 0
         while not self.broken:
             await trio.sleep(WATCHDOG_SECONDS)
             if self.received != heard or not self.waiters:
-                if self.received != heard:
-                    self.probe_after = PROBE_SILENCE_SECONDS
                 heard, silent_periods = self.received, 0
             else:
                 silent_periods += 1
                 if silent_periods * WATCHDOG_SECONDS >= self.probe_after and self.on_silence is not None:
                     silent_periods = 0  # (the next probe, if any, after as long again, or longer)
                     self.on_silence(self)
+            if silent_periods * WATCHDOG_SECONDS >= PROBE_SILENCE_SECONDS:
+                calm_periods = 0
+            else:
+                calm_periods += 1
+                if calm_periods * WATCHDOG_SECONDS >= PROBE_SILENCE_SECONDS_MAX:
+                    self.probe_after = PROBE_SILENCE_SECONDS
             # Period p holds deadlines in ((p - 1) * W, p * W]: all passed once p * W <= now.
             passed = math.floor(trio.current_time() / WATCHDOG_SECONDS)
             waiters = self.waiters

@@ -539,7 +539,7 @@ class OneShotClient:
         # The second copy was turned away on arrival (``refused``): it applied nothing. Otherwise it may
         # have been proposed (no answer, or an answer such as a timeout after the proposal: QA), and a
         # write is in doubt whichever answer wins.
-        other_refused = False
+        other_in_doubt = False  # a copy to the second node was answered other than by a refusal
         first_error: BaseException | None = None
         ask_again_at = math.inf  # when the second node, whose last answer was of no use, is asked again
         selector = selectors.DefaultSelector()  # (not select.select: descriptors past 1023, QA)
@@ -559,12 +559,14 @@ class OneShotClient:
                         drop(c)
                         if c is conn:
                             first_error = exc
+                        else:
+                            other_in_doubt = True  # (its copy went unanswered)
                         continue
                     if got is None:
                         continue
                     if c is conn:
-                        return got, not other_refused
-                    other_refused = got.refused
+                        return got, other_in_doubt or other in waiting
+                    other_in_doubt = other_in_doubt or not got.refused  # (sticky over the copies: QA28b)
                     drop(c)
                     if got.ok or (got.code == frames.NOT_LEADER and _endpoint_or_none(got.leader or "")
                                   not in (None, conn.endpoint)) or (
@@ -595,7 +597,6 @@ class OneShotClient:
                         other.close()
                         other = None
                     else:
-                        other_refused = False  # (a copy is out again: in doubt until it is turned away)
                         waiting[other] = other_rid
                         selector.register(other.sock, selectors.EVENT_READ, other)
                         continue  # (its answer may be buffered already: TLS)
@@ -612,13 +613,15 @@ class OneShotClient:
                         drop(c)
                         if c is conn:
                             first_error = exc
+                        else:
+                            other_in_doubt = True  # (its copy went unanswered)
         finally:
             selector.close()
             if other is not None:
                 other.close()
         if first_error is not None and conn not in waiting:
             raise first_error
-        return None, not other_refused
+        return None, other_in_doubt or other in waiting
 
     @staticmethod
     def _sleep(seconds: float) -> None:

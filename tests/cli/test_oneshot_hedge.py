@@ -325,3 +325,36 @@ def test_a_connect_is_bounded_by_the_connect_timeout_and_a_handshake_by_the_atte
     with OneShotClient([leader.address], timeout=6) as kv:
         assert kv.put("k", "v") == 1
         assert seen and seen[0] <= frames.CONNECT_SECONDS < kv.attempt_timeout
+
+
+@pytest.mark.parametrize("first_answer,later_answer", [
+    (("timeout", "this write's outcome is unknown"), ("storage_full", "disk full; it refuses writes")),
+    (("not_leader", "stepped down"), ("unavailable", "no leader known")),
+], ids=["timeout-then-full", "stepped-down-then-no-leader"])
+def test_a_copy_in_doubt_on_the_second_node_stays_in_doubt_whatever_later_copies_get(nodes, first_answer,
+                                                                                     later_answer):
+    """QA: the second node is asked again while the first stays silent. Its first copy was answered with
+    something other than a refusal on arrival (a timeout after the proposal; failed at a step-down): that
+    copy may be applied. A later copy turned away must not erase that: the write stays in doubt, never
+    "not applied"."""
+    copies = []
+
+    def second_handler(request: dict) -> object:
+        copies.append(request)
+        code, message = first_answer if len(copies) == 1 else later_answer
+        return {**err(request, code, message), "refused": len(copies) > 1}
+
+    second = nodes(second_handler)
+    slow = iter([1.0])
+
+    def first_handler(request: dict) -> object:
+        time.sleep(next(slow, 0))  # silent for 1 s: the second node gets copies at 0.25 s and ~0.5 s
+        return {**err(request, "unavailable", "no leader known"), "refused": True}
+
+    first = nodes(first_handler)
+    with OneShotClient([first.address, second.address], timeout=4) as kv:
+        with pytest.raises(Unavailable) as caught:
+            kv.put("k", "v")
+    assert len(copies) >= 2
+    assert caught.value.outcome_unknown, str(caught.value)
+    assert "may or may not" in str(caught.value), str(caught.value)

@@ -381,6 +381,28 @@ async def test_a_slow_leader_named_by_another_spelling_keeps_its_requests_and_is
         nursery.cancel_scope.cancel()
 
 
+async def test_a_leader_that_answers_slowly_but_steadily_is_not_probed_at_every_request(autojump_clock):
+    """QA: the backed-off probe period was reset by every answer, so a leader answering each write after
+    0.4 s (a slow disk) was probed at every write, twice a second per client, with a TLS handshake on each
+    node each time. Once a probe found it alive, the period stays doubled until a calm stretch."""
+    net = MemoryNetwork()
+    answered: list = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_node_answering_puts_late, net, ["n1"], 1,
+                            {"id": 1, "is_leader": True, "leader": 1, "leader_address": "n1:1", "ballot": [4, 1]},
+                            0.4, answered)
+        nursery.start_soon(_fake_node, net, "n2", 2, _status_or(
+            {"id": 2, "is_leader": False, "leader": 1, "leader_address": "n1:1", "ballot": [4, 1]}, _ok_rev(99)))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=9, transport=net.transport()) as kv:
+            with trio.fail_after(60):
+                for i in range(10):
+                    assert await kv.put(f"k{i}", "v") == 5
+            assert len(answered) == 10 and kv.leader_probes_moved == 0
+            assert kv.leader_probes == 1, kv.leader_probes  # (10 before: one per write)
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("other_ballot,moves", [([3, 2], False), ([6, 2], True)], ids=["older", "newer"])
 async def test_a_live_leader_is_left_only_for_a_leader_of_a_higher_ballot(other_ballot, moves, autojump_clock):
     """Two nodes may both say they lead for a while: an old leader cut off from the others has not stepped
