@@ -1128,12 +1128,11 @@ class AsyncClient:
                 if target is None:
                     target, _ = self._leader_named(ours, answers, ours_silent=ours not in answers)
                 nursery.cancel_scope.cancel()
-            move = [target] if target is not None else []
             if conn is not self._conn or conn.broken or conn.received != heard or not conn.waiters:
                 return  # (it answered meanwhile, or was replaced: leave it)
-            if move:
+            if target is not None:
                 self.leader_probes_moved += 1
-                self._prefer(format_endpoint(*move[0]))
+                self._prefer(format_endpoint(*target))
             elif ours in answers:
                 conn.probe_after = min(conn.probe_after * 2, PROBE_SILENCE_SECONDS_MAX)  # alive, only slow
         finally:
