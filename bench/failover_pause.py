@@ -33,7 +33,7 @@ _CHILD = r'''
 import importlib.util, json, os, shutil, signal, sys, tempfile, threading, time
 from pathlib import Path
 import trio
-from kvstore.client import Client, connect
+from kvstore.client import Client, KVError, connect
 
 spec = importlib.util.spec_from_file_location("ab_cluster", sys.argv[1])
 ab_cluster = importlib.util.module_from_spec(spec)
@@ -48,7 +48,7 @@ async def leader_of(kv, endpoints):
                     status = await kv.status(endpoint)
                     if status.get("is_leader"):
                         return status["id"]
-            except Exception:
+            except KVError:  # (the paused node, or one that cannot answer yet: ask the next)
                 pass
         await trio.sleep(0.05)
     raise RuntimeError("no leader")
