@@ -142,6 +142,13 @@ def run() -> None:
 
     try:
         _dispatch(argv)
+    except ImportError as exc:
+        # A dependency too old or missing (kvstore.frames.check_cbor2 names the fix): one line, not a
+        # traceback from the import chain of whichever command ran
+        if "--debug" in argv:
+            raise
+        print(f"Error: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
     except OutputFailed as exc:  # a cached help page to a closed or full stdout (commands report their own)
         _output_lost(str(exc))
     except BrokenPipeError:

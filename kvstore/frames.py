@@ -26,6 +26,33 @@ from typing import Any, NamedTuple
 
 import cbor2
 
+CBOR2_VERSION_MIN = "6.2"
+"""The oldest cbor2 this package works with (pyproject.toml says so too): 6.2 added the decoder options
+every decode here passes (``max_depth``, ``strict_hashable_types``)."""
+
+
+def check_cbor2() -> None:
+    """Raise ImportError, naming the fix, if the installed cbor2 is older than ``CBOR2_VERSION_MIN``.
+
+    Without this check an older cbor2 (one installed before, or Debian's python3-cbor2) fails every
+    decode with a TypeError, which the decoders report as "not valid CBOR": a node would turn away every
+    frame of every peer and client, and say only that the bytes were bad.
+    """
+    try:
+        cbor2.CBORDecoder(io.BytesIO(b"\x00"), max_depth=1, strict_hashable_types=True)
+    except TypeError:
+        from importlib import metadata
+        try:
+            found = metadata.version("cbor2")
+        except metadata.PackageNotFoundError:
+            found = "an unknown version"
+        where = getattr(cbor2, "__file__", "?")
+        raise ImportError(f"paxos-kv needs cbor2 {CBOR2_VERSION_MIN} or later, found {found} (at {where}): "
+                          f"pip install --upgrade 'cbor2>={CBOR2_VERSION_MIN}'") from None
+
+
+check_cbor2()
+
 FRAME_BYTES_MAX = 8 * 1024 * 1024
 """Default largest frame body, in bytes (the 4 header bytes not included)."""
 HEADER_BYTES = 4
