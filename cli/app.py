@@ -382,6 +382,13 @@ def serve_command(
                           "(and an eighth of the snapshot interval) were applied since the last snapshot: gives "
                           "back the memory the log holds and shortens restarts (default 5; 0: never)."),
     ] = None,
+    watch_history: Annotated[
+        int | None,
+        typer.Option("--watch-history", min=0,
+                     help="Changes kept for watches that start at an earlier revision (kv watch --rev; a watch "
+                          "moving to this node after its node stopped), 32 MiB of writes at most (default 50000; "
+                          "0: none)."),
+    ] = None,
     fsync: Annotated[
         FsyncMode | None, typer.Option("--fsync", help="always: fsync the log (default); off: don't.")
     ] = None,
@@ -448,6 +455,7 @@ def serve_command(
     serve(settings_of(ctx), node_id=node_id, data_dir=data_dir, peers=peers, join=join, tick_ms=tick_ms,
           election_timeout_ticks=election_timeout_ticks, heartbeat_ticks=heartbeat_ticks, batch_size=batch_size,
           window=window, snapshot_every=snapshot_every, idle_snapshot_seconds=idle_snapshot_seconds,
+          watch_history=watch_history,
           fsync=None if fsync is None else fsync.value, arriving_frames_max_mib=arriving_frames_max_mib,
           max_client_connections=max_client_connections, cluster_id=cluster_id,
           exit_on_disk_failure=exit_on_disk_failure, lazy_learners=lazy_learners,

@@ -55,6 +55,7 @@ _SERVE_OPTIONS: dict[str, tuple[str, str]] = {
     "--election-timeout-ticks": ("election_timeout_ticks", "int"), "--heartbeat-ticks": ("heartbeat_ticks", "int"),
     "--batch-size": ("batch_size", "int"), "--window": ("window", "int"),
     "--snapshot-every": ("snapshot_every", "int"), "--idle-snapshot-seconds": ("idle_snapshot_seconds", "seconds"),
+    "--watch-history": ("watch_history", "int"),
     "--fsync": ("fsync", "fsync"), "--arriving-frames-max-mib": ("arriving_frames_max_mib", "int"),
     "--max-client-connections": ("max_client_connections", "int"),
     "--cluster-id": ("cluster_id", "str"), "--exit-on-disk-failure": ("exit_on_disk_failure", "flag"),

@@ -1,10 +1,14 @@
-"""``kv watch KEY [--prefix]``: print every change to a key, or to the keys under a prefix, as it happens.
+"""``kv watch KEY [--prefix] [--rev N]``: print every change to a key, or to the keys under a prefix, as it
+happens (from revision N on, with ``--rev``).
 
 The output is etcdctl's: per change, three lines, ``PUT``, the key and the value, or ``DELETE``, the key
-and an empty line (``-w json``: one JSON object per change, per line). The watch runs until Ctrl-C (exit 0),
-until ``--max-events`` changes were printed (exit 0), or until its node stops (exit 1, saying up to which
-revision every change was printed). It does not move to another node by itself: the store keeps no
-history of changes, so a watch started elsewhere could not tell whether it missed some.
+and an empty line (``-w json``: one JSON object per change, per line). The watch runs until Ctrl-C (exit 0)
+or until ``--max-events`` changes were printed (exit 0). When its node ends it (the node stopped, lost
+the others, skipped changes), the watch goes on on another node from the revision after the last one
+printed: each node keeps its latest changes (``kv serve --watch-history``), so none is missed or printed
+twice. It ends with exit 1, saying up to which revision every change was printed, if no node keeps the
+changes from there (``compacted``), no node takes it within the command timeout, or it moved
+``RESUMES_WITHOUT_PROGRESS`` times in a row without printing a change.
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from .common import EXIT_FAILED, OperationFailed, Settings, UsageProblem, report
 from .output import OutputFormat, echo, echo_value, value_fields
 
 WATCH_EPILOG = ("Example: kv watch greeting;  kv watch --prefix config/;  kv -w json watch --prefix '' "
-                "--max-events 10")
+                "--max-events 10;  kv watch --prefix config/ --rev 1200")
+RESUMES_WITHOUT_PROGRESS = 3
+"""Times in a row a watch moves to another node without a change printed in between, at most."""
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -31,12 +37,16 @@ def watch_command(
     prefix: Annotated[bool, typer.Option("--prefix", help="Watch every key starting with KEY.")] = False,
     max_events: Annotated[int, typer.Option("--max-events", min=0,
                                             help="Stop after this many changes (0: until Ctrl-C).")] = 0,
+    rev: Annotated[int, typer.Option("--rev", min=0,
+                                     help="Start at this revision: first the changes from it that a node still "
+                                          "keeps (kv serve --watch-history), then the new ones (0: from now on).")] = 0,
 ) -> None:
     """Print every change to KEY (or to the keys starting with it) as the cluster applies it, until Ctrl-C.
 
     The changes come from one node, in the order it applies them (every node applies the same ones). If
-    that node stops, the watch ends with exit 1 and says up to which revision every change was printed:
-    read the keys again and watch again.
+    that node stops, the watch goes on on another from the revision after the last one printed (each node
+    keeps its latest changes), and says so on stderr. It ends with exit 1, saying up to which revision every
+    change was printed, if no node keeps the changes from there: then read the keys again and watch again.
     """
     settings = _settings(ctx)
     with reporting_errors(settings):
@@ -51,21 +61,35 @@ def watch_command(
         tls = settings.tls()
         import trio
 
-        from kvstore.client import WatchLost, connect
+        from kvstore.client import KVError, WatchLost, connect
 
         printed = 0
         as_json = settings.write_out is OutputFormat.json
+        start = rev or None  # the revision the next watch starts at (None: from now on)
+        lost: WatchLost | None = None  # how the last watch ended, while the next one starts
 
         async def run() -> None:
-            nonlocal printed
+            nonlocal printed, start, lost
             async with connect(endpoints, timeout=settings.command_timeout, cacert=tls.get("cacert"),
                                cert=tls.get("cert"), key=tls.get("key")) as client:
-                async with client.watch(key, prefix=prefix) as events:
-                    async for event in events:
-                        _print_event(event, as_json)
-                        printed += 1
-                        if printed == max_events:
-                            return
+                resumes = 0
+                while True:
+                    try:
+                        async with client.watch(key, prefix=prefix, rev=start) as events:
+                            lost = None
+                            async for event in events:
+                                _print_event(event, as_json)
+                                printed += 1
+                                resumes = 0
+                                if printed == max_events:
+                                    return
+                    except WatchLost as exc:
+                        resumes += 1
+                        if exc.code == "permission_denied" or resumes > RESUMES_WITHOUT_PROGRESS:
+                            raise
+                        # Every change up to exc.revision was printed: go on from the next one elsewhere
+                        start, lost = exc.revision + 1, exc
+                        echo(f"kv watch: {exc}; going on from revision {start} on another node", err=True)
 
         try:
             trio.run(run)
@@ -73,6 +97,12 @@ def watch_command(
             advice = ("" if exc.code == "permission_denied"  # (the access rules changed: watching again is no use)
                       else ": read the keys again and watch again")
             raise OperationFailed(f"{exc} (every change up to revision {exc.revision} was printed{advice})") from None
+        except KVError as exc:
+            if lost is None or start is None:
+                raise  # (the first watch did not start: said as any command's failure)
+            # The watch ended and could not go on elsewhere (no node took it, or none keeps the changes)
+            raise OperationFailed(f"{lost}, and no other node took the watch on: {exc} (every change up to "
+                                  f"revision {start - 1} was printed: read the keys again and watch again)") from None
         except KeyboardInterrupt:
             raise typer.Exit(0) from None  # (Ctrl-C is how a watch ends)
         except BaseExceptionGroup as group:

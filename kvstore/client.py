@@ -53,7 +53,7 @@ import trio
 from . import wire
 from .endpoints import format_endpoint, next_in_rotation, parse_endpoint, parse_endpoint_list
 from .errors import Entry, KVError, RequestError, Unavailable, WatchEvent, WatchLost, entries_of
-from .frames import CONNECT_SECONDS, check_timeout
+from .frames import CONNECT_SECONDS, U64_LIMIT, check_timeout
 from .limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, check_key, check_value
 from .netio import Outbox, set_keepalive
 
@@ -448,12 +448,16 @@ class Watch:
     order the node applied them, and raises ``WatchLost`` if the watch ends before the caller ends it.
 
     ``revision``: every change to the watched keys up to this revision has been given out (at the start,
-    the node's revision when the watch began: the events are the changes after it). ``endpoint``: the
-    node that serves it (HOST:PORT)."""
+    the node's revision when the watch began: the events are the changes after it; or, for a watch from
+    revision ``rev``, ``rev - 1``). ``endpoint``: the node that serves it (HOST:PORT)."""
 
-    def __init__(self, endpoint: str, reader: wire.FrameReader, wire_id: int, revision: int) -> None:
+    def __init__(self, endpoint: str, reader: wire.FrameReader, wire_id: int, revision: int,
+                 skip_below: int = 0) -> None:
         self.endpoint = endpoint
         self.revision = revision
+        # A watch from a revision above its node's (a node behind the one watched before): the node
+        # starts live, and the changes below that revision, given out already, are dropped here.
+        self._skip_below = skip_below
         self._reader = reader
         self._id = wire_id
         self._events: collections.deque[WatchEvent] = collections.deque()
@@ -493,7 +497,13 @@ class Watch:
                 self._ended = f"{self.endpoint} sent a bad frame: {reply}"
                 return
             if type(reply) is wire.WatchEvents and reply.id == self._id:
-                self._events.extend(WatchEvent(*event) for event in reply.events)
+                if self._skip_below:
+                    events = [event for event in reply.events if event[4] >= self._skip_below]
+                    if events:
+                        self._skip_below = 0  # (in revision order: the rest are all above)
+                    self._events.extend(WatchEvent(*event) for event in events)
+                else:
+                    self._events.extend(WatchEvent(*event) for event in reply.events)
             elif type(reply) is wire.ErrorReply and reply.id in (self._id, None):
                 self._ended = f"{self.endpoint} ended the watch: {reply.message}"
                 self._ended_code = reply.code
@@ -677,17 +687,26 @@ class AsyncClient:
         return reply.result
 
     @asynccontextmanager
-    async def watch(self, key: str, *, prefix: bool = False) -> AsyncIterator[Watch]:
+    async def watch(self, key: str, *, prefix: bool = False, rev: int | None = None) -> AsyncIterator[Watch]:
         """``async with kv.watch("config/", prefix=True) as events: async for event in events: ...``: the
         changes to ``key`` (to every key starting with it, with ``prefix``) from now on, as one node
         applies them (``kvstore.watches``; every node reports the same changes, a node behind later).
 
+        With ``rev``, the changes from revision ``rev`` on (etcd's ``--rev``): the node first gives out
+        the ones it keeps (its history, ``kv serve --watch-history``), then the new ones. To resume a
+        watch that ended (``WatchLost``) without missing or repeating a change, watch again from its
+        ``revision + 1``. A node that no longer keeps them all refuses (the next one is tried); if none
+        keeps them: ``RequestError`` with code ``compacted``, naming the oldest revision each keeps.
+
         The watch goes to the first node that takes it, starting from the one believed to lead, on a
         connection of its own, and ends with the block. ``Unavailable`` if no node takes it within the
         client's timeout; ``RequestError`` if it is refused (a bad key, the ACL); ``WatchLost`` from the
-        iteration if it ends otherwise (its node stopped): read the keys again and watch again."""
+        iteration if it ends otherwise (its node stopped)."""
         self._check_open()
         check_key(key, "prefix" if prefix else "key")
+        if rev is not None and (type(rev) is not int or not 1 <= rev < U64_LIMIT):
+            raise ValueError(f"rev must be an int from 1 to 2**64 - 1, got {rev!r}")
+        compacted: builtins.list[str] = []
         deadline = trio.current_time() + self.timeout
         count = len(self.endpoints)
         problems: builtins.list[str] = []
@@ -699,7 +718,7 @@ class AsyncClient:
                 try:
                     stream = await self._open_stream(*endpoint)
                     set_keepalive(stream)  # (a silent watch must still notice its node gone: WatchLost)
-                    await stream.send_all(wire.encode_frame(wire.WatchRequest(id=1, key=key, prefix=prefix)))
+                    await stream.send_all(wire.encode_frame(wire.WatchRequest(id=1, key=key, prefix=prefix, rev=rev)))
                     reader = wire.FrameReader(stream)
                     frames = await reader.receive_frames()
                 except (OSError, wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -708,9 +727,17 @@ class AsyncClient:
             if scope.cancelled_caught:
                 problems.append(f"{name}: no answer within {self.attempt_timeout:g}s")
             first = wire.decode_bodies(frames[:1])[0] if frames else None
-            if type(first) is wire.OkReply and first.id == 1 and type(first.result.get("rev")) is int:
+            if (type(first) is wire.OkReply and first.id == 1 and type(first.result.get("rev")) is int
+                    and rev is not None and first.result.get("from") != rev):
+                # A node of a version before watch histories: it ignored rev and watches from now on
+                problems.append(f"{name}: keeps no history of changes (an older version)")
+                first = None  # (its problem is said: not "answered with" below)
+            elif type(first) is wire.OkReply and first.id == 1 and type(first.result.get("rev")) is int:
                 assert stream is not None
-                watch = Watch(name, reader, 1, first.result["rev"])
+                if rev is None:
+                    watch = Watch(name, reader, 1, first.result["rev"])
+                else:
+                    watch = Watch(name, reader, 1, rev - 1, skip_below=rev if rev > first.result["rev"] + 1 else 0)
                 try:
                     watch.take(frames[1:])
                     yield watch
@@ -723,10 +750,15 @@ class AsyncClient:
                 if first.code in (wire.BAD_REQUEST, wire.PERMISSION_DENIED):
                     raise RequestError(first.message, first.code)
                 problems.append(f"{name}: {first.message}")
+                if first.code == wire.COMPACTED:
+                    compacted.append(f"{name}: {first.message}")
             elif first is not None and not scope.cancelled_caught:
                 problems.append(f"{name}: answered with {type(first).__name__}")
             if trio.current_time() >= deadline:
                 break
+        if compacted and len(compacted) == len(problems):
+            raise RequestError(f"no node keeps the changes from revision {rev} on ({'; '.join(compacted)})",
+                               wire.COMPACTED)
         raise Unavailable(f"no node took the watch within {self.timeout:g}s ({'; '.join(problems)})")
 
     async def cluster_status(self) -> builtins.list[dict[str, Any]]:

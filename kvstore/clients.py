@@ -48,6 +48,7 @@ from .metrics import OUTCOME_OF_CODE, request_op
 from .netio import JOIN_BYTES_MAX, Outbox, set_keepalive
 from .peers import remote_name, set_nodelay
 from .waiters import ReadRequest, read_reply
+from .watches import Change
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -842,6 +843,12 @@ class ClientLinks:
             refusal = wire.ErrorReply(id=request.id, code=wire.UNAVAILABLE, leader=None, refused=True,
                                       message=f"{room} connections hold watches on this node, its most: try "
                                               "another node")
+        elif request.rev is not None and (kept := self._kept_since(request.rev)) is None:
+            refusal = wire.ErrorReply(
+                id=request.id, code=wire.COMPACTED, leader=None, refused=True,
+                message=f"node {node.node_id} keeps the changes from revision {node.history.complete_from} on, "
+                        f"not from {request.rev}: watch from there, or on another node, or read the keys again "
+                        "and watch from their revision")
         else:
             refusal = node.watches.add(conn, request.id, request.key, request.prefix)
         if refusal is not None:
@@ -850,12 +857,27 @@ class ClientLinks:
             return
         requests["watch", "ok"] += 1
         learner = node.learner
-        conn.reply(wire.OkReply(id=request.id, result={"watching": True, "rev": learner.sm.revision}))
+        if request.rev is None:
+            conn.reply(wire.OkReply(id=request.id, result={"watching": True, "rev": learner.sm.revision}))
+        else:
+            # From an earlier revision (kv watch --rev): the kept changes from it go first, in this same
+            # step, so no live change comes before them nor falls between (kvstore.watches, History)
+            conn.reply(wire.OkReply(id=request.id, result={"watching": True, "rev": learner.sm.revision,
+                                                           "from": request.rev}))
+            assert kept is not None  # (else refused above)
+            node.watches.replay(conn, request.id, request.key, request.prefix, kept)
         if learner.lazy:
             # A lazy learner turns eager while it has watches (Learner.should_be_lazy): at once, so
             # that what it decided and has not applied yet is reported now, not at its next tick.
             learner.update(trio.current_time(), node.replica.leader_id, node.replica.is_leader, node._fenced)
             node._post_event(WAKE)
+
+
+    def _kept_since(self, revision: int) -> list[Change] | None:
+        """The changes this node keeps from ``revision`` on (none yet if it is above the node's revision:
+        the client drops what comes below it); None if it no longer keeps them all."""
+        node = self.node
+        return node.history.since(revision) if revision <= node.learner.sm.revision else []
 
 
 _NO_DIGITS = str.maketrans("", "", "0123456789")

@@ -47,8 +47,9 @@ class RequestError(KVError):
 class WatchLost(KVError):
     """A watch ended without its caller ending it: its node closed the connection (it stopped, or the
     network failed) or ended the watch itself (the message says why). ``revision``: every change to the
-    watched keys up to this revision was reported; later ones may be missed (read the keys and watch
-    again). ``code``: the error code the node ended it with ("" when the connection ended)."""
+    watched keys up to this revision was reported: watch again from the next one (``AsyncClient.watch``'s
+    ``rev``) on any node that keeps it, or read the keys and watch again. ``code``: the error code the node
+    ended it with ("" when the connection ended)."""
 
     def __init__(self, message: str, revision: int, *, code: str = "") -> None:
         super().__init__(message)

@@ -95,8 +95,11 @@ PERMISSION_DENIED = "permission_denied"  # the client's certificate has no acces
 # A membership change was proposed and did not take effect in time: its outcome is unknown, and a retry
 # would be judged as a second change, so the client library does not retry it (kvstore.members).
 OUTCOME_UNKNOWN = "outcome_unknown"
+# A watch from a revision the node no longer keeps the changes of (kvstore.watches.History): etcd's
+# ErrCompacted. Another node may keep more; else read the keys again and watch from their revision.
+COMPACTED = "compacted"
 ERROR_CODES = (NOT_LEADER, BAD_REQUEST, UNAVAILABLE, STORAGE_FULL, TOO_LARGE, SHUTTING_DOWN, TIMEOUT, PROTOCOL,
-               STALE, DISK_FAILED, PERMISSION_DENIED, OUTCOME_UNKNOWN)
+               STALE, DISK_FAILED, PERMISSION_DENIED, OUTCOME_UNKNOWN, COMPACTED)
 
 _HEADER = struct.Struct(">I")
 _CBOR_DEPTH_MAX = 8  # px map > m list > message > entry list > entry > value list: 6 levels used

@@ -46,7 +46,7 @@ from paxos.messages import Value
 from .metrics import SLOT_COMMANDS_BOUNDS, Buckets
 from .statemachine import StateMachine
 from .waiters import Waiters, reply_result, result_op
-from .watches import Watches
+from .watches import History, Watches
 
 __all__ = ["Learner", "standby_of", "CATCH_UP_COMMANDS", "CATCH_UP_BYTES", "LAZY_SNAPSHOT_BYTES_MAX",
            "LOCAL_READ_EAGER_SECONDS", "LAZY_IDLE_SECONDS", "REPLY_SEND_EVERY", "IDLE_SNAPSHOT_SECONDS",
@@ -95,7 +95,8 @@ class Learner:
                  counters: dict[str, int], clock: Callable[[], float],
                  idle_snapshot_seconds: float = IDLE_SNAPSHOT_SECONDS,
                  idle_snapshot_commands: int = IDLE_SNAPSHOT_COMMANDS,
-                 snapshot_bytes: Callable[[], int] = lambda: 0, watches: Watches | None = None) -> None:
+                 snapshot_bytes: Callable[[], int] = lambda: 0, watches: Watches | None = None,
+                 history: History | None = None) -> None:
         self.node_id = node_id
         self.snapshot_bytes = snapshot_bytes  # the size of this node's newest snapshot (its storage's)
         self.idle_snapshot_seconds = idle_snapshot_seconds
@@ -107,6 +108,8 @@ class Learner:
         self.applied_slot = applied_slot  # the slot the state machine has applied through
         self.waiters = waiters
         self.watches = watches if watches is not None else Watches(counters)  # kv watch (kvstore.watches)
+        # the changes kept for watches from an earlier revision (kv watch --rev)
+        self.history = history if history is not None else History(0, revision=sm.revision)
         self.send_replies = send_replies
         self.counters = counters
         self.clock = clock
@@ -151,8 +154,11 @@ class Learner:
         queue = self.queue
         sm = self.sm
         sm_apply = sm.apply
-        # While this node has watches, the state machine records what each write changes (kvstore.watches).
-        changes = sm.watch_out = [] if self.watches.count else None
+        # While this node has watches or keeps a history, the state machine records what each write
+        # changes (kvstore.watches).
+        history = self.history
+        changes = sm.watch_out = [] if self.watches.count or history.changes_max else None
+        revision_before = sm.revision
         waiters = self.waiters
         waiting = waiters.writes
         own = waiters.own_commands
@@ -191,9 +197,13 @@ class Learner:
                         self.send_replies()
         self.queued_commands -= applied
         self.applied_since_snapshot += applied
-        if changes:
+        if changes is not None:
             sm.watch_out = None
-            self.watches.deliver(changes)
+            history.add(revision_before + 1, sm.revision, changes, applied_bytes)
+            if changes and self.watches.count:
+                self.watches.deliver(changes)
+        else:
+            history.add(revision_before + 1, sm.revision, [], 0)  # (none kept: complete from the next one)
         if replies:
             self.counters["writes_answered"] += replies
             self.counters["write_latency_us"] += int(latency_s * 1e6)
@@ -300,6 +310,7 @@ class Learner:
                                  f"{sm.revision}: the changes from revision {self.sm.revision + 1} to "
                                  f"{sm.revision} are not reported; read the keys again and watch again")
         self.sm = sm
+        self.history.reset(sm.revision)  # (the changes the snapshot covers were never applied here)
         self.applied_slot = slot
         self.queue.clear()
         self.queued_commands = 0
@@ -320,6 +331,7 @@ class Learner:
         self.queued_commands -= skipped
         self.counters["commands_not_applied"] += skipped  # the snapshot stood in for them
         self.sm = sm
+        self.history.reset(sm.revision)  # (the changes the snapshot covers were never applied here)
         self.applied_slot = slot
         self.applied_since_snapshot = 0
         self.counters["snapshots_adopted"] += 1

@@ -102,7 +102,7 @@ from .snapshots import Snapshots
 from .statemachine import StateMachine
 from .storage import Storage, StorageError, StorageFull, recorded_config
 from .waiters import Waiters
-from .watches import Watches
+from .watches import WATCH_HISTORY_CHANGES, History, Watches
 
 __all__ = ["Node", "ServerOptions", "TcpTransport", "ClientConn", "run_node", "serve_until_signal",
            "DISK_OK", "DISK_READ_ONLY", "DISK_FAILED", "EXIT_DISK_FAILED"]
@@ -250,6 +250,10 @@ class ServerOptions:
     # interval) were applied since the last snapshot. 0 seconds: only every snapshot interval.
     idle_snapshot_seconds: float = 5.0
     idle_snapshot_commands: int = 10_000
+    # Changes kept for watches from an earlier revision (kv watch --rev; kvstore.watches.History), and
+    # WATCH_HISTORY_BYTES_MAX bytes of their commands at most. 0: none kept (a watch from a revision
+    # below the node's next one is refused with compacted).
+    watch_history: int = WATCH_HISTORY_CHANGES
     # After a disk failure (see Node._stop_voting) the node stays up, fenced: it answers status and
     # serializable reads and says why it cannot write. With this set it exits with EXIT_DISK_FAILED
     # instead, once it has answered its waiting clients, so that a supervisor restarts it.
@@ -277,7 +281,7 @@ class ServerOptions:
                 raise ValueError(f"{name} must be a number of seconds {'above' if positive else 'at least'} 0, "
                                  f"got {value!r}")
         for name, least in (("heartbeat_ticks", 1), ("election_timeout_ticks", 1), ("batch_count_max", 1),
-                            ("window", 1), ("snapshot_every", 1), ("idle_snapshot_commands", 0),
+                            ("window", 1), ("snapshot_every", 1), ("idle_snapshot_commands", 0), ("watch_history", 0),
                             ("log_preallocate_bytes", 0), ("frame_bytes_max", FRAME_BYTES_LEAST)):
             value = getattr(self, name)
             if type(value) is not int or value < least:
@@ -476,12 +480,14 @@ class Node:
             self._send_replies = self.clients.send_replies
             self.waiters = Waiters(o.request_timeout_seconds, self._leader_hint, self.counters)
             self.watches = Watches(self.counters)  # kv watch (kvstore.watches)
+            # ... and the changes kept for watches from an earlier revision (kv watch --rev)
+            self.history = History(o.watch_history, revision=sm.revision)
             self.learner = Learner(
                 node_id, self.replica.config.node_ids, snapshot_every_commands=o.snapshot_every,
                 lazy_learners=o.lazy_learners, sm=sm, applied_slot=self.replica.snapshot_slot, waiters=self.waiters,
                 send_replies=self._send_replies, counters=self.counters, clock=trio.current_time,
                 idle_snapshot_seconds=o.idle_snapshot_seconds, idle_snapshot_commands=o.idle_snapshot_commands,
-                snapshot_bytes=lambda: self.storage.snapshot_bytes, watches=self.watches)
+                snapshot_bytes=lambda: self.storage.snapshot_bytes, watches=self.watches, history=self.history)
             self.members = Members(self)
             self.peer_links = PeerLinks(self)
             self.snapshots = Snapshots(self)
@@ -1231,6 +1237,8 @@ class Node:
             "client_connections": self.clients.open_connections,
             "client_connections_max": self.client_connections_max,
             "watches": len(self.watches),  # kv watch (kvstore.watches)
+            # the oldest revision a watch may start from here (kv watch --rev): every change from it is kept
+            "watch_history_from": self.history.complete_from,
             "counters": dict(self.counters),
             "core_counters": core["counters"],  # the Paxos core's: duplicates, stale messages, elections
         }

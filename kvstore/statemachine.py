@@ -392,6 +392,12 @@ def unpack_entry(packed: bytes) -> tuple[Value, int, int]:
     return _unpack(packed)
 
 
+def entry_mod_revision(packed: bytes) -> int:
+    """The mod_revision of a packed entry, without unpacking its value."""
+    mod_revision: int = _ENTRY_HEAD.unpack_from(packed)[2]
+    return mod_revision
+
+
 def _entry_digest(packed: bytes) -> int:
     """The digest a packed entry carries, as an int."""
     return int.from_bytes(packed[_HEAD_BYTES:_VALUE_AT], "big")

@@ -28,9 +28,23 @@ How it is wired:
 * bounded: ``WATCHES_PER_CONNECTION_MAX`` per connection (more is ``bad_request``), ``WATCHES_MAX`` per
   node (more is ``unavailable``), and each frame holds about ``EVENTS_FRAME_BYTES`` of events at most
   (a prefix delete of many keys makes several frames).
+
+History (``watch`` with ``rev``, etcd's ``--rev``)
+  A node keeps the changes it applied lately (``History``: the same ``(key, change)`` pairs, one item per
+  step of applying, holding the packed entries the state machine made, not copies), at most
+  ``--watch-history`` changes and ``WATCH_HISTORY_BYTES_MAX`` bytes of commands. A watch from revision
+  ``rev`` is answered ``ok`` with ``"from": rev``, then sent the kept changes from ``rev`` on that match it
+  (``Watches.replay``), then the live ones, in one step of the event loop, so nothing falls between. The
+  history is *complete from* a revision: every change at or above it is kept. A watch from below that is
+  refused with ``compacted``, naming the revision; one from above the node's revision (a node behind the
+  one the client watched before) starts live, and the client drops the events below ``rev``. The history
+  starts empty at the node's revision when the node starts (the changes of the log replayed at start are
+  kept) and again when its state is replaced (a snapshot installed or adopted: the changes it covers
+  were never applied here). The oldest revision kept is ``watch_history_from`` in ``status``.
 """
 from __future__ import annotations
 
+import collections
 from bisect import bisect_right, insort
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -39,7 +53,7 @@ import cbor2
 
 from . import wire
 from .frames import _HEADER
-from .statemachine import unpack_entry
+from .statemachine import entry_mod_revision, unpack_entry
 
 
 class Replier(Protocol):
@@ -50,11 +64,90 @@ class Replier(Protocol):
     def event_frame(self, frame: bytes, body: bytes = b"") -> None: ...
 
 
-__all__ = ["Watches", "WATCHES_MAX", "WATCHES_PER_CONNECTION_MAX", "EVENTS_FRAME_BYTES"]
+__all__ = ["Watches", "History", "WATCHES_MAX", "WATCHES_PER_CONNECTION_MAX", "EVENTS_FRAME_BYTES",
+           "WATCH_HISTORY_CHANGES", "WATCH_HISTORY_BYTES_MAX"]
 
 WATCHES_MAX = 1024
 WATCHES_PER_CONNECTION_MAX = 64
 EVENTS_FRAME_BYTES = 1 << 20
+WATCH_HISTORY_CHANGES = 50_000
+"""Changes a node keeps for watches from an earlier revision, by default (``kv serve --watch-history``)."""
+WATCH_HISTORY_BYTES_MAX = 32 << 20
+"""... and bytes of the commands that made them at most (a replay must fit a client's backlog, 64 MiB)."""
+
+Change = tuple[str, "bytes | int"]  # (key, its packed entry after a put or cas, or the revision of its delete)
+
+
+def _revision_of(change: bytes | int) -> int:
+    return change if isinstance(change, int) else entry_mod_revision(change)
+
+
+def _event(key: str, change: bytes | int) -> list[Any]:
+    """A change as a watch event: ``[kind, key, value, version, mod_revision]``."""
+    if isinstance(change, int):
+        return ["del", key, None, 0, change]
+    value, version, mod_revision = unpack_entry(change)
+    return ["put", key, value, version, mod_revision]
+
+
+class History:
+    """The changes a node applied lately, for watches from an earlier revision (see the module docstring).
+
+    One item per step of applying: ``(first revision, last revision, changes, bytes)``, the revisions the
+    step executed (the changes of some, a delete of nothing or a cas that did not swap, are none) and the
+    bytes of its commands. Adding a step costs an append; the per-change work is done by a replay.
+    """
+
+    def __init__(self, changes_max: int = WATCH_HISTORY_CHANGES, bytes_max: int = WATCH_HISTORY_BYTES_MAX,
+                 revision: int = 0) -> None:
+        self.changes_max = changes_max
+        self.bytes_max = bytes_max
+        self._steps: collections.deque[tuple[int, int, list[Change], int]] = collections.deque()
+        self.changes = 0
+        self.bytes = 0
+        self.complete_from = revision + 1  # every change at or above this revision is kept
+
+    @property
+    def enabled(self) -> bool:
+        return self.changes_max > 0
+
+    def reset(self, revision: int) -> None:
+        """The state was replaced (a snapshot at ``revision``): keep changes from the next revision on."""
+        self._steps.clear()
+        self.changes = self.bytes = 0
+        self.complete_from = revision + 1
+
+    def add(self, first: int, last: int, changes: list[Change], nbytes: int) -> None:
+        """One step of applying executed revisions ``first`` to ``last``, and made ``changes``."""
+        if first > last:
+            return  # (nothing executed: no revision is missing)
+        if not self.enabled:
+            self.complete_from = last + 1
+            return
+        self._steps.append((first, last, changes, nbytes))
+        self.changes += len(changes)
+        self.bytes += nbytes
+        steps = self._steps
+        while steps and (self.changes > self.changes_max or self.bytes > self.bytes_max):
+            _, dropped_last, dropped, dropped_bytes = steps.popleft()
+            self.changes -= len(dropped)
+            self.bytes -= dropped_bytes
+            self.complete_from = dropped_last + 1
+
+    def since(self, revision: int) -> list[Change] | None:
+        """The kept changes at or above ``revision``, in the order applied; None if some are no longer kept."""
+        if revision < self.complete_from:
+            return None
+        picked: list[list[Change]] = []
+        for first, last, changes, _ in reversed(self._steps):
+            if last < revision:
+                break
+            if first >= revision:
+                picked.append(changes)
+            else:
+                picked.append([c for c in changes if _revision_of(c[1]) >= revision])
+        picked.reverse()
+        return [change for changes in picked for change in changes]
 
 
 class _Watch:
@@ -192,6 +285,19 @@ class Watches:
         self.count = 0
         self._counters["watches_ended"] += ended
 
+    def replay(self, conn: Replier, wire_id: int, key: str, prefix: bool, changes: list[Change]) -> int:
+        """Send watch ``wire_id`` of ``conn`` the changes of ``changes`` (``History.since``) that match it;
+        how many. Called right after the watch's ``ok``, before any live change reaches it."""
+        if prefix:
+            events = [_event(k, change) for k, change in changes if k.startswith(key)]
+        else:
+            events = [_event(k, change) for k, change in changes if k == key]
+        for body in (_encode_split(events) if events else ()):
+            conn.event_frame(_head(wire_id, len(body)), body)
+        self._counters["watch_events"] += len(events)
+        self._counters["watch_events_replayed"] += len(events)
+        return len(events)
+
     def deliver(self, changes: list[tuple[str, bytes | int]]) -> None:
         """Send what ``changes`` (``StateMachine.watch_out``, in the order applied) holds for each watch.
         Watches of the same key or prefix are told of the same changes: the changes are matched per key
@@ -222,11 +328,7 @@ class Watches:
                     subs.extend((True, p) for p in chain[:lo])
             if not subs:
                 continue
-            if isinstance(change, int):
-                events.append(["del", key, None, 0, change])
-            else:
-                value, version, mod_revision = unpack_entry(change)
-                events.append(["put", key, value, version, mod_revision])
+            events.append(_event(key, change))
             index = len(events) - 1
             for sub in subs:
                 indexes_of.setdefault(sub, []).append(index)

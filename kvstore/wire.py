@@ -121,6 +121,7 @@ STALE = _frames.STALE
 DISK_FAILED = _frames.DISK_FAILED
 PERMISSION_DENIED = _frames.PERMISSION_DENIED
 OUTCOME_UNKNOWN = _frames.OUTCOME_UNKNOWN
+COMPACTED = _frames.COMPACTED
 ERROR_CODES = _frames.ERROR_CODES
 encode_put_request_frame = _frames.encode_put_request_frame
 
@@ -249,11 +250,15 @@ class BackupRequest:
 class WatchRequest:
     """``kv watch``: tell this connection of every change to ``key`` (every key starting with it, with
     ``prefix``) that the node applies from now on, in ``WatchEvents`` frames carrying this request's id
-    (``kvstore.watches``)."""
+    (``kvstore.watches``). With ``rev``, every change from revision ``rev`` on: the node first sends the
+    changes it keeps from ``rev`` to its revision (its history, ``kvstore.watches.History``), or refuses
+    with ``compacted`` if it no longer keeps all of them. Sent only when set (``"rev"``): a node that
+    does not know the field ignores it, and its ``ok`` then lacks ``"from"``, which the client checks."""
 
     id: int
     key: str
     prefix: bool
+    rev: int | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -557,7 +562,8 @@ _MAP_ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
     StatusRequest: lambda m: status_request(m.id),
     AdminRequest: lambda m: admin_request(m.id, m.op, m.node, m.address),
     BackupRequest: lambda m: backup_request(m.id, m.session, m.offset),
-    WatchRequest: lambda m: {"t": "watch", "id": m.id, "key": m.key, "prefix": m.prefix},
+    WatchRequest: lambda m: ({"t": "watch", "id": m.id, "key": m.key, "prefix": m.prefix} if m.rev is None
+                             else {"t": "watch", "id": m.id, "key": m.key, "prefix": m.prefix, "rev": m.rev}),
     UnwatchRequest: lambda m: {"t": "unwatch", "id": m.id, "watch": m.watch},
     WatchEvents: lambda m: {"t": "ev", "id": m.id, "ev": m.events},
     OkReply: _encode_ok,
@@ -761,7 +767,8 @@ _MAP_DECODERS: dict[str, Callable[[dict[str, Any]], WireMessage]] = {
     "admin": lambda o: _d_admin(o),
     "backup": lambda o: BackupRequest(id=_f_id(o), session=_f_int(o, "session", 0, U64_LIMIT),
                                       offset=_f_int(o, "off", 0, U64_LIMIT)),
-    "watch": lambda o: WatchRequest(id=_f_id(o), key=_f_str(o, "key"), prefix=_f_bool(o, "prefix")),
+    "watch": lambda o: WatchRequest(id=_f_id(o), key=_f_str(o, "key"), prefix=_f_bool(o, "prefix"),
+                                    rev=_f_int(o, "rev", 1, U64_LIMIT) if "rev" in o else None),
     "unwatch": lambda o: UnwatchRequest(id=_f_id(o), watch=_f_int(o, "watch", 0, ID_LIMIT)),
     "ok": lambda o: OkReply(id=_f_id(o), result=_check_result_map(_get(o, "r"), (list,), WireError)),
     "err": _d_err,
