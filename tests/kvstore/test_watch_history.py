@@ -1,0 +1,282 @@
+"""Watch history (``kvstore.watches.History``, ``watch`` with ``rev``, ``kv watch --rev``).
+
+How: ``History`` alone, fed what a state machine records (``StateMachine.watch_out``) step by step: what
+it keeps, from which revision it is complete, what it drops past its bounds, a reset; the wire form of
+a watch from a revision (absent when not set, so an older node sees the request it knows); then three
+in-memory nodes (autojump clock): a watch from an earlier revision gets exactly the matching changes
+from there, in order, then the live ones; a watch from below what a node keeps is refused with
+``compacted`` on every node and the client says so; a watch from above a node's revision drops what is
+below it; a watch that lost its node goes on on another from ``revision + 1`` without a change missed or
+repeated; a node that installs a snapshot starts its history again; an older node that ignores ``rev``
+is not taken for one that replays.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import trio
+
+from kvstore import commands, wire
+from kvstore.client import RequestError, Unavailable, WatchEvent, WatchLost, connect
+from kvstore.statemachine import StateMachine
+from kvstore.watches import History
+
+from .memnet import MemoryNetwork
+from .test_node_memory import ENDPOINTS, MemCluster
+
+CID = b"h" * 16
+
+
+class _Applier:
+    """A state machine and a history fed as ``Learner.apply_queued`` feeds them: one step per call."""
+
+    def __init__(self, history: History) -> None:
+        self.sm = StateMachine()
+        self.history = history
+        self.request_id = 0
+
+    def step(self, *writes: tuple) -> None:
+        sm = self.sm
+        before = sm.revision
+        sm.watch_out = []
+        nbytes = 0
+        for op, key, *rest in writes:
+            self.request_id += 1
+            rid = self.request_id
+            if op == "put":
+                command = commands.encode_put(CID, rid, 0, key, rest[0])
+            elif op == "cas":
+                command = commands.encode_cas(CID, rid, 0, key, rest[0], rest[1])
+            else:
+                command = commands.encode_delete(CID, rid, 0, key, prefix=bool(rest and rest[0]))
+            nbytes += len(command)
+            sm.apply(command)
+        changes, sm.watch_out = sm.watch_out, None
+        self.history.add(before + 1, sm.revision, changes, nbytes)
+
+
+def _summary(sm: StateMachine, changes) -> list[tuple[str, str, int]]:
+    from kvstore.statemachine import entry_mod_revision
+
+    return [(key, "del", change) if isinstance(change, int) else (key, "put", entry_mod_revision(change))
+            for key, change in changes]
+
+
+def test_the_history_keeps_every_change_from_a_revision_and_filters_inside_a_step():
+    app = _Applier(History(changes_max=100))
+    app.step(("put", "a", "1"), ("put", "b", "2"))           # revisions 1, 2
+    app.step(("cas", "a", "wrong", "x"), ("del", "missing"))  # 3, 4: no change
+    app.step(("put", "a", "3"), ("del", "b"))                 # 5, 6
+    app.step(("put", "c", "4"), ("put", "cd", "5"), ("del", "c", True))  # 7, 8, 9 (c and cd deleted at 9)
+    history = app.history
+    assert history.complete_from == 1 and history.changes == 8
+    assert _summary(app.sm, history.since(1)) == [("a", "put", 1), ("b", "put", 2), ("a", "put", 5), ("b", "del", 6),
+                                                  ("c", "put", 7), ("cd", "put", 8), ("c", "del", 9), ("cd", "del", 9)]
+    assert _summary(app.sm, history.since(2)) == _summary(app.sm, history.since(1))[1:]  # inside the first step
+    assert _summary(app.sm, history.since(3)) == _summary(app.sm, history.since(1))[2:]  # revisions without changes
+    assert _summary(app.sm, history.since(9)) == [("c", "del", 9), ("cd", "del", 9)]
+    assert history.since(10) == []  # nothing yet from the next revision
+
+
+def test_past_its_bounds_the_history_drops_whole_steps_and_says_from_where_it_is_complete():
+    app = _Applier(History(changes_max=3))
+    app.step(("put", "a", "1"), ("put", "b", "2"))  # 1, 2
+    app.step(("put", "c", "3"))                     # 3
+    assert app.history.complete_from == 1
+    app.step(("put", "d", "4"), ("put", "e", "5"))  # 4, 5: 5 changes > 3, the first step goes
+    assert app.history.complete_from == 3 and app.history.changes == 3
+    assert app.history.since(2) is None  # revision 2's change is gone: refused, not a gap
+    assert [key for key, _ in app.history.since(3)] == ["c", "d", "e"]
+    by_bytes = _Applier(History(changes_max=100, bytes_max=200))
+    by_bytes.step(("put", "a", "x" * 150))
+    by_bytes.step(("put", "b", "y" * 150))  # over 200 bytes of commands: the first step goes
+    assert by_bytes.history.complete_from == 2 and [k for k, _ in by_bytes.history.since(2)] == ["b"]
+    huge = _Applier(History(changes_max=2))
+    huge.step(*[("put", f"k{i}", "v") for i in range(5)])  # one step over the bound: nothing kept, complete after it
+    assert huge.history.complete_from == 6 and huge.history.since(6) == [] and huge.history.since(5) is None
+
+
+def test_a_reset_and_a_history_of_none():
+    app = _Applier(History(changes_max=10))
+    app.step(("put", "a", "1"))
+    app.history.reset(40)  # a snapshot at revision 40 replaced the state
+    assert app.history.since(40) is None and app.history.since(41) == [] and app.history.changes == 0
+    off = _Applier(History(changes_max=0))
+    off.step(("put", "a", "1"), ("put", "b", "2"))
+    assert off.history.since(1) is None and off.history.since(3) == [] and off.history.complete_from == 3
+
+
+def test_the_wire_form_of_a_watch_from_a_revision():
+    plain = wire.encode_frame(wire.WatchRequest(id=1, key="k", prefix=False))
+    assert b"rev" not in plain  # unchanged for a watch from now on: an older node knows every field
+    assert wire.decode_body(plain[4:]).rev is None
+    from_rev = wire.encode_frame(wire.WatchRequest(id=1, key="k", prefix=True, rev=17))
+    assert wire.decode_body(from_rev[4:]) == wire.WatchRequest(id=1, key="k", prefix=True, rev=17)
+    import cbor2
+    for bad in (0, -1, "3", 2**64):
+        body = cbor2.dumps({"t": "watch", "id": 1, "key": "k", "prefix": False, "rev": bad})
+        with pytest.raises(wire.WireError, match="watch.rev"):
+            wire.decode_body(body)
+
+
+async def _collect(kv, key, n, *, prefix=True, rev=None, out=None):
+    got = [] if out is None else out
+    with trio.fail_after(10):
+        async with kv.watch(key, prefix=prefix, rev=rev) as events:
+            async for event in events:
+                got.append(event)
+                if len(got) == n:
+                    return got, events.revision
+    return got, None
+
+
+async def test_a_watch_from_an_earlier_revision_gets_the_kept_changes_then_the_new_ones(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        await cluster.start_all()
+        async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as kv:
+            first = await kv.put("app/a", "1")
+            await kv.put("other", "x")
+            await kv.put("app/b", "2")
+            await kv.delete("app/a")
+            for node_id in cluster.nodes:  # each node, from its history (or, if it has not applied them yet, live)
+                async with connect([ENDPOINTS[node_id - 1]], timeout=5, transport=net.transport()) as one:
+                    got, _ = await _collect(one, "app/", 3, rev=first)
+                    assert got == [WatchEvent("put", "app/a", "1", 1, first),
+                                   WatchEvent("put", "app/b", "2", 1, first + 2),
+                                   WatchEvent("del", "app/a", None, 0, first + 3)], node_id
+            # the kept changes, then the live ones, nothing between or twice
+            live: list[WatchEvent] = []
+
+            async def watch_all(task_status=trio.TASK_STATUS_IGNORED):
+                async with kv.watch("app/", prefix=True, rev=first + 2) as events:
+                    task_status.started()
+                    async for event in events:
+                        live.append(event)
+                        if len(live) == 4:
+                            return
+            with trio.fail_after(10):
+                async with trio.open_nursery() as watching:
+                    await watching.start(watch_all)
+                    await kv.put("app/c", "3")
+                    await kv.put("app/b", "4")
+            assert [(e.kind, e.key, e.mod_revision) for e in live] == [
+                ("put", "app/b", first + 2), ("del", "app/a", first + 3),
+                ("put", "app/c", first + 4), ("put", "app/b", first + 5)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_watch_from_below_what_every_node_keeps_is_refused_compacted(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        # (no lazy learner: one that applied nothing yet would take the watch, and report every change as it
+        # applies its backlog)
+        cluster = MemCluster(nursery, tmp_path, net, watch_history=3, lazy_learners=False)
+        await cluster.start_all()
+        async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as kv:
+            for i in range(10):
+                await kv.put(f"k{i}", "v")
+            with trio.fail_after(5):  # every node applied them (a node behind would take the watch: it reports
+                # every change from its own revision on as it applies, and the client drops those below 2)
+                while any(node.learner.sm.revision < 10 for node in cluster.nodes.values()):
+                    await trio.sleep(0.05)
+            with pytest.raises(RequestError, match="no node keeps the changes from revision 2 on") as refused:
+                async with kv.watch("k", prefix=True, rev=2):
+                    pass
+            assert refused.value.code == wire.COMPACTED
+            assert "keeps the changes from revision" in str(refused.value)
+            # a node's status says from where a watch may start; from there it is taken
+            statuses = [s for s in await kv.cluster_status() if s["reachable"]]
+            oldest = min(s["watch_history_from"] for s in statuses)
+            got, revision = await _collect(kv, "k", 1, rev=oldest)
+            assert got[0].mod_revision == oldest and revision == oldest
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_watch_from_above_a_nodes_revision_drops_what_is_below_it(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        await cluster.start_all()
+        async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as kv:
+            now = await kv.put("a", "0")
+            got: list[WatchEvent] = []
+
+            async def watch(task_status=trio.TASK_STATUS_IGNORED):
+                # as a client resuming on a node behind the one it watched: revision now + 3 is not here yet
+                async with kv.watch("a", rev=now + 3) as events:
+                    assert events.revision == now + 2
+                    task_status.started()
+                    async for event in events:
+                        got.append(event)
+                        if len(got) == 2:
+                            return
+            with trio.fail_after(10):
+                async with trio.open_nursery() as watching:
+                    await watching.start(watch)
+                    for value in "12345":
+                        await kv.put("a", value)
+            assert [(e.value, e.mod_revision) for e in got] == [("3", now + 3), ("4", now + 4)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_watch_that_lost_its_node_goes_on_elsewhere_without_a_gap(tmp_path, autojump_clock):
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = await cluster.start_all()
+        follower = next(i for i in cluster.nodes if i != leader)
+        node = cluster.nodes[follower]
+        seen: list[WatchEvent] = []
+        async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as kv:
+            async with connect([ENDPOINTS[follower - 1]], timeout=5, transport=net.transport()) as there:
+                with pytest.raises(WatchLost, match="ended by the test") as lost:
+                    async with there.watch("w/", prefix=True) as events:
+                        for i in range(3):
+                            await kv.put(f"w/{i}", str(i))
+                        async for event in events:
+                            seen.append(event)
+                            if len(seen) == 3:
+                                break
+                        node.watches.end_all("ended by the test")
+                        node.clients.send_replies()
+                        with trio.fail_after(10):
+                            async for event in events:
+                                seen.append(event)
+            assert lost.value.revision == seen[-1].mod_revision
+            # more changes while no watch runs; then on from the revision after the last one given out
+            await kv.put("w/3", "3")
+            await kv.put("other", "x")
+            await kv.delete("w/0")
+            got, _ = await _collect(kv, "w/", 5, rev=lost.value.revision + 1, out=seen)
+        assert [(e.kind, e.key) for e in got] == [("put", "w/0"), ("put", "w/1"), ("put", "w/2"), ("put", "w/3"),
+                                                 ("del", "w/0")]
+        revisions = [e.mod_revision for e in got]
+        assert revisions == sorted(set(revisions))  # in order, none twice
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_older_node_that_ignores_rev_is_not_taken_for_one_that_replays():
+    """A node before watch histories answers ok without "from": the client must not take it (it would
+    report only the new changes, silently missing those from rev on)."""
+    async def older_node(stream):
+        reader = wire.FrameReader(stream)
+        frames = await reader.receive_frames()
+        request = wire.decode_body(frames[0])
+        await stream.send_all(wire.encode_frame(wire.OkReply(id=request.id, result={"watching": True, "rev": 9})))
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, older_node, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        try:
+            async with connect([f"127.0.0.1:{port}"], timeout=2) as kv:
+                with pytest.raises(Unavailable, match="keeps no history of changes"):
+                    async with kv.watch("k", rev=3):
+                        pass
+                async with kv.watch("k") as events:  # from now on: taken as before
+                    assert events.revision == 9
+        finally:
+            nursery.cancel_scope.cancel()
