@@ -47,7 +47,8 @@ class ExternalNode(practical.Node):
 
     def __init__(self, messenger: ExternalMessenger, my_uid: Hashable, quorum_size: int,
                  leader_uid: Hashable | None = None) -> None:
-        """Build a node; ``leader_uid`` names an initial leader known to everyone (or ``None``).
+        """Build a node; ``leader_uid`` names an initial leader known to everyone (or ``None``); the
+        others then start their proposals at number 2 (the leader skips phase 1 at number 1).
 
         If this node is that leader it starts as leader with proposal id ``(1, my_uid)``, without
         sending a proclamation (everyone already knows).
@@ -61,6 +62,12 @@ class ExternalNode(practical.Node):
         if self.node_uid == leader_uid:
             self.leader = True
             self.proposal_id = ProposalID(1, self.node_uid)
+            self.next_proposal_number = 2
+        elif leader_uid is not None:
+            # The initial leader skips phase 1 at (1, leader_uid): sound only if no lower proposal can ever
+            # be accepted. A node with a lower uid preparing at number 1 would use one, and with it both
+            # its value and the initial leader's could be chosen (QA, session 29; essential-paxos 2.0 had
+            # this flaw). So the others' proposals start at number 2.
             self.next_proposal_number = 2
 
     def prepare(self, increment_proposal_number: bool = True) -> None:
