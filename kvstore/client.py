@@ -1362,12 +1362,22 @@ async def connect(endpoints: list[str] | str, *, timeout: float = 5.0, transport
     (``kv serve --cacert --cert --key``; ``kvstore.tls``); a missing or bad file raises
     ``kvstore.tls.TlsError`` (a ValueError) before anything connects.
     ``transport`` (tests only) replaces TCP: an object with ``async connect(host, port) -> stream``.
+    ``timeout``: seconds above 0 (a ValueError before anything connects). It runs under trio
+    (``trio.run``); elsewhere (asyncio, plain threads) use the blocking ``Client``.
     """
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        # (QA: under asyncio, trio's nursery failed with "'RunContext' object has no attribute 'runner'")
+        raise RuntimeError("kvstore.client.connect runs under trio (trio.run); from asyncio or plain threads "
+                           "use the blocking kvstore.client.Client") from None
     if transport is None:
         transport = _tls_transport(cacert, cert, key)
-    # Checked here, before the nursery opens: raised inside it, the EndpointError would reach the caller
-    # wrapped in an ExceptionGroup, which ``except ValueError`` does not catch.
+    # Checked here, before the nursery opens: raised inside it, the EndpointError (or the timeout's
+    # ValueError) would reach the caller wrapped in an ExceptionGroup, which ``except ValueError`` does
+    # not catch.
     parse_endpoint_list(endpoints)
+    check_timeout(timeout)
     # An exception from the caller's block is re-raised after the nursery has closed, so that it
     # reaches the caller as itself (Unavailable, ...) rather than wrapped in an ExceptionGroup.
     error: BaseException | None = None
@@ -1391,7 +1401,9 @@ class Client:
     plain socket (or ``ssl`` for a TLS cluster), one request at a time, with ``AsyncClient``'s retries,
     redirects, deadlines, exactly-once writes and errors. So no event loop runs behind it, a call costs
     no hop to another thread, and calls from several threads run side by side. Nothing connects before
-    the first call. Use it as a context manager, or call ``close()`` (which closes every thread's
+    the first call. A thread that ended leaves its connection to the next new thread (QA: a thread per
+    request kept a connection per thread open until ``close()``, and ran out of file descriptors after a
+    few hundred). Use it as a context manager, or call ``close()`` (which closes every thread's
     connection; a call after it raises ``KVError``).
 
     ``endpoints``: as for ``connect`` (``EndpointError`` here, in the constructor); ``cacert``, ``cert``,
@@ -1406,23 +1418,31 @@ class Client:
         self._first: OneShotClient | None = OneShotClient(endpoints, timeout=timeout, cacert=cacert, cert=cert,
                                                            key=key)
         self._lock = threading.Lock()
-        self._all: builtins.list[OneShotClient] = []
+        self._all: builtins.list[tuple[threading.Thread, OneShotClient]] = []  # each with the thread it is for
         self._local = threading.local()
         self._closed = False
 
     def _client(self) -> OneShotClient:
-        """This thread's ``OneShotClient`` (the first thread to call takes the constructor's)."""
+        """This thread's ``OneShotClient``: the first thread to call takes the constructor's; a later new
+        thread takes over the one of a thread that has ended, if any, else a new one."""
         client: OneShotClient | None = getattr(self._local, "client", None)
         if client is not None and not self._closed:
             return client
+        me = threading.current_thread()
         with self._lock:
             if self._closed:
                 raise KVError("client is closed")
-            if self._first is not None:
-                client, self._first = self._first, None
+            for i, (owner, spare) in enumerate(self._all):
+                if not owner.is_alive():
+                    client = spare  # (its thread ended: nothing else uses it)
+                    self._all[i] = (me, spare)
+                    break
             else:
-                client = self._all[0].sibling()
-            self._all.append(client)
+                if self._first is not None:
+                    client, self._first = self._first, None
+                else:
+                    client = self._all[0][1].sibling()
+                self._all.append((me, client))
         self._local.client = client
         return client
 
@@ -1483,7 +1503,7 @@ class Client:
             self._closed = True
             clients, self._all = self._all, []
             self._first = None
-        for client in clients:
+        for _, client in clients:
             client.close()
 
     def __enter__(self) -> Client:

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-``kvstore.client`` runs trio (in a thread, for its blocking ``Client``) and keeps many requests in
-flight on one connection. A one-shot ``kv`` command sends one request and exits, and starting trio and
+``kvstore.client``'s ``AsyncClient`` runs under trio and keeps many requests in flight on one
+connection. A one-shot ``kv`` command sends one request and exits, and starting trio and
 importing the full wire module (which loads the paxos package) cost it more than everything else
 together. ``OneShotClient`` has the same methods for these commands and the same behaviour, on a plain
 ``socket`` (and the standard ``ssl`` module for a TLS cluster) with the frame codec of

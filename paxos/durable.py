@@ -240,8 +240,12 @@ class DurableObjectHandler:
         return self.recovered
 
     def save(self, obj: object) -> None:
-        """Durably save ``obj``, overwriting the older of the two files; return when it is synced."""
-        assert self.fd_next is not None and self.serial is not None, "set by recover() in the constructor"
+        """Durably save ``obj``, overwriting the older of the two files; return when it is synced.
+        ``ValueError`` after ``close()``."""
+        if self.fd_next is None or self.serial is None:
+            # (QA: close() left fd_next at the old number, and a save after it wrote into whatever file
+            # had reused that descriptor, without an error)
+            raise ValueError(f"save() on a closed DurableObjectHandler ({self.fn_a}, {self.fn_b})")
         write(self.fd_next, self.serial, obj)
 
         self.serial += 1
@@ -249,7 +253,8 @@ class DurableObjectHandler:
         self.recovered = None
 
     def close(self) -> None:
-        """Close both files. Safe to call more than once."""
+        """Close both files. Safe to call more than once; ``save()`` after it raises ``ValueError``."""
+        self.fd_next = None
         if self.fd_a is not None:
             os.close(self.fd_a)
             self.fd_a = None

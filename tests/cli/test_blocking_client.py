@@ -158,3 +158,36 @@ def test_the_blocking_client_has_every_method_of_the_async_client_but_the_callba
     assert {"member_list", "member_add", "member_promote", "member_remove", "move_leader"} <= wanted
     missing = sorted(name for name in wanted if not callable(getattr(Client, name, None)))
     assert missing == [], f"Client lacks {missing}"
+
+
+def test_a_thread_that_ended_leaves_its_connection_to_the_next(nodes):
+    """QA: a thread per request kept a connection per thread open until ``close()`` (300 threads, 301
+    connections on the leader; out of file descriptors after ~250). A new thread takes over the
+    connection and client id of one that ended; threads alive at once still get one each."""
+    store = Store()
+    node = nodes(store.handle)
+    with Client([node.address], timeout=5) as kv:
+        for i in range(40):
+            worker = threading.Thread(target=kv.put, args=(f"k{i}", "v"))
+            worker.start()
+            worker.join(10)
+        writes = [r for r in node.requests if r["t"] == "put"]
+        assert len(writes) == 40 and len({r["cid"] for r in writes}) == 1
+        assert [r["rq"] for r in writes] == list(range(1, 41))  # one client numbering on: exactly-once holds
+        assert len(kv._all) == 1
+        release = threading.Event()
+        entered = threading.Barrier(4)
+
+        def hold(key: str) -> None:
+            kv.put(key, "v")
+            entered.wait(10)
+            release.wait(10)
+
+        alive = [threading.Thread(target=hold, args=(f"h{i}",)) for i in range(3)]
+        for thread in alive:
+            thread.start()
+        entered.wait(10)
+        assert len(kv._all) == 3  # (three threads alive at once: three connections)
+        release.set()
+        for thread in alive:
+            thread.join(10)

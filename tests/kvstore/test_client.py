@@ -1047,3 +1047,24 @@ async def test_a_write_under_way_when_the_client_closes_is_reported_in_doubt(aut
         [error] = outcome
         assert isinstance(error, Unavailable) and error.outcome_unknown, repr(error)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("timeout", [0, -1, None, float("inf")])
+async def test_connect_refuses_a_bad_timeout_with_a_plain_value_error(timeout):
+    """QA: raised inside connect()'s nursery, the ValueError reached the caller in an ExceptionGroup,
+    which ``except ValueError`` does not catch (the blocking Client raised it plainly)."""
+    with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+        async with connect(["127.0.0.1:1"], timeout=timeout):
+            pass
+
+
+def test_connect_outside_trio_says_it_needs_trio():
+    """QA: under asyncio the error was "'RunContext' object has no attribute 'runner'"."""
+    import asyncio
+
+    async def under_asyncio():
+        async with connect(["127.0.0.1:1"]):
+            pass
+
+    with pytest.raises(RuntimeError, match=r"runs under trio \(trio.run\); from asyncio .* blocking"):
+        asyncio.run(under_asyncio())
