@@ -3,8 +3,11 @@
 How: ``kv watch`` runs as a subprocess on each node's endpoint in turn (the lazy learner's too), while
 ``kv put``/``kv cas``/``kv del`` change keys: each prints every change under the prefix, etcdctl's way
 (``PUT``, key, value; ``DELETE``, key) or as JSON lines with ``-w json``, and stops after ``--max-events``
-(exit 0). Then the node a watch runs on is killed: the watch ends with exit 1 and says up to which
-revision every change was printed. Waiting is polling against deadlines; nothing asserts on timings.
+(exit 0). Then the node a watch runs on is killed: given every endpoint, the watch goes on on another node from
+the revision after the last one printed (each node keeps its latest changes), and prints every change
+once, those made while it moved too; given only that node's endpoint, it ends with exit 1 and says up to
+which revision every change was printed. ``kv watch --rev`` prints the kept changes from a revision.
+Waiting is polling against deadlines; nothing asserts on timings.
 """
 from __future__ import annotations
 
@@ -78,7 +81,35 @@ def test_kv_watch_prints_each_change_on_every_node_and_ends_when_its_node_dies(k
             ("PUT", "app/a", "1", 1), ("PUT", "app/a", "2", 2)]
         assert records[1]["mod_revision"] > records[0]["mod_revision"]
 
-        # the node of a watch dies: the watch ends, exit 1, saying what was printed
+        # from an earlier revision: the kept changes (app/a twice, app/b, then its delete of app/a and app/b)
+        first = records[0]["mod_revision"]
+        out = kv("-w", "json", "watch", "--prefix", "app/", "--rev", str(first), "--max-events", "5").stdout
+        assert [(r["type"], r["key"]) for r in map(json.loads, out.decode().splitlines())] == [
+            ("PUT", "app/a"), ("PUT", "app/a"), ("PUT", "app/b"), ("DELETE", "app/a"), ("DELETE", "app/b")]
+
+        # the node of a watch given every endpoint dies: the watch goes on elsewhere, nothing missed or twice
+        leader = kv.leader_id()
+        follower = next(i for i in (1, 2, 3) if i != leader)
+        there = endpoints[follower - 1]
+        started = _watches_started(kv, there)
+        # (the watch asks the first endpoint first: list the follower's first)
+        ordered = ",".join([there] + [e for e in endpoints if e != there])
+        moving = _start_watch(kv, ordered, "-w", "json", "watch", "--prefix", "move/", "--max-events", "4")
+        _wait_watching(kv, there, started + 1)
+        kv("put", "move/1", "1")
+        assert kv("--endpoints", there, "get", "--consistency", "s", "move/1").stdout == b"move/1\n1\n"
+        kv("cluster", "kill", str(follower))
+        kv("put", "move/2", "2")  # while the watch has no node
+        kv("put", "move/3", "3")
+        kv("cluster", "restart", str(follower))
+        kv("put", "move/4", "4")
+        out, err = moving.communicate(timeout=COMMAND_SECONDS)
+        assert moving.returncode == 0, (out, err)
+        assert [json.loads(line)["key"] for line in out.decode().splitlines()] == [
+            "move/1", "move/2", "move/3", "move/4"]
+        assert b"going on from revision" in err and b"Traceback" not in err
+
+        # the node of a watch given only its endpoint dies: the watch ends, exit 1, saying what was printed
         leader = kv.leader_id()
         follower = next(i for i in (1, 2, 3) if i != leader)
         there = endpoints[follower - 1]
