@@ -75,6 +75,8 @@ WATCH_HISTORY_CHANGES = 50_000
 WATCH_HISTORY_BYTES_MAX = 32 << 20
 """... and bytes of the commands that made them at most (a replay must fit a client's backlog, 64 MiB)."""
 
+_CHANGE_BYTES = 128  # a change's tuple, its place in a step's list, and a step's share, about
+
 Change = tuple[str, "bytes | int"]  # (key, its packed entry after a put or cas, or the revision of its delete)
 
 
@@ -124,6 +126,9 @@ class History:
         if not self.enabled:
             self.complete_from = last + 1
             return
+        if not changes:
+            return  # (revisions without a change: nothing to keep, and none is missing)
+        nbytes += _CHANGE_BYTES * len(changes)  # (what keeping each costs beside its command's bytes)
         self._steps.append((first, last, changes, nbytes))
         self.changes += len(changes)
         self.bytes += nbytes

@@ -88,13 +88,23 @@ def test_past_its_bounds_the_history_drops_whole_steps_and_says_from_where_it_is
     assert app.history.complete_from == 3 and app.history.changes == 3
     assert app.history.since(2) is None  # revision 2's change is gone: refused, not a gap
     assert [key for key, _ in app.history.since(3)] == ["c", "d", "e"]
-    by_bytes = _Applier(History(changes_max=100, bytes_max=200))
-    by_bytes.step(("put", "a", "x" * 150))
-    by_bytes.step(("put", "b", "y" * 150))  # over 200 bytes of commands: the first step goes
+    by_bytes = _Applier(History(changes_max=100, bytes_max=700))
+    by_bytes.step(("put", "a", "x" * 300))  # ~460 bytes: its command and what keeping its change costs
+    assert by_bytes.history.complete_from == 1
+    by_bytes.step(("put", "b", "y" * 300))  # over 700 bytes together: the first step goes
     assert by_bytes.history.complete_from == 2 and [k for k, _ in by_bytes.history.since(2)] == ["b"]
     huge = _Applier(History(changes_max=2))
     huge.step(*[("put", f"k{i}", "v") for i in range(5)])  # one step over the bound: nothing kept, complete after it
     assert huge.history.complete_from == 6 and huge.history.since(6) == [] and huge.history.since(5) is None
+
+
+def test_steps_without_a_change_cost_nothing():
+    """Only no-op writes (deletes of missing keys): nothing kept, and the history stays complete."""
+    app = _Applier(History(changes_max=10))
+    for i in range(100):
+        app.step(("del", f"missing{i}"))
+    assert app.history.changes == 0 and app.history.bytes == 0 and not app.history._steps
+    assert app.history.complete_from == 1 and app.history.since(1) == []
 
 
 def test_a_reset_and_a_history_of_none():
