@@ -16,6 +16,8 @@ from functools import partial
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvstore import commands, wire
 from kvstore.client import RequestError, Unavailable, WatchEvent, WatchLost, connect
@@ -54,6 +56,7 @@ class _Applier:
             sm.apply(command)
         changes, sm.watch_out = sm.watch_out, None
         self.history.add(before + 1, sm.revision, changes, nbytes)
+        return list(changes)
 
 
 def _summary(sm: StateMachine, changes) -> list[tuple[str, str, int]]:
@@ -290,3 +293,26 @@ async def test_an_older_node_that_ignores_rev_is_not_taken_for_one_that_replays(
                     assert events.revision == 9
         finally:
             nursery.cancel_scope.cancel()
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.lists(st.tuples(st.sampled_from(["put", "del", "delp", "cas"]), st.sampled_from("abc"),
+                                         st.sampled_from(["1", "2"])), min_size=1, max_size=4), max_size=25),
+       changes_max=st.integers(0, 12), asked=st.integers(1, 60))
+def test_the_history_agrees_with_every_change_recorded(steps, changes_max, asked):
+    """Against a list of every change ever made: what ``since`` gives is exactly the changes at or above
+    the revision asked, when it gives anything; it refuses only below where it is complete; and it keeps
+    at most its bound (but for one step over it)."""
+    app = _Applier(History(changes_max=changes_max))
+    every: list[tuple[str, str, int]] = []
+    for step in steps:
+        writes = [("del", key, True) if op == "delp" else ("cas", key, value, "x") if op == "cas"
+                  else ("put", key, value) if op == "put" else ("del", key) for op, key, value in step]
+        every.extend(_summary(app.sm, app.step(*writes)))  # (what the state machine recorded, kept or not)
+    got = app.history.since(asked)
+    if asked < app.history.complete_from:
+        assert got is None
+    else:
+        assert got is not None
+        assert _summary(app.sm, got) == [c for c in every if c[2] >= asked]
+    assert app.history.changes <= max(changes_max, max((len(s) * 3 for s in steps), default=0))
