@@ -113,6 +113,11 @@ PROBE_ANSWER_SECONDS = 0.5
 # node id is not known yet: a node reached under two spellings (a DNS name and the --peers address) is
 # the same node, and only its id says so (QA: requests moved back and forth between the two, 2 times a second)
 PROBE_OWN_GRACE_SECONDS = 0.1
+# A watch that received nothing for this long asks its node for a sign of life (an ``unwatch`` of no
+# watch: a tiny answer), and ends with WatchLost if nothing comes for as long again: a paused or hung node
+# keeps the connection open, and TCP keepalive alone noticed it only after about a minute (kv watch then
+# goes on on another node).
+WATCH_SILENCE_SECONDS = 5.0
 
 
 _Task = trio.lowlevel.Task
@@ -443,6 +448,10 @@ class _Connection:
         return waiter[1]
 
 
+# What a watch sends its silent node (Watch.__anext__): the answer, {"cancelled": false}, is a sign of life.
+_SIGN_OF_LIFE = wire.encode_frame(wire.UnwatchRequest(id=2, watch=0))
+
+
 class Watch:
     """An open watch (``AsyncClient.watch``): ``async for event in watch`` gives each ``WatchEvent`` in the
     order the node applied them, and raises ``WatchLost`` if the watch ends before the caller ends it.
@@ -452,9 +461,10 @@ class Watch:
     revision ``rev``, ``rev - 1``). ``endpoint``: the node that serves it (HOST:PORT)."""
 
     def __init__(self, endpoint: str, reader: wire.FrameReader, wire_id: int, revision: int,
-                 skip_below: int = 0) -> None:
+                 skip_below: int = 0, stream: trio.abc.Stream | None = None) -> None:
         self.endpoint = endpoint
         self.revision = revision
+        self._stream = stream  # (to ask a silent node for a sign of life; None: never asked)
         # A watch from a revision above its node's (a node behind the one watched before): the node
         # starts live, and the changes below that revision, given out already, are dropped here.
         self._skip_below = skip_below
@@ -468,11 +478,23 @@ class Watch:
         return self
 
     async def __anext__(self) -> WatchEvent:
+        asked = False  # a sign of life was asked for since the last frame
         while not self._events:
             if self._ended is not None:
                 raise WatchLost(self._ended, self.revision, code=self._ended_code)
             try:
-                frames = await self._reader.receive_frames()
+                with trio.move_on_after(WATCH_SILENCE_SECONDS if self._stream is not None else math.inf) as silent:
+                    frames = await self._reader.receive_frames()  # (FrameReader loses no bytes to a cancel)
+                if silent.cancelled_caught:
+                    assert self._stream is not None
+                    if asked:
+                        raise WatchLost(f"{self.endpoint} did not answer for {2 * WATCH_SILENCE_SECONDS:g} s "
+                                        "(paused, hung, or cut off)", self.revision)
+                    asked = True
+                    with trio.move_on_after(WATCH_SILENCE_SECONDS):
+                        await self._stream.send_all(_SIGN_OF_LIFE)
+                    continue
+                asked = False
             except (wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise WatchLost(f"the watch on {self.endpoint} ended: {exc}", self.revision) from None
             if not frames:
@@ -735,9 +757,10 @@ class AsyncClient:
             elif type(first) is wire.OkReply and first.id == 1 and type(first.result.get("rev")) is int:
                 assert stream is not None
                 if rev is None:
-                    watch = Watch(name, reader, 1, first.result["rev"])
+                    watch = Watch(name, reader, 1, first.result["rev"], stream=stream)
                 else:
-                    watch = Watch(name, reader, 1, rev - 1, skip_below=rev if rev > first.result["rev"] + 1 else 0)
+                    watch = Watch(name, reader, 1, rev - 1, skip_below=rev if rev > first.result["rev"] + 1 else 0,
+                                  stream=stream)
                 try:
                     watch.take(frames[1:])
                     yield watch

@@ -316,3 +316,46 @@ def test_the_history_agrees_with_every_change_recorded(steps, changes_max, asked
         assert got is not None
         assert _summary(app.sm, got) == [c for c in every if c[2] >= asked]
     assert app.history.changes <= max(changes_max, max((len(s) * 3 for s in steps), default=0))
+
+
+@pytest.mark.parametrize("answers", [True, False])
+async def test_a_watch_asks_a_silent_node_for_a_sign_of_life_and_ends_if_none_comes(autojump_clock, answers):
+    """A paused or hung node keeps the watch's connection open; TCP keepalive alone took about a minute to
+    notice, and kv watch waited that long before going on elsewhere. After WATCH_SILENCE_SECONDS of
+    silence the watch asks (an ``unwatch`` of no watch); a node that answers keeps it, one that does not
+    ends it with WatchLost after as long again."""
+    from kvstore.client import WATCH_SILENCE_SECONDS
+
+    asked: list[float] = []
+
+    async def node(stream):
+        reader = wire.FrameReader(stream)
+        request = wire.decode_body((await reader.receive_frames())[0])
+        await stream.send_all(wire.encode_frame(wire.OkReply(id=request.id, result={"watching": True, "rev": 4})))
+        while True:
+            for body in await reader.receive_frames():
+                ping = wire.decode_body(body)
+                asked.append(trio.current_time())
+                if answers:
+                    await stream.send_all(wire.encode_frame(wire.OkReply(id=ping.id, result={"cancelled": False})))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, node, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        try:
+            async with connect([f"127.0.0.1:{port}"], timeout=2) as kv:
+                async with kv.watch("k") as events:
+                    started = trio.current_time()
+                    if answers:
+                        with trio.move_on_after(60):
+                            async for _ in events:
+                                raise AssertionError("no event was sent")
+                        assert len(asked) >= 10  # one every WATCH_SILENCE_SECONDS, answered
+                    else:
+                        with pytest.raises(WatchLost, match="did not answer for 10 s") as lost:
+                            async for _ in events:
+                                pass
+                        assert lost.value.revision == 4 and len(asked) == 1
+                        assert trio.current_time() - started == pytest.approx(2 * WATCH_SILENCE_SECONDS, abs=0.5)
+        finally:
+            nursery.cancel_scope.cancel()
