@@ -37,7 +37,7 @@ def watch_command(
     prefix: Annotated[bool, typer.Option("--prefix", help="Watch every key starting with KEY.")] = False,
     max_events: Annotated[int, typer.Option("--max-events", min=0,
                                             help="Stop after this many changes (0: until Ctrl-C).")] = 0,
-    rev: Annotated[int, typer.Option("--rev", min=0,
+    rev: Annotated[int, typer.Option("--rev", min=0, max=2**64 - 1,
                                      help="Start at this revision: first the changes from it that a node still "
                                           "keeps (kv serve --watch-history), then the new ones (0: from now on).")] = 0,
 ) -> None:
@@ -75,7 +75,8 @@ def watch_command(
                 resumes = 0
                 while True:
                     try:
-                        async with client.watch(key, prefix=prefix, rev=start) as events:
+                        async with client.watch(key, prefix=prefix, rev=start if lost is None else None,
+                                                resume=lost) as events:
                             lost = None
                             async for event in events:
                                 _print_event(event, as_json)

@@ -458,12 +458,21 @@ class Watch:
 
     ``revision``: every change to the watched keys up to this revision has been given out (at the start,
     the node's revision when the watch began: the events are the changes after it; or, for a watch from
-    revision ``rev``, ``rev - 1``). ``endpoint``: the node that serves it (HOST:PORT)."""
+    revision ``rev``, ``rev - 1``). A delete's revision counts only once a later change shows up (a prefix
+    delete's changes share one revision, and may come in several frames); the keys given out of the
+    revision after ``revision`` are kept, and a ``WatchLost`` carries them (``given``) so that a watch
+    resumed from it does not give them out twice. ``endpoint``: the node that serves it (HOST:PORT)."""
 
     def __init__(self, endpoint: str, reader: wire.FrameReader, wire_id: int, revision: int,
-                 skip_below: int = 0, stream: trio.abc.Stream | None = None) -> None:
+                 skip_below: int = 0, stream: trio.abc.Stream | None = None,
+                 skip_given: frozenset[str] = frozenset()) -> None:
         self.endpoint = endpoint
         self.revision = revision
+        # the deletes given out at revision + 1, which may go on (a resumed watch's start with those
+        # the lost one gave out: they carry over if this one is lost too before that revision is complete)
+        self._partial: set[str] = set(skip_given)
+        # A watch resumed from a WatchLost: the deletes of revision + 1 that the lost watch gave out
+        self._skip_given = skip_given
         self._stream = stream  # (to ask a silent node for a sign of life; None: never asked)
         # A watch from a revision above its node's (a node behind the one watched before): the node
         # starts live, and the changes below that revision, given out already, are dropped here.
@@ -481,33 +490,41 @@ class Watch:
         asked = False  # a sign of life was asked for since the last frame
         while not self._events:
             if self._ended is not None:
-                raise WatchLost(self._ended, self.revision, code=self._ended_code)
+                raise self._lost(self._ended, code=self._ended_code)
             try:
                 with trio.move_on_after(WATCH_SILENCE_SECONDS if self._stream is not None else math.inf) as silent:
                     frames = await self._reader.receive_frames()  # (FrameReader loses no bytes to a cancel)
                 if silent.cancelled_caught:
                     assert self._stream is not None
                     if asked:
-                        raise WatchLost(f"{self.endpoint} did not answer for {2 * WATCH_SILENCE_SECONDS:g} s "
-                                        "(paused, hung, or cut off)", self.revision)
+                        raise self._lost(f"{self.endpoint} did not answer for {2 * WATCH_SILENCE_SECONDS:g} s "
+                                         "(paused, hung, or cut off)")
                     asked = True
                     with trio.move_on_after(WATCH_SILENCE_SECONDS):
                         await self._stream.send_all(_SIGN_OF_LIFE)
                     continue
                 asked = False
             except (wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise WatchLost(f"the watch on {self.endpoint} ended: {exc}", self.revision) from None
+                raise self._lost(f"the watch on {self.endpoint} ended: {exc}") from None
             if not frames:
-                raise WatchLost(f"{self.endpoint} closed the connection of the watch", self.revision)
+                raise self._lost(f"{self.endpoint} closed the connection of the watch")
             self.take(frames)
         event = self._events.popleft()
         # A put is the only change of its revision; a prefix delete's "del"s share one, and may go on in
-        # the next frame: that revision is complete only once a later one shows up.
+        # the next frame: that revision is complete only once a later one shows up. Until then the keys
+        # given out of it are kept (QA: a watch resumed from the revision before gave them out twice).
         if event.kind == "put" or (self._events and self._events[0].mod_revision > event.mod_revision):
             self.revision = event.mod_revision
+            self._partial.clear()
+        elif event.mod_revision - 1 > self.revision:
+            self.revision = event.mod_revision - 1
+            self._partial = {event.key}
         else:
-            self.revision = max(self.revision, event.mod_revision - 1)
+            self._partial.add(event.key)
         return event
+
+    def _lost(self, message: str, code: str = "") -> WatchLost:
+        return WatchLost(message, self.revision, code=code, given=frozenset(self._partial))
 
     def take(self, frames: builtins.list[bytes]) -> None:
         """Queue the events in ``frames``; an end (an error addressed to the watch, a bad frame) is raised as
@@ -519,10 +536,12 @@ class Watch:
                 self._ended = f"{self.endpoint} sent a bad frame: {reply}"
                 return
             if type(reply) is wire.WatchEvents and reply.id == self._id:
-                if self._skip_below:
-                    events = [event for event in reply.events if event[4] >= self._skip_below]
-                    if events:
-                        self._skip_below = 0  # (in revision order: the rest are all above)
+                if self._skip_below or self._skip_given:
+                    start, given = self._skip_below or self.revision + 1, self._skip_given
+                    events = [event for event in reply.events
+                              if event[4] > start or (event[4] == start and event[1] not in given)]
+                    if any(event[4] > start for event in reply.events):
+                        self._skip_below, self._skip_given = 0, frozenset()  # (in order: the rest are above)
                     self._events.extend(WatchEvent(*event) for event in events)
                 else:
                     self._events.extend(WatchEvent(*event) for event in reply.events)
@@ -709,7 +728,8 @@ class AsyncClient:
         return reply.result
 
     @asynccontextmanager
-    async def watch(self, key: str, *, prefix: bool = False, rev: int | None = None) -> AsyncIterator[Watch]:
+    async def watch(self, key: str, *, prefix: bool = False, rev: int | None = None,
+                    resume: WatchLost | None = None) -> AsyncIterator[Watch]:
         """``async with kv.watch("config/", prefix=True) as events: async for event in events: ...``: the
         changes to ``key`` (to every key starting with it, with ``prefix``) from now on, as one node
         applies them (``kvstore.watches``; every node reports the same changes, a node behind later).
@@ -717,8 +737,10 @@ class AsyncClient:
         With ``rev``, the changes from revision ``rev`` on (etcd's ``--rev``): the node first gives out
         the ones it keeps (its history, ``kv serve --watch-history``), then the new ones. To resume a
         watch that ended (``WatchLost``) without missing or repeating a change, watch again from its
-        ``revision + 1``. A node that no longer keeps them all refuses (the next one is tried); if none
-        keeps them: ``RequestError`` with code ``compacted``, naming the oldest revision each keeps.
+        ``revision + 1``, or pass it as ``resume``: the same, without the deletes of that revision it gave
+        out already (a prefix delete's share one revision, complete only once a later change came). A node
+        that no longer keeps them all refuses (the next one is tried); if none keeps them: ``RequestError``
+        with code ``compacted``, naming the oldest revision each keeps.
 
         The watch goes to the first node that takes it, starting from the one believed to lead, on a
         connection of its own, and ends with the block. ``Unavailable`` if no node takes it within the
@@ -726,6 +748,11 @@ class AsyncClient:
         iteration if it ends otherwise (its node stopped)."""
         self._check_open()
         check_key(key, "prefix" if prefix else "key")
+        given: frozenset[str] = frozenset()
+        if resume is not None:
+            if rev is not None:
+                raise ValueError("give rev or resume, not both")
+            rev, given = resume.revision + 1, resume.given
         if rev is not None and (type(rev) is not int or not 1 <= rev < U64_LIMIT):
             raise ValueError(f"rev must be an int from 1 to 2**64 - 1, got {rev!r}")
         compacted: builtins.list[str] = []
@@ -760,7 +787,7 @@ class AsyncClient:
                     watch = Watch(name, reader, 1, first.result["rev"], stream=stream)
                 else:
                     watch = Watch(name, reader, 1, rev - 1, skip_below=rev if rev > first.result["rev"] + 1 else 0,
-                                  stream=stream)
+                                  stream=stream, skip_given=given)
                 try:
                     watch.take(frames[1:])
                     yield watch
@@ -782,7 +809,8 @@ class AsyncClient:
         if compacted and len(compacted) == len(problems):
             raise RequestError(f"no node keeps the changes from revision {rev} on ({'; '.join(compacted)})",
                                wire.COMPACTED)
-        raise Unavailable(f"no node took the watch within {self.timeout:g}s ({'; '.join(problems)})")
+        within = f" within {self.timeout:g}s" if trio.current_time() >= deadline else ""
+        raise Unavailable(f"no node took the watch{within} ({'; '.join(problems)})")
 
     async def cluster_status(self) -> builtins.list[dict[str, Any]]:
         """One entry per endpoint, each with ``"endpoint"`` and ``"reachable"``."""

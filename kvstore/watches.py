@@ -128,7 +128,9 @@ class History:
             return
         if not changes:
             return  # (revisions without a change: nothing to keep, and none is missing)
-        nbytes += _CHANGE_BYTES * len(changes)  # (what keeping each costs beside its command's bytes)
+        # What keeping each costs beside its command's bytes, and a delete's key (a prefix delete's command
+        # is small, but the keys it removed are kept here: QA)
+        nbytes += _CHANGE_BYTES * len(changes) + sum(len(key) for key, change in changes if type(change) is int)
         self._steps.append((first, last, changes, nbytes))
         self.changes += len(changes)
         self.bytes += nbytes
