@@ -430,10 +430,11 @@ class StateMachine:
         # set by the learner before each slot's commands.
         self.changes: list[tuple[int, bytes]] = []
         self.slot = 0
-        # While a list (kvstore.watches: the node has watches), every write appends what it changed:
-        # ``(key, packed entry)`` for a key set, ``(key, revision)`` for a key deleted, in the order
-        # of the changes. None (the common case): nothing is recorded.
-        self.watch_out: list[tuple[str, bytes | int]] | None = None
+        # While a list (kvstore.watches: the node has watches or keeps a history), every write appends
+        # what it changed, flat: ``key, packed entry`` for a key set, ``key, revision`` for a key deleted,
+        # in the order of the changes (two items per change, not a tuple: a node keeps 50,000 of them,
+        # and a tuple each was 3 MiB more). None: nothing is recorded.
+        self.watch_out: list[str | bytes | int] | None = None
 
     # -------------------------------------------------------------------------------------------
     # writes
@@ -493,15 +494,20 @@ class StateMachine:
             else:
                 new = entries[key] = _pack(key, value, _ENTRY_HEAD.unpack_from(old)[1] + 1, rev)
             self._rehash(old, new)
-            if self.watch_out is not None:
-                self.watch_out.append((key, new))
+            out = self.watch_out
+            if out is not None:
+                out.append(key)
+                out.append(new)
             stored = (_PUT, rev, 0)
         elif cmd.op == "delete":
             if cmd.prefix:
                 # In key order, so the work done is the same on every replica.
                 doomed = self._index.with_prefix(key)
-                if self.watch_out is not None:
-                    self.watch_out.extend((k, rev) for k in doomed)
+                out = self.watch_out
+                if out is not None:
+                    for k in doomed:
+                        out.append(k)
+                        out.append(rev)
                 if len(doomed) == len(entries):
                     # A new dict rather than clear(): an open FrozenState goes on reading the old one,
                     # which nothing changes any more, so its journal is complete: stop adding to it
@@ -529,8 +535,10 @@ class StateMachine:
                     self._index.remove(key)
                     self._rehash(gone, None)
                     deleted = 1
-                    if self.watch_out is not None:
-                        self.watch_out.append((key, rev))
+                    out = self.watch_out
+                    if out is not None:
+                        out.append(key)
+                        out.append(rev)
             stored = (_DELETE, rev, deleted)
         else:
             old = entries.get(key)
@@ -550,8 +558,10 @@ class StateMachine:
                     self._index.add(key)
                 new = entries[key] = _pack(key, value, old_version + 1, rev)
                 self._rehash(old, new)
-                if self.watch_out is not None:
-                    self.watch_out.append((key, new))
+                out = self.watch_out
+                if out is not None:
+                    out.append(key)
+                    out.append(new)
             stored = (_CAS, rev, 1 if ok else 0)
 
         if client is None:

@@ -30,8 +30,8 @@ How it is wired:
   (a prefix delete of many keys makes several frames).
 
 History (``watch`` with ``rev``, etcd's ``--rev``)
-  A node keeps the changes it applied lately (``History``: the same ``(key, change)`` pairs, one item per
-  step of applying, holding the packed entries the state machine made, not copies), at most
+  A node keeps the changes it applied lately (``History``: the same flat lists of keys and changes, one
+  item per step of applying, holding the packed entries the state machine made, not copies), at most
   ``--watch-history`` changes and ``WATCH_HISTORY_BYTES_MAX`` bytes of commands. A watch from revision
   ``rev`` is answered ``ok`` with ``"from": rev``, then sent the kept changes from ``rev`` on that match it
   (``Watches.replay``), then the live ones, in one step of the event loop, so nothing falls between. The
@@ -77,7 +77,14 @@ WATCH_HISTORY_BYTES_MAX = 32 << 20
 
 _CHANGE_BYTES = 128  # a change's tuple, its place in a step's list, and a step's share, about
 
-Change = tuple[str, "bytes | int"]  # (key, its packed entry after a put or cas, or the revision of its delete)
+Change = tuple[str, "bytes | int"]
+Changes = list["str | bytes | int"]  # StateMachine.watch_out: key, change, key, change, ... (flat)
+
+
+def pairs(changes: Changes) -> Any:
+    """The ``(key, change)`` pairs of a flat list of changes."""
+    it = iter(changes)
+    return zip(it, it, strict=True)  # (key, its packed entry after a put or cas, or the revision of its delete)
 
 
 def _revision_of(change: bytes | int) -> int:
@@ -95,16 +102,22 @@ def _event(key: str, change: bytes | int) -> list[Any]:
 class History:
     """The changes a node applied lately, for watches from an earlier revision (see the module docstring).
 
-    One item per step of applying: ``(first revision, last revision, changes, bytes)``, the revisions the
-    step executed (the changes of some, a delete of nothing or a cas that did not swap, are none) and the
-    bytes of its commands. Adding a step costs an append; the per-change work is done by a replay.
+    The changes live in one ring of ``2 * changes_max`` slots, allocated once (key, change, key, change,
+    ...: as ``StateMachine.watch_out`` records them), and each step of applying is a small tuple in a
+    deque: ``(first revision, last revision, where in the ring, how many slots, bytes)``, the revisions
+    the step executed (the changes of some, a delete of nothing or a cas that did not swap, are none)
+    and the bytes of its commands. A step costs a slice copy and an append; the per-change work is done
+    by a replay. (Keeping each step's own list instead cost a node with a million keys 3-13 MiB of RSS
+    more than the lists themselves, from the heap's fragments.)
     """
 
     def __init__(self, changes_max: int = WATCH_HISTORY_CHANGES, bytes_max: int = WATCH_HISTORY_BYTES_MAX,
                  revision: int = 0) -> None:
         self.changes_max = changes_max
         self.bytes_max = bytes_max
-        self._steps: collections.deque[tuple[int, int, list[Change], int]] = collections.deque()
+        self._ring: list[str | bytes | int | None] = [None] * (2 * changes_max)
+        self._head = 0  # the next slot to write
+        self._steps: collections.deque[tuple[int, int, int, int, int]] = collections.deque()
         self.changes = 0
         self.bytes = 0
         self.complete_from = revision + 1  # every change at or above this revision is kept
@@ -116,11 +129,13 @@ class History:
     def reset(self, revision: int) -> None:
         """The state was replaced (a snapshot at ``revision``): keep changes from the next revision on."""
         self._steps.clear()
+        self._ring = [None] * (2 * self.changes_max)  # (lets go of what the old state's changes held)
+        self._head = 0
         self.changes = self.bytes = 0
         self.complete_from = revision + 1
 
-    def add(self, first: int, last: int, changes: list[Change], nbytes: int) -> None:
-        """One step of applying executed revisions ``first`` to ``last``, and made ``changes``."""
+    def add(self, first: int, last: int, changes: Changes, nbytes: int) -> None:
+        """One step of applying executed revisions ``first`` to ``last``, and made ``changes`` (flat)."""
         if first > last:
             return  # (nothing executed: no revision is missing)
         if not self.enabled:
@@ -128,31 +143,54 @@ class History:
             return
         if not changes:
             return  # (revisions without a change: nothing to keep, and none is missing)
-        # What keeping each costs beside its command's bytes, and a delete's key (a prefix delete's command
-        # is small, but the keys it removed are kept here: QA)
-        nbytes += _CHANGE_BYTES * len(changes) + sum(len(key) for key, change in changes if type(change) is int)
-        self._steps.append((first, last, changes, nbytes))
-        self.changes += len(changes)
-        self.bytes += nbytes
+        slots = len(changes)
+        count = slots // 2
+        # What keeping each costs beside its command's bytes; and with more changes than revisions (a
+        # prefix delete: its command is small, but the keys it removed are kept here: QA), their keys
+        nbytes += _CHANGE_BYTES * count
+        if count > last - first + 1:
+            nbytes += sum(len(key) for key, change in pairs(changes) if type(change) is int)
         steps = self._steps
-        while steps and (self.changes > self.changes_max or self.bytes > self.bytes_max):
-            _, dropped_last, dropped, dropped_bytes = steps.popleft()
-            self.changes -= len(dropped)
+        while steps and (self.changes + count > self.changes_max or self.bytes + nbytes > self.bytes_max):
+            _, dropped_last, _, dropped_slots, dropped_bytes = steps.popleft()
+            self.changes -= dropped_slots // 2
             self.bytes -= dropped_bytes
             self.complete_from = dropped_last + 1
+        if count > self.changes_max or nbytes > self.bytes_max:
+            self.complete_from = last + 1  # (this step alone is over the bounds: nothing is kept)
+            return
+        ring = self._ring
+        at = self._head
+        room = len(ring) - at
+        if slots <= room:
+            ring[at:at + slots] = changes
+        else:
+            ring[at:] = changes[:room]
+            ring[:slots - room] = changes[room:]
+        self._head = (at + slots) % len(ring)
+        steps.append((first, last, at, slots, nbytes))
+        self.changes += count
+        self.bytes += nbytes
+
+    def _slots(self, at: int, slots: int) -> Changes:
+        ring = self._ring
+        if at + slots <= len(ring):
+            return ring[at:at + slots]  # type: ignore[return-value]
+        return ring[at:] + ring[:at + slots - len(ring)]  # type: ignore[return-value]
 
     def since(self, revision: int) -> list[Change] | None:
         """The kept changes at or above ``revision``, in the order applied; None if some are no longer kept."""
         if revision < self.complete_from:
             return None
         picked: list[list[Change]] = []
-        for first, last, changes, _ in reversed(self._steps):
+        for first, last, at, slots, _ in reversed(self._steps):
             if last < revision:
                 break
+            changes = self._slots(at, slots)
             if first >= revision:
-                picked.append(changes)
+                picked.append(list(pairs(changes)))
             else:
-                picked.append([c for c in changes if _revision_of(c[1]) >= revision])
+                picked.append([c for c in pairs(changes) if _revision_of(c[1]) >= revision])
         picked.reverse()
         return [change for changes in picked for change in changes]
 
@@ -305,8 +343,8 @@ class Watches:
         self._counters["watch_events_replayed"] += len(events)
         return len(events)
 
-    def deliver(self, changes: list[tuple[str, bytes | int]]) -> None:
-        """Send what ``changes`` (``StateMachine.watch_out``, in the order applied) holds for each watch.
+    def deliver(self, changes: Changes) -> None:
+        """Send what ``changes`` (``StateMachine.watch_out``, flat, in the order applied) holds for each watch.
         Watches of the same key or prefix are told of the same changes: the changes are matched per key
         and per prefix watched (not per watch), encoded once per key or prefix, and each watch's frame is
         its own small head and that shared body (1,024 watches of one prefix and a prefix delete of
@@ -317,7 +355,7 @@ class Watches:
         chains = self._chain
         events: list[list[Any]] = []
         indexes_of: dict[tuple[bool, str], list[int]] = {}  # (prefix?, key) -> indexes in events, in order
-        for key, change in changes:
+        for key, change in pairs(changes):
             subs: list[tuple[bool, str]] = []
             if key in exact:
                 subs.append((False, key))

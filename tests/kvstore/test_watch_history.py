@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from kvstore import commands, wire
 from kvstore.client import RequestError, Unavailable, WatchEvent, WatchLost, connect
 from kvstore.statemachine import StateMachine
-from kvstore.watches import History
+from kvstore.watches import History, pairs
 
 from .memnet import MemoryNetwork
 from .test_node_memory import ENDPOINTS, MemCluster
@@ -56,7 +56,7 @@ class _Applier:
             sm.apply(command)
         changes, sm.watch_out = sm.watch_out, None
         self.history.add(before + 1, sm.revision, changes, nbytes)
-        return list(changes)
+        return list(pairs(changes))
 
 
 def _summary(sm: StateMachine, changes) -> list[tuple[str, str, int]]:

@@ -249,7 +249,7 @@ def test_prefix_matching_by_bisection_gives_what_a_plain_startswith_gives():
                 hub.cancel(conn, gone)
                 del live[gone]
         changes = [("".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 6))), i + 1) for i in range(50)]
-        hub.deliver(changes)
+        hub.deliver([item for change in changes for item in change])  # (flat, as StateMachine.watch_out)
         for wid, (key, prefix) in live.items():
             want = [("del", k, None, 0, r) for k, r in changes if (k.startswith(key) if prefix else k == key)]
             assert conn.got.get(wid, []) == want, (wid, key, prefix)

@@ -29,7 +29,8 @@ def _changes(sm: StateMachine, command: bytes) -> list[tuple[str, object]]:
     sm.watch_out = []
     sm.apply(command)
     out, sm.watch_out = sm.watch_out, None
-    return [(key, change if isinstance(change, int) else sm.get(key) and sm.get(key).value) for key, change in out]
+    return [(key, change if isinstance(change, int) else sm.get(key) and sm.get(key).value)
+            for key, change in watches.pairs(out)]
 
 
 def test_the_state_machine_records_what_each_write_changed():
