@@ -384,7 +384,7 @@ def serve_command(
     ] = None,
     watch_history: Annotated[
         int | None,
-        typer.Option("--watch-history", min=0,
+        typer.Option("--watch-history", min=0, max=10_000_000,
                      help="Changes kept for watches that start at an earlier revision (kv watch --rev; a watch "
                           "moving to this node after its node stopped), 32 MiB of writes at most (default 50000; "
                           "0: none)."),

@@ -47,7 +47,7 @@ _COMMANDS: dict[str, tuple[frozenset[str], frozenset[str], int, int | None]] = {
 
 
 # kv serve: option -> (keyword of kv_cli.serve.serve, kind); kinds: "int" (digits only, at least 1),
-# "id" (digits only), "ms" (a plain decimal from 0.1 to 1000), "seconds" (a plain decimal), "str", "fsync",
+# "id" and "count" (digits only), "ms" (a plain decimal from 0.1 to 1000), "seconds" (a plain decimal), "str", "fsync",
 # "engine", "flag", "on", "off"
 _SERVE_OPTIONS: dict[str, tuple[str, str]] = {
     "--id": ("node_id", "id"), "--data-dir": ("data_dir", "str"), "--peers": ("peers", "str"),
@@ -55,7 +55,7 @@ _SERVE_OPTIONS: dict[str, tuple[str, str]] = {
     "--election-timeout-ticks": ("election_timeout_ticks", "int"), "--heartbeat-ticks": ("heartbeat_ticks", "int"),
     "--batch-size": ("batch_size", "int"), "--window": ("window", "int"),
     "--snapshot-every": ("snapshot_every", "int"), "--idle-snapshot-seconds": ("idle_snapshot_seconds", "seconds"),
-    "--watch-history": ("watch_history", "int"),
+    "--watch-history": ("watch_history", "count"),
     "--fsync": ("fsync", "fsync"), "--arriving-frames-max-mib": ("arriving_frames_max_mib", "int"),
     "--max-client-connections": ("max_client_connections", "int"),
     "--cluster-id": ("cluster_id", "str"), "--exit-on-disk-failure": ("exit_on_disk_failure", "flag"),
@@ -193,8 +193,8 @@ def _serve_value(kind: str, text: str) -> object:
     if not (text.isdigit() and text.isascii()):  # no sign, space, underscore or other digits
         raise _NotPlain
     number = int(text)
-    if kind == "int" and number < 1:
-        raise _NotPlain
+    if (kind == "int" and number < 1) or (kind == "count" and number > 10_000_000):
+        raise _NotPlain  # (typer says what is wrong; 10,000,000: kvstore.watches.WATCH_HISTORY_CHANGES_MAX)
     return number
 
 

@@ -102,7 +102,7 @@ from .snapshots import Snapshots
 from .statemachine import StateMachine
 from .storage import Storage, StorageError, StorageFull, recorded_config
 from .waiters import Waiters
-from .watches import WATCH_HISTORY_CHANGES, History, Watches
+from .watches import WATCH_HISTORY_CHANGES, WATCH_HISTORY_CHANGES_MAX, History, Watches
 
 __all__ = ["Node", "ServerOptions", "TcpTransport", "ClientConn", "run_node", "serve_until_signal",
            "DISK_OK", "DISK_READ_ONLY", "DISK_FAILED", "EXIT_DISK_FAILED"]
@@ -286,6 +286,9 @@ class ServerOptions:
             value = getattr(self, name)
             if type(value) is not int or value < least:
                 raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
+        if self.watch_history > WATCH_HISTORY_CHANGES_MAX:
+            # (its ring is allocated at start: two slots per change)
+            raise ValueError(f"watch_history must be at most {WATCH_HISTORY_CHANGES_MAX:,}, got {self.watch_history:,}")
         if self.election_timeout_ticks < 2 * self.heartbeat_ticks:
             # A follower would call an election between two heartbeats of a leader that is alive: the
             # cluster would change leaders over and over, and serve little in between.

@@ -72,6 +72,8 @@ WATCHES_PER_CONNECTION_MAX = 64
 EVENTS_FRAME_BYTES = 1 << 20
 WATCH_HISTORY_CHANGES = 50_000
 """Changes a node keeps for watches from an earlier revision, by default (``kv serve --watch-history``)."""
+WATCH_HISTORY_CHANGES_MAX = 10_000_000
+"""... and at most (its ring, allocated when the node starts, is 16 bytes per change: 160 MB at this)."""
 WATCH_HISTORY_BYTES_MAX = 32 << 20
 """... and bytes of the commands that made them at most (a replay must fit a client's backlog, 64 MiB)."""
 
