@@ -872,7 +872,6 @@ class ClientLinks:
             learner.update(trio.current_time(), node.replica.leader_id, node.replica.is_leader, node._fenced)
             node._post_event(WAKE)
 
-
     def _kept_since(self, revision: int) -> list[Change] | None:
         """The changes this node keeps from ``revision`` on (none yet if it is above the node's revision:
         the client drops what comes below it); None if it no longer keeps them all."""

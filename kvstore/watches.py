@@ -30,8 +30,8 @@ How it is wired:
   (a prefix delete of many keys makes several frames).
 
 History (``watch`` with ``rev``, etcd's ``--rev``)
-  A node keeps the changes it applied lately (``History``: the same flat lists of keys and changes, one
-  item per step of applying, holding the packed entries the state machine made, not copies), at most
+  A node keeps the changes it applied lately (``History``: one ring of keys and changes, as the state
+  machine records them, holding the packed entries it made, not copies), at most
   ``--watch-history`` changes and ``WATCH_HISTORY_BYTES_MAX`` bytes of commands. A watch from revision
   ``rev`` is answered ``ok`` with ``"from": rev``, then sent the kept changes from ``rev`` on that match it
   (``Watches.replay``), then the live ones, in one step of the event loop, so nothing falls between. The
@@ -65,7 +65,7 @@ class Replier(Protocol):
 
 
 __all__ = ["Watches", "History", "WATCHES_MAX", "WATCHES_PER_CONNECTION_MAX", "EVENTS_FRAME_BYTES",
-           "WATCH_HISTORY_CHANGES", "WATCH_HISTORY_BYTES_MAX"]
+           "WATCH_HISTORY_CHANGES", "WATCH_HISTORY_CHANGES_MAX", "WATCH_HISTORY_BYTES_MAX", "pairs"]
 
 WATCHES_MAX = 1024
 WATCHES_PER_CONNECTION_MAX = 64
@@ -77,7 +77,7 @@ WATCH_HISTORY_CHANGES_MAX = 10_000_000
 WATCH_HISTORY_BYTES_MAX = 32 << 20
 """... and bytes of the commands that made them at most (a replay must fit a client's backlog, 64 MiB)."""
 
-_CHANGE_BYTES = 128  # a change's tuple, its place in a step's list, and a step's share, about
+_CHANGE_BYTES = 128  # what keeping a change costs beside its command's bytes, about (its slots, a step's share)
 
 Change = tuple[str, "bytes | int"]
 Changes = list["str | bytes | int"]  # StateMachine.watch_out: key, change, key, change, ... (flat)
