@@ -524,7 +524,7 @@ class Watch:
         return event
 
     def _lost(self, message: str, code: str = "") -> WatchLost:
-        return WatchLost(message, self.revision, code=code, given=frozenset(self._partial))
+        return WatchLost(message, self.revision, code=code, given=frozenset(self._partial), endpoint=self.endpoint)
 
     def take(self, frames: builtins.list[bytes]) -> None:
         """Queue the events in ``frames``; an end (an error addressed to the watch, a bad frame) is raised as
@@ -758,11 +758,16 @@ class AsyncClient:
         compacted: builtins.list[str] = []
         deadline = trio.current_time() + self.timeout
         count = len(self.endpoints)
+        order = [self.endpoints[(self._preferred + i) % count] for i in range(count)]
+        if resume is not None:
+            # The node whose watch was lost last (QA: a paused node, first in the order, was asked first
+            # again, and held the resumed watch for an attempt timeout)
+            order.sort(key=lambda endpoint: format_endpoint(*endpoint) == resume.endpoint)
         problems: builtins.list[str] = []
-        for i in range(count):
-            endpoint = self.endpoints[(self._preferred + i) % count]
+        for endpoint in order:
             name = format_endpoint(*endpoint)
             stream: trio.abc.Stream | None = None
+            frames: builtins.list[bytes] = []  # (QA: an attempt that timed out left it unset, or another node's)
             with trio.move_on_at(min(deadline, trio.current_time() + self.attempt_timeout)) as scope:
                 try:
                     stream = await self._open_stream(*endpoint)

@@ -51,10 +51,12 @@ class WatchLost(KVError):
     ``rev``) on any node that keeps it, or read the keys and watch again. ``code``: the error code the node
     ended it with ("" when the connection ended)."""
 
-    def __init__(self, message: str, revision: int, *, code: str = "", given: frozenset[str] = frozenset()) -> None:
+    def __init__(self, message: str, revision: int, *, code: str = "", given: frozenset[str] = frozenset(),
+                 endpoint: str = "") -> None:
         super().__init__(message)
         self.revision = revision
         self.code = code
+        self.endpoint = endpoint  # the node that served it (HOST:PORT): a resumed watch asks it last
         # Keys whose deletes at revision + 1 were given out already: a prefix delete's changes share one
         # revision, which is complete only once a later one shows up (AsyncClient.watch(resume=...) skips them)
         self.given = given
