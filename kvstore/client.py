@@ -24,6 +24,10 @@ decided but its reply lost. That is what makes retrying a write after a leader f
 deadline passes, ``Unavailable`` says whether a write's outcome is unknown (it may have been applied).
 A new write waits while it would be ``WRITE_WINDOW`` or more above the oldest write still out: the state
 machine remembers only that many results per client, so within the window every retry is remembered.
+The client id says when it was made (``frames.new_client_id``). A cluster that forgot this client (more
+than 10,000 newer clients wrote since its last write) refuses its writes as ``expired``: one that was
+never sent before goes out again under a new client id (``_renew_client_id``), one that was is reported
+as outcome unknown (``Unavailable``): it may have been applied before the cluster forgot the client.
 
 Reads are linearizable by default (the leader confirms leadership with a majority before answering);
 ``consistency="s"`` reads whatever the contacted node has applied, which can be stale.
@@ -41,7 +45,6 @@ import collections
 import heapq
 import itertools
 import math
-import os
 import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,7 +56,7 @@ import trio
 from . import wire
 from .endpoints import format_endpoint, next_in_rotation, parse_endpoint, parse_endpoint_list
 from .errors import Entry, KVError, RequestError, Unavailable, WatchEvent, WatchLost, entries_of
-from .frames import CONNECT_SECONDS, U64_LIMIT, check_timeout
+from .frames import CONNECT_SECONDS, U64_LIMIT, check_timeout, client_id_stamp, new_client_id
 from .limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, check_key, check_value
 from .netio import Outbox, set_keepalive
 
@@ -96,7 +99,22 @@ _Attempt = tuple["_Connection | None", object]
 # retried while this many newer ones were answered would be refused as stale, its outcome unknown
 # (with 256 in flight, a leader failover did this). Within the window every retry is remembered.
 WRITE_WINDOW = 4096
+RENEWALS_MAX = 3  # new client ids one write may take after "expired" answers (see _renew_client_id)
 SOLO_CALLS = 64  # calls in a row with nothing else in flight before a connection writes at once
+
+class _Expired(Exception):
+    """``_call``: a write refused as expired whose earlier attempts, if any, were turned away on arrival
+    (so it was not applied): ``_write`` sends it again under a new client id."""
+
+    def __init__(self, horizon: int) -> None:
+        super().__init__(horizon)
+        self.horizon = horizon
+
+
+def _expired_again(times: int) -> str:
+    return (f"the cluster refused this write as from a client it forgot {times} times, each time under a new "
+            f"client id; the write was not applied (is this machine's clock far behind the cluster's clients'?)")
+
 
 _TIMED_OUT = object()  # a waiter's reply when its attempt deadline passed (see _Connection.watchdog)
 WATCHDOG_SECONDS = 0.05
@@ -576,7 +594,8 @@ class AsyncClient:
         self.leader_probes = 0  # probes made, and how many of them moved the requests to another node
         self.leader_probes_moved = 0
         self._cursor = 0  # where the rotation through endpoints stands (see _advance)
-        self.client_id = os.urandom(16)
+        self.client_id = new_client_id()  # (replaced when the cluster forgot it: _renew_client_id)
+        self.client_id_renewals = 0
         # trio's clock itself (trio.current_time() reaches it through two more Python calls; a
         # submitted request reads it once)
         self._clock = trio.lowlevel.current_clock().current_time
@@ -597,9 +616,8 @@ class AsyncClient:
         """Store ``value`` under ``key``; return the revision of the write. A key or value over the
         store's limits raises ``kvstore.limits.TooLarge`` (a ValueError) before anything is sent."""
         _check_put(key, value)
-        client_id = self.client_id
-        result = await self._write(lambda rid, rq, ack: wire.encode_put_request_frame(
-            rid, key, value, client_id, rq, ack))
+        result = await self._write(lambda rid, cid, rq, ack: wire.encode_put_request_frame(
+            rid, key, value, cid, rq, ack))
         rev: int = result["rev"]
         return rev
 
@@ -619,16 +637,16 @@ class AsyncClient:
     async def delete(self, key: str) -> bool:
         """Delete ``key``; True if it existed."""
         check_key(key)
-        result = await self._write(lambda rid, rq, ack: wire.DeleteRequest(
-            id=rid, key=key, prefix=False, client_id=self.client_id, request_id=rq, ack_below=ack))
+        result = await self._write(lambda rid, cid, rq, ack: wire.DeleteRequest(
+            id=rid, key=key, prefix=False, client_id=cid, request_id=rq, ack_below=ack))
         deleted: int = result["deleted"]
         return deleted > 0
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key that starts with ``prefix``; return how many were deleted."""
         check_key(prefix, "prefix")
-        result = await self._write(lambda rid, rq, ack: wire.DeleteRequest(
-            id=rid, key=prefix, prefix=True, client_id=self.client_id, request_id=rq, ack_below=ack))
+        result = await self._write(lambda rid, cid, rq, ack: wire.DeleteRequest(
+            id=rid, key=prefix, prefix=True, client_id=cid, request_id=rq, ack_below=ack))
         deleted: int = result["deleted"]
         return deleted
 
@@ -638,8 +656,8 @@ class AsyncClient:
         check_key(key)
         check_value(expected, "expected value", optional=True)
         check_value(new, "new value")
-        result = await self._write(lambda rid, rq, ack: wire.CasRequest(
-            id=rid, key=key, expected=expected, new=new, client_id=self.client_id, request_id=rq, ack_below=ack))
+        result = await self._write(lambda rid, cid, rq, ack: wire.CasRequest(
+            id=rid, key=key, expected=expected, new=new, client_id=cid, request_id=rq, ack_below=ack))
         return bool(result["ok"])
 
     async def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
@@ -844,18 +862,38 @@ class AsyncClient:
 
     # --- machinery -------------------------------------------------------------------------------
 
-    async def _write(self, make: Callable[[int, int, int], object]) -> dict[str, Any]:
+    async def _write(self, make: Callable[[int, bytes, int, int], object]) -> dict[str, Any]:
+        """The write that ``make(id, client_id, request_id, ack_below)`` builds. Every attempt of it carries
+        the client id it was first sent with, but one the cluster refused as expired, and that no earlier
+        attempt may have reached, goes on under a new one (``_renew_client_id``)."""
         request_id = next(self._request_ids)
         heapq.heappush(self._unanswered, request_id)
         try:
             if request_id - self._unanswered[0] >= WRITE_WINDOW:
                 await self._window_open_for(request_id)
-
-            def build(rid: int) -> object:
-                return make(rid, request_id, self._unanswered[0])
-            return await self._call(build, write=True)
+            client_id = self.client_id
+            began = trio.current_time()
+            for _ in range(RENEWALS_MAX):
+                def build(rid: int, client_id: bytes = client_id) -> object:
+                    return make(rid, client_id, request_id, self._unanswered[0])
+                try:
+                    return await self._call(build, write=True, began=began)
+                except _Expired as expired:
+                    client_id = self._renew_client_id(client_id, expired.horizon)
+            raise Unavailable(_expired_again(RENEWALS_MAX), outcome_unknown=False)
         finally:
             self._answered_write(request_id)
+
+    def _renew_client_id(self, expired: bytes, horizon: int) -> bytes:
+        """A write under ``expired`` was refused: the cluster forgot that client, or (a client it never
+        knew) its stamp is not above ``horizon``, the newest stamp of a client it forgot. Draw a new id
+        stamped above it, unless another write did already; return the id to send the write under."""
+        current = self.client_id
+        stamp = client_id_stamp(current)
+        if current == expired or (stamp is not None and stamp <= horizon):
+            self.client_id = current = new_client_id(after=horizon)
+            self.client_id_renewals += 1
+        return current
 
     def _answered_write(self, request_id: int) -> None:
         """The write ``request_id`` has its outcome: move ack_below past every answered write."""
@@ -895,7 +933,8 @@ class AsyncClient:
         not raise; it may submit more requests. Requests still pending when the client is closed may
         never reach ``done``. A key or value over the store's limits raises ``TooLarge`` here, as ``put``.
         """
-        client_id = self.client_id
+        client_id = self.client_id  # (the id it goes under: a new one only after "expired", see finish)
+        renewals = 0
         request_id = next(self._request_ids)
         heapq.heappush(self._unanswered, request_id)
 
@@ -903,6 +942,15 @@ class AsyncClient:
             return wire.encode_put_request_frame(rid, key, value, client_id, request_id, self._unanswered[0])
 
         def finish(outcome: object) -> None:
+            nonlocal client_id, renewals
+            if type(outcome) is _Expired:
+                # Refused, and no earlier attempt may have gone through: again under a new id (as _write)
+                if renewals + 1 < RENEWALS_MAX and not self._closed:
+                    client_id = self._renew_client_id(client_id, outcome.horizon)
+                    renewals += 1
+                    self._submit(build, finish, write=True)
+                    return
+                outcome = Unavailable(_expired_again(RENEWALS_MAX), outcome_unknown=False)
             self._answered_write(request_id)
             done(outcome["rev"] if type(outcome) is dict else outcome)
 
@@ -1088,6 +1136,7 @@ class AsyncClient:
                 last_error = f"a node answered with a {type(reply).__name__}"
                 self._give_up_on(conn)
                 reply = None
+            doubted = in_doubt  # (before this attempt: an earlier one may have been proposed)
             if attempted and not (type(reply) is wire.ErrorReply and reply.refused):
                 in_doubt = True
             refused_by_node = reply is not None  # (an error reply: an OK one returns below)
@@ -1118,6 +1167,12 @@ class AsyncClient:
             elif code == wire.STALE:
                 # The cluster forgot this write's first result: it may have been applied, and
                 # retrying cannot tell any more.
+                raise Unavailable(reply.message, outcome_unknown=True)
+            elif code == wire.EXPIRED and write:
+                # The cluster forgot this client: this attempt was not applied, nor will any other under
+                # this client id be. If no earlier one may have been, the write goes on under a new id.
+                if not doubted:
+                    raise _Expired(reply.horizon)
                 raise Unavailable(reply.message, outcome_unknown=True)
             elif code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN, wire.STORAGE_FULL, wire.DISK_FAILED):
                 # Another node may serve it: a full or failed disk stops one node, not the cluster.

@@ -12,6 +12,12 @@ persisted and sent to every replica::
 The first element, the op code, also versions the format: a new kind of command gets a new code and
 old replicas reject it as malformed instead of misreading it.
 
+One more command is not a write: ``[16, name, stamp]`` switches a feature of the state machine on
+(``encode_feature``; the leader proposes it once every member says it has the feature, see
+``kvstore.members``). ``decode_command`` refuses it like any unknown op code; the state machine asks
+``decode_feature`` then. A replica older than the feature takes it for a malformed command and changes
+nothing, which is why it is proposed only when no such replica is left.
+
 ``(client_id, request_id)`` names the request for exactly-once execution; ``ack_below`` says that
 every request of this client below it was answered, so the state machine may forget those results.
 A request cannot be answered before it is sent, so ``ack_below <= request_id`` always holds.
@@ -52,6 +58,7 @@ INT_MAX = 2**64 - 1
 OP_PUT = 1
 OP_DELETE = 2
 OP_CAS = 3
+OP_FEATURE = 16  # [16, name, stamp]: not a write (see the module docstring)
 _OP_NAMES: dict[int, Literal["put", "delete", "cas"]] = {OP_PUT: "put", OP_DELETE: "delete", OP_CAS: "cas"}
 # Element count of each command's array, including the op code.
 _OP_LENGTHS = {OP_PUT: 6, OP_DELETE: 6, OP_CAS: 7}
@@ -239,6 +246,28 @@ def encode_write(request: wire.PutRequest | wire.DeleteRequest | wire.CasRequest
         return data, Command("cas", request.client_id, request.request_id, request.ack_below,
                              request.key, request.new, request.expected)
     raise TypeError(f"{type(request).__name__} is not a write request")
+
+
+def encode_feature(name: str, stamp: int) -> bytes:
+    """The command that switches feature ``name`` (``wire.FEATURES``) on; ``stamp``: a clock reading of
+    the leader, in milliseconds since the epoch (for ``client-expiry``: the horizon it starts from)."""
+    if type(name) is not str or not 0 < len(name) <= 64 or type(stamp) is not int or not 0 <= stamp <= INT_MAX:
+        raise ValueError(f"a feature is a short name and a stamp in [0, 2**64), not {name!r}, {stamp!r}")
+    return _dumps([OP_FEATURE, name, stamp])
+
+
+def decode_feature(data: bytes) -> tuple[str, int] | None:
+    """``(name, stamp)`` of a feature command (``encode_feature``), None for any other bytes."""
+    if type(data) is not bytes or not data.startswith(b"\x83\x10"):  # (an array of 3 and the op code)
+        return None
+    try:
+        items = cbor2.loads(data)
+    except Exception:  # noqa: BLE001 -- not CBOR: not a feature command
+        return None
+    if (type(items) is list and len(items) == 3 and type(items[1]) is str and 0 < len(items[1]) <= 64
+            and type(items[2]) is int and 0 <= items[2] <= INT_MAX and _dumps(items) == data):
+        return items[1], items[2]
+    return None
 
 
 # -----------------------------------------------------------------------------------------------

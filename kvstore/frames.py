@@ -21,7 +21,9 @@ Nothing here does I/O, and nothing is ever pickled.
 from __future__ import annotations
 
 import io
+import os
 import struct
+import time
 from typing import Any, NamedTuple
 
 import cbor2
@@ -98,8 +100,13 @@ OUTCOME_UNKNOWN = "outcome_unknown"
 # A watch from a revision the node no longer keeps the changes of (kvstore.watches.History): etcd's
 # ErrCompacted. Another node may keep more; else read the keys again and watch from their revision.
 COMPACTED = "compacted"
+# A write from a client id the cluster no longer remembers, made before the newest one it forgot: it may
+# be a retry of a write that was applied, so it is not applied (see new_client_id). The reply's
+# ``horizon`` is that newest forgotten client's stamp: a client that never sent this write before takes
+# a new id stamped above it and sends the write again; one that did cannot know its outcome.
+EXPIRED = "expired"
 ERROR_CODES = (NOT_LEADER, BAD_REQUEST, UNAVAILABLE, STORAGE_FULL, TOO_LARGE, SHUTTING_DOWN, TIMEOUT, PROTOCOL,
-               STALE, DISK_FAILED, PERMISSION_DENIED, OUTCOME_UNKNOWN, COMPACTED)
+               STALE, DISK_FAILED, PERMISSION_DENIED, OUTCOME_UNKNOWN, COMPACTED, EXPIRED)
 
 _HEADER = struct.Struct(">I")
 _CBOR_DEPTH_MAX = 8  # px map > m list > message > entry list > entry > value list: 6 levels used
@@ -111,6 +118,45 @@ class WireError(Exception):
 
 class FrameTooLarge(ValueError):
     """Our own caller tried to encode a message whose body exceeds the frame size limit."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Client ids (docs/protocol.md, "Exactly-once")
+# ---------------------------------------------------------------------------------------------------
+
+CLIENT_ID_TAG = b"kvs\x01"
+"""The first bytes of a stamped client id (``new_client_id``)."""
+CLIENT_ID_STAMPED_BYTES = 28
+"""A stamped client id's length: the tag, 8 bytes of stamp, 16 random bytes."""
+STAMP_LIMIT = 2**62
+"""Stamps are below this; an id whose stamp is not (or that is not stamped) is never refused as expired."""
+
+
+def new_client_id(after: int = 0) -> bytes:
+    """A client id that says when it was made: ``CLIENT_ID_TAG``, the stamp (milliseconds since the
+    epoch by this machine's clock, but at least ``after + 1``) in 8 bytes big endian, and 16 random bytes.
+
+    The state machine remembers the outcome of a bounded number of clients' writes. When it forgets a
+    client it keeps the highest stamp of the clients it forgot (its *horizon*), and refuses (``EXPIRED``)
+    every write of a client it does not know whose stamp is at or below it: a retry of a forgotten
+    client's write is never applied a second time. A new client is stamped now, above the horizon,
+    unless its clock is behind the one of the client forgotten; then its first write is refused, and it
+    draws a new id with ``after`` the horizon the refusal names (``AsyncClient`` and ``OneShotClient``
+    do). ``after`` at or beyond ``STAMP_LIMIT`` gives an unstamped id: 16 random bytes, which the cluster
+    never refuses and does not protect once forgotten (what every id was before stamps)."""
+    stamp = max(time.time_ns() // 1_000_000, after + 1)
+    if stamp >= STAMP_LIMIT:
+        return os.urandom(16)
+    return CLIENT_ID_TAG + stamp.to_bytes(8, "big") + os.urandom(16)
+
+
+def client_id_stamp(client_id: bytes) -> int | None:
+    """The stamp of a client id that ``new_client_id`` made, None for any other id."""
+    if len(client_id) == CLIENT_ID_STAMPED_BYTES and client_id.startswith(CLIENT_ID_TAG):
+        stamp = int.from_bytes(client_id[4:12], "big")
+        if stamp < STAMP_LIMIT:
+            return stamp
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -382,6 +428,7 @@ class Reply(NamedTuple):
     message: str = ""
     leader: str | None = None
     refused: bool = False  # the node turned the request away before acting on it (``wire.ErrorReply``)
+    horizon: int = 0  # with EXPIRED: the stamp a new client id must exceed (``new_client_id``)
 
 
 def _text(obj: dict[str, Any], key: str, *, none_ok: bool = False) -> Any:
@@ -422,4 +469,8 @@ def decode_reply(body: bytes) -> Reply:
     refused = obj.get("refused", False)
     if type(refused) is not bool:
         raise WireError(f"err.refused: expected a bool, got {type(refused).__name__}")
-    return Reply(False, rid, {}, _text(obj, "code"), _text(obj, "msg"), _text(obj, "leader", none_ok=True), refused)
+    horizon = obj.get("horizon", 0)
+    if not (type(horizon) is int and 0 <= horizon < U64_LIMIT):
+        raise WireError(f"err.horizon: expected an int in [0, 2**64), got {type(horizon).__name__}")
+    return Reply(False, rid, {}, _text(obj, "code"), _text(obj, "msg"), _text(obj, "leader", none_ok=True), refused,
+                 horizon)

@@ -47,6 +47,8 @@ What is not here: the rules for which configuration governs which slot (``paxos.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -56,7 +58,7 @@ import trio
 from paxos.membership import Config
 from paxos.replica import ChangeRefused
 
-from . import wire
+from . import commands, wire
 from .endpoints import format_endpoint, parse_endpoint
 
 if TYPE_CHECKING:
@@ -122,12 +124,18 @@ class JoinError(Exception):
     """``kv serve --join`` cannot start this node (the message says why and what to do)."""
 
 
+FEATURE_RETRY_SECONDS = 5.0
+"""How long the leader waits for a feature command it proposed to apply before it proposes it again."""
+
+
 class Members:
     """The membership side of node ``node`` (a ``kvstore.server.Node``)."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.seen_incarnations: dict[int, str] = {}  # what each peer presented on its link
+        self.seen_features: dict[int, tuple[str, ...]] = {}  # ... and the features it said it has (wire.Hello)
+        self._feature_proposed_at = -math.inf  # when we last proposed client-expiry (switch_features_on)
         self._epoch = -1
         self._peer_ids: tuple[int, ...] = ()
         self._role: str | None = "unknown"  # this node's role in the newest configuration, as last logged
@@ -170,6 +178,7 @@ class Members:
             del node.peers[member]
             # What we kept of a member no longer scheduled (ids are never reused): resources QA.
             self.seen_incarnations.pop(member, None)
+            self.seen_features.pop(member, None)
             node.snapshots.forget_peer(member)
         node.peer_links.sync()
         role = replica.config.role(node.node_id)
@@ -189,6 +198,27 @@ class Members:
             elif role is not None:
                 log.info("node %d is a %s at configuration epoch %d", node.node_id, role, epoch)
             self._role = role
+
+    # -----------------------------------------------------------------------------------------------
+    # features of the state machine
+
+    def switch_features_on(self, now: float) -> None:
+        """The leader, after ticks: propose switching client expiry on (``kvstore.statemachine``,
+        "Exactly-once") once every member said on its link that it has the feature (``wire.Hello``), and
+        again ``FEATURE_RETRY_SECONDS`` later if it is not on by then (dropped by a change of leader).
+        A member that never dialed us since we started, or runs an older version, keeps it off."""
+        node = self.node
+        if node.sm.expiry_on or now - self._feature_proposed_at < FEATURE_RETRY_SECONDS:
+            return
+        seen = self.seen_features
+        if any(wire.FEATURE_CLIENT_EXPIRY not in seen.get(member, ())
+               for member in node.peers if member != node.node_id):
+            return
+        self._feature_proposed_at = now
+        stamp = time.time_ns() // 1_000_000  # (the horizon it starts from: covers the clients forgotten before)
+        if node.replica.propose(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, stamp)):
+            log.info("node %d: every member has the %s feature: switching it on", node.node_id,
+                     wire.FEATURE_CLIENT_EXPIRY)
 
     # -----------------------------------------------------------------------------------------------
     # admin requests

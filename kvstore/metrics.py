@@ -57,7 +57,7 @@ _OPS = {wire.PutRequest: "put", wire.DeleteRequest: "delete", wire.CasRequest: "
         wire.ListRequest: "range", wire.StatusRequest: "status", wire.WatchRequest: "watch",
         wire.UnwatchRequest: "unwatch"}
 # ... and its outcome label, by the error code of the reply
-OUTCOME_OF_CODE = {wire.NOT_LEADER: "not_leader", wire.TIMEOUT: "timeout", wire.STALE: "stale",
+OUTCOME_OF_CODE = {wire.NOT_LEADER: "not_leader", wire.TIMEOUT: "timeout", wire.STALE: "stale", wire.EXPIRED: "expired",
                    wire.DISK_FAILED: "disk_failed", wire.STORAGE_FULL: "disk_full",
                    wire.BAD_REQUEST: "error"}
 
@@ -66,7 +66,7 @@ OUTCOME_OF_CODE = {wire.NOT_LEADER: "not_leader", wire.TIMEOUT: "timeout", wire.
 # first count has no earlier point, and rate() over it stays 0, so an alert on a first burst of timeouts
 # never fired (QA)
 REQUEST_OPS = ("put", "delete", "cas", "get", "range", "status", "other")
-REQUEST_OUTCOMES = ("ok", "not_leader", "timeout", "stale", "error", "disk_failed", "disk_full", "denied")
+REQUEST_OUTCOMES = ("ok", "not_leader", "timeout", "stale", "expired", "error", "disk_failed", "disk_full", "denied")
 
 
 def request_op(request: object) -> str:

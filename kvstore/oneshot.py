@@ -61,6 +61,15 @@ class _ConnectionLost(Exception):
 # one node, not the cluster.
 _TRY_ANOTHER = (frames.TIMEOUT, frames.UNAVAILABLE, frames.SHUTTING_DOWN, frames.STORAGE_FULL, frames.DISK_FAILED)
 _REDIRECTS_MAX = 2
+RENEWALS_MAX = 3  # new client ids one write may take after "expired" answers (kvstore.client's too)
+
+
+class _Expired(Exception):
+    """``_call``: a write refused as expired that no earlier attempt may have reached (see ``_write``)."""
+
+    def __init__(self, horizon: int) -> None:
+        super().__init__(horizon)
+        self.horizon = horizon
 # A data request unanswered this long is also sent to the next endpoint, and the first useful answer
 # wins (see OneShotClient._exchange_hedged): a paused or wedged node accepts connections and never
 # answers, and each one-shot command would otherwise wait out a whole attempt timeout on it.
@@ -200,7 +209,7 @@ class OneShotClient:
         this client by ``fork`` or by unpickling: a copy that kept the id would have its writes taken
         for retries of the original's, answered with their results and never applied (QA: two forked
         workers each told they took a lock that only one of them took)."""
-        self.client_id = os.urandom(16)
+        self.client_id = frames.new_client_id()  # (replaced when the cluster forgot it: see _write)
         self._request_ids = count(1)
         self._pid = os.getpid()
 
@@ -256,7 +265,7 @@ class OneShotClient:
         """Store ``value`` under ``key``; return the revision of the write."""
         check_key(key)
         check_value(value)
-        result = self._write(lambda rid, rq: frames.encode_put_request_frame(rid, key, value, self.client_id, rq, rq))
+        result = self._write(lambda rid, cid, rq: frames.encode_put_request_frame(rid, key, value, cid, rq, rq))
         return int(result["rev"])
 
     def get(self, key: str, *, consistency: str = "l") -> str | bytes | None:
@@ -274,22 +283,22 @@ class OneShotClient:
     def delete(self, key: str) -> bool:
         """Delete ``key``; True if it existed."""
         check_key(key)
-        result = self._write(lambda rid, rq: frames.encode_map_frame(
-            frames.delete_request(rid, key, False, self.client_id, rq, rq)))
+        result = self._write(lambda rid, cid, rq: frames.encode_map_frame(
+            frames.delete_request(rid, key, False, cid, rq, rq)))
         return bool(result["deleted"] > 0)
 
     def delete_prefix(self, prefix: str) -> int:
         check_key(prefix, "prefix")
-        result = self._write(lambda rid, rq: frames.encode_map_frame(
-            frames.delete_request(rid, prefix, True, self.client_id, rq, rq)))
+        result = self._write(lambda rid, cid, rq: frames.encode_map_frame(
+            frames.delete_request(rid, prefix, True, cid, rq, rq)))
         return int(result["deleted"])
 
     def cas(self, key: str, expected: str | bytes | None, new: str | bytes) -> bool:
         check_key(key)
         check_value(expected, "expected value", optional=True)
         check_value(new, "new value")
-        result = self._write(lambda rid, rq: frames.encode_map_frame(
-            frames.cas_request(rid, key, expected, new, self.client_id, rq, rq)))
+        result = self._write(lambda rid, cid, rq: frames.encode_map_frame(
+            frames.cas_request(rid, key, expected, new, cid, rq, rq)))
         return bool(result["ok"])
 
     def list(self, prefix: str = "", *, keys_only: bool = False, consistency: str = "l",
@@ -378,12 +387,25 @@ class OneShotClient:
     # --- machinery -----------------------------------------------------------------------------
 
     def _write(self, make: Any) -> dict[str, Any]:
-        # One write at a time: ack_below is the write itself (nothing older is still out).
+        """The write ``make(id, client_id, request_id)`` builds. One write at a time: ack_below is the write
+        itself (nothing older is still out). Refused as expired (the cluster forgot this client, or its
+        stamp is not above the newest one forgotten: ``frames.new_client_id``) and never sent before, it
+        goes on under a new client id, as ``AsyncClient._write``'s does."""
         self._own_process()
         request_id = next(self._request_ids)
-        return self._call(lambda rid: make(rid, request_id), write=True)
+        deadline = time.monotonic() + self.timeout
+        for _ in range(RENEWALS_MAX):
+            try:
+                return self._call(lambda rid, cid=self.client_id: make(rid, cid, request_id), write=True,
+                                  deadline=deadline)
+            except _Expired as expired:
+                self.client_id = frames.new_client_id(after=expired.horizon)
+        raise Unavailable(f"the cluster refused this write as from a client it forgot {RENEWALS_MAX} times, each "
+                          "time under a new client id; the write was not applied (is this machine's clock far "
+                          "behind the cluster's clients'?)", outcome_unknown=False)
 
-    def _call(self, build: Any, *, write: bool, hedge: bool = True, once: bool = False) -> dict[str, Any]:
+    def _call(self, build: Any, *, write: bool, hedge: bool = True, once: bool = False,
+              deadline: float | None = None) -> dict[str, Any]:
         """Send the frame ``build(id)`` makes, retrying as ``kvstore.client.AsyncClient._call`` does,
         until ``timeout`` from now. Returns the OK reply's result.
 
@@ -393,7 +415,8 @@ class OneShotClient:
         that must not be carried out twice (an admin request): its attempt may take the whole timeout, and
         one that went out and got no answer is not sent again (``Unavailable``, outcome unknown)."""
         self._own_process()
-        deadline = time.monotonic() + self.timeout
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         sent = False
         in_doubt = False  # an attempt may have been proposed (see kvstore.client.AsyncClient._call)
         pause = _PAUSE_FIRST
@@ -431,12 +454,12 @@ class OneShotClient:
             in_doubt_now = False
             conn = self._conn
             endpoint = conn.endpoint if conn is not None else self.endpoints[self._preferred]
+            abandoned = False
             try:
                 if conn is None:
                     conn = self._connect(min(remaining, self.attempt_timeout))
                 sent = in_doubt_now = True
                 rid = next(self._ids)
-                abandoned = False
                 if hedge and len(self.endpoints) > 1 and attempt_deadline - now > HEDGE_SECONDS:
                     hedge = False  # (once per call)
                     reply, abandoned = self._exchange_hedged(conn, build, rid, attempt_deadline)
@@ -455,6 +478,7 @@ class OneShotClient:
                     # certificate comes with its first answer, and it read nothing of the request)
                     in_doubt_now = False
                     tls_refused.add(endpoint)
+            doubted = in_doubt or abandoned  # (an attempt other than the one answered may have been proposed)
             in_doubt = in_doubt or in_doubt_now
             refused_by_node = reply is not None  # (an error reply: an OK one returns below)
             if reply is None and once and in_doubt_now:
@@ -481,6 +505,11 @@ class OneShotClient:
                 else:
                     self._drop(advance=True)
             elif code == frames.STALE:
+                raise Unavailable(reply.message, outcome_unknown=True)
+            elif code == frames.EXPIRED and write:
+                # This attempt was not applied, nor will any other under this client id be (see _write)
+                if not doubted:
+                    raise _Expired(reply.horizon)
                 raise Unavailable(reply.message, outcome_unknown=True)
             elif code in _TRY_ANOTHER:
                 last_error = reply.message

@@ -339,7 +339,7 @@ class PeerLinks:
         backoff = BACKOFF_SECONDS_MIN
         hello = wire.encode_frame(wire.Hello(node_id=self.node_id, cluster_id=options.cluster_id,
                                              incarnation=node.storage.incarnation,
-                                             engine=options.engine))
+                                             engine=options.engine, features=wire.FEATURES))
         while True:
             outbox.drop_backlog()
             try:
@@ -465,6 +465,14 @@ class PeerLinks:
             node.counters["peers_refused_certificate"] += 1
             raise wire.WireError(refused)
         peer = hello.node_id
+        if wire.FEATURE_CLIENT_EXPIRY not in hello.features and node.sm.expiry_on:
+            # It would apply the cluster's writes by older rules (kvstore.statemachine, "Exactly-once"):
+            # keep it out rather than let it answer what the others refuse.
+            node.counters["peers_refused_version"] += 1
+            raise wire.WireError(f"node {hello.node_id} runs a version without the {wire.FEATURE_CLIENT_EXPIRY} "
+                                 f"feature, which this cluster has switched on: upgrade it (docs/operations.md, "
+                                 f"\"Upgrading\")")
+        node.members.seen_features[peer] = hello.features
         members = node.storage.members
         if members is not None:
             recorded = recorded_incarnation(node, peer)

@@ -921,6 +921,8 @@ class Node:
             self.counters["writes_failed_on_step_down"] += self.waiters.fail_writes_not_leader()
             log.info("node %d: stopped leading at ballot %s", self.node_id, _ballot_text(replica.ballot))
         self._led = leads
+        if leads and ticks and not self._fenced and not self.learner.sm.expiry_on:
+            self.members.switch_features_on(trio.current_time())
         leader = replica.leader_id
         if leader is not None and (self._leader_logged is None or self._leader_logged[0] != leader
                                    or self._leader_logged[1] != replica.ballot):
@@ -1242,6 +1244,10 @@ class Node:
             "watches": len(self.watches),  # kv watch (kvstore.watches)
             # the oldest revision a watch may start from here (kv watch --rev): every change from it is kept
             "watch_history_from": self.history.complete_from,
+            # client expiry (kvstore.statemachine, "Exactly-once"): on once every member has it; the stamp a
+            # client id unknown to the cluster must exceed for its writes to be applied
+            "client_expiry": learner.sm.expiry_on,
+            "client_expiry_horizon": learner.sm.horizon,
             "counters": dict(self.counters),
             "core_counters": core["counters"],  # the Paxos core's: duplicates, stale messages, elections
         }

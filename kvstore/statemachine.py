@@ -46,9 +46,17 @@ Exactly-once (the dedup table)
     request" instead of being executed twice. A forgotten client loses that protection: a retry from it
     after eviction executes again, which is the price of a bounded table. Clients retry for seconds and
     eviction takes 10,000 newer clients, which short-lived clients (a ``kv`` command each) can bring in
-    about a second (QA); docs/protocol.md says so. Remembering evicted clients' floors would answer such
-    a retry "stale" instead, but that changes what replicas execute, so every node must switch at one
-    slot: not done.
+    about a second (QA). So a forgotten client is refused from then on, once the cluster switched that on:
+  * Client expiry (``expiry_on``; the feature command ``client-expiry`` switches it on, at one slot for
+    every replica: ``kvstore.commands``). A client id made by ``frames.new_client_id`` carries a stamp
+    (when it was made, in milliseconds). When a stamped client is forgotten, ``horizon`` becomes at least
+    its stamp (the feature command starts it at the leader's clock, covering the clients forgotten
+    before). A write of a client not in the table whose stamp is at or below ``horizon`` may be a retry
+    of a forgotten client's write: it gets ``{"error": "expired client", "horizon": h}`` and changes
+    nothing. A client that never sent that write before may draw a new id stamped above ``h`` and send
+    it again (a client whose first write is refused so: its clock is behind, or it was idle and
+    forgotten); one that did send it before cannot know whether it was applied, and says so. Ids
+    without a stamp (older clients') are never refused, and not protected once forgotten.
 
   Remembered results are stored compactly as ``(kind, rev, extra)`` tuples and rebuilt into fresh
   dicts for every caller, so no caller can change the table by mutating a result.
@@ -102,7 +110,10 @@ from .commands import (
     Command,
     CommandError,
     decode_command,
+    decode_feature,
 )
+from .frames import client_id_stamp
+from .wire import FEATURE_CLIENT_EXPIRY
 
 CLIENTS_MAX = 10_000
 """Clients remembered in the dedup table at most; the least recently used one is evicted beyond."""
@@ -126,6 +137,7 @@ _DELETE = 1
 _CAS = 2
 
 STALE_REQUEST = "stale request"
+EXPIRED_CLIENT = "expired client"
 _KIND_OF_OP = {"put": _PUT, "delete": _DELETE, "cas": _CAS}
 _OP_OF_KIND = {kind: op for op, kind in _KIND_OF_OP.items()}
 
@@ -407,7 +419,7 @@ class StateMachine:
     """The dictionary plus its dedup table. Not thread-safe; one owner (the server's driver task)."""
 
     __slots__ = ("changes", "slot", "revision", "_entries", "_index", "_clients", "_results_total", "_hash_cache",
-                 "_digest_sum", "_journals", "watch_out")
+                 "_digest_sum", "_journals", "watch_out", "expiry_on", "horizon")
 
     def __init__(self) -> None:
         self.revision: int = 0
@@ -435,6 +447,10 @@ class StateMachine:
         # in the order of the changes (two items per change, not a tuple: a node keeps 50,000 of them,
         # and a tuple each was 3 MiB more). None: nothing is recorded.
         self.watch_out: list[str | bytes | int] | None = None
+        # Client expiry (see "Exactly-once" above): switched on by the feature command, never off; the
+        # highest stamp of a client forgotten since (or the feature command's stamp)
+        self.expiry_on = False
+        self.horizon = 0
 
     # -------------------------------------------------------------------------------------------
     # writes
@@ -457,6 +473,9 @@ class StateMachine:
                 if is_change(command):  # a membership change: the core's; we only keep it for snapshots
                     self.changes.append((self.slot, bytes(command)))
                     return None, {"config": True}
+                feature = decode_feature(command)
+                if feature is not None:
+                    return None, self._switch_on(*feature)
                 return None, {"error": f"malformed command: {exc}"}
         client_id = cmd.client_id
         request_id = cmd.request_id
@@ -476,6 +495,10 @@ class StateMachine:
                 return identity, _result_dict(stored)
             if request_id < client.floor:
                 return identity, {"error": STALE_REQUEST}
+        elif self.expiry_on:
+            stamp = client_id_stamp(client_id)
+            if stamp is not None and stamp <= self.horizon:
+                return identity, {"error": EXPIRED_CLIENT, "horizon": self.horizon}
 
         self.revision += 1
         rev = self.revision
@@ -588,8 +611,21 @@ class StateMachine:
 
     def _evict_lru_client(self) -> None:
         """Forget the least recently used client and its results (see "Exactly-once" above)."""
-        _, client = self._clients.popitem(last=False)
+        client_id, client = self._clients.popitem(last=False)
         self._results_total -= len(client.results)
+        if self.expiry_on:
+            stamp = client_id_stamp(client_id)
+            if stamp is not None and stamp > self.horizon:
+                self.horizon = stamp
+
+    def _switch_on(self, name: str, stamp: int) -> dict[str, Any]:
+        """Apply a feature command (``kvstore.commands.encode_feature``): the same on every replica."""
+        if name != FEATURE_CLIENT_EXPIRY:
+            return {"error": f"malformed command: unknown feature {name!r}"}
+        if not self.expiry_on:  # (a second one, proposed by two leaders in turn, changes nothing)
+            self.expiry_on = True
+            self.horizon = max(self.horizon, stamp)
+        return {"feature": name}
 
     def _touch(self, client_id: bytes, client: _Client, ack_below: int) -> None:
         """Record a command of ``client``: LRU position, last revision, floor and pruning."""
@@ -799,9 +835,9 @@ class StateMachine:
         if used != length:
             raise SnapshotError(f"snapshot has {length - used} trailing bytes" if used < length
                                 else f"snapshot runs {used - length} bytes past its end")
-        if type(top) is not dict or set(top) - {"changes"} != {"format", "revision", "entries", "clients"}:
+        if type(top) is not dict or set(top) - {"changes", "expiry"} != {"format", "revision", "entries", "clients"}:
             raise SnapshotError("snapshot must be a map with keys format, revision, entries, clients "
-                                "(and changes, from format 3)")
+                                "(and changes, from format 3; expiry once client expiry is on)")
         layout = top["format"]
         if type(layout) is not int or layout not in SNAPSHOT_FORMATS_READ:
             raise SnapshotError(f"unknown snapshot format {layout!r} (this version reads "
@@ -822,6 +858,11 @@ class StateMachine:
         machine._digest_sum = sum(map(int.from_bytes, digests)) % _DIGEST_MOD
         machine._clients = _restore_clients(top["clients"], revision)
         machine.changes = _restore_changes(top.get("changes", []))
+        if "expiry" in top:
+            horizon = top["expiry"]
+            if type(horizon) is not int or not 0 <= horizon < 2**64:
+                raise SnapshotError("snapshot expiry must be an int in [0, 2**64)")
+            machine.expiry_on, machine.horizon = True, horizon
         # An older snapshot may hold more than RESULTS_MAX: the next executed command evicts down to it.
         machine._results_total = sum(len(c.results) for c in machine._clients.values())
         return machine
@@ -835,7 +876,8 @@ class FrozenState:
     first and the ``saved`` journal after, so it also stays right if a write lands in between.
     """
 
-    __slots__ = ("revision", "count", "_owner", "_entries", "_blocks", "_clients", "_saved", "_closed", "_changes")
+    __slots__ = ("revision", "count", "_owner", "_entries", "_blocks", "_clients", "_saved", "_closed", "_changes",
+                 "_horizon")
 
     def __init__(self, owner: StateMachine, saved: dict[str, bytes | None]) -> None:
         self._owner = owner
@@ -844,6 +886,7 @@ class FrozenState:
         self.count = len(owner._entries)
         self._blocks = owner._index.share()  # the blocks themselves: copy-on-write, see _SortedKeys
         self._changes = list(owner.changes)
+        self._horizon = owner.horizon if owner.expiry_on else None  # client expiry: None while off
         # The dedup table in LRU order, each client's results copied (the live ones change).
         self._clients = [(client_id, client.floor, client.last_revision, dict(client.results))
                          for client_id, client in owner._clients.items()]
@@ -872,13 +915,16 @@ class FrozenState:
         Layout (format 2): a map ``{"format": 2, "revision": r, "entries": [key, packed, ...] (flat, key
         order; packed is the entry as stored, digest included: see the module docstring), "clients": [[client_id, floor,
         last_revision, [request_id, kind, rev, extra, ...]], ...] (least recently used first, request
-        ids ascending)}``, exactly as one ``cbor2.dumps`` of that map would encode it. Equal command
+        ids ascending)}``, then (format 3) ``"changes": [[slot, command], ...]`` and, once client expiry is
+        on, ``"expiry": horizon``, exactly as one ``cbor2.dumps`` of that map would encode it. Equal command
         histories give byte-identical snapshots.
         """
         if type(entries_per_chunk) is not int or entries_per_chunk < 1:
             raise ValueError(f"entries_per_chunk must be a positive int, not {entries_per_chunk!r}")
         dumps = cbor2.dumps
-        yield b"".join((b"\xa5", dumps("format"), dumps(SNAPSHOT_FORMAT), dumps("revision"),
+        # (five keys; six with "expiry", written only once it is on: an older node installs the others)
+        yield b"".join((b"\xa5" if self._horizon is None else b"\xa6", dumps("format"), dumps(SNAPSHOT_FORMAT),
+                        dumps("revision"),
                         dumps(self.revision), dumps("entries"), _array_header(2 * self.count)))
         for keys in _batches(self._blocks, entries_per_chunk):
             if self._closed:
@@ -925,6 +971,8 @@ class FrozenState:
         if batch:
             yield _array_items(batch)
         yield dumps("changes") + dumps([[slot, command] for slot, command in self._changes])
+        if self._horizon is not None:
+            yield dumps("expiry") + dumps(self._horizon)
 
 
 def _restore_changes(changes: object) -> list[tuple[int, bytes]]:

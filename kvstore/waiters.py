@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import commands, failpoints, frames, wire
 from .metrics import OUTCOME_OF_CODE, request_op
-from .statemachine import STALE_REQUEST, RangeTooLarge
+from .statemachine import EXPIRED_CLIENT, STALE_REQUEST, RangeTooLarge
 
 if TYPE_CHECKING:
     from .events import Proposal
@@ -105,6 +105,14 @@ def reply_result(conn: Replier, wire_id: int, result: dict[str, Any]) -> str:
                     "of this client were answered meanwhile, or another client uses its client id); it may or "
                     "may not have been applied"))
         return "stale"
+    if error == EXPIRED_CLIENT:
+        # A client the state machine forgot (or a new one whose clock is behind): see frames.new_client_id.
+        conn.reply(wire.ErrorReply(
+            id=wire_id, code=wire.EXPIRED, leader=None, horizon=result["horizon"],
+            message="the cluster no longer remembers this client (more than 10,000 newer clients wrote since "
+                    "its last write, or its id is older than the newest client forgotten); this write was not "
+                    "applied, and an earlier attempt of it, if one was sent, may or may not have been"))
+        return "expired"
     if error is not None:
         conn.reply(wire.ErrorReply(id=wire_id, code=wire.BAD_REQUEST, message=str(error), leader=None))
         return "error"

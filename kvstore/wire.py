@@ -122,6 +122,7 @@ DISK_FAILED = _frames.DISK_FAILED
 PERMISSION_DENIED = _frames.PERMISSION_DENIED
 OUTCOME_UNKNOWN = _frames.OUTCOME_UNKNOWN
 COMPACTED = _frames.COMPACTED
+EXPIRED = _frames.EXPIRED
 ERROR_CODES = _frames.ERROR_CODES
 encode_put_request_frame = _frames.encode_put_request_frame
 
@@ -147,6 +148,16 @@ class Hello:
     # ("eng"), sent only when not "core", so that a node older than engines (which runs the core) says
     # "core" by saying nothing.
     engine: str = "core"
+    # What the dialing node's state machine can switch on when every member can (FEATURES): optional on
+    # the wire ("feat"), absent from nodes older than features, which can switch on none.
+    features: tuple[str, ...] = ()
+
+
+FEATURE_CLIENT_EXPIRY = "client-expiry"
+"""The state machine refuses an expired client's writes (kvstore.statemachine, "Exactly-once")."""
+FEATURES = (FEATURE_CLIENT_EXPIRY,)
+"""The features this version's nodes advertise in their Hello."""
+FEATURES_MAX = 32  # names in a Hello's "feat" at most (each a short text)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -298,6 +309,9 @@ class ErrorReply:
     message: str
     leader: str | None
     refused: bool = False
+    # With code EXPIRED: the newest stamp of a client id the cluster forgot (frames.new_client_id). Optional
+    # on the wire ("horizon"), sent only when not 0.
+    horizon: int = 0
 
 
 CLIENT_REQUEST_TYPES = (PutRequest, DeleteRequest, CasRequest, GetRequest, ListRequest, StatusRequest, AdminRequest,
@@ -517,6 +531,8 @@ def _encode_err(m: ErrorReply) -> dict[str, Any]:
     body = {"t": "err", "id": m.id, "code": m.code, "msg": m.message, "leader": m.leader}
     if m.refused:
         body["refused"] = True  # absent when false: older clients and the worked examples see no change
+    if m.horizon:
+        body["horizon"] = m.horizon
     return body
 
 
@@ -542,6 +558,8 @@ def _encode_hello(m: Hello) -> dict[str, Any]:
         o["inc"] = m.incarnation
     if m.engine != "core":
         o["eng"] = m.engine
+    if m.features:
+        o["feat"] = list(m.features)
     return o
 
 
@@ -662,12 +680,21 @@ def _d_snap(obj: dict[str, Any]) -> SnapshotChunk:
     return chunk
 
 
+def _d_features(obj: dict[str, Any]) -> tuple[str, ...]:
+    names = obj["feat"]
+    if (type(names) is not list or len(names) > FEATURES_MAX
+            or not all(type(name) is str and 0 < len(name) <= 64 for name in names)):
+        raise WireError(f"hello.feat: expected a list of at most {FEATURES_MAX} short texts")
+    return tuple(names)
+
+
 def _d_err(obj: dict[str, Any]) -> ErrorReply:
     rid = _get(obj, "id")
     if rid is not None and not (type(rid) is int and 0 <= rid < ID_LIMIT):
         raise WireError(f"err.id: expected an int in [0, 2**63) or null, got {_got(rid)}")
     return ErrorReply(id=rid, code=_f_str(obj, "code"), message=_f_str(obj, "msg"), leader=_f_opt_str(obj, "leader"),
-                      refused=_f_bool(obj, "refused") if "refused" in obj else False)
+                      refused=_f_bool(obj, "refused") if "refused" in obj else False,
+                      horizon=_f_int(obj, "horizon", 0, U64_LIMIT) if "horizon" in obj else 0)
 
 
 # The four hottest requests get a fast path: one pass of lookups and exact type tests that accepts a
@@ -751,7 +778,8 @@ _STR_BYTES_NONE = (str, bytes, type(None))
 _MAP_DECODERS: dict[str, Callable[[dict[str, Any]], WireMessage]] = {
     "hello": lambda o: Hello(node_id=_f_int(o, "node", 1, ID_LIMIT), cluster_id=_f_str(o, "cluster"),
                              incarnation=_f_opt_str(o, "inc") if "inc" in o else None,
-                             engine=_f_str(o, "eng") if "eng" in o else "core"),
+                             engine=_f_str(o, "eng") if "eng" in o else "core",
+                             features=_d_features(o) if "feat" in o else ()),
     "px": _d_px,
     "snap": _d_snap,
     "put": _d_put,

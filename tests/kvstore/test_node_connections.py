@@ -291,7 +291,8 @@ async def test_a_newer_link_from_a_member_replaces_the_older_so_hellos_cannot_pi
         await cluster.start_all()
         node = cluster.nodes[1]
         await _founded(cluster)
-        hello = wire.encode_frame(wire.Hello(node_id=2, cluster_id="kv", incarnation=node.storage.members[2]))
+        hello = wire.encode_frame(wire.Hello(node_id=2, cluster_id="kv", incarnation=node.storage.members[2],
+                                             features=wire.FEATURES))
         # Links that claim to be node 2's (anyone can say Hello without TLS): each newer one replaces
         # the one before, the real node 2's included; none counts against the client connections.
         fakes = []

@@ -49,7 +49,8 @@ class FakeNode:
                                        note_messages_lost=self.lost_to.append)
         self.core_calls: list = []  # what the links posted for the driver (kvstore.members.CoreCall)
         self._post_event = self.core_calls.append
-        self.members = SimpleNamespace(seen_incarnations={})
+        self.members = SimpleNamespace(seen_incarnations={}, seen_features={})
+        self.sm = SimpleNamespace(expiry_on=False)  # (client expiry: peers refuse older nodes once it is on)
         self.posted: list[list] = []
         self.chunks: list = []
         self.posted_from_peer: list[bool] = []
@@ -162,6 +163,23 @@ async def test_the_reader_refuses_a_peer_of_another_engine(ours, theirs):
     node.options.engine = theirs  # the same engine on both ends is served
     await _serve(node, _hello(engine=theirs), [wire.PaxosBatch(messages=(_heartbeat(2),))])
     assert node.posted == [[_heartbeat(2)]]
+
+
+async def test_once_client_expiry_is_on_a_peer_without_it_is_refused_and_one_with_it_recorded():
+    """A node older than client expiry would apply writes by the older rules (a forgotten client's retry
+    executed where the others refuse it): once the cluster switched expiry on, its link is refused, naming
+    the feature; before, it is served, and what each peer says it has is recorded for the leader."""
+    node = FakeNode()
+    await _serve(node, _hello(), [wire.PaxosBatch(messages=(_heartbeat(2),))])  # (off: an older node is served)
+    assert node.members.seen_features == {2: ()}
+    node.sm.expiry_on = True
+    with pytest.raises(wire.WireError, match="node 2 runs a version without the client-expiry feature"):
+        await _serve(node, _hello(), [wire.PaxosBatch(messages=(_heartbeat(2, seq=1),))])
+    assert node.counters["peers_refused_version"] == 1 and len(node.posted) == 1
+    newer = _hello()
+    newer.features = wire.FEATURES
+    await _serve(node, newer, [wire.PaxosBatch(messages=(_heartbeat(2, seq=2),))])
+    assert node.members.seen_features == {2: wire.FEATURES} and len(node.posted) == 2
 
 
 def test_a_removed_voter_is_still_checked_against_the_configuration_that_governs_before_its_removal():
