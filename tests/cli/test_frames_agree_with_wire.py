@@ -60,9 +60,10 @@ def _by_wire(body: bytes):
     except wire.WireError:
         return None
     if isinstance(message, wire.OkReply):
-        return (True, message.id, message.result, "", "", None, False)
+        return (True, message.id, message.result, "", "", None, False, 0)
     if isinstance(message, wire.ErrorReply):
-        return (False, message.id, {}, message.code, message.message, message.leader, message.refused)
+        return (False, message.id, {}, message.code, message.message, message.leader, message.refused,
+                message.horizon)
     return None  # a request: not a reply
 
 
@@ -93,6 +94,8 @@ BODIES = [
     dict(OK, r={"items": [["k", b"v"], ["k2"]]}), dict(OK, r={1: 2}), dict(OK, r={"a": 1.5, "b": None}),
     dict(ERR, code=1), dict(ERR, msg=b"no"), dict(ERR, leader=7), dict(ERR, id=-5),
     dict(ERR, refused=True), dict(ERR, refused=False), dict(ERR, refused=1), dict(ERR, refused=None),
+    dict(ERR, code="expired", horizon=5), dict(ERR, horizon=0), dict(ERR, horizon=2**64 - 1), dict(ERR, horizon=2**64),
+    dict(ERR, horizon=-1), dict(ERR, horizon="5"), dict(ERR, horizon=None), dict(ERR, horizon=True),
     {"t": "get", "id": 1, "key": "k", "lin": True}, {"t": 1}, {}, [OK], "ok",
 ]
 
@@ -118,7 +121,7 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.te
 
 @settings(max_examples=300, deadline=None)
 @given(kind=st.sampled_from(["ok", "err"]), fields=st.dictionaries(
-    st.sampled_from(["id", "r", "code", "msg", "leader", "refused", "other"]), VALUES, max_size=7))
+    st.sampled_from(["id", "r", "code", "msg", "leader", "refused", "horizon", "other"]), VALUES, max_size=8))
 def test_drawn_replies_decode_alike(kind, fields):
     _agree(cbor2.dumps({"t": kind, **fields}))
 
