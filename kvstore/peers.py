@@ -472,7 +472,6 @@ class PeerLinks:
             raise wire.WireError(f"node {hello.node_id} runs a version without the {wire.FEATURE_CLIENT_EXPIRY} "
                                  f"feature, which this cluster has switched on: upgrade it (docs/operations.md, "
                                  f"\"Upgrading\")")
-        node.members.seen_features[peer] = hello.features
         members = node.storage.members
         if members is not None:
             recorded = recorded_incarnation(node, peer)
@@ -490,6 +489,7 @@ class PeerLinks:
                     node._stop_voting(exc)  # never absorbed by a connection handler
                     return
                 log.info("node %d: recorded node %d's incarnation %s", self.node_id, peer, hello.incarnation)
+        node.members.seen_features[peer] = hello.features  # (for the leader: Members.switch_features_on)
         reader.frame_bytes_max = PEER_FRAME_BYTES_MAX
         reader.budget = None  # a member's frames are the cluster's own traffic (see wire.FrameBudget)
         # A member dials us on one connection at a time, and redials only once it found that one dead:

@@ -327,7 +327,8 @@ def test_lru_client_is_evicted_deterministically():
     assert sm.remembered(_client(1)) is None
     assert sm.remembered(_client(0)) == (0, [1])
     assert sm.remembered(b"newcomer") == (0, [1])
-    # The documented price of eviction: a retry from an evicted client executes again.
+    # Expiry off (and these ids have no stamp): the old price of eviction, a retry from an evicted client
+    # executes again (tests/kvstore/test_client_expiry.py: what expiry changes).
     revision = sm.revision
     assert sm.apply(encode_put(_client(1), 1, 0, "k", "v"))[1] == {"rev": revision + 1}
     assert sm.remembered(_client(2)) is None  # ...and evicts the next least recent client
