@@ -601,7 +601,9 @@ class BackupService:
             session_id = secrets.randbits(52) | 1
         frozen = barrier.frozen
         assert frozen is not None  # the barrier's OkReply froze the state machine
-        self.sessions[session_id] = _Session(session_id, frozen, frozen.chunks(PIECE_ENTRIES), trio.current_time())
+        # (without client expiry's horizon: a backup restores with older versions too; docs/operations.md)
+        pieces = frozen.chunks(PIECE_ENTRIES, expiry=False)
+        self.sessions[session_id] = _Session(session_id, frozen, pieces, trio.current_time())
         node.counters["backups_begun"] += 1
         log.info("backup %d begins at slot %d (%d keys)", session_id, barrier.facts["slot"], barrier.facts["keys"])
         if not self._reaping:

@@ -907,7 +907,7 @@ class FrozenState:
         self.close()
 
     def chunks(self, entries_per_chunk: int = SNAPSHOT_ENTRIES_PER_CHUNK,
-               bytes_per_chunk: int = SNAPSHOT_BYTES_PER_CHUNK) -> Iterator[bytes]:
+               bytes_per_chunk: int = SNAPSHOT_BYTES_PER_CHUNK, *, expiry: bool = True) -> Iterator[bytes]:
         """The snapshot bytes of the frozen state, in pieces of about ``entries_per_chunk`` entries (or
         remembered dedup results) each, and a piece of entries of about ``bytes_per_chunk`` bytes at most
         (one entry at least); their concatenation is ``snapshot()`` as of the freeze.
@@ -918,12 +918,16 @@ class FrozenState:
         ids ascending)}``, then (format 3) ``"changes": [[slot, command], ...]`` and, once client expiry is
         on, ``"expiry": horizon``, exactly as one ``cbor2.dumps`` of that map would encode it. Equal command
         histories give byte-identical snapshots.
+
+        ``expiry=False`` leaves ``"expiry"`` out (a backup: it restores with the older versions'
+        ``kv snapshot restore`` too, and a cluster restored from it switches expiry on by itself).
         """
         if type(entries_per_chunk) is not int or entries_per_chunk < 1:
             raise ValueError(f"entries_per_chunk must be a positive int, not {entries_per_chunk!r}")
         dumps = cbor2.dumps
+        horizon = self._horizon if expiry else None
         # (five keys; six with "expiry", written only once it is on: an older node installs the others)
-        yield b"".join((b"\xa5" if self._horizon is None else b"\xa6", dumps("format"), dumps(SNAPSHOT_FORMAT),
+        yield b"".join((b"\xa5" if horizon is None else b"\xa6", dumps("format"), dumps(SNAPSHOT_FORMAT),
                         dumps("revision"),
                         dumps(self.revision), dumps("entries"), _array_header(2 * self.count)))
         for keys in _batches(self._blocks, entries_per_chunk):
@@ -971,8 +975,8 @@ class FrozenState:
         if batch:
             yield _array_items(batch)
         yield dumps("changes") + dumps([[slot, command] for slot, command in self._changes])
-        if self._horizon is not None:
-            yield dumps("expiry") + dumps(self._horizon)
+        if horizon is not None:
+            yield dumps("expiry") + dumps(horizon)
 
 
 def _restore_changes(changes: object) -> list[tuple[int, bytes]]:
