@@ -95,7 +95,7 @@ import operator
 import struct
 from bisect import bisect_left, insort
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from heapq import heappop, heappush
 from typing import Any, BinaryIO, NamedTuple
 
@@ -112,7 +112,7 @@ from .commands import (
     decode_command,
     decode_feature,
 )
-from .frames import client_id_stamp
+from .frames import STAMP_AHEAD_MS, client_id_stamp
 from .wire import FEATURE_CLIENT_EXPIRY
 
 CLIENTS_MAX = 10_000
@@ -617,6 +617,19 @@ class StateMachine:
             stamp = client_id_stamp(client_id)
             if stamp is not None and stamp > self.horizon:
                 self.horizon = stamp
+
+    def stamp_too_far_ahead(self, client_id: bytes, now_ms: Callable[[], int]) -> int | None:
+        """For the leader, before it proposes a write (a refusal on arrival, not a rule every replica
+        applies): with expiry on, a client this table does not know whose stamp is more than
+        ``STAMP_AHEAD_MS`` above both the horizon and ``now_ms()`` (the leader's clock, read only then)
+        gets the higher of those two, to draw its new id above; anything else gets None."""
+        if not self.expiry_on or client_id in self._clients:
+            return None
+        stamp = client_id_stamp(client_id)
+        if stamp is None:
+            return None
+        base = max(self.horizon, now_ms())
+        return base if stamp > base + STAMP_AHEAD_MS else None
 
     def _switch_on(self, name: str, stamp: int) -> dict[str, Any]:
         """Apply a feature command (``kvstore.commands.encode_feature``): the same on every replica."""

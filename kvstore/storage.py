@@ -104,8 +104,9 @@ Disk format. The presence of marks versions the log: a log with at least one mar
 this version and is read with the rule below; a log with none (an older version's) is read with the
 older rule, unchanged, and gains marks with its next batch, so an older data directory opens as
 before. An older program must not read a log this version wrote or appended to (the version before
-cut the appended records as a torn tail): ``meta.json`` says format 2 from this version's first open
-on, before anything is written, and every older program refuses that at open (``FORMAT_VERSION``).
+cut the appended records as a torn tail): ``meta.json`` says format 2 (3 from client expiry on) from
+this version's first open on, before anything is written, and every older program refuses that at open
+(``FORMAT_VERSION``).
 
 Preallocated log space (``Storage.open(..., preallocate=N)``, the server's default is 1 MiB). Growing
 a file changes its size, so an fdatasync after an append must also commit the file system's journal;
@@ -277,8 +278,13 @@ log = logging.getLogger(__name__)
 # anything is written: an older version then refuses it ("data format version 2, this program reads
 # 1") instead of reading a log this version appended to (QA: one cut the appended records as a torn tail
 # and lost acknowledged writes; older ones cut the whole log once this version had compacted it).
-FORMAT_VERSION = 2
-FORMATS_READ = (1, 2)
+# Format 3: the same files, marked by the versions with client expiry (kvstore.statemachine), so that an
+# older version refuses the directory instead of replaying its log by the older rules: QA, a node
+# downgraded by mistake applied the forgotten clients' retries that the cluster had refused, served
+# them on serializable reads, and wrote them into a snapshot without the expiry that the new version
+# then loaded (a replica diverged for good).
+FORMAT_VERSION = 3
+FORMATS_READ = (1, 2, 3)
 # The most zeros a log keeps ahead of its records: the preallocation step doubles up to this while
 # records outrun the fsyncs that make its growth durable (see Storage.append)
 PREALLOCATE_STEP_MAX = 64 << 20

@@ -375,9 +375,30 @@ async def test_the_cluster_switches_expiry_on_and_a_forgotten_client_writes_agai
             assert revision == few_clients + 2
         await _wait_all(cluster, lambda node: node.sm.revision == revision)
         # (its first id, then the first of the others when its new id came in)
-        assert {node.sm.horizon for node in cluster.nodes.values()} == {frames.client_id_stamp(others[0])}
+        horizon = frames.client_id_stamp(others[0])
+        assert {node.sm.horizon for node in cluster.nodes.values()} == {horizon}
         leader = cluster.nodes[await cluster.wait_leader()]
         assert leader.waiters.requests["put", "expired"] == 1
+        # A new client whose clock is far behind: refused once, then stamped at the node's clock (not just
+        # above the horizon, which moves with the time itself while many new clients come: QA)
+        async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as behind:
+            behind.client_id = _id(5, 1)
+            before = time.time_ns() // 1_000_000
+            await behind.put("behind", "1")
+            assert behind.client_id_renewals == 1 and frames.client_id_stamp(behind.client_id) > before > horizon
+        # One far ahead (a clock an hour fast, or forged) is refused on arrival, before it is proposed, so
+        # it never moves the horizon; it goes on at the leader's clock
+        for stamp in (before + 3_600_000, frames.STAMP_LIMIT - 1):
+            async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as ahead:
+                ahead.client_id = _id(stamp, 2)
+                await ahead.put("ahead", str(stamp))
+                assert ahead.client_id_renewals == 1
+                assert before <= frames.client_id_stamp(ahead.client_id) < before + 60_000
+        assert leader.waiters.requests["put", "expired"] == 4
+        for i in range(few_clients + 1):  # ... not even once forgotten: its stamp never reached the table
+            async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as other:
+                await other.put(f"later{i}", "x")
+        assert leader.sm.horizon < before + 60_000
         nursery.cancel_scope.cancel()
 
 

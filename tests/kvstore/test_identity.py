@@ -136,22 +136,24 @@ def test_a_directory_from_before_incarnations_gets_one_and_is_marked_legacy(tmp_
 
 
 def test_an_older_versions_directory_is_read_and_marked_so_that_older_versions_refuse_it(tmp_path):
-    """Format 1 (every version before the log's fence) is read as it is, and meta.json says format 2
-    from the first open on, before the log is written: each older version checks ``format == 1`` at
-    open and refuses anything else, before touching a file (QA: rolled back after this version appended
-    to its log, one cut the appended records as a torn tail and lost acknowledged writes). A format this
+    """Format 1 (every version before the log's fence) and 2 (before client expiry) are read as they are,
+    and meta.json says format 3 from the first open on, before the log is written: each older version
+    checks the format at open and refuses a newer one, before touching a file (QA: rolled back after this
+    version appended to its log, one cut the appended records as a torn tail and lost acknowledged writes;
+    downgraded after client expiry was on, one applied the retries the cluster had refused). A format this
     version does not know is refused, and a newer one is named as such."""
     d = tmp_path / "old"
     with Storage.open(d, node_id=2, cluster_id="kv", fsync=False) as s:
         s.append([PromiseRecord(Ballot(3, 2))])
         s.sync()
     meta = json.loads((d / "meta.json").read_text())
-    assert meta["format"] == 2
-    (d / "meta.json").write_text(json.dumps({**meta, "format": 1}))  # as an older version left it
-    with Storage.open(d, node_id=2, cluster_id="kv", fsync=False) as s:
-        assert json.loads((d / "meta.json").read_text())["format"] == 2
-        assert s.recovered.promised == Ballot(3, 2)
-    for newer, said in ((3, "a newer version of kv wrote this directory"), ("2", "this program reads 1, 2")):
+    assert meta["format"] == 3
+    for older in (1, 2):  # as an older version left it (2: before client expiry)
+        (d / "meta.json").write_text(json.dumps({**meta, "format": older}))
+        with Storage.open(d, node_id=2, cluster_id="kv", fsync=False) as s:
+            assert json.loads((d / "meta.json").read_text())["format"] == 3
+            assert s.recovered.promised == Ballot(3, 2)
+    for newer, said in ((4, "a newer version of kv wrote this directory"), ("3", "this program reads 1, 2, 3")):
         (d / "meta.json").write_text(json.dumps({**meta, "format": newer}))
         with pytest.raises(StorageError, match=said):
             Storage.open(d, node_id=2, cluster_id="kv", fsync=False)
