@@ -871,12 +871,12 @@ class ClientLinks:
         if request.rev is None:
             conn.reply(wire.OkReply(id=request.id, result={"watching": True, "rev": learner.sm.revision}))
         else:
-            # From an earlier revision (kv watch --rev): the kept changes from it go first, in this same
-            # step, so no live change comes before them nor falls between (kvstore.watches, History)
+            # From an earlier revision (kv watch --rev): the kept changes from it go first (a long replay in
+            # steps, the live changes held back), so none comes before them nor falls between (kvstore.watches)
             conn.reply(wire.OkReply(id=request.id, result={"watching": True, "rev": learner.sm.revision,
                                                            "from": request.rev}))
             assert kept is not None  # (else refused above)
-            node.watches.replay(conn, request.id, request.key, request.prefix, kept)
+            node.watches.replay(conn, request.id, kept, node.nursery.start_soon)
         if learner.lazy:
             # A lazy learner turns eager while it has watches (Learner.should_be_lazy): at once, so
             # that what it decided and has not applied yet is reported now, not at its next tick.

@@ -34,7 +34,9 @@ History (``watch`` with ``rev``, etcd's ``--rev``)
   machine records them, holding the packed entries it made, not copies), at most
   ``--watch-history`` changes and ``WATCH_HISTORY_BYTES_MAX`` bytes of commands. A watch from revision
   ``rev`` is answered ``ok`` with ``"from": rev``, then sent the kept changes from ``rev`` on that match it
-  (``Watches.replay``), then the live ones, in one step of the event loop, so nothing falls between. The
+  (``Watches.replay``), then the live ones, so nothing falls between: a replay of up to
+  ``REPLAY_CHANGES_PER_STEP`` changes goes in the step that adds the watch, a longer one a step at a
+  time in a task while that watch's live changes are held back, then sent after it. The
   history is *complete from* a revision: every change at or above it is kept. A watch from below that is
   refused with ``compacted``, naming the revision; one from above the node's revision (a node behind the
   one the client watched before) starts live, and the client drops the events below ``rev``. The history
@@ -50,6 +52,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import cbor2
+import trio
 
 from . import wire
 from .frames import _HEADER
@@ -76,6 +79,9 @@ WATCH_HISTORY_CHANGES_MAX = 10_000_000
 """... and at most (its ring, allocated when the node starts, is 16 bytes per change: 160 MB at this)."""
 WATCH_HISTORY_BYTES_MAX = 32 << 20
 """... and bytes of the commands that made them at most (a replay must fit a client's backlog, 64 MiB)."""
+REPLAY_CHANGES_PER_STEP = 5_000
+"""Kept changes a replay matches and sends in one step of the node's loop (a replay of the whole default
+history in one step held the loop 180-270 ms here, most of an election timeout; QA saw 420 ms)."""
 
 _CHANGE_BYTES = 128  # what keeping a change costs beside its command's bytes, about (its slots, a step's share)
 
@@ -212,13 +218,16 @@ class History:
 
 
 class _Watch:
-    __slots__ = ("conn", "wire_id", "key", "prefix")
+    __slots__ = ("conn", "wire_id", "key", "prefix", "held", "ended")
 
     def __init__(self, conn: Replier, wire_id: int, key: str, prefix: bool) -> None:
         self.conn = conn
         self.wire_id = wire_id
         self.key = key
         self.prefix = prefix
+        # While a replay goes on in steps (Watches.replay): the frames of live changes, sent after it
+        self.held: list[tuple[bytes, bytes]] | None = None
+        self.ended = False  # cancelled, dropped or ended by the node: a replay under way stops
 
 
 class Watches:
@@ -297,6 +306,8 @@ class Watches:
             self._forget(watch)
 
     def _forget(self, watch: _Watch) -> None:
+        watch.ended = True
+        watch.held = None
         if watch.prefix:
             same = self._by_prefix[watch.key]
             same.remove(watch)
@@ -338,6 +349,10 @@ class Watches:
                 conn.event_frame(wire.encode_frame(wire.ErrorReply(id=wire_id, code=wire.UNAVAILABLE,
                                                                    message=message, leader=None)))
         ended = self.count
+        for mine in self._by_conn.values():
+            for watch in mine.values():
+                watch.ended = True
+                watch.held = None
         self._by_conn.clear()
         self._exact.clear()
         self._by_prefix.clear()
@@ -346,18 +361,43 @@ class Watches:
         self.count = 0
         self._counters["watches_ended"] += ended
 
-    def replay(self, conn: Replier, wire_id: int, key: str, prefix: bool, changes: list[Change]) -> int:
-        """Send watch ``wire_id`` of ``conn`` the changes of ``changes`` (``History.since``) that match it;
-        how many. Called right after the watch's ``ok``, before any live change reaches it."""
-        if prefix:
+    def replay(self, conn: Replier, wire_id: int, changes: list[Change],
+               spawn: Callable[..., object] | None = None) -> None:
+        """Send watch ``wire_id`` of ``conn`` (just added, its ``ok`` sent) the changes of ``changes``
+        (``History.since``) that match it, before any live change. Up to ``REPLAY_CHANGES_PER_STEP`` of
+        them go now; the rest in a task that ``spawn`` starts (``nursery.start_soon``), as many per step
+        of the node's loop, while the live changes for this watch are held back and sent after them
+        (without ``spawn``: all now)."""
+        watch = self._by_conn[conn][wire_id]
+        if spawn is None or len(changes) <= REPLAY_CHANGES_PER_STEP:
+            self._replay_step(watch, changes)
+            return
+        self._replay_step(watch, changes[:REPLAY_CHANGES_PER_STEP])
+        watch.held = []
+        self._counters["watch_replays_in_steps"] += 1
+        spawn(self._replay_rest, watch, changes)
+
+    async def _replay_rest(self, watch: _Watch, changes: list[Change]) -> None:
+        step = REPLAY_CHANGES_PER_STEP
+        for start in range(step, len(changes), step):
+            await trio.sleep(0)  # (the node's loop runs between the steps: its peers, clients, ticks)
+            if watch.ended:
+                return
+            self._replay_step(watch, changes[start:start + step])
+        held, watch.held = watch.held or [], None
+        for head, body in held:  # the live changes that came meanwhile, in order
+            watch.conn.event_frame(head, body)
+
+    def _replay_step(self, watch: _Watch, changes: list[Change]) -> None:
+        key = watch.key
+        if watch.prefix:
             events = [_event(k, change) for k, change in changes if k.startswith(key)]
         else:
             events = [_event(k, change) for k, change in changes if k == key]
         for body in (_encode_split(events) if events else ()):
-            conn.event_frame(_head(wire_id, len(body)), body)
+            watch.conn.event_frame(_head(watch.wire_id, len(body)), body)
         self._counters["watch_events"] += len(events)
         self._counters["watch_events_replayed"] += len(events)
-        return len(events)
 
     def deliver(self, changes: Changes) -> None:
         """Send what ``changes`` (``StateMachine.watch_out``, flat, in the order applied) holds for each watch.
@@ -402,8 +442,12 @@ class Watches:
                 bodies = encoded[same] = _encode_split([events[i] for i in indexes])
             watchers = by_prefix[key] if prefix else exact[key]
             for watch in watchers:
+                held = watch.held
                 for body in bodies:
-                    watch.conn.event_frame(_head(watch.wire_id, len(body)), body)
+                    if held is None:
+                        watch.conn.event_frame(_head(watch.wire_id, len(body)), body)
+                    else:  # (a replay in steps goes on: these come after it)
+                        held.append((_head(watch.wire_id, len(body)), body))
             counters["watch_events"] += len(indexes) * len(watchers)
 
 
