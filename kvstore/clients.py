@@ -777,7 +777,8 @@ class ClientLinks:
                     conn.reply(wire.ErrorReply(
                         id=request.id, code=wire.EXPIRED, leader=None, refused=True, horizon=base,
                         message=f"this client id is stamped more than {frames.STAMP_AHEAD_MS // 1000} s ahead of "
-                                f"node {node.node_id}'s clock; the write was not applied (the client draws a new id)"))
+                                f"node {node.node_id}'s clock (is this client's clock ahead?); the write was not "
+                                "applied (the client draws a new id)"))
                     return
                 events.append(Proposal(command, decoded, (request.client_id, request.request_id), conn, request.id))
             case wire.GetRequest() | wire.ListRequest():

@@ -112,7 +112,7 @@ from .commands import (
     decode_command,
     decode_feature,
 )
-from .frames import STAMP_AHEAD_MS, client_id_stamp
+from .frames import RENEW_ROOM_MS, STAMP_AHEAD_MS, client_id_stamp
 from .wire import FEATURE_CLIENT_EXPIRY
 
 CLIENTS_MAX = 10_000
@@ -621,15 +621,17 @@ class StateMachine:
     def stamp_too_far_ahead(self, client_id: bytes, now_ms: Callable[[], int]) -> int | None:
         """For the leader, before it proposes a write (a refusal on arrival, not a rule every replica
         applies): with expiry on, a client this table does not know whose stamp is more than
-        ``STAMP_AHEAD_MS`` above both the horizon and ``now_ms()`` (the leader's clock, read only then)
-        gets the higher of those two, to draw its new id above; anything else gets None."""
+        ``STAMP_AHEAD_MS`` above ``now_ms()`` (the leader's clock, read only then) and more than
+        ``RENEW_ROOM_MS`` above the horizon gets the higher of the two, to draw its new id above
+        (``frames.new_client_id``); anything else gets None. So the horizon moves ahead of the time by
+        ``STAMP_AHEAD_MS`` at most, and then by ``RENEW_ROOM_MS`` per 10,000 clients at most."""
         if not self.expiry_on or client_id in self._clients:
             return None
         stamp = client_id_stamp(client_id)
-        if stamp is None:
+        if stamp is None or stamp <= self.horizon + RENEW_ROOM_MS:
             return None
-        base = max(self.horizon, now_ms())
-        return base if stamp > base + STAMP_AHEAD_MS else None
+        now = now_ms()
+        return max(self.horizon, now) if stamp > now + STAMP_AHEAD_MS else None
 
     def _switch_on(self, name: str, stamp: int) -> dict[str, Any]:
         """Apply a feature command (``kvstore.commands.encode_feature``): the same on every replica."""
@@ -638,6 +640,15 @@ class StateMachine:
         if not self.expiry_on:  # (a second one, proposed by two leaders in turn, changes nothing)
             self.expiry_on = True
             self.horizon = max(self.horizon, stamp)
+            # Clients the table took while it was off were not checked on arrival: one stamped far ahead
+            # of the switch would move the horizon there once forgotten (QA: a forged 2**62 - 1, written
+            # during a rolling upgrade). Forget them now, leaving the horizon: a late retry of theirs is
+            # refused on arrival (stamped far ahead) and reported as outcome unknown; a new write of
+            # theirs draws a new id.
+            ahead = [client_id for client_id in self._clients
+                     if (s := client_id_stamp(client_id)) is not None and s > stamp + STAMP_AHEAD_MS]
+            for client_id in ahead:
+                self._results_total -= len(self._clients.pop(client_id).results)
         return {"feature": name}
 
     def _touch(self, client_id: bytes, client: _Client, ack_below: int) -> None:

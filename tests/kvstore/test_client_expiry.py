@@ -63,7 +63,7 @@ def test_a_new_client_id_says_when_it_was_made_and_can_be_drawn_above_a_horizon(
     assert stamp is not None and abs(stamp - time.time() * 1000) < 60_000
     assert frames.new_client_id() != first  # (16 random bytes each)
     later = frames.client_id_stamp(frames.new_client_id(after=stamp + 10**9))
-    assert later == stamp + 10**9 + 1  # a clock behind the horizon: stamped just above it
+    assert later == stamp + 10**9 + frames.RENEW_STEP_MS  # drawn after a refusal: just above what it named
     # An id made otherwise (older clients: 16 random bytes; anything another client sends) has no stamp
     for other in (b"x" * 16, b"y", _id(5)[:-1], b"kvs\x02" + _id(5)[4:], _id(frames.STAMP_LIMIT)):
         assert frames.client_id_stamp(other) is None, other
@@ -157,6 +157,48 @@ def test_the_horizon_and_the_switch_survive_a_snapshot(few_clients):
         top["expiry"] = bad
         with pytest.raises(statemachine.SnapshotError, match="expiry"):
             StateMachine.restore(cbor2.dumps(top))
+
+
+def test_the_leaders_check_on_arrival_bounds_how_far_ahead_the_horizon_can_get():
+    """``stamp_too_far_ahead`` (the leader, before it proposes): a new client stamped more than
+    STAMP_AHEAD_MS above the leader's clock is refused, unless it is at most RENEW_ROOM_MS above the
+    horizon (an id drawn after a refusal, RENEW_STEP_MS above it, always passes); known clients,
+    unstamped ids and a cluster with expiry off are never refused so (QA: a forged stamp 2**62 - 1)."""
+    sm = StateMachine()
+    now = 10**12
+    far = _id(now + frames.STAMP_AHEAD_MS + 1)
+    assert sm.stamp_too_far_ahead(far, lambda: now) is None  # (off: anything goes, as before)
+    sm.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, now))
+    assert sm.stamp_too_far_ahead(_id(now + frames.STAMP_AHEAD_MS), lambda: now) is None
+    assert sm.stamp_too_far_ahead(far, lambda: now) == now  # (draw above the leader's clock)
+    assert sm.stamp_too_far_ahead(_id(frames.STAMP_LIMIT - 1), lambda: now) == now
+    assert sm.stamp_too_far_ahead(b"x" * 16, lambda: now) is None
+    sm.horizon = now + 50_000  # (ahead of the clock: clients of a fast machine forgotten)
+    renewed = frames.new_client_id(after=max(sm.horizon, now))
+    assert sm.stamp_too_far_ahead(renewed, lambda: now) is None
+    assert sm.stamp_too_far_ahead(_id(sm.horizon + frames.RENEW_ROOM_MS + 1), lambda: now) == sm.horizon
+    sm.apply(_put(far, 1))  # (known: not refused however it is stamped)
+    assert sm.stamp_too_far_ahead(far, lambda: now) is None
+
+
+def test_switching_on_forgets_the_clients_stamped_far_ahead_of_the_switch(few_clients):
+    """Clients taken while expiry was off were never checked on arrival: one stamped far ahead would move
+    the horizon there once forgotten (QA: a forged 2**62 - 1 written during a rolling upgrade). The
+    switch forgets them, and leaves the horizon where it starts."""
+    sm = StateMachine()
+    switch = 10**12
+    forged, fast, fine = _id(frames.STAMP_LIMIT - 1, 1), _id(switch + frames.STAMP_AHEAD_MS + 1, 2), _id(switch, 3)
+    for client_id in (forged, fast, fine):
+        sm.apply(_put(client_id, 1))
+    assert sm.clients_count() == 3 and sm.results_count() == 3
+    sm.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, switch))
+    assert sm.remembered(forged) is None and sm.remembered(fast) is None and sm.remembered(fine) == (1, [1])
+    assert sm.horizon == switch and sm.results_count() == 1
+    for i in range(few_clients):  # (the one left is forgotten as usual: its stamp is the horizon)
+        sm.apply(_put(_id(switch + 1 + i, 10 + i), 1))
+    assert sm.horizon == switch
+    restored = StateMachine.restore(sm.snapshot())
+    assert restored.snapshot() == sm.snapshot()
 
 
 # Ops: a write of client i (a new client, its clock skewed by some ms, if there are not i yet), a retry of
@@ -304,7 +346,7 @@ async def test_a_write_never_sent_before_goes_on_under_a_new_id_above_the_horizo
     assert results == [7]
     (first, rq1), (second, rq2) = seen
     assert rq1 == rq2 and first != second  # the same write, under a new client id ...
-    assert frames.client_id_stamp(second) == 10**13 + 1  # ... stamped above the horizon (the clock is behind it)
+    assert frames.client_id_stamp(second) == 10**13 + frames.RENEW_STEP_MS  # ... stamped above the horizon named
 
 
 @pytest.mark.parametrize("how", ["await", "blocking"])
