@@ -56,7 +56,10 @@ Exactly-once (the dedup table)
     nothing. A client that never sent that write before may draw a new id stamped above ``h`` and send
     it again (a client whose first write is refused so: its clock is behind, or it was idle and
     forgotten); one that did send it before cannot know whether it was applied, and says so. Ids
-    without a stamp (older clients') are never refused, and not protected once forgotten.
+    without a stamp (older clients') are never refused, and not protected once forgotten. The leader
+    refuses on arrival a new client stamped far ahead of its clock (``stamp_too_far_ahead``), so the
+    horizon cannot be pushed far ahead of the time; the switch forgets the clients taken while it was
+    off that are stamped far ahead of it (they were not checked).
 
   Remembered results are stored compactly as ``(kind, rev, extra)`` tuples and rebuilt into fresh
   dicts for every caller, so no caller can change the table by mutating a result.
