@@ -102,6 +102,7 @@ WRITE_WINDOW = 4096
 RENEWALS_MAX = 3  # new client ids one write may take after "expired" answers (see _renew_client_id)
 SOLO_CALLS = 64  # calls in a row with nothing else in flight before a connection writes at once
 
+
 class _Expired(Exception):
     """``_call``: a write refused as expired whose earlier attempts, if any, were turned away on arrival
     (so it was not applied): ``_write`` sends it again under a new client id."""
