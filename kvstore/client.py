@@ -1174,7 +1174,7 @@ class AsyncClient:
                 # this client id be. If no earlier one may have been, the write goes on under a new id.
                 if not doubted:
                     raise _Expired(reply.horizon)
-                raise Unavailable(reply.message, outcome_unknown=True)
+                raise Unavailable(wire.EXPIRED_IN_DOUBT, outcome_unknown=True)
             elif code in (wire.TIMEOUT, wire.UNAVAILABLE, wire.SHUTTING_DOWN, wire.STORAGE_FULL, wire.DISK_FAILED):
                 # Another node may serve it: a full or failed disk stops one node, not the cluster.
                 last_error = reply.message

@@ -105,6 +105,10 @@ COMPACTED = "compacted"
 # ``horizon`` is that newest forgotten client's stamp: a client that never sent this write before takes
 # a new id stamped above it and sends the write again; one that did cannot know its outcome.
 EXPIRED = "expired"
+# What the clients say of a write refused as ``EXPIRED`` after an earlier attempt of it may have been proposed
+EXPIRED_IN_DOUBT = ("the cluster no longer remembers this client (10,000 newer clients wrote since) and refused a "
+                    "retry of this write: an earlier attempt of it may or may not have been applied; it will not be "
+                    "applied again")
 ERROR_CODES = (NOT_LEADER, BAD_REQUEST, UNAVAILABLE, STORAGE_FULL, TOO_LARGE, SHUTTING_DOWN, TIMEOUT, PROTOCOL,
                STALE, DISK_FAILED, PERMISSION_DENIED, OUTCOME_UNKNOWN, COMPACTED, EXPIRED)
 

@@ -510,7 +510,7 @@ class OneShotClient:
                 # This attempt was not applied, nor will any other under this client id be (see _write)
                 if not doubted:
                     raise _Expired(reply.horizon)
-                raise Unavailable(reply.message, outcome_unknown=True)
+                raise Unavailable(frames.EXPIRED_IN_DOUBT, outcome_unknown=True)
             elif code in _TRY_ANOTHER:
                 last_error = reply.message
                 self._drop(advance=True)

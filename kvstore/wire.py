@@ -123,6 +123,7 @@ PERMISSION_DENIED = _frames.PERMISSION_DENIED
 OUTCOME_UNKNOWN = _frames.OUTCOME_UNKNOWN
 COMPACTED = _frames.COMPACTED
 EXPIRED = _frames.EXPIRED
+EXPIRED_IN_DOUBT = _frames.EXPIRED_IN_DOUBT
 ERROR_CODES = _frames.ERROR_CODES
 encode_put_request_frame = _frames.encode_put_request_frame
 

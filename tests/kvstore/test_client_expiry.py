@@ -370,7 +370,7 @@ async def test_a_write_sent_before_that_comes_back_expired_is_reported_as_outcom
             assert kv.client_id_renewals == 0
     seen = await _with_stand_in(["silence", "expired"], body)
     (error,) = errors
-    assert error.outcome_unknown and "forgot you" in str(error)
+    assert error.outcome_unknown and str(error) == frames.EXPIRED_IN_DOUBT
     assert len(seen) == 2 and seen[0] == seen[1]  # a retry of the same write, under its own id both times
 
 
