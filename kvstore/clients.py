@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -769,17 +768,6 @@ class ClientLinks:
                     requests[request_op(request), "not_leader"] += 1
                     conn.reply(node.waiters.not_leader(request.id, refused=True))
                     return
-                sm = node.learner.sm
-                if sm.expiry_on and (base := sm.stamp_too_far_ahead(request.client_id, _now_ms)) is not None:
-                    # A new client stamped far in the future (a clock far ahead, or forged): once forgotten,
-                    # its stamp would move the horizon there for good (frames.new_client_id)
-                    requests[request_op(request), "expired"] += 1
-                    conn.reply(wire.ErrorReply(
-                        id=request.id, code=wire.EXPIRED, leader=None, refused=True, horizon=base,
-                        message=f"this client id is stamped more than {frames.STAMP_AHEAD_MS // 1000} s ahead of "
-                                f"node {node.node_id}'s clock (is this client's clock ahead?); the write was not "
-                                "applied (the client draws a new id)"))
-                    return
                 events.append(Proposal(command, decoded, (request.client_id, request.request_id), conn, request.id))
             case wire.GetRequest() | wire.ListRequest():
                 problem = (commands.key_problem(request.key) if isinstance(request, wire.GetRequest)
@@ -889,10 +877,6 @@ class ClientLinks:
         the client drops what comes below it); None if it no longer keeps them all."""
         node = self.node
         return node.history.since(revision) if revision <= node.learner.sm.revision else []
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 _NO_DIGITS = str.maketrans("", "", "0123456789")

@@ -16,7 +16,10 @@ One more command is not a write: ``[16, name, stamp]`` switches a feature of the
 (``encode_feature``; the leader proposes it once every member says it has the feature, see
 ``kvstore.members``). ``decode_command`` refuses it like any unknown op code; the state machine asks
 ``decode_feature`` then. A replica older than the feature takes it for a malformed command and changes
-nothing, which is why it is proposed only when no such replica is left.
+nothing, which is why it is proposed only when no such replica is left. ``[17, stamp]`` (``encode_clock``)
+is the leader's clock, which the state machine checks new clients' stamps against once client expiry
+is on (``kvstore.statemachine``): proposed only then, before a write of a client new to the leader when
+the last one is more than a second old.
 
 ``(client_id, request_id)`` names the request for exactly-once execution; ``ack_below`` says that
 every request of this client below it was answered, so the state machine may forget those results.
@@ -59,6 +62,7 @@ OP_PUT = 1
 OP_DELETE = 2
 OP_CAS = 3
 OP_FEATURE = 16  # [16, name, stamp]: not a write (see the module docstring)
+OP_CLOCK = 17  # [17, stamp]: not a write either (see the module docstring)
 _OP_NAMES: dict[int, Literal["put", "delete", "cas"]] = {OP_PUT: "put", OP_DELETE: "delete", OP_CAS: "cas"}
 # Element count of each command's array, including the op code.
 _OP_LENGTHS = {OP_PUT: 6, OP_DELETE: 6, OP_CAS: 7}
@@ -254,6 +258,27 @@ def encode_feature(name: str, stamp: int) -> bytes:
     if type(name) is not str or not 0 < len(name) <= 64 or type(stamp) is not int or not 0 <= stamp <= INT_MAX:
         raise ValueError(f"a feature is a short name and a stamp in [0, 2**64), not {name!r}, {stamp!r}")
     return _dumps([OP_FEATURE, name, stamp])
+
+
+def encode_clock(stamp: int) -> bytes:
+    """The command that tells every replica the leader's clock: ``stamp`` milliseconds since the epoch."""
+    if type(stamp) is not int or not 0 <= stamp <= INT_MAX:
+        raise ValueError(f"a clock stamp is an int in [0, 2**64), not {stamp!r}")
+    return _dumps([OP_CLOCK, stamp])
+
+
+def decode_clock(data: bytes) -> int | None:
+    """The stamp of a clock command (``encode_clock``), None for any other bytes."""
+    if type(data) is not bytes or not data.startswith(b"\x82\x11"):  # (an array of 2 and the op code)
+        return None
+    try:
+        items = cbor2.loads(data)
+    except Exception:  # noqa: BLE001 -- not CBOR: not a clock command
+        return None
+    if type(items) is list and len(items) == 2 and type(items[1]) is int and 0 <= items[1] <= INT_MAX \
+            and _dumps(items) == data:
+        return items[1]
+    return None
 
 
 def decode_feature(data: bytes) -> tuple[str, int] | None:

@@ -134,8 +134,9 @@ CLIENT_ID_STAMPED_BYTES = 28
 """A stamped client id's length: the tag, 8 bytes of stamp, 16 random bytes."""
 STAMP_LIMIT = 2**62
 """Stamps are below this; an id whose stamp is not (or that is not stamped) is never refused as expired."""
-STAMP_AHEAD_MS = 10_000
-"""The leader refuses on arrival the first write of a client stamped further than this above its clock ..."""
+STAMP_AHEAD_MS = 2_000
+"""A new client stamped more than this above the cluster's clock (the leader's, through the log) is
+refused ..."""
 RENEW_ROOM_MS = 1_000
 """... unless it is at most this above the horizon (a renewed id: ``RENEW_STEP_MS`` above it)."""
 RENEW_STEP_MS = 250
@@ -150,18 +151,17 @@ def new_client_id(after: int | None = None) -> bytes:
     The state machine remembers the outcome of a bounded number of clients' writes. When it forgets a
     client it keeps the highest stamp of the clients it forgot (its *horizon*), and refuses (``EXPIRED``)
     every write of a client it does not know whose stamp is at or below it: a retry of a forgotten
-    client's write is never applied a second time. A new client is stamped now, above the horizon,
-    unless its clock is behind the one of the client forgotten; then its first write is refused, and it
-    draws a new id with ``after`` the ``horizon`` the refusal names (``AsyncClient`` and ``OneShotClient``
-    do): the higher of the horizon and the answering node's clock. Its new stamp is ``RENEW_STEP_MS``
-    above that: while many new clients come, the horizon moves on as fast as the time itself, and a
-    stamp just above it was refused again before its write was decided (QA); and less than the time
-    10,000 clients take to come and go, so renewed ids do not push the horizon ahead of the time.
+    client's write is never applied a second time. It also refuses a new client stamped more than
+    ``STAMP_AHEAD_MS`` above the cluster's clock (the leader's, which the log carries) unless it is at
+    most ``RENEW_ROOM_MS`` above the horizon: one stamp far ahead, once forgotten, would move the horizon
+    there for good (QA: one id stamped 2**62 - 1 left every later client unprotected).
 
-    The leader refuses, on arrival, the first write of a client stamped more than ``STAMP_AHEAD_MS``
-    above its clock, unless it is at most ``RENEW_ROOM_MS`` above the horizon (a renewed id), with
-    ``horizon`` the higher of its clock and the horizon: one stamp far ahead, once forgotten, would move
-    the horizon there for good (QA: one id stamped 2**62 - 1 left every later client unprotected).
+    A new client is stamped now, between the two, unless its clock is far off. If its first write is
+    refused so, it draws a new id with ``after`` the ``horizon`` the refusal names (``AsyncClient`` and
+    ``OneShotClient`` do): the higher of the horizon and the cluster's clock. The new stamp is
+    ``RENEW_STEP_MS`` above that: while many new clients come, the horizon moves on as fast as the time
+    itself, and a stamp just above it was refused again before its write was decided (QA); and less than
+    the time 10,000 clients take to come and go, so renewed ids do not push the horizon ahead of the time.
     ``after`` such that the stamp reaches ``STAMP_LIMIT`` gives an unstamped id: 16 random bytes, which
     the cluster never refuses and does not protect once forgotten (what every id was before stamps)."""
     stamp = time.time_ns() // 1_000_000 if after is None else after + RENEW_STEP_MS

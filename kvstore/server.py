@@ -126,6 +126,9 @@ BATCH_EVENTS_MAX = 10_000
 # long enough to cost a leader (bench/big_values.py). A post of at least SIZED_POST_BYTES says its size.
 BATCH_BYTES_MAX = 8 << 20
 SIZED_POST_BYTES = 64 << 10
+CLOCK_REFRESH_MS = 1_000
+"""The leader proposes its clock before a write of a client new to it when the cluster's is older than this
+(kvstore.statemachine, client expiry: new clients' stamps are checked against it)."""
 # How far above every ballot number a node knows a peer's message may go (see Node._leaps_ballots)
 BALLOT_LEAP_MAX = 1 << 32
 # A tick that comes this much late says the node's event loop ran nothing else meanwhile (Node._ticker):
@@ -467,6 +470,7 @@ class Node:
             self._led = False  # the core led after the last batch (see _after_events)
             self._leaderless_since: float | None = None  # while this node has watches and knows no leader
             self._leader_logged: tuple[int, object] | None = None  # the (leader, ballot) last logged
+            self._clock_proposed_ms = 0  # when we last proposed a clock command (see _propose)
             self._feed_time: float | None = None  # see _now
             # the core and its members_version as of the last Members.sync from _after_events
             self._members_replica: object = None
@@ -880,6 +884,14 @@ class Node:
         return now
 
     def _propose(self, proposal: Proposal) -> None:
+        sm = self.learner.sm
+        if sm.expiry_on and not sm.knows(proposal.request_key[0]):
+            # A client new to us: the state machine checks its stamp against the cluster's clock, so give
+            # it ours first if the last one is more than CLOCK_REFRESH_MS old (kvstore.statemachine)
+            now_ms = time.time_ns() // 1_000_000
+            if now_ms - max(sm.log_time, self._clock_proposed_ms) > CLOCK_REFRESH_MS:
+                self._clock_proposed_ms = now_ms
+                self.replica.propose(commands.encode_clock(now_ms))
         if not self.replica.propose(proposal.command):
             proposal.conn.reply(self.waiters.not_leader(proposal.wire_id, refused=True))
             return

@@ -51,15 +51,25 @@ Exactly-once (the dedup table)
     every replica: ``kvstore.commands``). A client id made by ``frames.new_client_id`` carries a stamp
     (when it was made, in milliseconds). When a stamped client is forgotten, ``horizon`` becomes at least
     its stamp (the feature command starts it at the leader's clock, covering the clients forgotten
-    before). A write of a client not in the table whose stamp is at or below ``horizon`` may be a retry
+    before: it starts ``STAMP_AHEAD_MS`` above the switch's stamp). A write of a client not in the table
+    whose stamp is at or below ``horizon`` may be a retry
     of a forgotten client's write: it gets ``{"error": "expired client", "horizon": h}`` and changes
     nothing. A client that never sent that write before may draw a new id stamped above ``h`` and send
     it again (a client whose first write is refused so: its clock is behind, or it was idle and
     forgotten); one that did send it before cannot know whether it was applied, and says so. Ids
-    without a stamp (older clients') are never refused, and not protected once forgotten. The leader
-    refuses on arrival a new client stamped far ahead of its clock (``stamp_too_far_ahead``), so the
-    horizon cannot be pushed far ahead of the time; the switch forgets the clients taken while it was
-    off that are stamped far ahead of it (they were not checked).
+    without a stamp (older clients') are never refused, and not protected once forgotten.
+  * The cluster's clock (``log_time``): the feature command's stamp, then each clock command's (the
+    leader proposes one before a write of a client new to it when the last is a second old). A client
+    not in the table stamped more than ``STAMP_AHEAD_MS`` above it, and more than ``RENEW_ROOM_MS``
+    above the horizon, is refused too (``expired``, nothing changes): one stamp far ahead, once
+    forgotten, would move the horizon there for good (QA: a forged 2**62 - 1). So the horizon stays
+    within ``STAMP_AHEAD_MS`` of the cluster's clock, and moves beyond by ``RENEW_ROOM_MS`` per 10,000
+    clients at most. Checked here, as every replica applies the write, not by the leader on arrival: a
+    write that arrived before the switch applied, and was decided after it, went unchecked (QA).
+  * The switch: the clients the table took while expiry was off were not checked. Those stamped more
+    than ``STAMP_AHEAD_MS`` above the switch are forgotten and *banned* (``_banned``): every later write
+    under their ids is refused, even once the clock has caught up with their stamps (QA: a client 25 s
+    ahead, forgotten at the switch, had its late retry applied a second time 17 s later).
 
   Remembered results are stored compactly as ``(kind, rev, extra)`` tuples and rebuilt into fresh
   dicts for every caller, so no caller can change the table by mutating a result.
@@ -98,7 +108,7 @@ import operator
 import struct
 from bisect import bisect_left, insort
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from heapq import heappop, heappush
 from typing import Any, BinaryIO, NamedTuple
 
@@ -112,10 +122,11 @@ from .commands import (
     VALUE_BYTES_MAX,
     Command,
     CommandError,
+    decode_clock,
     decode_command,
     decode_feature,
 )
-from .frames import RENEW_ROOM_MS, STAMP_AHEAD_MS, client_id_stamp
+from .frames import CLIENT_ID_STAMPED_BYTES, RENEW_ROOM_MS, STAMP_AHEAD_MS, client_id_stamp
 from .wire import FEATURE_CLIENT_EXPIRY
 
 CLIENTS_MAX = 10_000
@@ -422,7 +433,7 @@ class StateMachine:
     """The dictionary plus its dedup table. Not thread-safe; one owner (the server's driver task)."""
 
     __slots__ = ("changes", "slot", "revision", "_entries", "_index", "_clients", "_results_total", "_hash_cache",
-                 "_digest_sum", "_journals", "watch_out", "expiry_on", "horizon")
+                 "_digest_sum", "_journals", "watch_out", "expiry_on", "horizon", "log_time", "_banned")
 
     def __init__(self) -> None:
         self.revision: int = 0
@@ -454,6 +465,8 @@ class StateMachine:
         # highest stamp of a client forgotten since (or the feature command's stamp)
         self.expiry_on = False
         self.horizon = 0
+        self.log_time = 0  # the cluster's clock: the newest stamp of a feature or clock command
+        self._banned: set[bytes] = set()  # client ids forgotten at the switch, refused for good (see above)
 
     # -------------------------------------------------------------------------------------------
     # writes
@@ -479,6 +492,11 @@ class StateMachine:
                 feature = decode_feature(command)
                 if feature is not None:
                     return None, self._switch_on(*feature)
+                clock = decode_clock(command)
+                if clock is not None:
+                    if self.expiry_on and clock > self.log_time:
+                        self.log_time = clock
+                    return None, {"clock": clock}
                 return None, {"error": f"malformed command: {exc}"}
         client_id = cmd.client_id
         request_id = cmd.request_id
@@ -500,8 +518,11 @@ class StateMachine:
                 return identity, {"error": STALE_REQUEST}
         elif self.expiry_on:
             stamp = client_id_stamp(client_id)
-            if stamp is not None and stamp <= self.horizon:
-                return identity, {"error": EXPIRED_CLIENT, "horizon": self.horizon}
+            if stamp is not None:
+                horizon = self.horizon
+                if (stamp <= horizon or (stamp > self.log_time + STAMP_AHEAD_MS and stamp > horizon + RENEW_ROOM_MS)
+                        or client_id in self._banned):
+                    return identity, {"error": EXPIRED_CLIENT, "horizon": max(horizon, self.log_time)}
 
         self.revision += 1
         rev = self.revision
@@ -621,20 +642,9 @@ class StateMachine:
             if stamp is not None and stamp > self.horizon:
                 self.horizon = stamp
 
-    def stamp_too_far_ahead(self, client_id: bytes, now_ms: Callable[[], int]) -> int | None:
-        """For the leader, before it proposes a write (a refusal on arrival, not a rule every replica
-        applies): with expiry on, a client this table does not know whose stamp is more than
-        ``STAMP_AHEAD_MS`` above ``now_ms()`` (the leader's clock, read only then) and more than
-        ``RENEW_ROOM_MS`` above the horizon gets the higher of the two, to draw its new id above
-        (``frames.new_client_id``); anything else gets None. So the horizon moves ahead of the time by
-        ``STAMP_AHEAD_MS`` at most, and then by ``RENEW_ROOM_MS`` per 10,000 clients at most."""
-        if not self.expiry_on or client_id in self._clients:
-            return None
-        stamp = client_id_stamp(client_id)
-        if stamp is None or stamp <= self.horizon + RENEW_ROOM_MS:
-            return None
-        now = now_ms()
-        return max(self.horizon, now) if stamp > now + STAMP_AHEAD_MS else None
+    def knows(self, client_id: bytes) -> bool:
+        """Whether the dedup table holds ``client_id`` (the leader asks before a write of a new client)."""
+        return client_id in self._clients
 
     def _switch_on(self, name: str, stamp: int) -> dict[str, Any]:
         """Apply a feature command (``kvstore.commands.encode_feature``): the same on every replica."""
@@ -642,16 +652,19 @@ class StateMachine:
             return {"error": f"malformed command: unknown feature {name!r}"}
         if not self.expiry_on:  # (a second one, proposed by two leaders in turn, changes nothing)
             self.expiry_on = True
-            self.horizon = max(self.horizon, stamp)
-            # Clients the table took while it was off were not checked on arrival: one stamped far ahead
-            # of the switch would move the horizon there once forgotten (QA: a forged 2**62 - 1, written
-            # during a rolling upgrade). Forget them now, leaving the horizon: a late retry of theirs is
-            # refused on arrival (stamped far ahead) and reported as outcome unknown; a new write of
-            # theirs draws a new id.
+            # The horizon starts STAMP_AHEAD_MS above the switch: it covers the clients forgotten before
+            # (stamped up to that far ahead); a new client stamped below it in the next seconds draws anew.
+            self.horizon = max(self.horizon, stamp + STAMP_AHEAD_MS)
+            self.log_time = max(self.log_time, stamp)
+            # The clients the table took while it was off were not checked: one stamped far ahead of the
+            # switch would move the horizon there once forgotten (QA: a forged 2**62 - 1, written during a
+            # rolling upgrade). Forget them now, leaving the horizon, and ban them: a late retry of theirs
+            # is refused (and reported as outcome unknown), a new write of theirs draws a new id.
             ahead = [client_id for client_id in self._clients
                      if (s := client_id_stamp(client_id)) is not None and s > stamp + STAMP_AHEAD_MS]
             for client_id in ahead:
                 self._results_total -= len(self._clients.pop(client_id).results)
+                self._banned.add(client_id)
         return {"feature": name}
 
     def _touch(self, client_id: bytes, client: _Client, ack_below: int) -> None:
@@ -886,10 +899,8 @@ class StateMachine:
         machine._clients = _restore_clients(top["clients"], revision)
         machine.changes = _restore_changes(top.get("changes", []))
         if "expiry" in top:
-            horizon = top["expiry"]
-            if type(horizon) is not int or not 0 <= horizon < 2**64:
-                raise SnapshotError("snapshot expiry must be an int in [0, 2**64)")
-            machine.expiry_on, machine.horizon = True, horizon
+            machine.expiry_on = True
+            machine.horizon, machine.log_time, machine._banned = _restore_expiry(top["expiry"])
         # An older snapshot may hold more than RESULTS_MAX: the next executed command evicts down to it.
         machine._results_total = sum(len(c.results) for c in machine._clients.values())
         return machine
@@ -904,7 +915,7 @@ class FrozenState:
     """
 
     __slots__ = ("revision", "count", "_owner", "_entries", "_blocks", "_clients", "_saved", "_closed", "_changes",
-                 "_horizon")
+                 "_expiry")
 
     def __init__(self, owner: StateMachine, saved: dict[str, bytes | None]) -> None:
         self._owner = owner
@@ -913,7 +924,8 @@ class FrozenState:
         self.count = len(owner._entries)
         self._blocks = owner._index.share()  # the blocks themselves: copy-on-write, see _SortedKeys
         self._changes = list(owner.changes)
-        self._horizon = owner.horizon if owner.expiry_on else None  # client expiry: None while off
+        # client expiry: [horizon, log_time, banned ids in order], None while off
+        self._expiry = [owner.horizon, owner.log_time, sorted(owner._banned)] if owner.expiry_on else None
         # The dedup table in LRU order, each client's results copied (the live ones change).
         self._clients = [(client_id, client.floor, client.last_revision, dict(client.results))
                          for client_id, client in owner._clients.items()]
@@ -943,8 +955,8 @@ class FrozenState:
         order; packed is the entry as stored, digest included: see the module docstring), "clients": [[client_id, floor,
         last_revision, [request_id, kind, rev, extra, ...]], ...] (least recently used first, request
         ids ascending)}``, then (format 3) ``"changes": [[slot, command], ...]`` and, once client expiry is
-        on, ``"expiry": horizon``, exactly as one ``cbor2.dumps`` of that map would encode it. Equal command
-        histories give byte-identical snapshots.
+        on, ``"expiry": [horizon, log_time, [banned client id, ...]]``, exactly as one ``cbor2.dumps`` of
+        that map would encode it. Equal command histories give byte-identical snapshots.
 
         ``expiry=False`` leaves ``"expiry"`` out (a backup: it restores with the older versions'
         ``kv snapshot restore`` too, and a cluster restored from it switches expiry on by itself).
@@ -952,9 +964,9 @@ class FrozenState:
         if type(entries_per_chunk) is not int or entries_per_chunk < 1:
             raise ValueError(f"entries_per_chunk must be a positive int, not {entries_per_chunk!r}")
         dumps = cbor2.dumps
-        horizon = self._horizon if expiry else None
+        state = self._expiry if expiry else None
         # (five keys; six with "expiry", written only once it is on: an older node installs the others)
-        yield b"".join((b"\xa5" if horizon is None else b"\xa6", dumps("format"), dumps(SNAPSHOT_FORMAT),
+        yield b"".join((b"\xa5" if state is None else b"\xa6", dumps("format"), dumps(SNAPSHOT_FORMAT),
                         dumps("revision"),
                         dumps(self.revision), dumps("entries"), _array_header(2 * self.count)))
         for keys in _batches(self._blocks, entries_per_chunk):
@@ -1002,8 +1014,21 @@ class FrozenState:
         if batch:
             yield _array_items(batch)
         yield dumps("changes") + dumps([[slot, command] for slot, command in self._changes])
-        if horizon is not None:
-            yield dumps("expiry") + dumps(horizon)
+        if state is not None:
+            yield dumps("expiry") + dumps(state)
+
+
+def _restore_expiry(expiry: object) -> tuple[int, int, set[bytes]]:
+    """Client expiry's state in a snapshot: ``[horizon, log_time, [banned client id, ...]]``."""
+    if (type(expiry) is not list or len(expiry) != 3 or type(expiry[2]) is not list
+            or any(type(x) is not int or not 0 <= x < 2**64 for x in expiry[:2])):
+        raise SnapshotError("snapshot expiry must be [horizon, log_time, [banned client ids]]")
+    banned = expiry[2]
+    if (len(banned) > CLIENTS_MAX or any(type(b) is not bytes or len(b) != CLIENT_ID_STAMPED_BYTES for b in banned)
+            or banned != sorted(set(banned))):
+        raise SnapshotError(f"snapshot expiry's banned client ids must be at most {CLIENTS_MAX} stamped ids, "
+                            "in order")
+    return expiry[0], expiry[1], set(banned)
 
 
 def _restore_changes(changes: object) -> list[tuple[int, bytes]]:

@@ -36,7 +36,6 @@ drive this without a trio run.
 from __future__ import annotations
 
 import itertools
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -109,9 +108,8 @@ def reply_result(conn: Replier, wire_id: int, result: dict[str, Any]) -> str:
     if error == EXPIRED_CLIENT:
         # A client the state machine forgot (or a new one whose clock is behind): see frames.new_client_id.
         conn.reply(wire.ErrorReply(
-            # (and this node's clock, if later: a new id stamped above both is above the horizon for a while
-            # even while many new clients come, QA; see frames.new_client_id)
-            id=wire_id, code=wire.EXPIRED, leader=None, horizon=max(result["horizon"], time.time_ns() // 1_000_000),
+            # (the higher of the horizon and the cluster's clock: a new id goes above it, frames.new_client_id)
+            id=wire_id, code=wire.EXPIRED, leader=None, horizon=result["horizon"],
             message="the cluster no longer remembers this client (more than 10,000 newer clients wrote since "
                     "its last write, or its id is older than the newest client forgotten); this write was not "
                     "applied, and an earlier attempt of it, if one was sent, may or may not have been"))

@@ -20,6 +20,7 @@ new id, once.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from functools import partial
@@ -106,26 +107,29 @@ def test_while_off_the_old_rules_hold_and_snapshots_are_unchanged(few_clients):
 def test_once_on_a_forgotten_clients_retry_is_refused_and_changes_nothing(few_clients):
     sm = StateMachine()
     assert sm.apply(ON) == (None, {"feature": wire.FEATURE_CLIENT_EXPIRY})
-    assert sm.expiry_on and sm.horizon == 1000 and sm.revision == 0
-    old = _id(2000, 1)
+    # (the horizon starts STAMP_AHEAD_MS above the switch: it covers clients forgotten before, that far ahead)
+    assert sm.expiry_on and sm.log_time == 1000 and sm.horizon == 1000 + frames.STAMP_AHEAD_MS == 3000
+    assert sm.apply(commands.encode_clock(3500)) == (None, {"clock": 3500})  # (the cluster's clock: stamps up to 5500)
+    assert sm.log_time == 3500 and sm.revision == 0
+    old = _id(4000, 1)
     assert sm.apply(_put(old, 1, value="first"))[1] == {"rev": 1}
     for i in range(3):
-        sm.apply(_put(_id(3000 + i, i), 1, key=f"other{i}"))
-    assert sm.remembered(old) is None and sm.horizon == 2000  # forgotten: its stamp is the horizon
+        sm.apply(_put(_id(5000 + i, i), 1, key=f"other{i}"))
+    assert sm.remembered(old) is None and sm.horizon == 4000  # forgotten: its stamp is the horizon
     before = (sm.revision, sm.state_hash())
-    expired = {"error": EXPIRED_CLIENT, "horizon": 2000}
+    expired = {"error": EXPIRED_CLIENT, "horizon": 4000}
     assert sm.apply(_put(old, 1, value="retry")) == ((old, 1), expired)  # the retry: not applied again
     assert sm.apply(_put(old, 2)) == ((old, 2), expired)  # nor anything new under that id
     assert sm.apply(commands.encode_cas(old, 3, 3, "k", "first", "x")) == ((old, 3), expired)
     assert (sm.revision, sm.state_hash()) == before and sm.get("k").value == "first"
     assert sm.remembered(old) is None and sm.clients_count() == 3  # (nor was it remembered again)
     # A client it never knew, stamped at the horizon (a clock behind), is refused too; above it, served
-    assert sm.apply(_put(_id(2000, 9), 1))[1] == expired
-    assert sm.apply(_put(_id(2001, 9), 1))[1] == {"rev": 5}
+    assert sm.apply(_put(_id(4000, 9), 1))[1] == expired
+    assert sm.apply(_put(_id(4001, 9), 1))[1] == {"rev": 5}
     # Ids without a stamp are never refused (older clients), and do not move the horizon when forgotten
     for i in range(4):
         assert "rev" in sm.apply(_put(bytes([i]) * 16, 1))[1]
-    assert sm.horizon == 3002
+    assert sm.horizon == 5002
 
 
 def test_the_feature_command_applies_once_and_unknown_features_change_nothing():
@@ -133,7 +137,7 @@ def test_the_feature_command_applies_once_and_unknown_features_change_nothing():
     sm.apply(ON)
     assert sm.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, 99_999))[1] == {
         "feature": wire.FEATURE_CLIENT_EXPIRY}
-    assert sm.horizon == 1000  # (a second one, from a later leader, does not move it)
+    assert sm.horizon == 1000 + frames.STAMP_AHEAD_MS  # (a second one, from a later leader, does not move it)
     other = StateMachine()
     assert other.apply(commands.encode_feature("time-travel", 5)) == (
         None, {"error": "malformed command: unknown feature 'time-travel'"})
@@ -143,6 +147,7 @@ def test_the_feature_command_applies_once_and_unknown_features_change_nothing():
 def test_the_horizon_and_the_switch_survive_a_snapshot(few_clients):
     sm = StateMachine()
     sm.apply(ON)
+    sm.apply(commands.encode_clock(4000))
     for i in range(5):
         sm.apply(_put(_id(5000 + i, i), 1))
     restored = StateMachine.restore(sm.snapshot())
@@ -151,7 +156,7 @@ def test_the_horizon_and_the_switch_survive_a_snapshot(few_clients):
     assert restored.apply(_put(_id(5001, 1), 1))[1]["error"] == EXPIRED_CLIENT
     with sm.freeze() as frozen:  # (a snapshot streamed while writes go on: the horizon as of the freeze)
         sm.apply(_put(_id(6000), 1))
-        assert cbor2.loads(b"".join(frozen.chunks()))["expiry"] == 5001
+        assert cbor2.loads(b"".join(frozen.chunks()))["expiry"] == [5001, 4000, []]
     for bad in (-1, "5", 2**64, None):
         top = cbor2.loads(sm.snapshot())
         top["expiry"] = bad
@@ -159,32 +164,41 @@ def test_the_horizon_and_the_switch_survive_a_snapshot(few_clients):
             StateMachine.restore(cbor2.dumps(top))
 
 
-def test_the_leaders_check_on_arrival_bounds_how_far_ahead_the_horizon_can_get():
-    """``stamp_too_far_ahead`` (the leader, before it proposes): a new client stamped more than
-    STAMP_AHEAD_MS above the leader's clock is refused, unless it is at most RENEW_ROOM_MS above the
-    horizon (an id drawn after a refusal, RENEW_STEP_MS above it, always passes); known clients,
-    unstamped ids and a cluster with expiry off are never refused so (QA: a forged stamp 2**62 - 1)."""
+def test_a_new_client_stamped_far_ahead_of_the_clusters_clock_is_refused():
+    """The cluster's clock (the switch's stamp, then each clock command's, which the leader proposes
+    before a new client's write): a new client stamped more than STAMP_AHEAD_MS above it is refused,
+    unless it is at most RENEW_ROOM_MS above the horizon (an id drawn after a refusal, RENEW_STEP_MS above
+    what it named, always passes). Checked as every replica applies the write (QA: a leader's check on
+    arrival missed writes that arrived before the switch applied; a forged stamp 2**62 - 1 got in)."""
     sm = StateMachine()
     now = 10**12
-    far = _id(now + frames.STAMP_AHEAD_MS + 1)
-    assert sm.stamp_too_far_ahead(far, lambda: now) is None  # (off: anything goes, as before)
+    top = now + frames.STAMP_AHEAD_MS + frames.RENEW_ROOM_MS  # (the horizon starts STAMP_AHEAD_MS above now)
+    far = _id(top + 1, 1)
     sm.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, now))
-    assert sm.stamp_too_far_ahead(_id(now + frames.STAMP_AHEAD_MS), lambda: now) is None
-    assert sm.stamp_too_far_ahead(far, lambda: now) == now  # (draw above the leader's clock)
-    assert sm.stamp_too_far_ahead(_id(frames.STAMP_LIMIT - 1), lambda: now) == now
-    assert sm.stamp_too_far_ahead(b"x" * 16, lambda: now) is None
+    refused = {"error": EXPIRED_CLIENT, "horizon": now + frames.STAMP_AHEAD_MS}
+    for client_id in (far, _id(frames.STAMP_LIMIT - 1, 2)):
+        assert sm.apply(_put(client_id, 1))[1] == refused
+    assert sm.revision == 0 and sm.clients_count() == 0
+    assert sm.apply(_put(_id(top, 3), 1))[1] == {"rev": 1}  # (at the bound: in)
+    sm.apply(commands.encode_clock(now + frames.RENEW_ROOM_MS + 1))
+    assert sm.apply(_put(far, 1))[1] == {"rev": 2}  # the clock moved on: in
+    sm.apply(commands.encode_clock(now))  # (the clock never goes back)
+    assert sm.log_time == now + frames.RENEW_ROOM_MS + 1
+    assert sm.apply(_put(b"x" * 16, 1))[1] == {"rev": 3}  # (unstamped: never refused)
     sm.horizon = now + 50_000  # (ahead of the clock: clients of a fast machine forgotten)
-    renewed = frames.new_client_id(after=max(sm.horizon, now))
-    assert sm.stamp_too_far_ahead(renewed, lambda: now) is None
-    assert sm.stamp_too_far_ahead(_id(sm.horizon + frames.RENEW_ROOM_MS + 1), lambda: now) == sm.horizon
-    sm.apply(_put(far, 1))  # (known: not refused however it is stamped)
-    assert sm.stamp_too_far_ahead(far, lambda: now) is None
+    renewed = frames.new_client_id(after=max(sm.horizon, sm.log_time))
+    assert sm.apply(_put(renewed, 1))[1] == {"rev": 4}
+    beyond = _id(sm.horizon + frames.RENEW_ROOM_MS + 1, 4)
+    assert sm.apply(_put(beyond, 1))[1] == {"error": EXPIRED_CLIENT, "horizon": now + 50_000}
+    off = StateMachine()  # (off: anything goes, as before)
+    assert off.apply(_put(_id(frames.STAMP_LIMIT - 1, 5), 1))[1] == {"rev": 1}
+    assert off.apply(commands.encode_clock(now)) == (None, {"clock": now}) and off.log_time == 0
 
 
 def test_switching_on_forgets_the_clients_stamped_far_ahead_of_the_switch(few_clients):
     """Clients taken while expiry was off were never checked on arrival: one stamped far ahead would move
     the horizon there once forgotten (QA: a forged 2**62 - 1 written during a rolling upgrade). The
-    switch forgets them, and leaves the horizon where it starts."""
+    switch forgets them (and bans them), and leaves the horizon where it starts."""
     sm = StateMachine()
     switch = 10**12
     forged, fast, fine = _id(frames.STAMP_LIMIT - 1, 1), _id(switch + frames.STAMP_AHEAD_MS + 1, 2), _id(switch, 3)
@@ -193,19 +207,48 @@ def test_switching_on_forgets_the_clients_stamped_far_ahead_of_the_switch(few_cl
     assert sm.clients_count() == 3 and sm.results_count() == 3
     sm.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, switch))
     assert sm.remembered(forged) is None and sm.remembered(fast) is None and sm.remembered(fine) == (1, [1])
-    assert sm.horizon == switch and sm.results_count() == 1
-    for i in range(few_clients):  # (the one left is forgotten as usual: its stamp is the horizon)
-        sm.apply(_put(_id(switch + 1 + i, 10 + i), 1))
-    assert sm.horizon == switch
+    assert sm.horizon == switch + frames.STAMP_AHEAD_MS and sm.results_count() == 1
+    for i in range(few_clients):  # (the one left is forgotten as usual: the horizon covers it already)
+        assert "rev" in sm.apply(_put(_id(switch + frames.STAMP_AHEAD_MS + 1 + i, 10 + i), 1))[1]
+    assert sm.remembered(fine) is None and sm.horizon == switch + frames.STAMP_AHEAD_MS
+    # ... and banned: a late retry of theirs is refused even once the clock has caught up with their stamps
+    # (QA: a client 25 s ahead, forgotten at the switch, had its retry applied again 17 s later)
+    sm.apply(commands.encode_clock(switch + 10**6))
+    revision = sm.revision
+    for client_id in (fast, forged):
+        assert sm.apply(_put(client_id, 1))[1]["error"] == EXPIRED_CLIENT
+    assert sm.revision == revision
     restored = StateMachine.restore(sm.snapshot())
     assert restored.snapshot() == sm.snapshot()
+    assert restored.apply(_put(fast, 1))[1]["error"] == EXPIRED_CLIENT
+    top = cbor2.loads(sm.snapshot())
+    assert top["expiry"] == [switch + frames.STAMP_AHEAD_MS, switch + 10**6, sorted([forged, fast])]
+    for bad in ([1, 2], [1, 2, [b"short"]], [1, 2, sorted([fast, forged])[::-1]], [1, -2, []], [1, 2, [fast, fast]]):
+        with pytest.raises(statemachine.SnapshotError, match="expiry"):
+            StateMachine.restore(cbor2.dumps({**top, "expiry": bad}))
 
 
-# Ops: a write of client i (a new client, its clock skewed by some ms, if there are not i yet), a retry of
-# one of client i's writes, a replica restarted from its snapshot.
+def test_a_client_forgotten_before_the_switch_and_stamped_a_little_ahead_of_it_is_still_refused(few_clients):
+    """The horizon starts STAMP_AHEAD_MS above the switch's stamp: a client forgotten while expiry was off
+    whose clock was up to that far ahead of the leader's is covered, and its late retry refused."""
+    sm = StateMachine()
+    switch = 10**12
+    ahead = _id(switch + frames.STAMP_AHEAD_MS, 1)
+    sm.apply(_put(ahead, 1))
+    for i in range(few_clients):
+        sm.apply(_put(_id(switch - 100 + i, 10 + i), 1))
+    assert sm.remembered(ahead) is None
+    sm.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, switch))
+    assert sm.apply(_put(ahead, 1))[1] == {"error": EXPIRED_CLIENT, "horizon": switch + frames.STAMP_AHEAD_MS}
+
+
+# Ops: a write of client i (a new client, its clock skewed by some ms or far ahead, if there are not i yet),
+# a retry of one of client i's writes, a clock command (the leader's clock), a replica restarted from its
+# snapshot.
 _ops = st.lists(st.one_of(
-    st.tuples(st.just("write"), st.integers(0, 6), st.integers(-3, 3)),
+    st.tuples(st.just("write"), st.integers(0, 6), st.integers(-3, 3) | st.just(frames.STAMP_AHEAD_MS + 50)),
     st.tuples(st.just("retry"), st.integers(0, 6), st.integers(0, 4)),
+    st.tuples(st.just("clock"), st.integers(0, 3000), st.just(0)),
     st.tuples(st.just("snapshot"), st.just(0), st.just(0)),
 ), max_size=80)
 
@@ -213,17 +256,25 @@ _ops = st.lists(st.one_of(
 @settings(max_examples=400, deadline=None)
 @given(ops=_ops, switch_at=st.integers(0, 6))
 def test_no_write_is_applied_twice_however_clients_are_forgotten(ops, switch_at):
-    """Replay: the ops are drawn by hypothesis (a failure prints them). After every command: no write
-    applied twice once the feature is on; a refusal changes nothing; a replica restored from a snapshot
-    at any point answers every later command exactly as the one that never restarted."""
+    """Replay: the ops are drawn by hypothesis (a failure prints them). After every command: once the
+    feature is on, no write is applied that was applied before, whenever (while off too), but for the one
+    gap the rules leave: a client forgotten while it was off, stamped more than STAMP_AHEAD_MS above the
+    switch (a clock that far ahead); a refusal changes nothing; a replica restored from a snapshot at any
+    point answers every later command exactly as the one that never restarted."""
     with mock.patch.object(statemachine, "CLIENTS_MAX", 2):
         one, two = StateMachine(), StateMachine()
         clock = 100
         clients: list[tuple[bytes, list[int]]] = []  # (id, request ids sent)
-        applied: dict[tuple[bytes, int], int] = {}  # identity -> times a write of it was applied (while on)
+        applied: dict[tuple[bytes, int], int] = {}  # identity -> times a write of it was applied
+        gap: set[bytes] = set()  # clients the rules do not protect (see above)
         for step, (kind, i, n) in enumerate(ops):
             if step == switch_at:
                 command = commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, clock)
+                gap = {c for c, sent in clients if sent and one.remembered(c) is None
+                       and frames.client_id_stamp(c) > clock + frames.STAMP_AHEAD_MS}
+            elif kind == "clock":
+                clock += i
+                command = commands.encode_clock(clock)
             elif kind == "snapshot":
                 two = StateMachine.restore(two.snapshot())
                 continue
@@ -248,10 +299,11 @@ def test_no_write_is_applied_twice_however_clients_are_forgotten(ops, switch_at)
             if executed:
                 assert result == {"rev": one.revision}
             if result.get("error") == EXPIRED_CLIENT:
-                assert not executed and result["horizon"] == one.horizon
-            if executed and one.expiry_on:
+                assert not executed and result["horizon"] == max(one.horizon, one.log_time)
+            if executed:
                 applied[identity] = applied.get(identity, 0) + 1
-                assert applied[identity] == 1, f"applied twice: {identity} at step {step}"
+                if one.expiry_on and identity[0] not in gap:
+                    assert applied[identity] == 1, f"applied again: {identity} at step {step}"
         assert one.snapshot() == two.snapshot()
 
 
@@ -402,13 +454,17 @@ async def test_the_cluster_switches_expiry_on_and_a_forgotten_client_writes_agai
         await cluster.start_all()
         await _wait_all(cluster, lambda node: node.status()["client_expiry"])
         horizons = {node.status()["client_expiry_horizon"] for node in cluster.nodes.values()}
-        assert len(horizons) == 1
+        (start,) = horizons
+        # (ids stamped just above where the horizon starts, so that none is refused for that: a client made
+        # within STAMP_AHEAD_MS of the switch would be, once)
+        stamps = itertools.count(start + 1)
         async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as kv:
-            first_id = kv.client_id
+            kv.client_id = first_id = _id(next(stamps), 1)
             await kv.put("mine", "1")
             others = []
             for i in range(few_clients):  # newer clients push it out of every replica's table
                 async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as other:
+                    other.client_id = _id(next(stamps), 100 + i)
                     await other.put(f"other{i}", "x")
                     others.append(other.client_id)
             revision = await kv.put("mine", "2")  # refused as expired, then under a new id: applied once
@@ -421,26 +477,53 @@ async def test_the_cluster_switches_expiry_on_and_a_forgotten_client_writes_agai
         assert {node.sm.horizon for node in cluster.nodes.values()} == {horizon}
         leader = cluster.nodes[await cluster.wait_leader()]
         assert leader.waiters.requests["put", "expired"] == 1
-        # A new client whose clock is far behind: refused once, then stamped at the node's clock (not just
-        # above the horizon, which moves with the time itself while many new clients come: QA)
+        # A new client whose clock is far behind: refused once, then stamped above the horizon and the
+        # cluster's clock (which the leader proposed before this new client's write)
         async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as behind:
             behind.client_id = _id(5, 1)
             before = time.time_ns() // 1_000_000
             await behind.put("behind", "1")
-            assert behind.client_id_renewals == 1 and frames.client_id_stamp(behind.client_id) > before > horizon
-        # One far ahead (a clock an hour fast, or forged) is refused on arrival, before it is proposed, so
-        # it never moves the horizon; it goes on at the leader's clock
+            assert behind.client_id_renewals == 1
+            renewed = frames.client_id_stamp(behind.client_id)
+            assert renewed == max(horizon, leader.sm.log_time) + frames.RENEW_STEP_MS
+            assert leader.sm.log_time >= before - 1_000  # (the cluster's clock, a second old at most)
+        # One far ahead (a clock an hour fast, or forged) is refused as every replica applies it, so it never
+        # reaches the table nor moves the horizon; it goes on at the cluster's clock
         for stamp in (before + 3_600_000, frames.STAMP_LIMIT - 1):
             async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as ahead:
                 ahead.client_id = _id(stamp, 2)
                 await ahead.put("ahead", str(stamp))
                 assert ahead.client_id_renewals == 1
-                assert before <= frames.client_id_stamp(ahead.client_id) < before + 60_000
+                assert before - 1_000 <= frames.client_id_stamp(ahead.client_id) < before + 60_000
         assert leader.waiters.requests["put", "expired"] == 4
         for i in range(few_clients + 1):  # ... not even once forgotten: its stamp never reached the table
             async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as other:
                 await other.put(f"later{i}", "x")
         assert leader.sm.horizon < before + 60_000
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_leader_gives_the_cluster_its_clock_before_a_new_clients_write(tmp_path, autojump_clock):
+    """New clients' stamps are checked against the cluster's clock, which the leader proposes (a clock
+    command) before the write of a client new to it when the last is more than CLOCK_REFRESH_MS old: a
+    client stamped by a clock that moved on since the switch is taken at once, not refused as ahead."""
+    from types import SimpleNamespace
+
+    from kvstore import server as server_module
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = cluster.nodes[await cluster.start_all()]
+        await _wait_all(cluster, lambda node: node.sm.expiry_on)
+        later = time.time_ns() + 3_600 * 10**9  # (the leader's clock, an hour on)
+        with mock.patch.object(server_module, "time", SimpleNamespace(time_ns=lambda: later)):
+            async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as kv:
+                kv.client_id = _id(later // 10**6 - 1_000, 1)  # (made a second before)
+                await kv.put("k", "v")
+                assert kv.client_id_renewals == 0
+            assert leader.sm.log_time == later // 10**6
+            await _wait_all(cluster, lambda node: node.sm.log_time == later // 10**6)
         nursery.cancel_scope.cancel()
 
 
