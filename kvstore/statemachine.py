@@ -51,8 +51,8 @@ Exactly-once (the dedup table)
     every replica: ``kvstore.commands``). A client id made by ``frames.new_client_id`` carries a stamp
     (when it was made, in milliseconds). When a stamped client is forgotten, ``horizon`` becomes at least
     its stamp (the feature command starts it at the leader's clock, covering the clients forgotten
-    before: it starts ``STAMP_AHEAD_MS`` above the switch's stamp). A write of a client not in the table
-    whose stamp is at or below ``horizon`` may be a retry
+    before; or at 0 in a cluster that cannot have forgotten a client yet). A write of a client not in
+    the table whose stamp is at or below ``horizon`` may be a retry
     of a forgotten client's write: it gets ``{"error": "expired client", "horizon": h}`` and changes
     nothing. A client that never sent that write before may draw a new id stamped above ``h`` and send
     it again (a client whose first write is refused so: its clock is behind, or it was idle and
@@ -652,9 +652,13 @@ class StateMachine:
             return {"error": f"malformed command: unknown feature {name!r}"}
         if not self.expiry_on:  # (a second one, proposed by two leaders in turn, changes nothing)
             self.expiry_on = True
-            # The horizon starts STAMP_AHEAD_MS above the switch: it covers the clients forgotten before
-            # (stamped up to that far ahead); a new client stamped below it in the next seconds draws anew.
-            self.horizon = max(self.horizon, stamp + STAMP_AHEAD_MS)
+            # The horizon starts at the switch's stamp, which covers the clients forgotten before; but at 0
+            # if none can have been (a client joins the table with a write it executes, so none was
+            # forgotten while the revision is CLIENTS_MAX or less: a new cluster). A horizon 2 s above the
+            # switch, to cover clocks ahead, refused the new clients of a new cluster's first seconds, and
+            # a write retried across the switch then said its outcome was unknown (tests).
+            if self.revision > CLIENTS_MAX:
+                self.horizon = max(self.horizon, stamp)
             self.log_time = max(self.log_time, stamp)
             # The clients the table took while it was off were not checked: one stamped far ahead of the
             # switch would move the horizon there once forgotten (QA: a forged 2**62 - 1, written during a

@@ -107,8 +107,8 @@ def test_while_off_the_old_rules_hold_and_snapshots_are_unchanged(few_clients):
 def test_once_on_a_forgotten_clients_retry_is_refused_and_changes_nothing(few_clients):
     sm = StateMachine()
     assert sm.apply(ON) == (None, {"feature": wire.FEATURE_CLIENT_EXPIRY})
-    # (the horizon starts STAMP_AHEAD_MS above the switch: it covers clients forgotten before, that far ahead)
-    assert sm.expiry_on and sm.log_time == 1000 and sm.horizon == 1000 + frames.STAMP_AHEAD_MS == 3000
+    # (a new cluster: nothing can have been forgotten before, so the horizon starts at 0)
+    assert sm.expiry_on and sm.log_time == 1000 and sm.horizon == 0
     assert sm.apply(commands.encode_clock(3500)) == (None, {"clock": 3500})  # (the cluster's clock: stamps up to 5500)
     assert sm.log_time == 3500 and sm.revision == 0
     old = _id(4000, 1)
@@ -137,7 +137,7 @@ def test_the_feature_command_applies_once_and_unknown_features_change_nothing():
     sm.apply(ON)
     assert sm.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, 99_999))[1] == {
         "feature": wire.FEATURE_CLIENT_EXPIRY}
-    assert sm.horizon == 1000 + frames.STAMP_AHEAD_MS  # (a second one, from a later leader, does not move it)
+    assert (sm.horizon, sm.log_time) == (0, 1000)  # (a second one, from a later leader, moves nothing)
     other = StateMachine()
     assert other.apply(commands.encode_feature("time-travel", 5)) == (
         None, {"error": "malformed command: unknown feature 'time-travel'"})
@@ -172,18 +172,18 @@ def test_a_new_client_stamped_far_ahead_of_the_clusters_clock_is_refused():
     arrival missed writes that arrived before the switch applied; a forged stamp 2**62 - 1 got in)."""
     sm = StateMachine()
     now = 10**12
-    top = now + frames.STAMP_AHEAD_MS + frames.RENEW_ROOM_MS  # (the horizon starts STAMP_AHEAD_MS above now)
+    top = now + frames.STAMP_AHEAD_MS
     far = _id(top + 1, 1)
     sm.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, now))
-    refused = {"error": EXPIRED_CLIENT, "horizon": now + frames.STAMP_AHEAD_MS}
+    refused = {"error": EXPIRED_CLIENT, "horizon": now}
     for client_id in (far, _id(frames.STAMP_LIMIT - 1, 2)):
         assert sm.apply(_put(client_id, 1))[1] == refused
     assert sm.revision == 0 and sm.clients_count() == 0
     assert sm.apply(_put(_id(top, 3), 1))[1] == {"rev": 1}  # (at the bound: in)
-    sm.apply(commands.encode_clock(now + frames.RENEW_ROOM_MS + 1))
+    sm.apply(commands.encode_clock(now + 1))
     assert sm.apply(_put(far, 1))[1] == {"rev": 2}  # the clock moved on: in
     sm.apply(commands.encode_clock(now))  # (the clock never goes back)
-    assert sm.log_time == now + frames.RENEW_ROOM_MS + 1
+    assert sm.log_time == now + 1
     assert sm.apply(_put(b"x" * 16, 1))[1] == {"rev": 3}  # (unstamped: never refused)
     sm.horizon = now + 50_000  # (ahead of the clock: clients of a fast machine forgotten)
     renewed = frames.new_client_id(after=max(sm.horizon, sm.log_time))
@@ -207,10 +207,10 @@ def test_switching_on_forgets_the_clients_stamped_far_ahead_of_the_switch(few_cl
     assert sm.clients_count() == 3 and sm.results_count() == 3
     sm.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, switch))
     assert sm.remembered(forged) is None and sm.remembered(fast) is None and sm.remembered(fine) == (1, [1])
-    assert sm.horizon == switch + frames.STAMP_AHEAD_MS and sm.results_count() == 1
-    for i in range(few_clients):  # (the one left is forgotten as usual: the horizon covers it already)
-        assert "rev" in sm.apply(_put(_id(switch + frames.STAMP_AHEAD_MS + 1 + i, 10 + i), 1))[1]
-    assert sm.remembered(fine) is None and sm.horizon == switch + frames.STAMP_AHEAD_MS
+    assert sm.horizon == 0 and sm.results_count() == 1  # (3 writes: none can have been forgotten)
+    for i in range(few_clients):  # (the one left is forgotten as usual: its stamp is the horizon)
+        assert "rev" in sm.apply(_put(_id(switch + 1 + i, 10 + i), 1))[1]
+    assert sm.remembered(fine) is None and sm.horizon == switch
     # ... and banned: a late retry of theirs is refused even once the clock has caught up with their stamps
     # (QA: a client 25 s ahead, forgotten at the switch, had its retry applied again 17 s later)
     sm.apply(commands.encode_clock(switch + 10**6))
@@ -222,24 +222,33 @@ def test_switching_on_forgets_the_clients_stamped_far_ahead_of_the_switch(few_cl
     assert restored.snapshot() == sm.snapshot()
     assert restored.apply(_put(fast, 1))[1]["error"] == EXPIRED_CLIENT
     top = cbor2.loads(sm.snapshot())
-    assert top["expiry"] == [switch + frames.STAMP_AHEAD_MS, switch + 10**6, sorted([forged, fast])]
+    assert top["expiry"] == [switch, switch + 10**6, sorted([forged, fast])]
     for bad in ([1, 2], [1, 2, [b"short"]], [1, 2, sorted([fast, forged])[::-1]], [1, -2, []], [1, 2, [fast, fast]]):
         with pytest.raises(statemachine.SnapshotError, match="expiry"):
             StateMachine.restore(cbor2.dumps({**top, "expiry": bad}))
 
 
-def test_a_client_forgotten_before_the_switch_and_stamped_a_little_ahead_of_it_is_still_refused(few_clients):
-    """The horizon starts STAMP_AHEAD_MS above the switch's stamp: a client forgotten while expiry was off
-    whose clock was up to that far ahead of the leader's is covered, and its late retry refused."""
-    sm = StateMachine()
+def test_the_horizon_starts_at_the_switch_only_if_a_client_can_have_been_forgotten_before(few_clients):
+    """At the switch the horizon starts at the switch's stamp, which covers the clients forgotten before;
+    but at 0 while the revision is CLIENTS_MAX or less (none can have been: a client joins the table with a
+    write it executes), so that a new cluster does not refuse the clients made in its first moments (a
+    write of one retried across the switch would then say its outcome was unknown)."""
     switch = 10**12
-    ahead = _id(switch + frames.STAMP_AHEAD_MS, 1)
-    sm.apply(_put(ahead, 1))
+    early = _id(switch - 5, 1)  # (made before the switch, writes after it)
+    new = StateMachine()
+    new.apply(_put(_id(switch - 9, 9), 1))
+    new.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, switch))
+    assert new.horizon == 0 and new.apply(_put(early, 1))[1] == {"rev": 2}
+    old = StateMachine()
+    forgotten = _id(switch - 100, 2)
+    old.apply(_put(forgotten, 1))
     for i in range(few_clients):
-        sm.apply(_put(_id(switch - 100 + i, 10 + i), 1))
-    assert sm.remembered(ahead) is None
-    sm.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, switch))
-    assert sm.apply(_put(ahead, 1))[1] == {"error": EXPIRED_CLIENT, "horizon": switch + frames.STAMP_AHEAD_MS}
+        old.apply(_put(_id(switch - 90 + i, 10 + i), 1))
+    assert old.remembered(forgotten) is None and old.revision == few_clients + 1
+    old.apply(commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, switch))
+    assert old.horizon == switch
+    assert old.apply(_put(forgotten, 1))[1] == {"error": EXPIRED_CLIENT, "horizon": switch}
+    assert old.apply(_put(early, 1))[1]["error"] == EXPIRED_CLIENT  # (it draws a new id, once)
 
 
 # Ops: a write of client i (a new client, its clock skewed by some ms or far ahead, if there are not i yet),
@@ -258,8 +267,7 @@ _ops = st.lists(st.one_of(
 def test_no_write_is_applied_twice_however_clients_are_forgotten(ops, switch_at):
     """Replay: the ops are drawn by hypothesis (a failure prints them). After every command: once the
     feature is on, no write is applied that was applied before, whenever (while off too), but for the one
-    gap the rules leave: a client forgotten while it was off, stamped more than STAMP_AHEAD_MS above the
-    switch (a clock that far ahead); a refusal changes nothing; a replica restored from a snapshot at any
+    gap the rules leave: a client forgotten while it was off, stamped above the switch (a clock ahead); a refusal changes nothing; a replica restored from a snapshot at any
     point answers every later command exactly as the one that never restarted."""
     with mock.patch.object(statemachine, "CLIENTS_MAX", 2):
         one, two = StateMachine(), StateMachine()
@@ -271,7 +279,7 @@ def test_no_write_is_applied_twice_however_clients_are_forgotten(ops, switch_at)
             if step == switch_at:
                 command = commands.encode_feature(wire.FEATURE_CLIENT_EXPIRY, clock)
                 gap = {c for c, sent in clients if sent and one.remembered(c) is None
-                       and frames.client_id_stamp(c) > clock + frames.STAMP_AHEAD_MS}
+                       and frames.client_id_stamp(c) > clock}
             elif kind == "clock":
                 clock += i
                 command = commands.encode_clock(clock)
@@ -454,10 +462,8 @@ async def test_the_cluster_switches_expiry_on_and_a_forgotten_client_writes_agai
         await cluster.start_all()
         await _wait_all(cluster, lambda node: node.status()["client_expiry"])
         horizons = {node.status()["client_expiry_horizon"] for node in cluster.nodes.values()}
-        (start,) = horizons
-        # (ids stamped just above where the horizon starts, so that none is refused for that: a client made
-        # within STAMP_AHEAD_MS of the switch would be, once)
-        stamps = itertools.count(start + 1)
+        assert horizons == {0}  # (a new cluster: nothing can have been forgotten)
+        stamps = itertools.count(time.time_ns() // 10**6 - 60_000)  # (made a minute ago, in this order)
         async with connect(ENDPOINTS, timeout=5, transport=net.transport()) as kv:
             kv.client_id = first_id = _id(next(stamps), 1)
             await kv.put("mine", "1")
