@@ -267,8 +267,9 @@ _ops = st.lists(st.one_of(
 def test_no_write_is_applied_twice_however_clients_are_forgotten(ops, switch_at):
     """Replay: the ops are drawn by hypothesis (a failure prints them). After every command: once the
     feature is on, no write is applied that was applied before, whenever (while off too), but for the one
-    gap the rules leave: a client forgotten while it was off, stamped above the switch (a clock ahead); a refusal changes nothing; a replica restored from a snapshot at any
-    point answers every later command exactly as the one that never restarted."""
+    gap the rules leave: a client forgotten while it was off, stamped above the switch (a clock ahead);
+    a refusal changes nothing; a replica restored from a snapshot at any point answers every later
+    command exactly as the one that never restarted."""
     with mock.patch.object(statemachine, "CLIENTS_MAX", 2):
         one, two = StateMachine(), StateMachine()
         clock = 100
