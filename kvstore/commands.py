@@ -267,30 +267,31 @@ def encode_clock(stamp: int) -> bytes:
     return _dumps([OP_CLOCK, stamp])
 
 
-def decode_clock(data: bytes) -> int | None:
-    """The stamp of a clock command (``encode_clock``), None for any other bytes."""
-    if type(data) is not bytes or not data.startswith(b"\x82\x11"):  # (an array of 2 and the op code)
+def _small_command(data: object, head: bytes) -> list[object] | None:
+    """The items of a clock or feature command: canonical CBOR starting with ``head`` (the array's head
+    and the op code), else None."""
+    if type(data) is not bytes or not data.startswith(head):
         return None
     try:
         items = cbor2.loads(data)
-    except Exception:  # noqa: BLE001 -- not CBOR: not a clock command
+    except Exception:  # noqa: BLE001 -- not CBOR: not such a command
         return None
-    if type(items) is list and len(items) == 2 and type(items[1]) is int and 0 <= items[1] <= INT_MAX \
-            and _dumps(items) == data:
+    return items if type(items) is list and len(items) == data[0] - 0x80 and _dumps(items) == data else None
+
+
+def decode_clock(data: bytes) -> int | None:
+    """The stamp of a clock command (``encode_clock``), None for any other bytes."""
+    items = _small_command(data, b"\x82\x11")  # (an array of 2 and the op code)
+    if items is not None and type(items[1]) is int and 0 <= items[1] <= INT_MAX:
         return items[1]
     return None
 
 
 def decode_feature(data: bytes) -> tuple[str, int] | None:
     """``(name, stamp)`` of a feature command (``encode_feature``), None for any other bytes."""
-    if type(data) is not bytes or not data.startswith(b"\x83\x10"):  # (an array of 3 and the op code)
-        return None
-    try:
-        items = cbor2.loads(data)
-    except Exception:  # noqa: BLE001 -- not CBOR: not a feature command
-        return None
-    if (type(items) is list and len(items) == 3 and type(items[1]) is str and 0 < len(items[1]) <= 64
-            and type(items[2]) is int and 0 <= items[2] <= INT_MAX and _dumps(items) == data):
+    items = _small_command(data, b"\x83\x10")  # (an array of 3 and the op code)
+    if (items is not None and type(items[1]) is str and 0 < len(items[1]) <= 64
+            and type(items[2]) is int and 0 <= items[2] <= INT_MAX):
         return items[1], items[2]
     return None
 
