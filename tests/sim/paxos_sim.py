@@ -173,9 +173,9 @@ row to take effect):
 * "wipe" (weight ``WIPE_WEIGHT``): a node loses its disk (half the time one whose Accepted of an
   undecided slot is on its way to the leader). It comes back on a restart event, empty, under its old
   id, with a new incarnation. Only when every configuration that may govern a slot (the decided ones
-  above the decided log that another healthy node's disk holds: a slot decided only on the wiped disk
-  must be decided again, by a quorum of its configuration; and the changes proposed that may still be
-  decided) keeps a healthy majority without it.
+  above the decided log that another healthy node's disk holds, a node every healthy voter takes
+  messages from: a slot decided only on the wiped disk must be decided again, by a quorum of its
+  configuration; and the changes proposed that may still be decided) keeps a healthy majority without it.
 
 The shells' identity check is modelled in the network (``_link_allowed``): a message passes between
 two nodes only if neither records another incarnation for the other in any configuration that
@@ -1147,8 +1147,22 @@ class Simulation:
             # by a quorum of the configuration that governs it: that configuration still counts. (Seed
             # 269479121438992: a 2-voter configuration's leader, alone to know slots 16-18 decided,
             # lost its disk; the other voter had accepted them; no quorum of that configuration remained.)
-            known = max((self._durably_decided_through(other) for other in self.nodes.values()
-                         if other is not losing and self._healthy(other.node_id)), default=0)
+            # And a disk that holds slots decided teaches them only to nodes that take its messages, those
+            # whose configurations name it. (Seed 190911943069618: a learner added by the newest change
+            # alone held slots 6-12 decided once the leader's disk was lost; the other voters knew the log
+            # through 5, not that change, and dropped its messages: a quorum of slot 6's configuration was
+            # needed, and gone.) So only a holder that every healthy voter of the newest configuration
+            # knows counts: a member of the configuration of the slot after the voter's decided log.
+            others = [other for other in self.nodes.values()
+                      if other is not losing and self._healthy(other.node_id)]
+            through = {other.node_id: self._durably_decided_through(other) for other in others}
+            voters = [v for v in self.oracle.latest.node_ids if v in through]
+
+            def known_to_voters(holder: int) -> bool:
+                oracle, top = self.oracle, self.oracle_through
+                return all(v == holder or holder in oracle.for_slot(min(through[v], top) + 1).members for v in voters)
+
+            known = max((t for holder, t in through.items() if known_to_voters(holder)), default=0)
             return list(self.oracle.from_slot(min(known, self.oracle_through) + 1)) + configs
 
         candidates = [n for n in self.nodes.values()
