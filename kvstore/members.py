@@ -138,6 +138,7 @@ class Members:
         self._feature_proposed_at = -math.inf  # when we last proposed client-expiry (switch_features_on)
         self._epoch = -1
         self._peer_ids: tuple[int, ...] = ()
+        self._shadowed: set[int] = set()  # removed members whose addresses other members have now (sync)
         self._role: str | None = "unknown"  # this node's role in the newest configuration, as last logged
         self._changes: dict[tuple[str, int, str], _Outcome] = {}  # (op, node, address) -> its latest run (_once)
         self._config: Config | None = None  # the newest configuration as of the last sync
@@ -170,10 +171,25 @@ class Members:
         for _effective, _source, config in replica.schedule_through(replica.applied_slot):
             addresses.update(_parse_addresses(config))
         addresses.update(_parse_addresses(replica.config))
+        # A member the newest configuration left out whose address it gives to another member (or to this
+        # node) is not dialed: what answers there is the other node, which takes the link as one more from
+        # us and drops the first, and the two links close each other over and over (QA: kv cluster remove
+        # 3; kv cluster add gave node 3's port to node 4, the leader stepped down again and again, and
+        # writes ran at a fiftieth of their rate).
+        latest = replica.config
+        taken = {addresses[m] for m in latest.members if m in addresses}
+        if node.node_id in node.peers:
+            taken.add(node.peers[node.node_id])
+        shadowed = {m for m in peer_ids if m not in latest.members
+                    and addresses.get(m, node.peers.get(m)) in taken}  # (or the address --peers gave it)
+        if shadowed - self._shadowed:
+            log.info("node %d does not dial node(s) %s, removed: the newest configuration gives their addresses "
+                     "to other members", node.node_id, ", ".join(map(str, sorted(shadowed - self._shadowed))))
+        self._shadowed = shadowed
         for member in peer_ids:
-            if member in addresses:
+            if member in addresses and member not in shadowed:
                 node.peers[member] = addresses[member]
-        wanted = set(peer_ids) | {node.node_id}
+        wanted = (set(peer_ids) - shadowed) | {node.node_id}
         for member in [m for m in node.peers if m not in wanted]:
             del node.peers[member]
             # What we kept of a member no longer scheduled (ids are never reused): resources QA.

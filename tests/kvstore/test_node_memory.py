@@ -572,6 +572,45 @@ async def test_a_removed_member_leaves_nothing_behind_in_the_others(tmp_path, au
         nursery.cancel_scope.cancel()
 
 
+async def test_a_new_member_at_a_removed_member_s_address_gets_steady_links(tmp_path, autojump_clock, monkeypatch):
+    """QA: ``kv cluster remove 3; kv cluster add`` gives node 3's port to node 4. The others still dialed
+    node 3 there (its configuration is still scheduled), node 4 took that link as one more from the same
+    node and dropped the first, and the two links closed each other every few milliseconds: the leader
+    stepped down again and again. A removed member whose address a member of the newest configuration
+    has now is no longer dialed."""
+    from kvstore import members
+
+    async def resolve(host, port):  # the memory network's names, for kv member add's check
+        return {(host, port)}
+
+    monkeypatch.setattr(members, "_resolve", resolve)
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net)
+        leader = await cluster.start_all()
+        removed = max(i for i in PEERS if i != leader)
+        cluster.crash(removed)
+        host, port = PEERS[removed]
+        async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+            await kv.member_remove(removed)
+            await kv.member_add(4, f"{host}:{port}")
+            joiner = Node(4, {4: (host, port)}, tmp_path / "node-4", _options(),
+                          transport=net.transport(), join=[e for e in ENDPOINTS if e != f"{host}:{port}"])
+            await nursery.start(joiner.run)
+            for _ in range(20):
+                await kv.put("k", "v")
+            await trio.sleep(2)  # 200 ticks: links close each other every few ms if both are dialed
+            replaced = joiner.counters["peer_links_replaced"]
+            for _ in range(20):
+                await kv.put("k", "v")
+            await trio.sleep(2)
+            assert joiner.counters["peer_links_replaced"] == replaced, "the links to node 4 keep replacing each other"
+        for i in PEERS:
+            if i != removed:
+                assert removed not in cluster.nodes[i].peers
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_log_of_large_values_is_snapshotted_by_its_bytes_long_before_the_command_interval(
         tmp_path, monkeypatch):  # (a real clock: the snapshot's worker thread would make autojump fire timeouts)
     """QA: with 64 KiB values the 100,000 commands between snapshots were 6.4 GB of log, held in memory
