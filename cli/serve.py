@@ -67,6 +67,7 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
                 peer_map = parse_peers(peers) if peers else {}
             except EndpointError as exc:
                 raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
+            _check_own_address(data_dir, node_id, peer_map)
         else:
             recorded = recorded_members(data_dir, node_id)
             owner = _directory_owner(data_dir)
@@ -173,6 +174,36 @@ def recorded_members(data_dir: str, node_id: int) -> tuple[dict[int, tuple[str, 
         return {member: parse_endpoint(address) for member, address in addresses.items()}, cluster_id
     except EndpointError:
         return None
+
+
+def _check_own_address(data_dir: str, node_id: int, peer_map: dict[int, tuple[str, int]]) -> None:
+    """UsageProblem if ``data_dir`` recorded another address for node ``node_id`` than ``--peers`` gives it.
+
+    The members dial a node at the address the cluster's configuration holds, and ``--peers`` never
+    changes that on a founded directory: a node restarted with another port listened there, reachable by
+    nobody, and said nothing (QA: it stayed at its decided slot for good, its reads "key not found")."""
+    import socket
+
+    recorded = recorded_members(data_dir, node_id)
+    if recorded is None or node_id not in recorded[0] or node_id not in peer_map:
+        return
+    (was_host, was_port), (host, port) = recorded[0][node_id], peer_map[node_id]
+    if (was_host, was_port) == (host, port):
+        return
+
+    def resolved(name: str) -> set[str]:
+        try:
+            return {str(info[4][0]) for info in socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)}
+        except OSError:
+            return set()
+
+    if was_port == port and resolved(was_host) & resolved(host):
+        return  # another name for the same address (localhost for 127.0.0.1)
+    raise UsageProblem(
+        f"data dir {data_dir} records node {node_id}'s address as {was_host}:{was_port}, where the members dial it, "
+        f"but --peers gives {host}:{port}: a node's address is the cluster's, and --peers does not change it. "
+        f"Restart it with its recorded address (or with --id and --data-dir alone); to move it, add the machine "
+        f"under a new id (docs/operations.md, Membership)")
 
 
 def _check_listen(what: str, host: str, port: int) -> None:
