@@ -385,9 +385,15 @@ def error_line(message: str) -> None:
     echo(f"Error: {message}", err=True)
 
 
+# What kvstore.frames.sent_once_unanswered says of a membership or leadership request that got no answer
+_MEMBERSHIP_UNANSWERED = "check with kv member list"
+
+
 def _describe_kv_error(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     if getattr(exc, "outcome_unknown", False):
+        if _MEMBERSHIP_UNANSWERED in text:  # a membership or leadership request: no write, no key (QA)
+            return f"outcome unknown: {text}"
         if "may or may not have been applied" not in text:
             text += "; the write may or may not have been applied"
         return f"outcome unknown: {text} (read the key to find out)"
@@ -465,6 +471,8 @@ def cluster_down_hint(settings: Settings, exc: BaseException) -> str:
     _, unavailable = _kv_error_types()
     if not unavailable or not isinstance(exc, unavailable):
         return ""
+    if _MEMBERSHIP_UNANSWERED in str(exc):
+        return ""  # it went out to a node that took it: the cluster is up, that node did not answer (QA)
     return unreachable_hint(settings, [str(exc)])
 
 
