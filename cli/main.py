@@ -130,6 +130,18 @@ def not_text_argument(argv: list[str]) -> str | None:
 def run() -> None:
     """The ``kv`` console script."""
     try:
+        _run()
+    except KeyboardInterrupt:
+        # Ctrl-C before a command took it over (while its modules load, e.g. typer's: QA saw a traceback
+        # through an import at 0.1 s): the one line and the exit code every command gives it
+        if "--debug" in sys.argv[1:]:
+            raise
+        sys.stderr.write("\nAborted!\n")
+        raise SystemExit(130) from None
+
+
+def _run() -> None:
+    try:
         argv = hoist_global_options(sys.argv[1:])
     except MissingValue as exc:
         print(f"Error: option {exc} needs a value", file=sys.stderr)
