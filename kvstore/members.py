@@ -616,6 +616,7 @@ async def fetch_cluster_id(endpoints: list[str], transport: Transport | None = N
     from .client import KVError, connect
 
     last = "no member answered"
+    rounds = 0
     deadline = trio.current_time() + timeout
     while trio.current_time() < deadline:
         for endpoint in endpoints:
@@ -628,6 +629,10 @@ async def fetch_cluster_id(endpoints: list[str], transport: Transport | None = N
                         last = f"{endpoint} did not say its cluster id"
             except (KVError, OSError) as exc:
                 last = f"{endpoint}: {exc}"
+        rounds += 1
+        if rounds in (1, 10, 40):  # (QA: 30 s without a word, where fetch_join_config says so after a round)
+            log.warning("no member answered yet to say which cluster to join (%s); still trying until %.0f s have "
+                        "passed", last, timeout)
         await trio.sleep(0.5)
     raise JoinError(f"no member answered within {timeout:g}s to say which cluster to join ({last})")
 
