@@ -3,6 +3,7 @@
 is one line on stderr and exit 1, with nothing changed."""
 from __future__ import annotations
 
+import shlex
 from typing import Annotated, Any
 
 import typer
@@ -118,7 +119,7 @@ def add_command(ctx: typer.Context,
         with open_client(settings) as client:
             result = client.admin("member_add", node_id, address)
         cluster_id = result.get("cluster_id")
-        cluster_flag = f" --cluster-id {cluster_id}" if cluster_id and cluster_id != "kv" else ""
+        cluster_flag = f" --cluster-id {shlex.quote(cluster_id)}" if cluster_id and cluster_id != "kv" else ""
         echo(f"added node {node_id} ({address}) as a learner; start it with: "
                    f"kv serve --id {node_id} --join <member HOST:PORT>{cluster_flag} --data-dir <empty dir>", err=True)
         show_members(settings, result)

@@ -73,6 +73,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import struct
 import tempfile
@@ -470,7 +471,9 @@ def restore_backup(path: str | os.PathLike[str], data_dir: str | os.PathLike[str
     return {"node": node_id, "data_dir": str(target), "cluster_id": cluster_id, "old_cluster_id": old_cluster,
             "incarnation": incarnation, "slot": slot, "revision": info.meta["revision"], "keys": info.meta["keys"],
             "state_hash": info.meta["state_hash"], "peers": peer_text,
-            "serve": f"kv serve --id {node_id} --peers {peer_text} --data-dir {target} --cluster-id {cluster_id}"}
+            # (quoted for a shell: QA pasted a --data-dir with a space, and the line broke)
+            "serve": shlex.join(["kv", "serve", "--id", str(node_id), "--peers", peer_text, "--data-dir", str(target),
+                                 "--cluster-id", cluster_id])}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -173,6 +173,19 @@ def test_a_sealed_file_whose_contents_are_wrong_is_still_refused(tmp_path):
 # restoring
 
 
+def test_the_printed_serve_line_is_quoted_for_a_shell(tmp_path):
+    """QA: a --data-dir with a space (or a cluster id with one) made a line that broke when pasted."""
+    import shlex
+
+    path = tmp_path / "b.kvbak"
+    make_backup(path, slot=60, change_at=20)
+    target = tmp_path / "r c"
+    made = restore_backup(path, target, 1, PEERS, cluster_id="my cluster")
+    assert shlex.split(made["serve"]) == [
+        "kv", "serve", "--id", "1", "--peers", "1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103",
+        "--data-dir", str(target), "--cluster-id", "my cluster"]
+
+
 def test_a_restored_directory_opens_as_a_new_node_of_a_new_cluster(tmp_path):
     path = tmp_path / "b.kvbak"
     sm = make_backup(path, slot=60, change_at=20)
