@@ -68,6 +68,7 @@ def serve(settings: Settings, *, node_id: int, data_dir: str, peers: str = "", j
             except EndpointError as exc:
                 raise UsageProblem(f"invalid --peers {peers!r}: {exc}") from None
             _check_own_address(data_dir, node_id, peer_map)
+            _check_distinct_addresses(peers, peer_map)
         else:
             recorded = recorded_members(data_dir, node_id)
             owner = _directory_owner(data_dir)
@@ -174,6 +175,35 @@ def recorded_members(data_dir: str, node_id: int) -> tuple[dict[int, tuple[str, 
         return {member: parse_endpoint(address) for member, address in addresses.items()}, cluster_id
     except EndpointError:
         return None
+
+
+def _check_distinct_addresses(text: str, peer_map: dict[int, tuple[str, int]]) -> None:
+    """UsageProblem if two ``--peers`` ids name one address under two names (``localhost`` and ``127.0.0.1``:
+    parse_peers refuses the same spelling twice). The nodes would dial each other's id at one socket,
+    and its node refuse the link (QA: "refuses a link from a node that says it is node 1"). Names that
+    do not resolve here are left to the node's own dialing."""
+    import socket
+
+    by_port: dict[int, list[int]] = {}
+    for member, (_host, port) in sorted(peer_map.items()):
+        by_port.setdefault(port, []).append(member)
+    resolved: dict[int, set[str]] = {}
+    for port, members in by_port.items():
+        if len(members) < 2:
+            continue
+        for member in members:
+            try:
+                infos = socket.getaddrinfo(peer_map[member][0], port, type=socket.SOCK_STREAM)
+            except OSError:
+                infos = []
+            resolved[member] = {str(info[4][0]) for info in infos}
+        for i, first in enumerate(members):
+            for second in members[i + 1:]:
+                if resolved[first] & resolved[second]:
+                    raise UsageProblem(
+                        f"invalid --peers {text!r}: nodes {first} and {second} have the same address under two "
+                        f"names ({peer_map[first][0]}:{port} and {peer_map[second][0]}:{port}); give each node "
+                        "its own host:port")
 
 
 def _check_own_address(data_dir: str, node_id: int, peer_map: dict[int, tuple[str, int]]) -> None:

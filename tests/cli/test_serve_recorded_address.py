@@ -63,3 +63,23 @@ def test_a_new_directory_or_another_node_s_is_not_checked_here(tmp_path):
     _check_own_address(str(tmp_path / "new"), 3, {3: ("127.0.0.1", 7743)})  # a new directory: anything goes
     data = _founded(tmp_path, node_id=2)
     _check_own_address(str(data), 3, {3: ("127.0.0.1", 9999)})  # another node's: refused elsewhere, by its owner
+
+
+def test_kv_serve_refuses_two_peers_at_one_address_under_two_names(tmp_path):
+    """QA: ``--peers 1=127.0.0.1:7735,2=localhost:7735`` was taken (the same spelling twice is refused), and
+    the node then logged that it "refuses a link from a node that says it is node 1"."""
+    proc = subprocess.run([sys.executable, "-m", "kv_cli", "serve", "--id", "1", "--peers",
+                           "1=127.0.0.1:7735,2=localhost:7735", "--data-dir", str(tmp_path / "new")],
+                          capture_output=True, text=True, timeout=60, cwd=str(REPO), stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "Error: invalid --peers '1=127.0.0.1:7735,2=localhost:7735': nodes 1 and 2 have the same address under two "
+        "names (127.0.0.1:7735 and localhost:7735); give each node its own host:port"], proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_distinct_ports_or_hosts_are_taken(tmp_path):
+    from cli.serve import _check_distinct_addresses
+
+    _check_distinct_addresses("", {1: ("127.0.0.1", 7735), 2: ("localhost", 7736), 3: ("127.0.0.2", 7735)})
+    _check_distinct_addresses("", {1: ("no-such-host.invalid", 7735), 2: ("127.0.0.1", 7735)})
