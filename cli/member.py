@@ -25,7 +25,12 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings if settings is not None else Settings()
 
 
-def _reachability(client: Any, members: list[dict[str, Any]]) -> None:
+# How long a member may take to answer for its own status in kv member list (a live one answers in
+# milliseconds): a paused one made the list take the whole --command-timeout (QA)
+MEMBER_STATUS_SECONDS = 1.0
+
+
+def _reachability(client: Any, members: list[dict[str, Any]], timeout: float) -> None:
     """Ask each member for its own status (reachable, decided and applied slot), as etcdctl's endpoint
     status does. A member that answers shows its own decided slot beside its applied one, from the same
     answer: the leader's figure is the one the member last reported to it, up to a heartbeat older, and
@@ -37,7 +42,7 @@ def _reachability(client: Any, members: list[dict[str, Any]]) -> None:
         if not address:
             return
         try:
-            status = client.status(address)
+            status = client.status(address, timeout=timeout)
         except Exception:  # noqa: BLE001 -- unreachable is an answer here
             return
         member["reachable"] = True
@@ -70,7 +75,7 @@ def fault_tolerance_warning(result: dict[str, Any]) -> str | None:
 def show_members(settings: Settings, result: dict[str, Any], client: Any = None) -> None:
     members = [dict(m) for m in result["members"]]
     if client is not None:
-        _reachability(client, members)
+        _reachability(client, members, min(settings.command_timeout, MEMBER_STATUS_SECONDS))
     if settings.write_out is OutputFormat.json:
         print_json(jsonable({**result, "members": members}))
         return

@@ -686,10 +686,18 @@ class AsyncClient:
         sees them afterwards; raises ``RequestError`` with the reason when refused."""
         if op not in wire.ADMIN_OPS:
             raise ValueError(f"unknown admin operation {op!r}; expected one of {', '.join(wire.ADMIN_OPS)}")
-        # (no request id: a member change must not go out twice, so one that got no answer is not sent again)
         self._check_open()
+        began = trio.current_time()
+        # The list changes nothing: it goes as a read does, to another node when one does not answer (QA:
+        # a paused member first in the endpoints held every membership request for its whole timeout).
+        listed = await self._read(lambda rid: wire.AdminRequest(id=rid, op="member_list", node=0, address=""))
+        if op == "member_list":
+            return listed
+        # A change has no request id: it must not go out twice, so one that got no answer is not sent again.
+        # It goes to the node that answered the list: the leader (a follower that knows one sends the list
+        # there).
         return await self._call(lambda rid: wire.AdminRequest(id=rid, op=op, node=node, address=address),
-                                write=False, once=True)
+                                write=False, once=True, began=began)
 
     async def backup(self, session: int = 0, offset: int = 0) -> dict[str, Any]:
         """One step of ``kv snapshot save`` (``kvstore.backup.save_backup`` drives it): session 0 begins
@@ -713,14 +721,16 @@ class AsyncClient:
     async def move_leader(self, node: int) -> dict[str, Any]:
         return await self.admin("move_leader", node)
 
-    async def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
-        """The status of one node (raises Unavailable if it does not answer in time)."""
+    async def status(self, endpoint: str | tuple[str, int], *, timeout: float | None = None) -> dict[str, Any]:
+        """The status of one node (raises Unavailable if it does not answer within ``timeout``, the
+        client's by default)."""
         self._check_open()
         if isinstance(endpoint, str):
             endpoint = parse_endpoint(endpoint)
+        wait = self.timeout if timeout is None else timeout
         reply: object = None
         failure = None
-        with trio.move_on_after(self.timeout) as scope:
+        with trio.move_on_after(wait) as scope:
             try:
                 stream = await self._open_stream(*endpoint)
             except OSError as exc:
@@ -739,7 +749,7 @@ class AsyncClient:
         if failure is not None:
             raise Unavailable(f"{format_endpoint(*endpoint)} closed the connection: {failure}")
         if scope.cancelled_caught or reply is None:
-            raise Unavailable(f"{format_endpoint(*endpoint)} did not answer within {self.timeout:g}s")
+            raise Unavailable(f"{format_endpoint(*endpoint)} did not answer within {wait:g}s")
         if isinstance(reply, wire.ErrorReply):
             raise RequestError(reply.message, reply.code)
         if not isinstance(reply, wire.OkReply):  # a frame with an id that is no reply: garbage
@@ -1583,8 +1593,8 @@ class Client:
     def list_entries(self, prefix: str = "", *, consistency: str = "l", limit: int = 0) -> builtins.list[Entry]:
         return self._client().list_entries(prefix, consistency=consistency, limit=limit)
 
-    def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
-        return self._client().status(endpoint)
+    def status(self, endpoint: str | tuple[str, int], *, timeout: float | None = None) -> dict[str, Any]:
+        return self._client().status(endpoint, timeout=timeout)
 
     def admin(self, op: str, node: int = 0, address: str = "") -> dict[str, Any]:
         return self._client().admin(op, node, address)

@@ -330,24 +330,37 @@ class OneShotClient:
         ``kvstore.client.AsyncClient.admin``."""
         if op not in frames.ADMIN_OPS:
             raise ValueError(f"unknown admin operation {op!r}; expected one of {', '.join(frames.ADMIN_OPS)}")
-        # (no request id: a member change must not go out twice, so it is neither hedged nor sent again)
+        def listing(rid: int) -> bytes:
+            return frames.encode_map_frame(frames.admin_request(rid, "member_list", 0, ""))
+
+        # The list changes nothing: it goes as a read does, hedged past a node that does not answer and
+        # sent again (QA: a paused member first in the endpoints held kv member list for its whole
+        # timeout, and every change with it, the removal of that member included).
+        deadline = time.monotonic() + self.timeout
+        listed = self._call(listing, write=False, deadline=deadline)
+        if op == "member_list":
+            return listed
+        # A change has no request id: it must not go out twice, so it is neither hedged nor sent again once
+        # it went out unanswered. It goes to the node that answered the list, the leader (a follower that
+        # knows one sends the list there), on a connection that node already answered on.
         return self._call(lambda rid: frames.encode_map_frame(frames.admin_request(rid, op, node, address)),
-                          write=False, hedge=False, once=True)
+                          write=False, hedge=False, once=True, deadline=deadline)
 
     def backup(self, session: int = 0, offset: int = 0) -> dict[str, Any]:
         """One step of ``kv snapshot save``; see ``kvstore.client.AsyncClient.backup``."""
         return self._call(lambda rid: frames.encode_map_frame(frames.backup_request(rid, session, offset)),
                           write=False, hedge=False)  # (a backup session lives on one node)
 
-    def status(self, endpoint: str | tuple[str, int]) -> dict[str, Any]:
+    def status(self, endpoint: str | tuple[str, int], *, timeout: float | None = None) -> dict[str, Any]:
         """The status of one node, on a connection of its own (``Unavailable`` if it does not answer
-        within ``timeout``; ``RequestError`` if it refuses)."""
+        within ``timeout``, the client's by default; ``RequestError`` if it refuses)."""
         if isinstance(endpoint, str):
             endpoint = parse_endpoint(endpoint)
-        deadline = time.monotonic() + self.timeout
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
         name = format_endpoint(*endpoint)
         try:
-            conn = _Connection.open(endpoint, self.timeout, self._tls)
+            conn = _Connection.open(endpoint, wait, self._tls)
         except OSError as exc:
             raise Unavailable(f"{name} is unreachable: {exc}") from None
         try:
@@ -357,7 +370,7 @@ class OneShotClient:
         finally:
             conn.close()
         if reply is None:
-            raise Unavailable(f"{name} did not answer within {self.timeout:g}s")
+            raise Unavailable(f"{name} did not answer within {wait:g}s")
         if not reply.ok:
             raise RequestError(reply.message, reply.code)
         return reply.result

@@ -13,8 +13,10 @@ from kv_cli.member import _reachability
 class _Client:
     def __init__(self, statuses: dict[str, dict]) -> None:
         self.statuses = statuses
+        self.timeouts: list[float | None] = []
 
-    def status(self, address: str) -> dict:
+    def status(self, address: str, *, timeout: float | None = None) -> dict:
+        self.timeouts.append(timeout)
         if address not in self.statuses:
             raise OSError("unreachable")
         return self.statuses[address]
@@ -23,7 +25,7 @@ class _Client:
 def test_a_member_that_answers_shows_its_own_decided_and_applied_slots():
     members = [{"id": 1, "address": "a:1", "decided_slot": 7}, {"id": 2, "address": "a:2", "decided_slot": 5},
                {"id": 3, "address": "", "decided_slot": 4}]
-    _reachability(_Client({"a:1": {"decided_slot": 10, "applied_slot": 10}}), members)
+    _reachability(_Client({"a:1": {"decided_slot": 10, "applied_slot": 10}}), members, 1.0)
     assert [(m["reachable"], m["decided_slot"], m["applied_slot"]) for m in members] == [
         (True, 10, 10), (False, 5, None), (False, 4, None)]
     for m in members:
@@ -39,10 +41,26 @@ def test_the_members_are_asked_at_the_same_time():
     barrier = threading.Barrier(3, timeout=10)
 
     class _Waiting(_Client):
-        def status(self, address: str) -> dict:
+        def status(self, address: str, *, timeout: float | None = None) -> dict:
             barrier.wait()
-            return super().status(address)
+            return super().status(address, timeout=timeout)
 
     members = [{"id": i, "address": f"a:{i}", "decided_slot": 1} for i in (1, 2, 3)]
-    _reachability(_Waiting({f"a:{i}": {"decided_slot": 2, "applied_slot": 2} for i in (1, 2, 3)}), members)
+    _reachability(_Waiting({f"a:{i}": {"decided_slot": 2, "applied_slot": 2} for i in (1, 2, 3)}), members, 1.0)
     assert [m["reachable"] for m in members] == [True, True, True]
+
+
+def test_a_member_gets_a_second_to_answer_for_its_status_not_the_whole_command_timeout(capsys):
+    """QA: with one member paused, kv member list took the whole --command-timeout (5.5 s) to say so, though
+    the leader had answered at once. A live member answers its status in milliseconds."""
+    from kv_cli.common import Settings
+    from kv_cli.member import MEMBER_STATUS_SECONDS, show_members
+    from kv_cli.output import OutputFormat
+
+    result = {"epoch": 0, "members": [{"id": 1, "address": "a:1", "role": "voter", "decided_slot": 3}]}
+    for command_timeout, expected in ((5.0, MEMBER_STATUS_SECONDS), (0.3, 0.3)):
+        client = _Client({"a:1": {"decided_slot": 3, "applied_slot": 3}})
+        show_members(Settings(write_out=OutputFormat.json, command_timeout=command_timeout), result, client)
+        assert client.timeouts == [expected]
+    assert MEMBER_STATUS_SECONDS == 1.0
+    capsys.readouterr()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.fakenodes import SILENT, FakeNode
+from tests.cli.fakenodes import SILENT, FakeNode, ok
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,9 +25,9 @@ def test_an_unanswered_membership_request_is_reported_without_write_or_cluster_d
                                                                                           from_local_cluster):
     asked: list = []
 
-    def handler(request: dict):
-        asked.append(request.get("t"))
-        return SILENT
+    def handler(request: dict):  # the leader, paused once it answered the list the change goes after
+        asked.append(request.get("op"))
+        return ok(request, {"members": []}) if request.get("op") == "member_list" else SILENT
 
     node = FakeNode(handler)
     env = {k: v for k, v in os.environ.items() if k != "KV_ENDPOINTS"}
@@ -45,7 +45,35 @@ def test_an_unanswered_membership_request_is_reported_without_write_or_cluster_d
     finally:
         node.close()
     assert proc.returncode == 1, proc.stderr
-    assert asked == ["admin"]  # sent once, never again
+    assert asked == ["member_list", "member_add"]  # the change sent once, never again
     assert proc.stderr.splitlines() == [
         f"Error: outcome unknown: the membership or leadership request got no answer (127.0.0.1:{node.port} did "
         "not answer); it may or may not have been carried out, and is not sent twice: check with kv member list"]
+
+
+@pytest.mark.parametrize("op", ["member_list", "member_remove"])
+def test_a_member_that_does_not_answer_first_in_the_endpoints_holds_no_membership_request(op):
+    """QA: a paused follower first in the endpoints held ``kv member list`` and every change (its own
+    removal, the operator's remedy, included) for the whole timeout: the blocking clients sent them to the
+    first endpoint alone. The list is a read (hedged to the next node); a change then goes once, to the
+    node that answered the list."""
+    import time
+
+    from kvstore.oneshot import HEDGE_SECONDS, OneShotClient
+
+    got: list[str] = []
+
+    def second(request: dict):
+        got.append(request.get("op"))
+        return ok(request, {"members": []})
+
+    silent, answering = FakeNode(lambda request: SILENT), FakeNode(second)
+    try:
+        with OneShotClient([f"127.0.0.1:{silent.port}", f"127.0.0.1:{answering.port}"], timeout=6) as kv:
+            started = time.monotonic()
+            assert kv.admin(op, 1) == {"members": []}
+            assert time.monotonic() - started < HEDGE_SECONDS + 1.5  # not the 6 s timeout
+    finally:
+        silent.close()
+        answering.close()
+    assert got == (["member_list"] if op == "member_list" else ["member_list", op])

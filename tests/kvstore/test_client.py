@@ -424,6 +424,14 @@ async def test_a_live_leader_is_left_only_for_a_leader_of_a_higher_ballot(other_
         nursery.cancel_scope.cancel()
 
 
+def _lists_only(request):
+    """A node that answers ``member_list`` and nothing else: a leader paused right after it answered the
+    list that a member change goes after (``AsyncClient.admin``)."""
+    from kvstore import wire
+
+    return wire.OkReply(id=request.id, result={}) if getattr(request, "op", None) == "member_list" else None
+
+
 async def test_a_member_change_sent_while_a_probe_runs_is_neither_moved_nor_cut_short(autojump_clock):
     """QA: a member change sent on the shared connection while a probe of it was under way failed with
     the connection 0.15 s later when the probe moved the other requests ("outcome unknown"), and another
@@ -433,7 +441,7 @@ async def test_a_member_change_sent_while_a_probe_runs_is_neither_moved_nor_cut_
 
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)  # silent n1
+        nursery.start_soon(_fake_node, net, "n1", 1, _lists_only)  # silent n1, but for the list
 
         async def slow_status_n2(task_status=trio.TASK_STATUS_IGNORED):
             listener = (await net.transport().open_listeners("n2", 2))[0]
@@ -491,7 +499,7 @@ async def test_a_member_change_is_not_moved_by_a_probe(autojump_clock):
     waits its whole timeout, and its outcome is unknown, even though n2 says it leads."""
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)
+        nursery.start_soon(_fake_node, net, "n1", 1, _lists_only)
         nursery.start_soon(_fake_node, net, "n2", 2, _status_or(
             {"id": 2, "is_leader": True, "leader": 2, "leader_address": "n2:2"}, _ok_rev(7)))
         await trio.sleep(0.01)
@@ -534,13 +542,14 @@ async def test_a_node_whose_connect_hangs_costs_the_connect_timeout_not_an_attem
 async def test_a_member_change_is_never_sent_twice_and_one_unanswered_is_in_doubt(autojump_clock):
     """A member change has no request id: sent again to the next node it could be carried out twice (QA: a
     move-leader sent again after the attempt timeout, while the first leader waited for the target). Its
-    one attempt may take the whole timeout; no answer by then is an outcome unknown."""
+    one attempt may take the whole timeout; no answer by then is an outcome unknown. (It goes to the node
+    that answered the list first: here the first node, which answers lists and nothing else.)"""
     from kvstore import wire
 
     net = MemoryNetwork()
     second: list[object] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)  # reads, never answers
+        nursery.start_soon(_fake_node, net, "n1", 1, _lists_only)  # reads, answers lists only
         nursery.start_soon(_fake_node, net, "n2", 2,
                            lambda request: second.append(request) or wire.OkReply(id=request.id, result={}))
         await trio.sleep(0.01)
@@ -551,7 +560,30 @@ async def test_a_member_change_is_never_sent_twice_and_one_unanswered_is_in_doub
             assert info.value.outcome_unknown
             assert trio.current_time() - started >= 6 - 0.5  # the whole timeout, not an attempt's
             assert second == []
-            assert await kv.admin("member_list") == {}  # the next call goes on to the next node
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("op", ["member_list", "member_remove"])
+async def test_a_member_that_does_not_answer_first_in_the_endpoints_holds_no_membership_request(autojump_clock,
+                                                                                               op):
+    """QA: a paused follower first in the endpoints held kv member list, and every change with it (its own
+    removal, the operator's remedy, included), for the whole timeout. The list is a read: it goes on to the
+    next node; a change then goes once, to the node that answered the list."""
+    from kvstore import wire
+
+    net = MemoryNetwork()
+    second: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_fake_node, net, "n1", 1, lambda request: None)  # reads, never answers
+        nursery.start_soon(_fake_node, net, "n2", 2,
+                           lambda request: (isinstance(request, wire.AdminRequest) and second.append(request.op))
+                           or wire.OkReply(id=request.id, result={}))
+        await trio.sleep(0.01)
+        async with connect(["n1:1", "n2:2"], timeout=20, transport=net.transport()) as kv:
+            started = trio.current_time()
+            assert await kv.admin(op, 1) == {}
+            assert trio.current_time() - started < kv.attempt_timeout + 1
+        assert second == (["member_list"] if op == "member_list" else ["member_list", op])
         nursery.cancel_scope.cancel()
 
 
