@@ -404,6 +404,12 @@ class Members:
                     if current != new and current.epoch == new.epoch:
                         raise AdminError("another membership change won the race; check kv member list and retry")
                     break
+                if self.node._fenced:
+                    # It learns no more decisions: say so now, and why (QA: it waited the whole 10 s, then
+                    # asked whether a majority was up; the others had decided the change meanwhile).
+                    raise AdminError(f"this node's disk failed while the change to epoch {new.epoch} was being "
+                                     f"decided ({self.node.disk_error}); its outcome is unknown (the other members "
+                                     "may decide it): check kv member list", wire.OUTCOME_UNKNOWN)
                 await trio.sleep(POLL_SECONDS)
         if self.node.replica.config.epoch < new.epoch:
             raise AdminError(f"the change to epoch {new.epoch} was not decided within {ADMIN_TIMEOUT_SECONDS:g} s "

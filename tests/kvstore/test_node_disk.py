@@ -170,3 +170,33 @@ async def test_status_shows_the_recent_fsync_time_so_a_slow_disk_is_seen_before_
         assert slow.status()["fsync_ms"] >= 30, slow.status()["fsync_ms"]
         assert all(cluster.nodes[i].status()["fsync_ms"] < 30 for i in PEERS if i != leader)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_change_on_a_leader_whose_disk_fails_is_answered_at_once_naming_the_disk(tmp_path,
+                                                                                                monkeypatch):
+    """QA: ``kv member add`` on a leader whose fsync failed as it wrote the change waited the whole 10 s,
+    then asked whether a majority of the voters was up (it was; the others decided the change). A fenced
+    node learns no more decisions: it says so at once, with the disk's error, outcome unknown."""
+    from kvstore import members
+    from kvstore.client import RequestError
+
+    async def resolve(host, port):  # the memory network's names, for kv member add's check
+        return {(host, port)}
+
+    monkeypatch.setattr(members, "_resolve", resolve)
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, fsync=True)
+        for i in PEERS:
+            await cluster.start(i)
+        leader = await cluster.wait_leader()
+        async with connect(ENDPOINTS, timeout=20, transport=net.transport()) as kv:
+            await kv.put("before", "1")
+            cluster.nodes[leader].storage._fdatasync = _failing_fdatasync
+            started = trio.current_time()
+            with pytest.raises(RequestError, match="disk failed while the change to epoch 1 was being decided") as info:
+                await kv.member_add(4, "n4:7004")
+            assert trio.current_time() - started < members.ADMIN_TIMEOUT_SECONDS / 2
+            assert info.value.code == "outcome_unknown" and "Input/output error" in str(info.value)
+            assert cluster.nodes[leader].disk_state == "failed"
+        nursery.cancel_scope.cancel()
