@@ -339,7 +339,7 @@ class PeerLinks:
         backoff = BACKOFF_SECONDS_MIN
         hello = wire.encode_frame(wire.Hello(node_id=self.node_id, cluster_id=options.cluster_id,
                                              incarnation=node.storage.incarnation,
-                                             engine=options.engine, features=wire.FEATURES))
+                                             engine=options.engine, features=wire.FEATURES, to=peer_id))
         while True:
             outbox.drop_backlog()
             try:
@@ -455,6 +455,14 @@ class PeerLinks:
             node.counters["peers_refused_engine"] += 1
             raise wire.WireError(f"peer node {hello.node_id} runs the {hello.engine!r} engine, we run "
                                  f"{engine!r}: every node of a cluster must run the same engine (kv serve --engine)")
+        if hello.to is not None and hello.to != self.node_id:
+            # It dialed another node's address and reached us: taken, its link would replace the one it
+            # keeps to us, and the two would close each other over and over (QA: a removed member's
+            # address given to a new member under another name). Worded for both logs.
+            node.counters["peers_refused_misdialed"] += 1
+            raise wire.WireError(f"node {self.node_id} answers at this address, not node {hello.to}: node "
+                                 f"{hello.node_id} dialed it for node {hello.to} (a removed member's address given to "
+                                 f"another, or two members' addresses naming one socket?)")
         if hello.node_id not in node.peers or hello.node_id == self.node_id:
             # (worded for both logs: the refused node logs it as the reason its link was refused; QA,
             # "peer says it is node 4" read backwards in node 4's log)

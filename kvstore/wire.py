@@ -152,6 +152,10 @@ class Hello:
     # What the dialing node's state machine can switch on when every member can (FEATURES): optional on
     # the wire ("feat"), absent from nodes older than features, which can switch on none.
     features: tuple[str, ...] = ()
+    # The node the dialing node meant to reach at this address: optional on the wire ("to"), absent from
+    # older nodes. The node that answers there refuses a link meant for another (a removed member's
+    # address given to a new one, or one socket under two names: QA).
+    to: int | None = None
 
 
 FEATURE_CLIENT_EXPIRY = "client-expiry"
@@ -561,6 +565,8 @@ def _encode_hello(m: Hello) -> dict[str, Any]:
         o["eng"] = m.engine
     if m.features:
         o["feat"] = list(m.features)
+    if m.to is not None:
+        o["to"] = m.to
     return o
 
 
@@ -780,7 +786,8 @@ _MAP_DECODERS: dict[str, Callable[[dict[str, Any]], WireMessage]] = {
     "hello": lambda o: Hello(node_id=_f_int(o, "node", 1, ID_LIMIT), cluster_id=_f_str(o, "cluster"),
                              incarnation=_f_opt_str(o, "inc") if "inc" in o else None,
                              engine=_f_str(o, "eng") if "eng" in o else "core",
-                             features=_d_features(o) if "feat" in o else ()),
+                             features=_d_features(o) if "feat" in o else (),
+                             to=_f_int(o, "to", 1, ID_LIMIT) if "to" in o else None),
     "px": _d_px,
     "snap": _d_snap,
     "put": _d_put,

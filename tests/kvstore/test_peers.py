@@ -16,6 +16,7 @@ of a trio memory stream pair. Checks:
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -143,8 +144,9 @@ async def test_the_reader_posts_the_messages_as_they_are_and_hands_over_snapshot
     (_hello(incarnation="inc-new"), []),  # node 2's directory was wiped (kvstore.identity)
     (_hello(), [wire.PaxosBatch(messages=(_heartbeat(3),))]),
     (_hello(), [wire.SnapshotChunk(sender=3, slot=5, offset=0, total=1, data=b"s")]),
+    (dataclasses.replace(_hello(), to=3), []),  # it dialed node 3's address and reached us (node 1)
 ], ids=["other cluster", "not a member", "ourselves", "another incarnation", "message from another",
-        "chunk from another"])
+        "chunk from another", "meant for another node"])
 async def test_the_reader_refuses_strangers_and_impostors(hello, messages):
     node = FakeNode()
     with pytest.raises(wire.WireError):

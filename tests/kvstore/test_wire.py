@@ -974,6 +974,17 @@ def test_hello_carries_an_optional_engine():
         wire.decode_body(cbor2.dumps({"t": "hello", "node": 2, "cluster": "kv", "eng": 1}))
 
 
+def test_hello_carries_an_optional_addressee():
+    """A Hello names the node its sender meant to reach ("to"), which refuses a link meant for another; one
+    from an older node has none, and an older node reads past it (decoders take the keys they know)."""
+    meant = wire.Hello(node_id=1, cluster_id="kv", to=3)
+    assert wire.decode_body(wire.encode_frame(meant)[4:]) == meant
+    assert wire.decode_body(cbor2.dumps({"t": "hello", "node": 1, "cluster": "kv"})).to is None
+    for bad in (0, -1, "3", 1 << 63):
+        with pytest.raises(wire.WireError):
+            wire.decode_body(cbor2.dumps({"t": "hello", "node": 1, "cluster": "kv", "to": bad}))
+
+
 def test_admin_requests_round_trip_and_bad_ones_get_a_clear_error():
     request = wire.AdminRequest(id=3, op="member_add", node=4, address="127.0.0.1:7004")
     assert wire.decode_body(wire.encode_body(request)) == request
