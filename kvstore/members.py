@@ -338,9 +338,14 @@ class Members:
     async def _member_list(self, request: wire.AdminRequest) -> dict[str, Any]:
         """The leader's list when there is a leader: a follower may not have learned the newest change
         yet, so it sends the client there (``not_leader`` with the hint; the client follows it). A node
-        that knows no leader, or whose disk failed, answers with its own view (``"leader": None``)."""
+        that knows no leader answers with its own view (``"leader": None``); one whose disk failed
+        refuses (``disk_failed``: the client tries another node)."""
         node = self.node
-        if not node.replica.is_leader and node.replica.leader_id is not None and not node._fenced:
+        if node._fenced:
+            # Its view stops where its disk failed (QA: it still called itself the leader, at the epoch
+            # before a change the others had decided): the client asks another node.
+            raise AdminError(f"this node's disk failed: {node.disk_error}", wire.DISK_FAILED)
+        if not node.replica.is_leader and node.replica.leader_id is not None:
             raise AdminError("not the leader", wire.NOT_LEADER)
         return self.describe()
 

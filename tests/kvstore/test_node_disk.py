@@ -199,4 +199,8 @@ async def test_a_member_change_on_a_leader_whose_disk_fails_is_answered_at_once_
             assert trio.current_time() - started < members.ADMIN_TIMEOUT_SECONDS / 2
             assert info.value.code == "outcome_unknown" and "Input/output error" in str(info.value)
             assert cluster.nodes[leader].disk_state == "failed"
+            # The list the answer recommends comes from another node: the failed one's view stops where its
+            # disk failed (QA: it called itself the leader, at the epoch before a change the others decided)
+            listed = await kv.member_list()
+            assert listed["leader"] != leader
         nursery.cancel_scope.cancel()
