@@ -276,7 +276,10 @@ def _status_for(
     endpoint = f"{HOST}:{node['port']}"
     for status in statuses:
         if nodestatus.field(status, "ADDRESS") == endpoint:
-            return status
+            answered = nodestatus.field(status, "ID")
+            # Another node at its port (a removed node started again where a new member serves: QA)
+            # is not this one answering.
+            return status if answered in (None, node["id"]) else {}
     for status in statuses:
         if nodestatus.field(status, "ID") == node["id"]:
             return status

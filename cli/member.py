@@ -45,6 +45,8 @@ def _reachability(client: Any, members: list[dict[str, Any]], timeout: float) ->
             status = client.status(address, timeout=timeout)
         except Exception:  # noqa: BLE001 -- unreachable is an answer here
             return
+        if status.get("id") not in (None, member["id"]):
+            return  # another node answers at its address (a removed one, started again: QA), not this one
         member["reachable"] = True
         member["applied_slot"] = status.get("applied_slot")
         if status.get("decided_slot") is not None:

@@ -64,3 +64,22 @@ def test_a_member_gets_a_second_to_answer_for_its_status_not_the_whole_command_t
         assert client.timeouts == [expected]
     assert MEMBER_STATUS_SECONDS == 1.0
     capsys.readouterr()
+
+
+def test_another_node_answering_at_a_member_s_address_is_not_that_member_answering():
+    """QA: a removed node started again at the port its successor took (node 4 down) showed node 4 as
+    reachable, with node 3's slots. A status from another node id is no answer from this member."""
+    members = [{"id": 4, "address": "a:3", "decided_slot": 7}]
+    _reachability(_Client({"a:3": {"id": 3, "decided_slot": 18, "applied_slot": 18}}), members, 1.0)
+    assert [(m["reachable"], m["decided_slot"], m["applied_slot"]) for m in members] == [(False, 7, None)]
+
+
+def test_kv_cluster_status_does_not_take_another_node_at_a_node_s_port_for_it():
+    """The same for ``kv cluster status`` (the local cluster's view): node 4's port answered by node 3."""
+    from kv_cli.cluster import _status_for
+
+    node = {"id": 4, "port": 7603}
+    other = {"id": 3, "address": "127.0.0.1:7603", "decided_slot": 18, "applied_slot": 18}
+    assert _status_for(node, 0, 1, [other]) == {}
+    own = {"id": 4, "address": "127.0.0.1:7603", "decided_slot": 18, "applied_slot": 18}
+    assert _status_for(node, 0, 1, [own]) is own
