@@ -29,3 +29,27 @@ async def test_the_classic_engine_refuses_to_move_the_leader_or_change_members_s
             assert await kv.get("still") == "serving"
         assert cluster.nodes[leader].replica.is_leader
         nursery.cancel_scope.cancel()
+
+
+async def test_with_a_voter_down_the_classic_engine_still_names_the_engine_first(tmp_path, autojump_clock):
+    """QA: with a voter down, ``kv member remove`` on a classic cluster was refused because that voter had
+    not answered the leader, advice that bringing it back would not mend; the engine comes first."""
+    from kvstore import members
+
+    async def resolve(host, port):  # the memory network's names, for kv member add's check
+        return {(host, port)}
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cluster = MemCluster(nursery, tmp_path, net, engine="classic")
+        leader = await cluster.start_all()
+        down, other = [i for i in PEERS if i != leader]
+        cluster.crash(down)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(members, "_resolve", resolve)
+            async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
+                for change in (lambda: kv.member_remove(other), lambda: kv.member_add(9, "n9:7009"),
+                               lambda: kv.member_promote(9)):
+                    with pytest.raises(RequestError, match="membership changes need --engine core"):
+                        await change()
+        nursery.cancel_scope.cancel()
