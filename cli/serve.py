@@ -177,6 +177,15 @@ def recorded_members(data_dir: str, node_id: int) -> tuple[dict[int, tuple[str, 
         return None
 
 
+def _same_host(ip: str) -> str:
+    """An address as this host reaches it: an IPv4 address mapped into IPv6 as itself, and the wildcard
+    addresses (which a connect on Linux takes for this host) as the loopback (QA: 0.0.0.0:P and
+    [::ffff:127.0.0.1]:P were taken beside 127.0.0.1:P)."""
+    if ip.startswith("::ffff:") and "." in ip:
+        ip = ip[len("::ffff:"):]
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(ip, ip)
+
+
 def _check_distinct_addresses(text: str, peer_map: dict[int, tuple[str, int]]) -> None:
     """UsageProblem if two ``--peers`` ids name one address under two names (``localhost`` and ``127.0.0.1``:
     parse_peers refuses the same spelling twice). The nodes would dial each other's id at one socket,
@@ -196,7 +205,7 @@ def _check_distinct_addresses(text: str, peer_map: dict[int, tuple[str, int]]) -
                 infos = socket.getaddrinfo(peer_map[member][0], port, type=socket.SOCK_STREAM)
             except OSError:
                 infos = []
-            resolved[member] = {str(info[4][0]) for info in infos}
+            resolved[member] = {_same_host(str(info[4][0])) for info in infos}
         for i, first in enumerate(members):
             for second in members[i + 1:]:
                 if resolved[first] & resolved[second]:

@@ -78,6 +78,16 @@ def test_kv_serve_refuses_two_peers_at_one_address_under_two_names(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("other", ["localhost", "0.0.0.0", "[::ffff:127.0.0.1]", "127.1"])
+def test_other_spellings_of_one_address_are_refused(other):
+    from cli.serve import _check_distinct_addresses
+    from kvstore.endpoints import parse_peers
+
+    text = f"1=127.0.0.1:7735,2={other}:7735"
+    with pytest.raises(UsageProblem, match="nodes 1 and 2 have the same address under two names"):
+        _check_distinct_addresses(text, parse_peers(text))
+
+
 def test_distinct_ports_or_hosts_are_taken(tmp_path):
     from cli.serve import _check_distinct_addresses
 
