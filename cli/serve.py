@@ -177,6 +177,16 @@ def recorded_members(data_dir: str, node_id: int) -> tuple[dict[int, tuple[str, 
         return None
 
 
+def _ips_of(host: str, port: int) -> set[str]:
+    """The IP addresses ``host`` resolves to for TCP here; empty if it does not resolve."""
+    import socket
+
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except OSError:
+        return set()
+
+
 def _same_host(ip: str) -> str:
     """An address as this host reaches it: an IPv4 address mapped into IPv6 as itself, and the wildcard
     addresses (which a connect on Linux takes for this host) as the loopback (QA: 0.0.0.0:P and
@@ -191,8 +201,6 @@ def _check_distinct_addresses(text: str, peer_map: dict[int, tuple[str, int]]) -
     parse_peers refuses the same spelling twice). The nodes would dial each other's id at one socket,
     and its node refuse the link (QA: "refuses a link from a node that says it is node 1"). Names that
     do not resolve here are left to the node's own dialing."""
-    import socket
-
     by_port: dict[int, list[int]] = {}
     for member, (_host, port) in sorted(peer_map.items()):
         by_port.setdefault(port, []).append(member)
@@ -201,11 +209,7 @@ def _check_distinct_addresses(text: str, peer_map: dict[int, tuple[str, int]]) -
         if len(members) < 2:
             continue
         for member in members:
-            try:
-                infos = socket.getaddrinfo(peer_map[member][0], port, type=socket.SOCK_STREAM)
-            except OSError:
-                infos = []
-            resolved[member] = {_same_host(str(info[4][0])) for info in infos}
+            resolved[member] = {_same_host(ip) for ip in _ips_of(peer_map[member][0], port)}
         for i, first in enumerate(members):
             for second in members[i + 1:]:
                 if resolved[first] & resolved[second]:
@@ -221,22 +225,13 @@ def _check_own_address(data_dir: str, node_id: int, peer_map: dict[int, tuple[st
     The members dial a node at the address the cluster's configuration holds, and ``--peers`` never
     changes that on a founded directory: a node restarted with another port listened there, reachable by
     nobody, and said nothing (QA: it stayed at its decided slot for good, its reads "key not found")."""
-    import socket
-
     recorded = recorded_members(data_dir, node_id)
     if recorded is None or node_id not in recorded[0] or node_id not in peer_map:
         return
     (was_host, was_port), (host, port) = recorded[0][node_id], peer_map[node_id]
     if (was_host, was_port) == (host, port):
         return
-
-    def resolved(name: str) -> set[str]:
-        try:
-            return {str(info[4][0]) for info in socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)}
-        except OSError:
-            return set()
-
-    if was_port == port and resolved(was_host) & resolved(host):
+    if was_port == port and _ips_of(was_host, port) & _ips_of(host, port):
         return  # another name for the same address (localhost for 127.0.0.1)
     raise UsageProblem(
         f"data dir {data_dir} records node {node_id}'s address as {was_host}:{was_port}, where the members dial it, "

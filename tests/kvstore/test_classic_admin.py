@@ -10,7 +10,7 @@ import trio
 
 from kvstore.client import RequestError, connect
 
-from .memnet import MemoryNetwork
+from .memnet import MemoryNetwork, resolve_as_written
 from .test_node_memory import ENDPOINTS, PEERS, MemCluster
 
 
@@ -36,9 +36,6 @@ async def test_with_a_voter_down_the_classic_engine_still_names_the_engine_first
     not answered the leader, advice that bringing it back would not mend; the engine comes first."""
     from kvstore import members
 
-    async def resolve(host, port):  # the memory network's names, for kv member add's check
-        return {(host, port)}
-
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net, engine="classic")
@@ -46,7 +43,7 @@ async def test_with_a_voter_down_the_classic_engine_still_names_the_engine_first
         down, other = [i for i in PEERS if i != leader]
         cluster.crash(down)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(members, "_resolve", resolve)
+            patch.setattr(members, "_resolve", resolve_as_written)
             async with connect(ENDPOINTS, timeout=10, transport=net.transport()) as kv:
                 for change in (lambda: kv.member_remove(other), lambda: kv.member_add(9, "n9:7009"),
                                lambda: kv.member_promote(9)):

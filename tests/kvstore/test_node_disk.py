@@ -26,7 +26,7 @@ from kvstore import server as server_module
 from kvstore.client import Unavailable, connect
 from kvstore.statemachine import StateMachine
 
-from .memnet import MemoryNetwork
+from .memnet import MemoryNetwork, resolve_as_written
 from .test_node_memory import ENDPOINTS, PEERS, MemCluster
 
 PATHS = {"inline": {}, "committer": {"inline_fsync_max": 0.0}}
@@ -180,10 +180,7 @@ async def test_a_member_change_on_a_leader_whose_disk_fails_is_answered_at_once_
     from kvstore import members
     from kvstore.client import RequestError
 
-    async def resolve(host, port):  # the memory network's names, for kv member add's check
-        return {(host, port)}
-
-    monkeypatch.setattr(members, "_resolve", resolve)
+    monkeypatch.setattr(members, "_resolve", resolve_as_written)
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net, fsync=True)

@@ -19,7 +19,7 @@ from kvstore.client import Unavailable, connect
 from kvstore.metrics import make_registry, metrics_text
 from kvstore.server import Node, ServerOptions
 
-from .memnet import MemoryNetwork
+from .memnet import MemoryNetwork, resolve_as_written
 
 PEERS = {1: ("n1", 7001), 2: ("n2", 7002), 3: ("n3", 7003)}
 ENDPOINTS = [f"{h}:{p}" for h, p in PEERS.values()]
@@ -584,10 +584,7 @@ async def test_a_new_member_at_a_removed_member_s_address_gets_steady_links(tmp_
     meant for another node (``Hello.to``)."""
     from kvstore import members
 
-    async def resolve(host, port):  # the memory network's names, for kv member add's check
-        return {(host, port)}
-
-    monkeypatch.setattr(members, "_resolve", resolve)
+    monkeypatch.setattr(members, "_resolve", resolve_as_written)
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net)
