@@ -184,9 +184,7 @@ async def test_a_member_change_on_a_leader_whose_disk_fails_is_answered_at_once_
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         cluster = MemCluster(nursery, tmp_path, net, fsync=True)
-        for i in PEERS:
-            await cluster.start(i)
-        leader = await cluster.wait_leader()
+        leader = await cluster.start_all()
         async with connect(ENDPOINTS, timeout=20, transport=net.transport()) as kv:
             await kv.put("before", "1")
             cluster.nodes[leader].storage._fdatasync = _failing_fdatasync
